@@ -1,0 +1,209 @@
+"""Waveform mixture → waveform stems: STFT, the target models, Wiener filtering, inverse STFT."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from umx.errors import UmxError
+from umx.filtering import wiener
+from umx.model import OpenUnmix
+from umx.transforms import N_FFT, N_HOP, Spectrogram, istft, magnitude, stft
+
+SAMPLE_RATE = 44100.0
+WIENER_WIN_LEN = 300
+SEGMENT = 30.0  # seconds per chunk in chunked mode
+OVERLAP = 2.0  # seconds of cross-fade between chunks
+
+
+class Separator(nn.Module):
+    """Separate a waveform mixture into one waveform per target.
+
+    Args:
+        target_models: one spectrogram model per target name, all of the same STFT.
+        sample_rate: rate of the audio the models were trained on.
+        n_fft, n_hop: STFT size and hop.
+        nb_channels: channels the models expect (1 or 2).
+        niter: Wiener EM iterations; 0 uses the model magnitudes with the mixture's phase.
+        softmask: start the Wiener filter from ratio masks.
+        residual: name of an extra target, the mixture minus the other targets; none if None.
+        wiener_win_len: frames filtered at once (bounds memory); whole track if None.
+    """
+
+    def __init__(
+        self,
+        target_models: Mapping[str, OpenUnmix],
+        *,
+        sample_rate: float = SAMPLE_RATE,
+        n_fft: int = N_FFT,
+        n_hop: int = N_HOP,
+        nb_channels: int = 2,
+        niter: int = 1,
+        softmask: bool = False,
+        residual: str | None = None,
+        wiener_win_len: int | None = WIENER_WIN_LEN,
+    ) -> None:
+        super().__init__()
+        if residual is not None and residual in target_models:
+            raise UmxError(f"the residual name {residual!r} is already a target of the model")
+        if niter > 0 and len(target_models) + (residual is not None) < 2:
+            raise UmxError(
+                "Wiener EM needs at least two sources: add a residual target or use niter 0"
+            )
+        self.target_models = nn.ModuleDict(target_models)
+        self.sample_rate = float(sample_rate)
+        self.n_fft = n_fft
+        self.n_hop = n_hop
+        self.nb_channels = nb_channels
+        self.niter = niter
+        self.softmask = softmask
+        self.residual = residual
+        self.wiener_win_len = wiener_win_len
+
+    @property
+    def targets(self) -> list[str]:
+        """Names of the separated sources, in output order (the residual last)."""
+        return list(self.target_models) + ([self.residual] if self.residual else [])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Separate a whole mixture at once, as the reference implementation does.
+
+        Args:
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`.
+
+        Returns:
+            stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`.
+        """
+        nb_timesteps = audio.shape[-1]
+        if audio.shape[1] != self.nb_channels:
+            raise UmxError(
+                f"the model separates {self.nb_channels}-channel audio, got {audio.shape[1]}"
+            )
+        # Reflect padding needs more than n_fft // 2 samples: zero-pad short inputs.
+        if nb_timesteps <= self.n_fft // 2:
+            audio = F.pad(audio, (0, self.n_fft // 2 + 1 - nb_timesteps))
+
+        mix_stft = stft(
+            audio, self.n_fft, self.n_hop
+        )  # (nb_samples, nb_channels, nb_bins, nb_frames)
+        mix_mag = magnitude(mix_stft)
+        # (nb_samples, nb_frames, nb_bins, nb_channels, nb_targets)
+        magnitudes = torch.stack([model(mix_mag) for model in self.target_models.values()], -1)
+        magnitudes = magnitudes.permute(0, 3, 2, 1, 4)
+        mix_stft = mix_stft.permute(0, 3, 2, 1)
+
+        nb_frames = mix_stft.shape[1]
+        win_len = self.wiener_win_len or nb_frames
+        stems = torch.cat(
+            [
+                torch.stack(
+                    [
+                        wiener(
+                            magnitudes[sample, start : start + win_len],
+                            mix_stft[sample, start : start + win_len],
+                            niter=self.niter,
+                            softmask=self.softmask,
+                            residual=self.residual is not None,
+                        )
+                        for sample in range(mix_stft.shape[0])
+                    ]
+                )
+                for start in range(0, nb_frames, win_len)
+            ],
+            dim=1,
+        )  # (nb_samples, nb_frames, nb_bins, nb_channels, nb_sources)
+        return istft(stems.permute(0, 4, 3, 2, 1), audio.shape[-1], self.n_fft, self.n_hop)[
+            ..., :nb_timesteps
+        ]
+
+    @torch.inference_mode()
+    def iter_chunks(
+        self, audio: Tensor, segment: float = SEGMENT, overlap: float = OVERLAP
+    ) -> Iterator[Tensor]:
+        """Separate a long mixture chunk by chunk, with linear cross-fades between chunks.
+
+        Memory stays bounded by the segment length: the mixture may stay on the host while the
+        models run on their device, and each finished piece is yielded as soon as it is final.
+
+        Args:
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`.
+            segment: chunk length in seconds.
+            overlap: cross-fade length in seconds, less than `segment`.
+
+        Yields:
+            consecutive pieces of the stems, `(nb_samples, nb_targets, nb_channels, nb_piece)`,
+            on the mixture's device; concatenated along time they cover the whole mixture.
+        """
+        seg_len = round(segment * self.sample_rate)
+        ovl_len = round(overlap * self.sample_rate)
+        if not 0 <= ovl_len < seg_len:
+            raise UmxError(
+                f"the overlap ({overlap} s) must be at least 0 and less than the segment "
+                f"({segment} s)"
+            )
+        nb_timesteps = audio.shape[-1]
+        fade_in = (torch.arange(ovl_len, device=audio.device) + 0.5) / max(ovl_len, 1)
+        carry = None
+        for start in range(0, max(nb_timesteps - ovl_len, 1), seg_len - ovl_len):
+            end = min(start + seg_len, nb_timesteps)
+            chunk = self(audio[..., start:end].to(self.device)).to(audio.device)
+            if carry is not None:
+                chunk[..., :ovl_len] = chunk[..., :ovl_len] * fade_in + carry
+            if end == nb_timesteps:
+                yield chunk
+                return
+            carry = chunk[..., chunk.shape[-1] - ovl_len :] * (1.0 - fade_in)
+            yield chunk[..., : chunk.shape[-1] - ovl_len]
+
+    @torch.inference_mode()
+    def separate(
+        self, audio: Tensor, segment: float | None = SEGMENT, overlap: float = OVERLAP
+    ) -> Tensor:
+        """Separate a mixture, chunked (bounded memory) or, with `segment=None`, whole.
+
+        Args:
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, on any device.
+            segment: chunk length in seconds; None processes the whole track at once.
+            overlap: cross-fade length in seconds between chunks.
+
+        Returns:
+            stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`, on the mixture's device.
+        """
+        if segment is None:
+            return self(audio.to(self.device)).to(audio.device)
+        return torch.cat(list(self.iter_chunks(audio, segment, overlap)), dim=-1)
+
+    def to_dict(
+        self, stems: Tensor, aggregate: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, Tensor]:
+        """Name the stems: `{target: (nb_samples, nb_channels, nb_timesteps)}`.
+
+        Args:
+            stems: output of `separate`, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`.
+            aggregate: optional groups, e.g. `{"vocals": ["vocals"], "accompaniment":
+                ["drums", "bass", "other"]}`; each group is the sum of its targets and only
+                the groups are returned.
+        """
+        named = dict(zip(self.targets, stems.unbind(dim=1), strict=True))
+        if aggregate is None:
+            return named
+        unknown = sorted({t for group in aggregate.values() for t in group} - set(named))
+        if unknown:
+            raise UmxError(
+                f"cannot aggregate unknown targets {', '.join(unknown)}; "
+                f"the targets are {', '.join(self.targets)}"
+            )
+        return {name: sum(named[t] for t in group) for name, group in aggregate.items()}
+
+
+def waveform_model(model: OpenUnmix, n_fft: int = N_FFT, n_hop: int = N_HOP) -> nn.Sequential:
+    """A target model that takes waveforms `(nb_samples, nb_channels, nb_timesteps)` and returns
+    magnitudes `(nb_samples, nb_channels, nb_bins, nb_frames)`, computing the STFT on the fly."""
+    return nn.Sequential(Spectrogram(n_fft, n_hop), model)

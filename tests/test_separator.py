@@ -1,0 +1,158 @@
+"""Separator: reference compatibility, shapes, residual, aggregation and chunked processing."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from umx.errors import UmxError
+from umx.model import OpenUnmix
+from umx.separator import Separator
+
+REFERENCE = Path(__file__).parent / "data" / "reference.pt"
+TARGETS = ("vocals", "drums", "bass", "other")
+
+
+def reference_models(case):
+    """The reference's target models, loaded from its state dicts (extra keys dropped)."""
+    models = {}
+    for target, state in case["state_dicts"].items():
+        state = {k: v for k, v in state.items() if k != "sample_rate"}
+        nb_bins = state["output_mean"].shape[0]
+        max_bin = state["input_mean"].shape[0]
+        hidden, width = state["fc1.weight"].shape
+        model = OpenUnmix(nb_bins, width // max_bin, hidden, max_bin=max_bin)
+        model.load_state_dict(state, strict=True)
+        models[target] = model.freeze()
+    return models
+
+
+@pytest.mark.parametrize("name", ["stereo", "mono"])
+def test_whole_track_mode_reproduces_the_reference(name):
+    cases = torch.load(REFERENCE, weights_only=True)
+    case = cases[name]
+    config = case["config"]
+    for key, expected in case["outputs"].items():
+        niter, softmask, residual, win = eval(key)  # a tuple literal written by make_reference.py
+        separator = Separator(
+            reference_models(case),
+            sample_rate=config["sample_rate"],
+            n_fft=config["nfft"],
+            n_hop=config["nhop"],
+            nb_channels=config["nb_channels"],
+            niter=niter,
+            softmask=softmask,
+            residual="residual" if residual else None,
+            wiener_win_len=win,
+        )
+        got = separator.separate(case["audio"], segment=None)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() < 1e-4, key
+
+
+def small_separator(nb_channels=2, residual=None, niter=1, seed=0, targets=TARGETS):
+    torch.manual_seed(seed)
+    models = {}
+    for target in targets:
+        model = OpenUnmix(257, nb_channels, 16, max_bin=200)
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+        models[target] = model.freeze()
+    return Separator(
+        models,
+        sample_rate=8000.0,
+        n_fft=512,
+        n_hop=128,
+        nb_channels=nb_channels,
+        niter=niter,
+        residual=residual,
+        wiener_win_len=50,
+    )
+
+
+@pytest.mark.parametrize("nb_channels", [1, 2])
+def test_output_shapes(nb_channels):
+    separator = small_separator(nb_channels)
+    audio = torch.randn(2, nb_channels, 8123)
+    stems = separator.separate(audio, segment=None)
+    assert stems.shape == (2, 4, nb_channels, 8123)
+    assert separator.targets == list(TARGETS)
+
+
+def test_stems_sum_to_the_mixture_with_a_residual():
+    separator = small_separator(residual="accompaniment", niter=0, targets=("vocals",))
+    audio = torch.randn(1, 2, 6000) * 0.5
+    stems = separator.separate(audio, segment=None)
+    assert separator.targets == ["vocals", "accompaniment"]
+    named = separator.to_dict(stems)
+    torch.testing.assert_close(named["accompaniment"], audio - named["vocals"], atol=1e-5, rtol=0)
+
+
+def test_wiener_em_keeps_the_sum_close_to_the_mixture():
+    separator = small_separator(niter=1)
+    audio = torch.randn(1, 2, 8000) * 0.5
+    stems = separator.separate(audio, segment=None)
+    assert (stems.sum(dim=1) - audio).abs().max() < 1e-3
+
+
+def test_aggregate_sums_groups():
+    separator = small_separator()
+    stems = separator.separate(torch.randn(1, 2, 4000), segment=None)
+    named = separator.to_dict(stems)
+    groups = separator.to_dict(
+        stems, {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}
+    )
+    assert set(groups) == {"vocals", "accompaniment"}
+    torch.testing.assert_close(
+        groups["accompaniment"], named["drums"] + named["bass"] + named["other"]
+    )
+    with pytest.raises(UmxError, match="guitar"):
+        separator.to_dict(stems, {"x": ["guitar"]})
+
+
+def test_short_input_is_padded_and_cut_back():
+    separator = small_separator()
+    for length in (1, 100, 256, 257):
+        assert separator.separate(torch.randn(1, 2, length), segment=None).shape[-1] == length
+
+
+def test_em_with_one_source_is_refused():
+    with pytest.raises(UmxError, match="two sources"):
+        small_separator(targets=("vocals",), niter=1)
+
+
+@pytest.mark.parametrize("length", [8000 * 5, 8000 * 5 + 333, 3000])
+def test_chunked_mode_close_to_whole_track(length):
+    """Chunk boundaries change the LSTM's context; the cross-fade keeps the error small."""
+    separator = small_separator(niter=1)
+    audio = torch.randn(1, 2, length) * 0.5
+    whole = separator.separate(audio, segment=None)
+    chunked = separator.separate(audio, segment=2.0, overlap=0.5)
+    assert chunked.shape == whole.shape
+    rel = (chunked - whole).norm() / whole.norm()
+    assert rel < 0.05
+    # far from any boundary, the chunks agree with the whole track closely
+    assert (chunked[..., 2000:8000] - whole[..., 2000:8000]).norm() / whole[
+        ..., 2000:8000
+    ].norm() < 0.05
+
+
+def test_chunked_crossfade_is_exact_for_a_linear_system():
+    """With the identity-like niter=0 residual split, every chunking gives exactly the mixture."""
+    separator = small_separator(residual="rest", niter=0, targets=("vocals",))
+    audio = torch.randn(1, 2, 8000 * 3 + 17)
+    for segment, overlap in ((1.0, 0.25), (0.7, 0.0), (10.0, 1.0)):
+        chunks = list(separator.iter_chunks(audio, segment, overlap))
+        stems = torch.cat(chunks, dim=-1)
+        torch.testing.assert_close(stems.sum(dim=1), audio, atol=1e-5, rtol=0)
+
+
+def test_bad_overlap_is_refused():
+    separator = small_separator()
+    with pytest.raises(UmxError, match="overlap"):
+        separator.separate(torch.randn(1, 2, 8000), segment=1.0, overlap=1.0)
+
+
+def test_channel_mismatch_is_refused():
+    with pytest.raises(UmxError, match="2-channel"):
+        small_separator().separate(torch.randn(1, 1, 8000), segment=None)

@@ -1,0 +1,48 @@
+"""STFT, inverse STFT and magnitude."""
+
+import math
+
+import pytest
+import torch
+
+from umx.transforms import Spectrogram, istft, magnitude, stft
+
+
+@pytest.mark.parametrize("length", [44100, 44100 + 517, 4097])
+def test_round_trip_is_perfect(length):
+    audio = torch.randn(2, 2, length, dtype=torch.float64)
+    spec = stft(audio)
+    assert spec.shape == (2, 2, 2049, length // 1024 + 1)
+    back = istft(spec, length)
+    assert back.shape == audio.shape
+    assert (back - audio).abs().max() < 1e-6
+
+
+def test_round_trip_float32():
+    audio = torch.rand(1, 2, 20000) * 2 - 1
+    assert (istft(stft(audio), 20000) - audio).abs().max() < 1e-6
+
+
+def test_sine_peaks_at_its_bin():
+    rate, n_fft = 44100, 4096
+    k = 100
+    freq = k * rate / n_fft
+    t = torch.arange(rate, dtype=torch.float64) / rate
+    audio = torch.sin(2 * math.pi * freq * t)[None, None]
+    mag = magnitude(stft(audio, n_fft, 1024))
+    assert mag.shape == (1, 1, 2049, 44)
+    assert int(mag[0, 0, :, 20].argmax()) == k
+    # periodic Hann: a bin-centred sine of amplitude 1 has magnitude sum(window) / 2 = n_fft / 4
+    assert mag[0, 0, k, 20].item() == pytest.approx(n_fft / 4, rel=1e-6)
+
+
+def test_magnitude_mono_averages_channels():
+    spec = stft(torch.randn(1, 2, 5000), 256, 64)
+    mono = magnitude(spec, mono=True)
+    assert mono.shape == (1, 1, 129, 5000 // 64 + 1)
+    torch.testing.assert_close(mono[:, 0], spec.abs().mean(dim=1))
+
+
+def test_spectrogram_module():
+    audio = torch.randn(3, 2, 3000)
+    torch.testing.assert_close(Spectrogram(512, 128)(audio), stft(audio, 512, 128).abs())
