@@ -1,0 +1,466 @@
+"""Tests of umx.audio: round trips, excerpts, resampling, channel policy, errors, clipping."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from umx import audio
+from umx.audio import (
+    DEFAULT_SUBTYPE,
+    RESCALE_PEAK,
+    AudioWriter,
+    audio_formats,
+    read_audio,
+    resample,
+    write_audio,
+)
+from umx.errors import UmxError
+
+RATE = 44100
+MP3_FRAME = 1152  # samples per MPEG-1 layer III frame: the decoders' length slack
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+
+def tone(nb_channels: int = 2, seconds: float = 1.0, rate: int = RATE) -> np.ndarray:
+    """A deterministic music-like signal, shape (nb_channels, nb_timesteps), peak below 1."""
+    t = np.arange(round(seconds * rate)) / rate
+    rows = [
+        0.4 * np.sin(2 * np.pi * (220 * (c + 1) * t + 30 * t**2)) * (0.6 + 0.4 * np.cos(3 * t))
+        for c in range(nb_channels)
+    ]
+    return np.stack(rows).astype(np.float32)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    nb = min(a.shape[-1], b.shape[-1])
+    return float(np.corrcoef(a[..., :nb].ravel(), b[..., :nb].ravel())[0, 1])
+
+
+def ffmpeg_encode(source, target, *inputs: str) -> None:
+    """Encodes ``source`` (plus more ``inputs``, one stream each) into ``target`` with ffmpeg."""
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(source)]
+    for extra in inputs:
+        command += ["-i", str(extra)]
+    for index in range(1 + len(inputs)):
+        command += ["-map", f"{index}:a"]
+    subprocess.run([*command, "-c:a", "aac", "-b:a", "192k", str(target)], check=True)
+
+
+def only_files(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+# Round trips
+
+
+@pytest.mark.parametrize(
+    ("extension", "subtype", "tolerance"),
+    [
+        ("wav", "PCM_16", 2**-15),
+        ("wav", "PCM_24", 2**-23),
+        ("wav", "FLOAT", 0.0),
+        ("flac", "PCM_16", 2**-15),
+        ("flac", "PCM_24", 2**-23),
+    ],
+)
+def test_lossless_round_trip(tmp_path, extension, subtype, tolerance):
+    signal = tone()
+    path = tmp_path / f"out.{extension}"
+    report = write_audio(path, torch.from_numpy(signal), RATE, subtype=subtype)
+    assert (report.action, report.gain) == ("none", 1.0)
+    assert report.peak == pytest.approx(np.abs(signal).max())
+    assert soundfile.info(path).subtype == subtype
+    decoded, rate = read_audio(path)
+    assert rate == RATE
+    assert decoded.dtype == torch.float32
+    assert decoded.shape == signal.shape
+    np.testing.assert_allclose(decoded.numpy(), signal, rtol=0, atol=tolerance)
+
+
+def test_default_subtypes(tmp_path):
+    for extension in ("wav", "flac"):
+        write_audio(tmp_path / f"out.{extension}", tone(), RATE)
+        assert soundfile.info(tmp_path / f"out.{extension}").subtype == DEFAULT_SUBTYPE[extension]
+
+
+def test_mp3_round_trip(tmp_path):
+    signal = tone(seconds=2.0)
+    path = tmp_path / "out.mp3"
+    write_audio(path, signal, RATE)
+    decoded, rate = read_audio(path)
+    assert rate == RATE
+    assert abs(decoded.shape[1] - signal.shape[1]) <= 2 * MP3_FRAME
+    assert correlation(decoded.numpy(), signal) > 0.99
+
+
+@needs_ffmpeg
+def test_mp3_written_by_ffmpeg_without_libsndfile_mpeg(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    signal = tone(seconds=2.0)
+    path = tmp_path / "out.mp3"
+    report = write_audio(path, signal * 4, RATE)
+    assert report.action == "rescaled"
+    assert only_files(tmp_path) == ["out.mp3"]
+    decoded, _ = read_audio(path)
+    assert abs(decoded.shape[1] - signal.shape[1]) <= 2 * MP3_FRAME
+    assert correlation(decoded.numpy(), signal) > 0.99
+
+
+def test_failing_ffmpeg_encoder_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    false = shutil.which("false")  # an "ffmpeg" that fails at once
+    monkeypatch.setattr(audio.shutil, "which", lambda _: false)
+    with pytest.raises(UmxError) as error:
+        write_audio(tmp_path / "out.mp3", tone(seconds=2.0), RATE)
+    assert str(tmp_path / "out.mp3") in str(error.value)
+    assert only_files(tmp_path) == []
+
+
+def test_mp3_refused_without_any_encoder(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+    assert audio_formats() == ["wav", "flac"]
+    with pytest.raises(UmxError, match="apt-get install ffmpeg"):
+        AudioWriter(tmp_path / "out.mp3", RATE, 2)
+
+
+@needs_ffmpeg
+def test_m4a_through_ffmpeg(tmp_path):
+    signal = tone(seconds=2.0)
+    write_audio(tmp_path / "source.wav", signal, RATE, subtype="FLOAT")
+    ffmpeg_encode(tmp_path / "source.wav", tmp_path / "song.m4a")
+    decoded, rate = read_audio(tmp_path / "song.m4a")
+    assert rate == RATE
+    assert decoded.shape[0] == 2
+    assert abs(decoded.shape[1] - signal.shape[1]) <= 2048  # AAC priming and padding
+    assert correlation(decoded.numpy(), signal) > 0.99
+    excerpt, _ = read_audio(tmp_path / "song.m4a", start=0.5, duration=0.25)
+    first = round(0.5 * RATE)
+    np.testing.assert_allclose(excerpt, decoded[:, first : first + round(0.25 * RATE)], atol=1e-6)
+
+
+@needs_ffmpeg
+def test_stem_mp4_reads_the_mixture(tmp_path):
+    mixture, other = tone(seconds=1.0), tone(seconds=1.0)[::-1].copy() * 0.5
+    write_audio(tmp_path / "mixture.wav", mixture, RATE, subtype="FLOAT")
+    write_audio(tmp_path / "vocals.wav", other, RATE, subtype="FLOAT")
+    ffmpeg_encode(tmp_path / "mixture.wav", tmp_path / "track.stem.mp4", tmp_path / "vocals.wav")
+    decoded, _ = read_audio(tmp_path / "track.stem.mp4")
+    assert correlation(decoded.numpy(), mixture) > 0.99
+
+
+def test_ffmpeg_missing_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"\0" * 64)
+    monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+    with pytest.raises(UmxError, match="apt-get install ffmpeg") as error:
+        read_audio(path)
+    assert str(path) in str(error.value)
+
+
+# Excerpts and resampling
+
+
+@pytest.mark.parametrize("extension", ["wav", "flac", "mp3"])
+def test_excerpt_equals_slice_of_full_read(tmp_path, extension):
+    path = tmp_path / f"song.{extension}"
+    write_audio(path, tone(seconds=2.0), RATE)
+    full, _ = read_audio(path)
+    excerpt, _ = read_audio(path, start=0.75, duration=0.5)
+    first = round(0.75 * RATE)
+    torch.testing.assert_close(excerpt, full[:, first : first + round(0.5 * RATE)])
+    tail, _ = read_audio(path, start=1.5)
+    torch.testing.assert_close(tail, full[:, round(1.5 * RATE) :])
+
+
+def test_resample_keeps_frequency_and_length_ratio():
+    orig_rate, new_rate, frequency = 48000, 44100, 1000.0
+    t = torch.arange(orig_rate, dtype=torch.float64) / orig_rate
+    sine = torch.sin(2 * torch.pi * frequency * t).repeat(2, 1).float()
+    resampled = resample(sine, orig_rate, new_rate)
+    assert resampled.shape == (2, new_rate)
+    assert resampled.dtype == torch.float32
+    spectrum = np.abs(np.fft.rfft(resampled[0].numpy()))
+    peak_frequency = np.argmax(spectrum) * new_rate / resampled.shape[1]
+    assert peak_frequency == pytest.approx(frequency, abs=1.0)
+    expected = np.sin(2 * np.pi * frequency * np.arange(new_rate) / new_rate)
+    middle = slice(1000, -1000)  # away from the filter's edges
+    np.testing.assert_allclose(resampled[0, middle], expected[middle], atol=1e-3)
+    assert resample(sine, orig_rate, orig_rate) is sine
+
+
+def test_read_resamples_to_the_requested_rate(tmp_path):
+    path = tmp_path / "song.wav"
+    write_audio(path, tone(rate=48000), 48000, subtype="FLOAT")
+    decoded, rate = read_audio(path, sample_rate=RATE)
+    assert rate == RATE
+    assert decoded.shape == (2, RATE)
+
+
+# Channel policy
+
+
+def test_mono_is_duplicated_for_a_stereo_model(tmp_path):
+    signal = tone(nb_channels=1)
+    write_audio(tmp_path / "mono.wav", signal, RATE, subtype="FLOAT")
+    decoded, _ = read_audio(tmp_path / "mono.wav", nb_channels=2)
+    np.testing.assert_array_equal(decoded.numpy(), np.repeat(signal, 2, axis=0))
+
+
+def test_stereo_is_averaged_for_a_mono_model(tmp_path):
+    signal = tone(nb_channels=2)
+    write_audio(tmp_path / "stereo.wav", signal, RATE, subtype="FLOAT")
+    decoded, _ = read_audio(tmp_path / "stereo.wav", nb_channels=1)
+    np.testing.assert_allclose(decoded.numpy(), signal.mean(axis=0, keepdims=True), atol=1e-7)
+    unchanged, _ = read_audio(tmp_path / "stereo.wav")
+    np.testing.assert_array_equal(unchanged.numpy(), signal)
+
+
+def test_six_channels_refused_unless_downmixed(tmp_path):
+    signal = tone(nb_channels=6)
+    path = tmp_path / "surround.wav"
+    write_audio(path, signal, RATE, subtype="FLOAT")
+    with pytest.raises(UmxError, match=r"6 channels.*--downmix") as error:
+        read_audio(path, nb_channels=2)
+    assert str(path) in str(error.value)
+    mean = signal.mean(axis=0, keepdims=True)
+    stereo, _ = read_audio(path, nb_channels=2, downmix=True)
+    np.testing.assert_allclose(stereo.numpy(), np.repeat(mean, 2, axis=0), atol=1e-7)
+    mono, _ = read_audio(path, nb_channels=1, downmix=True)
+    np.testing.assert_allclose(mono.numpy(), mean, atol=1e-7)
+
+
+# Bad input
+
+
+def write_raw(path, frames: np.ndarray, subtype: str = "FLOAT") -> None:
+    soundfile.write(path, frames, RATE, subtype=subtype)
+
+
+def truncate(path, fraction: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def make_missing(tmp_path):
+    return tmp_path / "missing.wav", {}
+
+
+def make_directory(tmp_path):
+    (tmp_path / "folder.wav").mkdir()
+    return tmp_path / "folder.wav", {}
+
+
+def make_text_wav(tmp_path):
+    (tmp_path / "notes.wav").write_text("not audio at all\n" * 20)
+    return tmp_path / "notes.wav", {}
+
+
+def make_text_m4a(tmp_path):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    (tmp_path / "notes.m4a").write_text("not audio at all\n" * 20)
+    return tmp_path / "notes.m4a", {}
+
+
+def make_truncated_flac(tmp_path):
+    write_audio(tmp_path / "cut.flac", tone(seconds=2.0), RATE)
+    truncate(tmp_path / "cut.flac", 0.5)
+    return tmp_path / "cut.flac", {}
+
+
+def make_truncated_mp3(tmp_path):
+    write_audio(tmp_path / "cut.mp3", tone(seconds=2.0), RATE)
+    truncate(tmp_path / "cut.mp3", 0.5)
+    return tmp_path / "cut.mp3", {}
+
+
+def make_empty(tmp_path):
+    write_raw(tmp_path / "empty.wav", np.zeros((0, 2), np.float32))
+    return tmp_path / "empty.wav", {}
+
+
+def make_start_beyond_end(tmp_path):
+    write_raw(tmp_path / "short.wav", tone().T)
+    return tmp_path / "short.wav", {"start": 5.0}
+
+
+def make_excerpt_of_nothing(tmp_path):
+    write_raw(tmp_path / "short.wav", tone().T)
+    return tmp_path / "short.wav", {"duration": 1e-6}
+
+
+def make_nan(tmp_path):
+    frames = tone().T.copy()
+    frames[100, 0] = np.nan
+    write_raw(tmp_path / "nan.wav", frames)
+    return tmp_path / "nan.wav", {}
+
+
+def make_inf(tmp_path):
+    frames = tone().T.copy()
+    frames[100, 1] = -np.inf
+    write_raw(tmp_path / "inf.wav", frames)
+    return tmp_path / "inf.wav", {}
+
+
+def make_negative_start(tmp_path):
+    write_raw(tmp_path / "song.wav", tone().T)
+    return tmp_path / "song.wav", {"start": -1.0}
+
+
+def make_negative_duration(tmp_path):
+    write_raw(tmp_path / "song.wav", tone().T)
+    return tmp_path / "song.wav", {"duration": -0.5}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        make_missing,
+        make_directory,
+        make_text_wav,
+        make_text_m4a,
+        make_truncated_flac,
+        make_truncated_mp3,
+        make_empty,
+        make_start_beyond_end,
+        make_excerpt_of_nothing,
+        make_nan,
+        make_inf,
+        make_negative_start,
+        make_negative_duration,
+    ],
+)
+def test_bad_input_names_the_path(tmp_path, make):
+    path, options = make(tmp_path)
+    with pytest.raises(UmxError) as error:
+        read_audio(path, **options)
+    assert str(path) in str(error.value)
+
+
+# Writing: clip policies, refusals, temporary files, streaming
+
+
+def test_rescale_keeps_peak_below_one(tmp_path):
+    signal = tone() * 5
+    peak = float(np.abs(signal).max())
+    report = write_audio(tmp_path / "loud.wav", signal, RATE, subtype="PCM_24")
+    assert report.action == "rescaled"
+    assert report.peak == pytest.approx(peak)
+    assert report.gain == pytest.approx(RESCALE_PEAK / peak)
+    decoded, _ = read_audio(tmp_path / "loud.wav")
+    assert decoded.abs().max() < 1.0
+    np.testing.assert_allclose(decoded.numpy(), signal * report.gain, atol=2**-23 + 1e-7)
+
+
+def test_clamp_clips_to_unit_range(tmp_path):
+    signal = tone() * 3
+    report = write_audio(tmp_path / "loud.wav", signal, RATE, subtype="FLOAT", clip="clamp")
+    assert (report.action, report.gain) == ("clamped", 1.0)
+    decoded, _ = read_audio(tmp_path / "loud.wav")
+    np.testing.assert_array_equal(decoded.numpy(), np.clip(signal, -1, 1))
+
+
+def test_clip_none_only_for_float(tmp_path):
+    signal = tone() * 3
+    report = write_audio(tmp_path / "loud.wav", signal, RATE, subtype="FLOAT", clip="none")
+    assert (report.action, report.gain) == ("none", 1.0)
+    decoded, _ = read_audio(tmp_path / "loud.wav")
+    np.testing.assert_array_equal(decoded.numpy(), signal)
+    with pytest.raises(UmxError, match="FLOAT"):
+        write_audio(tmp_path / "loud16.wav", signal, RATE, clip="none")
+
+
+def test_existing_file_refused_at_construction_and_overwritten_with_force(tmp_path):
+    path = tmp_path / "vocals.wav"
+    write_audio(path, tone(), RATE)
+    with pytest.raises(UmxError, match=r"already exists.*--force") as error:
+        AudioWriter(path, RATE, 2)
+    assert str(path) in str(error.value)
+    write_audio(path, tone() * 0.5, RATE, subtype="FLOAT", force=True)
+    decoded, _ = read_audio(path)
+    np.testing.assert_array_equal(decoded.numpy(), tone() * 0.5)
+    assert only_files(tmp_path) == ["vocals.wav"]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("out.ogg", {}, "extensions"),
+        ("out.flac", {"subtype": "FLOAT"}, "FLOAT"),
+        ("out.wav", {"clip": "fold"}, "fold"),
+        ("no/such/dir/out.wav", {}, "directory"),
+    ],
+)
+def test_bad_write_options_name_the_path(tmp_path, name, options, message):
+    path = tmp_path / name
+    with pytest.raises(UmxError, match=message) as error:
+        write_audio(path, tone(), RATE, **options)
+    assert str(path) in str(error.value)
+    assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_directory_is_named(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(UmxError, match="unwritable") as error:
+        write_audio(locked / "out.wav", tone(), RATE)
+    assert str(locked) in str(error.value)
+
+
+@pytest.mark.parametrize("clip", ["rescale", "clamp"])
+def test_failed_writes_leave_nothing_behind(tmp_path, clip):
+    with (
+        pytest.raises(RuntimeError, match="separation failed"),
+        AudioWriter(tmp_path / "vocals.flac", RATE, 2, clip=clip) as writer,
+    ):
+        writer.write(tone())
+        raise RuntimeError("separation failed")
+    assert only_files(tmp_path) == []
+
+    broken = tone()
+    broken[1, 10] = np.nan
+    with pytest.raises(UmxError, match="NaN") as error:
+        write_audio(tmp_path / "vocals.wav", broken, RATE, clip=clip)
+    assert str(tmp_path / "vocals.wav") in str(error.value)
+    assert only_files(tmp_path) == []
+
+
+def test_failed_overwrite_keeps_the_old_file(tmp_path):
+    path = tmp_path / "vocals.wav"
+    write_audio(path, tone(), RATE, subtype="FLOAT")
+    with pytest.raises(KeyboardInterrupt), AudioWriter(path, RATE, 2, force=True) as writer:
+        writer.write(tone() * 0.1)
+        raise KeyboardInterrupt
+    assert only_files(tmp_path) == ["vocals.wav"]
+    np.testing.assert_array_equal(read_audio(path)[0].numpy(), tone())
+
+
+@pytest.mark.parametrize(("extension", "clip"), [("wav", "rescale"), ("flac", "clamp")])
+def test_streaming_equals_whole_write(tmp_path, extension, clip):
+    signal = np.concatenate([tone(seconds=1.3), tone(seconds=0.9) * 4, tone(seconds=0.4)], axis=1)
+    whole = write_audio(tmp_path / f"whole.{extension}", signal, RATE, clip=clip)
+    with AudioWriter(tmp_path / f"streamed.{extension}", RATE, 2, clip=clip) as writer:
+        for start in range(0, signal.shape[1], 10000):
+            writer.write(torch.from_numpy(signal[:, start : start + 10000]))
+    assert writer.report.action == whole.action != "none"
+    assert (writer.report.peak, writer.report.gain) == (whole.peak, whole.gain)
+    torch.testing.assert_close(
+        read_audio(tmp_path / f"streamed.{extension}")[0],
+        read_audio(tmp_path / f"whole.{extension}")[0],
+        rtol=0,
+        atol=0,
+    )
+    assert only_files(tmp_path) == sorted([f"streamed.{extension}", f"whole.{extension}"])
+
+
+def test_audio_formats_lists_writable_extensions():
+    assert audio_formats()[:2] == ["wav", "flac"]
+    assert set(audio_formats()) <= set(DEFAULT_SUBTYPE)
