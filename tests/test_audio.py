@@ -464,3 +464,21 @@ def test_streaming_equals_whole_write(tmp_path, extension, clip):
 def test_audio_formats_lists_writable_extensions():
     assert audio_formats()[:2] == ["wav", "flac"]
     assert set(audio_formats()) <= set(DEFAULT_SUBTYPE)
+
+
+def test_match_channels_on_batches():
+    from umx.audio import match_channels
+
+    stereo = torch.randn(3, 2, 100)
+    mono = match_channels(stereo, 1)
+    assert mono.shape == (3, 1, 100)
+    torch.testing.assert_close(mono[:, 0], stereo.mean(dim=1))
+    torch.testing.assert_close(match_channels(mono, 2), mono.repeat(1, 2, 1))
+    assert match_channels(stereo, 2) is stereo
+
+
+def test_resample_keeps_leading_dimensions():
+    audio = torch.randn(2, 3, 2, 4800)
+    out = resample(audio, 48000, 44100)
+    assert out.shape == (2, 3, 2, 4410)
+    torch.testing.assert_close(out[1, 2], resample(audio[1, 2], 48000, 44100))

@@ -143,22 +143,35 @@ def _read_ffmpeg(path: Path, start: float, duration: float | None) -> tuple[np.n
     return np.frombuffer(raw, dtype=np.float32).reshape(-1, nb_channels).copy(), rate
 
 
-def _match_channels(
-    audio: np.ndarray, nb_channels: int | None, downmix: bool, path: Path
-) -> np.ndarray:
-    """Applies the channel policy to ``(nb_channels_in, nb_timesteps)`` audio."""
+def match_channels(audio: torch.Tensor, nb_channels: int) -> torch.Tensor:
+    """Mono ↔ stereo: duplicate mono for stereo, average stereo for mono.
+
+    Args:
+        audio: shape ``(..., nb_channels_in, nb_timesteps)`` with 1 or 2 channels.
+        nb_channels: the channel count wanted, 1 or 2.
+
+    Returns:
+        shape ``(..., nb_channels, nb_timesteps)``; ``audio`` itself when it already fits.
+    """
+    if audio.shape[-2] == nb_channels:
+        return audio
+    if nb_channels == 1:
+        return audio.mean(dim=-2, keepdim=True)
+    return audio.expand(*audio.shape[:-2], nb_channels, audio.shape[-1])
+
+
+def _channel_policy(
+    audio: torch.Tensor, nb_channels: int | None, downmix: bool, path: Path
+) -> torch.Tensor:
+    """Applies the channel policy to ``(nb_channels_in, nb_timesteps)`` audio read from ``path``."""
     if audio.shape[0] > MAX_CHANNELS:
         if not downmix:
             raise UmxError(
                 f"{path}: {audio.shape[0]} channels; umx separates mono or stereo audio "
                 "(use --downmix to average the channels)"
             )
-        audio = audio.mean(axis=0, keepdims=True)
-    if nb_channels is None or audio.shape[0] == nb_channels:
-        return audio
-    if nb_channels == 1:
-        return audio.mean(axis=0, keepdims=True)
-    return np.repeat(audio, nb_channels, axis=0)
+        audio = audio.mean(dim=0, keepdim=True)
+    return audio if nb_channels is None else match_channels(audio, nb_channels).contiguous()
 
 
 def read_audio(
@@ -212,8 +225,7 @@ def read_audio(
         raise UmxError(f"{path} has no audio from {start} s{length}")
     if not np.isfinite(audio).all():
         raise UmxError(f"{path} contains NaN or infinite samples")
-    audio = _match_channels(audio.T, nb_channels, downmix, path)
-    waveform = torch.from_numpy(np.ascontiguousarray(audio))
+    waveform = _channel_policy(torch.from_numpy(audio.T), nb_channels, downmix, path)
     if sample_rate is None:
         return waveform, float(rate)
     return resample(waveform, rate, sample_rate), float(sample_rate)
@@ -223,19 +235,20 @@ def resample(audio: torch.Tensor, orig_rate: float, new_rate: float) -> torch.Te
     """Resamples with soxr at very high quality.
 
     Args:
-        audio: shape ``(nb_channels, nb_timesteps)``, float32 or float64.
+        audio: shape ``(..., nb_timesteps)``, float32 or float64.
         orig_rate: its sample rate.
         new_rate: the rate wanted.
 
     Returns:
-        Shape ``(nb_channels, round(nb_timesteps * new_rate / orig_rate))``, same dtype and
-        device; ``audio`` itself when the rates are equal.
+        Shape ``(..., round(nb_timesteps * new_rate / orig_rate))``, same dtype and device;
+        ``audio`` itself when the rates are equal.
     """
     if orig_rate == new_rate:
         return audio
-    frames = np.ascontiguousarray(audio.detach().cpu().numpy().T)
+    frames = np.ascontiguousarray(audio.detach().cpu().reshape(-1, audio.shape[-1]).numpy().T)
     resampled = soxr.resample(frames, orig_rate, new_rate, quality=RESAMPLE_QUALITY)
-    return torch.from_numpy(np.ascontiguousarray(resampled.T)).to(audio.device)
+    resampled = torch.from_numpy(np.ascontiguousarray(resampled.T)).to(audio.device)
+    return resampled.reshape(*audio.shape[:-1], -1)
 
 
 def _can_write_mp3() -> bool:
