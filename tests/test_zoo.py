@@ -1,0 +1,645 @@
+"""umx.zoo: checkpoint format, model directories, download / verify / cache, bad input.
+
+Downloads go to a real HTTP server on 127.0.0.1 serving a temporary folder; nothing reaches the
+network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from umx import zoo
+from umx.errors import UmxError
+from umx.model import OpenUnmix
+from umx.separator import Separator
+from umx.zoo import (
+    DEFAULT_MODEL,
+    MODELS,
+    ZooEntry,
+    cache_dir,
+    infer_architecture,
+    list_models,
+    load_separator,
+    load_target_model,
+    save_separator,
+    save_target_model,
+    torch_save_atomic,
+    write_json_atomic,
+)
+
+N_FFT = 128
+N_HOP = 32
+NB_BINS = N_FFT // 2 + 1
+HIDDEN = 16
+MAX_BIN = 40
+RATE = 8000.0
+TARGETS = ("vocals", "drums")
+NB_TIMESTEPS = 3000
+
+# The umxhq table of the shared checkpoint-format doc, verbatim.
+UMXHQ_SHAPES = {
+    "input_mean": (1487,),
+    "input_scale": (1487,),
+    "output_scale": (2049,),
+    "output_mean": (2049,),
+    "fc1.weight": (512, 2974),
+    **{f"bn1.{name}": (512,) for name in ("weight", "bias", "running_mean", "running_var")},
+    "bn1.num_batches_tracked": (),
+    **{
+        f"lstm.{name}_l{k}{direction}": shape
+        for k in range(3)
+        for direction in ("", "_reverse")
+        for name, shape in (
+            ("weight_ih", (1024, 512)),
+            ("weight_hh", (1024, 256)),
+            ("bias_ih", (1024,)),
+            ("bias_hh", (1024,)),
+        )
+    },
+    "fc2.weight": (512, 1024),
+    **{f"bn2.{name}": (512,) for name in ("weight", "bias", "running_mean", "running_var")},
+    "bn2.num_batches_tracked": (),
+    "fc3.weight": (4098, 512),
+    **{f"bn3.{name}": (4098,) for name in ("weight", "bias", "running_mean", "running_var")},
+    "bn3.num_batches_tracked": (),
+}
+
+
+def reference_shapes(nb_bins, nb_channels, hidden, max_bin, nb_layers=3, unidirectional=False):
+    """The shapes the doc's formulas give for any size."""
+    lstm_hidden = hidden if unidirectional else hidden // 2
+    bn = ("weight", "bias", "running_mean", "running_var")
+    shapes = {
+        "input_mean": (max_bin,),
+        "input_scale": (max_bin,),
+        "output_scale": (nb_bins,),
+        "output_mean": (nb_bins,),
+        "fc1.weight": (hidden, max_bin * nb_channels),
+        "fc2.weight": (hidden, 2 * hidden),
+        "fc3.weight": (nb_bins * nb_channels, hidden),
+    }
+    for layer, width in (("bn1", hidden), ("bn2", hidden), ("bn3", nb_bins * nb_channels)):
+        shapes.update({f"{layer}.{name}": (width,) for name in bn})
+        shapes[f"{layer}.num_batches_tracked"] = ()
+    for k in range(nb_layers):
+        for direction in ("",) if unidirectional else ("", "_reverse"):
+            shapes[f"lstm.weight_ih_l{k}{direction}"] = (4 * lstm_hidden, hidden)
+            shapes[f"lstm.weight_hh_l{k}{direction}"] = (4 * lstm_hidden, lstm_hidden)
+            shapes[f"lstm.bias_ih_l{k}{direction}"] = (4 * lstm_hidden,)
+            shapes[f"lstm.bias_hh_l{k}{direction}"] = (4 * lstm_hidden,)
+    return shapes
+
+
+def shapes_of(state_dict):
+    return {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+def random_model(nb_channels=2, nb_layers=2, unidirectional=False, seed=0):
+    """A small model with random weights and batch-norm statistics, frozen."""
+    generator = torch.Generator().manual_seed(seed)
+    model = OpenUnmix(NB_BINS, nb_channels, HIDDEN, nb_layers, unidirectional, max_bin=MAX_BIN)
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+    return model.freeze()
+
+
+def small_separator(targets=TARGETS, nb_channels=2):
+    models = {target: random_model(nb_channels, seed=i) for i, target in enumerate(targets)}
+    return Separator(
+        models, sample_rate=RATE, n_fft=N_FFT, n_hop=N_HOP, nb_channels=nb_channels
+    ).eval()
+
+
+def mixture(nb_channels=2):
+    return torch.randn(1, nb_channels, NB_TIMESTEPS, generator=torch.Generator().manual_seed(1))
+
+
+def sha8(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A small two-target separator and its model directory."""
+    separator = small_separator()
+    return separator, save_separator(separator, tmp_path / "model")
+
+
+# --- the checkpoint format -----------------------------------------------------------------------
+
+
+def test_umxhq_size_state_dict_matches_the_published_table():
+    state = OpenUnmix(2049, 2, 512, max_bin=1487).state_dict()
+    assert shapes_of(state) == UMXHQ_SHAPES
+    assert len(state) == 46
+    assert sum(value.numel() for value in state.values()) == 8_903_595
+    assert reference_shapes(2049, 2, 512, 1487) == UMXHQ_SHAPES
+    arch = infer_architecture(state)
+    assert (arch.nb_bins, arch.nb_channels, arch.hidden_size, arch.max_bin) == (2049, 2, 512, 1487)
+    assert (arch.nb_layers, arch.unidirectional) == (3, False)
+
+
+@pytest.mark.parametrize(
+    ("nb_bins", "nb_channels", "hidden", "max_bin"),
+    [(2049, 2, 1024, 1487), (513, 1, 256, 513)],
+    ids=["umxl", "umxse"],
+)
+def test_published_sizes_have_the_reference_layout(nb_bins, nb_channels, hidden, max_bin):
+    state = OpenUnmix(nb_bins, nb_channels, hidden, max_bin=max_bin).state_dict()
+    assert shapes_of(state) == reference_shapes(nb_bins, nb_channels, hidden, max_bin)
+    arch = infer_architecture(state)
+    assert (arch.nb_bins, arch.nb_channels, arch.hidden_size, arch.max_bin) == (
+        nb_bins,
+        nb_channels,
+        hidden,
+        max_bin,
+    )
+
+
+@pytest.mark.parametrize(
+    ("nb_layers", "unidirectional", "nb_channels"),
+    [(3, False, 2), (2, False, 2), (1, True, 1), (3, True, 2)],
+)
+def test_architecture_is_inferred(nb_layers, unidirectional, nb_channels):
+    model = OpenUnmix(NB_BINS, nb_channels, HIDDEN, nb_layers, unidirectional, max_bin=MAX_BIN)
+    state = model.state_dict()
+    assert shapes_of(state) == reference_shapes(
+        NB_BINS, nb_channels, HIDDEN, MAX_BIN, nb_layers, unidirectional
+    )
+    arch = infer_architecture(state)
+    assert arch == zoo.TargetArchitecture.of(model)
+    assert (arch.nb_layers, arch.unidirectional, arch.nb_channels) == (
+        nb_layers,
+        unidirectional,
+        nb_channels,
+    )
+
+
+def test_reference_file_with_float16_and_extra_keys_loads(tmp_path):
+    """As published: half precision, plus the STFT buffers of old reference models."""
+    model = OpenUnmix(2049, 2, 512, max_bin=1487)
+    state = {key: value.half() if value.is_floating_point() else value for key, value in
+             model.state_dict().items()}  # fmt: skip
+    state |= {
+        "sample_rate": torch.tensor(44100.0),
+        "stft.window": torch.hann_window(4096),
+        "istft.window": torch.hann_window(4096),
+        "transform.0.window": torch.hann_window(4096),
+    }
+    path = tmp_path / "vocals-00000000.pth"
+    torch.save(state, path)
+    loaded = load_target_model(path, {"nfft": 4096, "nb_channels": 2, "hidden_size": 512})
+    assert not loaded.training
+    assert all(not p.requires_grad for p in loaded.parameters())
+    assert loaded.fc1.weight.dtype == torch.float32
+    assert torch.equal(loaded.fc1.weight, state["fc1.weight"].float())
+
+
+# --- model directories ---------------------------------------------------------------------------
+
+
+def test_round_trip_gives_identical_outputs(saved):
+    separator, directory = saved
+    loaded = load_separator(directory)
+    assert loaded.targets == list(TARGETS)
+    assert (loaded.sample_rate, loaded.n_fft, loaded.n_hop, loaded.nb_channels) == (
+        RATE,
+        N_FFT,
+        N_HOP,
+        2,
+    )
+    assert not loaded.training
+    assert all(not model.training for model in loaded.target_models.values())
+    audio = mixture()
+    with torch.inference_mode():
+        assert torch.equal(loaded(audio), separator(audio))
+
+
+def test_saved_files_follow_the_official_layout(tmp_path):
+    separator = small_separator()
+    metadata = {"vocals": {"best_loss": 0.5, "args": {"lr": 0.001, "hidden_size": 999}}}
+    directory = save_separator(separator, tmp_path / "model", metadata=metadata)
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "drums.json",
+        "drums.pth",
+        "separator.json",
+        "vocals.json",
+        "vocals.pth",
+    ]
+    config = json.loads((directory / "separator.json").read_text())
+    assert config == {
+        "sample_rate": RATE,
+        "nfft": N_FFT,
+        "nhop": N_HOP,
+        "nb_channels": 2,
+        "targets": list(TARGETS),
+    }
+    vocals = json.loads((directory / "vocals.json").read_text())
+    assert vocals["best_loss"] == 0.5
+    args = vocals["args"]
+    assert args["lr"] == 0.001
+    assert args["hidden_size"] == HIDDEN  # the model's architecture wins over metadata
+    expected = {
+        "sample_rate": RATE,
+        "nfft": N_FFT,
+        "nhop": N_HOP,
+        "nb_channels": 2,
+        "nb_layers": 2,
+        "unidirectional": False,
+        "max_bin": MAX_BIN,
+    }
+    assert {key: args[key] for key in expected} == expected
+    assert args["bandwidth"] == pytest.approx((MAX_BIN - 1) * RATE / N_FFT)
+    state = torch.load(directory / "vocals.pth", weights_only=True)
+    assert set(state) == set(random_model().state_dict())
+
+
+def test_reference_style_directory_loads(saved):
+    """`<target>-<hash>.pth` names, no target json, no `targets` key, extra reference keys."""
+    separator, directory = saved
+    (directory / "separator.json").write_text(
+        json.dumps({"sample_rate": RATE, "nfft": N_FFT, "nhop": N_HOP, "nb_channels": 2})
+    )
+    for target in TARGETS:
+        (directory / f"{target}.json").unlink()
+        path = directory / f"{target}.pth"
+        state = torch.load(path, weights_only=True)
+        state |= {"sample_rate": torch.tensor(RATE), "stft.window": torch.hann_window(N_FFT)}
+        torch.save(state, path)
+        path.rename(directory / f"{target}-{sha8(path)}.pth")
+    loaded = load_separator(directory)
+    assert loaded.targets == sorted(TARGETS)  # without a list, targets come in name order
+    audio = mixture()
+    with torch.inference_mode():
+        assert torch.equal(loaded(audio), separator(audio).flip(1))
+
+
+def test_targets_pick_a_subset_in_the_order_given(saved):
+    _, directory = saved
+    loaded = load_separator(directory, targets=["drums"], niter=0)
+    assert loaded.targets == ["drums"]
+    assert load_separator(directory, targets=["drums", "vocals"]).targets == ["drums", "vocals"]
+
+
+def test_save_refuses_to_overwrite_unless_forced(saved):
+    separator, directory = saved
+    with pytest.raises(UmxError, match="already holds a model"):
+        save_separator(separator, directory)
+    stale = directory / "vocals-0123abcd.pth"
+    stale.write_bytes(b"old")
+    save_separator(separator, directory, force=True)
+    assert not stale.exists()
+    load_separator(directory)
+
+
+def test_save_target_model_is_reusable(tmp_path):
+    model = random_model(nb_channels=1, nb_layers=1, unidirectional=True)
+    path = save_target_model(
+        model,
+        tmp_path / "train",
+        "speech",
+        sample_rate=RATE,
+        n_fft=N_FFT,
+        n_hop=N_HOP,
+        args={"seq_dur": 6.0},
+        metadata={"epochs_trained": 3},
+    )
+    assert path == tmp_path / "train" / "speech.pth"
+    saved_json = json.loads((tmp_path / "train" / "speech.json").read_text())
+    assert saved_json["epochs_trained"] == 3
+    assert saved_json["args"]["seq_dur"] == 6.0
+    loaded = load_target_model(path, saved_json["args"])
+    assert loaded.unidirectional and loaded.nb_layers == 1 and not loaded.training
+
+
+def test_atomic_writes_leave_the_old_file_on_failure(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    path = tmp_path / "weights.pth"
+    torch_save_atomic({"x": torch.ones(2)}, path)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        torch_save_atomic({"x": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+    write_json_atomic(tmp_path / "a.json", {"path": tmp_path})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"path": str(tmp_path)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "weights.pth"]
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_unknown_model_name_lists_the_known_ones(tmp_path):
+    with pytest.raises(UmxError, match="umxl, umxhq, umx, umxse"):
+        load_separator(str(tmp_path / "no-such-model"))
+
+
+def test_missing_separator_json(saved):
+    _, directory = saved
+    (directory / "separator.json").unlink()
+    with pytest.raises(UmxError, match=re.escape(f"{directory / 'separator.json'} is missing")):
+        load_separator(directory)
+
+
+def test_missing_target_weights(saved):
+    _, directory = saved
+    (directory / "vocals.pth").unlink()
+    with pytest.raises(UmxError, match=re.escape(f"{directory / 'vocals.pth'} is missing")):
+        load_separator(directory)
+
+
+def test_unknown_target_lists_the_available_ones(saved):
+    _, directory = saved
+    with pytest.raises(UmxError, match="no target 'piano'; its targets are vocals, drums"):
+        load_separator(directory, targets=["vocals", "piano"])
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_corrupt_weights(saved, damage):
+    _, directory = saved
+    path = directory / "vocals.pth"
+    data = path.read_bytes()
+    damaged = {
+        "random": os.urandom(len(data)),
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+    }[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(UmxError, match=re.escape(f"{path} is not a readable torch file")):
+        load_separator(directory)
+
+
+def test_weights_of_another_size_than_the_json_says(saved):
+    _, directory = saved
+    json_path = directory / "vocals.json"
+    data = json.loads(json_path.read_text())
+    data["args"]["hidden_size"] = 2 * HIDDEN
+    json_path.write_text(json.dumps(data))
+    message = (
+        "vocals.pth does not match its json: its args say hidden_size 32 but the weights have 16"
+    )
+    with pytest.raises(UmxError, match=re.escape(message)):
+        load_separator(directory)
+
+
+def test_weights_of_another_stft_than_separator_json_says(saved):
+    _, directory = saved
+    path = directory / "separator.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(config | {"nfft": 2 * N_FFT}))
+    for target in TARGETS:
+        (directory / f"{target}.json").unlink()
+    with pytest.raises(UmxError, match=r"separator\.json says 2 channels and nfft 256"):
+        load_separator(directory)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.pop("fc2.weight"), "lacks fc2.weight"),
+        (lambda s: s.pop("output_mean"), "has no 'output_mean' entry"),
+        (lambda s: s.update({"fc3.weight": torch.zeros(3, HIDDEN)}), "fc3.weight has shape"),
+        (lambda s: s.update({"extra.weight": torch.zeros(1)}), "unexpected entries extra"),
+    ],
+    ids=["missing", "missing-needed", "wrong-shape", "unexpected"],
+)
+def test_inconsistent_state_dicts(tmp_path, change, message):
+    state = random_model().state_dict()
+    change(state)
+    path = tmp_path / "vocals.pth"
+    torch.save(state, path)
+    with pytest.raises(UmxError, match=message):
+        load_target_model(path)
+
+
+def test_file_without_a_state_dict(tmp_path):
+    path = tmp_path / "vocals.pth"
+    torch.save([torch.ones(1)], path)
+    with pytest.raises(UmxError, match="does not hold a state dict"):
+        load_target_model(path)
+
+
+# --- registry, cache and download ----------------------------------------------------------------
+
+
+def test_registry_lists_the_published_models(monkeypatch, tmp_path):
+    monkeypatch.delenv("UMX_ZOO_URL", raising=False)
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path))
+    assert {"umxl", "umxhq", "umx", "umxse"} <= set(MODELS)
+    assert MODELS[DEFAULT_MODEL].targets == ("vocals", "drums", "bass", "other")
+    assert MODELS["umxhq"].url("vocals") == (
+        "https://zenodo.org/records/3370489/files/vocals-b62c91ce.pth"
+    )
+    assert MODELS["umxse"].url("speech").endswith("/records/3786908/files/speech_f5e0d9f9.pth")
+    assert MODELS["umxse"].nb_channels == 1 and MODELS["umxse"].sample_rate == 16000.0
+    infos = list_models()
+    assert infos[0].name == DEFAULT_MODEL and infos[0].default
+    assert not any(info.cached or info.bundled for info in infos)
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("UMX_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_dir() == tmp_path / "home" / ".cache" / "umx"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "umx"
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "umx"))
+    assert cache_dir() == tmp_path / "umx"
+    assert zoo.model_cache_dir("umxhq") == tmp_path / "umx" / "umxhq"
+
+
+@dataclass
+class Server:
+    url: str
+    root: Path
+    requests: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving `root`, counting the requests it gets."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "served"
+    (root / "files").mkdir(parents=True)
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield Server(f"http://127.0.0.1:{httpd.server_address[1]}/files", root, requests)
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@dataclass
+class Tiny:
+    """A registered fake model `tiny` whose files the server holds."""
+
+    separator: Separator
+    entry: ZooEntry
+    cache: Path
+
+
+def register(monkeypatch, name, weights, record="1"):
+    entry = ZooEntry(
+        name=name,
+        description="a tiny test model",
+        license="MIT",
+        weights=weights,
+        sample_rate=RATE,
+        n_fft=N_FFT,
+        n_hop=N_HOP,
+        nb_channels=1,
+        record=record,
+    )
+    monkeypatch.setitem(MODELS, name, entry)
+    return entry
+
+
+@pytest.fixture
+def tiny(server, tmp_path, monkeypatch):
+    separator = small_separator(("speech", "noise"), nb_channels=1)
+    weights = {}
+    for target, joiner in (("speech", "-"), ("noise", "_")):
+        path = server.root / "files" / f"{target}.pth"
+        torch.save(separator.target_models[target].state_dict(), path)
+        weights[target] = f"{target}{joiner}{sha8(path)}.pth"
+        path.rename(path.with_name(weights[target]))
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UMX_ZOO_URL", server.url + "/")
+    return Tiny(separator, register(monkeypatch, "tiny", weights), tmp_path / "cache" / "tiny")
+
+
+def test_download_verifies_caches_and_separates(tiny, server):
+    loaded = load_separator("tiny", progress=False)
+    assert sorted(server.requests) == sorted(
+        f"/files/{name}" for name in tiny.entry.weights.values()
+    )
+    assert loaded.targets == ["speech", "noise"]
+    assert (loaded.sample_rate, loaded.nb_channels) == (RATE, 1)
+    audio = mixture(nb_channels=1)
+    with torch.inference_mode():
+        stems = loaded(audio)
+        assert stems.shape == (1, 2, 1, NB_TIMESTEPS)
+        assert torch.equal(stems, tiny.separator(audio))
+    assert next(info for info in list_models() if info.name == "tiny").cached
+    assert not list(tiny.cache.glob("*.tmp"))
+
+    load_separator("tiny", targets=["noise", "speech"])
+    assert len(server.requests) == 2  # the second load used the cache
+
+
+def test_hand_placed_files_are_verified_and_used(tiny, server, monkeypatch):
+    tiny.cache.mkdir(parents=True)
+    for name in tiny.entry.weights.values():
+        (tiny.cache / name).write_bytes((server.root / "files" / name).read_bytes())
+    monkeypatch.setenv("UMX_ZOO_URL", "http://127.0.0.1:9/unused")
+    load_separator("tiny")
+    assert server.requests == []
+    assert len(list(tiny.cache.glob("*.verified"))) == 2
+
+
+def test_changed_cache_file_is_detected_and_fetched_again(tiny, server):
+    load_separator("tiny")
+    cached = tiny.cache / tiny.entry.weights["speech"]
+    with cached.open("ab") as file:
+        file.write(b"tampered")
+    with pytest.raises(UmxError, match=re.escape(f"{cached} is corrupt and has been deleted")):
+        load_separator("tiny")
+    assert not cached.exists()
+    load_separator("tiny")
+    assert len(server.requests) == 3
+
+
+def test_download_with_a_wrong_hash_is_deleted(tiny, server, monkeypatch):
+    good = tiny.entry.weights["speech"]
+    bad = "speech-00000000.pth"
+    (server.root / "files" / good).rename(server.root / "files" / bad)
+    register(monkeypatch, "tiny", {"speech": bad, "noise": tiny.entry.weights["noise"]})
+    actual = sha8(server.root / "files" / bad)
+    with pytest.raises(
+        UmxError, match=f"{bad} is corrupt.*SHA-256 is {actual}.*start with 00000000"
+    ):
+        load_separator("tiny", targets=["speech"], niter=0)
+    assert not tiny.cache.exists() or not any(tiny.cache.iterdir())
+
+
+def test_missing_file_on_the_server(tiny, server, monkeypatch):
+    register(monkeypatch, "tiny", {"speech": "speech-0123abcd.pth"})
+    url = f"{server.url}/speech-0123abcd.pth"
+    place = tiny.cache / "speech-0123abcd.pth"
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny", niter=0)
+    assert str(error.value) == (
+        f"could not download {url} (HTTP 404 File not found); download it by hand and save it "
+        f"as {place}"
+    )
+    assert not any(tiny.cache.iterdir())
+
+
+def test_server_down(tiny, monkeypatch):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("UMX_ZOO_URL", f"http://127.0.0.1:{port}")
+    name = tiny.entry.weights["speech"]
+    with pytest.raises(UmxError, match="could not download") as error:
+        load_separator("tiny")
+    assert f"http://127.0.0.1:{port}/{name}" in str(error.value)
+    assert f"save it as {tiny.cache / name}" in str(error.value)
+
+
+def test_unknown_target_of_a_named_model(tiny, server):
+    with pytest.raises(UmxError, match=r"model 'tiny' has no target 'vocals'; .* speech, noise"):
+        load_separator("tiny", targets=["vocals"])
+    assert server.requests == []
+
+
+def test_bundled_model_needs_no_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setenv("UMX_ZOO_URL", "http://127.0.0.1:9/unused")
+    separator = small_separator()
+    save_separator(separator, tmp_path / "pretrained" / "bundy")
+    weights = {target: f"{target}.pth" for target in TARGETS}
+    register(monkeypatch, "bundy", weights, record=None)
+    loaded = load_separator("bundy")
+    audio = mixture()
+    with torch.inference_mode():
+        assert torch.equal(loaded(audio), separator(audio))
+    assert next(info for info in list_models() if info.name == "bundy").bundled
+
+
+def test_unwritable_cache(tiny, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("UMX_CACHE", str(blocker))
+    with pytest.raises(UmxError, match=re.escape(f"could not save {blocker / 'tiny'}")):
+        load_separator("tiny")
