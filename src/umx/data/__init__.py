@@ -1,0 +1,1 @@
+"""Data for training umx: datasets, augmentations and synthetic multitrack music."""
