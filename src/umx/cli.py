@@ -1,0 +1,257 @@
+"""The `umx` command: parses arguments, shows progress and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from umx import __version__
+from umx.api import DEFAULT_TEMPLATE, separate_file
+from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
+from umx.errors import UmxError
+from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN
+from umx.zoo import DEFAULT_MODEL, list_models, load_separator
+
+logger = logging.getLogger("umx")
+
+COMMANDS = ("separate",)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `umx`; `umx INPUT...` is short for `umx separate INPUT...`. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "separate")
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    try:
+        return args.run(args)
+    except UmxError as error:
+        logger.error("error: %s", error)
+        return 1
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+
+
+def setup_logging(quiet: bool) -> None:
+    """Messages go to stderr as `umx: ...` lines; `--quiet` keeps only warnings and errors."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("umx: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="umx",
+        description="Open-Unmix music source separation. `umx INPUT...` separates files "
+        "with the default model; see `umx COMMAND --help`.",
+    )
+    parser.add_argument("--version", action="version", version=f"umx {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True)
+    add_separate_command(commands)
+    return parser
+
+
+def add_separate_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "separate",
+        help="separate audio files into stems",
+        description="Separate audio files into stems, written to "
+        "OUTDIR/<track>/<target>.<ext> by default.",
+    )
+    p.set_defaults(run=run_separate)
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files to separate")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("--list-models", action="store_true", help="list the known models and exit")
+    p.add_argument("--targets", nargs="+", metavar="TARGET", help="separate only these targets")
+    p.add_argument("--outdir", type=Path, default=Path("separated"), help="output directory")
+    p.add_argument(
+        "--filename",
+        default=DEFAULT_TEMPLATE,
+        metavar="TEMPLATE",
+        help="output path under OUTDIR, with {track}, {target} and {ext} "
+        f"(default: {DEFAULT_TEMPLATE})",
+    )
+    p.add_argument(
+        "--ext",
+        "--format",
+        dest="ext",
+        choices=audio_formats(),
+        default="wav",
+        help="output file format (default: wav)",
+    )
+    p.add_argument(
+        "--subtype",
+        choices=sorted({subtype for subtypes in SUBTYPES.values() for subtype in subtypes}),
+        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only)",
+    )
+    p.add_argument(
+        "--clip",
+        choices=CLIP_POLICIES,
+        default="rescale",
+        help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
+        "clamp the samples, or none (FLOAT only) (default: rescale)",
+    )
+    p.add_argument("--start", type=float, default=0.0, help="start of the excerpt, in seconds")
+    p.add_argument("--duration", type=float, help="length of the excerpt, in seconds")
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="average inputs with more than two channels instead of refusing them",
+    )
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or mps (default: cuda if present)"
+    )
+    p.add_argument("--niter", type=int, default=1, help="Wiener filter EM iterations (default: 1)")
+    p.add_argument(
+        "--wiener-win-len",
+        type=int,
+        default=WIENER_WIN_LEN,
+        metavar="N",
+        help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
+    )
+    p.add_argument(
+        "--softmask", action="store_true", help="start the Wiener filter from ratio masks"
+    )
+    p.add_argument(
+        "--residual", metavar="NAME", help="add a target NAME: the mixture minus the targets"
+    )
+    p.add_argument(
+        "--aggregate",
+        metavar="JSON",
+        help="groups of targets to write instead, as JSON or a JSON file, e.g. "
+        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
+    )
+    p.add_argument(
+        "--segment",
+        type=float,
+        default=SEGMENT,
+        metavar="SECONDS",
+        help=f"process long files in chunks of this length (default: {SEGMENT:g})",
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=OVERLAP,
+        metavar="SECONDS",
+        help=f"cross-fade between chunks (default: {OVERLAP:g})",
+    )
+    p.add_argument(
+        "--whole-track",
+        action="store_true",
+        help="process each file at once, as the reference implementation does "
+        "(memory grows with the duration)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+
+
+def run_separate(args: argparse.Namespace) -> int:
+    if args.list_models:
+        for info in list_models():
+            print(f"{info.name:10s} {' '.join(info.targets):30s} {info.description}")
+        return 0
+    if not args.inputs:
+        raise UmxError("no input files given (try `umx --help`)")
+    separator = load_separator(
+        args.model,
+        targets=args.targets,
+        niter=args.niter,
+        softmask=args.softmask,
+        residual=args.residual,
+        wiener_win_len=args.wiener_win_len or None,
+        device=resolve_device(args.device),
+        progress=not args.quiet,
+    )
+    aggregate = parse_aggregate(args.aggregate)
+    failed = 0
+    for path in args.inputs:
+        try:
+            with tqdm(
+                total=1.0,
+                desc=Path(path).name,
+                unit="track",
+                disable=True if args.quiet else None,  # None: only on a terminal
+                leave=False,
+            ) as bar:
+                reports = separate_file(
+                    path,
+                    separator,
+                    outdir=args.outdir,
+                    filename=args.filename,
+                    ext=args.ext,
+                    subtype=args.subtype,
+                    clip=args.clip,
+                    start=args.start,
+                    duration=args.duration,
+                    downmix=args.downmix,
+                    segment=None if args.whole_track else args.segment,
+                    overlap=args.overlap,
+                    aggregate=aggregate,
+                    force=args.force,
+                    on_progress=lambda fraction, bar=bar: bar.update(fraction - bar.n),
+                )
+        except UmxError as error:
+            logger.error("error: %s", error)
+            failed += 1
+            continue
+        for report in reports:
+            note = f" ({report.action} by {report.gain:.3f})" if report.action != "none" else ""
+            print(f"{report.path}{note}")
+    if failed:
+        logger.error("%d of %d inputs failed", failed, len(args.inputs))
+    return 1 if failed else 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA if present, else MPS if present, else CPU; others are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UmxError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UmxError(f"device {name!r} requested but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UmxError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
+    """`--aggregate` as JSON text or a JSON file: `{name: [target, ...]}`."""
+    if text is None:
+        return None
+    path = Path(text)
+    try:
+        value = json.loads(path.read_text() if path.is_file() else text)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UmxError(f"--aggregate is not valid JSON or a JSON file: {error}") from None
+    if not (
+        isinstance(value, dict)
+        and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values())
+    ):
+        raise UmxError('--aggregate must map names to lists of targets, e.g. {"acc": ["bass"]}')
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

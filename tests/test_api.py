@@ -1,0 +1,65 @@
+"""The one-call Python API."""
+
+import pytest
+import torch
+
+import umx
+from umx.model import OpenUnmix
+from umx.separator import Separator
+from umx.zoo import save_separator
+
+TARGETS = ("vocals", "drums", "bass", "other")
+
+
+@pytest.fixture(scope="module")
+def separator():
+    torch.manual_seed(0)
+    models = {}
+    for target in TARGETS:
+        model = OpenUnmix(257, 2, 16, max_bin=200)
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+        models[target] = model.freeze()
+    return Separator(models, sample_rate=16000, n_fft=512, n_hop=128, nb_channels=2)
+
+
+def test_returns_named_stems_like_the_input(separator):
+    audio = torch.randn(2, 16000) * 0.3
+    stems = umx.separate(audio, 16000, model=separator, segment=None)
+    assert list(stems) == list(TARGETS)
+    for stem in stems.values():
+        assert stem.shape == audio.shape
+    torch.testing.assert_close(sum(stems.values()), audio, atol=1e-3, rtol=0)
+    # the same as the Separator itself
+    direct = separator.separate(audio[None], segment=None)
+    torch.testing.assert_close(stems["drums"], direct[0, 1])
+
+
+def test_other_rates_channels_and_batches(separator):
+    # 1 s of mono at 24 kHz, band-limited so that it survives the trip to 16 kHz and back
+    t = torch.arange(24000) / 24000
+    mono = (0.3 * torch.sin(2 * torch.pi * 440 * t) + 0.2 * torch.sin(2 * torch.pi * 3000 * t))[
+        None
+    ]
+    stems = umx.separate(mono, 24000, model=separator)
+    assert all(stem.shape == (1, 24000) for stem in stems.values())
+    assert (sum(stems.values()) - mono)[:, 1000:-1000].abs().max() < 0.01
+    batch = torch.randn(3, 2, 8000) * 0.3
+    stems = umx.separate(batch, 16000, model=separator, aggregate={"acc": ["drums", "bass"]})
+    assert list(stems) == ["acc"]
+    assert stems["acc"].shape == (3, 2, 8000)
+
+
+def test_model_directory(separator, tmp_path):
+    save_separator(separator, tmp_path / "model")
+    audio = torch.randn(2, 8000) * 0.3
+    stems = umx.separate(
+        audio, 16000, model=tmp_path / "model", targets=["vocals"], residual="rest"
+    )
+    assert list(stems) == ["vocals", "rest"]
+    torch.testing.assert_close(stems["vocals"] + stems["rest"], audio, atol=1e-4, rtol=0)
+
+
+def test_bad_shape():
+    with pytest.raises(umx.UmxError, match="nb_channels"):
+        umx.separate(torch.randn(10), 16000, model="umxl")

@@ -1,0 +1,265 @@
+"""The `umx` command end to end on small generated audio and small models."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from umx.cli import main
+from umx.model import OpenUnmix
+from umx.separator import Separator
+from umx.zoo import save_separator
+
+RATE = 16000
+TARGETS = ("vocals", "drums", "bass", "other")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small 4-target stereo model in the official layout (n_fft 512, 16 kHz)."""
+    torch.manual_seed(0)
+    models = {}
+    for target in TARGETS:
+        model = OpenUnmix(257, 2, 16, max_bin=200)
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+        models[target] = model.freeze()
+    separator = Separator(models, sample_rate=RATE, n_fft=512, n_hop=128, nb_channels=2)
+    directory = tmp_path_factory.mktemp("models") / "small"
+    save_separator(separator, directory)
+    return directory
+
+
+@pytest.fixture
+def song(tmp_path):
+    """Two seconds of stereo music-like noise at 16 kHz."""
+    rng = np.random.default_rng(1)
+    t = np.arange(2 * RATE) / RATE
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.size)
+    path = tmp_path / "song.wav"
+    sf.write(path, np.stack([left, right], axis=1), RATE, subtype="FLOAT")
+    return path
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def read(path):
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    return data.T, rate
+
+
+def test_separates_into_four_stems(model_dir, song, tmp_path, capsys):
+    outdir = tmp_path / "out"
+    assert run(song, "--model", model_dir, "--outdir", outdir, "--subtype", "FLOAT") == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4  # one line per written stem
+    mix, _ = read(song)
+    stems = []
+    for target in TARGETS:
+        path = outdir / "song" / f"{target}.wav"
+        assert str(path) in printed
+        stem, rate = read(path)
+        assert rate == RATE
+        assert stem.shape == mix.shape
+        assert np.abs(stem).max() > 1e-3
+        stems.append(stem)
+    # with Wiener EM the four stems add up to the mixture
+    assert np.abs(sum(stems) - mix).max() < 1e-3
+    assert sorted(p.name for p in (outdir / "song").iterdir()) == sorted(
+        f"{t}.wav" for t in TARGETS
+    )
+
+
+def test_residual_targets_and_template(model_dir, song, tmp_path):
+    outdir = tmp_path / "out"
+    code = run(
+        song, "--model", model_dir, "--outdir", outdir, "--targets", "vocals",
+        "--residual", "accompaniment", "--niter", "0", "--subtype", "FLOAT",
+        "--filename", "{track}-{target}.{ext}", "--ext", "flac",
+    )  # fmt: skip
+    assert code == 1  # FLOAT is not a FLAC sample format
+    code = run(
+        song, "--model", model_dir, "--outdir", outdir, "--targets", "vocals",
+        "--residual", "accompaniment", "--niter", "0", "--subtype", "FLOAT",
+        "--filename", "{track}-{target}.{ext}",
+    )  # fmt: skip
+    assert code == 0
+    mix, _ = read(song)
+    vocals, _ = read(outdir / "song-vocals.wav")
+    accompaniment, _ = read(outdir / "song-accompaniment.wav")
+    np.testing.assert_allclose(vocals + accompaniment, mix, atol=1e-5)
+
+
+def test_aggregate(model_dir, song, tmp_path):
+    outdir = tmp_path / "out"
+    groups = {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}
+    assert (
+        run(song, "--model", model_dir, "--outdir", outdir, "--aggregate", json.dumps(groups)) == 0
+    )
+    assert sorted(p.name for p in (outdir / "song").iterdir()) == [
+        "accompaniment.wav",
+        "vocals.wav",
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "m4a"])
+def test_compressed_inputs(model_dir, song, tmp_path, fmt):
+    if fmt == "m4a":
+        ffmpeg = pytest.importorskip("shutil").which("ffmpeg")
+        if ffmpeg is None:
+            pytest.skip("ffmpeg is not installed")
+        path = tmp_path / "song.m4a"
+        subprocess.run([ffmpeg, "-loglevel", "error", "-i", song, path], check=True)
+    else:
+        path = tmp_path / f"song.{fmt}"
+        data, _ = sf.read(song)
+        sf.write(path, data, RATE)
+    outdir = tmp_path / "out"
+    assert run(path, "--model", model_dir, "--outdir", outdir, "--ext", "flac") == 0
+    vocals, rate = read(outdir / "song" / "vocals.flac")
+    assert rate == RATE
+    assert abs(vocals.shape[1] - 2 * RATE) < 2048  # compressed formats may pad a little
+
+
+def test_excerpt_and_whole_track(model_dir, song, tmp_path):
+    outdir = tmp_path / "out"
+    args = ["--model", model_dir, "--subtype", "FLOAT", "--start", "0.5", "--duration", "1"]
+    assert run(song, *args, "--outdir", outdir / "a", "--whole-track") == 0
+    assert run(song, *args, "--outdir", outdir / "b", "--segment", "0.5", "--overlap", "0.1") == 0
+    whole, _ = read(outdir / "a" / "song" / "drums.wav")
+    chunked, _ = read(outdir / "b" / "song" / "drums.wav")
+    assert whole.shape == (2, RATE)
+    assert np.linalg.norm(whole - chunked) / np.linalg.norm(whole) < 0.1
+
+
+def test_existing_output_needs_force(model_dir, song, tmp_path, capsys):
+    outdir = tmp_path / "out"
+    assert (
+        run(song, "--model", model_dir, "--outdir", outdir, "--targets", "vocals", "--niter", "0")
+        == 0
+    )
+    target = outdir / "song" / "vocals.wav"
+    target.write_bytes(b"keep me")
+    capsys.readouterr()
+    assert (
+        run(song, "--model", model_dir, "--outdir", outdir, "--targets", "vocals", "--niter", "0")
+        == 1
+    )
+    assert "already exists" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me"
+    assert (
+        run(
+            song,
+            "--model",
+            model_dir,
+            "--outdir",
+            outdir,
+            "--targets",
+            "vocals",
+            "--niter",
+            "0",
+            "--force",
+        )
+        == 0
+    )
+    assert read(target)[0].shape == (2, 2 * RATE)
+
+
+def test_one_bad_input_does_not_stop_the_others(model_dir, song, tmp_path, capsys):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    outdir = tmp_path / "out"
+    assert run(bad, song, "--model", model_dir, "--outdir", outdir) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err
+    assert "1 of 2 inputs failed" in err
+    assert len(list((outdir / "song").iterdir())) == 4
+    assert not (outdir / "notes").exists() or not list((outdir / "notes").iterdir())
+
+
+def bad_inputs(tmp_path):
+    nan = tmp_path / "nan.wav"
+    data = np.zeros((RATE, 2), dtype=np.float32)
+    data[100, 0] = np.nan
+    sf.write(nan, data, RATE, subtype="FLOAT")
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros((0, 2)), RATE)
+    six = tmp_path / "six.wav"
+    sf.write(six, np.zeros((RATE, 6)), RATE)
+    truncated = tmp_path / "truncated.flac"
+    sf.write(truncated, np.random.default_rng(0).standard_normal((RATE, 2)) * 0.1, RATE)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    return {
+        "missing": tmp_path / "missing.wav",
+        "nan": nan,
+        "empty": empty,
+        "six": six,
+        "truncated": truncated,
+        "directory": tmp_path,
+    }
+
+
+def test_each_bad_input_gives_one_line(model_dir, tmp_path, capsys):
+    outdir = tmp_path / "out"
+    for name, path in bad_inputs(tmp_path).items():
+        capsys.readouterr()
+        assert run(path, "--model", model_dir, "--outdir", outdir) == 1, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0].startswith("umx: error:") and str(path) in err[0], (name, err)
+        assert "Traceback" not in "\n".join(err)
+    assert not outdir.exists() or not any(p.is_file() for p in outdir.rglob("*"))
+
+
+def test_bad_models(model_dir, song, tmp_path, capsys):
+    assert run(song, "--model", "nosuchmodel", "--outdir", tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "nosuchmodel" in err and "umxhq" in err
+
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    assert run(song, "--model", empty, "--outdir", tmp_path) == 1
+    assert "separator.json" in capsys.readouterr().err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "drums.pth").write_bytes(b"\x00" * 100)
+    assert run(song, "--model", broken, "--outdir", tmp_path) == 1
+    assert "drums.pth" in capsys.readouterr().err
+
+
+def test_unwritable_outdir(model_dir, song, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run(song, "--model", model_dir, "--outdir", blocker / "out") == 1
+    assert str(blocker) in capsys.readouterr().err
+
+
+def test_version_and_list_models(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("umx ")
+    assert main(["--list-models"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("umxl", "umxhq", "umx", "umxse"):
+        assert name in listed
+
+
+def test_entry_point_has_no_traceback(tmp_path):
+    """The installed command: user errors end with one line and exit code 1."""
+    result = subprocess.run(
+        [sys.executable, "-m", "umx.cli", str(tmp_path / "missing.wav"), "--model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
