@@ -1,0 +1,697 @@
+"""Training datasets: each item is a `(mixture, target)` pair of waveforms.
+
+Every waveform is a float32 tensor `(nb_channels, nb_timesteps)`. The sample rate is a property of
+the data (`dataset.sample_rate`, read from the files); all files of a dataset must share it.
+
+Training items are excerpts of `seq_duration` seconds at random positions; an excerpt of a file
+shorter than that starts at the file's beginning and is zero-padded at the end (nothing is
+skipped). Each source is augmented, then converted to `nb_channels` (mono is duplicated, stereo
+averaged), then mixed. Validation items (`seq_duration=None`) are whole tracks, unaugmented and
+in a fixed order; `eval_view()` turns a training set into such a deterministic view, on which the
+trainer computes its input statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import soundfile
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from umx.audio import match_channels
+from umx.data.augment import Augmentation
+from umx.errors import UmxError
+
+MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
+MUSDB_SAMPLES_PER_TRACK = 64
+VALID_FRACTION = 0.1  # of the train tracks held out when a folder has no official MUSDB18 split
+MAX_CHANNELS = 2
+
+
+# --- audio files ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """An audio file: where it is, its rate, channels and length (frames)."""
+
+    path: Path
+    sample_rate: int
+    nb_channels: int
+    nb_frames: int
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> AudioInfo:
+        """Read a file's header.
+
+        Raises:
+            UmxError: the file is missing, unreadable, empty or has more than two channels.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise UmxError(f"{path} does not exist")
+        try:
+            info = soundfile.info(str(path))
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            raise UmxError(f"{path} could not be read as audio ({error})") from None
+        if info.frames <= 0:
+            raise UmxError(f"{path} contains no audio")
+        if info.channels > MAX_CHANNELS:
+            raise UmxError(f"{path} has {info.channels} channels; umx trains on mono or stereo")
+        return cls(path, info.samplerate, info.channels, info.frames)
+
+    def load(self, start: int = 0, length: int | None = None) -> Tensor:
+        """Read `length` frames from `start` (all to the end if None), zero-padded past the end.
+
+        Returns:
+            `(nb_channels, length)` float32.
+        """
+        stop = self.nb_frames if length is None else min(start + length, self.nb_frames)
+        try:
+            frames, _ = soundfile.read(
+                str(self.path), start=start, stop=stop, dtype="float32", always_2d=True
+            )
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            raise UmxError(f"{self.path} could not be read as audio ({error})") from None
+        return _fit(torch.from_numpy(frames.T.copy()), length)
+
+
+@dataclass(frozen=True)
+class StemInfo(AudioInfo):
+    """One stream of a MUSDB18 stem file (`.stem.mp4`), decoded through the `musdb` package."""
+
+    stem: Any = field(default=None, compare=False, repr=False)  # a musdb Source or MultiTrack
+
+    def load(self, start: int = 0, length: int | None = None) -> Tensor:
+        track = getattr(self.stem, "multitrack", self.stem)
+        track.chunk_start = start / self.sample_rate
+        track.chunk_duration = None if length is None else length / self.sample_rate
+        try:
+            frames = self.stem.audio
+        except Exception as error:  # stempeg/ffmpeg raise many kinds of errors
+            raise UmxError(f"{self.path} could not be decoded ({error})") from None
+        return _fit(torch.as_tensor(frames, dtype=torch.float32).T.contiguous(), length)
+
+
+def _fit(audio: Tensor, length: int | None) -> Tensor:
+    """Cut or zero-pad `(nb_channels, nb_timesteps)` audio to `length` frames (if given)."""
+    if length is None or audio.shape[1] == length:
+        return audio
+    if audio.shape[1] > length:
+        return audio[:, :length]
+    return torch.nn.functional.pad(audio, (0, length - audio.shape[1]))
+
+
+def _check_rate(info: AudioInfo, sample_rate: float) -> None:
+    if info.sample_rate != sample_rate:
+        raise UmxError(
+            f"{info.path} has a sample rate of {info.sample_rate} Hz but the dataset's is "
+            f"{sample_rate:g} Hz"
+        )
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    """A random integer in [0, high)."""
+    return int(torch.randint(high, (), generator=generator))
+
+
+def _random_start(nb_frames: int, length: int, generator: torch.Generator | None) -> int:
+    """A random excerpt start; 0 when the file is not longer than the excerpt."""
+    return _randint(nb_frames - length + 1, generator) if nb_frames > length else 0
+
+
+# --- the base class -------------------------------------------------------------------------------
+
+
+class UnmixDataset(Dataset):
+    """A dataset of `(mixture, target)` waveform pairs, `(nb_channels, nb_timesteps)` each.
+
+    Args:
+        sample_rate: the rate of every file, in Hz.
+        seq_duration: excerpt length in seconds; None yields whole tracks.
+        nb_channels: channels of the yielded audio (1 or 2).
+        augment: applied to each source before mixing, in training only.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: float,
+        seq_duration: float | None,
+        nb_channels: int,
+        augment: Augmentation | None,
+    ) -> None:
+        if nb_channels not in (1, 2):
+            raise ValueError(f"nb_channels must be 1 or 2, not {nb_channels}")
+        if seq_duration is not None and seq_duration <= 0:
+            raise UmxError(f"the excerpt duration must be positive, not {seq_duration}")
+        self.sample_rate = float(sample_rate)
+        self.seq_duration = seq_duration
+        self.nb_channels = nb_channels
+        self.augment = augment
+
+    @property
+    def seq_len(self) -> int | None:
+        """Excerpt length in frames; None for whole tracks."""
+        if self.seq_duration is None:
+            return None
+        return round(self.seq_duration * self.sample_rate)
+
+    def eval_view(self) -> UnmixDataset:
+        """A deterministic, unaugmented copy of this dataset (whole tracks where it has tracks)."""
+        raise NotImplementedError
+
+    def _source(
+        self, info: AudioInfo, start: int, length: int | None, augment: bool = True
+    ) -> Tensor:
+        """One source excerpt, augmented (if `augment` and the dataset has augmentations) and
+        converted to the dataset's channels."""
+        audio = info.load(start, length)
+        if augment and self.augment is not None:
+            audio = self.augment(audio)
+        return match_channels(audio, self.nb_channels)
+
+
+# --- track datasets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Track:
+    """The files of one track.
+
+    Args:
+        name: the track's folder (or MUSDB18 name), for messages.
+        target: the target source; None for a silent target.
+        interferers: the other sources.
+        mixture: the mixture file, when the mixture is not the sum of the sources; such a
+            track is never remixed.
+    """
+
+    name: str
+    target: AudioInfo | None
+    interferers: tuple[AudioInfo, ...]
+    mixture: AudioInfo | None = None
+
+    @property
+    def files(self) -> list[AudioInfo]:
+        return [f for f in (self.mixture, self.target, *self.interferers) if f is not None]
+
+    @property
+    def nb_frames(self) -> int:
+        return self.files[0].nb_frames
+
+
+def check_track(track: Track, sample_rate: float) -> None:
+    """Check that a track's files share the dataset's rate and each other's channels and length.
+
+    Raises:
+        UmxError: naming the first file that differs.
+    """
+    files = track.files
+    if not files:
+        raise UmxError(f"{track.name} holds no audio files")
+    first = files[0]
+    for info in files:
+        _check_rate(info, sample_rate)
+        if info.nb_channels != first.nb_channels:
+            raise UmxError(
+                f"{info.path} has {info.nb_channels} channels but {first.path.name} of the "
+                f"same track has {first.nb_channels}"
+            )
+        if info.nb_frames != first.nb_frames:
+            raise UmxError(
+                f"{info.path} is {info.nb_frames} frames long but {first.path.name} of the "
+                f"same track is {first.nb_frames}: the sources of a track must be aligned"
+            )
+
+
+class TrackDataset(UnmixDataset):
+    """Tracks of aligned sources; the mixture is the sum of the sources (or a mixture file).
+
+    Training (`seq_duration` set): item `i` is an excerpt of track `i // samples_per_track`,
+    one start for all its files. With `random_mix`, the interferers come from random tracks at
+    random starts instead: one random track per interferer (`independent_interferers`, for
+    datasets whose tracks have the same sources) or one random track for all of them.
+
+    Args:
+        tracks: the tracks, checked with `check_track`.
+        seq_duration, nb_channels, augment: see `UnmixDataset`.
+        samples_per_track: training items per track and epoch.
+        random_mix: draw the interferers from random tracks.
+        independent_interferers: see above.
+    """
+
+    def __init__(
+        self,
+        tracks: Sequence[Track],
+        *,
+        seq_duration: float | None,
+        nb_channels: int,
+        samples_per_track: int = 1,
+        augment: Augmentation | None = None,
+        random_mix: bool = False,
+        independent_interferers: bool = True,
+    ) -> None:
+        if not tracks:
+            raise UmxError("the dataset holds no tracks")
+        if samples_per_track < 1:
+            raise UmxError(f"samples per track must be at least 1, not {samples_per_track}")
+        super().__init__(
+            sample_rate=tracks[0].files[0].sample_rate,
+            seq_duration=seq_duration,
+            nb_channels=nb_channels,
+            augment=augment,
+        )
+        for track in tracks:
+            check_track(track, self.sample_rate)
+        self.tracks = list(tracks)
+        self.samples_per_track = samples_per_track
+        self.random_mix = random_mix
+        self.independent_interferers = independent_interferers
+
+    def __len__(self) -> int:
+        if self.seq_duration is None:
+            return len(self.tracks)
+        return len(self.tracks) * self.samples_per_track
+
+    def eval_view(self) -> TrackDataset:
+        view = copy.copy(self)
+        view.seq_duration, view.samples_per_track = None, 1
+        view.augment, view.random_mix = None, False
+        return view
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        length = self.seq_len
+        if length is None:
+            track, start = self.tracks[index], 0
+        else:
+            track = self.tracks[index // self.samples_per_track]
+            start = _random_start(track.nb_frames, length, None)
+        if track.target is None:
+            target = torch.zeros(self.nb_channels, length or track.nb_frames)
+        else:
+            target = self._source(track.target, start, length)
+        if track.mixture is not None:
+            return self._source(track.mixture, start, length, augment=False), target
+        if not self.random_mix or length is None:
+            interferers = [self._source(info, start, length) for info in track.interferers]
+        elif self.independent_interferers:
+            interferers = []
+            for slot in range(len(track.interferers)):
+                other = self.tracks[_randint(len(self.tracks), None)]
+                other_start = _random_start(other.nb_frames, length, None)
+                interferers.append(self._source(other.interferers[slot], other_start, length))
+        else:
+            other = self.tracks[_randint(len(self.tracks), None)]
+            other_start = _random_start(other.nb_frames, length, None)
+            interferers = [self._source(info, other_start, length) for info in other.interferers]
+        return torch.stack([target, *interferers]).sum(0), target
+
+
+def _split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UmxError(f"{root} does not exist or is not a directory")
+    directory = root / split
+    if not directory.is_dir():
+        raise UmxError(f"{directory} does not exist: {layout}")
+    return directory
+
+
+def _track_dirs(directory: Path, layout: str) -> list[Path]:
+    tracks = sorted(path for path in directory.iterdir() if path.is_dir())
+    if not tracks:
+        raise UmxError(f"{directory} holds no track folders: {layout}")
+    return tracks
+
+
+class AlignedDataset(TrackDataset):
+    """`aligned`: track folders holding an input and an output file, e.g. noisy/clean pairs.
+
+    Layout: `<root>/<split>/<track>/<input_file>` and `.../<output_file>`. The input is the
+    mixture and the output the target; no augmentation, no mixing.
+
+    Args:
+        root: the dataset folder.
+        split: `train` or `valid`.
+        input_file, output_file: the file names inside each track folder.
+        seq_duration, nb_channels, samples_per_track: see `TrackDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        *,
+        input_file: str,
+        output_file: str,
+        seq_duration: float | None,
+        nb_channels: int,
+        samples_per_track: int = 1,
+    ) -> None:
+        names = f"{input_file},{output_file}"
+        layout = f"the aligned dataset expects <root>/{split}/<track>/{{{names}}}"
+        directory = _split_dir(root, split, layout)
+        tracks = [
+            Track(
+                str(path),
+                target=AudioInfo.read(path / output_file),
+                interferers=(),
+                mixture=AudioInfo.read(path / input_file),
+            )
+            for path in _track_dirs(directory, layout)
+        ]
+        super().__init__(
+            tracks,
+            seq_duration=seq_duration,
+            nb_channels=nb_channels,
+            samples_per_track=samples_per_track,
+        )
+
+
+class FixedSourcesTrackFolderDataset(TrackDataset):
+    """`trackfolder_fix`: track folders that all hold the same source files.
+
+    Layout: `<root>/<split>/<track>/<target_file>` and `.../<interferer_file>` for each
+    interferer; the mixture is their sum. With `random_track_mix`, each interferer comes from a
+    random track at a random position.
+
+    Args:
+        root: the dataset folder.
+        split: `train` or `valid`.
+        target_file: the target's file name.
+        interferer_files: the interferers' file names.
+        seq_duration, nb_channels, samples_per_track, augment: see `TrackDataset`.
+        random_track_mix: mix interferers of random tracks (training only).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        *,
+        target_file: str,
+        interferer_files: Sequence[str],
+        seq_duration: float | None,
+        nb_channels: int,
+        samples_per_track: int = 1,
+        augment: Augmentation | None = None,
+        random_track_mix: bool = False,
+    ) -> None:
+        names = ",".join([target_file, *interferer_files])
+        layout = f"the trackfolder_fix dataset expects <root>/{split}/<track>/{{{names}}}"
+        directory = _split_dir(root, split, layout)
+        tracks = [
+            Track(
+                str(path),
+                target=AudioInfo.read(path / target_file),
+                interferers=tuple(AudioInfo.read(path / name) for name in interferer_files),
+            )
+            for path in _track_dirs(directory, layout)
+        ]
+        super().__init__(
+            tracks,
+            seq_duration=seq_duration,
+            nb_channels=nb_channels,
+            samples_per_track=samples_per_track,
+            augment=augment,
+            random_mix=random_track_mix,
+        )
+
+
+class VariableSourcesTrackFolderDataset(TrackDataset):
+    """`trackfolder_var`: track folders with any number of sources besides the target.
+
+    Layout: `<root>/<split>/<track>/<target_file>` plus any other `*<ext>` files, the
+    interferers; the mixture is the sum of all (so no mixture file may lie among them). A track
+    without the target file is an error, or with `silence_missing` has a silent target. With
+    `random_interferer_mix`, all interferers come from one random track at a random position.
+
+    Args:
+        root: the dataset folder.
+        split: `train` or `valid`.
+        target_file: the target's file name.
+        ext: extension of the source files, e.g. `.wav`.
+        silence_missing: use silence for tracks lacking the target file.
+        seq_duration, nb_channels, samples_per_track, augment: see `TrackDataset`.
+        random_interferer_mix: take the interferers from random tracks (training only).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        *,
+        target_file: str,
+        ext: str = ".wav",
+        silence_missing: bool = False,
+        seq_duration: float | None,
+        nb_channels: int,
+        samples_per_track: int = 1,
+        augment: Augmentation | None = None,
+        random_interferer_mix: bool = False,
+    ) -> None:
+        layout = f"the trackfolder_var dataset expects <root>/{split}/<track>/*{ext}"
+        directory = _split_dir(root, split, layout)
+        tracks = []
+        for path in _track_dirs(directory, layout):
+            target = path / target_file
+            if not target.is_file() and not silence_missing:
+                raise UmxError(f"{target} does not exist (use --silence-missing for silence)")
+            others = sorted(p for p in path.glob(f"*{ext}") if p.name != target_file)
+            tracks.append(
+                Track(
+                    str(path),
+                    target=AudioInfo.read(target) if target.is_file() else None,
+                    interferers=tuple(AudioInfo.read(p) for p in others),
+                )
+            )
+        super().__init__(
+            tracks,
+            seq_duration=seq_duration,
+            nb_channels=nb_channels,
+            samples_per_track=samples_per_track,
+            augment=augment,
+            random_mix=random_interferer_mix,
+            independent_interferers=False,
+        )
+
+
+def musdb_split(
+    names: Sequence[str], official_valid: Sequence[str], valid_tracks: int | None = None
+) -> tuple[list[str], list[str]]:
+    """Split the names of a MUSDB18-style train folder into training and validation tracks.
+
+    The official MUSDB18 validation tracks are used when `valid_tracks` is None and the folder
+    holds any of them. Otherwise the last `valid_tracks` tracks by name are held out (by default
+    a tenth of them, at least one).
+
+    Returns:
+        the training names and the validation names, each sorted.
+
+    Raises:
+        UmxError: fewer than two tracks, or `valid_tracks` leaves no training track.
+    """
+    names = sorted(names)
+    official = set(official_valid)
+    if valid_tracks is None and official & set(names):
+        return [n for n in names if n not in official], [n for n in names if n in official]
+    count = max(1, round(VALID_FRACTION * len(names))) if valid_tracks is None else valid_tracks
+    if not 1 <= count < len(names):
+        raise UmxError(
+            f"cannot hold out {count} of {len(names)} tracks for validation: at least one "
+            "validation and one training track are needed"
+        )
+    return names[:-count], names[-count:]
+
+
+class MUSDBDataset(TrackDataset):
+    """`musdb`: MUSDB18 (stem `.mp4` files) or MUSDB18-HQ (`is_wav`) through the `musdb` package.
+
+    Tracks come from `<root>/train`: `<track>.stem.mp4`, or with `is_wav` the folders
+    `<track>/{mixture,vocals,drums,bass,other}.wav`. See `musdb_split` for the validation split.
+    Training mixtures are sums of the sources; with `random_track_mix`, each interferer comes
+    from a random track at a random position. Validation uses the tracks' own mixtures.
+
+    Args:
+        root: the MUSDB18 folder.
+        target: one of `MUSDB_SOURCES`.
+        split: `train` or `valid`.
+        is_wav: read MUSDB18-HQ wav folders instead of stems.
+        valid_tracks: see `musdb_split`.
+        seq_duration, nb_channels, samples_per_track, augment: see `TrackDataset`.
+        random_track_mix: mix interferers of random tracks (training only).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        target: str = "vocals",
+        *,
+        split: str,
+        is_wav: bool = False,
+        valid_tracks: int | None = None,
+        seq_duration: float | None,
+        nb_channels: int,
+        samples_per_track: int = MUSDB_SAMPLES_PER_TRACK,
+        augment: Augmentation | None = None,
+        random_track_mix: bool = False,
+    ) -> None:
+        try:
+            import musdb
+        except ImportError:
+            raise UmxError(
+                "the musdb dataset needs the musdb package: pip install umx[train]"
+            ) from None
+        if target not in MUSDB_SOURCES:
+            raise UmxError(
+                f"MUSDB18 has no source {target!r}; the sources are {', '.join(MUSDB_SOURCES)}"
+            )
+        if split not in ("train", "valid"):
+            raise ValueError(f"split must be train or valid, not {split!r}")
+        layout = (
+            "MUSDB18-HQ holds <root>/train/<track>/{mixture,vocals,drums,bass,other}.wav"
+            if is_wav
+            else "MUSDB18 holds <root>/train/<track>.stem.mp4 (use --is-wav for wav folders)"
+        )
+        directory = _split_dir(root, "train", layout)
+        db = musdb.DB(root=str(directory.parent), is_wav=is_wav, subsets="train")
+        if not db.tracks:
+            raise UmxError(f"{directory} holds no MUSDB18 tracks: {layout}")
+        by_name = {track.name: track for track in db.tracks}
+        train_names, valid_names = musdb_split(
+            list(by_name), db.setup["validation_tracks"], valid_tracks
+        )
+        names = train_names if split == "train" else valid_names
+        tracks = [
+            self._track(by_name[name], target, mixture=split == "valid", is_wav=is_wav)
+            for name in names
+        ]
+        super().__init__(
+            tracks,
+            seq_duration=seq_duration,
+            nb_channels=nb_channels,
+            samples_per_track=samples_per_track,
+            augment=augment,
+            random_mix=random_track_mix,
+        )
+
+    @staticmethod
+    def _track(track: Any, target: str, *, mixture: bool, is_wav: bool) -> Track:
+        """A `Track` of a musdb MultiTrack; wav files are read with soundfile directly."""
+        folder = Path(track.path).parent if is_wav else Path(track.path)
+        missing = [name for name in MUSDB_SOURCES if name not in track.sources]
+        if missing:
+            raise UmxError(f"{folder / (missing[0] + '.wav')} does not exist")
+
+        def info(stem: Any, path: str, stem_id: int) -> AudioInfo:
+            if is_wav:
+                return AudioInfo.read(path)
+            nb_channels = track.info.channels(stem_id)
+            return StemInfo(Path(path), int(track.rate), nb_channels, track.samples, stem)
+
+        sources = {
+            name: info(source, source.path, source.stem_id)
+            for name, source in track.sources.items()
+        }
+        return Track(
+            str(folder),
+            target=sources[target],
+            interferers=tuple(sources[n] for n in MUSDB_SOURCES if n != target),
+            mixture=info(track, track.path, track.stem_id) if mixture else None,
+        )
+
+
+# --- source folders ------------------------------------------------------------------------------
+
+
+class SourceFolderDataset(UnmixDataset):
+    """`sourcefolder`: one folder of files per source, mixed at random (e.g. speech + noise).
+
+    Layout: `<root>/<split>/<target_dir>/*<ext>` and `<root>/<split>/<interferer_dir>/*<ext>`.
+    Each item draws one random file per folder and a random excerpt of each, augments them and
+    sums them. Items are excerpts of `seq_duration` seconds in training and validation alike;
+    with `deterministic`, item `i` draws from a generator seeded with `i`, so it is the same in
+    every epoch (validation).
+
+    Args:
+        root: the dataset folder.
+        split: `train` or `valid`.
+        target_dir: the target's folder name.
+        interferer_dirs: the interferers' folder names.
+        nb_samples: items per epoch.
+        ext: extension of the audio files.
+        deterministic: seed each item's choices with its index.
+        seq_duration, nb_channels, augment: see `UnmixDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        *,
+        target_dir: str,
+        interferer_dirs: Sequence[str],
+        nb_samples: int,
+        seq_duration: float,
+        nb_channels: int,
+        ext: str = ".wav",
+        augment: Augmentation | None = None,
+        deterministic: bool = False,
+    ) -> None:
+        names = ",".join([target_dir, *interferer_dirs])
+        layout = f"the sourcefolder dataset expects <root>/{split}/{{{names}}}/*{ext}"
+        directory = _split_dir(root, split, layout)
+        self.pools: list[list[AudioInfo]] = []
+        for name in [target_dir, *interferer_dirs]:
+            folder = directory / name
+            if not folder.is_dir():
+                raise UmxError(f"{folder} does not exist: {layout}")
+            files = sorted(folder.glob(f"*{ext}"))
+            if not files:
+                raise UmxError(f"{folder} holds no {ext} files")
+            self.pools.append([AudioInfo.read(path) for path in files])
+        if seq_duration is None:
+            raise UmxError("the sourcefolder dataset needs an excerpt duration (--seq-dur)")
+        if nb_samples < 1:
+            raise UmxError(f"the number of samples must be at least 1, not {nb_samples}")
+        super().__init__(
+            sample_rate=self.pools[0][0].sample_rate,
+            seq_duration=seq_duration,
+            nb_channels=nb_channels,
+            augment=augment,
+        )
+        for pool in self.pools:
+            for info in pool:
+                _check_rate(info, self.sample_rate)
+        self.nb_samples = nb_samples
+        self.deterministic = deterministic
+
+    def __len__(self) -> int:
+        return self.nb_samples
+
+    def eval_view(self) -> SourceFolderDataset:
+        view = copy.copy(self)
+        view.augment, view.deterministic = None, True
+        return view
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        generator = torch.Generator().manual_seed(index) if self.deterministic else None
+        length = self.seq_len
+        sources = []
+        for pool in self.pools:
+            info = pool[_randint(len(pool), generator)]
+            start = _random_start(info.nb_frames, length, generator)
+            sources.append(self._source(info, start, length))
+        return torch.stack(sources).sum(0), sources[0]
