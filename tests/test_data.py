@@ -1,0 +1,441 @@
+"""Datasets and augmentations on small generated folders: shapes, mixtures, splits, errors."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from umx.data.augment import AUGMENTATIONS, Compose, channelswap, forcestereo, gain, register
+from umx.data.datasets import (
+    AlignedDataset,
+    AudioInfo,
+    FixedSourcesTrackFolderDataset,
+    MUSDBDataset,
+    SourceFolderDataset,
+    VariableSourcesTrackFolderDataset,
+    musdb_split,
+)
+from umx.errors import UmxError
+
+RATE = 8000
+FRAMES = 4000  # half a second per file
+SEQ = 0.25  # seconds per training excerpt: 2000 frames
+
+needs_ffprobe = pytest.mark.skipif(not shutil.which("ffprobe"), reason="musdb needs ffprobe")
+
+
+def write(path: Path, audio: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """Write `(nb_channels, nb_timesteps)` audio as float wav; returns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio.T, rate, subtype="FLOAT")
+    return audio
+
+
+def ramp(offset: float, nb_channels: int = 2, frames: int = FRAMES) -> np.ndarray:
+    """A file whose every sample says where it is: `offset + t / frames` (channel c adds c)."""
+    t = np.arange(frames, dtype=np.float32) / frames
+    return np.stack([offset + t + c for c in range(nb_channels)]).astype(np.float32) * 0.1
+
+
+def trackfolders(root: Path, tracks: int = 3, sources=("vocals", "drums", "bass")) -> None:
+    """`<root>/{train,valid}/<track>/<source>.wav`, each source a distinct ramp."""
+    for split in ("train", "valid"):
+        for i in range(tracks):
+            for k, source in enumerate(sources):
+                write(root / split / f"t{i}" / f"{source}.wav", ramp(i + 10 * k))
+
+
+def start_of(target: torch.Tensor, offset: float) -> int:
+    """Recover an excerpt's start frame from a `ramp(offset)` excerpt."""
+    return round((float(target[0, 0]) / 0.1 - offset) * FRAMES)
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def test_audio_info_reads_excerpts_and_zero_pads_past_the_end(tmp_path):
+    audio = write(tmp_path / "a.wav", ramp(0))
+    info = AudioInfo.read(tmp_path / "a.wav")
+    assert (info.sample_rate, info.nb_channels, info.nb_frames) == (RATE, 2, FRAMES)
+    excerpt = info.load(FRAMES - 100, 300)
+    assert excerpt.shape == (2, 300)
+    assert torch.equal(excerpt[:, :100], torch.from_numpy(audio[:, -100:]))
+    assert torch.count_nonzero(excerpt[:, 100:]) == 0
+    assert torch.equal(info.load(), torch.from_numpy(audio))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_text("not audio"), "could not be read as audio"),
+        (lambda p: write(p, np.zeros((3, 100), np.float32)), "3 channels"),
+        (lambda p: write(p, np.zeros((1, 0), np.float32)), "contains no audio"),
+    ],
+)
+def test_audio_info_rejects_bad_files_naming_them(tmp_path, make, message):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(UmxError, match=message) as error:
+        AudioInfo.read(path)
+    assert str(path) in str(error.value)
+
+
+# --- track folders --------------------------------------------------------------------------------
+
+
+def test_trackfolder_fix_training_excerpts_are_sums_of_aligned_sources(tmp_path):
+    trackfolders(tmp_path)
+    dataset = FixedSourcesTrackFolderDataset(
+        tmp_path,
+        "train",
+        target_file="vocals.wav",
+        interferer_files=["drums.wav", "bass.wav"],
+        seq_duration=SEQ,
+        nb_channels=2,
+        samples_per_track=4,
+    )
+    assert dataset.sample_rate == RATE
+    assert len(dataset) == 3 * 4
+    torch.manual_seed(0)
+    starts = set()
+    for index in range(len(dataset)):
+        mixture, target = dataset[index]
+        assert mixture.shape == target.shape == (2, 2000)
+        track = index // 4
+        start = start_of(target, track)
+        starts.add(start)
+        expected_target = ramp(track)[:, start : start + 2000]
+        drums, bass = (ramp(track + 10 * k)[:, start : start + 2000] for k in (1, 2))
+        torch.testing.assert_close(target, torch.from_numpy(expected_target))
+        torch.testing.assert_close(mixture, torch.from_numpy(expected_target + drums + bass))
+    assert len(starts) > 1  # excerpts at random positions
+
+
+def test_trackfolder_fix_random_track_mix_draws_interferers_from_other_tracks(tmp_path):
+    trackfolders(tmp_path, tracks=4)
+    dataset = FixedSourcesTrackFolderDataset(
+        tmp_path,
+        "train",
+        target_file="vocals.wav",
+        interferer_files=["drums.wav"],
+        seq_duration=SEQ,
+        nb_channels=2,
+        samples_per_track=8,
+        random_track_mix=True,
+    )
+    torch.manual_seed(0)
+    tracks = set()
+    for index in range(len(dataset)):
+        mixture, target = dataset[index]
+        drums = mixture - target
+        tracks.add(round(float(drums[0, 0]) / 0.1 - 10))  # the drums ramp starts at track + 10
+        assert start_of(target, index // 8) in range(FRAMES - 2000 + 1)
+    assert len(tracks) > 1
+
+
+def test_validation_items_are_whole_tracks_in_order(tmp_path):
+    trackfolders(tmp_path)
+    dataset = FixedSourcesTrackFolderDataset(
+        tmp_path,
+        "valid",
+        target_file="vocals.wav",
+        interferer_files=["drums.wav", "bass.wav"],
+        seq_duration=None,
+        nb_channels=2,
+    )
+    assert len(dataset) == 3
+    for track in range(3):
+        mixture, target = dataset[track]
+        sources = [ramp(track + 10 * k) for k in range(3)]
+        torch.testing.assert_close(target, torch.from_numpy(sources[0]))
+        torch.testing.assert_close(mixture, torch.from_numpy(sum(sources)))
+
+
+def test_short_files_are_zero_padded_and_channels_converted(tmp_path):
+    for split in ("train",):
+        write(tmp_path / split / "t0" / "vocals.wav", ramp(0, nb_channels=1, frames=1000))
+        write(tmp_path / split / "t0" / "noise.wav", ramp(5, nb_channels=1, frames=1000))
+    dataset = FixedSourcesTrackFolderDataset(
+        tmp_path,
+        "train",
+        target_file="vocals.wav",
+        interferer_files=["noise.wav"],
+        seq_duration=SEQ,
+        nb_channels=2,
+    )
+    mixture, target = dataset[0]
+    assert mixture.shape == (2, 2000)
+    expected = torch.from_numpy(ramp(0, nb_channels=1, frames=1000)[0])
+    for channel in range(2):  # mono duplicated
+        torch.testing.assert_close(target[channel, :1000], expected)
+    assert torch.count_nonzero(mixture[:, 1000:]) == 0
+
+
+def test_eval_view_is_deterministic_and_unaugmented(tmp_path):
+    trackfolders(tmp_path)
+    dataset = FixedSourcesTrackFolderDataset(
+        tmp_path,
+        "train",
+        target_file="vocals.wav",
+        interferer_files=["drums.wav"],
+        seq_duration=SEQ,
+        nb_channels=2,
+        samples_per_track=5,
+        augment=Compose(["gain"]),
+        random_track_mix=True,
+    )
+    view = dataset.eval_view()
+    assert len(view) == 3 and len(dataset) == 15
+    mixture, target = view[1]
+    torch.testing.assert_close(target, torch.from_numpy(ramp(1)))
+    torch.testing.assert_close(mixture, torch.from_numpy(ramp(1) + ramp(11)))
+
+
+def test_aligned_pairs_input_and_output_at_the_same_position(tmp_path):
+    for i in range(2):
+        write(tmp_path / "train" / f"t{i}" / "noisy.wav", ramp(i + 20))
+        write(tmp_path / "train" / f"t{i}" / "clean.wav", ramp(i))
+    dataset = AlignedDataset(
+        tmp_path,
+        "train",
+        input_file="noisy.wav",
+        output_file="clean.wav",
+        seq_duration=SEQ,
+        nb_channels=2,
+        samples_per_track=3,
+    )
+    assert len(dataset) == 6
+    torch.manual_seed(1)
+    for index in range(6):
+        mixture, target = dataset[index]
+        start = start_of(target, index // 3)
+        expected = ramp(index // 3 + 20)[:, start : start + 2000]
+        torch.testing.assert_close(mixture, torch.from_numpy(expected))
+
+
+def test_trackfolder_var_mixes_every_source_and_silences_missing_targets(tmp_path):
+    write(tmp_path / "valid" / "a" / "vocals.wav", ramp(0))
+    write(tmp_path / "valid" / "a" / "guitar.wav", ramp(1))
+    write(tmp_path / "valid" / "a" / "piano.wav", ramp(2))
+    write(tmp_path / "valid" / "b" / "organ.wav", ramp(3))
+    options = {"target_file": "vocals.wav", "seq_duration": None, "nb_channels": 2}
+    with pytest.raises(UmxError, match="silence-missing") as error:
+        VariableSourcesTrackFolderDataset(tmp_path, "valid", **options)
+    assert str(tmp_path / "valid" / "b" / "vocals.wav") in str(error.value)
+
+    dataset = VariableSourcesTrackFolderDataset(tmp_path, "valid", silence_missing=True, **options)
+    mixture, target = dataset[0]
+    torch.testing.assert_close(target, torch.from_numpy(ramp(0)))
+    torch.testing.assert_close(mixture, torch.from_numpy(ramp(0) + ramp(1) + ramp(2)))
+    mixture, target = dataset[1]
+    assert torch.count_nonzero(target) == 0 and target.shape == (2, FRAMES)
+    torch.testing.assert_close(mixture, torch.from_numpy(ramp(3)))
+
+
+def test_trackfolder_var_random_interferer_mix_takes_one_tracks_interferers(tmp_path):
+    for i in range(3):
+        write(tmp_path / "train" / f"t{i}" / "vocals.wav", ramp(i))
+        for k in range(i + 1):  # track i has i + 1 interferers, each the ramp 10 + i
+            write(tmp_path / "train" / f"t{i}" / f"x{k}.wav", ramp(10 + i))
+    dataset = VariableSourcesTrackFolderDataset(
+        tmp_path,
+        "train",
+        target_file="vocals.wav",
+        seq_duration=SEQ,
+        nb_channels=2,
+        samples_per_track=6,
+        random_interferer_mix=True,
+    )
+    torch.manual_seed(0)
+    seen = set()
+    for index in range(len(dataset)):
+        mixture, target = dataset[index]
+        rest = (mixture - target)[0, 0] / 0.1  # (i + 1) * (10 + i + t)
+        seen.add(min(range(3), key=lambda i: abs(float(rest) / (i + 1) - 10 - i - 0.25)))
+    assert len(seen) > 1
+
+
+def test_sourcefolder_mixes_random_files_and_validates_deterministically(tmp_path):
+    for k, name in enumerate(["speech", "noise", "wind"]):
+        for i in range(3):
+            write(tmp_path / "valid" / name / f"{i}.wav", ramp(10 * k + i, nb_channels=1))
+    dataset = SourceFolderDataset(
+        tmp_path,
+        "valid",
+        target_dir="speech",
+        interferer_dirs=["noise", "wind"],
+        nb_samples=5,
+        seq_duration=SEQ,
+        nb_channels=1,
+        deterministic=True,
+    )
+    assert len(dataset) == 5 and dataset.sample_rate == RATE
+    for index in range(5):
+        mixture, target = dataset[index]
+        assert mixture.shape == target.shape == (1, 2000)
+        again = dataset[index]
+        assert torch.equal(mixture, again[0]) and torch.equal(target, again[1])
+        assert float(target[0, 0]) < 0.1 * 3  # the target is a speech file (offsets 0..2)
+        assert float((mixture - target)[0, 0]) > 0.1 * 30  # noise + wind (offsets >= 10, 20)
+
+
+def test_sourcefolder_training_draws_vary(tmp_path):
+    for name in ("speech", "noise"):
+        for i in range(4):
+            write(tmp_path / "train" / name / f"{i}.wav", ramp(i))
+    dataset = SourceFolderDataset(
+        tmp_path,
+        "train",
+        target_dir="speech",
+        interferer_dirs=["noise"],
+        nb_samples=8,
+        seq_duration=SEQ,
+        nb_channels=2,
+    )
+    torch.manual_seed(0)
+    targets = {float(dataset[i][1][0, 0]) for i in range(8)}
+    assert len(targets) > 1
+
+
+# --- MUSDB18 ----------------------------------------------------------------------------------
+
+
+def musdb_folder(root: Path, names) -> None:
+    for i, name in enumerate(names):
+        sources = {s: ramp(i + 10 * k) for k, s in enumerate(["vocals", "drums", "bass", "other"])}
+        for source, audio in sources.items():
+            write(root / "train" / name / f"{source}.wav", audio)
+        write(root / "train" / name / "mixture.wav", sum(sources.values()))
+
+
+def test_musdb_split_rules():
+    names = [f"song {i:02d}" for i in range(20)]
+    assert musdb_split(names, ["other"]) == (names[:18], names[18:])
+    assert musdb_split(names, ["other"], valid_tracks=5) == (names[:15], names[15:])
+    official = ["song 03", "song 07"]
+    assert musdb_split(names, official)[1] == official
+    with pytest.raises(UmxError, match="cannot hold out"):
+        musdb_split(names[:1], [])
+
+
+@needs_ffprobe
+def test_musdb_wav_folders_train_on_source_sums_and_validate_on_mixtures(tmp_path):
+    musdb_folder(tmp_path, ["a", "b", "c"])
+    options = {"is_wav": True, "nb_channels": 2, "valid_tracks": 1}
+    train = MUSDBDataset(
+        tmp_path, "drums", split="train", seq_duration=SEQ, samples_per_track=2, **options
+    )
+    valid = MUSDBDataset(tmp_path, "drums", split="valid", seq_duration=None, **options)
+    assert (len(train), len(valid), train.sample_rate) == (4, 1, RATE)
+    torch.manual_seed(0)
+    for index in range(4):
+        mixture, target = train[index]
+        start = start_of(target, index // 2 + 10)
+        sources = sum(ramp(index // 2 + 10 * k)[:, start : start + 2000] for k in range(4))
+        torch.testing.assert_close(mixture, torch.from_numpy(sources))
+    mixture, target = valid[0]
+    torch.testing.assert_close(target, torch.from_numpy(ramp(12)))
+    torch.testing.assert_close(mixture, torch.from_numpy(sum(ramp(2 + 10 * k) for k in range(4))))
+
+
+@needs_ffprobe
+def test_musdb_reports_a_missing_source_file(tmp_path):
+    musdb_folder(tmp_path, ["a", "b"])
+    (tmp_path / "train" / "a" / "bass.wav").unlink()
+    with pytest.raises(UmxError, match="does not exist") as error:
+        MUSDBDataset(tmp_path, split="train", is_wav=True, seq_duration=SEQ, nb_channels=2)
+    assert str(tmp_path / "train" / "a" / "bass.wav") in str(error.value)
+
+
+# --- bad folders ----------------------------------------------------------------------------------
+
+
+def fix_dataset(root: Path, split: str = "train") -> FixedSourcesTrackFolderDataset:
+    return FixedSourcesTrackFolderDataset(
+        root,
+        split,
+        target_file="vocals.wav",
+        interferer_files=["drums.wav"],
+        seq_duration=SEQ,
+        nb_channels=2,
+    )
+
+
+def test_bad_folders_are_errors_naming_the_path(tmp_path):
+    def fails(message, root=tmp_path, split="train"):
+        with pytest.raises(UmxError, match=re.escape(message)):
+            fix_dataset(root, split)
+
+    fails(f"{tmp_path / 'nowhere'} does not exist", root=tmp_path / "nowhere")
+    (tmp_path / "train").mkdir()
+    fails(f"{tmp_path / 'train'} holds no track folders")
+    fails(f"{tmp_path / 'valid'} does not exist", split="valid")
+    write(tmp_path / "train" / "t" / "vocals.wav", ramp(0))
+    fails(f"{tmp_path / 'train' / 't' / 'drums.wav'} does not exist")
+
+
+@pytest.mark.parametrize(
+    ("drums", "rate", "message"),
+    [
+        (ramp(1, frames=FRAMES - 1), RATE, "frames long"),
+        (ramp(1), RATE * 2, "sample rate"),
+        (ramp(1, nb_channels=1), RATE, "channels"),
+    ],
+)
+def test_sources_of_a_track_must_match(tmp_path, drums, rate, message):
+    write(tmp_path / "train" / "t" / "vocals.wav", ramp(0))
+    write(tmp_path / "train" / "t" / "drums.wav", drums, rate)
+    with pytest.raises(UmxError, match=message) as error:
+        fix_dataset(tmp_path)
+    assert str(tmp_path / "train" / "t" / "drums.wav") in str(error.value)
+
+
+# --- augmentations --------------------------------------------------------------------------------
+
+
+def test_gain_scales_all_channels_by_one_factor_in_range():
+    torch.manual_seed(0)
+    audio = torch.rand(2, 100) + 0.5
+    factors = []
+    for _ in range(200):
+        ratio = gain(audio) / audio
+        assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio))
+        factors.append(float(ratio[0, 0]))
+    assert 0.25 <= min(factors) < 0.35 and 1.15 < max(factors) < 1.25
+
+
+def test_channelswap_swaps_stereo_about_half_the_time_and_leaves_mono():
+    torch.manual_seed(0)
+    audio = torch.stack([torch.zeros(10), torch.ones(10)])
+    swapped = sum(bool(torch.equal(channelswap(audio), audio.flip(0))) for _ in range(400))
+    assert 150 < swapped < 250
+    mono = torch.rand(1, 10)
+    assert torch.equal(channelswap(mono), mono)
+
+
+def test_forcestereo_duplicates_mono_and_drops_extra_channels():
+    mono = torch.rand(1, 10)
+    assert torch.equal(forcestereo(mono), mono.repeat(2, 1))
+    many = torch.rand(3, 10)
+    assert torch.equal(forcestereo(many), many[:2])
+
+
+def test_registry_composes_by_name_and_rejects_unknown_names():
+    @register("negate")
+    def negate(audio):
+        return -audio
+
+    try:
+        audio = torch.rand(1, 10)
+        assert torch.equal(Compose(["negate", "forcestereo"])(audio), -audio.repeat(2, 1))
+        with pytest.raises(ValueError, match="already registered"):
+            register("negate")(negate)
+    finally:
+        del AUGMENTATIONS["negate"]
+    with pytest.raises(UmxError, match=r"unknown augmentation 'negate'.*gain, channelswap"):
+        Compose(["negate"])
