@@ -1,0 +1,900 @@
+"""BSSEval v4 over a test set with museval: per-track scores, aggregate tables, baselines, plots.
+
+A test set is MUSDB18 read by `musdb` (`.stem.mp4` files, or with `is_wav` a folder per track
+holding `mixture.wav`, `vocals.wav`, `drums.wav`, `bass.wav` and `other.wav`, as MUSDB18-HQ).
+A method turns one track into estimates: a separation model, a folder of estimates already on
+disk, or a baseline (the oracle ideal ratio or binary mask, or the mixture as every estimate).
+
+Results follow sigsep's conventions: one museval JSON per track in
+`<evaldir>/<subset>/<track>.json` (read by `museval.EvalStore` and `museval.MethodStore`), and
+aggregate scores that are the median over frames, then the median over tracks. Waveforms here are
+numpy arrays `(nb_timesteps, nb_channels)`, the axis order of musdb and museval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import musdb
+import museval
+import numpy as np
+import pandas as pd
+import simplejson
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from umx.api import separate
+from umx.audio import read_audio, write_audio
+from umx.errors import UmxError
+from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator
+from umx.transforms import N_FFT, N_HOP, istft, stft
+from umx.zoo import DEFAULT_MODEL, load_separator
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("vocals", "drums", "bass", "other")
+"""The MUSDB18 sources, whose sum is the mixture."""
+TARGETS = (*SOURCES, "accompaniment")
+"""The MUSDB18 targets a method may estimate (accompaniment = drums + bass + other)."""
+METRICS = ("SDR", "SIR", "ISR", "SAR")
+SUBSETS = ("train", "test")
+BASELINES = ("irm", "ibm", "mix")
+WIN = 1.0
+"""BSSEval window, in seconds (sigsep's setting)."""
+HOP = 1.0
+"""BSSEval hop, in seconds (sigsep's setting)."""
+IRM_POWER = 1.0
+"""Exponent α of the ideal ratio mask |S_j|^α / Σ_k |S_k|^α: 1 is sigsep's IRM1 (magnitudes)."""
+EPS = 1e-10
+
+Estimates = dict[str, np.ndarray]
+"""Target name → estimate `(nb_timesteps, nb_channels)` at the track's rate."""
+Method = Callable[[musdb.MultiTrack], Estimates]
+"""Turns a track into estimates; must be picklable for `jobs > 1`."""
+
+
+# --- test sets ------------------------------------------------------------------------------------
+
+
+def load_tracks(
+    root: str | os.PathLike, *, subset: str = "test", is_wav: bool = False
+) -> list[musdb.MultiTrack]:
+    """The tracks of a MUSDB18 subset, sorted by name.
+
+    Args:
+        root: the dataset folder, holding `train/` and `test/`.
+        subset: `train` or `test`.
+        is_wav: folders of wav files per track (MUSDB18-HQ layout) instead of `.stem.mp4` files.
+
+    Returns:
+        musdb's tracks; their references are read when used.
+
+    Raises:
+        UmxError: the folder is missing or holds no track in that layout.
+    """
+    root = Path(root)
+    if not (root / subset).is_dir():
+        raise UmxError(f"{root / subset} does not exist: --root must hold {'/'.join(SUBSETS)}")
+    try:
+        tracks = musdb.DB(root=str(root), subsets=subset, is_wav=is_wav).tracks
+    except Exception as error:  # stempeg reports unreadable files with bare Exceptions
+        raise UmxError(f"musdb could not read {root / subset} ({error})") from None
+    if not tracks:
+        layout = "<track>/mixture.wav folders" if is_wav else "<track>.stem.mp4 files (or --is-wav)"
+        raise UmxError(f"{root / subset} holds no MUSDB18 tracks: expected {layout}")
+    return tracks
+
+
+def check_references(track: musdb.MultiTrack) -> None:
+    """Raise if a track lacks its mixture or one of the MUSDB18 sources.
+
+    Raises:
+        UmxError: naming the missing file.
+    """
+    path = Path(track.path)
+    if not path.is_file():
+        raise UmxError(f"{path} is missing: track {track.name!r} has no mixture")
+    if track.is_wav:
+        for source in SOURCES:
+            if source not in track.sources:
+                raise UmxError(
+                    f"{path.with_name(source + '.wav')} is missing: no {source} reference"
+                )
+    elif track.info.nb_audio_streams < 1 + len(SOURCES):
+        raise UmxError(
+            f"{path} has {track.info.nb_audio_streams} audio streams, not the mixture and "
+            f"{len(SOURCES)} sources of a MUSDB18 stem file"
+        )
+
+
+@contextlib.contextmanager
+def _audio_in_memory(track: musdb.MultiTrack) -> Iterator[None]:
+    """Read the mixture and the sources once, and free them afterwards.
+
+    musdb decodes a file with ffmpeg at every access; its setters make it keep the audio instead.
+    Wav files are read with soundfile: the samples musdb gives for 16-bit files (24-bit ones keep
+    their precision), without two subprocesses per file.
+    """
+    items = (track, *track.sources.values())
+    try:
+        for item in items:
+            if track.is_wav:
+                audio, rate = read_audio(item.path)
+                if rate != track.rate:
+                    raise UmxError(f"{item.path} is at {rate:g} Hz, its mixture at {track.rate} Hz")
+                item.audio = audio.numpy().T
+            else:
+                audio = item.audio
+                item.audio = audio.reshape(len(audio), -1)  # musdb gives mono as (nb_timesteps,)
+        yield
+    finally:
+        for item in items:
+            item.audio = None
+
+
+# --- methods --------------------------------------------------------------------------------------
+
+
+def oracle(
+    kind: str,
+    mixture: torch.Tensor,
+    sources: Mapping[str, torch.Tensor],
+    *,
+    n_fft: int = N_FFT,
+    n_hop: int = N_HOP,
+    power: float = IRM_POWER,
+) -> dict[str, torch.Tensor]:
+    """Oracle masks computed from the true sources and applied to the mixture's STFT.
+
+    `irm`: the ideal ratio mask |S_j|^power / Σ_k |S_k|^power, the upper bound of mask-based
+    models such as Open-Unmix. `ibm`: the ideal binary mask, each time-frequency bin given whole
+    to the loudest source. Both masks sum to one over the sources, so the estimates add up to the
+    mixture.
+
+    Args:
+        kind: `irm` or `ibm`.
+        mixture: `(nb_channels, nb_timesteps)`.
+        sources: name → `(nb_channels, nb_timesteps)`, the true sources.
+        n_fft, n_hop: the STFT, by default the one of the Open-Unmix models.
+        power: the exponent of the ratio mask.
+
+    Returns:
+        name → estimate, `(nb_channels, nb_timesteps)`.
+    """
+    if kind not in ("irm", "ibm"):
+        raise ValueError(f"unknown oracle {kind!r}: use irm or ibm")
+    mix_stft = stft(mixture, n_fft, n_hop)  # (nb_channels, nb_bins, nb_frames)
+    # (nb_sources, nb_channels, nb_bins, nb_frames)
+    magnitudes = torch.stack([stft(source, n_fft, n_hop).abs() for source in sources.values()])
+    if kind == "irm":
+        weights = magnitudes**power
+        masks = weights / weights.sum(dim=0).clamp_min(EPS)
+    else:
+        loudest = magnitudes.argmax(dim=0, keepdim=True)
+        masks = torch.zeros_like(magnitudes).scatter_(0, loudest, 1.0)
+    estimates = istft(masks * mix_stft, mixture.shape[-1], n_fft, n_hop)
+    return dict(zip(sources, estimates, strict=True))
+
+
+def _check_groups(groups: Mapping[str, Sequence[str]], available: Sequence[str]) -> None:
+    unknown = sorted({name for group in groups.values() for name in group} - set(available))
+    if unknown:
+        raise UmxError(
+            f"cannot aggregate {', '.join(unknown)}: the sources are {', '.join(available)}"
+        )
+
+
+@dataclass(frozen=True)
+class BaselineMethod:
+    """A baseline: `irm` or `ibm` oracle masks (see `oracle`), or `mix`, the mixture itself as
+    every estimate (the floor any method should beat).
+
+    Args:
+        kind: one of `BASELINES`.
+        aggregate: groups of sources to estimate instead, e.g. `{"vocals": ["vocals"],
+            "accompaniment": ["drums", "bass", "other"]}`; the oracle estimates of a group are
+            summed, and `mix` gives the mixture for each group.
+    """
+
+    kind: str
+    aggregate: Mapping[str, Sequence[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BASELINES:
+            raise UmxError(f"unknown baseline {self.kind!r}: use one of {', '.join(BASELINES)}")
+        if self.aggregate is not None:
+            _check_groups(self.aggregate, SOURCES)
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        names = list(self.aggregate or SOURCES)
+        if self.kind == "mix":
+            return {name: track.audio.copy() for name in names}
+        mixture = torch.from_numpy(track.audio.T).float()
+        sources = {name: torch.from_numpy(track.sources[name].audio.T).float() for name in SOURCES}
+        estimates = {name: e.numpy().T for name, e in oracle(self.kind, mixture, sources).items()}
+        if self.aggregate is None:
+            return estimates
+        return {name: sum(estimates[s] for s in group) for name, group in self.aggregate.items()}
+
+
+@dataclass(frozen=True)
+class ModelMethod:
+    """Separation with a `Separator`, chunk by chunk (memory bounded by the segment length).
+
+    Args:
+        separator: the models, e.g. from `umx.zoo.load_separator`.
+        aggregate: groups of targets to estimate instead, see `Separator.to_dict`.
+        segment, overlap: chunking in seconds, see `Separator.separate`; `segment=None`
+            separates each track whole, as the reference implementation does.
+    """
+
+    separator: Separator
+    aggregate: Mapping[str, Sequence[str]] | None = None
+    segment: float | None = SEGMENT
+    overlap: float = OVERLAP
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        stems = separate(
+            track.audio.T,
+            track.rate,
+            self.separator,
+            aggregate=self.aggregate,
+            segment=self.segment,
+            overlap=self.overlap,
+        )
+        return {name: stem.cpu().numpy().T for name, stem in stems.items()}
+
+
+@dataclass(frozen=True)
+class EstimatesMethod:
+    """Estimates already on disk, in museval's layout `<directory>/<subset>/<track>/<target>.wav`
+    (the layout `--outdir` writes). Every file named after a MUSDB18 target is evaluated.
+
+    Args:
+        directory: the estimates folder.
+    """
+
+    directory: Path
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        folder = Path(self.directory) / track.subset / track.name
+        paths = [folder / f"{name}.wav" for name in TARGETS if (folder / f"{name}.wav").is_file()]
+        if not paths:
+            raise UmxError(f"{folder} holds no estimates ({', '.join(TARGETS)} .wav)")
+        expected = track.audio.shape
+        estimates = {}
+        for path in paths:
+            audio, rate = read_audio(path)
+            if rate != track.rate:
+                raise UmxError(f"{path} is at {rate:g} Hz but the track at {track.rate:g} Hz")
+            if audio.shape[::-1] != expected:
+                raise UmxError(
+                    f"{path} has {audio.shape[1]} samples and {audio.shape[0]} channels, the "
+                    f"track {expected[0]} samples and {expected[1]} channels"
+                )
+            estimates[path.stem] = audio.numpy().T
+        return estimates
+
+
+# --- scoring one track ----------------------------------------------------------------------------
+
+
+def score_track(
+    track: musdb.MultiTrack,
+    estimates: Mapping[str, np.ndarray],
+    *,
+    win: float = WIN,
+    hop: float = HOP,
+) -> museval.TrackStore:
+    """BSSEval v4 scores of one track's estimates, computed by `museval.eval_mus_track`.
+
+    As in museval, vocals and accompaniment are scored together when both are estimated, and
+    the other targets together.
+
+    Args:
+        track: the track, with its references.
+        estimates: target → estimate `(nb_timesteps, nb_channels)`, at least two MUSDB18
+            targets, each as long as its reference.
+        win, hop: BSSEval window and hop in seconds.
+
+    Returns:
+        the framewise SDR, SIR, ISR and SAR of every target.
+
+    Raises:
+        UmxError: an unknown target, fewer than two estimates, a shape mismatch, or a silent
+            reference or estimate (BSSEval is undefined for those; museval refuses them).
+    """
+    unknown = sorted(set(estimates) - set(TARGETS))
+    if unknown:
+        raise UmxError(
+            f"{track.name}: MUSDB18 has no reference for {', '.join(unknown)} "
+            f"(its targets are {', '.join(TARGETS)})"
+        )
+    if len(estimates) < 2:
+        raise UmxError(f"{track.name}: BSSEval needs at least two estimates, got {len(estimates)}")
+    for name, estimate in estimates.items():
+        target = track.targets[name]
+        reference = target.audio
+        if estimate.shape != reference.shape:
+            raise UmxError(
+                f"{track.name}: the {name} estimate has shape {estimate.shape} but its reference "
+                f"{reference.shape} (nb_timesteps, nb_channels)"
+            )
+        if not reference.any():
+            paths = " + ".join(source.path for source in target.sources)
+            raise UmxError(f"{paths}: the {name} reference is silent, which BSSEval cannot score")
+        if not estimate.any():
+            raise UmxError(
+                f"{track.name}: the {name} estimate is silent, which BSSEval cannot score"
+            )
+    try:
+        return museval.eval_mus_track(track, dict(estimates), win=win, hop=hop)
+    except ValueError as error:  # museval's own checks, e.g. a reference silent in one channel sum
+        raise UmxError(f"{track.name}: museval refused it ({str(error).split('. ')[0]})") from None
+
+
+def _nan_notes(track_name: str, scores: museval.TrackStore) -> list[str]:
+    """One line per target with frames that have no score.
+
+    museval gives NaN to a window where any reference or estimate is silent, and stores an
+    infinite ratio (a perfect estimate) as NaN too.
+    """
+    notes = []
+    for target in scores.scores["targets"]:
+        values = [float(frame["metrics"]["SDR"]) for frame in target["frames"]]
+        nans = sum(math.isnan(value) for value in values)
+        if nans:
+            notes.append(
+                f"{track_name}: {nans} of {len(values)} frames of {target['name']} have no "
+                "score (a silent reference or estimate, or a perfect estimate); the medians "
+                "skip them"
+            )
+    return notes
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Create `path` through a temporary file beside it, renamed into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def json_path(evaldir: str | os.PathLike, track: musdb.MultiTrack) -> Path:
+    """Where a track's museval JSON goes: `<evaldir>/<subset>/<track>.json`, as museval puts it."""
+    return Path(evaldir) / track.subset / f"{track.name}.json"
+
+
+@dataclass(frozen=True)
+class _TrackJob:
+    """Everything evaluating one track needs; picklable, sent once to each worker process."""
+
+    method: Method
+    evaldir: Path
+    outdir: Path | None
+    win: float
+    hop: float
+
+    def run(self, track: musdb.MultiTrack) -> _Outcome:
+        """Estimate, optionally write the stems, score and write the JSON; never raises."""
+        try:
+            check_references(track)
+            with _audio_in_memory(track):
+                estimates = self.method(track)
+                if self.outdir is not None:
+                    for name, estimate in estimates.items():
+                        path = self.outdir / track.subset / track.name / f"{name}.wav"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        write_audio(
+                            path, estimate.T, track.rate, subtype="FLOAT", clip="none", force=True
+                        )
+                scores = score_track(track, estimates, win=self.win, hop=self.hop)
+            scores.validate()
+            _write_text(json_path(self.evaldir, track), scores.json)
+        except UmxError as error:
+            return _Outcome(track.name, str(error))
+        except Exception as error:  # a bug or a library failure must not stop the other tracks
+            return _Outcome(track.name, f"{track.name}: {type(error).__name__}: {error}")
+        return _Outcome(track.name, None, _nan_notes(track.name, scores))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    track: str
+    error: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+_worker_job: _TrackJob | None = None
+
+
+def _init_worker(job: _TrackJob, nb_threads: int) -> None:
+    global _worker_job
+    torch.set_num_threads(nb_threads)
+    _worker_job = job
+
+
+def _run_in_worker(track: musdb.MultiTrack) -> _Outcome:
+    return _worker_job.run(track)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `evaluate` did.
+
+    Attributes:
+        evaluated: tracks scored now.
+        skipped: tracks whose JSON already existed.
+        failed: track → one-line reason.
+    """
+
+    evaluated: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+
+
+def evaluate(
+    tracks: Sequence[musdb.MultiTrack],
+    method: Method,
+    evaldir: str | os.PathLike,
+    *,
+    win: float = WIN,
+    hop: float = HOP,
+    outdir: str | os.PathLike | None = None,
+    jobs: int = 1,
+    force: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Score every track with BSSEval v4 and write one museval JSON per track.
+
+    Tracks whose JSON exists are skipped unless `force`, so an interrupted run resumes where it
+    stopped. A track that fails is logged by name and the others go on. Files are written
+    atomically: a JSON exists only for a fully scored track.
+
+    Args:
+        tracks: from `load_tracks`.
+        method: turns a track into estimates: `ModelMethod`, `EstimatesMethod`, `BaselineMethod`.
+        evaldir: where the JSON files go, as `<evaldir>/<subset>/<track>.json`.
+        win, hop: BSSEval window and hop in seconds.
+        outdir: also write the estimates, as float wav in `<outdir>/<subset>/<track>/<target>.wav`
+            (readable back with `EstimatesMethod`).
+        jobs: tracks evaluated at once, each in its own process; the scores do not depend on it.
+        force: evaluate tracks that already have a JSON again.
+        progress: show a progress bar over the tracks.
+
+    Returns:
+        which tracks were evaluated, skipped or failed.
+    """
+    if jobs < 1:
+        raise UmxError(f"--jobs must be at least 1, got {jobs}")
+    if win <= 0 or hop <= 0:
+        raise UmxError(f"--win and --hop must be positive, got {win} and {hop}")
+    job = _TrackJob(method, Path(evaldir), None if outdir is None else Path(outdir), win, hop)
+    done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
+    todo = [track for track in tracks if track not in done]
+    outcomes: list[_Outcome] = []
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=len(todo), desc="evaluate", unit="track", disable=not progress) as bar,
+    ):
+        for outcome in _run_jobs(job, todo, jobs):
+            outcomes.append(outcome)
+            for line in outcome.notes:
+                logger.info(line)
+            if outcome.error is not None:
+                logger.error("error: %s", outcome.error)
+            bar.update(1)
+    failed = {outcome.track: outcome.error for outcome in outcomes if outcome.error is not None}
+    order = {track.name: index for index, track in enumerate(tracks)}
+    evaluated = sorted((o.track for o in outcomes if o.error is None), key=order.get)
+    return Summary(evaluated, [track.name for track in done], dict(sorted(failed.items())))
+
+
+def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> Iterator[_Outcome]:
+    """The outcome of every track, in the order they finish."""
+    if jobs == 1 or len(tracks) <= 1:
+        for track in tracks:
+            yield job.run(track)
+        return
+    workers = min(jobs, len(tracks))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # Not fork: forking a process that has started torch's thread pools can deadlock. Workers
+    # fork from a server that has imported this module (and torch) once, but started nothing.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(workers, context, _init_worker, (job, threads)) as pool:
+        futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield _Outcome(futures[future], f"{futures[future]}: its worker process died")
+
+
+# --- aggregation and reports ----------------------------------------------------------------------
+
+
+def load_scores(
+    evaldir: str | os.PathLike, subset: str = "test", tracks: Iterable[str] | None = None
+) -> museval.EvalStore:
+    """Read the per-track JSON files of one method.
+
+    Args:
+        evaldir: as written by `evaluate`.
+        subset: the subfolder to read.
+        tracks: the track names to read; every JSON of the subset if None.
+
+    Returns:
+        museval's store of the framewise scores (`.df` has columns time, target, metric, score,
+        track).
+
+    Raises:
+        UmxError: no JSON found, or one is unreadable.
+    """
+    folder = Path(evaldir) / subset
+    paths = (
+        sorted(folder.glob("*.json"))
+        if tracks is None
+        else [folder / f"{name}.json" for name in tracks]
+    )
+    store = museval.EvalStore()
+    for path in paths:
+        try:
+            scores = simplejson.loads(path.read_text(), allow_nan=True)
+            store.add_track(museval.json2df(scores, path.stem))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UmxError(f"{path} is not a museval JSON file ({error})") from None
+    if store.df.empty:
+        raise UmxError(f"{folder} holds no scores (museval .json files)")
+    return store
+
+
+def _target_order(targets: Iterable[str]) -> list[str]:
+    known = [target for target in TARGETS if target in set(targets)]
+    return known + sorted(set(targets) - set(known))
+
+
+def method_scores(stores: Mapping[str, museval.EvalStore]) -> museval.MethodStore:
+    """Several methods' scores in one museval `MethodStore`, under the given names."""
+    methods = museval.MethodStore()
+    for name, store in stores.items():
+        methods.add_evalstore(store, name)
+    return methods
+
+
+def score_table(methods: museval.MethodStore) -> pd.DataFrame:
+    """The aggregate scores: median over frames, then median over tracks (NaN frames skipped).
+
+    Returns:
+        one row per (method, target), in the methods' order and MUSDB18's target order, one
+        column per metric of `METRICS`, in dB.
+    """
+    table = methods.agg_frames_tracks_scores().unstack("metric")[list(METRICS)]
+    order = list(dict.fromkeys(methods.df["method"]))
+    targets = _target_order(table.index.get_level_values("target"))
+    index = [(m, t) for m in order for t in targets if (m, t) in table.index]
+    table = table.loc[index]
+    table.columns.name = None
+    return table
+
+
+def to_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
+    """A score table as a Markdown table, the index levels as the first columns."""
+    header = [*table.index.names, *table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in table.iterrows():
+        cells = [*(key if isinstance(key, tuple) else (key,)), *(f"{v:.{decimals}f}" for v in row)]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, directory: str | os.PathLike, name: str) -> list[Path]:
+    """Write `<name>.md` and `<name>.csv` into `directory`, each atomically; returns the paths."""
+    directory = Path(directory)
+    markdown, csv = directory / f"{name}.md", directory / f"{name}.csv"
+    _write_text(markdown, to_markdown(table))
+    _write_text(csv, table.to_csv(float_format="%.5f"))
+    return [markdown, csv]
+
+
+def plot_scores(
+    methods: museval.MethodStore, directory: str | os.PathLike, name: str
+) -> list[Path]:
+    """Box plots of the per-track scores (frame medians), as sigsep shows results.
+
+    One PNG per metric, `<name>_<metric>.png`, with a panel per target and a box per method.
+
+    Returns:
+        the paths written.
+    """
+    per_track = methods.agg_frames_scores()  # indexed by method, track, target, metric
+    order = list(dict.fromkeys(methods.df["method"]))
+    targets = _target_order(per_track.index.get_level_values("target").unique())
+    paths = []
+    for metric in METRICS:
+        figure = Figure(figsize=(2.5 * len(targets) + 1, 1.0 + 0.6 * len(order)), layout="tight")
+        axes = figure.subplots(1, len(targets), sharey=True, squeeze=False)[0]
+        for ax, target in zip(axes, targets, strict=True):
+            boxes = [
+                per_track.xs((method, target, metric), level=("method", "target", "metric"))
+                .dropna()
+                .to_numpy()
+                for method in order
+            ]
+            ax.boxplot(boxes, positions=range(1, len(order) + 1))
+            ax.set_xticks(range(1, len(order) + 1), order, rotation=30, ha="right")
+            ax.set_title(target)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel(f"{metric} (dB)")
+        path = Path(directory) / f"{name}_{metric}.png"
+        _write_atomic(path, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=100))
+        paths.append(path)
+    return paths
+
+
+def report(
+    stores: Mapping[str, museval.EvalStore], directory: str | os.PathLike, name: str
+) -> pd.DataFrame:
+    """Aggregate table (Markdown and CSV) and box plots of one or several methods.
+
+    Args:
+        stores: method name → its scores, from `load_scores`.
+        directory: where `<name>.md`, `<name>.csv` and `<name>_<metric>.png` go.
+        name: the reports' file name stem.
+
+    Returns:
+        the table of `score_table`.
+    """
+    methods = method_scores(stores)
+    table = score_table(methods)
+    write_table(table, directory, name)
+    plot_scores(methods, directory, name)
+    return table
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+_MODEL_DEFAULTS = {
+    "targets": None,
+    "niter": 1,
+    "wiener_win_len": WIENER_WIN_LEN,
+    "softmask": False,
+    "residual": None,
+    "segment": SEGMENT,
+    "overlap": OVERLAP,
+    "whole_track": False,
+    "device": "auto",
+}
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `umx evaluate`."""
+    data = parser.add_argument_group("test set")
+    data.add_argument(
+        "--root",
+        type=Path,
+        default=os.environ.get("MUSDB_PATH"),
+        help="MUSDB18 folder holding train/ and test/ (default: $MUSDB_PATH)",
+    )
+    data.add_argument(
+        "--subset", choices=SUBSETS, default="test", help="subset to evaluate (default: test)"
+    )
+    data.add_argument(
+        "--is-wav",
+        action="store_true",
+        help="a folder of wav files per track (MUSDB18-HQ layout) instead of .stem.mp4 files",
+    )
+
+    method = parser.add_argument_group("method (one of)").add_mutually_exclusive_group()
+    method.add_argument(
+        "--model",
+        help=f"model name or model directory to separate with (default: {DEFAULT_MODEL})",
+    )
+    method.add_argument(
+        "--estimates",
+        type=Path,
+        metavar="DIR",
+        help="evaluate estimates on disk, DIR/<subset>/<track>/<target>.wav",
+    )
+    method.add_argument(
+        "--method",
+        choices=BASELINES,
+        help="a baseline: oracle ideal ratio mask (irm), ideal binary mask (ibm), or the "
+        "mixture as every estimate (mix)",
+    )
+
+    model = parser.add_argument_group("model options (with --model)")
+    model.add_argument("--targets", nargs="+", metavar="TARGET", help="separate only these targets")
+    model.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
+    model.add_argument(
+        "--wiener-win-len",
+        type=int,
+        metavar="N",
+        help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
+    )
+    model.add_argument(
+        "--softmask", action="store_true", help="start the Wiener filter from ratio masks"
+    )
+    model.add_argument(
+        "--residual", metavar="NAME", help="add a target NAME: the mixture minus the targets"
+    )
+    model.add_argument(
+        "--segment",
+        type=float,
+        metavar="SECONDS",
+        help=f"separate in chunks of this length (default: {SEGMENT:g})",
+    )
+    model.add_argument(
+        "--overlap",
+        type=float,
+        metavar="SECONDS",
+        help=f"cross-fade between chunks (default: {OVERLAP:g})",
+    )
+    model.add_argument(
+        "--whole-track",
+        action="store_true",
+        help="separate each track at once, as the reference implementation does "
+        "(memory grows with the duration)",
+    )
+    model.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if present)")
+    parser.set_defaults(**_MODEL_DEFAULTS)
+    parser.add_argument(
+        "--aggregate",
+        metavar="JSON",
+        help="with --model or --method, evaluate groups of targets, as JSON or a JSON file, e.g. "
+        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
+    )
+
+    out = parser.add_argument_group("evaluation and output")
+    out.add_argument(
+        "--evaldir",
+        type=Path,
+        required=True,
+        help="where the scores go: EVALDIR/<subset>/<track>.json (museval format), "
+        "scores.md, scores.csv and scores_<metric>.png",
+    )
+    out.add_argument(
+        "--outdir",
+        type=Path,
+        help="also write the estimates as float wav, OUTDIR/<subset>/<track>/<target>.wav",
+    )
+    out.add_argument(
+        "--win",
+        type=float,
+        default=WIN,
+        metavar="SECONDS",
+        help=f"BSSEval window (default: {WIN:g})",
+    )
+    out.add_argument(
+        "--hop", type=float, default=HOP, metavar="SECONDS", help=f"BSSEval hop (default: {HOP:g})"
+    )
+    out.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="tracks evaluated in parallel (default: 1)"
+    )
+    out.add_argument(
+        "--force", action="store_true", help="evaluate again the tracks that already have scores"
+    )
+    out.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="evaldirs of other methods to put side by side with this one (or with each other "
+        "when no --root is given) in EVALDIR/compare.md, compare.csv and compare_<metric>.png",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
+    )
+
+
+def _method_from_args(args: argparse.Namespace) -> Method:
+    # The CLI's helpers, imported here because the CLI imports this module.
+    from umx.cli import parse_aggregate, resolve_device
+
+    aggregate = parse_aggregate(args.aggregate)
+    if args.estimates is not None:
+        if aggregate is not None:
+            raise UmxError("--aggregate does not apply to --estimates: name the files instead")
+        if not args.estimates.is_dir():
+            raise UmxError(f"{args.estimates} is not a directory of estimates")
+        return EstimatesMethod(args.estimates)
+    if args.method is not None:
+        return BaselineMethod(args.method, aggregate)
+    separator = load_separator(
+        args.model or DEFAULT_MODEL,
+        targets=args.targets,
+        niter=args.niter,
+        softmask=args.softmask,
+        residual=args.residual,
+        wiener_win_len=args.wiener_win_len or None,
+        device=resolve_device(args.device),
+        progress=not args.quiet,
+    )
+    segment = None if args.whole_track else args.segment
+    return ModelMethod(separator, aggregate, segment, args.overlap)
+
+
+def _method_name(evaldir: Path) -> str:
+    return evaldir.resolve().name
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """`umx evaluate`: evaluate a method on a test set and/or compare evaluated methods.
+
+    Returns:
+        the exit code: 1 if any track failed, else 0.
+    """
+    if args.root is None and not args.compare:
+        raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
+    if args.estimates is not None or args.method is not None:
+        given = [name for name, value in _MODEL_DEFAULTS.items() if getattr(args, name) != value]
+        if given:
+            raise UmxError(f"--{given[0].replace('_', '-')} applies to --model only")
+    stores = {}
+    failed = False
+    if args.root is not None:
+        tracks = load_tracks(args.root, subset=args.subset, is_wav=args.is_wav)
+        summary = evaluate(
+            tracks,
+            _method_from_args(args),
+            args.evaldir,
+            win=args.win,
+            hop=args.hop,
+            outdir=args.outdir,
+            jobs=args.jobs,
+            force=args.force,
+            progress=not args.quiet,
+        )
+        if summary.skipped:
+            logger.info(
+                "%d tracks already had scores in %s and were skipped (--force evaluates them "
+                "again)",
+                len(summary.skipped),
+                args.evaldir,
+            )
+        if summary.failed:
+            failed = True
+            logger.error(
+                "%d of %d tracks failed: %s",
+                len(summary.failed),
+                len(tracks),
+                ", ".join(summary.failed),
+            )
+        scored = [track.name for track in tracks if track.name not in summary.failed]
+        if scored:
+            store = load_scores(args.evaldir, args.subset, scored)
+            table = report({_method_name(args.evaldir): store}, args.evaldir, "scores")
+            print(to_markdown(table), end="")
+            stores[_method_name(args.evaldir)] = store
+    for directory in args.compare or []:
+        name = _method_name(directory)
+        if name in stores:
+            raise UmxError(f"{directory}: two compared methods are named {name!r}")
+        stores[name] = load_scores(directory, args.subset)
+    if args.compare:
+        if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
+            logger.warning("warning: the compared methods were evaluated on different tracks")
+        table = report(stores, args.evaldir, "compare")
+        print(to_markdown(table), end="")
+    return 1 if failed else 0

@@ -1,0 +1,427 @@
+"""BSSEval v4 evaluation on small generated MUSDB18-HQ-layout sets (mono, 16 kHz, 3 s tracks)."""
+
+import argparse
+import json
+import logging
+import shutil
+
+import museval
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.nn import functional as F
+
+from umx.errors import UmxError
+from umx.evaluate import (
+    METRICS,
+    SOURCES,
+    BaselineMethod,
+    EstimatesMethod,
+    ModelMethod,
+    add_evaluate_arguments,
+    evaluate,
+    json_path,
+    load_scores,
+    load_tracks,
+    method_scores,
+    oracle,
+    run_evaluate,
+    score_table,
+    score_track,
+)
+from umx.model import OpenUnmix
+from umx.separator import Separator
+from umx.transforms import Spectrogram
+from umx.zoo import save_separator
+
+RATE = 16000
+SECONDS = 3.0
+N_FFT, N_HOP = 512, 128
+NAMES = ("Artist A - Song One", "Artist B - Song Two")
+# Vocals and accompaniment: museval scores two sources about eight times faster than four.
+VOC_ACC = {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}
+
+
+def make_sources(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Four distinct mono sources `(nb_timesteps,)`: a vibrato voice, noise bursts, a low sine
+    and a high chord, with random pitches and tempo."""
+    t = np.arange(int(SECONDS * RATE)) / RATE
+    pitch = rng.uniform(300, 500) * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / RATE
+    vocals = 0.2 * sum(np.sin(k * phase) / k for k in (1, 2, 3))
+    period = int(RATE * rng.uniform(0.2, 0.3))
+    drums = 0.3 * rng.standard_normal(t.size) * np.exp(-(np.arange(t.size) % period) / 400)
+    bass = 0.3 * np.sin(2 * np.pi * rng.uniform(50, 90) * t)
+    other = 0.1 * sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(1500, 3000, 3))
+    return {"vocals": vocals, "drums": drums, "bass": bass, "other": other}
+
+
+def write_track(folder, sources):
+    folder.mkdir(parents=True)
+    for name, audio in sources.items():
+        sf.write(folder / f"{name}.wav", audio, RATE)
+    sf.write(folder / "mixture.wav", sum(sources.values()), RATE)
+
+
+def write_set(root, names, seed):
+    rng = np.random.default_rng(seed)
+    for name in names:
+        write_track(root / "test" / name, make_sources(rng))
+    return root
+
+
+def train_separator(seed: int = 1, steps: int = 20, nb_frames: int = 32) -> Separator:
+    """Four tiny Open-Unmix models fitted for a few steps on other generated tracks."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # for models this small, threads cost more than they give
+    try:
+        return _train(seed, steps, nb_frames)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(seed, steps, nb_frames):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    examples = [make_sources(rng) for _ in range(3)]
+    spectrogram = Spectrogram(N_FFT, N_HOP)
+
+    def magnitudes(signals):  # excerpts (nb_samples, 1, nb_bins, nb_frames): short LSTM runs
+        spec = spectrogram(torch.tensor(np.stack(signals), dtype=torch.float32)[:, None])
+        return torch.cat(spec[..., : spec.shape[-1] // nb_frames * nb_frames].split(nb_frames, -1))
+
+    mixture = magnitudes([sum(example.values()) for example in examples])
+    models = {}
+    for target in SOURCES:
+        wanted = magnitudes([example[target] for example in examples])
+        model = OpenUnmix(N_FFT // 2 + 1, 1, hidden_size=16, nb_layers=1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.mse_loss(model(mixture), wanted).backward()
+            optimizer.step()
+        models[target] = model.freeze()
+    return Separator(models, sample_rate=RATE, n_fft=N_FFT, n_hop=N_HOP, nb_channels=1)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_set(tmp_path_factory.mktemp("musdb"), NAMES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tracks(root):
+    return load_tracks(root, is_wav=True)
+
+
+@pytest.fixture(scope="module")
+def separator():
+    return train_separator()
+
+
+@pytest.fixture(scope="module")
+def evaldirs(tmp_path_factory, tracks, separator):
+    """Vocals/accompaniment scores of the baselines and of the trained model, run serially."""
+    base = tmp_path_factory.mktemp("evals")
+    methods = {
+        "mix": BaselineMethod("mix", VOC_ACC),
+        "irm": BaselineMethod("irm", VOC_ACC),
+        "model": ModelMethod(separator, VOC_ACC, segment=1.0, overlap=0.25),
+    }
+    for name, method in methods.items():
+        summary = evaluate(tracks, method, base / name, progress=False)
+        assert summary.evaluated == list(NAMES) and not summary.failed
+    return {name: base / name for name in methods}
+
+
+def table_of(evaldir, name="method"):
+    return score_table(method_scores({name: load_scores(evaldir)})).loc[name]
+
+
+def options(*argv):
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    return parser.parse_args([str(arg) for arg in argv])
+
+
+# --- oracle masks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["irm", "ibm"])
+def test_oracle_estimates_add_up_to_the_mixture(kind):
+    sources = {
+        name: torch.tensor(s[None], dtype=torch.float32)
+        for name, s in make_sources(np.random.default_rng(3)).items()
+    }
+    mixture = sum(sources.values())
+    estimates = oracle(kind, mixture, sources, n_fft=N_FFT, n_hop=N_HOP)
+    assert list(estimates) == list(SOURCES)
+    assert all(e.shape == mixture.shape for e in estimates.values())
+    assert torch.allclose(sum(estimates.values()), mixture, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["irm", "ibm"])
+def test_oracle_recovers_sources_in_separate_bands(kind):
+    t = torch.arange(int(SECONDS * RATE)) / RATE
+    sources = {
+        "low": 0.5 * torch.sin(2 * torch.pi * 200 * t)[None],
+        "high": 0.3 * torch.sin(2 * torch.pi * 3000 * t)[None],
+    }
+    estimates = oracle(kind, sum(sources.values()), sources, n_fft=N_FFT, n_hop=N_HOP)
+    for name, source in sources.items():
+        error = (estimates[name] - source).norm() / source.norm()
+        assert error < 1e-2, (name, error)  # -40 dB: only window leakage is misassigned
+
+
+def test_oracle_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="unknown oracle"):
+        oracle("mix", torch.zeros(1, 1000), {"a": torch.zeros(1, 1000)})
+    with pytest.raises(UmxError, match="unknown baseline 'wiener'"):
+        BaselineMethod("wiener")
+
+
+# --- scores ---------------------------------------------------------------------------------------
+
+
+def test_perfect_estimates_score_far_above_the_mixture(root, tracks, evaldirs, tmp_path):
+    rng = np.random.default_rng(4)
+    for track in tracks:
+        folder = tmp_path / "perfect" / "test" / track.name
+        folder.mkdir(parents=True)
+        for name, group in VOC_ACC.items():
+            reference = sum(sf.read(root / "test" / track.name / f"{s}.wav")[0] for s in group)
+            noise = 1e-4 * rng.standard_normal(reference.shape)  # a perfect estimate has no score
+            sf.write(folder / f"{name}.wav", reference + noise, RATE, subtype="FLOAT")
+    summary = evaluate(
+        tracks, EstimatesMethod(tmp_path / "perfect"), tmp_path / "ev", progress=False
+    )
+    assert summary.evaluated == list(NAMES)
+    perfect, mix = table_of(tmp_path / "ev"), table_of(evaldirs["mix"])
+    assert (perfect["SDR"] > 40).all()
+    assert (mix["SDR"] < 5).all()
+    assert (perfect["SDR"] - mix["SDR"] > 35).all()
+
+
+def test_oracle_beats_trained_model_beats_mixture(evaldirs):
+    irm, model, mix = (table_of(evaldirs[name]) for name in ("irm", "model", "mix"))
+    assert (irm["SDR"] > model["SDR"] + 5).all()
+    assert (irm["SDR"] > mix["SDR"] + 10).all()
+    assert irm["SDR"].mean() > model["SDR"].mean() > mix["SDR"].mean()
+
+
+def test_four_targets_in_museval_json_format(tracks, tmp_path):
+    summary = evaluate(tracks[:1], BaselineMethod("ibm"), tmp_path / "ibm", progress=False)
+    assert summary.evaluated == [NAMES[0]]
+    assert json_path(tmp_path / "ibm", tracks[0]) == tmp_path / "ibm" / "test" / f"{NAMES[0]}.json"
+    store = museval.EvalStore()
+    store.add_eval_dir(tmp_path / "ibm")
+    assert set(store.df["track"]) == {NAMES[0]}
+    assert set(store.df["target"]) == set(SOURCES)
+    assert set(store.df["metric"]) == set(METRICS)
+    assert len(store.df) == len(SOURCES) * len(METRICS) * 3  # 1 s windows over 3 s
+    assert np.isfinite(store.df["score"].astype(float)).all()
+    methods = museval.MethodStore()
+    methods.add_eval_dir(tmp_path / "ibm")
+    ours = table_of(tmp_path / "ibm")
+    theirs = methods.agg_frames_tracks_scores().loc["ibm"].unstack("metric")
+    assert np.allclose(ours.to_numpy(), theirs.loc[list(SOURCES), list(METRICS)].to_numpy())
+    assert (ours["SDR"] > 10).all()
+
+
+def test_aggregate_is_median_over_frames_then_tracks(evaldirs):
+    table = table_of(evaldirs["model"])
+    for target in VOC_ACC:
+        for metric in METRICS:
+            per_track = []
+            for name in NAMES:
+                data = json.loads((evaldirs["model"] / "test" / f"{name}.json").read_text())
+                (frames,) = [t["frames"] for t in data["targets"] if t["name"] == target]
+                per_track.append(np.median([frame["metrics"][metric] for frame in frames]))
+            assert table.loc[target, metric] == pytest.approx(np.median(per_track), abs=1e-9)
+
+
+def test_parallel_run_gives_the_same_scores(tracks, separator, evaldirs, tmp_path):
+    method = ModelMethod(separator, VOC_ACC, segment=1.0, overlap=0.25)
+    summary = evaluate(tracks, method, tmp_path / "parallel", jobs=2, progress=False)
+    assert summary.evaluated == list(NAMES) and not summary.failed
+    for name in NAMES:
+        parallel = (tmp_path / "parallel" / "test" / f"{name}.json").read_text()
+        assert parallel == (evaldirs["model"] / "test" / f"{name}.json").read_text()
+
+
+def test_resumed_run_skips_done_tracks(tracks, tmp_path):
+    method, evaldir = BaselineMethod("irm", VOC_ACC), tmp_path / "irm"
+    assert evaluate(tracks, method, evaldir, progress=False).evaluated == list(NAMES)
+    kept, removed = (evaldir / "test" / f"{name}.json" for name in NAMES)
+    first = removed.read_text()
+    removed.unlink()
+    stamp = kept.stat().st_mtime_ns
+    summary = evaluate(tracks, method, evaldir, progress=False)
+    assert summary.skipped == [NAMES[0]] and summary.evaluated == [NAMES[1]]
+    assert kept.stat().st_mtime_ns == stamp
+    assert removed.read_text() == first
+    assert not list(evaldir.rglob(".*.tmp"))
+    summary = evaluate(tracks[:1], method, evaldir, force=True, progress=False)
+    assert summary.evaluated == [NAMES[0]] and not summary.skipped
+    assert kept.stat().st_mtime_ns != stamp
+
+
+def test_partly_silent_reference_gives_unscored_frames(tmp_path, caplog):
+    sources = make_sources(np.random.default_rng(5))
+    sources["vocals"][: RATE + RATE // 2] = 0.0  # silent over the whole first window
+    write_track(tmp_path / "db" / "test" / "quiet", sources)
+    caplog.set_level(logging.INFO, logger="umx.evaluate")
+    tracks = load_tracks(tmp_path / "db", is_wav=True)
+    summary = evaluate(tracks, BaselineMethod("irm", VOC_ACC), tmp_path / "ev", progress=False)
+    assert summary.evaluated == ["quiet"]
+    data = json.loads((tmp_path / "ev" / "test" / "quiet.json").read_text())
+    for target in data["targets"]:  # museval leaves a window unscored for every target
+        sdr = [frame["metrics"]["SDR"] for frame in target["frames"]]
+        assert np.isnan(sdr[0]) and np.isfinite(sdr[1:]).all()
+    assert "quiet: 1 of 3 frames of vocals have no score" in caplog.text
+    assert np.isfinite(table_of(tmp_path / "ev").to_numpy()).all()
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_root_without_tracks(tmp_path):
+    with pytest.raises(UmxError, match="does not exist"):
+        load_tracks(tmp_path / "nowhere", is_wav=True)
+    (tmp_path / "test").mkdir()
+    with pytest.raises(UmxError, match=f"{tmp_path / 'test'} holds no MUSDB18 tracks"):
+        load_tracks(tmp_path, is_wav=True)
+
+
+def one_track_set(tmp_path, change=None):
+    sources = make_sources(np.random.default_rng(6))
+    if change is not None:
+        change(sources)
+    write_track(tmp_path / "db" / "test" / "song", sources)
+    return load_tracks(tmp_path / "db", is_wav=True)
+
+
+def test_failing_track_is_reported_and_the_others_go_on(root, tmp_path, caplog, capsys):
+    shutil.copytree(root, tmp_path / "db")
+    (tmp_path / "db" / "test" / NAMES[1] / "bass.wav").unlink()
+    args = options(
+        "--root", tmp_path / "db", "--is-wav", "--method", "mix",
+        "--aggregate", json.dumps(VOC_ACC), "--evaldir", tmp_path / "mix",
+    )  # fmt: skip
+    assert run_evaluate(args) == 1
+    missing = tmp_path / "db" / "test" / NAMES[1] / "bass.wav"
+    assert f"{missing} is missing: no bass reference" in caplog.text
+    assert (tmp_path / "mix" / "test" / f"{NAMES[0]}.json").is_file()
+    assert not (tmp_path / "mix" / "test" / f"{NAMES[1]}.json").exists()
+    printed = capsys.readouterr().out
+    assert "| mix | vocals |" in printed and "| mix | accompaniment |" in printed
+    assert (tmp_path / "mix" / "scores.md").read_text() == printed
+
+
+def test_silent_reference_is_reported(tmp_path):
+    tracks = one_track_set(tmp_path, lambda sources: sources["bass"].fill(0.0))
+    summary = evaluate(tracks, BaselineMethod("mix"), tmp_path / "ev", progress=False)
+    message = summary.failed["song"]
+    assert str(tmp_path / "db" / "test" / "song" / "bass.wav") in message
+    assert "reference is silent" in message
+    assert not (tmp_path / "ev" / "test" / "song.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda audio, rate: (audio[:-100], rate), "has 47900 samples and 1 channels"),
+        (lambda audio, rate: (np.stack([audio, audio], 1), rate), "and 2 channels, the track"),
+        (lambda audio, rate: (audio, 22050), "is at 22050 Hz but the track at 16000 Hz"),
+    ],
+    ids=["length", "channels", "rate"],
+)
+def test_bad_estimates_are_refused(tmp_path, change, message):
+    tracks = one_track_set(tmp_path)
+    folder = tmp_path / "est" / "test" / "song"
+    folder.mkdir(parents=True)
+    for name in SOURCES:
+        audio, rate = sf.read(tmp_path / "db" / "test" / "song" / f"{name}.wav")
+        if name == "drums":
+            audio, rate = change(audio, rate)
+        sf.write(folder / f"{name}.wav", audio, rate)
+    summary = evaluate(tracks, EstimatesMethod(tmp_path / "est"), tmp_path / "ev", progress=False)
+    assert summary.failed["song"].startswith(f"{folder / 'drums.wav'} ")
+    assert message in summary.failed["song"]
+
+
+def test_score_track_needs_two_musdb_targets(tracks):
+    silence = np.zeros((int(SECONDS * RATE), 1))
+    with pytest.raises(UmxError, match="no reference for speech"):
+        score_track(tracks[0], {"vocals": silence, "speech": silence})
+    with pytest.raises(UmxError, match="at least two estimates, got 1"):
+        score_track(tracks[0], {"vocals": silence})
+
+
+def test_model_options_need_a_model(tmp_path):
+    args = options("--root", tmp_path, "--method", "irm", "--niter", "2", "--evaldir", tmp_path)
+    with pytest.raises(UmxError, match="--niter applies to --model only"):
+        run_evaluate(args)
+
+
+def test_every_option_has_help():
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    assert all(action.help for action in parser._actions)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_path, capsys):
+    save_separator(separator, tmp_path / "small")
+    common = ("--root", root, "--is-wav", "-q")
+    model = options(
+        *common, "--model", tmp_path / "small", "--aggregate", json.dumps(VOC_ACC),
+        "--segment", "1", "--overlap", "0.25", "--device", "cpu", "--outdir", tmp_path / "stems",
+        "--evaldir", tmp_path / "umx",
+    )  # fmt: skip
+    assert run_evaluate(model) == 0
+    for name in NAMES:
+        assert sorted(p.name for p in (tmp_path / "stems" / "test" / name).iterdir()) == [
+            "accompaniment.wav",
+            "vocals.wav",
+        ]
+    # the CLI loads the saved model and scores exactly as the same separator in memory
+    for name in NAMES:
+        scores = (tmp_path / "umx" / "test" / f"{name}.json").read_text()
+        assert scores == (evaldirs["model"] / "test" / f"{name}.json").read_text()
+    # the written stems, evaluated from disk, score exactly the same
+    again = options(*common, "--estimates", tmp_path / "stems", "--evaldir", tmp_path / "disk")
+    assert run_evaluate(again) == 0
+    for name in NAMES:
+        scores = (tmp_path / "disk" / "test" / f"{name}.json").read_text()
+        assert scores == (tmp_path / "umx" / "test" / f"{name}.json").read_text()
+    table = table_of(tmp_path / "umx")
+    assert list(table.index) == ["vocals", "accompaniment"]
+    assert list(table.columns) == list(METRICS)
+    capsys.readouterr()
+
+    compare = options(
+        "--compare",
+        tmp_path / "umx",
+        evaldirs["irm"],
+        evaldirs["mix"],
+        "--evaldir",
+        tmp_path / "cmp",
+    )
+    assert run_evaluate(compare) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| method | target | SDR | SIR | ISR | SAR |"
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [
+        ["| " + method, target] for method in ("umx", "irm", "mix") for target in VOC_ACC
+    ]
+    assert (tmp_path / "cmp" / "compare.md").read_text().splitlines() == lines
+    assert (
+        (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,target,SDR,SIR,ISR,SAR")
+    )
+    for metric in METRICS:
+        with open(tmp_path / "cmp" / f"compare_{metric}.png", "rb") as png:
+            assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "umx" / f"scores_{metric}.png").is_file()
