@@ -60,7 +60,7 @@ from umx.zoo import (
     write_json_atomic,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("umx.train")  # also when run as __main__
 
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 CHECKPOINT_SUFFIX = ".chkpnt"
@@ -635,9 +635,9 @@ def compute_statistics(
             count, mean, m2 = _merge_moments(
                 (count, mean, m2), (int(part[0]), part[1 : 1 + nb_bins], part[1 + nb_bins :])
             )
-    if count == 0:
-        raise UmxError("the training set holds no audio frames to compute statistics on")
-    std = (m2 / count).sqrt()
+    std = (m2 / count).sqrt() if count else m2
+    if float(std.max()) == 0:
+        raise UmxError("the training data is silent: its magnitudes do not vary")
     return mean, std.clamp(min=STD_FLOOR * float(std.max()))
 
 
@@ -741,7 +741,7 @@ def validate(
             estimate = model(spectrogram(pieces[0]))
             truth = spectrogram(pieces[1])
             total += torch.stack(
-                [((estimate - truth) ** 2).sum().double(), total.new_tensor(truth.numel())]
+                [(estimate - truth).double().square().sum(), total.new_tensor(truth.numel())]
             )
     total = distributed.all_sum(total)
     if total[1] == 0:
@@ -807,13 +807,16 @@ def run_training(args: argparse.Namespace) -> int:
         UmxError: bad options or data, or an output directory holding another run.
     """
     distributed = Distributed.from_env()
-    if args.debug:
+    if not distributed.is_main:
+        logging.getLogger("umx").setLevel(logging.WARNING)  # rank 0 speaks for all
+    elif args.debug:
         logging.getLogger("umx").setLevel(logging.DEBUG)
     device = resolve_device(args.device or DEFAULTS["device"], distributed.local_rank)
     if distributed.enabled:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        logger.info("training on %d processes (%s)", distributed.world_size, dist.get_backend())
     try:
         Trainer(args, distributed, device).run()
     finally:
@@ -847,13 +850,17 @@ class Trainer:
                 f"the checkpoint was trained at {checkpoint['sample_rate']:g} Hz but the data of "
                 f"{config.root} is at {self.sample_rate:g} Hz"
             )
+        given = {key: getattr(args, key) for key in ARCHITECTURE if getattr(args, key) is not None}
+        pretrained = self._pretrained_model(given) if config.model is not None else None
         if distributed.is_main:
             _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
-        self.given = {
-            key: getattr(args, key) for key in ARCHITECTURE if getattr(args, key) is not None
-        }
 
-        self.model = self._build_model(checkpoint).to(device)
+        seed_everything(config.seed, 0)
+        if checkpoint is not None:
+            self.model = infer_architecture(checkpoint["model"]).build()
+        else:
+            self.model = pretrained or self._new_model()
+        self.model.to(device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -871,17 +878,11 @@ class Trainer:
             self._restore(checkpoint)
         self.spectrogram = Spectrogram(config.nfft, config.nhop)
 
-    def _build_model(self, checkpoint: dict[str, Any] | None) -> OpenUnmix:
+    def _new_model(self) -> OpenUnmix:
+        """A model of the options, its input scaling set from the training statistics."""
         config = self.config
-        seed_everything(config.seed, 0)
-        if checkpoint is not None:
-            return infer_architecture(checkpoint["model"]).build()
-        if config.model is not None:
-            return self._pretrained_model()
-        nb_bins = config.nfft // 2 + 1
-        if config.debug:
-            mean = scale = None
-        else:
+        mean = scale = None
+        if not config.debug:
             mean, scale = compute_statistics(
                 self.train_set,
                 config.nfft,
@@ -889,9 +890,8 @@ class Trainer:
                 distributed=self.distributed,
                 progress=self.progress,
             )
-            mean, scale = mean.float(), scale.float()
         return OpenUnmix(
-            nb_bins=nb_bins,
+            nb_bins=config.nfft // 2 + 1,
             nb_channels=config.nb_channels,
             hidden_size=config.hidden_size,
             nb_layers=NB_LAYERS,
@@ -901,12 +901,18 @@ class Trainer:
             max_bin=bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
         )
 
-    def _pretrained_model(self) -> OpenUnmix:
-        """The `--model` target to fine-tune; the options of the model are set from it."""
+    def _pretrained_model(self, given: dict[str, Any]) -> OpenUnmix:
+        """The `--model` target to fine-tune. The options of the model are set from it; those
+        `given` on the command line must agree."""
         config = self.config
         separator = load_separator(
             config.model, targets=[self.target], niter=0, progress=self.progress
         )
+        if separator.sample_rate != self.sample_rate:
+            raise UmxError(
+                f"{config.model} works at {separator.sample_rate:g} Hz but the data of "
+                f"{config.root} is at {self.sample_rate:g} Hz"
+            )
         model = separator.target_models[self.target]
         found = {
             "nfft": separator.n_fft,
@@ -914,20 +920,20 @@ class Trainer:
             "nb_channels": separator.nb_channels,
             "hidden_size": model.hidden_size,
             "unidirectional": model.unidirectional,
+            "bandwidth": (model.nb_bins - 1) * self.sample_rate / separator.n_fft,
         }
         for key, value in found.items():
-            if key in self.given and self.given[key] != value:
+            same = (
+                bandwidth_to_max_bin(self.sample_rate, found["nfft"], given[key]) == model.nb_bins
+                if key == "bandwidth" and key in given
+                else given.get(key, value) == value
+            )
+            if not same:
                 raise UmxError(
-                    f"--{key.replace('_', '-')} {self.given[key]} differs from {config.model}'s "
+                    f"--{key.replace('_', '-')} {given[key]} differs from {config.model}'s "
                     f"{value}: fine-tuning keeps the model"
                 )
             setattr(config, key, value)
-        if separator.sample_rate != self.sample_rate:
-            raise UmxError(
-                f"{config.model} works at {separator.sample_rate:g} Hz but the data of "
-                f"{config.root} is at {self.sample_rate:g} Hz"
-            )
-        config.bandwidth = (model.nb_bins - 1) * self.sample_rate / config.nfft
         logger.info("fine-tuning %s of %s", self.target, config.model)
         for parameter in model.parameters():
             parameter.requires_grad_(True)
