@@ -90,36 +90,33 @@ class Separator(nn.Module):
         if nb_timesteps <= self.n_fft // 2:
             audio = F.pad(audio, (0, self.n_fft // 2 + 1 - nb_timesteps))
 
-        mix_stft = stft(
-            audio, self.n_fft, self.n_hop
-        )  # (nb_samples, nb_channels, nb_bins, nb_frames)
+        mix_stft = stft(audio, self.n_fft, self.n_hop)
         mix_mag = magnitude(mix_stft)
-        # (nb_samples, nb_frames, nb_bins, nb_channels, nb_targets)
-        magnitudes = torch.stack([model(mix_mag) for model in self.target_models.values()], -1)
-        magnitudes = magnitudes.permute(0, 3, 2, 1, 4)
+        # (nb_samples, nb_frames, nb_bins, nb_channels): a view, as the EM reads it.
         mix_stft = mix_stft.permute(0, 3, 2, 1)
+        nb_samples, nb_frames, nb_bins, nb_channels = mix_stft.shape
+        # (nb_samples, nb_frames, nb_bins, nb_channels, nb_targets)
+        magnitudes = torch.stack(
+            [model(mix_mag).permute(0, 3, 2, 1) for model in self.target_models.values()], -1
+        )
+        del mix_mag
 
-        nb_frames = mix_stft.shape[1]
+        # The stems' spectra are stored frames-then-bins, the layout the inverse STFT reads
+        # without a copy: (nb_samples, nb_sources, nb_channels, nb_frames, nb_bins).
+        stems = mix_stft.new_empty(nb_samples, len(self.targets), nb_channels, nb_frames, nb_bins)
         win_len = self.wiener_win_len or nb_frames
-        stems = torch.cat(
-            [
-                torch.stack(
-                    [
-                        wiener(
-                            magnitudes[sample, start : start + win_len],
-                            mix_stft[sample, start : start + win_len],
-                            niter=self.niter,
-                            softmask=self.softmask,
-                            residual=self.residual is not None,
-                        )
-                        for sample in range(mix_stft.shape[0])
-                    ]
-                )
-                for start in range(0, nb_frames, win_len)
-            ],
-            dim=1,
-        )  # (nb_samples, nb_frames, nb_bins, nb_channels, nb_sources)
-        return istft(stems.permute(0, 4, 3, 2, 1), audio.shape[-1], self.n_fft, self.n_hop)[
+        for sample in range(nb_samples):
+            for start in range(0, nb_frames, win_len):
+                frames = slice(start, start + win_len)
+                stems[sample, :, :, frames] = wiener(
+                    magnitudes[sample, frames],
+                    mix_stft[sample, frames],
+                    niter=self.niter,
+                    softmask=self.softmask,
+                    residual=self.residual is not None,
+                ).permute(3, 2, 0, 1)
+        del magnitudes
+        return istft(stems.transpose(-1, -2), audio.shape[-1], self.n_fft, self.n_hop)[
             ..., :nb_timesteps
         ]
 

@@ -45,7 +45,12 @@ def stft(audio: Tensor, n_fft: int = N_FFT, n_hop: int = N_HOP) -> Tensor:
 
 
 def istft(spec: Tensor, length: int, n_fft: int = N_FFT, n_hop: int = N_HOP) -> Tensor:
-    """Inverse of `stft`.
+    """Inverse of `stft`: inverse FFT of each frame, windowed overlap-add, and division by the
+    summed squared window, as `torch.istft` computes it.
+
+    Frames are inverted one waveform at a time, so the `(nb_frames, n_fft)` frames of only one
+    waveform exist at once. The spectra are read with bins innermost: a `spec` that is the
+    transposed view of a `(..., nb_frames, nb_bins)` tensor is used without any copy.
 
     Args:
         spec: complex spectrogram, `(..., nb_bins, nb_frames)`.
@@ -54,18 +59,43 @@ def istft(spec: Tensor, length: int, n_fft: int = N_FFT, n_hop: int = N_HOP) -> 
     Returns:
         waveforms, `(..., length)`.
     """
-    shape = spec.shape
-    audio = torch.istft(
-        spec.reshape(-1, *shape[-2:]),
-        n_fft=n_fft,
-        hop_length=n_hop,
-        window=_window(n_fft, spec),
-        center=True,
-        normalized=False,
-        onesided=True,
-        length=length,
-    )
-    return audio.reshape(*shape[:-2], length)
+    if n_fft % n_hop:
+        shape = spec.shape
+        audio = torch.istft(
+            spec.reshape(-1, *shape[-2:]),
+            n_fft=n_fft,
+            hop_length=n_hop,
+            window=_window(n_fft, spec),
+            center=True,
+            normalized=False,
+            onesided=True,
+            length=length,
+        )
+        return audio.reshape(*shape[:-2], length)
+    window = _window(n_fft, spec)
+    frames_per_window = n_fft // n_hop
+    nb_frames = spec.shape[-1]
+    start = n_fft // 2
+    stop = min(start + length, n_hop * (nb_frames + frames_per_window - 1))
+    envelope = _overlap_add(window.square().expand(nb_frames, n_fft), n_hop)[start:stop]
+    audio = spec.real.new_zeros(*spec.shape[:-2], length)
+    flat_spec = spec.transpose(-1, -2).reshape(-1, nb_frames, spec.shape[-2])
+    for one, out in zip(flat_spec, audio.view(-1, length), strict=True):
+        frames = torch.fft.irfft(one, n=n_fft, dim=-1) * window
+        out[: stop - start] = _overlap_add(frames, n_hop)[start:stop] / envelope
+    return audio
+
+
+def _overlap_add(frames: Tensor, n_hop: int) -> Tensor:
+    """Sum frames `(nb_frames, n_fft)` placed `n_hop` apart: `(n_hop * (nb_frames - 1) + n_fft,)`.
+    `n_fft` must be a multiple of `n_hop`."""
+    nb_frames, n_fft = frames.shape
+    frames_per_window = n_fft // n_hop
+    out = frames.new_zeros(nb_frames + frames_per_window - 1, n_hop)
+    blocks = frames.view(nb_frames, frames_per_window, n_hop)
+    for k in range(frames_per_window):
+        out[k : k + nb_frames] += blocks[:, k]
+    return out.view(-1)
 
 
 def magnitude(spec: Tensor, mono: bool = False) -> Tensor:
