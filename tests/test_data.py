@@ -352,6 +352,39 @@ def test_musdb_reports_a_missing_source_file(tmp_path):
     assert str(tmp_path / "train" / "a" / "bass.wav") in str(error.value)
 
 
+@needs_ffprobe
+def test_musdb_stem_files_are_decoded_stream_by_stream(tmp_path):
+    stempeg = pytest.importorskip("stempeg")
+    rate, n = 44100, 44100
+    t = np.arange(n) / rate
+    (tmp_path / "train").mkdir()
+    for i in range(2):  # streams: mixture, drums, bass, other, vocals; source k at 200 + 100 k Hz
+        sources = [
+            np.repeat(0.1 * np.sin(2 * np.pi * (200 + 100 * k) * t)[:, None], 2, 1)
+            for k in range(1, 5)
+        ]
+        stems = np.stack([sum(sources), *sources]).astype(np.float32)
+        writer = stempeg.StreamsWriter(codec="aac", bitrate=128000)
+        stempeg.write_stems(
+            str(tmp_path / "train" / f"song{i}.stem.mp4"), stems, sample_rate=rate, writer=writer
+        )
+    options = {"nb_channels": 2, "valid_tracks": 1}
+    train = MUSDBDataset(tmp_path, "bass", split="train", seq_duration=0.5, **options)
+    valid = MUSDBDataset(tmp_path, "bass", split="valid", seq_duration=None, **options)
+    assert (len(train), len(valid), train.sample_rate) == (64, 1, rate)
+
+    def peak(audio):
+        return float(np.argmax(np.abs(np.fft.rfft(audio[0].numpy())))) * rate / audio.shape[1]
+
+    mixture, target = train[0]
+    assert mixture.shape == target.shape == (2, n // 2)
+    assert peak(target) == pytest.approx(400, abs=5)  # bass is stream 2
+    mixture, target = valid[0]
+    assert mixture.shape == target.shape == (2, n)
+    residual = mixture - target  # the mixture stream holds all four sources
+    assert float(residual.square().mean()) > 0.5 * float(target.square().mean())
+
+
 # --- bad folders ----------------------------------------------------------------------------------
 
 

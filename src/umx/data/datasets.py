@@ -97,7 +97,8 @@ class StemInfo(AudioInfo):
             frames = self.stem.audio
         except Exception as error:  # stempeg/ffmpeg raise many kinds of errors
             raise UmxError(f"{self.path} could not be decoded ({error})") from None
-        return _fit(torch.as_tensor(frames, dtype=torch.float32).T.contiguous(), length)
+        audio = torch.as_tensor(frames, dtype=torch.float32).T.contiguous()
+        return _fit(audio, self.nb_frames - start if length is None else length)  # AAC pads
 
 
 def _fit(audio: Tensor, length: int | None) -> Tensor:
