@@ -12,6 +12,7 @@ trainer used `center=False`): training and separation see the same frames.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import itertools
 import json
@@ -120,7 +121,7 @@ options given on the command line can be told apart from those restored from a c
 ARCHITECTURE = ("nfft", "nhop", "hidden_size", "nb_channels", "bandwidth", "unidirectional")
 """Options fixed by the model: taken from `--model` or `--checkpoint`, which they must match."""
 
-PER_INVOCATION = ("checkpoint", "model", "output", "force", "quiet", "debug", "device")
+PER_INVOCATION = ("checkpoint", "output", "force", "quiet", "debug", "device")
 """Options a resumed run does not take from its checkpoint."""
 
 DATASET_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -420,7 +421,7 @@ def resolve_options(
     for key in ("epochs", "batch_size", "nfft", "nhop", "hidden_size", "patience"):
         if getattr(config, key) < 1:
             raise UmxError(f"--{key.replace('_', '-')} must be at least 1")
-    if config.model is not None and checkpoint is not None:
+    if "model" in given and checkpoint is not None:
         raise UmxError("--model and --checkpoint exclude each other: a resumed run has its model")
     return config
 
@@ -542,9 +543,27 @@ class Distributed:
 
     def all_sum(self, values: Tensor) -> Tensor:
         """Sum a tensor over all processes (itself without torchrun)."""
-        if self.enabled:
-            dist.all_reduce(values)
-        return values
+        if not self.enabled:
+            return values
+        summed = values.to(_collective_device())
+        dist.all_reduce(summed)
+        return summed.to(values.device)
+
+    def all_gather(self, values: Tensor) -> list[Tensor]:
+        """Every process's `values`, in rank order (just `values` without torchrun)."""
+        if not self.enabled:
+            return [values]
+        local = values.to(_collective_device())
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)
+        return [part.to(values.device) for part in parts]
+
+
+def _collective_device() -> torch.device:
+    """NCCL exchanges GPU tensors only; gloo takes CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -609,29 +628,19 @@ def compute_statistics(
     view = dataset.eval_view()
     spectrogram = Spectrogram(n_fft, n_hop, mono=True)
     nb_bins = n_fft // 2 + 1
-    count, mean, m2 = (
-        0,
-        torch.zeros(nb_bins, dtype=torch.float64),
-        torch.zeros(nb_bins, dtype=torch.float64),
-    )
+    zeros = torch.zeros(nb_bins, dtype=torch.float64)
+    count, mean, m2 = 0, zeros, zeros  # frames, mean, sum of squared deviations
     indices = range(distributed.rank, len(view), distributed.world_size)
     for index in tqdm(indices, desc="statistics", unit="track", disable=not progress, leave=False):
         mixture, _ = view[index]
         frames = spectrogram(mixture[None].double())[0, 0]  # (nb_bins, nb_frames)
-        count, mean, m2 = _merge_moments(
-            (count, mean, m2),
-            (
-                frames.shape[1],
-                frames.mean(1),
-                ((frames - frames.mean(1, keepdim=True)) ** 2).sum(1),
-            ),
-        )
+        deviations = frames - frames.mean(1, keepdim=True)
+        track = (frames.shape[1], frames.mean(1), deviations.square().sum(1))
+        count, mean, m2 = _merge_moments((count, mean, m2), track)
     if distributed.enabled:
         local = torch.cat([torch.tensor([float(count)], dtype=torch.float64), mean, m2])
-        gathered = [torch.empty_like(local) for _ in range(distributed.world_size)]
-        dist.all_gather(gathered, local)
-        count, mean, m2 = 0, torch.zeros_like(mean), torch.zeros_like(m2)
-        for part in gathered:
+        count, mean, m2 = 0, zeros, zeros
+        for part in distributed.all_gather(local):
             count, mean, m2 = _merge_moments(
                 (count, mean, m2), (int(part[0]), part[1 : 1 + nb_bins], part[1 + nb_bins :])
             )
@@ -851,7 +860,11 @@ class Trainer:
                 f"{config.root} is at {self.sample_rate:g} Hz"
             )
         given = {key: getattr(args, key) for key in ARCHITECTURE if getattr(args, key) is not None}
-        pretrained = self._pretrained_model(given) if config.model is not None else None
+        pretrained = None
+        if config.model is not None and checkpoint is None:
+            pretrained = self._pretrained_model(given)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
         if distributed.is_main:
             _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
 
