@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,13 +180,41 @@ def test_umx_separate_uses_the_trained_directory(trained, tmp_path):
     assert sdr(target.T, vocals) > 6
 
 
-def test_an_output_directory_of_another_run_is_refused(trained, task, caplog):
-    before = (trained / "vocals.pth").read_bytes()
-    options = ["--root", str(task), "--output", str(trained), "--epochs", "1"]
+def test_an_output_directory_of_another_run_is_refused_unless_forced(
+    trained, task, tmp_path, caplog
+):
+    output = tmp_path / "copy"
+    shutil.copytree(trained, output)
+    before = (output / "vocals.pth").read_bytes()
+    options = ["--root", str(task), "--output", str(output), "--epochs", "1"]
     with caplog.at_level(logging.ERROR):
         assert main([*TASK, *options]) == 1
-    assert f"{trained} already holds a vocals model of another run" in caplog.text
-    assert (trained / "vocals.pth").read_bytes() == before
+    assert f"{output} already holds a vocals model of another run" in caplog.text
+    assert (output / "vocals.pth").read_bytes() == before
+    assert main([*TASK, *options, "--force"]) == 0
+    assert read_json(output / "vocals.json")["epochs_trained"] == 1
+
+
+def test_targets_trained_into_one_directory_form_one_separator(trained, task, tmp_path, caplog):
+    output = tmp_path / "both"
+    shutil.copytree(trained, output)
+    swapped = {"vocals.wav": "noise.wav", "noise.wav": "vocals.wav"}
+    noise_task = [swapped.get(option, option) for option in TASK]
+    options = ["--root", str(task), "--output", str(output), "--epochs", "2"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*noise_task, *options, "--nfft", "512"]) == 1
+    assert f"{output / 'separator.json'} says nfft 256 but this run has 512" in caplog.text
+    assert main([*noise_task, *options]) == 0
+    assert load_separator(output).targets == ["noise", "vocals"]
+
+    rng = np.random.default_rng(7)
+    soundfile.write(tmp_path / "song.wav", (tones(rng, RATE) + noise(rng, RATE)).T, RATE)
+    argv = ["separate", str(tmp_path / "song.wav"), "--model", str(output), "--quiet"]
+    assert cli.main([*argv, "--outdir", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == [
+        "noise.wav",
+        "vocals.wav",
+    ]
 
 
 def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, caplog):
