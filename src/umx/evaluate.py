@@ -177,16 +177,19 @@ def oracle(
     if kind not in ("irm", "ibm"):
         raise ValueError(f"unknown oracle {kind!r}: use irm or ibm")
     mix_stft = stft(mixture, n_fft, n_hop)  # (nb_channels, nb_bins, nb_frames)
-    # (nb_sources, nb_channels, nb_bins, nb_frames)
-    magnitudes = torch.stack([stft(source, n_fft, n_hop).abs() for source in sources.values()])
+    magnitudes = (stft(source, n_fft, n_hop).abs() for source in sources.values())
     if kind == "irm":
-        weights = magnitudes**power
-        masks = weights / weights.sum(dim=0).clamp_min(EPS)
+        weights = [magnitude**power for magnitude in magnitudes]
+        total = sum(weights).clamp_min(EPS)
+        masks = (weight / total for weight in weights)
     else:
-        loudest = magnitudes.argmax(dim=0, keepdim=True)
-        masks = torch.zeros_like(magnitudes).scatter_(0, loudest, 1.0)
-    estimates = istft(masks * mix_stft, mixture.shape[-1], n_fft, n_hop)
-    return dict(zip(sources, estimates, strict=True))
+        loudest = torch.stack(list(magnitudes)).argmax(dim=0)
+        masks = ((loudest == index).to(mix_stft.real.dtype) for index in range(len(sources)))
+    # One source at a time: the spectrograms of a whole song are large.
+    return {
+        name: istft(mask * mix_stft, mixture.shape[-1], n_fft, n_hop)
+        for name, mask in zip(sources, masks, strict=True)
+    }
 
 
 def _check_groups(groups: Mapping[str, Sequence[str]], available: Sequence[str]) -> None:
@@ -219,9 +222,8 @@ class BaselineMethod:
             _check_groups(self.aggregate, SOURCES)
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
-        names = list(self.aggregate or SOURCES)
         if self.kind == "mix":
-            return {name: track.audio.copy() for name in names}
+            return {name: track.audio.copy() for name in self.aggregate or SOURCES}
         mixture = torch.from_numpy(track.audio.T).float()
         sources = {name: torch.from_numpy(track.sources[name].audio.T).float() for name in SOURCES}
         estimates = {name: e.numpy().T for name, e in oracle(self.kind, mixture, sources).items()}
@@ -504,10 +506,13 @@ def evaluate(
             if outcome.error is not None:
                 logger.error("error: %s", outcome.error)
             bar.update(1)
-    failed = {outcome.track: outcome.error for outcome in outcomes if outcome.error is not None}
     order = {track.name: index for index, track in enumerate(tracks)}
-    evaluated = sorted((o.track for o in outcomes if o.error is None), key=order.get)
-    return Summary(evaluated, [track.name for track in done], dict(sorted(failed.items())))
+    outcomes.sort(key=lambda outcome: order[outcome.track])
+    return Summary(
+        evaluated=[outcome.track for outcome in outcomes if outcome.error is None],
+        skipped=[track.name for track in done],
+        failed={outcome.track: outcome.error for outcome in outcomes if outcome.error is not None},
+    )
 
 
 def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> Iterator[_Outcome]:
