@@ -73,15 +73,6 @@ def write_set(root, names, seed):
 
 def train_separator(seed: int = 1, steps: int = 20, nb_frames: int = 32) -> Separator:
     """Four tiny Open-Unmix models fitted for a few steps on other generated tracks."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # for models this small, threads cost more than they give
-    try:
-        return _train(seed, steps, nb_frames)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(seed, steps, nb_frames):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     examples = [make_sources(rng) for _ in range(3)]
@@ -93,15 +84,20 @@ def _train(seed, steps, nb_frames):
 
     mixture = magnitudes([sum(example.values()) for example in examples])
     models = {}
-    for target in SOURCES:
-        wanted = magnitudes([example[target] for example in examples])
-        model = OpenUnmix(N_FFT // 2 + 1, 1, hidden_size=16, nb_layers=1)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            F.mse_loss(model(mixture), wanted).backward()
-            optimizer.step()
-        models[target] = model.freeze()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # for models this small, threads cost more than they give
+    try:
+        for target in SOURCES:
+            wanted = magnitudes([example[target] for example in examples])
+            model = OpenUnmix(N_FFT // 2 + 1, 1, hidden_size=16, nb_layers=1)
+            optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+            for _ in range(steps):
+                optimizer.zero_grad()
+                F.mse_loss(model(mixture), wanted).backward()
+                optimizer.step()
+            models[target] = model.freeze()
+    finally:
+        torch.set_num_threads(threads)
     return Separator(models, sample_rate=RATE, n_fft=N_FFT, n_hop=N_HOP, nb_channels=1)
 
 
@@ -205,9 +201,8 @@ def test_perfect_estimates_score_far_above_the_mixture(root, tracks, evaldirs, t
 
 def test_oracle_beats_trained_model_beats_mixture(evaldirs):
     irm, model, mix = (table_of(evaldirs[name]) for name in ("irm", "model", "mix"))
-    assert (irm["SDR"] > model["SDR"] + 5).all()
-    assert (irm["SDR"] > mix["SDR"] + 10).all()
-    assert irm["SDR"].mean() > model["SDR"].mean() > mix["SDR"].mean()
+    assert (irm["SDR"] > model["SDR"] + 5).all()  # measured: 24/27 dB vs 7/11 dB
+    assert (model["SDR"] > mix["SDR"] + 3).all()  # vs -4/4 dB
 
 
 def test_four_targets_in_museval_json_format(tracks, tmp_path):
@@ -363,6 +358,16 @@ def test_model_options_need_a_model(tmp_path):
     args = options("--root", tmp_path, "--method", "irm", "--niter", "2", "--evaldir", tmp_path)
     with pytest.raises(UmxError, match="--niter applies to --model only"):
         run_evaluate(args)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"jobs": 0}, "--jobs must be at least 1"), ({"hop": 0.0}, "must be positive")],
+)
+def test_bad_settings_are_refused(tracks, tmp_path, settings, message):
+    with pytest.raises(UmxError, match=message):
+        evaluate(tracks, BaselineMethod("mix"), tmp_path, progress=False, **settings)
+    assert not list(tmp_path.iterdir())
 
 
 def test_every_option_has_help():
