@@ -1,0 +1,486 @@
+"""Separation speed and memory: umx against the reference openunmix 1.3.0, side by side.
+
+Run by hand (not part of the test suite), from the repository root:
+
+    .venv/bin/python benchmarks/separation.py                 # 30 s, 3 min and 10 min
+    .venv/bin/python benchmarks/separation.py --quick         # 30 s only
+
+It generates deterministic music-like stereo signals, builds four umxhq-size target models with
+fixed random weights in the official layout, installs the reference (once) into its own virtual
+environment `benchmarks/.venv-reference` with the same torch wheel, and runs every case in its
+own subprocess, which measures its own wall time and peak RSS. Stems are compared as max abs
+differences. A Markdown table goes to `benchmarks/results/<date>-<host>.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / ".cache"
+REFERENCE_VENV = HERE / ".venv-reference"
+REFERENCE_SHIMS = HERE / "reference_shims"
+RESULTS = HERE / "results"
+UMX_CLI = Path(sys.executable).parent / "umx"
+
+SAMPLE_RATE = 44100
+TARGETS = ("vocals", "drums", "bass", "other")
+TORCH_VERSION = "2.13.0"
+OPENUNMIX_VERSION = "1.3.0"
+SEED = 20240601
+DEFAULT_DURATIONS = (30.0, 180.0, 600.0)
+REFERENCE_GB_PER_MINUTE = 1.6  # the reference's peak RSS grows ~25 MB per second of audio
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def music_like(duration: float, seed: int = SEED) -> np.ndarray:
+    """A deterministic stereo 'song', `(nb_timesteps, 2)` float32: harmonic tones on a chord
+    progression, a bass line, noise-burst drums and a slow loudness envelope, panned apart."""
+    rng = np.random.default_rng(seed)
+    n = int(duration * SAMPLE_RATE)
+    out = np.zeros((n, 2), dtype=np.float32)
+    block = SAMPLE_RATE * 2  # one chord every two seconds, rendered block by block
+    t_block = np.arange(block) / SAMPLE_RATE
+    for start in range(0, n, block):
+        length = min(block, n - start)
+        t = t_block[:length]
+        root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+        left = np.zeros(length)
+        right = np.zeros(length)
+        for k, ratio in enumerate((1.0, 1.26, 1.5, 2.0)):
+            f = 2 * root * ratio
+            tone = sum(np.sin(2 * np.pi * f * h * t + rng.uniform(0, 6.28)) / h for h in (1, 2, 3))
+            pan = (k + 1) / 5
+            left += (1 - pan) * tone
+            right += pan * tone
+        bass = np.sin(2 * np.pi * root / 2 * t) * (1 - np.exp(-t * 20))
+        drums = np.zeros(length)
+        for beat in range(0, length, SAMPLE_RATE // 4):
+            hit = min(4096, length - beat)
+            drums[beat : beat + hit] += rng.standard_normal(hit) * np.exp(-np.arange(hit) / 600)
+        envelope = 0.6 + 0.4 * np.sin(2 * np.pi * (start + np.arange(length)) / SAMPLE_RATE / 17)
+        out[start : start + length, 0] = envelope * (0.05 * left + 0.2 * bass + 0.15 * drums)
+        out[start : start + length, 1] = envelope * (0.05 * right + 0.2 * bass + 0.12 * drums)
+    return out
+
+
+def signal_path(duration: float) -> Path:
+    import soundfile as sf
+
+    path = CACHE / f"signal-{duration:g}s.wav"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.wav")
+        sf.write(tmp, music_like(duration), SAMPLE_RATE, subtype="FLOAT")
+        tmp.rename(path)
+    return path
+
+
+def model_dir() -> Path:
+    """Four umxhq-size target models with fixed random weights, in the official layout."""
+    import torch
+
+    from umx.model import OpenUnmix
+    from umx.separator import Separator
+    from umx.zoo import save_separator
+
+    directory = CACHE / "model-umxhq-random"
+    if (directory / "separator.json").exists():
+        return directory
+    models = {}
+    for k, target in enumerate(TARGETS):
+        torch.manual_seed(SEED + k)
+        model = OpenUnmix(nb_bins=2049, nb_channels=2, hidden_size=512, max_bin=1487)
+        with torch.no_grad():
+            # Magnitudes of the test signals are ~0.1-10: normalise them roughly, and give the
+            # output layer a spread so that masks vary between 0 and ~2 per bin and target.
+            model.input_scale.fill_(1.0)
+            model.bn3.weight.uniform_(0.5, 1.5)
+            model.bn3.bias.normal_(0.0, 0.5)
+            model.output_mean.uniform_(-0.5, 1.0)
+        models[target] = model.freeze()
+    save_separator(Separator(models), directory, force=True)
+    return directory
+
+
+# --- the reference's environment ----------------------------------------------------------------
+
+
+def reference_python() -> Path:
+    """The interpreter of the reference's own venv, created on first use."""
+    python = REFERENCE_VENV / "bin" / "python"
+    marker = REFERENCE_VENV / ".complete"
+    if marker.exists():
+        return python
+    print(f"creating the reference environment in {REFERENCE_VENV} ...", flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(REFERENCE_VENV)
+    constraints = REFERENCE_VENV / "constraints.txt"
+    constraints.write_text(f"torch=={TORCH_VERSION}\n")
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(
+        [*pip, "-c", str(constraints), f"torch=={TORCH_VERSION}", "numpy", "tqdm", "soundfile"],
+        check=True,
+    )
+    subprocess.run([*pip, "--no-deps", f"openunmix=={OPENUNMIX_VERSION}"], check=True)
+    marker.touch()
+    return python
+
+
+def reference_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REFERENCE_SHIMS)}
+
+
+# --- cases --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    impl: str  # "umx" or "reference"
+    interface: str  # "api" or "cli"
+    mode: str  # "whole" or "chunked"
+    niter: int
+    duration: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.impl}-{self.interface}-{self.mode}-n{self.niter}-{self.duration:g}s"
+
+    @property
+    def stems(self) -> Path:
+        """Where the case leaves its stems: an `.npy` of `(nb_timesteps, nb_targets,
+        nb_channels)` for the API, a directory of wav files for the CLI."""
+        suffix = "" if self.interface == "cli" else ".npy"
+        return CACHE / "stems" / f"{self.name}{suffix}"
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
+
+
+class NpyStream:
+    """Appends time-major pieces `(nb_piece, ...)` to an `.npy` file without holding them all."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115
+        np.lib.format.write_array_header_1_0(
+            self.file,
+            {"descr": "<f4", "fortran_order": False, "shape": shape},
+        )
+
+    def write(self, piece: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run_child(spec: dict) -> dict:
+    """Run one case in this (fresh) process; report wall time and peak RSS."""
+    case = Case(**spec["case"])
+    signal, model = spec["signal"], spec["model"]
+    case.stems.parent.mkdir(parents=True, exist_ok=True)
+    result: dict = {}
+    if case.interface == "cli":
+        if case.impl == "umx":
+            command = [
+                str(UMX_CLI),
+                "separate",
+                signal,
+                "--model",
+                model,
+                "--outdir",
+                str(case.stems),
+                "--niter",
+                str(case.niter),
+                "--subtype",
+                "FLOAT",
+                "--clip",
+                "none",
+                "--device",
+                "cpu",
+                "--force",
+                "-q",
+                "--filename",
+                "{target}.{ext}",
+            ]
+            command += ["--whole-track"] if case.mode == "whole" else []
+            env = None
+        else:
+            command = [
+                str(REFERENCE_VENV / "bin" / "umx"),
+                signal,
+                "--model",
+                model,
+                "--targets",
+                *TARGETS,
+                "--niter",
+                str(case.niter),
+                "--outdir",
+                str(case.stems),
+                "--no-cuda",
+            ]
+            env = reference_env()
+        start = time.perf_counter()
+        subprocess.run(
+            command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        result["wall_s"] = time.perf_counter() - start
+        result["peak_rss_mb"] = peak_rss_mb(children=True)
+        return result
+
+    import soundfile as sf
+    import torch
+
+    result["threads"] = torch.get_num_threads()
+    result["torch"] = torch.__version__
+    audio = torch.from_numpy(np.ascontiguousarray(sf.read(signal, dtype="float32")[0].T))[None]
+    if case.impl == "umx":
+        import umx
+        from umx.zoo import load_separator
+
+        result["version"] = umx.__version__
+        start = time.perf_counter()
+        separator = load_separator(model, niter=case.niter, device="cpu", progress=False)
+        if case.mode == "whole":
+            stems = separator.separate(audio, segment=None)
+        else:
+            # Stream the chunks to disk, as the CLI does: memory stays flat in duration.
+            out = NpyStream(case.stems, (audio.shape[-1], len(TARGETS), audio.shape[1]))
+            for piece in separator.iter_chunks(audio):
+                out.write(piece[0].permute(2, 0, 1).numpy())
+            out.close()
+            stems = None
+    else:
+        import openunmix
+        from openunmix.utils import load_separator
+
+        result["version"] = getattr(openunmix, "__version__", OPENUNMIX_VERSION)
+        start = time.perf_counter()
+        separator = load_separator(
+            model_str_or_path=model,
+            targets=list(TARGETS),
+            niter=case.niter,
+            residual=False,
+            wiener_win_len=300,
+            device="cpu",
+            pretrained=True,
+        )
+        separator.freeze()  # its directory loader leaves the models in training mode
+        with torch.no_grad():
+            stems = separator(audio)
+    result["wall_s"] = time.perf_counter() - start
+    result["peak_rss_mb"] = peak_rss_mb()
+    if stems is not None:
+        np.save(case.stems, stems[0].permute(2, 0, 1).numpy())
+    return result
+
+
+def load_stems(case: Case) -> np.ndarray:
+    """`(nb_timesteps, nb_targets, nb_channels)` stems of a finished case."""
+    if case.interface == "cli":
+        import soundfile as sf
+
+        # The reference's CLI writes into a folder named after the input under its outdir.
+        files = {path.stem: path for path in case.stems.rglob("*.wav")}
+        stems = [sf.read(files[t], dtype="float32")[0] for t in TARGETS]
+        return np.stack(stems, axis=1)
+    return np.load(case.stems, mmap_mode="r")
+
+
+def max_abs_diff(a: Case, b: Case) -> float:
+    x, y = load_stems(a), load_stems(b)
+    n = min(len(x), len(y))
+    block = SAMPLE_RATE * 30
+    return max(float(np.abs(x[s : s + block] - y[s : s + block]).max()) for s in range(0, n, block))
+
+
+def run_case(case: Case, signal: Path, model: Path) -> dict:
+    python = reference_python() if case.impl == "reference" else Path(sys.executable)
+    env = reference_env() if case.impl == "reference" else None
+    spec = {"case": case.__dict__, "signal": str(signal), "model": str(model)}
+    completed = subprocess.run(
+        [str(python), __file__, "--child", json.dumps(spec)],
+        check=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def available_ram_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024**2
+    return float("inf")
+
+
+def cases_for(duration: float, with_reference: bool) -> list[Case]:
+    long = duration > 300
+    cases = [
+        Case("umx", "api", "whole", 1, duration),
+        Case("umx", "api", "chunked", 1, duration),
+        Case("umx", "cli", "chunked", 1, duration),
+    ]
+    if not long:
+        cases += [
+            Case("umx", "api", "whole", 0, duration),
+            Case("umx", "cli", "whole", 1, duration),
+        ]
+    if with_reference:
+        cases.append(Case("reference", "api", "whole", 1, duration))
+        if not long:
+            cases += [
+                Case("reference", "api", "whole", 0, duration),
+                Case("reference", "cli", "whole", 1, duration),
+            ]
+    return cases
+
+
+# What each case's stems are compared with.
+def baseline_of(case: Case) -> Case | None:
+    if case.impl == "reference":
+        return None
+    if case.mode == "whole":
+        return Case("reference", case.interface, "whole", case.niter, case.duration)
+    return Case("umx", "api", "whole", case.niter, case.duration)
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024**3:.0f} GiB",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--durations", type=float, nargs="+", default=list(DEFAULT_DURATIONS))
+    parser.add_argument("--quick", action="store_true", help="30 s only")
+    parser.add_argument("--no-reference", action="store_true", help="umx cases only")
+    parser.add_argument("--only", nargs="+", help="run only cases whose name contains these")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
+
+    durations = [30.0] if args.quick else args.durations
+    start_load = ", ".join(f"{load:.1f}" for load in os.getloadavg())
+    info = machine()
+    model = model_dir()
+    if not args.no_reference:
+        reference_python()
+    rows: list[tuple[Case, dict]] = []
+    notes: list[str] = []
+    for duration in durations:
+        signal = signal_path(duration)
+        for case in cases_for(duration, not args.no_reference):
+            if args.only and not any(word in case.name for word in args.only):
+                continue
+            need = REFERENCE_GB_PER_MINUTE * duration / 60 + 1
+            if case.impl == "reference" and need > available_ram_gb():
+                notes.append(f"{case.name} skipped: needs ~{need:.0f} GB RAM")
+                continue
+            print(f"{case.name} ...", end=" ", flush=True)
+            result = run_case(case, signal, model)
+            result["rtf"] = result["wall_s"] / duration
+            rows.append((case, result))
+            print(f"{result['wall_s']:.1f} s, {result['peak_rss_mb']:.0f} MB", flush=True)
+    done = {case.name: case for case, _ in rows}
+    for case, result in rows:
+        base = baseline_of(case)
+        if base is not None and base.name in done:
+            result["vs"] = base.name.rsplit("-", 1)[0]
+            result["max_diff"] = max_abs_diff(case, base)
+    notes.append(
+        "load average (1, 5, 15 min) at the end: "
+        + ", ".join(f"{load:.1f}" for load in os.getloadavg())
+        + f"; at the start: {start_load}"
+    )
+    ratios = speed_ratios(rows)
+    report = render(info, rows, ratios, notes, " ".join(sys.argv[1:]))
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{datetime.date.today().isoformat()}-{info['host']}.md"
+    path.write_text(report)
+    print(f"written {path}")
+
+
+def speed_ratios(rows: list[tuple[Case, dict]]) -> list[str]:
+    """umx against the reference for the same interface, niter and duration."""
+    by_name = {case.name: result for case, result in rows}
+    lines = []
+    for case, result in rows:
+        if case.impl != "umx":
+            continue
+        ref = by_name.get(
+            Case("reference", case.interface, "whole", case.niter, case.duration).name
+        )
+        if ref is None:
+            continue
+        lines.append(
+            f"{case.name}: {ref['wall_s'] / result['wall_s']:.2f}x faster, "
+            f"{result['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x the reference's peak RSS"
+        )
+    return lines
+
+
+def render(info: dict, rows: list, ratios: list[str], notes: list[str], argv: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Separation benchmark, {now}",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; host {info['host']}.",
+        f"Python {info['python']}, torch {info['torch']} (CPU), {info['threads']} threads; "
+        f"reference openunmix {OPENUNMIX_VERSION}. Four umxhq-size targets (random weights), "
+        "wiener_win_len 300.",
+        f"Command: `.venv/bin/python benchmarks/separation.py {argv}`".replace(" `", "`", 0),
+        "",
+        "| case | audio | niter | wall s | RTF | peak RSS MB | max abs diff | vs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case, r in rows:
+        diff = f"{r['max_diff']:.1e}" if "max_diff" in r else ""
+        lines.append(
+            f"| {case.impl} {case.interface} {case.mode} | {case.duration:g} s | {case.niter} "
+            f"| {r['wall_s']:.1f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} | {diff} "
+            f"| {r.get('vs', '')} |"
+        )
+    lines += ["", "umx / reference:", ""] + [f"- {line}" for line in ratios]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
