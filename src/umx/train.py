@@ -843,6 +843,8 @@ class Trainer:
         self.distributed = distributed
         self.device = device
         self.progress = distributed.is_main and not args.quiet
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
         checkpoint = _read_checkpoint(args, device) if args.checkpoint is not None else None
         self.config = config = resolve_options(args, checkpoint)
         self.output = Path(config.output)
@@ -863,8 +865,6 @@ class Trainer:
         pretrained = None
         if config.model is not None and checkpoint is None:
             pretrained = self._pretrained_model(given)
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
         if distributed.is_main:
             _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
 
