@@ -1,0 +1,1020 @@
+"""`umx synth`: renders General MIDI songs into four-stem tracks in the MUSDB18-HQ layout.
+
+Each track is an excerpt of a song (a General MIDI file, or a song of
+:mod:`umx.data.procedural`) whose notes are split into the four stems by General MIDI rules:
+
+- drums: the percussion channel (channel 10, index 9);
+- bass: the GM bass programs (33-40);
+- vocals: the GM voice programs (choir aahs, voice oohs, synth voice) or, in a song with none,
+  the lead melody (the highest mostly monophonic part) played on a voice program;
+- other: everything else.
+
+Every stem is rendered on its own by the ``fluidsynth`` program with a General MIDI soundfont,
+then levelled, panned and quantised to 16 bits; the mixture is the sum of the quantised stems,
+so reading the files back, the stems sum exactly to the mixture. Each track draws its excerpt,
+soundfont, transposition, tempo, stem gains and panning from ``--seed``, so a dataset is
+reproduced byte for byte by the same command with the same fluidsynth and soundfonts.
+
+Songs, not tracks, are split: a song's excerpts all go to one of train, valid (kept in ``train/``
+and listed in ``setup.yaml``'s ``validation_tracks``, as musdb expects) and test, and the test
+split is rendered with soundfonts that train and valid never use. ``synth.json`` records every
+track's song, soundfont and parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from umx import __version__
+from umx.data.midi import (
+    CONTROL_CHANGE,
+    NOTE_OFF,
+    NOTE_ON,
+    POLY_PRESSURE,
+    PROGRAM_CHANGE,
+    Event,
+    Song,
+    TempoMap,
+    encode_midi,
+    excerpt,
+    read_midi,
+    scale_tempo,
+    transpose,
+)
+from umx.data.procedural import generate_song
+from umx.errors import UmxError
+from umx.separator import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+STEMS = ("vocals", "drums", "bass", "other")
+"""The MUSDB18 sources, whose sum is the mixture."""
+SPLITS = ("train", "valid", "test")
+DRUM_CHANNEL = 9
+BASS_PROGRAMS = frozenset(range(32, 40))
+VOICE_PROGRAMS = (52, 53, 54)
+"""Choir aahs, voice oohs, synth voice (GM programs 53-55, counted from 0 here)."""
+REVOICE_PROGRAMS = {"vocals": VOICE_PROGRAMS, "bass": tuple(sorted(BASS_PROGRAMS))}
+"""The programs a lead melody or a bass line without one of theirs is re-voiced with."""
+MIN_BUSY = 1 / 3
+"""A part re-voiced as vocals or bass sounds in at least this fraction of the song."""
+MAX_OVERLAPS = 0.2
+"""A part is monophonic if at most this fraction of its notes start while another sounds."""
+MIDDLE_C = 60
+PARTS = {
+    "vocals": "a voice program, or a lead melody among other instruments",
+    "drums": "notes on channel 10",
+    "bass": "GM programs 33-40, or a bass line among other instruments",
+    "other": "an instrument that is not voice, drums or bass",
+}
+"""What a General MIDI song needs for each stem, as said in warnings."""
+BANK_SELECT = frozenset((0, 32))
+SUSTAIN_PEDAL, ALL_NOTES_OFF = 64, 123
+MIDI_SUFFIXES = frozenset((".mid", ".midi", ".kar"))
+
+SOUNDFONT_PACKAGES = {
+    Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"): "fluid-soundfont-gm",
+    Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"): "musescore-general-soundfont-small",
+    Path("/usr/share/sounds/sf2/TimGM6mb.sf2"): "timgm6mb-soundfont",
+}
+"""The Debian General MIDI soundfonts umx knows, and the packages that install them."""
+TRAIN_SOUNDFONTS = tuple(SOUNDFONT_PACKAGES)[:2]
+TEST_SOUNDFONTS = tuple(SOUNDFONT_PACKAGES)[2:]
+"""Default soundfonts: the test split's is held out from training."""
+
+DURATION = 30.0
+"""Seconds per track."""
+TEST_FRACTION = 0.2
+VALID_FRACTION = 0.1
+MIN_ACTIVITY = 0.5
+"""An excerpt needs every stem sounding in at least this fraction of its seconds."""
+SILENCE_DB = -60.0
+"""An excerpt with a stem quieter than this (RMS, dB full scale, as rendered) is skipped."""
+RENDER_TIMEOUT = 600
+"""Seconds one fluidsynth run may take: it renders a track many times faster than real time."""
+RENDER_GAIN = 0.5
+"""fluidsynth's master gain; stems are levelled afterwards, so it only sets the silence scale."""
+STEM_DB = -20.0
+"""Every stem is first brought to this RMS level, then given a random gain."""
+GAIN_RANGE_DB = (-6.0, 6.0)
+PAN_RANGE = 0.3
+"""Stereo balance of a stem: -1 left, 0 centre, 1 right."""
+PEAK_RANGE_DB = (-6.0, -1.0)
+"""The mixture's peak level."""
+TRANSPOSE_RANGE = (-3, 3)
+TEMPO_RANGE = (0.9, 1.1)
+FADE_SECONDS = 1.0
+"""Fade in and out of the example song."""
+PCM_SCALE = 32768
+DATASET_FILES = frozenset(("train", "test", "synth.json", "setup.yaml"))
+SETTINGS = (
+    "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
+    "excerpts", "duration", "sample_rate", "seed",
+)  # fmt: skip
+"""The options recorded in ``synth.json``."""
+
+
+@dataclass(frozen=True)
+class SongRef:
+    """Where a song comes from: a MIDI file, or a seed of the procedural generator.
+
+    Attributes:
+        name: a short unique name, the prefix of its tracks' names.
+        path: the General MIDI file, or None for a procedural song.
+        seed: the procedural song's seed.
+        min_seconds: the procedural song's shortest length.
+    """
+
+    name: str
+    path: str | None = None
+    seed: int | None = None
+    min_seconds: float = 0.0
+
+    def load(self) -> Song:
+        """The song's events."""
+        if self.path is None:
+            return generate_song(self.seed, self.min_seconds)
+        return read_midi(self.path)
+
+
+@dataclass(frozen=True)
+class TrackPlan:
+    """Everything that decides how one track sounds.
+
+    Attributes:
+        name: the track's folder name.
+        split: ``train``, ``valid`` or ``test``.
+        song: the song it is an excerpt of.
+        soundfont: the soundfont it is rendered with.
+        start: where the excerpt starts in the song, in seconds at the song's own tempo.
+        tempo: the playback speed (1.1 = 10% faster).
+        transpose: semitones added to every pitched note.
+        revoice: ``{channel: GM program}`` for the parts re-voiced as vocals or bass.
+        gains_db: each stem's gain after levelling.
+        pans: each stem's stereo balance.
+        peak_db: the mixture's peak.
+    """
+
+    name: str
+    split: str
+    song: SongRef
+    soundfont: str
+    start: float
+    tempo: float
+    transpose: int
+    revoice: dict[int, int]
+    gains_db: dict[str, float]
+    pans: dict[str, float]
+    peak_db: float
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What planning needs to know of a song.
+
+    Attributes:
+        activity: ``(nb_stems, nb_seconds)``: whether each stem sounds in each second.
+        revoiced: the channels to re-voice, and the stem each then belongs to.
+    """
+
+    activity: np.ndarray
+    revoiced: dict[int, str]
+
+
+def stem_of(channel: int, program: int) -> str:
+    """The stem a note belongs to, from its channel and the channel's GM program (from 0)."""
+    if channel == DRUM_CHANNEL:
+        return "drums"
+    if program in VOICE_PROGRAMS:
+        return "vocals"
+    if program in BASS_PROGRAMS:
+        return "bass"
+    return "other"
+
+
+def _event_stems(song: Song, revoice: dict[int, int]) -> list[str | None]:
+    """For each event, the stem of its note, or None for the events that every stem needs.
+
+    Args:
+        song: the song.
+        revoice: programs that replace those of some channels.
+    """
+    programs = [0] * 16
+    sounding: dict[tuple[int, int], list[str]] = {}
+    stems: list[str | None] = []
+    for event in song.events:
+        stem = None
+        if event.kind == PROGRAM_CHANGE:
+            programs[event.channel] = event.data[0]
+        elif event.kind in (NOTE_ON, NOTE_OFF, POLY_PRESSURE):
+            key = (event.channel, event.data[0])
+            stem = stem_of(event.channel, revoice.get(event.channel, programs[event.channel]))
+            if event.is_note_on:
+                sounding.setdefault(key, []).append(stem)
+            elif event.is_note_off and sounding.get(key):
+                stem = sounding[key].pop(0)
+        stems.append(stem)
+    return stems
+
+
+def _notes(song: Song, stems: list[str | None]) -> Iterator[tuple[Event, int, str]]:
+    """Each note of ``song``: its note-on event, the tick it ends and its stem."""
+    started: dict[tuple[int, int], list[tuple[Event, str]]] = {}
+    for event, stem in zip(song.events, stems, strict=True):
+        key = (event.channel, event.data[0]) if event.kind in (NOTE_ON, NOTE_OFF) else None
+        if event.is_note_on:
+            started.setdefault(key, []).append((event, stem))
+        elif key and event.is_note_off and started.get(key):
+            yield started[key][0][0], event.tick, started[key].pop(0)[1]
+    for notes in started.values():
+        for event, stem in notes:
+            yield event, song.end_tick, stem
+
+
+def _activity(song: Song, stems: list[str | None]) -> dict[tuple[int, str], np.ndarray]:
+    """Whether the notes of each channel and stem sound in each second of the song."""
+    tempo_map = TempoMap(song)
+    nb_seconds = math.ceil(tempo_map.seconds(song.end_tick)) + 1
+    activity: dict[tuple[int, str], np.ndarray] = {}
+    for event, end, stem in _notes(song, stems):
+        row = activity.setdefault((event.channel, stem), np.zeros(nb_seconds, dtype=bool))
+        first = int(tempo_map.seconds(event.tick))
+        row[first : max(math.ceil(tempo_map.seconds(end)), first + 1)] = True
+    return activity
+
+
+def _choose_part(
+    parts: dict[int, list[tuple[int, int, int]]], busy: dict[int, float], highest: bool
+) -> int | None:
+    """The channel of a song's lead melody (``highest``) or bass line among ``parts``.
+
+    Args:
+        parts: ``{channel: [(start tick, end tick, key)]}``.
+        busy: the fraction of the song's seconds in which each channel sounds.
+        highest: pick the highest part, else the lowest.
+
+    Returns:
+        Among the parts that sound in enough of the song (and, for a bass line, lie below
+        middle C), the highest (or lowest) of those that mostly play one note at a time, else
+        of all; None if there is none.
+    """
+
+    def mean_key(channel: int) -> float:
+        return sum(key for *_, key in parts[channel]) / len(parts[channel])
+
+    def rank(channel: int) -> tuple[bool, float]:
+        spans = sorted(parts[channel])
+        overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+        return overlaps <= MAX_OVERLAPS * len(spans), mean_key(channel) * (1 if highest else -1)
+
+    candidates = [
+        channel
+        for channel in sorted(parts)
+        if busy[channel] >= MIN_BUSY and (highest or mean_key(channel) < MIDDLE_C)
+    ]
+    return max(candidates, key=rank, default=None)
+
+
+def analyse(song: Song) -> Analysis:
+    """Finds when each stem sounds, and the parts to re-voice for missing vocals or bass.
+
+    A song without a voice program gets its lead melody re-voiced as vocals, one without a
+    bass program its bass line re-voiced as bass, if such a part stands out among the other
+    instruments and at least one of them is left.
+
+    Raises:
+        UmxError: a stem still has no notes (one sentence naming the stem and what it needs).
+    """
+    stems = _event_stems(song, {})
+    activity = _activity(song, stems)
+    if not activity:
+        raise UmxError("it has no notes")
+    sounding = max(1, np.any(list(activity.values()), axis=0).sum())
+    taken = {channel for channel, stem in activity if stem != "other"}
+    parts: dict[int, list[tuple[int, int, int]]] = {}
+    for event, end, _ in _notes(song, stems):
+        if event.channel not in taken:
+            parts.setdefault(event.channel, []).append((event.tick, end, event.data[0]))
+    busy = {channel: activity[channel, "other"].sum() / sounding for channel in parts}
+    revoiced: dict[int, str] = {}
+    for stem in ("vocals", "bass"):
+        if stem not in stems and len(parts) > 1:
+            channel = _choose_part(parts, busy, highest=stem == "vocals")
+            if channel is not None:
+                revoiced[channel] = stem
+                del parts[channel]
+    nb_seconds = len(next(iter(activity.values())))
+    rows = {stem: np.zeros(nb_seconds, dtype=bool) for stem in STEMS}
+    for (channel, stem), row in activity.items():
+        rows[revoiced.get(channel, stem)] |= row
+    for stem, row in rows.items():
+        if not row.any():
+            raise UmxError(f"it has no {stem} part ({PARTS[stem]}); is it General MIDI?")
+    return Analysis(np.stack([rows[stem] for stem in STEMS]), revoiced)
+
+
+def valid_starts(activity: np.ndarray, seconds: float) -> np.ndarray:
+    """The whole seconds where an excerpt of ``seconds`` can start with every stem active."""
+    length = math.ceil(seconds)
+    nb_starts = activity.shape[1] - length + 1
+    if nb_starts < 1:
+        return np.zeros(0, dtype=int)
+    counts = np.cumsum(np.pad(activity, ((0, 0), (1, 0))), axis=1)
+    active = (counts[:, length:] - counts[:, :-length])[:, :nb_starts]
+    return np.flatnonzero((active >= MIN_ACTIVITY * length).all(axis=0))
+
+
+def split_stems(song: Song, revoice: dict[int, int]) -> dict[str, Song]:
+    """The song's events for each stem: its own notes and every event that is not a note.
+
+    Args:
+        song: the song.
+        revoice: ``{channel: GM program}``: these channels' program and bank changes are
+            replaced by one program change after the set-up events at tick 0.
+    """
+    events = [
+        (event, stem)
+        for event, stem in zip(song.events, _event_stems(song, revoice), strict=True)
+        if event.channel not in revoice
+        or not (
+            event.kind == PROGRAM_CHANGE
+            or (event.kind == CONTROL_CHANGE and event.data[0] in BANK_SELECT)
+        )
+    ]
+    index = next(
+        (i for i, (event, _) in enumerate(events) if event.tick > 0 or event.is_note_on),
+        len(events),
+    )
+    events[index:index] = [
+        (Event(0, PROGRAM_CHANGE | channel, bytes((program,))), None)
+        for channel, program in sorted(revoice.items())
+    ]
+    return {
+        name: Song(song.ticks_per_beat, [e for e, s in events if s in (None, name)], song.end_tick)
+        for name in STEMS
+    }
+
+
+def check_fluidsynth() -> str:
+    """The path of the fluidsynth program.
+
+    Raises:
+        UmxError: it is not installed.
+    """
+    path = shutil.which("fluidsynth")
+    if path is None:
+        raise UmxError("fluidsynth is not installed (apt-get install fluidsynth)")
+    return path
+
+
+def check_soundfont(path: str | Path) -> Path:
+    """``path`` resolved, if it is a SoundFont file (sf2, or sf3 with compressed samples).
+
+    Raises:
+        UmxError: it is missing (naming the Debian package that installs it when umx knows it),
+            or is not a SoundFont.
+    """
+    path = Path(path)
+    if not path.is_file():
+        package = SOUNDFONT_PACKAGES.get(path)
+        hint = f" (apt-get install {package})" if package else ""
+        raise UmxError(f"soundfont {path} not found{hint}")
+    with open(path, "rb") as file:
+        header = file.read(12)
+    if header[:4] != b"RIFF" or header[8:12] != b"sfbk":
+        raise UmxError(f"{path} is not a SoundFont file")
+    return path.resolve()
+
+
+def render_midi(song: Song, soundfont: Path, nb_samples: int, sample_rate: int) -> np.ndarray:
+    """Renders ``song`` with fluidsynth.
+
+    fluidsynth renders until every note has faded out, so the notes still held at the song's
+    end are released there (sustain pedal up, all notes off, on every channel). Its fallback
+    soundfont is turned off, so that a soundfont it cannot load gives silence, not another
+    soundfont's sound.
+
+    Returns:
+        ``(nb_channels=2, nb_samples)`` float64 samples, cut or padded with zeros.
+
+    Raises:
+        UmxError: fluidsynth fails (its last message is quoted).
+    """
+    with tempfile.TemporaryDirectory(prefix="umx-synth-") as folder:
+        midi_path, wav_path = Path(folder, "song.mid"), Path(folder, "song.wav")
+        release = [
+            Event(song.end_tick, CONTROL_CHANGE | channel, bytes((number, 0)))
+            for channel in range(16)
+            for number in (SUSTAIN_PEDAL, ALL_NOTES_OFF)
+        ]
+        midi_path.write_bytes(encode_midi(replace(song, events=song.events + release)))
+        command = [
+            check_fluidsynth(), "-n", "-i", "-q", "-o", "synth.default-soundfont=",
+            "-o", "synth.dynamic-sample-loading=1",
+            "-F", str(wav_path), "-T", "wav", "-O", "float", "-r", str(sample_rate),
+            "-g", str(RENDER_GAIN), str(soundfont), str(midi_path),
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, timeout=RENDER_TIMEOUT
+            )
+        except subprocess.TimeoutExpired as error:
+            raise UmxError(f"fluidsynth took over {RENDER_TIMEOUT} s with {soundfont}") from error
+        if result.returncode != 0 or not wav_path.is_file():
+            message = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UmxError(f"fluidsynth failed with {soundfont} ({message})")
+        audio, _ = soundfile.read(wav_path, dtype="float64", always_2d=True)
+    audio = audio[:nb_samples].T
+    return np.pad(audio, ((0, 0), (0, nb_samples - audio.shape[1])))
+
+
+def _level_db(audio: np.ndarray) -> float:
+    """RMS level in dB full scale (-inf for silence)."""
+    rms = float(np.sqrt(np.mean(np.square(audio))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def render_track(
+    plan: TrackPlan, duration: float, sample_rate: int, fade: float = 0.0
+) -> dict[str, np.ndarray] | None:
+    """Renders one track.
+
+    Args:
+        plan: the track.
+        duration: its length in seconds.
+        sample_rate: samples per second.
+        fade: seconds of fade-in and fade-out.
+
+    Returns:
+        ``{stem: (nb_samples, nb_channels=2) int16}`` for the four stems and ``mixture``, their
+        exact sum; None when a stem renders silent. The loudest of the mixture and the stems
+        peaks at ``plan.peak_db``.
+    """
+    song = plan.song.load()
+    tempo_map = TempoMap(song)
+    start = tempo_map.tick(plan.start)
+    end = tempo_map.tick(plan.start + duration * plan.tempo)
+    song = excerpt(song, start, end)
+    song = transpose(scale_tempo(song, plan.tempo), plan.transpose, frozenset({DRUM_CHANNEL}))
+    nb_samples = round(duration * sample_rate)
+    soundfont = Path(plan.soundfont)
+    raw = {
+        stem: render_midi(part, soundfont, nb_samples, sample_rate)
+        for stem, part in split_stems(song, plan.revoice).items()
+    }
+    if any(_level_db(audio) < SILENCE_DB for audio in raw.values()):
+        return None
+    envelope = np.ones(nb_samples)
+    if fade:
+        ramp = np.linspace(0, 1, round(fade * sample_rate))
+        envelope[: len(ramp)], envelope[len(envelope) - len(ramp) :] = ramp, ramp[::-1]
+    stems = {}
+    for stem, audio in raw.items():
+        gain = 10 ** ((STEM_DB + plan.gains_db[stem] - _level_db(audio)) / 20)
+        angle = (plan.pans[stem] + 1) * math.pi / 4
+        balance = math.sqrt(2) * np.array([[math.cos(angle)], [math.sin(angle)]])
+        stems[stem] = audio * gain * balance * envelope
+    peak = max(np.abs(audio).max() for audio in [sum(stems.values()), *stems.values()])
+    scale = 10 ** (plan.peak_db / 20) / peak * PCM_SCALE
+    tracks = {stem: np.round(audio * scale).astype(np.int16).T for stem, audio in stems.items()}
+    mixture = sum(audio.astype(np.int32) for audio in tracks.values())
+    tracks["mixture"] = mixture.astype(np.int16)
+    return tracks
+
+
+def write_pcm16(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Writes 16-bit samples exactly, as wav or flac by ``path``'s suffix."""
+    soundfile.write(path, audio, sample_rate, subtype="PCM_16")
+
+
+def _render_task(task: tuple[TrackPlan, float, int, Path]) -> dict[str, float] | None:
+    """Renders a track into its folder; returns its stems' levels, or None if skipped."""
+    plan, duration, sample_rate, folder = task
+    tracks = render_track(plan, duration, sample_rate)
+    if tracks is None:
+        return None
+    folder.mkdir(parents=True)
+    levels = {}
+    for name, audio in tracks.items():
+        write_pcm16(folder / f"{name}.wav", audio, sample_rate)
+        levels[name] = round(_level_db(audio / PCM_SCALE), 2)
+    return levels
+
+
+def derive_seed(seed: int, *names: object) -> int:
+    """An independent seed for the thing ``names`` name, from the run's ``seed``."""
+    return random.Random(":".join(map(str, (seed, *names)))).getrandbits(31)
+
+
+def find_midi_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The MIDI files given, and those under the folders given, in a stable order.
+
+    Raises:
+        UmxError: a path does not exist.
+    """
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = (p for p in path.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+            files += sorted(p for p in found if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UmxError(f"MIDI file or folder {path} not found")
+    return files
+
+
+def _split(songs: list[SongRef], seed: int, test: float, valid: float) -> dict[str, list]:
+    """Shuffles ``songs`` with ``seed`` and cuts them into splits."""
+    songs = list(songs)
+    random.Random(derive_seed(seed, "split")).shuffle(songs)
+    nb_test, nb_valid = round(test * len(songs)), round(valid * len(songs))
+    return {
+        "test": songs[:nb_test],
+        "valid": songs[nb_test : nb_test + nb_valid],
+        "train": songs[nb_test + nb_valid :],
+    }
+
+
+def plan_tracks(
+    songs: Sequence[SongRef],
+    soundfonts: dict[str, Sequence[Path]],
+    *,
+    seed: int,
+    duration: float = DURATION,
+    excerpts: int = 1,
+    test_fraction: float = TEST_FRACTION,
+    valid_fraction: float = VALID_FRACTION,
+) -> list[TrackPlan]:
+    """Splits songs by split and draws each track's excerpt and parameters.
+
+    MIDI files and procedural songs are split separately, so each split gets both kinds.
+    Songs that cannot give a track (unreadable, a stem missing, too short) are skipped with a
+    warning naming them.
+
+    Args:
+        songs: the songs.
+        soundfonts: ``{split: soundfonts}``.
+        seed: the run's seed.
+        duration: seconds per track.
+        excerpts: tracks per song.
+        test_fraction: the fraction of songs for the test split.
+        valid_fraction: the fraction of songs for the validation split.
+
+    Returns:
+        The tracks, by split then song name.
+
+    Raises:
+        UmxError: a test soundfont is also a training one, a split with songs has no
+            soundfont, or no song can give a track.
+    """
+    shared = set(soundfonts["test"]) & {*soundfonts["train"], *soundfonts["valid"]}
+    if shared:
+        raise UmxError(f"soundfont {min(shared)} is used for both training and testing")
+    splits: dict[str, list[SongRef]] = {split: [] for split in SPLITS}
+    for procedural in (False, True):
+        group = [song for song in songs if (song.path is None) == procedural]
+        for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
+            splits[split] += chosen
+    plans = []
+    for split, chosen in splits.items():
+        if chosen and not soundfonts[split]:
+            raise UmxError(f"no soundfont for the {split} split")
+        for song in sorted(chosen, key=lambda song: song.name):
+            plans += _plan_song(song, split, soundfonts[split], seed, duration, excerpts)
+    if not plans:
+        raise UmxError(f"none of the {len(songs)} songs can be rendered (see the warnings)")
+    return plans
+
+
+def _plan_song(
+    song: SongRef,
+    split: str,
+    soundfonts: Sequence[Path],
+    seed: int,
+    duration: float,
+    excerpts: int,
+) -> list[TrackPlan]:
+    """The tracks of one song, or none (with a warning) if it cannot give any."""
+    label = song.path or f"procedural song {song.seed}"
+    try:
+        events = song.load()
+    except UmxError as error:
+        logger.warning("%s; skipping it", error)
+        return []
+    try:
+        analysis = analyse(events)
+    except UmxError as error:
+        logger.warning("skipping %s: %s", label, error)
+        return []
+    plans = []
+    for index in range(excerpts):
+        rng = random.Random(derive_seed(seed, song.name, index))
+        tempo = round(rng.uniform(*TEMPO_RANGE), 3)
+        starts = valid_starts(analysis.activity, duration * tempo + 1)
+        if not len(starts):
+            logger.warning(
+                "skipping %s: no %g-second passage where all four stems play", label, duration
+            )
+            return []
+        plans.append(
+            TrackPlan(
+                name=f"{song.name}-{index:02d}",
+                split=split,
+                song=song,
+                soundfont=str(rng.choice(soundfonts)),
+                start=int(rng.choice(starts)) + round(rng.random(), 3),
+                tempo=tempo,
+                transpose=rng.randint(*TRANSPOSE_RANGE),
+                revoice={
+                    channel: rng.choice(REVOICE_PROGRAMS[stem])
+                    for channel, stem in sorted(analysis.revoiced.items())
+                },
+                gains_db={stem: round(rng.uniform(*GAIN_RANGE_DB), 2) for stem in STEMS},
+                pans={stem: round(rng.uniform(-PAN_RANGE, PAN_RANGE), 3) for stem in STEMS},
+                peak_db=round(rng.uniform(*PEAK_RANGE_DB), 2),
+            )
+        )
+    return plans
+
+
+def check_root(root: Path, force: bool) -> None:
+    """Refuses an output folder that holds a dataset (unless ``force``) or anything else.
+
+    Raises:
+        UmxError: ``root`` is a file, a non-empty folder that is not a dataset, or a dataset and
+            ``force`` is false.
+    """
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise UmxError(f"{root} is a file, not a folder")
+    names = {path.name for path in root.iterdir()}
+    if not names:
+        return
+    if not names <= DATASET_FILES:
+        raise UmxError(f"{root} is not empty and holds no dataset; choose a new folder")
+    if not force:
+        raise UmxError(f"{root} already holds a dataset (use --force to replace it)")
+
+
+@contextlib.contextmanager
+def _staging(root: Path) -> Iterator[Path]:
+    """A hidden folder beside ``root`` that replaces it on success and is removed on failure."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if root.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
+        os.replace(root, old)
+        os.replace(stage, root)
+        shutil.rmtree(old)
+    else:
+        os.replace(stage, root)
+
+
+def _setup_yaml(validation_tracks: list[str], sample_rate: int) -> str:
+    """musdb's set-up file for the dataset, as JSON (which YAML reads)."""
+    setup = {
+        "sample_rate": float(sample_rate),
+        "sources": {stem: f"{stem}.wav" for stem in STEMS},
+        "mixture": "mixture.wav",
+        "stem_ids": {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4},
+        "targets": {
+            **{stem: {stem: 1} for stem in STEMS},
+            "accompaniment": {"bass": 1, "drums": 1, "other": 1},
+            "linear_mixture": {stem: 1 for stem in STEMS},
+        },
+        "validation_tracks": validation_tracks,
+    }
+    return json.dumps(setup, indent=2) + "\n"
+
+
+def synthesize(
+    root: str | Path,
+    plans: Sequence[TrackPlan],
+    *,
+    duration: float = DURATION,
+    sample_rate: int = int(SAMPLE_RATE),
+    jobs: int = 1,
+    force: bool = False,
+    progress: bool = True,
+    settings: dict | None = None,
+) -> dict:
+    """Renders planned tracks into a new dataset folder.
+
+    ``root`` appears whole or not at all: tracks are rendered into a hidden folder beside it,
+    which then takes its place. Tracks with a silent stem are skipped.
+
+    Args:
+        root: the dataset folder; it must not hold a dataset unless ``force``.
+        plans: the tracks, from :func:`plan_tracks`.
+        duration: seconds per track.
+        sample_rate: samples per second.
+        jobs: tracks rendered at once.
+        force: replace a dataset already in ``root``.
+        progress: show a progress bar.
+        settings: recorded in ``synth.json`` as they are (the command's options).
+
+    Returns:
+        The contents of ``synth.json``: settings, songs per split, tracks with their levels.
+
+    Raises:
+        UmxError: ``root`` is refused, fluidsynth is missing or fails, or every track was
+            skipped.
+    """
+    root = Path(root)
+    check_root(root, force)
+    check_fluidsynth()
+    tracks = []
+    with _staging(root) as stage:
+        tasks = [
+            (plan, duration, sample_rate, stage / _folder(plan.split) / plan.name) for plan in plans
+        ]
+        with contextlib.ExitStack() as stack:
+            if jobs > 1:
+                pool = stack.enter_context(multiprocessing.Pool(min(jobs, len(tasks))))
+                results = pool.imap(_render_task, tasks)
+            else:
+                results = map(_render_task, tasks)
+            bar = stack.enter_context(tqdm(total=len(tasks), unit="track", disable=not progress))
+            for plan, levels in zip(plans, results, strict=True):
+                bar.update()
+                if levels is None:
+                    logger.warning("skipped %s: a stem is silent", plan.name)
+                else:
+                    tracks.append({**asdict(plan), "levels_db": levels})
+        if not tracks:
+            raise UmxError("every track had a silent stem; nothing was written")
+        manifest = {
+            "umx_version": __version__,
+            "settings": settings or {},
+            "duration": duration,
+            "sample_rate": sample_rate,
+            "hours": round(len(tracks) * duration / 3600, 3),
+            "songs": {
+                split: sorted(
+                    {track["song"]["name"] for track in tracks if track["split"] == split}
+                )
+                for split in SPLITS
+            },
+            "soundfonts": {
+                split: sorted({track["soundfont"] for track in tracks if track["split"] == split})
+                for split in SPLITS
+            },
+            "tracks": tracks,
+        }
+        (stage / "synth.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        valid = [track["name"] for track in tracks if track["split"] == "valid"]
+        (stage / "setup.yaml").write_text(_setup_yaml(valid, sample_rate))
+    counts = {split: sum(track["split"] == split for track in tracks) for split in SPLITS}
+    logger.info(
+        "wrote %d tracks (%.2f hours) to %s: %s",
+        len(tracks),
+        manifest["hours"],
+        root,
+        ", ".join(f"{count} {split}" for split, count in counts.items()),
+    )
+    return manifest
+
+
+def _folder(split: str) -> str:
+    """The folder of a split: validation tracks live in ``train/``, as in MUSDB18."""
+    return "test" if split == "test" else "train"
+
+
+def default_soundfonts(test: bool) -> list[Path]:
+    """The installed default soundfonts for training, or for testing when ``test``.
+
+    Raises:
+        UmxError: none is installed, naming the package to install.
+    """
+    candidates = TEST_SOUNDFONTS if test else TRAIN_SOUNDFONTS
+    installed = [path for path in candidates if path.is_file()]
+    if not installed:
+        package = SOUNDFONT_PACKAGES[candidates[0]]
+        raise UmxError(f"no General MIDI soundfont found (apt-get install {package})")
+    return installed
+
+
+def render_example(
+    path: str | Path,
+    seed: int,
+    *,
+    duration: float = 15.0,
+    soundfont: str | Path | None = None,
+    sample_rate: int = int(SAMPLE_RATE),
+    stems: bool = False,
+    force: bool = False,
+) -> list[Path]:
+    """Renders an excerpt of the procedural song of ``seed``, with fades, to an audio file.
+
+    The mixture goes to ``path`` (16-bit wav or flac) and, with ``stems``, each stem beside it
+    as ``NAME.STEM.EXT``: the stems sum exactly to the mixture, and the same arguments give the
+    same files.
+
+    Args:
+        path: the mixture's file.
+        seed: the song and its rendering.
+        duration: seconds.
+        soundfont: the soundfont; by default the first installed training soundfont.
+        sample_rate: samples per second.
+        stems: also write the stems.
+        force: overwrite existing files.
+
+    Returns:
+        The files written, mixture first.
+
+    Raises:
+        UmxError: a file exists without ``force``, or fluidsynth or the soundfont is missing.
+    """
+    path = Path(path)
+    outputs = {"mixture": path}
+    if stems:
+        outputs |= {stem: path.with_name(f"{path.stem}.{stem}{path.suffix}") for stem in STEMS}
+    existing = [str(output) for output in outputs.values() if output.exists()]
+    if existing and not force:
+        raise UmxError(f"{existing[0]} already exists (use --force to overwrite)")
+    soundfont = check_soundfont(soundfont) if soundfont else default_soundfonts(test=False)[0]
+    song = SongRef(name=f"procedural-{seed}", seed=seed, min_seconds=duration)
+    plans = _plan_song(song, "example", [soundfont], seed, duration, excerpts=1)
+    tracks = render_track(plans[0], duration, sample_rate, fade=FADE_SECONDS) if plans else None
+    if tracks is None:
+        raise UmxError(f"the procedural song of seed {seed} has a silent stem; try another seed")
+    for name, output in outputs.items():
+        partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+        write_pcm16(partial, tracks[name], sample_rate)
+        os.replace(partial, output)
+    return list(outputs.values())
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of `umx synth` to ``parser``."""
+    parser.add_argument("root", metavar="ROOT", type=Path, help="dataset folder to create")
+    parser.add_argument(
+        "--midi",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="General MIDI files, or folders searched for .mid/.midi/.kar files",
+    )
+    parser.add_argument(
+        "--procedural",
+        type=int,
+        default=0,
+        metavar="N",
+        help="number of songs from umx's procedural song generator (default: 0)",
+    )
+    parser.add_argument(
+        "--soundfont",
+        nargs="+",
+        type=Path,
+        metavar="SF",
+        help="soundfonts for the train and valid splits (default: the installed ones of "
+        f"{', '.join(map(str, TRAIN_SOUNDFONTS))})",
+    )
+    parser.add_argument(
+        "--test-soundfont",
+        nargs="+",
+        type=Path,
+        metavar="SF",
+        help="soundfonts for the test split, none of them in --soundfont "
+        f"(default: {', '.join(map(str, TEST_SOUNDFONTS))})",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=TEST_FRACTION,
+        metavar="F",
+        help=f"fraction of the songs in the test split (default: {TEST_FRACTION})",
+    )
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=VALID_FRACTION,
+        metavar="F",
+        help="fraction of the songs in the validation split, kept in train/ and listed in "
+        f"setup.yaml (default: {VALID_FRACTION})",
+    )
+    parser.add_argument(
+        "--excerpts",
+        type=int,
+        default=1,
+        metavar="K",
+        help="tracks per song, each a random excerpt (default: 1)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DURATION,
+        metavar="SECONDS",
+        help=f"length of each track (default: {DURATION:g})",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=int(SAMPLE_RATE),
+        metavar="HZ",
+        help=f"sample rate of the tracks (default: {int(SAMPLE_RATE)})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: the same seed gives the same files (default: 0)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="tracks rendered in parallel (default: the number of CPUs)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a dataset already in ROOT")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Runs `umx synth` with the options of :func:`add_synth_arguments`; returns the exit code.
+
+    Raises:
+        UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
+    """
+    if args.procedural < 0 or args.excerpts < 1 or args.jobs < 1:
+        raise UmxError("--procedural must be 0 or more, --excerpts and --jobs 1 or more")
+    if args.duration <= 0 or args.sample_rate <= 0:
+        raise UmxError("--duration and --sample-rate must be positive")
+    if min(args.test_fraction, args.valid_fraction) < 0 or (
+        args.test_fraction + args.valid_fraction > 1
+    ):
+        raise UmxError("--test-fraction and --valid-fraction must be 0 or more, 1 at most together")
+    check_root(args.root, args.force)
+    songs = [SongRef(name, path=str(path)) for name, path in _named(find_midi_files(args.midi))]
+    songs += [
+        SongRef(
+            f"procedural-{index:05d}",
+            seed=derive_seed(args.seed, "procedural", index),
+            min_seconds=args.duration * TEMPO_RANGE[1] * 2,
+        )
+        for index in range(args.procedural)
+    ]
+    if not songs:
+        raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
+    check_fluidsynth()
+    train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
+    test = []
+    if args.test_fraction > 0:
+        test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
+    plans = plan_tracks(
+        songs,
+        {"train": train, "valid": train, "test": test},
+        seed=args.seed,
+        duration=args.duration,
+        excerpts=args.excerpts,
+        test_fraction=args.test_fraction,
+        valid_fraction=args.valid_fraction,
+    )
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    synthesize(
+        args.root,
+        plans,
+        duration=args.duration,
+        sample_rate=args.sample_rate,
+        jobs=args.jobs,
+        force=args.force,
+        progress=not args.quiet,
+        settings=settings,
+    )
+    return 0
+
+
+def _named(paths: list[Path]) -> Iterator[tuple[str, Path]]:
+    """Unique track-name prefixes for MIDI files: their names, numbered when repeated."""
+    seen: dict[str, int] = {}
+    for path in paths:
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)
+        seen[name] = seen.get(name, 0) + 1
+        yield (name if seen[name] == 1 else f"{name}-{seen[name]}"), path

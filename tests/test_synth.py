@@ -1,0 +1,414 @@
+"""Synthetic multitrack music: MIDI files, the procedural generator and `umx synth` rendering.
+
+Rendering needs the Debian packages fluidsynth and timgm6mb-soundfont (CI installs them).
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import musdb
+import numpy as np
+import pytest
+import soundfile as sf
+
+from umx.data.midi import (
+    NOTE_ON,
+    PROGRAM_CHANGE,
+    Event,
+    Song,
+    TempoMap,
+    encode_midi,
+    excerpt,
+    note,
+    parse_midi,
+    read_midi,
+    scale_tempo,
+    tempo_event,
+    transpose,
+)
+from umx.data.procedural import generate_song
+from umx.data.synth import (
+    SOUNDFONT_PACKAGES,
+    STEMS,
+    SongRef,
+    add_synth_arguments,
+    analyse,
+    check_fluidsynth,
+    check_soundfont,
+    plan_tracks,
+    render_example,
+    run_synth,
+    split_stems,
+    valid_starts,
+)
+from umx.errors import UmxError
+
+SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+needs_fluidsynth = pytest.mark.skipif(
+    not (shutil.which("fluidsynth") and SOUNDFONT.is_file()) and not os.environ.get("CI"),
+    reason="needs the Debian packages fluidsynth and timgm6mb-soundfont",
+)
+
+
+def synth(*argv: object) -> int:
+    """Runs `umx synth` with these arguments, as the CLI does."""
+    parser = argparse.ArgumentParser()
+    add_synth_arguments(parser)
+    return run_synth(parser.parse_args([str(arg) for arg in argv]))
+
+
+def gm_song(seconds: int = 8, bass_program: int = 33) -> Song:
+    """A General MIDI song at 120 bpm without a voice program.
+
+    Channel 10 plays drums, channel 2 a bass line on ``bass_program``, channel 1 a high
+    monophonic piano melody and channel 3 low string chords.
+    """
+    events = [tempo_event(0, 500_000)]
+    for channel, program in ((0, 0), (1, bass_program), (2, 48)):
+        events.append(Event(0, PROGRAM_CHANGE | channel, bytes((program,))))
+    for beat in range(2 * seconds):
+        tick = beat * 480
+        events += note(tick, 9, 36 if beat % 2 else 38, 100, 120)
+        events += note(tick, 1, 36 + beat % 3, 90, 400)
+        events += note(tick, 0, 72 + beat % 5, 90, 400)
+        if beat % 2 == 0:
+            for key in (55, 60, 64):
+                events += note(tick, 2, key, 70, 900)
+    events.sort(key=lambda event: event.tick)
+    return Song(480, events, end_tick=2 * seconds * 480)
+
+
+def note_channels(song: Song) -> set[int]:
+    return {event.channel for event in song.events if event.is_note_on}
+
+
+# --- MIDI files -----------------------------------------------------------------------------------
+
+
+def test_parse_midi_known_file():
+    """Format 1, two tracks, running status, a note-off as note-on with velocity 0."""
+    conductor = bytes.fromhex("00FF510307A12060FF51030F424000FF2F00")
+    part = bytes.fromhex("00C00500903C64603C00004064814080400000FF2F00")
+    data = struct.pack(">4sIHHH", b"MThd", 6, 1, 2, 96)
+    for track in (conductor, part):
+        data += struct.pack(">4sI", b"MTrk", len(track)) + track
+    song = parse_midi(data)
+    assert song.ticks_per_beat == 96
+    assert song.end_tick == 288
+    assert [(event.tick, event.status, event.data) for event in song.events] == [
+        (0, 0xFF, bytes.fromhex("510307A120")),
+        (0, 0xC0, bytes((5,))),
+        (0, 0x90, bytes((60, 100))),
+        (96, 0xFF, bytes.fromhex("51030F4240")),
+        (96, 0x90, bytes((60, 0))),
+        (96, 0x90, bytes((64, 100))),
+        (288, 0x80, bytes((64, 0))),
+    ]
+    assert song.events[4].is_note_off and not song.events[4].is_note_on
+    tempo_map = TempoMap(song)
+    assert tempo_map.seconds(96) == pytest.approx(0.5)
+    assert tempo_map.seconds(288) == pytest.approx(2.5)
+    assert tempo_map.tick(2.5) == 288
+    assert parse_midi(encode_midi(song)).events == song.events
+
+
+def test_read_midi_errors_name_the_file(tmp_path):
+    truncated = tmp_path / "truncated.mid"
+    truncated.write_bytes(encode_midi(gm_song())[:200])
+    text = tmp_path / "text.mid"
+    text.write_text("not a MIDI file")
+    for path in (truncated, text, tmp_path / "missing.mid"):
+        with pytest.raises(UmxError, match=path.name):
+            read_midi(path)
+
+
+def test_excerpt_keeps_set_up_and_drops_earlier_notes():
+    events = [Event(0, PROGRAM_CHANGE, bytes((40,))), Event(100, 0xB0, bytes((7, 80)))]
+    events += [*note(0, 0, 60, 90, 480), *note(960, 0, 62, 90, 480)]
+    song = Song(480, sorted(events, key=lambda event: event.tick), end_tick=1920)
+    cut = excerpt(song, 500, 1500)
+    assert cut.end_tick == 1000
+    assert cut.events == [
+        Event(0, PROGRAM_CHANGE, bytes((40,))),
+        Event(0, 0xB0, bytes((7, 80))),
+        Event(460, NOTE_ON, bytes((62, 90))),
+        Event(940, 0x80, bytes((62, 0))),
+    ]
+
+
+def test_transpose_and_scale_tempo():
+    song = Song(480, [*note(0, 0, 126, 90, 10), *note(0, 0, 60, 90, 10), *note(0, 9, 36, 90, 10)])
+    moved = transpose(song, 2, keep_channels=frozenset({9}))
+    assert [event.data[0] for event in moved.events] == [62, 62, 36, 36]  # 128 is dropped
+    faster = scale_tempo(Song(480, [tempo_event(480, 600_000)], end_tick=960), 2.0)
+    assert TempoMap(faster).seconds(960) == pytest.approx((0.5 + 0.6) / 2)
+
+
+# --- stems ----------------------------------------------------------------------------------------
+
+
+def test_analyse_revoices_the_lead_and_the_bass_line():
+    analysis = analyse(gm_song())
+    assert analysis.revoiced == {0: "vocals"}
+    assert analysis.activity.shape == (4, 9)
+    assert analysis.activity[:, :8].all()
+    without_bass = analyse(gm_song(bass_program=0))
+    assert without_bass.revoiced == {0: "vocals", 1: "bass"}
+
+
+def test_analyse_refuses_a_song_without_drums():
+    song = gm_song()
+    song.events = [event for event in song.events if event.channel != 9]
+    with pytest.raises(UmxError, match="no drums part"):
+        analyse(song)
+
+
+def test_split_stems_gives_each_stem_its_notes():
+    song = gm_song()
+    stems = split_stems(song, {0: 53})
+    assert {stem: note_channels(part) for stem, part in stems.items()} == {
+        "vocals": {0},
+        "drums": {9},
+        "bass": {1},
+        "other": {2},
+    }
+    nb_notes = sum(event.is_note_on for event in song.events)
+    assert sum(event.is_note_on for part in stems.values() for event in part.events) == nb_notes
+    programs = [(e.channel, e.data[0]) for e in stems["vocals"].events if e.kind == PROGRAM_CHANGE]
+    assert programs == [(1, 33), (2, 48), (0, 53)]  # channel 0's piano replaced by a voice
+
+
+def test_valid_starts():
+    activity = np.ones((4, 6), dtype=bool)
+    activity[0] = [1, 0, 0, 0, 1, 1]
+    assert valid_starts(activity, 2.0).tolist() == [0, 3, 4]
+    assert valid_starts(activity, 7.0).tolist() == []
+
+
+# --- procedural songs -----------------------------------------------------------------------------
+
+
+def test_procedural_songs_are_deterministic_per_seed():
+    songs = [encode_midi(generate_song(seed, 30)) for seed in range(4)]
+    assert encode_midi(generate_song(2, 30)) == songs[2]
+    assert len(set(songs)) == 4
+    song = generate_song(1, 30)
+    assert TempoMap(song).seconds(song.end_tick) >= 30
+    analysis = analyse(song)
+    assert analysis.revoiced == {}
+    assert analysis.activity[:, 2:29].mean() > 0.9
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+
+def test_plan_tracks_splits_by_song_and_soundfont(tmp_path):
+    path = tmp_path / "song.mid"
+    path.write_bytes(encode_midi(gm_song(12)))
+    songs = [SongRef(f"song{index}", path=str(path)) for index in range(10)]
+    fonts = {
+        "train": [Path("a.sf2"), Path("b.sf2")],
+        "valid": [Path("a.sf2")],
+        "test": [Path("c.sf2")],
+    }
+    plans = plan_tracks(songs, fonts, seed=1, duration=4, excerpts=3, test_fraction=0.2)
+    assert len(plans) == 30
+    split_of = {}
+    for plan in plans:
+        assert split_of.setdefault(plan.song.name, plan.split) == plan.split
+        assert Path(plan.soundfont) in fonts[plan.split]
+    assert sorted(split_of.values()).count("test") == 2
+    assert sorted(split_of.values()).count("valid") == 1
+    assert {plan.soundfont for plan in plans if plan.split == "train"} == {"a.sf2", "b.sf2"}
+    again = plan_tracks(songs, fonts, seed=1, duration=4, excerpts=3, test_fraction=0.2)
+    assert again == plans
+    other_seed = plan_tracks(songs, fonts, seed=2, duration=4, excerpts=3, test_fraction=0.2)
+    assert [plan.start for plan in other_seed] != [plan.start for plan in plans]
+
+
+def test_plan_tracks_refuses_a_test_soundfont_used_for_training(tmp_path):
+    fonts = {"train": [Path("a.sf2")], "valid": [Path("a.sf2")], "test": [Path("a.sf2")]}
+    with pytest.raises(UmxError, match=r"a\.sf2 is used for both training and testing"):
+        plan_tracks([SongRef("x", seed=1)], fonts, seed=0)
+
+
+def test_plan_tracks_skips_bad_midi_with_a_warning(tmp_path, caplog):
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")
+    no_drums = gm_song()
+    no_drums.events = [event for event in no_drums.events if event.channel != 9]
+    piano = tmp_path / "piano.mid"
+    piano.write_bytes(encode_midi(no_drums))
+    good = tmp_path / "good.mid"
+    good.write_bytes(encode_midi(gm_song()))
+    fonts = {split: [SOUNDFONT] for split in ("train", "valid")} | {"test": []}
+    songs = [SongRef(path.stem, path=str(path)) for path in (broken, piano, good)]
+    with caplog.at_level(logging.WARNING, logger="umx.data.synth"):
+        plans = plan_tracks(songs, fonts, seed=0, duration=3, test_fraction=0, valid_fraction=0)
+    assert [plan.name for plan in plans] == ["good-00"]
+    assert f"{broken} is not a readable MIDI file" in caplog.text
+    assert f"skipping {piano}: it has no drums part" in caplog.text
+    with pytest.raises(UmxError, match="none of the 2 songs can be rendered"):
+        plan_tracks(songs[:2], fonts, seed=0, test_fraction=0, valid_fraction=0)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset_args(tmp_path_factory):
+    """`umx synth` arguments for a small dataset: 4 procedural songs and a MIDI file, 3 s tracks,
+    with a held-out test soundfont (a copy of the train soundfont under another name)."""
+    folder = tmp_path_factory.mktemp("synth")
+    (folder / "gm.mid").write_bytes(encode_midi(gm_song()))
+    shutil.copy(SOUNDFONT, folder / "held-out.sf2")
+    return [
+        "--midi", folder / "gm.mid", "--procedural", 4, "--excerpts", 2, "--duration", 3,
+        "--soundfont", SOUNDFONT, "--test-soundfont", folder / "held-out.sf2",
+        "--test-fraction", 0.25, "--valid-fraction", 0.25, "--seed", 3, "-q",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, dataset_args):
+    root = tmp_path_factory.mktemp("datasets") / "synth"
+    assert synth(root, *dataset_args, "--jobs", 2) == 0
+    return root
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*.*")}
+
+
+@needs_fluidsynth
+def test_stems_sum_exactly_to_the_mixture_and_none_is_silent(dataset):
+    manifest = json.loads((dataset / "synth.json").read_text())
+    assert len(manifest["tracks"]) == 10
+    for track in manifest["tracks"]:
+        folder = dataset / ("test" if track["split"] == "test" else "train") / track["name"]
+        audio = {stem: sf.read(folder / f"{stem}.wav")[0] for stem in ("mixture", *STEMS)}
+        assert audio["mixture"].shape == (3 * 44100, 2)
+        assert np.array_equal(sum(audio[stem] for stem in STEMS), audio["mixture"])
+        for stem in STEMS:
+            level = 10 * np.log10(np.mean(audio[stem] ** 2))
+            assert level > -45, (track["name"], stem, level)
+            assert level == pytest.approx(track["levels_db"][stem], abs=0.01)
+        peak = max(np.abs(audio[name]).max() for name in audio)
+        assert 20 * np.log10(peak) == pytest.approx(track["peak_db"], abs=0.01)
+
+
+@needs_fluidsynth
+def test_splits_share_no_song_and_test_no_soundfont(dataset):
+    manifest = json.loads((dataset / "synth.json").read_text())
+    songs = manifest["songs"]
+    assert set(songs["train"]).isdisjoint(songs["valid"])
+    assert set(songs["test"]).isdisjoint([*songs["train"], *songs["valid"]])
+    assert [len(songs[split]) for split in ("train", "valid", "test")] == [3, 1, 1]
+    fonts = manifest["soundfonts"]
+    assert fonts["train"] == fonts["valid"] == [str(SOUNDFONT.resolve())]
+    assert [Path(font).name for font in fonts["test"]] == ["held-out.sf2"]
+    test_folders = sorted(path.name for path in (dataset / "test").iterdir())
+    assert test_folders == sorted(t["name"] for t in manifest["tracks"] if t["split"] == "test")
+
+
+@needs_fluidsynth
+def test_musdb_reads_the_dataset(dataset):
+    manifest = json.loads((dataset / "synth.json").read_text())
+    names = {
+        split: [t["name"] for t in manifest["tracks"] if t["split"] == split]
+        for split in ("train", "valid", "test")
+    }
+    train = musdb.DB(root=str(dataset), is_wav=True, subsets="train")
+    assert sorted(track.name for track in train) == sorted(names["train"] + names["valid"])
+    track = train[0]
+    assert track.rate == 44100
+    sources = sum(track.sources[stem].audio for stem in STEMS)
+    assert np.array_equal(sources, track.audio)
+    valid = musdb.DB(
+        root=str(dataset), is_wav=True, subsets="train", split="valid", setup_file="setup.yaml"
+    )
+    assert sorted(track.name for track in valid) == sorted(names["valid"])
+    test = musdb.DB(root=str(dataset), is_wav=True, subsets="test")
+    assert sorted(track.name for track in test) == sorted(names["test"])
+
+
+@needs_fluidsynth
+def test_same_seed_gives_identical_files(dataset, dataset_args, tmp_path):
+    assert synth(tmp_path / "again", *dataset_args, "--jobs", 1) == 0
+    assert files(tmp_path / "again") == files(dataset)
+
+
+@needs_fluidsynth
+def test_existing_dataset_is_refused_without_force(tmp_path):
+    root = tmp_path / "data"
+    (root / "train" / "old").mkdir(parents=True)
+    (root / "synth.json").write_text("{}")
+    args = [root, "--procedural", 1, "--duration", 3, "--soundfont", SOUNDFONT, "-q"]
+    args += ["--test-fraction", 0, "--valid-fraction", 0, "--jobs", 1]
+    with pytest.raises(UmxError, match=r"already holds a dataset \(use --force"):
+        synth(*args)
+    assert (root / "train" / "old").is_dir()
+    assert synth(*args, "--force") == 0
+    assert sorted(path.name for path in (root / "train").iterdir()) == ["procedural-00000-00"]
+    assert [path.name for path in tmp_path.iterdir()] == ["data"]  # nothing left beside it
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused_even_with_force(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UmxError, match="not empty and holds no dataset"):
+        synth(tmp_path, "--procedural", 1, "--soundfont", SOUNDFONT, "--force")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_that_is_not_a_soundfont_is_refused(tmp_path):
+    bogus = tmp_path / "bogus.sf2"
+    bogus.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
+    with pytest.raises(UmxError, match=r"bogus\.sf2 is not a SoundFont file"):
+        check_soundfont(bogus)
+
+
+@needs_fluidsynth
+def test_a_failed_render_leaves_nothing(tmp_path):
+    """A soundfont fluidsynth cannot load renders silence: every track is skipped."""
+    bogus = tmp_path / "bogus.sf2"
+    bogus.write_bytes(SOUNDFONT.read_bytes()[:4096])
+    root = tmp_path / "out" / "data"
+    with pytest.raises(UmxError, match="every track had a silent stem; nothing was written"):
+        synth(root, "--procedural", 1, "--duration", 3, "--soundfont", bogus, "--test-fraction", 0)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_missing_tools_name_the_debian_package(tmp_path, monkeypatch):
+    known = tmp_path / "GM.sf2"
+    monkeypatch.setitem(SOUNDFONT_PACKAGES, known, "fluid-soundfont-gm")
+    with pytest.raises(UmxError, match=r"GM.sf2 not found \(apt-get install fluid-soundfont-gm\)"):
+        check_soundfont(known)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UmxError, match=r"apt-get install fluidsynth"):
+        check_fluidsynth()
+
+
+def test_no_songs_is_an_error(tmp_path):
+    with pytest.raises(UmxError, match="no songs"):
+        synth(tmp_path / "data", "--soundfont", SOUNDFONT, "--test-fraction", 0)
+
+
+@needs_fluidsynth
+def test_render_example(tmp_path):
+    path = tmp_path / "example.flac"
+    written = render_example(path, seed=7, duration=3, soundfont=SOUNDFONT, stems=True)
+    assert [p.name for p in written] == ["example.flac"] + [f"example.{s}.flac" for s in STEMS]
+    audio = [sf.read(p, dtype="int16")[0].astype(np.int32) for p in written]
+    assert audio[0].shape == (3 * 44100, 2)
+    assert np.array_equal(sum(audio[1:]), audio[0])
+    assert abs(audio[0][:10]).max() < 100  # faded in
+    first = [p.read_bytes() for p in written]
+    with pytest.raises(UmxError, match="already exists"):
+        render_example(path, seed=7, duration=3, soundfont=SOUNDFONT)
+    render_example(path, seed=7, duration=3, soundfont=SOUNDFONT, stems=True, force=True)
+    assert [p.read_bytes() for p in written] == first
