@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 
 import museval
 import numpy as np
@@ -287,6 +288,13 @@ def test_root_without_tracks(tmp_path):
     (tmp_path / "test").mkdir()
     with pytest.raises(UmxError, match=f"{tmp_path / 'test'} holds no MUSDB18 tracks"):
         load_tracks(tmp_path, is_wav=True)
+
+
+def test_missing_extra_is_named(tmp_path, monkeypatch):
+    (tmp_path / "test").mkdir()
+    monkeypatch.setitem(sys.modules, "musdb", None)  # as if not installed
+    with pytest.raises(UmxError, match=r"needs musdb: pip install 'umx\[evaluate\]'"):
+        load_tracks(tmp_path)
 
 
 def one_track_set(tmp_path, change=None):

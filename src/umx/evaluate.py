@@ -9,12 +9,17 @@ Results follow sigsep's conventions: one museval JSON per track in
 `<evaldir>/<subset>/<track>.json` (read by `museval.EvalStore` and `museval.MethodStore`), and
 aggregate scores that are the median over frames, then the median over tracks. Waveforms here are
 numpy arrays `(nb_timesteps, nb_channels)`, the axis order of musdb and museval.
+
+museval, musdb, pandas and matplotlib (the `evaluate` extra) are imported when first needed, so
+that the `umx` command starts without them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import json
 import logging
 import math
 import multiprocessing
@@ -25,14 +30,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import musdb
-import museval
 import numpy as np
-import pandas as pd
-import simplejson
 import torch
-from matplotlib.figure import Figure
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -42,6 +44,11 @@ from umx.errors import UmxError
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
 from umx.zoo import DEFAULT_MODEL, load_separator
+
+if TYPE_CHECKING:
+    import musdb
+    import museval
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +69,17 @@ EPS = 1e-10
 
 Estimates = dict[str, np.ndarray]
 """Target name → estimate `(nb_timesteps, nb_channels)` at the track's rate."""
-Method = Callable[[musdb.MultiTrack], Estimates]
+Method = Callable[["musdb.MultiTrack"], Estimates]
 """Turns a track into estimates; must be picklable for `jobs > 1`."""
+
+
+def _extra(name: str) -> ModuleType:
+    """Import a module of the `evaluate` extra, or say how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        package = name.split(".")[0]
+        raise UmxError(f"umx evaluate needs {package}: pip install 'umx[evaluate]'") from None
 
 
 # --- test sets ------------------------------------------------------------------------------------
@@ -89,7 +105,7 @@ def load_tracks(
     if not (root / subset).is_dir():
         raise UmxError(f"{root / subset} does not exist: --root must hold {'/'.join(SUBSETS)}")
     try:
-        tracks = musdb.DB(root=str(root), subsets=subset, is_wav=is_wav).tracks
+        tracks = _extra("musdb").DB(root=str(root), subsets=subset, is_wav=is_wav).tracks
     except Exception as error:  # stempeg reports unreadable files with bare Exceptions
         raise UmxError(f"musdb could not read {root / subset} ({error})") from None
     if not tracks:
@@ -343,7 +359,7 @@ def score_track(
                 f"{track.name}: the {name} estimate is silent, which BSSEval cannot score"
             )
     try:
-        return museval.eval_mus_track(track, dict(estimates), win=win, hop=hop)
+        return _extra("museval").eval_mus_track(track, dict(estimates), win=win, hop=hop)
     except ValueError as error:  # museval's own checks, e.g. a reference silent in one channel sum
         raise UmxError(f"{track.name}: museval refused it ({str(error).split('. ')[0]})") from None
 
@@ -497,7 +513,9 @@ def evaluate(
     outcomes: list[_Outcome] = []
     with (
         logging_redirect_tqdm(),
-        tqdm(total=len(todo), desc="evaluate", unit="track", disable=not progress) as bar,
+        tqdm(
+            total=len(todo), desc="evaluate", unit="track", disable=not (progress and todo)
+        ) as bar,
     ):
         for outcome in _run_jobs(job, todo, jobs):
             outcomes.append(outcome)
@@ -524,9 +542,9 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
     workers = min(jobs, len(tracks))
     threads = max(1, (os.cpu_count() or 1) // workers)
     # Not fork: forking a process that has started torch's thread pools can deadlock. Workers
-    # fork from a server that has imported this module (and torch) once, but started nothing.
+    # fork from a server that has imported umx, musdb and museval once, but started nothing.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload([__name__, "musdb", "museval"])
     with ProcessPoolExecutor(workers, context, _init_worker, (job, threads)) as pool:
         futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
         for future in as_completed(futures):
@@ -562,11 +580,11 @@ def load_scores(
         if tracks is None
         else [folder / f"{name}.json" for name in tracks]
     )
+    museval = _extra("museval")
     store = museval.EvalStore()
     for path in paths:
         try:
-            scores = simplejson.loads(path.read_text(), allow_nan=True)
-            store.add_track(museval.json2df(scores, path.stem))
+            store.add_track(museval.json2df(json.loads(path.read_text()), path.stem))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UmxError(f"{path} is not a museval JSON file ({error})") from None
     if store.df.empty:
@@ -581,7 +599,7 @@ def _target_order(targets: Iterable[str]) -> list[str]:
 
 def method_scores(stores: Mapping[str, museval.EvalStore]) -> museval.MethodStore:
     """Several methods' scores in one museval `MethodStore`, under the given names."""
-    methods = museval.MethodStore()
+    methods = _extra("museval").MethodStore()
     for name, store in stores.items():
         methods.add_evalstore(store, name)
     return methods
@@ -637,7 +655,9 @@ def plot_scores(
     targets = _target_order(per_track.index.get_level_values("target").unique())
     paths = []
     for metric in METRICS:
-        figure = Figure(figsize=(2.5 * len(targets) + 1, 1.0 + 0.6 * len(order)), layout="tight")
+        figure = _extra("matplotlib.figure").Figure(
+            figsize=(2.5 * len(targets) + 1, 1.0 + 0.6 * len(order)), layout="tight"
+        )
         axes = figure.subplots(1, len(targets), sharey=True, squeeze=False)[0]
         for ax, target in zip(axes, targets, strict=True):
             boxes = [
