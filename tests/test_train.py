@@ -241,6 +241,7 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--root", "{task}", "--target-dir", "x"], "--target-dir applies to the sourcefolder"),
         (["--root", "{task}", "--source-augmentations", "reverb"], "unknown augmentation"),
         ([], "needs --root"),
+        (["--root", "{task}", "--seq-dur", "0"], "--seq-dur must be positive"),
     ],
 )
 def test_bad_options_are_one_line_errors(task, tmp_path, caplog, options, message):

@@ -421,6 +421,8 @@ def resolve_options(
     for key in ("epochs", "batch_size", "nfft", "nhop", "hidden_size", "patience"):
         if getattr(config, key) < 1:
             raise UmxError(f"--{key.replace('_', '-')} must be at least 1")
+    if config.seq_dur <= 0:
+        raise UmxError(f"--seq-dur must be positive, not {config.seq_dur}")
     if "model" in given and checkpoint is not None:
         raise UmxError("--model and --checkpoint exclude each other: a resumed run has its model")
     return config
