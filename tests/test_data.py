@@ -1,5 +1,6 @@
 """Datasets and augmentations on small generated folders: shapes, mixtures, splits, errors."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -341,6 +342,28 @@ def test_musdb_wav_folders_train_on_source_sums_and_validate_on_mixtures(tmp_pat
     mixture, target = valid[0]
     torch.testing.assert_close(target, torch.from_numpy(ramp(12)))
     torch.testing.assert_close(mixture, torch.from_numpy(sum(ramp(2 + 10 * k) for k in range(4))))
+
+
+@needs_ffprobe
+def test_musdb_takes_the_validation_tracks_of_the_datasets_own_setup(tmp_path):
+    musdb_folder(tmp_path, ["a", "b", "c"])
+    setup = {
+        "sources": {source: f"{source}.wav" for source in ("vocals", "drums", "bass", "other")},
+        "mixture": "mixture.wav",
+        "stem_ids": {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4},
+        "targets": {"vocals": {"vocals": 1}},
+        "validation_tracks": ["a"],
+    }
+    (tmp_path / "setup.yaml").write_text(json.dumps(setup))  # JSON is YAML
+    options = {"is_wav": True, "nb_channels": 2}
+    valid = MUSDBDataset(tmp_path, split="valid", seq_duration=None, **options)
+    train = MUSDBDataset(tmp_path, split="train", seq_duration=SEQ, **options)
+    assert [Path(t.name).name for t in valid.tracks] == ["a"]
+    assert [Path(t.name).name for t in train.tracks] == ["b", "c"]
+
+    (tmp_path / "setup.yaml").write_text("sources: [")
+    with pytest.raises(UmxError, match=re.escape(f"{tmp_path / 'setup.yaml'} is not a valid")):
+        MUSDBDataset(tmp_path, split="valid", seq_duration=None, **options)
 
 
 @needs_ffprobe

@@ -31,6 +31,7 @@ from umx.errors import UmxError
 
 MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
 MUSDB_SAMPLES_PER_TRACK = 64
+MUSDB_SETUP = "setup.yaml"  # a dataset's own musdb set-up file, e.g. written by `umx synth`
 VALID_FRACTION = 0.1  # of the train tracks held out when a folder has no official MUSDB18 split
 MAX_CHANNELS = 2
 
@@ -492,9 +493,10 @@ def musdb_split(
 ) -> tuple[list[str], list[str]]:
     """Split the names of a MUSDB18-style train folder into training and validation tracks.
 
-    The official MUSDB18 validation tracks are used when `valid_tracks` is None and the folder
-    holds any of them. Otherwise the last `valid_tracks` tracks by name are held out (by default
-    a tenth of them, at least one).
+    The listed validation tracks (MUSDB18's official ones, or those of the dataset's own
+    `setup.yaml`) are used when `valid_tracks` is None and the folder holds any of them.
+    Otherwise the last `valid_tracks` tracks by name are held out (by default a tenth of them,
+    at least one).
 
     Returns:
         the training names and the validation names, each sorted.
@@ -519,7 +521,8 @@ class MUSDBDataset(TrackDataset):
     """`musdb`: MUSDB18 (stem `.mp4` files) or MUSDB18-HQ (`is_wav`) through the `musdb` package.
 
     Tracks come from `<root>/train`: `<track>.stem.mp4`, or with `is_wav` the folders
-    `<track>/{mixture,vocals,drums,bass,other}.wav`. See `musdb_split` for the validation split.
+    `<track>/{mixture,vocals,drums,bass,other}.wav`. A `<root>/setup.yaml` replaces musdb's own
+    set-up (and its validation tracks). See `musdb_split` for the validation split.
     Training mixtures are sums of the sources; with `random_track_mix`, each interferer comes
     from a random track at a random position. Validation uses the tracks' own mixtures.
 
@@ -549,6 +552,7 @@ class MUSDBDataset(TrackDataset):
     ) -> None:
         try:
             import musdb
+            import yaml  # musdb reads its set-up files with it
         except ImportError:
             raise UmxError(
                 "the musdb dataset needs the musdb package: pip install umx[train]"
@@ -565,7 +569,16 @@ class MUSDBDataset(TrackDataset):
             else "MUSDB18 holds <root>/train/<track>.stem.mp4 (use --is-wav for wav folders)"
         )
         directory = _split_dir(root, "train", layout)
-        db = musdb.DB(root=str(directory.parent), is_wav=is_wav, subsets="train")
+        setup = directory.parent / MUSDB_SETUP
+        try:
+            db = musdb.DB(
+                root=str(directory.parent),
+                is_wav=is_wav,
+                subsets="train",
+                setup_file=MUSDB_SETUP if setup.is_file() else None,
+            )
+        except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
+            raise UmxError(f"{setup} is not a valid musdb set-up file ({error})") from None
         if not db.tracks:
             raise UmxError(f"{directory} holds no MUSDB18 tracks: {layout}")
         by_name = {track.name: track for track in db.tracks}
