@@ -36,6 +36,8 @@ from umx.separator import Separator
 from umx.transforms import Spectrogram
 from umx.zoo import save_separator
 
+pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
+
 RATE = 16000
 SECONDS = 3.0
 N_FFT, N_HOP = 512, 128

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -99,11 +100,16 @@ def load_tracks(
         musdb's tracks; their references are read when used.
 
     Raises:
-        UmxError: the folder is missing or holds no track in that layout.
+        UmxError: the folder is missing or holds no track in that layout, or ffmpeg is missing
+            (musdb probes every file with ffprobe).
     """
     root = Path(root)
     if not (root / subset).is_dir():
         raise UmxError(f"{root / subset} does not exist: --root must hold {'/'.join(SUBSETS)}")
+    if shutil.which("ffprobe") is None:
+        raise UmxError(
+            "musdb reads MUSDB18 with ffmpeg, which is not installed (apt-get install ffmpeg)"
+        )
     try:
         tracks = _extra("musdb").DB(root=str(root), subsets=subset, is_wav=is_wav).tracks
     except Exception as error:  # stempeg reports unreadable files with bare Exceptions
