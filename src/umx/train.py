@@ -226,9 +226,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--valid-tracks",
         type=int,
         metavar="N",
-        help="musdb: hold out the last N train tracks (by name) for validation instead of the "
-        "official split; folders without the official validation tracks hold out a tenth "
-        "(at least one) by default",
+        help="musdb: hold out the last N train tracks (by name) for validation instead of "
+        "those listed by <root>/setup.yaml or the official split; folders holding none of "
+        "the listed tracks hold out a tenth (at least one) by default",
     )
     add(data, "--input-file", metavar="NAME", help="aligned: input file name in each track folder")
     add(
