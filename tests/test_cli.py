@@ -263,3 +263,13 @@ def test_entry_point_has_no_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_other_commands_report_bad_roots_in_one_line(command, tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    args = [command, "--root", missing]
+    args += ["--output", tmp_path / "out"] if command == "train" else ["--evaldir", tmp_path / "ev"]
+    assert run(*args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0], err

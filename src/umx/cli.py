@@ -16,12 +16,14 @@ from umx import __version__
 from umx.api import DEFAULT_TEMPLATE, separate_file
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
 from umx.errors import UmxError
+from umx.evaluate import add_evaluate_arguments, run_evaluate
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN
+from umx.train import add_train_arguments, run_training
 from umx.zoo import DEFAULT_MODEL, list_models, load_separator
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate",)
+COMMANDS = ("separate", "train", "evaluate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"umx {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
     add_separate_command(commands)
+    train = commands.add_parser(
+        "train",
+        help="train a target model",
+        description="Train one Open-Unmix target model into a model directory that "
+        "`umx separate --model DIR` loads (see docs/training.md). Under torchrun it trains "
+        "with DistributedDataParallel.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(run=run_training)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model or baseline with BSSEval v4",
+        description="Separate a test set (MUSDB18 or a folder in its layout) and score it "
+        "with museval's BSSEval v4 (see docs/evaluation.md).",
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
     return parser
 
 
