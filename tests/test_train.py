@@ -24,6 +24,7 @@ import torch
 
 from umx import cli
 from umx.data.datasets import FixedSourcesTrackFolderDataset
+from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.separator import Separator
 from umx.train import (
@@ -31,7 +32,6 @@ from umx.train import (
     EarlyStopping,
     compute_statistics,
     main,
-    resolve_device,
     validate,
 )
 from umx.transforms import Spectrogram

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from umx import __version__
 from umx.api import DEFAULT_TEMPLATE, separate_file
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
+from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.evaluate import add_evaluate_arguments, run_evaluate
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN
@@ -234,25 +234,6 @@ def run_separate(args: argparse.Namespace) -> int:
     if failed:
         logger.error("%d of %d inputs failed", failed, len(args.inputs))
     return 1 if failed else 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` → CUDA if present, else MPS if present, else CPU; others are checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UmxError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UmxError(f"device {name!r} requested but no CUDA GPU is available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UmxError(f"device {name!r} requested but MPS is not available")
-    return device
 
 
 def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:

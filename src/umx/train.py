@@ -48,6 +48,7 @@ from umx.data.datasets import (
     UnmixDataset,
     VariableSourcesTrackFolderDataset,
 )
+from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.model import OpenUnmix
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
@@ -566,22 +567,6 @@ def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` → `cuda:<local_rank>` if CUDA is available, else the CPU; others are checked."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UmxError(f"device {name!r} requested but no CUDA GPU is available")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
