@@ -277,7 +277,7 @@ def dataset_args(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, dataset_args):
     root = tmp_path_factory.mktemp("datasets") / "synth"
-    assert synth(root, *dataset_args, "--jobs", 2) == 0
+    assert synth("--root", root, *dataset_args, "--jobs", 2) == 0
     return root
 
 
@@ -339,7 +339,7 @@ def test_musdb_reads_the_dataset(dataset):
 
 @needs_fluidsynth
 def test_same_seed_gives_identical_files(dataset, dataset_args, tmp_path):
-    assert synth(tmp_path / "again", *dataset_args, "--jobs", 1) == 0
+    assert synth("--root", tmp_path / "again", *dataset_args, "--jobs", 1) == 0
     assert files(tmp_path / "again") == files(dataset)
 
 
@@ -348,7 +348,7 @@ def test_existing_dataset_is_refused_without_force(tmp_path):
     root = tmp_path / "data"
     (root / "train" / "old").mkdir(parents=True)
     (root / "synth.json").write_text("{}")
-    args = [root, "--procedural", 1, "--duration", 3, "--soundfont", SOUNDFONT, "-q"]
+    args = ["--root", root, "--procedural", 1, "--duration", 3, "--soundfont", SOUNDFONT, "-q"]
     args += ["--test-fraction", 0, "--valid-fraction", 0, "--jobs", 1]
     with pytest.raises(UmxError, match=r"already holds a dataset \(use --force"):
         synth(*args)
@@ -361,7 +361,7 @@ def test_existing_dataset_is_refused_without_force(tmp_path):
 def test_a_folder_that_is_not_a_dataset_is_refused_even_with_force(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UmxError, match="not empty and holds no dataset"):
-        synth(tmp_path, "--procedural", 1, "--soundfont", SOUNDFONT, "--force")
+        synth("--root", tmp_path, "--procedural", 1, "--soundfont", SOUNDFONT, "--force")
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -379,7 +379,18 @@ def test_a_failed_render_leaves_nothing(tmp_path):
     bogus.write_bytes(SOUNDFONT.read_bytes()[:4096])
     root = tmp_path / "out" / "data"
     with pytest.raises(UmxError, match="every track had a silent stem; nothing was written"):
-        synth(root, "--procedural", 1, "--duration", 3, "--soundfont", bogus, "--test-fraction", 0)
+        synth(
+            "--root",
+            root,
+            "--procedural",
+            1,
+            "--duration",
+            3,
+            "--soundfont",
+            bogus,
+            "--test-fraction",
+            0,
+        )
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -395,12 +406,12 @@ def test_missing_tools_name_the_debian_package(tmp_path, monkeypatch):
 
 def test_no_songs_is_an_error(tmp_path):
     with pytest.raises(UmxError, match="no songs"):
-        synth(tmp_path / "data", "--soundfont", SOUNDFONT, "--test-fraction", 0)
+        synth("--root", tmp_path / "data", "--soundfont", SOUNDFONT, "--test-fraction", 0)
 
 
 @needs_fluidsynth
 def test_render_example(tmp_path):
-    path = tmp_path / "example.flac"
+    path = tmp_path / "examples" / "example.flac"
     written = render_example(path, seed=7, duration=3, soundfont=SOUNDFONT, stems=True)
     assert [p.name for p in written] == ["example.flac"] + [f"example.{s}.flac" for s in STEMS]
     audio = [sf.read(p, dtype="int16")[0].astype(np.int32) for p in written]
@@ -412,3 +423,5 @@ def test_render_example(tmp_path):
         render_example(path, seed=7, duration=3, soundfont=SOUNDFONT)
     render_example(path, seed=7, duration=3, soundfont=SOUNDFONT, stems=True, force=True)
     assert [p.read_bytes() for p in written] == first
+    with pytest.raises(UmxError, match=r"written as \.wav or \.flac"):
+        render_example(tmp_path / "example.mp3", seed=7)

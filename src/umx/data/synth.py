@@ -118,7 +118,7 @@ GAIN_RANGE_DB = (-6.0, 6.0)
 PAN_RANGE = 0.3
 """Stereo balance of a stem: -1 left, 0 centre, 1 right."""
 PEAK_RANGE_DB = (-6.0, -1.0)
-"""The mixture's peak level."""
+"""The peak level of the loudest of a track's mixture and stems."""
 TRANSPOSE_RANGE = (-3, 3)
 TEMPO_RANGE = (0.9, 1.1)
 FADE_SECONDS = 1.0
@@ -542,7 +542,7 @@ def find_midi_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _split(songs: list[SongRef], seed: int, test: float, valid: float) -> dict[str, list]:
+def _split(songs: list[SongRef], seed: int, test: float, valid: float) -> dict[str, list[SongRef]]:
     """Shuffles ``songs`` with ``seed`` and cuts them into splits."""
     songs = list(songs)
     random.Random(derive_seed(seed, "split")).shuffle(songs)
@@ -848,9 +848,12 @@ def render_example(
         The files written, mixture first.
 
     Raises:
-        UmxError: a file exists without ``force``, or fluidsynth or the soundfont is missing.
+        UmxError: ``path`` is not a .wav or .flac file, a file exists without ``force``, or
+            fluidsynth or the soundfont is missing.
     """
     path = Path(path)
+    if path.suffix.lower() not in (".wav", ".flac"):
+        raise UmxError(f"{path}: the example is written as .wav or .flac")
     outputs = {"mixture": path}
     if stems:
         outputs |= {stem: path.with_name(f"{path.stem}.{stem}{path.suffix}") for stem in STEMS}
@@ -863,6 +866,7 @@ def render_example(
     tracks = render_track(plans[0], duration, sample_rate, fade=FADE_SECONDS) if plans else None
     if tracks is None:
         raise UmxError(f"the procedural song of seed {seed} has a silent stem; try another seed")
+    path.parent.mkdir(parents=True, exist_ok=True)
     for name, output in outputs.items():
         partial = output.with_name(f".{output.stem}.partial{output.suffix}")
         write_pcm16(partial, tracks[name], sample_rate)
@@ -872,7 +876,9 @@ def render_example(
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of `umx synth` to ``parser``."""
-    parser.add_argument("root", metavar="ROOT", type=Path, help="dataset folder to create")
+    parser.add_argument(
+        "--root", required=True, type=Path, metavar="DIR", help="dataset folder to create"
+    )
     parser.add_argument(
         "--midi",
         nargs="+",
@@ -953,7 +959,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="tracks rendered in parallel (default: the number of CPUs)",
     )
-    parser.add_argument("--force", action="store_true", help="replace a dataset already in ROOT")
+    parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
 
 
