@@ -120,7 +120,8 @@ def parse_midi(data: bytes) -> Song:
     """Parses the bytes of a standard MIDI file; see :func:`read_midi`.
 
     Raises:
-        ValueError: the bytes are not a MIDI file of format 0 or 1 with metrical time.
+        ValueError: the bytes are not a MIDI file of format 0 or 1 with metrical time
+            (IndexError or struct.error: they end too soon).
     """
     if data[:4] != b"MThd":
         raise ValueError("no MThd header")

@@ -170,7 +170,7 @@ class TrackPlan:
         revoice: ``{channel: GM program}`` for the parts re-voiced as vocals or bass.
         gains_db: each stem's gain after levelling.
         pans: each stem's stereo balance.
-        peak_db: the mixture's peak.
+        peak_db: the peak of the loudest of the mixture and the stems.
     """
 
     name: str
