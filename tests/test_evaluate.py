@@ -292,6 +292,14 @@ def test_root_without_tracks(tmp_path):
         load_tracks(tmp_path, is_wav=True)
 
 
+def test_selected_tracks(root):
+    assert [track.name for track in load_tracks(root, is_wav=True, names=NAMES[1:])] == list(
+        NAMES[1:]
+    )
+    with pytest.raises(UmxError, match="no track named 'nope'"):
+        load_tracks(root, is_wav=True, names=["nope"])
+
+
 def test_missing_extra_is_named(tmp_path, monkeypatch):
     (tmp_path / "test").mkdir()
     monkeypatch.setitem(sys.modules, "musdb", None)  # as if not installed

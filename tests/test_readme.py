@@ -2,6 +2,8 @@
 
 The published weights cannot be downloaded in tests, so each zoo name used by the README is
 replaced by a bundled stand-in of the same name: a small random model in the official layout.
+Commands that need a dataset (`sh` blocks: training, evaluation, synthesis) are exercised on
+generated data by test_train.py, test_evaluate.py and test_synth.py.
 """
 
 import re

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -188,3 +189,20 @@ def separate_file(
             if on_progress is not None:
                 on_progress(done / mix.shape[-1])
     return [writer.report for writer in writers.values()]
+
+
+def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
+    """`--aggregate` as JSON text or a JSON file: `{name: [target, ...]}`."""
+    if text is None:
+        return None
+    path = Path(text)
+    try:
+        value = json.loads(path.read_text() if path.is_file() else text)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UmxError(f"--aggregate is not valid JSON or a JSON file: {error}") from None
+    if not (
+        isinstance(value, dict)
+        and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values())
+    ):
+        raise UmxError('--aggregate must map names to lists of targets, e.g. {"acc": ["bass"]}')
+    return value

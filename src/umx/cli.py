@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,8 +11,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from umx import __version__
-from umx.api import DEFAULT_TEMPLATE, separate_file
+from umx.api import DEFAULT_TEMPLATE, parse_aggregate, separate_file
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
+from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.evaluate import add_evaluate_arguments, run_evaluate
@@ -23,7 +23,7 @@ from umx.zoo import DEFAULT_MODEL, list_models, load_separator
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate", "train", "evaluate")
+COMMANDS = ("separate", "train", "evaluate", "synth")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
+    synth = commands.add_parser(
+        "synth",
+        help="render synthetic 4-stem training data from General MIDI songs",
+        description="Render General MIDI files and procedural songs into a MUSDB18-HQ-layout "
+        "dataset with FluidSynth (see docs/synthetic-data.md).",
+    )
+    add_synth_arguments(synth)
+    synth.set_defaults(run=run_synth)
     return parser
 
 
@@ -234,23 +242,6 @@ def run_separate(args: argparse.Namespace) -> int:
     if failed:
         logger.error("%d of %d inputs failed", failed, len(args.inputs))
     return 1 if failed else 0
-
-
-def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
-    """`--aggregate` as JSON text or a JSON file: `{name: [target, ...]}`."""
-    if text is None:
-        return None
-    path = Path(text)
-    try:
-        value = json.loads(path.read_text() if path.is_file() else text)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UmxError(f"--aggregate is not valid JSON or a JSON file: {error}") from None
-    if not (
-        isinstance(value, dict)
-        and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values())
-    ):
-        raise UmxError('--aggregate must map names to lists of targets, e.g. {"acc": ["bass"]}')
-    return value
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from umx.api import separate
+from umx.api import parse_aggregate, separate
 from umx.audio import read_audio, write_audio
+from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
@@ -87,7 +88,11 @@ def _extra(name: str) -> ModuleType:
 
 
 def load_tracks(
-    root: str | os.PathLike, *, subset: str = "test", is_wav: bool = False
+    root: str | os.PathLike,
+    *,
+    subset: str = "test",
+    is_wav: bool = False,
+    names: Sequence[str] | None = None,
 ) -> list[musdb.MultiTrack]:
     """The tracks of a MUSDB18 subset, sorted by name.
 
@@ -95,6 +100,7 @@ def load_tracks(
         root: the dataset folder, holding `train/` and `test/`.
         subset: `train` or `test`.
         is_wav: folders of wav files per track (MUSDB18-HQ layout) instead of `.stem.mp4` files.
+        names: only these tracks; all if None.
 
     Returns:
         musdb's tracks; their references are read when used.
@@ -117,7 +123,12 @@ def load_tracks(
     if not tracks:
         layout = "<track>/mixture.wav folders" if is_wav else "<track>.stem.mp4 files (or --is-wav)"
         raise UmxError(f"{root / subset} holds no MUSDB18 tracks: expected {layout}")
-    return tracks
+    if names is None:
+        return tracks
+    unknown = sorted(set(names) - {track.name for track in tracks})
+    if unknown:
+        raise UmxError(f"{root / subset} has no track named {', '.join(map(repr, unknown))}")
+    return [track for track in tracks if track.name in set(names)]
 
 
 def check_references(track: musdb.MultiTrack) -> None:
@@ -736,6 +747,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a folder of wav files per track (MUSDB18-HQ layout) instead of .stem.mp4 files",
     )
+    data.add_argument(
+        "--tracks", nargs="+", metavar="NAME", help="evaluate only these tracks (default: all)"
+    )
 
     method = parser.add_argument_group("method (one of)").add_mutually_exclusive_group()
     method.add_argument(
@@ -840,9 +854,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _method_from_args(args: argparse.Namespace) -> Method:
-    # The CLI's helpers, imported here because the CLI imports this module.
-    from umx.cli import parse_aggregate, resolve_device
-
     aggregate = parse_aggregate(args.aggregate)
     if args.estimates is not None:
         if aggregate is not None:
@@ -885,7 +896,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     stores = {}
     failed = False
     if args.root is not None:
-        tracks = load_tracks(args.root, subset=args.subset, is_wav=args.is_wav)
+        tracks = load_tracks(args.root, subset=args.subset, is_wav=args.is_wav, names=args.tracks)
         summary = evaluate(
             tracks,
             _method_from_args(args),
