@@ -474,6 +474,14 @@ def speed_ratios(rows: list[tuple[Case, dict]]) -> list[str]:
     return lines
 
 
+def command_line(argv: str) -> str:
+    """The command as typed, with the thread settings that were in the environment."""
+    env = [
+        f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+    ]
+    return " ".join([*env, ".venv/bin/python benchmarks/separation.py", argv]).strip()
+
+
 def render(
     info: dict, rows: list, ratios: list[str], notes: list[str], argv: str, repeat: int
 ) -> str:
@@ -485,7 +493,7 @@ def render(
         f"Python {info['python']}, torch {info['torch']} (CPU), {info['threads']} threads; "
         f"reference openunmix {OPENUNMIX_VERSION}. Four umxhq-size targets (random weights), "
         f"wiener_win_len 300. Wall time: fastest of {repeat} run(s) per case.",
-        f"Command: `{' '.join(['.venv/bin/python benchmarks/separation.py', argv]).strip()}`",
+        f"Command: `{command_line(argv)}`",
         "",
         "| case | audio | niter | wall s | RTF | peak RSS MB | max abs diff | vs |",
         "|---|---|---|---|---|---|---|---|",
