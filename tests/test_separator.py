@@ -123,18 +123,28 @@ def test_em_with_one_source_is_refused():
 
 @pytest.mark.parametrize("length", [8000 * 5, 8000 * 5 + 333, 3000])
 def test_chunked_mode_close_to_whole_track(length):
-    """Chunk boundaries change the LSTM's context; the cross-fade keeps the error small."""
+    """Chunks see less LSTM context and their own Wiener blocks only near their edges.
+
+    Measured here: relative error 1.5 % (2 s segments, 0.5 s overlap), 0.3 % (3 s, 1 s);
+    before chunks were aligned to the Wiener blocks it was 4.7 % and 3.1 %.
+    """
     separator = small_separator(niter=1)
     audio = torch.randn(1, 2, length) * 0.5
     whole = separator.separate(audio, segment=None)
-    chunked = separator.separate(audio, segment=2.0, overlap=0.5)
-    assert chunked.shape == whole.shape
-    rel = (chunked - whole).norm() / whole.norm()
-    assert rel < 0.05
-    # far from any boundary, the chunks agree with the whole track closely
-    assert (chunked[..., 2000:8000] - whole[..., 2000:8000]).norm() / whole[
-        ..., 2000:8000
-    ].norm() < 0.05
+    for (segment, overlap), tolerance in (((2.0, 0.5), 0.03), ((3.0, 1.0), 0.01)):
+        chunked = separator.separate(audio, segment=segment, overlap=overlap)
+        assert chunked.shape == whole.shape
+        assert (chunked - whole).norm() / whole.norm() < tolerance
+    # before the first cross-fade, in the first Wiener block, chunked equals whole closely
+    head = slice(1000, 5000)
+    assert (chunked[..., head] - whole[..., head]).norm() / whole[..., head].norm() < 0.005
+
+
+def test_chunks_are_aligned_to_frames_and_wiener_blocks():
+    separator = small_separator()  # n_hop 128, Wiener blocks of 50 frames = 6400 samples
+    assert separator._chunk_step(30000) == 25600
+    assert separator._chunk_step(6000) == 5888
+    assert separator._chunk_step(100) == 100
 
 
 def test_chunked_crossfade_is_exact_for_a_linear_system():

@@ -131,7 +131,8 @@ class Separator(nn.Module):
 
         Args:
             audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`.
-            segment: chunk length in seconds.
+            segment: longest chunk in seconds; chunk starts are aligned to the Wiener blocks
+                (`wiener_win_len` frames), so chunks may be a little shorter.
             overlap: cross-fade length in seconds, less than `segment`.
 
         Yields:
@@ -145,11 +146,12 @@ class Separator(nn.Module):
                 f"the overlap ({overlap} s) must be at least 0 and less than the segment "
                 f"({segment} s)"
             )
+        step = self._chunk_step(seg_len - ovl_len)
         nb_timesteps = audio.shape[-1]
         fade_in = (torch.arange(ovl_len, device=audio.device) + 0.5) / max(ovl_len, 1)
         carry = None
-        for start in range(0, max(nb_timesteps - ovl_len, 1), seg_len - ovl_len):
-            end = min(start + seg_len, nb_timesteps)
+        for start in range(0, max(nb_timesteps - ovl_len, 1), step):
+            end = min(start + step + ovl_len, nb_timesteps)
             chunk = self(audio[..., start:end].to(self.device)).to(audio.device)
             if carry is not None:
                 chunk[..., :ovl_len] = chunk[..., :ovl_len] * fade_in + carry
@@ -158,6 +160,13 @@ class Separator(nn.Module):
                 return
             carry = chunk[..., chunk.shape[-1] - ovl_len :] * (1.0 - fade_in)
             yield chunk[..., : chunk.shape[-1] - ovl_len]
+
+    def _chunk_step(self, step: int) -> int:
+        """Chunk starts aligned to the whole track's STFT frames and, where the step spans one,
+        to its Wiener blocks, so a chunk sees the frames and blocks of whole-track mode."""
+        block = self.n_hop * (self.wiener_win_len or 1)
+        unit = block if step >= block else self.n_hop if step >= self.n_hop else 1
+        return step // unit * unit
 
     @torch.inference_mode()
     def separate(
