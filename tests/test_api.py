@@ -60,6 +60,11 @@ def test_model_directory(separator, tmp_path):
     torch.testing.assert_close(stems["vocals"] + stems["rest"], audio, atol=1e-4, rtol=0)
 
 
+def test_options_of_a_given_separator_are_not_ignored(separator):
+    with pytest.raises(umx.UmxError, match="load_separator"):
+        umx.separate(torch.randn(2, 8000), 16000, model=separator, niter=0)
+
+
 def test_bad_shape():
     with pytest.raises(umx.UmxError, match="nb_channels"):
         umx.separate(torch.randn(10), 16000, model="umxl")

@@ -1,4 +1,4 @@
-"""One-call Python API: separate audio in memory with a named or local model."""
+"""The Python API: separate audio in memory or files with a named or local model."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def separate(
             for mono models.
         rate: sample rate of `audio`; it is resampled to the model's rate and back.
         model: a model name (see `umx.zoo.list_models`), a model directory, or a `Separator`.
-        targets, niter, softmask, residual: as `umx.zoo.load_separator` (ignored, and must be
-            left at their defaults, when `model` is already a `Separator`).
+        targets, niter, softmask, residual: as `umx.zoo.load_separator`; a `Separator` given
+            as `model` has its own, and these must be left at their defaults.
         aggregate: groups of targets to sum, e.g. `{"accompaniment": ["drums", "bass", "other"]}`.
         segment: chunk length in seconds (bounded memory); None separates the whole track at once.
         overlap: cross-fade between chunks in seconds.
@@ -59,7 +59,13 @@ def separate(
             f"audio must be (nb_channels, nb_timesteps) or (nb_samples, nb_channels, "
             f"nb_timesteps), got shape {tuple(audio.shape)}"
         )
-    if not isinstance(model, Separator):
+    if isinstance(model, Separator):
+        if targets is not None or residual is not None or softmask or niter != 1:
+            raise UmxError(
+                "targets, niter, softmask and residual belong to the Separator given as model: "
+                "set them with load_separator"
+            )
+    else:
         model = load_separator(
             model,
             targets=targets,
