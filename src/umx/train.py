@@ -815,6 +815,8 @@ def run_training(args: argparse.Namespace) -> int:
         logger.info("training on %d processes (%s)", distributed.world_size, dist.get_backend())
     try:
         Trainer(args, distributed, device).run()
+        if distributed.enabled:
+            dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         if distributed.enabled:
             dist.destroy_process_group()
