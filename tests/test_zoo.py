@@ -28,6 +28,7 @@ from umx.zoo import (
     MODELS,
     ZooEntry,
     cache_dir,
+    export_model,
     infer_architecture,
     list_models,
     load_separator,
@@ -448,7 +449,8 @@ def test_registry_lists_the_published_models(monkeypatch, tmp_path):
     assert MODELS["umxse"].nb_channels == 1 and MODELS["umxse"].sample_rate == 16000.0
     infos = list_models()
     assert infos[0].name == DEFAULT_MODEL and infos[0].default
-    assert not any(info.cached or info.bundled for info in infos)
+    assert not any(info.cached for info in infos)
+    assert [info.name for info in infos if info.bundled] == ["umxsynth"]
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -643,3 +645,40 @@ def test_unwritable_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("UMX_CACHE", str(blocker))
     with pytest.raises(UmxError, match=re.escape(f"could not save {blocker / 'tiny'}")):
         load_separator("tiny")
+
+
+def test_export_model_halves_the_weights_and_keeps_the_outputs(tmp_path):
+    separator = small_separator()
+    save_separator(separator, tmp_path / "trained")
+    (tmp_path / "trained" / "vocals.chkpnt").write_bytes(b"resume state")
+    export_model(tmp_path / "trained", tmp_path / "lean", metadata={"data": {"hours": 1.5}})
+    assert sorted(p.name for p in (tmp_path / "lean").iterdir()) == sorted(
+        ["separator.json"] + [f"{t}.{ext}" for t in TARGETS for ext in ("json", "pth")]
+    )
+    state = torch.load(tmp_path / "lean" / "vocals.pth", weights_only=True)
+    assert state["fc1.weight"].dtype == torch.float16
+    assert state["input_mean"].dtype == torch.float32
+    trained = torch.load(tmp_path / "trained" / "vocals.pth", weights_only=True)
+    nbytes = lambda state: sum(t.numel() * t.element_size() for t in state.values())  # noqa: E731
+    assert nbytes(state) < 0.6 * nbytes(trained)
+    info = json.loads((tmp_path / "lean" / "vocals.json").read_text())
+    assert info["data"] == {"hours": 1.5} and info["args"]["hidden_size"] == HIDDEN
+    audio = torch.randn(1, 2, NB_TIMESTEPS)
+    expected = separator.separate(audio, segment=None)
+    got = load_separator(tmp_path / "lean").separate(audio, segment=None)
+    assert (got - expected).abs().max() < 1e-2 * expected.abs().max()
+    with pytest.raises(UmxError, match="already exists"):
+        export_model(tmp_path / "trained", tmp_path / "lean")
+
+
+def test_bundled_default_model_is_small_and_loads_offline(monkeypatch):
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("network used"))
+    entry = MODELS[DEFAULT_MODEL]
+    assert entry.bundled
+    files = list(entry.directory.iterdir())
+    assert sum(f.stat().st_size for f in files if f.suffix == ".pth") <= 20_000_000
+    separator = load_separator(DEFAULT_MODEL)
+    assert separator.targets == ["vocals", "drums", "bass", "other"]
+    assert separator.sample_rate == 44100 and separator.nb_channels == 2
+    info = json.loads((entry.directory / "vocals.json").read_text())
+    assert info["training_data"]["hours"] > 0 and info["epochs_trained"] > 0

@@ -190,7 +190,9 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
 def run_separate(args: argparse.Namespace) -> int:
     if args.list_models:
         for info in list_models():
-            print(f"{info.name:10s} {' '.join(info.targets):30s} {info.description}")
+            where = "bundled" if info.bundled else "cached" if info.cached else "download"
+            name = f"{info.name}{' (default)' if info.default else ''}"
+            print(f"{name:20s} {where:9s} {' '.join(info.targets):24s} {info.description}")
         return 0
     if not args.inputs:
         raise UmxError("no input files given (try `umx --help`)")

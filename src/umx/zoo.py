@@ -41,7 +41,7 @@ from umx.separator import WIENER_WIN_LEN, Separator
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "umxl"
+DEFAULT_MODEL = "umxsynth"
 CACHE_ENV = "UMX_CACHE"
 MIRROR_ENV = "UMX_ZOO_URL"
 ZENODO_URL = "https://zenodo.org/records/{record}/files"
@@ -85,6 +85,7 @@ class ZooEntry:
             the model folder has no `separator.json`.
         record: Zenodo record the files are downloaded from; None for a bundled model, whose
             files ship in `umx/pretrained/<name>/` in the official layout.
+        notice: a line logged whenever the model is loaded, e.g. what it is not good for.
     """
 
     name: str
@@ -96,6 +97,7 @@ class ZooEntry:
     n_hop: int
     nb_channels: int
     record: str | None = None
+    notice: str | None = None
 
     def __post_init__(self) -> None:
         if self.record is not None:
@@ -127,6 +129,18 @@ class ZooEntry:
 MODELS: dict[str, ZooEntry] = {
     entry.name: entry
     for entry in (
+        ZooEntry(
+            name="umxsynth",
+            description="music: vocals/drums/bass/other, small, trained on umx's synthetic music",
+            license=MIT,
+            weights={target: f"{target}.pth" for target in ("vocals", "drums", "bass", "other")},
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            notice="umxsynth is a small model trained on synthetic music; for real recordings "
+            "use --model umxhq or --model umxl (downloaded once)",
+        ),
         ZooEntry(
             name="umxl",
             description="music: vocals/drums/bass/other, trained on extra data (reference default)",
@@ -647,6 +661,51 @@ def save_target_model(
     return weights
 
 
+def export_model(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    half: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> Path:
+    """Copy a trained model directory into a lean one for shipping.
+
+    Only `separator.json` and each target's `.pth` and `.json` are copied (no checkpoints or
+    plots). With `half`, weight matrices are stored as float16, which `load_target_model`
+    turns back into float32; the per-bin vectors and normalisation statistics stay float32.
+
+    Args:
+        source: a model directory in the official layout.
+        destination: the directory to write, refused if it exists unless `force`.
+        half: store weight matrices as float16, halving the size.
+        metadata: top-level fields added to every target's json, e.g. how it was trained.
+        force: replace the files of an existing destination.
+
+    Returns:
+        the destination directory.
+    """
+    source, destination = Path(source), Path(destination)
+    files = _directory_files(source, None)
+    if destination.exists() and not force:
+        raise UmxError(f"{destination} already exists (use --force to replace it)")
+    destination.mkdir(parents=True, exist_ok=True)
+    for target, path in files.weights.items():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if half:
+            state = {
+                key: value.half() if value.is_floating_point() and value.dim() > 1 else value
+                for key, value in state.items()
+            }
+        torch_save_atomic(state, destination / f"{target}{WEIGHTS_SUFFIX}")
+        info = (
+            _read_json(source / f"{target}.json") if (source / f"{target}.json").is_file() else {}
+        )
+        write_json_atomic(destination / f"{target}.json", {**info, **(metadata or {})})
+    write_json_atomic(destination / SEPARATOR_JSON, files.config)
+    return destination
+
+
 # --- model directories and separators -------------------------------------------------------------
 
 
@@ -839,6 +898,8 @@ def load_separator(
         raise UmxError(f"unknown device {str(device)!r} ({error})") from None
     if isinstance(model, str) and model in MODELS:
         entry = MODELS[model]
+        if entry.notice:
+            logger.info(entry.notice)
         if entry.bundled:
             files = _directory_files(entry.directory, targets, entry)
         else:
