@@ -7,47 +7,7 @@ from umx.model import OpenUnmix
 from umx.separator import waveform_model
 from umx.transforms import bandwidth_to_max_bin
 
-# Official sizes from the checkpoint format: (nb_bins, nb_channels, hidden_size, max_bin).
-OFFICIAL = {
-    "umxhq": (2049, 2, 512, 1487),
-    "umxl": (2049, 2, 1024, 1487),
-    "umxse": (513, 1, 256, 513),
-}
-
-
-def expected_shapes(nb_bins, nb_channels, hidden, max_bin):
-    """The state dict table of CHECKPOINT_FORMAT.md, for any size."""
-    shapes = {
-        "input_mean": (max_bin,),
-        "input_scale": (max_bin,),
-        "output_scale": (nb_bins,),
-        "output_mean": (nb_bins,),
-        "fc1.weight": (hidden, max_bin * nb_channels),
-        "fc2.weight": (hidden, 2 * hidden),
-        "fc3.weight": (nb_bins * nb_channels, hidden),
-    }
-    for bn, width in (("bn1", hidden), ("bn2", hidden), ("bn3", nb_bins * nb_channels)):
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{bn}.{name}"] = (width,)
-        shapes[f"{bn}.num_batches_tracked"] = ()
-    for k in range(3):
-        for suffix in ("", "_reverse"):
-            shapes[f"lstm.weight_ih_l{k}{suffix}"] = (2 * hidden, hidden)
-            shapes[f"lstm.weight_hh_l{k}{suffix}"] = (2 * hidden, hidden // 2)
-            shapes[f"lstm.bias_ih_l{k}{suffix}"] = (2 * hidden,)
-            shapes[f"lstm.bias_hh_l{k}{suffix}"] = (2 * hidden,)
-    return shapes
-
-
-@pytest.mark.parametrize("name", sorted(OFFICIAL))
-def test_state_dict_matches_the_official_layout(name):
-    nb_bins, nb_channels, hidden, max_bin = OFFICIAL[name]
-    model = OpenUnmix(nb_bins, nb_channels, hidden, max_bin=max_bin)
-    got = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    assert got == expected_shapes(nb_bins, nb_channels, hidden, max_bin)
-    assert len(got) == 46
-    if name == "umxhq":
-        assert sum(v.numel() for v in model.state_dict().values()) == 8_903_595
+# The official state-dict layout (umxhq, umxl, umxse sizes) is checked in test_zoo.py.
 
 
 def test_max_bin_from_bandwidth():
