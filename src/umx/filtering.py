@@ -43,26 +43,42 @@ def wiener(
         complex estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`, where
         `nb_sources = nb_targets + residual`.
     """
+    batch_size = batch_size or mix_stft.shape[0]
+    if niter > 0 and mix_stft.shape[-1] == 2 and not (softmask or residual):
+        # The initial estimates are the magnitudes with the mixture's phase: EM's first
+        # statistics follow from the magnitudes alone, without building complex estimates.
+        return _stereo_em(mix_stft, niter, eps, batch_size, magnitudes=target_magnitudes)
     if softmask:
         total = target_magnitudes.sum(dim=-1, keepdim=True)
         y = _scale(mix_stft[..., None], target_magnitudes / (eps + total))
     else:
-        phase = torch.polar(torch.ones_like(mix_stft.real), mix_stft.angle())
-        y = _scale(phase[..., None], target_magnitudes)
+        y = _scale(_phase(mix_stft)[..., None], target_magnitudes)
     if residual:
         y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
     if niter == 0:
         return y
-
-    # Scale down for numerical stability, as norbert does (kept a tensor: no device sync).
-    max_abs = torch.clamp(mix_stft.abs().max() / SCALE_FACTOR, min=1.0)
-    y = expectation_maximization(y / max_abs, mix_stft / max_abs, niter, eps, batch_size)
-    return y * max_abs
+    return expectation_maximization(y, mix_stft, niter, eps, batch_size)
 
 
 def _scale(z: Tensor, r: Tensor) -> Tensor:
     """`z * r` for complex `z` and real `r`, broadcast, without promoting `r` to complex."""
     return torch.view_as_complex(torch.view_as_real(z) * r[..., None])
+
+
+def _power(z: Tensor) -> Tensor:
+    """`|z|^2` of a complex tensor (cheaper than `abs`)."""
+    return z.real.square() + z.imag.square()
+
+
+def _phase(z: Tensor) -> Tensor:
+    """`exp(i angle(z))`: unit-modulus phase factors, 1 where `z` is 0."""
+    power = _power(z)
+    return torch.where(power > 0, _scale(z, power.rsqrt()), 1.0)
+
+
+def _max_abs(x: Tensor) -> Tensor:
+    """norbert's scale of the mixture for EM: `max(1, max |x| / 10)`, as a tensor (no sync)."""
+    return torch.clamp(_power(x).max().sqrt() / SCALE_FACTOR, min=1.0)
 
 
 def expectation_maximization(
@@ -73,6 +89,9 @@ def expectation_maximization(
     batch_size: int | None = EM_BATCH_SIZE,
 ) -> Tensor:
     """Refine source estimates with the EM algorithm of the multichannel Wiener filter.
+
+    As norbert, the arithmetic runs on `y` and `x` divided by `max(1, max |x| / 10)`, which
+    matters only through `eps`; the result is scaled back.
 
     Args:
         y: initial complex source estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`.
@@ -87,7 +106,9 @@ def expectation_maximization(
     nb_frames, _, nb_channels = x.shape
     batch_size = batch_size or nb_frames
     if nb_channels == 2:
-        return _stereo_expectation_maximization(y, x, niter, eps, batch_size)
+        return _stereo_em(x, niter, eps, batch_size, estimates=y)
+    max_abs = _max_abs(x)
+    y, x = y / max_abs, x / max_abs
     regularization = eps**0.5 * torch.eye(nb_channels, dtype=x.dtype, device=x.device)
     for _ in range(niter):
         v, R = local_gaussian_model(y, eps)
@@ -99,58 +120,140 @@ def expectation_maximization(
             z = torch.einsum("tbcd,tbd->tbc", _invert(Cxx, eps), x[t])
             # Wiener gain v_j R_j Cxx^-1 applied to the mixture.
             y[t] = v[t, :, None, :] * torch.einsum("bcds,tbd->tbcs", R, z)
-    return y
+    return y * max_abs
 
 
-def _stereo_expectation_maximization(
-    y: Tensor, x: Tensor, niter: int, eps: float, batch_size: int
+# Two channels: the EM written out element by element. The 2x2 Hermitian matrices are kept as
+# their entries (r00 and r11 real, r01 complex, r10 = conj(r01)) and the arithmetic runs over
+# `(nb_sources, nb_frames, nb_bins)` planes with bins innermost, so that each step is one pass
+# of vectorised arithmetic over contiguous memory instead of many small matrix products. The
+# filter goes through the frames in small batches whose temporaries stay in the CPU caches.
+
+
+def _stereo_em(
+    x: Tensor,
+    niter: int,
+    eps: float,
+    batch_size: int,
+    magnitudes: Tensor | None = None,
+    estimates: Tensor | None = None,
 ) -> Tensor:
-    """`expectation_maximization` for two channels, written out element by element.
+    """EM for a stereo mixture `x`, `(nb_frames, nb_bins, 2)`, from either `magnitudes`
+    `(nb_frames, nb_bins, nb_channels, nb_sources)` (given the mixture's phase) or complex
+    `estimates` `(nb_frames, nb_bins, 2, nb_sources)`; returns the refined estimates, shaped
+    as `estimates`, as a view of a `(nb_sources, 2, nb_frames, nb_bins)` tensor."""
+    x = x.permute(2, 0, 1).contiguous()  # (2, nb_frames, nb_bins)
+    scale2 = _max_abs(x) ** -2  # norbert's scaling of the powers (see expectation_maximization)
+    # The mixture as real planes: (2 channels, 2 parts, nb_frames, nb_bins).
+    x_planes = torch.view_as_real(x).permute(0, 3, 1, 2).contiguous()
+    if magnitudes is not None:
+        # (nb_sources, nb_frames, nb_channels, nb_bins): views, bins innermost where the
+        # separator's layout has them so.
+        m = magnitudes.expand(*magnitudes.shape[:2], 2, -1).permute(3, 0, 2, 1)
+        v, r = _stereo_model_from_magnitudes(m, x, scale2, eps, batch_size)
+        y = x.new_empty(m.shape[0], *x.shape)
+    else:
+        y = estimates.permute(3, 2, 0, 1).contiguous()
+        v, r = _stereo_model(y, scale2, eps)
+    for iteration in range(niter):
+        if iteration:
+            v, r = _stereo_model(y, scale2, eps)
+        _stereo_filter(v, r, x_planes, y, eps, batch_size)
+    return y.permute(2, 3, 1, 0)
 
-    The same arithmetic as the general case, but the 2x2 Hermitian matrices are kept as their
-    entries (`r00`, `r11` real, `r01` complex, `r10 = conj(r01)`) and complex numbers as real
-    and imaginary parts in `(nb_sources, nb_frames, nb_bins)` order, so that every step is one
-    pass of vectorised real arithmetic over contiguous bins instead of many small matrix
-    products over a trailing source axis.
-    """
-    nb_frames = x.shape[0]
+
+def _stereo_covariances(
+    power0: Tensor, power1: Tensor, cross: Tensor, total: Tensor, eps: float
+) -> Tensor:
+    """Spatial covariances from sums over frames of `|y0|^2`, `|y1|^2`, `y0 conj(y1)` (scaled)
+    and of `v`, all `(nb_sources, nb_bins)`: entries `(r00, r11, r01.real, r01.imag)` stacked,
+    `(4, nb_sources, 1, nb_bins)`."""
+    norm = 1.0 / (eps + total)
+    return torch.stack([power0, power1, cross.real, cross.imag])[:, :, None] * norm[:, None]
+
+
+def _stereo_model(y: Tensor, scale2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Local Gaussian model of complex estimates `y`, `(nb_sources, 2, nb_frames, nb_bins)`:
+    scaled powers `v`, `(nb_sources, nb_frames, nb_bins)`, and covariance entries as
+    `_stereo_covariances` returns them."""
+    power = torch.view_as_real(y).square().sum(dim=-1) * scale2  # (s, c, t, b)
+    v = power.mean(dim=1)
+    sums = power.sum(dim=2)
+    cross = (y[:, 0] * y[:, 1].conj()).sum(dim=1) * scale2
+    return v, _stereo_covariances(sums[:, 0], sums[:, 1], cross, v.sum(dim=1), eps)
+
+
+def _stereo_model_from_magnitudes(
+    m: Tensor, x: Tensor, scale2: Tensor, eps: float, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """`_stereo_model` of the estimates `m exp(i angle(x))`, from the magnitudes `m`,
+    `(nb_sources, nb_frames, 2, nb_bins)`, and the mixture `x`, `(2, nb_frames, nb_bins)`:
+    their powers are `m^2` and their cross term `m0 m1 exp(i (angle(x0) - angle(x1)))`."""
+    nb_sources, nb_frames, _, nb_bins = m.shape
+    v = m.new_empty(nb_sources, nb_frames, nb_bins)
+    sums = m.new_zeros(3, nb_sources, nb_bins)  # |y0|^2, |y1|^2, Re y0 conj(y1)
+    cross_imag = m.new_zeros(nb_sources, nb_bins)
+    for start in range(0, nb_frames, batch_size):
+        t = slice(start, start + batch_size)
+        m0, m1 = m[:, t, 0], m[:, t, 1]
+        power0, power1 = m0.square(), m1.square()
+        sums[0] += power0.sum(dim=1)
+        sums[1] += power1.sum(dim=1)
+        torch.add(power0, power1, out=v[:, t])
+        phase = _phase(x[0, t]) * _phase(x[1, t]).conj()
+        product = m0 * m1
+        sums[2] += (product * phase.real.contiguous()).sum(dim=1)
+        cross_imag += (product * phase.imag.contiguous()).sum(dim=1)
+    v *= scale2 / 2
+    sums *= scale2
+    cross = torch.complex(sums[2], cross_imag * scale2)
+    return v, _stereo_covariances(sums[0], sums[1], cross, v.sum(dim=1), eps)
+
+
+def _weighted_sum(planes: Tensor, weights: Tensor) -> Tensor:
+    """`sum_j weights[j] * planes[j]` for `planes` `(nb_sources, ...)` and matching `weights`,
+    accumulated in place (faster than a reduction over the leading axis)."""
+    total = planes[0] * weights[0]
+    for plane, weight in zip(planes[1:], weights[1:], strict=True):
+        total.addcmul_(plane, weight)
+    return total
+
+
+def _stereo_filter(
+    v: Tensor, r: Tensor, x_planes: Tensor, y: Tensor, eps: float, batch_size: int
+) -> None:
+    """Write the multichannel Wiener estimates `v_j R_j Cxx^-1 x` into `y`,
+    `(nb_sources, 2, nb_frames, nb_bins)` complex, from scaled powers `v`
+    `(nb_sources, nb_frames, nb_bins)`, covariance entries `r` (`_stereo_covariances`) and the
+    unscaled mixture planes `(2 channels, 2 parts, nb_frames, nb_bins)`."""
+    r00, r11, r01r, r01i = r
     regularization = eps**0.5
-    # (nb_sources, nb_channels, nb_frames, nb_bins), contiguous: bins innermost.
-    yr = y.real.permute(3, 2, 0, 1).contiguous()
-    yi = y.imag.permute(3, 2, 0, 1).contiguous()
-    x0r, x0i, x1r, x1i = (part[:, :, c] for c in (0, 1) for part in (x.real, x.imag))
-    for _ in range(niter):
-        # Local Gaussian model: v (s, t, b); R's entries (s, 1, b), normalised by sum_t v.
-        p0 = yr[:, 0] ** 2 + yi[:, 0] ** 2
-        p1 = yr[:, 1] ** 2 + yi[:, 1] ** 2
-        v = (p0 + p1) / 2
-        norm = 1.0 / (eps + v.sum(dim=1, keepdim=True))
-        r00 = p0.sum(dim=1, keepdim=True) * norm
-        r11 = p1.sum(dim=1, keepdim=True) * norm
-        del p0, p1
-        # r01 = sum_t y0 conj(y1), real and imaginary parts.
-        r01r = (yr[:, 0] * yr[:, 1] + yi[:, 0] * yi[:, 1]).sum(dim=1, keepdim=True) * norm
-        r01i = (yi[:, 0] * yr[:, 1] - yr[:, 0] * yi[:, 1]).sum(dim=1, keepdim=True) * norm
-        for start in range(0, nb_frames, batch_size):
-            t = slice(start, start + batch_size)
-            vt = v[:, t]
-            # Mixture covariance Cxx = sum_j v_j R_j + regularisation: [[a, b], [conj b, d]].
-            a = (vt * r00).sum(dim=0) + regularization
-            d = (vt * r11).sum(dim=0) + regularization
-            br = (vt * r01r).sum(dim=0)
-            bi = (vt * r01i).sum(dim=0)
-            inv_det = 1.0 / (a * d - (br**2 + bi**2))
-            # z = Cxx^-1 x
-            z0r = (d * x0r[t] - (br * x1r[t] - bi * x1i[t])) * inv_det
-            z0i = (d * x0i[t] - (br * x1i[t] + bi * x1r[t])) * inv_det
-            z1r = (a * x1r[t] - (br * x0r[t] + bi * x0i[t])) * inv_det
-            z1i = (a * x1i[t] - (br * x0i[t] - bi * x0r[t])) * inv_det
-            # The Wiener gain v_j R_j applied to z.
-            yr[:, 0, t] = vt * (r00 * z0r + r01r * z1r - r01i * z1i)
-            yi[:, 0, t] = vt * (r00 * z0i + r01r * z1i + r01i * z1r)
-            yr[:, 1, t] = vt * (r01r * z0r + r01i * z0i + r11 * z1r)
-            yi[:, 1, t] = vt * (r01r * z0i - r01i * z0r + r11 * z1i)
-    return torch.complex(yr, yi).permute(2, 3, 1, 0)
+    y_planes = torch.view_as_real(y)
+    for start in range(0, v.shape[1], batch_size):
+        t = slice(start, start + batch_size)
+        vt = v[:, t]
+        (x0r, x0i), (x1r, x1i) = x_planes[:, :, t]
+        # The mixture covariance sum_j v_j R_j + regularisation, [[a, b], [conj b, d]].
+        a, d, br, bi = (_weighted_sum(vt, coefficients) for coefficients in r)
+        a += regularization
+        d += regularization
+        inv_det = 1.0 / (a * d - (br.square() + bi.square()))
+        # z = Cxx^-1 x, with x unscaled: v_j R_j z is then the unscaled estimate.
+        z0r = (d * x0r - (br * x1r - bi * x1i)) * inv_det
+        z0i = (d * x0i - (br * x1i + bi * x1r)) * inv_det
+        z1r = (a * x1r - (br * x0r + bi * x0i)) * inv_det
+        z1i = (a * x1i - (br * x0i - bi * x0r)) * inv_det
+        # The Wiener gain v_j R_j applied to z, written straight into y.
+        for (channel, part), terms in {
+            (0, 0): ((r00, z0r), (r01r, z1r), (r01i, -z1i)),
+            (0, 1): ((r00, z0i), (r01r, z1i), (r01i, z1r)),
+            (1, 0): ((r01r, z0r), (r01i, z0i), (r11, z1r)),
+            (1, 1): ((r01r, z0i), (r01i, -z0r), (r11, z1i)),
+        }.items():
+            (c0, p0), (c1, p1), (c2, p2) = terms
+            acc = c0 * p0
+            acc.addcmul_(c1, p1).addcmul_(c2, p2)
+            torch.mul(acc, vt, out=y_planes[:, channel, t, :, part])
 
 
 def local_gaussian_model(y: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:

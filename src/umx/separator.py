@@ -95,10 +95,12 @@ class Separator(nn.Module):
         # (nb_samples, nb_frames, nb_bins, nb_channels): a view, as the EM reads it.
         mix_stft = mix_stft.permute(0, 3, 2, 1)
         nb_samples, nb_frames, nb_bins, nb_channels = mix_stft.shape
-        # (nb_samples, nb_frames, nb_bins, nb_channels, nb_targets)
+        # Stacked in the models' own memory order, (nb_targets, nb_frames, nb_samples,
+        # nb_channels, nb_bins), then viewed as (nb_samples, nb_frames, nb_bins, nb_channels,
+        # nb_targets) for the Wiener filter: bins stay innermost in memory, as the EM reads them.
         magnitudes = torch.stack(
-            [model(mix_mag).permute(0, 3, 2, 1) for model in self.target_models.values()], -1
-        )
+            [model(mix_mag).permute(3, 0, 1, 2) for model in self.target_models.values()]
+        ).permute(2, 1, 4, 3, 0)
         del mix_mag
 
         # The stems' spectra are stored frames-then-bins, the layout the inverse STFT reads

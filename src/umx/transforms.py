@@ -77,23 +77,27 @@ def istft(spec: Tensor, length: int, n_fft: int = N_FFT, n_hop: int = N_HOP) -> 
     nb_frames = spec.shape[-1]
     start = n_fft // 2
     stop = min(start + length, n_hop * (nb_frames + frames_per_window - 1))
-    envelope = _overlap_add(window.square().expand(nb_frames, n_fft), n_hop)[start:stop]
+    summed = window.new_empty(nb_frames + frames_per_window - 1, n_hop)
+    envelope = _overlap_add(window.square().expand(nb_frames, n_fft), summed)[start:stop].clone()
     audio = spec.real.new_zeros(*spec.shape[:-2], length)
     flat_spec = spec.transpose(-1, -2).reshape(-1, nb_frames, spec.shape[-2])
+    # One buffer for the frames of every waveform: fresh ones cost page faults each time.
+    frames = window.new_empty(nb_frames, n_fft)
     for one, out in zip(flat_spec, audio.view(-1, length), strict=True):
-        frames = torch.fft.irfft(one, n=n_fft, dim=-1) * window
-        out[: stop - start] = _overlap_add(frames, n_hop)[start:stop] / envelope
+        torch.fft.irfft(one, n=n_fft, dim=-1, out=frames)
+        frames *= window
+        torch.div(_overlap_add(frames, summed)[start:stop], envelope, out=out[: stop - start])
     return audio
 
 
-def _overlap_add(frames: Tensor, n_hop: int) -> Tensor:
-    """Sum frames `(nb_frames, n_fft)` placed `n_hop` apart: `(n_hop * (nb_frames - 1) + n_fft,)`.
-    `n_fft` must be a multiple of `n_hop`."""
+def _overlap_add(frames: Tensor, out: Tensor) -> Tensor:
+    """Sum frames `(nb_frames, n_fft)` placed `n_hop` apart into `out`,
+    `(nb_frames + n_fft // n_hop - 1, n_hop)` (`n_fft` a multiple of `n_hop`); returns it flat."""
     nb_frames, n_fft = frames.shape
-    frames_per_window = n_fft // n_hop
-    out = frames.new_zeros(nb_frames + frames_per_window - 1, n_hop)
-    blocks = frames.view(nb_frames, frames_per_window, n_hop)
-    for k in range(frames_per_window):
+    n_hop = out.shape[1]
+    blocks = frames.view(nb_frames, n_fft // n_hop, n_hop)
+    out.zero_()
+    for k in range(n_fft // n_hop):
         out[k : k + nb_frames] += blocks[:, k]
     return out.view(-1)
 
