@@ -92,3 +92,22 @@ def test_freeze_gives_eval_mode_without_gradients():
     model = OpenUnmix(65, 2, 16, max_bin=40).freeze()
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_inference_folding_equals_the_layer_by_layer_computation():
+    """Without gradients, bn3 and the output scaling are folded into one affine map."""
+    torch.manual_seed(1)
+    model = OpenUnmix(65, 2, 16, max_bin=40)
+    with torch.no_grad():
+        for parameter in (model.output_scale, model.output_mean, model.bn3.weight, model.bn3.bias):
+            parameter.uniform_(-1.0, 2.0)
+        model.bn3.running_mean.uniform_(-1.0, 1.0)
+        model.bn3.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.rand(2, 2, 65, 9)
+    layer_by_layer = model(x)  # gradients enabled: the modules one by one
+    assert layer_by_layer.requires_grad
+    with torch.inference_mode():
+        folded = model(x)
+    torch.testing.assert_close(folded, layer_by_layer.detach(), rtol=1e-5, atol=1e-6)
+    assert (folded == 0).any() and (folded > 0).any()  # the ReLU both cuts and passes

@@ -90,6 +90,9 @@ class OpenUnmix(nn.Module):
 
         Returns:
             target magnitudes, `(nb_samples, nb_channels, nb_bins, nb_frames)`.
+
+        In evaluation mode without gradients the same function is computed with fewer passes
+        over memory (bn3 folded into fc3, masking in place); results agree to rounding.
         """
         mix = x.permute(3, 0, 1, 2)  # (nb_frames, nb_samples, nb_channels, nb_bins)
         nb_frames, nb_samples, nb_channels, _ = mix.shape
@@ -99,7 +102,20 @@ class OpenUnmix(nn.Module):
         h = torch.tanh(h.reshape(nb_frames, nb_samples, self.hidden_size))
         h = torch.cat([h, self.lstm(h)[0]], dim=-1)
         h = F.relu(self.bn2(self.fc2(h.reshape(-1, 2 * self.hidden_size))))
-        h = self.bn3(self.fc3(h))
-        h = h.reshape(nb_frames, nb_samples, nb_channels, self.nb_output_bins)
-        mask = F.relu(h * self.output_scale + self.output_mean)
-        return (mask * mix).permute(1, 2, 3, 0)
+        shape = (nb_frames, nb_samples, nb_channels, self.nb_output_bins)
+        if self.training or torch.is_grad_enabled():
+            h = self.bn3(self.fc3(h)).reshape(shape)
+            return (F.relu(h * self.output_scale + self.output_mean) * mix).permute(1, 2, 3, 0)
+        # Inference: bn3 (running statistics) and the output scaling fold into one affine map
+        # after fc3's matrix product, and the ReLU and the masking work in place.
+        output_scale = self.output_scale.repeat(nb_channels)
+        gain, shift = _batch_norm_affine(self.bn3)
+        bias = shift * output_scale + self.output_mean.repeat(nb_channels)
+        h = torch.addmm(bias, h, self.fc3.weight.t() * (gain * output_scale)).reshape(shape)
+        return h.relu_().mul_(mix).permute(1, 2, 3, 0)
+
+
+def _batch_norm_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """`(gain, shift)` with `bn(z) = z * gain + shift` in evaluation mode."""
+    gain = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return gain, bn.bias - bn.running_mean * gain
