@@ -254,8 +254,10 @@ def run_child(spec: dict) -> dict:
     audio = torch.from_numpy(np.ascontiguousarray(sf.read(signal, dtype="float32")[0].T))[None]
     if case.impl == "umx":
         import umx
+        from umx.devices import keep_freed_memory
         from umx.zoo import load_separator
 
+        keep_freed_memory()  # as the umx command does (README, Performance)
         result["version"] = umx.__version__
         start = time.perf_counter()
         separator = load_separator(model, niter=case.niter, device="cpu", progress=False)

@@ -1,5 +1,8 @@
 """Device selection."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -28,3 +31,35 @@ def test_missing_gpu_is_a_clear_error():
 def test_unknown_device():
     with pytest.raises(UmxError, match="unknown device 'tpu9'"):
         resolve_device("tpu9")
+
+
+FAULTS_OF_A_REALLOCATION = """
+import resource, sys, torch
+from umx.devices import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+block = torch.ones(16 * 2**20)  # 64 MiB
+del block
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = torch.ones(12 * 2**20)  # 48 MiB, which fits where the first block was
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_keep_freed_memory_avoids_page_faults_on_reallocation():
+    def run(mode):
+        result = subprocess.run(
+            [sys.executable, "-c", FAULTS_OF_A_REALLOCATION, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        applied, faults = result.stdout.split()
+        return applied, int(faults)
+
+    pages = 48 * 2**20 // 4096
+    applied, kept = run("keep")
+    assert applied == "True"
+    _, default = run("default")
+    assert default > pages / 2  # the block was unmapped and is faulted in again
+    assert kept < pages / 20

@@ -110,3 +110,16 @@ def test_known_answer_single_bin():
     # exact up to the sqrt(eps) = 1e-5 regularisation of the mixture covariance
     torch.testing.assert_close(out[..., 0], x, atol=1e-4, rtol=0)
     assert out[..., 1].abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("nb_channels, residual", [(2, False), (2, True), (1, False)])
+def test_out_receives_the_estimates(nb_channels, residual):
+    mags, mix = random_problem(9, 5, nb_channels, 3, seed=7)
+    args = (torch.from_numpy(mags), torch.from_numpy(mix))
+    expected = wiener(*args, niter=2, residual=residual)
+    # A strided view into a larger buffer, laid out as the separator's stems.
+    buffer = torch.zeros(3 + residual, nb_channels, 12, 5, dtype=torch.complex128)
+    out = buffer[:, :, 2:11].permute(2, 3, 1, 0)
+    assert wiener(*args, niter=2, residual=residual, out=out) is out
+    torch.testing.assert_close(out, expected)
+    assert (buffer[:, :, :2] == 0).all() and (buffer[:, :, 11:] == 0).all()

@@ -14,7 +14,7 @@ from umx import __version__
 from umx.api import DEFAULT_TEMPLATE, parse_aggregate, separate_file
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
 from umx.data.synth import add_synth_arguments, run_synth
-from umx.devices import resolve_device
+from umx.devices import keep_freed_memory, resolve_device
 from umx.errors import UmxError
 from umx.evaluate import add_evaluate_arguments, run_evaluate
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN
@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "separate")
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    keep_freed_memory()
     try:
         return args.run(args)
     except UmxError as error:

@@ -25,6 +25,7 @@ def wiener(
     residual: bool = False,
     eps: float = EPS,
     batch_size: int | None = EM_BATCH_SIZE,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Complex source estimates from magnitude estimates and the mixture.
 
@@ -38,16 +39,18 @@ def wiener(
         residual: add one source, the mixture minus the sum of the targets.
         eps: regulariser, as norbert's `eps`.
         batch_size: frames processed at once in EM, bounding memory; all frames if None.
+        out: where to write the estimates (any strides, e.g. a view into a larger buffer);
+            a new tensor if None.
 
     Returns:
         complex estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`, where
-        `nb_sources = nb_targets + residual`.
+        `nb_sources = nb_targets + residual`; `out` if given.
     """
     batch_size = batch_size or mix_stft.shape[0]
     if niter > 0 and mix_stft.shape[-1] == 2 and not (softmask or residual):
         # The initial estimates are the magnitudes with the mixture's phase: EM's first
         # statistics follow from the magnitudes alone, without building complex estimates.
-        return _stereo_em(mix_stft, niter, eps, batch_size, magnitudes=target_magnitudes)
+        return _stereo_em(mix_stft, niter, eps, batch_size, magnitudes=target_magnitudes, out=out)
     if softmask:
         total = target_magnitudes.sum(dim=-1, keepdim=True)
         y = _scale(mix_stft[..., None], target_magnitudes / (eps + total))
@@ -55,9 +58,9 @@ def wiener(
         y = _scale(_phase(mix_stft)[..., None], target_magnitudes)
     if residual:
         y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
-    if niter == 0:
-        return y
-    return expectation_maximization(y, mix_stft, niter, eps, batch_size)
+    if niter > 0:
+        y = expectation_maximization(y, mix_stft, niter, eps, batch_size)
+    return y if out is None else out.copy_(y)
 
 
 def _scale(z: Tensor, r: Tensor) -> Tensor:
@@ -137,11 +140,13 @@ def _stereo_em(
     batch_size: int,
     magnitudes: Tensor | None = None,
     estimates: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """EM for a stereo mixture `x`, `(nb_frames, nb_bins, 2)`, from either `magnitudes`
     `(nb_frames, nb_bins, nb_channels, nb_sources)` (given the mixture's phase) or complex
     `estimates` `(nb_frames, nb_bins, 2, nb_sources)`; returns the refined estimates, shaped
-    as `estimates`, as a view of a `(nb_sources, 2, nb_frames, nb_bins)` tensor."""
+    as `estimates`, in `out` if given, else as a view of a `(nb_sources, 2, nb_frames,
+    nb_bins)` tensor."""
     x = x.permute(2, 0, 1).contiguous()  # (2, nb_frames, nb_bins)
     scale2 = _max_abs(x) ** -2  # norbert's scaling of the powers (see expectation_maximization)
     # The mixture as real planes: (2 channels, 2 parts, nb_frames, nb_bins).
@@ -151,15 +156,17 @@ def _stereo_em(
         # separator's layout has them so.
         m = magnitudes.expand(*magnitudes.shape[:2], 2, -1).permute(3, 0, 2, 1)
         v, r = _stereo_model_from_magnitudes(m, x, scale2, eps, batch_size)
-        y = x.new_empty(m.shape[0], *x.shape)
+        nb_sources = m.shape[0]
     else:
-        y = estimates.permute(3, 2, 0, 1).contiguous()
-        v, r = _stereo_model(y, scale2, eps)
+        v, r = _stereo_model(estimates.permute(3, 2, 0, 1).contiguous(), scale2, eps)
+        nb_sources = estimates.shape[-1]
+    # (nb_sources, 2, nb_frames, nb_bins)
+    y = x.new_empty(nb_sources, *x.shape) if out is None else out.permute(3, 2, 0, 1)
     for iteration in range(niter):
         if iteration:
             v, r = _stereo_model(y, scale2, eps)
         _stereo_filter(v, r, x_planes, y, eps, batch_size)
-    return y.permute(2, 3, 1, 0)
+    return y.permute(2, 3, 1, 0) if out is None else out
 
 
 def _stereo_covariances(
@@ -176,7 +183,7 @@ def _stereo_model(y: Tensor, scale2: Tensor, eps: float) -> tuple[Tensor, Tensor
     """Local Gaussian model of complex estimates `y`, `(nb_sources, 2, nb_frames, nb_bins)`:
     scaled powers `v`, `(nb_sources, nb_frames, nb_bins)`, and covariance entries as
     `_stereo_covariances` returns them."""
-    power = torch.view_as_real(y).square().sum(dim=-1) * scale2  # (s, c, t, b)
+    power = _power(y) * scale2  # (s, c, t, b)
     v = power.mean(dim=1)
     sums = power.sum(dim=2)
     cross = (y[:, 0] * y[:, 1].conj()).sum(dim=1) * scale2
@@ -233,17 +240,14 @@ def _stereo_filter(
         t = slice(start, start + batch_size)
         vt = v[:, t]
         (x0r, x0i), (x1r, x1i) = x_planes[:, :, t]
-        # The mixture covariance sum_j v_j R_j + regularisation, [[a, b], [conj b, d]].
         a, d, br, bi = (_weighted_sum(vt, coefficients) for coefficients in r)
         a += regularization
         d += regularization
         inv_det = 1.0 / (a * d - (br.square() + bi.square()))
-        # z = Cxx^-1 x, with x unscaled: v_j R_j z is then the unscaled estimate.
         z0r = (d * x0r - (br * x1r - bi * x1i)) * inv_det
         z0i = (d * x0i - (br * x1i + bi * x1r)) * inv_det
         z1r = (a * x1r - (br * x0r + bi * x0i)) * inv_det
         z1i = (a * x1i - (br * x0i - bi * x0r)) * inv_det
-        # The Wiener gain v_j R_j applied to z, written straight into y.
         for (channel, part), terms in {
             (0, 0): ((r00, z0r), (r01r, z1r), (r01i, -z1i)),
             (0, 1): ((r00, z0i), (r01r, z1i), (r01i, z1r)),

@@ -110,13 +110,14 @@ class Separator(nn.Module):
         for sample in range(nb_samples):
             for start in range(0, nb_frames, win_len):
                 frames = slice(start, start + win_len)
-                stems[sample, :, :, frames] = wiener(
+                wiener(
                     magnitudes[sample, frames],
                     mix_stft[sample, frames],
                     niter=self.niter,
                     softmask=self.softmask,
                     residual=self.residual is not None,
-                ).permute(3, 2, 0, 1)
+                    out=stems[sample, :, :, frames].permute(2, 3, 1, 0),
+                )
         del magnitudes
         return istft(stems.transpose(-1, -2), audio.shape[-1], self.n_fft, self.n_hop)[
             ..., :nb_timesteps
