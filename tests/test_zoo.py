@@ -285,7 +285,8 @@ def test_reference_style_directory_loads(saved):
     assert loaded.targets == sorted(TARGETS)  # without a list, targets come in name order
     audio = mixture()
     with torch.inference_mode():
-        assert torch.equal(loaded(audio), separator(audio).flip(1))
+        # the same up to rounding: the Wiener filter sums over the sources in their order
+        torch.testing.assert_close(loaded(audio), separator(audio).flip(1))
 
 
 def test_targets_pick_a_subset_in_the_order_given(saved):

@@ -594,11 +594,12 @@ def load_target_model(path: str | os.PathLike, args: Mapping[str, Any] | None = 
     mismatch = _args_mismatch(arch, args or {})
     if mismatch:
         raise UmxError(f"{path} does not match its json: {mismatch}")
-    model = arch.build()
+    with torch.device("meta"):  # no memory and no random initialisation: the weights follow
+        model = arch.build()
     mismatch = _shape_mismatch(model.state_dict(), state)
     if mismatch:
         raise UmxError(f"{path} is not an Open-Unmix state dict: {mismatch}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.freeze()
 
 
