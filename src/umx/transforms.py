@@ -79,13 +79,11 @@ def istft(spec: Tensor, length: int, n_fft: int = N_FFT, n_hop: int = N_HOP) -> 
     stop = min(start + length, n_hop * (nb_frames + frames_per_window - 1))
     summed = window.new_empty(nb_frames + frames_per_window - 1, n_hop)
     envelope = _overlap_add(window.square().expand(nb_frames, n_fft), summed)[start:stop].clone()
-    audio = spec.real.new_zeros(*spec.shape[:-2], length)
+    audio = spec.real.new_empty(*spec.shape[:-2], length)
+    audio[..., stop - start :] = 0.0  # beyond the last frame, if `length` asks for more
     flat_spec = spec.transpose(-1, -2).reshape(-1, nb_frames, spec.shape[-2])
-    # One buffer for the frames of every waveform: fresh ones cost page faults each time.
-    frames = window.new_empty(nb_frames, n_fft)
     for one, out in zip(flat_spec, audio.view(-1, length), strict=True):
-        torch.fft.irfft(one, n=n_fft, dim=-1, out=frames)
-        frames *= window
+        frames = torch.fft.irfft(one, n=n_fft, dim=-1).mul_(window)
         torch.div(_overlap_add(frames, summed)[start:stop], envelope, out=out[: stop - start])
     return audio
 
