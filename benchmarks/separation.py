@@ -4,12 +4,14 @@ Run by hand (not part of the test suite), from the repository root:
 
     .venv/bin/python benchmarks/separation.py                 # 30 s, 3 min and 10 min
     .venv/bin/python benchmarks/separation.py --quick         # 30 s only
+    .venv/bin/python benchmarks/separation.py --device cuda   # models on a GPU
 
 It generates deterministic music-like stereo signals, builds four umxhq-size target models with
 fixed random weights in the official layout, installs the reference (once) into its own virtual
 environment `benchmarks/.venv-reference` with the same torch wheel, and runs every case in its
-own subprocess, which measures its own wall time and peak RSS. Stems are compared as max abs
-differences. A Markdown table goes to `benchmarks/results/<date>-<time>-<host>.md`.
+own subprocess, which measures its own wall time and peak RSS. Stems are compared by their max
+abs difference and its energy ratio in dB. A Markdown table goes to
+`benchmarks/results/<date>-<time>-<host>.md`.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class NpyStream:
 def run_child(spec: dict) -> dict:
     """Run one case in this (fresh) process; report wall time and peak RSS."""
     case = Case(**spec["case"])
-    signal, model = spec["signal"], spec["model"]
+    signal, model, device = spec["signal"], spec["model"], spec["device"]
     case.stems.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {}
     if case.interface == "cli":
@@ -215,7 +217,7 @@ def run_child(spec: dict) -> dict:
                 "--clip",
                 "none",
                 "--device",
-                "cpu",
+                device,
                 "--force",
                 "-q",
                 "--filename",
@@ -235,8 +237,7 @@ def run_child(spec: dict) -> dict:
                 str(case.niter),
                 "--outdir",
                 str(case.stems),
-                "--no-cuda",
-            ]
+            ] + (["--no-cuda"] if device == "cpu" else [])
             env = reference_env()
         start = time.perf_counter()
         subprocess.run(
@@ -260,7 +261,7 @@ def run_child(spec: dict) -> dict:
         keep_freed_memory()  # as the umx command does (README, Performance)
         result["version"] = umx.__version__
         start = time.perf_counter()
-        separator = load_separator(model, niter=case.niter, device="cpu", progress=False)
+        separator = load_separator(model, niter=case.niter, device=device, progress=False)
         if case.mode == "whole":
             stems = separator.separate(audio, segment=None)
         else:
@@ -282,14 +283,16 @@ def run_child(spec: dict) -> dict:
             niter=case.niter,
             residual=False,
             wiener_win_len=300,
-            device="cpu",
+            device=device,
             pretrained=True,
         )
         separator.freeze()  # its directory loader leaves the models in training mode
         with torch.no_grad():
-            stems = separator(audio)
-    result["wall_s"] = time.perf_counter() - start
+            stems = separator(audio.to(device)).cpu()
+    result["wall_s"] = time.perf_counter() - start  # the stems are on the host: synchronised
     result["peak_rss_mb"] = peak_rss_mb()
+    if device != "cpu":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if stems is not None:
         np.save(case.stems, stems[0].permute(2, 0, 1).numpy())
     return result
@@ -307,17 +310,25 @@ def load_stems(case: Case) -> np.ndarray:
     return np.load(case.stems, mmap_mode="r")
 
 
-def max_abs_diff(a: Case, b: Case) -> float:
+def difference(a: Case, b: Case) -> tuple[float, float]:
+    """How far the stems of `a` are from those of `b`: the largest absolute difference, and
+    the ratio in dB of the energy of `b`'s stems to that of the difference (all stems)."""
     x, y = load_stems(a), load_stems(b)
     n = min(len(x), len(y))
     block = SAMPLE_RATE * 30
-    return max(float(np.abs(x[s : s + block] - y[s : s + block]).max()) for s in range(0, n, block))
+    largest, signal, error = 0.0, 0.0, 0.0
+    for s in range(0, n, block):
+        xs, ys = np.asarray(x[s : s + block], np.float64), np.asarray(y[s : s + block], np.float64)
+        largest = max(largest, float(np.abs(xs - ys).max()))
+        signal += float(np.square(ys).sum())
+        error += float(np.square(xs - ys).sum())
+    return largest, 10 * np.log10(signal / error) if error > 0 else float("inf")
 
 
-def run_case(case: Case, signal: Path, model: Path) -> dict:
+def run_case(case: Case, signal: Path, model: Path, device: str) -> dict:
     python = reference_python() if case.impl == "reference" else Path(sys.executable)
     env = reference_env() if case.impl == "reference" else None
-    spec = {"case": case.__dict__, "signal": str(signal), "model": str(model)}
+    spec = {"case": case.__dict__, "signal": str(signal), "model": str(model), "device": device}
     completed = subprocess.run(
         [str(python), __file__, "--child", json.dumps(spec)],
         check=True,
@@ -366,7 +377,7 @@ def baseline_of(case: Case) -> Case | None:
     return Case("umx", "api", "whole", case.niter, case.duration)
 
 
-def machine() -> dict[str, str]:
+def machine(device: str) -> dict[str, str]:
     cpu = platform.processor()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -382,6 +393,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
+        "device": "CPU" if device == "cpu" else f"{device}, {torch.cuda.get_device_name(device)}",
     }
 
 
@@ -394,6 +406,9 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per case; the fastest is reported"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda[:N]: where both run the models"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -402,7 +417,7 @@ def main() -> None:
 
     durations = [30.0] if args.quick else args.durations
     start_load = ", ".join(f"{load:.1f}" for load in os.getloadavg())
-    info = machine()
+    info = machine(args.device)
     model = model_dir()
     if not args.no_reference:
         reference_python()
@@ -425,7 +440,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for case in cases:
                 print(f"{case.name} ...", end=" ", flush=True)
-                result = run_case(case, signal, model)
+                result = run_case(case, signal, model, args.device)
                 print(f"{result['wall_s']:.1f} s, {result['peak_rss_mb']:.0f} MB", flush=True)
                 if case.name in best:
                     result["wall_s"] = min(result["wall_s"], best[case.name]["wall_s"])
@@ -442,7 +457,7 @@ def main() -> None:
         base = baseline_of(case)
         if base is not None and base.name in done:
             result["vs"] = base.name.rsplit("-", 1)[0]
-            result["max_diff"] = max_abs_diff(case, base)
+            result["max_diff"], result["diff_db"] = difference(case, base)
     notes.append(
         "load average (1, 5, 15 min) at the end: "
         + ", ".join(f"{load:.1f}" for load in os.getloadavg())
@@ -484,6 +499,12 @@ def command_line(argv: str) -> str:
     return " ".join([*env, ".venv/bin/python benchmarks/separation.py", argv]).strip()
 
 
+def memory(result: dict) -> str:
+    """Peak RSS, and the peak GPU memory of the API cases on a GPU."""
+    gpu = f" (GPU {result['peak_gpu_mb']:.0f})" if "peak_gpu_mb" in result else ""
+    return f"{result['peak_rss_mb']:.0f}{gpu}"
+
+
 def render(
     info: dict, rows: list, ratios: list[str], notes: list[str], argv: str, repeat: int
 ) -> str:
@@ -492,19 +513,21 @@ def render(
         f"# Separation benchmark, {now}",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; host {info['host']}.",
-        f"Python {info['python']}, torch {info['torch']} (CPU), {info['threads']} threads; "
+        f"Python {info['python']}, torch {info['torch']} ({info['device']}), "
+        f"{info['threads']} CPU threads; "
         f"reference openunmix {OPENUNMIX_VERSION}. Four umxhq-size targets (random weights), "
         f"wiener_win_len 300. Wall time: fastest of {repeat} run(s) per case.",
         f"Command: `{command_line(argv)}`",
         "",
-        "| case | audio | niter | wall s | RTF | peak RSS MB | max abs diff | vs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | audio | niter | wall s | RTF | peak RSS MB | max abs diff | diff dB | vs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, r in rows:
         diff = f"{r['max_diff']:.1e}" if "max_diff" in r else ""
+        diff_db = f"{r['diff_db']:.0f}" if "diff_db" in r else ""
         lines.append(
             f"| {case.impl} {case.interface} {case.mode} | {case.duration:g} s | {case.niter} "
-            f"| {r['wall_s']:.1f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} | {diff} "
+            f"| {r['wall_s']:.1f} | {r['rtf']:.3f} | {memory(r)} | {diff} | {diff_db} "
             f"| {r.get('vs', '')} |"
         )
     lines += ["", "umx / reference:", ""] + [f"- {line}" for line in ratios]
