@@ -166,3 +166,24 @@ def test_bad_overlap_is_refused():
 def test_channel_mismatch_is_refused():
     with pytest.raises(UmxError, match="2-channel"):
         small_separator().separate(torch.randn(1, 1, 8000), segment=None)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"niter": 2, "softmask": True, "residual": "rest"}],
+    ids=["default", "niter2-softmask-residual"],
+)
+def test_separation_never_reads_tensor_values_on_the_host(options):
+    """On a GPU, reading a tensor's value on the host (a loop bound, a branch) stalls the device.
+    Meta tensors have shapes but no values, so separating them fails at any such read."""
+    with torch.device("meta"):  # (the LSTM is slow on meta tensors: keep the model tiny)
+        models = {t: OpenUnmix(129, 2, 8, nb_layers=1, max_bin=100).eval() for t in TARGETS[:2]}
+        separator = Separator(
+            models, sample_rate=8000, n_fft=256, n_hop=64, wiener_win_len=10, **options
+        )
+        audio = torch.randn(1, 2, 2400)
+    with torch.inference_mode():
+        whole = separator(audio)
+        chunks = torch.cat(list(separator.iter_chunks(audio, segment=0.15, overlap=0.05)), -1)
+    assert whole.shape == chunks.shape == (1, len(separator.targets), 2, 2400)
+    assert whole.is_meta and chunks.is_meta
