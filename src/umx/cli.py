@@ -14,12 +14,12 @@ from umx import __version__
 from umx.api import DEFAULT_TEMPLATE, parse_aggregate, separate_file
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
 from umx.data.synth import add_synth_arguments, run_synth
-from umx.devices import keep_freed_memory, resolve_device
+from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.evaluate import add_evaluate_arguments, run_evaluate
-from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN
+from umx.options import add_separation_arguments, segment_from_args, separator_from_args
 from umx.train import add_train_arguments, run_training
-from umx.zoo import DEFAULT_MODEL, list_models, load_separator
+from umx.zoo import DEFAULT_MODEL, list_models
 
 logger = logging.getLogger("umx")
 
@@ -105,7 +105,6 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
         help=f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL})",
     )
     p.add_argument("--list-models", action="store_true", help="list the known models and exit")
-    p.add_argument("--targets", nargs="+", metavar="TARGET", help="separate only these targets")
     p.add_argument("--outdir", type=Path, default=Path("separated"), help="output directory")
     p.add_argument(
         "--filename",
@@ -142,48 +141,12 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
         help="average inputs with more than two channels instead of refusing them",
     )
     p.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or mps (default: cuda if present)"
-    )
-    p.add_argument("--niter", type=int, default=1, help="Wiener filter EM iterations (default: 1)")
-    p.add_argument(
-        "--wiener-win-len",
-        type=int,
-        default=WIENER_WIN_LEN,
-        metavar="N",
-        help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
-    )
-    p.add_argument(
-        "--softmask", action="store_true", help="start the Wiener filter from ratio masks"
-    )
-    p.add_argument(
-        "--residual", metavar="NAME", help="add a target NAME: the mixture minus the targets"
-    )
-    p.add_argument(
         "--aggregate",
         metavar="JSON",
         help="groups of targets to write instead, as JSON or a JSON file, e.g. "
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
-    p.add_argument(
-        "--segment",
-        type=float,
-        default=SEGMENT,
-        metavar="SECONDS",
-        help=f"process long files in chunks of this length (default: {SEGMENT:g})",
-    )
-    p.add_argument(
-        "--overlap",
-        type=float,
-        default=OVERLAP,
-        metavar="SECONDS",
-        help=f"cross-fade between chunks (default: {OVERLAP:g})",
-    )
-    p.add_argument(
-        "--whole-track",
-        action="store_true",
-        help="process each file at once, as the reference implementation does "
-        "(memory grows with the duration)",
-    )
+    add_separation_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 
@@ -197,16 +160,7 @@ def run_separate(args: argparse.Namespace) -> int:
         return 0
     if not args.inputs:
         raise UmxError("no input files given (try `umx --help`)")
-    separator = load_separator(
-        args.model,
-        targets=args.targets,
-        niter=args.niter,
-        softmask=args.softmask,
-        residual=args.residual,
-        wiener_win_len=args.wiener_win_len or None,
-        device=resolve_device(args.device),
-        progress=not args.quiet,
-    )
+    separator = separator_from_args(args, args.model)
     aggregate = parse_aggregate(args.aggregate)
     failed = 0
     for path in args.inputs:
@@ -229,7 +183,7 @@ def run_separate(args: argparse.Namespace) -> int:
                     start=args.start,
                     duration=args.duration,
                     downmix=args.downmix,
-                    segment=None if args.whole_track else args.segment,
+                    segment=segment_from_args(args),
                     overlap=args.overlap,
                     aggregate=aggregate,
                     force=args.force,

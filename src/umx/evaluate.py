@@ -41,11 +41,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.api import parse_aggregate, separate
 from umx.audio import read_audio, write_audio
-from umx.devices import resolve_device
 from umx.errors import UmxError
-from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator
+from umx.options import (
+    add_separation_arguments,
+    given_separation_options,
+    segment_from_args,
+    separator_from_args,
+)
+from umx.separator import OVERLAP, SEGMENT, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
-from umx.zoo import DEFAULT_MODEL, load_separator
+from umx.zoo import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import musdb
@@ -717,19 +722,6 @@ def report(
 # --- command line ---------------------------------------------------------------------------------
 
 
-_MODEL_DEFAULTS = {
-    "targets": None,
-    "niter": 1,
-    "wiener_win_len": WIENER_WIN_LEN,
-    "softmask": False,
-    "residual": None,
-    "segment": SEGMENT,
-    "overlap": OVERLAP,
-    "whole_track": False,
-    "device": "auto",
-}
-
-
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `umx evaluate`."""
     data = parser.add_argument_group("test set")
@@ -770,40 +762,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     model = parser.add_argument_group("model options (with --model)")
-    model.add_argument("--targets", nargs="+", metavar="TARGET", help="separate only these targets")
-    model.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
-    model.add_argument(
-        "--wiener-win-len",
-        type=int,
-        metavar="N",
-        help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
-    )
-    model.add_argument(
-        "--softmask", action="store_true", help="start the Wiener filter from ratio masks"
-    )
-    model.add_argument(
-        "--residual", metavar="NAME", help="add a target NAME: the mixture minus the targets"
-    )
-    model.add_argument(
-        "--segment",
-        type=float,
-        metavar="SECONDS",
-        help=f"separate in chunks of this length (default: {SEGMENT:g})",
-    )
-    model.add_argument(
-        "--overlap",
-        type=float,
-        metavar="SECONDS",
-        help=f"cross-fade between chunks (default: {OVERLAP:g})",
-    )
-    model.add_argument(
-        "--whole-track",
-        action="store_true",
-        help="separate each track at once, as the reference implementation does "
-        "(memory grows with the duration)",
-    )
-    model.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if present)")
-    parser.set_defaults(**_MODEL_DEFAULTS)
+    add_separation_arguments(model)
     parser.add_argument(
         "--aggregate",
         metavar="JSON",
@@ -863,18 +822,8 @@ def _method_from_args(args: argparse.Namespace) -> Method:
         return EstimatesMethod(args.estimates)
     if args.method is not None:
         return BaselineMethod(args.method, aggregate)
-    separator = load_separator(
-        args.model or DEFAULT_MODEL,
-        targets=args.targets,
-        niter=args.niter,
-        softmask=args.softmask,
-        residual=args.residual,
-        wiener_win_len=args.wiener_win_len or None,
-        device=resolve_device(args.device),
-        progress=not args.quiet,
-    )
-    segment = None if args.whole_track else args.segment
-    return ModelMethod(separator, aggregate, segment, args.overlap)
+    separator = separator_from_args(args, args.model or DEFAULT_MODEL)
+    return ModelMethod(separator, aggregate, segment_from_args(args), args.overlap)
 
 
 def _method_name(evaldir: Path) -> str:
@@ -890,9 +839,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.root is None and not args.compare:
         raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
     if args.estimates is not None or args.method is not None:
-        given = [name for name, value in _MODEL_DEFAULTS.items() if getattr(args, name) != value]
+        given = given_separation_options(args)
         if given:
-            raise UmxError(f"--{given[0].replace('_', '-')} applies to --model only")
+            raise UmxError(f"{given[0]} applies to --model only")
     stores = {}
     failed = False
     if args.root is not None:

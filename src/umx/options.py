@@ -1,0 +1,88 @@
+"""Command-line options of the separation, shared by `umx separate` and `umx evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+
+from umx.devices import AUTO, resolve_device
+from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator
+from umx.zoo import load_separator
+
+SEPARATION_DEFAULTS = {
+    "targets": None,
+    "niter": 1,
+    "wiener_win_len": WIENER_WIN_LEN,
+    "softmask": False,
+    "residual": None,
+    "segment": SEGMENT,
+    "overlap": OVERLAP,
+    "whole_track": False,
+    "device": AUTO,
+}
+
+
+def add_separation_arguments(group: argparse._ActionsContainer) -> None:
+    """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group."""
+    group.add_argument("--targets", nargs="+", metavar="TARGET", help="separate only these targets")
+    group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
+    group.add_argument(
+        "--wiener-win-len",
+        type=int,
+        metavar="N",
+        help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
+    )
+    group.add_argument(
+        "--softmask", action="store_true", help="start the Wiener filter from ratio masks"
+    )
+    group.add_argument(
+        "--residual", metavar="NAME", help="add a target NAME: the mixture minus the targets"
+    )
+    group.add_argument(
+        "--segment",
+        type=float,
+        metavar="SECONDS",
+        help=f"separate long inputs in chunks of this length (default: {SEGMENT:g})",
+    )
+    group.add_argument(
+        "--overlap",
+        type=float,
+        metavar="SECONDS",
+        help=f"cross-fade between chunks (default: {OVERLAP:g})",
+    )
+    group.add_argument(
+        "--whole-track",
+        action="store_true",
+        help="separate each input at once, as the reference implementation does "
+        "(memory grows with the duration)",
+    )
+    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if present)")
+    group.set_defaults(**SEPARATION_DEFAULTS)
+
+
+def given_separation_options(args: argparse.Namespace) -> list[str]:
+    """The separation options that `args` sets to other than their defaults, as `--name`."""
+    return [
+        f"--{name.replace('_', '-')}"
+        for name, default in SEPARATION_DEFAULTS.items()
+        if getattr(args, name) != default
+    ]
+
+
+def separator_from_args(args: argparse.Namespace, model: str) -> Separator:
+    """Load `model` (a name or a directory) with the separation options of `args`; a download
+    shows a progress bar unless `args.quiet`."""
+    return load_separator(
+        model,
+        targets=args.targets,
+        niter=args.niter,
+        softmask=args.softmask,
+        residual=args.residual,
+        wiener_win_len=args.wiener_win_len or None,
+        device=resolve_device(args.device),
+        progress=not args.quiet,
+    )
+
+
+def segment_from_args(args: argparse.Namespace) -> float | None:
+    """The chunk length to separate with: None (whole track) with `--whole-track`."""
+    return None if args.whole_track else args.segment
