@@ -129,8 +129,8 @@ def expectation_maximization(
 # Two channels: the EM written out element by element. The 2x2 Hermitian matrices are kept as
 # their entries (r00 and r11 real, r01 complex, r10 = conj(r01)) and the arithmetic runs over
 # `(nb_sources, nb_frames, nb_bins)` planes with bins innermost, so that each step is one pass
-# of vectorised arithmetic over contiguous memory instead of many small matrix products. The
-# filter goes through the frames in small batches whose temporaries stay in the CPU caches.
+# of vectorised arithmetic over contiguous memory instead of many small matrix products. Frames
+# are filtered `batch_size` at a time, which bounds the temporaries.
 
 
 def _stereo_em(
@@ -240,14 +240,18 @@ def _stereo_filter(
         t = slice(start, start + batch_size)
         vt = v[:, t]
         (x0r, x0i), (x1r, x1i) = x_planes[:, :, t]
+        # The mixture covariance sum_j v_j R_j + regularisation, [[a, b], [conj b, d]].
         a, d, br, bi = (_weighted_sum(vt, coefficients) for coefficients in r)
         a += regularization
         d += regularization
         inv_det = 1.0 / (a * d - (br.square() + bi.square()))
+        # z = Cxx^-1 x, with x unscaled: v_j R_j z is then the unscaled estimate.
         z0r = (d * x0r - (br * x1r - bi * x1i)) * inv_det
         z0i = (d * x0i - (br * x1i + bi * x1r)) * inv_det
         z1r = (a * x1r - (br * x0r + bi * x0i)) * inv_det
         z1i = (a * x1i - (br * x0i - bi * x0r)) * inv_det
+        # The Wiener gain v_j R_j applied to z, written straight into y (real and imaginary
+        # parts of each channel).
         for (channel, part), terms in {
             (0, 0): ((r00, z0r), (r01r, z1r), (r01i, -z1i)),
             (0, 1): ((r00, z0i), (r01r, z1i), (r01i, z1r)),
