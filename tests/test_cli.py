@@ -7,11 +7,8 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from umx.cli import main
-from umx.model import OpenUnmix
-from umx.separator import Separator
 from umx.zoo import save_separator
 
 RATE = 16000
@@ -19,18 +16,11 @@ TARGETS = ("vocals", "drums", "bass", "other")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, small_music_separator):
     """A small 4-target stereo model in the official layout (n_fft 512, 16 kHz)."""
-    torch.manual_seed(0)
-    models = {}
-    for target in TARGETS:
-        model = OpenUnmix(257, 2, 16, max_bin=200)
-        with torch.no_grad():
-            model.output_mean.uniform_(0.2, 0.8)
-        models[target] = model.freeze()
-    separator = Separator(models, sample_rate=RATE, n_fft=512, n_hop=128, nb_channels=2)
+    assert small_music_separator.sample_rate == RATE
     directory = tmp_path_factory.mktemp("models") / "small"
-    save_separator(separator, directory)
+    save_separator(small_music_separator, directory)
     return directory
 
 

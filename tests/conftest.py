@@ -1,0 +1,22 @@
+"""Fixtures shared by test modules."""
+
+import pytest
+import torch
+
+from umx.model import OpenUnmix
+from umx.separator import Separator
+
+SMALL_TARGETS = ("vocals", "drums", "bass", "other")
+
+
+@pytest.fixture(scope="module")
+def small_music_separator():
+    """A small 4-target stereo separator (16 kHz, n_fft 512), seeded: masks far from trivial."""
+    torch.manual_seed(0)
+    models = {}
+    for target in SMALL_TARGETS:
+        model = OpenUnmix(257, 2, 16, max_bin=200)
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+        models[target] = model.freeze()
+    return Separator(models, sample_rate=16000, n_fft=512, n_hop=128, nb_channels=2)
