@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from umx.errors import UmxError
 from umx.filtering import wiener
 from umx.model import OpenUnmix
-from umx.transforms import N_FFT, N_HOP, Spectrogram, istft, magnitude, stft
+from umx.transforms import N_FFT, N_HOP, Spectrogram, check_stft, istft, magnitude, stft
 
 SAMPLE_RATE = 44100.0
 WIENER_WIN_LEN = 300
@@ -31,6 +31,10 @@ class Separator(nn.Module):
         softmask: start the Wiener filter from ratio masks.
         residual: name of an extra target, the mixture minus the other targets; none if None.
         wiener_win_len: frames filtered at once (bounds memory); whole track if None.
+
+    Attributes:
+        model_name: what the models were loaded from (a zoo name or a directory), set by
+            `umx.zoo.load_separator`; None for a separator built by hand.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class Separator(nn.Module):
         wiener_win_len: int | None = WIENER_WIN_LEN,
     ) -> None:
         super().__init__()
+        check_stft(n_fft, n_hop)
         if residual is not None and residual in target_models:
             raise UmxError(f"the residual name {residual!r} is already a target of the model")
         if niter > 0 and len(target_models) + (residual is not None) < 2:
@@ -62,6 +67,7 @@ class Separator(nn.Module):
         self.softmask = softmask
         self.residual = residual
         self.wiener_win_len = wiener_win_len
+        self.model_name: str | None = None
 
     @property
     def targets(self) -> list[str]:

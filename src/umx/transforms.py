@@ -6,12 +6,45 @@ as the Open-Unmix separator does. The same settings serve training and separatio
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+
+from umx.errors import UmxError
 
 N_FFT = 4096
 N_HOP = 1024
 BANDWIDTH = 16000.0
+
+
+NOLA_TOLERANCE = 1e-11
+"""Smallest summed squared window the inverse STFT divides by (torch.istft's own bound)."""
+
+
+def check_stft(n_fft: object, n_hop: object) -> None:
+    """Refuse STFT settings that cannot be inverted.
+
+    The inverse STFT divides the overlap-added frames by the summed squared windows; where that
+    sum vanishes (the NOLA condition fails, e.g. a hop as long as the window, whose periodic Hann
+    starts at 0) samples cannot be recovered and would come out as NaN.
+
+    Raises:
+        UmxError: `n_fft` or `n_hop` is not a positive whole number, or the pair fails NOLA.
+    """
+    for name, value in (("n_fft", n_fft), ("n_hop", n_hop)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UmxError(f"the STFT {name} must be a positive whole number, not {value!r}")
+    if n_fft < 2:
+        raise UmxError(f"the STFT size n_fft must be at least 2, not {n_fft}")
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64).square()
+    padded = torch.nn.functional.pad(window, (0, math.ceil(n_fft / n_hop) * n_hop - n_fft))
+    envelope = padded.view(-1, n_hop).sum(dim=0)
+    if n_hop > n_fft or float(envelope.min()) < NOLA_TOLERANCE:
+        raise UmxError(
+            f"an STFT hop of {n_hop} with n_fft {n_fft} cannot be inverted: the windows do not "
+            "overlap enough (use a hop of at most n_fft // 2, e.g. n_fft // 4)"
+        )
 
 
 def _window(n_fft: int, like: Tensor) -> Tensor:
