@@ -187,3 +187,98 @@ def test_separation_never_reads_tensor_values_on_the_host(options):
         chunks = torch.cat(list(separator.iter_chunks(audio, segment=0.15, overlap=0.05)), -1)
     assert whole.shape == chunks.shape == (1, len(separator.targets), 2, 2400)
     assert whole.is_meta and chunks.is_meta
+
+
+def reference_style_mono_on_stereo(separator, audio, niter, softmask, residual):
+    """What the reference computes for a one-channel separator on a stereo mixture, written
+    with norbert: the models see the mean of the channels' magnitudes, and norbert's Wiener
+    filter applies their one-channel estimates to both channels of the mixture's STFT."""
+    pytest.importorskip("norbert")
+    from test_filtering import norbert_reference
+    from umx.transforms import istft, stft
+
+    mix_stft = stft(audio.double(), separator.n_fft, separator.n_hop)  # (1, 2, bins, frames)
+    mono_mag = mix_stft.abs().mean(dim=1, keepdim=True).float()
+    v = torch.stack([model(mono_mag) for model in separator.target_models.values()], dim=-1)
+    v = v[0].permute(2, 1, 0, 3).double().numpy()  # (frames, bins, 1, targets)
+    x = mix_stft[0].permute(2, 1, 0).numpy()  # (frames, bins, 2)
+    y = norbert_reference(v, x, niter, softmask, residual)
+    spec = torch.from_numpy(y).permute(3, 2, 1, 0)  # (sources, 2, bins, frames)
+    return istft(spec, audio.shape[-1], separator.n_fft, separator.n_hop).float()
+
+
+@pytest.mark.parametrize(
+    ("niter", "softmask", "residual"),
+    [(0, False, False), (1, False, False), (2, True, False), (1, False, True)],
+)
+def test_mono_model_on_stereo_mixture_matches_the_reference(niter, softmask, residual):
+    separator = small_separator(
+        nb_channels=1, niter=niter, residual="rest" if residual else None, seed=3
+    )
+    separator.softmask = softmask
+    separator.wiener_win_len = None  # norbert filters the whole excerpt at once
+    audio = torch.randn(1, 2, 8000) * 0.3
+    got = separator.separate(audio, segment=None)
+    expected = reference_style_mono_on_stereo(separator, audio, niter, softmask, residual)
+    assert got.shape == (1, len(separator.targets), 2, 8000)
+    torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=0)
+
+
+def test_mono_model_keeps_each_channels_content():
+    """440 Hz on the left, 660 Hz on the right: each channel of every stem holds only its own
+    channel's tone, as the reference's stems do."""
+    separator = small_separator(nb_channels=1, niter=1, seed=1)
+    t = torch.arange(8000) / 8000.0
+    audio = torch.stack([torch.sin(2 * torch.pi * 440 * t), torch.sin(2 * torch.pi * 660 * t)])
+    stems = separator.separate(audio[None] * 0.5, segment=None)[0]
+    assert stems.shape == (4, 2, 8000)
+    spectrum = torch.fft.rfft(stems, dim=-1).abs()  # 1 Hz per bin
+    left_440, left_660 = spectrum[:, 0, 440], spectrum[:, 0, 660]
+    right_440, right_660 = spectrum[:, 1, 440], spectrum[:, 1, 660]
+    assert (left_660 < 1e-2 * left_440.max()).all()
+    assert (right_440 < 1e-2 * right_660.max()).all()
+    assert (stems[:, 0] - stems[:, 1]).abs().max() > 0.1  # the channels differ
+
+
+def test_mono_model_on_mono_mixture_stays_mono():
+    separator = small_separator(nb_channels=1)
+    assert separator.channels_for(1) == 1 and separator.channels_for(2) == 2
+    assert separator.separate(torch.randn(1, 1, 4000), segment=None).shape == (1, 4, 1, 4000)
+
+
+@pytest.mark.parametrize("n_fft", [512, 1024])
+def test_stft_settings_that_cannot_be_inverted_are_refused(n_fft):
+    with pytest.raises(UmxError, match="cannot be inverted"):
+        Separator({"vocals": OpenUnmix(n_fft // 2 + 1, 2, 8)}, n_fft=n_fft, n_hop=n_fft, niter=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"niter": -1}, "--niter must be at least 0"),
+        ({"niter": 1.5}, "--niter must be a whole number"),
+        ({"wiener_win_len": -1}, "--wiener-win-len must be greater than 0"),
+        ({"wiener_win_len": 0}, "--wiener-win-len must be greater than 0"),
+        ({"sample_rate": float("nan")}, "sample rate must be a finite number"),
+        ({"sample_rate": 0.0}, "sample rate must be greater than 0"),
+    ],
+)
+def test_bad_separator_options_are_refused(options, message):
+    models = {t: OpenUnmix(257, 2, 8) for t in TARGETS}
+    with pytest.raises(UmxError, match=message):
+        Separator(models, n_fft=512, n_hop=128, **options)
+
+
+@pytest.mark.parametrize(
+    ("segment", "overlap", "message"),
+    [
+        (float("nan"), 1.0, "--segment must be a finite number"),
+        (float("inf"), 1.0, "--segment must be a finite number"),
+        (-1.0, 0.0, "--segment must be greater than 0"),
+        (1.0, float("nan"), "--overlap must be a finite number"),
+        (1.0, -0.5, "--overlap must be at least 0"),
+    ],
+)
+def test_bad_chunking_is_refused(segment, overlap, message):
+    with pytest.raises(UmxError, match=message):
+        small_separator().separate(torch.randn(1, 2, 8000), segment=segment, overlap=overlap)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from umx.errors import UmxError
+from umx.errors import UmxError, check_number
 from umx.filtering import wiener
 from umx.model import OpenUnmix
 from umx.transforms import N_FFT, N_HOP, Spectrogram, check_stft, istft, magnitude, stft
@@ -19,6 +19,28 @@ SEGMENT = 30.0  # seconds per chunk in chunked mode
 OVERLAP = 2.0  # seconds of cross-fade between chunks
 
 
+def check_options(
+    *,
+    niter: int = 1,
+    wiener_win_len: int | None = WIENER_WIN_LEN,
+    segment: float | None = SEGMENT,
+    overlap: float = OVERLAP,
+) -> None:
+    """Refuse separation options that make no sense (NaN, infinite, negative, zero, fractions).
+
+    Raises:
+        UmxError: naming the option (as the command line spells it) and the value.
+    """
+    check_number("--niter", niter, minimum=0, integer=True)
+    if wiener_win_len is not None:
+        check_number("--wiener-win-len", wiener_win_len, above=0, integer=True)
+    if segment is not None:
+        check_number("--segment", segment, above=0)
+    check_number("--overlap", overlap, minimum=0)
+    if segment is not None and overlap >= segment:
+        raise UmxError(f"--overlap ({overlap:g} s) must be shorter than --segment ({segment:g} s)")
+
+
 class Separator(nn.Module):
     """Separate a waveform mixture into one waveform per target.
 
@@ -26,7 +48,10 @@ class Separator(nn.Module):
         target_models: one spectrogram model per target name, all of the same STFT.
         sample_rate: rate of the audio the models were trained on.
         n_fft, n_hop: STFT size and hop.
-        nb_channels: channels the models expect (1 or 2).
+        nb_channels: channels the models see (1 or 2). A one-channel separator also separates
+            stereo mixtures as the reference does: the models see the mean of the channels'
+            magnitudes and the Wiener filter applies their estimates to each channel, so the
+            stems keep the mixture's channels.
         niter: Wiener EM iterations; 0 uses the model magnitudes with the mixture's phase.
         softmask: start the Wiener filter from ratio masks.
         residual: name of an extra target, the mixture minus the other targets; none if None.
@@ -52,11 +77,18 @@ class Separator(nn.Module):
     ) -> None:
         super().__init__()
         check_stft(n_fft, n_hop)
+        check_number("the sample rate", sample_rate, above=0)
+        check_options(niter=niter, wiener_win_len=wiener_win_len)
+        if nb_channels not in (1, 2):
+            raise UmxError(f"a separator works on 1 or 2 channels, not {nb_channels!r}")
+        if not target_models:
+            raise UmxError("a separator needs at least one target model")
         if residual is not None and residual in target_models:
             raise UmxError(f"the residual name {residual!r} is already a target of the model")
         if niter > 0 and len(target_models) + (residual is not None) < 2:
             raise UmxError(
-                "Wiener EM needs at least two sources: add a residual target or use niter 0"
+                "Wiener EM needs at least two sources: add a residual target "
+                "(--residual NAME) or keep the model magnitudes (--niter 0)"
             )
         self.target_models = nn.ModuleDict(target_models)
         self.sample_rate = float(sample_rate)
@@ -78,17 +110,28 @@ class Separator(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def channels_for(self, nb_channels: int) -> int:
+        """The channel count this separator works on for a mixture of `nb_channels` (1 or 2):
+        stereo separators take stereo (mono is duplicated); mono ones keep the mixture's."""
+        return nb_channels if self.nb_channels == 1 else self.nb_channels
+
     def forward(self, audio: Tensor) -> Tensor:
         """Separate a whole mixture at once, as the reference implementation does.
 
         Args:
-            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`.
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, with the separator's
+                channels, or stereo for a one-channel separator (see `channels_for`).
 
         Returns:
             stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`.
         """
         nb_timesteps = audio.shape[-1]
-        if audio.shape[1] != self.nb_channels:
+        if audio.dim() != 3 or audio.shape[1] not in (1, 2):
+            raise UmxError(
+                "the mixture must be (nb_samples, nb_channels, nb_timesteps) with 1 or 2 "
+                f"channels, got shape {tuple(audio.shape)}"
+            )
+        if audio.shape[1] != self.channels_for(audio.shape[1]):
             raise UmxError(
                 f"the model separates {self.nb_channels}-channel audio, got {audio.shape[1]}"
             )
@@ -97,7 +140,8 @@ class Separator(nn.Module):
             audio = F.pad(audio, (0, self.n_fft // 2 + 1 - nb_timesteps))
 
         mix_stft = stft(audio, self.n_fft, self.n_hop)
-        mix_mag = magnitude(mix_stft)
+        # A one-channel model sees the mean of the channels' magnitudes (as the reference).
+        mix_mag = magnitude(mix_stft, mono=self.nb_channels == 1)
         # (nb_samples, nb_frames, nb_bins, nb_channels): a view, as the EM reads it.
         mix_stft = mix_stft.permute(0, 3, 2, 1)
         nb_samples, nb_frames, nb_bins, nb_channels = mix_stft.shape
@@ -148,6 +192,7 @@ class Separator(nn.Module):
             consecutive pieces of the stems, `(nb_samples, nb_targets, nb_channels, nb_piece)`,
             on the mixture's device; concatenated along time they cover the whole mixture.
         """
+        check_options(segment=segment, overlap=overlap)
         seg_len = round(segment * self.sample_rate)
         ovl_len = round(overlap * self.sample_rate)
         if not 0 <= ovl_len < seg_len:

@@ -37,10 +37,11 @@ def check_stft(n_fft: object, n_hop: object) -> None:
             raise UmxError(f"the STFT {name} must be a positive whole number, not {value!r}")
     if n_fft < 2:
         raise UmxError(f"the STFT size n_fft must be at least 2, not {n_fft}")
-    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64).square()
-    padded = torch.nn.functional.pad(window, (0, math.ceil(n_fft / n_hop) * n_hop - n_fft))
-    envelope = padded.view(-1, n_hop).sum(dim=0)
-    if n_hop > n_fft or float(envelope.min()) < NOLA_TOLERANCE:
+    # The periodic Hann window's squares summed over the frames that overlap each sample
+    # (plain Python: this check also runs where tensors have no values, e.g. on the meta device).
+    squares = [math.sin(math.pi * n / n_fft) ** 4 for n in range(n_fft)]
+    envelope = [sum(squares[k::n_hop]) for k in range(min(n_hop, n_fft))]
+    if n_hop > n_fft or min(envelope) < NOLA_TOLERANCE:
         raise UmxError(
             f"an STFT hop of {n_hop} with n_fft {n_fft} cannot be inverted: the windows do not "
             "overlap enough (use a hop of at most n_fft // 2, e.g. n_fft // 4)"
