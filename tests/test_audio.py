@@ -14,7 +14,9 @@ from umx.audio import (
     DEFAULT_SUBTYPE,
     RESCALE_PEAK,
     AudioWriter,
+    StreamResampler,
     audio_formats,
+    display_path,
     read_audio,
     resample,
     write_audio,
@@ -482,3 +484,46 @@ def test_resample_keeps_leading_dimensions():
     out = resample(audio, 48000, 44100)
     assert out.shape == (2, 3, 2, 4410)
     torch.testing.assert_close(out[1, 2], resample(audio[1, 2], 48000, 44100))
+
+
+# Streaming resampler
+
+
+@pytest.mark.parametrize(
+    ("orig_rate", "new_rate"), [(44100, 48000), (48000, 44100), (44100, 22050)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stream_resampler_equals_whole_resample(orig_rate, new_rate, dtype):
+    signal = torch.from_numpy(tone(seconds=0.5, rate=orig_rate)).to(dtype)
+    whole = resample(signal, orig_rate, new_rate)
+    resampler = StreamResampler(orig_rate, new_rate, 2)
+    blocks = [resampler.process(signal[:, i : i + 3001]) for i in range(0, signal.shape[1], 3001)]
+    streamed = torch.cat([*blocks, resampler.flush()], dim=1)
+    assert streamed.dtype == dtype
+    # soxr's stream and one-shot resamplers are the same filter: measured identical (0.0)
+    assert streamed.shape == whole.shape == (2, int(signal.shape[1] * new_rate / orig_rate + 0.5))
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-6)
+
+
+def test_stream_resampler_at_equal_rates_passes_blocks_through():
+    block = torch.randn(1, 100)
+    resampler = StreamResampler(RATE, RATE, 1)
+    assert resampler.process(block) is block
+    assert resampler.flush().shape == (1, 0)
+
+
+def test_resample_rounds_half_lengths_up_like_soxr():
+    # 5 samples at half the rate: 2.5 -> 3 (Python's round would give 2)
+    assert resample(torch.zeros(1, 5), 44100, 22050).shape == (1, 3)
+
+
+# Paths shown in messages
+
+
+def test_display_path_is_printable_on_one_line():
+    undecodable = os.fsdecode(b"/music/\xff\xfe.wav")
+    assert display_path(undecodable) == "/music/\ufffd\ufffd.wav"
+    assert display_path(b"/music/\xff.wav") == "/music/\ufffd.wav"
+    assert display_path("a\nb\x1b[31m\u202e.wav") == "a\\nb\\x1b[31m\\u202e.wav"
+    assert display_path("/music/déjà vu.flac") == "/music/déjà vu.flac"
+    display_path(undecodable).encode("utf-8")  # printable: no UnicodeEncodeError
