@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import logging
+import math
 import os
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +28,17 @@ from umx.model import OpenUnmix
 from umx.separator import Separator
 from umx.zoo import (
     DEFAULT_MODEL,
+    FALLBACK_MODEL,
     MODELS,
     ZooEntry,
     cache_dir,
+    download_models,
     export_model,
     infer_architecture,
     list_models,
     load_separator,
     load_target_model,
+    resolve_model,
     save_separator,
     save_target_model,
     torch_save_atomic,
@@ -130,6 +136,31 @@ def mixture(nb_channels=2):
 
 def sha8(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
+def no_network(monkeypatch):
+    """Make opening any URL fail, and record the attempts (a probe thread cannot fail a test)."""
+    opened = []
+
+    def refuse(request, *args, **kwargs):
+        opened.append(getattr(request, "full_url", request))
+        raise OSError("network used in a test")
+
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+    return opened
+
+
+@pytest.fixture
+def zoo_log(caplog):
+    """The records of `umx.zoo`, even when the CLI has cut the `umx` logger from the root."""
+    level, propagate = zoo.logger.level, zoo.logger.propagate
+    zoo.logger.addHandler(caplog.handler)
+    zoo.logger.setLevel(logging.INFO)
+    zoo.logger.propagate = False  # else the root's capture records each message a second time
+    yield caplog
+    zoo.logger.removeHandler(caplog.handler)
+    zoo.logger.setLevel(level)
+    zoo.logger.propagate = propagate
 
 
 @pytest.fixture
@@ -435,6 +466,165 @@ def test_file_without_a_state_dict(tmp_path):
         load_target_model(path)
 
 
+# --- model directories are untrusted input -------------------------------------------------------
+
+DELETE = object()
+
+
+def edit_json(name, **changes):
+    """Change fields of separator.json, or of the `args` of another json."""
+
+    def edit(directory):
+        path = directory / name
+        data = json.loads(path.read_text())
+        fields = data if name == "separator.json" else data["args"]
+        for key, value in changes.items():
+            if value is DELETE:
+                fields.pop(key, None)
+            else:
+                fields[key] = value
+        path.write_text(json.dumps(data))
+
+    return edit
+
+
+def write_raw(name, data):
+    def edit(directory):
+        (directory / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+    return edit
+
+
+def edit_weights(change):
+    def edit(directory):
+        state = torch.load(directory / "vocals.pth", weights_only=True)
+        change(state)
+        torch.save(state, directory / "vocals.pth")
+
+    return edit
+
+
+def only_weights(directory):
+    """No target json and no `targets`: the targets come from the file names."""
+    edit_json("separator.json", targets=DELETE)(directory)
+    for target in TARGETS:
+        (directory / f"{target}.json").unlink()
+
+
+def unsafe_weights_name(directory):
+    only_weights(directory)
+    (directory / "vocals.pth").rename(directory / "voc\x01als.pth")
+
+
+def no_targets(directory):
+    only_weights(directory)
+    for target in TARGETS:
+        (directory / f"{target}.pth").unlink()
+
+
+def set_value(key, value):
+    return lambda state: state[key].view(-1).__setitem__(0, value)
+
+
+SEP, VOCALS, WEIGHTS, DIRECTORY = "separator.json", "vocals.json", "vocals.pth", ""
+DEEP = "[" * 100_000 + "]" * 100_000
+BAD_DIRECTORIES = {
+    "rate-nan": (edit_json(SEP, sample_rate=math.nan), SEP, "'sample_rate': nan is not a finite"),
+    "rate-inf": (edit_json(SEP, sample_rate=math.inf), SEP, "'sample_rate': inf is not a finite"),
+    "rate-zero": (edit_json(SEP, sample_rate=0), SEP, "'sample_rate': 0 is not in [1000, 768000]"),
+    "rate-negative": (edit_json(SEP, sample_rate=-8000.0), SEP, "-8000.0 is not in [1000"),
+    "rate-huge": (edit_json(SEP, sample_rate=1e9), SEP, "1000000000.0 is not in [1000, 768000]"),
+    "rate-string": (edit_json(SEP, sample_rate="8000"), SEP, "'8000' is not a finite number"),
+    "rate-bool": (edit_json(SEP, sample_rate=True), SEP, "True is not a finite number"),
+    "rate-missing": (edit_json(SEP, sample_rate=DELETE), SEP, "lacks 'sample_rate'"),
+    "nfft-float": (edit_json(SEP, nfft=128.0), SEP, "'nfft': 128.0 is not a whole number"),
+    "nfft-zero": (edit_json(SEP, nfft=0), SEP, "'nfft': 0 is not in [2, 65536]"),
+    "nfft-huge": (edit_json(SEP, nfft=1 << 20), SEP, "'nfft': 1048576 is not in [2, 65536]"),
+    "nfft-bool": (edit_json(SEP, nfft=True), SEP, "'nfft': True is not a whole number"),
+    "nhop-is-nfft": (edit_json(SEP, nhop=N_FFT), SEP, "hop of 128 with n_fft 128 cannot be"),
+    "nhop-zero": (edit_json(SEP, nhop=0), SEP, "'nhop': 0 is not in [1, 65536]"),
+    "nhop-null": (edit_json(SEP, nhop=None), SEP, "lacks 'nhop'"),
+    "channels-3": (edit_json(SEP, nb_channels=3), SEP, "'nb_channels': 3 is not in [1, 2]"),
+    "traversal": (edit_json(SEP, targets=["../../x"]), SEP, "unsafe target name '../../x'"),
+    "backslash": (edit_json(SEP, targets=["..\\x"]), SEP, "unsafe target name"),
+    "nul": (edit_json(SEP, targets=["voc\x00als"]), SEP, "unsafe target name"),
+    "dot": (edit_json(SEP, targets=[".vocals"]), SEP, "unsafe target name '.vocals'"),
+    "dotdot": (edit_json(SEP, targets=[".."]), SEP, "unsafe target name '..'"),
+    "space": (edit_json(SEP, targets=[" vocals"]), SEP, "unsafe target name"),
+    "long": (edit_json(SEP, targets=["v" * 65]), SEP, "unsafe target name"),
+    "empty-name": (edit_json(SEP, targets=[""]), SEP, "unsafe target name ''"),
+    "not-a-name": (edit_json(SEP, targets=[1]), SEP, "target name that is not a string: 1"),
+    "no-list": (edit_json(SEP, targets="vocals"), SEP, "must be a non-empty list"),
+    "empty-list": (edit_json(SEP, targets=[]), SEP, "must be a non-empty list"),
+    "twice": (edit_json(SEP, targets=["vocals", "vocals"]), SEP, "names a target twice"),
+    "array": (write_raw(SEP, "[1]"), SEP, "does not hold a JSON object"),
+    "deep": (write_raw(SEP, DEEP), SEP, "nested too deeply"),
+    "huge": (write_raw(SEP, "{" + " " * (1 << 20) + "}"), SEP, "too large"),
+    "invalid": (write_raw(SEP, "{"), SEP, "is not valid JSON"),
+    "binary": (write_raw(SEP, b"\xff\xfe\x00"), SEP, "is not valid JSON"),
+    "args-nfft-nan": (edit_json(VOCALS, nfft=math.nan), VOCALS, "'nfft': nan is not a whole"),
+    "args-rate": (edit_json(VOCALS, sample_rate=-1), VOCALS, "'sample_rate': -1 is not in"),
+    "args-hidden": (edit_json(VOCALS, hidden_size="16"), VOCALS, "'16' is not a whole number"),
+    "args-layers": (edit_json(VOCALS, nb_layers=0), VOCALS, "'nb_layers': 0 is not in"),
+    "args-unidirectional": (edit_json(VOCALS, unidirectional="no"), VOCALS, "true or false"),
+    "args-nhop": (edit_json(VOCALS, nhop=N_FFT), VOCALS, "cannot be inverted"),
+    "args-list": (write_raw(VOCALS, '{"args": [1]}'), VOCALS, "bad 'args'"),
+    "args-deep": (write_raw(VOCALS, DEEP), VOCALS, "nested too deeply"),
+    "weights-nan": (edit_weights(set_value("fc1.weight", math.nan)), WEIGHTS, "NaN or infinite"),
+    "weights-inf": (edit_weights(set_value("output_mean", math.inf)), WEIGHTS, "NaN or infinite"),
+    "variance": (edit_weights(set_value("bn1.running_var", -1.0)), WEIGHTS, "negative variances"),
+    "unsafe-file": (unsafe_weights_name, DIRECTORY, "unsafe target name 'voc\\x01als'"),
+    "no-targets": (no_targets, DIRECTORY, "holds no target models"),
+}
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "fragment"), BAD_DIRECTORIES.values(), ids=BAD_DIRECTORIES
+)
+def test_bad_model_directories_are_refused_in_one_line(saved, edit, file, fragment):
+    _, directory = saved
+    edit(directory)
+    with pytest.raises(UmxError) as error:
+        load_separator(directory, niter=0)
+    message = str(error.value)
+    assert fragment in message
+    assert str(directory / file) in message and "\n" not in message and len(message) < 600
+
+
+def test_a_nan_sample_rate_is_refused_at_load_not_at_resampling(saved):
+    """It once made the resampler spin forever: refused before any audio is read."""
+    _, directory = saved
+    edit_json(SEP, sample_rate=math.nan)(directory)
+    with pytest.raises(UmxError, match="not a finite number"):
+        load_separator(directory)
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(UmxError, match=re.escape(f"{tmp_path / 'separator.json'} is missing")):
+        load_separator(tmp_path)
+
+
+def test_hidden_files_are_not_targets(saved):
+    """macOS leaves `._vocals.pth` beside copied files: they are not targets."""
+    _, directory = saved
+    only_weights(directory)
+    (directory / "._vocals.pth").write_bytes(b"\x00\x05")
+    assert load_separator(directory).targets == ["drums", "vocals"]
+
+
+def test_save_refuses_an_unsafe_target_name(tmp_path):
+    with pytest.raises(UmxError, match=re.escape("unsafe target name '../evil'")):
+        save_target_model(
+            random_model(), tmp_path / "m", "../evil", sample_rate=RATE, n_fft=N_FFT, n_hop=N_HOP
+        )
+    assert not (tmp_path / "evil.pth").exists() and not (tmp_path / "evil.json").exists()
+
+
+def test_model_name_says_what_was_loaded(saved):
+    _, directory = saved
+    assert load_separator(directory).model_name == str(directory)
+
+
 # --- registry, cache and download ----------------------------------------------------------------
 
 
@@ -442,16 +632,29 @@ def test_registry_lists_the_published_models(monkeypatch, tmp_path):
     monkeypatch.delenv("UMX_ZOO_URL", raising=False)
     monkeypatch.setenv("UMX_CACHE", str(tmp_path))
     assert {"umxl", "umxhq", "umx", "umxse"} <= set(MODELS)
+    assert (DEFAULT_MODEL, FALLBACK_MODEL) == ("umxl", "umxsynth")
     assert MODELS[DEFAULT_MODEL].targets == ("vocals", "drums", "bass", "other")
+    assert MODELS[FALLBACK_MODEL].bundled and not MODELS[DEFAULT_MODEL].bundled
     assert MODELS["umxhq"].url("vocals") == (
         "https://zenodo.org/records/3370489/files/vocals-b62c91ce.pth"
     )
     assert MODELS["umxse"].url("speech").endswith("/records/3786908/files/speech_f5e0d9f9.pth")
     assert MODELS["umxse"].nb_channels == 1 and MODELS["umxse"].sample_rate == 16000.0
     infos = list_models()
-    assert infos[0].name == DEFAULT_MODEL and infos[0].default
+    assert [(info.name, info.default, info.fallback) for info in infos[:2]] == [
+        ("umxl", True, False),
+        ("umxsynth", False, True),
+    ]
     assert not any(info.cached for info in infos)
     assert [info.name for info in infos if info.bundled] == ["umxsynth"]
+    assert {info.name: info.status for info in infos} == {
+        "umxl": "not downloaded",
+        "umxsynth": "bundled",
+        "umxhq": "not downloaded",
+        "umx": "not downloaded",
+        "umxse": "not downloaded",
+    }
+    assert infos[0].missing == tuple(MODELS["umxl"].weights.values())
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -538,6 +741,7 @@ def tiny(server, tmp_path, monkeypatch):
         path.rename(path.with_name(weights[target]))
     monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("UMX_ZOO_URL", server.url + "/")
+    monkeypatch.delenv("UMX_OFFLINE", raising=False)
     return Tiny(separator, register(monkeypatch, "tiny", weights), tmp_path / "cache" / "tiny")
 
 
@@ -573,13 +777,41 @@ def test_hand_placed_files_are_verified_and_used(tiny, server, monkeypatch):
 def test_changed_cache_file_is_detected_and_fetched_again(tiny, server):
     load_separator("tiny")
     cached = tiny.cache / tiny.entry.weights["speech"]
+    good = cached.read_bytes()
     with cached.open("ab") as file:
         file.write(b"tampered")
-    with pytest.raises(UmxError, match=re.escape(f"{cached} is corrupt and has been deleted")):
-        load_separator("tiny")
-    assert not cached.exists()
     load_separator("tiny")
     assert len(server.requests) == 3
+    assert server.requests[-1] == f"/files/{cached.name}"
+    assert cached.read_bytes() == good
+
+
+def test_corrupt_cache_file_offline_says_where_to_get_a_good_copy(tiny, server):
+    load_separator("tiny")
+    cached = tiny.cache / tiny.entry.weights["speech"]
+    with cached.open("ab") as file:
+        file.write(b"tampered")
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny", offline=True)
+    message = str(error.value)
+    assert message.startswith(f"{cached} is corrupt and has been deleted")
+    assert f"download {server.url}/{cached.name} and save it as {cached}" in message
+    assert "offline" in message and "\n" not in message
+    assert not cached.exists() and len(server.requests) == 2
+
+
+def test_corrupt_cache_file_whose_download_fails_says_where_to_get_it(tiny, server, monkeypatch):
+    load_separator("tiny")
+    cached = tiny.cache / tiny.entry.weights["speech"]
+    with cached.open("ab") as file:
+        file.write(b"tampered")
+    (server.root / "files" / cached.name).unlink()
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny")
+    message = str(error.value)
+    assert message.startswith(f"{cached.name} in the cache was corrupt and has been deleted")
+    assert "HTTP 404" in message
+    assert f"save {server.url}/{cached.name} as {cached}" in message
 
 
 def test_download_with_a_wrong_hash_is_deleted(tiny, server, monkeypatch):
@@ -602,8 +834,8 @@ def test_missing_file_on_the_server(tiny, server, monkeypatch):
     with pytest.raises(UmxError) as error:
         load_separator("tiny", niter=0)
     assert str(error.value) == (
-        f"could not download {url} (HTTP 404 File not found); download it by hand and save it "
-        f"as {place}"
+        f"could not download {url} (HTTP 404 File not found); to install tiny by hand, save "
+        f"{url} as {place}"
     )
     assert not any(tiny.cache.iterdir())
 
@@ -613,11 +845,13 @@ def test_server_down(tiny, monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("UMX_ZOO_URL", f"http://127.0.0.1:{port}")
-    name = tiny.entry.weights["speech"]
     with pytest.raises(UmxError, match="could not download") as error:
         load_separator("tiny")
-    assert f"http://127.0.0.1:{port}/{name}" in str(error.value)
-    assert f"save it as {tiny.cache / name}" in str(error.value)
+    message = str(error.value)
+    # every missing file, with its address and its place, not only the first
+    for name in tiny.entry.weights.values():
+        assert f"http://127.0.0.1:{port}/{name} as {tiny.cache / name}" in message
+    assert "\n" not in message
 
 
 def test_unknown_target_of_a_named_model(tiny, server):
@@ -648,6 +882,207 @@ def test_unwritable_cache(tiny, tmp_path, monkeypatch):
         load_separator("tiny")
 
 
+# --- the default model and its fallback ----------------------------------------------------------
+
+
+@dataclass
+class Defaults:
+    """`umxl` is the tiny served model, `umxsynth` a small bundled one."""
+
+    umxl: ZooEntry
+    cache: Path
+    fallback: Separator
+
+
+@pytest.fixture
+def defaults(tiny, tmp_path, monkeypatch):
+    umxl = register(monkeypatch, "umxl", dict(tiny.entry.weights))
+    fallback = small_separator()
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", tmp_path / "pretrained")
+    save_separator(fallback, tmp_path / "pretrained" / "umxsynth")
+    register(monkeypatch, "umxsynth", {target: f"{target}.pth" for target in TARGETS}, None)
+    return Defaults(umxl, tmp_path / "cache" / "umxl", fallback)
+
+
+def closed_port():
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def warnings_in(log):
+    return [record for record in log.records if record.levelno >= logging.WARNING]
+
+
+def place_by_hand(defaults, server):
+    defaults.cache.mkdir(parents=True, exist_ok=True)
+    for name in defaults.umxl.weights.values():
+        (defaults.cache / name).write_bytes((server.root / "files" / name).read_bytes())
+
+
+def test_default_downloads_umxl_when_it_can(defaults, tiny, server, zoo_log):
+    separator = load_separator(progress=False)
+    assert separator.model_name == "umxl"
+    assert separator.targets == ["speech", "noise"]
+    assert sorted(server.requests) == sorted(f"/files/{n}" for n in defaults.umxl.weights.values())
+    audio = mixture(nb_channels=1)
+    with torch.inference_mode():
+        assert torch.equal(separator(audio), tiny.separator(audio))
+    assert warnings_in(zoo_log) == []
+    assert load_separator().model_name == "umxl" and len(server.requests) == 2  # cached
+
+
+def test_default_falls_back_at_once_when_the_host_refuses(defaults, monkeypatch, zoo_log):
+    base = f"http://127.0.0.1:{closed_port()}/files"
+    monkeypatch.setenv("UMX_ZOO_URL", base)
+    start = time.monotonic()
+    separator = load_separator()
+    assert time.monotonic() - start < 2.0
+    assert separator.model_name == FALLBACK_MODEL
+    audio = mixture()
+    with torch.inference_mode():
+        assert torch.equal(separator(audio), defaults.fallback(audio))
+    (warning,) = warnings_in(zoo_log)
+    message = warning.getMessage()
+    assert "Connection refused" in message and "umx download umxl" in message
+    for name in defaults.umxl.weights.values():  # which files to place where
+        assert f"{base}/{name} as {defaults.cache / name}" in message
+    assert "\n" not in message and warning.exc_info is None
+
+
+def test_default_falls_back_within_the_probe_timeout_when_dns_hangs(defaults, monkeypatch, zoo_log):
+    monkeypatch.setattr(zoo, "PROBE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(3))
+    monkeypatch.setenv("UMX_ZOO_URL", "http://umx-mirror.invalid/files")
+    start = time.monotonic()
+    assert load_separator().model_name == FALLBACK_MODEL
+    assert time.monotonic() - start < 1.5
+    (warning,) = warnings_in(zoo_log)
+    assert "no answer from umx-mirror.invalid within 0.3 s" in warning.getMessage()
+
+
+def test_default_falls_back_within_the_probe_timeout_when_the_host_is_silent(
+    defaults, monkeypatch, zoo_log
+):
+    monkeypatch.setattr(zoo, "PROBE_TIMEOUT_S", 0.3)
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setenv("UMX_ZOO_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/files")
+        start = time.monotonic()
+        assert load_separator().model_name == FALLBACK_MODEL
+        assert time.monotonic() - start < 1.5
+    (warning,) = warnings_in(zoo_log)
+    assert "cannot be reached" in warning.getMessage()
+
+
+def test_default_falls_back_when_the_download_fails_midway(defaults, server, zoo_log):
+    speech, noise = defaults.umxl.weights.values()
+    (server.root / "files" / noise).unlink()
+    assert load_separator(progress=False).model_name == FALLBACK_MODEL
+    (warning,) = warnings_in(zoo_log)
+    message = warning.getMessage()
+    assert f"(could not download {server.url}/{noise} (HTTP 404 File not found))" in message
+    assert f"save {server.url}/{noise} as {defaults.cache / noise}" in message
+    assert speech not in message  # downloaded: only the missing file is to be placed
+    info = next(info for info in list_models() if info.name == "umxl")
+    assert (info.status, info.missing, info.cached, info.default) == (
+        "partial",
+        (noise,),
+        False,
+        True,
+    )
+
+
+def test_offline_default_uses_the_cache_or_falls_back_without_the_network(
+    defaults, server, monkeypatch, zoo_log
+):
+    opened = no_network(monkeypatch)
+    monkeypatch.setenv("UMX_OFFLINE", "1")
+    assert resolve_model() == FALLBACK_MODEL
+    assert load_separator().model_name == FALLBACK_MODEL
+    (warning,) = warnings_in(zoo_log)
+    assert "offline mode is on" in warning.getMessage()
+    place_by_hand(defaults, server)
+    assert resolve_model() == "umxl"
+    assert load_separator().model_name == "umxl"
+    assert opened == [] and server.requests == []
+    assert load_separator(offline=False).model_name == "umxl"  # cached: no probe either
+    assert opened == []
+
+
+def test_a_named_model_never_falls_back(defaults, monkeypatch):
+    base = f"http://127.0.0.1:{closed_port()}/files"
+    monkeypatch.setenv("UMX_ZOO_URL", base)
+    with pytest.raises(UmxError, match="could not download"):
+        load_separator("umxl")
+    opened = no_network(monkeypatch)
+    with pytest.raises(UmxError) as error:
+        load_separator("umxl", offline=True)
+    message = str(error.value)
+    assert message.startswith("offline mode is on and model umxl is not in the cache")
+    for name in defaults.umxl.weights.values():
+        assert f"save {base}/{name} as {defaults.cache / name}" in message.replace(", ", ", save ")
+    assert opened == []
+
+
+def test_unknown_targets_of_the_default_are_an_error_not_a_fallback(defaults, server):
+    with pytest.raises(UmxError, match="model 'umxl' has no target 'piano'"):
+        load_separator(targets=["piano"])
+    assert server.requests == []
+
+
+def test_resolve_model_does_not_download(defaults, server, saved, monkeypatch):
+    assert resolve_model() == "umxl"  # the host answers
+    assert server.requests == []  # a HEAD probe only
+    assert resolve_model(saved[1]) == str(saved[1])
+    assert resolve_model("umxhq") == "umxhq"
+    monkeypatch.setenv("UMX_ZOO_URL", f"http://127.0.0.1:{closed_port()}/files")
+    assert resolve_model() == FALLBACK_MODEL
+    with pytest.raises(UmxError, match="unknown model 'nope'"):
+        resolve_model("nope")
+    with pytest.raises(UmxError, match="a model is a name or a directory, not ''"):
+        load_separator("")  # not the current directory
+
+
+@pytest.mark.parametrize(
+    ("value", "offline"), [("1", True), ("yes", True), ("0", False), ("", False), ("off", False)]
+)
+def test_offline_environment_values(monkeypatch, value, offline):
+    monkeypatch.setenv("UMX_OFFLINE", value)
+    assert zoo.is_offline() is offline
+    assert zoo.is_offline(not offline) is not offline  # the argument wins
+
+
+def test_a_bad_offline_environment_value_is_an_error(monkeypatch):
+    monkeypatch.setenv("UMX_OFFLINE", "maybe")
+    with pytest.raises(UmxError, match=r"UMX_OFFLINE must be 1 .* not 'maybe'"):
+        load_separator(FALLBACK_MODEL)
+
+
+def test_download_models_fetches_and_rehashes(defaults, server):
+    with pytest.raises(UmxError, match="unknown model 'nope'"):
+        download_models(["umxl", "nope"], progress=False)
+    assert server.requests == []  # names are checked before anything is downloaded
+    assert download_models(None, progress=False) == [defaults.cache]
+    assert len(server.requests) == 2
+    info = next(info for info in list_models() if info.name == "umxl")
+    assert (info.status, info.cached, info.missing) == ("cached", True, ())
+    # a change that keeps size and time fools the marker, not a re-hash
+    cached = defaults.cache / defaults.umxl.weights["speech"]
+    good, stat = cached.read_bytes(), cached.stat()
+    cached.write_bytes(bytes(len(good)))
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    zoo.download_model("umxl", progress=False)  # trusts the marker
+    assert len(server.requests) == 2
+    assert download_models(["umxl", FALLBACK_MODEL], progress=False) == [
+        defaults.cache,
+        zoo.PRETRAINED_DIR / FALLBACK_MODEL,
+    ]
+    assert server.requests[2:] == [f"/files/{cached.name}"]
+    assert cached.read_bytes() == good
+
+
 def test_export_model_halves_the_weights_and_keeps_the_outputs(tmp_path):
     separator = small_separator()
     save_separator(separator, tmp_path / "trained")
@@ -672,14 +1107,19 @@ def test_export_model_halves_the_weights_and_keeps_the_outputs(tmp_path):
         export_model(tmp_path / "trained", tmp_path / "lean")
 
 
-def test_bundled_default_model_is_small_and_loads_offline(monkeypatch):
-    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("network used"))
-    entry = MODELS[DEFAULT_MODEL]
+def test_bundled_fallback_model_is_small_and_never_touches_the_network(monkeypatch):
+    opened = no_network(monkeypatch)
+    monkeypatch.setenv("UMX_OFFLINE", "0")
+    entry = MODELS[FALLBACK_MODEL]
     assert entry.bundled
     files = list(entry.directory.iterdir())
     assert sum(f.stat().st_size for f in files if f.suffix == ".pth") <= 20_000_000
-    separator = load_separator(DEFAULT_MODEL)
+    separator = load_separator(FALLBACK_MODEL, offline=False)
+    assert separator.model_name == FALLBACK_MODEL
     assert separator.targets == ["vocals", "drums", "bass", "other"]
     assert separator.sample_rate == 44100 and separator.nb_channels == 2
+    assert download_models([FALLBACK_MODEL], offline=False) == [entry.directory]
+    assert resolve_model(FALLBACK_MODEL, offline=False) == FALLBACK_MODEL
+    assert opened == []
     info = json.loads((entry.directory / "vocals.json").read_text())
     assert info["training_data"]["hours"] > 0 and info["epochs_trained"] > 0
