@@ -263,3 +263,98 @@ def test_other_commands_report_bad_roots_in_one_line(command, tmp_path, capsys):
     assert run(*args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(missing) in err[0], err
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_stop_signals_leave_no_temporary_files(model_dir, tmp_path, signame):
+    """Stopped while stems are being written, umx removes its hidden temporary files."""
+    import signal
+    import time
+
+    song = tmp_path / "long.wav"
+    rng = np.random.default_rng(0)
+    sf.write(song, 0.1 * rng.standard_normal((RATE * 600, 2)).astype(np.float32), RATE)
+    outdir = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "umx.cli", song, "--model", model_dir, "--outdir", outdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(outdir.rglob(".*tmp*")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    assert list(outdir.rglob(".*tmp*")), "no temporary file appeared"
+    process.send_signal(getattr(signal, signame))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + getattr(signal, signame)
+    assert f"stopped by {signame}" in err.decode()
+    assert [path for path in outdir.rglob("*") if path.is_file()] == []
+
+
+def test_match_input_writes_at_the_inputs_rate_and_channels(model_dir, tmp_path, capsys):
+    """A mono 24 kHz input: by default stereo stems at the model's 16 kHz; with --match-input
+    mono stems at 24 kHz that still add up to the mixture."""
+    t = np.arange(24000 * 2) / 24000
+    mono = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1500 * t)).astype("f4")
+    song = tmp_path / "mono24k.wav"
+    sf.write(song, mono, 24000, subtype="FLOAT")
+    args = ["--model", model_dir, "--subtype", "FLOAT", "--targets", "vocals", "--residual", "rest"]
+    assert run(song, *args, "--outdir", tmp_path / "model-rate") == 0
+    stem, rate = read(tmp_path / "model-rate" / "mono24k" / "vocals.wav")
+    assert rate == RATE and stem.shape == (2, RATE * 2)
+    assert run(song, *args, "--outdir", tmp_path / "input-rate", "--match-input") == 0
+    stems = [read(tmp_path / "input-rate" / "mono24k" / f"{n}.wav") for n in ("vocals", "rest")]
+    assert all(rate == 24000 and stem.shape == (1, mono.size) for stem, rate in stems)
+    total = stems[0][0] + stems[1][0]
+    assert np.abs(total[0] - mono)[1000:-1000].max() < 0.01
+    assert "separated with " in capsys.readouterr().err
+
+
+def test_mono_model_keeps_stereo_input_stereo(small_music_separator, tmp_path):
+    import torch
+
+    from umx.model import OpenUnmix
+    from umx.separator import Separator
+
+    torch.manual_seed(0)
+    models = {t: OpenUnmix(257, 1, 8, max_bin=200).freeze() for t in ("speech", "noise")}
+    directory = tmp_path / "mono-model"
+    save_separator(
+        Separator(models, sample_rate=RATE, n_fft=512, n_hop=128, nb_channels=1), directory
+    )
+    t = np.arange(RATE) / RATE
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], 1) * 0.3
+    sf.write(tmp_path / "lr.wav", stereo, RATE, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert (
+        run(tmp_path / "lr.wav", "--model", directory, "--outdir", out, "--subtype", "FLOAT") == 0
+    )
+    speech, _ = read(out / "lr" / "speech.wav")
+    noise, _ = read(out / "lr" / "noise.wav")
+    assert speech.shape == noise.shape == (2, RATE)
+    assert np.abs(speech[0] - speech[1]).max() > 0.05  # each channel keeps its own content
+    assert np.abs(speech + noise - stereo.T)[:, 600:-600].max() < 0.01
+
+
+def test_targets_before_inputs_is_explained(model_dir, song, capsys):
+    assert run("--model", model_dir, "--targets", "vocals", song) == 1
+    assert "--targets took" in capsys.readouterr().err
+    outdir = song.parent / "o"
+    assert (
+        run(
+            "--model",
+            model_dir,
+            "--outdir",
+            outdir,
+            "--niter",
+            "0",
+            "--targets",
+            "vocals",
+            "--",
+            song,
+        )
+        == 0
+    )
+    assert (outdir / "song" / "vocals.wav").is_file()

@@ -6,25 +6,86 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from pathlib import Path
+from pathlib import Path, PurePath
+from string import Formatter
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from umx.audio import AudioWriter, WriteReport, match_channels, read_audio, resample
-from umx.errors import UmxError
-from umx.separator import OVERLAP, SEGMENT, Separator
-from umx.zoo import DEFAULT_MODEL, load_separator
+from umx.audio import (
+    AudioWriter,
+    StreamResampler,
+    WriteReport,
+    display_path,
+    match_channels,
+    read_audio,
+    resample,
+)
+from umx.errors import UmxError, check_number
+from umx.separator import OVERLAP, SEGMENT, Separator, check_options
+from umx.zoo import load_separator
 
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
+TEMPLATE_FIELDS = ("track", "trackext", "parent", "target", "ext")
+"""The fields of `--filename`: the input's name without extension, its extension, the name of
+its folder, the stem's name and the output extension."""
+MIN_RATE, MAX_RATE = 1000.0, 768000.0
+"""The sample rates `separate` accepts, in Hz."""
+TIME_MAJOR_HINT = "; it looks time-major: pass audio.T"
+
+
+def check_audio(audio: object, rate: object) -> Tensor:
+    """A mixture given to the API, checked and as a float32 tensor.
+
+    Args:
+        audio: `(nb_channels, nb_timesteps)` or `(nb_samples, nb_channels, nb_timesteps)`, real
+            floating-point samples (a tensor or a numpy array), 1 or 2 channels.
+        rate: its sample rate in Hz.
+
+    Returns:
+        the audio as a float32 tensor of the same shape.
+
+    Raises:
+        TypeError: not an array of real floating-point numbers.
+        UmxError: wrong shape, no samples, NaN or infinite samples, or a bad rate.
+    """
+    if not isinstance(audio, Tensor | np.ndarray):
+        raise TypeError(
+            f"audio must be a torch tensor or a numpy array, not {type(audio).__name__}"
+        )
+    dtype = audio.dtype
+    floating = dtype.is_floating_point if isinstance(audio, Tensor) else dtype.kind == "f"
+    if not floating:
+        raise TypeError(
+            f"audio must hold real floating-point samples in [-1, 1], not {dtype} "
+            "(convert integer PCM with / 32768, take .real of complex data)"
+        )
+    check_number("rate", rate, minimum=MIN_RATE)
+    if rate > MAX_RATE:
+        raise UmxError(f"rate must be at most {MAX_RATE:g} Hz, not {rate:g}")
+    shape = tuple(audio.shape)
+    if len(shape) not in (2, 3):
+        raise UmxError(
+            "audio must be (nb_channels, nb_timesteps) or (nb_samples, nb_channels, "
+            f"nb_timesteps), got shape {shape}"
+        )
+    if not 1 <= shape[-2] <= 2:
+        hint = TIME_MAJOR_HINT if shape[-1] in (1, 2) else ""
+        raise UmxError(f"audio must have 1 or 2 channels (axis -2), got shape {shape}{hint}")
+    if shape[-1] == 0 or shape[0] == 0:
+        raise UmxError(f"audio holds no samples (shape {shape})")
+    audio = torch.as_tensor(audio).detach().to("cpu", torch.float32)
+    if not torch.isfinite(audio).all():
+        raise UmxError("audio holds NaN or infinite samples")
+    return audio
 
 
 def separate(
     audio: Tensor | np.ndarray,
     rate: float,
-    model: str | os.PathLike | Separator = DEFAULT_MODEL,
+    model: str | os.PathLike | Separator | None = None,
     *,
     targets: Sequence[str] | None = None,
     niter: int = 1,
@@ -39,10 +100,12 @@ def separate(
 
     Args:
         audio: mixture, `(nb_channels, nb_timesteps)` or `(nb_samples, nb_channels,
-            nb_timesteps)`, float; mono is duplicated for stereo models and stereo averaged
-            for mono models.
+            nb_timesteps)`, real floating-point samples, 1 or 2 channels; mono is duplicated
+            for stereo models, and one-channel models separate stereo as the reference does
+            (see `Separator`), so the stems always have the mixture's channels.
         rate: sample rate of `audio`; it is resampled to the model's rate and back.
-        model: a model name (see `umx.zoo.list_models`), a model directory, or a `Separator`.
+        model: a model name (see `umx.zoo.list_models`), a model directory, or a `Separator`;
+            None for the default model (see `umx.zoo.load_separator`).
         targets, niter, softmask, residual: as `umx.zoo.load_separator`; a `Separator` given
             as `model` has its own, and these must be left at their defaults.
         aggregate: groups of targets to sum, e.g. `{"accompaniment": ["drums", "bass", "other"]}`.
@@ -52,13 +115,13 @@ def separate(
 
     Returns:
         `{target: stem}`, each stem shaped like `audio` and at `rate`.
+
+    Raises:
+        TypeError: `audio` is not an array of real floating-point samples.
+        UmxError: a bad shape, sample, rate or option, or the model cannot be loaded.
     """
-    audio = torch.as_tensor(audio, dtype=torch.float32)
-    if audio.dim() not in (2, 3):
-        raise UmxError(
-            f"audio must be (nb_channels, nb_timesteps) or (nb_samples, nb_channels, "
-            f"nb_timesteps), got shape {tuple(audio.shape)}"
-        )
+    audio = check_audio(audio, rate)
+    check_options(niter=niter, segment=segment, overlap=overlap)
     if isinstance(model, Separator):
         if targets is not None or residual is not None or softmask or niter != 1:
             raise UmxError(
@@ -74,9 +137,10 @@ def separate(
             residual=residual,
             device=device,
         )
+    check_aggregate(aggregate, model.targets)
     batch = audio if audio.dim() == 3 else audio[None]
     nb_channels = batch.shape[1]
-    mix = resample(match_channels(batch, model.nb_channels), rate, model.sample_rate)
+    mix = resample(match_channels(batch, model.channels_for(nb_channels)), rate, model.sample_rate)
     stems = model.to_dict(model.separate(mix, segment=segment, overlap=overlap), aggregate)
     out = {}
     for name, stem in stems.items():
@@ -87,6 +151,18 @@ def separate(
     return out
 
 
+def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
+    """Refuse groups that name targets the separator does not have, before any work."""
+    if aggregate is None:
+        return
+    unknown = sorted({t for group in aggregate.values() for t in group} - set(targets))
+    if unknown:
+        raise UmxError(
+            f"--aggregate names unknown targets {', '.join(unknown)}; "
+            f"the targets are {', '.join(targets)}"
+        )
+
+
 def output_paths(
     input_path: str | os.PathLike,
     names: Sequence[str],
@@ -94,22 +170,83 @@ def output_paths(
     filename: str = DEFAULT_TEMPLATE,
     ext: str = "wav",
 ) -> dict[str, Path]:
-    """Where the stems of one input go: `outdir / filename` with `{track}` (the input's name
-    without extension), `{target}` and `{ext}` filled in."""
-    track = Path(input_path).stem
+    """Where the stems of one input go: `outdir / filename` with the `TEMPLATE_FIELDS` filled in.
+
+    Raises:
+        UmxError: the template is invalid, gives two stems one path, or a path would leave
+            `outdir` (an absolute template, `..`, or a track or stem named `..`).
+    """
+    fields = {
+        "track": Path(input_path).stem,
+        "trackext": Path(input_path).suffix.lstrip("."),
+        "parent": Path(os.path.abspath(input_path)).parent.name,
+        "ext": ext,
+    }
     try:
-        paths = {
-            name: Path(outdir) / filename.format(track=track, target=name, ext=ext)
-            for name in names
-        }
-    except (KeyError, IndexError, ValueError) as error:
+        used = {field for _, field, _, _ in Formatter().parse(filename) if field is not None}
+    except ValueError as error:
+        raise UmxError(f"--filename {filename!r} is not a valid template ({error})") from None
+    unknown = sorted(used - set(TEMPLATE_FIELDS))
+    if unknown:
         raise UmxError(
-            f"--filename {filename!r} is not a valid template ({error}); "
-            "use {track}, {target} and {ext}"
-        ) from None
+            f"--filename {filename!r} uses unknown fields {', '.join(unknown)}; "
+            f"use {', '.join('{' + field + '}' for field in TEMPLATE_FIELDS)}"
+        )
+    paths = {}
+    for name in names:
+        relative = PurePath(filename.format(target=name, **fields))
+        if (
+            relative.is_absolute()
+            or relative.drive
+            or any(part in ("", ".", "..") for part in relative.parts)
+            or relative == PurePath()
+        ):
+            raise UmxError(
+                f"--filename {filename!r} gives {str(relative)!r} for {display_path(input_path)} "
+                "and stem {name!r}: every output must stay inside --outdir (no absolute paths, "
+                "no .. and no track or stem named ..)"
+            )
+        paths[name] = Path(outdir) / relative
     if len(set(paths.values())) < len(paths):
         raise UmxError(f"--filename {filename!r} gives every target the same path; use {{target}}")
     return paths
+
+
+def plan_outputs(
+    inputs: Sequence[str | os.PathLike],
+    names: Sequence[str],
+    outdir: str | os.PathLike,
+    filename: str = DEFAULT_TEMPLATE,
+    ext: str = "wav",
+) -> list[dict[str, Path]]:
+    """The output paths of several inputs (`output_paths` each), checked together so that no
+    stem would replace an input or another input's stem.
+
+    Raises:
+        UmxError: an output path is an input (even with --force), or two inputs (or one given
+            twice) would write the same file; the message says how to tell them apart.
+    """
+    plans = [output_paths(path, names, outdir, filename, ext) for path in inputs]
+    real_inputs = {os.path.realpath(path): path for path in inputs}
+    owners: dict[str, str | os.PathLike] = {}
+    for path, plan in zip(inputs, plans, strict=True):
+        for output in plan.values():
+            real = os.path.realpath(output)
+            if real in real_inputs:
+                raise UmxError(
+                    f"the stem {display_path(output)} would replace the input "
+                    f"{display_path(real_inputs[real])}; choose another --outdir or --filename"
+                )
+            if real in owners:
+                raise UmxError(
+                    f"{display_path(owners[real])} and {display_path(path)} would both write "
+                    f"{display_path(output)}; tell them apart in --filename with {{parent}} "
+                    "(the input's folder) or {trackext} (its extension)"
+                    if os.path.realpath(owners[real]) != os.path.realpath(path)
+                    else f"{display_path(path)} is given twice"
+                )
+            owners[real] = path
+    return plans
 
 
 def separate_file(
@@ -124,17 +261,21 @@ def separate_file(
     start: float = 0.0,
     duration: float | None = None,
     downmix: bool = False,
+    match_input: bool = False,
     segment: float | None = SEGMENT,
     overlap: float = OVERLAP,
     aggregate: Mapping[str, Sequence[str]] | None = None,
     force: bool = False,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float, float], None] | None = None,
 ) -> list[WriteReport]:
-    """Separate an audio file and write one file per stem, at the model's sample rate.
+    """Separate an audio file and write one file per stem.
 
-    Stems are streamed to temporary files chunk by chunk and renamed when complete, so memory
+    Stems are written at the model's sample rate with the channels the separator works on (see
+    `Separator.channels_for`), or with `match_input` at the input's rate and channel count.
+    They are streamed to temporary files chunk by chunk and renamed when complete, so memory
     does not grow with the track's length (except with `segment=None`) and a failure leaves
-    no partial file. Existing files are refused unless `force`.
+    no partial file. Existing files are refused unless `force`; a stem is never written over
+    the input.
 
     Args:
         input_path: the mixture, any format `umx.audio.read_audio` reads.
@@ -143,43 +284,45 @@ def separate_file(
         subtype, clip: sample format and clipping policy, see `umx.audio.AudioWriter`.
         start, duration: excerpt of the input to separate, in seconds.
         downmix: average inputs with more than two channels instead of refusing them.
+        match_input: write the stems at the input's sample rate and channel count.
         segment, overlap: chunking, see `Separator.separate`.
         aggregate: groups of targets to write instead of the targets.
         force: overwrite existing files.
-        on_progress: called with the fraction of the track done after each chunk.
+        on_progress: called after each chunk with the seconds of audio done and in all.
 
     Returns:
         one report per written file (path, peak, clipping action).
     """
-    audio, _ = read_audio(
-        input_path,
-        start=start,
-        duration=duration,
-        sample_rate=separator.sample_rate,
-        nb_channels=separator.nb_channels,
-        downmix=downmix,
-    )
+    check_options(segment=segment, overlap=overlap)
+    check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
-    paths = output_paths(input_path, names, outdir, filename, ext)
+    (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
+    audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
+    nb_channels = audio.shape[0]
+    mix = resample(
+        match_channels(audio, separator.channels_for(nb_channels)), rate, separator.sample_rate
+    )[None]
+    del audio
+    out_rate, out_channels = (rate, nb_channels) if match_input else (separator.sample_rate, None)
     for directory in {path.parent for path in paths.values()}:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UmxError(
-                f"cannot create output directory {directory}: {error.strerror}"
+                f"cannot create output directory {display_path(directory)}: {error.strerror}"
             ) from None
-    mix = audio[None]
     if segment is None:
         chunks = iter([separator.separate(mix, segment=None)])
     else:
         chunks = separator.iter_chunks(mix, segment, overlap)
+    total = mix.shape[-1] / separator.sample_rate
     with ExitStack() as stack:
         writers = {
             name: stack.enter_context(
                 AudioWriter(
                     path,
-                    separator.sample_rate,
-                    separator.nb_channels,
+                    out_rate,
+                    out_channels or mix.shape[1],
                     subtype=subtype,
                     clip=clip,
                     force=force,
@@ -187,13 +330,25 @@ def separate_file(
             )
             for name, path in paths.items()
         }
+        resamplers = {
+            name: StreamResampler(separator.sample_rate, out_rate, mix.shape[1])
+            for name in (writers if out_rate != separator.sample_rate else ())
+        }
+
+        def write(name: str, stem: Tensor) -> None:
+            writers[name].write(
+                stem if out_channels is None else match_channels(stem, out_channels)
+            )
+
         done = 0
         for chunk in chunks:
             for name, stem in separator.to_dict(chunk, aggregate).items():
-                writers[name].write(stem[0])
+                write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
             done += chunk.shape[-1]
             if on_progress is not None:
-                on_progress(done / mix.shape[-1])
+                on_progress(done / separator.sample_rate, total)
+        for name, resampler in resamplers.items():
+            write(name, resampler.flush())
     return [writer.report for writer in writers.values()]
 
 
@@ -201,14 +356,38 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
     """`--aggregate` as JSON text or a JSON file: `{name: [target, ...]}`."""
     if text is None:
         return None
-    path = Path(text)
     try:
-        value = json.loads(path.read_text() if path.is_file() else text)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UmxError(f"--aggregate is not valid JSON or a JSON file: {error}") from None
+        # JSON text starts with a brace; anything else is a file (testing a long JSON text
+        # as a path would fail: names are limited to 255 bytes)
+        value = json.loads(text if text.lstrip().startswith("{") else _read_json_file(text))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise UmxError(
+            f"--aggregate is neither valid JSON nor a readable JSON file ({reason})"
+        ) from None
     if not (
         isinstance(value, dict)
-        and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values())
+        and all(
+            isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in value.values()
+        )
     ):
-        raise UmxError('--aggregate must map names to lists of targets, e.g. {"acc": ["bass"]}')
+        raise UmxError(
+            '--aggregate must map names to non-empty lists of targets, e.g. {"acc": ["bass"]}'
+        )
+    if not value:
+        raise UmxError("--aggregate needs at least one group")
     return value
+
+
+AGGREGATE_FILE_LIMIT = 1 << 20
+"""The largest `--aggregate` JSON file read, in bytes."""
+
+
+def _read_json_file(name: str) -> str:
+    """The text of a small regular file (not a pipe or a device, which could block)."""
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"{display_path(path)} is not JSON text and not a regular file")
+    if path.stat().st_size > AGGREGATE_FILE_LIMIT:
+        raise ValueError(f"{display_path(path)} is larger than {AGGREGATE_FILE_LIMIT} bytes")
+    return path.read_text()

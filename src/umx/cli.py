@@ -4,26 +4,71 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
 from umx import __version__
-from umx.api import DEFAULT_TEMPLATE, parse_aggregate, separate_file
-from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
+from umx.api import (
+    DEFAULT_TEMPLATE,
+    TEMPLATE_FIELDS,
+    check_aggregate,
+    parse_aggregate,
+    plan_outputs,
+    separate_file,
+)
+from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats, display_path
 from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
-from umx.errors import UmxError
+from umx.errors import UmxError, check_number
 from umx.evaluate import add_evaluate_arguments, run_evaluate
-from umx.options import add_separation_arguments, segment_from_args, separator_from_args
+from umx.options import (
+    add_separation_arguments,
+    check_separation_args,
+    segment_from_args,
+    separator_from_args,
+)
 from umx.train import add_train_arguments, run_training
-from umx.zoo import DEFAULT_MODEL, list_models
+from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, MODELS, download_models, list_models
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate", "train", "evaluate", "synth")
+COMMANDS = ("separate", "train", "evaluate", "synth", "download")
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+MODEL_HELP = (
+    f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
+    f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
+)
+
+
+class Stopped(BaseException):
+    """Raised in the main thread when the process is asked to stop (SIGTERM, SIGHUP), so that
+    every open output is cleaned up as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `Stopped` for the duration of the block."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,13 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.quiet)
     keep_freed_memory()
     try:
-        return args.run(args)
+        with stop_on_signals():
+            return args.run(args)
     except UmxError as error:
         logger.error("error: %s", error)
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
+    except Stopped as stopped:
+        logger.error("stopped by %s", signal.Signals(stopped.signum).name)
+        return 128 + stopped.signum
 
 
 def setup_logging(quiet: bool) -> None:
@@ -87,7 +136,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_synth_arguments(synth)
     synth.set_defaults(run=run_synth)
+    download = commands.add_parser(
+        "download",
+        help="download and verify published models",
+        description="Download the weights of published models into the cache and verify "
+        "their SHA-256, so that later runs work offline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    download.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help=f"models to download (default: {DEFAULT_MODEL}; see `umx --list-models`)",
+    )
+    download.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(run=run_download)
     return parser
+
+
+def run_download(args: argparse.Namespace) -> int:
+    for directory in download_models(args.models or None, progress=not args.quiet):
+        print(display_path(directory))
+    return 0
 
 
 def add_separate_command(commands: argparse._SubParsersAction) -> None:
@@ -99,19 +169,25 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=run_separate)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files to separate")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL})",
+        "--list-models",
+        action="store_true",
+        help="list the known models (bundled, cached or to download) and exit",
     )
-    p.add_argument("--list-models", action="store_true", help="list the known models and exit")
-    p.add_argument("--outdir", type=Path, default=Path("separated"), help="output directory")
+    p.add_argument(
+        "--outdir",
+        type=Path,
+        default=Path("separated"),
+        help="output directory (default: separated)",
+    )
     p.add_argument(
         "--filename",
         default=DEFAULT_TEMPLATE,
         metavar="TEMPLATE",
-        help="output path under OUTDIR, with {track}, {target} and {ext} "
-        f"(default: {DEFAULT_TEMPLATE})",
+        help="output path under OUTDIR, with "
+        + ", ".join("{" + field + "}" for field in TEMPLATE_FIELDS)
+        + f" (default: {DEFAULT_TEMPLATE})",
     )
     p.add_argument(
         "--ext",
@@ -124,7 +200,8 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--subtype",
         choices=sorted({subtype for subtypes in SUBTYPES.values() for subtype in subtypes}),
-        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only)",
+        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only); "
+        "MPEG_LAYER_III for mp3 (its only one)",
     )
     p.add_argument(
         "--clip",
@@ -133,12 +210,22 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
         help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
         "clamp the samples, or none (FLOAT only) (default: rescale)",
     )
-    p.add_argument("--start", type=float, default=0.0, help="start of the excerpt, in seconds")
-    p.add_argument("--duration", type=float, help="length of the excerpt, in seconds")
+    p.add_argument(
+        "--start", type=float, default=0.0, help="start of the excerpt, in seconds (default: 0)"
+    )
+    p.add_argument(
+        "--duration", type=float, help="length of the excerpt, in seconds (default: to the end)"
+    )
     p.add_argument(
         "--downmix",
         action="store_true",
         help="average inputs with more than two channels instead of refusing them",
+    )
+    p.add_argument(
+        "--match-input",
+        action="store_true",
+        help="write the stems at the input's sample rate and channel count (default: the "
+        "model's rate, stereo for stereo models)",
     )
     p.add_argument(
         "--aggregate",
@@ -153,22 +240,26 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
 
 def run_separate(args: argparse.Namespace) -> int:
     if args.list_models:
-        for info in list_models():
-            where = "bundled" if info.bundled else "cached" if info.cached else "download"
-            name = f"{info.name}{' (default)' if info.default else ''}"
-            print(f"{name:20s} {where:9s} {' '.join(info.targets):24s} {info.description}")
+        print_models()
         return 0
-    if not args.inputs:
-        raise UmxError("no input files given (try `umx --help`)")
-    separator = separator_from_args(args, args.model)
+    check_inputs(args)
     aggregate = parse_aggregate(args.aggregate)
+    known = known_names(args, aggregate)
+    if known is not None:
+        plan_outputs(args.inputs, known, args.outdir, args.filename, args.ext)
+    separator = separator_from_args(args, args.model)
+    check_aggregate(aggregate, separator.targets)
+    names = list(aggregate) if aggregate is not None else separator.targets
+    plan_outputs(args.inputs, names, args.outdir, args.filename, args.ext)
     failed = 0
     for path in args.inputs:
         try:
             with tqdm(
-                total=1.0,
-                desc=Path(path).name,
-                unit="track",
+                total=None,
+                desc=display_path(Path(path).name),
+                unit="s",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                "[{elapsed}<{remaining}]",
                 disable=True if args.quiet else None,  # None: only on a terminal
                 leave=False,
             ) as bar:
@@ -183,22 +274,69 @@ def run_separate(args: argparse.Namespace) -> int:
                     start=args.start,
                     duration=args.duration,
                     downmix=args.downmix,
+                    match_input=args.match_input,
                     segment=segment_from_args(args),
                     overlap=args.overlap,
                     aggregate=aggregate,
                     force=args.force,
-                    on_progress=lambda fraction, bar=bar: bar.update(fraction - bar.n),
+                    on_progress=lambda done, total, bar=bar: show_progress(bar, done, total),
                 )
         except UmxError as error:
             logger.error("error: %s", error)
             failed += 1
             continue
+        logger.info("%s: separated with %s", display_path(path), separator.model_name)
         for report in reports:
             note = f" ({report.action} by {report.gain:.3f})" if report.action != "none" else ""
-            print(f"{report.path}{note}")
+            print(f"{display_path(report.path)}{note}")
     if failed:
         logger.error("%d of %d inputs failed", failed, len(args.inputs))
     return 1 if failed else 0
+
+
+def print_models() -> None:
+    """`umx --list-models`: each model's name, where it is, targets and description."""
+    for info in list_models():
+        role = " (default)" if info.default else " (offline)" if info.name == FALLBACK_MODEL else ""
+        print(
+            f"{info.name + role:20s} {info.status:14s} {' '.join(info.targets):24s} "
+            f"{info.description}"
+        )
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The options and inputs of `umx separate` that can be checked before loading a model."""
+    if not args.inputs:
+        taken = [t for t in args.targets or () if Path(t).suffix or Path(t).exists()]
+        if taken:
+            raise UmxError(
+                f"--targets took {taken[0]!r} as a target name and no input file is left: "
+                f"write the inputs first (umx {taken[0]} --targets ...) or end the target list "
+                "with -- (umx --targets vocals -- song.mp3)"
+            )
+        raise UmxError("no input files given (try `umx --help`)")
+    check_number("--start", args.start, minimum=0)
+    if args.duration is not None:
+        check_number("--duration", args.duration, above=0)
+    check_separation_args(args)
+
+
+def known_names(args: argparse.Namespace, aggregate: dict | None) -> list[str] | None:
+    """The stem names known before the model is loaded, when they are."""
+    if aggregate is not None:
+        return list(aggregate)
+    targets = args.targets
+    if targets is None and (args.model or DEFAULT_MODEL) in MODELS:
+        targets = MODELS[args.model or DEFAULT_MODEL].targets
+    if targets is None:
+        return None
+    return [*targets, *([args.residual] if args.residual else [])]
+
+
+def show_progress(bar: tqdm, done: float, total: float) -> None:
+    """Seconds of audio separated so far, of `total`."""
+    bar.total = total
+    bar.update(done - bar.n)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from umx.devices import AUTO, resolve_device
-from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator
+from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator, check_options
 from umx.zoo import load_separator
 
 SEPARATION_DEFAULTS = {
@@ -23,7 +23,13 @@ SEPARATION_DEFAULTS = {
 
 def add_separation_arguments(group: argparse._ActionsContainer) -> None:
     """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group."""
-    group.add_argument("--targets", nargs="+", metavar="TARGET", help="separate only these targets")
+    group.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="TARGET",
+        help="separate only these targets (default: all of the model's); put it after the "
+        "inputs, or end the list with --",
+    )
     group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
     group.add_argument(
         "--wiener-win-len",
@@ -32,10 +38,14 @@ def add_separation_arguments(group: argparse._ActionsContainer) -> None:
         help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
     )
     group.add_argument(
-        "--softmask", action="store_true", help="start the Wiener filter from ratio masks"
+        "--softmask",
+        action="store_true",
+        help="start the Wiener filter from ratio masks (default: from the model magnitudes)",
     )
     group.add_argument(
-        "--residual", metavar="NAME", help="add a target NAME: the mixture minus the targets"
+        "--residual",
+        metavar="NAME",
+        help="add a target NAME: the mixture minus the targets (default: none)",
     )
     group.add_argument(
         "--segment",
@@ -68,9 +78,19 @@ def given_separation_options(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def separator_from_args(args: argparse.Namespace, model: str) -> Separator:
-    """Load `model` (a name or a directory) with the separation options of `args`; a download
-    shows a progress bar unless `args.quiet`."""
+def check_separation_args(args: argparse.Namespace) -> None:
+    """Refuse separation options that make no sense, before any model is loaded."""
+    check_options(
+        niter=args.niter,
+        wiener_win_len=args.wiener_win_len or None,
+        segment=segment_from_args(args),
+        overlap=args.overlap,
+    )
+
+
+def separator_from_args(args: argparse.Namespace, model: str | None) -> Separator:
+    """Load `model` (a name, a directory, or None for the default) with the separation options
+    of `args`; a download shows a progress bar unless `args.quiet`."""
     return load_separator(
         model,
         targets=args.targets,

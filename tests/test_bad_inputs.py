@@ -1,0 +1,248 @@
+"""Bad inputs and options, as a table: each gives a clear error and changes no file.
+
+Every case runs against the same folder, holding the input song, a small model directory and an
+earlier result; after the case, every file in it is byte-identical and no file was added.
+"""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import umx
+from umx.cli import main
+from umx.zoo import save_separator
+
+RATE = 16000
+
+
+def snapshot(root):
+    """Every file under root, with the hash of its bytes."""
+    return {
+        path.relative_to(root): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, small_music_separator):
+    """A song, a model directory, a finished earlier result, and bad files of several kinds."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    rng = np.random.default_rng(0)
+    sf.write(root / "song.wav", 0.3 * rng.standard_normal((RATE, 2)), RATE, subtype="FLOAT")
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    for folder in ("a", "b"):
+        sf.write(root / folder / "song.wav", 0.1 * rng.standard_normal((RATE, 2)), RATE)
+    save_separator(small_music_separator, root / "model")
+    (root / "out" / "song").mkdir(parents=True)
+    (root / "out" / "song" / "vocals.wav").write_bytes(b"an earlier result")
+    (root / "noise.mp3").write_bytes(rng.bytes(4000))
+    (root / "noise.wav").write_bytes(rng.bytes(4000))
+    (root / "empty.wav").write_bytes(b"")
+    (root / "...wav").write_bytes((root / "song.wav").read_bytes())
+    nan_audio = np.zeros((RATE, 2), dtype=np.float32)
+    nan_audio[100] = np.nan
+    sf.write(root / "nan.wav", nan_audio, RATE, subtype="FLOAT")
+    # a WAV whose header declares 1 s but which holds 0.5 s
+    with wave.open(str(root / "truncated.wav"), "wb") as file:
+        file.setnchannels(2)
+        file.setsampwidth(2)
+        file.setframerate(RATE)
+        file.writeframes(np.zeros((RATE, 2), dtype=np.int16).tobytes())
+    data = (root / "truncated.wav").read_bytes()
+    (root / "truncated.wav").write_bytes(data[: 44 + RATE * 2])
+    # a WAV whose header declares about 2 GiB of frames: reading must not allocate them
+    header = bytearray(data[:44])
+    header[40:44] = (2**31 - 8).to_bytes(4, "little")
+    (root / "huge.wav").write_bytes(bytes(header) + data[44:1044])
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    bad_models = {
+        "model-nan-rate": {"sample_rate": math.nan},
+        "model-zero-rate": {"sample_rate": 0},
+        "model-hop-as-window": {"nhop": 512},
+        "model-escaping-target": {"targets": ["../escape"]},
+        "model-no-targets": {"targets": []},
+    }
+    for name, change in bad_models.items():
+        directory = root / name
+        save_separator(small_music_separator, directory)
+        config = json.loads((directory / "separator.json").read_text())
+        config.update(change)
+        (directory / "separator.json").write_text(json.dumps(config))
+    return root
+
+
+SONG = "song.wav"
+MODEL = ("--model", "model")
+
+# (id, arguments, message fragment); every case exits with 1
+CLI_CASES = [
+    ("niter-negative", [SONG, *MODEL, "--niter", "-1"], "--niter must be at least 0"),
+    ("wiener-negative", [SONG, *MODEL, "--wiener-win-len", "-1"], "--wiener-win-len must be"),
+    ("segment-nan", [SONG, *MODEL, "--segment", "nan"], "--segment must be a finite number"),
+    ("segment-inf", [SONG, *MODEL, "--segment", "inf"], "--segment must be a finite number"),
+    ("segment-zero", [SONG, *MODEL, "--segment", "0"], "--segment must be greater than 0"),
+    ("segment-negative", [SONG, *MODEL, "--segment", "-3"], "--segment must be greater than 0"),
+    ("overlap-negative", [SONG, *MODEL, "--overlap", "-1"], "--overlap must be at least 0"),
+    ("overlap-nan", [SONG, *MODEL, "--overlap", "nan"], "--overlap must be a finite number"),
+    ("overlap-too-long", [SONG, *MODEL, "--overlap", "40"], "must be shorter than --segment"),
+    ("start-negative", [SONG, *MODEL, "--start", "-1"], "--start must be at least 0"),
+    ("start-nan", [SONG, *MODEL, "--start", "nan"], "--start must be a finite number"),
+    ("start-inf", [SONG, *MODEL, "--start", "inf"], "--start must be a finite number"),
+    ("duration-zero", [SONG, *MODEL, "--duration", "0"], "--duration must be greater than 0"),
+    ("duration-negative", [SONG, *MODEL, "--duration", "-2"], "--duration must be greater"),
+    ("duration-nan", [SONG, *MODEL, "--duration", "nan"], "--duration must be a finite number"),
+    ("start-past-end", [SONG, *MODEL, "--start", "5"], "no audio from 5"),
+    ("filename-parent", [SONG, *MODEL, "--filename", "../x/{target}.{ext}"], "inside --outdir"),
+    ("filename-absolute", [SONG, *MODEL, "--filename", "/tmp/{target}.wav"], "inside --outdir"),
+    ("filename-field", [SONG, *MODEL, "--filename", "{track}/{foo}.wav"], "unknown fields foo"),
+    ("filename-same", [SONG, *MODEL, "--filename", "{track}.wav"], "the same path"),
+    ("filename-broken", [SONG, *MODEL, "--filename", "{track"], "not a valid template"),
+    ("aggregate-escape", [SONG, *MODEL, "--aggregate", '{"../../e": ["vocals"]}'], "--outdir"),
+    ("aggregate-unknown", [SONG, *MODEL, "--aggregate", '{"x": ["guitar"]}'], "unknown targets"),
+    ("aggregate-not-json", [SONG, *MODEL, "--aggregate", "{not json"], "neither valid JSON"),
+    ("aggregate-empty-group", [SONG, *MODEL, "--aggregate", '{"x": []}'], "non-empty lists"),
+    ("aggregate-deep", [SONG, *MODEL, "--aggregate", "deep.json"], "neither valid JSON"),
+    ("aggregate-no-file", [SONG, *MODEL, "--aggregate", "missing.json"], "not a regular file"),
+    ("input-missing", ["missing.wav", *MODEL], "missing.wav does not exist"),
+    ("input-directory", ["a", *MODEL], "is a directory"),
+    ("input-random-mp3", ["noise.mp3", *MODEL], "noise.mp3 is not decodable audio"),
+    ("input-random-wav", ["noise.wav", *MODEL], "noise.wav is not decodable audio"),
+    ("input-empty", ["empty.wav", *MODEL], "empty.wav"),
+    ("input-nan", ["nan.wav", *MODEL], "NaN or infinite samples"),
+    ("input-truncated", ["truncated.wav", *MODEL], "truncated.wav is truncated"),
+    ("input-huge-header", ["huge.wav", *MODEL], "huge.wav is truncated"),
+    ("track-dotdot", ["...wav", *MODEL], "inside --outdir"),
+    (
+        "stem-over-input",
+        [
+            SONG,
+            *MODEL,
+            "--targets",
+            "vocals",
+            "--niter",
+            "0",
+            "--outdir",
+            ".",
+            "--filename",
+            "{track}.wav",
+            "--force",
+        ],
+        "would replace the input",
+    ),
+    ("same-name-two-folders", ["a/song.wav", "b/song.wav", *MODEL, "--force"], "{parent}"),
+    ("same-input-twice", [SONG, SONG, *MODEL], "given twice"),
+    ("targets-swallow-input", [*MODEL, "--targets", "vocals", SONG], "--targets took 'song.wav'"),
+    ("model-missing", [SONG, "--model", "no-such-model"], "unknown model"),
+    ("model-nan-rate", [SONG, "--model", "model-nan-rate"], "sample_rate"),
+    ("model-zero-rate", [SONG, "--model", "model-zero-rate"], "sample_rate"),
+    ("model-hop-as-window", [SONG, "--model", "model-hop-as-window"], "cannot be inverted"),
+    ("model-escaping-target", [SONG, "--model", "model-escaping-target"], "../escape"),
+    ("model-no-targets", [SONG, "--model", "model-no-targets"], "target"),
+    ("device-unknown", [SONG, *MODEL, "--device", "tpu"], "unknown device"),
+    ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
+    ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),
+    ("one-source-em", [SONG, *MODEL, "--targets", "vocals"], "--residual NAME"),
+    ("unknown-target", [SONG, *MODEL, "--targets", "guitar"], "no target 'guitar'"),
+    ("existing-output", [SONG, *MODEL, "--outdir", "out"], "already exists (use --force"),
+]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"), [case[1:] for case in CLI_CASES], ids=[c[0] for c in CLI_CASES]
+)
+def test_cli_refuses_bad_input_and_changes_nothing(
+    workspace, arguments, message, capsys, monkeypatch
+):
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("UMX_OFFLINE", "1")
+    before = snapshot(workspace)
+    assert main(["--quiet", *arguments]) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert all(line.startswith("umx: ") for line in err.splitlines()), err
+    assert snapshot(workspace) == before
+
+
+def test_cli_cases_cover_the_issue():
+    assert len(CLI_CASES) + len(API_CASES) >= 40
+    assert len({case[0] for case in CLI_CASES}) == len(CLI_CASES)
+
+
+def run_umx_subprocess(arguments, cwd, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "umx.cli", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "UMX_OFFLINE": "1"},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("where", ["input", "aggregate"])
+def test_named_pipes_are_refused_without_blocking(workspace, tmp_path, where):
+    """A pipe nobody writes to would block a reader forever: it is refused without opening."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    arguments = [str(fifo)] if where == "input" else [SONG, "--aggregate", str(fifo)]
+    before = snapshot(workspace)
+    result = run_umx_subprocess([*arguments, "--model", "model", "--quiet"], workspace)
+    assert result.returncode == 1
+    assert "not a regular file" in result.stderr or "named pipe" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(workspace) == before
+
+
+# (id, audio, rate, options, exception, message)
+API_CASES = [
+    ("nan-sample", torch.tensor([[0.0, math.nan] * 100] * 2), RATE, {}, umx.UmxError, "NaN"),
+    ("inf-sample", torch.tensor([[0.0, math.inf] * 100] * 2), RATE, {}, umx.UmxError, "infinite"),
+    ("complex", torch.zeros(2, 100, dtype=torch.complex64), RATE, {}, TypeError, "complex"),
+    ("string", "song.wav", RATE, {}, TypeError, "not str"),
+    ("list", [[0.0] * 10] * 2, RATE, {}, TypeError, "not list"),
+    ("int16", np.zeros((2, 100), dtype=np.int16), RATE, {}, TypeError, "int16"),
+    ("time-major", np.zeros((RATE, 2), dtype=np.float32), RATE, {}, umx.UmxError, "time-major"),
+    ("no-channel", torch.zeros(0, 100), RATE, {}, umx.UmxError, "1 or 2 channels"),
+    ("three-channels", torch.zeros(3, 1000), RATE, {}, umx.UmxError, "1 or 2 channels"),
+    ("no-samples", torch.zeros(2, 0), RATE, {}, umx.UmxError, "no samples"),
+    ("one-dimension", torch.zeros(100), RATE, {}, umx.UmxError, "nb_channels"),
+    ("rate-zero", torch.zeros(2, 100), 0, {}, umx.UmxError, "rate must be at least"),
+    ("rate-nan", torch.zeros(2, 100), math.nan, {}, umx.UmxError, "rate must be a finite"),
+    ("rate-negative", torch.zeros(2, 100), -44100, {}, umx.UmxError, "rate must be at least"),
+    ("rate-string", torch.zeros(2, 100), "44100", {}, umx.UmxError, "rate must be a number"),
+    ("rate-huge", torch.zeros(2, 100), 1e12, {}, umx.UmxError, "rate must be at most"),
+    ("segment-nan", torch.zeros(2, 100), RATE, {"segment": math.nan}, umx.UmxError, "--segment"),
+    ("overlap-inf", torch.zeros(2, 100), RATE, {"overlap": math.inf}, umx.UmxError, "--overlap"),
+    ("aggregate", torch.zeros(2, 100), RATE, {"aggregate": {"x": ["y"]}}, umx.UmxError, "y"),
+]
+
+
+@pytest.mark.parametrize(
+    ("audio", "rate", "options", "exception", "message"),
+    [case[1:] for case in API_CASES],
+    ids=[c[0] for c in API_CASES],
+)
+def test_api_refuses_bad_input_with_its_own_checks(
+    small_music_separator, audio, rate, options, exception, message
+):
+    with pytest.raises(exception, match=message):
+        umx.separate(audio, rate, model=small_music_separator, **options)
+
+
+def test_api_bad_niter_is_refused_before_loading():
+    with pytest.raises(umx.UmxError, match="--niter must be at least 0"):
+        umx.separate(torch.zeros(2, 100), RATE, model=Path("does-not-matter"), niter=-1)
