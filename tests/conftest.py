@@ -20,3 +20,11 @@ def small_music_separator():
             model.output_mean.uniform_(0.2, 0.8)
         models[target] = model.freeze()
     return Separator(models, sample_rate=16000, n_fft=512, n_hop=128, nb_channels=2)
+
+
+@pytest.fixture(autouse=True)
+def offline_with_an_empty_cache(tmp_path_factory, monkeypatch):
+    """No test touches the network or the user's model cache: tests that download set up a
+    local server and unset UMX_OFFLINE themselves."""
+    monkeypatch.setenv("UMX_OFFLINE", "1")
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path_factory.mktemp("umx-cache")))

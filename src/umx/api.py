@@ -25,7 +25,7 @@ from umx.audio import (
 )
 from umx.errors import UmxError, check_number
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
-from umx.zoo import load_separator
+from umx.zoo import check_target_name, load_separator
 
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 TEMPLATE_FIELDS = ("track", "trackext", "parent", "target", "ext")
@@ -155,6 +155,8 @@ def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequ
     """Refuse groups that name targets the separator does not have, before any work."""
     if aggregate is None:
         return
+    for name in aggregate:
+        check_target_name(name, "--aggregate")
     unknown = sorted({t for group in aggregate.values() for t in group} - set(targets))
     if unknown:
         raise UmxError(

@@ -33,7 +33,15 @@ from umx.options import (
     separator_from_args,
 )
 from umx.train import add_train_arguments, run_training
-from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, MODELS, download_models, list_models
+from umx.zoo import (
+    DEFAULT_MODEL,
+    FALLBACK_MODEL,
+    MODELS,
+    PARTIAL,
+    check_target_name,
+    download_models,
+    list_models,
+)
 
 logger = logging.getLogger("umx")
 
@@ -295,12 +303,13 @@ def run_separate(args: argparse.Namespace) -> int:
 
 
 def print_models() -> None:
-    """`umx --list-models`: each model's name, where it is, targets and description."""
+    """`umx --list-models`: each model's name and role, where it is, targets and description."""
     for info in list_models():
-        role = " (default)" if info.default else " (offline)" if info.name == FALLBACK_MODEL else ""
+        role = " (default)" if info.default else " (offline)" if info.fallback else ""
+        missing = f" (missing: {', '.join(info.missing)})" if info.status == PARTIAL else ""
         print(
-            f"{info.name + role:20s} {info.status:14s} {' '.join(info.targets):24s} "
-            f"{info.description}"
+            f"{info.name + role:20s} {info.status:15s} {' '.join(info.targets):24s} "
+            f"{info.description}{missing}"
         )
 
 
@@ -315,6 +324,8 @@ def check_inputs(args: argparse.Namespace) -> None:
                 "with -- (umx --targets vocals -- song.mp3)"
             )
         raise UmxError("no input files given (try `umx --help`)")
+    if args.residual is not None:
+        check_target_name(args.residual, "--residual")
     check_number("--start", args.start, minimum=0)
     if args.duration is not None:
         check_number("--duration", args.duration, above=0)
