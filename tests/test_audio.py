@@ -1,8 +1,13 @@
 """Tests of umx.audio: round trips, excerpts, resampling, channel policy, errors, clipping."""
 
+import contextlib
+import io
 import os
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -13,12 +18,16 @@ from umx import audio
 from umx.audio import (
     DEFAULT_SUBTYPE,
     RESCALE_PEAK,
+    AudioFileInfo,
     AudioWriter,
     StreamResampler,
     audio_formats,
+    audio_info,
     display_path,
     read_audio,
+    read_frames,
     resample,
+    seconds_to_frames,
     write_audio,
 )
 from umx.errors import UmxError
@@ -527,3 +536,294 @@ def test_display_path_is_printable_on_one_line():
     assert display_path("a\nb\x1b[31m\u202e.wav") == "a\\nb\\x1b[31m\\u202e.wav"
     assert display_path("/music/déjà vu.flac") == "/music/déjà vu.flac"
     display_path(undecodable).encode("utf-8")  # printable: no UnicodeEncodeError
+
+
+# Hostile input: special files, truncation, huge headers, undecodable files
+
+
+def call_with_timeout(function, *args, timeout: float = 10.0):
+    """Runs ``function(*args)`` in a thread; fails the test instead of hanging if it blocks."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:  # handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return thread.is_alive(), outcome
+
+
+def unblock_fifo(path) -> None:
+    """Opens a FIFO for writing and closes it, so that a reader blocked on it returns."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("function", [read_audio, audio_info])
+def test_named_pipe_is_refused_without_blocking(tmp_path, function):
+    fifo = tmp_path / "song.wav"
+    os.mkfifo(fifo)
+    blocked, outcome = call_with_timeout(function, fifo, timeout=10.0)
+    unblock_fifo(fifo)
+    assert not blocked, "reading a named pipe blocked"
+    assert isinstance(outcome.get("error"), UmxError)
+    assert str(outcome["error"]) == f"{fifo} is a named pipe, not a regular audio file"
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_character_devices_are_refused(device):
+    if not os.path.exists(device):
+        pytest.skip(f"{device} missing")
+    blocked, outcome = call_with_timeout(read_audio, device, timeout=10.0)
+    assert not blocked
+    assert str(outcome["error"]) == f"{device} is a character device, not a regular audio file"
+    with pytest.raises(UmxError, match="character device"):
+        audio_info(device)
+
+
+def test_socket_is_refused(tmp_path):
+    path = tmp_path / "s.wav"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        with pytest.raises(UmxError, match=r"s\.wav is a socket, not a regular audio file"):
+            read_audio(path)
+
+
+def wav_bytes(seconds: float = 2.0, rate: int = 8000, format: str = "WAV") -> bytes:
+    """A stereo PCM_16 file of ``seconds`` in ``format``, as bytes."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone(seconds=seconds, rate=rate).T, rate, "PCM_16", format=format)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "format"), [("cut.wav", "WAV"), ("cut.wav", "RF64"), ("cut.aiff", "AIFF")]
+)
+@pytest.mark.parametrize("excerpt", [{}, {"start": 0.0, "duration": 0.1}])
+def test_truncated_pcm_file_is_refused_with_the_missing_length(tmp_path, name, format, excerpt):
+    data = wav_bytes(2.0, format=format)
+    header = len(data) - 2 * 8000 * 4  # 2 s of 16-bit stereo at 8 kHz follow the header
+    path = tmp_path / name
+    path.write_bytes(data[: header + round(1.2 * 8000) * 4])
+    with pytest.raises(UmxError) as error:
+        read_audio(path, **excerpt)
+    assert str(error.value) == (
+        f"{path} is truncated: its header declares 2.00 s but the file holds 1.20 s"
+    )
+    with pytest.raises(UmxError, match="truncated"):
+        audio_info(path)
+
+
+def test_truncated_flac_is_refused_even_for_an_excerpt(tmp_path):
+    path = tmp_path / "cut.flac"
+    write_audio(path, tone(seconds=2.0), RATE)
+    truncate(path, 0.5)
+    for excerpt in ({}, {"start": 0.0, "duration": 0.1}):
+        with pytest.raises(UmxError, match=r"cut\.flac is truncated: its header declares 2\.00 s"):
+            read_audio(path, **excerpt)
+
+
+def test_truncated_mp3_is_refused_even_for_an_excerpt(tmp_path, capfd):
+    path = tmp_path / "cut.mp3"
+    write_audio(path, tone(seconds=2.0), RATE)
+    truncate(path, 0.5)
+    for read in (read_audio, audio_info, lambda p: read_audio(p, duration=0.1)):
+        with pytest.raises(UmxError, match=r"is truncated: its header declares 2\.00 s"):
+            read(path)
+    assert capfd.readouterr().err == ""  # refused before the MPEG decoder warns
+
+
+def test_wav_streamed_with_undeclared_size_is_read_whole(tmp_path):
+    data = bytearray(wav_bytes(1.0))
+    data[4:8] = data[40:44] = b"\xff\xff\xff\xff"  # RIFF and data sizes as ffmpeg leaves on a pipe
+    assert data[36:40] == b"data"
+    (tmp_path / "piped.wav").write_bytes(bytes(data))
+    decoded, _ = read_audio(tmp_path / "piped.wav")
+    assert decoded.shape == (2, 8000)
+
+
+@needs_ffmpeg
+def test_mp3_without_xing_tag_is_not_taken_for_truncated(tmp_path):
+    # libsndfile estimates such a file's length from its size, a little too long: not a
+    # declaration, so it must not be compared with what decodes
+    write_audio(tmp_path / "source.wav", tone(seconds=2.0, rate=8000), 8000)
+    path = tmp_path / "plain.mp3"
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(tmp_path / "source.wav")]
+    command += ["-c:a", "libmp3lame", "-b:a", "64k", "-write_xing", "0", str(path)]
+    subprocess.run(command, check=True)
+    assert soundfile.info(path).frames > len(soundfile.read(path)[0])  # the estimate
+    decoded, _ = read_audio(path)
+    assert decoded.shape[1] == len(soundfile.read(path)[0])
+    tail, _ = read_audio(path, start=1.9)
+    torch.testing.assert_close(tail, decoded[:, int(1.9 * 8000) :])
+    assert audio_info(path).nb_frames is None
+
+
+def set_flac_total_samples(path, total: int) -> None:
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    fields = int.from_bytes(data[18:26], "big")
+    data[18:26] = ((fields & ~(2**36 - 1)) | total).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+
+
+def test_huge_declared_lengths_are_refused_before_allocating(tmp_path):
+    # Were buffers sized from these headers, numpy would fail for lack of memory (MemoryError,
+    # not UmxError) or take hundreds of GiB.
+    flac = tmp_path / "huge.flac"
+    write_audio(flac, tone(seconds=0.5), RATE)
+    set_flac_total_samples(flac, 2**36 - 1)
+    with pytest.raises(UmxError, match=r"huge\.flac is truncated: .* holds 0\.50 s"):
+        read_audio(flac)
+    with pytest.raises(UmxError, match="truncated"):
+        audio_info(flac)
+
+    rf64 = bytearray(wav_bytes(0.5, format="RF64"))
+    ds64 = rf64.index(b"ds64") + 8
+    rf64[ds64 + 8 : ds64 + 16] = struct.pack("<Q", 2**40 * 4)  # data size: 2^40 frames
+    (tmp_path / "huge.wav").write_bytes(bytes(rf64))
+    with pytest.raises(UmxError, match=r"declares 137438953\.47 s but the file holds 0\.50 s"):
+        read_audio(tmp_path / "huge.wav", duration=0.1)
+
+    wav = bytearray(wav_bytes(0.5))
+    wav[40:44] = struct.pack("<I", 0xFFFFFFF0)
+    (tmp_path / "big.wav").write_bytes(bytes(wav))
+    with pytest.raises(UmxError, match="truncated"):
+        read_audio(tmp_path / "big.wav")
+
+
+def test_flac_declaring_no_length_is_decoded_block_by_block(tmp_path):
+    path = tmp_path / "stream.flac"
+    write_audio(path, tone(seconds=0.5), RATE)
+    expected, _ = read_audio(path)
+    set_flac_total_samples(path, 0)  # libsndfile's length becomes 2^63 - 1
+    assert audio_info(path).nb_frames is None
+    decoded, _ = read_audio(path)
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=0)
+    excerpt, _ = read_audio(path, start=0.1, duration=0.2)
+    torch.testing.assert_close(excerpt, expected[:, 4410:13230], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("extension", ["wav", "mp3"])
+def test_reads_beyond_memory_are_refused(tmp_path, monkeypatch, extension):
+    path = tmp_path / f"song.{extension}"
+    write_audio(path, tone(seconds=2.0), RATE)
+    monkeypatch.setattr(audio, "_physical_memory", lambda: 100_000)
+    with pytest.raises(UmxError, match=r"song\.\w+ is too long to read at once"):
+        read_audio(path)
+    assert read_audio(path, duration=0.1)[0].shape == (2, 4410)  # 35 kB fit
+
+
+def make_random_mp3(path):
+    path.write_bytes(np.random.default_rng(0).bytes(20000))
+
+
+def make_random_wav(path):
+    path.write_bytes(np.random.default_rng(1).bytes(20000))
+
+
+def make_text_mp3(path):
+    path.write_text("not audio at all\n" * 100)
+
+
+def make_empty_file(path):
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("noise.mp3", make_random_mp3, "neither libsndfile nor ffmpeg knows its format"),
+        ("noise.wav", make_random_wav, "neither libsndfile nor ffmpeg knows its format"),
+        ("notes.mp3", make_text_mp3, "neither libsndfile nor ffmpeg knows its format"),
+        ("empty.wav", make_empty_file, "the file is empty"),
+        ("empty.mp3", make_empty_file, "the file is empty"),
+    ],
+)
+@pytest.mark.parametrize("ffmpeg", [True, False])
+def test_undecodable_files_are_named_without_decoder_noise(
+    tmp_path, capfd, monkeypatch, name, make, reason, ffmpeg
+):
+    if ffmpeg and shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    if not ffmpeg:
+        monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+        if reason.startswith("neither"):
+            reason = "no WAV, AIFF, FLAC, Ogg or MP3 header"
+    path = tmp_path / name
+    make(path)
+    for function in (read_audio, audio_info):
+        with pytest.raises(UmxError) as error:
+            function(path)
+        assert str(error.value) == f"{path} is not decodable audio ({reason})"
+    assert capfd.readouterr().err == ""
+
+
+# Excerpt boundaries: int(seconds * rate), as open-unmix
+
+
+def write_index_ramp(path, rate: int = 8000, nb_frames: int = 8000, **options) -> None:
+    """A mono file whose sample i is i / 8192 (exact in float32)."""
+    ramp = (np.arange(nb_frames) / 8192).astype(np.float32)
+    soundfile.write(path, ramp, rate, subtype="FLOAT", **options)
+
+
+def excerpt_indices(path, **excerpt) -> tuple[int, int]:
+    """The first sample index and the length of an excerpt of an index ramp."""
+    audio_excerpt, _ = read_audio(path, **excerpt)
+    return round(float(audio_excerpt[0, 0]) * 8192), audio_excerpt.shape[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("ramp.wav", {}),
+        pytest.param("ramp.caf", {"format": "CAF"}, marks=needs_ffmpeg),  # through ffmpeg
+    ],
+)
+def test_excerpt_boundaries_truncate_like_open_unmix(tmp_path, name, options):
+    path = tmp_path / name
+    write_index_ramp(path, **options)
+    assert excerpt_indices(path, duration=0.33337) == (0, 2666)  # int(2666.96); round: 2667
+    assert excerpt_indices(path, start=0.00019, duration=0.1) == (1, 800)  # int(1.52); round: 2
+    assert excerpt_indices(path, start=0.99995) == (7999, 1)
+
+
+@needs_ffmpeg
+def test_ffmpeg_excerpts_are_slices_of_the_whole_decode(tmp_path):
+    path = tmp_path / "ramp.caf"
+    write_index_ramp(path, nb_frames=8000, format="CAF")
+    whole, _ = read_audio(path)
+    np.testing.assert_array_equal(whole[0].numpy() * 8192, np.arange(8000))
+    excerpt, _ = read_audio(path, start=0.5, duration=0.0625)
+    torch.testing.assert_close(excerpt, whole[:, 4000:4500], rtol=0, atol=0)
+
+
+def test_seconds_to_frames_truncates():
+    assert seconds_to_frames(0.33337, 8000) == 2666
+    assert seconds_to_frames(0.00019, 8000) == 1
+    assert seconds_to_frames(6.0, 44100) == 264600
+
+
+def test_read_frames_and_audio_info(tmp_path):
+    signal = tone(seconds=1.0, rate=8000)
+    write_audio(tmp_path / "song.flac", signal, 8000)
+    assert audio_info(tmp_path / "song.flac") == AudioFileInfo(8000.0, 2, 8000)
+    frames, rate = read_frames(tmp_path / "song.flac", 7900, 500)
+    assert rate == 8000.0 and frames.is_contiguous()
+    np.testing.assert_allclose(frames.numpy(), signal[:, 7900:], atol=2**-15)
+    assert read_frames(tmp_path / "song.flac", 9000)[0].shape == (2, 0)
+    write_audio(tmp_path / "song.mp3", signal, 8000)
+    info = audio_info(tmp_path / "song.mp3")
+    assert info.nb_frames == read_audio(tmp_path / "song.mp3")[0].shape[1]
+
+
+@needs_ffmpeg
+def test_audio_info_of_an_ffmpeg_format(tmp_path):
+    write_audio(tmp_path / "source.wav", tone(nb_channels=1), RATE, subtype="FLOAT")
+    ffmpeg_encode(tmp_path / "source.wav", tmp_path / "song.m4a")
+    assert audio_info(tmp_path / "song.m4a") == AudioFileInfo(float(RATE), 1, None)
