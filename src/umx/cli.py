@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -262,15 +262,7 @@ def run_separate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.inputs:
         try:
-            with tqdm(
-                total=None,
-                desc=display_path(Path(path).name),
-                unit="s",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
-                "[{elapsed}<{remaining}]",
-                disable=True if args.quiet else None,  # None: only on a terminal
-                leave=False,
-            ) as bar:
+            with closing(AudioProgress(display_path(Path(path).name), args.quiet)) as progress:
                 reports = separate_file(
                     path,
                     separator,
@@ -287,7 +279,7 @@ def run_separate(args: argparse.Namespace) -> int:
                     overlap=args.overlap,
                     aggregate=aggregate,
                     force=args.force,
-                    on_progress=lambda done, total, bar=bar: show_progress(bar, done, total),
+                    on_progress=progress,
                 )
         except UmxError as error:
             logger.error("error: %s", error)
@@ -344,10 +336,30 @@ def known_names(args: argparse.Namespace, aggregate: dict | None) -> list[str] |
     return [*targets, *([args.residual] if args.residual else [])]
 
 
-def show_progress(bar: tqdm, done: float, total: float) -> None:
-    """Seconds of audio separated so far, of `total`."""
-    bar.total = total
-    bar.update(done - bar.n)
+class AudioProgress:
+    """A progress bar in seconds of audio done, per file, from the first report on (when the
+    length is known); only on a terminal, never with `quiet`."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet = name, quiet
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: float, total: float) -> None:
+        if self.bar is None:
+            self.bar = tqdm(
+                total=round(total, 1),
+                desc=self.name,
+                unit="s",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                "[{elapsed}<{remaining}]",
+                disable=True if self.quiet else None,  # None: only on a terminal
+                leave=False,
+            )
+        self.bar.update(min(done, self.bar.total) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 if __name__ == "__main__":
