@@ -4,10 +4,12 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -827,3 +829,111 @@ def test_audio_info_of_an_ffmpeg_format(tmp_path):
     write_audio(tmp_path / "source.wav", tone(nb_channels=1), RATE, subtype="FLOAT")
     ffmpeg_encode(tmp_path / "source.wav", tmp_path / "song.m4a")
     assert audio_info(tmp_path / "song.m4a") == AudioFileInfo(float(RATE), 1, None)
+
+
+# File names at the operating system's limits, signals
+
+
+@pytest.mark.parametrize("clip", ["rescale", "clamp"])
+@pytest.mark.parametrize("stem", ["a" * 251, "é" * 125 + "a"])  # 255 bytes with ".wav"
+def test_names_at_name_max_are_written(tmp_path, clip, stem):
+    name = f"{stem}.wav"
+    assert len(os.fsencode(name)) == 255
+    report = write_audio(tmp_path / name, tone() * 4, RATE, clip=clip)
+    assert report.action == ("rescaled" if clip == "rescale" else "clamped")
+    assert only_files(tmp_path) == [name]
+    assert read_audio(tmp_path / name)[0].shape == (2, RATE)
+
+
+def test_names_beyond_name_max_are_one_line_errors(tmp_path):
+    name = "a" * 252 + ".wav"
+    with pytest.raises(UmxError) as error:
+        write_audio(tmp_path / name, tone(), RATE)
+    assert str(error.value) == (
+        f"cannot write {tmp_path / name}: its name is 256 bytes long, more than the 255 the "
+        "file system allows"
+    )
+    with pytest.raises(UmxError, match=r"cannot be read \(File name too long\)"):
+        read_audio(tmp_path / name)
+    with pytest.raises(UmxError, match="File name too long"):
+        audio_info(tmp_path / name)
+    assert only_files(tmp_path) == []
+
+
+def test_hidden_names_stay_within_name_max():
+    for stem in ("a" * 251, "é" * 125 + "a", os.fsdecode(b"\xff" * 251)):
+        for name in audio._hidden_names(Path(f"/music/{stem}.flac"), 255):
+            assert len(os.fsencode(name.name)) <= 255
+            assert name.name.startswith(".") and name.suffix in (".flac", ".wav")
+            name.name.encode("utf-8", "surrogateescape")  # no character cut in half
+
+
+@pytest.mark.parametrize(
+    "extension",
+    ["wav", "flac", pytest.param("mp3-ffmpeg", marks=needs_ffmpeg)],
+)
+def test_non_utf8_names_read_and_write(tmp_path, monkeypatch, extension):
+    if extension == "mp3-ffmpeg":
+        monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+        extension = "mp3"
+    path = tmp_path / os.fsdecode(b"\xff\xfe song." + extension.encode())
+    write_audio(path, tone(), RATE)
+    assert os.listdir(os.fsencode(tmp_path)) == [b"\xff\xfe song." + extension.encode()]
+    decoded, _ = read_audio(path)
+    assert correlation(decoded.numpy(), tone()) > 0.99
+    assert audio_info(path).nb_channels == 2
+    with pytest.raises(UmxError) as error:
+        write_audio(path, tone(), RATE)
+    message = str(error.value)
+    message.encode("utf-8")  # printable: no UnicodeEncodeError
+    assert (
+        message
+        == f"{tmp_path}/\ufffd\ufffd song.{extension} already exists (use --force to overwrite)"
+    )
+
+
+def test_messages_about_undecodable_names_are_printable(tmp_path):
+    path = tmp_path / os.fsdecode(b"\xe9t\xe9\n.wav")  # Latin-1 bytes and a newline
+    path.write_bytes(b"")
+    with pytest.raises(UmxError) as error:
+        read_audio(path)
+    assert (
+        str(error.value)
+        == f"{tmp_path}/\ufffdt\ufffd\\n.wav is not decodable audio (the file is empty)"
+    )
+
+
+class Terminated(Exception):
+    """What a SIGTERM handler of the CLI raises in the main thread."""
+
+
+def test_signal_raised_exception_leaves_nothing(tmp_path):
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with pytest.raises(Terminated), AudioWriter(tmp_path / "vocals.wav", RATE, 2) as writer:
+            writer.write(tone())
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert only_files(tmp_path) == []
+
+
+def test_discard_twice_is_harmless(tmp_path):
+    with pytest.raises(RuntimeError), AudioWriter(tmp_path / "v.flac", RATE, 2) as writer:
+        writer.write(tone())
+        writer._discard()
+        writer._discard()
+        raise RuntimeError
+    assert only_files(tmp_path) == []
+
+
+@needs_ffmpeg
+def test_interrupted_ffmpeg_encoder_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    with pytest.raises(KeyboardInterrupt), AudioWriter(tmp_path / "v.mp3", RATE, 2) as writer:
+        writer.write(tone(seconds=3.0))
+        raise KeyboardInterrupt
+    assert only_files(tmp_path) == []

@@ -1059,6 +1059,42 @@ class WriteReport:
     gain: float
 
 
+NAME_MAX = 255
+"""The longest file name in bytes, where the file system does not say (Linux's limit)."""
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def _hidden_names(path: Path, name_max: int) -> tuple[Path, Path]:
+    """Two temporary names beside ``path``, for the file being written and the staged signal.
+
+    They are ``.{stem}.{token}.tmp{suffix}`` and ``.{stem}.{token}.stage.wav``, the stem cut so
+    both fit in ``name_max`` bytes: any valid target name gives valid temporary names.
+    """
+    token, tails = secrets.token_hex(4), (f".tmp{path.suffix}", ".stage.wav")
+    room = name_max - len(f"..{token}") - max(len(os.fsencode(tail)) for tail in tails)
+    stem = path.stem
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    hidden = f".{stem}.{token}"
+    return path.with_name(hidden + tails[0]), path.with_name(hidden + tails[1])
+
+
+def _remove(paths: tuple[Path, ...]) -> None:
+    """Removes each file that exists, the others too when an exception interrupts one."""
+    if paths:
+        try:
+            with contextlib.suppress(OSError):
+                paths[0].unlink()
+        finally:
+            _remove(paths[1:])
+
+
 class _FfmpegMp3Sink:
     """Encodes float32 frames to mp3 through ffmpeg, for libsndfile builds without MPEG."""
 
@@ -1068,7 +1104,13 @@ class _FfmpegMp3Sink:
         command += ["-ar", str(sample_rate), "-ac", str(nb_channels), "-i", "pipe:0"]
         command += ["-codec:a", "libmp3lame", "-q:a", FFMPEG_MP3_QUALITY, "-f", "mp3"]
         command += [f"file:{target}"]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        # stderr goes to a file, as a full pipe would block ffmpeg; close() or abort() closes it
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=self._errors)
+        except BaseException:
+            self._errors.close()
+            raise
 
     def write(self, frames: np.ndarray) -> None:
         try:
@@ -1078,19 +1120,35 @@ class _FfmpegMp3Sink:
             raise
 
     def close(self) -> None:
-        _, error = self._process.communicate()
-        if self._process.returncode != 0:
-            failure = _ffmpeg_failure(error, self._process.returncode)
-            raise UmxError(f"ffmpeg could not write {self._path} ({failure})")
+        """Lets ffmpeg finish the file."""
+        with self._errors:
+            self._process.communicate()
+            if self._process.returncode != 0:
+                self._errors.seek(0)
+                failure = _ffmpeg_failure(self._errors.read(), self._process.returncode)
+                raise UmxError(f"ffmpeg could not write {display_path(self._path)} ({failure})")
+
+    def abort(self) -> None:
+        """Stops ffmpeg at once, without letting it finish the file."""
+        try:
+            self._process.kill()
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            self._process.wait()
+        finally:
+            self._errors.close()
 
 
 class AudioWriter:
     """Writes a long signal block by block, into a temporary file renamed into place at the end.
 
     Used as a context manager: on a clean exit the file appears whole, and :attr:`report` says
-    what the clip policy did; on an exception every temporary file is removed and nothing is
-    written. The checks a user can fail (existing file, unwritable directory, bad options) run
-    at construction, before any long computation.
+    what the clip policy did; on an exception (a signal's included) every temporary file is
+    removed and nothing is written. The checks a user can fail (existing file, unwritable
+    directory, bad options, a name too long) run at construction, before any long computation.
+
+    The temporary files are hidden beside the target (so the final rename stays on one file
+    system), with names bounded to the file system's name length.
 
     Clip policies, for samples beyond [-1, 1]: ``"rescale"`` multiplies the whole signal so its
     peak is :data:`RESCALE_PEAK` (this needs the global peak, so blocks are staged as float32 in
@@ -1107,8 +1165,8 @@ class AudioWriter:
         force: overwrite an existing file.
 
     Raises:
-        UmxError: the file exists without ``force``, its directory is missing or unwritable, or
-            the format, subtype or clip policy is not supported.
+        UmxError: the file exists without ``force``, its directory is missing or unwritable, its
+            name is too long, or the format, subtype or clip policy is not supported.
     """
 
     def __init__(
@@ -1129,39 +1187,53 @@ class AudioWriter:
         self.clip = clip
         self.force = force
         self.report: WriteReport | None = None
-        self._check()
+        name_max = self._check()
         self._peak = 0.0
-        # Hidden names beside the target, so the final rename stays on one file system.
-        hidden = f".{self.path.stem}.{secrets.token_hex(4)}"
-        self._target = self.path.with_name(f"{hidden}.tmp{self.path.suffix}")
-        self._staged = self.path.with_name(f"{hidden}.stage.wav")
+        self._target, self._staged = _hidden_names(self.path, name_max)
         self._sink: soundfile.SoundFile | _FfmpegMp3Sink | None = None
         self._staging: soundfile.SoundFile | None = None
 
-    def _check(self) -> None:
-        path, directory = self.path, self.path.parent
+    def _check(self) -> int:
+        """Runs the checks a user can fail; returns the directory's longest name in bytes."""
+        path, directory, shown = self.path, self.path.parent, display_path(self.path)
         if self.extension not in SUBTYPES:
-            raise UmxError(f"cannot write {path}: use one of the extensions {', '.join(SUBTYPES)}")
+            raise UmxError(f"cannot write {shown}: use one of the extensions {', '.join(SUBTYPES)}")
         if self.extension == "mp3" and not _can_write_mp3():
-            raise UmxError(f"cannot write {path}: libsndfile lacks mp3 and {_FFMPEG_MISSING}")
+            raise UmxError(f"cannot write {shown}: libsndfile lacks mp3 and {_FFMPEG_MISSING}")
         if self.subtype not in SUBTYPES[self.extension]:
             allowed = ", ".join(SUBTYPES[self.extension])
-            raise UmxError(f"cannot write {path} as {self.subtype}: use one of {allowed}")
+            raise UmxError(f"cannot write {shown} as {self.subtype}: use one of {allowed}")
         if self.clip not in CLIP_POLICIES or (self.clip == "none" and self.subtype != "FLOAT"):
             raise UmxError(
-                f"cannot write {path} with clip={self.clip!r}: use rescale or clamp "
+                f"cannot write {shown} with clip={self.clip!r}: use rescale or clamp "
                 "(none only with the FLOAT subtype)"
             )
-        if path.is_dir():
-            raise UmxError(f"cannot write {path}: it is a directory")
-        if path.exists() and not self.force:
-            raise UmxError(f"{path} already exists (use --force to overwrite)")
-        if not directory.is_dir() or not os.access(directory, os.W_OK):
-            raise UmxError(f"cannot write {path}: directory {directory} is missing or unwritable")
+        name_max, length = _name_max(directory), len(os.fsencode(path.name))
+        if length > name_max:
+            raise UmxError(
+                f"cannot write {shown}: its name is {length} bytes long, more than the "
+                f"{name_max} the file system allows"
+            )
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as error:
+            raise UmxError(f"cannot write {shown} ({error.strerror})") from None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise UmxError(f"cannot write {shown}: it is a directory")
+        if mode is not None and not self.force:
+            raise UmxError(f"{shown} already exists (use --force to overwrite)")
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise UmxError(
+                f"cannot write {shown}: directory {display_path(directory)} is missing or "
+                "unwritable"
+            )
+        return name_max
 
     def __enter__(self) -> AudioWriter:
         try:
-            with _user_error(f"cannot write {self.path}"):
+            with _user_error(f"cannot write {display_path(self.path)}"):
                 self._open()
         except BaseException:
             self._discard()
@@ -1173,7 +1245,7 @@ class AudioWriter:
             self._sink = _FfmpegMp3Sink(self._target, self.sample_rate, self.nb_channels, self.path)
         else:
             self._sink = soundfile.SoundFile(
-                self._target,
+                os.fsencode(self._target),
                 "w",
                 samplerate=self.sample_rate,
                 channels=self.nb_channels,
@@ -1182,7 +1254,7 @@ class AudioWriter:
             )
         if self.clip == "rescale":
             self._staging = soundfile.SoundFile(
-                self._staged,
+                os.fsencode(self._staged),
                 "w",
                 samplerate=self.sample_rate,
                 channels=self.nb_channels,
@@ -1208,9 +1280,11 @@ class AudioWriter:
             )
         frames = block.T
         if not np.isfinite(frames).all():
-            raise UmxError(f"cannot write {self.path}: the audio holds NaN or infinite samples")
+            raise UmxError(
+                f"cannot write {display_path(self.path)}: the audio holds NaN or infinite samples"
+            )
         self._peak = max(self._peak, float(np.abs(frames).max(initial=0.0)))
-        with _user_error(f"cannot write {self.path}"):
+        with _user_error(f"cannot write {display_path(self.path)}"):
             if self._staging is not None:
                 self._staging.write(frames)
             elif self.clip == "clamp":
@@ -1219,15 +1293,13 @@ class AudioWriter:
                 self._sink.write(frames)
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
         try:
-            with _user_error(f"cannot write {self.path}"):
-                self._finish()
-        except BaseException:
-            self._discard()
-            raise
+            if exc_type is None:
+                with _user_error(f"cannot write {display_path(self.path)}"):
+                    self._finish()
+        finally:
+            if self.report is None:  # failed, here or in the with block
+                self._discard()
 
     def _finish(self) -> None:
         """Applies the rescaling if staged, closes the file and renames it into place."""
@@ -1237,7 +1309,7 @@ class AudioWriter:
             self._staging.close()
             self._staging = None
             block_size = max(1, round(BLOCK_SECONDS * self.sample_rate))
-            with soundfile.SoundFile(self._staged) as staged:
+            with soundfile.SoundFile(os.fsencode(self._staged)) as staged:
                 for frames in staged.blocks(block_size, dtype="float32"):
                     self._sink.write(frames * np.float32(gain))
             self._staged.unlink()
@@ -1248,14 +1320,25 @@ class AudioWriter:
         self.report = WriteReport(self.path, self._peak, action, gain)
 
     def _discard(self) -> None:
-        """Closes and removes every temporary file; used when writing fails."""
-        for handle in (self._staging, self._sink):
-            if handle is not None:
-                with contextlib.suppress(Exception):
-                    handle.close()
-        self._staging = self._sink = None
-        self._target.unlink(missing_ok=True)
-        self._staged.unlink(missing_ok=True)
+        """Stops writing and removes every temporary file.
+
+        Safe to call again, and written so that an exception raised inside it (by a signal
+        handler, say) still leaves no file: ffmpeg is stopped before its file is removed (it
+        might create it later), and the files are removed before anything slower happens.
+        """
+        sink, staging = self._sink, self._staging
+        self._sink = self._staging = None
+        try:
+            if isinstance(sink, _FfmpegMp3Sink):
+                sink.abort()
+        finally:
+            try:
+                _remove((self._target, self._staged))
+            finally:
+                for handle in (staging, sink):
+                    if isinstance(handle, soundfile.SoundFile):
+                        with contextlib.suppress(Exception):
+                            handle.close()
 
 
 def write_audio(
