@@ -1,6 +1,8 @@
 """Datasets and augmentations on small generated folders: shapes, mixtures, splits, errors."""
 
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +19,7 @@ from umx.data.datasets import (
     FixedSourcesTrackFolderDataset,
     MUSDBDataset,
     SourceFolderDataset,
+    UnmixDataset,
     VariableSourcesTrackFolderDataset,
     musdb_split,
 )
@@ -32,7 +35,7 @@ needs_ffprobe = pytest.mark.skipif(not shutil.which("ffprobe"), reason="musdb ne
 def write(path: Path, audio: np.ndarray, rate: int = RATE) -> np.ndarray:
     """Write `(nb_channels, nb_timesteps)` audio as float wav; returns it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, audio.T, rate, subtype="FLOAT")
+    soundfile.write(os.fsencode(path), audio.T, rate, subtype="FLOAT")
     return audio
 
 
@@ -69,11 +72,20 @@ def test_audio_info_reads_excerpts_and_zero_pads_past_the_end(tmp_path):
     assert torch.equal(info.load(), torch.from_numpy(audio))
 
 
+def _wav_bytes() -> bytes:
+    """A half-second float wav of `ramp(0)`, as bytes."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, ramp(0).T, RATE, subtype="FLOAT", format="WAV")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda p: None, "does not exist"),
-        (lambda p: p.write_text("not audio"), "could not be read as audio"),
+        (lambda p: p.write_text("not audio"), "is not decodable audio"),
+        (lambda p: p.write_bytes(_wav_bytes()[:-4000]), "is truncated"),
+        (lambda p: os.mkfifo(p), "is a named pipe, not a regular audio file"),
         (lambda p: write(p, np.zeros((3, 100), np.float32)), "3 channels"),
         (lambda p: write(p, np.zeros((1, 0), np.float32)), "contains no audio"),
     ],
@@ -84,6 +96,36 @@ def test_audio_info_rejects_bad_files_naming_them(tmp_path, make, message):
     with pytest.raises(UmxError, match=message) as error:
         AudioInfo.read(path)
     assert str(path) in str(error.value)
+
+
+def test_audio_info_refuses_a_huge_declared_length_before_loading(tmp_path):
+    # FLAC's STREAMINFO claims 2^36 - 1 samples; trusted, a validation read of the whole file
+    # would allocate 512 GiB
+    path = tmp_path / "huge.flac"
+    soundfile.write(path, ramp(0).T, RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    fields = int.from_bytes(data[18:26], "big")
+    data[18:26] = (fields | (2**36 - 1)).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    with pytest.raises(UmxError, match=r"huge\.flac is truncated: .* the file holds 0\.50 s"):
+        AudioInfo.read(path)
+
+
+def test_audio_info_reads_non_utf8_names(tmp_path):
+    path = tmp_path / os.fsdecode(b"\xff\xfe.wav")
+    audio = write(path, ramp(0))
+    info = AudioInfo.read(path)
+    assert info.nb_frames == FRAMES
+    assert torch.equal(info.load(100, 50), torch.from_numpy(audio[:, 100:150]))
+
+
+def test_excerpt_length_truncates_like_open_unmix():
+    def seq_len(seconds: float) -> int:
+        options = {"sample_rate": RATE, "nb_channels": 2, "augment": None}
+        return UnmixDataset(seq_duration=seconds, **options).seq_len
+
+    assert seq_len(0.33337) == 2666  # int(2666.96); round would give 2667
+    assert seq_len(SEQ) == 2000
 
 
 # --- track folders --------------------------------------------------------------------------------

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import soundfile
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from umx.audio import match_channels
+from umx.audio import audio_info, display_path, match_channels, read_frames, seconds_to_frames
 from umx.data.augment import Augmentation
 from umx.errors import UmxError
 
@@ -50,23 +49,26 @@ class AudioInfo:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> AudioInfo:
-        """Read a file's header.
+        """Read a file's header (`umx.audio.audio_info`), decoding the file only where the
+        header does not give its length (mp3 without Xing tag, formats read by ffmpeg).
 
         Raises:
-            UmxError: the file is missing, unreadable, empty or has more than two channels.
+            UmxError: the file is missing, not a regular file, not audio, truncated, empty or
+                has more than two channels.
         """
         path = Path(path)
-        if not path.is_file():
-            raise UmxError(f"{path} does not exist")
-        try:
-            info = soundfile.info(str(path))
-        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-            raise UmxError(f"{path} could not be read as audio ({error})") from None
-        if info.frames <= 0:
-            raise UmxError(f"{path} contains no audio")
-        if info.channels > MAX_CHANNELS:
-            raise UmxError(f"{path} has {info.channels} channels; umx trains on mono or stereo")
-        return cls(path, info.samplerate, info.channels, info.frames)
+        info = audio_info(path)
+        nb_frames = info.nb_frames
+        if nb_frames is None:
+            nb_frames = read_frames(path)[0].shape[1]
+        if nb_frames <= 0:
+            raise UmxError(f"{display_path(path)} contains no audio")
+        if info.nb_channels > MAX_CHANNELS:
+            raise UmxError(
+                f"{display_path(path)} has {info.nb_channels} channels; umx trains on mono or "
+                "stereo"
+            )
+        return cls(path, int(info.sample_rate), info.nb_channels, nb_frames)
 
     def load(self, start: int = 0, length: int | None = None) -> Tensor:
         """Read `length` frames from `start` (all to the end if None), zero-padded past the end.
@@ -75,13 +77,8 @@ class AudioInfo:
             `(nb_channels, length)` float32.
         """
         stop = self.nb_frames if length is None else min(start + length, self.nb_frames)
-        try:
-            frames, _ = soundfile.read(
-                str(self.path), start=start, stop=stop, dtype="float32", always_2d=True
-            )
-        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-            raise UmxError(f"{self.path} could not be read as audio ({error})") from None
-        return _fit(torch.from_numpy(frames.T.copy()), length)
+        audio, _ = read_frames(self.path, start, max(0, stop - start))
+        return _fit(audio, length)
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ class StemInfo(AudioInfo):
         try:
             frames = self.stem.audio
         except Exception as error:  # stempeg/ffmpeg raise many kinds of errors
-            raise UmxError(f"{self.path} could not be decoded ({error})") from None
+            raise UmxError(f"{display_path(self.path)} could not be decoded ({error})") from None
         audio = torch.as_tensor(frames, dtype=torch.float32).T.contiguous()
         return _fit(audio, self.nb_frames - start if length is None else length)  # AAC pads
 
@@ -114,8 +111,8 @@ def _fit(audio: Tensor, length: int | None) -> Tensor:
 def _check_rate(info: AudioInfo, sample_rate: float) -> None:
     if info.sample_rate != sample_rate:
         raise UmxError(
-            f"{info.path} has a sample rate of {info.sample_rate} Hz but the dataset's is "
-            f"{sample_rate:g} Hz"
+            f"{display_path(info.path)} has a sample rate of {info.sample_rate} Hz but the "
+            f"dataset's is {sample_rate:g} Hz"
         )
 
 
@@ -164,7 +161,7 @@ class UnmixDataset(Dataset):
         """Excerpt length in frames; None for whole tracks."""
         if self.seq_duration is None:
             return None
-        return round(self.seq_duration * self.sample_rate)
+        return seconds_to_frames(self.seq_duration, self.sample_rate)
 
     def eval_view(self) -> UnmixDataset:
         """A deterministic, unaugmented copy of this dataset (whole tracks where it has tracks)."""
@@ -218,19 +215,20 @@ def check_track(track: Track, sample_rate: float) -> None:
     """
     files = track.files
     if not files:
-        raise UmxError(f"{track.name} holds no audio files")
+        raise UmxError(f"{display_path(track.name)} holds no audio files")
     first = files[0]
     for info in files:
         _check_rate(info, sample_rate)
         if info.nb_channels != first.nb_channels:
             raise UmxError(
-                f"{info.path} has {info.nb_channels} channels but {first.path.name} of the "
-                f"same track has {first.nb_channels}"
+                f"{display_path(info.path)} has {info.nb_channels} channels but "
+                f"{display_path(first.path.name)} of the same track has {first.nb_channels}"
             )
         if info.nb_frames != first.nb_frames:
             raise UmxError(
-                f"{info.path} is {info.nb_frames} frames long but {first.path.name} of the "
-                f"same track is {first.nb_frames}: the sources of a track must be aligned"
+                f"{display_path(info.path)} is {info.nb_frames} frames long but "
+                f"{display_path(first.path.name)} of the same track is {first.nb_frames}: the "
+                "sources of a track must be aligned"
             )
 
 
@@ -322,17 +320,17 @@ class TrackDataset(UnmixDataset):
 def _split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UmxError(f"{root} does not exist or is not a directory")
+        raise UmxError(f"{display_path(root)} does not exist or is not a directory")
     directory = root / split
     if not directory.is_dir():
-        raise UmxError(f"{directory} does not exist: {layout}")
+        raise UmxError(f"{display_path(directory)} does not exist: {layout}")
     return directory
 
 
 def _track_dirs(directory: Path, layout: str) -> list[Path]:
     tracks = sorted(path for path in directory.iterdir() if path.is_dir())
     if not tracks:
-        raise UmxError(f"{directory} holds no track folders: {layout}")
+        raise UmxError(f"{display_path(directory)} holds no track folders: {layout}")
     return tracks
 
 
@@ -468,7 +466,9 @@ class VariableSourcesTrackFolderDataset(TrackDataset):
         for path in _track_dirs(directory, layout):
             target = path / target_file
             if not target.is_file() and not silence_missing:
-                raise UmxError(f"{target} does not exist (use --silence-missing for silence)")
+                raise UmxError(
+                    f"{display_path(target)} does not exist (use --silence-missing for silence)"
+                )
             others = sorted(p for p in path.glob(f"*{ext}") if p.name != target_file)
             tracks.append(
                 Track(
@@ -578,9 +578,11 @@ class MUSDBDataset(TrackDataset):
                 setup_file=MUSDB_SETUP if setup.is_file() else None,
             )
         except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
-            raise UmxError(f"{setup} is not a valid musdb set-up file ({error})") from None
+            raise UmxError(
+                f"{display_path(setup)} is not a valid musdb set-up file ({error})"
+            ) from None
         if not db.tracks:
-            raise UmxError(f"{directory} holds no MUSDB18 tracks: {layout}")
+            raise UmxError(f"{display_path(directory)} holds no MUSDB18 tracks: {layout}")
         by_name = {track.name: track for track in db.tracks}
         train_names, valid_names = musdb_split(
             list(by_name), db.setup["validation_tracks"], valid_tracks
@@ -601,11 +603,11 @@ class MUSDBDataset(TrackDataset):
 
     @staticmethod
     def _track(track: Any, target: str, *, mixture: bool, is_wav: bool) -> Track:
-        """A `Track` of a musdb MultiTrack; wav files are read with soundfile directly."""
+        """A `Track` of a musdb MultiTrack; wav files are read with `umx.audio` directly."""
         folder = Path(track.path).parent if is_wav else Path(track.path)
         missing = [name for name in MUSDB_SOURCES if name not in track.sources]
         if missing:
-            raise UmxError(f"{folder / (missing[0] + '.wav')} does not exist")
+            raise UmxError(f"{display_path(folder / (missing[0] + '.wav'))} does not exist")
 
         def info(stem: Any, path: str, stem_id: int) -> AudioInfo:
             if is_wav:
@@ -669,10 +671,10 @@ class SourceFolderDataset(UnmixDataset):
         for name in [target_dir, *interferer_dirs]:
             folder = directory / name
             if not folder.is_dir():
-                raise UmxError(f"{folder} does not exist: {layout}")
+                raise UmxError(f"{display_path(folder)} does not exist: {layout}")
             files = sorted(folder.glob(f"*{ext}"))
             if not files:
-                raise UmxError(f"{folder} holds no {ext} files")
+                raise UmxError(f"{display_path(folder)} holds no {ext} files")
             self.pools.append([AudioInfo.read(path) for path in files])
         if seq_duration is None:
             raise UmxError("the sourcefolder dataset needs an excerpt duration (--seq-dur)")
