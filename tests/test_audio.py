@@ -332,6 +332,21 @@ def make_negative_duration(tmp_path):
     return tmp_path / "song.wav", {"duration": -0.5}
 
 
+def make_infinite_start(tmp_path):
+    write_raw(tmp_path / "song.wav", tone().T)
+    return tmp_path / "song.wav", {"start": float("inf")}
+
+
+def make_nan_duration(tmp_path):
+    write_raw(tmp_path / "song.wav", tone().T)
+    return tmp_path / "song.wav", {"duration": float("nan")}
+
+
+def make_truncated_wav_header(tmp_path):
+    (tmp_path / "header.wav").write_bytes(wav_bytes()[:30])
+    return tmp_path / "header.wav", {}
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -348,6 +363,9 @@ def make_negative_duration(tmp_path):
         make_inf,
         make_negative_start,
         make_negative_duration,
+        make_infinite_start,
+        make_nan_duration,
+        make_truncated_wav_header,
     ],
 )
 def test_bad_input_names_the_path(tmp_path, make):

@@ -192,7 +192,7 @@ def _open_regular(path: Path) -> Iterator[tuple[int, int]]:
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
-    """``size`` bytes at ``offset``, fewer at the end of the file (never reads past ``size``)."""
+    """``size`` bytes at ``offset``; fewer, or none, at the end of the file."""
     return os.pread(fd, size, offset) if offset >= 0 else b""
 
 
@@ -225,7 +225,7 @@ _AIFC_SAMPLE_BYTES = {
 }
 """Bytes per sample of AIFF-C's uncompressed encodings; other encodings are compressed."""
 
-MP3_FRAME = 1152
+_MP3_FRAME = 1152
 """Samples in an MPEG-1 layer III frame: the slack allowed on an mp3's declared length."""
 
 
@@ -390,7 +390,7 @@ def _aiff_extent(fd: int, file_size: int) -> tuple[int, int, float] | None:
         return None
     if sample_bytes != 0:  # uncompressed: COMM's frame count declares the length
         frame_bytes = channels * (sample_bytes or (bits + 7) // 8)
-        return frames * frame_bytes, held, rate * frame_bytes
+        return (frames * frame_bytes, held, rate * frame_bytes) if frame_bytes else None
     declared = max(0, ssnd_size - 8 - offset)
     if not frames or not declared:
         return None
@@ -616,7 +616,7 @@ class _Libsndfile:
         if self.declared is not None:
             while extra := len(_read_block(self.file)):
                 position += extra
-            if position + MP3_FRAME < self.declared:
+            if position + _MP3_FRAME < self.declared:
                 raise _truncated(self.path, self.declared / self.rate, position / self.rate)
         if not blocks:
             return np.zeros((0, self.nb_channels), np.float32)
@@ -909,9 +909,9 @@ def read_audio(
     path = Path(path)
     if nb_channels not in (None, 1, 2):
         raise ValueError(f"nb_channels must be 1, 2 or None, not {nb_channels}")
-    if start < 0 or (duration is not None and duration <= 0):
+    if not (0 <= start < math.inf) or (duration is not None and not 0 < duration < math.inf):
         raise UmxError(
-            f"{display_path(path)}: the excerpt needs start >= 0 and duration > 0 "
+            f"{display_path(path)}: the excerpt needs a finite start >= 0 and duration > 0 "
             f"(got {start}, {duration})"
         )
 
