@@ -1,9 +1,12 @@
 """The one-call Python API."""
 
+import json
+
 import pytest
 import torch
 
 import umx
+import umx.api
 from umx.zoo import save_separator
 
 TARGETS = ("vocals", "drums", "bass", "other")
@@ -59,3 +62,30 @@ def test_options_of_a_given_separator_are_not_ignored(separator):
 def test_bad_shape():
     with pytest.raises(umx.UmxError, match="nb_channels"):
         umx.separate(torch.randn(10), 16000, model="umxl")
+
+
+def test_aggregate_json_longer_than_a_file_name_parses():
+    groups = {f"group{i:03d}": ["vocals", "drums"] for i in range(40)}
+    text = json.dumps(groups)
+    assert len(text.encode()) > 1000  # far beyond the 255 bytes of a file name
+    assert umx.api.parse_aggregate(text) == groups
+
+
+def test_aggregate_from_a_file(tmp_path):
+    path = tmp_path / "groups.json"
+    path.write_text('{"acc": ["drums", "bass"]}')
+    assert umx.api.parse_aggregate(str(path)) == {"acc": ["drums", "bass"]}
+
+
+def test_mono_model_separates_stereo_into_stereo_stems():
+    """A one-channel model on a stereo mixture (umxse's case): stereo stems, each channel its
+    own, equal to the Separator's own result."""
+    torch.manual_seed(0)
+    models = {t: umx.OpenUnmix(257, 1, 8, max_bin=200).freeze() for t in ("speech", "noise")}
+    separator = umx.Separator(models, sample_rate=16000, n_fft=512, n_hop=128, nb_channels=1)
+    audio = torch.randn(2, 16000) * 0.3
+    stems = umx.separate(audio, 16000, model=separator, segment=None)
+    assert all(stem.shape == (2, 16000) for stem in stems.values())
+    direct = separator.separate(audio[None], segment=None)[0]
+    torch.testing.assert_close(stems["speech"], direct[0])
+    assert (stems["speech"][0] - stems["speech"][1]).abs().max() > 0.05
