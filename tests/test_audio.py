@@ -39,6 +39,12 @@ MP3_FRAME = 1152  # samples per MPEG-1 layer III frame: the decoders' length sla
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
 
+def without_libsndfile_mp3(monkeypatch):
+    """As if libsndfile lacked MPEG support: mp3 files are read and written by ffmpeg."""
+    for module in (audio.reading, audio.writing):
+        monkeypatch.setattr(module, "_LIBSNDFILE_HAS_MP3", False)
+
+
 def tone(nb_channels: int = 2, seconds: float = 1.0, rate: int = RATE) -> np.ndarray:
     """A deterministic music-like signal, shape (nb_channels, nb_timesteps), peak below 1."""
     t = np.arange(round(seconds * rate)) / rate
@@ -113,7 +119,7 @@ def test_mp3_round_trip(tmp_path):
 
 @needs_ffmpeg
 def test_mp3_written_by_ffmpeg_without_libsndfile_mpeg(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    without_libsndfile_mp3(monkeypatch)
     signal = tone(seconds=2.0)
     path = tmp_path / "out.mp3"
     report = write_audio(path, signal * 4, RATE)
@@ -125,9 +131,9 @@ def test_mp3_written_by_ffmpeg_without_libsndfile_mpeg(tmp_path, monkeypatch):
 
 
 def test_failing_ffmpeg_encoder_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    without_libsndfile_mp3(monkeypatch)
     false = shutil.which("false")  # an "ffmpeg" that fails at once
-    monkeypatch.setattr(audio.shutil, "which", lambda _: false)
+    monkeypatch.setattr(shutil, "which", lambda _: false)
     with pytest.raises(UmxError) as error:
         write_audio(tmp_path / "out.mp3", tone(seconds=2.0), RATE)
     assert str(tmp_path / "out.mp3") in str(error.value)
@@ -135,8 +141,8 @@ def test_failing_ffmpeg_encoder_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_mp3_refused_without_any_encoder(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
-    monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+    without_libsndfile_mp3(monkeypatch)
+    monkeypatch.setattr(shutil, "which", lambda _: None)
     assert audio_formats() == ["wav", "flac"]
     with pytest.raises(UmxError, match="apt-get install ffmpeg"):
         AudioWriter(tmp_path / "out.mp3", RATE, 2)
@@ -170,7 +176,7 @@ def test_stem_mp4_reads_the_mixture(tmp_path):
 def test_ffmpeg_missing_is_named(tmp_path, monkeypatch):
     path = tmp_path / "song.m4a"
     path.write_bytes(b"\0" * 64)
-    monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+    monkeypatch.setattr(shutil, "which", lambda _: None)
     with pytest.raises(UmxError, match="apt-get install ffmpeg") as error:
         read_audio(path)
     assert str(path) in str(error.value)
@@ -732,7 +738,7 @@ def test_flac_declaring_no_length_is_decoded_block_by_block(tmp_path):
 def test_reads_beyond_memory_are_refused(tmp_path, monkeypatch, extension):
     path = tmp_path / f"song.{extension}"
     write_audio(path, tone(seconds=2.0), RATE)
-    monkeypatch.setattr(audio, "_physical_memory", lambda: 100_000)
+    monkeypatch.setattr(audio.reading, "_physical_memory", lambda: 100_000)
     with pytest.raises(UmxError, match=r"song\.\w+ is too long to read at once"):
         read_audio(path)
     assert read_audio(path, duration=0.1)[0].shape == (2, 4410)  # 35 kB fit
@@ -771,7 +777,7 @@ def test_undecodable_files_are_named_without_decoder_noise(
     if ffmpeg and shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed")
     if not ffmpeg:
-        monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+        monkeypatch.setattr(shutil, "which", lambda _: None)
         if reason.startswith("neither"):
             reason = "no WAV, AIFF, FLAC, Ogg or MP3 header"
     path = tmp_path / name
@@ -880,7 +886,7 @@ def test_names_beyond_name_max_are_one_line_errors(tmp_path):
 
 def test_hidden_names_stay_within_name_max():
     for stem in ("a" * 251, "é" * 125 + "a", os.fsdecode(b"\xff" * 251)):
-        for name in audio._hidden_names(Path(f"/music/{stem}.flac"), 255):
+        for name in audio.writing._hidden_names(Path(f"/music/{stem}.flac"), 255):
             assert len(os.fsencode(name.name)) <= 255
             assert name.name.startswith(".") and name.suffix in (".flac", ".wav")
             name.name.encode("utf-8", "surrogateescape")  # no character cut in half
@@ -892,7 +898,7 @@ def test_hidden_names_stay_within_name_max():
 )
 def test_non_utf8_names_read_and_write(tmp_path, monkeypatch, extension):
     if extension == "mp3-ffmpeg":
-        monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+        without_libsndfile_mp3(monkeypatch)
         extension = "mp3"
     path = tmp_path / os.fsdecode(b"\xff\xfe song." + extension.encode())
     write_audio(path, tone(), RATE)
@@ -950,7 +956,7 @@ def test_discard_twice_is_harmless(tmp_path):
 
 @needs_ffmpeg
 def test_interrupted_ffmpeg_encoder_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "_LIBSNDFILE_HAS_MP3", False)
+    without_libsndfile_mp3(monkeypatch)
     with pytest.raises(KeyboardInterrupt), AudioWriter(tmp_path / "v.mp3", RATE, 2) as writer:
         writer.write(tone(seconds=3.0))
         raise KeyboardInterrupt

@@ -1,0 +1,68 @@
+"""Audio files in and out: reading, writing, resampling and the channel policy.
+
+Every waveform here has the shape ``(nb_channels, nb_timesteps)``. The package knows nothing of
+models: callers say how many channels they want and at which rate. Its modules, one job each
+(their docstrings hold the details):
+
+- :mod:`umx.audio.reading`: files to waveforms. libsndfile or ffmpeg decodes; regular files only,
+  memory bounded, excerpts cut by ``int(seconds * sample_rate)``; the channel policy. How
+  hostile input files are treated.
+- :mod:`umx.audio.headers`: the lengths files declare, read from their headers (WAV, RF64, BW64
+  and AIFF chunks, MPEG frames and Xing tags): the truncation policy, format by format.
+- :mod:`umx.audio.resampling`: soxr resampling, of a whole signal or block by block.
+- :mod:`umx.audio.writing`: waveforms to files: wav, flac and mp3 (libsndfile or ffmpeg), clip
+  policies, written under hidden temporary names and renamed into place.
+- :mod:`umx.audio.messages`: printable paths and the one-line errors reading and writing share.
+
+The public names are re-exported here: ``from umx.audio import read_audio``.
+"""
+
+from umx.audio.messages import display_path
+from umx.audio.reading import (
+    MAX_CHANNELS,
+    AudioFileInfo,
+    audio_info,
+    match_channels,
+    read_audio,
+    read_frames,
+    seconds_to_frames,
+)
+from umx.audio.resampling import RESAMPLE_QUALITY, StreamResampler, resample
+from umx.audio.writing import (
+    BLOCK_SECONDS,
+    CLIP_POLICIES,
+    DEFAULT_SUBTYPE,
+    FFMPEG_MP3_QUALITY,
+    NAME_MAX,
+    RESCALE_PEAK,
+    SUBTYPES,
+    AudioWriter,
+    WriteReport,
+    audio_formats,
+    write_audio,
+)
+
+__all__ = [
+    "BLOCK_SECONDS",
+    "CLIP_POLICIES",
+    "DEFAULT_SUBTYPE",
+    "FFMPEG_MP3_QUALITY",
+    "MAX_CHANNELS",
+    "NAME_MAX",
+    "RESAMPLE_QUALITY",
+    "RESCALE_PEAK",
+    "SUBTYPES",
+    "AudioFileInfo",
+    "AudioWriter",
+    "StreamResampler",
+    "WriteReport",
+    "audio_formats",
+    "audio_info",
+    "display_path",
+    "match_channels",
+    "read_audio",
+    "read_frames",
+    "resample",
+    "seconds_to_frames",
+    "write_audio",
+]

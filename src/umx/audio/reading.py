@@ -1,0 +1,581 @@
+"""Reading audio files: decoding with libsndfile or ffmpeg, excerpts and the channel policy.
+
+Formats libsndfile reads (wav, flac, ogg, aiff, mp3) go through ``soundfile``; anything else
+(m4a, mp4, aac, the mixture of a stem .mp4), and mp3 files libsndfile cannot open, are decoded by
+``ffmpeg`` when it is installed.
+
+Every input file is treated as hostile:
+
+- Only regular files are read: a named pipe, a device or a socket is refused before it is
+  opened (reading one would block or never end).
+- A file whose first bytes announce no format libsndfile reads is not handed to it (its MPEG
+  decoder prints noise on stderr); ffmpeg tries it, else it is "not decodable audio".
+- A file must hold all the audio its header declares, or it is refused as truncated, whether
+  the whole file or an excerpt is read: the truncation policy, with the lengths each format
+  declares, is in :mod:`umx.audio.headers`.
+- No buffer is sized from a declared length before the file was found to hold it: files whose
+  length is not checked are decoded block by block, and a read needing more memory than the
+  machine has is refused.
+
+Excerpts given in seconds become frames as open-unmix computes them, by truncation:
+``int(seconds * sample_rate)`` (:func:`seconds_to_frames`); ffmpeg's output is cut with the same
+rule, so excerpts are sample-exact in every format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from umx.audio.headers import _check_declared_size, _sniff, _xing_tag
+from umx.audio.messages import (
+    _FFMPEG_MISSING,
+    _ffmpeg_failure,
+    _libsndfile_reason,
+    _truncated,
+    _undecodable,
+    _user_error,
+    display_path,
+)
+from umx.audio.resampling import resample
+from umx.errors import UmxError
+
+MAX_CHANNELS = 2
+"""umx separates mono or stereo audio; files with more channels need ``downmix``."""
+
+_LIBSNDFILE_HAS_MP3 = "MP3" in soundfile.available_formats()
+"""Whether this libsndfile has MPEG support, to read and to write mp3 (else ffmpeg does)."""
+
+_LIBSNDFILE_EXTENSIONS = frozenset({"wav", "flac", "ogg", "aif", "aiff"}) | (
+    {"mp3"} if _LIBSNDFILE_HAS_MP3 else set()
+)
+
+
+class _Undecodable(Exception):
+    """libsndfile cannot open a file; the reason is the exception's message."""
+
+
+# --- Regular files --------------------------------------------------------------------------------
+
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    """Refuses anything but a regular file: pipes and devices block or never end."""
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _SPECIAL_FILES if test(mode)), "a special file")
+        raise UmxError(f"{display_path(path)} is {kind}, not a regular audio file")
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path) -> Iterator[tuple[int, int]]:
+    """Opens a regular file for reading; yields its descriptor and size.
+
+    The file is checked with :func:`os.stat` before it is opened, and again on the descriptor
+    (opened non-blocking, so a file swapped for a pipe in between cannot block the open).
+    """
+    try:
+        _check_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UmxError(f"{display_path(path)} does not exist") from None
+    except OSError as error:
+        raise UmxError(f"{display_path(path)} cannot be read ({error.strerror})") from None
+    try:
+        status = os.fstat(fd)
+        _check_regular(path, status.st_mode)
+        yield fd, status.st_size
+    finally:
+        os.close(fd)
+
+
+# --- Memory ---------------------------------------------------------------------------------------
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, or ``None`` when the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(path: Path, nb_frames: int, nb_channels: int, rate: float) -> None:
+    """Refuses to hold ``nb_frames`` float32 frames when they exceed the machine's memory."""
+    need, memory = nb_frames * nb_channels * 4, _physical_memory()
+    if memory is not None and need > memory:
+        raise UmxError(
+            f"{display_path(path)} is too long to read at once: {nb_frames / rate:.2f} s of "
+            f"audio need {need / 2**30:.1f} GiB, more than this machine's "
+            f"{memory / 2**30:.1f} GiB of memory"
+        )
+
+
+# --- Decoding with libsndfile ---------------------------------------------------------------------
+
+_SF_COUNT_MAX = 2**63 - 1
+"""The length libsndfile reports when a file declares none (FLAC with 0 total samples)."""
+
+_BLOCK_FRAMES = 1 << 16
+"""Frames decoded at a time when a file's length is not known to be held."""
+
+_MP3_FRAME = 1152
+"""Samples in an MPEG-1 layer III frame: the slack allowed on an mp3's declared length."""
+
+
+def _read_block(file: soundfile.SoundFile, strict: bool = True) -> np.ndarray:
+    """The next frames, at most :data:`_BLOCK_FRAMES`, shape ``(nb_block, nb_channels)``.
+
+    This calls libsndfile's ``sf_readf_float`` itself: soundfile seeks to where it thinks the
+    file is after every read, and that seek fails in FLAC files declaring no length and makes
+    libsndfile's MPEG decoder return silence in some files (those its own encoder writes).
+    A decoding error raises, unless ``strict`` is false and some frames decoded before it.
+    """
+    out = np.empty((_BLOCK_FRAMES, file.channels), np.float32)
+    pointer = soundfile._ffi.cast("float *", out.__array_interface__["data"][0])
+    count = soundfile._snd.sf_readf_float(file._file, pointer, _BLOCK_FRAMES)
+    if (error := soundfile._snd.sf_error(file._file)) and (strict or not count):
+        raise soundfile.LibsndfileError(error)
+    return out[:count]
+
+
+def _open_soundfile(fd: int) -> soundfile.SoundFile:
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        return soundfile.SoundFile(fd, closefd=False)
+    except soundfile.LibsndfileError as error:
+        raise _Undecodable(_libsndfile_reason(error)) from None
+
+
+class _Libsndfile:
+    """A file open in libsndfile whose declared length was checked where it can be at once.
+
+    Attributes:
+        rate, nb_channels: the file's.
+        length: frames the file was found to hold (WAV and AIFF by their chunk sizes, FLAC by
+            decoding its last frame), from which buffers may be sized; ``None`` otherwise.
+        declared: an mp3's declared frames, checked by decoding to the end; ``None`` otherwise.
+        nb_frames: the length to report: ``length``, ``declared`` or libsndfile's (ogg),
+            ``None`` where libsndfile has no length or only an estimate (mp3 without tag).
+    """
+
+    def __init__(self, path: Path, fd: int, file_size: int, kind: str, offset: int) -> None:
+        self.path, self._fd = path, fd
+        checked = _check_declared_size(path, fd, file_size, kind)
+        xing = _xing_tag(fd, offset) if kind == "mp3" else None
+        if xing is not None and xing.nb_bytes and file_size < xing.nb_bytes:
+            # before libsndfile, whose MPEG decoder would print a warning: a sure truncation
+            held = xing.seconds * (file_size - offset) / xing.nb_bytes
+            raise _truncated(path, xing.seconds, held, about=True)
+        self.file = _open_soundfile(fd)
+        try:
+            self.rate, self.nb_channels = self.file.samplerate, self.file.channels
+            frames, known = self.file.frames, self.file.frames != _SF_COUNT_MAX
+            self.length: int | None = None
+            self.declared: int | None = None
+            self.nb_frames: int | None = frames if known else None
+            if known and checked:
+                self.length = frames
+            elif known and self.file.format == "FLAC":
+                self._check_last_frame(frames)
+                self.length = frames
+            elif known and self.file.format == "MP3" and xing is not None:
+                self.declared = frames
+            elif self.file.format == "MP3":
+                self.nb_frames = None  # an estimate from the file's size
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __enter__(self) -> _Libsndfile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.file.close()
+
+    def _check_last_frame(self, frames: int) -> None:
+        """Decodes a FLAC file's last declared frame; refuses the file when it lacks it."""
+        if frames == 0:
+            return
+        try:
+            self.file.seek(frames - 1)
+            if len(self.file.read(1, dtype="float32", always_2d=True)) == 1:
+                self.file.seek(0)
+                return
+        except soundfile.LibsndfileError:
+            pass
+        held = self._count_decodable()
+        raise _truncated(self.path, frames / self.rate, held / self.rate)
+
+    def _count_decodable(self) -> int:
+        """The frames that decode from the start, read block by block and dropped."""
+        count = 0
+        with contextlib.suppress(soundfile.LibsndfileError), _open_soundfile(self._fd) as file:
+            while block := len(_read_block(file, strict=False)):
+                count += block
+        return count
+
+    def read(self, first: int, count: int | None) -> np.ndarray:
+        """Frames ``[first, first + count)`` (to the end if ``count`` is ``None``), shape
+        ``(nb_timesteps, nb_channels)``; fewer past the end."""
+        with _user_error(f"{display_path(self.path)} is not decodable audio"):
+            if self.length is None:
+                return self._read_blocks(first, count)
+            first = min(first, self.length)
+            count = self.length - first if count is None else min(count, self.length - first)
+            _check_memory(self.path, count, self.nb_channels, self.rate)
+            self.file.seek(first)
+            audio = self.file.read(count, dtype="float32", always_2d=True)
+        if len(audio) < count:
+            raise _undecodable(
+                self.path,
+                f"decoding stopped at {(first + len(audio)) / self.rate:.2f} s of the "
+                f"{self.length / self.rate:.2f} s its header declares",
+            )
+        return audio
+
+    def _read_blocks(self, first: int, count: int | None) -> np.ndarray:
+        """Decodes from the start in blocks, so no buffer is sized from an unchecked length.
+
+        libsndfile's MPEG decoder also returns silence after a seek in some files (those its
+        own encoder writes, for one): reading from the start avoids seeking altogether.
+        """
+        blocks, position, kept = [], 0, 0
+        while count is None or kept < count:
+            block = _read_block(self.file)
+            if not len(block):
+                break
+            block, position = block[max(0, first - position) :], position + len(block)
+            if count is not None:
+                block = block[: count - kept]
+            if len(block):
+                blocks.append(block)
+                kept += len(block)
+                _check_memory(self.path, kept, self.nb_channels, self.rate)
+        if self.declared is not None:
+            while extra := len(_read_block(self.file)):
+                position += extra
+            if position + _MP3_FRAME < self.declared:
+                raise _truncated(self.path, self.declared / self.rate, position / self.rate)
+        if not blocks:
+            return np.zeros((0, self.nb_channels), np.float32)
+        return np.concatenate(blocks)
+
+
+# --- Decoding with ffmpeg -------------------------------------------------------------------------
+
+
+def _ffmpeg_tools() -> tuple[str, str] | None:
+    """The paths of ffmpeg and ffprobe, or ``None`` unless both are installed."""
+    ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
+    return (ffmpeg, ffprobe) if ffmpeg and ffprobe else None
+
+
+def _ffmpeg_probe(path: Path, ffprobe: str, failure: str | None = None) -> tuple[int, int]:
+    """The channels and sample rate of a file's first audio stream.
+
+    Args:
+        failure: the reason given if ffprobe fails; ``None`` gives ffprobe's.
+    """
+    source = f"file:{path}"
+    command = [ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries"]
+    command += ["stream=channels,sample_rate", "-of", "json", "-i", source]
+    result = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        failure = failure or f"ffmpeg: {_ffmpeg_failure(result.stderr, result.returncode, source)}"
+        raise _undecodable(path, failure)
+    try:
+        stream = json.loads(result.stdout)["streams"][0]
+        nb_channels, rate = int(stream["channels"]), int(stream["sample_rate"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        nb_channels = rate = 0
+    if nb_channels <= 0 or rate <= 0:
+        raise UmxError(f"{display_path(path)} has no audio stream")
+    return nb_channels, rate
+
+
+def _ffmpeg_decode(
+    path: Path, ffmpeg: str, nb_channels: int, rate: int, first: int, count: int | None
+) -> np.ndarray:
+    """Frames ``[first, first + count)`` of the first audio stream; as `_Libsndfile.read`.
+
+    ffmpeg decodes from the start and the excerpt is cut from its samples, as libsndfile's are:
+    seeking in ffmpeg (``-ss``) is sample-exact for neither AAC nor mp3. Only the excerpt is
+    kept, and ffmpeg is stopped once it is complete.
+    """
+    source = f"file:{path}"
+    command = [ffmpeg, "-nostdin", "-v", "error", "-i", source, "-map", "0:a:0", "-f", "f32le"]
+    command += ["-ac", str(nb_channels), "-ar", str(rate), "pipe:1"]
+    frame_bytes = 4 * nb_channels
+    skip, wanted = first * frame_bytes, None if count is None else count * frame_bytes
+    kept = bytearray()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
+        )
+        finished = False
+        try:
+            while wanted is None or len(kept) < wanted:
+                chunk = process.stdout.read(1 << 20)
+                if not chunk:
+                    finished = True
+                    break
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+                kept += chunk if wanted is None else chunk[: wanted - len(kept)]
+                _check_memory(path, len(kept) // frame_bytes, nb_channels, rate)
+        finally:
+            if not finished:
+                process.kill()
+            process.stdout.close()
+            returncode = process.wait()
+        if finished and returncode != 0:
+            errors.seek(0)
+            failure = _ffmpeg_failure(errors.read(), returncode, source)
+            raise _undecodable(path, f"ffmpeg: {failure}")
+    del kept[len(kept) - len(kept) % frame_bytes :]
+    return np.frombuffer(kept, dtype=np.float32).reshape(-1, nb_channels)
+
+
+# --- Reading --------------------------------------------------------------------------------------
+
+
+_UNKNOWN_FORMAT = "neither libsndfile nor ffmpeg knows its format"
+
+
+def _decoder(path: Path, fd: int, file_size: int) -> tuple[_Libsndfile | None, str | None]:
+    """Opens a file in libsndfile, or says that ffmpeg is to decode it.
+
+    libsndfile reads the files whose name and first bytes say wav, aiff, flac, ogg or mp3.
+    ffmpeg, when installed, reads the others and the mp3 files libsndfile cannot open.
+
+    Returns:
+        The file open in libsndfile, or ``None`` and the reason to give if ffprobe fails
+        (``None``: ffprobe's own).
+
+    Raises:
+        UmxError: the file is empty or undecodable, or only ffmpeg could read it and it is
+            not installed.
+    """
+    if file_size == 0:
+        raise _undecodable(path, "the file is empty")
+    tools = _ffmpeg_tools()
+    needs_ffmpeg = UmxError(
+        f"{display_path(path)} can only be read with ffmpeg, but {_FFMPEG_MISSING}"
+    )
+    if path.suffix.lower().lstrip(".") not in _LIBSNDFILE_EXTENSIONS:
+        if tools is None:
+            raise needs_ffmpeg
+        return None, None
+    kind, offset = _sniff(fd)
+    if kind is None or (kind == "mp3" and not _LIBSNDFILE_HAS_MP3):
+        if tools is not None:
+            return None, _UNKNOWN_FORMAT if kind is None else None
+        if kind == "mp3":
+            raise needs_ffmpeg
+        raise _undecodable(path, "no WAV, AIFF, FLAC, Ogg or MP3 header")
+    try:
+        return _Libsndfile(path, fd, file_size, kind, offset), None
+    except _Undecodable as error:
+        if tools is None or kind != "mp3":
+            raise _undecodable(path, str(error)) from None
+        return None, None
+
+
+def _read(path: Path, excerpt: Callable[[float], tuple[int, int | None]]) -> tuple[np.ndarray, int]:
+    """Reads the frames ``excerpt(sample_rate)`` names: ``(first, count or None)``.
+
+    Returns:
+        The frames, shape ``(nb_timesteps, nb_channels)``, and the file's sample rate.
+    """
+    with _open_regular(path) as (fd, file_size):
+        decoder, failure = _decoder(path, fd, file_size)
+        if decoder is not None:
+            with decoder:
+                return decoder.read(*excerpt(decoder.rate)), decoder.rate
+        ffmpeg, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
+        nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
+        return _ffmpeg_decode(path, ffmpeg, nb_channels, rate, *excerpt(rate)), rate
+
+
+@dataclass(frozen=True)
+class AudioFileInfo:
+    """What a file says of its audio, read without decoding it all.
+
+    Attributes:
+        sample_rate: in Hz.
+        nb_channels: the channel count (of the first audio stream, for ffmpeg's formats).
+        nb_frames: the length in frames; ``None`` where it is not known without decoding the
+            whole file (mp3 without Xing/Info tag, FLAC declaring no length, ffmpeg's formats).
+    """
+
+    sample_rate: float
+    nb_channels: int
+    nb_frames: int | None
+
+
+def audio_info(path: str | os.PathLike) -> AudioFileInfo:
+    """Reads a file's sample rate, channels and length, with the checks of :func:`read_audio`.
+
+    The file must be a regular file, decodable, and hold the length its header declares (see
+    the truncation policy in :mod:`umx.audio.headers`; an mp3's Xing length is only checked by
+    decoding it).
+
+    Args:
+        path: the file, in any format :func:`read_audio` reads.
+
+    Returns:
+        Its description.
+
+    Raises:
+        UmxError: the file is missing, not a regular file, not audio or truncated.
+    """
+    path = Path(path)
+    with _open_regular(path) as (fd, file_size):
+        decoder, failure = _decoder(path, fd, file_size)
+        if decoder is not None:
+            with decoder:
+                return AudioFileInfo(float(decoder.rate), decoder.nb_channels, decoder.nb_frames)
+        _, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
+        nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
+        return AudioFileInfo(float(rate), nb_channels, None)
+
+
+def seconds_to_frames(seconds: float, sample_rate: float) -> int:
+    """A time in seconds as frames, truncated as open-unmix does: ``int(seconds * sample_rate)``.
+
+    Excerpt starts and durations, here and in the datasets, all go through this one rule.
+    """
+    return int(seconds * sample_rate)
+
+
+def read_frames(
+    path: str | os.PathLike, start: int = 0, nb_frames: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """Reads frames ``[start, start + nb_frames)`` of a file as float32, as the file holds them.
+
+    No channel policy and no resampling; past the end of the file fewer frames come back,
+    possibly none.
+
+    Args:
+        path: the file, in any format :func:`read_audio` reads.
+        start: the first frame.
+        nb_frames: how many frames; ``None`` reads to the end.
+
+    Returns:
+        The audio, shape ``(nb_channels, nb_timesteps)``, and its sample rate.
+
+    Raises:
+        UmxError: the file is missing, not a regular file, not audio or truncated.
+    """
+    if start < 0 or (nb_frames is not None and nb_frames < 0):
+        raise ValueError(f"start and nb_frames must not be negative, not {start}, {nb_frames}")
+    audio, rate = _read(Path(path), lambda _: (start, nb_frames))
+    return torch.from_numpy(np.ascontiguousarray(audio.T)), float(rate)
+
+
+def match_channels(audio: torch.Tensor, nb_channels: int) -> torch.Tensor:
+    """Mono ↔ stereo: duplicate mono for stereo, average stereo for mono.
+
+    Args:
+        audio: shape ``(..., nb_channels_in, nb_timesteps)`` with 1 or 2 channels.
+        nb_channels: the channel count wanted, 1 or 2.
+
+    Returns:
+        shape ``(..., nb_channels, nb_timesteps)``; ``audio`` itself when it already fits.
+    """
+    if audio.shape[-2] == nb_channels:
+        return audio
+    if nb_channels == 1:
+        return audio.mean(dim=-2, keepdim=True)
+    return audio.expand(*audio.shape[:-2], nb_channels, audio.shape[-1])
+
+
+def _channel_policy(
+    audio: torch.Tensor, nb_channels: int | None, downmix: bool, path: Path
+) -> torch.Tensor:
+    """Applies the channel policy to ``(nb_channels_in, nb_timesteps)`` audio read from ``path``."""
+    if audio.shape[0] > MAX_CHANNELS:
+        if not downmix:
+            raise UmxError(
+                f"{display_path(path)}: {audio.shape[0]} channels; umx separates mono or stereo "
+                "audio (use --downmix to average the channels)"
+            )
+        audio = audio.mean(dim=0, keepdim=True)
+    return audio if nb_channels is None else match_channels(audio, nb_channels).contiguous()
+
+
+def read_audio(
+    path: str | os.PathLike,
+    *,
+    start: float = 0.0,
+    duration: float | None = None,
+    sample_rate: float | None = None,
+    nb_channels: int | None = None,
+    downmix: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """Reads an audio file, or an excerpt of it, as a float32 tensor.
+
+    Args:
+        path: the file. wav, flac, ogg, aiff and mp3 are read with libsndfile; other formats
+            (m4a, mp4, aac, stem .mp4 whose first stream is the mixture) need ffmpeg.
+        start: where the excerpt starts, in seconds: frame ``int(start * rate)``, as open-unmix.
+        duration: length of the excerpt in seconds, ``int(duration * rate)`` frames; ``None``
+            reads to the end.
+        sample_rate: resample to this rate (soxr); ``None`` keeps the file's rate.
+        nb_channels: the channel count wanted, 1 or 2. Mono input is duplicated to stereo and
+            stereo is averaged to mono; ``None`` keeps the file's channels.
+        downmix: average files with more than two channels to mono instead of refusing them.
+
+    Returns:
+        The audio, shape ``(nb_channels, nb_timesteps)``, and its sample rate.
+
+    Raises:
+        UmxError: the file is missing, not a regular file, not audio, truncated, empty (or the
+            excerpt is), too long for memory, holds NaN or infinite samples, has more than two
+            channels without ``downmix``, or the excerpt is invalid.
+    """
+    path = Path(path)
+    if nb_channels not in (None, 1, 2):
+        raise ValueError(f"nb_channels must be 1, 2 or None, not {nb_channels}")
+    if not (0 <= start < math.inf) or (duration is not None and not 0 < duration < math.inf):
+        raise UmxError(
+            f"{display_path(path)}: the excerpt needs a finite start >= 0 and duration > 0 "
+            f"(got {start}, {duration})"
+        )
+
+    def excerpt(rate: float) -> tuple[int, int | None]:
+        count = None if duration is None else seconds_to_frames(duration, rate)
+        return seconds_to_frames(start, rate), count
+
+    audio, rate = _read(path, excerpt)
+    if len(audio) == 0:
+        if start == 0 and duration is None:
+            raise UmxError(f"{display_path(path)} contains no audio")
+        length = "" if duration is None else f" for {duration} s"
+        raise UmxError(f"{display_path(path)} has no audio from {start} s{length}")
+    if not np.isfinite(audio).all():
+        raise UmxError(f"{display_path(path)} contains NaN or infinite samples")
+    waveform = _channel_policy(torch.from_numpy(audio.T), nb_channels, downmix, path)
+    if sample_rate is None:
+        return waveform, float(rate)
+    return resample(waveform, rate, sample_rate), float(sample_rate)

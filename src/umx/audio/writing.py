@@ -1,0 +1,390 @@
+"""Writing audio files: wav, flac, mp3; the clip policy; files that appear whole or not at all.
+
+Blocks go to a hidden temporary file beside the target, renamed into place once complete;
+on an error or an interruption every temporary file is removed. mp3 is written by libsndfile
+where it has MPEG support, else by ``ffmpeg``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, _user_error, display_path
+from umx.audio.reading import _LIBSNDFILE_HAS_MP3
+from umx.errors import UmxError
+
+SUBTYPES = {
+    "wav": ("PCM_16", "PCM_24", "FLOAT"),
+    "flac": ("PCM_16", "PCM_24"),
+    "mp3": ("MPEG_LAYER_III",),
+}
+"""Writable extensions and the libsndfile subtypes each accepts."""
+
+DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
+"""The subtype written when none is asked for, per extension."""
+
+CLIP_POLICIES = ("rescale", "clamp", "none")
+"""How samples beyond [-1, 1] are handled when writing: see :class:`AudioWriter`."""
+
+_CLIP_ACTIONS = {"rescale": "rescaled", "clamp": "clamped", "none": "none"}
+
+RESCALE_PEAK = 32767 / 32768
+"""Peak of a rescaled signal: the largest 16-bit sample, just below 1.0."""
+
+BLOCK_SECONDS = 1.0
+"""Length of the blocks a staged signal is converted in, so it never sits whole in memory."""
+
+FFMPEG_MP3_QUALITY = "2"
+"""LAME VBR quality (``-q:a``) when ffmpeg encodes mp3: about 190 kbit/s."""
+
+
+def _can_write_mp3() -> bool:
+    return _LIBSNDFILE_HAS_MP3 or shutil.which("ffmpeg") is not None
+
+
+def audio_formats() -> list[str]:
+    """The extensions :func:`write_audio` can write here: wav, flac and, when possible, mp3."""
+    return [extension for extension in SUBTYPES if extension != "mp3" or _can_write_mp3()]
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What writing did to fit the signal into the file's range.
+
+    Attributes:
+        path: the file written.
+        peak: the largest absolute sample before the clip policy.
+        action: ``"none"``, ``"rescaled"`` or ``"clamped"``.
+        gain: the factor the whole signal was multiplied by (1.0 unless rescaled).
+    """
+
+    path: Path
+    peak: float
+    action: str
+    gain: float
+
+
+NAME_MAX = 255
+"""The longest file name in bytes, where the file system does not say (Linux's limit)."""
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def _hidden_names(path: Path, name_max: int) -> tuple[Path, Path]:
+    """Two temporary names beside ``path``, for the file being written and the staged signal.
+
+    They are ``.{stem}.{token}.tmp{suffix}`` and ``.{stem}.{token}.stage.wav``, the stem cut so
+    both fit in ``name_max`` bytes: any valid target name gives valid temporary names.
+    """
+    token, tails = secrets.token_hex(4), (f".tmp{path.suffix}", ".stage.wav")
+    room = name_max - len(f"..{token}") - max(len(os.fsencode(tail)) for tail in tails)
+    stem = path.stem
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    hidden = f".{stem}.{token}"
+    return path.with_name(hidden + tails[0]), path.with_name(hidden + tails[1])
+
+
+def _remove(paths: tuple[Path, ...]) -> None:
+    """Removes each file that exists, the others too when an exception interrupts one."""
+    if paths:
+        try:
+            with contextlib.suppress(OSError):
+                paths[0].unlink()
+        finally:
+            _remove(paths[1:])
+
+
+class _FfmpegMp3Sink:
+    """Encodes float32 frames to mp3 through ffmpeg, for libsndfile builds without MPEG."""
+
+    def __init__(self, target: Path, sample_rate: int, nb_channels: int, path: Path) -> None:
+        self._path = path
+        command = [shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-y", "-f", "f32le"]
+        command += ["-ar", str(sample_rate), "-ac", str(nb_channels), "-i", "pipe:0"]
+        command += ["-codec:a", "libmp3lame", "-q:a", FFMPEG_MP3_QUALITY, "-f", "mp3"]
+        command += [f"file:{target}"]
+        # stderr goes to a file, as a full pipe would block ffmpeg; close() or abort() closes it
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=self._errors)
+        except BaseException:
+            self._errors.close()
+            raise
+
+    def write(self, frames: np.ndarray) -> None:
+        try:
+            self._process.stdin.write(frames.astype("<f4").tobytes())
+        except BrokenPipeError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Lets ffmpeg finish the file."""
+        with self._errors:
+            self._process.communicate()
+            if self._process.returncode != 0:
+                self._errors.seek(0)
+                failure = _ffmpeg_failure(self._errors.read(), self._process.returncode)
+                raise UmxError(f"ffmpeg could not write {display_path(self._path)} ({failure})")
+
+    def abort(self) -> None:
+        """Stops ffmpeg at once, without letting it finish the file."""
+        try:
+            self._process.kill()
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            self._process.wait()
+        finally:
+            self._errors.close()
+
+
+class AudioWriter:
+    """Writes a long signal block by block, into a temporary file renamed into place at the end.
+
+    Used as a context manager: on a clean exit the file appears whole, and :attr:`report` says
+    what the clip policy did; on an exception (a signal's included) every temporary file is
+    removed and nothing is written. The checks a user can fail (existing file, unwritable
+    directory, bad options, a name too long) run at construction, before any long computation.
+
+    The temporary files are hidden beside the target (so the final rename stays on one file
+    system), with names bounded to the file system's name length.
+
+    Clip policies, for samples beyond [-1, 1]: ``"rescale"`` multiplies the whole signal so its
+    peak is :data:`RESCALE_PEAK` (this needs the global peak, so blocks are staged as float32 in
+    a temporary file first); ``"clamp"`` clips to [-1, 1]; ``"none"`` writes the samples as they
+    are and is only valid for the ``FLOAT`` subtype.
+
+    Args:
+        path: the file to write; its extension (``.wav``, ``.flac``, ``.mp3``) sets the format.
+        sample_rate: in Hz.
+        nb_channels: the channel count of every block.
+        subtype: libsndfile subtype (see :data:`SUBTYPES`); ``None`` uses
+            :data:`DEFAULT_SUBTYPE`.
+        clip: one of :data:`CLIP_POLICIES`.
+        force: overwrite an existing file.
+
+    Raises:
+        UmxError: the file exists without ``force``, its directory is missing or unwritable, its
+            name is too long, or the format, subtype or clip policy is not supported.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: float,
+        nb_channels: int,
+        *,
+        subtype: str | None = None,
+        clip: str = "rescale",
+        force: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.sample_rate = round(sample_rate)
+        self.nb_channels = nb_channels
+        self.extension = self.path.suffix.lower().lstrip(".")
+        self.subtype = subtype or DEFAULT_SUBTYPE.get(self.extension)
+        self.clip = clip
+        self.force = force
+        self.report: WriteReport | None = None
+        name_max = self._check()
+        self._peak = 0.0
+        self._target, self._staged = _hidden_names(self.path, name_max)
+        self._sink: soundfile.SoundFile | _FfmpegMp3Sink | None = None
+        self._staging: soundfile.SoundFile | None = None
+
+    def _check(self) -> int:
+        """Runs the checks a user can fail; returns the directory's longest name in bytes."""
+        path, directory, shown = self.path, self.path.parent, display_path(self.path)
+        if self.extension not in SUBTYPES:
+            raise UmxError(f"cannot write {shown}: use one of the extensions {', '.join(SUBTYPES)}")
+        if self.extension == "mp3" and not _can_write_mp3():
+            raise UmxError(f"cannot write {shown}: libsndfile lacks mp3 and {_FFMPEG_MISSING}")
+        if self.subtype not in SUBTYPES[self.extension]:
+            allowed = ", ".join(SUBTYPES[self.extension])
+            raise UmxError(f"cannot write {shown} as {self.subtype}: use one of {allowed}")
+        if self.clip not in CLIP_POLICIES or (self.clip == "none" and self.subtype != "FLOAT"):
+            raise UmxError(
+                f"cannot write {shown} with clip={self.clip!r}: use rescale or clamp "
+                "(none only with the FLOAT subtype)"
+            )
+        name_max, length = _name_max(directory), len(os.fsencode(path.name))
+        if length > name_max:
+            raise UmxError(
+                f"cannot write {shown}: its name is {length} bytes long, more than the "
+                f"{name_max} the file system allows"
+            )
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as error:
+            raise UmxError(f"cannot write {shown} ({error.strerror})") from None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise UmxError(f"cannot write {shown}: it is a directory")
+        if mode is not None and not self.force:
+            raise UmxError(f"{shown} already exists (use --force to overwrite)")
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise UmxError(
+                f"cannot write {shown}: directory {display_path(directory)} is missing or "
+                "unwritable"
+            )
+        return name_max
+
+    def __enter__(self) -> AudioWriter:
+        try:
+            with _user_error(f"cannot write {display_path(self.path)}"):
+                self._open()
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def _open(self) -> None:
+        if self.extension == "mp3" and not _LIBSNDFILE_HAS_MP3:
+            self._sink = _FfmpegMp3Sink(self._target, self.sample_rate, self.nb_channels, self.path)
+        else:
+            self._sink = soundfile.SoundFile(
+                os.fsencode(self._target),
+                "w",
+                samplerate=self.sample_rate,
+                channels=self.nb_channels,
+                subtype=self.subtype,
+                format=self.extension.upper(),
+            )
+        if self.clip == "rescale":
+            self._staging = soundfile.SoundFile(
+                os.fsencode(self._staged),
+                "w",
+                samplerate=self.sample_rate,
+                channels=self.nb_channels,
+                subtype="FLOAT",
+                format="RF64",
+            )
+
+    def write(self, block: torch.Tensor | np.ndarray) -> None:
+        """Appends a block.
+
+        Args:
+            block: shape ``(nb_channels, nb_block)``, any float dtype.
+
+        Raises:
+            UmxError: the block holds NaN or infinite samples, or the disk write fails.
+        """
+        if isinstance(block, torch.Tensor):
+            block = block.detach().cpu().numpy()
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 2 or block.shape[0] != self.nb_channels:
+            raise ValueError(
+                f"expected a block of shape ({self.nb_channels}, nb_block), got {block.shape}"
+            )
+        frames = block.T
+        if not np.isfinite(frames).all():
+            raise UmxError(
+                f"cannot write {display_path(self.path)}: the audio holds NaN or infinite samples"
+            )
+        self._peak = max(self._peak, float(np.abs(frames).max(initial=0.0)))
+        with _user_error(f"cannot write {display_path(self.path)}"):
+            if self._staging is not None:
+                self._staging.write(frames)
+            elif self.clip == "clamp":
+                self._sink.write(np.clip(frames, -1.0, 1.0))
+            else:
+                self._sink.write(frames)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                with _user_error(f"cannot write {display_path(self.path)}"):
+                    self._finish()
+        finally:
+            if self.report is None:  # failed, here or in the with block
+                self._discard()
+
+    def _finish(self) -> None:
+        """Applies the rescaling if staged, closes the file and renames it into place."""
+        overflow = self._peak > 1.0
+        gain = RESCALE_PEAK / self._peak if overflow and self.clip == "rescale" else 1.0
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
+            block_size = max(1, round(BLOCK_SECONDS * self.sample_rate))
+            with soundfile.SoundFile(os.fsencode(self._staged)) as staged:
+                for frames in staged.blocks(block_size, dtype="float32"):
+                    self._sink.write(frames * np.float32(gain))
+            self._staged.unlink()
+        self._sink.close()
+        self._sink = None
+        os.replace(self._target, self.path)
+        action = _CLIP_ACTIONS[self.clip] if overflow else "none"
+        self.report = WriteReport(self.path, self._peak, action, gain)
+
+    def _discard(self) -> None:
+        """Stops writing and removes every temporary file.
+
+        Safe to call again, and written so that an exception raised inside it (by a signal
+        handler, say) still leaves no file: ffmpeg is stopped before its file is removed (it
+        might create it later), and the files are removed before anything slower happens.
+        """
+        sink, staging = self._sink, self._staging
+        self._sink = self._staging = None
+        try:
+            if isinstance(sink, _FfmpegMp3Sink):
+                sink.abort()
+        finally:
+            try:
+                _remove((self._target, self._staged))
+            finally:
+                for handle in (staging, sink):
+                    if isinstance(handle, soundfile.SoundFile):
+                        with contextlib.suppress(Exception):
+                            handle.close()
+
+
+def write_audio(
+    path: str | os.PathLike,
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: float,
+    *,
+    subtype: str | None = None,
+    clip: str = "rescale",
+    force: bool = False,
+) -> WriteReport:
+    """Writes a whole signal at once; see :class:`AudioWriter` for formats and clip policies.
+
+    Args:
+        path: the file to write; its extension sets the format.
+        audio: shape ``(nb_channels, nb_timesteps)``.
+        sample_rate: in Hz.
+        subtype: libsndfile subtype; ``None`` uses :data:`DEFAULT_SUBTYPE`.
+        clip: one of :data:`CLIP_POLICIES`.
+        force: overwrite an existing file.
+
+    Returns:
+        What the clip policy did.
+
+    Raises:
+        UmxError: as :class:`AudioWriter`, or the audio holds NaN or infinite samples.
+    """
+    with AudioWriter(
+        path, sample_rate, audio.shape[0], subtype=subtype, clip=clip, force=force
+    ) as writer:
+        writer.write(audio)
+    return writer.report
