@@ -20,7 +20,7 @@ import torch
 
 import umx
 from umx.cli import main
-from umx.zoo import save_separator
+from umx.modeldir import save_separator
 
 RATE = 16000
 

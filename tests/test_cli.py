@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from umx.cli import main
-from umx.zoo import save_separator
+from umx.modeldir import save_separator
 
 RATE = 16000
 TARGETS = ("vocals", "drums", "bass", "other")

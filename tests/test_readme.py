@@ -18,8 +18,9 @@ import torch
 import umx.zoo
 from umx.cli import main
 from umx.model import OpenUnmix
+from umx.modeldir import save_separator
 from umx.separator import Separator
-from umx.zoo import MODELS, ZooEntry, save_separator
+from umx.zoo import MODELS, ZooEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

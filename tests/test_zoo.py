@@ -1,4 +1,5 @@
-"""umx.zoo: checkpoint format, model directories, download / verify / cache, bad input.
+"""umx.modeldir and umx.zoo: checkpoint format, model directories, download / verify / cache,
+bad input.
 
 Downloads go to a real HTTP server on 127.0.0.1 serving a temporary folder; nothing reaches the
 network.
@@ -25,6 +26,16 @@ import torch
 from umx import zoo
 from umx.errors import UmxError
 from umx.model import OpenUnmix
+from umx.modeldir import (
+    TargetArchitecture,
+    export_model,
+    infer_architecture,
+    load_target_model,
+    save_separator,
+    save_target_model,
+    torch_save_atomic,
+    write_json_atomic,
+)
 from umx.separator import Separator
 from umx.zoo import (
     DEFAULT_MODEL,
@@ -33,16 +44,9 @@ from umx.zoo import (
     ZooEntry,
     cache_dir,
     download_models,
-    export_model,
-    infer_architecture,
     list_models,
     load_separator,
-    load_target_model,
     resolve_model,
-    save_separator,
-    save_target_model,
-    torch_save_atomic,
-    write_json_atomic,
 )
 
 N_FFT = 128
@@ -212,7 +216,7 @@ def test_architecture_is_inferred(nb_layers, unidirectional, nb_channels):
         NB_BINS, nb_channels, HIDDEN, MAX_BIN, nb_layers, unidirectional
     )
     arch = infer_architecture(state)
-    assert arch == zoo.TargetArchitecture.of(model)
+    assert arch == TargetArchitecture.of(model)
     assert (arch.nb_layers, arch.unidirectional, arch.nb_channels) == (
         nb_layers,
         unidirectional,

@@ -24,8 +24,9 @@ from umx.audio import (
     resample,
 )
 from umx.errors import UmxError, check_number
+from umx.modeldir import check_target_name
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
-from umx.zoo import check_target_name, load_separator
+from umx.zoo import load_separator
 
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 TEMPLATE_FIELDS = ("track", "trackext", "parent", "target", "ext")

@@ -26,6 +26,7 @@ from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError, check_number
 from umx.evaluate import add_evaluate_arguments, run_evaluate
+from umx.modeldir import check_target_name
 from umx.options import (
     add_separation_arguments,
     check_separation_args,
@@ -38,7 +39,6 @@ from umx.zoo import (
     FALLBACK_MODEL,
     MODELS,
     PARTIAL,
-    check_target_name,
     download_models,
     list_models,
 )

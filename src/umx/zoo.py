@@ -1,24 +1,17 @@
-"""Model names → weights on disk: the registry, download, verification, cache, model directories.
-
-A model directory holds the official Open-Unmix layout, which `umx train` writes too::
-
-    mymodel/
-      separator.json    {"sample_rate": 44100.0, "nfft": 4096, "nhop": 1024, "nb_channels": 2}
-      vocals.json       {"args": {...}, ...}  (optional when loading)
-      vocals.pth        state dict of one `OpenUnmix` (or vocals-<8 hex>.pth)
-      ...
+"""Model names → weights on disk: the registry, download, verification, cache, loading by name.
 
 Named models are either downloaded into the cache (`$UMX_CACHE`, else `$XDG_CACHE_HOME/umx`,
 else `~/.cache/umx`, one folder per model) or bundled with the package under
-`umx/pretrained/<name>/`. Downloaded files carry the first 8 hex digits of their SHA-256 in their
-name; a file is checked against them when downloaded and again before use (see `verify_file`).
+`umx/pretrained/<name>/` in the official layout (see `umx.modeldir`). Downloaded files carry the
+first 8 hex digits of their SHA-256 in their name; a file is checked against them when downloaded
+and again before use (see `verify_file`).
 
 The default model is the published `umxl`. When its weights are neither in the cache nor
 downloadable (no network, `$UMX_OFFLINE` set, a failed download), `load_separator(None)` falls
 back to the bundled `umxsynth` with one warning; a model asked for by name never falls back.
 
-Model directories are untrusted input: every field of their json files is checked, their target
-names must be safe file names (stems are written under them), and weights must be finite.
+`load_separator` is the one loader of separators, from a name or a model directory; reading and
+writing model directories is `umx.modeldir`'s job.
 """
 
 from __future__ import annotations
@@ -26,31 +19,43 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import re
-import reprlib
-import secrets
 import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
 from umx.errors import UmxError
-from umx.model import OpenUnmix
+from umx.modeldir import (
+    HASHED_NAME,
+    SEPARATOR_JSON,
+    WEIGHTS_SUFFIX,  # noqa: F401  re-exported: train.py imports it from here
+    ModelFiles,
+    build_separator,
+    check_target_name,  # noqa: F401  re-exported: train.py imports it from here
+    directory_files,
+    export_model,  # noqa: F401  re-exported: scripts/make_umxsynth.sh imports it from here
+    infer_architecture,  # noqa: F401  re-exported: train.py and its tests import it from here
+    read_separator_json,
+    save_separator,  # noqa: F401  re-exported: benchmarks and some tests import it from here
+    save_target_model,  # noqa: F401  re-exported: train.py imports it from here
+    select_targets,
+    short,
+    torch_save_atomic,  # noqa: F401  re-exported: train.py imports it from here
+    write_atomic,
+    write_json_atomic,
+)
 from umx.separator import WIENER_WIN_LEN, Separator
-from umx.transforms import check_stft
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +67,11 @@ OFFLINE_ENV = "UMX_OFFLINE"  # 1: never touch the network
 ZENODO_URL = "https://zenodo.org/records/{record}/files"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
-SEPARATOR_JSON = "separator.json"
-WEIGHTS_SUFFIX = ".pth"
 VERIFIED_SUFFIX = ".verified"
-HASH_DIGITS = 8
 DOWNLOAD_CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 3.0  # how long the default model waits for the download host before falling back
 USER_AGENT = "umx (Open-Unmix model zoo)"
-SHOWN_KEYS = 3  # how many offending state dict keys an error message names
-
-# Bounds of what a model directory may say.
-MAX_JSON_BYTES = 1 << 20
-MIN_SAMPLE_RATE = 1000.0
-MAX_SAMPLE_RATE = 768000.0
-MAX_NFFT = 65536
-MAX_TARGET_NAME = 64  # characters; target names become file names
-MAX_MODEL_SIZE = 1 << 16  # hidden_size, nb_layers, max_bin in a target json
 
 # Model statuses shown by `umx --list-models`.
 BUNDLED = "bundled"
@@ -88,16 +81,6 @@ NOT_DOWNLOADED = "not downloaded"
 
 _OFFLINE_ON = frozenset({"1", "true", "yes", "on"})
 _OFFLINE_OFF = frozenset({"", "0", "false", "no", "off"})
-# Characters a target name must not hold: path separators and control characters.
-_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 40
-
-# `<target>-<hash>.pth` or `<target>_<hash>.pth`, the hash being the start of the SHA-256.
-_HASHED_NAME = re.compile(rf"^(?P<target>.+)[-_](?P<hash>[0-9a-f]{{{HASH_DIGITS}}})\.pth$")
-# Keys of a reference `Separator` or of old reference models that are not model weights.
-_EXTRA_KEYS = frozenset({"sample_rate", "stft.window", "istft.window"})
-_EXTRA_PREFIX = "transform."
 
 NC_SA = "CC BY-NC-SA 4.0"
 MIT = "MIT"
@@ -138,7 +121,7 @@ class ZooEntry:
 
     def __post_init__(self) -> None:
         if self.record is not None:
-            unhashed = [name for name in self.weights.values() if not _HASHED_NAME.match(name)]
+            unhashed = [name for name in self.weights.values() if not HASHED_NAME.match(name)]
             if unhashed:
                 raise ValueError(f"downloaded weights need a hash in their name: {unhashed}")
 
@@ -323,7 +306,7 @@ def model_cache_dir(name: str) -> Path:
 
 
 def _expected_hash(path: Path) -> str:
-    match = _HASHED_NAME.match(path.name)
+    match = HASHED_NAME.match(path.name)
     if match is None:
         raise ValueError(f"{path.name} has no hash in its name")
     return match["hash"]
@@ -425,7 +408,7 @@ def is_offline(offline: bool | None = None) -> bool:
     if value in _OFFLINE_OFF:
         return False
     raise UmxError(
-        f"{OFFLINE_ENV} must be 1 (offline) or 0, not {_short.repr(os.environ[OFFLINE_ENV])}"
+        f"{OFFLINE_ENV} must be 1 (offline) or 0, not {short.repr(os.environ[OFFLINE_ENV])}"
     )
 
 
@@ -518,7 +501,7 @@ def download_file(
     logger.info("downloading %s to %s", url, destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(destination, fetch)
+        write_atomic(destination, fetch)
     except OSError as error:  # network errors are UmxErrors by now: this is the local disk
         reason = f"could not save {destination} ({error.strerror or error})"
         raise _Unavailable(reason, reason) from error
@@ -554,7 +537,7 @@ def download_model(
     entry = _entry(name)
     if entry.bundled:
         return entry.directory
-    selected = _select(entry.targets, targets, f"model {name!r}")
+    selected = select_targets(entry.targets, targets, f"model {name!r}")
     offline = is_offline(offline)
     corrupt: dict[str, str] = {}  # target → why its cached file was deleted
     for target in selected:
@@ -633,529 +616,22 @@ def download_models(
     return directories
 
 
-# --- atomic writes --------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`.
-
-    Readers see either the old file or the complete new one; on any failure the temporary file
-    is removed and `path` is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as file:  # honours the umask, unlike tempfile's 0600
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON, atomically (temporary file + rename).
-
-    Values JSON cannot represent (paths, for example) are written as their `str`.
-    """
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    _write_atomic(Path(path), lambda file: file.write(text.encode()))
-
-
-def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to `path` atomically (temporary file + rename)."""
-    _write_atomic(Path(path), lambda file: torch.save(obj, file))
-
-
-# --- one target model -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TargetArchitecture:
-    """The hyper-parameters that fix the shapes of an `OpenUnmix` state dict."""
-
-    nb_bins: int
-    nb_channels: int
-    hidden_size: int
-    nb_layers: int
-    unidirectional: bool
-    max_bin: int
-
-    @classmethod
-    def of(cls, model: OpenUnmix) -> TargetArchitecture:
-        """The architecture of a model."""
-        return cls(
-            nb_bins=model.nb_output_bins,
-            nb_channels=model.nb_channels,
-            hidden_size=model.hidden_size,
-            nb_layers=model.nb_layers,
-            unidirectional=model.unidirectional,
-            max_bin=model.nb_bins,
-        )
-
-    def build(self) -> OpenUnmix:
-        """A new model of this architecture, with fresh weights."""
-        return OpenUnmix(
-            nb_bins=self.nb_bins,
-            nb_channels=self.nb_channels,
-            hidden_size=self.hidden_size,
-            nb_layers=self.nb_layers,
-            unidirectional=self.unidirectional,
-            max_bin=self.max_bin,
-        )
-
-
-def infer_architecture(state_dict: Mapping[str, Tensor]) -> TargetArchitecture:
-    """Read the architecture off an `OpenUnmix` state dict.
-
-    `nb_bins` is the length of `output_mean`, `max_bin` that of `input_mean`, `hidden_size` the
-    output width of `fc1` and `nb_channels` its input width over `max_bin`; the LSTM has one
-    layer per `lstm.weight_ih_l<k>` key and is unidirectional when no `_reverse` key exists.
-
-    Raises:
-        ValueError: a key needed is missing or the shapes do not fit together.
-    """
-    for key in ("input_mean", "output_mean", "fc1.weight", "lstm.weight_ih_l0"):
-        if key not in state_dict:
-            raise ValueError(f"it has no {key!r} entry")
-    max_bin = state_dict["input_mean"].numel()
-    hidden_size, fc1_inputs = state_dict["fc1.weight"].shape
-    if max_bin == 0 or fc1_inputs % max_bin:
-        raise ValueError(
-            f"fc1 takes {fc1_inputs} inputs, not a multiple of the {max_bin} input bins"
-        )
-    nb_layers = 0
-    while f"lstm.weight_ih_l{nb_layers}" in state_dict:
-        nb_layers += 1
-    return TargetArchitecture(
-        nb_bins=state_dict["output_mean"].numel(),
-        nb_channels=fc1_inputs // max_bin,
-        hidden_size=hidden_size,
-        nb_layers=nb_layers,
-        unidirectional=not any(key.endswith("_reverse") for key in state_dict),
-        max_bin=max_bin,
-    )
-
-
-def _args_mismatch(arch: TargetArchitecture, args: Mapping[str, Any]) -> str | None:
-    """Describe the first disagreement between the json args and the weights, if any."""
-    if args.get("nfft") is not None and int(args["nfft"]) // 2 + 1 != arch.nb_bins:
-        return (
-            f"its args say nfft {args['nfft']} ({int(args['nfft']) // 2 + 1} bins) but the "
-            f"weights have {arch.nb_bins} bins"
-        )
-    for key in ("nb_channels", "hidden_size", "nb_layers", "max_bin", "unidirectional"):
-        if args.get(key) is not None and args[key] != getattr(arch, key):
-            return f"its args say {key} {args[key]} but the weights have {getattr(arch, key)}"
-    return None
-
-
-def _shape_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
-    """Describe how a state dict differs from the one the model expects, if it does."""
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
-
-    missing = [key for key in expected if key not in given]
-    if missing:
-        return f"it lacks {some(missing)}"
-    unexpected = [key for key in given if key not in expected]
-    if unexpected:
-        return f"it has unexpected entries {some(unexpected)}"
-    wrong = [key for key in expected if given[key].shape != expected[key].shape]
-    if wrong:
-        key = wrong[0]
-        return (
-            f"its {key} has shape {tuple(given[key].shape)} where the shapes of its other "
-            f"entries imply {tuple(expected[key].shape)}"
-        )
-    return None
-
-
-def load_target_model(path: str | os.PathLike, args: Mapping[str, Any] | None = None) -> OpenUnmix:
-    """Load one target's `OpenUnmix` from a `.pth` state dict, in evaluation mode.
-
-    The architecture is read off the state dict (`infer_architecture`) and checked against
-    `args` where they say something. Float16 weights are converted to float32, and the extra
-    keys of reference files (`sample_rate`, `stft.window`, `istft.window`, `transform.*`) are
-    dropped before a strict load.
-
-    Args:
-        path: the weights file.
-        args: the `args` of the target's json, if known.
-
-    Returns:
-        the model, frozen (evaluation mode, no gradients), on the CPU.
-
-    Raises:
-        UmxError: the file is missing, unreadable, not an Open-Unmix state dict, holds NaN or
-            infinite values or negative variances, or disagrees with `args`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UmxError(f"{path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    # torch.load fails on damaged files with any of UnpicklingError, RuntimeError, OSError,
-    # EOFError, KeyError, ...: all mean the file is not a readable torch file.
-    # Their messages say little to a user (a truncated file gives "Invalid argument").
-    except Exception as error:
-        raise UmxError(
-            f"{path} is not a readable torch file: it is corrupt or truncated"
-        ) from error
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
-    ):
-        raise UmxError(f"{path} does not hold a state dict of tensors")
-    state = {
-        key: value.float() if value.is_floating_point() else value
-        for key, value in loaded.items()
-        if key not in _EXTRA_KEYS and not key.startswith(_EXTRA_PREFIX)
-    }
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UmxError(
-                f"{path} is not usable: its {_short.repr(key)} holds NaN or infinite values, "
-                "which would make every separation garbage"
-            )
-        if key.endswith("running_var") and bool((value < 0).any()):
-            raise UmxError(f"{path} is not usable: its {_short.repr(key)} has negative variances")
-    try:
-        arch = infer_architecture(state)
-    except ValueError as error:
-        raise UmxError(f"{path} is not an Open-Unmix state dict: {error}") from None
-    mismatch = _args_mismatch(arch, args or {})
-    if mismatch:
-        raise UmxError(f"{path} does not match its json: {mismatch}")
-    with torch.device("meta"):  # no memory and no random initialisation: the weights follow
-        model = arch.build()
-    mismatch = _shape_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise UmxError(f"{path} is not an Open-Unmix state dict: {mismatch}")
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.freeze()
-
-
-def target_args(model: OpenUnmix, *, sample_rate: float, n_fft: int, n_hop: int) -> dict[str, Any]:
-    """The `args` a target json must hold for `model`: its architecture and STFT.
-
-    `bandwidth` is the centre frequency of the last bin the model sees, which maps back to the
-    same `max_bin`.
-    """
-    arch = TargetArchitecture.of(model)
-    if n_fft // 2 + 1 != arch.nb_bins:
-        raise ValueError(f"n_fft {n_fft} gives {n_fft // 2 + 1} bins, the model has {arch.nb_bins}")
-    return {
-        "sample_rate": float(sample_rate),
-        "nfft": n_fft,
-        "nhop": n_hop,
-        "nb_channels": arch.nb_channels,
-        "hidden_size": arch.hidden_size,
-        "nb_layers": arch.nb_layers,
-        "unidirectional": arch.unidirectional,
-        "max_bin": arch.max_bin,
-        "bandwidth": (arch.max_bin - 1) * sample_rate / n_fft,
-    }
-
-
-def save_target_model(
-    model: OpenUnmix,
-    directory: str | os.PathLike,
-    target: str,
-    *,
-    sample_rate: float,
-    n_fft: int,
-    n_hop: int,
-    args: Mapping[str, Any] | None = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write `<target>.pth` and `<target>.json` into a model directory, each atomically.
-
-    Args:
-        model: the target model; its state dict is saved on the CPU.
-        directory: the model directory, created if needed.
-        target: the target name.
-        sample_rate, n_fft, n_hop: the STFT the model works with.
-        args: further training arguments for the json's `args`; the model's architecture and
-            STFT (see `target_args`) override any of the same name, `bandwidth` excepted.
-        metadata: further top-level json fields, e.g. `best_loss`, `epochs_trained`.
-
-    Returns:
-        the path of the weights file.
-
-    Raises:
-        UmxError: `target` is not a safe file-name stem (see `check_target_name`).
-    """
-    check_target_name(target, "the model to save")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    own = target_args(model, sample_rate=sample_rate, n_fft=n_fft, n_hop=n_hop)
-    bandwidth = own.pop("bandwidth")
-    all_args = {"bandwidth": bandwidth, **(args or {}), **own}
-    weights = directory / f"{target}{WEIGHTS_SUFFIX}"
-    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    torch_save_atomic(state, weights)
-    write_json_atomic(directory / f"{target}.json", {**(metadata or {}), "args": all_args})
-    return weights
-
-
-def export_model(
-    source: str | os.PathLike,
-    destination: str | os.PathLike,
-    *,
-    half: bool = True,
-    metadata: Mapping[str, Any] | None = None,
-    force: bool = False,
-) -> Path:
-    """Copy a trained model directory into a lean one for shipping.
-
-    Only `separator.json` and each target's `.pth` and `.json` are copied (no checkpoints or
-    plots). With `half`, weight matrices are stored as float16, which `load_target_model`
-    turns back into float32; the per-bin vectors and normalisation statistics stay float32.
-
-    Args:
-        source: a model directory in the official layout.
-        destination: the directory to write, refused if it exists unless `force`.
-        half: store weight matrices as float16, halving the size.
-        metadata: top-level fields added to every target's json, e.g. how it was trained.
-        force: replace the files of an existing destination.
-
-    Returns:
-        the destination directory.
-    """
-    source, destination = Path(source), Path(destination)
-    files = _directory_files(source, None)
-    if destination.exists() and not force:
-        raise UmxError(f"{destination} already exists (use --force to replace it)")
-    destination.mkdir(parents=True, exist_ok=True)
-    for target, path in files.weights.items():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if half:
-            state = {
-                key: value.half() if value.is_floating_point() and value.dim() > 1 else value
-                for key, value in state.items()
-            }
-        torch_save_atomic(state, destination / f"{target}{WEIGHTS_SUFFIX}")
-        info = (
-            _read_json(source / f"{target}.json") if (source / f"{target}.json").is_file() else {}
-        )
-        write_json_atomic(destination / f"{target}.json", {**info, **(metadata or {})})
-    write_json_atomic(destination / SEPARATOR_JSON, files.config)
-    return destination
-
-
-# --- model directories and separators -------------------------------------------------------------
+# --- loading separators ---------------------------------------------------------------------------
 
 
 def _entry(name: str) -> ZooEntry:
     if not isinstance(name, str) or name not in MODELS:
         raise UmxError(
-            f"unknown model {_short.repr(name)}; the known models are {', '.join(MODELS)}"
+            f"unknown model {short.repr(name)}; the known models are {', '.join(MODELS)}"
         )
     return MODELS[name]
 
 
-def _select(available: Sequence[str], wanted: Sequence[str] | None, owner: str) -> list[str]:
-    if wanted is None:
-        return list(available)
-    selected = list(dict.fromkeys(wanted))
-    unknown = [target for target in selected if target not in available]
-    if unknown:
-        raise UmxError(
-            f"{owner} has no target {_short.repr(unknown[0])}; its targets are "
-            f"{', '.join(available)}"
-        )
-    if not selected:
-        raise UmxError(f"no targets selected from {owner}")
-    return selected
-
-
-def _read_json(path: Path) -> Any:
-    """A small JSON file; too large, too deeply nested or invalid files are refused."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_JSON_BYTES + 1)
-    except OSError as error:
-        raise UmxError(f"could not read {path} ({error.strerror or error})") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise UmxError(f"{path} is too large for a model json (over {MAX_JSON_BYTES} bytes)")
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise UmxError(f"{path} is not a model json: it is nested too deeply") from None
-    except ValueError as error:  # UnicodeDecodeError included
-        raise UmxError(f"{path} is not valid JSON ({_short.repr(str(error))})") from None
-
-
-def check_target_name(name: object, source: str) -> str:
-    """Refuse a target name that is not a safe file-name stem (stems are written under it).
-
-    Args:
-        name: the name, from untrusted input.
-        source: where it comes from, for the message, e.g. a file.
-
-    Returns:
-        the name.
-
-    Raises:
-        UmxError: not a string, empty, too long, with a path separator or a control character,
-            starting with a dot or a space, or ending with a space.
-    """
-    if not isinstance(name, str):
-        raise UmxError(f"{source} has a target name that is not a string: {_short.repr(name)}")
-    if (
-        not name
-        or len(name) > MAX_TARGET_NAME
-        or _UNSAFE_NAME.search(name)
-        or name.startswith(".")
-        or name != name.strip()
-    ):
-        raise UmxError(
-            f"{source} has an unsafe target name {_short.repr(name)}: a target name is written "
-            f"as a file name, so it must have 1 to {MAX_TARGET_NAME} characters, no / or \\ or "
-            "control characters, and not start with a dot or a space"
-        )
-    return name
-
-
-def _check_number(
-    source: str, key: str, value: object, low: float, high: float, *, integer: bool
-) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        kind = "a whole number" if integer else "a finite number"
-        raise UmxError(f"{source} has a bad {key!r}: {_short.repr(value)} is not {kind}")
-    if not low <= value <= high:
-        raise UmxError(f"{source} has a bad {key!r}: {value!r} is not in [{low:g}, {high:g}]")
-
-
-def _check_stft_fields(source: str, fields: Mapping[str, Any], required: bool) -> None:
-    """Check `sample_rate`, `nfft`, `nhop` and `nb_channels` (those present unless required)."""
-    rules = (
-        ("sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, False),
-        ("nfft", 2, MAX_NFFT, True),
-        ("nhop", 1, MAX_NFFT, True),
-        ("nb_channels", 1, 2, True),
-    )
-    for key, low, high, integer in rules:
-        if fields.get(key) is None:
-            if required:
-                raise UmxError(f"{source} lacks {key!r}")
-            continue
-        _check_number(source, key, fields[key], low, high, integer=integer)
-    if fields.get("nfft") is not None and fields.get("nhop") is not None:
-        try:
-            check_stft(fields["nfft"], fields["nhop"])
-        except UmxError as error:
-            raise UmxError(f"{source} is not usable: {error}") from None
-
-
-def _read_separator_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UmxError(f"{path} is missing: a model directory needs one")
-    config = _read_json(path)
-    if not isinstance(config, dict):
-        raise UmxError(f"{path} does not hold a JSON object")
-    _check_stft_fields(str(path), config, required=True)
-    if "targets" in config:
-        targets = config["targets"]
-        if not isinstance(targets, list) or not targets:
-            raise UmxError(f"{path} has a bad 'targets': it must be a non-empty list of names")
-        for target in targets:
-            check_target_name(target, str(path))
-        if len(set(targets)) != len(targets):
-            raise UmxError(f"{path} has a bad 'targets': it names a target twice")
-    return config
-
-
-def _read_target_args(path: Path) -> dict[str, Any] | None:
-    """The `args` of a target json, checked, or None when there is no json or it has no args."""
-    if not path.is_file():
-        return None
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise UmxError(f"{path} does not hold a JSON object")
-    args = data.get("args")
-    if args is None:
-        return None
-    if not isinstance(args, dict):
-        raise UmxError(f"{path} has a bad 'args': it must be a JSON object")
-    source = f"the args of {path}"
-    _check_stft_fields(source, args, required=False)
-    for key in ("hidden_size", "nb_layers", "max_bin"):
-        if args.get(key) is not None:
-            _check_number(source, key, args[key], 1, MAX_MODEL_SIZE, integer=True)
-    if args.get("unidirectional") is not None and not isinstance(args["unidirectional"], bool):
-        raise UmxError(f"{source} has a bad 'unidirectional': it must be true or false")
-    return args
-
-
-def _weight_files(directory: Path) -> dict[str, list[Path]]:
-    """Target → weights files (`<target>.pth`, `<target>-<hash>.pth`) in a directory.
-
-    Hidden files (e.g. the `._vocals.pth` that macOS leaves) are not weights.
-    """
-    found: dict[str, list[Path]] = {}
-    for path in sorted(directory.glob(f"*{WEIGHTS_SUFFIX}")):
-        if path.name.startswith("."):
-            continue
-        match = _HASHED_NAME.match(path.name)
-        found.setdefault(match["target"] if match else path.stem, []).append(path)
-    return found
-
-
-def _directory_targets(directory: Path, config: Mapping[str, Any]) -> list[str]:
-    """The targets of a model directory, in output order.
-
-    `separator.json` may list them under `targets` (umx writes it); otherwise they are the
-    targets with weights or with a `<target>.json` holding `args`, sorted by name.
-
-    Raises:
-        UmxError: there are none, or one has a name unsafe as a file name.
-    """
-    if "targets" in config:
-        return list(config["targets"])  # checked by _read_separator_json
-    names = set(_weight_files(directory))
-    for path in directory.glob("*.json"):
-        hidden = path.name.startswith(".")
-        if path.name != SEPARATOR_JSON and not hidden and _read_target_args(path) is not None:
-            names.add(path.stem)
-    if not names:
-        raise UmxError(
-            f"{directory} holds no target models: no <target>.pth files, and no 'targets' in "
-            f"its {SEPARATOR_JSON}"
-        )
-    return [check_target_name(name, f"model directory {directory}") for name in sorted(names)]
-
-
-def _find_weights(directory: Path, target: str, candidates: Mapping[str, list[Path]]) -> Path:
-    paths = candidates.get(target, [])
-    if not paths:
-        raise UmxError(
-            f"{directory / (target + WEIGHTS_SUFFIX)} is missing: the model directory has no "
-            f"weights for target {target!r}"
-        )
-    if len(paths) > 1:
-        names = ", ".join(path.name for path in paths)
-        raise UmxError(f"{directory} holds several weights files for {target!r} ({names})")
-    return paths[0]
-
-
-@dataclass(frozen=True)
-class _ModelFiles:
-    """What a separator is built from."""
-
-    weights: dict[str, Path]  # target → weights file, in output order
-    config: dict[str, Any]  # the values of separator.json
-    config_source: str  # where they come from, for error messages
-
-
-def _read_config(directory: Path, entry: ZooEntry | None) -> tuple[dict[str, Any], str]:
+def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]:
     """`separator.json`, which only a named model may lack: its registry entry stands in."""
     path = directory / SEPARATOR_JSON
-    if entry is None or path.is_file():
-        return _read_separator_json(path), str(path)
+    if path.is_file():
+        return read_separator_json(path), str(path)
     config = {
         "sample_rate": entry.sample_rate,
         "nfft": entry.n_fft,
@@ -1167,54 +643,21 @@ def _read_config(directory: Path, entry: ZooEntry | None) -> tuple[dict[str, Any
 
 def _downloaded_files(
     entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
-) -> _ModelFiles:
-    selected = _select(entry.targets, targets, f"model {entry.name!r}")
+) -> ModelFiles:
+    selected = select_targets(entry.targets, targets, f"model {entry.name!r}")
     directory = download_model(entry.name, targets=selected, progress=progress, offline=offline)
     config, source = _read_config(directory, entry)
     weights = {target: directory / entry.weights[target] for target in selected}
-    return _ModelFiles(weights, config, source)
+    return ModelFiles(weights, config, source)
 
 
 def _named_files(
     entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
-) -> _ModelFiles:
+) -> ModelFiles:
     if entry.bundled:  # never touches the network
-        return _directory_files(entry.directory, targets, entry)
+        config = _read_config(entry.directory, entry)
+        return directory_files(entry.directory, targets, config=config, available=entry.targets)
     return _downloaded_files(entry, targets, progress, offline)
-
-
-def _directory_files(
-    directory: Path, targets: Sequence[str] | None, entry: ZooEntry | None = None
-) -> _ModelFiles:
-    config, source = _read_config(directory, entry)
-    available = entry.targets if entry else _directory_targets(directory, config)
-    selected = _select(available, targets, f"model directory {directory}")
-    candidates = _weight_files(directory)
-    weights = {target: _find_weights(directory, target, candidates) for target in selected}
-    return _ModelFiles(weights, config, source)
-
-
-def _build_separator(files: _ModelFiles, options: Mapping[str, Any]) -> Separator:
-    n_fft, nb_channels = int(files.config["nfft"]), int(files.config["nb_channels"])
-    if not files.weights:
-        raise UmxError(f"{files.config_source} describes a model without targets")
-    models = {}
-    for target, path in files.weights.items():
-        model = load_target_model(path, _read_target_args(path.parent / f"{target}.json"))
-        if model.nb_output_bins != n_fft // 2 + 1 or model.nb_channels != nb_channels:
-            raise UmxError(
-                f"{path} holds a {model.nb_channels}-channel model of {model.nb_output_bins} bins "
-                f"but {files.config_source} says {nb_channels} channels and nfft {n_fft}"
-            )
-        models[target] = model
-    return Separator(
-        models,
-        sample_rate=float(files.config["sample_rate"]),
-        n_fft=n_fft,
-        n_hop=int(files.config["nhop"]),
-        nb_channels=nb_channels,
-        **options,
-    )
 
 
 def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | None:
@@ -1224,7 +667,7 @@ def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | N
     host for up to `PROBE_TIMEOUT_S` seconds; nothing is downloaded or verified.
     """
     entry = MODELS[DEFAULT_MODEL]
-    missing = entry.missing(_select(entry.targets, targets, f"model {DEFAULT_MODEL!r}"))
+    missing = entry.missing(select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}"))
     if not missing:
         return None
     if offline:
@@ -1236,7 +679,7 @@ def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | N
 
 def _fallback_warning(reason: str, targets: Sequence[str] | None) -> str:
     entry = MODELS[DEFAULT_MODEL]
-    selected = _select(entry.targets, targets, f"model {DEFAULT_MODEL!r}")
+    selected = select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}")
     missing = entry.missing(selected) or selected
     return (
         f"the default model {DEFAULT_MODEL} is not available ({reason}), so {FALLBACK_MODEL} "
@@ -1275,13 +718,13 @@ def resolve_model(
         reason = _default_or_why_not(targets, is_offline(offline))
         return DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     if not isinstance(model, str | os.PathLike) or model == "":
-        raise UmxError(f"a model is a name or a directory, not {_short.repr(model)}")
+        raise UmxError(f"a model is a name or a directory, not {short.repr(model)}")
     if isinstance(model, str) and model in MODELS:
         return model
     if Path(model).is_dir():
         return str(model)
     raise UmxError(
-        f"unknown model {_short.repr(str(model))}: not a directory, and not one of the known "
+        f"unknown model {short.repr(str(model))}: not a directory, and not one of the known "
         f"models {', '.join(MODELS)}"
     )
 
@@ -1328,7 +771,7 @@ def load_separator(
     try:
         device = torch.device(device)
     except RuntimeError as error:
-        raise UmxError(f"unknown device {_short.repr(str(device))} ({error})") from None
+        raise UmxError(f"unknown device {short.repr(str(device))} ({error})") from None
     offline = is_offline(offline)
     if model is None:
         files = None
@@ -1350,81 +793,13 @@ def load_separator(
                 logger.info(entry.notice)
             files = _named_files(entry, targets, progress, offline)
         else:
-            files = _directory_files(Path(model), targets)
+            files = directory_files(Path(model), targets)
     options = {
         "niter": niter,
         "softmask": softmask,
         "residual": residual,
         "wiener_win_len": wiener_win_len,
     }
-    separator = _build_separator(files, options).to(device).eval()
+    separator = build_separator(files, options).to(device).eval()
     separator.model_name = name
     return separator
-
-
-def _is_model_directory(directory: Path) -> bool:
-    return (directory / SEPARATOR_JSON).exists() or any(directory.glob(f"*{WEIGHTS_SUFFIX}"))
-
-
-def save_separator(
-    separator: Separator,
-    directory: str | os.PathLike,
-    *,
-    metadata: Mapping[str, Mapping[str, Any]] | None = None,
-    force: bool = False,
-) -> Path:
-    """Write a separator's models in the official layout, every file atomically.
-
-    Writes `separator.json` (`sample_rate`, `nfft`, `nhop`, `nb_channels`, plus `targets` in
-    output order, which the reference ignores) and per target `<target>.pth` and
-    `<target>.json` (see `save_target_model`).
-
-    Args:
-        separator: the separator to save; its residual and filtering options are not saved.
-        directory: the model directory, created if needed.
-        metadata: per target, further json fields; an `args` field is merged into the json's
-            `args`.
-        force: overwrite an existing model directory (its other weights files of the saved
-            targets are removed, so that the directory stays unambiguous).
-
-    Returns:
-        the directory.
-
-    Raises:
-        UmxError: the directory already holds a model and `force` is not set, or is a file.
-    """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise UmxError(f"cannot save the model into {directory}: it is a file")
-    if directory.is_dir() and _is_model_directory(directory):
-        if not force:
-            raise UmxError(f"{directory} already holds a model; use force to overwrite it")
-        stale = _weight_files(directory)
-        for target in separator.target_models:
-            for path in stale.get(target, []):
-                if path.name != f"{target}{WEIGHTS_SUFFIX}":
-                    path.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
-    for target, model in separator.target_models.items():
-        extra = dict((metadata or {}).get(target, {}))
-        save_target_model(
-            model,
-            directory,
-            target,
-            sample_rate=separator.sample_rate,
-            n_fft=separator.n_fft,
-            n_hop=separator.n_hop,
-            args=extra.pop("args", None),
-            metadata=extra,
-        )
-    write_json_atomic(
-        directory / SEPARATOR_JSON,
-        {
-            "sample_rate": separator.sample_rate,
-            "nfft": separator.n_fft,
-            "nhop": separator.n_hop,
-            "nb_channels": separator.nb_channels,
-            "targets": list(separator.target_models),
-        },
-    )
-    return directory
