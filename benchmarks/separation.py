@@ -101,7 +101,7 @@ def model_dir() -> Path:
 
     from umx.model import OpenUnmix
     from umx.separator import Separator
-    from umx.zoo import save_separator
+    from umx.modeldir import save_separator
 
     directory = CACHE / "model-umxhq-random"
     if (directory / "separator.json").exists():

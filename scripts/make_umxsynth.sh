@@ -32,7 +32,8 @@ done
 .venv/bin/python - "$work" <<'PY'
 import json, sys
 from pathlib import Path
-from umx.zoo import PRETRAINED_DIR, export_model
+from umx.modeldir import export_model
+from umx.zoo import PRETRAINED_DIR
 
 work = Path(sys.argv[1])
 synth = json.loads((work / "synth" / "synth.json").read_text())

@@ -7,7 +7,7 @@ import torch
 
 import umx
 import umx.api
-from umx.zoo import save_separator
+from umx.modeldir import save_separator
 
 TARGETS = ("vocals", "drums", "bass", "other")
 
