@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from umx import zoo
@@ -1127,3 +1129,38 @@ def test_bundled_fallback_model_is_small_and_never_touches_the_network(monkeypat
     assert opened == []
     info = json.loads((entry.directory / "vocals.json").read_text())
     assert info["training_data"]["hours"] > 0 and info["epochs_trained"] > 0
+
+
+def test_umx_download_and_list_models_commands(defaults, server, capsys):
+    """`umx download` fetches and verifies the default model; `--list-models` then says it is
+    cached, and `umx song` separates with it and says so."""
+    from umx.cli import main
+
+    assert main(["--list-models"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("umxl (default)") and "not downloaded" in line for line in listed)
+    assert any(line.startswith("umxsynth (offline)") and "bundled" in line for line in listed)
+    assert main(["download", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(defaults.cache)
+    assert len(server.requests) == 2
+    assert main(["--list-models"]) == 0
+    assert any(
+        line.startswith("umxl (default)") and " cached " in line
+        for line in capsys.readouterr().out.splitlines()
+    )
+    assert main(["download", "no-such-model"]) == 1
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_umx_without_network_falls_back_in_one_line(defaults, monkeypatch, tmp_path, capsys):
+    from umx.cli import main
+
+    monkeypatch.setenv("UMX_ZOO_URL", f"http://127.0.0.1:{closed_port()}/files")
+    song = tmp_path / "song.wav"
+    sf.write(song, 0.1 * np.random.default_rng(0).standard_normal((int(RATE), 2)), int(RATE))
+    assert main([str(song), "--outdir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    fallback = [line for line in err if "umxsynth separates instead" in line]
+    assert len(fallback) == 1 and "umx download umxl" in fallback[0]
+    assert any(line.endswith("separated with umxsynth") for line in err)
+    assert "Traceback" not in "\n".join(err)
