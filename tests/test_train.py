@@ -6,6 +6,7 @@ that a run killed with SIGKILL and resumed ends exactly like an uninterrupted on
 2-process gloo run under torchrun trains and writes one set of outputs.
 """
 
+import argparse
 import json
 import logging
 import os
@@ -30,7 +31,11 @@ from umx.separator import Separator
 from umx.train import (
     Distributed,
     EarlyStopping,
+    History,
+    add_train_arguments,
     compute_statistics,
+    loss_figure,
+    loss_ticks,
     main,
     validate,
 )
@@ -241,15 +246,86 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--root", "{task}", "--target-dir", "x"], "--target-dir applies to the sourcefolder"),
         (["--root", "{task}", "--source-augmentations", "reverb"], "unknown augmentation"),
         ([], "needs --root"),
-        (["--root", "{task}", "--seq-dur", "0"], "--seq-dur must be positive"),
+        (["--seq-dur", "0"], "--seq-dur must be positive, not 0.0"),
+        (["--seq-dur", "nan"], "--seq-dur must be a finite number, not nan"),
+        (["--seq-dur", "inf"], "--seq-dur must be a finite number, not inf"),
+        (["--seq-dur", "0.01"], "--seq-dur 0.01 is 80 samples at 8000 Hz, shorter than one STFT"),
+        (["--lr", "nan"], "--lr must be a finite number, not nan"),
+        (["--lr", "inf"], "--lr must be a finite number, not inf"),
+        (["--lr", "0"], "--lr must be positive, not 0.0"),
+        (["--lr", "-1"], "--lr must be positive, not -1.0"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number, not nan"),
+        (["--weight-decay=-1e-5"], "--weight-decay must be zero or positive"),
+        (["--lr-decay-gamma", "1"], "--lr-decay-gamma multiplies the learning rate"),
+        (["--lr-decay-gamma", "0"], "must lie between 0 and 1 (exclusive), not 0.0"),
+        (["--lr-decay-gamma=-inf"], "--lr-decay-gamma must be a finite number, not -inf"),
+        (["--lr-decay-patience", "-1"], "--lr-decay-patience must be at least 0, not -1"),
+        (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+        (["--batch-size", "-8"], "--batch-size must be at least 1, not -8"),
+        (["--patience", "0"], "--patience must be at least 1, not 0"),
+        (["--hidden-size", "0"], "--hidden-size must be at least 1, not 0"),
+        (["--seed", "-1"], "--seed must be from 0 to 4294967295, not -1"),
+        (["--nb-workers", "-1"], "--nb-workers must be at least 0, not -1"),
+        (["--samples-per-track", "0"], "--samples-per-track must be at least 1, not 0"),
+        (["--bandwidth", "nan"], "--bandwidth must be a finite number, not nan"),
+        (["--bandwidth", "0"], "--bandwidth must be positive, not 0.0"),
+        (["--nfft", "0"], "--nfft must be at least 1, not 0"),
+        (["--nfft", "1", "--nhop", "1"], "--nfft 1 and --nhop 1: the STFT size n_fft must be"),
+        (["--nhop", "256"], "--nfft 256 and --nhop 256: an STFT hop of 256 with n_fft 256 cannot"),
+        (["--nhop", "300"], "--nfft 256 and --nhop 300: an STFT hop of 300"),
+        (["--target", "../escape"], "--target has an unsafe target name '../escape'"),
+        (["--seq-dur", "1e12"], "--seq-dur must be at most 86400 seconds"),
+        (["--device", "meta"], "umx train runs on cpu, cuda or mps, not on 'meta' devices"),
+        (["--hidden-size", "1000000000"], "cpu ran out of memory: lower --batch-size"),
     ],
 )
 def test_bad_options_are_one_line_errors(task, tmp_path, caplog, options, message):
     options = [option.format(task=task) for option in options]
+    if "--root" not in options and options:
+        options += ["--root", str(task)]
     with caplog.at_level(logging.ERROR):
-        assert main([*TASK, *options, "--output", str(tmp_path / "out")]) == 1
-    assert message.format(task=task) in caplog.text
+        assert main([*TASK, "--epochs", "1", *options, "--output", str(tmp_path / "out")]) == 1
+    (record,) = caplog.records
+    assert message.format(task=task) in record.getMessage()
+    assert "\n" not in record.getMessage()
     assert not (tmp_path / "out").exists()
+
+
+def test_options_restored_from_a_checkpoint_are_checked_too(trained, tmp_path, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    checkpoint = torch.load(copy / "vocals.chkpnt", weights_only=True)
+    checkpoint["args"]["lr"] = float("nan")
+    torch.save(checkpoint, copy / "vocals.chkpnt")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--checkpoint", str(copy), "--epochs", "9", "--quiet"]) == 1
+    assert "--lr must be a finite number, not nan" in caplog.text
+
+
+def test_the_documented_defaults_are_those_of_the_help():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    helps = {
+        option: re.search(r"\(default: ([^)]*)\)$", action.help or "")
+        for action in parser._actions
+        for option in action.option_strings
+    }
+    table = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    checked = []
+    for options, cell in re.findall(r"^\| (`-[^|]*) \| ([^|]*) \|", table, flags=re.MULTILINE):
+        options = re.findall(r"`(--[\w-]+)", options)
+        defaults = [d.strip().strip("`") for d in cell.split(",")] if cell.strip() else []
+        if cell.strip() in ("required", "see above") or "/" in cell:
+            continue  # explained in words, in the table and in the help
+        if not defaults:
+            assert all(helps[option] is None for option in options), options
+            checked += options
+        elif len(defaults) == len(options):
+            for option, default in zip(options, defaults, strict=True):
+                assert helps[option] is not None, option
+                assert helps[option].group(1) == default, (option, default)
+            checked += options
+    assert len(checked) >= 20 and "--nb-workers" in checked and "--weight-decay" in checked
 
 
 def test_a_checkpoint_of_another_architecture_or_target_is_refused(trained, caplog):
@@ -292,6 +368,103 @@ def test_a_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(task, tm
     for key in ("model", "best_model"):
         assert all(torch.equal(resumed[key][k], whole[key][k]) for k in whole[key])
     assert resumed["optimizer"]["state"][0]["step"] == whole["optimizer"]["state"][0]["step"]
+
+
+class Killed(BaseException):
+    """The process dying at this point (nothing catches it, as nothing survives SIGKILL)."""
+
+
+@pytest.fixture(scope="module")
+def two_epochs(task, tmp_path_factory) -> tuple[list[str], Path]:
+    """The options of a 2-epoch run and its outputs, run uninterrupted."""
+    options = [*TASK, "--root", str(task), "--epochs", "2"]
+    output = tmp_path_factory.mktemp("two_epochs") / "model"
+    assert main([*options, "--output", str(output)]) == 0
+    return options, output
+
+
+@pytest.mark.parametrize("renames", range(10))
+def test_a_run_killed_between_any_two_file_writes_resumes_as_its_message_says(
+    two_epochs, tmp_path, caplog, monkeypatch, renames
+):
+    """Each epoch puts 5 files in place by renaming; the run dies before rename `renames + 1`.
+    Running the same command again either works or names the command that does, which then
+    ends exactly as the uninterrupted run."""
+    options, whole = two_epochs
+    output = tmp_path / "model"
+    command = [*options, "--output", str(output)]
+    replace, done = os.replace, []
+
+    def dying_replace(source, destination):
+        if len(done) == renames:
+            raise Killed
+        replace(source, destination)
+        done.append(Path(destination).name)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(Killed):
+        main(command)
+    monkeypatch.setattr(os, "replace", replace)
+    assert done[:1] in ([], ["vocals.chkpnt"])  # the checkpoint goes first
+    if "vocals.pth" in done:
+        assert (output / "vocals.chkpnt").exists()
+
+    with caplog.at_level(logging.ERROR):
+        status = main(command)
+    if status != 0:
+        suggested = re.search(r"use (--checkpoint \S+) to resume it", caplog.text)
+        assert suggested, caplog.text
+        assert main([*suggested.group(1).split(), "--quiet"]) == 0
+    assert sorted(path.name for path in output.iterdir()) == OUTPUTS
+    expected, resumed = (
+        torch.load(d / "vocals.chkpnt", weights_only=True) for d in (whole, output)
+    )
+    assert resumed["epoch"] == expected["epoch"] == 2
+    assert resumed["history"]["valid_loss"] == expected["history"]["valid_loss"]
+    for key in ("model", "best_model"):
+        assert all(torch.equal(resumed[key][k], expected[key][k]) for k in expected[key])
+    best = torch.load(output / "vocals.pth", weights_only=True)
+    assert all(torch.equal(best[k], expected["best_model"][k]) for k in best)
+    info, expected_info = (read_json(d / "vocals.json") for d in (output, whole))
+    assert info["valid_loss_history"] == expected_info["valid_loss_history"]
+    assert info["epochs_trained"] == 2
+
+
+def test_a_model_without_checkpoint_is_not_offered_for_resuming(two_epochs, tmp_path, caplog):
+    options, whole = two_epochs
+    output = tmp_path / "model"
+    shutil.copytree(whole, output)
+    (output / "vocals.chkpnt").unlink()  # e.g. a copied or exported model
+    with caplog.at_level(logging.ERROR):
+        assert main([*options, "--output", str(output)]) == 1
+        assert main(["--checkpoint", str(output), "--quiet"]) == 1
+        assert main(["--checkpoint", str(output), "--target", "vocals", "--quiet"]) == 1
+    first, second, third = (record.getMessage() for record in caplog.records)
+    assert "has no checkpoint to resume: use --force to overwrite it" in first
+    assert "--checkpoint" not in first
+    assert f"{output} holds no checkpoint to resume: its vocals model has none" in second
+    assert f"the vocals model in {output} has no checkpoint to resume" in third
+    assert main([*options, "--output", str(output), "--force"]) == 0
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def test_a_log_file_gets_one_line_per_epoch_and_no_progress_bars(task, tmp_path):
+    command = [sys.executable, "-m", "umx.train", *TASK, "--root", str(task), "--epochs", "3"]
+    command += ["--output", str(tmp_path / "out")]
+    command.remove("--quiet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stderr and "|" not in result.stderr  # no bars
+    epochs = re.findall(
+        r"^umx: epoch (\d)/3: train loss [\d.e-]+, valid loss [\d.e-]+( \(best\))?, [\d.]+ s$",
+        result.stderr,
+        flags=re.MULTILINE,
+    )
+    assert [epoch for epoch, _ in epochs] == ["1", "2", "3"]
+    assert len(result.stderr.splitlines()) <= 6, result.stderr  # statistics, epochs, summary
 
 
 # --- distributed ------------------------------------------------------------------------------
@@ -407,6 +580,35 @@ def test_validation_covers_whole_tracks_segment_by_segment():
     pieces = [[(0, 2000), (2000, 3000)], [(0, 2000), (2000, 4100)]]
     assert chunked == pytest.approx(expected(pieces), rel=1e-12)
     assert abs(chunked - whole) > 1e-3 * whole  # the pieces' edge frames differ
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.0417, 4.5, [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]),
+        (0.0031, 2.2, [0.01, 0.1, 1.0]),
+        (0.82, 4.5, [1.0, 2.0, 3.0, 4.0]),
+        (0.2, 0.25, None),  # too narrow for a log axis
+        (1e-9, 1e9, [1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1e1, 1e3, 1e5, 1e7, 1e9]),
+    ],
+)
+def test_loss_ticks_are_round_numbers_in_the_range(low, high, expected):
+    assert loss_ticks(low, high) == expected
+
+
+def test_the_loss_curve_has_whole_epochs_and_plain_loss_labels():
+    for nb_epochs, train_loss in ((3, [4.5, 2.7, 1.3]), (12, list(np.geomspace(4.5, 0.04, 12)))):
+        history = History(train_loss, [x / 2 for x in train_loss], best_epoch=nb_epochs)
+        figure = loss_figure(history, "vocals")
+        figure.draw_without_rendering()
+        (axes,) = figure.axes
+        low, high = axes.get_xlim()
+        epochs = [tick for tick in axes.get_xticks() if low <= tick <= high]
+        assert epochs and all(tick == int(tick) for tick in epochs)
+        assert axes.get_yscale() == "log"
+        labels = [label.get_text() for label in axes.get_yticklabels() if label.get_text()]
+        assert len(labels) >= 3
+        assert all(float(label) > 0 and "$" not in label for label in labels)
 
 
 def test_early_stopping_counts_epochs_without_improvement():

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,16 +51,20 @@ from umx.data.datasets import (
 from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.model import OpenUnmix
-from umx.transforms import Spectrogram, bandwidth_to_max_bin
+from umx.transforms import Spectrogram, bandwidth_to_max_bin, check_stft
 from umx.zoo import (
     SEPARATOR_JSON,
     WEIGHTS_SUFFIX,
+    check_target_name,
     infer_architecture,
     load_separator,
     save_target_model,
     torch_save_atomic,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger("umx.train")  # also when run as __main__
 
@@ -71,6 +75,9 @@ NB_LAYERS = 3
 LR_COOLDOWN = 10  # epochs without learning-rate decay after a decay, as in Open-Unmix
 STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
 VALID_SEGMENT = 30.0  # seconds of a validation track the model sees at once (bounds memory)
+MAX_SEED = 2**32 - 1
+MAX_SEQ_DUR = 86400.0  # seconds: a day, far beyond any excerpt that fits in memory
+TRAINING_DEVICES = ("cpu", "cuda", "mps")
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "musdb",
@@ -176,8 +183,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     def add(group: argparse._ArgumentGroup, *flags: str, help: str, **kwargs: Any) -> None:
         dest = next(f for f in flags if f.startswith("--"))[2:].replace("-", "_")
         default = DEFAULTS[dest]
-        if default not in (None, False):
-            shown = " ".join(default) if isinstance(default, list) else default
+        if default is not None and default is not False:
+            if isinstance(default, list):
+                shown = " ".join(default)
+            else:
+                shown = f"{default:g}" if isinstance(default, float) else default
             help = f"{help} (default: {shown})"
         group.add_argument(*flags, default=None, help=help, **kwargs)
 
@@ -310,7 +320,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="random seed; with the same seed, workers and processes a CPU run is reproducible",
     )
     add(training, "--nb-workers", type=int, metavar="N", help="data loading worker processes")
-    add(training, "--device", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    add(
+        training,
+        "--device",
+        help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (under torchrun: "
+        "cuda:LOCAL_RANK)",
+    )
 
     model = parser.add_argument_group("model")
     add(model, "--nfft", type=int, help="STFT size")
@@ -360,7 +375,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the input statistics (mean 0, scale 1) and log debug messages",
     )
-    add(output, "-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    add(
+        output,
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="warnings only: no progress bars (on a terminal) or lines per epoch (otherwise)",
+    )
 
 
 def resolve_options(
@@ -419,14 +440,82 @@ def resolve_options(
             "trackfolder_fix": Path(str(config.target_file)).stem,
             "trackfolder_var": Path(str(config.target_file)).stem,
         }[dataset]
-    for key in ("epochs", "batch_size", "nfft", "nhop", "hidden_size", "patience"):
-        if getattr(config, key) < 1:
-            raise UmxError(f"--{key.replace('_', '-')} must be at least 1")
-    if config.seq_dur <= 0:
-        raise UmxError(f"--seq-dur must be positive, not {config.seq_dur}")
     if "model" in given and checkpoint is not None:
         raise UmxError("--model and --checkpoint exclude each other: a resumed run has its model")
+    check_options(config)
     return config
+
+
+WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
+    "epochs": (1, None),
+    "batch_size": (1, None),
+    "patience": (1, None),
+    "lr_decay_patience": (0, None),
+    "seed": (0, MAX_SEED),
+    "nb_workers": (0, None),
+    "nfft": (1, None),
+    "nhop": (1, None),
+    "hidden_size": (1, None),
+    "samples_per_track": (1, None),
+    "valid_tracks": (1, None),
+    "nb_train_samples": (1, None),
+    "nb_valid_samples": (1, None),
+}
+"""Whole-number options and their bounds (inclusive; None: unbounded)."""
+
+POSITIVE_NUMBERS = ("lr", "seq_dur", "bandwidth")
+"""Real options that must be finite and greater than zero."""
+
+
+def check_options(config: argparse.Namespace) -> None:
+    """Refuse options that make no sense, before any data is read.
+
+    Every option is checked, whether given on the command line or restored from a checkpoint
+    (which is untrusted input too): types, NaN, infinities, zero and negative values where they
+    mean nothing, and STFT settings that cannot be inverted (see `umx.transforms.check_stft`).
+
+    Raises:
+        UmxError: one sentence naming the first bad option.
+    """
+
+    def flag(key: str) -> str:
+        return "--" + key.replace("_", "-")
+
+    for key, (low, high) in WHOLE_NUMBERS.items():
+        value = getattr(config, key)
+        if value is None and key == "valid_tracks":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UmxError(f"{flag(key)} must be a whole number, not {value!r}")
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise UmxError(f"{flag(key)} must be {bounds}, not {value}")
+    reals = {key: getattr(config, key) for key in (*POSITIVE_NUMBERS, "weight_decay")}
+    reals["lr_decay_gamma"] = config.lr_decay_gamma
+    for key, value in reals.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UmxError(f"{flag(key)} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise UmxError(f"{flag(key)} must be a finite number, not {value}")
+    for key in POSITIVE_NUMBERS:
+        if reals[key] <= 0:
+            raise UmxError(f"{flag(key)} must be positive, not {reals[key]}")
+    if reals["seq_dur"] > MAX_SEQ_DUR:
+        raise UmxError(f"--seq-dur must be at most {MAX_SEQ_DUR:g} seconds, not {reals['seq_dur']}")
+    if reals["weight_decay"] < 0:
+        raise UmxError(f"--weight-decay must be zero or positive, not {reals['weight_decay']}")
+    if not 0 < reals["lr_decay_gamma"] < 1:
+        raise UmxError(
+            f"--lr-decay-gamma multiplies the learning rate, so it must lie between 0 and 1 "
+            f"(exclusive), not {reals['lr_decay_gamma']}"
+        )
+    if config.nb_channels not in (1, 2):
+        raise UmxError(f"--nb-channels must be 1 or 2, not {config.nb_channels!r}")
+    try:
+        check_stft(config.nfft, config.nhop)
+    except UmxError as error:
+        raise UmxError(f"--nfft {config.nfft} and --nhop {config.nhop}: {error}") from None
+    check_target_name(config.target, "--target")
 
 
 def make_datasets(config: argparse.Namespace) -> tuple[UnmixDataset, UnmixDataset]:
@@ -620,7 +709,8 @@ def compute_statistics(
     indices = range(distributed.rank, len(view), distributed.world_size)
     for index in tqdm(indices, desc="statistics", unit="track", disable=not progress, leave=False):
         mixture, _ = view[index]
-        frames = spectrogram(mixture[None].double())[0, 0]  # (nb_bins, nb_frames)
+        mixture = _pad_for_stft(mixture[None].double(), n_fft)  # a track shorter than a frame
+        frames = spectrogram(mixture)[0, 0]  # (nb_bins, nb_frames)
         deviations = frames - frames.mean(1, keepdim=True)
         track = (frames.shape[1], frames.mean(1), deviations.square().sum(1))
         count, mean, m2 = _merge_moments((count, mean, m2), track)
@@ -808,6 +898,11 @@ def run_training(args: argparse.Namespace) -> int:
     elif args.debug:
         logging.getLogger("umx").setLevel(logging.DEBUG)
     device = resolve_device(args.device or DEFAULTS["device"], distributed.local_rank)
+    if device.type not in TRAINING_DEVICES:
+        raise UmxError(
+            f"umx train runs on {', '.join(TRAINING_DEVICES[:-1])} or {TRAINING_DEVICES[-1]}, "
+            f"not on {device.type!r} devices"
+        )
     if distributed.enabled:
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -817,10 +912,26 @@ def run_training(args: argparse.Namespace) -> int:
         Trainer(args, distributed, device).run()
         if distributed.enabled:
             dist.barrier()  # no rank tears gloo down while another still talks to it
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        raise UmxError(
+            f"{device} ran out of memory: lower --batch-size, --seq-dur or --hidden-size"
+        ) from None
     finally:
         if distributed.enabled:
             dist.destroy_process_group()
     return 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether an error is an allocation failure (torch reports the CPU's as RuntimeError)."""
+    text = str(error)
+    return (
+        isinstance(error, MemoryError | torch.OutOfMemoryError)
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
 
 
 class Trainer:
@@ -832,6 +943,7 @@ class Trainer:
         self.distributed = distributed
         self.device = device
         self.progress = distributed.is_main and not args.quiet
+        self.bars = self.progress and sys.stderr.isatty()  # a log file gets lines, not bars
         if importlib.util.find_spec("matplotlib") is None:
             raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
         checkpoint = _read_checkpoint(args, device) if args.checkpoint is not None else None
@@ -854,6 +966,13 @@ class Trainer:
         pretrained = None
         if config.model is not None and checkpoint is None:
             pretrained = self._pretrained_model(given)
+        excerpt = round(config.seq_dur * self.sample_rate)
+        if excerpt < config.nfft:
+            raise UmxError(
+                f"--seq-dur {config.seq_dur:g} is {excerpt} samples at {self.sample_rate:g} Hz, "
+                f"shorter than one STFT frame of --nfft {config.nfft}: use at least "
+                f"{math.ceil(1000 * config.nfft / self.sample_rate) / 1000:g} s"
+            )
         if distributed.is_main:
             _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
 
@@ -885,12 +1004,15 @@ class Trainer:
         config = self.config
         mean = scale = None
         if not config.debug:
+            if self.progress and not self.bars:
+                nb_items = len(self.train_set.eval_view())
+                logger.info("computing the input statistics over %d training items", nb_items)
             mean, scale = compute_statistics(
                 self.train_set,
                 config.nfft,
                 config.nhop,
                 distributed=self.distributed,
-                progress=self.progress,
+                progress=self.bars,
             )
         return OpenUnmix(
             nb_bins=config.nfft // 2 + 1,
@@ -907,9 +1029,7 @@ class Trainer:
         """The `--model` target to fine-tune. The options of the model are set from it; those
         `given` on the command line must agree."""
         config = self.config
-        separator = load_separator(
-            config.model, targets=[self.target], niter=0, progress=self.progress
-        )
+        separator = load_separator(config.model, targets=[self.target], niter=0, progress=self.bars)
         if separator.sample_rate != self.sample_rate:
             raise UmxError(
                 f"{config.model} works at {separator.sample_rate:g} Hz but the data of "
@@ -956,6 +1076,8 @@ class Trainer:
         config, distributed = self.config, self.distributed
         if self.stopper.should_stop or self.epoch >= config.epochs:
             logger.info("training already finished after %d epochs", self.epoch)
+            if distributed.is_main:  # a run killed while writing its last epoch: complete it
+                self._write_outputs()
             return
         sampler = DistributedSampler(
             self.train_set,
@@ -986,7 +1108,7 @@ class Trainer:
             unit="epoch",
             initial=self.epoch,
             total=config.epochs,
-            disable=not self.progress,
+            disable=not self.bars,
         )
         for epoch in epochs:
             started = time.monotonic()
@@ -999,7 +1121,7 @@ class Trainer:
                 self.optimizer,
                 self.device,
                 distributed=distributed,
-                progress=self.progress,
+                progress=self.bars,
             )
             if not math.isfinite(train_loss):
                 raise UmxError(
@@ -1014,16 +1136,28 @@ class Trainer:
                 distributed=distributed,
             )
             self.scheduler.step(valid_loss)
-            if self.stopper.step(valid_loss):
+            best = self.stopper.step(valid_loss)
+            if best:
                 self.best_state = _cpu_state(self.model)
                 self.history.best_epoch = epoch
+            seconds = time.monotonic() - started
             self.history.train_loss.append(train_loss)
             self.history.valid_loss.append(valid_loss)
             self.history.lr.append(self.optimizer.param_groups[0]["lr"])
-            self.history.epoch_time.append(time.monotonic() - started)
+            self.history.epoch_time.append(seconds)
             self.epoch = epoch
-            epochs.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
-            logger.debug("epoch %d: train %.6g, valid %.6g", epoch, train_loss, valid_loss)
+            if self.bars:
+                epochs.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+            elif self.progress:  # a log file: one line per epoch instead of bars
+                logger.info(
+                    "epoch %d/%d: train loss %.6g, valid loss %.6g%s, %.1f s",
+                    epoch,
+                    config.epochs,
+                    train_loss,
+                    valid_loss,
+                    " (best)" if best else "",
+                    seconds,
+                )
             if distributed.is_main:
                 self._write_outputs()
             if self.stopper.should_stop:
@@ -1038,8 +1172,28 @@ class Trainer:
         )
 
     def _write_outputs(self) -> None:
-        """Write the best model, its json, separator.json, the curve and, last, the checkpoint."""
+        """Write the checkpoint, then the best model, its json, separator.json and the curve.
+
+        The checkpoint goes first, each file atomically: a run killed at any moment leaves a
+        directory whose `<target>.chkpnt` holds the latest completed epoch, so that it can
+        always be resumed with `--checkpoint` (the other files are written again from it).
+        """
         config = self.config
+        self.output.mkdir(parents=True, exist_ok=True)
+        torch_save_atomic(
+            {
+                "epoch": self.epoch,
+                "args": _json_options(config),
+                "sample_rate": self.sample_rate,
+                "model": _cpu_state(self.model),
+                "best_model": self.best_state,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "early_stopping": asdict(self.stopper),
+                "history": asdict(self.history),
+            },
+            self.output / f"{self.target}{CHECKPOINT_SUFFIX}",
+        )
         best = infer_architecture(self.best_state).build()
         best.load_state_dict(self.best_state)
         history = self.history
@@ -1073,20 +1227,6 @@ class Trainer:
             _separator_config(self.output, self.target, config, self.sample_rate),
         )
         plot_history(history, self.output / f"{self.target}{CURVE_SUFFIX}", self.target)
-        torch_save_atomic(
-            {
-                "epoch": self.epoch,
-                "args": _json_options(config),
-                "sample_rate": self.sample_rate,
-                "model": _cpu_state(self.model),
-                "best_model": self.best_state,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "early_stopping": asdict(self.stopper),
-                "history": asdict(history),
-            },
-            self.output / f"{self.target}{CHECKPOINT_SUFFIX}",
-        )
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -1113,6 +1253,15 @@ def _read_checkpoint(args: argparse.Namespace, device: torch.device) -> dict[str
         path.name[: -len(CHECKPOINT_SUFFIX)] for path in directory.glob(f"*{CHECKPOINT_SUFFIX}")
     )
     target = args.target
+    models = sorted(
+        path.name[: -len(WEIGHTS_SUFFIX)] for path in directory.glob(f"*{WEIGHTS_SUFFIX}")
+    )
+    if target is None and not found and models:
+        raise UmxError(
+            f"{directory} holds no checkpoint to resume: its {', '.join(models)} model"
+            f"{'s have' if len(models) > 1 else ' has'} none (train again with --output "
+            f"{directory} --force to overwrite it)"
+        )
     if target is None:
         if len(found) != 1:
             names = ", ".join(found) or "none"
@@ -1123,6 +1272,11 @@ def _read_checkpoint(args: argparse.Namespace, device: torch.device) -> dict[str
         target = found[0]
     path = directory / f"{target}{CHECKPOINT_SUFFIX}"
     if not path.is_file():
+        if target in models:
+            raise UmxError(
+                f"{path} does not exist: the {target} model in {directory} has no checkpoint "
+                f"to resume (train again with --output {directory} --force to overwrite it)"
+            )
         names = ", ".join(found) or "none"
         raise UmxError(f"{path} does not exist: {directory} holds checkpoints of {names}")
     try:
@@ -1157,13 +1311,17 @@ def _check_output(
     resuming_here = checkpoint is not None and output.resolve() == Path(config.checkpoint).resolve()
     ours = [
         path.name
-        for suffix in (WEIGHTS_SUFFIX, ".json", CHECKPOINT_SUFFIX)
+        for suffix in (CHECKPOINT_SUFFIX, WEIGHTS_SUFFIX, ".json")
         if (path := output / f"{target}{suffix}").exists()
     ]
     if ours and not (resuming_here or config.force):
+        # The checkpoint is written first: a run killed at any moment leaves one to resume.
+        if (output / f"{target}{CHECKPOINT_SUFFIX}").exists():
+            remedy = f"use --checkpoint {output} to resume it or --force to overwrite it"
+        else:
+            remedy = "it has no checkpoint to resume: use --force to overwrite it"
         raise UmxError(
-            f"{output} already holds a {target} model of another run ({', '.join(ours)}); "
-            f"use --checkpoint {output} to resume it or --force to overwrite it"
+            f"{output} already holds a {target} model of another run ({', '.join(ours)}); {remedy}"
         )
     existing = _read_separator_json(output / SEPARATOR_JSON)
     if existing is not None and not config.force:
@@ -1212,22 +1370,63 @@ def _separator_config(
 
 def plot_history(history: History, path: Path, target: str) -> None:
     """Write the training and validation loss curves as a PNG, atomically."""
+    buffer = io.BytesIO()
+    loss_figure(history, target).savefig(buffer, format="png", dpi=100)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+def loss_figure(history: History, target: str) -> Figure:
+    """The loss curves: whole epochs on the x axis, plain numbers on the (log) loss axis."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     figure = Figure(figsize=(6.4, 4.0), layout="constrained")
     axes = figure.add_subplot()
     epochs = range(1, len(history.train_loss) + 1)
-    axes.plot(epochs, history.train_loss, label="training")
-    axes.plot(epochs, history.valid_loss, label="validation")
+    marker = "." if len(epochs) <= 30 else None  # few epochs: show each
+    axes.plot(epochs, history.train_loss, marker=marker, label="training")
+    axes.plot(epochs, history.valid_loss, marker=marker, label="validation")
     if history.best_epoch:
         axes.axvline(history.best_epoch, color="gray", linestyle=":", label="best")
-    axes.set(xlabel="epoch", ylabel="MSE", yscale="log", title=f"{target}: loss")
+    axes.set(xlabel="epoch", ylabel="loss (MSE)", title=f"{target}: loss")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    losses = [v for v in (*history.train_loss, *history.valid_loss) if math.isfinite(v) and v > 0]
+    ticks = loss_ticks(min(losses), max(losses)) if losses else None
+    if ticks is not None:
+        axes.set_yscale("log")
+        axes.set_yticks(ticks)
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+        margin = (max(losses) / min(losses)) ** 0.05
+        axes.set_ylim(min(losses) / margin, max(losses) * margin)
+    else:
+        axes.ticklabel_format(axis="y", useOffset=False)
     axes.legend()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, path)
+    return figure
+
+
+def loss_ticks(low: float, high: float) -> list[float] | None:
+    """Ticks of a log loss axis from `low` to `high` (positive): round numbers, 3 to 12 of them.
+
+    The coarsest of the series 1, 10, 100... (every other decade if that is too many),
+    1, 2, 5, 10... and 1, 2, 3, 4, 6, 8, 10... that puts at least 3 ticks in the range.
+
+    Returns:
+        the ticks, or None when the range is too narrow for a log axis to help (a linear axis
+        then reads better).
+    """
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 4, 6, 8)):
+        ticks = [float(f"{m}e{e}") for e in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if low <= t <= high]
+        if mantissas == (1,) and len(ticks) > 12:
+            ticks = ticks[:: math.ceil(len(ticks) / 12)]
+        if len(ticks) >= 3:
+            return ticks
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
