@@ -1,10 +1,13 @@
 """BSSEval v4 evaluation on small generated MUSDB18-HQ-layout sets (mono, 16 kHz, 3 s tracks)."""
 
 import argparse
+import io
 import json
 import logging
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import museval
 import numpy as np
@@ -13,6 +16,7 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
+from umx import evaluate as evaluate_module
 from umx.errors import UmxError
 from umx.evaluate import (
     METRICS,
@@ -28,13 +32,14 @@ from umx.evaluate import (
     method_scores,
     oracle,
     run_evaluate,
+    score_limits,
     score_table,
     score_track,
 )
 from umx.model import OpenUnmix
 from umx.separator import Separator
 from umx.transforms import Spectrogram
-from umx.zoo import save_separator
+from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, save_separator
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
 
@@ -380,12 +385,38 @@ def test_model_options_need_a_model(tmp_path):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"jobs": 0}, "--jobs must be at least 1"), ({"hop": 0.0}, "must be positive")],
+    [
+        ({"jobs": 0}, "--jobs must be at least 1"),
+        ({"hop": 0.0}, "--hop must be a positive number of seconds, got 0.0"),
+        ({"win": float("nan")}, "--win must be a positive number of seconds, got nan"),
+        ({"hop": float("inf")}, "--hop must be a positive number of seconds, got inf"),
+        ({"win": -1.0}, "--win must be a positive number of seconds, got -1.0"),
+    ],
 )
 def test_bad_settings_are_refused(tracks, tmp_path, settings, message):
     with pytest.raises(UmxError, match=message):
         evaluate(tracks, BaselineMethod("mix"), tmp_path, progress=False, **settings)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "mix", "--evaldir", "{tmp}/file"], "--evaldir {tmp}/file is a file"),
+        (["--method", "mix", "--outdir", "{tmp}/file"], "--outdir {tmp}/file is a file"),
+        (["--method", "mix", "--compare", "{tmp}/none"], "--compare {tmp}/none: {tmp}/none/test"),
+        (["--model", "{tmp}", "--device", "meta"], "separates on cpu, cuda or mps, not on meta"),
+        (["--method", "mix", "--win", "nan"], "--win must be a positive number of seconds"),
+    ],
+)
+def test_bad_command_lines_are_refused_before_any_work(root, tmp_path, argv, message):
+    (tmp_path / "file").touch()
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    if "--evaldir" not in argv:
+        argv += ["--evaldir", str(tmp_path / "ev")]
+    with pytest.raises(UmxError, match=re.escape(message.format(tmp=tmp_path))):
+        run_evaluate(options("--root", root, "--is-wav", "-q", *argv))
+    assert not (tmp_path / "ev").exists()
 
 
 def test_every_option_has_help():
@@ -411,16 +442,24 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
             "accompaniment.wav",
             "vocals.wav",
         ]
-    # the CLI loads the saved model and scores exactly as the same separator in memory
+    # the CLI loads the saved model and scores exactly as the same separator in memory; the
+    # JSON names the model loaded (a separator built by hand has no name)
     for name in NAMES:
-        scores = (tmp_path / "umx" / "test" / f"{name}.json").read_text()
-        assert scores == (evaldirs["model"] / "test" / f"{name}.json").read_text()
+        scores = json.loads((tmp_path / "umx" / "test" / f"{name}.json").read_text())
+        in_memory = json.loads((evaldirs["model"] / "test" / f"{name}.json").read_text())
+        assert scores.pop("method") == "small" and "method" not in in_memory
+        assert scores == in_memory
     # the written stems, evaluated from disk, score exactly the same
     again = options(*common, "--estimates", tmp_path / "stems", "--evaldir", tmp_path / "disk")
     assert run_evaluate(again) == 0
     for name in NAMES:
-        scores = (tmp_path / "disk" / "test" / f"{name}.json").read_text()
-        assert scores == (tmp_path / "umx" / "test" / f"{name}.json").read_text()
+        scores = json.loads((tmp_path / "disk" / "test" / f"{name}.json").read_text())
+        assert scores.pop("method") == "stems"
+        assert (
+            scores["targets"]
+            == json.loads((tmp_path / "umx" / "test" / f"{name}.json").read_text())["targets"]
+        )
+    assert "| small | vocals |" in (tmp_path / "umx" / "scores.md").read_text()
     table = table_of(tmp_path / "umx")
     assert list(table.index) == ["vocals", "accompaniment"]
     assert list(table.columns) == list(METRICS)
@@ -438,7 +477,7 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| method | target | SDR | SIR | ISR | SAR |"
     assert [line.split(" | ")[:2] for line in lines[2:]] == [
-        ["| " + method, target] for method in ("umx", "irm", "mix") for target in VOC_ACC
+        ["| " + method, target] for method in ("small", "irm", "mix") for target in VOC_ACC
     ]
     assert (tmp_path / "cmp" / "compare.md").read_text().splitlines() == lines
     assert (
@@ -448,3 +487,111 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
         with open(tmp_path / "cmp" / f"compare_{metric}.png", "rb") as png:
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / "umx" / f"scores_{metric}.png").is_file()
+
+
+def test_without_model_the_default_is_loaded_and_named_after_the_model_used(
+    root, separator, tmp_path, monkeypatch, capsys
+):
+    asked = []
+
+    def load(args, model):  # as umx.zoo does offline: the default falls back to umxsynth
+        asked.append(model)
+        separator.model_name = FALLBACK_MODEL
+        return separator
+
+    monkeypatch.setattr(evaluate_module, "separator_from_args", load)
+    try:
+        args = options(
+            "--root", root, "--is-wav", "-q", "--tracks", NAMES[0], "--evaldir", tmp_path / "ev",
+            "--aggregate", json.dumps(VOC_ACC), "--segment", "1", "--overlap", "0.25",
+        )  # fmt: skip
+        assert run_evaluate(args) == 0
+    finally:
+        separator.model_name = None
+    assert asked == [None]  # as `umx separate` without --model
+    scores = json.loads((tmp_path / "ev" / "test" / f"{NAMES[0]}.json").read_text())
+    assert scores["method"] == FALLBACK_MODEL
+    assert f"| {FALLBACK_MODEL} | vocals |" in capsys.readouterr().out
+
+
+def test_the_help_and_the_docs_agree_on_the_defaults():
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    helps = {option: action.help for action in parser._actions for option in action.option_strings}
+    assert f"(default: {DEFAULT_MODEL}," in helps["--model"]
+    assert f"the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL}" in helps["--model"]
+    docs = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text()
+    docs = docs.split("\n## Options\n")[1].split("\n## ")[0]
+    cell = r"(?:[^|]|\\\|)*"  # a Markdown table cell: | written \|
+    rows = re.findall(rf"^\| `(--[\w-]+){cell}\| ({cell}) \|", docs, flags=re.MULTILINE)
+    documented = {option: default.strip() for option, default in rows}
+    assert documented["--model"] == f"`{DEFAULT_MODEL}` (offline: `{FALLBACK_MODEL}`)"
+    for option in ("--subset", "--win", "--hop", "--jobs", "--root"):
+        shown = re.search(r"\(default: ([^)]*)\)", helps[option]).group(1)
+        assert documented[option] == f"`{shown}`", option
+
+
+def test_compared_methods_of_one_name_are_told_apart_by_folder(evaldirs, tmp_path, capsys):
+    shutil.copytree(evaldirs["mix"], tmp_path / "mix-again")
+    args = options("--compare", evaldirs["mix"], tmp_path / "mix-again", "--evaldir", tmp_path)
+    assert run_evaluate(args) == 0
+    methods = {line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert methods == {"| mix", "| mix (mix-again)"}
+
+
+def test_a_log_file_gets_one_line_per_track_and_no_bar(tracks, tmp_path, monkeypatch, caplog):
+    stderr = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", stderr)
+    caplog.set_level(logging.INFO, logger="umx.evaluate")
+    summary = evaluate(tracks, BaselineMethod("mix", VOC_ACC), tmp_path, progress=True)
+    assert summary.evaluated == list(NAMES)
+    lines = [r.getMessage() for r in caplog.records if "tracks done" in r.getMessage()]
+    assert lines == [f"1 of 2 tracks done: {NAMES[0]}", f"2 of 2 tracks done: {NAMES[1]}"]
+    assert "\r" not in stderr.getvalue() and "track/s" not in stderr.getvalue()  # no bar
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def test_the_mixtures_huge_sar_is_left_off_the_shared_axis():
+    rng = np.random.default_rng(0)
+    model = [rng.uniform(0, 8, 50) for _ in range(4)]
+    irm = [rng.uniform(5, 16, 50) for _ in range(4)]
+    mix = [rng.uniform(150, 190, 50) for _ in range(4)]
+    low, high = score_limits([*model, *irm, *mix], first=4)
+    assert -2 < low <= 0 and 16 <= high < 20  # every box of the model and the oracle, readable
+    assert all((values > high).all() for values in mix)  # marked off scale by the plot
+
+
+@pytest.mark.parametrize("spread", [[(-10, 5), (14, 33), (-14, 0)], [(0, 2), (21, 24)]])
+def test_boxes_within_a_few_tens_of_db_share_the_axis(spread):
+    rng = np.random.default_rng(1)
+    boxes = [rng.uniform(a, b, 30) for a, b in spread]
+    low, high = score_limits(boxes)
+    values = np.concatenate(boxes)
+    assert low < values.min() and values.max() < high
+    assert high - low < 1.2 * (values.max() - values.min()) + 1
+
+
+def test_a_far_outlier_does_not_stretch_the_axis_but_a_near_one_does():
+    rng = np.random.default_rng(2)
+    scores = rng.uniform(0, 10, 40)
+    low, high = score_limits([np.append(scores, [-80.0, 14.0])])
+    assert -80 < low < 0 and 14 < high < 16
+
+
+def test_a_tie_goes_to_the_first_method_and_no_scores_give_no_limits():
+    first, second = np.array([0.0, 1.0, 2.0]), np.array([100.0, 101.0, 102.0])
+    assert score_limits([second, first], first=0)[1] < 10  # no first method: the lower group
+    low, high = score_limits([second, first], first=1)
+    assert low > 90 and high < 110
+    assert score_limits([np.empty(0)]) is None
+
+
+def test_a_single_methods_box_plot_is_a_readable_panel_not_a_strip(evaldirs, tmp_path):
+    from umx.evaluate import plot_scores
+
+    (path, *_) = plot_scores(method_scores({"irm": load_scores(evaldirs["irm"])}), tmp_path, "s")
+    header = path.read_bytes()[16:24]  # PNG IHDR: width, height
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+    assert height >= 400 and width / height < 2

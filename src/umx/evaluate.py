@@ -17,6 +17,7 @@ that the `umx` command starts without them.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib
 import json
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -41,21 +43,25 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.api import parse_aggregate, separate
 from umx.audio import read_audio, write_audio
+from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.options import (
     add_separation_arguments,
+    check_separation_args,
     given_separation_options,
     segment_from_args,
     separator_from_args,
 )
 from umx.separator import OVERLAP, SEGMENT, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
-from umx.zoo import DEFAULT_MODEL
+from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, MODELS
 
 if TYPE_CHECKING:
     import musdb
     import museval
     import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,11 @@ HOP = 1.0
 IRM_POWER = 1.0
 """Exponent α of the ideal ratio mask |S_j|^α / Σ_k |S_k|^α: 1 is sigsep's IRM1 (magnitudes)."""
 EPS = 1e-10
+MAX_NAME = 100
+"""Characters of a method name read from a JSON file (longer ones, or ones that would break a
+Markdown table, give way to the folder's name)."""
+SCORE_GAP = 20.0
+"""dB between groups of boxes that a box plot shows on one axis regardless of their spread."""
 
 Estimates = dict[str, np.ndarray]
 """Target name → estimate `(nb_timesteps, nb_channels)` at the track's rate."""
@@ -259,6 +270,11 @@ class BaselineMethod:
         if self.aggregate is not None:
             _check_groups(self.aggregate, SOURCES)
 
+    @property
+    def name(self) -> str:
+        """The baseline's name in reports: its kind."""
+        return self.kind
+
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         if self.kind == "mix":
             return {name: track.audio.copy() for name in self.aggregate or SOURCES}
@@ -268,6 +284,13 @@ class BaselineMethod:
         if self.aggregate is None:
             return estimates
         return {name: sum(estimates[s] for s in group) for name, group in self.aggregate.items()}
+
+
+def model_display_name(model_name: str | None) -> str | None:
+    """How reports name a model: a zoo name as it is, a model directory by its own name."""
+    if model_name is None or model_name in MODELS:
+        return model_name
+    return Path(model_name).resolve().name or model_name
 
 
 @dataclass(frozen=True)
@@ -285,6 +308,12 @@ class ModelMethod:
     aggregate: Mapping[str, Sequence[str]] | None = None
     segment: float | None = SEGMENT
     overlap: float = OVERLAP
+
+    @property
+    def name(self) -> str | None:
+        """The model's name in reports: the zoo name or the model directory's name loaded
+        (`separator.model_name`); None for a separator built by hand."""
+        return model_display_name(self.separator.model_name)
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         stems = separate(
@@ -308,6 +337,11 @@ class EstimatesMethod:
     """
 
     directory: Path
+
+    @property
+    def name(self) -> str:
+        """The estimates' name in reports: their directory's name."""
+        return Path(self.directory).resolve().name
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         folder = Path(self.directory) / track.subset / track.name
@@ -449,6 +483,9 @@ class _TrackJob:
                             path, estimate.T, track.rate, subtype="FLOAT", clip="none", force=True
                         )
                 scores = score_track(track, estimates, win=self.win, hop=self.hop)
+            name = getattr(self.method, "name", None)
+            if name is not None:  # museval ignores other fields; the reports read it
+                scores.scores["method"] = name
             scores.validate()
             _write_text(json_path(self.evaldir, track), scores.json)
         except UmxError as error:
@@ -525,19 +562,15 @@ def evaluate(
     Returns:
         which tracks were evaluated, skipped or failed.
     """
-    if jobs < 1:
-        raise UmxError(f"--jobs must be at least 1, got {jobs}")
-    if win <= 0 or hop <= 0:
-        raise UmxError(f"--win and --hop must be positive, got {win} and {hop}")
+    check_settings(win=win, hop=hop, jobs=jobs)
     job = _TrackJob(method, Path(evaldir), None if outdir is None else Path(outdir), win, hop)
     done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
     todo = [track for track in tracks if track not in done]
     outcomes: list[_Outcome] = []
+    bars = progress and bool(todo) and sys.stderr.isatty()  # a log file gets lines, not a bar
     with (
         logging_redirect_tqdm(),
-        tqdm(
-            total=len(todo), desc="evaluate", unit="track", disable=not (progress and todo)
-        ) as bar,
+        tqdm(total=len(todo), desc="evaluate", unit="track", disable=not bars) as bar,
     ):
         for outcome in _run_jobs(job, todo, jobs):
             outcomes.append(outcome)
@@ -545,6 +578,8 @@ def evaluate(
                 logger.info(line)
             if outcome.error is not None:
                 logger.error("error: %s", outcome.error)
+            elif progress and not bars:
+                logger.info("%d of %d tracks done: %s", len(outcomes), len(todo), outcome.track)
             bar.update(1)
     order = {track.name: index for index, track in enumerate(tracks)}
     outcomes.sort(key=lambda outcome: order[outcome.track])
@@ -553,6 +588,22 @@ def evaluate(
         skipped=[track.name for track in done],
         failed={outcome.track: outcome.error for outcome in outcomes if outcome.error is not None},
     )
+
+
+def check_settings(*, win: float = WIN, hop: float = HOP, jobs: int = 1) -> None:
+    """Refuse a BSSEval window or hop that is not a positive finite number of seconds, or
+    fewer than one job.
+
+    Raises:
+        UmxError: naming the option.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UmxError(f"--jobs must be at least 1, got {jobs}")
+    for option, value in (("--win", win), ("--hop", hop)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UmxError(f"{option} must be a number of seconds, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise UmxError(f"{option} must be a positive number of seconds, got {value}")
 
 
 def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> Iterator[_Outcome]:
@@ -667,7 +718,10 @@ def plot_scores(
 ) -> list[Path]:
     """Box plots of the per-track scores (frame medians), as sigsep shows results.
 
-    One PNG per metric, `<name>_<metric>.png`, with a panel per target and a box per method.
+    One PNG per metric, `<name>_<metric>.png`. One method: a box per target. Several: a panel
+    per target and a box per method. The score axis, shared by the panels, covers the boxes of
+    most methods (see `score_limits`); values beyond it, such as the 150+ dB SAR of the mixture
+    baseline, are marked at the edge with their count and median instead of squashing the rest.
 
     Returns:
         the paths written.
@@ -677,26 +731,137 @@ def plot_scores(
     targets = _target_order(per_track.index.get_level_values("target").unique())
     paths = []
     for metric in METRICS:
-        figure = _extra("matplotlib.figure").Figure(
-            figsize=(2.5 * len(targets) + 1, 1.0 + 0.6 * len(order)), layout="tight"
-        )
-        axes = figure.subplots(1, len(targets), sharey=True, squeeze=False)[0]
-        for ax, target in zip(axes, targets, strict=True):
-            boxes = [
-                per_track.xs((method, target, metric), level=("method", "target", "metric"))
-                .dropna()
-                .to_numpy()
-                for method in order
-            ]
-            ax.boxplot(boxes, positions=range(1, len(order) + 1))
-            ax.set_xticks(range(1, len(order) + 1), order, rotation=30, ha="right")
-            ax.set_title(target)
-            ax.grid(axis="y", alpha=0.3)
-        axes[0].set_ylabel(f"{metric} (dB)")
+        scores = per_track.xs(metric, level="metric")
+        found = {key: _finite(group) for key, group in scores.groupby(level=["method", "target"])}
+        boxes = {
+            (method, target): found.get((method, target), np.empty(0))
+            for method in order
+            for target in targets
+        }
+        figure = _box_figure(boxes, order, targets, metric)
         path = Path(directory) / f"{name}_{metric}.png"
         _write_atomic(path, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=100))
         paths.append(path)
     return paths
+
+
+def _finite(scores: pd.Series) -> np.ndarray:
+    values = scores.to_numpy(dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _box_figure(
+    boxes: Mapping[tuple[str, str], np.ndarray],
+    order: Sequence[str],
+    targets: Sequence[str],
+    metric: str,
+) -> Figure:
+    """The box plot of one metric: `boxes[(method, target)]` holds the per-track scores."""
+    single = len(order) == 1
+    # One method: a single panel, a box per target. Several: a panel per target.
+    panels = (
+        [(order[0], list(targets))] if single else [(target, list(order)) for target in targets]
+    )
+    width = 1.0 * len(targets) + 2.5 if single else len(targets) * (0.7 * len(order) + 1.2) + 1
+    figure = _extra("matplotlib.figure").Figure(figsize=(max(width, 5.0), 4.2), layout="tight")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    rotation, align = (0, "center") if single else (30, "right")
+    if not single:
+        figure.suptitle(f"{metric} per track")
+    ordered = [boxes[(method, target)] for method in order for target in targets]
+    limits = score_limits(ordered, first=len(targets))
+    for ax, (title, labels) in zip(axes, panels, strict=True):
+        data = [boxes[(title, label)] if single else boxes[(label, title)] for label in labels]
+        positions = range(1, len(labels) + 1)
+        ax.boxplot(data, positions=positions)
+        ax.set_xticks(positions, labels, rotation=rotation, ha=align)
+        ax.set_title(f"{title}: {metric} per track" if single else title)
+        ax.grid(axis="y", alpha=0.3)
+        if limits is not None:
+            ax.set_ylim(limits)
+            for position, values in zip(positions, data, strict=True):
+                _mark_off_scale(ax, position, values, limits)
+    axes[0].set_ylabel(f"{metric} (dB), median over frames")
+    return figure
+
+
+def score_limits(
+    boxes: Sequence[np.ndarray], *, first: int = 0, gap: float = 3.0
+) -> tuple[float, float] | None:
+    """A shared score axis range under which the boxes are readable.
+
+    Each box stands for its whisker extent (the scores within 1.5 interquartile ranges of its
+    quartiles, as the box plot draws it). Extents are grouped where the space between them is
+    at most `SCORE_GAP` dB or `gap` times the median extent; the axis covers the group holding
+    the most boxes with their outliers as near as that, plus 5 % on each side. A group far
+    from the others, such as the mixture baseline's SAR of 150+ dB next to scores of 0 to
+    20 dB, is left off the axis (and marked at its edge by the plot) instead of squashing every
+    other box. Ties go to the group holding the most of the first `first` boxes (the first
+    method's).
+
+    Args:
+        boxes: the finite scores of each box; empty boxes are ignored.
+        first: how many of the leading boxes belong to the first method.
+        gap: the largest space between boxes shown together, in median extents, when that is
+            more than `SCORE_GAP`.
+
+    Returns:
+        (low, high), or None when no box has a score.
+    """
+    extents = [(index, *_whiskers(values)) for index, values in enumerate(boxes) if values.size]
+    if not extents:
+        return None
+    extents.sort(key=lambda extent: extent[1])
+    median = float(np.median([high - low for _, low, high in extents]))
+    largest_gap = max(SCORE_GAP, gap * median)
+    groups: list[list[tuple[int, float, float]]] = []
+    for extent in extents:
+        if groups and extent[1] - max(high for _, _, high in groups[-1]) <= largest_gap:
+            groups[-1].append(extent)
+        else:
+            groups.append([extent])
+    chosen = max(
+        groups, key=lambda group: (len(group), sum(index < first for index, _, _ in group))
+    )
+    low = min(low for _, low, _ in chosen)
+    high = max(high for _, _, high in chosen)
+    # The group's outliers too, unless they lie as far away as another group would.
+    values = np.concatenate([boxes[index] for index, _, _ in chosen])
+    near = values[(values >= low - largest_gap) & (values <= high + largest_gap)]
+    low, high = float(near.min()), float(near.max())
+    margin = 0.05 * max(high - low, 1.0)
+    return low - margin, high + margin
+
+
+def _whiskers(values: np.ndarray) -> tuple[float, float]:
+    """The extent of a box plot's whiskers: the scores within 1.5 IQR of the quartiles."""
+    q1, q3 = np.percentile(values, [25, 75])
+    inside = values[(values >= q1 - 1.5 * (q3 - q1)) & (values <= q3 + 1.5 * (q3 - q1))]
+    return float(inside.min()), float(inside.max())
+
+
+def _mark_off_scale(
+    ax: Axes, position: int, values: np.ndarray, limits: tuple[float, float]
+) -> None:
+    """Mark the scores beyond `limits` at the axis edge: a triangle, their count and median."""
+    low, high = limits
+    for off, edge, marker, align in (
+        (values[values > high], high, "^", "top"),
+        (values[values < low], low, "v", "bottom"),
+    ):
+        if off.size:
+            ax.plot([position], [edge], marker=marker, color="C3", clip_on=False, zorder=3)
+            ax.annotate(
+                f"{off.size} off scale\nmedian {np.median(off):.3g}",
+                (position, edge),
+                xytext=(0, -9 if align == "top" else 9),
+                textcoords="offset points",
+                ha="center",
+                va=align,
+                fontsize=7,
+                color="C3",
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0},
+            )
 
 
 def report(
@@ -746,7 +911,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("method (one of)").add_mutually_exclusive_group()
     method.add_argument(
         "--model",
-        help=f"model name or model directory to separate with (default: {DEFAULT_MODEL})",
+        help=f"model name or model directory to separate with, as umx separate (default: "
+        f"{DEFAULT_MODEL}, downloaded once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} "
+        "cannot be had or UMX_OFFLINE=1)",
     )
     method.add_argument(
         "--estimates",
@@ -822,12 +989,59 @@ def _method_from_args(args: argparse.Namespace) -> Method:
         return EstimatesMethod(args.estimates)
     if args.method is not None:
         return BaselineMethod(args.method, aggregate)
-    separator = separator_from_args(args, args.model or DEFAULT_MODEL)
+    separator = separator_from_args(args, args.model)  # None: the default, as umx separate
     return ModelMethod(separator, aggregate, segment_from_args(args), args.overlap)
 
 
-def _method_name(evaldir: Path) -> str:
-    return evaldir.resolve().name
+def method_name(
+    evaldir: str | os.PathLike, subset: str = "test", tracks: Iterable[str] | None = None
+) -> str:
+    """The name of the method whose scores are in `evaldir`, for reports.
+
+    `evaluate` records the method's name in every museval JSON (a model's is the model loaded,
+    e.g. `umxl`, or its directory's name); when the JSON files name one method, that is its
+    name, otherwise the name of `evaldir`.
+    """
+    folder = Path(evaldir) / subset
+    paths = (
+        folder.glob("*.json") if tracks is None else (folder / f"{name}.json" for name in tracks)
+    )
+    names = set()
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = None
+        names.add(data.get("method") if isinstance(data, dict) else None)
+    (name,) = names if len(names) == 1 else (None,)
+    if (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME
+        and name.isprintable()
+        and "|" not in name
+    ):
+        return name
+    return Path(evaldir).resolve().name
+
+
+def _unique_names(
+    methods: Sequence[tuple[Path, str, museval.EvalStore]],
+) -> dict[str, museval.EvalStore]:
+    """Compared methods by name; a name given twice is told apart by its evaldir's name.
+
+    Raises:
+        UmxError: two methods still have the same name.
+    """
+    counts = collections.Counter(name for _, name, _ in methods)
+    stores: dict[str, museval.EvalStore] = {}
+    for directory, name, store in methods:
+        folder = Path(directory).resolve().name
+        if counts[name] > 1 and folder != name:
+            name = f"{name} ({folder})"
+        if name in stores:
+            raise UmxError(f"{directory}: two compared methods are named {name!r}")
+        stores[name] = store
+    return stores
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -838,11 +1052,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """
     if args.root is None and not args.compare:
         raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
+    check_settings(win=args.win, hop=args.hop, jobs=args.jobs)
+    for option, directory in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
+        if directory is not None and directory.exists() and not directory.is_dir():
+            raise UmxError(f"{option} {directory} is a file, not a directory")
+    for directory in args.compare or []:
+        if not (directory / args.subset).is_dir():
+            raise UmxError(
+                f"--compare {directory}: {directory / args.subset} does not exist (no scores of "
+                f"the {args.subset} subset)"
+            )
     if args.estimates is not None or args.method is not None:
         given = given_separation_options(args)
         if given:
             raise UmxError(f"{given[0]} applies to --model only")
-    stores = {}
+    elif args.root is not None:
+        check_separation_args(args)
+        device = resolve_device(args.device)
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise UmxError(f"umx evaluate separates on cpu, cuda or mps, not on {device} devices")
+    methods: list[tuple[Path, str, museval.EvalStore]] = []  # evaldir, name, scores
     failed = False
     if args.root is not None:
         tracks = load_tracks(args.root, subset=args.subset, is_wav=args.is_wav, names=args.tracks)
@@ -875,15 +1104,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scored = [track.name for track in tracks if track.name not in summary.failed]
         if scored:
             store = load_scores(args.evaldir, args.subset, scored)
-            table = report({_method_name(args.evaldir): store}, args.evaldir, "scores")
+            name = method_name(args.evaldir, args.subset, scored)
+            table = report({name: store}, args.evaldir, "scores")
             print(to_markdown(table), end="")
-            stores[_method_name(args.evaldir)] = store
+            methods.append((args.evaldir, name, store))
     for directory in args.compare or []:
-        name = _method_name(directory)
-        if name in stores:
-            raise UmxError(f"{directory}: two compared methods are named {name!r}")
-        stores[name] = load_scores(directory, args.subset)
+        store = load_scores(directory, args.subset)
+        methods.append((directory, method_name(directory, args.subset), store))
     if args.compare:
+        stores = _unique_names(methods)
         if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
             logger.warning("warning: the compared methods were evaluated on different tracks")
         table = report(stores, args.evaldir, "compare")
