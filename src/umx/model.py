@@ -10,7 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from umx.errors import UmxError
+
 LSTM_DROPOUT = 0.4
+
+LSTMState = tuple[Tensor, Tensor]
+"""An LSTM's `(h, c)`, each `(nb_layers, nb_samples, hidden_size)`."""
 
 
 class OpenUnmix(nn.Module):
@@ -94,25 +99,75 @@ class OpenUnmix(nn.Module):
         In evaluation mode without gradients the same function is computed with fewer passes
         over memory (bn3 folded into fc3, masking in place); results agree to rounding.
         """
+        return self._run(x, None)[0]
+
+    def stream(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """Estimate the target's magnitudes for the next frames of a stream (causal models).
+
+        Every layer but the LSTM works frame by frame, so carrying the LSTM's state from one
+        call to the next gives, for frames split into consecutive pieces in any way, the output
+        of one `forward` over all of them (to rounding). Use evaluation mode, as for separation.
+
+        Args:
+            x: the next frames' mixture magnitudes, `(nb_samples, nb_channels, nb_bins,
+                nb_frames)`; `nb_frames` may be 0.
+            state: the state returned by the call on the previous frames; None at the start.
+
+        Returns:
+            the target magnitudes, `(nb_samples, nb_channels, nb_bins, nb_frames)`, and the
+            state after the last frame: the LSTM's `(h, c)`, each `(nb_layers, nb_samples,
+            hidden_size)`.
+
+        Raises:
+            UmxError: the model is bidirectional.
+        """
+        self.require_causal()
+        if x.shape[-1] == 0:
+            if state is None:
+                zeros = x.new_zeros(self.nb_layers, x.shape[0], self.hidden_size)
+                state = (zeros, zeros.clone())
+            return x.clone(), state
+        return self._run(x, state)
+
+    def require_causal(self, name: str = "the model") -> None:
+        """Refuse a bidirectional model where only past frames may be used.
+
+        Args:
+            name: how the message names the model, e.g. `the 'vocals' model`.
+
+        Raises:
+            UmxError: the model's LSTM is bidirectional.
+        """
+        if not self.unidirectional:
+            raise UmxError(
+                f"{name} has a bidirectional LSTM, which needs the whole future of the signal "
+                "and cannot separate a stream; train a causal model with "
+                "`umx train --unidirectional` (or use a causal model)"
+            )
+
+    def _run(self, x: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
+        """`forward` from the LSTM state `state`; returns the output and the final state."""
         mix = x.permute(3, 0, 1, 2)  # (nb_frames, nb_samples, nb_channels, nb_bins)
         nb_frames, nb_samples, nb_channels, _ = mix.shape
 
         h = (mix[..., : self.nb_bins] + self.input_mean) * self.input_scale
         h = self.bn1(self.fc1(h.reshape(-1, nb_channels * self.nb_bins)))
         h = torch.tanh(h.reshape(nb_frames, nb_samples, self.hidden_size))
-        h = torch.cat([h, self.lstm(h)[0]], dim=-1)
+        lstm_out, state = self.lstm(h, state)
+        h = torch.cat([h, lstm_out], dim=-1)
         h = F.relu(self.bn2(self.fc2(h.reshape(-1, 2 * self.hidden_size))))
         shape = (nb_frames, nb_samples, nb_channels, self.nb_output_bins)
         if self.training or torch.is_grad_enabled():
             h = self.bn3(self.fc3(h)).reshape(shape)
-            return (F.relu(h * self.output_scale + self.output_mean) * mix).permute(1, 2, 3, 0)
+            y = F.relu(h * self.output_scale + self.output_mean) * mix
+            return y.permute(1, 2, 3, 0), state
         # Inference: bn3 (running statistics) and the output scaling fold into one affine map
         # after fc3's matrix product, and the ReLU and the masking work in place.
         output_scale = self.output_scale.repeat(nb_channels)
         gain, shift = _batch_norm_affine(self.bn3)
         bias = shift * output_scale + self.output_mean.repeat(nb_channels)
         h = torch.addmm(bias, h, self.fc3.weight.t() * (gain * output_scale)).reshape(shape)
-        return h.relu_().mul_(mix).permute(1, 2, 3, 0)
+        return h.relu_().mul_(mix).permute(1, 2, 3, 0), state
 
 
 def _batch_norm_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
