@@ -9,12 +9,21 @@ multichannel Wiener gain `v_j R_j Cxx^-1`. Tensors here use one axis order throu
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from umx.errors import check_number
 
 EPS = 1e-10
 SCALE_FACTOR = 10.0
 EM_BATCH_SIZE = 200
+WIENER_MEMORY = 300.0
+"""Time constant, in frames, of the causal EM's exponentially weighted statistics (about 7 s
+at hop 1024 and 44.1 kHz, the span of the offline filter's default 300-frame blocks)."""
+MAX_GROWTH = 16.0
+"""Largest log-ratio of the weights within one piece of a running sum (see `_running_sum`)."""
 
 
 def wiener(
@@ -106,24 +115,34 @@ def expectation_maximization(
     Returns:
         refined estimates, same shape as `y`.
     """
-    nb_frames, _, nb_channels = x.shape
-    batch_size = batch_size or nb_frames
-    if nb_channels == 2:
+    batch_size = batch_size or x.shape[0]
+    if x.shape[-1] == 2:
         return _stereo_em(x, niter, eps, batch_size, estimates=y)
     max_abs = _max_abs(x)
     y, x = y / max_abs, x / max_abs
-    regularization = eps**0.5 * torch.eye(nb_channels, dtype=x.dtype, device=x.device)
     for _ in range(niter):
         v, R = local_gaussian_model(y, eps)
-        v = v.to(x.dtype)
-        y = torch.empty_like(y)
-        for start in range(0, nb_frames, batch_size):
-            t = slice(start, start + batch_size)
-            Cxx = torch.einsum("tbs,bcds->tbcd", v[t], R) + regularization
-            z = torch.einsum("tbcd,tbd->tbc", _invert(Cxx, eps), x[t])
-            # Wiener gain v_j R_j Cxx^-1 applied to the mixture.
-            y[t] = v[t, :, None, :] * torch.einsum("bcds,tbd->tbcs", R, z)
+        y = _filter(v, R[None], x, eps, batch_size)
     return y * max_abs
+
+
+def _filter(v: Tensor, R: Tensor, x: Tensor, eps: float, batch_size: int) -> Tensor:
+    """The multichannel Wiener estimates `v_j R_j Cxx^-1 x`, `(nb_frames, nb_bins, nb_channels,
+    nb_sources)`, from powers `v` `(nb_frames, nb_bins, nb_sources)`, spatial covariances `R`
+    `(nb_frames or 1, nb_bins, nb_channels, nb_channels, nb_sources)` and the mixture `x`
+    `(nb_frames, nb_bins, nb_channels)`."""
+    nb_frames, _, nb_channels = x.shape
+    v = v.to(x.dtype)
+    regularization = eps**0.5 * torch.eye(nb_channels, dtype=x.dtype, device=x.device)
+    y = x.new_empty(*x.shape, v.shape[-1])
+    for start in range(0, nb_frames, batch_size):
+        t = slice(start, start + batch_size)
+        Rt = R if R.shape[0] == 1 else R[t]
+        Cxx = torch.einsum("tbs,tbcds->tbcd", v[t], Rt) + regularization
+        z = torch.einsum("tbcd,tbd->tbc", _invert(Cxx, eps), x[t])
+        # Wiener gain v_j R_j Cxx^-1 applied to the mixture.
+        y[t] = v[t, :, None, :] * torch.einsum("tbcds,tbd->tbcs", Rt, z)
+    return y
 
 
 # Two channels: the EM written out element by element. The 2x2 Hermitian matrices are kept as
@@ -149,8 +168,7 @@ def _stereo_em(
     nb_bins)` tensor."""
     x = x.permute(2, 0, 1).contiguous()  # (2, nb_frames, nb_bins)
     scale2 = _max_abs(x) ** -2  # norbert's scaling of the powers (see expectation_maximization)
-    # The mixture as real planes: (2 channels, 2 parts, nb_frames, nb_bins).
-    x_planes = torch.view_as_real(x).permute(0, 3, 1, 2).contiguous()
+    x_planes = _planes(x)
     if magnitudes is not None:
         # (nb_sources, nb_frames, nb_channels, nb_bins): views, bins innermost where the
         # separator's layout has them so.
@@ -169,25 +187,40 @@ def _stereo_em(
     return y.permute(2, 3, 1, 0) if out is None else out
 
 
+def _planes(x: Tensor) -> Tensor:
+    """A stereo mixture `(2, nb_frames, nb_bins)` as real planes `(2 channels, 2 parts,
+    nb_frames, nb_bins)`, as `_stereo_filter` reads it."""
+    return torch.view_as_real(x).permute(0, 3, 1, 2).contiguous()
+
+
 def _stereo_covariances(
     power0: Tensor, power1: Tensor, cross: Tensor, total: Tensor, eps: float
 ) -> Tensor:
     """Spatial covariances from sums over frames of `|y0|^2`, `|y1|^2`, `y0 conj(y1)` (scaled)
-    and of `v`, all `(nb_sources, nb_bins)`: entries `(r00, r11, r01.real, r01.imag)` stacked,
-    `(4, nb_sources, 1, nb_bins)`."""
+    and of `v`, all `(nb_sources, 1, nb_bins)` (or one sum per frame, `(nb_sources, nb_frames,
+    nb_bins)`): entries `(r00, r11, r01.real, r01.imag)` stacked, `(4, nb_sources, 1 or
+    nb_frames, nb_bins)`."""
     norm = 1.0 / (eps + total)
-    return torch.stack([power0, power1, cross.real, cross.imag])[:, :, None] * norm[:, None]
+    return torch.stack([power0, power1, cross.real, cross.imag]) * norm
+
+
+def _stereo_terms(y: Tensor, scale2: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-frame terms of the local Gaussian model of complex estimates `y`, `(nb_sources, 2,
+    nb_frames, nb_bins)`: the scaled powers `|y_c|^2`, `(nb_sources, 2, nb_frames, nb_bins)`,
+    their channel mean `v` and the scaled cross term `y0 conj(y1)`, both `(nb_sources,
+    nb_frames, nb_bins)`."""
+    power = _power(y) * scale2
+    return power, power.mean(dim=1), y[:, 0] * y[:, 1].conj() * scale2
 
 
 def _stereo_model(y: Tensor, scale2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Local Gaussian model of complex estimates `y`, `(nb_sources, 2, nb_frames, nb_bins)`:
     scaled powers `v`, `(nb_sources, nb_frames, nb_bins)`, and covariance entries as
     `_stereo_covariances` returns them."""
-    power = _power(y) * scale2  # (s, c, t, b)
-    v = power.mean(dim=1)
-    sums = power.sum(dim=2)
-    cross = (y[:, 0] * y[:, 1].conj()).sum(dim=1) * scale2
-    return v, _stereo_covariances(sums[:, 0], sums[:, 1], cross, v.sum(dim=1), eps)
+    power, v, cross = _stereo_terms(y, scale2)
+    sums = power.sum(dim=2, keepdim=True)
+    cross = cross.sum(dim=1, keepdim=True)
+    return v, _stereo_covariances(sums[:, 0], sums[:, 1], cross, v.sum(dim=1, keepdim=True), eps)
 
 
 def _stereo_model_from_magnitudes(
@@ -212,9 +245,9 @@ def _stereo_model_from_magnitudes(
         sums[2] += (product * phase.real.contiguous()).sum(dim=1)
         cross_imag += (product * phase.imag.contiguous()).sum(dim=1)
     v *= scale2 / 2
-    sums *= scale2
-    cross = torch.complex(sums[2], cross_imag * scale2)
-    return v, _stereo_covariances(sums[0], sums[1], cross, v.sum(dim=1), eps)
+    sums = sums[:, :, None] * scale2
+    cross = torch.complex(sums[2], cross_imag[:, None] * scale2)
+    return v, _stereo_covariances(sums[0], sums[1], cross, v.sum(dim=1, keepdim=True), eps)
 
 
 def _weighted_sum(planes: Tensor, weights: Tensor) -> Tensor:
@@ -232,16 +265,18 @@ def _stereo_filter(
     """Write the multichannel Wiener estimates `v_j R_j Cxx^-1 x` into `y`,
     `(nb_sources, 2, nb_frames, nb_bins)` complex, from scaled powers `v`
     `(nb_sources, nb_frames, nb_bins)`, covariance entries `r` (`_stereo_covariances`) and the
-    unscaled mixture planes `(2 channels, 2 parts, nb_frames, nb_bins)`."""
-    r00, r11, r01r, r01i = r
+    unscaled mixture planes `(2 channels, 2 parts, nb_frames, nb_bins)`; `r` holds either
+    one matrix per bin or one per frame and bin."""
     regularization = eps**0.5
     y_planes = torch.view_as_real(y)
     for start in range(0, v.shape[1], batch_size):
         t = slice(start, start + batch_size)
         vt = v[:, t]
+        rt = r if r.shape[2] == 1 else r[:, :, t]
+        r00, r11, r01r, r01i = rt
         (x0r, x0i), (x1r, x1i) = x_planes[:, :, t]
         # The mixture covariance sum_j v_j R_j + regularisation, [[a, b], [conj b, d]].
-        a, d, br, bi = (_weighted_sum(vt, coefficients) for coefficients in r)
+        a, d, br, bi = (_weighted_sum(vt, coefficients) for coefficients in rt)
         a += regularization
         d += regularization
         inv_det = 1.0 / (a * d - (br.square() + bi.square()))
@@ -293,3 +328,150 @@ def _invert(M: Tensor, eps: float) -> Tensor:
             * inv_det[..., None, None]
         )
     return torch.linalg.inv(M)
+
+
+class CausalWiener:
+    """Wiener filtering whose statistics use only past and present frames, fed frame by frame.
+
+    With `niter = 0` the estimates are those of `wiener` (frame-wise, trivially causal). With
+    `niter > 0`, each EM iteration estimates the spatial covariance of each source at frame `t`
+    from exponentially weighted sums over frames `0..t` only,
+
+        R_t = S_t / (eps + V_t),  S_t = a S_{t-1} + y_t y_t^H,  V_t = a V_{t-1} + v_t,
+
+    with `a = exp(-1 / memory)`: a time constant of `memory` frames, or, with `memory=None`,
+    plain sums from the first frame (`a = 1`, a cumulative average). The offline EM instead
+    sums over whole blocks of frames, future ones included. Powers are not rescaled by the
+    mixture's maximum as norbert's are (that maximum would look ahead), which matters only
+    through `eps`.
+
+    The filter keeps the sums of every iteration between calls: calling it on consecutive
+    pieces of a spectrogram, split anywhere, gives (to rounding) the estimates of one call
+    over the whole spectrogram with a fresh filter, which is the offline form.
+
+    Args:
+        niter: number of EM iterations; 0 keeps the initial estimates.
+        softmask: start from ratio masks applied to the mixture.
+        residual: add one source, the mixture minus the sum of the targets.
+        memory: time constant of the statistics in frames; None for a cumulative average.
+        eps: regulariser, as `wiener`'s.
+        batch_size: frames processed at once, bounding memory.
+    """
+
+    def __init__(
+        self,
+        niter: int = 1,
+        softmask: bool = False,
+        residual: bool = False,
+        memory: float | None = WIENER_MEMORY,
+        eps: float = EPS,
+        batch_size: int = EM_BATCH_SIZE,
+    ) -> None:
+        check_number("niter", niter, minimum=0, integer=True)
+        if memory is not None:
+            check_number("the Wiener memory", memory, above=0)
+        check_number("batch_size", batch_size, above=0, integer=True)
+        self.niter = niter
+        self.softmask = softmask
+        self.residual = residual
+        self.memory = memory
+        self.decay = 1.0 if memory is None else math.exp(-1.0 / memory)
+        self.eps = eps
+        self.batch_size = batch_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the statistics: the next call starts a new signal."""
+        # Per iteration, the running sums after the last frame (frames axis kept); empty at first.
+        self._sums: list[list[Tensor]] = [[] for _ in range(self.niter)]
+
+    def __call__(self, target_magnitudes: Tensor, mix_stft: Tensor) -> Tensor:
+        """Filter the next frames.
+
+        Args:
+            target_magnitudes: non-negative estimates, `(nb_frames, nb_bins, nb_channels,
+                nb_targets)`; `nb_channels` may be 1 for models that see a mono downmix.
+            mix_stft: complex mixture, `(nb_frames, nb_bins, nb_channels)`.
+
+        Returns:
+            complex estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`, where
+            `nb_sources = nb_targets + residual`.
+        """
+        pieces = []
+        for start in range(0, max(mix_stft.shape[0], 1), self.batch_size):
+            t = slice(start, start + self.batch_size)
+            y = wiener(
+                target_magnitudes[t],
+                mix_stft[t],
+                niter=0,
+                softmask=self.softmask,
+                residual=self.residual,
+                eps=self.eps,
+            )
+            if self.niter and y.shape[0]:
+                em = self._stereo_em if mix_stft.shape[-1] == 2 else self._em
+                y = em(y, mix_stft[t])
+            pieces.append(y)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _stereo_em(self, y: Tensor, x: Tensor) -> Tensor:
+        """The causal EM of `y` `(nb_frames, nb_bins, 2, nb_sources)` on `x` `(nb_frames,
+        nb_bins, 2)`, element by element as `_stereo_em`."""
+        x_planes = _planes(x.permute(2, 0, 1))
+        y = y.permute(3, 2, 0, 1).contiguous()  # (nb_sources, 2, nb_frames, nb_bins)
+        for sums in self._sums:
+            power, v, cross = _stereo_terms(y, 1.0)
+            running = self._update(sums, (power[:, 0], power[:, 1], cross, v), dim=1)
+            r = _stereo_covariances(*running, self.eps)
+            y = torch.empty_like(y)
+            _stereo_filter(v, r, x_planes, y, self.eps, self.batch_size)
+        return y.permute(2, 3, 1, 0)
+
+    def _em(self, y: Tensor, x: Tensor) -> Tensor:
+        """The causal EM for any number of channels (one, in practice), as
+        `expectation_maximization`."""
+        for sums in self._sums:
+            v = _power(y).mean(dim=2)  # (nb_frames, nb_bins, nb_sources)
+            outer = torch.einsum("tbcs,tbds->tbcds", y, y.conj())
+            total, covariance = self._update(sums, (v, outer), dim=0)
+            R = covariance / (self.eps + total)[:, :, None, None, :]
+            y = _filter(v, R, x, self.eps, self.batch_size)
+        return y
+
+    def _update(self, sums: list[Tensor], terms: tuple[Tensor, ...], dim: int) -> list[Tensor]:
+        """The running sums of per-frame `terms` (frames axis `dim`) continuing `sums`, which
+        then hold the sums after the last frame."""
+        carries = sums or [None] * len(terms)
+        running = [
+            _running_sum(term, carry, self.decay, dim)
+            for term, carry in zip(terms, carries, strict=True)
+        ]
+        sums[:] = [total.narrow(dim, total.shape[dim] - 1, 1) for total in running]
+        return running
+
+
+def _running_sum(terms: Tensor, carry: Tensor | None, decay: float, dim: int) -> Tensor:
+    """Exponentially weighted running sums along the frames axis `dim` of `terms`:
+    `s_t = decay * s_{t-1} + terms_t`, from `s_{-1} = carry` (frames axis of size 1; zero if
+    None). A decay of 1 gives plain cumulative sums.
+
+    Computed as `s_t = decay^t (decay s_{-1} + sum_{i <= t} decay^-i terms_i)`, a cumulative
+    sum, over pieces short enough that `decay^-i` stays below `exp(MAX_GROWTH)`.
+    """
+    if decay == 1.0:
+        sums = torch.cumsum(terms, dim=dim)
+        return sums if carry is None else sums.add_(carry)
+    step = max(1, int(MAX_GROWTH / -math.log(decay)))
+    pieces = []
+    for piece in terms.split(step, dim=dim):
+        shape = [1] * terms.dim()
+        shape[dim] = piece.shape[dim]
+        powers = decay ** torch.arange(piece.shape[dim], dtype=torch.float64)
+        powers = powers.to(piece.real.dtype).to(piece.device).view(shape)
+        sums = torch.cumsum(piece / powers, dim=dim)
+        if carry is not None:
+            sums += carry * decay
+        sums *= powers
+        carry = sums.narrow(dim, sums.shape[dim] - 1, 1)
+        pieces.append(sums)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)

@@ -1,7 +1,8 @@
 """Time-frequency transforms: STFT, inverse STFT and magnitude.
 
 All transforms use a periodic Hann window, `center=True` (reflect padding) and one-sided spectra,
-as the Open-Unmix separator does. The same settings serve training and separation.
+as the Open-Unmix separator does. The same settings serve training and separation. Streaming
+uses non-centred frames (`stft(..., center=False)`), inverted piece by piece by `istft_frames`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from umx.errors import UmxError
 
@@ -52,16 +54,21 @@ def _window(n_fft: int, like: Tensor) -> Tensor:
     return torch.hann_window(n_fft, periodic=True, dtype=like.real.dtype, device=like.device)
 
 
-def stft(audio: Tensor, n_fft: int = N_FFT, n_hop: int = N_HOP) -> Tensor:
+def stft(audio: Tensor, n_fft: int = N_FFT, n_hop: int = N_HOP, center: bool = True) -> Tensor:
     """Short-time Fourier transform of multichannel audio.
 
     Args:
         audio: waveforms, `(..., nb_timesteps)`, e.g. `(nb_samples, nb_channels, nb_timesteps)`;
-            `nb_timesteps` must exceed `n_fft // 2` (reflect padding).
+            `nb_timesteps` must exceed `n_fft // 2` (reflect padding), or with `center=False`
+            be at least `n_fft`.
+        center: frame `k` centred on sample `k * n_hop` of the audio reflected at its ends;
+            if False, frame `k` spans samples `k * n_hop` to `k * n_hop + n_fft - 1`, and only
+            frames that end within the audio are computed.
 
     Returns:
         complex spectrogram, `(..., nb_bins, nb_frames)` with `nb_bins = n_fft // 2 + 1` and
-        `nb_frames = nb_timesteps // n_hop + 1`.
+        `nb_frames = nb_timesteps // n_hop + 1`, or `(nb_timesteps - n_fft) // n_hop + 1`
+        with `center=False`.
     """
     shape = audio.shape
     spec = torch.stft(
@@ -69,7 +76,7 @@ def stft(audio: Tensor, n_fft: int = N_FFT, n_hop: int = N_HOP) -> Tensor:
         n_fft=n_fft,
         hop_length=n_hop,
         window=_window(n_fft, audio),
-        center=True,
+        center=center,
         pad_mode="reflect",
         normalized=False,
         onesided=True,
@@ -120,6 +127,49 @@ def istft(spec: Tensor, length: int, n_fft: int = N_FFT, n_hop: int = N_HOP) -> 
         frames = torch.fft.irfft(one, n=n_fft, dim=-1).mul_(window)
         torch.div(_overlap_add(frames, summed)[start:stop], envelope, out=out[: stop - start])
     return audio
+
+
+def istft_frames(
+    spec: Tensor, n_fft: int = N_FFT, n_hop: int = N_HOP, tail: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Inverse of non-centred STFT frames (`stft(..., center=False)`), piece by piece.
+
+    Each frame is inverse transformed and windowed; the frames are overlap-added, after the
+    `tail` of the earlier frames, and divided by the steady-state sum of the squared windows that
+    overlap each sample (`torch.istft`'s normalisation where every frame covering a sample is
+    present). Consecutive pieces of frames, each call given the previous call's tail, give the
+    same samples as one call over all the frames.
+
+    Args:
+        spec: complex spectra of consecutive frames, `(..., nb_bins, nb_frames)`; the first
+            starts `n_hop` samples after the previous piece's last frame.
+        tail: what the previous piece's frames add past their last hop, `(..., n_fft -
+            n_hop)`, as the previous call returned it; None at the start of a signal.
+
+    Returns:
+        the `nb_frames * n_hop` samples from the start of the first frame, which no later frame
+        reaches, `(..., nb_frames * n_hop)`, and the new tail, `(..., n_fft - n_hop)`. The
+        first `n_fft - n_hop` samples of a signal lack the frames before its start, so only
+        those are not the signal itself.
+    """
+    window = _window(n_fft, spec)
+    nb_frames = spec.shape[-1]
+    lead = spec.shape[:-2]
+    frames = torch.fft.irfft(spec.transpose(-1, -2), n=n_fft, dim=-1).mul_(window)
+    length = (nb_frames - 1) * n_hop + n_fft
+    summed = F.fold(
+        frames.reshape(-1, nb_frames, n_fft).transpose(1, 2),
+        output_size=(1, length),
+        kernel_size=(1, n_fft),
+        stride=(1, n_hop),
+    ).reshape(*lead, length)
+    if tail is not None:
+        summed[..., : n_fft - n_hop] += tail
+    # The squared windows summed over the frames overlapping each of a hop's n_hop positions.
+    squares = F.pad(window.square(), (0, -n_fft % n_hop))
+    envelope = squares.view(-1, n_hop).sum(dim=0).repeat(nb_frames)
+    done = nb_frames * n_hop
+    return summed[..., :done] / envelope, summed[..., done:]
 
 
 def _overlap_add(frames: Tensor, out: Tensor) -> Tensor:
