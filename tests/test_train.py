@@ -291,15 +291,44 @@ def test_bad_options_are_one_line_errors(task, tmp_path, caplog, options, messag
     assert not (tmp_path / "out").exists()
 
 
-def test_options_restored_from_a_checkpoint_are_checked_too(trained, tmp_path, caplog):
+def _set(mapping: dict, key: str, value) -> None:
+    *parents, last = key.split("/")
+    for parent in parents:
+        mapping = mapping[parent]
+    if value is KeyError:
+        del mapping[last]
+    else:
+        mapping[last] = value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("args/lr", float("nan"), "--lr must be a finite number, not nan"),
+        ("args/dataset", "nope", "--dataset must be one of musdb, aligned"),
+        ("args/root", 5, "--root cannot be 5"),
+        ("args/nb_channels", True, "--nb-channels cannot be True"),
+        ("args", "x", "is not a umx training checkpoint"),
+        ("sample_rate", KeyError, "is not a umx training checkpoint"),
+        ("optimizer", {}, "vocals.chkpnt is a damaged checkpoint"),
+        ("history/unknown", [], "vocals.chkpnt is a damaged checkpoint"),
+        ("history/valid_loss", [1.0], "vocals.chkpnt is a damaged checkpoint"),
+        ("best_model/fc1.weight", torch.zeros(3, 3), "vocals.chkpnt is a damaged checkpoint"),
+        ("early_stopping", {"patience": "x", "best": None}, "is a damaged checkpoint"),
+    ],
+)
+def test_a_damaged_or_edited_checkpoint_is_a_one_line_error(
+    trained, tmp_path, caplog, key, value, message
+):
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
     checkpoint = torch.load(copy / "vocals.chkpnt", weights_only=True)
-    checkpoint["args"]["lr"] = float("nan")
+    _set(checkpoint, key, value)
     torch.save(checkpoint, copy / "vocals.chkpnt")
     with caplog.at_level(logging.ERROR):
-        assert main(["--checkpoint", str(copy), "--epochs", "9", "--quiet"]) == 1
-    assert "--lr must be a finite number, not nan" in caplog.text
+        assert main(["--checkpoint", str(copy), "--target", "vocals", "--epochs", "9", "-q"]) == 1
+    (record,) = caplog.records
+    assert message in record.getMessage() and "\n" not in record.getMessage()
 
 
 def test_the_documented_defaults_are_those_of_the_help():

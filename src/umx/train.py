@@ -23,7 +23,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -405,10 +405,10 @@ def resolve_options(
     if checkpoint is not None:
         saved = checkpoint["args"]
         for key in ARCHITECTURE:
-            if key in given and given[key] != saved[key]:
+            if key in given and given[key] != saved.get(key, DEFAULTS[key]):
                 raise UmxError(
                     f"--{key.replace('_', '-')} {given[key]} differs from the checkpoint's "
-                    f"{saved[key]}: a resumed run keeps its model"
+                    f"{saved.get(key, DEFAULTS[key])}: a resumed run keeps its model"
                 )
         options.update(
             {k: v for k, v in saved.items() if k in DEFAULTS and k not in PER_INVOCATION}
@@ -418,6 +418,8 @@ def resolve_options(
     config = argparse.Namespace(**options)
 
     dataset = config.dataset
+    if dataset not in DATASETS:  # only a checkpoint can hold another: the parser checks
+        raise UmxError(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
     for key in given:
         applies_to = [name for name, keys in DATASET_OPTIONS.items() if key in keys]
         if applies_to and dataset not in applies_to:
@@ -481,6 +483,21 @@ def check_options(config: argparse.Namespace) -> None:
     def flag(key: str) -> str:
         return "--" + key.replace("_", "-")
 
+    for key, value in vars(config).items():  # the types a checkpoint could get wrong
+        if key in WHOLE_NUMBERS or key in POSITIVE_NUMBERS or key not in DEFAULTS:
+            continue
+        default = DEFAULTS[key]
+        if isinstance(default, bool) or key == "random_track_mix":
+            right = isinstance(value, bool)
+        elif isinstance(default, list) or key in ("interferer_dirs", "interferer_files"):
+            right = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif isinstance(default, int | float):
+            right = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            right = isinstance(value, str | Path)
+        if not (right or (value is None and default is None)):
+            raise UmxError(f"{flag(key)} cannot be {value!r}")
+
     for key, (low, high) in WHOLE_NUMBERS.items():
         value = getattr(config, key)
         if value is None and key == "valid_tracks":
@@ -509,7 +526,7 @@ def check_options(config: argparse.Namespace) -> None:
             f"--lr-decay-gamma multiplies the learning rate, so it must lie between 0 and 1 "
             f"(exclusive), not {reals['lr_decay_gamma']}"
         )
-    if config.nb_channels not in (1, 2):
+    if isinstance(config.nb_channels, bool) or config.nb_channels not in (1, 2):
         raise UmxError(f"--nb-channels must be 1 or 2, not {config.nb_channels!r}")
     try:
         check_stft(config.nfft, config.nhop)
@@ -978,7 +995,9 @@ class Trainer:
 
         seed_everything(config.seed, 0)
         if checkpoint is not None:
-            self.model = infer_architecture(checkpoint["model"]).build()
+            self.model = _checkpoint_part(
+                config, lambda: infer_architecture(checkpoint["model"]).build()
+            )
         else:
             self.model = pretrained or self._new_model()
         self.model.to(device)
@@ -996,7 +1015,7 @@ class Trainer:
         self.epoch = 0
         self.best_state = _cpu_state(self.model)
         if checkpoint is not None:
-            self._restore(checkpoint)
+            _checkpoint_part(config, lambda: self._restore(checkpoint))
         self.spectrogram = Spectrogram(config.nfft, config.nhop)
 
     def _new_model(self) -> OpenUnmix:
@@ -1062,6 +1081,29 @@ class Trainer:
         return model.train()
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Take the state of `checkpoint`.
+
+        Raises:
+            ValueError, KeyError, TypeError, RuntimeError: it does not fit this run.
+        """
+        numbers = (int, float)
+        stopping, history = checkpoint["early_stopping"], checkpoint["history"]
+        if not (
+            isinstance(checkpoint["epoch"], int)
+            and checkpoint["epoch"] >= 0
+            and isinstance(stopping.get("best"), numbers)
+            and isinstance(stopping.get("num_bad_epochs"), int)
+            and isinstance(history.get("best_epoch"), int)
+            and all(
+                isinstance(history.get(key), list)
+                and len(history[key]) == checkpoint["epoch"]
+                and all(isinstance(value, numbers) for value in history[key])
+                for key in ("train_loss", "valid_loss", "lr", "epoch_time")
+            )
+        ):
+            raise ValueError("its epoch, early-stopping state or history is inconsistent")
+        if infer_architecture(checkpoint["best_model"]) != infer_architecture(checkpoint["model"]):
+            raise ValueError("its best and current models differ in shape")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -1229,6 +1271,16 @@ class Trainer:
         plot_history(history, self.output / f"{self.target}{CURVE_SUFFIX}", self.target)
 
 
+def _checkpoint_part(config: argparse.Namespace, use: Callable[[], Any]) -> Any:
+    """Run `use`, which reads the checkpoint; a checkpoint that does not fit is a user error."""
+    try:
+        return use()
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
+        path = Path(config.checkpoint) / f"{config.target}{CHECKPOINT_SUFFIX}"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UmxError(f"{path} is a damaged checkpoint ({reason[:200]})") from None
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
 
@@ -1284,8 +1336,13 @@ def _read_checkpoint(args: argparse.Namespace, device: torch.device) -> dict[str
     except Exception as error:  # a damaged file fails in many ways: all mean unreadable
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UmxError(f"{path} is not a readable checkpoint ({reason})") from None
-    keys = ("epoch", "args", "model", "best_model", "optimizer", "scheduler", "history")
-    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in keys):
+    keys = ("epoch", "args", "sample_rate", "model", "best_model", "optimizer", "scheduler")
+    keys += ("early_stopping", "history")
+    if (
+        not isinstance(checkpoint, dict)
+        or not all(key in checkpoint for key in keys)
+        or not isinstance(checkpoint["args"], dict)
+    ):
         raise UmxError(f"{path} is not a umx training checkpoint")
     if checkpoint["args"].get("target") != target:
         raise UmxError(
