@@ -63,3 +63,9 @@ def test_keep_freed_memory_avoids_page_faults_on_reallocation():
     _, default = run("default")
     assert default > pages / 2  # the block was unmapped and is faulted in again
     assert kept < pages / 20
+
+
+@pytest.mark.parametrize("name", ["meta", "xpu", "tpu", "", "cuda:x"])
+def test_devices_umx_does_not_run_on_are_refused(name):
+    with pytest.raises(UmxError, match="unknown device"):
+        resolve_device(name)

@@ -37,9 +37,10 @@ from umx.evaluate import (
     score_track,
 )
 from umx.model import OpenUnmix
+from umx.modeldir import save_separator
 from umx.separator import Separator
 from umx.transforms import Spectrogram
-from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, save_separator
+from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
 
@@ -405,7 +406,7 @@ def test_bad_settings_are_refused(tracks, tmp_path, settings, message):
         (["--method", "mix", "--evaldir", "{tmp}/file"], "--evaldir {tmp}/file is a file"),
         (["--method", "mix", "--outdir", "{tmp}/file"], "--outdir {tmp}/file is a file"),
         (["--method", "mix", "--compare", "{tmp}/none"], "--compare {tmp}/none: {tmp}/none/test"),
-        (["--model", "{tmp}", "--device", "meta"], "separates on cpu, cuda or mps, not on meta"),
+        (["--model", "{tmp}", "--device", "meta"], "unknown device 'meta'"),
         (["--method", "mix", "--win", "nan"], "--win must be a positive number of seconds"),
     ],
 )

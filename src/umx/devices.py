@@ -9,6 +9,8 @@ import torch
 from umx.errors import UmxError
 
 AUTO = "auto"
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""The kinds of device umx runs on; others torch knows (meta, xpu, ...) are refused."""
 # glibc mallopt parameters, and the values keep_freed_memory sets (bytes). Blocks above the
 # mmap threshold (whole-track buffers of long tracks) are still mapped and unmapped: kept in the
 # heap they would fragment it (a 10-minute whole-track separation peaked 2.6 GB higher at 1 GiB).
@@ -36,8 +38,10 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UmxError(f"device {name!r} requested but no CUDA GPU is available")

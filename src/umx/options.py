@@ -27,8 +27,8 @@ def add_separation_arguments(group: argparse._ActionsContainer) -> None:
         "--targets",
         nargs="+",
         metavar="TARGET",
-        help="separate only these targets (default: all of the model's); put it after the "
-        "inputs, or end the list with --",
+        help="separate only these targets (default: all of the model's); it takes every "
+        "word up to the next option, so end the list with -- before any input that follows",
     )
     group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
     group.add_argument(
@@ -65,7 +65,11 @@ def add_separation_arguments(group: argparse._ActionsContainer) -> None:
         help="separate each input at once, as the reference implementation does "
         "(memory grows with the duration)",
     )
-    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if present)")
+    group.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:N or mps (default: auto: a CUDA GPU if present, else MPS, "
+        "else the CPU)",
+    )
     group.set_defaults(**SEPARATION_DEFAULTS)
 
 

@@ -51,17 +51,17 @@ from umx.data.datasets import (
 from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.model import OpenUnmix
-from umx.transforms import Spectrogram, bandwidth_to_max_bin, check_stft
-from umx.zoo import (
+from umx.modeldir import (
     SEPARATOR_JSON,
     WEIGHTS_SUFFIX,
     check_target_name,
     infer_architecture,
-    load_separator,
     save_target_model,
     torch_save_atomic,
     write_json_atomic,
 )
+from umx.transforms import Spectrogram, bandwidth_to_max_bin, check_stft
+from umx.zoo import load_separator
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,7 +77,6 @@ STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
 VALID_SEGMENT = 30.0  # seconds of a validation track the model sees at once (bounds memory)
 MAX_SEED = 2**32 - 1
 MAX_SEQ_DUR = 86400.0  # seconds: a day, far beyond any excerpt that fits in memory
-TRAINING_DEVICES = ("cpu", "cuda", "mps")
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "musdb",
@@ -915,11 +914,6 @@ def run_training(args: argparse.Namespace) -> int:
     elif args.debug:
         logging.getLogger("umx").setLevel(logging.DEBUG)
     device = resolve_device(args.device or DEFAULTS["device"], distributed.local_rank)
-    if device.type not in TRAINING_DEVICES:
-        raise UmxError(
-            f"umx train runs on {', '.join(TRAINING_DEVICES[:-1])} or {TRAINING_DEVICES[-1]}, "
-            f"not on {device.type!r} devices"
-        )
     if distributed.enabled:
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -39,19 +39,12 @@ from umx.errors import UmxError
 from umx.modeldir import (
     HASHED_NAME,
     SEPARATOR_JSON,
-    WEIGHTS_SUFFIX,  # noqa: F401  re-exported: train.py imports it from here
     ModelFiles,
     build_separator,
-    check_target_name,  # noqa: F401  re-exported: train.py imports it from here
     directory_files,
-    export_model,  # noqa: F401  re-exported: scripts/make_umxsynth.sh imports it from here
-    infer_architecture,  # noqa: F401  re-exported: train.py and its tests import it from here
     read_separator_json,
-    save_separator,  # noqa: F401  re-exported: benchmarks and some tests import it from here
-    save_target_model,  # noqa: F401  re-exported: train.py imports it from here
     select_targets,
     short,
-    torch_save_atomic,  # noqa: F401  re-exported: train.py imports it from here
     write_atomic,
     write_json_atomic,
 )
