@@ -16,7 +16,6 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
-from umx import evaluate as evaluate_module
 from umx.errors import UmxError
 from umx.evaluate import (
     METRICS,
@@ -36,6 +35,7 @@ from umx.evaluate import (
     score_table,
     score_track,
 )
+from umx.evaluate import options as evaluate_options
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
@@ -500,7 +500,7 @@ def test_without_model_the_default_is_loaded_and_named_after_the_model_used(
         separator.model_name = FALLBACK_MODEL
         return separator
 
-    monkeypatch.setattr(evaluate_module, "separator_from_args", load)
+    monkeypatch.setattr(evaluate_options, "separator_from_args", load)
     try:
         args = options(
             "--root", root, "--is-wav", "-q", "--tracks", NAMES[0], "--evaldir", tmp_path / "ev",

@@ -1,0 +1,199 @@
+"""Methods, which turn a track into estimates: a separation model, estimates on disk, or a
+baseline (oracle masks or the mixture)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from umx.api import separate
+from umx.audio import read_audio
+from umx.errors import UmxError
+from umx.evaluate.tracks import SOURCES, TARGETS
+from umx.separator import OVERLAP, SEGMENT, Separator
+from umx.transforms import N_FFT, N_HOP, istft, stft
+from umx.zoo import MODELS
+
+if TYPE_CHECKING:
+    import musdb
+
+
+BASELINES = ("irm", "ibm", "mix")
+IRM_POWER = 1.0
+"""Exponent α of the ideal ratio mask |S_j|^α / Σ_k |S_k|^α: 1 is sigsep's IRM1 (magnitudes)."""
+EPS = 1e-10
+Estimates = dict[str, np.ndarray]
+"""Target name → estimate `(nb_timesteps, nb_channels)` at the track's rate."""
+Method = Callable[["musdb.MultiTrack"], Estimates]
+"""Turns a track into estimates; must be picklable for `jobs > 1`."""
+
+
+def oracle(
+    kind: str,
+    mixture: torch.Tensor,
+    sources: Mapping[str, torch.Tensor],
+    *,
+    n_fft: int = N_FFT,
+    n_hop: int = N_HOP,
+    power: float = IRM_POWER,
+) -> dict[str, torch.Tensor]:
+    """Oracle masks computed from the true sources and applied to the mixture's STFT.
+
+    `irm`: the ideal ratio mask |S_j|^power / Σ_k |S_k|^power, the upper bound of mask-based
+    models such as Open-Unmix. `ibm`: the ideal binary mask, each time-frequency bin given whole
+    to the loudest source. Both masks sum to one over the sources, so the estimates add up to the
+    mixture.
+
+    Args:
+        kind: `irm` or `ibm`.
+        mixture: `(nb_channels, nb_timesteps)`.
+        sources: name → `(nb_channels, nb_timesteps)`, the true sources.
+        n_fft, n_hop: the STFT, by default the one of the Open-Unmix models.
+        power: the exponent of the ratio mask.
+
+    Returns:
+        name → estimate, `(nb_channels, nb_timesteps)`.
+    """
+    if kind not in ("irm", "ibm"):
+        raise ValueError(f"unknown oracle {kind!r}: use irm or ibm")
+    mix_stft = stft(mixture, n_fft, n_hop)  # (nb_channels, nb_bins, nb_frames)
+    magnitudes = (stft(source, n_fft, n_hop).abs() for source in sources.values())
+    if kind == "irm":
+        weights = [magnitude**power for magnitude in magnitudes]
+        total = sum(weights).clamp_min(EPS)
+        masks = (weight / total for weight in weights)
+    else:
+        loudest = torch.stack(list(magnitudes)).argmax(dim=0)
+        masks = ((loudest == index).to(mix_stft.real.dtype) for index in range(len(sources)))
+    # One source at a time: the spectrograms of a whole song are large.
+    return {
+        name: istft(mask * mix_stft, mixture.shape[-1], n_fft, n_hop)
+        for name, mask in zip(sources, masks, strict=True)
+    }
+
+
+def _check_groups(groups: Mapping[str, Sequence[str]], available: Sequence[str]) -> None:
+    unknown = sorted({name for group in groups.values() for name in group} - set(available))
+    if unknown:
+        raise UmxError(
+            f"cannot aggregate {', '.join(unknown)}: the sources are {', '.join(available)}"
+        )
+
+
+@dataclass(frozen=True)
+class BaselineMethod:
+    """A baseline: `irm` or `ibm` oracle masks (see `oracle`), or `mix`, the mixture itself as
+    every estimate (the floor any method should beat).
+
+    Args:
+        kind: one of `BASELINES`.
+        aggregate: groups of sources to estimate instead, e.g. `{"vocals": ["vocals"],
+            "accompaniment": ["drums", "bass", "other"]}`; the oracle estimates of a group are
+            summed, and `mix` gives the mixture for each group.
+    """
+
+    kind: str
+    aggregate: Mapping[str, Sequence[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BASELINES:
+            raise UmxError(f"unknown baseline {self.kind!r}: use one of {', '.join(BASELINES)}")
+        if self.aggregate is not None:
+            _check_groups(self.aggregate, SOURCES)
+
+    @property
+    def name(self) -> str:
+        """The baseline's name in reports: its kind."""
+        return self.kind
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        if self.kind == "mix":
+            return {name: track.audio.copy() for name in self.aggregate or SOURCES}
+        mixture = torch.from_numpy(track.audio.T).float()
+        sources = {name: torch.from_numpy(track.sources[name].audio.T).float() for name in SOURCES}
+        estimates = {name: e.numpy().T for name, e in oracle(self.kind, mixture, sources).items()}
+        if self.aggregate is None:
+            return estimates
+        return {name: sum(estimates[s] for s in group) for name, group in self.aggregate.items()}
+
+
+def model_display_name(model_name: str | None) -> str | None:
+    """How reports name a model: a zoo name as it is, a model directory by its own name."""
+    if model_name is None or model_name in MODELS:
+        return model_name
+    return Path(model_name).resolve().name or model_name
+
+
+@dataclass(frozen=True)
+class ModelMethod:
+    """Separation with a `Separator`, chunk by chunk (memory bounded by the segment length).
+
+    Args:
+        separator: the models, e.g. from `umx.zoo.load_separator`.
+        aggregate: groups of targets to estimate instead, see `Separator.to_dict`.
+        segment, overlap: chunking in seconds, see `Separator.separate`; `segment=None`
+            separates each track whole, as the reference implementation does.
+    """
+
+    separator: Separator
+    aggregate: Mapping[str, Sequence[str]] | None = None
+    segment: float | None = SEGMENT
+    overlap: float = OVERLAP
+
+    @property
+    def name(self) -> str | None:
+        """The model's name in reports: the zoo name or the model directory's name loaded
+        (`separator.model_name`); None for a separator built by hand."""
+        return model_display_name(self.separator.model_name)
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        stems = separate(
+            track.audio.T,
+            track.rate,
+            self.separator,
+            aggregate=self.aggregate,
+            segment=self.segment,
+            overlap=self.overlap,
+        )
+        return {name: stem.cpu().numpy().T for name, stem in stems.items()}
+
+
+@dataclass(frozen=True)
+class EstimatesMethod:
+    """Estimates already on disk, in museval's layout `<directory>/<subset>/<track>/<target>.wav`
+    (the layout `--outdir` writes). Every file named after a MUSDB18 target is evaluated.
+
+    Args:
+        directory: the estimates folder.
+    """
+
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        """The estimates' name in reports: their directory's name."""
+        return Path(self.directory).resolve().name
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        folder = Path(self.directory) / track.subset / track.name
+        paths = [folder / f"{name}.wav" for name in TARGETS if (folder / f"{name}.wav").is_file()]
+        if not paths:
+            raise UmxError(f"{folder} holds no estimates ({', '.join(TARGETS)} .wav)")
+        expected = track.audio.shape
+        estimates = {}
+        for path in paths:
+            audio, rate = read_audio(path)
+            if rate != track.rate:
+                raise UmxError(f"{path} is at {rate:g} Hz but the track at {track.rate:g} Hz")
+            if audio.shape[::-1] != expected:
+                raise UmxError(
+                    f"{path} has {audio.shape[1]} samples and {audio.shape[0]} channels, the "
+                    f"track {expected[0]} samples and {expected[1]} channels"
+                )
+            estimates[path.stem] = audio.numpy().T
+        return estimates

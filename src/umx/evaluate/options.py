@@ -1,0 +1,239 @@
+"""`umx evaluate`: its options, checked up front, and the run: evaluate a method on a test set
+and/or compare evaluated methods."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from umx.api import parse_aggregate
+from umx.devices import resolve_device
+from umx.errors import UmxError
+from umx.evaluate.methods import (
+    BASELINES,
+    BaselineMethod,
+    EstimatesMethod,
+    Method,
+    ModelMethod,
+)
+from umx.evaluate.reports import load_scores, method_name, report, to_markdown
+from umx.evaluate.scoring import HOP, WIN, check_settings, evaluate
+from umx.evaluate.tracks import SUBSETS, load_tracks
+from umx.options import (
+    add_separation_arguments,
+    check_separation_args,
+    given_separation_options,
+    segment_from_args,
+    separator_from_args,
+)
+from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL
+
+if TYPE_CHECKING:
+    import museval
+
+logger = logging.getLogger(__name__)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `umx evaluate`."""
+    data = parser.add_argument_group("test set")
+    data.add_argument(
+        "--root",
+        type=Path,
+        default=os.environ.get("MUSDB_PATH"),
+        help="MUSDB18 folder holding train/ and test/ (default: $MUSDB_PATH)",
+    )
+    data.add_argument(
+        "--subset", choices=SUBSETS, default="test", help="subset to evaluate (default: test)"
+    )
+    data.add_argument(
+        "--is-wav",
+        action="store_true",
+        help="a folder of wav files per track (MUSDB18-HQ layout) instead of .stem.mp4 files",
+    )
+    data.add_argument(
+        "--tracks", nargs="+", metavar="NAME", help="evaluate only these tracks (default: all)"
+    )
+
+    method = parser.add_argument_group("method (one of)").add_mutually_exclusive_group()
+    method.add_argument(
+        "--model",
+        help=f"model name or model directory to separate with, as umx separate (default: "
+        f"{DEFAULT_MODEL}, downloaded once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} "
+        "cannot be had or UMX_OFFLINE=1)",
+    )
+    method.add_argument(
+        "--estimates",
+        type=Path,
+        metavar="DIR",
+        help="evaluate estimates on disk, DIR/<subset>/<track>/<target>.wav",
+    )
+    method.add_argument(
+        "--method",
+        choices=BASELINES,
+        help="a baseline: oracle ideal ratio mask (irm), ideal binary mask (ibm), or the "
+        "mixture as every estimate (mix)",
+    )
+
+    model = parser.add_argument_group("model options (with --model)")
+    add_separation_arguments(model)
+    parser.add_argument(
+        "--aggregate",
+        metavar="JSON",
+        help="with --model or --method, evaluate groups of targets, as JSON or a JSON file, e.g. "
+        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
+    )
+
+    out = parser.add_argument_group("evaluation and output")
+    out.add_argument(
+        "--evaldir",
+        type=Path,
+        required=True,
+        help="where the scores go: EVALDIR/<subset>/<track>.json (museval format), "
+        "scores.md, scores.csv and scores_<metric>.png",
+    )
+    out.add_argument(
+        "--outdir",
+        type=Path,
+        help="also write the estimates as float wav, OUTDIR/<subset>/<track>/<target>.wav",
+    )
+    out.add_argument(
+        "--win",
+        type=float,
+        default=WIN,
+        metavar="SECONDS",
+        help=f"BSSEval window (default: {WIN:g})",
+    )
+    out.add_argument(
+        "--hop", type=float, default=HOP, metavar="SECONDS", help=f"BSSEval hop (default: {HOP:g})"
+    )
+    out.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="tracks evaluated in parallel (default: 1)"
+    )
+    out.add_argument(
+        "--force", action="store_true", help="evaluate again the tracks that already have scores"
+    )
+    out.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="evaldirs of other methods to put side by side with this one (or with each other "
+        "when no --root is given) in EVALDIR/compare.md, compare.csv and compare_<metric>.png",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
+    )
+
+
+def _method_from_args(args: argparse.Namespace) -> Method:
+    aggregate = parse_aggregate(args.aggregate)
+    if args.estimates is not None:
+        if aggregate is not None:
+            raise UmxError("--aggregate does not apply to --estimates: name the files instead")
+        if not args.estimates.is_dir():
+            raise UmxError(f"{args.estimates} is not a directory of estimates")
+        return EstimatesMethod(args.estimates)
+    if args.method is not None:
+        return BaselineMethod(args.method, aggregate)
+    separator = separator_from_args(args, args.model)  # None: the default, as umx separate
+    return ModelMethod(separator, aggregate, segment_from_args(args), args.overlap)
+
+
+def _unique_names(
+    methods: Sequence[tuple[Path, str, museval.EvalStore]],
+) -> dict[str, museval.EvalStore]:
+    """Compared methods by name; a name given twice is told apart by its evaldir's name.
+
+    Raises:
+        UmxError: two methods still have the same name.
+    """
+    counts = collections.Counter(name for _, name, _ in methods)
+    stores: dict[str, museval.EvalStore] = {}
+    for directory, name, store in methods:
+        folder = Path(directory).resolve().name
+        if counts[name] > 1 and folder != name:
+            name = f"{name} ({folder})"
+        if name in stores:
+            raise UmxError(f"{directory}: two compared methods are named {name!r}")
+        stores[name] = store
+    return stores
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """`umx evaluate`: evaluate a method on a test set and/or compare evaluated methods.
+
+    Returns:
+        the exit code: 1 if any track failed, else 0.
+    """
+    if args.root is None and not args.compare:
+        raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
+    check_settings(win=args.win, hop=args.hop, jobs=args.jobs)
+    for option, directory in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
+        if directory is not None and directory.exists() and not directory.is_dir():
+            raise UmxError(f"{option} {directory} is a file, not a directory")
+    for directory in args.compare or []:
+        if not (directory / args.subset).is_dir():
+            raise UmxError(
+                f"--compare {directory}: {directory / args.subset} does not exist (no scores of "
+                f"the {args.subset} subset)"
+            )
+    if args.estimates is not None or args.method is not None:
+        given = given_separation_options(args)
+        if given:
+            raise UmxError(f"{given[0]} applies to --model only")
+    elif args.root is not None:
+        check_separation_args(args)
+        resolve_device(args.device)
+    methods: list[tuple[Path, str, museval.EvalStore]] = []  # evaldir, name, scores
+    failed = False
+    if args.root is not None:
+        tracks = load_tracks(args.root, subset=args.subset, is_wav=args.is_wav, names=args.tracks)
+        summary = evaluate(
+            tracks,
+            _method_from_args(args),
+            args.evaldir,
+            win=args.win,
+            hop=args.hop,
+            outdir=args.outdir,
+            jobs=args.jobs,
+            force=args.force,
+            progress=not args.quiet,
+        )
+        if summary.skipped:
+            logger.info(
+                "%d tracks already had scores in %s and were skipped (--force evaluates them "
+                "again)",
+                len(summary.skipped),
+                args.evaldir,
+            )
+        if summary.failed:
+            failed = True
+            logger.error(
+                "%d of %d tracks failed: %s",
+                len(summary.failed),
+                len(tracks),
+                ", ".join(summary.failed),
+            )
+        scored = [track.name for track in tracks if track.name not in summary.failed]
+        if scored:
+            store = load_scores(args.evaldir, args.subset, scored)
+            name = method_name(args.evaldir, args.subset, scored)
+            table = report({name: store}, args.evaldir, "scores")
+            print(to_markdown(table), end="")
+            methods.append((args.evaldir, name, store))
+    for directory in args.compare or []:
+        store = load_scores(directory, args.subset)
+        methods.append((directory, method_name(directory, args.subset), store))
+    if args.compare:
+        stores = _unique_names(methods)
+        if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
+            logger.warning("warning: the compared methods were evaluated on different tracks")
+        table = report(stores, args.evaldir, "compare")
+        print(to_markdown(table), end="")
+    return 1 if failed else 0

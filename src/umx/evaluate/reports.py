@@ -1,0 +1,154 @@
+"""Reports: the per-track JSON files read back, aggregated into score tables (Markdown and CSV),
+and with the box plots, the reports of one or several methods."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from umx.errors import UmxError
+from umx.evaluate.common import _extra, _write_text
+from umx.evaluate.plots import plot_scores
+from umx.evaluate.scoring import METRICS
+from umx.evaluate.tracks import _target_order
+
+if TYPE_CHECKING:
+    import museval
+    import pandas as pd
+
+
+MAX_NAME = 100
+"""Characters of a method name read from a JSON file (longer ones, or ones that would break a
+Markdown table, give way to the folder's name)."""
+
+
+def load_scores(
+    evaldir: str | os.PathLike, subset: str = "test", tracks: Iterable[str] | None = None
+) -> museval.EvalStore:
+    """Read the per-track JSON files of one method.
+
+    Args:
+        evaldir: as written by `evaluate`.
+        subset: the subfolder to read.
+        tracks: the track names to read; every JSON of the subset if None.
+
+    Returns:
+        museval's store of the framewise scores (`.df` has columns time, target, metric, score,
+        track).
+
+    Raises:
+        UmxError: no JSON found, or one is unreadable.
+    """
+    folder = Path(evaldir) / subset
+    paths = (
+        sorted(folder.glob("*.json"))
+        if tracks is None
+        else [folder / f"{name}.json" for name in tracks]
+    )
+    museval = _extra("museval")
+    store = museval.EvalStore()
+    for path in paths:
+        try:
+            store.add_track(museval.json2df(json.loads(path.read_text()), path.stem))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UmxError(f"{path} is not a museval JSON file ({error})") from None
+    if store.df.empty:
+        raise UmxError(f"{folder} holds no scores (museval .json files)")
+    return store
+
+
+def method_name(
+    evaldir: str | os.PathLike, subset: str = "test", tracks: Iterable[str] | None = None
+) -> str:
+    """The name of the method whose scores are in `evaldir`, for reports.
+
+    `evaluate` records the method's name in every museval JSON (a model's is the model loaded,
+    e.g. `umxl`, or its directory's name); when the JSON files name one method, that is its
+    name, otherwise the name of `evaldir`.
+    """
+    folder = Path(evaldir) / subset
+    paths = (
+        folder.glob("*.json") if tracks is None else (folder / f"{name}.json" for name in tracks)
+    )
+    names = set()
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = None
+        names.add(data.get("method") if isinstance(data, dict) else None)
+    (name,) = names if len(names) == 1 else (None,)
+    if (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME
+        and name.isprintable()
+        and "|" not in name
+    ):
+        return name
+    return Path(evaldir).resolve().name
+
+
+def method_scores(stores: Mapping[str, museval.EvalStore]) -> museval.MethodStore:
+    """Several methods' scores in one museval `MethodStore`, under the given names."""
+    methods = _extra("museval").MethodStore()
+    for name, store in stores.items():
+        methods.add_evalstore(store, name)
+    return methods
+
+
+def score_table(methods: museval.MethodStore) -> pd.DataFrame:
+    """The aggregate scores: median over frames, then median over tracks (NaN frames skipped).
+
+    Returns:
+        one row per (method, target), in the methods' order and MUSDB18's target order, one
+        column per metric of `METRICS`, in dB.
+    """
+    table = methods.agg_frames_tracks_scores().unstack("metric")[list(METRICS)]
+    order = list(dict.fromkeys(methods.df["method"]))
+    targets = _target_order(table.index.get_level_values("target"))
+    index = [(m, t) for m in order for t in targets if (m, t) in table.index]
+    table = table.loc[index]
+    table.columns.name = None
+    return table
+
+
+def to_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
+    """A score table as a Markdown table, the index levels as the first columns."""
+    header = [*table.index.names, *table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in table.iterrows():
+        cells = [*(key if isinstance(key, tuple) else (key,)), *(f"{v:.{decimals}f}" for v in row)]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, directory: str | os.PathLike, name: str) -> list[Path]:
+    """Write `<name>.md` and `<name>.csv` into `directory`, each atomically; returns the paths."""
+    directory = Path(directory)
+    markdown, csv = directory / f"{name}.md", directory / f"{name}.csv"
+    _write_text(markdown, to_markdown(table))
+    _write_text(csv, table.to_csv(float_format="%.5f"))
+    return [markdown, csv]
+
+
+def report(
+    stores: Mapping[str, museval.EvalStore], directory: str | os.PathLike, name: str
+) -> pd.DataFrame:
+    """Aggregate table (Markdown and CSV) and box plots of one or several methods.
+
+    Args:
+        stores: method name → its scores, from `load_scores`.
+        directory: where `<name>.md`, `<name>.csv` and `<name>_<metric>.png` go.
+        name: the reports' file name stem.
+
+    Returns:
+        the table of `score_table`.
+    """
+    methods = method_scores(stores)
+    table = score_table(methods)
+    write_table(table, directory, name)
+    plot_scores(methods, directory, name)
+    return table

@@ -1,0 +1,285 @@
+"""Scoring with BSSEval v4: one track's scores by museval, and `evaluate`, which scores a test set
+track by track (in parallel processes if asked) into one museval JSON per track."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from umx.audio import write_audio
+from umx.errors import UmxError
+from umx.evaluate.common import _extra, _write_text
+from umx.evaluate.methods import Method
+from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
+
+if TYPE_CHECKING:
+    import musdb
+    import museval
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("SDR", "SIR", "ISR", "SAR")
+WIN = 1.0
+"""BSSEval window, in seconds (sigsep's setting)."""
+HOP = 1.0
+"""BSSEval hop, in seconds (sigsep's setting)."""
+
+
+def score_track(
+    track: musdb.MultiTrack,
+    estimates: Mapping[str, np.ndarray],
+    *,
+    win: float = WIN,
+    hop: float = HOP,
+) -> museval.TrackStore:
+    """BSSEval v4 scores of one track's estimates, computed by `museval.eval_mus_track`.
+
+    As in museval, vocals and accompaniment are scored together when both are estimated, and
+    the other targets together.
+
+    Args:
+        track: the track, with its references.
+        estimates: target → estimate `(nb_timesteps, nb_channels)`, at least two MUSDB18
+            targets, each as long as its reference.
+        win, hop: BSSEval window and hop in seconds.
+
+    Returns:
+        the framewise SDR, SIR, ISR and SAR of every target.
+
+    Raises:
+        UmxError: an unknown target, fewer than two estimates, a shape mismatch, or a silent
+            reference or estimate (BSSEval is undefined for those; museval refuses them).
+    """
+    unknown = sorted(set(estimates) - set(TARGETS))
+    if unknown:
+        raise UmxError(
+            f"{track.name}: MUSDB18 has no reference for {', '.join(unknown)} "
+            f"(its targets are {', '.join(TARGETS)})"
+        )
+    if len(estimates) < 2:
+        raise UmxError(f"{track.name}: BSSEval needs at least two estimates, got {len(estimates)}")
+    for name, estimate in estimates.items():
+        target = track.targets[name]
+        reference = target.audio
+        if estimate.shape != reference.shape:
+            raise UmxError(
+                f"{track.name}: the {name} estimate has shape {estimate.shape} but its reference "
+                f"{reference.shape} (nb_timesteps, nb_channels)"
+            )
+        if not reference.any():
+            paths = " + ".join(source.path for source in target.sources)
+            raise UmxError(f"{paths}: the {name} reference is silent, which BSSEval cannot score")
+        if not estimate.any():
+            raise UmxError(
+                f"{track.name}: the {name} estimate is silent, which BSSEval cannot score"
+            )
+    try:
+        return _extra("museval").eval_mus_track(track, dict(estimates), win=win, hop=hop)
+    except ValueError as error:  # museval's own checks, e.g. a reference silent in one channel sum
+        raise UmxError(f"{track.name}: museval refused it ({str(error).split('. ')[0]})") from None
+
+
+def _nan_notes(track_name: str, scores: museval.TrackStore) -> list[str]:
+    """One line per target with frames that have no score.
+
+    museval gives NaN to a window where any reference or estimate is silent, and stores an
+    infinite ratio (a perfect estimate) as NaN too.
+    """
+    notes = []
+    for target in scores.scores["targets"]:
+        values = [float(frame["metrics"]["SDR"]) for frame in target["frames"]]
+        nans = sum(math.isnan(value) for value in values)
+        if nans:
+            notes.append(
+                f"{track_name}: {nans} of {len(values)} frames of {target['name']} have no "
+                "score (a silent reference or estimate, or a perfect estimate); the medians "
+                "skip them"
+            )
+    return notes
+
+
+def json_path(evaldir: str | os.PathLike, track: musdb.MultiTrack) -> Path:
+    """Where a track's museval JSON goes: `<evaldir>/<subset>/<track>.json`, as museval puts it."""
+    return Path(evaldir) / track.subset / f"{track.name}.json"
+
+
+@dataclass(frozen=True)
+class _TrackJob:
+    """Everything evaluating one track needs; picklable, sent once to each worker process."""
+
+    method: Method
+    evaldir: Path
+    outdir: Path | None
+    win: float
+    hop: float
+
+    def run(self, track: musdb.MultiTrack) -> _Outcome:
+        """Estimate, optionally write the stems, score and write the JSON; never raises."""
+        try:
+            check_references(track)
+            with _audio_in_memory(track):
+                estimates = self.method(track)
+                if self.outdir is not None:
+                    for name, estimate in estimates.items():
+                        path = self.outdir / track.subset / track.name / f"{name}.wav"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        write_audio(
+                            path, estimate.T, track.rate, subtype="FLOAT", clip="none", force=True
+                        )
+                scores = score_track(track, estimates, win=self.win, hop=self.hop)
+            name = getattr(self.method, "name", None)
+            if name is not None:  # museval ignores other fields; the reports read it
+                scores.scores["method"] = name
+            scores.validate()
+            _write_text(json_path(self.evaldir, track), scores.json)
+        except UmxError as error:
+            return _Outcome(track.name, str(error))
+        except Exception as error:  # a bug or a library failure must not stop the other tracks
+            return _Outcome(track.name, f"{track.name}: {type(error).__name__}: {error}")
+        return _Outcome(track.name, None, _nan_notes(track.name, scores))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    track: str
+    error: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+_worker_job: _TrackJob | None = None
+
+
+def _init_worker(job: _TrackJob, nb_threads: int) -> None:
+    global _worker_job
+    torch.set_num_threads(nb_threads)
+    _worker_job = job
+
+
+def _run_in_worker(track: musdb.MultiTrack) -> _Outcome:
+    return _worker_job.run(track)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `evaluate` did.
+
+    Attributes:
+        evaluated: tracks scored now.
+        skipped: tracks whose JSON already existed.
+        failed: track → one-line reason.
+    """
+
+    evaluated: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+
+
+def evaluate(
+    tracks: Sequence[musdb.MultiTrack],
+    method: Method,
+    evaldir: str | os.PathLike,
+    *,
+    win: float = WIN,
+    hop: float = HOP,
+    outdir: str | os.PathLike | None = None,
+    jobs: int = 1,
+    force: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Score every track with BSSEval v4 and write one museval JSON per track.
+
+    Tracks whose JSON exists are skipped unless `force`, so an interrupted run resumes where it
+    stopped. A track that fails is logged by name and the others go on. Files are written
+    atomically: a JSON exists only for a fully scored track.
+
+    Args:
+        tracks: from `load_tracks`.
+        method: turns a track into estimates: `ModelMethod`, `EstimatesMethod`, `BaselineMethod`.
+        evaldir: where the JSON files go, as `<evaldir>/<subset>/<track>.json`.
+        win, hop: BSSEval window and hop in seconds.
+        outdir: also write the estimates, as float wav in `<outdir>/<subset>/<track>/<target>.wav`
+            (readable back with `EstimatesMethod`).
+        jobs: tracks evaluated at once, each in its own process; the scores do not depend on it.
+        force: evaluate tracks that already have a JSON again.
+        progress: show a progress bar over the tracks.
+
+    Returns:
+        which tracks were evaluated, skipped or failed.
+    """
+    check_settings(win=win, hop=hop, jobs=jobs)
+    job = _TrackJob(method, Path(evaldir), None if outdir is None else Path(outdir), win, hop)
+    done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
+    todo = [track for track in tracks if track not in done]
+    outcomes: list[_Outcome] = []
+    bars = progress and bool(todo) and sys.stderr.isatty()  # a log file gets lines, not a bar
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=len(todo), desc="evaluate", unit="track", disable=not bars) as bar,
+    ):
+        for outcome in _run_jobs(job, todo, jobs):
+            outcomes.append(outcome)
+            for line in outcome.notes:
+                logger.info(line)
+            if outcome.error is not None:
+                logger.error("error: %s", outcome.error)
+            elif progress and not bars:
+                logger.info("%d of %d tracks done: %s", len(outcomes), len(todo), outcome.track)
+            bar.update(1)
+    order = {track.name: index for index, track in enumerate(tracks)}
+    outcomes.sort(key=lambda outcome: order[outcome.track])
+    return Summary(
+        evaluated=[outcome.track for outcome in outcomes if outcome.error is None],
+        skipped=[track.name for track in done],
+        failed={outcome.track: outcome.error for outcome in outcomes if outcome.error is not None},
+    )
+
+
+def check_settings(*, win: float = WIN, hop: float = HOP, jobs: int = 1) -> None:
+    """Refuse a BSSEval window or hop that is not a positive finite number of seconds, or
+    fewer than one job.
+
+    Raises:
+        UmxError: naming the option.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UmxError(f"--jobs must be at least 1, got {jobs}")
+    for option, value in (("--win", win), ("--hop", hop)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UmxError(f"{option} must be a number of seconds, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise UmxError(f"{option} must be a positive number of seconds, got {value}")
+
+
+def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> Iterator[_Outcome]:
+    """The outcome of every track, in the order they finish."""
+    if jobs == 1 or len(tracks) <= 1:
+        for track in tracks:
+            yield job.run(track)
+        return
+    workers = min(jobs, len(tracks))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # Not fork: forking a process that has started torch's thread pools can deadlock. Workers
+    # fork from a server that has imported umx, musdb and museval once, but started nothing.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "musdb", "museval"])
+    with ProcessPoolExecutor(workers, context, _init_worker, (job, threads)) as pool:
+        futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield _Outcome(futures[future], f"{futures[future]}: its worker process died")

@@ -1,0 +1,121 @@
+"""MUSDB18 test sets: the sources and targets, the tracks read by `musdb`, and their audio held in
+memory while a track is evaluated."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from umx.audio import read_audio
+from umx.errors import UmxError
+from umx.evaluate.common import _extra
+
+if TYPE_CHECKING:
+    import musdb
+
+
+SOURCES = ("vocals", "drums", "bass", "other")
+"""The MUSDB18 sources, whose sum is the mixture."""
+TARGETS = (*SOURCES, "accompaniment")
+"""The MUSDB18 targets a method may estimate (accompaniment = drums + bass + other)."""
+SUBSETS = ("train", "test")
+
+
+def load_tracks(
+    root: str | os.PathLike,
+    *,
+    subset: str = "test",
+    is_wav: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[musdb.MultiTrack]:
+    """The tracks of a MUSDB18 subset, sorted by name.
+
+    Args:
+        root: the dataset folder, holding `train/` and `test/`.
+        subset: `train` or `test`.
+        is_wav: folders of wav files per track (MUSDB18-HQ layout) instead of `.stem.mp4` files.
+        names: only these tracks; all if None.
+
+    Returns:
+        musdb's tracks; their references are read when used.
+
+    Raises:
+        UmxError: the folder is missing or holds no track in that layout, or ffmpeg is missing
+            (musdb probes every file with ffprobe).
+    """
+    root = Path(root)
+    if not (root / subset).is_dir():
+        raise UmxError(f"{root / subset} does not exist: --root must hold {'/'.join(SUBSETS)}")
+    if shutil.which("ffprobe") is None:
+        raise UmxError(
+            "musdb reads MUSDB18 with ffmpeg, which is not installed (apt-get install ffmpeg)"
+        )
+    try:
+        tracks = _extra("musdb").DB(root=str(root), subsets=subset, is_wav=is_wav).tracks
+    except Exception as error:  # stempeg reports unreadable files with bare Exceptions
+        raise UmxError(f"musdb could not read {root / subset} ({error})") from None
+    if not tracks:
+        layout = "<track>/mixture.wav folders" if is_wav else "<track>.stem.mp4 files (or --is-wav)"
+        raise UmxError(f"{root / subset} holds no MUSDB18 tracks: expected {layout}")
+    if names is None:
+        return tracks
+    unknown = sorted(set(names) - {track.name for track in tracks})
+    if unknown:
+        raise UmxError(f"{root / subset} has no track named {', '.join(map(repr, unknown))}")
+    return [track for track in tracks if track.name in set(names)]
+
+
+def check_references(track: musdb.MultiTrack) -> None:
+    """Raise if a track lacks its mixture or one of the MUSDB18 sources.
+
+    Raises:
+        UmxError: naming the missing file.
+    """
+    path = Path(track.path)
+    if not path.is_file():
+        raise UmxError(f"{path} is missing: track {track.name!r} has no mixture")
+    if track.is_wav:
+        for source in SOURCES:
+            if source not in track.sources:
+                raise UmxError(
+                    f"{path.with_name(source + '.wav')} is missing: no {source} reference"
+                )
+    elif track.info.nb_audio_streams < 1 + len(SOURCES):
+        raise UmxError(
+            f"{path} has {track.info.nb_audio_streams} audio streams, not the mixture and "
+            f"{len(SOURCES)} sources of a MUSDB18 stem file"
+        )
+
+
+@contextlib.contextmanager
+def _audio_in_memory(track: musdb.MultiTrack) -> Iterator[None]:
+    """Read the mixture and the sources once, and free them afterwards.
+
+    musdb decodes a file with ffmpeg at every access; its setters make it keep the audio instead.
+    Wav files are read with soundfile: the samples musdb gives for 16-bit files (24-bit ones keep
+    their precision), without two subprocesses per file.
+    """
+    items = (track, *track.sources.values())
+    try:
+        for item in items:
+            if track.is_wav:
+                audio, rate = read_audio(item.path)
+                if rate != track.rate:
+                    raise UmxError(f"{item.path} is at {rate:g} Hz, its mixture at {track.rate} Hz")
+                item.audio = audio.numpy().T
+            else:
+                audio = item.audio
+                item.audio = audio.reshape(len(audio), -1)  # musdb gives mono as (nb_timesteps,)
+        yield
+    finally:
+        for item in items:
+            item.audio = None
+
+
+def _target_order(targets: Iterable[str]) -> list[str]:
+    known = [target for target in TARGETS if target in set(targets)]
+    return known + sorted(set(targets) - set(known))
