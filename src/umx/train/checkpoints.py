@@ -1,0 +1,210 @@
+"""The state a run resumes from and the model directory it writes into.
+
+Early stopping and the history are saved in the checkpoint `<target>.chkpnt`; this module reads
+a checkpoint back (refusing one that is unreadable, of another target or does not fit the run),
+refuses an `--output` directory holding another run, and composes its `separator.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from umx.errors import UmxError
+from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
+
+CHECKPOINT_SUFFIX = ".chkpnt"
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation loss has not decreased for `patience` epochs."""
+
+    patience: int
+    best: float = math.inf
+    num_bad_epochs: int = 0
+
+    def step(self, loss: float) -> bool:
+        """Record an epoch's validation loss; returns whether it is a new best."""
+        if loss < self.best:
+            self.best, self.num_bad_epochs = loss, 0
+            return True
+        self.num_bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.num_bad_epochs >= self.patience
+
+
+@dataclass
+class History:
+    """Per-epoch records, saved in `<target>.json` and the checkpoint."""
+
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    epoch_time: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def _checkpoint_part(config: argparse.Namespace, use: Callable[[], Any]) -> Any:
+    """Run `use`, which reads the checkpoint; a checkpoint that does not fit is a user error."""
+    try:
+        return use()
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
+        path = Path(config.checkpoint) / f"{config.target}{CHECKPOINT_SUFFIX}"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UmxError(f"{path} is a damaged checkpoint ({reason[:200]})") from None
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+
+
+def _json_options(config: argparse.Namespace) -> dict[str, Any]:
+    """The run's options as JSON values (paths as strings)."""
+    return {
+        key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()
+    }
+
+
+def _read_checkpoint(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Load `<target>.chkpnt` from the `--checkpoint` directory.
+
+    Raises:
+        UmxError: no such checkpoint, an unreadable one, or one of another target.
+    """
+    directory = Path(args.checkpoint)
+    if not directory.is_dir():
+        raise UmxError(f"{directory} does not exist or is not a directory")
+    found = sorted(
+        path.name[: -len(CHECKPOINT_SUFFIX)] for path in directory.glob(f"*{CHECKPOINT_SUFFIX}")
+    )
+    target = args.target
+    models = sorted(
+        path.name[: -len(WEIGHTS_SUFFIX)] for path in directory.glob(f"*{WEIGHTS_SUFFIX}")
+    )
+    if target is None and not found and models:
+        raise UmxError(
+            f"{directory} holds no checkpoint to resume: its {', '.join(models)} model"
+            f"{'s have' if len(models) > 1 else ' has'} none (train again with --output "
+            f"{directory} --force to overwrite it)"
+        )
+    if target is None:
+        if len(found) != 1:
+            names = ", ".join(found) or "none"
+            raise UmxError(
+                f"{directory} must hold exactly one checkpoint to resume without --target "
+                f"(it holds {names})"
+            )
+        target = found[0]
+    path = directory / f"{target}{CHECKPOINT_SUFFIX}"
+    if not path.is_file():
+        if target in models:
+            raise UmxError(
+                f"{path} does not exist: the {target} model in {directory} has no checkpoint "
+                f"to resume (train again with --output {directory} --force to overwrite it)"
+            )
+        names = ", ".join(found) or "none"
+        raise UmxError(f"{path} does not exist: {directory} holds checkpoints of {names}")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a damaged file fails in many ways: all mean unreadable
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UmxError(f"{path} is not a readable checkpoint ({reason})") from None
+    keys = ("epoch", "args", "sample_rate", "model", "best_model", "optimizer", "scheduler")
+    keys += ("early_stopping", "history")
+    if (
+        not isinstance(checkpoint, dict)
+        or not all(key in checkpoint for key in keys)
+        or not isinstance(checkpoint["args"], dict)
+    ):
+        raise UmxError(f"{path} is not a umx training checkpoint")
+    if checkpoint["args"].get("target") != target:
+        raise UmxError(
+            f"{path} is a checkpoint of target {checkpoint['args'].get('target')!r}, not {target!r}"
+        )
+    return checkpoint
+
+
+def _check_output(
+    output: Path,
+    target: str,
+    config: argparse.Namespace,
+    sample_rate: float,
+    checkpoint: dict[str, Any] | None,
+) -> None:
+    """Refuse an output directory holding another run of the same target, or another STFT.
+
+    Raises:
+        UmxError: unless `--force` is given or the run resumes from this very directory.
+    """
+    if output.exists() and not output.is_dir():
+        raise UmxError(f"{output} is a file, not a directory")
+    resuming_here = checkpoint is not None and output.resolve() == Path(config.checkpoint).resolve()
+    ours = [
+        path.name
+        for suffix in (CHECKPOINT_SUFFIX, WEIGHTS_SUFFIX, ".json")
+        if (path := output / f"{target}{suffix}").exists()
+    ]
+    if ours and not (resuming_here or config.force):
+        # The checkpoint is written first: a run killed at any moment leaves one to resume.
+        if (output / f"{target}{CHECKPOINT_SUFFIX}").exists():
+            remedy = f"use --checkpoint {output} to resume it or --force to overwrite it"
+        else:
+            remedy = "it has no checkpoint to resume: use --force to overwrite it"
+        raise UmxError(
+            f"{output} already holds a {target} model of another run ({', '.join(ours)}); {remedy}"
+        )
+    existing = _read_separator_json(output / SEPARATOR_JSON)
+    if existing is not None and not config.force:
+        wanted = _separator_config(output, target, config, sample_rate)
+        different = [
+            key
+            for key in ("sample_rate", "nfft", "nhop", "nb_channels")
+            if key in existing and existing[key] != wanted[key]
+        ]
+        if different:
+            key = different[0]
+            raise UmxError(
+                f"{output / SEPARATOR_JSON} says {key} {existing[key]} but this run has "
+                f"{wanted[key]}: train into another --output (or use --force)"
+            )
+
+
+def _read_separator_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UmxError(f"{path} is not readable JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UmxError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _separator_config(
+    output: Path, target: str, config: argparse.Namespace, sample_rate: float
+) -> dict[str, Any]:
+    """separator.json for the output directory; an existing `targets` list gains `target`."""
+    existing = _read_separator_json(output / SEPARATOR_JSON) or {}
+    data = {
+        "sample_rate": float(sample_rate),
+        "nfft": config.nfft,
+        "nhop": config.nhop,
+        "nb_channels": config.nb_channels,
+    }
+    targets = existing.get("targets")
+    if isinstance(targets, list):
+        data["targets"] = targets if target in targets else [*targets, target]
+    return data

@@ -1,0 +1,187 @@
+"""What a run trains on: the datasets of its options and the input statistics of the model.
+
+The statistics (per-bin mean and standard deviation of the training magnitudes) set the input
+scaling of a new model; processes of a distributed run each take their share of the tracks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from umx.data.augment import Compose
+from umx.data.datasets import (
+    AlignedDataset,
+    FixedSourcesTrackFolderDataset,
+    MUSDBDataset,
+    SourceFolderDataset,
+    UnmixDataset,
+    VariableSourcesTrackFolderDataset,
+)
+from umx.errors import UmxError
+from umx.train.distributed import Distributed
+from umx.transforms import Spectrogram
+
+STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
+
+
+def make_datasets(config: argparse.Namespace) -> tuple[UnmixDataset, UnmixDataset]:
+    """The training and validation datasets of a run's options (see `resolve_options`)."""
+    augment = Compose(config.source_augmentations) if config.source_augmentations else None
+    common = {"nb_channels": config.nb_channels}
+    train_only = {"seq_duration": config.seq_dur, "samples_per_track": config.samples_per_track}
+    valid_only = {"seq_duration": None}
+    if config.dataset == "musdb":
+        files = {"is_wav": config.is_wav, "valid_tracks": config.valid_tracks}
+        return (
+            MUSDBDataset(
+                config.root,
+                config.target,
+                split="train",
+                augment=augment,
+                random_track_mix=config.random_track_mix,
+                **files,
+                **common,
+                **train_only,
+            ),
+            MUSDBDataset(
+                config.root, config.target, split="valid", **files, **common, **valid_only
+            ),
+        )
+    if config.dataset == "aligned":
+        files = {"input_file": config.input_file, "output_file": config.output_file}
+        return (
+            AlignedDataset(config.root, "train", **files, **common, **train_only),
+            AlignedDataset(config.root, "valid", **files, **common, **valid_only),
+        )
+    if config.dataset == "sourcefolder":
+        files = {
+            "target_dir": config.target_dir,
+            "interferer_dirs": config.interferer_dirs,
+            "ext": config.ext,
+            "seq_duration": config.seq_dur,
+        }
+        return (
+            SourceFolderDataset(
+                config.root,
+                "train",
+                nb_samples=config.nb_train_samples,
+                augment=augment,
+                **files,
+                **common,
+            ),
+            SourceFolderDataset(
+                config.root,
+                "valid",
+                nb_samples=config.nb_valid_samples,
+                deterministic=True,
+                **files,
+                **common,
+            ),
+        )
+    if config.dataset == "trackfolder_fix":
+        files = {"target_file": config.target_file, "interferer_files": config.interferer_files}
+        return (
+            FixedSourcesTrackFolderDataset(
+                config.root,
+                "train",
+                augment=augment,
+                random_track_mix=config.random_track_mix,
+                **files,
+                **common,
+                **train_only,
+            ),
+            FixedSourcesTrackFolderDataset(config.root, "valid", **files, **common, **valid_only),
+        )
+    files = {
+        "target_file": config.target_file,
+        "ext": config.ext,
+        "silence_missing": config.silence_missing,
+    }
+    return (
+        VariableSourcesTrackFolderDataset(
+            config.root,
+            "train",
+            augment=augment,
+            random_interferer_mix=config.random_interferer_mix,
+            **files,
+            **common,
+            **train_only,
+        ),
+        VariableSourcesTrackFolderDataset(config.root, "valid", **files, **common, **valid_only),
+    )
+
+
+def compute_statistics(
+    dataset: UnmixDataset,
+    n_fft: int,
+    n_hop: int,
+    *,
+    distributed: Distributed | None = None,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Per-bin mean and standard deviation of the mono training magnitudes, in float64.
+
+    Computed over every frame of `dataset.eval_view()` (whole tracks, unaugmented), one track at
+    a time: per-track means and squared deviations are merged exactly (Chan et al.), also across
+    processes, each of which takes its share of the tracks. The standard deviation is the
+    population one, floored at `STD_FLOOR` times its maximum so that silent bins cannot blow up
+    the input scaling.
+
+    Args:
+        dataset: the training set.
+        n_fft, n_hop: the STFT.
+        distributed: this process's place in a distributed run.
+        progress: show a progress bar.
+
+    Returns:
+        mean and standard deviation, `(nb_bins,)` each, float64.
+    """
+    distributed = distributed or Distributed()
+    view = dataset.eval_view()
+    spectrogram = Spectrogram(n_fft, n_hop, mono=True)
+    nb_bins = n_fft // 2 + 1
+    zeros = torch.zeros(nb_bins, dtype=torch.float64)
+    count, mean, m2 = 0, zeros, zeros  # frames, mean, sum of squared deviations
+    indices = range(distributed.rank, len(view), distributed.world_size)
+    for index in tqdm(indices, desc="statistics", unit="track", disable=not progress, leave=False):
+        mixture, _ = view[index]
+        mixture = _pad_for_stft(mixture[None].double(), n_fft)  # a track shorter than a frame
+        frames = spectrogram(mixture)[0, 0]  # (nb_bins, nb_frames)
+        deviations = frames - frames.mean(1, keepdim=True)
+        track = (frames.shape[1], frames.mean(1), deviations.square().sum(1))
+        count, mean, m2 = _merge_moments((count, mean, m2), track)
+    if distributed.enabled:
+        local = torch.cat([torch.tensor([float(count)], dtype=torch.float64), mean, m2])
+        count, mean, m2 = 0, zeros, zeros
+        for part in distributed.all_gather(local):
+            count, mean, m2 = _merge_moments(
+                (count, mean, m2), (int(part[0]), part[1 : 1 + nb_bins], part[1 + nb_bins :])
+            )
+    std = (m2 / count).sqrt() if count else m2
+    if float(std.max()) == 0:
+        raise UmxError("the training data is silent: its magnitudes do not vary")
+    return mean, std.clamp(min=STD_FLOOR * float(std.max()))
+
+
+def _merge_moments(
+    a: tuple[int, Tensor, Tensor], b: tuple[int, Tensor, Tensor]
+) -> tuple[int, Tensor, Tensor]:
+    """Merge (count, mean, sum of squared deviations) of two sets of frames."""
+    count = a[0] + b[0]
+    if a[0] == 0 or b[0] == 0:
+        return b if a[0] == 0 else a
+    delta = b[1] - a[1]
+    mean = a[1] + delta * (b[0] / count)
+    return count, mean, a[2] + b[2] + delta**2 * (a[0] * b[0] / count)
+
+
+# --- one epoch --------------------------------------------------------------------------------
+def _pad_for_stft(audio: Tensor, n_fft: int) -> Tensor:
+    """Zero-pad audio too short for the STFT's reflect padding."""
+    missing = n_fft // 2 + 1 - audio.shape[-1]
+    return F.pad(audio, (0, missing)) if missing > 0 else audio

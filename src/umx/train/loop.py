@@ -1,0 +1,550 @@
+"""The training run: devices and process group, the model, the epoch loop and the outputs.
+
+`run_training` sets up the device (and the process group under torchrun) and runs a `Trainer`,
+which builds the model (new, fine-tuned or resumed), trains and validates epoch by epoch with
+early stopping, and writes the checkpoint, the best model, `separator.json` and the loss curve
+after every epoch (rank 0 only). `main` is `python -m umx.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from umx import __version__
+from umx.data.datasets import UnmixDataset
+from umx.devices import resolve_device
+from umx.errors import UmxError
+from umx.model import OpenUnmix
+from umx.modeldir import (
+    SEPARATOR_JSON,
+    infer_architecture,
+    save_target_model,
+    torch_save_atomic,
+    write_json_atomic,
+)
+from umx.train.checkpoints import (
+    CHECKPOINT_SUFFIX,
+    EarlyStopping,
+    History,
+    _check_output,
+    _checkpoint_part,
+    _cpu_state,
+    _json_options,
+    _read_checkpoint,
+    _separator_config,
+)
+from umx.train.distributed import Distributed, seed_everything
+from umx.train.inputs import _pad_for_stft, compute_statistics, make_datasets
+from umx.train.options import ARCHITECTURE, DEFAULTS, add_train_arguments, resolve_options
+from umx.train.plots import CURVE_SUFFIX, plot_history
+from umx.transforms import Spectrogram, bandwidth_to_max_bin
+from umx.zoo import load_separator
+
+logger = logging.getLogger("umx.train")  # the command's name, not this module's
+NB_LAYERS = 3
+LR_COOLDOWN = 10  # epochs without learning-rate decay after a decay, as in Open-Unmix
+VALID_SEGMENT = 30.0  # seconds of a validation track the model sees at once (bounds memory)
+
+
+# --- one epoch --------------------------------------------------------------------------------
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    spectrogram: Spectrogram,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    distributed: Distributed | None = None,
+    progress: bool = True,
+) -> float:
+    """One pass over the training data: MSE between estimated and true target magnitudes.
+
+    Args:
+        model: the target model (possibly DistributedDataParallel-wrapped), magnitudes
+            `(nb_samples, nb_channels, nb_bins, nb_frames)` in and out.
+        loader: batches of `(mixture, target)`, `(nb_samples, nb_channels, nb_timesteps)` each.
+        spectrogram: waveforms → magnitudes.
+        optimizer: updated after every batch.
+        device: where the model is.
+        distributed: this process's place in a distributed run.
+        progress: show a progress bar.
+
+    Returns:
+        the mean training loss over all samples of all processes.
+    """
+    distributed = distributed or Distributed()
+    model.train()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, sample count
+    bar = tqdm(loader, desc="batches", unit="batch", disable=not progress, leave=False)
+    for mixture, target in bar:
+        mixture, target = mixture.to(device), target.to(device)
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(spectrogram(mixture)), spectrogram(target))
+        loss.backward()
+        optimizer.step()
+        total += torch.stack(
+            [loss.detach().double() * len(mixture), total.new_tensor(len(mixture))]
+        )
+        if progress:
+            bar.set_postfix(loss=f"{float(total[0] / total[1]):.4g}")
+    total = distributed.all_sum(total)
+    return float(total[0] / total[1])
+
+
+@torch.no_grad()
+def validate(
+    model: OpenUnmix,
+    dataset: UnmixDataset | Subset,
+    spectrogram: Spectrogram,
+    device: torch.device,
+    *,
+    segment: int,
+    distributed: Distributed | None = None,
+) -> float:
+    """Validation loss: MSE of the target magnitudes over whole tracks, in bounded memory.
+
+    Each track stays on the host and goes through the model `segment` samples at a time
+    (the last piece joins the previous one when shorter than the STFT), so memory does not grow
+    with the track's length. The loss is the mean over all frames and bins of all tracks of all
+    processes.
+
+    Args:
+        model: the target model, unwrapped.
+        dataset: `(mixture, target)` pairs, `(nb_channels, nb_timesteps)` each.
+        spectrogram: waveforms → magnitudes.
+        device: where the model is.
+        segment: samples per forward pass.
+        distributed: this process's place in a distributed run.
+
+    Returns:
+        the validation loss.
+    """
+    distributed = distributed or Distributed()
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # squared error sum, count
+    for index in range(len(dataset)):
+        mixture, target = dataset[index]
+        for start, stop in _segments(mixture.shape[-1], segment, spectrogram.n_fft):
+            pieces = [
+                _pad_for_stft(audio[None, :, start:stop].to(device), spectrogram.n_fft)
+                for audio in (mixture, target)
+            ]
+            estimate = model(spectrogram(pieces[0]))
+            truth = spectrogram(pieces[1])
+            total += torch.stack(
+                [(estimate - truth).double().square().sum(), total.new_tensor(truth.numel())]
+            )
+    total = distributed.all_sum(total)
+    if total[1] == 0:
+        raise UmxError("the validation set is empty")
+    return float(total[0] / total[1])
+
+
+def _segments(nb_timesteps: int, segment: int, n_fft: int) -> list[tuple[int, int]]:
+    bounds = [*range(0, nb_timesteps, segment), nb_timesteps]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < n_fft:
+        del bounds[-2]
+    return list(itertools.pairwise(bounds))
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run_training(args: argparse.Namespace) -> int:
+    """Train one target model as `args` say (see `add_train_arguments`). Returns 0.
+
+    Raises:
+        UmxError: bad options or data, or an output directory holding another run.
+    """
+    distributed = Distributed.from_env()
+    if not distributed.is_main:
+        logging.getLogger("umx").setLevel(logging.WARNING)  # rank 0 speaks for all
+    elif args.debug:
+        logging.getLogger("umx").setLevel(logging.DEBUG)
+    device = resolve_device(args.device or DEFAULTS["device"], distributed.local_rank)
+    if distributed.enabled:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        logger.info("training on %d processes (%s)", distributed.world_size, dist.get_backend())
+    try:
+        Trainer(args, distributed, device).run()
+        if distributed.enabled:
+            dist.barrier()  # no rank tears gloo down while another still talks to it
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        raise UmxError(
+            f"{device} ran out of memory: lower --batch-size, --seq-dur or --hidden-size"
+        ) from None
+    finally:
+        if distributed.enabled:
+            dist.destroy_process_group()
+    return 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether an error is an allocation failure (torch reports the CPU's as RuntimeError)."""
+    text = str(error)
+    return (
+        isinstance(error, MemoryError | torch.OutOfMemoryError)
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
+
+
+class Trainer:
+    """One training run: set-up from options, the epoch loop and the outputs."""
+
+    def __init__(
+        self, args: argparse.Namespace, distributed: Distributed, device: torch.device
+    ) -> None:
+        self.distributed = distributed
+        self.device = device
+        self.progress = distributed.is_main and not args.quiet
+        self.bars = self.progress and sys.stderr.isatty()  # a log file gets lines, not bars
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
+        checkpoint = _read_checkpoint(args, device) if args.checkpoint is not None else None
+        self.config = config = resolve_options(args, checkpoint)
+        self.output = Path(config.output)
+        self.target = config.target
+        self.train_set, self.valid_set = make_datasets(config)
+        self.sample_rate = self.train_set.sample_rate
+        if self.valid_set.sample_rate != self.sample_rate:
+            raise UmxError(
+                f"the validation data of {config.root} is at {self.valid_set.sample_rate:g} Hz, "
+                f"the training data at {self.sample_rate:g} Hz"
+            )
+        if checkpoint is not None and checkpoint["sample_rate"] != self.sample_rate:
+            raise UmxError(
+                f"the checkpoint was trained at {checkpoint['sample_rate']:g} Hz but the data of "
+                f"{config.root} is at {self.sample_rate:g} Hz"
+            )
+        given = {key: getattr(args, key) for key in ARCHITECTURE if getattr(args, key) is not None}
+        pretrained = None
+        if config.model is not None and checkpoint is None:
+            pretrained = self._pretrained_model(given)
+        excerpt = round(config.seq_dur * self.sample_rate)
+        if excerpt < config.nfft:
+            raise UmxError(
+                f"--seq-dur {config.seq_dur:g} is {excerpt} samples at {self.sample_rate:g} Hz, "
+                f"shorter than one STFT frame of --nfft {config.nfft}: use at least "
+                f"{math.ceil(1000 * config.nfft / self.sample_rate) / 1000:g} s"
+            )
+        if distributed.is_main:
+            _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
+
+        seed_everything(config.seed, 0)
+        if checkpoint is not None:
+            self.model = _checkpoint_part(
+                config, lambda: infer_architecture(checkpoint["model"]).build()
+            )
+        else:
+            self.model = pretrained or self._new_model()
+        self.model.to(device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            factor=config.lr_decay_gamma,
+            patience=config.lr_decay_patience,
+            cooldown=LR_COOLDOWN,
+        )
+        self.stopper = EarlyStopping(config.patience)
+        self.history = History()
+        self.epoch = 0
+        self.best_state = _cpu_state(self.model)
+        if checkpoint is not None:
+            _checkpoint_part(config, lambda: self._restore(checkpoint))
+        self.spectrogram = Spectrogram(config.nfft, config.nhop)
+
+    def _new_model(self) -> OpenUnmix:
+        """A model of the options, its input scaling set from the training statistics."""
+        config = self.config
+        mean = scale = None
+        if not config.debug:
+            if self.progress and not self.bars:
+                nb_items = len(self.train_set.eval_view())
+                logger.info("computing the input statistics over %d training items", nb_items)
+            mean, scale = compute_statistics(
+                self.train_set,
+                config.nfft,
+                config.nhop,
+                distributed=self.distributed,
+                progress=self.bars,
+            )
+        return OpenUnmix(
+            nb_bins=config.nfft // 2 + 1,
+            nb_channels=config.nb_channels,
+            hidden_size=config.hidden_size,
+            nb_layers=NB_LAYERS,
+            unidirectional=config.unidirectional,
+            input_mean=mean,
+            input_scale=scale,
+            max_bin=bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
+        )
+
+    def _pretrained_model(self, given: dict[str, Any]) -> OpenUnmix:
+        """The `--model` target to fine-tune. The options of the model are set from it; those
+        `given` on the command line must agree."""
+        config = self.config
+        separator = load_separator(config.model, targets=[self.target], niter=0, progress=self.bars)
+        if separator.sample_rate != self.sample_rate:
+            raise UmxError(
+                f"{config.model} works at {separator.sample_rate:g} Hz but the data of "
+                f"{config.root} is at {self.sample_rate:g} Hz"
+            )
+        model = separator.target_models[self.target]
+        found = {
+            "nfft": separator.n_fft,
+            "nhop": separator.n_hop,
+            "nb_channels": separator.nb_channels,
+            "hidden_size": model.hidden_size,
+            "unidirectional": model.unidirectional,
+            "bandwidth": (model.nb_bins - 1) * self.sample_rate / separator.n_fft,
+        }
+        for key, value in found.items():
+            same = (
+                bandwidth_to_max_bin(self.sample_rate, found["nfft"], given[key]) == model.nb_bins
+                if key == "bandwidth" and key in given
+                else given.get(key, value) == value
+            )
+            if not same:
+                raise UmxError(
+                    f"--{key.replace('_', '-')} {given[key]} differs from {config.model}'s "
+                    f"{value}: fine-tuning keeps the model"
+                )
+            setattr(config, key, value)
+        logger.info("fine-tuning %s of %s", self.target, config.model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model.train()
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Take the state of `checkpoint`.
+
+        Raises:
+            ValueError, KeyError, TypeError, RuntimeError: it does not fit this run.
+        """
+        numbers = (int, float)
+        stopping, history = checkpoint["early_stopping"], checkpoint["history"]
+        if not (
+            isinstance(checkpoint["epoch"], int)
+            and checkpoint["epoch"] >= 0
+            and isinstance(stopping.get("best"), numbers)
+            and isinstance(stopping.get("num_bad_epochs"), int)
+            and isinstance(history.get("best_epoch"), int)
+            and all(
+                isinstance(history.get(key), list)
+                and len(history[key]) == checkpoint["epoch"]
+                and all(isinstance(value, numbers) for value in history[key])
+                for key in ("train_loss", "valid_loss", "lr", "epoch_time")
+            )
+        ):
+            raise ValueError("its epoch, early-stopping state or history is inconsistent")
+        if infer_architecture(checkpoint["best_model"]) != infer_architecture(checkpoint["model"]):
+            raise ValueError("its best and current models differ in shape")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.stopper = EarlyStopping(**checkpoint["early_stopping"])
+        self.stopper.patience = self.config.patience
+        self.history = History(**checkpoint["history"])
+        self.best_state = checkpoint["best_model"]
+        self.epoch = checkpoint["epoch"]
+        logger.info("resuming %s after epoch %d", self.config.checkpoint or self.output, self.epoch)
+
+    def run(self) -> None:
+        config, distributed = self.config, self.distributed
+        if self.stopper.should_stop or self.epoch >= config.epochs:
+            logger.info("training already finished after %d epochs", self.epoch)
+            if distributed.is_main:  # a run killed while writing its last epoch: complete it
+                self._write_outputs()
+            return
+        sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=distributed.world_size,
+            rank=distributed.rank,
+            shuffle=True,
+            seed=config.seed,
+        )
+        loader = DataLoader(
+            self.train_set,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.nb_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        valid_share = Subset(
+            self.valid_set, range(distributed.rank, len(self.valid_set), distributed.world_size)
+        )
+        model: torch.nn.Module = self.model
+        if distributed.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(self.model, device_ids=device_ids)
+        segment = round(VALID_SEGMENT * self.sample_rate)
+
+        epochs = tqdm(
+            range(self.epoch + 1, config.epochs + 1),
+            desc="epochs",
+            unit="epoch",
+            initial=self.epoch,
+            total=config.epochs,
+            disable=not self.bars,
+        )
+        for epoch in epochs:
+            started = time.monotonic()
+            seed_everything(config.seed, epoch, distributed.rank)
+            sampler.set_epoch(epoch)
+            train_loss = train_epoch(
+                model,
+                loader,
+                self.spectrogram,
+                self.optimizer,
+                self.device,
+                distributed=distributed,
+                progress=self.bars,
+            )
+            if not math.isfinite(train_loss):
+                raise UmxError(
+                    f"the training loss is {train_loss} in epoch {epoch}; try a lower --lr"
+                )
+            valid_loss = validate(
+                self.model,
+                valid_share,
+                self.spectrogram,
+                self.device,
+                segment=segment,
+                distributed=distributed,
+            )
+            self.scheduler.step(valid_loss)
+            best = self.stopper.step(valid_loss)
+            if best:
+                self.best_state = _cpu_state(self.model)
+                self.history.best_epoch = epoch
+            seconds = time.monotonic() - started
+            self.history.train_loss.append(train_loss)
+            self.history.valid_loss.append(valid_loss)
+            self.history.lr.append(self.optimizer.param_groups[0]["lr"])
+            self.history.epoch_time.append(seconds)
+            self.epoch = epoch
+            if self.bars:
+                epochs.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+            elif self.progress:  # a log file: one line per epoch instead of bars
+                logger.info(
+                    "epoch %d/%d: train loss %.6g, valid loss %.6g%s, %.1f s",
+                    epoch,
+                    config.epochs,
+                    train_loss,
+                    valid_loss,
+                    " (best)" if best else "",
+                    seconds,
+                )
+            if distributed.is_main:
+                self._write_outputs()
+            if self.stopper.should_stop:
+                logger.info("early stopping after epoch %d", epoch)
+                break
+        epochs.close()
+        logger.info(
+            "best validation loss %.6g in epoch %d; model in %s",
+            self.stopper.best,
+            self.history.best_epoch,
+            self.output,
+        )
+
+    def _write_outputs(self) -> None:
+        """Write the checkpoint, then the best model, its json, separator.json and the curve.
+
+        The checkpoint goes first, each file atomically: a run killed at any moment leaves a
+        directory whose `<target>.chkpnt` holds the latest completed epoch, so that it can
+        always be resumed with `--checkpoint` (the other files are written again from it).
+        """
+        config = self.config
+        self.output.mkdir(parents=True, exist_ok=True)
+        torch_save_atomic(
+            {
+                "epoch": self.epoch,
+                "args": _json_options(config),
+                "sample_rate": self.sample_rate,
+                "model": _cpu_state(self.model),
+                "best_model": self.best_state,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "early_stopping": asdict(self.stopper),
+                "history": asdict(self.history),
+            },
+            self.output / f"{self.target}{CHECKPOINT_SUFFIX}",
+        )
+        best = infer_architecture(self.best_state).build()
+        best.load_state_dict(self.best_state)
+        history = self.history
+        save_target_model(
+            best,
+            self.output,
+            self.target,
+            sample_rate=self.sample_rate,
+            n_fft=config.nfft,
+            n_hop=config.nhop,
+            args=_json_options(config),
+            metadata={
+                "epochs_trained": self.epoch,
+                "best_epoch": history.best_epoch,
+                "best_loss": self.stopper.best,
+                "num_bad_epochs": self.stopper.num_bad_epochs,
+                "stopped_early": self.stopper.should_stop,
+                "train_loss_history": history.train_loss,
+                "valid_loss_history": history.valid_loss,
+                "lr_history": history.lr,
+                "train_time_history": history.epoch_time,
+                "versions": {
+                    "umx": __version__,
+                    "torch": torch.__version__,
+                    "python": platform.python_version(),
+                },
+            },
+        )
+        write_json_atomic(
+            self.output / SEPARATOR_JSON,
+            _separator_config(self.output, self.target, config, self.sample_rate),
+        )
+        plot_history(history, self.output / f"{self.target}{CURVE_SUFFIX}", self.target)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m umx.train`: the same as `umx train`. Returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m umx.train", description="Train an Open-Unmix target model."
+    )
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="umx: %(message)s"
+    )
+    try:
+        return run_training(args)
+    except UmxError as error:
+        logger.error("error: %s", error)
+        return 1
