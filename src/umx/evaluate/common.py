@@ -4,13 +4,13 @@ atomic file writes."""
 from __future__ import annotations
 
 import importlib
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 from umx.errors import UmxError
+from umx.modeldir import write_atomic
 
 
 def _extra(name: str) -> ModuleType:
@@ -22,16 +22,11 @@ def _extra(name: str) -> ModuleType:
         raise UmxError(f"umx evaluate needs {package}: pip install 'umx[evaluate]'") from None
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Create `path` through a temporary file beside it, renamed into place when complete."""
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Create `path` (and its folder) atomically: see `umx.modeldir.write_atomic`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, write)
 
 
 def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
+    _write_atomic(path, lambda file: file.write(text.encode()))

@@ -51,7 +51,7 @@ def plot_scores(
         }
         figure = _box_figure(boxes, order, targets, metric)
         path = Path(directory) / f"{name}_{metric}.png"
-        _write_atomic(path, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=100))
+        _write_atomic(path, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100))
         paths.append(path)
     return paths
 
