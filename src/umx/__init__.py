@@ -1,13 +1,16 @@
 """umx: Open-Unmix music source separation.
 
 The public API: `separate` (one call, in memory), `load_separator` (a named model or a model
-directory), `Separator` (waveforms → stems) and `OpenUnmix` (the spectrogram model).
+directory), `Separator` (waveforms → stems), `OpenUnmix` (the spectrogram model), and for
+causal models `StreamingSeparator` (block-by-block separation of a stream) and `separate_causal`
+(the same separation of a whole recording).
 """
 
 from umx.api import separate, separate_file
 from umx.errors import UmxError
 from umx.model import OpenUnmix
 from umx.separator import Separator
+from umx.stream import StreamingSeparator, separate_causal
 from umx.zoo import list_models, load_separator
 
 __version__ = "0.1.0"
@@ -15,10 +18,12 @@ __version__ = "0.1.0"
 __all__ = [
     "OpenUnmix",
     "Separator",
+    "StreamingSeparator",
     "UmxError",
     "__version__",
     "list_models",
     "load_separator",
     "separate",
+    "separate_causal",
     "separate_file",
 ]

@@ -3,8 +3,9 @@
 Given magnitude estimates for every source and the mixture's complex STFT, build complex source
 estimates whose sum is (close to) the mixture. With `niter > 0`, expectation-maximisation refines
 per-source power spectral densities `v` and spatial covariance matrices `R`, then applies the
-multichannel Wiener gain `v_j R_j Cxx^-1`. Tensors here use one axis order throughout:
-`(nb_frames, nb_bins, nb_channels[, nb_sources])`.
+multichannel Wiener gain `v_j R_j Cxx^-1`. `wiener` estimates `R` over blocks of frames;
+`CausalWiener`, for streams, from past and present frames only. Tensors here use one axis order
+throughout: `(nb_frames, nb_bins, nb_channels[, nb_sources])`.
 """
 
 from __future__ import annotations
@@ -446,7 +447,7 @@ class CausalWiener:
             _running_sum(term, carry, self.decay, dim)
             for term, carry in zip(terms, carries, strict=True)
         ]
-        sums[:] = [total.narrow(dim, total.shape[dim] - 1, 1) for total in running]
+        sums[:] = [total.narrow(dim, total.shape[dim] - 1, 1).clone() for total in running]
         return running
 
 
