@@ -1,8 +1,8 @@
 """Block-by-block causal separation of a stream, with the state carried between blocks.
 
 The stream is framed causally: a non-centred STFT (periodic Hann window) over the input preceded
-by `n_fft - n_hop` zeros, so frame `k` ends at input sample `(k + 1) * n_hop` and every input
-sample is covered by all the frames that overlap it. Each target model is a unidirectional
+by `n_fft - n_hop` zeros, so frame `k` ends with input sample `(k + 1) * n_hop - 1` and every
+input sample is covered by all the frames that overlap it. Each target model is a unidirectional
 `OpenUnmix` fed frame by frame with its LSTM state carried over (`OpenUnmix.stream`); the
 filtering is `CausalWiener`, whose statistics use only past and present frames; the stems are
 overlap-added with the squared-window normalisation (`istft_frames`).
