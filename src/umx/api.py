@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path, PurePath
 from string import Formatter
@@ -307,13 +307,7 @@ def separate_file(
     )[None]
     del audio
     out_rate, out_channels = (rate, nb_channels) if match_input else (separator.sample_rate, None)
-    for directory in {path.parent for path in paths.values()}:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UmxError(
-                f"cannot create output directory {display_path(directory)}: {error.strerror}"
-            ) from None
+    make_output_dirs(paths.values())
     if segment is None:
         chunks = iter([separator.separate(mix, segment=None)])
     else:
@@ -353,6 +347,21 @@ def separate_file(
         for name, resampler in resamplers.items():
             write(name, resampler.flush())
     return [writer.report for writer in writers.values()]
+
+
+def make_output_dirs(paths: Iterable[Path]) -> None:
+    """Create the directories of output files.
+
+    Raises:
+        UmxError: one cannot be created.
+    """
+    for directory in {path.parent for path in paths}:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UmxError(
+                f"cannot create output directory {display_path(directory)}: {error.strerror}"
+            ) from None
 
 
 def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:

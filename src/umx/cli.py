@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from umx import __version__
@@ -21,7 +23,7 @@ from umx.api import (
     plan_outputs,
     separate_file,
 )
-from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats, display_path
+from umx.audio import CLIP_POLICIES, SUBTYPES, WriteReport, audio_formats, display_path
 from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError, check_number
@@ -32,6 +34,16 @@ from umx.options import (
     check_separation_args,
     segment_from_args,
     separator_from_args,
+)
+from umx.streaming_io import (
+    DEFAULT_BLOCK,
+    PCM_FORMATS,
+    STREAM_MODEL,
+    OutputClosed,
+    check_block,
+    check_stdout_names,
+    check_stream_model,
+    separate_stream,
 )
 from umx.train import add_train_arguments, run_training
 from umx.zoo import (
@@ -45,10 +57,13 @@ from umx.zoo import (
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate", "train", "evaluate", "synth", "download")
+COMMANDS = ("separate", "stream", "train", "evaluate", "synth", "download")
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
+CLOSED_PIPE_STATUS = 128 + getattr(signal, "SIGPIPE", 13)
+"""`umx stream --stdout`'s exit status when its reader goes away: a shell's for a process that
+SIGPIPE ended (141)."""
 MODEL_HELP = (
     f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
     f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
@@ -119,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"umx {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
     add_separate_command(commands)
+    add_stream_command(commands)
     train = commands.add_parser(
         "train",
         help="train a target model",
@@ -183,6 +199,31 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="list the known models (bundled, cached or to download) and exit",
     )
+    add_output_arguments(p, ext_aliases=("--format",))
+    p.add_argument(
+        "--start", type=float, default=0.0, help="start of the excerpt, in seconds (default: 0)"
+    )
+    p.add_argument(
+        "--duration", type=float, help="length of the excerpt, in seconds (default: to the end)"
+    )
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="average inputs with more than two channels instead of refusing them",
+    )
+    p.add_argument(
+        "--match-input",
+        action="store_true",
+        help="write the stems at the input's sample rate and channel count (default: the "
+        "model's rate, stereo for stereo models)",
+    )
+    add_separation_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+
+
+def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
+    """The options of stem files: where, named how, in which format, clipped how, grouped how,
+    and whether to overwrite (`umx separate` and `umx stream`)."""
     p.add_argument(
         "--outdir",
         type=Path,
@@ -199,7 +240,7 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ext",
-        "--format",
+        *ext_aliases,
         dest="ext",
         choices=audio_formats(),
         default="wav",
@@ -219,31 +260,12 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
         "clamp the samples, or none (FLOAT only) (default: rescale)",
     )
     p.add_argument(
-        "--start", type=float, default=0.0, help="start of the excerpt, in seconds (default: 0)"
-    )
-    p.add_argument(
-        "--duration", type=float, help="length of the excerpt, in seconds (default: to the end)"
-    )
-    p.add_argument(
-        "--downmix",
-        action="store_true",
-        help="average inputs with more than two channels instead of refusing them",
-    )
-    p.add_argument(
-        "--match-input",
-        action="store_true",
-        help="write the stems at the input's sample rate and channel count (default: the "
-        "model's rate, stereo for stereo models)",
-    )
-    p.add_argument(
         "--aggregate",
         metavar="JSON",
         help="groups of targets to write instead, as JSON or a JSON file, e.g. "
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
-    add_separation_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 
 
 def run_separate(args: argparse.Namespace) -> int:
@@ -286,12 +308,140 @@ def run_separate(args: argparse.Namespace) -> int:
             failed += 1
             continue
         logger.info("%s: separated with %s", display_path(path), separator.model_name)
-        for report in reports:
-            note = f" ({report.action} by {report.gain:.3f})" if report.action != "none" else ""
-            print(f"{display_path(report.path)}{note}")
+        print_reports(reports)
     if failed:
         logger.error("%d of %d inputs failed", failed, len(args.inputs))
     return 1 if failed else 0
+
+
+def add_stream_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "stream",
+        help="separate a stream block by block with a causal model",
+        description="Separate a file, or raw PCM on standard input, block by block with a "
+        "causal (unidirectional) model, into stem files or raw PCM on standard output, e.g. "
+        "ffmpeg -i song.mp3 -f f32le -ac 2 -ar 44100 - | umx stream - --rate 44100 --stdout "
+        '--aggregate \'{"karaoke": ["drums", "bass", "other"]}\' | '
+        "ffplay -f f32le -ar 44100 -ch_layout stereo -  (see docs/streaming.md).",
+    )
+    p.set_defaults(run=run_stream)
+    p.add_argument("input", metavar="INPUT", help="audio file, or - for raw PCM on standard input")
+    p.add_argument(
+        "--model",
+        help=f"causal model name or directory (default: the bundled {STREAM_MODEL})",
+    )
+    p.add_argument(
+        "--rate", type=float, help="sample rate of raw PCM on standard input (required with -)"
+    )
+    p.add_argument(
+        "--channels", type=int, help="channels of raw PCM on standard input (default: 2)"
+    )
+    p.add_argument(
+        "--format",
+        dest="pcm_format",
+        choices=PCM_FORMATS,
+        default="f32le",
+        help="raw PCM sample format of standard input and of --stdout (default: f32le)",
+    )
+    p.add_argument(
+        "--stdout",
+        action="store_true",
+        help="write one stem or group as raw PCM to standard output instead of files",
+    )
+    p.add_argument(
+        "--block",
+        type=float,
+        default=DEFAULT_BLOCK,
+        metavar="SAMPLES",
+        help=f"samples per block read from the input (default: {DEFAULT_BLOCK})",
+    )
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace the input by the clock, as a live input, and report blocks that miss "
+        "their deadline",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads of torch (default: 1, the fastest for one stream)",
+    )
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="average input files with more than two channels instead of refusing them",
+    )
+    add_output_arguments(p)
+    add_separation_arguments(p, chunks=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="no messages")
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    block = int(args.block) if float(args.block).is_integer() else args.block
+    check_block(block)
+    check_number("--threads", args.threads, above=0, integer=True)
+    if args.residual is not None:
+        check_target_name(args.residual, "--residual")
+    check_separation_args(args)
+    aggregate = parse_aggregate(args.aggregate)
+    model = check_stream_model(args.model)
+    if args.stdout:
+        known = known_names(args, aggregate, model)
+        if known is not None:
+            check_stdout_names(known)
+        if sys.stdout.isatty():
+            raise UmxError("--stdout writes raw PCM; pipe it to a player or a file, not a terminal")
+    torch.set_num_threads(args.threads)
+    separator = separator_from_args(args, model)
+    try:
+        report, files = separate_stream(
+            args.input,
+            separator,
+            outdir=args.outdir,
+            filename=args.filename,
+            ext=args.ext,
+            subtype=args.subtype,
+            clip=args.clip,
+            force=args.force,
+            stdout=sys.stdout.buffer if args.stdout else None,
+            stdin=sys.stdin.buffer,
+            rate=args.rate,
+            nb_channels=args.channels,
+            fmt=args.pcm_format,
+            downmix=args.downmix,
+            aggregate=aggregate,
+            realtime=args.realtime,
+            block=block,
+        )
+    except OutputClosed:
+        # The reader went away (e.g. `| head`): stop quietly with the status of a process
+        # killed by SIGPIPE, and keep Python from flushing into the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE_STATUS
+    seconds = report.nb_samples / report.sample_rate
+    logger.info(
+        "%s: %.1f s streamed with %s in %.1f s (%.2f x real time), latency %.1f ms",
+        display_path(args.input) if args.input != "-" else "standard input",
+        seconds,
+        separator.model_name,
+        report.seconds,
+        report.seconds / seconds if seconds else 0.0,
+        1000 * report.latency / report.sample_rate,
+    )
+    if args.realtime:
+        log = logger.warning if report.missed else logger.info
+        log("%d of %d blocks missed their deadline", report.missed, report.nb_blocks)
+    print_reports(files)
+    return 0
+
+
+def print_reports(reports: Sequence[WriteReport]) -> None:
+    """One line per written file: its path, and what the clip policy did if anything."""
+    for report in reports:
+        note = f" ({report.action} by {report.gain:.3f})" if report.action != "none" else ""
+        print(f"{display_path(report.path)}{note}")
 
 
 def print_models() -> None:
@@ -324,13 +474,17 @@ def check_inputs(args: argparse.Namespace) -> None:
     check_separation_args(args)
 
 
-def known_names(args: argparse.Namespace, aggregate: dict | None) -> list[str] | None:
-    """The stem names known before the model is loaded, when they are."""
+def known_names(
+    args: argparse.Namespace, aggregate: dict | None, model: object = None
+) -> list[str] | None:
+    """The stem names known before the model is loaded, when they are; `model` is the one
+    to load (`args.model` or the default by default)."""
     if aggregate is not None:
         return list(aggregate)
     targets = args.targets
-    if targets is None and (args.model or DEFAULT_MODEL) in MODELS:
-        targets = MODELS[args.model or DEFAULT_MODEL].targets
+    model = model or args.model or DEFAULT_MODEL
+    if targets is None and isinstance(model, str) and model in MODELS:
+        targets = MODELS[model].targets
     if targets is None:
         return None
     return [*targets, *([args.residual] if args.residual else [])]

@@ -21,8 +21,10 @@ SEPARATION_DEFAULTS = {
 }
 
 
-def add_separation_arguments(group: argparse._ActionsContainer) -> None:
-    """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group."""
+def add_separation_arguments(group: argparse._ActionsContainer, *, chunks: bool = True) -> None:
+    """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group; without
+    `chunks`, those of a stream only (no --wiener-win-len, --segment, --overlap, --whole-track,
+    which keep their defaults)."""
     group.add_argument(
         "--targets",
         nargs="+",
@@ -31,12 +33,13 @@ def add_separation_arguments(group: argparse._ActionsContainer) -> None:
         "word up to the next option, so end the list with -- before any input that follows",
     )
     group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
-    group.add_argument(
-        "--wiener-win-len",
-        type=int,
-        metavar="N",
-        help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
-    )
+    if chunks:
+        group.add_argument(
+            "--wiener-win-len",
+            type=int,
+            metavar="N",
+            help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
+        )
     group.add_argument(
         "--softmask",
         action="store_true",
@@ -47,24 +50,25 @@ def add_separation_arguments(group: argparse._ActionsContainer) -> None:
         metavar="NAME",
         help="add a target NAME: the mixture minus the targets (default: none)",
     )
-    group.add_argument(
-        "--segment",
-        type=float,
-        metavar="SECONDS",
-        help=f"separate long inputs in chunks of this length (default: {SEGMENT:g})",
-    )
-    group.add_argument(
-        "--overlap",
-        type=float,
-        metavar="SECONDS",
-        help=f"cross-fade between chunks (default: {OVERLAP:g})",
-    )
-    group.add_argument(
-        "--whole-track",
-        action="store_true",
-        help="separate each input at once, as the reference implementation does "
-        "(memory grows with the duration)",
-    )
+    if chunks:
+        group.add_argument(
+            "--segment",
+            type=float,
+            metavar="SECONDS",
+            help=f"separate long inputs in chunks of this length (default: {SEGMENT:g})",
+        )
+        group.add_argument(
+            "--overlap",
+            type=float,
+            metavar="SECONDS",
+            help=f"cross-fade between chunks (default: {OVERLAP:g})",
+        )
+        group.add_argument(
+            "--whole-track",
+            action="store_true",
+            help="separate each input at once, as the reference implementation does "
+            "(memory grows with the duration)",
+        )
     group.add_argument(
         "--device",
         help="cpu, cuda, cuda:N or mps (default: auto: a CUDA GPU if present, else MPS, "

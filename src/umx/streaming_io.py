@@ -1,0 +1,393 @@
+"""`umx stream`'s engine: a causal separation from a file or raw PCM, block by block, to files or
+raw PCM, optionally paced by the clock.
+
+The separation itself is `umx.stream.StreamingSeparator`; this module reads the input in blocks
+(a file through `umx.audio.read_audio`, or raw interleaved PCM from a binary stream such as
+standard input), resamples it to the model's rate when needed (`StreamResampler`), and writes
+the chosen stems or groups to files (`AudioWriter`: atomic, no overwrite without `force`) or as
+raw PCM to a binary stream, so that `umx stream` can sit in a pipeline between a decoder and a
+player. Stems are written at the model's sample rate, with the channels the separator works on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from umx.api import (
+    DEFAULT_TEMPLATE,
+    MAX_RATE,
+    MIN_RATE,
+    check_aggregate,
+    make_output_dirs,
+    plan_outputs,
+)
+from umx.audio import (
+    AudioWriter,
+    StreamResampler,
+    WriteReport,
+    display_path,
+    match_channels,
+    read_audio,
+)
+from umx.errors import UmxError, check_number
+from umx.separator import Separator
+from umx.stream import StreamingSeparator
+from umx.zoo import MODELS
+
+logger = logging.getLogger("umx")
+
+STREAM_MODEL = "umxsynth-rt"
+"""The bundled causal model `umx stream` uses by default."""
+DEFAULT_BLOCK = 1024
+"""Samples per block read from the input."""
+PCM_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+"""Raw PCM sample formats: little-endian float32 in [-1, 1], little-endian signed 16-bit."""
+S16_SCALE = 32768.0
+STDIN_NAME = "stdin"
+"""The track name of standard input in `--filename` templates."""
+
+
+class OutputClosed(Exception):
+    """The reader of the raw PCM output went away (a closed pipe)."""
+
+
+def check_stream_model(model: str | os.PathLike | None) -> str | os.PathLike:
+    """The model `umx stream` loads: `model`, or the bundled causal model when it is None.
+
+    Raises:
+        UmxError: no model is given and the bundled causal model is not in this umx.
+    """
+    if model is not None:
+        return model
+    if STREAM_MODEL not in MODELS:
+        raise UmxError(
+            f"the bundled causal model {STREAM_MODEL} is not available in this version of umx; "
+            "pass --model DIR with a model trained with `umx train --unidirectional`"
+        )
+    return STREAM_MODEL
+
+
+MAX_BLOCK = 1 << 24
+"""The largest block, in samples (6 minutes at 44.1 kHz)."""
+
+
+def check_block(block: object) -> None:
+    """Refuse a `--block` that is not a whole number of samples from 1 to `MAX_BLOCK`."""
+    check_number("--block", block, above=0, integer=True)
+    if block > MAX_BLOCK:
+        raise UmxError(f"--block must be at most {MAX_BLOCK} samples, not {block}")
+
+
+def check_pcm_input(rate: object, nb_channels: object, fmt: str) -> None:
+    """Refuse a raw PCM input description that cannot be read."""
+    check_number("--rate", rate, minimum=MIN_RATE)
+    if rate > MAX_RATE:
+        raise UmxError(f"--rate must be at most {MAX_RATE:g} Hz, not {rate:g}")
+    check_number("--channels", nb_channels, above=0, integer=True)
+    if nb_channels > 2:
+        raise UmxError(
+            f"--channels {nb_channels}: umx separates mono or stereo audio; downmix the input "
+            "first (e.g. ffmpeg -ac 2)"
+        )
+    if fmt not in PCM_FORMATS:
+        raise UmxError(f"--format must be one of {', '.join(PCM_FORMATS)}, not {fmt!r}")
+
+
+@dataclass
+class Source:
+    """An input stream: its rate, channels and blocks `(nb_channels, nb_block)` of float32."""
+
+    name: str
+    rate: float
+    nb_channels: int
+    blocks: Iterator[Tensor]
+
+
+def file_source(path: str | os.PathLike, block: int, *, downmix: bool = False) -> Source:
+    """A file read whole with `read_audio` and given out in blocks of `block` samples."""
+    audio, rate = read_audio(path, downmix=downmix)
+
+    def blocks() -> Iterator[Tensor]:
+        for start in range(0, audio.shape[-1], block):
+            yield audio[:, start : start + block]
+
+    return Source(display_path(path), rate, audio.shape[0], blocks())
+
+
+def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: int) -> Source:
+    """Raw interleaved PCM read from `file` in blocks of `block` frames.
+
+    A stream that ends in the middle of a frame (fewer bytes than one sample of every channel)
+    has its whole frames separated; the incomplete frame is dropped with a warning.
+    """
+    check_pcm_input(rate, nb_channels, fmt)
+    dtype = PCM_FORMATS[fmt]
+    frame_bytes = dtype.itemsize * nb_channels
+
+    def blocks() -> Iterator[Tensor]:
+        while True:
+            data = file.read(block * frame_bytes)
+            if not data:
+                return
+            whole = len(data) - len(data) % frame_bytes
+            if whole < len(data):
+                logger.warning(
+                    "the input ended in the middle of a frame: its last %d bytes (a frame is %d "
+                    "bytes: %d channels of %s) were dropped",
+                    len(data) - whole,
+                    frame_bytes,
+                    nb_channels,
+                    fmt,
+                )
+            frames = np.frombuffer(data[:whole], dtype).reshape(-1, nb_channels).T
+            samples = torch.from_numpy(frames.astype(np.float32))
+            yield samples / S16_SCALE if fmt == "s16le" else samples
+            if len(data) < block * frame_bytes:
+                return
+
+    return Source(STDIN_NAME, float(rate), nb_channels, blocks())
+
+
+class PcmWriter:
+    """Raw interleaved PCM written to a binary stream, flushed after every block.
+
+    float32 is written as it is; 16-bit samples are clamped to full scale.
+
+    Raises:
+        OutputClosed: the stream's reader went away.
+    """
+
+    def __init__(self, file: BinaryIO, fmt: str) -> None:
+        self.file, self.dtype, self.fmt = file, PCM_FORMATS[fmt], fmt
+
+    def write(self, block: Tensor) -> None:
+        frames = block.detach().cpu().numpy().T
+        if self.fmt == "s16le":
+            frames = np.clip(np.round(frames * S16_SCALE), -S16_SCALE, S16_SCALE - 1)
+        try:
+            self.file.write(np.ascontiguousarray(frames, self.dtype).tobytes())
+            self.file.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+
+@dataclass
+class StreamReport:
+    """What a stream did: samples in (at the model's rate), blocks, missed deadlines, time."""
+
+    nb_samples: int
+    nb_blocks: int
+    missed: int
+    latency: int
+    sample_rate: float
+    seconds: float
+
+
+def stream_to(
+    separator: Separator,
+    source: Source,
+    write: Callable[[str, Tensor], None],
+    *,
+    aggregate: Mapping[str, Sequence[str]] | None = None,
+    realtime: bool = False,
+    block: int = DEFAULT_BLOCK,
+) -> StreamReport:
+    """Separate `source` block by block and pass each stem's new samples to `write(name, stem)`.
+
+    The input is resampled to the separator's rate when it differs, and mono input is
+    duplicated for a stereo model. With `realtime` each block is taken no sooner than its last
+    sample would arrive from a live input, and a block whose stems are not ready by the time the
+    next block arrives has missed its deadline: each one is logged, and counted in the report.
+
+    Args:
+        separator: loaded unidirectional target models and their filtering options.
+        source: the input's blocks.
+        write: called with each stem's (or group's) next samples, `(nb_channels, nb_out)`.
+        aggregate: groups of targets to write instead of the targets.
+        realtime: pace the input by the clock and report missed deadlines.
+        block: samples per input block (for the latency: blocks that are multiples of the hop
+            wait less).
+
+    Raises:
+        UmxError: a bidirectional model, channels the model cannot take, or bad samples.
+    """
+    check_aggregate(aggregate, separator.targets)
+    nb_channels = separator.channels_for(source.nb_channels)
+    resampler = None
+    if source.rate != separator.sample_rate:
+        resampler = StreamResampler(source.rate, separator.sample_rate, nb_channels)
+    multiple = 1 if resampler is not None else block
+    stream = StreamingSeparator(separator, nb_channels=nb_channels, block_multiple=multiple)
+
+    def emit(stems: Tensor) -> None:
+        if stems.shape[-1]:
+            for name, stem in separator.to_dict(stems[None], aggregate).items():
+                write(name, stem[0])
+
+    started = time.monotonic()
+    nb_read = nb_samples = nb_blocks = missed = 0
+    carry = torch.zeros(nb_channels, 0)  # samples short of a multiple, kept for the next block
+    for samples in source.blocks:
+        nb_read += samples.shape[-1]
+        arrival = started + nb_read / source.rate  # when its last sample would arrive live
+        if realtime:
+            time.sleep(max(0.0, arrival - time.monotonic()))
+        samples = match_channels(samples, nb_channels)
+        if resampler is not None:
+            samples = resampler.process(samples)
+        nb_samples += samples.shape[-1]
+        samples = torch.cat([carry, samples], dim=-1)
+        whole = samples.shape[-1] - samples.shape[-1] % multiple
+        emit(stream.process(samples[:, :whole]))
+        carry = samples[:, whole:]
+        nb_blocks += 1
+        if realtime:
+            # Due before the next block arrives.
+            late = time.monotonic() - arrival - block / source.rate
+            if late > 0:
+                missed += 1
+                logger.warning(
+                    "block %d (%.3f s into the stream) missed its deadline by %.1f ms",
+                    nb_blocks,
+                    nb_read / source.rate,
+                    1000 * late,
+                )
+    if resampler is not None:
+        rest = resampler.flush()
+        nb_samples += rest.shape[-1]
+        carry = torch.cat([carry, rest], dim=-1)
+    emit(stream.flush(carry))
+    return StreamReport(
+        nb_samples,
+        nb_blocks,
+        missed,
+        stream.latency,
+        separator.sample_rate,
+        time.monotonic() - started,
+    )
+
+
+def check_stdout_names(names: Sequence[str]) -> None:
+    """Refuse raw PCM output of anything but one stem or group."""
+    if len(names) != 1:
+        raise UmxError(
+            f"--stdout writes one stem or group, but {len(names)} are chosen "
+            f"({', '.join(names)}): choose one with --targets or --aggregate"
+        )
+
+
+def separate_stream(
+    input_path: str | os.PathLike,
+    separator: Separator,
+    *,
+    outdir: str | os.PathLike | None = None,
+    filename: str = DEFAULT_TEMPLATE,
+    ext: str = "wav",
+    subtype: str | None = None,
+    clip: str = "rescale",
+    force: bool = False,
+    stdout: BinaryIO | None = None,
+    stdin: BinaryIO | None = None,
+    rate: float | None = None,
+    nb_channels: int | None = None,
+    fmt: str = "f32le",
+    downmix: bool = False,
+    aggregate: Mapping[str, Sequence[str]] | None = None,
+    realtime: bool = False,
+    block: int = DEFAULT_BLOCK,
+) -> tuple[StreamReport, list[WriteReport]]:
+    """Separate a file, or raw PCM from `stdin` (`input_path` "-"), as a stream, into files
+    under `outdir` or into raw PCM on `stdout`.
+
+    Every check a user can fail runs before the input is read: the block size, the PCM
+    description, the groups, the output paths (never over the input, none existing without
+    `force`), a bidirectional model. Files are written whole or not at all.
+
+    Args:
+        input_path: an audio file in any format `read_audio` reads, or "-" for `stdin`.
+        separator: loaded unidirectional target models and their filtering options.
+        outdir, filename, ext, subtype, clip, force: files out, as `umx.api.separate_file`.
+        stdout: write the one stem or group as raw PCM here instead of files.
+        stdin: where raw PCM comes from when `input_path` is "-".
+        rate, nb_channels, fmt: the raw PCM input's sample rate, channels (2 if None) and
+            `PCM_FORMATS` name (`fmt` is also the raw output's); a file has its own rate and
+            channels.
+        downmix: average files with more than two channels instead of refusing them.
+        aggregate, realtime, block: see `stream_to`.
+
+    Returns:
+        what the stream did, and one report per written file (none with `stdout`).
+
+    Raises:
+        UmxError: a bad option, input, output or model.
+        OutputClosed: the reader of `stdout` went away.
+    """
+    check_block(block)
+    check_aggregate(aggregate, separator.targets)
+    names = list(aggregate) if aggregate is not None else separator.targets
+    from_stdin = os.fspath(input_path) == "-"
+    if from_stdin:
+        if rate is None:
+            raise UmxError("raw PCM on standard input needs its sample rate: give --rate")
+        nb_channels = 2 if nb_channels is None else nb_channels
+        check_pcm_input(rate, nb_channels, fmt)
+    elif rate is not None or nb_channels is not None:
+        raise UmxError(
+            "--rate and --channels describe raw PCM on standard input (-); an input file "
+            "gives its own and is resampled to the model's rate"
+        )
+    if stdout is not None:
+        check_stdout_names(names)
+        if fmt not in PCM_FORMATS:
+            raise UmxError(f"--format must be one of {', '.join(PCM_FORMATS)}, not {fmt!r}")
+        paths = {}
+    else:
+        (paths,) = plan_outputs(
+            [STDIN_NAME if from_stdin else input_path], names, outdir, filename, ext
+        )
+    # Refuses a bidirectional model before any input is read or file opened.
+    StreamingSeparator(separator, nb_channels=separator.channels_for(nb_channels or 2))
+    if from_stdin:
+        source = pcm_source(stdin, rate, nb_channels, fmt, block)
+    else:
+        source = file_source(input_path, block, downmix=downmix)
+    out_channels = separator.channels_for(source.nb_channels)
+    with ExitStack() as stack:
+        if stdout is not None:
+            pcm = PcmWriter(stdout, fmt)
+            writers = {names[0]: pcm}
+        else:
+            make_output_dirs(paths.values())
+            writers = {
+                name: stack.enter_context(
+                    AudioWriter(
+                        path,
+                        separator.sample_rate,
+                        out_channels,
+                        subtype=subtype,
+                        clip=clip,
+                        force=force,
+                    )
+                )
+                for name, path in paths.items()
+            }
+        report = stream_to(
+            separator,
+            source,
+            lambda name, stem: writers[name].write(stem),
+            aggregate=aggregate,
+            realtime=realtime,
+            block=block,
+        )
+    files = [w.report for w in writers.values() if isinstance(w, AudioWriter)]
+    return report, files

@@ -1,0 +1,244 @@
+"""`umx stream` end to end: files and raw PCM in, files and raw PCM out, against the one-call
+causal separation, and its refusals of bad input."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from umx.audio import resample
+from umx.cli import CLOSED_PIPE_STATUS, main
+from umx.model import OpenUnmix
+from umx.modeldir import save_separator
+from umx.separator import Separator
+from umx.stream import separate_causal
+from umx.streaming_io import STREAM_MODEL
+from umx.zoo import MODELS, load_separator
+
+RATE = 16000
+TARGETS = ("vocals", "drums", "bass", "other")
+KARAOKE = '{"karaoke": ["drums", "bass", "other"]}'
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory):
+    """A small 4-target stereo model of unidirectional LSTMs (n_fft 512, hidden 16, 16 kHz)."""
+    torch.manual_seed(0)
+    models = {}
+    for target in TARGETS:
+        model = OpenUnmix(257, 2, 16, unidirectional=True, max_bin=200)
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+        models[target] = model.freeze()
+    separator = Separator(models, sample_rate=RATE, n_fft=512, n_hop=128, nb_channels=2)
+    return save_separator(separator, tmp_path_factory.mktemp("models") / "causal")
+
+
+@pytest.fixture(scope="module")
+def bidirectional_dir(tmp_path_factory, small_music_separator):
+    return save_separator(small_music_separator, tmp_path_factory.mktemp("models") / "bi")
+
+
+def music(seconds, rate=RATE, seed=1):
+    """Stereo music-like noise, `(2, nb_timesteps)` float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.size)
+    return np.stack([left, right]).astype(np.float32)
+
+
+@pytest.fixture
+def song(tmp_path):
+    path = tmp_path / "song.wav"
+    sf.write(path, music(1.5).T, RATE, subtype="FLOAT")
+    return path
+
+
+def offline(model_dir, audio, **options):
+    """The stems of `separate_causal` on `audio` (2, nb_timesteps), by name."""
+    separator = load_separator(model_dir, **options)
+    stems = separate_causal(separator, torch.from_numpy(audio))
+    return dict(zip(separator.targets, stems.numpy(), strict=True))
+
+
+def read(path):
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    return data.T, rate
+
+
+def run(*args):
+    return main(["stream", *(str(a) for a in args)])
+
+
+def command(*args):
+    return [sys.executable, "-m", "umx.cli", "stream", *(str(a) for a in args)]
+
+
+@pytest.mark.parametrize("block", [1024, 1000, 1])
+def test_file_to_stems_equals_separate_causal(causal_dir, song, tmp_path, block):
+    outdir = tmp_path / "out"
+    args = ["--subtype", "FLOAT", "--clip", "none", "--block", block]
+    assert run(song, "--model", causal_dir, "--outdir", outdir, *args) == 0
+    audio, _ = read(song)
+    expected = offline(causal_dir, audio)
+    for target in TARGETS:
+        stem, rate = read(outdir / "song" / f"{target}.wav")
+        assert rate == RATE and stem.shape == audio.shape
+        np.testing.assert_allclose(stem, expected[target], atol=1e-5, rtol=0)
+
+
+def test_karaoke_and_resampled_input(causal_dir, tmp_path):
+    """A 22.05 kHz file is resampled to the model's rate; the group is the sum of its targets."""
+    audio = music(1.0, rate=22050)
+    path = tmp_path / "fast.wav"
+    sf.write(path, audio.T, 22050, subtype="FLOAT")
+    outdir = tmp_path / "out"
+    options = ["--aggregate", KARAOKE, "--subtype", "FLOAT", "--clip", "none"]
+    assert run(path, "--model", causal_dir, "--outdir", outdir, *options) == 0
+    mix = resample(torch.from_numpy(audio), 22050, RATE).numpy()
+    expected = offline(causal_dir, mix)
+    stem, rate = read(outdir / "fast" / "karaoke.wav")
+    assert rate == RATE and stem.shape == mix.shape
+    karaoke = expected["drums"] + expected["bass"] + expected["other"]
+    np.testing.assert_allclose(stem, karaoke, atol=1e-5, rtol=0)
+    assert [p.name for p in (outdir / "fast").iterdir()] == ["karaoke.wav"]
+
+
+@pytest.mark.parametrize("fmt", ["f32le", "s16le"])
+def test_stdin_pcm_to_stdout_pcm_in_a_pipeline(causal_dir, fmt):
+    audio = music(1.0)
+    if fmt == "f32le":
+        raw, dtype, scale = audio.T.astype("<f4").tobytes(), "<f4", 1.0
+    else:
+        pcm = np.round(audio * 32768).astype("<i2")
+        raw, dtype, scale = pcm.T.tobytes(), "<i2", 32768.0
+        audio = pcm.astype(np.float32) / 32768
+    options = ["--rate", RATE, "--format", fmt, "--aggregate", KARAOKE, "--stdout"]
+    result = subprocess.run(
+        command("-", "--model", causal_dir, *options, "--block", 700),
+        input=raw,
+        capture_output=True,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert "latency" in result.stderr.decode()
+    out = np.frombuffer(result.stdout, dtype).reshape(-1, 2).T.astype(np.float32) / scale
+    expected = offline(causal_dir, audio)
+    assert out.shape == audio.shape
+    expected = expected["drums"] + expected["bass"] + expected["other"]
+    np.testing.assert_allclose(out, expected, atol=1e-5 if fmt == "f32le" else 1.01 / 32768)
+
+
+def test_partial_last_frame_is_reported(causal_dir, monkeypatch, capsys, tmp_path):
+    audio = music(0.5)
+    raw = audio.T.astype("<f4").tobytes() + b"\x01\x02\x03"  # 3 bytes of an 8-byte frame
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    outdir = tmp_path / "out"
+    options = ["--rate", RATE, "--outdir", outdir, "--subtype", "FLOAT", "--clip", "none"]
+    assert run("-", "--model", causal_dir, *options, "--targets", "vocals", "--niter", 0) == 0
+    assert "ended in the middle of a frame: its last 3 bytes" in capsys.readouterr().err
+    stem, _ = read(outdir / "stdin" / "vocals.wav")
+    assert stem.shape == audio.shape  # the whole frames, all of them
+    expected = offline(causal_dir, audio, targets=["vocals"], niter=0)["vocals"]
+    np.testing.assert_allclose(stem, expected, atol=1e-5, rtol=0)
+
+
+def test_closed_output_pipe_exits_quietly(causal_dir, tmp_path):
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(music(20.0).T.astype("<f4").tobytes())
+    pipeline = (
+        f"{' '.join(command('-', '--model', causal_dir, '--rate', RATE, '--stdout'))} "
+        "--targets vocals --niter 0 -q < " + str(raw) + " | head -c 100 > /dev/null; "
+        'echo "status ${PIPESTATUS[0]}" >&2'
+    )
+    result = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True)
+    assert result.stderr.strip() == f"status {CLOSED_PIPE_STATUS}"
+
+
+def test_realtime_paces_and_counts_missed_deadlines(causal_dir, song, tmp_path, capsys):
+    outdir = tmp_path / "out"
+    assert run(song, "--model", causal_dir, "--outdir", outdir, "--realtime", "--block", 4000) == 0
+    err = capsys.readouterr().err
+    assert "of 6 blocks missed their deadline" in err
+
+
+BAD_OPTIONS = [
+    (["--block", "0"], "--block must be greater than 0"),
+    (["--block", "-5"], "--block must be greater than 0"),
+    (["--block", "nan"], "--block must be a whole number, not nan"),
+    (["--block", "1.5"], "--block must be a whole number"),
+    (["--threads", "0"], "--threads must be greater than 0"),
+    (["--niter", "-1"], "niter"),
+    (["--rate", "16000"], "--rate and --channels describe raw PCM"),
+    (["--stdout", "--targets", "vocals", "drums"], "--stdout writes one stem or group, but 2"),
+    (["--stdout", "--residual", "acc", "--targets", "vocals"], "but 2 are chosen"),
+    (["--aggregate", '{"k": ["piano"]}'], "unknown targets piano"),
+    (["--filename", "../{target}.wav"], "must stay inside --outdir"),
+    ([], "bidirectional LSTM"),
+    ([None], "umxsynth-rt is not available"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
+def test_bad_options_give_one_line_and_no_files(
+    causal_dir, bidirectional_dir, song, tmp_path, capsys, monkeypatch, options, message
+):
+    monkeypatch.delitem(MODELS, STREAM_MODEL, raising=False)  # until it is bundled
+    outdir = tmp_path / "out"
+    model = ["--model", bidirectional_dir if message.startswith("bidirectional") else causal_dir]
+    if options == [None]:
+        options, model = [], []
+    assert run(song, *model, "--outdir", outdir, *options) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not outdir.exists() or not [p for p in outdir.rglob("*") if p.is_file()]
+
+
+BAD_PCM = [
+    (["--rate", "nan"], "--rate must be a finite number"),
+    (["--rate", "0"], "--rate must be at least"),
+    (["--rate", "-44100"], "--rate must be at least"),
+    ([], "give --rate"),
+    (["--rate", "16000", "--channels", "3"], "--channels 3"),
+    (["--rate", "16000", "--channels", "0"], "--channels must be greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_PCM)
+def test_bad_pcm_options(causal_dir, tmp_path, monkeypatch, capsys, options, message):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\0" * 800)))
+    outdir = tmp_path / "out"
+    assert run("-", "--model", causal_dir, "--outdir", outdir, *options) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not outdir.exists() or not [p for p in outdir.rglob("*") if p.is_file()]
+
+
+def test_error_mid_stream_leaves_no_files(causal_dir, tmp_path, monkeypatch, capsys):
+    """NaN samples a second into the stream: refused in one line, no stem file left behind."""
+    audio = music(2.0)
+    audio[:, RATE] = np.nan
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(audio.T.tobytes())))
+    outdir = tmp_path / "out"
+    assert run("-", "--model", causal_dir, "--rate", RATE, "--outdir", outdir) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN" in err[0], err
+    assert outdir.exists() and not [p for p in outdir.rglob("*") if p.is_file()]
+
+
+def test_existing_outputs_and_the_input_are_not_overwritten(causal_dir, song, capsys):
+    base = ["--model", causal_dir, "--outdir", song.parent, "--aggregate", KARAOKE]
+    assert run(song, *base, "--filename", "{track}.wav") == 1
+    assert "would replace the input" in capsys.readouterr().err
+    kept = song.parent / "song" / "karaoke.wav"
+    kept.parent.mkdir()
+    kept.write_bytes(b"keep")
+    assert run(song, *base) == 1
+    assert "already exists (use --force" in capsys.readouterr().err
+    assert kept.read_bytes() == b"keep"
+    assert run(song, *base, "--force") == 0
+    assert read(kept)[0].shape == read(song)[0].shape
