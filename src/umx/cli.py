@@ -268,6 +268,18 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
+def output_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of `add_output_arguments` that say where and how stem files are written."""
+    return {
+        "outdir": args.outdir,
+        "filename": args.filename,
+        "ext": args.ext,
+        "subtype": args.subtype,
+        "clip": args.clip,
+        "force": args.force,
+    }
+
+
 def run_separate(args: argparse.Namespace) -> int:
     if args.list_models:
         print_models()
@@ -288,11 +300,7 @@ def run_separate(args: argparse.Namespace) -> int:
                 reports = separate_file(
                     path,
                     separator,
-                    outdir=args.outdir,
-                    filename=args.filename,
-                    ext=args.ext,
-                    subtype=args.subtype,
-                    clip=args.clip,
+                    **output_options(args),
                     start=args.start,
                     duration=args.duration,
                     downmix=args.downmix,
@@ -300,7 +308,6 @@ def run_separate(args: argparse.Namespace) -> int:
                     segment=segment_from_args(args),
                     overlap=args.overlap,
                     aggregate=aggregate,
-                    force=args.force,
                     on_progress=progress,
                 )
         except UmxError as error:
@@ -399,12 +406,7 @@ def run_stream(args: argparse.Namespace) -> int:
         report, files = separate_stream(
             args.input,
             separator,
-            outdir=args.outdir,
-            filename=args.filename,
-            ext=args.ext,
-            subtype=args.subtype,
-            clip=args.clip,
-            force=args.force,
+            **output_options(args),
             stdout=sys.stdout.buffer if args.stdout else None,
             stdin=sys.stdin.buffer,
             rate=args.rate,
