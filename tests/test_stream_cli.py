@@ -242,3 +242,15 @@ def test_existing_outputs_and_the_input_are_not_overwritten(causal_dir, song, ca
     assert kept.read_bytes() == b"keep"
     assert run(song, *base, "--force") == 0
     assert read(kept)[0].shape == read(song)[0].shape
+
+
+def test_mono_pcm_for_a_stereo_model(causal_dir, monkeypatch, capsysbinary):
+    """Mono raw PCM is duplicated for the stereo model: stereo stems out, as offline."""
+    mono = music(0.5)[:1]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(mono.T.tobytes())))
+    options = ["--rate", RATE, "--channels", 1, "--stdout", "--aggregate", KARAOKE, "-q"]
+    assert run("-", "--model", causal_dir, *options) == 0
+    out = np.frombuffer(capsysbinary.readouterr().out, "<f4").reshape(-1, 2).T
+    expected = offline(causal_dir, np.repeat(mono, 2, axis=0))
+    karaoke = expected["drums"] + expected["bass"] + expected["other"]
+    np.testing.assert_allclose(out, karaoke, atol=1e-5, rtol=0)

@@ -400,6 +400,8 @@ def run_stream(args: argparse.Namespace) -> int:
             check_stdout_names(known)
         if sys.stdout.isatty():
             raise UmxError("--stdout writes raw PCM; pipe it to a player or a file, not a terminal")
+    if args.input == "-" and sys.stdin.isatty():
+        raise UmxError("INPUT - reads raw PCM from standard input; pipe it in, e.g. from ffmpeg")
     torch.set_num_threads(args.threads)
     separator = separator_from_args(args, model)
     try:

@@ -35,7 +35,6 @@ from umx.audio import (
     AudioWriter,
     StreamResampler,
     WriteReport,
-    display_path,
     match_channels,
     read_audio,
 )
@@ -107,21 +106,21 @@ def check_pcm_input(rate: object, nb_channels: object, fmt: str) -> None:
 class Source:
     """An input stream: its rate, channels and blocks `(nb_channels, nb_block)` of float32."""
 
-    name: str
     rate: float
     nb_channels: int
     blocks: Iterator[Tensor]
 
 
 def file_source(path: str | os.PathLike, block: int, *, downmix: bool = False) -> Source:
-    """A file read whole with `read_audio` and given out in blocks of `block` samples."""
+    """A file decoded at once with `read_audio` (as `umx separate` reads it) and given out in
+    blocks of `block` samples."""
     audio, rate = read_audio(path, downmix=downmix)
 
     def blocks() -> Iterator[Tensor]:
         for start in range(0, audio.shape[-1], block):
             yield audio[:, start : start + block]
 
-    return Source(display_path(path), rate, audio.shape[0], blocks())
+    return Source(rate, audio.shape[0], blocks())
 
 
 def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: int) -> Source:
@@ -155,7 +154,7 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
             if len(data) < block * frame_bytes:
                 return
 
-    return Source(STDIN_NAME, float(rate), nb_channels, blocks())
+    return Source(float(rate), nb_channels, blocks())
 
 
 class PcmWriter:
