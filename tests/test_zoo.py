@@ -652,10 +652,11 @@ def test_registry_lists_the_published_models(monkeypatch, tmp_path):
         ("umxsynth", False, True),
     ]
     assert not any(info.cached for info in infos)
-    assert [info.name for info in infos if info.bundled] == ["umxsynth"]
+    assert [info.name for info in infos if info.bundled] == ["umxsynth", "umxsynth-rt"]
     assert {info.name: info.status for info in infos} == {
         "umxl": "not downloaded",
         "umxsynth": "bundled",
+        "umxsynth-rt": "bundled",
         "umxhq": "not downloaded",
         "umx": "not downloaded",
         "umxse": "not downloaded",
@@ -1129,6 +1130,26 @@ def test_bundled_fallback_model_is_small_and_never_touches_the_network(monkeypat
     assert opened == []
     info = json.loads((entry.directory / "vocals.json").read_text())
     assert info["training_data"]["hours"] > 0 and info["epochs_trained"] > 0
+
+
+def test_bundled_causal_model_is_small_unidirectional_and_offline(monkeypatch):
+    """`umxsynth-rt`, the model for `umx stream`, ships with the package and is causal."""
+    from umx.stream import StreamingSeparator
+
+    opened = no_network(monkeypatch)
+    monkeypatch.setenv("UMX_OFFLINE", "0")
+    entry = MODELS["umxsynth-rt"]
+    assert entry.bundled
+    assert sum(f.stat().st_size for f in entry.directory.glob("*.pth")) <= 20_000_000
+    separator = load_separator("umxsynth-rt", offline=False)
+    assert separator.model_name == "umxsynth-rt"
+    assert separator.targets == ["vocals", "drums", "bass", "other"]
+    assert separator.sample_rate == 44100 and separator.nb_channels == 2
+    assert all(model.unidirectional for model in separator.target_models.values())
+    StreamingSeparator(separator)  # refuses bidirectional models
+    assert opened == []
+    info = json.loads((entry.directory / "vocals.json").read_text())
+    assert info["args"]["unidirectional"] is True and info["epochs_trained"] > 0
 
 
 def test_umx_download_and_list_models_commands(defaults, server, capsys):

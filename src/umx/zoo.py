@@ -170,6 +170,19 @@ MODELS: dict[str, ZooEntry] = {
             "recordings use umxl (`umx download umxl`) or umxhq",
         ),
         ZooEntry(
+            name="umxsynth-rt",
+            description="music: vocals/drums/bass/other, small and causal (unidirectional LSTM) "
+            "for `umx stream`, trained on umx's synthetic music",
+            license=MIT,
+            weights={target: f"{target}.pth" for target in ("vocals", "drums", "bass", "other")},
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            notice="umxsynth-rt is a small causal demo model trained on synthetic music; real "
+            "recordings separate better offline with umxl (`umx download umxl`) or umxhq",
+        ),
+        ZooEntry(
             name="umxl",
             description="music: vocals/drums/bass/other, trained on extra data (reference default)",
             license=NC_SA,
