@@ -358,3 +358,26 @@ def test_targets_before_inputs_is_explained(model_dir, song, capsys):
         == 0
     )
     assert (outdir / "song" / "vocals.wav").is_file()
+
+
+def test_a_forked_worker_dies_of_a_stop_signal_quietly():
+    """Pools terminate their workers with SIGTERM: a worker forked under the handler must die
+    of it, not raise `Stopped` with a traceback."""
+    import os
+    import signal
+
+    from umx.cli import stop_on_signals
+
+    with stop_on_signals():
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: wait to be terminated
+            os.close(read)
+            os.write(write, b"ready")
+            signal.pause()
+            os._exit(0)
+        os.close(write)
+        assert os.read(read, 5) == b"ready"
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

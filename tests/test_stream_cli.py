@@ -179,7 +179,6 @@ BAD_OPTIONS = [
     (["--aggregate", '{"k": ["piano"]}'], "unknown targets piano"),
     (["--filename", "../{target}.wav"], "must stay inside --outdir"),
     ([], "bidirectional LSTM"),
-    ([None], "umxsynth-rt is not available"),
 ]
 
 
@@ -187,11 +186,8 @@ BAD_OPTIONS = [
 def test_bad_options_give_one_line_and_no_files(
     causal_dir, bidirectional_dir, song, tmp_path, capsys, monkeypatch, options, message
 ):
-    monkeypatch.delitem(MODELS, STREAM_MODEL, raising=False)  # until it is bundled
     outdir = tmp_path / "out"
     model = ["--model", bidirectional_dir if message.startswith("bidirectional") else causal_dir]
-    if options == [None]:
-        options, model = [], []
     assert run(song, *model, "--outdir", outdir, *options) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -254,3 +250,15 @@ def test_mono_pcm_for_a_stereo_model(causal_dir, monkeypatch, capsysbinary):
     expected = offline(causal_dir, np.repeat(mono, 2, axis=0))
     karaoke = expected["drums"] + expected["bass"] + expected["other"]
     np.testing.assert_allclose(out, karaoke, atol=1e-5, rtol=0)
+
+
+def test_default_model_is_the_bundled_causal_one(tmp_path, capsys):
+    """Without --model, `umx stream` separates with the bundled umxsynth-rt, offline."""
+    t = np.arange(44100) / 44100
+    song = tmp_path / "tone.wav"
+    sf.write(song, 0.3 * np.stack([np.sin(2 * np.pi * 220 * t)] * 2, axis=1), 44100)
+    assert run(song, "--outdir", tmp_path / "out", "--quiet") == 0
+    for target in ("vocals", "drums", "bass", "other"):
+        stem, rate = sf.read(tmp_path / "out" / "tone" / f"{target}.wav")
+        assert rate == 44100 and stem.shape == (44100, 2)
+    assert STREAM_MODEL in MODELS

@@ -42,7 +42,6 @@ from umx.streaming_io import (
     OutputClosed,
     check_block,
     check_stdout_names,
-    check_stream_model,
     separate_stream,
 )
 from umx.train import add_train_arguments, run_training
@@ -81,9 +80,16 @@ class Stopped(BaseException):
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into `Stopped` for the duration of the block."""
+    """Turn SIGTERM and SIGHUP into `Stopped` for the duration of the block, in this process
+    only: a worker forked from it (`--jobs`) dies of the signal as usual, as a pool that
+    terminates its workers expects."""
+    owner = os.getpid()
 
     def stop(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Stopped(signum)
 
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
@@ -393,7 +399,7 @@ def run_stream(args: argparse.Namespace) -> int:
         check_target_name(args.residual, "--residual")
     check_separation_args(args)
     aggregate = parse_aggregate(args.aggregate)
-    model = check_stream_model(args.model)
+    model = args.model or STREAM_MODEL
     if args.stdout:
         known = known_names(args, aggregate, model)
         if known is not None:

@@ -41,7 +41,6 @@ from umx.audio import (
 from umx.errors import UmxError, check_number
 from umx.separator import Separator
 from umx.stream import StreamingSeparator
-from umx.zoo import MODELS
 
 logger = logging.getLogger("umx")
 
@@ -58,22 +57,6 @@ STDIN_NAME = "stdin"
 
 class OutputClosed(Exception):
     """The reader of the raw PCM output went away (a closed pipe)."""
-
-
-def check_stream_model(model: str | os.PathLike | None) -> str | os.PathLike:
-    """The model `umx stream` loads: `model`, or the bundled causal model when it is None.
-
-    Raises:
-        UmxError: no model is given and the bundled causal model is not in this umx.
-    """
-    if model is not None:
-        return model
-    if STREAM_MODEL not in MODELS:
-        raise UmxError(
-            f"the bundled causal model {STREAM_MODEL} is not available in this version of umx; "
-            "pass --model DIR with a model trained with `umx train --unidirectional`"
-        )
-    return STREAM_MODEL
 
 
 MAX_BLOCK = 1 << 24
