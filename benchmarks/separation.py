@@ -100,8 +100,8 @@ def model_dir() -> Path:
     import torch
 
     from umx.model import OpenUnmix
-    from umx.separator import Separator
     from umx.modeldir import save_separator
+    from umx.separator import Separator
 
     directory = CACHE / "model-umxhq-random"
     if (directory / "separator.json").exists():
