@@ -41,6 +41,7 @@ from umx.streaming_io import (
     STREAM_MODEL,
     OutputClosed,
     check_block,
+    check_input,
     check_stdout_names,
     separate_stream,
 )
@@ -398,6 +399,7 @@ def run_stream(args: argparse.Namespace) -> int:
     if args.residual is not None:
         check_target_name(args.residual, "--residual")
     check_separation_args(args)
+    check_input(args.input, args.rate, args.channels, args.pcm_format)
     aggregate = parse_aggregate(args.aggregate)
     model = args.model or STREAM_MODEL
     if args.stdout:

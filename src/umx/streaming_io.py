@@ -85,6 +85,29 @@ def check_pcm_input(rate: object, nb_channels: object, fmt: str) -> None:
         raise UmxError(f"--format must be one of {', '.join(PCM_FORMATS)}, not {fmt!r}")
 
 
+def check_input(
+    input_path: str | os.PathLike, rate: float | None, nb_channels: int | None, fmt: str
+) -> int | None:
+    """Refuse an input description that cannot be read: raw PCM on standard input (`-`) needs
+    a good `rate` (and channels, 2 if None); a file gives its own.
+
+    Returns:
+        the channels of raw PCM, None for a file.
+    """
+    if os.fspath(input_path) != "-":
+        if rate is not None or nb_channels is not None:
+            raise UmxError(
+                "--rate and --channels describe raw PCM on standard input (-); an input file "
+                "gives its own and is resampled to the model's rate"
+            )
+        return None
+    if rate is None:
+        raise UmxError("raw PCM on standard input needs its sample rate: give --rate")
+    nb_channels = 2 if nb_channels is None else nb_channels
+    check_pcm_input(rate, nb_channels, fmt)
+    return nb_channels
+
+
 @dataclass
 class Source:
     """An input stream: its rate, channels and blocks `(nb_channels, nb_block)` of float32."""
@@ -318,16 +341,7 @@ def separate_stream(
     check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
     from_stdin = os.fspath(input_path) == "-"
-    if from_stdin:
-        if rate is None:
-            raise UmxError("raw PCM on standard input needs its sample rate: give --rate")
-        nb_channels = 2 if nb_channels is None else nb_channels
-        check_pcm_input(rate, nb_channels, fmt)
-    elif rate is not None or nb_channels is not None:
-        raise UmxError(
-            "--rate and --channels describe raw PCM on standard input (-); an input file "
-            "gives its own and is resampled to the model's rate"
-        )
+    nb_channels = check_input(input_path, rate, nb_channels, fmt)
     if stdout is not None:
         check_stdout_names(names)
         if fmt not in PCM_FORMATS:
