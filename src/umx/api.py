@@ -23,7 +23,7 @@ from umx.audio import (
     read_audio,
     resample,
 )
-from umx.errors import UmxError, check_number
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.modeldir import check_target_name
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
@@ -32,8 +32,6 @@ DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 TEMPLATE_FIELDS = ("track", "trackext", "parent", "target", "ext")
 """The fields of `--filename`: the input's name without extension, its extension, the name of
 its folder, the stem's name and the output extension."""
-MIN_RATE, MAX_RATE = 1000.0, 768000.0
-"""The sample rates `separate` accepts, in Hz."""
 TIME_MAJOR_HINT = "; it looks time-major: pass audio.T"
 
 
@@ -63,9 +61,7 @@ def check_audio(audio: object, rate: object) -> Tensor:
             f"audio must hold real floating-point samples in [-1, 1], not {dtype} "
             "(convert integer PCM with / 32768, take .real of complex data)"
         )
-    check_number("rate", rate, minimum=MIN_RATE)
-    if rate > MAX_RATE:
-        raise UmxError(f"rate must be at most {MAX_RATE:g} Hz, not {rate:g}")
+    check_number("rate", rate, minimum=MIN_RATE, maximum=MAX_RATE)
     shape = tuple(audio.shape)
     if len(shape) not in (2, 3):
         raise UmxError(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 
+MIN_RATE, MAX_RATE = 1000.0, 768000.0
+"""The sample rates umx accepts anywhere (audio given to the API, raw PCM, model files), in Hz."""
+
 
 class UmxError(Exception):
     """A user error: its message is one sentence, shown by the CLI without a traceback."""
@@ -16,6 +19,7 @@ def check_number(
     *,
     minimum: float | None = None,
     above: float | None = None,
+    maximum: float | None = None,
     integer: bool = False,
 ) -> None:
     """Refuse a number a user gave that is not finite, not of the right kind, or out of range.
@@ -25,6 +29,7 @@ def check_number(
         value: the value to check; booleans and strings are refused.
         minimum: the smallest value allowed, inclusive.
         above: a bound the value must exceed, exclusive.
+        maximum: the largest value allowed, inclusive.
         integer: only whole numbers (ints) are allowed.
 
     Raises:
@@ -40,3 +45,5 @@ def check_number(
         raise UmxError(f"{name} must be at least {minimum:g}, not {value:g}")
     if above is not None and value <= above:
         raise UmxError(f"{name} must be greater than {above:g}, not {value:g}")
+    if maximum is not None and value > maximum:
+        raise UmxError(f"{name} must be at most {maximum:g}, not {value:g}")

@@ -30,7 +30,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-from umx.errors import UmxError
+from umx.errors import MAX_RATE, MIN_RATE, UmxError
 from umx.model import OpenUnmix
 from umx.separator import Separator
 from umx.transforms import check_stft
@@ -42,8 +42,6 @@ SHOWN_KEYS = 3  # how many offending state dict keys an error message names
 
 # Bounds of what a model directory may say.
 MAX_JSON_BYTES = 1 << 20
-MIN_SAMPLE_RATE = 1000.0
-MAX_SAMPLE_RATE = 768000.0
 MAX_NFFT = 65536
 MAX_TARGET_NAME = 64  # characters; target names become file names
 MAX_MODEL_SIZE = 1 << 16  # hidden_size, nb_layers, max_bin in a target json
@@ -414,7 +412,7 @@ def _check_number(
 def _check_stft_fields(source: str, fields: Mapping[str, Any], required: bool) -> None:
     """Check `sample_rate`, `nfft`, `nhop` and `nb_channels` (those present unless required)."""
     rules = (
-        ("sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, False),
+        ("sample_rate", MIN_RATE, MAX_RATE, False),
         ("nfft", 2, MAX_NFFT, True),
         ("nhop", 1, MAX_NFFT, True),
         ("nb_channels", 1, 2, True),

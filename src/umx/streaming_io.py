@@ -25,8 +25,6 @@ from torch import Tensor
 
 from umx.api import (
     DEFAULT_TEMPLATE,
-    MAX_RATE,
-    MIN_RATE,
     check_aggregate,
     make_output_dirs,
     plan_outputs,
@@ -38,7 +36,7 @@ from umx.audio import (
     match_channels,
     read_audio,
 )
-from umx.errors import UmxError, check_number
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.separator import Separator
 from umx.stream import StreamingSeparator
 
@@ -72,9 +70,7 @@ def check_block(block: object) -> None:
 
 def check_pcm_input(rate: object, nb_channels: object, fmt: str) -> None:
     """Refuse a raw PCM input description that cannot be read."""
-    check_number("--rate", rate, minimum=MIN_RATE)
-    if rate > MAX_RATE:
-        raise UmxError(f"--rate must be at most {MAX_RATE:g} Hz, not {rate:g}")
+    check_number("--rate", rate, minimum=MIN_RATE, maximum=MAX_RATE)
     check_number("--channels", nb_channels, above=0, integer=True)
     if nb_channels > 2:
         raise UmxError(
