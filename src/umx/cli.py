@@ -28,6 +28,7 @@ from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError, check_number
 from umx.evaluate import add_evaluate_arguments, run_evaluate
+from umx.export import add_export_arguments, run_export
 from umx.modeldir import check_target_name
 from umx.options import (
     add_separation_arguments,
@@ -57,7 +58,7 @@ from umx.zoo import (
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate", "stream", "train", "evaluate", "synth", "download")
+COMMANDS = ("separate", "stream", "train", "evaluate", "synth", "download", "export")
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
@@ -182,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     download.set_defaults(run=run_download)
+    export = commands.add_parser(
+        "export",
+        help="export a model to ONNX graphs for onnxruntime",
+        description="Write one ONNX graph per target (magnitudes in, magnitudes out; a "
+        "streaming graph too for causal models) and umx-onnx.json, which describes the STFT, "
+        "rate and targets, into OUTDIR (see docs/deploy.md). Needs the extra umx[onnx].",
+    )
+    add_export_arguments(export)
+    export.set_defaults(run=run_export)
     return parser
 
 

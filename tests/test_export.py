@@ -1,0 +1,231 @@
+"""ONNX export, the onnxruntime backend and int8 quantisation, on the bundled models.
+
+`umxsynth` is bidirectional, `umxsynth-rt` unidirectional (it gets streaming graphs).
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import torch
+
+from umx.cli import main
+from umx.errors import UmxError
+from umx.export import (
+    EXPORT_JSON,
+    OnnxModel,
+    export_onnx,
+    model_graph,
+    onnx_separator,
+    quantize_graph,
+    require_onnx,
+)
+from umx.stream import StreamingSeparator, separate_causal
+from umx.zoo import load_separator
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
+TARGETS = ["vocals", "drums", "bass", "other"]
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    """2 s of stereo 44.1 kHz noise and tones, `(nb_channels, nb_timesteps)`."""
+    rng = np.random.default_rng(1)
+    t = np.arange(88200) / 44100
+    tones = np.sin(2 * np.pi * np.array([[220.0], [330.0]]) * t) * 0.3
+    return torch.from_numpy((tones + rng.standard_normal((2, t.size)) * 0.05).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def separators():
+    """Both bundled models, niter 1, loaded once."""
+    return {name: load_separator(name, offline=True) for name in ("umxsynth", "umxsynth-rt")}
+
+
+def magnitudes(audio, nb_frames=None):
+    """Mixture magnitudes of `audio`, `(1, nb_channels, nb_bins, nb_frames)`."""
+    spec = torch.stft(
+        audio, 4096, 1024, window=torch.hann_window(4096), center=True, return_complex=True
+    )
+    return spec.abs()[None, ..., :nb_frames]
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_export_writes_checked_graphs_and_their_description(tmp_path, mixture, capsys):
+    out = tmp_path / "rt"
+    code, stdout, _ = run_cli(["export", "umxsynth-rt", str(out), "-q"], capsys)
+    assert code == 0
+    info = json.loads((out / EXPORT_JSON).read_text())
+    assert list(info["targets"]) == TARGETS
+    assert info["sample_rate"] == 44100.0 and info["nb_channels"] == 2
+    assert (info["stft"]["n_fft"], info["stft"]["n_hop"]) == (4096, 1024)
+    expected = [f"{t}{s}" for t in TARGETS for s in (".onnx", ".stream.onnx")] + [EXPORT_JSON]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    assert [Path(line).name for line in stdout.split()] == expected
+
+    separator = load_separator("umxsynth-rt")
+    x = torch.cat([magnitudes(mixture, 30), magnitudes(mixture.flip(-1), 30)])  # 2 samples
+    for target in ("vocals", "bass"):
+        graph = onnx.load(out / f"{target}.onnx")
+        onnx.checker.check_model(graph, full_check=True)
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == [
+            "nb_samples",
+            2,
+            2049,
+            "nb_frames",
+        ]
+        session = ort.InferenceSession(out / f"{target}.onnx")
+        for frames in (1, 30):  # dynamic batch and frame axes
+            (y,) = session.run(None, {"mix": x[..., :frames].numpy()})
+            with torch.inference_mode():
+                reference = separator.target_models[target](x[..., :frames])
+            assert y.shape == (2, 2, 2049, frames)
+            # float32 rounding, relative to magnitudes of up to some hundreds
+            assert np.abs(y - reference.numpy()).max() < 1e-5 * reference.abs().max().item()
+
+
+def test_streaming_graph_fed_block_by_block_equals_the_full_graph(mixture):
+    model = load_separator("umxsynth-rt", targets=["drums"], niter=0).target_models["drums"]
+    full = ort.InferenceSession(model_graph(model))
+    stream = ort.InferenceSession(model_graph(model, streaming=True))
+    x = magnitudes(mixture).numpy()  # 87 frames
+    (expected,) = full.run(None, {"mix": x})
+    h = c = np.zeros((3, 1, 128), np.float32)
+    pieces, start = [], 0
+    for size in (1, 5, 2, 13, 1, 40, 100):
+        y, h, c = stream.run(None, {"mix": x[..., start : start + size], "h": h, "c": c})
+        pieces.append(y)
+        start += size
+        if start >= x.shape[-1]:
+            break
+    streamed = np.concatenate(pieces, axis=-1)
+    assert streamed.shape == expected.shape
+    assert np.abs(streamed - expected).max() < 1e-5 * np.abs(expected).max()
+
+
+def test_onnxruntime_stems_equal_the_torch_backend(separators, mixture):
+    for name, separator in separators.items():
+        onnx_sep = onnx_separator(separator)
+        assert isinstance(onnx_sep.target_models["vocals"], OnnxModel)
+        assert onnx_sep.targets == separator.targets
+        expected = separator.separate(mixture[None], segment=None)
+        stems = onnx_sep.separate(mixture[None], segment=None)
+        assert stems.shape == expected.shape == (1, 4, 2, mixture.shape[-1])
+        assert (stems - expected).abs().max() < 1e-4, name
+        assert expected.abs().max() > 0.05
+
+
+def test_onnxruntime_stream_equals_the_torch_stream(separators, mixture):
+    separator = separators["umxsynth-rt"]
+    expected = separate_causal(separator, mixture)
+    stream = StreamingSeparator(onnx_separator(separator))
+    pieces = [stream.process(mixture[:, s : s + 3000]) for s in range(0, mixture.shape[-1], 3000)]
+    stems = torch.cat([*pieces, stream.flush()], dim=-1)
+    assert stems.shape == expected.shape
+    assert (stems - expected).abs().max() < 1e-4
+
+
+def test_bidirectional_models_have_no_streaming_graph(separators, tmp_path):
+    written = export_onnx(separators["umxsynth"], tmp_path / "bi")
+    assert [p.name for p in written] == [f"{t}.onnx" for t in TARGETS] + [EXPORT_JSON]
+    info = json.loads((tmp_path / "bi" / EXPORT_JSON).read_text())
+    assert info["targets"]["drums"]["stream_graph"] is None
+    model = onnx_separator(separators["umxsynth"]).target_models["bass"]
+    with pytest.raises(UmxError, match="bidirectional"):
+        model.stream(torch.zeros(1, 2, 2049, 3))
+    with pytest.raises(UmxError, match="bidirectional"):
+        model_graph(separators["umxsynth"].target_models["bass"], streaming=True)
+
+
+def test_int8_quantises_the_lstm_and_linear_layers_and_stays_close(separators, mixture):
+    separator = separators["umxsynth"]
+    graph = onnx.load_from_string(quantize_graph(model_graph(separator.target_models["vocals"])))
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops.count("DynamicQuantizeLSTM") == 3  # the LSTM's three layers
+    assert ops.count("MatMulInteger") == 3  # fc1, fc2, fc3
+    assert "MatMul" not in ops and "LSTM" not in ops
+
+    expected = separator.separate(mixture[None], segment=None)
+    stems = onnx_separator(separator, quantize="int8").separate(mixture[None], segment=None)
+    error = (stems - expected).square().sum() / expected.square().sum()
+    assert 0 < error < 10 ** (-25 / 10)  # changed, but by less than -25 dB of the stems
+
+
+def test_cli_backends_and_their_refusals(tmp_path, mixture, capsys):
+    song = tmp_path / "song.wav"
+    sf.write(song, mixture.T.numpy(), 44100, subtype="FLOAT")
+    stems = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        argv = ["separate", str(song), "--outdir", str(out), "--backend", backend, "-q"]
+        argv += ["--model", "umxsynth", "--subtype", "FLOAT", "--clip", "none"]
+        assert run_cli(argv, capsys)[0] == 0
+        stems[backend] = np.stack([sf.read(out / "song" / f"{t}.wav")[0] for t in TARGETS])
+    assert np.abs(stems["torch"] - stems["onnxruntime"]).max() < 1e-4
+
+    for extra, message in [
+        (["--quantize", "int8"], "add --backend onnxruntime"),
+        (["--backend", "onnxruntime", "--device", "cuda"], "runs the models on the CPU"),
+    ]:
+        code, _, err = run_cli(["separate", str(song), "--outdir", str(tmp_path), *extra], capsys)
+        assert code == 1
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "export"
+    assert run_cli(["export", "umxsynth", str(out), "--targets", "bass", "-q"], capsys)[0] == 0
+    before = (out / "bass.onnx").read_bytes()
+    argv = ["export", "umxsynth", str(out), "--targets", "bass", "--quantize", "int8", "-q"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "use --force" in err
+    assert (out / "bass.onnx").read_bytes() == before
+    assert run_cli([*argv, "--force"], capsys)[0] == 0
+    assert len((out / "bass.onnx").read_bytes()) < len(before) / 2  # int8 weights
+    assert json.loads((out / EXPORT_JSON).read_text())["quantize"] == "int8"
+    assert sorted(p.name for p in out.iterdir()) == ["bass.onnx", EXPORT_JSON]  # no temp files
+
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(["export", "umxsynth", str(tmp_path / "file"), "-q"], capsys)
+    assert code == 1 and "it is a file" in err
+
+
+def test_missing_onnxruntime_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UmxError, match=r"pip install 'umx\[onnx\]'"):
+        require_onnx()
+
+
+def test_the_numpy_example_of_the_deploy_guide_runs(tmp_path, monkeypatch, mixture, capsys):
+    """The guide's numpy + onnxruntime code separates as umx does with --niter 0, and its
+    streaming loop gives the full graph's magnitudes."""
+    monkeypatch.chdir(tmp_path)
+    sf.write("song.wav", mixture.T.numpy(), 44100, subtype="FLOAT")
+    commands = re.findall(r"^umx (export .*?)\s*(?:#.*)?$", DEPLOY, flags=re.MULTILINE)
+    assert run_cli([*commands[0].split(), "-q"], capsys)[0] == 0
+    assert run_cli(["export", "umxsynth-rt", "umxsynth-rt-onnx", "-q"], capsys)[0] == 0
+    code = re.findall(r"```python\n(.*?)```", DEPLOY, flags=re.DOTALL)
+    namespace: dict = {}
+    exec(compile(code[0], "deploy.md", "exec"), namespace)
+    expected = load_separator("umxsynth", niter=0).separate(mixture[None], segment=None)[0]
+    for k, target in enumerate(TARGETS):
+        assert np.abs(namespace["stems"][target] - expected[k].numpy()).max() < 1e-4
+        assert Path(f"{target}.wav").exists()
+
+    exec(compile(code[1], "deploy.md", "exec"), namespace)
+    full = ort.InferenceSession("umxsynth-rt-onnx/vocals.onnx")
+    (whole,) = full.run(None, {"mix": namespace["frames"]})
+    assert np.abs(namespace["streamed"] - whole).max() < 1e-5 * np.abs(whole).max()
