@@ -159,10 +159,12 @@ class Case:
     mode: str  # "whole" or "chunked"
     niter: int
     duration: float
+    backend: str = "torch"  # umx only: "torch", "onnxruntime" or "int8" (onnxruntime, int8)
 
     @property
     def name(self) -> str:
-        return f"{self.impl}-{self.interface}-{self.mode}-n{self.niter}-{self.duration:g}s"
+        backend = "" if self.backend == "torch" else f"-{self.backend}"
+        return f"{self.impl}-{self.interface}-{self.mode}-n{self.niter}-{self.duration:g}s{backend}"
 
     @property
     def stems(self) -> Path:
@@ -192,6 +194,28 @@ class NpyStream:
 
     def close(self) -> None:
         self.file.close()
+
+
+BACKEND_OPTIONS = {
+    "torch": [],
+    "onnxruntime": ["--backend", "onnxruntime"],
+    "int8": ["--backend", "onnxruntime", "--quantize", "int8"],
+}
+
+
+def time_models(separator, result: dict) -> None:
+    """Add the time spent in the separator's target models to `result["model_s"]`."""
+    result["model_s"] = 0.0
+
+    def start(module, _inputs) -> None:
+        module.started = time.perf_counter()
+
+    def stop(module, _inputs, _output) -> None:
+        result["model_s"] += time.perf_counter() - module.started
+
+    for model in separator.target_models.values():
+        model.register_forward_pre_hook(start)
+        model.register_forward_hook(stop)
 
 
 def run_child(spec: dict) -> dict:
@@ -224,6 +248,7 @@ def run_child(spec: dict) -> dict:
                 "{target}.{ext}",
             ]
             command += ["--whole-track"] if case.mode == "whole" else []
+            command += BACKEND_OPTIONS[case.backend]
             env = None
         else:
             command = [
@@ -262,6 +287,12 @@ def run_child(spec: dict) -> dict:
         result["version"] = umx.__version__
         start = time.perf_counter()
         separator = load_separator(model, niter=case.niter, device=device, progress=False)
+        if case.backend != "torch":
+            from umx.export import onnx_separator
+
+            quantize = "int8" if case.backend == "int8" else None
+            separator = onnx_separator(separator, quantize=quantize)
+        time_models(separator, result)
         if case.mode == "whole":
             stems = separator.separate(audio, segment=None)
         else:
@@ -287,6 +318,7 @@ def run_child(spec: dict) -> dict:
             pretrained=True,
         )
         separator.freeze()  # its directory loader leaves the models in training mode
+        time_models(separator, result)
         with torch.no_grad():
             stems = separator(audio.to(device)).cpu()
     result["wall_s"] = time.perf_counter() - start  # the stems are on the host: synchronised
@@ -358,6 +390,11 @@ def cases_for(duration: float, with_reference: bool) -> list[Case]:
             Case("umx", "api", "whole", 0, duration),
             Case("umx", "cli", "whole", 1, duration),
         ]
+        for backend in ("onnxruntime", "int8"):
+            cases += [
+                Case("umx", "api", "whole", 1, duration, backend),
+                Case("umx", "cli", "chunked", 1, duration, backend),
+            ]
     if with_reference:
         cases.append(Case("reference", "api", "whole", 1, duration))
         if not long:
@@ -372,6 +409,8 @@ def cases_for(duration: float, with_reference: bool) -> list[Case]:
 def baseline_of(case: Case) -> Case | None:
     if case.impl == "reference":
         return None
+    if case.backend != "torch":  # the same case with torch
+        return Case("umx", case.interface, case.mode, case.niter, case.duration)
     if case.mode == "whole":
         return Case("reference", case.interface, "whole", case.niter, case.duration)
     return Case("umx", "api", "whole", case.niter, case.duration)
@@ -444,6 +483,8 @@ def main() -> None:
                 print(f"{result['wall_s']:.1f} s, {result['peak_rss_mb']:.0f} MB", flush=True)
                 if case.name in best:
                     result["wall_s"] = min(result["wall_s"], best[case.name]["wall_s"])
+                    if "model_s" in result:
+                        result["model_s"] = min(result["model_s"], best[case.name]["model_s"])
                     result["peak_rss_mb"] = max(
                         result["peak_rss_mb"], best[case.name]["peak_rss_mb"]
                     )
@@ -488,6 +529,16 @@ def speed_ratios(rows: list[tuple[Case, dict]]) -> list[str]:
             f"{case.name}: {ref['wall_s'] / result['wall_s']:.2f}x faster, "
             f"{result['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x the reference's peak RSS"
         )
+    # The backends' model stage (the four target models' calls) against torch float32's.
+    for case, result in rows:
+        torch_case = Case("umx", case.interface, case.mode, case.niter, case.duration)
+        base = by_name.get(torch_case.name)
+        if case.backend == "torch" or "model_s" not in result or base is None:
+            continue
+        lines.append(
+            f"{case.name}: model stage {base['model_s'] / result['model_s']:.2f}x faster than "
+            f"torch float32 ({result['model_s']:.2f} s against {base['model_s']:.2f} s)"
+        )
     return lines
 
 
@@ -519,16 +570,19 @@ def render(
         f"wiener_win_len 300. Wall time: fastest of {repeat} run(s) per case.",
         f"Command: `{command_line(argv)}`",
         "",
-        "| case | audio | niter | wall s | RTF | peak RSS MB | max abs diff | diff dB | vs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | backend | audio | niter | wall s | model s | RTF | peak RSS MB "
+        "| max abs diff | diff dB | vs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, r in rows:
         diff = f"{r['max_diff']:.1e}" if "max_diff" in r else ""
         diff_db = f"{r['diff_db']:.0f}" if "diff_db" in r else ""
+        model_s = f"{r['model_s']:.1f}" if "model_s" in r else ""
+        backend = case.backend if case.impl == "umx" else ""
         lines.append(
-            f"| {case.impl} {case.interface} {case.mode} | {case.duration:g} s | {case.niter} "
-            f"| {r['wall_s']:.1f} | {r['rtf']:.3f} | {memory(r)} | {diff} | {diff_db} "
-            f"| {r.get('vs', '')} |"
+            f"| {case.impl} {case.interface} {case.mode} | {backend} | {case.duration:g} s "
+            f"| {case.niter} | {r['wall_s']:.1f} | {model_s} | {r['rtf']:.3f} | {memory(r)} "
+            f"| {diff} | {diff_db} | {r.get('vs', '')} |"
         )
     lines += ["", "umx / reference:", ""] + [f"- {line}" for line in ratios]
     lines += [f"- {note}" for note in notes]

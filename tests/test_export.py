@@ -15,10 +15,12 @@ import pytest
 import soundfile as sf
 import torch
 
+import umx.export
 from umx.cli import main
 from umx.errors import UmxError
 from umx.export import (
     EXPORT_JSON,
+    GRAPH_CACHE,
     OnnxModel,
     export_onnx,
     model_graph,
@@ -27,7 +29,7 @@ from umx.export import (
     require_onnx,
 )
 from umx.stream import StreamingSeparator, separate_causal
-from umx.zoo import load_separator
+from umx.zoo import cache_dir, load_separator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
@@ -229,3 +231,21 @@ def test_the_numpy_example_of_the_deploy_guide_runs(tmp_path, monkeypatch, mixtu
     full = ort.InferenceSession("umxsynth-rt-onnx/vocals.onnx")
     (whole,) = full.run(None, {"mix": namespace["frames"]})
     assert np.abs(namespace["streamed"] - whole).max() < 1e-5 * np.abs(whole).max()
+
+
+def test_the_backend_keeps_its_graphs_in_the_model_cache(separators, monkeypatch, mixture):
+    separator = separators["umxsynth-rt"]
+    first = onnx_separator(separator, quantize="int8")
+    cached = sorted((cache_dir() / GRAPH_CACHE).iterdir())
+    assert len(cached) == 8  # four targets, full and streaming graphs
+    assert all(onnx.load(path).graph.node for path in cached)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(umx.export, "model_graph", no_export)
+    again = onnx_separator(separator, quantize="int8")
+    audio = mixture[None, :, :20000]
+    assert torch.equal(first.separate(audio), again.separate(audio))
+    with pytest.raises(AssertionError, match="exported again"):
+        onnx_separator(separator)  # float32 graphs are other files

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -35,7 +36,7 @@ from umx.errors import UmxError
 from umx.model import LSTMState, OpenUnmix
 from umx.modeldir import write_atomic
 from umx.separator import Separator
-from umx.zoo import load_separator
+from umx.zoo import cache_dir, load_separator
 
 logger = logging.getLogger("umx")
 
@@ -53,6 +54,8 @@ STATE_INPUTS = ("h", "c")
 STATE_OUTPUTS = ("h_out", "c_out")
 QUANTIZED_OPS = ("MatMul", "Gemm", "LSTM")
 """The operators int8 dynamic quantisation rewrites: the linear layers and the LSTM."""
+GRAPH_CACHE = "onnx-graphs"
+"""The folder of the model cache (`umx.zoo.cache_dir`) that keeps the backend's graphs."""
 
 
 def require_onnx() -> tuple[ModuleType, ModuleType]:
@@ -236,16 +239,19 @@ class OnnxModel(nn.Module):
     def from_model(
         cls, model: OpenUnmix, *, quantize: str | None = None, threads: int | None = None
     ) -> OnnxModel:
-        """Export `model` in memory (and quantise it with `quantize="int8"`) and load it."""
+        """Export `model` (and quantise it with `quantize="int8"`) and load it.
+
+        Exporting a large model takes seconds, so the graphs are kept in the model cache
+        (`cached_graph`) and later loads of the same weights read them from there.
+        """
         check_quantize(quantize)
-        graphs = [model_graph(model)]
+        graph = cached_graph(model, quantize=quantize)
+        stream_graph = None
         if model.unidirectional:
-            graphs.append(model_graph(model, streaming=True))
-        if quantize:
-            graphs = [quantize_graph(graph) for graph in graphs]
+            stream_graph = cached_graph(model, streaming=True, quantize=quantize)
         return cls(
-            graphs[0],
-            graphs[1] if len(graphs) > 1 else None,
+            graph,
+            stream_graph,
             nb_channels=model.nb_channels,
             nb_bins=model.nb_output_bins,
             hidden_size=model.hidden_size,
@@ -309,6 +315,49 @@ class OnnxModel(nn.Module):
                 f"{name} has a bidirectional LSTM, which needs the whole future of the signal "
                 "and cannot separate a stream; use a causal (unidirectional) model"
             )
+
+
+def cached_graph(
+    model: OpenUnmix, *, streaming: bool = False, quantize: str | None = None
+) -> bytes:
+    """`model_graph` (quantised with `quantize`), read from the model cache when an earlier
+    call made it, else made and written there atomically (if the cache can be written).
+
+    The file is named by a SHA-256 of everything the graph depends on: the model's sizes and
+    parameter values, the kind of graph, the quantisation, the opset and the torch and
+    onnxruntime versions. Set `$UMX_CACHE` to move the cache (see `umx.zoo.cache_dir`).
+    """
+    _, onnxruntime = require_onnx()
+    key = hashlib.sha256()
+    parts = (
+        streaming,
+        quantize,
+        OPSET,
+        torch.__version__,
+        onnxruntime.__version__,
+        model.nb_output_bins,
+        model.nb_bins,
+        model.nb_channels,
+        model.hidden_size,
+        model.nb_layers,
+        model.unidirectional,
+    )
+    key.update(repr(parts).encode())
+    for name, tensor in model.state_dict().items():
+        key.update(name.encode())
+        key.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    path = cache_dir() / GRAPH_CACHE / f"{key.hexdigest()}{GRAPH_SUFFIX}"
+    if path.is_file():
+        return path.read_bytes()
+    graph = model_graph(model, streaming=streaming)
+    if quantize:
+        graph = quantize_graph(graph)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda out: out.write(graph))
+    except OSError as error:
+        logger.debug("the ONNX graph is not cached (%s)", error)
+    return graph
 
 
 def _numpy(x: Tensor) -> Any:
