@@ -47,6 +47,7 @@ from umx.streaming_io import (
     separate_stream,
 )
 from umx.train import add_train_arguments, run_training
+from umx.web.options import add_serve_arguments, run_serve
 from umx.zoo import (
     DEFAULT_MODEL,
     FALLBACK_MODEL,
@@ -58,7 +59,7 @@ from umx.zoo import (
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate", "stream", "train", "evaluate", "synth", "download", "export")
+COMMANDS = ("separate", "stream", "train", "evaluate", "synth", "download", "export", "serve")
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
@@ -192,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_arguments(export)
     export.set_defaults(run=run_export)
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page to separate songs, listen to the stems and download them",
+        description="Serve a page on this machine where songs are dropped, separated, played "
+        "with each stem's volume, mute and solo, and downloaded (needs umx[web]; see "
+        "docs/web.md).",
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(run=run_serve)
     return parser
 
 

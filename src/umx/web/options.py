@@ -1,0 +1,199 @@
+"""`umx serve`: its options, checked before anything starts, and the run (uvicorn on a socket
+bound here, so that the address printed is the one served, `--port 0` included)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import socket
+import webbrowser
+from pathlib import Path
+
+from umx.audio import display_path
+from umx.devices import AUTO, resolve_device
+from umx.errors import UmxError, check_number
+from umx.web.jobs import JobStore
+from umx.zoo import MODELS, cache_dir, resolve_model
+
+logger = logging.getLogger("umx")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+DEFAULT_MAX_UPLOAD_MB = 500.0
+DEFAULT_MAX_CACHE_GB = 10.0
+DEFAULT_MAX_QUEUE = 16
+GRACEFUL_SHUTDOWN_S = 2
+"""Seconds open connections (event streams) get to close when the server stops."""
+WEB_MODULES = ("starlette", "uvicorn")
+
+
+def default_data_dir() -> Path:
+    """Where jobs live unless `--data-dir` says: `serve/` in umx's cache folder."""
+    return cache_dir() / "serve"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `umx serve`."""
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; the page has "
+        "no accounts, so only listen on others on a network you trust)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to listen on; 0 for any free one (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--model",
+        help="model the page selects first: a name (see `umx --list-models`) or a model "
+        "directory (default: umxl when cached or downloadable, else the bundled umxsynth)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="songs separated at the same time, one per worker (default: 1)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        metavar="N",
+        help=f"songs that may wait; more are refused as busy (default: {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder of the uploads and their stems, kept across restarts (default: "
+        "serve/ in umx's cache folder, e.g. ~/.cache/umx/serve)",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="MB",
+        help=f"largest song accepted, in MiB (default: {DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    parser.add_argument(
+        "--max-cache-gb",
+        type=float,
+        default=DEFAULT_MAX_CACHE_GB,
+        metavar="GB",
+        help="most space the jobs may take, in GiB; the oldest are removed first (default: "
+        f"{DEFAULT_MAX_CACHE_GB:g})",
+    )
+    parser.add_argument(
+        "--device",
+        default=AUTO,
+        help="cpu, cuda, cuda:N or mps (default: auto: a CUDA GPU if present, else MPS, "
+        "else the CPU)",
+    )
+    parser.add_argument("--open", action="store_true", help="open the page in a browser")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def check_serve_args(args: argparse.Namespace) -> None:
+    """Refuse options of `umx serve` that make no sense, before anything starts."""
+    check_number("--port", args.port, minimum=0, maximum=65535, integer=True)
+    check_number("--jobs", args.jobs, minimum=1, integer=True)
+    check_number("--max-queue", args.max_queue, minimum=1, integer=True)
+    check_number("--max-upload-mb", args.max_upload_mb, above=0)
+    check_number("--max-cache-gb", args.max_cache_gb, above=0)
+
+
+def import_web() -> None:
+    """Make sure the `web` extra is installed.
+
+    Raises:
+        UmxError: it is not, with the command that installs it.
+    """
+    for name in WEB_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UmxError(f"umx serve needs {name}: pip install 'umx[web]'") from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host`:`port`.
+
+    Raises:
+        UmxError: the address cannot be had (in use, unknown, not this machine's).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise UmxError(f"cannot listen on {host!r}: {error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as error:
+        sock.close()
+        raise UmxError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return sock
+
+
+def page_url(sock: socket.socket) -> str:
+    """The page's address: a wildcard address is shown as this machine's loopback one."""
+    host, port = sock.getsockname()[:2]
+    if sock.family == socket.AF_INET6:
+        host = "::1" if host == "::" else host
+        return f"http://[{host}]:{port}/"
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run `umx serve` until it is stopped (Ctrl-C or SIGTERM)."""
+    check_serve_args(args)
+    import_web()
+    import uvicorn
+
+    from umx.web.server import create_app
+
+    device = resolve_device(args.device)
+    model = resolve_model(args.model)
+    models = [*MODELS, *([model] if model not in MODELS else [])]
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    store = JobStore(
+        data_dir,
+        models=models,
+        max_queue=args.max_queue,
+        max_cache_bytes=int(args.max_cache_gb * 2**30),
+        device=device,
+    )
+    app = create_app(
+        store,
+        default_model=model,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        host=args.host,
+    )
+    sock = listen(args.host, args.port)
+    url = page_url(sock)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s: anyone who can reach it can use the page", args.host)
+    store.start(args.jobs, preload=model)
+    print(f"umx serve: {url}", flush=True)
+    logger.info("jobs in %s; stop with Ctrl-C", display_path(data_dir))
+    if args.open:
+        webbrowser.open(url)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        store.stop(timeout=0)
+        sock.close()
+    return 0

@@ -1,0 +1,415 @@
+"""`umx serve` through its HTTP API: separation, downloads, limits, hostile names, busy queue,
+failures, deletion, the cache limit, server-sent events and restarts (the bundled umxsynth)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from umx import api
+from umx.cli import main
+from umx.web.jobs import DONE, FAILED, QUEUED, JobStore
+from umx.web.options import listen
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from umx.web.server import create_app  # noqa: E402
+
+RATE = 44100
+MODEL = "umxsynth"
+MODELS = ["umxsynth", "umxl"]
+
+
+def song_bytes(seconds: float, seed: int, rate: int = RATE) -> bytes:
+    """A short stereo wav: a chord, a bass line and noise bursts, different for each seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    chord = sum(0.1 * np.sin(2 * np.pi * f * t) for f in rng.uniform(200, 800, 3))
+    bass = 0.2 * np.sin(2 * np.pi * rng.uniform(40, 90) * t)
+    bursts = 0.2 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 4 * t) > 0.9)
+    audio = np.stack([chord + bass + bursts, chord + bass - bursts], axis=1)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio.astype(np.float32), rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def new_store(root: Path, **options) -> JobStore:
+    settings = {"models": MODELS, "max_queue": 8, "max_cache_bytes": 1 << 30, **options}
+    return JobStore(root, **settings)
+
+
+def new_app(store: JobStore, max_upload_bytes: int = 10 << 20):
+    return create_app(store, default_model=MODEL, max_upload_bytes=max_upload_bytes)
+
+
+def wait(store: JobStore, job_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.job(job_id)
+        if job["state"] in (DONE, FAILED):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end in {timeout} s: {store.job(job_id)}")
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()}
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The app behind a real uvicorn server on 127.0.0.1 and a free port; yields its URL."""
+    sock = listen("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = new_store(tmp_path / "data")
+    store.start(1)
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def client(store):
+    with local_client(new_app(store)) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def local_client(app):
+    """A client of the app served on 127.0.0.1 (a loopback host name, as a browser here asks)."""
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def post(client, data: bytes, name: str = "song.wav", **query):
+    return client.post("/api/jobs", params={"name": name, **query}, content=data)
+
+
+def test_separates_an_upload_into_the_stems_of_the_api(client, store, tmp_path):
+    data = song_bytes(1.5, seed=1)
+    response = post(client, data, stems="all")
+    assert response.status_code == 201
+    job = wait(store, response.json()["id"])
+    assert job["state"] == DONE and job["targets"] == ["vocals", "drums", "bass", "other"]
+    assert job["duration"] == pytest.approx(1.5)
+
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    expected = api.separate(audio.T, rate, MODEL)
+    for target in job["targets"]:
+        served = client.get(f"/api/jobs/{job['id']}/stems/{target}.wav")
+        assert served.status_code == 200 and served.headers["content-type"] == "audio/wav"
+        assert "song-" + target + ".wav" in served.headers["content-disposition"]
+        stem, stem_rate = soundfile.read(io.BytesIO(served.content), dtype="float32")
+        assert stem_rate == RATE and stem.shape == audio.shape
+        np.testing.assert_allclose(stem.T, expected[target].numpy(), atol=2e-5)
+
+    # the same song and options again: the same job, not separated twice
+    again = post(client, data, name="copy.wav", stems="all")
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+    assert again.json()["name"] == "song.wav"
+
+    # vocals + accompaniment: a second job; accompaniment is the sum of the other three
+    karaoke = post(client, data, stems="vocals")
+    assert karaoke.status_code == 201 and karaoke.json()["id"] != job["id"]
+    two = wait(store, karaoke.json()["id"])
+    assert two["targets"] == ["vocals", "accompaniment"]
+    wav = client.get(f"/api/jobs/{two['id']}/stems/accompaniment.wav").content
+    accompaniment, _ = soundfile.read(io.BytesIO(wav), dtype="float32")
+    summed = sum(expected[t] for t in ("drums", "bass", "other")).numpy()
+    np.testing.assert_allclose(accompaniment.T, summed, atol=5e-5)
+
+    # flac and mp3 through the audio writer, and the zip of every stem
+    flac = client.get(f"/api/jobs/{job['id']}/stems/vocals.flac")
+    assert flac.headers["content-type"] == "audio/flac"
+    vocals, _ = soundfile.read(io.BytesIO(flac.content), dtype="float32")
+    np.testing.assert_allclose(vocals.T, expected["vocals"].numpy(), atol=2 / 32768)
+    archive = client.get(f"/api/jobs/{job['id']}/zip/mp3")
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as opened:
+        assert sorted(opened.namelist()) == [f"song/{t}.mp3" for t in sorted(job["targets"])]
+    listed = client.get("/api/jobs").json()
+    assert [j["id"] for j in listed] == [two["id"], job["id"]]
+
+
+def test_upload_limit_is_enforced_while_the_body_arrives(store, tmp_path):
+    limit = 256 << 10
+    app = new_app(store, max_upload_bytes=limit)
+    with local_client(app) as client:
+        declared = post(client, b"\0" * (limit + 1))
+        assert declared.status_code == 413
+        assert declared.json()["error"] == (
+            "song.wav is larger than the upload limit of 0.25 MB (umx serve --max-upload-mb)"
+        )
+    with serving(app) as url:
+        # a chunked body that never ends: the answer must come once the limit is passed
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as conn:
+            conn.sendall(
+                b"POST /api/jobs?name=big.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            piece = b"\1" * 65536
+            for _ in range(limit // len(piece) + 2):
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                received = conn.recv(65536)
+                if not received:
+                    break
+                answer += received
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"big.wav is larger than the upload limit" in answer
+    assert files_under(store.root) == set() and store.jobs() == []
+
+
+def test_file_names_are_never_paths(client, store, tmp_path):
+    names = ["../../../evil.wav", "/etc/passwd", "..\\..\\win.wav", "a\x00b\nc.wav", "..", ""]
+    songs = [song_bytes(0.25, seed=20 + index) for index in range(len(names))]
+    ids = []
+    for name, data in zip(names, songs, strict=True):
+        response = post(client, data, name=name)
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    shown = [client.get(f"/api/jobs/{job_id}").json()["name"] for job_id in ids]
+    assert shown == ["evil.wav", "passwd", "win.wav", "abc.wav", "..", "untitled"]
+    job = wait(store, ids[0])
+    for job_id in ids[1:]:  # not needed: spare the CPU
+        if client.delete(f"/api/jobs/{job_id}").status_code != 204:
+            raise AssertionError(job_id)
+    store.stop(timeout=60)
+    assert {p.name for p in tmp_path.iterdir()} == {"data"}
+    stored = files_under(store.root)
+    assert stored and all(name.startswith(f"jobs/{job['id']}/") for name in stored)
+
+    for path in [
+        f"/api/jobs/{job['id']}/stems/..%2Finput.wav",
+        f"/api/jobs/{job['id']}/stems/..%2F..%2F{job['id']}%2Fjob.json",
+        f"/api/jobs/{job['id']}/stems/vocals.json",
+        f"/api/jobs/{job['id']}/zip/..%2F..",
+        "/api/jobs/..%2F..%2Fjobs",
+        f"/api/jobs/{job['id'][:-1]}.",
+        "/static/..%2Fjobs.py",
+        "/static/../jobs.py",
+    ]:
+        response = client.get(path)
+        assert response.status_code == 404, path
+    assert client.delete("/api/jobs/..%2F..%2Fjobs").status_code == 404
+    # a name that is not a file name still downloads under a safe one
+    disposition = client.get(f"/api/jobs/{job['id']}/zip/wav").headers["content-disposition"]
+    assert disposition == 'attachment; filename="evil-stems-wav.zip"'
+    named = post(client, songs[0], name="..")
+    assert named.json()["id"] == job["id"]  # known already: the first name stays
+
+
+def test_type_is_checked_by_decoding_not_by_name(client, store):
+    refused = post(client, b"not audio at all, just text\n" * 10, name="song.wav")
+    assert refused.status_code == 422
+    assert refused.json()["error"].startswith("song.wav is not decodable audio")
+    assert post(client, b"", name="empty.wav").json() == {"error": "empty.wav is empty"}
+    accepted = post(client, song_bytes(0.5, seed=3), name="notes.txt")
+    assert accepted.status_code == 201
+    assert wait(store, accepted.json()["id"])["state"] == DONE
+    assert [j["name"] for j in store.jobs()] == ["notes.txt"]
+    assert list(store.uploads_dir.iterdir()) == []
+
+
+def test_concurrent_uploads_fill_a_bounded_queue(tmp_path):
+    store = new_store(tmp_path / "data", max_queue=3)
+    songs = [song_bytes(0.5, seed=10 + i) for i in range(6)]
+    with serving(new_app(store)) as url, ThreadPoolExecutor(6) as pool:
+
+        def send(index: int) -> httpx.Response:
+            query = {"name": f"song{index}.wav"}
+            return httpx.post(f"{url}/api/jobs", params=query, content=songs[index], timeout=30)
+
+        responses = list(pool.map(send, range(6)))
+        codes = sorted(response.status_code for response in responses)
+        assert codes == [201, 201, 201, 503, 503, 503]
+        busy = next(r for r in responses if r.status_code == 503).json()["error"]
+        assert busy == "the server is busy: 3 songs are waiting; try again when one is done"
+        assert list(store.uploads_dir.iterdir()) == []
+        store.start(2)
+        try:
+            created = [r.json()["id"] for r in responses if r.status_code == 201]
+            assert [wait(store, job_id)["state"] for job_id in created] == [DONE] * 3
+            retry = send(next(i for i, r in enumerate(responses) if r.status_code == 503))
+            assert retry.status_code == 201
+        finally:
+            store.stop()
+
+
+def test_a_failed_job_says_why_and_the_server_keeps_serving(client, store):
+    # umxl is not in the (empty, offline) cache: its job fails with the loader's sentence
+    failed = post(client, song_bytes(0.5, seed=4), name="offline.wav", model="umxl")
+    assert failed.status_code == 201
+    job = wait(store, failed.json()["id"])
+    assert job["state"] == FAILED
+    assert "umxl" in job["error"] and "offline" in job["error"]
+    assert "\n" not in job["error"] and "Traceback" not in job["error"]
+    assert client.get(f"/api/jobs/{job['id']}/zip/wav").status_code == 404
+    works = post(client, song_bytes(0.5, seed=4), name="ok.wav")
+    assert wait(store, works.json()["id"])["state"] == DONE
+    # bad options are refused before the upload is read
+    assert post(client, b"x", model="../umxl").status_code == 422
+    assert post(client, b"x", stems="drums").json()["error"] == (
+        "unknown stems 'drums'; choose all or vocals"
+    )
+    elsewhere = client.post("/api/jobs", content=b"x", headers={"Origin": "http://evil.example"})
+    assert elsewhere.status_code == 403
+    foreign = client.get("/api/jobs", headers={"Host": "evil.example"})
+    assert foreign.status_code == 400
+
+
+def test_events_report_progress_until_done(tmp_path):
+    store = new_store(tmp_path / "data", segment=1.0, overlap=0.25)
+    with serving(new_app(store)) as url:
+        store.start(1)
+        try:
+            seen = []
+            with httpx.stream("GET", f"{url}/api/events", timeout=60) as events:
+                lines = events.iter_lines()
+                assert next(lines) == "event: jobs"
+                assert json.loads(next(lines).removeprefix("data: ")) == []
+                # 4 s in chunks of 1 s: progress after each chunk, then done
+                response = httpx.post(
+                    f"{url}/api/jobs", params={"name": "long.wav"}, content=song_bytes(4, 5)
+                )
+                job_id = response.json()["id"]
+                for line in lines:
+                    if line.startswith("data: "):
+                        record = json.loads(line.removeprefix("data: "))
+                        assert record["id"] == job_id
+                        seen.append((record["state"], record["progress"]))
+                        if record["state"] == DONE:
+                            break
+            progress = [p for s, p in seen if s == "running"]
+            # a job's changes that come faster than they are read are merged: queued may be
+            # replaced by running
+            assert seen[0][0] in (QUEUED, "running") and seen[-1] == (DONE, 1.0)
+            assert progress == sorted(progress) and 0 < progress[1] < 1
+            assert len(set(progress)) >= 3
+        finally:
+            store.stop()
+
+
+def test_delete_and_the_cache_limit(client, store, tmp_path):
+    first = post(client, song_bytes(0.5, seed=6), name="first.wav").json()["id"]
+    wait(store, first)
+    assert client.delete(f"/api/jobs/{first}").status_code == 204
+    assert client.get(f"/api/jobs/{first}").status_code == 404
+    assert files_under(store.root) == set()
+    assert client.delete(f"/api/jobs/{first}").status_code == 404
+
+    small = new_store(tmp_path / "small", max_cache_bytes=1)
+    small.start(1)
+    try:
+        ids = []
+        for seed in (7, 8, 9):
+            ids.append(small.add(upload(small, song_bytes(0.5, seed)), small.options(MODEL, "all")))
+            wait(small, ids[-1][0]["id"])
+        assert [job["id"] for job in small.jobs()] == [ids[-1][0]["id"]]
+        assert {p.name for p in small.jobs_dir.iterdir()} == {ids[-1][0]["id"]}
+    finally:
+        small.stop()
+
+
+def upload(store: JobStore, data: bytes, name: str = "song.wav"):
+    received = store.new_upload(name, 10 << 20)
+    received.write(data)
+    return received
+
+
+def test_restart_keeps_finished_jobs_and_queues_unfinished_ones(tmp_path):
+    root = tmp_path / "data"
+    first = new_store(root)
+    first.start(1)
+    done, _ = first.add(upload(first, song_bytes(0.5, 11)), first.options(MODEL, "all"))
+    wait(first, done["id"])
+    first.stop()
+    pending, _ = first.add(upload(first, song_bytes(0.5, 12)), first.options(MODEL, "vocals"))
+    assert first.job(pending["id"])["state"] == QUEUED
+    # leftovers of a crash: a half upload, a half job folder, a half stems folder; and a
+    # folder that is not a job
+    (root / "uploads" / ".dead.part").write_bytes(b"x")
+    (root / "jobs" / f".{pending['id']}.1234").mkdir()
+    (root / "jobs" / done["id"] / ".stems.abcd").mkdir()
+    (root / "jobs" / "stranger").mkdir()
+
+    second = new_store(root)
+    jobs = {job["id"]: job for job in second.jobs()}
+    assert jobs[done["id"]]["state"] == DONE and jobs[pending["id"]]["state"] == QUEUED
+    assert list(second.uploads_dir.iterdir()) == []
+    assert sorted(p.name for p in second.jobs_dir.iterdir()) == sorted(
+        [done["id"], pending["id"], "stranger"]
+    )
+    assert not (root / "jobs" / done["id"] / ".stems.abcd").exists()
+    with local_client(new_app(second)) as client:
+        wav = client.get(f"/api/jobs/{done['id']}/stems/drums.wav")
+        assert soundfile.info(io.BytesIO(wav.content)).duration == pytest.approx(0.5)
+        second.start(1)
+        try:
+            assert wait(second, pending["id"])["targets"] == ["vocals", "accompaniment"]
+        finally:
+            second.stop()
+
+
+def test_bad_options_and_missing_extra_are_one_line(capsys, monkeypatch, tmp_path):
+    for option in (["--port", "70000"], ["--jobs", "0"], ["--max-upload-mb", "nan"]):
+        assert main(["serve", "--data-dir", str(tmp_path), *option]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"umx: error: {option[0]} must be") and error.count("\n") == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--data-dir", str(tmp_path), "--port", str(port)]) == 1
+    assert capsys.readouterr().err == (
+        f"umx: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["serve", "--data-dir", str(tmp_path)]) == 1
+    assert (
+        capsys.readouterr().err == "umx: error: umx serve needs uvicorn: pip install 'umx[web]'\n"
+    )
+
+
+def test_stems_match_the_input_rate_and_channels(client, store):
+    mono = np.sin(2 * np.pi * 330 * np.arange(24000) / 48000).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, mono, 48000, format="FLAC")
+    job = wait(store, post(client, buffer.getvalue(), name="mono.flac").json()["id"])
+    stem = client.get(f"/api/jobs/{job['id']}/stems/bass.wav").content
+    info = soundfile.info(io.BytesIO(stem))
+    assert (info.samplerate, info.channels, info.frames) == (48000, 1, 24000)
+    expected = api.separate(torch.from_numpy(mono)[None], 48000, MODEL)["bass"]
+    served, _ = soundfile.read(io.BytesIO(stem), dtype="float32")
+    np.testing.assert_allclose(served, expected[0].numpy(), atol=2e-5)
