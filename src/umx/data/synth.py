@@ -60,6 +60,9 @@ from umx.data.midi import (
     transpose,
 )
 from umx.data.procedural import generate_song
+from umx.data.production import TEST_REVERB, TRAIN_REVERB, apply_chain, draw_production
+from umx.data.sampler import load_kit, play_drums
+from umx.data.singer import sing
 from umx.errors import UmxError
 from umx.separator import SAMPLE_RATE
 
@@ -121,13 +124,17 @@ PEAK_RANGE_DB = (-6.0, -1.0)
 """The peak level of the loudest of a track's mixture and stems."""
 TRANSPOSE_RANGE = (-3, 3)
 TEMPO_RANGE = (0.9, 1.1)
+SUNG_CHANCE = 0.8
+SUNG_SHARE = (0.3, 1.0)
+"""With --sung, this fraction of tracks has the singer in its vocals, at this share of the level."""
 FADE_SECONDS = 1.0
 """Fade in and out of the example song."""
 PCM_SCALE = 32768
 DATASET_FILES = frozenset(("train", "test", "synth.json", "setup.yaml"))
 SETTINGS = (
     "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
-    "excerpts", "duration", "sample_rate", "seed",
+    "excerpts", "duration", "sample_rate", "seed", "drum_kits", "test_drum_kits", "production",
+    "sung",
 )  # fmt: skip
 """The options recorded in ``synth.json``."""
 
@@ -171,6 +178,10 @@ class TrackPlan:
         gains_db: each stem's gain after levelling.
         pans: each stem's stereo balance.
         peak_db: the peak of the loudest of the mixture and the stems.
+        drum_kit: the Hydrogen drum kit that plays the drums, or None for the soundfont's.
+        production: the effect chains of :func:`umx.data.production.draw_production`, or None.
+        sung: the formant singer's share of the vocals (0: the voice patch alone).
+        seed: the seed of the kit's, the singer's and the effects' own random choices.
     """
 
     name: str
@@ -184,6 +195,10 @@ class TrackPlan:
     gains_db: dict[str, float]
     pans: dict[str, float]
     peak_db: float
+    drum_kit: str | None = None
+    production: dict | None = None
+    sung: float = 0.0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -476,12 +491,26 @@ def render_track(
     song = transpose(scale_tempo(song, plan.tempo), plan.transpose, frozenset({DRUM_CHANNEL}))
     nb_samples = round(duration * sample_rate)
     soundfont = Path(plan.soundfont)
+    parts = split_stems(song, plan.revoice)
     raw = {
-        stem: render_midi(part, soundfont, nb_samples, sample_rate)
-        for stem, part in split_stems(song, plan.revoice).items()
+        stem: play_drums(part, load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed)
+        if stem == "drums" and plan.drum_kit
+        else render_midi(part, soundfont, nb_samples, sample_rate)
+        for stem, part in parts.items()
     }
     if any(_level_db(audio) < SILENCE_DB for audio in raw.values()):
         return None
+    if plan.sung:
+        sung = sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
+        if _level_db(sung) > SILENCE_DB:
+            patch = raw["vocals"] * 10 ** (-_level_db(raw["vocals"]) / 20)
+            raw["vocals"] = (
+                patch * (1 - plan.sung) + sung * 10 ** (-_level_db(sung) / 20) * plan.sung
+            )
+    if plan.production:
+        room = plan.production["room"]
+        for stem, chain in plan.production["stems"].items():
+            raw[stem] = apply_chain(raw[stem], chain, room, sample_rate)
     envelope = np.ones(nb_samples)
     if fade:
         ramp = np.linspace(0, 1, round(fade * sample_rate))
@@ -563,6 +592,9 @@ def plan_tracks(
     excerpts: int = 1,
     test_fraction: float = TEST_FRACTION,
     valid_fraction: float = VALID_FRACTION,
+    drum_kits: dict[str, Sequence[Path]] | None = None,
+    production: bool = False,
+    sung: bool = False,
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
 
@@ -578,17 +610,27 @@ def plan_tracks(
         excerpts: tracks per song.
         test_fraction: the fraction of songs for the test split.
         valid_fraction: the fraction of songs for the validation split.
+        drum_kits: ``{split: Hydrogen drum kits}``: each track's drums are played by one drawn
+            among them and the soundfont.
+        production: give each track effect chains (the test split's reverb is a family
+            training never hears).
+        sung: sing the vocals of most tracks with the formant singer, mixed with the voice patch.
 
     Returns:
         The tracks, by split then song name.
 
     Raises:
-        UmxError: a test soundfont is also a training one, a split with songs has no
-            soundfont, or no song can give a track.
+        UmxError: a test soundfont or drum kit is also a training one, a split with songs has
+            no soundfont, or no song can give a track.
     """
-    shared = set(soundfonts["test"]) & {*soundfonts["train"], *soundfonts["valid"]}
-    if shared:
-        raise UmxError(f"soundfont {min(shared)} is used for both training and testing")
+    drum_kits = drum_kits or {}
+    for kind, sources in (("soundfont", soundfonts), ("drum kit", drum_kits)):
+        shared = set(sources.get("test", ())) & {
+            *sources.get("train", ()),
+            *sources.get("valid", ()),
+        }
+        if shared:
+            raise UmxError(f"{kind} {min(shared)} is used for both training and testing")
     splits: dict[str, list[SongRef]] = {split: [] for split in SPLITS}
     for procedural in (False, True):
         group = [song for song in songs if (song.path is None) == procedural]
@@ -599,10 +641,32 @@ def plan_tracks(
         if chosen and not soundfonts[split]:
             raise UmxError(f"no soundfont for the {split} split")
         for song in sorted(chosen, key=lambda song: song.name):
-            plans += _plan_song(song, split, soundfonts[split], seed, duration, excerpts)
+            plans += [
+                _produce(plan, seed, drum_kits.get(split, ()), production, sung)
+                for plan in _plan_song(song, split, soundfonts[split], seed, duration, excerpts)
+            ]
     if not plans:
         raise UmxError(f"none of the {len(songs)} songs can be rendered (see the warnings)")
     return plans
+
+
+def _produce(
+    plan: TrackPlan, seed: int, drum_kits: Sequence[Path], production: bool, sung: bool
+) -> TrackPlan:
+    """``plan`` with its drum kit, effect chains and singer drawn (from a generator of their
+    own, so that a dataset without them is the same as before they existed)."""
+    if not (drum_kits or production or sung):
+        return plan
+    rng = random.Random(derive_seed(seed, plan.name, "production"))
+    kits = [None, *map(str, drum_kits)]
+    family = TEST_REVERB if plan.split == "test" else TRAIN_REVERB
+    return replace(
+        plan,
+        drum_kit=rng.choice(kits),
+        production=draw_production(rng, STEMS, family) if production else None,
+        sung=round(rng.uniform(*SUNG_SHARE), 3) if sung and rng.random() < SUNG_CHANCE else 0.0,
+        seed=rng.getrandbits(31),
+    )
 
 
 def _plan_song(
@@ -911,6 +975,34 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {', '.join(map(str, TEST_SOUNDFONTS))})",
     )
     parser.add_argument(
+        "--drum-kits",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="KIT",
+        help="Hydrogen drum kit folders (with a drumkit.xml) for the train and valid splits: "
+        "each track's drums are played by one of them or the soundfont (default: none)",
+    )
+    parser.add_argument(
+        "--test-drum-kits",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="KIT",
+        help="Hydrogen drum kit folders for the test split, none of them in --drum-kits",
+    )
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="give every stem a randomised effect chain (EQ, compression, overdrive, chorus, "
+        "reverb); the test split's reverb is of a family training never hears",
+    )
+    parser.add_argument(
+        "--sung",
+        action="store_true",
+        help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
+    )
+    parser.add_argument(
         "--test-fraction",
         type=float,
         default=TEST_FRACTION,
@@ -994,9 +1086,14 @@ def run_synth(args: argparse.Namespace) -> int:
     test = []
     if args.test_fraction > 0:
         test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
+    kits = [_kit(path) for path in args.drum_kits]
+    test_kits = [_kit(path) for path in args.test_drum_kits] if args.test_fraction > 0 else []
     plans = plan_tracks(
         songs,
         {"train": train, "valid": train, "test": test},
+        drum_kits={"train": kits, "valid": kits, "test": test_kits},
+        production=args.production,
+        sung=args.sung,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,
@@ -1015,6 +1112,16 @@ def run_synth(args: argparse.Namespace) -> int:
         settings=settings,
     )
     return 0
+
+
+def _kit(path: Path) -> Path:
+    """A drum kit folder, checked and resolved.
+
+    Raises:
+        UmxError: it is not a Hydrogen kit umx can play.
+    """
+    load_kit(path.resolve())
+    return path.resolve()
 
 
 def _named(paths: list[Path]) -> Iterator[tuple[str, Path]]:
