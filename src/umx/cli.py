@@ -16,14 +16,12 @@ from tqdm import tqdm
 
 from umx import __version__
 from umx.api import (
-    DEFAULT_TEMPLATE,
-    TEMPLATE_FIELDS,
     check_aggregate,
     parse_aggregate,
     plan_outputs,
     separate_file,
 )
-from umx.audio import CLIP_POLICIES, SUBTYPES, WriteReport, audio_formats, display_path
+from umx.audio import WriteReport, display_path
 from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError, check_number
@@ -31,8 +29,11 @@ from umx.evaluate import add_evaluate_arguments, run_evaluate
 from umx.export import add_export_arguments, run_export
 from umx.modeldir import check_target_name
 from umx.options import (
+    MODEL_HELP,
+    add_output_arguments,
     add_separation_arguments,
     check_separation_args,
+    output_options,
     segment_from_args,
     separator_from_args,
 )
@@ -50,7 +51,6 @@ from umx.train import add_train_arguments, run_training
 from umx.web.options import add_serve_arguments, run_serve
 from umx.zoo import (
     DEFAULT_MODEL,
-    FALLBACK_MODEL,
     MODELS,
     PARTIAL,
     download_models,
@@ -66,10 +66,6 @@ STOP_SIGNALS = tuple(
 CLOSED_PIPE_STATUS = 128 + getattr(signal, "SIGPIPE", 13)
 """`umx stream --stdout`'s exit status when its reader goes away: a shell's for a process that
 SIGPIPE ended (141)."""
-MODEL_HELP = (
-    f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
-    f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
-)
 
 
 class Stopped(BaseException):
@@ -246,65 +242,6 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
     )
     add_separation_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
-
-
-def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
-    """The options of stem files: where, named how, in which format, clipped how, grouped how,
-    and whether to overwrite (`umx separate` and `umx stream`)."""
-    p.add_argument(
-        "--outdir",
-        type=Path,
-        default=Path("separated"),
-        help="output directory (default: separated)",
-    )
-    p.add_argument(
-        "--filename",
-        default=DEFAULT_TEMPLATE,
-        metavar="TEMPLATE",
-        help="output path under OUTDIR, with "
-        + ", ".join("{" + field + "}" for field in TEMPLATE_FIELDS)
-        + f" (default: {DEFAULT_TEMPLATE})",
-    )
-    p.add_argument(
-        "--ext",
-        *ext_aliases,
-        dest="ext",
-        choices=audio_formats(),
-        default="wav",
-        help="output file format (default: wav)",
-    )
-    p.add_argument(
-        "--subtype",
-        choices=sorted({subtype for subtypes in SUBTYPES.values() for subtype in subtypes}),
-        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only); "
-        "MPEG_LAYER_III for mp3 (its only one)",
-    )
-    p.add_argument(
-        "--clip",
-        choices=CLIP_POLICIES,
-        default="rescale",
-        help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
-        "clamp the samples, or none (FLOAT only) (default: rescale)",
-    )
-    p.add_argument(
-        "--aggregate",
-        metavar="JSON",
-        help="groups of targets to write instead, as JSON or a JSON file, e.g. "
-        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
-    )
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-
-
-def output_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options of `add_output_arguments` that say where and how stem files are written."""
-    return {
-        "outdir": args.outdir,
-        "filename": args.filename,
-        "ext": args.ext,
-        "subtype": args.subtype,
-        "clip": args.clip,
-        "force": args.force,
-    }
 
 
 def run_separate(args: argparse.Namespace) -> int:

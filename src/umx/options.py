@@ -1,13 +1,23 @@
-"""Command-line options of the separation, shared by `umx separate` and `umx evaluate`."""
+"""Command-line options shared by the commands: the separation (`umx separate`, `umx evaluate`,
+`umx batch`) and the stem files (`umx separate`, `umx stream`, `umx batch`)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
 
+from umx.api import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
+from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
 from umx.devices import AUTO, resolve_device
 from umx.export import BACKENDS, QUANTIZATIONS, check_backend, onnx_separator
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator, check_options
-from umx.zoo import load_separator
+from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, load_separator
+
+MODEL_HELP = (
+    f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
+    f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
+)
 
 SEPARATION_DEFAULTS = {
     "targets": None,
@@ -133,3 +143,62 @@ def separator_from_args(args: argparse.Namespace, model: str | None) -> Separato
 def segment_from_args(args: argparse.Namespace) -> float | None:
     """The chunk length to separate with: None (whole track) with `--whole-track`."""
     return None if args.whole_track else args.segment
+
+
+def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
+    """The options of stem files: where, named how, in which format, clipped how, grouped how,
+    and whether to overwrite (`umx separate`, `umx stream` and `umx batch`)."""
+    p.add_argument(
+        "--outdir",
+        type=Path,
+        default=Path("separated"),
+        help="output directory (default: separated)",
+    )
+    p.add_argument(
+        "--filename",
+        default=DEFAULT_TEMPLATE,
+        metavar="TEMPLATE",
+        help="output path under OUTDIR, with "
+        + ", ".join("{" + field + "}" for field in TEMPLATE_FIELDS)
+        + f" (default: {DEFAULT_TEMPLATE})",
+    )
+    p.add_argument(
+        "--ext",
+        *ext_aliases,
+        dest="ext",
+        choices=audio_formats(),
+        default="wav",
+        help="output file format (default: wav)",
+    )
+    p.add_argument(
+        "--subtype",
+        choices=sorted({subtype for subtypes in SUBTYPES.values() for subtype in subtypes}),
+        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only); "
+        "MPEG_LAYER_III for mp3 (its only one)",
+    )
+    p.add_argument(
+        "--clip",
+        choices=CLIP_POLICIES,
+        default="rescale",
+        help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
+        "clamp the samples, or none (FLOAT only) (default: rescale)",
+    )
+    p.add_argument(
+        "--aggregate",
+        metavar="JSON",
+        help="groups of targets to write instead, as JSON or a JSON file, e.g. "
+        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def output_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of `add_output_arguments` that say where and how stem files are written."""
+    return {
+        "outdir": args.outdir,
+        "filename": args.filename,
+        "ext": args.ext,
+        "subtype": args.subtype,
+        "clip": args.clip,
+        "force": args.force,
+    }
