@@ -39,6 +39,7 @@ from umx.audio.writing import (
     AudioWriter,
     WriteReport,
     audio_formats,
+    leftover_temporaries,
     write_audio,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "audio_formats",
     "audio_info",
     "display_path",
+    "leftover_temporaries",
     "match_channels",
     "read_audio",
     "read_frames",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -87,19 +88,57 @@ def _name_max(directory: Path) -> int:
         return NAME_MAX
 
 
+_TOKEN_BYTES = 4
+"""Random bytes in a temporary name (written as twice as many hex digits)."""
+
+
+def _hidden_stem(path: Path, name_max: int) -> tuple[str, tuple[str, str]]:
+    """The stem and the two endings of ``path``'s temporary names (see :func:`_hidden_names`)."""
+    tails = (f".tmp{path.suffix}", ".stage.wav")
+    room = name_max - len("..") - 2 * _TOKEN_BYTES - max(len(os.fsencode(tail)) for tail in tails)
+    stem = path.stem
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem, tails
+
+
 def _hidden_names(path: Path, name_max: int) -> tuple[Path, Path]:
     """Two temporary names beside ``path``, for the file being written and the staged signal.
 
     They are ``.{stem}.{token}.tmp{suffix}`` and ``.{stem}.{token}.stage.wav``, the stem cut so
     both fit in ``name_max`` bytes: any valid target name gives valid temporary names.
     """
-    token, tails = secrets.token_hex(4), (f".tmp{path.suffix}", ".stage.wav")
-    room = name_max - len(f"..{token}") - max(len(os.fsencode(tail)) for tail in tails)
-    stem = path.stem
-    while len(os.fsencode(stem)) > room:
-        stem = stem[:-1]
-    hidden = f".{stem}.{token}"
+    stem, tails = _hidden_stem(path, name_max)
+    hidden = f".{stem}.{secrets.token_hex(_TOKEN_BYTES)}"
     return path.with_name(hidden + tails[0]), path.with_name(hidden + tails[1])
+
+
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files that writers of ``path`` left beside it when they were killed
+    before they could clean up (SIGKILL, a lost machine): an :class:`AudioWriter` removes its
+    own on any exception, so these exist only after such a death.
+
+    Args:
+        path: a file that :class:`AudioWriter` writes.
+
+    Returns:
+        the hidden temporary files of ``path`` in its folder, sorted; none if the folder is
+        missing.
+    """
+    path = Path(path)
+    stem, tails = _hidden_stem(path, _name_max(path.parent))
+    pattern = re.compile(
+        re.escape(f".{stem}.")
+        + f"[0-9a-f]{{{2 * _TOKEN_BYTES}}}"
+        + "(?:"
+        + "|".join(re.escape(tail) for tail in tails)
+        + ")"
+    )
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    return sorted(path.with_name(name) for name in names if pattern.fullmatch(name))
 
 
 def _remove(paths: tuple[Path, ...]) -> None:
