@@ -1,11 +1,12 @@
-"""BSSEval v4 over a test set with museval: per-track scores, aggregate tables, baselines, plots.
+"""BSSEval v4 over a test set: per-track scores, aggregate tables, baselines, plots.
 
 A test set is MUSDB18 read by `musdb` (`.stem.mp4` files, or with `is_wav` a folder per track
 holding `mixture.wav`, `vocals.wav`, `drums.wav`, `bass.wav` and `other.wav`, as MUSDB18-HQ).
 A method turns one track into estimates: a separation model, a folder of estimates already on
 disk, or a baseline (the oracle ideal ratio or binary mask, or the mixture as every estimate).
 
-Results follow sigsep's conventions: one museval JSON per track in
+Scores are museval's: computed by umx's own BSSEval v4 (`bsseval`, the same numbers several times
+faster) or by museval itself. Results follow sigsep's conventions: one museval JSON per track in
 `<evaldir>/<subset>/<track>.json` (read by `museval.EvalStore` and `museval.MethodStore`), and
 aggregate scores that are the median over frames, then the median over tracks. Waveforms here are
 numpy arrays `(nb_timesteps, nb_channels)`, the axis order of musdb and museval.
@@ -14,11 +15,13 @@ museval, musdb, pandas and matplotlib (the `evaluate` extra) are imported when f
 that the `umx` command starts without them.
 
 The modules, each with one job: `tracks` (MUSDB18 test sets), `methods` (model, estimates on
-disk, baselines), `scoring` (BSSEval per track and over a test set, the JSON files), `reports`
+disk, baselines), `bsseval` (BSSEval v4 metrics of sources and estimates, as museval computes
+them), `scoring` (BSSEval per track and over a test set, the JSON files), `reports`
 (score tables and reports), `plots` (box plots), `options` (`umx evaluate`'s options and run),
 `common` (the extra's import, atomic writes). Their public names are re-exported here.
 """
 
+from umx.evaluate.bsseval import Scores, bss_eval
 from umx.evaluate.methods import (
     BASELINES,
     EPS,
@@ -44,6 +47,7 @@ from umx.evaluate.reports import (
     write_table,
 )
 from umx.evaluate.scoring import (
+    BSSEVAL,
     HOP,
     METRICS,
     WIN,
@@ -57,6 +61,7 @@ from umx.evaluate.tracks import SOURCES, SUBSETS, TARGETS, check_references, loa
 
 __all__ = [
     "BASELINES",
+    "BSSEVAL",
     "EPS",
     "HOP",
     "IRM_POWER",
@@ -72,8 +77,10 @@ __all__ = [
     "EstimatesMethod",
     "Method",
     "ModelMethod",
+    "Scores",
     "Summary",
     "add_evaluate_arguments",
+    "bss_eval",
     "check_references",
     "check_settings",
     "evaluate",

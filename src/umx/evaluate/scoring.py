@@ -1,5 +1,6 @@
-"""Scoring with BSSEval v4: one track's scores by museval, and `evaluate`, which scores a test set
-track by track (in parallel processes if asked) into one museval JSON per track."""
+"""Scoring with BSSEval v4: one track's scores (by umx's own BSSEval v4, `umx.evaluate.bsseval`, or
+by museval itself), and `evaluate`, which scores a test set track by track (in parallel processes
+if asked) into one museval JSON per track."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.audio import write_audio
 from umx.errors import UmxError
+from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
@@ -37,6 +39,9 @@ WIN = 1.0
 """BSSEval window, in seconds (sigsep's setting)."""
 HOP = 1.0
 """BSSEval hop, in seconds (sigsep's setting)."""
+BSSEVAL = ("fast", "museval")
+"""The BSSEval v4 implementations: umx's own (`umx.evaluate.bsseval`, museval's numbers, faster)
+and museval's, the reference."""
 
 
 def score_track(
@@ -45,8 +50,9 @@ def score_track(
     *,
     win: float = WIN,
     hop: float = HOP,
+    metrics: str = "fast",
 ) -> museval.TrackStore:
-    """BSSEval v4 scores of one track's estimates, computed by `museval.eval_mus_track`.
+    """BSSEval v4 scores of one track's estimates, as `museval.eval_mus_track` computes them.
 
     As in museval, vocals and accompaniment are scored together when both are estimated, and
     the other targets together.
@@ -56,6 +62,8 @@ def score_track(
         estimates: target → estimate `(nb_timesteps, nb_channels)`, at least two MUSDB18
             targets, each as long as its reference.
         win, hop: BSSEval window and hop in seconds.
+        metrics: `"fast"`, umx's own BSSEval v4 (`umx.evaluate.bsseval.bss_eval`), or
+            `"museval"`, `museval.eval_mus_track` itself.
 
     Returns:
         the framewise SDR, SIR, ISR and SAR of every target.
@@ -87,10 +95,48 @@ def score_track(
             raise UmxError(
                 f"{track.name}: the {name} estimate is silent, which BSSEval cannot score"
             )
+    museval = _extra("museval")
     try:
-        return _extra("museval").eval_mus_track(track, dict(estimates), win=win, hop=hop)
-    except ValueError as error:  # museval's own checks, e.g. a reference silent in one channel sum
-        raise UmxError(f"{track.name}: museval refused it ({str(error).split('. ')[0]})") from None
+        if metrics == "museval":
+            return museval.eval_mus_track(track, dict(estimates), win=win, hop=hop)
+        scores = museval.TrackStore(win=win, hop=hop, track_name=track.name)
+        for group, kept in _groups([name for name in track.targets if name in estimates]):
+            values = bss_eval(
+                np.stack([track.targets[name].audio for name in group]),
+                np.stack([estimates[name] for name in group]),
+                window=int(win * track.rate),
+                hop=int(hop * track.rate),
+            )
+            for index, name in enumerate(group):
+                if name in kept:
+                    scores.add_target(
+                        target_name=name,
+                        values={
+                            metric: getattr(values, metric.lower())[index].tolist()
+                            for metric in METRICS
+                        },
+                    )
+        return scores
+    except ValueError as error:  # BSSEval's checks, e.g. a reference silent in one channel sum
+        raise UmxError(f"{track.name}: BSSEval refused it ({str(error).split('. ')[0]})") from None
+
+
+def _groups(names: Sequence[str]) -> list[tuple[list[str], list[str]]]:
+    """museval's scoring problems for the estimated targets `names` (in the track's order): the
+    targets scored together, and those of them whose scores are kept.
+
+    Vocals and accompaniment, when both are estimated, are one two-source problem; the other
+    targets (with vocals but never accompaniment) another, if there are at least two of them,
+    which keeps all but the vocals' scores then.
+    """
+    pair = "vocals" in names and "accompaniment" in names
+    rest = [name for name in names if name != "accompaniment"] if pair else list(names)
+    groups = []
+    if len(rest) >= 2:
+        groups.append((rest, [name for name in rest if not (pair and name == "vocals")]))
+    if pair:
+        groups.append((["vocals", "accompaniment"], ["vocals", "accompaniment"]))
+    return groups
 
 
 def _nan_notes(track_name: str, scores: museval.TrackStore) -> list[str]:
@@ -126,6 +172,7 @@ class _TrackJob:
     outdir: Path | None
     win: float
     hop: float
+    metrics: str
 
     def run(self, track: musdb.MultiTrack) -> _Outcome:
         """Estimate, optionally write the stems, score and write the JSON; never raises."""
@@ -140,7 +187,9 @@ class _TrackJob:
                         write_audio(
                             path, estimate.T, track.rate, subtype="FLOAT", clip="none", force=True
                         )
-                scores = score_track(track, estimates, win=self.win, hop=self.hop)
+                scores = score_track(
+                    track, estimates, win=self.win, hop=self.hop, metrics=self.metrics
+                )
             name = getattr(self.method, "name", None)
             if name is not None:  # museval ignores other fields; the reports read it
                 scores.scores["method"] = name
@@ -199,6 +248,7 @@ def evaluate(
     jobs: int = 1,
     force: bool = False,
     progress: bool = True,
+    metrics: str = "fast",
 ) -> Summary:
     """Score every track with BSSEval v4 and write one museval JSON per track.
 
@@ -216,12 +266,15 @@ def evaluate(
         jobs: tracks evaluated at once, each in its own process; the scores do not depend on it.
         force: evaluate tracks that already have a JSON again.
         progress: show a progress bar over the tracks.
+        metrics: the BSSEval v4 implementation, `"fast"` (umx's) or `"museval"`: see
+            `score_track`.
 
     Returns:
         which tracks were evaluated, skipped or failed.
     """
-    check_settings(win=win, hop=hop, jobs=jobs)
-    job = _TrackJob(method, Path(evaldir), None if outdir is None else Path(outdir), win, hop)
+    check_settings(win=win, hop=hop, jobs=jobs, metrics=metrics)
+    outdir = None if outdir is None else Path(outdir)
+    job = _TrackJob(method, Path(evaldir), outdir, win, hop, metrics)
     done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
     todo = [track for track in tracks if track not in done]
     outcomes: list[_Outcome] = []
@@ -248,13 +301,17 @@ def evaluate(
     )
 
 
-def check_settings(*, win: float = WIN, hop: float = HOP, jobs: int = 1) -> None:
-    """Refuse a BSSEval window or hop that is not a positive finite number of seconds, or
-    fewer than one job.
+def check_settings(
+    *, win: float = WIN, hop: float = HOP, jobs: int = 1, metrics: str = "fast"
+) -> None:
+    """Refuse a BSSEval window or hop that is not a positive finite number of seconds, fewer
+    than one job, or an unknown BSSEval implementation.
 
     Raises:
         UmxError: naming the option.
     """
+    if metrics not in BSSEVAL:
+        raise UmxError(f"--metrics must be one of {', '.join(BSSEVAL)}, got {metrics!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UmxError(f"--jobs must be at least 1, got {jobs}")
     for option, value in (("--win", win), ("--hop", hop)):
