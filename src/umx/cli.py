@@ -22,6 +22,7 @@ from umx.api import (
     separate_file,
 )
 from umx.audio import WriteReport, display_path
+from umx.batch.options import add_batch_arguments, run_batch
 from umx.data.synth import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError, check_number
@@ -59,7 +60,17 @@ from umx.zoo import (
 
 logger = logging.getLogger("umx")
 
-COMMANDS = ("separate", "stream", "train", "evaluate", "synth", "download", "export", "serve")
+COMMANDS = (
+    "separate",
+    "stream",
+    "batch",
+    "train",
+    "evaluate",
+    "synth",
+    "download",
+    "export",
+    "serve",
+)
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
@@ -140,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
     add_separate_command(commands)
     add_stream_command(commands)
+    batch = commands.add_parser(
+        "batch",
+        help="separate folders of songs as one resumable job, locally or on a Ray cluster",
+        description="Separate many files (folders, glob patterns, list files) with worker "
+        "processes or on a Ray cluster (--ray), recording each input's outcome in a job "
+        "directory: the same command resumes the job, skipping verified outputs (see "
+        "docs/batch.md).",
+    )
+    add_batch_arguments(batch)
+    batch.set_defaults(run=run_batch)
     train = commands.add_parser(
         "train",
         help="train a target model",

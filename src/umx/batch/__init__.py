@@ -1,0 +1,30 @@
+"""umx batch: separate many files as one resumable job, on this machine or a Ray cluster.
+
+Modules, one job each:
+
+- `umx.batch.inputs`: files, folders, glob patterns and list files into the job's inputs.
+- `umx.batch.job`: the job directory (settings, inputs, the JSON Lines manifest), what a
+  resumed run has left to do, `--status`.
+- `umx.batch.work`: what a worker does: load the model once, separate inputs with
+  `umx.api.separate_file`, describe each result (outputs with their SHA-256) as a record.
+- `umx.batch.local`: worker processes on this machine.
+- `umx.batch.ray_backend`: Ray actors on a cluster (the only module that imports `ray`).
+- `umx.batch.options`: the `umx batch` command's options and run.
+"""
+
+from umx.batch.inputs import BatchInput, collect_inputs, read_list
+from umx.batch.job import Job, find_job, read_records, summarize, verify_outputs
+from umx.batch.options import add_batch_arguments, run_batch
+
+__all__ = [
+    "BatchInput",
+    "Job",
+    "add_batch_arguments",
+    "collect_inputs",
+    "find_job",
+    "read_list",
+    "read_records",
+    "run_batch",
+    "summarize",
+    "verify_outputs",
+]

@@ -1,0 +1,223 @@
+"""The inputs of a batch job: files, folders searched recursively by extension, glob patterns,
+and list files (one path per line, CSV or JSON Lines with per-file options)."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from umx.audio import display_path
+from umx.errors import UmxError, check_number
+
+AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus", "aif", "aiff", "m4a", "aac", "wma")
+"""The extensions a folder is searched for by default (case-insensitive)."""
+
+GLOB_CHARACTERS = frozenset("*?[")
+LIST_FIELDS = ("path", "start", "duration")
+"""The columns of a CSV list file, and the keys of a JSON Lines one: `path` is required."""
+LIST_FILE_LIMIT = 256 << 20
+"""The largest list file read, in bytes."""
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """One input of a job: an absolute path and the excerpt of it to separate.
+
+    Attributes:
+        path: the file, absolute (as given, not resolved through links), so that the job can be
+            resumed from another folder or finished on other machines that mount the same path.
+        start: start of the excerpt in seconds.
+        duration: its length in seconds; to the end if None.
+    """
+
+    path: str
+    start: float = 0.0
+    duration: float | None = None
+
+    @property
+    def key(self) -> str:
+        """What identifies the input in the manifest: its path, and its excerpt if any."""
+        if self.start == 0.0 and self.duration is None:
+            return self.path
+        return f"{self.path}#start={self.start:g},duration={self.duration}"
+
+
+def collect_inputs(
+    arguments: Sequence[str],
+    *,
+    lists: Sequence[str] = (),
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+    exclude: Sequence[str | os.PathLike] = (),
+) -> list[BatchInput]:
+    """The inputs named by files, folders and glob patterns, and by list files.
+
+    A folder is searched recursively for files with one of `extensions`, skipping hidden files
+    and folders and the `exclude` folders (the output folder and the job directory, so that a
+    job never takes its own stems for inputs). An argument with `*`, `?` or `[` that is not an
+    existing path is a glob pattern (`**` crosses folders). Any other argument is a file, kept
+    even when it is missing or unreadable: the job records it as failed and goes on.
+
+    Args:
+        arguments: files, folders and patterns, in order.
+        lists: list files (see `read_list`), read after the arguments.
+        extensions: the extensions searched for in folders, without the dot.
+        exclude: folders never searched.
+
+    Returns:
+        the inputs in order, each once (the first occurrence is kept).
+
+    Raises:
+        UmxError: a folder holds no audio file, a pattern matches nothing, a list file is
+            unreadable or malformed, or no input is given at all.
+    """
+    wanted = {"." + extension.lower().lstrip(".") for extension in extensions}
+    skipped = {os.path.abspath(folder) for folder in exclude}
+    found: list[BatchInput] = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            files = sorted(_search(argument, wanted, skipped))
+            if not files:
+                raise UmxError(
+                    f"the folder {display_path(argument)} holds no file ending in "
+                    f"{', '.join(sorted(wanted))}"
+                )
+            found.extend(BatchInput(path) for path in files)
+        elif GLOB_CHARACTERS & set(argument) and not os.path.lexists(argument):
+            files = sorted(
+                os.path.abspath(path)
+                for path in glob.glob(argument, recursive=True)
+                if os.path.isfile(path) and not _inside(os.path.abspath(path), skipped)
+            )
+            if not files:
+                raise UmxError(f"the pattern {display_path(argument)} matches no file")
+            found.extend(BatchInput(path) for path in files)
+        else:
+            found.append(BatchInput(os.path.abspath(argument)))
+    for name in lists:
+        found.extend(read_list(name))
+    if not found:
+        raise UmxError("no inputs given: name files, folders, patterns or --list FILE")
+    unique = {item.key: item for item in reversed(found)}
+    return [unique[key] for key in dict.fromkeys(item.key for item in found)]
+
+
+def _inside(path: str, folders: Iterable[str]) -> bool:
+    return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
+
+
+def _search(folder: str, wanted: set[str], skipped: set[str]) -> Iterable[str]:
+    """The files under `folder` with a wanted extension, hidden entries skipped."""
+    for root, dirs, files in os.walk(os.path.abspath(folder)):
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and os.path.join(root, d) not in skipped
+        ]
+        if _inside(root, skipped):
+            continue
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in wanted:
+                yield os.path.join(root, name)
+
+
+def read_list(name: str | os.PathLike) -> list[BatchInput]:
+    """The inputs of a list file; relative paths are relative to the list's folder.
+
+    The format follows the extension: `.csv` is CSV with a header row naming the columns
+    `path` (required), `start` and `duration` (seconds; empty for the defaults); `.jsonl` (or
+    `.ndjson`) holds one JSON object per line with the same keys; anything else holds one path
+    per line (blank lines and lines starting with `#` are skipped).
+
+    Raises:
+        UmxError: the file cannot be read, or a line is malformed (the message gives its number).
+    """
+    path = Path(name)
+    shown = display_path(path)
+    try:
+        if path.stat().st_size > LIST_FILE_LIMIT:
+            raise UmxError(f"the list {shown} is larger than {LIST_FILE_LIMIT} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise UmxError(f"cannot read the list {shown} ({reason})") from None
+    base = path.parent
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows = _csv_rows(text, shown)
+    elif suffix in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(text, shown)
+    else:
+        rows = [
+            (number, {"path": line.strip()})
+            for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    return [_list_input(row, base, f"{shown} line {number}") for number, row in rows]
+
+
+def _csv_rows(text: str, shown: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(text.splitlines())
+    fields = reader.fieldnames or []
+    if "path" not in fields:
+        raise UmxError(f"the CSV list {shown} needs a header row with a path column")
+    unknown = [field for field in fields if field not in LIST_FIELDS]
+    if unknown:
+        raise UmxError(
+            f"the CSV list {shown} has unknown columns {', '.join(map(repr, unknown))}; "
+            f"use {', '.join(LIST_FIELDS)}"
+        )
+    try:
+        return [
+            (reader.line_num, {k: v for k, v in row.items() if v not in ("", None)})
+            for row in reader
+        ]
+    except csv.Error as error:
+        raise UmxError(f"the CSV list {shown} is malformed ({error})") from None
+
+
+def _jsonl_rows(text: str, shown: str) -> list[tuple[int, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise UmxError(f"{shown} line {number} is not JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise UmxError(f"{shown} line {number} must be a JSON object with a path")
+        rows.append((number, row))
+    return rows
+
+
+def _list_input(row: dict, base: Path, where: str) -> BatchInput:
+    """One input of a list file, its options checked."""
+    unknown = [key for key in row if key not in LIST_FIELDS]
+    if unknown:
+        raise UmxError(
+            f"{where} has unknown fields {', '.join(map(repr, unknown))}; "
+            f"use {', '.join(LIST_FIELDS)}"
+        )
+    path = row.get("path")
+    if not isinstance(path, str) or not path:
+        raise UmxError(f"{where} needs a path")
+    start = _number(row.get("start", 0.0), f"{where}: start")
+    check_number(f"{where}: start", start, minimum=0)
+    duration = row.get("duration")
+    if duration is not None:
+        duration = _number(duration, f"{where}: duration")
+        check_number(f"{where}: duration", duration, above=0)
+    return BatchInput(os.path.abspath(base / path), float(start), duration)
+
+
+def _number(value: object, name: str) -> object:
+    """A CSV field's text as a float; other values are left for `check_number` to judge."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise UmxError(f"{name} must be a number, not {value!r}") from None
+    return value

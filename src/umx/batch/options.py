@@ -1,0 +1,284 @@
+"""`umx batch`: its options, and a run from start to end (inputs, model, job directory,
+workers, progress, summary)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from umx.api import check_aggregate, parse_aggregate, plan_outputs
+from umx.audio import display_path
+from umx.batch.inputs import AUDIO_EXTENSIONS, collect_inputs
+from umx.batch.job import JOB_DIRNAME, Job, plan_tasks, running_record, summarize
+from umx.batch.local import LocalPool, available_cores, threads_per_worker
+from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
+from umx.errors import UmxError, check_number
+from umx.modeldir import check_target_name
+from umx.options import (
+    MODEL_HELP,
+    SEPARATION_DEFAULTS,
+    add_output_arguments,
+    add_separation_arguments,
+    check_separation_args,
+    segment_from_args,
+)
+from umx.zoo import is_offline, load_separator
+
+logger = logging.getLogger("umx")
+
+LOCAL_RAY = "local"
+"""`--ray` without an address: start a Ray instance on this machine for the run."""
+IDENTITY_OPTIONS = tuple(name for name in SEPARATION_DEFAULTS if name != "device")
+"""The separation options that decide the outputs (the device does not, to float precision)."""
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `umx batch`."""
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="audio files, folders (searched recursively by extension) or glob patterns "
+        "(quote them; ** crosses folders)",
+    )
+    p.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file listing inputs: one path per line, or CSV (path,start,duration columns) "
+        "or JSON Lines (.jsonl, the same keys) with per-file excerpts; may be repeated",
+    )
+    p.add_argument(
+        "--extensions",
+        nargs="+",
+        default=list(AUDIO_EXTENSIONS),
+        metavar="EXT",
+        help=f"extensions searched for in folders (default: {' '.join(AUDIO_EXTENSIONS)})",
+    )
+    p.add_argument(
+        "--job",
+        type=Path,
+        metavar="DIR",
+        help=f"the job directory: settings, inputs and the results manifest; the same command "
+        f"with the same --job resumes the job (default: OUTDIR/{JOB_DIRNAME})",
+    )
+    p.add_argument(
+        "--status",
+        metavar="JOBDIR",
+        help="print what a job has done (done, failed, pending, throughput, time left) and exit; "
+        "JOBDIR is the job directory or the output folder holding it",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="separate the inputs that failed in earlier runs again",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every output of done inputs again before skipping them (default: only files "
+        "whose size or modification time changed)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="worker processes, each loading the model once (default: 1 locally; with --ray, "
+        "as many as the cluster's CPUs or GPUs allow)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads per worker (default: the cores divided by --jobs locally, 1 with "
+        "--ray)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        metavar="ADDRESS",
+        help="run on a Ray cluster: auto (the cluster this machine belongs to), HOST:PORT of "
+        "its head, or nothing to start Ray on this machine for the run (needs umx[ray])",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="with --ray: GPUs each worker reserves (0.5 puts two on a GPU; default: 0)",
+    )
+    p.add_argument("--model", help=MODEL_HELP)
+    add_output_arguments(p)
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="average inputs with more than two channels instead of refusing them",
+    )
+    p.add_argument(
+        "--match-input",
+        action="store_true",
+        help="write the stems at the input's sample rate and channel count",
+    )
+    add_separation_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+
+
+def check_batch_args(args: argparse.Namespace) -> None:
+    """The options of `umx batch` that can be checked before anything is read or loaded."""
+    if args.jobs is not None:
+        check_number("--jobs", args.jobs, above=0, integer=True)
+    if args.threads is not None:
+        check_number("--threads", args.threads, above=0, integer=True)
+    check_number("--gpus-per-worker", args.gpus_per_worker, minimum=0)
+    if args.gpus_per_worker and args.ray is None:
+        raise UmxError("--gpus-per-worker is for --ray; locally, --device picks the GPU")
+    if args.residual is not None:
+        check_target_name(args.residual, "--residual")
+    check_separation_args(args)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Run `umx batch`; returns the exit code (1 when inputs of the job failed)."""
+    if args.status is not None:
+        for line in summarize(args.status):
+            print(line)
+        return 0
+    check_batch_args(args)
+    aggregate = parse_aggregate(args.aggregate)
+    outdir = Path(os.path.abspath(args.outdir))
+    job_dir = Path(os.path.abspath(args.job or outdir / JOB_DIRNAME))
+    inputs = collect_inputs(
+        args.inputs, lists=args.list, extensions=args.extensions, exclude=[outdir, job_dir]
+    )
+    if args.ray is not None:
+        try:
+            from umx.batch.ray_backend import RayPool
+        except ImportError:
+            raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
+    separator = load_separator(
+        args.model,
+        targets=args.targets,
+        niter=args.niter,
+        softmask=args.softmask,
+        residual=args.residual,
+        wiener_win_len=args.wiener_win_len or None,
+        progress=not args.quiet,
+    )
+    check_aggregate(aggregate, separator.targets)
+    names = list(aggregate) if aggregate is not None else separator.targets
+    model, sha256 = str(separator.model_name), model_sha256(separator)
+    del separator
+    plans = plan_outputs([item.path for item in inputs], names, outdir, args.filename, args.ext)
+    files = {
+        "outdir": str(outdir),
+        "filename": args.filename,
+        "ext": args.ext,
+        "subtype": args.subtype,
+        "clip": args.clip,
+        "aggregate": aggregate,
+        "downmix": args.downmix,
+        "match_input": args.match_input,
+        "segment": segment_from_args(args),
+        "overlap": args.overlap,
+    }
+    separation = {name: getattr(args, name) for name in SEPARATION_DEFAULTS}
+    identity = {
+        "model": model,
+        "model_sha256": sha256,
+        "outputs": names,
+        "separation": {name: separation[name] for name in IDENTITY_OPTIONS},
+        "files": files,
+    }
+    if args.ray is None:
+        jobs = args.jobs or 1
+        threads = args.threads or threads_per_worker(jobs)
+    else:
+        jobs, threads = args.jobs, args.threads or 1
+    spec = WorkerSpec(model, sha256, separation, files, threads, is_offline())
+    with Job(job_dir, identity, inputs) as job:
+        tasks, counts = plan_tasks(
+            job,
+            inputs,
+            plans,
+            force=args.force,
+            retry_failed=args.retry_failed,
+            verify=args.verify,
+        )
+        if not tasks:
+            logger.info(
+                "%s: nothing to do (%d done, %d failed)",
+                display_path(job_dir),
+                counts[DONE],
+                counts[FAILED],
+            )
+        else:
+            if args.ray is None:
+                pool: Any = LocalPool(spec, jobs)
+            else:
+                address = None if args.ray == LOCAL_RAY else args.ray
+                pool = RayPool(spec, address, jobs, args.gpus_per_worker)
+                jobs = pool.connect()
+            job.start_run(mode=pool.mode, workers=jobs, threads=threads, cores=available_cores())
+            logger.info(
+                "%s: %d inputs, %d done before, %d to separate with %s on %d %s workers, "
+                "%d torch threads each",
+                display_path(job_dir),
+                len(inputs),
+                counts[DONE],
+                len(tasks),
+                model,
+                jobs,
+                pool.mode,
+                threads,
+            )
+            counts[FAILED] += _run(job, pool, tasks, args.quiet)
+        if counts[FAILED]:
+            logger.error(
+                "%d of %d inputs failed; see umx batch --status %s",
+                counts[FAILED],
+                len(inputs),
+                display_path(job_dir),
+            )
+            return 1
+    return 0
+
+
+def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
+    """Run the tasks on the pool with one progress bar; returns how many failed."""
+    failed = 0
+    bar = tqdm(
+        total=len(tasks),
+        unit="file",
+        desc="umx batch",
+        disable=True if quiet else None,  # None: only on a terminal
+        dynamic_ncols=True,
+    )
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            for record in pool.run(iter(tasks), lambda task: job.append(running_record(task))):
+                job.append(record)
+                if record["status"] == FAILED:
+                    failed += 1
+                    logger.warning("failed: %s", _error_of(record))
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+    except KeyboardInterrupt:
+        logger.warning("stopped; the same command resumes the job")
+        raise
+    finally:
+        bar.close()
+    return failed
+
+
+def _error_of(record: dict[str, Any]) -> str:
+    """A failed record's error, prefixed with its input unless the error names it."""
+    shown = display_path(record["path"])
+    return record["error"] if shown in record["error"] else f"{shown}: {record['error']}"

@@ -1,0 +1,405 @@
+"""`umx batch` on this machine: inputs, the job directory and its manifest, resuming, and
+faults (a corrupt input, a worker killed mid-file, the driver killed, Ctrl-C), with the bundled
+umxsynth on a few seconds of audio."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from umx.api import separate_file
+from umx.audio import AudioWriter, leftover_temporaries
+from umx.batch import BatchInput, Job, collect_inputs, read_list, read_records, verify_outputs
+from umx.batch.job import MANIFEST_FILE, plan_tasks
+from umx.batch.local import threads_per_worker
+from umx.batch.work import model_sha256
+from umx.cli import main
+from umx.errors import UmxError
+from umx.zoo import load_separator, sha256_file
+
+RATE = 44100
+MODEL = "umxsynth"
+TARGETS = ("vocals", "drums", "bass", "other")
+BOUND_S = 120  # no wait in these tests lasts longer
+
+
+def write_song(path, seconds=2.0, seed=0):
+    """A few seconds of stereo noise shaped by a chord, as 16-bit WAV."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    tone = sum(np.sin(2 * np.pi * f * t) for f in (220.0 * (seed + 1), 330.0, 440.0)) / 6
+    audio = tone[:, None] + 0.05 * rng.standard_normal((t.size, 2))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio.astype(np.float32), RATE, subtype="PCM_16")
+    return Path(path)
+
+
+def latest(job_dir):
+    return {r["input"]: r for r in read_records(Path(job_dir) / MANIFEST_FILE)}
+
+
+def hidden_files(folder):
+    return sorted(p for p in Path(folder).rglob(".*") if p.is_file() and ".umx-job" not in str(p))
+
+
+def assert_complete(outdir, inputs, job_dir=None):
+    """Every input done once, its four stems there and matching their recorded SHA-256, and
+    nothing else in the output folder (no temporary, partial or duplicate file)."""
+    job_dir = job_dir or Path(outdir) / ".umx-job"
+    records = latest(job_dir)
+    expected = set()
+    for path in inputs:
+        record = records[str(Path(path).absolute())]
+        assert record["status"] == "done", record
+        assert sorted(record["outputs"]) == sorted(TARGETS)
+        for output in record["outputs"].values():
+            assert sha256_file(output["path"]) == output["sha256"]
+            expected.add(Path(output["path"]))
+    written = {p for p in Path(outdir).rglob("*") if p.is_file() and ".umx-job" not in p.parts}
+    assert written == expected
+    done = [r for r in read_records(Path(job_dir) / MANIFEST_FILE) if r["status"] == "done"]
+    assert len({r["input"] for r in done}) == len(inputs)  # one done record each
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def test_inputs_from_folders_patterns_and_lists(tmp_path):
+    music = tmp_path / "music"
+    for name in ("b.wav", "a/x.FLAC", "a/.hidden.wav", ".cache/y.wav", "notes.txt", "out/s.wav"):
+        (music / name).parent.mkdir(parents=True, exist_ok=True)
+        (music / name).write_bytes(b"")
+    found = collect_inputs([str(music)], exclude=[music / "out"])
+    assert [Path(i.path).relative_to(music).as_posix() for i in found] == ["a/x.FLAC", "b.wav"]
+    assert all(Path(i.path).is_absolute() for i in found)
+    pattern = collect_inputs([str(music / "**" / "*.wav")], exclude=[music / "out"])
+    assert [Path(i.path).name for i in pattern] == ["b.wav"]
+    # a missing file stays an input (recorded as failed later); given twice, kept once
+    assert len(collect_inputs([str(music / "b.wav"), str(music / "gone.wav"), "music/b.wav"])) == 3
+    (tmp_path / "list.txt").write_text("# songs\nmusic/b.wav\n\n/abs/c.mp3\n")
+    assert [i.path for i in read_list(tmp_path / "list.txt")] == [
+        str(music / "b.wav"),
+        "/abs/c.mp3",
+    ]
+    (tmp_path / "list.csv").write_text("path,start,duration\nmusic/b.wav,1.5,\nx.wav,,2\n")
+    assert read_list(tmp_path / "list.csv") == [
+        BatchInput(str(music / "b.wav"), 1.5, None),
+        BatchInput(str(tmp_path / "x.wav"), 0.0, 2.0),
+    ]
+    (tmp_path / "list.jsonl").write_text('{"path": "x.wav", "duration": 3}\n\n')
+    (item,) = read_list(tmp_path / "list.jsonl")
+    assert item == BatchInput(str(tmp_path / "x.wav"), 0.0, 3.0)
+    assert item.key == f"{tmp_path / 'x.wav'}#start=0,duration=3"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("l.csv", "file\nx.wav\n", "needs a header row with a path column"),
+        ("l.csv", "path,gain\nx.wav,2\n", "unknown columns 'gain'"),
+        ("l.csv", "path,start\nx.wav,soon\n", "line 2: start must be a number, not 'soon'"),
+        ("l.csv", "path,duration\nx.wav,-1\n", "duration must be greater than 0"),
+        ("l.jsonl", '{"path": "x.wav", "start": NaN}\n', "start must be a finite number"),
+        ("l.jsonl", '["x.wav"]\n', "line 1 must be a JSON object"),
+        ("l.jsonl", "{\n", "line 1 is not JSON"),
+        ("l.jsonl", '{"start": 1}\n', "line 1 needs a path"),
+    ],
+)
+def test_bad_list_files_are_refused_in_one_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UmxError, match=message) as error:
+        read_list(tmp_path / name)
+    assert "\n" not in str(error.value)
+
+
+def test_empty_folders_and_patterns_are_refused(tmp_path):
+    with pytest.raises(UmxError, match="holds no file ending in"):
+        collect_inputs([str(tmp_path)])
+    with pytest.raises(UmxError, match="matches no file"):
+        collect_inputs([str(tmp_path / "*.wav")])
+    with pytest.raises(UmxError, match="no inputs given"):
+        collect_inputs([])
+
+
+def test_threads_per_worker_share_the_cores():
+    assert [threads_per_worker(jobs, cores=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
+# --- the job directory ------------------------------------------------------------------------
+
+
+def test_manifest_survives_a_line_cut_short(tmp_path):
+    job_dir = tmp_path / "job"
+    inputs = [BatchInput(str(tmp_path / "a.wav")), BatchInput(str(tmp_path / "b.wav"))]
+    with Job(job_dir, {"model": "m"}, inputs) as job:
+        job.append({"input": inputs[0].key, "status": "running"})
+        job.append({"input": inputs[0].key, "status": "failed", "error": "x"})
+    manifest = job_dir / MANIFEST_FILE
+    with open(manifest, "ab") as file:  # a crash in the middle of a record
+        file.write(b'{"input": "' + inputs[1].key.encode() + b'", "status": "do')
+    assert [r["status"] for r in read_records(manifest)] == ["running", "failed"]
+    with Job(job_dir, {"model": "m"}, inputs) as job:
+        assert job.latest[inputs[0].key]["status"] == "failed"
+        job.append({"input": inputs[1].key, "status": "running"})
+    lines = manifest.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4  # the cut line is gone, the new one whole
+    assert [r["status"] for r in read_records(manifest)] == ["running", "failed", "running"]
+
+
+def test_a_job_is_locked_and_keeps_its_settings(tmp_path):
+    inputs = [BatchInput(str(tmp_path / "a.wav"))]
+    with (
+        Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs),
+        pytest.raises(UmxError, match="is being run by another umx batch"),
+    ):
+        Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs)
+    with pytest.raises(UmxError, match="other settings \\(ext was 'wav', now 'flac'\\)"):
+        Job(tmp_path / "job", {"model": "m", "ext": "flac"}, inputs)
+    Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs).close()
+
+
+def test_leftover_temporaries_are_those_of_the_file(tmp_path):
+    path = tmp_path / "vocals.wav"
+    (tmp_path / ".vocals_x.0123abcd.tmp.wav").write_bytes(b"")  # another stem's
+    (tmp_path / ".vocals.tmp.wav").write_bytes(b"")  # no token: not a writer's
+    writer = AudioWriter(path, RATE, 2, clip="clamp")
+    writer.__enter__()
+    writer.write(np.zeros((2, 100), np.float32))
+    (left,) = leftover_temporaries(path)  # what a SIGKILL now would leave
+    assert left.name.startswith(".vocals.") and left.name.endswith(".tmp.wav")
+    writer.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert leftover_temporaries(path) == [] and not path.exists()
+
+
+def test_verification_trusts_size_and_time_and_hashes_otherwise(tmp_path):
+    path = tmp_path / "s.wav"
+    path.write_bytes(b"abcd")
+    stat = path.stat()
+    record = {
+        "outputs": {
+            "s": {
+                "path": str(path),
+                "sha256": sha256_file(path),
+                "bytes": 4,
+                "mtime_ns": stat.st_mtime_ns,
+            }
+        }
+    }
+    assert verify_outputs(record) is None and verify_outputs(record, full=True) is None
+    path.write_bytes(b"abce")  # same size, time put back: only a full check sees it
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert verify_outputs(record) is None
+    assert "changed since it was written" in verify_outputs(record, full=True)
+    path.write_bytes(b"abcd")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same bytes
+    assert verify_outputs(record) is None
+    path.write_bytes(b"abcde")
+    assert "changed since it was written" in verify_outputs(record)
+    path.unlink()
+    assert "is missing" in verify_outputs(record)
+
+
+def test_model_hash_follows_the_weights():
+    one = load_separator(MODEL)
+    assert model_sha256(one) == model_sha256(load_separator(MODEL))
+    assert model_sha256(one) != model_sha256(load_separator(MODEL, targets=["vocals", "bass"]))
+    next(iter(one.target_models.values())).fc1.weight.data[0, 0] += 1e-3
+    assert model_sha256(one) != model_sha256(load_separator(MODEL))
+
+
+def test_existing_outputs_of_new_inputs_fail_unless_forced(tmp_path):
+    song = write_song(tmp_path / "a.wav")
+    stem = tmp_path / "out" / "a" / "vocals.wav"
+    stem.parent.mkdir(parents=True)
+    stem.write_bytes(b"mine")
+    plan = [{t: tmp_path / "out" / "a" / f"{t}.wav" for t in TARGETS}]
+    with Job(tmp_path / "job", {}, [BatchInput(str(song))]) as job:
+        tasks, counts = plan_tasks(job, [BatchInput(str(song))], plan)
+        assert tasks == [] and counts["failed"] == 1
+        assert "vocals.wav already exists (use --force" in job.latest[str(song)]["error"]
+        (task,), _ = plan_tasks(job, [BatchInput(str(song))], plan, retry_failed=True, force=True)
+        assert task.force and task.attempt == 2
+    assert stem.read_bytes() == b"mine"
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_a_folder_with_a_corrupt_file_then_resume_and_retry(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    songs = [write_song(tmp_path / "songs" / f"{n}.wav", 1.5, seed=n) for n in range(3)]
+    (tmp_path / "songs" / "broken.wav").write_bytes(b"RIFF\x00\x00not audio at all")
+    args = ["batch", "songs", "--outdir", "out", "--model", MODEL, "--jobs", "2", "-q"]
+    assert main(args) == 1  # the broken file failed; the rest went on
+    err = capsys.readouterr().err
+    assert err.count("broken.wav is not") == 1 and "1 of 4 inputs failed" in err
+    assert_complete(tmp_path / "out", songs)
+    records = latest(tmp_path / "out" / ".umx-job")
+    broken = records[str(tmp_path / "songs" / "broken.wav")]
+    assert broken["status"] == "failed" and "\n" not in broken["error"]
+    assert {r["model"] for r in records.values()} == {MODEL}
+    # the stems are those umx.api.separate_file writes with the same model
+    separate_file(songs[0], load_separator(MODEL), outdir=tmp_path / "api")
+    for target in TARGETS:
+        ours, _ = sf.read(tmp_path / "out" / "0" / f"{target}.wav")
+        theirs, _ = sf.read(tmp_path / "api" / "0" / f"{target}.wav")
+        np.testing.assert_allclose(ours, theirs, atol=2 / 32768)
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.wav")}
+    size = (tmp_path / "out" / ".umx-job" / MANIFEST_FILE).stat().st_size
+
+    # the same command again: nothing to do, no file touched, no record added
+    assert main(args[:-1]) == 1  # without -q
+    assert "nothing to do (3 done, 1 failed)" in capsys.readouterr().err
+    assert (tmp_path / "out" / ".umx-job" / MANIFEST_FILE).stat().st_size == size
+    assert main(["batch", "--status", "out"]) == 0
+    status = capsys.readouterr().out
+    assert "inputs: 4: 3 done, 1 failed, 0 interrupted, 0 pending" in status
+    assert "files/hour" in status and "broken.wav is not decodable audio" in status
+
+    # a stem deleted by hand: recorded, and separated again with --retry-failed only
+    (tmp_path / "out" / "1" / "bass.wav").unlink()
+    assert main(args) == 1
+    record = latest(tmp_path / "out" / ".umx-job")[str(songs[1])]
+    assert record["status"] == "failed" and "1/bass.wav is missing" in record["error"]
+    assert not (tmp_path / "out" / "1" / "bass.wav").exists()
+    (tmp_path / "songs" / "broken.wav").unlink()
+    write_song(tmp_path / "songs" / "broken.wav", 1.0, seed=9)  # repaired
+    assert main([*args, "--retry-failed", "--jobs", "1"]) == 0
+    assert_complete(tmp_path / "out", [*songs, tmp_path / "songs" / "broken.wav"])
+    for path, mtime in mtimes.items():  # finished files were never rewritten
+        if path.parent.name != "1":
+            assert path.stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    # other settings on the same job are refused before any work
+    assert main([*args, "--ext", "flac"]) == 1
+    assert "was started with other settings" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+    song = write_song(tmp_path / "a.wav", 0.5)
+    for options, message in [
+        (["--jobs", "0"], "--jobs must be greater than 0"),
+        (["--threads", "-1"], "--threads must be greater than 0"),
+        (["--gpus-per-worker", "1"], "--gpus-per-worker is for --ray"),
+        (["--ray", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
+        (["--list", str(tmp_path / "none.txt")], "cannot read the list"),
+    ]:
+        assert main(["batch", str(song), "--outdir", str(tmp_path / "o"), *options]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --- faults, with the driver in its own process ---------------------------------------------
+
+
+def start_driver(tmp_path, *options):
+    env = {**os.environ, "UMX_OFFLINE": "1"}
+    command = [sys.executable, "-m", "umx.cli", "batch", "songs", "--outdir", "out"]
+    return subprocess.Popen(
+        [*command, "--model", MODEL, "-q", *options],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def children(pid):
+    """The processes whose parent is `pid` and that run a multiprocessing worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, what):
+    deadline = time.monotonic() + BOUND_S
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
+
+
+@pytest.fixture
+def songs(tmp_path):
+    return [write_song(tmp_path / "songs" / f"{n}.wav", 4.0, seed=n) for n in range(4)]
+
+
+def test_a_worker_killed_mid_file_is_replaced_and_its_file_redone(tmp_path, songs):
+    driver = start_driver(tmp_path, "--jobs", "1")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        (worker,) = wait_for(lambda: children(driver.pid), "the worker")
+        os.kill(worker, signal.SIGKILL)
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, err.decode()
+    assert err.count(b"died (killed by SIGKILL)") == 1  # a warning, shown even with -q
+    assert_complete(tmp_path / "out", songs)
+    records = read_records(tmp_path / "out" / ".umx-job" / MANIFEST_FILE)
+    retried = [r for r in records if r["status"] == "running" and r["attempt"] == 2]
+    assert len(retried) == 1  # the killed worker's file, handed out again
+    (done,) = [r for r in records if r["input"] == retried[0]["input"] and r["status"] == "done"]
+    assert done["attempt"] == 2 and not done["worker"].endswith(f":{worker}")
+
+
+def test_a_killed_driver_resumes_where_it_stopped(tmp_path, songs, capsys, monkeypatch):
+    driver = start_driver(tmp_path, "--jobs", "1")
+    job_dir = tmp_path / "out" / ".umx-job"
+    try:
+        wait_for(
+            lambda: sum(r["status"] == "done" for r in latest(job_dir).values()) >= 2,
+            "two files done",
+        )
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    before = latest(job_dir)
+    done = {k for k, r in before.items() if r["status"] == "done"}
+    assert 2 <= len(done) < 4
+    times = {p: p.stat().st_mtime_ns for k in done for p in map(Path, output_paths(before[k]))}
+    assert main(["batch", "--status", str(tmp_path / "out")]) == 0
+    assert f"{len(done)} done, 0 failed" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", "songs", "--outdir", "out", "--model", MODEL, "-q"]) == 0
+    assert_complete(tmp_path / "out", songs)
+    assert all(p.stat().st_mtime_ns == t for p, t in times.items())  # never rewritten
+
+
+def output_paths(record):
+    return [output["path"] for output in record["outputs"].values()]
+
+
+def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
+    driver = start_driver(tmp_path, "--jobs", "2")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        # a terminal's Ctrl-C reaches the driver and its workers
+        for pid in [driver.pid, *children(driver.pid)]:
+            os.kill(pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, err.decode()
+    assert hidden_files(tmp_path / "out") == []  # no temporary file left behind
+    records = latest(tmp_path / "out" / ".umx-job")
+    assert any(r["status"] == "running" for r in records.values())
+    resumed = start_driver(tmp_path, "--jobs", "2")
+    _, err = resumed.communicate(timeout=BOUND_S)
+    assert resumed.returncode == 0, err.decode()
+    assert_complete(tmp_path / "out", songs)
