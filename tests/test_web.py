@@ -263,6 +263,13 @@ def test_concurrent_uploads_fill_a_bounded_queue(tmp_path):
             assert [wait(store, job_id)["state"] for job_id in created] == [DONE] * 3
             retry = send(next(i for i, r in enumerate(responses) if r.status_code == 503))
             assert retry.status_code == 201
+            # the same new song from four clients at once: one job
+            songs[0] = song_bytes(0.5, seed=99)
+            same = list(pool.map(send, [0] * 4))
+            assert sorted(r.status_code for r in same) == [200, 200, 200, 201]
+            assert len({r.json()["id"] for r in same}) == 1
+            assert wait(store, same[0].json()["id"])["state"] == DONE
+            assert len(store.jobs()) == 5
         finally:
             store.stop()
 
@@ -413,3 +420,10 @@ def test_stems_match_the_input_rate_and_channels(client, store):
     expected = api.separate(torch.from_numpy(mono)[None], 48000, MODEL)["bass"]
     served, _ = soundfile.read(io.BytesIO(stem), dtype="float32")
     np.testing.assert_allclose(served, expected[0].numpy(), atol=2e-5)
+    # more than two channels are averaged (a page cannot ask for --downmix)
+    quad = np.random.default_rng(0).uniform(-0.3, 0.3, (11025, 4)).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, quad, RATE, format="WAV")
+    job = wait(store, post(client, buffer.getvalue(), name="quad.wav").json()["id"])
+    info = soundfile.info(io.BytesIO(client.get(f"/api/jobs/{job['id']}/stems/other.wav").content))
+    assert (job["state"], info.channels, info.frames) == (DONE, 1, 11025)

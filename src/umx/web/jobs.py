@@ -389,13 +389,16 @@ class JobStore:
             except UmxError as error:
                 raise UmxError(_rename(str(error), upload.path, upload.name)) from None
             with self._lock:
+                known = self._jobs.get(job_id)  # again: the same song may have come meanwhile
+                if known is not None and known.state != FAILED:
+                    return asdict(known), False
                 self.check_room()
                 job = Job(id=job_id, name=upload.name, size=upload.size, **options)
                 staging = self.jobs_dir / f".{job_id}.{secrets.token_hex(4)}"
                 staging.mkdir()
                 os.replace(upload.path, staging / INPUT)
                 write_json_atomic(staging / RECORD, asdict(job))
-                if job_id in self._jobs:  # a failed job, asked for again
+                if known is not None:  # a failed job, asked for again
                     _remove(self.jobs_dir / job_id)
                 os.replace(staging, self.jobs_dir / job_id)
                 self._jobs[job_id] = job
@@ -585,6 +588,7 @@ class JobStore:
                 subtype="FLOAT",
                 clip="none",
                 match_input=True,
+                downmix=True,
                 segment=self.segment,
                 overlap=self.overlap,
                 aggregate=stem_groups(job.stems, separator.targets),

@@ -163,10 +163,11 @@ function renderJob(job) {
   let item = document.getElementById(id);
   if (!item) {
     item = element("li", { id });
+    // the newest first: after the oldest of the songs newer than this one that are shown
     const newer = [...state.jobs.values()].filter((other) => other.created > job.created)
+      .sort((a, b) => a.created - b.created)
       .map((other) => document.getElementById(`job-${other.id}`)).filter(Boolean);
-    const after = newer.length ? newer[newer.length - 1] : null;
-    if (after) after.after(item); else $("#jobs").prepend(item);
+    if (newer.length) newer[0].after(item); else $("#jobs").prepend(item);
   }
   item.className = `state-${job.state}`;
   item.classList.toggle("current", state.player?.job.id === job.id);
