@@ -10,6 +10,8 @@ import socket
 import webbrowser
 from pathlib import Path
 
+import torch
+
 from umx.audio import display_path
 from umx.devices import AUTO, resolve_device
 from umx.errors import UmxError, check_number
@@ -157,6 +159,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from umx.web.server import create_app
 
     device = resolve_device(args.device)
+    if args.jobs > 1:  # the workers share the cores instead of each taking them all
+        torch.set_num_threads(max(1, torch.get_num_threads() // args.jobs))
     model = resolve_model(args.model)
     models = [*MODELS, *([model] if model not in MODELS else [])]
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
