@@ -85,8 +85,9 @@ function upload(file) {
       state.uploads.delete(key);
       document.getElementById(key)?.remove();
       state.ours.add(body.id);
-      updateJob(body);
-      if (body.state === "done" && !state.player) openPlayer(body.id);
+      // the events may have told more already: this answer is older than they are
+      if (!state.jobs.has(body.id)) updateJob(body);
+      if (state.jobs.get(body.id).state === "done" && !state.player) openPlayer(body.id);
     } else {
       entry.error = body?.error || `the server answered ${request.status}`;
       renderUpload(entry);
@@ -152,7 +153,7 @@ function updateJob(job) {
     const before = state.jobs.get(job.id);
     state.jobs.set(job.id, job);
     renderJob(job);
-    const finished = job.state === "done" && before && before.state !== "done";
+    const finished = job.state === "done" && before?.state !== "done";
     if (finished && state.ours.has(job.id) && !state.player) openPlayer(job.id);
   }
   renderEmpty();
