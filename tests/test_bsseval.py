@@ -126,12 +126,14 @@ def test_silent_windows_are_nan_for_every_source():
         assert np.isfinite(metric[:, [0, 4]]).all()
 
 
-def test_mono_source_stored_in_stereo_scores_as_museval():
-    """Two equal channels make the Gram matrix exactly singular: museval falls back to least
-    squares, and so does umx."""
+@pytest.mark.parametrize("gain", [1.0, 2.0])
+def test_mono_source_stored_in_stereo_scores_as_museval(gain):
+    """A channel that is a copy of another (gain 1: umx leaves it out of the systems) or an exact
+    multiple of it (gain 2: LU meets a zero pivot and umx raises the ridge) makes the Gram matrix
+    singular; the projections, and so the scores, are museval's."""
     references, estimates = generated(np.random.default_rng(5), 2, 16000, 2)
-    references[0, :, 1] = references[0, :, 0]
-    estimates[0, :, 1] = estimates[0, :, 0]
+    references[0, :, 1] = gain * references[0, :, 0]
+    estimates[0, :, 1] = gain * estimates[0, :, 0]
     assert_same_as_museval(references, estimates, 8000, 8000)
 
 
