@@ -122,6 +122,17 @@ def model_dir() -> Path:
     return directory
 
 
+def warm_graph_cache(model: Path) -> None:
+    """Export the models' ONNX graphs (float32 and int8) into the model cache once, so that
+    the onnxruntime cases time the loading of the graphs, as every run after the first does."""
+    from umx.export import onnx_separator
+    from umx.zoo import load_separator
+
+    separator = load_separator(model, progress=False)
+    for quantize in (None, "int8"):
+        onnx_separator(separator, quantize=quantize)
+
+
 # --- the reference's environment ----------------------------------------------------------------
 
 
@@ -357,6 +368,51 @@ def difference(a: Case, b: Case) -> tuple[float, float]:
     return largest, 10 * np.log10(signal / error) if error > 0 else float("inf")
 
 
+MODEL_STAGES = ("torch", "onnxruntime", "int8")
+
+
+def run_model_stage(spec: dict) -> dict:
+    """Time the model stage alone, the four target models on the whole signal's magnitudes,
+    for torch float32, onnxruntime float32 and int8, in turns (round-robin, `repeat` times;
+    the fastest of each is kept), so that a busy spell of the machine hits them alike."""
+    import soundfile as sf
+    import torch
+
+    from umx.export import onnx_separator
+    from umx.transforms import magnitude, stft
+    from umx.zoo import load_separator
+
+    audio = torch.from_numpy(np.ascontiguousarray(sf.read(spec["signal"], dtype="float32")[0].T))
+    separator = load_separator(spec["model"], progress=False)
+    separators = {
+        "torch": separator,
+        "onnxruntime": onnx_separator(separator),
+        "int8": onnx_separator(separator, quantize="int8"),
+    }
+    mix = magnitude(stft(audio[None], separator.n_fft, separator.n_hop))
+    best = dict.fromkeys(MODEL_STAGES, float("inf"))
+    with torch.inference_mode():
+        for _ in range(spec["repeat"]):
+            for name in MODEL_STAGES:
+                start = time.perf_counter()
+                for model in separators[name].target_models.values():
+                    model(mix)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {"model_stage_s": best, "threads": torch.get_num_threads()}
+
+
+def run_model_stage_child(signal: Path, model: Path, repeat: int) -> dict[str, float]:
+    """`run_model_stage` in a fresh subprocess: seconds per backend."""
+    spec = {"signal": str(signal), "model": str(model), "repeat": repeat}
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])["model_stage_s"]
+
+
 def run_case(case: Case, signal: Path, model: Path, device: str) -> dict:
     python = reference_python() if case.impl == "reference" else Path(sys.executable)
     env = reference_env() if case.impl == "reference" else None
@@ -451,16 +507,20 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        run = run_model_stage if "repeat" in spec else run_child
+        print(json.dumps(run(spec)))
         return
 
     durations = [30.0] if args.quick else args.durations
     start_load = ", ".join(f"{load:.1f}" for load in os.getloadavg())
     info = machine(args.device)
     model = model_dir()
+    warm_graph_cache(model)
     if not args.no_reference:
         reference_python()
     rows: list[tuple[Case, dict]] = []
+    stages: list[tuple[float, dict[str, float]]] = []
     notes: list[str] = []
     for duration in durations:
         signal = signal_path(duration)
@@ -493,6 +553,10 @@ def main() -> None:
             result = best[case.name]
             result["rtf"] = result["wall_s"] / duration
             rows.append((case, result))
+        if not args.only or "model-stage" in args.only:
+            print(f"model-stage-{duration:g}s ...", end=" ", flush=True)
+            stages.append((duration, run_model_stage_child(signal, model, max(args.repeat, 3))))
+            print(", ".join(f"{k} {v:.2f} s" for k, v in stages[-1][1].items()), flush=True)
     done = {case.name: case for case, _ in rows}
     for case, result in rows:
         base = baseline_of(case)
@@ -505,7 +569,7 @@ def main() -> None:
         + f"; at the start: {start_load}"
     )
     ratios = speed_ratios(rows)
-    report = render(info, rows, ratios, notes, " ".join(sys.argv[1:]), args.repeat)
+    report = render(info, rows, ratios, notes, " ".join(sys.argv[1:]), args.repeat, stages)
     print(report)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.datetime.now():%Y-%m-%d-%H%M}-{info['host']}.md"
@@ -557,7 +621,13 @@ def memory(result: dict) -> str:
 
 
 def render(
-    info: dict, rows: list, ratios: list[str], notes: list[str], argv: str, repeat: int
+    info: dict,
+    rows: list,
+    ratios: list[str],
+    notes: list[str],
+    argv: str,
+    repeat: int,
+    stages: list[tuple[float, dict[str, float]]],
 ) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -584,6 +654,22 @@ def render(
             f"| {case.niter} | {r['wall_s']:.1f} | {model_s} | {r['rtf']:.3f} | {memory(r)} "
             f"| {diff} | {diff_db} | {r.get('vs', '')} |"
         )
+    if stages:
+        lines += [
+            "",
+            "Model stage alone (the four target models on the whole signal's magnitudes, "
+            f"backends in turns, fastest of {max(repeat, 3)}):",
+            "",
+            "| audio | torch float32 s | onnxruntime float32 s | int8 s "
+            "| onnxruntime speed-up | int8 speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        for duration, stage in stages:
+            lines.append(
+                f"| {duration:g} s | {stage['torch']:.2f} | {stage['onnxruntime']:.2f} "
+                f"| {stage['int8']:.2f} | {stage['torch'] / stage['onnxruntime']:.2f}x "
+                f"| {stage['torch'] / stage['int8']:.2f}x |"
+            )
     lines += ["", "umx / reference:", ""] + [f"- {line}" for line in ratios]
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
