@@ -109,13 +109,14 @@ function renderUpload(entry) {
   const dismiss = element("button", { type: "button", text: "Dismiss" });
   dismiss.onclick = () => { state.uploads.delete(entry.key); item.remove(); renderEmpty(); };
   item.className = entry.error ? "upload state-failed" : "upload";
+  const status = entry.error ? "refused" : `uploading ${Math.round(entry.progress * 100)} %`;
   item.replaceChildren(
     element("span", { class: "name", text: entry.name }),
     element("span", { class: "actions" }, ...(entry.error ? [dismiss] : [])),
+    element("span", { class: "meta" }, element("span", { class: "state", text: status })),
     entry.error
-      ? element("span", { class: "meta" }, element("span", { class: "state", text: "refused" }))
+      ? element("p", { class: "error", text: entry.error })
       : element("progress", { max: "1", value: String(entry.progress) }),
-    ...(entry.error ? [element("p", { class: "error", text: entry.error })] : []),
   );
   renderEmpty();
 }
