@@ -2,21 +2,18 @@
 
 Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 
-====================================  ===========================================================
-``GET /``                             the page (``static/index.html``); ``/static/...`` its files
-``GET /api/config``                   models (with bundled/cached status), stem modes, formats,
-                                      the upload limit
-``GET /api/jobs``                     every job, the newest first
-``POST /api/jobs?name=&model=&stems=`` the song as the raw request body (any name; its content
-                                      decides whether it is audio): 201 a new job, 200 a job
-                                      that exists, 413 too large, 422 not audio or bad options,
-                                      503 busy
-``GET /api/jobs/{id}``                one job; ``DELETE`` removes it
-``GET /api/jobs/{id}/stems/{stem}.{ext}`` one stem in wav, flac or mp3
-``GET /api/jobs/{id}/zip/{ext}``      every stem in one zip file
-``GET /api/events``                   server-sent events: ``jobs`` (every job) on connection,
-                                      then ``job`` for each change
-====================================  ===========================================================
+- ``GET /``: the page (``static/index.html``); ``/static/...``: its files.
+- ``GET /api/config``: the models (with bundled/cached status), stem modes, formats, the upload
+  limit.
+- ``GET /api/jobs``: every job, the newest first.
+- ``POST /api/jobs?name=&model=&stems=``: the song as the raw request body (any name; its content
+  decides whether it is audio): 201 a new job, 200 a job that exists, 413 too large, 422 not
+  audio or bad options, 503 busy.
+- ``GET /api/jobs/{id}``: one job; ``DELETE``: remove it.
+- ``GET /api/jobs/{id}/stems/{stem}.{ext}``: one stem in wav, flac or mp3.
+- ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
+- ``GET /api/events``: server-sent events, ``jobs`` (every job) on connection, then ``job`` for
+  each change.
 
 The body of an upload is written to disk as it arrives and refused as soon as it passes the
 limit, never held in memory. Requests that change something are refused when a browser says
