@@ -167,6 +167,8 @@ def cancelling(sources, index):
         (lambda r, e: (r[:, :0], e[:, :0]), "no sources, samples or channels"),
         (lambda r, e: (r * [[[0]], [[1]]], e), "the reference of source 0 is silent"),
         (lambda r, e: (r, cancelling(e, 1)), "the estimate of source 1 is silent"),
+        (lambda r, e: (r, np.where(e > 2, np.nan, e)), "estimates hold NaN or infinite"),
+        (lambda r, e: (r * np.inf, e), "references hold NaN or infinite"),
     ],
 )
 def test_bad_input_is_refused(change, message):

@@ -48,7 +48,7 @@ EPS = float(np.finfo(np.float64).eps)
 """Added to the diagonal of the Gram matrices before solving, as museval does."""
 BLOCK_FFT = 16384
 """FFT length of the blocks over which the track's correlations are accumulated."""
-MEMORY = 64 * 2**20
+MEMORY = 256 * 2**20
 """Bytes of spectra held at once, which sets how many blocks or windows are processed together."""
 
 
@@ -90,8 +90,8 @@ def bss_eval(
 
     Raises:
         ValueError: shapes that differ or have more than 3 axes, no samples, over 100 sources, a
-            window, hop or filter shorter than one sample, or a source whose channels sum to zero
-            over the whole track.
+            window, hop or filter shorter than one sample, NaN or infinite samples, or a source
+            whose channels sum to zero over the whole track.
     """
     references = np.atleast_3d(references)
     estimates = np.atleast_3d(estimates)
@@ -112,7 +112,16 @@ def bss_eval(
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a whole number of samples, at least 1, got {value}")
     for name, sources in (("reference", references), ("estimate", estimates)):
-        silent = ~(sources.sum(axis=2) != 0).any(axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(sources.sum())  # an overflowing sum is refused too
+        if not finite:
+            raise ValueError(
+                f"the {name}s hold NaN or infinite samples, which BSSEval cannot score"
+            )
+        channel_sum = sources[..., 0].copy()
+        for channel in range(1, nb_channels):
+            channel_sum += sources[..., channel]
+        silent = ~channel_sum.any(axis=1)
         if silent.any():
             raise ValueError(
                 f"the {name} of source {int(np.argmax(silent))} is silent (its channels sum to "
@@ -142,22 +151,26 @@ def _fft_length(length: int) -> int:
     return best
 
 
-def _segment(sources: np.ndarray, start: int, stop: int) -> torch.Tensor:
-    """Samples `start` to `stop` of every channel, zero outside the track.
+def _segment(signals: tuple[np.ndarray, ...], start: int, stop: int) -> torch.Tensor:
+    """Samples `start` to `stop` of every channel of every signal, zero outside the track.
 
     Args:
-        sources: `(nb_sources, nb_timesteps, nb_channels)`.
+        signals: each `(nb_sources, nb_timesteps, nb_channels)`.
 
     Returns:
-        `(nb_sources * nb_channels, stop - start)` float64, channels of a source together.
+        `(len(signals) * nb_sources * nb_channels, stop - start)` float64, the channels of a
+        source together, the sources of a signal together.
     """
-    nb_sources, nb_timesteps, nb_channels = sources.shape
-    out = torch.zeros(nb_sources, nb_channels, stop - start, dtype=torch.float64)
+    nb_sources, nb_timesteps, nb_channels = signals[0].shape
+    out = torch.empty(len(signals), nb_sources, nb_channels, stop - start, dtype=torch.float64)
     first, last = max(start, 0), min(stop, nb_timesteps)
-    if first < last:
-        piece = torch.from_numpy(np.ascontiguousarray(sources[:, first:last]))
-        out[:, :, first - start : last - start] = piece.to(torch.float64).transpose(1, 2)
-    return out.reshape(nb_sources * nb_channels, stop - start)
+    out[..., : max(first - start, 0)] = 0
+    out[..., max(last - start, 0) :] = 0
+    for index, sources in enumerate(signals):
+        if first < last:
+            piece = torch.from_numpy(sources[:, first:last]).transpose(1, 2)
+            out[index, :, :, first - start : last - start] = piece
+    return out.view(-1, stop - start)
 
 
 def _correlations(references: np.ndarray, estimates: np.ndarray, filter_len: int) -> torch.Tensor:
@@ -176,25 +189,27 @@ def _correlations(references: np.ndarray, estimates: np.ndarray, filter_len: int
     nb_sources, nb_timesteps, nb_channels = references.shape
     margin = filter_len - 1
     n_fft = BLOCK_FFT
-    if nb_timesteps + 2 * margin < n_fft or 2 * margin >= n_fft // 2:
+    if nb_timesteps + 2 * margin < n_fft or 2 * margin >= n_fft // 2:  # one block, or long filters
         n_fft = _fft_length(min(nb_timesteps, n_fft) + 2 * margin)
     block = n_fft - 2 * margin
     nb_refs = nb_sources * nb_channels
     nb_bins = n_fft // 2 + 1
     blocks_per_chunk = max(1, MEMORY // (3 * nb_refs * nb_bins * 16))
-    spectra = torch.zeros(nb_bins, nb_refs, 2 * nb_refs, dtype=torch.complex128)
+    spectra = np.zeros((nb_bins, nb_refs, 2 * nb_refs), dtype=np.complex128)
     nb_blocks = -(-nb_timesteps // block)
     for first in range(0, nb_blocks, blocks_per_chunk):
         count = min(blocks_per_chunk, nb_blocks - first)
         start, stop = first * block, (first + count) * block
-        x = _segment(references, start, stop).view(nb_refs, count, block)
-        y = torch.cat(
-            [_segment(signal, start - margin, stop + margin) for signal in (references, estimates)]
-        ).unfold(1, block + 2 * margin, block)
+        x = _segment((references,), start, stop).view(nb_refs, count, block)
+        y = _segment((references, estimates), start - margin, stop + margin)
+        y = y.unfold(1, block + 2 * margin, block)
         x_spec = torch.fft.rfft(x, n=n_fft).permute(2, 0, 1).conj()  # (nb_bins, refs, blocks)
         y_spec = torch.fft.rfft(y, n=n_fft).permute(2, 1, 0)  # (nb_bins, blocks, refs + ests)
-        spectra += torch.matmul(x_spec, y_spec)
-    return torch.fft.irfft(spectra, n=n_fft, dim=0)[: 2 * margin + 1]
+        # One small product per frequency: numpy's loop of single-threaded BLAS calls, where
+        # torch's threaded batched product waits on its threads thousands of times, which costs
+        # seconds on a loaded machine.
+        spectra += np.matmul(x_spec.resolve_conj().numpy(), y_spec.numpy())
+    return torch.fft.irfft(torch.from_numpy(spectra), n=n_fft, dim=0)[: 2 * margin + 1]
 
 
 def _copied_channels(references: np.ndarray) -> list[int]:
@@ -324,7 +339,7 @@ def _window_scores(
         start = first * hop
         stop = start + (count - 1) * hop + length
         frames = [
-            _segment(sources, start, stop)
+            _segment((sources,), start, stop)
             .unfold(1, length, hop)
             .view(nb_sources, nb_channels, count, length)
             .permute(2, 0, 1, 3)
