@@ -203,6 +203,10 @@ def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, _, err = run_cli(["export", "umxsynth", str(tmp_path / "file"), "-q"], capsys)
     assert code == 1 and "it is a file" in err
+    argv = ["export", "umxsynth", str(tmp_path / "file" / "below"), "--targets", "bass", "-q"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "cannot write the export into" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_missing_onnxruntime_is_one_clear_error(monkeypatch):

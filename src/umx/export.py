@@ -507,19 +507,21 @@ def export_onnx(
         for file, graph in graphs.items():
             files[file] = quantize_graph(graph) if quantize else graph
     files[EXPORT_JSON] = (json.dumps(description, indent=2) + "\n").encode()
-    outdir.mkdir(parents=True, exist_ok=True)
-    # Until the new JSON is written, the folder holds no JSON: never a mix that claims to be one.
-    (outdir / EXPORT_JSON).unlink(missing_ok=True)
     written: list[Path] = []
     try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        # Until the new JSON is written the folder holds none: never a mix that claims to be one.
+        (outdir / EXPORT_JSON).unlink(missing_ok=True)
         for file, data in files.items():
             path = outdir / file
             write_atomic(path, lambda out, data=data: out.write(data))
             written.append(path)
-    except BaseException:
+    except BaseException as error:
         for path in written:
             if path.name not in existing:
                 path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UmxError(f"cannot write the export into {outdir}: {error.strerror}") from None
         raise
     return written
 
