@@ -289,6 +289,7 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         (["--gpus-per-worker", "1"], "--gpus-per-worker is for --ray"),
         (["--ray", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
         (["--list", str(tmp_path / "none.txt")], "cannot read the list"),
+        (["--ray", str(tmp_path)], "--ray took the input"),
     ]:
         assert main(["batch", str(song), "--outdir", str(tmp_path / "o"), *options]) == 1
         assert message in capsys.readouterr().err
@@ -357,30 +358,6 @@ def test_a_worker_killed_mid_file_is_replaced_and_its_file_redone(tmp_path, song
     assert done["attempt"] == 2 and not done["worker"].endswith(f":{worker}")
 
 
-def test_a_killed_driver_resumes_where_it_stopped(tmp_path, songs, capsys, monkeypatch):
-    driver = start_driver(tmp_path, "--jobs", "1")
-    job_dir = tmp_path / "out" / ".umx-job"
-    try:
-        wait_for(
-            lambda: sum(r["status"] == "done" for r in latest(job_dir).values()) >= 2,
-            "two files done",
-        )
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=BOUND_S)
-    finally:
-        driver.kill()
-    before = latest(job_dir)
-    done = {k for k, r in before.items() if r["status"] == "done"}
-    assert 2 <= len(done) < 4
-    times = {p: p.stat().st_mtime_ns for k in done for p in map(Path, output_paths(before[k]))}
-    assert main(["batch", "--status", str(tmp_path / "out")]) == 0
-    assert f"{len(done)} done, 0 failed" in capsys.readouterr().out
-    monkeypatch.chdir(tmp_path)
-    assert main(["batch", "songs", "--outdir", "out", "--model", MODEL, "-q"]) == 0
-    assert_complete(tmp_path / "out", songs)
-    assert all(p.stat().st_mtime_ns == t for p, t in times.items())  # never rewritten
-
-
 def output_paths(record):
     return [output["path"] for output in record["outputs"].values()]
 
@@ -399,7 +376,20 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
     assert hidden_files(tmp_path / "out") == []  # no temporary file left behind
     records = latest(tmp_path / "out" / ".umx-job")
     assert any(r["status"] == "running" for r in records.values())
-    resumed = start_driver(tmp_path, "--jobs", "2")
+    resumed = start_driver(tmp_path, "--jobs", "1")
     _, err = resumed.communicate(timeout=BOUND_S)
     assert resumed.returncode == 0, err.decode()
     assert_complete(tmp_path / "out", songs)
+
+
+def test_the_documented_commands_parse():
+    """Every `umx batch` line of docs/batch.md and of the README names options that exist."""
+    from umx.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "batch.md").read_text() + (root / "README.md").read_text()
+    lines = [line.split("#")[0] for line in text.splitlines() if line.startswith("umx batch")]
+    assert len(lines) >= 10
+    for line in lines:
+        args = build_parser().parse_args(line.split()[1:])
+        assert args.run.__name__ == "run_batch"

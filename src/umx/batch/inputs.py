@@ -44,7 +44,8 @@ class BatchInput:
         """What identifies the input in the manifest: its path, and its excerpt if any."""
         if self.start == 0.0 and self.duration is None:
             return self.path
-        return f"{self.path}#start={self.start:g},duration={self.duration}"
+        duration = "" if self.duration is None else f"{self.duration:g}"
+        return f"{self.path}#start={self.start:g},duration={duration}"
 
 
 def collect_inputs(
@@ -210,7 +211,9 @@ def _list_input(row: dict, base: Path, where: str) -> BatchInput:
     if duration is not None:
         duration = _number(duration, f"{where}: duration")
         check_number(f"{where}: duration", duration, above=0)
-    return BatchInput(os.path.abspath(base / path), float(start), duration)
+    return BatchInput(
+        os.path.abspath(base / path), float(start), None if duration is None else float(duration)
+    )
 
 
 def _number(value: object, name: str) -> object:

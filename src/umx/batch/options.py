@@ -106,7 +106,8 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
         const=LOCAL_RAY,
         metavar="ADDRESS",
         help="run on a Ray cluster: auto (the cluster this machine belongs to), HOST:PORT of "
-        "its head, or nothing to start Ray on this machine for the run (needs umx[ray])",
+        f"its head, or nothing (or {LOCAL_RAY}) to start Ray on this machine for the run "
+        "(needs umx[ray])",
     )
     p.add_argument(
         "--gpus-per-worker",
@@ -140,6 +141,11 @@ def check_batch_args(args: argparse.Namespace) -> None:
     check_number("--gpus-per-worker", args.gpus_per_worker, minimum=0)
     if args.gpus_per_worker and args.ray is None:
         raise UmxError("--gpus-per-worker is for --ray; locally, --device picks the GPU")
+    if args.ray not in (None, LOCAL_RAY, "auto") and os.path.exists(args.ray):
+        raise UmxError(
+            f"--ray took the input {args.ray!r} for the cluster's address: put the inputs "
+            f"before --ray, or write --ray {LOCAL_RAY} for a Ray instance on this machine"
+        )
     if args.residual is not None:
         check_target_name(args.residual, "--residual")
     check_separation_args(args)
@@ -221,11 +227,12 @@ def run_batch(args: argparse.Namespace) -> int:
             )
         else:
             if args.ray is None:
+                jobs = min(jobs, len(tasks))
                 pool: Any = LocalPool(spec, jobs)
             else:
                 address = None if args.ray == LOCAL_RAY else args.ray
                 pool = RayPool(spec, address, jobs, args.gpus_per_worker)
-                jobs = pool.connect()
+                jobs = pool.connect(len(tasks))
             job.start_run(mode=pool.mode, workers=jobs, threads=threads, cores=available_cores())
             logger.info(
                 "%s: %d inputs, %d done before, %d to separate with %s on %d %s workers, "

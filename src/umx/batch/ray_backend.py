@@ -88,8 +88,11 @@ class RayPool:
         self.jobs = jobs
         self.gpus_per_worker = gpus_per_worker
 
-    def connect(self) -> int:
+    def connect(self, nb_tasks: int | None = None) -> int:
         """Connect to the cluster (or start the local instance).
+
+        Args:
+            nb_tasks: the number of inputs to separate; no more actors than that are started.
 
         Returns:
             the number of actors the run uses.
@@ -119,7 +122,7 @@ class RayPool:
         if fit < 1:
             ray.shutdown()
             raise UmxError(f"the Ray cluster has {what} {self.spec.threads:g}: no worker fits")
-        self.jobs = self.jobs or fit
+        self.jobs = min(self.jobs or fit, nb_tasks or fit)
         if self.jobs > fit:
             logger.warning("the cluster has room for %d workers at once; %d asked", fit, self.jobs)
         return self.jobs

@@ -1,0 +1,199 @@
+"""`umx batch --ray` on a real Ray cluster that the tests start on this machine: a head node and
+a second node, one CPU each, in their own temporary directory and process sessions, stopped by
+killing exactly those sessions (`ray stop` would stop every Ray instance of the user)."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_batch import (
+    BOUND_S,
+    MODEL,
+    assert_complete,
+    hidden_files,
+    latest,
+    output_paths,
+    wait_for,
+    write_song,
+)
+from umx.batch import read_records
+from umx.batch.job import MANIFEST_FILE
+from umx.cli import main
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'umx[ray]')")
+RAY = Path(sys.executable).parent / "ray"
+ENV = {
+    "RAY_AUTH_MODE": "disabled",  # a local test cluster; no token to share with the driver
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "UMX_OFFLINE": "1",
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_processes(sessions):
+    """The processes of the given sessions (a node's daemons and its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) in sessions:
+                found.append(int(entry.name))
+    return found
+
+
+def start_node(*options, temp_dir):
+    """`ray start` in a session of its own, whose id names the node's processes."""
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    ]
+    command = [
+        str(RAY),
+        "start",
+        "--num-cpus=1",
+        "--node-ip-address=127.0.0.1",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *ports,
+        *options,
+    ]
+    node = subprocess.Popen(
+        command,
+        env={**os.environ, **ENV},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    out, _ = node.communicate(timeout=BOUND_S)
+    return node.pid, node.returncode, out.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and a second node on 127.0.0.1; yields the head's address."""
+    temp_dir = tempfile.mkdtemp(prefix="umxray")  # short: Ray's socket paths must fit
+    port = free_port()
+    sessions = set()
+    try:
+        head, code, out = start_node(
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            temp_dir=temp_dir,
+        )
+        sessions.add(head)
+        assert code == 0, out
+        second, code, out = start_node(f"--address=127.0.0.1:{port}", temp_dir=temp_dir)
+        sessions.add(second)
+        assert code == 0, out
+        yield f"127.0.0.1:{port}"
+    finally:
+        for pid in session_processes(sessions):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while session_processes(sessions) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def start_driver(tmp_path, address, *options):
+    command = [sys.executable, "-m", "umx.cli", "batch", "songs", "--outdir", "out"]
+    return subprocess.Popen(
+        [*command, "--model", MODEL, "--ray", address, "-q", *options],
+        cwd=tmp_path,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def busy_actors():
+    """The Ray worker processes separating a file now (Ray names them by the method)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::BatchWorker.separate"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture
+def songs(tmp_path):
+    return [write_song(tmp_path / "songs" / f"{n}.wav", 4.0, seed=n) for n in range(5)]
+
+
+def test_an_actor_killed_mid_file_and_a_corrupt_input(cluster, tmp_path, songs):
+    (tmp_path / "songs" / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    driver = start_driver(tmp_path, cluster, "--jobs", "2")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        victim = wait_for(busy_actors, "a busy actor")[0]
+        os.kill(victim, signal.SIGKILL)
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, err.decode()  # the corrupt input failed, the rest went on
+    assert_complete(tmp_path / "out", songs)
+    records = read_records(tmp_path / "out" / ".umx-job" / MANIFEST_FILE)
+    corrupt = latest(tmp_path / "out" / ".umx-job")[str(tmp_path / "songs" / "corrupt.wav")]
+    assert corrupt["status"] == "failed" and "corrupt.wav" in corrupt["error"]
+    assert "\n" not in corrupt["error"]
+    retried = [r for r in records if r["status"] == "running" and r["attempt"] == 2]
+    assert len(retried) >= 1  # the killed actor's file(s), handed to another actor
+    for record in retried:
+        (done,) = [r for r in records if r["input"] == record["input"] and r["status"] == "done"]
+        assert done["attempt"] == 2 and not done["worker"].endswith(f":{victim}")
+
+
+def test_a_killed_ray_driver_is_resumed_locally(cluster, tmp_path, songs, monkeypatch, capsys):
+    """The driver killed in the middle of a run; the same job finished in local mode, without
+    rewriting what was done."""
+    driver = start_driver(tmp_path, cluster, "--jobs", "2")
+    job_dir = tmp_path / "out" / ".umx-job"
+    try:
+        wait_for(
+            lambda: any(r["status"] == "done" for r in latest(job_dir).values()),
+            "a file done",
+        )
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    before = latest(job_dir)
+    done = {k for k, r in before.items() if r["status"] == "done"}
+    assert 1 <= len(done) < len(songs)
+    times = {p: p.stat().st_mtime_ns for k in done for p in map(Path, output_paths(before[k]))}
+    assert main(["batch", "--status", str(tmp_path / "out")]) == 0
+    status = capsys.readouterr().out
+    assert f"inputs: {len(songs)}: {len(done)} done, 0 failed" in status
+    assert "2 ray workers" in status
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", "songs", "--outdir", "out", "--model", MODEL, "--jobs", "1", "-q"]) == 0
+    assert_complete(tmp_path / "out", songs)
+    assert all(p.stat().st_mtime_ns == t for p, t in times.items())  # never rewritten
