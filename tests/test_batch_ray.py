@@ -197,3 +197,17 @@ def test_a_killed_ray_driver_is_resumed_locally(cluster, tmp_path, songs, monkey
     assert main(["batch", "songs", "--outdir", "out", "--model", MODEL, "--jobs", "1", "-q"]) == 0
     assert_complete(tmp_path / "out", songs)
     assert all(p.stat().st_mtime_ns == t for p, t in times.items())  # never rewritten
+
+
+def test_workers_that_do_not_fit_the_cluster_are_refused(cluster, tmp_path, capsys):
+    song = write_song(tmp_path / "a.wav", 0.5)
+    options = ["--outdir", str(tmp_path / "out"), "--model", MODEL, "--ray", cluster]
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ENV.items():
+            patch.setenv(name, value)
+        assert main(["batch", str(song), *options, "--gpus-per-worker", "1"]) == 1
+        assert "cluster has 0 GPUs for --gpus-per-worker 1: no worker fits" in (
+            capsys.readouterr().err
+        )
+        assert main(["batch", str(song), *options, "--threads", "3"]) == 1
+        assert "cluster has 2 CPUs for --threads 3: no worker fits" in capsys.readouterr().err

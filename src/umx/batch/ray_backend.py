@@ -112,16 +112,17 @@ class RayPool:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
             raise UmxError(f"cannot connect to {where} ({reason})") from None
         resources = ray.cluster_resources()
+        gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
         if self.gpus_per_worker > 0:
-            fit = resources.get("GPU", 0.0) / self.gpus_per_worker
-            what = f"{resources.get('GPU', 0.0):g} GPUs for --gpus-per-worker"
+            fit = gpus / self.gpus_per_worker
+            what = f"{gpus:g} GPUs for --gpus-per-worker {self.gpus_per_worker:g}"
         else:
-            fit = resources.get("CPU", 0.0) / self.spec.threads
-            what = f"{resources.get('CPU', 0.0):g} CPUs for --threads"
+            fit = cpus / self.spec.threads
+            what = f"{cpus:g} CPUs for --threads {self.spec.threads}"
         fit = int(fit + 1e-9)
         if fit < 1:
             ray.shutdown()
-            raise UmxError(f"the Ray cluster has {what} {self.spec.threads:g}: no worker fits")
+            raise UmxError(f"the Ray cluster has {what}: no worker fits")
         self.jobs = min(self.jobs or fit, nb_tasks or fit)
         if self.jobs > fit:
             logger.warning("the cluster has room for %d workers at once; %d asked", fit, self.jobs)
