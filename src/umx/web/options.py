@@ -178,7 +178,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from umx.web.server import create_app
 
-    one_malloc_arena()
     device = resolve_device(args.device)
     if args.jobs > 1:  # the workers share the cores instead of each taking them all
         torch.set_num_threads(max(1, torch.get_num_threads() // args.jobs))
@@ -202,6 +201,7 @@ def run_serve(args: argparse.Namespace) -> int:
     url = page_url(sock)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach it can use the page", args.host)
+    one_malloc_arena()  # before the workers and the HTTP threads start
     store.start(args.jobs, preload=model)
     print(f"umx serve: {url}", flush=True)
     logger.info("jobs in %s; stop with Ctrl-C", display_path(data_dir))
