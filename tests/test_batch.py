@@ -336,7 +336,7 @@ def wait_for(condition, what):
 
 @pytest.fixture
 def songs(tmp_path):
-    return [write_song(tmp_path / "songs" / f"{n}.wav", 4.0, seed=n) for n in range(4)]
+    return [write_song(tmp_path / "songs" / f"{n}.wav", 3.0, seed=n) for n in range(4)]
 
 
 def test_a_worker_killed_mid_file_is_replaced_and_its_file_redone(tmp_path, songs):
@@ -363,7 +363,7 @@ def output_paths(record):
 
 
 def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
-    driver = start_driver(tmp_path, "--jobs", "2")
+    driver = start_driver(tmp_path, "--jobs", "1")
     try:
         wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
         # a terminal's Ctrl-C reaches the driver and its workers

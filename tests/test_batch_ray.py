@@ -145,7 +145,7 @@ def busy_actors():
 
 @pytest.fixture
 def songs(tmp_path):
-    return [write_song(tmp_path / "songs" / f"{n}.wav", 4.0, seed=n) for n in range(5)]
+    return [write_song(tmp_path / "songs" / f"{n}.wav", 3.0, seed=n) for n in range(5)]
 
 
 def test_an_actor_killed_mid_file_and_a_corrupt_input(cluster, tmp_path, songs):
