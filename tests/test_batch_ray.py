@@ -4,6 +4,7 @@ killing exactly those sessions (`ray stop` would stop every Ray instance of the 
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,6 +118,7 @@ def cluster():
         deadline = time.monotonic() + 30
         while session_processes(sessions) and time.monotonic() < deadline:
             time.sleep(0.1)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def start_driver(tmp_path, address, *options):
