@@ -31,6 +31,7 @@ from umx.export import add_export_arguments, run_export
 from umx.modeldir import check_target_name
 from umx.options import (
     MODEL_HELP,
+    add_input_arguments,
     add_output_arguments,
     add_separation_arguments,
     check_separation_args,
@@ -250,17 +251,7 @@ def add_separate_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--duration", type=float, help="length of the excerpt, in seconds (default: to the end)"
     )
-    p.add_argument(
-        "--downmix",
-        action="store_true",
-        help="average inputs with more than two channels instead of refusing them",
-    )
-    p.add_argument(
-        "--match-input",
-        action="store_true",
-        help="write the stems at the input's sample rate and channel count (default: the "
-        "model's rate, stereo for stereo models)",
-    )
+    add_input_arguments(p)
     add_separation_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 

@@ -145,6 +145,21 @@ def segment_from_args(args: argparse.Namespace) -> float | None:
     return None if args.whole_track else args.segment
 
 
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """How input files are taken and matched (`umx separate` and `umx batch`)."""
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="average inputs with more than two channels instead of refusing them",
+    )
+    p.add_argument(
+        "--match-input",
+        action="store_true",
+        help="write the stems at the input's sample rate and channel count (default: the "
+        "model's rate, stereo for stereo models)",
+    )
+
+
 def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
     """The options of stem files: where, named how, in which format, clipped how, grouped how,
     and whether to overwrite (`umx separate`, `umx stream` and `umx batch`)."""

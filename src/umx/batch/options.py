@@ -23,6 +23,7 @@ from umx.modeldir import check_target_name
 from umx.options import (
     MODEL_HELP,
     SEPARATION_DEFAULTS,
+    add_input_arguments,
     add_output_arguments,
     add_separation_arguments,
     check_separation_args,
@@ -118,16 +119,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", help=MODEL_HELP)
     add_output_arguments(p)
-    p.add_argument(
-        "--downmix",
-        action="store_true",
-        help="average inputs with more than two channels instead of refusing them",
-    )
-    p.add_argument(
-        "--match-input",
-        action="store_true",
-        help="write the stems at the input's sample rate and channel count",
-    )
+    add_input_arguments(p)
     add_separation_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
 
