@@ -4,7 +4,6 @@ bound here, so that the address printed is the one served, `--port 0` included).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import logging
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 
 from umx.audio import display_path
-from umx.devices import AUTO, resolve_device
+from umx.devices import AUTO, one_malloc_arena, resolve_device
 from umx.errors import UmxError, check_number
 from umx.web.jobs import JobStore
 from umx.zoo import MODELS, cache_dir, resolve_model
@@ -28,8 +27,6 @@ DEFAULT_MAX_QUEUE = 16
 GRACEFUL_SHUTDOWN_S = 2
 """Seconds open connections (event streams) get to close when the server stops."""
 WEB_MODULES = ("starlette", "uvicorn")
-M_ARENA_MAX = -8
-"""glibc's `mallopt` parameter of the most malloc arenas a process makes."""
 
 
 def default_data_dir() -> Path:
@@ -121,23 +118,6 @@ def import_web() -> None:
             importlib.import_module(name)
         except ImportError:
             raise UmxError(f"umx serve needs {name}: pip install 'umx[web]'") from None
-
-
-def one_malloc_arena() -> bool:
-    """Let every thread of the process allocate from one glibc malloc arena.
-
-    With `umx.devices.keep_freed_memory` each arena keeps the memory freed in it; by default
-    glibc gives threads their own arenas as they contend, and the server's threads (the worker,
-    the HTTP thread pool's up to 40) would each come to keep some: measured here, the RSS grew
-    by a quarter over 20 songs, and by 5 % with one arena. Returns whether it applied (False
-    where the C library has no `mallopt`).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_ARENA_MAX, 1))
 
 
 def listen(host: str, port: int) -> socket.socket:
