@@ -34,6 +34,7 @@ from umx.evaluate import (
     score_limits,
     score_table,
     score_track,
+    scoring,
 )
 from umx.evaluate import options as evaluate_options
 from umx.model import OpenUnmix
@@ -596,3 +597,31 @@ def test_a_single_methods_box_plot_is_a_readable_panel_not_a_strip(evaldirs, tmp
     header = path.read_bytes()[16:24]  # PNG IHDR: width, height
     width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
     assert height >= 400 and width / height < 2
+
+
+class SlowJob:
+    """A track job for `_run_jobs` that marks each track it starts and finishes in a folder."""
+
+    def __init__(self, folder: Path, seconds: float) -> None:
+        self.folder, self.seconds = folder, seconds
+
+    def run(self, track):
+        import time
+
+        (self.folder / f"{track.name}.started").touch()
+        time.sleep(self.seconds)
+        (self.folder / f"{track.name}.done").touch()
+        return scoring._Outcome(track.name, None)
+
+
+def test_stopped_parallel_run_drops_queued_tracks_and_interrupts_running_ones(tmp_path):
+    tracks = [argparse.Namespace(name=f"track-{i:02d}") for i in range(12)]
+    outcomes = scoring._run_jobs(SlowJob(tmp_path, 2.0), tracks, jobs=2)
+    first = next(outcomes)  # what Ctrl-C or SIGTERM raise in the waiting main thread
+    with pytest.raises(KeyboardInterrupt):
+        outcomes.throw(KeyboardInterrupt)
+    started = sorted(p.stem for p in tmp_path.glob("*.started"))
+    done = sorted(p.stem for p in tmp_path.glob("*.done"))
+    assert first.track in done
+    # the running tracks were interrupted, the queued ones skipped: none ran after the stop
+    assert len(started) <= 4 and len(done) <= 2, (started, done)

@@ -8,11 +8,13 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -210,15 +212,21 @@ class _Outcome:
 
 
 _worker_job: _TrackJob | None = None
+_worker_stop: Event | None = None
 
 
-def _init_worker(job: _TrackJob, nb_threads: int) -> None:
-    global _worker_job
+def _init_worker(job: _TrackJob, nb_threads: int, stop: Event) -> None:
+    global _worker_job, _worker_stop
+    # The fork server ignores SIGINT and its children inherit that: restore Ctrl-C's
+    # KeyboardInterrupt, so that a stopped evaluation stops its workers too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(nb_threads)
-    _worker_job = job
+    _worker_job, _worker_stop = job, stop
 
 
 def _run_in_worker(track: musdb.MultiTrack) -> _Outcome:
+    if _worker_stop.is_set():  # a track queued before the run was stopped
+        return _Outcome(track.name, "stopped")
     return _worker_job.run(track)
 
 
@@ -333,10 +341,24 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
     # fork from a server that has imported umx, musdb and museval once, but started nothing.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, "musdb", "museval"])
-    with ProcessPoolExecutor(workers, context, _init_worker, (job, threads)) as pool:
+    stop = context.Event()
+    with ProcessPoolExecutor(workers, context, _init_worker, (job, threads, stop)) as pool:
         futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                yield _Outcome(futures[future], f"{futures[future]}: its worker process died")
+        try:
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    yield _Outcome(futures[future], f"{futures[future]}: its worker process died")
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM) or failed: leaving the block would wait for every
+            # queued track. Interrupt the running ones as Ctrl-C does, so that their writers
+            # remove their temporary files, and skip the rest: those already in the workers'
+            # queue by the event, the others by cancelling them (the block's own shutdown
+            # would not).
+            stop.set()
+            for process in list((pool._processes or {}).values()):
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGINT)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
