@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from umx.cli import main
+from umx.cli import COMMANDS, main
 from umx.modeldir import save_separator
 
 RATE = 16000
@@ -381,3 +381,38 @@ def test_a_forked_worker_dies_of_a_stop_signal_quietly():
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+OPTIONAL = ("scipy", "musdb", "museval", "matplotlib", "pandas", "ray", "starlette", "uvicorn")
+OPTIONAL += ("onnx", "onnxruntime")
+
+
+def test_the_core_install_separates_without_any_extra(tmp_path):
+    """`pip install umx` has none of the extras' packages: the command must still start, show
+    every command's help, and separate (an import of any of them fails here)."""
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "procedural-42.flac"
+    script = (
+        "import sys\n"
+        f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
+        "from contextlib import suppress\n"
+        "from umx.cli import COMMANDS, build_parser\n"
+        "for command in COMMANDS:\n"
+        "    with suppress(SystemExit): build_parser().parse_args([command, '--help'])\n"
+    )
+    separate = (
+        "import sys\n"
+        f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
+        "from umx.cli import main\n"
+        f"sys.exit(main([{str(example)!r}, '--duration', '2', '--outdir', {str(tmp_path)!r}, "
+        "'-q']))\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("usage: umx") == len(COMMANDS)
+    done = subprocess.run([sys.executable, "-c", separate], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    stems = sorted(p.name for p in (tmp_path / "procedural-42").iterdir())
+    assert stems == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert sf.info(tmp_path / "procedural-42" / "vocals.wav").duration == pytest.approx(2.0)

@@ -32,20 +32,16 @@ from umx.data.midi import (
     transpose,
 )
 from umx.data.procedural import generate_song
+from umx.data.gm import STEMS, analyse, split_stems, valid_starts
 from umx.data.synth import (
     SOUNDFONT_PACKAGES,
-    STEMS,
     SongRef,
-    add_synth_arguments,
-    analyse,
     check_fluidsynth,
     check_soundfont,
     plan_tracks,
     render_example,
-    run_synth,
-    split_stems,
-    valid_starts,
 )
+from umx.data.synth_options import add_synth_arguments, run_synth
 from umx.errors import UmxError
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")

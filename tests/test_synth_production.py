@@ -29,7 +29,8 @@ from umx.data.production import (
 )
 from umx.data.sampler import choose_layer, load_kit, play_drums
 from umx.data.singer import melody, sing
-from umx.data.synth import STEMS, SongRef, plan_tracks, render_track
+from umx.data.gm import STEMS
+from umx.data.synth import SongRef, plan_tracks, render_track
 from umx.errors import UmxError
 
 RATE = 8000

@@ -23,7 +23,7 @@ from umx.api import (
 )
 from umx.audio import WriteReport, display_path
 from umx.batch.options import add_batch_arguments, run_batch
-from umx.data.synth import add_synth_arguments, run_synth
+from umx.data.synth_options import add_synth_arguments, run_synth
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError, check_number
 from umx.evaluate import add_evaluate_arguments, run_evaluate

@@ -1,13 +1,8 @@
 """`umx synth`: renders General MIDI songs into four-stem tracks in the MUSDB18-HQ layout.
 
 Each track is an excerpt of a song (a General MIDI file, or a song of
-:mod:`umx.data.procedural`) whose notes are split into the four stems by General MIDI rules:
-
-- drums: the percussion channel (channel 10, index 9);
-- bass: the GM bass programs (33-40);
-- vocals: the GM voice programs (choir aahs, voice oohs, synth voice) or, in a song with none,
-  the lead melody (the highest mostly monophonic part) played on a voice program;
-- other: everything else.
+:mod:`umx.data.procedural`) whose notes are split into the four stems by General MIDI rules
+(:mod:`umx.data.gm`).
 
 Every stem is rendered on its own by the ``fluidsynth`` program with a General MIDI soundfont,
 then levelled, panned and quantised to 16 bits; the mixture is the sum of the quantised stems,
@@ -23,9 +18,7 @@ track's song, soundfont and parameters.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -38,18 +31,16 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import soundfile
 from tqdm import tqdm
 
 from umx import __version__
+from umx.data.gm import DRUM_CHANNEL, REVOICE_PROGRAMS, STEMS, analyse, split_stems, valid_starts
 from umx.data.midi import (
     CONTROL_CHANGE,
-    NOTE_OFF,
-    NOTE_ON,
-    POLY_PRESSURE,
-    PROGRAM_CHANGE,
     Event,
     Song,
     TempoMap,
@@ -60,36 +51,12 @@ from umx.data.midi import (
     transpose,
 )
 from umx.data.procedural import generate_song
-from umx.data.production import TEST_REVERB, TRAIN_REVERB, apply_chain, draw_production
-from umx.data.sampler import load_kit, play_drums
-from umx.data.singer import sing
 from umx.errors import UmxError
 from umx.separator import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-STEMS = ("vocals", "drums", "bass", "other")
-"""The MUSDB18 sources, whose sum is the mixture."""
 SPLITS = ("train", "valid", "test")
-DRUM_CHANNEL = 9
-BASS_PROGRAMS = frozenset(range(32, 40))
-VOICE_PROGRAMS = (52, 53, 54)
-"""Choir aahs, voice oohs, synth voice (GM programs 53-55, counted from 0 here)."""
-REVOICE_PROGRAMS = {"vocals": VOICE_PROGRAMS, "bass": tuple(sorted(BASS_PROGRAMS))}
-"""The programs a lead melody or a bass line without one of theirs is re-voiced with."""
-MIN_BUSY = 1 / 3
-"""A part re-voiced as vocals or bass sounds in at least this fraction of the song."""
-MAX_OVERLAPS = 0.2
-"""A part is monophonic if at most this fraction of its notes start while another sounds."""
-MIDDLE_C = 60
-PARTS = {
-    "vocals": "a voice program, or a lead melody among other instruments",
-    "drums": "notes on channel 10",
-    "bass": "GM programs 33-40, or a bass line among other instruments",
-    "other": "an instrument that is not voice, drums or bass",
-}
-"""What a General MIDI song needs for each stem, as said in warnings."""
-BANK_SELECT = frozenset((0, 32))
 SUSTAIN_PEDAL, ALL_NOTES_OFF = 64, 123
 MIDI_SUFFIXES = frozenset((".mid", ".midi", ".kar"))
 
@@ -107,8 +74,6 @@ DURATION = 30.0
 """Seconds per track."""
 TEST_FRACTION = 0.2
 VALID_FRACTION = 0.1
-MIN_ACTIVITY = 0.5
-"""An excerpt needs every stem sounding in at least this fraction of its seconds."""
 SILENCE_DB = -60.0
 """An excerpt with a stem quieter than this (RMS, dB full scale, as rendered) is skipped."""
 RENDER_TIMEOUT = 600
@@ -199,193 +164,6 @@ class TrackPlan:
     production: dict | None = None
     sung: float = 0.0
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What planning needs to know of a song.
-
-    Attributes:
-        activity: ``(nb_stems, nb_seconds)``: whether each stem sounds in each second.
-        revoiced: the channels to re-voice, and the stem each then belongs to.
-    """
-
-    activity: np.ndarray
-    revoiced: dict[int, str]
-
-
-def stem_of(channel: int, program: int) -> str:
-    """The stem a note belongs to, from its channel and the channel's GM program (from 0)."""
-    if channel == DRUM_CHANNEL:
-        return "drums"
-    if program in VOICE_PROGRAMS:
-        return "vocals"
-    if program in BASS_PROGRAMS:
-        return "bass"
-    return "other"
-
-
-def _event_stems(song: Song, revoice: dict[int, int]) -> list[str | None]:
-    """For each event, the stem of its note, or None for the events that every stem needs.
-
-    Args:
-        song: the song.
-        revoice: programs that replace those of some channels.
-    """
-    programs = [0] * 16
-    sounding: dict[tuple[int, int], list[str]] = {}
-    stems: list[str | None] = []
-    for event in song.events:
-        stem = None
-        if event.kind == PROGRAM_CHANGE:
-            programs[event.channel] = event.data[0]
-        elif event.kind in (NOTE_ON, NOTE_OFF, POLY_PRESSURE):
-            key = (event.channel, event.data[0])
-            stem = stem_of(event.channel, revoice.get(event.channel, programs[event.channel]))
-            if event.is_note_on:
-                sounding.setdefault(key, []).append(stem)
-            elif event.is_note_off and sounding.get(key):
-                stem = sounding[key].pop(0)
-        stems.append(stem)
-    return stems
-
-
-def _notes(song: Song, stems: list[str | None]) -> Iterator[tuple[Event, int, str]]:
-    """Each note of ``song``: its note-on event, the tick it ends and its stem."""
-    started: dict[tuple[int, int], list[tuple[Event, str]]] = {}
-    for event, stem in zip(song.events, stems, strict=True):
-        key = (event.channel, event.data[0]) if event.kind in (NOTE_ON, NOTE_OFF) else None
-        if event.is_note_on:
-            started.setdefault(key, []).append((event, stem))
-        elif key and event.is_note_off and started.get(key):
-            yield started[key][0][0], event.tick, started[key].pop(0)[1]
-    for notes in started.values():
-        for event, stem in notes:
-            yield event, song.end_tick, stem
-
-
-def _activity(song: Song, stems: list[str | None]) -> dict[tuple[int, str], np.ndarray]:
-    """Whether the notes of each channel and stem sound in each second of the song."""
-    tempo_map = TempoMap(song)
-    nb_seconds = math.ceil(tempo_map.seconds(song.end_tick)) + 1
-    activity: dict[tuple[int, str], np.ndarray] = {}
-    for event, end, stem in _notes(song, stems):
-        row = activity.setdefault((event.channel, stem), np.zeros(nb_seconds, dtype=bool))
-        first = int(tempo_map.seconds(event.tick))
-        row[first : max(math.ceil(tempo_map.seconds(end)), first + 1)] = True
-    return activity
-
-
-def _choose_part(
-    parts: dict[int, list[tuple[int, int, int]]], busy: dict[int, float], highest: bool
-) -> int | None:
-    """The channel of a song's lead melody (``highest``) or bass line among ``parts``.
-
-    Args:
-        parts: ``{channel: [(start tick, end tick, key)]}``.
-        busy: the fraction of the song's seconds in which each channel sounds.
-        highest: pick the highest part, else the lowest.
-
-    Returns:
-        Among the parts that sound in enough of the song (and, for a bass line, lie below
-        middle C), the highest (or lowest) of those that mostly play one note at a time, else
-        of all; None if there is none.
-    """
-
-    def mean_key(channel: int) -> float:
-        return sum(key for *_, key in parts[channel]) / len(parts[channel])
-
-    def rank(channel: int) -> tuple[bool, float]:
-        spans = sorted(parts[channel])
-        overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
-        return overlaps <= MAX_OVERLAPS * len(spans), mean_key(channel) * (1 if highest else -1)
-
-    candidates = [
-        channel
-        for channel in sorted(parts)
-        if busy[channel] >= MIN_BUSY and (highest or mean_key(channel) < MIDDLE_C)
-    ]
-    return max(candidates, key=rank, default=None)
-
-
-def analyse(song: Song) -> Analysis:
-    """Finds when each stem sounds, and the parts to re-voice for missing vocals or bass.
-
-    A song without a voice program gets its lead melody re-voiced as vocals, one without a
-    bass program its bass line re-voiced as bass, if such a part stands out among the other
-    instruments and at least one of them is left.
-
-    Raises:
-        UmxError: a stem still has no notes (one sentence naming the stem and what it needs).
-    """
-    stems = _event_stems(song, {})
-    activity = _activity(song, stems)
-    if not activity:
-        raise UmxError("it has no notes")
-    sounding = max(1, np.any(list(activity.values()), axis=0).sum())
-    taken = {channel for channel, stem in activity if stem != "other"}
-    parts: dict[int, list[tuple[int, int, int]]] = {}
-    for event, end, _ in _notes(song, stems):
-        if event.channel not in taken:
-            parts.setdefault(event.channel, []).append((event.tick, end, event.data[0]))
-    busy = {channel: activity[channel, "other"].sum() / sounding for channel in parts}
-    revoiced: dict[int, str] = {}
-    for stem in ("vocals", "bass"):
-        if stem not in stems and len(parts) > 1:
-            channel = _choose_part(parts, busy, highest=stem == "vocals")
-            if channel is not None:
-                revoiced[channel] = stem
-                del parts[channel]
-    nb_seconds = len(next(iter(activity.values())))
-    rows = {stem: np.zeros(nb_seconds, dtype=bool) for stem in STEMS}
-    for (channel, stem), row in activity.items():
-        rows[revoiced.get(channel, stem)] |= row
-    for stem, row in rows.items():
-        if not row.any():
-            raise UmxError(f"it has no {stem} part ({PARTS[stem]}); is it General MIDI?")
-    return Analysis(np.stack([rows[stem] for stem in STEMS]), revoiced)
-
-
-def valid_starts(activity: np.ndarray, seconds: float) -> np.ndarray:
-    """The whole seconds where an excerpt of ``seconds`` can start with every stem active."""
-    length = math.ceil(seconds)
-    nb_starts = activity.shape[1] - length + 1
-    if nb_starts < 1:
-        return np.zeros(0, dtype=int)
-    counts = np.cumsum(np.pad(activity, ((0, 0), (1, 0))), axis=1)
-    active = (counts[:, length:] - counts[:, :-length])[:, :nb_starts]
-    return np.flatnonzero((active >= MIN_ACTIVITY * length).all(axis=0))
-
-
-def split_stems(song: Song, revoice: dict[int, int]) -> dict[str, Song]:
-    """The song's events for each stem: its own notes and every event that is not a note.
-
-    Args:
-        song: the song.
-        revoice: ``{channel: GM program}``: these channels' program and bank changes are
-            replaced by one program change after the set-up events at tick 0.
-    """
-    events = [
-        (event, stem)
-        for event, stem in zip(song.events, _event_stems(song, revoice), strict=True)
-        if event.channel not in revoice
-        or not (
-            event.kind == PROGRAM_CHANGE
-            or (event.kind == CONTROL_CHANGE and event.data[0] in BANK_SELECT)
-        )
-    ]
-    index = next(
-        (i for i, (event, _) in enumerate(events) if event.tick > 0 or event.is_note_on),
-        len(events),
-    )
-    events[index:index] = [
-        (Event(0, PROGRAM_CHANGE | channel, bytes((program,))), None)
-        for channel, program in sorted(revoice.items())
-    ]
-    return {
-        name: Song(song.ticks_per_beat, [e for e, s in events if s in (None, name)], song.end_tick)
-        for name in STEMS
-    }
 
 
 def check_fluidsynth() -> str:
@@ -492,8 +270,12 @@ def render_track(
     nb_samples = round(duration * sample_rate)
     soundfont = Path(plan.soundfont)
     parts = split_stems(song, plan.revoice)
+    if plan.drum_kit or plan.sung or plan.production:
+        effects, sampler, singer = levers()
     raw = {
-        stem: play_drums(part, load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed)
+        stem: sampler.play_drums(
+            part, sampler.load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed
+        )
         if stem == "drums" and plan.drum_kit
         else render_midi(part, soundfont, nb_samples, sample_rate)
         for stem, part in parts.items()
@@ -501,7 +283,7 @@ def render_track(
     if any(_level_db(audio) < SILENCE_DB for audio in raw.values()):
         return None
     if plan.sung:
-        sung = sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
+        sung = singer.sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
         if _level_db(sung) > SILENCE_DB:
             patch = raw["vocals"] * 10 ** (-_level_db(raw["vocals"]) / 20)
             raw["vocals"] = (
@@ -510,7 +292,7 @@ def render_track(
     if plan.production:
         room = plan.production["room"]
         for stem, chain in plan.production["stems"].items():
-            raw[stem] = apply_chain(raw[stem], chain, room, sample_rate)
+            raw[stem] = effects.apply_chain(raw[stem], chain, room, sample_rate)
     envelope = np.ones(nb_samples)
     if fade:
         ramp = np.linspace(0, 1, round(fade * sample_rate))
@@ -650,6 +432,23 @@ def plan_tracks(
     return plans
 
 
+def levers() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The modules of the production levers: effects (:mod:`umx.data.production`), the drum
+    sampler and the singer. They need scipy (the `train` extra), so they load only when a
+    dataset uses them: the `umx` command itself starts without scipy.
+
+    Raises:
+        UmxError: scipy is not installed.
+    """
+    try:
+        from umx.data import production, sampler, singer
+    except ImportError as error:
+        raise UmxError(
+            f"drum kits, --production and --sung need scipy ({error}): pip install 'umx[train]'"
+        ) from None
+    return production, sampler, singer
+
+
 def _produce(
     plan: TrackPlan, seed: int, drum_kits: Sequence[Path], production: bool, sung: bool
 ) -> TrackPlan:
@@ -657,13 +456,14 @@ def _produce(
     own, so that a dataset without them is the same as before they existed)."""
     if not (drum_kits or production or sung):
         return plan
+    effects = levers()[0]
     rng = random.Random(derive_seed(seed, plan.name, "production"))
     kits = [None, *map(str, drum_kits)]
-    family = TEST_REVERB if plan.split == "test" else TRAIN_REVERB
+    family = effects.TEST_REVERB if plan.split == "test" else effects.TRAIN_REVERB
     return replace(
         plan,
         drum_kit=rng.choice(kits),
-        production=draw_production(rng, STEMS, family) if production else None,
+        production=effects.draw_production(rng, STEMS, family) if production else None,
         sung=round(rng.uniform(*SUNG_SHARE), 3) if sung and rng.random() < SUNG_CHANCE else 0.0,
         seed=rng.getrandbits(31),
     )
@@ -936,198 +736,3 @@ def render_example(
         write_pcm16(partial, tracks[name], sample_rate)
         os.replace(partial, output)
     return list(outputs.values())
-
-
-def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the options of `umx synth` to ``parser``."""
-    parser.add_argument(
-        "--root", required=True, type=Path, metavar="DIR", help="dataset folder to create"
-    )
-    parser.add_argument(
-        "--midi",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="PATH",
-        help="General MIDI files, or folders searched for .mid/.midi/.kar files",
-    )
-    parser.add_argument(
-        "--procedural",
-        type=int,
-        default=0,
-        metavar="N",
-        help="number of songs from umx's procedural song generator (default: 0)",
-    )
-    parser.add_argument(
-        "--soundfont",
-        nargs="+",
-        type=Path,
-        metavar="SF",
-        help="soundfonts for the train and valid splits (default: the installed ones of "
-        f"{', '.join(map(str, TRAIN_SOUNDFONTS))})",
-    )
-    parser.add_argument(
-        "--test-soundfont",
-        nargs="+",
-        type=Path,
-        metavar="SF",
-        help="soundfonts for the test split, none of them in --soundfont "
-        f"(default: {', '.join(map(str, TEST_SOUNDFONTS))})",
-    )
-    parser.add_argument(
-        "--drum-kits",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="KIT",
-        help="Hydrogen drum kit folders (with a drumkit.xml) for the train and valid splits: "
-        "each track's drums are played by one of them or the soundfont (default: none)",
-    )
-    parser.add_argument(
-        "--test-drum-kits",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="KIT",
-        help="Hydrogen drum kit folders for the test split, none of them in --drum-kits",
-    )
-    parser.add_argument(
-        "--production",
-        action="store_true",
-        help="give every stem a randomised effect chain (EQ, compression, overdrive, chorus, "
-        "reverb); the test split's reverb is of a family training never hears",
-    )
-    parser.add_argument(
-        "--sung",
-        action="store_true",
-        help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
-    )
-    parser.add_argument(
-        "--test-fraction",
-        type=float,
-        default=TEST_FRACTION,
-        metavar="F",
-        help=f"fraction of the songs in the test split (default: {TEST_FRACTION})",
-    )
-    parser.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=VALID_FRACTION,
-        metavar="F",
-        help="fraction of the songs in the validation split, kept in train/ and listed in "
-        f"setup.yaml (default: {VALID_FRACTION})",
-    )
-    parser.add_argument(
-        "--excerpts",
-        type=int,
-        default=1,
-        metavar="K",
-        help="tracks per song, each a random excerpt (default: 1)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=DURATION,
-        metavar="SECONDS",
-        help=f"length of each track (default: {DURATION:g})",
-    )
-    parser.add_argument(
-        "--sample-rate",
-        type=int,
-        default=int(SAMPLE_RATE),
-        metavar="HZ",
-        help=f"sample rate of the tracks (default: {int(SAMPLE_RATE)})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of every random choice: the same seed gives the same files (default: 0)",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="tracks rendered in parallel (default: the number of CPUs)",
-    )
-    parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
-
-
-def run_synth(args: argparse.Namespace) -> int:
-    """Runs `umx synth` with the options of :func:`add_synth_arguments`; returns the exit code.
-
-    Raises:
-        UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
-    """
-    if args.procedural < 0 or args.excerpts < 1 or args.jobs < 1:
-        raise UmxError("--procedural must be 0 or more, --excerpts and --jobs 1 or more")
-    if args.duration <= 0 or args.sample_rate <= 0:
-        raise UmxError("--duration and --sample-rate must be positive")
-    if min(args.test_fraction, args.valid_fraction) < 0 or (
-        args.test_fraction + args.valid_fraction > 1
-    ):
-        raise UmxError("--test-fraction and --valid-fraction must be 0 or more, 1 at most together")
-    check_root(args.root, args.force)
-    songs = [SongRef(name, path=str(path)) for name, path in _named(find_midi_files(args.midi))]
-    songs += [
-        SongRef(
-            f"procedural-{index:05d}",
-            seed=derive_seed(args.seed, "procedural", index),
-            min_seconds=args.duration * TEMPO_RANGE[1] * 2,
-        )
-        for index in range(args.procedural)
-    ]
-    if not songs:
-        raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
-    check_fluidsynth()
-    train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
-    test = []
-    if args.test_fraction > 0:
-        test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
-    kits = [_kit(path) for path in args.drum_kits]
-    test_kits = [_kit(path) for path in args.test_drum_kits] if args.test_fraction > 0 else []
-    plans = plan_tracks(
-        songs,
-        {"train": train, "valid": train, "test": test},
-        drum_kits={"train": kits, "valid": kits, "test": test_kits},
-        production=args.production,
-        sung=args.sung,
-        seed=args.seed,
-        duration=args.duration,
-        excerpts=args.excerpts,
-        test_fraction=args.test_fraction,
-        valid_fraction=args.valid_fraction,
-    )
-    settings = {key: getattr(args, key) for key in SETTINGS}
-    synthesize(
-        args.root,
-        plans,
-        duration=args.duration,
-        sample_rate=args.sample_rate,
-        jobs=args.jobs,
-        force=args.force,
-        progress=not args.quiet,
-        settings=settings,
-    )
-    return 0
-
-
-def _kit(path: Path) -> Path:
-    """A drum kit folder, checked and resolved.
-
-    Raises:
-        UmxError: it is not a Hydrogen kit umx can play.
-    """
-    load_kit(path.resolve())
-    return path.resolve()
-
-
-def _named(paths: list[Path]) -> Iterator[tuple[str, Path]]:
-    """Unique track-name prefixes for MIDI files: their names, numbered when repeated."""
-    seen: dict[str, int] = {}
-    for path in paths:
-        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)
-        seen[name] = seen.get(name, 0) + 1
-        yield (name if seen[name] == 1 else f"{name}-{seen[name]}"), path

@@ -1,0 +1,225 @@
+"""The `umx synth` command: its options, checked, turned into a rendered dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from umx.data.synth import (
+    DURATION,
+    SETTINGS,
+    TEMPO_RANGE,
+    TEST_FRACTION,
+    TEST_SOUNDFONTS,
+    TRAIN_SOUNDFONTS,
+    VALID_FRACTION,
+    SongRef,
+    check_fluidsynth,
+    check_root,
+    check_soundfont,
+    default_soundfonts,
+    derive_seed,
+    find_midi_files,
+    levers,
+    plan_tracks,
+    synthesize,
+)
+from umx.errors import UmxError
+from umx.separator import SAMPLE_RATE
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of `umx synth` to ``parser``."""
+    parser.add_argument(
+        "--root", required=True, type=Path, metavar="DIR", help="dataset folder to create"
+    )
+    parser.add_argument(
+        "--midi",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="General MIDI files, or folders searched for .mid/.midi/.kar files",
+    )
+    parser.add_argument(
+        "--procedural",
+        type=int,
+        default=0,
+        metavar="N",
+        help="number of songs from umx's procedural song generator (default: 0)",
+    )
+    parser.add_argument(
+        "--soundfont",
+        nargs="+",
+        type=Path,
+        metavar="SF",
+        help="soundfonts for the train and valid splits (default: the installed ones of "
+        f"{', '.join(map(str, TRAIN_SOUNDFONTS))})",
+    )
+    parser.add_argument(
+        "--test-soundfont",
+        nargs="+",
+        type=Path,
+        metavar="SF",
+        help="soundfonts for the test split, none of them in --soundfont "
+        f"(default: {', '.join(map(str, TEST_SOUNDFONTS))})",
+    )
+    parser.add_argument(
+        "--drum-kits",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="KIT",
+        help="Hydrogen drum kit folders (with a drumkit.xml) for the train and valid splits: "
+        "each track's drums are played by one of them or the soundfont (default: none)",
+    )
+    parser.add_argument(
+        "--test-drum-kits",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="KIT",
+        help="Hydrogen drum kit folders for the test split, none of them in --drum-kits",
+    )
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="give every stem a randomised effect chain (EQ, compression, overdrive, chorus, "
+        "reverb); the test split's reverb is of a family training never hears",
+    )
+    parser.add_argument(
+        "--sung",
+        action="store_true",
+        help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=TEST_FRACTION,
+        metavar="F",
+        help=f"fraction of the songs in the test split (default: {TEST_FRACTION})",
+    )
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=VALID_FRACTION,
+        metavar="F",
+        help="fraction of the songs in the validation split, kept in train/ and listed in "
+        f"setup.yaml (default: {VALID_FRACTION})",
+    )
+    parser.add_argument(
+        "--excerpts",
+        type=int,
+        default=1,
+        metavar="K",
+        help="tracks per song, each a random excerpt (default: 1)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DURATION,
+        metavar="SECONDS",
+        help=f"length of each track (default: {DURATION:g})",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=int(SAMPLE_RATE),
+        metavar="HZ",
+        help=f"sample rate of the tracks (default: {int(SAMPLE_RATE)})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: the same seed gives the same files (default: 0)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="tracks rendered in parallel (default: the number of CPUs)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Runs `umx synth` with the options of :func:`add_synth_arguments`; returns the exit code.
+
+    Raises:
+        UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
+    """
+    if args.procedural < 0 or args.excerpts < 1 or args.jobs < 1:
+        raise UmxError("--procedural must be 0 or more, --excerpts and --jobs 1 or more")
+    if args.duration <= 0 or args.sample_rate <= 0:
+        raise UmxError("--duration and --sample-rate must be positive")
+    if min(args.test_fraction, args.valid_fraction) < 0 or (
+        args.test_fraction + args.valid_fraction > 1
+    ):
+        raise UmxError("--test-fraction and --valid-fraction must be 0 or more, 1 at most together")
+    check_root(args.root, args.force)
+    songs = [SongRef(name, path=str(path)) for name, path in _named(find_midi_files(args.midi))]
+    songs += [
+        SongRef(
+            f"procedural-{index:05d}",
+            seed=derive_seed(args.seed, "procedural", index),
+            min_seconds=args.duration * TEMPO_RANGE[1] * 2,
+        )
+        for index in range(args.procedural)
+    ]
+    if not songs:
+        raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
+    check_fluidsynth()
+    train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
+    test = []
+    if args.test_fraction > 0:
+        test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
+    kits = [_kit(path) for path in args.drum_kits]
+    test_kits = [_kit(path) for path in args.test_drum_kits] if args.test_fraction > 0 else []
+    plans = plan_tracks(
+        songs,
+        {"train": train, "valid": train, "test": test},
+        drum_kits={"train": kits, "valid": kits, "test": test_kits},
+        production=args.production,
+        sung=args.sung,
+        seed=args.seed,
+        duration=args.duration,
+        excerpts=args.excerpts,
+        test_fraction=args.test_fraction,
+        valid_fraction=args.valid_fraction,
+    )
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    synthesize(
+        args.root,
+        plans,
+        duration=args.duration,
+        sample_rate=args.sample_rate,
+        jobs=args.jobs,
+        force=args.force,
+        progress=not args.quiet,
+        settings=settings,
+    )
+    return 0
+
+
+def _kit(path: Path) -> Path:
+    """A drum kit folder, checked and resolved.
+
+    Raises:
+        UmxError: it is not a Hydrogen kit umx can play.
+    """
+    levers()[1].load_kit(path.resolve())
+    return path.resolve()
+
+
+def _named(paths: list[Path]) -> Iterator[tuple[str, Path]]:
+    """Unique track-name prefixes for MIDI files: their names, numbered when repeated."""
+    seen: dict[str, int] = {}
+    for path in paths:
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)
+        seen[name] = seen.get(name, 0) + 1
+        yield (name if seen[name] == 1 else f"{name}-{seen[name]}"), path
