@@ -69,3 +69,32 @@ def test_keep_freed_memory_avoids_page_faults_on_reallocation():
 def test_devices_umx_does_not_run_on_are_refused(name):
     with pytest.raises(UmxError, match="unknown device"):
         resolve_device(name)
+
+
+KEPT_THEN_RELEASED = """
+import numpy as np
+from umx.devices import keep_freed_memory, release_freed_memory
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+keep_freed_memory()
+blocks = [np.ones(2**20) for _ in range(64)]  # 64 blocks of 8 MiB, below the mmap threshold
+before = rss()
+del blocks
+kept = rss()
+released = release_freed_memory()
+print(before, kept, released, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_release_freed_memory_gives_back_what_keep_freed_memory_kept():
+    result = subprocess.run(
+        [sys.executable, "-c", KEPT_THEN_RELEASED], capture_output=True, text=True, check=True
+    )
+    before, kept, released, after = result.stdout.split()
+    assert int(kept) > int(before) - 64 * 2**20  # freed, but kept by the allocator
+    assert released == "True"
+    assert int(after) < int(kept) - 400 * 2**20  # most of the 512 MiB went back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
@@ -78,11 +79,25 @@ def one_malloc_arena() -> bool:
     return _mallopt(M_ARENA_MAX, 1)
 
 
+def release_freed_memory() -> bool:
+    """Give the memory the C allocator keeps (see `keep_freed_memory`) back to the system, e.g.
+    when a server goes idle between jobs: the next job faults its pages in once again. Returns
+    whether any was released (False where the C library has no `malloc_trim`)."""
+    trim = _libc("malloc_trim", ctypes.c_size_t)
+    return trim is not None and bool(trim(0))
+
+
 def _mallopt(parameter: int, value: int) -> bool:
     """glibc's `mallopt(parameter, value)`; False where the C library has none."""
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(parameter, value))
+
+
+def _libc(name: str, *argtypes: type) -> Any:
+    """A function of the C library, or None where it has no such function."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        function = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(parameter, value))
+        return None
+    function.argtypes = list(argtypes)
+    return function

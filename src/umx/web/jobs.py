@@ -39,6 +39,7 @@ import torch
 
 from umx.api import separate_file
 from umx.audio import AudioWriter, audio_formats, audio_info, display_path, read_audio
+from umx.devices import release_freed_memory
 from umx.errors import UmxError
 from umx.modeldir import write_atomic, write_json_atomic
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
@@ -550,6 +551,10 @@ class JobStore:
                 record = asdict(job)
             self._notify(record)
             self._run(job)
+            with self._lock:
+                idle = not self._pending
+            if idle:  # an idle server holds only what its loaded models need
+                release_freed_memory()
 
     def _separator(self, model: str) -> Separator:
         """The loaded separator of a model, loading it (and dropping the least used) if needed."""
