@@ -253,3 +253,23 @@ def test_the_backend_keeps_its_graphs_in_the_model_cache(separators, monkeypatch
     assert torch.equal(first.separate(audio), again.separate(audio))
     with pytest.raises(AssertionError, match="exported again"):
         onnx_separator(separator)  # float32 graphs are other files
+
+
+def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monkeypatch, mixture):
+    """`umx evaluate --jobs N` sends its separator to worker processes: the sessions are made
+    anew there from the cached graph files, or from the graphs themselves without a cache."""
+    import pickle
+
+    audio = mixture[None, :, :20000]
+    cached = onnx_separator(separators["umxsynth-rt"], quantize="int8")
+    assert isinstance(cached.target_models["bass"].graphs[0], Path)
+    expected = cached.separate(audio)
+    copy = pickle.loads(pickle.dumps(cached))
+    assert copy.target_models["bass"].unidirectional
+    assert torch.equal(copy.separate(audio), expected)
+
+    monkeypatch.setattr(umx.export, "cache_dir", lambda: Path("/proc/no-cache-here"))
+    uncached = onnx_separator(separators["umxsynth"])
+    assert isinstance(uncached.target_models["bass"].graphs[0], bytes)
+    expected = uncached.separate(audio)
+    assert torch.equal(pickle.loads(pickle.dumps(uncached)).separate(audio), expected)

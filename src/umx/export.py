@@ -183,8 +183,9 @@ def quantize_graph(graph: bytes) -> bytes:
     return quantized
 
 
-def _session(graph: bytes, threads: int | None) -> Any:
-    """An onnxruntime session on the CPU with `threads` intra-op threads (torch's by default)."""
+def _session(graph: bytes | Path, threads: int | None) -> Any:
+    """An onnxruntime session on the CPU with `threads` intra-op threads (torch's by default),
+    of a serialised graph or a graph file."""
     _, onnxruntime = require_onnx()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -194,7 +195,9 @@ def _session(graph: bytes, threads: int | None) -> Any:
     # session kept the peak of its own largest run (a 3-minute track: +1.7 GB over four).
     options.enable_cpu_mem_arena = False
     return onnxruntime.InferenceSession(
-        graph, sess_options=options, providers=["CPUExecutionProvider"]
+        str(graph) if isinstance(graph, Path) else graph,
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
     )
 
 
@@ -206,8 +209,12 @@ class OnnxModel(nn.Module):
     `OpenUnmix.stream` does (causal models). The graphs run on the CPU; tensors on another
     device are copied there and back.
 
+    It pickles (e.g. into the worker processes of `umx evaluate --jobs`) as its graphs, and
+    makes its sessions anew when unpickled.
+
     Args:
-        graph: the serialised full-sequence graph (`model_graph`, maybe `quantize_graph`).
+        graph: the full-sequence graph (`model_graph`, maybe `quantize_graph`), serialised or
+            as a file (`cached_graph`'s, which keeps it out of this process's memory).
         stream_graph: the streaming graph of a unidirectional model; None otherwise.
         nb_channels, nb_bins, hidden_size, nb_layers: the exported model's sizes (`nb_bins`
             is its number of output bins, `n_fft // 2 + 1`).
@@ -220,8 +227,8 @@ class OnnxModel(nn.Module):
 
     def __init__(
         self,
-        graph: bytes,
-        stream_graph: bytes | None,
+        graph: bytes | Path,
+        stream_graph: bytes | Path | None,
         *,
         nb_channels: int,
         nb_bins: int,
@@ -235,8 +242,20 @@ class OnnxModel(nn.Module):
         self.hidden_size = hidden_size
         self.nb_layers = nb_layers
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
-        self.session = _session(graph, threads)
-        self.stream_session = None if stream_graph is None else _session(stream_graph, threads)
+        self.graphs, self.threads = (graph, stream_graph), threads
+        self._start_sessions()
+
+    def _start_sessions(self) -> None:
+        graph, stream_graph = self.graphs
+        self.session = _session(graph, self.threads)
+        self.stream_session = None if stream_graph is None else _session(stream_graph, self.threads)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "session": None, "stream_session": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._start_sessions()
 
     @classmethod
     def from_model(
@@ -322,9 +341,10 @@ class OnnxModel(nn.Module):
 
 def cached_graph(
     model: OpenUnmix, *, streaming: bool = False, quantize: str | None = None
-) -> bytes:
-    """`model_graph` (quantised with `quantize`), read from the model cache when an earlier
-    call made it, else made and written there atomically (if the cache can be written).
+) -> Path | bytes:
+    """`model_graph` (quantised with `quantize`) as a file of the model cache, made there
+    atomically unless an earlier call made it; the serialised graph itself if the cache
+    cannot be written.
 
     The file is named by a SHA-256 of everything the graph depends on: the model's sizes and
     parameter values, the kind of graph, the quantisation, the opset and the torch and
@@ -351,7 +371,7 @@ def cached_graph(
         key.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     path = cache_dir() / GRAPH_CACHE / f"{key.hexdigest()}{GRAPH_SUFFIX}"
     if path.is_file():
-        return path.read_bytes()
+        return path
     graph = model_graph(model, streaming=streaming)
     if quantize:
         graph = quantize_graph(graph)
@@ -360,7 +380,8 @@ def cached_graph(
         write_atomic(path, lambda out: out.write(graph))
     except OSError as error:
         logger.debug("the ONNX graph is not cached (%s)", error)
-    return graph
+        return graph
+    return path
 
 
 def _numpy(x: Tensor) -> Any:
