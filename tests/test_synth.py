@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from umx.data.gm import STEMS, analyse, split_stems, valid_starts
 from umx.data.midi import (
     NOTE_ON,
     PROGRAM_CHANGE,
@@ -32,7 +33,6 @@ from umx.data.midi import (
     transpose,
 )
 from umx.data.procedural import generate_song
-from umx.data.gm import STEMS, analyse, split_stems, valid_starts
 from umx.data.synth import (
     SOUNDFONT_PACKAGES,
     SongRef,
@@ -421,3 +421,22 @@ def test_render_example(tmp_path):
     assert [p.read_bytes() for p in written] == first
     with pytest.raises(UmxError, match=r"written as \.wav or \.flac"):
         render_example(tmp_path / "example.mp3", seed=7)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--duration", "nan", "--duration must be a finite number"),
+        ("--duration", "inf", "--duration must be a finite number"),
+        ("--duration", "0", "--duration must be greater than 0"),
+        ("--test-fraction", "nan", "--test-fraction must be a finite number"),
+        ("--valid-fraction", "-0.1", "--valid-fraction must be at least 0"),
+        ("--sample-rate", "0", "--sample-rate must be greater than 0"),
+        ("--jobs", "0", "--jobs must be at least 1"),
+        ("--procedural", "-1", "--procedural must be at least 0"),
+    ],
+)
+def test_bad_numbers_are_one_clear_error_before_any_work(tmp_path, option, value, message):
+    with pytest.raises(UmxError, match=message):
+        synth("--root", tmp_path / "out", "--procedural", 1, option, value)
+    assert not (tmp_path / "out").exists()

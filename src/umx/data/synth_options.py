@@ -26,7 +26,7 @@ from umx.data.synth import (
     plan_tracks,
     synthesize,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, check_number
 from umx.separator import SAMPLE_RATE
 
 
@@ -153,14 +153,15 @@ def run_synth(args: argparse.Namespace) -> int:
     Raises:
         UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
     """
-    if args.procedural < 0 or args.excerpts < 1 or args.jobs < 1:
-        raise UmxError("--procedural must be 0 or more, --excerpts and --jobs 1 or more")
-    if args.duration <= 0 or args.sample_rate <= 0:
-        raise UmxError("--duration and --sample-rate must be positive")
-    if min(args.test_fraction, args.valid_fraction) < 0 or (
-        args.test_fraction + args.valid_fraction > 1
-    ):
-        raise UmxError("--test-fraction and --valid-fraction must be 0 or more, 1 at most together")
+    check_number("--procedural", args.procedural, minimum=0, integer=True)
+    for name in ("--excerpts", "--jobs"):
+        check_number(name, getattr(args, name[2:]), minimum=1, integer=True)
+    check_number("--duration", args.duration, above=0)
+    check_number("--sample-rate", args.sample_rate, above=0, integer=True)
+    for name in ("--test-fraction", "--valid-fraction"):
+        check_number(name, getattr(args, name[2:].replace("-", "_")), minimum=0, maximum=1)
+    if args.test_fraction + args.valid_fraction > 1:
+        raise UmxError("--test-fraction and --valid-fraction must be 1 at most together")
     check_root(args.root, args.force)
     songs = [SongRef(name, path=str(path)) for name, path in _named(find_midi_files(args.midi))]
     songs += [
