@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import freqz
 
+from umx.data.gm import STEMS
 from umx.data.midi import Song, note, tempo_event
 from umx.data.production import (
     apply_chain,
@@ -29,7 +30,6 @@ from umx.data.production import (
 )
 from umx.data.sampler import choose_layer, load_kit, play_drums
 from umx.data.singer import melody, sing
-from umx.data.gm import STEMS
 from umx.data.synth import SongRef, plan_tracks, render_track
 from umx.errors import UmxError
 

@@ -34,7 +34,7 @@ from umx.audio import display_path
 from umx.devices import AUTO
 from umx.errors import UmxError
 from umx.model import LSTMState, OpenUnmix
-from umx.modeldir import write_atomic
+from umx.modeldir import hash_weights, write_atomic
 from umx.separator import Separator
 from umx.zoo import cache_dir, load_separator
 
@@ -366,9 +366,7 @@ def cached_graph(
         model.unidirectional,
     )
     key.update(repr(parts).encode())
-    for name, tensor in model.state_dict().items():
-        key.update(name.encode())
-        key.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    hash_weights(key, model)
     path = cache_dir() / GRAPH_CACHE / f"{key.hexdigest()}{GRAPH_SUFFIX}"
     if path.is_file():
         return path

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from umx.errors import MAX_RATE, MIN_RATE, UmxError
 from umx.model import OpenUnmix
@@ -60,6 +60,16 @@ _EXTRA_PREFIX = "transform."
 
 
 # --- atomic writes --------------------------------------------------------------------------------
+
+
+def hash_weights(digest: Any, model: nn.Module) -> None:
+    """Feed a model's weights to a hashlib `digest`: every parameter's and buffer's name,
+    dtype, shape and values, in name order. Models with the same weights hash alike, whatever
+    files they were loaded from (`umx batch`'s job identity, the ONNX graph cache's keys)."""
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -21,6 +21,7 @@ from umx.api import separate_file
 from umx.audio import leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
+from umx.modeldir import hash_weights
 from umx.options import separator_from_args
 from umx.separator import Separator
 from umx.zoo import sha256_file
@@ -92,10 +93,7 @@ def model_sha256(separator: Separator) -> str:
     digest = hashlib.sha256()
     for target, model in separator.target_models.items():
         digest.update(f"{target}\0".encode())
-        for name, tensor in sorted(model.state_dict().items()):
-            tensor = tensor.detach().to("cpu").contiguous()
-            digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_weights(digest, model)
     return digest.hexdigest()
 
 
