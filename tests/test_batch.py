@@ -17,9 +17,9 @@ from umx.api import separate_file
 from umx.audio import AudioWriter, leftover_temporaries
 from umx.batch import BatchInput, Job, collect_inputs, read_list, read_records, verify_outputs
 from umx.batch.job import MANIFEST_FILE, plan_tasks
-from umx.batch.local import threads_per_worker
 from umx.batch.work import model_sha256
 from umx.cli import main
+from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.zoo import load_separator, sha256_file
 

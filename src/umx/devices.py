@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Any
 
 import torch
@@ -51,6 +52,20 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UmxError(f"device {name!r} requested but MPS is not available")
     return device
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(jobs: int, cores: int | None = None) -> int:
+    """torch threads for each of `jobs` worker processes: the cores shared out, at least one
+    (`umx batch`, `umx evaluate --jobs`)."""
+    return max(1, (cores or available_cores()) // jobs)
 
 
 def keep_freed_memory() -> bool:

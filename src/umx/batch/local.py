@@ -35,19 +35,6 @@ STOP_TIMEOUT_S = 10.0
 """How long stopping workers waits for them to clean up before killing them."""
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(jobs: int, cores: int | None = None) -> int:
-    """torch threads for each of `jobs` workers: the cores shared out, at least one."""
-    return max(1, (cores or available_cores()) // jobs)
-
-
 def _worker(conn: Connection, spec: WorkerSpec) -> None:
     """A worker process: load the model, then separate each task received until told to stop."""
     logging.getLogger("umx").setLevel(logging.WARNING)

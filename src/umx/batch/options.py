@@ -16,8 +16,9 @@ from umx.api import check_aggregate, parse_aggregate, plan_outputs
 from umx.audio import display_path
 from umx.batch.inputs import AUDIO_EXTENSIONS, collect_inputs
 from umx.batch.job import JOB_DIRNAME, Job, plan_tasks, running_record, summarize
-from umx.batch.local import LocalPool, available_cores, threads_per_worker
+from umx.batch.local import LocalPool
 from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
+from umx.devices import available_cores, threads_per_worker
 from umx.errors import UmxError, check_number
 from umx.modeldir import check_target_name
 from umx.options import (

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.audio import write_audio
+from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
@@ -336,7 +337,7 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
             yield job.run(track)
         return
     workers = min(jobs, len(tracks))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker(workers)
     # Not fork: forking a process that has started torch's thread pools can deadlock. Workers
     # fork from a server that has imported umx, musdb and museval once, but started nothing.
     context = multiprocessing.get_context("forkserver")
