@@ -160,7 +160,7 @@ class Job:
         id: see `job_key`.
         name: the uploaded file's name, for display only.
         model: the model's name (or directory) separating it.
-        stems: a key of `STEM_MODES`.
+        stems: `ALL_STEMS` or one target (that target and the rest, see `stem_modes`).
         size: the input's size in bytes.
         state: `QUEUED`, `RUNNING`, `DONE` or `FAILED`.
         created: when it was uploaded (seconds since the epoch); finished: when it ended.
