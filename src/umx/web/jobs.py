@@ -6,7 +6,8 @@ Layout of the data directory::
     jobs/<id>/job.json         the job's record (name, options, state, error, stems, times)
     jobs/<id>/input            the uploaded file, exactly as received
     jobs/<id>/stems/<stem>.wav the stems, 32-bit float, at the input's rate and channels
-    jobs/<id>/downloads/       flac and mp3 stems and zip files, made when first asked for
+    jobs/<id>/downloads/       flac and mp3 stems, zip files, the original mix decoded
+                               (mixture.wav) and the mixes of chosen stems, made when asked for
 
 A job's id is the start of the SHA-256 of the input's SHA-256 and the separation options, so
 the same song with the same options is never separated twice, and the id is the only name used
@@ -30,7 +31,7 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
@@ -38,21 +39,36 @@ from typing import IO, Any
 import torch
 
 from umx.api import separate_file
-from umx.audio import AudioWriter, audio_formats, audio_info, display_path, read_audio
+from umx.audio import (
+    AudioWriter,
+    audio_formats,
+    audio_info,
+    display_path,
+    read_audio,
+    write_audio,
+)
 from umx.devices import release_freed_memory
-from umx.errors import UmxError
-from umx.modeldir import write_atomic, write_json_atomic
+from umx.errors import UmxError, check_number
+from umx.modeldir import directory_files, write_atomic, write_json_atomic
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
-from umx.zoo import load_separator
+from umx.zoo import MODELS, load_separator
 
 logger = logging.getLogger("umx")
 
 QUEUED, RUNNING, DONE, FAILED, DELETED = "queued", "running", "done", "failed", "deleted"
 ID_DIGITS = 32
 JOB_ID = re.compile(rf"^[0-9a-f]{{{ID_DIGITS}}}$")
-STEM_MODES = {"all": "every target of the model", "vocals": "vocals and accompaniment"}
-"""The stems a page can ask for: the model's targets, or vocals and the sum of the others."""
+ALL_STEMS = "all"
+"""The stem mode of every target of the model; the other modes are one target and the rest."""
 ACCOMPANIMENT = "accompaniment"
+"""The rest of the mix beside the vocals (beside any other target `t` it is `no_t`)."""
+ORIGINAL = "mixture"
+"""The original mix, decoded as the stems are stored: a track of the player and of mixes."""
+MAX_MIX_GAIN = 2.0
+"""The largest gain of a stem in a mix (the page's volume sliders end below it)."""
+SUMMARY_MIN, SUMMARY_MAX = 24, 160
+"""An error's summary ends at its first `: ` or ` (` past SUMMARY_MIN characters, and is cut
+at SUMMARY_MAX: the page shows it in one line, the whole message on request."""
 INPUT, RECORD, STEMS, DOWNLOADS = "input", "job.json", "stems", "downloads"
 STEM_EXT = "wav"
 MAX_NAME = 200
@@ -96,20 +112,38 @@ def file_stem(name: str) -> str:
     return _UNSAFE_FILE_CHARS.sub("_", stem).strip("._")[:100] or "song"
 
 
-def stem_groups(stems: str, targets: Sequence[str]) -> dict[str, list[str]] | None:
-    """The `aggregate` of `separate_file` for a stem mode of `STEM_MODES`.
+def rest_name(target: str) -> str:
+    """The name of the rest of the mix beside one target: `accompaniment` beside the vocals,
+    `no_<target>` beside any other (as `umx --two-stems` names it)."""
+    return ACCOMPANIMENT if target == "vocals" else f"no_{target}"
 
-    Raises:
-        UmxError: the mode needs a vocals target the model does not have.
-    """
-    if stems == "all":
-        return None
-    if "vocals" not in targets or len(targets) < 2:
-        raise UmxError(
-            f"vocals and accompaniment need a model with vocals and other targets, not "
-            f"{', '.join(targets)}"
-        )
-    return {"vocals": ["vocals"], ACCOMPANIMENT: [t for t in targets if t != "vocals"]}
+
+def stem_modes(targets: Sequence[str]) -> dict[str, str]:
+    """The stem modes of a model with `targets`, each with the words the page shows: every
+    target (`ALL_STEMS`), or, for each target, that target and the rest of the mix (the
+    separator's residual: only that target's model runs)."""
+    modes = {ALL_STEMS: f"all stems: {', '.join(targets)}" if targets else "all stems"}
+    for target in targets:
+        modes[target] = f"{target} and the rest ({rest_name(target)})"
+    return modes
+
+
+def model_targets(model: str) -> list[str]:
+    """The targets of a named model or a model directory, without loading it (none where the
+    directory cannot be read: its jobs then fail with the loader's sentence)."""
+    if model in MODELS:
+        return list(MODELS[model].targets)
+    try:
+        return list(directory_files(Path(model), None).weights)
+    except UmxError:
+        return []
+
+
+def error_summary(message: str) -> str:
+    """The first clause of an error message, for a one-line display (see `SUMMARY_MIN`)."""
+    match = re.compile(r": | \(").search(message, SUMMARY_MIN)
+    summary = message[: match.start()] if match else message
+    return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1] + "…"
 
 
 def job_key(input_sha256: str, options: dict[str, str]) -> str:
@@ -126,7 +160,7 @@ class Job:
         id: see `job_key`.
         name: the uploaded file's name, for display only.
         model: the model's name (or directory) separating it.
-        stems: a key of `STEM_MODES`.
+        stems: `ALL_STEMS` or one target (that target and the rest, see `stem_modes`).
         size: the input's size in bytes.
         state: `QUEUED`, `RUNNING`, `DONE` or `FAILED`.
         created: when it was uploaded (seconds since the epoch); finished: when it ended.
@@ -273,7 +307,10 @@ class JobStore:
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._separators: collections.OrderedDict[str, Separator] = collections.OrderedDict()
+        self._separators: collections.OrderedDict[tuple[str, str], Separator] = (
+            collections.OrderedDict()
+        )
+        self._targets: dict[str, list[str]] = {}
         self._models_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self._stopping = False
@@ -314,7 +351,8 @@ class JobStore:
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's public record, the newest first."""
         with self._lock:
-            return [asdict(job) for job in sorted(self._jobs.values(), key=lambda j: -j.created)]
+            ordered = sorted(self._jobs.values(), key=lambda j: -j.created)
+            return [self._public(job) for job in ordered]
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job's public record.
@@ -323,7 +361,23 @@ class JobStore:
             NotFound: no such job.
         """
         with self._lock:
-            return asdict(self._get(job_id))
+            return self._public(self._get(job_id))
+
+    def _public(self, job: Job) -> dict[str, Any]:
+        """A job's record as the page sees it: `job.json`'s fields, its place in the queue
+        (`position`, 1 for the next to run; None unless queued) and its error's first clause
+        (`error_summary`)."""
+        with self._lock:
+            position = self._pending.index(job.id) + 1 if job.id in self._pending else None
+        summary = error_summary(job.error) if job.error else None
+        return {**asdict(job), "position": position, "error_summary": summary}
+
+    def _queue_changed(self) -> None:
+        """Tell the listeners the new places of the queued jobs."""
+        with self._lock:
+            records = [self._public(self._jobs[job_id]) for job_id in self._pending]
+        for record in records:
+            self._notify(record)
 
     def _get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id) if JOB_ID.match(job_id) else None
@@ -335,13 +389,22 @@ class JobStore:
         """The separation options an upload asks for, checked.
 
         Raises:
-            UmxError: an unknown model or stem mode.
+            UmxError: an unknown model or stem mode (see `stem_modes`).
         """
         if model not in self.models:
             raise UmxError(f"unknown model {model[:64]!r}; the models are {', '.join(self.models)}")
-        if stems not in STEM_MODES:
-            raise UmxError(f"unknown stems {stems[:64]!r}; choose {' or '.join(STEM_MODES)}")
+        modes = list(stem_modes(self.targets(model)))
+        if stems not in modes:
+            choices = ", ".join(modes[:-1]) + f" or {modes[-1]}" if len(modes) > 1 else modes[0]
+            raise UmxError(f"unknown stems {stems[:64]!r} for {model}; choose {choices}")
         return {"model": model, "stems": stems}
+
+    def targets(self, model: str) -> list[str]:
+        """The targets of one of `models` (see `model_targets`), read once."""
+        with self._lock:
+            if model not in self._targets:
+                self._targets[model] = model_targets(model)
+            return self._targets[model]
 
     def check_room(self) -> None:
         """Refuse new work while the queue is full.
@@ -382,7 +445,7 @@ class JobStore:
             with self._lock:
                 known = self._jobs.get(job_id)
                 if known is not None and known.state != FAILED:
-                    return asdict(known), False
+                    return self._public(known), False
                 if job_id in self._cancelled:
                     raise Busy(f"{upload.name} is being deleted; upload it again in a moment")
             try:
@@ -392,7 +455,7 @@ class JobStore:
             with self._lock:
                 known = self._jobs.get(job_id)  # again: the same song may have come meanwhile
                 if known is not None and known.state != FAILED:
-                    return asdict(known), False
+                    return self._public(known), False
                 self.check_room()
                 job = Job(id=job_id, name=upload.name, size=upload.size, **options)
                 staging = self.jobs_dir / f".{job_id}.{secrets.token_hex(4)}"
@@ -405,7 +468,7 @@ class JobStore:
                 self._jobs[job_id] = job
                 self._pending.append(job_id)
                 self._ready.notify()
-                record = asdict(job)
+                record = self._public(job)
         finally:
             upload.discard()
         logger.info("%s: queued as %s", display_path(job.name), job_id)
@@ -429,6 +492,34 @@ class JobStore:
                     self._pending.remove(job_id)
                 _remove(self.jobs_dir / job_id)
         self._notify({"id": job_id, "state": DELETED})
+        if job.state == QUEUED:
+            self._queue_changed()
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed job again, from its stored input (after `umx download`, say).
+
+        Returns:
+            its public record.
+
+        Raises:
+            NotFound: no such job.
+            UmxError: it has not failed.
+            Busy: the queue is full.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.state != FAILED:
+                raise UmxError(f"{job.name} has not failed (it is {job.state}): nothing to retry")
+            self.check_room()
+            job.state, job.error, job.progress = QUEUED, None, 0.0
+            job.finished = job.seconds = None
+            self._save(job)
+            self._pending.append(job_id)
+            self._ready.notify()
+            record = self._public(job)
+        logger.info("%s: queued again", display_path(job.name))
+        self._notify(record)
+        return record
 
     # --- downloads ---------------------------------------------------------------------------
 
@@ -449,7 +540,7 @@ class JobStore:
             if job.state != DONE or stem not in job.targets or ext not in audio_formats():
                 raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
             directory = self.jobs_dir / job_id
-        source = directory / STEMS / f"{stem}.{STEM_EXT}"
+        source = self._stem_path(job, stem)
         name = f"{file_stem(job.name)}-{stem}.{ext}"
         if ext == STEM_EXT:
             return source, name
@@ -489,6 +580,94 @@ class JobStore:
             write_atomic(target, write)
             self._evict()
         return target, f"{folder}-stems-{ext}.zip"
+
+    def original_file(self, job_id: str) -> tuple[Path, str]:
+        """A finished job's input decoded as its stems are stored (32-bit float wav, the same
+        rate, channels and length), made when first asked for: the player's original mix.
+
+        Returns:
+            the file, and the name to download it as.
+
+        Raises:
+            NotFound: no such finished job.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.state != DONE:
+                raise NotFound(f"job {job_id} has no stems: it is {job.state}")
+            directory = self.jobs_dir / job_id
+        target = directory / DOWNLOADS / f"{ORIGINAL}.{STEM_EXT}"
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            audio, rate = read_audio(directory / INPUT, downmix=True)
+            write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
+            self._evict()
+        return target, f"{file_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
+
+    def mix_file(
+        self, job_id: str, gains: Mapping[str, str], ext: str
+    ) -> tuple[Path, str, str | None]:
+        """The sum of a finished job's chosen stems at their gains, in a format of
+        `audio_formats`: what the player plays. Louder than full scale, it is rescaled to fit
+        (as `umx song.mp3` does) and a notice says so.
+
+        Args:
+            job_id: the job.
+            gains: stem name (one of the job's targets, or `ORIGINAL`) to its gain, a number
+                from 0 to `MAX_MIX_GAIN` as text; stems not named are left out.
+            ext: the format.
+
+        Returns:
+            the file, the name to download it as, and the notice (None when not rescaled).
+
+        Raises:
+            NotFound: no such finished job or format.
+            UmxError: an unknown stem, a gain that is not a number in range, or silence.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.state != DONE or ext not in audio_formats():
+                raise NotFound(f"no mix in {ext[:8]!r} for job {job_id}")
+        chosen = {}
+        for name, text in gains.items():
+            if name not in (*job.targets, ORIGINAL):
+                raise UmxError(
+                    f"unknown stem {name[:64]!r} in the mix; the stems are "
+                    f"{', '.join([*job.targets, ORIGINAL])}"
+                )
+            try:
+                gain = float(text)
+            except ValueError:
+                gain = text
+            check_number(f"the gain of {name}", gain, minimum=0, maximum=MAX_MIX_GAIN)
+            if gain > 0:
+                chosen[name] = gain
+        if not chosen:
+            raise UmxError("the mix is silent: give a stem a gain above 0")
+        mix, rate = None, None
+        for name, gain in chosen.items():
+            path = self.original_file(job_id)[0] if name == ORIGINAL else self._stem_path(job, name)
+            audio, rate = read_audio(path)
+            if mix is not None and mix.shape != audio.shape:
+                raise UmxError(f"the stems of {job.name} differ in length; separate it again")
+            mix = gain * audio if mix is None else mix + gain * audio
+        assert mix is not None and rate is not None
+        key = hashlib.sha256(json.dumps(sorted(chosen.items())).encode()).hexdigest()[:16]
+        target = self.jobs_dir / job_id / DOWNLOADS / f"mix-{key}.{ext}"
+        target.parent.mkdir(exist_ok=True)
+        subtype = "FLOAT" if ext == STEM_EXT else None
+        report = write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
+        self._evict()
+        notice = None
+        if report.action != "none":
+            notice = (
+                f"the mix peaked at {report.peak:.2f}, above full scale, so it was rescaled by "
+                f"{report.gain:.3f} to fit"
+            )
+        return target, f"{file_stem(job.name)}-mix.{ext}", notice
+
+    def _stem_path(self, job: Job, stem: str) -> Path:
+        return self.jobs_dir / job.id / STEMS / f"{stem}.{STEM_EXT}"
 
     # --- listeners ---------------------------------------------------------------------------
 
@@ -548,24 +727,30 @@ class JobStore:
                 job = self._jobs[self._pending.popleft()]
                 job.state = RUNNING
                 self._save(job)
-                record = asdict(job)
+                record = self._public(job)
             self._notify(record)
+            self._queue_changed()
             self._run(job)
             with self._lock:
                 idle = not self._pending
             if idle:  # an idle server holds only what its loaded models need
                 release_freed_memory()
 
-    def _separator(self, model: str) -> Separator:
-        """The loaded separator of a model, loading it (and dropping the least used) if needed."""
+    def _separator(self, model: str, stems: str = ALL_STEMS) -> Separator:
+        """The loaded separator of a model and stem mode, loading it (and dropping the least
+        used) if needed: every target, or one target and the rest as its residual."""
+        key = (model, stems)
         with self._models_lock:
-            if model in self._separators:
-                self._separators.move_to_end(model)
+            if key in self._separators:
+                self._separators.move_to_end(key)
             else:
                 while len(self._separators) >= MAX_LOADED_MODELS:
                     self._separators.popitem(last=False)
-                self._separators[model] = load_separator(model, device=self.device, progress=False)
-            return self._separators[model]
+                one = {"targets": [stems], "residual": rest_name(stems)}
+                self._separators[key] = load_separator(
+                    model, device=self.device, progress=False, **({} if stems == ALL_STEMS else one)
+                )
+            return self._separators[key]
 
     def _run(self, job: Job) -> None:
         """Separate one job into its folder, and record how it ended."""
@@ -579,11 +764,11 @@ class JobStore:
             job.duration, job.progress = total, min(done / total, 1.0) if total else 1.0
             if job.progress - reported[0] >= PROGRESS_STEP:
                 reported[0] = job.progress
-                self._notify(asdict(job))
+                self._notify(self._public(job))
 
         start = time.perf_counter()
         try:
-            separator = self._separator(job.model)
+            separator = self._separator(job.model, job.stems)
             reports = separate_file(
                 directory / INPUT,
                 separator,
@@ -596,7 +781,6 @@ class JobStore:
                 downmix=True,
                 segment=self.segment,
                 overlap=self.overlap,
-                aggregate=stem_groups(job.stems, separator.targets),
                 on_progress=progress,
             )
             os.replace(staging, directory / STEMS)
@@ -619,7 +803,7 @@ class JobStore:
             job.seconds, job.finished = time.perf_counter() - start, time.time()
             job.progress = 1.0 if job.state == DONE else job.progress
             self._save(job)
-            record = asdict(job)
+            record = self._public(job)
         if job.state == DONE:
             logger.info("%s: separated in %.1f s", display_path(job.name), job.seconds)
         else:

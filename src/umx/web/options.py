@@ -16,7 +16,7 @@ from umx.audio import display_path
 from umx.devices import AUTO, one_malloc_arena, resolve_device
 from umx.errors import UmxError, check_number
 from umx.web.jobs import JobStore
-from umx.zoo import MODELS, cache_dir, resolve_model
+from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, resolve_model
 
 logger = logging.getLogger("umx")
 
@@ -176,6 +176,10 @@ def run_serve(args: argparse.Namespace) -> int:
         default_model=model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         host=args.host,
+        # the default fell back: offline, or the download host did not answer
+        no_downloads="the download server did not answer at start"
+        if args.model is None and model != DEFAULT_MODEL
+        else None,
     )
     sock = listen(args.host, args.port)
     url = page_url(sock)

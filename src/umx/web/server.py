@@ -2,15 +2,20 @@
 
 Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 
-- ``GET /``: the page (``static/index.html``); ``/static/...``: its files.
-- ``GET /api/config``: the models (with bundled/cached status), stem modes, formats, the upload
+- ``GET /``: the page (``static/index.html``); ``/static/...``: its files; ``/favicon.ico``.
+- ``GET /api/config``: the models (bundled/cached status, whether they can be had now and if
+  not why and how, their stem modes, the demonstration model's notice), formats, the upload
   limit.
 - ``GET /api/jobs``: every job, the newest first.
 - ``POST /api/jobs?name=&model=&stems=``: the song as the raw request body (any name; its content
   decides whether it is audio): 201 a new job, 200 a job that exists, 413 too large, 422 not
   audio or bad options, 503 busy.
 - ``GET /api/jobs/{id}``: one job; ``DELETE``: remove it.
+- ``POST /api/jobs/{id}/retry``: queue a failed job again.
 - ``GET /api/jobs/{id}/stems/{stem}.{ext}``: one stem in wav, flac or mp3.
+- ``GET /api/jobs/{id}/mixture.wav``: the original mix, decoded as the stems are stored.
+- ``GET /api/jobs/{id}/mix/{ext}?{stem}={gain}&...``: the sum of the stems named at their gains
+  (what the player plays); a header ``X-Umx-Notice`` says when it was rescaled to fit.
 - ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
 - ``GET /api/events``: server-sent events, ``jobs`` (every job) on connection, then ``job`` for
   each change.
@@ -44,19 +49,34 @@ from starlette.staticfiles import StaticFiles
 from umx import __version__
 from umx.audio import audio_formats
 from umx.errors import UmxError
-from umx.web.jobs import STEM_MODES, Busy, JobStore, NotFound, TooLarge, display_name, too_large
-from umx.zoo import list_models
+from umx.web.jobs import (
+    Busy,
+    JobStore,
+    NotFound,
+    TooLarge,
+    display_name,
+    stem_modes,
+    too_large,
+)
+from umx.zoo import BUNDLED, CACHED, MODELS, is_offline, list_models
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 KEEPALIVE_S = 15.0
 """Seconds between comments on an idle event stream, so that proxies and browsers keep it."""
 STATUS = {TooLarge: 413, Busy: 503, NotFound: 404}
+DIRECTORY = "directory"
+"""The status of a model given as a directory (the others are those of `umx.zoo.ModelInfo`)."""
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
 
 
 def create_app(
-    store: JobStore, *, default_model: str, max_upload_bytes: int, host: str = "127.0.0.1"
+    store: JobStore,
+    *,
+    default_model: str,
+    max_upload_bytes: int,
+    host: str = "127.0.0.1",
+    no_downloads: str | None = None,
 ) -> Starlette:
     """The application of `umx serve`.
 
@@ -66,28 +86,16 @@ def create_app(
         max_upload_bytes: the largest upload accepted.
         host: the address the server listens on; on a loopback one, only requests for a
             loopback host name are answered.
+        no_downloads: why models cannot be downloaded now (the download host did not answer
+            at start, say), or None; offline mode (`$UMX_OFFLINE`) says so by itself.
     """
-    available = {info.name: info for info in list_models()}
 
     async def config(request: Request) -> Response:
-        models = []
-        for name in store.models:
-            info = available.get(name)
-            models.append(
-                {
-                    "name": name,
-                    "status": info.status if info else "directory",
-                    "targets": list(info.targets) if info else [],
-                    "description": info.description if info else name,
-                    "default": name == default_model,
-                }
-            )
         return JSONResponse(
             {
                 "version": __version__,
-                "models": models,
+                "models": model_entries(store, default_model, no_downloads),
                 "default_model": default_model,
-                "stems": STEM_MODES,
                 "formats": audio_formats(),
                 "max_upload_bytes": max_upload_bytes,
             }
@@ -133,6 +141,27 @@ def create_app(
         )
         return FileResponse(path, filename=filename, media_type=MEDIA_TYPES.get(ext))
 
+    async def retry(request: Request) -> Response:
+        check_origin(request)
+        return JSONResponse(store.retry(request.path_params["job_id"]))
+
+    async def original(request: Request) -> Response:
+        path, filename = await run_in_threadpool(store.original_file, request.path_params["job_id"])
+        return FileResponse(path, filename=filename, media_type=MEDIA_TYPES["wav"])
+
+    async def mix(request: Request) -> Response:
+        ext = request.path_params["ext"]
+        path, filename, notice = await run_in_threadpool(
+            store.mix_file, request.path_params["job_id"], dict(request.query_params), ext
+        )
+        headers = {"X-Umx-Notice": notice} if notice else None
+        return FileResponse(
+            path, filename=filename, media_type=MEDIA_TYPES.get(ext), headers=headers
+        )
+
+    async def favicon(request: Request) -> Response:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     async def archive(request: Request) -> Response:
         path, filename = await run_in_threadpool(
             store.zip_file, request.path_params["job_id"], request.path_params["ext"]
@@ -167,14 +196,50 @@ def create_app(
             Route("/api/jobs", jobs),
             Route("/api/jobs", upload, methods=["POST"]),
             Route("/api/jobs/{job_id}", job, methods=["GET", "DELETE"]),
+            Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
             Route("/api/jobs/{job_id}/stems/{file}", stem),
+            Route("/api/jobs/{job_id}/mixture.wav", original),
+            Route("/api/jobs/{job_id}/mix/{ext}", mix),
             Route("/api/jobs/{job_id}/zip/{ext}", archive),
             Route("/api/events", events),
+            Route("/favicon.ico", favicon),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=middleware,
         exception_handlers={UmxError: user_error, HTTPException: http_error},
     )
+
+
+def model_entries(
+    store: JobStore, default_model: str, no_downloads: str | None
+) -> list[dict[str, Any]]:
+    """The models of the page: for each, its status in the cache, whether it can be had now
+    (`available`; if not, `reason` and the command that gets it, `get`), its stem modes and the
+    notice of a demonstration model. Looks at the cache each time: a model downloaded meanwhile
+    shows as cached."""
+    infos = {info.name: info for info in list_models()}
+    if is_offline():
+        no_downloads = "offline mode is on (UMX_OFFLINE)"
+    models = []
+    for name in store.models:
+        info = infos.get(name)
+        status = info.status if info else DIRECTORY
+        missing = status not in (BUNDLED, CACHED, DIRECTORY)
+        unavailable = missing and no_downloads is not None
+        models.append(
+            {
+                "name": name,
+                "status": status,
+                "description": info.description if info else name,
+                "default": name == default_model,
+                "available": not unavailable,
+                "reason": f"not in the cache, and {no_downloads}" if unavailable else None,
+                "get": f"umx download {name}" if missing else None,
+                "stems": stem_modes(store.targets(name)),
+                "notice": MODELS[name].notice if name in MODELS else None,
+            }
+        )
+    return models
 
 
 def check_origin(request: Request) -> None:

@@ -1,12 +1,16 @@
 // The page of `umx serve`: uploads, the list of songs (live through server-sent events) and a
-// player of the stems in sync (Web Audio: one AudioBufferSourceNode and one GainNode per stem).
+// player of the stems and the original mix in sync (Web Audio: one AudioBufferSourceNode and one
+// GainNode per track). Live updates change elements in place, so that the focus stays put.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
 const COLORS = {
   vocals: "#d9480f", drums: "#2d6cdf", bass: "#7048e8", other: "#2b8a3e",
-  accompaniment: "#2b8a3e",
+  accompaniment: "#2b8a3e", mixture: "#495057",
 };
+const ORIGINAL = "mixture";  // the original mix's track (umx.web.jobs.ORIGINAL)
+const SEEK_STEP = 5;  // seconds per arrow key on the position slider
+const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
 const state = { config: null, jobs: new Map(), uploads: new Map(), ours: new Set(), player: null };
 let audioContext = null;
 
@@ -27,6 +31,12 @@ function clock(seconds) {
   return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
 }
 
+function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ["th", "st", "nd", "rd"][n % 10] || "th";
+  return `${n}${suffix}`;
+}
+
 async function errorOf(response) {
   try {
     return (await response.json()).error || response.statusText;
@@ -35,24 +45,57 @@ async function errorOf(response) {
   }
 }
 
+function modelInfo(name) {
+  return state.config.models.find((model) => model.name === name);
+}
+
 // --- configuration ---------------------------------------------------------------------------
 
 async function loadConfig() {
   const response = await fetch("/api/config");
   state.config = await response.json();
-  const model = $("#model");
+  const select = $("#model");
   for (const info of state.config.models) {
-    const note = info.status === "bundled" || info.status === "cached" ? info.status
-      : info.status === "directory" ? "folder" : "downloads on first use";
-    model.append(element("option", { value: info.name, text: `${info.name} (${note})` }));
+    const note = !info.available ? "not available"
+      : info.status === "bundled" || info.status === "cached" ? info.status
+        : info.status === "directory" ? "folder" : "downloads on first use";
+    const option = element("option", { value: info.name, text: `${info.name} (${note})` });
+    option.disabled = !info.available;
+    select.append(option);
   }
-  model.value = state.config.default_model;
-  for (const [value, text] of Object.entries(state.config.stems)) {
-    $("#stems").append(element("option", { value, text }));
-  }
+  select.value = state.config.default_model;
+  select.onchange = renderModelChoice;
+  renderUnavailable();
+  renderModelChoice();
   for (const ext of state.config.formats) $("#format").append(element("option", { text: ext }));
   $("#limit").textContent = Math.round(state.config.max_upload_bytes / 2 ** 20);
   $("#version").textContent = `umx ${state.config.version}`;
+}
+
+// The stem modes of the chosen model, and what it is (a demonstration model says so).
+function renderModelChoice() {
+  const info = modelInfo($("#model").value);
+  const stems = $("#stems");
+  const before = stems.value;
+  stems.replaceChildren(...Object.entries(info.stems).map(
+    ([value, text]) => element("option", { value, text })));
+  if (before in info.stems) stems.value = before;
+  $("#model-note").textContent = info.notice || info.description;
+}
+
+// The models that cannot be had now, grouped by reason, with the command that gets them.
+function renderUnavailable() {
+  const byReason = new Map();
+  for (const info of state.config.models.filter((model) => !model.available)) {
+    byReason.set(info.reason, [...(byReason.get(info.reason) || []), info]);
+  }
+  const note = $("#unavailable");
+  note.hidden = byReason.size === 0;
+  note.replaceChildren();
+  for (const [reason, models] of byReason) {
+    note.append(`Not available now: ${models.map((model) => model.name).join(", ")} (${reason}); `,
+      "get one with ", element("code", { text: models[0].get }), ". ");
+  }
 }
 
 // --- uploads ---------------------------------------------------------------------------------
@@ -103,26 +146,36 @@ function upload(file) {
 function renderUpload(entry) {
   let item = document.getElementById(entry.key);
   if (!item) {
-    item = element("li", { id: entry.key, class: "upload" });
+    const dismiss = element("button", { type: "button", class: "dismiss", text: "Dismiss",
+      "aria-label": `Dismiss ${entry.name}` });
+    dismiss.onclick = () => {
+      state.uploads.delete(entry.key);
+      item.remove();
+      renderEmpty();
+      $("#choose").focus();
+    };
+    item = element("li", { id: entry.key, class: "upload" },
+      element("span", { class: "name", text: entry.name }),
+      element("span", { class: "actions" }, dismiss),
+      element("span", { class: "meta" }, element("span", { class: "state" })),
+      element("progress", { max: "1", value: "0", "aria-label": `Uploading ${entry.name}` }),
+      element("p", { class: "error problem" }));
     $("#jobs").prepend(item);
   }
-  const dismiss = element("button", { type: "button", text: "Dismiss" });
-  dismiss.onclick = () => { state.uploads.delete(entry.key); item.remove(); renderEmpty(); };
   item.className = entry.error ? "upload state-failed" : "upload";
-  const status = entry.error ? "refused" : `uploading ${Math.round(entry.progress * 100)} %`;
-  item.replaceChildren(
-    element("span", { class: "name", text: entry.name }),
-    element("span", { class: "actions" }, ...(entry.error ? [dismiss] : [])),
-    element("span", { class: "meta" }, element("span", { class: "state", text: status })),
-    entry.error
-      ? element("p", { class: "error", text: entry.error })
-      : element("progress", { max: "1", value: String(entry.progress) }),
-  );
+  item.querySelector(".dismiss").hidden = !entry.error;
+  item.querySelector(".state").textContent = entry.error ? "refused"
+    : `uploading ${Math.round(entry.progress * 100)} %`;
+  item.querySelector("progress").hidden = Boolean(entry.error);
+  item.querySelector("progress").value = entry.progress;
+  item.querySelector(".error").hidden = !entry.error;
+  item.querySelector(".error").textContent = entry.error || "";
   renderEmpty();
 }
 
 function setUpDrop() {
   const drop = $("#drop");
+  $("#choose").onclick = () => $("#files").click();
   $("#files").onchange = (event) => {
     for (const file of event.target.files) upload(file);
     event.target.value = "";
@@ -148,8 +201,11 @@ function setUpDrop() {
 function updateJob(job) {
   if (job.state === "deleted") {
     state.jobs.delete(job.id);
-    document.getElementById(`job-${job.id}`)?.remove();
+    const item = document.getElementById(`job-${job.id}`);
+    const hadFocus = item?.contains(document.activeElement);
+    item?.remove();
     if (state.player?.job.id === job.id) closePlayer();
+    if (hadFocus) $("#songs-title").focus();
   } else {
     const before = state.jobs.get(job.id);
     state.jobs.set(job.id, job);
@@ -160,49 +216,90 @@ function updateJob(job) {
   renderEmpty();
 }
 
-function renderJob(job) {
+// One song's item, made once and then changed in place (its buttons keep the focus).
+function jobItem(job) {
   const id = `job-${job.id}`;
   let item = document.getElementById(id);
-  if (!item) {
-    item = element("li", { id });
-    // the newest first: after the oldest of the songs newer than this one that are shown
-    const newer = [...state.jobs.values()].filter((other) => other.created > job.created)
-      .sort((a, b) => a.created - b.created)
-      .map((other) => document.getElementById(`job-${other.id}`)).filter(Boolean);
-    if (newer.length) newer[0].after(item); else $("#jobs").prepend(item);
+  if (item) return item;
+  const listen = element("button", { type: "button", class: "listen", text: "Listen",
+    "aria-label": `Listen to ${job.name}` });
+  listen.onclick = () => openPlayer(job.id, { focus: true });
+  const retry = element("button", { type: "button", class: "retry", text: "Retry",
+    "aria-label": `Retry ${job.name}` });
+  retry.onclick = () => retryJob(job.id);
+  const remove = element("button", { type: "button", class: "delete", text: "Delete",
+    "aria-label": `Delete ${job.name}` });
+  remove.onclick = () => deleteJob(job.id);
+  const details = element("details", {}, element("summary", { text: "Details" }),
+    element("p", { class: "details" }));
+  item = element("li", { id },
+    element("span", { class: "name", text: job.name }),
+    element("span", { class: "actions" }, listen, retry, remove),
+    element("span", { class: "meta" }, element("span", { class: "state" }),
+      element("span", { class: "about" })),
+    element("progress", { max: "1", value: "0", "aria-label": `Separating ${job.name}` }),
+    element("div", { class: "problem" }, element("p", { class: "error" }), details));
+  // the newest first: after the oldest of the songs newer than this one that are shown
+  const newer = [...state.jobs.values()].filter((other) => other.created > job.created)
+    .sort((a, b) => a.created - b.created)
+    .map((other) => document.getElementById(`job-${other.id}`)).filter(Boolean);
+  if (newer.length) newer[0].after(item); else $("#jobs").prepend(item);
+  return item;
+}
+
+function jobStatus(job) {
+  if (job.state === "queued") {
+    return job.position === 1 ? "next in the queue"
+      : job.position ? `waiting, ${ordinal(job.position)} in the queue` : "waiting";
   }
+  if (job.state === "running") return `separating ${Math.round(job.progress * 100)} %`;
+  if (job.state === "done") return `done in ${job.seconds.toFixed(1)} s`;
+  return job.state;
+}
+
+function renderJob(job) {
+  const item = jobItem(job);
   item.className = `state-${job.state}`;
   item.classList.toggle("current", state.player?.job.id === job.id);
-  const listen = element("button", { type: "button", class: "listen", text: "Listen" });
-  listen.disabled = job.state !== "done";
-  listen.onclick = () => openPlayer(job.id);
-  const remove = element("button", { type: "button", class: "delete", text: "Delete" });
-  remove.onclick = () => deleteJob(job);
-  const stems = state.config.stems[job.stems] || job.stems;
-  let status = job.state;
-  if (job.state === "running") status = `separating ${Math.round(job.progress * 100)} %`;
-  if (job.state === "done") status = `done in ${job.seconds.toFixed(1)} s`;
-  const meta = element("span", { class: "meta" },
-    element("span", { class: "state", text: status }),
-    ` · ${job.model} · ${stems}${job.duration ? ` · ${clock(job.duration)}` : ""}`);
-  const parts = [element("span", { class: "name", text: job.name }),
-    element("span", { class: "actions" }, listen, remove), meta];
-  if (job.state === "queued" || job.state === "running") {
-    parts.push(element("progress", { max: "1", value: String(job.progress) }));
-  }
-  if (job.error) parts.push(element("p", { class: "error", text: job.error }));
-  item.replaceChildren(...parts);
+  item.querySelector(".listen").disabled = job.state !== "done";
+  item.querySelector(".retry").hidden = job.state !== "failed";
+  const stems = modelInfo(job.model)?.stems[job.stems] || job.stems;
+  item.querySelector(".state").textContent = jobStatus(job);
+  item.querySelector(".about").textContent =
+    ` · ${job.model} · ${stems}${job.duration ? ` · ${clock(job.duration)}` : ""}`;
+  const progress = item.querySelector("progress");
+  progress.hidden = job.state !== "queued" && job.state !== "running";
+  progress.value = job.progress;
+  const problem = item.querySelector(".problem");
+  problem.hidden = !job.error;
+  problem.querySelector(".error").textContent = job.error_summary || "";
+  const details = problem.querySelector("details");
+  details.hidden = !job.error || job.error === job.error_summary;
+  details.querySelector("p").textContent = job.error || "";
 }
 
 function renderEmpty() {
   $("#empty").hidden = $("#jobs").children.length > 0;
 }
 
-async function deleteJob(job) {
-  if (!confirm(`Delete ${job.name} and its stems?`)) return;
-  const response = await fetch(`/api/jobs/${job.id}`, { method: "DELETE" });
-  if (response.ok || response.status === 404) updateJob({ id: job.id, state: "deleted" });
+async function deleteJob(id) {
+  const job = state.jobs.get(id);
+  if (!job || !confirm(`Delete ${job.name} and its stems?`)) return;
+  const response = await fetch(`/api/jobs/${id}`, { method: "DELETE" });
+  if (response.ok || response.status === 404) updateJob({ id, state: "deleted" });
   else alert(await errorOf(response));
+}
+
+async function retryJob(id) {
+  const item = document.getElementById(`job-${id}`);
+  const response = await fetch(`/api/jobs/${id}/retry`, { method: "POST" });
+  if (!response.ok) {
+    alert(await errorOf(response));
+    return;
+  }
+  state.ours.add(id);
+  updateJob(await response.json());
+  item?.querySelector(".delete").focus();  // the Retry button is gone
 }
 
 function listen() {
@@ -227,7 +324,7 @@ function listen() {
 class Player {
   constructor(job) {
     this.job = job;
-    this.stems = [];
+    this.tracks = [];
     this.sources = [];
     this.playing = false;
     this.offset = 0;
@@ -238,17 +335,26 @@ class Player {
 
   async load() {
     audioContext ??= new AudioContext();
-    const decoded = await Promise.all(this.job.targets.map(async (name) => {
-      const response = await fetch(`/api/jobs/${this.job.id}/stems/${encodeURIComponent(name)}.wav`);
+    const names = [...this.job.targets, ORIGINAL];
+    const decoded = await Promise.all(names.map(async (name) => {
+      const url = name === ORIGINAL ? `/api/jobs/${this.job.id}/${ORIGINAL}.wav`
+        : `/api/jobs/${this.job.id}/stems/${encodeURIComponent(name)}.wav`;
+      const response = await fetch(url);
       if (!response.ok) throw new Error(await errorOf(response));
       return audioContext.decodeAudioData(await response.arrayBuffer());
     }));
-    this.stems = this.job.targets.map((name, index) => {
+    this.tracks = names.map((name, index) => {
       const gain = audioContext.createGain();
       gain.connect(audioContext.destination);
-      return { name, buffer: decoded[index], gain, volume: 1, muted: false, solo: false };
+      const original = name === ORIGINAL;
+      return { name, original, label: original ? "original mix" : name, buffer: decoded[index],
+        gain, volume: 1, muted: original, solo: false };
     });
     this.duration = Math.max(...decoded.map((buffer) => buffer.duration));
+  }
+
+  get stems() {
+    return this.tracks.filter((track) => !track.original);
   }
 
   position() {
@@ -256,14 +362,19 @@ class Player {
     return Math.min(audioContext.currentTime - this.startedAt, this.duration);
   }
 
+  toggle() {
+    if (this.playing) this.pause(); else this.play();
+    this.draw();
+  }
+
   play() {
     if (this.offset >= this.duration) this.offset = 0;
     audioContext.resume();
     const when = audioContext.currentTime + 0.05;  // every source starts at the same instant
-    this.sources = this.stems.map((stem) => {
+    this.sources = this.tracks.map((track) => {
       const source = audioContext.createBufferSource();
-      source.buffer = stem.buffer;
-      source.connect(stem.gain);
+      source.buffer = track.buffer;
+      source.connect(track.gain);
       source.start(when, this.offset);
       return source;
     });
@@ -294,15 +405,34 @@ class Player {
     this.draw();
   }
 
-  // The gain of each stem: its volume, or 0 when muted or when others are soloed.
+  // A track's gain: its volume, or 0 when muted or when others are soloed.
+  gainOf(track) {
+    const soloing = this.tracks.some((other) => other.solo);
+    return track.muted || (soloing && !track.solo) ? 0 : track.volume;
+  }
+
   updateGains() {
-    const soloing = this.stems.some((stem) => stem.solo);
-    for (const stem of this.stems) {
-      const value = stem.muted || (soloing && !stem.solo) ? 0 : stem.volume;
-      stem.gain.gain.setValueAtTime(value, audioContext.currentTime);
-      stem.row.dataset.gain = String(value);
-      stem.row.classList.toggle("silent", value === 0);
+    for (const track of this.tracks) {
+      const value = this.gainOf(track);
+      track.gain.gain.setValueAtTime(value, audioContext.currentTime);
+      track.row.dataset.gain = String(value);
+      track.row.classList.toggle("silent", value === 0);
+      track.muteButton.setAttribute("aria-pressed", String(track.muted));
+      track.soloButton.setAttribute("aria-pressed", String(track.solo));
     }
+    $("#mix").disabled = this.tracks.every((track) => this.gainOf(track) === 0);
+  }
+
+  // A preset: which tracks sound, none soloed.
+  preset(name) {
+    for (const track of this.tracks) {
+      track.solo = false;
+      if (name === "original") track.muted = !track.original;
+      else if (name === "karaoke") track.muted = track.original || track.name === "vocals";
+      else if (name === "acappella") track.muted = track.name !== "vocals";
+      else track.muted = track.original;
+    }
+    this.updateGains();
   }
 
   tick() {
@@ -320,25 +450,28 @@ class Player {
 
   draw() {
     const position = this.position();
-    $("#time").textContent = `${clock(position)} / ${clock(this.duration)}`;
+    const text = `${clock(position)} / ${clock(this.duration)}`;
+    $("#time").textContent = text;
     $("#seek").value = String(position);
+    $("#seek").setAttribute("aria-valuetext", `${clock(position)} of ${clock(this.duration)}`);
     $("#play").textContent = this.playing ? "Pause" : "Play";
-    for (const stem of this.stems) drawWaveform(stem, position / this.duration);
+    for (const track of this.tracks) drawWaveform(track, position / this.duration);
   }
 
   close() {
     cancelAnimationFrame(this.frame);
     if (this.playing) this.stopSources();
-    for (const stem of this.stems) stem.gain.disconnect();
+    for (const track of this.tracks) track.gain.disconnect();
   }
 }
 
-// The peaks of a stem, per pixel column: min and max over its channels.
+// The peaks of a track, per pixel column: min and max over its channels, and the whole peak.
 function peaks(buffer, columns) {
   const channels = [...Array(buffer.numberOfChannels).keys()].map((c) => buffer.getChannelData(c));
   const low = new Float32Array(columns);
   const high = new Float32Array(columns);
   const per = buffer.length / columns;
+  let peak = 0;
   for (let column = 0; column < columns; column++) {
     let min = 0;
     let max = 0;
@@ -351,61 +484,75 @@ function peaks(buffer, columns) {
     }
     low[column] = min;
     high[column] = max;
+    peak = Math.max(peak, max, -min);
   }
-  return { low, high };
+  return { low, high, peak };
 }
 
-function drawWaveform(stem, fraction) {
-  const canvas = stem.canvas;
+// A track's waveform, scaled to its own peak (a quiet stem fills its row too).
+function drawWaveform(track, fraction) {
+  const canvas = track.canvas;
   const width = Math.max(1, Math.round(canvas.clientWidth * devicePixelRatio));
   const height = Math.max(1, Math.round(canvas.clientHeight * devicePixelRatio));
-  if (canvas.width !== width || canvas.height !== height || !stem.peaks) {
+  if (canvas.width !== width || canvas.height !== height || !track.peaks) {
     canvas.width = width;
     canvas.height = height;
-    stem.peaks = peaks(stem.buffer, width);
+    track.peaks = peaks(track.buffer, width);
   }
   const context = canvas.getContext("2d");
   context.clearRect(0, 0, width, height);
   const middle = height / 2;
+  const scale = track.peaks.peak > 0 ? (middle * 0.95) / track.peaks.peak : 0;
   const played = Math.round(fraction * width);
   for (let x = 0; x < width; x++) {
-    context.fillStyle = x < played ? COLORS[stem.name] || "#495057" : "#adb5bd";
-    const top = middle - stem.peaks.high[x] * middle;
-    const bottom = middle - stem.peaks.low[x] * middle;
+    context.fillStyle = x < played ? COLORS[track.name] || "#495057" : "#9a9ea3";
+    const top = middle - track.peaks.high[x] * scale;
+    const bottom = middle - track.peaks.low[x] * scale;
     context.fillRect(x, top, 1, Math.max(1, bottom - top));
   }
   context.fillStyle = "#1d1d1f";
   context.fillRect(played, 0, Math.max(1, devicePixelRatio), height);
 }
 
-function stemRow(player, stem) {
-  const canvas = element("canvas", { "aria-label": `${stem.name} waveform` });
+function trackRow(player, track) {
+  const canvas = element("canvas", { role: "img", "aria-label": `${track.label} waveform` });
   canvas.onclick = (event) => {
     const box = canvas.getBoundingClientRect();
     player.seek(((event.clientX - box.left) / box.width) * player.duration);
   };
-  const volume = element("input", { type: "range", min: "0", max: "1.5", step: "0.01",
-    value: "1", "aria-label": `${stem.name} volume` });
-  volume.oninput = () => { stem.volume = Number(volume.value); player.updateGains(); };
-  const toggle = (label, key, title) => {
-    const button = element("button", { type: "button", class: key, title, text: label,
-      "aria-pressed": "false" });
+  const volume = element("input", { type: "range", min: "0", max: "1.5", step: "0.05",
+    value: "1", "aria-label": `Volume of ${track.label}`, "aria-valuetext": "100 %" });
+  const shown = element("output", { text: "100 %", "aria-hidden": "true" });
+  volume.oninput = () => {
+    track.volume = Number(volume.value);
+    shown.textContent = `${Math.round(track.volume * 100)} %`;
+    volume.setAttribute("aria-valuetext", shown.textContent);
+    player.updateGains();
+  };
+  const toggle = (text, key) => {
+    const button = element("button", { type: "button", class: key === "solo" ? "solo" : "muted",
+      text, "aria-label": `${text} ${track.label}`, "aria-pressed": "false" });
     button.onclick = () => {
-      stem[key] = !stem[key];
-      button.setAttribute("aria-pressed", String(stem[key]));
+      track[key] = !track[key];
       player.updateGains();
     };
     return button;
   };
-  const download = element("a", { class: "button download", text: "↓", title: `Download ${stem.name}` });
-  stem.row = element("div", { class: "stem", "data-stem": stem.name,
-    "data-duration": String(stem.buffer.duration), "data-gain": "1" },
-    element("span", { class: "label", text: stem.name }), canvas,
-    element("span", { class: "controls" }, volume, toggle("M", "muted", "Mute"),
-      toggle("S", "solo", "Solo"), download));
-  stem.canvas = canvas;
-  stem.download = download;
-  return stem.row;
+  track.muteButton = toggle("Mute", "muted");
+  track.soloButton = toggle("Solo", "solo");
+  const controls = element("span", { class: "controls" }, volume, shown, track.muteButton,
+    track.soloButton);
+  if (!track.original) {
+    track.download = element("a", { class: "button download", text: "↓",
+      "aria-label": `Download ${track.label}`, download: "" });
+    controls.append(track.download);
+  }
+  track.row = element("div", {
+    class: `track ${track.original ? "original" : "stem"}`, "data-stem": track.name,
+    "data-duration": String(track.buffer.duration), "data-gain": "1",
+  }, element("span", { class: "label", text: track.label }), canvas, controls);
+  track.canvas = canvas;
+  return track.row;
 }
 
 function updateDownloads() {
@@ -414,12 +561,40 @@ function updateDownloads() {
   const ext = $("#format").value;
   for (const stem of player.stems) {
     stem.download.href = `/api/jobs/${player.job.id}/stems/${encodeURIComponent(stem.name)}.${ext}`;
-    stem.download.setAttribute("download", "");
   }
   $("#zip").href = `/api/jobs/${player.job.id}/zip/${ext}`;
 }
 
-async function openPlayer(id) {
+// "Download what you hear": the server sums the audible tracks at their gains.
+async function downloadMix() {
+  const player = state.player;
+  if (!player) return;
+  const ext = $("#format").value;
+  const gains = new URLSearchParams();
+  for (const track of player.tracks) {
+    const gain = player.gainOf(track);
+    if (gain > 0) gains.set(track.name, String(gain));
+  }
+  const note = $("#mix-note");
+  note.textContent = "Mixing…";
+  const response = await fetch(`/api/jobs/${player.job.id}/mix/${ext}?${gains}`);
+  if (!response.ok) {
+    note.textContent = `The mix could not be made: ${await errorOf(response)}`;
+    return;
+  }
+  const disposition = response.headers.get("content-disposition") || "";
+  const filename = /filename="([^"]+)"/.exec(disposition)?.[1] || `mix.${ext}`;
+  const url = URL.createObjectURL(await response.blob());
+  const link = element("a", { href: url, download: filename, hidden: "" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  const notice = response.headers.get("x-umx-notice");
+  note.textContent = `Downloaded ${filename}` + (notice ? `: ${notice}.` : ".");
+}
+
+async function openPlayer(id, { focus = false } = {}) {
   const job = state.jobs.get(id);
   if (!job || job.state !== "done") return;
   closePlayer();
@@ -430,9 +605,14 @@ async function openPlayer(id) {
   $("#player").hidden = false;
   $("#player").dataset.state = "loading";
   $("#title").textContent = job.name;
+  const notice = modelInfo(job.model)?.notice;
+  $("#demo").hidden = !notice;
+  $("#demo").textContent = notice ? `A demonstration model separated this song: ${notice}.` : "";
   $("#loading").textContent = "Loading the stems…";
-  $("#stems-list").replaceChildren();
+  $("#mix-note").textContent = "";
+  $("#tracks").replaceChildren();
   $("#play").disabled = $("#seek").disabled = true;
+  if (focus) $("#title").focus();
   try {
     await player.load();
   } catch (error) {
@@ -444,7 +624,10 @@ async function openPlayer(id) {
   }
   if (state.player !== player) return;  // another song was opened meanwhile
   $("#loading").textContent = "";
-  $("#stems-list").replaceChildren(...player.stems.map((stem) => stemRow(player, stem)));
+  $("#tracks").replaceChildren(...player.tracks.map((track) => trackRow(player, track)));
+  const vocals = player.stems.some((stem) => stem.name === "vocals");
+  const vocalPresets = document.querySelectorAll("[data-preset=karaoke], [data-preset=acappella]");
+  for (const button of vocalPresets) button.hidden = !vocals;
   $("#seek").max = String(player.duration);
   $("#play").disabled = $("#seek").disabled = false;
   updateDownloads();
@@ -463,20 +646,37 @@ function closePlayer() {
   for (const job of state.jobs.values()) renderJob(job);
 }
 
+// The position slider moves by SEEK_STEP seconds per arrow key, SEEK_PAGE per page key.
+function seekKey(event) {
+  const player = state.player;
+  const steps = { ArrowLeft: -SEEK_STEP, ArrowDown: -SEEK_STEP, ArrowRight: SEEK_STEP,
+    ArrowUp: SEEK_STEP, PageDown: -SEEK_PAGE, PageUp: SEEK_PAGE };
+  if (!player) return;
+  if (event.key in steps) player.seek(player.position() + steps[event.key]);
+  else if (event.key === "Home") player.seek(0);
+  else if (event.key === "End") player.seek(player.duration);
+  else return;
+  event.preventDefault();
+}
+
 function setUpPlayer() {
-  $("#play").onclick = () => {
-    const player = state.player;
-    if (!player) return;
-    if (player.playing) player.pause(); else player.play();
-    player.draw();
-  };
+  $("#play").onclick = () => state.player?.toggle();
   $("#seek").oninput = () => state.player?.seek(Number($("#seek").value));
+  $("#seek").onkeydown = seekKey;
   $("#format").onchange = updateDownloads;
+  $("#mix").onclick = downloadMix;
+  for (const button of document.querySelectorAll("[data-preset]")) {
+    button.onclick = () => state.player?.preset(button.dataset.preset);
+  }
   addEventListener("resize", () => state.player?.draw());
+  // Space plays and pauses where it has no other use: the page, the player, its sliders
   addEventListener("keydown", (event) => {
-    if (event.code === "Space" && event.target === document.body && state.player) {
+    const target = event.target;
+    const free = target === document.body || target.type === "range" ||
+      (target.closest?.("#player") && !target.closest("button, a, select, summary"));
+    if (event.key === " " && free && state.player && !$("#play").disabled) {
       event.preventDefault();
-      $("#play").click();
+      state.player.toggle();
     }
   });
 }
@@ -486,6 +686,7 @@ async function main() {
   setUpDrop();
   setUpPlayer();
   listen();
+  document.documentElement.dataset.state = "ready";  // for scripts and tests
 }
 
 main();
