@@ -332,8 +332,16 @@ def test_bad_blocks_are_refused():
     stream = StreamingSeparator(causal_separator(2))
     with pytest.raises(UmxError, match="2 channels, got \\(1, 100\\)"):
         stream.process(torch.zeros(1, 100))
-    with pytest.raises(UmxError, match="NaN or infinite"):
-        stream.process(torch.full((2, 10), float("nan")))
+    stream.process(torch.zeros(2, 16000))
+    for value, what in ((float("nan"), "a NaN sample"), (-float("inf"), "an infinite sample")):
+        block = torch.zeros(2, 100)
+        block[1, 50] = value
+        with pytest.raises(UmxError, match=f"^the stream: {what} at 1.003 s is not audio"):
+            stream.process(block)
+    block = torch.zeros(2, 100)
+    block[0, 8:] = 1e30  # 16-bit PCM read as float32 holds such values
+    with pytest.raises(UmxError, match=r"the sample 1e\+30 at 1.000 s is not audio.*±10000"):
+        stream.process(block)
     with pytest.raises(UmxError, match="2-channel audio, not 1-channel"):
         StreamingSeparator(causal_separator(2), nb_channels=1)
 

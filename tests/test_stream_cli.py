@@ -215,15 +215,19 @@ def test_bad_pcm_options(causal_dir, tmp_path, monkeypatch, capsys, options, mes
 
 
 def test_error_mid_stream_leaves_no_files(causal_dir, tmp_path, monkeypatch, capsys):
-    """NaN samples a second into the stream: refused in one line, no stem file left behind."""
+    """NaN samples a second into the stream: refused in one line naming the input, the time
+    and the likely cause, and no stem file or folder left behind."""
     audio = music(2.0)
-    audio[:, RATE] = np.nan
+    audio[1, RATE + 8] = np.nan
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(audio.T.tobytes())))
     outdir = tmp_path / "out"
     assert run("-", "--model", causal_dir, "--rate", RATE, "--outdir", outdir) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "NaN" in err[0], err
-    assert outdir.exists() and not [p for p in outdir.rglob("*") if p.is_file()]
+    assert err == [
+        "umx: error: standard input: a NaN sample at 1.000 s is not audio (samples must be "
+        "finite and within ±10000, full scale being ±1); if it is 16-bit PCM, give --format s16le"
+    ]
+    assert not outdir.exists()
 
 
 def test_existing_outputs_and_the_input_are_not_overwritten(causal_dir, song, capsys):
