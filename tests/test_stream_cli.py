@@ -2,6 +2,7 @@
 causal separation, and its refusals of bad input."""
 
 import io
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 
 from umx.audio import resample
 from umx.cli import CLOSED_PIPE_STATUS, main
+from umx.filtering import CausalWiener
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
@@ -359,3 +361,46 @@ def test_loud_clipped_and_silent_input_gives_the_one_call_stems(
             assert not stem.any()
         else:
             assert np.abs(stem).max() > 0.01
+
+
+def test_stdout_with_one_target_writes_that_stem(causal_dir, monkeypatch, capsysbinary):
+    """--targets vocals --stdout: the one stem asked for, equal to the one-call separation's."""
+    audio = music(0.5)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(audio.T.tobytes())))
+    options = ["--rate", RATE, "--stdout", "--targets", "vocals", "--niter", 0, "-q"]
+    assert run("-", "--model", causal_dir, *options) == 0
+    out = np.frombuffer(capsysbinary.readouterr().out, "<f4").reshape(-1, 2).T
+    expected = offline(causal_dir, audio, targets=["vocals"], niter=0)
+    np.testing.assert_allclose(out, expected["vocals"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("output", ["stdout", "stems"])
+def test_nan_from_the_separation_is_never_written(
+    causal_dir, tmp_path, monkeypatch, capsysbinary, output
+):
+    """A filter that gives NaN half a second in: one line naming the time, exit 1, and no NaN
+    written (raw PCM stops before it; stem files are not left)."""
+    audio = music(1.0)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(audio.T.tobytes())))
+    real = CausalWiener.__call__
+    frames = []
+
+    def poisoned(self, magnitudes, mix):
+        stems = real(self, magnitudes, mix)
+        frames.append(stems.shape[0])
+        if sum(frames) * 128 > RATE // 2:
+            stems = stems * np.nan
+        return stems
+
+    monkeypatch.setattr(CausalWiener, "__call__", poisoned)
+    where = ["--stdout", "--targets", "vocals"] if output == "stdout" else ["--outdir", tmp_path]
+    assert run("-", "--model", causal_dir, "--rate", RATE, "--niter", 0, "-q", *where) == 1
+    captured = capsysbinary.readouterr()
+    assert re.fullmatch(
+        r"umx: error: the separation gave NaN or infinite samples at 0\.[45]\d\d s of the "
+        r"stream; none were returned \(please report this with the input\)\n",
+        captured.err.decode(),
+    )
+    out = np.frombuffer(captured.out, "<f4")
+    assert np.isfinite(out).all() and out.size < audio.size
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
