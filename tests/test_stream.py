@@ -137,6 +137,26 @@ def test_causal_wiener_without_em_is_the_frame_wise_filter():
         torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("niter", [1, 2, 3])
+@pytest.mark.parametrize("identical_channels", [False, True])
+def test_causal_wiener_is_finite_and_scales_with_a_loud_mixture(niter, identical_channels):
+    """Full-scale audio gives STFT bins of |x| ~ 1e3. Estimates at any level are those
+    computed in float64, scaled. Identical channels (a mono recording in stereo) keep every
+    covariance of rank one, where float32 is only roughly right (as in the offline filter) but
+    must stay finite and no larger than the mixture by much in any bin."""
+    mags, mix = random_problem(60, 2)
+    if identical_channels:
+        mags, mix = mags[:, :, :1].expand_as(mags), mix[:, :, :1].expand_as(mix)
+    exact = CausalWiener(niter, residual=True)(mags.double(), mix.cdouble())
+    for level in (100.0, 1e3, 1e5):
+        result = CausalWiener(niter, residual=True)(mags * level, mix * level) / level
+        assert torch.isfinite(torch.view_as_real(result)).all()
+        if identical_channels:
+            assert (result.abs() <= 1.5 * mix.abs()[..., None]).all()
+        else:
+            torch.testing.assert_close(result, exact.cfloat(), rtol=1e-3, atol=1e-3)
+
+
 def test_causal_wiener_on_a_stationary_mixture_approaches_the_offline_em():
     """Sources with fixed spectra and panning, from noisy magnitude estimates: once the running
     statistics have settled, the causal EM's estimates are as good as the offline EM's."""
@@ -312,8 +332,16 @@ def test_bad_blocks_are_refused():
     stream = StreamingSeparator(causal_separator(2))
     with pytest.raises(UmxError, match="2 channels, got \\(1, 100\\)"):
         stream.process(torch.zeros(1, 100))
-    with pytest.raises(UmxError, match="NaN or infinite"):
-        stream.process(torch.full((2, 10), float("nan")))
+    stream.process(torch.zeros(2, 16000))
+    for value, what in ((float("nan"), "a NaN sample"), (-float("inf"), "an infinite sample")):
+        block = torch.zeros(2, 100)
+        block[1, 50] = value
+        with pytest.raises(UmxError, match=f"^the stream: {what} at 1.003 s is not audio"):
+            stream.process(block)
+    block = torch.zeros(2, 100)
+    block[0, 8:] = 1e30  # 16-bit PCM read as float32 holds such values
+    with pytest.raises(UmxError, match=r"the sample 1e\+30 at 1.000 s is not audio.*±10000"):
+        stream.process(block)
     with pytest.raises(UmxError, match="2-channel audio, not 1-channel"):
         StreamingSeparator(causal_separator(2), nb_channels=1)
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from umx.transforms import Spectrogram, istft, magnitude, stft
+from umx.errors import UmxError
+from umx.transforms import Spectrogram, istft, istft_frames, magnitude, stft
 
 
 @pytest.mark.parametrize("length", [44100, 44100 + 517, 4097])
@@ -46,3 +47,25 @@ def test_magnitude_mono_averages_channels():
 def test_spectrogram_module():
     audio = torch.randn(3, 2, 3000)
     torch.testing.assert_close(Spectrogram(512, 128)(audio), stft(audio, 512, 128).abs())
+
+
+@pytest.mark.parametrize("inverse", ["istft", "istft_frames"])
+@pytest.mark.parametrize(("n_fft", "n_hop"), [(512, 512), (512, 600), (4096, 4096)])
+def test_an_inverse_that_would_divide_by_zero_is_refused(inverse, n_fft, n_hop):
+    """A hop as long as the periodic Hann window leaves samples that no window covers (its first
+    value is 0): they cannot be recovered, and are refused rather than returned as NaN."""
+    spec = stft(torch.randn(2, 4 * n_fft), n_fft, max(1, n_fft // 4))
+    with pytest.raises(UmxError, match=rf"hop of {n_hop} with n_fft {n_fft} cannot be inverted"):
+        if inverse == "istft":
+            istft(spec, 4 * n_fft, n_fft, n_hop)
+        else:
+            istft_frames(spec, n_fft, n_hop)
+
+
+def test_a_hop_that_overlaps_enough_is_inverted_in_pieces():
+    audio = torch.randn(2, 3000, dtype=torch.float64)
+    spec = stft(audio, 256, 128, center=False)
+    first, tail = istft_frames(spec[..., :5], 256, 128)
+    second, _ = istft_frames(spec[..., 5:], 256, 128, tail)
+    back = torch.cat([first, second], dim=-1)
+    torch.testing.assert_close(back[:, 128:], audio[:, 128 : back.shape[-1]])

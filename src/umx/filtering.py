@@ -280,7 +280,11 @@ def _stereo_filter(
         a, d, br, bi = (_weighted_sum(vt, coefficients) for coefficients in rt)
         a += regularization
         d += regularization
-        inv_det = 1.0 / (a * d - (br.square() + bi.square()))
+        # sum_j v_j R_j is positive semi-definite, so the determinant is at least
+        # regularisation * (a + d - regularisation); where float32 cancels it below that (a
+        # loud bin of rank one, e.g. a sine or identical channels), the bound is the value.
+        det = a * d - (br.square() + bi.square())
+        inv_det = 1.0 / torch.maximum(det, regularization * (a + d - regularization))
         # z = Cxx^-1 x, with x unscaled: v_j R_j z is then the unscaled estimate.
         z0r = (d * x0r - (br * x1r - bi * x1i)) * inv_det
         z0i = (d * x0i - (br * x1i + bi * x1r)) * inv_det
@@ -342,9 +346,11 @@ class CausalWiener:
 
     with `a = exp(-1 / memory)`: a time constant of `memory` frames, or, with `memory=None`,
     plain sums from the first frame (`a = 1`, a cumulative average). The offline EM instead
-    sums over whole blocks of frames, future ones included. Powers are not rescaled by the
-    mixture's maximum as norbert's are (that maximum would look ahead), which matters only
-    through `eps`.
+    sums over whole blocks of frames, future ones included. As norbert's, the filter's powers
+    are divided by `max(1, max |x| / 10)^2`, with the maximum over the frames so far instead of
+    the whole mixture (which would look ahead): without it, the 2x2 determinant of a loud bin
+    whose covariance is (nearly) of rank one, e.g. on the first frame, cancels to 0 in float32
+    and the estimates become NaN.
 
     The filter keeps the sums of every iteration between calls: calling it on consecutive
     pieces of a spectrogram, split anywhere, gives (to rounding) the estimates of one call
@@ -385,6 +391,7 @@ class CausalWiener:
         """Forget the statistics: the next call starts a new signal."""
         # Per iteration, the running sums after the last frame (frames axis kept); empty at first.
         self._sums: list[list[Tensor]] = [[] for _ in range(self.niter)]
+        self._peak: Tensor | None = None  # the largest |x|^2 of the mixture so far, `(1,)`
 
     def __call__(self, target_magnitudes: Tensor, mix_stft: Tensor) -> Tensor:
         """Filter the next frames.
@@ -419,25 +426,40 @@ class CausalWiener:
         """The causal EM of `y` `(nb_frames, nb_bins, 2, nb_sources)` on `x` `(nb_frames,
         nb_bins, 2)`, element by element as `_stereo_em`."""
         x_planes = _planes(x.permute(2, 0, 1))
+        scale2 = self._scale2(x)[:, None]
         y = y.permute(3, 2, 0, 1).contiguous()  # (nb_sources, 2, nb_frames, nb_bins)
         for sums in self._sums:
             power, v, cross = _stereo_terms(y, 1.0)
             running = self._update(sums, (power[:, 0], power[:, 1], cross, v), dim=1)
             r = _stereo_covariances(*running, self.eps)
             y = torch.empty_like(y)
-            _stereo_filter(v, r, x_planes, y, self.eps, self.batch_size)
+            _stereo_filter(v * scale2, r, x_planes, y, self.eps, self.batch_size)
         return y.permute(2, 3, 1, 0)
 
     def _em(self, y: Tensor, x: Tensor) -> Tensor:
         """The causal EM for any number of channels (one, in practice), as
         `expectation_maximization`."""
+        scale2 = self._scale2(x)[:, None, None]
         for sums in self._sums:
             v = _power(y).mean(dim=2)  # (nb_frames, nb_bins, nb_sources)
             outer = torch.einsum("tbcs,tbds->tbcds", y, y.conj())
             total, covariance = self._update(sums, (v, outer), dim=0)
             R = covariance / (self.eps + total)[:, :, None, None, :]
-            y = _filter(v, R, x, self.eps, self.batch_size)
+            y = _filter(v * scale2, R, x, self.eps, self.batch_size)
         return y
+
+    def _scale2(self, x: Tensor) -> Tensor:
+        """norbert's scale of the powers, `max(1, max |x| / 10)^-2`, for each frame of the
+        mixture `x` `(nb_frames, nb_bins, nb_channels)`, from the maximum over all frames up to
+        it (this call's and the earlier calls'), `(nb_frames,)`. The Wiener estimates
+        `v_j R_j Cxx^-1 x` do not change with it but through the regulariser, which it keeps
+        large enough beside the powers for float32."""
+        peaks = _power(x).flatten(1).amax(dim=1)
+        if self._peak is not None:
+            peaks = torch.maximum(peaks, self._peak)
+        peaks = torch.cummax(peaks, dim=0).values
+        self._peak = peaks[-1:].clone()
+        return torch.clamp(peaks / SCALE_FACTOR**2, min=1.0).reciprocal()
 
     def _update(self, sums: list[Tensor], terms: tuple[Tensor, ...], dim: int) -> list[Tensor]:
         """The running sums of per-frame `terms` (frames axis `dim`) continuing `sums`, which

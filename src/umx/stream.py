@@ -30,6 +30,42 @@ from umx.model import LSTMState
 from umx.separator import Separator
 from umx.transforms import istft_frames, magnitude, stft
 
+MAX_SAMPLE = 1e4
+"""The largest magnitude of a sample a stream takes, 80 dB above full scale (±1). Float audio
+may exceed full scale, but not by this much: such values are not audio (e.g. 16-bit PCM read
+as float32) and would separate into silence or noise, so they are refused."""
+
+
+def check_samples(samples: Tensor, start: float, rate: float, source: str, hint: str = "") -> None:
+    """Refuse samples that are NaN, infinite or beyond `MAX_SAMPLE`, with one line naming the
+    input and the time of the first such sample.
+
+    Args:
+        samples: the next samples of the input, `(nb_channels, nb_block)`.
+        start: the time of the first of them from the start of the input, in seconds.
+        rate: the samples' rate, in Hz.
+        source: how the user knows the input (the message starts with it).
+        hint: appended to the message, e.g. what to do about a likely cause.
+
+    Raises:
+        UmxError: a sample is not audio.
+    """
+    bad = ~(samples.abs() <= MAX_SAMPLE)  # NaN compares false
+    if not bool(bad.any()):
+        return
+    index = int(bad.any(dim=0).nonzero()[0])
+    value = float(samples[bad[:, index], index][0])
+    if math.isnan(value):
+        what = "a NaN sample"
+    elif math.isinf(value):
+        what = "an infinite sample"
+    else:
+        what = f"the sample {value:.3g}"
+    raise UmxError(
+        f"{source}: {what} at {start + index / rate:.3f} s is not audio (samples must be "
+        f"finite and within ±{MAX_SAMPLE:g}, full scale being ±1){hint}"
+    )
+
 
 class StreamingSeparator:
     """Separate a stream fed in blocks of any size, returning the stems with a fixed latency.
@@ -182,6 +218,15 @@ class StreamingSeparator:
         # Copies, so that what is kept between calls holds no large block's memory.
         self._input = buffer[:, spec.shape[-1] * self.n_hop :].clone()
         finished, tail = istft_frames(self._separate(spec), self.n_fft, self.n_hop, self._tail)
+        bad = ~torch.isfinite(finished).flatten(0, -2).all(dim=0)
+        if bool(bad.any()):
+            # Never returned as stems: the filter's statistics would not recover from it either.
+            start = self._nb_returned + self._ready.shape[-1] - self._skip
+            at = max(0, start + int(bad.nonzero()[0])) / self.sample_rate
+            raise UmxError(
+                f"the separation gave NaN or infinite samples at {at:.3f} s of the stream; "
+                "none were returned (please report this with the input)"
+            )
         self._tail = tail.clone()
         skip = min(self._skip, finished.shape[-1])
         self._skip -= skip
@@ -201,8 +246,7 @@ class StreamingSeparator:
                 f"a block must be a tensor (nb_channels, nb_block) with {self.nb_channels} "
                 f"channels, got {shape}"
             )
-        if block.is_floating_point() and not torch.isfinite(block).all():
-            raise UmxError("the block holds NaN or infinite samples")
+        check_samples(block, self._nb_fed / self.sample_rate, self.sample_rate, "the stream")
         return block.to(self.separator.device, self._dtype)
 
     def _separate(self, spec: Tensor) -> Tensor:

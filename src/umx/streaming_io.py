@@ -11,12 +11,14 @@ player. Stems are written at the model's sample rate, with the channels the sepa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -33,12 +35,13 @@ from umx.audio import (
     AudioWriter,
     StreamResampler,
     WriteReport,
+    display_path,
     match_channels,
     read_audio,
 )
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.separator import Separator
-from umx.stream import StreamingSeparator
+from umx.stream import StreamingSeparator, check_samples
 
 logger = logging.getLogger("umx")
 
@@ -51,6 +54,8 @@ PCM_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 S16_SCALE = 32768.0
 STDIN_NAME = "stdin"
 """The track name of standard input in `--filename` templates."""
+S16_HINT = "; if it is 16-bit PCM, give --format s16le"
+"""What a float32 input whose samples are not audio most likely is."""
 
 
 class OutputClosed(Exception):
@@ -106,11 +111,14 @@ def check_input(
 
 @dataclass
 class Source:
-    """An input stream: its rate, channels and blocks `(nb_channels, nb_block)` of float32."""
+    """An input stream: its rate, channels and blocks `(nb_channels, nb_block)` of float32,
+    how messages name it, and what they suggest when its samples are not audio."""
 
     rate: float
     nb_channels: int
     blocks: Iterator[Tensor]
+    name: str
+    hint: str = ""
 
 
 def file_source(path: str | os.PathLike, block: int, *, downmix: bool = False) -> Source:
@@ -122,7 +130,7 @@ def file_source(path: str | os.PathLike, block: int, *, downmix: bool = False) -
         for start in range(0, audio.shape[-1], block):
             yield audio[:, start : start + block]
 
-    return Source(rate, audio.shape[0], blocks())
+    return Source(rate, audio.shape[0], blocks(), display_path(path))
 
 
 def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: int) -> Source:
@@ -156,23 +164,35 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
             if len(data) < block * frame_bytes:
                 return
 
-    return Source(float(rate), nb_channels, blocks())
+    hint = S16_HINT if fmt == "f32le" else ""
+    return Source(float(rate), nb_channels, blocks(), "standard input", hint)
 
 
 class PcmWriter:
     """Raw interleaved PCM written to a binary stream, flushed after every block.
 
-    float32 is written as it is; 16-bit samples are clamped to full scale.
+    float32 is written as it is; 16-bit samples are clamped to full scale. A block that holds
+    NaN or infinite samples is refused, never written.
 
     Raises:
         OutputClosed: the stream's reader went away.
+        UmxError: a block holds NaN or infinite samples.
     """
 
-    def __init__(self, file: BinaryIO, fmt: str) -> None:
-        self.file, self.dtype, self.fmt = file, PCM_FORMATS[fmt], fmt
+    def __init__(self, file: BinaryIO, fmt: str, rate: float) -> None:
+        self.file, self.dtype, self.fmt, self.rate = file, PCM_FORMATS[fmt], fmt, rate
+        self.nb_written = 0
 
     def write(self, block: Tensor) -> None:
         frames = block.detach().cpu().numpy().T
+        finite = np.isfinite(frames).all(axis=1)
+        if not finite.all():
+            at = (self.nb_written + int(np.argmin(finite))) / self.rate
+            raise UmxError(
+                f"standard output: the stems hold NaN or infinite samples at {at:.3f} s; "
+                "they were not written"
+            )
+        self.nb_written += len(frames)
         if self.fmt == "s16le":
             frames = np.clip(np.round(frames * S16_SCALE), -S16_SCALE, S16_SCALE - 1)
         try:
@@ -239,6 +259,7 @@ def stream_to(
     nb_read = nb_samples = nb_blocks = missed = 0
     carry = torch.zeros(nb_channels, 0)  # samples short of a multiple, kept for the next block
     for samples in source.blocks:
+        check_samples(samples, nb_read / source.rate, source.rate, source.name, source.hint)
         nb_read += samples.shape[-1]
         arrival = started + nb_read / source.rate  # when its last sample would arrive live
         if realtime:
@@ -276,6 +297,29 @@ def stream_to(
         separator.sample_rate,
         time.monotonic() - started,
     )
+
+
+@contextlib.contextmanager
+def output_folders(paths: Iterable[Path]) -> Iterator[None]:
+    """Create the missing folders of `paths` for the duration of the block; if it ends in an
+    exception (an error, Ctrl-C, a signal) those of them left empty are removed again, so that
+    a stream stopped before its files were written leaves no empty folder behind.
+
+    Raises:
+        UmxError: a folder cannot be created.
+    """
+    paths = list(paths)
+    folders = {path.parent for path in paths}
+    created = {folder for parent in folders for folder in (parent, *parent.parents)}
+    created = sorted((f for f in created if not f.exists()), key=lambda f: -len(f.parts))
+    make_output_dirs(paths)
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def check_stdout_names(names: Sequence[str]) -> None:
@@ -356,10 +400,9 @@ def separate_stream(
     out_channels = separator.channels_for(source.nb_channels)
     with ExitStack() as stack:
         if stdout is not None:
-            pcm = PcmWriter(stdout, fmt)
-            writers = {names[0]: pcm}
+            writers = {names[0]: PcmWriter(stdout, fmt, separator.sample_rate)}
         else:
-            make_output_dirs(paths.values())
+            stack.enter_context(output_folders(paths.values()))
             writers = {
                 name: stack.enter_context(
                     AudioWriter(

@@ -7,6 +7,7 @@ uses non-centred frames (`stft(..., center=False)`), inverted piece by piece by 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -39,15 +40,20 @@ def check_stft(n_fft: object, n_hop: object) -> None:
             raise UmxError(f"the STFT {name} must be a positive whole number, not {value!r}")
     if n_fft < 2:
         raise UmxError(f"the STFT size n_fft must be at least 2, not {n_fft}")
-    # The periodic Hann window's squares summed over the frames that overlap each sample
-    # (plain Python: this check also runs where tensors have no values, e.g. on the meta device).
-    squares = [math.sin(math.pi * n / n_fft) ** 4 for n in range(n_fft)]
-    envelope = [sum(squares[k::n_hop]) for k in range(min(n_hop, n_fft))]
-    if n_hop > n_fft or min(envelope) < NOLA_TOLERANCE:
+    if n_hop > n_fft or _smallest_envelope(n_fft, n_hop) < NOLA_TOLERANCE:
         raise UmxError(
             f"an STFT hop of {n_hop} with n_fft {n_fft} cannot be inverted: the windows do not "
             "overlap enough (use a hop of at most n_fft // 2, e.g. n_fft // 4)"
         )
+
+
+@functools.cache
+def _smallest_envelope(n_fft: int, n_hop: int) -> float:
+    """The smallest sum of the periodic Hann window's squares over the frames that overlap a
+    sample (plain Python: the check also runs where tensors have no values, e.g. on the meta
+    device; cached, as every inverse STFT checks its settings)."""
+    squares = [math.sin(math.pi * n / n_fft) ** 4 for n in range(n_fft)]
+    return min(sum(squares[k::n_hop]) for k in range(n_hop))
 
 
 def _window(n_fft: int, like: Tensor) -> Tensor:
@@ -99,7 +105,11 @@ def istft(spec: Tensor, length: int, n_fft: int = N_FFT, n_hop: int = N_HOP) -> 
 
     Returns:
         waveforms, `(..., length)`.
+
+    Raises:
+        UmxError: `n_fft` and `n_hop` cannot be inverted (see `check_stft`).
     """
+    check_stft(n_fft, n_hop)
     if n_fft % n_hop:
         shape = spec.shape
         audio = torch.istft(
@@ -151,7 +161,11 @@ def istft_frames(
         reaches, `(..., nb_frames * n_hop)`, and the new tail, `(..., n_fft - n_hop)`. The
         first `n_fft - n_hop` samples of a signal lack the frames before its start, so only
         those are not the signal itself.
+
+    Raises:
+        UmxError: `n_fft` and `n_hop` cannot be inverted (see `check_stft`).
     """
+    check_stft(n_fft, n_hop)
     window = _window(n_fft, spec)
     nb_frames = spec.shape[-1]
     lead = spec.shape[:-2]
