@@ -85,11 +85,6 @@ class Separator(nn.Module):
             raise UmxError("a separator needs at least one target model")
         if residual is not None and residual in target_models:
             raise UmxError(f"the residual name {residual!r} is already a target of the model")
-        if niter > 0 and len(target_models) + (residual is not None) < 2:
-            raise UmxError(
-                "Wiener EM needs at least two sources: add a residual target "
-                "(--residual NAME) or keep the model magnitudes (--niter 0)"
-            )
         self.target_models = nn.ModuleDict(target_models)
         self.sample_rate = float(sample_rate)
         self.n_fft = n_fft
