@@ -154,6 +154,11 @@ CLI_CASES = [
     ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
     ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),
     ("unknown-target", [SONG, *MODEL, "--targets", "guitar"], "no target 'guitar'"),
+    ("two-stems-unknown", [SONG, *MODEL, "--two-stems", "guitar"], "no target 'guitar'"),
+    ("two-stems-targets", [SONG, *MODEL, "--two-stems", "bass", "--targets", "bass"], "--targets"),
+    ("two-stems-residual", [SONG, *MODEL, "--two-stems", "bass", "--residual", "x"], "--residual"),
+    ("two-stems-aggregate", [SONG, *MODEL, "--two-stems", "bass", "--aggregate", "{}"], "leave"),
+    ("two-stems-slash", [SONG, *MODEL, "--two-stems", "a/b"], "--two-stems"),
     ("existing-output", [SONG, *MODEL, "--outdir", "out"], "already exists (use --force"),
 ]
 

@@ -81,7 +81,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     model = parser.add_argument_group("model options (with --model)")
-    add_separation_arguments(model)
+    add_separation_arguments(model, two_stems=False)  # no_TARGET has no MUSDB18 reference
     parser.add_argument(
         "--aggregate",
         metavar="JSON",
