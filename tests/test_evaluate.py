@@ -371,12 +371,37 @@ def test_bad_estimates_are_refused(tmp_path, change, message):
     assert message in summary.failed["song"]
 
 
-def test_score_track_needs_two_musdb_targets(tracks):
+def test_score_track_needs_musdb_targets(tracks):
     silence = np.zeros((int(SECONDS * RATE), 1))
     with pytest.raises(UmxError, match="no reference for speech"):
         score_track(tracks[0], {"vocals": silence, "speech": silence})
-    with pytest.raises(UmxError, match="at least two estimates, got 1"):
-        score_track(tracks[0], {"vocals": silence})
+    with pytest.raises(UmxError, match="no estimate"):
+        score_track(tracks[0], {})
+
+
+@pytest.mark.parametrize("metrics", ["fast", "museval"])
+def test_one_estimate_is_scored_with_the_rest_of_the_mixture(tracks, metrics):
+    """museval leaves a single estimate unscored; here it is scored as vocals is with the
+    accompaniment: against the mixture minus its reference."""
+    track = tracks[0]
+    mixture, vocals = track.audio, track.targets["vocals"].audio
+    rng = np.random.default_rng(0)
+    estimate = vocals + 0.05 * rng.standard_normal(vocals.shape)
+    alone = score_track(track, {"vocals": estimate}, metrics=metrics)
+    paired = museval.eval_mus_track(
+        track, {"vocals": estimate, "accompaniment": mixture - estimate}
+    )
+    assert [target["name"] for target in alone.scores["targets"]] == ["vocals"]
+    for metric in METRICS:
+        got = [float(frame["metrics"][metric]) for frame in alone.scores["targets"][0]["frames"]]
+        expected = [
+            float(frame["metrics"][metric]) for frame in paired.scores["targets"][0]["frames"]
+        ]
+        # the files hold 16-bit samples: the mixture minus the vocals is the accompaniment
+        # to 1/32768 per sample, a few hundredths of a dB
+        np.testing.assert_allclose(got, expected, rtol=0, atol=0.05)
+    sdr = [float(frame["metrics"]["SDR"]) for frame in alone.scores["targets"][0]["frames"]]
+    assert np.median(sdr) > 10  # the small noise scores well, not as the mixture would
 
 
 def test_model_options_need_a_model(tmp_path):
