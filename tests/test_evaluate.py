@@ -35,6 +35,8 @@ from umx.evaluate import (
     score_table,
     score_track,
     scoring,
+    side_by_side,
+    to_markdown,
 )
 from umx.evaluate import options as evaluate_options
 from umx.model import OpenUnmix
@@ -502,14 +504,17 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
     )
     assert run_evaluate(compare) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| method | target | SDR | SIR | ISR | SAR |"
-    assert [line.split(" | ")[:2] for line in lines[2:]] == [
-        ["| " + method, target] for method in ("small", "irm", "mix") for target in VOC_ACC
-    ]
+    # the methods side by side: a row per target and metric, a column per method
+    assert lines[0] == "| target | metric | small | irm | mix |"
+    rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+    assert [row[:2] for row in rows] == [[t, m] for t in VOC_ACC for m in METRICS]
+    alone = {"small": table, "irm": table_of(evaldirs["irm"]), "mix": table_of(evaldirs["mix"])}
+    for target, metric, *values in rows:
+        expected = [f"{alone[m].loc[target, metric]:.2f}" for m in ("small", "irm", "mix")]
+        assert values == expected
     assert (tmp_path / "cmp" / "compare.md").read_text().splitlines() == lines
-    assert (
-        (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,target,SDR,SIR,ISR,SAR")
-    )
+    csv = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
+    assert csv[0] == "target,metric,small,irm,mix" and csv[1].startswith("vocals,SDR,")
     for metric in METRICS:
         with open(tmp_path / "cmp" / f"compare_{metric}.png", "rb") as png:
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -562,8 +567,8 @@ def test_compared_methods_of_one_name_are_told_apart_by_folder(evaldirs, tmp_pat
     shutil.copytree(evaldirs["mix"], tmp_path / "mix-again")
     args = options("--compare", evaldirs["mix"], tmp_path / "mix-again", "--evaldir", tmp_path)
     assert run_evaluate(args) == 0
-    methods = {line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]}
-    assert methods == {"| mix", "| mix (mix-again)"}
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "| target | metric | mix | mix (mix-again) |"
 
 
 def test_a_log_file_gets_one_line_per_track_and_no_bar(tracks, tmp_path, monkeypatch, caplog):
@@ -622,6 +627,42 @@ def test_a_single_methods_box_plot_is_a_readable_panel_not_a_strip(evaldirs, tmp
     header = path.read_bytes()[16:24]  # PNG IHDR: width, height
     width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
     assert height >= 400 and width / height < 2
+
+
+def test_box_plots_state_how_many_tracks_they_summarise():
+    from umx.evaluate.plots import _box_figure
+
+    rng = np.random.default_rng(3)
+    boxes = {
+        ("umx", "vocals"): rng.uniform(0, 9, 5),
+        ("umx", "drums"): rng.uniform(0, 9, 4),  # a track without a finite score
+        ("irm", "vocals"): rng.uniform(5, 15, 5),
+        ("irm", "drums"): rng.uniform(5, 15, 5),
+    }
+    figure = _box_figure(boxes, ["umx", "irm"], ["vocals", "drums"], "SDR", [5, 5])
+    assert figure._suptitle.get_text() == "SDR per track, n = 5 tracks"
+    labels = [[t.get_text() for t in ax.get_xticklabels()] for ax in figure.axes]
+    assert labels == [["umx\nn = 5", "irm\nn = 5"], ["umx\nn = 4", "irm\nn = 5"]]
+    single = _box_figure(boxes, ["umx"], ["vocals", "drums"], "SIR", [5])
+    assert single.axes[0].get_title() == "umx: SIR per track, n = 5 tracks"
+    uneven = _box_figure(boxes, ["umx", "irm"], ["vocals"], "SDR", [1, 5])
+    assert uneven._suptitle.get_text() == "SDR per track, n = 1 to 5 tracks"
+
+
+def test_side_by_side_marks_a_score_a_method_lacks(evaldirs, tmp_path):
+    """A method that scored fewer targets leaves a `-` in the others' rows."""
+    vocals_only = tmp_path / "vocals-only" / "test"
+    vocals_only.mkdir(parents=True)
+    for path in (evaldirs["irm"] / "test").glob("*.json"):
+        data = json.loads(path.read_text())
+        data["targets"] = [t for t in data["targets"] if t["name"] == "vocals"]
+        (vocals_only / path.name).write_text(json.dumps(data))
+    stores = {"irm": load_scores(evaldirs["irm"]), "voc": load_scores(tmp_path / "vocals-only")}
+    table = side_by_side(score_table(method_scores(stores)))
+    markdown = to_markdown(table).splitlines()
+    assert markdown[2].startswith("| vocals | SDR | ") and not markdown[2].endswith("| - |")
+    assert all(line.endswith(" | - |") for line in markdown[6:])
+    assert len(markdown) == 2 + 2 * len(METRICS)
 
 
 class SlowJob:

@@ -242,6 +242,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         stores = _unique_names(methods)
         if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
             logger.warning("warning: the compared methods were evaluated on different tracks")
-        table = report(stores, args.evaldir, "compare")
+        table = report(stores, args.evaldir, "compare", compare=True)
         print(to_markdown(table), end="")
     return 1 if failed else 0
