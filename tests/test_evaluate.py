@@ -39,6 +39,7 @@ from umx.evaluate import (
     to_markdown,
 )
 from umx.evaluate import options as evaluate_options
+from umx.evaluate.tracks import _audio_in_memory
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
@@ -519,6 +520,27 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
         with open(tmp_path / "cmp" / f"compare_{metric}.png", "rb") as png:
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / "umx" / f"scores_{metric}.png").is_file()
+
+
+def test_cli_model_with_one_target(root, separator, tracks, tmp_path):
+    """One target: the Wiener EM filters it with the rest of the mixture, and BSSEval scores
+    it with the rest of the mixture as the second source (once two refusals)."""
+    save_separator(separator, tmp_path / "small")
+    args = options(
+        "--root", root, "--is-wav", "-q", "--model", tmp_path / "small", "--targets", "vocals",
+        "--outdir", tmp_path / "stems", "--evaldir", tmp_path / "ev",
+    )  # fmt: skip
+    assert run_evaluate(args) == 0
+    for track in tracks:
+        assert [p.name for p in (tmp_path / "stems" / "test" / track.name).iterdir()] == [
+            "vocals.wav"
+        ]
+        estimate, _ = sf.read(tmp_path / "stems" / "test" / track.name / "vocals.wav")
+        with _audio_in_memory(track):  # as evaluate reads it: (nb_timesteps, nb_channels)
+            expected = json.loads(score_track(track, {"vocals": estimate[:, None]}).json)
+        scores = json.loads((tmp_path / "ev" / "test" / f"{track.name}.json").read_text())
+        assert scores["targets"] == expected["targets"]
+    assert list(table_of(tmp_path / "ev").index) == ["vocals"]
 
 
 def test_without_model_the_default_is_loaded_and_named_after_the_model_used(

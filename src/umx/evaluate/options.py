@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from umx.api import parse_aggregate
+from umx.audio import display_path
 from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.evaluate.methods import (
@@ -226,7 +227,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "%d of %d tracks failed: %s",
                 len(summary.failed),
                 len(tracks),
-                ", ".join(summary.failed),
+                ", ".join(map(display_path, summary.failed)),
             )
         scored = [track.name for track in tracks if track.name not in summary.failed]
         if scored:

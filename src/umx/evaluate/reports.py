@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from umx.audio import display_path
 from umx.errors import UmxError
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.plots import plot_scores
@@ -89,7 +90,7 @@ def method_name(
         and "|" not in name
     ):
         return name
-    return Path(evaldir).resolve().name
+    return display_path(Path(evaldir).resolve().name)
 
 
 def method_scores(stores: Mapping[str, museval.EvalStore]) -> museval.MethodStore:

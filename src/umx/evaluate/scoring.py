@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from umx.audio import write_audio
+from umx.audio import display_path, write_audio
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.evaluate.bsseval import bss_eval
@@ -322,12 +322,14 @@ def evaluate(
     ):
         for outcome in _run_jobs(job, todo, jobs):
             outcomes.append(outcome)
+            # Track names are folder names: shown printable, so each message stays one line.
             for line in outcome.notes:
-                logger.info(line)
+                logger.info("%s", display_path(line))
             if outcome.error is not None:
-                logger.error("error: %s", outcome.error)
+                logger.error("error: %s", display_path(outcome.error))
             elif progress and not bars:
-                logger.info("%d of %d tracks done: %s", len(outcomes), len(todo), outcome.track)
+                name = display_path(outcome.track)
+                logger.info("%d of %d tracks done: %s", len(outcomes), len(todo), name)
             bar.update(1)
     order = {track.name: index for index, track in enumerate(tracks)}
     outcomes.sort(key=lambda outcome: order[outcome.track])
