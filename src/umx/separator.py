@@ -52,7 +52,9 @@ class Separator(nn.Module):
             stereo mixtures as the reference does: the models see the mean of the channels'
             magnitudes and the Wiener filter applies their estimates to each channel, so the
             stems keep the mixture's channels.
-        niter: Wiener EM iterations; 0 uses the model magnitudes with the mixture's phase.
+        niter: Wiener EM iterations; 0 uses the model magnitudes with the mixture's phase. A
+            single target is filtered against the rest of the mixture, which only `residual`
+            adds as a stem (see `umx.filtering.needs_rest`).
         softmask: start the Wiener filter from ratio masks.
         residual: name of an extra target, the mixture minus the other targets; none if None.
         wiener_win_len: frames filtered at once (bounds memory); whole track if None.
