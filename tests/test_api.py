@@ -89,3 +89,17 @@ def test_mono_model_separates_stereo_into_stereo_stems():
     direct = separator.separate(audio[None], segment=None)[0]
     torch.testing.assert_close(stems["speech"], direct[0])
     assert (stems["speech"][0] - stems["speech"][1]).abs().max() > 0.05
+
+
+@pytest.mark.parametrize(
+    ("filename", "names", "shown"),
+    [
+        ("../{target}.wav", ["vocals"], "for song.wav and stem 'vocals'"),
+        ("{target}/x.wav", [".."], "for song.wav and stem '..'"),
+    ],
+)
+def test_a_path_outside_outdir_names_the_stem(filename, names, shown):
+    """The message names the stem itself, not the text `{name!r}` (an f-string was missing)."""
+    with pytest.raises(umx.UmxError) as caught:
+        umx.api.output_paths("song.wav", names, "out", filename)
+    assert shown in str(caught.value) and "{" not in str(caught.value).replace(filename, "")

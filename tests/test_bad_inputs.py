@@ -153,8 +153,12 @@ CLI_CASES = [
     ("device-unknown", [SONG, *MODEL, "--device", "tpu"], "unknown device"),
     ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
     ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),
-    ("one-source-em", [SONG, *MODEL, "--targets", "vocals"], "--residual NAME"),
     ("unknown-target", [SONG, *MODEL, "--targets", "guitar"], "no target 'guitar'"),
+    ("two-stems-unknown", [SONG, *MODEL, "--two-stems", "guitar"], "no target 'guitar'"),
+    ("two-stems-targets", [SONG, *MODEL, "--two-stems", "bass", "--targets", "bass"], "--targets"),
+    ("two-stems-residual", [SONG, *MODEL, "--two-stems", "bass", "--residual", "x"], "--residual"),
+    ("two-stems-aggregate", [SONG, *MODEL, "--two-stems", "bass", "--aggregate", "{}"], "leave"),
+    ("two-stems-slash", [SONG, *MODEL, "--two-stems", "a/b"], "--two-stems"),
     ("existing-output", [SONG, *MODEL, "--outdir", "out"], "already exists (use --force"),
 ]
 
@@ -173,6 +177,24 @@ def test_cli_refuses_bad_input_and_changes_nothing(
     assert message in err
     assert "Traceback" not in err
     assert all(line.startswith("umx: ") for line in err.splitlines()), err
+    assert snapshot(workspace) == before
+
+
+def test_one_target_with_em_writes_that_stem_only(workspace, tmp_path, monkeypatch):
+    """Once refused ("Wiener EM needs at least two sources"): one target is filtered with the
+    rest of the mixture, and only its stem is written."""
+    monkeypatch.chdir(workspace)
+    before = snapshot(workspace)
+    outdir = tmp_path / "stems"
+    arguments = [SONG, *MODEL, "--targets", "vocals", "--outdir", str(outdir), "--quiet"]
+    assert main(arguments) == 0
+    assert sorted(p.relative_to(outdir).as_posix() for p in outdir.rglob("*.*")) == [
+        "song/vocals.wav"
+    ]
+    vocals, rate = sf.read(outdir / "song" / "vocals.wav", dtype="float32", always_2d=True)
+    song, _ = sf.read(SONG, dtype="float32", always_2d=True)
+    expected = umx.separate(song.T, rate, "model", targets=["vocals"], residual="rest")
+    np.testing.assert_allclose(vocals.T, expected["vocals"].numpy(), rtol=0, atol=1.5 / 32768)
     assert snapshot(workspace) == before
 
 

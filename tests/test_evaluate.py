@@ -35,8 +35,11 @@ from umx.evaluate import (
     score_table,
     score_track,
     scoring,
+    side_by_side,
+    to_markdown,
 )
 from umx.evaluate import options as evaluate_options
+from umx.evaluate.tracks import _audio_in_memory
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
@@ -371,12 +374,37 @@ def test_bad_estimates_are_refused(tmp_path, change, message):
     assert message in summary.failed["song"]
 
 
-def test_score_track_needs_two_musdb_targets(tracks):
+def test_score_track_needs_musdb_targets(tracks):
     silence = np.zeros((int(SECONDS * RATE), 1))
     with pytest.raises(UmxError, match="no reference for speech"):
         score_track(tracks[0], {"vocals": silence, "speech": silence})
-    with pytest.raises(UmxError, match="at least two estimates, got 1"):
-        score_track(tracks[0], {"vocals": silence})
+    with pytest.raises(UmxError, match="no estimate"):
+        score_track(tracks[0], {})
+
+
+@pytest.mark.parametrize("metrics", ["fast", "museval"])
+def test_one_estimate_is_scored_with_the_rest_of_the_mixture(tracks, metrics):
+    """museval leaves a single estimate unscored; here it is scored as vocals is with the
+    accompaniment: against the mixture minus its reference."""
+    track = tracks[0]
+    mixture, vocals = track.audio, track.targets["vocals"].audio
+    rng = np.random.default_rng(0)
+    estimate = vocals + 0.05 * rng.standard_normal(vocals.shape)
+    alone = score_track(track, {"vocals": estimate}, metrics=metrics)
+    paired = museval.eval_mus_track(
+        track, {"vocals": estimate, "accompaniment": mixture - estimate}
+    )
+    assert [target["name"] for target in alone.scores["targets"]] == ["vocals"]
+    for metric in METRICS:
+        got = [float(frame["metrics"][metric]) for frame in alone.scores["targets"][0]["frames"]]
+        expected = [
+            float(frame["metrics"][metric]) for frame in paired.scores["targets"][0]["frames"]
+        ]
+        # the files hold 16-bit samples: the mixture minus the vocals is the accompaniment
+        # to 1/32768 per sample, a few hundredths of a dB
+        np.testing.assert_allclose(got, expected, rtol=0, atol=0.05)
+    sdr = [float(frame["metrics"]["SDR"]) for frame in alone.scores["targets"][0]["frames"]]
+    assert np.median(sdr) > 10  # the small noise scores well, not as the mixture would
 
 
 def test_model_options_need_a_model(tmp_path):
@@ -477,18 +505,42 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
     )
     assert run_evaluate(compare) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| method | target | SDR | SIR | ISR | SAR |"
-    assert [line.split(" | ")[:2] for line in lines[2:]] == [
-        ["| " + method, target] for method in ("small", "irm", "mix") for target in VOC_ACC
-    ]
+    # the methods side by side: a row per target and metric, a column per method
+    assert lines[0] == "| target | metric | small | irm | mix |"
+    rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+    assert [row[:2] for row in rows] == [[t, m] for t in VOC_ACC for m in METRICS]
+    alone = {"small": table, "irm": table_of(evaldirs["irm"]), "mix": table_of(evaldirs["mix"])}
+    for target, metric, *values in rows:
+        expected = [f"{alone[m].loc[target, metric]:.2f}" for m in ("small", "irm", "mix")]
+        assert values == expected
     assert (tmp_path / "cmp" / "compare.md").read_text().splitlines() == lines
-    assert (
-        (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,target,SDR,SIR,ISR,SAR")
-    )
+    csv = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
+    assert csv[0] == "target,metric,small,irm,mix" and csv[1].startswith("vocals,SDR,")
     for metric in METRICS:
         with open(tmp_path / "cmp" / f"compare_{metric}.png", "rb") as png:
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / "umx" / f"scores_{metric}.png").is_file()
+
+
+def test_cli_model_with_one_target(root, separator, tracks, tmp_path):
+    """One target: the Wiener EM filters it with the rest of the mixture, and BSSEval scores
+    it with the rest of the mixture as the second source (once two refusals)."""
+    save_separator(separator, tmp_path / "small")
+    args = options(
+        "--root", root, "--is-wav", "-q", "--model", tmp_path / "small", "--targets", "vocals",
+        "--outdir", tmp_path / "stems", "--evaldir", tmp_path / "ev",
+    )  # fmt: skip
+    assert run_evaluate(args) == 0
+    for track in tracks:
+        assert [p.name for p in (tmp_path / "stems" / "test" / track.name).iterdir()] == [
+            "vocals.wav"
+        ]
+        estimate, _ = sf.read(tmp_path / "stems" / "test" / track.name / "vocals.wav")
+        with _audio_in_memory(track):  # as evaluate reads it: (nb_timesteps, nb_channels)
+            expected = json.loads(score_track(track, {"vocals": estimate[:, None]}).json)
+        scores = json.loads((tmp_path / "ev" / "test" / f"{track.name}.json").read_text())
+        assert scores["targets"] == expected["targets"]
+    assert list(table_of(tmp_path / "ev").index) == ["vocals"]
 
 
 def test_without_model_the_default_is_loaded_and_named_after_the_model_used(
@@ -537,8 +589,8 @@ def test_compared_methods_of_one_name_are_told_apart_by_folder(evaldirs, tmp_pat
     shutil.copytree(evaldirs["mix"], tmp_path / "mix-again")
     args = options("--compare", evaldirs["mix"], tmp_path / "mix-again", "--evaldir", tmp_path)
     assert run_evaluate(args) == 0
-    methods = {line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]}
-    assert methods == {"| mix", "| mix (mix-again)"}
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "| target | metric | mix | mix (mix-again) |"
 
 
 def test_a_log_file_gets_one_line_per_track_and_no_bar(tracks, tmp_path, monkeypatch, caplog):
@@ -597,6 +649,42 @@ def test_a_single_methods_box_plot_is_a_readable_panel_not_a_strip(evaldirs, tmp
     header = path.read_bytes()[16:24]  # PNG IHDR: width, height
     width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
     assert height >= 400 and width / height < 2
+
+
+def test_box_plots_state_how_many_tracks_they_summarise():
+    from umx.evaluate.plots import _box_figure
+
+    rng = np.random.default_rng(3)
+    boxes = {
+        ("umx", "vocals"): rng.uniform(0, 9, 5),
+        ("umx", "drums"): rng.uniform(0, 9, 4),  # a track without a finite score
+        ("irm", "vocals"): rng.uniform(5, 15, 5),
+        ("irm", "drums"): rng.uniform(5, 15, 5),
+    }
+    figure = _box_figure(boxes, ["umx", "irm"], ["vocals", "drums"], "SDR", [5, 5])
+    assert figure._suptitle.get_text() == "SDR per track, n = 5 tracks"
+    labels = [[t.get_text() for t in ax.get_xticklabels()] for ax in figure.axes]
+    assert labels == [["umx\nn = 5", "irm\nn = 5"], ["umx\nn = 4", "irm\nn = 5"]]
+    single = _box_figure(boxes, ["umx"], ["vocals", "drums"], "SIR", [5])
+    assert single.axes[0].get_title() == "umx: SIR per track, n = 5 tracks"
+    uneven = _box_figure(boxes, ["umx", "irm"], ["vocals"], "SDR", [1, 5])
+    assert uneven._suptitle.get_text() == "SDR per track, n = 1 to 5 tracks"
+
+
+def test_side_by_side_marks_a_score_a_method_lacks(evaldirs, tmp_path):
+    """A method that scored fewer targets leaves a `-` in the others' rows."""
+    vocals_only = tmp_path / "vocals-only" / "test"
+    vocals_only.mkdir(parents=True)
+    for path in (evaldirs["irm"] / "test").glob("*.json"):
+        data = json.loads(path.read_text())
+        data["targets"] = [t for t in data["targets"] if t["name"] == "vocals"]
+        (vocals_only / path.name).write_text(json.dumps(data))
+    stores = {"irm": load_scores(evaldirs["irm"]), "voc": load_scores(tmp_path / "vocals-only")}
+    table = side_by_side(score_table(method_scores(stores)))
+    markdown = to_markdown(table).splitlines()
+    assert markdown[2].startswith("| vocals | SDR | ") and not markdown[2].endswith("| - |")
+    assert all(line.endswith(" | - |") for line in markdown[6:])
+    assert len(markdown) == 2 + 2 * len(METRICS)
 
 
 class SlowJob:

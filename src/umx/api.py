@@ -202,7 +202,7 @@ def output_paths(
         ):
             raise UmxError(
                 f"--filename {filename!r} gives {str(relative)!r} for {display_path(input_path)} "
-                "and stem {name!r}: every output must stay inside --outdir (no absolute paths, "
+                f"and stem {name!r}: every output must stay inside --outdir (no absolute paths, "
                 "no .. and no track or stem named ..)"
             )
         paths[name] = Path(outdir) / relative

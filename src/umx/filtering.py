@@ -46,7 +46,9 @@ def wiener(
         niter: number of EM iterations; 0 keeps the initial estimates.
         softmask: start from ratio masks applied to the mixture instead of the target
             magnitudes with the mixture's phase.
-        residual: add one source, the mixture minus the sum of the targets.
+        residual: add one source, the mixture minus the sum of the targets. With one target,
+            no residual and `niter > 0`, EM still runs on two sources: the rest of the mixture
+            is used internally and left out of the result (see `needs_rest`).
         eps: regulariser, as norbert's `eps`.
         batch_size: frames processed at once in EM, bounding memory; all frames if None.
         out: where to write the estimates (any strides, e.g. a view into a larger buffer);
@@ -56,6 +58,9 @@ def wiener(
         complex estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`, where
         `nb_sources = nb_targets + residual`; `out` if given.
     """
+    if needs_rest(target_magnitudes.shape[-1], niter, residual):
+        y = wiener(target_magnitudes, mix_stft, niter, softmask, True, eps, batch_size)[..., :1]
+        return y if out is None else out.copy_(y)
     batch_size = batch_size or mix_stft.shape[0]
     if niter > 0 and mix_stft.shape[-1] == 2 and not (softmask or residual):
         # The initial estimates are the magnitudes with the mixture's phase: EM's first
@@ -71,6 +76,17 @@ def wiener(
     if niter > 0:
         y = expectation_maximization(y, mix_stft, niter, eps, batch_size)
     return y if out is None else out.copy_(y)
+
+
+def needs_rest(nb_targets: int, niter: int, residual: bool) -> bool:
+    """Whether filtering `nb_targets` sources needs the rest of the mixture as a hidden source.
+
+    EM models the mixture as the sum of the sources: with a single source it would give that
+    source the whole mixture. One target without a residual is therefore filtered together
+    with the mixture minus its estimate, which the result then leaves out: its estimate is
+    the one a run with the residual gives.
+    """
+    return niter > 0 and nb_targets == 1 and not residual
 
 
 def _scale(z: Tensor, r: Tensor) -> Tensor:
@@ -403,8 +419,10 @@ class CausalWiener:
 
         Returns:
             complex estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`, where
-            `nb_sources = nb_targets + residual`.
+            `nb_sources = nb_targets + residual`; one target is filtered with the rest of
+            the mixture as `wiener` does (see `needs_rest`).
         """
+        rest = needs_rest(target_magnitudes.shape[-1], self.niter, self.residual)
         pieces = []
         for start in range(0, max(mix_stft.shape[0], 1), self.batch_size):
             t = slice(start, start + self.batch_size)
@@ -413,13 +431,13 @@ class CausalWiener:
                 mix_stft[t],
                 niter=0,
                 softmask=self.softmask,
-                residual=self.residual,
+                residual=self.residual or rest,
                 eps=self.eps,
             )
             if self.niter and y.shape[0]:
                 em = self._stereo_em if mix_stft.shape[-1] == 2 else self._em
                 y = em(y, mix_stft[t])
-            pieces.append(y)
+            pieces.append(y[..., :1] if rest else y)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def _stereo_em(self, y: Tensor, x: Tensor) -> Tensor:

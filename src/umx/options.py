@@ -10,6 +10,7 @@ from pathlib import Path
 from umx.api import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
 from umx.devices import AUTO, resolve_device
+from umx.errors import UmxError
 from umx.export import BACKENDS, QUANTIZATIONS, check_backend, onnx_separator
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator, check_options
 from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, load_separator
@@ -32,12 +33,17 @@ SEPARATION_DEFAULTS = {
     "backend": "torch",
     "quantize": None,
 }
+TWO_STEMS_REST = "no_"
+"""What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
 
 
-def add_separation_arguments(group: argparse._ActionsContainer, *, chunks: bool = True) -> None:
+def add_separation_arguments(
+    group: argparse._ActionsContainer, *, chunks: bool = True, two_stems: bool = True
+) -> None:
     """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group; without
     `chunks`, those of a stream only (no --wiener-win-len, --segment, --overlap, --whole-track,
-    which keep their defaults)."""
+    which keep their defaults); with `two_stems`, the shorthand --two-stems (see
+    `check_separation_args`)."""
     group.add_argument(
         "--targets",
         nargs="+",
@@ -45,6 +51,13 @@ def add_separation_arguments(group: argparse._ActionsContainer, *, chunks: bool 
         help="separate only these targets (default: all of the model's); it takes every "
         "word up to the next option, so end the list with -- before any input that follows",
     )
+    if two_stems:
+        group.add_argument(
+            "--two-stems",
+            metavar="TARGET",
+            help=f"write TARGET and {TWO_STEMS_REST}TARGET, the rest of the mixture (short for "
+            f"--targets TARGET --residual {TWO_STEMS_REST}TARGET)",
+        )
     group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
     if chunks:
         group.add_argument(
@@ -112,7 +125,20 @@ def given_separation_options(args: argparse.Namespace) -> list[str]:
 
 
 def check_separation_args(args: argparse.Namespace) -> None:
-    """Refuse separation options that make no sense, before any model is loaded."""
+    """Refuse separation options that make no sense, before any model is loaded, and rewrite
+    `--two-stems TARGET` as the `--targets TARGET --residual no_TARGET` it stands for."""
+    two_stems = getattr(args, "two_stems", None)
+    if two_stems is not None:
+        from umx.modeldir import check_target_name  # torch: not for --help
+
+        for option in ("targets", "residual", "aggregate"):
+            if getattr(args, option, None) is not None:
+                raise UmxError(
+                    f"--two-stems {two_stems} already chooses the stems ({two_stems} and "
+                    f"{TWO_STEMS_REST}{two_stems}): leave out --{option}"
+                )
+        rest = check_target_name(TWO_STEMS_REST + two_stems, "--two-stems")
+        args.targets, args.residual, args.two_stems = [two_stems], rest, None
     check_options(
         niter=args.niter,
         wiener_win_len=args.wiener_win_len or None,

@@ -52,7 +52,9 @@ class Separator(nn.Module):
             stereo mixtures as the reference does: the models see the mean of the channels'
             magnitudes and the Wiener filter applies their estimates to each channel, so the
             stems keep the mixture's channels.
-        niter: Wiener EM iterations; 0 uses the model magnitudes with the mixture's phase.
+        niter: Wiener EM iterations; 0 uses the model magnitudes with the mixture's phase. A
+            single target is filtered against the rest of the mixture, which only `residual`
+            adds as a stem (see `umx.filtering.needs_rest`).
         softmask: start the Wiener filter from ratio masks.
         residual: name of an extra target, the mixture minus the other targets; none if None.
         wiener_win_len: frames filtered at once (bounds memory); whole track if None.
@@ -85,11 +87,6 @@ class Separator(nn.Module):
             raise UmxError("a separator needs at least one target model")
         if residual is not None and residual in target_models:
             raise UmxError(f"the residual name {residual!r} is already a target of the model")
-        if niter > 0 and len(target_models) + (residual is not None) < 2:
-            raise UmxError(
-                "Wiener EM needs at least two sources: add a residual target "
-                "(--residual NAME) or keep the model magnitudes (--niter 0)"
-            )
         self.target_models = nn.ModuleDict(target_models)
         self.sample_rate = float(sample_rate)
         self.n_fft = n_fft

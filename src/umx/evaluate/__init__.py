@@ -43,6 +43,7 @@ from umx.evaluate.reports import (
     method_scores,
     report,
     score_table,
+    side_by_side,
     to_markdown,
     write_table,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "score_limits",
     "score_table",
     "score_track",
+    "side_by_side",
     "to_markdown",
     "write_table",
 ]

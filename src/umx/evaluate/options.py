@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from umx.api import parse_aggregate
+from umx.audio import display_path
 from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.evaluate.methods import (
@@ -81,7 +82,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     model = parser.add_argument_group("model options (with --model)")
-    add_separation_arguments(model)
+    add_separation_arguments(model, two_stems=False)  # no_TARGET has no MUSDB18 reference
     parser.add_argument(
         "--aggregate",
         metavar="JSON",
@@ -226,7 +227,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "%d of %d tracks failed: %s",
                 len(summary.failed),
                 len(tracks),
-                ", ".join(summary.failed),
+                ", ".join(map(display_path, summary.failed)),
             )
         scored = [track.name for track in tracks if track.name not in summary.failed]
         if scored:
@@ -242,6 +243,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         stores = _unique_names(methods)
         if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
             logger.warning("warning: the compared methods were evaluated on different tracks")
-        table = report(stores, args.evaldir, "compare")
+        table = report(stores, args.evaldir, "compare", compare=True)
         print(to_markdown(table), end="")
     return 1 if failed else 0

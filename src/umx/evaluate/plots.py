@@ -30,9 +30,11 @@ def plot_scores(
     """Box plots of the per-track scores (frame medians), as sigsep shows results.
 
     One PNG per metric, `<name>_<metric>.png`. One method: a box per target. Several: a panel
-    per target and a box per method. The score axis, shared by the panels, covers the boxes of
-    most methods (see `score_limits`); values beyond it, such as the 150+ dB SAR of the mixture
-    baseline, are marked at the edge with their count and median instead of squashing the rest.
+    per target and a box per method. The title states how many tracks were scored and each
+    box's label how many tracks it summarises (tracks without a finite score are left out).
+    The score axis, shared by the panels, covers the boxes of most methods (see
+    `score_limits`); values beyond it, such as the 150+ dB SAR of the mixture baseline, are
+    marked at the edge with their count and median instead of squashing the rest.
 
     Returns:
         the paths written.
@@ -40,6 +42,7 @@ def plot_scores(
     per_track = methods.agg_frames_scores()  # indexed by method, track, target, metric
     order = list(dict.fromkeys(methods.df["method"]))
     targets = _target_order(per_track.index.get_level_values("target").unique())
+    tracks = per_track.index.to_frame(index=False).groupby("method")["track"].nunique()
     paths = []
     for metric in METRICS:
         scores = per_track.xs(metric, level="metric")
@@ -49,7 +52,7 @@ def plot_scores(
             for method in order
             for target in targets
         }
-        figure = _box_figure(boxes, order, targets, metric)
+        figure = _box_figure(boxes, order, targets, metric, [int(tracks[m]) for m in order])
         path = Path(directory) / f"{name}_{metric}.png"
         _write_atomic(path, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100))
         paths.append(path)
@@ -66,9 +69,13 @@ def _box_figure(
     order: Sequence[str],
     targets: Sequence[str],
     metric: str,
+    nb_tracks: Sequence[int],
 ) -> Figure:
-    """The box plot of one metric: `boxes[(method, target)]` holds the per-track scores."""
+    """The box plot of one metric: `boxes[(method, target)]` holds the per-track scores, and
+    `nb_tracks` the number of tracks scored of each method of `order`."""
     single = len(order) == 1
+    counted = f"{min(nb_tracks)}" + (f" to {max(nb_tracks)}" if len(set(nb_tracks)) > 1 else "")
+    counted += " track" if counted == "1" else " tracks"
     # One method: a single panel, a box per target. Several: a panel per target.
     panels = (
         [(order[0], list(targets))] if single else [(target, list(order)) for target in targets]
@@ -78,15 +85,16 @@ def _box_figure(
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     rotation, align = (0, "center") if single else (30, "right")
     if not single:
-        figure.suptitle(f"{metric} per track")
+        figure.suptitle(f"{metric} per track, n = {counted}")
     ordered = [boxes[(method, target)] for method in order for target in targets]
     limits = score_limits(ordered, first=len(targets))
     for ax, (title, labels) in zip(axes, panels, strict=True):
         data = [boxes[(title, label)] if single else boxes[(label, title)] for label in labels]
         positions = range(1, len(labels) + 1)
         ax.boxplot(data, positions=positions)
-        ax.set_xticks(positions, labels, rotation=rotation, ha=align)
-        ax.set_title(f"{title}: {metric} per track" if single else title)
+        ticks = [f"{label}\nn = {values.size}" for label, values in zip(labels, data, strict=True)]
+        ax.set_xticks(positions, ticks, rotation=rotation, ha=align)
+        ax.set_title(f"{title}: {metric} per track, n = {counted}" if single else title)
         ax.grid(axis="y", alpha=0.3)
         if limits is not None:
             ax.set_ylim(limits)

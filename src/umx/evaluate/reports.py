@@ -4,11 +4,13 @@ and with the box plots, the reports of one or several methods."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from umx.audio import display_path
 from umx.errors import UmxError
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.plots import plot_scores
@@ -88,7 +90,7 @@ def method_name(
         and "|" not in name
     ):
         return name
-    return Path(evaldir).resolve().name
+    return display_path(Path(evaldir).resolve().name)
 
 
 def method_scores(stores: Mapping[str, museval.EvalStore]) -> museval.MethodStore:
@@ -115,12 +117,31 @@ def score_table(methods: museval.MethodStore) -> pd.DataFrame:
     return table
 
 
+def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """`score_table`'s table with the methods side by side, to compare them at a glance.
+
+    Returns:
+        one row per (target, metric), in MUSDB18's target order and `METRICS`' order, and one
+        column per method, in the methods' order; NaN where a method has no score of a target.
+    """
+    pd = _extra("pandas")
+    methods = list(dict.fromkeys(table.index.get_level_values("method")))
+    targets = _target_order(table.index.get_level_values("target"))
+    columns = {method: table.loc[method].stack() for method in methods}
+    index = pd.MultiIndex.from_product([targets, METRICS], names=["target", "metric"])
+    wide = pd.concat(columns, axis=1).reindex(index)
+    wide.columns.name = None
+    return wide
+
+
 def to_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
-    """A score table as a Markdown table, the index levels as the first columns."""
+    """A score table as a Markdown table, the index levels as the first columns; a missing
+    score (NaN) shows as `-`."""
     header = [*table.index.names, *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, row in table.iterrows():
-        cells = [*(key if isinstance(key, tuple) else (key,)), *(f"{v:.{decimals}f}" for v in row)]
+        values = ("-" if math.isnan(v) else f"{v:.{decimals}f}" for v in row)
+        cells = [*(key if isinstance(key, tuple) else (key,)), *values]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -135,7 +156,11 @@ def write_table(table: pd.DataFrame, directory: str | os.PathLike, name: str) ->
 
 
 def report(
-    stores: Mapping[str, museval.EvalStore], directory: str | os.PathLike, name: str
+    stores: Mapping[str, museval.EvalStore],
+    directory: str | os.PathLike,
+    name: str,
+    *,
+    compare: bool = False,
 ) -> pd.DataFrame:
     """Aggregate table (Markdown and CSV) and box plots of one or several methods.
 
@@ -143,12 +168,15 @@ def report(
         stores: method name → its scores, from `load_scores`.
         directory: where `<name>.md`, `<name>.csv` and `<name>_<metric>.png` go.
         name: the reports' file name stem.
+        compare: put the methods side by side (`side_by_side`).
 
     Returns:
-        the table of `score_table`.
+        the table written: `score_table`'s, or with `compare` `side_by_side`'s.
     """
     methods = method_scores(stores)
     table = score_table(methods)
+    if compare:
+        table = side_by_side(table)
     write_table(table, directory, name)
     plot_scores(methods, directory, name)
     return table

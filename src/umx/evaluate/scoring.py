@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from umx.audio import write_audio
+from umx.audio import display_path, write_audio
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.evaluate.bsseval import bss_eval
@@ -42,6 +42,8 @@ WIN = 1.0
 """BSSEval window, in seconds (sigsep's setting)."""
 HOP = 1.0
 """BSSEval hop, in seconds (sigsep's setting)."""
+REST_OF = "the mixture without"
+"""How a single estimate's second source is named in messages: the rest of the mixture."""
 BSSEVAL = ("fast", "museval")
 """The BSSEval v4 implementations: umx's own (`umx.evaluate.bsseval`, museval's numbers, faster)
 and museval's, the reference."""
@@ -58,22 +60,24 @@ def score_track(
     """BSSEval v4 scores of one track's estimates, as `museval.eval_mus_track` computes them.
 
     As in museval, vocals and accompaniment are scored together when both are estimated, and
-    the other targets together.
+    the other targets together. A single estimate, which museval leaves unscored, is scored
+    with the rest of the mixture as the second source: the mixture minus its reference against
+    the mixture minus the estimate (for vocals, the accompaniment).
 
     Args:
         track: the track, with its references.
-        estimates: target → estimate `(nb_timesteps, nb_channels)`, at least two MUSDB18
-            targets, each as long as its reference.
+        estimates: target → estimate `(nb_timesteps, nb_channels)`, MUSDB18 targets, each as
+            long as its reference.
         win, hop: BSSEval window and hop in seconds.
         metrics: `"fast"`, umx's own BSSEval v4 (`umx.evaluate.bsseval.bss_eval`), or
-            `"museval"`, `museval.eval_mus_track` itself.
+            `"museval"`, museval itself.
 
     Returns:
         the framewise SDR, SIR, ISR and SAR of every target.
 
     Raises:
-        UmxError: an unknown target, fewer than two estimates, a shape mismatch, or a silent
-            reference or estimate (BSSEval is undefined for those; museval refuses them).
+        UmxError: an unknown target, no estimate, a shape mismatch, or a silent reference or
+            estimate (BSSEval is undefined for those; museval refuses them).
     """
     unknown = sorted(set(estimates) - set(TARGETS))
     if unknown:
@@ -81,47 +85,71 @@ def score_track(
             f"{track.name}: MUSDB18 has no reference for {', '.join(unknown)} "
             f"(its targets are {', '.join(TARGETS)})"
         )
-    if len(estimates) < 2:
-        raise UmxError(f"{track.name}: BSSEval needs at least two estimates, got {len(estimates)}")
+    if not estimates:
+        raise UmxError(f"{track.name}: there is no estimate to score")
+    references = {name: track.targets[name].audio for name in estimates}
     for name, estimate in estimates.items():
-        target = track.targets[name]
-        reference = target.audio
-        if estimate.shape != reference.shape:
+        if estimate.shape != references[name].shape:
             raise UmxError(
                 f"{track.name}: the {name} estimate has shape {estimate.shape} but its reference "
-                f"{reference.shape} (nb_timesteps, nb_channels)"
+                f"{references[name].shape} (nb_timesteps, nb_channels)"
             )
-        if not reference.any():
-            paths = " + ".join(source.path for source in target.sources)
+        if not references[name].any():
+            paths = " + ".join(source.path for source in track.targets[name].sources)
             raise UmxError(f"{paths}: the {name} reference is silent, which BSSEval cannot score")
+    if len(estimates) == 1:
+        ((name, estimate),) = estimates.items()
+        rest = f"{REST_OF} {name}"
+        references[rest] = track.audio - references[name]
+        estimates = {name: estimate, rest: track.audio - estimate}
+        if not references[rest].any():
+            raise UmxError(
+                f"{track.path}: the mixture is its {name} alone, so {rest} is silent and "
+                f"BSSEval cannot score {name} alone; evaluate more targets"
+            )
+        groups = [([name, rest], [name])]
+    else:
+        groups = _groups([name for name in track.targets if name in estimates])
+    for name, estimate in estimates.items():
         if not estimate.any():
             raise UmxError(
                 f"{track.name}: the {name} estimate is silent, which BSSEval cannot score"
             )
     museval = _extra("museval")
     try:
-        if metrics == "museval":
+        if metrics == "museval" and set(estimates) <= set(TARGETS):
             return museval.eval_mus_track(track, dict(estimates), win=win, hop=hop)
         scores = museval.TrackStore(win=win, hop=hop, track_name=track.name)
-        for group, kept in _groups([name for name in track.targets if name in estimates]):
-            values = bss_eval(
-                np.stack([track.targets[name].audio for name in group]),
+        for group, kept in groups:
+            values = _bss_eval(
+                np.stack([references[name] for name in group]),
                 np.stack([estimates[name] for name in group]),
                 window=int(win * track.rate),
                 hop=int(hop * track.rate),
+                metrics=metrics,
             )
             for index, name in enumerate(group):
                 if name in kept:
                     scores.add_target(
                         target_name=name,
-                        values={
-                            metric: getattr(values, metric.lower())[index].tolist()
-                            for metric in METRICS
-                        },
+                        values={metric: values[metric][index].tolist() for metric in METRICS},
                     )
         return scores
     except ValueError as error:  # BSSEval's checks, e.g. a reference silent in one channel sum
         raise UmxError(f"{track.name}: BSSEval refused it ({str(error).split('. ')[0]})") from None
+
+
+def _bss_eval(
+    references: np.ndarray, estimates: np.ndarray, *, window: int, hop: int, metrics: str
+) -> dict[str, np.ndarray]:
+    """Framewise BSSEval v4 of sources scored together, by umx's implementation (`fast`) or
+    museval's: metric → `(nb_sources, nb_windows)`, from references and estimates
+    `(nb_sources, nb_timesteps, nb_channels)`, with the window and hop in samples."""
+    if metrics == "museval":
+        sdr, isr, sir, sar = _extra("museval").evaluate(references, estimates, win=window, hop=hop)
+        return {"SDR": sdr, "SIR": sir, "ISR": isr, "SAR": sar}
+    values = bss_eval(references, estimates, window=window, hop=hop)
+    return {metric: getattr(values, metric.lower()) for metric in METRICS}
 
 
 def _groups(names: Sequence[str]) -> list[tuple[list[str], list[str]]]:
@@ -294,12 +322,14 @@ def evaluate(
     ):
         for outcome in _run_jobs(job, todo, jobs):
             outcomes.append(outcome)
+            # Track names are folder names: shown printable, so each message stays one line.
             for line in outcome.notes:
-                logger.info(line)
+                logger.info("%s", display_path(line))
             if outcome.error is not None:
-                logger.error("error: %s", outcome.error)
+                logger.error("error: %s", display_path(outcome.error))
             elif progress and not bars:
-                logger.info("%d of %d tracks done: %s", len(outcomes), len(todo), outcome.track)
+                name = display_path(outcome.track)
+                logger.info("%d of %d tracks done: %s", len(outcomes), len(todo), name)
             bar.update(1)
     order = {track.name: index for index, track in enumerate(tracks)}
     outcomes.sort(key=lambda outcome: order[outcome.track])

@@ -110,10 +110,32 @@ def _audio_in_memory(track: musdb.MultiTrack) -> Iterator[None]:
             else:
                 audio = item.audio
                 item.audio = audio.reshape(len(audio), -1)  # musdb gives mono as (nb_timesteps,)
+            _check_shape(item, track)
         yield
     finally:
         for item in items:
             item.audio = None
+
+
+def _check_shape(item: musdb.Source | musdb.MultiTrack, track: musdb.MultiTrack) -> None:
+    """Refuse a source whose audio, `(nb_timesteps, nb_channels)`, is not shaped as its
+    track's mixture (read first): BSSEval compares them sample by sample.
+
+    Raises:
+        UmxError: naming the file (or the stem file's source) and both lengths or channel counts.
+    """
+    (length, channels), (mix_length, mix_channels) = item.audio.shape, track.audio.shape
+    where = item.path if track.is_wav else f"{track.path} ({item.name})"
+    if length != mix_length:
+        raise UmxError(
+            f"{where} has {length} samples, its mixture {mix_length}: the files of a track "
+            "must have one length"
+        )
+    if channels != mix_channels:
+        raise UmxError(
+            f"{where} has {channels} channels, its mixture {mix_channels}: the files of a "
+            "track must have one channel count"
+        )
 
 
 def _target_order(targets: Iterable[str]) -> list[str]:

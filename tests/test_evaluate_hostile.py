@@ -1,0 +1,215 @@
+"""`umx evaluate` against hostile test sets and options, as a table: each case exits with its
+status and one-line messages, no traceback, and leaves every file of the case folder as it was,
+but for the scores it is meant to write.
+
+The folder holds a small MUSDB18-HQ-layout set (mono, 16 kHz, 1 s tracks) whose broken tracks
+are each chosen by `--tracks`, estimates on disk (one with NaN samples), earlier scores and a
+plain file.
+"""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from umx.cli import main
+
+pytest.importorskip("museval")
+pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
+
+RATE = 16000
+LENGTH = RATE
+SOURCES = ("vocals", "drums", "bass", "other")
+NEWLINE_TRACK = "Two\nLines"
+
+
+def snapshot(root):
+    """Every file under root, with the hash of its bytes."""
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def sources(rng):
+    """Four distinct mono sources `(LENGTH,)`: a tone and its overtone, noise, a low and a
+    high sine."""
+    t = np.arange(LENGTH) / RATE
+    pitch = rng.uniform(300, 500)
+    return {
+        "vocals": 0.2 * np.sin(2 * np.pi * pitch * t) + 0.1 * np.sin(4 * np.pi * pitch * t),
+        "drums": 0.2 * rng.standard_normal(LENGTH) * (np.sin(2 * np.pi * 3 * t) > 0.5),
+        "bass": 0.3 * np.sin(2 * np.pi * rng.uniform(50, 90) * t),
+        "other": 0.1 * np.sin(2 * np.pi * rng.uniform(1500, 3000) * t),
+    }
+
+
+def write_track(folder, audio, changes=None):
+    """A track folder; `changes` maps a source to what is written instead: None (no file),
+    or `(samples, rate)`."""
+    folder.mkdir(parents=True)
+    sf.write(folder / "mixture.wav", sum(audio.values()), RATE)
+    for name, samples in audio.items():
+        change = (changes or {}).get(name, (samples, RATE))
+        if change is not None:
+            sf.write(folder / f"{name}.wav", *change)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate-hostile")
+    rng = np.random.default_rng(0)
+    test = root / "db" / "test"
+    good = sources(rng)
+    write_track(test / "Good", good)
+    broken = {
+        "Short": {"vocals": (good["vocals"][:-44], RATE)},
+        "Slow": {"drums": (good["drums"][::2], RATE // 2)},
+        "Stereo": {"bass": (np.stack([good["bass"]] * 2, axis=1), RATE)},
+        "NoBass": {"bass": None},
+        "SilentBass": {"bass": (np.zeros(LENGTH), RATE)},
+        NEWLINE_TRACK: {"other": (good["other"][:-10], RATE)},
+    }
+    for name, changes in broken.items():
+        write_track(test / name, good, changes)
+    for folder, nan in (("estimates", False), ("nan-estimates", True)):
+        track = root / folder / "test" / "Good"
+        track.mkdir(parents=True)
+        for name, samples in good.items():
+            samples = samples + 0.01 * rng.standard_normal(LENGTH)
+            if nan and name == "vocals":
+                samples[100] = np.nan
+            sf.write(track / f"{name}.wav", samples, RATE, subtype="FLOAT")
+    assert main(["evaluate", "--root", str(root / "db"), "--is-wav", "--tracks", "Good",
+                 "--method", "mix", "--evaldir", str(root / "earlier"), "-q"]) == 0  # fmt: skip
+    (root / "a-file").write_text("not a folder")
+    return root
+
+
+ROOT = ("--root", "db", "--is-wav")
+MIX = ("--method", "mix", "--evaldir", "ev")
+SCORES = [f"ev/{name}" for name in ("scores.md", "scores.csv")]
+PLOTS = [f"ev/scores_{metric}.png" for metric in ("SDR", "SIR", "ISR", "SAR")]
+GOOD_SCORES = ["ev/test/Good.json", *SCORES, *PLOTS]
+
+# (id, arguments, exit status, message fragment, files added under the case folder)
+CASES = [
+    (
+        "length-mismatch",
+        [*ROOT, "--tracks", "Short", *MIX],
+        1,
+        "db/test/Short/vocals.wav has 15956 samples, its mixture 16000",
+        [],
+    ),
+    (
+        "rate-mismatch",
+        [*ROOT, "--tracks", "Slow", *MIX],
+        1,
+        "db/test/Slow/drums.wav is at 8000 Hz, its mixture at 16000 Hz",
+        [],
+    ),
+    (
+        "channel-mismatch",
+        [*ROOT, "--tracks", "Stereo", *MIX],
+        1,
+        "db/test/Stereo/bass.wav has 2 channels, its mixture 1",
+        [],
+    ),
+    ("missing-stem", [*ROOT, "--tracks", "NoBass", *MIX], 1, "bass.wav is missing", []),
+    (
+        "silent-reference",
+        [*ROOT, "--tracks", "SilentBass", *MIX],
+        1,
+        "the bass reference is silent",
+        [],
+    ),
+    (
+        "bad-track-others-go-on",
+        [*ROOT, "--tracks", "Good", "Short", *MIX],
+        1,
+        "1 of 2 tracks failed: Short",
+        GOOD_SCORES,
+    ),
+    (
+        "track-name-with-newline",
+        [*ROOT, "--tracks", NEWLINE_TRACK, *MIX],
+        1,
+        "Two\\nLines/other.wav has 15990 samples",
+        [],
+    ),
+    (
+        "nan-estimate",
+        [*ROOT, "--tracks", "Good", "--estimates", "nan-estimates", "--evaldir", "ev"],
+        1,
+        "nan-estimates/test/Good/vocals.wav contains NaN or infinite samples",
+        [],
+    ),
+    (
+        "estimates-missing",
+        [*ROOT, "--estimates", "nowhere", "--evaldir", "ev"],
+        1,
+        "nowhere is not a directory of estimates",
+        [],
+    ),
+    ("win-nan", [*ROOT, *MIX, "--win", "nan"], 1, "--win must be a positive number", []),
+    ("win-inf", [*ROOT, *MIX, "--win", "inf"], 1, "--win must be a positive number", []),
+    ("win-zero", [*ROOT, *MIX, "--win", "0"], 1, "--win must be a positive number", []),
+    ("hop-negative", [*ROOT, *MIX, "--hop", "-1"], 1, "--hop must be a positive number", []),
+    ("hop-nan", [*ROOT, *MIX, "--hop", "nan"], 1, "--hop must be a positive number", []),
+    ("jobs-zero", [*ROOT, *MIX, "--jobs", "0"], 1, "--jobs must be at least 1", []),
+    (
+        "compare-a-file",
+        ["--compare", "a-file", "--evaldir", "ev"],
+        1,
+        "--compare a-file: a-file/test does not exist",
+        [],
+    ),
+    (
+        "compare-missing",
+        ["--compare", "earlier", "nowhere", "--evaldir", "ev"],
+        1,
+        "--compare nowhere: nowhere/test does not exist",
+        [],
+    ),
+    ("evaldir-is-a-file", [*ROOT, "--method", "mix", "--evaldir", "a-file"], 1, "is a file", []),
+    ("root-missing", ["--root", "nowhere", "--is-wav", *MIX], 1, "nowhere/test does not exist", []),
+    ("unknown-track", [*ROOT, "--tracks", "Nope", *MIX], 1, "no track named 'Nope'", []),
+    (
+        "aggregate-estimates",
+        [*ROOT, "--estimates", "estimates", "--aggregate", '{"a": ["vocals"]}', "--evaldir", "ev"],
+        1,
+        "--aggregate does not apply to --estimates",
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status", "message", "added"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_evaluate_refuses_hostile_input_and_changes_nothing_else(
+    workspace, arguments, status, message, added, capsys, monkeypatch
+):
+    monkeypatch.chdir(workspace)
+    before = snapshot(workspace)
+    try:
+        assert main(["evaluate", *arguments, "-q"]) == status
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert "Traceback" not in err
+        assert all(line.startswith("umx: ") for line in err.splitlines()), err
+        after = snapshot(workspace)
+        assert {path: after[path] for path in before} == before
+        assert sorted(set(after) - set(before)) == sorted(added)
+    finally:
+        shutil.rmtree(workspace / "ev", ignore_errors=True)
+
+
+def test_the_table_covers_the_issue():
+    assert len(CASES) >= 10
+    assert len({case[0] for case in CASES}) == len(CASES)
