@@ -15,8 +15,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from umx.api import check_aggregate, parse_aggregate, plan_outputs
 from umx.audio import display_path
 from umx.batch.inputs import AUDIO_EXTENSIONS, collect_inputs
-from umx.batch.job import JOB_DIRNAME, Job, plan_tasks, running_record, summarize
+from umx.batch.job import (
+    JOB_DIRNAME,
+    Job,
+    failure_line,
+    plan_tasks,
+    running_record,
+    summarize,
+)
 from umx.batch.local import LocalPool
+from umx.batch.messages import plural
 from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
 from umx.devices import available_cores, threads_per_worker
 from umx.errors import UmxError, check_number
@@ -228,23 +236,32 @@ def run_batch(args: argparse.Namespace) -> int:
                 jobs = pool.connect(len(tasks))
             job.start_run(mode=pool.mode, workers=jobs, threads=threads, cores=available_cores())
             logger.info(
-                "%s: %d inputs, %d done before, %d to separate with %s on %d %s workers, "
-                "%d torch threads each",
+                "%s: %s, %d done before, %d to separate with %s on %s, %s each",
                 display_path(job_dir),
-                len(inputs),
+                plural(len(inputs), "input"),
                 counts[DONE],
                 len(tasks),
-                model,
-                jobs,
-                pool.mode,
-                threads,
+                display_path(model),
+                plural(jobs, f"{pool.mode} worker"),
+                plural(threads, "torch thread"),
             )
             counts[FAILED] += _run(job, pool, tasks, args.quiet)
         if counts[FAILED]:
+            earlier = [  # failures this run did not report as they happened
+                record
+                for item in inputs
+                if item.key not in job.appended
+                and (record := job.latest.get(item.key, {})).get("status") == FAILED
+            ]
             logger.error(
-                "%d of %d inputs failed; see umx batch --status %s",
+                "%d of %s failed%s; see umx batch --status %s",
                 counts[FAILED],
-                len(inputs),
+                plural(len(inputs), "input"),
+                f" (in an earlier run: {failure_line(earlier[0])}"
+                + f"; and {len(earlier) - 1} more" * (len(earlier) > 1)
+                + ")"
+                if earlier
+                else "",
                 display_path(job_dir),
             )
             return 1
@@ -267,7 +284,7 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
                 job.append(record)
                 if record["status"] == FAILED:
                     failed += 1
-                    logger.warning("failed: %s", _error_of(record))
+                    logger.warning("failed: %s", failure_line(record))
                 bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
     except KeyboardInterrupt:
@@ -276,9 +293,3 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
     finally:
         bar.close()
     return failed
-
-
-def _error_of(record: dict[str, Any]) -> str:
-    """A failed record's error, prefixed with its input unless the error names it."""
-    shown = display_path(record["path"])
-    return record["error"] if shown in record["error"] else f"{shown}: {record['error']}"
