@@ -85,7 +85,7 @@ def test_inputs_from_folders_patterns_and_lists(tmp_path, monkeypatch):
     assert collect_inputs([str(music / "b.wav"), "music/b.wav"]) == [
         BatchInput(str(music / "b.wav"))
     ]
-    with pytest.raises(UmxError, match="the input music/gone.wav does not exist"):
+    with pytest.raises(UmxError, match=r"the input music/gone\.wav does not exist"):
         collect_inputs([str(music / "b.wav"), "music/gone.wav"])
     (tmp_path / "list.txt").write_text("# songs\nmusic/b.wav\n\n/abs/c.mp3\n")
     assert [i.path for i in read_list(tmp_path / "list.txt")] == [
