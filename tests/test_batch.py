@@ -388,6 +388,22 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
     assert_complete(tmp_path / "out", songs)
 
 
+def test_sigterm_leaves_no_empty_folder(tmp_path, songs):
+    driver = start_driver(tmp_path, "--jobs", "1")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        driver.send_signal(signal.SIGTERM)  # the driver only: it stops its workers itself
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, err.decode()
+    assert err.decode().splitlines()[-1] == "umx: stopped by SIGTERM"
+    assert hidden_files(tmp_path / "out") == []
+    folders = [p for p in (tmp_path / "out").rglob("*") if p.is_dir() and ".umx-job" not in p.parts]
+    assert [f for f in folders if not any(f.iterdir())] == []  # the stopped song's is gone
+    assert (tmp_path / "out" / ".umx-job" / MANIFEST_FILE).is_file()  # the records stay
+
+
 def test_the_documented_commands_parse():
     """Every `umx batch` line of docs/batch.md and of the README names options that exist."""
     from umx.cli import build_parser

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from umx.batch import read_records
 from umx.batch.job import MANIFEST_FILE
 from umx.cli import main
 from umx.modeldir import save_separator
+from umx.zoo import sha256_file
 
 RATE = 16000
 SONGS = ("a", "b", "c")
@@ -513,3 +516,35 @@ def test_batch_refuses_or_repairs_and_loses_nothing(
 def test_the_table_covers_the_issue():
     assert len(CASES) >= 15
     assert len({case[0] for case in CASES}) == len(CASES)
+
+
+STRESS_ROUNDS = 20
+BOUND_S = 120  # no wait in the stress test lasts longer
+
+
+def test_two_runs_started_together_never_share_a_job(tmp_path, small_music_separator):
+    """Two `umx batch` on one folder, started together 20 times, each time with a new song to
+    separate: the lock refuses one of them every time, in one line, and nothing is lost."""
+    save_separator(small_music_separator, tmp_path / "model")
+    command = [sys.executable, "-m", "umx.cli", *RUN, "--jobs", "1"]
+    env = {**os.environ, "UMX_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for round_ in range(STRESS_ROUNDS):
+        write_song(tmp_path / "songs" / f"{round_:02d}.wav", round_)
+        runs = [
+            subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        errors = [run.communicate(timeout=BOUND_S)[1] for run in runs]
+        assert sorted(run.returncode for run in runs) == [0, 1], errors
+        refused = errors[[run.returncode for run in runs].index(1)]
+        assert refused.count("\n") == 1 and "is being run by another umx batch" in refused
+        assert "Traceback" not in "".join(errors)
+    records = read_records(tmp_path / MANIFEST)
+    done = [record for record in records if record["status"] == "done"]
+    assert sorted(Path(record["input"]).name for record in done) == [
+        f"{n:02d}.wav" for n in range(STRESS_ROUNDS)
+    ]  # each song done once, by one of the two runs
+    for record in done:
+        for output in record["outputs"].values():
+            assert sha256_file(output["path"]) == output["sha256"]
+    assert not [p for p in (tmp_path / "out").rglob(".*") if p.is_file()]  # no temporary file
