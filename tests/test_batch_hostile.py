@@ -275,6 +275,15 @@ CASES = [
         None,
     ),
     (
+        "status-says-1-worker",
+        lambda: None,
+        ["batch", "--status", "out"],
+        0,
+        "UTC, 1 local worker; 3 files (",
+        set(),
+        None,
+    ),
+    (
         "job-runs-null",
         lambda: edit_job_json(lambda s: s.update(runs=None)),
         RUN,
