@@ -53,6 +53,8 @@ MANIFEST_FILE = "manifest.jsonl"
 LOCK_FILE = "lock"
 SHOWN_FAILURES = 20
 """How many failed inputs `umx batch --status` lists."""
+SHOWN_CHANGES = 3
+"""How many changed settings the refusal of `check_identity` names."""
 
 
 @dataclass
@@ -101,17 +103,18 @@ def scan_manifest(path: str | os.PathLike) -> ManifestScan:
             continue  # the end of the file, or an empty line
         pieces = line.split(b"\0")  # a record never holds a NUL byte: split around NUL runs
         problem = "NUL bytes" if len(pieces) > 1 else None
-        for piece in pieces:
+        for piece in filter(None, pieces):
             try:
-                record = json.loads(piece) if piece else None
+                record = json.loads(piece)
             except (ValueError, RecursionError):
                 problem = problem or "not JSON"
                 continue
-            if piece and (reason := record_problem(record)) is not None:
-                problem = problem or reason
-            elif piece:
+            reason = record_problem(record)
+            if reason is None:
                 scan.records.append(record)
                 kept.append(piece + b"\n")
+            else:
+                problem = problem or reason
         if problem is not None:
             scan.damaged.append(line)
             scan.first_problem = scan.first_problem or f"line {number}: {problem}"
@@ -391,10 +394,6 @@ def check_identity(stored: Mapping[str, Any], given: Mapping[str, Any], shown_jo
             f"({'; '.join(changes[:SHOWN_CHANGES])}{more}): run it with the same options, or "
             "give a new --job"
         )
-
-
-SHOWN_CHANGES = 3
-"""How many changed settings the refusal of `check_identity` names."""
 
 
 def _changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> Iterator[str]:

@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.api import check_aggregate, parse_aggregate, plan_outputs
 from umx.audio import display_path
-from umx.batch.inputs import AUDIO_EXTENSIONS, collect_inputs
+from umx.batch.inputs import AUDIO_EXTENSIONS, BatchInput, collect_inputs
 from umx.batch.job import (
     JOB_DIRNAME,
     Job,
@@ -247,21 +247,11 @@ def run_batch(args: argparse.Namespace) -> int:
             )
             counts[FAILED] += _run(job, pool, tasks, args.quiet)
         if counts[FAILED]:
-            earlier = [  # failures this run did not report as they happened
-                record
-                for item in inputs
-                if item.key not in job.appended
-                and (record := job.latest.get(item.key, {})).get("status") == FAILED
-            ]
             logger.error(
                 "%d of %s failed%s; see umx batch --status %s",
                 counts[FAILED],
                 plural(len(inputs), "input"),
-                f" (in an earlier run: {failure_line(earlier[0])}"
-                + f"; and {len(earlier) - 1} more" * (len(earlier) > 1)
-                + ")"
-                if earlier
-                else "",
+                _earlier_failures(job, inputs),
                 display_path(job_dir),
             )
             return 1
@@ -293,3 +283,18 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
     finally:
         bar.close()
     return failed
+
+
+def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
+    """The first failure of an earlier run, which this run did not report as it happened, as
+    a parenthesis; empty if there is none."""
+    earlier = [
+        record
+        for item in inputs
+        if item.key not in job.appended
+        and (record := job.latest.get(item.key, {})).get("status") == FAILED
+    ]
+    if not earlier:
+        return ""
+    more = f"; and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+    return f" (in an earlier run: {failure_line(earlier[0])}{more})"
