@@ -70,7 +70,8 @@ def assert_complete(outdir, inputs, job_dir=None):
 # --- inputs ---------------------------------------------------------------------------------
 
 
-def test_inputs_from_folders_patterns_and_lists(tmp_path):
+def test_inputs_from_folders_patterns_and_lists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     music = tmp_path / "music"
     for name in ("b.wav", "a/x.FLAC", "a/.hidden.wav", ".cache/y.wav", "notes.txt", "out/s.wav"):
         (music / name).parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +81,12 @@ def test_inputs_from_folders_patterns_and_lists(tmp_path):
     assert all(Path(i.path).is_absolute() for i in found)
     pattern = collect_inputs([str(music / "**" / "*.wav")], exclude=[music / "out"])
     assert [Path(i.path).name for i in pattern] == ["b.wav"]
-    # a missing file stays an input (recorded as failed later); given twice, kept once
-    assert len(collect_inputs([str(music / "b.wav"), str(music / "gone.wav"), "music/b.wav"])) == 3
+    # given twice (absolute and relative), kept once; a missing argument is refused
+    assert collect_inputs([str(music / "b.wav"), "music/b.wav"]) == [
+        BatchInput(str(music / "b.wav"))
+    ]
+    with pytest.raises(UmxError, match=r"the input music/gone\.wav does not exist"):
+        collect_inputs([str(music / "b.wav"), "music/gone.wav"])
     (tmp_path / "list.txt").write_text("# songs\nmusic/b.wav\n\n/abs/c.mp3\n")
     assert [i.path for i in read_list(tmp_path / "list.txt")] == [
         str(music / "b.wav"),
@@ -159,7 +164,7 @@ def test_a_job_is_locked_and_keeps_its_settings(tmp_path):
         pytest.raises(UmxError, match="is being run by another umx batch"),
     ):
         Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs)
-    with pytest.raises(UmxError, match="other settings \\(ext was 'wav', now 'flac'\\)"):
+    with pytest.raises(UmxError, match="other settings \\(--ext was wav, now flac\\)"):
         Job(tmp_path / "job", {"model": "m", "ext": "flac"}, inputs)
     Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs).close()
 
@@ -222,7 +227,8 @@ def test_existing_outputs_of_new_inputs_fail_unless_forced(tmp_path):
     with Job(tmp_path / "job", {}, [BatchInput(str(song))]) as job:
         tasks, counts = plan_tasks(job, [BatchInput(str(song))], plan)
         assert tasks == [] and counts["failed"] == 1
-        assert "vocals.wav already exists (use --force" in job.latest[str(song)]["error"]
+        error = job.latest[str(song)]["error"]
+        assert "vocals.wav already exists and this job did not write it" in error
         (task,), _ = plan_tasks(job, [BatchInput(str(song))], plan, retry_failed=True, force=True)
         assert task.force and task.attempt == 2
     assert stem.read_bytes() == b"mine"
@@ -380,6 +386,22 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
     _, err = resumed.communicate(timeout=BOUND_S)
     assert resumed.returncode == 0, err.decode()
     assert_complete(tmp_path / "out", songs)
+
+
+def test_sigterm_leaves_no_empty_folder(tmp_path, songs):
+    driver = start_driver(tmp_path, "--jobs", "1")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        driver.send_signal(signal.SIGTERM)  # the driver only: it stops its workers itself
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, err.decode()
+    assert err.decode().splitlines()[-1] == "umx: stopped by SIGTERM"
+    assert hidden_files(tmp_path / "out") == []
+    folders = [p for p in (tmp_path / "out").rglob("*") if p.is_dir() and ".umx-job" not in p.parts]
+    assert [f for f in folders if not any(f.iterdir())] == []  # the stopped song's is gone
+    assert (tmp_path / "out" / ".umx-job" / MANIFEST_FILE).is_file()  # the records stay
 
 
 def test_the_documented_commands_parse():

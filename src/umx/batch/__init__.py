@@ -3,13 +3,14 @@
 Modules, one job each:
 
 - `umx.batch.inputs`: files, folders, glob patterns and list files into the job's inputs.
-- `umx.batch.job`: the job directory (settings, inputs, the JSON Lines manifest), what a
-  resumed run has left to do, `--status`.
+- `umx.batch.job`: the job directory (settings, inputs, the JSON Lines manifest and its
+  repair), what a resumed run has left to do, `--status`.
 - `umx.batch.work`: what a worker does: load the model once, separate inputs with
   `umx.api.separate_file`, describe each result (outputs with their SHA-256) as a record.
 - `umx.batch.local`: worker processes on this machine.
 - `umx.batch.ray_backend`: Ray actors on a cluster (the only module that imports `ray`).
 - `umx.batch.options`: the `umx batch` command's options and run.
+- `umx.batch.messages`: text from files and users shown printable, on one line and cut short.
 """
 
 from umx.batch.inputs import BatchInput, collect_inputs, read_list

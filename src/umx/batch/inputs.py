@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from umx.audio import display_path
+from umx.batch.messages import shown
 from umx.errors import UmxError, check_number
 
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus", "aif", "aiff", "m4a", "aac", "wma")
@@ -22,6 +23,8 @@ LIST_FIELDS = ("path", "start", "duration")
 """The columns of a CSV list file, and the keys of a JSON Lines one: `path` is required."""
 LIST_FILE_LIMIT = 256 << 20
 """The largest list file read, in bytes."""
+PATH_LIMIT = 4096
+"""The longest path a list file may name, in bytes (Linux's PATH_MAX)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,9 @@ def collect_inputs(
     A folder is searched recursively for files with one of `extensions`, skipping hidden files
     and folders and the `exclude` folders (the output folder and the job directory, so that a
     job never takes its own stems for inputs). An argument with `*`, `?` or `[` that is not an
-    existing path is a glob pattern (`**` crosses folders). Any other argument is a file, kept
-    even when it is missing or unreadable: the job records it as failed and goes on.
+    existing path is a glob pattern (`**` crosses folders). Any other argument is a file; one
+    that does not exist is refused (a mistyped folder), one that cannot be read is kept: the
+    job records it as failed and goes on. Files named by list files are kept even when missing.
 
     Args:
         arguments: files, folders and patterns, in order.
@@ -73,8 +77,8 @@ def collect_inputs(
         the inputs in order, each once (the first occurrence is kept).
 
     Raises:
-        UmxError: a folder holds no audio file, a pattern matches nothing, a list file is
-            unreadable or malformed, or no input is given at all.
+        UmxError: an argument does not exist, a folder holds no audio file, a pattern matches
+            nothing, a list file is unreadable or malformed, or no input is given at all.
     """
     wanted = {"." + extension.lower().lstrip(".") for extension in extensions}
     skipped = {os.path.abspath(folder) for folder in exclude}
@@ -84,8 +88,8 @@ def collect_inputs(
             files = sorted(_search(argument, wanted, skipped))
             if not files:
                 raise UmxError(
-                    f"the folder {display_path(argument)} holds no file ending in "
-                    f"{', '.join(sorted(wanted))}"
+                    f"the folder {shown(argument)} holds no file ending in "
+                    f"{shown(', '.join(sorted(wanted)))}"
                 )
             found.extend(BatchInput(path) for path in files)
         elif GLOB_CHARACTERS & set(argument) and not os.path.lexists(argument):
@@ -95,8 +99,13 @@ def collect_inputs(
                 if os.path.isfile(path) and not _inside(os.path.abspath(path), skipped)
             )
             if not files:
-                raise UmxError(f"the pattern {display_path(argument)} matches no file")
+                raise UmxError(f"the pattern {shown(argument)} matches no file")
             found.extend(BatchInput(path) for path in files)
+        elif not os.path.lexists(argument):
+            raise UmxError(
+                f"the input {shown(argument)} does not exist: name existing files or folders, "
+                "or patterns (quoted)"
+            )
         else:
             found.append(BatchInput(os.path.abspath(argument)))
     for name in lists:
@@ -136,38 +145,43 @@ def read_list(name: str | os.PathLike) -> list[BatchInput]:
         UmxError: the file cannot be read, or a line is malformed (the message gives its number).
     """
     path = Path(name)
-    shown = display_path(path)
+    listed = display_path(path)
     try:
         if path.stat().st_size > LIST_FILE_LIMIT:
-            raise UmxError(f"the list {shown} is larger than {LIST_FILE_LIMIT} bytes")
+            raise UmxError(f"the list {listed} is larger than {LIST_FILE_LIMIT} bytes")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
-        raise UmxError(f"cannot read the list {shown} ({reason})") from None
+        raise UmxError(f"cannot read the list {listed} ({reason})") from None
+    if (nul := text.find("\0")) >= 0:
+        raise UmxError(
+            f"the list {listed} holds a NUL byte on line {text.count(chr(10), 0, nul) + 1}: is it "
+            "a list of paths (one per line, CSV or JSON Lines)?"
+        )
     base = path.parent
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        rows = _csv_rows(text, shown)
+        rows = _csv_rows(text, listed)
     elif suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(text, shown)
+        rows = _jsonl_rows(text, listed)
     else:
         rows = [
             (number, {"path": line.strip()})
             for number, line in enumerate(text.splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
-    return [_list_input(row, base, f"{shown} line {number}") for number, row in rows]
+    return [_list_input(row, base, f"{listed} line {number}") for number, row in rows]
 
 
-def _csv_rows(text: str, shown: str) -> list[tuple[int, dict]]:
+def _csv_rows(text: str, listed: str) -> list[tuple[int, dict]]:
     reader = csv.DictReader(text.splitlines())
     fields = reader.fieldnames or []
     if "path" not in fields:
-        raise UmxError(f"the CSV list {shown} needs a header row with a path column")
+        raise UmxError(f"the CSV list {listed} needs a header row with a path column")
     unknown = [field for field in fields if field not in LIST_FIELDS]
     if unknown:
         raise UmxError(
-            f"the CSV list {shown} has unknown columns {', '.join(map(repr, unknown))}; "
+            f"the CSV list {listed} has unknown columns {_names(unknown)}; "
             f"use {', '.join(LIST_FIELDS)}"
         )
     try:
@@ -176,10 +190,10 @@ def _csv_rows(text: str, shown: str) -> list[tuple[int, dict]]:
             for row in reader
         ]
     except csv.Error as error:
-        raise UmxError(f"the CSV list {shown} is malformed ({error})") from None
+        raise UmxError(f"the CSV list {listed} is malformed ({shown(str(error))})") from None
 
 
-def _jsonl_rows(text: str, shown: str) -> list[tuple[int, dict]]:
+def _jsonl_rows(text: str, listed: str) -> list[tuple[int, dict]]:
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -187,9 +201,9 @@ def _jsonl_rows(text: str, shown: str) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except (ValueError, RecursionError) as error:
-            raise UmxError(f"{shown} line {number} is not JSON ({error})") from None
+            raise UmxError(f"{listed} line {number} is not JSON ({error})") from None
         if not isinstance(row, dict):
-            raise UmxError(f"{shown} line {number} must be a JSON object with a path")
+            raise UmxError(f"{listed} line {number} must be a JSON object with a path")
         rows.append((number, row))
     return rows
 
@@ -198,13 +212,15 @@ def _list_input(row: dict, base: Path, where: str) -> BatchInput:
     """One input of a list file, its options checked."""
     unknown = [key for key in row if key not in LIST_FIELDS]
     if unknown:
-        raise UmxError(
-            f"{where} has unknown fields {', '.join(map(repr, unknown))}; "
-            f"use {', '.join(LIST_FIELDS)}"
-        )
+        fields = ", ".join(LIST_FIELDS)
+        raise UmxError(f"{where} has unknown fields {_names(unknown)}; use {fields}")
     path = row.get("path")
     if not isinstance(path, str) or not path:
         raise UmxError(f"{where} needs a path")
+    if "\0" in path:
+        raise UmxError(f"{where}: the path {shown(path)} holds a NUL character")
+    if len(os.fsencode(path)) > PATH_LIMIT:
+        raise UmxError(f"{where}: the path {shown(path)} is longer than any path can be")
     start = _number(row.get("start", 0.0), f"{where}: start")
     check_number(f"{where}: start", start, minimum=0)
     duration = row.get("duration")
@@ -217,10 +233,17 @@ def _list_input(row: dict, base: Path, where: str) -> BatchInput:
 
 
 def _number(value: object, name: str) -> object:
-    """A CSV field's text as a float; other values are left for `check_number` to judge."""
+    """A CSV field's text as a float; other numbers are left for `check_number` to judge."""
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
-            raise UmxError(f"{name} must be a number, not {value!r}") from None
+            raise UmxError(f"{name} must be a number, not {shown(repr(value))}") from None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UmxError(f"{name} must be a number, not {shown(json.dumps(value))}")
     return value
+
+
+def _names(names: Iterable[str]) -> str:
+    """Names from a list file, quoted and shown readably."""
+    return ", ".join(shown(repr(name), 40) for name in names)

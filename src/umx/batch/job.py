@@ -9,7 +9,10 @@ Layout of a job directory:
 - `manifest.jsonl`: one JSON record per line, appended and fsynced one at a time, only by the
   driver: `running` when an input is handed to a worker, then `done` (output paths with their
   SHA-256, size and modification time) or `failed` (the one-line error). The latest record of
-  an input is its state. A line cut short by a crash is ignored, and cut off by the next run.
+  an input is its state. A damaged line (cut short by a crash, garbage or NUL bytes a full disk
+  or a crash left, a record of the wrong JSON types) is skipped by readers and removed by the
+  next run, which keeps every complete record and a copy of what it removed
+  (`manifest.jsonl.cut-TIME`).
 - `lock`: held (`flock`) by the run in progress, so two runs never share a job.
 """
 
@@ -18,24 +21,29 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from umx.audio import display_path
 from umx.batch.inputs import BatchInput
+from umx.batch.messages import SHOWN_CHARACTERS, plural, shown
 from umx.batch.work import DONE, FAILED, RUNNING, Task
 from umx.errors import UmxError
-from umx.modeldir import write_json_atomic
+from umx.modeldir import write_atomic, write_json_atomic
 from umx.zoo import sha256_file
 
 try:
     import fcntl
 except ImportError:  # Windows: runs are not locked against each other
     fcntl = None
+
+logger = logging.getLogger("umx")
 
 JOB_DIRNAME = ".umx-job"
 """The job directory's name inside the output folder, when `--job` is not given."""
@@ -45,32 +53,125 @@ MANIFEST_FILE = "manifest.jsonl"
 LOCK_FILE = "lock"
 SHOWN_FAILURES = 20
 """How many failed inputs `umx batch --status` lists."""
+SHOWN_CHANGES = 3
+"""How many changed settings the refusal of `check_identity` names."""
 
 
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a manifest, in order; a last line cut short by a crash is skipped.
+@dataclass
+class ManifestScan:
+    """What a manifest holds: its complete records, and the damaged lines among them.
+
+    Attributes:
+        records: the records (JSON objects of the right types), in order.
+        kept: the bytes of the manifest once the damaged lines are removed.
+        damaged: the damaged lines, as they were (a line holding NUL bytes is damaged, even
+            where records around the NUL bytes are kept).
+        first_problem: what is wrong with the first damaged line, with its number.
+        intact: whether `kept` is the whole manifest (no damaged line, no empty line, and a
+            newline at the end).
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    kept: bytes = b""
+    damaged: list[bytes] = field(default_factory=list)
+    first_problem: str = ""
+    intact: bool = True
+
+
+def scan_manifest(path: str | os.PathLike) -> ManifestScan:
+    """Read a manifest, telling its complete records from its damaged lines.
 
     Returns:
-        the records (JSON objects); none if the manifest does not exist.
+        the scan; empty if the manifest does not exist.
+
+    Raises:
+        UmxError: the manifest cannot be read.
     """
     try:
         with open(path, "rb") as file:
             data = file.read()
     except FileNotFoundError:
-        return []
+        return ManifestScan()
     except OSError as error:
         raise UmxError(
             f"cannot read the manifest {display_path(path)} ({error.strerror})"
         ) from None
-    records = []
-    for line in data.split(b"\n"):
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            continue  # the line a killed run was writing, or an empty one
-        if isinstance(record, dict) and isinstance(record.get("input"), str):
-            records.append(record)
-    return records
+    scan = ManifestScan()
+    kept = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line:
+            continue  # the end of the file, or an empty line
+        pieces = line.split(b"\0")  # a record never holds a NUL byte: split around NUL runs
+        problem = "NUL bytes" if len(pieces) > 1 else None
+        for piece in filter(None, pieces):
+            try:
+                record = json.loads(piece)
+            except (ValueError, RecursionError):
+                problem = problem or "not JSON"
+                continue
+            reason = record_problem(record)
+            if reason is None:
+                scan.records.append(record)
+                kept.append(piece + b"\n")
+            else:
+                problem = problem or reason
+        if problem is not None:
+            scan.damaged.append(line)
+            scan.first_problem = scan.first_problem or f"line {number}: {problem}"
+    scan.kept = b"".join(kept)
+    scan.intact = scan.kept == data
+    return scan
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete records of a manifest, in order; damaged lines are skipped.
+
+    Returns:
+        the records (JSON objects); none if the manifest does not exist.
+    """
+    return scan_manifest(path).records
+
+
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "path": (str,),
+    "attempt": (int,),
+    "error": (str,),
+    "started": (int, float),
+    "finished": (int, float),
+    "audio_seconds": (int, float, type(None)),
+}
+"""The optional fields of a record that the job reads, with their JSON types."""
+_OUTPUT_FIELDS = {"path": str, "sha256": str, "bytes": int, "mtime_ns": int}
+"""What a done record keeps of each output."""
+
+
+def record_problem(record: object) -> str | None:
+    """Why a manifest line's JSON is not a record the job can use.
+
+    Returns:
+        None for a record; else what is wrong with it, as a phrase.
+    """
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a record"
+    if not isinstance(record.get("input"), str):
+        return "no input"
+    if record.get("status") not in (RUNNING, DONE, FAILED):
+        return f"status {shown(json.dumps(record.get('status')))}, not running, done or failed"
+    for key, kinds in _RECORD_FIELDS.items():
+        value = record.get(key)
+        if key in record and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"{key} is {shown(json.dumps(value))}"
+    if record["status"] == DONE:
+        outputs = record.get("outputs")
+        if not isinstance(outputs, dict) or not all(
+            isinstance(output, dict)
+            and all(isinstance(output.get(k), kind) for k, kind in _OUTPUT_FIELDS.items())
+            for output in outputs.values()
+        ):
+            return "outputs is not a map of stems to their path, sha256, bytes and mtime_ns"
+    if record["status"] == FAILED and "error" not in record:
+        return "a failed record without its error"
+    return None
 
 
 def latest_records(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -126,25 +227,34 @@ class Job:
         inputs: Sequence[BatchInput],
     ) -> None:
         self.directory = Path(directory)
-        shown = display_path(self.directory)
+        where = display_path(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.directory / LOCK_FILE, "a+")  # noqa: SIM115 (held until close)
         except OSError as error:
-            raise UmxError(f"cannot create the job directory {shown} ({error.strerror})") from None
+            raise UmxError(f"cannot create the job directory {where} ({error.strerror})") from None
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 self._lock.close()
                 raise UmxError(
-                    f"the job {shown} is being run by another umx batch; wait for it to end or "
+                    f"the job {where} is being run by another umx batch; wait for it to end or "
                     "stop it (Ctrl-C), then run this again"
                 ) from None
         try:
             settings = read_settings(self.directory)
             if settings is not None:
-                check_identity(settings["identity"], identity, shown)
+                check_identity(settings["identity"], identity, where)
+                if (problem := repair_runs(settings)) is not None:
+                    path = self.directory / SETTINGS_FILE
+                    copy = keep_copy(path, "damaged", path.read_bytes())
+                    logger.warning(
+                        "%s: %s; the run history starts again (the file as it was is in %s)",
+                        display_path(path),
+                        problem,
+                        display_path(copy),
+                    )
             else:
                 settings = {"identity": dict(identity), "runs": []}
             self.settings = settings
@@ -154,8 +264,9 @@ class Job:
                 [{"path": i.path, "start": i.start, "duration": i.duration} for i in inputs],
             )
             self.manifest_path = self.directory / MANIFEST_FILE
-            self.latest = latest_records(read_records(self.manifest_path))
-            self._manifest = _open_manifest(self.manifest_path)
+            self.appended: set[str] = set()  # the inputs this run wrote records of
+            self.latest = latest_records(_repair_manifest(self.manifest_path))
+            self._manifest = open(self.manifest_path, "ab")  # noqa: SIM115 (kept open)
         except BaseException:
             self._lock.close()
             raise
@@ -173,6 +284,7 @@ class Job:
         self._manifest.flush()
         os.fsync(self._manifest.fileno())
         self.latest[record["input"]] = record
+        self.appended.add(record["input"])
 
     def close(self) -> None:
         """Close the manifest and release the lock."""
@@ -187,54 +299,146 @@ class Job:
         self.close()
 
 
-def _open_manifest(path: Path) -> BinaryIO:
-    """Open the manifest for appending, first cutting off a last line a crash left unfinished
-    (so the next record starts on a line of its own)."""
-    file = open(path, "ab+")  # noqa: SIM115 (the job keeps it open)
-    size = file.seek(0, os.SEEK_END)
-    if size:
-        file.seek(max(0, size - (1 << 20)))
-        tail = file.read()
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            file.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
-    return file
+def _repair_manifest(path: Path) -> list[dict[str, Any]]:
+    """The manifest's records, once its damaged lines are removed (every complete record is
+    kept, and a copy of the damaged lines beside it), so that the next record starts on a line
+    of its own."""
+    scan = scan_manifest(path)
+    if scan.damaged:
+        removed = b"\n".join(scan.damaged)
+        copy = keep_copy(path, "cut", removed)
+        write_atomic(path, lambda file: file.write(scan.kept))
+        logger.warning(
+            "%s: removed %s (%s bytes; %s) and kept the %s; what was removed is in %s",
+            display_path(path),
+            plural(len(scan.damaged), "damaged line"),
+            f"{len(removed):,}",
+            scan.first_problem,
+            plural(len(scan.records), "complete record"),
+            display_path(copy),
+        )
+    elif not scan.intact:  # empty lines, or a complete last record without its newline
+        write_atomic(path, lambda file: file.write(scan.kept))
+    return scan.records
+
+
+def keep_copy(path: Path, why: str, data: bytes) -> Path:
+    """Save `data` beside `path` as `NAME.WHY-TIME` (a free name), before `path` is repaired.
+
+    Returns:
+        the copy.
+    """
+    stamp = f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+    copy = path.with_name(stamp)
+    number = 1
+    while copy.exists():
+        number += 1
+        copy = path.with_name(f"{stamp}-{number}")
+    write_atomic(copy, lambda file: file.write(data))
+    return copy
 
 
 def read_settings(directory: Path) -> dict[str, Any] | None:
-    """The job's `job.json`, or None where there is none yet.
+    """The job's `job.json`, or None where there is none yet; its run history, which only
+    `--status` reads, is repaired by `repair_runs`.
 
     Raises:
         UmxError: it exists but is not a job's settings.
     """
     path = directory / SETTINGS_FILE
     try:
-        settings = json.loads(path.read_text())
+        settings = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
+        reason = getattr(error, "strerror", None) or shown(str(error).splitlines()[0])
         raise UmxError(
-            f"{display_path(path)} is not a umx batch job's settings ({reason})"
+            f"{display_path(path)} is not a umx batch job's settings ({reason}); give another "
+            "--job, or move it away to start the job again"
         ) from None
     if not (isinstance(settings, dict) and isinstance(settings.get("identity"), dict)):
-        raise UmxError(f"{display_path(path)} is not a umx batch job's settings")
-    settings.setdefault("runs", [])
+        raise UmxError(
+            f"{display_path(path)} is not a umx batch job's settings (no identity); give "
+            "another --job, or move it away to start the job again"
+        )
     return settings
 
 
-def check_identity(stored: Mapping[str, Any], given: Mapping[str, Any], shown: str) -> None:
-    """Refuse to resume a job with settings that would write other outputs."""
+def repair_runs(settings: dict[str, Any]) -> str | None:
+    """Make the settings' run history a list of runs, each a JSON object whose `started` (if
+    any) is a time, dropping what is not.
+
+    Returns:
+        None if nothing had to be dropped; else what was wrong, as a phrase.
+    """
+    runs = settings.setdefault("runs", [])
+    if not isinstance(runs, list):
+        settings["runs"] = []
+        return f"its runs are {shown(json.dumps(runs))}, not a list"
+    settings["runs"] = [
+        run for run in runs if isinstance(run, dict) and _is_time(run.get("started", 0.0))
+    ]
+    dropped = len(runs) - len(settings["runs"])
+    return f"{plural(dropped, 'run')} of its history not readable" if dropped else None
+
+
+def check_identity(stored: Mapping[str, Any], given: Mapping[str, Any], shown_job: str) -> None:
+    """Refuse to resume a job with settings that would write other outputs, saying what
+    changed as options: "--niter was 1, now 2"."""
     given = json.loads(json.dumps(given, default=str))  # as it would read back from job.json
-    changed = [key for key in sorted(set(stored) | set(given)) if stored.get(key) != given.get(key)]
-    if changed:
-        details = "; ".join(
-            f"{key} was {stored.get(key)!r}, now {given.get(key)!r}" for key in changed[:3]
-        )
+    changes = list(dict.fromkeys(_changes(stored, given)))
+    if changes:
+        more = f"; and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
         raise UmxError(
-            f"the job {shown} was started with other settings ({details}): run it with the "
-            "same options, or give a new --job"
+            f"the job {shown_job} was started with other settings "
+            f"({'; '.join(changes[:SHOWN_CHANGES])}{more}): run it with the same options, or "
+            "give a new --job"
         )
+
+
+def _changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> Iterator[str]:
+    """What differs between two identities, as phrases naming the options."""
+    derived = ("model_sha256", "outputs")  # follow from the options: named when nothing else is
+    differs = False
+    for key in sorted(set(stored) | set(given), key=lambda key: (key in derived, key)):
+        old, new = stored.get(key), given.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):  # the separation and file options
+            for name in sorted(set(old) | set(new)):
+                was, now = old.get(name), new.get(name)
+                if was != now:
+                    differs = True
+                    yield f"{_option(name)} was {_value(was)}, now {_value(now)}"
+        elif key == "model_sha256":
+            if not differs:
+                yield (
+                    f"the model's weights changed (SHA-256 {_value(old)[:12]}..., "
+                    f"now {_value(new)[:12]}...)"
+                )
+        elif key == "outputs":
+            if not differs:
+                yield f"the stems were {_value(old)}, now {_value(new)}"
+        else:
+            differs = True
+            yield f"{_option(key)} was {_value(old)}, now {_value(new)}"
+
+
+def _option(name: str) -> str:
+    return "--" + shown(str(name)).replace("_", "-")
+
+
+def _value(value: object) -> str:
+    """A setting's value as a user would type it."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return shown(" ".join(value), 60)
+    if isinstance(value, str):
+        return shown(value, 60)
+    return shown(json.dumps(value), 60)
 
 
 def plan_tasks(
@@ -251,7 +455,8 @@ def plan_tasks(
     verify are recorded as failed (and retried with `retry_failed`).
 
     Outputs of inputs that were never tried must not exist (unless `force`); they are recorded
-    as failed here, before any work. Retries of inputs whose outputs this job wrote replace
+    as failed here, before any work. Each input found failed here is logged, naming the file
+    and why. Retries of inputs whose outputs this job wrote replace
     them; a done input whose outputs verify is never touched again.
 
     Returns:
@@ -273,6 +478,13 @@ def plan_tasks(
             record = {**record, "status": FAILED, "error": error, "owns_outputs": True}
             job.append(_stamped(record))
             status = FAILED
+            logger.warning(
+                "%s; %s",
+                failure_line(record),
+                "separating it again"
+                if retry_failed
+                else "left as it is: --retry-failed separates the input again and replaces it",
+            )
         attempt = record.get("attempt", 0) + 1 if record is not None else 1
         if status == RUNNING:  # stopped or killed with it: what it left is this job's
             tasks.append(replace(task, force=True, attempt=attempt))
@@ -283,18 +495,16 @@ def plan_tasks(
             ours = bool(record.get("owns_outputs"))
             tasks.append(replace(task, force=force or ours, attempt=attempt))
         elif not force and (existing := [p for p in outputs.values() if os.path.lexists(p)]):
-            job.append(
-                _stamped(
-                    {
-                        "input": item.key,
-                        "path": item.path,
-                        "status": FAILED,
-                        "attempt": 1,
-                        "error": f"{display_path(existing[0])} already exists "
-                        "(use --force to overwrite)",
-                    }
-                )
-            )
+            record = {
+                "input": item.key,
+                "path": item.path,
+                "status": FAILED,
+                "attempt": 1,
+                "error": f"{display_path(existing[0])} already exists and this job did not "
+                "write it (move it away, or use --force to overwrite)",
+            }
+            job.append(_stamped(record))
+            logger.warning("%s", failure_line(record))
             counts[FAILED] += 1
         else:
             tasks.append(task)
@@ -355,17 +565,29 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
     directory = find_job(path)
     settings = read_settings(directory) or {}
     identity = settings["identity"]
-    try:
-        inputs = json.loads((directory / INPUTS_FILE).read_text())
-    except (OSError, ValueError):
-        inputs = []
-    keys = [BatchInput(i["path"], i["start"], i["duration"]).key for i in inputs]
-    latest = latest_records(read_records(directory / MANIFEST_FILE))
+    notes = []
+    if (problem := repair_runs(settings)) is not None:
+        notes.append(f"{SETTINGS_FILE}: {problem} (the next run repairs it)")
+    keys = _input_keys(directory / INPUTS_FILE)
+    scan = scan_manifest(directory / MANIFEST_FILE)
+    latest = latest_records(scan.records)
+    if scan.damaged:
+        notes.append(
+            f"{MANIFEST_FILE}: {plural(len(scan.damaged), 'damaged line')} skipped "
+            f"({scan.first_problem}); the next run removes them, keeping a copy"
+        )
+    if keys is None:
+        notes.append(f"{INPUTS_FILE} is damaged: counting the inputs the manifest names")
+        keys = list(latest)
     states = [latest[key].get("status") if key in latest else "pending" for key in keys]
     running = _is_running(directory)
     counts = {status: states.count(status) for status in (DONE, FAILED, RUNNING, "pending")}
     yield f"job: {display_path(directory.resolve())}"
-    yield f"model: {identity.get('model')} (weights SHA-256 {identity.get('model_sha256')})"
+    yield from notes
+    yield (
+        f"model: {shown(str(identity.get('model')))} "
+        f"(weights SHA-256 {shown(str(identity.get('model_sha256')))})"
+    )
     yield (
         f"inputs: {len(keys)}: {counts[DONE]} done, {counts[FAILED]} failed, "
         f"{counts[RUNNING]} {'running' if running else 'interrupted'}, "
@@ -387,8 +609,8 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
         audio = sum(r.get("audio_seconds") or 0.0 for r in done)
         yield (
             f"last run: {'running since' if running else 'started'} "
-            f"{when:%Y-%m-%d %H:%M:%S} UTC, {run.get('workers')} {run.get('mode')} workers; "
-            f"{len(done)} files ({audio / 60:.1f} min of audio) in {elapsed:.0f} s: "
+            f"{when:%Y-%m-%d %H:%M:%S} UTC, {_workers(run)}; "
+            f"{plural(len(done), 'file')} ({audio / 60:.1f} min of audio) in {elapsed:.0f} s: "
             f"{rate:.0f} files/hour"
         )
         left = counts["pending"] + counts[RUNNING]
@@ -397,17 +619,57 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
                 f" ({counts[FAILED]} failed: --retry-failed)" * bool(counts[FAILED])
             )
         elif rate > 0:
-            yield f"left: {left} files, about {_duration(left / rate * 3600)} at that rate"
+            about = _duration(left / rate * 3600)
+            yield f"left: {plural(left, 'file')}, about {about} at that rate"
         else:
-            yield f"left: {left} files"
+            yield f"left: {plural(left, 'file')}"
     failed = [(key, latest[key]) for key, s in zip(keys, states, strict=True) if s == FAILED]
     if failed:
         yield "failed:"
-        for key, record in failed[:SHOWN_FAILURES]:
-            error = str(record.get("error"))
-            yield f"  {error}" if display_path(record["path"]) in error else f"  {key}: {error}"
+        for _, record in failed[:SHOWN_FAILURES]:
+            yield f"  {failure_line(record)}"
         if len(failed) > SHOWN_FAILURES:
             yield f"  ... and {len(failed) - SHOWN_FAILURES} more (see {MANIFEST_FILE})"
+
+
+def failure_line(record: Mapping[str, Any]) -> str:
+    """A failed record's error, printable, prefixed with its input unless the error names it."""
+    error = shown(str(record.get("error")), 2 * SHOWN_CHARACTERS)
+    name = display_path(record.get("path") or record["input"])
+    return error if name in error else f"{shown(name)}: {error}"
+
+
+def _workers(run: Mapping[str, Any]) -> str:
+    workers = run.get("workers")
+    mode = shown(str(run.get("mode")))
+    if isinstance(workers, int) and not isinstance(workers, bool):
+        return plural(workers, f"{mode} worker")
+    return f"{shown(str(workers))} {mode} workers"
+
+
+def _input_keys(path: Path) -> list[str] | None:
+    """The keys of the inputs in `inputs.json`; None if it is missing or damaged."""
+    try:
+        inputs = json.loads(path.read_bytes())
+        if not all(
+            isinstance(i["path"], str)
+            and _is_number(i["start"])
+            and (i["duration"] is None or _is_number(i["duration"]))
+            for i in inputs
+        ):
+            return None
+        return [BatchInput(i["path"], i["start"], i["duration"]).key for i in inputs]
+    except (OSError, ValueError, RecursionError, TypeError, KeyError):
+        return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_time(value: object) -> bool:
+    """Whether `value` is a Unix time that dates can be made of."""
+    return _is_number(value) and 0 <= value < 1e11
 
 
 def _duration(seconds: float) -> str:

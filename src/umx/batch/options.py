@@ -14,9 +14,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.api import check_aggregate, parse_aggregate, plan_outputs
 from umx.audio import display_path
-from umx.batch.inputs import AUDIO_EXTENSIONS, collect_inputs
-from umx.batch.job import JOB_DIRNAME, Job, plan_tasks, running_record, summarize
+from umx.batch.inputs import AUDIO_EXTENSIONS, BatchInput, collect_inputs
+from umx.batch.job import (
+    JOB_DIRNAME,
+    Job,
+    failure_line,
+    plan_tasks,
+    running_record,
+    summarize,
+)
 from umx.batch.local import LocalPool
+from umx.batch.messages import plural
 from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
 from umx.devices import available_cores, threads_per_worker
 from umx.errors import UmxError, check_number
@@ -228,23 +236,22 @@ def run_batch(args: argparse.Namespace) -> int:
                 jobs = pool.connect(len(tasks))
             job.start_run(mode=pool.mode, workers=jobs, threads=threads, cores=available_cores())
             logger.info(
-                "%s: %d inputs, %d done before, %d to separate with %s on %d %s workers, "
-                "%d torch threads each",
+                "%s: %s, %d done before, %d to separate with %s on %s, %s each",
                 display_path(job_dir),
-                len(inputs),
+                plural(len(inputs), "input"),
                 counts[DONE],
                 len(tasks),
-                model,
-                jobs,
-                pool.mode,
-                threads,
+                display_path(model),
+                plural(jobs, f"{pool.mode} worker"),
+                plural(threads, "torch thread"),
             )
             counts[FAILED] += _run(job, pool, tasks, args.quiet)
         if counts[FAILED]:
             logger.error(
-                "%d of %d inputs failed; see umx batch --status %s",
+                "%d of %s failed%s; see umx batch --status %s",
                 counts[FAILED],
-                len(inputs),
+                plural(len(inputs), "input"),
+                _earlier_failures(job, inputs),
                 display_path(job_dir),
             )
             return 1
@@ -267,7 +274,7 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
                 job.append(record)
                 if record["status"] == FAILED:
                     failed += 1
-                    logger.warning("failed: %s", _error_of(record))
+                    logger.warning("failed: %s", failure_line(record))
                 bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
     except KeyboardInterrupt:
@@ -278,7 +285,16 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
     return failed
 
 
-def _error_of(record: dict[str, Any]) -> str:
-    """A failed record's error, prefixed with its input unless the error names it."""
-    shown = display_path(record["path"])
-    return record["error"] if shown in record["error"] else f"{shown}: {record['error']}"
+def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
+    """The first failure of an earlier run, which this run did not report as it happened, as
+    a parenthesis; empty if there is none."""
+    earlier = [
+        record
+        for item in inputs
+        if item.key not in job.appended
+        and (record := job.latest.get(item.key, {})).get("status") == FAILED
+    ]
+    if not earlier:
+        return ""
+    more = f"; and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+    return f" (in an earlier run: {failure_line(earlier[0])}{more})"

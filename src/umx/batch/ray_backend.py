@@ -19,6 +19,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
+from umx.batch.messages import plural
 from umx.batch.work import (
     FAILED,
     MAX_ATTEMPTS,
@@ -125,7 +126,9 @@ class RayPool:
             raise UmxError(f"the Ray cluster has {what}: no worker fits")
         self.jobs = min(self.jobs or fit, nb_tasks or fit)
         if self.jobs > fit:
-            logger.warning("the cluster has room for %d workers at once; %d asked", fit, self.jobs)
+            logger.warning(
+                "the cluster has room for %s at once; %d asked", plural(fit, "worker"), self.jobs
+            )
         return self.jobs
 
     def run(

@@ -11,14 +11,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from umx.api import separate_file
-from umx.audio import leftover_temporaries
+from umx.audio import display_path, leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.modeldir import hash_weights
@@ -148,6 +149,7 @@ def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[st
         record["input_bytes"] = os.stat(task.path).st_size
     except OSError:
         record["input_bytes"] = None
+    folders = _missing_folders(task.outputs.values(), spec.files["outdir"])
     try:
         if task.force:  # a worker that died with this input may have left temporary files
             for path in task.outputs.values():
@@ -169,6 +171,11 @@ def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[st
         }
     except UmxError as error:
         record.update(status=FAILED, error=str(error))
+    except KeyboardInterrupt:  # stopped: the writers removed their files, and so go the folders
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: another input's stems may be in it
+        raise
     except Exception as error:  # a bug or a resource error: recorded, and the job goes on
         lines = str(error).strip().splitlines()
         record.update(
@@ -181,6 +188,18 @@ def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[st
         finished=round(time.time(), 3),
     )
     return record
+
+
+def _missing_folders(outputs: Iterable[str], outdir: str) -> list[Path]:
+    """The folders that writing `outputs` would create inside `outdir`, deepest first."""
+    root = Path(outdir)
+    missing = set()
+    for output in outputs:
+        folder = Path(output).parent
+        while folder != root and root in folder.parents and not folder.exists():
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda folder: len(folder.parts), reverse=True)
 
 
 def describe_output(path: str | os.PathLike) -> dict[str, Any]:
@@ -206,7 +225,7 @@ def death(code: int | None) -> str:
 def after_death(task: Task, how: str) -> dict[str, Any] | None:
     """What to do with the task of a worker that died (`how`, in words): retry it (None), or
     after `MAX_ATTEMPTS` deaths, a failed record."""
-    logger.warning("a worker separating %s died (%s)", task.path, how)
+    logger.warning("a worker separating %s died (%s)", display_path(task.path), how)
     if task.deaths + 1 < MAX_ATTEMPTS:
         return None
     return {

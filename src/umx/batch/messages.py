@@ -1,0 +1,26 @@
+"""How `umx batch` shows text that came from files and users: printable, on one line, and
+short enough to read (a 100 kB line of a list file is not echoed whole), with plurals right."""
+
+from __future__ import annotations
+
+from umx.audio import display_path
+
+SHOWN_CHARACTERS = 120
+"""The longest text from a file or a user that a message shows whole."""
+
+
+def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """`text` as printable one-line text (controls escaped as `umx separate` shows paths),
+    cut after `limit` characters, saying how long it was.
+
+    Returns:
+        the text to put in a message.
+    """
+    if len(text) <= limit:
+        return display_path(text)
+    return f"{display_path(text[:limit])}... ({len(text)} characters)"
+
+
+def plural(count: int, word: str) -> str:
+    """`count` and `word`, with an s unless the count is 1: "1 file", "2 files"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
