@@ -3,6 +3,7 @@
 `umxsynth` is bidirectional, `umxsynth-rt` unidirectional (it gets streaming graphs).
 """
 
+import hashlib
 import json
 import re
 import sys
@@ -28,6 +29,7 @@ from umx.export import (
     quantize_graph,
     require_onnx,
 )
+from umx.onnx_graphs import GraphFile
 from umx.stream import StreamingSeparator, separate_causal
 from umx.zoo import cache_dir, load_separator
 
@@ -67,9 +69,14 @@ def run_cli(argv, capsys):
 
 def test_export_writes_checked_graphs_and_their_description(tmp_path, mixture, capsys):
     out = tmp_path / "rt"
-    code, stdout, _ = run_cli(["export", "umxsynth-rt", str(out), "-q"], capsys)
+    code, stdout, _ = run_cli(["export", "umxsynth-rt", str(out)], capsys)
     assert code == 0
     info = json.loads((out / EXPORT_JSON).read_text())
+    for target in TARGETS:  # each graph's SHA-256, recorded for `--model EXPORT_DIR`
+        entry = info["targets"][target]
+        for key in ("graph", "stream_graph"):
+            digest = hashlib.sha256((out / entry[key]).read_bytes()).hexdigest()
+            assert entry[f"{key}_sha256"] == digest
     assert list(info["targets"]) == TARGETS
     assert info["sample_rate"] == 44100.0 and info["nb_channels"] == 2
     assert (info["stft"]["n_fft"], info["stft"]["n_hop"]) == (4096, 1024)
@@ -179,8 +186,9 @@ def test_cli_backends_and_their_refusals(tmp_path, mixture, capsys):
     assert np.abs(stems["torch"] - stems["onnxruntime"]).max() < 1e-4
 
     for extra, message in [
-        (["--quantize", "int8"], "add --backend onnxruntime"),
+        (["--backend", "torch", "--quantize", "int8"], "leave out --backend torch"),
         (["--backend", "onnxruntime", "--device", "cuda"], "runs the models on the CPU"),
+        (["--quantize", "int8", "--device", "cuda"], "runs the models on the CPU"),
     ]:
         code, _, err = run_cli(["separate", str(song), "--outdir", str(tmp_path), *extra], capsys)
         assert code == 1
@@ -215,34 +223,57 @@ def test_missing_onnxruntime_is_one_clear_error(monkeypatch):
         require_onnx()
 
 
-def test_the_numpy_example_of_the_deploy_guide_runs(tmp_path, monkeypatch, mixture, capsys):
-    """The guide's numpy + onnxruntime code separates as umx does with --niter 0, and its
-    streaming loop gives the full graph's magnitudes."""
-    monkeypatch.chdir(tmp_path)
-    sf.write("song.wav", mixture.T.numpy(), 44100, subtype="FLOAT")
+def test_the_numpy_examples_of_the_deploy_guide_run_each_on_its_own(
+    tmp_path, monkeypatch, mixture, capsys
+):
+    """Each Python block of the guide runs alone in a fresh namespace: the numpy + onnxruntime
+    separation gives umx's --niter 0 stems, the streaming loop the full graph's magnitudes of
+    the stream's frames (non-centred, after n_fft - n_hop zeros)."""
     commands = re.findall(r"^umx (export .*?)\s*(?:#.*)?$", DEPLOY, flags=re.MULTILINE)
-    assert run_cli([*commands[0].split(), "-q"], capsys)[0] == 0
-    assert run_cli(["export", "umxsynth-rt", "umxsynth-rt-onnx", "-q"], capsys)[0] == 0
+    assert commands[0] == "export umxsynth umxsynth-onnx"
     code = re.findall(r"```python\n(.*?)```", DEPLOY, flags=re.DOTALL)
+    assert len(code) == 2
+    (tmp_path / "song").mkdir()
+    monkeypatch.chdir(tmp_path / "song")
+    sf.write("song.wav", mixture.T.numpy(), 44100, subtype="FLOAT")  # kept by the block
+    before = Path("song.wav").read_bytes()
     namespace: dict = {}
     exec(compile(code[0], "deploy.md", "exec"), namespace)
+    assert Path("song.wav").read_bytes() == before
     expected = load_separator("umxsynth", niter=0).separate(mixture[None], segment=None)[0]
     for k, target in enumerate(TARGETS):
         assert np.abs(namespace["stems"][target] - expected[k].numpy()).max() < 1e-4
-        assert Path(f"{target}.wav").exists()
+        assert Path("numpy-stems", f"{target}.wav").exists()
 
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # the block makes its export and test signal
+    namespace = {}
     exec(compile(code[1], "deploy.md", "exec"), namespace)
+    assert sorted(p.name for p in Path().iterdir()) == ["song.wav", "umxsynth-rt-onnx"]
+    audio = torch.from_numpy(sf.read("song.wav", dtype="float32")[0].T)
+    n_fft, n_hop = 4096, 1024
+    padded = torch.nn.functional.pad(audio, (n_fft - n_hop, 0))
+    spec = torch.stft(
+        padded, n_fft, n_hop, window=torch.hann_window(n_fft), center=False, return_complex=True
+    )
+    frames = namespace["frames"]
+    assert frames.shape == (1, 2, 2049, audio.shape[-1] // n_hop) == (1, *spec.shape)
+    assert np.abs(frames[0] - spec.abs().numpy()).max() < 1e-3  # float32 FFTs of two libraries
     full = ort.InferenceSession("umxsynth-rt-onnx/vocals.onnx")
-    (whole,) = full.run(None, {"mix": namespace["frames"]})
+    (whole,) = full.run(None, {"mix": frames})
     assert np.abs(namespace["streamed"] - whole).max() < 1e-5 * np.abs(whole).max()
 
 
 def test_the_backend_keeps_its_graphs_in_the_model_cache(separators, monkeypatch, mixture):
     separator = separators["umxsynth-rt"]
     first = onnx_separator(separator, quantize="int8")
-    cached = sorted((cache_dir() / GRAPH_CACHE).iterdir())
+    cached = sorted((cache_dir() / GRAPH_CACHE).glob("*.onnx"))
     assert len(cached) == 8  # four targets, full and streaming graphs
     assert all(onnx.load(path).graph.node for path in cached)
+    for path in cached:  # each beside its SHA-256 record, in sha256sum's format
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.with_name(path.name + ".sha256").read_text() == f"{digest}  {path.name}\n"
+    assert len(list((cache_dir() / GRAPH_CACHE).iterdir())) == 16
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
@@ -262,7 +293,7 @@ def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monk
 
     audio = mixture[None, :, :20000]
     cached = onnx_separator(separators["umxsynth-rt"], quantize="int8")
-    assert isinstance(cached.target_models["bass"].graphs[0], Path)
+    assert isinstance(cached.target_models["bass"].graphs[0], GraphFile)
     expected = cached.separate(audio)
     copy = pickle.loads(pickle.dumps(cached))
     assert copy.target_models["bass"].unidirectional
