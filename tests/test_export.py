@@ -6,6 +6,7 @@
 import hashlib
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +30,10 @@ from umx.export import (
     quantize_graph,
     require_onnx,
 )
-from umx.onnx_graphs import GraphFile
+from umx.model import OpenUnmix
+from umx.modeldir import save_separator
+from umx.onnx_graphs import GraphFile, recorded_graph
+from umx.separator import Separator
 from umx.stream import StreamingSeparator, separate_causal
 from umx.zoo import cache_dir, load_separator
 
@@ -304,3 +308,226 @@ def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monk
     assert isinstance(uncached.target_models["bass"].graphs[0], bytes)
     expected = uncached.separate(audio)
     assert torch.equal(pickle.loads(pickle.dumps(uncached)).separate(audio), expected)
+
+
+# --- the verified graph cache and export folders, on the small test models (16 kHz) -----------
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, small_music_separator):
+    """The small test model as a model directory and as an export folder, and a song."""
+    root = tmp_path_factory.mktemp("small")
+    save_separator(small_music_separator, root / "model")
+    export_onnx(small_music_separator, root / "export")
+    rng = np.random.default_rng(2)
+    t = np.arange(RATE) / RATE
+    song = 0.3 * np.sin(2 * np.pi * np.array([[220.0], [330.0]]) * t) + 0.05 * rng.standard_normal(
+        (2, t.size)
+    )
+    sf.write(root / "song.wav", song.T, RATE, subtype="FLOAT")
+    return root
+
+
+def separate_cli(capsys, song, model, out, *extra):
+    """`umx separate` into `out` with float stems; returns (exit code, stderr, stems
+    `(nb_targets, nb_timesteps, nb_channels)` in the order of `extra`'s targets or all)."""
+    argv = ["separate", str(song), "--model", str(model), "--outdir", str(out), "-q"]
+    code, _, err = run_cli([*argv, "--subtype", "FLOAT", "--clip", "none", *extra], capsys)
+    files = sorted((out / "song").glob("*.wav")) if code == 0 else []
+    stems = {path.stem: sf.read(path, dtype="float32")[0] for path in files}
+    return code, err, stems
+
+
+def graph_files():
+    return sorted((cache_dir() / GRAPH_CACHE).glob("*.onnx"))
+
+
+def swap(a, b):
+    data = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(data)
+
+
+def flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# (id, what is done to the sorted cached graphs `g`, how many of them are damaged)
+CACHE_DAMAGE = [
+    ("flipped-byte", lambda g: flip_byte(g[0]), 1),
+    ("truncated", lambda g: g[0].write_bytes(g[0].read_bytes()[:1000]), 1),
+    ("empty", lambda g: g[0].write_bytes(b""), 1),
+    ("swapped", lambda g: swap(g[0], g[1]), 2),
+    ("swapped-with-records", lambda g: [swap(g[0], g[1]), swap(*(record(p) for p in g[:2]))], 2),
+    ("record-missing", lambda g: record(g[0]).unlink(), 1),
+    ("record-garbage", lambda g: record(g[0]).write_text("not a hash\n"), 1),
+]
+
+
+def record(path):
+    return path.with_name(path.name + ".sha256")
+
+
+@pytest.mark.parametrize(
+    ("damage", "nb_damaged"), [c[1:] for c in CACHE_DAMAGE], ids=[c[0] for c in CACHE_DAMAGE]
+)
+def test_a_damaged_cached_graph_is_rebuilt_never_run(small, tmp_path, capsys, damage, nb_damaged):
+    """One line per damaged graph names it and says it was rebuilt; the stems are torch's
+    within 1e-4 and the rebuilt graphs verify."""
+    code, _, expected = separate_cli(capsys, small / "song.wav", small / "model", tmp_path / "t")
+    assert code == 0
+    args = ("--backend", "onnxruntime")
+    code, err, _ = separate_cli(capsys, small / "song.wav", small / "model", tmp_path / "a", *args)
+    assert code == 0 and err == ""
+    graphs = graph_files()
+    assert len(graphs) == 4
+    good = {path: path.read_bytes() for path in graphs}
+    damage(graphs)
+    code, err, stems = separate_cli(
+        capsys, small / "song.wav", small / "model", tmp_path / "b", *args
+    )
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == nb_damaged, err
+    assert all(line.endswith(": rebuilt it") and GRAPH_CACHE in line for line in lines), err
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+        assert np.abs(stem).max() > 0.01
+    for path in graphs:  # the cache holds the right graphs again, each verified
+        assert recorded_graph(path).read() == good[path]
+
+
+def replace_by_file(path):
+    shutil.rmtree(path)
+    path.write_text("a file")
+
+
+# (id, what blocks the filled cache, the warnings: a fragment of each line)
+UNWRITABLE = [
+    ("cache-is-a-file", lambda: replace_by_file(cache_dir()), ["cannot write the ONNX"]),
+    (
+        "graph-folder-is-a-file",
+        lambda: replace_by_file(cache_dir() / GRAPH_CACHE),
+        ["cannot write the ONNX"],
+    ),
+    (
+        "graph-is-a-folder",  # where a graph should be: it cannot be replaced
+        lambda: [path.unlink() or path.mkdir() for path in graph_files()[:1]],
+        ["Is a directory): rebuilt it", "cannot write the ONNX graph cache"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("block", "warnings"), [c[1:] for c in UNWRITABLE], ids=[c[0] for c in UNWRITABLE]
+)
+def test_an_unwritable_cache_runs_in_memory_with_one_warning(
+    small, tmp_path, capsys, block, warnings
+):
+    song, model = small / "song.wav", small / "model"
+    code, _, expected = separate_cli(capsys, song, model, tmp_path / "t")
+    args = ("--backend", "onnxruntime")
+    assert separate_cli(capsys, song, model, tmp_path / "a", *args)[0] == 0  # fills the cache
+    block()
+    code, err, stems = separate_cli(capsys, song, model, tmp_path / "o", *args)
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == len(warnings), err
+    assert all(fragment in line for fragment, line in zip(warnings, lines, strict=True)), err
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+
+
+def test_an_export_folder_runs_as_the_model(small, tmp_path, capsys, small_music_separator):
+    """`--model EXPORT_DIR` runs the folder's own graphs (onnxruntime implied): the torch
+    backend's stems within 1e-4, nothing exported into the cache; --targets picks graphs;
+    --quantize int8 quantises a float32 export in memory."""
+    song, out = small / "song.wav", tmp_path
+    code, _, expected = separate_cli(capsys, song, small / "model", out / "torch")
+    code, err, stems = separate_cli(capsys, song, small / "export", out / "export")
+    assert code == 0 and err == ""
+    assert sorted(stems) == sorted(expected)
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+    assert not (cache_dir() / GRAPH_CACHE).exists()
+
+    extra = ("--targets", "bass", "vocals", "--niter", "0")
+    code, _, expected = separate_cli(capsys, song, small / "model", out / "t2", *extra)
+    code, _, stems = separate_cli(capsys, song, small / "export", out / "e2", *extra)
+    assert code == 0 and sorted(stems) == ["bass", "vocals"]
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+
+    code, _, stems = separate_cli(
+        capsys, song, small / "export", out / "int8", "--quantize", "int8"
+    )
+    audio = torch.from_numpy(sf.read(song, dtype="float32")[0].T)[None]
+    int8 = onnx_separator(small_music_separator, quantize="int8").separate(audio)[0]
+    assert code == 0
+    for k, target in enumerate(small_music_separator.targets):
+        assert np.abs(stems[target] - int8[k].numpy().T).max() < 1e-4
+
+
+def test_quantize_int8_implies_the_onnxruntime_backend(
+    small, tmp_path, capsys, small_music_separator
+):
+    song = small / "song.wav"
+    code, err, stems = separate_cli(capsys, song, small / "model", tmp_path, "--quantize", "int8")
+    assert code == 0 and err == ""
+    audio = torch.from_numpy(sf.read(song, dtype="float32")[0].T)[None]
+    int8 = onnx_separator(small_music_separator, quantize="int8").separate(audio)[0]
+    torch_stems = small_music_separator.separate(audio)[0]
+    for k, target in enumerate(small_music_separator.targets):
+        assert np.abs(stems[target] - int8[k].numpy().T).max() < 1e-4
+    assert (
+        max(np.abs(stems[t] - torch_stems[k].numpy().T).max() for k, t in enumerate(TARGETS)) > 1e-4
+    )
+
+
+def test_umx_stream_runs_a_causal_export_folder(tmp_path, capsys):
+    torch.manual_seed(0)
+    models = {t: OpenUnmix(257, 2, 16, unidirectional=True, max_bin=200).freeze() for t in TARGETS}
+    for model in models.values():
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+    separator = Separator(models, sample_rate=RATE, n_fft=512, n_hop=128, nb_channels=2)
+    save_separator(separator, tmp_path / "model")
+    export_onnx(separator, tmp_path / "export")
+    rng = np.random.default_rng(3)
+    sf.write(tmp_path / "song.wav", 0.2 * rng.standard_normal((RATE, 2)), RATE, subtype="FLOAT")
+    stems = {}
+    for model in ("model", "export"):
+        argv = ["stream", str(tmp_path / "song.wav"), "--model", str(tmp_path / model), "-q"]
+        argv += ["--outdir", str(tmp_path / f"out-{model}"), "--subtype", "FLOAT", "--clip", "none"]
+        assert run_cli(argv, capsys)[0] == 0
+        stems[model] = [
+            sf.read(tmp_path / f"out-{model}" / "song" / f"{t}.wav")[0] for t in TARGETS
+        ]
+    for torch_stem, export_stem in zip(stems["model"], stems["export"], strict=True):
+        assert np.abs(torch_stem - export_stem).max() < 1e-4
+        assert np.abs(torch_stem).max() > 0.01
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
+def test_umx_evaluate_runs_an_export_folder(small, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    track = tmp_path / "root" / "test" / "A - B"
+    track.mkdir(parents=True)
+    sources = {t: 0.1 * rng.standard_normal((RATE, 2)) for t in TARGETS}
+    for name, audio in sources.items():
+        sf.write(track / f"{name}.wav", audio, RATE, subtype="FLOAT")
+    sf.write(track / "mixture.wav", sum(sources.values()), RATE, subtype="FLOAT")
+    stems = {}
+    for model in ("model", "export"):
+        argv = ["evaluate", "--root", str(tmp_path / "root"), "--is-wav", "-q"]
+        argv += ["--model", str(small / model), "--outdir", str(tmp_path / f"stems-{model}")]
+        argv += ["--evaldir", str(tmp_path / f"eval-{model}")]
+        assert run_cli(argv, capsys)[0] == 0
+        folder = tmp_path / f"stems-{model}" / "test" / "A - B"
+        stems[model] = {t: sf.read(folder / f"{t}.wav")[0] for t in TARGETS}
+    for target in TARGETS:
+        assert np.abs(stems["model"][target] - stems["export"][target]).max() < 1e-4
