@@ -115,8 +115,8 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
         nb_bins = entry.get("nb_bins")
         if type(nb_bins) is not int or nb_bins != n_fft // 2 + 1:
             raise UmxError(
-                f"{source} gives {target!r} {short.repr(nb_bins)} bins, not n_fft // 2 + 1 = "
-                f"{n_fft // 2 + 1}"
+                f"{source} gives {target!r} nb_bins {short.repr(nb_bins)}: it must be the whole "
+                f"number n_fft // 2 + 1 = {n_fft // 2 + 1}"
             )
         stream_graph = None
         if entry.get("stream_graph") is not None:

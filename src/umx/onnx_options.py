@@ -78,8 +78,10 @@ def check_backend(
         raise UmxError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
     check_quantize(quantize)
     export = is_export_folder(model)
+    name = "--backend onnxruntime"
     if backend is None:
         backend = "onnxruntime" if quantize is not None or export else "torch"
+        name = f"--quantize {quantize}" if quantize is not None else f"--model {model} (an export)"
     if backend == "torch":
         if quantize is not None:
             raise UmxError(f"--quantize {quantize} runs on onnxruntime: leave out --backend torch")
@@ -93,7 +95,7 @@ def check_backend(
 
     if device not in (None, AUTO, "cpu"):
         raise UmxError(
-            f"--backend onnxruntime runs the models on the CPU, not on {device!r}: "
+            f"{name} runs the models with onnxruntime on the CPU, not on {device!r}: "
             "leave out --device or give --device cpu"
         )
     require_onnx()
