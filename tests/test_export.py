@@ -204,7 +204,8 @@ def test_cli_backends_and_their_refusals(tmp_path, mixture, capsys):
 
 def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     out = tmp_path / "export"
-    assert run_cli(["export", "umxsynth", str(out), "--targets", "bass", "-q"], capsys)[0] == 0
+    code, stdout, err = run_cli(["export", "umxsynth", str(out), "--targets", "bass", "-q"], capsys)
+    assert (code, stdout, err) == (0, "", "")  # -q: quiet, no file list
     before = (out / "bass.onnx").read_bytes()
     argv = ["export", "umxsynth", str(out), "--targets", "bass", "--quantize", "int8", "-q"]
     code, _, err = run_cli(argv, capsys)

@@ -18,7 +18,8 @@ import pytest
 import soundfile as sf
 
 from umx.cli import main
-from umx.export import GRAPH_CACHE, export_onnx
+from umx.export import GRAPH_CACHE, export_onnx, model_graph
+from umx.model import OpenUnmix
 from umx.modeldir import MAX_JSON_BYTES, save_separator
 from umx.onnx_graphs import recorded_graph
 from umx.zoo import cache_dir
@@ -69,6 +70,19 @@ def link_outside(folder):
     (folder / "vocals.onnx").symlink_to(os.path.join("..", SONG))
 
 
+def replace_graph(make):
+    """Put other bytes, `make()`, in vocals.onnx and record their SHA-256 in the JSON, as a
+    hostile export would: the hash matches, the graph must still be refused."""
+
+    def replace(folder):
+        data = make()
+        (folder / "vocals.onnx").write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        vocals(lambda t: t.update(graph_sha256=digest))(folder)
+
+    return replace
+
+
 def fifo(folder):
     (folder / "vocals.onnx").unlink()
     os.mkfifo(folder / "vocals.onnx")
@@ -82,6 +96,8 @@ DAMAGED_EXPORTS = {
     "empty": lambda f: (f / "other.onnx").write_bytes(b""),
     "missing-graph": lambda f: (f / "other.onnx").unlink(),
     "graph-is-a-pipe": fifo,
+    "graph-garbage-rehashed": replace_graph(lambda: b"\x08\x07" + bytes(range(256)) * 40),
+    "graph-of-a-mono-model": replace_graph(lambda: model_graph(OpenUnmix(257, 1, 16, max_bin=200))),
     "graph-links-outside": link_outside,
     "json-not-json": lambda f: (f / "umx-onnx.json").write_text("{not json"),
     "json-deep": lambda f: (f / "umx-onnx.json").write_text("[" * 100_000 + "]" * 100_000),
@@ -141,6 +157,8 @@ CASES = [
     ("export-empty", damaged("empty"), 1, "other.onnx does not match"),
     ("export-missing-graph", damaged("missing-graph"), 1, "cannot read export-missing-graph"),
     ("export-graph-is-a-pipe", damaged("graph-is-a-pipe"), 1, "vocals.onnx is not a regular"),
+    ("export-graph-garbage", damaged("graph-garbage-rehashed"), 1, "onnxruntime cannot load"),
+    ("export-graph-of-a-mono-model", damaged("graph-of-a-mono-model"), 1, "does not take the"),
     ("export-graph-links-outside", damaged("graph-links-outside"), 1, "points outside"),
     ("json-not-json", damaged("json-not-json"), 1, "is not valid JSON"),
     ("json-deep", damaged("json-deep"), 1, "nested too deeply"),
