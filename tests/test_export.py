@@ -478,3 +478,19 @@ def test_umx_evaluate_runs_an_export_folder(small, tmp_path, capsys):
         stems[model] = {t: sf.read(folder / f"{t}.wav")[0] for t in TARGETS}
     for target in TARGETS:
         assert np.abs(stems["model"][target] - stems["export"][target]).max() < 1e-4
+
+
+def test_a_model_directory_that_also_holds_an_export_stays_a_model_directory(
+    small, tmp_path, capsys, small_music_separator
+):
+    """`umx export DIR DIR` beside the weights: DIR still runs on torch by default."""
+    shutil.copytree(small / "model", tmp_path / "model")
+    export_onnx(small_music_separator, tmp_path / "model")
+    song = small / "song.wav"
+    code, _, expected = separate_cli(capsys, song, small / "model", tmp_path / "a")
+    for extra in ((), ("--backend", "torch")):
+        code, err, stems = separate_cli(capsys, song, tmp_path / "model", tmp_path / "b", *extra)
+        assert code == 0 and err == ""
+        assert all(np.array_equal(stems[t], expected[t]) for t in expected)
+        shutil.rmtree(tmp_path / "b")
+    assert not (cache_dir() / GRAPH_CACHE).exists()  # no export to the cache: torch ran

@@ -47,12 +47,15 @@ def check_quantize(quantize: str | None) -> None:
 
 def is_export_folder(model: object) -> bool:
     """Whether `model` (a `--model` value) is a folder that holds an export's `umx-onnx.json`
-    (a known model's name is not, as in `umx.zoo.load_separator`: write `./NAME`)."""
+    and is not also a model directory (with `separator.json`, whose weights torch runs) nor a
+    known model's name (as in `umx.zoo.load_separator`: write `./NAME` for the folder)."""
     if not isinstance(model, str | os.PathLike) or not (Path(model) / EXPORT_JSON).is_file():
         return False
-    from umx.zoo import MODELS  # imports torch: only once a folder is there
+    from umx.modeldir import SEPARATOR_JSON  # imports torch: only once a folder is there
+    from umx.zoo import MODELS
 
-    return not (isinstance(model, str) and model in MODELS)
+    named = isinstance(model, str) and model in MODELS
+    return not named and not (Path(model) / SEPARATOR_JSON).exists()
 
 
 def check_backend(
