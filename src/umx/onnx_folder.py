@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from umx.audio import display_path
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.export import (
     FORMAT_VERSION,
     INPUT,
+    OUTPUT,
     STATE_INPUTS,
+    STATE_OUTPUTS,
     OnnxModel,
     quantize_graph,
 )
@@ -54,7 +56,9 @@ def _graph_file(folder: Path, source: str, target: str, entry: Mapping, key: str
         )
     path = folder / name
     if path.resolve().parent != folder.resolve():
-        raise UmxError(f"{display_path(path)} points outside the export folder {folder}")
+        raise UmxError(
+            f"{display_path(path)} points outside the export folder {display_path(folder)}"
+        )
     if not isinstance(digest, str) or not SHA256.match(digest):
         raise UmxError(
             f"{source} records no SHA-256 of {name} (an export by an older umx?): export it "
@@ -64,8 +68,9 @@ def _graph_file(folder: Path, source: str, target: str, entry: Mapping, key: str
 
 
 def _check_size(source: str, name: str, value: object, maximum: int) -> int:
+    """`value`, a whole number from 1 to `maximum` (the message names `source` and `name`)."""
     check_number(f"{source}: {name}", value, minimum=1, maximum=maximum, integer=True)
-    return int(value)  # type: ignore[call-overload]
+    return cast(int, value)
 
 
 def read_export(folder: str | os.PathLike) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
     model = data.get("model")
     return {
         "model": display_path(model) if isinstance(model, str) and model else "MODEL",
-        "sample_rate": float(rate),  # type: ignore[arg-type]
+        "sample_rate": float(cast(float, rate)),
         "nb_channels": nb_channels,
         "n_fft": n_fft,
         "n_hop": n_hop,
@@ -149,18 +154,18 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _input_sizes(session: Any) -> dict[str, list]:
-    """A session's inputs and their sizes; None for a dynamic axis."""
+def _sizes(session: Any) -> dict[str, list]:
+    """A session's inputs and outputs and their sizes; None for a dynamic axis."""
     return {
         node.name: [size if isinstance(size, int) else None for size in node.shape]
-        for node in session.get_inputs()
+        for node in [*session.get_inputs(), *session.get_outputs()]
     }
 
 
 def _export_model(folder: Path, info: Mapping, quantize: str | None) -> OnnxModel:
     """A target's `OnnxModel` from its checked graphs (`info`: a target of `read_export` with
     `nb_channels` and the export's `model`), refusing graphs whose inputs do not have the sizes
-    of the JSON."""
+    of the JSON (or outputs of other sizes than `umx.export.model_graph`'s)."""
     graphs: list[bytes | GraphFile | None] = [info["graph"], info["stream_graph"]]
     try:
         if quantize is not None:  # a float32 export, quantised in memory
@@ -178,16 +183,17 @@ def _export_model(folder: Path, info: Mapping, quantize: str | None) -> OnnxMode
             f"(umx export {info['model']} {display_path(folder)} --force)"
         ) from None
     state = [info["nb_layers"], None, info["hidden_size"]]
-    expected = {INPUT: [None, info["nb_channels"], info["nb_bins"], None]}
+    magnitudes = [None, info["nb_channels"], info["nb_bins"], None]
+    expected = {INPUT: magnitudes, OUTPUT: magnitudes}
     sessions = [(info["graph"], model.session, expected)]
     if model.stream_session is not None:
-        stream_inputs = {**expected, **dict.fromkeys(STATE_INPUTS, state)}
-        sessions.append((info["stream_graph"], model.stream_session, stream_inputs))
-    for graph, session, inputs in sessions:
-        if _input_sizes(session) != inputs:
+        states = dict.fromkeys((*STATE_INPUTS, *STATE_OUTPUTS), state)
+        sessions.append((info["stream_graph"], model.stream_session, {**expected, **states}))
+    for graph, session, sizes in sessions:
+        if _sizes(session) != sizes:
             raise UmxError(
-                f"{display_path(graph.path)} does not take the inputs its umx-onnx.json "
-                f"describes ({', '.join(f'{k} {v}' for k, v in inputs.items())})"
+                f"{display_path(graph.path)} does not have the inputs and outputs its "
+                f"umx-onnx.json describes ({', '.join(f'{k} {v}' for k, v in sizes.items())})"
             )
     return model
 
