@@ -216,6 +216,8 @@ class OnnxModel(nn.Module):
         nb_channels, nb_bins, hidden_size, nb_layers: the exported model's sizes (`nb_bins`
             is its number of output bins, `n_fft // 2 + 1`).
         threads: intra-op threads of onnxruntime; torch's thread count if None.
+        checked: the bytes of `graph` and `stream_graph` when the caller has just read and
+            checked their files (`GraphCache.graph`), so that they are not read twice.
 
     Attributes:
         anchor: an empty float32 parameter, so that the separators, which read their device
@@ -232,6 +234,7 @@ class OnnxModel(nn.Module):
         hidden_size: int,
         nb_layers: int,
         threads: int | None = None,
+        checked: tuple[bytes, bytes | None] | None = None,
     ) -> None:
         super().__init__()
         self.nb_channels = nb_channels
@@ -240,10 +243,10 @@ class OnnxModel(nn.Module):
         self.nb_layers = nb_layers
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
         self.graphs, self.threads = (graph, stream_graph), threads
-        self._start_sessions()
+        self._start_sessions(checked)
 
-    def _start_sessions(self) -> None:
-        graph, stream_graph = self.graphs
+    def _start_sessions(self, checked: tuple[bytes, bytes | None] | None = None) -> None:
+        graph, stream_graph = checked or self.graphs
         self.session = _session(graph, self.threads)
         self.stream_session = None if stream_graph is None else _session(stream_graph, self.threads)
 
@@ -271,10 +274,10 @@ class OnnxModel(nn.Module):
         """
         check_quantize(quantize)
         cache = cache or GraphCache()
-        graph = cache.graph(model, quantize=quantize)
-        stream_graph = None
+        graph, data = cache.graph(model, quantize=quantize)
+        stream_graph = stream_data = None
         if model.unidirectional:
-            stream_graph = cache.graph(model, streaming=True, quantize=quantize)
+            stream_graph, stream_data = cache.graph(model, streaming=True, quantize=quantize)
         return cls(
             graph,
             stream_graph,
@@ -283,6 +286,7 @@ class OnnxModel(nn.Module):
             hidden_size=model.hidden_size,
             nb_layers=model.nb_layers,
             threads=threads,
+            checked=(data, stream_data),
         )
 
     @property
@@ -382,16 +386,19 @@ class GraphCache:
 
     def graph(
         self, model: OpenUnmix, *, streaming: bool = False, quantize: str | None = None
-    ) -> bytes | GraphFile:
+    ) -> tuple[bytes | GraphFile, bytes]:
         """`model_graph` (quantised with `quantize`) as a checked file of the cache, made
-        there unless an earlier call made it; the serialised graph itself if the cache cannot
-        be written."""
+        there unless an earlier call made it, and its bytes.
+
+        Returns:
+            the graph file and its checked bytes; the serialised graph twice if the cache
+            cannot be written.
+        """
         path = self.path(model, streaming=streaming, quantize=quantize)
         try:
             cached = recorded_graph(path)
             if cached is not None:
-                cached.read()
-                return cached
+                return cached, cached.read()
         except DamagedGraph as error:
             logger.warning("%s: rebuilt it", error)
         graph = model_graph(model, streaming=streaming)
@@ -399,7 +406,7 @@ class GraphCache:
             graph = quantize_graph(graph)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            return write_recorded(path, graph)
+            return write_recorded(path, graph), graph
         except OSError as error:
             if not self.unwritable:
                 logger.warning(
@@ -409,7 +416,7 @@ class GraphCache:
                     error.strerror or error,
                 )
             self.unwritable = True
-            return graph
+            return graph, graph
 
 
 def _numpy(x: Tensor) -> Any:
