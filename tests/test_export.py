@@ -354,18 +354,31 @@ def replace_by_file(path):
 
 
 # (id, what blocks the filled cache, the warnings: a fragment of each line)
+def read_only(monkeypatch):
+    """A cache on a read-only disk or without write permission (tests run as root, whom
+    permissions do not stop): writing a graph fails as it would there."""
+    for path in graph_files():
+        path.unlink()
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(umx.export, "write_recorded", refuse)
+
+
 UNWRITABLE = [
-    ("cache-is-a-file", lambda: replace_by_file(cache_dir()), ["cannot write the ONNX"]),
+    ("cache-is-a-file", lambda _: replace_by_file(cache_dir()), ["cannot write the ONNX"]),
     (
         "graph-folder-is-a-file",
-        lambda: replace_by_file(cache_dir() / GRAPH_CACHE),
+        lambda _: replace_by_file(cache_dir() / GRAPH_CACHE),
         ["cannot write the ONNX"],
     ),
     (
         "graph-is-a-folder",  # where a graph should be: it cannot be replaced
-        lambda: [path.unlink() or path.mkdir() for path in graph_files()[:1]],
+        lambda _: [path.unlink() or path.mkdir() for path in graph_files()[:1]],
         ["Is a directory): rebuilt it", "cannot write the ONNX graph cache"],
     ),
+    ("read-only", read_only, ["(Permission denied): the graphs stay in memory"]),
 ]
 
 
@@ -373,13 +386,13 @@ UNWRITABLE = [
     ("block", "warnings"), [c[1:] for c in UNWRITABLE], ids=[c[0] for c in UNWRITABLE]
 )
 def test_an_unwritable_cache_runs_in_memory_with_one_warning(
-    small, tmp_path, capsys, block, warnings
+    small, tmp_path, capsys, monkeypatch, block, warnings
 ):
     song, model = small / "song.wav", small / "model"
     code, _, expected = separate_cli(capsys, song, model, tmp_path / "t")
     args = ("--backend", "onnxruntime")
     assert separate_cli(capsys, song, model, tmp_path / "a", *args)[0] == 0  # fills the cache
-    block()
+    block(monkeypatch)
     code, err, stems = separate_cli(capsys, song, model, tmp_path / "o", *args)
     assert code == 0
     lines = err.splitlines()
