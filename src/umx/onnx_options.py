@@ -81,22 +81,26 @@ def check_backend(
         raise UmxError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
     check_quantize(quantize)
     export = is_export_folder(model)
-    name = "--backend onnxruntime"
+    given = backend is not None
     if backend is None:
         backend = "onnxruntime" if quantize is not None or export else "torch"
-        name = f"--quantize {quantize}" if quantize is not None else f"--model {model} (an export)"
+    # Imported here: torch is not needed to build the parser.
+    from umx.audio import display_path
+    from umx.devices import AUTO
+
     if backend == "torch":
         if quantize is not None:
             raise UmxError(f"--quantize {quantize} runs on onnxruntime: leave out --backend torch")
         if export:
             raise UmxError(
-                f"--model {model} is an ONNX export (umx export), which runs on onnxruntime: "
-                "leave out --backend torch"
+                f"--model {display_path(model)} is an ONNX export (umx export), which runs on "
+                "onnxruntime: leave out --backend torch"
             )
         return backend
-    from umx.devices import AUTO  # imports torch: not needed to build the parser
-
     if device not in (None, AUTO, "cpu"):
+        name = "--backend onnxruntime"
+        if not given:
+            name = f"--quantize {quantize}" if quantize else f"--model {display_path(model)}"
         raise UmxError(
             f"{name} runs the models with onnxruntime on the CPU, not on {device!r}: "
             "leave out --device or give --device cpu"
