@@ -3,8 +3,10 @@
 `umxsynth` is bidirectional, `umxsynth-rt` unidirectional (it gets streaming graphs).
 """
 
+import hashlib
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from umx.export import (
     quantize_graph,
     require_onnx,
 )
+from umx.model import OpenUnmix
+from umx.modeldir import save_separator
+from umx.onnx_graphs import GraphFile
+from umx.separator import Separator
 from umx.stream import StreamingSeparator, separate_causal
 from umx.zoo import cache_dir, load_separator
 
@@ -67,9 +73,14 @@ def run_cli(argv, capsys):
 
 def test_export_writes_checked_graphs_and_their_description(tmp_path, mixture, capsys):
     out = tmp_path / "rt"
-    code, stdout, _ = run_cli(["export", "umxsynth-rt", str(out), "-q"], capsys)
+    code, stdout, _ = run_cli(["export", "umxsynth-rt", str(out)], capsys)
     assert code == 0
     info = json.loads((out / EXPORT_JSON).read_text())
+    for target in TARGETS:  # each graph's SHA-256, recorded for `--model EXPORT_DIR`
+        entry = info["targets"][target]
+        for key in ("graph", "stream_graph"):
+            digest = hashlib.sha256((out / entry[key]).read_bytes()).hexdigest()
+            assert entry[f"{key}_sha256"] == digest
     assert list(info["targets"]) == TARGETS
     assert info["sample_rate"] == 44100.0 and info["nb_channels"] == 2
     assert (info["stft"]["n_fft"], info["stft"]["n_hop"]) == (4096, 1024)
@@ -179,8 +190,12 @@ def test_cli_backends_and_their_refusals(tmp_path, mixture, capsys):
     assert np.abs(stems["torch"] - stems["onnxruntime"]).max() < 1e-4
 
     for extra, message in [
-        (["--quantize", "int8"], "add --backend onnxruntime"),
-        (["--backend", "onnxruntime", "--device", "cuda"], "runs the models on the CPU"),
+        (["--backend", "torch", "--quantize", "int8"], "leave out --backend torch"),
+        (
+            ["--backend", "onnxruntime", "--device", "cuda"],
+            "runs the models with onnxruntime on the CPU",
+        ),
+        (["--quantize", "int8", "--device", "cuda"], "--quantize int8 runs the models"),
     ]:
         code, _, err = run_cli(["separate", str(song), "--outdir", str(tmp_path), *extra], capsys)
         assert code == 1
@@ -189,7 +204,8 @@ def test_cli_backends_and_their_refusals(tmp_path, mixture, capsys):
 
 def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     out = tmp_path / "export"
-    assert run_cli(["export", "umxsynth", str(out), "--targets", "bass", "-q"], capsys)[0] == 0
+    code, stdout, err = run_cli(["export", "umxsynth", str(out), "--targets", "bass", "-q"], capsys)
+    assert (code, stdout, err) == (0, "", "")  # -q: quiet, no file list
     before = (out / "bass.onnx").read_bytes()
     argv = ["export", "umxsynth", str(out), "--targets", "bass", "--quantize", "int8", "-q"]
     code, _, err = run_cli(argv, capsys)
@@ -215,34 +231,57 @@ def test_missing_onnxruntime_is_one_clear_error(monkeypatch):
         require_onnx()
 
 
-def test_the_numpy_example_of_the_deploy_guide_runs(tmp_path, monkeypatch, mixture, capsys):
-    """The guide's numpy + onnxruntime code separates as umx does with --niter 0, and its
-    streaming loop gives the full graph's magnitudes."""
-    monkeypatch.chdir(tmp_path)
-    sf.write("song.wav", mixture.T.numpy(), 44100, subtype="FLOAT")
+def test_the_numpy_examples_of_the_deploy_guide_run_each_on_its_own(
+    tmp_path, monkeypatch, mixture, capsys
+):
+    """Each Python block of the guide runs alone in a fresh namespace: the numpy + onnxruntime
+    separation gives umx's --niter 0 stems, the streaming loop the full graph's magnitudes of
+    the stream's frames (non-centred, after n_fft - n_hop zeros)."""
     commands = re.findall(r"^umx (export .*?)\s*(?:#.*)?$", DEPLOY, flags=re.MULTILINE)
-    assert run_cli([*commands[0].split(), "-q"], capsys)[0] == 0
-    assert run_cli(["export", "umxsynth-rt", "umxsynth-rt-onnx", "-q"], capsys)[0] == 0
+    assert commands[0] == "export umxsynth umxsynth-onnx"
     code = re.findall(r"```python\n(.*?)```", DEPLOY, flags=re.DOTALL)
+    assert len(code) == 2
+    (tmp_path / "song").mkdir()
+    monkeypatch.chdir(tmp_path / "song")
+    sf.write("song.wav", mixture.T.numpy(), 44100, subtype="FLOAT")  # kept by the block
+    before = Path("song.wav").read_bytes()
     namespace: dict = {}
     exec(compile(code[0], "deploy.md", "exec"), namespace)
+    assert Path("song.wav").read_bytes() == before
     expected = load_separator("umxsynth", niter=0).separate(mixture[None], segment=None)[0]
     for k, target in enumerate(TARGETS):
         assert np.abs(namespace["stems"][target] - expected[k].numpy()).max() < 1e-4
-        assert Path(f"{target}.wav").exists()
+        assert Path("numpy-stems", f"{target}.wav").exists()
 
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # the block makes its export and test signal
+    namespace = {}
     exec(compile(code[1], "deploy.md", "exec"), namespace)
+    assert sorted(p.name for p in Path().iterdir()) == ["song.wav", "umxsynth-rt-onnx"]
+    audio = torch.from_numpy(sf.read("song.wav", dtype="float32")[0].T)
+    n_fft, n_hop = 4096, 1024
+    padded = torch.nn.functional.pad(audio, (n_fft - n_hop, 0))
+    spec = torch.stft(
+        padded, n_fft, n_hop, window=torch.hann_window(n_fft), center=False, return_complex=True
+    )
+    frames = namespace["frames"]
+    assert frames.shape == (1, 2, 2049, audio.shape[-1] // n_hop) == (1, *spec.shape)
+    assert np.abs(frames[0] - spec.abs().numpy()).max() < 1e-3  # float32 FFTs of two libraries
     full = ort.InferenceSession("umxsynth-rt-onnx/vocals.onnx")
-    (whole,) = full.run(None, {"mix": namespace["frames"]})
+    (whole,) = full.run(None, {"mix": frames})
     assert np.abs(namespace["streamed"] - whole).max() < 1e-5 * np.abs(whole).max()
 
 
 def test_the_backend_keeps_its_graphs_in_the_model_cache(separators, monkeypatch, mixture):
     separator = separators["umxsynth-rt"]
     first = onnx_separator(separator, quantize="int8")
-    cached = sorted((cache_dir() / GRAPH_CACHE).iterdir())
+    cached = sorted((cache_dir() / GRAPH_CACHE).glob("*.onnx"))
     assert len(cached) == 8  # four targets, full and streaming graphs
     assert all(onnx.load(path).graph.node for path in cached)
+    for path in cached:  # each beside its SHA-256 record, in sha256sum's format
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.with_name(path.name + ".sha256").read_text() == f"{digest}  {path.name}\n"
+    assert len(list((cache_dir() / GRAPH_CACHE).iterdir())) == 16
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
@@ -262,7 +301,7 @@ def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monk
 
     audio = mixture[None, :, :20000]
     cached = onnx_separator(separators["umxsynth-rt"], quantize="int8")
-    assert isinstance(cached.target_models["bass"].graphs[0], Path)
+    assert isinstance(cached.target_models["bass"].graphs[0], GraphFile)
     expected = cached.separate(audio)
     copy = pickle.loads(pickle.dumps(cached))
     assert copy.target_models["bass"].unidirectional
@@ -273,3 +312,198 @@ def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monk
     assert isinstance(uncached.target_models["bass"].graphs[0], bytes)
     expected = uncached.separate(audio)
     assert torch.equal(pickle.loads(pickle.dumps(uncached)).separate(audio), expected)
+
+
+# --- the verified graph cache and export folders, on the small test models (16 kHz) -----------
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, small_music_separator):
+    """The small test model as a model directory and as an export folder, and a song."""
+    root = tmp_path_factory.mktemp("small")
+    save_separator(small_music_separator, root / "model")
+    export_onnx(small_music_separator, root / "export")
+    rng = np.random.default_rng(2)
+    t = np.arange(RATE) / RATE
+    song = 0.3 * np.sin(2 * np.pi * np.array([[220.0], [330.0]]) * t) + 0.05 * rng.standard_normal(
+        (2, t.size)
+    )
+    sf.write(root / "song.wav", song.T, RATE, subtype="FLOAT")
+    return root
+
+
+def separate_cli(capsys, song, model, out, *extra):
+    """`umx separate` into `out` with float stems; returns (exit code, stderr, stems
+    `(nb_targets, nb_timesteps, nb_channels)` in the order of `extra`'s targets or all)."""
+    argv = ["separate", str(song), "--model", str(model), "--outdir", str(out), "-q"]
+    code, _, err = run_cli([*argv, "--subtype", "FLOAT", "--clip", "none", *extra], capsys)
+    files = sorted((out / "song").glob("*.wav")) if code == 0 else []
+    stems = {path.stem: sf.read(path, dtype="float32")[0] for path in files}
+    return code, err, stems
+
+
+def graph_files():
+    return sorted((cache_dir() / GRAPH_CACHE).glob("*.onnx"))
+
+
+def replace_by_file(path):
+    shutil.rmtree(path)
+    path.write_text("a file")
+
+
+# (id, what blocks the filled cache, the warnings: a fragment of each line)
+def read_only(monkeypatch):
+    """A cache on a read-only disk or without write permission (tests run as root, whom
+    permissions do not stop): writing a graph fails as it would there."""
+    for path in graph_files():
+        path.unlink()
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(umx.export, "write_recorded", refuse)
+
+
+UNWRITABLE = [
+    ("cache-is-a-file", lambda _: replace_by_file(cache_dir()), ["cannot write the ONNX"]),
+    (
+        "graph-folder-is-a-file",
+        lambda _: replace_by_file(cache_dir() / GRAPH_CACHE),
+        ["cannot write the ONNX"],
+    ),
+    (
+        "graph-is-a-folder",  # where a graph should be: it cannot be replaced
+        lambda _: [path.unlink() or path.mkdir() for path in graph_files()[:1]],
+        ["Is a directory): rebuilt it", "cannot write the ONNX graph cache"],
+    ),
+    ("read-only", read_only, ["(Permission denied): the graphs stay in memory"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("block", "warnings"), [c[1:] for c in UNWRITABLE], ids=[c[0] for c in UNWRITABLE]
+)
+def test_an_unwritable_cache_runs_in_memory_with_one_warning(
+    small, tmp_path, capsys, monkeypatch, block, warnings
+):
+    song, model = small / "song.wav", small / "model"
+    code, _, expected = separate_cli(capsys, song, model, tmp_path / "t")
+    args = ("--backend", "onnxruntime")
+    assert separate_cli(capsys, song, model, tmp_path / "a", *args)[0] == 0  # fills the cache
+    block(monkeypatch)
+    code, err, stems = separate_cli(capsys, song, model, tmp_path / "o", *args)
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == len(warnings), err
+    assert all(fragment in line for fragment, line in zip(warnings, lines, strict=True)), err
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+
+
+def test_an_export_folder_runs_as_the_model(small, tmp_path, capsys, small_music_separator):
+    """`--model EXPORT_DIR` runs the folder's own graphs (onnxruntime implied): the torch
+    backend's stems within 1e-4, nothing exported into the cache; --targets picks graphs;
+    --quantize int8 quantises a float32 export in memory."""
+    song, out = small / "song.wav", tmp_path
+    code, _, expected = separate_cli(capsys, song, small / "model", out / "torch")
+    code, err, stems = separate_cli(capsys, song, small / "export", out / "export")
+    assert code == 0 and err == ""
+    assert sorted(stems) == sorted(expected)
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+    assert not (cache_dir() / GRAPH_CACHE).exists()
+
+    extra = ("--targets", "bass", "vocals", "--niter", "0")
+    code, _, expected = separate_cli(capsys, song, small / "model", out / "t2", *extra)
+    code, _, stems = separate_cli(capsys, song, small / "export", out / "e2", *extra)
+    assert code == 0 and sorted(stems) == ["bass", "vocals"]
+    for target, stem in expected.items():
+        assert np.abs(stems[target] - stem).max() < 1e-4
+
+    code, _, stems = separate_cli(
+        capsys, song, small / "export", out / "int8", "--quantize", "int8"
+    )
+    audio = torch.from_numpy(sf.read(song, dtype="float32")[0].T)[None]
+    int8 = onnx_separator(small_music_separator, quantize="int8").separate(audio)[0]
+    assert code == 0
+    for k, target in enumerate(small_music_separator.targets):
+        assert np.abs(stems[target] - int8[k].numpy().T).max() < 1e-4
+
+
+def test_quantize_int8_implies_the_onnxruntime_backend(
+    small, tmp_path, capsys, small_music_separator
+):
+    song = small / "song.wav"
+    code, err, stems = separate_cli(capsys, song, small / "model", tmp_path, "--quantize", "int8")
+    assert code == 0 and err == ""
+    audio = torch.from_numpy(sf.read(song, dtype="float32")[0].T)[None]
+    int8 = onnx_separator(small_music_separator, quantize="int8").separate(audio)[0]
+    torch_stems = small_music_separator.separate(audio)[0]
+    for k, target in enumerate(small_music_separator.targets):
+        assert np.abs(stems[target] - int8[k].numpy().T).max() < 1e-4
+    assert (
+        max(np.abs(stems[t] - torch_stems[k].numpy().T).max() for k, t in enumerate(TARGETS)) > 1e-4
+    )
+
+
+def test_umx_stream_runs_a_causal_export_folder(tmp_path, capsys):
+    torch.manual_seed(0)
+    models = {t: OpenUnmix(257, 2, 16, unidirectional=True, max_bin=200).freeze() for t in TARGETS}
+    for model in models.values():
+        with torch.no_grad():
+            model.output_mean.uniform_(0.2, 0.8)
+    separator = Separator(models, sample_rate=RATE, n_fft=512, n_hop=128, nb_channels=2)
+    save_separator(separator, tmp_path / "model")
+    export_onnx(separator, tmp_path / "export")
+    rng = np.random.default_rng(3)
+    sf.write(tmp_path / "song.wav", 0.2 * rng.standard_normal((RATE, 2)), RATE, subtype="FLOAT")
+    stems = {}
+    for model in ("model", "export"):
+        argv = ["stream", str(tmp_path / "song.wav"), "--model", str(tmp_path / model), "-q"]
+        argv += ["--outdir", str(tmp_path / f"out-{model}"), "--subtype", "FLOAT", "--clip", "none"]
+        assert run_cli(argv, capsys)[0] == 0
+        stems[model] = [
+            sf.read(tmp_path / f"out-{model}" / "song" / f"{t}.wav")[0] for t in TARGETS
+        ]
+    for torch_stem, export_stem in zip(stems["model"], stems["export"], strict=True):
+        assert np.abs(torch_stem - export_stem).max() < 1e-4
+        assert np.abs(torch_stem).max() > 0.01
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
+def test_umx_evaluate_runs_an_export_folder(small, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    track = tmp_path / "root" / "test" / "A - B"
+    track.mkdir(parents=True)
+    sources = {t: 0.1 * rng.standard_normal((RATE, 2)) for t in TARGETS}
+    for name, audio in sources.items():
+        sf.write(track / f"{name}.wav", audio, RATE, subtype="FLOAT")
+    sf.write(track / "mixture.wav", sum(sources.values()), RATE, subtype="FLOAT")
+    stems = {}
+    for model in ("model", "export"):
+        argv = ["evaluate", "--root", str(tmp_path / "root"), "--is-wav", "-q"]
+        argv += ["--model", str(small / model), "--outdir", str(tmp_path / f"stems-{model}")]
+        argv += ["--evaldir", str(tmp_path / f"eval-{model}")]
+        assert run_cli(argv, capsys)[0] == 0
+        folder = tmp_path / f"stems-{model}" / "test" / "A - B"
+        stems[model] = {t: sf.read(folder / f"{t}.wav")[0] for t in TARGETS}
+    for target in TARGETS:
+        assert np.abs(stems["model"][target] - stems["export"][target]).max() < 1e-4
+
+
+def test_a_model_directory_that_also_holds_an_export_stays_a_model_directory(
+    small, tmp_path, capsys, small_music_separator
+):
+    """`umx export DIR DIR` beside the weights: DIR still runs on torch by default."""
+    shutil.copytree(small / "model", tmp_path / "model")
+    export_onnx(small_music_separator, tmp_path / "model")
+    song = small / "song.wav"
+    code, _, expected = separate_cli(capsys, song, small / "model", tmp_path / "a")
+    for extra in ((), ("--backend", "torch")):
+        code, err, stems = separate_cli(capsys, song, tmp_path / "model", tmp_path / "b", *extra)
+        assert code == 0 and err == ""
+        assert all(np.array_equal(stems[t], expected[t]) for t in expected)
+        shutil.rmtree(tmp_path / "b")
+    assert not (cache_dir() / GRAPH_CACHE).exists()  # no export to the cache: torch ran

@@ -9,7 +9,11 @@ file that describes the STFT, the rate and the targets; `onnx_separator` swaps a
 target models for `OnnxModel`s, which run the same graphs in onnxruntime, so the STFT, the
 Wiener filter and the inverse STFT stay those of the one engine.
 
-onnx and onnxruntime (the extra `umx[onnx]`) are imported only here, and only when used.
+The backend's graphs are kept in the model cache with their SHA-256 recorded
+(`umx.onnx_graphs`), checked before each use and exported again when they do not match; an
+export folder records its graphs' SHA-256 in its JSON (`umx.onnx_folder` runs one).
+
+onnx and onnxruntime (the extra `umx[onnx]`) are imported only when used (`require_onnx`).
 """
 
 from __future__ import annotations
@@ -24,27 +28,31 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from umx.audio import display_path
-from umx.devices import AUTO
 from umx.errors import UmxError
 from umx.model import LSTMState, OpenUnmix
-from umx.modeldir import hash_weights, write_atomic
+from umx.modeldir import hash_weights, short, write_atomic
+from umx.onnx_graphs import (
+    DamagedGraph,
+    GraphFile,
+    graph_bytes,
+    recorded_graph,
+    sha256_hex,
+    write_recorded,
+)
+from umx.onnx_options import EXPORT_JSON, QUANTIZATIONS, check_quantize, require_onnx
 from umx.separator import Separator
 from umx.zoo import cache_dir, load_separator
 
 logger = logging.getLogger("umx")
 
 FORMATS = ("onnx",)
-QUANTIZATIONS = ("int8",)
-BACKENDS = ("torch", "onnxruntime")
 OPSET = 17
-EXPORT_JSON = "umx-onnx.json"
 FORMAT_VERSION = 1
 GRAPH_SUFFIX = ".onnx"
 STREAM_SUFFIX = ".stream.onnx"
@@ -56,26 +64,6 @@ QUANTIZED_OPS = ("MatMul", "Gemm", "LSTM")
 """The operators int8 dynamic quantisation rewrites: the linear layers and the LSTM."""
 GRAPH_CACHE = "onnx-graphs"
 """The folder of the model cache (`umx.zoo.cache_dir`) that keeps the backend's graphs."""
-
-
-def require_onnx() -> tuple[ModuleType, ModuleType]:
-    """Import onnx and onnxruntime, or say in one sentence how to get them.
-
-    Returns:
-        the modules `onnx` and `onnxruntime`.
-
-    Raises:
-        UmxError: one of them is not installed.
-    """
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as error:
-        raise UmxError(
-            f"ONNX export and the onnxruntime backend need the package {error.name or 'onnx'}, "
-            "which is not installed: pip install 'umx[onnx]'"
-        ) from None
-    return onnx, onnxruntime
 
 
 class _StreamingGraph(nn.Module):
@@ -183,9 +171,9 @@ def quantize_graph(graph: bytes) -> bytes:
     return quantized
 
 
-def _session(graph: bytes | Path, threads: int | None) -> Any:
+def _session(graph: bytes | GraphFile, threads: int | None) -> Any:
     """An onnxruntime session on the CPU with `threads` intra-op threads (torch's by default),
-    of a serialised graph or a graph file."""
+    of a serialised graph or of a graph file's checked bytes (`GraphFile.read`)."""
     _, onnxruntime = require_onnx()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -194,11 +182,18 @@ def _session(graph: bytes | Path, threads: int | None) -> Any:
     # Without the arena each run's buffers go back to the allocator: with it, every target's
     # session kept the peak of its own largest run (a 3-minute track: +1.7 GB over four).
     options.enable_cpu_mem_arena = False
-    return onnxruntime.InferenceSession(
-        str(graph) if isinstance(graph, Path) else graph,
-        sess_options=options,
-        providers=["CPUExecutionProvider"],
-    )
+    try:
+        return onnxruntime.InferenceSession(
+            graph_bytes(graph),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as error:  # onnxruntime's own errors derive from Exception only
+        if not type(error).__module__.startswith("onnxruntime"):
+            raise
+        what = display_path(graph.path) if isinstance(graph, GraphFile) else "an ONNX graph"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise UmxError(f"onnxruntime cannot load {what}: {short.repr(reason)}") from None
 
 
 class OnnxModel(nn.Module):
@@ -210,15 +205,19 @@ class OnnxModel(nn.Module):
     device are copied there and back.
 
     It pickles (e.g. into the worker processes of `umx evaluate --jobs`) as its graphs, and
-    makes its sessions anew when unpickled.
+    makes its sessions anew when unpickled. A graph file is checked against its recorded
+    SHA-256 each time a session is made of it.
 
     Args:
         graph: the full-sequence graph (`model_graph`, maybe `quantize_graph`), serialised or
-            as a file (`cached_graph`'s, which keeps it out of this process's memory).
+            as a file with its recorded SHA-256 (`GraphCache`'s or an export folder's, which
+            keeps it out of this process's memory).
         stream_graph: the streaming graph of a unidirectional model; None otherwise.
         nb_channels, nb_bins, hidden_size, nb_layers: the exported model's sizes (`nb_bins`
             is its number of output bins, `n_fft // 2 + 1`).
         threads: intra-op threads of onnxruntime; torch's thread count if None.
+        checked: the bytes of `graph` and `stream_graph` when the caller has just read and
+            checked their files (`GraphCache.graph`), so that they are not read twice.
 
     Attributes:
         anchor: an empty float32 parameter, so that the separators, which read their device
@@ -227,14 +226,15 @@ class OnnxModel(nn.Module):
 
     def __init__(
         self,
-        graph: bytes | Path,
-        stream_graph: bytes | Path | None,
+        graph: bytes | GraphFile,
+        stream_graph: bytes | GraphFile | None,
         *,
         nb_channels: int,
         nb_bins: int,
         hidden_size: int,
         nb_layers: int,
         threads: int | None = None,
+        checked: tuple[bytes, bytes | None] | None = None,
     ) -> None:
         super().__init__()
         self.nb_channels = nb_channels
@@ -243,10 +243,10 @@ class OnnxModel(nn.Module):
         self.nb_layers = nb_layers
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
         self.graphs, self.threads = (graph, stream_graph), threads
-        self._start_sessions()
+        self._start_sessions(checked)
 
-    def _start_sessions(self) -> None:
-        graph, stream_graph = self.graphs
+    def _start_sessions(self, checked: tuple[bytes, bytes | None] | None = None) -> None:
+        graph, stream_graph = checked or self.graphs
         self.session = _session(graph, self.threads)
         self.stream_session = None if stream_graph is None else _session(stream_graph, self.threads)
 
@@ -259,18 +259,25 @@ class OnnxModel(nn.Module):
 
     @classmethod
     def from_model(
-        cls, model: OpenUnmix, *, quantize: str | None = None, threads: int | None = None
+        cls,
+        model: OpenUnmix,
+        *,
+        quantize: str | None = None,
+        threads: int | None = None,
+        cache: GraphCache | None = None,
     ) -> OnnxModel:
         """Export `model` (and quantise it with `quantize="int8"`) and load it.
 
         Exporting a large model takes seconds, so the graphs are kept in the model cache
-        (`cached_graph`) and later loads of the same weights read them from there.
+        (`cache`, a new `GraphCache` if None) and later loads of the same weights read them
+        from there.
         """
         check_quantize(quantize)
-        graph = cached_graph(model, quantize=quantize)
-        stream_graph = None
+        cache = cache or GraphCache()
+        graph, data = cache.graph(model, quantize=quantize)
+        stream_graph = stream_data = None
         if model.unidirectional:
-            stream_graph = cached_graph(model, streaming=True, quantize=quantize)
+            stream_graph, stream_data = cache.graph(model, streaming=True, quantize=quantize)
         return cls(
             graph,
             stream_graph,
@@ -279,6 +286,7 @@ class OnnxModel(nn.Module):
             hidden_size=model.hidden_size,
             nb_layers=model.nb_layers,
             threads=threads,
+            checked=(data, stream_data),
         )
 
     @property
@@ -339,60 +347,81 @@ class OnnxModel(nn.Module):
             )
 
 
-def cached_graph(
-    model: OpenUnmix, *, streaming: bool = False, quantize: str | None = None
-) -> Path | bytes:
-    """`model_graph` (quantised with `quantize`) as a file of the model cache, made there
-    atomically unless an earlier call made it; the serialised graph itself if the cache
-    cannot be written.
+class GraphCache:
+    """The backend's graphs in the model cache (`umx.zoo.cache_dir`), each beside its recorded
+    SHA-256 (`umx.onnx_graphs`).
 
-    The file is named by a SHA-256 of everything the graph depends on: the model's sizes and
-    parameter values, the kind of graph, the quantisation, the opset and the torch and
-    onnxruntime versions. Set `$UMX_CACHE` to move the cache (see `umx.zoo.cache_dir`).
+    A graph file is named by a SHA-256 of everything the graph depends on: the model's sizes
+    and parameter values, the kind of graph, the quantisation, the opset and the torch and
+    onnxruntime versions. One that does not match its record (damaged, replaced, truncated,
+    its record missing) is exported again, with one warning that names it. When the cache
+    cannot be written (a file in its place, a read-only disk) graphs are kept in memory, with
+    one warning per `GraphCache`. Set `$UMX_CACHE` to move the cache.
     """
-    _, onnxruntime = require_onnx()
-    key = hashlib.sha256()
-    parts = (
-        streaming,
-        quantize,
-        OPSET,
-        torch.__version__,
-        onnxruntime.__version__,
-        model.nb_output_bins,
-        model.nb_bins,
-        model.nb_channels,
-        model.hidden_size,
-        model.nb_layers,
-        model.unidirectional,
-    )
-    key.update(repr(parts).encode())
-    hash_weights(key, model)
-    path = cache_dir() / GRAPH_CACHE / f"{key.hexdigest()}{GRAPH_SUFFIX}"
-    if path.is_file():
-        return path
-    graph = model_graph(model, streaming=streaming)
-    if quantize:
-        graph = quantize_graph(graph)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda out: out.write(graph))
-    except OSError as error:
-        logger.debug("the ONNX graph is not cached (%s)", error)
-        return graph
-    return path
+
+    def __init__(self) -> None:
+        self.folder = cache_dir() / GRAPH_CACHE
+        self.unwritable = False
+
+    def path(self, model: OpenUnmix, *, streaming: bool, quantize: str | None) -> Path:
+        """Where the graph of `model` (`streaming`, `quantize` as `graph`) is kept."""
+        _, onnxruntime = require_onnx()
+        key = hashlib.sha256()
+        parts = (
+            streaming,
+            quantize,
+            OPSET,
+            torch.__version__,
+            onnxruntime.__version__,
+            model.nb_output_bins,
+            model.nb_bins,
+            model.nb_channels,
+            model.hidden_size,
+            model.nb_layers,
+            model.unidirectional,
+        )
+        key.update(repr(parts).encode())
+        hash_weights(key, model)
+        return self.folder / f"{key.hexdigest()}{GRAPH_SUFFIX}"
+
+    def graph(
+        self, model: OpenUnmix, *, streaming: bool = False, quantize: str | None = None
+    ) -> tuple[bytes | GraphFile, bytes]:
+        """`model_graph` (quantised with `quantize`) as a checked file of the cache, made
+        there unless an earlier call made it, and its bytes.
+
+        Returns:
+            the graph file and its checked bytes; the serialised graph twice if the cache
+            cannot be written.
+        """
+        path = self.path(model, streaming=streaming, quantize=quantize)
+        try:
+            cached = recorded_graph(path)
+            if cached is not None:
+                return cached, cached.read()
+        except DamagedGraph as error:
+            logger.warning("%s: rebuilt it", error)
+        graph = model_graph(model, streaming=streaming)
+        if quantize:
+            graph = quantize_graph(graph)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return write_recorded(path, graph), graph
+        except OSError as error:
+            if not self.unwritable:
+                logger.warning(
+                    "cannot write the ONNX graph cache %s (%s): the graphs stay in memory and "
+                    "are exported again next time",
+                    display_path(self.folder),
+                    error.strerror or error,
+                )
+            self.unwritable = True
+            return graph, graph
 
 
 def _numpy(x: Tensor) -> Any:
     """A contiguous float32 CPU array of `x` (a view where it already is one)."""
     return x.detach().to("cpu", torch.float32).contiguous().numpy()
-
-
-def check_quantize(quantize: str | None) -> None:
-    """Refuse an unknown quantisation (None is none)."""
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise UmxError(
-            f"unknown quantisation {quantize!r}; choose {', '.join(QUANTIZATIONS)} (or none)"
-        )
 
 
 def onnx_separator(
@@ -409,8 +438,9 @@ def onnx_separator(
         a new separator with the same STFT, channels, targets and filtering options, on the
         CPU, with `model_name` copied.
     """
+    cache = GraphCache()
     models = {
-        name: OnnxModel.from_model(model, quantize=quantize, threads=threads)
+        name: OnnxModel.from_model(model, quantize=quantize, threads=threads, cache=cache)
         for name, model in separator.target_models.items()
     }
     onnx_sep = Separator(
@@ -429,12 +459,15 @@ def onnx_separator(
 
 
 def export_description(separator: Separator, quantize: str | None) -> dict[str, Any]:
-    """The JSON that describes an export: STFT, rate, channels, targets and their graphs."""
+    """The JSON that describes an export: STFT, rate, channels, targets and their graphs (their
+    SHA-256 still None)."""
     targets = {}
     for name, model in separator.target_models.items():
         targets[name] = {
             "graph": f"{name}{GRAPH_SUFFIX}",
             "stream_graph": f"{name}{STREAM_SUFFIX}" if model.unidirectional else None,
+            "graph_sha256": None,  # set by `export_onnx` once the graphs are made
+            "stream_graph_sha256": None,
             "nb_bins": model.nb_output_bins,
             "max_bin": model.nb_bins,
             "hidden_size": model.hidden_size,
@@ -525,6 +558,9 @@ def export_onnx(
             graphs[target["stream_graph"]] = model_graph(model, streaming=True)
         for file, graph in graphs.items():
             files[file] = quantize_graph(graph) if quantize else graph
+            # What `umx.onnx_folder` checks each graph against before running it.
+            key = "graph_sha256" if file == target["graph"] else "stream_graph_sha256"
+            target[key] = sha256_hex(files[file])
     files[EXPORT_JSON] = (json.dumps(description, indent=2) + "\n").encode()
     written: list[Path] = []
     try:
@@ -543,29 +579,6 @@ def export_onnx(
             raise UmxError(f"cannot write the export into {outdir}: {error.strerror}") from None
         raise
     return written
-
-
-def check_backend(backend: str, quantize: str | None, device: str = AUTO) -> None:
-    """Refuse a backend, quantisation and device that do not go together, before any model
-    loads (as `umx separate --backend ... --quantize ... --device ...` spells them).
-
-    Raises:
-        UmxError: unknown backend or quantisation, quantisation without onnxruntime,
-            onnxruntime on another device than the CPU, or onnxruntime not installed.
-    """
-    if backend not in BACKENDS:
-        raise UmxError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
-    check_quantize(quantize)
-    if backend == "torch":
-        if quantize is not None:
-            raise UmxError(f"--quantize {quantize} runs on onnxruntime: add --backend onnxruntime")
-        return
-    if device not in (AUTO, "cpu"):
-        raise UmxError(
-            f"--backend onnxruntime runs the models on the CPU, not on {device!r}: "
-            "leave out --device or give --device cpu"
-        )
-    require_onnx()
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -587,11 +600,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         help="export only these targets (default: all of the model's)",
     )
     p.add_argument("--force", action="store_true", help="overwrite an earlier export in OUTDIR")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars, messages or file list"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """`umx export`: load the model on the CPU, export it, print the written files."""
+    """`umx export`: load the model on the CPU, export it, print the written files (unless
+    `--quiet`)."""
     check_quantize(args.quantize)
     require_onnx()
     separator = load_separator(
@@ -605,6 +621,7 @@ def run_export(args: argparse.Namespace) -> int:
         display_path(args.outdir),
         f" ({args.quantize})" if args.quantize else "",
     )
-    for path in written:
-        print(display_path(path))
+    if not args.quiet:
+        for path in written:
+            print(display_path(path))
     return 0

@@ -11,7 +11,7 @@ from umx.api import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
 from umx.devices import AUTO, resolve_device
 from umx.errors import UmxError
-from umx.export import BACKENDS, QUANTIZATIONS, check_backend, onnx_separator
+from umx.onnx_options import BACKENDS, QUANTIZATIONS, check_backend, is_export_folder
 from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator, check_options
 from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, load_separator
 
@@ -30,7 +30,7 @@ SEPARATION_DEFAULTS = {
     "overlap": OVERLAP,
     "whole_track": False,
     "device": AUTO,
-    "backend": "torch",
+    "backend": None,  # torch, or onnxruntime for --quantize or an export: `check_backend`
     "quantize": None,
 }
 TWO_STEMS_REST = "no_"
@@ -104,13 +104,14 @@ def add_separation_arguments(
         "--backend",
         choices=BACKENDS,
         help="what runs the target models: torch, or onnxruntime on the CPU (extra "
-        "umx[onnx]; the same stems within 1e-4) (default: torch)",
+        "umx[onnx]; the same stems within 1e-4) (default: torch; onnxruntime with --quantize "
+        "or a --model folder written by umx export)",
     )
     group.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
-        help="with --backend onnxruntime: int8 dynamic quantisation of the models' LSTM and "
-        "linear layers, faster and slightly less accurate (default: none, float32)",
+        help="int8 dynamic quantisation of the models' LSTM and linear layers, faster and "
+        "slightly less accurate; implies --backend onnxruntime (default: none, float32)",
     )
     group.set_defaults(**SEPARATION_DEFAULTS)
 
@@ -145,25 +146,37 @@ def check_separation_args(args: argparse.Namespace) -> None:
         segment=segment_from_args(args),
         overlap=args.overlap,
     )
-    check_backend(args.backend, args.quantize, args.device)
+    args.backend = check_backend(args.backend, args.quantize, args.device, args.model)
 
 
 def separator_from_args(args: argparse.Namespace, model: str | None) -> Separator:
     """Load `model` (a name, a directory, or None for the default) with the separation options
     of `args`; a download shows a progress bar unless `args.quiet`. With `--backend
-    onnxruntime` the target models are exported and run by onnxruntime (`umx.export`)."""
+    onnxruntime` the target models are exported and run by onnxruntime (`umx.export`), and an
+    export folder's graphs are run as they are (`umx.onnx_folder`)."""
     onnx = args.backend == "onnxruntime"
+    options = {
+        "targets": args.targets,
+        "niter": args.niter,
+        "softmask": args.softmask,
+        "residual": args.residual,
+        "wiener_win_len": args.wiener_win_len or None,
+    }
+    if onnx and is_export_folder(model):
+        from umx.onnx_folder import load_export
+
+        return load_export(model, **options, quantize=args.quantize)
     separator = load_separator(
         model,
-        targets=args.targets,
-        niter=args.niter,
-        softmask=args.softmask,
-        residual=args.residual,
-        wiener_win_len=args.wiener_win_len or None,
+        **options,
         device="cpu" if onnx else resolve_device(args.device),
         progress=not args.quiet,
     )
-    return onnx_separator(separator, quantize=args.quantize) if onnx else separator
+    if not onnx:
+        return separator
+    from umx.export import onnx_separator
+
+    return onnx_separator(separator, quantize=args.quantize)
 
 
 def segment_from_args(args: argparse.Namespace) -> float | None:

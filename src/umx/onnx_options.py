@@ -1,0 +1,109 @@
+"""The options of the onnxruntime backend and their checks, without importing torch or onnx:
+which backends and quantisations exist, which backend a command line means, and whether a
+`--model` is a folder written by `umx export`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+from umx.errors import UmxError
+
+BACKENDS = ("torch", "onnxruntime")
+QUANTIZATIONS = ("int8",)
+EXPORT_JSON = "umx-onnx.json"
+"""The file that makes a folder an export (`umx export`): the STFT, rate, targets, graphs."""
+
+
+def require_onnx() -> tuple[ModuleType, ModuleType]:
+    """Import onnx and onnxruntime, or say in one sentence how to get them.
+
+    Returns:
+        the modules `onnx` and `onnxruntime`.
+
+    Raises:
+        UmxError: one of them is not installed.
+    """
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as error:
+        raise UmxError(
+            f"ONNX export and the onnxruntime backend need the package {error.name or 'onnx'}, "
+            "which is not installed: pip install 'umx[onnx]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+def check_quantize(quantize: str | None) -> None:
+    """Refuse an unknown quantisation (None is none)."""
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise UmxError(
+            f"unknown quantisation {quantize!r}; choose {', '.join(QUANTIZATIONS)} (or none)"
+        )
+
+
+def is_export_folder(model: object) -> bool:
+    """Whether `model` (a `--model` value) is a folder that holds an export's `umx-onnx.json`
+    and is not also a model directory (with `separator.json`, whose weights torch runs) nor a
+    known model's name (as in `umx.zoo.load_separator`: write `./NAME` for the folder)."""
+    if not isinstance(model, str | os.PathLike) or not (Path(model) / EXPORT_JSON).is_file():
+        return False
+    from umx.modeldir import SEPARATOR_JSON  # imports torch: only once a folder is there
+    from umx.zoo import MODELS
+
+    named = isinstance(model, str) and model in MODELS
+    return not named and not (Path(model) / SEPARATOR_JSON).exists()
+
+
+def check_backend(
+    backend: str | None, quantize: str | None, device: str | None = None, model: object = None
+) -> str:
+    """The backend a command line asks for, refusing a backend, quantisation, device and model
+    that do not go together, before any model loads (as `umx separate --backend ...
+    --quantize ... --device ... --model ...` spells them; `device` None or `"auto"` when not
+    given).
+
+    Without `--backend` (`backend` None) it is onnxruntime when `--quantize` is given or the
+    model is an export folder (`is_export_folder`), otherwise torch.
+
+    Returns:
+        `"torch"` or `"onnxruntime"`.
+
+    Raises:
+        UmxError: unknown backend or quantisation, quantisation or an export folder with
+            `--backend torch`, onnxruntime on another device than the CPU, or onnxruntime not
+            installed.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise UmxError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    check_quantize(quantize)
+    export = is_export_folder(model)
+    given = backend is not None
+    if backend is None:
+        backend = "onnxruntime" if quantize is not None or export else "torch"
+    # Imported here: torch is not needed to build the parser.
+    from umx.audio import display_path
+    from umx.devices import AUTO
+
+    if backend == "torch":
+        if quantize is not None:
+            raise UmxError(f"--quantize {quantize} runs on onnxruntime: leave out --backend torch")
+        if export:
+            raise UmxError(
+                f"--model {display_path(model)} is an ONNX export (umx export), which runs on "
+                "onnxruntime: leave out --backend torch"
+            )
+        return backend
+    if device not in (None, AUTO, "cpu"):
+        name = "--backend onnxruntime"
+        if not given:
+            name = f"--quantize {quantize}" if quantize else f"--model {display_path(model)}"
+        raise UmxError(
+            f"{name} runs the models with onnxruntime on the CPU, not on {device!r}: "
+            "leave out --device or give --device cpu"
+        )
+    require_onnx()
+    return backend
