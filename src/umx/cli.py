@@ -52,9 +52,11 @@ from umx.streaming_io import (
 from umx.train import add_train_arguments, run_training
 from umx.web.options import add_serve_arguments, run_serve
 from umx.zoo import (
+    CACHE_ENV,
     DEFAULT_MODEL,
     MODELS,
     PARTIAL,
+    cache_dir,
     download_models,
     list_models,
 )
@@ -426,13 +428,23 @@ def print_reports(reports: Sequence[WriteReport]) -> None:
 
 
 def print_models() -> None:
-    """`umx --list-models`: each model's name and role, where it is, targets and description."""
+    """`umx --list-models`: each model's name and role, where it is, targets and description;
+    then the cache folder and, while the default model is not all there, where each of its
+    missing files comes from and goes (the fallback warning leaves these out)."""
     for info in list_models():
         role = " (default)" if info.default else " (offline)" if info.fallback else ""
         missing = f" (missing: {', '.join(info.missing)})" if info.status == PARTIAL else ""
         print(
             f"{info.name + role:20s} {info.status:15s} {' '.join(info.targets):24s} "
             f"{info.description}{missing}"
+        )
+    print(f"cache: {display_path(cache_dir())} (set {CACHE_ENV} to move it)")
+    default = MODELS[DEFAULT_MODEL]
+    missing = default.missing()
+    if missing:
+        print(
+            f"to get {DEFAULT_MODEL}: `umx download {DEFAULT_MODEL}`, or by hand, "
+            f"{default.placement(missing)}"
         )
 
 

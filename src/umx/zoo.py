@@ -667,7 +667,8 @@ def _named_files(
 
 
 def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | None:
-    """None if the default model's weights are cached or reachable, else why they are not.
+    """None if the default model's weights are cached or reachable, else why they are not, in a
+    few words (the full reason is logged at debug level).
 
     Only looks at the cache and, when files are missing and not offline, probes the download
     host for up to `PROBE_TIMEOUT_S` seconds; nothing is downloaded or verified.
@@ -677,21 +678,22 @@ def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | N
     if not missing:
         return None
     if offline:
-        return f"offline mode is on and {DEFAULT_MODEL} is not in the cache"
+        return "offline mode is on"
     url = entry.url(missing[0])
     reason = _probe(url)
-    return None if reason is None else f"{url} cannot be reached: {reason}"
+    if reason is None:
+        return None
+    logger.debug("%s cannot be reached: %s", url, reason)
+    return "its download host cannot be reached"
 
 
-def _fallback_warning(reason: str, targets: Sequence[str] | None) -> str:
-    entry = MODELS[DEFAULT_MODEL]
-    selected = select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}")
-    missing = entry.missing(selected) or selected
+def _fallback_warning(why: str) -> str:
+    """The one short line saying that the default model could not be had and which model
+    separates instead; where the weights come from and where they go are `umx download`'s and
+    `umx --list-models`'s to say."""
     return (
-        f"the default model {DEFAULT_MODEL} is not available ({reason}), so {FALLBACK_MODEL} "
-        f"separates instead, a small demo model trained on synthetic music: to get "
-        f"{DEFAULT_MODEL}, run `umx download {DEFAULT_MODEL}` with network access, or "
-        f"{entry.placement(missing)}"
+        f"{DEFAULT_MODEL} is not available ({why}), so the bundled demo model {FALLBACK_MODEL} "
+        f"separates instead: run `umx download {DEFAULT_MODEL}` to get it"
     )
 
 
@@ -786,9 +788,10 @@ def load_separator(
             try:
                 files = _named_files(MODELS[DEFAULT_MODEL], targets, progress, offline)
             except _Unavailable as error:
-                reason = error.reason
+                logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
+                reason = "its download failed"
         if files is None:
-            logger.warning(_fallback_warning(str(reason), targets))
+            logger.warning(_fallback_warning(reason))
             files = _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline)
         name = DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     else:
