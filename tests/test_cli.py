@@ -416,3 +416,51 @@ def test_the_core_install_separates_without_any_extra(tmp_path):
     stems = sorted(p.name for p in (tmp_path / "procedural-42").iterdir())
     assert stems == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     assert sf.info(tmp_path / "procedural-42" / "vocals.wav").duration == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("word", "suggestion"), [("seperate", "separate"), ("srve", "serve"), ("trian", "train")]
+)
+def test_a_mistyped_command_is_refused_before_any_work(word, suggestion, song, monkeypatch, capsys):
+    """`umx seperate song.wav` must not separate song.wav and then complain about 'seperate'."""
+    monkeypatch.chdir(song.parent)
+    assert run(word, song.name) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {word!r} is not a command or a file; did you mean {suggestion}?"
+    ]
+    assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]  # no separated/
+
+
+def test_a_first_word_is_a_file_when_one_exists_by_that_name(model_dir, song, monkeypatch):
+    """A file named like a mistyped command is an input; a word that is neither a file nor
+    close to a command lists the commands."""
+    monkeypatch.chdir(song.parent)
+    song.rename("seperate")
+    assert run("seperate", "--model", model_dir, "--outdir", "out", "--niter", "0") == 0
+    assert len(list((song.parent / "out" / "seperate").iterdir())) == 4
+
+
+def test_an_unknown_word_lists_the_commands(capsys):
+    assert run("xyzzy") == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "umx: error: 'xyzzy' is not a command or a file; the commands are " + ", ".join(COMMANDS)
+    )
+
+
+def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsys):
+    """Inputs are checked first: with an invalid model as well, the error is the input's."""
+    missing, folder = tmp_path / "missing.wav", tmp_path / "folder.wav"
+    folder.mkdir()
+    not_a_model = tmp_path / "no-such-model-dir"
+    assert run(song, missing, "--model", not_a_model, "--outdir", tmp_path / "out") == 1
+    assert capsys.readouterr().err.splitlines() == [f"umx: error: {missing} does not exist"]
+    assert run(missing, folder, song, "--model", not_a_model, "--outdir", tmp_path / "o") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {missing} does not exist (and 1 more input cannot be read)"
+    ]
+    assert run(folder, "--model", not_a_model, "--outdir", tmp_path / "o") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {folder} is a directory, not a regular audio file"
+    ]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()

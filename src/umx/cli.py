@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
@@ -117,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `umx`; `umx INPUT...` is short for `umx separate INPUT...`. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        problem = argv and not argv[0].startswith("-") and not_a_command(argv[0])
+        if problem:
+            print(f"umx: error: {problem}", file=sys.stderr)
+            return 2
         argv.insert(0, "separate")
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
@@ -133,6 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as stopped:
         logger.error("stopped by %s", signal.Signals(stopped.signum).name)
         return 128 + stopped.signum
+
+
+def not_a_command(word: str) -> str | None:
+    """Why `umx WORD ...` cannot mean `umx separate WORD ...`, or None when it can: WORD is
+    neither a command nor an existing file, and is close to a command or does not look like a
+    file name (one with an extension or a folder). A missing file name is left to `umx separate`,
+    which refuses it before loading a model."""
+    if os.path.lexists(word):
+        return None
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    if close:
+        return f"{word!r} is not a command or a file; did you mean {close[0]}?"
+    if Path(word).suffix or os.sep in word:
+        return None
+    return f"{word!r} is not a command or a file; the commands are {', '.join(COMMANDS)}"
 
 
 def setup_logging(quiet: bool) -> None:
@@ -448,6 +468,25 @@ def print_models() -> None:
         )
 
 
+def check_readable(paths: Sequence[str]) -> None:
+    """Refuse, in one line, inputs that are missing, not regular files or unreadable, before any
+    model is loaded; whether they decode is found out file by file while separating."""
+    from umx.audio.reading import _open_regular
+
+    problems = []
+    for path in paths:
+        try:
+            with _open_regular(Path(path)):
+                pass
+        except UmxError as error:
+            problems.append(str(error))
+    if len(problems) > 1:
+        others = len(problems) - 1
+        problems[0] += f" (and {others} more input{'s' if others > 1 else ''} cannot be read)"
+    if problems:
+        raise UmxError(problems[0])
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """The options and inputs of `umx separate` that can be checked before loading a model."""
     if not args.inputs:
@@ -459,6 +498,7 @@ def check_inputs(args: argparse.Namespace) -> None:
                 "with -- (umx --targets vocals -- song.mp3)"
             )
         raise UmxError("no input files given (try `umx --help`)")
+    check_readable(args.inputs)
     if args.residual is not None:
         check_target_name(args.residual, "--residual")
     check_number("--start", args.start, minimum=0)
