@@ -464,3 +464,43 @@ def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsy
         f"umx: error: {folder} is a directory, not a regular audio file"
     ]
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+PARSED = {  # each command with options that parse (nothing runs)
+    "separate": ["separate", "song.wav", "--targets", "vocals", "--ext", "flac", "-q"],
+    "stream": ["stream", "-", "--rate", "44100", "--format", "s16le"],
+    "batch": ["batch", "music", "--jobs", "2"],
+    "train": ["train", "--root", "data", "--target", "vocals", "--epochs", "3"],
+    "evaluate": ["evaluate", "--evaldir", "scores", "--method", "irm"],
+    "download": ["download", "umxhq"],
+    "serve": ["serve", "--port", "0"],
+    "synth": ["synth", "--root", "data", "--procedural", "2"],
+}
+
+
+def test_help_parsing_and_list_models_import_no_torch():
+    """`umx --help`, `umx CMD --help`, parsing every command's options and `umx --list-models`
+    import neither torch nor numpy and soundfile, which take seconds to load on a small machine
+    (benchmarks/cli_help.py times them). `umx export` is left out: its options live beside its
+    torch modules."""
+    assert set(PARSED) == set(COMMANDS) - {"export"}
+    steps = [["--help"], ["--list-models"]]
+    for command, argv in PARSED.items():
+        steps += [[command, "--help"], argv]
+    script = (
+        "import sys\n"
+        "from contextlib import redirect_stdout, suppress\n"
+        "from io import StringIO\n"
+        "from umx.cli import build_parser, main\n"
+        f"for argv in {steps!r}:\n"
+        "    with redirect_stdout(StringIO()), suppress(SystemExit):\n"
+        "        if argv[0] == '--list-models': main(argv)\n"
+        "        else: build_parser({argv[0]}).parse_args(argv)\n"
+        "    heavy = [m for m in ('torch', 'numpy', 'soundfile') if m in sys.modules]\n"
+        "    print(' '.join(argv[:2]), '|', *heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    loaded = dict(line.split(" |") for line in result.stdout.splitlines())
+    assert len(loaded) == len(steps)
+    assert {step: heavy for step, heavy in loaded.items() if heavy} == {}

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from umx.audio import display_path
+from umx.defaults import BACKENDS, QUANTIZATIONS
 from umx.devices import AUTO
 from umx.errors import UmxError
 from umx.model import LSTMState, OpenUnmix
@@ -41,8 +42,7 @@ from umx.zoo import cache_dir, load_separator
 logger = logging.getLogger("umx")
 
 FORMATS = ("onnx",)
-QUANTIZATIONS = ("int8",)
-BACKENDS = ("torch", "onnxruntime")
+
 OPSET = 17
 EXPORT_JSON = "umx-onnx.json"
 FORMAT_VERSION = 1

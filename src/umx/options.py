@@ -6,13 +6,26 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from umx.api import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
-from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
-from umx.devices import AUTO, resolve_device
-from umx.export import BACKENDS, QUANTIZATIONS, check_backend, onnx_separator
-from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator, check_options
-from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, load_separator
+from umx.defaults import (
+    AUTO,
+    BACKENDS,
+    CLIP_POLICIES,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATE,
+    FALLBACK_MODEL,
+    OVERLAP,
+    QUANTIZATIONS,
+    SEGMENT,
+    SUBTYPES,
+    TEMPLATE_FIELDS,
+    WIENER_WIN_LEN,
+)
+from umx.zoo import load_separator
+
+if TYPE_CHECKING:
+    from umx.separator import Separator
 
 MODEL_HELP = (
     f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
@@ -113,6 +126,9 @@ def given_separation_options(args: argparse.Namespace) -> list[str]:
 
 def check_separation_args(args: argparse.Namespace) -> None:
     """Refuse separation options that make no sense, before any model is loaded."""
+    from umx.export import check_backend
+    from umx.separator import check_options
+
     check_options(
         niter=args.niter,
         wiener_win_len=args.wiener_win_len or None,
@@ -126,6 +142,9 @@ def separator_from_args(args: argparse.Namespace, model: str | None) -> Separato
     """Load `model` (a name, a directory, or None for the default) with the separation options
     of `args`; a download shows a progress bar unless `args.quiet`. With `--backend
     onnxruntime` the target models are exported and run by onnxruntime (`umx.export`)."""
+    from umx.devices import resolve_device
+    from umx.export import onnx_separator
+
     onnx = args.backend == "onnxruntime"
     separator = load_separator(
         model,
@@ -181,7 +200,8 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         "--ext",
         *ext_aliases,
         dest="ext",
-        choices=audio_formats(),
+        type=output_format,
+        choices=tuple(SUBTYPES),
         default="wav",
         help="output file format (default: wav)",
     )
@@ -205,6 +225,17 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def output_format(ext: str) -> str:
+    """`--ext`: mp3 is refused while parsing where neither libsndfile nor ffmpeg can write it
+    (checked only when asked for, since it loads the audio modules)."""
+    if ext == "mp3":
+        from umx.audio import audio_formats
+
+        if ext not in audio_formats():
+            raise argparse.ArgumentTypeError("mp3 cannot be written here: install ffmpeg")
+    return ext
 
 
 def output_options(args: argparse.Namespace) -> dict[str, object]:

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from umx.audio import display_path
 from umx.batch.inputs import BatchInput
 from umx.batch.work import DONE, FAILED, RUNNING, Task
+from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
 from umx.modeldir import write_json_atomic
 from umx.zoo import sha256_file
@@ -37,8 +38,6 @@ try:
 except ImportError:  # Windows: runs are not locked against each other
     fcntl = None
 
-JOB_DIRNAME = ".umx-job"
-"""The job directory's name inside the output folder, when `--job` is not given."""
 SETTINGS_FILE = "job.json"
 INPUTS_FILE = "inputs.json"
 MANIFEST_FILE = "manifest.jsonl"

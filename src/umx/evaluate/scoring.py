@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.audio import write_audio
+from umx.defaults import BSSEVAL, HOP, WIN
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.evaluate.bsseval import bss_eval
@@ -38,13 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
-WIN = 1.0
-"""BSSEval window, in seconds (sigsep's setting)."""
-HOP = 1.0
-"""BSSEval hop, in seconds (sigsep's setting)."""
-BSSEVAL = ("fast", "museval")
-"""The BSSEval v4 implementations: umx's own (`umx.evaluate.bsseval`, museval's numbers, faster)
-and museval's, the reference."""
 
 
 def score_track(
