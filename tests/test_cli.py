@@ -440,12 +440,15 @@ def test_a_first_word_is_a_file_when_one_exists_by_that_name(model_dir, song, mo
     assert len(list((song.parent / "out" / "seperate").iterdir())) == 4
 
 
-def test_an_unknown_word_lists_the_commands(capsys):
+def test_an_unknown_word_lists_the_commands_and_a_file_name_is_an_input(tmp_path, capsys):
     assert run("xyzzy") == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (
         "umx: error: 'xyzzy' is not a command or a file; the commands are " + ", ".join(COMMANDS)
     )
+    missing = tmp_path / "serve.wav"  # close to a command, but a file name
+    assert run(missing, "--model", tmp_path / "no-such-model") == 1
+    assert capsys.readouterr().err.splitlines() == [f"umx: error: {missing} does not exist"]
 
 
 def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsys):
@@ -504,3 +507,17 @@ def test_help_parsing_and_list_models_import_no_torch():
     loaded = dict(line.split(" |") for line in result.stdout.splitlines())
     assert len(loaded) == len(steps)
     assert {step: heavy for step, heavy in loaded.items() if heavy} == {}
+
+
+def test_every_command_takes_quiet(capsys):
+    """`-q`/`--quiet` exists for every command (what each keeps is tested with the command)."""
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "-q, --quiet" in capsys.readouterr().out, command
+
+
+def test_quiet_separation_prints_only_the_stems(model_dir, song, tmp_path, capsys):
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "o", "--niter", "0", "-q") == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 4

@@ -111,16 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def not_a_command(word: str) -> str | None:
     """Why `umx WORD ...` cannot mean `umx separate WORD ...`, or None when it can: WORD is
-    neither a command nor an existing file, and is close to a command or does not look like a
-    file name (one with an extension or a folder). A missing file name is left to `umx separate`,
-    which refuses it before loading a model."""
-    if os.path.lexists(word):
+    neither a command nor an existing file, nor does it look like a file name (with an extension
+    or a folder), which `umx separate` refuses when missing, before loading a model."""
+    if os.path.lexists(word) or Path(word).suffix or os.sep in word:
         return None
     close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
     if close:
         return f"{word!r} is not a command or a file; did you mean {close[0]}?"
-    if Path(word).suffix or os.sep in word:
-        return None
     return f"{word!r} is not a command or a file; the commands are {', '.join(COMMANDS)}"
 
 
