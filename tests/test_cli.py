@@ -416,3 +416,108 @@ def test_the_core_install_separates_without_any_extra(tmp_path):
     stems = sorted(p.name for p in (tmp_path / "procedural-42").iterdir())
     assert stems == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     assert sf.info(tmp_path / "procedural-42" / "vocals.wav").duration == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("word", "suggestion"), [("seperate", "separate"), ("srve", "serve"), ("trian", "train")]
+)
+def test_a_mistyped_command_is_refused_before_any_work(word, suggestion, song, monkeypatch, capsys):
+    """`umx seperate song.wav` must not separate song.wav and then complain about 'seperate'."""
+    monkeypatch.chdir(song.parent)
+    assert run(word, song.name) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {word!r} is not a command or a file; did you mean {suggestion}?"
+    ]
+    assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]  # no separated/
+
+
+def test_a_first_word_is_a_file_when_one_exists_by_that_name(model_dir, song, monkeypatch):
+    """A file named like a mistyped command is an input; a word that is neither a file nor
+    close to a command lists the commands."""
+    monkeypatch.chdir(song.parent)
+    song.rename("seperate")
+    assert run("seperate", "--model", model_dir, "--outdir", "out", "--niter", "0") == 0
+    assert len(list((song.parent / "out" / "seperate").iterdir())) == 4
+
+
+def test_an_unknown_word_lists_the_commands_and_a_file_name_is_an_input(tmp_path, capsys):
+    assert run("xyzzy") == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "umx: error: 'xyzzy' is not a command or a file; the commands are " + ", ".join(COMMANDS)
+    )
+    missing = tmp_path / "serve.wav"  # close to a command, but a file name
+    assert run(missing, "--model", tmp_path / "no-such-model") == 1
+    assert capsys.readouterr().err.splitlines() == [f"umx: error: {missing} does not exist"]
+
+
+def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsys):
+    """Inputs are checked first: with an invalid model as well, the error is the input's."""
+    missing, folder = tmp_path / "missing.wav", tmp_path / "folder.wav"
+    folder.mkdir()
+    not_a_model = tmp_path / "no-such-model-dir"
+    assert run(song, missing, "--model", not_a_model, "--outdir", tmp_path / "out") == 1
+    assert capsys.readouterr().err.splitlines() == [f"umx: error: {missing} does not exist"]
+    assert run(missing, folder, song, "--model", not_a_model, "--outdir", tmp_path / "o") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {missing} does not exist (and 1 more input cannot be read)"
+    ]
+    assert run(folder, "--model", not_a_model, "--outdir", tmp_path / "o") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {folder} is a directory, not a regular audio file"
+    ]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+PARSED = {  # each command with options that parse (nothing runs)
+    "separate": ["separate", "song.wav", "--targets", "vocals", "--ext", "flac", "-q"],
+    "stream": ["stream", "-", "--rate", "44100", "--format", "s16le"],
+    "batch": ["batch", "music", "--jobs", "2"],
+    "train": ["train", "--root", "data", "--target", "vocals", "--epochs", "3"],
+    "evaluate": ["evaluate", "--evaldir", "scores", "--method", "irm"],
+    "download": ["download", "umxhq"],
+    "serve": ["serve", "--port", "0"],
+    "synth": ["synth", "--root", "data", "--procedural", "2"],
+}
+
+
+def test_help_parsing_and_list_models_import_no_torch():
+    """`umx --help`, `umx CMD --help`, parsing every command's options and `umx --list-models`
+    import neither torch nor numpy and soundfile, which take seconds to load on a small machine
+    (benchmarks/cli_help.py times them). `umx export` is left out: its options live beside its
+    torch modules."""
+    assert set(PARSED) == set(COMMANDS) - {"export"}
+    steps = [["--help"], ["--list-models"]]
+    for command, argv in PARSED.items():
+        steps += [[command, "--help"], argv]
+    script = (
+        "import sys\n"
+        "from contextlib import redirect_stdout, suppress\n"
+        "from io import StringIO\n"
+        "from umx.cli import build_parser, main\n"
+        f"for argv in {steps!r}:\n"
+        "    with redirect_stdout(StringIO()), suppress(SystemExit):\n"
+        "        if argv[0] == '--list-models': main(argv)\n"
+        "        else: build_parser({argv[0]}).parse_args(argv)\n"
+        "    heavy = [m for m in ('torch', 'numpy', 'soundfile') if m in sys.modules]\n"
+        "    print(' '.join(argv[:2]), '|', *heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    loaded = dict(line.split(" |") for line in result.stdout.splitlines())
+    assert len(loaded) == len(steps)
+    assert {step: heavy for step, heavy in loaded.items() if heavy} == {}
+
+
+def test_every_command_takes_quiet(capsys):
+    """`-q`/`--quiet` exists for every command (what each keeps is tested with the command)."""
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "-q, --quiet" in capsys.readouterr().out, command
+
+
+def test_quiet_separation_prints_only_the_stems(model_dir, song, tmp_path, capsys):
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "o", "--niter", "0", "-q") == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 4

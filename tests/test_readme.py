@@ -99,7 +99,7 @@ def test_main_job_separates_the_example_with_the_bundled_model(tmp_path, monkeyp
     monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("network used"))
     assert main([str(example), *main_job[2:]]) == 0
     out = capsys.readouterr()
-    assert "trained on synthetic music" in out.err  # said once, on stderr
+    assert out.err.count("the bundled demo model umxsynth") == 1  # said once, on stderr
     mixture, rate = sf.read(example, dtype="float32")
     stems = {}
     for target in TARGETS:

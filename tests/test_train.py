@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ from umx.train import (
     main,
     validate,
 )
+from umx.train.progress import outlook
 from umx.transforms import Spectrogram
 from umx.zoo import load_separator
 
@@ -489,12 +491,77 @@ def test_a_log_file_gets_one_line_per_epoch_and_no_progress_bars(task, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\r" not in result.stderr and "|" not in result.stderr  # no bars
     epochs = re.findall(
-        r"^umx: epoch (\d)/3: train loss [\d.e-]+, valid loss [\d.e-]+( \(best\))?, [\d.]+ s$",
+        r"^umx: epoch (\d)/3: train loss [\d.e-]+, valid loss [\d.e-]+( \(best\))?, [\d.]+ s"
+        r"(; next epoch ~[\d.]+ s, last epoch 3 in ~[\d.]+ s)?$",
         result.stderr,
         flags=re.MULTILINE,
     )
-    assert [epoch for epoch, _ in epochs] == ["1", "2", "3"]
-    assert len(result.stderr.splitlines()) <= 6, result.stderr  # statistics, epochs, summary
+    assert [(epoch, bool(outlook)) for epoch, _, outlook in epochs] == [
+        ("1", True),
+        ("2", True),
+        ("3", False),  # nothing left to foresee
+    ]
+    model = load_separator(tmp_path / "out", niter=0).target_models["vocals"]
+    nb_parameters = sum(parameter.numel() for parameter in model.parameters())
+    assert (
+        f"umx: training vocals on cpu: 8 tracks (16 s of audio), 2 (4.0 s) for validation; "
+        f"{nb_parameters / 1000:.3g} k parameters; 8 samples per epoch in 1 batch; at most 3 "
+        f"epochs, stopping after 140 without improvement; into {tmp_path / 'out'}\n"
+        in result.stderr
+    )
+    assert len(result.stderr.splitlines()) <= 6, result.stderr  # statistics, summary, epochs, end
+
+
+def test_the_outlook_foresees_the_next_epoch_and_the_end_of_the_patience_window():
+    """Not the end of --epochs 1000: the epoch when early stopping would stop, unless sooner."""
+    stopper, times = EarlyStopping(patience=140, num_bad_epochs=10), [30.0, 12.0, 10.0, 11.0]
+    assert outlook(3, 1000, stopper, times) == (
+        "next epoch ~16 s, early stop after epoch 133 in ~34 min unless the validation loss "
+        "improves"
+    )  # 130 epochs of the mean of the last ones, 15.75 s
+    assert outlook(3, 20, stopper, times) == "next epoch ~16 s, last epoch 20 in ~4 min"
+    assert outlook(20, 20, stopper, times) == ""
+    assert outlook(3, 1000, EarlyStopping(patience=10, num_bad_epochs=10), times) == ""
+    assert outlook(7, 10_000, EarlyStopping(patience=1000), [7200.0]) == (
+        "next epoch ~2.0 h, early stop after epoch 1007 in ~2000.0 h unless the validation "
+        "loss improves"
+    )
+
+
+@pytest.mark.parametrize(("signame", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_run_says_the_command_that_resumes_it(task, tmp_path, signame, status):
+    """Ctrl-C or SIGTERM after an epoch: the last line but one is the command that resumes,
+    which then completes the run."""
+    output = tmp_path / "model dir"  # a path the shell must quote
+    options = [*TASK, "--root", str(task), "--epochs", "4", "--samples-per-track", "32"]
+    command = [sys.executable, "-m", "umx.cli", "train", *options, "--output", str(output)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # Ctrl-C as in a terminal, even when pytest itself runs where SIGINT is ignored (a
+        # background job), which the child would inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    checkpoint = output / "vocals.chkpnt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(getattr(signal, signame))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    hint, stopped = err.splitlines()  # -q (in TASK) keeps only these: a warning and an error
+    assert (
+        hint == f"umx: to resume from the last epoch completed: umx train --checkpoint "
+        f"'{output}' --target vocals"
+    )
+    assert stopped in ("umx: interrupted", "umx: stopped by SIGTERM")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < 4
+    resume = shlex.split(hint.split(": ", 2)[2])
+    assert cli.main([*resume[1:], "--quiet"]) == 0
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 4
 
 
 # --- distributed ------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def zoo_log(caplog):
     """The records of `umx.zoo`, even when the CLI has cut the `umx` logger from the root."""
     level, propagate = zoo.logger.level, zoo.logger.propagate
     zoo.logger.addHandler(caplog.handler)
-    zoo.logger.setLevel(logging.INFO)
+    zoo.logger.setLevel(logging.DEBUG)
     zoo.logger.propagate = False  # else the root's capture records each message a second time
     yield caplog
     zoo.logger.removeHandler(caplog.handler)
@@ -921,6 +921,20 @@ def warnings_in(log):
     return [record for record in log.records if record.levelno >= logging.WARNING]
 
 
+def fallback_warning(log, why):
+    """The one warning of a fallback: a short line that says why, names the model that
+    separates and how to get umxl, and leaves addresses and paths to `umx download`; the
+    details go to the debug log, returned."""
+    (warning,) = warnings_in(log)
+    message = warning.getMessage()
+    assert message == (
+        f"umxl is not available ({why}), so the bundled demo model umxsynth separates instead: "
+        "run `umx download umxl` to get it"
+    )
+    assert len(f"umx: {message}") <= 160 and warning.exc_info is None
+    return " ".join(r.getMessage() for r in log.records if r.levelno == logging.DEBUG)
+
+
 def place_by_hand(defaults, server):
     defaults.cache.mkdir(parents=True, exist_ok=True)
     for name in defaults.umxl.weights.values():
@@ -949,12 +963,8 @@ def test_default_falls_back_at_once_when_the_host_refuses(defaults, monkeypatch,
     audio = mixture()
     with torch.inference_mode():
         assert torch.equal(separator(audio), defaults.fallback(audio))
-    (warning,) = warnings_in(zoo_log)
-    message = warning.getMessage()
-    assert "Connection refused" in message and "umx download umxl" in message
-    for name in defaults.umxl.weights.values():  # which files to place where
-        assert f"{base}/{name} as {defaults.cache / name}" in message
-    assert "\n" not in message and warning.exc_info is None
+    details = fallback_warning(zoo_log, "its download host cannot be reached")
+    assert f"{base}/" in details and "Connection refused" in details
 
 
 def test_default_falls_back_within_the_probe_timeout_when_dns_hangs(defaults, monkeypatch, zoo_log):
@@ -964,8 +974,8 @@ def test_default_falls_back_within_the_probe_timeout_when_dns_hangs(defaults, mo
     start = time.monotonic()
     assert load_separator().model_name == FALLBACK_MODEL
     assert time.monotonic() - start < 1.5
-    (warning,) = warnings_in(zoo_log)
-    assert "no answer from umx-mirror.invalid within 0.3 s" in warning.getMessage()
+    details = fallback_warning(zoo_log, "its download host cannot be reached")
+    assert "no answer from umx-mirror.invalid within 0.3 s" in details
 
 
 def test_default_falls_back_within_the_probe_timeout_when_the_host_is_silent(
@@ -979,19 +989,17 @@ def test_default_falls_back_within_the_probe_timeout_when_the_host_is_silent(
         start = time.monotonic()
         assert load_separator().model_name == FALLBACK_MODEL
         assert time.monotonic() - start < 1.5
-    (warning,) = warnings_in(zoo_log)
-    assert "cannot be reached" in warning.getMessage()
+    fallback_warning(zoo_log, "its download host cannot be reached")
 
 
 def test_default_falls_back_when_the_download_fails_midway(defaults, server, zoo_log):
     speech, noise = defaults.umxl.weights.values()
     (server.root / "files" / noise).unlink()
     assert load_separator(progress=False).model_name == FALLBACK_MODEL
-    (warning,) = warnings_in(zoo_log)
-    message = warning.getMessage()
-    assert f"(could not download {server.url}/{noise} (HTTP 404 File not found))" in message
-    assert f"save {server.url}/{noise} as {defaults.cache / noise}" in message
-    assert speech not in message  # downloaded: only the missing file is to be placed
+    details = fallback_warning(zoo_log, "its download failed").split("downloading umxl failed")[1]
+    assert f"could not download {server.url}/{noise} (HTTP 404 File not found)" in details
+    assert f"save {server.url}/{noise} as {defaults.cache / noise}" in details
+    assert speech not in details  # downloaded: only the missing file is to be placed
     info = next(info for info in list_models() if info.name == "umxl")
     assert (info.status, info.missing, info.cached, info.default) == (
         "partial",
@@ -1008,8 +1016,7 @@ def test_offline_default_uses_the_cache_or_falls_back_without_the_network(
     monkeypatch.setenv("UMX_OFFLINE", "1")
     assert resolve_model() == FALLBACK_MODEL
     assert load_separator().model_name == FALLBACK_MODEL
-    (warning,) = warnings_in(zoo_log)
-    assert "offline mode is on" in warning.getMessage()
+    fallback_warning(zoo_log, "offline mode is on")
     place_by_hand(defaults, server)
     assert resolve_model() == "umxl"
     assert load_separator().model_name == "umxl"
@@ -1161,14 +1168,18 @@ def test_umx_download_and_list_models_commands(defaults, server, capsys):
     listed = capsys.readouterr().out.splitlines()
     assert any(line.startswith("umxl (default)") and "not downloaded" in line for line in listed)
     assert any(line.startswith("umxsynth (offline)") and "bundled" in line for line in listed)
+    # where the fallback warning's details went: the cache, and each file's address and path
+    assert f"cache: {defaults.cache.parent} (set UMX_CACHE to move it)" in listed
+    (placement,) = [line for line in listed if line.startswith("to get umxl: ")]
+    for name in defaults.umxl.weights.values():
+        assert f"{server.url}/{name} as {defaults.cache / name}" in placement
     assert main(["download", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(defaults.cache)
     assert len(server.requests) == 2
     assert main(["--list-models"]) == 0
-    assert any(
-        line.startswith("umxl (default)") and " cached " in line
-        for line in capsys.readouterr().out.splitlines()
-    )
+    listed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("umxl (default)") and " cached " in line for line in listed)
+    assert not any(line.startswith("to get umxl") for line in listed)
     assert main(["download", "no-such-model"]) == 1
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 
@@ -1183,5 +1194,9 @@ def test_umx_without_network_falls_back_in_one_line(defaults, monkeypatch, tmp_p
     err = capsys.readouterr().err.splitlines()
     fallback = [line for line in err if "umxsynth separates instead" in line]
     assert len(fallback) == 1 and "umx download umxl" in fallback[0]
+    assert len(fallback[0]) <= 160 and "http" not in fallback[0]
     assert any(line.endswith("separated with umxsynth") for line in err)
     assert "Traceback" not in "\n".join(err)
+    # -q keeps this one line: the stems come from another model than the one asked for
+    assert main([str(song), "--outdir", str(tmp_path / "out"), "--force", "-q"]) == 0
+    assert capsys.readouterr().err.splitlines() == fallback

@@ -4,14 +4,24 @@ The public API: `separate` (one call, in memory), `load_separator` (a named mode
 directory), `Separator` (waveforms → stems), `OpenUnmix` (the spectrogram model), and for
 causal models `StreamingSeparator` (block-by-block separation of a stream) and `separate_causal`
 (the same separation of a whole recording).
+
+The names are imported on first use (PEP 562), so that `import umx.cli` and `umx --help` do not
+load torch.
 """
 
-from umx.api import separate, separate_file
-from umx.errors import UmxError
-from umx.model import OpenUnmix
-from umx.separator import Separator
-from umx.stream import StreamingSeparator, separate_causal
-from umx.zoo import list_models, load_separator
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from umx.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from umx.api import separate, separate_file
+    from umx.errors import UmxError
+    from umx.model import OpenUnmix
+    from umx.separator import Separator
+    from umx.stream import StreamingSeparator, separate_causal
+    from umx.zoo import list_models, load_separator
 
 __version__ = "0.1.0"
 
@@ -27,3 +37,7 @@ __all__ = [
     "separate_causal",
     "separate_file",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(), ("errors", "zoo", "api", "model", "separator", "stream")
+)

@@ -23,15 +23,12 @@ from umx.audio import (
     read_audio,
     resample,
 )
+from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.modeldir import check_target_name
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 
-DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
-TEMPLATE_FIELDS = ("track", "trackext", "parent", "target", "ext")
-"""The fields of `--filename`: the input's name without extension, its extension, the name of
-its folder, the stem's name and the output extension."""
 TIME_MAJOR_HINT = "; it looks time-major: pass audio.T"
 
 

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from umx import __version__
-from umx.api import (
-    check_aggregate,
-    parse_aggregate,
-    plan_outputs,
-    separate_file,
-)
-from umx.audio import WriteReport, display_path
-from umx.batch.options import add_batch_arguments, run_batch
-from umx.data.synth_options import add_synth_arguments, run_synth
+from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
 from umx.devices import keep_freed_memory
-from umx.errors import UmxError, check_number
-from umx.evaluate import add_evaluate_arguments, run_evaluate
-from umx.export import add_export_arguments, run_export
-from umx.modeldir import check_target_name
+from umx.errors import UmxError, check_number, display_path
 from umx.options import (
     MODEL_HELP,
     add_input_arguments,
@@ -39,39 +27,23 @@ from umx.options import (
     segment_from_args,
     separator_from_args,
 )
-from umx.streaming_io import (
-    DEFAULT_BLOCK,
-    PCM_FORMATS,
-    STREAM_MODEL,
-    OutputClosed,
-    check_block,
-    check_input,
-    check_stdout_names,
-    separate_stream,
-)
-from umx.train import add_train_arguments, run_training
-from umx.web.options import add_serve_arguments, run_serve
 from umx.zoo import (
+    CACHE_ENV,
     DEFAULT_MODEL,
     MODELS,
     PARTIAL,
+    cache_dir,
     download_models,
     list_models,
 )
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from umx.audio import WriteReport
+
 logger = logging.getLogger("umx")
 
-COMMANDS = (
-    "separate",
-    "stream",
-    "batch",
-    "train",
-    "evaluate",
-    "synth",
-    "download",
-    "export",
-    "serve",
-)
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
@@ -115,8 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `umx`; `umx INPUT...` is short for `umx separate INPUT...`. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        problem = argv and not argv[0].startswith("-") and not_a_command(argv[0])
+        if problem:
+            print(f"umx: error: {problem}", file=sys.stderr)
+            return 2
         argv.insert(0, "separate")
-    args = build_parser().parse_args(argv)
+    args = build_parser({argv[0]}).parse_args(argv)
     setup_logging(args.quiet)
     keep_freed_memory()
     try:
@@ -133,6 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + stopped.signum
 
 
+def not_a_command(word: str) -> str | None:
+    """Why `umx WORD ...` cannot mean `umx separate WORD ...`, or None when it can: WORD is
+    neither a command nor an existing file, nor does it look like a file name (with an extension
+    or a folder), which `umx separate` refuses when missing, before loading a model."""
+    if os.path.lexists(word) or Path(word).suffix or os.sep in word:
+        return None
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    if close:
+        return f"{word!r} is not a command or a file; did you mean {close[0]}?"
+    return f"{word!r} is not a command or a file; the commands are {', '.join(COMMANDS)}"
+
+
 def setup_logging(quiet: bool) -> None:
     """Messages go to stderr as `umx: ...` lines; `--quiet` keeps only warnings and errors."""
     handler = logging.StreamHandler(sys.stderr)
@@ -142,85 +130,88 @@ def setup_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `umx`, with the options of `commands` only (all if None): `main` builds
+    those of the command it runs, so that `umx --help` and `umx CMD --help` import no other
+    command's modules (and none but `umx export` imports torch)."""
     parser = argparse.ArgumentParser(
         prog="umx",
         description="Open-Unmix music source separation. `umx INPUT...` separates files "
         "with the default model; see `umx COMMAND --help`.",
     )
     parser.add_argument("--version", action="version", version=f"umx {__version__}")
-    commands = parser.add_subparsers(title="commands", dest="command", required=True)
-    add_separate_command(commands)
-    add_stream_command(commands)
-    batch = commands.add_parser(
-        "batch",
-        help="separate folders of songs as one resumable job, locally or on a Ray cluster",
-        description="Separate many files (folders, glob patterns, list files) with worker "
-        "processes or on a Ray cluster (--ray), recording each input's outcome in a job "
-        "directory: the same command resumes the job, skipping verified outputs (see "
-        "docs/batch.md).",
-    )
-    add_batch_arguments(batch)
-    batch.set_defaults(run=run_batch)
-    train = commands.add_parser(
-        "train",
-        help="train a target model",
-        description="Train one Open-Unmix target model into a model directory that "
-        "`umx separate --model DIR` loads (see docs/training.md). Under torchrun it trains "
-        "with DistributedDataParallel.",
-    )
-    add_train_arguments(train)
-    train.set_defaults(run=run_training)
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="score a model or baseline with BSSEval v4",
-        description="Separate a test set (MUSDB18 or a folder in its layout) and score it "
-        "with museval's BSSEval v4 (see docs/evaluation.md).",
-    )
-    add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(run=run_evaluate)
-    synth = commands.add_parser(
-        "synth",
-        help="render synthetic 4-stem training data from General MIDI songs",
-        description="Render General MIDI files and procedural songs into a MUSDB18-HQ-layout "
-        "dataset with FluidSynth (see docs/synthetic-data.md).",
-    )
-    add_synth_arguments(synth)
-    synth.set_defaults(run=run_synth)
-    download = commands.add_parser(
-        "download",
-        help="download and verify published models",
-        description="Download the weights of published models into the cache and verify "
-        "their SHA-256, so that later runs work offline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    download.add_argument(
+    subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
+    for name, (summary, description, add_arguments) in COMMAND_PARSERS.items():
+        p = subparsers.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter
+            if name == "download"
+            else argparse.HelpFormatter,
+        )
+        if commands is None or name in commands:
+            add_arguments(p)
+    return parser
+
+
+def add_batch_command(p: argparse.ArgumentParser) -> None:
+    from umx.batch.options import add_batch_arguments, run_batch
+
+    add_batch_arguments(p)
+    p.set_defaults(run=run_batch)
+
+
+def add_train_command(p: argparse.ArgumentParser) -> None:
+    from umx.train.options import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from umx.train.loop import run_training
+
+    return run_training(args)
+
+
+def add_evaluate_command(p: argparse.ArgumentParser) -> None:
+    from umx.evaluate.options import add_evaluate_arguments, run_evaluate
+
+    add_evaluate_arguments(p)
+    p.set_defaults(run=run_evaluate)
+
+
+def add_synth_command(p: argparse.ArgumentParser) -> None:
+    from umx.data.synth_options import add_synth_arguments, run_synth
+
+    add_synth_arguments(p)
+    p.set_defaults(run=run_synth)
+
+
+def add_download_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "models",
         nargs="*",
         metavar="MODEL",
         help=f"models to download (default: {DEFAULT_MODEL}; see `umx --list-models`)",
     )
-    download.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    download.set_defaults(run=run_download)
-    export = commands.add_parser(
-        "export",
-        help="export a model to ONNX graphs for onnxruntime",
-        description="Write one ONNX graph per target (magnitudes in, magnitudes out; a "
-        "streaming graph too for causal models) and umx-onnx.json, which describes the STFT, "
-        "rate and targets, into OUTDIR (see docs/deploy.md). Needs the extra umx[onnx].",
-    )
-    add_export_arguments(export)
-    export.set_defaults(run=run_export)
-    serve = commands.add_parser(
-        "serve",
-        help="a local web page to separate songs, listen to the stems and download them",
-        description="Serve a page on this machine where songs are dropped, separated, played "
-        "with each stem's volume, mute and solo, and downloaded (needs umx[web]; see "
-        "docs/web.md).",
-    )
-    add_serve_arguments(serve)
-    serve.set_defaults(run=run_serve)
-    return parser
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_download)
+
+
+def add_export_command(p: argparse.ArgumentParser) -> None:
+    from umx.export import add_export_arguments, run_export
+
+    add_export_arguments(p)
+    p.set_defaults(run=run_export)
+
+
+def add_serve_command(p: argparse.ArgumentParser) -> None:
+    from umx.web.options import add_serve_arguments, run_serve
+
+    add_serve_arguments(p)
+    p.set_defaults(run=run_serve)
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -229,13 +220,7 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_separate_command(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "separate",
-        help="separate audio files into stems",
-        description="Separate audio files into stems, written to "
-        "OUTDIR/<track>/<target>.<ext> by default.",
-    )
+def add_separate_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_separate)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files to separate")
     p.add_argument("--model", help=MODEL_HELP)
@@ -261,6 +246,8 @@ def run_separate(args: argparse.Namespace) -> int:
         print_models()
         return 0
     check_inputs(args)
+    from umx.api import check_aggregate, parse_aggregate, plan_outputs, separate_file
+
     aggregate = parse_aggregate(args.aggregate)
     known = known_names(args, aggregate)
     if known is not None:
@@ -297,16 +284,7 @@ def run_separate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def add_stream_command(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "stream",
-        help="separate a stream block by block with a causal model",
-        description="Separate a file, or raw PCM on standard input, block by block with a "
-        "causal (unidirectional) model, into stem files or raw PCM on standard output, e.g. "
-        "ffmpeg -i song.mp3 -f f32le -ac 2 -ar 44100 - | umx stream - --rate 44100 --stdout "
-        '--aggregate \'{"karaoke": ["drums", "bass", "other"]}\' | '
-        "ffplay -f f32le -ar 44100 -ch_layout stereo -  (see docs/streaming.md).",
-    )
+def add_stream_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_stream)
     p.add_argument("input", metavar="INPUT", help="audio file, or - for raw PCM on standard input")
     p.add_argument(
@@ -322,7 +300,7 @@ def add_stream_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         dest="pcm_format",
-        choices=PCM_FORMATS,
+        choices=tuple(PCM_DTYPES),
         default="f32le",
         help="raw PCM sample format of standard input and of --stdout (default: f32le)",
     )
@@ -362,6 +340,18 @@ def add_stream_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    import torch
+
+    from umx.api import parse_aggregate
+    from umx.modeldir import check_target_name
+    from umx.streaming_io import (
+        OutputClosed,
+        check_block,
+        check_input,
+        check_stdout_names,
+        separate_stream,
+    )
+
     block = int(args.block) if float(args.block).is_integer() else args.block
     check_block(block)
     check_number("--threads", args.threads, above=0, integer=True)
@@ -426,7 +416,9 @@ def print_reports(reports: Sequence[WriteReport]) -> None:
 
 
 def print_models() -> None:
-    """`umx --list-models`: each model's name and role, where it is, targets and description."""
+    """`umx --list-models`: each model's name and role, where it is, targets and description;
+    then the cache folder and, while the default model is not all there, where each of its
+    missing files comes from and goes (the fallback warning leaves these out)."""
     for info in list_models():
         role = " (default)" if info.default else " (offline)" if info.fallback else ""
         missing = f" (missing: {', '.join(info.missing)})" if info.status == PARTIAL else ""
@@ -434,10 +426,39 @@ def print_models() -> None:
             f"{info.name + role:20s} {info.status:15s} {' '.join(info.targets):24s} "
             f"{info.description}{missing}"
         )
+    print(f"cache: {display_path(cache_dir())} (set {CACHE_ENV} to move it)")
+    default = MODELS[DEFAULT_MODEL]
+    missing = default.missing()
+    if missing:
+        print(
+            f"to get {DEFAULT_MODEL}: `umx download {DEFAULT_MODEL}`, or by hand, "
+            f"{default.placement(missing)}"
+        )
+
+
+def check_readable(paths: Sequence[str]) -> None:
+    """Refuse, in one line, inputs that are missing, not regular files or unreadable, before any
+    model is loaded; whether they decode is found out file by file while separating."""
+    from umx.audio.reading import _open_regular
+
+    problems = []
+    for path in paths:
+        try:
+            with _open_regular(Path(path)):
+                pass
+        except UmxError as error:
+            problems.append(str(error))
+    if len(problems) > 1:
+        others = len(problems) - 1
+        problems[0] += f" (and {others} more input{'s' if others > 1 else ''} cannot be read)"
+    if problems:
+        raise UmxError(problems[0])
 
 
 def check_inputs(args: argparse.Namespace) -> None:
     """The options and inputs of `umx separate` that can be checked before loading a model."""
+    from umx.modeldir import check_target_name
+
     if not args.inputs:
         taken = [t for t in args.targets or () if Path(t).suffix or Path(t).exists()]
         if taken:
@@ -447,6 +468,7 @@ def check_inputs(args: argparse.Namespace) -> None:
                 "with -- (umx --targets vocals -- song.mp3)"
             )
         raise UmxError("no input files given (try `umx --help`)")
+    check_readable(args.inputs)
     if args.residual is not None:
         check_target_name(args.residual, "--residual")
     check_number("--start", args.start, minimum=0)
@@ -480,6 +502,8 @@ class AudioProgress:
         self.bar: tqdm | None = None
 
     def __call__(self, done: float, total: float) -> None:
+        from tqdm import tqdm
+
         if self.bar is None:
             self.bar = tqdm(
                 total=round(total, 1),
@@ -496,6 +520,71 @@ class AudioProgress:
         if self.bar is not None:
             self.bar.close()
 
+
+COMMAND_PARSERS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "separate": (
+        "separate audio files into stems",
+        "Separate audio files into stems, written to OUTDIR/<track>/<target>.<ext> by default.",
+        add_separate_command,
+    ),
+    "stream": (
+        "separate a stream block by block with a causal model",
+        "Separate a file, or raw PCM on standard input, block by block with a causal "
+        "(unidirectional) model, into stem files or raw PCM on standard output, e.g. "
+        "ffmpeg -i song.mp3 -f f32le -ac 2 -ar 44100 - | umx stream - --rate 44100 --stdout "
+        '--aggregate \'{"karaoke": ["drums", "bass", "other"]}\' | '
+        "ffplay -f f32le -ar 44100 -ch_layout stereo -  (see docs/streaming.md).",
+        add_stream_command,
+    ),
+    "batch": (
+        "separate folders of songs as one resumable job, locally or on a Ray cluster",
+        "Separate many files (folders, glob patterns, list files) with worker processes or on "
+        "a Ray cluster (--ray), recording each input's outcome in a job directory: the same "
+        "command resumes the job, skipping verified outputs (see docs/batch.md).",
+        add_batch_command,
+    ),
+    "train": (
+        "train a target model",
+        "Train one Open-Unmix target model into a model directory that `umx separate --model "
+        "DIR` loads (see docs/training.md). Under torchrun it trains with "
+        "DistributedDataParallel.",
+        add_train_command,
+    ),
+    "evaluate": (
+        "score a model or baseline with BSSEval v4",
+        "Separate a test set (MUSDB18 or a folder in its layout) and score it with museval's "
+        "BSSEval v4 (see docs/evaluation.md).",
+        add_evaluate_command,
+    ),
+    "synth": (
+        "render synthetic 4-stem training data from General MIDI songs",
+        "Render General MIDI files and procedural songs into a MUSDB18-HQ-layout dataset with "
+        "FluidSynth (see docs/synthetic-data.md).",
+        add_synth_command,
+    ),
+    "download": (
+        "download and verify published models",
+        "Download the weights of published models into the cache and verify their SHA-256, "
+        "so that later runs work offline.",
+        add_download_command,
+    ),
+    "export": (
+        "export a model to ONNX graphs for onnxruntime",
+        "Write one ONNX graph per target (magnitudes in, magnitudes out; a streaming graph too "
+        "for causal models) and umx-onnx.json, which describes the STFT, rate and targets, into "
+        "OUTDIR (see docs/deploy.md). Needs the extra umx[onnx].",
+        add_export_command,
+    ),
+    "serve": (
+        "a local web page to separate songs, listen to the stems and download them",
+        "Serve a page on this machine where songs are dropped, separated, played with each "
+        "stem's volume, mute and solo, and downloaded (needs umx[web]; see docs/web.md).",
+        add_serve_command,
+    ),
+}
+"""Each command: its one-line help, its description, and what adds its options (importing its
+module only then)."""
+COMMANDS = tuple(COMMAND_PARSERS)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from umx.defaults import AUTO
 from umx.errors import UmxError
 
-AUTO = "auto"
+if TYPE_CHECKING:  # imported where a device is resolved: the memory settings need no torch
+    import torch
+
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """The kinds of device umx runs on; others torch knows (meta, xpu, ...) are refused."""
 # glibc mallopt parameters, and the values keep_freed_memory sets (bytes). Blocks above the
@@ -32,6 +33,8 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
     Raises:
         UmxError: the name is not a device, or the device is not available here.
     """
+    import torch
+
     if name == AUTO:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)

@@ -4,9 +4,47 @@ and the checks of numbers that users give."""
 from __future__ import annotations
 
 import math
+import os
+import re
+import reprlib
 
 MIN_RATE, MAX_RATE = 1000.0, 768000.0
 """The sample rates umx accepts anywhere (audio given to the API, raw PCM, model files), in Hz."""
+
+short = reprlib.Repr()
+short.maxstring = short.maxother = 40
+"""Untrusted values in messages, cut short: `short.repr(value)`."""
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+"""What :func:`printable` escapes: controls, line separators, bidi overrides, surrogates."""
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\ufffd" if "\ud800" <= char <= "\udfff" else repr(char)[1:-1]
+
+
+def printable(text: str) -> str:
+    """Text made printable on one line: lone surrogates become U+FFFD, and control characters,
+    line separators and bidirectional overrides are escaped (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """A path as printable, one-line text for messages.
+
+    Bytes the file system encoding cannot decode (kept by :func:`os.fsdecode` as surrogate
+    escapes) become U+FFFD, and control characters, line separators and bidirectional overrides
+    are escaped (see :func:`printable`): the text can be printed or logged to any UTF-8 stream
+    and stays on one line. Ordinary paths are returned as ``str(path)``.
+
+    Args:
+        path: a path as ``str``, ``bytes`` or path-like object.
+
+    Returns:
+        The text to show.
+    """
+    return printable(os.fsdecode(path))
 
 
 class UmxError(Exception):

@@ -52,6 +52,7 @@ from umx.zoo import cache_dir, load_separator
 logger = logging.getLogger("umx")
 
 FORMATS = ("onnx",)
+
 OPSET = 17
 FORMAT_VERSION = 1
 GRAPH_SUFFIX = ".onnx"

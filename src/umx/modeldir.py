@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,14 +29,14 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
-from umx.errors import MAX_RATE, MIN_RATE, UmxError
+from umx.defaults import HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, short
 from umx.model import OpenUnmix
 from umx.separator import Separator
 from umx.transforms import check_stft
 
 SEPARATOR_JSON = "separator.json"
 WEIGHTS_SUFFIX = ".pth"
-HASH_DIGITS = 8
 SHOWN_KEYS = 3  # how many offending state dict keys an error message names
 
 # Bounds of what a model directory may say.
@@ -48,12 +47,6 @@ MAX_MODEL_SIZE = 1 << 16  # hidden_size, nb_layers, max_bin in a target json
 
 # Characters a target name must not hold: path separators and control characters.
 _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
-# Untrusted values in messages, cut short: `short.repr(value)`.
-short = reprlib.Repr()
-short.maxstring = short.maxother = 40
-
-# `<target>-<hash>.pth` or `<target>_<hash>.pth`, the hash being the start of the SHA-256.
-HASHED_NAME = re.compile(rf"^(?P<target>.+)[-_](?P<hash>[0-9a-f]{{{HASH_DIGITS}}})\.pth$")
 # Keys of a reference `Separator` or of old reference models that are not model weights.
 _EXTRA_KEYS = frozenset({"sample_rate", "stft.window", "istft.window"})
 _EXTRA_PREFIX = "transform."

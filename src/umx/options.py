@@ -6,14 +6,26 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from umx.api import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
-from umx.audio import CLIP_POLICIES, SUBTYPES, audio_formats
-from umx.devices import AUTO, resolve_device
+from umx.defaults import (
+    AUTO,
+    CLIP_POLICIES,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATE,
+    FALLBACK_MODEL,
+    OVERLAP,
+    SEGMENT,
+    SUBTYPES,
+    TEMPLATE_FIELDS,
+    WIENER_WIN_LEN,
+)
 from umx.errors import UmxError
 from umx.onnx_options import BACKENDS, QUANTIZATIONS, check_backend, is_export_folder
-from umx.separator import OVERLAP, SEGMENT, WIENER_WIN_LEN, Separator, check_options
-from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL, load_separator
+from umx.zoo import load_separator
+
+if TYPE_CHECKING:
+    from umx.separator import Separator
 
 MODEL_HELP = (
     f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
@@ -140,6 +152,8 @@ def check_separation_args(args: argparse.Namespace) -> None:
                 )
         rest = check_target_name(TWO_STEMS_REST + two_stems, "--two-stems")
         args.targets, args.residual, args.two_stems = [two_stems], rest, None
+    from umx.separator import check_options
+
     check_options(
         niter=args.niter,
         wiener_win_len=args.wiener_win_len or None,
@@ -154,6 +168,8 @@ def separator_from_args(args: argparse.Namespace, model: str | None) -> Separato
     of `args`; a download shows a progress bar unless `args.quiet`. With `--backend
     onnxruntime` the target models are exported and run by onnxruntime (`umx.export`), and an
     export folder's graphs are run as they are (`umx.onnx_folder`)."""
+    from umx.devices import resolve_device
+
     onnx = args.backend == "onnxruntime"
     options = {
         "targets": args.targets,
@@ -220,7 +236,8 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         "--ext",
         *ext_aliases,
         dest="ext",
-        choices=audio_formats(),
+        type=output_format,
+        choices=tuple(SUBTYPES),
         default="wav",
         help="output file format (default: wav)",
     )
@@ -244,6 +261,17 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def output_format(ext: str) -> str:
+    """`--ext`: mp3 is refused while parsing where neither libsndfile nor ffmpeg can write it
+    (checked only when asked for, since it loads the audio modules)."""
+    if ext == "mp3":
+        from umx.audio import audio_formats
+
+        if ext not in audio_formats():
+            raise argparse.ArgumentTypeError("mp3 cannot be written here: install ffmpeg")
+    return ext
 
 
 def output_options(args: argparse.Namespace) -> dict[str, object]:

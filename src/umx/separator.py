@@ -8,15 +8,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from umx.defaults import OVERLAP, SAMPLE_RATE, SEGMENT, WIENER_WIN_LEN
 from umx.errors import UmxError, check_number
 from umx.filtering import wiener
 from umx.model import OpenUnmix
 from umx.transforms import N_FFT, N_HOP, Spectrogram, check_stft, istft, magnitude, stft
-
-SAMPLE_RATE = 44100.0
-WIENER_WIN_LEN = 300
-SEGMENT = 30.0  # seconds per chunk in chunked mode
-OVERLAP = 2.0  # seconds of cross-fade between chunks
 
 
 def check_options(

@@ -39,17 +39,14 @@ from umx.audio import (
     match_channels,
     read_audio,
 )
+from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.separator import Separator
 from umx.stream import StreamingSeparator, check_samples
 
 logger = logging.getLogger("umx")
 
-STREAM_MODEL = "umxsynth-rt"
-"""The bundled causal model `umx stream` uses by default."""
-DEFAULT_BLOCK = 1024
-"""Samples per block read from the input."""
-PCM_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+PCM_FORMATS = {name: np.dtype(dtype) for name, dtype in PCM_DTYPES.items()}
 """Raw PCM sample formats: little-endian float32 in [-1, 1], little-endian signed 16-bit."""
 S16_SCALE = 32768.0
 STDIN_NAME = "stdin"

@@ -25,35 +25,22 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.client import HTTPException
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
-from tqdm import tqdm
+from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME, WIENER_WIN_LEN
+from umx.errors import UmxError, short
 
-from umx.errors import UmxError
-from umx.modeldir import (
-    HASHED_NAME,
-    SEPARATOR_JSON,
-    ModelFiles,
-    build_separator,
-    directory_files,
-    read_separator_json,
-    select_targets,
-    short,
-    write_atomic,
-    write_json_atomic,
-)
-from umx.separator import WIENER_WIN_LEN, Separator
+if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
+    import torch
+
+    from umx.modeldir import ModelFiles
+    from umx.separator import Separator
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "umxl"  # the reference's default published model
-FALLBACK_MODEL = "umxsynth"  # bundled: what the default falls back to when umxl cannot be had
 CACHE_ENV = "UMX_CACHE"
 MIRROR_ENV = "UMX_ZOO_URL"
 OFFLINE_ENV = "UMX_OFFLINE"  # 1: never touch the network
@@ -376,6 +363,8 @@ def verify_file(path: str | os.PathLike, *, url: str | None = None, force: bool 
 
 
 def _write_marker(path: Path, sha256: str) -> None:
+    from umx.modeldir import write_json_atomic
+
     try:
         write_json_atomic(path.with_name(path.name + VERIFIED_SUFFIX), _stamp(path, sha256))
     except OSError as error:  # a read-only cache still works, it is just hashed every time
@@ -430,6 +419,8 @@ def _probe(url: str) -> str | None:
     """
     outcome: list[str | None] = []
 
+    import urllib.request  # with http.client, only when the network is used
+
     def attempt() -> None:
         request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
         try:
@@ -474,6 +465,13 @@ def download_file(
     expected = _expected_hash(destination)
     hint = hint or f"download it by hand and save it as {destination}"
     digest = hashlib.sha256()
+
+    import urllib.request  # with http.client, only when the network is used
+    from http.client import HTTPException
+
+    from tqdm import tqdm
+
+    from umx.modeldir import write_atomic
 
     def fetch(out: IO[bytes]) -> None:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -540,6 +538,8 @@ def download_model(
         UmxError: unknown name or target; offline with files missing; failed download (the
             message names every missing file, its URL and where to save it); corrupt file.
     """
+    from umx.modeldir import select_targets
+
     entry = _entry(name)
     if entry.bundled:
         return entry.directory
@@ -635,6 +635,8 @@ def _entry(name: str) -> ZooEntry:
 
 def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]:
     """`separator.json`, which only a named model may lack: its registry entry stands in."""
+    from umx.modeldir import SEPARATOR_JSON, read_separator_json
+
     path = directory / SEPARATOR_JSON
     if path.is_file():
         return read_separator_json(path), str(path)
@@ -650,6 +652,8 @@ def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]
 def _downloaded_files(
     entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
 ) -> ModelFiles:
+    from umx.modeldir import ModelFiles, select_targets
+
     selected = select_targets(entry.targets, targets, f"model {entry.name!r}")
     directory = download_model(entry.name, targets=selected, progress=progress, offline=offline)
     config, source = _read_config(directory, entry)
@@ -660,6 +664,8 @@ def _downloaded_files(
 def _named_files(
     entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
 ) -> ModelFiles:
+    from umx.modeldir import directory_files
+
     if entry.bundled:  # never touches the network
         config = _read_config(entry.directory, entry)
         return directory_files(entry.directory, targets, config=config, available=entry.targets)
@@ -667,31 +673,35 @@ def _named_files(
 
 
 def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | None:
-    """None if the default model's weights are cached or reachable, else why they are not.
+    """None if the default model's weights are cached or reachable, else why they are not, in a
+    few words (the full reason is logged at debug level).
 
     Only looks at the cache and, when files are missing and not offline, probes the download
     host for up to `PROBE_TIMEOUT_S` seconds; nothing is downloaded or verified.
     """
+    from umx.modeldir import select_targets
+
     entry = MODELS[DEFAULT_MODEL]
     missing = entry.missing(select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}"))
     if not missing:
         return None
     if offline:
-        return f"offline mode is on and {DEFAULT_MODEL} is not in the cache"
+        return "offline mode is on"
     url = entry.url(missing[0])
     reason = _probe(url)
-    return None if reason is None else f"{url} cannot be reached: {reason}"
+    if reason is None:
+        return None
+    logger.debug("%s cannot be reached: %s", url, reason)
+    return "its download host cannot be reached"
 
 
-def _fallback_warning(reason: str, targets: Sequence[str] | None) -> str:
-    entry = MODELS[DEFAULT_MODEL]
-    selected = select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}")
-    missing = entry.missing(selected) or selected
+def _fallback_warning(why: str) -> str:
+    """The one short line saying that the default model could not be had and which model
+    separates instead; where the weights come from and where they go are `umx download`'s and
+    `umx --list-models`'s to say."""
     return (
-        f"the default model {DEFAULT_MODEL} is not available ({reason}), so {FALLBACK_MODEL} "
-        f"separates instead, a small demo model trained on synthetic music: to get "
-        f"{DEFAULT_MODEL}, run `umx download {DEFAULT_MODEL}` with network access, or "
-        f"{entry.placement(missing)}"
+        f"{DEFAULT_MODEL} is not available ({why}), so the bundled demo model {FALLBACK_MODEL} "
+        f"separates instead: run `umx download {DEFAULT_MODEL}` to get it"
     )
 
 
@@ -774,6 +784,10 @@ def load_separator(
         UmxError: unknown name or target, missing, corrupt or invalid files, failed download of
             a named model, offline with a named model not in the cache.
     """
+    import torch
+
+    from umx.modeldir import build_separator, directory_files
+
     try:
         device = torch.device(device)
     except RuntimeError as error:
@@ -786,9 +800,10 @@ def load_separator(
             try:
                 files = _named_files(MODELS[DEFAULT_MODEL], targets, progress, offline)
             except _Unavailable as error:
-                reason = error.reason
+                logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
+                reason = "its download failed"
         if files is None:
-            logger.warning(_fallback_warning(str(reason), targets))
+            logger.warning(_fallback_warning(reason))
             files = _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline)
         name = DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     else:

@@ -9,41 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import soundfile
 
-from umx.errors import UmxError
+from umx.errors import UmxError, display_path, printable
 
 _FFMPEG_MISSING = "ffmpeg is not installed (apt-get install ffmpeg)"
-
-
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-"""What :func:`display_path` escapes: controls, line separators, bidi overrides, surrogates."""
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    return "\ufffd" if "\ud800" <= char <= "\udfff" else repr(char)[1:-1]
-
-
-def display_path(path: str | bytes | os.PathLike) -> str:
-    """A path as printable, one-line text for messages.
-
-    Bytes the file system encoding cannot decode (kept by :func:`os.fsdecode` as surrogate
-    escapes) become U+FFFD, and control characters, line separators and bidirectional overrides
-    are escaped (``\\n``, ``\\x1b``, ``\\u202e``): the text can be printed or logged to any UTF-8
-    stream and stays on one line. Ordinary paths are returned as ``str(path)``.
-
-    Args:
-        path: a path as ``str``, ``bytes`` or path-like object.
-
-    Returns:
-        The text to show.
-    """
-    return _UNPRINTABLE.sub(_escape, os.fsdecode(path))
 
 
 @contextlib.contextmanager
@@ -81,4 +54,4 @@ def _ffmpeg_failure(stderr: bytes, returncode: int, source: str | None = None) -
     line, prefix = lines[-1], os.fsencode(source or "") + b": "
     if source is not None and line.startswith(prefix):
         line = line[len(prefix) :]
-    return _UNPRINTABLE.sub(_escape, line.decode(errors="replace"))
+    return printable(line.decode(errors="replace"))

@@ -24,20 +24,11 @@ import torch
 
 from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, _user_error, display_path
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
+from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError
-
-SUBTYPES = {
-    "wav": ("PCM_16", "PCM_24", "FLOAT"),
-    "flac": ("PCM_16", "PCM_24"),
-    "mp3": ("MPEG_LAYER_III",),
-}
-"""Writable extensions and the libsndfile subtypes each accepts."""
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
 """The subtype written when none is asked for, per extension."""
-
-CLIP_POLICIES = ("rescale", "clamp", "none")
-"""How samples beyond [-1, 1] are handled when writing: see :class:`AudioWriter`."""
 
 _CLIP_ACTIONS = {"rescale": "rescaled", "clamp": "clamped", "none": "none"}
 

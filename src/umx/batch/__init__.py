@@ -13,9 +13,14 @@ Modules, one job each:
 - `umx.batch.messages`: text from files and users shown printable, on one line and cut short.
 """
 
-from umx.batch.inputs import BatchInput, collect_inputs, read_list
-from umx.batch.job import Job, find_job, read_records, summarize, verify_outputs
-from umx.batch.options import add_batch_arguments, run_batch
+from typing import TYPE_CHECKING
+
+from umx.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from umx.batch.inputs import BatchInput, collect_inputs, read_list
+    from umx.batch.job import Job, find_job, read_records, summarize, verify_outputs
+    from umx.batch.options import add_batch_arguments, run_batch
 
 __all__ = [
     "BatchInput",
@@ -29,3 +34,5 @@ __all__ = [
     "summarize",
     "verify_outputs",
 ]
+
+__getattr__, __dir__ = lazy_exports(globals(), ("inputs", "job", "options"))

@@ -13,10 +13,8 @@ from pathlib import Path
 
 from umx.audio import display_path
 from umx.batch.messages import shown
+from umx.defaults import AUDIO_EXTENSIONS
 from umx.errors import UmxError, check_number
-
-AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus", "aif", "aiff", "m4a", "aac", "wma")
-"""The extensions a folder is searched for by default (case-insensitive)."""
 
 GLOB_CHARACTERS = frozenset("*?[")
 LIST_FIELDS = ("path", "start", "duration")

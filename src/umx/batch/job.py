@@ -34,6 +34,7 @@ from umx.audio import display_path
 from umx.batch.inputs import BatchInput
 from umx.batch.messages import SHOWN_CHARACTERS, plural, shown
 from umx.batch.work import DONE, FAILED, RUNNING, Task
+from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
 from umx.modeldir import write_atomic, write_json_atomic
 from umx.zoo import sha256_file
@@ -44,9 +45,6 @@ except ImportError:  # Windows: runs are not locked against each other
     fcntl = None
 
 logger = logging.getLogger("umx")
-
-JOB_DIRNAME = ".umx-job"
-"""The job directory's name inside the output folder, when `--job` is not given."""
 SETTINGS_FILE = "job.json"
 INPUTS_FILE = "inputs.json"
 MANIFEST_FILE = "manifest.jsonl"

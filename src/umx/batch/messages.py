@@ -3,7 +3,7 @@ short enough to read (a 100 kB line of a list file is not echoed whole), with pl
 
 from __future__ import annotations
 
-from umx.audio import display_path
+from umx.errors import display_path
 
 SHOWN_CHARACTERS = 120
 """The longest text from a file or a user that a message shows whole."""

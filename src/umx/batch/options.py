@@ -7,28 +7,11 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from umx.api import check_aggregate, parse_aggregate, plan_outputs
-from umx.audio import display_path
-from umx.batch.inputs import AUDIO_EXTENSIONS, BatchInput, collect_inputs
-from umx.batch.job import (
-    JOB_DIRNAME,
-    Job,
-    failure_line,
-    plan_tasks,
-    running_record,
-    summarize,
-)
-from umx.batch.local import LocalPool
 from umx.batch.messages import plural
-from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
-from umx.devices import available_cores, threads_per_worker
+from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
 from umx.errors import UmxError, check_number
-from umx.modeldir import check_target_name
 from umx.options import (
     MODEL_HELP,
     SEPARATION_DEFAULTS,
@@ -39,6 +22,10 @@ from umx.options import (
     segment_from_args,
 )
 from umx.zoo import is_offline, load_separator
+
+if TYPE_CHECKING:
+    from umx.batch.inputs import BatchInput
+    from umx.batch.job import Job
 
 logger = logging.getLogger("umx")
 
@@ -147,6 +134,8 @@ def check_batch_args(args: argparse.Namespace) -> None:
             f"--ray took the input {args.ray!r} for the cluster's address: put the inputs "
             f"before --ray, or write --ray {LOCAL_RAY} for a Ray instance on this machine"
         )
+    from umx.modeldir import check_target_name
+
     if args.residual is not None:
         check_target_name(args.residual, "--residual")
     check_separation_args(args)
@@ -154,6 +143,14 @@ def check_batch_args(args: argparse.Namespace) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run `umx batch`; returns the exit code (1 when inputs of the job failed)."""
+    from umx.api import check_aggregate, parse_aggregate, plan_outputs
+    from umx.audio import display_path
+    from umx.batch.inputs import collect_inputs
+    from umx.batch.job import Job, plan_tasks, summarize
+    from umx.batch.local import LocalPool
+    from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
+    from umx.devices import available_cores, threads_per_worker
+
     if args.status is not None:
         for line in summarize(args.status):
             print(line)
@@ -260,6 +257,12 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
     """Run the tasks on the pool with one progress bar; returns how many failed."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from umx.batch.job import failure_line, running_record
+    from umx.batch.work import FAILED
+
     failed = 0
     bar = tqdm(
         total=len(tasks),
@@ -288,6 +291,9 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
 def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
     """The first failure of an earlier run, which this run did not report as it happened, as
     a parenthesis; empty if there is none."""
+    from umx.batch.job import failure_line
+    from umx.batch.work import FAILED
+
     earlier = [
         record
         for item in inputs

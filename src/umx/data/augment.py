@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from umx.defaults import DEFAULT_AUGMENTATIONS  # noqa: F401 (re-exported)
 from umx.errors import UmxError
 
 Augmentation = Callable[[Tensor], Tensor]
@@ -23,7 +24,6 @@ Augmentation = Callable[[Tensor], Tensor]
 AUGMENTATIONS: dict[str, Augmentation] = {}
 """Name → augmentation; `register` adds to it."""
 
-DEFAULT_AUGMENTATIONS = ("gain", "channelswap")
 GAIN_LOW, GAIN_HIGH = 0.25, 1.25
 SWAP_PROBABILITY = 0.5
 

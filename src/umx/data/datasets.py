@@ -26,10 +26,11 @@ from torch.utils.data import Dataset
 
 from umx.audio import audio_info, display_path, match_channels, read_frames, seconds_to_frames
 from umx.data.augment import Augmentation
+from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
 
 MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
-MUSDB_SAMPLES_PER_TRACK = 64
+
 MUSDB_SETUP = "setup.yaml"  # a dataset's own musdb set-up file, e.g. written by `umx synth`
 VALID_FRACTION = 0.1  # of the train tracks held out when a folder has no official MUSDB18 split
 MAX_CHANNELS = 2

@@ -51,8 +51,16 @@ from umx.data.midi import (
     transpose,
 )
 from umx.data.procedural import generate_song
+from umx.defaults import (
+    DURATION,
+    SAMPLE_RATE,
+    SOUNDFONT_PACKAGES,
+    TEST_FRACTION,
+    TEST_SOUNDFONTS,
+    TRAIN_SOUNDFONTS,
+    VALID_FRACTION,
+)
 from umx.errors import UmxError
-from umx.separator import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +68,6 @@ SPLITS = ("train", "valid", "test")
 SUSTAIN_PEDAL, ALL_NOTES_OFF = 64, 123
 MIDI_SUFFIXES = frozenset((".mid", ".midi", ".kar"))
 
-SOUNDFONT_PACKAGES = {
-    Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"): "fluid-soundfont-gm",
-    Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"): "musescore-general-soundfont-small",
-    Path("/usr/share/sounds/sf2/TimGM6mb.sf2"): "timgm6mb-soundfont",
-}
-"""The Debian General MIDI soundfonts umx knows, and the packages that install them."""
-TRAIN_SOUNDFONTS = tuple(SOUNDFONT_PACKAGES)[:2]
-TEST_SOUNDFONTS = tuple(SOUNDFONT_PACKAGES)[2:]
-"""Default soundfonts: the test split's is held out from training."""
-
-DURATION = 30.0
-"""Seconds per track."""
-TEST_FRACTION = 0.2
-VALID_FRACTION = 0.1
 SILENCE_DB = -60.0
 """An excerpt with a stem quieter than this (RMS, dB full scale, as rendered) is skipped."""
 RENDER_TIMEOUT = 600

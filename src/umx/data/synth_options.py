@@ -7,27 +7,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from umx.data.synth import (
+from umx.defaults import (
     DURATION,
-    SETTINGS,
-    TEMPO_RANGE,
+    SAMPLE_RATE,
     TEST_FRACTION,
     TEST_SOUNDFONTS,
     TRAIN_SOUNDFONTS,
     VALID_FRACTION,
-    SongRef,
-    check_fluidsynth,
-    check_root,
-    check_soundfont,
-    default_soundfonts,
-    derive_seed,
-    find_midi_files,
-    levers,
-    plan_tracks,
-    synthesize,
 )
 from umx.errors import UmxError, check_number
-from umx.separator import SAMPLE_RATE
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +141,20 @@ def run_synth(args: argparse.Namespace) -> int:
     Raises:
         UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
     """
+    from umx.data.synth import (
+        SETTINGS,
+        TEMPO_RANGE,
+        SongRef,
+        check_fluidsynth,
+        check_root,
+        check_soundfont,
+        default_soundfonts,
+        derive_seed,
+        find_midi_files,
+        plan_tracks,
+        synthesize,
+    )
+
     check_number("--procedural", args.procedural, minimum=0, integer=True)
     for name in ("--excerpts", "--jobs"):
         check_number(name, getattr(args, name[2:]), minimum=1, integer=True)
@@ -213,6 +215,8 @@ def _kit(path: Path) -> Path:
     Raises:
         UmxError: it is not a Hydrogen kit umx can play.
     """
+    from umx.data.synth import levers
+
     levers()[1].load_kit(path.resolve())
     return path.resolve()
 

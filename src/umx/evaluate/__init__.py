@@ -21,44 +21,49 @@ them), `scoring` (BSSEval per track and over a test set, the JSON files), `repor
 `common` (the extra's import, atomic writes). Their public names are re-exported here.
 """
 
-from umx.evaluate.bsseval import Scores, bss_eval
-from umx.evaluate.methods import (
-    BASELINES,
-    EPS,
-    IRM_POWER,
-    BaselineMethod,
-    Estimates,
-    EstimatesMethod,
-    Method,
-    ModelMethod,
-    model_display_name,
-    oracle,
-)
-from umx.evaluate.options import add_evaluate_arguments, run_evaluate
-from umx.evaluate.plots import SCORE_GAP, plot_scores, score_limits
-from umx.evaluate.reports import (
-    MAX_NAME,
-    load_scores,
-    method_name,
-    method_scores,
-    report,
-    score_table,
-    side_by_side,
-    to_markdown,
-    write_table,
-)
-from umx.evaluate.scoring import (
-    BSSEVAL,
-    HOP,
-    METRICS,
-    WIN,
-    Summary,
-    check_settings,
-    evaluate,
-    json_path,
-    score_track,
-)
-from umx.evaluate.tracks import SOURCES, SUBSETS, TARGETS, check_references, load_tracks
+from typing import TYPE_CHECKING
+
+from umx.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from umx.evaluate.bsseval import Scores, bss_eval
+    from umx.evaluate.methods import (
+        BASELINES,
+        EPS,
+        IRM_POWER,
+        BaselineMethod,
+        Estimates,
+        EstimatesMethod,
+        Method,
+        ModelMethod,
+        model_display_name,
+        oracle,
+    )
+    from umx.evaluate.options import add_evaluate_arguments, run_evaluate
+    from umx.evaluate.plots import SCORE_GAP, plot_scores, score_limits
+    from umx.evaluate.reports import (
+        MAX_NAME,
+        load_scores,
+        method_name,
+        method_scores,
+        report,
+        score_table,
+        side_by_side,
+        to_markdown,
+        write_table,
+    )
+    from umx.evaluate.scoring import (
+        BSSEVAL,
+        HOP,
+        METRICS,
+        WIN,
+        Summary,
+        check_settings,
+        evaluate,
+        json_path,
+        score_track,
+    )
+    from umx.evaluate.tracks import SOURCES, SUBSETS, TARGETS, check_references, load_tracks
 
 __all__ = [
     "BASELINES",
@@ -102,3 +107,7 @@ __all__ = [
     "to_markdown",
     "write_table",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(), ("bsseval", "methods", "options", "plots", "reports", "scoring", "tracks")
+)

@@ -13,6 +13,7 @@ import torch
 
 from umx.api import separate
 from umx.audio import read_audio
+from umx.defaults import BASELINES
 from umx.errors import UmxError
 from umx.evaluate.tracks import SOURCES, TARGETS
 from umx.separator import OVERLAP, SEGMENT, Separator
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     import musdb
 
 
-BASELINES = ("irm", "ibm", "mix")
 IRM_POWER = 1.0
 """Exponent α of the ideal ratio mask |S_j|^α / Σ_k |S_k|^α: 1 is sigsep's IRM1 (magnitudes)."""
 EPS = 1e-10

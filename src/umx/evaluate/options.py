@@ -11,20 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from umx.api import parse_aggregate
-from umx.audio import display_path
-from umx.devices import resolve_device
-from umx.errors import UmxError
-from umx.evaluate.methods import (
+from umx.defaults import (
     BASELINES,
-    BaselineMethod,
-    EstimatesMethod,
-    Method,
-    ModelMethod,
+    BSSEVAL,
+    DEFAULT_MODEL,
+    FALLBACK_MODEL,
+    HOP,
+    SUBSETS,
+    WIN,
 )
-from umx.evaluate.reports import load_scores, method_name, report, to_markdown
-from umx.evaluate.scoring import BSSEVAL, HOP, WIN, check_settings, evaluate
-from umx.evaluate.tracks import SUBSETS, load_tracks
+from umx.errors import UmxError, display_path
 from umx.options import (
     add_separation_arguments,
     check_separation_args,
@@ -32,10 +28,11 @@ from umx.options import (
     segment_from_args,
     separator_from_args,
 )
-from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL
 
 if TYPE_CHECKING:
     import museval
+
+    from umx.evaluate.methods import Method
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +137,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _method_from_args(args: argparse.Namespace) -> Method:
+    from umx.api import parse_aggregate
+    from umx.evaluate.methods import BaselineMethod, EstimatesMethod, ModelMethod
+
     aggregate = parse_aggregate(args.aggregate)
     if args.estimates is not None:
         if aggregate is not None:
@@ -179,6 +179,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     Returns:
         the exit code: 1 if any track failed, else 0.
     """
+    from umx.devices import resolve_device
+    from umx.evaluate.reports import load_scores, method_name, report, to_markdown
+    from umx.evaluate.scoring import check_settings, evaluate
+    from umx.evaluate.tracks import load_tracks
+
     if args.root is None and not args.compare:
         raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
     check_settings(win=args.win, hop=args.hop, jobs=args.jobs, metrics=args.metrics)

@@ -23,9 +23,10 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from umx.audio import display_path, write_audio
+from umx.audio import write_audio
+from umx.defaults import BSSEVAL, HOP, WIN
 from umx.devices import threads_per_worker
-from umx.errors import UmxError
+from umx.errors import UmxError, display_path
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method
@@ -38,15 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
-WIN = 1.0
-"""BSSEval window, in seconds (sigsep's setting)."""
-HOP = 1.0
-"""BSSEval hop, in seconds (sigsep's setting)."""
 REST_OF = "the mixture without"
 """How a single estimate's second source is named in messages: the rest of the mixture."""
-BSSEVAL = ("fast", "museval")
-"""The BSSEval v4 implementations: umx's own (`umx.evaluate.bsseval`, museval's numbers, faster)
-and museval's, the reference."""
 
 
 def score_track(

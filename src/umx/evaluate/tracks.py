@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from umx.audio import read_audio
+from umx.defaults import SUBSETS
 from umx.errors import UmxError
 from umx.evaluate.common import _extra
 
@@ -22,7 +23,6 @@ SOURCES = ("vocals", "drums", "bass", "other")
 """The MUSDB18 sources, whose sum is the mixture."""
 TARGETS = (*SOURCES, "accompaniment")
 """The MUSDB18 targets a method may estimate (accompaniment = drums + bass + other)."""
-SUBSETS = ("train", "test")
 
 
 def load_tracks(

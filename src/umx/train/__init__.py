@@ -25,18 +25,23 @@ Its modules, one job each (their docstrings hold the details):
 The public names are re-exported here: ``from umx.train import run_training``.
 """
 
-from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping, History
-from umx.train.distributed import Distributed, seed_everything
-from umx.train.inputs import compute_statistics, make_datasets
-from umx.train.loop import Trainer, main, run_training, train_epoch, validate
-from umx.train.options import (
-    DATASETS,
-    DEFAULTS,
-    add_train_arguments,
-    check_options,
-    resolve_options,
-)
-from umx.train.plots import CURVE_SUFFIX, loss_figure, loss_ticks, plot_history
+from typing import TYPE_CHECKING
+
+from umx.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping, History
+    from umx.train.distributed import Distributed, seed_everything
+    from umx.train.inputs import compute_statistics, make_datasets
+    from umx.train.loop import Trainer, main, run_training, train_epoch, validate
+    from umx.train.options import (
+        DATASETS,
+        DEFAULTS,
+        add_train_arguments,
+        check_options,
+        resolve_options,
+    )
+    from umx.train.plots import CURVE_SUFFIX, loss_figure, loss_ticks, plot_history
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
@@ -61,3 +66,7 @@ __all__ = [
     "train_epoch",
     "validate",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(), ("checkpoints", "distributed", "inputs", "loop", "options", "plots")
+)

@@ -50,11 +50,13 @@ from umx.train.checkpoints import (
     _json_options,
     _read_checkpoint,
     _separator_config,
+    stops_deferred,
 )
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.inputs import _pad_for_stft, compute_statistics, make_datasets
 from umx.train.options import ARCHITECTURE, DEFAULTS, add_train_arguments, resolve_options
 from umx.train.plots import CURVE_SUFFIX, plot_history
+from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
 from umx.zoo import load_separator
 
@@ -405,7 +407,19 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(self.model, device_ids=device_ids)
         segment = round(VALID_SEGMENT * self.sample_rate)
-
+        logger.info(
+            summary(
+                target=self.target,
+                train_set=self.train_set,
+                valid_set=self.valid_set,
+                device=str(self.device),
+                nb_parameters=sum(parameter.numel() for parameter in self.model.parameters()),
+                batch_size=config.batch_size * distributed.world_size,
+                epochs=config.epochs,
+                patience=config.patience,
+                output=self.output,
+            )
+        )
         epochs = tqdm(
             range(self.epoch + 1, config.epochs + 1),
             desc="epochs",
@@ -413,7 +427,36 @@ class Trainer:
             initial=self.epoch,
             total=config.epochs,
             disable=not self.bars,
+            # no time left for --epochs (1000 by default): the postfix says when it may end
+            bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
+        try:
+            self._epochs(model, loader, sampler, valid_share, segment, epochs)
+        except BaseException as stop:
+            if distributed.is_main and not isinstance(stop, Exception):  # Ctrl-C, SIGTERM...
+                epochs.close()
+                logger.warning(resume_hint(self.output, self.target, config.device))
+            raise
+        epochs.close()
+        logger.info(
+            "best validation loss %.6g in epoch %d; model in %s",
+            self.stopper.best,
+            self.history.best_epoch,
+            self.output,
+        )
+
+    def _epochs(
+        self,
+        model: torch.nn.Module,
+        loader: DataLoader,
+        sampler: DistributedSampler,
+        valid_share: Subset,
+        segment: int,
+        epochs: tqdm,
+    ) -> None:
+        """Train, validate and write the outputs epoch by epoch until the last or an early
+        stop; `model` is the one trained (DDP-wrapped when distributed)."""
+        config, distributed = self.config, self.distributed
         for epoch in epochs:
             started = time.monotonic()
             seed_everything(config.seed, epoch, distributed.rank)
@@ -450,30 +493,28 @@ class Trainer:
             self.history.lr.append(self.optimizer.param_groups[0]["lr"])
             self.history.epoch_time.append(seconds)
             self.epoch = epoch
+            ahead = outlook(epoch, config.epochs, self.stopper, self.history.epoch_time)
             if self.bars:
-                epochs.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+                epochs.set_postfix_str(
+                    f"train {train_loss:.4g}, valid {valid_loss:.4g}{'; ' if ahead else ''}{ahead}"
+                )
             elif self.progress:  # a log file: one line per epoch instead of bars
                 logger.info(
-                    "epoch %d/%d: train loss %.6g, valid loss %.6g%s, %.1f s",
+                    "epoch %d/%d: train loss %.6g, valid loss %.6g%s, %.1f s%s",
                     epoch,
                     config.epochs,
                     train_loss,
                     valid_loss,
                     " (best)" if best else "",
                     seconds,
+                    f"; {ahead}" if ahead else "",
                 )
             if distributed.is_main:
-                self._write_outputs()
+                with stops_deferred():
+                    self._write_outputs()
             if self.stopper.should_stop:
                 logger.info("early stopping after epoch %d", epoch)
                 break
-        epochs.close()
-        logger.info(
-            "best validation loss %.6g in epoch %d; model in %s",
-            self.stopper.best,
-            self.history.best_epoch,
-            self.output,
-        )
 
     def _write_outputs(self) -> None:
         """Write the checkpoint, then the best model, its json, separator.json and the curve.

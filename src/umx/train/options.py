@@ -13,11 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from umx.data.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
-from umx.data.datasets import MUSDB_SAMPLES_PER_TRACK
+from umx.defaults import DEFAULT_AUGMENTATIONS, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
-from umx.modeldir import check_target_name
-from umx.transforms import check_stft
 
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 MAX_SEED = 2**32 - 1
@@ -154,8 +151,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--source-augmentations",
         nargs="*",
         metavar="NAME",
-        help=f"augmentations applied to every source before mixing, in order, from "
-        f"{', '.join(AUGMENTATIONS)}; none if given without names",
+        help="augmentations applied to every source before mixing, in order (default: "
+        f"{' '.join(DEFAULT_AUGMENTATIONS)}; the others are listed in docs/training.md); none "
+        "if given without names",
     )
     add(
         data,
@@ -420,6 +418,8 @@ def check_options(config: argparse.Namespace) -> None:
     Raises:
         UmxError: one sentence naming the first bad option.
     """
+    from umx.modeldir import check_target_name
+    from umx.transforms import check_stft
 
     def flag(key: str) -> str:
         return "--" + key.replace("_", "-")

@@ -10,12 +10,8 @@ import socket
 import webbrowser
 from pathlib import Path
 
-import torch
-
-from umx.audio import display_path
-from umx.devices import AUTO, one_malloc_arena, resolve_device
+from umx.defaults import AUTO
 from umx.errors import UmxError, check_number
-from umx.web.jobs import JobStore
 from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, resolve_model
 
 logger = logging.getLogger("umx")
@@ -154,8 +150,12 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run `umx serve` until it is stopped (Ctrl-C or SIGTERM)."""
     check_serve_args(args)
     import_web()
+    import torch
     import uvicorn
 
+    from umx.audio import display_path
+    from umx.devices import one_malloc_arena, resolve_device
+    from umx.web.jobs import JobStore
     from umx.web.server import create_app
 
     device = resolve_device(args.device)

@@ -1,0 +1,108 @@
+"""What a training run tells its user: one summary line before the first epoch, each epoch's
+line with the time the next epoch and the early-stopping window should take, and on
+interruption the command that resumes the run. Only text; the loop decides when to say it."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from umx.data.datasets import TrackDataset, UnmixDataset
+from umx.defaults import AUTO
+from umx.errors import display_path
+from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping
+
+RECENT_EPOCHS = 5
+"""Epochs whose mean time predicts the next ones (the first is slower: caches warm up)."""
+
+
+def data_extent(dataset: UnmixDataset) -> tuple[int, float]:
+    """How many tracks a dataset holds and their total duration in seconds; for `sourcefolder`
+    datasets, the target folder's files."""
+    if isinstance(dataset, TrackDataset):
+        infos = [track.files[0] for track in dataset.tracks]
+    else:
+        infos = dataset.pools[0]
+    return len(infos), sum(info.nb_frames for info in infos) / dataset.sample_rate
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: `0.4 s`, `45 s`, `12 min`, `3.5 h`."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """`1 track`, `3 tracks`; `plural` where it is not the noun and an s."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def summary(
+    *,
+    target: str,
+    train_set: UnmixDataset,
+    valid_set: UnmixDataset,
+    device: str,
+    nb_parameters: int,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    output: Path,
+) -> str:
+    """The line said before the first epoch: what is trained on what, where, how long at most.
+
+    Args:
+        batch_size: samples per optimiser step, all processes together.
+    """
+    tracks, seconds = data_extent(train_set)
+    valid_tracks, valid_seconds = data_extent(valid_set)
+    samples = len(train_set)
+    parameters = (
+        f"{nb_parameters / 1e6:.3g} M" if nb_parameters >= 1e6 else f"{nb_parameters / 1e3:.3g} k"
+    )
+    batches = count(math.ceil(samples / batch_size), "batch", "batches")
+    return (
+        f"training {target} on {device}: {count(tracks, 'track')} ({duration(seconds)} of "
+        f"audio), {valid_tracks} ({duration(valid_seconds)}) for validation; {parameters} "
+        f"parameters; {count(samples, 'sample')} per epoch in {batches}; at most "
+        f"{count(epochs, 'epoch')}, stopping after {patience} without improvement; into "
+        f"{display_path(output)}"
+    )
+
+
+def outlook(epoch: int, epochs: int, stopper: EarlyStopping, epoch_times: Sequence[float]) -> str:
+    """After `epoch`: how long the next epoch should take and when the run ends if the
+    validation loss does not improve (the early-stopping window, or the last epoch if sooner);
+    empty when the run ends now."""
+    left = min(stopper.patience - stopper.num_bad_epochs, epochs - epoch)
+    if left <= 0:
+        return ""
+    mean = statistics.fmean(epoch_times[-RECENT_EPOCHS:])
+    if epoch + left == epochs:
+        end = f"last epoch {epochs} in ~{duration(left * mean)}"
+    else:
+        end = (
+            f"early stop after epoch {epoch + left} in ~{duration(left * mean)} unless the "
+            "validation loss improves"
+        )
+    return f"next epoch ~{duration(mean)}, {end}"
+
+
+def resume_hint(output: Path, target: str, device: str = AUTO) -> str:
+    """What to run to go on after an interruption: the command that resumes from the last
+    epoch completed once a checkpoint is written (after every epoch), else the same again.
+    The options are in the checkpoint, but for those of one invocation: `device` is repeated."""
+    if (output / f"{target}{CHECKPOINT_SUFFIX}").is_file():
+        words = ["umx", "train", "--checkpoint", str(output), "--target", target]
+        words += ["--device", device] if device != AUTO else []
+        command = display_path(shlex.join(words))
+        return f"to resume from the last epoch completed: {command}"
+    return "no epoch was completed, so nothing can be resumed: run the same command again"
