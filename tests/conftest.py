@@ -1,5 +1,7 @@
 """Fixtures shared by test modules."""
 
+import signal
+
 import pytest
 import torch
 
@@ -7,6 +9,12 @@ from umx.model import OpenUnmix
 from umx.separator import Separator
 
 SMALL_TARGETS = ("vocals", "drums", "bass", "other")
+
+# A shell without job control starts a background pytest with Ctrl-C ignored, and the processes
+# that tests start would inherit that: restore it, so that the tests' SIGINTs reach them as a
+# terminal's Ctrl-C would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
