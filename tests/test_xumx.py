@@ -1,0 +1,145 @@
+"""X-UMX (`umx.model.CrossUnmix`) against asteroid's implementation, its checkpoints and losses.
+
+asteroid 0.7.0 is a test-only dependency (see .ci/run); its `XUMX` refuses torch >= 2.0 and its
+`BrokenXUMX` is the same network, so the comparison builds `BrokenXUMX` with random weights and
+compares the magnitude path. asteroid imports `huggingface_hub` at module level only to name
+download locations: `tests/asteroid_shims` stands in for it.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from umx.errors import UmxError
+from umx.model import CrossUnmix
+from umx.separator import Separator
+from umx.transforms import magnitude, stft
+
+TARGETS = ["bass", "drums", "vocals", "other"]
+SHIMS = str(Path(__file__).parent / "asteroid_shims")
+
+
+@pytest.fixture(scope="module")
+def x_umx_module():
+    """asteroid's X-UMX module, or a skip when asteroid is not installed."""
+    sys.path.insert(0, SHIMS)
+    try:
+        return pytest.importorskip("asteroid.models.x_umx")
+    finally:
+        sys.path.remove(SHIMS)
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    """Random weights and batch-norm statistics far from their initial values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or name.endswith("window"):
+                continue
+            values = torch.rand(tensor.shape, generator=generator)
+            tensor.copy_(0.5 + values if "running_var" in name or "scale" in name else values - 0.4)
+
+
+def _asteroid_pair(x_umx_module, *, nb_channels=2, unidirectional=False, seed=0):
+    """asteroid's BrokenXUMX with random weights and a `CrossUnmix` loaded from its state dict."""
+    reference = x_umx_module.BrokenXUMX(
+        TARGETS,
+        window_length=512,
+        in_chan=512,
+        n_hop=128,
+        hidden_size=24,
+        nb_channels=nb_channels,
+        sample_rate=16000,
+        nb_layers=2,
+        max_bin=180,
+        bidirectional=not unidirectional,
+    )
+    _randomise(reference, seed)
+    reference.eval()
+    ours = CrossUnmix(
+        TARGETS, 257, nb_channels, 24, nb_layers=2, unidirectional=unidirectional, max_bin=180
+    )
+    state = {
+        key: value for key, value in reference.state_dict().items() if not key.endswith("window")
+    }
+    ours.load_state_dict(state, strict=True)
+    return reference, ours.eval()
+
+
+@pytest.mark.parametrize(("nb_channels", "unidirectional"), [(2, False), (1, False), (2, True)])
+def test_magnitudes_equal_asteroid(x_umx_module, nb_channels, unidirectional):
+    reference, ours = _asteroid_pair(
+        x_umx_module, nb_channels=nb_channels, unidirectional=unidirectional
+    )
+    audio = torch.randn(
+        3, 2 if nb_channels == 2 else 1, 4000, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        expected, _ = reference(audio)  # (nb_targets, nb_frames, nb_samples, nb_channels, nb_bins)
+        mix = magnitude(stft(audio, 512, 128), mono=nb_channels == 1)
+        got = ours(mix)
+    expected = expected.permute(0, 2, 3, 4, 1)
+    assert got.shape == expected.shape == (4, 3, nb_channels, 257, 32)
+    assert float(expected.abs().max()) > 1.0  # far from a trivial (all-zero) mask
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _small_net(*, unidirectional=False, seed=0) -> CrossUnmix:
+    torch.manual_seed(seed)
+    net = CrossUnmix(TARGETS, 257, 2, 16, nb_layers=2, unidirectional=unidirectional, max_bin=200)
+    _randomise(net, seed)
+    return net.freeze()
+
+
+def test_stream_in_pieces_equals_forward():
+    net = _small_net(unidirectional=True)
+    mix = torch.rand(2, 2, 257, 23, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = net(mix)
+        pieces, state = [], None
+        for start, stop in [(0, 1), (1, 1), (1, 9), (9, 23)]:
+            piece, state = net.stream(mix[..., start:stop], state)
+            pieces.append(piece)
+    assert state[0].shape == (4 * 2, 2, 16)
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_net_refuses_to_stream():
+    with pytest.raises(UmxError, match="bidirectional LSTM"):
+        _small_net().stream(torch.rand(1, 2, 257, 3))
+
+
+class _Select(torch.nn.Module):
+    """One target of a whole forward pass, without the views' sharing."""
+
+    def __init__(self, net, index):
+        super().__init__()
+        self.net, self.index = net, index
+
+    def forward(self, x):
+        return self.net(x)[self.index]
+
+
+@pytest.mark.parametrize("niter", [0, 1])
+def test_separator_with_target_views_runs_the_network_once(niter):
+    net = _small_net()
+    calls = []
+    net.layer_enc["bass"].register_forward_hook(lambda *_: calls.append(1))
+    options = {"sample_rate": 16000, "n_fft": 512, "n_hop": 128, "niter": niter}
+    audio = torch.randn(2, 2, 8000, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        stems = Separator({t: net.target_view(t) for t in TARGETS}, **options)(audio)
+        assert len(calls) == 1
+        selected = {t: _Select(net, i) for i, t in enumerate(TARGETS)}
+        expected = Separator(selected, **options)(audio)
+    assert len(calls) == 1 + len(TARGETS)
+    assert stems.shape == (2, 4, 2, 8000)
+    assert float(stems.std()) > 0.01
+    torch.testing.assert_close(stems, expected, atol=1e-6, rtol=0)
+
+
+def test_cross_unmix_needs_distinct_targets():
+    with pytest.raises(UmxError, match="two or more distinct targets"):
+        CrossUnmix(["vocals", "vocals"], 257)
