@@ -16,6 +16,8 @@ from umx.errors import UmxError
 from umx.model import CrossUnmix
 from umx.separator import Separator
 from umx.transforms import magnitude, stft
+from umx.xumx_checkpoints import load_xumx, save_xumx, xumx_file, xumx_separator
+from umx.zoo import load_separator
 
 TARGETS = ["bass", "drums", "vocals", "other"]
 SHIMS = str(Path(__file__).parent / "asteroid_shims")
@@ -143,3 +145,110 @@ def test_separator_with_target_views_runs_the_network_once(niter):
 def test_cross_unmix_needs_distinct_targets():
     with pytest.raises(UmxError, match="two or more distinct targets"):
         CrossUnmix(["vocals", "vocals"], 257)
+
+
+def _asteroid_checkpoint(reference, path):
+    """Save `reference` as asteroid's `serialize` does (without its pytorch_lightning import)."""
+    torch.save(
+        {
+            "model_name": "XUMX",
+            "state_dict": reference.state_dict(),
+            "model_args": reference.get_model_args(),
+            "infos": {"software_versions": {"torch_version": torch.__version__}},
+        },
+        path,
+    )
+    return path
+
+
+def test_asteroid_checkpoint_loads_and_gives_its_magnitudes(x_umx_module, tmp_path):
+    reference, _ = _asteroid_pair(x_umx_module, seed=5)
+    path = _asteroid_checkpoint(reference, tmp_path / "pretrained_xumx.pth")
+    checkpoint = load_xumx(path)
+    assert (checkpoint.sample_rate, checkpoint.n_fft, checkpoint.n_hop) == (16000.0, 512, 128)
+    assert checkpoint.net.targets == TARGETS and not checkpoint.net.training
+    audio = torch.randn(2, 2, 3000, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = reference(audio)[0].permute(0, 2, 3, 4, 1)
+        got = checkpoint.net(magnitude(stft(audio, 512, 128)))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_saved_checkpoint_loads_into_asteroid(x_umx_module, tmp_path):
+    net = _small_net(seed=7)
+    save_xumx(net, tmp_path / "xumx.pth", sample_rate=16000, n_fft=512, n_hop=128)
+    saved = torch.load(tmp_path / "xumx.pth", weights_only=True)
+    reference = x_umx_module.BrokenXUMX(**saved["model_args"]).eval()
+    reference.load_state_dict(saved["state_dict"], strict=True)
+    audio = torch.randn(1, 2, 3000, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = reference(audio)[0].permute(0, 2, 3, 4, 1)
+        got = load_xumx(tmp_path).net(magnitude(stft(audio, 512, 128)))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert xumx_file(tmp_path) == tmp_path / "xumx.pth"
+    assert xumx_file(tmp_path / "xumx.pth") == tmp_path / "xumx.pth"
+
+
+def test_xumx_separator_separates_selected_targets(tmp_path):
+    save_xumx(_small_net(seed=9), tmp_path / "xumx.pth", sample_rate=16000, n_fft=512, n_hop=128)
+    separator = xumx_separator(tmp_path / "xumx.pth", ["vocals", "bass"], residual="rest")
+    assert separator.targets == ["vocals", "bass", "rest"]
+    audio = torch.randn(1, 2, 16000, generator=torch.Generator().manual_seed(10))
+    stems = separator.separate(audio, segment=0.5, overlap=0.1)
+    assert stems.shape == (1, 3, 2, 16000)
+    assert bool(torch.isfinite(stems).all()) and float(stems[:, :2].std()) > 0.01
+    torch.testing.assert_close(stems.sum(1), audio, atol=1e-4, rtol=0)  # the residual completes
+
+
+def _edited_checkpoint(tmp_path, edit):
+    save_xumx(_small_net(), tmp_path / "good.pth", sample_rate=16000, n_fft=512, n_hop=128)
+    checkpoint = torch.load(tmp_path / "good.pth", weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, tmp_path / "bad.pth")
+    return tmp_path / "bad.pth"
+
+
+def _set_nan(checkpoint):
+    checkpoint["state_dict"]["layer_dec.bass.dec.0.weight"][0, 0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.pop("model_args"), "is not an X-UMX checkpoint"),
+        (lambda c: c.update(model_name="ConvTasNet"), "not an X-UMX model"),
+        (lambda c: c["model_args"].update(sources=["bass"]), "two or more target names"),
+        (lambda c: c["model_args"].update(sources=["../x", "a", "b", "c"]), "unsafe target name"),
+        (lambda c: c["model_args"].update(window_length=256), "window of 256 samples"),
+        (lambda c: c["model_args"].update(spec_power=2), "power 2"),
+        (lambda c: c["model_args"].update(n_hop=0), "'nhop'"),
+        (lambda c: c["model_args"].update(sample_rate=float("nan")), "'sample_rate'"),
+        (lambda c: c["model_args"].update(hidden_size=32), "hidden_size 32 in its model_args"),
+        (lambda c: c["model_args"].update(in_chan=1024, window_length=1024), "513 bins"),
+        (_set_nan, "NaN or infinite"),
+        (lambda c: c["state_dict"].pop("layer_dec.drums.dec.4.bias"), "lacks layer_dec.drums"),
+    ],
+)
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path, edit, message):
+    with pytest.raises(UmxError, match=message) as error:
+        load_xumx(_edited_checkpoint(tmp_path, edit))
+    assert "\n" not in str(error.value)
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    torch.save({"state_dict": {}, "model_args": Path("x")}, tmp_path / "code.pth")
+    with pytest.raises(UmxError, match="not a readable torch file"):
+        load_xumx(tmp_path / "code.pth")
+
+
+def test_load_separator_takes_an_xumx_checkpoint_or_its_directory(tmp_path):
+    save_xumx(_small_net(seed=11), tmp_path / "xumx.pth", sample_rate=16000, n_fft=512, n_hop=128)
+    audio = torch.randn(1, 2, 8000, generator=torch.Generator().manual_seed(12))
+    by_dir = load_separator(tmp_path, niter=0)
+    by_file = load_separator(str(tmp_path / "xumx.pth"), targets=["drums"], niter=0)
+    assert by_dir.targets == TARGETS and by_dir.model_name == str(tmp_path)
+    assert by_file.targets == ["drums"]
+    with torch.inference_mode():
+        stems = by_dir.separate(audio, segment=None)
+        drums = by_file.separate(audio, segment=None)
+    torch.testing.assert_close(drums[:, 0], stems[:, 1], atol=1e-6, rtol=0)
