@@ -95,7 +95,7 @@ def load_xumx(path: str | os.PathLike) -> XumxCheckpoint:
     state = check_state_dict(path, loaded["state_dict"])
     state = {key: value for key, value in state.items() if key not in WINDOW_KEYS}
     try:
-        arch = _architecture(state, targets)
+        arch = xumx_architecture(state, targets)
     except (KeyError, ValueError) as error:
         raise UmxError(f"{path} is not an X-UMX state dict: {error}") from None
     if n_fft // 2 + 1 != arch["nb_bins"]:
@@ -149,7 +149,7 @@ def _check_args(path: Path, args: Mapping[str, Any]) -> tuple[list[str], float, 
     return list(targets), float(fields["sample_rate"]), int(fields["nfft"]), int(fields["nhop"])
 
 
-def _architecture(state: Mapping[str, Tensor], targets: Sequence[str]) -> dict[str, Any]:
+def xumx_architecture(state: Mapping[str, Tensor], targets: Sequence[str]) -> dict[str, Any]:
     """`CrossUnmix`'s size arguments, read off the first target's entries of a state dict."""
     first = targets[0]
     max_bin = state[f"mean_scale.input_mean_{first}"].numel()
