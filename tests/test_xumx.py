@@ -15,6 +15,7 @@ import torch
 from umx.errors import UmxError
 from umx.model import CrossUnmix
 from umx.separator import Separator
+from umx.stream import separate_causal
 from umx.transforms import magnitude, stft
 from umx.xumx_checkpoints import load_xumx, save_xumx, xumx_file, xumx_separator
 from umx.zoo import load_separator
@@ -140,6 +141,51 @@ def test_separator_with_target_views_runs_the_network_once(niter):
     assert stems.shape == (2, 4, 2, 8000)
     assert float(stems.std()) > 0.01
     torch.testing.assert_close(stems, expected, atol=1e-6, rtol=0)
+
+
+class _SelectStream(_Select):
+    """One target of a causal network, streaming with its own copy of the whole state."""
+
+    unidirectional = True
+
+    def require_causal(self, name="the model"):
+        self.net.require_causal(name)
+
+    def stream(self, x, state=None):
+        y, state = self.net.stream(x, state)
+        return y[self.index], state
+
+
+def test_streaming_engine_runs_a_causal_network_once_per_block():
+    net = _small_net(unidirectional=True, seed=13)
+    calls = []
+    net.layer_enc["bass"].register_forward_hook(lambda *_: calls.append(1))
+    options = {"sample_rate": 16000, "n_fft": 512, "n_hop": 128, "niter": 1}
+    audio = torch.randn(2, 6000, generator=torch.Generator().manual_seed(14))
+    views = Separator({t: net.target_view(t) for t in TARGETS}, **options)
+    stems = separate_causal(views, audio)
+    assert len(calls) == 1
+    selected = Separator({t: _SelectStream(net, i) for i, t in enumerate(TARGETS)}, **options)
+    expected = separate_causal(selected, audio)
+    assert stems.shape == (4, 2, 6000) and float(stems.std()) > 0.01
+    torch.testing.assert_close(stems, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("unidirectional", [False, True])
+def test_onnx_graph_of_a_target_view_equals_torch(unidirectional):
+    pytest.importorskip("onnxruntime")
+    from umx.export import OnnxModel
+
+    view = _small_net(unidirectional=unidirectional, seed=15).target_view("vocals")
+    graph = OnnxModel.from_model(view)
+    mix = torch.rand(1, 2, 257, 30, generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        expected = view(mix)
+        torch.testing.assert_close(graph(mix), expected, atol=1e-5, rtol=1e-5)
+        if unidirectional:
+            first, state = graph.stream(mix[..., :11])
+            rest, _ = graph.stream(mix[..., 11:], state)
+            torch.testing.assert_close(torch.cat([first, rest], -1), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cross_unmix_needs_distinct_targets():

@@ -386,7 +386,9 @@ class CrossUnmixTarget(nn.Module):
 
     @property
     def nb_layers(self) -> int:
-        return self.net.nb_layers
+        """Rows of the LSTM state a view carries, `OpenUnmix`'s `nb_layers`: the whole
+        network's, `nb_targets * nb_layers` (see `CrossUnmix.stream`)."""
+        return len(self.net.targets) * self.net.nb_layers
 
     def freeze(self) -> CrossUnmixTarget:
         """Switch to inference: evaluation mode and no gradients. Returns the model."""
