@@ -14,6 +14,7 @@ import torch
 
 from umx.errors import UmxError
 from umx.model import CrossUnmix
+from umx.modeldir import save_separator
 from umx.separator import Separator
 from umx.stream import separate_causal
 from umx.transforms import magnitude, stft
@@ -298,3 +299,11 @@ def test_load_separator_takes_an_xumx_checkpoint_or_its_directory(tmp_path):
         stems = by_dir.separate(audio, segment=None)
         drums = by_file.separate(audio, segment=None)
     torch.testing.assert_close(drums[:, 0], stems[:, 1], atol=1e-6, rtol=0)
+
+
+def test_an_xumx_separator_is_not_saved_as_target_models(tmp_path):
+    net = _small_net()
+    separator = Separator({t: net.target_view(t) for t in TARGETS}, n_fft=512, n_hop=128)
+    with pytest.raises(UmxError, match="an X-UMX separator is one network"):
+        save_separator(separator, tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -310,22 +310,24 @@ class CrossUnmix(nn.Module):
 
     def estimate(self, x: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
         """`stream` (or `forward` when `state` is None and the model is bidirectional), reusing
-        the last result without gradients when called again on the same unchanged input and
-        state, so that the per-target views of one separation run the network once."""
+        the last result when called again on the same unchanged input and state in evaluation
+        mode without gradients, so that the per-target views of one separation run the
+        network once. (The weights are frozen then: `freeze`.)"""
         memo = self._memo
         if (
             memo is not None
             and memo[0] is x
             and memo[1] == _version(x)
             and memo[2] is state
-            and not torch.is_grad_enabled()
+            and not (self.training or torch.is_grad_enabled())
         ):
             return memo[3], memo[4]
         if self.unidirectional:
             y, new_state = self.stream(x, state)
         else:
             y, new_state = self._run(x, None)
-        self._memo = None if torch.is_grad_enabled() else (x, _version(x), state, y, new_state)
+        inference = not (self.training or torch.is_grad_enabled())
+        self._memo = (x, _version(x), state, y, new_state) if inference else None
         return y, new_state
 
     def _run(self, x: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:

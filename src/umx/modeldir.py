@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from umx.errors import MAX_RATE, MIN_RATE, UmxError
-from umx.model import OpenUnmix
+from umx.model import CrossUnmixTarget, OpenUnmix
 from umx.separator import Separator
 from umx.transforms import check_stft
 
@@ -662,8 +662,14 @@ def save_separator(
         the directory.
 
     Raises:
-        UmxError: the directory already holds a model and `force` is not set, or is a file.
+        UmxError: the directory already holds a model and `force` is not set, or is a file, or
+            the separator is an X-UMX one (see `umx.xumx_checkpoints.save_xumx`).
     """
+    if any(isinstance(model, CrossUnmixTarget) for model in separator.target_models.values()):
+        raise UmxError(
+            "an X-UMX separator is one network, not a model per target: save it with "
+            "umx.xumx_checkpoints.save_xumx"
+        )
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UmxError(f"cannot save the model into {directory}: it is a file")
