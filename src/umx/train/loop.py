@@ -234,6 +234,9 @@ def _out_of_memory(error: BaseException) -> bool:
 class Trainer:
     """One training run: set-up from options, the epoch loop and the outputs."""
 
+    criterion: Callable[[torch.nn.Module, Tensor, Tensor], Tensor] | None = None
+    """The training loss of a batch (see `train_epoch`); None for the magnitude MSE."""
+
     def __init__(
         self, args: argparse.Namespace, distributed: Distributed, device: torch.device
     ) -> None:
@@ -307,18 +310,6 @@ class Trainer:
             ValueError: the state dict is not one of this trainer's models.
         """
         return infer_architecture(state).build()
-
-    def _train_epoch(self, model: torch.nn.Module, loader: DataLoader) -> float:
-        """One pass over the training data (see `train_epoch`); returns the mean loss."""
-        return train_epoch(
-            model,
-            loader,
-            self.spectrogram,
-            self.optimizer,
-            self.device,
-            distributed=self.distributed,
-            progress=self.bars,
-        )
 
     def _validate(self, dataset: Subset, segment: int) -> float:
         """This process's share of the validation loss (see `validate`)."""
@@ -475,7 +466,16 @@ class Trainer:
             started = time.monotonic()
             seed_everything(config.seed, epoch, distributed.rank)
             sampler.set_epoch(epoch)
-            train_loss = self._train_epoch(model, loader)
+            train_loss = train_epoch(
+                model,
+                loader,
+                self.spectrogram,
+                self.optimizer,
+                self.device,
+                distributed=distributed,
+                progress=self.bars,
+                criterion=self.criterion,
+            )
             if not math.isfinite(train_loss):
                 raise UmxError(
                     f"the training loss is {train_loss} in epoch {epoch}; try a lower --lr"

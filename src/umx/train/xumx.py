@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from umx.data.datasets import MUSDB_SOURCES, SourcesDataset
 from umx.errors import UmxError
@@ -31,7 +31,7 @@ from umx.model import CrossUnmix
 from umx.modeldir import write_json_atomic
 from umx.train.checkpoints import _json_options
 from umx.train.inputs import _pad_for_stft, make_datasets
-from umx.train.loop import NB_LAYERS, Trainer, _segments, train_epoch
+from umx.train.loop import NB_LAYERS, Trainer, _segments
 from umx.train.options import XUMX_NAME
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.xumx_losses import TIME_WEIGHT, multi_domain_loss
@@ -119,20 +119,9 @@ class XumxTrainer(Trainer):
             max_bin=bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
         )
 
-    def _criterion(self, model: torch.nn.Module, mixture: Tensor, sources: Tensor) -> Tensor:
+    def criterion(self, model: torch.nn.Module, mixture: Tensor, sources: Tensor) -> Tensor:
+        """X-UMX's loss on a batch (see `xumx_loss`)."""
         return xumx_loss(model, mixture, sources, n_fft=self.config.nfft, n_hop=self.config.nhop)
-
-    def _train_epoch(self, model: torch.nn.Module, loader: DataLoader) -> float:
-        return train_epoch(
-            model,
-            loader,
-            self.spectrogram,
-            self.optimizer,
-            self.device,
-            distributed=self.distributed,
-            progress=self.bars,
-            criterion=self._criterion,
-        )
 
     @torch.no_grad()
     def _validate(self, dataset: Subset, segment: int) -> float:
@@ -148,7 +137,7 @@ class XumxTrainer(Trainer):
                     _pad_for_stft(audio[None, ..., start:stop].to(self.device), n_fft)
                     for audio in (mixture, sources)
                 ]
-                loss = self._criterion(self.model, *pieces)
+                loss = self.criterion(self.model, *pieces)
                 total += torch.stack([loss.double(), total.new_tensor(1.0)])
         total = self.distributed.all_sum(total)
         if total[1] == 0:
