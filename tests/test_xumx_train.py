@@ -13,6 +13,7 @@ import pytest
 import soundfile
 import torch
 
+from umx.data.datasets import FixedSourcesTrackFolderDataset, SourcesDataset
 from umx.train import main
 from umx.xumx_checkpoints import load_xumx
 from umx.zoo import load_separator
@@ -134,3 +135,31 @@ def test_datasets_without_fixed_sources_are_refused(task, tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert main([*options, "--output", str(tmp_path / "m")]) == 1
     assert "needs tracks with every source: the musdb or trackfolder_fix dataset" in caplog.text
+
+
+@pytest.mark.parametrize("random_track_mix", [False, True])
+def test_items_with_every_source_draw_as_the_target_items(task, random_track_mix):
+    tracks = FixedSourcesTrackFolderDataset(
+        task,
+        "train",
+        target_file="vocals.wav",
+        interferer_files=["noise.wav", "clicks.wav"],
+        seq_duration=0.5,
+        nb_channels=2,
+        samples_per_track=2,
+        random_track_mix=random_track_mix,
+    )
+    sources = SourcesDataset(tracks, SOURCES)
+    assert len(sources) == len(tracks) == 16
+    torch.manual_seed(1)
+    mixture, target = tracks[5]
+    torch.manual_seed(1)
+    all_mixture, all_sources = sources[5]
+    assert all_sources.shape == (3, 2, 4000)
+    torch.testing.assert_close(all_sources[0], target, rtol=0, atol=0)
+    torch.testing.assert_close(all_mixture, mixture, rtol=0, atol=0)
+    torch.testing.assert_close(all_sources.sum(0), all_mixture)
+    assert all(float(source.abs().max()) > 0 for source in all_sources)
+    whole_mixture, whole_sources = sources.eval_view()[0]
+    assert whole_sources.shape == (3, 2, NB_TIMESTEPS)
+    torch.testing.assert_close(whole_sources.sum(0), whole_mixture)
