@@ -218,6 +218,9 @@ class CrossUnmix(nn.Module):
         super().__init__()
         if len(targets) < 2 or len(set(targets)) != len(targets):
             raise UmxError(f"X-UMX needs two or more distinct targets, not {list(targets)!r}")
+        if not all(targets) or any("." in target for target in targets):
+            # They name submodules, whose names cannot be empty or hold a dot.
+            raise UmxError(f"X-UMX target names must be non-empty and dot-free: {list(targets)!r}")
         self.targets = list(targets)
         self.nb_output_bins = nb_bins
         self.nb_bins = max_bin or nb_bins

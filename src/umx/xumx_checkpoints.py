@@ -126,6 +126,11 @@ def _check_args(path: Path, args: Mapping[str, Any]) -> tuple[list[str], float, 
         raise UmxError(f"{path} has bad 'sources' in its model_args: two or more target names")
     for target in targets:
         check_target_name(target, str(path))
+        if "." in target:
+            raise UmxError(
+                f"{path} has a target name with a dot, {short.repr(target)}: X-UMX target "
+                "names must be non-empty and dot-free"
+            )
     if len(set(targets)) != len(targets):
         raise UmxError(f"{path} names a target twice in its model_args' 'sources'")
     fields = {
