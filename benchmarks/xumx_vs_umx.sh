@@ -22,4 +22,4 @@ done
 for model in umx xumx; do
   umx evaluate --model "$out/$model" --root "$root" --is-wav --evaldir "$out/eval-$model" --quiet
 done
-umx evaluate --compare "$out/eval-umx" "$out/eval-xumx"
+umx evaluate --compare "$out/eval-umx" "$out/eval-xumx" --evaldir "$out/compare" --quiet
