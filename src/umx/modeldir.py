@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from umx.defaults import HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, short
-from umx.model import OpenUnmix
+from umx.model import CrossUnmixTarget, OpenUnmix
 from umx.separator import Separator
 from umx.transforms import check_stft
 
@@ -202,6 +202,53 @@ def _shape_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor])
     return None
 
 
+def read_torch_file(path: Path) -> Any:
+    """Load a torch file without running any code from it (`weights_only`), on the CPU.
+
+    Raises:
+        UmxError: the file is missing, or unreadable (corrupt, truncated, not a torch file, or
+            holding objects other than tensors and plain containers).
+    """
+    if not path.is_file():
+        raise UmxError(f"{path} does not exist")
+    try:
+        # asteroid's checkpoints record `torch.__version__`, a `TorchVersion` (a `str`).
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load fails on damaged files with any of UnpicklingError, RuntimeError, OSError,
+    # EOFError, KeyError, ...: all mean the file is not a readable torch file.
+    # Their messages say little to a user (a truncated file gives "Invalid argument").
+    except Exception as error:
+        raise UmxError(
+            f"{path} is not a readable torch file: it is corrupt or truncated"
+        ) from error
+
+
+def check_state_dict(path: Path, loaded: object) -> dict[str, Tensor]:
+    """A state dict read from `path`, checked, with floating-point tensors as float32.
+
+    Raises:
+        UmxError: it is not a mapping of names to tensors, or it holds NaN or infinite values
+            or negative batch-norm variances.
+    """
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
+    ):
+        raise UmxError(f"{path} does not hold a state dict of tensors")
+    state = {
+        key: value.float() if value.is_floating_point() else value for key, value in loaded.items()
+    }
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UmxError(
+                f"{path} is not usable: its {short.repr(key)} holds NaN or infinite values, "
+                "which would make every separation garbage"
+            )
+        if key.endswith("running_var") and bool((value < 0).any()):
+            raise UmxError(f"{path} is not usable: its {short.repr(key)} has negative variances")
+    return state
+
+
 def load_target_model(path: str | os.PathLike, args: Mapping[str, Any] | None = None) -> OpenUnmix:
     """Load one target's `OpenUnmix` from a `.pth` state dict, in evaluation mode.
 
@@ -222,34 +269,12 @@ def load_target_model(path: str | os.PathLike, args: Mapping[str, Any] | None = 
             infinite values or negative variances, or disagrees with `args`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UmxError(f"{path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    # torch.load fails on damaged files with any of UnpicklingError, RuntimeError, OSError,
-    # EOFError, KeyError, ...: all mean the file is not a readable torch file.
-    # Their messages say little to a user (a truncated file gives "Invalid argument").
-    except Exception as error:
-        raise UmxError(
-            f"{path} is not a readable torch file: it is corrupt or truncated"
-        ) from error
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
-    ):
-        raise UmxError(f"{path} does not hold a state dict of tensors")
+    loaded = read_torch_file(path)
     state = {
-        key: value.float() if value.is_floating_point() else value
-        for key, value in loaded.items()
+        key: value
+        for key, value in check_state_dict(path, loaded).items()
         if key not in _EXTRA_KEYS and not key.startswith(_EXTRA_PREFIX)
     }
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UmxError(
-                f"{path} is not usable: its {short.repr(key)} holds NaN or infinite values, "
-                "which would make every separation garbage"
-            )
-        if key.endswith("running_var") and bool((value < 0).any()):
-            raise UmxError(f"{path} is not usable: its {short.repr(key)} has negative variances")
     try:
         arch = infer_architecture(state)
     except ValueError as error:
@@ -630,8 +655,14 @@ def save_separator(
         the directory.
 
     Raises:
-        UmxError: the directory already holds a model and `force` is not set, or is a file.
+        UmxError: the directory already holds a model and `force` is not set, or is a file, or
+            the separator is an X-UMX one (see `umx.xumx_checkpoints.save_xumx`).
     """
+    if any(isinstance(model, CrossUnmixTarget) for model in separator.target_models.values()):
+        raise UmxError(
+            "an X-UMX separator is one network, not a model per target: save it with "
+            "umx.xumx_checkpoints.save_xumx"
+        )
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UmxError(f"cannot save the model into {directory}: it is a file")

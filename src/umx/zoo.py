@@ -720,12 +720,13 @@ def resolve_model(
     beforehand.
 
     Args:
-        model: a name of `MODELS`, a model directory, or None for the default.
+        model: a name of `MODELS`, a model directory, an X-UMX checkpoint (see
+            `umx.xumx_checkpoints`), or None for the default.
         targets: the targets wanted: the default counts as cached when these are.
         offline: never touch the network; None reads `$UMX_OFFLINE`.
 
     Returns:
-        a name of `MODELS`, or the directory as a string.
+        a name of `MODELS`, or the directory (or X-UMX checkpoint) as a string.
 
     Raises:
         UmxError: `model` is neither a known name nor a directory.
@@ -738,6 +739,10 @@ def resolve_model(
     if isinstance(model, str) and model in MODELS:
         return model
     if Path(model).is_dir():
+        return str(model)
+    from umx.xumx_checkpoints import xumx_file  # torch: only for a model that is not a folder
+
+    if xumx_file(model) is not None:
         return str(model)
     raise UmxError(
         f"unknown model {short.repr(str(model))}: not a directory, and not one of the known "
@@ -767,8 +772,9 @@ def load_separator(
 
     Args:
         model: a name of `MODELS` (downloaded into the cache if needed), a directory in the
-            official layout, or None for the default. A string naming a known model wins over a
-            directory of that name; write `./umxl` for the directory.
+            official layout, an X-UMX checkpoint in asteroid's format (a `.pth` file, or a
+            directory holding `xumx.pth`), or None for the default. A string naming a known
+            model wins over a directory of that name; write `./umxl` for the directory.
         targets: the targets to load, in output order; all of the model's if None.
         niter, softmask, residual, wiener_win_len: Wiener filtering options of `Separator`.
         device: where the models run.
@@ -787,6 +793,7 @@ def load_separator(
     import torch
 
     from umx.modeldir import build_separator, directory_files
+    from umx.xumx_checkpoints import xumx_file, xumx_separator
 
     try:
         device = torch.device(device)
@@ -813,14 +820,20 @@ def load_separator(
             if entry.notice:
                 logger.info(entry.notice)
             files = _named_files(entry, targets, progress, offline)
-        else:
+        elif xumx_file(model) is None:
             files = directory_files(Path(model), targets)
+        else:
+            files = None  # an X-UMX checkpoint: one file for all targets
     options = {
         "niter": niter,
         "softmask": softmask,
         "residual": residual,
         "wiener_win_len": wiener_win_len,
     }
-    separator = build_separator(files, options).to(device).eval()
+    if files is None:
+        separator = xumx_separator(model, targets, **options)
+    else:
+        separator = build_separator(files, options)
+    separator = separator.to(device).eval()
     separator.model_name = name
     return separator

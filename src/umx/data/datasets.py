@@ -289,6 +289,21 @@ class TrackDataset(UnmixDataset):
         return view
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        mixture, sources = self._item(index, all_sources=False)
+        return mixture, sources[0]
+
+    def sources(self, index: int) -> tuple[Tensor, Tensor]:
+        """Item `index` with every source (drawn as `__getitem__` draws them).
+
+        Returns:
+            the mixture, `(nb_channels, nb_timesteps)`, and the sources, `(nb_sources,
+            nb_channels, nb_timesteps)`: the target, then the interferers in track order.
+        """
+        return self._item(index, all_sources=True)
+
+    def _item(self, index: int, *, all_sources: bool) -> tuple[Tensor, Tensor]:
+        """The mixture and the stacked sources of item `index`; only the target unless
+        `all_sources` when the track has its own mixture."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         length = self.seq_len
@@ -302,7 +317,12 @@ class TrackDataset(UnmixDataset):
         else:
             target = self._source(track.target, start, length)
         if track.mixture is not None:
-            return self._source(track.mixture, start, length, augment=False), target
+            mixture = self._source(track.mixture, start, length, augment=False)
+            interferers = [
+                self._source(info, start, length, augment=False)
+                for info in (track.interferers if all_sources else ())
+            ]
+            return mixture, torch.stack([target, *interferers])
         if not self.random_mix or length is None:
             interferers = [self._source(info, start, length) for info in track.interferers]
         elif self.independent_interferers:
@@ -315,7 +335,36 @@ class TrackDataset(UnmixDataset):
             other = self.tracks[_randint(len(self.tracks), None)]
             other_start = _random_start(other.nb_frames, length, None)
             interferers = [self._source(info, other_start, length) for info in other.interferers]
-        return torch.stack([target, *interferers]).sum(0), target
+        sources = torch.stack([target, *interferers])
+        return sources.sum(0), sources
+
+
+class SourcesDataset(Dataset):
+    """Every source of a `TrackDataset`'s items, for models that estimate all of them at once.
+
+    Item `i` is `(mixture, sources)`: `(nb_channels, nb_timesteps)` and `(nb_sources,
+    nb_channels, nb_timesteps)`, the sources in the order of `names` (the dataset's target,
+    then its interferers).
+
+    Args:
+        tracks: the track dataset.
+        names: the sources' names.
+    """
+
+    def __init__(self, tracks: TrackDataset, names: Sequence[str]) -> None:
+        self.tracks = tracks
+        self.names = list(names)
+        self.sample_rate = tracks.sample_rate
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.tracks.sources(index)
+
+    def eval_view(self) -> SourcesDataset:
+        """The same sources of `tracks.eval_view()` (whole tracks, unaugmented)."""
+        return SourcesDataset(self.tracks.eval_view(), self.names)
 
 
 def _split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:

@@ -16,13 +16,14 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -54,7 +55,13 @@ from umx.train.checkpoints import (
 )
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.inputs import _pad_for_stft, compute_statistics, make_datasets
-from umx.train.options import ARCHITECTURE, DEFAULTS, add_train_arguments, resolve_options
+from umx.train.options import (
+    ARCHITECTURE,
+    DEFAULTS,
+    add_train_arguments,
+    is_xumx_run,
+    resolve_options,
+)
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
@@ -78,6 +85,7 @@ def train_epoch(
     *,
     distributed: Distributed | None = None,
     progress: bool = True,
+    criterion: Callable[[torch.nn.Module, Tensor, Tensor], Tensor] | None = None,
 ) -> float:
     """One pass over the training data: MSE between estimated and true target magnitudes.
 
@@ -90,6 +98,8 @@ def train_epoch(
         device: where the model is.
         distributed: this process's place in a distributed run.
         progress: show a progress bar.
+        criterion: the loss of `model` on a batch's `(mixture, target)` instead of the MSE of
+            the magnitudes (X-UMX's losses, for example).
 
     Returns:
         the mean training loss over all samples of all processes.
@@ -101,7 +111,10 @@ def train_epoch(
     for mixture, target in bar:
         mixture, target = mixture.to(device), target.to(device)
         optimizer.zero_grad()
-        loss = F.mse_loss(model(spectrogram(mixture)), spectrogram(target))
+        if criterion is None:
+            loss = F.mse_loss(model(spectrogram(mixture)), spectrogram(target))
+        else:
+            loss = criterion(model, mixture, target)
         loss.backward()
         optimizer.step()
         total += torch.stack(
@@ -190,7 +203,12 @@ def run_training(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         logger.info("training on %d processes (%s)", distributed.world_size, dist.get_backend())
     try:
-        Trainer(args, distributed, device).run()
+        trainer_type = Trainer
+        if is_xumx_run(args):
+            from umx.train.xumx import XumxTrainer  # a Trainer subclass: imported on use
+
+            trainer_type = XumxTrainer
+        trainer_type(args, distributed, device).run()
         if distributed.enabled:
             dist.barrier()  # no rank tears gloo down while another still talks to it
     except (MemoryError, RuntimeError) as error:
@@ -218,6 +236,9 @@ def _out_of_memory(error: BaseException) -> bool:
 class Trainer:
     """One training run: set-up from options, the epoch loop and the outputs."""
 
+    criterion: Callable[[torch.nn.Module, Tensor, Tensor], Tensor] | None = None
+    """The training loss of a batch (see `train_epoch`); None for the magnitude MSE."""
+
     def __init__(
         self, args: argparse.Namespace, distributed: Distributed, device: torch.device
     ) -> None:
@@ -231,7 +252,7 @@ class Trainer:
         self.config = config = resolve_options(args, checkpoint)
         self.output = Path(config.output)
         self.target = config.target
-        self.train_set, self.valid_set = make_datasets(config)
+        self.train_set, self.valid_set = self._make_datasets()
         self.sample_rate = self.train_set.sample_rate
         if self.valid_set.sample_rate != self.sample_rate:
             raise UmxError(
@@ -259,9 +280,7 @@ class Trainer:
 
         seed_everything(config.seed, 0)
         if checkpoint is not None:
-            self.model = _checkpoint_part(
-                config, lambda: infer_architecture(checkpoint["model"]).build()
-            )
+            self.model = _checkpoint_part(config, lambda: self._build(checkpoint["model"]))
         else:
             self.model = pretrained or self._new_model()
         self.model.to(device)
@@ -282,21 +301,50 @@ class Trainer:
             _checkpoint_part(config, lambda: self._restore(checkpoint))
         self.spectrogram = Spectrogram(config.nfft, config.nhop)
 
+    def _make_datasets(self) -> tuple[Any, Any]:
+        """The training and validation datasets (see `make_datasets`)."""
+        return make_datasets(self.config)
+
+    def _build(self, state: dict[str, Any]) -> torch.nn.Module:
+        """A new model of the architecture of a state dict, with fresh weights.
+
+        Raises:
+            ValueError: the state dict is not one of this trainer's models.
+        """
+        return infer_architecture(state).build()
+
+    def _validate(self, dataset: Subset, segment: int) -> float:
+        """This process's share of the validation loss (see `validate`)."""
+        return validate(
+            self.model,
+            dataset,
+            self.spectrogram,
+            self.device,
+            segment=segment,
+            distributed=self.distributed,
+        )
+
+    def _input_statistics(self) -> tuple[Tensor | None, Tensor | None]:
+        """Per-bin mean and scale of the training magnitudes (see `compute_statistics`); None
+        with `--debug`."""
+        config = self.config
+        if config.debug:
+            return None, None
+        if self.progress and not self.bars:
+            nb_items = len(self.train_set.eval_view())
+            logger.info("computing the input statistics over %d training items", nb_items)
+        return compute_statistics(
+            self.train_set,
+            config.nfft,
+            config.nhop,
+            distributed=self.distributed,
+            progress=self.bars,
+        )
+
     def _new_model(self) -> OpenUnmix:
         """A model of the options, its input scaling set from the training statistics."""
         config = self.config
-        mean = scale = None
-        if not config.debug:
-            if self.progress and not self.bars:
-                nb_items = len(self.train_set.eval_view())
-                logger.info("computing the input statistics over %d training items", nb_items)
-            mean, scale = compute_statistics(
-                self.train_set,
-                config.nfft,
-                config.nhop,
-                distributed=self.distributed,
-                progress=self.bars,
-            )
+        mean, scale = self._input_statistics()
         return OpenUnmix(
             nb_bins=config.nfft // 2 + 1,
             nb_channels=config.nb_channels,
@@ -366,7 +414,7 @@ class Trainer:
             )
         ):
             raise ValueError("its epoch, early-stopping state or history is inconsistent")
-        if infer_architecture(checkpoint["best_model"]) != infer_architecture(checkpoint["model"]):
+        if _shapes(self._build(checkpoint["best_model"])) != _shapes(self.model):
             raise ValueError("its best and current models differ in shape")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -469,19 +517,13 @@ class Trainer:
                 self.device,
                 distributed=distributed,
                 progress=self.bars,
+                criterion=self.criterion,
             )
             if not math.isfinite(train_loss):
                 raise UmxError(
                     f"the training loss is {train_loss} in epoch {epoch}; try a lower --lr"
                 )
-            valid_loss = validate(
-                self.model,
-                valid_share,
-                self.spectrogram,
-                self.device,
-                segment=segment,
-                distributed=distributed,
-            )
+            valid_loss = self._validate(valid_share, segment)
             self.scheduler.step(valid_loss)
             best = self.stopper.step(valid_loss)
             if best:
@@ -516,19 +558,13 @@ class Trainer:
                 logger.info("early stopping after epoch %d", epoch)
                 break
 
-    def _write_outputs(self) -> None:
-        """Write the checkpoint, then the best model, its json, separator.json and the curve.
-
-        The checkpoint goes first, each file atomically: a run killed at any moment leaves a
-        directory whose `<target>.chkpnt` holds the latest completed epoch, so that it can
-        always be resumed with `--checkpoint` (the other files are written again from it).
-        """
-        config = self.config
+    def _write_checkpoint(self) -> None:
+        """Write `<target>.chkpnt` (atomically): everything a resumed run needs."""
         self.output.mkdir(parents=True, exist_ok=True)
         torch_save_atomic(
             {
                 "epoch": self.epoch,
-                "args": _json_options(config),
+                "args": _json_options(self.config),
                 "sample_rate": self.sample_rate,
                 "model": _cpu_state(self.model),
                 "best_model": self.best_state,
@@ -539,6 +575,36 @@ class Trainer:
             },
             self.output / f"{self.target}{CHECKPOINT_SUFFIX}",
         )
+
+    def _metadata(self) -> dict[str, Any]:
+        """The run's state and history as JSON values, saved beside the best model."""
+        history = self.history
+        return {
+            "epochs_trained": self.epoch,
+            "best_epoch": history.best_epoch,
+            "best_loss": self.stopper.best,
+            "num_bad_epochs": self.stopper.num_bad_epochs,
+            "stopped_early": self.stopper.should_stop,
+            "train_loss_history": history.train_loss,
+            "valid_loss_history": history.valid_loss,
+            "lr_history": history.lr,
+            "train_time_history": history.epoch_time,
+            "versions": {
+                "umx": __version__,
+                "torch": str(torch.__version__),
+                "python": platform.python_version(),
+            },
+        }
+
+    def _write_outputs(self) -> None:
+        """Write the checkpoint, then the best model, its json, separator.json and the curve.
+
+        The checkpoint goes first, each file atomically: a run killed at any moment leaves a
+        directory whose `<target>.chkpnt` holds the latest completed epoch, so that it can
+        always be resumed with `--checkpoint` (the other files are written again from it).
+        """
+        config = self.config
+        self._write_checkpoint()
         best = infer_architecture(self.best_state).build()
         best.load_state_dict(self.best_state)
         history = self.history
@@ -550,28 +616,17 @@ class Trainer:
             n_fft=config.nfft,
             n_hop=config.nhop,
             args=_json_options(config),
-            metadata={
-                "epochs_trained": self.epoch,
-                "best_epoch": history.best_epoch,
-                "best_loss": self.stopper.best,
-                "num_bad_epochs": self.stopper.num_bad_epochs,
-                "stopped_early": self.stopper.should_stop,
-                "train_loss_history": history.train_loss,
-                "valid_loss_history": history.valid_loss,
-                "lr_history": history.lr,
-                "train_time_history": history.epoch_time,
-                "versions": {
-                    "umx": __version__,
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                },
-            },
+            metadata=self._metadata(),
         )
         write_json_atomic(
             self.output / SEPARATOR_JSON,
             _separator_config(self.output, self.target, config, self.sample_rate),
         )
         plot_history(history, self.output / f"{self.target}{CURVE_SUFFIX}", self.target)
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,9 @@ from umx.defaults import DEFAULT_AUGMENTATIONS, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
 
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
+ARCHITECTURES = ("umx", "xumx")  # one Open-Unmix per target; X-UMX, all targets in one model
+XUMX_NAME = "xumx"  # the file names of an X-UMX run: xumx.chkpnt, xumx.pth, xumx.json
+XUMX_DATASETS = ("musdb", "trackfolder_fix")  # datasets whose tracks hold fixed sources
 MAX_SEED = 2**32 - 1
 MAX_SEQ_DUR = 86400.0  # seconds: a day, far beyond any excerpt that fits in memory
 
@@ -38,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "seq_dur": 6.0,
     "unidirectional": False,
+    "architecture": "umx",
     "nfft": 4096,
     "nhop": 1024,
     "hidden_size": 512,
@@ -67,7 +71,15 @@ DEFAULTS: dict[str, Any] = {
 """Every option of `umx train` and its default. The parser's defaults are None, so that the
 options given on the command line can be told apart from those restored from a checkpoint."""
 
-ARCHITECTURE = ("nfft", "nhop", "hidden_size", "nb_channels", "bandwidth", "unidirectional")
+ARCHITECTURE = (
+    "nfft",
+    "nhop",
+    "hidden_size",
+    "nb_channels",
+    "bandwidth",
+    "unidirectional",
+    "architecture",
+)
 """Options fixed by the model: taken from `--model` or `--checkpoint`, which they must match."""
 
 PER_INVOCATION = ("checkpoint", "output", "force", "quiet", "debug", "device")
@@ -279,6 +291,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="highest frequency the LSTM sees (input and output stay full-band)",
     )
     add(model, "--unidirectional", action="store_true", help="causal, forward-only LSTM")
+    add(
+        model,
+        "--architecture",
+        choices=ARCHITECTURES,
+        help="umx: one Open-Unmix model of --target; xumx: one X-UMX (CrossNet-Open-Unmix) "
+        "model of every source, with the multi-domain and combination losses (musdb or "
+        "trackfolder_fix datasets; writes xumx.pth in asteroid's format)",
+    )
 
     output = parser.add_argument_group("output and resuming")
     add(
@@ -369,6 +389,8 @@ def resolve_options(
     for key in ("root", *REQUIRED_OPTIONS[dataset]):
         if getattr(config, key) is None:
             raise UmxError(f"the {dataset} dataset needs --{key.replace('_', '-')}")
+    if config.architecture == XUMX_NAME:
+        _check_xumx(config, given)
     if config.samples_per_track is None:
         config.samples_per_track = MUSDB_SAMPLES_PER_TRACK if dataset == "musdb" else 1
     if config.random_track_mix is None:
@@ -385,6 +407,31 @@ def resolve_options(
         raise UmxError("--model and --checkpoint exclude each other: a resumed run has its model")
     check_options(config)
     return config
+
+
+def is_xumx_run(args: argparse.Namespace) -> bool:
+    """Whether `umx train` options ask for X-UMX: `--architecture xumx`, or resuming an X-UMX
+    run (a `--checkpoint` directory holding `xumx.chkpnt`) without `--architecture`."""
+    if args.architecture is not None:
+        return args.architecture == XUMX_NAME
+    return args.checkpoint is not None and (Path(args.checkpoint) / f"{XUMX_NAME}.chkpnt").is_file()
+
+
+def _check_xumx(config: argparse.Namespace, given: dict[str, Any]) -> None:
+    """Refuse options an X-UMX run cannot use, and name its files `xumx.*`."""
+    if "target" in given:
+        raise UmxError("--target does not apply to --architecture xumx: it trains every source")
+    if config.model is not None:
+        raise UmxError(
+            "--model fine-tunes an Open-Unmix target; --architecture xumx trains a new model "
+            "(resume one with --checkpoint)"
+        )
+    if config.dataset not in XUMX_DATASETS:
+        raise UmxError(
+            f"--architecture xumx needs tracks with every source: the "
+            f"{' or '.join(XUMX_DATASETS)} dataset, not {config.dataset}"
+        )
+    config.target = XUMX_NAME
 
 
 WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
@@ -467,6 +514,8 @@ def check_options(config: argparse.Namespace) -> None:
             f"--lr-decay-gamma multiplies the learning rate, so it must lie between 0 and 1 "
             f"(exclusive), not {reals['lr_decay_gamma']}"
         )
+    if config.architecture not in ARCHITECTURES:  # only a checkpoint can hold another
+        raise UmxError(f"--architecture must be one of {', '.join(ARCHITECTURES)}")
     if isinstance(config.nb_channels, bool) or config.nb_channels not in (1, 2):
         raise UmxError(f"--nb-channels must be 1 or 2, not {config.nb_channels!r}")
     try:
