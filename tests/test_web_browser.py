@@ -118,7 +118,8 @@ def test_separate_listen_remix_download_in_chromium(server, browser, tmp_path):
 
     # play: the position moves; pause: it stops
     page.click("#play")
-    page.wait_for_function("Number(document.querySelector('#seek').value) > 0.3")
+    # a function, not an expression: the page's content security policy forbids eval
+    page.wait_for_function("() => Number(document.querySelector('#seek').value) > 0.3")
     page.click("#play")
     stopped = page.input_value("#seek")
     page.wait_for_timeout(300)
