@@ -669,9 +669,9 @@ def _check_data_dir(root: Path, folders: Sequence[Path]) -> None:
             that names it.
     """
     where = f"the data directory {display_path(root)}"
-    if root.exists() and not root.is_dir():
-        raise UmxError(f"{where} is not a folder; choose another with --data-dir")
     try:
+        if root.exists() and not root.is_dir():
+            raise UmxError(f"{where} is not a folder; choose another with --data-dir")
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".probe.{secrets.token_hex(4)}.tmp"
