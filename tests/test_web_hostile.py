@@ -277,6 +277,26 @@ def test_hostile_request_is_refused_and_changes_nothing(servers, case):
     assert snapshot(server.data) == before
 
 
+def test_every_kind_of_response_has_the_headers(servers):
+    server = servers["v4"]
+    job = httpx.get(f"{server.url}api/jobs").json()[0]["id"]
+    paths = [
+        "",
+        "static/app.js",
+        "api/config",
+        f"api/jobs/{job}/stems/drums.wav",
+        f"api/jobs/{job}/stems/drums.flac",
+        f"api/jobs/{job}/zip/wav",
+        "api/nothing",
+        "api/events",
+    ]
+    for path in paths:
+        with httpx.stream("GET", server.url + path, timeout=20) as response:
+            assert response.status_code == (404 if path == "api/nothing" else 200), path
+            missing = {name for name in SECURITY_HEADERS if name not in response.headers}
+            assert missing == set(), path
+
+
 def test_cases_cover_the_issue():
     names = {case.name for case in CASES}
     assert len(CASES) >= 15 and {"v6-host-foreign", "origin-upload"} <= names
