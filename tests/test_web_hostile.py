@@ -463,6 +463,35 @@ def test_a_full_data_directory_is_refused(tmp_path, capsys):
     )
 
 
+def test_a_data_directory_that_fills_up_answers_one_line(tmp_path, capfd):
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        store = new_store(full / "data")
+        app = create_app(store, default_model="umxsynth", max_upload_bytes=10 << 20)
+        with contextlib.suppress(OSError), open(full / "filler", "wb") as filler:
+            while True:
+                filler.write(bytes(4096))
+                filler.flush()
+        with served_app(app, "127.0.0.1") as port:
+            response = httpx.post(f"http://127.0.0.1:{port}/api/jobs", content=song_bytes(1, 3))
+        uploads = list(store.uploads_dir.iterdir())
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert response.status_code == 507
+    assert response.json() == {
+        "error": "the server cannot store or read its files: No space left on device"
+    }
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert uploads == [] and store.jobs() == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
 # --- stopping with pages open --------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 - ``GET /api/jobs``: every job, the newest first.
 - ``POST /api/jobs?name=&model=&stems=``: the song as the raw request body (any name; its content
   decides whether it is audio): 201 a new job, 200 a job that exists, 413 too large, 422 not
-  audio or bad options, 503 busy.
+  audio or bad options, 503 busy, 507 the data directory is full.
 - ``GET /api/jobs/{id}``: one job; ``DELETE``: remove it.
 - ``GET /api/jobs/{id}/stems/{stem}.{ext}``: one stem in wav, flac or mp3.
 - ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -42,11 +44,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from umx import __version__
-from umx.audio import audio_formats
+from umx.audio import audio_formats, display_path
 from umx.errors import UmxError
 from umx.web.guard import SECURITY_HEADERS, Guard
 from umx.web.jobs import STEM_MODES, Busy, JobStore, NotFound, TooLarge, display_name, too_large
 from umx.zoo import list_models
+
+logger = logging.getLogger("umx")
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
@@ -155,6 +159,14 @@ def create_app(
         assert isinstance(error, HTTPException)
         return JSONResponse({"error": error.detail}, status_code=error.status_code)
 
+    async def storage_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, OSError)
+        reason = error.strerror or str(error)
+        logger.error("the data directory %s: %s", display_path(store.root), reason)
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        message = f"the server cannot store or read its files: {reason}"
+        return JSONResponse({"error": message}, status_code=507 if full else 500)
+
     async def server_error(request: Request, error: Exception) -> Response:
         # sent past the middleware: the headers are added here
         message = "the server failed unexpectedly; its terminal shows why"
@@ -176,6 +188,7 @@ def create_app(
         exception_handlers={
             UmxError: user_error,
             HTTPException: http_error,
+            OSError: storage_error,
             Exception: server_error,
         },
     )
