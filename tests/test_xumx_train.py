@@ -15,6 +15,7 @@ import torch
 
 from umx.data.datasets import FixedSourcesTrackFolderDataset, SourcesDataset
 from umx.train import main
+from umx.train.progress import resume_hint
 from umx.xumx_checkpoints import load_xumx
 from umx.zoo import load_separator
 
@@ -163,3 +164,13 @@ def test_items_with_every_source_draw_as_the_target_items(task, random_track_mix
     whole_mixture, whole_sources = sources.eval_view()[0]
     assert whole_sources.shape == (3, 2, NB_TIMESTEPS)
     torch.testing.assert_close(whole_sources.sum(0), whole_mixture)
+
+
+def test_the_resume_command_of_an_xumx_run_names_no_target(tmp_path):
+    """An X-UMX run trains every source: its resume command is `--checkpoint DIR` alone (the
+    options refuse --target with X-UMX)."""
+    (tmp_path / "xumx.chkpnt").write_bytes(b"")
+    hint = resume_hint(tmp_path, "xumx")
+    assert hint.endswith(f"umx train --checkpoint {tmp_path}")
+    (tmp_path / "vocals.chkpnt").write_bytes(b"")
+    assert resume_hint(tmp_path, "vocals").endswith(f"--checkpoint {tmp_path} --target vocals")

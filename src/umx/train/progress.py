@@ -10,18 +10,21 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from umx.data.datasets import TrackDataset, UnmixDataset
+from umx.data.datasets import SourcesDataset, TrackDataset, UnmixDataset
 from umx.defaults import AUTO
 from umx.errors import display_path
 from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping
+from umx.train.options import XUMX_NAME
 
 RECENT_EPOCHS = 5
 """Epochs whose mean time predicts the next ones (the first is slower: caches warm up)."""
 
 
-def data_extent(dataset: UnmixDataset) -> tuple[int, float]:
+def data_extent(dataset: UnmixDataset | SourcesDataset) -> tuple[int, float]:
     """How many tracks a dataset holds and their total duration in seconds; for `sourcefolder`
     datasets, the target folder's files."""
+    if isinstance(dataset, SourcesDataset):  # every source of a track dataset's items (X-UMX)
+        dataset = dataset.tracks
     if isinstance(dataset, TrackDataset):
         infos = [track.files[0] for track in dataset.tracks]
     else:
@@ -101,7 +104,8 @@ def resume_hint(output: Path, target: str, device: str = AUTO) -> str:
     epoch completed once a checkpoint is written (after every epoch), else the same again.
     The options are in the checkpoint, but for those of one invocation: `device` is repeated."""
     if (output / f"{target}{CHECKPOINT_SUFFIX}").is_file():
-        words = ["umx", "train", "--checkpoint", str(output), "--target", target]
+        words = ["umx", "train", "--checkpoint", str(output)]
+        words += ["--target", target] if target != XUMX_NAME else []  # X-UMX: every source
         words += ["--device", device] if device != AUTO else []
         command = display_path(shlex.join(words))
         return f"to resume from the last epoch completed: {command}"
