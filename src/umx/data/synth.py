@@ -23,15 +23,16 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import random
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 import numpy as np
 import soundfile
@@ -61,6 +62,7 @@ from umx.defaults import (
     VALID_FRACTION,
 )
 from umx.errors import UmxError
+from umx.files import staged_folder, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -305,9 +307,13 @@ def render_track(
     return tracks
 
 
-def write_pcm16(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Writes 16-bit samples exactly, as wav or flac by ``path``'s suffix."""
-    soundfile.write(path, audio, sample_rate, subtype="PCM_16")
+def write_pcm16(
+    path: Path | IO[bytes], audio: np.ndarray, sample_rate: int, suffix: str | None = None
+) -> None:
+    """Writes 16-bit samples exactly, as wav or flac by ``suffix`` (by default ``path``'s; an
+    open file needs it)."""
+    kind = (suffix or Path(path).suffix)[1:].upper()  # type: ignore[arg-type]
+    soundfile.write(path, audio, sample_rate, subtype="PCM_16", format=kind)
 
 
 def _render_task(task: tuple[TrackPlan, float, int, Path]) -> dict[str, float] | None:
@@ -534,25 +540,6 @@ def check_root(root: Path, force: bool) -> None:
         raise UmxError(f"{root} already holds a dataset (use --force to replace it)")
 
 
-@contextlib.contextmanager
-def _staging(root: Path) -> Iterator[Path]:
-    """A hidden folder beside ``root`` that replaces it on success and is removed on failure."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-        os.replace(root, old)
-        os.replace(stage, root)
-        shutil.rmtree(old)
-    else:
-        os.replace(stage, root)
-
-
 def _setup_yaml(validation_tracks: list[str], sample_rate: int) -> str:
     """musdb's set-up file for the dataset, as JSON (which YAML reads)."""
     setup = {
@@ -607,7 +594,7 @@ def synthesize(
     check_root(root, force)
     check_fluidsynth()
     tracks = []
-    with _staging(root) as stage:
+    with staged_folder(root) as stage:
         tasks = [
             (plan, duration, sample_rate, stage / _folder(plan.split) / plan.name) for plan in plans
         ]
@@ -726,7 +713,8 @@ def render_example(
         raise UmxError(f"the procedural song of seed {seed} has a silent stem; try another seed")
     path.parent.mkdir(parents=True, exist_ok=True)
     for name, output in outputs.items():
-        partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-        write_pcm16(partial, tracks[name], sample_rate)
-        os.replace(partial, output)
+        audio = tracks[name]
+        write_atomic(
+            output, partial(write_pcm16, audio=audio, sample_rate=sample_rate, suffix=output.suffix)
+        )
     return list(outputs.values())
