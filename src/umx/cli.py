@@ -344,7 +344,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
     from umx.api import parse_aggregate
     from umx.modeldir import check_target_name
-    from umx.streaming_io import (
+    from umx.stream.io import (
         OutputClosed,
         check_block,
         check_input,

@@ -45,7 +45,7 @@ HASH_DIGITS = 8
 HASHED_NAME = re.compile(rf"^(?P<target>.+)[-_](?P<hash>[0-9a-f]{{{HASH_DIGITS}}})\.pth$")
 """`<target>-<hash>.pth` or `<target>_<hash>.pth`, the hash being the start of the SHA-256."""
 
-# --- umx.streaming_io -----------------------------------------------------------------------------
+# --- umx.stream.io --------------------------------------------------------------------------------
 STREAM_MODEL = "umxsynth-rt"
 """The bundled causal model `umx stream` uses by default."""
 DEFAULT_BLOCK = 1024

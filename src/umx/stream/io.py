@@ -1,8 +1,8 @@
 """`umx stream`'s engine: a causal separation from a file or raw PCM, block by block, to files or
 raw PCM, optionally paced by the clock.
 
-The separation itself is `umx.stream.StreamingSeparator`; this module reads the input in blocks
-(a file through `umx.audio.read_audio`, or raw interleaved PCM from a binary stream such as
+The separation itself is `umx.stream.engine.StreamingSeparator`; this module reads the input in
+blocks (a file through `umx.audio.read_audio`, or raw interleaved PCM from a binary stream such as
 standard input), resamples it to the model's rate when needed (`StreamResampler`), and writes
 the chosen stems or groups to files (`AudioWriter`: atomic, no overwrite without `force`) or as
 raw PCM to a binary stream, so that `umx stream` can sit in a pipeline between a decoder and a
@@ -42,7 +42,7 @@ from umx.audio import (
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.separator import Separator
-from umx.stream import StreamingSeparator, check_samples
+from umx.stream.engine import StreamingSeparator, check_samples
 
 logger = logging.getLogger("umx")
 
