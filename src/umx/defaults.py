@@ -58,7 +58,7 @@ little-endian signed 16-bit."""
 MUSDB_SAMPLES_PER_TRACK = 64
 DEFAULT_AUGMENTATIONS = ("gain", "channelswap")
 
-# --- umx.data.synth -------------------------------------------------------------------------------
+# --- umx.synth ------------------------------------------------------------------------------------
 SOUNDFONT_PACKAGES = {
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"): "fluid-soundfont-gm",
     Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"): "musescore-general-soundfont-small",
