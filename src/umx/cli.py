@@ -201,7 +201,7 @@ def add_download_command(p: argparse.ArgumentParser) -> None:
 
 
 def add_export_command(p: argparse.ArgumentParser) -> None:
-    from umx.export import add_export_arguments, run_export
+    from umx.onnx.options import add_export_arguments, run_export
 
     add_export_arguments(p)
     p.set_defaults(run=run_export)

@@ -36,7 +36,7 @@ CLIP_POLICIES = ("rescale", "clamp", "none")
 # --- umx.devices ----------------------------------------------------------------------------------
 AUTO = "auto"
 
-# (--backend and --quantize: umx.onnx_options, which imports no torch either)
+# (--backend and --quantize: umx.onnx.options, which imports no torch either)
 
 # --- umx.zoo and umx.modeldir ---------------------------------------------------------------------
 DEFAULT_MODEL = "umxl"  # the reference's default published model
