@@ -27,18 +27,11 @@ import torch
 
 from umx import zoo
 from umx.errors import UmxError
+from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
-from umx.modeldir import (
-    TargetArchitecture,
-    export_model,
-    infer_architecture,
-    load_target_model,
-    save_separator,
-    save_target_model,
-    torch_save_atomic,
-    write_json_atomic,
-)
+from umx.modeldir import export_model, save_separator, save_target_model
 from umx.separator import Separator
+from umx.weights import TargetArchitecture, infer_architecture, load_target_model
 from umx.zoo import (
     DEFAULT_MODEL,
     FALLBACK_MODEL,

@@ -23,9 +23,9 @@ from umx.audio import display_path, leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.files import sha256_file
-from umx.modeldir import hash_weights
 from umx.options import separator_from_args
 from umx.separator import Separator
+from umx.weights import hash_weights
 
 logger = logging.getLogger("umx")
 

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from umx.audio import display_path
 from umx.errors import UmxError, short
 from umx.model import LSTMState, OpenUnmix
-from umx.modeldir import hash_weights
 from umx.onnx.export import GRAPH_SUFFIX, INPUT, OPSET, STATE_INPUTS, model_graph, quantize_graph
 from umx.onnx.graphs import (
     DamagedGraph,
@@ -31,6 +30,7 @@ from umx.onnx.graphs import (
 )
 from umx.onnx.options import check_quantize, require_onnx
 from umx.separator import Separator
+from umx.weights import hash_weights
 from umx.zoo import cache_dir
 
 logger = logging.getLogger("umx")
