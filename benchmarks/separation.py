@@ -125,7 +125,7 @@ def model_dir() -> Path:
 def warm_graph_cache(model: Path) -> None:
     """Export the models' ONNX graphs (float32 and int8) into the model cache once, so that
     the onnxruntime cases time the loading of the graphs, as every run after the first does."""
-    from umx.export import onnx_separator
+    from umx.onnx.runtime import onnx_separator
     from umx.zoo import load_separator
 
     separator = load_separator(model, progress=False)
@@ -299,7 +299,7 @@ def run_child(spec: dict) -> dict:
         start = time.perf_counter()
         separator = load_separator(model, niter=case.niter, device=device, progress=False)
         if case.backend != "torch":
-            from umx.export import onnx_separator
+            from umx.onnx.runtime import onnx_separator
 
             quantize = "int8" if case.backend == "int8" else None
             separator = onnx_separator(separator, quantize=quantize)
@@ -378,7 +378,7 @@ def run_model_stage(spec: dict) -> dict:
     import soundfile as sf
     import torch
 
-    from umx.export import onnx_separator
+    from umx.onnx.runtime import onnx_separator
     from umx.transforms import magnitude, stft
     from umx.zoo import load_separator
 

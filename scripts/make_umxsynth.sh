@@ -6,7 +6,7 @@
 # soundfont, drum kit and reverb family training never uses.
 # With CAUSAL=1 it builds the causal `umxsynth-rt` (src/umx/pretrained/umxsynth-rt) instead: the
 # same data (shared by both in one WORKDIR) and training with a unidirectional LSTM, scored
-# offline like umxsynth and through the stream's causal path (umx.stream.separate_causal).
+# offline like umxsynth and through the stream's causal path (umx.stream.engine.separate_causal).
 # Needs: apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont \
 #          musescore-general-soundfont-small openttd-openmsx planetblupi-music-midi ffmpeg \
 #          hydrogen-drumkits hydrogen-data

@@ -17,12 +17,11 @@ from umx.data.datasets import (
     AlignedDataset,
     AudioInfo,
     FixedSourcesTrackFolderDataset,
-    MUSDBDataset,
-    SourceFolderDataset,
     UnmixDataset,
     VariableSourcesTrackFolderDataset,
-    musdb_split,
 )
+from umx.data.musdb import MUSDBDataset, musdb_split
+from umx.data.sources import SourceFolderDataset
 from umx.errors import UmxError
 
 RATE = 8000

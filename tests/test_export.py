@@ -17,24 +17,17 @@ import pytest
 import soundfile as sf
 import torch
 
-import umx.export
+import umx.onnx.runtime
 from umx.cli import main
 from umx.errors import UmxError
-from umx.export import (
-    EXPORT_JSON,
-    GRAPH_CACHE,
-    OnnxModel,
-    export_onnx,
-    model_graph,
-    onnx_separator,
-    quantize_graph,
-    require_onnx,
-)
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
-from umx.onnx_graphs import GraphFile
+from umx.onnx.export import export_onnx, model_graph, quantize_graph
+from umx.onnx.graphs import GraphFile
+from umx.onnx.options import EXPORT_JSON, require_onnx
+from umx.onnx.runtime import GRAPH_CACHE, OnnxModel, onnx_separator
 from umx.separator import Separator
-from umx.stream import StreamingSeparator, separate_causal
+from umx.stream.engine import StreamingSeparator, separate_causal
 from umx.zoo import cache_dir, load_separator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,7 +279,7 @@ def test_the_backend_keeps_its_graphs_in_the_model_cache(separators, monkeypatch
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(umx.export, "model_graph", no_export)
+    monkeypatch.setattr(umx.onnx.runtime, "model_graph", no_export)
     again = onnx_separator(separator, quantize="int8")
     audio = mixture[None, :, :20000]
     assert torch.equal(first.separate(audio), again.separate(audio))
@@ -307,7 +300,7 @@ def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monk
     assert copy.target_models["bass"].unidirectional
     assert torch.equal(copy.separate(audio), expected)
 
-    monkeypatch.setattr(umx.export, "cache_dir", lambda: Path("/proc/no-cache-here"))
+    monkeypatch.setattr(umx.onnx.runtime, "cache_dir", lambda: Path("/proc/no-cache-here"))
     uncached = onnx_separator(separators["umxsynth"])
     assert isinstance(uncached.target_models["bass"].graphs[0], bytes)
     expected = uncached.separate(audio)
@@ -363,7 +356,7 @@ def read_only(monkeypatch):
     def refuse(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(umx.export, "write_recorded", refuse)
+    monkeypatch.setattr(umx.onnx.runtime, "write_recorded", refuse)
 
 
 UNWRITABLE = [

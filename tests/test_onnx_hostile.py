@@ -18,10 +18,11 @@ import pytest
 import soundfile as sf
 
 from umx.cli import main
-from umx.export import GRAPH_CACHE, export_onnx, model_graph
 from umx.model import OpenUnmix
 from umx.modeldir import MAX_JSON_BYTES, save_separator
-from umx.onnx_graphs import recorded_graph
+from umx.onnx.export import export_onnx, model_graph
+from umx.onnx.graphs import recorded_graph
+from umx.onnx.runtime import GRAPH_CACHE
 from umx.zoo import cache_dir
 
 RATE = 16000

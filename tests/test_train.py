@@ -28,7 +28,6 @@ from umx import cli
 from umx.data.datasets import FixedSourcesTrackFolderDataset
 from umx.devices import resolve_device
 from umx.errors import UmxError
-from umx.modeldir import infer_architecture
 from umx.separator import Separator
 from umx.train import (
     Distributed,
@@ -43,6 +42,7 @@ from umx.train import (
 )
 from umx.train.progress import outlook
 from umx.transforms import Spectrogram
+from umx.weights import infer_architecture
 from umx.zoo import load_separator
 
 RATE = 8000

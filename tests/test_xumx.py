@@ -16,7 +16,7 @@ from umx.errors import UmxError
 from umx.model import CrossUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
-from umx.stream import separate_causal
+from umx.stream.engine import separate_causal
 from umx.transforms import magnitude, stft
 from umx.xumx_checkpoints import load_xumx, save_xumx, xumx_file, xumx_separator
 from umx.zoo import load_separator
@@ -175,7 +175,7 @@ def test_streaming_engine_runs_a_causal_network_once_per_block():
 @pytest.mark.parametrize("unidirectional", [False, True])
 def test_onnx_graph_of_a_target_view_equals_torch(unidirectional):
     pytest.importorskip("onnxruntime")
-    from umx.export import OnnxModel
+    from umx.onnx.runtime import OnnxModel
 
     view = _small_net(unidirectional=unidirectional, seed=15).target_view("vocals")
     graph = OnnxModel.from_model(view)

@@ -27,18 +27,11 @@ import torch
 
 from umx import zoo
 from umx.errors import UmxError
+from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
-from umx.modeldir import (
-    TargetArchitecture,
-    export_model,
-    infer_architecture,
-    load_target_model,
-    save_separator,
-    save_target_model,
-    torch_save_atomic,
-    write_json_atomic,
-)
+from umx.modeldir import export_model, save_separator, save_target_model
 from umx.separator import Separator
+from umx.weights import TargetArchitecture, infer_architecture, load_target_model
 from umx.zoo import (
     DEFAULT_MODEL,
     FALLBACK_MODEL,
@@ -1141,7 +1134,7 @@ def test_bundled_fallback_model_is_small_and_never_touches_the_network(monkeypat
 
 def test_bundled_causal_model_is_small_unidirectional_and_offline(monkeypatch):
     """`umxsynth-rt`, the model for `umx stream`, ships with the package and is causal."""
-    from umx.stream import StreamingSeparator
+    from umx.stream.engine import StreamingSeparator
 
     opened = no_network(monkeypatch)
     monkeypatch.setenv("UMX_OFFLINE", "0")

@@ -21,7 +21,7 @@ from umx.defaults import (
     WIENER_WIN_LEN,
 )
 from umx.errors import UmxError
-from umx.onnx_options import BACKENDS, QUANTIZATIONS, check_backend, is_export_folder
+from umx.onnx.options import BACKENDS, QUANTIZATIONS, check_backend, is_export_folder
 from umx.zoo import load_separator
 
 if TYPE_CHECKING:
@@ -166,8 +166,8 @@ def check_separation_args(args: argparse.Namespace) -> None:
 def separator_from_args(args: argparse.Namespace, model: str | None) -> Separator:
     """Load `model` (a name, a directory, or None for the default) with the separation options
     of `args`; a download shows a progress bar unless `args.quiet`. With `--backend
-    onnxruntime` the target models are exported and run by onnxruntime (`umx.export`), and an
-    export folder's graphs are run as they are (`umx.onnx_folder`)."""
+    onnxruntime` the target models are exported and run by onnxruntime (`umx.onnx.runtime`), and an
+    export folder's graphs are run as they are (`umx.onnx.folder`)."""
     from umx.devices import resolve_device
 
     onnx = args.backend == "onnxruntime"
@@ -179,7 +179,7 @@ def separator_from_args(args: argparse.Namespace, model: str | None) -> Separato
         "wiener_win_len": args.wiener_win_len or None,
     }
     if onnx and is_export_folder(model):
-        from umx.onnx_folder import load_export
+        from umx.onnx.folder import load_export
 
         return load_export(model, **options, quantize=args.quantize)
     separator = load_separator(
@@ -190,7 +190,7 @@ def separator_from_args(args: argparse.Namespace, model: str | None) -> Separato
     )
     if not onnx:
         return separator
-    from umx.export import onnx_separator
+    from umx.onnx.runtime import onnx_separator
 
     return onnx_separator(separator, quantize=args.quantize)
 

@@ -27,20 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from umx.errors import UmxError
+from umx.errors import UmxError, short
+from umx.files import torch_save_atomic
 from umx.model import CrossUnmix
-from umx.modeldir import (
-    WEIGHTS_SUFFIX,
-    _check_stft_fields,
-    _shape_mismatch,
-    check_state_dict,
-    check_target_name,
-    read_torch_file,
-    select_targets,
-    short,
-    torch_save_atomic,
-)
+from umx.modeldir import WEIGHTS_SUFFIX, _check_stft_fields, check_target_name, select_targets
 from umx.separator import Separator
+from umx.weights import _shape_mismatch, check_state_dict, read_torch_file
 
 XUMX_FILE = "xumx.pth"  # the checkpoint's name inside a model directory
 MODEL_NAMES = ("XUMX", "BrokenXUMX")  # asteroid's class names for the network

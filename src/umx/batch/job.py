@@ -36,8 +36,7 @@ from umx.batch.messages import SHOWN_CHARACTERS, plural, shown
 from umx.batch.work import DONE, FAILED, RUNNING, Task
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
-from umx.modeldir import write_atomic, write_json_atomic
-from umx.zoo import sha256_file
+from umx.files import sha256_file, write_atomic, write_json_atomic
 
 try:
     import fcntl

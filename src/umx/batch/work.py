@@ -22,10 +22,10 @@ from umx.api import separate_file
 from umx.audio import display_path, leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
-from umx.modeldir import hash_weights
+from umx.files import sha256_file
 from umx.options import separator_from_args
 from umx.separator import Separator
-from umx.zoo import sha256_file
+from umx.weights import hash_weights
 
 logger = logging.getLogger("umx")
 

@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 
 from umx.audio import audio_info, display_path, match_channels, read_frames, seconds_to_frames
 from umx.data.augment import Augmentation
-from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
 
 MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
@@ -109,7 +108,8 @@ def _fit(audio: Tensor, length: int | None) -> Tensor:
     return torch.nn.functional.pad(audio, (0, length - audio.shape[1]))
 
 
-def _check_rate(info: AudioInfo, sample_rate: float) -> None:
+def check_rate(info: AudioInfo, sample_rate: float) -> None:
+    """Refuse a file whose sample rate is not the dataset's."""
     if info.sample_rate != sample_rate:
         raise UmxError(
             f"{display_path(info.path)} has a sample rate of {info.sample_rate} Hz but the "
@@ -117,14 +117,14 @@ def _check_rate(info: AudioInfo, sample_rate: float) -> None:
         )
 
 
-def _randint(high: int, generator: torch.Generator | None) -> int:
+def random_int(high: int, generator: torch.Generator | None) -> int:
     """A random integer in [0, high)."""
     return int(torch.randint(high, (), generator=generator))
 
 
-def _random_start(nb_frames: int, length: int, generator: torch.Generator | None) -> int:
+def random_start(nb_frames: int, length: int, generator: torch.Generator | None) -> int:
     """A random excerpt start; 0 when the file is not longer than the excerpt."""
-    return _randint(nb_frames - length + 1, generator) if nb_frames > length else 0
+    return random_int(nb_frames - length + 1, generator) if nb_frames > length else 0
 
 
 # --- the base class -------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def check_track(track: Track, sample_rate: float) -> None:
         raise UmxError(f"{display_path(track.name)} holds no audio files")
     first = files[0]
     for info in files:
-        _check_rate(info, sample_rate)
+        check_rate(info, sample_rate)
         if info.nb_channels != first.nb_channels:
             raise UmxError(
                 f"{display_path(info.path)} has {info.nb_channels} channels but "
@@ -311,7 +311,7 @@ class TrackDataset(UnmixDataset):
             track, start = self.tracks[index], 0
         else:
             track = self.tracks[index // self.samples_per_track]
-            start = _random_start(track.nb_frames, length, None)
+            start = random_start(track.nb_frames, length, None)
         if track.target is None:
             target = torch.zeros(self.nb_channels, length or track.nb_frames)
         else:
@@ -328,12 +328,12 @@ class TrackDataset(UnmixDataset):
         elif self.independent_interferers:
             interferers = []
             for slot in range(len(track.interferers)):
-                other = self.tracks[_randint(len(self.tracks), None)]
-                other_start = _random_start(other.nb_frames, length, None)
+                other = self.tracks[random_int(len(self.tracks), None)]
+                other_start = random_start(other.nb_frames, length, None)
                 interferers.append(self._source(other.interferers[slot], other_start, length))
         else:
-            other = self.tracks[_randint(len(self.tracks), None)]
-            other_start = _random_start(other.nb_frames, length, None)
+            other = self.tracks[random_int(len(self.tracks), None)]
+            other_start = random_start(other.nb_frames, length, None)
             interferers = [self._source(info, other_start, length) for info in other.interferers]
         sources = torch.stack([target, *interferers])
         return sources.sum(0), sources
@@ -367,7 +367,9 @@ class SourcesDataset(Dataset):
         return SourcesDataset(self.tracks.eval_view(), self.names)
 
 
-def _split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
+def split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
+    """The folder of `split` under a dataset's `root`, refused (naming the expected `layout`)
+    when missing."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UmxError(f"{display_path(root)} does not exist or is not a directory")
@@ -410,7 +412,7 @@ class AlignedDataset(TrackDataset):
     ) -> None:
         names = f"{input_file},{output_file}"
         layout = f"the aligned dataset expects <root>/{split}/<track>/{{{names}}}"
-        directory = _split_dir(root, split, layout)
+        directory = split_dir(root, split, layout)
         tracks = [
             Track(
                 str(path),
@@ -459,7 +461,7 @@ class FixedSourcesTrackFolderDataset(TrackDataset):
     ) -> None:
         names = ",".join([target_file, *interferer_files])
         layout = f"the trackfolder_fix dataset expects <root>/{split}/<track>/{{{names}}}"
-        directory = _split_dir(root, split, layout)
+        directory = split_dir(root, split, layout)
         tracks = [
             Track(
                 str(path),
@@ -511,7 +513,7 @@ class VariableSourcesTrackFolderDataset(TrackDataset):
         random_interferer_mix: bool = False,
     ) -> None:
         layout = f"the trackfolder_var dataset expects <root>/{split}/<track>/*{ext}"
-        directory = _split_dir(root, split, layout)
+        directory = split_dir(root, split, layout)
         tracks = []
         for path in _track_dirs(directory, layout):
             target = path / target_file
@@ -536,228 +538,3 @@ class VariableSourcesTrackFolderDataset(TrackDataset):
             random_mix=random_interferer_mix,
             independent_interferers=False,
         )
-
-
-def musdb_split(
-    names: Sequence[str], official_valid: Sequence[str], valid_tracks: int | None = None
-) -> tuple[list[str], list[str]]:
-    """Split the names of a MUSDB18-style train folder into training and validation tracks.
-
-    The listed validation tracks (MUSDB18's official ones, or those of the dataset's own
-    `setup.yaml`) are used when `valid_tracks` is None and the folder holds any of them.
-    Otherwise the last `valid_tracks` tracks by name are held out (by default a tenth of them,
-    at least one).
-
-    Returns:
-        the training names and the validation names, each sorted.
-
-    Raises:
-        UmxError: fewer than two tracks, or `valid_tracks` leaves no training track.
-    """
-    names = sorted(names)
-    official = set(official_valid)
-    if valid_tracks is None and official & set(names):
-        return [n for n in names if n not in official], [n for n in names if n in official]
-    count = max(1, round(VALID_FRACTION * len(names))) if valid_tracks is None else valid_tracks
-    if not 1 <= count < len(names):
-        raise UmxError(
-            f"cannot hold out {count} of {len(names)} tracks for validation: at least one "
-            "validation and one training track are needed"
-        )
-    return names[:-count], names[-count:]
-
-
-class MUSDBDataset(TrackDataset):
-    """`musdb`: MUSDB18 (stem `.mp4` files) or MUSDB18-HQ (`is_wav`) through the `musdb` package.
-
-    Tracks come from `<root>/train`: `<track>.stem.mp4`, or with `is_wav` the folders
-    `<track>/{mixture,vocals,drums,bass,other}.wav`. A `<root>/setup.yaml` replaces musdb's own
-    set-up (and its validation tracks). See `musdb_split` for the validation split.
-    Training mixtures are sums of the sources; with `random_track_mix`, each interferer comes
-    from a random track at a random position. Validation uses the tracks' own mixtures.
-
-    Args:
-        root: the MUSDB18 folder.
-        target: one of `MUSDB_SOURCES`.
-        split: `train` or `valid`.
-        is_wav: read MUSDB18-HQ wav folders instead of stems.
-        valid_tracks: see `musdb_split`.
-        seq_duration, nb_channels, samples_per_track, augment: see `TrackDataset`.
-        random_track_mix: mix interferers of random tracks (training only).
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        target: str = "vocals",
-        *,
-        split: str,
-        is_wav: bool = False,
-        valid_tracks: int | None = None,
-        seq_duration: float | None,
-        nb_channels: int,
-        samples_per_track: int = MUSDB_SAMPLES_PER_TRACK,
-        augment: Augmentation | None = None,
-        random_track_mix: bool = False,
-    ) -> None:
-        try:
-            import musdb
-            import yaml  # musdb reads its set-up files with it
-        except ImportError:
-            raise UmxError(
-                "the musdb dataset needs the musdb package: pip install umx[train]"
-            ) from None
-        if target not in MUSDB_SOURCES:
-            raise UmxError(
-                f"MUSDB18 has no source {target!r}; the sources are {', '.join(MUSDB_SOURCES)}"
-            )
-        if split not in ("train", "valid"):
-            raise ValueError(f"split must be train or valid, not {split!r}")
-        layout = (
-            "MUSDB18-HQ holds <root>/train/<track>/{mixture,vocals,drums,bass,other}.wav"
-            if is_wav
-            else "MUSDB18 holds <root>/train/<track>.stem.mp4 (use --is-wav for wav folders)"
-        )
-        directory = _split_dir(root, "train", layout)
-        setup = directory.parent / MUSDB_SETUP
-        try:
-            db = musdb.DB(
-                root=str(directory.parent),
-                is_wav=is_wav,
-                subsets="train",
-                setup_file=MUSDB_SETUP if setup.is_file() else None,
-            )
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
-            raise UmxError(
-                f"{display_path(setup)} is not a valid musdb set-up file ({error})"
-            ) from None
-        if not db.tracks:
-            raise UmxError(f"{display_path(directory)} holds no MUSDB18 tracks: {layout}")
-        by_name = {track.name: track for track in db.tracks}
-        train_names, valid_names = musdb_split(
-            list(by_name), db.setup["validation_tracks"], valid_tracks
-        )
-        names = train_names if split == "train" else valid_names
-        tracks = [
-            self._track(by_name[name], target, mixture=split == "valid", is_wav=is_wav)
-            for name in names
-        ]
-        super().__init__(
-            tracks,
-            seq_duration=seq_duration,
-            nb_channels=nb_channels,
-            samples_per_track=samples_per_track,
-            augment=augment,
-            random_mix=random_track_mix,
-        )
-
-    @staticmethod
-    def _track(track: Any, target: str, *, mixture: bool, is_wav: bool) -> Track:
-        """A `Track` of a musdb MultiTrack; wav files are read with `umx.audio` directly."""
-        folder = Path(track.path).parent if is_wav else Path(track.path)
-        missing = [name for name in MUSDB_SOURCES if name not in track.sources]
-        if missing:
-            raise UmxError(f"{display_path(folder / (missing[0] + '.wav'))} does not exist")
-
-        def info(stem: Any, path: str, stem_id: int) -> AudioInfo:
-            if is_wav:
-                return AudioInfo.read(path)
-            nb_channels = track.info.channels(stem_id)
-            return StemInfo(Path(path), int(track.rate), nb_channels, track.samples, stem)
-
-        sources = {
-            name: info(source, source.path, source.stem_id)
-            for name, source in track.sources.items()
-        }
-        return Track(
-            str(folder),
-            target=sources[target],
-            interferers=tuple(sources[n] for n in MUSDB_SOURCES if n != target),
-            mixture=info(track, track.path, track.stem_id) if mixture else None,
-        )
-
-
-# --- source folders ------------------------------------------------------------------------------
-
-
-class SourceFolderDataset(UnmixDataset):
-    """`sourcefolder`: one folder of files per source, mixed at random (e.g. speech + noise).
-
-    Layout: `<root>/<split>/<target_dir>/*<ext>` and `<root>/<split>/<interferer_dir>/*<ext>`.
-    Each item draws one random file per folder and a random excerpt of each, augments them and
-    sums them. Items are excerpts of `seq_duration` seconds in training and validation alike;
-    with `deterministic`, item `i` draws from a generator seeded with `i`, so it is the same in
-    every epoch (validation).
-
-    Args:
-        root: the dataset folder.
-        split: `train` or `valid`.
-        target_dir: the target's folder name.
-        interferer_dirs: the interferers' folder names.
-        nb_samples: items per epoch.
-        ext: extension of the audio files.
-        deterministic: seed each item's choices with its index.
-        seq_duration, nb_channels, augment: see `UnmixDataset`.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        *,
-        target_dir: str,
-        interferer_dirs: Sequence[str],
-        nb_samples: int,
-        seq_duration: float,
-        nb_channels: int,
-        ext: str = ".wav",
-        augment: Augmentation | None = None,
-        deterministic: bool = False,
-    ) -> None:
-        names = ",".join([target_dir, *interferer_dirs])
-        layout = f"the sourcefolder dataset expects <root>/{split}/{{{names}}}/*{ext}"
-        directory = _split_dir(root, split, layout)
-        self.pools: list[list[AudioInfo]] = []
-        for name in [target_dir, *interferer_dirs]:
-            folder = directory / name
-            if not folder.is_dir():
-                raise UmxError(f"{display_path(folder)} does not exist: {layout}")
-            files = sorted(folder.glob(f"*{ext}"))
-            if not files:
-                raise UmxError(f"{display_path(folder)} holds no {ext} files")
-            self.pools.append([AudioInfo.read(path) for path in files])
-        if seq_duration is None:
-            raise UmxError("the sourcefolder dataset needs an excerpt duration (--seq-dur)")
-        if nb_samples < 1:
-            raise UmxError(f"the number of samples must be at least 1, not {nb_samples}")
-        super().__init__(
-            sample_rate=self.pools[0][0].sample_rate,
-            seq_duration=seq_duration,
-            nb_channels=nb_channels,
-            augment=augment,
-        )
-        for pool in self.pools:
-            for info in pool:
-                _check_rate(info, self.sample_rate)
-        self.nb_samples = nb_samples
-        self.deterministic = deterministic
-
-    def __len__(self) -> int:
-        return self.nb_samples
-
-    def eval_view(self) -> SourceFolderDataset:
-        view = copy.copy(self)
-        view.augment, view.deterministic = None, True
-        return view
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        generator = torch.Generator().manual_seed(index) if self.deterministic else None
-        length = self.seq_len
-        sources = []
-        for pool in self.pools:
-            info = pool[_randint(len(pool), generator)]
-            start = _random_start(info.nb_frames, length, generator)
-            sources.append(self._source(info, start, length))
-        return torch.stack(sources).sum(0), sources[0]

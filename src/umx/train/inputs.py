@@ -17,11 +17,11 @@ from umx.data.augment import Compose
 from umx.data.datasets import (
     AlignedDataset,
     FixedSourcesTrackFolderDataset,
-    MUSDBDataset,
-    SourceFolderDataset,
     UnmixDataset,
     VariableSourcesTrackFolderDataset,
 )
+from umx.data.musdb import MUSDBDataset
+from umx.data.sources import SourceFolderDataset
 from umx.errors import UmxError
 from umx.train.distributed import Distributed
 from umx.transforms import Spectrogram

@@ -33,14 +33,9 @@ from umx import __version__
 from umx.data.datasets import UnmixDataset
 from umx.devices import resolve_device
 from umx.errors import UmxError
+from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
-from umx.modeldir import (
-    SEPARATOR_JSON,
-    infer_architecture,
-    save_target_model,
-    torch_save_atomic,
-    write_json_atomic,
-)
+from umx.modeldir import SEPARATOR_JSON, save_target_model
 from umx.train.checkpoints import (
     CHECKPOINT_SUFFIX,
     EarlyStopping,
@@ -65,6 +60,7 @@ from umx.train.options import (
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
+from umx.weights import infer_architecture
 from umx.zoo import load_separator
 
 logger = logging.getLogger("umx.train")  # the command's name, not this module's

@@ -27,8 +27,8 @@ from torch.utils.data import Subset
 
 from umx.data.datasets import MUSDB_SOURCES, SourcesDataset
 from umx.errors import UmxError
+from umx.files import write_json_atomic
 from umx.model import CrossUnmix
-from umx.modeldir import write_json_atomic
 from umx.train.checkpoints import _json_options
 from umx.train.inputs import _pad_for_stft, make_datasets
 from umx.train.loop import NB_LAYERS, Trainer, _segments

@@ -49,7 +49,8 @@ from umx.audio import (
 )
 from umx.devices import release_freed_memory
 from umx.errors import UmxError, check_number
-from umx.modeldir import directory_files, write_atomic, write_json_atomic
+from umx.files import write_atomic, write_json_atomic
+from umx.modeldir import directory_files
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import MODELS, load_separator
 

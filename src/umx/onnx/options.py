@@ -1,18 +1,25 @@
-"""The options of the onnxruntime backend and their checks, without importing torch or onnx:
-which backends and quantisations exist, which backend a command line means, and whether a
-`--model` is a folder written by `umx export`.
+"""The options of the onnxruntime backend and of `umx export`, without importing torch or onnx:
+which backends and quantisations exist, which backend a command line means, whether a `--model`
+is a folder written by `umx export`, and the `umx export` command's arguments and run (which
+imports the exporter only once the arguments are parsed: `umx export --help` imports no torch).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 from pathlib import Path
 from types import ModuleType
 
 from umx.errors import UmxError
 
+logger = logging.getLogger("umx")
+
 BACKENDS = ("torch", "onnxruntime")
 QUANTIZATIONS = ("int8",)
+FORMATS = ("onnx",)
+"""What `umx export --format` writes."""
 EXPORT_JSON = "umx-onnx.json"
 """The file that makes a folder an export (`umx export`): the STFT, rate, targets, graphs."""
 
@@ -107,3 +114,53 @@ def check_backend(
         )
     require_onnx()
     return backend
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The argument table of `umx export MODEL OUTDIR`."""
+    p.add_argument("model", metavar="MODEL", help="model name (see umx --list-models) or directory")
+    p.add_argument("outdir", type=Path, metavar="OUTDIR", help="folder to write the export into")
+    p.add_argument(
+        "--format", choices=FORMATS, default="onnx", help="export format (default: onnx)"
+    )
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="int8 dynamic quantisation of the LSTM and linear layers (default: none, float32)",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="TARGET",
+        help="export only these targets (default: all of the model's)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an earlier export in OUTDIR")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars, messages or file list"
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """`umx export`: load the model on the CPU, export it, print the written files (unless
+    `--quiet`)."""
+    from umx.audio import display_path  # torch: only once the arguments are parsed
+    from umx.onnx.export import export_onnx
+    from umx.zoo import load_separator
+
+    check_quantize(args.quantize)
+    require_onnx()
+    separator = load_separator(
+        args.model, targets=args.targets, niter=0, device="cpu", progress=not args.quiet
+    )
+    written = export_onnx(separator, args.outdir, quantize=args.quantize, force=args.force)
+    logger.info(
+        "%s: %d targets exported to %s%s",
+        separator.model_name,
+        len(separator.target_models),
+        display_path(args.outdir),
+        f" ({args.quantize})" if args.quantize else "",
+    )
+    if not args.quiet:
+        for path in written:
+            print(display_path(path))
+    return 0

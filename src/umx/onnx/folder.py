@@ -16,15 +16,6 @@ from typing import Any, cast
 
 from umx.audio import display_path
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
-from umx.export import (
-    FORMAT_VERSION,
-    INPUT,
-    OUTPUT,
-    STATE_INPUTS,
-    STATE_OUTPUTS,
-    OnnxModel,
-    quantize_graph,
-)
 from umx.modeldir import (
     MAX_MODEL_SIZE,
     MAX_NFFT,
@@ -33,8 +24,17 @@ from umx.modeldir import (
     select_targets,
     short,
 )
-from umx.onnx_graphs import SHA256, DamagedGraph, GraphFile, graph_bytes
-from umx.onnx_options import EXPORT_JSON, QUANTIZATIONS
+from umx.onnx.export import (
+    FORMAT_VERSION,
+    INPUT,
+    OUTPUT,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    quantize_graph,
+)
+from umx.onnx.graphs import SHA256, DamagedGraph, GraphFile, graph_bytes
+from umx.onnx.options import EXPORT_JSON, QUANTIZATIONS
+from umx.onnx.runtime import OnnxModel
 from umx.separator import WIENER_WIN_LEN, Separator
 from umx.transforms import check_stft
 
@@ -165,7 +165,7 @@ def _sizes(session: Any) -> dict[str, list]:
 def _export_model(folder: Path, info: Mapping, quantize: str | None) -> OnnxModel:
     """A target's `OnnxModel` from its checked graphs (`info`: a target of `read_export` with
     `nb_channels` and the export's `model`), refusing graphs whose inputs do not have the sizes
-    of the JSON (or outputs of other sizes than `umx.export.model_graph`'s)."""
+    of the JSON (or outputs of other sizes than `umx.onnx.export.model_graph`'s)."""
     graphs: list[bytes | GraphFile | None] = [info["graph"], info["stream_graph"]]
     try:
         if quantize is not None:  # a float32 export, quantised in memory
@@ -211,7 +211,7 @@ def load_export(
     """A separator that runs an export folder's graphs with onnxruntime, on the CPU.
 
     Args:
-        folder: a folder written by `umx export` (`umx.export.export_onnx`).
+        folder: a folder written by `umx export` (`umx.onnx.export.export_onnx`).
         targets: the targets to load, in output order; all of the export's if None.
         niter, softmask, residual, wiener_win_len: Wiener filtering options of `Separator`.
         quantize: `"int8"` to quantise a float32 export's graphs in memory; an int8 export

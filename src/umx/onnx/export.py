@@ -1,0 +1,274 @@
+"""ONNX graphs of the target models, int8 quantisation, and export folders (`umx export`).
+
+Each target's `OpenUnmix` becomes one ONNX graph of the spectrogram model: mixture magnitudes
+`(nb_samples, nb_channels, nb_bins, nb_frames)` in, the target's magnitudes of the same shape
+out, with the sample and frame axes dynamic. A unidirectional (causal) model also gets a
+streaming graph whose LSTM state `(h, c)` is an explicit input and output, so a host program
+can feed it block by block (`OpenUnmix.stream`). `export_onnx` writes the graphs and a JSON
+file that describes the STFT, the rate and the targets, with each graph's SHA-256
+(`umx.onnx.folder` runs such a folder; `umx.onnx.runtime` runs the graphs in onnxruntime).
+
+onnx and onnxruntime (the extra `umx[onnx]`) are imported only when used (`require_onnx`).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from umx.errors import UmxError
+from umx.files import sha256_bytes, write_bytes_atomic
+from umx.model import OpenUnmix
+from umx.onnx.options import EXPORT_JSON, check_quantize, require_onnx
+from umx.separator import Separator
+
+logger = logging.getLogger("umx")
+
+OPSET = 17
+FORMAT_VERSION = 1
+GRAPH_SUFFIX = ".onnx"
+STREAM_SUFFIX = ".stream.onnx"
+INPUT = "mix"
+OUTPUT = "target"
+STATE_INPUTS = ("h", "c")
+STATE_OUTPUTS = ("h_out", "c_out")
+QUANTIZED_OPS = ("MatMul", "Gemm", "LSTM")
+"""The operators int8 dynamic quantisation rewrites: the linear layers and the LSTM."""
+
+
+class _StreamingGraph(nn.Module):
+    """`OpenUnmix.stream` with the LSTM state as plain inputs and outputs, for export."""
+
+    def __init__(self, model: OpenUnmix) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        y, (h, c) = self.model.stream(x, (h, c))
+        return y, h, c
+
+
+def model_graph(model: OpenUnmix, *, streaming: bool = False) -> bytes:
+    """The ONNX graph of one target model, checked by `onnx.checker`.
+
+    Args:
+        model: the target model; it is copied to the CPU in float32 and evaluation mode.
+        streaming: export `OpenUnmix.stream` instead of `forward`: inputs `mix` and the LSTM
+            state `h`, `c`, each `(nb_layers, nb_samples, hidden_size)`; outputs `target` and
+            the state after the last frame, `h_out`, `c_out`. Unidirectional models only.
+
+    Returns:
+        the serialised ONNX model: input `mix`, `(nb_samples, nb_channels, nb_bins,
+        nb_frames)`, output `target` of the same shape, `nb_samples` and `nb_frames` dynamic
+        (at least one frame).
+
+    Raises:
+        UmxError: a streaming graph of a bidirectional model, or onnx is missing.
+    """
+    onnx, _ = require_onnx()
+    model = copy.deepcopy(model).cpu().float().freeze()
+    example = torch.rand(1, model.nb_channels, model.nb_output_bins, 4)
+    axes = {0: "nb_samples", 3: "nb_frames"}
+    if streaming:
+        model.require_causal()
+        module: nn.Module = _StreamingGraph(model)
+        state = torch.zeros(model.nb_layers, 1, model.hidden_size)
+        inputs: tuple[Tensor, ...] = (example, state, state.clone())
+        names = ([INPUT, *STATE_INPUTS], [OUTPUT, *STATE_OUTPUTS])
+        state_axes = {1: "nb_samples"}
+        dynamic = {INPUT: axes, OUTPUT: axes}
+        dynamic.update(dict.fromkeys((*STATE_INPUTS, *STATE_OUTPUTS), state_axes))
+    else:
+        module, inputs = model, (example,)
+        names = ([INPUT], [OUTPUT])
+        dynamic = {INPUT: axes, OUTPUT: axes}
+    buffer = io.BytesIO()
+    # Traced with gradients enabled (the parameters need none), `OpenUnmix` takes its plain
+    # path, whose layers keep constant weights that the quantiser can rewrite (the inference
+    # path folds bn3 into fc3 at run time, from the channel count).
+    with warnings.catch_warnings(), torch.enable_grad():
+        # The TorchScript exporter: deprecated in favour of torch.export's, which needs the
+        # extra package onnxscript; its warnings (and the tracer's) say nothing to a user.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            buffer,
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    graph = buffer.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(graph), full_check=True)
+    return graph
+
+
+def quantize_graph(graph: bytes) -> bytes:
+    """int8 dynamic quantisation of a graph's linear layers and LSTMs (onnxruntime's quantiser).
+
+    Weights become int8 with one scale per tensor; activations are quantised on the fly, per
+    call, from their own range, so no calibration data is needed.
+
+    Args:
+        graph: a serialised ONNX model from `model_graph`.
+
+    Returns:
+        the quantised model, serialised.
+    """
+    onnx, _ = require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="umx-quantize-") as folder:
+        source, output = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(graph)
+        # The quantiser logs advice about pre-processing (for static quantisation) to the
+        # root logger; it is no concern of a user's.
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(
+                source,
+                output,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                weight_type=QuantType.QInt8,
+            )
+        finally:
+            logging.disable(logging.NOTSET)
+        quantized = output.read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(quantized), full_check=True)
+    return quantized
+
+
+def export_description(separator: Separator, quantize: str | None) -> dict[str, Any]:
+    """The JSON that describes an export: STFT, rate, channels, targets and their graphs (their
+    SHA-256 still None)."""
+    targets = {}
+    for name, model in separator.target_models.items():
+        targets[name] = {
+            "graph": f"{name}{GRAPH_SUFFIX}",
+            "stream_graph": f"{name}{STREAM_SUFFIX}" if model.unidirectional else None,
+            "graph_sha256": None,  # set by `export_onnx` once the graphs are made
+            "stream_graph_sha256": None,
+            "nb_bins": model.nb_output_bins,
+            "max_bin": model.nb_bins,
+            "hidden_size": model.hidden_size,
+            "nb_layers": model.nb_layers,
+            "unidirectional": model.unidirectional,
+        }
+    return {
+        "format": "umx-onnx",
+        "version": FORMAT_VERSION,
+        "model": separator.model_name,
+        "sample_rate": separator.sample_rate,
+        "nb_channels": separator.nb_channels,
+        "stft": {
+            "n_fft": separator.n_fft,
+            "n_hop": separator.n_hop,
+            "window": "hann, periodic",
+            "center": True,
+            "pad_mode": "reflect",
+            "normalized": False,
+            "onesided": True,
+            "stream_framing": "not centred, n_fft - n_hop zeros before the stream",
+        },
+        "magnitude": "abs of the STFT, the mean over the channels"
+        if separator.nb_channels == 1
+        else "abs of the STFT, per channel",
+        "inputs": {
+            INPUT: "mixture magnitudes, (nb_samples, nb_channels, nb_bins, nb_frames), float32",
+            "h, c": "stream graphs only: LSTM state, (nb_layers, nb_samples, hidden_size), "
+            "zeros at the start of a stream",
+        },
+        "outputs": {
+            OUTPUT: "target magnitudes, the shape of mix",
+            "h_out, c_out": "stream graphs only: the LSTM state after the last frame",
+        },
+        "opset": OPSET,
+        "quantize": quantize,
+        "targets": targets,
+    }
+
+
+def export_onnx(
+    separator: Separator,
+    outdir: str | os.PathLike,
+    *,
+    quantize: str | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Write one ONNX graph per target (and a streaming graph per causal target) and the JSON.
+
+    Every graph is exported, checked and (with `quantize`) quantised in memory before any file
+    is written; each file is then written atomically into `outdir`, the JSON last (an earlier
+    export's JSON is removed first), and on a failure the files this export created are removed
+    again.
+
+    Args:
+        separator: the models to export (e.g. from `umx.zoo.load_separator`).
+        outdir: the output folder, created if needed.
+        quantize: `"int8"` for int8 dynamic quantisation; None for float32.
+        force: overwrite the files of an earlier export in `outdir`.
+
+    Returns:
+        the written files: `<target>.onnx`, `<target>.stream.onnx` (causal models), then
+        `umx-onnx.json` (`EXPORT_JSON`).
+
+    Raises:
+        UmxError: `outdir` is a file, holds files of an export and `force` is not set, or
+            onnx is missing.
+    """
+    check_quantize(quantize)
+    require_onnx()
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UmxError(f"cannot export into {outdir}: it is a file")
+    description = export_description(separator, quantize)
+    names = [f for t in description["targets"].values() for f in (t["graph"], t["stream_graph"])]
+    names = [name for name in names if name] + [EXPORT_JSON]
+    existing = [name for name in names if (outdir / name).exists()]
+    if existing and not force:
+        raise UmxError(
+            f"{outdir / existing[0]} already exists; use --force to overwrite the export"
+        )
+    files: dict[str, bytes] = {}
+    for name, model in separator.target_models.items():
+        logger.info("exporting the %r model", name)
+        target = description["targets"][name]
+        graphs = {target["graph"]: model_graph(model)}
+        if target["stream_graph"]:
+            graphs[target["stream_graph"]] = model_graph(model, streaming=True)
+        for file, graph in graphs.items():
+            files[file] = quantize_graph(graph) if quantize else graph
+            # What `umx.onnx.folder` checks each graph against before running it.
+            key = "graph_sha256" if file == target["graph"] else "stream_graph_sha256"
+            target[key] = sha256_bytes(files[file])
+    files[EXPORT_JSON] = (json.dumps(description, indent=2) + "\n").encode()
+    written: list[Path] = []
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        # Until the new JSON is written the folder holds none: never a mix that claims to be one.
+        (outdir / EXPORT_JSON).unlink(missing_ok=True)
+        for file, data in files.items():
+            path = outdir / file
+            write_bytes_atomic(path, data)
+            written.append(path)
+    except BaseException as error:
+        for path in written:
+            if path.name not in existing:
+                path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UmxError(f"cannot write the export into {outdir}: {error.strerror}") from None
+        raise
+    return written
