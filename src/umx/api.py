@@ -26,6 +26,8 @@ from umx.audio import (
 from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.modeldir import check_target_name
+from umx.onnx_options import is_export_folder
+from umx.options import SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 
@@ -143,6 +145,32 @@ def separate(
         stem = F.pad(stem, (0, max(0, batch.shape[-1] - stem.shape[-1])))[..., : batch.shape[-1]]
         out[name] = stem if audio.dim() == 3 else stem[0]
     return out
+
+
+def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separator:
+    """Load `options.model` (a name, a directory, or None for the default) with the other
+    separation options; a download shows a progress bar with `progress`. With the onnxruntime
+    backend the target models are exported and run by onnxruntime (`umx.export`), and an export
+    folder's graphs are run as they are (`umx.onnx_folder`).
+    """
+    from umx.devices import resolve_device
+
+    onnx = options.backend == "onnxruntime"
+    if onnx and is_export_folder(options.model):
+        from umx.onnx_folder import load_export
+
+        return load_export(options.model, **options.filter_options, quantize=options.quantize)
+    separator = load_separator(
+        options.model,
+        **options.filter_options,
+        device="cpu" if onnx else resolve_device(options.device),
+        progress=progress,
+    )
+    if not onnx:
+        return separator
+    from umx.export import onnx_separator
+
+    return onnx_separator(separator, quantize=options.quantize)
 
 
 def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
