@@ -538,13 +538,17 @@ def download_model(
         UmxError: unknown name or target; offline with files missing; failed download (the
             message names every missing file, its URL and where to save it); corrupt file.
     """
-    from umx.modeldir import select_targets
-
     entry = _entry(name)
     if entry.bundled:
         return entry.directory
-    selected = select_targets(entry.targets, targets, f"model {name!r}")
-    offline = is_offline(offline)
+    return _fetch(entry, _select(entry, targets), progress, is_offline(offline), rehash)
+
+
+def _fetch(
+    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool, rehash: bool = False
+) -> Path:
+    """`download_model` for the targets `selected` (checked by `_select`)."""
+    name = entry.name
     corrupt: dict[str, str] = {}  # target → why its cached file was deleted
     for target in selected:
         path = entry.directory / entry.weights[target]
@@ -649,13 +653,21 @@ def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]
     return config, f"the registry entry of {entry.name!r}"
 
 
-def _downloaded_files(
-    entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
-) -> ModelFiles:
-    from umx.modeldir import ModelFiles, select_targets
+def _select(entry: ZooEntry, targets: Sequence[str] | None) -> list[str]:
+    """The targets of a named model to load: `targets` checked against the model's, once per
+    load (all of them if None)."""
+    from umx.modeldir import select_targets
 
-    selected = select_targets(entry.targets, targets, f"model {entry.name!r}")
-    directory = download_model(entry.name, targets=selected, progress=progress, offline=offline)
+    return select_targets(entry.targets, targets, f"model {entry.name!r}")
+
+
+def _downloaded_files(
+    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool
+) -> ModelFiles:
+    """The files of a downloaded model for the targets `selected` (see `_select`)."""
+    from umx.modeldir import ModelFiles
+
+    directory = _fetch(entry, selected, progress, offline)
     config, source = _read_config(directory, entry)
     weights = {target: directory / entry.weights[target] for target in selected}
     return ModelFiles(weights, config, source)
@@ -669,20 +681,19 @@ def _named_files(
     if entry.bundled:  # never touches the network
         config = _read_config(entry.directory, entry)
         return directory_files(entry.directory, targets, config=config, available=entry.targets)
-    return _downloaded_files(entry, targets, progress, offline)
+    return _downloaded_files(entry, _select(entry, targets), progress, offline)
 
 
-def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | None:
-    """None if the default model's weights are cached or reachable, else why they are not, in a
-    few words (the full reason is logged at debug level).
+def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
+    """None if the default model's weights of the targets `selected` (see `_select`) are
+    cached or reachable, else why they are not, in a few words (the full reason is logged at
+    debug level).
 
     Only looks at the cache and, when files are missing and not offline, probes the download
     host for up to `PROBE_TIMEOUT_S` seconds; nothing is downloaded or verified.
     """
-    from umx.modeldir import select_targets
-
     entry = MODELS[DEFAULT_MODEL]
-    missing = entry.missing(select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}"))
+    missing = entry.missing(selected)
     if not missing:
         return None
     if offline:
@@ -731,7 +742,8 @@ def resolve_model(
         UmxError: `model` is neither a known name nor a directory.
     """
     if model is None:
-        reason = _default_or_why_not(targets, is_offline(offline))
+        selected = _select(MODELS[DEFAULT_MODEL], targets)
+        reason = _default_or_why_not(selected, is_offline(offline))
         return DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     if not isinstance(model, str | os.PathLike) or model == "":
         raise UmxError(f"a model is a name or a directory, not {short.repr(model)}")
@@ -795,10 +807,12 @@ def load_separator(
     offline = is_offline(offline)
     if model is None:
         files = None
-        reason = _default_or_why_not(targets, offline)
+        default = MODELS[DEFAULT_MODEL]
+        selected = _select(default, targets)
+        reason = _default_or_why_not(selected, offline)
         if reason is None:
             try:
-                files = _named_files(MODELS[DEFAULT_MODEL], targets, progress, offline)
+                files = _downloaded_files(default, selected, progress, offline)
             except _Unavailable as error:
                 logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
                 reason = "its download failed"
