@@ -162,16 +162,10 @@ def add_batch_command(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_command(p: argparse.ArgumentParser) -> None:
-    from umx.train.options import add_train_arguments
+    from umx.train.options import add_train_arguments, run_train
 
     add_train_arguments(p)
     p.set_defaults(run=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from umx.train.loop import run_training
-
-    return run_training(args)
 
 
 def add_evaluate_command(p: argparse.ArgumentParser) -> None:

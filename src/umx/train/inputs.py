@@ -6,8 +6,6 @@ scaling of a new model; processes of a distributed run each take their share of 
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -23,14 +21,15 @@ from umx.data.datasets import (
     VariableSourcesTrackFolderDataset,
 )
 from umx.errors import UmxError
+from umx.train.config import TrainConfig
 from umx.train.distributed import Distributed
 from umx.transforms import Spectrogram
 
 STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
 
 
-def make_datasets(config: argparse.Namespace) -> tuple[UnmixDataset, UnmixDataset]:
-    """The training and validation datasets of a run's options (see `resolve_options`)."""
+def make_datasets(config: TrainConfig) -> tuple[UnmixDataset, UnmixDataset]:
+    """The training and validation datasets of a run's options (a `TrainConfig`)."""
     augment = Compose(config.source_augmentations) if config.source_augmentations else None
     common = {"nb_channels": config.nb_channels}
     train_only = {"seq_duration": config.seq_dur, "samples_per_track": config.samples_per_track}
