@@ -716,6 +716,24 @@ def _fallback_warning(why: str) -> str:
     )
 
 
+def _default_files(
+    targets: Sequence[str] | None, progress: bool, offline: bool
+) -> tuple[ModelFiles, str]:
+    """The files of the default model, or of the fallback (with a warning) when the default's
+    cannot be had; and the name of the model they are of."""
+    default = MODELS[DEFAULT_MODEL]
+    selected = _select(default, targets)
+    reason = _default_or_why_not(selected, offline)
+    if reason is None:
+        try:
+            return _downloaded_files(default, selected, progress, offline), DEFAULT_MODEL
+        except _Unavailable as error:
+            logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
+            reason = "its download failed"
+    logger.warning(_fallback_warning(reason))
+    return _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline), FALLBACK_MODEL
+
+
 def resolve_model(
     model: str | os.PathLike | None = None,
     *,
@@ -806,20 +824,7 @@ def load_separator(
         raise UmxError(f"unknown device {short.repr(str(device))} ({error})") from None
     offline = is_offline(offline)
     if model is None:
-        files = None
-        default = MODELS[DEFAULT_MODEL]
-        selected = _select(default, targets)
-        reason = _default_or_why_not(selected, offline)
-        if reason is None:
-            try:
-                files = _downloaded_files(default, selected, progress, offline)
-            except _Unavailable as error:
-                logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
-                reason = "its download failed"
-        if files is None:
-            logger.warning(_fallback_warning(reason))
-            files = _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline)
-        name = DEFAULT_MODEL if reason is None else FALLBACK_MODEL
+        files, name = _default_files(targets, progress, offline)
     else:
         name = resolve_model(model)
         if name in MODELS and isinstance(model, str):
