@@ -85,8 +85,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model or --method, evaluate groups of targets, as JSON or a JSON file, e.g. "
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
+    _add_evaluation_arguments(parser.add_argument_group("evaluation and output"))
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
+    )
 
-    out = parser.add_argument_group("evaluation and output")
+
+def _add_evaluation_arguments(out: argparse._ArgumentGroup) -> None:
+    """Where the scores (and estimates) go, how BSSEval runs, and what is compared."""
     out.add_argument(
         "--evaldir",
         type=Path,
@@ -129,9 +135,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="evaldirs of other methods to put side by side with this one (or with each other "
         "when no --root is given) in EVALDIR/compare.md, compare.csv and compare_<metric>.png",
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
     )
 
 
