@@ -1,9 +1,9 @@
 """Typed options, validated once where they are built: what to separate with
 (`SeparationOptions`) and where and how stem files are written (`OutputOptions`).
 
-The command line builds them (`umx.cli_options`), as do the web server and the batch workers;
-the library below takes them and never sees an `argparse.Namespace`. Importing this module does
-not import torch.
+The command line builds them (`umx.cli_options`), the batch workers from their job's settings;
+the library below takes them and never sees the parsed command line. Importing this module does
+not import torch (building options does, to check them).
 """
 
 from __future__ import annotations
