@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umx.batch.messages import plural
-from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
-from umx.errors import UmxError, check_number
-from umx.options import (
+from umx.cli_options import (
     MODEL_HELP,
     SEPARATION_DEFAULTS,
     add_input_arguments,
@@ -21,6 +19,8 @@ from umx.options import (
     check_separation_args,
     segment_from_args,
 )
+from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
+from umx.errors import UmxError, check_number
 from umx.zoo import is_offline, load_separator
 
 if TYPE_CHECKING:
