@@ -69,3 +69,27 @@ def test_a_resumed_run_takes_the_checkpoints_options_but_those_of_the_invocation
 def test_an_option_of_another_dataset_is_refused():
     with pytest.raises(UmxError, match="--target-dir applies to the sourcefolder dataset"):
         resolve_options({"root": Path("musdb"), "target_dir": "speech"})
+
+
+def test_an_xumx_config_trains_every_source_and_refuses_what_it_cannot_use():
+    xumx = TrainConfig(root=Path("musdb"), architecture="xumx")
+    assert (xumx.target, xumx.architecture) == ("xumx", "xumx")
+    with pytest.raises(UmxError, match="--target does not apply to --architecture xumx"):
+        TrainConfig(root=Path("musdb"), architecture="xumx", target="vocals")
+    with pytest.raises(UmxError, match="--architecture xumx trains a new model"):
+        TrainConfig(root=Path("musdb"), architecture="xumx", model="umxl")
+    with pytest.raises(UmxError, match="the musdb or trackfolder_fix dataset, not aligned"):
+        TrainConfig(
+            dataset="aligned", root=Path("d"), input_file="a.wav", output_file="b.wav",
+            architecture="xumx",
+        )  # fmt: skip
+    with pytest.raises(UmxError, match="--architecture must be one of umx, xumx"):
+        TrainConfig(root=Path("musdb"), architecture="tasnet")
+
+
+def test_a_resumed_xumx_run_keeps_its_architecture():
+    saved = {**DEFAULTS, "root": "musdb", "architecture": "xumx", "target": "xumx"}
+    config = resolve_options({"checkpoint": Path("run")}, {"args": saved})
+    assert (config.architecture, config.target) == ("xumx", "xumx")
+    with pytest.raises(UmxError, match="--architecture umx differs from the checkpoint's xumx"):
+        resolve_options({"checkpoint": Path("run"), "architecture": "umx"}, {"args": saved})
