@@ -195,7 +195,7 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     # play with Enter on Play; pause with the space bar on the position slider
     tab_to(page, "#play")
     page.keyboard.press("Enter")
-    page.wait_for_function("Number(document.querySelector('#seek').value) > 0.3")
+    page.wait_for_function("() => Number(document.querySelector('#seek').value) > 0.3")
     tab_to(page, "#seek")
     page.keyboard.press(" ")
     assert page.text_content("#play") == "Play"
@@ -276,7 +276,7 @@ def test_focus_stays_through_progress_and_layout_holds(served, page_at, tmp_path
     before = focused(page)
     page.wait_for_selector("#jobs li.state-running")
     assert axe_violations(page) == []  # during a job
-    page.wait_for_function("window.updates >= 10")
+    page.wait_for_function("() => window.updates >= 10")
     page.wait_for_selector("#jobs li.state-done")
     assert page.evaluate("window.blurs") == 0
     assert focused(page) == before
@@ -316,7 +316,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     with page.expect_response(f"**/api/jobs/{job['id']}/retry") as retried:
         page.keyboard.press("Enter")
     assert retried.value.status == 200
-    page.wait_for_function("document.activeElement.classList.contains('delete')")
+    page.wait_for_function("() => document.activeElement.classList.contains('delete')")
     for _ in range(600):  # queued again, and failed again: still offline
         again = wait(store, job["id"])
         if again["finished"] != first:

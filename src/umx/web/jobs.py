@@ -77,6 +77,8 @@ MAX_LOADED_MODELS = 2
 """Separators kept loaded between jobs (the least recently used is dropped)."""
 PROGRESS_STEP = 0.01
 """Progress is reported to listeners when it grew by this fraction of the song at least."""
+PROBE_BYTES = 1 << 16
+"""Bytes written (and removed) at start to check that the data directory takes files."""
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_FILE_CHARS = re.compile(r"[^\w.-]+")
 
@@ -275,7 +277,7 @@ class JobStore:
             reported after each chunk.
 
     Raises:
-        UmxError: the data directory cannot be created.
+        UmxError: the data directory cannot be created or written to (see `_check_data_dir`).
     """
 
     def __init__(
@@ -294,13 +296,7 @@ class JobStore:
         self.root, self.models, self.device = Path(root), list(models), device
         self.max_queue, self.max_cache_bytes = max_queue, max_cache_bytes
         self.jobs_dir, self.uploads_dir = self.root / "jobs", self.root / "uploads"
-        try:
-            self.jobs_dir.mkdir(parents=True, exist_ok=True)
-            self.uploads_dir.mkdir(exist_ok=True)
-        except OSError as error:
-            raise UmxError(
-                f"cannot create the data directory {display_path(self.root)}: {error.strerror}"
-            ) from None
+        _check_data_dir(self.root, (self.jobs_dir, self.uploads_dir))
         self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
@@ -319,9 +315,10 @@ class JobStore:
     # --- the store ---------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Read the jobs on disk, remove hidden leftovers, queue again the unfinished jobs."""
+        """Read the jobs on disk, remove hidden leftovers, queue again the unfinished jobs (and
+        remove what an interrupted run of them left: stems not yet recorded, downloads)."""
         for leftover in self.uploads_dir.iterdir():
-            leftover.unlink(missing_ok=True)
+            _remove(leftover)
         jobs = []
         for directory in self.jobs_dir.iterdir():
             if directory.name.startswith("."):
@@ -334,13 +331,15 @@ class JobStore:
             except (OSError, ValueError, TypeError) as error:
                 logger.warning("%s is not a job (%s); left alone", display_path(directory), error)
                 continue
-            for part in directory.glob(".*"):
+            for part in [*directory.glob(".*"), *(directory / DOWNLOADS).glob(".*")]:
                 _remove(part)
             jobs.append(job)
         for job in sorted(jobs, key=lambda job: job.created):
             self._jobs[job.id] = job
             if job.state in (QUEUED, RUNNING):
                 job.state, job.progress = QUEUED, 0.0
+                for stale in (STEMS, DOWNLOADS):
+                    _remove(self.jobs_dir / job.id / stale)
                 self._pending.append(job.id)
         if self._pending:
             logger.info("%d unfinished jobs queued again", len(self._pending))
@@ -702,15 +701,25 @@ class JobStore:
             worker.start()
             self._workers.append(worker)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Let the workers end after their current job and wait for them up to `timeout`
-        seconds; queued jobs stay queued on disk."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the workers: a running separation ends at its next chunk, and its job, like the
+        queued ones, stays queued on disk for the next start.
+
+        Args:
+            timeout: the most seconds to wait for the workers, in all; None: until they end.
+
+        Returns:
+            whether every worker has ended (one still loading a model or separating a chunk
+            may not have).
+        """
         with self._lock:
             self._stopping = True
             self._ready.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:
-            worker.join(timeout)
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._workers = [worker for worker in self._workers if worker.is_alive()]
+        return not self._workers
 
     def _work(self, preload: str | None) -> None:
         if preload is not None:
@@ -759,7 +768,7 @@ class JobStore:
         reported = [0.0]
 
         def progress(done: float, total: float) -> None:
-            if job.id in self._cancelled:
+            if job.id in self._cancelled or self._stopping:
                 raise _Cancelled
             job.duration, job.progress = total, min(done / total, 1.0) if total else 1.0
             if job.progress - reported[0] >= PROGRESS_STEP:
@@ -787,7 +796,8 @@ class JobStore:
             job.targets = [report.path.stem for report in reports]
             job.state = DONE
         except _Cancelled:
-            logger.info("%s: deleted while separating", display_path(job.name))
+            if job.id in self._cancelled:
+                logger.info("%s: deleted while separating", display_path(job.name))
         except UmxError as error:
             job.state, job.error = FAILED, _rename(str(error), directory / INPUT, job.name)
         except Exception as error:  # the server keeps serving whatever one job does
@@ -799,6 +809,8 @@ class JobStore:
             if job.id in self._cancelled:
                 self._cancelled.discard(job.id)
                 _remove(directory)
+                return
+            if job.state == RUNNING:  # stopped: its record says running, queued at next start
                 return
             job.seconds, job.finished = time.perf_counter() - start, time.time()
             job.progress = 1.0 if job.state == DONE else job.progress
@@ -831,6 +843,33 @@ class JobStore:
         for job in gone:
             logger.info("%s: removed to keep the cache under its limit", display_path(job.name))
             self._notify({"id": job.id, "state": DELETED})
+
+
+def _check_data_dir(root: Path, folders: Sequence[Path]) -> None:
+    """Create the data directory's `folders` and make sure files can be written in them.
+
+    Raises:
+        UmxError: it cannot be used (a file, not creatable, read-only, full), in one sentence
+            that names it.
+    """
+    where = f"the data directory {display_path(root)}"
+    try:
+        if root.exists() and not root.is_dir():
+            raise UmxError(f"{where} is not a folder; choose another with --data-dir")
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe.{secrets.token_hex(4)}.tmp"
+            try:
+                with open(probe, "xb") as file:
+                    file.write(bytes(PROBE_BYTES))
+                    file.flush()
+                    os.fsync(file.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+    except OSError as error:
+        raise UmxError(
+            f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
+        ) from None
 
 
 def _rename(message: str, path: Path, name: str) -> str:

@@ -1,18 +1,37 @@
 """`umx serve`: its options, checked before anything starts, and the run (uvicorn on a socket
-bound here, so that the address printed is the one served, `--port 0` included)."""
+bound here, so that the address printed is the one served, `--port 0` included).
+
+Stopping (Ctrl-C, SIGTERM, SIGHUP) is handled here from the moment the workers start: the
+server stops taking requests and ends its event streams, a running separation ends at its next
+chunk (its job stays queued on disk), and the process exits with the signal's status (130, 143,
+129) without the interpreter's shutdown. That shutdown would abort the process ("terminate
+called without an active exception") when it meets a worker thread still inside torch's native
+code (loading a model, separating a long chunk), and it takes seconds on a busy machine; every
+file is consistent by then (written under a temporary name and renamed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
+import signal
 import socket
+import sys
 import webbrowser
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from umx.defaults import AUTO
 from umx.errors import UmxError, check_number
 from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, resolve_model
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("umx")
 
@@ -21,7 +40,13 @@ DEFAULT_MAX_UPLOAD_MB = 500.0
 DEFAULT_MAX_CACHE_GB = 10.0
 DEFAULT_MAX_QUEUE = 16
 GRACEFUL_SHUTDOWN_S = 2
-"""Seconds open connections (event streams) get to close when the server stops."""
+"""Seconds open requests (downloads) get to finish when the server stops; event streams end at
+once."""
+WORKERS_STOP_S = 0.5
+"""Seconds the workers get to end when the server stops (see the module's docstring)."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 WEB_MODULES = ("starlette", "uvicorn")
 
 
@@ -126,7 +151,8 @@ def listen(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:
-        raise UmxError(f"cannot listen on {host!r}: {error}") from None
+        reason = getattr(error, "strerror", None) or error
+        raise UmxError(f"cannot listen on {host!r} (--host): {reason}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -146,17 +172,58 @@ def page_url(sock: socket.socket) -> str:
     return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
 
 
+class StopRequest:
+    """The first stop signal received while the server runs, and the server it stops."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        self.server.should_exit = True
+
+
+@contextmanager
+def stop_on_signals(server: uvicorn.Server) -> Iterator[StopRequest]:
+    """Turn `STOP_SIGNALS` into a request to stop `server` for the duration of the block (uvicorn
+    takes SIGINT and SIGTERM over while it runs, and raises them again when it returns)."""
+    request = StopRequest(server)
+    previous = {signum: signal.signal(signum, request) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_now(signum: int, busy: bool) -> None:
+    """Exit at once with the status of a stop by `signum` (see the module's docstring).
+
+    Args:
+        signum: the signal that stopped the server.
+        busy: a worker is still loading a model or separating.
+    """
+    name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    detail = "; the song being separated is queued again for the next start" if busy else ""
+    logger.error("%s%s", name, detail)
+    for handler in logger.handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run `umx serve` until it is stopped (Ctrl-C or SIGTERM)."""
     check_serve_args(args)
     import_web()
     import torch
-    import uvicorn
 
     from umx.audio import display_path
     from umx.devices import one_malloc_arena, resolve_device
     from umx.web.jobs import JobStore
-    from umx.web.server import create_app
+    from umx.web.server import Server, create_app
 
     device = resolve_device(args.device)
     if args.jobs > 1:  # the workers share the cores instead of each taking them all
@@ -185,24 +252,21 @@ def run_serve(args: argparse.Namespace) -> int:
     url = page_url(sock)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach it can use the page", args.host)
-    one_malloc_arena()  # before the workers and the HTTP threads start
-    store.start(args.jobs, preload=model)
-    print(f"umx serve: {url}", flush=True)
-    logger.info("jobs in %s; stop with Ctrl-C", display_path(data_dir))
-    if args.open:
-        webbrowser.open(url)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
-    )
-    try:
-        server.run(sockets=[sock])
-    finally:
-        store.stop(timeout=0)
-        sock.close()
-    return 0
+    server = Server(app, GRACEFUL_SHUTDOWN_S)
+    with stop_on_signals(server) as stop:
+        try:
+            one_malloc_arena()  # before the workers and the HTTP threads start
+            store.start(args.jobs, preload=model)
+            print(f"umx serve: {url}", flush=True)
+            logger.info("jobs in %s; stop with Ctrl-C", display_path(data_dir))
+            if args.open:
+                webbrowser.open(url)
+            if stop.signum is None:
+                server.run(sockets=[sock])
+        finally:
+            sock.close()
+            ended = store.stop(timeout=WORKERS_STOP_S)
+    if stop.signum is None:  # stopped otherwise (uvicorn could not start)
+        return 0
+    exit_now(stop.signum, busy=not ended)
+    return 128 + stop.signum  # not reached

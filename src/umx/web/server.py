@@ -9,7 +9,7 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 - ``GET /api/jobs``: every job, the newest first.
 - ``POST /api/jobs?name=&model=&stems=``: the song as the raw request body (any name; its content
   decides whether it is audio): 201 a new job, 200 a job that exists, 413 too large, 422 not
-  audio or bad options, 503 busy.
+  audio or bad options, 503 busy, 507 the data directory is full.
 - ``GET /api/jobs/{id}``: one job; ``DELETE``: remove it.
 - ``POST /api/jobs/{id}/retry``: queue a failed job again.
 - ``GET /api/jobs/{id}/stems/{stem}.{ext}``: one stem in wav, flac or mp3.
@@ -21,34 +21,37 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
   each change.
 
 The body of an upload is written to disk as it arrives and refused as soon as it passes the
-limit, never held in memory. Requests that change something are refused when a browser says
-they come from another site (their `Origin`), and when bound to the loopback interface only
-the loopback host names are answered (no DNS rebinding).
+limit, never held in memory. Every request goes through `umx.web.guard.Guard` first: only
+requests for this server's own host and from its own page are answered. `Server` runs the
+app and ends its event streams as soon as it is asked to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
-from collections.abc import AsyncIterator
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from umx import __version__
-from umx.audio import audio_formats
+from umx.audio import audio_formats, display_path
 from umx.errors import UmxError
+from umx.web.guard import SECURITY_HEADERS, Guard
 from umx.web.jobs import (
     Busy,
     JobStore,
@@ -60,8 +63,9 @@ from umx.web.jobs import (
 )
 from umx.zoo import BUNDLED, CACHED, MODELS, is_offline, list_models
 
+logger = logging.getLogger("umx")
+
 STATIC = Path(__file__).parent / "static"
-LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 KEEPALIVE_S = 15.0
 """Seconds between comments on an idle event stream, so that proxies and browsers keep it."""
 STATUS = {TooLarge: 413, Busy: 503, NotFound: 404}
@@ -84,11 +88,11 @@ def create_app(
         store: the jobs (already started or not: uploads queue either way).
         default_model: the model the page selects first, one of `store.models`.
         max_upload_bytes: the largest upload accepted.
-        host: the address the server listens on; on a loopback one, only requests for a
-            loopback host name are answered.
+        host: the address the server listens on (see `umx.web.guard.own_names`).
         no_downloads: why models cannot be downloaded now (the download host did not answer
             at start, say), or None; offline mode (`$UMX_OFFLINE`) says so by itself.
     """
+    streams = EventStreams()
 
     async def config(request: Request) -> Response:
         return JSONResponse(
@@ -105,7 +109,6 @@ def create_app(
         return JSONResponse(store.jobs())
 
     async def upload(request: Request) -> Response:
-        check_origin(request)
         query = request.query_params
         name = display_name(query.get("name", ""))
         options = store.options(query.get("model", default_model), query.get("stems", "all"))
@@ -129,7 +132,6 @@ def create_app(
     async def job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         if request.method == "DELETE":
-            check_origin(request)
             store.delete(job_id)
             return Response(status_code=204)
         return JSONResponse(store.job(job_id))
@@ -142,7 +144,6 @@ def create_app(
         return FileResponse(path, filename=filename, media_type=MEDIA_TYPES.get(ext))
 
     async def retry(request: Request) -> Response:
-        check_origin(request)
         return JSONResponse(store.retry(request.path_params["job_id"]))
 
     async def original(request: Request) -> Response:
@@ -170,7 +171,7 @@ def create_app(
 
     async def events(request: Request) -> Response:
         return StreamingResponse(
-            event_stream(store),
+            event_stream(store, streams),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -186,10 +187,20 @@ def create_app(
         assert isinstance(error, HTTPException)
         return JSONResponse({"error": error.detail}, status_code=error.status_code)
 
-    middleware = []
-    if host in LOOPBACK_NAMES:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES))
-    return Starlette(
+    async def storage_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, OSError)
+        reason = error.strerror or str(error)
+        logger.error("the data directory %s: %s", display_path(store.root), reason)
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        message = f"the server cannot store or read its files: {reason}"
+        return JSONResponse({"error": message}, status_code=507 if full else 500)
+
+    async def server_error(request: Request, error: Exception) -> Response:
+        # sent past the middleware: the headers are added here
+        message = "the server failed unexpectedly; its terminal shows why"
+        return JSONResponse({"error": message}, status_code=500, headers=SECURITY_HEADERS)
+
+    app = Starlette(
         routes=[
             Route("/", page),
             Route("/api/config", config),
@@ -205,9 +216,16 @@ def create_app(
             Route("/favicon.ico", favicon),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        middleware=middleware,
-        exception_handlers={UmxError: user_error, HTTPException: http_error},
+        middleware=[Middleware(Guard, host=host)],
+        exception_handlers={
+            UmxError: user_error,
+            HTTPException: http_error,
+            OSError: storage_error,
+            Exception: server_error,
+        },
     )
+    app.state.streams = streams
+    return app
 
 
 def model_entries(
@@ -242,11 +260,45 @@ def model_entries(
     return models
 
 
-def check_origin(request: Request) -> None:
-    """Refuse a change asked for by a page of another site (a browser names it in `Origin`)."""
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise HTTPException(403, f"requests from {origin[:100]} are not accepted")
+class EventStreams:
+    """The open event streams of an app, ended together when the server stops (an open stream
+    would otherwise hold the server until its graceful timeout)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._wakeups: set[asyncio.Event] = set()
+
+    def close(self) -> None:
+        """End every stream (from the server's event loop)."""
+        self.closed = True
+        for wakeup in self._wakeups:
+            wakeup.set()
+
+    def add(self, wakeup: asyncio.Event) -> Callable[[], None]:
+        """Register a stream's `wakeup`, set when the streams close; returns the function
+        that forgets it."""
+        self._wakeups.add(wakeup)
+        return lambda: self._wakeups.discard(wakeup)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server for an app of `create_app`: when asked to stop (a signal, `should_exit`)
+    it ends the app's event streams at once, so that open pages do not hold it."""
+
+    def __init__(self, app: Starlette, graceful_shutdown_s: float) -> None:
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=graceful_shutdown_s,
+        )
+        super().__init__(config)
+        self.streams: EventStreams = app.state.streams
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.streams.close()
+        await super().shutdown(sockets)
 
 
 def sse(event: str, data: Any) -> str:
@@ -254,8 +306,9 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def event_stream(store: JobStore) -> AsyncIterator[str]:
-    """Every job, then each job's change as it happens, with a comment when idle.
+async def event_stream(store: JobStore, streams: EventStreams) -> AsyncIterator[str]:
+    """Every job, then each job's change as it happens, with a comment when idle, until
+    `streams` close.
 
     Changes come from the worker threads; those of one job that arrive faster than the client
     reads are merged (only the latest is sent), so a slow client never holds a growing backlog.
@@ -273,9 +326,10 @@ async def event_stream(store: JobStore) -> AsyncIterator[str]:
             loop.call_soon_threadsafe(note, record)
 
     unsubscribe = store.subscribe(listener)
+    forget = streams.add(changed)
     try:
         yield sse("jobs", store.jobs())
-        while True:
+        while not streams.closed:
             try:
                 await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
             except asyncio.TimeoutError:
@@ -287,4 +341,5 @@ async def event_stream(store: JobStore) -> AsyncIterator[str]:
             for record in records:
                 yield sse("job", record)
     finally:
+        forget()
         unsubscribe()

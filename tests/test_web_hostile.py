@@ -1,0 +1,554 @@
+"""`umx serve` against hostile requests and options, as tables.
+
+HTTP cases run against real `umx serve` processes (on 127.0.0.1 and on [::1]) whose data
+directory holds a finished job: each case asserts its status, a one-line JSON error, the
+security headers, and that every file in the data directory is byte-identical afterwards. The
+servers' logs hold no traceback. Option cases run the command in this process: each is refused
+with one line before the server listens, and changes no file in its folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from umx.cli import main
+from umx.web import options as serve_options
+from umx.web.jobs import DONE, Job
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from test_web import new_store, song_bytes  # noqa: E402
+from umx.web.guard import SECURITY_HEADERS  # noqa: E402
+from umx.web.server import create_app  # noqa: E402
+
+LIMIT_MB = 0.25
+STOP_TIMEOUT_S = 30
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root, with the hash of its bytes."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Served:
+    """A `umx serve` process: its page's URL, port, data directory and log."""
+
+    process: subprocess.Popen
+    url: str
+    data: Path
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+
+def start_serve(root: Path, *options: str) -> tuple[subprocess.Popen, Path, Path]:
+    data, log = root / "data", root / "serve.log"
+    command = [sys.executable, "-m", "umx.cli", "serve", "--port", "0", "--data-dir", str(data)]
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [*command, *options], stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    return process, data, log
+
+
+def ready(process: subprocess.Popen, data: Path, log: Path) -> Served:
+    line = process.stdout.readline()
+    assert line.startswith("umx serve: http://"), f"{line!r} {log.read_text()}"
+    return Served(process, line.split()[-1], data, log)
+
+
+def stop(served: Served) -> tuple[int, str]:
+    """SIGTERM the server; its exit status and its log."""
+    served.process.send_signal(signal.SIGTERM)
+    status = served.process.wait(STOP_TIMEOUT_S)
+    return status, served.log.read_text()
+
+
+def assert_clean_log(log: str) -> None:
+    assert "Traceback" not in log and "terminate called" not in log, log
+    assert all(line.startswith("umx: ") for line in log.splitlines()), log
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """`umx serve` on 127.0.0.1 (and on [::1] where it exists), each with one finished job."""
+    families = {"v4": ("127.0.0.1",), **({"v6": ("::1",)} if ipv6_loopback() else {})}
+    started = {
+        family: start_serve(
+            tmp_path_factory.mktemp(f"hostile-{family}"),
+            "--host",
+            host,
+            "--max-upload-mb",
+            str(LIMIT_MB),
+        )
+        for family, (host,) in families.items()
+    }
+    served = {family: ready(*parts) for family, parts in started.items()}
+    try:
+        for server in served.values():
+            job = httpx.post(
+                f"{server.url}api/jobs", params={"name": "song.wav"}, content=song_bytes(0.5, 1)
+            ).json()
+            deadline = time.monotonic() + 60
+            while job["state"] not in ("done", "failed") and time.monotonic() < deadline:
+                time.sleep(0.1)
+                job = httpx.get(f"{server.url}api/jobs/{job['id']}").json()
+            assert job["state"] == "done", job
+        yield served
+    finally:
+        for server in served.values():
+            status, log = stop(server)
+            assert status == 128 + signal.SIGTERM, log
+            assert_clean_log(log)
+
+
+@dataclass
+class Case:
+    """One hostile request. `path` and the header values may hold {job} and {port}."""
+
+    name: str
+    method: str
+    path: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    family: str = "v4"
+
+
+SONG = song_bytes(0.25, 2)
+OTHER_SITE = "http://evil.example"
+HEX_ID = "0123456789abcdef0123456789abcdef"
+LINK_FROM_ELSEWHERE = {
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+}
+
+CASES = [
+    # Host: only this server's own name and address, with its port (no DNS rebinding)
+    Case("host-foreign", "GET", "/api/jobs", 421, {"Host": "evil.example"}),
+    Case("host-foreign-port", "GET", "/api/jobs", 421, {"Host": "evil.example:{port}"}),
+    Case("host-no-port", "GET", "/api/jobs", 421, {"Host": "127.0.0.1"}),
+    Case("host-other-port", "GET", "/api/jobs", 421, {"Host": "127.0.0.1:1"}),
+    Case("host-userinfo", "GET", "/api/jobs", 421, {"Host": "x@127.0.0.1:{port}"}),
+    Case("host-trailing-dot", "GET", "/", 421, {"Host": "localhost.:{port}"}),
+    Case("host-foreign-upload", "POST", "/api/jobs", 421, {"Host": "evil.example"}, SONG),
+    Case("host-localhost", "GET", "/api/jobs", 200, {"Host": "localhost:{port}"}),
+    Case("v6-host-foreign", "GET", "/api/jobs", 421, {"Host": "evil.example"}, family="v6"),
+    Case(
+        "v6-host-foreign-delete",
+        "DELETE",
+        "/api/jobs/{job}",
+        421,
+        {"Host": "evil.example:{port}"},
+        family="v6",
+    ),
+    Case(
+        "v6-host-foreign-upload",
+        "POST",
+        "/api/jobs",
+        421,
+        {"Host": "evil.example:{port}"},
+        SONG,
+        family="v6",
+    ),
+    Case("v6-host-ipv4", "GET", "/api/jobs", 421, {"Host": "127.0.0.1:{port}"}, family="v6"),
+    Case("v6-host-own", "GET", "/api/jobs", 200, {"Host": "[::1]:{port}"}, family="v6"),
+    Case("v6-host-localhost", "GET", "/api/jobs", 200, {"Host": "localhost:{port}"}, family="v6"),
+    # Origin and Sec-Fetch-Site: only this server's own page, whether it reads or changes
+    Case("origin-upload", "POST", "/api/jobs", 403, {"Origin": OTHER_SITE}, SONG),
+    Case("origin-null-delete", "DELETE", "/api/jobs/{job}", 403, {"Origin": "null"}),
+    Case("origin-read", "GET", "/api/jobs", 403, {"Origin": OTHER_SITE}),
+    Case("origin-other-port", "GET", "/api/config", 403, {"Origin": "http://127.0.0.1:1"}),
+    Case("origin-own", "GET", "/api/jobs", 200, {"Origin": "http://127.0.0.1:{port}"}),
+    Case("v6-origin-upload", "POST", "/api/jobs", 403, {"Origin": OTHER_SITE}, SONG, "v6"),
+    Case(
+        "fetch-cross-site-audio",
+        "GET",
+        "/api/jobs/{job}/stems/vocals.wav",
+        403,
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "audio"},
+    ),
+    Case("fetch-same-site-events", "GET", "/api/events", 403, {"Sec-Fetch-Site": "same-site"}),
+    Case(
+        "fetch-cross-site-form",
+        "POST",
+        "/api/jobs",
+        403,
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+        SONG,
+    ),
+    Case(
+        "fetch-cross-site-link",
+        "GET",
+        "/",
+        200,
+        {
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "navigate",
+            "Sec-Fetch-Dest": "document",
+        },
+    ),
+    # paths and ids
+    Case("static-traversal", "GET", "/static/..%2F..%2Fweb%2Fjobs.py", 404),
+    Case("stem-traversal", "GET", "/api/jobs/{job}/stems/..%2Fjob.json", 404),
+    Case("zip-traversal", "GET", "/api/jobs/{job}/zip/..%2F..%2Fjobs", 404),
+    Case("stem-format", "GET", "/api/jobs/{job}/stems/vocals.exe", 404),
+    Case("unknown-job", "GET", f"/api/jobs/{HEX_ID}", 404),
+    Case("unknown-job-delete", "DELETE", f"/api/jobs/{HEX_ID}", 404),
+    Case("control-job-id", "GET", "/api/jobs/%00%0a%1b", 404),
+    Case("unknown-route", "GET", "/api/../../etc/passwd", 404),
+    Case("wrong-method", "PUT", "/api/jobs", 405, body=SONG),
+    # uploads
+    Case("upload-too-large", "POST", "/api/jobs", 413, body=bytes(int(LIMIT_MB * 2**20) + 1)),
+    Case("upload-not-audio", "POST", "/api/jobs?name=song.wav", 422, body=b"text\n" * 100),
+    Case("upload-empty", "POST", "/api/jobs?name=empty.wav", 422),
+    Case("upload-model-path", "POST", "/api/jobs?model=..%2Fumxl", 422, body=SONG),
+    Case("upload-stems", "POST", "/api/jobs?stems=drums", 422, body=SONG),
+    Case("upload-long-name", "POST", "/api/jobs?name=" + "%1b[31m" * 1500, 422, body=b"x" * 99),
+    Case(
+        "upload-form",
+        "POST",
+        "/api/jobs",
+        422,
+        {"Content-Type": "multipart/form-data; boundary=b"},
+        b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.wav"\r\n\r\nx\r\n--b--',
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_request_is_refused_and_changes_nothing(servers, case):
+    if case.family not in servers:
+        pytest.skip("IPv6 loopback is unavailable")
+    server = servers[case.family]
+    job = httpx.get(f"{server.url}api/jobs").json()[0]["id"]
+
+    def fill(text: str) -> str:
+        return text.format(job=job, port=server.port)
+
+    before = snapshot(server.data)
+    with httpx.stream(
+        case.method,
+        server.url.rstrip("/") + fill(case.path),
+        headers={name: fill(value) for name, value in case.headers.items()},
+        content=case.body,
+        timeout=20,
+    ) as response:
+        assert response.status_code == case.status  # before the body: it may be an event stream
+        response.read()
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value
+    if case.status >= 400:
+        error = response.json()["error"]
+        assert "\n" not in error and "\x1b" not in error and 0 < len(error) <= 300, error
+    assert snapshot(server.data) == before
+
+
+def test_every_kind_of_response_has_the_headers(servers):
+    server = servers["v4"]
+    job = httpx.get(f"{server.url}api/jobs").json()[0]["id"]
+    paths = [
+        "",
+        "static/app.js",
+        "api/config",
+        f"api/jobs/{job}/stems/drums.wav",
+        f"api/jobs/{job}/stems/drums.flac",
+        f"api/jobs/{job}/zip/wav",
+        "api/nothing",
+        "api/events",
+    ]
+    for path in paths:
+        with httpx.stream("GET", server.url + path, timeout=20) as response:
+            assert response.status_code == (404 if path == "api/nothing" else 200), path
+            missing = {name for name in SECURITY_HEADERS if name not in response.headers}
+            assert missing == set(), path
+
+
+def test_cases_cover_the_issue():
+    names = {case.name for case in CASES}
+    assert len(CASES) >= 15 and {"v6-host-foreign", "origin-upload"} <= names
+
+
+@contextlib.contextmanager
+def served_app(app, host: str):
+    """An app on a real uvicorn server listening on `host` and a free port; yields the port."""
+    sock = serve_options.listen(host, 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_a_wildcard_address_answers_only_its_own_names(tmp_path):
+    store = new_store(tmp_path / "data")
+    app = create_app(store, default_model="umxsynth", max_upload_bytes=1 << 20, host="0.0.0.0")
+    machine = socket.gethostname()
+    with served_app(app, "0.0.0.0") as port:
+        url = f"http://127.0.0.1:{port}/api/config"
+        expected = {
+            f"127.0.0.1:{port}": 200,
+            f"localhost:{port}": 200,
+            f"{machine}:{port}": 200,
+            f"{machine}.local:{port}": 200,
+            f"evil.example:{port}": 421,
+            f"10.0.0.1:{port}": 421,  # the connection arrived on 127.0.0.1
+            f"{machine}.evil.example:{port}": 421,
+        }
+        answers = {host: httpx.get(url, headers={"Host": host}).status_code for host in expected}
+    assert answers == expected
+
+
+def test_errors_of_the_app_keep_the_headers(tmp_path, monkeypatch):
+    store = new_store(tmp_path / "data")
+    app = create_app(store, default_model="umxsynth", max_upload_bytes=1 << 20)
+
+    def broken() -> list:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "jobs", broken)
+    with served_app(app, "127.0.0.1") as port:
+        response = httpx.get(f"http://127.0.0.1:{port}/api/jobs")
+    assert response.status_code == 500
+    assert response.json() == {"error": "the server failed unexpectedly; its terminal shows why"}
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# --- options and data directories ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """`path` and everything under it read-only, even for root (immutable), then writable."""
+    as_root = os.geteuid() == 0
+    if as_root and shutil.which("chattr") is None:
+        pytest.skip("needs chattr to make a folder read-only for root")
+    command = ["chattr", "-R", "+i", str(path)] if as_root else ["chmod", "-R", "a-w", str(path)]
+    undo = ["chattr", "-R", "-i", str(path)] if as_root else ["chmod", "-R", "u+w", str(path)]
+    if subprocess.run(command, capture_output=True).returncode != 0:
+        pytest.skip(f"{' '.join(command[:3])} is not supported here")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A case folder: a file, a data directory of an earlier run (one job), and a parent
+    folder to make read-only."""
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    job = tmp_path / "data" / "jobs" / HEX_ID
+    job.mkdir(parents=True)
+    record = Job(id=HEX_ID, name="song.wav", model="umxsynth", stems="all", size=1, state=DONE)
+    (job / "job.json").write_text(json.dumps(asdict(record)))
+    (tmp_path / "data" / "uploads").mkdir()
+    (tmp_path / "locked").mkdir()
+    return tmp_path
+
+
+OPTION_CASES = [
+    ("port-too-high", ["--port", "70000"], "--port must be at most 65535, not 70000"),
+    ("port-negative", ["--port", "-1"], "--port must be at least 0, not -1"),
+    ("jobs-zero", ["--jobs", "0"], "--jobs must be at least 1, not 0"),
+    ("queue-negative", ["--max-queue", "-3"], "--max-queue must be at least 1, not -3"),
+    ("upload-nan", ["--max-upload-mb", "nan"], "--max-upload-mb must be a finite number"),
+    ("upload-zero", ["--max-upload-mb", "0"], "--max-upload-mb must be greater than 0"),
+    ("cache-inf", ["--max-cache-gb", "inf"], "--max-cache-gb must be a finite number"),
+    ("cache-negative", ["--max-cache-gb", "-1"], "--max-cache-gb must be greater than 0"),
+    ("host-unknown", ["--host", "nohost.invalid"], "cannot listen on 'nohost.invalid' (--host)"),
+    ("host-bad-address", ["--host", "999.1.1.1"], "cannot listen on '999.1.1.1' (--host)"),
+    ("host-empty", ["--host", ""], "cannot listen on '' (--host)"),
+    ("host-not-here", ["--host", "192.0.2.1"], "cannot listen on 192.0.2.1:"),
+    ("model-unknown", ["--model", "nope"], "unknown model 'nope'"),
+    ("device-unknown", ["--device", "tpu"], "tpu"),
+    ("data-dir-file", ["--data-dir", "{root}/a-file"], "{root}/a-file is not a folder"),
+    ("data-dir-under-file", ["--data-dir", "{root}/a-file/data"], "Not a directory"),
+    ("data-dir-read-only", ["--data-dir", "{root}/data"], "cannot write in the data directory"),
+    ("data-dir-not-creatable", ["--data-dir", "{root}/locked/data"], "{root}/locked/data"),
+]
+READ_ONLY = {"data-dir-read-only": "data", "data-dir-not-creatable": "locked"}
+"""The case folder's sub-folder a case makes read-only."""
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "expected"), OPTION_CASES, ids=[case[0] for case in OPTION_CASES]
+)
+def test_bad_option_is_one_line_before_listening(
+    folder, capsys, monkeypatch, name, arguments, expected
+):
+    real_listen = serve_options.listen
+
+    def listen_must_fail(host: str, port: int) -> socket.socket:
+        real_listen(host, port).close()
+        raise AssertionError("the server listened")
+
+    monkeypatch.setattr(serve_options, "listen", listen_must_fail)
+    arguments = [argument.format(root=folder) for argument in arguments]
+    if "--data-dir" not in arguments:
+        arguments += ["--data-dir", str(folder / "data")]
+    before = snapshot(folder)
+    locked = READ_ONLY.get(name)
+    with read_only(folder / locked) if locked else contextlib.nullcontext():
+        status = main(["serve", "--port", "0", *arguments])
+    error = capsys.readouterr().err
+    assert status == 1, error
+    assert error.startswith("umx: error: ") and error.count("\n") == 1, error
+    assert expected.format(root=folder) in error
+    assert snapshot(folder) == before
+
+
+def test_a_full_data_directory_is_refused(tmp_path, capsys):
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with contextlib.suppress(OSError), open(full / "filler", "wb") as filler:
+            while True:
+                filler.write(bytes(4096))
+                filler.flush()
+        before = snapshot(full)
+        status = main(["serve", "--port", "0", "--data-dir", str(full / "data")])
+        error = capsys.readouterr().err
+        assert snapshot(full) == before
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert status == 1
+    assert error == (
+        f"umx: error: cannot write in the data directory {full}/data: No space left on device; "
+        "choose another with --data-dir\n"
+    )
+
+
+def test_a_data_directory_that_fills_up_answers_one_line(tmp_path, capfd, monkeypatch):
+    # umx's messages to this test's stderr (an earlier test's `main` may have left its own)
+    monkeypatch.setattr(logging.getLogger("umx"), "handlers", [logging.StreamHandler()])
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        store = new_store(full / "data")
+        app = create_app(store, default_model="umxsynth", max_upload_bytes=10 << 20)
+        with contextlib.suppress(OSError), open(full / "filler", "wb") as filler:
+            while True:
+                filler.write(bytes(4096))
+                filler.flush()
+        with served_app(app, "127.0.0.1") as port:
+            response = httpx.post(f"http://127.0.0.1:{port}/api/jobs", content=song_bytes(1, 3))
+        uploads = list(store.uploads_dir.iterdir())
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert response.status_code == 507
+    assert response.json() == {
+        "error": "the server cannot store or read its files: No space left on device"
+    }
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert uploads == [] and store.jobs() == []
+    log = capfd.readouterr().err
+    assert "Traceback" not in log
+    assert f"the data directory {full}/data: No space left on device" in log.splitlines()
+
+
+# --- stopping with pages open --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_with_pages_open_ends_their_streams(tmp_path, signum):
+    """Open event streams end as soon as the server stops (uvicorn cancels the ones that are
+    still open after its graceful timeout, and says so in the log)."""
+    served = ready(*start_serve(tmp_path))
+    with contextlib.ExitStack() as streams:
+        lines = []
+        for _ in range(3):
+            response = streams.enter_context(
+                httpx.stream("GET", f"{served.url}api/events", timeout=STOP_TIMEOUT_S)
+            )
+            lines.append(response.iter_lines())
+            assert next(lines[-1]) == "event: jobs"
+        served.process.send_signal(signum)
+        for stream in lines:
+            assert [line for line in stream if line.startswith("event:")] == []
+    status = served.process.wait(STOP_TIMEOUT_S)
+    log = served.log.read_text()
+    assert status == 128 + signum, log
+    assert_clean_log(log)
+    name = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert log.splitlines()[-1] == f"umx: {name}"
+
+
+# --- the page under its content security policy ---------------------------------------------
+
+
+def test_the_page_loads_under_its_content_security_policy(servers):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs Debian's chromium")
+    server = servers["v4"]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            messages = []
+            page.on("console", lambda message: messages.append(message.text))
+            page.goto(server.url)
+            page.wait_for_selector("#model option[value=umxsynth]", state="attached")
+            page.click("#jobs li:has-text('song.wav') button.listen")
+            page.wait_for_selector("#player[data-state=ready]")
+            drawn = page.evaluate(
+                "() => [...document.querySelectorAll('canvas')].some((canvas) => canvas.width > 0)"
+            )
+        finally:
+            browser.close()
+    assert drawn
+    assert not [text for text in messages if "Content Security Policy" in text], messages
