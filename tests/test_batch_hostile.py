@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from umx.batch import read_records
 from umx.batch.job import MANIFEST_FILE
 from umx.cli import main
+from umx.jobs import read_records
 from umx.modeldir import save_separator
 from umx.zoo import sha256_file
 
