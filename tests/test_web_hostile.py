@@ -35,7 +35,7 @@ from umx.web.records import Job
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
-from test_web import new_store, song_bytes  # noqa: E402
+from test_web import new_store, song_bytes, upload, wait  # noqa: E402
 from umx.web.guard import SECURITY_HEADERS  # noqa: E402
 from umx.web.server import create_app  # noqa: E402
 
@@ -487,7 +487,7 @@ def test_a_data_directory_that_fills_up_answers_one_line(tmp_path, capfd, monkey
         uploads = list(store.uploads_dir.iterdir())
     finally:
         subprocess.run(["umount", str(full)], check=True)
-    assert response.status_code == 507
+    assert response.status_code == 507, response.text
     assert response.json() == {
         "error": "the server cannot store or read its files: No space left on device"
     }
@@ -496,6 +496,39 @@ def test_a_data_directory_that_fills_up_answers_one_line(tmp_path, capfd, monkey
     log = capfd.readouterr().err
     assert "Traceback" not in log
     assert f"the data directory {full}/data: No space left on device" in log.splitlines()
+
+
+def test_a_worker_on_a_full_disk_fails_the_job_in_one_line_and_goes_on(
+    tmp_path, capfd, monkeypatch
+):
+    monkeypatch.setattr(logging.getLogger("umx"), "handlers", [logging.StreamHandler()])
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    store = new_store(full / "data")
+    try:
+        first, _ = store.add(upload(store, song_bytes(0.5, 4)), store.options("umxsynth", "all"))
+        with contextlib.suppress(OSError), open(full / "filler", "wb") as filler:
+            while True:  # not even a job record fits now
+                filler.write(bytes(4096))
+                filler.flush()
+        store.start(1)
+        failed = wait(store, first["id"])
+        (full / "filler").unlink()
+        second, _ = store.add(upload(store, song_bytes(0.2, 5)), store.options("umxsynth", "all"))
+        done = wait(store, second["id"])
+    finally:
+        store.stop()
+        subprocess.run(["umount", str(full)], check=True)
+    assert failed["state"] == "failed" and failed["error"].startswith("cannot write ")
+    assert done["state"] == "done"
+    log = capfd.readouterr().err
+    assert "Traceback" not in log
+    assert f"{first['id']}: cannot record its state: No space left on device" in log.splitlines()
 
 
 # --- stopping with pages open --------------------------------------------------------------

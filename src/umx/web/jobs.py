@@ -165,7 +165,12 @@ class JobStore(Downloads):
             logger.info("%d unfinished jobs queued again", len(self._pending))
 
     def _save(self, job: Job) -> None:
-        write_json_atomic(self.jobs_dir / job.id / RECORD, asdict(job))
+        """Record a job's state in its folder. A data directory that cannot take it (full) is
+        said in one line and the job goes on: the next start finds it as last recorded."""
+        try:
+            write_json_atomic(self.jobs_dir / job.id / RECORD, asdict(job))
+        except OSError as error:
+            logger.error("%s: cannot record its state: %s", job.id, error.strerror or error)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's public record, the newest first."""
