@@ -1,4 +1,4 @@
-"""Streaming separation speed, latency and memory: `umx.stream` block by block on one thread.
+"""Streaming separation speed, latency and memory: `umx.stream.engine` block by block, one thread.
 
 Run by hand (not part of the test suite), from the repository root:
 
@@ -89,7 +89,7 @@ def time_blocks(model, targets, block: int, seconds: float) -> tuple[np.ndarray,
     the stream's latency in samples."""
     import torch
 
-    from umx.stream import StreamingSeparator
+    from umx.stream.engine import StreamingSeparator
     from umx.zoo import load_separator
 
     residual = "accompaniment" if targets == ["vocals"] else None

@@ -21,8 +21,9 @@ from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
+from umx.files import sha256_file
 from umx.jobs import read_records, verify_outputs
-from umx.zoo import load_separator, sha256_file
+from umx.zoo import load_separator
 
 RATE = 44100
 MODEL = "umxsynth"

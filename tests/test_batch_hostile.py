@@ -22,9 +22,9 @@ import soundfile as sf
 
 from umx.batch.job import MANIFEST_FILE
 from umx.cli import main
+from umx.files import sha256_file
 from umx.jobs import read_records
 from umx.modeldir import save_separator
-from umx.zoo import sha256_file
 
 RATE = 16000
 SONGS = ("a", "b", "c")

@@ -34,7 +34,7 @@ from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.onnx_graphs import GraphFile
 from umx.separator import Separator
-from umx.stream import StreamingSeparator, separate_causal
+from umx.stream.engine import StreamingSeparator, separate_causal
 from umx.zoo import cache_dir, load_separator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import soundfile as sf
 
 from test_batch import write_song
 from umx.api import separate_file
+from umx.files import sha256_file
 from umx.jobs import DONE, FAILED, Manifest, read_records, run_task, verify_outputs
-from umx.zoo import load_separator, sha256_file
+from umx.zoo import load_separator
 
 MODEL = "umxsynth"
 

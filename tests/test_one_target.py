@@ -16,7 +16,7 @@ from umx.filtering import CausalWiener, wiener
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
-from umx.stream import StreamingSeparator, separate_causal
+from umx.stream.engine import StreamingSeparator, separate_causal
 from umx.zoo import load_separator
 
 RATE = 16000

@@ -13,7 +13,7 @@ from umx.errors import UmxError
 from umx.filtering import CausalWiener, wiener
 from umx.model import OpenUnmix
 from umx.separator import Separator
-from umx.stream import StreamingSeparator, separate_causal
+from umx.stream.engine import StreamingSeparator, separate_causal
 from umx.transforms import istft_frames, stft
 
 N_FFT, N_HOP = 512, 128

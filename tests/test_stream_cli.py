@@ -17,8 +17,8 @@ from umx.filtering import CausalWiener
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
-from umx.stream import separate_causal
-from umx.streaming_io import STREAM_MODEL
+from umx.stream.engine import separate_causal
+from umx.stream.io import STREAM_MODEL
 from umx.zoo import MODELS, load_separator
 
 RATE = 16000

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from umx.data.gm import STEMS, analyse, split_stems, valid_starts
-from umx.data.midi import (
+from umx.defaults import SOUNDFONT_PACKAGES
+from umx.errors import UmxError
+from umx.synth.dataset import render_example
+from umx.synth.gm import STEMS, analyse, split_stems, valid_starts
+from umx.synth.midi import (
     NOTE_ON,
     PROGRAM_CHANGE,
     Event,
@@ -32,17 +35,10 @@ from umx.data.midi import (
     tempo_event,
     transpose,
 )
-from umx.data.procedural import generate_song
-from umx.data.synth import (
-    SOUNDFONT_PACKAGES,
-    SongRef,
-    check_fluidsynth,
-    check_soundfont,
-    plan_tracks,
-    render_example,
-)
-from umx.data.synth_options import add_synth_arguments, run_synth
-from umx.errors import UmxError
+from umx.synth.options import add_synth_arguments, run_synth
+from umx.synth.plan import SongRef, plan_tracks
+from umx.synth.procedural import generate_song
+from umx.synth.render import check_fluidsynth, check_soundfont
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 needs_fluidsynth = pytest.mark.skipif(
@@ -244,7 +240,7 @@ def test_plan_tracks_skips_bad_midi_with_a_warning(tmp_path, caplog):
     good.write_bytes(encode_midi(gm_song()))
     fonts = {split: [SOUNDFONT] for split in ("train", "valid")} | {"test": []}
     songs = [SongRef(path.stem, path=str(path)) for path in (broken, piano, good)]
-    with caplog.at_level(logging.WARNING, logger="umx.data.synth"):
+    with caplog.at_level(logging.WARNING, logger="umx.synth.plan"):
         plans = plan_tracks(songs, fonts, seed=0, duration=3, test_fraction=0, valid_fraction=0)
     assert [plan.name for plan in plans] == ["good-00"]
     assert f"{broken} is not a readable MIDI file" in caplog.text

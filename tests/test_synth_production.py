@@ -17,9 +17,11 @@ import pytest
 import soundfile as sf
 from scipy.signal import freqz
 
-from umx.data.gm import STEMS
-from umx.data.midi import Song, note, tempo_event
-from umx.data.production import (
+from umx.errors import UmxError
+from umx.synth.gm import STEMS
+from umx.synth.midi import Song, note, tempo_event
+from umx.synth.plan import SongRef, plan_tracks
+from umx.synth.production import (
     apply_chain,
     biquad,
     chorus,
@@ -28,10 +30,9 @@ from umx.data.production import (
     overdrive,
     reverb_response,
 )
-from umx.data.sampler import choose_layer, load_kit, play_drums
-from umx.data.singer import melody, sing
-from umx.data.synth import SongRef, plan_tracks, render_track
-from umx.errors import UmxError
+from umx.synth.render import render_track
+from umx.synth.sampler import choose_layer, load_kit, play_drums
+from umx.synth.singer import melody, sing
 
 RATE = 8000
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")

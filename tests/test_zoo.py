@@ -1141,7 +1141,7 @@ def test_bundled_fallback_model_is_small_and_never_touches_the_network(monkeypat
 
 def test_bundled_causal_model_is_small_unidirectional_and_offline(monkeypatch):
     """`umxsynth-rt`, the model for `umx stream`, ships with the package and is causal."""
-    from umx.stream import StreamingSeparator
+    from umx.stream.engine import StreamingSeparator
 
     opened = no_network(monkeypatch)
     monkeypatch.setenv("UMX_OFFLINE", "0")

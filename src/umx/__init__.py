@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from umx.errors import UmxError
     from umx.model import OpenUnmix
     from umx.separator import Separator
-    from umx.stream import StreamingSeparator, separate_causal
+    from umx.stream.engine import StreamingSeparator, separate_causal
     from umx.zoo import list_models, load_separator
 
 __version__ = "0.1.0"
@@ -39,5 +39,5 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy_exports(
-    globals(), ("errors", "zoo", "api", "model", "separator", "stream")
+    globals(), ("errors", "zoo", "api", "model", "separator", "stream.engine")
 )

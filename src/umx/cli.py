@@ -183,7 +183,7 @@ def add_evaluate_command(p: argparse.ArgumentParser) -> None:
 
 
 def add_synth_command(p: argparse.ArgumentParser) -> None:
-    from umx.data.synth_options import add_synth_arguments, run_synth
+    from umx.synth.options import add_synth_arguments, run_synth
 
     add_synth_arguments(p)
     p.set_defaults(run=run_synth)
@@ -344,7 +344,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
     from umx.api import parse_aggregate
     from umx.modeldir import check_target_name
-    from umx.streaming_io import (
+    from umx.stream.io import (
         OutputClosed,
         check_block,
         check_input,

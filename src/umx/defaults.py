@@ -45,7 +45,7 @@ HASH_DIGITS = 8
 HASHED_NAME = re.compile(rf"^(?P<target>.+)[-_](?P<hash>[0-9a-f]{{{HASH_DIGITS}}})\.pth$")
 """`<target>-<hash>.pth` or `<target>_<hash>.pth`, the hash being the start of the SHA-256."""
 
-# --- umx.streaming_io -----------------------------------------------------------------------------
+# --- umx.stream.io --------------------------------------------------------------------------------
 STREAM_MODEL = "umxsynth-rt"
 """The bundled causal model `umx stream` uses by default."""
 DEFAULT_BLOCK = 1024
@@ -58,7 +58,7 @@ little-endian signed 16-bit."""
 MUSDB_SAMPLES_PER_TRACK = 64
 DEFAULT_AUGMENTATIONS = ("gain", "channelswap")
 
-# --- umx.data.synth -------------------------------------------------------------------------------
+# --- umx.synth ------------------------------------------------------------------------------------
 SOUNDFONT_PACKAGES = {
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"): "fluid-soundfont-gm",
     Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"): "musescore-general-soundfont-small",

@@ -34,15 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from umx.audio import display_path
-from umx.errors import UmxError
+from umx.errors import UmxError, short
+from umx.files import sha256_bytes, write_bytes_atomic
 from umx.model import LSTMState, OpenUnmix
-from umx.modeldir import hash_weights, short, write_atomic
+from umx.modeldir import hash_weights
 from umx.onnx_graphs import (
     DamagedGraph,
     GraphFile,
     graph_bytes,
     recorded_graph,
-    sha256_hex,
     write_recorded,
 )
 from umx.onnx_options import EXPORT_JSON, QUANTIZATIONS, check_quantize, require_onnx
@@ -561,7 +561,7 @@ def export_onnx(
             files[file] = quantize_graph(graph) if quantize else graph
             # What `umx.onnx_folder` checks each graph against before running it.
             key = "graph_sha256" if file == target["graph"] else "stream_graph_sha256"
-            target[key] = sha256_hex(files[file])
+            target[key] = sha256_bytes(files[file])
     files[EXPORT_JSON] = (json.dumps(description, indent=2) + "\n").encode()
     written: list[Path] = []
     try:
@@ -570,7 +570,7 @@ def export_onnx(
         (outdir / EXPORT_JSON).unlink(missing_ok=True)
         for file, data in files.items():
             path = outdir / file
-            write_atomic(path, lambda out, data=data: out.write(data))
+            write_bytes_atomic(path, data)
             written.append(path)
     except BaseException as error:
         for path in written:

@@ -24,10 +24,9 @@ from typing import Any
 from umx.api import separate_file
 from umx.audio import display_path
 from umx.errors import UmxError
+from umx.files import sha256_file, write_bytes_atomic
 from umx.messages import plural, shown
-from umx.modeldir import write_atomic
 from umx.separator import Separator
-from umx.zoo import sha256_file
 
 logger = logging.getLogger("umx")
 
@@ -171,7 +170,7 @@ def repair_manifest(path: Path) -> list[dict[str, Any]]:
     if scan.damaged:
         removed = b"\n".join(scan.damaged)
         copy = keep_copy(path, "cut", removed)
-        write_atomic(path, lambda file: file.write(scan.kept))
+        write_bytes_atomic(path, scan.kept)
         logger.warning(
             "%s: removed %s (%s bytes; %s) and kept the %s; what was removed is in %s",
             display_path(path),
@@ -182,7 +181,7 @@ def repair_manifest(path: Path) -> list[dict[str, Any]]:
             display_path(copy),
         )
     elif not scan.intact:  # empty lines, or a complete last record without its newline
-        write_atomic(path, lambda file: file.write(scan.kept))
+        write_bytes_atomic(path, scan.kept)
     return scan.records
 
 
@@ -198,7 +197,7 @@ def keep_copy(path: Path, why: str, data: bytes) -> Path:
     while copy.exists():
         number += 1
         copy = path.with_name(f"{stamp}-{number}")
-    write_atomic(copy, lambda file: file.write(data))
+    write_bytes_atomic(copy, data)
     return copy
 
 

@@ -20,17 +20,17 @@ import json
 import math
 import os
 import re
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from umx.defaults import HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, short
+from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
 from umx.separator import Separator
 from umx.transforms import check_stft
@@ -52,7 +52,7 @@ _EXTRA_KEYS = frozenset({"sample_rate", "stft.window", "istft.window"})
 _EXTRA_PREFIX = "transform."
 
 
-# --- atomic writes --------------------------------------------------------------------------------
+# --- weights hashes -------------------------------------------------------------------------------
 
 
 def hash_weights(digest: Any, model: nn.Module) -> None:
@@ -63,38 +63,6 @@ def hash_weights(digest: Any, model: nn.Module) -> None:
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`.
-
-    Readers see either the old file or the complete new one; on any failure the temporary file
-    is removed and `path` is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as file:  # honours the umask, unlike tempfile's 0600
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON, atomically (temporary file + rename).
-
-    Values JSON cannot represent (paths, for example) are written as their `str`.
-    """
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    write_atomic(Path(path), lambda file: file.write(text.encode()))
-
-
-def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to `path` atomically (temporary file + rename)."""
-    write_atomic(Path(path), lambda file: torch.save(obj, file))
 
 
 # --- one target model -----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ graph in its place) is never run. Two places record the hashes:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from umx.audio import display_path
 from umx.errors import UmxError
-from umx.modeldir import write_atomic
+from umx.files import sha256_bytes, write_bytes_atomic
 
 RECORD_SUFFIX = ".sha256"
 MAX_GRAPH_BYTES = 1 << 31
@@ -32,11 +31,6 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class DamagedGraph(UmxError):
     """A graph file that is not the one recorded: missing, unreadable, or other bytes."""
-
-
-def sha256_hex(data: bytes) -> str:
-    """The SHA-256 of `data`, as 64 lowercase hex digits."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _read_regular(path: Path, limit: int) -> bytes:
@@ -79,7 +73,7 @@ class GraphFile:
                 differ from the recorded ones.
         """
         data = _read_regular(self.path, MAX_GRAPH_BYTES)
-        if sha256_hex(data) != self.sha256:
+        if sha256_bytes(data) != self.sha256:
             raise DamagedGraph(f"{display_path(self.path)} does not match its recorded SHA-256")
         return data
 
@@ -126,8 +120,8 @@ def write_recorded(path: Path, graph: bytes) -> GraphFile:
     Raises:
         OSError: the files cannot be written.
     """
-    digest = sha256_hex(graph)
+    digest = sha256_bytes(graph)
     line = f"{digest}  {path.name}\n".encode()
-    write_atomic(record_path(path), lambda out: out.write(line))
-    write_atomic(path, lambda out: out.write(graph))
+    write_bytes_atomic(record_path(path), line)
+    write_bytes_atomic(path, graph)
     return GraphFile(path, digest)

@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME, WIENER_WIN_LEN
 from umx.errors import UmxError, short
+from umx.files import sha256_file, write_atomic, write_json_atomic
 
 if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
     import torch
@@ -305,15 +306,6 @@ def _expected_hash(path: Path) -> str:
     return match["hash"]
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, as 64 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(DOWNLOAD_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _stamp(path: Path, sha256: str) -> dict[str, Any]:
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
@@ -363,7 +355,6 @@ def verify_file(path: str | os.PathLike, *, url: str | None = None, force: bool 
 
 
 def _write_marker(path: Path, sha256: str) -> None:
-    from umx.modeldir import write_json_atomic
 
     try:
         write_json_atomic(path.with_name(path.name + VERIFIED_SUFFIX), _stamp(path, sha256))
@@ -470,8 +461,6 @@ def download_file(
     from http.client import HTTPException
 
     from tqdm import tqdm
-
-    from umx.modeldir import write_atomic
 
     def fetch(out: IO[bytes]) -> None:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})

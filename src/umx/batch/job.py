@@ -32,6 +32,7 @@ from umx.batch.inputs import BatchInput
 from umx.batch.work import Task
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
+from umx.files import write_json_atomic
 from umx.jobs import (
     DONE,
     FAILED,
@@ -43,7 +44,6 @@ from umx.jobs import (
     verify_outputs,
 )
 from umx.messages import SHOWN_CHARACTERS, plural, shown
-from umx.modeldir import write_json_atomic
 
 try:
     import fcntl

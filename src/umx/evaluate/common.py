@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import IO
 
 from umx.errors import UmxError
-from umx.modeldir import write_atomic
+from umx.files import write_atomic
 
 
 def _extra(name: str) -> ModuleType:
@@ -23,7 +23,7 @@ def _extra(name: str) -> ModuleType:
 
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Create `path` (and its folder) atomically: see `umx.modeldir.write_atomic`."""
+    """Create `path` (and its folder) atomically: see `umx.files.write_atomic`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, write)
 

@@ -32,14 +32,9 @@ from umx import __version__
 from umx.data.datasets import UnmixDataset
 from umx.devices import resolve_device
 from umx.errors import UmxError
+from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
-from umx.modeldir import (
-    SEPARATOR_JSON,
-    infer_architecture,
-    save_target_model,
-    torch_save_atomic,
-    write_json_atomic,
-)
+from umx.modeldir import SEPARATOR_JSON, infer_architecture, save_target_model
 from umx.train.checkpoints import (
     CHECKPOINT_SUFFIX,
     EarlyStopping,

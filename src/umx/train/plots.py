@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from umx.files import write_bytes_atomic
 from umx.train.checkpoints import History
 
 if TYPE_CHECKING:
@@ -20,9 +20,7 @@ def plot_history(history: History, path: Path, target: str) -> None:
     """Write the training and validation loss curves as a PNG, atomically."""
     buffer = io.BytesIO()
     loss_figure(history, target).savefig(buffer, format="png", dpi=100)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def loss_figure(history: History, target: str) -> Figure:

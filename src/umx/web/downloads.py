@@ -13,8 +13,8 @@ from typing import IO
 
 from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
 from umx.errors import UmxError, check_number
+from umx.files import safe_stem, write_atomic
 from umx.jobs import DONE
-from umx.modeldir import write_atomic
 from umx.web.records import (
     DOWNLOADS,
     INPUT,
@@ -23,7 +23,6 @@ from umx.web.records import (
     STEMS,
     Job,
     NotFound,
-    file_stem,
 )
 
 MAX_MIX_GAIN = 2.0
@@ -56,7 +55,7 @@ class Downloads:
                 raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
             directory = self.jobs_dir / job_id
         source = self._stem_path(job, stem)
-        name = f"{file_stem(job.name)}-{stem}.{ext}"
+        name = f"{safe_stem(job.name)}-{stem}.{ext}"
         if ext == STEM_EXT:
             return source, name
         target = directory / DOWNLOADS / f"{stem}.{ext}"
@@ -82,7 +81,7 @@ class Downloads:
         if job["state"] != DONE:
             raise NotFound(f"job {job_id} has no stems: it is {job['state']}")
         files = {stem: self.stem_file(job_id, stem, ext) for stem in job["targets"]}
-        folder = file_stem(job["name"])
+        folder = safe_stem(job["name"])
         target = self.jobs_dir / job_id / DOWNLOADS / f"stems-{ext}.zip"
         if not target.exists():
             target.parent.mkdir(exist_ok=True)
@@ -117,7 +116,7 @@ class Downloads:
             audio, rate = read_audio(directory / INPUT, downmix=True)
             write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
             self._evict()
-        return target, f"{file_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
+        return target, f"{safe_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
 
     def mix_file(
         self, job_id: str, gains: Mapping[str, str], ext: str
@@ -179,7 +178,7 @@ class Downloads:
                 f"the mix peaked at {report.peak:.2f}, above full scale, so it was rescaled by "
                 f"{report.gain:.3f} to fit"
             )
-        return target, f"{file_stem(job.name)}-mix.{ext}", notice
+        return target, f"{safe_stem(job.name)}-mix.{ext}", notice
 
     def _stem_path(self, job: Job, stem: str) -> Path:
         return self.jobs_dir / job.id / STEMS / f"{stem}.{STEM_EXT}"

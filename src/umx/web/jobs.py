@@ -39,8 +39,8 @@ import torch
 from umx.audio import audio_info, display_path
 from umx.devices import release_freed_memory
 from umx.errors import UmxError
+from umx.files import write_json_atomic
 from umx.jobs import DELETED, DONE, FAILED, QUEUED, RUNNING, run_task
-from umx.modeldir import write_json_atomic
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.web.downloads import Downloads
 from umx.web.records import (

@@ -32,7 +32,6 @@ STEM_EXT = "wav"
 MAX_NAME = 200
 """The longest file name kept for display, in characters."""
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_FILE_CHARS = re.compile(r"[^\w.-]+")
 
 
 class Busy(UmxError):
@@ -49,13 +48,6 @@ def display_name(name: str) -> str:
     name = re.split(r"[/\\]", name)[-1]
     name = _UNPRINTABLE.sub("", name).strip()[:MAX_NAME]
     return name or "untitled"
-
-
-def file_stem(name: str) -> str:
-    """A display name as a safe file name for downloads (zip folders, attachments): letters,
-    digits, `_`, `-` and `.` only, not starting with a dot, without its extension."""
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return _UNSAFE_FILE_CHARS.sub("_", stem).strip("._")[:100] or "song"
 
 
 def rest_name(target: str) -> str:

@@ -1,7 +1,7 @@
 """General MIDI songs into the four stems: which stem each part plays, which part is re-voiced
 as vocals or bass when a song has none of its own, and where each stem sounds.
 
-The rules (`umx synth`'s, see :mod:`umx.data.synth`):
+The rules (`umx synth`'s, see :mod:`umx.synth.dataset`):
 
 - drums: the percussion channel (channel 10, index 9);
 - bass: the GM bass programs (33-40);
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from umx.data.midi import (
+from umx.errors import UmxError
+from umx.synth.midi import (
     CONTROL_CHANGE,
     NOTE_OFF,
     NOTE_ON,
@@ -29,7 +30,6 @@ from umx.data.midi import (
     Song,
     TempoMap,
 )
-from umx.errors import UmxError
 
 STEMS = ("vocals", "drums", "bass", "other")
 """The MUSDB18 sources, whose sum is the mixture."""

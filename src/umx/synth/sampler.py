@@ -29,8 +29,8 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from umx.data.midi import NOTE_OFF, NOTE_ON, Song, TempoMap
 from umx.errors import UmxError
+from umx.synth.midi import NOTE_OFF, NOTE_ON, Song, TempoMap
 
 HYDROGEN_KITS = Path("/usr/share/hydrogen/data/drumkits")
 """Where Debian's hydrogen-drumkits and hydrogen-data install their kits."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 
-from umx.data.midi import (
+from umx.synth.midi import (
     CONTROL_CHANGE,
     PROGRAM_CHANGE,
     Event,

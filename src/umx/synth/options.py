@@ -23,6 +23,62 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root", required=True, type=Path, metavar="DIR", help="dataset folder to create"
     )
+    _add_sound_arguments(parser)
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=TEST_FRACTION,
+        metavar="F",
+        help=f"fraction of the songs in the test split (default: {TEST_FRACTION})",
+    )
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=VALID_FRACTION,
+        metavar="F",
+        help="fraction of the songs in the validation split, kept in train/ and listed in "
+        f"setup.yaml (default: {VALID_FRACTION})",
+    )
+    parser.add_argument(
+        "--excerpts",
+        type=int,
+        default=1,
+        metavar="K",
+        help="tracks per song, each a random excerpt (default: 1)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DURATION,
+        metavar="SECONDS",
+        help=f"length of each track (default: {DURATION:g})",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=int(SAMPLE_RATE),
+        metavar="HZ",
+        help=f"sample rate of the tracks (default: {int(SAMPLE_RATE)})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: the same seed gives the same files (default: 0)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="tracks rendered in parallel (default: the number of CPUs)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+
+
+def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of `umx synth` that choose the songs and how they sound."""
     parser.add_argument(
         "--midi",
         nargs="+",
@@ -82,57 +138,6 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
     )
-    parser.add_argument(
-        "--test-fraction",
-        type=float,
-        default=TEST_FRACTION,
-        metavar="F",
-        help=f"fraction of the songs in the test split (default: {TEST_FRACTION})",
-    )
-    parser.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=VALID_FRACTION,
-        metavar="F",
-        help="fraction of the songs in the validation split, kept in train/ and listed in "
-        f"setup.yaml (default: {VALID_FRACTION})",
-    )
-    parser.add_argument(
-        "--excerpts",
-        type=int,
-        default=1,
-        metavar="K",
-        help="tracks per song, each a random excerpt (default: 1)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=DURATION,
-        metavar="SECONDS",
-        help=f"length of each track (default: {DURATION:g})",
-    )
-    parser.add_argument(
-        "--sample-rate",
-        type=int,
-        default=int(SAMPLE_RATE),
-        metavar="HZ",
-        help=f"sample rate of the tracks (default: {int(SAMPLE_RATE)})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of every random choice: the same seed gives the same files (default: 0)",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="tracks rendered in parallel (default: the number of CPUs)",
-    )
-    parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -141,19 +146,9 @@ def run_synth(args: argparse.Namespace) -> int:
     Raises:
         UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
     """
-    from umx.data.synth import (
-        SETTINGS,
-        TEMPO_RANGE,
-        SongRef,
-        check_fluidsynth,
-        check_root,
-        check_soundfont,
-        default_soundfonts,
-        derive_seed,
-        find_midi_files,
-        plan_tracks,
-        synthesize,
-    )
+    from umx.synth.dataset import SETTINGS, check_root, default_soundfonts, synthesize
+    from umx.synth.plan import TEMPO_RANGE, SongRef, derive_seed, find_midi_files, plan_tracks
+    from umx.synth.render import check_fluidsynth, check_soundfont
 
     check_number("--procedural", args.procedural, minimum=0, integer=True)
     for name in ("--excerpts", "--jobs"):
@@ -215,7 +210,7 @@ def _kit(path: Path) -> Path:
     Raises:
         UmxError: it is not a Hydrogen kit umx can play.
     """
-    from umx.data.synth import levers
+    from umx.synth.plan import levers
 
     levers()[1].load_kit(path.resolve())
     return path.resolve()

@@ -1,8 +1,8 @@
 """`umx stream`'s engine: a causal separation from a file or raw PCM, block by block, to files or
 raw PCM, optionally paced by the clock.
 
-The separation itself is `umx.stream.StreamingSeparator`; this module reads the input in blocks
-(a file through `umx.audio.read_audio`, or raw interleaved PCM from a binary stream such as
+The separation itself is `umx.stream.engine.StreamingSeparator`; this module reads the input in
+blocks (a file through `umx.audio.read_audio`, or raw interleaved PCM from a binary stream such as
 standard input), resamples it to the model's rate when needed (`StreamResampler`), and writes
 the chosen stems or groups to files (`AudioWriter`: atomic, no overwrite without `force`) or as
 raw PCM to a binary stream, so that `umx stream` can sit in a pipeline between a decoder and a
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from umx.audio import (
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.separator import Separator
-from umx.stream import StreamingSeparator, check_samples
+from umx.stream.engine import StreamingSeparator, check_samples
 
 logger = logging.getLogger("umx")
 
@@ -79,6 +79,11 @@ def check_pcm_input(rate: object, nb_channels: object, fmt: str) -> None:
             f"--channels {nb_channels}: umx separates mono or stereo audio; downmix the input "
             "first (e.g. ffmpeg -ac 2)"
         )
+    check_pcm_format(fmt)
+
+
+def check_pcm_format(fmt: str) -> None:
+    """Refuse a raw PCM format (in or out) that is not one of `PCM_FORMATS`."""
     if fmt not in PCM_FORMATS:
         raise UmxError(f"--format must be one of {', '.join(PCM_FORMATS)}, not {fmt!r}")
 
@@ -270,17 +275,10 @@ def stream_to(
         emit(stream.process(samples[:, :whole]))
         carry = samples[:, whole:]
         nb_blocks += 1
-        if realtime:
-            # Due before the next block arrives.
-            late = time.monotonic() - arrival - block / source.rate
-            if late > 0:
-                missed += 1
-                logger.warning(
-                    "block %d (%.3f s into the stream) missed its deadline by %.1f ms",
-                    nb_blocks,
-                    nb_read / source.rate,
-                    1000 * late,
-                )
+        # Due before the next block arrives.
+        due = arrival + block / source.rate
+        if realtime and _missed_deadline(due, nb_blocks, nb_read / source.rate):
+            missed += 1
     if resampler is not None:
         rest = resampler.flush()
         nb_samples += rest.shape[-1]
@@ -294,6 +292,20 @@ def stream_to(
         separator.sample_rate,
         time.monotonic() - started,
     )
+
+
+def _missed_deadline(due: float, nb_blocks: int, position: float) -> bool:
+    """Whether block number `nb_blocks`, ending `position` seconds into the stream, was late
+    for its deadline `due` (on the monotonic clock); a late block is logged."""
+    late = time.monotonic() - due
+    if late > 0:
+        logger.warning(
+            "block %d (%.3f s into the stream) missed its deadline by %.1f ms",
+            nb_blocks,
+            position,
+            1000 * late,
+        )
+    return late > 0
 
 
 @contextlib.contextmanager
@@ -326,6 +338,29 @@ def check_stdout_names(names: Sequence[str]) -> None:
             f"--stdout writes one stem or group, but {len(names)} are chosen "
             f"({', '.join(names)}): choose one with --targets or --aggregate"
         )
+
+
+def _file_writers(
+    stack: ExitStack,
+    paths: Mapping[str, Path],
+    separator: Separator,
+    nb_channels: int,
+    options: Mapping[str, Any],
+) -> dict[str, AudioWriter]:
+    """One open `AudioWriter` per stem or group in `paths`, closed by `stack`, their missing
+    folders created (and removed again if the stream fails: `output_folders`).
+
+    Args:
+        separator: gives the stems' sample rate and channels.
+        nb_channels: the input's channels.
+        options: `AudioWriter`'s keyword options (subtype, clip, force).
+    """
+    stack.enter_context(output_folders(paths.values()))
+    rate, nb_channels = separator.sample_rate, separator.channels_for(nb_channels)
+    return {
+        name: stack.enter_context(AudioWriter(path, rate, nb_channels, **options))
+        for name, path in paths.items()
+    }
 
 
 def separate_stream(
@@ -381,38 +416,23 @@ def separate_stream(
     nb_channels = check_input(input_path, rate, nb_channels, fmt)
     if stdout is not None:
         check_stdout_names(names)
-        if fmt not in PCM_FORMATS:
-            raise UmxError(f"--format must be one of {', '.join(PCM_FORMATS)}, not {fmt!r}")
+        check_pcm_format(fmt)
         paths = {}
     else:
-        (paths,) = plan_outputs(
-            [STDIN_NAME if from_stdin else input_path], names, outdir, filename, ext
-        )
+        input_name = STDIN_NAME if from_stdin else input_path
+        (paths,) = plan_outputs([input_name], names, outdir, filename, ext)
     # Refuses a bidirectional model before any input is read or file opened.
     StreamingSeparator(separator, nb_channels=separator.channels_for(nb_channels or 2))
     if from_stdin:
         source = pcm_source(stdin, rate, nb_channels, fmt, block)
     else:
         source = file_source(input_path, block, downmix=downmix)
-    out_channels = separator.channels_for(source.nb_channels)
     with ExitStack() as stack:
         if stdout is not None:
             writers = {names[0]: PcmWriter(stdout, fmt, separator.sample_rate)}
         else:
-            stack.enter_context(output_folders(paths.values()))
-            writers = {
-                name: stack.enter_context(
-                    AudioWriter(
-                        path,
-                        separator.sample_rate,
-                        out_channels,
-                        subtype=subtype,
-                        clip=clip,
-                        force=force,
-                    )
-                )
-                for name, path in paths.items()
-            }
+            options = {"subtype": subtype, "clip": clip, "force": force}
+            writers = _file_writers(stack, paths, separator, source.nb_channels, options)
         report = stream_to(
             separator,
             source,

@@ -24,9 +24,9 @@ import random
 import numpy as np
 from scipy.signal import lfilter
 
-from umx.data.midi import Song
-from umx.data.production import biquad
-from umx.data.sampler import note_events
+from umx.synth.midi import Song
+from umx.synth.production import biquad
+from umx.synth.sampler import note_events
 
 VOWELS = {
     "a": ((800, 80), (1150, 90), (2900, 120)),

@@ -1,0 +1,122 @@
+"""Files on the ground floor: atomic writes, SHA-256 hashes and safe file names.
+
+Every file umx writes goes through a temporary file in the same folder that is renamed over the
+target (`write_atomic`), so readers see either the old file or the complete new one, and a failure
+leaves nothing behind. Folders are replaced the same way (`staged_folder`). This module imports
+only the standard library (torch only inside `torch_save_atomic`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+HASH_CHUNK = 1 << 20
+"""Bytes read at a time when hashing a file."""
+
+_UNSAFE_FILE_CHARS = re.compile(r"[^\w.-]+")
+MAX_STEM = 100
+"""Characters a `safe_stem` keeps."""
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it over `path`.
+
+    Readers see either the old file or the complete new one; on any failure the temporary file
+    is removed and `path` is untouched.
+
+    Args:
+        path: the file to create or replace; its folder must exist.
+        write: writes the contents to the binary file it is given.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as file:  # honours the umask, unlike tempfile's 0600
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file + rename)."""
+    write_atomic(path, lambda file: file.write(data))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` as UTF-8 to `path` atomically (temporary file + rename)."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON, atomically (temporary file + rename).
+
+    Values JSON cannot represent (paths, for example) are written as their `str`.
+    """
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to `path` atomically (temporary file + rename)."""
+    import torch  # only where tensors are saved: this module stays importable without torch
+
+    write_atomic(path, lambda file: torch.save(obj, file))
+
+
+@contextlib.contextmanager
+def staged_folder(root: Path) -> Iterator[Path]:
+    """A hidden folder beside `root` that replaces `root` on success and is removed on failure.
+
+    Yields:
+        the staging folder to fill; once the block ends without error it becomes `root` (an
+        existing `root` is moved aside first and deleted only after the swap).
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if root.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
+        os.replace(root, old)
+        os.replace(stage, root)
+        shutil.rmtree(old)
+    else:
+        os.replace(stage, root)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The SHA-256 of `data`, as 64 lowercase hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, as 64 lowercase hex digits (read in chunks of `HASH_CHUNK`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_stem(name: str, default: str = "song") -> str:
+    """A name as a safe file name without its extension: letters, digits, `_`, `-` and `.`
+    only, not starting or ending with a dot, at most `MAX_STEM` characters, `default` if
+    nothing is left (for downloads: zip folders, attachments)."""
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return _UNSAFE_FILE_CHARS.sub("_", stem).strip("._")[:MAX_STEM] or default

@@ -1,0 +1,296 @@
+"""`umx synth`'s plan: which songs, excerpts, soundfonts and parameters make each track.
+
+A song is a General MIDI file or a seed of :mod:`umx.synth.procedural`. Songs, not tracks, are
+split into train, valid and test; every random choice of a track (excerpt, soundfont,
+transposition, tempo, stem gains and panning, drum kit, effects, singer) is drawn from a
+generator seeded by the run's seed and the track's name, so a plan is reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+
+from umx.defaults import (
+    DURATION,
+    TEST_FRACTION,
+    VALID_FRACTION,
+)
+from umx.errors import UmxError
+from umx.synth.gm import REVOICE_PROGRAMS, STEMS, analyse, valid_starts
+from umx.synth.midi import (
+    Song,
+    read_midi,
+)
+from umx.synth.procedural import generate_song
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+MIDI_SUFFIXES = frozenset((".mid", ".midi", ".kar"))
+GAIN_RANGE_DB = (-6.0, 6.0)
+PAN_RANGE = 0.3
+"""Stereo balance of a stem: -1 left, 0 centre, 1 right."""
+PEAK_RANGE_DB = (-6.0, -1.0)
+"""The peak level of the loudest of a track's mixture and stems."""
+TRANSPOSE_RANGE = (-3, 3)
+TEMPO_RANGE = (0.9, 1.1)
+SUNG_CHANCE = 0.8
+SUNG_SHARE = (0.3, 1.0)
+"""With --sung, this fraction of tracks has the singer in its vocals, at this share of the level."""
+
+
+@dataclass(frozen=True)
+class SongRef:
+    """Where a song comes from: a MIDI file, or a seed of the procedural generator.
+
+    Attributes:
+        name: a short unique name, the prefix of its tracks' names.
+        path: the General MIDI file, or None for a procedural song.
+        seed: the procedural song's seed.
+        min_seconds: the procedural song's shortest length.
+    """
+
+    name: str
+    path: str | None = None
+    seed: int | None = None
+    min_seconds: float = 0.0
+
+    def load(self) -> Song:
+        """The song's events."""
+        if self.path is None:
+            return generate_song(self.seed, self.min_seconds)
+        return read_midi(self.path)
+
+
+@dataclass(frozen=True)
+class TrackPlan:
+    """Everything that decides how one track sounds.
+
+    Attributes:
+        name: the track's folder name.
+        split: ``train``, ``valid`` or ``test``.
+        song: the song it is an excerpt of.
+        soundfont: the soundfont it is rendered with.
+        start: where the excerpt starts in the song, in seconds at the song's own tempo.
+        tempo: the playback speed (1.1 = 10% faster).
+        transpose: semitones added to every pitched note.
+        revoice: ``{channel: GM program}`` for the parts re-voiced as vocals or bass.
+        gains_db: each stem's gain after levelling.
+        pans: each stem's stereo balance.
+        peak_db: the peak of the loudest of the mixture and the stems.
+        drum_kit: the Hydrogen drum kit that plays the drums, or None for the soundfont's.
+        production: the effect chains of :func:`umx.synth.production.draw_production`, or None.
+        sung: the formant singer's share of the vocals (0: the voice patch alone).
+        seed: the seed of the kit's, the singer's and the effects' own random choices.
+    """
+
+    name: str
+    split: str
+    song: SongRef
+    soundfont: str
+    start: float
+    tempo: float
+    transpose: int
+    revoice: dict[int, int]
+    gains_db: dict[str, float]
+    pans: dict[str, float]
+    peak_db: float
+    drum_kit: str | None = None
+    production: dict | None = None
+    sung: float = 0.0
+    seed: int = 0
+
+
+def derive_seed(seed: int, *names: object) -> int:
+    """An independent seed for the thing ``names`` name, from the run's ``seed``."""
+    return random.Random(":".join(map(str, (seed, *names)))).getrandbits(31)
+
+
+def find_midi_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The MIDI files given, and those under the folders given, in a stable order.
+
+    Raises:
+        UmxError: a path does not exist.
+    """
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = (p for p in path.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+            files += sorted(p for p in found if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UmxError(f"MIDI file or folder {path} not found")
+    return files
+
+
+def _split(songs: list[SongRef], seed: int, test: float, valid: float) -> dict[str, list[SongRef]]:
+    """Shuffles ``songs`` with ``seed`` and cuts them into splits."""
+    songs = list(songs)
+    random.Random(derive_seed(seed, "split")).shuffle(songs)
+    nb_test, nb_valid = round(test * len(songs)), round(valid * len(songs))
+    return {
+        "test": songs[:nb_test],
+        "valid": songs[nb_test : nb_test + nb_valid],
+        "train": songs[nb_test + nb_valid :],
+    }
+
+
+def plan_tracks(
+    songs: Sequence[SongRef],
+    soundfonts: dict[str, Sequence[Path]],
+    *,
+    seed: int,
+    duration: float = DURATION,
+    excerpts: int = 1,
+    test_fraction: float = TEST_FRACTION,
+    valid_fraction: float = VALID_FRACTION,
+    drum_kits: dict[str, Sequence[Path]] | None = None,
+    production: bool = False,
+    sung: bool = False,
+) -> list[TrackPlan]:
+    """Splits songs by split and draws each track's excerpt and parameters.
+
+    MIDI files and procedural songs are split separately, so each split gets both kinds.
+    Songs that cannot give a track (unreadable, a stem missing, too short) are skipped with a
+    warning naming them.
+
+    Args:
+        songs: the songs.
+        soundfonts: ``{split: soundfonts}``.
+        seed: the run's seed.
+        duration: seconds per track.
+        excerpts: tracks per song.
+        test_fraction: the fraction of songs for the test split.
+        valid_fraction: the fraction of songs for the validation split.
+        drum_kits: ``{split: Hydrogen drum kits}``: each track's drums are played by one drawn
+            among them and the soundfont.
+        production: give each track effect chains (the test split's reverb is a family
+            training never hears).
+        sung: sing the vocals of most tracks with the formant singer, mixed with the voice patch.
+
+    Returns:
+        The tracks, by split then song name.
+
+    Raises:
+        UmxError: a test soundfont or drum kit is also a training one, a split with songs has
+            no soundfont, or no song can give a track.
+    """
+    drum_kits = drum_kits or {}
+    for kind, sources in (("soundfont", soundfonts), ("drum kit", drum_kits)):
+        shared = set(sources.get("test", ())) & {
+            *sources.get("train", ()),
+            *sources.get("valid", ()),
+        }
+        if shared:
+            raise UmxError(f"{kind} {min(shared)} is used for both training and testing")
+    splits: dict[str, list[SongRef]] = {split: [] for split in SPLITS}
+    for procedural in (False, True):
+        group = [song for song in songs if (song.path is None) == procedural]
+        for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
+            splits[split] += chosen
+    plans = []
+    for split, chosen in splits.items():
+        if chosen and not soundfonts[split]:
+            raise UmxError(f"no soundfont for the {split} split")
+        for song in sorted(chosen, key=lambda song: song.name):
+            plans += [
+                _produce(plan, seed, drum_kits.get(split, ()), production, sung)
+                for plan in plan_song(song, split, soundfonts[split], seed, duration, excerpts)
+            ]
+    if not plans:
+        raise UmxError(f"none of the {len(songs)} songs can be rendered (see the warnings)")
+    return plans
+
+
+def levers() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The modules of the production levers: effects (:mod:`umx.synth.production`), the drum
+    sampler and the singer. They need scipy (the `train` extra), so they load only when a
+    dataset uses them: the `umx` command itself starts without scipy.
+
+    Raises:
+        UmxError: scipy is not installed.
+    """
+    try:
+        from umx.synth import production, sampler, singer
+    except ImportError as error:
+        raise UmxError(
+            f"drum kits, --production and --sung need scipy ({error}): pip install 'umx[train]'"
+        ) from None
+    return production, sampler, singer
+
+
+def _produce(
+    plan: TrackPlan, seed: int, drum_kits: Sequence[Path], production: bool, sung: bool
+) -> TrackPlan:
+    """``plan`` with its drum kit, effect chains and singer drawn (from a generator of their
+    own, so that a dataset without them is the same as before they existed)."""
+    if not (drum_kits or production or sung):
+        return plan
+    effects = levers()[0]
+    rng = random.Random(derive_seed(seed, plan.name, "production"))
+    kits = [None, *map(str, drum_kits)]
+    family = effects.TEST_REVERB if plan.split == "test" else effects.TRAIN_REVERB
+    return replace(
+        plan,
+        drum_kit=rng.choice(kits),
+        production=effects.draw_production(rng, STEMS, family) if production else None,
+        sung=round(rng.uniform(*SUNG_SHARE), 3) if sung and rng.random() < SUNG_CHANCE else 0.0,
+        seed=rng.getrandbits(31),
+    )
+
+
+def plan_song(
+    song: SongRef,
+    split: str,
+    soundfonts: Sequence[Path],
+    seed: int,
+    duration: float,
+    excerpts: int,
+) -> list[TrackPlan]:
+    """The tracks of one song, or none (with a warning) if it cannot give any."""
+    label = song.path or f"procedural song {song.seed}"
+    try:
+        events = song.load()
+    except UmxError as error:
+        logger.warning("%s; skipping it", error)
+        return []
+    try:
+        analysis = analyse(events)
+    except UmxError as error:
+        logger.warning("skipping %s: %s", label, error)
+        return []
+    plans = []
+    for index in range(excerpts):
+        rng = random.Random(derive_seed(seed, song.name, index))
+        tempo = round(rng.uniform(*TEMPO_RANGE), 3)
+        starts = valid_starts(analysis.activity, duration * tempo + 1)
+        if not len(starts):
+            logger.warning(
+                "skipping %s: no %g-second passage where all four stems play", label, duration
+            )
+            return []
+        plans.append(
+            TrackPlan(
+                name=f"{song.name}-{index:02d}",
+                split=split,
+                song=song,
+                soundfont=str(rng.choice(soundfonts)),
+                start=int(rng.choice(starts)) + round(rng.random(), 3),
+                tempo=tempo,
+                transpose=rng.randint(*TRANSPOSE_RANGE),
+                revoice={
+                    channel: rng.choice(REVOICE_PROGRAMS[stem])
+                    for channel, stem in sorted(analysis.revoiced.items())
+                },
+                gains_db={stem: round(rng.uniform(*GAIN_RANGE_DB), 2) for stem in STEMS},
+                pans={stem: round(rng.uniform(-PAN_RANGE, PAN_RANGE), 3) for stem in STEMS},
+                peak_db=round(rng.uniform(*PEAK_RANGE_DB), 2),
+            )
+        )
+    return plans

@@ -1,0 +1,94 @@
+"""umx.files: atomic writes leave the old file or the new one, never a mix; hashes; safe names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from umx import files
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+    files.write_bytes_atomic(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+
+    def write(file):
+        file.write(b"half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        files.write_atomic(path, write)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_json_and_text_are_written_readably(tmp_path):
+    files.write_json_atomic(tmp_path / "a.json", {"path": tmp_path, "n": 3})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"path": str(tmp_path), "n": 3}
+    files.write_text_atomic(tmp_path / "a.txt", "é\n")
+    assert (tmp_path / "a.txt").read_bytes() == "é\n".encode()
+
+
+def test_torch_save_atomic_round_trips(tmp_path):
+    torch = pytest.importorskip("torch")
+    files.torch_save_atomic({"w": torch.arange(5.0)}, tmp_path / "w.pth")
+    assert torch.load(tmp_path / "w.pth")["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_sha256_of_a_file_read_in_chunks_matches_its_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "HASH_CHUNK", 7)
+    data = bytes(range(256)) * 3
+    (tmp_path / "f").write_bytes(data)
+    assert files.sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    # The FIPS 180-2 test vector.
+    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert files.sha256_bytes(b"abc") == expected
+
+
+def test_staged_folder_replaces_the_old_folder_on_success(tmp_path):
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "old.txt").write_text("old")
+    with files.staged_folder(root) as stage:
+        (stage / "new.txt").write_text("new")
+        assert (root / "old.txt").exists()  # untouched until the block ends
+    assert [p.name for p in root.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+def test_staged_folder_keeps_the_old_folder_on_failure(tmp_path):
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt), files.staged_folder(root) as stage:
+        (stage / "new.txt").write_text("new")
+        raise KeyboardInterrupt
+    assert [p.name for p in root.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("My Song.mp3", "My_Song"),
+        ("a/b c.wav", "a_b_c"),
+        ("../../x", "song"),
+        (".hidden", "hidden"),
+        ("a.b.wav", "a.b"),
+        ("", "song"),
+        ("...", "song"),
+        ("x" * 300 + ".wav", "x" * files.MAX_STEM),
+    ],
+)
+def test_safe_stem_keeps_only_safe_characters(name, stem):
+    assert files.safe_stem(name) == stem
