@@ -9,10 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
-from umx.errors import UmxError, check_number
-from umx.messages import plural
-from umx.options import (
+from umx.cli_options import (
     MODEL_HELP,
     SEPARATION_DEFAULTS,
     add_input_arguments,
@@ -21,6 +18,9 @@ from umx.options import (
     check_separation_args,
     segment_from_args,
 )
+from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
+from umx.errors import UmxError, check_number
+from umx.messages import plural
 from umx.zoo import is_offline, load_separator
 
 if TYPE_CHECKING:

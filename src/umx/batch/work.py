@@ -3,7 +3,6 @@ separate one input after another with `umx.jobs.run_task`, each into a manifest 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import logging
@@ -17,12 +16,13 @@ from typing import Any
 
 import torch
 
+from umx.api import separator_for
 from umx.audio import display_path, leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.jobs import FAILED, run_task
 from umx.modeldir import hash_weights
-from umx.options import separator_from_args
+from umx.options import SeparationOptions
 from umx.separator import Separator
 
 logger = logging.getLogger("umx")
@@ -38,7 +38,7 @@ class WorkerSpec:
     Attributes:
         model: the model to load, as the driver resolved it (a zoo name or a directory).
         model_sha256: the hash of its weights (see `model_sha256`), checked by every worker.
-        separation: the separation options of `umx.options.add_separation_arguments`.
+        separation: the fields of `umx.options.SeparationOptions` but the model.
         files: the options of `umx.api.separate_file` that are the same for every input.
         threads: torch's CPU threads in the worker.
         offline: never touch the network (the driver's setting, passed on explicitly).
@@ -110,9 +110,9 @@ def load_worker(spec: WorkerSpec) -> Separator:
     keep_freed_memory()  # as the umx command does: measured 30 % faster per file here
     torch.set_num_threads(spec.threads)
     os.environ["UMX_OFFLINE"] = "1" if spec.offline else "0"
-    args = argparse.Namespace(**spec.separation, quiet=True)
-    separator = separator_from_args(args, spec.model)
-    if args.backend == "torch" and model_sha256(separator) != spec.model_sha256:
+    options = SeparationOptions(model=spec.model, **spec.separation)
+    separator = separator_for(options, progress=False)
+    if options.backend == "torch" and model_sha256(separator) != spec.model_sha256:
         raise UmxError(
             f"the model {spec.model} on {socket.gethostname()} has other weights than the job's "
             f"(SHA-256 {spec.model_sha256[:12]}...); install the same model on every machine"
