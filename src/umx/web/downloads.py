@@ -7,9 +7,9 @@ import hashlib
 import json
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
 from umx.errors import UmxError, check_number
@@ -36,6 +36,9 @@ class Downloads:
 
     jobs_dir: Path
     _lock: threading.RLock
+    job: Callable[[str], dict[str, Any]]
+    _get: Callable[[str], Job]
+    _evict: Callable[[], None]
 
     def stem_file(self, job_id: str, stem: str, ext: str) -> tuple[Path, str]:
         """A finished job's stem in a format of `audio_formats`, converted when first asked for.
