@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from umx.defaults import (
-    AUTO,
     CLIP_POLICIES,
     DEFAULT_MODEL,
     DEFAULT_TEMPLATE,
@@ -30,18 +30,9 @@ MODEL_HELP = (
 )
 
 SEPARATION_DEFAULTS = {
-    "targets": None,
-    "niter": 1,
-    "wiener_win_len": WIENER_WIN_LEN,
-    "softmask": False,
-    "residual": None,
-    "segment": SEGMENT,
-    "overlap": OVERLAP,
-    "whole_track": False,
-    "device": AUTO,
-    "backend": None,  # torch, or onnxruntime for --quantize or an export: `check_backend`
-    "quantize": None,
+    field.name: field.default for field in fields(SeparationOptions) if field.name != "model"
 }
+"""The separation options but --model and their defaults (those of `SeparationOptions`)."""
 TWO_STEMS_REST = "no_"
 """What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
 
@@ -188,7 +179,7 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
     p.add_argument(
         "--outdir",
         type=Path,
-        default=Path("separated"),
+        default=OutputOptions.outdir,
         help="output directory (default: separated)",
     )
     p.add_argument(
@@ -205,7 +196,7 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         dest="ext",
         type=output_format,
         choices=tuple(SUBTYPES),
-        default="wav",
+        default=OutputOptions.ext,
         help="output file format (default: wav)",
     )
     p.add_argument(
@@ -217,7 +208,7 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
     p.add_argument(
         "--clip",
         choices=CLIP_POLICIES,
-        default="rescale",
+        default=OutputOptions.clip,
         help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
         "clamp the samples, or none (FLOAT only) (default: rescale)",
     )

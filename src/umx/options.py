@@ -1,9 +1,9 @@
 """Typed options, validated once where they are built: what to separate with
 (`SeparationOptions`) and where and how stem files are written (`OutputOptions`).
 
-The command line builds them (`umx.cli_options`), as do the web server and the batch workers;
-the library below takes them and never sees an `argparse.Namespace`. Importing this module does
-not import torch.
+The command line builds them (`umx.cli_options`), the batch workers from their job's settings;
+the library below takes them and never sees the parsed command line. Importing this module does
+not import torch (building options does, to check them).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ class SeparationOptions:
         model: a zoo name or a model directory (or an export folder); None for the default.
         targets: the targets to separate; None for all of the model's.
         niter: Wiener filter EM iterations.
-        softmask: start the Wiener filter from ratio masks instead of the model magnitudes.
-        residual: the name of an extra target, the mixture minus the targets; None for none.
         wiener_win_len: frames filtered at once; None (or 0, stored as None) for the whole
             segment.
+        softmask: start the Wiener filter from ratio masks instead of the model magnitudes.
+        residual: the name of an extra target, the mixture minus the targets; None for none.
         segment: the chunk length in seconds (`chunk_seconds` is what separates).
         overlap: the cross-fade between chunks, in seconds.
         whole_track: separate each input at once, ignoring `segment`.
@@ -45,9 +45,9 @@ class SeparationOptions:
     model: str | None = None
     targets: tuple[str, ...] | None = None
     niter: int = 1
+    wiener_win_len: int | None = WIENER_WIN_LEN
     softmask: bool = False
     residual: str | None = None
-    wiener_win_len: int | None = WIENER_WIN_LEN
     segment: float = SEGMENT
     overlap: float = OVERLAP
     whole_track: bool = False

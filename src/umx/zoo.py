@@ -711,6 +711,8 @@ def _default_files(
     """The files of the default model, or of the fallback (with a warning) when the default's
     cannot be had; and the name of the model they are of."""
     default = MODELS[DEFAULT_MODEL]
+    if default.bundled:  # nothing to download: no fallback
+        return _named_files(default, targets, progress, offline), DEFAULT_MODEL
     selected = _select(default, targets)
     reason = _default_or_why_not(selected, offline)
     if reason is None:
