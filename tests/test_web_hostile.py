@@ -28,8 +28,9 @@ import httpx
 import pytest
 
 from umx.cli import main
+from umx.jobs import DONE
 from umx.web import options as serve_options
-from umx.web.jobs import DONE, Job
+from umx.web.records import Job
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
@@ -237,7 +238,7 @@ CASES = [
     Case("upload-not-audio", "POST", "/api/jobs?name=song.wav", 422, body=b"text\n" * 100),
     Case("upload-empty", "POST", "/api/jobs?name=empty.wav", 422),
     Case("upload-model-path", "POST", "/api/jobs?model=..%2Fumxl", 422, body=SONG),
-    Case("upload-stems", "POST", "/api/jobs?stems=drums", 422, body=SONG),
+    Case("upload-stems", "POST", "/api/jobs?stems=piano", 422, body=SONG),
     Case("upload-long-name", "POST", "/api/jobs?name=" + "%1b[31m" * 1500, 422, body=b"x" * 99),
     Case(
         "upload-form",
