@@ -15,13 +15,14 @@ import soundfile as sf
 
 from umx.api import separate_file
 from umx.audio import AudioWriter, leftover_temporaries
-from umx.batch import BatchInput, Job, collect_inputs, read_list, read_records, verify_outputs
+from umx.batch import BatchInput, Job, collect_inputs, read_list
 from umx.batch.job import MANIFEST_FILE, plan_tasks
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.files import sha256_file
+from umx.jobs import read_records, verify_outputs
 from umx.zoo import load_separator
 
 RATE = 44100

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from umx.batch import read_records
 from umx.batch.job import MANIFEST_FILE
 from umx.cli import main
 from umx.files import sha256_file
+from umx.jobs import read_records
 from umx.modeldir import save_separator
 
 RATE = 16000

@@ -25,9 +25,9 @@ from test_batch import (
     wait_for,
     write_song,
 )
-from umx.batch import read_records
 from umx.batch.job import MANIFEST_FILE
 from umx.cli import main
+from umx.jobs import read_records
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'umx[ray]')")
 RAY = Path(sys.executable).parent / "ray"

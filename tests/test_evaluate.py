@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
+from umx import api
 from umx.errors import UmxError
 from umx.evaluate import (
     METRICS,
@@ -38,7 +39,6 @@ from umx.evaluate import (
     side_by_side,
     to_markdown,
 )
-from umx.evaluate import options as evaluate_options
 from umx.evaluate.tracks import _audio_in_memory
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
@@ -548,12 +548,12 @@ def test_without_model_the_default_is_loaded_and_named_after_the_model_used(
 ):
     asked = []
 
-    def load(args, model):  # as umx.zoo does offline: the default falls back to umxsynth
-        asked.append(model)
+    def load(options, progress):  # as umx.zoo does offline: the default falls back to umxsynth
+        asked.append(options.model)
         separator.model_name = FALLBACK_MODEL
         return separator
 
-    monkeypatch.setattr(evaluate_options, "separator_from_args", load)
+    monkeypatch.setattr(api, "separator_for", load)
     try:
         args = options(
             "--root", root, "--is-wav", "-q", "--tracks", NAMES[0], "--evaldir", tmp_path / "ev",

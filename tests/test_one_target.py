@@ -197,7 +197,8 @@ def test_batch_with_one_target(model_dirs, song, tmp_path):
 def test_serve_with_a_one_target_model(model_dirs, tmp_path):
     """A model directory of one target, served: its job separates that stem."""
     pytest.importorskip("starlette")
-    from umx.web.jobs import DONE, FAILED, JobStore
+    from umx.jobs import DONE, FAILED
+    from umx.web.jobs import JobStore
 
     single = load_separator(model_dirs["offline"], targets=["vocals"])
     model = str(save_separator(single, tmp_path / "vocals-only"))

@@ -22,7 +22,8 @@ import torch
 
 from umx import api
 from umx.cli import main
-from umx.web.jobs import DONE, FAILED, QUEUED, JobStore
+from umx.jobs import DONE, FAILED, QUEUED
+from umx.web.jobs import JobStore
 from umx.web.options import listen
 
 pytest.importorskip("starlette")

@@ -26,7 +26,7 @@ pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from test_web import new_app, new_store, serving, wait  # noqa: E402
-from umx.web.jobs import ORIGINAL  # noqa: E402
+from umx.web.records import ORIGINAL  # noqa: E402
 from umx.zoo import MODELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,8 +28,9 @@ import httpx
 import pytest
 
 from umx.cli import main
+from umx.jobs import DONE
 from umx.web import options as serve_options
-from umx.web.jobs import DONE, Job
+from umx.web.records import Job
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")

@@ -15,7 +15,8 @@ pytest.importorskip("uvicorn")
 
 from test_web import MODEL, RATE, local_client, new_app, new_store, post, song_bytes, wait
 from umx import api
-from umx.web.jobs import DONE, FAILED, ORIGINAL, QUEUED, error_summary
+from umx.jobs import DONE, FAILED, QUEUED
+from umx.web.records import ORIGINAL, error_summary
 
 
 def read(data: bytes) -> np.ndarray:

@@ -25,7 +25,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from umx import zoo
+from umx import modeldir, zoo
 from umx.errors import UmxError
 from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
@@ -762,6 +762,19 @@ def test_download_verifies_caches_and_separates(tiny, server):
 
     load_separator("tiny", targets=["noise", "speech"])
     assert len(server.requests) == 2  # the second load used the cache
+
+
+def test_the_targets_of_a_named_model_are_selected_once_per_load(tiny, monkeypatch):
+    owners = []
+    select = modeldir.select_targets
+
+    def counted(available, wanted, owner):
+        owners.append(owner)
+        return select(available, wanted, owner)
+
+    monkeypatch.setattr(modeldir, "select_targets", counted)
+    assert load_separator("tiny", targets=["noise"], progress=False).targets == ["noise"]
+    assert owners == ["model 'tiny'"]
 
 
 def test_hand_placed_files_are_verified_and_used(tiny, server, monkeypatch):

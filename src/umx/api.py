@@ -26,6 +26,8 @@ from umx.audio import (
 from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.modeldir import check_target_name
+from umx.onnx.options import is_export_folder
+from umx.options import SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 
@@ -143,6 +145,32 @@ def separate(
         stem = F.pad(stem, (0, max(0, batch.shape[-1] - stem.shape[-1])))[..., : batch.shape[-1]]
         out[name] = stem if audio.dim() == 3 else stem[0]
     return out
+
+
+def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separator:
+    """Load `options.model` (a name, a directory, or None for the default) with the other
+    separation options; a download shows a progress bar with `progress`. With the onnxruntime
+    backend the target models are exported and run by onnxruntime (`umx.onnx.runtime`), and an
+    export folder's graphs are run as they are (`umx.onnx.folder`).
+    """
+    from umx.devices import resolve_device
+
+    onnx = options.backend == "onnxruntime"
+    if onnx and is_export_folder(options.model):
+        from umx.onnx.folder import load_export
+
+        return load_export(options.model, **options.filter_options, quantize=options.quantize)
+    separator = load_separator(
+        options.model,
+        **options.filter_options,
+        device="cpu" if onnx else resolve_device(options.device),
+        progress=progress,
+    )
+    if not onnx:
+        return separator
+    from umx.onnx.runtime import onnx_separator
+
+    return onnx_separator(separator, quantize=options.quantize)
 
 
 def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
@@ -301,45 +329,70 @@ def separate_file(
     del audio
     out_rate, out_channels = (rate, nb_channels) if match_input else (separator.sample_rate, None)
     make_output_dirs(paths.values())
+    channels = out_channels or mix.shape[1]
+    with ExitStack() as stack:
+        writers = {
+            name: stack.enter_context(
+                AudioWriter(path, out_rate, channels, subtype=subtype, clip=clip, force=force)
+            )
+            for name, path in paths.items()
+        }
+        _write_chunks(
+            separator,
+            mix,
+            writers,
+            (out_rate, out_channels),
+            segment=segment,
+            overlap=overlap,
+            aggregate=aggregate,
+            on_progress=on_progress,
+        )
+    return [writer.report for writer in writers.values()]
+
+
+def _write_chunks(
+    separator: Separator,
+    mix: Tensor,
+    writers: Mapping[str, AudioWriter],
+    output: tuple[float, int | None],
+    *,
+    segment: float | None,
+    overlap: float,
+    aggregate: Mapping[str, Sequence[str]] | None,
+    on_progress: Callable[[float, float], None] | None,
+) -> None:
+    """Separate `mix` chunk by chunk (see `separate_file`) and write each stem's chunks to its
+    writer, resampled to the output's rate and matched to its channel count.
+
+    Args:
+        separator, segment, overlap, aggregate, on_progress: as `separate_file`.
+        mix: the mixture at the separator's rate, `(1, nb_channels, nb_timesteps)`.
+        writers: the open writer of each stem, by name.
+        output: the output's rate, and its channel count or None for the separator's.
+    """
+    out_rate, out_channels = output
     if segment is None:
         chunks = iter([separator.separate(mix, segment=None)])
     else:
         chunks = separator.iter_chunks(mix, segment, overlap)
     total = mix.shape[-1] / separator.sample_rate
-    with ExitStack() as stack:
-        writers = {
-            name: stack.enter_context(
-                AudioWriter(
-                    path,
-                    out_rate,
-                    out_channels or mix.shape[1],
-                    subtype=subtype,
-                    clip=clip,
-                    force=force,
-                )
-            )
-            for name, path in paths.items()
-        }
-        resamplers = {
-            name: StreamResampler(separator.sample_rate, out_rate, mix.shape[1])
-            for name in (writers if out_rate != separator.sample_rate else ())
-        }
+    resamplers = {
+        name: StreamResampler(separator.sample_rate, out_rate, mix.shape[1])
+        for name in (writers if out_rate != separator.sample_rate else ())
+    }
 
-        def write(name: str, stem: Tensor) -> None:
-            writers[name].write(
-                stem if out_channels is None else match_channels(stem, out_channels)
-            )
+    def write(name: str, stem: Tensor) -> None:
+        writers[name].write(stem if out_channels is None else match_channels(stem, out_channels))
 
-        done = 0
-        for chunk in chunks:
-            for name, stem in separator.to_dict(chunk, aggregate).items():
-                write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
-            done += chunk.shape[-1]
-            if on_progress is not None:
-                on_progress(done / separator.sample_rate, total)
-        for name, resampler in resamplers.items():
-            write(name, resampler.flush())
-    return [writer.report for writer in writers.values()]
+    done = 0
+    for chunk in chunks:
+        for name, stem in separator.to_dict(chunk, aggregate).items():
+            write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
+        done += chunk.shape[-1]
+        if on_progress is not None:
+            on_progress(done / separator.sample_rate, total)
+    for name, resampler in resamplers.items():
+        write(name, resampler.flush())
 
 
 def make_output_dirs(paths: Iterable[Path]) -> None:

@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from umx import __version__
-from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
-from umx.devices import keep_freed_memory
-from umx.errors import UmxError, check_number, display_path
-from umx.options import (
+from umx.cli_options import (
     MODEL_HELP,
     add_input_arguments,
     add_output_arguments,
     add_separation_arguments,
     check_separation_args,
     output_options,
-    segment_from_args,
-    separator_from_args,
 )
+from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
+from umx.devices import keep_freed_memory
+from umx.errors import UmxError, check_number, display_path
 from umx.zoo import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -41,6 +39,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from umx.audio import WriteReport
+    from umx.options import SeparationOptions
 
 logger = logging.getLogger("umx")
 
@@ -163,16 +162,10 @@ def add_batch_command(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_command(p: argparse.ArgumentParser) -> None:
-    from umx.train.options import add_train_arguments
+    from umx.train.options import add_train_arguments, run_train
 
     add_train_arguments(p)
     p.set_defaults(run=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from umx.train.loop import run_training
-
-    return run_training(args)
 
 
 def add_evaluate_command(p: argparse.ArgumentParser) -> None:
@@ -245,14 +238,20 @@ def run_separate(args: argparse.Namespace) -> int:
     if args.list_models:
         print_models()
         return 0
-    check_inputs(args)
-    from umx.api import check_aggregate, parse_aggregate, plan_outputs, separate_file
+    options = check_inputs(args)
+    from umx.api import (
+        check_aggregate,
+        parse_aggregate,
+        plan_outputs,
+        separate_file,
+        separator_for,
+    )
 
     aggregate = parse_aggregate(args.aggregate)
-    known = known_names(args, aggregate)
+    known = known_names(options, aggregate)
     if known is not None:
         plan_outputs(args.inputs, known, args.outdir, args.filename, args.ext)
-    separator = separator_from_args(args, args.model)
+    separator = separator_for(options, progress=not args.quiet)
     check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
     plan_outputs(args.inputs, names, args.outdir, args.filename, args.ext)
@@ -263,13 +262,13 @@ def run_separate(args: argparse.Namespace) -> int:
                 reports = separate_file(
                     path,
                     separator,
-                    **output_options(args),
+                    **output_options(args).as_kwargs(),
                     start=args.start,
                     duration=args.duration,
                     downmix=args.downmix,
                     match_input=args.match_input,
-                    segment=segment_from_args(args),
-                    overlap=args.overlap,
+                    segment=options.chunk_seconds,
+                    overlap=options.overlap,
                     aggregate=aggregate,
                     on_progress=progress,
                 )
@@ -342,8 +341,7 @@ def add_stream_command(p: argparse.ArgumentParser) -> None:
 def run_stream(args: argparse.Namespace) -> int:
     import torch
 
-    from umx.api import parse_aggregate
-    from umx.modeldir import check_target_name
+    from umx.api import parse_aggregate, separator_for
     from umx.stream.io import (
         OutputClosed,
         check_block,
@@ -355,14 +353,12 @@ def run_stream(args: argparse.Namespace) -> int:
     block = int(args.block) if float(args.block).is_integer() else args.block
     check_block(block)
     check_number("--threads", args.threads, above=0, integer=True)
-    if args.residual is not None:
-        check_target_name(args.residual, "--residual")
-    check_separation_args(args)
+    args.model = args.model or STREAM_MODEL
+    options = check_separation_args(args)
     check_input(args.input, args.rate, args.channels, args.pcm_format)
     aggregate = parse_aggregate(args.aggregate)
-    model = args.model or STREAM_MODEL
     if args.stdout:
-        known = known_names(args, aggregate, model)
+        known = known_names(options, aggregate)
         if known is not None:
             check_stdout_names(known)
         if sys.stdout.isatty():
@@ -370,12 +366,12 @@ def run_stream(args: argparse.Namespace) -> int:
     if args.input == "-" and sys.stdin.isatty():
         raise UmxError("INPUT - reads raw PCM from standard input; pipe it in, e.g. from ffmpeg")
     torch.set_num_threads(args.threads)
-    separator = separator_from_args(args, model)
+    separator = separator_for(options, progress=not args.quiet)
     try:
         report, files = separate_stream(
             args.input,
             separator,
-            **output_options(args),
+            **output_options(args).as_kwargs(),
             stdout=sys.stdout.buffer if args.stdout else None,
             stdin=sys.stdin.buffer,
             rate=args.rate,
@@ -455,10 +451,12 @@ def check_readable(paths: Sequence[str]) -> None:
         raise UmxError(problems[0])
 
 
-def check_inputs(args: argparse.Namespace) -> None:
-    """The options and inputs of `umx separate` that can be checked before loading a model."""
-    from umx.modeldir import check_target_name
+def check_inputs(args: argparse.Namespace) -> SeparationOptions:
+    """The options and inputs of `umx separate` that can be checked before loading a model.
 
+    Returns:
+        the separation options.
+    """
     if not args.inputs:
         taken = [t for t in args.targets or () if Path(t).suffix or Path(t).exists()]
         if taken:
@@ -469,28 +467,23 @@ def check_inputs(args: argparse.Namespace) -> None:
             )
         raise UmxError("no input files given (try `umx --help`)")
     check_readable(args.inputs)
-    if args.residual is not None:
-        check_target_name(args.residual, "--residual")
     check_number("--start", args.start, minimum=0)
     if args.duration is not None:
         check_number("--duration", args.duration, above=0)
-    check_separation_args(args)
+    return check_separation_args(args)
 
 
-def known_names(
-    args: argparse.Namespace, aggregate: dict | None, model: object = None
-) -> list[str] | None:
-    """The stem names known before the model is loaded, when they are; `model` is the one
-    to load (`args.model` or the default by default)."""
+def known_names(options: SeparationOptions, aggregate: dict | None) -> list[str] | None:
+    """The stem names known before the model is loaded, when they are."""
     if aggregate is not None:
         return list(aggregate)
-    targets = args.targets
-    model = model or args.model or DEFAULT_MODEL
-    if targets is None and isinstance(model, str) and model in MODELS:
+    targets = options.targets
+    model = options.model or DEFAULT_MODEL
+    if targets is None and model in MODELS:
         targets = MODELS[model].targets
     if targets is None:
         return None
-    return [*targets, *([args.residual] if args.residual else [])]
+    return [*targets, *([options.residual] if options.residual else [])]
 
 
 class AudioProgress:

@@ -1,286 +1,118 @@
-"""Command-line options shared by the commands: the separation (`umx separate`, `umx evaluate`,
-`umx batch`) and the stem files (`umx separate`, `umx stream`, `umx batch`)."""
+"""Typed options, validated once where they are built: what to separate with
+(`SeparationOptions`) and where and how stem files are written (`OutputOptions`).
+
+The command line builds them (`umx.cli_options`), the batch workers from their job's settings;
+the library below takes them and never sees the parsed command line. Importing this module does
+not import torch (building options does, to check them).
+"""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from umx.defaults import (
-    AUTO,
-    CLIP_POLICIES,
-    DEFAULT_MODEL,
-    DEFAULT_TEMPLATE,
-    FALLBACK_MODEL,
-    OVERLAP,
-    SEGMENT,
-    SUBTYPES,
-    TEMPLATE_FIELDS,
-    WIENER_WIN_LEN,
-)
-from umx.errors import UmxError
-from umx.onnx.options import BACKENDS, QUANTIZATIONS, check_backend, is_export_folder
-from umx.zoo import load_separator
-
-if TYPE_CHECKING:
-    from umx.separator import Separator
-
-MODEL_HELP = (
-    f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
-    f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
-)
-
-SEPARATION_DEFAULTS = {
-    "targets": None,
-    "niter": 1,
-    "wiener_win_len": WIENER_WIN_LEN,
-    "softmask": False,
-    "residual": None,
-    "segment": SEGMENT,
-    "overlap": OVERLAP,
-    "whole_track": False,
-    "device": AUTO,
-    "backend": None,  # torch, or onnxruntime for --quantize or an export: `check_backend`
-    "quantize": None,
-}
-TWO_STEMS_REST = "no_"
-"""What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
+from umx.defaults import AUTO, DEFAULT_TEMPLATE, OVERLAP, SEGMENT, WIENER_WIN_LEN
+from umx.onnx.options import check_backend
 
 
-def add_separation_arguments(
-    group: argparse._ActionsContainer, *, chunks: bool = True, two_stems: bool = True
-) -> None:
-    """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group; without
-    `chunks`, those of a stream only (no --wiener-win-len, --segment, --overlap, --whole-track,
-    which keep their defaults); with `two_stems`, the shorthand --two-stems (see
-    `check_separation_args`)."""
-    group.add_argument(
-        "--targets",
-        nargs="+",
-        metavar="TARGET",
-        help="separate only these targets (default: all of the model's); it takes every "
-        "word up to the next option, so end the list with -- before any input that follows",
-    )
-    if two_stems:
-        group.add_argument(
-            "--two-stems",
-            metavar="TARGET",
-            help=f"write TARGET and {TWO_STEMS_REST}TARGET, the rest of the mixture (short for "
-            f"--targets TARGET --residual {TWO_STEMS_REST}TARGET)",
+@dataclass(frozen=True)
+class SeparationOptions:
+    """What separates and how: the model, its targets, the Wiener filter, the chunks, where it
+    runs. Checked as a whole when built, before any model loads, with the messages of the
+    command line (which spells the fields `--niter`, `--wiener-win-len`, ...).
+
+    Attributes:
+        model: a zoo name or a model directory (or an export folder); None for the default.
+        targets: the targets to separate; None for all of the model's.
+        niter: Wiener filter EM iterations.
+        wiener_win_len: frames filtered at once; None (or 0, stored as None) for the whole
+            segment.
+        softmask: start the Wiener filter from ratio masks instead of the model magnitudes.
+        residual: the name of an extra target, the mixture minus the targets; None for none.
+        segment: the chunk length in seconds (`chunk_seconds` is what separates).
+        overlap: the cross-fade between chunks, in seconds.
+        whole_track: separate each input at once, ignoring `segment`.
+        device: cpu, cuda, cuda:N, mps or auto.
+        backend: torch or onnxruntime; None chooses (see `umx.onnx.options.check_backend`),
+            and the built options hold the choice.
+        quantize: int8 quantisation of the models (onnxruntime), or None.
+
+    Raises:
+        UmxError: a residual name that is no safe file name, numbers out of range, or a
+            backend, quantisation, device and model that do not go together.
+    """
+
+    model: str | None = None
+    targets: tuple[str, ...] | None = None
+    niter: int = 1
+    wiener_win_len: int | None = WIENER_WIN_LEN
+    softmask: bool = False
+    residual: str | None = None
+    segment: float = SEGMENT
+    overlap: float = OVERLAP
+    whole_track: bool = False
+    device: str = AUTO
+    backend: str | None = None
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        # Imported here: torch is not needed to build a parser.
+        from umx.modeldir import check_target_name
+        from umx.separator import check_options
+
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
+        if self.residual is not None:
+            check_target_name(self.residual, "--residual")
+        object.__setattr__(self, "wiener_win_len", self.wiener_win_len or None)
+        check_options(
+            niter=self.niter,
+            wiener_win_len=self.wiener_win_len,
+            segment=self.chunk_seconds,
+            overlap=self.overlap,
         )
-    group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
-    if chunks:
-        group.add_argument(
-            "--wiener-win-len",
-            type=int,
-            metavar="N",
-            help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
-        )
-    group.add_argument(
-        "--softmask",
-        action="store_true",
-        help="start the Wiener filter from ratio masks (default: from the model magnitudes)",
-    )
-    group.add_argument(
-        "--residual",
-        metavar="NAME",
-        help="add a target NAME: the mixture minus the targets (default: none)",
-    )
-    if chunks:
-        group.add_argument(
-            "--segment",
-            type=float,
-            metavar="SECONDS",
-            help=f"separate long inputs in chunks of this length (default: {SEGMENT:g})",
-        )
-        group.add_argument(
-            "--overlap",
-            type=float,
-            metavar="SECONDS",
-            help=f"cross-fade between chunks (default: {OVERLAP:g})",
-        )
-        group.add_argument(
-            "--whole-track",
-            action="store_true",
-            help="separate each input at once, as the reference implementation does "
-            "(memory grows with the duration)",
-        )
-    group.add_argument(
-        "--device",
-        help="cpu, cuda, cuda:N or mps (default: auto: a CUDA GPU if present, else MPS, "
-        "else the CPU)",
-    )
-    group.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="what runs the target models: torch, or onnxruntime on the CPU (extra "
-        "umx[onnx]; the same stems within 1e-4) (default: torch; onnxruntime with --quantize "
-        "or a --model folder written by umx export)",
-    )
-    group.add_argument(
-        "--quantize",
-        choices=QUANTIZATIONS,
-        help="int8 dynamic quantisation of the models' LSTM and linear layers, faster and "
-        "slightly less accurate; implies --backend onnxruntime (default: none, float32)",
-    )
-    group.set_defaults(**SEPARATION_DEFAULTS)
+        backend = check_backend(self.backend, self.quantize, self.device, self.model)
+        object.__setattr__(self, "backend", backend)
+
+    @property
+    def chunk_seconds(self) -> float | None:
+        """The chunk length to separate with: None (the whole track) with `whole_track`."""
+        return None if self.whole_track else self.segment
+
+    @property
+    def filter_options(self) -> dict[str, object]:
+        """The keyword arguments of `umx.zoo.load_separator` that shape the separator's output:
+        targets, niter, softmask, residual, wiener_win_len."""
+        return {
+            "targets": list(self.targets) if self.targets is not None else None,
+            "niter": self.niter,
+            "softmask": self.softmask,
+            "residual": self.residual,
+            "wiener_win_len": self.wiener_win_len,
+        }
 
 
-def given_separation_options(args: argparse.Namespace) -> list[str]:
-    """The separation options that `args` sets to other than their defaults, as `--name`."""
-    return [
-        f"--{name.replace('_', '-')}"
-        for name, default in SEPARATION_DEFAULTS.items()
-        if getattr(args, name) != default
-    ]
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where stem files go, named how, in which format, clipped how, and whether existing ones
+    are replaced (the keyword arguments of `umx.api.separate_file` of the same names).
 
+    Attributes:
+        outdir: the output folder.
+        filename: the path under `outdir`, a template of `umx.defaults.TEMPLATE_FIELDS`.
+        ext: the file format (a key of `umx.defaults.SUBTYPES`).
+        subtype: the sample format; None for the format's default.
+        clip: what to do with stems beyond full scale (`umx.defaults.CLIP_POLICIES`).
+        force: overwrite existing files.
+    """
 
-def check_separation_args(args: argparse.Namespace) -> None:
-    """Refuse separation options that make no sense, before any model is loaded, and rewrite
-    `--two-stems TARGET` as the `--targets TARGET --residual no_TARGET` it stands for."""
-    two_stems = getattr(args, "two_stems", None)
-    if two_stems is not None:
-        from umx.modeldir import check_target_name  # torch: not for --help
+    outdir: Path = Path("separated")
+    filename: str = DEFAULT_TEMPLATE
+    ext: str = "wav"
+    subtype: str | None = None
+    clip: str = "rescale"
+    force: bool = False
 
-        for option in ("targets", "residual", "aggregate"):
-            if getattr(args, option, None) is not None:
-                raise UmxError(
-                    f"--two-stems {two_stems} already chooses the stems ({two_stems} and "
-                    f"{TWO_STEMS_REST}{two_stems}): leave out --{option}"
-                )
-        rest = check_target_name(TWO_STEMS_REST + two_stems, "--two-stems")
-        args.targets, args.residual, args.two_stems = [two_stems], rest, None
-    from umx.separator import check_options
-
-    check_options(
-        niter=args.niter,
-        wiener_win_len=args.wiener_win_len or None,
-        segment=segment_from_args(args),
-        overlap=args.overlap,
-    )
-    args.backend = check_backend(args.backend, args.quantize, args.device, args.model)
-
-
-def separator_from_args(args: argparse.Namespace, model: str | None) -> Separator:
-    """Load `model` (a name, a directory, or None for the default) with the separation options
-    of `args`; a download shows a progress bar unless `args.quiet`. With `--backend
-    onnxruntime` the target models are exported and run by onnxruntime (`umx.onnx.runtime`), and an
-    export folder's graphs are run as they are (`umx.onnx.folder`)."""
-    from umx.devices import resolve_device
-
-    onnx = args.backend == "onnxruntime"
-    options = {
-        "targets": args.targets,
-        "niter": args.niter,
-        "softmask": args.softmask,
-        "residual": args.residual,
-        "wiener_win_len": args.wiener_win_len or None,
-    }
-    if onnx and is_export_folder(model):
-        from umx.onnx.folder import load_export
-
-        return load_export(model, **options, quantize=args.quantize)
-    separator = load_separator(
-        model,
-        **options,
-        device="cpu" if onnx else resolve_device(args.device),
-        progress=not args.quiet,
-    )
-    if not onnx:
-        return separator
-    from umx.onnx.runtime import onnx_separator
-
-    return onnx_separator(separator, quantize=args.quantize)
-
-
-def segment_from_args(args: argparse.Namespace) -> float | None:
-    """The chunk length to separate with: None (whole track) with `--whole-track`."""
-    return None if args.whole_track else args.segment
-
-
-def add_input_arguments(p: argparse.ArgumentParser) -> None:
-    """How input files are taken and matched (`umx separate` and `umx batch`)."""
-    p.add_argument(
-        "--downmix",
-        action="store_true",
-        help="average inputs with more than two channels instead of refusing them",
-    )
-    p.add_argument(
-        "--match-input",
-        action="store_true",
-        help="write the stems at the input's sample rate and channel count (default: the "
-        "model's rate, stereo for stereo models)",
-    )
-
-
-def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
-    """The options of stem files: where, named how, in which format, clipped how, grouped how,
-    and whether to overwrite (`umx separate`, `umx stream` and `umx batch`)."""
-    p.add_argument(
-        "--outdir",
-        type=Path,
-        default=Path("separated"),
-        help="output directory (default: separated)",
-    )
-    p.add_argument(
-        "--filename",
-        default=DEFAULT_TEMPLATE,
-        metavar="TEMPLATE",
-        help="output path under OUTDIR, with "
-        + ", ".join("{" + field + "}" for field in TEMPLATE_FIELDS)
-        + f" (default: {DEFAULT_TEMPLATE})",
-    )
-    p.add_argument(
-        "--ext",
-        *ext_aliases,
-        dest="ext",
-        type=output_format,
-        choices=tuple(SUBTYPES),
-        default="wav",
-        help="output file format (default: wav)",
-    )
-    p.add_argument(
-        "--subtype",
-        choices=sorted({subtype for subtypes in SUBTYPES.values() for subtype in subtypes}),
-        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only); "
-        "MPEG_LAYER_III for mp3 (its only one)",
-    )
-    p.add_argument(
-        "--clip",
-        choices=CLIP_POLICIES,
-        default="rescale",
-        help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
-        "clamp the samples, or none (FLOAT only) (default: rescale)",
-    )
-    p.add_argument(
-        "--aggregate",
-        metavar="JSON",
-        help="groups of targets to write instead, as JSON or a JSON file, e.g. "
-        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
-    )
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-
-
-def output_format(ext: str) -> str:
-    """`--ext`: mp3 is refused while parsing where neither libsndfile nor ffmpeg can write it
-    (checked only when asked for, since it loads the audio modules)."""
-    if ext == "mp3":
-        from umx.audio import audio_formats
-
-        if ext not in audio_formats():
-            raise argparse.ArgumentTypeError("mp3 cannot be written here: install ffmpeg")
-    return ext
-
-
-def output_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options of `add_output_arguments` that say where and how stem files are written."""
-    return {
-        "outdir": args.outdir,
-        "filename": args.filename,
-        "ext": args.ext,
-        "subtype": args.subtype,
-        "clip": args.clip,
-        "force": args.force,
-    }
+    def as_kwargs(self) -> dict[str, object]:
+        """The options as keyword arguments of `umx.api.separate_file` (and `separate_stream`)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}

@@ -527,13 +527,17 @@ def download_model(
         UmxError: unknown name or target; offline with files missing; failed download (the
             message names every missing file, its URL and where to save it); corrupt file.
     """
-    from umx.modeldir import select_targets
-
     entry = _entry(name)
     if entry.bundled:
         return entry.directory
-    selected = select_targets(entry.targets, targets, f"model {name!r}")
-    offline = is_offline(offline)
+    return _fetch(entry, _select(entry, targets), progress, is_offline(offline), rehash)
+
+
+def _fetch(
+    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool, rehash: bool = False
+) -> Path:
+    """`download_model` for the targets `selected` (checked by `_select`)."""
+    name = entry.name
     corrupt: dict[str, str] = {}  # target → why its cached file was deleted
     for target in selected:
         path = entry.directory / entry.weights[target]
@@ -638,13 +642,21 @@ def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]
     return config, f"the registry entry of {entry.name!r}"
 
 
-def _downloaded_files(
-    entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
-) -> ModelFiles:
-    from umx.modeldir import ModelFiles, select_targets
+def _select(entry: ZooEntry, targets: Sequence[str] | None) -> list[str]:
+    """The targets of a named model to load: `targets` checked against the model's, once per
+    load (all of them if None)."""
+    from umx.modeldir import select_targets
 
-    selected = select_targets(entry.targets, targets, f"model {entry.name!r}")
-    directory = download_model(entry.name, targets=selected, progress=progress, offline=offline)
+    return select_targets(entry.targets, targets, f"model {entry.name!r}")
+
+
+def _downloaded_files(
+    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool
+) -> ModelFiles:
+    """The files of a downloaded model for the targets `selected` (see `_select`)."""
+    from umx.modeldir import ModelFiles
+
+    directory = _fetch(entry, selected, progress, offline)
     config, source = _read_config(directory, entry)
     weights = {target: directory / entry.weights[target] for target in selected}
     return ModelFiles(weights, config, source)
@@ -658,20 +670,19 @@ def _named_files(
     if entry.bundled:  # never touches the network
         config = _read_config(entry.directory, entry)
         return directory_files(entry.directory, targets, config=config, available=entry.targets)
-    return _downloaded_files(entry, targets, progress, offline)
+    return _downloaded_files(entry, _select(entry, targets), progress, offline)
 
 
-def _default_or_why_not(targets: Sequence[str] | None, offline: bool) -> str | None:
-    """None if the default model's weights are cached or reachable, else why they are not, in a
-    few words (the full reason is logged at debug level).
+def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
+    """None if the default model's weights of the targets `selected` (see `_select`) are
+    cached or reachable, else why they are not, in a few words (the full reason is logged at
+    debug level).
 
     Only looks at the cache and, when files are missing and not offline, probes the download
     host for up to `PROBE_TIMEOUT_S` seconds; nothing is downloaded or verified.
     """
-    from umx.modeldir import select_targets
-
     entry = MODELS[DEFAULT_MODEL]
-    missing = entry.missing(select_targets(entry.targets, targets, f"model {DEFAULT_MODEL!r}"))
+    missing = entry.missing(selected)
     if not missing:
         return None
     if offline:
@@ -692,6 +703,26 @@ def _fallback_warning(why: str) -> str:
         f"{DEFAULT_MODEL} is not available ({why}), so the bundled demo model {FALLBACK_MODEL} "
         f"separates instead: run `umx download {DEFAULT_MODEL}` to get it"
     )
+
+
+def _default_files(
+    targets: Sequence[str] | None, progress: bool, offline: bool
+) -> tuple[ModelFiles, str]:
+    """The files of the default model, or of the fallback (with a warning) when the default's
+    cannot be had; and the name of the model they are of."""
+    default = MODELS[DEFAULT_MODEL]
+    if default.bundled:  # nothing to download: no fallback
+        return _named_files(default, targets, progress, offline), DEFAULT_MODEL
+    selected = _select(default, targets)
+    reason = _default_or_why_not(selected, offline)
+    if reason is None:
+        try:
+            return _downloaded_files(default, selected, progress, offline), DEFAULT_MODEL
+        except _Unavailable as error:
+            logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
+            reason = "its download failed"
+    logger.warning(_fallback_warning(reason))
+    return _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline), FALLBACK_MODEL
 
 
 def resolve_model(
@@ -721,7 +752,8 @@ def resolve_model(
         UmxError: `model` is neither a known name nor a directory.
     """
     if model is None:
-        reason = _default_or_why_not(targets, is_offline(offline))
+        selected = _select(MODELS[DEFAULT_MODEL], targets)
+        reason = _default_or_why_not(selected, is_offline(offline))
         return DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     if not isinstance(model, str | os.PathLike) or model == "":
         raise UmxError(f"a model is a name or a directory, not {short.repr(model)}")
@@ -790,18 +822,7 @@ def load_separator(
         raise UmxError(f"unknown device {short.repr(str(device))} ({error})") from None
     offline = is_offline(offline)
     if model is None:
-        files = None
-        reason = _default_or_why_not(targets, offline)
-        if reason is None:
-            try:
-                files = _named_files(MODELS[DEFAULT_MODEL], targets, progress, offline)
-            except _Unavailable as error:
-                logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
-                reason = "its download failed"
-        if files is None:
-            logger.warning(_fallback_warning(reason))
-            files = _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline)
-        name = DEFAULT_MODEL if reason is None else FALLBACK_MODEL
+        files, name = _default_files(targets, progress, offline)
     else:
         name = resolve_model(model)
         if name in MODELS and isinstance(model, str):

@@ -3,14 +3,13 @@
 Modules, one job each:
 
 - `umx.batch.inputs`: files, folders, glob patterns and list files into the job's inputs.
-- `umx.batch.job`: the job directory (settings, inputs, the JSON Lines manifest and its
-  repair), what a resumed run has left to do, `--status`.
+- `umx.batch.job`: the job directory (settings, inputs, the manifest of `umx.jobs`), what a
+  resumed run has left to do, `--status`.
 - `umx.batch.work`: what a worker does: load the model once, separate inputs with
-  `umx.api.separate_file`, describe each result (outputs with their SHA-256) as a record.
+  `umx.jobs.run_task`, each result (outputs with their SHA-256) a record.
 - `umx.batch.local`: worker processes on this machine.
 - `umx.batch.ray_backend`: Ray actors on a cluster (the only module that imports `ray`).
 - `umx.batch.options`: the `umx batch` command's options and run.
-- `umx.batch.messages`: text from files and users shown printable, on one line and cut short.
 """
 
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from umx.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from umx.batch.inputs import BatchInput, collect_inputs, read_list
-    from umx.batch.job import Job, find_job, read_records, summarize, verify_outputs
+    from umx.batch.job import Job, find_job, summarize
     from umx.batch.options import add_batch_arguments, run_batch
 
 __all__ = [
@@ -29,10 +28,8 @@ __all__ = [
     "collect_inputs",
     "find_job",
     "read_list",
-    "read_records",
     "run_batch",
     "summarize",
-    "verify_outputs",
 ]
 
 __getattr__, __dir__ = lazy_exports(globals(), ("inputs", "job", "options"))

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from umx.audio import display_path
-from umx.batch.messages import shown
 from umx.defaults import AUDIO_EXTENSIONS
 from umx.errors import UmxError, check_number
+from umx.messages import shown
 
 GLOB_CHARACTERS = frozenset("*?[")
 LIST_FIELDS = ("path", "start", "duration")

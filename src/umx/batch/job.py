@@ -6,37 +6,44 @@ Layout of a job directory:
 - `job.json`: the settings that decide the outputs (model and its weights' SHA-256, separation
   and file options, output names) and one entry per run; rewritten atomically.
 - `inputs.json`: the inputs of the latest run, in order; rewritten atomically.
-- `manifest.jsonl`: one JSON record per line, appended and fsynced one at a time, only by the
-  driver: `running` when an input is handed to a worker, then `done` (output paths with their
-  SHA-256, size and modification time) or `failed` (the one-line error). The latest record of
-  an input is its state. A damaged line (cut short by a crash, garbage or NUL bytes a full disk
-  or a crash left, a record of the wrong JSON types) is skipped by readers and removed by the
-  next run, which keeps every complete record and a copy of what it removed
-  (`manifest.jsonl.cut-TIME`).
+- `manifest.jsonl`: the records of `umx.jobs`, appended only by the driver: `running` when an
+  input is handed to a worker, then `done` (output paths with their SHA-256, size and
+  modification time) or `failed` (the one-line error). The latest record of an input is its
+  state; the next run removes damaged lines, keeping every complete record and a copy of what
+  it removed (`manifest.jsonl.cut-TIME`).
 - `lock`: held (`flock`) by the run in progress, so two runs never share a job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from umx.audio import display_path
 from umx.batch.inputs import BatchInput
-from umx.batch.messages import SHOWN_CHARACTERS, plural, shown
-from umx.batch.work import DONE, FAILED, RUNNING, Task
+from umx.batch.work import Task
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
-from umx.files import sha256_file, write_atomic, write_json_atomic
+from umx.files import write_json_atomic
+from umx.jobs import (
+    DONE,
+    FAILED,
+    RUNNING,
+    Manifest,
+    keep_copy,
+    latest_records,
+    scan_manifest,
+    verify_outputs,
+)
+from umx.messages import SHOWN_CHARACTERS, plural, shown
 
 try:
     import fcntl
@@ -52,155 +59,6 @@ SHOWN_FAILURES = 20
 """How many failed inputs `umx batch --status` lists."""
 SHOWN_CHANGES = 3
 """How many changed settings the refusal of `check_identity` names."""
-
-
-@dataclass
-class ManifestScan:
-    """What a manifest holds: its complete records, and the damaged lines among them.
-
-    Attributes:
-        records: the records (JSON objects of the right types), in order.
-        kept: the bytes of the manifest once the damaged lines are removed.
-        damaged: the damaged lines, as they were (a line holding NUL bytes is damaged, even
-            where records around the NUL bytes are kept).
-        first_problem: what is wrong with the first damaged line, with its number.
-        intact: whether `kept` is the whole manifest (no damaged line, no empty line, and a
-            newline at the end).
-    """
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    kept: bytes = b""
-    damaged: list[bytes] = field(default_factory=list)
-    first_problem: str = ""
-    intact: bool = True
-
-
-def scan_manifest(path: str | os.PathLike) -> ManifestScan:
-    """Read a manifest, telling its complete records from its damaged lines.
-
-    Returns:
-        the scan; empty if the manifest does not exist.
-
-    Raises:
-        UmxError: the manifest cannot be read.
-    """
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        return ManifestScan()
-    except OSError as error:
-        raise UmxError(
-            f"cannot read the manifest {display_path(path)} ({error.strerror})"
-        ) from None
-    scan = ManifestScan()
-    kept = []
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if not line:
-            continue  # the end of the file, or an empty line
-        pieces = line.split(b"\0")  # a record never holds a NUL byte: split around NUL runs
-        problem = "NUL bytes" if len(pieces) > 1 else None
-        for piece in filter(None, pieces):
-            try:
-                record = json.loads(piece)
-            except (ValueError, RecursionError):
-                problem = problem or "not JSON"
-                continue
-            reason = record_problem(record)
-            if reason is None:
-                scan.records.append(record)
-                kept.append(piece + b"\n")
-            else:
-                problem = problem or reason
-        if problem is not None:
-            scan.damaged.append(line)
-            scan.first_problem = scan.first_problem or f"line {number}: {problem}"
-    scan.kept = b"".join(kept)
-    scan.intact = scan.kept == data
-    return scan
-
-
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The complete records of a manifest, in order; damaged lines are skipped.
-
-    Returns:
-        the records (JSON objects); none if the manifest does not exist.
-    """
-    return scan_manifest(path).records
-
-
-_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "path": (str,),
-    "attempt": (int,),
-    "error": (str,),
-    "started": (int, float),
-    "finished": (int, float),
-    "audio_seconds": (int, float, type(None)),
-}
-"""The optional fields of a record that the job reads, with their JSON types."""
-_OUTPUT_FIELDS = {"path": str, "sha256": str, "bytes": int, "mtime_ns": int}
-"""What a done record keeps of each output."""
-
-
-def record_problem(record: object) -> str | None:
-    """Why a manifest line's JSON is not a record the job can use.
-
-    Returns:
-        None for a record; else what is wrong with it, as a phrase.
-    """
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not a record"
-    if not isinstance(record.get("input"), str):
-        return "no input"
-    if record.get("status") not in (RUNNING, DONE, FAILED):
-        return f"status {shown(json.dumps(record.get('status')))}, not running, done or failed"
-    for key, kinds in _RECORD_FIELDS.items():
-        value = record.get(key)
-        if key in record and (isinstance(value, bool) or not isinstance(value, kinds)):
-            return f"{key} is {shown(json.dumps(value))}"
-    if record["status"] == DONE:
-        outputs = record.get("outputs")
-        if not isinstance(outputs, dict) or not all(
-            isinstance(output, dict)
-            and all(isinstance(output.get(k), kind) for k, kind in _OUTPUT_FIELDS.items())
-            for output in outputs.values()
-        ):
-            return "outputs is not a map of stems to their path, sha256, bytes and mtime_ns"
-    if record["status"] == FAILED and "error" not in record:
-        return "a failed record without its error"
-    return None
-
-
-def latest_records(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The latest record of each input, by its key."""
-    return {record["input"]: record for record in records}
-
-
-def verify_outputs(record: Mapping[str, Any], full: bool = False) -> str | None:
-    """Check that the outputs of a done record are the files that were written.
-
-    A file whose size and modification time are those recorded is trusted without reading it
-    (hashing every stem of a large job again would take as long as copying it); any other file
-    is hashed and compared with the recorded SHA-256, and with `full` every file is.
-
-    Returns:
-        None if every output is there and intact; else why not, as a phrase.
-    """
-    for output in record.get("outputs", {}).values():
-        path = output["path"]
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return f"its output {display_path(path)} is missing"
-        if not full and stat.st_size == output["bytes"] and stat.st_mtime_ns == output["mtime_ns"]:
-            continue
-        try:
-            same = sha256_file(path) == output["sha256"]
-        except OSError as error:
-            return f"its output {display_path(path)} cannot be read ({error.strerror})"
-        if not same:
-            return f"its output {display_path(path)} changed since it was written"
-    return None
 
 
 class Job:
@@ -262,8 +120,8 @@ class Job:
             )
             self.manifest_path = self.directory / MANIFEST_FILE
             self.appended: set[str] = set()  # the inputs this run wrote records of
-            self.latest = latest_records(_repair_manifest(self.manifest_path))
-            self._manifest = open(self.manifest_path, "ab")  # noqa: SIM115 (kept open)
+            self._manifest = Manifest(self.manifest_path)
+            self.latest = latest_records(self._manifest.records)
         except BaseException:
             self._lock.close()
             raise
@@ -276,17 +134,13 @@ class Job:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Add a record to the manifest, on disk (flushed and fsynced) when this returns."""
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
-        self._manifest.write(line.encode())
-        self._manifest.flush()
-        os.fsync(self._manifest.fileno())
+        self._manifest.append(record)
         self.latest[record["input"]] = record
         self.appended.add(record["input"])
 
     def close(self) -> None:
         """Close the manifest and release the lock."""
-        with contextlib.suppress(OSError):
-            self._manifest.close()
+        self._manifest.close()
         self._lock.close()
 
     def __enter__(self) -> Job:
@@ -294,45 +148,6 @@ class Job:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _repair_manifest(path: Path) -> list[dict[str, Any]]:
-    """The manifest's records, once its damaged lines are removed (every complete record is
-    kept, and a copy of the damaged lines beside it), so that the next record starts on a line
-    of its own."""
-    scan = scan_manifest(path)
-    if scan.damaged:
-        removed = b"\n".join(scan.damaged)
-        copy = keep_copy(path, "cut", removed)
-        write_atomic(path, lambda file: file.write(scan.kept))
-        logger.warning(
-            "%s: removed %s (%s bytes; %s) and kept the %s; what was removed is in %s",
-            display_path(path),
-            plural(len(scan.damaged), "damaged line"),
-            f"{len(removed):,}",
-            scan.first_problem,
-            plural(len(scan.records), "complete record"),
-            display_path(copy),
-        )
-    elif not scan.intact:  # empty lines, or a complete last record without its newline
-        write_atomic(path, lambda file: file.write(scan.kept))
-    return scan.records
-
-
-def keep_copy(path: Path, why: str, data: bytes) -> Path:
-    """Save `data` beside `path` as `NAME.WHY-TIME` (a free name), before `path` is repaired.
-
-    Returns:
-        the copy.
-    """
-    stamp = f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
-    copy = path.with_name(stamp)
-    number = 1
-    while copy.exists():
-        number += 1
-        copy = path.with_name(f"{stamp}-{number}")
-    write_atomic(copy, lambda file: file.write(data))
-    return copy
 
 
 def read_settings(directory: Path) -> dict[str, Any] | None:

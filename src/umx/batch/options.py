@@ -9,10 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from umx.batch.messages import plural
-from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
-from umx.errors import UmxError, check_number
-from umx.options import (
+from umx.cli_options import (
     MODEL_HELP,
     SEPARATION_DEFAULTS,
     add_input_arguments,
@@ -21,11 +18,15 @@ from umx.options import (
     check_separation_args,
     segment_from_args,
 )
+from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
+from umx.errors import UmxError, check_number
+from umx.messages import plural
 from umx.zoo import is_offline, load_separator
 
 if TYPE_CHECKING:
     from umx.batch.inputs import BatchInput
     from umx.batch.job import Job
+    from umx.batch.work import WorkerSpec
 
 logger = logging.getLogger("umx")
 
@@ -37,6 +38,17 @@ IDENTITY_OPTIONS = tuple(name for name in SEPARATION_DEFAULTS if name != "device
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `umx batch`."""
+    _add_job_arguments(p)
+    _add_worker_arguments(p)
+    p.add_argument("--model", help=MODEL_HELP)
+    add_output_arguments(p)
+    add_input_arguments(p)
+    add_separation_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+
+
+def _add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The inputs of a job, its directory, and what a run of it does."""
     p.add_argument(
         "inputs",
         nargs="*",
@@ -83,6 +95,10 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
         help="hash every output of done inputs again before skipping them (default: only files "
         "whose size or modification time changed)",
     )
+
+
+def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the workers run, how many, and what each takes."""
     p.add_argument(
         "--jobs",
         type=int,
@@ -113,11 +129,6 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
         metavar="G",
         help="with --ray: GPUs each worker reserves (0.5 puts two on a GPU; default: 0)",
     )
-    p.add_argument("--model", help=MODEL_HELP)
-    add_output_arguments(p)
-    add_input_arguments(p)
-    add_separation_arguments(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
 
 
 def check_batch_args(args: argparse.Namespace) -> None:
@@ -143,20 +154,17 @@ def check_batch_args(args: argparse.Namespace) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run `umx batch`; returns the exit code (1 when inputs of the job failed)."""
-    from umx.api import check_aggregate, parse_aggregate, plan_outputs
     from umx.audio import display_path
     from umx.batch.inputs import collect_inputs
     from umx.batch.job import Job, plan_tasks, summarize
-    from umx.batch.local import LocalPool
-    from umx.batch.work import DONE, FAILED, WorkerSpec, model_sha256
-    from umx.devices import available_cores, threads_per_worker
+    from umx.devices import available_cores
+    from umx.jobs import DONE, FAILED
 
     if args.status is not None:
         for line in summarize(args.status):
             print(line)
         return 0
     check_batch_args(args)
-    aggregate = parse_aggregate(args.aggregate)
     outdir = Path(os.path.abspath(args.outdir))
     job_dir = Path(os.path.abspath(args.job or outdir / JOB_DIRNAME))
     inputs = collect_inputs(
@@ -164,9 +172,72 @@ def run_batch(args: argparse.Namespace) -> int:
     )
     if args.ray is not None:
         try:
-            from umx.batch.ray_backend import RayPool
+            import umx.batch.ray_backend  # noqa: F401 (Ray is there before the model loads)
         except ImportError:
             raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
+    identity, spec, plans = plan_job(args, inputs, outdir)
+    with Job(job_dir, identity, inputs) as job:
+        tasks, counts = plan_tasks(
+            job,
+            inputs,
+            plans,
+            force=args.force,
+            retry_failed=args.retry_failed,
+            verify=args.verify,
+        )
+        if not tasks:
+            logger.info(
+                "%s: nothing to do (%d done, %d failed)",
+                display_path(job_dir),
+                counts[DONE],
+                counts[FAILED],
+            )
+        else:
+            pool, jobs = _start_pool(args, spec, len(tasks))
+            job.start_run(
+                mode=pool.mode, workers=jobs, threads=spec.threads, cores=available_cores()
+            )
+            logger.info(
+                "%s: %s, %d done before, %d to separate with %s on %s, %s each",
+                display_path(job_dir),
+                plural(len(inputs), "input"),
+                counts[DONE],
+                len(tasks),
+                display_path(spec.model),
+                plural(jobs, f"{pool.mode} worker"),
+                plural(spec.threads, "torch thread"),
+            )
+            counts[FAILED] += _run(job, pool, tasks, args.quiet)
+        if counts[FAILED]:
+            logger.error(
+                "%d of %s failed%s; see umx batch --status %s",
+                counts[FAILED],
+                plural(len(inputs), "input"),
+                _earlier_failures(job, inputs),
+                display_path(job_dir),
+            )
+            return 1
+    return 0
+
+
+def plan_job(
+    args: argparse.Namespace, inputs: list[BatchInput], outdir: Path
+) -> tuple[dict[str, Any], WorkerSpec, list[dict[str, Path]]]:
+    """Load the model once to learn its stems and weights' hash, and turn the options into the
+    job's identity, what every worker needs, and each input's output files.
+
+    Returns:
+        the identity (see `umx.batch.job.Job`), the workers' spec, and the outputs of each input
+        by stem name.
+
+    Raises:
+        UmxError: the model cannot be loaded, or `--aggregate` names stems it lacks.
+    """
+    from umx.api import check_aggregate, parse_aggregate, plan_outputs
+    from umx.batch.work import WorkerSpec, model_sha256
+    from umx.devices import threads_per_worker
+
+    aggregate = parse_aggregate(args.aggregate)
     separator = load_separator(
         args.model,
         targets=args.targets,
@@ -202,57 +273,29 @@ def run_batch(args: argparse.Namespace) -> int:
         "files": files,
     }
     if args.ray is None:
-        jobs = args.jobs or 1
-        threads = args.threads or threads_per_worker(jobs)
+        threads = args.threads or threads_per_worker(args.jobs or 1)
     else:
-        jobs, threads = args.jobs, args.threads or 1
+        threads = args.threads or 1
     spec = WorkerSpec(model, sha256, separation, files, threads, is_offline())
-    with Job(job_dir, identity, inputs) as job:
-        tasks, counts = plan_tasks(
-            job,
-            inputs,
-            plans,
-            force=args.force,
-            retry_failed=args.retry_failed,
-            verify=args.verify,
-        )
-        if not tasks:
-            logger.info(
-                "%s: nothing to do (%d done, %d failed)",
-                display_path(job_dir),
-                counts[DONE],
-                counts[FAILED],
-            )
-        else:
-            if args.ray is None:
-                jobs = min(jobs, len(tasks))
-                pool: Any = LocalPool(spec, jobs)
-            else:
-                address = None if args.ray == LOCAL_RAY else args.ray
-                pool = RayPool(spec, address, jobs, args.gpus_per_worker)
-                jobs = pool.connect(len(tasks))
-            job.start_run(mode=pool.mode, workers=jobs, threads=threads, cores=available_cores())
-            logger.info(
-                "%s: %s, %d done before, %d to separate with %s on %s, %s each",
-                display_path(job_dir),
-                plural(len(inputs), "input"),
-                counts[DONE],
-                len(tasks),
-                display_path(model),
-                plural(jobs, f"{pool.mode} worker"),
-                plural(threads, "torch thread"),
-            )
-            counts[FAILED] += _run(job, pool, tasks, args.quiet)
-        if counts[FAILED]:
-            logger.error(
-                "%d of %s failed%s; see umx batch --status %s",
-                counts[FAILED],
-                plural(len(inputs), "input"),
-                _earlier_failures(job, inputs),
-                display_path(job_dir),
-            )
-            return 1
-    return 0
+    return identity, spec, plans
+
+
+def _start_pool(args: argparse.Namespace, spec: WorkerSpec, nb_tasks: int) -> tuple[Any, int]:
+    """The workers of this run: local processes, or Ray actors (connected to the cluster here).
+
+    Returns:
+        the pool, and how many workers it runs.
+    """
+    from umx.batch.local import LocalPool
+
+    if args.ray is None:
+        jobs = min(args.jobs or 1, nb_tasks)
+        return LocalPool(spec, jobs), jobs
+    from umx.batch.ray_backend import RayPool
+
+    address = None if args.ray == LOCAL_RAY else args.ray
+    pool = RayPool(spec, address, args.jobs, args.gpus_per_worker)
+    return pool, pool.connect(nb_tasks)
 
 
 def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
@@ -261,7 +304,7 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from umx.batch.job import failure_line, running_record
-    from umx.batch.work import FAILED
+    from umx.jobs import FAILED
 
     failed = 0
     bar = tqdm(
@@ -292,7 +335,7 @@ def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
     """The first failure of an earlier run, which this run did not report as it happened, as
     a parenthesis; empty if there is none."""
     from umx.batch.job import failure_line
-    from umx.batch.work import FAILED
+    from umx.jobs import FAILED
 
     earlier = [
         record

@@ -1,7 +1,7 @@
 """Ray mode: the same job on a Ray cluster (`pip install 'umx[ray]'`).
 
 Each worker is a Ray actor that loads the model once and separates the inputs it is given with
-`umx.api.separate_file`, reading and writing paths that every node sees (shared storage mounted
+`umx.jobs.run_task`, reading and writing paths that every node sees (shared storage mounted
 at the same place). The driver keeps at most `TASKS_PER_WORKER` inputs queued per actor, so
 memory and the object store stay bounded however many inputs there are; only paths and small
 records travel, never audio. An actor that dies (killed, out of memory, its node lost) has its
@@ -19,9 +19,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from umx.batch.messages import plural
 from umx.batch.work import (
-    FAILED,
     MAX_ATTEMPTS,
     Task,
     WorkerSpec,
@@ -30,6 +28,8 @@ from umx.batch.work import (
     separate_task,
 )
 from umx.errors import UmxError
+from umx.jobs import FAILED
+from umx.messages import plural
 
 logger = logging.getLogger("umx")
 
@@ -144,89 +144,129 @@ class RayPool:
             max_restarts=0,
             max_task_retries=0,
         )
-        in_flight: dict[Any, tuple[Any, Task | None]] = {}
-        load: dict[Any, int] = {}
-        retries: collections.deque[Task] = collections.deque()
-        dead: set[Any] = set()
-        ever_ready = False
-        deaths_before_ready = 0
+        actors = _Actors(lambda: actor_class.remote(self.spec), self.jobs or 1)
         begun = time.monotonic()
-
-        def start_actor() -> None:
-            actor = actor_class.remote(self.spec)
-            in_flight[actor.ready.remote()] = (actor, None)
-
         try:
             for _ in range(self.jobs or 1):
-                start_actor()
-            exhausted = False
+                actors.start()
             while True:
-                for actor in [a for a in load if a not in dead]:
-                    while load[actor] < TASKS_PER_WORKER and not exhausted:
-                        task = retries.popleft() if retries else next(tasks, None)
-                        if task is None:
-                            exhausted = True
-                            break
-                        started(task)
-                        in_flight[actor.separate.remote(task)] = (actor, task)
-                        load[actor] += 1
-                if exhausted and not retries and not any(t for _, t in in_flight.values()):
+                actors.hand_out(tasks, started)
+                if actors.finished():
                     return
-                if not ever_ready and time.monotonic() - begun > START_TIMEOUT_S:
+                if not actors.ever_ready and time.monotonic() - begun > START_TIMEOUT_S:
                     raise UmxError(
                         f"no Ray worker started in {START_TIMEOUT_S:.0f} s: does the cluster "
                         f"have {self.spec.threads} free CPUs (and {self.gpus_per_worker:g} GPUs) "
                         "for one?"
                     )
-                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S)
+                done, _ = ray.wait(list(actors.in_flight), num_returns=1, timeout=WAIT_S)
                 for ref in done:
-                    actor, task = in_flight.pop(ref)
-                    try:
-                        value = ray.get(ref)
-                    except ray.exceptions.RayActorError:
-                        if actor not in dead:
-                            dead.add(actor)
-                            if load.pop(actor, None) is None:
-                                deaths_before_ready += 1
-                                if deaths_before_ready > (self.jobs or 1) * MAX_ATTEMPTS:
-                                    raise UmxError(
-                                        "Ray workers keep dying while loading the model; see "
-                                        "the cluster's logs (is there enough memory?)"
-                                    ) from None
-                            start_actor()
-                        if task is not None:
-                            record = after_death(task, "its Ray actor died")
-                            if record is None:
-                                retries.append(task.retry())
-                            else:
-                                yield record
-                        continue
-                    except ray.exceptions.RayTaskError as error:
-                        if task is None:
-                            raise UmxError(_one_line(error)) from None
-                        load[actor] -= 1
-                        yield {
-                            "input": task.key,
-                            "path": task.path,
-                            "status": FAILED,
-                            "attempt": task.attempt,
-                            "error": _one_line(error),
-                        }
-                        continue
-                    if task is None:
-                        if value is not None:
-                            raise UmxError(value)
-                        ever_ready = True
-                        load[actor] = 0
-                    else:
-                        load[actor] -= 1
-                        yield value
+                    yield from actors.collect(ref)
         finally:
-            for actor, _ in in_flight.values():
-                ray.kill(actor)
-            for actor in load:
-                ray.kill(actor)
+            actors.kill()
             ray.shutdown()
+
+
+class _Actors:
+    """The actors of one run, what each is doing, and the tasks of the dead ones to retry.
+
+    Args:
+        new_actor: starts an actor (`BatchWorker`).
+        nb_actors: how many the run keeps; more than `MAX_ATTEMPTS` times as many dying while
+            loading the model ends the run.
+    """
+
+    def __init__(self, new_actor: Callable[[], Any], nb_actors: int) -> None:
+        self.new_actor, self.nb_actors = new_actor, nb_actors
+        self.in_flight: dict[Any, tuple[Any, Task | None]] = {}  # None: loading the model
+        self.load: dict[Any, int] = {}  # the ready actors and their tasks in flight
+        self.retries: collections.deque[Task] = collections.deque()
+        self.dead: set[Any] = set()
+        self.ever_ready = False
+        self.deaths_before_ready = 0
+        self.exhausted = False
+
+    def start(self) -> None:
+        """Start an actor; it takes tasks once it has loaded the model."""
+        actor = self.new_actor()
+        self.in_flight[actor.ready.remote()] = (actor, None)
+
+    def hand_out(self, tasks: Iterator[Task], started: Callable[[Task], None]) -> None:
+        """Give each ready actor tasks (retries first) up to `TASKS_PER_WORKER`."""
+        for actor in [a for a in self.load if a not in self.dead]:
+            while self.load[actor] < TASKS_PER_WORKER and not self.exhausted:
+                task = self.retries.popleft() if self.retries else next(tasks, None)
+                if task is None:
+                    self.exhausted = True
+                    break
+                started(task)
+                self.in_flight[actor.separate.remote(task)] = (actor, task)
+                self.load[actor] += 1
+
+    def finished(self) -> bool:
+        """Whether every task was handed out and has come back."""
+        return (
+            self.exhausted and not self.retries and not any(t for _, t in self.in_flight.values())
+        )
+
+    def collect(self, ref: Any) -> Iterator[dict[str, Any]]:
+        """What a finished call (`ready` or `separate`) gave: the record of its task, if any.
+
+        Raises:
+            UmxError: an actor could not load the model, or actors keep dying while loading it.
+        """
+        actor, task = self.in_flight.pop(ref)
+        try:
+            value = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            yield from self._died(actor, task)
+            return
+        except ray.exceptions.RayTaskError as error:
+            if task is None:
+                raise UmxError(_one_line(error)) from None
+            self.load[actor] -= 1
+            yield {
+                "input": task.key,
+                "path": task.path,
+                "status": FAILED,
+                "attempt": task.attempt,
+                "error": _one_line(error),
+            }
+            return
+        if task is None:
+            if value is not None:
+                raise UmxError(value)
+            self.ever_ready = True
+            self.load[actor] = 0
+        else:
+            self.load[actor] -= 1
+            yield value
+
+    def _died(self, actor: Any, task: Task | None) -> Iterator[dict[str, Any]]:
+        """Replace a dead actor, and retry its task or, after `MAX_ATTEMPTS`, record it failed."""
+        if actor not in self.dead:
+            self.dead.add(actor)
+            if self.load.pop(actor, None) is None:
+                self.deaths_before_ready += 1
+                if self.deaths_before_ready > self.nb_actors * MAX_ATTEMPTS:
+                    raise UmxError(
+                        "Ray workers keep dying while loading the model; see "
+                        "the cluster's logs (is there enough memory?)"
+                    ) from None
+            self.start()
+        if task is not None:
+            record = after_death(task, "its Ray actor died")
+            if record is None:
+                self.retries.append(task.retry())
+            else:
+                yield record
+
+    def kill(self) -> None:
+        """Kill every actor of the run."""
+        for actor, _ in self.in_flight.values():
+            ray.kill(actor)
+        for actor in self.load:
+            ray.kill(actor)
 
 
 def _one_line(error: Exception) -> str:

@@ -1,16 +1,14 @@
 """What a batch worker does, in a local process or a Ray actor alike: load the model once, then
-separate one input after another with `umx.api.separate_file`, each into a manifest record."""
+separate one input after another with `umx.jobs.run_task`, each into a manifest record."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,19 +16,17 @@ from typing import Any
 
 import torch
 
-from umx.api import separate_file
+from umx.api import separator_for
 from umx.audio import display_path, leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
-from umx.files import sha256_file
-from umx.options import separator_from_args
+from umx.jobs import FAILED, run_task
+from umx.options import SeparationOptions
 from umx.separator import Separator
 from umx.weights import hash_weights
 
 logger = logging.getLogger("umx")
 
-DONE, FAILED, RUNNING = "done", "failed", "running"
-"""A manifest record's status: outputs written and hashed; an error; handed to a worker."""
 MAX_ATTEMPTS = 3
 """How many times an input is handed to a worker that then dies, before it is recorded failed."""
 
@@ -42,7 +38,7 @@ class WorkerSpec:
     Attributes:
         model: the model to load, as the driver resolved it (a zoo name or a directory).
         model_sha256: the hash of its weights (see `model_sha256`), checked by every worker.
-        separation: the separation options of `umx.options.add_separation_arguments`.
+        separation: the fields of `umx.options.SeparationOptions` but the model.
         files: the options of `umx.api.separate_file` that are the same for every input.
         threads: torch's CPU threads in the worker.
         offline: never touch the network (the driver's setting, passed on explicitly).
@@ -114,9 +110,9 @@ def load_worker(spec: WorkerSpec) -> Separator:
     keep_freed_memory()  # as the umx command does: measured 30 % faster per file here
     torch.set_num_threads(spec.threads)
     os.environ["UMX_OFFLINE"] = "1" if spec.offline else "0"
-    args = argparse.Namespace(**spec.separation, quiet=True)
-    separator = separator_from_args(args, spec.model)
-    if args.backend == "torch" and model_sha256(separator) != spec.model_sha256:
+    options = SeparationOptions(model=spec.model, **spec.separation)
+    separator = separator_for(options, progress=False)
+    if options.backend == "torch" and model_sha256(separator) != spec.model_sha256:
         raise UmxError(
             f"the model {spec.model} on {socket.gethostname()} has other weights than the job's "
             f"(SHA-256 {spec.model_sha256[:12]}...); install the same model on every machine"
@@ -125,19 +121,15 @@ def load_worker(spec: WorkerSpec) -> Separator:
 
 
 def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[str, Any]:
-    """Separate one input and describe what happened as a manifest record.
+    """Separate one input with `umx.jobs.run_task` and add what the job keeps of it.
 
     An input that cannot be separated (unreadable, corrupt, an output that exists) gives a
     failed record with the one-line error; the worker goes on with the next input.
 
     Returns:
-        the record: `input`, `status` (`done` or `failed`), `attempt`, `model`,
-        `model_sha256`, `input_bytes`, `audio_seconds`, `seconds` (wall time), `worker`,
-        `finished` (Unix time), and `outputs` (`{name: {path, sha256, bytes, mtime_ns}}`) or
-        `error`.
+        the record of `run_task`, with `input`, `path`, `attempt`, `model`, `model_sha256` and
+        `worker`.
     """
-    started = time.time()
-    audio = [0.0]
     record: dict[str, Any] = {
         "input": task.key,
         "path": task.path,
@@ -145,48 +137,20 @@ def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[st
         "model": spec.model,
         "model_sha256": spec.model_sha256,
     }
-    try:
-        record["input_bytes"] = os.stat(task.path).st_size
-    except OSError:
-        record["input_bytes"] = None
     folders = _missing_folders(task.outputs.values(), spec.files["outdir"])
+    if task.force:  # a worker that died with this input may have left temporary files
+        for path in task.outputs.values():
+            for leftover in leftover_temporaries(path):
+                leftover.unlink(missing_ok=True)
+    options = {**spec.files, "start": task.start, "duration": task.duration, "force": task.force}
     try:
-        if task.force:  # a worker that died with this input may have left temporary files
-            for path in task.outputs.values():
-                for leftover in leftover_temporaries(path):
-                    leftover.unlink(missing_ok=True)
-        reports = separate_file(
-            task.path,
-            separator,
-            **spec.files,
-            start=task.start,
-            duration=task.duration,
-            force=task.force,
-            on_progress=lambda done, total: audio.__setitem__(0, total),
-        )
-        record["status"] = DONE
-        written = {os.path.abspath(report.path) for report in reports}
-        record["outputs"] = {
-            name: describe_output(path) for name, path in task.outputs.items() if path in written
-        }
-    except UmxError as error:
-        record.update(status=FAILED, error=str(error))
+        record.update(run_task(task.path, separator, options))
     except KeyboardInterrupt:  # stopped: the writers removed their files, and so go the folders
         for folder in folders:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: another input's stems may be in it
         raise
-    except Exception as error:  # a bug or a resource error: recorded, and the job goes on
-        lines = str(error).strip().splitlines()
-        record.update(
-            status=FAILED, error=f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
-        )
-    record.update(
-        audio_seconds=round(audio[0], 3),
-        seconds=round(time.time() - started, 3),
-        worker=worker_name(),
-        finished=round(time.time(), 3),
-    )
+    record["worker"] = worker_name()
     return record
 
 
@@ -200,18 +164,6 @@ def _missing_folders(outputs: Iterable[str], outdir: str) -> list[Path]:
             missing.add(folder)
             folder = folder.parent
     return sorted(missing, key=lambda folder: len(folder.parts), reverse=True)
-
-
-def describe_output(path: str | os.PathLike) -> dict[str, Any]:
-    """What the manifest keeps of an output file to verify it later: path, SHA-256, size and
-    modification time."""
-    stat = os.stat(path)
-    return {
-        "path": os.path.abspath(path),
-        "sha256": sha256_file(path),
-        "bytes": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
 
 
 def death(code: int | None) -> str:

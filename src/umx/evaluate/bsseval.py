@@ -371,7 +371,12 @@ def _window_scores(
         chunk[4] = energy(projection - own)
         chunk[5] = energy(projection)
         chunk[6] = energy(est_spec - projection)
-    energies = energies.numpy()
+    return _ratios(energies.numpy(), silent.numpy())
+
+
+def _ratios(energies: np.ndarray, silent: np.ndarray) -> Scores:
+    """The scores of `_window_scores`'s energies `(7, nb_win, nb_sources)`, in dB (infinite
+    where the error's energy is zero), NaN in the windows that are `silent` `(nb_win,)`."""
     with np.errstate(divide="ignore"):
         ratios = [
             np.where(den == 0, np.inf, 10 * np.log10(num / np.where(den == 0, 1.0, den)))
@@ -382,7 +387,6 @@ def _window_scores(
                 (energies[5], energies[6]),  # SAR
             )
         ]
-    silent = silent.numpy()
     for ratio in ratios:
         ratio[silent] = np.nan
     return Scores(*(ratio.T.copy() for ratio in ratios))

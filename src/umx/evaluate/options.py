@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from umx.cli_options import (
+    add_separation_arguments,
+    check_separation_args,
+    given_separation_options,
+)
 from umx.defaults import (
     BASELINES,
     BSSEVAL,
@@ -21,18 +26,12 @@ from umx.defaults import (
     WIN,
 )
 from umx.errors import UmxError, display_path
-from umx.options import (
-    add_separation_arguments,
-    check_separation_args,
-    given_separation_options,
-    segment_from_args,
-    separator_from_args,
-)
 
 if TYPE_CHECKING:
     import museval
 
     from umx.evaluate.methods import Method
+    from umx.options import SeparationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +85,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model or --method, evaluate groups of targets, as JSON or a JSON file, e.g. "
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
+    _add_evaluation_arguments(parser.add_argument_group("evaluation and output"))
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
+    )
 
-    out = parser.add_argument_group("evaluation and output")
+
+def _add_evaluation_arguments(out: argparse._ArgumentGroup) -> None:
+    """Where the scores (and estimates) go, how BSSEval runs, and what is compared."""
     out.add_argument(
         "--evaldir",
         type=Path,
@@ -131,13 +136,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaldirs of other methods to put side by side with this one (or with each other "
         "when no --root is given) in EVALDIR/compare.md, compare.csv and compare_<metric>.png",
     )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
-    )
 
 
-def _method_from_args(args: argparse.Namespace) -> Method:
-    from umx.api import parse_aggregate
+def _method_from_args(args: argparse.Namespace, options: SeparationOptions | None) -> Method:
+    """The method to evaluate: estimates on disk, a baseline, or a model separating with
+    `options` (given exactly when neither --estimates nor --method is)."""
+    from umx.api import parse_aggregate, separator_for
     from umx.evaluate.methods import BaselineMethod, EstimatesMethod, ModelMethod
 
     aggregate = parse_aggregate(args.aggregate)
@@ -149,8 +153,8 @@ def _method_from_args(args: argparse.Namespace) -> Method:
         return EstimatesMethod(args.estimates)
     if args.method is not None:
         return BaselineMethod(args.method, aggregate)
-    separator = separator_from_args(args, args.model)  # None: the default, as umx separate
-    return ModelMethod(separator, aggregate, segment_from_args(args), args.overlap)
+    separator = separator_for(options, progress=not args.quiet)  # model None: the default
+    return ModelMethod(separator, aggregate, options.chunk_seconds, options.overlap)
 
 
 def _unique_names(
@@ -196,20 +200,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"--compare {directory}: {directory / args.subset} does not exist (no scores of "
                 f"the {args.subset} subset)"
             )
+    options = None
     if args.estimates is not None or args.method is not None:
         given = given_separation_options(args)
         if given:
             raise UmxError(f"{given[0]} applies to --model only")
     elif args.root is not None:
-        check_separation_args(args)
-        resolve_device(args.device)
+        options = check_separation_args(args)
+        resolve_device(options.device)
     methods: list[tuple[Path, str, museval.EvalStore]] = []  # evaldir, name, scores
     failed = False
     if args.root is not None:
         tracks = load_tracks(args.root, subset=args.subset, is_wav=args.is_wav, names=args.tracks)
         summary = evaluate(
             tracks,
-            _method_from_args(args),
+            _method_from_args(args, options),
             args.evaldir,
             win=args.win,
             hop=args.hop,

@@ -73,24 +73,7 @@ def score_track(
         UmxError: an unknown target, no estimate, a shape mismatch, or a silent reference or
             estimate (BSSEval is undefined for those; museval refuses them).
     """
-    unknown = sorted(set(estimates) - set(TARGETS))
-    if unknown:
-        raise UmxError(
-            f"{track.name}: MUSDB18 has no reference for {', '.join(unknown)} "
-            f"(its targets are {', '.join(TARGETS)})"
-        )
-    if not estimates:
-        raise UmxError(f"{track.name}: there is no estimate to score")
-    references = {name: track.targets[name].audio for name in estimates}
-    for name, estimate in estimates.items():
-        if estimate.shape != references[name].shape:
-            raise UmxError(
-                f"{track.name}: the {name} estimate has shape {estimate.shape} but its reference "
-                f"{references[name].shape} (nb_timesteps, nb_channels)"
-            )
-        if not references[name].any():
-            paths = " + ".join(source.path for source in track.targets[name].sources)
-            raise UmxError(f"{paths}: the {name} reference is silent, which BSSEval cannot score")
+    references = _references(track, estimates)
     if len(estimates) == 1:
         ((name, estimate),) = estimates.items()
         rest = f"{REST_OF} {name}"
@@ -131,6 +114,36 @@ def score_track(
         return scores
     except ValueError as error:  # BSSEval's checks, e.g. a reference silent in one channel sum
         raise UmxError(f"{track.name}: BSSEval refused it ({str(error).split('. ')[0]})") from None
+
+
+def _references(
+    track: musdb.MultiTrack, estimates: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The references of the estimates of `score_track`, which must be MUSDB18 targets, shaped
+    as their references, and at least one.
+
+    Raises:
+        UmxError: an unknown target, no estimate, a shape mismatch, or a silent reference.
+    """
+    unknown = sorted(set(estimates) - set(TARGETS))
+    if unknown:
+        raise UmxError(
+            f"{track.name}: MUSDB18 has no reference for {', '.join(unknown)} "
+            f"(its targets are {', '.join(TARGETS)})"
+        )
+    if not estimates:
+        raise UmxError(f"{track.name}: there is no estimate to score")
+    references = {name: track.targets[name].audio for name in estimates}
+    for name, estimate in estimates.items():
+        if estimate.shape != references[name].shape:
+            raise UmxError(
+                f"{track.name}: the {name} estimate has shape {estimate.shape} but its reference "
+                f"{references[name].shape} (nb_timesteps, nb_channels)"
+            )
+        if not references[name].any():
+            paths = " + ".join(source.path for source in track.targets[name].sources)
+            raise UmxError(f"{paths}: the {name} reference is silent, which BSSEval cannot score")
+    return references
 
 
 def _bss_eval(

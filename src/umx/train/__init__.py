@@ -1,7 +1,8 @@
 """Training of one Open-Unmix target model: datasets from options, input statistics, the
 training loop, early stopping, resumable checkpoints and distributed data parallel training.
 
-`umx train` parses its options with `add_train_arguments` and calls `run_training`;
+`umx train` parses its options with `add_train_arguments` and calls `run_training` with those
+given;
 `python -m umx.train` does the same. Under `torchrun --nproc_per_node=N` the same command trains
 with DistributedDataParallel (NCCL on GPUs, gloo on CPUs); only rank 0 writes.
 
@@ -10,8 +11,10 @@ trainer used `center=False`): training and separation see the same frames.
 
 Its modules, one job each (their docstrings hold the details):
 
-- :mod:`umx.train.options`: the argument table, the defaults and the checks of the options,
-  given on the command line or restored from a checkpoint.
+- :mod:`umx.train.config`: `TrainConfig`, the options of a run, their defaults and their
+  checks, given on the command line, by a caller or restored from a checkpoint.
+- :mod:`umx.train.options`: the command line: the argument table, the options given on it,
+  `run_train` and `main`.
 - :mod:`umx.train.inputs`: the training and validation datasets of the options, and the input
   statistics of a new model.
 - :mod:`umx.train.distributed`: this process's place in a torchrun job, its collectives and the
@@ -20,7 +23,7 @@ Its modules, one job each (their docstrings hold the details):
   of the output directory and its `separator.json`.
 - :mod:`umx.train.plots`: the loss curves and the ticks of their log axis.
 - :mod:`umx.train.loop`: the run: device and process group, the model, the epochs (training,
-  validation, early stopping), the outputs written after each, and `main`.
+  validation, early stopping) and the outputs written after each.
 
 The public names are re-exported here: ``from umx.train import run_training``.
 """
@@ -31,16 +34,11 @@ from umx.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping, History
+    from umx.train.config import DATASETS, DEFAULTS, TrainConfig, check_options, resolve_options
     from umx.train.distributed import Distributed, seed_everything
     from umx.train.inputs import compute_statistics, make_datasets
-    from umx.train.loop import Trainer, main, run_training, train_epoch, validate
-    from umx.train.options import (
-        DATASETS,
-        DEFAULTS,
-        add_train_arguments,
-        check_options,
-        resolve_options,
-    )
+    from umx.train.loop import Trainer, run_training, train_epoch, validate
+    from umx.train.options import add_train_arguments, main
     from umx.train.plots import CURVE_SUFFIX, loss_figure, loss_ticks, plot_history
 
 __all__ = [
@@ -51,6 +49,7 @@ __all__ = [
     "Distributed",
     "EarlyStopping",
     "History",
+    "TrainConfig",
     "Trainer",
     "add_train_arguments",
     "check_options",
@@ -68,5 +67,5 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy_exports(
-    globals(), ("checkpoints", "distributed", "inputs", "loop", "options", "plots")
+    globals(), ("checkpoints", "config", "distributed", "inputs", "loop", "options", "plots")
 )

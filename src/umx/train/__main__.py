@@ -2,7 +2,7 @@
 
 import sys
 
-from umx.train.loop import main
+from umx.train.options import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,6 @@ refuses an `--output` directory holding another run, and composes its `separator
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from umx.errors import UmxError
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
+from umx.train.config import TrainConfig
 
 CHECKPOINT_SUFFIX = ".chkpnt"
 
@@ -61,7 +61,7 @@ class History:
     best_epoch: int = 0
 
 
-def _checkpoint_part(config: argparse.Namespace, use: Callable[[], Any]) -> Any:
+def _checkpoint_part(config: TrainConfig, use: Callable[[], Any]) -> Any:
     """Run `use`, which reads the checkpoint; a checkpoint that does not fit is a user error."""
     try:
         return use()
@@ -75,26 +75,26 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
 
 
-def _json_options(config: argparse.Namespace) -> dict[str, Any]:
+def _json_options(config: TrainConfig) -> dict[str, Any]:
     """The run's options as JSON values (paths as strings)."""
     return {
         key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()
     }
 
 
-def _read_checkpoint(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Load `<target>.chkpnt` from the `--checkpoint` directory.
+def _read_checkpoint(directory: Path, target: str | None, device: torch.device) -> dict[str, Any]:
+    """Load `<target>.chkpnt` from the `--checkpoint` directory (the only one there when
+    `target` is None).
 
     Raises:
         UmxError: no such checkpoint, an unreadable one, or one of another target.
     """
-    directory = Path(args.checkpoint)
+    directory = Path(directory)
     if not directory.is_dir():
         raise UmxError(f"{directory} does not exist or is not a directory")
     found = sorted(
         path.name[: -len(CHECKPOINT_SUFFIX)] for path in directory.glob(f"*{CHECKPOINT_SUFFIX}")
     )
-    target = args.target
     models = sorted(
         path.name[: -len(WEIGHTS_SUFFIX)] for path in directory.glob(f"*{WEIGHTS_SUFFIX}")
     )
@@ -144,7 +144,7 @@ def _read_checkpoint(args: argparse.Namespace, device: torch.device) -> dict[str
 def _check_output(
     output: Path,
     target: str,
-    config: argparse.Namespace,
+    config: TrainConfig,
     sample_rate: float,
     checkpoint: dict[str, Any] | None,
 ) -> None:
@@ -199,7 +199,7 @@ def _read_separator_json(path: Path) -> dict[str, Any] | None:
 
 
 def _separator_config(
-    output: Path, target: str, config: argparse.Namespace, sample_rate: float
+    output: Path, target: str, config: TrainConfig, sample_rate: float
 ) -> dict[str, Any]:
     """separator.json for the output directory; an existing `targets` list gains `target`."""
     existing = _read_separator_json(output / SEPARATOR_JSON) or {}

@@ -6,7 +6,7 @@ scaling of a new model; processes of a distributed run each take their share of 
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,18 +23,18 @@ from umx.data.datasets import (
 from umx.data.musdb import MUSDBDataset
 from umx.data.sources import SourceFolderDataset
 from umx.errors import UmxError
+from umx.train.config import TrainConfig
 from umx.train.distributed import Distributed
 from umx.transforms import Spectrogram
 
 STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
 
 
-def make_datasets(config: argparse.Namespace) -> tuple[UnmixDataset, UnmixDataset]:
-    """The training and validation datasets of a run's options (see `resolve_options`)."""
-    augment = Compose(config.source_augmentations) if config.source_augmentations else None
-    common = {"nb_channels": config.nb_channels}
-    train_only = {"seq_duration": config.seq_dur, "samples_per_track": config.samples_per_track}
-    valid_only = {"seq_duration": None}
+def make_datasets(config: TrainConfig) -> tuple[UnmixDataset, UnmixDataset]:
+    """The training and validation datasets of a run's options (a `TrainConfig`)."""
+    if config.dataset in ("trackfolder_fix", "trackfolder_var"):
+        return _track_folder_datasets(config)
+    augment, common, train_only, valid_only = _dataset_arguments(config)
     if config.dataset == "musdb":
         files = {"is_wav": config.is_wav, "valid_tracks": config.valid_tracks}
         return (
@@ -58,31 +58,46 @@ def make_datasets(config: argparse.Namespace) -> tuple[UnmixDataset, UnmixDatase
             AlignedDataset(config.root, "train", **files, **common, **train_only),
             AlignedDataset(config.root, "valid", **files, **common, **valid_only),
         )
-    if config.dataset == "sourcefolder":
-        files = {
-            "target_dir": config.target_dir,
-            "interferer_dirs": config.interferer_dirs,
-            "ext": config.ext,
-            "seq_duration": config.seq_dur,
-        }
-        return (
-            SourceFolderDataset(
-                config.root,
-                "train",
-                nb_samples=config.nb_train_samples,
-                augment=augment,
-                **files,
-                **common,
-            ),
-            SourceFolderDataset(
-                config.root,
-                "valid",
-                nb_samples=config.nb_valid_samples,
-                deterministic=True,
-                **files,
-                **common,
-            ),
-        )
+    files = {  # sourcefolder
+        "target_dir": config.target_dir,
+        "interferer_dirs": config.interferer_dirs,
+        "ext": config.ext,
+        "seq_duration": config.seq_dur,
+    }
+    return (
+        SourceFolderDataset(
+            config.root,
+            "train",
+            nb_samples=config.nb_train_samples,
+            augment=augment,
+            **files,
+            **common,
+        ),
+        SourceFolderDataset(
+            config.root,
+            "valid",
+            nb_samples=config.nb_valid_samples,
+            deterministic=True,
+            **files,
+            **common,
+        ),
+    )
+
+
+def _dataset_arguments(
+    config: TrainConfig,
+) -> tuple[Compose | None, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """What every dataset takes: the augmentation of the training sources, the arguments of
+    both splits, of the training split only and of the validation split only."""
+    augment = Compose(config.source_augmentations) if config.source_augmentations else None
+    common = {"nb_channels": config.nb_channels}
+    train_only = {"seq_duration": config.seq_dur, "samples_per_track": config.samples_per_track}
+    return augment, common, train_only, {"seq_duration": None}
+
+
+def _track_folder_datasets(config: TrainConfig) -> tuple[UnmixDataset, UnmixDataset]:
+    """`make_datasets` for the trackfolder_fix and trackfolder_var datasets."""
+    augment, common, train_only, valid_only = _dataset_arguments(config)
     if config.dataset == "trackfolder_fix":
         files = {"target_file": config.target_file, "interferer_files": config.interferer_files}
         return (

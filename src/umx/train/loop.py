@@ -3,12 +3,11 @@
 `run_training` sets up the device (and the process group under torchrun) and runs a `Trainer`,
 which builds the model (new, fine-tuned or resumed), trains and validates epoch by epoch with
 early stopping, and writes the checkpoint, the best model, `separator.json` and the loss curve
-after every epoch (rank 0 only). `main` is `python -m umx.train`.
+after every epoch (rank 0 only).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import itertools
 import logging
@@ -16,8 +15,8 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +47,9 @@ from umx.train.checkpoints import (
     _separator_config,
     stops_deferred,
 )
+from umx.train.config import ARCHITECTURE, DEFAULTS, is_xumx_run, resolve_options
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.inputs import _pad_for_stft, compute_statistics, make_datasets
-from umx.train.options import (
-    ARCHITECTURE,
-    DEFAULTS,
-    add_train_arguments,
-    is_xumx_run,
-    resolve_options,
-)
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
@@ -181,8 +174,10 @@ def _segments(nb_timesteps: int, segment: int, n_fft: int) -> list[tuple[int, in
 # --- the run ----------------------------------------------------------------------------------
 
 
-def run_training(args: argparse.Namespace) -> int:
-    """Train one target model as `args` say (see `add_train_arguments`). Returns 0.
+def run_training(given: Mapping[str, Any]) -> int:
+    """Train one target model (or one X-UMX model of every source) as the options `given` say
+    (by field of `umx.train.config.TrainConfig`; the others are its defaults, or a resumed
+    checkpoint's). Returns 0.
 
     Raises:
         UmxError: bad options or data, or an output directory holding another run.
@@ -190,9 +185,9 @@ def run_training(args: argparse.Namespace) -> int:
     distributed = Distributed.from_env()
     if not distributed.is_main:
         logging.getLogger("umx").setLevel(logging.WARNING)  # rank 0 speaks for all
-    elif args.debug:
+    elif given.get("debug"):
         logging.getLogger("umx").setLevel(logging.DEBUG)
-    device = resolve_device(args.device or DEFAULTS["device"], distributed.local_rank)
+    device = resolve_device(given.get("device") or DEFAULTS["device"], distributed.local_rank)
     if distributed.enabled:
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -200,11 +195,11 @@ def run_training(args: argparse.Namespace) -> int:
         logger.info("training on %d processes (%s)", distributed.world_size, dist.get_backend())
     try:
         trainer_type = Trainer
-        if is_xumx_run(args):
+        if is_xumx_run(given):
             from umx.train.xumx import XumxTrainer  # a Trainer subclass: imported on use
 
             trainer_type = XumxTrainer
-        trainer_type(args, distributed, device).run()
+        trainer_type(given, distributed, device).run()
         if distributed.enabled:
             dist.barrier()  # no rank tears gloo down while another still talks to it
     except (MemoryError, RuntimeError) as error:
@@ -236,16 +231,19 @@ class Trainer:
     """The training loss of a batch (see `train_epoch`); None for the magnitude MSE."""
 
     def __init__(
-        self, args: argparse.Namespace, distributed: Distributed, device: torch.device
+        self, given: Mapping[str, Any], distributed: Distributed, device: torch.device
     ) -> None:
         self.distributed = distributed
         self.device = device
-        self.progress = distributed.is_main and not args.quiet
+        self.progress = distributed.is_main and not given.get("quiet")
         self.bars = self.progress and sys.stderr.isatty()  # a log file gets lines, not bars
         if importlib.util.find_spec("matplotlib") is None:
             raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
-        checkpoint = _read_checkpoint(args, device) if args.checkpoint is not None else None
-        self.config = config = resolve_options(args, checkpoint)
+        resumed = given.get("checkpoint")
+        checkpoint = None
+        if resumed is not None:
+            checkpoint = _read_checkpoint(resumed, given.get("target"), device)
+        self.config = config = resolve_options(given, checkpoint)
         self.output = Path(config.output)
         self.target = config.target
         self.train_set, self.valid_set = self._make_datasets()
@@ -260,10 +258,11 @@ class Trainer:
                 f"the checkpoint was trained at {checkpoint['sample_rate']:g} Hz but the data of "
                 f"{config.root} is at {self.sample_rate:g} Hz"
             )
-        given = {key: getattr(args, key) for key in ARCHITECTURE if getattr(args, key) is not None}
         pretrained = None
         if config.model is not None and checkpoint is None:
-            pretrained = self._pretrained_model(given)
+            architecture = {key: given[key] for key in ARCHITECTURE if given.get(key) is not None}
+            pretrained = self._pretrained_model(architecture)
+            config = self.config  # with the model's architecture
         excerpt = round(config.seq_dur * self.sample_rate)
         if excerpt < config.nfft:
             raise UmxError(
@@ -382,7 +381,7 @@ class Trainer:
                     f"--{key.replace('_', '-')} {given[key]} differs from {config.model}'s "
                     f"{value}: fine-tuning keeps the model"
                 )
-            setattr(config, key, value)
+        self.config = replace(config, **found)
         logger.info("fine-tuning %s of %s", self.target, config.model)
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -623,20 +622,3 @@ class Trainer:
 
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m umx.train`: the same as `umx train`. Returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m umx.train", description="Train an Open-Unmix target model."
-    )
-    add_train_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="umx: %(message)s"
-    )
-    try:
-        return run_training(args)
-    except UmxError as error:
-        logger.error("error: %s", error)
-        return 1

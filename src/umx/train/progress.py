@@ -14,7 +14,7 @@ from umx.data.datasets import SourcesDataset, TrackDataset, UnmixDataset
 from umx.defaults import AUTO
 from umx.errors import display_path
 from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping
-from umx.train.options import XUMX_NAME
+from umx.train.config import XUMX_NAME
 
 RECENT_EPOCHS = 5
 """Epochs whose mean time predicts the next ones (the first is slower: caches warm up)."""

@@ -17,7 +17,7 @@ stems of `--target-file` and `--interferer-files`.
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,16 @@ from umx.errors import UmxError
 from umx.files import write_json_atomic
 from umx.model import CrossUnmix
 from umx.train.checkpoints import _json_options
+from umx.train.config import XUMX_NAME, TrainConfig
 from umx.train.inputs import _pad_for_stft, make_datasets
 from umx.train.loop import NB_LAYERS, Trainer, _segments
-from umx.train.options import XUMX_NAME
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.xumx_losses import TIME_WEIGHT, multi_domain_loss
 from umx.transforms import bandwidth_to_max_bin, stft
 from umx.xumx_checkpoints import save_xumx, xumx_architecture
 
 
-def source_names(config: Any) -> list[str]:
+def source_names(config: TrainConfig) -> list[str]:
     """The sources an X-UMX run trains, in output order (see the module docstring)."""
     if config.dataset == "musdb":
         return list(MUSDB_SOURCES)
@@ -95,9 +95,9 @@ class XumxTrainer(Trainer):
     def _make_datasets(self) -> tuple[SourcesDataset, SourcesDataset]:
         config = self.config
         self.names = source_names(config)
-        # The track datasets draw every source; their target is the first one.
-        tracks = copy.copy(config)
-        tracks.target = self.names[0]
+        # The track datasets draw every source; their target is the first one (the options of
+        # an Open-Unmix run of that target).
+        tracks = replace(config, architecture="umx", target=self.names[0])
         train_set, valid_set = make_datasets(tracks)
         return SourcesDataset(train_set, self.names), SourcesDataset(valid_set, self.names)
 

@@ -1,4 +1,6 @@
-"""The jobs of `umx serve`: uploads and their stems on disk, a bounded queue and worker threads.
+"""The job store of `umx serve`: jobs and their stems on disk, a bounded queue, worker threads
+that separate with `umx.jobs.run_task`, listeners and the cache limit (uploads are
+`umx.web.uploads`, downloads `umx.web.downloads`, the records `umx.web.records`).
 
 Layout of the data directory::
 
@@ -21,246 +23,63 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from umx.api import separate_file
-from umx.audio import (
-    AudioWriter,
-    audio_formats,
-    audio_info,
-    display_path,
-    read_audio,
-    write_audio,
-)
+from umx.audio import audio_info, display_path
 from umx.devices import release_freed_memory
-from umx.errors import UmxError, check_number
-from umx.files import write_atomic, write_json_atomic
-from umx.modeldir import directory_files
+from umx.errors import UmxError
+from umx.files import write_json_atomic
+from umx.jobs import DELETED, DONE, FAILED, QUEUED, RUNNING, run_task
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
-from umx.zoo import MODELS, load_separator
+from umx.web.downloads import Downloads
+from umx.web.records import (
+    ALL_STEMS,
+    DOWNLOADS,
+    ID_DIGITS,
+    INPUT,
+    JOB_ID,
+    RECORD,
+    STEM_EXT,
+    STEMS,
+    Busy,
+    Job,
+    NotFound,
+    error_summary,
+    job_key,
+    model_targets,
+    rest_name,
+    stem_modes,
+)
+from umx.web.uploads import Upload
+from umx.zoo import load_separator
 
 logger = logging.getLogger("umx")
 
-QUEUED, RUNNING, DONE, FAILED, DELETED = "queued", "running", "done", "failed", "deleted"
-ID_DIGITS = 32
-JOB_ID = re.compile(rf"^[0-9a-f]{{{ID_DIGITS}}}$")
-ALL_STEMS = "all"
-"""The stem mode of every target of the model; the other modes are one target and the rest."""
-ACCOMPANIMENT = "accompaniment"
-"""The rest of the mix beside the vocals (beside any other target `t` it is `no_t`)."""
-ORIGINAL = "mixture"
-"""The original mix, decoded as the stems are stored: a track of the player and of mixes."""
-MAX_MIX_GAIN = 2.0
-"""The largest gain of a stem in a mix (the page's volume sliders end below it)."""
-SUMMARY_MIN, SUMMARY_MAX = 24, 160
-"""An error's summary ends at its first `: ` or ` (` past SUMMARY_MIN characters, and is cut
-at SUMMARY_MAX: the page shows it in one line, the whole message on request."""
-INPUT, RECORD, STEMS, DOWNLOADS = "input", "job.json", "stems", "downloads"
-STEM_EXT = "wav"
-MAX_NAME = 200
-"""The longest file name kept for display, in characters."""
 MAX_LOADED_MODELS = 2
 """Separators kept loaded between jobs (the least recently used is dropped)."""
 PROGRESS_STEP = 0.01
 """Progress is reported to listeners when it grew by this fraction of the song at least."""
 PROBE_BYTES = 1 << 16
 """Bytes written (and removed) at start to check that the data directory takes files."""
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_FILE_CHARS = re.compile(r"[^\w.-]+")
 
 
-class Busy(UmxError):
-    """The queue is full: the upload is refused until a job finishes."""
+class _Cancelled(BaseException):
+    """Raised in a running separation whose job was deleted or whose store stops (not an
+    `Exception`: `umx.jobs.run_task` lets it through)."""
 
 
-class NotFound(UmxError):
-    """No such job, stem or format."""
-
-
-class TooLarge(UmxError):
-    """An upload over the size limit."""
-
-
-class _Cancelled(Exception):
-    """Raised in a running separation whose job was deleted."""
-
-
-def display_name(name: str) -> str:
-    """A client's file name as shown on the page: its last component, printable, one line, not
-    too long, never empty. It is never used as a path."""
-    name = re.split(r"[/\\]", name)[-1]
-    name = _UNPRINTABLE.sub("", name).strip()[:MAX_NAME]
-    return name or "untitled"
-
-
-def file_stem(name: str) -> str:
-    """A display name as a safe file name for downloads (zip folders, attachments): letters,
-    digits, `_`, `-` and `.` only, not starting with a dot, without its extension."""
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return _UNSAFE_FILE_CHARS.sub("_", stem).strip("._")[:100] or "song"
-
-
-def rest_name(target: str) -> str:
-    """The name of the rest of the mix beside one target: `accompaniment` beside the vocals,
-    `no_<target>` beside any other (as `umx --two-stems` names it)."""
-    return ACCOMPANIMENT if target == "vocals" else f"no_{target}"
-
-
-def stem_modes(targets: Sequence[str]) -> dict[str, str]:
-    """The stem modes of a model with `targets`, each with the words the page shows: every
-    target (`ALL_STEMS`), or, for each target, that target and the rest of the mix (the
-    separator's residual: only that target's model runs)."""
-    modes = {ALL_STEMS: f"all stems: {', '.join(targets)}" if targets else "all stems"}
-    for target in targets:
-        modes[target] = f"{target} and the rest ({rest_name(target)})"
-    return modes
-
-
-def model_targets(model: str) -> list[str]:
-    """The targets of a named model or a model directory, without loading it (none where the
-    directory cannot be read: its jobs then fail with the loader's sentence)."""
-    if model in MODELS:
-        return list(MODELS[model].targets)
-    try:
-        return list(directory_files(Path(model), None).weights)
-    except UmxError:
-        return []
-
-
-def error_summary(message: str) -> str:
-    """The first clause of an error message, for a one-line display (see `SUMMARY_MIN`)."""
-    match = re.compile(r": | \(").search(message, SUMMARY_MIN)
-    summary = message[: match.start()] if match else message
-    return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1] + "…"
-
-
-def job_key(input_sha256: str, options: dict[str, str]) -> str:
-    """A job's id: the input's content hash and the separation options, hashed together."""
-    text = json.dumps({"input": input_sha256, **options}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
-
-
-@dataclass
-class Job:
-    """One song and its separation options, as recorded in `job.json` and shown on the page.
-
-    Attributes:
-        id: see `job_key`.
-        name: the uploaded file's name, for display only.
-        model: the model's name (or directory) separating it.
-        stems: `ALL_STEMS` or one target (that target and the rest, see `stem_modes`).
-        size: the input's size in bytes.
-        state: `QUEUED`, `RUNNING`, `DONE` or `FAILED`.
-        created: when it was uploaded (seconds since the epoch); finished: when it ended.
-        progress: the fraction separated, 0 to 1.
-        duration: the song's length in seconds, once known.
-        seconds: the time the separation took.
-        targets: the stems' names, once done.
-        error: why it failed, in one sentence.
-    """
-
-    id: str
-    name: str
-    model: str
-    stems: str
-    size: int
-    state: str = QUEUED
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    progress: float = 0.0
-    duration: float | None = None
-    seconds: float | None = None
-    targets: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> Job:
-        """The job recorded in `path`.
-
-        Raises:
-            ValueError: the file is not a job record of this version.
-        """
-        data = json.loads(path.read_text())
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            raise ValueError("not a job record")
-        job = cls(**data)
-        if not JOB_ID.match(str(job.id)) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
-            raise ValueError("not a job record")
-        return job
-
-
-class Upload:
-    """An input being received: written to a hidden file under `uploads/` as it arrives, hashed
-    and counted, and refused as soon as it passes the size limit.
-
-    Args:
-        directory: where the file goes.
-        name: the client's name for it (display only).
-        limit: the most bytes accepted.
-    """
-
-    def __init__(self, directory: Path, name: str, limit: int) -> None:
-        self.name, self.limit = name, limit
-        self.path = directory / f".{secrets.token_hex(8)}.part"
-        self.size = 0
-        self._hash = hashlib.sha256()
-        self._file: IO[bytes] | None = open(self.path, "xb")  # noqa: SIM115 (closed by finish)
-
-    def write(self, data: bytes) -> None:
-        """Append a piece of the body.
-
-        Raises:
-            TooLarge: the upload passed the limit; the file is removed.
-        """
-        self.size += len(data)
-        if self.size > self.limit:
-            self.discard()
-            raise too_large(self.name, self.limit)
-        assert self._file is not None
-        self._file.write(data)
-        self._hash.update(data)
-
-    def finish(self) -> str:
-        """Close the file, on disk for good; returns the content's SHA-256."""
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        return self._hash.hexdigest()
-
-    def discard(self) -> None:
-        """Close and remove the file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.path.unlink(missing_ok=True)
-
-
-def too_large(name: str, limit: int) -> TooLarge:
-    return TooLarge(
-        f"{name} is larger than the upload limit of {limit / 2**20:g} MB "
-        "(umx serve --max-upload-mb)"
-    )
-
-
-class JobStore:
+class JobStore(Downloads):
     """The jobs in a data directory, the queue and the workers that separate them.
 
     Jobs are separated by `umx.api.separate_file` one at a time per worker; at most `max_queue`
@@ -526,154 +345,6 @@ class JobStore:
         self._notify(record)
         return record
 
-    # --- downloads ---------------------------------------------------------------------------
-
-    def stem_file(self, job_id: str, stem: str, ext: str) -> tuple[Path, str]:
-        """A finished job's stem in a format of `audio_formats`, converted when first asked for.
-
-        wav is the stored 32-bit float file, exactly as separated; flac and mp3 are written by
-        `umx.audio.AudioWriter` with its defaults (as `umx song.mp3 --ext flac` writes them).
-
-        Returns:
-            the file, and the name to download it as (`<song>-<stem>.<ext>`).
-
-        Raises:
-            NotFound: no such finished job, stem or format.
-        """
-        with self._lock:
-            job = self._get(job_id)
-            if job.state != DONE or stem not in job.targets or ext not in audio_formats():
-                raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
-            directory = self.jobs_dir / job_id
-        source = self._stem_path(job, stem)
-        name = f"{file_stem(job.name)}-{stem}.{ext}"
-        if ext == STEM_EXT:
-            return source, name
-        target = directory / DOWNLOADS / f"{stem}.{ext}"
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
-            audio, rate = read_audio(source)
-            with AudioWriter(target, rate, audio.shape[0], force=True) as writer:
-                writer.write(audio)
-            self._evict()
-        return target, name
-
-    def zip_file(self, job_id: str, ext: str) -> tuple[Path, str]:
-        """All the stems of a finished job in one zip file (stored, not compressed: audio
-        hardly compresses), in a folder named after the song.
-
-        Returns:
-            the file, and the name to download it as.
-
-        Raises:
-            NotFound: no such finished job or format.
-        """
-        job = self.job(job_id)
-        if job["state"] != DONE:
-            raise NotFound(f"job {job_id} has no stems: it is {job['state']}")
-        files = {stem: self.stem_file(job_id, stem, ext) for stem in job["targets"]}
-        folder = file_stem(job["name"])
-        target = self.jobs_dir / job_id / DOWNLOADS / f"stems-{ext}.zip"
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
-
-            def write(file: IO[bytes]) -> None:
-                with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-                    for stem, (path, _) in files.items():
-                        archive.write(path, f"{folder}/{stem}.{ext}")
-
-            write_atomic(target, write)
-            self._evict()
-        return target, f"{folder}-stems-{ext}.zip"
-
-    def original_file(self, job_id: str) -> tuple[Path, str]:
-        """A finished job's input decoded as its stems are stored (32-bit float wav, the same
-        rate, channels and length), made when first asked for: the player's original mix.
-
-        Returns:
-            the file, and the name to download it as.
-
-        Raises:
-            NotFound: no such finished job.
-        """
-        with self._lock:
-            job = self._get(job_id)
-            if job.state != DONE:
-                raise NotFound(f"job {job_id} has no stems: it is {job.state}")
-            directory = self.jobs_dir / job_id
-        target = directory / DOWNLOADS / f"{ORIGINAL}.{STEM_EXT}"
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
-            audio, rate = read_audio(directory / INPUT, downmix=True)
-            write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
-            self._evict()
-        return target, f"{file_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
-
-    def mix_file(
-        self, job_id: str, gains: Mapping[str, str], ext: str
-    ) -> tuple[Path, str, str | None]:
-        """The sum of a finished job's chosen stems at their gains, in a format of
-        `audio_formats`: what the player plays. Louder than full scale, it is rescaled to fit
-        (as `umx song.mp3` does) and a notice says so.
-
-        Args:
-            job_id: the job.
-            gains: stem name (one of the job's targets, or `ORIGINAL`) to its gain, a number
-                from 0 to `MAX_MIX_GAIN` as text; stems not named are left out.
-            ext: the format.
-
-        Returns:
-            the file, the name to download it as, and the notice (None when not rescaled).
-
-        Raises:
-            NotFound: no such finished job or format.
-            UmxError: an unknown stem, a gain that is not a number in range, or silence.
-        """
-        with self._lock:
-            job = self._get(job_id)
-            if job.state != DONE or ext not in audio_formats():
-                raise NotFound(f"no mix in {ext[:8]!r} for job {job_id}")
-        chosen = {}
-        for name, text in gains.items():
-            if name not in (*job.targets, ORIGINAL):
-                raise UmxError(
-                    f"unknown stem {name[:64]!r} in the mix; the stems are "
-                    f"{', '.join([*job.targets, ORIGINAL])}"
-                )
-            try:
-                gain = float(text)
-            except ValueError:
-                gain = text
-            check_number(f"the gain of {name}", gain, minimum=0, maximum=MAX_MIX_GAIN)
-            if gain > 0:
-                chosen[name] = gain
-        if not chosen:
-            raise UmxError("the mix is silent: give a stem a gain above 0")
-        mix, rate = None, None
-        for name, gain in chosen.items():
-            path = self.original_file(job_id)[0] if name == ORIGINAL else self._stem_path(job, name)
-            audio, rate = read_audio(path)
-            if mix is not None and mix.shape != audio.shape:
-                raise UmxError(f"the stems of {job.name} differ in length; separate it again")
-            mix = gain * audio if mix is None else mix + gain * audio
-        assert mix is not None and rate is not None
-        key = hashlib.sha256(json.dumps(sorted(chosen.items())).encode()).hexdigest()[:16]
-        target = self.jobs_dir / job_id / DOWNLOADS / f"mix-{key}.{ext}"
-        target.parent.mkdir(exist_ok=True)
-        subtype = "FLOAT" if ext == STEM_EXT else None
-        report = write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
-        self._evict()
-        notice = None
-        if report.action != "none":
-            notice = (
-                f"the mix peaked at {report.peak:.2f}, above full scale, so it was rescaled by "
-                f"{report.gain:.3f} to fit"
-            )
-        return target, f"{file_stem(job.name)}-mix.{ext}", notice
-
-    def _stem_path(self, job: Job, stem: str) -> Path:
-        return self.jobs_dir / job.id / STEMS / f"{stem}.{STEM_EXT}"
-
     # --- listeners ---------------------------------------------------------------------------
 
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
@@ -782,29 +453,29 @@ class JobStore:
                 self._notify(self._public(job))
 
         start = time.perf_counter()
+        options = {
+            "outdir": staging,
+            "filename": f"{{target}}.{STEM_EXT}",
+            "ext": STEM_EXT,
+            "subtype": "FLOAT",
+            "clip": "none",
+            "match_input": True,
+            "downmix": True,
+            "segment": self.segment,
+            "overlap": self.overlap,
+        }
         try:
             separator = self._separator(job.model, job.stems)
-            reports = separate_file(
-                directory / INPUT,
-                separator,
-                outdir=staging,
-                filename=f"{{target}}.{STEM_EXT}",
-                ext=STEM_EXT,
-                subtype="FLOAT",
-                clip="none",
-                match_input=True,
-                downmix=True,
-                segment=self.segment,
-                overlap=self.overlap,
-                on_progress=progress,
-            )
-            os.replace(staging, directory / STEMS)
-            job.targets = [report.path.stem for report in reports]
-            job.state = DONE
+            record = run_task(directory / INPUT, separator, options, progress, log_traceback=True)
+            if record["status"] == DONE:
+                os.replace(staging, directory / STEMS)
+                job.targets, job.state = list(record["outputs"]), DONE
+            else:
+                job.state, job.error = FAILED, _rename(record["error"], directory / INPUT, job.name)
         except _Cancelled:
             if job.id in self._cancelled:
                 logger.info("%s: deleted while separating", display_path(job.name))
-        except UmxError as error:
+        except UmxError as error:  # the model cannot be loaded
             job.state, job.error = FAILED, _rename(str(error), directory / INPUT, job.name)
         except Exception as error:  # the server keeps serving whatever one job does
             logger.exception("%s: separation failed", display_path(job.name))

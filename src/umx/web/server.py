@@ -52,15 +52,9 @@ from umx import __version__
 from umx.audio import audio_formats, display_path
 from umx.errors import UmxError
 from umx.web.guard import SECURITY_HEADERS, Guard
-from umx.web.jobs import (
-    Busy,
-    JobStore,
-    NotFound,
-    TooLarge,
-    display_name,
-    stem_modes,
-    too_large,
-)
+from umx.web.jobs import JobStore
+from umx.web.records import Busy, NotFound, display_name, stem_modes
+from umx.web.uploads import TooLarge, too_large
 from umx.zoo import BUNDLED, CACHED, MODELS, is_offline, list_models
 
 logger = logging.getLogger("umx")
@@ -93,6 +87,38 @@ def create_app(
             at start, say), or None; offline mode (`$UMX_OFFLINE`) says so by itself.
     """
     streams = EventStreams()
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            *job_routes(store, default_model, max_upload_bytes, no_downloads, streams),
+            *download_routes(store),
+            Route("/favicon.ico", favicon),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        middleware=[Middleware(Guard, host=host)],
+        exception_handlers=error_handlers(store),
+    )
+    app.state.streams = streams
+    return app
+
+
+async def page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: Request) -> Response:
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
+def job_routes(
+    store: JobStore,
+    default_model: str,
+    max_upload_bytes: int,
+    no_downloads: str | None,
+    streams: EventStreams,
+) -> list[Route]:
+    """The routes of the configuration, the jobs (list, upload, one job, delete, retry) and
+    the event stream (see `create_app` for the arguments)."""
 
     async def config(request: Request) -> Response:
         return JSONResponse(
@@ -136,15 +162,35 @@ def create_app(
             return Response(status_code=204)
         return JSONResponse(store.job(job_id))
 
+    async def retry(request: Request) -> Response:
+        return JSONResponse(store.retry(request.path_params["job_id"]))
+
+    async def events(request: Request) -> Response:
+        return StreamingResponse(
+            event_stream(store, streams),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return [
+        Route("/api/config", config),
+        Route("/api/jobs", jobs),
+        Route("/api/jobs", upload, methods=["POST"]),
+        Route("/api/jobs/{job_id}", job, methods=["GET", "DELETE"]),
+        Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
+        Route("/api/events", events),
+    ]
+
+
+def download_routes(store: JobStore) -> list[Route]:
+    """The routes of a finished job's files: a stem, the original mix, a mix, the zip file."""
+
     async def stem(request: Request) -> Response:
         stem_name, _, ext = request.path_params["file"].rpartition(".")
         path, filename = await run_in_threadpool(
             store.stem_file, request.path_params["job_id"], stem_name, ext
         )
         return FileResponse(path, filename=filename, media_type=MEDIA_TYPES.get(ext))
-
-    async def retry(request: Request) -> Response:
-        return JSONResponse(store.retry(request.path_params["job_id"]))
 
     async def original(request: Request) -> Response:
         path, filename = await run_in_threadpool(store.original_file, request.path_params["job_id"])
@@ -160,24 +206,24 @@ def create_app(
             path, filename=filename, media_type=MEDIA_TYPES.get(ext), headers=headers
         )
 
-    async def favicon(request: Request) -> Response:
-        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
-
     async def archive(request: Request) -> Response:
         path, filename = await run_in_threadpool(
             store.zip_file, request.path_params["job_id"], request.path_params["ext"]
         )
         return FileResponse(path, filename=filename, media_type="application/zip")
 
-    async def events(request: Request) -> Response:
-        return StreamingResponse(
-            event_stream(store, streams),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    return [
+        Route("/api/jobs/{job_id}/stems/{file}", stem),
+        Route("/api/jobs/{job_id}/mixture.wav", original),
+        Route("/api/jobs/{job_id}/mix/{ext}", mix),
+        Route("/api/jobs/{job_id}/zip/{ext}", archive),
+    ]
 
-    async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+def error_handlers(store: JobStore) -> dict[Any, Callable[[Request, Exception], Any]]:
+    """What each kind of error answers: a user's error with its status (`STATUS`, else 422),
+    an HTTP error, the data directory failing (507 when full, else 500), and a bug (500); each
+    a one-sentence JSON `error`."""
 
     async def user_error(request: Request, error: Exception) -> Response:
         status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 422)
@@ -200,32 +246,12 @@ def create_app(
         message = "the server failed unexpectedly; its terminal shows why"
         return JSONResponse({"error": message}, status_code=500, headers=SECURITY_HEADERS)
 
-    app = Starlette(
-        routes=[
-            Route("/", page),
-            Route("/api/config", config),
-            Route("/api/jobs", jobs),
-            Route("/api/jobs", upload, methods=["POST"]),
-            Route("/api/jobs/{job_id}", job, methods=["GET", "DELETE"]),
-            Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
-            Route("/api/jobs/{job_id}/stems/{file}", stem),
-            Route("/api/jobs/{job_id}/mixture.wav", original),
-            Route("/api/jobs/{job_id}/mix/{ext}", mix),
-            Route("/api/jobs/{job_id}/zip/{ext}", archive),
-            Route("/api/events", events),
-            Route("/favicon.ico", favicon),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        ],
-        middleware=[Middleware(Guard, host=host)],
-        exception_handlers={
-            UmxError: user_error,
-            HTTPException: http_error,
-            OSError: storage_error,
-            Exception: server_error,
-        },
-    )
-    app.state.streams = streams
-    return app
+    return {
+        UmxError: user_error,
+        HTTPException: http_error,
+        OSError: storage_error,
+        Exception: server_error,
+    }
 
 
 def model_entries(

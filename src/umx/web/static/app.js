@@ -8,7 +8,7 @@ const COLORS = {
   vocals: "#d9480f", drums: "#2d6cdf", bass: "#7048e8", other: "#2b8a3e",
   accompaniment: "#2b8a3e", mixture: "#495057",
 };
-const ORIGINAL = "mixture";  // the original mix's track (umx.web.jobs.ORIGINAL)
+const ORIGINAL = "mixture";  // the original mix's track (umx.web.records.ORIGINAL)
 const SEEK_STEP = 5;  // seconds per arrow key on the position slider
 const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
 const state = { config: null, jobs: new Map(), uploads: new Map(), ours: new Set(), player: null };

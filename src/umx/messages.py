@@ -1,5 +1,6 @@
-"""How `umx batch` shows text that came from files and users: printable, on one line, and
-short enough to read (a 100 kB line of a list file is not echoed whole), with plurals right."""
+"""How umx shows text that came from files and users (`umx batch`, job records): printable,
+on one line, and short enough to read (a 100 kB line of a list file is not echoed whole), with
+plurals right."""
 
 from __future__ import annotations
 

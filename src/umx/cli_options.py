@@ -1,0 +1,244 @@
+"""Command-line options shared by the commands: the separation (`umx separate`, `umx evaluate`,
+`umx batch`) and the stem files (`umx separate`, `umx stream`, `umx batch`), parsed and turned
+into the typed options of `umx.options`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from umx.defaults import (
+    CLIP_POLICIES,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATE,
+    FALLBACK_MODEL,
+    OVERLAP,
+    SEGMENT,
+    SUBTYPES,
+    TEMPLATE_FIELDS,
+    WIENER_WIN_LEN,
+)
+from umx.errors import UmxError
+from umx.onnx.options import BACKENDS, QUANTIZATIONS
+from umx.options import OutputOptions, SeparationOptions
+
+MODEL_HELP = (
+    f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
+    f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
+)
+
+SEPARATION_DEFAULTS = {
+    field.name: field.default for field in fields(SeparationOptions) if field.name != "model"
+}
+"""The separation options but --model and their defaults (those of `SeparationOptions`)."""
+TWO_STEMS_REST = "no_"
+"""What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
+
+
+def add_separation_arguments(
+    group: argparse._ActionsContainer, *, chunks: bool = True, two_stems: bool = True
+) -> None:
+    """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group; without
+    `chunks`, those of a stream only (no --wiener-win-len, --segment, --overlap, --whole-track,
+    which keep their defaults); with `two_stems`, the shorthand --two-stems (see
+    `check_separation_args`)."""
+    group.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="TARGET",
+        help="separate only these targets (default: all of the model's); it takes every "
+        "word up to the next option, so end the list with -- before any input that follows",
+    )
+    if two_stems:
+        group.add_argument(
+            "--two-stems",
+            metavar="TARGET",
+            help=f"write TARGET and {TWO_STEMS_REST}TARGET, the rest of the mixture (short for "
+            f"--targets TARGET --residual {TWO_STEMS_REST}TARGET)",
+        )
+    group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
+    if chunks:
+        group.add_argument(
+            "--wiener-win-len",
+            type=int,
+            metavar="N",
+            help=f"frames filtered at once; 0 for the whole segment (default: {WIENER_WIN_LEN})",
+        )
+    group.add_argument(
+        "--softmask",
+        action="store_true",
+        help="start the Wiener filter from ratio masks (default: from the model magnitudes)",
+    )
+    group.add_argument(
+        "--residual",
+        metavar="NAME",
+        help="add a target NAME: the mixture minus the targets (default: none)",
+    )
+    if chunks:
+        group.add_argument(
+            "--segment",
+            type=float,
+            metavar="SECONDS",
+            help=f"separate long inputs in chunks of this length (default: {SEGMENT:g})",
+        )
+        group.add_argument(
+            "--overlap",
+            type=float,
+            metavar="SECONDS",
+            help=f"cross-fade between chunks (default: {OVERLAP:g})",
+        )
+        group.add_argument(
+            "--whole-track",
+            action="store_true",
+            help="separate each input at once, as the reference implementation does "
+            "(memory grows with the duration)",
+        )
+    group.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:N or mps (default: auto: a CUDA GPU if present, else MPS, "
+        "else the CPU)",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="what runs the target models: torch, or onnxruntime on the CPU (extra "
+        "umx[onnx]; the same stems within 1e-4) (default: torch; onnxruntime with --quantize "
+        "or a --model folder written by umx export)",
+    )
+    group.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="int8 dynamic quantisation of the models' LSTM and linear layers, faster and "
+        "slightly less accurate; implies --backend onnxruntime (default: none, float32)",
+    )
+    group.set_defaults(**SEPARATION_DEFAULTS)
+
+
+def given_separation_options(args: argparse.Namespace) -> list[str]:
+    """The separation options that `args` sets to other than their defaults, as `--name`."""
+    return [
+        f"--{name.replace('_', '-')}"
+        for name, default in SEPARATION_DEFAULTS.items()
+        if getattr(args, name) != default
+    ]
+
+
+def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
+    """The separation options of `args`, checked before any model is loaded (see
+    `SeparationOptions`), after rewriting `--two-stems TARGET` as the `--targets TARGET
+    --residual no_TARGET` it stands for (in `args` too).
+
+    Returns:
+        the options, with `args.model` as the model.
+    """
+    two_stems = getattr(args, "two_stems", None)
+    if two_stems is not None:
+        from umx.modeldir import check_target_name  # torch: not for --help
+
+        for option in ("targets", "residual", "aggregate"):
+            if getattr(args, option, None) is not None:
+                raise UmxError(
+                    f"--two-stems {two_stems} already chooses the stems ({two_stems} and "
+                    f"{TWO_STEMS_REST}{two_stems}): leave out --{option}"
+                )
+        rest = check_target_name(TWO_STEMS_REST + two_stems, "--two-stems")
+        args.targets, args.residual, args.two_stems = [two_stems], rest, None
+    options = SeparationOptions(
+        model=getattr(args, "model", None),
+        **{name: getattr(args, name) for name in SEPARATION_DEFAULTS},
+    )
+    args.backend = options.backend
+    return options
+
+
+def segment_from_args(args: argparse.Namespace) -> float | None:
+    """The chunk length to separate with: None (whole track) with `--whole-track`."""
+    return None if args.whole_track else args.segment
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """How input files are taken and matched (`umx separate` and `umx batch`)."""
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="average inputs with more than two channels instead of refusing them",
+    )
+    p.add_argument(
+        "--match-input",
+        action="store_true",
+        help="write the stems at the input's sample rate and channel count (default: the "
+        "model's rate, stereo for stereo models)",
+    )
+
+
+def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
+    """The options of stem files: where, named how, in which format, clipped how, grouped how,
+    and whether to overwrite (`umx separate`, `umx stream` and `umx batch`)."""
+    p.add_argument(
+        "--outdir",
+        type=Path,
+        default=OutputOptions.outdir,
+        help="output directory (default: separated)",
+    )
+    p.add_argument(
+        "--filename",
+        default=DEFAULT_TEMPLATE,
+        metavar="TEMPLATE",
+        help="output path under OUTDIR, with "
+        + ", ".join("{" + field + "}" for field in TEMPLATE_FIELDS)
+        + f" (default: {DEFAULT_TEMPLATE})",
+    )
+    p.add_argument(
+        "--ext",
+        *ext_aliases,
+        dest="ext",
+        type=output_format,
+        choices=tuple(SUBTYPES),
+        default=OutputOptions.ext,
+        help="output file format (default: wav)",
+    )
+    p.add_argument(
+        "--subtype",
+        choices=sorted({subtype for subtypes in SUBTYPES.values() for subtype in subtypes}),
+        help="sample format: PCM_16 (default for wav and flac), PCM_24 or FLOAT (wav only); "
+        "MPEG_LAYER_III for mp3 (its only one)",
+    )
+    p.add_argument(
+        "--clip",
+        choices=CLIP_POLICIES,
+        default=OutputOptions.clip,
+        help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
+        "clamp the samples, or none (FLOAT only) (default: rescale)",
+    )
+    p.add_argument(
+        "--aggregate",
+        metavar="JSON",
+        help="groups of targets to write instead, as JSON or a JSON file, e.g. "
+        '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def output_format(ext: str) -> str:
+    """`--ext`: mp3 is refused while parsing where neither libsndfile nor ffmpeg can write it
+    (checked only when asked for, since it loads the audio modules)."""
+    if ext == "mp3":
+        from umx.audio import audio_formats
+
+        if ext not in audio_formats():
+            raise argparse.ArgumentTypeError("mp3 cannot be written here: install ffmpeg")
+    return ext
+
+
+def output_options(args: argparse.Namespace) -> OutputOptions:
+    """The options of `add_output_arguments` that say where and how stem files are written."""
+    return OutputOptions(
+        outdir=args.outdir,
+        filename=args.filename,
+        ext=args.ext,
+        subtype=args.subtype,
+        clip=args.clip,
+        force=args.force,
+    )

@@ -1,0 +1,339 @@
+"""One job record for `umx batch` and `umx serve`: the status words, the JSON Lines manifest,
+output verification, and `run_task`, which separates one input and describes what happened.
+
+A record is a JSON object: `input` (the key of the input), `status`, and as the status says,
+`outputs` (`{stem: {path, sha256, bytes, mtime_ns}}`) or `error` (one line). The manifest holds
+one record per line, appended and fsynced one at a time; the latest record of an input is its
+state. A damaged line (cut short by a crash, garbage or NUL bytes a full disk or a crash left, a
+record of the wrong JSON types) is skipped by readers and removed by `Manifest`, which keeps
+every complete record and a copy of what it removed (`NAME.cut-TIME`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from umx.api import separate_file
+from umx.audio import display_path
+from umx.errors import UmxError
+from umx.files import sha256_file, write_bytes_atomic
+from umx.messages import plural, shown
+from umx.separator import Separator
+
+logger = logging.getLogger("umx")
+
+QUEUED, RUNNING, DONE, FAILED, DELETED = "queued", "running", "done", "failed", "deleted"
+"""The status of a job: waiting for a worker (the web queue); handed to a worker; outputs
+written and hashed; an error; removed (told to the page's listeners, never recorded)."""
+MANIFEST_STATUSES = (RUNNING, DONE, FAILED)
+"""The statuses a manifest records."""
+
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "path": (str,),
+    "attempt": (int,),
+    "error": (str,),
+    "started": (int, float),
+    "finished": (int, float),
+    "audio_seconds": (int, float, type(None)),
+}
+"""The optional fields of a record that readers use, with their JSON types."""
+_OUTPUT_FIELDS = {"path": str, "sha256": str, "bytes": int, "mtime_ns": int}
+"""What a done record keeps of each output."""
+
+
+@dataclass
+class ManifestScan:
+    """What a manifest holds: its complete records, and the damaged lines among them.
+
+    Attributes:
+        records: the records (JSON objects of the right types), in order.
+        kept: the bytes of the manifest once the damaged lines are removed.
+        damaged: the damaged lines, as they were (a line holding NUL bytes is damaged, even
+            where records around the NUL bytes are kept).
+        first_problem: what is wrong with the first damaged line, with its number.
+        intact: whether `kept` is the whole manifest (no damaged line, no empty line, and a
+            newline at the end).
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    kept: bytes = b""
+    damaged: list[bytes] = field(default_factory=list)
+    first_problem: str = ""
+    intact: bool = True
+
+
+def scan_manifest(path: str | os.PathLike) -> ManifestScan:
+    """Read a manifest, telling its complete records from its damaged lines.
+
+    Returns:
+        the scan; empty if the manifest does not exist.
+
+    Raises:
+        UmxError: the manifest cannot be read.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return ManifestScan()
+    except OSError as error:
+        raise UmxError(
+            f"cannot read the manifest {display_path(path)} ({error.strerror})"
+        ) from None
+    scan = ManifestScan()
+    kept = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line:
+            continue  # the end of the file, or an empty line
+        pieces = line.split(b"\0")  # a record never holds a NUL byte: split around NUL runs
+        problem = "NUL bytes" if len(pieces) > 1 else None
+        for piece in filter(None, pieces):
+            try:
+                record = json.loads(piece)
+            except (ValueError, RecursionError):
+                problem = problem or "not JSON"
+                continue
+            reason = record_problem(record)
+            if reason is None:
+                scan.records.append(record)
+                kept.append(piece + b"\n")
+            else:
+                problem = problem or reason
+        if problem is not None:
+            scan.damaged.append(line)
+            scan.first_problem = scan.first_problem or f"line {number}: {problem}"
+    scan.kept = b"".join(kept)
+    scan.intact = scan.kept == data
+    return scan
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete records of a manifest, in order; damaged lines are skipped.
+
+    Returns:
+        the records (JSON objects); none if the manifest does not exist.
+    """
+    return scan_manifest(path).records
+
+
+def record_problem(record: object) -> str | None:
+    """Why a manifest line's JSON is not a record readers can use.
+
+    Returns:
+        None for a record; else what is wrong with it, as a phrase.
+    """
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a record"
+    if not isinstance(record.get("input"), str):
+        return "no input"
+    if record.get("status") not in MANIFEST_STATUSES:
+        return f"status {shown(json.dumps(record.get('status')))}, not running, done or failed"
+    for key, kinds in _RECORD_FIELDS.items():
+        value = record.get(key)
+        if key in record and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"{key} is {shown(json.dumps(value))}"
+    if record["status"] == DONE:
+        outputs = record.get("outputs")
+        if not isinstance(outputs, dict) or not all(
+            isinstance(output, dict)
+            and all(isinstance(output.get(k), kind) for k, kind in _OUTPUT_FIELDS.items())
+            for output in outputs.values()
+        ):
+            return "outputs is not a map of stems to their path, sha256, bytes and mtime_ns"
+    if record["status"] == FAILED and "error" not in record:
+        return "a failed record without its error"
+    return None
+
+
+def latest_records(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The latest record of each input, by its key."""
+    return {record["input"]: record for record in records}
+
+
+def repair_manifest(path: Path) -> list[dict[str, Any]]:
+    """The manifest's records, once its damaged lines are removed (every complete record is
+    kept, and a copy of the damaged lines beside it), so that the next record starts on a line
+    of its own.
+
+    Raises:
+        UmxError: the manifest cannot be read.
+    """
+    scan = scan_manifest(path)
+    if scan.damaged:
+        removed = b"\n".join(scan.damaged)
+        copy = keep_copy(path, "cut", removed)
+        write_bytes_atomic(path, scan.kept)
+        logger.warning(
+            "%s: removed %s (%s bytes; %s) and kept the %s; what was removed is in %s",
+            display_path(path),
+            plural(len(scan.damaged), "damaged line"),
+            f"{len(removed):,}",
+            scan.first_problem,
+            plural(len(scan.records), "complete record"),
+            display_path(copy),
+        )
+    elif not scan.intact:  # empty lines, or a complete last record without its newline
+        write_bytes_atomic(path, scan.kept)
+    return scan.records
+
+
+def keep_copy(path: Path, why: str, data: bytes) -> Path:
+    """Save `data` beside `path` as `NAME.WHY-TIME` (a free name), before `path` is repaired.
+
+    Returns:
+        the copy.
+    """
+    stamp = f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+    copy = path.with_name(stamp)
+    number = 1
+    while copy.exists():
+        number += 1
+        copy = path.with_name(f"{stamp}-{number}")
+    write_bytes_atomic(copy, data)
+    return copy
+
+
+class Manifest:
+    """A manifest open for appending, repaired first (see `repair_manifest`).
+
+    Args:
+        path: the manifest, created if missing.
+
+    Attributes:
+        records: its complete records when it was opened, in order.
+
+    Raises:
+        UmxError: the manifest cannot be read.
+        OSError: it cannot be repaired or opened.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records = repair_manifest(path)
+        self._file = open(path, "ab")  # noqa: SIM115 (kept open until close)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Add a record, on disk (flushed and fsynced) when this returns."""
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        self._file.write(line.encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+def describe_output(path: str | os.PathLike) -> dict[str, Any]:
+    """What a record keeps of an output file to verify it later: path, SHA-256, size and
+    modification time."""
+    stat = os.stat(path)
+    return {
+        "path": os.path.abspath(path),
+        "sha256": sha256_file(path),
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def verify_outputs(record: Mapping[str, Any], full: bool = False) -> str | None:
+    """Check that the outputs of a done record are the files that were written.
+
+    A file whose size and modification time are those recorded is trusted without reading it
+    (hashing every stem of a large job again would take as long as copying it); any other file
+    is hashed and compared with the recorded SHA-256, and with `full` every file is.
+
+    Returns:
+        None if every output is there and intact; else why not, as a phrase.
+    """
+    for output in record.get("outputs", {}).values():
+        path = output["path"]
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return f"its output {display_path(path)} is missing"
+        if not full and stat.st_size == output["bytes"] and stat.st_mtime_ns == output["mtime_ns"]:
+            continue
+        try:
+            same = sha256_file(path) == output["sha256"]
+        except OSError as error:
+            return f"its output {display_path(path)} cannot be read ({error.strerror})"
+        if not same:
+            return f"its output {display_path(path)} changed since it was written"
+    return None
+
+
+def run_task(
+    input_path: str | os.PathLike,
+    separator: Separator,
+    options: Mapping[str, Any],
+    on_progress: Callable[[float, float], None] | None = None,
+    *,
+    log_traceback: bool = False,
+) -> dict[str, Any]:
+    """Separate one input with `umx.api.separate_file` and describe what happened as a record.
+
+    An input that cannot be separated (unreadable, corrupt, an output that exists) gives a
+    failed record with the one-line error, and so does an unexpected error (a bug, a resource
+    error), as its type and first line; the caller goes on with its next input. Interruptions
+    (`KeyboardInterrupt`, and any exception that is not an `Exception`, such as a caller's
+    cancellation raised by `on_progress`) pass through, the stems cleaned up by the writers.
+
+    Args:
+        input_path: the mixture.
+        separator: the loaded models.
+        options: the keyword arguments of `separate_file` (`outdir`, `filename`, `ext`,
+            `start`, `force`...), but `on_progress`.
+        on_progress: called after each chunk with the seconds of audio done and in all.
+        log_traceback: log an unexpected error with its traceback (on a server's terminal)
+            as well as recording it; batch workers only record it (their output holds no
+            traceback).
+
+    Returns:
+        the record: `status` (`done` or `failed`), `input_bytes`, `audio_seconds`, `seconds`
+        (wall time), `finished` (Unix time), and `outputs` (`{name: {path, sha256, bytes,
+        mtime_ns}}`, see `describe_output`) or `error`.
+    """
+    started = time.time()
+    audio = [0.0]
+
+    def progress(done: float, total: float) -> None:
+        audio[0] = total
+        if on_progress is not None:
+            on_progress(done, total)
+
+    record: dict[str, Any] = {}
+    try:
+        record["input_bytes"] = os.stat(input_path).st_size
+    except OSError:
+        record["input_bytes"] = None
+    try:
+        reports = separate_file(input_path, separator, **options, on_progress=progress)
+        names = list(options.get("aggregate") or separator.targets)  # the order of the reports
+        record["status"] = DONE
+        record["outputs"] = {
+            name: describe_output(report.path) for name, report in zip(names, reports, strict=True)
+        }
+    except UmxError as error:
+        record.update(status=FAILED, error=str(error))
+    except Exception as error:  # a bug or a resource error: recorded, and the caller goes on
+        if log_traceback:
+            logger.exception("%s: separation failed", display_path(input_path))
+        lines = str(error).strip().splitlines()
+        message = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+        record.update(status=FAILED, error=f"the separation failed unexpectedly: {message}")
+    record.update(
+        audio_seconds=round(audio[0], 3),
+        seconds=round(time.time() - started, 3),
+        finished=round(time.time(), 3),
+    )
+    return record

@@ -1,0 +1,187 @@
+"""The downloads of a finished `umx serve` job, made when first asked for: its stems in other
+formats, all of them in a zip file, the original mix decoded, and mixes of chosen stems."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
+from umx.errors import UmxError, check_number
+from umx.files import safe_stem, write_atomic
+from umx.jobs import DONE
+from umx.web.records import (
+    DOWNLOADS,
+    INPUT,
+    ORIGINAL,
+    STEM_EXT,
+    STEMS,
+    Job,
+    NotFound,
+)
+
+MAX_MIX_GAIN = 2.0
+"""The largest gain of a stem in a mix (the page's volume sliders end below it)."""
+
+
+class Downloads:
+    """The download methods of `umx.web.jobs.JobStore`, which provides what they use: its
+    `jobs_dir`, `_lock`, `job` (a public record), `_get` (a `Job`, or `NotFound`) and `_evict`
+    (the cache limit, kept after each file made)."""
+
+    jobs_dir: Path
+    _lock: threading.RLock
+    job: Callable[[str], dict[str, Any]]
+    _get: Callable[[str], Job]
+    _evict: Callable[[], None]
+
+    def stem_file(self, job_id: str, stem: str, ext: str) -> tuple[Path, str]:
+        """A finished job's stem in a format of `audio_formats`, converted when first asked for.
+
+        wav is the stored 32-bit float file, exactly as separated; flac and mp3 are written by
+        `umx.audio.AudioWriter` with its defaults (as `umx song.mp3 --ext flac` writes them).
+
+        Returns:
+            the file, and the name to download it as (`<song>-<stem>.<ext>`).
+
+        Raises:
+            NotFound: no such finished job, stem or format.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.state != DONE or stem not in job.targets or ext not in audio_formats():
+                raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
+            directory = self.jobs_dir / job_id
+        source = self._stem_path(job, stem)
+        name = f"{safe_stem(job.name)}-{stem}.{ext}"
+        if ext == STEM_EXT:
+            return source, name
+        target = directory / DOWNLOADS / f"{stem}.{ext}"
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            audio, rate = read_audio(source)
+            with AudioWriter(target, rate, audio.shape[0], force=True) as writer:
+                writer.write(audio)
+            self._evict()
+        return target, name
+
+    def zip_file(self, job_id: str, ext: str) -> tuple[Path, str]:
+        """All the stems of a finished job in one zip file (stored, not compressed: audio
+        hardly compresses), in a folder named after the song.
+
+        Returns:
+            the file, and the name to download it as.
+
+        Raises:
+            NotFound: no such finished job or format.
+        """
+        job = self.job(job_id)
+        if job["state"] != DONE:
+            raise NotFound(f"job {job_id} has no stems: it is {job['state']}")
+        files = {stem: self.stem_file(job_id, stem, ext) for stem in job["targets"]}
+        folder = safe_stem(job["name"])
+        target = self.jobs_dir / job_id / DOWNLOADS / f"stems-{ext}.zip"
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+
+            def write(file: IO[bytes]) -> None:
+                with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+                    for stem, (path, _) in files.items():
+                        archive.write(path, f"{folder}/{stem}.{ext}")
+
+            write_atomic(target, write)
+            self._evict()
+        return target, f"{folder}-stems-{ext}.zip"
+
+    def original_file(self, job_id: str) -> tuple[Path, str]:
+        """A finished job's input decoded as its stems are stored (32-bit float wav, the same
+        rate, channels and length), made when first asked for: the player's original mix.
+
+        Returns:
+            the file, and the name to download it as.
+
+        Raises:
+            NotFound: no such finished job.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.state != DONE:
+                raise NotFound(f"job {job_id} has no stems: it is {job.state}")
+            directory = self.jobs_dir / job_id
+        target = directory / DOWNLOADS / f"{ORIGINAL}.{STEM_EXT}"
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            audio, rate = read_audio(directory / INPUT, downmix=True)
+            write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
+            self._evict()
+        return target, f"{safe_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
+
+    def mix_file(
+        self, job_id: str, gains: Mapping[str, str], ext: str
+    ) -> tuple[Path, str, str | None]:
+        """The sum of a finished job's chosen stems at their gains, in a format of
+        `audio_formats`: what the player plays. Louder than full scale, it is rescaled to fit
+        (as `umx song.mp3` does) and a notice says so.
+
+        Args:
+            job_id: the job.
+            gains: stem name (one of the job's targets, or `ORIGINAL`) to its gain, a number
+                from 0 to `MAX_MIX_GAIN` as text; stems not named are left out.
+            ext: the format.
+
+        Returns:
+            the file, the name to download it as, and the notice (None when not rescaled).
+
+        Raises:
+            NotFound: no such finished job or format.
+            UmxError: an unknown stem, a gain that is not a number in range, or silence.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.state != DONE or ext not in audio_formats():
+                raise NotFound(f"no mix in {ext[:8]!r} for job {job_id}")
+        chosen = {}
+        for name, text in gains.items():
+            if name not in (*job.targets, ORIGINAL):
+                raise UmxError(
+                    f"unknown stem {name[:64]!r} in the mix; the stems are "
+                    f"{', '.join([*job.targets, ORIGINAL])}"
+                )
+            try:
+                gain = float(text)
+            except ValueError:
+                gain = text
+            check_number(f"the gain of {name}", gain, minimum=0, maximum=MAX_MIX_GAIN)
+            if gain > 0:
+                chosen[name] = gain
+        if not chosen:
+            raise UmxError("the mix is silent: give a stem a gain above 0")
+        mix, rate = None, None
+        for name, gain in chosen.items():
+            path = self.original_file(job_id)[0] if name == ORIGINAL else self._stem_path(job, name)
+            audio, rate = read_audio(path)
+            if mix is not None and mix.shape != audio.shape:
+                raise UmxError(f"the stems of {job.name} differ in length; separate it again")
+            mix = gain * audio if mix is None else mix + gain * audio
+        assert mix is not None and rate is not None
+        key = hashlib.sha256(json.dumps(sorted(chosen.items())).encode()).hexdigest()[:16]
+        target = self.jobs_dir / job_id / DOWNLOADS / f"mix-{key}.{ext}"
+        target.parent.mkdir(exist_ok=True)
+        subtype = "FLOAT" if ext == STEM_EXT else None
+        report = write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
+        self._evict()
+        notice = None
+        if report.action != "none":
+            notice = (
+                f"the mix peaked at {report.peak:.2f}, above full scale, so it was rescaled by "
+                f"{report.gain:.3f} to fit"
+            )
+        return target, f"{safe_stem(job.name)}-mix.{ext}", notice
+
+    def _stem_path(self, job: Job, stem: str) -> Path:
+        return self.jobs_dir / job.id / STEMS / f"{stem}.{STEM_EXT}"

@@ -1,0 +1,140 @@
+"""What `umx serve` knows of a job: its record (`job.json`), its id, the names of its files and
+stems, and how its name and error are shown on the page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from umx.errors import UmxError
+from umx.jobs import DONE, FAILED, QUEUED, RUNNING
+from umx.modeldir import directory_files
+from umx.zoo import MODELS
+
+ID_DIGITS = 32
+JOB_ID = re.compile(rf"^[0-9a-f]{{{ID_DIGITS}}}$")
+ALL_STEMS = "all"
+"""The stem mode of every target of the model; the other modes are one target and the rest."""
+ACCOMPANIMENT = "accompaniment"
+"""The rest of the mix beside the vocals (beside any other target `t` it is `no_t`)."""
+ORIGINAL = "mixture"
+"""The original mix, decoded as the stems are stored: a track of the player and of mixes."""
+SUMMARY_MIN, SUMMARY_MAX = 24, 160
+"""An error's summary ends at its first `: ` or ` (` past SUMMARY_MIN characters, and is cut
+at SUMMARY_MAX: the page shows it in one line, the whole message on request."""
+INPUT, RECORD, STEMS, DOWNLOADS = "input", "job.json", "stems", "downloads"
+STEM_EXT = "wav"
+MAX_NAME = 200
+"""The longest file name kept for display, in characters."""
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+class Busy(UmxError):
+    """The queue is full: the upload is refused until a job finishes."""
+
+
+class NotFound(UmxError):
+    """No such job, stem or format."""
+
+
+def display_name(name: str) -> str:
+    """A client's file name as shown on the page: its last component, printable, one line, not
+    too long, never empty. It is never used as a path."""
+    name = re.split(r"[/\\]", name)[-1]
+    name = _UNPRINTABLE.sub("", name).strip()[:MAX_NAME]
+    return name or "untitled"
+
+
+def rest_name(target: str) -> str:
+    """The name of the rest of the mix beside one target: `accompaniment` beside the vocals,
+    `no_<target>` beside any other (as `umx --two-stems` names it)."""
+    return ACCOMPANIMENT if target == "vocals" else f"no_{target}"
+
+
+def stem_modes(targets: Sequence[str]) -> dict[str, str]:
+    """The stem modes of a model with `targets`, each with the words the page shows: every
+    target (`ALL_STEMS`), or, for each target, that target and the rest of the mix (the
+    separator's residual: only that target's model runs)."""
+    modes = {ALL_STEMS: f"all stems: {', '.join(targets)}" if targets else "all stems"}
+    for target in targets:
+        modes[target] = f"{target} and the rest ({rest_name(target)})"
+    return modes
+
+
+def model_targets(model: str) -> list[str]:
+    """The targets of a named model or a model directory, without loading it (none where the
+    directory cannot be read: its jobs then fail with the loader's sentence)."""
+    if model in MODELS:
+        return list(MODELS[model].targets)
+    try:
+        return list(directory_files(Path(model), None).weights)
+    except UmxError:
+        return []
+
+
+def error_summary(message: str) -> str:
+    """The first clause of an error message, for a one-line display (see `SUMMARY_MIN`)."""
+    match = re.compile(r": | \(").search(message, SUMMARY_MIN)
+    summary = message[: match.start()] if match else message
+    return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1] + "…"
+
+
+def job_key(input_sha256: str, options: dict[str, str]) -> str:
+    """A job's id: the input's content hash and the separation options, hashed together."""
+    text = json.dumps({"input": input_sha256, **options}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
+
+
+@dataclass
+class Job:
+    """One song and its separation options, as recorded in `job.json` and shown on the page.
+
+    Attributes:
+        id: see `job_key`.
+        name: the uploaded file's name, for display only.
+        model: the model's name (or directory) separating it.
+        stems: `ALL_STEMS` or one target (that target and the rest, see `stem_modes`).
+        size: the input's size in bytes.
+        state: `QUEUED`, `RUNNING`, `DONE` or `FAILED`.
+        created: when it was uploaded (seconds since the epoch); finished: when it ended.
+        progress: the fraction separated, 0 to 1.
+        duration: the song's length in seconds, once known.
+        seconds: the time the separation took.
+        targets: the stems' names, once done.
+        error: why it failed, in one sentence.
+    """
+
+    id: str
+    name: str
+    model: str
+    stems: str
+    size: int
+    state: str = QUEUED
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    progress: float = 0.0
+    duration: float | None = None
+    seconds: float | None = None
+    targets: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> Job:
+        """The job recorded in `path`.
+
+        Raises:
+            ValueError: the file is not a job record of this version.
+        """
+        data = json.loads(path.read_text())
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError("not a job record")
+        job = cls(**data)
+        if not JOB_ID.match(str(job.id)) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
+            raise ValueError("not a job record")
+        return job

@@ -1,0 +1,81 @@
+"""Typed options (`umx.options`): checked once when built, then taken by the library as they are."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from umx.api import separator_for
+from umx.defaults import FALLBACK_MODEL
+from umx.errors import UmxError
+from umx.options import OutputOptions, SeparationOptions
+from umx.zoo import load_separator
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"niter": -1}, "--niter"),
+        ({"niter": 1.5}, "--niter"),
+        ({"wiener_win_len": -3}, "--wiener-win-len"),
+        ({"segment": math.nan}, "--segment"),
+        ({"overlap": -0.5}, "--overlap"),
+        ({"segment": 2.0, "overlap": 2.0}, "must be shorter than --segment"),
+        ({"residual": "../rest"}, "--residual"),
+        ({"backend": "tensorflow"}, "unknown backend"),
+        ({"quantize": "int4"}, "int4"),
+        ({"backend": "torch", "quantize": "int8"}, "leave out --backend torch"),
+        ({"backend": "onnxruntime", "device": "cuda"}, "--backend onnxruntime"),
+    ],
+)
+def test_options_that_make_no_sense_are_refused_when_built(fields, message):
+    with pytest.raises(UmxError, match=message):
+        SeparationOptions(**fields)
+
+
+def test_options_are_normalised_and_the_backend_chosen_when_built():
+    options = SeparationOptions(targets=["vocals", "drums"], wiener_win_len=0, whole_track=True)
+    assert options.targets == ("vocals", "drums")
+    assert options.wiener_win_len is None  # 0: the whole segment, as --wiener-win-len 0
+    assert options.chunk_seconds is None  # --whole-track wins over --segment
+    assert options.backend == "torch"
+    assert SeparationOptions(segment=4.0).chunk_seconds == 4.0
+    assert SeparationOptions(quantize="int8").backend == "onnxruntime"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.niter = 3
+
+
+def test_a_whole_track_needs_no_overlap_shorter_than_the_segment():
+    assert SeparationOptions(segment=1.0, overlap=5.0, whole_track=True).chunk_seconds is None
+
+
+def test_output_options_are_the_keyword_arguments_of_separate_file(tmp_path):
+    options = OutputOptions(outdir=tmp_path, ext="flac", subtype="PCM_24", force=True)
+    assert options.as_kwargs() == {
+        "outdir": tmp_path,
+        "filename": OutputOptions.filename,
+        "ext": "flac",
+        "subtype": "PCM_24",
+        "clip": "rescale",
+        "force": True,
+    }
+
+
+def test_separator_for_loads_the_model_with_the_options():
+    options = SeparationOptions(
+        model=FALLBACK_MODEL,
+        targets=("vocals",),
+        residual="rest",
+        niter=0,
+        softmask=True,
+        wiener_win_len=50,
+    )
+    separator = separator_for(options, progress=False)
+    assert separator.model_name == FALLBACK_MODEL
+    assert separator.targets == ["vocals", "rest"]
+    assert (separator.niter, separator.softmask, separator.wiener_win_len) == (0, True, 50)
+    reference = load_separator(FALLBACK_MODEL, targets=["vocals"], progress=False)
+    weights = separator.target_models["vocals"].state_dict()
+    for name, value in reference.target_models["vocals"].state_dict().items():
+        assert torch.equal(weights[name], value)
