@@ -338,18 +338,23 @@ class Trainer:
 
     def _new_model(self) -> OpenUnmix:
         """A model of the options, its input scaling set from the training statistics."""
+        return OpenUnmix(**self._new_model_arguments())
+
+    def _new_model_arguments(self) -> dict[str, Any]:
+        """The architecture of the options and the input scaling of the training statistics,
+        as keyword arguments of a new model (`OpenUnmix`, or X-UMX's `CrossUnmix`)."""
         config = self.config
         mean, scale = self._input_statistics()
-        return OpenUnmix(
-            nb_bins=config.nfft // 2 + 1,
-            nb_channels=config.nb_channels,
-            hidden_size=config.hidden_size,
-            nb_layers=NB_LAYERS,
-            unidirectional=config.unidirectional,
-            input_mean=mean,
-            input_scale=scale,
-            max_bin=bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
-        )
+        return {
+            "nb_bins": config.nfft // 2 + 1,
+            "nb_channels": config.nb_channels,
+            "hidden_size": config.hidden_size,
+            "nb_layers": NB_LAYERS,
+            "unidirectional": config.unidirectional,
+            "input_mean": mean,
+            "input_scale": scale,
+            "max_bin": bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
+        }
 
     def _pretrained_model(self, given: dict[str, Any]) -> OpenUnmix:
         """The `--model` target to fine-tune. The options of the model are set from it; those

@@ -32,10 +32,10 @@ from umx.model import CrossUnmix
 from umx.train.checkpoints import _json_options
 from umx.train.config import XUMX_NAME, TrainConfig
 from umx.train.inputs import _pad_for_stft, make_datasets
-from umx.train.loop import NB_LAYERS, Trainer, _segments
+from umx.train.loop import Trainer, _segments
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.xumx_losses import TIME_WEIGHT, multi_domain_loss
-from umx.transforms import bandwidth_to_max_bin, stft
+from umx.transforms import stft
 from umx.xumx_checkpoints import save_xumx, xumx_architecture
 
 
@@ -105,19 +105,7 @@ class XumxTrainer(Trainer):
         return CrossUnmix(self.names, **xumx_architecture(state, self.names))
 
     def _new_model(self) -> CrossUnmix:
-        config = self.config
-        mean, scale = self._input_statistics()
-        return CrossUnmix(
-            self.names,
-            nb_bins=config.nfft // 2 + 1,
-            nb_channels=config.nb_channels,
-            hidden_size=config.hidden_size,
-            nb_layers=NB_LAYERS,
-            unidirectional=config.unidirectional,
-            input_mean=mean,
-            input_scale=scale,
-            max_bin=bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
-        )
+        return CrossUnmix(self.names, **self._new_model_arguments())
 
     def criterion(self, model: torch.nn.Module, mixture: Tensor, sources: Tensor) -> Tensor:
         """X-UMX's loss on a batch (see `xumx_loss`)."""
