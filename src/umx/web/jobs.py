@@ -464,22 +464,25 @@ class JobStore(Downloads):
             "segment": self.segment,
             "overlap": self.overlap,
         }
+        # How the job ended: its state, error and stems, recorded together with the time under
+        # the lock, so that a reader never sees a finished state without its time.
+        state, message, targets = RUNNING, None, job.targets
         try:
             separator = self._separator(job.model, job.stems)
             record = run_task(directory / INPUT, separator, options, progress, log_traceback=True)
             if record["status"] == DONE:
                 os.replace(staging, directory / STEMS)
-                job.targets, job.state = list(record["outputs"]), DONE
+                state, targets = DONE, list(record["outputs"])
             else:
-                job.state, job.error = FAILED, _rename(record["error"], directory / INPUT, job.name)
+                state, message = FAILED, _rename(record["error"], directory / INPUT, job.name)
         except _Cancelled:
             if job.id in self._cancelled:
                 logger.info("%s: deleted while separating", display_path(job.name))
         except UmxError as error:  # the model cannot be loaded
-            job.state, job.error = FAILED, _rename(str(error), directory / INPUT, job.name)
+            state, message = FAILED, _rename(str(error), directory / INPUT, job.name)
         except Exception as error:  # the server keeps serving whatever one job does
             logger.exception("%s: separation failed", display_path(job.name))
-            job.state, job.error = FAILED, f"the separation failed unexpectedly: {error}"
+            state, message = FAILED, f"the separation failed unexpectedly: {error}"
         finally:
             _remove(staging)
         with self._lock:
@@ -487,8 +490,11 @@ class JobStore(Downloads):
                 self._cancelled.discard(job.id)
                 _remove(directory)
                 return
-            if job.state == RUNNING:  # stopped: its record says running, queued at next start
+            if state == RUNNING:  # stopped: its record says running, queued at next start
                 return
+            job.state, job.targets = state, targets
+            if message is not None:
+                job.error = message
             job.seconds, job.finished = time.perf_counter() - start, time.time()
             job.progress = 1.0 if job.state == DONE else job.progress
             self._save(job)
