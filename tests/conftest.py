@@ -30,6 +30,16 @@ def small_music_separator():
     return Separator(models, sample_rate=16000, n_fft=512, n_hop=128, nb_channels=2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny models train fastest so, and a busy machine makes more threads crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def offline_with_an_empty_cache(tmp_path_factory, monkeypatch):
     """No test touches the network or the user's model cache: tests that download set up a
