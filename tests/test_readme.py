@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-import umx.zoo
+import umx.zoo.registry
 from umx.cli import main
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
@@ -34,7 +34,7 @@ def blocks(language):
 @pytest.fixture
 def stand_in_models(tmp_path, monkeypatch):
     """Every zoo name becomes a bundled small 44.1 kHz model."""
-    monkeypatch.setattr(umx.zoo, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(umx.zoo.registry, "PRETRAINED_DIR", tmp_path / "pretrained")
     torch.manual_seed(0)
     for name, entry in list(MODELS.items()):
         models = {

@@ -38,9 +38,11 @@ from umx.zoo import (
     MODELS,
     ZooEntry,
     cache_dir,
+    download,
     download_models,
     list_models,
     load_separator,
+    registry,
     resolve_model,
 )
 
@@ -152,14 +154,15 @@ def no_network(monkeypatch):
 @pytest.fixture
 def zoo_log(caplog):
     """The records of `umx.zoo`, even when the CLI has cut the `umx` logger from the root."""
-    level, propagate = zoo.logger.level, zoo.logger.propagate
-    zoo.logger.addHandler(caplog.handler)
-    zoo.logger.setLevel(logging.DEBUG)
-    zoo.logger.propagate = False  # else the root's capture records each message a second time
+    logger = logging.getLogger("umx.zoo")  # its modules' loggers are its children
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # else the root's capture records each message a second time
     yield caplog
-    zoo.logger.removeHandler(caplog.handler)
-    zoo.logger.setLevel(level)
-    zoo.logger.propagate = propagate
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture
@@ -666,7 +669,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "xdg" / "umx"
     monkeypatch.setenv("UMX_CACHE", str(tmp_path / "umx"))
     assert cache_dir() == tmp_path / "umx"
-    assert zoo.model_cache_dir("umxhq") == tmp_path / "umx" / "umxhq"
+    assert registry.model_cache_dir("umxhq") == tmp_path / "umx" / "umxhq"
 
 
 @dataclass
@@ -874,7 +877,7 @@ def test_unknown_target_of_a_named_model(tiny, server):
 
 
 def test_bundled_model_needs_no_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.setenv("UMX_ZOO_URL", "http://127.0.0.1:9/unused")
     separator = small_separator()
     save_separator(separator, tmp_path / "pretrained" / "bundy")
@@ -911,7 +914,7 @@ class Defaults:
 def defaults(tiny, tmp_path, monkeypatch):
     umxl = register(monkeypatch, "umxl", dict(tiny.entry.weights))
     fallback = small_separator()
-    monkeypatch.setattr(zoo, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
     save_separator(fallback, tmp_path / "pretrained" / "umxsynth")
     register(monkeypatch, "umxsynth", {target: f"{target}.pth" for target in TARGETS}, None)
     return Defaults(umxl, tmp_path / "cache" / "umxl", fallback)
@@ -974,7 +977,7 @@ def test_default_falls_back_at_once_when_the_host_refuses(defaults, monkeypatch,
 
 
 def test_default_falls_back_within_the_probe_timeout_when_dns_hangs(defaults, monkeypatch, zoo_log):
-    monkeypatch.setattr(zoo, "PROBE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(download, "PROBE_TIMEOUT_S", 0.3)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(3))
     monkeypatch.setenv("UMX_ZOO_URL", "http://umx-mirror.invalid/files")
     start = time.monotonic()
@@ -987,7 +990,7 @@ def test_default_falls_back_within_the_probe_timeout_when_dns_hangs(defaults, mo
 def test_default_falls_back_within_the_probe_timeout_when_the_host_is_silent(
     defaults, monkeypatch, zoo_log
 ):
-    monkeypatch.setattr(zoo, "PROBE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(download, "PROBE_TIMEOUT_S", 0.3)
     with socket.socket() as silent:  # accepts connections (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -1097,7 +1100,7 @@ def test_download_models_fetches_and_rehashes(defaults, server):
     assert len(server.requests) == 2
     assert download_models(["umxl", FALLBACK_MODEL], progress=False) == [
         defaults.cache,
-        zoo.PRETRAINED_DIR / FALLBACK_MODEL,
+        registry.PRETRAINED_DIR / FALLBACK_MODEL,
     ]
     assert server.requests[2:] == [f"/files/{cached.name}"]
     assert cached.read_bytes() == good

@@ -6,6 +6,8 @@ dicts load unchanged. The model knows nothing of waveforms: see `umx.transforms.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -17,8 +19,20 @@ LSTM_DROPOUT = 0.4
 LSTMState = tuple[Tensor, Tensor]
 """An LSTM's `(h, c)`, each `(nb_layers, nb_samples, hidden_size)`."""
 
+_Model = TypeVar("_Model", bound="_Freezable")
 
-class OpenUnmix(nn.Module):
+
+class _Freezable(nn.Module):
+    """The one `freeze` of the models here (`OpenUnmix`, `CrossUnmix` and its target views)."""
+
+    def freeze(self: _Model) -> _Model:
+        """Switch to inference: evaluation mode and no gradients. Returns the model."""
+        for parameter in self.parameters():
+            parameter.requires_grad = False
+        return self.eval()
+
+
+class OpenUnmix(_Freezable):
     """Open-Unmix: a (bi)LSTM that predicts a mask and applies it to the input magnitude.
 
     Args:
@@ -80,12 +94,6 @@ class OpenUnmix(nn.Module):
     @property
     def nb_layers(self) -> int:
         return self.lstm.num_layers
-
-    def freeze(self) -> OpenUnmix:
-        """Switch to inference: evaluation mode and no gradients. Returns the model."""
-        for parameter in self.parameters():
-            parameter.requires_grad = False
-        return self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """Estimate the target's magnitude spectrogram.
@@ -176,7 +184,7 @@ def _batch_norm_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
     return gain, bn.bias - bn.running_mean * gain
 
 
-class CrossUnmix(nn.Module):
+class CrossUnmix(_Freezable):
     """CrossNet-Open-Unmix (X-UMX): one Open-Unmix branch per target, joined by averaging.
 
     Each target keeps Open-Unmix's layers (input scaling, fc1 + bn1, LSTM, fc2 + bn2, fc3 + bn3,
@@ -258,12 +266,6 @@ class CrossUnmix(nn.Module):
     @property
     def nb_layers(self) -> int:
         return self.layer_lstm[self.targets[0]].num_layers
-
-    def freeze(self) -> CrossUnmix:
-        """Switch to inference: evaluation mode and no gradients. Returns the model."""
-        for parameter in self.parameters():
-            parameter.requires_grad = False
-        return self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """Estimate every target's magnitude spectrogram.
@@ -363,7 +365,7 @@ class CrossUnmix(nn.Module):
         return torch.stack(outputs).permute(0, 2, 3, 4, 1), (h_all, c_all)
 
 
-class CrossUnmixTarget(nn.Module):
+class CrossUnmixTarget(_Freezable):
     """One target of a `CrossUnmix`, with `OpenUnmix`'s interface, so that the separator, the
     streaming engine and the model tools treat X-UMX as one model per target.
 
@@ -394,11 +396,6 @@ class CrossUnmixTarget(nn.Module):
         """Rows of the LSTM state a view carries, `OpenUnmix`'s `nb_layers`: the whole
         network's, `nb_targets * nb_layers` (see `CrossUnmix.stream`)."""
         return len(self.net.targets) * self.net.nb_layers
-
-    def freeze(self) -> CrossUnmixTarget:
-        """Switch to inference: evaluation mode and no gradients. Returns the model."""
-        self.net.freeze()
-        return self.eval()
 
     def require_causal(self, name: str = "the model") -> None:
         """Refuse a bidirectional network where only past frames may be used (see `OpenUnmix`)."""

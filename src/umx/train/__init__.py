@@ -22,8 +22,10 @@ Its modules, one job each (their docstrings hold the details):
 - :mod:`umx.train.checkpoints`: early stopping and history, the checkpoint read back, the checks
   of the output directory and its `separator.json`.
 - :mod:`umx.train.plots`: the loss curves and the ticks of their log axis.
-- :mod:`umx.train.loop`: the run: device and process group, the model, the epochs (training,
-  validation, early stopping) and the outputs written after each.
+- :mod:`umx.train.epochs`: one epoch: a training pass over the batches, and the validation loss
+  over whole tracks in bounded memory.
+- :mod:`umx.train.loop`: the run: device and process group, the model, the epoch loop (with
+  early stopping) and the outputs written after each epoch.
 
 The public names are re-exported here: ``from umx.train import run_training``.
 """
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
     from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping, History
     from umx.train.config import DATASETS, DEFAULTS, TrainConfig, check_options, resolve_options
     from umx.train.distributed import Distributed, seed_everything
+    from umx.train.epochs import train_epoch, validate
     from umx.train.inputs import compute_statistics, make_datasets
-    from umx.train.loop import Trainer, run_training, train_epoch, validate
+    from umx.train.loop import Trainer, run_training
     from umx.train.options import add_train_arguments, main
     from umx.train.plots import CURVE_SUFFIX, loss_figure, loss_ticks, plot_history
 
@@ -67,5 +70,6 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy_exports(
-    globals(), ("checkpoints", "config", "distributed", "inputs", "loop", "options", "plots")
+    globals(),
+    ("checkpoints", "config", "distributed", "epochs", "inputs", "loop", "options", "plots"),
 )

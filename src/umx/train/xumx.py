@@ -31,8 +31,9 @@ from umx.files import write_json_atomic
 from umx.model import CrossUnmix
 from umx.train.checkpoints import _json_options
 from umx.train.config import XUMX_NAME, TrainConfig
+from umx.train.epochs import _segments
 from umx.train.inputs import _pad_for_stft, make_datasets
-from umx.train.loop import Trainer, _segments
+from umx.train.loop import Trainer
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.xumx_losses import TIME_WEIGHT, multi_domain_loss
 from umx.transforms import stft

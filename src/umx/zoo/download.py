@@ -1,0 +1,355 @@
+"""Named models' weights into the cache: download, verification, offline mode.
+
+Downloaded files carry the first 8 hex digits of their SHA-256 in their name; a file is checked
+against them when downloaded and again before use (see `verify_file`). Nothing here touches the
+network when offline mode is on (`$UMX_OFFLINE`, see `is_offline`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from umx.defaults import DEFAULT_MODEL, HASHED_NAME
+from umx.errors import UmxError, short
+from umx.files import sha256_file, write_atomic, write_json_atomic
+from umx.zoo.registry import MODELS, ZooEntry, find_model, model_targets
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_ENV = "UMX_OFFLINE"  # 1: never touch the network
+VERIFIED_SUFFIX = ".verified"
+DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 3.0  # how long the default model waits for the download host before falling back
+USER_AGENT = "umx (Open-Unmix model zoo)"
+
+_OFFLINE_ON = frozenset({"1", "true", "yes", "on"})
+_OFFLINE_OFF = frozenset({"", "0", "false", "no", "off"})
+
+
+def _expected_hash(path: Path) -> str:
+    match = HASHED_NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} has no hash in its name")
+    return match["hash"]
+
+
+def _stamp(path: Path, sha256: str) -> dict[str, Any]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+
+def verify_file(path: str | os.PathLike, *, url: str | None = None, force: bool = False) -> None:
+    """Check a cached `<target>-<8 hex>.pth` against the hash in its name; delete it if it fails.
+
+    Hashing every file before every use would cost about a second per model, so a successful
+    check leaves a `<file>.verified` marker recording the file's size, modification time and
+    hash: while these still match the file is trusted, and any change to it (a new copy, an
+    edit, a truncation) makes it be hashed again. Files put in the cache by hand have no marker
+    and are hashed on first use.
+
+    Args:
+        path: the cached file.
+        url: where a good copy is downloaded from, for the error message.
+        force: hash the file even when its marker says it was verified.
+
+    Raises:
+        UmxError: the file does not match its name; it has been deleted.
+    """
+    path = Path(path)
+    marker = path.with_name(path.name + VERIFIED_SUFFIX)
+    expected = _expected_hash(path)
+    try:
+        stamp = json.loads(marker.read_text())
+    except (OSError, ValueError, RecursionError):
+        stamp = None
+    if (
+        not force
+        and isinstance(stamp, dict)
+        and str(stamp.get("sha256", "")).startswith(expected)
+        and stamp == _stamp(path, stamp["sha256"])
+    ):
+        return
+    actual = sha256_file(path)
+    if not actual.startswith(expected):
+        path.unlink()
+        marker.unlink(missing_ok=True)
+        remedy = f"download {url} and save it as {path}" if url else "run again to download it"
+        raise UmxError(
+            f"{path} is corrupt and has been deleted: its SHA-256 is {actual} but its name says "
+            f"it starts with {expected}; {remedy}"
+        )
+    _write_marker(path, actual)
+
+
+def _write_marker(path: Path, sha256: str) -> None:
+
+    try:
+        write_json_atomic(path.with_name(path.name + VERIFIED_SUFFIX), _stamp(path, sha256))
+    except OSError as error:  # a read-only cache still works, it is just hashed every time
+        logger.debug("could not record that %s was verified: %s", path, error)
+
+
+def _network_reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        error = error.reason if isinstance(error.reason, BaseException) else error
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+class Unavailable(UmxError):
+    """A named model's weights cannot be had; `reason` says why in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """Whether umx must not touch the network: `offline` if given, else `$UMX_OFFLINE`.
+
+    Raises:
+        UmxError: `$UMX_OFFLINE` is neither empty, 0/1, true/false, yes/no nor on/off.
+    """
+    if offline is not None:
+        return bool(offline)
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value in _OFFLINE_ON:
+        return True
+    if value in _OFFLINE_OFF:
+        return False
+    raise UmxError(
+        f"{OFFLINE_ENV} must be 1 (offline) or 0, not {short.repr(os.environ[OFFLINE_ENV])}"
+    )
+
+
+def probe(url: str) -> str | None:
+    """Whether the host of `url` answers a HEAD request within `PROBE_TIMEOUT_S` seconds.
+
+    The request runs in a daemon thread so that nothing, not even a name lookup the socket
+    timeout does not cover, holds the caller longer. Any answer, an HTTP error included, counts:
+    the host is there and the download itself reports what it says.
+
+    Returns:
+        None if the host answered, else why not, in a few words.
+    """
+    outcome: list[str | None] = []
+
+    import urllib.request  # with http.client, only when the network is used
+
+    def attempt() -> None:
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
+                outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except Exception as error:  # any failure to connect means: not reachable
+            outcome.append(_network_reason(error))
+
+    thread = threading.Thread(target=attempt, name="umx-probe", daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S)
+    logger.debug("probed %s in %.3f s: %s", url, time.monotonic() - start, outcome)
+    if not outcome:
+        host = urllib.parse.urlsplit(url).hostname or url
+        return f"no answer from {host} within {PROBE_TIMEOUT_S:g} s"
+    return outcome[0]
+
+
+def download_file(
+    url: str, destination: str | os.PathLike, *, progress: bool = True, hint: str | None = None
+) -> None:
+    """Download a `<target>-<8 hex>.pth` file and check it against the hash in its name.
+
+    The data goes to a temporary file next to `destination`, which replaces `destination` only
+    once complete and verified; nothing is left behind on failure.
+
+    Args:
+        url: where to download from.
+        destination: the file to create; its name carries the expected hash.
+        progress: show a progress bar on stderr (only when stderr is a terminal).
+        hint: what the error message tells to do by hand; by default, to download `url` and
+            save it as `destination`.
+
+    Raises:
+        UmxError: the download failed (the message says where to put the file by hand) or the
+            data does not match the hash; `reason` holds the cause in a few words.
+    """
+    destination = Path(destination)
+    expected = _expected_hash(destination)
+    hint = hint or f"download it by hand and save it as {destination}"
+    digest = hashlib.sha256()
+
+    import urllib.request  # with http.client, only when the network is used
+    from http.client import HTTPException
+
+    from tqdm import tqdm
+
+    def fetch(out: IO[bytes]) -> None:
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(
+                    total=total,
+                    desc=destination.name,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    file=sys.stderr,
+                    disable=not progress or not sys.stderr.isatty(),
+                    leave=False,
+                ) as bar:
+                    while chunk := response.read(DOWNLOAD_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError) as error:
+            failure = f"could not download {url} ({_network_reason(error)})"
+            raise Unavailable(f"{failure}; {hint}", failure) from error
+        if not digest.hexdigest().startswith(expected):
+            raise Unavailable(
+                f"the file downloaded from {url} for {destination} is corrupt and was deleted: "
+                f"its SHA-256 is {digest.hexdigest()} but should start with {expected}; {hint}",
+                f"{url} gave a corrupt file",
+            )
+
+    logger.info("downloading %s to %s", url, destination)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(destination, fetch)
+    except OSError as error:  # network errors are UmxErrors by now: this is the local disk
+        reason = f"could not save {destination} ({error.strerror or error})"
+        raise Unavailable(reason, reason) from error
+    _write_marker(destination, digest.hexdigest())
+
+
+def download_model(
+    name: str,
+    *,
+    targets: Sequence[str] | None = None,
+    progress: bool = True,
+    offline: bool | None = None,
+    rehash: bool = False,
+) -> Path:
+    """Make sure a named model's weights are in the cache and intact, downloading what is missing.
+
+    A cached file that fails its check is deleted and downloaded again (not when offline).
+
+    Args:
+        name: a key of `MODELS`.
+        targets: the targets needed; all of the model's if None.
+        progress: show download progress bars.
+        offline: never touch the network; None reads `$UMX_OFFLINE` (see `is_offline`).
+        rehash: hash every cached file, even those verified before.
+
+    Returns:
+        the folder holding the weights (inside the package for a bundled model).
+
+    Raises:
+        UmxError: unknown name or target; offline with files missing; failed download (the
+            message names every missing file, its URL and where to save it); corrupt file.
+    """
+    entry = find_model(name)
+    if entry.bundled:
+        return entry.directory
+    selected = model_targets(entry, targets)
+    return fetch_targets(entry, selected, progress, is_offline(offline), rehash)
+
+
+def fetch_targets(
+    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool, rehash: bool = False
+) -> Path:
+    """`download_model` for the targets `selected` (checked by `model_targets`)."""
+    name = entry.name
+    corrupt: dict[str, str] = {}  # target → why its cached file was deleted
+    for target in selected:
+        path = entry.directory / entry.weights[target]
+        if path.is_file():
+            try:
+                verify_file(path, url=entry.url(target), force=rehash)
+            except UmxError as error:
+                if offline:
+                    raise Unavailable(
+                        f"{error} (offline mode is on)", f"{path.name} in the cache is corrupt"
+                    ) from None
+                corrupt[target] = str(error)
+                logger.info("%s was corrupt and has been deleted: downloading it again", path)
+    missing = entry.missing(selected)
+    if missing and offline:
+        raise Unavailable(
+            f"offline mode is on and model {name} is not in the cache: to install it by hand, "
+            f"{entry.placement(missing)} (or turn offline mode off: {OFFLINE_ENV}=0)",
+            f"offline mode is on and {name} is not in the cache",
+        )
+    for index, target in enumerate(missing):
+        hint = f"to install {name} by hand, {entry.placement(missing[index:])}"
+        try:
+            download_file(
+                entry.url(target),
+                entry.directory / entry.weights[target],
+                progress=progress,
+                hint=hint,
+            )
+        except Unavailable as error:
+            if target in corrupt:
+                raise Unavailable(
+                    f"{entry.weights[target]} in the cache was corrupt and has been deleted, and "
+                    f"downloading it again failed: {error}",
+                    error.reason,
+                ) from error.__cause__
+            raise
+    return entry.directory
+
+
+def download_models(
+    names: Sequence[str] | None = None, *, progress: bool = True, offline: bool | None = None
+) -> list[Path]:
+    """Fetch named models into the cache and re-hash every file, for `umx download`.
+
+    A model asked for by name never falls back: a failure raises. Bundled models need nothing.
+
+    Args:
+        names: keys of `MODELS`; None or empty for the default model.
+        progress: show download progress bars.
+        offline: never touch the network (then this only re-checks the cache); None reads
+            `$UMX_OFFLINE`.
+
+    Returns:
+        each model's folder, in the order given (inside the package for a bundled model).
+
+    Raises:
+        UmxError: an unknown name (before anything is downloaded), a failed download, a corrupt
+            file, or offline with files missing.
+    """
+    wanted = list(dict.fromkeys(names or [DEFAULT_MODEL]))
+    for name in wanted:
+        find_model(name)
+    directories = []
+    for name in wanted:
+        entry = MODELS[name]
+        if entry.bundled:
+            logger.info("%s is bundled with umx: nothing to download", name)
+        else:
+            download_model(name, progress=progress, offline=offline, rehash=True)
+            logger.info(
+                "%s: all %d files verified in %s", name, len(entry.weights), entry.directory
+            )
+        directories.append(entry.directory)
+    return directories

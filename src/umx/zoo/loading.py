@@ -1,0 +1,245 @@
+"""Separators loaded by name or from a folder, and the default model's offline fallback.
+
+The default model is the published `umxl`. When its weights are neither in the cache nor
+downloadable (no network, `$UMX_OFFLINE` set, a failed download), `load_separator(None)` falls
+back to the bundled `umxsynth` with one warning; a model asked for by name never falls back.
+
+`load_separator` is the one loader of separators, from a name or a model directory; reading and
+writing model directories is `umx.modeldir`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, WIENER_WIN_LEN
+from umx.errors import UmxError, short
+from umx.zoo.download import Unavailable, fetch_targets, is_offline, probe
+from umx.zoo.registry import MODELS, ZooEntry, model_targets
+
+if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
+    import torch
+
+    from umx.modeldir import ModelFiles
+    from umx.separator import Separator
+
+logger = logging.getLogger(__name__)
+
+
+def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]:
+    """`separator.json`, which only a named model may lack: its registry entry stands in."""
+    from umx.modeldir import SEPARATOR_JSON, read_separator_json
+
+    path = directory / SEPARATOR_JSON
+    if path.is_file():
+        return read_separator_json(path), str(path)
+    config = {
+        "sample_rate": entry.sample_rate,
+        "nfft": entry.n_fft,
+        "nhop": entry.n_hop,
+        "nb_channels": entry.nb_channels,
+    }
+    return config, f"the registry entry of {entry.name!r}"
+
+
+def _downloaded_files(
+    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool
+) -> ModelFiles:
+    """The files of a downloaded model for the targets `selected` (see `model_targets`)."""
+    from umx.modeldir import ModelFiles
+
+    directory = fetch_targets(entry, selected, progress, offline)
+    config, source = _read_config(directory, entry)
+    weights = {target: directory / entry.weights[target] for target in selected}
+    return ModelFiles(weights, config, source)
+
+
+def _named_files(
+    entry: ZooEntry, targets: Sequence[str] | None, progress: bool, offline: bool
+) -> ModelFiles:
+    from umx.modeldir import directory_files
+
+    if entry.bundled:  # never touches the network
+        config = _read_config(entry.directory, entry)
+        return directory_files(entry.directory, targets, config=config, available=entry.targets)
+    return _downloaded_files(entry, model_targets(entry, targets), progress, offline)
+
+
+def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
+    """None if the default model's weights of the targets `selected` (see `model_targets`) are
+    cached or reachable, else why they are not, in a few words (the full reason is logged at
+    debug level).
+
+    Only looks at the cache and, when files are missing and not offline, probes the download
+    host for up to `PROBE_TIMEOUT_S` seconds; nothing is downloaded or verified.
+    """
+    entry = MODELS[DEFAULT_MODEL]
+    missing = entry.missing(selected)
+    if not missing:
+        return None
+    if offline:
+        return "offline mode is on"
+    url = entry.url(missing[0])
+    reason = probe(url)
+    if reason is None:
+        return None
+    logger.debug("%s cannot be reached: %s", url, reason)
+    return "its download host cannot be reached"
+
+
+def _fallback_warning(why: str) -> str:
+    """The one short line saying that the default model could not be had and which model
+    separates instead; where the weights come from and where they go are `umx download`'s and
+    `umx --list-models`'s to say."""
+    return (
+        f"{DEFAULT_MODEL} is not available ({why}), so the bundled demo model {FALLBACK_MODEL} "
+        f"separates instead: run `umx download {DEFAULT_MODEL}` to get it"
+    )
+
+
+def _default_files(
+    targets: Sequence[str] | None, progress: bool, offline: bool
+) -> tuple[ModelFiles, str]:
+    """The files of the default model, or of the fallback (with a warning) when the default's
+    cannot be had; and the name of the model they are of."""
+    default = MODELS[DEFAULT_MODEL]
+    if default.bundled:  # nothing to download: no fallback
+        return _named_files(default, targets, progress, offline), DEFAULT_MODEL
+    selected = model_targets(default, targets)
+    reason = _default_or_why_not(selected, offline)
+    if reason is None:
+        try:
+            return _downloaded_files(default, selected, progress, offline), DEFAULT_MODEL
+        except Unavailable as error:
+            logger.debug("downloading %s failed: %s", DEFAULT_MODEL, error)
+            reason = "its download failed"
+    logger.warning(_fallback_warning(reason))
+    return _named_files(MODELS[FALLBACK_MODEL], targets, progress, offline), FALLBACK_MODEL
+
+
+def resolve_model(
+    model: str | os.PathLike | None = None,
+    *,
+    targets: Sequence[str] | None = None,
+    offline: bool | None = None,
+) -> str:
+    """The model `load_separator(model)` would load, without loading or downloading anything.
+
+    For the default (`model` None) this is `DEFAULT_MODEL` when its weights are in the cache, or
+    when they are not, offline mode is off and the download host answers within
+    `PROBE_TIMEOUT_S` seconds; otherwise `FALLBACK_MODEL`. `load_separator` decides the same
+    way by itself (and also falls back when the download then fails), so call this only to know
+    beforehand.
+
+    Args:
+        model: a name of `MODELS`, a model directory, an X-UMX checkpoint (see
+            `umx.xumx_checkpoints`), or None for the default.
+        targets: the targets wanted: the default counts as cached when these are.
+        offline: never touch the network; None reads `$UMX_OFFLINE`.
+
+    Returns:
+        a name of `MODELS`, or the directory (or X-UMX checkpoint) as a string.
+
+    Raises:
+        UmxError: `model` is neither a known name nor a directory.
+    """
+    if model is None:
+        selected = model_targets(MODELS[DEFAULT_MODEL], targets)
+        reason = _default_or_why_not(selected, is_offline(offline))
+        return DEFAULT_MODEL if reason is None else FALLBACK_MODEL
+    if not isinstance(model, str | os.PathLike) or model == "":
+        raise UmxError(f"a model is a name or a directory, not {short.repr(model)}")
+    if isinstance(model, str) and model in MODELS:
+        return model
+    if Path(model).is_dir():
+        return str(model)
+    from umx.xumx_checkpoints import xumx_file  # torch: only for a model that is not a folder
+
+    if xumx_file(model) is not None:
+        return str(model)
+    raise UmxError(
+        f"unknown model {short.repr(str(model))}: not a directory, and not one of the known "
+        f"models {', '.join(MODELS)}"
+    )
+
+
+def load_separator(
+    model: str | os.PathLike | None = None,
+    *,
+    targets: Sequence[str] | None = None,
+    niter: int = 1,
+    softmask: bool = False,
+    residual: str | None = None,
+    wiener_win_len: int | None = WIENER_WIN_LEN,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    offline: bool | None = None,
+) -> Separator:
+    """Load a `Separator` from a model name or a model directory.
+
+    With `model` None the default, `DEFAULT_MODEL` (umxl), is used when its weights are in the
+    cache or can be downloaded; when they cannot (offline, the host does not answer within
+    `PROBE_TIMEOUT_S` seconds, the download fails), the bundled `FALLBACK_MODEL` (umxsynth) is
+    used instead and one warning says why and how to get umxl. A model named explicitly never
+    falls back. `separator.model_name` says which model was loaded.
+
+    Args:
+        model: a name of `MODELS` (downloaded into the cache if needed), a directory in the
+            official layout, an X-UMX checkpoint in asteroid's format (a `.pth` file, or a
+            directory holding `xumx.pth`), or None for the default. A string naming a known
+            model wins over a directory of that name; write `./umxl` for the directory.
+        targets: the targets to load, in output order; all of the model's if None.
+        niter, softmask, residual, wiener_win_len: Wiener filtering options of `Separator`.
+        device: where the models run.
+        progress: show download progress bars.
+        offline: never touch the network; None reads `$UMX_OFFLINE` (see `is_offline`). Bundled
+            models and model directories never touch it anyway.
+
+    Returns:
+        the separator, in evaluation mode, on `device`, with `model_name` set to the name
+        loaded (e.g. `umxsynth` after a fallback) or the directory as a string.
+
+    Raises:
+        UmxError: unknown name or target, missing, corrupt or invalid files, failed download of
+            a named model, offline with a named model not in the cache.
+    """
+    import torch
+
+    from umx.modeldir import build_separator, directory_files
+    from umx.xumx_checkpoints import xumx_file, xumx_separator
+
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise UmxError(f"unknown device {short.repr(str(device))} ({error})") from None
+    offline = is_offline(offline)
+    if model is None:
+        files, name = _default_files(targets, progress, offline)
+    else:
+        name = resolve_model(model)
+        if name in MODELS and isinstance(model, str):
+            entry = MODELS[name]
+            if entry.notice:
+                logger.info(entry.notice)
+            files = _named_files(entry, targets, progress, offline)
+        elif xumx_file(model) is None:
+            files = directory_files(Path(model), targets)
+        else:
+            files = None  # an X-UMX checkpoint: one file for all targets
+    options = {
+        "niter": niter,
+        "softmask": softmask,
+        "residual": residual,
+        "wiener_win_len": wiener_win_len,
+    }
+    if files is None:
+        separator = xumx_separator(model, targets, **options)
+    else:
+        separator = build_separator(files, options)
+    separator = separator.to(device).eval()
+    separator.model_name = name
+    return separator

@@ -1,0 +1,281 @@
+"""The named models: their registry entries, their folders, and what `umx --list-models` shows.
+
+A named model is either downloaded into the cache (`$UMX_CACHE`, else `$XDG_CACHE_HOME/umx`, else
+`~/.cache/umx`, one folder per model) or bundled with the package under
+`umx/pretrained/<name>/` in the official layout (see `umx.modeldir`). Downloaded files carry the
+first 8 hex digits of their SHA-256 in their name (see `umx.zoo.download`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME
+from umx.errors import UmxError, short
+
+CACHE_ENV = "UMX_CACHE"
+MIRROR_ENV = "UMX_ZOO_URL"
+ZENODO_URL = "https://zenodo.org/records/{record}/files"
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+
+# Model statuses shown by `umx --list-models`.
+BUNDLED = "bundled"
+CACHED = "cached"
+PARTIAL = "partial"
+NOT_DOWNLOADED = "not downloaded"
+
+NC_SA = "CC BY-NC-SA 4.0"
+MIT = "MIT"
+
+
+def _hashed_weights(**hashes: str) -> dict[str, str]:
+    """Target → `<target>-<hash>.pth`, in the order given."""
+    return {target: f"{target}-{digits}.pth" for target, digits in hashes.items()}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A named model.
+
+    Args:
+        name: the name users type, e.g. `umxhq`.
+        description: one line for `umx --list-models`.
+        license: licence of the weights.
+        weights: target → weights file name, in output order. Downloaded files are named
+            `<target>-<8 hex>.pth` (or `_`), the hex digits starting their SHA-256.
+        sample_rate, n_fft, n_hop, nb_channels: the STFT the models were trained with, used when
+            the model folder has no `separator.json`.
+        record: Zenodo record the files are downloaded from; None for a bundled model, whose
+            files ship in `umx/pretrained/<name>/` in the official layout.
+        notice: a line logged whenever the model is loaded, e.g. what it is not good for.
+    """
+
+    name: str
+    description: str
+    license: str
+    weights: Mapping[str, str]
+    sample_rate: float
+    n_fft: int
+    n_hop: int
+    nb_channels: int
+    record: str | None = None
+    notice: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.record is not None:
+            unhashed = [name for name in self.weights.values() if not HASHED_NAME.match(name)]
+            if unhashed:
+                raise ValueError(f"downloaded weights need a hash in their name: {unhashed}")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    @property
+    def bundled(self) -> bool:
+        return self.record is None
+
+    @property
+    def directory(self) -> Path:
+        """Where the files are: inside the package if bundled, else in the cache."""
+        return PRETRAINED_DIR / self.name if self.bundled else model_cache_dir(self.name)
+
+    def url(self, target: str) -> str:
+        """Download address of a target's weights, from `$UMX_ZOO_URL` if set, else Zenodo."""
+        if self.record is None:
+            raise ValueError(f"model {self.name!r} is bundled, not downloaded")
+        base = os.environ.get(MIRROR_ENV) or ZENODO_URL.format(record=self.record)
+        return f"{base.rstrip('/')}/{self.weights[target]}"
+
+    def missing(self, targets: Sequence[str] | None = None) -> list[str]:
+        """The targets (all if None) whose weights are not in the cache; none if bundled."""
+        if self.bundled:
+            return []
+        wanted = self.targets if targets is None else targets
+        return [
+            target for target in wanted if not (self.directory / self.weights[target]).is_file()
+        ]
+
+    def placement(self, targets: Sequence[str]) -> str:
+        """How to install targets' weights by hand: `save <url> as <path>, ...`."""
+        return "save " + ", ".join(
+            f"{self.url(target)} as {self.directory / self.weights[target]}" for target in targets
+        )
+
+
+MODELS: dict[str, ZooEntry] = {
+    entry.name: entry
+    for entry in (
+        ZooEntry(
+            name="umxsynth",
+            description="music: vocals/drums/bass/other, small, trained on umx's synthetic music",
+            license=MIT,
+            weights={target: f"{target}.pth" for target in ("vocals", "drums", "bass", "other")},
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            notice="umxsynth is a small demo model trained on synthetic music; for real "
+            "recordings use umxl (`umx download umxl`) or umxhq",
+        ),
+        ZooEntry(
+            name="umxsynth-rt",
+            description="music: vocals/drums/bass/other, small and causal (unidirectional LSTM) "
+            "for `umx stream`, trained on umx's synthetic music",
+            license=MIT,
+            weights={target: f"{target}.pth" for target in ("vocals", "drums", "bass", "other")},
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            notice="umxsynth-rt is a small causal demo model trained on synthetic music; real "
+            "recordings separate better offline with umxl (`umx download umxl`) or umxhq",
+        ),
+        ZooEntry(
+            name="umxl",
+            description="music: vocals/drums/bass/other, trained on extra data (reference default)",
+            license=NC_SA,
+            weights=_hashed_weights(
+                vocals="bccbd9aa", drums="69e0ebd4", bass="2ca1ce51", other="c8c5b3e6"
+            ),
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            record="5069601",
+        ),
+        ZooEntry(
+            name="umxhq",
+            description="music: vocals/drums/bass/other, trained on MUSDB18-HQ",
+            license=MIT,
+            weights=_hashed_weights(
+                vocals="b62c91ce", drums="9619578f", bass="8d85a5bd", other="b52fbbf7"
+            ),
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            record="3370489",
+        ),
+        ZooEntry(
+            name="umx",
+            description="music: vocals/drums/bass/other, trained on MUSDB18 (compressed)",
+            license=MIT,
+            weights=_hashed_weights(
+                vocals="c8df74a5", drums="5a48008b", bass="646024d3", other="f8e132cc"
+            ),
+            sample_rate=44100.0,
+            n_fft=4096,
+            n_hop=1024,
+            nb_channels=2,
+            record="3370486",
+        ),
+        ZooEntry(
+            name="umxse",
+            description="speech enhancement: speech/noise, mono 16 kHz",
+            license=MIT,
+            weights={"speech": "speech_f5e0d9f9.pth", "noise": "noise_04a6fc2d.pth"},
+            sample_rate=16000.0,
+            n_fft=1024,
+            n_hop=512,
+            nb_channels=1,
+            record="3786908",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `umx --list-models` shows about a named model.
+
+    Attributes:
+        status: `BUNDLED` (ships with umx), `CACHED` (every weights file is in the cache, not
+            re-verified here), `PARTIAL` (some are) or `NOT_DOWNLOADED`.
+        missing: the weights files not in the cache, by name.
+        default: the model used when none is named.
+        fallback: the bundled model the default falls back to when it cannot be had.
+    """
+
+    name: str
+    description: str
+    targets: tuple[str, ...]
+    license: str
+    bundled: bool
+    cached: bool
+    default: bool
+    status: str
+    missing: tuple[str, ...]
+    fallback: bool
+
+
+def _info(entry: ZooEntry) -> ModelInfo:
+    missing = tuple(entry.weights[target] for target in entry.missing())
+    if entry.bundled:
+        status = BUNDLED
+    elif not missing:
+        status = CACHED
+    else:
+        status = NOT_DOWNLOADED if len(missing) == len(entry.weights) else PARTIAL
+    return ModelInfo(
+        name=entry.name,
+        description=entry.description,
+        targets=entry.targets,
+        license=entry.license,
+        bundled=entry.bundled,
+        cached=status == CACHED,
+        default=entry.name == DEFAULT_MODEL,
+        status=status,
+        missing=missing,
+        fallback=entry.name == FALLBACK_MODEL,
+    )
+
+
+def list_models() -> list[ModelInfo]:
+    """The named models and whether their weights are here, the default first, then its fallback.
+
+    Looks at the cache only: never touches the network.
+
+    Returns:
+        one `ModelInfo` per entry of `MODELS`.
+    """
+    infos = [_info(entry) for entry in MODELS.values()]
+    return sorted(infos, key=lambda info: (not info.default, not info.fallback))
+
+
+def cache_dir() -> Path:
+    """The model cache: `$UMX_CACHE`, else `$XDG_CACHE_HOME/umx`, else `~/.cache/umx`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "umx"
+    return Path.home() / ".cache" / "umx"
+
+
+def model_cache_dir(name: str) -> Path:
+    """The cache folder of one named model."""
+    return cache_dir() / name
+
+
+def find_model(name: str) -> ZooEntry:
+    """The registry entry of a model name.
+
+    Raises:
+        UmxError: `name` is not a key of `MODELS`.
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise UmxError(
+            f"unknown model {short.repr(name)}; the known models are {', '.join(MODELS)}"
+        )
+    return MODELS[name]
+
+
+def model_targets(entry: ZooEntry, targets: Sequence[str] | None) -> list[str]:
+    """The targets of a named model to load: `targets` checked against the model's, once per
+    load (all of them if None)."""
+    from umx.modeldir import select_targets
+
+    return select_targets(entry.targets, targets, f"model {entry.name!r}")
