@@ -138,6 +138,12 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
     )
+    parser.add_argument(
+        "--mix-bus",
+        action="store_true",
+        help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
+        "gain, computed from the mixture, every stem gets alike",
+    )
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -184,6 +190,7 @@ def run_synth(args: argparse.Namespace) -> int:
         drum_kits={"train": kits, "valid": kits, "test": test_kits},
         production=args.production,
         sung=args.sung,
+        mix_bus=args.mix_bus,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,
@@ -210,9 +217,9 @@ def _kit(path: Path) -> Path:
     Raises:
         UmxError: it is not a Hydrogen kit umx can play.
     """
-    from umx.synth.plan import levers
+    from umx.synth.plan import lever
 
-    levers()[1].load_kit(path.resolve())
+    lever("sampler").load_kit(path.resolve())
     return path.resolve()
 
 

@@ -170,11 +170,8 @@ def compress(
     release: float,
     sample_rate: int,
 ) -> np.ndarray:
-    """A feed-forward compressor with a stereo-linked RMS detector.
-
-    The level is measured over ``release`` seconds, relative to the stem's peak RMS level;
-    above ``threshold_db`` it is reduced by ``1 - 1 / ratio`` of the excess, the reduction
-    smoothed over ``attack`` seconds.
+    """A feed-forward compressor with a stereo-linked RMS detector (see
+    :func:`compression_gain`).
 
     Args:
         audio: ``(nb_channels, nb_samples)``.
@@ -182,11 +179,34 @@ def compress(
     Returns:
         ``(nb_channels, nb_samples)``, no louder than ``audio`` anywhere.
     """
+    return audio * compression_gain(audio, threshold_db, ratio, attack, release, sample_rate)
+
+
+def compression_gain(
+    audio: np.ndarray,
+    threshold_db: float,
+    ratio: float,
+    attack: float,
+    release: float,
+    sample_rate: int,
+) -> np.ndarray:
+    """The gain of a feed-forward compressor with a stereo-linked RMS detector.
+
+    The level is measured over ``release`` seconds, relative to the signal's peak RMS level;
+    above ``threshold_db`` it is reduced by ``1 - 1 / ratio`` of the excess, the reduction
+    smoothed over ``attack`` seconds.
+
+    Args:
+        audio: ``(nb_channels, nb_samples)``, the signal the detector listens to.
+
+    Returns:
+        ``(nb_samples,)``, between 0 and 1.
+    """
     power = _one_pole(np.mean(np.square(audio), axis=0), release, sample_rate)
     level_db = 10 * np.log10(np.maximum(power, 1e-20))
     excess = np.maximum(level_db - (level_db.max() + threshold_db), 0.0)
     reduction_db = _one_pole(excess * (1 - 1 / ratio), attack, sample_rate)
-    return audio * 10 ** (-reduction_db / 20)
+    return 10 ** (-reduction_db / 20)
 
 
 def overdrive(audio: np.ndarray, gain_db: float, tone: float, sample_rate: int) -> np.ndarray:

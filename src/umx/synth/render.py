@@ -1,5 +1,6 @@
 """Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singer),
-then levelled, panned, faded and quantised to 16 bits; the mixture is the exact sum of the stems.
+then levelled, panned, faded, through the mix bus if it has one, and quantised to 16 bits; the
+mixture is the exact sum of the stems.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from umx.synth.midi import (
     scale_tempo,
     transpose,
 )
-from umx.synth.plan import TrackPlan, levers
+from umx.synth.plan import TrackPlan, lever
 
 SUSTAIN_PEDAL, ALL_NOTES_OFF = 64, 123
 SILENCE_DB = -60.0
@@ -148,11 +149,9 @@ def render_track(
     nb_samples = round(duration * sample_rate)
     soundfont = Path(plan.soundfont)
     parts = split_stems(song, plan.revoice)
-    if plan.drum_kit or plan.sung or plan.production:
-        effects, sampler, singer = levers()
     raw = {
-        stem: sampler.play_drums(
-            part, sampler.load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed
+        stem: lever("sampler").play_drums(
+            part, lever("sampler").load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed
         )
         if stem == "drums" and plan.drum_kit
         else render_midi(part, soundfont, nb_samples, sample_rate)
@@ -161,7 +160,7 @@ def render_track(
     if any(level_db(audio) < SILENCE_DB for audio in raw.values()):
         return None
     if plan.sung:
-        sung = singer.sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
+        sung = lever("singer").sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
         if level_db(sung) > SILENCE_DB:
             patch = raw["vocals"] * 10 ** (-level_db(raw["vocals"]) / 20)
             raw["vocals"] = (
@@ -170,7 +169,7 @@ def render_track(
     if plan.production:
         room = plan.production["room"]
         for stem, chain in plan.production["stems"].items():
-            raw[stem] = effects.apply_chain(raw[stem], chain, room, sample_rate)
+            raw[stem] = lever("production").apply_chain(raw[stem], chain, room, sample_rate)
     envelope = np.ones(nb_samples)
     if fade:
         ramp = np.linspace(0, 1, round(fade * sample_rate))
@@ -181,6 +180,8 @@ def render_track(
         angle = (plan.pans[stem] + 1) * math.pi / 4
         balance = math.sqrt(2) * np.array([[math.cos(angle)], [math.sin(angle)]])
         stems[stem] = audio * gain * balance * envelope
+    if plan.mix_bus:
+        stems = lever("bus").apply_bus(stems, plan.mix_bus, sample_rate)
     peak = max(np.abs(audio).max() for audio in [sum(stems.values()), *stems.values()])
     scale = 10 ** (plan.peak_db / 20) / peak * PCM_SCALE
     tracks = {stem: np.round(audio * scale).astype(np.int16).T for stem, audio in stems.items()}
