@@ -1,5 +1,5 @@
 """The levers of `umx synth` that bring tracks closer to records, each off by default: the mix
-bus (``--mix-bus``).
+bus (``--mix-bus``) and denser `other` parts (``--dense-other``).
 
 The end-to-end renders need the Debian packages fluidsynth and timgm6mb-soundfont (CI installs
 them).
@@ -21,6 +21,7 @@ from umx.synth.bus import apply_bus, draw_bus, limiter_gain, widen
 from umx.synth.gm import STEMS
 from umx.synth.options import add_synth_arguments, run_synth
 from umx.synth.plan import SongRef, plan_tracks
+from umx.synth.procedural import DENSE_PARTS, generate_song
 from umx.synth.render import render_track
 
 RATE = 8000
@@ -148,15 +149,61 @@ def test_a_bussed_track_sums_exactly_to_its_mixture():
     assert crest_db(mixtures[1]) - crest_db(mixtures[0]) > 2
 
 
+# --- dense other ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_dense_song_is_the_plain_song_with_more_other_parts(seed):
+    plain, dense = generate_song(seed, 30), generate_song(seed, 30, dense=True)
+    added = [event for event in dense.events if event.channel in DENSE_PARTS]
+    assert [event for event in dense.events if event.channel not in DENSE_PARTS] == plain.events
+    assert not any(event.channel in DENSE_PARTS for event in plain.events)
+    programs = {event.channel: event.data[0] for event in added if event.kind == 0xC0}
+    assert all(programs[channel] in DENSE_PARTS[channel][1] for channel in DENSE_PARTS)
+    assert programs[7] in (29, 30)  # a distorted guitar
+    for channel in DENSE_PARTS:
+        notes = [event for event in added if event.channel == channel and event.is_note_on]
+        assert len(notes) >= 16, channel  # it plays through the song
+        assert notes[-1].tick > plain.end_tick * 0.8
+    assert dense.end_tick == plain.end_tick
+
+
+def test_dense_songs_plan_the_same_tracks():
+    songs = [SongRef(f"p{index}", seed=index, min_seconds=20) for index in range(6)]
+    dense = [SongRef(song.name, seed=song.seed, min_seconds=20, dense=True) for song in songs]
+    for before, after in zip(
+        plan_tracks(songs, FONTS, **PLAN_ARGS), plan_tracks(dense, FONTS, **PLAN_ARGS), strict=True
+    ):
+        assert after.__dict__ | {"song": before.song} == before.__dict__
+
+
+@needs_fluidsynth
+def test_a_dense_track_renders_the_same_vocals_drums_and_bass():
+    fonts = {"train": [SOUNDFONT], "valid": [], "test": []}
+    args = {"seed": 2, "duration": 3, "test_fraction": 0, "valid_fraction": 0}
+    tracks = [
+        render_track(plan_tracks([song], fonts, **args)[0], 3.0, 16000)
+        for dense in (False, True)
+        for song in [SongRef("p", seed=5, min_seconds=12, dense=dense)]
+    ]
+    plain, dense = ({s: t[s].astype(float) for s in STEMS} for t in tracks)
+    scale = np.sum(dense["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
+    assert scale != pytest.approx(1.0, abs=0.01)  # the denser mixture peaks higher
+    for stem in ("vocals", "drums", "bass"):  # the same audio, at the track's new peak level
+        assert np.abs(dense[stem] - plain[stem] * scale).max() <= 1.5, stem
+    assert np.abs(dense["other"] - plain["other"] * scale).max() > 1000
+
+
 @needs_fluidsynth
 def test_the_levers_are_recorded_in_synth_json_and_the_files_still_sum(tmp_path):
     root = tmp_path / "data"
     args = ["--procedural", 1, "--duration", 2, "--test-fraction", 0, "--valid-fraction", 0]
     args += ["--soundfont", SOUNDFONT, "--sample-rate", 16000, "--jobs", 1, "-q"]
-    assert synth("--root", root, *args, "--mix-bus") == 0
+    assert synth("--root", root, *args, "--mix-bus", "--dense-other") == 0
     manifest = json.loads((root / "synth.json").read_text())
-    assert manifest["settings"]["mix_bus"] is True
+    assert manifest["settings"]["mix_bus"] is manifest["settings"]["dense_other"] is True
     (track,) = manifest["tracks"]
+    assert track["song"]["dense"] is True
     assert set(track["mix_bus"]) == {"width", "compressor", "limiter"}
     audio = {name: sf.read(root / "train" / track["name"] / f"{name}.wav")[0] for name in STEMS}
     mixture = sf.read(root / "train" / track["name"] / "mixture.wav")[0]

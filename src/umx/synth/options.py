@@ -139,6 +139,12 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
     )
     parser.add_argument(
+        "--dense-other",
+        action="store_true",
+        help="give procedural songs three more `other` parts (strings or pad, synth lead, "
+        "distorted guitar); MIDI songs are unchanged",
+    )
+    parser.add_argument(
         "--mix-bus",
         action="store_true",
         help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
@@ -172,6 +178,7 @@ def run_synth(args: argparse.Namespace) -> int:
             f"procedural-{index:05d}",
             seed=derive_seed(args.seed, "procedural", index),
             min_seconds=args.duration * TEMPO_RANGE[1] * 2,
+            dense=args.dense_other,
         )
         for index in range(args.procedural)
     ]

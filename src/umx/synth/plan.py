@@ -54,17 +54,20 @@ class SongRef:
         path: the General MIDI file, or None for a procedural song.
         seed: the procedural song's seed.
         min_seconds: the procedural song's shortest length.
+        dense: the procedural song has the dense `other` parts of
+            :func:`umx.synth.procedural.generate_song`.
     """
 
     name: str
     path: str | None = None
     seed: int | None = None
     min_seconds: float = 0.0
+    dense: bool = False
 
     def load(self) -> Song:
         """The song's events."""
         if self.path is None:
-            return generate_song(self.seed, self.min_seconds)
+            return generate_song(self.seed, self.min_seconds, self.dense)
         return read_midi(self.path)
 
 
