@@ -1,5 +1,6 @@
 """The levers of `umx synth` that bring tracks closer to records, each off by default: the mix
-bus (``--mix-bus``) and denser `other` parts (``--dense-other``).
+bus (``--mix-bus``), denser `other` parts (``--dense-other``) and guitar amps
+(``--amp-guitars``).
 
 The end-to-end renders need the Debian packages fluidsynth and timgm6mb-soundfont (CI installs
 them).
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from umx.synth.amp import amplify, cabinet, draw_amp, drive
 from umx.synth.bus import apply_bus, draw_bus, limiter_gain, widen
-from umx.synth.gm import STEMS
+from umx.synth.gm import STEMS, split_guitars
+from umx.synth.midi import PROGRAM_CHANGE, Event, Song, encode_midi, note, tempo_event
 from umx.synth.options import add_synth_arguments, run_synth
 from umx.synth.plan import SongRef, plan_tracks
 from umx.synth.procedural import DENSE_PARTS, generate_song
@@ -119,17 +122,21 @@ def test_the_bus_compressor_narrows_the_gap_between_loud_and_quiet_passages():
     assert gap == pytest.approx(20 - 9, abs=0.3)  # 12 dB over the threshold, 3/4 taken off
 
 
-def test_drawn_buses_are_json_and_plans_without_the_bus_are_unchanged():
-    settings = draw_bus(random.Random(3))
+@pytest.mark.parametrize(
+    ("option", "field", "draw"),
+    [("mix_bus", "mix_bus", draw_bus), ("amp_guitars", "amp", draw_amp)],
+)
+def test_drawn_levers_are_json_and_plans_without_them_are_unchanged(option, field, draw):
+    settings = draw(random.Random(3))
     assert json.loads(json.dumps(settings)) == settings
     songs = [SongRef(f"p{index}", seed=index, min_seconds=20) for index in range(6)]
     plain = plan_tracks(songs, FONTS, **PLAN_ARGS)
     produced = plan_tracks(songs, FONTS, **PLAN_ARGS, production=True)
-    bussed = plan_tracks(songs, FONTS, **PLAN_ARGS, production=True, mix_bus=True)
-    assert all(plan.mix_bus is None for plan in plain + produced)
-    for before, after in zip(produced, bussed, strict=True):
-        assert after.__dict__ | {"mix_bus": None} == before.__dict__
-    assert len({json.dumps(plan.mix_bus) for plan in bussed}) == len(bussed)
+    levered = plan_tracks(songs, FONTS, **PLAN_ARGS, production=True, **{option: True})
+    assert all(getattr(plan, field) is None for plan in plain + produced)
+    for before, after in zip(produced, levered, strict=True):
+        assert after.__dict__ | {field: None} == before.__dict__
+    assert len({json.dumps(getattr(plan, field)) for plan in levered}) == len(levered)
 
 
 @needs_fluidsynth
@@ -194,16 +201,110 @@ def test_a_dense_track_renders_the_same_vocals_drums_and_bass():
     assert np.abs(dense["other"] - plain["other"] * scale).max() > 1000
 
 
+# --- guitar amps ----------------------------------------------------------------------------------
+
+
+def guitar_song(guitar_program: int = 29) -> Song:
+    """Four seconds at 120 bpm: a voice melody, a bass, drums, piano chords on channel 3 and a
+    riff on channel 4 with ``guitar_program``."""
+    events = [tempo_event(0, 500_000)]
+    for channel, program in ((0, 52), (1, 33), (2, 0), (3, guitar_program)):
+        events.append(Event(0, PROGRAM_CHANGE | channel, bytes((program,))))
+    for beat in range(8):
+        tick = beat * 480
+        events += note(tick, 9, 36 if beat % 2 else 38, 100, 120)
+        events += note(tick, 0, 67 + beat % 3, 90, 400)
+        events += note(tick, 1, 33 + beat % 2, 90, 400)
+        events += note(tick, 2, 60, 70, 400) + note(tick, 2, 64, 70, 400)
+        events += note(tick, 3, 52, 90, 200) + note(tick + 240, 3, 59, 90, 200)
+    events.sort(key=lambda event: event.tick)
+    return Song(480, events, end_tick=8 * 480)
+
+
+def test_split_guitars_follows_each_channel_s_program():
+    events = [Event(0, PROGRAM_CHANGE | 2, bytes((0,))), Event(0, PROGRAM_CHANGE | 9, bytes((25,)))]
+    events += note(0, 2, 60, 90, 100)  # piano
+    events += [Event(200, PROGRAM_CHANGE | 2, bytes((30,)))]
+    events += note(150, 2, 62, 90, 100) + note(300, 2, 64, 90, 100)  # held over the change
+    events += note(300, 9, 36, 90, 100)  # drums, whatever their program
+    events.sort(key=lambda event: event.tick)
+    guitars, rest = split_guitars(Song(480, events, end_tick=480))
+
+    def notes(song):
+        return [(e.tick, e.channel, e.data[0]) for e in song.events if e.is_note_on]
+
+    assert notes(guitars) == [(300, 2, 64)]
+    assert notes(rest) == [(0, 2, 60), (150, 2, 62), (300, 9, 36)]
+    offs = [e.tick for e in guitars.events if e.is_note_off]
+    assert offs == [400]  # the guitar note's own note-off, not the piano's at 250
+    for part in (guitars, rest):  # both keep the program changes
+        assert sum(e.kind == PROGRAM_CHANGE for e in part.events) == 3
+
+
+def test_the_amp_drive_adds_odd_and_even_harmonics():
+    sine = np.stack([np.sin(2 * math.pi * 250 * np.arange(RATE) / RATE)] * 2)
+    spectrum = np.abs(np.fft.rfft(drive(sine, 20.0, 0.3)[0]))
+    assert spectrum[500] / spectrum[250] > 0.02 and spectrum[750] / spectrum[250] > 0.05
+    unbiased = np.abs(np.fft.rfft(drive(sine, 20.0, 0.0)[0]))
+    assert unbiased[500] / unbiased[250] < 1e-6  # symmetric clipping: odd harmonics only
+    assert np.array_equal(drive(np.zeros((2, 10)), 20.0, 0.3), np.zeros((2, 10)))
+
+
+def test_the_cabinet_cuts_deep_bass_and_the_top_and_keeps_the_middle():
+    rate = 44100
+    impulse = np.zeros((1, rate))
+    impulse[0, 0] = 1.0
+    settings = draw_amp(random.Random(0))["cabinet"] | {"low": 100, "high": 4000}
+    response = 20 * np.log10(np.abs(np.fft.rfft(cabinet(impulse, settings, rate)[0])))
+    assert abs(response[1000]) < 6  # 1 Hz bins
+    assert response[30] < response[1000] - 15
+    assert response[12000] < response[1000] - 30
+
+
+def test_amplify_keeps_the_level_and_changes_the_sound():
+    audio = np.stack([np.sin(2 * math.pi * 196 * np.arange(RATE) / RATE)] * 2) * 0.3
+    out = amplify(audio, draw_amp(random.Random(1)), RATE)
+    assert out.shape == audio.shape and np.isfinite(out).all()
+    assert np.sqrt(np.mean(out**2)) == pytest.approx(np.sqrt(np.mean(audio**2)))
+    assert not np.allclose(out, audio, atol=0.05)
+    assert np.array_equal(amplify(0 * audio, draw_amp(random.Random(1)), RATE), 0 * audio)
+
+
+@needs_fluidsynth
+@pytest.mark.parametrize("guitar_program", [29, 48])
+def test_the_amp_changes_only_the_guitars_of_other(tmp_path, guitar_program):
+    path = tmp_path / "song.mid"
+    path.write_bytes(encode_midi(guitar_song(guitar_program)))
+    fonts = {"train": [SOUNDFONT], "valid": [], "test": []}
+    args = {"seed": 2, "duration": 3, "test_fraction": 0, "valid_fraction": 0}
+    plans = [
+        plan_tracks([SongRef("g", path=str(path))], fonts, **args, amp_guitars=amp)[0]
+        for amp in (False, True)
+    ]
+    plain, amped = (render_track(plan, 3.0, 16000) for plan in plans)
+    assert np.array_equal(sum(amped[s].astype(np.int32) for s in STEMS), amped["mixture"])
+    if guitar_program == 48:  # strings: no guitar, the same files
+        assert all(np.array_equal(plain[name], amped[name]) for name in plain)
+        return
+    plain, amped = ({s: t[s].astype(float) for s in STEMS} for t in (plain, amped))
+    scale = np.sum(amped["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
+    for stem in ("vocals", "drums", "bass"):  # the same audio, at the track's new peak level
+        assert np.abs(amped[stem] - plain[stem] * scale).max() <= 1.5, stem
+    assert np.abs(amped["other"] - plain["other"] * scale).max() > 1000
+
+
 @needs_fluidsynth
 def test_the_levers_are_recorded_in_synth_json_and_the_files_still_sum(tmp_path):
     root = tmp_path / "data"
     args = ["--procedural", 1, "--duration", 2, "--test-fraction", 0, "--valid-fraction", 0]
     args += ["--soundfont", SOUNDFONT, "--sample-rate", 16000, "--jobs", 1, "-q"]
-    assert synth("--root", root, *args, "--mix-bus", "--dense-other") == 0
+    assert synth("--root", root, *args, "--mix-bus", "--dense-other", "--amp-guitars") == 0
     manifest = json.loads((root / "synth.json").read_text())
-    assert manifest["settings"]["mix_bus"] is manifest["settings"]["dense_other"] is True
+    settings = manifest["settings"]
+    assert settings["mix_bus"] is settings["dense_other"] is settings["amp_guitars"] is True
     (track,) = manifest["tracks"]
     assert track["song"]["dense"] is True
+    assert set(track["amp"]) == {"pre_eq", "drive", "tone", "cabinet"}
     assert set(track["mix_bus"]) == {"width", "compressor", "limiter"}
     audio = {name: sf.read(root / "train" / track["name"] / f"{name}.wav")[0] for name in STEMS}
     mixture = sf.read(root / "train" / track["name"] / "mixture.wav")[0]

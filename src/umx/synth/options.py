@@ -145,6 +145,12 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         "distorted guitar); MIDI songs are unchanged",
     )
     parser.add_argument(
+        "--amp-guitars",
+        action="store_true",
+        help="play the guitar parts of `other` (GM programs 25-32) through a randomised amp "
+        "(pre-EQ, drive, tone stack) and speaker cabinet",
+    )
+    parser.add_argument(
         "--mix-bus",
         action="store_true",
         help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
@@ -198,6 +204,7 @@ def run_synth(args: argparse.Namespace) -> int:
         production=args.production,
         sung=args.sung,
         mix_bus=args.mix_bus,
+        amp_guitars=args.amp_guitars,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,

@@ -2,8 +2,9 @@
 
 A song is a General MIDI file or a seed of :mod:`umx.synth.procedural`. Songs, not tracks, are
 split into train, valid and test; every random choice of a track (excerpt, soundfont,
-transposition, tempo, stem gains and panning, drum kit, effects, singer, mix bus) is drawn from a
-generator seeded by the run's seed and the track's name, so a plan is reproduced exactly.
+transposition, tempo, stem gains and panning, drum kit, effects, singer, mix bus, guitar amp)
+is drawn from a generator seeded by the run's seed and the track's name, so a plan is
+reproduced exactly.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class TrackPlan:
         sung: the formant singer's share of the vocals (0: the voice patch alone).
         seed: the seed of the kit's, the singer's and the effects' own random choices.
         mix_bus: the mix bus of :func:`umx.synth.bus.draw_bus`, or None.
+        amp: the guitars' amp and cabinet of :func:`umx.synth.amp.draw_amp`, or None.
     """
 
     name: str
@@ -110,6 +112,7 @@ class TrackPlan:
     sung: float = 0.0
     seed: int = 0
     mix_bus: dict | None = None
+    amp: dict | None = None
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -160,6 +163,7 @@ def plan_tracks(
     production: bool = False,
     sung: bool = False,
     mix_bus: bool = False,
+    amp_guitars: bool = False,
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
 
@@ -181,6 +185,7 @@ def plan_tracks(
             training never hears).
         sung: sing the vocals of most tracks with the formant singer, mixed with the voice patch.
         mix_bus: give each track a mix bus (width, bus compressor, limiter).
+        amp_guitars: play each track's guitar parts of `other` through an amp and a cabinet.
 
     Returns:
         The tracks, by split then song name.
@@ -202,7 +207,7 @@ def plan_tracks(
         group = [song for song in songs if (song.path is None) == procedural]
         for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
             splits[split] += chosen
-    levers = {"production": production, "sung": sung, "mix_bus": mix_bus}
+    levers = {"production": production, "sung": sung, "mix_bus": mix_bus, "amp": amp_guitars}
     plans = []
     for split, chosen in splits.items():
         if chosen and not soundfonts[split]:
@@ -219,7 +224,7 @@ def plan_tracks(
 
 def lever(name: str) -> ModuleType:
     """The module of a production lever: ``production`` (effects), ``sampler`` (drums),
-    ``singer`` or ``bus`` (the mix bus). They need scipy (the `train`
+    ``singer``, ``bus`` (the mix bus) or ``amp`` (guitar amps). They need scipy (the `train`
     extra), so they load only when a dataset uses them: the `umx` command itself starts
     without scipy.
 
@@ -230,7 +235,7 @@ def lever(name: str) -> ModuleType:
         return importlib.import_module(f"umx.synth.{name}")
     except ImportError as error:
         raise UmxError(
-            "drum kits, --production, --sung and --mix-bus need scipy "
+            "drum kits, --production, --sung, --mix-bus and --amp-guitars need scipy "
             f"({error}): pip install 'umx[train]'"
         ) from None
 
@@ -243,8 +248,9 @@ def _produce(
     production: bool,
     sung: bool,
     mix_bus: bool,
+    amp: bool,
 ) -> TrackPlan:
-    """``plan`` with its drum kit, effect chains, singer and mix bus drawn (each
+    """``plan`` with its drum kit, effect chains, singer, mix bus and guitar amp drawn (each
     lever from a generator of its own, so that a dataset without it is the same as before it
     existed)."""
     if drum_kits or production or sung:
@@ -262,6 +268,9 @@ def _produce(
     if mix_bus:
         rng = random.Random(derive_seed(seed, plan.name, "mix-bus"))
         plan = replace(plan, mix_bus=lever("bus").draw_bus(rng))
+    if amp:
+        rng = random.Random(derive_seed(seed, plan.name, "amp"))
+        plan = replace(plan, amp=lever("amp").draw_amp(rng))
     return plan
 
 

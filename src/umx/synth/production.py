@@ -115,8 +115,8 @@ def biquad(
     """The coefficients ``(b, a)`` of an equaliser band (the Audio EQ Cookbook's formulas).
 
     Args:
-        kind: ``lowshelf``, ``bell``, ``highshelf``, or ``lowpass`` and ``bandpass`` (0 dB
-            at ``frequency``), which ignore ``gain_db``.
+        kind: ``lowshelf``, ``bell``, ``highshelf``, or ``lowpass``, ``highpass`` and
+            ``bandpass`` (0 dB at ``frequency``), which ignore ``gain_db``.
         frequency: the corner or centre frequency in Hz.
         gain_db: the boost (positive) or cut of a shelf or bell.
         q: the quality factor (shelves use a slope of 1 whatever it is).
@@ -136,6 +136,10 @@ def biquad(
     elif kind == "lowpass":
         alpha = sin / (2 * q)
         b = [(1 - cos) / 2, 1 - cos, (1 - cos) / 2]
+        a = [1 + alpha, -2 * cos, 1 - alpha]
+    elif kind == "highpass":
+        alpha = sin / (2 * q)
+        b = [(1 + cos) / 2, -1 - cos, (1 + cos) / 2]
         a = [1 + alpha, -2 * cos, 1 - alpha]
     else:
         alpha = sin / math.sqrt(2)

@@ -1,6 +1,6 @@
-"""Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singer),
-then levelled, panned, faded, through the mix bus if it has one, and quantised to 16 bits; the
-mixture is the exact sum of the stems.
+"""Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singer;
+the guitars of `other` through an amp if it has one), then levelled, panned, faded, through the
+mix bus if it has one, and quantised to 16 bits; the mixture is the exact sum of the stems.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from umx.defaults import (
     SOUNDFONT_PACKAGES,
 )
 from umx.errors import UmxError
-from umx.synth.gm import DRUM_CHANNEL, split_stems
+from umx.synth.gm import DRUM_CHANNEL, split_guitars, split_stems
 from umx.synth.midi import (
     CONTROL_CHANGE,
     Event,
@@ -156,7 +156,11 @@ def render_track(
         if stem == "drums" and plan.drum_kit
         else render_midi(part, soundfont, nb_samples, sample_rate)
         for stem, part in parts.items()
+        if not (stem == "other" and plan.amp)
     }
+    if plan.amp:
+        other = parts["other"]
+        raw["other"] = _amplified_other(other, plan.amp, soundfont, sample_rate, nb_samples)
     if any(level_db(audio) < SILENCE_DB for audio in raw.values()):
         return None
     if plan.sung:
@@ -188,6 +192,24 @@ def render_track(
     mixture = sum(audio.astype(np.int32) for audio in tracks.values())
     tracks["mixture"] = mixture.astype(np.int16)
     return tracks
+
+
+def _amplified_other(
+    part: Song, amp: dict, soundfont: Path, sample_rate: int, nb_samples: int
+) -> np.ndarray:
+    """The `other` stem with its guitar notes rendered on their own, through ``amp``, and added
+    to the rest; as rendered whole when it has no guitar notes.
+
+    Returns:
+        ``(nb_channels=2, nb_samples)`` float64.
+    """
+    guitars, rest = split_guitars(part)
+    if not any(event.is_note_on for event in guitars.events):
+        return render_midi(part, soundfont, nb_samples, sample_rate)
+    amplified = lever("amp").amplify(
+        render_midi(guitars, soundfont, nb_samples, sample_rate), amp, sample_rate
+    )
+    return render_midi(rest, soundfont, nb_samples, sample_rate) + amplified
 
 
 def write_pcm16(
