@@ -1,9 +1,9 @@
 """The levers of `umx synth` that bring tracks closer to records, each off by default: the mix
-bus (``--mix-bus``), denser `other` parts (``--dense-other``) and guitar amps
-(``--amp-guitars``).
+bus (``--mix-bus``), denser `other` parts (``--dense-other``), guitar amps (``--amp-guitars``)
+and Festival's singer (``--festival-singer``).
 
 The end-to-end renders need the Debian packages fluidsynth and timgm6mb-soundfont (CI installs
-them).
+them); the Festival singer's, festival and festvox-kallpc16k (skipped without them).
 """
 
 import argparse
@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from umx.errors import UmxError
 from umx.synth.amp import amplify, cabinet, draw_amp, drive
 from umx.synth.bus import apply_bus, draw_bus, limiter_gain, widen
+from umx.synth.festival import VOICE_FOLDER, draw_festival, score, sing
 from umx.synth.gm import STEMS, split_guitars
 from umx.synth.midi import PROGRAM_CHANGE, Event, Song, encode_midi, note, tempo_event
 from umx.synth.options import add_synth_arguments, run_synth
@@ -32,6 +35,10 @@ SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 needs_fluidsynth = pytest.mark.skipif(
     not (shutil.which("fluidsynth") and SOUNDFONT.is_file()) and not os.environ.get("CI"),
     reason="needs the Debian packages fluidsynth and timgm6mb-soundfont",
+)
+needs_festival = pytest.mark.skipif(
+    not (shutil.which("text2wave") and VOICE_FOLDER.is_dir()),
+    reason="needs the Debian packages festival and festvox-kallpc16k",
 )
 
 
@@ -124,7 +131,11 @@ def test_the_bus_compressor_narrows_the_gap_between_loud_and_quiet_passages():
 
 @pytest.mark.parametrize(
     ("option", "field", "draw"),
-    [("mix_bus", "mix_bus", draw_bus), ("amp_guitars", "amp", draw_amp)],
+    [
+        ("mix_bus", "mix_bus", draw_bus),
+        ("amp_guitars", "amp", draw_amp),
+        ("festival_singer", "festival", draw_festival),
+    ],
 )
 def test_drawn_levers_are_json_and_plans_without_them_are_unchanged(option, field, draw):
     settings = draw(random.Random(3))
@@ -291,6 +302,80 @@ def test_the_amp_changes_only_the_guitars_of_other(tmp_path, guitar_program):
     for stem in ("vocals", "drums", "bass"):  # the same audio, at the track's new peak level
         assert np.abs(amped[stem] - plain[stem] * scale).max() <= 1.5, stem
     assert np.abs(amped["other"] - plain["other"] * scale).max() > 1000
+
+
+# --- Festival's singer ----------------------------------------------------------------------------
+
+
+def vocal_line(notes: list[tuple[float, float, int]]) -> Song:
+    """Notes ``(start s, end s, key)`` on channel 0 at 120 bpm (960 ticks a second)."""
+    events = [tempo_event(0, 500_000)]
+    for start, end, key in notes:
+        events += note(round(start * 960), 0, key, 90, round((end - start) * 960))
+    events.sort(key=lambda event: event.tick)
+    return Song(480, events, end_tick=4 * 960)
+
+
+LINE = [(0.5, 1.0, 69), (1.0, 1.5, 60), (2.0, 2.5, 64), (2.52, 3.0, 62), (3.0, 3.03, 70)]
+"""A line with a rest, a silence too short to be a rest and a note too short to sing."""
+
+
+def test_the_score_gives_each_note_its_pitch_and_length_and_each_rest_its_own():
+    text, start = score(vocal_line(LINE), seed=0)
+    assert start == 0.5
+    pitches = [float(f) for f in re.findall(r'FREQ="([0-9.]+)"', text)]
+    lengths = [float(f) for f in re.findall(r'DURATION SECONDS="([0-9.]+)"', text)]
+    rests = [float(f) for f in re.findall(r'REST SECONDS="([0-9.]+)"', text)]
+    # A4 is sung an octave down; the 20 ms silence lengthens the note before it
+    assert pitches == [220.0, 261.63, 329.63, 293.66]
+    assert lengths == pytest.approx([0.5, 0.5, 0.52, 0.48], abs=0.0011)
+    assert rests == pytest.approx([0.5], abs=0.0011)
+    assert score(vocal_line([]), seed=0) == ("", 0.0)
+
+
+@needs_festival
+def test_festival_sings_each_note_in_time_and_in_tune():
+    rate = 16000
+    voice = sing(vocal_line(LINE), 4 * rate, rate, seed=1)
+    assert voice.shape == (2, 4 * rate) and np.array_equal(voice[0], voice[1])
+
+    def rms(start, end):
+        return np.sqrt(np.mean(voice[0, round(start * rate) : round(end * rate)] ** 2))
+
+    sung = [rms(a, b) for a, b in ((0.6, 0.9), (1.1, 1.4), (2.1, 2.4), (2.6, 2.9))]
+    assert min(sung) > 30 * max(rms(0.0, 0.45), rms(1.6, 1.9), rms(3.2, 4.0))
+    segment = voice[0, round(2.15 * rate) : round(2.15 * rate) + 1024]  # E4, 329.6 Hz
+    segment = segment - segment.mean()
+    correlation = np.correlate(segment, segment, "full")[1023:]
+    lag = 32 + np.argmax(correlation[32 : rate // 70])
+    assert rate / lag == pytest.approx(329.63, rel=0.03)
+    assert not sing(vocal_line([]), rate, rate, seed=1).any()
+
+
+@needs_fluidsynth
+def test_a_missing_festival_is_one_error_naming_the_packages(tmp_path, monkeypatch):
+    monkeypatch.setattr("umx.synth.festival.VOICE_FOLDER", tmp_path / "no-voice")
+    with pytest.raises(UmxError, match="apt-get install festival festvox-kallpc16k"):
+        synth("--root", tmp_path / "out", "--procedural", 1, "--festival-singer")
+    assert not (tmp_path / "out").exists()
+
+
+@needs_fluidsynth
+@needs_festival
+def test_a_track_sung_by_festival_sums_exactly_to_its_mixture():
+    songs = [SongRef("p", seed=5, min_seconds=12)]
+    fonts = {"train": [SOUNDFONT], "valid": [], "test": []}
+    args = {"seed": 2, "duration": 3, "test_fraction": 0, "valid_fraction": 0}
+    plain, sung = (
+        render_track(plan_tracks(songs, fonts, **args, festival_singer=on)[0], 3.0, 16000)
+        for on in (False, True)
+    )
+    assert np.array_equal(sum(sung[s].astype(np.int32) for s in STEMS), sung["mixture"])
+    plain, sung = ({s: t[s].astype(float) for s in STEMS} for t in (plain, sung))
+    scale = np.sum(sung["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
+    for stem in ("drums", "bass", "other"):
+        assert np.abs(sung[stem] - plain[stem] * scale).max() <= 1.5, stem
+    assert np.abs(sung["vocals"] - plain["vocals"] * scale).max() > 1000
 
 
 @needs_fluidsynth

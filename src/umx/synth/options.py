@@ -151,6 +151,12 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         "(pre-EQ, drive, tone stack) and speaker cabinet",
     )
     parser.add_argument(
+        "--festival-singer",
+        action="store_true",
+        help="sing every track's vocal melody in words with Festival's diphone voice, mixed "
+        "with the vocals (apt-get install festival festvox-kallpc16k)",
+    )
+    parser.add_argument(
         "--mix-bus",
         action="store_true",
         help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
@@ -165,7 +171,14 @@ def run_synth(args: argparse.Namespace) -> int:
         UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
     """
     from umx.synth.dataset import SETTINGS, check_root, default_soundfonts, synthesize
-    from umx.synth.plan import TEMPO_RANGE, SongRef, derive_seed, find_midi_files, plan_tracks
+    from umx.synth.plan import (
+        TEMPO_RANGE,
+        SongRef,
+        derive_seed,
+        find_midi_files,
+        lever,
+        plan_tracks,
+    )
     from umx.synth.render import check_fluidsynth, check_soundfont
 
     check_number("--procedural", args.procedural, minimum=0, integer=True)
@@ -191,6 +204,8 @@ def run_synth(args: argparse.Namespace) -> int:
     if not songs:
         raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
     check_fluidsynth()
+    if args.festival_singer:
+        lever("festival").check_festival()
     train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
     test = []
     if args.test_fraction > 0:
@@ -205,6 +220,7 @@ def run_synth(args: argparse.Namespace) -> int:
         sung=args.sung,
         mix_bus=args.mix_bus,
         amp_guitars=args.amp_guitars,
+        festival_singer=args.festival_singer,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,

@@ -2,7 +2,7 @@
 
 A song is a General MIDI file or a seed of :mod:`umx.synth.procedural`. Songs, not tracks, are
 split into train, valid and test; every random choice of a track (excerpt, soundfont,
-transposition, tempo, stem gains and panning, drum kit, effects, singer, mix bus, guitar amp)
+transposition, tempo, stem gains and panning, drum kit, effects, singers, mix bus, guitar amp)
 is drawn from a generator seeded by the run's seed and the track's name, so a plan is
 reproduced exactly.
 """
@@ -94,6 +94,7 @@ class TrackPlan:
         seed: the seed of the kit's, the singer's and the effects' own random choices.
         mix_bus: the mix bus of :func:`umx.synth.bus.draw_bus`, or None.
         amp: the guitars' amp and cabinet of :func:`umx.synth.amp.draw_amp`, or None.
+        festival: the Festival singer of :func:`umx.synth.festival.draw_festival`, or None.
     """
 
     name: str
@@ -113,6 +114,7 @@ class TrackPlan:
     seed: int = 0
     mix_bus: dict | None = None
     amp: dict | None = None
+    festival: dict | None = None
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -164,6 +166,7 @@ def plan_tracks(
     sung: bool = False,
     mix_bus: bool = False,
     amp_guitars: bool = False,
+    festival_singer: bool = False,
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
 
@@ -186,6 +189,8 @@ def plan_tracks(
         sung: sing the vocals of most tracks with the formant singer, mixed with the voice patch.
         mix_bus: give each track a mix bus (width, bus compressor, limiter).
         amp_guitars: play each track's guitar parts of `other` through an amp and a cabinet.
+        festival_singer: sing each track's vocal melody in words with Festival, mixed with the
+            vocals.
 
     Returns:
         The tracks, by split then song name.
@@ -208,6 +213,7 @@ def plan_tracks(
         for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
             splits[split] += chosen
     levers = {"production": production, "sung": sung, "mix_bus": mix_bus, "amp": amp_guitars}
+    levers["festival"] = festival_singer
     plans = []
     for split, chosen in splits.items():
         if chosen and not soundfonts[split]:
@@ -224,7 +230,8 @@ def plan_tracks(
 
 def lever(name: str) -> ModuleType:
     """The module of a production lever: ``production`` (effects), ``sampler`` (drums),
-    ``singer``, ``bus`` (the mix bus) or ``amp`` (guitar amps). They need scipy (the `train`
+    ``singer``, ``bus`` (the mix bus), ``amp`` (guitar amps) or ``festival`` (Festival's
+    singer). They need scipy (the `train`
     extra), so they load only when a dataset uses them: the `umx` command itself starts
     without scipy.
 
@@ -235,8 +242,8 @@ def lever(name: str) -> ModuleType:
         return importlib.import_module(f"umx.synth.{name}")
     except ImportError as error:
         raise UmxError(
-            "drum kits, --production, --sung, --mix-bus and --amp-guitars need scipy "
-            f"({error}): pip install 'umx[train]'"
+            "drum kits, --production, --sung, --mix-bus, --amp-guitars and --festival-singer "
+            f"need scipy ({error}): pip install 'umx[train]'"
         ) from None
 
 
@@ -249,8 +256,9 @@ def _produce(
     sung: bool,
     mix_bus: bool,
     amp: bool,
+    festival: bool,
 ) -> TrackPlan:
-    """``plan`` with its drum kit, effect chains, singer, mix bus and guitar amp drawn (each
+    """``plan`` with its drum kit, effect chains, singers, mix bus and guitar amp drawn (each
     lever from a generator of its own, so that a dataset without it is the same as before it
     existed)."""
     if drum_kits or production or sung:
@@ -271,6 +279,9 @@ def _produce(
     if amp:
         rng = random.Random(derive_seed(seed, plan.name, "amp"))
         plan = replace(plan, amp=lever("amp").draw_amp(rng))
+    if festival:
+        rng = random.Random(derive_seed(seed, plan.name, "festival"))
+        plan = replace(plan, festival=lever("festival").draw_festival(rng))
     return plan
 
 

@@ -1,4 +1,4 @@
-"""Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singer;
+"""Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singers;
 the guitars of `other` through an amp if it has one), then levelled, panned, faded, through the
 mix bus if it has one, and quantised to 16 bits; the mixture is the exact sum of the stems.
 """
@@ -165,11 +165,11 @@ def render_track(
         return None
     if plan.sung:
         sung = lever("singer").sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
-        if level_db(sung) > SILENCE_DB:
-            patch = raw["vocals"] * 10 ** (-level_db(raw["vocals"]) / 20)
-            raw["vocals"] = (
-                patch * (1 - plan.sung) + sung * 10 ** (-level_db(sung) / 20) * plan.sung
-            )
+        raw["vocals"] = _with_voice(raw["vocals"], sung, plan.sung)
+    if plan.festival:
+        seed = plan.festival["seed"]
+        sung = lever("festival").sing(parts["vocals"], nb_samples, sample_rate, seed)
+        raw["vocals"] = _with_voice(raw["vocals"], sung, plan.festival["share"])
     if plan.production:
         room = plan.production["room"]
         for stem, chain in plan.production["stems"].items():
@@ -192,6 +192,21 @@ def render_track(
     mixture = sum(audio.astype(np.int32) for audio in tracks.values())
     tracks["mixture"] = mixture.astype(np.int16)
     return tracks
+
+
+def _with_voice(vocals: np.ndarray, voice: np.ndarray, share: float) -> np.ndarray:
+    """``vocals`` with a singer's ``voice`` mixed in at ``share`` of the level (both levelled
+    first); ``vocals`` unchanged when ``voice`` is silent.
+
+    Args:
+        vocals: ``(nb_channels=2, nb_samples)``.
+        voice: ``(nb_channels=2, nb_samples)``.
+        share: between 0 and 1.
+    """
+    if level_db(voice) <= SILENCE_DB:
+        return vocals
+    patch = vocals * 10 ** (-level_db(vocals) / 20)
+    return patch * (1 - share) + voice * 10 ** (-level_db(voice) / 20) * share
 
 
 def _amplified_other(
