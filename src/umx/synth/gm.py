@@ -37,6 +37,8 @@ DRUM_CHANNEL = 9
 BASS_PROGRAMS = frozenset(range(32, 40))
 VOICE_PROGRAMS = (52, 53, 54)
 """Choir aahs, voice oohs, synth voice (GM programs 53-55, counted from 0 here)."""
+GUITAR_PROGRAMS = frozenset(range(24, 32))
+"""GM programs 25-32: nylon, steel, jazz, clean, muted, overdriven, distortion and harmonics."""
 REVOICE_PROGRAMS = {"vocals": VOICE_PROGRAMS, "bass": tuple(sorted(BASS_PROGRAMS))}
 """The programs a lead melody or a bass line without one of theirs is re-voiced with."""
 MIN_BUSY = 1 / 3
@@ -241,3 +243,36 @@ def split_stems(song: Song, revoice: dict[int, int]) -> dict[str, Song]:
         name: Song(song.ticks_per_beat, [e for e, s in events if s in (None, name)], song.end_tick)
         for name in STEMS
     }
+
+
+def split_guitars(song: Song) -> tuple[Song, Song]:
+    """``song`` (a stem's events) cut in two: the notes played on a guitar program
+    (:data:`GUITAR_PROGRAMS`, off the drum channel), and the other notes. Every event that is not
+    a note goes to both, so each sounds as it does in ``song``.
+
+    Returns:
+        ``(guitars, rest)``.
+    """
+    programs = [0] * 16
+    sounding: dict[tuple[int, int], list[bool]] = {}
+    guitars: list[Event] = []
+    rest: list[Event] = []
+    for event in song.events:
+        guitar = None
+        if event.kind == PROGRAM_CHANGE:
+            programs[event.channel] = event.data[0]
+        elif event.kind in (NOTE_ON, NOTE_OFF, POLY_PRESSURE):
+            key = (event.channel, event.data[0])
+            guitar = event.channel != DRUM_CHANNEL and programs[event.channel] in GUITAR_PROGRAMS
+            if event.is_note_on:
+                sounding.setdefault(key, []).append(guitar)
+            elif event.is_note_off and sounding.get(key):
+                guitar = sounding[key].pop(0)
+        if guitar is not False:
+            guitars.append(event)
+        if not guitar:
+            rest.append(event)
+    return (
+        Song(song.ticks_per_beat, guitars, song.end_tick),
+        Song(song.ticks_per_beat, rest, song.end_tick),
+    )

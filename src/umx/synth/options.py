@@ -138,6 +138,30 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="sing most tracks' vocal melody with umx's formant singer, mixed with the voice patch",
     )
+    parser.add_argument(
+        "--dense-other",
+        action="store_true",
+        help="give procedural songs three more `other` parts (strings or pad, synth lead, "
+        "distorted guitar); MIDI songs are unchanged",
+    )
+    parser.add_argument(
+        "--amp-guitars",
+        action="store_true",
+        help="play the guitar parts of `other` (GM programs 25-32) through a randomised amp "
+        "(pre-EQ, drive, tone stack) and speaker cabinet",
+    )
+    parser.add_argument(
+        "--festival-singer",
+        action="store_true",
+        help="sing every track's vocal melody in words with Festival's diphone voice, mixed "
+        "with the vocals (apt-get install festival festvox-kallpc16k)",
+    )
+    parser.add_argument(
+        "--mix-bus",
+        action="store_true",
+        help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
+        "gain, computed from the mixture, every stem gets alike",
+    )
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -147,7 +171,14 @@ def run_synth(args: argparse.Namespace) -> int:
         UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
     """
     from umx.synth.dataset import SETTINGS, check_root, default_soundfonts, synthesize
-    from umx.synth.plan import TEMPO_RANGE, SongRef, derive_seed, find_midi_files, plan_tracks
+    from umx.synth.plan import (
+        TEMPO_RANGE,
+        SongRef,
+        derive_seed,
+        find_midi_files,
+        lever,
+        plan_tracks,
+    )
     from umx.synth.render import check_fluidsynth, check_soundfont
 
     check_number("--procedural", args.procedural, minimum=0, integer=True)
@@ -166,12 +197,15 @@ def run_synth(args: argparse.Namespace) -> int:
             f"procedural-{index:05d}",
             seed=derive_seed(args.seed, "procedural", index),
             min_seconds=args.duration * TEMPO_RANGE[1] * 2,
+            dense=args.dense_other,
         )
         for index in range(args.procedural)
     ]
     if not songs:
         raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
     check_fluidsynth()
+    if args.festival_singer:
+        lever("festival").check_festival()
     train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
     test = []
     if args.test_fraction > 0:
@@ -184,6 +218,9 @@ def run_synth(args: argparse.Namespace) -> int:
         drum_kits={"train": kits, "valid": kits, "test": test_kits},
         production=args.production,
         sung=args.sung,
+        mix_bus=args.mix_bus,
+        amp_guitars=args.amp_guitars,
+        festival_singer=args.festival_singer,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,
@@ -210,9 +247,9 @@ def _kit(path: Path) -> Path:
     Raises:
         UmxError: it is not a Hydrogen kit umx can play.
     """
-    from umx.synth.plan import levers
+    from umx.synth.plan import lever
 
-    levers()[1].load_kit(path.resolve())
+    lever("sampler").load_kit(path.resolve())
     return path.resolve()
 
 

@@ -2,12 +2,14 @@
 
 A song is a General MIDI file or a seed of :mod:`umx.synth.procedural`. Songs, not tracks, are
 split into train, valid and test; every random choice of a track (excerpt, soundfont,
-transposition, tempo, stem gains and panning, drum kit, effects, singer) is drawn from a
-generator seeded by the run's seed and the track's name, so a plan is reproduced exactly.
+transposition, tempo, stem gains and panning, drum kit, effects, singers, mix bus, guitar amp)
+is drawn from a generator seeded by the run's seed and the track's name, so a plan is
+reproduced exactly.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import random
 from collections.abc import Sequence
@@ -53,17 +55,20 @@ class SongRef:
         path: the General MIDI file, or None for a procedural song.
         seed: the procedural song's seed.
         min_seconds: the procedural song's shortest length.
+        dense: the procedural song has the dense `other` parts of
+            :func:`umx.synth.procedural.generate_song`.
     """
 
     name: str
     path: str | None = None
     seed: int | None = None
     min_seconds: float = 0.0
+    dense: bool = False
 
     def load(self) -> Song:
         """The song's events."""
         if self.path is None:
-            return generate_song(self.seed, self.min_seconds)
+            return generate_song(self.seed, self.min_seconds, self.dense)
         return read_midi(self.path)
 
 
@@ -87,6 +92,9 @@ class TrackPlan:
         production: the effect chains of :func:`umx.synth.production.draw_production`, or None.
         sung: the formant singer's share of the vocals (0: the voice patch alone).
         seed: the seed of the kit's, the singer's and the effects' own random choices.
+        mix_bus: the mix bus of :func:`umx.synth.bus.draw_bus`, or None.
+        amp: the guitars' amp and cabinet of :func:`umx.synth.amp.draw_amp`, or None.
+        festival: the Festival singer of :func:`umx.synth.festival.draw_festival`, or None.
     """
 
     name: str
@@ -104,6 +112,9 @@ class TrackPlan:
     production: dict | None = None
     sung: float = 0.0
     seed: int = 0
+    mix_bus: dict | None = None
+    amp: dict | None = None
+    festival: dict | None = None
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -153,6 +164,9 @@ def plan_tracks(
     drum_kits: dict[str, Sequence[Path]] | None = None,
     production: bool = False,
     sung: bool = False,
+    mix_bus: bool = False,
+    amp_guitars: bool = False,
+    festival_singer: bool = False,
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
 
@@ -173,6 +187,10 @@ def plan_tracks(
         production: give each track effect chains (the test split's reverb is a family
             training never hears).
         sung: sing the vocals of most tracks with the formant singer, mixed with the voice patch.
+        mix_bus: give each track a mix bus (width, bus compressor, limiter).
+        amp_guitars: play each track's guitar parts of `other` through an amp and a cabinet.
+        festival_singer: sing each track's vocal melody in words with Festival, mixed with the
+            vocals.
 
     Returns:
         The tracks, by split then song name.
@@ -194,13 +212,15 @@ def plan_tracks(
         group = [song for song in songs if (song.path is None) == procedural]
         for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
             splits[split] += chosen
+    levers = {"production": production, "sung": sung, "mix_bus": mix_bus, "amp": amp_guitars}
+    levers["festival"] = festival_singer
     plans = []
     for split, chosen in splits.items():
         if chosen and not soundfonts[split]:
             raise UmxError(f"no soundfont for the {split} split")
         for song in sorted(chosen, key=lambda song: song.name):
             plans += [
-                _produce(plan, seed, drum_kits.get(split, ()), production, sung)
+                _produce(plan, seed, drum_kits.get(split, ()), **levers)
                 for plan in plan_song(song, split, soundfonts[split], seed, duration, excerpts)
             ]
     if not plans:
@@ -208,41 +228,61 @@ def plan_tracks(
     return plans
 
 
-def levers() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """The modules of the production levers: effects (:mod:`umx.synth.production`), the drum
-    sampler and the singer. They need scipy (the `train` extra), so they load only when a
-    dataset uses them: the `umx` command itself starts without scipy.
+def lever(name: str) -> ModuleType:
+    """The module of a production lever: ``production`` (effects), ``sampler`` (drums),
+    ``singer``, ``bus`` (the mix bus), ``amp`` (guitar amps) or ``festival`` (Festival's
+    singer). They need scipy (the `train`
+    extra), so they load only when a dataset uses them: the `umx` command itself starts
+    without scipy.
 
     Raises:
         UmxError: scipy is not installed.
     """
     try:
-        from umx.synth import production, sampler, singer
+        return importlib.import_module(f"umx.synth.{name}")
     except ImportError as error:
         raise UmxError(
-            f"drum kits, --production and --sung need scipy ({error}): pip install 'umx[train]'"
+            "drum kits, --production, --sung, --mix-bus, --amp-guitars and --festival-singer "
+            f"need scipy ({error}): pip install 'umx[train]'"
         ) from None
-    return production, sampler, singer
 
 
 def _produce(
-    plan: TrackPlan, seed: int, drum_kits: Sequence[Path], production: bool, sung: bool
+    plan: TrackPlan,
+    seed: int,
+    drum_kits: Sequence[Path],
+    *,
+    production: bool,
+    sung: bool,
+    mix_bus: bool,
+    amp: bool,
+    festival: bool,
 ) -> TrackPlan:
-    """``plan`` with its drum kit, effect chains and singer drawn (from a generator of their
-    own, so that a dataset without them is the same as before they existed)."""
-    if not (drum_kits or production or sung):
-        return plan
-    effects = levers()[0]
-    rng = random.Random(derive_seed(seed, plan.name, "production"))
-    kits = [None, *map(str, drum_kits)]
-    family = effects.TEST_REVERB if plan.split == "test" else effects.TRAIN_REVERB
-    return replace(
-        plan,
-        drum_kit=rng.choice(kits),
-        production=effects.draw_production(rng, STEMS, family) if production else None,
-        sung=round(rng.uniform(*SUNG_SHARE), 3) if sung and rng.random() < SUNG_CHANCE else 0.0,
-        seed=rng.getrandbits(31),
-    )
+    """``plan`` with its drum kit, effect chains, singers, mix bus and guitar amp drawn (each
+    lever from a generator of its own, so that a dataset without it is the same as before it
+    existed)."""
+    if drum_kits or production or sung:
+        effects = lever("production")
+        rng = random.Random(derive_seed(seed, plan.name, "production"))
+        kits = [None, *map(str, drum_kits)]
+        family = effects.TEST_REVERB if plan.split == "test" else effects.TRAIN_REVERB
+        plan = replace(
+            plan,
+            drum_kit=rng.choice(kits),
+            production=effects.draw_production(rng, STEMS, family) if production else None,
+            sung=round(rng.uniform(*SUNG_SHARE), 3) if sung and rng.random() < SUNG_CHANCE else 0.0,
+            seed=rng.getrandbits(31),
+        )
+    if mix_bus:
+        rng = random.Random(derive_seed(seed, plan.name, "mix-bus"))
+        plan = replace(plan, mix_bus=lever("bus").draw_bus(rng))
+    if amp:
+        rng = random.Random(derive_seed(seed, plan.name, "amp"))
+        plan = replace(plan, amp=lever("amp").draw_amp(rng))
+    if festival:
+        rng = random.Random(derive_seed(seed, plan.name, "festival"))
+        plan = replace(plan, festival=lever("festival").draw_festival(rng))
+    return plan
 
 
 def plan_song(

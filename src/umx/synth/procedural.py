@@ -2,7 +2,8 @@
 
 A song has a tempo, a key, a chord progression per section (verse, chorus), a drum pattern with
 fills, a bass line, one to three accompanying instruments (chords, pulses, arpeggios) and a sung
-melody built from repeated motifs, on these channels:
+melody built from repeated motifs and, if dense, three more `other` parts (held string or pad
+chords, a synth lead, distorted-guitar power chords), on these channels:
 
 =======  ==================================================  ============
 channel  part                                                stem
@@ -10,11 +11,13 @@ channel  part                                                stem
 0        melody, on a voice program (choir, voice, synth)    vocals
 1        bass line, on a GM bass program                     bass
 2-4      accompaniment                                       other
+5-7      dense parts: strings or pad, synth lead, guitar     other
 9        drum kit                                            drums
 =======  ==================================================  ============
 
 The same seed always gives the same events (Python's :class:`random.Random` is seeded with it),
-so a song needs no storage: its seed is enough.
+so a song needs no storage: its seed is enough. The dense parts draw from a generator of their
+own, so a dense song is the plain song of its seed with these parts added.
 """
 
 from __future__ import annotations
@@ -89,6 +92,15 @@ BASS_PATTERNS = (
 """Bass bars: (step, length in steps, note): R root, 3 third, 5 fifth, 8 octave, A approach."""
 
 ACCOMPANIMENT_STYLES = ("pad", "pulse", "arpeggio", "offbeat")
+DENSE_PARTS = {
+    5: ("strings", (*range(48, 52), *range(88, 96))),  # string ensembles, synth pads
+    6: ("lead", tuple(range(80, 88))),  # synth leads
+    7: ("guitar", (29, 30)),  # overdriven and distortion guitars
+}
+"""The dense parts: ``{channel: (part, GM programs)}``."""
+GUITAR_RHYTHMS = ("x.x.x.x.x.x.x.x.", "x..x..x.x..x..x.", "xxx.xxx.xxx.xx.x", "x.......x.x.....")
+"""Power-chord rhythms of the dense guitar, sixteen steps a bar (``x`` a chord)."""
+LOW_E = 40
 
 INTRO_BARS = 2
 SECTION_BARS = 8
@@ -96,12 +108,14 @@ MELODY_LOW, MELODY_HIGH = 57, 79
 """The melody's range in MIDI keys (A3 to G5)."""
 
 
-def generate_song(seed: int, min_seconds: float = 0.0) -> Song:
+def generate_song(seed: int, min_seconds: float = 0.0, dense: bool = False) -> Song:
     """A new song, the same for the same arguments.
 
     Args:
         seed: chooses everything: tempo, key, progressions, instruments, parts.
         min_seconds: the song lasts at least this long (sections are added until it does).
+        dense: add the dense `other` parts (strings or pad, synth lead, guitar) to the song
+            the seed gives.
 
     Returns:
         The song: a two-bar intro without melody, then verses and choruses, and a final bar.
@@ -132,8 +146,10 @@ def generate_song(seed: int, min_seconds: float = 0.0) -> Song:
     bass = {name: rng.choice(BASS_PATTERNS) for name in ("intro", "verse", "chorus")}
     motifs = {name: _motif(rng) for name in ("verse", "chorus")}
     bar = 0
+    bar_chords = []
     for name, progression, nb_bars in sections:
         chords = [_chord(scale, root, progression[i % 4]) for i in range(nb_bars + 1)]
+        bar_chords += chords[:nb_bars]
         for index in range(nb_bars):
             tick = (bar + index) * BAR
             fill = index == nb_bars - 1
@@ -146,6 +162,8 @@ def generate_song(seed: int, min_seconds: float = 0.0) -> Song:
             events += _melody(rng, bar * BAR, nb_bars, motifs[name], scale, root, chords, lift)
         bar += nb_bars
     events += _ending(rng, bar * BAR, _chord(scale, root, 0), channels)
+    if dense:
+        events += _dense_parts(random.Random(f"dense:{seed}"), bar_chords)
     events.sort(key=lambda event: (event.tick, not event.is_note_off))
     return Song(TICKS_PER_BEAT, events, end_tick=(bar + 1) * BAR)
 
@@ -304,4 +322,29 @@ def _ending(
     for channel in channels:
         for key in chord:
             events += note(tick, channel, key + 12, _velocity(rng, 70), BAR)
+    return events
+
+
+def _dense_parts(rng: random.Random, chords: list[list[int]]) -> list[Event]:
+    """The dense parts of :data:`DENSE_PARTS` over ``chords``, one a bar, from bar 0."""
+    rhythm = rng.choice(GUITAR_RHYTHMS)
+    events: list[Event] = []
+    for channel, (part, programs) in DENSE_PARTS.items():
+        events += _setup(rng, channel, rng.choice(programs), rng.randint(24, 104))
+        for bar, chord in enumerate(chords):
+            tick = bar * BAR
+            if part == "strings":
+                notes = [(0, 16, key) for key in (*chord, chord[0] + 12)]
+            elif part == "lead":
+                tones = [key + 24 for key in chord]
+                notes = [(step, 2, rng.choice(tones)) for step in range(0, 16, 2)]
+                notes = [played for played in notes if rng.random() > 0.25]
+            else:
+                low = LOW_E + (chord[0] - LOW_E) % 12
+                hits = [step for step, char in enumerate(rhythm) if char == "x"]
+                notes = [(step, 1, key) for step in hits for key in (low, low + 7, low + 12)]
+            for step, length, key in notes:
+                events += note(
+                    tick + step * STEP, channel, key, _velocity(rng, 80), length * STEP - 10
+                )
     return events

@@ -115,8 +115,8 @@ def biquad(
     """The coefficients ``(b, a)`` of an equaliser band (the Audio EQ Cookbook's formulas).
 
     Args:
-        kind: ``lowshelf``, ``bell``, ``highshelf``, or ``lowpass`` and ``bandpass`` (0 dB
-            at ``frequency``), which ignore ``gain_db``.
+        kind: ``lowshelf``, ``bell``, ``highshelf``, or ``lowpass``, ``highpass`` and
+            ``bandpass`` (0 dB at ``frequency``), which ignore ``gain_db``.
         frequency: the corner or centre frequency in Hz.
         gain_db: the boost (positive) or cut of a shelf or bell.
         q: the quality factor (shelves use a slope of 1 whatever it is).
@@ -136,6 +136,10 @@ def biquad(
     elif kind == "lowpass":
         alpha = sin / (2 * q)
         b = [(1 - cos) / 2, 1 - cos, (1 - cos) / 2]
+        a = [1 + alpha, -2 * cos, 1 - alpha]
+    elif kind == "highpass":
+        alpha = sin / (2 * q)
+        b = [(1 + cos) / 2, -1 - cos, (1 + cos) / 2]
         a = [1 + alpha, -2 * cos, 1 - alpha]
     else:
         alpha = sin / math.sqrt(2)
@@ -170,11 +174,8 @@ def compress(
     release: float,
     sample_rate: int,
 ) -> np.ndarray:
-    """A feed-forward compressor with a stereo-linked RMS detector.
-
-    The level is measured over ``release`` seconds, relative to the stem's peak RMS level;
-    above ``threshold_db`` it is reduced by ``1 - 1 / ratio`` of the excess, the reduction
-    smoothed over ``attack`` seconds.
+    """A feed-forward compressor with a stereo-linked RMS detector (see
+    :func:`compression_gain`).
 
     Args:
         audio: ``(nb_channels, nb_samples)``.
@@ -182,11 +183,34 @@ def compress(
     Returns:
         ``(nb_channels, nb_samples)``, no louder than ``audio`` anywhere.
     """
+    return audio * compression_gain(audio, threshold_db, ratio, attack, release, sample_rate)
+
+
+def compression_gain(
+    audio: np.ndarray,
+    threshold_db: float,
+    ratio: float,
+    attack: float,
+    release: float,
+    sample_rate: int,
+) -> np.ndarray:
+    """The gain of a feed-forward compressor with a stereo-linked RMS detector.
+
+    The level is measured over ``release`` seconds, relative to the signal's peak RMS level;
+    above ``threshold_db`` it is reduced by ``1 - 1 / ratio`` of the excess, the reduction
+    smoothed over ``attack`` seconds.
+
+    Args:
+        audio: ``(nb_channels, nb_samples)``, the signal the detector listens to.
+
+    Returns:
+        ``(nb_samples,)``, between 0 and 1.
+    """
     power = _one_pole(np.mean(np.square(audio), axis=0), release, sample_rate)
     level_db = 10 * np.log10(np.maximum(power, 1e-20))
     excess = np.maximum(level_db - (level_db.max() + threshold_db), 0.0)
     reduction_db = _one_pole(excess * (1 - 1 / ratio), attack, sample_rate)
-    return audio * 10 ** (-reduction_db / 20)
+    return 10 ** (-reduction_db / 20)
 
 
 def overdrive(audio: np.ndarray, gain_db: float, tone: float, sample_rate: int) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singer),
-then levelled, panned, faded and quantised to 16 bits; the mixture is the exact sum of the stems.
+"""Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singers;
+the guitars of `other` through an amp if it has one), then levelled, panned, faded, through the
+mix bus if it has one, and quantised to 16 bits; the mixture is the exact sum of the stems.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from umx.defaults import (
     SOUNDFONT_PACKAGES,
 )
 from umx.errors import UmxError
-from umx.synth.gm import DRUM_CHANNEL, split_stems
+from umx.synth.gm import DRUM_CHANNEL, split_guitars, split_stems
 from umx.synth.midi import (
     CONTROL_CHANGE,
     Event,
@@ -30,7 +31,7 @@ from umx.synth.midi import (
     scale_tempo,
     transpose,
 )
-from umx.synth.plan import TrackPlan, levers
+from umx.synth.plan import TrackPlan, lever
 
 SUSTAIN_PEDAL, ALL_NOTES_OFF = 64, 123
 SILENCE_DB = -60.0
@@ -148,29 +149,31 @@ def render_track(
     nb_samples = round(duration * sample_rate)
     soundfont = Path(plan.soundfont)
     parts = split_stems(song, plan.revoice)
-    if plan.drum_kit or plan.sung or plan.production:
-        effects, sampler, singer = levers()
     raw = {
-        stem: sampler.play_drums(
-            part, sampler.load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed
+        stem: lever("sampler").play_drums(
+            part, lever("sampler").load_kit(plan.drum_kit), nb_samples, sample_rate, plan.seed
         )
         if stem == "drums" and plan.drum_kit
         else render_midi(part, soundfont, nb_samples, sample_rate)
         for stem, part in parts.items()
+        if not (stem == "other" and plan.amp)
     }
+    if plan.amp:
+        other = parts["other"]
+        raw["other"] = _amplified_other(other, plan.amp, soundfont, sample_rate, nb_samples)
     if any(level_db(audio) < SILENCE_DB for audio in raw.values()):
         return None
     if plan.sung:
-        sung = singer.sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
-        if level_db(sung) > SILENCE_DB:
-            patch = raw["vocals"] * 10 ** (-level_db(raw["vocals"]) / 20)
-            raw["vocals"] = (
-                patch * (1 - plan.sung) + sung * 10 ** (-level_db(sung) / 20) * plan.sung
-            )
+        sung = lever("singer").sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
+        raw["vocals"] = _with_voice(raw["vocals"], sung, plan.sung)
+    if plan.festival:
+        seed = plan.festival["seed"]
+        sung = lever("festival").sing(parts["vocals"], nb_samples, sample_rate, seed)
+        raw["vocals"] = _with_voice(raw["vocals"], sung, plan.festival["share"])
     if plan.production:
         room = plan.production["room"]
         for stem, chain in plan.production["stems"].items():
-            raw[stem] = effects.apply_chain(raw[stem], chain, room, sample_rate)
+            raw[stem] = lever("production").apply_chain(raw[stem], chain, room, sample_rate)
     envelope = np.ones(nb_samples)
     if fade:
         ramp = np.linspace(0, 1, round(fade * sample_rate))
@@ -181,12 +184,47 @@ def render_track(
         angle = (plan.pans[stem] + 1) * math.pi / 4
         balance = math.sqrt(2) * np.array([[math.cos(angle)], [math.sin(angle)]])
         stems[stem] = audio * gain * balance * envelope
+    if plan.mix_bus:
+        stems = lever("bus").apply_bus(stems, plan.mix_bus, sample_rate)
     peak = max(np.abs(audio).max() for audio in [sum(stems.values()), *stems.values()])
     scale = 10 ** (plan.peak_db / 20) / peak * PCM_SCALE
     tracks = {stem: np.round(audio * scale).astype(np.int16).T for stem, audio in stems.items()}
     mixture = sum(audio.astype(np.int32) for audio in tracks.values())
     tracks["mixture"] = mixture.astype(np.int16)
     return tracks
+
+
+def _with_voice(vocals: np.ndarray, voice: np.ndarray, share: float) -> np.ndarray:
+    """``vocals`` with a singer's ``voice`` mixed in at ``share`` of the level (both levelled
+    first); ``vocals`` unchanged when ``voice`` is silent.
+
+    Args:
+        vocals: ``(nb_channels=2, nb_samples)``.
+        voice: ``(nb_channels=2, nb_samples)``.
+        share: between 0 and 1.
+    """
+    if level_db(voice) <= SILENCE_DB:
+        return vocals
+    patch = vocals * 10 ** (-level_db(vocals) / 20)
+    return patch * (1 - share) + voice * 10 ** (-level_db(voice) / 20) * share
+
+
+def _amplified_other(
+    part: Song, amp: dict, soundfont: Path, sample_rate: int, nb_samples: int
+) -> np.ndarray:
+    """The `other` stem with its guitar notes rendered on their own, through ``amp``, and added
+    to the rest; as rendered whole when it has no guitar notes.
+
+    Returns:
+        ``(nb_channels=2, nb_samples)`` float64.
+    """
+    guitars, rest = split_guitars(part)
+    if not any(event.is_note_on for event in guitars.events):
+        return render_midi(part, soundfont, nb_samples, sample_rate)
+    amplified = lever("amp").amplify(
+        render_midi(guitars, soundfont, nb_samples, sample_rate), amp, sample_rate
+    )
+    return render_midi(rest, soundfont, nb_samples, sample_rate) + amplified
 
 
 def write_pcm16(
