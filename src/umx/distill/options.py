@@ -13,6 +13,7 @@ from typing import Any
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
 from umx.messages import plural
+from umx.train.config import DEFAULTS
 
 logger = logging.getLogger("umx")
 
@@ -21,30 +22,25 @@ VALID_FRACTION = 0.1
 WORK_SUFFIX = "-work"
 """The default work folder is the output's path with this suffix."""
 
-TRAINING_OPTIONS: dict[str, tuple[type, str]] = {
-    "epochs": (int, "maximum number of epochs per target"),
-    "patience": (int, "stop a target after this many epochs without a lower validation loss"),
-    "batch_size": (int, "excerpts per batch"),
-    "lr": (float, "Adam learning rate"),
-    "seq_dur": (float, "length of the training excerpts in seconds"),
-    "samples_per_track": (int, "training excerpts per song and epoch"),
-    "seed": (int, "random seed of the training and of the validation split"),
-    "hidden_size": (int, "width of the student's hidden layers"),
-    "nfft": (int, "the student's STFT size"),
-    "nhop": (int, "the student's STFT hop"),
-    "nb_channels": (int, "audio channels of the student (1 or 2)"),
+TRAINING_OPTIONS: dict[str, tuple[type, str, str]] = {
+    "epochs": (int, "N", "maximum number of epochs per target"),
+    "patience": (int, "N", "stop a target after this many epochs without a lower validation loss"),
+    "batch_size": (int, "N", "excerpts per batch"),
+    "lr": (float, "LR", "Adam learning rate"),
+    "seq_dur": (float, "SECONDS", "length of the training excerpts"),
+    "samples_per_track": (int, "N", "training excerpts per song and epoch"),
+    "seed": (int, "N", "random seed of the training and of the validation split"),
+    "hidden_size": (int, "N", "width of the student's hidden layers"),
+    "nfft": (int, "N", "the student's STFT size"),
+    "nhop": (int, "N", "the student's STFT hop"),
+    "nb_channels": (int, "N", "audio channels of the student, 1 or 2"),
 }
-"""The options of `umx.train` a distillation passes on: type and help (their defaults are
-those of `umx train`, but `samples_per_track`)."""
-
-
-def training_defaults() -> dict[str, Any]:
-    """The defaults of `TRAINING_OPTIONS` and `unidirectional` (importing `umx.train.config`)."""
-    from umx.train import DEFAULTS
-
-    defaults = {key: DEFAULTS[key] for key in (*TRAINING_OPTIONS, "unidirectional")}
-    defaults["samples_per_track"] = MUSDB_SAMPLES_PER_TRACK
-    return defaults
+"""The options of `umx train` a distillation passes on: type, metavar and help."""
+TRAINING_DEFAULTS: dict[str, Any] = {
+    **{key: DEFAULTS[key] for key in (*TRAINING_OPTIONS, "unidirectional")},
+    "samples_per_track": MUSDB_SAMPLES_PER_TRACK,  # umx train's is 1 for folder datasets
+}
+"""Their defaults: `umx train`'s, but as many excerpts per song as for MUSDB18."""
 
 
 def add_distill_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,17 +78,20 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=VALID_FRACTION,
         metavar="F",
-        help=f"share of the songs held out for validation (default: {VALID_FRACTION:g}; at "
-        "least one song)",
+        help=f"share of the songs held out for validation, at most 0.5 (default: "
+        f"{VALID_FRACTION:g}; at least one song)",
     )
     p.add_argument(
         "--unidirectional",
         action="store_true",
         help="a causal student (forward-only LSTM), for umx stream",
     )
-    for key, (kind, text) in TRAINING_OPTIONS.items():
+    for key, (kind, metavar, text) in TRAINING_OPTIONS.items():
         p.add_argument(
-            f"--{key.replace('_', '-')}", type=kind, help=f"{text} (default: umx train's)"
+            f"--{key.replace('_', '-')}",
+            type=kind,
+            metavar=metavar,
+            help=f"{text} (default: {TRAINING_DEFAULTS[key]:g})",
         )
     p.add_argument("--device", help="where the teacher and the student run (default: auto)")
     p.add_argument("--jobs", type=int, metavar="N", help="the teacher's worker processes")
@@ -139,6 +138,23 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
     return output, work
 
 
+def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The student's training options: those given, else `TRAINING_DEFAULTS`, checked by
+    `umx.train.TrainConfig` now rather than after the teacher's pass.
+
+    Raises:
+        UmxError: one sentence naming the first bad option.
+    """
+    from umx.distill.teacher import DATA_DIR, MIXTURE_FILE
+    from umx.train import TrainConfig
+
+    given = {key: getattr(args, key) for key in TRAINING_DEFAULTS}
+    training = {**TRAINING_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    files = {"input_file": MIXTURE_FILE, "output_file": MIXTURE_FILE}  # names only: none is read
+    TrainConfig(dataset="aligned", root=work / DATA_DIR, **files, **training)
+    return training
+
+
 def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -182,10 +198,7 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
 
-    training = training_defaults()
-    training.update(
-        {key: getattr(args, key) for key in training if getattr(args, key) not in (None, False)}
-    )
+    training = training_options(args, work)
     settings = {
         "music": [os.path.abspath(music) for music in args.music],
         "teacher": args.teacher,

@@ -139,7 +139,10 @@ def teacher_pass(
     add_batch_arguments(parser)
     inputs = collect_inputs(music, exclude=[outdir, job_dir])
     run_batch(parser.parse_args([*options, "--", *music]))  # failures are counted below
-    identity = (read_settings(job_dir) or {})["identity"]
+    settings = read_settings(job_dir)
+    if settings is None:  # run_batch writes it before separating anything
+        raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")
+    identity = settings["identity"]
     latest = latest_records(read_records(job_dir / MANIFEST_FILE))
     tracks, failed = [], 0
     for item in inputs:
