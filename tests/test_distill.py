@@ -165,29 +165,34 @@ def test_a_run_again_does_nothing_and_other_settings_are_refused(distilled, song
 
 
 def test_a_stopped_run_prints_the_command_that_resumes_it(songs, tmp_path, monkeypatch, capsys):
-    """Ctrl-C while the second target trains: the same command (printed) trains only what is
-    left, and the teacher's pass is not redone."""
+    """Ctrl-C after the first epoch of the second target: the same command (printed) resumes
+    that target from its checkpoint, skips the finished one and does not run the teacher
+    again."""
     output = tmp_path / "student"
     calls = []
     real = umx.train.run_training
 
-    def stopped_on_the_second_target(given):
-        calls.append(given["target"])
+    def stopped_after_an_epoch_of_the_second_target(given):
+        calls.append((given["target"], given.get("checkpoint")))
         if len(calls) == 2:
+            real({**given, "epochs": 1})
             raise KeyboardInterrupt
         return real(given)
 
-    monkeypatch.setattr(umx.train, "run_training", stopped_on_the_second_target)
-    assert distill(songs[0], output, *TARGETS) == 130
+    monkeypatch.setattr(umx.train, "run_training", stopped_after_an_epoch_of_the_second_target)
+    two_epochs = [*TARGETS, "--epochs", "2"]
+    assert distill(songs[0], output, *two_epochs) == 130
     hint, stopped = messages(capsys)  # --quiet: warnings and errors only
     assert stopped == "umx: interrupted"
     work = tmp_path / "student-work"
-    separated = manifest(work)
-    assert (output / "vocals.pth").is_file() and not (output / "bass.pth").exists()
+    separated, vocals = manifest(work), sha256_file(output / "vocals.pth")
+    assert json.loads((output / "bass.json").read_text())["epochs_trained"] == 1
     command = shlex.split(hint.split(": ", 2)[2])
     assert command[:2] == ["umx", "distill"] and "--force" not in command
     assert main(command[1:]) == 0
-    assert calls == ["vocals", "bass", "bass"]  # vocals was not trained again
+    assert calls == [("vocals", None), ("bass", None), ("bass", output)]
+    assert json.loads((output / "bass.json").read_text())["epochs_trained"] == 2
+    assert sha256_file(output / "vocals.pth") == vocals
     assert manifest(work) == separated
     assert load_separator(output).targets == ["bass", "vocals"]
 
