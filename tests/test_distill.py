@@ -208,7 +208,9 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(songs, tmp_path, monke
         (["--nhop", "5000"], "--nfft 4096 and --nhop 5000"),
         (["--output", "{music}/album0/model"], "overlap: put the output folder outside"),
         (["--work", "{music}"], "overlap: put the work folder outside"),
-        (["--work", "{output}"], "--work must not be the --output folder"),
+        (["--work", "{output}"], "and --output {output} overlap"),
+        (["--work", "{output}/work"], "and --output {output} overlap"),
+        (["--work", "{output}/.."], "and --output {output} overlap"),
         (["--output", "{taken}"], "already holds files of another run"),
     ],
 )
@@ -221,6 +223,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(
     output = tmp_path / "student"
     names = {"music": songs[0], "output": output, "taken": taken}
     options = [option.format(**names) for option in options]
+    message = message.format(**names)
     before = sorted(songs[0].rglob("*"))
     assert distill(songs[0], output, *options) == 1
     error = messages(capsys)[-1]  # after the teacher's warning that it is a demo model

@@ -121,8 +121,11 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         check_number("--jobs", args.jobs, above=0, integer=True)
     output = Path(os.path.abspath(args.output))
     work = Path(os.path.abspath(args.work or f"{output}{WORK_SUFFIX}"))
-    if work == output:
-        raise UmxError("--work must not be the --output folder: the model directory stays small")
+    if _within(str(work), str(output)) or _within(str(output), str(work)):
+        raise UmxError(
+            f"--work {display_path(work)} and --output {display_path(output)} overlap: the "
+            "model directory stays small, and the work folder can be deleted once trained"
+        )
     for music in args.music:
         if not os.path.isdir(music):
             continue
