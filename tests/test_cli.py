@@ -479,6 +479,7 @@ PARSED = {  # each command with options that parse (nothing runs)
     "serve": ["serve", "--port", "0"],
     "synth": ["synth", "--root", "data", "--procedural", "2"],
     "export": ["export", "umxhq", "onnx-out", "--quantize", "int8"],
+    "distill": ["distill", "music", "--teacher", "umxl", "--output", "rt", "--unidirectional"],
 }
 
 

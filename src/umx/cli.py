@@ -168,6 +168,13 @@ def add_train_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_train)
 
 
+def add_distill_command(p: argparse.ArgumentParser) -> None:
+    from umx.distill.options import add_distill_arguments, run_distill
+
+    add_distill_arguments(p)
+    p.set_defaults(run=run_distill)
+
+
 def add_evaluate_command(p: argparse.ArgumentParser) -> None:
     from umx.evaluate.options import add_evaluate_arguments, run_evaluate
 
@@ -542,6 +549,13 @@ COMMAND_PARSERS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], N
         "DIR` loads (see docs/training.md). Under torchrun it trains with "
         "DistributedDataParallel.",
         add_train_command,
+    ),
+    "distill": (
+        "train a small or causal student on your own music with a teacher's stems as targets",
+        "Separate a folder of unlabelled music with a teacher model (a umx batch job) and "
+        "train a student, one target per teacher stem, on the teacher's stems: the same "
+        "command resumes every step (see docs/distillation.md).",
+        add_distill_command,
     ),
     "evaluate": (
         "score a model or baseline with BSSEval v4",

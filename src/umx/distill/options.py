@@ -1,0 +1,255 @@
+"""`umx distill`: its options, and a run from the music to the student's model directory
+(teacher's pass, training set, training, provenance), resumable by running it again."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from umx.defaults import MUSDB_SAMPLES_PER_TRACK
+from umx.errors import UmxError, check_number, display_path
+from umx.messages import plural
+from umx.train.config import DEFAULTS
+
+logger = logging.getLogger("umx")
+
+VALID_FRACTION = 0.1
+"""The share of the songs held out for validation by default."""
+WORK_SUFFIX = "-work"
+"""The default work folder is the output's path with this suffix."""
+
+TRAINING_OPTIONS: dict[str, tuple[type, str, str]] = {
+    "epochs": (int, "N", "maximum number of epochs per target"),
+    "patience": (int, "N", "stop a target after this many epochs without a lower validation loss"),
+    "batch_size": (int, "N", "excerpts per batch"),
+    "lr": (float, "LR", "Adam learning rate"),
+    "seq_dur": (float, "SECONDS", "length of the training excerpts"),
+    "samples_per_track": (int, "N", "training excerpts per song and epoch"),
+    "seed": (int, "N", "random seed of the training and of the validation split"),
+    "hidden_size": (int, "N", "width of the student's hidden layers"),
+    "nfft": (int, "N", "the student's STFT size"),
+    "nhop": (int, "N", "the student's STFT hop"),
+    "nb_channels": (int, "N", "audio channels of the student, 1 or 2"),
+}
+"""The options of `umx train` a distillation passes on: type, metavar and help."""
+TRAINING_DEFAULTS: dict[str, Any] = {
+    **{key: DEFAULTS[key] for key in (*TRAINING_OPTIONS, "unidirectional")},
+    "samples_per_track": MUSDB_SAMPLES_PER_TRACK,  # umx train's is 1 for folder datasets
+}
+"""Their defaults: `umx train`'s, but as many excerpts per song as for MUSDB18."""
+
+
+def add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `umx distill`."""
+    p.add_argument(
+        "music",
+        nargs="+",
+        metavar="MUSIC",
+        help="folders of songs (searched recursively), audio files or glob patterns: "
+        "unlabelled music, only read",
+    )
+    p.add_argument("--teacher", required=True, help="the teacher: a model name or directory")
+    p.add_argument(
+        "--output", required=True, type=Path, metavar="DIR", help="the student's model directory"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        metavar="DIR",
+        help=f"where the teacher's stems and the training set go (default: OUTPUT{WORK_SUFFIX})",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="TARGET",
+        help="train only these of the teacher's stems (default: all)",
+    )
+    p.add_argument(
+        "--niter",
+        type=int,
+        help="the teacher's Wiener filter iterations (default: umx batch's, 1)",
+    )
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=VALID_FRACTION,
+        metavar="F",
+        help=f"share of the songs held out for validation, at most 0.5 (default: "
+        f"{VALID_FRACTION:g}; at least one song)",
+    )
+    p.add_argument(
+        "--unidirectional",
+        action="store_true",
+        help="a causal student (forward-only LSTM), for umx stream",
+    )
+    for key, (kind, metavar, text) in TRAINING_OPTIONS.items():
+        p.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=kind,
+            metavar=metavar,
+            help=f"{text} (default: {TRAINING_DEFAULTS[key]:g})",
+        )
+    p.add_argument("--device", help="where the teacher and the student run (default: auto)")
+    p.add_argument("--jobs", type=int, metavar="N", help="the teacher's worker processes")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train the student from scratch into an output folder of another run or with "
+        "other settings (the teacher's stems are kept)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+
+
+def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Refuse options that make no sense and folders that would mix the model with the music.
+
+    Returns:
+        the output and work folders, absolute.
+
+    Raises:
+        UmxError: a bad number, or the output or work folder inside a music folder (or one
+            holding it).
+    """
+    check_number("--valid-fraction", args.valid_fraction, above=0, maximum=0.5)
+    if args.niter is not None:
+        check_number("--niter", args.niter, minimum=0, integer=True)
+    if args.jobs is not None:
+        check_number("--jobs", args.jobs, above=0, integer=True)
+    output = Path(os.path.abspath(args.output))
+    work = Path(os.path.abspath(args.work or f"{output}{WORK_SUFFIX}"))
+    if _within(str(work), str(output)) or _within(str(output), str(work)):
+        raise UmxError(
+            f"--work {display_path(work)} and --output {display_path(output)} overlap: the "
+            "model directory stays small, and the work folder can be deleted once trained"
+        )
+    for music in args.music:
+        if not os.path.isdir(music):
+            continue
+        real = os.path.realpath(music)
+        for option, folder in (("--output", output), ("--work", work)):
+            other = os.path.realpath(folder)
+            if _within(other, real) or _within(real, other):
+                raise UmxError(
+                    f"{option} {display_path(folder)} and the music folder "
+                    f"{display_path(music)} overlap: put the {option[2:]} folder outside the "
+                    "music, so that neither is read or written as the other"
+                )
+    return output, work
+
+
+def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The student's training options: those given, else `TRAINING_DEFAULTS`, checked by
+    `umx.train.TrainConfig` now rather than after the teacher's pass.
+
+    Raises:
+        UmxError: one sentence naming the first bad option.
+    """
+    from umx.distill.teacher import DATA_DIR, MIXTURE_FILE
+    from umx.train import TrainConfig
+
+    given = {key: getattr(args, key) for key in TRAINING_DEFAULTS}
+    training = {**TRAINING_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    files = {"input_file": MIXTURE_FILE, "output_file": MIXTURE_FILE}  # names only: none is read
+    TrainConfig(dataset="aligned", root=work / DATA_DIR, **files, **training)
+    return training
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def resume_command(args: argparse.Namespace, work: Path) -> str:
+    """The command that resumes this run: the same options, without --force."""
+    words = ["umx", "distill", *args.music, "--teacher", args.teacher]
+    words += ["--output", str(args.output), "--work", str(work)]
+    for key, value in vars(args).items():
+        if key in ("music", "teacher", "output", "work", "force", "run", "command"):
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [flag, *map(str, value)]
+        elif value is not None and value is not False:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """Run `umx distill`; returns 0 (a stop prints the command that resumes it)."""
+    output, work = check_distill_args(args)
+    try:
+        _distill(args, output, work)
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM
+            logger.warning("to resume the distillation: %s", resume_command(args, work))
+        raise
+    return 0
+
+
+def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
+    from umx.distill.student import (
+        check_settings,
+        train_student,
+        write_provenance,
+        write_settings,
+    )
+    from umx.distill.teacher import build_training_set, teacher_pass
+    from umx.modeldir import select_targets
+
+    training = training_options(args, work)
+    settings = {
+        "music": [os.path.abspath(music) for music in args.music],
+        "teacher": args.teacher,
+        "niter": args.niter,
+        "targets": args.targets,
+        "valid_fraction": args.valid_fraction,
+        **training,
+        "output": str(output),
+    }
+    check_settings(work, output, settings, force=args.force)
+    if args.targets is not None:  # refused now, not after the teacher's pass
+        from umx.zoo import load_separator
+
+        available = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
+        select_targets(available, args.targets, f"the teacher {args.teacher}")
+    teacher = teacher_pass(
+        args.music,
+        args.teacher,
+        work,
+        niter=args.niter,
+        device=args.device,
+        jobs=args.jobs,
+        quiet=args.quiet,
+    )
+    targets = select_targets(teacher.targets, args.targets, f"the teacher {args.teacher}")
+    data = build_training_set(
+        teacher.tracks, work, valid_fraction=args.valid_fraction, seed=training["seed"]
+    )
+    write_settings(work, settings)
+    logger.info(
+        "distilling %s into %s: %s (%.2f h), %d for validation; targets %s",
+        args.teacher,
+        display_path(output),
+        plural(len(data.train) + len(data.valid), "song"),
+        data.seconds / 3600,
+        len(data.valid),
+        ", ".join(targets),
+    )
+    train_student(
+        data,
+        output,
+        targets,
+        training,
+        force=args.force,
+        device=args.device,
+        quiet=args.quiet,
+    )
+    write_provenance(output, teacher, data, targets)
+    logger.info(
+        "student model in %s: umx --model %s SONG", display_path(output), shlex.quote(str(output))
+    )

@@ -1,0 +1,188 @@
+"""The student's half of a distillation: the settings a run is resumed with, the training of
+one target per teacher stem, and the provenance file of the model written.
+
+`WORK/distill.json` holds the settings of the run that made the work folder: a later run with
+other settings is refused, naming what changed, unless `--force` (the targets are then
+trained again from scratch). `OUTPUT/distillation.json` says where the model comes from: the
+teacher (name and weights' SHA-256) and how much music it was distilled on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from umx import __version__
+from umx.distill.teacher import MIXTURE_FILE, TeacherPass, TrainingSet
+from umx.errors import UmxError, display_path
+from umx.files import write_json_atomic
+
+logger = logging.getLogger("umx")
+
+SETTINGS_FILE = "distill.json"
+PROVENANCE_FILE = "distillation.json"
+CHECKPOINT_SUFFIX = ".chkpnt"  # umx.train's, named here so that this module imports no torch
+
+
+def read_settings(work: Path) -> dict[str, Any] | None:
+    """The settings of the run that made `work`, or None where there is none.
+
+    Raises:
+        UmxError: the file is there but is not a distillation's settings.
+    """
+    path = work / SETTINGS_FILE
+    try:
+        settings = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as error:
+        raise UmxError(
+            f"{display_path(path)} is not readable ({error}); give another --work"
+        ) from None
+    if not isinstance(settings, dict):
+        raise UmxError(
+            f"{display_path(path)} is not a distillation's settings; give another --work"
+        )
+    return settings
+
+
+def check_settings(work: Path, output: Path, settings: Mapping[str, Any], *, force: bool) -> None:
+    """Refuse a run whose settings differ from those `work` was made with, or an output
+    folder that holds something else than this distillation's model, unless `force`.
+
+    Raises:
+        UmxError: naming the first changes, or the output folder.
+    """
+    stored = read_settings(work)
+    if force:
+        return
+    if stored is not None:
+        changes = [
+            f"--{key.replace('_', '-')} was {_shown(stored.get(key))}, now {_shown(value)}"
+            for key, value in settings.items()
+            if key != "output" and stored.get(key) != json.loads(json.dumps(value))
+        ]
+        if changes:
+            raise UmxError(
+                f"the distillation in {display_path(work)} was started with other settings "
+                f"({'; '.join(changes[:3])}): run it with the same options, give --force to "
+                "train the student again from scratch, or another --work"
+            )
+    ours = stored is not None and stored.get("output") == str(output)
+    if output.exists() and not ours and any(output.iterdir()):
+        raise UmxError(
+            f"the output folder {display_path(output)} already holds files of another run: "
+            "choose another --output, or give --force to overwrite its targets"
+        )
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def write_settings(work: Path, settings: Mapping[str, Any]) -> None:
+    """Record the settings of this run in `work` (atomically)."""
+    write_json_atomic(work / SETTINGS_FILE, dict(settings))
+
+
+def train_student(
+    data: TrainingSet,
+    output: Path,
+    targets: Sequence[str],
+    training: Mapping[str, Any],
+    *,
+    force: bool = False,
+    device: str | None = None,
+    quiet: bool = False,
+) -> list[str]:
+    """Train one student target per stem with `umx.train.run_training` on the `aligned`
+    dataset of `data` (`mixture.wav` in, the teacher's stem out).
+
+    A target whose model finished (its last epoch, or an early stop) is skipped; one with a
+    checkpoint in `output` is resumed from it; `force` trains every target again.
+
+    Args:
+        data: the training set.
+        output: the student's model directory.
+        targets: the targets to train, in order.
+        training: options of `umx.train.TrainConfig` for every target (epochs, seed...).
+        force: train from scratch, overwriting the targets' files.
+        device: where to train (None: auto).
+        quiet: warnings only.
+
+    Returns:
+        the targets trained in this run (not those skipped).
+    """
+    from umx.train import run_training
+
+    trained = []
+    for target in targets:
+        if not force and _finished(output / f"{target}.json", training["epochs"]):
+            logger.info("%s: trained before, skipped", target)
+            continue
+        given: dict[str, Any] = {
+            **training,
+            "dataset": "aligned",
+            "root": data.root,
+            "input_file": MIXTURE_FILE,
+            "output_file": f"{target}.wav",
+            "target": target,
+            "output": output,
+            "device": device,
+            "quiet": quiet,
+        }
+        if not force and (output / f"{target}{CHECKPOINT_SUFFIX}").is_file():
+            given["checkpoint"] = output
+        else:
+            given["force"] = force
+        run_training(given)
+        trained.append(target)
+    return trained
+
+
+def _finished(path: Path, epochs: int) -> bool:
+    """Whether the target json `umx.train` wrote says its run ended (by its last epoch or an
+    early stop) and its weights are there."""
+    try:
+        info = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    done = isinstance(info, dict) and (
+        info.get("stopped_early") is True
+        or (isinstance(info.get("epochs_trained"), int) and info["epochs_trained"] >= epochs)
+    )
+    return done and path.with_suffix(".pth").is_file()
+
+
+def write_provenance(
+    output: Path, teacher: TeacherPass, data: TrainingSet, targets: Sequence[str]
+) -> dict[str, Any]:
+    """Write `output/distillation.json`: the teacher and the music the model learnt from.
+
+    Returns:
+        what was written.
+    """
+    provenance = {
+        "distilled_from": {
+            "model": teacher.model,
+            "sha256": teacher.sha256,
+            "stems": teacher.targets,
+        },
+        "targets": list(targets),
+        "tracks": len(data.train) + len(data.valid),
+        "train_tracks": len(data.train),
+        "valid_tracks": len(data.valid),
+        "hours": round(data.seconds / 3600, 4),
+        "umx": __version__,
+    }
+    write_json_atomic(output / PROVENANCE_FILE, provenance)
+    return provenance

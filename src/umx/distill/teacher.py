@@ -1,0 +1,238 @@
+"""The teacher's half of a distillation: its stems of the user's music, by a `umx batch` job,
+and the training set built from them.
+
+Layout of the work folder (`WORK`):
+
+- `teacher/<parent>/<track>.<ext>/<stem>.wav`: the teacher's stems, float wav at the teacher's
+  rate, unclipped; `teacher/.umx-job/` is the batch job (settings, manifest, lock), so that a
+  second run separates only the songs not done yet.
+- `data/tracks/<track>-<8 hex>/`: per song, `mixture.wav` (the song decoded, matched to the
+  stems' channels and resampled to their rate: what the teacher heard) and `<stem>.wav` (a link
+  to the teacher's stem). The suffix is a hash of the song's path, so that songs of the same
+  name stay apart.
+- `data/train/`, `data/valid/`: links to the track folders of each split, rebuilt every run:
+  the `aligned` dataset of `umx.train` reads `data` with `mixture.wav` as input and a stem as
+  output.
+
+The user's files are only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from umx.audio import audio_info, display_path, read_audio, write_audio
+from umx.defaults import JOB_DIRNAME
+from umx.errors import UmxError
+from umx.files import safe_stem, sha256_bytes
+from umx.messages import plural
+
+logger = logging.getLogger("umx")
+
+TEACHER_DIR = "teacher"
+DATA_DIR = "data"
+TRACKS_DIR = "tracks"
+SPLITS = ("train", "valid")
+MIXTURE_FILE = "mixture.wav"
+STEM_TEMPLATE = "{parent}/{track}.{trackext}/{target}.{ext}"
+"""Where the teacher's pass writes each song's stems under `WORK/teacher`."""
+STEM_FORMAT = ("--ext", "wav", "--subtype", "FLOAT", "--clip", "none")
+"""The teacher's stems as computed: float samples, neither rescaled nor clamped."""
+
+
+@dataclass(frozen=True)
+class TeacherTrack:
+    """One song the teacher separated.
+
+    Attributes:
+        path: the song, absolute.
+        stems: the teacher's stem files by target name.
+    """
+
+    path: str
+    stems: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class TeacherPass:
+    """What the teacher's pass gave.
+
+    Attributes:
+        model: the teacher's name (or directory), as `umx batch` records it.
+        sha256: the SHA-256 of its weights.
+        targets: its stems, in its order.
+        tracks: the songs it separated, in input order.
+        failed: how many songs it could not separate.
+    """
+
+    model: str
+    sha256: str
+    targets: list[str]
+    tracks: list[TeacherTrack]
+    failed: int
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The training set built from the teacher's stems.
+
+    Attributes:
+        root: the `aligned` dataset's folder (`WORK/data`).
+        train, valid: the track folders' names of each split.
+        seconds: the duration of all its songs.
+    """
+
+    root: Path
+    train: list[str]
+    valid: list[str]
+    seconds: float
+
+
+def teacher_pass(
+    music: Sequence[str],
+    teacher: str,
+    work: Path,
+    *,
+    niter: int | None = None,
+    device: str | None = None,
+    jobs: int | None = None,
+    quiet: bool = False,
+) -> TeacherPass:
+    """Separate the music with the teacher as a `umx batch` job into `work/teacher`; a job
+    stopped before its end goes on where it stopped.
+
+    Args:
+        music: audio files, folders (searched recursively) or glob patterns.
+        teacher: the teacher model's name or directory.
+        work: the work folder.
+        niter: the teacher's Wiener filter iterations (None: `umx batch`'s default).
+        device: where the teacher runs (None: auto).
+        jobs: the batch's worker processes (None: its default).
+        quiet: no progress bar or messages.
+
+    Raises:
+        UmxError: the music holds no audio, the teacher cannot be loaded, its job in `work`
+            was started with other settings, or it separated no song at all.
+    """
+    from umx.batch import collect_inputs, run_batch
+    from umx.batch.job import MANIFEST_FILE, read_settings
+    from umx.batch.options import add_batch_arguments
+    from umx.jobs import DONE, FAILED, latest_records, read_records
+
+    outdir = work / TEACHER_DIR
+    job_dir = outdir / JOB_DIRNAME
+    options = ["--model", teacher, "--outdir", str(outdir), "--filename", STEM_TEMPLATE]
+    options += STEM_FORMAT
+    for flag, value in (("--niter", niter), ("--device", device), ("--jobs", jobs)):
+        if value is not None:
+            options += [flag, str(value)]
+    if quiet:
+        options.append("--quiet")
+    parser = argparse.ArgumentParser(prog="umx distill")
+    add_batch_arguments(parser)
+    inputs = collect_inputs(music, exclude=[outdir, job_dir])
+    run_batch(parser.parse_args([*options, "--", *music]))  # failures are counted below
+    settings = read_settings(job_dir)
+    if settings is None:  # run_batch writes it before separating anything
+        raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")
+    identity = settings["identity"]
+    latest = latest_records(read_records(job_dir / MANIFEST_FILE))
+    tracks, failed = [], 0
+    for item in inputs:
+        record = latest.get(item.key, {})
+        if record.get("status") == DONE:
+            stems = {name: Path(output["path"]) for name, output in record["outputs"].items()}
+            tracks.append(TeacherTrack(item.path, stems))
+        elif record.get("status") == FAILED:
+            failed += 1
+    if not tracks:
+        raise UmxError(
+            f"the teacher separated none of the {plural(len(inputs), 'song')}; see umx batch "
+            f"--status {display_path(job_dir)}"
+        )
+    if failed:
+        logger.warning(
+            "the student learns from %d songs; the teacher could not separate %d (see umx "
+            "batch --status %s)",
+            len(tracks),
+            failed,
+            display_path(job_dir),
+        )
+    return TeacherPass(
+        identity["model"], identity["model_sha256"], identity["outputs"], tracks, failed
+    )
+
+
+def track_name(path: str) -> str:
+    """The folder of a song in `WORK/data/tracks`: its name, safe, and a hash of its path."""
+    return f"{safe_stem(Path(path).name)}-{sha256_bytes(path.encode())[:8]}"
+
+
+def build_training_set(
+    tracks: Sequence[TeacherTrack], work: Path, *, valid_fraction: float, seed: int
+) -> TrainingSet:
+    """Write `work/data` (see the module's docstring) for the songs the teacher separated.
+
+    A song's `mixture.wav` is written once and kept by later runs; the links to the stems and
+    the splits are made again. The validation songs are `valid_fraction` of them (at least one,
+    and one song at least is left for training), drawn with `seed` from the songs sorted by
+    folder name, so that the same songs give the same split.
+
+    Raises:
+        UmxError: fewer than two songs, or a song that no longer decodes to the length of its
+            stems.
+    """
+    if len(tracks) < 2:
+        raise UmxError(
+            f"distillation needs at least 2 songs (one to train on, one to validate on); the "
+            f"teacher separated {len(tracks)}"
+        )
+    root = work / DATA_DIR
+    seconds = 0.0
+    names = []
+    for track in tracks:
+        name = track_name(track.path)
+        seconds += _write_track(track, root / TRACKS_DIR / name)
+        names.append(name)
+    names.sort()
+    random.Random(seed).shuffle(names)
+    nb_valid = min(max(1, round(valid_fraction * len(names))), len(names) - 1)
+    splits = {"valid": sorted(names[:nb_valid]), "train": sorted(names[nb_valid:])}
+    for split, members in splits.items():
+        folder = root / split
+        shutil.rmtree(folder, ignore_errors=True)  # links only: the tracks are not touched
+        folder.mkdir(parents=True)
+        for name in members:
+            os.symlink(Path("..", TRACKS_DIR, name), folder / name, target_is_directory=True)
+    return TrainingSet(root, splits["train"], splits["valid"], seconds)
+
+
+def _write_track(track: TeacherTrack, folder: Path) -> float:
+    """Write one song's folder: its mixture (once) and links to its stems; returns its
+    duration in seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = audio_info(next(iter(track.stems.values())))
+    mixture = folder / MIXTURE_FILE
+    if not mixture.exists():
+        audio, rate = read_audio(
+            track.path, sample_rate=first.sample_rate, nb_channels=first.nb_channels
+        )
+        if audio.shape[1] != first.nb_frames:
+            raise UmxError(
+                f"{display_path(track.path)} decodes to {audio.shape[1]} frames at "
+                f"{rate:g} Hz but the teacher's stems have {first.nb_frames}: has it changed "
+                "since the teacher's pass?"
+            )
+        write_audio(mixture, audio, rate, subtype="FLOAT", clip="none")
+    for name, stem in track.stems.items():
+        link = folder / f"{name}.wav"
+        link.unlink(missing_ok=True)
+        os.symlink(stem, link)
+    return first.nb_frames / first.sample_rate

@@ -1,0 +1,241 @@
+"""`umx distill` end to end on three one-second songs with the bundled umxsynth as the teacher
+and a tiny causal student: the training targets are the teacher's stems, the true sources are
+never given, the model loads and streams, a stopped run resumes, bad input is refused."""
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import umx.train
+from umx.audio import read_audio
+from umx.batch.work import model_sha256
+from umx.cli import main
+from umx.data.datasets import AlignedDataset
+from umx.distill.teacher import MIXTURE_FILE, track_name
+from umx.files import sha256_file
+from umx.jobs import read_records
+from umx.zoo import load_separator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RATE = 44100
+STUDENT = [
+    "--teacher", "umxsynth", "--unidirectional", "--hidden-size", "8", "--epochs", "1",
+    "--seq-dur", "0.5", "--samples-per-track", "2", "--batch-size", "4", "--quiet",
+]  # fmt: skip
+TARGETS = ["--targets", "vocals", "bass"]
+
+
+def make_songs(root: Path) -> tuple[Path, Path]:
+    """`root/music`: three one-second songs in two album folders (a tone and hiss; the third
+    mono at 22.05 kHz), and `root/truth`: their sources, which no distillation is given."""
+    rng = np.random.default_rng(0)
+    music, truth = root / "music", root / "truth"
+    for index in range(3):
+        rate, channels = (22050, 1) if index == 2 else (RATE, 2)
+        t = np.arange(rate) / rate
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) * (t * 4 % 1 < 0.5)
+        hiss = 0.05 * rng.standard_normal(rate)
+        sources = {"tone": np.tile(tone, (channels, 1)), "hiss": np.tile(hiss, (channels, 1))}
+        album, folder = music / f"album{index % 2}", truth / f"song{index}"
+        album.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True)
+        mixture = (sources["tone"] + sources["hiss"]).T.astype(np.float32)
+        sf.write(album / f"song{index}.wav", mixture, rate, subtype="FLOAT")
+        for name, audio in sources.items():
+            sf.write(folder / f"{name}.wav", audio.T.astype(np.float32), rate, subtype="FLOAT")
+    return music, truth
+
+
+def distill(music: Path, output: Path, *options: str) -> int:
+    return main(["distill", str(music), "--output", str(output), *STUDENT, *options])
+
+
+def messages(capsys) -> list[str]:
+    """What `umx` said on stderr since the last call: one message a line, none a traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.splitlines()
+
+
+def manifest(work: Path) -> list[dict]:
+    """The records of the teacher's batch job."""
+    return read_records(work / "teacher" / ".umx-job" / "manifest.jsonl")
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory) -> tuple[Path, Path]:
+    return make_songs(tmp_path_factory.mktemp("songs"))
+
+
+@pytest.fixture(scope="module")
+def distilled(songs, tmp_path_factory) -> tuple[Path, Path]:
+    """The student's model directory and the work folder of one run."""
+    output = tmp_path_factory.mktemp("models") / "student"
+    assert distill(songs[0], output, *TARGETS) == 0
+    return output, Path(f"{output}-work")
+
+
+def test_the_training_targets_are_the_teachers_stems_of_the_music(distilled, songs):
+    """Every song is separated once by the teacher; each training item is the song as the
+    teacher heard it (resampled, made stereo) and the teacher's stem, sample for sample."""
+    _, work = distilled
+    music = sorted(songs[0].rglob("*.wav"))
+    records = manifest(work)
+    assert [record["status"] for record in records] == ["running", "done"] * 3
+    stems = {record["input"]: record["outputs"] for record in records[1::2]}
+    assert sorted(stems) == [str(song) for song in music]
+    song_of = {track_name(str(song)): song for song in music}
+    seen = []
+    for split in ("train", "valid"):
+        for target in ("vocals", "bass"):
+            dataset = AlignedDataset(
+                work / "data", split, input_file=MIXTURE_FILE, output_file=f"{target}.wav",
+                seq_duration=None, nb_channels=2,
+            )  # fmt: skip
+            for index, track in enumerate(dataset.tracks):
+                song = song_of[Path(track.name).name]
+                mixture, stem = dataset[index]
+                teacher, _ = sf.read(stems[str(song)][target]["path"], dtype="float32")
+                np.testing.assert_array_equal(stem.numpy(), teacher.T)
+                heard, _ = read_audio(song, sample_rate=RATE, nb_channels=2)
+                np.testing.assert_array_equal(mixture.numpy(), heard.numpy())
+                assert float(stem.abs().max()) > 1e-3
+                seen.append((split, song.name))
+    split_of = {name: split for split, name in seen}  # each song in one split, for each target
+    assert len(seen) == 2 * len(split_of) == 6
+    assert sorted(split_of.values()) == ["train", "train", "valid"]
+
+
+def test_no_true_source_is_read_or_copied(distilled, songs):
+    """No audio file in the work folder is a true source, and the teacher's stems are not
+    the sources either: the student learns from the teacher alone."""
+    _, work = distilled
+    truth = {sha256_file(path) for path in songs[1].rglob("*.wav")}
+    written = [path for path in work.rglob("*.wav") if path.is_file() and not path.is_symlink()]
+    assert len(written) == 3 * (4 + 1)  # the teacher's four stems and a mixture per song
+    assert not truth & {sha256_file(path) for path in written}
+    tone, _ = read_audio(songs[1] / "song0" / "tone.wav")
+    stem, _ = read_audio(
+        work / "data" / "tracks" / track_name(str(songs[0] / "album0" / "song0.wav")) / "vocals.wav"
+    )
+    assert float((stem - tone).abs().max()) > 1e-2
+
+
+def test_the_student_is_a_causal_model_that_separates_and_streams(distilled, songs, tmp_path):
+    output, _ = distilled
+    provenance = json.loads((output / "distillation.json").read_text())
+    teacher = load_separator("umxsynth")
+    assert provenance["distilled_from"] == {
+        "model": "umxsynth",
+        "sha256": model_sha256(teacher),
+        "stems": teacher.targets,
+    }
+    assert (provenance["tracks"], provenance["train_tracks"], provenance["valid_tracks"]) == (
+        3,
+        2,
+        1,
+    )
+    assert provenance["hours"] == pytest.approx(3 / 3600, abs=1e-4)
+    student = load_separator(output)
+    assert student.targets == ["bass", "vocals"]
+    for model in student.target_models.values():
+        assert model.unidirectional and model.hidden_size == 8
+    song = songs[0] / "album0" / "song0.wav"
+    assert main(["stream", str(song), "--model", str(output), "--outdir", str(tmp_path), "-q"]) == 0
+    for target in ("vocals", "bass"):
+        audio, rate = sf.read(tmp_path / "song0" / f"{target}.wav")
+        assert rate == RATE and audio.shape == (RATE, 2)
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-4
+
+
+def test_a_run_again_does_nothing_and_other_settings_are_refused(distilled, songs, capsys):
+    output, work = distilled
+    before = len(manifest(work)), sha256_file(output / "vocals.pth")
+    assert distill(songs[0], output, *TARGETS) == 0
+    assert (len(manifest(work)), sha256_file(output / "vocals.pth")) == before
+    messages(capsys)
+    assert distill(songs[0], output, *TARGETS, "--lr", "0.01") == 1
+    (error,) = messages(capsys)
+    assert error.startswith("umx: error: ") and "--lr was 0.001, now 0.01" in error
+
+
+def test_a_stopped_run_prints_the_command_that_resumes_it(songs, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first epoch of the second target: the same command (printed) resumes
+    that target from its checkpoint, skips the finished one and does not run the teacher
+    again."""
+    output = tmp_path / "student"
+    calls = []
+    real = umx.train.run_training
+
+    def stopped_after_an_epoch_of_the_second_target(given):
+        calls.append((given["target"], given.get("checkpoint")))
+        if len(calls) == 2:
+            real({**given, "epochs": 1})
+            raise KeyboardInterrupt
+        return real(given)
+
+    monkeypatch.setattr(umx.train, "run_training", stopped_after_an_epoch_of_the_second_target)
+    two_epochs = [*TARGETS, "--epochs", "2"]
+    assert distill(songs[0], output, *two_epochs) == 130
+    hint, stopped = messages(capsys)  # --quiet: warnings and errors only
+    assert stopped == "umx: interrupted"
+    work = tmp_path / "student-work"
+    separated, vocals = manifest(work), sha256_file(output / "vocals.pth")
+    assert json.loads((output / "bass.json").read_text())["epochs_trained"] == 1
+    command = shlex.split(hint.split(": ", 2)[2])
+    assert command[:2] == ["umx", "distill"] and "--force" not in command
+    assert main(command[1:]) == 0
+    assert calls == [("vocals", None), ("bass", None), ("bass", output)]
+    assert json.loads((output / "bass.json").read_text())["epochs_trained"] == 2
+    assert sha256_file(output / "vocals.pth") == vocals
+    assert manifest(work) == separated
+    assert load_separator(output).targets == ["bass", "vocals"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--teacher", "nosuch"], "unknown model 'nosuch'"),
+        (["--targets", "voice"], "has no target 'voice'"),
+        (["--valid-fraction", "0"], "--valid-fraction must be greater than 0"),
+        (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+        (["--lr", "0"], "--lr must be positive, not 0"),
+        (["--nhop", "5000"], "--nfft 4096 and --nhop 5000"),
+        (["--output", "{music}/album0/model"], "overlap: put the output folder outside"),
+        (["--work", "{music}"], "overlap: put the work folder outside"),
+        (["--work", "{output}"], "and --output {output} overlap"),
+        (["--work", "{output}/work"], "and --output {output} overlap"),
+        (["--work", "{output}/.."], "and --output {output} overlap"),
+        (["--output", "{taken}"], "already holds files of another run"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_writes_nothing(
+    songs, tmp_path, capsys, options, message
+):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    output = tmp_path / "student"
+    names = {"music": songs[0], "output": output, "taken": taken}
+    options = [option.format(**names) for option in options]
+    message = message.format(**names)
+    before = sorted(songs[0].rglob("*"))
+    assert distill(songs[0], output, *options) == 1
+    error = messages(capsys)[-1]  # after the teacher's warning that it is a demo model
+    assert error.startswith("umx: error: ") and message in error
+    assert sorted(songs[0].rglob("*")) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
+    assert (taken / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_without_music_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert distill(tmp_path / "empty", tmp_path / "student") == 1
+    (error,) = messages(capsys)
+    assert error.startswith("umx: error: the folder ") and "holds no file ending in" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
