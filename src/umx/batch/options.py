@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,14 @@ def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
         metavar="G",
         help="with --ray: GPUs each worker reserves (0.5 puts two on a GPU; default: 0)",
     )
+
+
+def run_batch_command(argv: Sequence[str], prog: str = "umx batch") -> int:
+    """Run `umx batch` with command-line arguments `argv`, as another command's step (the
+    teacher's pass of `umx distill`); returns its exit status."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_batch_arguments(parser)
+    return run_batch(parser.parse_args(list(argv)))
 
 
 def check_batch_args(args: argparse.Namespace) -> None:

@@ -19,7 +19,6 @@ The user's files are only read.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -121,9 +120,9 @@ def teacher_pass(
         UmxError: the music holds no audio, the teacher cannot be loaded, its job in `work`
             was started with other settings, or it separated no song at all.
     """
-    from umx.batch import collect_inputs, run_batch
+    from umx.batch import collect_inputs
     from umx.batch.job import MANIFEST_FILE, read_settings
-    from umx.batch.options import add_batch_arguments
+    from umx.batch.options import run_batch_command
     from umx.jobs import DONE, FAILED, latest_records, read_records
 
     outdir = work / TEACHER_DIR
@@ -135,10 +134,8 @@ def teacher_pass(
             options += [flag, str(value)]
     if quiet:
         options.append("--quiet")
-    parser = argparse.ArgumentParser(prog="umx distill")
-    add_batch_arguments(parser)
     inputs = collect_inputs(music, exclude=[outdir, job_dir])
-    run_batch(parser.parse_args([*options, "--", *music]))  # failures are counted below
+    run_batch_command([*options, "--", *music], prog="umx distill")  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
         raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")

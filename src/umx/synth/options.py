@@ -24,6 +24,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         "--root", required=True, type=Path, metavar="DIR", help="dataset folder to create"
     )
     _add_sound_arguments(parser)
+    _add_lever_arguments(parser)
     parser.add_argument(
         "--test-fraction",
         type=float,
@@ -127,6 +128,10 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIT",
         help="Hydrogen drum kit folders for the test split, none of them in --drum-kits",
     )
+
+
+def _add_lever_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of `umx synth` that bring its tracks closer to produced records."""
     parser.add_argument(
         "--production",
         action="store_true",
