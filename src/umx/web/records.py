@@ -1,5 +1,6 @@
-"""What `umx serve` knows of a job: its record (`job.json`), its id, the names of its files and
-stems, and how its name and error are shown on the page."""
+"""What `umx serve` knows of a job: its record (a line of the store's manifest, see
+`umx.jobs`), its id, the names of its files and stems, and how its name and error are shown on
+the page."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from umx.errors import UmxError
 from umx.jobs import DONE, FAILED, QUEUED, RUNNING
@@ -27,7 +29,12 @@ ORIGINAL = "mixture"
 SUMMARY_MIN, SUMMARY_MAX = 24, 160
 """An error's summary ends at its first `: ` or ` (` past SUMMARY_MIN characters, and is cut
 at SUMMARY_MAX: the page shows it in one line, the whole message on request."""
-INPUT, RECORD, STEMS, DOWNLOADS = "input", "job.json", "stems", "downloads"
+INPUT, STEMS, DOWNLOADS = "input", "stems", "downloads"
+MANIFEST = "jobs.jsonl"
+"""The store's manifest, in the data directory: every job's records (`umx.jobs.Manifest`)."""
+LEGACY_RECORD = "job.json"
+"""Where umx serve before its manifest kept each job's record, in the job's folder: read once
+into the manifest, then removed."""
 STEM_EXT = "wav"
 MAX_NAME = 200
 """The longest file name kept for display, in characters."""
@@ -90,9 +97,26 @@ def job_key(input_sha256: str, options: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "model": (str,),
+    "stems": (str,),
+    "size": (int,),
+    "created": (int, float),
+    "finished": (int, float),
+    "progress": (int, float),
+    "duration": (int, float),
+    "seconds": (int, float),
+    "targets": (list,),
+    "error": (str,),
+}
+"""The JSON types of a job's fields in its record (a field may be left out where unset)."""
+_REQUIRED = ("name", "model", "stems", "size")
+
+
 @dataclass
 class Job:
-    """One song and its separation options, as recorded in `job.json` and shown on the page.
+    """One song and its separation options, as recorded in the manifest and shown on the page.
 
     Attributes:
         id: see `job_key`.
@@ -123,12 +147,42 @@ class Job:
     targets: list[str] = field(default_factory=list)
     error: str | None = None
 
+    def record(self, outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The job as a manifest record: its id is the record's `input`, its state its
+        `status`, and its other fields follow but those unset; a done job's record holds its
+        stems' `outputs` (see `umx.jobs.describe_output`)."""
+        data = {k: v for k, v in asdict(self).items() if v is not None and k not in ("id", "state")}
+        done = {"outputs": dict(outputs or {})} if self.state == DONE else {}
+        return {"input": self.id, "status": self.state, **data, **done}
+
     @classmethod
-    def read(cls, path: Path) -> Job:
-        """The job recorded in `path`.
+    def from_record(cls, record: Mapping[str, Any]) -> Job:
+        """The job a manifest record (see `record`) describes.
 
         Raises:
-            ValueError: the file is not a job record of this version.
+            ValueError: the record is not one of a job of `umx serve`, saying why.
+        """
+        data = {k: v for k, v in record.items() if k in _FIELD_TYPES}
+        for key, kinds in _FIELD_TYPES.items():
+            value = data.get(key)
+            if key in data and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ValueError(f"its {key} is {json.dumps(value)[:40]}")
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ValueError(f"no {missing[0]}")
+        job = cls(id=record["input"], state=record["status"], **data)
+        if not JOB_ID.match(job.id) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
+            raise ValueError("not a job's id or state")
+        if not all(isinstance(target, str) for target in job.targets):
+            raise ValueError("its targets are not names")
+        return job
+
+    @classmethod
+    def read(cls, path: Path) -> Job:
+        """The job recorded in `path`, a `LEGACY_RECORD` of an older umx serve.
+
+        Raises:
+            ValueError: the file is not a job record of that version.
         """
         data = json.loads(path.read_text())
         names = {f.name for f in fields(cls)}
