@@ -54,11 +54,8 @@ from umx.jobs import (
     RUNNING,
     Manifest,
     TaskOptions,
-    describe_output,
-    latest_records,
     loaded_separator,
     run_task,
-    scan_manifest,
 )
 from umx.options import OutputOptions, SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, check_options
@@ -69,7 +66,6 @@ from umx.web.records import (
     ID_DIGITS,
     INPUT,
     JOB_ID,
-    LEGACY_RECORD,
     MANIFEST,
     STEM_EXT,
     STEMS,
@@ -79,6 +75,7 @@ from umx.web.records import (
     error_summary,
     job_key,
     model_targets,
+    replay,
     rest_name,
     stem_modes,
 )
@@ -144,8 +141,8 @@ class JobStore(Downloads):
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._targets: dict[str, list[str]] = {}
         self._manifest: Manifest | None = None  # opened to write (see `_append`)
-        self._unrecorded: list[dict[str, Any]] = []  # what replaying found, to record
-        self._legacy: list[Path] = []  # the LEGACY_RECORD files to remove once recorded
+        self._unrecorded: list[dict[str, Any]] = []  # see `Replay`
+        self._legacy: list[Path] = []
         self._workers: list[threading.Thread] = []
         self._stopping = False
         self._load()
@@ -153,56 +150,26 @@ class JobStore(Downloads):
     # --- the store ---------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Replay the manifest (reading only), read the `LEGACY_RECORD` of jobs it lacks,
-        remove hidden leftovers, and queue again the unfinished jobs (removing what an
+        """Replay the data directory (see `umx.web.records.replay`), remove hidden leftovers and
+        the folders of deleted jobs, and queue again the unfinished jobs (removing what an
         interrupted run of them left: stems not yet recorded, downloads)."""
         for leftover in self.uploads_dir.iterdir():
             _remove(leftover)
-        latest = latest_records(scan_manifest(self.manifest_path).records)
-        jobs: dict[str, Job] = {}
-        for job_id, record in latest.items():
-            if record["status"] == DELETED:
-                continue
-            try:
-                jobs[job_id] = Job.from_record(record)
-            except ValueError as error:
-                logger.warning("%s: the record of %s is not a job's (%s)", MANIFEST, job_id, error)
-        for directory in self.jobs_dir.iterdir():
-            if directory.name.startswith("."):
-                shutil.rmtree(directory, ignore_errors=True)
-                continue
-            legacy = directory / LEGACY_RECORD
-            if directory.name not in jobs and directory.name not in latest and legacy.exists():
-                try:
-                    job, outputs = _read_legacy(directory)
-                except (OSError, ValueError, TypeError) as error:
-                    logger.warning(
-                        "%s is not a job (%s); left alone", display_path(directory), error
-                    )
-                    continue
-                jobs[job.id] = job
-                self._unrecorded.append(job.record(outputs))
-            if legacy.exists() and directory.name in jobs:
-                self._legacy.append(legacy)
-            if directory.name not in jobs:
-                if latest.get(directory.name, {}).get("status") == DELETED:
-                    _remove(directory)  # deleted, the server stopped before it was removed
-                else:
-                    logger.warning(
-                        "%s is not a job (no record); left alone", display_path(directory)
-                    )
-                continue
+        for directory in self.jobs_dir.glob(".*"):
+            shutil.rmtree(directory, ignore_errors=True)
+        found = replay(self.manifest_path, self.jobs_dir)
+        for directory in found.deleted:  # the server stopped before it removed them
+            _remove(directory)
+        self._unrecorded, self._legacy = found.unrecorded, found.legacy
+        for job in sorted(found.jobs.values(), key=lambda job: job.created):
+            directory = self.jobs_dir / job.id
             for part in [*directory.glob(".*"), *(directory / DOWNLOADS).glob(".*")]:
                 _remove(part)
-        for job in sorted(jobs.values(), key=lambda job: job.created):
-            if not (self.jobs_dir / job.id).is_dir():  # removed, the server stopped meanwhile
-                self._unrecorded.append({"input": job.id, "status": DELETED})
-                continue
             self._jobs[job.id] = job
             if job.state in (QUEUED, RUNNING):
                 job.state, job.progress = QUEUED, 0.0
                 for stale in (STEMS, DOWNLOADS):
-                    _remove(self.jobs_dir / job.id / stale)
+                    _remove(directory / stale)
                 self._pending.append(job.id)
         if self._pending:
             logger.info("%d unfinished jobs queued again", len(self._pending))
@@ -641,26 +608,6 @@ def _check_data_dir(root: Path, folders: Sequence[Path]) -> None:
         raise UmxError(
             f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
         ) from None
-
-
-def _read_legacy(directory: Path) -> tuple[Job, dict[str, Any] | None]:
-    """A job of an older umx serve, from its `LEGACY_RECORD`, and its stems described (see
-    `umx.jobs.describe_output`) if it is done.
-
-    Raises:
-        OSError, ValueError, TypeError: the record cannot be read, or is not a job's.
-    """
-    job = Job.read(directory / LEGACY_RECORD)
-    if job.id != directory.name:
-        raise ValueError("a job record of another folder")
-    if job.state != DONE:
-        return job, None
-    stems = directory / STEMS
-    return job, {
-        target: describe_output(stems / f"{target}.{STEM_EXT}")
-        for target in job.targets
-        if (stems / f"{target}.{STEM_EXT}").is_file()
-    }
 
 
 def _rename(message: str, path: Path, name: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -13,10 +14,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from umx.audio import display_path
 from umx.errors import UmxError
-from umx.jobs import DONE, FAILED, QUEUED, RUNNING
+from umx.jobs import (
+    DELETED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    describe_output,
+    latest_records,
+    scan_manifest,
+)
 from umx.modeldir import directory_files
 from umx.zoo import MODELS
+
+logger = logging.getLogger("umx")
 
 ID_DIGITS = 32
 JOB_ID = re.compile(rf"^[0-9a-f]{{{ID_DIGITS}}}$")
@@ -192,3 +205,81 @@ class Job:
         if not JOB_ID.match(str(job.id)) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
             raise ValueError("not a job record")
         return job
+
+
+@dataclass
+class Replay:
+    """What a data directory holds, as `replay` read it.
+
+    Attributes:
+        jobs: the jobs, by id.
+        unrecorded: the records the manifest lacks: the jobs read from a `LEGACY_RECORD`, and
+            the deletion of jobs whose folder is gone (the server stopped between removing it
+            and recording that).
+        legacy: the `LEGACY_RECORD` files of `jobs`, to remove once `unrecorded` is recorded.
+        deleted: the folders of deleted jobs (the server stopped before it removed them).
+    """
+
+    jobs: dict[str, Job] = field(default_factory=dict)
+    unrecorded: list[dict[str, Any]] = field(default_factory=list)
+    legacy: list[Path] = field(default_factory=list)
+    deleted: list[Path] = field(default_factory=list)
+
+
+def replay(manifest: Path, jobs_dir: Path) -> Replay:
+    """Read the jobs of a data directory, writing nothing: the latest record of each job in the
+    manifest (damaged lines skipped), and the `LEGACY_RECORD` of a job folder it does not name.
+    A record or a folder that is not a job's is left alone, with a warning."""
+    latest = latest_records(scan_manifest(manifest).records)
+    found = Replay()
+    for job_id, record in latest.items():
+        if record["status"] == DELETED:
+            continue
+        try:
+            found.jobs[job_id] = Job.from_record(record)
+        except ValueError as error:
+            logger.warning("%s: the record of %s is not a job's (%s)", MANIFEST, job_id, error)
+    for directory in sorted(jobs_dir.iterdir()):
+        if directory.name.startswith("."):
+            continue
+        legacy = directory / LEGACY_RECORD
+        if directory.name not in latest and legacy.exists():
+            try:
+                job, outputs = _read_legacy(directory)
+            except (OSError, ValueError, TypeError) as error:
+                logger.warning("%s is not a job (%s); left alone", display_path(directory), error)
+                continue
+            found.jobs[job.id] = job
+            found.unrecorded.append(job.record(outputs))
+        if directory.name in found.jobs:
+            if legacy.exists():
+                found.legacy.append(legacy)
+        elif latest.get(directory.name, {}).get("status") == DELETED:
+            found.deleted.append(directory)
+        else:
+            logger.warning("%s is not a job (no record); left alone", display_path(directory))
+    for job_id in list(found.jobs):
+        if not (jobs_dir / job_id).is_dir():
+            del found.jobs[job_id]
+            found.unrecorded.append({"input": job_id, "status": DELETED})
+    return found
+
+
+def _read_legacy(directory: Path) -> tuple[Job, dict[str, Any] | None]:
+    """A job of an older umx serve, from its `LEGACY_RECORD`, and its stems described (see
+    `umx.jobs.describe_output`) if it is done.
+
+    Raises:
+        OSError, ValueError, TypeError: the record cannot be read, or is not a job's.
+    """
+    job = Job.read(directory / LEGACY_RECORD)
+    if job.id != directory.name:
+        raise ValueError("a job record of another folder")
+    if job.state != DONE:
+        return job, None
+    stems = directory / STEMS
+    return job, {
+        target: describe_output(stems / f"{target}.{STEM_EXT}")
+        for target in job.targets
+        if (stems / f"{target}.{STEM_EXT}").is_file()
+    }
