@@ -166,11 +166,11 @@ def test_an_actor_killed_mid_file_and_a_corrupt_input(cluster, tmp_path, songs):
     corrupt = latest(tmp_path / "out" / ".umx-job")[str(tmp_path / "songs" / "corrupt.wav")]
     assert corrupt["status"] == "failed" and "corrupt.wav" in corrupt["error"]
     assert "\n" not in corrupt["error"]
-    retried = [r for r in records if r["status"] == "running" and r["attempt"] == 2]
+    assert len({r["input"] for r in records}) == len(records)  # compacted at the end
+    retried = [r for r in records if r.get("attempt") == 2]
     assert len(retried) >= 1  # the killed actor's file(s), handed to another actor
-    for record in retried:
-        (done,) = [r for r in records if r["input"] == record["input"] and r["status"] == "done"]
-        assert done["attempt"] == 2 and not done["worker"].endswith(f":{victim}")
+    for done in retried:
+        assert done["status"] == "done" and not done["worker"].endswith(f":{victim}")
 
 
 def test_a_killed_ray_driver_is_resumed_locally(cluster, tmp_path, songs, monkeypatch, capsys):

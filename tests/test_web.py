@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import socket
 import sys
 import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -22,9 +24,11 @@ import torch
 
 from umx import api
 from umx.cli import main
-from umx.jobs import DONE, FAILED, QUEUED
+from umx.files import sha256_file
+from umx.jobs import DONE, FAILED, QUEUED, latest_records, read_records
 from umx.web.jobs import JobStore
 from umx.web.options import listen
+from umx.web.records import Job
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
@@ -191,7 +195,8 @@ def test_upload_limit_is_enforced_while_the_body_arrives(store, tmp_path):
                 answer += received
     assert answer.startswith(b"HTTP/1.1 413")
     assert b"big.wav is larger than the upload limit" in answer
-    assert files_under(store.root) == set() and store.jobs() == []
+    assert files_under(store.root) == {"jobs.jsonl"} and store.jobs() == []
+    assert (store.root / "jobs.jsonl").read_bytes() == b""
 
 
 def test_file_names_are_never_paths(client, store, tmp_path):
@@ -210,7 +215,7 @@ def test_file_names_are_never_paths(client, store, tmp_path):
             raise AssertionError(job_id)
     store.stop(timeout=60)
     assert {p.name for p in tmp_path.iterdir()} == {"data"}
-    stored = files_under(store.root)
+    stored = files_under(store.root) - {"jobs.jsonl"}
     assert stored and all(name.startswith(f"jobs/{job['id']}/") for name in stored)
 
     for path in [
@@ -336,7 +341,9 @@ def test_delete_and_the_cache_limit(client, store, tmp_path):
     wait(store, first)
     assert client.delete(f"/api/jobs/{first}").status_code == 204
     assert client.get(f"/api/jobs/{first}").status_code == 404
-    assert files_under(store.root) == set()
+    assert files_under(store.root) == {"jobs.jsonl"}  # its folder gone, its deletion recorded
+    assert [r["status"] for r in read_records(store.root / "jobs.jsonl")][-1] == "deleted"
+    assert new_store(store.root).jobs() == []
     assert client.delete(f"/api/jobs/{first}").status_code == 404
 
     small = new_store(tmp_path / "small", max_cache_bytes=1)
@@ -348,6 +355,7 @@ def test_delete_and_the_cache_limit(client, store, tmp_path):
             wait(small, ids[-1][0]["id"])
         assert [job["id"] for job in small.jobs()] == [ids[-1][0]["id"]]
         assert {p.name for p in small.jobs_dir.iterdir()} == {ids[-1][0]["id"]}
+        assert [job["id"] for job in new_store(small.root).jobs()] == [ids[-1][0]["id"]]
     finally:
         small.stop()
 
@@ -410,8 +418,8 @@ def test_stop_ends_a_running_separation_and_keeps_its_job_queued(tmp_path):
     while not [progress for progress in seen if progress > 0] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert store.stop(timeout=30)
-    assert json.loads((root / "jobs" / job["id"] / "job.json").read_text())["state"] == "running"
-    assert {path.name for path in (root / "jobs" / job["id"]).iterdir()} == {"input", "job.json"}
+    assert latest_records(read_records(root / "jobs.jsonl"))[job["id"]]["status"] == "running"
+    assert {path.name for path in (root / "jobs" / job["id"]).iterdir()} == {"input"}
     again = new_store(root)
     assert again.job(job["id"])["state"] == QUEUED
     again.start(1)
@@ -419,6 +427,120 @@ def test_stop_ends_a_running_separation_and_keeps_its_job_queued(tmp_path):
         assert wait(again, job["id"])["state"] == DONE
     finally:
         again.stop()
+
+
+def test_the_manifest_is_replayed_and_compacted_at_start(tmp_path):
+    root = tmp_path / "data"
+    first = new_store(root)
+    first.start(1)
+    try:
+        jobs = [first.add(upload(first, song_bytes(0.3, 20)), first.options(MODEL, "all"))[0]]
+        jobs.append(first.add(upload(first, song_bytes(0.3, 21)), first.options(MODEL, "drums"))[0])
+        done = [wait(first, job["id"]) for job in jobs]
+        first.delete(jobs[0]["id"])
+    finally:
+        first.stop()
+    records = read_records(root / "jobs.jsonl")
+    assert [r["status"] for r in records if r["input"] == jobs[1]["id"]] == [
+        "queued",
+        "running",
+        "done",
+    ]
+    outputs = records[-2]["outputs"]  # the done job's stems, where they are now, with hashes
+    assert list(outputs) == ["drums", "no_drums"] == done[1]["targets"]
+    for name, output in outputs.items():
+        path = root / "jobs" / jobs[1]["id"] / "stems" / f"{name}.wav"
+        assert output["path"] == str(path) and output["sha256"] == sha256_file(path)
+    before = (root / "jobs.jsonl").read_bytes()
+    second = new_store(root)
+    assert second.jobs() == [{**done[1], "position": None}]
+    assert (root / "jobs.jsonl").read_bytes() == before  # nothing written until it starts
+    second.start(1)
+    second.stop()
+    assert read_records(root / "jobs.jsonl") == [records[-2]]  # compacted: the live job's record
+
+
+def old_data_dir(root: Path) -> dict[str, dict]:
+    """A data directory as umx serve kept it before its manifest: a `job.json` in each job's
+    folder (one done, one failed, one left running), and one folder whose `job.json` is not a
+    job's; returns the jobs as they were listed."""
+    store = new_store(root)
+    store.start(1)
+    try:
+        ids = [
+            store.add(upload(store, song_bytes(0.3, seed)), store.options(model, "all"))[0]["id"]
+            for seed, model in ((31, MODEL), (32, "umxl"), (33, MODEL))
+        ]
+        listed = {job_id: wait(store, job_id) for job_id in ids}
+    finally:
+        store.stop()
+    manifest = root / "jobs.jsonl"
+    for job_id, record in latest_records(read_records(manifest)).items():
+        job = Job.from_record(record)
+        if job_id == ids[2]:
+            job.state, job.finished, job.seconds = "running", None, None
+            job.progress, job.targets = 0.5, []
+            shutil.rmtree(root / "jobs" / job_id / "stems")
+            listed[job_id] = {**listed[job_id], **vars(job), "state": QUEUED, "progress": 0.0}
+        (root / "jobs" / job_id / "job.json").write_text(json.dumps(asdict(job)))
+    manifest.unlink()
+    (root / "jobs" / ("f" * 32)).mkdir()
+    (root / "jobs" / ("f" * 32) / "job.json").write_text('{"id": 5}')
+    return listed
+
+
+def test_the_jobs_of_an_older_data_directory_are_kept(tmp_path, caplog):
+    root = tmp_path / "data"
+    listed = old_data_dir(root)
+    store = new_store(root)
+    jobs = {job["id"]: job for job in store.jobs()}
+    assert {job_id: job["state"] for job_id, job in jobs.items()} == {
+        job_id: job["state"] for job_id, job in listed.items()
+    }
+    assert [job["state"] for job in jobs.values()] == [QUEUED, FAILED, DONE]
+    for job_id, job in listed.items():
+        assert jobs[job_id] == {**job, "position": jobs[job_id]["position"]}
+    assert len(list(root.glob("jobs/*/job.json"))) == 4 and not (root / "jobs.jsonl").exists()
+    assert f"{root}/jobs/{'f' * 32} is not a job" in caplog.text
+    store.start(1)
+    try:
+        queued = next(job_id for job_id, job in jobs.items() if job["state"] == QUEUED)
+        assert wait(store, queued)["state"] == DONE
+    finally:
+        store.stop()
+    # taken into the manifest once, the job.json files gone (but the one that is no job's)
+    assert [p.parent.name for p in root.glob("jobs/*/job.json")] == ["f" * 32]
+    latest = latest_records(read_records(root / "jobs.jsonl"))
+    done = next(job_id for job_id, job in listed.items() if job["state"] == DONE)
+    stems = root / "jobs" / done / "stems"
+    assert latest[done]["outputs"]["vocals"]["sha256"] == sha256_file(stems / "vocals.wav")
+    again = {job["id"]: job["state"] for job in new_store(root).jobs()}
+    assert again == {
+        job_id: DONE if job_id == queued else job["state"] for job_id, job in jobs.items()
+    }
+
+
+def test_a_damaged_manifest_is_repaired_and_keeps_its_jobs(tmp_path):
+    root = tmp_path / "data"
+    store = new_store(root)
+    store.start(1)
+    try:
+        job = store.add(upload(store, song_bytes(0.3, 41)), store.options(MODEL, "all"))[0]
+        done = wait(store, job["id"])
+    finally:
+        store.stop()
+    manifest = root / "jobs.jsonl"
+    pristine = manifest.read_bytes()
+    damage = b'{"input": "' + b"\0" * 300 + b"garbage"
+    manifest.write_bytes(pristine + damage)
+    again = new_store(root)
+    assert again.jobs() == [{**done, "position": None}]
+    assert manifest.read_bytes() == pristine + damage  # read, not yet written
+    again.start(1)
+    again.stop()
+    (copy,) = root.glob("jobs.jsonl.cut-*")
+    assert copy.read_bytes() == damage and read_records(manifest)[-1]["status"] == DONE
+    assert len(read_records(manifest)) == 1  # and compacted
 
 
 def test_bad_options_and_missing_extra_are_one_line(capsys, monkeypatch, tmp_path):

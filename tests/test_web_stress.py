@@ -5,7 +5,6 @@ leaves no temporary file after the restart (the bundled umxsynth on short songs)
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import signal
 import time
@@ -19,6 +18,7 @@ pytest.importorskip("uvicorn")
 
 from test_web import song_bytes
 from test_web_hostile import assert_clean_log, ready, start_serve
+from umx.jobs import latest_records, read_records
 
 RUNS = 20
 SEED = 26
@@ -38,10 +38,10 @@ def shell_status(returncode: int) -> int:
 def finished_jobs(data: Path) -> dict[str, dict[str, str]]:
     """The done jobs on disk, each with the hash of every file of its stems."""
     jobs = {}
-    for record in data.glob("jobs/*/job.json"):
-        if json.loads(record.read_text())["state"] == "done":
-            stems = sorted((record.parent / "stems").iterdir())
-            jobs[record.parent.name] = {
+    for job_id, record in latest_records(read_records(data / "jobs.jsonl")).items():
+        if record["status"] == "done":
+            stems = sorted((data / "jobs" / job_id / "stems").iterdir())
+            jobs[job_id] = {
                 path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in stems
             }
     return jobs

@@ -153,11 +153,6 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
     return options
 
 
-def segment_from_args(args: argparse.Namespace) -> float | None:
-    """The chunk length to separate with: None (whole track) with `--whole-track`."""
-    return None if args.whole_track else args.segment
-
-
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
     """How input files are taken and matched (`umx separate` and `umx batch`)."""
     p.add_argument(

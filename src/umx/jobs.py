@@ -1,40 +1,53 @@
 """One job record for `umx batch` and `umx serve`: the status words, the JSON Lines manifest,
 output verification, and `run_task`, which separates one input and describes what happened.
 
-A record is a JSON object: `input` (the key of the input), `status`, and as the status says,
-`outputs` (`{stem: {path, sha256, bytes, mtime_ns}}`) or `error` (one line). The manifest holds
-one record per line, appended and fsynced one at a time; the latest record of an input is its
-state. A damaged line (cut short by a crash, garbage or NUL bytes a full disk or a crash left, a
-record of the wrong JSON types) is skipped by readers and removed by `Manifest`, which keeps
-every complete record and a copy of what it removed (`NAME.cut-TIME`).
+A record is a JSON object: `input` (the key of the input, or of the job), `status`, and as the
+status says, `outputs` (`{stem: {path, sha256, bytes, mtime_ns}}`) or `error` (one line). The
+manifest holds one record per line, appended and fsynced one at a time; the latest record of an
+input is its state. A damaged line (cut short by a crash, garbage or NUL bytes a full disk or a
+crash left, a record of the wrong JSON types) is skipped by readers and removed by `Manifest`,
+which keeps every complete record and a copy of what it removed (`NAME.cut-TIME`). `Manifest`
+also compacts the file, rewriting it atomically with only the latest record of each input once
+the records it supersedes outnumber those (see `Manifest.compact`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from umx.api import separate_file
+from umx.api import separate_file, separator_for
 from umx.audio import display_path
 from umx.errors import UmxError
 from umx.files import sha256_file, write_bytes_atomic
 from umx.messages import plural, shown
+from umx.options import OutputOptions, SeparationOptions
 from umx.separator import Separator
 
 logger = logging.getLogger("umx")
 
 QUEUED, RUNNING, DONE, FAILED, DELETED = "queued", "running", "done", "failed", "deleted"
 """The status of a job: waiting for a worker (the web queue); handed to a worker; outputs
-written and hashed; an error; removed (told to the page's listeners, never recorded)."""
-MANIFEST_STATUSES = (RUNNING, DONE, FAILED)
-"""The statuses a manifest records."""
+written and hashed; an error; removed (by a user or the web's cache limit)."""
+MANIFEST_STATUSES = (QUEUED, RUNNING, DONE, FAILED, DELETED)
+"""The statuses a manifest records (`umx batch` writes running, done and failed)."""
+COMPACT_MIN_SUPERSEDED = 100
+"""Superseded records a manifest holds at least before `Manifest.append` compacts it (a small
+manifest is not rewritten after every few records)."""
+MAX_LOADED_SEPARATORS = 2
+"""Separators a process keeps loaded (`loaded_separator`; the least recently used goes): a
+batch worker uses one, `umx serve` one per model and stem mode in use."""
+_CHUNKING = ("segment", "overlap", "whole_track")
+"""The fields of `SeparationOptions` that do not change the loaded separator."""
 
 _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "path": (str,),
@@ -135,7 +148,8 @@ def record_problem(record: object) -> str | None:
     if not isinstance(record.get("input"), str):
         return "no input"
     if record.get("status") not in MANIFEST_STATUSES:
-        return f"status {shown(json.dumps(record.get('status')))}, not running, done or failed"
+        status = shown(json.dumps(record.get("status")))
+        return f"status {status}, not queued, running, done, failed or deleted"
     for key, kinds in _RECORD_FIELDS.items():
         value = record.get(key)
         if key in record and (isinstance(value, bool) or not isinstance(value, kinds)):
@@ -202,13 +216,15 @@ def keep_copy(path: Path, why: str, data: bytes) -> Path:
 
 
 class Manifest:
-    """A manifest open for appending, repaired first (see `repair_manifest`).
+    """A manifest open for appending, repaired first (see `repair_manifest`), that keeps the
+    latest record of each input to compact itself.
 
     Args:
         path: the manifest, created if missing.
 
     Attributes:
         records: its complete records when it was opened, in order.
+        latest: the latest record of each input but the deleted ones, as now.
 
     Raises:
         UmxError: the manifest cannot be read.
@@ -217,20 +233,84 @@ class Manifest:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # a compaction cut short
+            leftover.unlink(missing_ok=True)
         self.records = repair_manifest(path)
-        self._file = open(path, "ab")  # noqa: SIM115 (kept open until close)
+        self.latest: dict[str, Mapping[str, Any]] = {}
+        for record in self.records:
+            self._keep(record)
+        self._nb_records = len(self.records)
+        self._compact_from = 0  # superseded records that make `append` compact
+        self._fd = _open_append(path)
+
+    @property
+    def superseded(self) -> int:
+        """The records on file that a later one replaced (or that say deleted)."""
+        return self._nb_records - len(self.latest)
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Add a record, on disk (flushed and fsynced) when this returns."""
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
-        self._file.write(line.encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Add a record, on disk (fsynced) when this returns, then compact the manifest if its
+        superseded records outnumber the live ones (and `COMPACT_MIN_SUPERSEDED`).
+
+        Raises:
+            OSError: the record could not be written (a full disk): the file is as it was.
+        """
+        line = _line(record)
+        size = os.fstat(self._fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # no half line for the next record to follow
+                os.ftruncate(self._fd, size)
+            raise
+        self._nb_records += 1
+        self._keep(record)
+        due = max(len(self.latest), COMPACT_MIN_SUPERSEDED, self._compact_from)
+        if self.superseded > due:
+            try:
+                self.compact()
+            except OSError as error:  # the records are safe: compaction waits for more of them
+                self._compact_from = 2 * self.superseded
+                logger.warning(
+                    "%s: cannot compact it (%s); it is kept as it is",
+                    display_path(self.path),
+                    error.strerror or error,
+                )
+
+    def compact(self) -> None:
+        """Rewrite the manifest with only the latest record of each input, deleted inputs left
+        out, in the order they were last recorded; atomically (a crash leaves the old file).
+
+        Raises:
+            OSError: it cannot be rewritten; the manifest is as it was.
+        """
+        write_bytes_atomic(self.path, b"".join(_line(r) for r in self.latest.values()))
+        os.close(self._fd)
+        self._fd = _open_append(self.path)
+        self._nb_records, self._compact_from = len(self.latest), 0
 
     def close(self) -> None:
         """Close the file."""
         with contextlib.suppress(OSError):
-            self._file.close()
+            os.close(self._fd)
+
+    def _keep(self, record: Mapping[str, Any]) -> None:
+        self.latest.pop(record["input"], None)  # the order of the last changes
+        if record["status"] != DELETED:
+            self.latest[record["input"]] = record
+
+
+def _open_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+
+def _line(record: Mapping[str, Any]) -> bytes:
+    """A record as a manifest line."""
+    text = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
+    return (text + "\n").encode()
 
 
 def describe_output(path: str | os.PathLike) -> dict[str, Any]:
@@ -272,27 +352,85 @@ def verify_outputs(record: Mapping[str, Any], full: bool = False) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TaskOptions:
+    """What `run_task` separates an input with, and how it writes its stems.
+
+    Attributes:
+        separation: the model and how it separates (its chunks included).
+        output: where the stems go and how they are written.
+        aggregate: groups of targets to write instead of the targets.
+        downmix, match_input: see `umx.api.separate_file`.
+        start, duration: the excerpt of the input to separate, in seconds.
+    """
+
+    separation: SeparationOptions
+    output: OutputOptions
+    aggregate: Mapping[str, Sequence[str]] | None = None
+    downmix: bool = False
+    match_input: bool = False
+    start: float = 0.0
+    duration: float | None = None
+
+    def file_options(self) -> dict[str, Any]:
+        """The keyword arguments of `umx.api.separate_file` but the separator and `on_progress`."""
+        return {
+            **self.output.as_kwargs(),
+            "aggregate": self.aggregate,
+            "downmix": self.downmix,
+            "match_input": self.match_input,
+            "start": self.start,
+            "duration": self.duration,
+            "segment": self.separation.chunk_seconds,
+            "overlap": self.separation.overlap,
+        }
+
+
+_separators: collections.OrderedDict[tuple, Separator] = collections.OrderedDict()
+_separators_lock = threading.Lock()
+
+
+def loaded_separator(options: SeparationOptions) -> Separator:
+    """The separator of `options`, loaded once per process (`umx.api.separator_for`, without
+    a progress bar) and kept for the next input; options that differ only in their chunks
+    share it. At most `MAX_LOADED_SEPARATORS` stay loaded, the least recently used dropped.
+
+    Raises:
+        UmxError: the model cannot be loaded.
+    """
+    key = tuple(
+        (f.name, getattr(options, f.name)) for f in fields(options) if f.name not in _CHUNKING
+    )
+    with _separators_lock:  # a model loads once even when threads ask for it together
+        separator = _separators.pop(key, None)
+        if separator is None:
+            while len(_separators) >= MAX_LOADED_SEPARATORS:
+                _separators.popitem(last=False)
+            separator = separator_for(options, progress=False)
+        _separators[key] = separator
+        return separator
+
+
 def run_task(
     input_path: str | os.PathLike,
-    separator: Separator,
-    options: Mapping[str, Any],
+    options: TaskOptions,
     on_progress: Callable[[float, float], None] | None = None,
     *,
     log_traceback: bool = False,
 ) -> dict[str, Any]:
     """Separate one input with `umx.api.separate_file` and describe what happened as a record.
 
-    An input that cannot be separated (unreadable, corrupt, an output that exists) gives a
-    failed record with the one-line error, and so does an unexpected error (a bug, a resource
-    error), as its type and first line; the caller goes on with its next input. Interruptions
-    (`KeyboardInterrupt`, and any exception that is not an `Exception`, such as a caller's
-    cancellation raised by `on_progress`) pass through, the stems cleaned up by the writers.
+    The separator comes from `loaded_separator`, so a process loads each model once. An input
+    that cannot be separated (a model that cannot be loaded, an input unreadable or corrupt, an
+    output that exists) gives a failed record with the one-line error, and so does an
+    unexpected error (a bug, a resource error), as its type and first line; the caller goes on
+    with its next input. Interruptions (`KeyboardInterrupt`, and any exception that is not an
+    `Exception`, such as a caller's cancellation raised by `on_progress`) pass through, the
+    stems cleaned up by the writers.
 
     Args:
         input_path: the mixture.
-        separator: the loaded models.
-        options: the keyword arguments of `separate_file` (`outdir`, `filename`, `ext`,
-            `start`, `force`...), but `on_progress`.
+        options: the model, the separation and the stem files.
         on_progress: called after each chunk with the seconds of audio done and in all.
         log_traceback: log an unexpected error with its traceback (on a server's terminal)
             as well as recording it; batch workers only record it (their output holds no
@@ -317,8 +455,11 @@ def run_task(
     except OSError:
         record["input_bytes"] = None
     try:
-        reports = separate_file(input_path, separator, **options, on_progress=progress)
-        names = list(options.get("aggregate") or separator.targets)  # the order of the reports
+        separator = loaded_separator(options.separation)
+        reports = separate_file(
+            input_path, separator, **options.file_options(), on_progress=progress
+        )
+        names = list(options.aggregate or separator.targets)  # the order of the reports
         record["status"] = DONE
         record["outputs"] = {
             name: describe_output(report.path) for name, report in zip(names, reports, strict=True)

@@ -10,7 +10,9 @@ Layout of a job directory:
   input is handed to a worker, then `done` (output paths with their SHA-256, size and
   modification time) or `failed` (the one-line error). The latest record of an input is its
   state; the next run removes damaged lines, keeping every complete record and a copy of what
-  it removed (`manifest.jsonl.cut-TIME`).
+  it removed (`manifest.jsonl.cut-TIME`). A run that separated inputs compacts it when it
+  ends: only the latest record of each input stays (rewritten atomically), and a long run
+  compacts it whenever its superseded records outnumber the live ones.
 - `lock`: held (`flock`) by the run in progress, so two runs never share a job.
 """
 
@@ -120,6 +122,7 @@ class Job:
             )
             self.manifest_path = self.directory / MANIFEST_FILE
             self.appended: set[str] = set()  # the inputs this run wrote records of
+            self.ran = False  # whether `start_run` was called: `close` compacts the manifest
             self._manifest = Manifest(self.manifest_path)
             self.latest = latest_records(self._manifest.records)
         except BaseException:
@@ -131,6 +134,7 @@ class Job:
         throughput of `--status` counts from here."""
         self.settings["runs"].append({"started": round(time.time(), 3), **run})
         write_json_atomic(self.directory / SETTINGS_FILE, self.settings)
+        self.ran = True
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Add a record to the manifest, on disk (flushed and fsynced) when this returns."""
@@ -139,9 +143,20 @@ class Job:
         self.appended.add(record["input"])
 
     def close(self) -> None:
-        """Close the manifest and release the lock."""
-        self._manifest.close()
-        self._lock.close()
+        """Compact the manifest after a run (see `umx.jobs.Manifest.compact`; one that cannot
+        be rewritten is left as it is), close it and release the lock."""
+        try:
+            if self.ran and self._manifest.superseded:
+                self._manifest.compact()
+        except OSError as error:
+            logger.warning(
+                "%s: cannot compact it (%s); it is kept as it is",
+                display_path(self.manifest_path),
+                error.strerror or error,
+            )
+        finally:
+            self._manifest.close()
+            self._lock.close()
 
     def __enter__(self) -> Job:
         return self

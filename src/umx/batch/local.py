@@ -40,13 +40,13 @@ def _worker(conn: Connection, spec: WorkerSpec) -> None:
     logging.getLogger("umx").setLevel(logging.WARNING)
     try:
         try:
-            separator = load_worker(spec)
+            load_worker(spec)
         except UmxError as error:
             conn.send(("error", str(error)))
             return
         conn.send(("ready", None))
         while (task := conn.recv()) is not None:
-            conn.send(("done", separate_task(separator, spec, task)))
+            conn.send(("done", separate_task(spec, task)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped by the driver, or the driver is gone: separate_file cleaned up
 

@@ -17,7 +17,6 @@ from umx.cli_options import (
     add_output_arguments,
     add_separation_arguments,
     check_separation_args,
-    segment_from_args,
 )
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
 from umx.errors import UmxError, check_number
@@ -35,6 +34,8 @@ LOCAL_RAY = "local"
 """`--ray` without an address: start a Ray instance on this machine for the run."""
 IDENTITY_OPTIONS = tuple(name for name in SEPARATION_DEFAULTS if name != "device")
 """The separation options that decide the outputs (the device does not, to float precision)."""
+PER_INPUT_OPTIONS = ("start", "duration", "force")
+"""The file options of `umx.jobs.TaskOptions` that each input sets, left out of the identity."""
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
@@ -245,6 +246,8 @@ def plan_job(
     from umx.api import check_aggregate, parse_aggregate, plan_outputs
     from umx.batch.work import WorkerSpec, model_sha256
     from umx.devices import threads_per_worker
+    from umx.jobs import TaskOptions
+    from umx.options import OutputOptions, SeparationOptions
 
     aggregate = parse_aggregate(args.aggregate)
     separator = load_separator(
@@ -261,19 +264,19 @@ def plan_job(
     model, sha256 = str(separator.model_name), model_sha256(separator)
     del separator
     plans = plan_outputs([item.path for item in inputs], names, outdir, args.filename, args.ext)
-    files = {
-        "outdir": str(outdir),
-        "filename": args.filename,
-        "ext": args.ext,
-        "subtype": args.subtype,
-        "clip": args.clip,
-        "aggregate": aggregate,
-        "downmix": args.downmix,
-        "match_input": args.match_input,
-        "segment": segment_from_args(args),
-        "overlap": args.overlap,
-    }
     separation = {name: getattr(args, name) for name in SEPARATION_DEFAULTS}
+    options = TaskOptions(
+        SeparationOptions(model=model, **separation),
+        OutputOptions(outdir, args.filename, args.ext, args.subtype, args.clip),
+        aggregate=aggregate,
+        downmix=args.downmix,
+        match_input=args.match_input,
+    )
+    files = {
+        name: str(value) if name == "outdir" else value
+        for name, value in options.file_options().items()
+        if name not in PER_INPUT_OPTIONS
+    }
     identity = {
         "model": model,
         "model_sha256": sha256,
@@ -285,7 +288,7 @@ def plan_job(
         threads = args.threads or threads_per_worker(args.jobs or 1)
     else:
         threads = args.threads or 1
-    spec = WorkerSpec(model, sha256, separation, files, threads, is_offline())
+    spec = WorkerSpec(options, sha256, threads, is_offline())
     return identity, spec, plans
 
 

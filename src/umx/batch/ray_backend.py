@@ -50,7 +50,7 @@ class BatchWorker:
         self.spec = spec
         self.error: str | None = None
         try:
-            self.separator = load_worker(spec)
+            load_worker(spec)
         except UmxError as error:
             self.error = str(error)
 
@@ -60,7 +60,7 @@ class BatchWorker:
 
     def separate(self, task: Task) -> dict[str, Any]:
         """Separate one input into its manifest record."""
-        return separate_task(self.separator, self.spec, task)
+        return separate_task(self.spec, task)
 
 
 class RayPool:

@@ -1,5 +1,6 @@
-"""What a batch worker does, in a local process or a Ray actor alike: load the model once, then
-separate one input after another with `umx.jobs.run_task`, each into a manifest record."""
+"""What a batch worker does, in a local process or a Ray actor alike: load the model once (into
+the process's cache, `umx.jobs.loaded_separator`), then separate one input after another with
+`umx.jobs.run_task`, each into a manifest record."""
 
 from __future__ import annotations
 
@@ -16,12 +17,10 @@ from typing import Any
 
 import torch
 
-from umx.api import separator_for
 from umx.audio import display_path, leftover_temporaries
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
-from umx.jobs import FAILED, run_task
-from umx.options import SeparationOptions
+from umx.jobs import FAILED, TaskOptions, loaded_separator, run_task
 from umx.separator import Separator
 from umx.weights import hash_weights
 
@@ -36,20 +35,22 @@ class WorkerSpec:
     """Everything a worker needs to load the model and write stems, the same for every input.
 
     Attributes:
-        model: the model to load, as the driver resolved it (a zoo name or a directory).
+        options: how every input is separated and written, the model as the driver resolved
+            it (a zoo name or a directory); each task sets its excerpt and `force`.
         model_sha256: the hash of its weights (see `model_sha256`), checked by every worker.
-        separation: the fields of `umx.options.SeparationOptions` but the model.
-        files: the options of `umx.api.separate_file` that are the same for every input.
         threads: torch's CPU threads in the worker.
         offline: never touch the network (the driver's setting, passed on explicitly).
     """
 
-    model: str
+    options: TaskOptions
     model_sha256: str
-    separation: Mapping[str, Any]
-    files: Mapping[str, Any]
     threads: int = 1
     offline: bool = True
+
+    @property
+    def model(self) -> str:
+        """The model, as the driver resolved it."""
+        return str(self.options.separation.model)
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def load_worker(spec: WorkerSpec) -> Separator:
-    """The worker's separator, loaded once, on `spec.threads` CPU threads, with the memory
-    settings of the `umx` command (`umx.devices.keep_freed_memory`).
+def load_worker(spec: WorkerSpec) -> None:
+    """Set this worker process up (`spec.threads` CPU threads, the memory settings of the `umx`
+    command: `umx.devices.keep_freed_memory`) and load its separator once, into the process's
+    cache (`umx.jobs.loaded_separator`) where `run_task` finds it.
 
     Raises:
         UmxError: the model cannot be loaded, or its weights differ from the job's (another
@@ -110,17 +112,16 @@ def load_worker(spec: WorkerSpec) -> Separator:
     keep_freed_memory()  # as the umx command does: measured 30 % faster per file here
     torch.set_num_threads(spec.threads)
     os.environ["UMX_OFFLINE"] = "1" if spec.offline else "0"
-    options = SeparationOptions(model=spec.model, **spec.separation)
-    separator = separator_for(options, progress=False)
-    if options.backend == "torch" and model_sha256(separator) != spec.model_sha256:
+    separation = spec.options.separation
+    separator = loaded_separator(separation)
+    if separation.backend == "torch" and model_sha256(separator) != spec.model_sha256:
         raise UmxError(
             f"the model {spec.model} on {socket.gethostname()} has other weights than the job's "
             f"(SHA-256 {spec.model_sha256[:12]}...); install the same model on every machine"
         )
-    return separator
 
 
-def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[str, Any]:
+def separate_task(spec: WorkerSpec, task: Task) -> dict[str, Any]:
     """Separate one input with `umx.jobs.run_task` and add what the job keeps of it.
 
     An input that cannot be separated (unreadable, corrupt, an output that exists) gives a
@@ -137,14 +138,20 @@ def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[st
         "model": spec.model,
         "model_sha256": spec.model_sha256,
     }
-    folders = _missing_folders(task.outputs.values(), spec.files["outdir"])
+    output = spec.options.output
+    folders = _missing_folders(task.outputs.values(), output.outdir)
     if task.force:  # a worker that died with this input may have left temporary files
         for path in task.outputs.values():
             for leftover in leftover_temporaries(path):
                 leftover.unlink(missing_ok=True)
-    options = {**spec.files, "start": task.start, "duration": task.duration, "force": task.force}
+    options = replace(
+        spec.options,
+        output=replace(output, force=task.force),
+        start=task.start,
+        duration=task.duration,
+    )
     try:
-        record.update(run_task(task.path, separator, options))
+        record.update(run_task(task.path, options))
     except KeyboardInterrupt:  # stopped: the writers removed their files, and so go the folders
         for folder in folders:
             with contextlib.suppress(OSError):
@@ -154,7 +161,7 @@ def separate_task(separator: Separator, spec: WorkerSpec, task: Task) -> dict[st
     return record
 
 
-def _missing_folders(outputs: Iterable[str], outdir: str) -> list[Path]:
+def _missing_folders(outputs: Iterable[str], outdir: str | os.PathLike) -> list[Path]:
     """The folders that writing `outputs` would create inside `outdir`, deepest first."""
     root = Path(outdir)
     missing = set()

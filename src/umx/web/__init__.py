@@ -2,10 +2,13 @@
 
 Its modules, one job each:
 
-- :mod:`umx.web.jobs`: the job store on disk (one folder per input and options, named by their
-  SHA-256), the bounded queue, the listeners, the cache limit and the worker threads that run
-  `umx.jobs.run_task`.
-- :mod:`umx.web.records`: a job's record (`job.json`), its id, and its names on the page.
+- :mod:`umx.web.jobs`: the job store on disk (the manifest of `umx.jobs`, and one folder per
+  input and options, named by their SHA-256), the bounded queue, the listeners, the cache limit
+  and the worker threads that run `umx.jobs.run_task`.
+- :mod:`umx.web.records`: a job's record (a line of the manifest), its id, and its names on the
+  page.
+- :mod:`umx.web.storage`: the data directory's files: checked writable at start, folder sizes,
+  removals a crash cannot leave half done.
 - :mod:`umx.web.uploads`: uploads written to disk as they arrive, within the size limit.
 - :mod:`umx.web.downloads`: a finished job's stems in other formats, zip files and mixes.
 - :mod:`umx.web.server`: the Starlette application, its HTTP routes and the server-sent events.

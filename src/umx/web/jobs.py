@@ -4,8 +4,9 @@ that separate with `umx.jobs.run_task`, listeners and the cache limit (uploads a
 
 Layout of the data directory::
 
+    jobs.jsonl                 the manifest (`umx.jobs.Manifest`): a record of each job's
+                               every change (name, options, state, error, stems, times)
     uploads/.<random>.part     an upload being received (removed on failure and at start)
-    jobs/<id>/job.json         the job's record (name, options, state, error, stems, times)
     jobs/<id>/input            the uploaded file, exactly as received
     jobs/<id>/stems/<stem>.wav the stems, 32-bit float, at the input's rate and channels
     jobs/<id>/downloads/       flac and mp3 stems, zip files, the original mix decoded
@@ -13,23 +14,28 @@ Layout of the data directory::
 
 A job's id is the start of the SHA-256 of the input's SHA-256 and the separation options, so
 the same song with the same options is never separated twice, and the id is the only name used
-on disk: a file's own name is kept in `job.json` for display, never used as a path. Every file is
-written under a hidden name and renamed into place (a job folder, its stems folder, each
-download), so a crash leaves only hidden leftovers, removed at the next start; queued and running
-jobs found at start are queued again.
+on disk: a file's own name is kept in its record for display, never used as a path. Every file
+is written under a hidden name and renamed into place (a job folder, its stems folder, each
+download), so a crash leaves only hidden leftovers, removed at the next start.
+
+At start the manifest is replayed: the latest record of each job is its state, queued and
+running jobs are queued again, and a job whose folder is gone is forgotten. Nothing is written
+until the workers start or a job changes: then the manifest is repaired if it is damaged (as
+`umx batch` repairs its own), the `job.json` files of an older umx serve are taken into it and
+removed, and it is compacted; it is compacted again whenever superseded records outnumber the
+jobs.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,9 +45,19 @@ import torch
 from umx.audio import audio_info, display_path
 from umx.devices import release_freed_memory
 from umx.errors import UmxError
-from umx.files import write_json_atomic
-from umx.jobs import DELETED, DONE, FAILED, QUEUED, RUNNING, run_task
-from umx.separator import OVERLAP, SEGMENT, Separator, check_options
+from umx.jobs import (
+    DELETED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    Manifest,
+    TaskOptions,
+    loaded_separator,
+    run_task,
+)
+from umx.options import OutputOptions, SeparationOptions
+from umx.separator import OVERLAP, SEGMENT, check_options
 from umx.web.downloads import Downloads
 from umx.web.records import (
     ALL_STEMS,
@@ -49,7 +65,7 @@ from umx.web.records import (
     ID_DIGITS,
     INPUT,
     JOB_ID,
-    RECORD,
+    MANIFEST,
     STEM_EXT,
     STEMS,
     Busy,
@@ -58,20 +74,17 @@ from umx.web.records import (
     error_summary,
     job_key,
     model_targets,
+    replay,
     rest_name,
     stem_modes,
 )
+from umx.web.storage import as_named, check_data_dir, folder_size, remove
 from umx.web.uploads import Upload
-from umx.zoo import load_separator
 
 logger = logging.getLogger("umx")
 
-MAX_LOADED_MODELS = 2
-"""Separators kept loaded between jobs (the least recently used is dropped)."""
 PROGRESS_STEP = 0.01
 """Progress is reported to listeners when it grew by this fraction of the song at least."""
-PROBE_BYTES = 1 << 16
-"""Bytes written (and removed) at start to check that the data directory takes files."""
 
 
 class _Cancelled(BaseException):
@@ -97,7 +110,8 @@ class JobStore(Downloads):
             reported after each chunk.
 
     Raises:
-        UmxError: the data directory cannot be created or written to (see `_check_data_dir`).
+        UmxError: the data directory cannot be created or written to (see
+            `umx.web.storage.check_data_dir`).
     """
 
     def __init__(
@@ -116,18 +130,18 @@ class JobStore(Downloads):
         self.root, self.models, self.device = Path(root), list(models), device
         self.max_queue, self.max_cache_bytes = max_queue, max_cache_bytes
         self.jobs_dir, self.uploads_dir = self.root / "jobs", self.root / "uploads"
-        _check_data_dir(self.root, (self.jobs_dir, self.uploads_dir))
+        self.manifest_path = self.root / MANIFEST
+        check_data_dir(self.root, (self.jobs_dir, self.uploads_dir))
         self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._separators: collections.OrderedDict[tuple[str, str], Separator] = (
-            collections.OrderedDict()
-        )
         self._targets: dict[str, list[str]] = {}
-        self._models_lock = threading.Lock()
+        self._manifest: Manifest | None = None  # opened to write (see `_append`)
+        self._unrecorded: list[dict[str, Any]] = []  # see `Replay`
+        self._legacy: list[Path] = []
         self._workers: list[threading.Thread] = []
         self._stopping = False
         self._load()
@@ -135,42 +149,68 @@ class JobStore(Downloads):
     # --- the store ---------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Read the jobs on disk, remove hidden leftovers, queue again the unfinished jobs (and
-        remove what an interrupted run of them left: stems not yet recorded, downloads)."""
+        """Replay the data directory (see `umx.web.records.replay`), remove hidden leftovers and
+        the folders of deleted jobs, and queue again the unfinished jobs (removing what an
+        interrupted run of them left: stems not yet recorded, downloads)."""
         for leftover in self.uploads_dir.iterdir():
-            _remove(leftover)
-        jobs = []
-        for directory in self.jobs_dir.iterdir():
-            if directory.name.startswith("."):
-                shutil.rmtree(directory, ignore_errors=True)
-                continue
-            try:
-                job = Job.read(directory / RECORD)
-                if job.id != directory.name:
-                    raise ValueError("a job record of another folder")
-            except (OSError, ValueError, TypeError) as error:
-                logger.warning("%s is not a job (%s); left alone", display_path(directory), error)
-                continue
+            remove(leftover)
+        for directory in self.jobs_dir.glob(".*"):
+            shutil.rmtree(directory, ignore_errors=True)
+        found = replay(self.manifest_path, self.jobs_dir)
+        for directory in found.deleted:  # the server stopped before it removed them
+            remove(directory)
+        self._unrecorded, self._legacy = found.unrecorded, found.legacy
+        for job in sorted(found.jobs.values(), key=lambda job: job.created):
+            directory = self.jobs_dir / job.id
             for part in [*directory.glob(".*"), *(directory / DOWNLOADS).glob(".*")]:
-                _remove(part)
-            jobs.append(job)
-        for job in sorted(jobs, key=lambda job: job.created):
+                remove(part)
             self._jobs[job.id] = job
             if job.state in (QUEUED, RUNNING):
                 job.state, job.progress = QUEUED, 0.0
                 for stale in (STEMS, DOWNLOADS):
-                    _remove(self.jobs_dir / job.id / stale)
+                    remove(directory / stale)
                 self._pending.append(job.id)
         if self._pending:
             logger.info("%d unfinished jobs queued again", len(self._pending))
 
-    def _save(self, job: Job) -> None:
-        """Record a job's state in its folder. A data directory that cannot take it (full) is
-        said in one line and the job goes on: the next start finds it as last recorded."""
+    def _append(self, record: dict[str, Any]) -> None:
+        """Add a record to the manifest (see `_open_manifest`); call with the lock held.
+
+        Raises:
+            OSError, UmxError: the manifest cannot be read or written.
+        """
+        self._open_manifest().append(record)
+
+    def _open_manifest(self) -> Manifest:
+        """The manifest, open to append; opened once: repaired, given what `_load` found to
+        record (and the `LEGACY_RECORD` files it read removed), compacted.
+
+        Raises:
+            OSError, UmxError: it cannot be read or written.
+        """
+        if self._manifest is None:
+            manifest = Manifest(self.manifest_path)
+            for found in self._unrecorded:
+                manifest.append(found)
+            for legacy in self._legacy:
+                legacy.unlink(missing_ok=True)
+            if manifest.superseded:
+                manifest.compact()
+            self._manifest, self._unrecorded, self._legacy = manifest, [], []
+        return self._manifest
+
+    def _save(self, job: Job, outputs: dict[str, Any] | None = None) -> None:
+        """Record a job's state in the manifest; call with the lock held. A data directory that
+        cannot take it (full) is said in one line and the job goes on: the next start finds it
+        as last recorded."""
+        self._record(job.id, job.record(outputs))
+
+    def _record(self, job_id: str, record: dict[str, Any]) -> None:
         try:
-            write_json_atomic(self.jobs_dir / job.id / RECORD, asdict(job))
-        except OSError as error:
-            logger.error("%s: cannot record its state: %s", job.id, error.strerror or error)
+            self._append(record)
+        except (OSError, UmxError) as error:
+            reason = getattr(error, "strerror", None) or error
+            logger.error("%s: cannot record its state: %s", job_id, reason)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's public record, the newest first."""
@@ -188,7 +228,7 @@ class JobStore(Downloads):
             return self._public(self._get(job_id))
 
     def _public(self, job: Job) -> dict[str, Any]:
-        """A job's record as the page sees it: `job.json`'s fields, its place in the queue
+        """A job's record as the page sees it: the fields of `Job`, its place in the queue
         (`position`, 1 for the next to run; None unless queued) and its error's first clause
         (`error_summary`)."""
         with self._lock:
@@ -275,7 +315,7 @@ class JobStore(Downloads):
             try:
                 audio_info(upload.path)
             except UmxError as error:
-                raise UmxError(_rename(str(error), upload.path, upload.name)) from None
+                raise UmxError(as_named(str(error), upload.path, upload.name)) from None
             with self._lock:
                 known = self._jobs.get(job_id)  # again: the same song may have come meanwhile
                 if known is not None and known.state != FAILED:
@@ -284,11 +324,15 @@ class JobStore(Downloads):
                 job = Job(id=job_id, name=upload.name, size=upload.size, **options)
                 staging = self.jobs_dir / f".{job_id}.{secrets.token_hex(4)}"
                 staging.mkdir()
-                os.replace(upload.path, staging / INPUT)
-                write_json_atomic(staging / RECORD, asdict(job))
-                if known is not None:  # a failed job, asked for again
-                    _remove(self.jobs_dir / job_id)
-                os.replace(staging, self.jobs_dir / job_id)
+                try:
+                    os.replace(upload.path, staging / INPUT)
+                    self._append(job.record())  # first: a crash before the folder forgets it
+                    if known is not None:  # a failed job, asked for again
+                        remove(self.jobs_dir / job_id)
+                    os.replace(staging, self.jobs_dir / job_id)
+                except BaseException:
+                    remove(staging)
+                    raise
                 self._jobs[job_id] = job
                 self._pending.append(job_id)
                 self._ready.notify()
@@ -314,7 +358,8 @@ class JobStore(Downloads):
             else:
                 if job.state == QUEUED:
                     self._pending.remove(job_id)
-                _remove(self.jobs_dir / job_id)
+                remove(self.jobs_dir / job_id)
+            self._record(job_id, {"input": job_id, "status": DELETED})
         self._notify({"id": job_id, "state": DELETED})
         if job.state == QUEUED:
             self._queue_changed()
@@ -367,7 +412,14 @@ class JobStore(Downloads):
     # --- workers -----------------------------------------------------------------------------
 
     def start(self, nb_workers: int, preload: str | None = None) -> None:
-        """Start the worker threads; the first loads `preload` before taking jobs."""
+        """Open the manifest (see `_append`), and start the worker threads; the first loads
+        `preload` before taking jobs."""
+        with self._lock:
+            try:
+                self._open_manifest()
+            except (OSError, UmxError) as error:  # each change will say it cannot be recorded
+                reason = getattr(error, "strerror", None) or error
+                logger.error("%s: cannot be written: %s", display_path(self.manifest_path), reason)
         for index in range(nb_workers):
             worker = threading.Thread(
                 target=self._work,
@@ -380,7 +432,7 @@ class JobStore(Downloads):
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the workers: a running separation ends at its next chunk, and its job, like the
-        queued ones, stays queued on disk for the next start.
+        queued ones, stays queued on disk for the next start; then close the manifest.
 
         Args:
             timeout: the most seconds to wait for the workers, in all; None: until they end.
@@ -396,12 +448,16 @@ class JobStore(Downloads):
         for worker in self._workers:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._workers = [worker for worker in self._workers if worker.is_alive()]
+        with self._lock:  # closed: a later change opens it again
+            if self._manifest is not None:
+                self._manifest.close()
+                self._manifest = None
         return not self._workers
 
     def _work(self, preload: str | None) -> None:
         if preload is not None:
             try:
-                self._separator(preload)
+                loaded_separator(self._separation(preload))
             except UmxError as error:
                 logger.warning("cannot load %s yet: %s", preload, error)
         while True:
@@ -422,21 +478,22 @@ class JobStore(Downloads):
             if idle:  # an idle server holds only what its loaded models need
                 release_freed_memory()
 
-    def _separator(self, model: str, stems: str = ALL_STEMS) -> Separator:
-        """The loaded separator of a model and stem mode, loading it (and dropping the least
-        used) if needed: every target, or one target and the rest as its residual."""
-        key = (model, stems)
-        with self._models_lock:
-            if key in self._separators:
-                self._separators.move_to_end(key)
-            else:
-                while len(self._separators) >= MAX_LOADED_MODELS:
-                    self._separators.popitem(last=False)
-                one = {"targets": [stems], "residual": rest_name(stems)}
-                self._separators[key] = load_separator(
-                    model, device=self.device, progress=False, **({} if stems == ALL_STEMS else one)
-                )
-            return self._separators[key]
+    def _separation(self, model: str, stems: str = ALL_STEMS) -> SeparationOptions:
+        """How a model separates with a stem mode: every target, or one target and the rest as
+        its residual (only that target's model runs), in the store's chunks, on its device.
+
+        Raises:
+            UmxError: the options do not go together (see `SeparationOptions`).
+        """
+        one = {"targets": (stems,), "residual": rest_name(stems)}
+        return SeparationOptions(
+            model=model,
+            segment=self.segment or SEGMENT,
+            whole_track=self.segment is None,
+            overlap=self.overlap,
+            device=str(self.device),
+            **({} if stems == ALL_STEMS else one),
+        )
 
     def _run(self, job: Job) -> None:
         """Separate one job into its folder, and record how it ended."""
@@ -453,42 +510,38 @@ class JobStore(Downloads):
                 self._notify(self._public(job))
 
         start = time.perf_counter()
-        options = {
-            "outdir": staging,
-            "filename": f"{{target}}.{STEM_EXT}",
-            "ext": STEM_EXT,
-            "subtype": "FLOAT",
-            "clip": "none",
-            "match_input": True,
-            "downmix": True,
-            "segment": self.segment,
-            "overlap": self.overlap,
-        }
+        output = OutputOptions(staging, f"{{target}}.{STEM_EXT}", STEM_EXT, "FLOAT", "none")
         # How the job ended: its state, error and stems, recorded together with the time under
         # the lock, so that a reader never sees a finished state without its time.
-        state, message, targets = RUNNING, None, job.targets
+        state, message, targets, outputs = RUNNING, None, job.targets, None
         try:
-            separator = self._separator(job.model, job.stems)
-            record = run_task(directory / INPUT, separator, options, progress, log_traceback=True)
+            options = TaskOptions(
+                self._separation(job.model, job.stems), output, downmix=True, match_input=True
+            )
+            record = run_task(directory / INPUT, options, progress, log_traceback=True)
             if record["status"] == DONE:
                 os.replace(staging, directory / STEMS)
                 state, targets = DONE, list(record["outputs"])
+                outputs = {  # where the stems are now (a rename keeps their times)
+                    name: {**stem, "path": str(directory / STEMS / Path(stem["path"]).name)}
+                    for name, stem in record["outputs"].items()
+                }
             else:
-                state, message = FAILED, _rename(record["error"], directory / INPUT, job.name)
+                state, message = FAILED, as_named(record["error"], directory / INPUT, job.name)
         except _Cancelled:
             if job.id in self._cancelled:
                 logger.info("%s: deleted while separating", display_path(job.name))
-        except UmxError as error:  # the model cannot be loaded
-            state, message = FAILED, _rename(str(error), directory / INPUT, job.name)
+        except UmxError as error:  # the stem mode does not go with the model
+            state, message = FAILED, as_named(str(error), directory / INPUT, job.name)
         except Exception as error:  # the server keeps serving whatever one job does
             logger.exception("%s: separation failed", display_path(job.name))
             state, message = FAILED, f"the separation failed unexpectedly: {error}"
         finally:
-            _remove(staging)
+            remove(staging)
         with self._lock:
             if job.id in self._cancelled:
                 self._cancelled.discard(job.id)
-                _remove(directory)
+                remove(directory)
                 return
             if state == RUNNING:  # stopped: its record says running, queued at next start
                 return
@@ -497,7 +550,7 @@ class JobStore(Downloads):
                 job.error = message
             job.seconds, job.finished = time.perf_counter() - start, time.time()
             job.progress = 1.0 if job.state == DONE else job.progress
-            self._save(job)
+            self._save(job, outputs)
             record = self._public(job)
         if job.state == DONE:
             logger.info("%s: separated in %.1f s", display_path(job.name), job.seconds)
@@ -511,7 +564,7 @@ class JobStore(Downloads):
     def _evict(self) -> None:
         """Remove the oldest finished jobs while the jobs take more than `max_cache_bytes`."""
         with self._lock:
-            sizes = {job_id: _size(self.jobs_dir / job_id) for job_id in self._jobs}
+            sizes = {job_id: folder_size(self.jobs_dir / job_id) for job_id in self._jobs}
             total = sum(sizes.values())
             ended = [job for job in self._jobs.values() if job.state in (DONE, FAILED)]
             ended.sort(key=lambda job: job.finished or job.created)
@@ -521,69 +574,9 @@ class JobStore(Downloads):
                     break
                 total -= sizes[job.id]
                 del self._jobs[job.id]
-                _remove(self.jobs_dir / job.id)
+                remove(self.jobs_dir / job.id)
+                self._record(job.id, {"input": job.id, "status": DELETED})
                 gone.append(job)
         for job in gone:
             logger.info("%s: removed to keep the cache under its limit", display_path(job.name))
             self._notify({"id": job.id, "state": DELETED})
-
-
-def _check_data_dir(root: Path, folders: Sequence[Path]) -> None:
-    """Create the data directory's `folders` and make sure files can be written in them.
-
-    Raises:
-        UmxError: it cannot be used (a file, not creatable, read-only, full), in one sentence
-            that names it.
-    """
-    where = f"the data directory {display_path(root)}"
-    try:
-        if root.exists() and not root.is_dir():
-            raise UmxError(f"{where} is not a folder; choose another with --data-dir")
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".probe.{secrets.token_hex(4)}.tmp"
-            try:
-                with open(probe, "xb") as file:
-                    file.write(bytes(PROBE_BYTES))
-                    file.flush()
-                    os.fsync(file.fileno())
-            finally:
-                probe.unlink(missing_ok=True)
-    except OSError as error:
-        raise UmxError(
-            f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
-        ) from None
-
-
-def _rename(message: str, path: Path, name: str) -> str:
-    """An error message about a stored file, naming it as the user knows it."""
-    return message.replace(display_path(path), display_path(name))
-
-
-def _files(directory: Path) -> Iterator[Path]:
-    for root, _, names in os.walk(directory):
-        for name in names:
-            yield Path(root) / name
-
-
-def _size(directory: Path) -> int:
-    """The bytes of the files under `directory` (0 where it is gone)."""
-    total = 0
-    for path in _files(directory):
-        with contextlib.suppress(OSError):  # removed meanwhile
-            total += path.lstat().st_size
-    return total
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or a folder: first renamed to a hidden name, so that a crash in the middle
-    leaves a leftover removed at the next start, never a half job."""
-    if path.is_dir() and not path.is_symlink():
-        hidden = path.with_name(f".{path.name}.{secrets.token_hex(4)}.gone")
-        try:
-            os.replace(path, hidden)
-        except OSError:
-            return
-        shutil.rmtree(hidden, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -1,20 +1,35 @@
-"""What `umx serve` knows of a job: its record (`job.json`), its id, the names of its files and
-stems, and how its name and error are shown on the page."""
+"""What `umx serve` knows of a job: its record (a line of the store's manifest, see
+`umx.jobs`), its id, the names of its files and stems, and how its name and error are shown on
+the page."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from umx.audio import display_path
 from umx.errors import UmxError
-from umx.jobs import DONE, FAILED, QUEUED, RUNNING
+from umx.jobs import (
+    DELETED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    describe_output,
+    latest_records,
+    scan_manifest,
+)
 from umx.modeldir import directory_files
 from umx.zoo import MODELS
+
+logger = logging.getLogger("umx")
 
 ID_DIGITS = 32
 JOB_ID = re.compile(rf"^[0-9a-f]{{{ID_DIGITS}}}$")
@@ -27,7 +42,12 @@ ORIGINAL = "mixture"
 SUMMARY_MIN, SUMMARY_MAX = 24, 160
 """An error's summary ends at its first `: ` or ` (` past SUMMARY_MIN characters, and is cut
 at SUMMARY_MAX: the page shows it in one line, the whole message on request."""
-INPUT, RECORD, STEMS, DOWNLOADS = "input", "job.json", "stems", "downloads"
+INPUT, STEMS, DOWNLOADS = "input", "stems", "downloads"
+MANIFEST = "jobs.jsonl"
+"""The store's manifest, in the data directory: every job's records (`umx.jobs.Manifest`)."""
+LEGACY_RECORD = "job.json"
+"""Where umx serve before its manifest kept each job's record, in the job's folder: read once
+into the manifest, then removed."""
 STEM_EXT = "wav"
 MAX_NAME = 200
 """The longest file name kept for display, in characters."""
@@ -90,9 +110,26 @@ def job_key(input_sha256: str, options: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "model": (str,),
+    "stems": (str,),
+    "size": (int,),
+    "created": (int, float),
+    "finished": (int, float),
+    "progress": (int, float),
+    "duration": (int, float),
+    "seconds": (int, float),
+    "targets": (list,),
+    "error": (str,),
+}
+"""The JSON types of a job's fields in its record (a field may be left out where unset)."""
+_REQUIRED = ("name", "model", "stems", "size")
+
+
 @dataclass
 class Job:
-    """One song and its separation options, as recorded in `job.json` and shown on the page.
+    """One song and its separation options, as recorded in the manifest and shown on the page.
 
     Attributes:
         id: see `job_key`.
@@ -123,12 +160,42 @@ class Job:
     targets: list[str] = field(default_factory=list)
     error: str | None = None
 
+    def record(self, outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The job as a manifest record: its id is the record's `input`, its state its
+        `status`, and its other fields follow but those unset; a done job's record holds its
+        stems' `outputs` (see `umx.jobs.describe_output`)."""
+        data = {k: v for k, v in asdict(self).items() if v is not None and k not in ("id", "state")}
+        done = {"outputs": dict(outputs or {})} if self.state == DONE else {}
+        return {"input": self.id, "status": self.state, **data, **done}
+
     @classmethod
-    def read(cls, path: Path) -> Job:
-        """The job recorded in `path`.
+    def from_record(cls, record: Mapping[str, Any]) -> Job:
+        """The job a manifest record (see `record`) describes.
 
         Raises:
-            ValueError: the file is not a job record of this version.
+            ValueError: the record is not one of a job of `umx serve`, saying why.
+        """
+        data = {k: v for k, v in record.items() if k in _FIELD_TYPES}
+        for key, kinds in _FIELD_TYPES.items():
+            value = data.get(key)
+            if key in data and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ValueError(f"its {key} is {json.dumps(value)[:40]}")
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ValueError(f"no {missing[0]}")
+        job = cls(id=record["input"], state=record["status"], **data)
+        if not JOB_ID.match(job.id) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
+            raise ValueError("not a job's id or state")
+        if not all(isinstance(target, str) for target in job.targets):
+            raise ValueError("its targets are not names")
+        return job
+
+    @classmethod
+    def read(cls, path: Path) -> Job:
+        """The job recorded in `path`, a `LEGACY_RECORD` of an older umx serve.
+
+        Raises:
+            ValueError: the file is not a job record of that version.
         """
         data = json.loads(path.read_text())
         names = {f.name for f in fields(cls)}
@@ -138,3 +205,81 @@ class Job:
         if not JOB_ID.match(str(job.id)) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
             raise ValueError("not a job record")
         return job
+
+
+@dataclass
+class Replay:
+    """What a data directory holds, as `replay` read it.
+
+    Attributes:
+        jobs: the jobs, by id.
+        unrecorded: the records the manifest lacks: the jobs read from a `LEGACY_RECORD`, and
+            the deletion of jobs whose folder is gone (the server stopped between removing it
+            and recording that).
+        legacy: the `LEGACY_RECORD` files of `jobs`, to remove once `unrecorded` is recorded.
+        deleted: the folders of deleted jobs (the server stopped before it removed them).
+    """
+
+    jobs: dict[str, Job] = field(default_factory=dict)
+    unrecorded: list[dict[str, Any]] = field(default_factory=list)
+    legacy: list[Path] = field(default_factory=list)
+    deleted: list[Path] = field(default_factory=list)
+
+
+def replay(manifest: Path, jobs_dir: Path) -> Replay:
+    """Read the jobs of a data directory, writing nothing: the latest record of each job in the
+    manifest (damaged lines skipped), and the `LEGACY_RECORD` of a job folder it does not name.
+    A record or a folder that is not a job's is left alone, with a warning."""
+    latest = latest_records(scan_manifest(manifest).records)
+    found = Replay()
+    for job_id, record in latest.items():
+        if record["status"] == DELETED:
+            continue
+        try:
+            found.jobs[job_id] = Job.from_record(record)
+        except ValueError as error:
+            logger.warning("%s: the record of %s is not a job's (%s)", MANIFEST, job_id, error)
+    for directory in sorted(jobs_dir.iterdir()):
+        if directory.name.startswith("."):
+            continue
+        legacy = directory / LEGACY_RECORD
+        if directory.name not in latest and legacy.exists():
+            try:
+                job, outputs = _read_legacy(directory)
+            except (OSError, ValueError, TypeError) as error:
+                logger.warning("%s is not a job (%s); left alone", display_path(directory), error)
+                continue
+            found.jobs[job.id] = job
+            found.unrecorded.append(job.record(outputs))
+        if directory.name in found.jobs:
+            if legacy.exists():
+                found.legacy.append(legacy)
+        elif latest.get(directory.name, {}).get("status") == DELETED:
+            found.deleted.append(directory)
+        else:
+            logger.warning("%s is not a job (no record); left alone", display_path(directory))
+    for job_id in list(found.jobs):
+        if not (jobs_dir / job_id).is_dir():
+            del found.jobs[job_id]
+            found.unrecorded.append({"input": job_id, "status": DELETED})
+    return found
+
+
+def _read_legacy(directory: Path) -> tuple[Job, dict[str, Any] | None]:
+    """A job of an older umx serve, from its `LEGACY_RECORD`, and its stems described (see
+    `umx.jobs.describe_output`) if it is done.
+
+    Raises:
+        OSError, ValueError, TypeError: the record cannot be read, or is not a job's.
+    """
+    job = Job.read(directory / LEGACY_RECORD)
+    if job.id != directory.name:
+        raise ValueError("a job record of another folder")
+    if job.state != DONE:
+        return job, None
+    stems = directory / STEMS
+    return job, {
+        target: describe_output(stems / f"{target}.{STEM_EXT}")
+        for target in job.targets
+        if (stems / f"{target}.{STEM_EXT}").is_file()
+    }

@@ -1,0 +1,79 @@
+"""The files of `umx serve`'s data directory: checking that it takes files, the size of a job's
+folder, and removals that a crash cannot leave half done."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from umx.audio import display_path
+from umx.errors import UmxError
+
+PROBE_BYTES = 1 << 16
+"""Bytes written (and removed) at start to check that the data directory takes files."""
+
+
+def check_data_dir(root: Path, folders: Sequence[Path]) -> None:
+    """Create the data directory's `folders` and make sure files can be written in them.
+
+    Raises:
+        UmxError: it cannot be used (a file, not creatable, read-only, full), in one sentence
+            that names it.
+    """
+    where = f"the data directory {display_path(root)}"
+    try:
+        if root.exists() and not root.is_dir():
+            raise UmxError(f"{where} is not a folder; choose another with --data-dir")
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe.{secrets.token_hex(4)}.tmp"
+            try:
+                with open(probe, "xb") as file:
+                    file.write(bytes(PROBE_BYTES))
+                    file.flush()
+                    os.fsync(file.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+    except OSError as error:
+        raise UmxError(
+            f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
+        ) from None
+
+
+def as_named(message: str, path: Path, name: str) -> str:
+    """An error message about a stored file, naming it as the user knows it."""
+    return message.replace(display_path(path), display_path(name))
+
+
+def _files(directory: Path) -> Iterator[Path]:
+    """Every file under `directory`."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            yield Path(root) / name
+
+
+def folder_size(directory: Path) -> int:
+    """The bytes of the files under `directory` (0 where it is gone)."""
+    total = 0
+    for path in _files(directory):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            total += path.lstat().st_size
+    return total
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder: first renamed to a hidden name, so that a crash in the middle
+    leaves a leftover removed at the next start, never a half job."""
+    if path.is_dir() and not path.is_symlink():
+        hidden = path.with_name(f".{path.name}.{secrets.token_hex(4)}.gone")
+        try:
+            os.replace(path, hidden)
+        except OSError:
+            return
+        shutil.rmtree(hidden, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
