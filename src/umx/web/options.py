@@ -1,7 +1,8 @@
 """`umx serve`: its options, checked before anything starts, and the run (uvicorn on a socket
 bound here, so that the address printed is the one served, `--port 0` included).
 
-Stopping (Ctrl-C, SIGTERM, SIGHUP) is handled here from the moment the workers start: the
+Stopping (Ctrl-C, SIGTERM, SIGHUP) is handled here from the moment the options are checked:
+a stop during the start-up is recorded and the server is not started; once it runs, the
 server stops taking requests and ends its event streams, a running separation ends at its next
 chunk (its job stays queued on disk), and the process exits with the signal's status (130, 143,
 129) without the interpreter's shutdown. That shutdown would abort the process ("terminate
@@ -173,22 +174,27 @@ def page_url(sock: socket.socket) -> str:
 
 
 class StopRequest:
-    """The first stop signal received while the server runs, and the server it stops."""
+    """The first stop signal received while `umx serve` runs, and the server it stops (set once
+    made: a signal before that is kept, and the server is not started)."""
 
-    def __init__(self, server: uvicorn.Server) -> None:
-        self.server = server
+    def __init__(self) -> None:
+        self.server: uvicorn.Server | None = None
         self.signum: int | None = None
+        self.ended = True  # whether the workers were idle when the server stopped
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         self.signum = self.signum or signum
-        self.server.should_exit = True
+        if self.server is not None:
+            self.server.should_exit = True
 
 
 @contextmanager
-def stop_on_signals(server: uvicorn.Server) -> Iterator[StopRequest]:
-    """Turn `STOP_SIGNALS` into a request to stop `server` for the duration of the block (uvicorn
-    takes SIGINT and SIGTERM over while it runs, and raises them again when it returns)."""
-    request = StopRequest(server)
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Turn `STOP_SIGNALS` into a request to stop for the duration of the block. The handler
+    only records the signal (the command's own raises an exception, which code it lands in could
+    swallow), so a stop during the start-up is never lost. uvicorn takes SIGINT and SIGTERM over
+    while it runs, and raises them again when it returns."""
+    request = StopRequest()
     previous = {signum: signal.signal(signum, request) for signum in STOP_SIGNALS}
     try:
         yield request
@@ -217,6 +223,16 @@ def exit_now(signum: int, busy: bool) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Run `umx serve` until it is stopped (Ctrl-C or SIGTERM)."""
     check_serve_args(args)
+    with stop_on_signals() as stop:
+        _serve(args, stop)
+    if stop.signum is None:  # stopped otherwise (uvicorn could not start)
+        return 0
+    exit_now(stop.signum, busy=not stop.ended)
+    return 128 + stop.signum  # not reached
+
+
+def _serve(args: argparse.Namespace, stop: StopRequest) -> None:
+    """Build the job store, the page and the server, and serve until `stop` is requested."""
     import_web()
     import torch
 
@@ -252,21 +268,17 @@ def run_serve(args: argparse.Namespace) -> int:
     url = page_url(sock)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach it can use the page", args.host)
-    server = Server(app, GRACEFUL_SHUTDOWN_S)
-    with stop_on_signals(server) as stop:
-        try:
+    stop.server = Server(app, GRACEFUL_SHUTDOWN_S)
+    try:
+        if stop.signum is None:
             one_malloc_arena()  # before the workers and the HTTP threads start
             store.start(args.jobs, preload=model)
             print(f"umx serve: {url}", flush=True)
             logger.info("jobs in %s; stop with Ctrl-C", display_path(data_dir))
             if args.open:
                 webbrowser.open(url)
-            if stop.signum is None:
-                server.run(sockets=[sock])
-        finally:
-            sock.close()
-            ended = store.stop(timeout=WORKERS_STOP_S)
-    if stop.signum is None:  # stopped otherwise (uvicorn could not start)
-        return 0
-    exit_now(stop.signum, busy=not ended)
-    return 128 + stop.signum  # not reached
+        if stop.signum is None:  # a signal from now on sets the server's should_exit
+            stop.server.run(sockets=[sock])
+    finally:
+        sock.close()
+        stop.ended = store.stop(timeout=WORKERS_STOP_S)
