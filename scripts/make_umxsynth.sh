@@ -72,7 +72,7 @@ done
 import json, sys
 from pathlib import Path
 from umx.modeldir import export_model
-from umx.zoo import PRETRAINED_DIR
+from umx.zoo.registry import PRETRAINED_DIR
 
 work, base, final = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 name, recipe = sys.argv[4], sys.argv[5]
