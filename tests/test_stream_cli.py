@@ -311,7 +311,7 @@ def test_loud_clipped_and_silent_input_gives_the_one_call_stems(
     tmp_path, monkeypatch, capsysbinary, kind, niter, source, output, selection
 ):
     """Full-scale input through the bundled model (its 4096-point STFT gives bins of |x| ~ 1e3):
-    finite stems, equal to `separate_causal`'s to 1e-5 without EM, within 60 dB of them with EM
+    finite stems, equal to `separate_causal`'s to 1e-5 without EM, within 30 dB of them with EM
     (20 dB for DC, whose identical channels make every covariance of rank one)."""
     audio = signal(kind)
     options, aggregate = SELECTIONS[selection]
@@ -356,7 +356,7 @@ def test_loud_clipped_and_silent_input_gives_the_one_call_stems(
             # in loud bins, most where the channels are identical (DC): docs/streaming.md.
             error = ((stem - want) ** 2).sum()
             sdr = 10 * np.log10((want**2).sum() / error) if error else np.inf
-            assert sdr > (20 if kind == "dc" else 60), (name, sdr)
+            assert sdr > (20 if kind == "dc" else 30), (name, sdr)
         if kind == "silence":
             assert not stem.any()
         else:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The levers of `umx synth`, each alone (docs/synthetic-data.md, "Levers: what each adds"): the
+# same 60 procedural songs (seed 3) rendered produced (--production --sung, 13 drum kits) with no
+# lever, each lever alone, and all four; a base model fine-tuned on each for 2 epochs per target;
+# every model scored on the test split of the all-levers dataset (12 songs, TimGM6mb, GMRockKit,
+# Schroeder reverb). Resumable: run it again after an interruption.
+# Needs: the packages of scripts/make_umxsynth.sh, and festival festvox-kallpc16k.
+# Usage: scripts/ablate_levers.sh BASE_MODEL [WORKDIR]   (default WORKDIR: data/levers)
+#   BASE_MODEL: the causal base stage of umxsynth-rt (scripts/make_umxsynth.sh's model-rt/)
+set -u
+cd "$(dirname "$0")/.."
+umx=.venv/bin/umx
+base=${1:?usage: scripts/ablate_levers.sh BASE_MODEL [WORKDIR]}
+w=${2:-data/levers}
+mkdir -p $w
+k=/usr/share/hydrogen/data/drumkits
+kits=("$k"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit,ForzeeStereo,HardElectro1} \
+      "$k"/{Millo-Drums_v.1,Millo_MultiLayered2,Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0"} \
+      "$k"/{VariBreaks,rumpf_kit_z01_h2})
+declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" \
+    [amp-guitars]="--amp-guitars" [festival-singer]="--festival-singer" \
+    [all]="--mix-bus --dense-other --amp-guitars --festival-singer")
+export OMP_NUM_THREADS=1
+for v in all none mix-bus dense-other amp-guitars festival-singer; do
+  d=$w/data-$v
+  [ -d $d ] || nice -n 5 $umx synth --root $d --procedural 60 --excerpts 1 --duration 20 \
+      --test-fraction 0.2 --valid-fraction 0.1 --seed 3 --jobs 2 -q \
+      --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 --drum-kits "${kits[@]}" \
+      --test-drum-kits "$k"/GMRockKit --production --sung ${lever[$v]}
+  [ $v = all ] && continue  # its test split is the common test set
+  for t in vocals drums bass other; do
+    m=$w/model-$v
+    [ -f $m/$t.json ] && [ ! -f $m/$t.chkpnt ] && continue
+    if [ -f $m/$t.chkpnt ]; then nice -n 5 $umx train --checkpoint $m --target $t -q
+    else nice -n 5 $umx train --root $d --is-wav --target $t --model "$base" \
+        --output $m --epochs 2 --lr 0.001 --seed 1 --seq-dur 4 --batch-size 16 \
+        --samples-per-track 8 -q; fi
+  done
+  tracks=$(ls $w/data-all/test)
+  [ -d $w/eval-$v ] || nice -n 5 $umx evaluate --root $w/data-all --is-wav --tracks $tracks \
+      --model $w/model-$v --evaldir $w/eval-$v --jobs 1 -q
+  echo "$v done $(date)"
+done
+[ -d $w/eval-base ] || $umx evaluate --root $w/data-all --is-wav --tracks $(ls $w/data-all/test) \
+    --model "$base" --evaldir $w/eval-base --jobs 1 -q
+$umx evaluate --compare $w/eval-{base,none,mix-bus,dense-other,amp-guitars,festival-singer} \
+    --evaldir $w/all
