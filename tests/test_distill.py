@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import umx.train
 from umx.audio import read_audio
@@ -152,6 +153,34 @@ def test_the_student_is_a_causal_model_that_separates_and_streams(distilled, son
         audio, rate = sf.read(tmp_path / "song0" / f"{target}.wav")
         assert rate == RATE and audio.shape == (RATE, 2)
         assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-4
+
+
+def test_a_student_model_is_the_starting_point_and_keeps_its_architecture(
+    distilled, songs, tmp_path, capsys
+):
+    """`--student DIR`: each target is fine-tuned from the model's weights (the run records
+    it), with its architecture (hidden size 8, causal) although none is given; a bidirectional
+    one is refused for a causal student before the teacher's pass."""
+    start, _ = distilled
+    output = tmp_path / "adapted"
+    options = [*STUDENT[:2], *STUDENT[5:], "--student", str(start), "--targets", "vocals"]
+    assert "--hidden-size" not in options and "--unidirectional" not in options
+    assert main(["distill", str(songs[0]), "--output", str(output), *options]) == 0
+    model = load_separator(output).target_models["vocals"]
+    assert model.unidirectional and model.hidden_size == 8
+    assert json.loads((output / "vocals.json").read_text())["args"]["model"] == str(start)
+    before = torch.load(start / "vocals.pth", weights_only=True)
+    after = torch.load(output / "vocals.pth", weights_only=True)
+    assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)  # trained
+
+    refused = tmp_path / "refused"
+    code = main(
+        ["distill", str(songs[0]), "--output", str(refused), *STUDENT, "--student", "umxsynth"]
+    )
+    assert code == 1 and not refused.exists() and not Path(f"{refused}-work").exists()
+    (line,) = messages(capsys)[-1:]
+    assert "--student umxsynth is bidirectional" in line
 
 
 def test_a_run_again_does_nothing_and_other_settings_are_refused(distilled, songs, capsys):

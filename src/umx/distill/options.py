@@ -41,6 +41,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "samples_per_track": MUSDB_SAMPLES_PER_TRACK,  # umx train's is 1 for folder datasets
 }
 """Their defaults: `umx train`'s, but as many excerpts per song as for MUSDB18."""
+STUDENT_ARCHITECTURE = ("hidden_size", "nfft", "nhop", "nb_channels", "unidirectional")
+"""The options that `--student` takes from its model unless they are given (and must match)."""
 
 
 def add_distill_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,6 +87,12 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
         "--unidirectional",
         action="store_true",
         help="a causal student (forward-only LSTM), for umx stream",
+    )
+    p.add_argument(
+        "--student",
+        metavar="MODEL",
+        help="start each student target from this model's (a name or directory), keeping its "
+        "architecture, instead of new weights: e.g. umxsynth-rt, to adapt it to your music",
     )
     for key, (kind, metavar, text) in TRAINING_OPTIONS.items():
         p.add_argument(
@@ -153,6 +161,11 @@ def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     given = {key: getattr(args, key) for key in TRAINING_DEFAULTS}
     training = {**TRAINING_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    if args.student is not None:  # the model's architecture, unless one is asked for
+        for key in STUDENT_ARCHITECTURE:
+            if not given[key]:
+                del training[key]
+        training["model"] = args.student
     files = {"input_file": MIXTURE_FILE, "output_file": MIXTURE_FILE}  # names only: none is read
     TrainConfig(dataset="aligned", root=work / DATA_DIR, **files, **training)
     return training
@@ -212,9 +225,16 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
         "output": str(output),
     }
     check_settings(work, output, settings, force=args.force)
-    if args.targets is not None:  # refused now, not after the teacher's pass
-        from umx.zoo import load_separator
+    from umx.zoo import load_separator
 
+    if args.student is not None:  # refused now, not after the teacher's pass
+        student = load_separator(args.student, niter=0, progress=not args.quiet)
+        if args.unidirectional and not next(iter(student.target_models.values())).unidirectional:
+            raise UmxError(
+                f"--student {args.student} is bidirectional; --unidirectional needs a causal "
+                "model to start from (or no --student)"
+            )
+    if args.targets is not None:  # refused now, not after the teacher's pass
         available = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
         select_targets(available, args.targets, f"the teacher {args.teacher}")
     teacher = teacher_pass(

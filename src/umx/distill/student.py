@@ -142,6 +142,7 @@ def train_student(
         }
         if not force and (output / f"{target}{CHECKPOINT_SUFFIX}").is_file():
             given["checkpoint"] = output
+            given.pop("model", None)  # a resumed target has its model
         else:
             given["force"] = force
         run_training(given)
