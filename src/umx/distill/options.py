@@ -13,7 +13,7 @@ from typing import Any
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
 from umx.messages import plural
-from umx.train.config import DEFAULTS
+from umx.train.config import ARCHITECTURE, DEFAULTS
 
 logger = logging.getLogger("umx")
 
@@ -41,8 +41,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "samples_per_track": MUSDB_SAMPLES_PER_TRACK,  # umx train's is 1 for folder datasets
 }
 """Their defaults: `umx train`'s, but as many excerpts per song as for MUSDB18."""
-STUDENT_ARCHITECTURE = ("hidden_size", "nfft", "nhop", "nb_channels", "unidirectional")
-"""The options that `--student` takes from its model unless they are given (and must match)."""
 
 
 def add_distill_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,8 +160,8 @@ def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     given = {key: getattr(args, key) for key in TRAINING_DEFAULTS}
     training = {**TRAINING_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
     if args.student is not None:  # the model's architecture, unless one is asked for
-        for key in STUDENT_ARCHITECTURE:
-            if not given[key]:
+        for key in ARCHITECTURE:
+            if key in training and not given[key]:
                 del training[key]
         training["model"] = args.student
     files = {"input_file": MIXTURE_FILE, "output_file": MIXTURE_FILE}  # names only: none is read

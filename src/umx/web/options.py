@@ -180,7 +180,6 @@ class StopRequest:
     def __init__(self) -> None:
         self.server: uvicorn.Server | None = None
         self.signum: int | None = None
-        self.ended = True  # whether the workers were idle when the server stopped
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         self.signum = self.signum or signum
@@ -224,15 +223,19 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run `umx serve` until it is stopped (Ctrl-C or SIGTERM)."""
     check_serve_args(args)
     with stop_on_signals() as stop:
-        _serve(args, stop)
+        ended = _serve(args, stop)
     if stop.signum is None:  # stopped otherwise (uvicorn could not start)
         return 0
-    exit_now(stop.signum, busy=not stop.ended)
+    exit_now(stop.signum, busy=not ended)
     return 128 + stop.signum  # not reached
 
 
-def _serve(args: argparse.Namespace, stop: StopRequest) -> None:
-    """Build the job store, the page and the server, and serve until `stop` is requested."""
+def _serve(args: argparse.Namespace, stop: StopRequest) -> bool:
+    """Build the job store, the page and the server, and serve until `stop` is requested.
+
+    Returns:
+        whether every worker had ended when the server stopped (see `JobStore.stop`).
+    """
     import_web()
     import torch
 
@@ -281,4 +284,5 @@ def _serve(args: argparse.Namespace, stop: StopRequest) -> None:
             stop.server.run(sockets=[sock])
     finally:
         sock.close()
-        stop.ended = store.stop(timeout=WORKERS_STOP_S)
+        ended = store.stop(timeout=WORKERS_STOP_S)
+    return ended
