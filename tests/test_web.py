@@ -24,6 +24,7 @@ import torch
 
 from umx import api
 from umx.cli import main
+from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import DONE, FAILED, QUEUED, latest_records, read_records
 from umx.web.jobs import JobStore
@@ -343,7 +344,11 @@ def test_delete_and_the_cache_limit(client, store, tmp_path):
     assert client.get(f"/api/jobs/{first}").status_code == 404
     assert files_under(store.root) == {"jobs.jsonl"}  # its folder gone, its deletion recorded
     assert [r["status"] for r in read_records(store.root / "jobs.jsonl")][-1] == "deleted"
-    assert new_store(store.root).jobs() == []
+    with pytest.raises(UmxError, match="in use by another umx serve"):
+        new_store(store.root)  # two stores never share a data directory
+    assert store.stop(timeout=30)
+    after_restart = new_store(store.root)
+    assert after_restart.jobs() == [] and after_restart.stop(timeout=30)
     assert client.delete(f"/api/jobs/{first}").status_code == 404
 
     small = new_store(tmp_path / "small", max_cache_bytes=1)
@@ -355,9 +360,11 @@ def test_delete_and_the_cache_limit(client, store, tmp_path):
             wait(small, ids[-1][0]["id"])
         assert [job["id"] for job in small.jobs()] == [ids[-1][0]["id"]]
         assert {p.name for p in small.jobs_dir.iterdir()} == {ids[-1][0]["id"]}
-        assert [job["id"] for job in new_store(small.root).jobs()] == [ids[-1][0]["id"]]
     finally:
-        small.stop()
+        assert small.stop(timeout=30)
+    restarted = new_store(small.root)
+    assert [job["id"] for job in restarted.jobs()] == [ids[-1][0]["id"]]
+    assert restarted.stop(timeout=30)
 
 
 def upload(store: JobStore, data: bytes, name: str = "song.wav"):

@@ -439,6 +439,26 @@ def test_bad_option_is_one_line_before_listening(
     assert snapshot(folder) == before
 
 
+def test_a_data_directory_in_use_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(serve_options, "listen", lambda host, port: pytest.fail("listened"))
+    data = tmp_path / "data"
+    first = new_store(data)  # the first server's store: it holds the data directory
+    try:
+        before = snapshot(tmp_path)
+        status = main(["serve", "--port", "0", "--data-dir", str(data)])
+        error = capsys.readouterr().err
+        assert status == 1, error
+        assert error == (
+            f"umx: error: the data directory {data} is in use by another umx serve; stop that "
+            "one, or choose another folder with --data-dir\n"
+        )
+        assert snapshot(tmp_path) == before
+    finally:
+        assert first.stop(timeout=30)
+    second = new_store(data)  # released by the first one's stop
+    assert second.jobs() == [] and second.stop(timeout=30)
+
+
 def test_a_full_data_directory_is_refused(tmp_path, capsys):
     full = tmp_path / "full"
     full.mkdir()
@@ -485,6 +505,7 @@ def test_a_data_directory_that_fills_up_answers_one_line(tmp_path, capfd, monkey
         with served_app(app, "127.0.0.1") as port:
             response = httpx.post(f"http://127.0.0.1:{port}/api/jobs", content=song_bytes(1, 3))
         uploads = list(store.uploads_dir.iterdir())
+        store.stop(timeout=30)  # releases the data directory, so the folder can be unmounted
     finally:
         subprocess.run(["umount", str(full)], check=True)
     assert response.status_code == 507, response.text

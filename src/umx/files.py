@@ -20,6 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: locks are not taken
+    fcntl = None
+
 HASH_CHUNK = 1 << 20
 """Bytes read at a time when hashing a file."""
 
@@ -98,6 +103,42 @@ def staged_folder(root: Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(stage, root)
+
+
+class HeldLock:
+    """An exclusive lock (`hold_lock`), held until `close` or the end of the process."""
+
+    def __init__(self, descriptor: int | None) -> None:
+        self._descriptor = descriptor
+
+    def close(self) -> None:
+        """Release the lock (again: nothing)."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def hold_lock(path: str | os.PathLike) -> HeldLock | None:
+    """Take the exclusive lock (`flock`) of a folder, or of a file (created if missing), without
+    waiting. A folder's lock leaves nothing in it.
+
+    Returns:
+        the lock, or None where another process (or another `hold_lock`) holds it. Without
+        `fcntl` (Windows) nothing is locked.
+
+    Raises:
+        OSError: it cannot be opened (its folder is missing, for example).
+    """
+    if fcntl is None:
+        return HeldLock(None)
+    flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | os.O_CREAT
+    descriptor = os.open(path, flags, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return HeldLock(descriptor)
 
 
 def sha256_bytes(data: bytes) -> str:

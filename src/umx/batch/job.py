@@ -34,7 +34,7 @@ from umx.batch.inputs import BatchInput
 from umx.batch.work import Task
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
-from umx.files import write_json_atomic
+from umx.files import hold_lock, write_json_atomic
 from umx.jobs import (
     DONE,
     FAILED,
@@ -46,11 +46,6 @@ from umx.jobs import (
     verify_outputs,
 )
 from umx.messages import SHOWN_CHARACTERS, plural, shown
-
-try:
-    import fcntl
-except ImportError:  # Windows: runs are not locked against each other
-    fcntl = None
 
 logger = logging.getLogger("umx")
 SETTINGS_FILE = "job.json"
@@ -87,18 +82,15 @@ class Job:
         where = display_path(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.directory / LOCK_FILE, "a+")  # noqa: SIM115 (held until close)
+            lock = hold_lock(self.directory / LOCK_FILE)
         except OSError as error:
             raise UmxError(f"cannot create the job directory {where} ({error.strerror})") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._lock.close()
-                raise UmxError(
-                    f"the job {where} is being run by another umx batch; wait for it to end or "
-                    "stop it (Ctrl-C), then run this again"
-                ) from None
+        if lock is None:
+            raise UmxError(
+                f"the job {where} is being run by another umx batch; wait for it to end or "
+                "stop it (Ctrl-C), then run this again"
+            )
+        self._lock = lock
         try:
             settings = read_settings(self.directory)
             if settings is not None:
@@ -369,15 +361,13 @@ def find_job(path: str | os.PathLike) -> Path:
 
 def _is_running(directory: Path) -> bool:
     """Whether a run holds the job's lock now."""
-    if fcntl is None:
-        return False
     try:
-        with open(directory / LOCK_FILE, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = hold_lock(directory / LOCK_FILE)
     except FileNotFoundError:
         return False
-    except OSError:
+    if lock is None:
         return True
+    lock.close()
     return False
 
 

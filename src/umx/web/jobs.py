@@ -78,7 +78,7 @@ from umx.web.records import (
     rest_name,
     stem_modes,
 )
-from umx.web.storage import as_named, check_data_dir, folder_size, remove
+from umx.web.storage import as_named, check_data_dir, folder_size, lock_data_dir, remove
 from umx.web.uploads import Upload
 
 logger = logging.getLogger("umx")
@@ -111,7 +111,8 @@ class JobStore(Downloads):
 
     Raises:
         UmxError: the data directory cannot be created or written to (see
-            `umx.web.storage.check_data_dir`).
+            `umx.web.storage.check_data_dir`), or another store (another `umx serve`) holds
+            it; `stop` releases it.
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class JobStore(Downloads):
         self.jobs_dir, self.uploads_dir = self.root / "jobs", self.root / "uploads"
         self.manifest_path = self.root / MANIFEST
         check_data_dir(self.root, (self.jobs_dir, self.uploads_dir))
+        self._data_lock = lock_data_dir(self.root)
         self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
@@ -144,7 +146,11 @@ class JobStore(Downloads):
         self._legacy: list[Path] = []
         self._workers: list[threading.Thread] = []
         self._stopping = False
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self._data_lock.close()
+            raise
 
     # --- the store ---------------------------------------------------------------------------
 
@@ -432,7 +438,8 @@ class JobStore(Downloads):
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the workers: a running separation ends at its next chunk, and its job, like the
-        queued ones, stays queued on disk for the next start; then close the manifest.
+        queued ones, stays queued on disk for the next start; then close the manifest, and once
+        every worker has ended, release the data directory.
 
         Args:
             timeout: the most seconds to wait for the workers, in all; None: until they end.
@@ -452,6 +459,8 @@ class JobStore(Downloads):
             if self._manifest is not None:
                 self._manifest.close()
                 self._manifest = None
+        if not self._workers:
+            self._data_lock.close()
         return not self._workers
 
     def _work(self, preload: str | None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from umx.audio import display_path
 from umx.errors import UmxError
+from umx.files import HeldLock, hold_lock
 
 PROBE_BYTES = 1 << 16
 """Bytes written (and removed) at start to check that the data directory takes files."""
@@ -42,6 +43,29 @@ def check_data_dir(root: Path, folders: Sequence[Path]) -> None:
         raise UmxError(
             f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
         ) from None
+
+
+def lock_data_dir(root: Path) -> HeldLock:
+    """Hold the data directory's lock (see `umx.files.hold_lock`), so that two servers never
+    share one: their queues and manifests would overwrite each other's jobs.
+
+    Returns:
+        the lock; `close` releases it.
+
+    Raises:
+        UmxError: another `umx serve` holds it, or it cannot be created.
+    """
+    where = f"the data directory {display_path(root)}"
+    try:
+        lock = hold_lock(root)
+    except OSError as error:
+        raise UmxError(f"cannot write in {where}: {error.strerror or error}") from None
+    if lock is None:
+        raise UmxError(
+            f"{where} is in use by another umx serve; stop that one, or choose another "
+            "folder with --data-dir"
+        )
+    return lock
 
 
 def as_named(message: str, path: Path, name: str) -> str:
