@@ -3,8 +3,9 @@
 # same 60 procedural songs (seed 3) rendered produced (--production --sung, 13 drum kits) with no
 # lever, each lever alone, and all four; a base model fine-tuned on each for 2 epochs per target;
 # every model scored on the test split of the all-levers dataset (12 songs, TimGM6mb, GMRockKit,
-# Schroeder reverb). Resumable: run it again after an interruption.
-# Needs: the packages of scripts/make_umxsynth.sh, and festival festvox-kallpc16k.
+# Schroeder reverb, and the Festival voice ked_diphone, which training never hears).
+# Resumable: run it again after an interruption.
+# Needs: the packages of scripts/make_umxsynth.sh, and festival festvox-kallpc16k festvox-kdlpc16k.
 # Usage: scripts/ablate_levers.sh BASE_MODEL [WORKDIR]   (default WORKDIR: data/levers)
 #   BASE_MODEL: the causal base stage of umxsynth-rt (scripts/make_umxsynth.sh's model-rt/)
 set -u
@@ -19,7 +20,7 @@ kits=("$k"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit,Forze
       "$k"/{VariBreaks,rumpf_kit_z01_h2})
 declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" \
     [amp-guitars]="--amp-guitars" [festival-singer]="--festival-singer" \
-    [all]="--mix-bus --dense-other --amp-guitars --festival-singer")
+    [all]="--mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone")
 export OMP_NUM_THREADS=1
 for v in all none mix-bus dense-other amp-guitars festival-singer; do
   d=$w/data-$v

@@ -22,7 +22,7 @@ import soundfile as sf
 from umx.errors import UmxError
 from umx.synth.amp import amplify, cabinet, draw_amp, drive
 from umx.synth.bus import apply_bus, draw_bus, limiter_gain, widen
-from umx.synth.festival import VOICE_FOLDER, draw_festival, score, sing
+from umx.synth.festival import VOICE, VOICES_FOLDER, draw_festival, score, sing
 from umx.synth.gm import STEMS, split_guitars
 from umx.synth.midi import PROGRAM_CHANGE, Event, Song, encode_midi, note, tempo_event
 from umx.synth.options import add_synth_arguments, run_synth
@@ -36,9 +36,14 @@ needs_fluidsynth = pytest.mark.skipif(
     not (shutil.which("fluidsynth") and SOUNDFONT.is_file()) and not os.environ.get("CI"),
     reason="needs the Debian packages fluidsynth and timgm6mb-soundfont",
 )
+HELD_OUT_VOICE = "ked_diphone"
 needs_festival = pytest.mark.skipif(
-    not (shutil.which("text2wave") and VOICE_FOLDER.is_dir()),
+    not (shutil.which("text2wave") and any(VOICES_FOLDER.glob(f"*/{VOICE}"))),
     reason="needs the Debian packages festival and festvox-kallpc16k",
+)
+needs_held_out_voice = pytest.mark.skipif(
+    not (shutil.which("text2wave") and any(VOICES_FOLDER.glob(f"*/{HELD_OUT_VOICE}"))),
+    reason="needs the Debian packages festival and festvox-kdlpc16k",
 )
 
 
@@ -354,10 +359,71 @@ def test_festival_sings_each_note_in_time_and_in_tune():
 
 @needs_fluidsynth
 def test_a_missing_festival_is_one_error_naming_the_packages(tmp_path, monkeypatch):
-    monkeypatch.setattr("umx.synth.festival.VOICE_FOLDER", tmp_path / "no-voice")
+    monkeypatch.setattr("umx.synth.festival.VOICES_FOLDER", tmp_path / "no-voices")
     with pytest.raises(UmxError, match="apt-get install festival festvox-kallpc16k"):
         synth("--root", tmp_path / "out", "--procedural", 1, "--festival-singer")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_held_out_festival_voice_sings_the_test_split_only():
+    songs = [SongRef(f"p{index}", seed=index, min_seconds=20) for index in range(10)]
+    same = plan_tracks(songs, FONTS, **PLAN_ARGS, festival_singer=True)
+    held_out = plan_tracks(
+        songs, FONTS, **PLAN_ARGS, festival_singer=True, test_festival_voice=HELD_OUT_VOICE
+    )
+    assert {plan.split for plan in held_out} == {"train", "valid", "test"}
+    for before, after in zip(same, held_out, strict=True):
+        voice = HELD_OUT_VOICE if after.split == "test" else VOICE
+        assert before.festival["voice"] == VOICE and after.festival["voice"] == voice
+        assert after.__dict__ | {"festival": before.festival} == before.__dict__
+        assert after.festival | {"voice": VOICE} == before.festival  # share and seed alike
+    with pytest.raises(UmxError, match=f"voice {VOICE} is used for both training and testing"):
+        plan_tracks(songs, FONTS, **PLAN_ARGS, festival_singer=True, test_festival_voice=VOICE)
+
+
+@needs_held_out_voice
+def test_the_held_out_voice_is_another_singer_in_the_same_tune():
+    rate = 16000
+    kal, ked = (
+        sing(vocal_line(LINE), 4 * rate, rate, 1, voice) for voice in (VOICE, HELD_OUT_VOICE)
+    )
+    window = slice(round(2.1 * rate), round(2.1 * rate) + 2048)  # E4, 329.6 Hz
+    for voice in (kal, ked):
+        segment = voice[0, window] - voice[0, window].mean()
+        correlation = np.correlate(segment, segment, "full")[2047:]
+        lag = 32 + np.argmax(correlation[32 : rate // 70])
+        assert rate / lag == pytest.approx(329.63, rel=0.03)
+
+    def spectrum(voice):
+        magnitude = np.abs(np.fft.rfft(voice[0, round(0.5 * rate) : 3 * rate]))
+        return magnitude / np.linalg.norm(magnitude)
+
+    # another timbre (kal singing other words: 0.90)
+    assert float(spectrum(kal) @ spectrum(ked)) < 0.85
+
+
+@needs_fluidsynth
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--test-festival-voice", HELD_OUT_VOICE],
+            "--test-festival-voice needs --festival-singer",
+        ),
+        (["--festival-singer", "--test-festival-voice", "nope"], "unknown Festival voice 'nope'"),
+        (
+            ["--festival-singer", "--test-festival-voice", '") (system "touch pwned") ("'],
+            "unknown Festival voice",
+        ),
+        (["--festival-singer", "--test-festival-voice", VOICE], "both training and testing"),
+    ],
+    ids=["without-festival", "unknown", "scheme-injection", "training-voice"],
+)
+def test_bad_test_festival_voices_are_refused(tmp_path, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UmxError, match=message):
+        synth("--root", tmp_path / "out", "--procedural", 1, "--test-fraction", 0.5, *options)
+    assert sorted(tmp_path.iterdir()) == []
 
 
 @needs_fluidsynth

@@ -58,7 +58,7 @@ DATASET_FILES = frozenset(("train", "test", "synth.json", "setup.yaml"))
 SETTINGS = (
     "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
     "excerpts", "duration", "sample_rate", "seed", "drum_kits", "test_drum_kits", "production",
-    "sung", "mix_bus", "dense_other", "amp_guitars", "festival_singer",
+    "sung", "mix_bus", "dense_other", "amp_guitars", "festival_singer", "test_festival_voice",
 )  # fmt: skip
 """The options recorded in ``synth.json``."""
 

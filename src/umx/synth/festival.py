@@ -7,8 +7,10 @@ note of the vocal part's top line (:func:`umx.synth.singer.melody`) becomes one 
 (Festival 2.5 reads lengths in beats at 50 beats a minute for its stated 60, and names notes an
 octave off, so neither beats nor note names are used), silences become rests, and
 ``text2wave -mode singing`` sings it. The voice is ``kal_diphone`` (Debian's
-``festvox-kallpc16k``, an American English male speaker, 16 kHz), so notes above
-:data:`HIGHEST_KEY` are sung an octave or two lower.
+``festvox-kallpc16k``, an American English male speaker, 16 kHz); a test split can be sung by
+another, held out from training, such as ``ked_diphone`` (``festvox-kdlpc16k``, another
+American English man). Both are men, so notes above :data:`HIGHEST_KEY` are sung an octave or
+two lower.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from umx.synth.midi import Song
 from umx.synth.singer import melody
 
 VOICE = "kal_diphone"
-VOICE_FOLDER = Path("/usr/share/festival/voices/english/kal_diphone")
-PACKAGES = "festival festvox-kallpc16k"
+"""The voice of the training and validation splits."""
+VOICES_FOLDER = Path("/usr/share/festival/voices")
+"""Where Debian installs Festival's voices, one folder per language."""
+VOICE_PACKAGES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k"}
+"""The Debian package of each voice whose licence allows training a model to sell."""
 WORDS = (
     "love", "day", "night", "home", "go", "light", "fire", "sky", "rain", "sun", "way", "time",
     "heart", "dream", "run", "stay", "now", "down", "high", "shine", "you", "me", "la", "oh",
@@ -46,21 +51,33 @@ SHARE_RANGE = (0.3, 1.0)
 """The Festival voice's share of the vocals' level."""
 
 
-def check_festival() -> str:
-    """The path of Festival's ``text2wave``.
+def check_festival(voice: str = VOICE) -> str:
+    """The path of Festival's ``text2wave``, once ``voice`` is known to be installed.
 
     Raises:
-        UmxError: Festival or its voice is not installed, naming the Debian packages.
+        UmxError: Festival or the voice is missing (naming the Debian packages), or ``voice``
+            is not one of :data:`VOICE_PACKAGES`.
     """
+    if voice not in VOICE_PACKAGES:
+        known = ", ".join(VOICE_PACKAGES)
+        raise UmxError(f"unknown Festival voice {voice[:64]!r}: choose one of {known}")
     path = shutil.which("text2wave")
-    if path is None or not VOICE_FOLDER.is_dir():
-        raise UmxError(f"--festival-singer needs Festival and a voice (apt-get install {PACKAGES})")
+    if path is None or not any(VOICES_FOLDER.glob(f"*/{voice}")):
+        packages = f"festival {VOICE_PACKAGES[voice]}"
+        raise UmxError(
+            f"--festival-singer needs Festival and the voice {voice} (apt-get install {packages})"
+        )
     return path
 
 
-def draw_festival(rng: random.Random) -> dict:
-    """A track's Festival singer, JSON-serialisable: its share of the vocals and its seed."""
-    return {"share": round(rng.uniform(*SHARE_RANGE), 3), "seed": rng.getrandbits(31)}
+def draw_festival(rng: random.Random, voice: str = VOICE) -> dict:
+    """A track's Festival singer, JSON-serialisable: its share of the vocals, its seed and its
+    voice (one of :data:`VOICE_PACKAGES`)."""
+    return {
+        "share": round(rng.uniform(*SHARE_RANGE), 3),
+        "seed": rng.getrandbits(31),
+        "voice": voice,
+    }
 
 
 def score(song: Song, seed: int) -> tuple[str, float]:
@@ -105,7 +122,9 @@ def score(song: Song, seed: int) -> tuple[str, float]:
     return text, notes[0][0]
 
 
-def sing(song: Song, nb_samples: int, sample_rate: int, seed: int) -> np.ndarray:
+def sing(
+    song: Song, nb_samples: int, sample_rate: int, seed: int, voice: str = VOICE
+) -> np.ndarray:
     """Sings the top line of ``song``'s notes with Festival.
 
     Args:
@@ -113,14 +132,17 @@ def sing(song: Song, nb_samples: int, sample_rate: int, seed: int) -> np.ndarray
         nb_samples: the length of the result.
         sample_rate: samples per second.
         seed: draws the words.
+        voice: one of :data:`VOICE_PACKAGES`.
 
     Returns:
         ``(nb_channels=2, nb_samples)`` float64, the same in both channels (a centred voice);
         silence when there is no note to sing.
 
     Raises:
-        UmxError: Festival is missing or fails (its last message is quoted).
+        UmxError: Festival or the voice is missing, or Festival fails (its last message is
+            quoted).
     """
+    path = check_festival(voice)  # a known name: safe inside Festival's -eval
     text, start = score(song, seed)
     out = np.zeros((2, nb_samples))
     if not text:
@@ -128,7 +150,7 @@ def sing(song: Song, nb_samples: int, sample_rate: int, seed: int) -> np.ndarray
     with tempfile.TemporaryDirectory(prefix="umx-festival-") as folder:
         xml, wav = Path(folder, "song.xml"), Path(folder, "song.wav")
         xml.write_text(text)
-        command = [check_festival(), "-mode", "singing", "-eval", f"(voice_{VOICE})", str(xml)]
+        command = [path, "-mode", "singing", "-eval", f"(voice_{voice})", str(xml)]
         try:
             result = subprocess.run(
                 [*command, "-o", str(wav)], capture_output=True, text=True, timeout=TIMEOUT

@@ -162,6 +162,13 @@ def _add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         "with the vocals (apt-get install festival festvox-kallpc16k)",
     )
     parser.add_argument(
+        "--test-festival-voice",
+        metavar="VOICE",
+        help="with --festival-singer, the voice of the test split's singer, held out from "
+        "training (default: the training voice, kal_diphone); ked_diphone needs "
+        "apt-get install festvox-kdlpc16k",
+    )
+    parser.add_argument(
         "--mix-bus",
         action="store_true",
         help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
@@ -209,8 +216,13 @@ def run_synth(args: argparse.Namespace) -> int:
     if not songs:
         raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
     check_fluidsynth()
+    if args.test_festival_voice is not None and not args.festival_singer:
+        raise UmxError("--test-festival-voice needs --festival-singer")
     if args.festival_singer:
         lever("festival").check_festival()
+    test_voice = args.test_festival_voice if args.test_fraction > 0 else None
+    if test_voice is not None:
+        lever("festival").check_festival(test_voice)
     train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
     test = []
     if args.test_fraction > 0:
@@ -226,6 +238,7 @@ def run_synth(args: argparse.Namespace) -> int:
         mix_bus=args.mix_bus,
         amp_guitars=args.amp_guitars,
         festival_singer=args.festival_singer,
+        test_festival_voice=test_voice,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,

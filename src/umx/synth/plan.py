@@ -167,6 +167,7 @@ def plan_tracks(
     mix_bus: bool = False,
     amp_guitars: bool = False,
     festival_singer: bool = False,
+    test_festival_voice: str | None = None,
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
 
@@ -191,15 +192,24 @@ def plan_tracks(
         amp_guitars: play each track's guitar parts of `other` through an amp and a cabinet.
         festival_singer: sing each track's vocal melody in words with Festival, mixed with the
             vocals.
+        test_festival_voice: the Festival voice of the test split (held out from training);
+            None: the training voice.
 
     Returns:
         The tracks, by split then song name.
 
     Raises:
-        UmxError: a test soundfont or drum kit is also a training one, a split with songs has
-            no soundfont, or no song can give a track.
+        UmxError: a test soundfont, drum kit or Festival voice is also a training one, a split
+            with songs has no soundfont, or no song can give a track.
     """
     drum_kits = drum_kits or {}
+    voices = dict.fromkeys(SPLITS, lever("festival").VOICE) if festival_singer else {}
+    if test_festival_voice is not None and festival_singer:
+        if test_festival_voice == voices["train"]:
+            raise UmxError(
+                f"Festival voice {test_festival_voice} is used for both training and testing"
+            )
+        voices["test"] = test_festival_voice
     for kind, sources in (("soundfont", soundfonts), ("drum kit", drum_kits)):
         shared = set(sources.get("test", ())) & {
             *sources.get("train", ()),
@@ -213,14 +223,13 @@ def plan_tracks(
         for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
             splits[split] += chosen
     levers = {"production": production, "sung": sung, "mix_bus": mix_bus, "amp": amp_guitars}
-    levers["festival"] = festival_singer
     plans = []
     for split, chosen in splits.items():
         if chosen and not soundfonts[split]:
             raise UmxError(f"no soundfont for the {split} split")
         for song in sorted(chosen, key=lambda song: song.name):
             plans += [
-                _produce(plan, seed, drum_kits.get(split, ()), **levers)
+                _produce(plan, seed, drum_kits.get(split, ()), **levers, voice=voices.get(split))
                 for plan in plan_song(song, split, soundfonts[split], seed, duration, excerpts)
             ]
     if not plans:
@@ -256,11 +265,11 @@ def _produce(
     sung: bool,
     mix_bus: bool,
     amp: bool,
-    festival: bool,
+    voice: str | None,
 ) -> TrackPlan:
     """``plan`` with its drum kit, effect chains, singers, mix bus and guitar amp drawn (each
     lever from a generator of its own, so that a dataset without it is the same as before it
-    existed)."""
+    existed); ``voice``: the Festival singer's voice, None: no Festival singer."""
     if drum_kits or production or sung:
         effects = lever("production")
         rng = random.Random(derive_seed(seed, plan.name, "production"))
@@ -279,9 +288,9 @@ def _produce(
     if amp:
         rng = random.Random(derive_seed(seed, plan.name, "amp"))
         plan = replace(plan, amp=lever("amp").draw_amp(rng))
-    if festival:
+    if voice is not None:
         rng = random.Random(derive_seed(seed, plan.name, "festival"))
-        plan = replace(plan, festival=lever("festival").draw_festival(rng))
+        plan = replace(plan, festival=lever("festival").draw_festival(rng, voice))
     return plan
 
 

@@ -167,8 +167,8 @@ def render_track(
         sung = lever("singer").sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
         raw["vocals"] = _with_voice(raw["vocals"], sung, plan.sung)
     if plan.festival:
-        seed = plan.festival["seed"]
-        sung = lever("festival").sing(parts["vocals"], nb_samples, sample_rate, seed)
+        seed, voice = plan.festival["seed"], plan.festival["voice"]
+        sung = lever("festival").sing(parts["vocals"], nb_samples, sample_rate, seed, voice)
         raw["vocals"] = _with_voice(raw["vocals"], sung, plan.festival["share"])
     if plan.production:
         room = plan.production["room"]
