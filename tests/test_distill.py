@@ -180,7 +180,21 @@ def test_a_student_model_is_the_starting_point_and_keeps_its_architecture(
     )
     assert code == 1 and not refused.exists() and not Path(f"{refused}-work").exists()
     (line,) = messages(capsys)[-1:]
-    assert "--student umxsynth is bidirectional" in line
+    assert line == (  # the first option of STUDENT that umxsynth's architecture contradicts
+        "umx: error: --hidden-size 8 differs from --student umxsynth's 128: fine-tuning keeps "
+        "the model"
+    )
+    for other, message in (
+        ([], "--student umxsynth is bidirectional; --unidirectional needs a causal model"),
+        (["--hidden-size", "16"], f"--hidden-size 16 differs from --student {start}'s 8"),
+        (["--nfft", "2048"], f"--nfft 2048 differs from --student {start}'s"),
+    ):
+        student = "umxsynth" if not other else str(start)
+        arguments = [*STUDENT[:2], *STUDENT[5:], "--unidirectional", *other, "--student", student]
+        code = main(["distill", str(songs[0]), "--output", str(refused), *arguments])
+        assert code == 1 and not refused.exists() and not Path(f"{refused}-work").exists()
+        (line,) = messages(capsys)[-1:]
+        assert line.startswith(f"umx: error: {message}"), line
 
 
 def test_a_run_again_does_nothing_and_other_settings_are_refused(distilled, songs, capsys):

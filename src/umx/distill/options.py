@@ -211,6 +211,7 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
     )
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
+    from umx.train.loop import fine_tuned_architecture
 
     training = training_options(args, work)
     settings = {
@@ -227,11 +228,9 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
 
     if args.student is not None:  # refused now, not after the teacher's pass
         student = load_separator(args.student, niter=0, progress=not args.quiet)
-        if args.unidirectional and not next(iter(student.target_models.values())).unidirectional:
-            raise UmxError(
-                f"--student {args.student} is bidirectional; --unidirectional needs a causal "
-                "model to start from (or no --student)"
-            )
+        architecture = {key: training.get(key) for key in ARCHITECTURE}
+        for target in student.targets:
+            fine_tuned_architecture(student, target, architecture, f"--student {args.student}")
     if args.targets is not None:  # refused now, not after the teacher's pass
         available = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
         select_targets(available, args.targets, f"the teacher {args.teacher}")

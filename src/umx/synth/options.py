@@ -188,7 +188,6 @@ def run_synth(args: argparse.Namespace) -> int:
         SongRef,
         derive_seed,
         find_midi_files,
-        lever,
         plan_tracks,
     )
     from umx.synth.render import check_fluidsynth, check_soundfont
@@ -216,13 +215,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if not songs:
         raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
     check_fluidsynth()
-    if args.test_festival_voice is not None and not args.festival_singer:
-        raise UmxError("--test-festival-voice needs --festival-singer")
-    if args.festival_singer:
-        lever("festival").check_festival()
-    test_voice = args.test_festival_voice if args.test_fraction > 0 else None
-    if test_voice is not None:
-        lever("festival").check_festival(test_voice)
+    test_voice = _test_festival_voice(args)
     train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
     test = []
     if args.test_fraction > 0:
@@ -257,6 +250,26 @@ def run_synth(args: argparse.Namespace) -> int:
         settings=settings,
     )
     return 0
+
+
+def _test_festival_voice(args: argparse.Namespace) -> str | None:
+    """The test split's Festival voice (None: the training voice, or no test split), once the
+    voices of `--festival-singer` are found installed.
+
+    Raises:
+        UmxError: `--test-festival-voice` without `--festival-singer`, or a voice is missing.
+    """
+    from umx.synth.plan import lever
+
+    if args.test_festival_voice is not None and not args.festival_singer:
+        raise UmxError("--test-festival-voice needs --festival-singer")
+    if not args.festival_singer:
+        return None
+    lever("festival").check_festival()
+    if args.test_festival_voice is None or args.test_fraction == 0:
+        return None
+    lever("festival").check_festival(args.test_festival_voice)
+    return args.test_festival_voice
 
 
 def _kit(path: Path) -> Path:

@@ -203,13 +203,7 @@ def plan_tracks(
             with songs has no soundfont, or no song can give a track.
     """
     drum_kits = drum_kits or {}
-    voices = dict.fromkeys(SPLITS, lever("festival").VOICE) if festival_singer else {}
-    if test_festival_voice is not None and festival_singer:
-        if test_festival_voice == voices["train"]:
-            raise UmxError(
-                f"Festival voice {test_festival_voice} is used for both training and testing"
-            )
-        voices["test"] = test_festival_voice
+    voices = _festival_voices(test_festival_voice) if festival_singer else {}
     for kind, sources in (("soundfont", soundfonts), ("drum kit", drum_kits)):
         shared = set(sources.get("test", ())) & {
             *sources.get("train", ()),
@@ -235,6 +229,21 @@ def plan_tracks(
     if not plans:
         raise UmxError(f"none of the {len(songs)} songs can be rendered (see the warnings)")
     return plans
+
+
+def _festival_voices(test_voice: str | None) -> dict[str, str]:
+    """The Festival singer's voice in each split: the training voice, or `test_voice` in the
+    test split.
+
+    Raises:
+        UmxError: `test_voice` is the training voice.
+    """
+    voices = dict.fromkeys(SPLITS, lever("festival").VOICE)
+    if test_voice is not None:
+        if test_voice == voices["train"]:
+            raise UmxError(f"Festival voice {test_voice} is used for both training and testing")
+        voices["test"] = test_voice
+    return voices
 
 
 def lever(name: str) -> ModuleType:

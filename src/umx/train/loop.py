@@ -32,6 +32,7 @@ from umx.errors import UmxError
 from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import OpenUnmix
 from umx.modeldir import SEPARATOR_JSON, save_target_model
+from umx.separator import Separator
 from umx.train.checkpoints import (
     CHECKPOINT_SUFFIX,
     EarlyStopping,
@@ -108,6 +109,52 @@ def _out_of_memory(error: BaseException) -> bool:
         or "can't allocate memory" in text
         or "out of memory" in text
     )
+
+
+def fine_tuned_architecture(
+    separator: Separator, target: str, given: Mapping[str, Any], name: str
+) -> dict[str, Any]:
+    """The architecture options of `separator`'s `target` model, which fine-tuning it keeps.
+
+    Args:
+        given: the options asked for (keys of `umx.train.config.ARCHITECTURE`, None or absent
+            where not given); each must agree with the model.
+        name: the model as the user named it, for messages.
+
+    Raises:
+        UmxError: an option given differs from the model's, naming both.
+    """
+    model = separator.target_models[target]
+    rate = separator.sample_rate
+    found = {
+        "nfft": separator.n_fft,
+        "nhop": separator.n_hop,
+        "nb_channels": separator.nb_channels,
+        "hidden_size": model.hidden_size,
+        "unidirectional": model.unidirectional,
+        "bandwidth": (model.nb_bins - 1) * rate / separator.n_fft,
+    }
+    for key, value in found.items():
+        wanted = given.get(key)
+        if wanted is None:
+            continue
+        if key == "bandwidth":
+            same = bandwidth_to_max_bin(rate, found["nfft"], wanted) == model.nb_bins
+        else:
+            same = wanted == value
+        if same:
+            continue
+        if key == "unidirectional":
+            raise UmxError(
+                f"{name} is bidirectional; --unidirectional needs a causal model to start from"
+                if wanted
+                else f"{name} is causal (unidirectional): fine-tuning keeps it causal"
+            )
+        raise UmxError(
+            f"--{key.replace('_', '-')} {wanted} differs from {name}'s {value}: fine-tuning "
+            "keeps the model"
+        )
+    return found
 
 
 class Trainer:
@@ -253,25 +300,7 @@ class Trainer:
                 f"{config.root} is at {self.sample_rate:g} Hz"
             )
         model = separator.target_models[self.target]
-        found = {
-            "nfft": separator.n_fft,
-            "nhop": separator.n_hop,
-            "nb_channels": separator.nb_channels,
-            "hidden_size": model.hidden_size,
-            "unidirectional": model.unidirectional,
-            "bandwidth": (model.nb_bins - 1) * self.sample_rate / separator.n_fft,
-        }
-        for key, value in found.items():
-            same = (
-                bandwidth_to_max_bin(self.sample_rate, found["nfft"], given[key]) == model.nb_bins
-                if key == "bandwidth" and key in given
-                else given.get(key, value) == value
-            )
-            if not same:
-                raise UmxError(
-                    f"--{key.replace('_', '-')} {given[key]} differs from {config.model}'s "
-                    f"{value}: fine-tuning keeps the model"
-                )
+        found = fine_tuned_architecture(separator, self.target, given, config.model)
         self.config = replace(config, **found)
         logger.info("fine-tuning %s of %s", self.target, config.model)
         for parameter in model.parameters():
