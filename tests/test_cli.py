@@ -522,3 +522,33 @@ def test_quiet_separation_prints_only_the_stems(model_dir, song, tmp_path, capsy
     assert run(song, "--model", model_dir, "--outdir", tmp_path / "o", "--niter", "0", "-q") == 0
     out, err = capsys.readouterr()
     assert err == "" and len(out.splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["separate", "--segment", "abc", "x.wav"],
+            "umx separate: error: argument --segment: invalid float value: 'abc' "
+            "(see umx separate --help)",
+        ),
+        (
+            ["train", "--epochs", "1.5"],
+            "umx train: error: argument --epochs: invalid int value: '1.5' (see umx train --help)",
+        ),
+        (
+            ["serve", "--port"],
+            "umx serve: error: argument --port: expected one argument (see umx serve --help)",
+        ),
+        (["--bogus"], "umx: error: unrecognized arguments: --bogus (see umx --help)"),
+    ],
+    ids=["bad-float", "bad-int", "missing-value", "unknown-option"],
+)
+def test_an_option_argparse_refuses_is_one_line(argv, line, tmp_path, monkeypatch, capsys):
+    """Not argparse's whole usage (15 lines for `umx separate`) before the error."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert list(tmp_path.iterdir()) == []

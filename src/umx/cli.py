@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from umx import __version__
 from umx.cli_options import (
     MODEL_HELP,
+    OneLineParser,
     add_input_arguments,
     add_output_arguments,
     add_separation_arguments,
@@ -133,7 +134,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     """The parser of `umx`, with the options of `commands` only (all if None): `main` builds
     those of the command it runs, so that `umx --help` and `umx CMD --help` import no other
     command's modules (and none but `umx export` imports torch)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="umx",
         description="Open-Unmix music source separation. `umx INPUT...` separates files "
         "with the default model; see `umx COMMAND --help`.",

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 from umx.defaults import (
     CLIP_POLICIES,
@@ -35,6 +36,14 @@ SEPARATION_DEFAULTS = {
 """The separation options but --model and their defaults (those of `SeparationOptions`)."""
 TWO_STEMS_REST = "no_"
 """What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, which says where the usage is (argparse's
+    own prints the whole usage first, 15 lines for `umx separate`); its sub-parsers are too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_separation_arguments(
