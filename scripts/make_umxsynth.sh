@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in two
-# stages: a base model trained on General MIDI renderings (the first umxsynth), then fine-tuned
-# on produced tracks (recorded Hydrogen drum kits, effect chains, the formant singer); it exports
-# the weights and scores the base and the final model on the produced test split, whose
-# soundfont, drum kit and reverb family training never uses.
+# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in three
+# stages: a base model trained on General MIDI renderings (the first umxsynth), fine-tuned on
+# produced tracks (recorded Hydrogen drum kits, effect chains, the formant singer), then on
+# tracks with the realer sources of docs/synthetic-data.md (mix bus, denser `other`, guitar
+# amps, Festival's recorded-voice singer); it exports the weights and scores the stages on the
+# produced and the realer test splits, whose soundfont, drum kit, reverb family (and, for the
+# realer split, Festival voice) training never uses.
 # With CAUSAL=1 it builds the causal `umxsynth-rt` (src/umx/pretrained/umxsynth-rt) instead: the
-# same data (shared by both in one WORKDIR) and the same two stages with a unidirectional LSTM,
+# same data (shared by both in one WORKDIR) and the same stages with a unidirectional LSTM,
 # scored offline like umxsynth and through the stream's causal path
 # (umx.stream.engine.separate_causal).
 # Needs: apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont \
 #          musescore-general-soundfont-small openttd-openmsx planetblupi-music-midi ffmpeg \
-#          hydrogen-drumkits hydrogen-data
+#          hydrogen-drumkits hydrogen-data festival festvox-kallpc16k festvox-kdlpc16k
 # Usage: [CAUSAL=1] scripts/make_umxsynth.sh [WORKDIR]   (default: data/umxsynth-build; resumable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +20,10 @@ work=${1:-data/umxsynth-build}
 umx=.venv/bin/umx
 mkdir -p "$work"
 case ${CAUSAL:-0} in
-    0) name=umxsynth; model=$work/model; final=$work/model-produced; lstm=
-       recipe=scripts/make_umxsynth.sh ;;
-    1) name=umxsynth-rt; model=$work/model-rt; final=$work/model-rt-produced; lstm=--unidirectional
+    0) name=umxsynth; model=$work/model; stage2=$work/model-produced; final=$work/model-real
+       lstm=; recipe=scripts/make_umxsynth.sh ;;
+    1) name=umxsynth-rt; model=$work/model-rt; stage2=$work/model-rt-produced
+       final=$work/model-rt-real; lstm=--unidirectional
        recipe="CAUSAL=1 scripts/make_umxsynth.sh" ;;
     *) echo "CAUSAL must be 0 or 1, not '$CAUSAL'" >&2; exit 2 ;;
 esac
@@ -58,25 +61,49 @@ kits=/usr/share/hydrogen/data/drumkits
             "$kits"/rumpf_kit_z01_h2 \
         --test-drum-kits "$kits"/GMRockKit --production --sung
 for target in vocals drums bass other; do
-    if [ -f "$final/$target.chkpnt" ]; then
-        $umx train --checkpoint "$final" --target "$target"
+    if [ -f "$stage2/$target.chkpnt" ]; then
+        $umx train --checkpoint "$stage2" --target "$target"
     else
         $umx train --root "$work/synth-produced" --is-wav --target "$target" \
-            --model "$model" --output "$final" --seq-dur 4 --batch-size 16 \
+            --model "$model" --output "$stage2" --seq-dur 4 --batch-size 16 \
             --samples-per-track 4 --epochs 8 --lr 0.001 --seed 1
     fi
 done
 
+# 3b. Stage 3, realer sources: 120 procedural songs (denser `other`) and the MIDI songs, two
+#     excerpts each, produced as in stage 2 plus the mix bus, guitar amps and Festival's singer;
+#     the test split is sung by ked_diphone, a voice training never hears. The produced stage
+#     is fine-tuned on them, 12 epochs per target.
+[ -d "$work/synth-real" ] || $umx synth --root "$work/synth-real" --procedural 120 \
+        --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 5 --jobs 2 \
+        --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 \
+        --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
+        --drum-kits "$kits"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit} \
+            "$kits"/{ForzeeStereo,HardElectro1,Millo-Drums_v.1,Millo_MultiLayered2} \
+            "$kits"/{Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0",VariBreaks} \
+            "$kits"/rumpf_kit_z01_h2 \
+        --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
+        --amp-guitars --festival-singer --test-festival-voice ked_diphone
+for target in vocals drums bass other; do
+    if [ -f "$final/$target.chkpnt" ]; then
+        $umx train --checkpoint "$final" --target "$target" --epochs 12
+    else
+        $umx train --root "$work/synth-real" --is-wav --target "$target" \
+            --model "$stage2" --output "$final" --seq-dur 4 --batch-size 16 \
+            --samples-per-track 4 --epochs 12 --lr 0.001 --seed 1
+    fi
+done
+
 # 4. Export: float16 weight matrices, the training data's description in every target json.
-.venv/bin/python - "$work" "$model" "$final" "$name" "$recipe" <<'PY'
+.venv/bin/python - "$work" "$model" "$stage2" "$final" "$name" "$recipe" <<'PY'
 import json, sys
 from pathlib import Path
 from umx.modeldir import export_model
 from umx.zoo.registry import PRETRAINED_DIR
 
-work, base, final = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-name, recipe = sys.argv[4], sys.argv[5]
-stages = ["synth"] + (["synth-produced"] if final != base else [])
+work, *runs = map(Path, sys.argv[1:5])  # the base, produced and realer stages' models
+name, recipe = sys.argv[5], sys.argv[6]
+stages = ["synth", "synth-produced", "synth-real"]
 data = {"generator": "umx synth", "recipe": recipe, "stages": []}
 for stage in stages:
     synth = json.loads((work / stage / "synth.json").read_text())
@@ -89,13 +116,12 @@ for stage in stages:
 data["hours"] = round(sum(stage["hours"] for stage in data["stages"]), 3)
 # epochs of each target in each stage, and the training time: wall-clock seconds of every epoch
 # of every target, summed (targets may train side by side on the 2 shared cores)
-runs = [base] + ([final] if final != base else [])
 targets = ("vocals", "drums", "bass", "other")
 logs = [[json.loads((run / f"{t}.json").read_text()) for t in targets] for run in runs]
 data["epochs"] = {t: [run[i]["epochs_trained"] for run in logs] for i, t in enumerate(targets)}
 seconds = sum(sum(log["train_time_history"]) for run in logs for log in run)
 data["training_wall_hours"] = round(seconds / 3600, 2)
-export_model(final, PRETRAINED_DIR / name, metadata={"training_data": data}, force=True)
+export_model(runs[-1], PRETRAINED_DIR / name, metadata={"training_data": data}, force=True)
 PY
 
 # 5. Scores on six held-out test tracks (the first excerpt of six test songs), with the oracle
@@ -139,24 +165,31 @@ fi
 $umx evaluate --compare "${evals[@]}" "$work/evals/irm" "$work/evals/mix" \
     --evaldir "$work/evals/all-$name"
 
-# 7. The base and the final model on twelve produced test tracks (the first excerpt of the four
-#    MIDI and eight procedural test songs; held-out soundfont TimGM6mb, drum kit GMRockKit and
-#    Schroeder reverb), with the baselines; umxsynth-rt also through the stream's path.
+# 7. The stages on twelve produced test tracks (the first excerpt of the four MIDI and eight
+#    procedural test songs; held-out soundfont TimGM6mb, drum kit GMRockKit and Schroeder
+#    reverb), with the baselines; umxsynth-rt also through the stream's path.
 produced="midnight_snow_run-00 say_what_redfarn-00 train_filled_with_cash-00 ultimate_run-00
     procedural-00003-00 procedural-00015-00 procedural-00033-00 procedural-00036-00
     procedural-00065-00 procedural-00073-00 procedural-00079-00 procedural-00085-00"
-out=$work/evals-produced
-for method in "base-$name" "$name" irm mix; do
-    case $method in
-        base-*) what=(--model "$model") ;; "$name") what=(--model "$name") ;;
-        *) what=(--method "$method") ;;
-    esac
-    $umx evaluate --root "$work/synth-produced" --is-wav --tracks $produced "${what[@]}" \
-        --evaldir "$out/$method" --jobs 2
+# and on the realer test split (the first excerpt of its 16 songs; sung by ked_diphone)
+real="careless_perc_redfarn-00 keep_on_rolling-00 mighty_giant_run-00 ultimate_run-00
+    procedural-00014-00 procedural-00018-00 procedural-00032-00 procedural-00040-00
+    procedural-00050-00 procedural-00060-00 procedural-00075-00 procedural-00081-00
+    procedural-00084-00 procedural-00089-00 procedural-00095-00 procedural-00106-00"
+for split in produced real; do
+    out=$work/evals-$split; tracks=${!split}
+    for method in "base-$name" "produced-$name" "$name" irm mix; do
+        case $method in
+            base-*) what=(--model "$model") ;; produced-*) what=(--model "$stage2") ;;
+            "$name") what=(--model "$name") ;; *) what=(--method "$method") ;;
+        esac
+        $umx evaluate --root "$work/synth-$split" --is-wav --tracks $tracks "${what[@]}" \
+            --evaldir "$out/$method" --jobs 2
+    done
+    rows=("$out/base-$name" "$out/produced-$name" "$out/$name")
+    if [ "$name" = umxsynth-rt ]; then
+        causal "$work/synth-$split" "$out/$name-causal" $tracks
+        rows+=("$out/$name-causal")
+    fi
+    $umx evaluate --compare "${rows[@]}" "$out/irm" "$out/mix" --evaldir "$out/all-$name"
 done
-rows=("$out/base-$name" "$out/$name")
-if [ "$name" = umxsynth-rt ]; then
-    causal "$work/synth-produced" "$out/$name-causal" $produced
-    rows+=("$out/$name-causal")
-fi
-$umx evaluate --compare "${rows[@]}" "$out/irm" "$out/mix" --evaldir "$out/all-$name"
