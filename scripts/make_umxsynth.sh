@@ -51,14 +51,15 @@ done
 #    and, for the drums, one of 13 Hydrogen kits or the soundfont; GMRockKit is held out for the
 #    test split. The base model is fine-tuned on them, 8 epochs per target.
 kits=/usr/share/hydrogen/data/drumkits
+produced_kits=("$kits"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit}
+    "$kits"/{ForzeeStereo,HardElectro1,Millo-Drums_v.1,Millo_MultiLayered2}
+    "$kits"/{Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0",VariBreaks}
+    "$kits"/rumpf_kit_z01_h2)
 [ -d "$work/synth-produced" ] || $umx synth --root "$work/synth-produced" --procedural 160 \
         --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 2 --jobs 2 \
         --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 \
         --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
-        --drum-kits "$kits"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit} \
-            "$kits"/{ForzeeStereo,HardElectro1,Millo-Drums_v.1,Millo_MultiLayered2} \
-            "$kits"/{Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0",VariBreaks} \
-            "$kits"/rumpf_kit_z01_h2 \
+        --drum-kits "${produced_kits[@]}" \
         --test-drum-kits "$kits"/GMRockKit --production --sung
 for target in vocals drums bass other; do
     if [ -f "$stage2/$target.chkpnt" ]; then
@@ -78,10 +79,7 @@ done
         --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 5 --jobs 2 \
         --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 \
         --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
-        --drum-kits "$kits"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit} \
-            "$kits"/{ForzeeStereo,HardElectro1,Millo-Drums_v.1,Millo_MultiLayered2} \
-            "$kits"/{Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0",VariBreaks} \
-            "$kits"/rumpf_kit_z01_h2 \
+        --drum-kits "${produced_kits[@]}" \
         --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
         --amp-guitars --festival-singer --test-festival-voice ked_diphone
 for target in vocals drums bass other; do
