@@ -5,7 +5,8 @@
 # every model scored on the test split of the all-levers dataset (12 songs, TimGM6mb, GMRockKit,
 # Schroeder reverb, and the Festival voice ked_diphone, which training never hears).
 # Resumable: run it again after an interruption.
-# Needs: the packages of scripts/make_umxsynth.sh, and festival festvox-kallpc16k festvox-kdlpc16k.
+# Needs: the packages of scripts/make_umxsynth.sh, festival festvox-kallpc16k festvox-kdlpc16k,
+# and musescore-general-soundfont-lossless (the larger soundfont lever).
 # Usage: scripts/ablate_levers.sh BASE_MODEL [WORKDIR]   (default WORKDIR: data/levers)
 #   BASE_MODEL: the causal base stage of umxsynth-rt (scripts/make_umxsynth.sh's model-rt/)
 set -u
@@ -18,11 +19,13 @@ k=/usr/share/hydrogen/data/drumkits
 kits=("$k"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit,ForzeeStereo,HardElectro1} \
       "$k"/{Millo-Drums_v.1,Millo_MultiLayered2,Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0"} \
       "$k"/{VariBreaks,rumpf_kit_z01_h2})
+musescore=/usr/share/sounds/sf2/MuseScore_General_Full.sf2  # a second GM soundfont, 490 MB
 declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" \
     [amp-guitars]="--amp-guitars" [festival-singer]="--festival-singer" \
+    [musescore-general]="--soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 $musescore" \
     [all]="--mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone")
 export OMP_NUM_THREADS=1
-for v in all none mix-bus dense-other amp-guitars festival-singer; do
+for v in all none mix-bus dense-other amp-guitars festival-singer musescore-general; do
   d=$w/data-$v
   [ -d $d ] || nice -n 5 $umx synth --root $d --procedural 60 --excerpts 1 --duration 20 \
       --test-fraction 0.2 --valid-fraction 0.1 --seed 3 --jobs 2 -q \
@@ -45,4 +48,5 @@ done
 [ -d $w/eval-base ] || $umx evaluate --root $w/data-all --is-wav --tracks $(ls $w/data-all/test) \
     --model "$base" --evaldir $w/eval-base --jobs 1 -q
 $umx evaluate --compare $w/eval-{base,none,mix-bus,dense-other,amp-guitars,festival-singer} \
+    $w/eval-musescore-general \
     --evaldir $w/all
