@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from umx.cli import main
+from umx.files import hold_lock
 from umx.jobs import DONE
 from umx.web import options as serve_options
 from umx.web.records import Job
@@ -408,6 +409,7 @@ OPTION_CASES = [
     ("data-dir-read-only", ["--data-dir", "{root}/data"], "cannot write in the data directory"),
     ("data-dir-not-creatable", ["--data-dir", "{root}/locked/data"], "{root}/locked/data"),
 ]
+OPTION_CASES_BY_NAME = {case[0]: case[1] for case in OPTION_CASES}
 READ_ONLY = {"data-dir-read-only": "data", "data-dir-not-creatable": "locked"}
 """The case folder's sub-folder a case makes read-only."""
 
@@ -437,6 +439,10 @@ def test_bad_option_is_one_line_before_listening(
     assert error.startswith("umx: error: ") and error.count("\n") == 1, error
     assert expected.format(root=folder) in error
     assert snapshot(folder) == before
+    if "--data-dir" not in OPTION_CASES_BY_NAME[name]:  # refused after its store was made
+        lock = hold_lock(folder / "data")
+        assert lock is not None, "the refused server kept its data directory locked"
+        lock.close()
 
 
 def test_a_data_directory_in_use_is_refused(tmp_path, capsys, monkeypatch):

@@ -257,22 +257,23 @@ def _serve(args: argparse.Namespace, stop: StopRequest) -> bool:
         max_cache_bytes=int(args.max_cache_gb * 2**30),
         device=device,
     )
-    app = create_app(
-        store,
-        default_model=model,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        host=args.host,
-        # the default fell back: offline, or the download host did not answer
-        no_downloads="the download server did not answer at start"
-        if args.model is None and model != DEFAULT_MODEL
-        else None,
-    )
-    sock = listen(args.host, args.port)
-    url = page_url(sock)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("listening on %s: anyone who can reach it can use the page", args.host)
-    stop.server = Server(app, GRACEFUL_SHUTDOWN_S)
-    try:
+    sock = None
+    try:  # the store is stopped (its data directory released) whatever happens from here
+        app = create_app(
+            store,
+            default_model=model,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            host=args.host,
+            # the default fell back: offline, or the download host did not answer
+            no_downloads="the download server did not answer at start"
+            if args.model is None and model != DEFAULT_MODEL
+            else None,
+        )
+        sock = listen(args.host, args.port)
+        url = page_url(sock)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning("listening on %s: anyone who can reach it can use the page", args.host)
+        stop.server = Server(app, GRACEFUL_SHUTDOWN_S)
         if stop.signum is None:
             one_malloc_arena()  # before the workers and the HTTP threads start
             store.start(args.jobs, preload=model)
@@ -283,6 +284,7 @@ def _serve(args: argparse.Namespace, stop: StopRequest) -> bool:
         if stop.signum is None:  # a signal from now on sets the server's should_exit
             stop.server.run(sockets=[sock])
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
         ended = store.stop(timeout=WORKERS_STOP_S)
     return ended
