@@ -419,10 +419,21 @@ def test_the_held_out_voice_is_another_singer_in_the_same_tune():
     ],
     ids=["without-festival", "unknown", "scheme-injection", "training-voice"],
 )
-def test_bad_test_festival_voices_are_refused(tmp_path, monkeypatch, options, message):
+@pytest.mark.parametrize("test_fraction", [0.5, 0])
+def test_bad_test_festival_voices_are_refused(
+    tmp_path, monkeypatch, options, message, test_fraction
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UmxError, match=message):
-        synth("--root", tmp_path / "out", "--procedural", 1, "--test-fraction", 0.5, *options)
+        synth(
+            "--root",
+            tmp_path / "out",
+            "--procedural",
+            1,
+            "--test-fraction",
+            test_fraction,
+            *options,
+        )
     assert sorted(tmp_path.iterdir()) == []
 
 

@@ -253,8 +253,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def _test_festival_voice(args: argparse.Namespace) -> str | None:
-    """The test split's Festival voice (None: the training voice, or no test split), once the
-    voices of `--festival-singer` are found installed.
+    """The test split's Festival voice (None: the training voice), once the voices of
+    `--festival-singer` are found installed.
 
     Raises:
         UmxError: `--test-festival-voice` without `--festival-singer`, or a voice is missing.
@@ -266,9 +266,8 @@ def _test_festival_voice(args: argparse.Namespace) -> str | None:
     if not args.festival_singer:
         return None
     lever("festival").check_festival()
-    if args.test_festival_voice is None or args.test_fraction == 0:
-        return None
-    lever("festival").check_festival(args.test_festival_voice)
+    if args.test_festival_voice is not None:  # checked even without a test split
+        lever("festival").check_festival(args.test_festival_voice)
     return args.test_festival_voice
 
 
