@@ -34,17 +34,21 @@ esac
     --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 1 --jobs 2 \
     --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music
 
-# 2. Training: a small model (hidden size 128), 12 epochs per target. A killed run resumes with
-#    --checkpoint, so the loop can be run again after an interruption.
-for target in vocals drums bass other; do
-    if [ -f "$model/$target.chkpnt" ]; then
-        $umx train --checkpoint "$model" --target "$target"
-    else
-        $umx train --root "$work/synth" --is-wav --target "$target" --output "$model" \
-            --hidden-size 128 --seq-dur 4 --batch-size 16 --samples-per-track 4 --epochs 12 \
-            --lr 0.002 --seed 1 $lstm
-    fi
-done
+train() {  # train OUTPUT EPOCHS OPTION...: the four targets into OUTPUT; a target killed
+           # mid-run resumes from its checkpoint, so a stage can be run again after an interruption
+    local out=$1 epochs=$2; shift 2
+    for target in vocals drums bass other; do
+        if [ -f "$out/$target.chkpnt" ]; then
+            $umx train --checkpoint "$out" --target "$target" --epochs "$epochs"
+        else
+            $umx train --target "$target" --output "$out" --epochs "$epochs" "$@"
+        fi
+    done
+}
+
+# 2. Training: a small model (hidden size 128), 12 epochs per target.
+train "$model" 12 --root "$work/synth" --is-wav --hidden-size 128 --seq-dur 4 --batch-size 16 \
+    --samples-per-track 4 --lr 0.002 --seed 1 $lstm
 
 # 3. Stage 2: produced tracks, 160 procedural songs and the MIDI songs, two
 #    excerpts each, rendered with FluidR3 (MuseScore's compressed soundfont is 3 times slower)
@@ -61,15 +65,8 @@ produced_kits=("$kits"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmp
         --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
         --drum-kits "${produced_kits[@]}" \
         --test-drum-kits "$kits"/GMRockKit --production --sung
-for target in vocals drums bass other; do
-    if [ -f "$stage2/$target.chkpnt" ]; then
-        $umx train --checkpoint "$stage2" --target "$target"
-    else
-        $umx train --root "$work/synth-produced" --is-wav --target "$target" \
-            --model "$model" --output "$stage2" --seq-dur 4 --batch-size 16 \
-            --samples-per-track 4 --epochs 8 --lr 0.001 --seed 1
-    fi
-done
+train "$stage2" 8 --root "$work/synth-produced" --is-wav --model "$model" --seq-dur 4 \
+    --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
 # 3b. Stage 3, realer sources: 120 procedural songs (denser `other`) and the MIDI songs, two
 #     excerpts each, produced as in stage 2 plus the mix bus, guitar amps and Festival's singer;
@@ -82,15 +79,8 @@ done
         --drum-kits "${produced_kits[@]}" \
         --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
         --amp-guitars --festival-singer --test-festival-voice ked_diphone
-for target in vocals drums bass other; do
-    if [ -f "$final/$target.chkpnt" ]; then
-        $umx train --checkpoint "$final" --target "$target" --epochs 12
-    else
-        $umx train --root "$work/synth-real" --is-wav --target "$target" \
-            --model "$stage2" --output "$final" --seq-dur 4 --batch-size 16 \
-            --samples-per-track 4 --epochs 12 --lr 0.001 --seed 1
-    fi
-done
+train "$final" 12 --root "$work/synth-real" --is-wav --model "$stage2" --seq-dur 4 \
+    --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
 # 4. Export: float16 weight matrices, the training data's description in every target json.
 .venv/bin/python - "$work" "$model" "$stage2" "$final" "$name" "$recipe" <<'PY'
