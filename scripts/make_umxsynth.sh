@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in three
+# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in four
 # stages: a base model trained on General MIDI renderings (the first umxsynth), fine-tuned on
 # produced tracks (recorded Hydrogen drum kits, effect chains, the formant singer), then on
 # tracks with the realer sources of docs/synthetic-data.md (mix bus, denser `other`, guitar
-# amps, Festival's recorded-voice singer); it exports the weights and scores the stages on the
-# produced and the realer test splits, whose soundfont, drum kit, reverb family (and, for the
-# realer split, Festival voice) training never uses.
+# amps, Festival's recorded-voice singer), then on more such tracks, half of them played by a
+# second, larger soundfont; it exports the weights and scores the stages on the produced and
+# the realer test splits, whose soundfont, drum kit, reverb family (and, for the realer split,
+# Festival voice) training never uses.
 # With CAUSAL=1 it builds the causal `umxsynth-rt` (src/umx/pretrained/umxsynth-rt) instead: the
 # same data (shared by both in one WORKDIR) and the same stages with a unidirectional LSTM,
 # scored offline like umxsynth and through the stream's causal path
 # (umx.stream.engine.separate_causal).
 # Needs: apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont \
 #          musescore-general-soundfont-small openttd-openmsx planetblupi-music-midi ffmpeg \
-#          hydrogen-drumkits hydrogen-data festival festvox-kallpc16k festvox-kdlpc16k
+#          hydrogen-drumkits hydrogen-data festival festvox-kallpc16k festvox-kdlpc16k \
+#          musescore-general-soundfont-lossless
 # Usage: [CAUSAL=1] scripts/make_umxsynth.sh [WORKDIR]   (default: data/umxsynth-build; resumable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +22,11 @@ work=${1:-data/umxsynth-build}
 umx=.venv/bin/umx
 mkdir -p "$work"
 case ${CAUSAL:-0} in
-    0) name=umxsynth; model=$work/model; stage2=$work/model-produced; final=$work/model-real
+    0) name=umxsynth; model=$work/model; stage2=$work/model-produced; stage3=$work/model-real
+       final=$work/model-real2
        lstm=; recipe=scripts/make_umxsynth.sh ;;
     1) name=umxsynth-rt; model=$work/model-rt; stage2=$work/model-rt-produced
-       final=$work/model-rt-real; lstm=--unidirectional
+       stage3=$work/model-rt-real; final=$work/model-rt-real2; lstm=--unidirectional
        recipe="CAUSAL=1 scripts/make_umxsynth.sh" ;;
     *) echo "CAUSAL must be 0 or 1, not '$CAUSAL'" >&2; exit 2 ;;
 esac
@@ -79,19 +82,32 @@ train "$stage2" 8 --root "$work/synth-produced" --is-wav --model "$model" --seq-
         --drum-kits "${produced_kits[@]}" \
         --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
         --amp-guitars --festival-singer --test-festival-voice ked_diphone
-train "$final" 12 --root "$work/synth-real" --is-wav --model "$stage2" --seq-dur 4 \
+train "$stage3" 12 --root "$work/synth-real" --is-wav --model "$stage2" --seq-dur 4 \
+    --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
+
+# 3c. Stage 4, a second soundfont: as stage 3 with other songs (seed 6), each track played by
+#     FluidR3 or by the larger MuseScore_General_Full; stage 3 is fine-tuned on them, 10 epochs
+#     per target.
+[ -d "$work/synth-real2" ] || $umx synth --root "$work/synth-real2" --procedural 120 \
+        --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 6 --jobs 2 \
+        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} \
+        --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
+        --drum-kits "${produced_kits[@]}" \
+        --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
+        --amp-guitars --festival-singer --test-festival-voice ked_diphone
+train "$final" 10 --root "$work/synth-real2" --is-wav --model "$stage3" --seq-dur 4 \
     --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
 # 4. Export: float16 weight matrices, the training data's description in every target json.
-.venv/bin/python - "$work" "$model" "$stage2" "$final" "$name" "$recipe" <<'PY'
+.venv/bin/python - "$work" "$model" "$stage2" "$stage3" "$final" "$name" "$recipe" <<'PY'
 import json, sys
 from pathlib import Path
 from umx.modeldir import export_model
 from umx.zoo.registry import PRETRAINED_DIR
 
-work, *runs = map(Path, sys.argv[1:5])  # the base, produced and realer stages' models
-name, recipe = sys.argv[5], sys.argv[6]
-stages = ["synth", "synth-produced", "synth-real"]
+work, *runs = map(Path, sys.argv[1:6])  # the base, produced, realer and second-soundfont stages
+name, recipe = sys.argv[6], sys.argv[7]
+stages = ["synth", "synth-produced", "synth-real", "synth-real2"]
 data = {"generator": "umx synth", "recipe": recipe, "stages": []}
 for stage in stages:
     synth = json.loads((work / stage / "synth.json").read_text())
@@ -112,11 +128,11 @@ data["training_wall_hours"] = round(seconds / 3600, 2)
 export_model(runs[-1], PRETRAINED_DIR / name, metadata={"training_data": data}, force=True)
 PY
 
-# 5. Scores on six held-out test tracks (the first excerpt of six test songs), with the oracle
-#    ideal ratio mask and the unprocessed mixture on the same tracks.
+# 5. The base stage's scores on six of its held-out test tracks (the first excerpt of six test
+#    songs), with the oracle ideal ratio mask and the unprocessed mixture on the same tracks.
 tracks="mighty_giant_run-00 relax_song-00 the_fast_route-00 ttsong_iii_imuh3-00 procedural-00010-00 procedural-00030-00"
 for method in "$name" irm mix; do
-    if [ "$method" = "$name" ]; then what=(--model "$name"); else what=(--method "$method"); fi
+    if [ "$method" = "$name" ]; then what=(--model "$model"); else what=(--method "$method"); fi
     $umx evaluate --root "$work/synth" --is-wav --tracks $tracks "${what[@]}" \
         --evaldir "$work/evals/$method" --jobs 2
 done
@@ -124,17 +140,17 @@ evals=("$work/evals/$name")
 
 # 6. The causal model also through the stream's path: separate_causal (causal framing and causal
 #    Wiener EM, the stems `umx stream` returns, without the latency) writes the estimates.
-causal() {  # causal DATASET EVALDIR TRACK...: score umxsynth-rt's causal stems of the test tracks
-    local data=$1 evaldir=$2; shift 2
-    .venv/bin/python - "$data" "$evaldir/estimates" "$@" <<'PY'
+causal() {  # causal MODEL DATASET EVALDIR TRACK...: score a causal model's stems of test tracks
+    local model=$1 data=$2 evaldir=$3; shift 3
+    .venv/bin/python - "$model" "$data" "$evaldir/estimates" "$@" <<'PY'
 import sys
 from pathlib import Path
 import soundfile
 import torch
 from umx import load_separator, separate_causal
 
-data, out, tracks = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-separator = load_separator("umxsynth-rt", device="cpu")
+model, data, out, tracks = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
+separator = load_separator(model, device="cpu")
 for track in tracks:
     mix, rate = soundfile.read(data / "test" / track / "mixture.wav", dtype="float32")
     assert rate == separator.sample_rate, (rate, separator.sample_rate)
@@ -147,36 +163,37 @@ PY
         --evaldir "$evaldir" --jobs 2
 }
 if [ "$name" = umxsynth-rt ]; then
-    causal "$work/synth" "$work/evals/$name-causal" $tracks
+    causal "$model" "$work/synth" "$work/evals/$name-causal" $tracks
     evals+=("$work/evals/$name-causal")
 fi
 $umx evaluate --compare "${evals[@]}" "$work/evals/irm" "$work/evals/mix" \
     --evaldir "$work/evals/all-$name"
 
-# 7. The stages on twelve produced test tracks (the first excerpt of the four MIDI and eight
-#    procedural test songs; held-out soundfont TimGM6mb, drum kit GMRockKit and Schroeder
-#    reverb), with the baselines; umxsynth-rt also through the stream's path.
-produced="midnight_snow_run-00 say_what_redfarn-00 train_filled_with_cash-00 ultimate_run-00
-    procedural-00003-00 procedural-00015-00 procedural-00033-00 procedural-00036-00
+# 7. The stages on the eight procedural test songs of the produced split (the first excerpt of
+#    each; held-out soundfont TimGM6mb, drum kit GMRockKit and Schroeder reverb), with the
+#    baselines; umxsynth-rt also through the stream's path. Only procedural songs: each stage
+#    splits the same General MIDI songs with its own seed, so a later stage trains on some MIDI
+#    songs an earlier one tests on, while procedural songs differ with every seed.
+produced="procedural-00003-00 procedural-00015-00 procedural-00033-00 procedural-00036-00
     procedural-00065-00 procedural-00073-00 procedural-00079-00 procedural-00085-00"
-# and on the realer test split (the first excerpt of its 16 songs; sung by ked_diphone)
-real="careless_perc_redfarn-00 keep_on_rolling-00 mighty_giant_run-00 ultimate_run-00
-    procedural-00014-00 procedural-00018-00 procedural-00032-00 procedural-00040-00
+# and on the realer test split (the first excerpt of its 12 procedural songs; sung by ked_diphone)
+real="procedural-00014-00 procedural-00018-00 procedural-00032-00 procedural-00040-00
     procedural-00050-00 procedural-00060-00 procedural-00075-00 procedural-00081-00
     procedural-00084-00 procedural-00089-00 procedural-00095-00 procedural-00106-00"
 for split in produced real; do
     out=$work/evals-$split; tracks=${!split}
-    for method in "base-$name" "produced-$name" "$name" irm mix; do
+    for method in "base-$name" "produced-$name" "realer-$name" "$name" irm mix; do
         case $method in
             base-*) what=(--model "$model") ;; produced-*) what=(--model "$stage2") ;;
-            "$name") what=(--model "$name") ;; *) what=(--method "$method") ;;
+            realer-*) what=(--model "$stage3") ;; "$name") what=(--model "$name") ;;
+            *) what=(--method "$method") ;;
         esac
         $umx evaluate --root "$work/synth-$split" --is-wav --tracks $tracks "${what[@]}" \
             --evaldir "$out/$method" --jobs 2
     done
-    rows=("$out/base-$name" "$out/produced-$name" "$out/$name")
+    rows=("$out/base-$name" "$out/produced-$name" "$out/realer-$name" "$out/$name")
     if [ "$name" = umxsynth-rt ]; then
-        causal "$work/synth-$split" "$out/$name-causal" $tracks
+        causal "$name" "$work/synth-$split" "$out/$name-causal" $tracks
         rows+=("$out/$name-causal")
     fi
     $umx evaluate --compare "${rows[@]}" "$out/irm" "$out/mix" --evaldir "$out/all-$name"
