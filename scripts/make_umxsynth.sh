@@ -173,7 +173,9 @@ $umx evaluate --compare "${evals[@]}" "$work/evals/irm" "$work/evals/mix" \
 #    each; held-out soundfont TimGM6mb, drum kit GMRockKit and Schroeder reverb), with the
 #    baselines; umxsynth-rt also through the stream's path. Only procedural songs: each stage
 #    splits the same General MIDI songs with its own seed, so a later stage trains on some MIDI
-#    songs an earlier one tests on, while procedural songs differ with every seed.
+#    songs an earlier one tests on, while procedural songs differ with every seed. (These
+#    renders predate `umx synth --test-songs-of`; a new stage's render should give it the
+#    earlier datasets, keeping their MIDI test songs out of its training.)
 produced="procedural-00003-00 procedural-00015-00 procedural-00033-00 procedural-00036-00
     procedural-00065-00 procedural-00073-00 procedural-00079-00 procedural-00085-00"
 # and on the realer test split (the first excerpt of its 12 procedural songs; sung by ked_diphone)

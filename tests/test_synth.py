@@ -223,6 +223,36 @@ def test_plan_tracks_splits_by_song_and_soundfont(tmp_path):
     assert [plan.start for plan in other_seed] != [plan.start for plan in plans]
 
 
+def test_plan_tracks_keeps_held_out_songs_in_the_test_split(tmp_path):
+    """MIDI songs an earlier dataset tests on go to the test split whatever the seed, counting
+    towards its share; a procedural song of such a name is this seed's own song, left alone."""
+    path = tmp_path / "song.mid"
+    path.write_bytes(encode_midi(gm_song(12)))
+    songs = [SongRef(f"song{index}", path=str(path)) for index in range(10)]
+    songs.append(SongRef("procedural-00000", seed=5))
+    fonts = {"train": [Path("a.sf2")], "valid": [Path("a.sf2")], "test": [Path("c.sf2")]}
+    args = {"seed": 1, "duration": 4, "test_fraction": 0.2, "valid_fraction": 0.1}
+
+    def splits(**extra: object) -> dict[str, str]:
+        return {plan.song.name: plan.split for plan in plan_tracks(songs, fonts, **args, **extra)}
+
+    def counts(split_of: dict[str, str]) -> list[int]:
+        midi = [split for name, split in split_of.items() if name.startswith("song")]
+        return [midi.count(split) for split in ("test", "valid", "train")]
+
+    plain = splits()
+    trained = sorted(name for name, split in plain.items() if split != "test" and "song" in name)
+    trained = trained[:3]
+    assert counts(plain) == [2, 1, 7] and plain["procedural-00000"] == "train"
+    held = splits(held_out=frozenset([*trained, "procedural-00000", "absent"]))
+    assert [held[name] for name in trained] == ["test"] * 3
+    assert counts(held) == [3, 1, 6]  # more held-out songs than the share: the split grows
+    assert held["procedural-00000"] == "train"
+    one = splits(held_out=frozenset(trained[:1]))
+    assert one[trained[0]] == "test" and counts(one) == [2, 1, 7]
+    assert splits(held_out=frozenset(["absent"])) == plain
+
+
 def test_plan_tracks_refuses_a_test_soundfont_used_for_training(tmp_path):
     fonts = {"train": [Path("a.sf2")], "valid": [Path("a.sf2")], "test": [Path("a.sf2")]}
     with pytest.raises(UmxError, match=r"a\.sf2 is used for both training and testing"):
@@ -348,6 +378,45 @@ def test_existing_dataset_is_refused_without_force(tmp_path):
     assert synth(*args, "--force") == 0
     assert sorted(path.name for path in (root / "train").iterdir()) == ["procedural-00000-00"]
     assert [path.name for path in tmp_path.iterdir()] == ["data"]  # nothing left beside it
+
+
+@needs_fluidsynth
+def test_test_songs_of_an_earlier_dataset_are_rendered_for_testing_only(tmp_path, dataset_args):
+    """`--test-songs-of`: a song the earlier dataset tests on is rendered into the test split
+    with the test soundfont, even with no test share, and the option is recorded."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "synth.json").write_text(json.dumps({"songs": {"test": ["gm", "other"]}}))
+    args = [*dataset_args, "--procedural", 1, "--test-fraction", 0, "--valid-fraction", 0]
+    assert synth("--root", tmp_path / "data", *args, "--test-songs-of", earlier) == 0
+    manifest = json.loads((tmp_path / "data" / "synth.json").read_text())
+    assert manifest["songs"] == {"train": ["procedural-00000"], "valid": [], "test": ["gm"]}
+    assert manifest["soundfonts"]["test"] == [
+        str(dataset_args[dataset_args.index("--test-soundfont") + 1])
+    ]
+    assert manifest["settings"]["test_songs_of"] == [str(earlier)]
+    assert sorted(p.name for p in (tmp_path / "data" / "test").iterdir()) == ["gm-00", "gm-01"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"synth\.json not found: give a folder umx synth made"),
+        (b"{not json", r"synth\.json is not readable \("),
+        (b"[]", r"synth\.json does not list its test songs: is it umx synth's\?"),
+        (b'{"songs": {"test": [1]}}', r"synth\.json does not list its test songs"),
+        (b'{"songs": {"train": []}}', r"synth\.json does not list its test songs"),
+    ],
+)
+def test_test_songs_of_a_folder_umx_synth_did_not_make_is_refused(tmp_path, content, message):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    if content is not None:
+        (earlier / "synth.json").write_bytes(content)
+    args = ["--procedural", 1, "--soundfont", SOUNDFONT, "--test-songs-of", earlier]
+    with pytest.raises(UmxError, match=message):
+        synth("--root", tmp_path / "out", *args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_that_is_not_a_dataset_is_refused_even_with_force(tmp_path):

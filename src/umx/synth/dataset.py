@@ -37,7 +37,7 @@ from umx.defaults import (
     TEST_SOUNDFONTS,
     TRAIN_SOUNDFONTS,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, display_path
 from umx.files import staged_folder, write_atomic
 from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song
@@ -59,6 +59,7 @@ SETTINGS = (
     "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
     "excerpts", "duration", "sample_rate", "seed", "drum_kits", "test_drum_kits", "production",
     "sung", "mix_bus", "dense_other", "amp_guitars", "festival_singer", "test_festival_voice",
+    "test_songs_of",
 )  # fmt: skip
 """The options recorded in ``synth.json``."""
 
@@ -204,6 +205,26 @@ def _manifest(tracks: list[dict], settings: dict, duration: float, sample_rate: 
         },
         "tracks": tracks,
     }
+
+
+def read_test_songs(root: Path) -> list[str]:
+    """The names of the songs in the test split of the dataset `umx synth` made in ``root``.
+
+    Raises:
+        UmxError: ``root`` holds no readable ``synth.json`` with a list of test songs.
+    """
+    path = root / "synth.json"
+    try:
+        songs = json.loads(path.read_bytes())["songs"]["test"]
+    except FileNotFoundError:
+        raise UmxError(f"{display_path(path)} not found: give a folder umx synth made") from None
+    except (OSError, ValueError, RecursionError) as error:
+        raise UmxError(f"{display_path(path)} is not readable ({error})") from None
+    except (KeyError, TypeError):
+        songs = None
+    if not isinstance(songs, list) or not all(isinstance(song, str) for song in songs):
+        raise UmxError(f"{display_path(path)} does not list its test songs: is it umx synth's?")
+    return songs
 
 
 def _folder(split: str) -> str:

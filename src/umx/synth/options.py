@@ -169,6 +169,15 @@ def _add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         "apt-get install festvox-kdlpc16k",
     )
     parser.add_argument(
+        "--test-songs-of",
+        metavar="DATASET",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="put the General MIDI songs of these umx synth datasets' test splits in this "
+        "one's test split, never in training: for a model trained in stages on several datasets",
+    )
+    parser.add_argument(
         "--mix-bus",
         action="store_true",
         help="give every track a mix bus: stereo width, a bus compressor and a limiter whose "
@@ -182,7 +191,7 @@ def run_synth(args: argparse.Namespace) -> int:
     Raises:
         UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
     """
-    from umx.synth.dataset import SETTINGS, check_root, default_soundfonts, synthesize
+    from umx.synth.dataset import SETTINGS, check_root, read_test_songs, synthesize
     from umx.synth.plan import (
         TEMPO_RANGE,
         SongRef,
@@ -190,7 +199,7 @@ def run_synth(args: argparse.Namespace) -> int:
         find_midi_files,
         plan_tracks,
     )
-    from umx.synth.render import check_fluidsynth, check_soundfont
+    from umx.synth.render import check_fluidsynth
 
     check_number("--procedural", args.procedural, minimum=0, integer=True)
     for name in ("--excerpts", "--jobs"):
@@ -214,24 +223,21 @@ def run_synth(args: argparse.Namespace) -> int:
     ]
     if not songs:
         raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
+    held_out = frozenset(song for root in args.test_songs_of for song in read_test_songs(root))
     check_fluidsynth()
     test_voice = _test_festival_voice(args)
-    train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
-    test = []
-    if args.test_fraction > 0:
-        test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
-    kits = [_kit(path) for path in args.drum_kits]
-    test_kits = [_kit(path) for path in args.test_drum_kits] if args.test_fraction > 0 else []
+    soundfonts, kits = _split_sounds(args, tested=args.test_fraction > 0 or bool(held_out))
     plans = plan_tracks(
         songs,
-        {"train": train, "valid": train, "test": test},
-        drum_kits={"train": kits, "valid": kits, "test": test_kits},
+        soundfonts,
+        drum_kits=kits,
         production=args.production,
         sung=args.sung,
         mix_bus=args.mix_bus,
         amp_guitars=args.amp_guitars,
         festival_singer=args.festival_singer,
         test_festival_voice=test_voice,
+        held_out=held_out,
         seed=args.seed,
         duration=args.duration,
         excerpts=args.excerpts,
@@ -250,6 +256,28 @@ def run_synth(args: argparse.Namespace) -> int:
         settings=settings,
     )
     return 0
+
+
+def _split_sounds(
+    args: argparse.Namespace, tested: bool
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """The soundfonts and the drum kits of each split, checked; the test split's only when
+    ``tested`` (it will have songs).
+
+    Raises:
+        UmxError: a soundfont or drum kit umx cannot play.
+    """
+    from umx.synth.dataset import default_soundfonts
+    from umx.synth.render import check_soundfont
+
+    train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
+    kits = [_kit(path) for path in args.drum_kits]
+    test, test_kits = [], []
+    if tested:
+        test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
+        test_kits = [_kit(path) for path in args.test_drum_kits]
+    soundfonts = {"train": train, "valid": train, "test": test}
+    return soundfonts, {"train": kits, "valid": kits, "test": test_kits}
 
 
 def _test_festival_voice(args: argparse.Namespace) -> str | None:

@@ -13,6 +13,7 @@ import importlib
 import logging
 import random
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -140,16 +141,25 @@ def find_midi_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _split(songs: list[SongRef], seed: int, test: float, valid: float) -> dict[str, list[SongRef]]:
-    """Shuffles ``songs`` with ``seed`` and cuts them into splits."""
-    songs = list(songs)
-    random.Random(derive_seed(seed, "split")).shuffle(songs)
-    nb_test, nb_valid = round(test * len(songs)), round(valid * len(songs))
-    return {
-        "test": songs[:nb_test],
-        "valid": songs[nb_test : nb_test + nb_valid],
-        "train": songs[nb_test + nb_valid :],
-    }
+def _split(
+    songs: Sequence[SongRef], seed: int, test: float, valid: float, held_out: AbstractSet[str]
+) -> dict[str, list[SongRef]]:
+    """Splits MIDI files and procedural songs apart, so that each split gets both kinds: each
+    group shuffled with ``seed`` and cut by the fractions. The MIDI songs named in ``held_out``
+    go to the test split first, counting towards its share (a procedural song of such a name is
+    this seed's own song)."""
+    splits: dict[str, list[SongRef]] = {split: [] for split in SPLITS}
+    for procedural in (False, True):
+        group = [song for song in songs if (song.path is None) == procedural]
+        random.Random(derive_seed(seed, "split")).shuffle(group)
+        nb_test, nb_valid = round(test * len(group)), round(valid * len(group))
+        forced = [song for song in group if not procedural and song.name in held_out]
+        group = forced + [song for song in group if song not in forced]
+        nb_test = max(nb_test, len(forced))
+        splits["test"] += group[:nb_test]
+        splits["valid"] += group[nb_test : nb_test + nb_valid]
+        splits["train"] += group[nb_test + nb_valid :]
+    return splits
 
 
 def plan_tracks(
@@ -168,6 +178,7 @@ def plan_tracks(
     amp_guitars: bool = False,
     festival_singer: bool = False,
     test_festival_voice: str | None = None,
+    held_out: AbstractSet[str] = frozenset(),
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
 
@@ -194,6 +205,8 @@ def plan_tracks(
             vocals.
         test_festival_voice: the Festival voice of the test split (held out from training);
             None: the training voice.
+        held_out: names of MIDI songs that go to the test split whatever the seed (the test
+            songs of an earlier dataset, so that no stage of a model trains on them).
 
     Returns:
         The tracks, by split then song name.
@@ -211,11 +224,7 @@ def plan_tracks(
         }
         if shared:
             raise UmxError(f"{kind} {min(shared)} is used for both training and testing")
-    splits: dict[str, list[SongRef]] = {split: [] for split in SPLITS}
-    for procedural in (False, True):
-        group = [song for song in songs if (song.path is None) == procedural]
-        for split, chosen in _split(group, seed, test_fraction, valid_fraction).items():
-            splits[split] += chosen
+    splits = _split(songs, seed, test_fraction, valid_fraction, held_out)
     levers = {"production": production, "sung": sung, "mix_bus": mix_bus, "amp": amp_guitars}
     plans = []
     for split, chosen in splits.items():
