@@ -402,6 +402,7 @@ def test_test_songs_of_an_earlier_dataset_are_rendered_for_testing_only(tmp_path
     ("content", "message"),
     [
         (None, r"synth\.json not found: give a folder umx synth made"),
+        ("fifo", r"synth\.json is not a regular file: give a folder umx synth made"),
         (b"{not json", r"synth\.json is not readable \("),
         (b"[]", r"synth\.json does not list its test songs: is it umx synth's\?"),
         (b'{"songs": {"test": [1]}}', r"synth\.json does not list its test songs"),
@@ -411,7 +412,9 @@ def test_test_songs_of_an_earlier_dataset_are_rendered_for_testing_only(tmp_path
 def test_test_songs_of_a_folder_umx_synth_did_not_make_is_refused(tmp_path, content, message):
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    if content is not None:
+    if content == "fifo":  # a read would wait for a writer forever
+        os.mkfifo(earlier / "synth.json")
+    elif content is not None:
         (earlier / "synth.json").write_bytes(content)
     args = ["--procedural", 1, "--soundfont", SOUNDFONT, "--test-songs-of", earlier]
     with pytest.raises(UmxError, match=message):

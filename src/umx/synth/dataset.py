@@ -214,10 +214,11 @@ def read_test_songs(root: Path) -> list[str]:
         UmxError: ``root`` holds no readable ``synth.json`` with a list of test songs.
     """
     path = root / "synth.json"
+    if not path.is_file():  # a FIFO or device would block the read, or never end
+        what = "is not a regular file" if path.exists() else "not found"
+        raise UmxError(f"{display_path(path)} {what}: give a folder umx synth made")
     try:
         songs = json.loads(path.read_bytes())["songs"]["test"]
-    except FileNotFoundError:
-        raise UmxError(f"{display_path(path)} not found: give a folder umx synth made") from None
     except (OSError, ValueError, RecursionError) as error:
         raise UmxError(f"{display_path(path)} is not readable ({error})") from None
     except (KeyError, TypeError):
