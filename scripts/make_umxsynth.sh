@@ -75,26 +75,20 @@ train "$stage2" 8 --root "$work/synth-produced" --is-wav --model "$model" --seq-
 #     excerpts each, produced as in stage 2 plus the mix bus, guitar amps and Festival's singer;
 #     the test split is sung by ked_diphone, a voice training never hears. The produced stage
 #     is fine-tuned on them, 12 epochs per target.
-[ -d "$work/synth-real" ] || $umx synth --root "$work/synth-real" --procedural 120 \
-        --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 5 --jobs 2 \
-        --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 \
-        --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
-        --drum-kits "${produced_kits[@]}" \
-        --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
-        --amp-guitars --festival-singer --test-festival-voice ked_diphone
+realer=(--procedural 120 --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1
+    --jobs 2 --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music
+    --drum-kits "${produced_kits[@]}" --test-drum-kits "$kits"/GMRockKit --production --sung
+    --mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone)
+[ -d "$work/synth-real" ] || $umx synth --root "$work/synth-real" --seed 5 \
+        --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 "${realer[@]}"
 train "$stage3" 12 --root "$work/synth-real" --is-wav --model "$stage2" --seq-dur 4 \
     --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
 # 3c. Stage 4, a second soundfont: as stage 3 with other songs (seed 6), each track played by
 #     FluidR3 or by the larger MuseScore_General_Full; stage 3 is fine-tuned on them, 10 epochs
 #     per target.
-[ -d "$work/synth-real2" ] || $umx synth --root "$work/synth-real2" --procedural 120 \
-        --excerpts 2 --duration 20 --test-fraction 0.1 --valid-fraction 0.1 --seed 6 --jobs 2 \
-        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} \
-        --midi /usr/share/games/openttd/baseset/openmsx /usr/share/planetblupi/music \
-        --drum-kits "${produced_kits[@]}" \
-        --test-drum-kits "$kits"/GMRockKit --production --sung --mix-bus --dense-other \
-        --amp-guitars --festival-singer --test-festival-voice ked_diphone
+[ -d "$work/synth-real2" ] || $umx synth --root "$work/synth-real2" --seed 6 \
+        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} "${realer[@]}"
 train "$final" 10 --root "$work/synth-real2" --is-wav --model "$stage3" --seq-dur 4 \
     --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
