@@ -1,5 +1,6 @@
 """Fixtures shared by test modules."""
 
+import logging
 import signal
 
 import pytest
@@ -46,3 +47,16 @@ def offline_with_an_empty_cache(tmp_path_factory, monkeypatch):
     local server and unset UMX_OFFLINE themselves."""
     monkeypatch.setenv("UMX_OFFLINE", "1")
     monkeypatch.setenv("UMX_CACHE", str(tmp_path_factory.mktemp("umx-cache")))
+
+
+@pytest.fixture(autouse=True)
+def umx_logger_as_it_was():
+    """`umx.cli.main` points the umx logger at the stderr of the test that runs it, which pytest
+    captures and then closes: each test's changes to the logger are undone after it, so that
+    later tests' threads (a module's server) do not log to a closed file."""
+    logger = logging.getLogger("umx")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

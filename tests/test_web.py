@@ -26,7 +26,7 @@ from umx import api
 from umx.cli import main
 from umx.errors import UmxError
 from umx.files import sha256_file
-from umx.jobs import DONE, FAILED, QUEUED, latest_records, read_records
+from umx.jobs import DONE, FAILED, QUEUED, RUNNING, latest_records, read_records
 from umx.web.jobs import JobStore
 from umx.web.options import listen
 from umx.web.records import Job
@@ -71,6 +71,11 @@ def wait(store: JobStore, job_id: str, timeout: float = 60.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not end in {timeout} s: {store.job(job_id)}")
+
+
+def unrevised(record: dict) -> dict:
+    """A job's record but its revision, which each reading draws anew."""
+    return {name: value for name, value in record.items() if name != "revision"}
 
 
 def files_under(root: Path) -> set[str]:
@@ -337,6 +342,47 @@ def test_events_report_progress_until_done(tmp_path):
             store.stop()
 
 
+def test_events_never_tell_a_change_older_than_one_told(tmp_path):
+    """The thread that queues a job tells it after the worker may have told it failed: the
+    older record, arriving last, must not be the job's state on the page."""
+    store = new_store(tmp_path / "data")
+    arrived, failed = [], threading.Event()
+
+    def slow(record):  # holds the thread that queued the job until the worker failed it
+        if record["state"] == QUEUED and not failed.is_set():
+            assert failed.wait(30)
+        arrived.append(record)
+        if record["state"] == FAILED:
+            failed.set()
+
+    store.subscribe(slow)  # before the events' listener: it is called first
+    with serving(new_app(store)) as url:
+        store.start(1)
+        try:
+            with httpx.stream("GET", f"{url}/api/events", timeout=60) as events:
+                lines = (json.loads(x[6:]) for x in events.iter_lines() if x.startswith("data"))
+                assert next(lines) == []
+                upload = store.new_upload("offline.wav", 1 << 20)
+                upload.write(song_bytes(0.2, seed=1))
+                job, _ = store.add(upload, store.options("umxl", "all"))  # fails: offline
+                assert [r["state"] for r in arrived] == [RUNNING, FAILED, QUEUED]
+                revisions = [r["revision"] for r in arrived]
+                assert revisions[2] < revisions[0] < revisions[1]  # the queued one is older
+                told = []  # until a change made after: the other job, queued
+                other = store.new_upload("other.wav", 1 << 20)
+                other.write(song_bytes(0.2, seed=2))
+                second, _ = store.add(other, store.options("umxl", "all"))
+                for record in lines:
+                    if record["id"] == second["id"]:
+                        break
+                    told.append(record)
+            assert told and told[-1]["state"] == FAILED
+            assert [r["revision"] for r in told] == sorted(r["revision"] for r in told)
+            assert store.job(job["id"])["revision"] > told[-1]["revision"]
+        finally:
+            store.stop()
+
+
 def test_delete_and_the_cache_limit(client, store, tmp_path):
     first = post(client, song_bytes(0.5, seed=6), name="first.wav").json()["id"]
     wait(store, first)
@@ -460,7 +506,7 @@ def test_the_manifest_is_replayed_and_compacted_at_start(tmp_path):
         assert output["path"] == str(path) and output["sha256"] == sha256_file(path)
     before = (root / "jobs.jsonl").read_bytes()
     second = new_store(root)
-    assert second.jobs() == [{**done[1], "position": None}]
+    assert [unrevised(job) for job in second.jobs()] == [unrevised({**done[1], "position": None})]
     assert (root / "jobs.jsonl").read_bytes() == before  # nothing written until it starts
     second.start(1)
     second.stop()
@@ -506,7 +552,7 @@ def test_the_jobs_of_an_older_data_directory_are_kept(tmp_path, caplog):
     }
     assert [job["state"] for job in jobs.values()] == [QUEUED, FAILED, DONE]
     for job_id, job in listed.items():
-        assert jobs[job_id] == {**job, "position": jobs[job_id]["position"]}
+        assert unrevised(jobs[job_id]) == unrevised({**job, "position": jobs[job_id]["position"]})
     assert len(list(root.glob("jobs/*/job.json"))) == 4 and not (root / "jobs.jsonl").exists()
     assert f"{root}/jobs/{'f' * 32} is not a job" in caplog.text
     store.start(1)
@@ -541,7 +587,7 @@ def test_a_damaged_manifest_is_repaired_and_keeps_its_jobs(tmp_path):
     damage = b'{"input": "' + b"\0" * 300 + b"garbage"
     manifest.write_bytes(pristine + damage)
     again = new_store(root)
-    assert again.jobs() == [{**done, "position": None}]
+    assert [unrevised(job) for job in again.jobs()] == [unrevised({**done, "position": None})]
     assert manifest.read_bytes() == pristine + damage  # read, not yet written
     again.start(1)
     again.stop()

@@ -311,6 +311,8 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     )
     assert item.locator("details").is_visible()
     assert "umx" in item.locator("details p").text_content()
+    page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
+    assert item.get_attribute("class") == "state-failed" and item.locator(".error").is_visible()
     assert axe_violations(page) == []
     first = store.job(job["id"])["finished"]
     item.locator("button.retry").focus()

@@ -29,6 +29,7 @@ jobs.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import secrets
@@ -59,6 +60,7 @@ from umx.jobs import (
 from umx.options import OutputOptions, SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, check_options
 from umx.web.downloads import Downloads
+from umx.web.listeners import Listener, Listeners
 from umx.web.records import (
     ALL_STEMS,
     DOWNLOADS,
@@ -97,7 +99,9 @@ class JobStore(Downloads):
 
     Jobs are separated by `umx.api.separate_file` one at a time per worker; at most `max_queue`
     wait. Listeners (see `subscribe`) are called, from any thread, with each job's public record
-    when it changes, and with `{"id": ..., "state": "deleted"}` when it goes.
+    when it changes, and with `{"id": ..., "state": "deleted", "revision": ...}` when it goes.
+    Each thread tells its own changes, so records may reach a listener out of order: of two
+    records of a job, the one with the larger `revision` is the newer.
 
     Args:
         root: the data directory (created if needed).
@@ -139,7 +143,8 @@ class JobStore(Downloads):
         self._jobs: dict[str, Job] = {}
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
-        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._listeners = Listeners()
+        self._revisions = itertools.count(1)  # see `_public`
         self._targets: dict[str, list[str]] = {}
         self._manifest: Manifest | None = None  # opened to write (see `_append`)
         self._unrecorded: list[dict[str, Any]] = []  # see `Replay`
@@ -220,9 +225,14 @@ class JobStore(Downloads):
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's public record, the newest first."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], int]:
+        """Every job's public record, the newest first, and a revision above that of every
+        record made before (those the records already tell, or tell the end of)."""
         with self._lock:
             ordered = sorted(self._jobs.values(), key=lambda j: -j.created)
-            return [self._public(job) for job in ordered]
+            return [self._public(job) for job in ordered], next(self._revisions)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job's public record.
@@ -235,19 +245,23 @@ class JobStore(Downloads):
 
     def _public(self, job: Job) -> dict[str, Any]:
         """A job's record as the page sees it: the fields of `Job`, its place in the queue
-        (`position`, 1 for the next to run; None unless queued) and its error's first clause
-        (`error_summary`)."""
+        (`position`, 1 for the next to run; None unless queued), its error's first clause
+        (`error_summary`) and `revision`, larger in every record made after this one."""
         with self._lock:
             position = self._pending.index(job.id) + 1 if job.id in self._pending else None
-        summary = error_summary(job.error) if job.error else None
-        return {**asdict(job), "position": position, "error_summary": summary}
+            record = {**asdict(job), "position": position, "revision": next(self._revisions)}
+        return {**record, "error_summary": error_summary(job.error) if job.error else None}
+
+    def _gone(self, job_id: str) -> dict[str, Any]:
+        """The record of a job that was deleted; call with the lock held."""
+        return {"id": job_id, "state": DELETED, "revision": next(self._revisions)}
 
     def _queue_changed(self) -> None:
         """Tell the listeners the new places of the queued jobs."""
         with self._lock:
             records = [self._public(self._jobs[job_id]) for job_id in self._pending]
         for record in records:
-            self._notify(record)
+            self._listeners.tell(record)
 
     def _get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id) if JOB_ID.match(job_id) else None
@@ -346,7 +360,7 @@ class JobStore(Downloads):
         finally:
             upload.discard()
         logger.info("%s: queued as %s", display_path(job.name), job_id)
-        self._notify(record)
+        self._listeners.tell(record)
         self._evict()
         return record, True
 
@@ -366,7 +380,8 @@ class JobStore(Downloads):
                     self._pending.remove(job_id)
                 remove(self.jobs_dir / job_id)
             self._record(job_id, {"input": job_id, "status": DELETED})
-        self._notify({"id": job_id, "state": DELETED})
+            record = self._gone(job_id)
+        self._listeners.tell(record)
         if job.state == QUEUED:
             self._queue_changed()
 
@@ -393,27 +408,14 @@ class JobStore(Downloads):
             self._ready.notify()
             record = self._public(job)
         logger.info("%s: queued again", display_path(job.name))
-        self._notify(record)
+        self._listeners.tell(record)
         return record
 
     # --- listeners ---------------------------------------------------------------------------
 
-    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` with every change from now on; returns the function that stops it."""
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(record)
+        return self._listeners.add(listener)
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -479,7 +481,7 @@ class JobStore(Downloads):
                 job.state = RUNNING
                 self._save(job)
                 record = self._public(job)
-            self._notify(record)
+            self._listeners.tell(record)
             self._queue_changed()
             self._run(job)
             with self._lock:
@@ -516,7 +518,7 @@ class JobStore(Downloads):
             job.duration, job.progress = total, min(done / total, 1.0) if total else 1.0
             if job.progress - reported[0] >= PROGRESS_STEP:
                 reported[0] = job.progress
-                self._notify(self._public(job))
+                self._listeners.tell(self._public(job))
 
         start = time.perf_counter()
         output = OutputOptions(staging, f"{{target}}.{STEM_EXT}", STEM_EXT, "FLOAT", "none")
@@ -565,7 +567,7 @@ class JobStore(Downloads):
             logger.info("%s: separated in %.1f s", display_path(job.name), job.seconds)
         else:
             logger.warning("%s: failed: %s", display_path(job.name), job.error)
-        self._notify(record)
+        self._listeners.tell(record)
         self._evict()
 
     # --- the cache limit ---------------------------------------------------------------------
@@ -585,7 +587,7 @@ class JobStore(Downloads):
                 del self._jobs[job.id]
                 remove(self.jobs_dir / job.id)
                 self._record(job.id, {"input": job.id, "status": DELETED})
-                gone.append(job)
-        for job in gone:
+                gone.append((job, self._gone(job.id)))
+        for job, record in gone:
             logger.info("%s: removed to keep the cache under its limit", display_path(job.name))
-            self._notify({"id": job.id, "state": DELETED})
+            self._listeners.tell(record)

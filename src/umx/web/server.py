@@ -18,7 +18,7 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
   (what the player plays); a header ``X-Umx-Notice`` says when it was rescaled to fit.
 - ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
 - ``GET /api/events``: server-sent events, ``jobs`` (every job) on connection, then ``job`` for
-  each change.
+  each change, never one older (by its ``revision``) than one sent.
 
 The body of an upload is written to disk as it arrives and refused as soon as it passes the
 limit, never held in memory. Every request goes through `umx.web.guard.Guard` first: only
@@ -336,14 +336,21 @@ async def event_stream(store: JobStore, streams: EventStreams) -> AsyncIterator[
     """Every job, then each job's change as it happens, with a comment when idle, until
     `streams` close.
 
-    Changes come from the worker threads; those of one job that arrive faster than the client
-    reads are merged (only the latest is sent), so a slow client never holds a growing backlog.
+    Changes come from the worker threads and the requests' threads, not always in the order they
+    were made: a record older (by its `revision`) than one the client has or will have is
+    dropped. Those of one job that arrive faster than the client reads are merged (only the
+    newest is sent), so a slow client never holds a growing backlog.
     """
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
     latest: dict[str, dict[str, Any]] = {}
+    newest: dict[str, int] = {}  # each job's newest revision told or to be told
+    told = 0  # the first event tells every record made before this revision
 
     def note(record: dict[str, Any]) -> None:
+        if record["revision"] < max(told, newest.get(record["id"], 0)):
+            return
+        newest[record["id"]] = record["revision"]
         latest[record["id"]] = record
         changed.set()
 
@@ -354,7 +361,8 @@ async def event_stream(store: JobStore, streams: EventStreams) -> AsyncIterator[
     unsubscribe = store.subscribe(listener)
     forget = streams.add(changed)
     try:
-        yield sse("jobs", store.jobs())
+        jobs, told = store.snapshot()  # `note` runs in this loop: only after this
+        yield sse("jobs", jobs)
         while not streams.closed:
             try:
                 await asyncio.wait_for(changed.wait(), KEEPALIVE_S)

@@ -198,7 +198,10 @@ function setUpDrop() {
 
 // --- the list of songs -----------------------------------------------------------------------
 
+// A job's record, from the events or from an answer: one older than the record shown (an answer
+// that events overtook) is dropped.
 function updateJob(job) {
+  if (job.revision < state.jobs.get(job.id)?.revision) return;
   if (job.state === "deleted") {
     state.jobs.delete(job.id);
     const item = document.getElementById(`job-${job.id}`);
