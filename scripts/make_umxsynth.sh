@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in four
+# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in five
 # stages: a base model trained on General MIDI renderings (the first umxsynth), fine-tuned on
 # produced tracks (recorded Hydrogen drum kits, effect chains, the formant singer), then on
 # tracks with the realer sources of docs/synthetic-data.md (mix bus, denser `other`, guitar
 # amps, Festival's recorded-voice singer), then on more such tracks, half of them played by a
-# second, larger soundfont; it exports the weights and scores the stages on the produced and
+# second, larger soundfont, then on yet other songs made so; it exports the weights and scores the stages on the produced and
 # the realer test splits, whose soundfont, drum kit, reverb family (and, for the realer split,
 # Festival voice) training never uses.
 # With CAUSAL=1 it builds the causal `umxsynth-rt` (src/umx/pretrained/umxsynth-rt) instead: the
@@ -23,10 +23,11 @@ umx=.venv/bin/umx
 mkdir -p "$work"
 case ${CAUSAL:-0} in
     0) name=umxsynth; model=$work/model; stage2=$work/model-produced; stage3=$work/model-real
-       final=$work/model-real2
+       stage4=$work/model-real2; final=$work/model-real3
        lstm=; recipe=scripts/make_umxsynth.sh ;;
     1) name=umxsynth-rt; model=$work/model-rt; stage2=$work/model-rt-produced
-       stage3=$work/model-rt-real; final=$work/model-rt-real2; lstm=--unidirectional
+       stage3=$work/model-rt-real; stage4=$work/model-rt-real2; final=$work/model-rt-real3
+       lstm=--unidirectional
        recipe="CAUSAL=1 scripts/make_umxsynth.sh" ;;
     *) echo "CAUSAL must be 0 or 1, not '$CAUSAL'" >&2; exit 2 ;;
 esac
@@ -89,19 +90,27 @@ train "$stage3" 12 --root "$work/synth-real" --is-wav --model "$stage2" --seq-du
 #     per target.
 [ -d "$work/synth-real2" ] || $umx synth --root "$work/synth-real2" --seed 6 \
         --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} "${realer[@]}"
-train "$final" 10 --root "$work/synth-real2" --is-wav --model "$stage3" --seq-dur 4 \
+train "$stage4" 10 --root "$work/synth-real2" --is-wav --model "$stage3" --seq-dur 4 \
+    --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
+# 3d. Stage 5, more songs: as stage 4 with other songs (seed 7), the MIDI songs of the earlier
+#     stages' test splits kept in its test split, never trained on; stage 4 is fine-tuned on
+#     them, 10 epochs per target.
+[ -d "$work/synth-real3" ] || $umx synth --root "$work/synth-real3" --seed 7 \
+        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} "${realer[@]}" \
+        --test-songs-of "$work"/synth{,-produced,-real,-real2}
+train "$final" 10 --root "$work/synth-real3" --is-wav --model "$stage4" --seq-dur 4 \
     --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
 # 4. Export: float16 weight matrices, the training data's description in every target json.
-.venv/bin/python - "$work" "$model" "$stage2" "$stage3" "$final" "$name" "$recipe" <<'PY'
+.venv/bin/python - "$work" "$model" "$stage2" "$stage3" "$stage4" "$final" "$name" "$recipe" <<'PY'
 import json, sys
 from pathlib import Path
 from umx.modeldir import export_model
 from umx.zoo.registry import PRETRAINED_DIR
 
-work, *runs = map(Path, sys.argv[1:6])  # the base, produced, realer and second-soundfont stages
-name, recipe = sys.argv[6], sys.argv[7]
-stages = ["synth", "synth-produced", "synth-real", "synth-real2"]
+work, *runs = map(Path, sys.argv[1:7])  # base, produced, realer, second soundfont, more songs
+name, recipe = sys.argv[7], sys.argv[8]
+stages = ["synth", "synth-produced", "synth-real", "synth-real2", "synth-real3"]
 data = {"generator": "umx synth", "recipe": recipe, "stages": []}
 for stage in stages:
     synth = json.loads((work / stage / "synth.json").read_text())
@@ -167,9 +176,8 @@ $umx evaluate --compare "${evals[@]}" "$work/evals/irm" "$work/evals/mix" \
 #    each; held-out soundfont TimGM6mb, drum kit GMRockKit and Schroeder reverb), with the
 #    baselines; umxsynth-rt also through the stream's path. Only procedural songs: each stage
 #    splits the same General MIDI songs with its own seed, so a later stage trains on some MIDI
-#    songs an earlier one tests on, while procedural songs differ with every seed. (These
-#    renders predate `umx synth --test-songs-of`; a new stage's render should give it the
-#    earlier datasets, keeping their MIDI test songs out of its training.)
+#    songs an earlier one tests on, while procedural songs differ with every seed. (Stages 1 to
+#    4 predate `umx synth --test-songs-of`, which keeps stage 5 off the earlier MIDI test songs.)
 produced="procedural-00003-00 procedural-00015-00 procedural-00033-00 procedural-00036-00
     procedural-00065-00 procedural-00073-00 procedural-00079-00 procedural-00085-00"
 # and on the realer test split (the first excerpt of its 12 procedural songs; sung by ked_diphone)
@@ -178,16 +186,18 @@ real="procedural-00014-00 procedural-00018-00 procedural-00032-00 procedural-000
     procedural-00084-00 procedural-00089-00 procedural-00095-00 procedural-00106-00"
 for split in produced real; do
     out=$work/evals-$split; tracks=${!split}
-    for method in "base-$name" "produced-$name" "realer-$name" "$name" irm mix; do
+    for method in "base-$name" "produced-$name" "realer-$name" "second-$name" "$name" irm mix; do
         case $method in
             base-*) what=(--model "$model") ;; produced-*) what=(--model "$stage2") ;;
-            realer-*) what=(--model "$stage3") ;; "$name") what=(--model "$name") ;;
+            realer-*) what=(--model "$stage3") ;; second-*) what=(--model "$stage4") ;;
+            "$name") what=(--model "$name") ;;
             *) what=(--method "$method") ;;
         esac
         $umx evaluate --root "$work/synth-$split" --is-wav --tracks $tracks "${what[@]}" \
             --evaldir "$out/$method" --jobs 2
     done
-    rows=("$out/base-$name" "$out/produced-$name" "$out/realer-$name" "$out/$name")
+    rows=("$out/base-$name" "$out/produced-$name" "$out/realer-$name" "$out/second-$name"
+        "$out/$name")
     if [ "$name" = umxsynth-rt ]; then
         causal "$name" "$work/synth-$split" "$out/$name-causal" $tracks
         rows+=("$out/$name-causal")
