@@ -4,9 +4,9 @@
 # produced tracks (recorded Hydrogen drum kits, effect chains, the formant singer), then on
 # tracks with the realer sources of docs/synthetic-data.md (mix bus, denser `other`, guitar
 # amps, Festival's recorded-voice singer), then on more such tracks, half of them played by a
-# second, larger soundfont, then on yet other songs made so; it exports the weights and scores the stages on the produced and
-# the realer test splits, whose soundfont, drum kit, reverb family (and, for the realer split,
-# Festival voice) training never uses.
+# second, larger soundfont, then on yet other songs made so; it exports the weights and scores
+# the stages on the produced and the realer test splits, whose soundfont, drum kit, reverb
+# family (and, for the realer split, Festival voice) training never uses.
 # With CAUSAL=1 it builds the causal `umxsynth-rt` (src/umx/pretrained/umxsynth-rt) instead: the
 # same data (shared by both in one WORKDIR) and the same stages with a unidirectional LSTM,
 # scored offline like umxsynth and through the stream's causal path
@@ -96,8 +96,8 @@ train "$stage4" 10 --root "$work/synth-real2" --is-wav --model "$stage3" --seq-d
 #     stages' test splits kept in its test split, never trained on; stage 4 is fine-tuned on
 #     them, 10 epochs per target.
 [ -d "$work/synth-real3" ] || $umx synth --root "$work/synth-real3" --seed 7 \
-        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} "${realer[@]}" \
-        --test-songs-of "$work"/synth{,-produced,-real,-real2}
+        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} \
+        "${realer[@]}" --test-songs-of "$work"/synth{,-produced,-real,-real2}
 train "$final" 10 --root "$work/synth-real3" --is-wav --model "$stage4" --seq-dur 4 \
     --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
 
