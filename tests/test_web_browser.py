@@ -7,13 +7,16 @@ failed job's error, details and Retry, and the refusal of a file that is not aud
 
 One server (in this process, on 127.0.0.1) serves the whole module, with 1-second chunks so that
 a short song sends many progress updates. The screenshots of the player at both sizes are
-written to docs/images/ (shown in docs/web.md and the README). axe-core comes from npm, as a
-test-only dependency: `npm install --no-save --prefix .testdeps axe-core@4` (.ci/run does it).
+taken into the test's temporary folder, or into the folder `$UMX_SCREENSHOTS` names
+(`UMX_SCREENSHOTS=docs/images` refreshes those of docs/web.md and the README). axe-core comes
+from npm, as a test-only dependency: `npm install --no-save --prefix .testdeps axe-core@4`
+(.ci/run does it).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -43,8 +46,8 @@ CHROMIUM_ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 AXE = ROOT / ".testdeps" / "node_modules" / "axe-core" / "axe.min.js"
-IMAGES = ROOT / "docs" / "images"
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
+SCREENSHOTS = {"desktop": "web.png", "phone": "web-phone.png"}
 RATE = 44100
 TARGETS = ["vocals", "drums", "bass", "other"]
 TIMEOUT_MS = 90_000
@@ -222,12 +225,14 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     assert gains(page) == heard
     assert axe_violations(page) == []
     assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size][0]
-    IMAGES.mkdir(exist_ok=True)
+    images = Path(os.environ.get("UMX_SCREENSHOTS") or tmp_path)
+    images.mkdir(parents=True, exist_ok=True)
     if size == "desktop":
-        page.screenshot(path=IMAGES / "web.png", full_page=True)
+        page.screenshot(path=images / SCREENSHOTS[size], full_page=True)
     else:  # the player from its title down
         page.evaluate("document.querySelector('#player').scrollIntoView()")
-        page.screenshot(path=IMAGES / "web-phone.png")
+        page.screenshot(path=images / SCREENSHOTS[size])
+    assert (images / SCREENSHOTS[size]).stat().st_size > 10_000
 
     # download what is heard, in flac: the sum of the stems at their gains
     job_id = page.evaluate("new URLSearchParams(location.hash.slice(1)).get('job')")
