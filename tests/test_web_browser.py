@@ -331,6 +331,17 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
             break
     assert again["state"] == "failed" and again["finished"] > first
 
+    # deleted elsewhere (another tab, the API), then an answer about it comes late: not shown;
+    # the same song sent again is the same job (its id), and is shown again
+    store.delete(job["id"])
+    item.wait_for(state="detached")
+    page.evaluate("(job) => updateJob(job)", again)
+    assert item.count() == 0
+    upload = store.new_upload("offline.wav", 1 << 30)
+    upload.write(song.read_bytes())
+    assert store.add(upload, options)[0]["id"] == job["id"]
+    item.locator(".error").wait_for()
+
     # a file that is not audio, whatever its name, is refused in plain words
     notes = tmp_path / "notes.mp3"
     notes.write_text("these are not the droids you are looking for\n" * 50)

@@ -11,7 +11,11 @@ const COLORS = {
 const ORIGINAL = "mixture";  // the original mix's track (umx.web.records.ORIGINAL)
 const SEEK_STEP = 5;  // seconds per arrow key on the position slider
 const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
-const state = { config: null, jobs: new Map(), uploads: new Map(), ours: new Set(), player: null };
+// deleted: the revision at which each job deleted while the page is open (by it or elsewhere)
+// was last seen; the same song sent again with the same options gets the same id, and a larger
+// revision
+const state = { config: null, jobs: new Map(), uploads: new Map(), ours: new Set(),
+  deleted: new Map(), player: null };
 let audioContext = null;
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -198,11 +202,13 @@ function setUpDrop() {
 
 // --- the list of songs -----------------------------------------------------------------------
 
-// A job's record, from the events or from an answer: one older than the record shown (an answer
-// that events overtook) is dropped.
+// A job's record, from the events or from an answer: one older than the record shown, or than
+// the job's deletion (an answer that events overtook), is dropped.
 function updateJob(job) {
-  if (job.revision < state.jobs.get(job.id)?.revision) return;
+  const shown = state.jobs.get(job.id)?.revision ?? state.deleted.get(job.id);
+  if (job.revision <= shown) return;
   if (job.state === "deleted") {
+    state.deleted.set(job.id, job.revision ?? shown);
     state.jobs.delete(job.id);
     const item = document.getElementById(`job-${job.id}`);
     const hadFocus = item?.contains(document.activeElement);
