@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,15 @@ import soundfile as sf
 
 from umx.api import separate_file
 from umx.audio import AudioWriter, leftover_temporaries
-from umx.batch import BatchInput, Job, collect_inputs, read_list
+from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
 from umx.batch.job import MANIFEST_FILE, plan_tasks
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.files import sha256_file
-from umx.jobs import read_records, verify_outputs
+from umx.jobs import TaskOptions, read_records, verify_outputs
+from umx.options import OutputOptions, SeparationOptions
 from umx.zoo import load_separator
 
 RATE = 44100
@@ -320,6 +322,34 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         assert main(["batch", str(song), "--outdir", str(tmp_path / "o"), *options]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_typed_options_run_the_job_the_command_line_runs(tmp_path, monkeypatch):
+    """`run_batch_job` on `BatchOptions` (what `umx distill` uses): bad values are refused as
+    the options are built, and a job the command line started is the same job from Python."""
+    monkeypatch.chdir(tmp_path)
+    write_song(tmp_path / "songs" / "a.wav", 1.0)
+    separation = SeparationOptions(model=MODEL, niter=0)
+    task = TaskOptions(separation, OutputOptions(outdir=Path("out"), ext="flac"))
+    for bad, message in [
+        ({"jobs": 0}, "--jobs must be greater than 0"),
+        ({"threads": 1.5}, "--threads must be a whole number, not 1.5"),
+        ({"gpus_per_worker": 1}, "--gpus-per-worker is for --ray"),
+        ({"ray": "songs"}, "--ray took the input 'songs'"),
+    ]:
+        with pytest.raises(UmxError, match=message):
+            BatchOptions(["songs"], task, **bad)
+    args = ["batch", "songs", "--outdir", "out", "--model", MODEL, "--niter", "0", "--ext", "flac"]
+    assert main([*args, "-q"]) == 0
+    manifest = tmp_path / "out" / ".umx-job" / MANIFEST_FILE
+    size = manifest.stat().st_size
+    assert run_batch_job(BatchOptions(["songs"], task, quiet=True)) == 0  # nothing left to do
+    assert manifest.stat().st_size == size
+    (record,) = latest(tmp_path / "out" / ".umx-job").values()
+    assert record["status"] == "done" and sorted(record["outputs"]) == sorted(TARGETS)
+    other = replace(task, separation=replace(separation, niter=1))
+    with pytest.raises(UmxError, match=r"started with other settings \(--niter was 0, now 1"):
+        run_batch_job(BatchOptions(["songs"], other, quiet=True))
 
 
 # --- faults, with the driver in its own process ---------------------------------------------

@@ -42,8 +42,9 @@ SPLITS = ("train", "valid")
 MIXTURE_FILE = "mixture.wav"
 STEM_TEMPLATE = "{parent}/{track}.{trackext}/{target}.{ext}"
 """Where the teacher's pass writes each song's stems under `WORK/teacher`."""
-STEM_FORMAT = ("--ext", "wav", "--subtype", "FLOAT", "--clip", "none")
-"""The teacher's stems as computed: float samples, neither rescaled nor clamped."""
+STEM_FORMAT = {"ext": "wav", "subtype": "FLOAT", "clip": "none"}
+"""The teacher's stems as computed: float samples, neither rescaled nor clamped (the fields of
+`umx.options.OutputOptions`)."""
 
 
 @dataclass(frozen=True)
@@ -122,20 +123,20 @@ def teacher_pass(
     """
     from umx.batch import collect_inputs
     from umx.batch.job import MANIFEST_FILE, read_settings
-    from umx.batch.options import run_batch_command
-    from umx.jobs import DONE, FAILED, latest_records, read_records
+    from umx.batch.run import BatchOptions, run_batch_job
+    from umx.jobs import DONE, FAILED, TaskOptions, latest_records, read_records
+    from umx.options import OutputOptions, SeparationOptions
 
     outdir = work / TEACHER_DIR
     job_dir = outdir / JOB_DIRNAME
-    options = ["--model", teacher, "--outdir", str(outdir), "--filename", STEM_TEMPLATE]
-    options += STEM_FORMAT
-    for flag, value in (("--niter", niter), ("--device", device), ("--jobs", jobs)):
-        if value is not None:
-            options += [flag, str(value)]
-    if quiet:
-        options.append("--quiet")
+    chosen = {"niter": niter, "device": device}
+    separation = SeparationOptions(
+        model=teacher, **{name: value for name, value in chosen.items() if value is not None}
+    )
+    output = OutputOptions(outdir, STEM_TEMPLATE, **STEM_FORMAT)
+    task = TaskOptions(separation, output)
     inputs = collect_inputs(music, exclude=[outdir, job_dir])
-    run_batch_command([*options, "--", *music], prog="umx distill")  # failures counted below
+    run_batch_job(BatchOptions(music, task, jobs=jobs, quiet=quiet))  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
         raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")

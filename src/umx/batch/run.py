@@ -1,0 +1,297 @@
+"""A `umx batch` job run from start to end on typed options (`BatchOptions`): its inputs, the
+model loaded once for the job's identity, the job directory, the workers, progress and summary.
+
+The command line builds the options (`umx.batch.options`); `umx distill` builds them itself for
+the teacher's pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
+from umx.errors import UmxError, check_number
+from umx.messages import plural
+from umx.options import SeparationOptions
+from umx.zoo import is_offline, load_separator
+
+if TYPE_CHECKING:
+    from umx.batch.inputs import BatchInput
+    from umx.batch.job import Job
+    from umx.batch.work import WorkerSpec
+    from umx.jobs import TaskOptions
+
+logger = logging.getLogger("umx")
+
+LOCAL_RAY = "local"
+"""`BatchOptions.ray` (`--ray` without an address): start a Ray instance on this machine."""
+IDENTITY_OPTIONS = tuple(
+    field.name for field in fields(SeparationOptions) if field.name not in ("model", "device")
+)
+"""The separation options that decide the outputs (the device does not, to float precision)."""
+PER_INPUT_OPTIONS = ("start", "duration", "force")
+"""The file options of `umx.jobs.TaskOptions` that each input sets, left out of the identity."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """A batch job (its inputs and how each is separated and written) and how this run of it
+    goes. Checked when built, with the messages of the command line's options.
+
+    Attributes:
+        inputs: audio files, folders (searched recursively by `extensions`) or glob patterns.
+        task: how each input is separated and written; each input sets `start`, `duration`
+            (from a list file) and `force` is the output's.
+        lists: files listing inputs (see `umx.batch.inputs.read_list`).
+        extensions: the extensions searched for in folders.
+        job_dir: the job directory; None for `JOB_DIRNAME` in the output folder.
+        retry_failed: separate the inputs that failed in earlier runs again.
+        verify: hash every output of done inputs again before skipping them.
+        jobs: worker processes; None for 1 locally, as many as the cluster allows with `ray`.
+        threads: torch threads per worker; None for the cores shared out locally, 1 with `ray`.
+        ray: run on a Ray cluster: its head's HOST:PORT, "auto", or `LOCAL_RAY` for an
+            instance started here; None for worker processes on this machine.
+        gpus_per_worker: with `ray`, the GPUs each worker reserves.
+        quiet: no progress bar or messages.
+
+    Raises:
+        UmxError: a count that is not a positive integer, GPUs per worker without `ray`, or a
+            Ray address that is an existing file (an input taken for the address).
+    """
+
+    inputs: tuple[str, ...]
+    task: TaskOptions
+    lists: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = tuple(AUDIO_EXTENSIONS)
+    job_dir: Path | None = None
+    retry_failed: bool = False
+    verify: bool = False
+    jobs: int | None = None
+    threads: int | None = None
+    ray: str | None = None
+    gpus_per_worker: float = 0.0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("inputs", "lists", "extensions"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.jobs is not None:
+            check_number("--jobs", self.jobs, above=0, integer=True)
+        if self.threads is not None:
+            check_number("--threads", self.threads, above=0, integer=True)
+        check_number("--gpus-per-worker", self.gpus_per_worker, minimum=0)
+        if self.gpus_per_worker and self.ray is None:
+            raise UmxError("--gpus-per-worker is for --ray; locally, --device picks the GPU")
+        if self.ray not in (None, LOCAL_RAY, "auto") and os.path.exists(self.ray):
+            raise UmxError(
+                f"--ray took the input {self.ray!r} for the cluster's address: put the inputs "
+                f"before --ray, or write --ray {LOCAL_RAY} for a Ray instance on this machine"
+            )
+
+    @property
+    def outdir(self) -> Path:
+        """The output folder, absolute."""
+        return Path(os.path.abspath(self.task.output.outdir))
+
+    @property
+    def job_path(self) -> Path:
+        """The job directory, absolute."""
+        return Path(os.path.abspath(self.job_dir or self.outdir / JOB_DIRNAME))
+
+
+def run_batch_job(options: BatchOptions) -> int:
+    """Run a batch job: separate the inputs it has not done yet, and resume it the next time.
+
+    Returns:
+        the exit code: 1 when inputs of the job failed (in this run or an earlier one), else 0.
+
+    Raises:
+        UmxError: no inputs, a model that cannot be loaded, a job directory started with other
+            settings, or Ray missing or unreachable.
+    """
+    from umx.audio import display_path
+    from umx.batch.inputs import collect_inputs
+    from umx.batch.job import Job, plan_tasks
+    from umx.devices import available_cores
+    from umx.jobs import DONE, FAILED
+
+    outdir, job_dir = options.outdir, options.job_path
+    inputs = collect_inputs(
+        list(options.inputs),
+        lists=list(options.lists),
+        extensions=list(options.extensions),
+        exclude=[outdir, job_dir],
+    )
+    if options.ray is not None:
+        try:
+            import umx.batch.ray_backend  # noqa: F401 (Ray is there before the model loads)
+        except ImportError:
+            raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
+    identity, spec, plans = plan_job(options, inputs)
+    with Job(job_dir, identity, inputs) as job:
+        tasks, counts = plan_tasks(
+            job,
+            inputs,
+            plans,
+            force=options.task.output.force,
+            retry_failed=options.retry_failed,
+            verify=options.verify,
+        )
+        if not tasks:
+            logger.info(
+                "%s: nothing to do (%d done, %d failed)",
+                display_path(job_dir),
+                counts[DONE],
+                counts[FAILED],
+            )
+        else:
+            pool, jobs = _start_pool(options, spec, len(tasks))
+            job.start_run(
+                mode=pool.mode, workers=jobs, threads=spec.threads, cores=available_cores()
+            )
+            logger.info(
+                "%s: %s, %d done before, %d to separate with %s on %s, %s each",
+                display_path(job_dir),
+                plural(len(inputs), "input"),
+                counts[DONE],
+                len(tasks),
+                display_path(spec.model),
+                plural(jobs, f"{pool.mode} worker"),
+                plural(spec.threads, "torch thread"),
+            )
+            counts[FAILED] += _run(job, pool, tasks, options.quiet)
+        if counts[FAILED]:
+            logger.error(
+                "%d of %s failed%s; see umx batch --status %s",
+                counts[FAILED],
+                plural(len(inputs), "input"),
+                _earlier_failures(job, inputs),
+                display_path(job_dir),
+            )
+            return 1
+    return 0
+
+
+def plan_job(
+    options: BatchOptions, inputs: list[BatchInput]
+) -> tuple[dict[str, Any], WorkerSpec, list[dict[str, Path]]]:
+    """Load the model once to learn its stems and weights' hash, and turn the options into the
+    job's identity, what every worker needs, and each input's output files.
+
+    Returns:
+        the identity (see `umx.batch.job.Job`), the workers' spec, and the outputs of each input
+        by stem name.
+
+    Raises:
+        UmxError: the model cannot be loaded, or the task's `aggregate` names stems it lacks.
+    """
+    from umx.api import check_aggregate, plan_outputs
+    from umx.batch.work import WorkerSpec, model_sha256
+    from umx.devices import threads_per_worker
+
+    task, separation, output = options.task, options.task.separation, options.task.output
+    separator = load_separator(
+        separation.model, **separation.filter_options, progress=not options.quiet
+    )
+    check_aggregate(task.aggregate, separator.targets)
+    names = list(task.aggregate) if task.aggregate is not None else separator.targets
+    model, sha256 = str(separator.model_name), model_sha256(separator)
+    del separator
+    plans = plan_outputs(
+        [item.path for item in inputs], names, options.outdir, output.filename, output.ext
+    )
+    task = replace(
+        task,
+        separation=replace(separation, model=model),
+        output=replace(output, outdir=options.outdir),
+    )
+    files = {
+        name: str(value) if name == "outdir" else value
+        for name, value in task.file_options().items()
+        if name not in PER_INPUT_OPTIONS
+    }
+    identity = {
+        "model": model,
+        "model_sha256": sha256,
+        "outputs": names,
+        "separation": {name: getattr(separation, name) for name in IDENTITY_OPTIONS},
+        "files": files,
+    }
+    if options.ray is None:
+        threads = options.threads or threads_per_worker(options.jobs or 1)
+    else:
+        threads = options.threads or 1
+    return identity, WorkerSpec(task, sha256, threads, is_offline()), plans
+
+
+def _start_pool(options: BatchOptions, spec: WorkerSpec, nb_tasks: int) -> tuple[Any, int]:
+    """The workers of this run: local processes, or Ray actors (connected to the cluster here).
+
+    Returns:
+        the pool, and how many workers it runs.
+    """
+    from umx.batch.local import LocalPool
+
+    if options.ray is None:
+        jobs = min(options.jobs or 1, nb_tasks)
+        return LocalPool(spec, jobs), jobs
+    from umx.batch.ray_backend import RayPool
+
+    address = None if options.ray == LOCAL_RAY else options.ray
+    pool = RayPool(spec, address, options.jobs, options.gpus_per_worker)
+    return pool, pool.connect(nb_tasks)
+
+
+def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
+    """Run the tasks on the pool with one progress bar; returns how many failed."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from umx.batch.job import failure_line, running_record
+    from umx.jobs import FAILED
+
+    failed = 0
+    bar = tqdm(
+        total=len(tasks),
+        unit="file",
+        desc="umx batch",
+        disable=True if quiet else None,  # None: only on a terminal
+        dynamic_ncols=True,
+    )
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            for record in pool.run(iter(tasks), lambda task: job.append(running_record(task))):
+                job.append(record)
+                if record["status"] == FAILED:
+                    failed += 1
+                    logger.warning("failed: %s", failure_line(record))
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+    except KeyboardInterrupt:
+        logger.warning("stopped; the same command resumes the job")
+        raise
+    finally:
+        bar.close()
+    return failed
+
+
+def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
+    """The first failure of an earlier run, which this run did not report as it happened, as
+    a parenthesis; empty if there is none."""
+    from umx.batch.job import failure_line
+    from umx.jobs import FAILED
+
+    earlier = [
+        record
+        for item in inputs
+        if item.key not in job.appended
+        and (record := job.latest.get(item.key, {})).get("status") == FAILED
+    ]
+    if not earlier:
+        return ""
+    more = f"; and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+    return f" (in an earlier run: {failure_line(earlier[0])}{more})"
