@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in five
+# Rebuilds the bundled model `umxsynth` (src/umx/pretrained/umxsynth) from scratch in six
 # stages: a base model trained on General MIDI renderings (the first umxsynth), fine-tuned on
 # produced tracks (recorded Hydrogen drum kits, effect chains, the formant singer), then on
 # tracks with the realer sources of docs/synthetic-data.md (mix bus, denser `other`, guitar
 # amps, Festival's recorded-voice singer), then on more such tracks, half of them played by a
-# second, larger soundfont, then on yet other songs made so; it exports the weights and scores
+# second, larger soundfont, then twice on yet other songs made so (the last stage's weights
+# averaged with those of the stage before); it exports the weights and scores
 # the stages on the produced and the realer test splits, whose soundfont, drum kit, reverb
 # family (and, for the realer split, Festival voice) training never uses.
 # With CAUSAL=1 it builds the causal `umxsynth-rt` (src/umx/pretrained/umxsynth-rt) instead: the
@@ -23,14 +24,15 @@ umx=.venv/bin/umx
 mkdir -p "$work"
 case ${CAUSAL:-0} in
     0) name=umxsynth; model=$work/model; stage2=$work/model-produced; stage3=$work/model-real
-       stage4=$work/model-real2; final=$work/model-real3
+       stage4=$work/model-real2; stage5=$work/model-real3; stage6=$work/model-real4
        lstm=; recipe=scripts/make_umxsynth.sh ;;
     1) name=umxsynth-rt; model=$work/model-rt; stage2=$work/model-rt-produced
-       stage3=$work/model-rt-real; stage4=$work/model-rt-real2; final=$work/model-rt-real3
-       lstm=--unidirectional
+       stage3=$work/model-rt-real; stage4=$work/model-rt-real2; stage5=$work/model-rt-real3
+       stage6=$work/model-rt-real4; lstm=--unidirectional
        recipe="CAUSAL=1 scripts/make_umxsynth.sh" ;;
     *) echo "CAUSAL must be 0 or 1, not '$CAUSAL'" >&2; exit 2 ;;
 esac
+final=$stage6-averaged
 
 # 1. Data: 100 procedural songs and the General MIDI songs of two Debian packages, two
 #    20-second excerpts each; test songs rendered with a soundfont never used in training.
@@ -98,20 +100,47 @@ train "$stage4" 10 --root "$work/synth-real2" --is-wav --model "$stage3" --seq-d
 [ -d "$work/synth-real3" ] || $umx synth --root "$work/synth-real3" --seed 7 \
         --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} \
         "${realer[@]}" --test-songs-of "$work"/synth{,-produced,-real,-real2}
-train "$final" 10 --root "$work/synth-real3" --is-wav --model "$stage4" --seq-dur 4 \
+train "$stage5" 10 --root "$work/synth-real3" --is-wav --model "$stage4" --seq-dur 4 \
     --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
+# 3e. Stage 6, more songs again: as stage 5 with 150 procedural songs (seed 8), the earlier
+#     stages' MIDI test songs kept out; stage 5 is fine-tuned on them, 10 epochs per target, and
+#     the bundled weights are the mean of stage 5's and stage 6's, tensor by tensor (the
+#     interpolation scored better than either stage on stage 6's own procedural test songs).
+[ -d "$work/synth-real4" ] || $umx synth --root "$work/synth-real4" --seed 8 \
+        --soundfont /usr/share/sounds/sf2/{FluidR3_GM.sf2,MuseScore_General_Full.sf2} \
+        "${realer[@]}" --procedural 150 --test-songs-of "$work"/synth{,-produced,-real{,2,3}}
+train "$stage6" 10 --root "$work/synth-real4" --is-wav --model "$stage5" --seq-dur 4 \
+    --batch-size 16 --samples-per-track 4 --lr 0.001 --seed 1
+[ -f "$final/separator.json" ] || .venv/bin/python - "$stage5" "$stage6" "$final" <<'PY'
+import shutil, sys
+from pathlib import Path
+import torch
+
+*runs, out = map(Path, sys.argv[1:])
+out.mkdir(exist_ok=True)
+for target in ("vocals", "drums", "bass", "other"):
+    states = [torch.load(run / f"{target}.pth", weights_only=True) for run in runs]
+    mean = {key: sum(state[key] for state in states) / len(states) if value.is_floating_point()
+            else value for key, value in states[-1].items()}  # counters: the last stage's
+    torch.save(mean, out / f"{target}.pth")
+    shutil.copy(runs[-1] / f"{target}.json", out)
+shutil.copy(runs[-1] / "separator.json", out)  # last: it marks the folder complete
+PY
 
 # 4. Export: float16 weight matrices, the training data's description in every target json.
-.venv/bin/python - "$work" "$model" "$stage2" "$stage3" "$stage4" "$final" "$name" "$recipe" <<'PY'
+.venv/bin/python - "$work" "$model" "$stage2" "$stage3" "$stage4" "$stage5" "$stage6" "$final" \
+    "$name" "$recipe" <<'PY'
 import json, sys
 from pathlib import Path
 from umx.modeldir import export_model
 from umx.zoo.registry import PRETRAINED_DIR
 
-work, *runs = map(Path, sys.argv[1:7])  # base, produced, realer, second soundfont, more songs
-name, recipe = sys.argv[7], sys.argv[8]
-stages = ["synth", "synth-produced", "synth-real", "synth-real2", "synth-real3"]
-data = {"generator": "umx synth", "recipe": recipe, "stages": []}
+# the runs: base, produced, realer, second soundfont, more songs, more songs again
+work, *runs, final = map(Path, sys.argv[1:9])
+name, recipe = sys.argv[9], sys.argv[10]
+stages = ["synth", "synth-produced", "synth-real", "synth-real2", "synth-real3", "synth-real4"]
+data = {"generator": "umx synth", "recipe": recipe, "stages": [],
+        "averaged": "the weights of the last two stages, their mean tensor by tensor"}
 for stage in stages:
     synth = json.loads((work / stage / "synth.json").read_text())
     data["stages"].append({
@@ -128,7 +157,7 @@ logs = [[json.loads((run / f"{t}.json").read_text()) for t in targets] for run i
 data["epochs"] = {t: [run[i]["epochs_trained"] for run in logs] for i, t in enumerate(targets)}
 seconds = sum(sum(log["train_time_history"]) for run in logs for log in run)
 data["training_wall_hours"] = round(seconds / 3600, 2)
-export_model(runs[-1], PRETRAINED_DIR / name, metadata={"training_data": data}, force=True)
+export_model(final, PRETRAINED_DIR / name, metadata={"training_data": data}, force=True)
 PY
 
 # 5. The base stage's scores on six of its held-out test tracks (the first excerpt of six test
@@ -177,7 +206,8 @@ $umx evaluate --compare "${evals[@]}" "$work/evals/irm" "$work/evals/mix" \
 #    baselines; umxsynth-rt also through the stream's path. Only procedural songs: each stage
 #    splits the same General MIDI songs with its own seed, so a later stage trains on some MIDI
 #    songs an earlier one tests on, while procedural songs differ with every seed. (Stages 1 to
-#    4 predate `umx synth --test-songs-of`, which keeps stage 5 off the earlier MIDI test songs.)
+#    4 predate `umx synth --test-songs-of`, which keeps stages 5 and 6 off the earlier MIDI
+#    test songs.)
 produced="procedural-00003-00 procedural-00015-00 procedural-00033-00 procedural-00036-00
     procedural-00065-00 procedural-00073-00 procedural-00079-00 procedural-00085-00"
 # and on the realer test split (the first excerpt of its 12 procedural songs; sung by ked_diphone)
@@ -186,10 +216,12 @@ real="procedural-00014-00 procedural-00018-00 procedural-00032-00 procedural-000
     procedural-00084-00 procedural-00089-00 procedural-00095-00 procedural-00106-00"
 for split in produced real; do
     out=$work/evals-$split; tracks=${!split}
-    for method in "base-$name" "produced-$name" "realer-$name" "second-$name" "$name" irm mix; do
+    for method in "base-$name" "produced-$name" "realer-$name" "second-$name" "fifth-$name" \
+        "$name" irm mix; do
         case $method in
             base-*) what=(--model "$model") ;; produced-*) what=(--model "$stage2") ;;
             realer-*) what=(--model "$stage3") ;; second-*) what=(--model "$stage4") ;;
+            fifth-*) what=(--model "$stage5") ;;
             "$name") what=(--model "$name") ;;
             *) what=(--method "$method") ;;
         esac
@@ -197,7 +229,7 @@ for split in produced real; do
             --evaldir "$out/$method" --jobs 2
     done
     rows=("$out/base-$name" "$out/produced-$name" "$out/realer-$name" "$out/second-$name"
-        "$out/$name")
+        "$out/fifth-$name" "$out/$name")
     if [ "$name" = umxsynth-rt ]; then
         causal "$name" "$work/synth-$split" "$out/$name-causal" $tracks
         rows+=("$out/$name-causal")
