@@ -339,6 +339,8 @@ def test_typed_options_run_the_job_the_command_line_runs(tmp_path, monkeypatch):
     ]:
         with pytest.raises(UmxError, match=message):
             BatchOptions(["songs"], task, **bad)
+    one = BatchOptions(Path("songs"), task, lists="a.txt", extensions="wav")  # not characters
+    assert (one.inputs, one.lists, one.extensions) == (("songs",), ("a.txt",), ("wav",))
     args = ["batch", "songs", "--outdir", "out", "--model", MODEL, "--niter", "0", "--ext", "flac"]
     assert main([*args, "-q"]) == 0
     manifest = tmp_path / "out" / ".umx-job" / MANIFEST_FILE

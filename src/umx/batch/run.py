@@ -43,7 +43,8 @@ class BatchOptions:
     goes. Checked when built, with the messages of the command line's options.
 
     Attributes:
-        inputs: audio files, folders (searched recursively by `extensions`) or glob patterns.
+        inputs: audio files, folders (searched recursively by `extensions`) or glob patterns;
+            like `lists` and `extensions`, one (a string or path) or a sequence of them.
         task: how each input is separated and written; each input sets `start`, `duration`
             (from a list file) and `force` is the output's.
         lists: files listing inputs (see `umx.batch.inputs.read_list`).
@@ -78,7 +79,10 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         for name in ("inputs", "lists", "extensions"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):  # one path, not its characters
+                value = (value,)
+            object.__setattr__(self, name, tuple(os.fspath(item) for item in value))
         if self.jobs is not None:
             check_number("--jobs", self.jobs, above=0, integer=True)
         if self.threads is not None:
