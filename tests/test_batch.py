@@ -2,6 +2,7 @@
 faults (a corrupt input, a worker killed mid-file, the driver killed, Ctrl-C), with the bundled
 umxsynth on a few seconds of audio."""
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import soundfile as sf
 from umx.api import separate_file
 from umx.audio import AudioWriter, leftover_temporaries
 from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
-from umx.batch.job import MANIFEST_FILE, plan_tasks
+from umx.batch.job import MANIFEST_FILE, SETTINGS_FILE, plan_tasks
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.devices import threads_per_worker
@@ -352,6 +353,26 @@ def test_typed_options_run_the_job_the_command_line_runs(tmp_path, monkeypatch):
     other = replace(task, separation=replace(separation, niter=1))
     with pytest.raises(UmxError, match=r"started with other settings \(--niter was 0, now 1"):
         run_batch_job(BatchOptions(["songs"], other, quiet=True))
+
+
+def test_a_job_recorded_with_wiener_win_len_0_resumes(tmp_path, monkeypatch):
+    """Jobs started before the typed options recorded `--wiener-win-len 0` (the whole segment)
+    as 0, which is None now: they resume, and a real change is still refused."""
+    monkeypatch.chdir(tmp_path)
+    write_song(tmp_path / "songs" / "a.wav", 1.0)
+    args = ["batch", "songs", "--outdir", "out", "--model", MODEL, "--niter", "0", "-q"]
+    assert main([*args, "--wiener-win-len", "0"]) == 0
+    settings_path = tmp_path / "out" / ".umx-job" / SETTINGS_FILE
+    settings = json.loads(settings_path.read_text())
+    assert settings["identity"]["separation"]["wiener_win_len"] is None
+    settings["identity"]["separation"]["wiener_win_len"] = 0  # as the older version wrote it
+    settings_path.write_text(json.dumps(settings))
+    manifest = tmp_path / "out" / ".umx-job" / MANIFEST_FILE
+    size = manifest.stat().st_size
+    assert main([*args, "--wiener-win-len", "0"]) == 0
+    assert manifest.stat().st_size == size  # nothing redone
+    assert main([*args, "--wiener-win-len", "100"]) == 1
+    assert json.loads(settings_path.read_text())["identity"]["separation"]["wiener_win_len"] == 0
 
 
 # --- faults, with the driver in its own process ---------------------------------------------

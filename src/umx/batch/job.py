@@ -205,7 +205,7 @@ def check_identity(stored: Mapping[str, Any], given: Mapping[str, Any], shown_jo
     """Refuse to resume a job with settings that would write other outputs, saying what
     changed as options: "--niter was 1, now 2"."""
     given = json.loads(json.dumps(given, default=str))  # as it would read back from job.json
-    changes = list(dict.fromkeys(_changes(stored, given)))
+    changes = list(dict.fromkeys(_changes(_as_recorded_now(stored), given)))
     if changes:
         more = f"; and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
         raise UmxError(
@@ -213,6 +213,15 @@ def check_identity(stored: Mapping[str, Any], given: Mapping[str, Any], shown_jo
             f"({'; '.join(changes[:SHOWN_CHANGES])}{more}): run it with the same options, or "
             "give a new --job"
         )
+
+
+def _as_recorded_now(stored: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An identity as this version records it: jobs started before the typed options recorded
+    `--wiener-win-len 0` (the whole segment) as 0, which is None now."""
+    separation = stored.get("separation")
+    if isinstance(separation, dict) and separation.get("wiener_win_len") == 0:
+        return {**stored, "separation": {**separation, "wiener_win_len": None}}
+    return stored
 
 
 def _changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> Iterator[str]:
