@@ -6,7 +6,9 @@
 # Schroeder reverb, and the Festival voice ked_diphone, which training never hears).
 # Resumable: run it again after an interruption.
 # Needs: the packages of scripts/make_umxsynth.sh, festival festvox-kallpc16k festvox-kdlpc16k,
-# and musescore-general-soundfont-lossless (the larger soundfont lever).
+# musescore-general-soundfont-lossless (the larger soundfont lever) and sonic-pi-samples (the
+# recorded sounds of `other`, whose model is also scored on its own test split: recorded sounds
+# training never hears).
 # Usage: scripts/ablate_levers.sh BASE_MODEL [WORKDIR]   (default WORKDIR: data/levers)
 #   BASE_MODEL: the causal base stage of umxsynth-rt (scripts/make_umxsynth.sh's model-rt/)
 set -u
@@ -20,12 +22,20 @@ kits=("$k"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit,Forze
       "$k"/{Millo-Drums_v.1,Millo_MultiLayered2,Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0"} \
       "$k"/{VariBreaks,rumpf_kit_z01_h2})
 musescore=/usr/share/sounds/sf2/MuseScore_General_Full.sf2  # a second GM soundfont, 490 MB
+s=/usr/share/sonic-pi/samples  # recorded sounds for `other`, CC0; the test split's are held out
+train_sounds=("$s"/{ambi_dark_woosh,ambi_drone,ambi_glass_hum,ambi_lunar_land,ambi_piano,ambi_sauna} \
+    "$s"/{ambi_soft_buzz,ambi_swoosh,guit_e_fifths,guit_e_slide,guit_em9,loop_drone_g_97} \
+    "$s"/{perc_bell,elec_chime,elec_blup,elec_twang,misc_cineboom})
+test_sounds=("$s"/{ambi_glass_rub,ambi_haunted_hum,guit_harmonics,perc_bell2,loop_garzul})
+recorded="--other-samples ${train_sounds[*]/%/.flac} --test-other-samples ${test_sounds[*]/%/.flac}"
 declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" \
     [amp-guitars]="--amp-guitars" [festival-singer]="--festival-singer" \
     [musescore-general]="--soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 $musescore" \
+    [other-samples]="$recorded" \
     [all]="--mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone")
 export OMP_NUM_THREADS=1
-for v in all none mix-bus dense-other amp-guitars festival-singer musescore-general; do
+# LEVERS="all other-samples" runs only those (the others' results already in WORKDIR)
+for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer musescore-general other-samples}; do
   d=$w/data-$v
   [ -d $d ] || nice -n 5 $umx synth --root $d --procedural 60 --excerpts 1 --duration 20 \
       --test-fraction 0.2 --valid-fraction 0.1 --seed 3 --jobs 2 -q \
@@ -45,8 +55,14 @@ for v in all none mix-bus dense-other amp-guitars festival-singer musescore-gene
       --model $w/model-$v --evaldir $w/eval-$v --jobs 1 -q
   echo "$v done $(date)"
 done
+for v in base none other-samples; do  # on the test split with recorded sounds
+  m=$w/model-$v; [ $v = base ] && m=$base
+  [ -d $w/eval-$v-recorded ] || nice -n 5 $umx evaluate --root $w/data-other-samples --is-wav \
+      --tracks $(ls $w/data-other-samples/test) --model "$m" --evaldir $w/eval-$v-recorded --jobs 1 -q
+done
 [ -d $w/eval-base ] || $umx evaluate --root $w/data-all --is-wav --tracks $(ls $w/data-all/test) \
     --model "$base" --evaldir $w/eval-base --jobs 1 -q
 $umx evaluate --compare $w/eval-{base,none,mix-bus,dense-other,amp-guitars,festival-singer} \
-    $w/eval-musescore-general \
+    $w/eval-{musescore-general,other-samples} \
     --evaldir $w/all
+$umx evaluate --compare $w/eval-{base,none,other-samples}-recorded --evaldir $w/all-recorded

@@ -59,7 +59,7 @@ SETTINGS = (
     "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
     "excerpts", "duration", "sample_rate", "seed", "drum_kits", "test_drum_kits", "production",
     "sung", "mix_bus", "dense_other", "amp_guitars", "festival_singer", "test_festival_voice",
-    "test_songs_of",
+    "other_samples", "test_other_samples", "test_songs_of",
 )  # fmt: skip
 """The options recorded in ``synth.json``."""
 

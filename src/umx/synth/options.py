@@ -128,6 +128,24 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIT",
         help="Hydrogen drum kit folders for the test split, none of them in --drum-kits",
     )
+    parser.add_argument(
+        "--other-samples",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="recorded sounds (audio files, or folders searched for them) for the train and "
+        "valid splits: most tracks get one or two, shifted and repeated, in their `other` stem "
+        "(e.g. apt-get install sonic-pi-samples; default: none)",
+    )
+    parser.add_argument(
+        "--test-other-samples",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="recorded sounds for the test split, none of them in --other-samples",
+    )
 
 
 def _add_lever_arguments(parser: argparse.ArgumentParser) -> None:
@@ -226,11 +244,12 @@ def run_synth(args: argparse.Namespace) -> int:
     held_out = frozenset(song for root in args.test_songs_of for song in read_test_songs(root))
     check_fluidsynth()
     test_voice = _test_festival_voice(args)
-    soundfonts, kits = _split_sounds(args, tested=args.test_fraction > 0 or bool(held_out))
+    soundfonts, kits, samples = _split_sounds(args, args.test_fraction > 0 or bool(held_out))
     plans = plan_tracks(
         songs,
         soundfonts,
         drum_kits=kits,
+        other_samples=samples,
         production=args.production,
         sung=args.sung,
         mix_bus=args.mix_bus,
@@ -260,24 +279,31 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def _split_sounds(
     args: argparse.Namespace, tested: bool
-) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """The soundfonts and the drum kits of each split, checked; the test split's only when
-    ``tested`` (it will have songs).
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]], dict[str, list[Path]]]:
+    """The soundfonts, drum kits and recorded sounds of each split, checked; the test split's
+    only when ``tested`` (it will have songs).
 
     Raises:
-        UmxError: a soundfont or drum kit umx cannot play.
+        UmxError: a soundfont, drum kit or recorded sound umx cannot play.
     """
     from umx.synth.dataset import default_soundfonts
+    from umx.synth.plan import lever
     from umx.synth.render import check_soundfont
 
     train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
     kits = [_kit(path) for path in args.drum_kits]
-    test, test_kits = [], []
+    samples = lever("recorded").find_samples(args.other_samples) if args.other_samples else []
+    test, test_kits, test_samples = [], [], []
     if tested:
         test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
         test_kits = [_kit(path) for path in args.test_drum_kits]
-    soundfonts = {"train": train, "valid": train, "test": test}
-    return soundfonts, {"train": kits, "valid": kits, "test": test_kits}
+        if args.test_other_samples:
+            test_samples = lever("recorded").find_samples(args.test_other_samples)
+    return (
+        {"train": train, "valid": train, "test": test},
+        {"train": kits, "valid": kits, "test": test_kits},
+        {"train": samples, "valid": samples, "test": test_samples},
+    )
 
 
 def _test_festival_voice(args: argparse.Namespace) -> str | None:

@@ -2,7 +2,8 @@
 
 A song is a General MIDI file or a seed of :mod:`umx.synth.procedural`. Songs, not tracks, are
 split into train, valid and test; every random choice of a track (excerpt, soundfont,
-transposition, tempo, stem gains and panning, drum kit, effects, singers, mix bus, guitar amp)
+transposition, tempo, stem gains and panning, drum kit, effects, singers, mix bus, guitar amp,
+recorded sounds)
 is drawn from a generator seeded by the run's seed and the track's name, so a plan is
 reproduced exactly.
 """
@@ -96,6 +97,8 @@ class TrackPlan:
         mix_bus: the mix bus of :func:`umx.synth.bus.draw_bus`, or None.
         amp: the guitars' amp and cabinet of :func:`umx.synth.amp.draw_amp`, or None.
         festival: the Festival singer of :func:`umx.synth.festival.draw_festival`, or None.
+        recorded: the recorded sounds in `other`, of :func:`umx.synth.recorded.draw_layer`, or
+            None.
     """
 
     name: str
@@ -116,6 +119,7 @@ class TrackPlan:
     mix_bus: dict | None = None
     amp: dict | None = None
     festival: dict | None = None
+    recorded: dict | None = None
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -178,6 +182,7 @@ def plan_tracks(
     amp_guitars: bool = False,
     festival_singer: bool = False,
     test_festival_voice: str | None = None,
+    other_samples: dict[str, Sequence[Path]] | None = None,
     held_out: AbstractSet[str] = frozenset(),
 ) -> list[TrackPlan]:
     """Splits songs by split and draws each track's excerpt and parameters.
@@ -205,6 +210,8 @@ def plan_tracks(
             vocals.
         test_festival_voice: the Festival voice of the test split (held out from training);
             None: the training voice.
+        other_samples: ``{split: recorded sounds}`` layered into the `other` stem of most
+            tracks (see :mod:`umx.synth.recorded`).
         held_out: names of MIDI songs that go to the test split whatever the seed (the test
             songs of an earlier dataset, so that no stage of a model trains on them).
 
@@ -212,32 +219,46 @@ def plan_tracks(
         The tracks, by split then song name.
 
     Raises:
-        UmxError: a test soundfont, drum kit or Festival voice is also a training one, a split
+        UmxError: a test soundfont, drum kit, recorded sound or Festival voice is also a
+            training one, a split
             with songs has no soundfont, or no song can give a track.
     """
-    drum_kits = drum_kits or {}
+    drum_kits, other_samples = drum_kits or {}, other_samples or {}
     voices = _festival_voices(test_festival_voice) if festival_singer else {}
-    for kind, sources in (("soundfont", soundfonts), ("drum kit", drum_kits)):
-        shared = set(sources.get("test", ())) & {
-            *sources.get("train", ()),
-            *sources.get("valid", ()),
-        }
-        if shared:
-            raise UmxError(f"{kind} {min(shared)} is used for both training and testing")
+    _check_held_out(soundfont=soundfonts, drum_kit=drum_kits, recorded_sound=other_samples)
     splits = _split(songs, seed, test_fraction, valid_fraction, held_out)
     levers = {"production": production, "sung": sung, "mix_bus": mix_bus, "amp": amp_guitars}
     plans = []
     for split, chosen in splits.items():
         if chosen and not soundfonts[split]:
             raise UmxError(f"no soundfont for the {split} split")
+        sounds = {"drum_kits": drum_kits.get(split, ()), "samples": other_samples.get(split, ())}
         for song in sorted(chosen, key=lambda song: song.name):
             plans += [
-                _produce(plan, seed, drum_kits.get(split, ()), **levers, voice=voices.get(split))
+                _produce(plan, seed, **sounds, **levers, voice=voices.get(split))
                 for plan in plan_song(song, split, soundfonts[split], seed, duration, excerpts)
             ]
     if not plans:
         raise UmxError(f"none of the {len(songs)} songs can be rendered (see the warnings)")
     return plans
+
+
+def _check_held_out(**sounds: dict[str, Sequence[Path]]) -> None:
+    """Refuses a sound of the test split that is also a training or validation one.
+
+    Args:
+        sounds: ``{kind: {split: sounds}}``, the kind named as in the message
+            (``drum_kit``: "drum kit").
+
+    Raises:
+        UmxError: naming the kind and the sound.
+    """
+    for kind, sources in sounds.items():
+        trained = {*sources.get("train", ()), *sources.get("valid", ())}
+        shared = set(sources.get("test", ())) & trained
+        if shared:
+            name = kind.replace("_", " ")
+            raise UmxError(f"{name} {min(shared)} is used for both training and testing")
 
 
 def _festival_voices(test_voice: str | None) -> dict[str, str]:
@@ -257,10 +278,9 @@ def _festival_voices(test_voice: str | None) -> dict[str, str]:
 
 def lever(name: str) -> ModuleType:
     """The module of a production lever: ``production`` (effects), ``sampler`` (drums),
-    ``singer``, ``bus`` (the mix bus), ``amp`` (guitar amps) or ``festival`` (Festival's
-    singer). They need scipy (the `train`
-    extra), so they load only when a dataset uses them: the `umx` command itself starts
-    without scipy.
+    ``singer``, ``bus`` (the mix bus), ``amp`` (guitar amps), ``festival`` (Festival's singer)
+    or ``recorded`` (recorded sounds in `other`). They need scipy (the `train` extra), so they
+    load only when a dataset uses them: the `umx` command itself starts without scipy.
 
     Raises:
         UmxError: scipy is not installed.
@@ -269,25 +289,27 @@ def lever(name: str) -> ModuleType:
         return importlib.import_module(f"umx.synth.{name}")
     except ImportError as error:
         raise UmxError(
-            "drum kits, --production, --sung, --mix-bus, --amp-guitars and --festival-singer "
-            f"need scipy ({error}): pip install 'umx[train]'"
+            "drum kits, --production, --sung, --mix-bus, --amp-guitars, --festival-singer and "
+            f"--other-samples need scipy ({error}): pip install 'umx[train]'"
         ) from None
 
 
 def _produce(
     plan: TrackPlan,
     seed: int,
-    drum_kits: Sequence[Path],
     *,
+    drum_kits: Sequence[Path],
+    samples: Sequence[Path],
     production: bool,
     sung: bool,
     mix_bus: bool,
     amp: bool,
     voice: str | None,
 ) -> TrackPlan:
-    """``plan`` with its drum kit, effect chains, singers, mix bus and guitar amp drawn (each
-    lever from a generator of its own, so that a dataset without it is the same as before it
-    existed); ``voice``: the Festival singer's voice, None: no Festival singer."""
+    """``plan`` with its drum kit, effect chains, singers, mix bus, guitar amp and recorded
+    sounds drawn (each lever from a generator of its own, so that a dataset without it is the
+    same as before it existed); ``voice``: the Festival singer's voice, None: no Festival
+    singer."""
     if drum_kits or production or sung:
         effects = lever("production")
         rng = random.Random(derive_seed(seed, plan.name, "production"))
@@ -309,6 +331,9 @@ def _produce(
     if voice is not None:
         rng = random.Random(derive_seed(seed, plan.name, "festival"))
         plan = replace(plan, festival=lever("festival").draw_festival(rng, voice))
+    if samples:
+        rng = random.Random(derive_seed(seed, plan.name, "recorded"))
+        plan = replace(plan, recorded=lever("recorded").draw_layer(rng, list(map(str, samples))))
     return plan
 
 

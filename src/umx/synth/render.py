@@ -1,6 +1,7 @@
 """Renders one planned track: each stem by ``fluidsynth`` (or the drum sampler and the singers;
-the guitars of `other` through an amp if it has one), then levelled, panned, faded, through the
-mix bus if it has one, and quantised to 16 bits; the mixture is the exact sum of the stems.
+the guitars of `other` through an amp if it has one, its recorded sounds mixed in), then
+levelled, panned, faded, through the mix bus if it has one, and quantised to 16 bits; the
+mixture is the exact sum of the stems.
 """
 
 from __future__ import annotations
@@ -165,11 +166,14 @@ def render_track(
         return None
     if plan.sung:
         sung = lever("singer").sing(parts["vocals"], nb_samples, sample_rate, plan.seed)
-        raw["vocals"] = _with_voice(raw["vocals"], sung, plan.sung)
+        raw["vocals"] = _mix_in(raw["vocals"], sung, plan.sung)
     if plan.festival:
         seed, voice = plan.festival["seed"], plan.festival["voice"]
         sung = lever("festival").sing(parts["vocals"], nb_samples, sample_rate, seed, voice)
-        raw["vocals"] = _with_voice(raw["vocals"], sung, plan.festival["share"])
+        raw["vocals"] = _mix_in(raw["vocals"], sung, plan.festival["share"])
+    if plan.recorded:
+        layer = lever("recorded").play_layer(plan.recorded, nb_samples, sample_rate)
+        raw["other"] = _mix_in(raw["other"], layer, plan.recorded["share"])
     if plan.production:
         room = plan.production["room"]
         for stem, chain in plan.production["stems"].items():
@@ -194,19 +198,19 @@ def render_track(
     return tracks
 
 
-def _with_voice(vocals: np.ndarray, voice: np.ndarray, share: float) -> np.ndarray:
-    """``vocals`` with a singer's ``voice`` mixed in at ``share`` of the level (both levelled
-    first); ``vocals`` unchanged when ``voice`` is silent.
+def _mix_in(stem: np.ndarray, added: np.ndarray, share: float) -> np.ndarray:
+    """``stem`` with ``added`` (a singer's voice, recorded sounds) mixed in at ``share`` of the
+    level (both levelled first); ``stem`` unchanged when ``added`` is silent.
 
     Args:
-        vocals: ``(nb_channels=2, nb_samples)``.
-        voice: ``(nb_channels=2, nb_samples)``.
+        stem: ``(nb_channels=2, nb_samples)``.
+        added: ``(nb_channels=2, nb_samples)``.
         share: between 0 and 1.
     """
-    if level_db(voice) <= SILENCE_DB:
-        return vocals
-    patch = vocals * 10 ** (-level_db(vocals) / 20)
-    return patch * (1 - share) + voice * 10 ** (-level_db(voice) / 20) * share
+    if level_db(added) <= SILENCE_DB:
+        return stem
+    rest = stem * 10 ** (-level_db(stem) / 20)
+    return rest * (1 - share) + added * 10 ** (-level_db(added) / 20) * share
 
 
 def _amplified_other(
