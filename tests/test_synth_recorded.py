@@ -79,6 +79,9 @@ def test_pan_gain_offset_and_stereo_files(tmp_path):
     assert out[0, RATE // 2] > 0 and not out[1].any()  # its channels kept
     sf.write(tmp_path / "silent.wav", np.zeros(RATE), RATE)
     assert not play_layer({"sounds": [sound(tmp_path / "silent.wav")]}, RATE, RATE).any()
+    sf.write(tmp_path / "nan.wav", np.full(RATE, np.nan), RATE, subtype="FLOAT")
+    with pytest.raises(UmxError, match=r"nan\.wav holds samples that are not finite numbers"):
+        play_layer({"sounds": [sound(tmp_path / "nan.wav")]}, RATE, RATE)
 
 
 def test_layers_are_drawn_reproducibly_as_json():
@@ -128,8 +131,8 @@ def test_sample_folders_are_searched_and_bad_files_refused(tmp_path):
         (tmp_path / "missing", "recorded sound or folder .*missing not found"),
         (tmp_path / "empty", "empty holds no audio file"),
         (tmp_path / "fake.wav", "fake.wav is not an audio file soundfile reads"),
-        (tmp_path / "none.wav", "none.wav holds no samples"),
-        (long, "long.wav is 61 s long; recorded sounds are at most 60 s"),
+        (tmp_path / "none.wav", "none.wav lasts 0 s; recorded sounds last 0.01 to 60 s"),
+        (long, "long.wav lasts 61 s; recorded sounds last 0.01 to 60 s"),
     ]:
         with pytest.raises(UmxError, match=message):
             find_samples([path])

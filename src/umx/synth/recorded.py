@@ -35,8 +35,8 @@ GAIN_RANGE_DB = (-6.0, 0.0)
 """A sound's gain within the layer, after levelling."""
 EDGE_SECONDS = 0.005
 """Fade at both ends of each play, so that no play starts or ends with a click."""
-MAX_SECONDS = 60.0
-"""Longer files are refused: a layer repeats short sounds."""
+MIN_SECONDS, MAX_SECONDS = 0.01, 60.0
+"""Shorter and longer files are refused: a layer repeats short sounds, but not clicks."""
 
 
 def find_samples(paths: Sequence[str | Path]) -> list[Path]:
@@ -45,7 +45,7 @@ def find_samples(paths: Sequence[str | Path]) -> list[Path]:
 
     Raises:
         UmxError: a path does not exist, a folder holds no audio file, or a file is not audio
-            soundfile reads, is empty, or is over `MAX_SECONDS` long.
+            soundfile reads, or is under `MIN_SECONDS` or over `MAX_SECONDS` long.
     """
     files = []
     for path in map(Path, paths):
@@ -63,11 +63,11 @@ def find_samples(paths: Sequence[str | Path]) -> list[Path]:
             info = soundfile.info(str(file))
         except (RuntimeError, soundfile.LibsndfileError) as error:
             raise UmxError(f"{file} is not an audio file soundfile reads ({error})") from None
-        if info.frames == 0:
-            raise UmxError(f"{file} holds no samples")
-        if info.duration > MAX_SECONDS:
-            raise UmxError(f"{file} is {info.duration:.0f} s long; recorded sounds are at most "
-                           f"{MAX_SECONDS:.0f} s")  # fmt: skip
+        if not MIN_SECONDS <= info.duration <= MAX_SECONDS:
+            raise UmxError(
+                f"{file} lasts {info.duration:.3g} s; recorded sounds last "
+                f"{MIN_SECONDS:g} to {MAX_SECONDS:g} s"
+            )
     return list(dict.fromkeys(file.resolve() for file in files))
 
 
@@ -124,6 +124,8 @@ def _load(path: str, shift: int, pan: float, sample_rate: int) -> np.ndarray:
         audio, rate = soundfile.read(path, dtype="float64", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise UmxError(f"cannot read the recorded sound {path} ({error})") from None
+    if not np.isfinite(audio).all():
+        raise UmxError(f"the recorded sound {path} holds samples that are not finite numbers")
     audio = audio.T[:2] if audio.shape[1] > 1 else np.repeat(audio.T, 2, axis=0)
     ratio = Fraction(sample_rate / rate / 2 ** (shift / 12)).limit_denominator(256)
     if ratio != 1:
