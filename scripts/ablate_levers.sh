@@ -10,6 +10,7 @@
 # recorded sounds of `other`, whose model is also scored on its own test split: recorded sounds
 # training never hears).
 # Usage: scripts/ablate_levers.sh BASE_MODEL [WORKDIR]   (default WORKDIR: data/levers)
+#   SEED=2 trains again with another seed (models and scores named -s2): the seed's noise
 #   BASE_MODEL: the causal base stage of umxsynth-rt (scripts/make_umxsynth.sh's model-rt/)
 set -u
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" 
     [musescore-general]="--soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 $musescore" \
     [other-samples]="$recorded" \
     [all]="--mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone")
+seed=${SEED:-1}; run=""; [ "$seed" = 1 ] || run=-s$seed
 export OMP_NUM_THREADS=1
 # LEVERS="all other-samples" runs only those (the others' results already in WORKDIR)
 for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer musescore-general other-samples}; do
@@ -43,26 +45,27 @@ for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer muse
       --test-drum-kits "$k"/GMRockKit --production --sung ${lever[$v]}
   [ $v = all ] && continue  # its test split is the common test set
   for t in vocals drums bass other; do
-    m=$w/model-$v
+    m=$w/model-$v$run
     [ -f $m/$t.json ] && [ ! -f $m/$t.chkpnt ] && continue
     if [ -f $m/$t.chkpnt ]; then nice -n 5 $umx train --checkpoint $m --target $t -q
     else nice -n 5 $umx train --root $d --is-wav --target $t --model "$base" \
-        --output $m --epochs 2 --lr 0.001 --seed 1 --seq-dur 4 --batch-size 16 \
+        --output $m --epochs 2 --lr 0.001 --seed $seed --seq-dur 4 --batch-size 16 \
         --samples-per-track 8 -q; fi
   done
   tracks=$(ls $w/data-all/test)
-  [ -d $w/eval-$v ] || nice -n 5 $umx evaluate --root $w/data-all --is-wav --tracks $tracks \
-      --model $w/model-$v --evaldir $w/eval-$v --jobs 1 -q
+  [ -d $w/eval-$v$run ] || nice -n 5 $umx evaluate --root $w/data-all --is-wav --tracks $tracks \
+      --model $w/model-$v$run --evaldir $w/eval-$v$run --jobs 1 -q
   echo "$v done $(date)"
 done
 for v in base none other-samples; do  # on the test split with recorded sounds
-  m=$w/model-$v; [ $v = base ] && m=$base
-  [ -d $w/eval-$v-recorded ] || nice -n 5 $umx evaluate --root $w/data-other-samples --is-wav \
-      --tracks $(ls $w/data-other-samples/test) --model "$m" --evaldir $w/eval-$v-recorded --jobs 1 -q
+  m=$w/model-$v$run e=$w/eval-$v$run-recorded; [ $v = base ] && m=$base e=$w/eval-base-recorded
+  [ -d $e ] || nice -n 5 $umx evaluate --root $w/data-other-samples --is-wav \
+      --tracks $(ls $w/data-other-samples/test) --model "$m" --evaldir $e --jobs 1 -q
 done
 [ -d $w/eval-base ] || $umx evaluate --root $w/data-all --is-wav --tracks $(ls $w/data-all/test) \
     --model "$base" --evaldir $w/eval-base --jobs 1 -q
-$umx evaluate --compare $w/eval-{base,none,mix-bus,dense-other,amp-guitars,festival-singer} \
-    $w/eval-{musescore-general,other-samples} \
-    --evaldir $w/all
-$umx evaluate --compare $w/eval-{base,none,other-samples}-recorded --evaldir $w/all-recorded
+$umx evaluate --compare $w/eval-base $w/eval-{none,mix-bus,dense-other,amp-guitars}$run \
+    $w/eval-{festival-singer,musescore-general,other-samples}$run \
+    --evaldir $w/all$run
+$umx evaluate --compare $w/eval-base-recorded $w/eval-{none,other-samples}$run-recorded \
+    --evaldir $w/all$run-recorded
