@@ -23,21 +23,24 @@ kits=("$k"/{Audiophob,BJA_Pacific,ColomboAcousticDrumkit,ElectricEmpireKit,Forze
       "$k"/{Millo-Drums_v.1,Millo_MultiLayered2,Millo_MultiLayered3,TR808EmulationKit,"The Black Pearl 1.0"} \
       "$k"/{VariBreaks,rumpf_kit_z01_h2})
 musescore=/usr/share/sounds/sf2/MuseScore_General_Full.sf2  # a second GM soundfont, 490 MB
-s=/usr/share/sonic-pi/samples  # recorded sounds for `other`, CC0; the test split's are held out
+s=/usr/share/sonic-pi/samples  # recorded sounds for `other` (CC0, three MIT); the test split's held out
 train_sounds=("$s"/{ambi_dark_woosh,ambi_drone,ambi_glass_hum,ambi_lunar_land,ambi_piano,ambi_sauna} \
     "$s"/{ambi_soft_buzz,ambi_swoosh,guit_e_fifths,guit_e_slide,guit_em9,loop_drone_g_97} \
     "$s"/{perc_bell,elec_chime,elec_blup,elec_twang,misc_cineboom})
 test_sounds=("$s"/{ambi_glass_rub,ambi_haunted_hum,guit_harmonics,perc_bell2,loop_garzul})
+played=("$s"/{ambi_piano,guit_e_fifths,guit_e_slide,guit_em9,perc_bell,elec_chime,elec_blup,elec_twang})
 recorded="--other-samples ${train_sounds[*]/%/.flac} --test-other-samples ${test_sounds[*]/%/.flac}"
+recorded_played="--other-samples ${played[*]/%/.flac} --test-other-samples ${test_sounds[*]/%/.flac}"
 declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" \
     [amp-guitars]="--amp-guitars" [festival-singer]="--festival-singer" \
     [musescore-general]="--soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 $musescore" \
-    [other-samples]="$recorded" \
+    [other-samples]="$recorded" [other-played]="$recorded_played" \
     [all]="--mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone")
 seed=${SEED:-1}; run=""; [ "$seed" = 1 ] || run=-s$seed
 export OMP_NUM_THREADS=1
 # LEVERS="all other-samples" runs only those (the others' results already in WORKDIR)
-for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer musescore-general other-samples}; do
+for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer musescore-general \
+    other-samples other-played}; do
   d=$w/data-$v
   [ -d $d ] || nice -n 5 $umx synth --root $d --procedural 60 --excerpts 1 --duration 20 \
       --test-fraction 0.2 --valid-fraction 0.1 --seed 3 --jobs 2 -q \
@@ -57,7 +60,7 @@ for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer muse
       --model $w/model-$v$run --evaldir $w/eval-$v$run --jobs 1 -q
   echo "$v done $(date)"
 done
-for v in base none other-samples; do  # on the test split with recorded sounds
+for v in base none other-samples other-played; do  # on the test split with recorded sounds
   m=$w/model-$v$run e=$w/eval-$v$run-recorded; [ $v = base ] && m=$base e=$w/eval-base-recorded
   [ -d $e ] || nice -n 5 $umx evaluate --root $w/data-other-samples --is-wav \
       --tracks $(ls $w/data-other-samples/test) --model "$m" --evaldir $e --jobs 1 -q
@@ -65,7 +68,7 @@ done
 [ -d $w/eval-base ] || $umx evaluate --root $w/data-all --is-wav --tracks $(ls $w/data-all/test) \
     --model "$base" --evaldir $w/eval-base --jobs 1 -q
 $umx evaluate --compare $w/eval-base $w/eval-{none,mix-bus,dense-other,amp-guitars}$run \
-    $w/eval-{festival-singer,musescore-general,other-samples}$run \
+    $w/eval-{festival-singer,musescore-general,other-samples,other-played}$run \
     --evaldir $w/all$run
-$umx evaluate --compare $w/eval-base-recorded $w/eval-{none,other-samples}$run-recorded \
+$umx evaluate --compare $w/eval-base-recorded $w/eval-{none,other-samples,other-played}$run-recorded \
     --evaldir $w/all$run-recorded
