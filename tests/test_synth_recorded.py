@@ -122,6 +122,7 @@ def test_sample_folders_are_searched_and_bad_files_refused(tmp_path):
     a = tone(tmp_path / "pack" / "a.wav", 200, 0.1)
     b = tone(tmp_path / "pack" / "sub" / "b.flac", 200, 0.1)
     (tmp_path / "pack" / "notes.txt").write_text("not audio")
+    os.mkfifo(tmp_path / "pack" / "pipe.wav")  # a special file is skipped, never opened
     assert find_samples([tmp_path / "pack", a]) == [a.resolve(), b.resolve()]  # once each
     (tmp_path / "empty").mkdir()
     (tmp_path / "fake.wav").write_text("not audio")

@@ -211,10 +211,11 @@ def run_synth(args: argparse.Namespace) -> int:
     """
     from umx.synth.dataset import SETTINGS, check_root, read_test_songs, synthesize
     from umx.synth.plan import (
+        MIDI_SUFFIXES,
         TEMPO_RANGE,
         SongRef,
         derive_seed,
-        find_midi_files,
+        find_files,
         plan_tracks,
     )
     from umx.synth.render import check_fluidsynth
@@ -229,7 +230,8 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.test_fraction + args.valid_fraction > 1:
         raise UmxError("--test-fraction and --valid-fraction must be 1 at most together")
     check_root(args.root, args.force)
-    songs = [SongRef(name, path=str(path)) for name, path in _named(find_midi_files(args.midi))]
+    midi = find_files(args.midi, MIDI_SUFFIXES, "MIDI file")
+    songs = [SongRef(name, path=str(path)) for name, path in _named(midi)]
     songs += [
         SongRef(
             f"procedural-{index:05d}",

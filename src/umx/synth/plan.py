@@ -127,21 +127,22 @@ def derive_seed(seed: int, *names: object) -> int:
     return random.Random(":".join(map(str, (seed, *names)))).getrandbits(31)
 
 
-def find_midi_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The MIDI files given, and those under the folders given, in a stable order.
+def find_files(paths: Sequence[str | Path], suffixes: AbstractSet[str], kind: str) -> list[Path]:
+    """The files given, and the regular files under the folders given whose suffix (in any
+    case) is one of ``suffixes``, in a stable order.
 
     Raises:
-        UmxError: a path does not exist.
+        UmxError: a path does not exist (naming it a ``kind`` or folder).
     """
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = (p for p in path.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+            found = (p for p in path.rglob("*") if p.suffix.lower() in suffixes)
             files += sorted(p for p in found if p.is_file())
         elif path.is_file():
             files.append(path)
         else:
-            raise UmxError(f"MIDI file or folder {path} not found")
+            raise UmxError(f"{kind} or folder {path} not found")
     return files
 
 

@@ -19,6 +19,7 @@ import soundfile
 from scipy.signal import resample_poly
 
 from umx.errors import UmxError
+from umx.synth.plan import find_files
 
 SAMPLE_SUFFIXES = frozenset((".wav", ".flac", ".ogg", ".aif", ".aiff"))
 LAYER_CHANCE = 0.7
@@ -49,15 +50,10 @@ def find_samples(paths: Sequence[str | Path]) -> list[Path]:
     """
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SAMPLE_SUFFIXES)
-            if not found:
-                raise UmxError(f"{path} holds no audio file ({', '.join(sorted(SAMPLE_SUFFIXES))})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UmxError(f"recorded sound or folder {path} not found")
+        found = find_files([path], SAMPLE_SUFFIXES, "recorded sound")
+        if not found:  # a folder without one
+            raise UmxError(f"{path} holds no audio file ({', '.join(sorted(SAMPLE_SUFFIXES))})")
+        files += found
     for file in files:
         try:
             info = soundfile.info(str(file))
