@@ -132,7 +132,8 @@ def find_files(paths: Sequence[str | Path], suffixes: AbstractSet[str], kind: st
     case) is one of ``suffixes``, in a stable order.
 
     Raises:
-        UmxError: a path does not exist (naming it a ``kind`` or folder).
+        UmxError: a path does not exist (naming it a ``kind`` or folder), or is neither a
+            folder nor a regular file (a pipe, a device).
     """
     files = []
     for path in map(Path, paths):
@@ -141,6 +142,8 @@ def find_files(paths: Sequence[str | Path], suffixes: AbstractSet[str], kind: st
             files += sorted(p for p in found if p.is_file())
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise UmxError(f"{kind} {path} is not a regular file: give a file or a folder")
         else:
             raise UmxError(f"{kind} or folder {path} not found")
     return files
