@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import umx.batch.inputs
 import umx.train
 from umx.audio import read_audio
 from umx.batch.work import model_sha256
@@ -197,11 +198,17 @@ def test_a_student_model_is_the_starting_point_and_keeps_its_architecture(
         assert line.startswith(f"umx: error: {message}"), line
 
 
-def test_a_run_again_does_nothing_and_other_settings_are_refused(distilled, songs, capsys):
+def test_a_run_again_does_nothing_and_other_settings_are_refused(
+    distilled, songs, capsys, monkeypatch
+):
     output, work = distilled
     before = len(manifest(work)), sha256_file(output / "vocals.pth")
+    searched = []
+    real = umx.batch.inputs._search
+    monkeypatch.setattr(umx.batch.inputs, "_search", lambda *a: searched.append(a[0]) or real(*a))
     assert distill(songs[0], output, *TARGETS) == 0
     assert (len(manifest(work)), sha256_file(output / "vocals.pth")) == before
+    assert searched == [str(songs[0])]  # searched once, for the batch and the training set
     messages(capsys)
     assert distill(songs[0], output, *TARGETS, "--lr", "0.01") == 1
     (error,) = messages(capsys)

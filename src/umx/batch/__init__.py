@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from umx.batch.inputs import BatchInput, collect_inputs, read_list
     from umx.batch.job import Job, find_job, summarize
     from umx.batch.options import add_batch_arguments, run_batch
-    from umx.batch.run import BatchOptions, run_batch_job
+    from umx.batch.run import BatchOptions, job_inputs, run_batch_job
 
 __all__ = [
     "BatchInput",
@@ -31,6 +31,7 @@ __all__ = [
     "add_batch_arguments",
     "collect_inputs",
     "find_job",
+    "job_inputs",
     "read_list",
     "run_batch",
     "run_batch_job",

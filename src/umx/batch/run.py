@@ -107,8 +107,30 @@ class BatchOptions:
         return Path(os.path.abspath(self.job_dir or self.outdir / JOB_DIRNAME))
 
 
-def run_batch_job(options: BatchOptions) -> int:
+def job_inputs(options: BatchOptions) -> list[BatchInput]:
+    """The job's inputs: its files, folders, patterns and lists, found once, leaving out the
+    output folder and the job directory.
+
+    Raises:
+        UmxError: no inputs, or a list that cannot be read.
+    """
+    from umx.batch.inputs import collect_inputs
+
+    return collect_inputs(
+        list(options.inputs),
+        lists=list(options.lists),
+        extensions=list(options.extensions),
+        exclude=[options.outdir, options.job_path],
+    )
+
+
+def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None) -> int:
     """Run a batch job: separate the inputs it has not done yet, and resume it the next time.
+
+    Args:
+        options: the job and this run.
+        inputs: the job's inputs as `job_inputs` found them (None: found now), for a caller
+            that needs them too without searching the folders twice.
 
     Returns:
         the exit code: 1 when inputs of the job failed (in this run or an earlier one), else 0.
@@ -118,18 +140,13 @@ def run_batch_job(options: BatchOptions) -> int:
             settings, or Ray missing or unreachable.
     """
     from umx.audio import display_path
-    from umx.batch.inputs import collect_inputs
     from umx.batch.job import Job, plan_tasks
     from umx.devices import available_cores
     from umx.jobs import DONE, FAILED
 
-    outdir, job_dir = options.outdir, options.job_path
-    inputs = collect_inputs(
-        list(options.inputs),
-        lists=list(options.lists),
-        extensions=list(options.extensions),
-        exclude=[outdir, job_dir],
-    )
+    job_dir = options.job_path
+    if inputs is None:
+        inputs = job_inputs(options)
     if options.ray is not None:
         try:
             import umx.batch.ray_backend  # noqa: F401 (Ray is there before the model loads)

@@ -121,9 +121,8 @@ def teacher_pass(
         UmxError: the music holds no audio, the teacher cannot be loaded, its job in `work`
             was started with other settings, or it separated no song at all.
     """
-    from umx.batch import collect_inputs
     from umx.batch.job import MANIFEST_FILE, read_settings
-    from umx.batch.run import BatchOptions, run_batch_job
+    from umx.batch.run import BatchOptions, job_inputs, run_batch_job
     from umx.jobs import DONE, FAILED, TaskOptions, latest_records, read_records
     from umx.options import OutputOptions, SeparationOptions
 
@@ -135,8 +134,9 @@ def teacher_pass(
     )
     output = OutputOptions(outdir, STEM_TEMPLATE, **STEM_FORMAT)
     task = TaskOptions(separation, output)
-    inputs = collect_inputs(music, exclude=[outdir, job_dir])
-    run_batch_job(BatchOptions(music, task, jobs=jobs, quiet=quiet))  # failures counted below
+    batch = BatchOptions(music, task, jobs=jobs, quiet=quiet)
+    inputs = job_inputs(batch)
+    run_batch_job(batch, inputs)  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
         raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")
