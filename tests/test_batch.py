@@ -319,9 +319,13 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         (["--ray", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
         (["--list", str(tmp_path / "none.txt")], "cannot read the list"),
         (["--ray", str(tmp_path)], "--ray took the input"),
+        (["--ray", ""], "--ray '' is not a cluster's address: give HOST:PORT of its head, auto"),
+        (["--ray", "nan"], "--ray 'nan' is not a cluster's address"),
+        (["--device", "nan"], "unknown device 'nan' (use auto, cpu, cuda, cuda:N or mps)"),
     ]:
         assert main(["batch", str(song), "--outdir", str(tmp_path / "o"), *options]) == 1
-        assert message in capsys.readouterr().err
+        (error,) = capsys.readouterr().err.splitlines()  # before the model: no other line
+        assert message in error
     assert not (tmp_path / "o").exists()
 
 

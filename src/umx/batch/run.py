@@ -61,7 +61,8 @@ class BatchOptions:
 
     Raises:
         UmxError: a count that is not a positive integer, GPUs per worker without `ray`, or a
-            Ray address that is an existing file (an input taken for the address).
+            Ray address that is an existing file (an input taken for the address) or not
+            HOST:PORT.
     """
 
     inputs: tuple[str, ...]
@@ -94,6 +95,11 @@ class BatchOptions:
             raise UmxError(
                 f"--ray took the input {self.ray!r} for the cluster's address: put the inputs "
                 f"before --ray, or write --ray {LOCAL_RAY} for a Ray instance on this machine"
+            )
+        if self.ray not in (None, LOCAL_RAY, "auto") and ":" not in self.ray:
+            raise UmxError(
+                f"--ray {self.ray!r} is not a cluster's address: give HOST:PORT of its head, "
+                f"auto, or --ray alone for a Ray instance on this machine"
             )
 
     @property
@@ -212,9 +218,11 @@ def plan_job(
     """
     from umx.api import check_aggregate, plan_outputs
     from umx.batch.work import WorkerSpec, model_sha256
-    from umx.devices import threads_per_worker
+    from umx.devices import resolve_device, threads_per_worker
 
     task, separation, output = options.task, options.task.separation, options.task.output
+    if options.ray is None:  # on a cluster, the device is the workers' (the head may have none)
+        resolve_device(separation.device)
     separator = load_separator(
         separation.model, **separation.filter_options, progress=not options.quiet
     )
