@@ -115,6 +115,7 @@ CLI_CASES = [
     ("aggregate-empty-group", [SONG, *MODEL, "--aggregate", '{"x": []}'], "non-empty lists"),
     ("aggregate-deep", [SONG, *MODEL, "--aggregate", "deep.json"], "neither valid JSON"),
     ("aggregate-no-file", [SONG, *MODEL, "--aggregate", "missing.json"], "not a regular file"),
+    ("aggregate-empty", [SONG, *MODEL, "--aggregate", ""], "--aggregate is empty: give JSON"),
     ("input-missing", ["missing.wav", *MODEL], "missing.wav does not exist"),
     ("input-directory", ["a", *MODEL], "is a directory"),
     ("input-random-mp3", ["noise.mp3", *MODEL], "noise.mp3 is not decodable audio"),

@@ -1,14 +1,17 @@
 """The `umx` command end to end on small generated audio and small models."""
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from umx.cli import COMMANDS, main
+from umx.cli import COMMANDS, build_parser, main
+from umx.cli_options import EMPTY_PATH, path_argument, path_text
 from umx.modeldir import save_separator
 
 RATE = 16000
@@ -551,4 +554,48 @@ def test_an_option_argparse_refuses_is_one_line(argv, line, tmp_path, monkeypatc
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [line]
+    assert list(tmp_path.iterdir()) == []
+
+
+def command_actions(command: str) -> list[argparse.Action]:
+    """The options and positional arguments of `umx COMMAND`."""
+    (commands,) = [
+        action
+        for action in build_parser({command})._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    return commands.choices[command]._actions
+
+
+def test_an_empty_path_is_refused_by_every_path_argument(tmp_path, monkeypatch, capsys):
+    """'' (most often an unset shell variable) is refused in one line wherever a file or
+    folder is given, where `Path('')` would be this folder: `umx synth --root "$DIR"` would
+    write here, `--midi ''` search here."""
+    monkeypatch.chdir(tmp_path)
+    checked = []
+    for command in COMMANDS:
+        before = []  # the positional arguments before this one
+        for action in command_actions(command):
+            assert action.type is not Path, f"umx {command} {action.dest}: type=path_argument"
+            name = action.option_strings[-1] if action.option_strings else action.metavar
+            if action.type in (path_argument, path_text):
+                argv = [command, *before, *action.option_strings[-1:], ""]
+                with pytest.raises(SystemExit) as exit_info:
+                    main(argv)
+                assert exit_info.value.code == 2
+                assert capsys.readouterr().err.splitlines() == [
+                    f"umx {command}: error: argument {name}: {EMPTY_PATH} "
+                    f"(see umx {command} --help)"
+                ]
+                checked.append(f"{command} {name}")
+            if not action.option_strings:
+                before.append("x")
+    assert {
+        "synth --root",
+        "synth --midi",
+        "separate INPUT",
+        "batch --list",
+        "train --root",
+    } <= set(checked)
+    assert len(checked) == 31
     assert list(tmp_path.iterdir()) == []

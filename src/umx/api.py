@@ -414,6 +414,8 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
     """`--aggregate` as JSON text or a JSON file: `{name: [target, ...]}`."""
     if text is None:
         return None
+    if not text.strip():
+        raise UmxError("--aggregate is empty: give JSON text or a JSON file")
     try:
         # JSON text starts with a brace; anything else is a file (testing a long JSON text
         # as a path would fail: names are limited to 255 bytes)

@@ -22,6 +22,7 @@ from umx.cli_options import (
     add_separation_arguments,
     check_separation_args,
     output_options,
+    path_text,
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
 from umx.devices import keep_freed_memory
@@ -223,7 +224,9 @@ def run_download(args: argparse.Namespace) -> int:
 
 def add_separate_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_separate)
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files to separate")
+    p.add_argument(
+        "inputs", nargs="*", type=path_text, metavar="INPUT", help="audio files to separate"
+    )
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument(
         "--list-models",
@@ -247,13 +250,7 @@ def run_separate(args: argparse.Namespace) -> int:
         print_models()
         return 0
     options = check_inputs(args)
-    from umx.api import (
-        check_aggregate,
-        parse_aggregate,
-        plan_outputs,
-        separate_file,
-        separator_for,
-    )
+    from umx.api import check_aggregate, parse_aggregate, plan_outputs, separate_file, separator_for
 
     aggregate = parse_aggregate(args.aggregate)
     known = known_names(options, aggregate)
@@ -293,7 +290,9 @@ def run_separate(args: argparse.Namespace) -> int:
 
 def add_stream_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_stream)
-    p.add_argument("input", metavar="INPUT", help="audio file, or - for raw PCM on standard input")
+    p.add_argument(
+        "input", type=path_text, metavar="INPUT", help="audio file, or - for raw PCM on stdin"
+    )
     p.add_argument(
         "--model",
         help=f"causal model name or directory (default: the bundled {STREAM_MODEL})",

@@ -30,6 +30,23 @@ MODEL_HELP = (
     f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
 )
 
+EMPTY_PATH = "an empty path: give a file or folder (is a shell variable unset?)"
+
+
+def path_text(text: str) -> str:
+    """An argparse `type` for a file, folder or pattern kept as text: the empty string (most
+    often an unset shell variable) is refused, where `Path` would read it as this folder."""
+    if not text:
+        raise argparse.ArgumentTypeError(EMPTY_PATH)
+    return text
+
+
+def path_argument(text: str) -> Path:
+    """An argparse `type` for a file or folder: a `Path`, the empty string refused as by
+    `path_text`."""
+    return Path(path_text(text))
+
+
 SEPARATION_DEFAULTS = {
     field.name: field.default for field in fields(SeparationOptions) if field.name != "model"
 }
@@ -182,7 +199,7 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
     and whether to overwrite (`umx separate`, `umx stream` and `umx batch`)."""
     p.add_argument(
         "--outdir",
-        type=Path,
+        type=path_argument,
         default=OutputOptions.outdir,
         help="output directory (default: separated)",
     )

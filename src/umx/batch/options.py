@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from umx.batch.run import LOCAL_RAY, BatchOptions, run_batch_job
 from umx.cli_options import (
@@ -14,6 +13,8 @@ from umx.cli_options import (
     add_separation_arguments,
     check_separation_args,
     output_options,
+    path_argument,
+    path_text,
 )
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
 
@@ -34,6 +35,7 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
         nargs="*",
+        type=path_text,
         metavar="INPUT",
         help="audio files, folders (searched recursively by extension) or glob patterns "
         "(quote them; ** crosses folders)",
@@ -42,6 +44,7 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
         "--list",
         action="append",
         default=[],
+        type=path_text,
         metavar="FILE",
         help="a file listing inputs: one path per line, or CSV (path,start,duration columns) "
         "or JSON Lines (.jsonl, the same keys) with per-file excerpts; may be repeated",
@@ -55,13 +58,14 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--job",
-        type=Path,
+        type=path_argument,
         metavar="DIR",
         help=f"the job directory: settings, inputs and the results manifest; the same command "
         f"with the same --job resumes the job (default: OUTDIR/{JOB_DIRNAME})",
     )
     p.add_argument(
         "--status",
+        type=path_text,
         metavar="JOBDIR",
         help="print what a job has done (done, failed, pending, throughput, time left) and exit; "
         "JOBDIR is the job directory or the output folder holding it",

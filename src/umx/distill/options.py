@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from umx.cli_options import path_argument, path_text
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
 from umx.messages import plural
@@ -48,17 +49,22 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "music",
         nargs="+",
+        type=path_text,
         metavar="MUSIC",
         help="folders of songs (searched recursively), audio files or glob patterns: "
         "unlabelled music, only read",
     )
     p.add_argument("--teacher", required=True, help="the teacher: a model name or directory")
     p.add_argument(
-        "--output", required=True, type=Path, metavar="DIR", help="the student's model directory"
+        "--output",
+        required=True,
+        type=path_argument,
+        metavar="DIR",
+        help="the student's model directory",
     )
     p.add_argument(
         "--work",
-        type=Path,
+        type=path_argument,
         metavar="DIR",
         help=f"where the teacher's stems and the training set go (default: OUTPUT{WORK_SUFFIX})",
     )

@@ -15,6 +15,7 @@ from umx.cli_options import (
     add_separation_arguments,
     check_separation_args,
     given_separation_options,
+    path_argument,
 )
 from umx.defaults import (
     BASELINES,
@@ -41,7 +42,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("test set")
     data.add_argument(
         "--root",
-        type=Path,
+        type=path_argument,
         default=os.environ.get("MUSDB_PATH"),
         help="MUSDB18 folder holding train/ and test/ (default: $MUSDB_PATH)",
     )
@@ -66,7 +67,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     method.add_argument(
         "--estimates",
-        type=Path,
+        type=path_argument,
         metavar="DIR",
         help="evaluate estimates on disk, DIR/<subset>/<track>/<target>.wav",
     )
@@ -95,14 +96,14 @@ def _add_evaluation_arguments(out: argparse._ArgumentGroup) -> None:
     """Where the scores (and estimates) go, how BSSEval runs, and what is compared."""
     out.add_argument(
         "--evaldir",
-        type=Path,
+        type=path_argument,
         required=True,
         help="where the scores go: EVALDIR/<subset>/<track>.json (museval format), "
         "scores.md, scores.csv and scores_<metric>.png",
     )
     out.add_argument(
         "--outdir",
-        type=Path,
+        type=path_argument,
         help="also write the estimates as float wav, OUTDIR/<subset>/<track>/<target>.wav",
     )
     out.add_argument(
@@ -131,7 +132,7 @@ def _add_evaluation_arguments(out: argparse._ArgumentGroup) -> None:
     out.add_argument(
         "--compare",
         nargs="+",
-        type=Path,
+        type=path_argument,
         metavar="DIR",
         help="evaldirs of other methods to put side by side with this one (or with each other "
         "when no --root is given) in EVALDIR/compare.md, compare.csv and compare_<metric>.png",

@@ -118,8 +118,12 @@ def check_backend(
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The argument table of `umx export MODEL OUTDIR`."""
+    from umx.cli_options import path_argument  # which imports this module's names
+
     p.add_argument("model", metavar="MODEL", help="model name (see umx --list-models) or directory")
-    p.add_argument("outdir", type=Path, metavar="OUTDIR", help="folder to write the export into")
+    p.add_argument(
+        "outdir", type=path_argument, metavar="OUTDIR", help="folder to write the export into"
+    )
     p.add_argument(
         "--format", choices=FORMATS, default="onnx", help="export format (default: onnx)"
     )

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from umx.cli_options import path_argument, path_text
 from umx.defaults import (
     DURATION,
     SAMPLE_RATE,
@@ -21,7 +22,7 @@ from umx.errors import UmxError, check_number
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of `umx synth` to ``parser``."""
     parser.add_argument(
-        "--root", required=True, type=Path, metavar="DIR", help="dataset folder to create"
+        "--root", required=True, type=path_argument, metavar="DIR", help="dataset folder to create"
     )
     _add_sound_arguments(parser)
     _add_lever_arguments(parser)
@@ -85,6 +86,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         default=[],
+        type=path_text,
         metavar="PATH",
         help="General MIDI files, or folders searched for .mid/.midi/.kar files",
     )
@@ -98,7 +100,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--soundfont",
         nargs="+",
-        type=Path,
+        type=path_argument,
         metavar="SF",
         help="soundfonts for the train and valid splits (default: the installed ones of "
         f"{', '.join(map(str, TRAIN_SOUNDFONTS))})",
@@ -106,7 +108,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-soundfont",
         nargs="+",
-        type=Path,
+        type=path_argument,
         metavar="SF",
         help="soundfonts for the test split, none of them in --soundfont "
         f"(default: {', '.join(map(str, TEST_SOUNDFONTS))})",
@@ -114,7 +116,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drum-kits",
         nargs="+",
-        type=Path,
+        type=path_argument,
         default=[],
         metavar="KIT",
         help="Hydrogen drum kit folders (with a drumkit.xml) for the train and valid splits: "
@@ -123,7 +125,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-drum-kits",
         nargs="+",
-        type=Path,
+        type=path_argument,
         default=[],
         metavar="KIT",
         help="Hydrogen drum kit folders for the test split, none of them in --drum-kits",
@@ -131,7 +133,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--other-samples",
         nargs="+",
-        type=Path,
+        type=path_argument,
         default=[],
         metavar="PATH",
         help="recorded sounds (audio files, or folders searched for them) for the train and "
@@ -141,7 +143,7 @@ def _add_sound_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-other-samples",
         nargs="+",
-        type=Path,
+        type=path_argument,
         default=[],
         metavar="PATH",
         help="recorded sounds for the test split, none of them in --other-samples",
@@ -190,7 +192,7 @@ def _add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         "--test-songs-of",
         metavar="DATASET",
         nargs="+",
-        type=Path,
+        type=path_argument,
         default=[],
         help="put the General MIDI songs of these umx synth datasets' test splits in this "
         "one's test split, never in training: for a model trained in stages on several datasets",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from umx.cli_options import path_argument
 from umx.defaults import DEFAULT_AUGMENTATIONS, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
 from umx.train.config import ARCHITECTURES, DATASETS, DEFAULTS
@@ -48,7 +48,7 @@ def _add(group: argparse._ArgumentGroup, *flags: str, help: str, **kwargs: Any) 
 def _add_data_arguments(data: argparse._ArgumentGroup) -> None:
     """The options of every dataset: which, where, the target, the excerpts."""
     _add(data, "--dataset", choices=DATASETS, help="dataset type")
-    _add(data, "--root", type=Path, metavar="DIR", help="dataset folder (required)")
+    _add(data, "--root", type=path_argument, metavar="DIR", help="dataset folder (required)")
     _add(
         data,
         "--target",
@@ -220,7 +220,7 @@ def _add_output_arguments(output: argparse._ArgumentGroup) -> None:
     _add(
         output,
         "--output",
-        type=Path,
+        type=path_argument,
         metavar="DIR",
         help="model directory to write (the --checkpoint directory when resuming)",
     )
@@ -233,7 +233,7 @@ def _add_output_arguments(output: argparse._ArgumentGroup) -> None:
     _add(
         output,
         "--checkpoint",
-        type=Path,
+        type=path_argument,
         metavar="DIR",
         help="resume the run whose <target>.chkpnt is in DIR; its options are restored, "
         "options given here override them (except the model's)",

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from umx.cli_options import path_argument
 from umx.defaults import AUTO
 from umx.errors import UmxError, check_number
 from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, resolve_model
@@ -91,7 +92,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=path_argument,
         help="folder of the uploads and their stems, kept across restarts (default: "
         "serve/ in umx's cache folder, e.g. ~/.cache/umx/serve)",
     )
