@@ -16,7 +16,10 @@
 #          musescore-general-soundfont-small openttd-openmsx planetblupi-music-midi ffmpeg \
 #          hydrogen-drumkits hydrogen-data festival festvox-kallpc16k festvox-kdlpc16k \
 #          musescore-general-soundfont-lossless
-# Usage: [CAUSAL=1] scripts/make_umxsynth.sh [WORKDIR]   (default: data/umxsynth-build; resumable)
+# HIDDEN=N trains a model of that width (default 128) in model folders named -hN, beside the
+# 128-wide ones and on the same data; 192 is the widest whose float16 export stays under 20 MB.
+# Usage: [CAUSAL=1] [HIDDEN=N] scripts/make_umxsynth.sh [WORKDIR]
+#   (default WORKDIR: data/umxsynth-build; resumable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-data/umxsynth-build}
@@ -32,6 +35,10 @@ case ${CAUSAL:-0} in
        recipe="CAUSAL=1 scripts/make_umxsynth.sh" ;;
     *) echo "CAUSAL must be 0 or 1, not '$CAUSAL'" >&2; exit 2 ;;
 esac
+hidden=${HIDDEN:-128}
+[[ $hidden =~ ^[1-9][0-9]*$ ]] || { echo "HIDDEN must be a whole number, not '$hidden'" >&2; exit 2; }
+[ "$hidden" = 128 ] || for stage in model stage2 stage3 stage4 stage5 stage6; do
+    printf -v $stage %s "${!stage}-h$hidden"; done
 final=$stage6-averaged
 
 # 1. Data: 100 procedural songs and the General MIDI songs of two Debian packages, two
@@ -52,8 +59,8 @@ train() {  # train OUTPUT EPOCHS OPTION...: the four targets into OUTPUT; a targ
     done
 }
 
-# 2. Training: a small model (hidden size 128), 12 epochs per target.
-train "$model" 12 --root "$work/synth" --is-wav --hidden-size 128 --seq-dur 4 --batch-size 16 \
+# 2. Training: a small model (hidden size 128, or HIDDEN), 12 epochs per target.
+train "$model" 12 --root "$work/synth" --is-wav --hidden-size "$hidden" --seq-dur 4 --batch-size 16 \
     --samples-per-track 4 --lr 0.002 --seed 1 $lstm
 
 # 3. Stage 2: produced tracks, 160 procedural songs and the MIDI songs, two
