@@ -129,6 +129,13 @@ def test_stream_refuses_hostile_input_and_changes_nothing(
     assert snapshot(workspace) == before
 
 
+def test_an_empty_model_name_is_refused_not_taken_for_the_default(monkeypatch, capsys):
+    """`--model ''` (an unset shell variable) is an error, as in `umx separate`."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["stream", *map(str, STDIN), "--model", "", "-q"]) == 1
+    assert capsys.readouterr().err == "umx: error: a model is a name or a directory, not ''\n"
+
+
 def test_the_table_covers_the_issue():
     assert len(CASES) >= 15
     assert len({case[0] for case in CASES}) == len(CASES)

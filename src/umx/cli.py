@@ -360,7 +360,7 @@ def run_stream(args: argparse.Namespace) -> int:
     block = int(args.block) if float(args.block).is_integer() else args.block
     check_block(block)
     check_number("--threads", args.threads, above=0, integer=True)
-    args.model = args.model or STREAM_MODEL
+    args.model = STREAM_MODEL if args.model is None else args.model  # '' is refused
     options = check_separation_args(args)
     check_input(args.input, args.rate, args.channels, args.pcm_format)
     aggregate = parse_aggregate(args.aggregate)
