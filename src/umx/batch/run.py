@@ -142,8 +142,9 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
         the exit code: 1 when inputs of the job failed (in this run or an earlier one), else 0.
 
     Raises:
-        UmxError: no inputs, a model that cannot be loaded, a job directory started with other
-            settings, or Ray missing or unreachable.
+        UmxError: no inputs, a model that cannot be loaded, a device that this machine lacks
+            (without Ray), a job directory started with other settings, or Ray missing or
+            unreachable.
     """
     from umx.audio import display_path
     from umx.batch.job import Job, plan_tasks
