@@ -17,7 +17,9 @@
 #          hydrogen-drumkits hydrogen-data festival festvox-kallpc16k festvox-kdlpc16k \
 #          musescore-general-soundfont-lossless
 # HIDDEN=N trains a model of that width (default 128) in model folders named -hN, beside the
-# 128-wide ones and on the same data; 192 is the widest whose float16 export stays under 20 MB.
+# 128-wide ones and on the same data, and scores it into evaluation folders named -hN; its export
+# replaces the bundled model as any run's does. 192 is the widest whose float16 export stays
+# under 20 MB.
 # Usage: [CAUSAL=1] [HIDDEN=N] scripts/make_umxsynth.sh [WORKDIR]
 #   (default WORKDIR: data/umxsynth-build; resumable)
 set -euo pipefail
@@ -37,8 +39,12 @@ case ${CAUSAL:-0} in
 esac
 hidden=${HIDDEN:-128}
 [[ $hidden =~ ^[1-9][0-9]*$ ]] || { echo "HIDDEN must be a whole number, not '$hidden'" >&2; exit 2; }
-[ "$hidden" = 128 ] || for stage in model stage2 stage3 stage4 stage5 stage6; do
-    printf -v $stage %s "${!stage}-h$hidden"; done
+tag=$name  # the scores' folders: a run at another width must not find the 128-wide one's
+if [ "$hidden" != 128 ]; then
+    for stage in model stage2 stage3 stage4 stage5 stage6; do
+        printf -v $stage %s "${!stage}-h$hidden"; done
+    tag=$name-h$hidden recipe="HIDDEN=$hidden $recipe"
+fi
 final=$stage6-averaged
 
 # 1. Data: 100 procedural songs and the General MIDI songs of two Debian packages, two
@@ -170,12 +176,12 @@ PY
 # 5. The base stage's scores on six of its held-out test tracks (the first excerpt of six test
 #    songs), with the oracle ideal ratio mask and the unprocessed mixture on the same tracks.
 tracks="mighty_giant_run-00 relax_song-00 the_fast_route-00 ttsong_iii_imuh3-00 procedural-00010-00 procedural-00030-00"
-for method in "$name" irm mix; do
-    if [ "$method" = "$name" ]; then what=(--model "$model"); else what=(--method "$method"); fi
+for method in "$tag" irm mix; do
+    if [ "$method" = "$tag" ]; then what=(--model "$model"); else what=(--method "$method"); fi
     $umx evaluate --root "$work/synth" --is-wav --tracks $tracks "${what[@]}" \
         --evaldir "$work/evals/$method" --jobs 2
 done
-evals=("$work/evals/$name")
+evals=("$work/evals/$tag")
 
 # 6. The causal model also through the stream's path: separate_causal (causal framing and causal
 #    Wiener EM, the stems `umx stream` returns, without the latency) writes the estimates.
@@ -202,11 +208,11 @@ PY
         --evaldir "$evaldir" --jobs 2
 }
 if [ "$name" = umxsynth-rt ]; then
-    causal "$model" "$work/synth" "$work/evals/$name-causal" $tracks
-    evals+=("$work/evals/$name-causal")
+    causal "$model" "$work/synth" "$work/evals/$tag-causal" $tracks
+    evals+=("$work/evals/$tag-causal")
 fi
 $umx evaluate --compare "${evals[@]}" "$work/evals/irm" "$work/evals/mix" \
-    --evaldir "$work/evals/all-$name"
+    --evaldir "$work/evals/all-$tag"
 
 # 7. The stages on the eight procedural test songs of the produced split (the first excerpt of
 #    each; held-out soundfont TimGM6mb, drum kit GMRockKit and Schroeder reverb), with the
@@ -223,23 +229,23 @@ real="procedural-00014-00 procedural-00018-00 procedural-00032-00 procedural-000
     procedural-00084-00 procedural-00089-00 procedural-00095-00 procedural-00106-00"
 for split in produced real; do
     out=$work/evals-$split; tracks=${!split}
-    for method in "base-$name" "produced-$name" "realer-$name" "second-$name" "fifth-$name" \
-        "$name" irm mix; do
+    for method in "base-$tag" "produced-$tag" "realer-$tag" "second-$tag" "fifth-$tag" \
+        "$tag" irm mix; do
         case $method in
             base-*) what=(--model "$model") ;; produced-*) what=(--model "$stage2") ;;
             realer-*) what=(--model "$stage3") ;; second-*) what=(--model "$stage4") ;;
             fifth-*) what=(--model "$stage5") ;;
-            "$name") what=(--model "$name") ;;
+            "$tag") what=(--model "$name") ;;
             *) what=(--method "$method") ;;
         esac
         $umx evaluate --root "$work/synth-$split" --is-wav --tracks $tracks "${what[@]}" \
             --evaldir "$out/$method" --jobs 2
     done
-    rows=("$out/base-$name" "$out/produced-$name" "$out/realer-$name" "$out/second-$name"
-        "$out/fifth-$name" "$out/$name")
+    rows=("$out/base-$tag" "$out/produced-$tag" "$out/realer-$tag" "$out/second-$tag"
+        "$out/fifth-$tag" "$out/$tag")
     if [ "$name" = umxsynth-rt ]; then
-        causal "$name" "$work/synth-$split" "$out/$name-causal" $tracks
-        rows+=("$out/$name-causal")
+        causal "$name" "$work/synth-$split" "$out/$tag-causal" $tracks
+        rows+=("$out/$tag-causal")
     fi
-    $umx evaluate --compare "${rows[@]}" "$out/irm" "$out/mix" --evaldir "$out/all-$name"
+    $umx evaluate --compare "${rows[@]}" "$out/irm" "$out/mix" --evaldir "$out/all-$tag"
 done
