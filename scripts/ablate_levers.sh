@@ -38,9 +38,10 @@ declare -A lever=([none]="" [mix-bus]="--mix-bus" [dense-other]="--dense-other" 
     [all]="--mix-bus --dense-other --amp-guitars --festival-singer --test-festival-voice ked_diphone")
 seed=${SEED:-1}; run=""; [ "$seed" = 1 ] || run=-s$seed
 export OMP_NUM_THREADS=1
-trained() {  # the target's run ended: its 2 epochs done or stopped early (its .chkpnt stays)
+epochs=2  # per target and lever
+trained() {  # the target's run ended: its epochs done or stopped early (its .chkpnt stays)
   [ -f "$1" ] && python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
-sys.exit(not (r["stopped_early"] or r["epochs_trained"] >= 2))' "$1"
+sys.exit(not (r["stopped_early"] or r["epochs_trained"] >= int(sys.argv[2])))' "$1" $epochs
 }
 # LEVERS="all other-samples" runs only those (the others' results already in WORKDIR)
 for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer musescore-general \
@@ -56,7 +57,7 @@ for v in ${LEVERS:-all none mix-bus dense-other amp-guitars festival-singer muse
     trained $m/$t.json && continue
     if [ -f $m/$t.chkpnt ]; then nice -n 5 $umx train --checkpoint $m --target $t -q
     else nice -n 5 $umx train --root $d --is-wav --target $t --model "$base" \
-        --output $m --epochs 2 --lr 0.001 --seed $seed --seq-dur 4 --batch-size 16 \
+        --output $m --epochs $epochs --lr 0.001 --seed $seed --seq-dur 4 --batch-size 16 \
         --samples-per-track 8 -q; fi
   done
   tracks=$(ls $w/data-all/test)
