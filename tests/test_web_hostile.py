@@ -393,6 +393,7 @@ OPTION_CASES = [
     ("port-too-high", ["--port", "70000"], "--port must be at most 65535, not 70000"),
     ("port-negative", ["--port", "-1"], "--port must be at least 0, not -1"),
     ("jobs-zero", ["--jobs", "0"], "--jobs must be at least 1, not 0"),
+    ("jobs-above-cores", ["--jobs", "99999999"], "--jobs must be at most "),
     ("queue-negative", ["--max-queue", "-3"], "--max-queue must be at least 1, not -3"),
     ("upload-nan", ["--max-upload-mb", "nan"], "--max-upload-mb must be a finite number"),
     ("upload-zero", ["--max-upload-mb", "0"], "--max-upload-mb must be greater than 0"),
