@@ -328,6 +328,16 @@ def make_inf(tmp_path):
     return tmp_path / "inf.wav", {}
 
 
+def make_pcm_values_as_float(tmp_path):
+    write_raw(tmp_path / "int-scale.wav", tone().T * 32768)
+    return tmp_path / "int-scale.wav", {}
+
+
+def make_rate_of_one_hertz(tmp_path):
+    soundfile.write(tmp_path / "slow.wav", tone(seconds=0.01).T, 1, subtype="FLOAT")
+    return tmp_path / "slow.wav", {}
+
+
 def make_negative_start(tmp_path):
     write_raw(tmp_path / "song.wav", tone().T)
     return tmp_path / "song.wav", {"start": -1.0}
@@ -367,6 +377,8 @@ def make_truncated_wav_header(tmp_path):
         make_excerpt_of_nothing,
         make_nan,
         make_inf,
+        make_pcm_values_as_float,
+        make_rate_of_one_hertz,
         make_negative_start,
         make_negative_duration,
         make_infinite_start,
@@ -379,6 +391,43 @@ def test_bad_input_names_the_path(tmp_path, make):
     with pytest.raises(UmxError) as error:
         read_audio(path, **options)
     assert str(path) in str(error.value)
+
+
+def test_samples_that_are_not_audio_are_refused_where_they_are(tmp_path):
+    """Float samples beyond ±10,000 (16-bit values stored as float) are refused by every reader,
+    naming the file and the time of the first one; 10,000 itself is audio."""
+    frames = tone().T.copy()
+    frames[RATE // 2, 1] = 20000.0
+    write_raw(tmp_path / "spike.wav", frames)
+    for read in (read_audio, read_frames):
+        with pytest.raises(UmxError) as error:
+            read(tmp_path / "spike.wav")
+        assert str(error.value) == (
+            f"{tmp_path / 'spike.wav'}: the sample 2e+04 at 0.500 s is not audio (samples must "
+            "be finite and within ±10000, full scale being ±1)"
+        )
+    with pytest.raises(UmxError, match=r"at 0\.500 s"):  # the time in the file, not in the excerpt
+        read_audio(tmp_path / "spike.wav", start=0.25)
+    frames[RATE // 2, 1] = 10000.0
+    write_raw(tmp_path / "loud.wav", frames)
+    audio, _ = read_audio(tmp_path / "loud.wav")
+    assert float(audio.abs().max()) == 10000.0
+
+
+@pytest.mark.parametrize(("rate", "accepted"), [(999, False), (1000, True), (768000, True)])
+def test_sample_rates_outside_what_umx_separates_are_refused(tmp_path, rate, accepted):
+    path = tmp_path / "rate.wav"
+    soundfile.write(path, np.zeros((2000, 2), np.float32), rate, subtype="FLOAT")
+    if accepted:
+        assert audio_info(path).sample_rate == rate
+        assert read_audio(path)[1] == rate
+        return
+    for read in (audio_info, read_audio, read_frames):
+        with pytest.raises(UmxError) as error:
+            read(path)
+        assert str(error.value) == (
+            f"{path}: a sample rate of 999 Hz is not one umx separates (it takes 1000 to 768000 Hz)"
+        )
 
 
 # Writing: clip policies, refusals, temporary files, streaming

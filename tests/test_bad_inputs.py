@@ -54,6 +54,7 @@ def workspace(tmp_path_factory, small_music_separator):
     nan_audio = np.zeros((RATE, 2), dtype=np.float32)
     nan_audio[100] = np.nan
     sf.write(root / "nan.wav", nan_audio, RATE, subtype="FLOAT")
+    sf.write(root / "int-scale.wav", 0.3 * 32768 * rng.standard_normal((RATE, 2)), RATE, "FLOAT")
     # a WAV whose header declares 1 s but which holds 0.5 s
     with wave.open(str(root / "truncated.wav"), "wb") as file:
         file.setnchannels(2)
@@ -121,7 +122,8 @@ CLI_CASES = [
     ("input-random-mp3", ["noise.mp3", *MODEL], "noise.mp3 is not decodable audio"),
     ("input-random-wav", ["noise.wav", *MODEL], "noise.wav is not decodable audio"),
     ("input-empty", ["empty.wav", *MODEL], "empty.wav"),
-    ("input-nan", ["nan.wav", *MODEL], "NaN or infinite samples"),
+    ("input-nan", ["nan.wav", *MODEL], "nan.wav: a NaN sample at 0.006 s is not audio"),
+    ("input-int-scale", ["int-scale.wav", *MODEL], "int-scale.wav: the sample "),
     ("input-truncated", ["truncated.wav", *MODEL], "truncated.wav is truncated"),
     ("input-huge-header", ["huge.wav", *MODEL], "huge.wav is truncated"),
     ("track-dotdot", ["...wav", *MODEL], "inside --outdir"),
@@ -230,10 +232,18 @@ def test_named_pipes_are_refused_without_blocking(workspace, tmp_path, where):
     assert snapshot(workspace) == before
 
 
+def batch_with_spike() -> torch.Tensor:
+    """A batch of three stereo signals, the last of which holds a 16-bit value at 10 ms."""
+    audio = torch.zeros(3, 2, RATE // 10)
+    audio[2, 1, RATE // 100] = -3e4
+    return audio
+
+
 # (id, audio, rate, options, exception, message)
 API_CASES = [
     ("nan-sample", torch.tensor([[0.0, math.nan] * 100] * 2), RATE, {}, umx.UmxError, "NaN"),
     ("inf-sample", torch.tensor([[0.0, math.inf] * 100] * 2), RATE, {}, umx.UmxError, "infinite"),
+    ("beyond-sample", batch_with_spike(), RATE, {}, umx.UmxError, r"sample -3e\+04 at 0.010 s"),
     ("complex", torch.zeros(2, 100, dtype=torch.complex64), RATE, {}, TypeError, "complex"),
     ("string", "song.wav", RATE, {}, TypeError, "not str"),
     ("list", [[0.0] * 10] * 2, RATE, {}, TypeError, "not list"),

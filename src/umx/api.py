@@ -18,6 +18,7 @@ from umx.audio import (
     AudioWriter,
     StreamResampler,
     WriteReport,
+    check_samples,
     display_path,
     match_channels,
     read_audio,
@@ -47,7 +48,8 @@ def check_audio(audio: object, rate: object) -> Tensor:
 
     Raises:
         TypeError: not an array of real floating-point numbers.
-        UmxError: wrong shape, no samples, NaN or infinite samples, or a bad rate.
+        UmxError: wrong shape, no samples, samples that are not audio (NaN, infinite or
+            beyond ±10,000: see `umx.audio.samples`), or a bad rate.
     """
     if not isinstance(audio, Tensor | np.ndarray):
         raise TypeError(
@@ -73,8 +75,7 @@ def check_audio(audio: object, rate: object) -> Tensor:
     if shape[-1] == 0 or shape[0] == 0:
         raise UmxError(f"audio holds no samples (shape {shape})")
     audio = torch.as_tensor(audio).detach().to("cpu", torch.float32)
-    if not torch.isfinite(audio).all():
-        raise UmxError("audio holds NaN or infinite samples")
+    check_samples(audio, 0.0, rate, "audio")
     return audio
 
 

@@ -12,6 +12,8 @@ models: callers say how many channels they want and at which rate. Its modules, 
 - :mod:`umx.audio.resampling`: soxr resampling, of a whole signal or block by block.
 - :mod:`umx.audio.writing`: waveforms to files: wav, flac and mp3 (libsndfile or ffmpeg), clip
   policies, written under hidden temporary names and renamed into place.
+- :mod:`umx.audio.samples`: what counts as audio (rates, finite samples within ±10,000), the
+  checks reading, the Python API and the stream share.
 - :mod:`umx.audio.messages`: printable paths and the one-line errors reading and writing share.
 
 The public names are re-exported here: ``from umx.audio import read_audio``.
@@ -28,6 +30,7 @@ from umx.audio.reading import (
     seconds_to_frames,
 )
 from umx.audio.resampling import RESAMPLE_QUALITY, StreamResampler, resample
+from umx.audio.samples import MAX_SAMPLE, check_rate, check_samples
 from umx.audio.writing import (
     BLOCK_SECONDS,
     CLIP_POLICIES,
@@ -49,6 +52,7 @@ __all__ = [
     "DEFAULT_SUBTYPE",
     "FFMPEG_MP3_QUALITY",
     "MAX_CHANNELS",
+    "MAX_SAMPLE",
     "NAME_MAX",
     "RESAMPLE_QUALITY",
     "RESCALE_PEAK",
@@ -59,6 +63,8 @@ __all__ = [
     "WriteReport",
     "audio_formats",
     "audio_info",
+    "check_rate",
+    "check_samples",
     "display_path",
     "leftover_temporaries",
     "match_channels",

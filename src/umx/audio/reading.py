@@ -16,6 +16,8 @@ Every input file is treated as hostile:
 - No buffer is sized from a declared length before the file was found to hold it: files whose
   length is not checked are decoded block by block, and a read needing more memory than the
   machine has is refused.
+- Its sample rate and samples must be audio (:mod:`umx.audio.samples`): a rate of 1 Hz or a
+  float file holding 16-bit values is refused, naming the file, never separated into noise.
 
 Excerpts given in seconds become frames as open-unmix computes them, by truncation:
 ``int(seconds * sample_rate)`` (:func:`seconds_to_frames`); ffmpeg's output is cut with the same
@@ -51,6 +53,7 @@ from umx.audio.messages import (
     display_path,
 )
 from umx.audio.resampling import resample
+from umx.audio.samples import check_rate, check_samples
 from umx.errors import UmxError
 
 MAX_CHANNELS = 2
@@ -411,9 +414,11 @@ def _read(path: Path, excerpt: Callable[[float], tuple[int, int | None]]) -> tup
         decoder, failure = _decoder(path, fd, file_size)
         if decoder is not None:
             with decoder:
+                check_rate(decoder.rate, display_path(path))
                 return decoder.read(*excerpt(decoder.rate)), decoder.rate
         ffmpeg, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
         nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
+        check_rate(rate, display_path(path))
         return _ffmpeg_decode(path, ffmpeg, nb_channels, rate, *excerpt(rate)), rate
 
 
@@ -447,17 +452,21 @@ def audio_info(path: str | os.PathLike) -> AudioFileInfo:
         Its description.
 
     Raises:
-        UmxError: the file is missing, not a regular file, not audio or truncated.
+        UmxError: the file is missing, not a regular file, not audio (see
+            :mod:`umx.audio.samples`) or truncated.
     """
     path = Path(path)
     with _open_regular(path) as (fd, file_size):
         decoder, failure = _decoder(path, fd, file_size)
         if decoder is not None:
             with decoder:
-                return AudioFileInfo(float(decoder.rate), decoder.nb_channels, decoder.nb_frames)
-        _, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
-        nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
-        return AudioFileInfo(float(rate), nb_channels, None)
+                info = AudioFileInfo(float(decoder.rate), decoder.nb_channels, decoder.nb_frames)
+        else:
+            _, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
+            nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
+            info = AudioFileInfo(float(rate), nb_channels, None)
+    check_rate(info.sample_rate, display_path(path))
+    return info
 
 
 def seconds_to_frames(seconds: float, sample_rate: float) -> int:
@@ -485,12 +494,15 @@ def read_frames(
         The audio, shape ``(nb_channels, nb_timesteps)``, and its sample rate.
 
     Raises:
-        UmxError: the file is missing, not a regular file, not audio or truncated.
+        UmxError: the file is missing, not a regular file, not audio (see
+            :mod:`umx.audio.samples`) or truncated.
     """
     if start < 0 or (nb_frames is not None and nb_frames < 0):
         raise ValueError(f"start and nb_frames must not be negative, not {start}, {nb_frames}")
     audio, rate = _read(Path(path), lambda _: (start, nb_frames))
-    return torch.from_numpy(np.ascontiguousarray(audio.T)), float(rate)
+    frames = torch.from_numpy(np.ascontiguousarray(audio.T))
+    check_samples(frames, start / rate, rate, display_path(path))
+    return frames, float(rate)
 
 
 def match_channels(audio: torch.Tensor, nb_channels: int) -> torch.Tensor:
@@ -551,8 +563,9 @@ def read_audio(
 
     Raises:
         UmxError: the file is missing, not a regular file, not audio, truncated, empty (or the
-            excerpt is), too long for memory, holds NaN or infinite samples, has more than two
-            channels without ``downmix``, or the excerpt is invalid.
+            excerpt is), too long for memory, has a sample rate or samples that are not audio
+            (see :mod:`umx.audio.samples`), has more than two channels without ``downmix``, or
+            the excerpt is invalid.
     """
     path = Path(path)
     if nb_channels not in (None, 1, 2):
@@ -573,9 +586,9 @@ def read_audio(
             raise UmxError(f"{display_path(path)} contains no audio")
         length = "" if duration is None else f" for {duration} s"
         raise UmxError(f"{display_path(path)} has no audio from {start} s{length}")
-    if not np.isfinite(audio).all():
-        raise UmxError(f"{display_path(path)} contains NaN or infinite samples")
-    waveform = _channel_policy(torch.from_numpy(audio.T), nb_channels, downmix, path)
+    waveform = torch.from_numpy(audio.T)
+    check_samples(waveform, seconds_to_frames(start, rate) / rate, rate, display_path(path))
+    waveform = _channel_policy(waveform, nb_channels, downmix, path)
     if sample_rate is None:
         return waveform, float(rate)
     return resample(waveform, rate, sample_rate), float(sample_rate)

@@ -24,47 +24,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from umx.audio.samples import check_samples
 from umx.errors import UmxError, check_number
 from umx.filtering import WIENER_MEMORY, CausalWiener
 from umx.model import LSTMState
 from umx.separator import Separator
 from umx.transforms import istft_frames, magnitude, stft
-
-MAX_SAMPLE = 1e4
-"""The largest magnitude of a sample a stream takes, 80 dB above full scale (±1). Float audio
-may exceed full scale, but not by this much: such values are not audio (e.g. 16-bit PCM read
-as float32) and would separate into silence or noise, so they are refused."""
-
-
-def check_samples(samples: Tensor, start: float, rate: float, source: str, hint: str = "") -> None:
-    """Refuse samples that are NaN, infinite or beyond `MAX_SAMPLE`, with one line naming the
-    input and the time of the first such sample.
-
-    Args:
-        samples: the next samples of the input, `(nb_channels, nb_block)`.
-        start: the time of the first of them from the start of the input, in seconds.
-        rate: the samples' rate, in Hz.
-        source: how the user knows the input (the message starts with it).
-        hint: appended to the message, e.g. what to do about a likely cause.
-
-    Raises:
-        UmxError: a sample is not audio.
-    """
-    bad = ~(samples.abs() <= MAX_SAMPLE)  # NaN compares false
-    if not bool(bad.any()):
-        return
-    index = int(bad.any(dim=0).nonzero()[0])
-    value = float(samples[bad[:, index], index][0])
-    if math.isnan(value):
-        what = "a NaN sample"
-    elif math.isinf(value):
-        what = "an infinite sample"
-    else:
-        what = f"the sample {value:.3g}"
-    raise UmxError(
-        f"{source}: {what} at {start + index / rate:.3f} s is not audio (samples must be "
-        f"finite and within ±{MAX_SAMPLE:g}, full scale being ±1){hint}"
-    )
 
 
 class StreamingSeparator:

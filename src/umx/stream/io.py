@@ -35,6 +35,7 @@ from umx.audio import (
     AudioWriter,
     StreamResampler,
     WriteReport,
+    check_samples,
     display_path,
     match_channels,
     read_audio,
@@ -42,7 +43,7 @@ from umx.audio import (
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.separator import Separator
-from umx.stream.engine import StreamingSeparator, check_samples
+from umx.stream.engine import StreamingSeparator
 
 logger = logging.getLogger("umx")
 

@@ -1,0 +1,60 @@
+"""What counts as audio: the checks that reading files, the Python API and the stream share.
+
+A sample rate must lie in [`MIN_RATE`, `MAX_RATE`] Hz, and every sample must be finite and within
+±`MAX_SAMPLE`. Float audio may exceed full scale (±1), but not by 80 dB: such values are not
+audio (16-bit PCM stored as float, say) and would separate into noise, so they are refused with
+the time of the first one, never rescaled into quiet garbage.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from umx.errors import MAX_RATE, MIN_RATE, UmxError
+
+MAX_SAMPLE = 1e4
+"""The largest magnitude of a sample umx takes, 80 dB above full scale (±1)."""
+
+
+def check_rate(rate: float, source: str) -> None:
+    """Refuse a sample rate outside [`MIN_RATE`, `MAX_RATE`] with one line naming `source`."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise UmxError(
+            f"{source}: a sample rate of {rate:g} Hz is not one umx separates (it takes "
+            f"{MIN_RATE:g} to {MAX_RATE:g} Hz)"
+        )
+
+
+def check_samples(samples: Tensor, start: float, rate: float, source: str, hint: str = "") -> None:
+    """Refuse samples that are NaN, infinite or beyond `MAX_SAMPLE`, with one line naming the
+    input and the time of the first such sample.
+
+    Args:
+        samples: `(..., nb_timesteps)`, e.g. the next block of an input, `(nb_channels,
+            nb_block)`.
+        start: the time of the first of them from the start of the input, in seconds.
+        rate: the samples' rate, in Hz.
+        source: how the user knows the input (the message starts with it).
+        hint: appended to the message, e.g. what to do about a likely cause.
+
+    Raises:
+        UmxError: a sample is not audio.
+    """
+    bad = ~(samples.abs() <= MAX_SAMPLE)  # NaN compares false
+    if not bool(bad.any()):
+        return
+    bad_at = bad.reshape(-1, bad.shape[-1]).any(dim=0)
+    index = int(bad_at.nonzero()[0])
+    value = float(samples[..., index][bad[..., index]][0])
+    if math.isnan(value):
+        what = "a NaN sample"
+    elif math.isinf(value):
+        what = "an infinite sample"
+    else:
+        what = f"the sample {value:.3g}"
+    raise UmxError(
+        f"{source}: {what} at {start + index / rate:.3f} s is not audio (samples must be "
+        f"finite and within ±{MAX_SAMPLE:g}, full scale being ±1){hint}"
+    )
