@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import musdb
@@ -117,6 +118,16 @@ def test_read_midi_errors_name_the_file(tmp_path):
     for path in (truncated, text, tmp_path / "missing.mid"):
         with pytest.raises(UmxError, match=path.name):
             read_midi(path)
+
+
+def test_a_data_byte_above_127_is_refused_not_written_as_a_status():
+    """Written back for fluidsynth, 0x99 would start drum notes in whatever stem held it."""
+    header = bytes.fromhex("4D546864 00000006 0000 0001 01E0")
+    track = bytes.fromhex("00 90 3C 64  60 80 3C 00  00 FF 2F 00")
+    assert len(parse_midi(header + b"MTrk" + struct.pack(">I", len(track)) + track).events) == 2
+    corrupt = track.replace(bytes.fromhex("3C 64"), bytes.fromhex("99 64"))
+    with pytest.raises(ValueError, match="a data byte above 127 at byte 2 of a track"):
+        parse_midi(header + b"MTrk" + struct.pack(">I", len(corrupt)) + corrupt)
 
 
 def test_excerpt_keeps_set_up_and_drops_earlier_notes():
@@ -277,6 +288,25 @@ def test_plan_tracks_skips_bad_midi_with_a_warning(tmp_path, caplog):
     assert f"skipping {piano}: it has no drums part" in caplog.text
     with pytest.raises(UmxError, match="none of the 2 songs can be rendered"):
         plan_tracks(songs[:2], fonts, seed=0, test_fraction=0, valid_fraction=0)
+
+
+def test_a_song_of_more_than_an_hour_is_skipped_before_its_analysis_takes_memory(tmp_path, caplog):
+    """A MIDI file of a few bytes can declare a song of years (62 bytes once took 23 GB)."""
+    slow = gm_song()
+    slow.events[0] = tempo_event(0, 0xFFFFFF)  # the slowest tempo: 16.8 s a beat
+    hour = round(3600 / (0xFFFFFF / 1e6) * 480)  # an hour in ticks
+    analysis = analyse(replace(slow, end_tick=hour - 480))
+    assert analysis.activity.shape == (4, 3585)  # 3583.2 s: a column per second begun, plus one
+    too_long = tmp_path / "too-long.mid"
+    too_long.write_bytes(encode_midi(replace(slow, end_tick=hour + 480)))
+    fonts = {split: [SOUNDFONT] for split in ("train", "valid")} | {"test": []}
+    songs = [SongRef("too-long", path=str(too_long)), SongRef("x", seed=1)]
+    with caplog.at_level(logging.WARNING, logger="umx.synth.plan"):
+        plans = plan_tracks(songs, fonts, seed=0, duration=3, test_fraction=0, valid_fraction=0)
+    assert {plan.song.name for plan in plans} == {"x"}
+    assert f"skipping {too_long}: it lasts 60.3 minutes; umx takes songs of up to 60 minutes" in (
+        caplog.text
+    )
 
 
 # --- rendering ------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ PARTS = {
 BANK_SELECT = frozenset((0, 32))
 MIN_ACTIVITY = 0.5
 """An excerpt needs every stem sounding in at least this fraction of its seconds."""
+MAX_SONG_SECONDS = 3600.0
+"""The longest song analysed: its activity takes a row per second and stem, and a MIDI file of a
+few bytes can declare a song of years (a long tick count at the slowest tempo)."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,19 @@ def _notes(song: Song, stems: list[str | None]) -> Iterator[tuple[Event, int, st
 
 
 def _activity(song: Song, stems: list[str | None]) -> dict[tuple[int, str], np.ndarray]:
-    """Whether the notes of each channel and stem sound in each second of the song."""
+    """Whether the notes of each channel and stem sound in each second of the song.
+
+    Raises:
+        UmxError: the song lasts more than `MAX_SONG_SECONDS`.
+    """
     tempo_map = TempoMap(song)
-    nb_seconds = math.ceil(tempo_map.seconds(song.end_tick)) + 1
+    length = tempo_map.seconds(song.end_tick)
+    if length > MAX_SONG_SECONDS:
+        raise UmxError(
+            f"it lasts {length / 60:.3g} minutes; umx takes songs of up to "
+            f"{MAX_SONG_SECONDS / 60:g} minutes"
+        )
+    nb_seconds = math.ceil(length) + 1
     activity: dict[tuple[int, str], np.ndarray] = {}
     for event, end, stem in _notes(song, stems):
         row = activity.setdefault((event.channel, stem), np.zeros(nb_seconds, dtype=bool))
@@ -173,7 +186,8 @@ def analyse(song: Song) -> Analysis:
     instruments and at least one of them is left.
 
     Raises:
-        UmxError: a stem still has no notes (one sentence naming the stem and what it needs).
+        UmxError: a stem still has no notes (one sentence naming the stem and what it needs),
+            or the song lasts more than `MAX_SONG_SECONDS`.
     """
     stems = _event_stems(song, {})
     activity = _activity(song, stems)

@@ -177,6 +177,8 @@ def _parse_track(chunk: bytes) -> tuple[list[Event], int]:
             running_status = status
             length = _CHANNEL_DATA_LENGTH[status & 0xF0]
             payload = chunk[position : position + length]
+            if any(byte & 0x80 for byte in payload):  # would be read as a status when written
+                raise ValueError(f"a data byte above 127 at byte {position} of a track")
             position += length
         else:
             raise ValueError(f"system message 0x{status:02X} in a file")
