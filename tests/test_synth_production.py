@@ -128,6 +128,50 @@ def test_bad_kits_are_refused_with_their_name(tmp_path):
         load_kit(no_snare)
 
 
+OUT = " is not from 0 to 100"
+IN = f" in <instrument>{OUT}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "<gain>1</gain></layer>",
+            "<gain>nan</gain></layer>",
+            f"a <gain> of 'nan' in <layer>{OUT}",
+        ),
+        ("<name>Snare</name><gain>1</gain>", "<name>Snare</name><gain>1e300</gain>", "'1e300' in"),
+        ("<name>Kick</name><gain>1</gain>", "<name>Kick</name><volume>-5</volume>", f"'-5'{IN}"),
+        ("<min>0.0</min>", "<min>abc</min>", "a <min> of 'abc' in <layer> is not a number"),
+        ("<max>1.0</max>", "<max>inf</max>", "a <max> of 'inf' in <layer> is not a number"),
+        ("<filename>Kick-0.wav", "<filename>../kit/Kick-0.wav", "'../kit/Kick-0.wav' outside"),
+        ("<filename>Kick-0.wav", "<filename>/etc/hostname", "names the sample '/etc/hostname'"),
+    ],
+)
+def test_a_kit_with_a_value_out_of_range_is_refused_naming_it(tmp_path, old, new, message):
+    kit = write_kit(tmp_path / "kit", KIT)
+    xml = (kit / "drumkit.xml").read_text()
+    assert old in xml
+    (kit / "drumkit.xml").write_text(xml.replace(old, new, 1))
+    with pytest.raises(UmxError) as error:
+        load_kit(kit)
+    assert str(error.value).startswith(f"{kit}/drumkit.xml")
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("sample", ["text", "nan", "16-bit values"])
+def test_a_sample_that_is_not_audio_stops_the_drums_naming_it(tmp_path, sample):
+    kit = write_kit(tmp_path / sample, KIT)
+    path = kit / "Snare-0.wav"
+    if sample == "text":
+        path.write_text("not audio")
+    else:
+        value = np.nan if sample == "nan" else 20000.0
+        sf.write(path, np.full(100, value), RATE, subtype="FLOAT")
+    with pytest.raises(UmxError, match=str(path)):
+        play_drums(drum_song([(0, 38, 127)]), load_kit(kit), RATE, RATE, seed=0)
+
+
 # --- the formant singer ---------------------------------------------------------------------------
 
 

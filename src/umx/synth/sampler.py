@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile
 from scipy.signal import resample_poly
 
-from umx.errors import UmxError
+from umx.audio import audio_info, read_frames
+from umx.errors import UmxError, display_path
+from umx.messages import shown
 from umx.synth.midi import NOTE_OFF, NOTE_ON, Song, TempoMap
 
 HYDROGEN_KITS = Path("/usr/share/hydrogen/data/drumkits")
@@ -76,6 +77,8 @@ REQUIRED = ("kick", "snare", "hat_closed")
 CENTRED = frozenset(("kick", "snare", "stick", "clap"))
 MAX_HIT_SECONDS = 4.0
 """Samples are cut after this many seconds (a long cymbal tail)."""
+MAX_GAIN = 100.0
+"""The largest gain or volume a kit may give (40 dB; Hydrogen's own stay below 10)."""
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,14 @@ def load_kit(folder: str | Path) -> Kit:
     missing, are left out.
 
     Raises:
-        UmxError: the folder has no readable drumkit.xml, or no usable instrument.
+        UmxError: the folder has no readable drumkit.xml, a gain, volume or velocity bound
+            that is not a number in range, a sample named outside the folder, or no usable
+            instrument.
     """
     folder = Path(folder)
+    xml = folder / "drumkit.xml"
     try:
-        root = ElementTree.parse(folder / "drumkit.xml").getroot()
+        root = ElementTree.parse(xml).getroot()
     except (OSError, ElementTree.ParseError) as error:
         raise UmxError(f"{folder} is not a Hydrogen drum kit ({error})") from error
     instruments: dict[str, list[list[Layer]]] = {}
@@ -133,30 +139,78 @@ def load_kit(folder: str | Path) -> Kit:
         if _tag(element) != "instrument":
             continue
         kind = kind_of(_child(element, "name"))
-        gain = float(_child(element, "gain", "1") or 1) * float(_child(element, "volume", "1") or 1)
+        gain = _number(xml, element, "gain", 0, MAX_GAIN) * _number(
+            xml, element, "volume", 0, MAX_GAIN
+        )
         layers = []
         for layer in element.iter():
             if _tag(layer) == "layer":
-                path = folder / _child(layer, "filename")
-                low, high = float(_child(layer, "min", "0")), float(_child(layer, "max", "1"))
-                layer_gain = float(_child(layer, "gain", "1") or 1)
+                path = _sample_path(xml, _child(layer, "filename"))
+                low, high = _number(xml, layer, "min", default=0), _number(xml, layer, "max")
                 if path.is_file():
-                    layers.append(Layer(path, low, high, gain * layer_gain))
-        if not layers and (path := folder / _child(element, "filename")).is_file():
+                    layers.append(
+                        Layer(path, low, high, gain * _number(xml, layer, "gain", 0, MAX_GAIN))
+                    )
+        if not layers and (path := _sample_path(xml, _child(element, "filename"))).is_file():
             layers.append(Layer(path, 0.0, 1.0, gain))
         if kind and layers:
             instruments.setdefault(kind, []).append(layers)
     missing = [kind for kind in REQUIRED if kind not in instruments]
     if missing:
-        raise UmxError(f"{folder}/drumkit.xml has no {' or '.join(missing)} umx can play")
+        raise UmxError(f"{display_path(xml)} has no {' or '.join(missing)} umx can play")
     return Kit(_child(root, "name") or folder.name, instruments)
+
+
+def _number(
+    xml: Path,
+    element: ElementTree.Element,
+    name: str,
+    minimum: float = -math.inf,
+    maximum: float = math.inf,
+    default: float = 1.0,
+) -> float:
+    """The number in ``element``'s child ``name`` (``default`` when absent or empty).
+
+    Raises:
+        UmxError: it is not a finite number within [minimum, maximum].
+    """
+    text = _child(element, name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = math.nan
+    if not minimum <= value <= maximum or not math.isfinite(value):
+        bounds = f"from {minimum:g} to {maximum:g}" if math.isfinite(maximum) else "a number"
+        raise UmxError(
+            f"{display_path(xml)}: a <{name}> of {shown(text, 40)!r} in <{_tag(element)}> "
+            f"is not {bounds}"
+        )
+    return value
+
+
+def _sample_path(xml: Path, name: str) -> Path:
+    """The sample file a kit names, which must lie in the kit's folder.
+
+    Raises:
+        UmxError: ``name`` is absolute or goes up a folder.
+    """
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UmxError(
+            f"{display_path(xml)} names the sample {shown(name, 80)!r} outside the kit's folder"
+        )
+    return xml.parent / name
 
 
 @functools.lru_cache(maxsize=512)
 def _sample(path: Path, sample_rate: int) -> np.ndarray:
-    """``(nb_channels=2, nb_samples)`` float64: a sample file at ``sample_rate``, in stereo."""
-    audio, rate = soundfile.read(path, dtype="float64", always_2d=True, frames=-1)
-    audio = audio[: int(MAX_HIT_SECONDS * rate)].T
+    """``(nb_channels=2, nb_samples)`` float64: a sample file at ``sample_rate``, in stereo.
+
+    Raises:
+        UmxError: the file is not audio umx reads (see :func:`umx.audio.read_frames`).
+    """
+    rate = int(audio_info(path).sample_rate)
+    frames, _ = read_frames(path, 0, int(MAX_HIT_SECONDS * rate))
+    audio = frames.numpy().astype(np.float64)
     if rate != sample_rate:
         divisor = math.gcd(rate, sample_rate)
         audio = resample_poly(audio, sample_rate // divisor, rate // divisor, axis=1)
