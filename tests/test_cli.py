@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from umx import __version__
 from umx.cli import COMMANDS, build_parser, main
 from umx.cli_options import EMPTY_PATH, path_argument, path_text
 from umx.modeldir import save_separator
@@ -452,6 +453,47 @@ def test_an_unknown_word_lists_the_commands_and_a_file_name_is_an_input(tmp_path
     missing = tmp_path / "serve.wav"  # close to a command, but a file name
     assert run(missing, "--model", tmp_path / "no-such-model") == 1
     assert capsys.readouterr().err.splitlines() == [f"umx: error: {missing} does not exist"]
+
+
+def test_help_and_version_as_words_show_what_the_options_show(capsys):
+    with pytest.raises(SystemExit) as exited:
+        run("help", "separate")
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: umx separate ") and "--two-stems" in help_text
+    with pytest.raises(SystemExit):
+        run("help")
+    assert capsys.readouterr().out.startswith("usage: umx [-h] [--version]")
+    with pytest.raises(SystemExit):
+        run("version")
+    assert capsys.readouterr().out == f"umx {__version__}\n"
+    for word in ("models", "list"):
+        assert run(word) == 2
+        assert capsys.readouterr().err == (
+            f"umx: error: {word!r} is not a command or a file; to list the models: "
+            "umx --list-models\n"
+        )
+
+
+def test_a_file_named_help_is_separated_as_any_input(model_dir, song, monkeypatch):
+    monkeypatch.chdir(song.parent)
+    song.rename("help")
+    assert run("help", "--model", model_dir, "--outdir", "out", "--niter", "0") == 0
+    assert len(list((song.parent / "out" / "help").iterdir())) == 4
+
+
+@pytest.mark.parametrize(
+    ("word", "option"), [("vocals", "--targets vocals"), ("karaoke", "--two-stems vocals")]
+)
+def test_a_stem_word_after_the_song_says_which_option_asks_for_it(
+    word, option, song, monkeypatch, capsys
+):
+    monkeypatch.chdir(song.parent)
+    assert run(song.name, word, "--model", "no-such-model") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {word} does not exist; to ask for stems, write the option: umx SONG {option}"
+    ]
+    assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]
 
 
 def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsys):

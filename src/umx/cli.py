@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import signal
@@ -21,8 +20,11 @@ from umx.cli_options import (
     add_output_arguments,
     add_separation_arguments,
     check_separation_args,
+    missing_input,
+    not_a_command,
     output_options,
     path_text,
+    spelled_out,
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
 from umx.devices import keep_freed_memory
@@ -86,9 +88,9 @@ def stop_on_signals() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `umx`; `umx INPUT...` is short for `umx separate INPUT...`. Returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = spelled_out(list(sys.argv[1:] if argv is None else argv), COMMANDS)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
-        problem = argv and not argv[0].startswith("-") and not_a_command(argv[0])
+        problem = argv and not argv[0].startswith("-") and not_a_command(argv[0], COMMANDS)
         if problem:
             print(f"umx: error: {problem}", file=sys.stderr)
             return 2
@@ -108,18 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as stopped:
         logger.error("stopped by %s", signal.Signals(stopped.signum).name)
         return 128 + stopped.signum
-
-
-def not_a_command(word: str) -> str | None:
-    """Why `umx WORD ...` cannot mean `umx separate WORD ...`, or None when it can: WORD is
-    neither a command nor an existing file, nor does it look like a file name (with an extension
-    or a folder), which `umx separate` refuses when missing, before loading a model."""
-    if os.path.lexists(word) or Path(word).suffix or os.sep in word:
-        return None
-    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
-    if close:
-        return f"{word!r} is not a command or a file; did you mean {close[0]}?"
-    return f"{word!r} is not a command or a file; the commands are {', '.join(COMMANDS)}"
 
 
 def setup_logging(quiet: bool) -> None:
@@ -450,7 +440,7 @@ def check_readable(paths: Sequence[str]) -> None:
             with _open_regular(Path(path)):
                 pass
         except UmxError as error:
-            problems.append(str(error))
+            problems.append(missing_input(path, str(error)))
     if len(problems) > 1:
         others = len(problems) - 1
         problems[0] += f" (and {others} more input{'s' if others > 1 else ''} cannot be read)"

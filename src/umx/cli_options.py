@@ -5,6 +5,8 @@ into the typed options of `umx.options`."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -45,6 +47,47 @@ def path_argument(text: str) -> Path:
     """An argparse `type` for a file or folder: a `Path`, the empty string refused as by
     `path_text`."""
     return Path(path_text(text))
+
+
+STEM_WORDS = {
+    **{target: f"--targets {target}" for target in ("vocals", "drums", "bass", "other")},
+    **dict.fromkeys(("karaoke", "instrumental", "accompaniment"), "--two-stems vocals"),
+}
+"""Words a newcomer may give after a song, meaning stems, and the option that asks for them."""
+
+
+def spelled_out(argv: list[str], commands: Sequence[str]) -> list[str]:
+    """`umx help [COMMAND]` and `umx version`, as newcomers type them, read as `umx [COMMAND]
+    --help` and `umx --version`, unless a file has that name (which `umx FILE` separates)."""
+    if not argv or os.path.lexists(argv[0]):
+        return argv
+    if argv[0] == "help":
+        return [*(argv[1:2] if argv[1:2] and argv[1] in commands else []), "--help"]
+    return ["--version"] if argv == ["version"] else argv
+
+
+def not_a_command(word: str, commands: Sequence[str]) -> str | None:
+    """Why `umx WORD ...` cannot mean `umx separate WORD ...`, or None when it can: WORD is
+    neither a command nor an existing file, nor does it look like a file name (with an extension
+    or a folder), which `umx separate` refuses when missing, before loading a model."""
+    if os.path.lexists(word) or Path(word).suffix or os.sep in word:
+        return None
+    problem = f"{word!r} is not a command or a file"
+    if word in ("models", "list"):
+        return f"{problem}; to list the models: umx --list-models"
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    if close:
+        return f"{problem}; did you mean {close[0]}?"
+    return f"{problem}; the commands are {', '.join(commands)}"
+
+
+def missing_input(path: str, problem: str) -> str:
+    """`problem`, the reason input `path` cannot be read, with the option a newcomer meant when
+    the input is a stem word that is not a file (`umx song.mp3 vocals`)."""
+    option = STEM_WORDS.get(path)
+    if option is None or os.path.lexists(path):
+        return problem
+    return f"{problem}; to ask for stems, write the option: umx SONG {option}"
 
 
 SEPARATION_DEFAULTS = {
