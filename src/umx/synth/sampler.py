@@ -182,7 +182,7 @@ def _number(
     if not minimum <= value <= maximum or not math.isfinite(value):
         bounds = f"from {minimum:g} to {maximum:g}" if math.isfinite(maximum) else "a number"
         raise UmxError(
-            f"{display_path(xml)}: a <{name}> of {shown(text, 40)!r} in <{_tag(element)}> "
+            f"{display_path(xml)}: a <{name}> of '{shown(text, 40)}' in <{_tag(element)}> "
             f"is not {bounds}"
         )
     return value
@@ -196,7 +196,7 @@ def _sample_path(xml: Path, name: str) -> Path:
     """
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise UmxError(
-            f"{display_path(xml)} names the sample {shown(name, 80)!r} outside the kit's folder"
+            f"{display_path(xml)} names the sample '{shown(name, 80)}' outside the kit's folder"
         )
     return xml.parent / name
 
