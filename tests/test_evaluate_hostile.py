@@ -160,6 +160,7 @@ CASES = [
     ("hop-negative", [*ROOT, *MIX, "--hop", "-1"], 1, "--hop must be a positive number", []),
     ("hop-nan", [*ROOT, *MIX, "--hop", "nan"], 1, "--hop must be a positive number", []),
     ("jobs-zero", [*ROOT, *MIX, "--jobs", "0"], 1, "--jobs must be at least 1", []),
+    ("jobs-above-cores", [*ROOT, *MIX, "--jobs", "99999999"], 1, "--jobs must be at most ", []),
     (
         "compare-a-file",
         ["--compare", "a-file", "--evaldir", "ev"],

@@ -529,9 +529,14 @@ def test_render_example(tmp_path):
         ("--duration", "0", "--duration must be greater than 0"),
         ("--test-fraction", "nan", "--test-fraction must be a finite number"),
         ("--valid-fraction", "-0.1", "--valid-fraction must be at least 0"),
-        ("--sample-rate", "0", "--sample-rate must be greater than 0"),
+        ("--duration", "1e12", "--duration must be at most 600, not 1e"),
+        ("--sample-rate", "0", "--sample-rate must be at least 8000"),
+        ("--sample-rate", "99999999", "--sample-rate must be at most 96000"),
         ("--jobs", "0", "--jobs must be at least 1"),
+        ("--jobs", "99999999", "--jobs must be at most [0-9]+, the cores umx may use here"),
         ("--procedural", "-1", "--procedural must be at least 0"),
+        ("--procedural", "99999999", "--procedural must be at most 100000"),
+        ("--excerpts", "99999999", "--excerpts must be at most 100"),
     ],
 )
 def test_bad_numbers_are_one_clear_error_before_any_work(tmp_path, option, value, message):

@@ -27,7 +27,7 @@ from umx.cli_options import (
     spelled_out,
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
-from umx.devices import keep_freed_memory
+from umx.devices import check_cores, keep_freed_memory
 from umx.errors import UmxError, check_number, display_path
 from umx.zoo import (
     CACHE_ENV,
@@ -350,6 +350,7 @@ def run_stream(args: argparse.Namespace) -> int:
     block = int(args.block) if float(args.block).is_integer() else args.block
     check_block(block)
     check_number("--threads", args.threads, above=0, integer=True)
+    check_cores("--threads", args.threads)
     args.model = STREAM_MODEL if args.model is None else args.model  # '' is refused
     options = check_separation_args(args)
     check_input(args.input, args.rate, args.channels, args.pcm_format)

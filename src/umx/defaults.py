@@ -14,6 +14,9 @@ from pathlib import Path
 # --- umx.separator --------------------------------------------------------------------------------
 SAMPLE_RATE = 44100.0
 WIENER_WIN_LEN = 300
+MAX_NITER = 100
+"""The most EM iterations of the Wiener filter taken (the reference runs 1; 10**8 would run
+for days on a one-second file)."""
 SEGMENT = 30.0  # seconds per chunk in chunked mode
 OVERLAP = 2.0  # seconds of cross-fade between chunks
 
@@ -71,6 +74,11 @@ TEST_SOUNDFONTS = tuple(SOUNDFONT_PACKAGES)[2:]
 
 DURATION = 30.0
 """Seconds per track."""
+MAX_DURATION = 600.0
+MAX_SONGS = 100_000
+MAX_EXCERPTS = 100
+"""The most seconds per track, procedural songs and tracks per song `umx synth` takes: past
+them a typo renders for days or runs out of memory (a 10**12-second track), not a dataset."""
 TEST_FRACTION = 0.2
 VALID_FRACTION = 0.1
 

@@ -65,6 +65,23 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_cores(name: str, count: int) -> None:
+    """Refuse a count of workers or threads above the cores this process may run on: each
+    would only share them, and each worker holds its own model (99999999 started workers
+    until the machine ran out of processes or memory).
+
+    Args:
+        name: the option, as the user wrote it (`--jobs`).
+        count: its value, a whole number already checked to be positive.
+
+    Raises:
+        UmxError: the count exceeds `available_cores()`.
+    """
+    cores = available_cores()
+    if count > cores:
+        raise UmxError(f"{name} must be at most {cores}, the cores umx may use here, not {count}")
+
+
 def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     """torch threads for each of `jobs` worker processes: the cores shared out, at least one
     (`umx batch`, `umx evaluate --jobs`)."""

@@ -80,8 +80,13 @@ def check_number(
     if not math.isfinite(value):
         raise UmxError(f"{name} must be a finite number, not {value}")
     if minimum is not None and value < minimum:
-        raise UmxError(f"{name} must be at least {minimum:g}, not {value:g}")
+        raise UmxError(f"{name} must be at least {_shown(minimum)}, not {_shown(value)}")
     if above is not None and value <= above:
-        raise UmxError(f"{name} must be greater than {above:g}, not {value:g}")
+        raise UmxError(f"{name} must be greater than {_shown(above)}, not {_shown(value)}")
     if maximum is not None and value > maximum:
-        raise UmxError(f"{name} must be at most {maximum:g}, not {value:g}")
+        raise UmxError(f"{name} must be at most {_shown(maximum)}, not {_shown(value)}")
+
+
+def _shown(number: float) -> str:
+    """A bound or value as a message shows it: whole numbers in full (99999999, not 1e+08)."""
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else f"{number:g}"

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from umx.defaults import OVERLAP, SAMPLE_RATE, SEGMENT, WIENER_WIN_LEN
+from umx.defaults import MAX_NITER, OVERLAP, SAMPLE_RATE, SEGMENT, WIENER_WIN_LEN
 from umx.errors import UmxError, check_number
 from umx.filtering import wiener
 from umx.model import OpenUnmix
@@ -27,7 +27,7 @@ def check_options(
     Raises:
         UmxError: naming the option (as the command line spells it) and the value.
     """
-    check_number("--niter", niter, minimum=0, integer=True)
+    check_number("--niter", niter, minimum=0, maximum=MAX_NITER, integer=True)
     if wiener_win_len is not None:
         check_number("--wiener-win-len", wiener_win_len, above=0, integer=True)
     if segment is not None:

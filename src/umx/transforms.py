@@ -21,6 +21,9 @@ N_HOP = 1024
 BANDWIDTH = 16000.0
 
 
+MAX_N_FFT = 2**16
+"""The largest STFT size taken (1.5 s at 44.1 kHz; Open-Unmix uses 4096): a model directory's
+or an option's n_fft of 10**8 would take minutes and gigabytes to check, then to build."""
 NOLA_TOLERANCE = 1e-11
 """Smallest summed squared window the inverse STFT divides by (torch.istft's own bound)."""
 
@@ -38,8 +41,8 @@ def check_stft(n_fft: object, n_hop: object) -> None:
     for name, value in (("n_fft", n_fft), ("n_hop", n_hop)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise UmxError(f"the STFT {name} must be a positive whole number, not {value!r}")
-    if n_fft < 2:
-        raise UmxError(f"the STFT size n_fft must be at least 2, not {n_fft}")
+    if not 2 <= n_fft <= MAX_N_FFT:
+        raise UmxError(f"the STFT size n_fft must be from 2 to {MAX_N_FFT}, not {n_fft}")
     if n_hop > n_fft or _smallest_envelope(n_fft, n_hop) < NOLA_TOLERANCE:
         raise UmxError(
             f"an STFT hop of {n_hop} with n_fft {n_fft} cannot be inverted: the windows do not "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
+from umx.devices import check_cores
 from umx.errors import UmxError, check_number
 from umx.messages import plural
 from umx.options import SeparationOptions
@@ -84,10 +85,11 @@ class BatchOptions:
             if isinstance(value, (str, os.PathLike)):  # one path, not its characters
                 value = (value,)
             object.__setattr__(self, name, tuple(os.fspath(item) for item in value))
-        if self.jobs is not None:
-            check_number("--jobs", self.jobs, above=0, integer=True)
-        if self.threads is not None:
-            check_number("--threads", self.threads, above=0, integer=True)
+        for name, count in (("--jobs", self.jobs), ("--threads", self.threads)):
+            if count is not None:
+                check_number(name, count, above=0, integer=True)
+                if self.ray is None:  # a cluster's workers have cores of their own
+                    check_cores(name, count)
         check_number("--gpus-per-worker", self.gpus_per_worker, minimum=0)
         if self.gpus_per_worker and self.ray is None:
             raise UmxError("--gpus-per-worker is for --ray; locally, --device picks the GPU")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from umx.cli_options import path_argument, path_text
-from umx.defaults import MUSDB_SAMPLES_PER_TRACK
+from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
 from umx.messages import plural
 from umx.train.config import ARCHITECTURE, DEFAULTS
@@ -128,7 +128,7 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
     """
     check_number("--valid-fraction", args.valid_fraction, above=0, maximum=0.5)
     if args.niter is not None:
-        check_number("--niter", args.niter, minimum=0, integer=True)
+        check_number("--niter", args.niter, minimum=0, maximum=MAX_NITER, integer=True)
     if args.jobs is not None:
         check_number("--jobs", args.jobs, above=0, integer=True)
     output = Path(os.path.abspath(args.output))

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from umx.cli_options import path_argument, path_text
 from umx.defaults import (
     DURATION,
+    MAX_DURATION,
+    MAX_EXCERPTS,
+    MAX_SONGS,
     SAMPLE_RATE,
     TEST_FRACTION,
     TEST_SOUNDFONTS,
     TRAIN_SOUNDFONTS,
     VALID_FRACTION,
 )
+from umx.devices import available_cores, check_cores
 from umx.errors import UmxError, check_number
 
 
@@ -71,9 +74,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
+        default=available_cores(),
         metavar="N",
-        help="tracks rendered in parallel (default: the number of CPUs)",
+        help="tracks rendered in parallel (default: the cores umx may use, at most that)",
     )
     parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
@@ -222,11 +225,12 @@ def run_synth(args: argparse.Namespace) -> int:
     )
     from umx.synth.render import check_fluidsynth
 
-    check_number("--procedural", args.procedural, minimum=0, integer=True)
-    for name in ("--excerpts", "--jobs"):
-        check_number(name, getattr(args, name[2:]), minimum=1, integer=True)
-    check_number("--duration", args.duration, above=0)
-    check_number("--sample-rate", args.sample_rate, above=0, integer=True)
+    check_number("--procedural", args.procedural, minimum=0, maximum=MAX_SONGS, integer=True)
+    check_number("--excerpts", args.excerpts, minimum=1, maximum=MAX_EXCERPTS, integer=True)
+    check_number("--jobs", args.jobs, minimum=1, integer=True)
+    check_cores("--jobs", args.jobs)
+    check_number("--duration", args.duration, above=0, maximum=MAX_DURATION)
+    check_number("--sample-rate", args.sample_rate, minimum=8000, maximum=96000, integer=True)
     for name in ("--test-fraction", "--valid-fraction"):
         check_number(name, getattr(args, name[2:].replace("-", "_")), minimum=0, maximum=1)
     if args.test_fraction + args.valid_fraction > 1:
