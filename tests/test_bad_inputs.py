@@ -4,6 +4,7 @@ Every case runs against the same folder, holding the input song, a small model d
 earlier result; after the case, every file in it is byte-identical and no file was added.
 """
 
+import copy
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ import torch
 import umx
 from umx.cli import main
 from umx.modeldir import save_separator
+from umx.separator import Separator
 
 RATE = 16000
 
@@ -75,6 +77,7 @@ def workspace(tmp_path_factory, small_music_separator):
         "model-escaping-target": {"targets": ["../escape"]},
         "model-no-targets": {"targets": []},
     }
+    save_separator(silent_separator(small_music_separator), root / "model-silent")
     for name, change in bad_models.items():
         directory = root / name
         save_separator(small_music_separator, directory)
@@ -84,12 +87,30 @@ def workspace(tmp_path_factory, small_music_separator):
     return root
 
 
+def silent_separator(separator: Separator, **options) -> Separator:
+    """`separator` with every target's masks zero (the output bias far below zero): a model
+    whose weights give nothing."""
+    models = {}
+    for name, model in separator.target_models.items():
+        silent = copy.deepcopy(model)
+        with torch.no_grad():
+            silent.output_mean.fill_(-100.0)
+        models[name] = silent
+    sizes = {
+        "sample_rate": separator.sample_rate,
+        "n_fft": separator.n_fft,
+        "n_hop": separator.n_hop,
+    }
+    return Separator(models, **sizes, **options)
+
+
 SONG = "song.wav"
 MODEL = ("--model", "model")
 
 # (id, arguments, message fragment); every case exits with 1
 CLI_CASES = [
     ("niter-negative", [SONG, *MODEL, "--niter", "-1"], "--niter must be at least 0"),
+    ("niter-huge", [SONG, *MODEL, "--niter", "99999999"], "--niter must be at most 100"),
     ("wiener-negative", [SONG, *MODEL, "--wiener-win-len", "-1"], "--wiener-win-len must be"),
     ("segment-nan", [SONG, *MODEL, "--segment", "nan"], "--segment must be a finite number"),
     ("segment-inf", [SONG, *MODEL, "--segment", "inf"], "--segment must be a finite number"),
@@ -163,6 +184,7 @@ CLI_CASES = [
     ("two-stems-aggregate", [SONG, *MODEL, "--two-stems", "bass", "--aggregate", "{}"], "leave"),
     ("two-stems-slash", [SONG, *MODEL, "--two-stems", "a/b"], "--two-stems"),
     ("existing-output", [SONG, *MODEL, "--outdir", "out"], "already exists (use --force"),
+    ("model-silent", [SONG, "--model", "model-silent"], "every stem came out silent from audible"),
 ]
 
 
@@ -274,6 +296,29 @@ def test_api_refuses_bad_input_with_its_own_checks(
 ):
     with pytest.raises(exception, match=message):
         umx.separate(audio, rate, model=small_music_separator, **options)
+
+
+def test_api_refuses_stems_all_silent_from_audible_input_where_they_should_add_up_to_it(
+    small_music_separator,
+):
+    mix = 0.1 * torch.randn(2, RATE, generator=torch.Generator().manual_seed(0))
+    silent = silent_separator(small_music_separator)
+    with pytest.raises(umx.UmxError) as error:
+        umx.separate(mix, RATE, silent)
+    assert str(error.value) == (
+        "audio: every stem came out silent from audible input: the model gives nothing (are "
+        "its weights broken?)"
+    )
+    stems = umx.separate(mix, RATE, small_music_separator)
+    assert max(float(stem.abs().max()) for stem in stems.values()) > 0.01
+    quiet = umx.separate(mix * 1e-5, RATE, silent)  # -120 dBFS is not audible: no error
+    assert all(float(stem.abs().max()) == 0 for stem in quiet.values())
+    # one target alone may rightly be silent (no vocals in an instrumental)
+    vocals = next(iter(small_music_separator.target_models.items()))
+    one = silent_separator(Separator(dict([vocals]), sample_rate=RATE, n_fft=512, n_hop=128))
+    assert float(umx.separate(mix, RATE, one)["vocals"].abs().max()) == 0
+    raw = silent_separator(small_music_separator, niter=0)  # estimates need not add up
+    assert all(float(stem.abs().max()) == 0 for stem in umx.separate(mix, RATE, raw).values())
 
 
 def test_api_bad_niter_is_refused_before_loading():

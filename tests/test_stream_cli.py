@@ -3,6 +3,7 @@ causal separation, and its refusals of bad input."""
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 
@@ -174,6 +175,8 @@ BAD_OPTIONS = [
     (["--block", "nan"], "--block must be a whole number, not nan"),
     (["--block", "1.5"], "--block must be a whole number"),
     (["--threads", "0"], "--threads must be greater than 0"),
+    (["--threads", "99999999"], "--threads must be at most "),
+    (["--niter", "99999999"], "--niter must be at most 100, not 99999999"),
     (["--niter", "-1"], "niter"),
     (["--rate", "16000"], "--rate and --channels describe raw PCM"),
     (["--stdout", "--targets", "vocals", "drums"], "--stdout writes one stem or group, but 2"),
@@ -404,3 +407,25 @@ def test_nan_from_the_separation_is_never_written(
     out = np.frombuffer(captured.out, "<f4")
     assert np.isfinite(out).all() and out.size < audio.size
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_stems_all_silent_from_audible_input_are_an_error_and_not_kept(
+    causal_dir, tmp_path, capsys
+):
+    """A model whose weights give nothing: the stream ends with one line saying so, exit 1, and
+    no stem files (raw PCM on standard output has gone, and the exit status says it failed)."""
+    silent = tmp_path / "silent"
+    shutil.copytree(causal_dir, silent)
+    for target in TARGETS:
+        state = torch.load(silent / f"{target}.pth", weights_only=True)
+        state["output_mean"] = torch.full_like(state["output_mean"], -100.0)
+        torch.save(state, silent / f"{target}.pth")
+    song = tmp_path / "song.wav"
+    sf.write(song, music(1.0).T, RATE, subtype="FLOAT")
+    outdir = tmp_path / "out"
+    assert run(song, "--model", silent, "--outdir", outdir, "-q") == 1
+    assert capsys.readouterr().err == (
+        f"umx: error: {song}: every stem came out silent from audible input: the model "
+        f"{silent} gives nothing (are its weights broken?)\n"
+    )
+    assert not [path for path in outdir.rglob("*") if path.is_file()]

@@ -138,7 +138,9 @@ def separate(
     batch = audio if audio.dim() == 3 else audio[None]
     nb_channels = batch.shape[1]
     mix = resample(match_channels(batch, model.channels_for(nb_channels)), rate, model.sample_rate)
-    stems = model.to_dict(model.separate(mix, segment=segment, overlap=overlap), aggregate)
+    separated = model.separate(mix, segment=segment, overlap=overlap)
+    model.check_not_silent(float(mix.abs().max()), float(separated.abs().max()), "audio")
+    stems = model.to_dict(separated, aggregate)
     out = {}
     for name, stem in stems.items():
         stem = match_channels(resample(stem, model.sample_rate, rate), nb_channels)
@@ -338,7 +340,7 @@ def separate_file(
             )
             for name, path in paths.items()
         }
-        _write_chunks(
+        separated_peak = _write_chunks(
             separator,
             mix,
             writers,
@@ -347,6 +349,9 @@ def separate_file(
             overlap=overlap,
             aggregate=aggregate,
             on_progress=on_progress,
+        )
+        separator.check_not_silent(  # before the writers put the stems in place
+            float(mix.abs().max()), separated_peak, display_path(input_path)
         )
     return [writer.report for writer in writers.values()]
 
@@ -361,9 +366,12 @@ def _write_chunks(
     overlap: float,
     aggregate: Mapping[str, Sequence[str]] | None,
     on_progress: Callable[[float, float], None] | None,
-) -> None:
+) -> float:
     """Separate `mix` chunk by chunk (see `separate_file`) and write each stem's chunks to its
     writer, resampled to the output's rate and matched to its channel count.
+
+    Returns:
+        the largest absolute sample of the separated sources (before any aggregation).
 
     Args:
         separator, segment, overlap, aggregate, on_progress: as `separate_file`.
@@ -385,8 +393,9 @@ def _write_chunks(
     def write(name: str, stem: Tensor) -> None:
         writers[name].write(stem if out_channels is None else match_channels(stem, out_channels))
 
-    done = 0
+    done, peak = 0, 0.0
     for chunk in chunks:
+        peak = max(peak, float(chunk.abs().max()))
         for name, stem in separator.to_dict(chunk, aggregate).items():
             write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
         done += chunk.shape[-1]
@@ -394,6 +403,7 @@ def _write_chunks(
             on_progress(done / separator.sample_rate, total)
     for name, resampler in resamplers.items():
         write(name, resampler.flush())
+    return peak
 
 
 def make_output_dirs(paths: Iterable[Path]) -> None:

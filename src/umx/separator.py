@@ -37,6 +37,12 @@ def check_options(
         raise UmxError(f"--overlap ({overlap:g} s) must be shorter than --segment ({segment:g} s)")
 
 
+AUDIBLE = 1e-5
+"""A mixture peaking above this (-100 dBFS) is audible."""
+SILENT = 1e-6
+"""Sources peaking at most this fraction of an audible mixture's peak (-120 dB) are silent."""
+
+
 class Separator(nn.Module):
     """Separate a waveform mixture into one waveform per target.
 
@@ -102,6 +108,33 @@ class Separator(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def covers_mixture(self) -> bool:
+        """Whether the separated sources add up to the mixture: with a residual, or with two
+        targets or more shared out by the Wiener filter (`niter` >= 1). One target alone, or
+        raw model estimates, may rightly be silent (no vocals in an instrumental)."""
+        return self.residual is not None or (len(self.target_models) >= 2 and self.niter >= 1)
+
+    def check_not_silent(self, mix_peak: float, separated_peak: float, source: str) -> None:
+        """Refuse a separation that gave silence in every source from audible input, where the
+        sources should add up to it (`covers_mixture`): the models give nothing (broken or
+        zeroed weights), and silent stems would pass for a result.
+
+        Args:
+            mix_peak: the largest absolute sample of the mixture.
+            separated_peak: the largest absolute sample of all separated sources.
+            source: how the user knows the input (the message starts with it).
+
+        Raises:
+            UmxError: the mixture peaks above `AUDIBLE` and the sources stay `SILENT` below it.
+        """
+        if self.covers_mixture and mix_peak > AUDIBLE and separated_peak <= mix_peak * SILENT:
+            model = f"the model {self.model_name}" if self.model_name else "the model"
+            raise UmxError(
+                f"{source}: every stem came out silent from audible input: {model} gives "
+                "nothing (are its weights broken?)"
+            )
 
     def channels_for(self, nb_channels: int) -> int:
         """The channel count this separator works on for a mixture of `nb_channels` (1 or 2):

@@ -239,11 +239,10 @@ def stream_to(
         write: called with each stem's (or group's) next samples, `(nb_channels, nb_out)`.
         aggregate: groups of targets to write instead of the targets.
         realtime: pace the input by the clock and report missed deadlines.
-        block: samples per input block (for the latency: blocks that are multiples of the hop
-            wait less).
+        block: samples per input block (for the latency: multiples of the hop wait less).
 
     Raises:
-        UmxError: a bidirectional model, channels the model cannot take, or bad samples.
+        UmxError: a bidirectional model, channels it cannot take, bad samples, or silence.
     """
     check_aggregate(aggregate, separator.targets)
     nb_channels = separator.channels_for(source.nb_channels)
@@ -253,8 +252,11 @@ def stream_to(
     multiple = 1 if resampler is not None else block
     stream = StreamingSeparator(separator, nb_channels=nb_channels, block_multiple=multiple)
 
+    peaks = {"mix": 0.0, "separated": 0.0}  # for the check that stems are not all silent
+
     def emit(stems: Tensor) -> None:
         if stems.shape[-1]:
+            peaks["separated"] = max(peaks["separated"], float(stems.abs().max()))
             for name, stem in separator.to_dict(stems[None], aggregate).items():
                 write(name, stem[0])
 
@@ -264,6 +266,7 @@ def stream_to(
     for samples in source.blocks:
         check_samples(samples, nb_read / source.rate, source.rate, source.name, source.hint)
         nb_read += samples.shape[-1]
+        peaks["mix"] = max(peaks["mix"], float(samples.abs().max()) if samples.numel() else 0)
         arrival = started + nb_read / source.rate  # when its last sample would arrive live
         if realtime:
             time.sleep(max(0.0, arrival - time.monotonic()))
@@ -285,6 +288,7 @@ def stream_to(
         nb_samples += rest.shape[-1]
         carry = torch.cat([carry, rest], dim=-1)
     emit(stream.flush(carry))
+    separator.check_not_silent(peaks["mix"], peaks["separated"], source.name)
     return StreamReport(
         nb_samples,
         nb_blocks,
