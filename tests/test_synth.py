@@ -464,6 +464,9 @@ def test_a_file_that_is_not_a_soundfont_is_refused(tmp_path):
     bogus.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
     with pytest.raises(UmxError, match=r"bogus\.sf2 is not a SoundFont file"):
         check_soundfont(bogus)
+    with pytest.raises(UmxError) as error:  # once "not found"
+        check_soundfont(tmp_path)
+    assert str(error.value) == f"{tmp_path} is not a regular file: give a SoundFont file"
 
 
 @needs_fluidsynth

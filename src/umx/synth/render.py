@@ -20,7 +20,7 @@ import soundfile
 from umx.defaults import (
     SOUNDFONT_PACKAGES,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, display_path
 from umx.synth.gm import DRUM_CHANNEL, split_guitars, split_stems
 from umx.synth.midi import (
     CONTROL_CHANGE,
@@ -66,14 +66,16 @@ def check_soundfont(path: str | Path) -> Path:
             or is not a SoundFont.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UmxError(f"{display_path(path)} is not a regular file: give a SoundFont file")
     if not path.is_file():
         package = SOUNDFONT_PACKAGES.get(path)
         hint = f" (apt-get install {package})" if package else ""
-        raise UmxError(f"soundfont {path} not found{hint}")
+        raise UmxError(f"soundfont {display_path(path)} not found{hint}")
     with open(path, "rb") as file:
         header = file.read(12)
     if header[:4] != b"RIFF" or header[8:12] != b"sfbk":
-        raise UmxError(f"{path} is not a SoundFont file")
+        raise UmxError(f"{display_path(path)} is not a SoundFont file")
     return path.resolve()
 
 
