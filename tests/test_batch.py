@@ -467,6 +467,25 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
     assert_complete(tmp_path / "out", songs)
 
 
+def test_workers_stop_when_the_driver_is_killed(tmp_path, songs):
+    """SIGKILL or the out-of-memory killer leaves the driver no time to stop its workers: they
+    stop themselves (the kernel tells them), removing their temporary files, instead of
+    separating on unseen."""
+    driver = start_driver(tmp_path, "--jobs", "1")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        (worker,) = wait_for(lambda: children(driver.pid), "the worker")
+        driver.kill()
+        driver.wait(timeout=BOUND_S)
+        written = sorted((tmp_path / "out").rglob("*.wav"))
+        wait_for(lambda: not Path(f"/proc/{worker}").exists(), "the worker to stop")
+    finally:
+        driver.kill()
+    assert hidden_files(tmp_path / "out") == []
+    assert sorted((tmp_path / "out").rglob("*.wav")) == written  # the file begun not finished
+    assert len(written) < 4 * len(songs)
+
+
 def test_sigterm_leaves_no_empty_folder(tmp_path, songs):
     driver = start_driver(tmp_path, "--jobs", "1")
     try:

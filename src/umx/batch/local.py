@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -35,10 +37,30 @@ STOP_TIMEOUT_S = 10.0
 """How long stopping workers waits for them to clean up before killing them."""
 
 
-def _worker(conn: Connection, spec: WorkerSpec) -> None:
-    """A worker process: load the model, then separate each task received until told to stop."""
+PR_SET_PDEATHSIG = 1
+"""Linux's prctl option: the signal a process gets when the thread that started it ends."""
+
+
+def _stop_with_the_driver(driver: int) -> None:
+    """Have the kernel send this worker SIGINT when the driver dies, even by SIGKILL or the
+    out-of-memory killer (Linux), so that it stops as when the driver stops it, removing its
+    temporary files, instead of separating on unseen; elsewhere the next read of the pipe ends it.
+
+    Raises:
+        KeyboardInterrupt: the driver died before this was set.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    if os.getppid() != driver:
+        raise KeyboardInterrupt
+
+
+def _worker(conn: Connection, spec: WorkerSpec, driver: int) -> None:
+    """A worker process: load the model, then separate each task received until told to stop
+    (or until the driver, process `driver`, dies)."""
     logging.getLogger("umx").setLevel(logging.WARNING)
     try:
+        _stop_with_the_driver(driver)
         try:
             load_worker(spec)
         except UmxError as error:
@@ -54,7 +76,7 @@ def _worker(conn: Connection, spec: WorkerSpec) -> None:
 class _Worker:
     def __init__(self, context: Any, spec: WorkerSpec) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, spec), daemon=True)
+        self.process = context.Process(target=_worker, args=(child, spec, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
