@@ -532,7 +532,7 @@ def test_render_example(tmp_path):
         ("--duration", "0", "--duration must be greater than 0"),
         ("--test-fraction", "nan", "--test-fraction must be a finite number"),
         ("--valid-fraction", "-0.1", "--valid-fraction must be at least 0"),
-        ("--duration", "1e12", "--duration must be at most 600, not 1e"),
+        ("--duration", "1e12", "--duration must be at most 600, not 1000000000000"),
         ("--sample-rate", "0", "--sample-rate must be at least 8000"),
         ("--sample-rate", "99999999", "--sample-rate must be at most 96000"),
         ("--jobs", "0", "--jobs must be at least 1"),
