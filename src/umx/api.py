@@ -370,14 +370,14 @@ def _write_chunks(
     """Separate `mix` chunk by chunk (see `separate_file`) and write each stem's chunks to its
     writer, resampled to the output's rate and matched to its channel count.
 
-    Returns:
-        the largest absolute sample of the separated sources (before any aggregation).
-
     Args:
         separator, segment, overlap, aggregate, on_progress: as `separate_file`.
         mix: the mixture at the separator's rate, `(1, nb_channels, nb_timesteps)`.
         writers: the open writer of each stem, by name.
         output: the output's rate, and its channel count or None for the separator's.
+
+    Returns:
+        the largest absolute sample of the separated sources (before any aggregation).
     """
     out_rate, out_channels = output
     if segment is None:
