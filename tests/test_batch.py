@@ -315,7 +315,7 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     for options, message in [
         (["--jobs", "0"], "--jobs must be greater than 0"),
         (["--threads", "-1"], "--threads must be greater than 0"),
-        (["--jobs", "99999999"], "--jobs must be at most "),  # the cores: a process each
+        (["--jobs", "99999999"], "--jobs must be at most "),  # 4 per core: a process each
         (["--threads", "99999999"], "--threads must be at most "),
         (["--gpus-per-worker", "1"], "--gpus-per-worker is for --ray"),
         (["--ray", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),

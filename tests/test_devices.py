@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from umx import devices
 from umx.devices import resolve_device
 from umx.errors import UmxError
 
@@ -98,3 +99,17 @@ def test_release_freed_memory_gives_back_what_keep_freed_memory_kept():
     assert int(kept) > int(before) - 64 * 2**20  # freed, but kept by the allocator
     assert released == "True"
     assert int(after) < int(kept) - 400 * 2**20  # most of the 512 MiB went back
+
+
+def test_threads_stop_at_the_cores_and_workers_at_four_per_core(monkeypatch):
+    monkeypatch.setattr(devices, "available_cores", lambda: 3)
+    devices.check_cores("--threads", 3)
+    with pytest.raises(UmxError) as error:
+        devices.check_cores("--threads", 4)
+    assert str(error.value) == "--threads must be at most 3, the cores umx may use here, not 4"
+    devices.check_cores("--jobs", 12, devices.WORKERS_PER_CORE)
+    with pytest.raises(UmxError) as error:
+        devices.check_cores("--jobs", 99999999, devices.WORKERS_PER_CORE)
+    assert (
+        str(error.value) == "--jobs must be at most 12, 4 per core umx may use here, not 99999999"
+    )

@@ -536,7 +536,7 @@ def test_render_example(tmp_path):
         ("--sample-rate", "0", "--sample-rate must be at least 8000"),
         ("--sample-rate", "99999999", "--sample-rate must be at most 96000"),
         ("--jobs", "0", "--jobs must be at least 1"),
-        ("--jobs", "99999999", "--jobs must be at most [0-9]+, the cores umx may use here"),
+        ("--jobs", "99999999", "--jobs must be at most [0-9]+, 4 per core umx may use here"),
         ("--procedural", "-1", "--procedural must be at least 0"),
         ("--procedural", "99999999", "--procedural must be at most 100000"),
         ("--excerpts", "99999999", "--excerpts must be at most 100"),

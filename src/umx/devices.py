@@ -65,21 +65,30 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_cores(name: str, count: int) -> None:
-    """Refuse a count of workers or threads above the cores this process may run on: each
-    would only share them, and each worker holds its own model (99999999 started workers
-    until the machine ran out of processes or memory).
+WORKERS_PER_CORE = 4
+"""The most worker processes or threads per core an option may ask for: more than one can keep
+a GPU or a slow disk busy, more than a few only share the cores, and each holds its own model
+(99999999 started workers until the machine ran out of processes or memory)."""
+
+
+def check_cores(name: str, count: int, per_core: int = 1) -> None:
+    """Refuse a count of threads (`per_core` 1) or workers (`WORKERS_PER_CORE`) above what the
+    cores this process may run on can use.
 
     Args:
         name: the option, as the user wrote it (`--jobs`).
         count: its value, a whole number already checked to be positive.
+        per_core: how many may share a core.
 
     Raises:
-        UmxError: the count exceeds `available_cores()`.
+        UmxError: the count exceeds `per_core` times `available_cores()`.
     """
     cores = available_cores()
-    if count > cores:
-        raise UmxError(f"{name} must be at most {cores}, the cores umx may use here, not {count}")
+    if count > cores * per_core:
+        limit = (
+            f"{cores}, the cores" if per_core == 1 else f"{cores * per_core}, {per_core} per core"
+        )
+        raise UmxError(f"{name} must be at most {limit} umx may use here, not {count}")
 
 
 def threads_per_worker(jobs: int, cores: int | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
-from umx.devices import check_cores
+from umx.devices import WORKERS_PER_CORE, check_cores
 from umx.errors import UmxError, check_number
 from umx.messages import plural
 from umx.options import SeparationOptions
@@ -85,11 +85,14 @@ class BatchOptions:
             if isinstance(value, (str, os.PathLike)):  # one path, not its characters
                 value = (value,)
             object.__setattr__(self, name, tuple(os.fspath(item) for item in value))
-        for name, count in (("--jobs", self.jobs), ("--threads", self.threads)):
+        for name, count, per_core in (
+            ("--jobs", self.jobs, WORKERS_PER_CORE),
+            ("--threads", self.threads, 1),
+        ):
             if count is not None:
                 check_number(name, count, above=0, integer=True)
                 if self.ray is None:  # a cluster's workers have cores of their own
-                    check_cores(name, count)
+                    check_cores(name, count, per_core)
         check_number("--gpus-per-worker", self.gpus_per_worker, minimum=0)
         if self.gpus_per_worker and self.ray is None:
             raise UmxError("--gpus-per-worker is for --ray; locally, --device picks the GPU")

@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx.audio import write_audio
 from umx.defaults import BSSEVAL, HOP, WIN
-from umx.devices import check_cores, threads_per_worker
+from umx.devices import WORKERS_PER_CORE, check_cores, threads_per_worker
 from umx.errors import UmxError, display_path
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
@@ -360,7 +360,7 @@ def check_settings(
         raise UmxError(f"--metrics must be one of {', '.join(BSSEVAL)}, got {metrics!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UmxError(f"--jobs must be at least 1, got {jobs}")
-    check_cores("--jobs", jobs)
+    check_cores("--jobs", jobs, WORKERS_PER_CORE)
     for option, value in (("--win", win), ("--hop", hop)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UmxError(f"{option} must be a number of seconds, got {value!r}")

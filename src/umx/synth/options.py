@@ -18,7 +18,7 @@ from umx.defaults import (
     TRAIN_SOUNDFONTS,
     VALID_FRACTION,
 )
-from umx.devices import available_cores, check_cores
+from umx.devices import WORKERS_PER_CORE, available_cores, check_cores
 from umx.errors import UmxError, check_number
 
 
@@ -76,7 +76,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=available_cores(),
         metavar="N",
-        help="tracks rendered in parallel (default: the cores umx may use, at most that)",
+        help="tracks rendered in parallel (default: the cores umx may use)",
     )
     parser.add_argument("--force", action="store_true", help="replace a dataset already in --root")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
@@ -228,7 +228,7 @@ def run_synth(args: argparse.Namespace) -> int:
     check_number("--procedural", args.procedural, minimum=0, maximum=MAX_SONGS, integer=True)
     check_number("--excerpts", args.excerpts, minimum=1, maximum=MAX_EXCERPTS, integer=True)
     check_number("--jobs", args.jobs, minimum=1, integer=True)
-    check_cores("--jobs", args.jobs)
+    check_cores("--jobs", args.jobs, WORKERS_PER_CORE)
     check_number("--duration", args.duration, above=0, maximum=MAX_DURATION)
     check_number("--sample-rate", args.sample_rate, minimum=8000, maximum=96000, integer=True)
     for name in ("--test-fraction", "--valid-fraction"):

@@ -290,7 +290,7 @@ def check_options(config: TrainConfig) -> None:
     Raises:
         UmxError: one sentence naming the first bad option.
     """
-    from umx.devices import check_cores
+    from umx.devices import WORKERS_PER_CORE, check_cores
     from umx.modeldir import check_target_name
     from umx.transforms import check_stft
 
@@ -321,7 +321,7 @@ def check_options(config: TrainConfig) -> None:
         if value < low or (high is not None and value > high):
             bounds = f"at least {low}" if high is None else f"from {low} to {high}"
             raise UmxError(f"{flag(key)} must be {bounds}, not {value}")
-    check_cores("--nb-workers", config.nb_workers)
+    check_cores("--nb-workers", config.nb_workers, WORKERS_PER_CORE)
     reals = {key: getattr(config, key) for key in (*POSITIVE_NUMBERS, "weight_decay")}
     reals["lr_decay_gamma"] = config.lr_decay_gamma
     for key, value in reals.items():

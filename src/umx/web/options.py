@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from umx.cli_options import path_argument
 from umx.defaults import AUTO
-from umx.devices import check_cores
+from umx.devices import WORKERS_PER_CORE, check_cores
 from umx.errors import UmxError, check_number
 from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, resolve_model
 
@@ -126,7 +126,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
     """Refuse options of `umx serve` that make no sense, before anything starts."""
     check_number("--port", args.port, minimum=0, maximum=65535, integer=True)
     check_number("--jobs", args.jobs, minimum=1, integer=True)
-    check_cores("--jobs", args.jobs)
+    check_cores("--jobs", args.jobs, WORKERS_PER_CORE)
     check_number("--max-queue", args.max_queue, minimum=1, integer=True)
     check_number("--max-upload-mb", args.max_upload_mb, above=0)
     check_number("--max-cache-gb", args.max_cache_gb, above=0)
