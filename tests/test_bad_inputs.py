@@ -205,6 +205,14 @@ def test_cli_refuses_bad_input_and_changes_nothing(
     assert snapshot(workspace) == before
 
 
+def test_a_failed_separation_leaves_no_folder(workspace, tmp_path, monkeypatch):
+    """The folders made for an input's stems go again when its separation fails."""
+    monkeypatch.chdir(workspace)
+    outdir = tmp_path / "new" / "stems"
+    assert main([SONG, "--model", "model-silent", "--outdir", str(outdir), "--quiet"]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_one_target_with_em_writes_that_stem_only(workspace, tmp_path, monkeypatch):
     """Once refused ("Wiener EM needs at least two sources"): one target is filtered with the
     rest of the mixture, and only its stem is written."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path, PurePath
 from string import Formatter
@@ -331,9 +332,9 @@ def separate_file(
     )[None]
     del audio
     out_rate, out_channels = (rate, nb_channels) if match_input else (separator.sample_rate, None)
-    make_output_dirs(paths.values())
     channels = out_channels or mix.shape[1]
     with ExitStack() as stack:
+        stack.enter_context(output_folders(paths.values()))  # left last, once the files are gone
         writers = {
             name: stack.enter_context(
                 AudioWriter(path, out_rate, channels, subtype=subtype, clip=clip, force=force)
@@ -419,6 +420,29 @@ def make_output_dirs(paths: Iterable[Path]) -> None:
             raise UmxError(
                 f"cannot create output directory {display_path(directory)}: {error.strerror}"
             ) from None
+
+
+@contextlib.contextmanager
+def output_folders(paths: Iterable[Path]) -> Iterator[None]:
+    """Create the missing folders of `paths` for the duration of the block; if it ends in an
+    exception (an error, Ctrl-C, a signal) those of them left empty are removed again, so that
+    a separation or stream stopped before its files were written leaves no empty folder.
+
+    Raises:
+        UmxError: a folder cannot be created.
+    """
+    paths = list(paths)
+    folders = {path.parent for path in paths}
+    created = {folder for parent in folders for folder in (parent, *parent.parents)}
+    created = sorted((f for f in created if not f.exists()), key=lambda f: -len(f.parts))
+    make_output_dirs(paths)
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:

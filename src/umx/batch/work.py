@@ -10,9 +10,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,7 +138,6 @@ def separate_task(spec: WorkerSpec, task: Task) -> dict[str, Any]:
         "model_sha256": spec.model_sha256,
     }
     output = spec.options.output
-    folders = _missing_folders(task.outputs.values(), output.outdir)
     if task.force:  # a worker that died with this input may have left temporary files
         for path in task.outputs.values():
             for leftover in leftover_temporaries(path):
@@ -150,27 +148,10 @@ def separate_task(spec: WorkerSpec, task: Task) -> dict[str, Any]:
         start=task.start,
         duration=task.duration,
     )
-    try:
-        record.update(run_task(task.path, options))
-    except KeyboardInterrupt:  # stopped: the writers removed their files, and so go the folders
-        for folder in folders:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: another input's stems may be in it
-        raise
+    # stopped (KeyboardInterrupt), separate_file removes its files and the folders it made
+    record.update(run_task(task.path, options))
     record["worker"] = worker_name()
     return record
-
-
-def _missing_folders(outputs: Iterable[str], outdir: str | os.PathLike) -> list[Path]:
-    """The folders that writing `outputs` would create inside `outdir`, deepest first."""
-    root = Path(outdir)
-    missing = set()
-    for output in outputs:
-        folder = Path(output).parent
-        while folder != root and root in folder.parents and not folder.exists():
-            missing.add(folder)
-            folder = folder.parent
-    return sorted(missing, key=lambda folder: len(folder.parts), reverse=True)
 
 
 def death(code: int | None) -> str:

@@ -11,11 +11,10 @@ player. Stems are written at the model's sample rate, with the channels the sepa
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import Tensor
 from umx.api import (
     DEFAULT_TEMPLATE,
     check_aggregate,
-    make_output_dirs,
+    output_folders,
     plan_outputs,
 )
 from umx.audio import (
@@ -311,29 +310,6 @@ def _missed_deadline(due: float, nb_blocks: int, position: float) -> bool:
             1000 * late,
         )
     return late > 0
-
-
-@contextlib.contextmanager
-def output_folders(paths: Iterable[Path]) -> Iterator[None]:
-    """Create the missing folders of `paths` for the duration of the block; if it ends in an
-    exception (an error, Ctrl-C, a signal) those of them left empty are removed again, so that
-    a stream stopped before its files were written leaves no empty folder behind.
-
-    Raises:
-        UmxError: a folder cannot be created.
-    """
-    paths = list(paths)
-    folders = {path.parent for path in paths}
-    created = {folder for parent in folders for folder in (parent, *parent.parents)}
-    created = sorted((f for f in created if not f.exists()), key=lambda f: -len(f.parts))
-    make_output_dirs(paths)
-    try:
-        yield
-    except BaseException:
-        for folder in created:  # the deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def check_stdout_names(names: Sequence[str]) -> None:
