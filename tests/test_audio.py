@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import math
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from umx.audio import (
     audio_formats,
     audio_info,
     display_path,
+    peak,
     read_audio,
     read_frames,
     resample,
@@ -412,6 +414,14 @@ def test_samples_that_are_not_audio_are_refused_where_they_are(tmp_path):
     write_raw(tmp_path / "loud.wav", frames)
     audio, _ = read_audio(tmp_path / "loud.wav")
     assert float(audio.abs().max()) == 10000.0
+
+
+def test_peak_is_the_largest_magnitude_and_keeps_nan():
+    audio = torch.tensor([[0.25, -0.75], [0.5, 0.0]])
+    assert peak(audio) == 0.75
+    assert peak(torch.zeros(2, 0)) == 0.0
+    audio[1, 1] = math.nan
+    assert math.isnan(peak(audio))  # so that the checks built on it do not pass NaN
 
 
 @pytest.mark.parametrize(("rate", "accepted"), [(999, False), (1000, True), (768000, True)])

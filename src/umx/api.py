@@ -22,6 +22,7 @@ from umx.audio import (
     check_samples,
     display_path,
     match_channels,
+    peak,
     read_audio,
     resample,
 )
@@ -140,7 +141,7 @@ def separate(
     nb_channels = batch.shape[1]
     mix = resample(match_channels(batch, model.channels_for(nb_channels)), rate, model.sample_rate)
     separated = model.separate(mix, segment=segment, overlap=overlap)
-    model.check_not_silent(float(mix.abs().max()), float(separated.abs().max()), "audio")
+    model.check_not_silent(peak(mix), peak(separated), "audio")
     stems = model.to_dict(separated, aggregate)
     out = {}
     for name, stem in stems.items():
@@ -351,9 +352,8 @@ def separate_file(
             aggregate=aggregate,
             on_progress=on_progress,
         )
-        separator.check_not_silent(  # before the writers put the stems in place
-            float(mix.abs().max()), separated_peak, display_path(input_path)
-        )
+        # before the writers put the stems in place
+        separator.check_not_silent(peak(mix), separated_peak, display_path(input_path))
     return [writer.report for writer in writers.values()]
 
 
@@ -394,9 +394,9 @@ def _write_chunks(
     def write(name: str, stem: Tensor) -> None:
         writers[name].write(stem if out_channels is None else match_channels(stem, out_channels))
 
-    done, peak = 0, 0.0
+    done, separated_peak = 0, 0.0
     for chunk in chunks:
-        peak = max(peak, float(chunk.abs().max()))
+        separated_peak = max(separated_peak, peak(chunk))
         for name, stem in separator.to_dict(chunk, aggregate).items():
             write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
         done += chunk.shape[-1]
@@ -404,7 +404,7 @@ def _write_chunks(
             on_progress(done / separator.sample_rate, total)
     for name, resampler in resamplers.items():
         write(name, resampler.flush())
-    return peak
+    return separated_peak
 
 
 def make_output_dirs(paths: Iterable[Path]) -> None:

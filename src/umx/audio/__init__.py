@@ -30,7 +30,7 @@ from umx.audio.reading import (
     seconds_to_frames,
 )
 from umx.audio.resampling import RESAMPLE_QUALITY, StreamResampler, resample
-from umx.audio.samples import MAX_SAMPLE, check_rate, check_samples
+from umx.audio.samples import MAX_SAMPLE, check_rate, check_samples, peak
 from umx.audio.writing import (
     BLOCK_SECONDS,
     CLIP_POLICIES,
@@ -68,6 +68,7 @@ __all__ = [
     "display_path",
     "leftover_temporaries",
     "match_channels",
+    "peak",
     "read_audio",
     "read_frames",
     "resample",

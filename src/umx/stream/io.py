@@ -37,6 +37,7 @@ from umx.audio import (
     check_samples,
     display_path,
     match_channels,
+    peak,
     read_audio,
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
@@ -255,7 +256,7 @@ def stream_to(
 
     def emit(stems: Tensor) -> None:
         if stems.shape[-1]:
-            peaks["separated"] = max(peaks["separated"], float(stems.abs().max()))
+            peaks["separated"] = max(peaks["separated"], peak(stems))
             for name, stem in separator.to_dict(stems[None], aggregate).items():
                 write(name, stem[0])
 
@@ -265,7 +266,7 @@ def stream_to(
     for samples in source.blocks:
         check_samples(samples, nb_read / source.rate, source.rate, source.name, source.hint)
         nb_read += samples.shape[-1]
-        peaks["mix"] = max(peaks["mix"], float(samples.abs().max()) if samples.numel() else 0)
+        peaks["mix"] = max(peaks["mix"], peak(samples))
         arrival = started + nb_read / source.rate  # when its last sample would arrive live
         if realtime:
             time.sleep(max(0.0, arrival - time.monotonic()))
