@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from processes import BOUND_S, children, running, wait_for
 from umx.api import separate_file
 from umx.audio import AudioWriter, leftover_temporaries
 from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
@@ -31,7 +31,6 @@ from umx.zoo import load_separator
 RATE = 44100
 MODEL = "umxsynth"
 TARGETS = ("vocals", "drums", "bass", "other")
-BOUND_S = 120  # no wait in these tests lasts longer
 
 
 def write_song(path, seconds=2.0, seed=0):
@@ -396,29 +395,6 @@ def start_driver(tmp_path, *options):
     )
 
 
-def children(pid):
-    """The processes whose parent is `pid` and that run a multiprocessing worker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
-                found.append(int(entry.name))
-    return found
-
-
-def wait_for(condition, what):
-    deadline = time.monotonic() + BOUND_S
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return value
-
-
 @pytest.fixture
 def songs(tmp_path):
     return [write_song(tmp_path / "songs" / f"{n}.wav", 3.0, seed=n) for n in range(4)]
@@ -428,7 +404,7 @@ def test_a_worker_killed_mid_file_is_replaced_and_its_file_redone(tmp_path, song
     driver = start_driver(tmp_path, "--jobs", "1")
     try:
         wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
-        (worker,) = wait_for(lambda: children(driver.pid), "the worker")
+        (worker,) = wait_for(lambda: children(driver.pid, b"spawn_main"), "the worker")
         os.kill(worker, signal.SIGKILL)
         _, err = driver.communicate(timeout=BOUND_S)
     finally:
@@ -452,7 +428,7 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(tmp_path, songs):
     try:
         wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
         # a terminal's Ctrl-C reaches the driver and its workers
-        for pid in [driver.pid, *children(driver.pid)]:
+        for pid in [driver.pid, *children(driver.pid, b"spawn_main")]:
             os.kill(pid, signal.SIGINT)
         _, err = driver.communicate(timeout=BOUND_S)
     finally:
@@ -474,11 +450,11 @@ def test_workers_stop_when_the_driver_is_killed(tmp_path, songs):
     driver = start_driver(tmp_path, "--jobs", "1")
     try:
         wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
-        (worker,) = wait_for(lambda: children(driver.pid), "the worker")
+        (worker,) = wait_for(lambda: children(driver.pid, b"spawn_main"), "the worker")
         driver.kill()
         driver.wait(timeout=BOUND_S)
         written = sorted((tmp_path / "out").rglob("*.wav"))
-        wait_for(lambda: not Path(f"/proc/{worker}").exists(), "the worker to stop")
+        wait_for(lambda: not running(worker), "the worker to stop")
     finally:
         driver.kill()
     assert hidden_files(tmp_path / "out") == []

@@ -4,8 +4,10 @@ import argparse
 import io
 import json
 import logging
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
+from processes import BOUND_S, running, wait_for
 from umx import api
 from umx.errors import UmxError
 from umx.evaluate import (
@@ -713,3 +716,49 @@ def test_stopped_parallel_run_drops_queued_tracks_and_interrupts_running_ones(tm
     assert first.track in done
     # the running tracks were interrupted, the queued ones skipped: none ran after the stop
     assert len(started) <= 4 and len(done) <= 2, (started, done)
+
+
+KILLED_DRIVER = """
+import argparse, os, sys, time
+from pathlib import Path
+
+from umx.evaluate import scoring
+
+
+class Job:  # a track job whose tracks last far longer than the test
+    def __init__(self, folder):
+        self.folder = folder
+
+    def run(self, track):
+        (self.folder / f"{track.name}.{os.getpid()}.started").touch()
+        time.sleep(600)
+        (self.folder / f"{track.name}.done").touch()
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1])
+    tracks = [argparse.Namespace(name=f"track-{i}") for i in range(6)]
+    for outcome in scoring._run_jobs(Job(folder), tracks, jobs=2):
+        pass
+"""
+
+
+def test_workers_stop_when_the_driver_is_killed(tmp_path):
+    """SIGKILL or the out-of-memory killer leaves the driver no time to stop its workers: the
+    kernel tells them, and they stop quietly instead of scoring on unseen."""
+    (tmp_path / "killed_driver.py").write_text(KILLED_DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    with open(tmp_path / "stderr", "wb") as err:
+        driver = subprocess.Popen(
+            [sys.executable, "killed_driver.py", str(tmp_path)], cwd=tmp_path, env=env, stderr=err
+        )
+        try:
+            wait_for(lambda: len(list(tmp_path.glob("*.started"))) == 2, "two tracks started")
+            workers = [int(path.suffixes[0][1:]) for path in tmp_path.glob("*.started")]
+            driver.kill()
+            driver.wait(timeout=BOUND_S)
+            wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
+        finally:
+            driver.kill()
+    assert len(list(tmp_path.glob("*.started"))) == 2 and not list(tmp_path.glob("*.done"))
+    assert "Traceback" not in (tmp_path / "stderr").read_text()

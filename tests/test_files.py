@@ -77,6 +77,31 @@ def test_staged_folder_keeps_the_old_folder_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
 
 
+def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
+    """A process killed outright cannot remove its staging folder; the next `staged_folder` of
+    the same root removes it, but leaves alone one a live process is filling, and the
+    folders of other roots and names it did not make."""
+    root = tmp_path / "set"
+    abandoned = tmp_path / ".set.0123abcd.partial"
+    live = tmp_path / ".set.89abcdef.partial"
+    others = [tmp_path / ".set.mine.partial", tmp_path / ".other.0123abcd.partial"]
+    for folder in (abandoned, live, *others):
+        folder.mkdir()
+        (folder / "track.wav").write_bytes(b"RIFF")
+    lock = files.hold_lock(live)  # held as by the process filling it
+    try:
+        assert files.abandoned_stages(root) == [abandoned]
+        with files.staged_folder(root) as stage:
+            assert not abandoned.exists()
+            assert files.abandoned_stages(root) == []  # its own stage is held too
+            (stage / "new.txt").write_text("new")
+    finally:
+        lock.close()
+    assert (root / "new.txt").read_text() == "new"
+    assert sorted(tmp_path.iterdir()) == sorted([root, live, *others])
+    assert files.abandoned_stages(root) == [live]  # once its process has gone
+
+
 @pytest.mark.parametrize(
     ("name", "stem"),
     [

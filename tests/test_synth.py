@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,8 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from processes import BOUND_S, children, running, wait_for
 from umx.defaults import SOUNDFONT_PACKAGES
 from umx.errors import UmxError
+from umx.files import abandoned_stages
 from umx.synth.dataset import render_example
 from umx.synth.gm import STEMS, analyse, split_stems, valid_starts
 from umx.synth.midi import (
@@ -489,6 +493,33 @@ def test_a_failed_render_leaves_nothing(tmp_path):
             0,
         )
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@needs_fluidsynth
+def test_a_killed_run_stops_its_workers_and_the_next_run_removes_what_it_left(tmp_path):
+    """SIGKILL or the out-of-memory killer leaves `umx synth` no time to stop its workers or
+    remove its unfinished dataset: the workers stop themselves, quietly, and the next run
+    into the same folder removes the unfinished one."""
+    root = tmp_path / "data"
+    argv = ["--root", root, "--soundfont", SOUNDFONT, "--test-fraction", 0, "--excerpts", 1]
+    command = [sys.executable, "-m", "umx.cli", "synth", *map(str, argv), "-q"]
+    command += ["--procedural", "8", "--duration", "20", "--jobs", "2"]
+    with open(tmp_path / "stderr", "wb") as err:
+        driver = subprocess.Popen(command, stderr=err)
+        try:
+            wait_for(lambda: list(tmp_path.glob(".data.*.partial/*/*")), "a track rendered")
+            workers = children(driver.pid)
+            driver.kill()
+            driver.wait(timeout=BOUND_S)
+            wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
+        finally:
+            driver.kill()
+    assert len(workers) == 2
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    assert len(abandoned_stages(root)) == 1
+    assert synth(*argv, "--procedural", 1, "--duration", 3, "-q") == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "stderr"]
+    assert len(list(root.glob("train/*/mixture.wav"))) == 1
 
 
 def test_missing_tools_name_the_debian_package(tmp_path, monkeypatch):

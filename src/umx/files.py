@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -24,6 +25,8 @@ try:
     import fcntl
 except ImportError:  # Windows: locks are not taken
     fcntl = None
+
+logger = logging.getLogger("umx")
 
 HASH_CHUNK = 1 << 20
 """Bytes read at a time when hashing a file."""
@@ -81,28 +84,69 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     write_atomic(path, lambda file: torch.save(obj, file))
 
 
+STAGE_SUFFIX = ".partial"
+"""The ending of a folder being filled by `staged_folder`."""
+
+
 @contextlib.contextmanager
 def staged_folder(root: Path) -> Iterator[Path]:
     """A hidden folder beside `root` that replaces `root` on success and is removed on failure.
+
+    The process filling it holds its lock (`hold_lock`): the next `staged_folder` of the same
+    `root` removes those whose lock is free, left by a process killed outright (SIGKILL, the
+    out-of-memory killer, a lost machine), which could not remove them itself.
 
     Yields:
         the staging folder to fill; once the block ends without error it becomes `root` (an
         existing `root` is moved aside first and deleted only after the swap).
     """
     root.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
-        yield stage
-    except BaseException:
+    for stage in abandoned_stages(root):
+        logger.info("removing %s, left by a run that was killed", stage)
         shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-        os.replace(root, old)
-        os.replace(stage, root)
-        shutil.rmtree(old)
-    else:
-        os.replace(stage, root)
+    stage = root.with_name(f".{root.name}.{secrets.token_hex(4)}{STAGE_SUFFIX}")
+    stage.mkdir()
+    lock = hold_lock(stage)
+    try:
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
+            os.replace(root, old)
+            os.replace(stage, root)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, root)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def abandoned_stages(root: Path) -> list[Path]:
+    """The staging folders of `root` (see `staged_folder`) that no process is filling: those
+    whose lock is free. Without `fcntl` (Windows) none are known to be abandoned.
+
+    Returns:
+        their paths, sorted; none if `root`'s folder is missing.
+    """
+    if fcntl is None:
+        return []
+    pattern = re.compile(re.escape(f".{root.name}.") + "[0-9a-f]{8}" + re.escape(STAGE_SUFFIX))
+    try:
+        names = sorted(os.listdir(root.parent))
+    except OSError:
+        return []
+    abandoned = []
+    for name in filter(pattern.fullmatch, names):
+        path = root.parent / name
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink() and (lock := hold_lock(path)) is not None:
+                lock.close()
+                abandoned.append(path)
+    return abandoned
 
 
 class HeldLock:

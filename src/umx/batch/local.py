@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -30,6 +28,7 @@ from umx.batch.work import (
     separate_task,
 )
 from umx.errors import UmxError
+from umx.workers import stop_with_driver
 
 logger = logging.getLogger("umx")
 
@@ -37,30 +36,12 @@ STOP_TIMEOUT_S = 10.0
 """How long stopping workers waits for them to clean up before killing them."""
 
 
-PR_SET_PDEATHSIG = 1
-"""Linux's prctl option: the signal a process gets when the thread that started it ends."""
-
-
-def _stop_with_the_driver(driver: int) -> None:
-    """Have the kernel send this worker SIGINT when the driver dies, even by SIGKILL or the
-    out-of-memory killer (Linux), so that it stops as when the driver stops it, removing its
-    temporary files, instead of separating on unseen; elsewhere the next read of the pipe ends it.
-
-    Raises:
-        KeyboardInterrupt: the driver died before this was set.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
-    if os.getppid() != driver:
-        raise KeyboardInterrupt
-
-
 def _worker(conn: Connection, spec: WorkerSpec, driver: int) -> None:
     """A worker process: load the model, then separate each task received until told to stop
     (or until the driver, process `driver`, dies)."""
     logging.getLogger("umx").setLevel(logging.WARNING)
     try:
-        _stop_with_the_driver(driver)
+        stop_with_driver(driver)  # SIGINT if the driver dies, even by SIGKILL
         try:
             load_worker(spec)
         except UmxError as error:

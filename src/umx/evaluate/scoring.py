@@ -31,6 +31,7 @@ from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
+from umx.workers import init_pool_worker, run_pool_task
 
 if TYPE_CHECKING:
     import musdb
@@ -251,11 +252,12 @@ _worker_job: _TrackJob | None = None
 _worker_stop: Event | None = None
 
 
-def _init_worker(job: _TrackJob, nb_threads: int, stop: Event) -> None:
+def _init_worker(job: _TrackJob, nb_threads: int, stop: Event, driver: int) -> None:
     global _worker_job, _worker_stop
-    # The fork server ignores SIGINT and its children inherit that: restore Ctrl-C's
-    # KeyboardInterrupt, so that a stopped evaluation stops its workers too.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The fork server ignores SIGINT and its children inherit that: SIGINT interrupts a track
+    # again, so that a stopped evaluation stops its workers too, and a worker gets it when the
+    # driver dies, even by SIGKILL.
+    init_pool_worker(driver)
     torch.set_num_threads(nb_threads)
     _worker_job, _worker_stop = job, stop
 
@@ -263,7 +265,7 @@ def _init_worker(job: _TrackJob, nb_threads: int, stop: Event) -> None:
 def _run_in_worker(track: musdb.MultiTrack) -> _Outcome:
     if _worker_stop.is_set():  # a track queued before the run was stopped
         return _Outcome(track.name, "stopped")
-    return _worker_job.run(track)
+    return run_pool_task(_worker_job.run, track)
 
 
 @dataclass(frozen=True)
@@ -381,7 +383,8 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, "musdb", "museval"])
     stop = context.Event()
-    with ProcessPoolExecutor(workers, context, _init_worker, (job, threads, stop)) as pool:
+    initargs = (job, threads, stop, os.getpid())
+    with ProcessPoolExecutor(workers, context, _init_worker, initargs) as pool:
         futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
         try:
             for future in as_completed(futures):

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
@@ -49,6 +50,7 @@ from umx.synth.render import (
     render_track,
     write_pcm16,
 )
+from umx.workers import init_pool_worker, run_pool_task
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +160,9 @@ def synthesize(
         ]
         with contextlib.ExitStack() as stack:
             if jobs > 1:
-                pool = stack.enter_context(multiprocessing.Pool(min(jobs, len(tasks))))
-                results = pool.imap(_render_task, tasks)
+                pool = multiprocessing.Pool(min(jobs, len(tasks)), init_pool_worker, (os.getpid(),))
+                stack.enter_context(pool)
+                results = pool.imap(partial(run_pool_task, _render_task), tasks)
             else:
                 results = map(_render_task, tasks)
             bar = stack.enter_context(tqdm(total=len(tasks), unit="track", disable=not progress))

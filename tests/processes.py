@@ -1,0 +1,46 @@
+"""Test helpers for runs stopped from outside: the processes a process started, and bounded
+waits (Linux's /proc)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+BOUND_S = 120
+"""No wait in the tests that use these helpers lasts longer."""
+
+
+def children(pid: int, marker: bytes = b"") -> list[int]:
+    """The processes whose parent is `pid` and whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmdline:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition: Callable[[], T], what: str, bound_s: float = BOUND_S) -> T:
+    """`condition()`'s first true value, asked every 10 ms for at most `bound_s` seconds."""
+    deadline = time.monotonic() + bound_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
