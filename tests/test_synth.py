@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -474,25 +475,21 @@ def test_a_file_that_is_not_a_soundfont_is_refused(tmp_path):
 
 
 @needs_fluidsynth
-def test_a_failed_render_leaves_nothing(tmp_path):
-    """A soundfont fluidsynth cannot load renders silence: every track is skipped."""
+def test_a_soundfont_fluidsynth_cannot_load_is_refused_before_any_work(tmp_path):
+    """fluidsynth plays on without a soundfont it cannot load, and exits 0: its silence once
+    made every track be skipped, found only at the end of the run."""
     bogus = tmp_path / "bogus.sf2"
-    bogus.write_bytes(SOUNDFONT.read_bytes()[:4096])
+    bogus.write_bytes(SOUNDFONT.read_bytes()[:4096])  # a SoundFont's header, cut short
+    message = rf"^fluidsynth cannot load the SoundFont {re.escape(str(bogus))} \(.+\): give another"
+    with pytest.raises(UmxError, match=message):
+        check_soundfont(bogus)
     root = tmp_path / "out" / "data"
-    with pytest.raises(UmxError, match="every track had a silent stem; nothing was written"):
-        synth(
-            "--root",
-            root,
-            "--procedural",
-            1,
-            "--duration",
-            3,
-            "--soundfont",
-            bogus,
-            "--test-fraction",
-            0,
-        )
-    assert list((tmp_path / "out").iterdir()) == []
+    argv = ["--root", root, "--procedural", 1, "--duration", 3, "--test-fraction", 0]
+    held_out = ["--test-soundfont", bogus, "--test-fraction", 0.5, "--procedural", 2]
+    for fonts in (["--soundfont", bogus], ["--soundfont", SOUNDFONT, *held_out]):
+        with pytest.raises(UmxError, match=message):
+            synth(*argv, *fonts)
+    assert not (tmp_path / "out").exists()
 
 
 @needs_fluidsynth

@@ -44,6 +44,8 @@ RENDER_GAIN = 0.5
 STEM_DB = -20.0
 """Every stem is first brought to this RMS level, then given a random gain."""
 PCM_SCALE = 32768
+LOAD_FAILURE, ERROR = "Failed to load SoundFont", "fluidsynth: error: "
+"""What fluidsynth writes when it cannot load a soundfont, and how its errors begin."""
 
 
 def check_fluidsynth() -> str:
@@ -59,11 +61,13 @@ def check_fluidsynth() -> str:
 
 
 def check_soundfont(path: str | Path) -> Path:
-    """``path`` resolved, if it is a SoundFont file (sf2, or sf3 with compressed samples).
+    """``path`` resolved, if it is a SoundFont file (sf2, or sf3 with compressed samples) that
+    fluidsynth loads: one it cannot would render silence, found only when every track made
+    with it is skipped.
 
     Raises:
         UmxError: it is missing (naming the Debian package that installs it when umx knows it),
-            or is not a SoundFont.
+            is not a SoundFont, or fluidsynth cannot load it (or is not installed).
     """
     path = Path(path)
     if path.exists() and not path.is_file():
@@ -76,7 +80,9 @@ def check_soundfont(path: str | Path) -> Path:
         header = file.read(12)
     if header[:4] != b"RIFF" or header[8:12] != b"sfbk":
         raise UmxError(f"{display_path(path)} is not a SoundFont file")
-    return path.resolve()
+    path = path.resolve()
+    render_midi(Song(ticks_per_beat=480), path, 0, sample_rate=8000)  # loads it, plays nothing
+    return path
 
 
 def render_midi(song: Song, soundfont: Path, nb_samples: int, sample_rate: int) -> np.ndarray:
@@ -91,7 +97,8 @@ def render_midi(song: Song, soundfont: Path, nb_samples: int, sample_rate: int) 
         ``(nb_channels=2, nb_samples)`` float64 samples, cut or padded with zeros.
 
     Raises:
-        UmxError: fluidsynth fails (its last message is quoted).
+        UmxError: fluidsynth fails (its last message is quoted) or cannot load the soundfont
+            (its first error is quoted).
     """
     with tempfile.TemporaryDirectory(prefix="umx-synth-") as folder:
         midi_path, wav_path = Path(folder, "song.mid"), Path(folder, "song.wav")
@@ -116,6 +123,13 @@ def render_midi(song: Song, soundfont: Path, nb_samples: int, sample_rate: int) 
         if result.returncode != 0 or not wav_path.is_file():
             message = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise UmxError(f"fluidsynth failed with {soundfont} ({message})")
+        if LOAD_FAILURE in result.stderr:  # it goes on without the soundfont, and exits 0
+            errors = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
+            errors.append(LOAD_FAILURE)
+            raise UmxError(
+                f"fluidsynth cannot load the SoundFont {display_path(soundfont)}"
+                f" ({errors[0].removeprefix(ERROR)}): give another SoundFont file"
+            )
         audio, _ = soundfile.read(wav_path, dtype="float64", always_2d=True)
     audio = audio[:nb_samples].T
     return np.pad(audio, ((0, 0), (0, nb_samples - audio.shape[1])))
