@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from processes import BOUND_S, wait_for
 from test_batch import (
-    BOUND_S,
     MODEL,
     assert_complete,
     hidden_files,
     latest,
     output_paths,
-    wait_for,
     write_song,
 )
 from umx.batch.job import MANIFEST_FILE
@@ -213,3 +212,22 @@ def test_workers_that_do_not_fit_the_cluster_are_refused(cluster, tmp_path, caps
         )
         assert main(["batch", str(song), *options, "--threads", "3"]) == 1
         assert "cluster has 2 CPUs for --threads 3: no worker fits" in capsys.readouterr().err
+
+
+def test_an_address_where_no_cluster_listens_is_refused_before_any_work(tmp_path):
+    """Ray retries an address where nothing listens for ever, writing warnings: the run is
+    refused in one line instead, before the model loads or the job is made."""
+    song = write_song(tmp_path / "a.wav", 0.5)
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "umx.cli", "batch", str(song), "--outdir", "out"]
+    command += ["--model", MODEL, "--ray", address]
+    run = subprocess.run(
+        command, cwd=tmp_path, env={**os.environ, **ENV}, capture_output=True, text=True,
+        timeout=BOUND_S,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr == (
+        f"umx: error: cannot connect to the Ray cluster at {address} (Connection refused): "
+        "start its head there (ray start --head) or give the address it printed\n"
+    )
+    assert not (tmp_path / "out").exists()

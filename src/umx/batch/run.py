@@ -101,7 +101,7 @@ class BatchOptions:
                 f"--ray took the input {self.ray!r} for the cluster's address: put the inputs "
                 f"before --ray, or write --ray {LOCAL_RAY} for a Ray instance on this machine"
             )
-        if self.ray not in (None, LOCAL_RAY, "auto") and ":" not in self.ray:
+        if self.ray not in (None, LOCAL_RAY, "auto") and not _is_address(self.ray):
             raise UmxError(
                 f"--ray {self.ray!r} is not a cluster's address: give HOST:PORT of its head, "
                 f"auto, or --ray alone for a Ray instance on this machine"
@@ -116,6 +116,12 @@ class BatchOptions:
     def job_path(self) -> Path:
         """The job directory, absolute."""
         return Path(os.path.abspath(self.job_dir or self.outdir / JOB_DIRNAME))
+
+
+def _is_address(address: str) -> bool:
+    """Whether `address` is HOST:PORT or ray://HOST:PORT, the port a number from 1 to 65535."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return bool(host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
 
 
 def job_inputs(options: BatchOptions) -> list[BatchInput]:
@@ -159,11 +165,13 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
     job_dir = options.job_path
     if inputs is None:
         inputs = job_inputs(options)
-    if options.ray is not None:
+    if options.ray is not None:  # Ray is there, and the cluster answers, before the model loads
         try:
-            import umx.batch.ray_backend  # noqa: F401 (Ray is there before the model loads)
+            from umx.batch.ray_backend import check_reachable
         except ImportError:
             raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
+        if options.ray not in (LOCAL_RAY, "auto"):
+            check_reachable(options.ray)
     identity, spec, plans = plan_job(options, inputs)
     with Job(job_dir, identity, inputs) as job:
         tasks, counts = plan_tasks(
