@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -492,6 +493,31 @@ def test_a_soundfont_fluidsynth_cannot_load_is_refused_before_any_work(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def stop_synth_mid_run(tmp_path: Path, argv: list, stop: str) -> tuple[int, list[int], str]:
+    """Runs `umx synth` with 2 workers in its own process group, as from a terminal, and stops
+    it once a track is rendered: the driver with SIGKILL, or the group with Ctrl-C's SIGINT.
+
+    Returns:
+        its exit status, its workers (stopped by then) and what it wrote to stderr.
+    """
+    command = [sys.executable, "-m", "umx.cli", "synth", *map(str, argv), "-q"]
+    command += ["--procedural", "8", "--duration", "20", "--jobs", "2"]
+    with open(tmp_path / "stderr", "wb") as err:
+        driver = subprocess.Popen(command, stderr=err, start_new_session=True)
+        try:
+            wait_for(lambda: list(tmp_path.glob(".data.*.partial/*/*")), "a track rendered")
+            workers = children(driver.pid)
+            if stop == "SIGKILL":
+                driver.kill()
+            else:
+                os.killpg(driver.pid, signal.SIGINT)
+            status = driver.wait(timeout=BOUND_S)
+            wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
+        finally:
+            driver.kill()
+    return status, workers, (tmp_path / "stderr").read_text()
+
+
 @needs_fluidsynth
 def test_a_killed_run_stops_its_workers_and_the_next_run_removes_what_it_left(tmp_path):
     """SIGKILL or the out-of-memory killer leaves `umx synth` no time to stop its workers or
@@ -499,24 +525,22 @@ def test_a_killed_run_stops_its_workers_and_the_next_run_removes_what_it_left(tm
     into the same folder removes the unfinished one."""
     root = tmp_path / "data"
     argv = ["--root", root, "--soundfont", SOUNDFONT, "--test-fraction", 0, "--excerpts", 1]
-    command = [sys.executable, "-m", "umx.cli", "synth", *map(str, argv), "-q"]
-    command += ["--procedural", "8", "--duration", "20", "--jobs", "2"]
-    with open(tmp_path / "stderr", "wb") as err:
-        driver = subprocess.Popen(command, stderr=err)
-        try:
-            wait_for(lambda: list(tmp_path.glob(".data.*.partial/*/*")), "a track rendered")
-            workers = children(driver.pid)
-            driver.kill()
-            driver.wait(timeout=BOUND_S)
-            wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
-        finally:
-            driver.kill()
-    assert len(workers) == 2
-    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    status, workers, err = stop_synth_mid_run(tmp_path, argv, "SIGKILL")
+    assert status == -signal.SIGKILL and len(workers) == 2
+    assert "Traceback" not in err
     assert len(abandoned_stages(root)) == 1
     assert synth(*argv, "--procedural", 1, "--duration", 3, "-q") == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "stderr"]
     assert len(list(root.glob("train/*/mixture.wav"))) == 1
+
+
+@needs_fluidsynth
+def test_ctrl_c_stops_the_run_and_its_workers_in_one_line_leaving_nothing(tmp_path):
+    argv = ["--root", tmp_path / "data", "--soundfont", SOUNDFONT, "--test-fraction", 0]
+    status, workers, err = stop_synth_mid_run(tmp_path, argv, "Ctrl-C")
+    assert status == 130 and len(workers) == 2
+    assert err == "umx: interrupted\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["stderr"]
 
 
 def test_missing_tools_name_the_debian_package(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@
 A worker whose driver is killed outright (SIGKILL, the out-of-memory killer) would otherwise go
 on with its input unseen, holding a core, and then wait for work for ever. Instead it gets
 SIGINT (`stop_with_driver`) and stops as on Ctrl-C, so that its writers remove their temporary
-files. A pool's worker (`init_pool_worker`, `run_pool_task`) then exits quietly, with no
-traceback on a terminal its user has already left. Standard library only.
+files. A pool's worker (`init_pool_worker`, `run_pool_task`) then exits quietly, as it does on
+Ctrl-C, with no traceback. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,17 +20,21 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _driver_fd: int | None = None
-"""A descriptor of this worker's driver that becomes readable when it ends (Linux's pidfd)."""
+"""A descriptor of this worker's driver that becomes readable when it ends (Linux's pidfd),
+watched by a thread."""
 _busy = False
 """Whether this pool worker is running a task (see `run_pool_task`)."""
+_stopping = False
+"""Whether this pool worker's task has been interrupted."""
 
 
 def stop_with_driver(driver: int) -> None:
-    """Have this process get SIGINT when process `driver` ends, even by SIGKILL (Linux 5.3 and
-    later; elsewhere a worker notices when it next talks to its driver).
+    """Have this process get SIGINT when process `driver` ends, even by SIGKILL, at once if it
+    has ended already (Linux 5.3 and later; elsewhere a worker notices when it next talks to
+    its driver).
 
     Raises:
-        KeyboardInterrupt: `driver` has already ended.
+        KeyboardInterrupt: `driver` is gone.
     """
     global _driver_fd
     if not hasattr(os, "pidfd_open"):
@@ -42,8 +46,6 @@ def stop_with_driver(driver: int) -> None:
     except OSError:  # a kernel without pidfds
         return
     threading.Thread(target=_interrupt_when_driver_ends, daemon=True).start()
-    if driver_ended():
-        raise KeyboardInterrupt
 
 
 def _interrupt_when_driver_ends() -> None:
@@ -51,15 +53,15 @@ def _interrupt_when_driver_ends() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def driver_ended() -> bool:
-    """Whether the driver given to `stop_with_driver` has ended (False if none was given)."""
-    return _driver_fd is not None and bool(select.select([_driver_fd], [], [], 0)[0])
-
-
 def init_pool_worker(driver: int) -> None:
     """Tie a pool's worker process to its driver (`stop_with_driver`); call it first in the
-    pool's initializer. SIGINT then interrupts a task (see `run_pool_task`) as Ctrl-C does, and
-    ends at once a worker between tasks whose driver has ended."""
+    pool's initializer.
+
+    SIGINT then stops the worker: it interrupts a task (see `run_pool_task`) as Ctrl-C does,
+    and ends a worker between tasks at once. Ctrl-C reaches the workers and the driver, which
+    then stops them too: a second SIGINT while a task unwinds is ignored, so that no worker
+    writes a traceback.
+    """
     signal.signal(signal.SIGINT, _interrupted)
     try:
         stop_with_driver(driver)
@@ -68,22 +70,23 @@ def init_pool_worker(driver: int) -> None:
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
-    if not _busy and driver_ended():
-        os._exit(1)
-    raise KeyboardInterrupt
+    global _stopping
+    if not _busy:
+        os._exit(1)  # nothing to clean up
+    if not _stopping:
+        _stopping = True
+        raise KeyboardInterrupt
 
 
 def run_pool_task(function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` in a pool worker set up by `init_pool_worker`; if it is interrupted
-    because the driver ended, the worker exits once the interruption has unwound (temporary
-    files removed), instead of reporting to nobody and taking the next task."""
+    """`function(*args)` in a pool worker set up by `init_pool_worker`. Interrupted, the
+    worker exits once the interruption has unwound (temporary files removed), instead of
+    reporting to a driver that is stopping or gone and taking the next task."""
     global _busy
     _busy = True
     try:
         return function(*args)
     except KeyboardInterrupt:
-        if driver_ended():
-            os._exit(1)
-        raise
+        os._exit(1)
     finally:
         _busy = False
