@@ -496,6 +496,34 @@ def test_a_stem_word_after_the_song_says_which_option_asks_for_it(
     assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]
 
 
+def test_a_file_whose_name_begins_with_a_dash_is_told_how_to_give(
+    model_dir, song, monkeypatch, capsys
+):
+    """argparse takes `-song.wav` for an option; the error says how to give the file."""
+    monkeypatch.chdir(song.parent)
+    song.rename("-song.wav")
+    for argv, error in [
+        (["-song.wav"], "umx: error: unrecognized arguments: -song.wav"),
+        (["batch", "-song.wav"], "umx: error: unrecognized arguments: -song.wav"),
+        (["stream", "-song.wav"], "umx stream: error: the following arguments are required: INPUT"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            run(*argv)
+        assert exited.value.code == 2
+        prog = error.split(":")[0]
+        hint = "-song.wav is a file: write ./-song.wav, or -- before it"
+        assert capsys.readouterr().err == f"{error}; {hint} (see {prog} --help)\n"
+    with pytest.raises(SystemExit):
+        run("-other.wav")  # not a file: no hint
+    assert capsys.readouterr().err == (
+        "umx: error: unrecognized arguments: -other.wav (see umx --help)\n"
+    )
+    options = ["--model", model_dir, "--outdir", "out", "--niter", "0", "--force"]
+    for argv in (["./-song.wav", *options], [*options, "--", "-song.wav"]):  # as the hint says
+        assert run(*argv) == 0
+    assert len(list((song.parent / "out" / "-song").iterdir())) == 4
+
+
 def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsys):
     """Inputs are checked first: with an invalid model as well, the error is the input's."""
     missing, folder = tmp_path / "missing.wav", tmp_path / "folder.wav"

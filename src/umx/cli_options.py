@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from umx.defaults import (
     CLIP_POLICIES,
@@ -100,9 +101,21 @@ TWO_STEMS_REST = "no_"
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, which says where the usage is (argparse's
-    own prints the whole usage first, 15 lines for `umx separate`); its sub-parsers are too."""
+    own prints the whole usage first, 15 lines for `umx separate`); its sub-parsers are too.
+    argparse takes a file whose name begins with a dash for an option: the error then says how
+    to give it."""
+
+    _args: tuple[str, ...] = ()
+    """The arguments being parsed (shared with the sub-parsers, which argparse calls itself)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        OneLineParser._args = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
+        files = [arg for arg in self._args if arg.startswith("-") and os.path.lexists(arg)]
+        if files:
+            message += f"; {files[0]} is a file: write ./{files[0]}, or -- before it"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
