@@ -1,10 +1,13 @@
-"""Test helpers for runs stopped from outside: the processes a process started, and bounded
-waits (Linux's /proc)."""
+"""Test helpers for runs stopped from outside (the processes a process started, and bounded
+waits, from Linux's /proc) and for a file system that refuses writes."""
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,3 +47,17 @@ def wait_for(condition: Callable[[], T], what: str, bound_s: float = BOUND_S) ->
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
     return value
+
+
+@contextlib.contextmanager
+def file_size_limit(nb_bytes: int) -> Iterator[None]:
+    """Files may not grow beyond `nb_bytes` in this process: a write that would fails (EFBIG)
+    as on a full disk (ENOSPC), where the kernel would otherwise send SIGXFSZ."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nb_bytes, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)

@@ -17,6 +17,7 @@ import pytest
 import soundfile
 import torch
 
+from processes import file_size_limit
 from umx import audio
 from umx.audio import (
     DEFAULT_SUBTYPE,
@@ -526,6 +527,24 @@ def test_failed_writes_leave_nothing_behind(tmp_path, clip):
     with pytest.raises(UmxError, match="NaN") as error:
         write_audio(tmp_path / "vocals.wav", broken, RATE, clip=clip)
     assert str(tmp_path / "vocals.wav") in str(error.value)
+    assert only_files(tmp_path) == []
+
+
+def test_a_full_disk_is_told_where_libsndfile_says_only_system_error(tmp_path, monkeypatch):
+    """libsndfile's reason for any failed write is "System error"; where the disk has almost
+    no space left, the message says the disk is full, and nothing is left behind."""
+    path = tmp_path / "vocals.wav"
+    with file_size_limit(4096), pytest.raises(UmxError) as error:
+        write_audio(path, tone(), RATE)
+    assert str(error.value) == f"cannot write {path} (System error)"  # the disk has room
+    full = shutil.disk_usage(tmp_path)._replace(free=2**20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: full)
+    with file_size_limit(4096), pytest.raises(UmxError) as error:
+        write_audio(path, tone(), RATE)
+    assert str(error.value) == (
+        f"cannot write {path} (System error: the disk is full (1.0 MB free); free some space, "
+        "or write elsewhere)"
+    )
     assert only_files(tmp_path) == []
 
 

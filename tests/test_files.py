@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 
 import pytest
+import torch
 
+from processes import file_size_limit
 from umx import files
+from umx.errors import os_error_line
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -117,3 +121,22 @@ def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
 )
 def test_safe_stem_keeps_only_safe_characters(name, stem):
     assert files.safe_stem(name) == stem
+
+
+def test_a_write_refused_by_the_file_system_names_the_file_and_leaves_nothing(tmp_path):
+    """torch.save turns a failed write into "unexpected pos 704 vs 598": the operating system's
+    reason is kept, naming the file written rather than its temporary file."""
+    path = tmp_path / "model.pth"
+    for write in (
+        lambda: files.torch_save_atomic({"weights": torch.zeros(10000)}, path),
+        lambda: files.write_bytes_atomic(path, bytes(10000)),
+    ):
+        with file_size_limit(4096), pytest.raises(OSError) as error:
+            write()
+        assert (error.value.errno, error.value.filename) == (errno.EFBIG, str(path))
+        assert os_error_line(error.value) == f"{path}: File too large"
+        assert list(tmp_path.iterdir()) == []
+    full = OSError(errno.ENOSPC, "No space left on device", "out/x.wav")
+    assert os_error_line(full) == (
+        "out/x.wav: No space left on device; free some space, or write elsewhere"
+    )

@@ -24,6 +24,7 @@ import pytest
 import soundfile
 import torch
 
+from processes import file_size_limit
 from umx import cli
 from umx.data.datasets import FixedSourcesTrackFolderDataset
 from umx.devices import resolve_device
@@ -556,6 +557,19 @@ def test_an_interrupted_run_says_the_command_that_resumes_it(task, tmp_path, sig
     resume = shlex.split(hint.split(": ", 2)[2])
     assert cli.main([*resume[1:], "--quiet"]) == 0
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 4
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(task, tmp_path, capsys):
+    """torch.save hides why a write failed (`unexpected pos 704 vs 598`, a traceback): the file
+    and the reason are one line, and nothing half-written is left."""
+    output = tmp_path / "model"
+    options = [*TASK, "--root", str(task), "--epochs", "1", "--samples-per-track", "8"]
+    with file_size_limit(16384):
+        assert cli.main(["train", *options, "--output", str(output)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {output / 'vocals.chkpnt'}: File too large"
+    ]
+    assert not [path for path in output.iterdir() if path.name.startswith(".")]
 
 
 # --- distributed ------------------------------------------------------------------------------

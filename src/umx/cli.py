@@ -28,7 +28,7 @@ from umx.cli_options import (
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
 from umx.devices import check_cores, keep_freed_memory
-from umx.errors import UmxError, check_number, display_path
+from umx.errors import UmxError, check_number, display_path, os_error_line
 from umx.zoo import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -103,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args)
     except UmxError as error:
         logger.error("error: %s", error)
+        return 1
+    except OSError as error:  # the file system refused: a full disk, a read-only folder
+        logger.error("error: %s", os_error_line(error))
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted")

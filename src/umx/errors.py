@@ -3,6 +3,7 @@ and the checks of numbers that users give."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -49,6 +50,31 @@ def display_path(path: str | bytes | os.PathLike) -> str:
 
 class UmxError(Exception):
     """A user error: its message is one sentence, shown by the CLI without a traceback."""
+
+
+FULL_DISK_HINT = "free some space, or write elsewhere"
+_WHAT_TO_DO = {
+    errno.ENOSPC: FULL_DISK_HINT,
+    errno.EDQUOT: FULL_DISK_HINT,
+    errno.EROFS: "write elsewhere",
+    errno.EACCES: "check its permissions, or write elsewhere",
+    errno.EPERM: "check its permissions, or write elsewhere",
+}
+
+
+def os_reason(error: OSError) -> str:
+    """Why the operating system refused (a full disk, a read-only folder), with what to do
+    where that helps."""
+    reason = error.strerror or str(error) or type(error).__name__
+    hint = _WHAT_TO_DO.get(error.errno)
+    return f"{reason}; {hint}" if hint else reason
+
+
+def os_error_line(error: OSError) -> str:
+    """An error of the operating system as one line: the file it names, and `os_reason`."""
+    if error.filename is None:
+        return os_reason(error)
+    return f"{display_path(error.filename)}: {os_reason(error)}"
 
 
 def check_number(

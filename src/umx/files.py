@@ -54,6 +54,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # named after the file written, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, os.fspath(path)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -78,10 +81,41 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to `path` atomically (temporary file + rename)."""
+    """`torch.save` to `path` atomically (temporary file + rename).
+
+    Raises:
+        OSError: the file cannot be written (torch itself says only "unexpected pos").
+    """
     import torch  # only where tensors are saved: this module stays importable without torch
 
-    write_atomic(path, lambda file: torch.save(obj, file))
+    def save(file: IO[bytes]) -> None:
+        kept = _KeptWriteError(file)
+        try:
+            torch.save(obj, kept)
+        except RuntimeError:
+            if kept.error is not None:
+                raise kept.error from None
+            raise
+
+    write_atomic(path, save)
+
+
+class _KeptWriteError:
+    """A binary file whose write errors are kept, for `torch_save_atomic`."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 STAGE_SUFFIX = ".partial"

@@ -19,7 +19,7 @@ models: callers say how many channels they want and at which rate. Its modules, 
 The public names are re-exported here: ``from umx.audio import read_audio``.
 """
 
-from umx.audio.messages import display_path
+from umx.audio.messages import display_path, io_errors
 from umx.audio.reading import (
     MAX_CHANNELS,
     AudioFileInfo,
@@ -66,6 +66,7 @@ __all__ = [
     "check_rate",
     "check_samples",
     "display_path",
+    "io_errors",
     "leftover_temporaries",
     "match_channels",
     "peak",

@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import soundfile
 
-from umx.errors import UmxError, display_path, printable
+from umx.errors import FULL_DISK_HINT, UmxError, display_path, os_reason, printable
 
 _FFMPEG_MISSING = "ffmpeg is not installed (apt-get install ffmpeg)"
 
 
+NEARLY_FULL = 64 * 2**20
+"""Free bytes below which a disk is said to be full when a write fails with no other reason."""
+
+
 @contextlib.contextmanager
-def _user_error(message: str) -> Iterator[None]:
-    """Turns libsndfile and operating-system errors into an :class:`UmxError` with ``message``."""
+def io_errors(message: str, folder: Path | None = None) -> Iterator[None]:
+    """Turns libsndfile and operating-system errors into an :class:`UmxError` with ``message``.
+
+    Args:
+        folder: where a file is being written: libsndfile says only "System error" when the
+            disk is full, so its free space is then told.
+    """
     try:
         yield
     except soundfile.LibsndfileError as error:
-        raise UmxError(f"{message} ({_libsndfile_reason(error)})") from error
+        reason = _libsndfile_reason(error)
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(folder).free if folder is not None else NEARLY_FULL
+            if free < NEARLY_FULL:
+                reason += f": the disk is full ({free / 2**20:.1f} MB free); {FULL_DISK_HINT}"
+        raise UmxError(f"{message} ({reason})") from error
     except OSError as error:
-        raise UmxError(f"{message} ({error.strerror or error})") from error
+        raise UmxError(f"{message} ({os_reason(error)})") from error
 
 
 def _libsndfile_reason(error: soundfile.LibsndfileError) -> str:

@@ -49,8 +49,8 @@ from umx.audio.messages import (
     _libsndfile_reason,
     _truncated,
     _undecodable,
-    _user_error,
     display_path,
+    io_errors,
 )
 from umx.audio.resampling import resample
 from umx.audio.samples import check_rate, check_samples
@@ -240,7 +240,7 @@ class _Libsndfile:
     def read(self, first: int, count: int | None) -> np.ndarray:
         """Frames ``[first, first + count)`` (to the end if ``count`` is ``None``), shape
         ``(nb_timesteps, nb_channels)``; fewer past the end."""
-        with _user_error(f"{display_path(self.path)} is not decodable audio"):
+        with io_errors(f"{display_path(self.path)} is not decodable audio"):
             if self.length is None:
                 return self._read_blocks(first, count)
             first = min(first, self.length)

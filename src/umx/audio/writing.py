@@ -22,7 +22,7 @@ import numpy as np
 import soundfile
 import torch
 
-from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, _user_error, display_path
+from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, io_errors
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError
@@ -280,7 +280,7 @@ class AudioWriter:
 
     def __enter__(self) -> AudioWriter:
         try:
-            with _user_error(f"cannot write {display_path(self.path)}"):
+            with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
                 self._open()
         except BaseException:
             self._discard()
@@ -331,7 +331,7 @@ class AudioWriter:
                 f"cannot write {display_path(self.path)}: the audio holds NaN or infinite samples"
             )
         self._peak = max(self._peak, float(np.abs(frames).max(initial=0.0)))
-        with _user_error(f"cannot write {display_path(self.path)}"):
+        with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
             if self._staging is not None:
                 self._staging.write(frames)
             elif self.clip == "clamp":
@@ -342,7 +342,7 @@ class AudioWriter:
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             if exc_type is None:
-                with _user_error(f"cannot write {display_path(self.path)}"):
+                with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
                     self._finish()
         finally:
             if self.report is None:  # failed, here or in the with block

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from umx import __version__
+from umx.audio import io_errors
 from umx.defaults import (
     DURATION,
     SAMPLE_RATE,
@@ -75,7 +76,8 @@ def _render_task(task: tuple[TrackPlan, float, int, Path]) -> dict[str, float] |
     folder.mkdir(parents=True)
     levels = {}
     for name, audio in tracks.items():
-        write_pcm16(folder / f"{name}.wav", audio, sample_rate)
+        with io_errors(f"cannot write {display_path(folder / name)}.wav", folder):
+            write_pcm16(folder / f"{name}.wav", audio, sample_rate)
         levels[name] = round(level_db(audio / PCM_SCALE), 2)
     return levels
 
@@ -299,8 +301,9 @@ def render_example(
         raise UmxError(f"the procedural song of seed {seed} has a silent stem; try another seed")
     path.parent.mkdir(parents=True, exist_ok=True)
     for name, output in outputs.items():
-        audio = tracks[name]
-        write_atomic(
-            output, partial(write_pcm16, audio=audio, sample_rate=sample_rate, suffix=output.suffix)
+        write = partial(
+            write_pcm16, audio=tracks[name], sample_rate=sample_rate, suffix=output.suffix
         )
+        with io_errors(f"cannot write {display_path(output)}", output.parent):
+            write_atomic(output, write)
     return list(outputs.values())
