@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 
 import umx.onnx.runtime
+from processes import file_size_limit
 from umx.cli import main
 from umx.errors import UmxError
 from umx.model import OpenUnmix
@@ -215,8 +216,19 @@ def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert code == 1 and "it is a file" in err
     argv = ["export", "umxsynth", str(tmp_path / "file" / "below"), "--targets", "bass", "-q"]
     code, _, err = run_cli(argv, capsys)
-    assert code == 1 and "cannot write the export into" in err
+    assert code == 1 and "cannot create output directory" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_export_the_file_system_refuses_leaves_nothing(tmp_path, capsys):
+    """A write refused (as on a full disk) is one line, and the folders made for the export
+    are removed again."""
+    out = tmp_path / "new" / "export"
+    with file_size_limit(4096):
+        code, _, err = run_cli(["export", "umxsynth", str(out), "--targets", "bass"], capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == f"umx: error: cannot write the export into {out}: File too large"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_onnxruntime_is_one_clear_error(monkeypatch):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path, PurePath
 from string import Formatter
@@ -28,6 +27,7 @@ from umx.audio import (
 )
 from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
+from umx.files import output_folders
 from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder
 from umx.options import SeparationOptions
@@ -405,44 +405,6 @@ def _write_chunks(
     for name, resampler in resamplers.items():
         write(name, resampler.flush())
     return separated_peak
-
-
-def make_output_dirs(paths: Iterable[Path]) -> None:
-    """Create the directories of output files.
-
-    Raises:
-        UmxError: one cannot be created.
-    """
-    for directory in {path.parent for path in paths}:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UmxError(
-                f"cannot create output directory {display_path(directory)}: {error.strerror}"
-            ) from None
-
-
-@contextlib.contextmanager
-def output_folders(paths: Iterable[Path]) -> Iterator[None]:
-    """Create the missing folders of `paths` for the duration of the block; if it ends in an
-    exception (an error, Ctrl-C, a signal) those of them left empty are removed again, so that
-    a separation or stream stopped before its files were written leaves no empty folder.
-
-    Raises:
-        UmxError: a folder cannot be created.
-    """
-    paths = list(paths)
-    folders = {path.parent for path in paths}
-    created = {folder for parent in folders for folder in (parent, *parent.parents)}
-    created = sorted((f for f in created if not f.exists()), key=lambda f: -len(f.parts))
-    make_output_dirs(paths)
-    try:
-        yield
-    except BaseException:
-        for folder in created:  # the deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:

@@ -2,8 +2,9 @@
 
 Every file umx writes goes through a temporary file in the same folder that is renamed over the
 target (`write_atomic`), so readers see either the old file or the complete new one, and a failure
-leaves nothing behind. Folders are replaced the same way (`staged_folder`). This module imports
-only the standard library (torch only inside `torch_save_atomic`).
+leaves nothing behind. Folders are replaced the same way (`staged_folder`), and those made for
+outputs are removed again when the outputs are not written (`output_folders`). This module
+imports only the standard library and `umx.errors` (torch only inside `torch_save_atomic`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from umx.errors import UmxError, display_path
 
 try:
     import fcntl
@@ -181,6 +184,44 @@ def abandoned_stages(root: Path) -> list[Path]:
                 lock.close()
                 abandoned.append(path)
     return abandoned
+
+
+def make_output_dirs(paths: Iterable[Path]) -> None:
+    """Create the directories of output files.
+
+    Raises:
+        UmxError: one cannot be created.
+    """
+    for directory in {path.parent for path in paths}:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UmxError(
+                f"cannot create output directory {display_path(directory)}: {error.strerror}"
+            ) from None
+
+
+@contextlib.contextmanager
+def output_folders(paths: Iterable[Path]) -> Iterator[None]:
+    """Create the missing folders of `paths` for the duration of the block; if it ends in an
+    exception (an error, Ctrl-C, a signal) those of them left empty are removed again, so that
+    a separation or stream stopped before its files were written leaves no empty folder.
+
+    Raises:
+        UmxError: a folder cannot be created.
+    """
+    paths = list(paths)
+    folders = {path.parent for path in paths}
+    created = {folder for parent in folders for folder in (parent, *parent.parents)}
+    created = sorted((f for f in created if not f.exists()), key=lambda f: -len(f.parts))
+    make_output_dirs(paths)
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 class HeldLock:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from umx.errors import UmxError
-from umx.files import sha256_bytes, write_bytes_atomic
+from umx.errors import UmxError, os_reason
+from umx.files import output_folders, sha256_bytes, write_bytes_atomic
 from umx.model import OpenUnmix
 from umx.onnx.options import EXPORT_JSON, check_quantize, require_onnx
 from umx.separator import Separator
@@ -256,19 +256,21 @@ def export_onnx(
             target[key] = sha256_bytes(files[file])
     files[EXPORT_JSON] = (json.dumps(description, indent=2) + "\n").encode()
     written: list[Path] = []
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        # Until the new JSON is written the folder holds none: never a mix that claims to be one.
-        (outdir / EXPORT_JSON).unlink(missing_ok=True)
-        for file, data in files.items():
-            path = outdir / file
-            write_bytes_atomic(path, data)
-            written.append(path)
-    except BaseException as error:
-        for path in written:
-            if path.name not in existing:
-                path.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise UmxError(f"cannot write the export into {outdir}: {error.strerror}") from None
-        raise
+    with output_folders([outdir / EXPORT_JSON]):  # made, and removed again if nothing is written
+        try:
+            # Until the new JSON is written the folder holds none: never a mix claiming to be one.
+            (outdir / EXPORT_JSON).unlink(missing_ok=True)
+            for file, data in files.items():
+                path = outdir / file
+                write_bytes_atomic(path, data)
+                written.append(path)
+        except BaseException as error:
+            for path in written:
+                if path.name not in existing:
+                    path.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise UmxError(
+                    f"cannot write the export into {outdir}: {os_reason(error)}"
+                ) from None
+            raise
     return written

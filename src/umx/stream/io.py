@@ -27,7 +27,6 @@ from torch import Tensor
 from umx.api import (
     DEFAULT_TEMPLATE,
     check_aggregate,
-    output_folders,
     plan_outputs,
 )
 from umx.audio import (
@@ -42,6 +41,7 @@ from umx.audio import (
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
+from umx.files import output_folders
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator
 
