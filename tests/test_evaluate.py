@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
-from processes import BOUND_S, running, wait_for
+from processes import BOUND_S, file_size_limit, running, wait_for
 from umx import api
 from umx.errors import UmxError
 from umx.evaluate import (
@@ -344,6 +344,19 @@ def test_failing_track_is_reported_and_the_others_go_on(root, tmp_path, caplog, 
     printed = capsys.readouterr().out
     assert "| mix | vocals |" in printed and "| mix | accompaniment |" in printed
     assert (tmp_path / "mix" / "scores.md").read_text() == printed
+
+
+def test_scores_the_file_system_refuses_to_write_are_those_tracks_failures(tracks, tmp_path):
+    """A full disk (here a file size limit) fails each track in one line naming the file, and
+    leaves no file."""
+    with file_size_limit(1024):
+        summary = evaluate(tracks, BaselineMethod("mix"), tmp_path / "mix", progress=False)
+    assert summary.evaluated == []
+    assert summary.failed == {
+        track.name: f"{track.name}: {json_path(tmp_path / 'mix', track)}: File too large"
+        for track in tracks
+    }
+    assert [path for path in (tmp_path / "mix").rglob("*") if path.is_file()] == []
 
 
 def test_silent_reference_is_reported(tmp_path):

@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from umx.audio import write_audio
 from umx.defaults import BSSEVAL, HOP, WIN
 from umx.devices import WORKERS_PER_CORE, check_cores, threads_per_worker
-from umx.errors import UmxError, display_path
+from umx.errors import UmxError, display_path, os_error_line
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method
@@ -236,6 +236,8 @@ class _TrackJob:
             _write_text(json_path(self.evaldir, track), scores.json)
         except UmxError as error:
             return _Outcome(track.name, str(error))
+        except OSError as error:  # the file system refused: a full disk, a read-only folder
+            return _Outcome(track.name, f"{track.name}: {os_error_line(error)}")
         except Exception as error:  # a bug or a library failure must not stop the other tracks
             return _Outcome(track.name, f"{track.name}: {type(error).__name__}: {error}")
         return _Outcome(track.name, None, _nan_notes(track.name, scores))
