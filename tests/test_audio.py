@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from umx.audio import (
     audio_formats,
     audio_info,
     display_path,
+    leftover_temporaries,
     peak,
     read_audio,
     read_frames,
@@ -546,6 +548,42 @@ def test_a_full_disk_is_told_where_libsndfile_says_only_system_error(tmp_path, m
         "or write elsewhere)"
     )
     assert only_files(tmp_path) == []
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from umx.audio import AudioWriter
+
+writer = AudioWriter(sys.argv[1], 8000, 2).__enter__()
+writer.write(np.zeros((2, 100), np.float32))
+print("writing", flush=True)
+sys.stdin.readline()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_writer_of_the_file(tmp_path):
+    """SIGKILL (the out-of-memory killer) leaves a writer no time to remove its temporary files:
+    the next writer of the same file removes them, but never those of a writer still writing,
+    nor other files."""
+    path = tmp_path / "vocals.wav"
+    others = [tmp_path / ".vocals_x.0123abcd.tmp.wav", tmp_path / ".vocals.tmp.wav"]
+    for other in others:  # another stem's, and a name no writer makes
+        other.write_bytes(b"")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert writer.stdout.readline() == "writing\n"
+    temporaries = sorted(set(tmp_path.iterdir()) - set(others))
+    assert len(temporaries) == 2  # the file being written, and the signal staged for rescale
+    assert leftover_temporaries(path) == []  # its writer holds them
+    writer.communicate("\n", timeout=60)
+    assert writer.returncode == -signal.SIGKILL
+    assert leftover_temporaries(path) == temporaries
+    write_audio(path, tone(), RATE)
+    assert sorted(tmp_path.iterdir()) == sorted([path, *others])
 
 
 def test_failed_overwrite_keeps_the_old_file(tmp_path):

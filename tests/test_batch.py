@@ -16,7 +16,6 @@ import soundfile as sf
 
 from processes import BOUND_S, children, running, wait_for
 from umx.api import separate_file
-from umx.audio import AudioWriter, leftover_temporaries
 from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
 from umx.batch.job import MANIFEST_FILE, SETTINGS_FILE, plan_tasks
 from umx.batch.work import model_sha256
@@ -194,19 +193,6 @@ def test_a_job_is_locked_and_keeps_its_settings(tmp_path):
     with pytest.raises(UmxError, match="other settings \\(--ext was wav, now flac\\)"):
         Job(tmp_path / "job", {"model": "m", "ext": "flac"}, inputs)
     Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs).close()
-
-
-def test_leftover_temporaries_are_those_of_the_file(tmp_path):
-    path = tmp_path / "vocals.wav"
-    (tmp_path / ".vocals_x.0123abcd.tmp.wav").write_bytes(b"")  # another stem's
-    (tmp_path / ".vocals.tmp.wav").write_bytes(b"")  # no token: not a writer's
-    writer = AudioWriter(path, RATE, 2, clip="clamp")
-    writer.__enter__()
-    writer.write(np.zeros((2, 100), np.float32))
-    (left,) = leftover_temporaries(path)  # what a SIGKILL now would leave
-    assert left.name.startswith(".vocals.") and left.name.endswith(".tmp.wav")
-    writer.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
-    assert leftover_temporaries(path) == [] and not path.exists()
 
 
 def test_verification_trusts_size_and_time_and_hashes_otherwise(tmp_path):

@@ -169,7 +169,7 @@ def abandoned_stages(root: Path) -> list[Path]:
     Returns:
         their paths, sorted; none if `root`'s folder is missing.
     """
-    if fcntl is None:
+    if not LOCKS:
         return []
     pattern = re.compile(re.escape(f".{root.name}.") + "[0-9a-f]{8}" + re.escape(STAGE_SUFFIX))
     try:
@@ -237,20 +237,24 @@ class HeldLock:
             self._descriptor = None
 
 
-def hold_lock(path: str | os.PathLike) -> HeldLock | None:
-    """Take the exclusive lock (`flock`) of a folder, or of a file (created if missing), without
-    waiting. A folder's lock leaves nothing in it.
+LOCKS = fcntl is not None
+"""Whether `hold_lock` locks anything here (not on Windows)."""
+
+
+def hold_lock(path: str | os.PathLike, create: bool = True) -> HeldLock | None:
+    """Take the exclusive lock (`flock`) of a folder, or of a file (created if missing, with
+    `create`), without waiting. A folder's lock leaves nothing in it.
 
     Returns:
         the lock, or None where another process (or another `hold_lock`) holds it. Without
         `fcntl` (Windows) nothing is locked.
 
     Raises:
-        OSError: it cannot be opened (its folder is missing, for example).
+        OSError: it cannot be opened (it or its folder is missing, for example).
     """
     if fcntl is None:
         return HeldLock(None)
-    flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | os.O_CREAT
+    flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | (os.O_CREAT if create else 0)
     descriptor = os.open(path, flags, 0o666)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

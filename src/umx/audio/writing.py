@@ -26,6 +26,7 @@ from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, i
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError
+from umx.files import LOCKS, HeldLock, hold_lock
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
 """The subtype written when none is asked for, per extension."""
@@ -106,15 +107,17 @@ def _hidden_names(path: Path, name_max: int) -> tuple[Path, Path]:
 
 def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
     """The temporary files that writers of ``path`` left beside it when they were killed
-    before they could clean up (SIGKILL, a lost machine): an :class:`AudioWriter` removes its
-    own on any exception, so these exist only after such a death.
+    before they could clean up (SIGKILL, the out-of-memory killer, a lost machine): an
+    :class:`AudioWriter` removes its own on any exception, so these exist only after such a
+    death. A live writer holds the lock (``flock``) of each of its files: those are not
+    leftovers. Where locks cannot be taken (Windows), none are known to be leftovers.
 
     Args:
         path: a file that :class:`AudioWriter` writes.
 
     Returns:
-        the hidden temporary files of ``path`` in its folder, sorted; none if the folder is
-        missing.
+        the hidden temporary files of ``path`` in its folder that no writer holds, sorted; none
+        if the folder is missing.
     """
     path = Path(path)
     stem, tails = _hidden_stem(path, _name_max(path.parent))
@@ -129,7 +132,20 @@ def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
         names = os.listdir(path.parent)
     except OSError:
         return []
-    return sorted(path.with_name(name) for name in names if pattern.fullmatch(name))
+    return [
+        path.with_name(name)
+        for name in sorted(names)
+        if pattern.fullmatch(name) and _abandoned(path.with_name(name))
+    ]
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether no writer holds the lock of the temporary file ``path`` (False without locks)."""
+    with contextlib.suppress(OSError):
+        if LOCKS and not path.is_symlink() and (lock := hold_lock(path, create=False)):
+            lock.close()
+            return True
+    return False
 
 
 def _remove(paths: tuple[Path, ...]) -> None:
@@ -239,6 +255,7 @@ class AudioWriter:
         self._target, self._staged = _hidden_names(self.path, name_max)
         self._sink: soundfile.SoundFile | _FfmpegMp3Sink | None = None
         self._staging: soundfile.SoundFile | None = None
+        self._locks: list[HeldLock] = []
 
     def _check(self) -> int:
         """Runs the checks a user can fail; returns the directory's longest name in bytes."""
@@ -280,6 +297,8 @@ class AudioWriter:
 
     def __enter__(self) -> AudioWriter:
         try:
+            for leftover in leftover_temporaries(self.path):  # of writers killed outright
+                leftover.unlink(missing_ok=True)
             with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
                 self._open()
         except BaseException:
@@ -288,6 +307,11 @@ class AudioWriter:
         return self
 
     def _open(self) -> None:
+        # Each temporary file is created locked, and stays so while this writer lives: one
+        # that is not was left by a writer killed outright (see `leftover_temporaries`).
+        for path in (self._target, self._staged) if self.clip == "rescale" else (self._target,):
+            if (lock := hold_lock(path)) is not None:
+                self._locks.append(lock)
         if self.extension == "mp3" and not _LIBSNDFILE_HAS_MP3:
             self._sink = _FfmpegMp3Sink(self._target, self.sample_rate, self.nb_channels, self.path)
         else:
@@ -363,6 +387,7 @@ class AudioWriter:
         self._sink.close()
         self._sink = None
         os.replace(self._target, self.path)
+        self._release()
         action = _CLIP_ACTIONS[self.clip] if overflow else "none"
         self.report = WriteReport(self.path, self._peak, action, gain)
 
@@ -382,10 +407,17 @@ class AudioWriter:
             try:
                 _remove((self._target, self._staged))
             finally:
+                self._release()
                 for handle in (staging, sink):
                     if isinstance(handle, soundfile.SoundFile):
                         with contextlib.suppress(Exception):
                             handle.close()
+
+    def _release(self) -> None:
+        """Releases the locks of the temporary files (once they are gone or renamed)."""
+        locks, self._locks = self._locks, []
+        for lock in locks:
+            lock.close()
 
 
 def write_audio(

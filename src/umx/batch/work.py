@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from umx.audio import display_path, leftover_temporaries
+from umx.audio import display_path
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.jobs import FAILED, TaskOptions, loaded_separator, run_task
@@ -138,10 +138,7 @@ def separate_task(spec: WorkerSpec, task: Task) -> dict[str, Any]:
         "model_sha256": spec.model_sha256,
     }
     output = spec.options.output
-    if task.force:  # a worker that died with this input may have left temporary files
-        for path in task.outputs.values():
-            for leftover in leftover_temporaries(path):
-                leftover.unlink(missing_ok=True)
+    # the temporary files a worker that died with this input left are removed by the writers
     options = replace(
         spec.options,
         output=replace(output, force=task.force),
