@@ -123,6 +123,32 @@ def test_safe_stem_keeps_only_safe_characters(name, stem):
     assert files.safe_stem(name) == stem
 
 
+def test_temporaries_of_writers_killed_outright_are_removed_by_the_next_write(tmp_path):
+    """A temporary file is locked while it is written; one whose lock is free was left by a
+    writer killed outright, and the next write of the same file removes it."""
+    path = tmp_path / "scores.json"
+    left, live = tmp_path / ".scores.json.0123abcd.tmp", tmp_path / ".scores.json.89abcdef.tmp"
+    others = [tmp_path / ".other.json.0123abcd.tmp", tmp_path / ".scores.json.tmp"]
+    for file in (left, live, *others):
+        file.write_text("partial")
+    lock = files.hold_lock(live, create=False)  # a writer still writing
+    held = []
+
+    def write(file):
+        (own,) = set(tmp_path.glob(".scores.json.*.tmp")) - {live}
+        held.append(files.hold_lock(own, create=False) is None)
+        file.write(b"{}")
+
+    try:
+        files.write_atomic(path, write)
+    finally:
+        lock.close()
+    assert held == [True]
+    assert sorted(tmp_path.iterdir()) == sorted([path, live, *others])
+    files.write_text_atomic(path, "{}")
+    assert sorted(tmp_path.iterdir()) == sorted([path, *others])
+
+
 def test_a_write_refused_by_the_file_system_names_the_file_and_leaves_nothing(tmp_path):
     """torch.save turns a failed write into "unexpected pos 704 vs 598": the operating system's
     reason is kept, naming the file written rather than its temporary file."""

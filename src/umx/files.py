@@ -43,16 +43,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     """Write through a temporary file in the same folder, then rename it over `path`.
 
     Readers see either the old file or the complete new one; on any failure the temporary file
-    is removed and `path` is untouched.
+    is removed and `path` is untouched. The temporary file is locked while it is written, and
+    those that writers of `path` killed outright left are removed first.
 
     Args:
         path: the file to create or replace; its folder must exist.
         write: writes the contents to the binary file it is given.
     """
     path = Path(path)
+    for leftover in unheld(path.parent, _temporary_names(path)):  # of writers killed outright
+        leftover.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as file:  # honours the umask, unlike tempfile's 0600
+            if LOCKS:  # held while this process writes it: see `unheld`
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -163,27 +168,43 @@ def staged_folder(root: Path) -> Iterator[Path]:
 
 
 def abandoned_stages(root: Path) -> list[Path]:
-    """The staging folders of `root` (see `staged_folder`) that no process is filling: those
-    whose lock is free. Without `fcntl` (Windows) none are known to be abandoned.
+    """The staging folders of `root` (see `staged_folder`) that no process is filling.
 
     Returns:
-        their paths, sorted; none if `root`'s folder is missing.
+        their paths, sorted (see `unheld`).
+    """
+    pattern = re.escape(f".{root.name}.") + "[0-9a-f]{8}" + re.escape(STAGE_SUFFIX)
+    return [path for path in unheld(root.parent, re.compile(pattern)) if path.is_dir()]
+
+
+def _temporary_names(path: Path) -> re.Pattern[str]:
+    """The names of `write_atomic`'s temporary files for `path`."""
+    return re.compile(re.escape(f".{path.name}.") + "[0-9a-f]{8}" + re.escape(".tmp"))
+
+
+def unheld(folder: Path, names: re.Pattern[str]) -> list[Path]:
+    """The files and folders in `folder` whose names match `names` and whose lock
+    (`hold_lock`) no process holds: those that processes killed outright (SIGKILL, the
+    out-of-memory killer, a lost machine) left, having had no time to remove them. Without
+    locks (`LOCKS` false: Windows) none are known to be left.
+
+    Returns:
+        their paths, sorted; none if `folder` is missing.
     """
     if not LOCKS:
         return []
-    pattern = re.compile(re.escape(f".{root.name}.") + "[0-9a-f]{8}" + re.escape(STAGE_SUFFIX))
     try:
-        names = sorted(os.listdir(root.parent))
+        matching = sorted(filter(names.fullmatch, os.listdir(folder)))
     except OSError:
         return []
-    abandoned = []
-    for name in filter(pattern.fullmatch, names):
-        path = root.parent / name
+    found = []
+    for name in matching:
+        path = folder / name
         with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink() and (lock := hold_lock(path)) is not None:
+            if not path.is_symlink() and (lock := hold_lock(path, create=False)) is not None:
                 lock.close()
-                abandoned.append(path)
-    return abandoned
+                found.append(path)
+    return found
 
 
 def make_output_dirs(paths: Iterable[Path]) -> None:

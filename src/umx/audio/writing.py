@@ -26,7 +26,7 @@ from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, i
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError
-from umx.files import LOCKS, HeldLock, hold_lock
+from umx.files import HeldLock, hold_lock, unheld
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
 """The subtype written when none is asked for, per extension."""
@@ -128,24 +128,7 @@ def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
         + "|".join(re.escape(tail) for tail in tails)
         + ")"
     )
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return []
-    return [
-        path.with_name(name)
-        for name in sorted(names)
-        if pattern.fullmatch(name) and _abandoned(path.with_name(name))
-    ]
-
-
-def _abandoned(path: Path) -> bool:
-    """Whether no writer holds the lock of the temporary file ``path`` (False without locks)."""
-    with contextlib.suppress(OSError):
-        if LOCKS and not path.is_symlink() and (lock := hold_lock(path, create=False)):
-            lock.close()
-            return True
-    return False
+    return unheld(path.parent, pattern)
 
 
 def _remove(paths: tuple[Path, ...]) -> None:
