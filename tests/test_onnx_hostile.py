@@ -200,7 +200,8 @@ CASES = [
     ("quantize-empty", [SONG, "--model", "model", "--quantize", ""], 2, "invalid choice: ''"),
     ("export-over-an-export", ["export", "model", "export"], 1, "already exists; use --force"),
     ("export-into-a-file", ["export", "model", "afile"], 1, "afile: it is a file"),
-    ("export-below-a-file", ["export", "model", "afile/below"], 1, "cannot write the export"),
+    ("export-below-a-file", ["export", "model", "afile/below"], 1,
+     "cannot create output directory afile/below: Not a directory"),
     ("export-cmd-unknown-target", ["export", "model", "x", "--targets", "guitar"], 1, "no target"),
 ]  # fmt: skip
 
