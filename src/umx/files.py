@@ -62,11 +62,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except OSError as error:  # named after the file written, not the temporary one
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        raise OSError(error.errno, error.strerror, os.fspath(path)) from error
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:  # named after the file written
+            raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
 
 

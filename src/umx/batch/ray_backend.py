@@ -28,7 +28,7 @@ from umx.batch.work import (
     load_worker,
     separate_task,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, os_reason
 from umx.jobs import FAILED
 from umx.messages import plural
 
@@ -59,10 +59,9 @@ def check_reachable(address: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S):
             pass
     except OSError as error:
-        reason = error.strerror or str(error) or type(error).__name__
         raise UmxError(
-            f"cannot connect to the Ray cluster at {address} ({reason}): start its head there "
-            "(ray start --head) or give the address it printed"
+            f"cannot connect to the Ray cluster at {address} ({os_reason(error)}): start its head "
+            "there (ray start --head) or give the address it printed"
         ) from None
 
 

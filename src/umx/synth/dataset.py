@@ -76,8 +76,9 @@ def _render_task(task: tuple[TrackPlan, float, int, Path]) -> dict[str, float] |
     folder.mkdir(parents=True)
     levels = {}
     for name, audio in tracks.items():
-        with io_errors(f"cannot write {display_path(folder / name)}.wav", folder):
-            write_pcm16(folder / f"{name}.wav", audio, sample_rate)
+        path = folder / f"{name}.wav"
+        with io_errors(f"cannot write {display_path(path)}", folder):
+            write_pcm16(path, audio, sample_rate)
         levels[name] = round(level_db(audio / PCM_SCALE), 2)
     return levels
 
