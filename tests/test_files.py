@@ -106,6 +106,21 @@ def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
     assert files.abandoned_stages(root) == [live]  # once its process has gone
 
 
+def test_an_old_root_a_killed_run_was_deleting_is_removed_once_the_new_one_is_in_place(tmp_path):
+    """A run killed while it deleted the root it replaced leaves the rest of it; the next run
+    removes it, but only while the root exists: killed between the two renames, the old root
+    is all there is."""
+    root, old = tmp_path / "set", tmp_path / ".set.0123abcd.old"
+    old.mkdir()
+    (old / "track.wav").write_bytes(b"RIFF")
+    assert files.abandoned_stages(root) == []
+    root.mkdir()
+    assert files.abandoned_stages(root) == [old]
+    with files.staged_folder(root) as stage:
+        (stage / "new.txt").write_text("new")
+    assert sorted(tmp_path.iterdir()) == [root]
+
+
 @pytest.mark.parametrize(
     ("name", "stem"),
     [

@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -125,8 +124,8 @@ class _KeptWriteError:
         self.file.flush()
 
 
-STAGE_SUFFIX = ".partial"
-"""The ending of a folder being filled by `staged_folder`."""
+STAGE_SUFFIX, OLD_SUFFIX = ".partial", ".old"
+"""The endings of a folder being filled by `staged_folder`, and of the one it replaces."""
 
 
 @contextlib.contextmanager
@@ -145,7 +144,8 @@ def staged_folder(root: Path) -> Iterator[Path]:
     for stage in abandoned_stages(root):
         logger.info("removing %s, left by a run that was killed", stage)
         shutil.rmtree(stage, ignore_errors=True)
-    stage = root.with_name(f".{root.name}.{secrets.token_hex(4)}{STAGE_SUFFIX}")
+    token = secrets.token_hex(4)
+    stage = root.with_name(f".{root.name}.{token}{STAGE_SUFFIX}")
     stage.mkdir()
     lock = hold_lock(stage)
     try:
@@ -155,7 +155,7 @@ def staged_folder(root: Path) -> Iterator[Path]:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
+            old = root.with_name(f".{root.name}.{token}{OLD_SUFFIX}")
             os.replace(root, old)
             os.replace(stage, root)
             shutil.rmtree(old)
@@ -167,13 +167,16 @@ def staged_folder(root: Path) -> Iterator[Path]:
 
 
 def abandoned_stages(root: Path) -> list[Path]:
-    """The staging folders of `root` (see `staged_folder`) that no process is filling.
+    """The staging folders of `root` (see `staged_folder`) that no process is filling, and,
+    once `root` exists, the old `root`s that a run killed while deleting one left.
 
     Returns:
         their paths, sorted (see `unheld`).
     """
-    pattern = re.escape(f".{root.name}.") + "[0-9a-f]{8}" + re.escape(STAGE_SUFFIX)
-    return [path for path in unheld(root.parent, re.compile(pattern)) if path.is_dir()]
+    endings = (STAGE_SUFFIX, OLD_SUFFIX) if root.exists() else (STAGE_SUFFIX,)
+    ending = "|".join(map(re.escape, endings))
+    pattern = re.compile(re.escape(f".{root.name}.") + f"[0-9a-f]{{8}}(?:{ending})")
+    return [path for path in unheld(root.parent, pattern) if path.is_dir()]
 
 
 def _temporary_names(path: Path) -> re.Pattern[str]:
