@@ -11,7 +11,7 @@ import torch
 
 from processes import file_size_limit
 from umx import files
-from umx.errors import os_error_line
+from umx.errors import UmxError, os_error_line
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -83,8 +83,8 @@ def test_staged_folder_keeps_the_old_folder_on_failure(tmp_path):
 
 def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
     """A process killed outright cannot remove its staging folder; the next `staged_folder` of
-    the same root removes it, but leaves alone one a live process is filling, and the
-    folders of other roots and names it did not make."""
+    the same root removes it, and the folders of other roots and names it did not make stay.
+    While a live process fills one, another run of the same root is refused."""
     root = tmp_path / "set"
     abandoned = tmp_path / ".set.0123abcd.partial"
     live = tmp_path / ".set.89abcdef.partial"
@@ -95,15 +95,20 @@ def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
     lock = files.hold_lock(live)  # held as by the process filling it
     try:
         assert files.abandoned_stages(root) == [abandoned]
-        with files.staged_folder(root) as stage:
-            assert not abandoned.exists()
-            assert files.abandoned_stages(root) == []  # its own stage is held too
-            (stage / "new.txt").write_text("new")
+        with pytest.raises(UmxError) as error, files.staged_folder(root):
+            pass  # the last of two runs to end would replace the other's root
+        assert str(error.value) == (
+            f"another run is writing {root} (into {live.name}): wait for it to end, or choose "
+            "another folder"
+        )
+        assert sorted(tmp_path.iterdir()) == sorted([live, *others])  # the abandoned one gone
     finally:
         lock.close()
+    with files.staged_folder(root) as stage:  # once the live run has been killed too
+        assert files.abandoned_stages(root) == []  # its own stage is held
+        (stage / "new.txt").write_text("new")
     assert (root / "new.txt").read_text() == "new"
-    assert sorted(tmp_path.iterdir()) == sorted([root, live, *others])
-    assert files.abandoned_stages(root) == [live]  # once its process has gone
+    assert sorted(tmp_path.iterdir()) == sorted([root, *others])
 
 
 def test_an_old_root_a_killed_run_was_deleting_is_removed_once_the_new_one_is_in_place(tmp_path):

@@ -139,11 +139,20 @@ def staged_folder(root: Path) -> Iterator[Path]:
     Yields:
         the staging folder to fill; once the block ends without error it becomes `root` (an
         existing `root` is moved aside first and deleted only after the swap).
+
+    Raises:
+        UmxError: another process is filling a staging folder of `root`.
     """
     root.parent.mkdir(parents=True, exist_ok=True)
     for stage in abandoned_stages(root):
         logger.info("removing %s, left by a run that was killed", stage)
         shutil.rmtree(stage, ignore_errors=True)
+    live = sorted(filter(_stage_names(root, STAGE_SUFFIX).fullmatch, os.listdir(root.parent)))
+    if live:  # the last to end would replace the other's root
+        raise UmxError(
+            f"another run is writing {display_path(root)} (into {live[0]}): wait for it to end, "
+            "or choose another folder"
+        )
     token = secrets.token_hex(4)
     stage = root.with_name(f".{root.name}.{token}{STAGE_SUFFIX}")
     stage.mkdir()
@@ -174,9 +183,13 @@ def abandoned_stages(root: Path) -> list[Path]:
         their paths, sorted (see `unheld`).
     """
     endings = (STAGE_SUFFIX, OLD_SUFFIX) if root.exists() else (STAGE_SUFFIX,)
+    return [path for path in unheld(root.parent, _stage_names(root, *endings)) if path.is_dir()]
+
+
+def _stage_names(root: Path, *endings: str) -> re.Pattern[str]:
+    """The names `staged_folder` gives the folders beside `root` that end so."""
     ending = "|".join(map(re.escape, endings))
-    pattern = re.compile(re.escape(f".{root.name}.") + f"[0-9a-f]{{8}}(?:{ending})")
-    return [path for path in unheld(root.parent, pattern) if path.is_dir()]
+    return re.compile(re.escape(f".{root.name}.") + f"[0-9a-f]{{8}}(?:{ending})")
 
 
 def _temporary_names(path: Path) -> re.Pattern[str]:
