@@ -50,7 +50,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         write: writes the contents to the binary file it is given.
     """
     path = Path(path)
-    for leftover in unheld(path.parent, _temporary_names(path)):  # of writers killed outright
+    for leftover in unheld(path.parent, _hidden_beside(path, ".tmp")):  # of writers killed outright
         leftover.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -147,7 +147,7 @@ def staged_folder(root: Path) -> Iterator[Path]:
     for stage in abandoned_stages(root):
         logger.info("removing %s, left by a run that was killed", stage)
         shutil.rmtree(stage, ignore_errors=True)
-    live = sorted(filter(_stage_names(root, STAGE_SUFFIX).fullmatch, os.listdir(root.parent)))
+    live = sorted(filter(_hidden_beside(root, STAGE_SUFFIX).fullmatch, os.listdir(root.parent)))
     if live:  # the last to end would replace the other's root
         raise UmxError(
             f"another run is writing {display_path(root)} (into {live[0]}): wait for it to end, "
@@ -183,18 +183,14 @@ def abandoned_stages(root: Path) -> list[Path]:
         their paths, sorted (see `unheld`).
     """
     endings = (STAGE_SUFFIX, OLD_SUFFIX) if root.exists() else (STAGE_SUFFIX,)
-    return [path for path in unheld(root.parent, _stage_names(root, *endings)) if path.is_dir()]
+    return [path for path in unheld(root.parent, _hidden_beside(root, *endings)) if path.is_dir()]
 
 
-def _stage_names(root: Path, *endings: str) -> re.Pattern[str]:
-    """The names `staged_folder` gives the folders beside `root` that end so."""
+def _hidden_beside(path: Path, *endings: str) -> re.Pattern[str]:
+    """The names of the hidden files and folders made beside `path` (`write_atomic`'s
+    temporary files, `staged_folder`'s folders): `.NAME.`, 8 hex digits, one of `endings`."""
     ending = "|".join(map(re.escape, endings))
-    return re.compile(re.escape(f".{root.name}.") + f"[0-9a-f]{{8}}(?:{ending})")
-
-
-def _temporary_names(path: Path) -> re.Pattern[str]:
-    """The names of `write_atomic`'s temporary files for `path`."""
-    return re.compile(re.escape(f".{path.name}.") + "[0-9a-f]{8}" + re.escape(".tmp"))
+    return re.compile(re.escape(f".{path.name}.") + f"[0-9a-f]{{8}}(?:{ending})")
 
 
 def unheld(folder: Path, names: re.Pattern[str]) -> list[Path]:
