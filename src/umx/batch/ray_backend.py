@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,7 +27,7 @@ from umx.batch.work import (
     load_worker,
     separate_task,
 )
-from umx.errors import UmxError, os_reason
+from umx.errors import UmxError
 from umx.jobs import FAILED
 from umx.messages import plural
 
@@ -42,27 +41,6 @@ START_TIMEOUT_S = 600.0
 cluster may lack the CPUs or GPUs asked for)."""
 WAIT_S = 1.0
 """How often the driver wakes up while it waits (to notice Ctrl-C)."""
-CONNECT_TIMEOUT_S = 10.0
-"""How long `check_reachable` waits for a cluster's head to accept a connection."""
-
-
-def check_reachable(address: str) -> None:
-    """Refuse a cluster address (`HOST:PORT` or `ray://HOST:PORT`, the port checked already)
-    where no server accepts a connection within `CONNECT_TIMEOUT_S`: Ray itself retries such an
-    address for ever, writing warnings.
-
-    Raises:
-        UmxError: naming the address and why it cannot be reached.
-    """
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S):
-            pass
-    except OSError as error:
-        raise UmxError(
-            f"cannot connect to the Ray cluster at {address} ({os_reason(error)}): start its head "
-            "there (ray start --head) or give the address it printed"
-        ) from None
 
 
 class BatchWorker:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
 from umx.devices import WORKERS_PER_CORE, check_cores
-from umx.errors import UmxError, check_number
+from umx.errors import UmxError, check_number, os_reason
 from umx.messages import plural
 from umx.options import SeparationOptions
 from umx.zoo import is_offline, load_separator
@@ -101,7 +102,7 @@ class BatchOptions:
                 f"--ray took the input {self.ray!r} for the cluster's address: put the inputs "
                 f"before --ray, or write --ray {LOCAL_RAY} for a Ray instance on this machine"
             )
-        if self.ray not in (None, LOCAL_RAY, "auto") and not _is_address(self.ray):
+        if self.ray not in (None, LOCAL_RAY, "auto") and _host_and_port(self.ray) is None:
             raise UmxError(
                 f"--ray {self.ray!r} is not a cluster's address: give HOST:PORT of its head, "
                 f"auto, or --ray alone for a Ray instance on this machine"
@@ -118,10 +119,35 @@ class BatchOptions:
         return Path(os.path.abspath(self.job_dir or self.outdir / JOB_DIRNAME))
 
 
-def _is_address(address: str) -> bool:
-    """Whether `address` is HOST:PORT or ray://HOST:PORT, the port a number from 1 to 65535."""
+def _host_and_port(address: str) -> tuple[str, int] | None:
+    """The host and port of HOST:PORT or ray://HOST:PORT, the port a number from 1 to 65535;
+    None for anything else."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    return bool(host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    if host and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+        return host.strip("[]"), int(port)
+    return None
+
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long `_check_reachable` waits for a cluster's head to accept a connection."""
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a cluster address (checked by `BatchOptions`) where no server accepts a
+    connection within `CONNECT_TIMEOUT_S`: Ray itself retries such an address for ever,
+    writing warnings.
+
+    Raises:
+        UmxError: naming the address and why it cannot be reached.
+    """
+    try:
+        with socket.create_connection(_host_and_port(address), CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        raise UmxError(
+            f"cannot connect to the Ray cluster at {address} ({os_reason(error)}): start its head "
+            "there (ray start --head) or give the address it printed"
+        ) from None
 
 
 def job_inputs(options: BatchOptions) -> list[BatchInput]:
@@ -167,11 +193,11 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
         inputs = job_inputs(options)
     if options.ray is not None:  # Ray is there, and the cluster answers, before the model loads
         try:
-            from umx.batch.ray_backend import check_reachable
+            import umx.batch.ray_backend  # noqa: F401
         except ImportError:
             raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
         if options.ray not in (LOCAL_RAY, "auto"):
-            check_reachable(options.ray)
+            _check_reachable(options.ray)
     identity, spec, plans = plan_job(options, inputs)
     with Job(job_dir, identity, inputs) as job:
         tasks, counts = plan_tasks(
