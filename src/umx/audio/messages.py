@@ -36,10 +36,11 @@ def io_errors(message: str, folder: Path | None = None) -> Iterator[None]:
         yield
     except soundfile.LibsndfileError as error:
         reason = _libsndfile_reason(error)
-        with contextlib.suppress(OSError):
-            free = shutil.disk_usage(folder).free if folder is not None else NEARLY_FULL
-            if free < NEARLY_FULL:
-                reason += f": the disk is full ({free / 2**20:.1f} MB free); {FULL_DISK_HINT}"
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(folder).free
+                if free < NEARLY_FULL:
+                    reason += f": the disk is full ({free / 2**20:.1f} MB free); {FULL_DISK_HINT}"
         raise UmxError(f"{message} ({reason})") from error
     except OSError as error:
         raise UmxError(f"{message} ({os_reason(error)})") from error
