@@ -513,6 +513,14 @@ def test_a_file_whose_name_begins_with_a_dash_is_told_how_to_give(
         prog = error.split(":")[0]
         hint = "-song.wav is a file: write ./-song.wav, or -- before it"
         assert capsys.readouterr().err == f"{error}; {hint} (see {prog} --help)\n"
+    odd = "-a\nb\x1b.wav"  # a line break and an escape, shown escaped: the error stays one line
+    (song.parent / odd).write_bytes(b"")
+    with pytest.raises(SystemExit):
+        run(odd)
+    assert capsys.readouterr().err == (
+        "umx: error: unrecognized arguments: -a\\nb\\x1b.wav; -a\\nb\\x1b.wav is a file: write "
+        "./-a\\nb\\x1b.wav, or -- before it (see umx --help)\n"
+    )
     with pytest.raises(SystemExit):
         run("-other.wav")  # not a file: no hint
     assert capsys.readouterr().err == (

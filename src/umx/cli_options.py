@@ -24,7 +24,7 @@ from umx.defaults import (
     TEMPLATE_FIELDS,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, printable
 from umx.onnx.options import BACKENDS, QUANTIZATIONS
 from umx.options import OutputOptions, SeparationOptions
 
@@ -116,7 +116,8 @@ class OneLineParser(argparse.ArgumentParser):
         files = [arg for arg in self._args if arg.startswith("-") and os.path.lexists(arg)]
         if files:
             message += f"; {files[0]} is a file: write ./{files[0]}, or -- before it"
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # printable: the arguments quoted may hold line breaks and control characters
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def add_separation_arguments(
