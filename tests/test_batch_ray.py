@@ -231,3 +231,11 @@ def test_an_address_where_no_cluster_listens_is_refused_before_any_work(tmp_path
         "start its head there (ray start --head) or give the address it printed\n"
     )
     assert not (tmp_path / "out").exists()
+    run = subprocess.run(
+        [*command[:-1], "nowhere\n:1"], cwd=tmp_path, env={**os.environ, **ENV},
+        capture_output=True, text=True, timeout=BOUND_S,
+    )  # fmt: skip
+    assert run.returncode == 1 and run.stderr.startswith(  # one line: the break shown escaped
+        "umx: error: cannot connect to the Ray cluster at nowhere\\n:1 ("
+    )
+    assert run.stderr.count("\n") == 1 and not (tmp_path / "out").exists()

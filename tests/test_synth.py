@@ -484,6 +484,10 @@ def test_a_soundfont_fluidsynth_cannot_load_is_refused_before_any_work(tmp_path)
     message = rf"^fluidsynth cannot load the SoundFont {re.escape(str(bogus))} \(.+\): give another"
     with pytest.raises(UmxError, match=message):
         check_soundfont(bogus)
+    odd = bogus.rename(tmp_path / "bo\ngus.sf2")  # its name shown escaped: the error stays one line
+    with pytest.raises(UmxError, match=r"SoundFont \S+/bo\\ngus\.sf2 \(.+\): give another"):
+        check_soundfont(odd)
+    bogus = odd.rename(bogus)
     root = tmp_path / "out" / "data"
     argv = ["--root", root, "--procedural", 1, "--duration", 3, "--test-fraction", 0]
     held_out = ["--test-soundfont", bogus, "--test-fraction", 0.5, "--procedural", 2]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
 from umx.devices import WORKERS_PER_CORE, check_cores
-from umx.errors import UmxError, check_number, os_reason
+from umx.errors import UmxError, check_number, os_reason, printable
 from umx.messages import plural
 from umx.options import SeparationOptions
 from umx.zoo import is_offline, load_separator
@@ -145,8 +145,8 @@ def _check_reachable(address: str) -> None:
             pass
     except OSError as error:
         raise UmxError(
-            f"cannot connect to the Ray cluster at {address} ({os_reason(error)}): start its head "
-            "there (ray start --head) or give the address it printed"
+            f"cannot connect to the Ray cluster at {printable(address)} ({os_reason(error)}): "
+            "start its head there (ray start --head) or give the address it printed"
         ) from None
 
 

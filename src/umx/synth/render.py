@@ -20,7 +20,7 @@ import soundfile
 from umx.defaults import (
     SOUNDFONT_PACKAGES,
 )
-from umx.errors import UmxError, display_path
+from umx.errors import UmxError, display_path, printable
 from umx.synth.gm import DRUM_CHANNEL, split_guitars, split_stems
 from umx.synth.midi import (
     CONTROL_CHANGE,
@@ -119,16 +119,19 @@ def render_midi(song: Song, soundfont: Path, nb_samples: int, sample_rate: int) 
                 command, capture_output=True, text=True, check=False, timeout=RENDER_TIMEOUT
             )
         except subprocess.TimeoutExpired as error:
-            raise UmxError(f"fluidsynth took over {RENDER_TIMEOUT} s with {soundfont}") from error
+            raise UmxError(
+                f"fluidsynth took over {RENDER_TIMEOUT} s with {display_path(soundfont)}"
+            ) from error
         if result.returncode != 0 or not wav_path.is_file():
             message = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UmxError(f"fluidsynth failed with {soundfont} ({message})")
+            shown = display_path(soundfont)
+            raise UmxError(f"fluidsynth failed with {shown} ({printable(message)})")
         if LOAD_FAILURE in result.stderr:  # it goes on without the soundfont, and exits 0
             errors = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
             errors.append(LOAD_FAILURE)
             raise UmxError(
                 f"fluidsynth cannot load the SoundFont {display_path(soundfont)}"
-                f" ({errors[0].removeprefix(ERROR)}): give another SoundFont file"
+                f" ({printable(errors[0].removeprefix(ERROR))}): give another SoundFont file"
             )
         audio, _ = soundfile.read(wav_path, dtype="float64", always_2d=True)
     audio = audio[:nb_samples].T
