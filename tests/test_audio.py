@@ -4,6 +4,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -777,6 +778,21 @@ def test_truncated_mp3_is_refused_even_for_an_excerpt(tmp_path, capfd):
         with pytest.raises(UmxError, match=r"is truncated: its header declares 2\.00 s"):
             read(path)
     assert capfd.readouterr().err == ""  # refused before the MPEG decoder warns
+
+
+@pytest.mark.parametrize("suffix", ["wav", "flac", "mp3"])
+@pytest.mark.parametrize("name", ["input", "song.bin"])  # an upload, a name ffmpeg would take
+def test_truncation_is_found_by_content_whatever_the_name(tmp_path, suffix, name):
+    whole = tmp_path / f"whole.{suffix}"
+    write_audio(whole, tone(seconds=2.0), RATE)
+    path = tmp_path / name
+    path.write_bytes(whole.read_bytes())
+    decoded, _ = read_audio(path)
+    assert decoded.shape[-1] == pytest.approx(2 * RATE, abs=1200)  # mp3 adds encoder delay
+    truncate(path, 0.5)
+    for read in (read_audio, audio_info):
+        with pytest.raises(UmxError, match=rf"^{re.escape(str(path))} is truncated: its header"):
+            read(path)
 
 
 def test_wav_streamed_with_undeclared_size_is_read_whole(tmp_path):

@@ -250,6 +250,12 @@ def test_type_is_checked_by_decoding_not_by_name(client, store):
     assert refused.status_code == 422
     assert refused.json()["error"].startswith("song.wav is not decodable audio")
     assert post(client, b"", name="empty.wav").json() == {"error": "empty.wav is empty"}
+    song = song_bytes(1.0, seed=3)
+    cut = post(client, song[: len(song) // 2], name="cut")  # stored without its name's extension
+    assert cut.status_code == 422
+    assert cut.json()["error"] == (
+        "cut is truncated: its header declares 1.00 s but the file holds 0.50 s"
+    )
     accepted = post(client, song_bytes(0.5, seed=3), name="notes.txt")
     assert accepted.status_code == 201
     assert wait(store, accepted.json()["id"])["state"] == DONE

@@ -368,8 +368,9 @@ _UNKNOWN_FORMAT = "neither libsndfile nor ffmpeg knows its format"
 def _decoder(path: Path, fd: int, file_size: int) -> tuple[_Libsndfile | None, str | None]:
     """Opens a file in libsndfile, or says that ffmpeg is to decode it.
 
-    libsndfile reads the files whose name and first bytes say wav, aiff, flac, ogg or mp3.
-    ffmpeg, when installed, reads the others and the mp3 files libsndfile cannot open.
+    libsndfile reads the files whose first bytes say wav, aiff, flac, ogg or mp3, whatever their
+    name. ffmpeg, when installed, reads the others, and those libsndfile cannot open unless
+    their name says a format libsndfile reads (an mp3 libsndfile cannot open goes to ffmpeg).
 
     Returns:
         The file open in libsndfile, or ``None`` and the reason to give if ffprobe fails
@@ -385,21 +386,18 @@ def _decoder(path: Path, fd: int, file_size: int) -> tuple[_Libsndfile | None, s
     needs_ffmpeg = UmxError(
         f"{display_path(path)} can only be read with ffmpeg, but {_FFMPEG_MISSING}"
     )
-    if path.suffix.lower().lstrip(".") not in _LIBSNDFILE_EXTENSIONS:
-        if tools is None:
-            raise needs_ffmpeg
-        return None, None
-    kind, offset = _sniff(fd)
+    named = path.suffix.lower().lstrip(".") in _LIBSNDFILE_EXTENSIONS
+    kind, offset = _sniff(fd)  # by content: a name without extension (an upload) is checked too
     if kind is None or (kind == "mp3" and not _LIBSNDFILE_HAS_MP3):
         if tools is not None:
-            return None, _UNKNOWN_FORMAT if kind is None else None
-        if kind == "mp3":
+            return None, _UNKNOWN_FORMAT if kind is None and named else None
+        if kind == "mp3" or not named:
             raise needs_ffmpeg
         raise _undecodable(path, "no WAV, AIFF, FLAC, Ogg or MP3 header")
     try:
         return _Libsndfile(path, fd, file_size, kind, offset), None
-    except _Undecodable as error:
-        if tools is None or kind != "mp3":
+    except _Undecodable as error:  # ffmpeg may read what libsndfile cannot (Opus in Ogg, ...)
+        if tools is None or (kind != "mp3" and named):
             raise _undecodable(path, str(error)) from None
         return None, None
 
