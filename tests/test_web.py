@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import socket
 import sys
@@ -31,6 +32,7 @@ from umx.jobs import DONE, FAILED, QUEUED, RUNNING, latest_records, read_records
 from umx.web.jobs import JobStore
 from umx.web.options import listen
 from umx.web.records import Job
+from umx.web.storage import folder_size
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
@@ -204,6 +206,32 @@ def test_upload_limit_is_enforced_while_the_body_arrives(store, tmp_path):
     assert b"big.wav is larger than the upload limit" in answer
     assert files_under(store.root) == {"jobs.jsonl"} and store.jobs() == []
     assert (store.root / "jobs.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"Content-Length: 352844\r\n\r\n" + b"RIFF" + b"\0" * 996,  # the tab closed mid-upload
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n",  # a malformed chunked body
+    ],
+)
+def test_a_client_that_leaves_during_its_upload_is_no_error(store, capfd, caplog, sent):
+    caplog.set_level(logging.INFO, logger="umx")
+    with serving(new_app(store)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as conn:
+            conn.sendall(
+                b"POST /api/jobs?name=s.wav HTTP/1.1\r\nHost: %s:%s\r\n"
+                % (host.encode(), port.encode())
+            )
+            conn.sendall(sent)
+        told = "s.wav: the client left during its upload; nothing was kept"
+        wait_for(lambda: told in caplog.messages, "the upload's end told")
+        with local_client(new_app(store)) as client:  # and the server goes on
+            assert client.get("/api/jobs").json() == []
+    assert files_under(store.root) == {"jobs.jsonl"}
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception" not in err
 
 
 def test_file_names_are_never_paths(client, store, tmp_path):
@@ -420,6 +448,33 @@ def test_delete_and_the_cache_limit(client, store, tmp_path):
     restarted = new_store(small.root)
     assert [job["id"] for job in restarted.jobs()] == [ids[-1][0]["id"]]
     assert restarted.stop(timeout=30)
+
+
+def test_a_download_that_fills_the_cache_removes_the_least_recently_used_song(tmp_path):
+    store = new_store(tmp_path / "data")
+    store.start(1)
+    try:
+        with local_client(new_app(store)) as client:
+            ids = [
+                post(client, song_bytes(0.5, seed), name=f"{seed}.wav").json()["id"]
+                for seed in (1, 2, 3)
+            ]
+            for job_id in ids:
+                wait(store, job_id)
+            store.max_cache_bytes = sum(folder_size(path) for path in store.jobs_dir.iterdir())
+            oldest, middle, newest = ids
+            got = client.get(f"/api/jobs/{oldest}/stems/vocals.flac")  # made, then over the limit
+            assert got.status_code == 200
+            audio, _ = soundfile.read(io.BytesIO(got.content))
+            assert audio.shape == (int(0.5 * RATE), 2) and np.abs(audio).max() > 0
+            # the song downloaded and the newest stay; the middle one, least recently used, goes
+            assert {job["id"] for job in store.jobs()} == {oldest, newest}
+            assert client.get(f"/api/jobs/{middle}/stems/vocals.flac").status_code == 404
+            assert (
+                client.get(f"/api/jobs/{oldest}/mix/flac", params={"vocals": 1}).status_code == 200
+            )
+    finally:
+        assert store.stop(timeout=30)
 
 
 def upload(store: JobStore, data: bytes, name: str = "song.wav"):

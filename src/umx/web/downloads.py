@@ -32,13 +32,13 @@ MAX_MIX_GAIN = 2.0
 class Downloads:
     """The download methods of `umx.web.jobs.JobStore`, which provides what they use: its
     `jobs_dir`, `_lock`, `job` (a public record), `_get` (a `Job`, or `NotFound`) and `_evict`
-    (the cache limit, kept after each file made)."""
+    (the cache limit, kept after each file made, sparing the job it was made for)."""
 
     jobs_dir: Path
     _lock: threading.RLock
     job: Callable[[str], dict[str, Any]]
     _get: Callable[[str], Job]
-    _evict: Callable[[], None]
+    _evict: Callable[..., None]
 
     def stem_file(self, job_id: str, stem: str, ext: str) -> tuple[Path, str]:
         """A finished job's stem in a format of `audio_formats`, converted when first asked for.
@@ -67,7 +67,7 @@ class Downloads:
             audio, rate = read_audio(source)
             with AudioWriter(target, rate, audio.shape[0], force=True) as writer:
                 writer.write(audio)
-            self._evict()
+            self._evict(keep=job_id)
         return target, name
 
     def zip_file(self, job_id: str, ext: str) -> tuple[Path, str]:
@@ -95,7 +95,7 @@ class Downloads:
                         archive.write(path, f"{folder}/{stem}.{ext}")
 
             write_atomic(target, write)
-            self._evict()
+            self._evict(keep=job_id)
         return target, f"{folder}-stems-{ext}.zip"
 
     def original_file(self, job_id: str) -> tuple[Path, str]:
@@ -118,7 +118,7 @@ class Downloads:
             target.parent.mkdir(exist_ok=True)
             audio, rate = read_audio(directory / INPUT, downmix=True)
             write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
-            self._evict()
+            self._evict(keep=job_id)
         return target, f"{safe_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
 
     def mix_file(
@@ -174,7 +174,7 @@ class Downloads:
         target.parent.mkdir(exist_ok=True)
         subtype = "FLOAT" if ext == STEM_EXT else None
         report = write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
-        self._evict()
+        self._evict(keep=job_id)
         notice = None
         if report.action != "none":
             notice = (

@@ -143,6 +143,7 @@ class JobStore(Downloads):
         self._jobs: dict[str, Job] = {}
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
+        self._used: dict[str, float] = {}  # when a download of each job was last made
         self._listeners = Listeners()
         self._revisions = itertools.count(1)  # see `_public`
         self._targets: dict[str, list[str]] = {}
@@ -572,19 +573,25 @@ class JobStore(Downloads):
 
     # --- the cache limit ---------------------------------------------------------------------
 
-    def _evict(self) -> None:
-        """Remove the oldest finished jobs while the jobs take more than `max_cache_bytes`."""
+    def _evict(self, keep: str | None = None) -> None:
+        """Remove the finished jobs least recently ended or downloaded while the jobs take more
+        than `max_cache_bytes`; never the newest, nor `keep`: the job whose download was just
+        made, to be sent."""
         with self._lock:
+            if keep is not None:
+                self._used[keep] = time.time()
             sizes = {job_id: folder_size(self.jobs_dir / job_id) for job_id in self._jobs}
             total = sum(sizes.values())
             ended = [job for job in self._jobs.values() if job.state in (DONE, FAILED)]
-            ended.sort(key=lambda job: job.finished or job.created)
+            newest = max(ended, key=lambda job: job.finished or job.created, default=None)
+            ended.sort(key=lambda job: max(job.finished or job.created, self._used.get(job.id, 0)))
             gone = []
-            for job in ended[:-1]:
+            for job in [job for job in ended if job is not newest and job.id != keep]:
                 if total <= self.max_cache_bytes:
                     break
                 total -= sizes[job.id]
                 del self._jobs[job.id]
+                self._used.pop(job.id, None)
                 remove(self.jobs_dir / job.id)
                 self._record(job.id, {"input": job.id, "status": DELETED})
                 gone.append((job, self._gone(job.id)))

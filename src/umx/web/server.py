@@ -43,7 +43,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -146,6 +146,10 @@ def job_routes(
         try:
             async for piece in request.stream():
                 received.write(piece)
+        except ClientDisconnect:  # the tab closed, the connection lost: no one to answer
+            received.discard()
+            logger.info("%s: the client left during its upload; nothing was kept", name)
+            return Response(status_code=400)
         except BaseException:
             received.discard()
             raise
