@@ -182,6 +182,7 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     tab_to(page, "#choose")
     page.keyboard.press("Enter")
     page.wait_for_selector(f"#jobs li.state-done:has-text('{song.name}')")
+    assert page.text_content("#announcer").startswith(f"{song.name}: done in ")
     page.wait_for_selector("#player[data-state=ready]")
     assert page.locator(".stem").evaluate_all("rows => rows.map(r => r.dataset.stem)") == TARGETS
     assert page.text_content("#demo").startswith("A demonstration model separated this song")
@@ -316,6 +317,11 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     )
     assert item.locator("details").is_visible()
     assert "umx" in item.locator("details p").text_content()
+    # screen readers hear it: the page saw the job queued, so its end is a change it tells
+    assert page.text_content("#announcer") == (
+        "offline.wav: failed: offline mode is on and model umxl is not in the cache"
+    )
+    assert page.get_attribute("#announcer", "role") == "status"
     page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
     assert item.get_attribute("class") == "state-failed" and item.locator(".error").is_visible()
     assert axe_violations(page) == []
@@ -335,6 +341,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     # the same song sent again is the same job (its id), and is shown again
     store.delete(job["id"])
     item.wait_for(state="detached")
+    assert page.text_content("#announcer") == "offline.wav removed"
     page.evaluate("(job) => updateJob(job)", again)
     assert item.count() == 0
     upload = store.new_upload("offline.wav", 1 << 30)
@@ -348,6 +355,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     page.set_input_files("#files", str(notes))
     error = page.wait_for_selector("#jobs li.upload .error:not([hidden])")
     assert error.text_content().startswith("notes.mp3 is not decodable audio")
+    assert page.text_content("#announcer") == error.text_content()
     assert page.problems == [  # that refusal, and nothing else (no favicon 404, no error)
         "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
     ]

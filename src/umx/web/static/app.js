@@ -49,6 +49,12 @@ async function errorOf(response) {
   }
 }
 
+// Tells screen readers a change the eye sees in the list: an upload refused, a song queued,
+// separating, done, failed or removed (a polite live region: read once the reader is idle).
+function announce(text) {
+  $("#announcer").textContent = text;
+}
+
 function modelInfo(name) {
   return state.config.models.find((model) => model.name === name);
 }
@@ -174,6 +180,10 @@ function renderUpload(entry) {
   item.querySelector("progress").value = entry.progress;
   item.querySelector(".error").hidden = !entry.error;
   item.querySelector(".error").textContent = entry.error || "";
+  if (entry.error && !entry.announced) {
+    announce(entry.error.includes(entry.name) ? entry.error : `${entry.name} refused: ${entry.error}`);
+  }
+  entry.announced = Boolean(entry.error);
   renderEmpty();
 }
 
@@ -212,6 +222,7 @@ function updateJob(job) {
     state.jobs.delete(job.id);
     const item = document.getElementById(`job-${job.id}`);
     const hadFocus = item?.contains(document.activeElement);
+    if (item) announce(`${item.querySelector(".name").textContent} removed`);
     item?.remove();
     if (state.player?.job.id === job.id) closePlayer();
     if (hadFocus) $("#songs-title").focus();
@@ -219,6 +230,8 @@ function updateJob(job) {
     const before = state.jobs.get(job.id);
     state.jobs.set(job.id, job);
     renderJob(job);
+    // a change of state, or a song just sent from here; not the songs listed as the page opens
+    if (before ? before.state !== job.state : state.ours.has(job.id)) announceJob(job);
     const finished = job.state === "done" && before?.state !== "done";
     if (finished && state.ours.has(job.id) && !state.player) openPlayer(job.id);
   }
@@ -264,6 +277,11 @@ function jobStatus(job) {
   if (job.state === "running") return `separating ${Math.round(job.progress * 100)} %`;
   if (job.state === "done") return `done in ${job.seconds.toFixed(1)} s`;
   return job.state;
+}
+
+function announceJob(job) {
+  const told = { running: "separating", failed: `failed: ${job.error_summary || job.error}` };
+  announce(`${job.name}: ${told[job.state] || jobStatus(job)}`);
 }
 
 function renderJob(job) {
