@@ -131,6 +131,8 @@ CLI_CASES = [
     ("filename-field", [SONG, *MODEL, "--filename", "{track}/{foo}.wav"], "unknown fields foo"),
     ("filename-same", [SONG, *MODEL, "--filename", "{track}.wav"], "the same path"),
     ("filename-broken", [SONG, *MODEL, "--filename", "{track"], "not a valid template"),
+    ("filename-no-ext", [SONG, *MODEL, "--filename", "{target}/{track}"], "end the template"),
+    ("filename-ogg", [SONG, *MODEL, "--filename", "{target}.ogg"], "written as .wav, .flac"),
     ("aggregate-escape", [SONG, *MODEL, "--aggregate", '{"../../e": ["vocals"]}'], "--outdir"),
     ("aggregate-unknown", [SONG, *MODEL, "--aggregate", '{"x": ["guitar"]}'], "unknown targets"),
     ("aggregate-not-json", [SONG, *MODEL, "--aggregate", "{not json"], "neither valid JSON"),

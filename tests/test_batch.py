@@ -3,6 +3,7 @@ faults (a corrupt input, a worker killed mid-file, the driver killed, Ctrl-C), w
 umxsynth on a few seconds of audio."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -129,6 +130,27 @@ def test_bad_list_files_are_refused_in_one_line(tmp_path, name, text, message):
     with pytest.raises(UmxError, match=message) as error:
         read_list(tmp_path / name)
     assert "\n" not in str(error.value)
+
+
+def test_songs_in_the_output_folder_and_linked_folders_are_said(tmp_path, caplog):
+    music, elsewhere = tmp_path / "music", tmp_path / "elsewhere"
+    for path in (music / "a.wav", elsewhere / "b.wav"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    for outdir in (music, tmp_path):  # the songs' folder, or one holding it
+        with pytest.raises(UmxError, match=r"^the folder .*music is where the job writes its"):
+            collect_inputs([str(music)], exclude=[outdir])
+        with pytest.raises(UmxError, match=r"matches only files where the job writes its stems"):
+            collect_inputs([str(music / "*.wav")], exclude=[outdir])
+    assert collect_inputs([str(music / "a.wav")], exclude=[music]) == [  # named: taken
+        BatchInput(str(music / "a.wav"))
+    ]
+    (music / "more").symlink_to(elsewhere)  # not followed, but said
+    with caplog.at_level(logging.WARNING, logger="umx"):
+        assert collect_inputs([str(music)]) == [BatchInput(str(music / "a.wav"))]
+    assert caplog.messages == [
+        f"skipping {music / 'more'}, a link to a folder: name it as an input to separate its songs"
+    ]
 
 
 def test_empty_folders_and_patterns_are_refused(tmp_path):

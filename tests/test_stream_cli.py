@@ -183,6 +183,7 @@ BAD_OPTIONS = [
     (["--stdout", "--residual", "acc", "--targets", "vocals"], "but 2 are chosen"),
     (["--aggregate", '{"k": ["piano"]}'], "unknown targets piano"),
     (["--filename", "../{target}.wav"], "must stay inside --outdir"),
+    (["--filename", "{target}"], "end the template with .{ext}"),
     ([], "bidirectional LSTM"),
 ]
 

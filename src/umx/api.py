@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from umx.audio import (
+    SUBTYPES,
     AudioWriter,
     StreamResampler,
     WriteReport,
@@ -202,8 +203,9 @@ def output_paths(
     """Where the stems of one input go: `outdir / filename` with the `TEMPLATE_FIELDS` filled in.
 
     Raises:
-        UmxError: the template is invalid, gives two stems one path, or a path would leave
-            `outdir` (an absolute template, `..`, or a track or stem named `..`).
+        UmxError: the template is invalid, gives two stems one path, gives a name without an
+            audio format's extension, or a path would leave `outdir` (an absolute template,
+            `..`, or a track or stem named `..`).
     """
     fields = {
         "track": Path(input_path).stem,
@@ -234,6 +236,11 @@ def output_paths(
                 f"--filename {filename!r} gives {str(relative)!r} for {display_path(input_path)} "
                 f"and stem {name!r}: every output must stay inside --outdir (no absolute paths, "
                 "no .. and no track or stem named ..)"
+            )
+        if relative.suffix.lower().lstrip(".") not in SUBTYPES:
+            raise UmxError(
+                f"--filename {filename!r} gives {str(relative)!r} for {display_path(input_path)}, "
+                f"but stems are written as .{', .'.join(SUBTYPES)}: end the template with .{{ext}}"
             )
         paths[name] = Path(outdir) / relative
     if len(set(paths.values())) < len(paths):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from umx.audio import display_path
 from umx.defaults import AUDIO_EXTENSIONS
 from umx.errors import UmxError, check_number
 from umx.messages import shown
+
+logger = logging.getLogger("umx")
 
 GLOB_CHARACTERS = frozenset("*?[")
 LIST_FIELDS = ("path", "start", "duration")
@@ -75,13 +78,19 @@ def collect_inputs(
         the inputs in order, each once (the first occurrence is kept).
 
     Raises:
-        UmxError: an argument does not exist, a folder holds no audio file, a pattern matches
-            nothing, a list file is unreadable or malformed, or no input is given at all.
+        UmxError: an argument does not exist, a folder holds no audio file or is inside an
+            `exclude` folder, a pattern matches nothing (or only files in those folders), a
+            list file is unreadable or malformed, or no input is given at all.
     """
     wanted = {"." + extension.lower().lstrip(".") for extension in extensions}
     skipped = {os.path.abspath(folder) for folder in exclude}
     found: list[BatchInput] = []
     for argument in arguments:
+        if os.path.isdir(argument) and _inside(os.path.abspath(argument), skipped):
+            raise UmxError(
+                f"the folder {shown(argument)} is where the job writes its stems (--outdir), or "
+                "inside it: give an --outdir outside the songs"
+            )
         if os.path.isdir(argument):
             files = sorted(_search(argument, wanted, skipped))
             if not files:
@@ -91,11 +100,15 @@ def collect_inputs(
                 )
             found.extend(BatchInput(path) for path in files)
         elif GLOB_CHARACTERS & set(argument) and not os.path.lexists(argument):
+            matches = [p for p in glob.glob(argument, recursive=True) if os.path.isfile(p)]
             files = sorted(
-                os.path.abspath(path)
-                for path in glob.glob(argument, recursive=True)
-                if os.path.isfile(path) and not _inside(os.path.abspath(path), skipped)
+                path for path in map(os.path.abspath, matches) if not _inside(path, skipped)
             )
+            if matches and not files:
+                raise UmxError(
+                    f"the pattern {shown(argument)} matches only files where the job writes its "
+                    "stems (--outdir): give an --outdir outside the songs"
+                )
             if not files:
                 raise UmxError(f"the pattern {shown(argument)} matches no file")
             found.extend(BatchInput(path) for path in files)
@@ -119,11 +132,17 @@ def _inside(path: str, folders: Iterable[str]) -> bool:
 
 
 def _search(folder: str, wanted: set[str], skipped: set[str]) -> Iterable[str]:
-    """The files under `folder` with a wanted extension, hidden entries skipped."""
+    """The files under `folder` with a wanted extension, hidden entries skipped; links to
+    folders are not followed (one could lead back up), but said."""
     for root, dirs, files in os.walk(os.path.abspath(folder)):
         dirs[:] = [
             d for d in dirs if not d.startswith(".") and os.path.join(root, d) not in skipped
         ]
+        for link in filter(os.path.islink, (os.path.join(root, d) for d in dirs)):
+            logger.warning(
+                "skipping %s, a link to a folder: name it as an input to separate its songs",
+                shown(display_path(link)),
+            )
         if _inside(root, skipped):
             continue
         for name in sorted(files):
