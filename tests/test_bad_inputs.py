@@ -137,6 +137,8 @@ CLI_CASES = [
     ("aggregate-unknown", [SONG, *MODEL, "--aggregate", '{"x": ["guitar"]}'], "unknown targets"),
     ("aggregate-not-json", [SONG, *MODEL, "--aggregate", "{not json"], "neither valid JSON"),
     ("aggregate-empty-group", [SONG, *MODEL, "--aggregate", '{"x": []}'], "non-empty lists"),
+    ("aggregate-twice", [SONG, *MODEL, "--aggregate", '{"x": ["bass", "bass"]}'], "bass twice"),
+    ("aggregate-list", [SONG, *MODEL, "--aggregate", '[["bass"]]'], "must map names to non-empty"),
     ("aggregate-deep", [SONG, *MODEL, "--aggregate", "deep.json"], "neither valid JSON"),
     ("aggregate-no-file", [SONG, *MODEL, "--aggregate", "missing.json"], "not a regular file"),
     ("aggregate-empty", [SONG, *MODEL, "--aggregate", ""], "--aggregate is empty: give JSON"),

@@ -29,6 +29,7 @@ from umx.audio import (
 from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.files import output_folders
+from umx.messages import shown
 from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder
 from umx.options import SeparationOptions
@@ -420,12 +421,16 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
         return None
     if not text.strip():
         raise UmxError("--aggregate is empty: give JSON text or a JSON file")
+    # an object is JSON text, and so is what names no regular file (isfile is false for a long
+    # JSON text too: names are limited to 255 bytes); a file is read
+    braced = text.lstrip().startswith("{")
+    is_text = braced or not os.path.isfile(text)
     try:
-        # JSON text starts with a brace; anything else is a file (testing a long JSON text
-        # as a path would fail: names are limited to 255 bytes)
-        value = json.loads(text if text.lstrip().startswith("{") else _read_json_file(text))
+        value = json.loads(text if is_text else _read_json_file(text))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        if is_text and not braced:
+            reason = f"{shown(text)} is not JSON text and not a regular file"
         raise UmxError(
             f"--aggregate is neither valid JSON nor a readable JSON file ({reason})"
         ) from None
@@ -440,6 +445,12 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
         )
     if not value:
         raise UmxError("--aggregate needs at least one group")
+    for name, group in value.items():
+        if len(set(group)) < len(group):  # summed twice, a stem 6 dB too loud
+            twice = next(target for target in group if group.count(target) > 1)
+            raise UmxError(
+                f"--aggregate lists {shown(twice)} twice in the group {shown(name)}: list it once"
+            )
     return value
 
 
@@ -448,10 +459,8 @@ AGGREGATE_FILE_LIMIT = 1 << 20
 
 
 def _read_json_file(name: str) -> str:
-    """The text of a small regular file (not a pipe or a device, which could block)."""
+    """The text of a small regular file."""
     path = Path(name)
-    if not path.is_file():
-        raise ValueError(f"{display_path(path)} is not JSON text and not a regular file")
     if path.stat().st_size > AGGREGATE_FILE_LIMIT:
         raise ValueError(f"{display_path(path)} is larger than {AGGREGATE_FILE_LIMIT} bytes")
     return path.read_text()
