@@ -204,9 +204,14 @@ def test_targets_trained_into_one_directory_form_one_separator(trained, task, tm
     swapped = {"vocals.wav": "noise.wav", "noise.wav": "vocals.wav"}
     noise_task = [swapped.get(option, option) for option in TASK]
     options = ["--root", str(task), "--output", str(output), "--epochs", "2"]
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
     with caplog.at_level(logging.ERROR):
         assert main([*noise_task, *options, "--nfft", "512"]) == 1
-    assert f"{output / 'separator.json'} says nfft 256 but this run has 512" in caplog.text
+        # --force replaces the noise target's files, not the STFT the vocals model needs
+        assert main([*noise_task, *options, "--nfft", "512", "--force"]) == 1
+    said = f"{output / 'separator.json'} says nfft 256 for its vocals model, but this run has 512"
+    assert caplog.messages == [f"error: {said}: train into another --output"] * 2
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
     assert main([*noise_task, *options]) == 0
     assert load_separator(output).targets == ["noise", "vocals"]
 

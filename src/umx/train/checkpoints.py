@@ -170,8 +170,11 @@ def _check_output(
         raise UmxError(
             f"{output} already holds a {target} model of another run ({', '.join(ours)}); {remedy}"
         )
+    suffixes = (WEIGHTS_SUFFIX, CHECKPOINT_SUFFIX)
+    found = {path.name.removesuffix(end) for end in suffixes for path in output.glob(f"*{end}")}
+    others = sorted(found - {target})  # models of other targets, which need the folder's STFT
     existing = _read_separator_json(output / SEPARATOR_JSON)
-    if existing is not None and not config.force:
+    if existing is not None and (others or not config.force):  # --force: this target's only
         wanted = _separator_config(output, target, config, sample_rate)
         different = [
             key
@@ -180,9 +183,12 @@ def _check_output(
         ]
         if different:
             key = different[0]
+            said = f"{output / SEPARATOR_JSON} says {key} {existing[key]}"
+            if others:
+                said += f" for its {', '.join(others)} model{'s' * (len(others) > 1)}"
             raise UmxError(
-                f"{output / SEPARATOR_JSON} says {key} {existing[key]} but this run has "
-                f"{wanted[key]}: train into another --output (or use --force)"
+                f"{said}, but this run has {wanted[key]}: train into another --output"
+                + ("" if others else " (or use --force)")
             )
 
 
