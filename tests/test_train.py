@@ -9,6 +9,7 @@ that a run killed with SIGKILL and resumed ends exactly like an uninterrupted on
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -267,6 +268,7 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--batch-size", "-8"], "--batch-size must be at least 1, not -8"),
         (["--patience", "0"], "--patience must be at least 1, not 0"),
         (["--hidden-size", "0"], "--hidden-size must be at least 1, not 0"),
+        (["--hidden-size", "7"], "--hidden-size must be even for a bidirectional LSTM, not 7"),
         (["--seed", "-1"], "--seed must be from 0 to 4294967295, not -1"),
         (["--nb-workers", "-1"], "--nb-workers must be at least 0, not -1"),
         (["--samples-per-track", "0"], "--samples-per-track must be at least 1, not 0"),
@@ -366,6 +368,30 @@ def test_a_checkpoint_of_another_architecture_or_target_is_refused(trained, capl
         assert main(["--checkpoint", str(trained), "--target", "drums"]) == 1
     assert "--hidden-size 32 differs from the checkpoint's 16" in caplog.text
     assert f"{trained / 'drums.chkpnt'} does not exist" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda c: c["best_model"]["fc1.weight"].view(-1)[0].fill_(math.nan), "best_model.fc1"),
+        (lambda c: c["model"]["bn1.running_var"].fill_(-1.0), "model.bn1.running_var"),
+        (lambda c: c["optimizer"]["state"][0]["exp_avg_sq"].fill_(-1.0), "exp_avg_sq"),
+        (lambda c: c.update(sample_rate="x"), "its sample rate is 'x'"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_before_training(trained, tmp_path, caplog, damage, said):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained, damaged)
+    checkpoint = torch.load(damaged / "vocals.chkpnt", weights_only=True)
+    damage(checkpoint)
+    torch.save(checkpoint, damaged / "vocals.chkpnt")
+    before = {path.name: path.read_bytes() for path in damaged.iterdir()}
+    with caplog.at_level(logging.ERROR):
+        assert main(["--checkpoint", str(damaged), "--epochs", "9"]) == 1
+    (message,) = caplog.messages
+    assert message.startswith(f"error: {damaged / 'vocals.chkpnt'} is a damaged checkpoint (")
+    assert said in message
+    assert {path.name: path.read_bytes() for path in damaged.iterdir()} == before
 
 
 # --- resuming ---------------------------------------------------------------------------------

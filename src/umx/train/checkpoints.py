@@ -87,7 +87,8 @@ def _read_checkpoint(directory: Path, target: str | None, device: torch.device) 
     `target` is None).
 
     Raises:
-        UmxError: no such checkpoint, an unreadable one, or one of another target.
+        UmxError: no such checkpoint, an unreadable one, one of another target, or one whose
+            sample rate or tensors are damaged (NaN, infinite, negative variances).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -138,7 +139,39 @@ def _read_checkpoint(directory: Path, target: str | None, device: torch.device) 
         raise UmxError(
             f"{path} is a checkpoint of target {checkpoint['args'].get('target')!r}, not {target!r}"
         )
+    rate = checkpoint["sample_rate"]
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < math.inf:
+        raise UmxError(f"{path} is a damaged checkpoint (its sample rate is {str(rate)[:40]!r})")
+    damaged = _damaged_tensor(
+        {key: checkpoint[key] for key in ("model", "best_model", "optimizer")}
+    )
+    if damaged is not None:
+        raise UmxError(
+            f"{path} is a damaged checkpoint (its {damaged[:80]} holds NaN, infinite or negative "
+            "squared values): resume a copy of it from before, or train again"
+        )
     return checkpoint
+
+
+def _damaged_tensor(value: Any, name: str = "") -> str | None:
+    """The name of the first tensor in `value` (nested dicts, lists and tuples) holding NaN or
+    infinite values, or negative ones where they are squares (batch-norm variances, Adam's
+    running squared gradients); None if there is none."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+        squares = name.endswith(("running_var", "exp_avg_sq"))
+        return name if squares and value.is_floating_point() and bool((value < 0).any()) else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if (found := _damaged_tensor(item, f"{name}.{key}" if name else str(key))) is not None:
+            return found
+    return None
 
 
 def _check_output(

@@ -341,6 +341,11 @@ def check_options(config: TrainConfig) -> None:
             f"--lr-decay-gamma multiplies the learning rate, so it must lie between 0 and 1 "
             f"(exclusive), not {reals['lr_decay_gamma']}"
         )
+    if config.hidden_size % 2 and not config.unidirectional:  # half of it runs each way
+        raise UmxError(
+            f"--hidden-size must be even for a bidirectional LSTM, not {config.hidden_size}: "
+            f"give {config.hidden_size + 1}, or --unidirectional"
+        )
     if config.architecture not in ARCHITECTURES:  # only a checkpoint can hold another
         raise UmxError(f"--architecture must be one of {', '.join(ARCHITECTURES)}")
     if isinstance(config.nb_channels, bool) or config.nb_channels not in (1, 2):
