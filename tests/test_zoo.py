@@ -787,7 +787,7 @@ def test_hand_placed_files_are_verified_and_used(tiny, server, monkeypatch):
     monkeypatch.setenv("UMX_ZOO_URL", "http://127.0.0.1:9/unused")
     load_separator("tiny")
     assert server.requests == []
-    assert len(list(tiny.cache.glob("*.verified"))) == 2
+    assert sorted(path.name for path in tiny.cache.iterdir()) == sorted(tiny.entry.weights.values())
 
 
 def test_changed_cache_file_is_detected_and_fetched_again(tiny, server):
@@ -1083,7 +1083,7 @@ def test_a_bad_offline_environment_value_is_an_error(monkeypatch):
         load_separator(FALLBACK_MODEL)
 
 
-def test_download_models_fetches_and_rehashes(defaults, server):
+def test_download_models_fetches_and_every_use_hashes(defaults, server):
     with pytest.raises(UmxError, match="unknown model 'nope'"):
         download_models(["umxl", "nope"], progress=False)
     assert server.requests == []  # names are checked before anything is downloaded
@@ -1091,13 +1091,14 @@ def test_download_models_fetches_and_rehashes(defaults, server):
     assert len(server.requests) == 2
     info = next(info for info in list_models() if info.name == "umxl")
     assert (info.status, info.cached, info.missing) == ("cached", True, ())
-    # a change that keeps size and time fools the marker, not a re-hash
+    # a change in place that keeps the size and time is found: every use hashes the file
     cached = defaults.cache / defaults.umxl.weights["speech"]
     good, stat = cached.read_bytes(), cached.stat()
     cached.write_bytes(bytes(len(good)))
     os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    zoo.download_model("umxl", progress=False)  # trusts the marker
-    assert len(server.requests) == 2
+    with pytest.raises(UmxError, match=r"is corrupt and has been deleted"):
+        zoo.download_model("umxl", progress=False, offline=True)
+    assert not cached.exists() and len(server.requests) == 2
     assert download_models(["umxl", FALLBACK_MODEL], progress=False) == [
         defaults.cache,
         registry.PRETRAINED_DIR / FALLBACK_MODEL,

@@ -10,8 +10,8 @@ Its modules, one job each (their docstrings hold the details):
 
 - :mod:`umx.zoo.registry`: the named models (`MODELS`, `ZooEntry`), where their files are (the
   cache or the package) and what `umx --list-models` shows (`list_models`).
-- :mod:`umx.zoo.download`: weights into the cache: download, SHA-256 verification with its
-  markers, offline mode (`download_model`, `download_models`, `is_offline`).
+- :mod:`umx.zoo.download`: weights into the cache: download, SHA-256 verification at each
+  use, offline mode (`download_model`, `download_models`, `is_offline`).
 - :mod:`umx.zoo.loading`: a name or a folder to a loaded separator, and the default model's
   offline fallback (`load_separator`, `resolve_model`).
 

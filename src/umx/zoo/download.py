@@ -8,7 +8,6 @@ network when offline mode is on (`$UMX_OFFLINE`, see `is_offline`).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -18,17 +17,16 @@ import urllib.error
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, short
-from umx.files import sha256_file, write_atomic, write_json_atomic
+from umx.files import sha256_file, write_atomic
 from umx.zoo.registry import MODELS, ZooEntry, find_model, model_targets
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_ENV = "UMX_OFFLINE"  # 1: never touch the network
-VERIFIED_SUFFIX = ".verified"
 DOWNLOAD_CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 3.0  # how long the default model waits for the download host before falling back
@@ -45,60 +43,29 @@ def _expected_hash(path: Path) -> str:
     return match["hash"]
 
 
-def _stamp(path: Path, sha256: str) -> dict[str, Any]:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-
-
-def verify_file(path: str | os.PathLike, *, url: str | None = None, force: bool = False) -> None:
+def verify_file(path: str | os.PathLike, *, url: str | None = None) -> None:
     """Check a cached `<target>-<8 hex>.pth` against the hash in its name; delete it if it fails.
 
-    Hashing every file before every use would cost about a second per model, so a successful
-    check leaves a `<file>.verified` marker recording the file's size, modification time and
-    hash: while these still match the file is trusted, and any change to it (a new copy, an
-    edit, a truncation) makes it be hashed again. Files put in the cache by hand have no marker
-    and are hashed on first use.
+    Every use hashes the file again (about 0.1 s per 100 MB), so a file damaged in place, even
+    with its size and time kept, is never used.
 
     Args:
         path: the cached file.
         url: where a good copy is downloaded from, for the error message.
-        force: hash the file even when its marker says it was verified.
 
     Raises:
         UmxError: the file does not match its name; it has been deleted.
     """
     path = Path(path)
-    marker = path.with_name(path.name + VERIFIED_SUFFIX)
     expected = _expected_hash(path)
-    try:
-        stamp = json.loads(marker.read_text())
-    except (OSError, ValueError, RecursionError):
-        stamp = None
-    if (
-        not force
-        and isinstance(stamp, dict)
-        and str(stamp.get("sha256", "")).startswith(expected)
-        and stamp == _stamp(path, stamp["sha256"])
-    ):
-        return
     actual = sha256_file(path)
     if not actual.startswith(expected):
         path.unlink()
-        marker.unlink(missing_ok=True)
         remedy = f"download {url} and save it as {path}" if url else "run again to download it"
         raise UmxError(
             f"{path} is corrupt and has been deleted: its SHA-256 is {actual} but its name says "
             f"it starts with {expected}; {remedy}"
         )
-    _write_marker(path, actual)
-
-
-def _write_marker(path: Path, sha256: str) -> None:
-
-    try:
-        write_json_atomic(path.with_name(path.name + VERIFIED_SUFFIX), _stamp(path, sha256))
-    except OSError as error:  # a read-only cache still works, it is just hashed every time
-        logger.debug("could not record that %s was verified: %s", path, error)
 
 
 def _network_reason(error: BaseException) -> str:
@@ -237,7 +204,6 @@ def download_file(
     except OSError as error:  # network errors are UmxErrors by now: this is the local disk
         reason = f"could not save {destination} ({error.strerror or error})"
         raise Unavailable(reason, reason) from error
-    _write_marker(destination, digest.hexdigest())
 
 
 def download_model(
@@ -246,7 +212,6 @@ def download_model(
     targets: Sequence[str] | None = None,
     progress: bool = True,
     offline: bool | None = None,
-    rehash: bool = False,
 ) -> Path:
     """Make sure a named model's weights are in the cache and intact, downloading what is missing.
 
@@ -257,7 +222,6 @@ def download_model(
         targets: the targets needed; all of the model's if None.
         progress: show download progress bars.
         offline: never touch the network; None reads `$UMX_OFFLINE` (see `is_offline`).
-        rehash: hash every cached file, even those verified before.
 
     Returns:
         the folder holding the weights (inside the package for a bundled model).
@@ -270,12 +234,10 @@ def download_model(
     if entry.bundled:
         return entry.directory
     selected = model_targets(entry, targets)
-    return fetch_targets(entry, selected, progress, is_offline(offline), rehash)
+    return fetch_targets(entry, selected, progress, is_offline(offline))
 
 
-def fetch_targets(
-    entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool, rehash: bool = False
-) -> Path:
+def fetch_targets(entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool) -> Path:
     """`download_model` for the targets `selected` (checked by `model_targets`)."""
     name = entry.name
     corrupt: dict[str, str] = {}  # target → why its cached file was deleted
@@ -283,7 +245,7 @@ def fetch_targets(
         path = entry.directory / entry.weights[target]
         if path.is_file():
             try:
-                verify_file(path, url=entry.url(target), force=rehash)
+                verify_file(path, url=entry.url(target))
             except UmxError as error:
                 if offline:
                     raise Unavailable(
@@ -347,7 +309,7 @@ def download_models(
         if entry.bundled:
             logger.info("%s is bundled with umx: nothing to download", name)
         else:
-            download_model(name, progress=progress, offline=offline, rehash=True)
+            download_model(name, progress=progress, offline=offline)
             logger.info(
                 "%s: all %d files verified in %s", name, len(entry.weights), entry.directory
             )
