@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,11 +28,33 @@ from umx.zoo import load_separator
         ({"quantize": "int4"}, "int4"),
         ({"backend": "torch", "quantize": "int8"}, "leave out --backend torch"),
         ({"backend": "onnxruntime", "device": "cuda"}, "--backend onnxruntime"),
+        ({"targets": "vocals"}, "targets must be a list of names, not the text 'vocals'"),
+        ({"targets": ()}, "--targets is empty"),
+        ({"model": " "}, "--model is empty"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
     ],
 )
 def test_options_that_make_no_sense_are_refused_when_built(fields, message):
     with pytest.raises(UmxError, match=message):
         SeparationOptions(**fields)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"ext": "ogg"}, "--ext 'ogg' is no format umx writes: use wav, flac, mp3"),
+        ({"subtype": "PCM_8"}, "--subtype 'PCM_8' is not one of wav's: use PCM_16, PCM_24, FLOAT"),
+        ({"ext": "mp3", "subtype": "FLOAT"}, "is not one of mp3's"),
+        ({"clip": "wrap"}, "--clip 'wrap': use rescale or clamp"),
+        ({"clip": "none"}, "none only with the FLOAT subtype"),
+    ],
+)
+def test_output_options_that_make_no_sense_are_refused_when_built(fields, message):
+    with pytest.raises(UmxError, match=message):
+        OutputOptions(**fields)
+    assert OutputOptions(clip="none", subtype="FLOAT").clip == "none"
+    assert OutputOptions(outdir="out").outdir == Path("out")  # a path, whatever was given
+    assert SeparationOptions(device="cuda:1").device == "cuda:1"  # a name: GPUs may be elsewhere
 
 
 def test_options_are_normalised_and_the_backend_chosen_when_built():

@@ -41,12 +41,7 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+    device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UmxError(f"device {name!r} requested but no CUDA GPU is available")
@@ -54,6 +49,23 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
             device = torch.device("cuda", local_rank)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UmxError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def parse_device(name: str) -> torch.device:
+    """The device a name (not `auto`) means, whether or not this machine has it.
+
+    Raises:
+        UmxError: the name is not one of cpu, cuda, cuda:N or mps.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     return device
 
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from umx.defaults import AUTO, DEFAULT_TEMPLATE, OVERLAP, SEGMENT, WIENER_WIN_LEN
+from umx.defaults import (
+    AUTO,
+    CLIP_POLICIES,
+    DEFAULT_TEMPLATE,
+    OVERLAP,
+    SEGMENT,
+    SUBTYPES,
+    WIENER_WIN_LEN,
+)
+from umx.errors import UmxError
 from umx.onnx.options import check_backend
 
 
@@ -38,8 +47,9 @@ class SeparationOptions:
         quantize: int8 quantisation of the models (onnxruntime), or None.
 
     Raises:
-        UmxError: a residual name that is no safe file name, numbers out of range, or a
-            backend, quantisation, device and model that do not go together.
+        UmxError: targets that are not a non-empty list, an empty model, a residual name that
+            is no safe file name, numbers out of range, an unknown device, or a backend,
+            quantisation, device and model that do not go together.
     """
 
     model: str | None = None
@@ -57,11 +67,22 @@ class SeparationOptions:
 
     def __post_init__(self) -> None:
         # Imported here: torch is not needed to build a parser.
+        from umx.devices import parse_device
         from umx.modeldir import check_target_name
         from umx.separator import check_options
 
+        if isinstance(self.targets, str):  # a tuple of its letters
+            raise UmxError(f"targets must be a list of names, not the text {self.targets!r}")
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
+            if not self.targets:
+                raise UmxError(
+                    "--targets is empty: name at least one target, or leave it out for all"
+                )
+        if self.model is not None and not str(self.model).strip():
+            raise UmxError("--model is empty: give a model's name or folder")
+        if self.device != AUTO:
+            parse_device(self.device)
         if self.residual is not None:
             check_target_name(self.residual, "--residual")
         object.__setattr__(self, "wiener_win_len", self.wiener_win_len or None)
@@ -104,6 +125,10 @@ class OutputOptions:
         subtype: the sample format; None for the format's default.
         clip: what to do with stems beyond full scale (`umx.defaults.CLIP_POLICIES`).
         force: overwrite existing files.
+
+    Raises:
+        UmxError: an unknown format, a subtype the format has not, or an unknown clip policy
+            (none needs the FLOAT subtype).
     """
 
     outdir: Path = Path("separated")
@@ -112,6 +137,19 @@ class OutputOptions:
     subtype: str | None = None
     clip: str = "rescale"
     force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outdir", Path(self.outdir))
+        if self.ext not in SUBTYPES:
+            raise UmxError(f"--ext {self.ext!r} is no format umx writes: use {', '.join(SUBTYPES)}")
+        subtype = self.subtype or SUBTYPES[self.ext][0]  # the default
+        if subtype not in SUBTYPES[self.ext]:
+            allowed = ", ".join(SUBTYPES[self.ext])
+            raise UmxError(f"--subtype {subtype!r} is not one of {self.ext}'s: use {allowed}")
+        if self.clip not in CLIP_POLICIES or (self.clip == "none" and subtype != "FLOAT"):
+            raise UmxError(
+                f"--clip {self.clip!r}: use rescale or clamp (none only with the FLOAT subtype)"
+            )
 
     def as_kwargs(self) -> dict[str, object]:
         """The options as keyword arguments of `umx.api.separate_file` (and `separate_stream`)."""
