@@ -1,6 +1,7 @@
 """BSSEval v4 evaluation on small generated MUSDB18-HQ-layout sets (mono, 16 kHz, 3 s tracks)."""
 
 import argparse
+import copy
 import io
 import json
 import logging
@@ -43,6 +44,7 @@ from umx.evaluate import (
     side_by_side,
     to_markdown,
 )
+from umx.evaluate.methods import model_sha256
 from umx.evaluate.tracks import _audio_in_memory
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
@@ -279,6 +281,79 @@ def test_resumed_run_skips_done_tracks(tracks, tmp_path):
     assert kept.stat().st_mtime_ns != stamp
 
 
+def test_resume_refuses_scores_made_by_another_method_or_settings(tracks, tmp_path):
+    """Scores are reused only when made the same way: another method, model, model option
+    or BSSEval setting is refused before any track is scored, and the scores are kept."""
+    evaldir, done = tmp_path / "ev", json_path(tmp_path / "ev", tracks[0])
+    assert evaluate(tracks[:1], BaselineMethod("mix", VOC_ACC), evaldir, progress=False).evaluated
+    kept = done.read_text()
+    for method, settings, differs in [
+        (BaselineMethod("irm", VOC_ACC), {}, "method mix, now irm"),
+        (BaselineMethod("mix"), {}, "aggregate"),
+        (BaselineMethod("mix", VOC_ACC), {"win": 2.0}, "win 1.0, now 2.0"),
+        (BaselineMethod("mix", VOC_ACC), {"hop": 0.5}, "hop 1.0, now 0.5"),
+        (BaselineMethod("mix", VOC_ACC), {"metrics": "museval"}, "metrics fast, now museval"),
+    ]:
+        with pytest.raises(UmxError) as error:
+            evaluate(tracks, method, evaldir, progress=False, **settings)
+        message = str(error.value)
+        assert message.startswith(f"{evaldir} already holds scores of 1 track made ")
+        assert differs in message and "--evaldir" in message and "--force" in message
+        assert "\n" not in message
+        assert done.read_text() == kept and not json_path(evaldir, tracks[1]).exists()
+    # the same method and settings resume, --force scores again
+    assert evaluate(tracks, BaselineMethod("mix", VOC_ACC), evaldir, progress=False).skipped
+    irm = BaselineMethod("irm", VOC_ACC)
+    summary = evaluate(tracks[:1], irm, evaldir, force=True, progress=False)
+    assert summary.evaluated == [NAMES[0]] and json.loads(done.read_text())["method"] == "irm"
+
+
+def test_resume_tells_models_apart_by_their_weights_and_options(tracks, separator, tmp_path):
+    evaldir, done = tmp_path / "ev", json_path(tmp_path / "ev", tracks[0])
+    separator.model_name = "small"
+    try:
+        method = ModelMethod(separator, VOC_ACC, segment=1.0, overlap=0.25)
+        assert evaluate(tracks[:1], method, evaldir, progress=False).evaluated
+        kept = done.read_text()
+        same = copy.deepcopy(separator)  # the same weights, loaded again
+        again = ModelMethod(same, VOC_ACC, 1.0, 0.25)
+        assert evaluate(tracks[:1], again, evaldir, progress=False).skipped == [NAMES[0]]
+        other = copy.deepcopy(separator)  # another model of the same name
+        with torch.no_grad():
+            next(other.target_models["drums"].parameters()).add_(1e-3)
+        for changed, differs in [
+            (
+                ModelMethod(other, VOC_ACC, 1.0, 0.25),
+                f"model sha256 {model_sha256(separator)[:12]}…, now {model_sha256(other)[:12]}…)",
+            ),
+            (ModelMethod(separator, VOC_ACC, None, 0.25), "segment 1.0, now none"),
+            (ModelMethod(separator, VOC_ACC, 1.0, 0.5), "overlap 0.25, now 0.5"),
+        ]:
+            with pytest.raises(UmxError, match=re.escape(differs)):
+                evaluate(tracks[:1], changed, evaldir, progress=False)
+        same.niter = 2
+        with pytest.raises(UmxError, match="niter 1, now 2"):
+            evaluate(tracks[:1], ModelMethod(same, VOC_ACC, 1.0, 0.25), evaldir, progress=False)
+        assert done.read_text() == kept
+    finally:
+        separator.model_name = None
+
+
+def test_resume_refuses_scores_that_do_not_record_how_they_were_made(tracks, tmp_path):
+    """Scores written before umx recorded their settings cannot be checked: refused too."""
+    evaldir, done = tmp_path / "ev", json_path(tmp_path / "ev", tracks[0])
+    method = BaselineMethod("mix", VOC_ACC)
+    assert evaluate(tracks[:1], method, evaldir, progress=False).evaluated
+    old = json.loads(done.read_text())
+    old.pop("settings", None)
+    done.write_text(json.dumps(old))
+    with pytest.raises(UmxError) as error:
+        evaluate(tracks, method, evaldir, progress=False)
+    assert str(error.value).startswith(f"{evaldir} already holds scores of 1 track that do not ")
+    assert json.loads(done.read_text()) == old and not json_path(evaldir, tracks[1]).exists()
+    assert evaluate(tracks[:1], method, evaldir, force=True, progress=False).evaluated
+
+
 def test_partly_silent_reference_gives_unscored_frames(tmp_path, caplog):
     sources = make_sources(np.random.default_rng(5))
     sources["vocals"][: RATE + RATE // 2] = 0.0  # silent over the whole first window
@@ -490,11 +565,13 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
             "vocals.wav",
         ]
     # the CLI loads the saved model and scores exactly as the same separator in memory; the
-    # JSON names the model loaded (a separator built by hand has no name)
+    # JSON names the model loaded (a separator built by hand has no name) and records the same
+    # settings, the SHA-256 of the model's weights included
     for name in NAMES:
         scores = json.loads((tmp_path / "umx" / "test" / f"{name}.json").read_text())
         in_memory = json.loads((evaldirs["model"] / "test" / f"{name}.json").read_text())
         assert scores.pop("method") == "small" and "method" not in in_memory
+        assert scores["settings"]["model sha256"] == model_sha256(separator)
         assert scores == in_memory
     # the written stems, evaluated from disk, score exactly the same
     again = options(*common, "--estimates", tmp_path / "stems", "--evaldir", tmp_path / "disk")

@@ -8,6 +8,7 @@ plain file.
 """
 
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -85,6 +86,10 @@ def workspace(tmp_path_factory):
             sf.write(track / f"{name}.wav", samples, RATE, subtype="FLOAT")
     assert main(["evaluate", "--root", str(root / "db"), "--is-wav", "--tracks", "Good",
                  "--method", "mix", "--evaldir", str(root / "earlier"), "-q"]) == 0  # fmt: skip
+    (root / "old" / "test").mkdir(parents=True)  # scores of an umx that did not record settings
+    old = json.loads((root / "earlier" / "test" / "Good.json").read_text())
+    old.pop("settings", None)
+    (root / "old" / "test" / "Good.json").write_text(json.dumps(old))
     (root / "a-file").write_text("not a folder")
     return root
 
@@ -173,6 +178,35 @@ CASES = [
         ["--compare", "earlier", "nowhere", "--evaldir", "ev"],
         1,
         "--compare nowhere: nowhere/test does not exist",
+        [],
+    ),
+    (
+        "resume-another-method",
+        [*ROOT, "--tracks", "Good", "--method", "irm", "--evaldir", "earlier"],
+        1,
+        "earlier already holds scores of 1 track made with other settings (method mix, now irm)",
+        [],
+    ),
+    (
+        "resume-another-model",
+        [*ROOT, "--tracks", "Good", "--model", "umxsynth", "--evaldir", "earlier"],
+        1,
+        "earlier already holds scores of 1 track made with other settings (method mix, now "
+        "umxsynth",
+        [],
+    ),
+    (
+        "resume-another-window",
+        [*ROOT, "--tracks", "Good", "--method", "mix", "--evaldir", "earlier", "--win", "0.5"],
+        1,
+        "(win 1.0, now 0.5): choose another --evaldir, or --force",
+        [],
+    ),
+    (
+        "resume-unrecorded-settings",
+        [*ROOT, "--tracks", "Good", "--method", "mix", "--evaldir", "old"],
+        1,
+        "old already holds scores of 1 track that do not record",
         [],
     ),
     ("evaldir-is-a-file", [*ROOT, "--method", "mix", "--evaldir", "a-file"], 1, "is a file", []),

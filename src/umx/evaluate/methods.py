@@ -3,6 +3,7 @@ baseline (oracle masks or the mixture)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from umx.audio import read_audio
 from umx.defaults import BASELINES
 from umx.errors import UmxError
 from umx.evaluate.tracks import SOURCES, TARGETS
+from umx.files import sha256_bytes
 from umx.separator import OVERLAP, SEGMENT, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
 from umx.zoo import MODELS
@@ -30,7 +32,10 @@ EPS = 1e-10
 Estimates = dict[str, np.ndarray]
 """Target name → estimate `(nb_timesteps, nb_channels)` at the track's rate."""
 Method = Callable[["musdb.MultiTrack"], Estimates]
-"""Turns a track into estimates; must be picklable for `jobs > 1`."""
+"""Turns a track into estimates; must be picklable for `jobs > 1`. It may have a `name` (for
+reports) and a `settings()` method (what makes its estimates, see `ModelMethod.settings`)."""
+Settings = dict[str, object]
+"""What makes a method's estimates, as JSON values: name → value."""
 
 
 def oracle(
@@ -111,6 +116,10 @@ class BaselineMethod:
         """The baseline's name in reports: its kind."""
         return self.kind
 
+    def settings(self) -> Settings:
+        """What makes its estimates besides its name (see `ModelMethod.settings`): the groups."""
+        return {"aggregate": self.aggregate}
+
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         if self.kind == "mix":
             return {name: track.audio.copy() for name in self.aggregate or SOURCES}
@@ -127,6 +136,27 @@ def model_display_name(model_name: str | None) -> str | None:
     if model_name is None or model_name in MODELS:
         return model_name
     return Path(model_name).resolve().name or model_name
+
+
+def model_sha256(separator: Separator) -> str:
+    """The SHA-256 of a separator's models as they run: each target's weights (the graphs of
+    one run by onnxruntime), its rate, STFT and channels. The same for the same model however
+    it was loaded or named; it reads every weight once.
+    """
+    sizes = (separator.sample_rate, separator.n_fft, separator.n_hop, separator.nb_channels)
+    digest = hashlib.sha256(repr(sizes).encode())
+    for target in sorted(separator.target_models):
+        model = separator.target_models[target]
+        digest.update(f"\0{target}".encode())
+        graphs = getattr(model, "graphs", None)  # an `umx.onnx.runtime.OnnxModel`'s graphs
+        if graphs is not None:
+            for graph in filter(None, graphs):  # bytes, or a file with its recorded SHA-256
+                digest.update((getattr(graph, "sha256", None) or sha256_bytes(graph)).encode())
+            continue
+        for key, value in sorted(model.state_dict().items()):
+            digest.update(f"\0{key} {value.dtype} {tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -150,6 +180,22 @@ class ModelMethod:
         """The model's name in reports: the zoo name or the model directory's name loaded
         (`separator.model_name`); None for a separator built by hand."""
         return model_display_name(self.separator.model_name)
+
+    def settings(self) -> Settings:
+        """What makes its estimates besides its name, recorded with the scores so that a
+        resumed evaluation reuses only scores made the same way: the model (`model_sha256`),
+        its targets and Wiener filter, the groups and the chunking."""
+        separator = self.separator
+        return {
+            "model sha256": model_sha256(separator),
+            "targets": sorted(separator.targets),
+            "niter": separator.niter,
+            "softmask": separator.softmask,
+            "wiener_win_len": separator.wiener_win_len,
+            "aggregate": self.aggregate,
+            "segment": self.segment,
+            "overlap": self.overlap,
+        }
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         stems = separate(
@@ -178,6 +224,10 @@ class EstimatesMethod:
     def name(self) -> str:
         """The estimates' name in reports: their directory's name."""
         return Path(self.directory).resolve().name
+
+    def settings(self) -> Settings:
+        """What makes its estimates besides its name: the directory, as an absolute path."""
+        return {"estimates": str(Path(self.directory).resolve())}
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         folder = Path(self.directory) / track.subset / track.name

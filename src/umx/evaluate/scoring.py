@@ -29,7 +29,8 @@ from umx.devices import WORKERS_PER_CORE, check_cores, threads_per_worker
 from umx.errors import UmxError, display_path, os_error_line
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
-from umx.evaluate.methods import Method
+from umx.evaluate.methods import Method, Settings
+from umx.evaluate.resume import SETTINGS, check_resumable, run_settings
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
 from umx.workers import init_pool_worker, run_pool_task
 
@@ -212,6 +213,7 @@ class _TrackJob:
     win: float
     hop: float
     metrics: str
+    settings: Settings
 
     def run(self, track: musdb.MultiTrack) -> _Outcome:
         """Estimate, optionally write the stems, score and write the JSON; never raises."""
@@ -232,6 +234,7 @@ class _TrackJob:
             name = getattr(self.method, "name", None)
             if name is not None:  # museval ignores other fields; the reports read it
                 scores.scores["method"] = name
+            scores.scores[SETTINGS] = self.settings
             scores.validate()
             _write_text(json_path(self.evaldir, track), scores.json)
         except UmxError as error:
@@ -276,7 +279,7 @@ class Summary:
 
     Attributes:
         evaluated: tracks scored now.
-        skipped: tracks whose JSON already existed.
+        skipped: tracks whose JSON already existed, made by the same method and settings.
         failed: track → one-line reason.
     """
 
@@ -301,8 +304,10 @@ def evaluate(
     """Score every track with BSSEval v4 and write one museval JSON per track.
 
     Tracks whose JSON exists are skipped unless `force`, so an interrupted run resumes where it
-    stopped. A track that fails is logged by name and the others go on. Files are written
-    atomically: a JSON exists only for a fully scored track.
+    stopped; each JSON records the method's name and settings (`run_settings`), and scores made
+    otherwise, or that do not record it, are refused rather than reused. A track that fails is
+    logged by name and the others go on. Files are written atomically: a JSON exists only for a
+    fully scored track.
 
     Args:
         tracks: from `load_tracks`.
@@ -319,11 +324,18 @@ def evaluate(
 
     Returns:
         which tracks were evaluated, skipped or failed.
+
+    Raises:
+        UmxError: a bad setting, or scores in `evaldir` that were made otherwise (without
+            `force`; see `check_resumable`).
     """
     check_settings(win=win, hop=hop, jobs=jobs, metrics=metrics)
     outdir = None if outdir is None else Path(outdir)
-    job = _TrackJob(method, Path(evaldir), outdir, win, hop, metrics)
+    settings = run_settings(method, win=win, hop=hop, metrics=metrics)
     done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
+    name = getattr(method, "name", None)
+    check_resumable(evaldir, [json_path(evaldir, track) for track in done], name, settings)
+    job = _TrackJob(method, Path(evaldir), outdir, win, hop, metrics, settings)
     todo = [track for track in tracks if track not in done]
     outcomes: list[_Outcome] = []
     bars = progress and bool(todo) and sys.stderr.isatty()  # a log file gets lines, not a bar
