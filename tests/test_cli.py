@@ -103,6 +103,27 @@ def test_aggregate(model_dir, song, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("clip", ["rescale", "clamp"])
+def test_a_stem_beyond_full_scale_is_said_with_what_was_done(model_dir, tmp_path, capsys, clip):
+    loud = tmp_path / "loud.wav"
+    t = np.arange(RATE) / RATE
+    sf.write(loud, np.stack([1.6 * np.sin(2 * np.pi * 220 * t)] * 2, axis=1), RATE, "FLOAT")
+    whole = json.dumps({"all": list(TARGETS)})  # the stems add up to the mixture: peak 1.6
+    outdir = tmp_path / "out"
+    assert (
+        run(loud, "--model", model_dir, "--outdir", outdir, "--aggregate", whole, "--clip", clip)
+        == 0
+    )
+    (line,) = capsys.readouterr().out.splitlines()
+    written, _ = read(outdir / "loud" / "all.wav")
+    assert np.abs(written).max() <= 1.0
+    if clip == "rescale":
+        gain = float(line.removeprefix(f"{outdir / 'loud' / 'all.wav'} (rescaled by ").rstrip(")"))
+        assert gain == pytest.approx(1 / 1.6, abs=0.01)
+    else:  # clamping has no gain to say: the peak it cut
+        assert line == f"{outdir / 'loud' / 'all.wav'} (clamped: it peaked at 1.60)"
+
+
 @pytest.mark.parametrize("fmt", ["flac", "mp3", "m4a"])
 def test_compressed_inputs(model_dir, song, tmp_path, fmt):
     if fmt == "m4a":

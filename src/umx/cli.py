@@ -408,7 +408,10 @@ def run_stream(args: argparse.Namespace) -> int:
 def print_reports(reports: Sequence[WriteReport]) -> None:
     """One line per written file: its path, and what the clip policy did if anything."""
     for report in reports:
-        note = f" ({report.action} by {report.gain:.3f})" if report.action != "none" else ""
+        note = {  # clamping has no gain: it says how far the peak went beyond full scale
+            "rescaled": f" (rescaled by {report.gain:.3f})",
+            "clamped": f" (clamped: it peaked at {report.peak:.2f})",
+        }.get(report.action, "")
         print(f"{display_path(report.path)}{note}")
 
 
