@@ -30,7 +30,6 @@ from umx.zoo import load_separator
         ({"backend": "onnxruntime", "device": "cuda"}, "--backend onnxruntime"),
         ({"targets": "vocals"}, "targets must be a list of names, not the text 'vocals'"),
         ({"targets": ()}, "--targets is empty"),
-        ({"model": " "}, "--model is empty"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
     ],
 )

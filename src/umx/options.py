@@ -47,8 +47,8 @@ class SeparationOptions:
         quantize: int8 quantisation of the models (onnxruntime), or None.
 
     Raises:
-        UmxError: targets that are not a non-empty list, an empty model, a residual name that
-            is no safe file name, numbers out of range, an unknown device, or a backend,
+        UmxError: targets that are not a non-empty list, a residual name that is no safe file
+            name, numbers out of range, an unknown device, or a backend,
             quantisation, device and model that do not go together.
     """
 
@@ -79,8 +79,6 @@ class SeparationOptions:
                 raise UmxError(
                     "--targets is empty: name at least one target, or leave it out for all"
                 )
-        if self.model is not None and not str(self.model).strip():
-            raise UmxError("--model is empty: give a model's name or folder")
         if self.device != AUTO:
             parse_device(self.device)
         if self.residual is not None:
