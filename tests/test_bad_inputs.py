@@ -84,7 +84,30 @@ def workspace(tmp_path_factory, small_music_separator):
         config = json.loads((directory / "separator.json").read_text())
         config.update(change)
         (directory / "separator.json").write_text(json.dumps(config))
+    for name, edit in BAD_WEIGHTS.items():
+        save_separator(small_music_separator, root / name)
+        (root / name / "vocals.json").unlink()  # the weights alone say what the model is
+        edit(root / name / "vocals.pth")
     return root
+
+
+def edit_state(change):
+    """An edit of a weights file: `change` applied to its state dict."""
+
+    def edit(path):
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+    return edit
+
+
+BAD_WEIGHTS = {
+    "model-int-weights": edit_state(lambda s: s.update({"fc1.weight": s["fc1.weight"].long()})),
+    "model-complex-weights": edit_state(
+        lambda s: s.update({"fc1.weight": s["fc1.weight"].to(torch.complex64)})
+    ),
+}
 
 
 def silent_separator(separator: Separator, **options) -> Separator:
@@ -178,6 +201,8 @@ CLI_CASES = [
     ("model-hop-as-window", [SONG, "--model", "model-hop-as-window"], "cannot be inverted"),
     ("model-escaping-target", [SONG, "--model", "model-escaping-target"], "../escape"),
     ("model-no-targets", [SONG, "--model", "model-no-targets"], "target"),
+    ("model-int-weights", [SONG, "--model", "model-int-weights"], "fc1.weight holds int64"),
+    ("model-complex-weights", [SONG, "--model", "model-complex-weights"], "complex64 values"),
     ("device-unknown", [SONG, *MODEL, "--device", "tpu"], "unknown device"),
     ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
     ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),

@@ -528,6 +528,11 @@ def set_value(key, value):
     return lambda state: state[key].view(-1).__setitem__(0, value)
 
 
+def set_tensor(key, change):
+    """vocals.pth with `change` applied to one of its tensors."""
+    return edit_weights(lambda state: state.update({key: change(state[key])}))
+
+
 SEP, VOCALS, WEIGHTS, DIRECTORY = "separator.json", "vocals.json", "vocals.pth", ""
 DEEP = "[" * 100_000 + "]" * 100_000
 BAD_DIRECTORIES = {
@@ -575,6 +580,24 @@ BAD_DIRECTORIES = {
     "weights-nan": (edit_weights(set_value("fc1.weight", math.nan)), WEIGHTS, "NaN or infinite"),
     "weights-inf": (edit_weights(set_value("output_mean", math.inf)), WEIGHTS, "NaN or infinite"),
     "variance": (edit_weights(set_value("bn1.running_var", -1.0)), WEIGHTS, "negative variances"),
+    "weights-int": (set_tensor("fc1.weight", torch.Tensor.long), WEIGHTS, "int64 values where"),
+    "weights-bool": (set_tensor("bn1.weight", torch.Tensor.bool), WEIGHTS, "holds bool values"),
+    "weights-complex": (
+        set_tensor("fc1.weight", lambda value: value.to(torch.complex64)),
+        WEIGHTS,
+        "'fc1.weight' holds complex64 values, not real numbers",
+    ),
+    "variance-complex": (
+        set_tensor("bn1.running_var", lambda value: value.to(torch.complex64)),
+        WEIGHTS,
+        "complex64",
+    ),
+    "weights-sparse": (set_tensor("fc2.weight", torch.Tensor.to_sparse), WEIGHTS, "sparse_coo"),
+    "weights-meta": (
+        set_tensor("fc2.weight", lambda value: value.to("meta")),
+        WEIGHTS,
+        "'fc2.weight' is a meta tensor, without values",
+    ),
     "unsafe-file": (unsafe_weights_name, DIRECTORY, "unsafe target name 'voc\\x01als'"),
     "no-targets": (no_targets, DIRECTORY, "holds no target models"),
 }
@@ -1128,6 +1151,15 @@ def test_export_model_halves_the_weights_and_keeps_the_outputs(tmp_path):
     got = load_separator(tmp_path / "lean").separate(audio, segment=None)
     assert (got - expected).abs().max() < 1e-2 * expected.abs().max()
     with pytest.raises(UmxError, match="already exists"):
+        export_model(tmp_path / "trained", tmp_path / "lean")
+
+
+def test_export_model_refuses_weights_that_are_not_a_state_dict_of_real_numbers(tmp_path):
+    save_separator(small_separator(), tmp_path / "trained")
+    set_tensor("fc1.weight", torch.Tensor.to_sparse)(tmp_path / "trained")
+    with pytest.raises(
+        UmxError, match=re.escape("'fc1.weight' is a sparse_coo tensor, not a dense one")
+    ):
         export_model(tmp_path / "trained", tmp_path / "lean")
 
 

@@ -25,15 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from umx.defaults import HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, short
 from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import CrossUnmixTarget, OpenUnmix
 from umx.separator import Separator
 from umx.transforms import check_stft
-from umx.weights import load_target_model, target_args
+from umx.weights import check_state_dict, load_target_model, read_torch_file, target_args
 
 SEPARATOR_JSON = "separator.json"
 WEIGHTS_SUFFIX = ".pth"
@@ -468,7 +466,7 @@ def export_model(
         raise UmxError(f"{destination} already exists (use --force to replace it)")
     destination.mkdir(parents=True, exist_ok=True)
     for target, path in files.weights.items():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = check_state_dict(path, read_torch_file(path))
         if half:
             state = {
                 key: value.half() if value.is_floating_point() and value.dim() > 1 else value

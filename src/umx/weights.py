@@ -1,8 +1,9 @@
 """One target model's weights: the architecture a state dict implies, its checked loading from a
 `.pth` file, the `args` its json records, and a hash of its values.
 
-A weights file is untrusted input: it must be a state dict of tensors whose shapes are those of
-one `OpenUnmix`, with finite values and non-negative variances.
+A weights file is untrusted input: it must be a state dict of dense tensors of real numbers
+whose shapes and dtypes are those of one `OpenUnmix`, with finite values and non-negative
+variances.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ SHOWN_KEYS = 3  # how many offending state dict keys an error message names
 # Keys of a reference `Separator` or of old reference models that are not model weights.
 _EXTRA_KEYS = frozenset({"sample_rate", "stft.window", "istft.window"})
 _EXTRA_PREFIX = "transform."
+# The dtypes a state dict may hold: floating-point weights (float16 and bfloat16 ones are made
+# float32) and the integer counters of batch norms. Complex, quantized and float8 tensors are not.
+_REAL_DTYPES = frozenset(
+    {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+    | {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+)
 
 
 def hash_weights(digest: Any, model: nn.Module) -> None:
@@ -116,7 +123,8 @@ def _args_mismatch(arch: TargetArchitecture, args: Mapping[str, Any]) -> str | N
 
 
 def _shape_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
-    """Describe how a state dict differs from the one the model expects, if it does."""
+    """Describe how a state dict differs from the one the model expects (its keys, shapes and
+    dtypes), if it does."""
 
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
@@ -133,6 +141,13 @@ def _shape_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor])
         return (
             f"its {key} has shape {tuple(given[key].shape)} where the shapes of its other "
             f"entries imply {tuple(expected[key].shape)}"
+        )
+    wrong = [key for key in expected if given[key].dtype != expected[key].dtype]
+    if wrong:
+        key = wrong[0]
+        return (
+            f"its {key} holds {_dtype_name(given[key])} values where "
+            f"{_dtype_name(expected[key])} ones belong"
         )
     return None
 
@@ -159,17 +174,38 @@ def read_torch_file(path: Path) -> Any:
         ) from error
 
 
+def _dtype_name(tensor: Tensor) -> str:
+    """A tensor's dtype as messages show it: `int64`, not `torch.int64`."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _unusable_tensor(tensor: Tensor) -> str | None:
+    """Why a tensor cannot be a weight whatever its name (see `_REAL_DTYPES`), if it cannot."""
+    if tensor.layout != torch.strided:
+        return f"is a {str(tensor.layout).removeprefix('torch.')} tensor, not a dense one"
+    if tensor.device.type != "cpu":  # a meta tensor: map_location does not give it values
+        return f"is a {tensor.device.type} tensor, without values"
+    if tensor.dtype not in _REAL_DTYPES:
+        return f"holds {_dtype_name(tensor)} values, not real numbers"
+    return None
+
+
 def check_state_dict(path: Path, loaded: object) -> dict[str, Tensor]:
     """A state dict read from `path`, checked, with floating-point tensors as float32.
 
     Raises:
-        UmxError: it is not a mapping of names to tensors, or it holds NaN or infinite values
-            or negative batch-norm variances.
+        UmxError: it is not a mapping of names to tensors, or it holds sparse, meta, complex
+            or other tensors that cannot be weights, NaN or infinite values or negative
+            batch-norm variances.
     """
     if not isinstance(loaded, Mapping) or not all(
         isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
     ):
         raise UmxError(f"{path} does not hold a state dict of tensors")
+    for key, value in loaded.items():
+        problem = _unusable_tensor(value)
+        if problem:
+            raise UmxError(f"{path} is not usable: its {short.repr(key)} {problem}")
     state = {
         key: value.float() if value.is_floating_point() else value for key, value in loaded.items()
     }
