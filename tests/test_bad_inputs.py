@@ -21,6 +21,7 @@ import torch
 
 import umx
 from umx.cli import main
+from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
 
@@ -106,6 +107,9 @@ BAD_WEIGHTS = {
     "model-int-weights": edit_state(lambda s: s.update({"fc1.weight": s["fc1.weight"].long()})),
     "model-complex-weights": edit_state(
         lambda s: s.update({"fc1.weight": s["fc1.weight"].to(torch.complex64)})
+    ),
+    "model-odd-hidden": lambda path: torch.save(
+        OpenUnmix(257, 2, 15, max_bin=200).state_dict(), path
     ),
 }
 
@@ -203,6 +207,7 @@ CLI_CASES = [
     ("model-no-targets", [SONG, "--model", "model-no-targets"], "target"),
     ("model-int-weights", [SONG, "--model", "model-int-weights"], "fc1.weight holds int64"),
     ("model-complex-weights", [SONG, "--model", "model-complex-weights"], "complex64 values"),
+    ("model-odd-hidden", [SONG, "--model", "model-odd-hidden"], "is 15, odd"),
     ("device-unknown", [SONG, *MODEL, "--device", "tpu"], "unknown device"),
     ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
     ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),

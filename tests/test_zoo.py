@@ -533,6 +533,29 @@ def set_tensor(key, change):
     return edit_weights(lambda state: state.update({key: change(state[key])}))
 
 
+def without_json(edit):
+    """`edit`, in a directory without target jsons: only the weights say what the model is."""
+
+    def both(directory):
+        only_weights(directory)
+        edit(directory)
+
+    return both
+
+
+def replace_weights(**sizes):
+    """vocals.pth holding the state dict of a one-layer model of other `sizes`, without target
+    jsons."""
+
+    def edit(directory):
+        model = OpenUnmix(
+            NB_BINS, 2, **{"hidden_size": HIDDEN, "nb_layers": 1, "max_bin": MAX_BIN, **sizes}
+        )
+        torch.save(model.state_dict(), directory / "vocals.pth")
+
+    return without_json(edit)
+
+
 SEP, VOCALS, WEIGHTS, DIRECTORY = "separator.json", "vocals.json", "vocals.pth", ""
 DEEP = "[" * 100_000 + "]" * 100_000
 BAD_DIRECTORIES = {
@@ -598,6 +621,11 @@ BAD_DIRECTORIES = {
         WEIGHTS,
         "'fc2.weight' is a meta tensor, without values",
     ),
+    "hidden-odd": (replace_weights(hidden_size=7), WEIGHTS, "hidden size (fc1's outputs) is 7"),
+    "hidden-one": (without_json(set_tensor("fc1.weight", lambda v: v[:1])), WEIGHTS, "1, odd"),
+    "hidden-zero": (without_json(set_tensor("fc1.weight", lambda v: v[:0])), WEIGHTS, "no outputs"),
+    "fc1-flat": (set_tensor("fc1.weight", torch.Tensor.flatten), WEIGHTS, "not 2-D"),
+    "input-bins": (replace_weights(max_bin=NB_BINS + 10), WEIGHTS, "75 input bins, more than its"),
     "unsafe-file": (unsafe_weights_name, DIRECTORY, "unsafe target name 'voc\\x01als'"),
     "no-targets": (no_targets, DIRECTORY, "holds no target models"),
 }

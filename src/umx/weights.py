@@ -85,26 +85,42 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> TargetArchitecture:
     layer per `lstm.weight_ih_l<k>` key and is unidirectional when no `_reverse` key exists.
 
     Raises:
-        ValueError: a key needed is missing or the shapes do not fit together.
+        ValueError: a key needed is missing, or the shapes do not fit together or make a model
+            that cannot run: no hidden units, an odd hidden size with a bidirectional LSTM
+            (each direction has half), or more input bins than output bins.
     """
     for key in ("input_mean", "output_mean", "fc1.weight", "lstm.weight_ih_l0"):
         if key not in state_dict:
             raise ValueError(f"it has no {key!r} entry")
-    max_bin = state_dict["input_mean"].numel()
+    if state_dict["fc1.weight"].dim() != 2:
+        raise ValueError(
+            f"its fc1.weight has shape {tuple(state_dict['fc1.weight'].shape)}, not 2-D"
+        )
+    max_bin, nb_bins = state_dict["input_mean"].numel(), state_dict["output_mean"].numel()
     hidden_size, fc1_inputs = state_dict["fc1.weight"].shape
-    if max_bin == 0 or fc1_inputs % max_bin:
+    if max_bin == 0 or fc1_inputs == 0 or fc1_inputs % max_bin:
         raise ValueError(
             f"fc1 takes {fc1_inputs} inputs, not a multiple of the {max_bin} input bins"
+        )
+    if max_bin > nb_bins:
+        raise ValueError(f"it has {max_bin} input bins, more than its {nb_bins} output bins")
+    unidirectional = not any(key.endswith("_reverse") for key in state_dict)
+    if hidden_size == 0:
+        raise ValueError("its fc1 has no outputs (a hidden size of 0)")
+    if hidden_size % 2 and not unidirectional:
+        raise ValueError(
+            f"its hidden size (fc1's outputs) is {hidden_size}, odd, but its LSTM is "
+            "bidirectional: each direction takes half of it"
         )
     nb_layers = 0
     while f"lstm.weight_ih_l{nb_layers}" in state_dict:
         nb_layers += 1
     return TargetArchitecture(
-        nb_bins=state_dict["output_mean"].numel(),
+        nb_bins=nb_bins,
         nb_channels=fc1_inputs // max_bin,
         hidden_size=hidden_size,
         nb_layers=nb_layers,
-        unidirectional=not any(key.endswith("_reverse") for key in state_dict),
+        unidirectional=unidirectional,
         max_bin=max_bin,
     )
 
@@ -248,13 +264,13 @@ def load_target_model(path: str | os.PathLike, args: Mapping[str, Any] | None = 
     }
     try:
         arch = infer_architecture(state)
+        with torch.device("meta"):  # no memory and no random initialisation: the weights follow
+            model = arch.build()
     except ValueError as error:
         raise UmxError(f"{path} is not an Open-Unmix state dict: {error}") from None
     mismatch = _args_mismatch(arch, args or {})
     if mismatch:
         raise UmxError(f"{path} does not match its json: {mismatch}")
-    with torch.device("meta"):  # no memory and no random initialisation: the weights follow
-        model = arch.build()
     mismatch = _shape_mismatch(model.state_dict(), state)
     if mismatch:
         raise UmxError(f"{path} is not an Open-Unmix state dict: {mismatch}")
