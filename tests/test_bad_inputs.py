@@ -77,6 +77,7 @@ def workspace(tmp_path_factory, small_music_separator):
         "model-hop-as-window": {"nhop": 512},
         "model-escaping-target": {"targets": ["../escape"]},
         "model-no-targets": {"targets": []},
+        "model-tiny-hop": {"nhop": 1},
     }
     save_separator(silent_separator(small_music_separator), root / "model-silent")
     for name, change in bad_models.items():
@@ -205,6 +206,7 @@ CLI_CASES = [
     ("model-hop-as-window", [SONG, "--model", "model-hop-as-window"], "cannot be inverted"),
     ("model-escaping-target", [SONG, "--model", "model-escaping-target"], "../escape"),
     ("model-no-targets", [SONG, "--model", "model-no-targets"], "target"),
+    ("model-tiny-hop", [SONG, "--model", "model-tiny-hop"], "hop of 1 with n_fft 512 is too"),
     ("model-int-weights", [SONG, "--model", "model-int-weights"], "fc1.weight holds int64"),
     ("model-complex-weights", [SONG, "--model", "model-complex-weights"], "complex64 values"),
     ("model-odd-hidden", [SONG, "--model", "model-odd-hidden"], "is 15, odd"),

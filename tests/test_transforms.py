@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from umx.errors import UmxError
-from umx.transforms import Spectrogram, istft, istft_frames, magnitude, stft
+from umx.transforms import (
+    MAX_OVERLAP,
+    Spectrogram,
+    check_stft,
+    istft,
+    istft_frames,
+    magnitude,
+    stft,
+)
 
 
 @pytest.mark.parametrize("length", [44100, 44100 + 517, 4097])
@@ -47,6 +55,19 @@ def test_magnitude_mono_averages_channels():
 def test_spectrogram_module():
     audio = torch.randn(3, 2, 3000)
     torch.testing.assert_close(Spectrogram(512, 128)(audio), stft(audio, 512, 128).abs())
+
+
+@pytest.mark.parametrize(("n_fft", "n_hop"), [(4096, 1), (4096, 255), (512, 31), (32, 1)])
+def test_a_hop_far_shorter_than_the_window_is_refused(n_fft, n_hop):
+    """A model directory's hop of 1 made a frame per sample: separating 2 s took minutes."""
+    with pytest.raises(UmxError, match=rf"hop of {n_hop} with n_fft {n_fft} is too short"):
+        check_stft(n_fft, n_hop)
+
+
+@pytest.mark.parametrize(("n_fft", "n_hop"), [(4096, 1024), (1024, 512), (4096, 256), (15, 1)])
+def test_hops_down_to_a_sixteenth_of_the_window_are_taken(n_fft, n_hop):
+    assert n_hop * MAX_OVERLAP >= n_fft
+    check_stft(n_fft, n_hop)
 
 
 @pytest.mark.parametrize("inverse", ["istft", "istft_frames"])

@@ -626,6 +626,8 @@ BAD_DIRECTORIES = {
     "hidden-zero": (without_json(set_tensor("fc1.weight", lambda v: v[:0])), WEIGHTS, "no outputs"),
     "fc1-flat": (set_tensor("fc1.weight", torch.Tensor.flatten), WEIGHTS, "not 2-D"),
     "input-bins": (replace_weights(max_bin=NB_BINS + 10), WEIGHTS, "75 input bins, more than its"),
+    "nhop-tiny": (edit_json(SEP, nhop=1), SEP, "hop of 1 with n_fft 128 is too short"),
+    "args-nhop-tiny": (edit_json(VOCALS, nhop=N_FFT // 32), VOCALS, "hop of 4 with n_fft 128"),
     "unsafe-file": (unsafe_weights_name, DIRECTORY, "unsafe target name 'voc\\x01als'"),
     "no-targets": (no_targets, DIRECTORY, "holds no target models"),
 }

@@ -24,19 +24,26 @@ BANDWIDTH = 16000.0
 MAX_N_FFT = 2**16
 """The largest STFT size taken (1.5 s at 44.1 kHz; Open-Unmix uses 4096): a model directory's
 or an option's n_fft of 10**8 would take minutes and gigabytes to check, then to build."""
+MAX_OVERLAP = 16
+"""The most STFT frames that may overlap (`n_fft / n_hop`): Open-Unmix's models use 4 (a hop of
+1024 for an n_fft of 4096) and umxse 2 (512 for 1024). Each frame costs a pass of the model, so a
+hop of 1 would make a frame per sample: separating 2 s would take minutes."""
 NOLA_TOLERANCE = 1e-11
 """Smallest summed squared window the inverse STFT divides by (torch.istft's own bound)."""
 
 
 def check_stft(n_fft: object, n_hop: object) -> None:
-    """Refuse STFT settings that cannot be inverted.
+    """Refuse STFT settings that cannot be inverted, or whose hop is absurdly short.
 
     The inverse STFT divides the overlap-added frames by the summed squared windows; where that
     sum vanishes (the NOLA condition fails, e.g. a hop as long as the window, whose periodic Hann
     starts at 0) samples cannot be recovered and would come out as NaN.
 
+    Hops shorter than `n_fft / MAX_OVERLAP` are refused too: they only multiply the work.
+
     Raises:
-        UmxError: `n_fft` or `n_hop` is not a positive whole number, or the pair fails NOLA.
+        UmxError: `n_fft` or `n_hop` is not a positive whole number, the pair fails NOLA, or
+            the hop is below `n_fft / MAX_OVERLAP`.
     """
     for name, value in (("n_fft", n_fft), ("n_hop", n_hop)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -47,6 +54,11 @@ def check_stft(n_fft: object, n_hop: object) -> None:
         raise UmxError(
             f"an STFT hop of {n_hop} with n_fft {n_fft} cannot be inverted: the windows do not "
             "overlap enough (use a hop of at most n_fft // 2, e.g. n_fft // 4)"
+        )
+    if n_hop * MAX_OVERLAP < n_fft:
+        raise UmxError(
+            f"an STFT hop of {n_hop} with n_fft {n_fft} is too short: umx takes hops down to "
+            f"n_fft / {MAX_OVERLAP} (Open-Unmix uses n_fft / 4)"
         )
 
 
