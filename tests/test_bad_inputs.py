@@ -78,6 +78,7 @@ def workspace(tmp_path_factory, small_music_separator):
         "model-escaping-target": {"targets": ["../escape"]},
         "model-no-targets": {"targets": []},
         "model-tiny-hop": {"nhop": 1},
+        "model-other-rate": {"sample_rate": 22050.0},
     }
     save_separator(silent_separator(small_music_separator), root / "model-silent")
     for name, change in bad_models.items():
@@ -207,6 +208,7 @@ CLI_CASES = [
     ("model-escaping-target", [SONG, "--model", "model-escaping-target"], "../escape"),
     ("model-no-targets", [SONG, "--model", "model-no-targets"], "target"),
     ("model-tiny-hop", [SONG, "--model", "model-tiny-hop"], "hop of 1 with n_fft 512 is too"),
+    ("model-other-rate", [SONG, "--model", "model-other-rate"], "says sample_rate 16000.0 but"),
     ("model-int-weights", [SONG, "--model", "model-int-weights"], "fc1.weight holds int64"),
     ("model-complex-weights", [SONG, "--model", "model-complex-weights"], "complex64 values"),
     ("model-odd-hidden", [SONG, "--model", "model-odd-hidden"], "is 15, odd"),

@@ -626,6 +626,9 @@ BAD_DIRECTORIES = {
     "hidden-zero": (without_json(set_tensor("fc1.weight", lambda v: v[:0])), WEIGHTS, "no outputs"),
     "fc1-flat": (set_tensor("fc1.weight", torch.Tensor.flatten), WEIGHTS, "not 2-D"),
     "input-bins": (replace_weights(max_bin=NB_BINS + 10), WEIGHTS, "75 input bins, more than its"),
+    "stft-rate": (edit_json(SEP, sample_rate=2 * RATE), VOCALS, "says sample_rate 8000.0 but"),
+    "stft-nfft": (edit_json(SEP, nfft=N_FFT + 1), VOCALS, "says nfft 128 but"),
+    "stft-nhop": (edit_json(VOCALS, nhop=2 * N_HOP), VOCALS, "says nhop 64 but"),
     "nhop-tiny": (edit_json(SEP, nhop=1), SEP, "hop of 1 with n_fft 128 is too short"),
     "args-nhop-tiny": (edit_json(VOCALS, nhop=N_FFT // 32), VOCALS, "hop of 4 with n_fft 128"),
     "unsafe-file": (unsafe_weights_name, DIRECTORY, "unsafe target name 'voc\\x01als'"),
@@ -644,6 +647,18 @@ def test_bad_model_directories_are_refused_in_one_line(saved, edit, file, fragme
     message = str(error.value)
     assert fragment in message
     assert str(directory / file) in message and "\n" not in message and len(message) < 600
+
+
+def test_a_target_json_of_another_stft_names_both_files(saved):
+    """Loaded with another hop than it was trained with, a model quietly gives other audio."""
+    _, directory = saved
+    edit_json(VOCALS, nhop=2 * N_HOP)(directory)
+    with pytest.raises(UmxError) as error:
+        load_separator(directory)
+    assert str(error.value) == (
+        f"{directory / VOCALS} says nhop 64 but {directory / SEP} says 32: a model only works "
+        "with the STFT it was trained with"
+    )
 
 
 def test_a_nan_sample_rate_is_refused_at_load_not_at_resampling(saved):

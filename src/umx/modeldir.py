@@ -327,6 +327,24 @@ def directory_files(
     return ModelFiles(weights, fields, source)
 
 
+def _check_json_stft(json_path: Path, args: Mapping[str, Any] | None, files: ModelFiles) -> None:
+    """Refuse a target json whose `args` record another sample rate or STFT than the config.
+
+    A model only works with the sample rate, STFT size and hop it was trained with; what a
+    json does not record is not checked.
+
+    Raises:
+        UmxError: naming both files and the values.
+    """
+    for key in ("sample_rate", "nfft", "nhop"):
+        value = (args or {}).get(key)
+        if value is not None and value != files.config[key]:
+            raise UmxError(
+                f"{json_path} says {key} {value!r} but {files.config_source} says "
+                f"{files.config[key]!r}: a model only works with the STFT it was trained with"
+            )
+
+
 def build_separator(files: ModelFiles, options: Mapping[str, Any]) -> Separator:
     """A `Separator` of the target models in `files`, loaded and checked against its config.
 
@@ -335,14 +353,18 @@ def build_separator(files: ModelFiles, options: Mapping[str, Any]) -> Separator:
         options: further keyword arguments of `Separator`, e.g. its Wiener filtering options.
 
     Raises:
-        UmxError: a weights file is unusable or does not fit the STFT of the config.
+        UmxError: a weights file is unusable, or it or its json does not fit the STFT of the
+            config.
     """
     n_fft, nb_channels = int(files.config["nfft"]), int(files.config["nb_channels"])
     if not files.weights:
         raise UmxError(f"{files.config_source} describes a model without targets")
     models = {}
     for target, path in files.weights.items():
-        model = load_target_model(path, _read_target_args(path.parent / f"{target}.json"))
+        json_path = path.parent / f"{target}.json"
+        args = _read_target_args(json_path)
+        _check_json_stft(json_path, args, files)
+        model = load_target_model(path, args)
         if model.nb_output_bins != n_fft // 2 + 1 or model.nb_channels != nb_channels:
             raise UmxError(
                 f"{path} holds a {model.nb_channels}-channel model of {model.nb_output_bins} bins "
