@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import wave
@@ -105,6 +106,13 @@ def edit_state(change):
     return edit
 
 
+class RunsCode:
+    """Pickled, runs a shell command when unpickled: what `weights_only` refuses."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
 BAD_WEIGHTS = {
     "model-int-weights": edit_state(lambda s: s.update({"fc1.weight": s["fc1.weight"].long()})),
     "model-complex-weights": edit_state(
@@ -113,6 +121,7 @@ BAD_WEIGHTS = {
     "model-odd-hidden": lambda path: torch.save(
         OpenUnmix(257, 2, 15, max_bin=200).state_dict(), path
     ),
+    "model-code": lambda path: path.write_bytes(pickle.dumps(RunsCode(), protocol=4)),
 }
 
 
@@ -212,6 +221,7 @@ CLI_CASES = [
     ("model-int-weights", [SONG, "--model", "model-int-weights"], "fc1.weight holds int64"),
     ("model-complex-weights", [SONG, "--model", "model-complex-weights"], "complex64 values"),
     ("model-odd-hidden", [SONG, "--model", "model-odd-hidden"], "is 15, odd"),
+    ("model-code", [SONG, "--model", "model-code"], "not a readable torch file"),
     ("device-unknown", [SONG, *MODEL, "--device", "tpu"], "unknown device"),
     ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
     ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),
@@ -284,6 +294,15 @@ def run_umx_subprocess(arguments, cwd, timeout=120):
         env={**os.environ, "UMX_OFFLINE": "1"},
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_a_pickle_of_code_as_weights_is_one_line(workspace):
+    """torch warned ("Detected pickle protocol 4...") above the refusal: three lines."""
+    result = run_umx_subprocess([SONG, "--model", "model-code", "--quiet"], workspace)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "model-code/vocals.pth is not a readable torch file" in result.stderr
+    assert "pwned" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("where", ["input", "aggregate"])

@@ -13,10 +13,12 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -556,6 +558,13 @@ def replace_weights(**sizes):
     return without_json(edit)
 
 
+class RunsCode:
+    """Pickled, runs a shell command when unpickled: what `weights_only` refuses."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
 SEP, VOCALS, WEIGHTS, DIRECTORY = "separator.json", "vocals.json", "vocals.pth", ""
 DEEP = "[" * 100_000 + "]" * 100_000
 BAD_DIRECTORIES = {
@@ -621,6 +630,7 @@ BAD_DIRECTORIES = {
         WEIGHTS,
         "'fc2.weight' is a meta tensor, without values",
     ),
+    "weights-code": (write_raw(WEIGHTS, pickle.dumps(RunsCode(), 4)), WEIGHTS, "not a readable"),
     "hidden-odd": (replace_weights(hidden_size=7), WEIGHTS, "hidden size (fc1's outputs) is 7"),
     "hidden-one": (without_json(set_tensor("fc1.weight", lambda v: v[:1])), WEIGHTS, "1, odd"),
     "hidden-zero": (without_json(set_tensor("fc1.weight", lambda v: v[:0])), WEIGHTS, "no outputs"),
@@ -659,6 +669,18 @@ def test_a_target_json_of_another_stft_names_both_files(saved):
         f"{directory / VOCALS} says nhop 64 but {directory / SEP} says 32: a model only works "
         "with the STFT it was trained with"
     )
+
+
+def test_a_pickle_of_code_is_refused_without_warnings(tmp_path):
+    """torch warns before refusing it ("Detected pickle protocol 4..."): the CLI printed that
+    above its one-line error."""
+    path = tmp_path / "vocals.pth"
+    path.write_bytes(pickle.dumps(RunsCode(), 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UmxError, match="is not a readable torch file"):
+            load_target_model(path)
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_a_nan_sample_rate_is_refused_at_load_not_at_resampling(saved):

@@ -9,6 +9,7 @@ variances.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,13 @@ def read_torch_file(path: Path) -> Any:
         raise UmxError(f"{path} does not exist")
     try:
         # asteroid's checkpoints record `torch.__version__`, a `TorchVersion` (a `str`).
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        # torch warns before refusing some files (a pickle of code: "Detected pickle protocol
+        # 4..."): the refusal below says it in one line.
+        with (
+            torch.serialization.safe_globals([torch.torch_version.TorchVersion]),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     # torch.load fails on damaged files with any of UnpicklingError, RuntimeError, OSError,
     # EOFError, KeyError, ...: all mean the file is not a readable torch file.
