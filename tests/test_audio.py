@@ -1,6 +1,7 @@
 """Tests of umx.audio: round trips, excerpts, resampling, channel policy, errors, clipping."""
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -487,6 +488,30 @@ def test_existing_file_refused_at_construction_and_overwritten_with_force(tmp_pa
     decoded, _ = read_audio(path)
     np.testing.assert_array_equal(decoded.numpy(), tone() * 0.5)
     assert only_files(tmp_path) == ["vocals.wav"]
+
+
+def no_hard_links(*_: object, **__: object) -> None:
+    raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_file_that_appears_while_writing_is_kept_without_force(tmp_path, monkeypatch, hard_links):
+    """Another run may write the same file while this one separates: without force, the finished
+    file does not replace it, and the refusal is the one the check at construction gives."""
+    if not hard_links:  # a file system without them (FAT, some network ones)
+        monkeypatch.setattr(os, "link", no_hard_links)
+    path = tmp_path / "vocals.wav"
+    with pytest.raises(UmxError) as error, AudioWriter(path, RATE, 2) as writer:
+        writer.write(tone())
+        write_audio(path, tone() * 0.5, RATE, subtype="FLOAT")  # the other run's
+    assert str(error.value) == f"{path} already exists (use --force to overwrite)"
+    assert only_files(tmp_path) == ["vocals.wav"]
+    np.testing.assert_array_equal(read_audio(path)[0].numpy(), tone() * 0.5)
+    with AudioWriter(path, RATE, 2, subtype="FLOAT", force=True) as writer:
+        writer.write(tone() * 0.25)
+        write_audio(path, tone() * 0.5, RATE, force=True)
+    assert only_files(tmp_path) == ["vocals.wav"]
+    np.testing.assert_array_equal(read_audio(path)[0].numpy(), tone() * 0.25)
 
 
 @pytest.mark.parametrize(

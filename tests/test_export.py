@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import umx.onnx.export
 import umx.onnx.runtime
 from processes import file_size_limit
 from umx.cli import main
@@ -218,6 +219,28 @@ def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     code, _, err = run_cli(argv, capsys)
     assert code == 1 and "cannot create output directory" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_export_written_meanwhile_is_kept_without_force(tmp_path, monkeypatch):
+    """Two exports into one folder: the one that ends last fails, without touching the other's
+    files, as if they had been there when it started."""
+    out = tmp_path / "export"
+    other = {"bass.onnx": b"other graph", EXPORT_JSON: b"{}"}
+
+    def other_export_ends(model, **options):
+        out.mkdir(exist_ok=True)
+        for name, data in other.items():
+            (out / name).write_bytes(data)
+        return model_graph(model, **options)
+
+    monkeypatch.setattr(umx.onnx.export, "model_graph", other_export_ends)
+    with pytest.raises(UmxError) as error:
+        export_onnx(load_separator("umxsynth", targets=["bass"]), out)
+    assert (
+        str(error.value)
+        == f"{out / 'bass.onnx'} already exists; use --force to overwrite the export"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == other
 
 
 def test_an_export_the_file_system_refuses_leaves_nothing(tmp_path, capsys):

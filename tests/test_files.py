@@ -36,6 +36,31 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_write_atomic_without_replace_keeps_a_file_that_appeared_meanwhile(
+    tmp_path, monkeypatch, hard_links
+):
+    """Where overwriting needs consent, a file another process wrote while this one was writing
+    is kept: the write fails with FileExistsError named after the file, leaving no temporary."""
+    if not hard_links:  # a file system without them (FAT, some network ones)
+
+        def link(*_: object, **__: object) -> None:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(files.os, "link", link)
+    path = tmp_path / "a.bin"
+    with pytest.raises(FileExistsError) as error:
+        files.write_atomic(
+            path, lambda file: (file.write(b"mine"), path.write_bytes(b"other")), replace=False
+        )
+    assert error.value.filename == str(path)
+    assert path.read_bytes() == b"other"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    files.write_bytes_atomic(tmp_path / "b.bin", b"new", replace=False)
+    assert (tmp_path / "b.bin").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+
+
 def test_json_and_text_are_written_readably(tmp_path):
     files.write_json_atomic(tmp_path / "a.json", {"path": tmp_path, "n": 3})
     assert json.loads((tmp_path / "a.json").read_text()) == {"path": str(tmp_path), "n": 3}

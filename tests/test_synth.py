@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import umx.synth.dataset
 from processes import BOUND_S, children, running, wait_for
 from umx.defaults import SOUNDFONT_PACKAGES
 from umx.errors import UmxError
@@ -578,6 +579,23 @@ def test_render_example(tmp_path):
     assert [p.read_bytes() for p in written] == first
     with pytest.raises(UmxError, match=r"written as \.wav or \.flac"):
         render_example(tmp_path / "example.mp3", seed=7)
+
+
+@needs_fluidsynth
+def test_an_example_written_meanwhile_is_kept_without_force(tmp_path, monkeypatch):
+    path = tmp_path / "example.wav"
+    render_track = umx.synth.dataset.render_track
+
+    def another_run_ends(*args, **kwargs):
+        path.write_bytes(b"other")
+        return render_track(*args, **kwargs)
+
+    monkeypatch.setattr(umx.synth.dataset, "render_track", another_run_ends)
+    with pytest.raises(UmxError) as error:
+        render_example(path, seed=7, duration=3, soundfont=SOUNDFONT)
+    assert str(error.value) == f"{path} already exists (use --force to overwrite)"
+    assert [p.name for p in tmp_path.iterdir()] == ["example.wav"]
+    assert path.read_bytes() == b"other"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ imports only the standard library and `umx.errors` (torch only inside `torch_sav
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -38,7 +39,38 @@ MAX_STEM = 100
 """Characters a `safe_stem` keeps."""
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+"""The errors `os.link` gives where a file system has no hard links (FAT, some network ones)."""
+
+
+def rename_no_replace(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename `source` to `path` unless `path` exists: a file another process put there since
+    it was last checked is kept.
+
+    A hard link then an unlink, as the link fails if `path` exists, atomically. Where the file
+    system has no hard links, `path` is checked and then `source` renamed: a file that appears
+    between the two is replaced.
+
+    Raises:
+        FileExistsError: `path` exists; `source` is left where it is.
+    """
+    try:
+        os.link(source, path, follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(
+                errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(path)
+            ) from None
+        os.replace(source, path)
+    else:
+        os.unlink(source)
+
+
+def write_atomic(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, replace: bool = True
+) -> None:
     """Write through a temporary file in the same folder, then rename it over `path`.
 
     Readers see either the old file or the complete new one; on any failure the temporary file
@@ -48,6 +80,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     Args:
         path: the file to create or replace; its folder must exist.
         write: writes the contents to the binary file it is given.
+        replace: False where the user did not consent to overwriting: a `path` that exists when
+            the file is complete (another process wrote it meanwhile) is kept
+            (`rename_no_replace`).
+
+    Raises:
+        FileExistsError: `path` exists and `replace` is False.
     """
     path = Path(path)
     for leftover in unheld(path.parent, _hidden_beside(path, ".tmp")):  # of writers killed outright
@@ -60,7 +98,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
+        (os.replace if replace else rename_no_replace)(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno is not None:  # named after the file written
@@ -68,9 +106,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file + rename)."""
-    write_atomic(path, lambda file: file.write(data))
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
+    """Write `data` to `path` atomically (temporary file + rename; `replace` as `write_atomic`)."""
+    write_atomic(path, lambda file: file.write(data), replace=replace)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -26,7 +26,7 @@ from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, i
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError
-from umx.files import HeldLock, hold_lock, unheld
+from umx.files import HeldLock, hold_lock, rename_no_replace, unheld
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
 """The subtype written when none is asked for, per extension."""
@@ -191,7 +191,9 @@ class AudioWriter:
     Used as a context manager: on a clean exit the file appears whole, and :attr:`report` says
     what the clip policy did; on an exception (a signal's included) every temporary file is
     removed and nothing is written. The checks a user can fail (existing file, unwritable
-    directory, bad options, a name too long) run at construction, before any long computation.
+    directory, bad options, a name too long) run at construction, before any long computation;
+    without ``force`` the file is put in place only if none has appeared since (another run's
+    is kept, and this one fails as if it had been there at construction).
 
     The temporary files are hidden beside the target (so the final rename stays on one file
     system), with names bounded to the file system's name length.
@@ -212,7 +214,8 @@ class AudioWriter:
 
     Raises:
         UmxError: the file exists without ``force``, its directory is missing or unwritable, its
-            name is too long, or the format, subtype or clip policy is not supported.
+            name is too long, or the format, subtype or clip policy is not supported; on exit,
+            the file appeared meanwhile and ``force`` is not set.
     """
 
     def __init__(
@@ -270,13 +273,16 @@ class AudioWriter:
         if mode is not None and stat.S_ISDIR(mode):
             raise UmxError(f"cannot write {shown}: it is a directory")
         if mode is not None and not self.force:
-            raise UmxError(f"{shown} already exists (use --force to overwrite)")
+            raise UmxError(self._exists())
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise UmxError(
                 f"cannot write {shown}: directory {display_path(directory)} is missing or "
                 "unwritable"
             )
         return name_max
+
+    def _exists(self) -> str:
+        return f"{display_path(self.path)} already exists (use --force to overwrite)"
 
     def __enter__(self) -> AudioWriter:
         try:
@@ -369,7 +375,10 @@ class AudioWriter:
             self._staged.unlink()
         self._sink.close()
         self._sink = None
-        os.replace(self._target, self.path)
+        try:  # without force, a file another run wrote meanwhile is kept
+            (os.replace if self.force else rename_no_replace)(self._target, self.path)
+        except FileExistsError:
+            raise UmxError(self._exists()) from None
         self._release()
         action = _CLIP_ACTIONS[self.clip] if overflow else "none"
         self.report = WriteReport(self.path, self._peak, action, gain)

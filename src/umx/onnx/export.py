@@ -239,9 +239,7 @@ def export_onnx(
     names = [name for name in names if name] + [EXPORT_JSON]
     existing = [name for name in names if (outdir / name).exists()]
     if existing and not force:
-        raise UmxError(
-            f"{outdir / existing[0]} already exists; use --force to overwrite the export"
-        )
+        raise _exists(outdir / existing[0])
     files: dict[str, bytes] = {}
     for name, model in separator.target_models.items():
         logger.info("exporting the %r model", name)
@@ -259,18 +257,26 @@ def export_onnx(
     with output_folders([outdir / EXPORT_JSON]):  # made, and removed again if nothing is written
         try:
             # Until the new JSON is written the folder holds none: never a mix claiming to be one.
-            (outdir / EXPORT_JSON).unlink(missing_ok=True)
+            if force:
+                (outdir / EXPORT_JSON).unlink(missing_ok=True)
             for file, data in files.items():
                 path = outdir / file
-                write_bytes_atomic(path, data)
+                # without force, the files of an export that ended meanwhile are kept
+                write_bytes_atomic(path, data, replace=force)
                 written.append(path)
         except BaseException as error:
             for path in written:
                 if path.name not in existing:
                     path.unlink(missing_ok=True)
+            if isinstance(error, FileExistsError):
+                raise _exists(Path(error.filename)) from None
             if isinstance(error, OSError):
                 raise UmxError(
                     f"cannot write the export into {outdir}: {os_reason(error)}"
                 ) from None
             raise
     return written
+
+
+def _exists(path: Path) -> UmxError:
+    return UmxError(f"{path} already exists; use --force to overwrite the export")

@@ -291,9 +291,9 @@ def render_example(
     outputs = {"mixture": path}
     if stems:
         outputs |= {stem: path.with_name(f"{path.stem}.{stem}{path.suffix}") for stem in STEMS}
-    existing = [str(output) for output in outputs.values() if output.exists()]
+    existing = [output for output in outputs.values() if output.exists()]
     if existing and not force:
-        raise UmxError(f"{existing[0]} already exists (use --force to overwrite)")
+        raise _exists(existing[0])
     soundfont = check_soundfont(soundfont) if soundfont else default_soundfonts(test=False)[0]
     song = SongRef(name=f"procedural-{seed}", seed=seed, min_seconds=duration)
     plans = plan_song(song, "example", [soundfont], seed, duration, excerpts=1)
@@ -306,5 +306,12 @@ def render_example(
             write_pcm16, audio=tracks[name], sample_rate=sample_rate, suffix=output.suffix
         )
         with io_errors(f"cannot write {display_path(output)}", output.parent):
-            write_atomic(output, write)
+            try:  # without force, a file another run wrote meanwhile is kept
+                write_atomic(output, write, replace=force)
+            except FileExistsError:
+                raise _exists(output) from None
     return list(outputs.values())
+
+
+def _exists(path: Path) -> UmxError:
+    return UmxError(f"{path} already exists (use --force to overwrite)")
