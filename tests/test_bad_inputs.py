@@ -225,6 +225,11 @@ CLI_CASES = [
     ("device-unknown", [SONG, *MODEL, "--device", "tpu"], "unknown device"),
     ("clip-none-pcm", [SONG, *MODEL, "--clip", "none"], "none only with the FLOAT subtype"),
     ("residual-is-target", [SONG, *MODEL, "--residual", "vocals"], "already a target"),
+    (
+        "residual-is-unselected-target",
+        [SONG, *MODEL, "--targets", "vocals", "--residual", "drums"],
+        "the residual name 'drums' is already a target of the model",
+    ),
     ("unknown-target", [SONG, *MODEL, "--targets", "guitar"], "no target 'guitar'"),
     ("two-stems-unknown", [SONG, *MODEL, "--two-stems", "guitar"], "no target 'guitar'"),
     ("two-stems-targets", [SONG, *MODEL, "--two-stems", "bass", "--targets", "bass"], "--targets"),

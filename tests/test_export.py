@@ -25,6 +25,7 @@ from umx.errors import UmxError
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.onnx.export import export_onnx, model_graph, quantize_graph
+from umx.onnx.folder import load_export
 from umx.onnx.graphs import GraphFile
 from umx.onnx.options import EXPORT_JSON, require_onnx
 from umx.onnx.runtime import GRAPH_CACHE, OnnxModel, onnx_separator
@@ -361,6 +362,17 @@ def small(tmp_path_factory, small_music_separator):
     )
     sf.write(root / "song.wav", song.T, RATE, subtype="FLOAT")
     return root
+
+
+def test_the_residual_takes_no_name_of_the_models_targets(small):
+    """Not even one that is not selected: its stem would be the mixture less the others."""
+    message = "the residual name 'drums' is already a target of the model"
+    with pytest.raises(UmxError, match=message):
+        load_export(small / "export", targets=["vocals"], residual="drums")
+    with pytest.raises(UmxError, match=message):
+        load_separator("umxsynth", targets=["vocals"], residual="drums")
+    separator = load_separator("umxsynth", targets=["vocals"], residual="rest")
+    assert onnx_separator(separator).model_targets == list(TARGETS)
 
 
 def separate_cli(capsys, song, model, out, *extra):

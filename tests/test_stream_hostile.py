@@ -106,6 +106,12 @@ CASES = [
     ("stdout-two-stems", f32(music(0.2)), [*STDIN, "--stdout"], "--stdout writes one stem"),
     ("unknown-target", f32(music(0.2)), [*STDIN, "--targets", "guitar"], "guitar"),
     ("escaping-name", None, ["song.wav", "--filename", "../{target}.wav"], "inside --outdir"),
+    (
+        "residual-is-a-target",
+        None,
+        ["song.wav", "--targets", "vocals", "--residual", "drums"],
+        "is already a target",
+    ),
 ]
 
 

@@ -157,7 +157,8 @@ def add_separation_arguments(
     group.add_argument(
         "--residual",
         metavar="NAME",
-        help="add a target NAME: the mixture minus the targets (default: none)",
+        help="add a target NAME, not one of the model's: the mixture minus the targets "
+        "(default: none)",
     )
     if chunks:
         group.add_argument(

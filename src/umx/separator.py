@@ -59,11 +59,19 @@ class Separator(nn.Module):
             adds as a stem (see `umx.filtering.needs_rest`).
         softmask: start the Wiener filter from ratio masks.
         residual: name of an extra target, the mixture minus the other targets; none if None.
+            It may not name a target of the model, selected or not.
         wiener_win_len: frames filtered at once (bounds memory); whole track if None.
+        model_targets: all the targets of the model `target_models` were selected from, in its
+            order; those of `target_models` if None.
+
+    Raises:
+        UmxError: bad STFT, rate, channels or filtering options, no target models, or a
+            residual named like a target of the model.
 
     Attributes:
         model_name: what the models were loaded from (a zoo name or a directory), set by
             `umx.zoo.load_separator`; None for a separator built by hand.
+        model_targets: all the targets of the model, selected or not (see the argument).
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class Separator(nn.Module):
         softmask: bool = False,
         residual: str | None = None,
         wiener_win_len: int | None = WIENER_WIN_LEN,
+        model_targets: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         check_stft(n_fft, n_hop)
@@ -87,7 +96,8 @@ class Separator(nn.Module):
             raise UmxError(f"a separator works on 1 or 2 channels, not {nb_channels!r}")
         if not target_models:
             raise UmxError("a separator needs at least one target model")
-        if residual is not None and residual in target_models:
+        model_targets = list(target_models) if model_targets is None else list(model_targets)
+        if residual is not None and residual in {*target_models, *model_targets}:
             raise UmxError(f"the residual name {residual!r} is already a target of the model")
         self.target_models = nn.ModuleDict(target_models)
         self.sample_rate = float(sample_rate)
@@ -98,6 +108,7 @@ class Separator(nn.Module):
         self.softmask = softmask
         self.residual = residual
         self.wiener_win_len = wiener_win_len
+        self.model_targets = model_targets
         self.model_name: str | None = None
 
     @property

@@ -243,5 +243,6 @@ def xumx_separator(
         n_fft=checkpoint.n_fft,
         n_hop=checkpoint.n_hop,
         nb_channels=net.nb_channels,
+        model_targets=net.targets,
         **options,
     )

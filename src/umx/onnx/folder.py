@@ -222,7 +222,7 @@ def load_export(
 
     Raises:
         UmxError: the folder's JSON or a graph is damaged or does not fit (see
-            `read_export`), or a target is not in the export.
+            `read_export`), a target is not in the export, or the residual is named like one.
     """
     folder = Path(folder)
     export = read_export(folder)
@@ -248,6 +248,7 @@ def load_export(
         softmask=softmask,
         residual=residual,
         wiener_win_len=wiener_win_len,
+        model_targets=list(available),
     ).eval()
     separator.model_name = str(folder)
     return separator

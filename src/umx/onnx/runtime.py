@@ -321,6 +321,7 @@ def onnx_separator(
         softmask=separator.softmask,
         residual=separator.residual,
         wiener_win_len=separator.wiener_win_len,
+        model_targets=separator.model_targets,
     ).eval()
     onnx_sep.model_name = separator.model_name
     return onnx_sep

@@ -209,6 +209,7 @@ def load_separator(
     """
     import torch
 
+    from umx.modeldir import _directory_targets as directory_targets
     from umx.modeldir import build_separator, directory_files
     from umx.xumx_checkpoints import xumx_file, xumx_separator
 
@@ -219,17 +220,19 @@ def load_separator(
     offline = is_offline(offline)
     if model is None:
         files, name = _default_files(targets, progress, offline)
+        available = MODELS[name].targets
     else:
         name = resolve_model(model)
         if name in MODELS and isinstance(model, str):
             entry = MODELS[name]
             if entry.notice:
                 logger.info(entry.notice)
-            files = _named_files(entry, targets, progress, offline)
+            files, available = _named_files(entry, targets, progress, offline), entry.targets
         elif xumx_file(model) is None:
             files = directory_files(Path(model), targets)
+            available = directory_targets(Path(model), files.config)
         else:
-            files = None  # an X-UMX checkpoint: one file for all targets
+            files = available = None  # an X-UMX checkpoint: one file for all targets
     options = {
         "niter": niter,
         "softmask": softmask,
@@ -239,7 +242,7 @@ def load_separator(
     if files is None:
         separator = xumx_separator(model, targets, **options)
     else:
-        separator = build_separator(files, options)
+        separator = build_separator(files, {**options, "model_targets": available})
     separator = separator.to(device).eval()
     separator.model_name = name
     return separator
