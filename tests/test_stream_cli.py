@@ -150,6 +150,30 @@ def test_partial_last_frame_is_reported(causal_dir, monkeypatch, capsys, tmp_pat
     np.testing.assert_allclose(stem, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "standard input contains no audio"),
+        (
+            b"abc",
+            "standard input contains no audio: its 3 bytes are less than one frame "
+            "(8 bytes: 2 channels of f32le)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("output", [[], ["--stdout", "--targets", "vocals"]])
+def test_standard_input_without_audio_is_an_error_and_writes_nothing(
+    causal_dir, tmp_path, monkeypatch, capsysbinary, raw, message, output
+):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    outdir = tmp_path / "out"
+    assert run("-", "--model", causal_dir, "--rate", RATE, "--outdir", outdir, *output) == 1
+    captured = capsysbinary.readouterr()
+    assert captured.out == b""
+    assert captured.err.decode().splitlines() == [f"umx: error: {message}"]
+    assert not outdir.exists()
+
+
 def test_closed_output_pipe_exits_quietly(causal_dir, tmp_path):
     raw = tmp_path / "in.raw"
     raw.write_bytes(music(20.0).T.astype("<f4").tobytes())

@@ -106,6 +106,9 @@ CASES = [
     ("stdout-two-stems", f32(music(0.2)), [*STDIN, "--stdout"], "--stdout writes one stem"),
     ("unknown-target", f32(music(0.2)), [*STDIN, "--targets", "guitar"], "guitar"),
     ("escaping-name", None, ["song.wav", "--filename", "../{target}.wav"], "inside --outdir"),
+    ("empty-stdin", b"", [*STDIN, "--outdir", "new"], "standard input contains no audio"),
+    ("stdin-under-a-frame", b"abc", [*STDIN, "--outdir", "new"], "its 3 bytes are less than"),
+    ("empty-stdin-to-stdout", b"", [*STDIN, "--stdout", "--targets", "vocals"], "no audio"),
     (
         "residual-is-a-target",
         None,

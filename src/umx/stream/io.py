@@ -141,17 +141,23 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
 
     A stream that ends in the middle of a frame (fewer bytes than one sample of every channel)
     has its whole frames separated; the incomplete frame is dropped with a warning.
+
+    Raises:
+        UmxError: (from the blocks) the stream ends before its first whole frame.
     """
     check_pcm_input(rate, nb_channels, fmt)
     dtype = PCM_FORMATS[fmt]
     frame_bytes = dtype.itemsize * nb_channels
 
     def blocks() -> Iterator[Tensor]:
-        while True:
-            data = file.read(block * frame_bytes)
-            if not data:
-                return
+        nb_frames = 0
+        while data := file.read(block * frame_bytes):
             whole = len(data) - len(data) % frame_bytes
+            if not nb_frames and not whole:
+                raise UmxError(
+                    f"standard input contains no audio: its {len(data)} bytes are less than "
+                    f"one frame ({frame_bytes} bytes: {nb_channels} channels of {fmt})"
+                )
             if whole < len(data):
                 logger.warning(
                     "the input ended in the middle of a frame: its last %d bytes (a frame is %d "
@@ -162,10 +168,13 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
                     fmt,
                 )
             frames = np.frombuffer(data[:whole], dtype).reshape(-1, nb_channels).T
+            nb_frames += frames.shape[1]
             samples = torch.from_numpy(frames.astype(np.float32))
             yield samples / S16_SCALE if fmt == "s16le" else samples
             if len(data) < block * frame_bytes:
                 return
+        if not nb_frames:
+            raise UmxError("standard input contains no audio")
 
     hint = S16_HINT if fmt == "f32le" else ""
     return Source(float(rate), nb_channels, blocks(), "standard input", hint)
