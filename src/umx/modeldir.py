@@ -249,7 +249,7 @@ def _weight_files(directory: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _directory_targets(directory: Path, config: Mapping[str, Any]) -> list[str]:
+def directory_targets(directory: Path, config: Mapping[str, Any]) -> list[str]:
     """The targets of a model directory, in output order.
 
     `separator.json` may list them under `targets` (umx writes it); otherwise they are the
@@ -310,7 +310,7 @@ def directory_files(
         config: the values `separator.json` would hold and where they come from, when known
             otherwise (a named model's registry entry); None reads `separator.json`.
         available: the targets the directory holds, when known otherwise; None reads them off
-            the directory (see `_directory_targets`).
+            the directory (see `directory_targets`).
 
     Raises:
         UmxError: a file is missing, invalid or ambiguous, or a target is unknown.
@@ -320,7 +320,7 @@ def directory_files(
         config = read_separator_json(path), str(path)
     fields, source = config
     if available is None:
-        available = _directory_targets(directory, fields)
+        available = directory_targets(directory, fields)
     selected = select_targets(available, targets, f"model directory {directory}")
     candidates = _weight_files(directory)
     weights = {target: _find_weights(directory, target, candidates) for target in selected}

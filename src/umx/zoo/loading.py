@@ -209,8 +209,7 @@ def load_separator(
     """
     import torch
 
-    from umx.modeldir import _directory_targets as directory_targets
-    from umx.modeldir import build_separator, directory_files
+    from umx.modeldir import build_separator, directory_files, directory_targets
     from umx.xumx_checkpoints import xumx_file, xumx_separator
 
     try:
