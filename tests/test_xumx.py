@@ -190,6 +190,24 @@ def test_onnx_graph_of_a_target_view_equals_torch(unidirectional):
             torch.testing.assert_close(torch.cat([first, rest], -1), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("unidirectional", [False, True])
+def test_onnxruntime_separates_each_target_of_a_network_as_torch(unidirectional):
+    """The views share one network's weights: the graph cache must still tell them apart."""
+    pytest.importorskip("onnxruntime")
+    from umx.onnx.runtime import onnx_separator
+
+    net = _small_net(unidirectional=unidirectional, seed=17)
+    options = {"sample_rate": 16000, "n_fft": 512, "n_hop": 128, "niter": 0}
+    views = Separator({t: net.target_view(t) for t in TARGETS}, **options)
+    audio = torch.randn(1, 2, 8000, generator=torch.Generator().manual_seed(18))
+    with torch.inference_mode():
+        expected = views(audio)
+        for _ in range(2):  # the graphs made, then read back from the cache
+            stems = onnx_separator(views)(audio)
+            torch.testing.assert_close(stems, expected, atol=1e-4, rtol=0)
+    assert min(float((stems[:, i] - stems[:, 0]).abs().max()) for i in (1, 2, 3)) > 1e-3
+
+
 def test_cross_unmix_needs_distinct_targets():
     with pytest.raises(UmxError, match="two or more distinct targets"):
         CrossUnmix(["vocals", "vocals"], 257)

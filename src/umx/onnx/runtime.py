@@ -247,6 +247,9 @@ class GraphCache:
             model.hidden_size,
             model.nb_layers,
             model.unidirectional,
+            # the views of one X-UMX network share its weights: their targets tell them apart
+            type(model).__name__,
+            getattr(model, "index", None),
         )
         key.update(repr(parts).encode())
         hash_weights(key, model)
