@@ -612,6 +612,15 @@ def test_help_parsing_and_list_models_import_no_torch():
     assert {step: heavy for step, heavy in loaded.items() if heavy} == {}
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_says_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert text.count("(default: umxl;") <= 1
+
+
 def test_every_command_takes_quiet(capsys):
     """`-q`/`--quiet` exists for every command (what each keeps is tested with the command)."""
     for command in COMMANDS:

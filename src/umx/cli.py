@@ -136,14 +136,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     parser.add_argument("--version", action="version", version=f"umx {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
     for name, (summary, description, add_arguments) in COMMAND_PARSERS.items():
-        p = subparsers.add_parser(
-            name,
-            help=summary,
-            description=description,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter
-            if name == "download"
-            else argparse.HelpFormatter,
-        )
+        p = subparsers.add_parser(name, help=summary, description=description)
         if commands is None or name in commands:
             add_arguments(p)
     return parser
