@@ -466,6 +466,33 @@ def test_a_folder_that_is_not_a_dataset_is_refused_even_with_force(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_files_of_the_user_in_a_dataset_or_its_inputs_are_never_replaced(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    (root / "train" / "song").mkdir(parents=True)
+    (root / "train" / "song" / "vocals.wav").write_bytes(b"stem")
+    (root / "synth.json").write_text("{}")
+    mine = root / "train" / "song" / "take2.mid"  # put there by the user: --force would delete it
+    mine.write_bytes(b"MThd")
+    args = ["--procedural", 1, "--soundfont", SOUNDFONT, "--force", "--test-fraction", 0]
+    with pytest.raises(UmxError, match=rf"^{root} holds {mine}, which umx synth did not write"):
+        synth("--root", root, *args)
+    with pytest.raises(UmxError, match=rf"^{root} holds {mine}"):  # also when it is an input
+        synth("--root", root, *args, "--midi", mine)
+    samples = tmp_path / "samples"  # an earlier dataset's stems among the recorded sounds
+    (samples / "data" / "train" / "t").mkdir(parents=True)
+    sf.write(samples / "data" / "train" / "t" / "drums.wav", np.zeros(44100), 44100)
+    with pytest.raises(UmxError, match=r"^the sound \S+/drums\.wav is inside --root"):
+        synth("--root", samples / "data", *args, "--other-samples", samples)
+    (tmp_path / "no-midi").mkdir()
+    with pytest.raises(UmxError, match=r"no-midi holds no MIDI file \(\.kar, \.mid, \.midi\)"):
+        synth("--root", tmp_path / "new", *args, "--midi", tmp_path / "no-midi")
+    monkeypatch.chdir(root)  # the folder the user is in is never replaced
+    with pytest.raises(UmxError, match=r"^--root \. is the folder you are in, or holds it"):
+        synth("--root", ".", *args)
+    assert mine.read_bytes() == b"MThd" and (samples / "data" / "train" / "t").is_dir()
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_file_that_is_not_a_soundfont_is_refused(tmp_path):
     bogus = tmp_path / "bogus.sf2"
     bogus.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
@@ -603,7 +630,8 @@ def test_an_example_written_meanwhile_is_kept_without_force(tmp_path, monkeypatc
     [
         ("--duration", "nan", "--duration must be a finite number"),
         ("--duration", "inf", "--duration must be a finite number"),
-        ("--duration", "0", "--duration must be greater than 0"),
+        ("--duration", "0", "--duration must be at least 2"),
+        ("--duration", "1", "--duration must be at least 2, not 1"),
         ("--test-fraction", "nan", "--test-fraction must be a finite number"),
         ("--valid-fraction", "-0.1", "--valid-fraction must be at least 0"),
         ("--duration", "1e12", "--duration must be at most 600, not 1000000000000"),

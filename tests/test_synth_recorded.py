@@ -131,7 +131,7 @@ def test_sample_folders_are_searched_and_bad_files_refused(tmp_path):
     for path, message in [
         (tmp_path / "missing", "recorded sound or folder .*missing not found"),
         (tmp_path / "pack" / "pipe.wav", "pipe.wav is not a regular file: give a file or a"),
-        (tmp_path / "empty", "empty holds no audio file"),
+        (tmp_path / "empty", "empty holds no recorded sound"),
         (tmp_path / "fake.wav", "fake.wav is not an audio file soundfile reads"),
         (tmp_path / "none.wav", "none.wav lasts 0 s; recorded sounds last 0.01 to 60 s"),
         (long, "long.wav lasts 61 s; recorded sounds last 0.01 to 60 s"),

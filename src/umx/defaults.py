@@ -74,6 +74,9 @@ TEST_SOUNDFONTS = tuple(SOUNDFONT_PACKAGES)[2:]
 
 DURATION = 30.0
 """Seconds per track."""
+MIN_DURATION = 2.0
+"""The fewest seconds per track `umx synth` takes: excerpts start on whole seconds, and one of 1 s
+often catches no sung note, which leaves the track with a silent stem."""
 MAX_DURATION = 600.0
 MAX_SONGS = 100_000
 MAX_EXCERPTS = 100

@@ -23,7 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 FADE_SECONDS = 1.0
 """Fade in and out of the example song."""
 DATASET_FILES = frozenset(("train", "test", "synth.json", "setup.yaml"))
+TRACK_FILES = frozenset(f"{name}.wav" for name in (*STEMS, "mixture"))
+"""The files of a track's folder."""
 SETTINGS = (
     "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
     "excerpts", "duration", "sample_rate", "seed", "drum_kits", "test_drum_kits", "production",
@@ -94,13 +96,35 @@ def check_root(root: Path, force: bool) -> None:
         return
     if not root.is_dir():
         raise UmxError(f"{root} is a file, not a folder")
+    here = Path.cwd()
+    if root.resolve() in (here, *here.parents):  # replaced whole, under the user's feet
+        raise UmxError(
+            f"--root {root} is the folder you are in, or holds it, and umx synth replaces its "
+            f"folder whole: give a new folder, e.g. --root {root / 'data'}"
+        )
     names = {path.name for path in root.iterdir()}
     if not names:
         return
     if not names <= DATASET_FILES:
         raise UmxError(f"{root} is not empty and holds no dataset; choose a new folder")
+    stranger = next(_foreign_files(root), None)
+    if stranger is not None:  # --force would delete it with the dataset
+        raise UmxError(
+            f"{root} holds {stranger}, which umx synth did not write: move it out of the "
+            "dataset, or choose a new folder"
+        )
     if not force:
         raise UmxError(f"{root} already holds a dataset (use --force to replace it)")
+
+
+def _foreign_files(root: Path) -> Iterator[Path]:
+    """What the splits of a dataset folder hold besides its tracks' folders of stems."""
+    for split in (root / "train", root / "test"):
+        for track in split.iterdir() if split.is_dir() else ():
+            if not track.is_dir() or track.is_symlink():
+                yield track
+            else:
+                yield from (path for path in track.iterdir() if path.name not in TRACK_FILES)
 
 
 def _setup_yaml(validation_tracks: list[str], sample_rate: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from umx.defaults import (
     MAX_DURATION,
     MAX_EXCERPTS,
     MAX_SONGS,
+    MIN_DURATION,
     SAMPLE_RATE,
     TEST_FRACTION,
     TEST_SOUNDFONTS,
@@ -229,7 +231,7 @@ def run_synth(args: argparse.Namespace) -> int:
     check_number("--excerpts", args.excerpts, minimum=1, maximum=MAX_EXCERPTS, integer=True)
     check_number("--jobs", args.jobs, minimum=1, integer=True)
     check_cores("--jobs", args.jobs, WORKERS_PER_CORE)
-    check_number("--duration", args.duration, above=0, maximum=MAX_DURATION)
+    check_number("--duration", args.duration, minimum=MIN_DURATION, maximum=MAX_DURATION)
     check_number("--sample-rate", args.sample_rate, minimum=8000, maximum=96000, integer=True)
     for name in ("--test-fraction", "--valid-fraction"):
         check_number(name, getattr(args, name[2:].replace("-", "_")), minimum=0, maximum=1)
@@ -253,6 +255,8 @@ def run_synth(args: argparse.Namespace) -> int:
     check_fluidsynth()
     test_voice = _test_festival_voice(args)
     soundfonts, kits, samples = _split_sounds(args, args.test_fraction > 0 or bool(held_out))
+    for kind, sounds in (("soundfont", soundfonts), ("drum kit", kits), ("sound", samples)):
+        _check_outside(args.root, [path for paths in sounds.values() for path in paths], kind)
     plans = plan_tracks(
         songs,
         soundfonts,
@@ -283,6 +287,22 @@ def run_synth(args: argparse.Namespace) -> int:
         settings=settings,
     )
     return 0
+
+
+def _check_outside(root: Path, inputs: list[Path], kind: str) -> None:
+    """Refuse sounds inside `root`: an earlier dataset's stems, which a folder of sounds holding
+    `root` would give (inputs the user put in a dataset are refused by `check_root`).
+
+    Raises:
+        UmxError: naming the first such input.
+    """
+    folder = os.path.realpath(root)
+    for path in inputs:
+        if os.path.realpath(path).startswith(folder + os.sep):
+            raise UmxError(
+                f"the {kind} {path} is inside --root {root}, which this run writes: keep the "
+                "dataset and its inputs apart"
+            )
 
 
 def _split_sounds(

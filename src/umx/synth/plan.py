@@ -132,14 +132,17 @@ def find_files(paths: Sequence[str | Path], suffixes: AbstractSet[str], kind: st
     case) is one of ``suffixes``, in a stable order.
 
     Raises:
-        UmxError: a path does not exist (naming it a ``kind`` or folder), or is neither a
-            folder nor a regular file (a pipe, a device).
+        UmxError: a path does not exist (naming it a ``kind`` or folder), is neither a folder
+            nor a regular file (a pipe, a device), or is a folder without such a file.
     """
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             found = (p for p in path.rglob("*") if p.suffix.lower() in suffixes)
-            files += sorted(p for p in found if p.is_file())
+            found = sorted(p for p in found if p.is_file())
+            if not found:
+                raise UmxError(f"{path} holds no {kind} ({', '.join(sorted(suffixes))})")
+            files += found
         elif path.is_file():
             files.append(path)
         elif path.exists():

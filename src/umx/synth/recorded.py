@@ -48,12 +48,7 @@ def find_samples(paths: Sequence[str | Path]) -> list[Path]:
         UmxError: a path does not exist, a folder holds no audio file, or a file is not audio
             soundfile reads, or is under `MIN_SECONDS` or over `MAX_SECONDS` long.
     """
-    files = []
-    for path in map(Path, paths):
-        found = find_files([path], SAMPLE_SUFFIXES, "recorded sound")
-        if not found:  # a folder without one
-            raise UmxError(f"{path} holds no audio file ({', '.join(sorted(SAMPLE_SUFFIXES))})")
-        files += found
+    files = find_files(paths, SAMPLE_SUFFIXES, "recorded sound")
     for file in files:
         try:
             info = soundfile.info(str(file))
