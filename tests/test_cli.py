@@ -569,6 +569,13 @@ def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsy
         f"umx: error: {folder} is a directory, not a regular audio file"
     ]
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+    taken = tmp_path / "notes.txt"  # an --outdir that is a file: said before the (bad) model
+    taken.write_text("mine")
+    assert run(song, "--model", not_a_model, "--outdir", taken) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: --outdir {taken} is a file: give a folder for the stems"
+    ]
+    assert taken.read_text() == "mine"
 
 
 PARSED = {  # each command with options that parse (nothing runs)

@@ -249,6 +249,16 @@ def output_paths(
     return paths
 
 
+def check_outdir(outdir: str | os.PathLike) -> None:
+    """Refuse an output folder that is a file, before any work.
+
+    Raises:
+        UmxError: `outdir` exists and is not a folder.
+    """
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise UmxError(f"--outdir {display_path(outdir)} is a file: give a folder for the stems")
+
+
 def plan_outputs(
     inputs: Sequence[str | os.PathLike],
     names: Sequence[str],
@@ -260,9 +270,11 @@ def plan_outputs(
     stem would replace an input or another input's stem.
 
     Raises:
-        UmxError: an output path is an input (even with --force), or two inputs (or one given
-            twice) would write the same file; the message says how to tell them apart.
+        UmxError: `outdir` is a file, an output path is an input (even with --force), or two
+            inputs (or one given twice) would write the same file; the message says how to
+            tell them apart.
     """
+    check_outdir(outdir)
     plans = [output_paths(path, names, outdir, filename, ext) for path in inputs]
     real_inputs = {os.path.realpath(path): path for path in inputs}
     owners: dict[str, str | os.PathLike] = {}

@@ -236,9 +236,18 @@ def run_separate(args: argparse.Namespace) -> int:
         print_models()
         return 0
     options = check_inputs(args)
-    from umx.api import check_aggregate, parse_aggregate, plan_outputs, separate_file, separator_for
+    from umx.api import (
+        check_aggregate,
+        check_outdir,
+        parse_aggregate,
+        plan_outputs,
+        separate_file,
+        separator_for,
+    )
 
     aggregate = parse_aggregate(args.aggregate)
+    output = output_options(args)
+    check_outdir(output.outdir)
     known = known_names(options, aggregate)
     if known is not None:
         plan_outputs(args.inputs, known, args.outdir, args.filename, args.ext)
@@ -253,7 +262,7 @@ def run_separate(args: argparse.Namespace) -> int:
                 reports = separate_file(
                     path,
                     separator,
-                    **output_options(args).as_kwargs(),
+                    **output.as_kwargs(),
                     start=args.start,
                     duration=args.duration,
                     downmix=args.downmix,
