@@ -152,20 +152,15 @@ def _shape_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor])
     unexpected = [key for key in given if key not in expected]
     if unexpected:
         return f"it has unexpected entries {some(unexpected)}"
-    wrong = [key for key in expected if given[key].shape != expected[key].shape]
-    if wrong:
-        key = wrong[0]
-        return (
-            f"its {key} has shape {tuple(given[key].shape)} where the shapes of its other "
-            f"entries imply {tuple(expected[key].shape)}"
-        )
-    wrong = [key for key in expected if given[key].dtype != expected[key].dtype]
-    if wrong:
-        key = wrong[0]
-        return (
-            f"its {key} holds {_dtype_name(given[key])} values where "
-            f"{_dtype_name(expected[key])} ones belong"
-        )
+    for key, want in expected.items():
+        if given[key].shape != want.shape:
+            return (
+                f"its {key} has shape {tuple(given[key].shape)} where the shapes of its other "
+                f"entries imply {tuple(want.shape)}"
+            )
+        if given[key].dtype != want.dtype:
+            held, belong = _dtype_name(given[key]), _dtype_name(want)
+            return f"its {key} holds {held} values where {belong} ones belong"
     return None
 
 
