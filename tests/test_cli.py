@@ -456,6 +456,33 @@ def test_a_mistyped_command_is_refused_before_any_work(word, suggestion, song, m
     assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]  # no separated/
 
 
+@pytest.mark.parametrize(
+    ("arguments", "unknown", "meant"),
+    [
+        (["song.wav", "--output", "out"], "--output out", "; did you mean --outdir?"),
+        (
+            ["separate", "song.wav", "--taregts", "vocals"],
+            "--taregts vocals",
+            "; did you mean --targets?",
+        ),
+        (["batch", "music", "--output=out"], "--output=out", "; did you mean --outdir?"),
+        (["serve", "--prot", "8000"], "--prot 8000", "; did you mean --port?"),
+        (["song.wav", "--zzz"], "--zzz", ""),  # nothing close: nothing said
+    ],
+)
+def test_a_mistyped_option_is_told_the_one_meant(
+    song, monkeypatch, capsys, arguments, unknown, meant
+):
+    monkeypatch.chdir(song.parent)
+    with pytest.raises(SystemExit) as exit:
+        run(*arguments)
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: unrecognized arguments: {unknown}{meant} (see umx --help)"
+    ]
+    assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]  # nothing done
+
+
 def test_a_first_word_is_a_file_when_one_exists_by_that_name(model_dir, song, monkeypatch):
     """A file named like a mistyped command is an input; a word that is neither a file nor
     close to a command lists the commands."""

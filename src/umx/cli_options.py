@@ -116,8 +116,25 @@ class OneLineParser(argparse.ArgumentParser):
         files = [arg for arg in self._args if arg.startswith("-") and os.path.lexists(arg)]
         if files:
             message += f"; {files[0]} is a file: write ./{files[0]}, or -- before it"
+        elif message.startswith("unrecognized arguments: "):
+            message += self._meant(message.removeprefix("unrecognized arguments: ").split())
         # printable: the arguments quoted may hold line breaks and control characters
         self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+    def _meant(self, unknown: list[str]) -> str:
+        """`; did you mean --outdir?` for the first unknown option that is close to one of the
+        command's (`--output`, `--taregts`), else nothing."""
+        parser: argparse.ArgumentParser = self
+        for action in self._actions:  # the command given, whose options these would be
+            if isinstance(action, argparse._SubParsersAction):
+                given = [arg for arg in self._args if arg in action.choices]
+                parser = action.choices[given[0]] if given else parser
+        options = [name for action in parser._actions for name in action.option_strings]
+        for word in (word.split("=")[0] for word in unknown if word.startswith("--")):
+            close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
 
 def add_separation_arguments(
