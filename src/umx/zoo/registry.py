@@ -100,10 +100,14 @@ class ZooEntry:
         ]
 
     def placement(self, targets: Sequence[str]) -> str:
-        """How to install targets' weights by hand: `save <url> as <path>, ...`."""
-        return "save " + ", ".join(
-            f"{self.url(target)} as {self.directory / self.weights[target]}" for target in targets
-        )
+        """How to install targets' weights by hand: `save <url> as <path>` for one file, and
+        for several (which share an address and a folder) `save <names> from <address> into
+        <folder>`, which keeps the line readable."""
+        if len(targets) == 1:
+            return f"save {self.url(targets[0])} as {self.directory / self.weights[targets[0]]}"
+        names = [self.weights[target] for target in targets]
+        address = self.url(targets[0]).removesuffix(names[0])
+        return f"save {', '.join(names)} from {address} into {self.directory}{os.sep}"
 
 
 MODELS: dict[str, ZooEntry] = {
