@@ -20,6 +20,7 @@ from umx.evaluate.tracks import SOURCES, TARGETS
 from umx.files import sha256_bytes
 from umx.separator import OVERLAP, SEGMENT, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
+from umx.weights import hash_weights
 from umx.zoo import MODELS
 
 if TYPE_CHECKING:
@@ -153,9 +154,7 @@ def model_sha256(separator: Separator) -> str:
             for graph in filter(None, graphs):  # bytes, or a file with its recorded SHA-256
                 digest.update((getattr(graph, "sha256", None) or sha256_bytes(graph)).encode())
             continue
-        for key, value in sorted(model.state_dict().items()):
-            digest.update(f"\0{key} {value.dtype} {tuple(value.shape)}".encode())
-            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        hash_weights(digest, model)
     return digest.hexdigest()
 
 
