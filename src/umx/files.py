@@ -256,6 +256,12 @@ def unheld(folder: Path, names: re.Pattern[str]) -> list[Path]:
     return found
 
 
+def within(path: str, folder: str) -> bool:
+    """Whether the absolute `path` is the absolute `folder` or lies inside it, by their names
+    (resolve links first where they matter)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def make_output_dirs(paths: Iterable[Path]) -> None:
     """Create the directories of output files.
 

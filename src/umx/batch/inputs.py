@@ -15,6 +15,7 @@ from pathlib import Path
 from umx.audio import display_path
 from umx.defaults import AUDIO_EXTENSIONS
 from umx.errors import UmxError, check_number
+from umx.files import within
 from umx.messages import shown
 
 logger = logging.getLogger("umx")
@@ -128,7 +129,7 @@ def collect_inputs(
 
 
 def _inside(path: str, folders: Iterable[str]) -> bool:
-    return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
+    return any(within(path, folder) for folder in folders)
 
 
 def _search(folder: str, wanted: set[str], skipped: set[str]) -> Iterable[str]:

@@ -13,6 +13,7 @@ from typing import Any
 from umx.cli_options import path_argument, path_text
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
+from umx.files import within
 from umx.messages import plural
 from umx.train.config import ARCHITECTURE, DEFAULTS
 
@@ -133,7 +134,7 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         check_number("--jobs", args.jobs, above=0, integer=True)
     output = Path(os.path.abspath(args.output))
     work = Path(os.path.abspath(args.work or f"{output}{WORK_SUFFIX}"))
-    if _within(str(work), str(output)) or _within(str(output), str(work)):
+    if within(str(work), str(output)) or within(str(output), str(work)):
         raise UmxError(
             f"--work {display_path(work)} and --output {display_path(output)} overlap: the "
             "model directory stays small, and the work folder can be deleted once trained"
@@ -144,7 +145,7 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         real = os.path.realpath(music)
         for option, folder in (("--output", output), ("--work", work)):
             other = os.path.realpath(folder)
-            if _within(other, real) or _within(real, other):
+            if within(other, real) or within(real, other):
                 raise UmxError(
                     f"{option} {display_path(folder)} and the music folder "
                     f"{display_path(music)} overlap: put the {option[2:]} folder outside the "
@@ -173,10 +174,6 @@ def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     files = {"input_file": MIXTURE_FILE, "output_file": MIXTURE_FILE}  # names only: none is read
     TrainConfig(dataset="aligned", root=work / DATA_DIR, **files, **training)
     return training
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def resume_command(args: argparse.Namespace, work: Path) -> str:

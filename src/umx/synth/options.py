@@ -22,6 +22,7 @@ from umx.defaults import (
 )
 from umx.devices import WORKERS_PER_CORE, available_cores, check_cores
 from umx.errors import UmxError, check_number
+from umx.files import within
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +299,7 @@ def _check_outside(root: Path, inputs: list[Path], kind: str) -> None:
     """
     folder = os.path.realpath(root)
     for path in inputs:
-        if os.path.realpath(path).startswith(folder + os.sep):
+        if within(os.path.realpath(path), folder):
             raise UmxError(
                 f"the {kind} {path} is inside --root {root}, which this run writes: keep the "
                 "dataset and its inputs apart"
