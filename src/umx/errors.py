@@ -52,6 +52,11 @@ class UmxError(Exception):
     """A user error: its message is one sentence, shown by the CLI without a traceback."""
 
 
+def already_exists(path: str | os.PathLike) -> UmxError:
+    """The refusal to write over `path` without the user's consent (`--force`)."""
+    return UmxError(f"{display_path(path)} already exists (use --force to overwrite)")
+
+
 FULL_DISK_HINT = "free some space, or write elsewhere"
 _WHAT_TO_DO = {
     errno.ENOSPC: FULL_DISK_HINT,

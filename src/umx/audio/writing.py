@@ -25,7 +25,7 @@ import torch
 from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, io_errors
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
-from umx.errors import UmxError
+from umx.errors import UmxError, already_exists
 from umx.files import HeldLock, hold_lock, rename_no_replace, unheld
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
@@ -273,16 +273,13 @@ class AudioWriter:
         if mode is not None and stat.S_ISDIR(mode):
             raise UmxError(f"cannot write {shown}: it is a directory")
         if mode is not None and not self.force:
-            raise UmxError(self._exists())
+            raise already_exists(self.path)
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise UmxError(
                 f"cannot write {shown}: directory {display_path(directory)} is missing or "
                 "unwritable"
             )
         return name_max
-
-    def _exists(self) -> str:
-        return f"{display_path(self.path)} already exists (use --force to overwrite)"
 
     def __enter__(self) -> AudioWriter:
         try:
@@ -378,7 +375,7 @@ class AudioWriter:
         try:  # without force, a file another run wrote meanwhile is kept
             (os.replace if self.force else rename_no_replace)(self._target, self.path)
         except FileExistsError:
-            raise UmxError(self._exists()) from None
+            raise already_exists(self.path) from None
         self._release()
         action = _CLIP_ACTIONS[self.clip] if overflow else "none"
         self.report = WriteReport(self.path, self._peak, action, gain)

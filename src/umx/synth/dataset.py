@@ -39,7 +39,7 @@ from umx.defaults import (
     TEST_SOUNDFONTS,
     TRAIN_SOUNDFONTS,
 )
-from umx.errors import UmxError, display_path
+from umx.errors import UmxError, already_exists, display_path
 from umx.files import staged_folder, write_atomic
 from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song
@@ -317,7 +317,7 @@ def render_example(
         outputs |= {stem: path.with_name(f"{path.stem}.{stem}{path.suffix}") for stem in STEMS}
     existing = [output for output in outputs.values() if output.exists()]
     if existing and not force:
-        raise _exists(existing[0])
+        raise already_exists(existing[0])
     soundfont = check_soundfont(soundfont) if soundfont else default_soundfonts(test=False)[0]
     song = SongRef(name=f"procedural-{seed}", seed=seed, min_seconds=duration)
     plans = plan_song(song, "example", [soundfont], seed, duration, excerpts=1)
@@ -333,9 +333,5 @@ def render_example(
             try:  # without force, a file another run wrote meanwhile is kept
                 write_atomic(output, write, replace=force)
             except FileExistsError:
-                raise _exists(output) from None
+                raise already_exists(output) from None
     return list(outputs.values())
-
-
-def _exists(path: Path) -> UmxError:
-    return UmxError(f"{path} already exists (use --force to overwrite)")
