@@ -208,6 +208,23 @@ def _unusable_tensor(tensor: Tensor) -> str | None:
     return None
 
 
+_SQUARES = {"running_var": "variances", "exp_avg_sq": "squared gradient averages"}
+
+
+def damaged_values(name: str, tensor: Tensor) -> str | None:
+    """Why the values of a tensor named `name` make it useless as a weight or optimizer state,
+    if they do: NaN or infinite values, or negative ones where they are squares (batch-norm
+    variances, Adam's running averages of squared gradients)."""
+    if not tensor.is_floating_point():
+        return None
+    if not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or infinite values, which would make every separation garbage"
+    square = next((kind for end, kind in _SQUARES.items() if name.endswith(end)), None)
+    if square is not None and bool((tensor < 0).any()):
+        return f"has negative {square}"
+    return None
+
+
 def check_state_dict(path: Path, loaded: object) -> dict[str, Tensor]:
     """A state dict read from `path`, checked, with floating-point tensors as float32.
 
@@ -228,13 +245,8 @@ def check_state_dict(path: Path, loaded: object) -> dict[str, Tensor]:
         key: value.float() if value.is_floating_point() else value for key, value in loaded.items()
     }
     for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UmxError(
-                f"{path} is not usable: its {short.repr(key)} holds NaN or infinite values, "
-                "which would make every separation garbage"
-            )
-        if key.endswith("running_var") and bool((value < 0).any()):
-            raise UmxError(f"{path} is not usable: its {short.repr(key)} has negative variances")
+        if problem := damaged_values(key, value):
+            raise UmxError(f"{path} is not usable: its {short.repr(key)} {problem}")
     return state
 
 

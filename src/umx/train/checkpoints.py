@@ -25,6 +25,7 @@ from torch import Tensor
 from umx.errors import UmxError
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
 from umx.train.config import TrainConfig
+from umx.weights import damaged_values
 
 CHECKPOINT_SUFFIX = ".chkpnt"
 
@@ -146,22 +147,20 @@ def _read_checkpoint(directory: Path, target: str | None, device: torch.device) 
         {key: checkpoint[key] for key in ("model", "best_model", "optimizer")}
     )
     if damaged is not None:
+        name, problem = damaged
         raise UmxError(
-            f"{path} is a damaged checkpoint (its {damaged[:80]} holds NaN, infinite or negative "
-            "squared values): resume a copy of it from before, or train again"
+            f"{path} is a damaged checkpoint (its {name[:80]} {problem.split(',')[0]}): "
+            "resume a copy of it from before, or train again"
         )
     return checkpoint
 
 
-def _damaged_tensor(value: Any, name: str = "") -> str | None:
-    """The name of the first tensor in `value` (nested dicts, lists and tuples) holding NaN or
-    infinite values, or negative ones where they are squares (batch-norm variances, Adam's
-    running squared gradients); None if there is none."""
+def _damaged_tensor(value: Any, name: str = "") -> tuple[str, str] | None:
+    """The name of the first tensor in `value` (nested dicts, lists and tuples) whose values are
+    damaged (`weights.damaged_values`), with what is wrong; None if there is none."""
     if isinstance(value, Tensor):
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return name
-        squares = name.endswith(("running_var", "exp_avg_sq"))
-        return name if squares and value.is_floating_point() and bool((value < 0).any()) else None
+        problem = damaged_values(name, value)
+        return None if problem is None else (name, problem)
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, (list, tuple)):
