@@ -117,6 +117,15 @@ def test_causal_wiener_in_pieces_equals_one_call(nb_channels, niter, memory):
         assert whole.shape == (40, 9, nb_channels, 3 + options.get("residual", False))
 
 
+@pytest.mark.parametrize("memory", [0.001, 0.5, -1.0, math.nan])
+def test_causal_wiener_refuses_a_memory_under_one_frame(memory):
+    # exp(-1 / 0.001) is 0.0 in floating point: the filter crashed on its first frames.
+    with pytest.raises(UmxError, match=r"^the Wiener memory must be at least 1|finite"):
+        CausalWiener(1, memory=memory)
+    one_frame = CausalWiener(1, memory=1.0)(*random_problem(12, 2))
+    assert one_frame.shape == (12, 9, 2, 3) and bool(torch.isfinite(one_frame).all())
+
+
 @pytest.mark.parametrize("nb_channels", [1, 2])
 def test_causal_wiener_uses_no_future_frame(nb_channels):
     mags, mix = random_problem(30, nb_channels)

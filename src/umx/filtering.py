@@ -376,7 +376,8 @@ class CausalWiener:
         niter: number of EM iterations; 0 keeps the initial estimates.
         softmask: start from ratio masks applied to the mixture.
         residual: add one source, the mixture minus the sum of the targets.
-        memory: time constant of the statistics in frames; None for a cumulative average.
+        memory: time constant of the statistics in frames, at least 1; None for a cumulative
+            average.
         eps: regulariser, as `wiener`'s.
         batch_size: frames processed at once, bounding memory.
     """
@@ -392,7 +393,8 @@ class CausalWiener:
     ) -> None:
         check_number("niter", niter, minimum=0, integer=True)
         if memory is not None:
-            check_number("the Wiener memory", memory, above=0)
+            # Under a frame, exp(-1 / memory) underflows to 0 and EM sees no past at all.
+            check_number("the Wiener memory", memory, minimum=1)
         check_number("batch_size", batch_size, above=0, integer=True)
         self.niter = niter
         self.softmask = softmask
