@@ -76,6 +76,12 @@ def with_sample(value, at=0.25):
     return f32(audio)
 
 
+def encoded(fmt, subtype):
+    buffer = io.BytesIO()
+    sf.write(buffer, music(0.5).T, RATE, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
 STDIN = ["-", "--rate", RATE]
 # (id, raw PCM on standard input or None, arguments after `umx stream`, message)
 CASES = [
@@ -104,9 +110,19 @@ CASES = [
     ("outdir-is-a-file", f32(music(0.2)), [*STDIN, "--outdir", "a-file"], "a-file"),
     ("existing-output", None, ["song.wav", "--outdir", "out"], "already exists (use --force"),
     ("stdout-two-stems", f32(music(0.2)), [*STDIN, "--stdout"], "--stdout writes one stem"),
+    ("stdout-ext", f32(music(0.2)), [*STDIN, "--stdout", "--ext", "flac"], "--ext describes"),
+    (
+        "stdout-file-options",
+        f32(music(0.2)),
+        [*STDIN, "--stdout", "--filename", "x.wav", "--subtype", "FLOAT", "--clip", "clamp"],
+        "--filename, --subtype, --clip describe stem files, but --stdout writes raw PCM",
+    ),
     ("unknown-target", f32(music(0.2)), [*STDIN, "--targets", "guitar"], "guitar"),
     ("escaping-name", None, ["song.wav", "--filename", "../{target}.wav"], "inside --outdir"),
     ("empty-stdin", b"", [*STDIN, "--outdir", "new"], "standard input contains no audio"),
+    # Read as raw 16-bit PCM, a WAV header shifts every frame: the stereo channels swapped.
+    ("wav-as-pcm", encoded("WAV", "PCM_16"), [*STDIN, "--format", "s16le"], "is a WAV file"),
+    ("flac-as-pcm", encoded("FLAC", "PCM_16"), STDIN, "standard input is a FLAC file, not raw"),
     ("stdin-under-a-frame", b"abc", [*STDIN, "--outdir", "new"], "its 3 bytes are less than"),
     ("empty-stdin-to-stdout", b"", [*STDIN, "--stdout", "--targets", "vocals"], "no audio"),
     (

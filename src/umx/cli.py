@@ -24,6 +24,7 @@ from umx.cli_options import (
     not_a_command,
     output_options,
     path_text,
+    refuse_file_options,
     spelled_out,
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
@@ -361,6 +362,7 @@ def run_stream(args: argparse.Namespace) -> int:
     check_input(args.input, args.rate, args.channels, args.pcm_format)
     aggregate = parse_aggregate(args.aggregate)
     if args.stdout:
+        refuse_file_options(args)
         known = known_names(options, aggregate)
         if known is not None:
             check_stdout_names(known)

@@ -128,16 +128,24 @@ def _sniff(fd: int) -> tuple[str | None, int]:
         offset = 10 + (size | head[9] & 0x7F) + (10 if head[5] & 0x10 else 0)
         head = _pread(fd, 12, offset)
         return ("flac" if head[:4] == b"fLaC" else "mp3"), offset
-    if head[:4] in (b"RIFF", b"RIFX", b"RF64", b"BW64") and head[8:12] == b"WAVE":
-        return "wav", 0
-    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return "aiff", 0
-    kinds = {b"fLaC": "flac", b"OggS": "ogg"}
-    if head[:4] in kinds:
-        return kinds[head[:4]], 0
-    if _is_mpeg_stream(fd, 0):
+    kind = magic_container(head)
+    if kind is None and _is_mpeg_stream(fd, 0):
         return "mp3", 0
-    return ("other" if head[:4] in _OTHER_LIBSNDFILE_MAGIC else None), 0
+    return kind, 0
+
+
+def magic_container(head: bytes) -> str | None:
+    """The container that the first 12 bytes of a file name by their magic number: `"wav"`,
+    `"aiff"`, `"flac"`, `"ogg"`, `"mp3"` (an ID3 tag; a bare MPEG stream has no magic number),
+    `"other"` (Wave64, CAF, AU), or None."""
+    if head[:3] == b"ID3":
+        return "mp3"
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    kinds = {b"fLaC": "flac", b"OggS": "ogg"}
+    return kinds.get(head[:4], "other" if head[:4] in _OTHER_LIBSNDFILE_MAGIC else None)
 
 
 def _chunks(fd: int, start: int, order: str) -> Iterator[tuple[bytes, int, int]]:

@@ -39,6 +39,7 @@ from umx.audio import (
     peak,
     read_audio,
 )
+from umx.audio.headers import magic_container
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.files import output_folders
@@ -153,6 +154,8 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
         nb_frames = 0
         while data := file.read(block * frame_bytes):
             whole = len(data) - len(data) % frame_bytes
+            if not nb_frames:
+                _refuse_a_file(data[:12], fmt)
             if not nb_frames and not whole:
                 raise UmxError(
                     f"standard input contains no audio: its {len(data)} bytes are less than "
@@ -178,6 +181,18 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
 
     hint = S16_HINT if fmt == "f32le" else ""
     return Source(float(rate), nb_channels, blocks(), "standard input", hint)
+
+
+def _refuse_a_file(head: bytes, fmt: str) -> None:
+    """Refuse raw PCM input that starts like an audio file: read as samples, its header would
+    shift every frame (swapping the channels of 16-bit stereo) and be heard as a click."""
+    kind = magic_container(head)
+    if kind is not None:
+        named = "an audio" if kind == "other" else f"a {kind.upper()}"
+        raise UmxError(
+            f"standard input is {named} file, not raw PCM: give the file as the input instead "
+            f"of '-', or decode it to raw PCM first (ffmpeg ... -f {fmt} -)"
+        )
 
 
 class PcmWriter:
