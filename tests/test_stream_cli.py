@@ -2,6 +2,7 @@
 causal separation, and its refusals of bad input."""
 
 import io
+import logging
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from umx.filtering import CausalWiener
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
+from umx.stream import io as io_module
 from umx.stream.engine import separate_causal
 from umx.stream.io import STREAM_MODEL
 from umx.zoo import MODELS, load_separator
@@ -191,6 +193,22 @@ def test_realtime_paces_and_counts_missed_deadlines(causal_dir, song, tmp_path, 
     assert run(song, "--model", causal_dir, "--outdir", outdir, "--realtime", "--block", 4000) == 0
     err = capsys.readouterr().err
     assert "of 6 blocks missed their deadline" in err
+
+
+def test_missed_deadlines_are_all_counted_and_logged_at_most_once_a_second(monkeypatch, caplog):
+    clock = iter([10.0, 10.1, 10.5, 10.9, 11.05, 11.06, 11.2])
+    monkeypatch.setattr(io_module.time, "monotonic", lambda: next(clock))
+    deadlines = io_module.MissedDeadlines()
+    with caplog.at_level(logging.WARNING, logger=io_module.logger.name):
+        # due: late, late, on time, late, late, late, on time
+        for block, due in enumerate([9.99, 10.0, 10.6, 10.8, 11.0, 11.0, 11.3], start=1):
+            deadlines.check(due, block, block * 0.1)
+    assert deadlines.missed == 5
+    assert [record.getMessage() for record in caplog.records] == [
+        "block 1 (0.100 s into the stream) missed its deadline by 10.0 ms",
+        "block 5 (0.500 s into the stream) missed its deadline by 50.0 ms, as did 2 more since "
+        "the last such line",
+    ]
 
 
 BAD_OPTIONS = [

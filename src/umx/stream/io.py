@@ -12,6 +12,7 @@ player. Stems are written at the model's sample rate, with the channels the sepa
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -255,7 +256,7 @@ def stream_to(
     The input is resampled to the separator's rate when it differs, and mono input is
     duplicated for a stereo model. With `realtime` each block is taken no sooner than its last
     sample would arrive from a live input, and a block whose stems are not ready by the time the
-    next block arrives has missed its deadline: each one is logged, and counted in the report.
+    next block arrives has missed its deadline (`MissedDeadlines`: counted, logged once a second).
 
     Args:
         separator: loaded unidirectional target models and their filtering options.
@@ -285,7 +286,8 @@ def stream_to(
                 write(name, stem[0])
 
     started = time.monotonic()
-    nb_read = nb_samples = nb_blocks = missed = 0
+    nb_read = nb_samples = nb_blocks = 0
+    deadlines = MissedDeadlines()
     carry = torch.zeros(nb_channels, 0)  # samples short of a multiple, kept for the next block
     for samples in source.blocks:
         check_samples(samples, nb_read / source.rate, source.rate, source.name, source.hint)
@@ -303,10 +305,9 @@ def stream_to(
         emit(stream.process(samples[:, :whole]))
         carry = samples[:, whole:]
         nb_blocks += 1
-        # Due before the next block arrives.
-        due = arrival + block / source.rate
-        if realtime and _missed_deadline(due, nb_blocks, nb_read / source.rate):
-            missed += 1
+        due = arrival + block / source.rate  # before the next block arrives
+        if realtime:
+            deadlines.check(due, nb_blocks, nb_read / source.rate)
     if resampler is not None:
         rest = resampler.flush()
         nb_samples += rest.shape[-1]
@@ -316,25 +317,43 @@ def stream_to(
     return StreamReport(
         nb_samples,
         nb_blocks,
-        missed,
+        deadlines.missed,
         stream.latency,
         separator.sample_rate,
         time.monotonic() - started,
     )
 
 
-def _missed_deadline(due: float, nb_blocks: int, position: float) -> bool:
-    """Whether block number `nb_blocks`, ending `position` seconds into the stream, was late
-    for its deadline `due` (on the monotonic clock); a late block is logged."""
-    late = time.monotonic() - due
-    if late > 0:
+class MissedDeadlines:
+    """The blocks of a real-time stream that missed their deadline: all counted, logged at most
+    once a second (the first at once), so that a machine too slow for the stream says so in a
+    few lines, not one for every block."""
+
+    def __init__(self) -> None:
+        self.missed = 0
+        self._unlogged = 0  # late blocks since the last line
+        self._logged_at = -math.inf
+
+    def check(self, due: float, nb_blocks: int, position: float) -> None:
+        """Count block number `nb_blocks`, ending `position` seconds into the stream, if it
+        missed its deadline `due` (on the monotonic clock)."""
+        now = time.monotonic()
+        late = now - due
+        if late <= 0:
+            return
+        self.missed += 1
+        self._unlogged += 1
+        if now - self._logged_at < 1.0:
+            return
+        more = self._unlogged - 1
         logger.warning(
-            "block %d (%.3f s into the stream) missed its deadline by %.1f ms",
+            "block %d (%.3f s into the stream) missed its deadline by %.1f ms%s",
             nb_blocks,
             position,
             1000 * late,
+            f", as did {more} more since the last such line" if more else "",
         )
-    return late > 0
+        self._logged_at, self._unlogged = now, 0
 
 
 def check_stdout_names(names: Sequence[str]) -> None:
