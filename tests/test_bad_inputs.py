@@ -160,6 +160,8 @@ CLI_CASES = [
     ("start-negative", [SONG, *MODEL, "--start", "-1"], "--start must be at least 0"),
     ("start-nan", [SONG, *MODEL, "--start", "nan"], "--start must be a finite number"),
     ("start-inf", [SONG, *MODEL, "--start", "inf"], "--start must be a finite number"),
+    ("start-huge", [SONG, *MODEL, "--start", "1e308"], "at most 1000000000, not 1e+308"),
+    ("duration-huge", [SONG, *MODEL, "--duration", "1e308"], "--duration must be at most"),
     ("duration-zero", [SONG, *MODEL, "--duration", "0"], "--duration must be greater than 0"),
     ("duration-negative", [SONG, *MODEL, "--duration", "-2"], "--duration must be greater"),
     ("duration-nan", [SONG, *MODEL, "--duration", "nan"], "--duration must be a finite number"),

@@ -475,9 +475,10 @@ def check_inputs(args: argparse.Namespace) -> SeparationOptions:
             )
         raise UmxError("no input files given (try `umx --help`)")
     check_readable(args.inputs)
-    check_number("--start", args.start, minimum=0)
+    # 30 years: past any file, while `seconds * rate` stays a whole number of frames.
+    check_number("--start", args.start, minimum=0, maximum=1e9)
     if args.duration is not None:
-        check_number("--duration", args.duration, above=0)
+        check_number("--duration", args.duration, above=0, maximum=1e9)
     return check_separation_args(args)
 
 
