@@ -467,6 +467,10 @@ def test_a_mistyped_command_is_refused_before_any_work(word, suggestion, song, m
         ),
         (["batch", "music", "--output=out"], "--output=out", "; did you mean --outdir?"),
         (["serve", "--prot", "8000"], "--prot 8000", "; did you mean --port?"),
+        (["song.wav", "-o", "out"], "-o out", "; did you mean --outdir?"),  # demucs's options
+        (["song.wav", "--mp3"], "--mp3", "; did you mean --ext mp3?"),
+        (["stream", "song.wav", "-n", "x"], "-n x", "; did you mean --model?"),
+        (["serve", "--mp3"], "--mp3", ""),  # umx serve has no --ext
         (["song.wav", "--zzz"], "--zzz", ""),  # nothing close: nothing said
     ],
 )
@@ -542,6 +546,14 @@ def test_a_stem_word_after_the_song_says_which_option_asks_for_it(
         f"umx: error: {word} does not exist; to ask for stems, write the option: umx SONG {option}"
     ]
     assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]
+
+
+def test_standard_input_to_umx_separate_is_sent_to_umx_stream(song, monkeypatch, capsys):
+    monkeypatch.chdir(song.parent)
+    assert run("-", "--model", "no-such-model") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "umx: error: - does not exist: umx separate reads files; umx stream - reads standard input"
+    ]
 
 
 def test_a_file_whose_name_begins_with_a_dash_is_told_how_to_give(

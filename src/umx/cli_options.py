@@ -55,6 +55,19 @@ STEM_WORDS = {
     **dict.fromkeys(("karaoke", "instrumental", "accompaniment"), "--two-stems vocals"),
 }
 """Words a newcomer may give after a song, meaning stems, and the option that asks for them."""
+OTHER_TOOLS_OPTIONS = {
+    "-o": "--outdir",
+    "--out": "--outdir",
+    "-n": "--model",
+    "--name": "--model",
+    "-d": "--device",
+    "--mp3": "--ext mp3",
+    "--flac": "--ext flac",
+    "--float32": "--subtype FLOAT",
+    "--int24": "--subtype PCM_24",
+    "--clip-mode": "--clip",
+}
+"""Options of other separators (demucs, spleeter) and the umx options that do what they do."""
 
 
 def spelled_out(argv: list[str], commands: Sequence[str]) -> list[str]:
@@ -86,6 +99,8 @@ def missing_input(path: str, problem: str) -> str:
     """`problem`, the reason input `path` cannot be read, with the option a newcomer meant when
     the input is a stem word that is not a file (`umx song.mp3 vocals`)."""
     option = STEM_WORDS.get(path)
+    if path == "-" and not os.path.lexists(path):
+        return f"{problem}: umx separate reads files; umx stream - reads standard input"
     if option is None or os.path.lexists(path):
         return problem
     return f"{problem}; to ask for stems, write the option: umx SONG {option}"
@@ -123,14 +138,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def _meant(self, unknown: list[str]) -> str:
         """`; did you mean --outdir?` for the first unknown option that is close to one of the
-        command's (`--output`, `--taregts`), else nothing."""
+        command's (`--output`, `--taregts`) or does what it does in another tool (`-o`), else
+        nothing."""
         parser: argparse.ArgumentParser = self
         for action in self._actions:  # the command given, whose options these would be
             if isinstance(action, argparse._SubParsersAction):
                 given = [arg for arg in self._args if arg in action.choices]
                 parser = action.choices[given[0]] if given else parser
         options = [name for action in parser._actions for name in action.option_strings]
-        for word in (word.split("=")[0] for word in unknown if word.startswith("--")):
+        for word in (word.split("=")[0] for word in unknown if word.startswith("-")):
+            ours = OTHER_TOOLS_OPTIONS.get(word)
+            if ours is not None and ours.split()[0] in options:
+                return f"; did you mean {ours}?"
             close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
             if close:
                 return f"; did you mean {close[0]}?"
