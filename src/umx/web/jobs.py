@@ -73,6 +73,7 @@ from umx.web.records import (
     Busy,
     Job,
     NotFound,
+    Recorder,
     error_summary,
     job_key,
     model_targets,
@@ -94,7 +95,7 @@ class _Cancelled(BaseException):
     `Exception`: `umx.jobs.run_task` lets it through)."""
 
 
-class JobStore(Downloads):
+class JobStore(Recorder, Downloads):
     """The jobs in a data directory, the queue and the workers that separate them.
 
     Jobs are separated by `umx.api.separate_file` one at a time per worker; at most `max_queue`
@@ -184,45 +185,6 @@ class JobStore(Downloads):
                 self._pending.append(job.id)
         if self._pending:
             logger.info("%d unfinished jobs queued again", len(self._pending))
-
-    def _append(self, record: dict[str, Any]) -> None:
-        """Add a record to the manifest (see `_open_manifest`); call with the lock held.
-
-        Raises:
-            OSError, UmxError: the manifest cannot be read or written.
-        """
-        self._open_manifest().append(record)
-
-    def _open_manifest(self) -> Manifest:
-        """The manifest, open to append; opened once: repaired, given what `_load` found to
-        record (and the `LEGACY_RECORD` files it read removed), compacted.
-
-        Raises:
-            OSError, UmxError: it cannot be read or written.
-        """
-        if self._manifest is None:
-            manifest = Manifest(self.manifest_path)
-            for found in self._unrecorded:
-                manifest.append(found)
-            for legacy in self._legacy:
-                legacy.unlink(missing_ok=True)
-            if manifest.superseded:
-                manifest.compact()
-            self._manifest, self._unrecorded, self._legacy = manifest, [], []
-        return self._manifest
-
-    def _save(self, job: Job, outputs: dict[str, Any] | None = None) -> None:
-        """Record a job's state in the manifest; call with the lock held. A data directory that
-        cannot take it (full) is said in one line and the job goes on: the next start finds it
-        as last recorded."""
-        self._record(job.id, job.record(outputs))
-
-    def _record(self, job_id: str, record: dict[str, Any]) -> None:
-        try:
-            self._append(record)
-        except (OSError, UmxError) as error:
-            reason = getattr(error, "strerror", None) or error
-            logger.error("%s: cannot record its state: %s", job_id, reason)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's public record, the newest first."""

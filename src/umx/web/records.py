@@ -1,6 +1,6 @@
 """What `umx serve` knows of a job: its record (a line of the store's manifest, see
-`umx.jobs`), its id, the names of its files and stems, and how its name and error are shown on
-the page."""
+`umx.jobs`), its id, the names of its files and stems, how its name and error are shown on
+the page, and the store's manifest: replayed at start, then written (`Recorder`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from umx.jobs import (
     FAILED,
     QUEUED,
     RUNNING,
+    Manifest,
     describe_output,
     latest_records,
     scan_manifest,
@@ -283,3 +284,53 @@ def _read_legacy(directory: Path) -> tuple[Job, dict[str, Any] | None]:
         for target in job.targets
         if (stems / f"{target}.{STEM_EXT}").is_file()
     }
+
+
+class Recorder:
+    """The manifest-writing methods of `umx.web.jobs.JobStore`, which provides what they use:
+    its `manifest_path`, the open `_manifest` (None until first written), and what its start
+    found to record (`_unrecorded`, see `Replay`) and to remove once recorded (`_legacy`)."""
+
+    manifest_path: Path
+    _manifest: Manifest | None
+    _unrecorded: list[dict[str, Any]]
+    _legacy: list[Path]
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """Add a record to the manifest (see `_open_manifest`); call with the lock held.
+
+        Raises:
+            OSError, UmxError: the manifest cannot be read or written.
+        """
+        self._open_manifest().append(record)
+
+    def _open_manifest(self) -> Manifest:
+        """The manifest, open to append; opened once: repaired, given what the store found to
+        record at start (and the `LEGACY_RECORD` files it read removed), compacted.
+
+        Raises:
+            OSError, UmxError: it cannot be read or written.
+        """
+        if self._manifest is None:
+            manifest = Manifest(self.manifest_path)
+            for found in self._unrecorded:
+                manifest.append(found)
+            for legacy in self._legacy:
+                legacy.unlink(missing_ok=True)
+            if manifest.superseded:
+                manifest.compact()
+            self._manifest, self._unrecorded, self._legacy = manifest, [], []
+        return self._manifest
+
+    def _save(self, job: Job, outputs: dict[str, Any] | None = None) -> None:
+        """Record a job's state in the manifest; call with the lock held. A data directory that
+        cannot take it (full) is said in one line and the job goes on: the next start finds it
+        as last recorded."""
+        self._record(job.id, job.record(outputs))
+
+    def _record(self, job_id: str, record: dict[str, Any]) -> None:
+        try:
+            self._append(record)
+        except (OSError, UmxError) as error:
+            reason = getattr(error, "strerror", None) or error
+            logger.error("%s: cannot record its state: %s", job_id, reason)
