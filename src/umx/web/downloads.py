@@ -9,12 +9,13 @@ import threading
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
 from umx.errors import UmxError, check_number
 from umx.files import safe_stem, write_atomic
-from umx.jobs import DONE
+from umx.jobs import DONE, FAILED
+from umx.web.listeners import Listeners
 from umx.web.records import (
     DOWNLOADS,
     INPUT,
@@ -23,7 +24,9 @@ from umx.web.records import (
     STEMS,
     Job,
     NotFound,
+    NotReady,
 )
+from umx.web.storage import stem_damage
 
 MAX_MIX_GAIN = 2.0
 """The largest gain of a stem in a mix (the page's volume sliders end below it)."""
@@ -31,13 +34,29 @@ MAX_MIX_GAIN = 2.0
 
 class Downloads:
     """The download methods of `umx.web.jobs.JobStore`, which provides what they use: its
-    `jobs_dir`, `_lock`, `job` (a public record), `_get` (a `Job`, or `NotFound`) and `_evict`
-    (the cache limit, kept after each file made, sparing the job it was made for)."""
+    `jobs_dir`, `_lock`, `_ready` (wakes the workers), `_listeners`, `_jobs`, the stems of
+    the done jobs as recorded (`_outputs`) and as last hashed (`_hashed`, see `stem_damage`),
+    `job` and `_public` (a public record), `_get` (a `Job`, or `NotFound`), `_save` (records a
+    job), `_redo` (queues a damaged job again) and `_evict` (the cache limit, kept after each
+    file made, sparing the job it was made for).
+
+    A download is made only from stems that are those separated: each is hashed the first
+    time it is used (and again whenever its size or time changes); a damaged job is queued
+    again and its download refused (`_damaged`).
+    """
 
     jobs_dir: Path
     _lock: threading.RLock
+    _ready: threading.Condition
+    _listeners: Listeners
+    _jobs: dict[str, Job]
+    _outputs: dict[str, Mapping[str, Any]]
+    _hashed: dict[Path, tuple[int, int]]
     job: Callable[[str], dict[str, Any]]
+    _public: Callable[[Job], dict[str, Any]]
     _get: Callable[[str], Job]
+    _save: Callable[[Job], None]
+    _redo: Callable[[Job, str], None]
     _evict: Callable[..., None]
 
     def stem_file(self, job_id: str, stem: str, ext: str) -> tuple[Path, str]:
@@ -51,12 +70,14 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job, stem or format.
+            NotReady: its stems were damaged: it is being separated again (see `_damaged`).
         """
         with self._lock:
             job = self._get(job_id)
             if job.state != DONE or stem not in job.targets or ext not in audio_formats():
                 raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
             directory = self.jobs_dir / job_id
+        self._check_stems(job)
         source = self._stem_path(job, stem)
         name = f"{safe_stem(job.name)}-{stem}.{ext}"
         if ext == STEM_EXT:
@@ -79,6 +100,7 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job or format.
+            NotReady: its stems were damaged: it is being separated again (see `_damaged`).
         """
         job = self.job(job_id)
         if job["state"] != DONE:
@@ -139,12 +161,14 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job or format.
+            NotReady: its stems were damaged: it is being separated again (see `_damaged`).
             UmxError: an unknown stem, a gain that is not a number in range, or silence.
         """
         with self._lock:
             job = self._get(job_id)
             if job.state != DONE or ext not in audio_formats():
                 raise NotFound(f"no mix in {ext[:8]!r} for job {job_id}")
+        self._check_stems(job)
         chosen = {}
         for name, text in gains.items():
             if name not in (*job.targets, ORIGINAL):
@@ -185,3 +209,40 @@ class Downloads:
 
     def _stem_path(self, job: Job, stem: str) -> Path:
         return self.jobs_dir / job.id / STEMS / f"{stem}.{STEM_EXT}"
+
+    def _damage(self, job: Job, hashed: dict[Path, tuple[int, int]] | None = None) -> str | None:
+        """Why a done job's stems are not those separated (see `stem_damage`), or None."""
+        if job.state != DONE:
+            return None
+        stems = {target: self._stem_path(job, target) for target in job.targets}
+        return stem_damage(stems, self._outputs.get(job.id, {}), hashed)
+
+    def _check_stems(self, job: Job) -> None:
+        """Refuse a download of a done job whose stems are damaged (each hashed the first time
+        it is used), queuing it again (`_damaged`)."""
+        damage = self._damage(job, self._hashed)
+        if damage is not None:
+            self._damaged(job, damage)
+
+    def _damaged(self, job: Job, damage: str) -> NoReturn:
+        """Queue a done job found damaged while serving it again (see `_redo`) and tell so.
+
+        Raises:
+            NotReady: it is being separated again.
+            NotFound: its input is gone too (it failed), or it was deleted.
+        """
+        with self._lock:
+            if self._jobs.get(job.id) is not job:
+                raise NotFound(f"no job {job.id}")
+            if job.state == DONE:
+                self._redo(job, damage)
+                self._save(job)
+                self._ready.notify()
+            record = self._public(job)
+        self._listeners.tell(record)
+        if job.state == FAILED:
+            raise NotFound(job.error)
+        raise NotReady(
+            f"{job.name} was damaged on disk ({damage}), so it is being separated again; "
+            "download it when it is done"
+        )

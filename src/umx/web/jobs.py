@@ -36,7 +36,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,8 @@ class JobStore(Recorder, Downloads):
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
         self._used: dict[str, float] = {}  # when a download of each job was last made
+        self._outputs: dict[str, Mapping[str, Any]] = {}  # each done job's stems, as recorded
+        self._hashed: dict[Path, tuple[int, int]] = {}  # see `stem_damage`
         self._listeners = Listeners()
         self._revisions = itertools.count(1)  # see `_public`
         self._targets: dict[str, list[str]] = {}
@@ -163,8 +165,9 @@ class JobStore(Recorder, Downloads):
 
     def _load(self) -> None:
         """Replay the data directory (see `umx.web.records.replay`), remove hidden leftovers and
-        the folders of deleted jobs, and queue again the unfinished jobs (removing what an
-        interrupted run of them left: stems not yet recorded, downloads)."""
+        the folders of deleted jobs, queue again the unfinished jobs (removing what an
+        interrupted run of them left: stems not yet recorded, downloads), and the done jobs
+        whose stems are not as recorded (`_redo`: only sizes and times are compared here)."""
         for leftover in self.uploads_dir.iterdir():
             remove(leftover)
         for directory in self.jobs_dir.glob(".*"):
@@ -173,18 +176,42 @@ class JobStore(Recorder, Downloads):
         for directory in found.deleted:  # the server stopped before it removed them
             remove(directory)
         self._unrecorded, self._legacy = found.unrecorded, found.legacy
+        self._outputs = {**found.outputs}
+        unfinished = 0
         for job in sorted(found.jobs.values(), key=lambda job: job.created):
             directory = self.jobs_dir / job.id
             for part in [*directory.glob(".*"), *(directory / DOWNLOADS).glob(".*")]:
                 remove(part)
             self._jobs[job.id] = job
             if job.state in (QUEUED, RUNNING):
-                job.state, job.progress = QUEUED, 0.0
+                job.state, job.progress, unfinished = QUEUED, 0.0, unfinished + 1
                 for stale in (STEMS, DOWNLOADS):
                     remove(directory / stale)
                 self._pending.append(job.id)
-        if self._pending:
-            logger.info("%d unfinished jobs queued again", len(self._pending))
+            elif (damage := self._damage(job)) is not None:
+                self._redo(job, damage)
+                self._unrecorded.append(job.record())
+        if unfinished:
+            logger.info("%d unfinished jobs queued again", unfinished)
+
+    def _redo(self, job: Job, damage: str) -> None:
+        """A done job whose stems are not those separated (`damage` says how): its stems and
+        downloads removed, queued again from its input, or failed if the input is gone too.
+        Call with the lock held (or before the workers start); the caller records the job."""
+        directory = self.jobs_dir / job.id
+        for stale in (STEMS, DOWNLOADS):
+            remove(directory / stale)
+        self._outputs.pop(job.id, None)
+        job.progress, job.finished, job.seconds, job.targets = 0.0, None, None, []
+        if (directory / INPUT).is_file():
+            job.state = QUEUED
+            self._pending.append(job.id)
+            logger.warning("%s: %s; separating it again", display_path(job.name), damage)
+        else:
+            job.state, job.finished = FAILED, time.time()
+            job.error = f"{job.name} was damaged on disk ({damage}) and its upload is gone too"
+            job.error += "; upload it again"
+            logger.warning("%s", display_path(job.error))
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's public record, the newest first."""
@@ -291,7 +318,7 @@ class JobStore(Recorder, Downloads):
             job_id = job_key(upload.finish(), options)
             with self._lock:
                 known = self._jobs.get(job_id)
-                if known is not None and known.state != FAILED:
+                if known is not None and known.state != FAILED and not self._damage(known):
                     return self._public(known), False
                 if job_id in self._cancelled:
                     raise Busy(f"{upload.name} is being deleted; upload it again in a moment")
@@ -301,7 +328,7 @@ class JobStore(Recorder, Downloads):
                 raise UmxError(as_named(str(error), upload.path, upload.name)) from None
             with self._lock:
                 known = self._jobs.get(job_id)  # again: the same song may have come meanwhile
-                if known is not None and known.state != FAILED:
+                if known is not None and known.state != FAILED and not self._damage(known):
                     return self._public(known), False
                 self.check_room()
                 job = Job(id=job_id, name=upload.name, size=upload.size, **options)
@@ -310,7 +337,7 @@ class JobStore(Recorder, Downloads):
                 try:
                     os.replace(upload.path, staging / INPUT)
                     self._append(job.record())  # first: a crash before the folder forgets it
-                    if known is not None:  # a failed job, asked for again
+                    if known is not None:  # a failed or damaged job, asked for again
                         remove(self.jobs_dir / job_id)
                     os.replace(staging, self.jobs_dir / job_id)
                 except BaseException:
@@ -520,6 +547,7 @@ class JobStore(Recorder, Downloads):
             if state == RUNNING:  # stopped: its record says running, queued at next start
                 return
             job.state, job.targets = state, targets
+            self._outputs[job.id] = outputs or {}
             if message is not None:
                 job.error = message
             job.seconds, job.finished = time.perf_counter() - start, time.time()

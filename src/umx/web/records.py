@@ -63,6 +63,10 @@ class NotFound(UmxError):
     """No such job, stem or format."""
 
 
+class NotReady(UmxError):
+    """A download of a job that is not done yet: queued, separating, or separating again."""
+
+
 def display_name(name: str) -> str:
     """A client's file name as shown on the page: its last component, printable, one line, not
     too long, never empty. It is never used as a path."""
@@ -219,9 +223,11 @@ class Replay:
             and recording that).
         legacy: the `LEGACY_RECORD` files of `jobs`, to remove once `unrecorded` is recorded.
         deleted: the folders of deleted jobs (the server stopped before it removed them).
+        outputs: the stems of the done jobs as recorded (`umx.jobs.describe_output`), by id.
     """
 
     jobs: dict[str, Job] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     unrecorded: list[dict[str, Any]] = field(default_factory=list)
     legacy: list[Path] = field(default_factory=list)
     deleted: list[Path] = field(default_factory=list)
@@ -238,6 +244,7 @@ def replay(manifest: Path, jobs_dir: Path) -> Replay:
             continue
         try:
             found.jobs[job_id] = Job.from_record(record)
+            found.outputs[job_id] = dict(record.get("outputs", {}))
         except ValueError as error:
             logger.warning("%s: the record of %s is not a job's (%s)", MANIFEST, job_id, error)
     for directory in sorted(jobs_dir.iterdir()):
@@ -250,7 +257,7 @@ def replay(manifest: Path, jobs_dir: Path) -> Replay:
             except (OSError, ValueError, TypeError) as error:
                 logger.warning("%s is not a job (%s); left alone", display_path(directory), error)
                 continue
-            found.jobs[job.id] = job
+            found.jobs[job.id], found.outputs[job.id] = job, dict(outputs or {})
             found.unrecorded.append(job.record(outputs))
         if directory.name in found.jobs:
             if legacy.exists():

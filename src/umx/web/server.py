@@ -17,6 +17,7 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 - ``GET /api/jobs/{id}/mix/{ext}?{stem}={gain}&...``: the sum of the stems named at their gains
   (what the player plays); a header ``X-Umx-Notice`` says when it was rescaled to fit.
 - ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
+- A download of a job whose stems were damaged on disk: 409, the job queued again.
 - ``GET /api/events``: server-sent events, ``jobs`` (every job) on connection, then ``job`` for
   each change, never one older (by its ``revision``) than one sent.
 
@@ -53,7 +54,7 @@ from umx.audio import audio_formats, display_path
 from umx.errors import UmxError
 from umx.web.guard import SECURITY_HEADERS, Guard
 from umx.web.jobs import JobStore
-from umx.web.records import Busy, NotFound, display_name, stem_modes
+from umx.web.records import Busy, NotFound, NotReady, display_name, stem_modes
 from umx.web.uploads import TooLarge, too_large
 from umx.zoo import BUNDLED, CACHED, MODELS, is_offline, list_models
 
@@ -62,7 +63,7 @@ logger = logging.getLogger("umx")
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
 """Seconds between comments on an idle event stream, so that proxies and browsers keep it."""
-STATUS = {TooLarge: 413, Busy: 503, NotFound: 404}
+STATUS = {TooLarge: 413, Busy: 503, NotFound: 404, NotReady: 409}
 DIRECTORY = "directory"
 """The status of a model given as a directory (the others are those of `umx.zoo.ModelInfo`)."""
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}

@@ -1,5 +1,5 @@
-"""The files of `umx serve`'s data directory: checking that it takes files, the size of a job's
-folder, and removals that a crash cannot leave half done."""
+"""The files of `umx serve`'s data directory: checking that it takes files, that a job's stems are
+those separated, the size of a job's folder, and removals that a crash cannot leave half done."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from umx.audio import display_path
 from umx.errors import UmxError
-from umx.files import HeldLock, hold_lock
+from umx.files import HeldLock, hold_lock, sha256_file
 
 PROBE_BYTES = 1 << 16
 """Bytes written (and removed) at start to check that the data directory takes files."""
@@ -71,6 +72,50 @@ def lock_data_dir(root: Path) -> HeldLock:
 def as_named(message: str, path: Path, name: str) -> str:
     """An error message about a stored file, naming it as the user knows it."""
     return message.replace(display_path(path), display_path(name))
+
+
+def stem_damage(
+    stems: Mapping[str, Path],
+    outputs: Mapping[str, Mapping[str, Any]],
+    hashed: dict[Path, tuple[int, int]] | None = None,
+) -> str | None:
+    """Why a finished job's stems are not the files that were separated, or None if they are.
+
+    Each stem must have its record (`umx.jobs.describe_output`) and be as large, and as old, as
+    it was written: one that differs is hashed, and kept only if it has the recorded SHA-256
+    (touched, not changed). With `hashed`, a stem is also hashed once while its size and time
+    stay those `hashed` keeps for it (updated here): a change that kept both is caught the
+    first time the stem is used after it.
+
+    Args:
+        stems: each stem's name to its file.
+        outputs: each stem's name to its record.
+        hashed: the size and modification time each file had when its hash was last found
+            right, by path; None: trust a size and time that match the record.
+
+    Returns:
+        why not, as a phrase ("its stem drums.wav is missing"), or None.
+    """
+    for name, path in stems.items():
+        record, shown = outputs.get(name), f"its stem {path.name}"
+        if record is None:
+            return f"{shown} has no record of what was written"
+        try:
+            stat = path.stat()
+            seen = (stat.st_size, stat.st_mtime_ns)
+            if seen == (record["bytes"], record["mtime_ns"]) and (
+                hashed is None or hashed.get(path) == seen
+            ):
+                continue
+            if sha256_file(path) != record["sha256"]:
+                return f"{shown} changed since it was separated"
+        except FileNotFoundError:
+            return f"{shown} is missing"
+        except OSError as error:
+            return f"{shown} cannot be read ({error.strerror or error})"
+        if hashed is not None:
+            hashed[path] = seen
+    return None
 
 
 def _files(directory: Path) -> Iterator[Path]:
