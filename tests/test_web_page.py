@@ -4,7 +4,10 @@ queue positions, Retry, the models' availability and the favicon."""
 
 from __future__ import annotations
 
+import http.server
 import io
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -13,8 +16,10 @@ import soundfile
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+import umx.web.server
 from test_web import MODEL, RATE, local_client, new_app, new_store, post, song_bytes, wait
 from umx import api
+from umx.cli import main
 from umx.jobs import DONE, FAILED, QUEUED
 from umx.web.records import ORIGINAL, error_summary
 
@@ -191,3 +196,40 @@ def test_favicon(served):
 )
 def test_error_summary_is_the_first_clause(message, summary):
     assert error_summary(message) == summary
+
+
+class Stop(Exception):
+    """Ends `umx serve` once its app's arguments are known."""
+
+
+@pytest.mark.parametrize("model", [None, "umxsynth"])
+def test_models_are_unavailable_when_the_download_server_does_not_answer(
+    tmp_path, monkeypatch, model
+):
+    """With or without --model, the download host is asked once at start (here a local port
+    that refuses, or a local server that answers: no network)."""
+    seen = []
+
+    def create_app(store, **options):
+        seen.append(options["no_downloads"])
+        raise Stop
+
+    monkeypatch.setattr(umx.web.server, "create_app", create_app)
+    monkeypatch.setenv("UMX_OFFLINE", "0")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refusing = f"http://127.0.0.1:{closed.getsockname()[1]}/files"
+    answering = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), http.server.BaseHTTPRequestHandler
+    )
+    threading.Thread(target=answering.serve_forever, daemon=True).start()
+    chosen = [] if model is None else ["--model", model]
+    try:
+        for url in (refusing, f"http://127.0.0.1:{answering.server_port}/files"):
+            monkeypatch.setenv("UMX_ZOO_URL", url)
+            with pytest.raises(Stop):
+                main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "0", *chosen])
+    finally:
+        answering.shutdown()
+        answering.server_close()
+    assert seen == ["the download server did not answer at start", None]

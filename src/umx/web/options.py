@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import webbrowser
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -31,7 +31,8 @@ from umx.cli_options import path_argument
 from umx.defaults import AUTO
 from umx.devices import WORKERS_PER_CORE, check_cores
 from umx.errors import UmxError, check_number
-from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, resolve_model
+from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, is_offline, resolve_model
+from umx.zoo.download import probe
 
 if TYPE_CHECKING:
     import uvicorn
@@ -51,6 +52,8 @@ STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
 WEB_MODULES = ("starlette", "uvicorn")
+NO_ANSWER = "the download server did not answer at start"
+"""Why the models not in the cache cannot be had, when the download host did not answer."""
 
 
 def default_data_dir() -> Path:
@@ -143,6 +146,27 @@ def import_web() -> None:
             importlib.import_module(name)
         except ImportError:
             raise UmxError(f"umx serve needs {name}: pip install 'umx[web]'") from None
+
+
+def downloads_unavailable(models: Sequence[str], fell_back: bool) -> str | None:
+    """Why the named models not in the cache cannot be downloaded now, or None: the download
+    host is probed once (up to `umx.zoo.download.PROBE_TIMEOUT_S`), only when one of `models`
+    is missing and offline mode is off (the page says that by itself).
+
+    Args:
+        models: every model the page offers.
+        fell_back: the default model was asked for and fell back (see `resolve_model`), so
+            the host did not answer a moment ago.
+    """
+    if is_offline():
+        return None
+    if fell_back:
+        return NO_ANSWER
+    missing = [(MODELS[name], MODELS[name].missing()) for name in models if name in MODELS]
+    entry, targets = next(((entry, targets) for entry, targets in missing if targets), (None, []))
+    if entry is None or probe(entry.url(targets[0])) is None:
+        return None
+    return NO_ANSWER
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -267,10 +291,9 @@ def _serve(args: argparse.Namespace, stop: StopRequest) -> bool:
             default_model=model,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             host=args.host,
-            # the default fell back: offline, or the download host did not answer
-            no_downloads="the download server did not answer at start"
-            if args.model is None and model != DEFAULT_MODEL
-            else None,
+            no_downloads=downloads_unavailable(
+                models, fell_back=args.model is None and model != DEFAULT_MODEL
+            ),
         )
         sock = listen(args.host, args.port)
         url = page_url(sock)
