@@ -698,3 +698,17 @@ def test_stems_match_the_input_rate_and_channels(client, store):
     job = wait(store, post(client, buffer.getvalue(), name="quad.wav").json()["id"])
     info = soundfile.info(io.BytesIO(client.get(f"/api/jobs/{job['id']}/stems/other.wav").content))
     assert (job["state"], info.channels, info.frames) == (DONE, 1, 11025)
+
+
+def test_an_unknown_job_is_named_as_asked_for(client, store):
+    job = wait(store, post(client, song_bytes(0.3, seed=71)).json()["id"])["id"]
+    for asked, shown in [
+        (job + "4", f"'{job}4'"),  # one digit more: not the job it starts with
+        (job + "%00", f"'{job}\\x00'"),
+        (job[:-1], f"'{job[:-1]}'"),
+        ("f" * 200, "'" + "f" * 17 + "..." + "f" * 18 + "'"),
+    ]:
+        for url in (f"/api/jobs/{asked}", f"/api/jobs/{asked}/stems/vocals.wav"):
+            response = client.get(url)
+            assert response.status_code == 404
+            assert response.json()["error"] == f"no job {shown}"

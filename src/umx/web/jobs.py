@@ -45,7 +45,7 @@ import torch
 
 from umx.audio import audio_info, display_path
 from umx.devices import release_freed_memory
-from umx.errors import UmxError
+from umx.errors import UmxError, short
 from umx.jobs import (
     DELETED,
     DONE,
@@ -64,7 +64,6 @@ from umx.web.listeners import Listener, Listeners
 from umx.web.records import (
     ALL_STEMS,
     DOWNLOADS,
-    ID_DIGITS,
     INPUT,
     JOB_ID,
     MANIFEST,
@@ -256,7 +255,7 @@ class JobStore(Recorder, Downloads):
     def _get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id) if JOB_ID.match(job_id) else None
         if job is None:
-            raise NotFound(f"no job {job_id[:ID_DIGITS]!r}")
+            raise NotFound(f"no job {short.repr(job_id)}")
         return job
 
     def options(self, model: str, stems: str) -> dict[str, str]:
