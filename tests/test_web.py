@@ -712,3 +712,32 @@ def test_an_unknown_job_is_named_as_asked_for(client, store):
             response = client.get(url)
             assert response.status_code == 404
             assert response.json()["error"] == f"no job {shown}"
+
+
+def test_the_downloads_of_an_unfinished_job_say_to_wait(tmp_path):
+    store = new_store(tmp_path / "data")  # not started: its jobs stay queued
+    try:
+        queued, _ = store.add(upload(store, song_bytes(0.3, 72)), store.options(MODEL, "all"))
+        failed, _ = store.add(upload(store, song_bytes(0.3, 73)), store.options("umxl", "all"))
+        with local_client(new_app(store)) as client:
+            for url in (
+                "stems/vocals.wav",
+                "stems/vocals.flac",
+                "mixture.wav",
+                "mix/wav",
+                "zip/wav",
+            ):
+                response = client.get(f"/api/jobs/{queued['id']}/{url}", params={"vocals": 1})
+                assert (response.status_code, response.json()["error"]) == (
+                    409,
+                    "song.wav is still waiting to be separated; download it when it is done",
+                ), url
+            store.start(1)
+            assert wait(store, failed["id"])["state"] == FAILED
+            response = client.get(f"/api/jobs/{failed['id']}/stems/vocals.wav")
+            assert (response.status_code, response.json()["error"]) == (
+                404,
+                "song.wav has no stems: its separation failed; retry it",
+            )
+    finally:
+        store.stop()

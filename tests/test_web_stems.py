@@ -99,7 +99,10 @@ def test_damaged_stems_are_separated_again_at_start(tmp_path):
     with local_client(new_app(second)) as client:
         for job_id in (truncated, overwritten):
             refused = client.get(f"/api/jobs/{job_id}/stems/vocals.wav")
-            assert refused.status_code == 404
+            assert refused.status_code == 409
+            assert refused.json()["error"] == (
+                "song.wav is still waiting to be separated; download it when it is done"
+            )
         assert client.get(f"/api/jobs/{gone}/stems/vocals.wav").status_code == 404
         # the same song again replaces the failed job
         again = post(client, songs[2])

@@ -14,7 +14,7 @@ from typing import IO, Any, NoReturn
 from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
 from umx.errors import UmxError, check_number
 from umx.files import safe_stem, write_atomic
-from umx.jobs import DONE, FAILED
+from umx.jobs import DONE, FAILED, QUEUED, RUNNING
 from umx.web.listeners import Listeners
 from umx.web.records import (
     DOWNLOADS,
@@ -70,13 +70,12 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job, stem or format.
-            NotReady: its stems were damaged: it is being separated again (see `_damaged`).
+            NotReady: it is not done yet, or its stems were damaged: it is being separated
+                again (see `_damaged`).
         """
-        with self._lock:
-            job = self._get(job_id)
-            if job.state != DONE or stem not in job.targets or ext not in audio_formats():
-                raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
-            directory = self.jobs_dir / job_id
+        job, directory = self._finished(job_id), self.jobs_dir / job_id
+        if stem not in job.targets or ext not in audio_formats():
+            raise NotFound(f"no stem {stem[:64]!r} in {ext[:8]!r} for job {job_id}")
         self._check_stems(job)
         source = self._stem_path(job, stem)
         name = f"{safe_stem(job.name)}-{stem}.{ext}"
@@ -100,13 +99,12 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job or format.
-            NotReady: its stems were damaged: it is being separated again (see `_damaged`).
+            NotReady: it is not done yet, or its stems were damaged: it is being separated
+                again (see `_damaged`).
         """
-        job = self.job(job_id)
-        if job["state"] != DONE:
-            raise NotFound(f"job {job_id} has no stems: it is {job['state']}")
-        files = {stem: self.stem_file(job_id, stem, ext) for stem in job["targets"]}
-        folder = safe_stem(job["name"])
+        job = self._finished(job_id)
+        files = {stem: self.stem_file(job_id, stem, ext) for stem in job.targets}
+        folder = safe_stem(job.name)
         target = self.jobs_dir / job_id / DOWNLOADS / f"stems-{ext}.zip"
         if not target.exists():
             target.parent.mkdir(exist_ok=True)
@@ -129,12 +127,9 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job.
+            NotReady: it is not done yet.
         """
-        with self._lock:
-            job = self._get(job_id)
-            if job.state != DONE:
-                raise NotFound(f"job {job_id} has no stems: it is {job.state}")
-            directory = self.jobs_dir / job_id
+        job, directory = self._finished(job_id), self.jobs_dir / job_id
         target = directory / DOWNLOADS / f"{ORIGINAL}.{STEM_EXT}"
         if not target.exists():
             target.parent.mkdir(exist_ok=True)
@@ -161,13 +156,13 @@ class Downloads:
 
         Raises:
             NotFound: no such finished job or format.
-            NotReady: its stems were damaged: it is being separated again (see `_damaged`).
+            NotReady: it is not done yet, or its stems were damaged: it is being separated
+                again (see `_damaged`).
             UmxError: an unknown stem, a gain that is not a number in range, or silence.
         """
-        with self._lock:
-            job = self._get(job_id)
-            if job.state != DONE or ext not in audio_formats():
-                raise NotFound(f"no mix in {ext[:8]!r} for job {job_id}")
+        job = self._finished(job_id)
+        if ext not in audio_formats():
+            raise NotFound(f"no mix in {ext[:8]!r} for job {job_id}")
         self._check_stems(job)
         chosen = {}
         for name, text in gains.items():
@@ -206,6 +201,23 @@ class Downloads:
                 f"{report.gain:.3f} to fit"
             )
         return target, f"{safe_stem(job.name)}-mix.{ext}", notice
+
+    def _finished(self, job_id: str) -> Job:
+        """A job whose stems can be downloaded.
+
+        Raises:
+            NotFound: no such job, or it failed.
+            NotReady: it is queued or being separated: wait.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            state = job.state
+        if state in (QUEUED, RUNNING):
+            doing = "being separated" if state == RUNNING else "waiting to be separated"
+            raise NotReady(f"{job.name} is still {doing}; download it when it is done")
+        if state != DONE:
+            raise NotFound(f"{job.name} has no stems: its separation failed; retry it")
+        return job
 
     def _stem_path(self, job: Job, stem: str) -> Path:
         return self.jobs_dir / job.id / STEMS / f"{stem}.{STEM_EXT}"

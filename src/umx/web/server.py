@@ -17,7 +17,8 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 - ``GET /api/jobs/{id}/mix/{ext}?{stem}={gain}&...``: the sum of the stems named at their gains
   (what the player plays); a header ``X-Umx-Notice`` says when it was rescaled to fit.
 - ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
-- A download of a job whose stems were damaged on disk: 409, the job queued again.
+- A download of a job not yet done, or whose stems were damaged on disk (it is queued again):
+  409; of a failed job: 404.
 - ``GET /api/events``: server-sent events, ``jobs`` (every job) on connection, then ``job`` for
   each change, never one older (by its ``revision``) than one sent.
 
