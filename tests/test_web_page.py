@@ -81,6 +81,9 @@ def test_the_mix_is_the_sum_of_the_chosen_stems_at_their_gains(served):
         ({"vocals": "nan"}, 422, "the gain of vocals must be a finite number, not nan"),
         ({"vocals": "-1"}, 422, "the gain of vocals must be at least 0, not -1"),
         ({"vocals": "2.5"}, 422, "the gain of vocals must be at most 2, not 2.5"),
+        ({"vocals": "2.0000001"}, 422, "the gain of vocals must be at most 2, not 2.0000001"),
+        ({"vocals": "1e-320"}, 422, "the mix is silent at these gains: raise the gain of a"),
+        ({"vocals": "1e-40"}, 422, "the mix is silent at these gains"),  # a denormal mix
         ({"vocals": "loud"}, 422, "the gain of vocals must be a number, not 'loud'"),
         ({"vocals": "0", "bass": "0"}, 422, "the mix is silent: give a stem a gain above 0"),
         ({}, 422, "the mix is silent"),

@@ -119,5 +119,8 @@ def check_number(
 
 
 def _shown(number: float) -> str:
-    """A bound or value as a message shows it: whole numbers in full (99999999, not 1e+08)."""
-    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else f"{number:g}"
+    """A bound or value as a message shows it: whole numbers in full (99999999, not 1e+08), and
+    others with the digits that tell them apart (2.0000001, not 2, beside a bound of 2)."""
+    if float(number).is_integer():
+        return str(int(number)) if abs(number) < 1e15 else f"{number:g}"
+    return repr(float(number))

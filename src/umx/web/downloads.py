@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+import numpy as np
+
 from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
 from umx.errors import UmxError, check_number
 from umx.files import safe_stem, write_atomic
@@ -30,6 +32,8 @@ from umx.web.storage import stem_damage
 
 MAX_MIX_GAIN = 2.0
 """The largest gain of a stem in a mix (the page's volume sliders end below it)."""
+SILENCE = float(np.finfo(np.float32).tiny)
+"""A mix whose peak is below this (the smallest normal 32-bit float) is refused as silent."""
 
 
 class Downloads:
@@ -188,6 +192,10 @@ class Downloads:
                 raise UmxError(f"the stems of {job.name} differ in length; separate it again")
             mix = gain * audio if mix is None else mix + gain * audio
         assert mix is not None and rate is not None
+        if not float(mix.abs().max()) >= SILENCE:  # tiny gains: zeros, or denormal numbers
+            raise UmxError(
+                "the mix is silent at these gains: raise the gain of a stem that is heard"
+            )
         key = hashlib.sha256(json.dumps(sorted(chosen.items())).encode()).hexdigest()[:16]
         target = self.jobs_dir / job_id / DOWNLOADS / f"mix-{key}.{ext}"
         target.parent.mkdir(exist_ok=True)
