@@ -741,3 +741,16 @@ def test_the_downloads_of_an_unfinished_job_say_to_wait(tmp_path):
             )
     finally:
         store.stop()
+
+
+@pytest.mark.parametrize("megabytes", ["0.1", "0.01", "0.25", "1.5", "2.3"])
+def test_the_upload_limit_is_said_as_given(store, megabytes):
+    limit = int(float(megabytes) * 2**20)  # as umx serve --max-upload-mb turns it into bytes
+    with local_client(new_app(store, max_upload_bytes=limit)) as client:
+        refused = client.post("/api/jobs", content=b"\0" * (limit + 1))
+        assert refused.status_code == 413
+        assert refused.json()["error"] == (
+            f"untitled is larger than the upload limit of {megabytes} MB "
+            "(umx serve --max-upload-mb)"
+        )
+        assert client.get("/api/config").json()["max_upload_mb"] == float(megabytes)

@@ -5,7 +5,7 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 - ``GET /``: the page (``static/index.html``); ``/static/...``: its files; ``/favicon.ico``.
 - ``GET /api/config``: the models (bundled/cached status, whether they can be had now and if
   not why and how, their stem modes, the demonstration model's notice), formats, the upload
-  limit.
+  limit (in bytes, and in MiB as ``--max-upload-mb`` gave it).
 - ``GET /api/jobs``: every job, the newest first.
 - ``POST /api/jobs?name=&model=&stems=``: the song as the raw request body (any name; its content
   decides whether it is audio): 201 a new job, 200 a job that exists, 413 too large, 422 not
@@ -56,7 +56,7 @@ from umx.errors import UmxError
 from umx.web.guard import SECURITY_HEADERS, Guard
 from umx.web.jobs import JobStore
 from umx.web.records import Busy, NotFound, NotReady, display_name, stem_modes
-from umx.web.uploads import TooLarge, too_large
+from umx.web.uploads import TooLarge, megabytes, too_large
 from umx.zoo import BUNDLED, CACHED, MODELS, is_offline, list_models
 
 logger = logging.getLogger("umx")
@@ -130,6 +130,7 @@ def job_routes(
                 "default_model": default_model,
                 "formats": audio_formats(),
                 "max_upload_bytes": max_upload_bytes,
+                "max_upload_mb": float(megabytes(max_upload_bytes)),
             }
         )
 

@@ -64,8 +64,22 @@ class Upload:
         self.path.unlink(missing_ok=True)
 
 
+def megabytes(limit: int) -> str:
+    """An upload limit in bytes as `--max-upload-mb` gives it (`int(MB * 2**20)` bytes): the
+    shortest number of MiB that gives it back (0.1, not 0.0999994): the number given, unless
+    it has more digits than the bytes tell apart."""
+    for decimals in range(21):
+        scaled = -(-limit * 10**decimals // 2**20)  # the smallest with these decimals above it
+        whole, fraction = divmod(scaled, 10**decimals)
+        text = f"{whole}.{fraction:0{decimals}d}" if decimals else str(whole)
+        if int(float(text) * 2**20) == limit:
+            return text
+    return f"{limit / 2**20:g}"
+
+
 def too_large(name: str, limit: int) -> TooLarge:
+    """The refusal of an upload over `limit` bytes."""
     return TooLarge(
-        f"{name} is larger than the upload limit of {limit / 2**20:g} MB "
+        f"{name} is larger than the upload limit of {megabytes(limit)} MB "
         "(umx serve --max-upload-mb)"
     )

@@ -78,7 +78,7 @@ async function loadConfig() {
   renderUnavailable();
   renderModelChoice();
   for (const ext of state.config.formats) $("#format").append(element("option", { text: ext }));
-  $("#limit").textContent = Math.round(state.config.max_upload_bytes / 2 ** 20);
+  $("#limit").textContent = state.config.max_upload_mb;
   $("#version").textContent = `umx ${state.config.version}`;
 }
 
@@ -118,7 +118,7 @@ function upload(file) {
   state.uploads.set(key, entry);
   if (file.size > state.config.max_upload_bytes) {
     entry.error = `${file.name} is larger than the upload limit of ` +
-      `${Math.round(state.config.max_upload_bytes / 2 ** 20)} MB`;
+      `${state.config.max_upload_mb} MB`;
     renderUpload(entry);
     return;
   }
