@@ -754,3 +754,29 @@ def test_the_upload_limit_is_said_as_given(store, megabytes):
             "(umx serve --max-upload-mb)"
         )
         assert client.get("/api/config").json()["max_upload_mb"] == float(megabytes)
+
+
+def test_a_restart_says_its_queued_jobs_and_the_demo_notice_once(tmp_path, caplog, monkeypatch):
+    from umx.zoo import loading
+    from umx.zoo.registry import MODELS as ZOO
+
+    monkeypatch.setattr(loading, "_NOTICED", set())  # as in a new process
+    root = tmp_path / "data"
+    first = new_store(root)  # not started: its jobs stay queued
+    for seed, stems in ((81, "all"), (82, "vocals")):
+        first.add(upload(first, song_bytes(0.3, seed)), first.options(MODEL, stems))
+    first.stop()
+    caplog.set_level(logging.INFO, logger="umx")
+    again = new_store(root)
+    assert "2 unfinished jobs queued again" in caplog.text
+    again.start(1, preload=MODEL)
+    try:
+        assert all(wait(again, job["id"])["state"] == DONE for job in again.jobs())
+    finally:
+        again.stop()
+    assert caplog.text.count(ZOO[MODEL].notice) == 1  # each stem mode loads the model again
+    first = new_store(tmp_path / "other")
+    first.add(upload(first, song_bytes(0.3, 83)), first.options(MODEL, "all"))
+    first.stop()
+    new_store(tmp_path / "other").stop()
+    assert "1 unfinished job queued again" in caplog.text

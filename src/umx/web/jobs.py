@@ -57,6 +57,7 @@ from umx.jobs import (
     loaded_separator,
     run_task,
 )
+from umx.messages import plural
 from umx.options import OutputOptions, SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, check_options
 from umx.web.downloads import Downloads
@@ -191,7 +192,7 @@ class JobStore(Recorder, Downloads):
                 self._redo(job, damage)
                 self._unrecorded.append(job.record())
         if unfinished:
-            logger.info("%d unfinished jobs queued again", unfinished)
+            logger.info("%s queued again", plural(unfinished, "unfinished job"))
 
     def _redo(self, job: Job, damage: str) -> None:
         """A done job whose stems are not those separated (`damage` says how): its stems and

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a mode
     from umx.separator import Separator
 
 logger = logging.getLogger(__name__)
+_NOTICED: set[str] = set()
+"""The named models whose notice this process has logged (each is logged once)."""
 
 
 def _read_config(directory: Path, entry: ZooEntry) -> tuple[dict[str, Any], str]:
@@ -224,7 +226,8 @@ def load_separator(
         name = resolve_model(model)
         if name in MODELS and isinstance(model, str):
             entry = MODELS[name]
-            if entry.notice:
+            if entry.notice and name not in _NOTICED:  # once: a server loads it per stem mode
+                _NOTICED.add(name)
                 logger.info(entry.notice)
             files, available = _named_files(entry, targets, progress, offline), entry.targets
         elif xumx_file(model) is None:
