@@ -278,6 +278,12 @@ def test_type_is_checked_by_decoding_not_by_name(client, store):
     assert refused.status_code == 422
     assert refused.json()["error"].startswith("song.wav is not decodable audio")
     assert post(client, b"", name="empty.wav").json() == {"error": "empty.wav is empty"}
+    for subtype in ("FLOAT", "PCM_16"):  # a header and no frames: refused at once, not queued
+        silent = io.BytesIO()
+        soundfile.write(silent, np.zeros((0, 2), np.float32), RATE, format="WAV", subtype=subtype)
+        refused = post(client, silent.getvalue(), name="none.wav")
+        assert refused.status_code == 422
+        assert refused.json() == {"error": "none.wav contains no audio"}
     song = song_bytes(1.0, seed=3)
     cut = post(client, song[: len(song) // 2], name="cut")  # stored without its name's extension
     assert cut.status_code == 422

@@ -311,7 +311,8 @@ class JobStore(Recorder, Downloads):
             the job's public record, and whether it is new.
 
         Raises:
-            UmxError: the file is not audio umx reads (named by its upload name).
+            UmxError: the file is not audio umx reads, or its header says it holds none (named
+                by its upload name).
             Busy: the queue is full.
         """
         try:
@@ -322,8 +323,9 @@ class JobStore(Recorder, Downloads):
                     return self._public(known), False
                 if job_id in self._cancelled:
                     raise Busy(f"{upload.name} is being deleted; upload it again in a moment")
-            try:
-                audio_info(upload.path)
+            try:  # the header only: the whole file is decoded when it is separated
+                if audio_info(upload.path).nb_frames == 0:
+                    raise UmxError(f"{display_path(upload.path)} contains no audio")
             except UmxError as error:
                 raise UmxError(as_named(str(error), upload.path, upload.name)) from None
             with self._lock:
