@@ -359,3 +359,16 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert page.problems == [  # that refusal, and nothing else (no favicon 404, no error)
         "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
     ]
+
+
+def test_a_refused_name_is_announced_as_the_server_names_it(served, page_at):
+    _, url = served
+    page = page_at("desktop")
+    page.goto(url)
+    page.wait_for_selector("html[data-state=ready]")
+    name = "<b>bold</b>x\u2026.wav"  # a "/": the server shows its last component only
+    page.evaluate("(name) => upload(new File(['not audio, just text'], name))", name)
+    error = page.wait_for_selector("#jobs li.upload .error:not([hidden])")
+    assert error.text_content().startswith("b>x\u2026.wav is not decodable audio")
+    assert page.text_content("#announcer") == error.text_content()  # one name, not two
+    assert page.text_content("#jobs li.upload .name") == "b>x\u2026.wav"

@@ -112,12 +112,21 @@ function renderUnavailable() {
 
 let uploadCount = 0;
 
+// A file's name as the server shows it (umx.web.records.display_name): its last component,
+// printable, at most 200 characters, never empty; the page and the server's answers then name
+// a file alike (`a/b.wav` is `b.wav` in both).
+function displayName(name) {
+  const last = name.split(/[/\\]/).pop()
+    .replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, "").trim();
+  return Array.from(last).slice(0, 200).join("") || "untitled";
+}
+
 function upload(file) {
   const key = `upload-${++uploadCount}`;
-  const entry = { key, name: file.name, progress: 0, error: null };
+  const entry = { key, name: displayName(file.name), progress: 0, error: null };
   state.uploads.set(key, entry);
   if (file.size > state.config.max_upload_bytes) {
-    entry.error = `${file.name} is larger than the upload limit of ` +
+    entry.error = `${entry.name} is larger than the upload limit of ` +
       `${state.config.max_upload_mb} MB`;
     renderUpload(entry);
     return;
@@ -147,7 +156,7 @@ function upload(file) {
     }
   };
   request.onerror = () => {
-    entry.error = `${file.name} could not be sent: the connection to the server was lost`;
+    entry.error = `${entry.name} could not be sent: the connection to the server was lost`;
     renderUpload(entry);
   };
   request.send(file);
