@@ -500,7 +500,9 @@ def test_one_estimate_is_scored_with_the_rest_of_the_mixture(tracks, metrics):
 
 
 def test_model_options_need_a_model(tmp_path):
-    args = options("--root", tmp_path, "--method", "irm", "--niter", "2", "--evaldir", tmp_path)
+    args = options(
+        "--root", tmp_path / "db", "--method", "irm", "--niter", "2", "--evaldir", tmp_path / "ev"
+    )
     with pytest.raises(UmxError, match="--niter applies to --model only"):
         run_evaluate(args)
 
@@ -561,6 +563,7 @@ def test_cli_model_outdir_estimates_and_compare(root, separator, evaldirs, tmp_p
     assert run_evaluate(model) == 0
     for name in NAMES:
         assert sorted(p.name for p in (tmp_path / "stems" / "test" / name).iterdir()) == [
+            ".umx-evaluate.json",  # what wrote them, for a resumed run
             "accompaniment.wav",
             "vocals.wav",
         ]
@@ -626,7 +629,7 @@ def test_cli_model_with_one_target(root, separator, tracks, tmp_path):
     )  # fmt: skip
     assert run_evaluate(args) == 0
     for track in tracks:
-        assert [p.name for p in (tmp_path / "stems" / "test" / track.name).iterdir()] == [
+        assert [p.name for p in (tmp_path / "stems" / "test" / track.name).glob("*.wav")] == [
             "vocals.wav"
         ]
         estimate, _ = sf.read(tmp_path / "stems" / "test" / track.name / "vocals.wav")
@@ -864,3 +867,31 @@ def test_workers_stop_quietly_with_the_driver(tmp_path, stop):
     err = (tmp_path / "stderr").read_text()
     # SIGKILL leaves the driver's semaphores to Python's resource tracker, which says so
     assert "Traceback" not in err and (stop == "SIGKILL" or err == ""), err
+
+
+def test_estimates_are_written_over_only_when_this_evaluation_wrote_them(tracks, tmp_path):
+    """`outdir` estimates a stopped evaluation wrote are written again when it resumes, but
+    those of another method, or files of the user's, are refused before any track unless
+    `force`."""
+    irm, stems = BaselineMethod("irm", VOC_ACC), tmp_path / "stems"
+    assert evaluate(tracks, irm, tmp_path / "ev", outdir=stems, progress=False).evaluated
+    vocals = [stems / "test" / name / "vocals.wav" for name in NAMES]
+    json_path(tmp_path / "ev", tracks[1]).unlink()  # stopped after the first track's scores
+    summary = evaluate(tracks, irm, tmp_path / "ev", outdir=stems, progress=False)
+    assert summary.skipped == [NAMES[0]] and summary.evaluated == [NAMES[1]]
+    written = {path: path.read_bytes() for path in vocals}
+    with pytest.raises(UmxError) as error:  # another method into the same estimates folder
+        evaluate(tracks, BaselineMethod("mix", VOC_ACC), tmp_path / "mix", outdir=stems)
+    first = vocals[0].parent / "accompaniment.wav"
+    assert str(error.value) == f"{first} already exists (use --force to overwrite)"
+    assert {path: path.read_bytes() for path in vocals} == written
+    assert not (tmp_path / "mix").exists()
+    mine = tmp_path / "mine" / "test" / NAMES[1] / "vocals.wav"  # no record: the user's
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my own take")
+    with pytest.raises(UmxError, match=re.escape(f"{mine} already exists")):
+        evaluate(tracks, irm, tmp_path / "ev2", outdir=tmp_path / "mine", progress=False)
+    assert mine.read_bytes() == b"my own take"
+    mix = BaselineMethod("mix", VOC_ACC)
+    assert evaluate(tracks, mix, tmp_path / "mix", outdir=stems, force=True, progress=False)
+    assert all(path.read_bytes() != written[path] for path in vocals)

@@ -210,6 +210,21 @@ CASES = [
         [],
     ),
     ("evaldir-is-a-file", [*ROOT, "--method", "mix", "--evaldir", "a-file"], 1, "is a file", []),
+    (
+        "outdir-is-the-root",  # the estimates would overwrite the references
+        [*ROOT, *MIX, "--outdir", "db"],
+        1,
+        "--outdir db and --root db overlap: put the outdir outside the test set",
+        [],
+    ),
+    (
+        "evaldir-in-the-test-set",  # it would read as a track of the test set
+        [*ROOT, "--method", "mix", "--evaldir", "db/test/ev"],
+        1,
+        "--evaldir db/test/ev and --root db overlap",
+        [],
+    ),
+    ("outdir-holds-the-root", [*ROOT, *MIX, "--outdir", "."], 1, "--outdir . and --root db", []),
     ("root-missing", ["--root", "nowhere", "--is-wav", *MIX], 1, "nowhere/test does not exist", []),
     ("unknown-track", [*ROOT, "--tracks", "Nope", *MIX], 1, "no track named 'Nope'", []),
     (

@@ -27,6 +27,7 @@ from umx.defaults import (
     WIN,
 )
 from umx.errors import UmxError, display_path
+from umx.files import within
 
 if TYPE_CHECKING:
     import museval
@@ -178,6 +179,30 @@ def _unique_names(
     return stores
 
 
+def _check_output_folders(args: argparse.Namespace) -> None:
+    """Refuse an --evaldir or --outdir that is a file, or that is the test set's folder, lies
+    inside it or holds it: its estimates or scores would overwrite the references, or read as
+    tracks of the test set.
+
+    Raises:
+        UmxError: naming the option.
+    """
+    for option, directory in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
+        if directory is None:
+            continue
+        if directory.exists() and not directory.is_dir():
+            raise UmxError(f"{option} {directory} is a file, not a directory")
+        if args.root is None:
+            continue
+        root, written = os.path.realpath(args.root), os.path.realpath(directory)
+        if within(written, root) or within(root, written):
+            raise UmxError(
+                f"{option} {display_path(directory)} and --root {display_path(args.root)} "
+                f"overlap: put the {option[2:]} outside the test set, so that its references "
+                "are never overwritten nor read as tracks"
+            )
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """`umx evaluate`: evaluate a method on a test set and/or compare evaluated methods.
 
@@ -192,9 +217,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.root is None and not args.compare:
         raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
     check_settings(win=args.win, hop=args.hop, jobs=args.jobs, metrics=args.metrics)
-    for option, directory in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
-        if directory is not None and directory.exists() and not directory.is_dir():
-            raise UmxError(f"{option} {directory} is a file, not a directory")
+    _check_output_folders(args)
     for directory in args.compare or []:
         if not (directory / args.subset).is_dir():
             raise UmxError(

@@ -4,6 +4,7 @@ if asked) into one museval JSON per track."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -26,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from umx.audio import write_audio
 from umx.defaults import BSSEVAL, HOP, WIN
 from umx.devices import WORKERS_PER_CORE, check_cores, threads_per_worker
-from umx.errors import UmxError, display_path, os_error_line
+from umx.errors import UmxError, already_exists, display_path, os_error_line
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method, Settings
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
+ESTIMATES_RECORD = ".umx-evaluate.json"
+"""In each track's folder of `--outdir` estimates: the method's name and settings that wrote
+them, so that an evaluation made the same way (a resumed one) may write them again."""
 REST_OF = "the mixture without"
 """How a single estimate's second source is named in messages: the rest of the mixture."""
 
@@ -203,6 +207,45 @@ def json_path(evaldir: str | os.PathLike, track: musdb.MultiTrack) -> Path:
     return Path(evaldir) / track.subset / f"{track.name}.json"
 
 
+def estimates_folder(outdir: str | os.PathLike, track: musdb.MultiTrack) -> Path:
+    """Where a track's estimates go: `<outdir>/<subset>/<track>/`, museval's layout."""
+    return Path(outdir) / track.subset / track.name
+
+
+def estimates_record(method: Method, settings: Settings) -> dict[str, object]:
+    """What `ESTIMATES_RECORD` holds: the method's name and `run_settings`."""
+    return {"method": getattr(method, "name", None), SETTINGS: settings}
+
+
+def check_outdir(
+    outdir: Path, tracks: Sequence[musdb.MultiTrack], record: Mapping[str, object]
+) -> None:
+    """Refuse, before any work, to write over the wav files in the estimates folder of one of
+    `tracks` unless an evaluation made the same way (`record`, see `estimates_record`) wrote
+    them: a stopped run resumes, but the estimates of another method or the user's own files
+    are kept.
+
+    Raises:
+        UmxError: naming the first such file, and --force.
+    """
+    for track in tracks:
+        folder = estimates_folder(outdir, track)
+        try:
+            existing = sorted(path for path in folder.iterdir() if path.suffix == ".wav")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as error:
+            raise UmxError(os_error_line(error)) from None
+        if not existing:
+            continue
+        try:
+            written = json.loads((folder / ESTIMATES_RECORD).read_text())
+        except (OSError, ValueError):
+            written = None
+        if written != json.loads(json.dumps(record)):
+            raise already_exists(existing[0])
+
+
 @dataclass(frozen=True)
 class _TrackJob:
     """Everything evaluating one track needs; picklable, sent once to each worker process."""
@@ -222,11 +265,17 @@ class _TrackJob:
             with _audio_in_memory(track):
                 estimates = self.method(track)
                 if self.outdir is not None:
+                    folder = estimates_folder(self.outdir, track)
+                    record = estimates_record(self.method, self.settings)
+                    _write_text(folder / ESTIMATES_RECORD, json.dumps(record))
                     for name, estimate in estimates.items():
-                        path = self.outdir / track.subset / track.name / f"{name}.wav"
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        write_audio(
-                            path, estimate.T, track.rate, subtype="FLOAT", clip="none", force=True
+                        write_audio(  # checked by `check_outdir` before any track
+                            folder / f"{name}.wav",
+                            estimate.T,
+                            track.rate,
+                            subtype="FLOAT",
+                            clip="none",
+                            force=True,
                         )
                 scores = score_track(
                     track, estimates, win=self.win, hop=self.hop, metrics=self.metrics
@@ -315,7 +364,9 @@ def evaluate(
         evaldir: where the JSON files go, as `<evaldir>/<subset>/<track>.json`.
         win, hop: BSSEval window and hop in seconds.
         outdir: also write the estimates, as float wav in `<outdir>/<subset>/<track>/<target>.wav`
-            (readable back with `EstimatesMethod`).
+            (readable back with `EstimatesMethod`); wav files already there are overwritten
+            only with `force`, or when an evaluation made the same way wrote them (see
+            `check_outdir`).
         jobs: tracks evaluated at once, each in its own process; the scores do not depend on it.
         force: evaluate tracks that already have a JSON again.
         progress: show a progress bar over the tracks.
@@ -326,8 +377,9 @@ def evaluate(
         which tracks were evaluated, skipped or failed.
 
     Raises:
-        UmxError: a bad setting, or scores in `evaldir` that were made otherwise (without
-            `force`; see `check_resumable`).
+        UmxError: a bad setting, scores in `evaldir` that were made otherwise, or estimates in
+            `outdir` that this evaluation did not write (without `force`; see
+            `check_resumable` and `check_outdir`).
     """
     check_settings(win=win, hop=hop, jobs=jobs, metrics=metrics)
     outdir = None if outdir is None else Path(outdir)
@@ -335,8 +387,10 @@ def evaluate(
     done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
     name = getattr(method, "name", None)
     check_resumable(evaldir, [json_path(evaldir, track) for track in done], name, settings)
-    job = _TrackJob(method, Path(evaldir), outdir, win, hop, metrics, settings)
     todo = [track for track in tracks if track not in done]
+    if outdir is not None and not force:
+        check_outdir(outdir, todo, estimates_record(method, settings))
+    job = _TrackJob(method, Path(evaldir), outdir, win, hop, metrics, settings)
     outcomes: list[_Outcome] = []
     bars = progress and bool(todo) and sys.stderr.isatty()  # a log file gets lines, not a bar
     with (
