@@ -3,6 +3,7 @@ and a tiny causal student: the training targets are the teacher's stems, the tru
 never given, the model loads and streams, a stopped run resumes, bad input is refused."""
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from umx.audio import read_audio
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
-from umx.distill.teacher import MIXTURE_FILE, track_name
+from umx.distill.teacher import MIXTURE_FILE, build_training_set, track_name
+from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import read_records
 from umx.zoo import load_separator
@@ -290,3 +292,39 @@ def test_a_folder_without_music_is_refused(tmp_path, capsys):
     (error,) = messages(capsys)
     assert error.startswith("umx: error: the folder ") and "holds no file ending in" in error
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.mark.parametrize(
+    "mine", [["data/train/mysong/notes.txt", "data/valid/v.txt"], ["notes.txt"]]
+)
+def test_a_work_folder_holding_the_users_files_is_refused_and_kept(songs, tmp_path, capsys, mine):
+    """A work folder is the distillation's alone: one holding files umx did not write (where
+    the training set's split folders go, or anywhere) is refused before any work, and every
+    file in it kept."""
+    work = tmp_path / "project"
+    for name in mine:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("mine")
+    assert distill(songs[0], tmp_path / "student", "--work", str(work)) == 1
+    (error,) = messages(capsys)
+    first = work / mine[0].split("/")[0] if len(mine) == 1 else work / "data/train/mysong"
+    assert error.startswith(f"umx: error: --work {work} holds files umx did not write ({first}")
+    assert error.endswith("give a new or empty folder as --work")
+    assert sorted(path.relative_to(work).as_posix() for path in work.rglob("*.txt")) == mine
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["project"]
+
+
+def test_the_training_set_removes_only_its_own_links(tmp_path):
+    """Rebuilding the splits removes the links umx made there, and refuses (keeping it) any
+    other file."""
+    work = tmp_path / "work"
+    (work / "data" / "tracks" / "song-1").mkdir(parents=True)
+    (work / "data" / "valid").mkdir()
+    (work / "data" / "valid" / "song-1").symlink_to(Path("..", "tracks", "song-1"))
+    (work / "data" / "valid" / "elsewhere").symlink_to(tmp_path)
+    with pytest.raises(UmxError, match=re.escape(f"({work / 'data/valid/elsewhere'}): give")):
+        build_training_set([], work, valid_fraction=0.5, seed=0)
+    assert sorted(path.name for path in (work / "data" / "valid").iterdir()) == [
+        "elsewhere",
+        "song-1",
+    ]

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from umx import __version__
-from umx.distill.teacher import MIXTURE_FILE, TeacherPass, TrainingSet
+from umx.distill.teacher import (
+    DATA_DIR,
+    MIXTURE_FILE,
+    TEACHER_DIR,
+    TeacherPass,
+    TrainingSet,
+    foreign_files,
+    foreign_refusal,
+)
 from umx.errors import UmxError, display_path
 from umx.files import write_json_atomic
 
@@ -54,8 +62,17 @@ def check_settings(work: Path, output: Path, settings: Mapping[str, Any], *, for
     folder that holds something else than this distillation's model, unless `force`.
 
     Raises:
-        UmxError: naming the first changes, or the output folder.
+        UmxError: naming the first changes, or the output folder; or a work folder that holds
+            files umx did not write (whatever `force`).
     """
+    written = (TEACHER_DIR, DATA_DIR, SETTINGS_FILE)
+    foreign = [  # but a temporary settings file, which the next write of the settings removes
+        path
+        for path in foreign_files(work, written)
+        if not path.name.startswith(f".{SETTINGS_FILE}.")
+    ]
+    if foreign:
+        raise foreign_refusal(work, foreign)
     stored = read_settings(work)
     if force:
         return

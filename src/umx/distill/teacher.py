@@ -14,7 +14,8 @@ Layout of the work folder (`WORK`):
   the `aligned` dataset of `umx.train` reads `data` with `mixture.wav` as input and a stem as
   output.
 
-The user's files are only read.
+The user's files are only read; a work folder that holds files umx did not write is refused
+(`foreign_files`) rather than cleaned.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from umx.audio import audio_info, display_path, read_audio, write_audio
 from umx.defaults import JOB_DIRNAME
-from umx.errors import UmxError
+from umx.errors import UmxError, os_error_line
 from umx.files import safe_stem, sha256_bytes
 from umx.messages import plural
 
@@ -173,6 +173,43 @@ def track_name(path: str) -> str:
     return f"{safe_stem(Path(path).name)}-{sha256_bytes(path.encode())[:8]}"
 
 
+def foreign_files(work: Path, ours: Sequence[str] = (TEACHER_DIR, DATA_DIR)) -> list[Path]:
+    """The files and folders in `work` that a distillation did not write, and would write over
+    or remove: at its top, anything but `ours`; in the split folders, anything but the links
+    to the track folders that `build_training_set` makes.
+
+    Raises:
+        UmxError: `work` is a file, or cannot be read.
+    """
+    try:
+        foreign = [path for path in sorted(work.iterdir()) if path.name not in ours]
+        for split in SPLITS:
+            folder = work / DATA_DIR / split
+            if folder.is_dir() or folder.is_symlink():
+                foreign += [path for path in sorted(folder.iterdir()) if not _split_link(path)]
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise UmxError(f"--work {display_path(work)} is a file: give a folder") from None
+    except OSError as error:
+        raise UmxError(os_error_line(error)) from None
+    return foreign
+
+
+def _split_link(path: Path) -> bool:
+    """Whether `path` is the link to a track folder that `build_training_set` makes."""
+    return path.is_symlink() and os.readlink(path) == os.path.join("..", TRACKS_DIR, path.name)
+
+
+def foreign_refusal(work: Path, foreign: Sequence[Path]) -> UmxError:
+    """The refusal of a work folder that holds `foreign` files (see `foreign_files`)."""
+    return UmxError(
+        f"--work {display_path(work)} holds files umx did not write ({display_path(foreign[0])}"
+        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}): give a new or empty "
+        "folder as --work"
+    )
+
+
 def build_training_set(
     tracks: Sequence[TeacherTrack], work: Path, *, valid_fraction: float, seed: int
 ) -> TrainingSet:
@@ -184,9 +221,12 @@ def build_training_set(
     folder name, so that the same songs give the same split.
 
     Raises:
-        UmxError: fewer than two songs, or a song that no longer decodes to the length of its
-            stems.
+        UmxError: fewer than two songs, a song that no longer decodes to the length of its
+            stems, or files in the split folders that umx did not write (see `foreign_files`).
     """
+    foreign = [path for path in foreign_files(work) if DATA_DIR in path.relative_to(work).parts]
+    if foreign:  # checked before any change: only the links umx made are removed
+        raise foreign_refusal(work, foreign)
     if len(tracks) < 2:
         raise UmxError(
             f"distillation needs at least 2 songs (one to train on, one to validate on); the "
@@ -205,8 +245,9 @@ def build_training_set(
     splits = {"valid": sorted(names[:nb_valid]), "train": sorted(names[nb_valid:])}
     for split, members in splits.items():
         folder = root / split
-        shutil.rmtree(folder, ignore_errors=True)  # links only: the tracks are not touched
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        for link in folder.iterdir():  # links umx made (checked above): the tracks stay
+            link.unlink()
         for name in members:
             os.symlink(Path("..", TRACKS_DIR, name), folder / name, target_is_directory=True)
     return TrainingSet(root, splits["train"], splits["valid"], seconds)
@@ -231,6 +272,8 @@ def _write_track(track: TeacherTrack, folder: Path) -> float:
         write_audio(mixture, audio, rate, subtype="FLOAT", clip="none")
     for name, stem in track.stems.items():
         link = folder / f"{name}.wav"
+        if link.exists() and not link.is_symlink():
+            raise foreign_refusal(folder.parents[2], [link])
         link.unlink(missing_ok=True)
         os.symlink(stem, link)
     return first.nb_frames / first.sample_rate
