@@ -328,3 +328,30 @@ def test_the_training_set_removes_only_its_own_links(tmp_path):
         "elsewhere",
         "song-1",
     ]
+
+
+def test_a_stopped_forced_run_with_new_settings_resumes_with_them(
+    songs, tmp_path, monkeypatch, capsys
+):
+    """`--force --hidden-size 16` stopped before its target's first epoch: its resume (the
+    printed command, without --force) trains that target with the new settings rather than
+    keep the earlier run's model, whose json records hidden size 8."""
+    output = tmp_path / "student"
+    assert distill(songs[0], output, "--targets", "vocals") == 0
+    real, calls = umx.train.run_training, []
+
+    def stopped_before_the_first_epoch(given):
+        calls.append(given)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(given)
+
+    monkeypatch.setattr(umx.train, "run_training", stopped_before_the_first_epoch)
+    wider = ["--targets", "vocals", "--hidden-size", "16"]
+    assert distill(songs[0], output, *wider, "--force") == 130
+    hint, _ = messages(capsys)
+    command = shlex.split(hint.split(": ", 2)[2])
+    assert "--force" not in command and main(command[1:]) == 0
+    assert [given.get("checkpoint") for given in calls] == [None, None]
+    assert load_separator(output).target_models["vocals"].hidden_size == 16
+    assert json.loads((output / "vocals.json").read_text())["args"]["hidden_size"] == 16

@@ -125,7 +125,10 @@ def train_student(
     dataset of `data` (`mixture.wav` in, the teacher's stem out).
 
     A target whose model finished (its last epoch, or an early stop) is skipped; one with a
-    checkpoint in `output` is resumed from it; `force` trains every target again.
+    checkpoint in `output` is resumed from it; `force` trains every target again. A target's
+    files count only where its json records the same `training` options: those of a run with
+    other settings (one stopped after `--force` changed them) are trained again from scratch,
+    not kept or resumed.
 
     Args:
         data: the training set.
@@ -143,9 +146,13 @@ def train_student(
 
     trained = []
     for target in targets:
-        if not force and _finished(output / f"{target}.json", training["epochs"]):
+        info = _target_info(output / f"{target}.json")
+        current = info is not None and _made_with(info, training)
+        if not force and current and _finished(info, output, target, training["epochs"]):
             logger.info("%s: trained before, skipped", target)
             continue
+        if not force and info is not None and not current:
+            logger.info("%s: trained with other settings before, trained again", target)
         given: dict[str, Any] = {
             **training,
             "dataset": "aligned",
@@ -157,28 +164,46 @@ def train_student(
             "device": device,
             "quiet": quiet,
         }
-        if not force and (output / f"{target}{CHECKPOINT_SUFFIX}").is_file():
+        resumable = info is None or current  # a checkpoint without json: written just before
+        if not force and resumable and (output / f"{target}{CHECKPOINT_SUFFIX}").is_file():
             given["checkpoint"] = output
             given.pop("model", None)  # a resumed target has its model
         else:
-            given["force"] = force
+            given["force"] = force or info is not None  # this distillation's stale files
         run_training(given)
         trained.append(target)
     return trained
 
 
-def _finished(path: Path, epochs: int) -> bool:
-    """Whether the target json `umx.train` wrote says its run ended (by its last epoch or an
-    early stop) and its weights are there."""
+def _target_info(path: Path) -> dict[str, Any] | None:
+    """The target json `umx.train` wrote, or None where there is none that reads."""
     try:
         info = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    done = isinstance(info, dict) and (
-        info.get("stopped_early") is True
-        or (isinstance(info.get("epochs_trained"), int) and info["epochs_trained"] >= epochs)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _made_with(info: Mapping[str, Any], training: Mapping[str, Any]) -> bool:
+    """Whether a target json records the training options `training` (as JSON reads them),
+    but for `epochs`: a run of fewer epochs is the start of this one, not one of more."""
+    args, trained = info.get("args"), info.get("epochs_trained")
+    wanted = json.loads(json.dumps(dict(training), default=str))
+    return (
+        isinstance(args, dict)
+        and all(args.get(key) == value for key, value in wanted.items() if key != "epochs")
+        and isinstance(trained, int)
+        and trained <= training["epochs"]
     )
-    return done and path.with_suffix(".pth").is_file()
+
+
+def _finished(info: Mapping[str, Any], output: Path, target: str, epochs: int) -> bool:
+    """Whether a target json says its run ended (by its last epoch or an early stop) and the
+    target's weights are there."""
+    done = info.get("stopped_early") is True or (
+        isinstance(info.get("epochs_trained"), int) and info["epochs_trained"] >= epochs
+    )
+    return done and (output / f"{target}.pth").is_file()
 
 
 def write_provenance(
