@@ -18,7 +18,7 @@ from umx.audio import read_audio
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
-from umx.distill.teacher import MIXTURE_FILE, build_training_set, track_name
+from umx.distill.teacher import MIXTURE_FILE, TeacherTrack, build_training_set, track_name
 from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import read_records
@@ -355,3 +355,34 @@ def test_a_stopped_forced_run_with_new_settings_resumes_with_them(
     assert [given.get("checkpoint") for given in calls] == [None, None]
     assert load_separator(output).target_models["vocals"].hidden_size == 16
     assert json.loads((output / "vocals.json").read_text())["args"]["hidden_size"] == 16
+
+
+def test_silent_songs_are_left_out_of_the_training_set(tmp_path, caplog):
+    """A silent song, or one whose teacher's stems are all silent, is left out with a warning
+    (as a validation song its loss of 0 froze the student at its first epoch); fewer than two
+    songs left are refused."""
+    noise = 0.1 * np.random.default_rng(0).standard_normal((RATE // 4, 2)).astype(np.float32)
+    tracks = []
+    for name, mixture, stem in [
+        ("loud", noise, noise),
+        ("louder", 2 * noise, noise),
+        ("silent", 0 * noise, 0 * noise),
+        ("unheard", noise, 1e-6 * noise),  # the teacher heard nothing in it
+    ]:
+        sf.write(tmp_path / f"{name}.wav", mixture, RATE, subtype="FLOAT")
+        sf.write(tmp_path / f"{name}-stem.wav", stem, RATE, subtype="FLOAT")
+        stems = {"vocals": tmp_path / f"{name}-stem.wav"}
+        tracks.append(TeacherTrack(str(tmp_path / f"{name}.wav"), stems))
+    for _ in range(2):  # the second run reads what the first found
+        caplog.clear()
+        data = build_training_set(tracks, tmp_path / "work", valid_fraction=0.5, seed=0)
+        kept = sorted(data.train + data.valid)
+        assert kept == sorted(track_name(str(tmp_path / f"{n}.wav")) for n in ("loud", "louder"))
+        assert data.seconds == 0.5
+        assert [record.getMessage() for record in caplog.records] == [
+            f"{tmp_path / 'silent.wav'} is left out of the training set: it is silent",
+            f"{tmp_path / 'unheard.wav'} is left out of the training set: the teacher's stems of "
+            "it are all silent",
+        ]
+    with pytest.raises(UmxError, match=r"the teacher separated 3, 2 of them silent$"):
+        build_training_set(tracks[1:], tmp_path / "work", valid_fraction=0.5, seed=0)

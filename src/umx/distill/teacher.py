@@ -9,7 +9,10 @@ Layout of the work folder (`WORK`):
 - `data/tracks/<track>-<8 hex>/`: per song, `mixture.wav` (the song decoded, matched to the
   stems' channels and resampled to their rate: what the teacher heard) and `<stem>.wav` (a link
   to the teacher's stem). The suffix is a hash of the song's path, so that songs of the same
-  name stay apart.
+  name stay apart. A silent song (its mixture, or every stem of the teacher's) is left out of
+  the splits, with a warning: it teaches nothing, and as a validation song its loss of 0 would
+  freeze the student at its first epoch. `.silent` in its folder says why, so that later runs
+  need not read it again.
 - `data/train/`, `data/valid/`: links to the track folders of each split, rebuilt every run:
   the `aligned` dataset of `umx.train` reads `data` with `mixture.wav` as input and a stem as
   output.
@@ -23,15 +26,19 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from umx.audio import audio_info, display_path, read_audio, write_audio
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError, os_error_line
-from umx.files import safe_stem, sha256_bytes
+from umx.files import safe_stem, sha256_bytes, write_text_atomic
 from umx.messages import plural
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("umx")
 
@@ -40,6 +47,10 @@ DATA_DIR = "data"
 TRACKS_DIR = "tracks"
 SPLITS = ("train", "valid")
 MIXTURE_FILE = "mixture.wav"
+SILENT_FILE = ".silent"
+"""In a silent song's track folder: why it is left out of the splits."""
+SILENCE = 1e-5
+"""The peak (−100 dBFS) at or below which a song's mixture or stems count as silent."""
 STEM_TEMPLATE = "{parent}/{track}.{trackext}/{target}.{ext}"
 """Where the teacher's pass writes each song's stems under `WORK/teacher`."""
 STEM_FORMAT = {"ext": "wav", "subtype": "FLOAT", "clip": "none"}
@@ -216,29 +227,40 @@ def build_training_set(
     """Write `work/data` (see the module's docstring) for the songs the teacher separated.
 
     A song's `mixture.wav` is written once and kept by later runs; the links to the stems and
-    the splits are made again. The validation songs are `valid_fraction` of them (at least one,
-    and one song at least is left for training), drawn with `seed` from the songs sorted by
-    folder name, so that the same songs give the same split.
+    the splits are made again. Silent songs are left out, with a warning. The validation songs
+    are `valid_fraction` of them (at least one, and one song at least is left for training),
+    drawn with `seed` from the songs sorted by folder name, so that the same songs give the
+    same split.
 
     Raises:
-        UmxError: fewer than two songs, a song that no longer decodes to the length of its
-            stems, or files in the split folders that umx did not write (see `foreign_files`).
+        UmxError: fewer than two songs that are not silent, a song that no longer decodes to
+            the length of its stems, or files in the split folders that umx did not write (see
+            `foreign_files`).
     """
     foreign = [path for path in foreign_files(work) if DATA_DIR in path.relative_to(work).parts]
     if foreign:  # checked before any change: only the links umx made are removed
         raise foreign_refusal(work, foreign)
-    if len(tracks) < 2:
-        raise UmxError(
-            f"distillation needs at least 2 songs (one to train on, one to validate on); the "
-            f"teacher separated {len(tracks)}"
-        )
     root = work / DATA_DIR
     seconds = 0.0
     names = []
     for track in tracks:
         name = track_name(track.path)
-        seconds += _write_track(track, root / TRACKS_DIR / name)
+        duration, silent = _write_track(track, root / TRACKS_DIR / name)
+        if silent:
+            logger.warning(
+                "%s is left out of the training set: %s", display_path(track.path), silent
+            )
+            continue
+        seconds += duration
         names.append(name)
+    if len(names) < 2:
+        left_out = (
+            f", {len(tracks) - len(names)} of them silent" if len(names) < len(tracks) else ""
+        )
+        raise UmxError(
+            f"distillation needs at least 2 songs (one to train on, one to validate on); the "
+            f"teacher separated {len(tracks)}{left_out}"
+        )
     names.sort()
     random.Random(seed).shuffle(names)
     nb_valid = min(max(1, round(valid_fraction * len(names))), len(names) - 1)
@@ -253,9 +275,12 @@ def build_training_set(
     return TrainingSet(root, splits["train"], splits["valid"], seconds)
 
 
-def _write_track(track: TeacherTrack, folder: Path) -> float:
-    """Write one song's folder: its mixture (once) and links to its stems; returns its
-    duration in seconds."""
+def _write_track(track: TeacherTrack, folder: Path) -> tuple[float, str | None]:
+    """Write one song's folder: its mixture (once) and links to its stems.
+
+    Returns:
+        its duration in seconds, and why it is silent (None: it is not).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     first = audio_info(next(iter(track.stems.values())))
     mixture = folder / MIXTURE_FILE
@@ -269,6 +294,10 @@ def _write_track(track: TeacherTrack, folder: Path) -> float:
                 f"{rate:g} Hz but the teacher's stems have {first.nb_frames}: has it changed "
                 "since the teacher's pass?"
             )
+        (folder / SILENT_FILE).unlink(missing_ok=True)
+        silent = _silence(audio, track.stems.values())
+        if silent:  # before the mixture, which marks the folder as done
+            write_text_atomic(folder / SILENT_FILE, silent)
         write_audio(mixture, audio, rate, subtype="FLOAT", clip="none")
     for name, stem in track.stems.items():
         link = folder / f"{name}.wav"
@@ -276,4 +305,18 @@ def _write_track(track: TeacherTrack, folder: Path) -> float:
             raise foreign_refusal(folder.parents[2], [link])
         link.unlink(missing_ok=True)
         os.symlink(stem, link)
-    return first.nb_frames / first.sample_rate
+    try:
+        silent = (folder / SILENT_FILE).read_text() or "it is silent"
+    except FileNotFoundError:
+        silent = None
+    return first.nb_frames / first.sample_rate, silent
+
+
+def _silence(mixture: torch.Tensor, stems: Iterable[Path]) -> str | None:
+    """Why a song is silent: its `mixture`, or every one of the teacher's `stems`, peaks at
+    `SILENCE` or below; None where it is not."""
+    if not mixture.numel() or float(mixture.abs().max()) <= SILENCE:
+        return "it is silent"
+    if all(float(read_audio(stem)[0].abs().max()) <= SILENCE for stem in stems):
+        return "the teacher's stems of it are all silent"
+    return None
