@@ -46,6 +46,7 @@ from umx.evaluate import (
 )
 from umx.evaluate.methods import model_sha256
 from umx.evaluate.tracks import _audio_in_memory
+from umx.files import sha256_file
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
@@ -895,3 +896,24 @@ def test_estimates_are_written_over_only_when_this_evaluation_wrote_them(tracks,
     mix = BaselineMethod("mix", VOC_ACC)
     assert evaluate(tracks, mix, tmp_path / "mix", outdir=stems, force=True, progress=False)
     assert all(path.read_bytes() != written[path] for path in vocals)
+
+
+def test_resume_refuses_scores_of_estimates_that_changed_since(tracks, tmp_path):
+    """`--estimates`: each track's scores record its files' SHA-256, so a resumed run reuses
+    them only while the files are those scored."""
+    stems, evaldir = tmp_path / "stems", tmp_path / "ev"
+    evaluate(tracks[:1], BaselineMethod("irm", VOC_ACC), tmp_path / "irm", outdir=stems)
+    method = EstimatesMethod(stems)
+    assert evaluate(tracks[:1], method, evaldir, progress=False).evaluated == [NAMES[0]]
+    assert evaluate(tracks[:1], method, evaldir, progress=False).skipped == [NAMES[0]]
+    vocals = stems / "test" / NAMES[0] / "vocals.wav"
+    before = sha256_file(vocals)
+    audio, rate = sf.read(vocals)
+    sf.write(vocals, 0.5 * audio, rate, subtype="FLOAT")  # another take, same size
+    with pytest.raises(UmxError) as error:
+        evaluate(tracks[:1], method, evaldir, progress=False)
+    assert f"(vocals.wav sha256 {before[:12]}…, now {sha256_file(vocals)[:12]}…)" in str(
+        error.value
+    )
+    assert evaluate(tracks[:1], method, evaldir, force=True, progress=False).evaluated
+    assert evaluate(tracks[:1], method, evaldir, progress=False).skipped == [NAMES[0]]

@@ -17,7 +17,7 @@ from umx.audio import read_audio
 from umx.defaults import BASELINES
 from umx.errors import UmxError
 from umx.evaluate.tracks import SOURCES, TARGETS
-from umx.files import sha256_bytes
+from umx.files import sha256_bytes, sha256_file
 from umx.separator import OVERLAP, SEGMENT, Separator
 from umx.transforms import N_FFT, N_HOP, istft, stft
 from umx.weights import hash_weights
@@ -34,7 +34,8 @@ Estimates = dict[str, np.ndarray]
 """Target name → estimate `(nb_timesteps, nb_channels)` at the track's rate."""
 Method = Callable[["musdb.MultiTrack"], Estimates]
 """Turns a track into estimates; must be picklable for `jobs > 1`. It may have a `name` (for
-reports) and a `settings()` method (what makes its estimates, see `ModelMethod.settings`)."""
+reports), a `settings()` method (what makes its estimates, see `ModelMethod.settings`) and a
+`track_settings(track)` method (what makes one track's, see `EstimatesMethod.track_settings`)."""
 Settings = dict[str, object]
 """What makes a method's estimates, as JSON values: name → value."""
 
@@ -228,9 +229,19 @@ class EstimatesMethod:
         """What makes its estimates besides its name: the directory, as an absolute path."""
         return {"estimates": str(Path(self.directory).resolve())}
 
-    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+    def track_settings(self, track: musdb.MultiTrack) -> Settings:
+        """What makes one track's estimates: the SHA-256 of each of its files (`<target>.wav
+        sha256`), so that scores of files changed, added or removed since are not reused."""
+        return {f"{path.name} sha256": sha256_file(path) for path in self._paths(track)[1]}
+
+    def _paths(self, track: musdb.MultiTrack) -> tuple[Path, list[Path]]:
+        """A track's folder of estimates, and its files named after a MUSDB18 target."""
         folder = Path(self.directory) / track.subset / track.name
         paths = [folder / f"{name}.wav" for name in TARGETS if (folder / f"{name}.wav").is_file()]
+        return folder, paths
+
+    def __call__(self, track: musdb.MultiTrack) -> Estimates:
+        folder, paths = self._paths(track)
         if not paths:
             raise UmxError(f"{folder} holds no estimates ({', '.join(TARGETS)} .wav)")
         expected = track.audio.shape

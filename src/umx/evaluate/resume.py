@@ -28,8 +28,19 @@ def run_settings(method: Method, *, win: float, hop: float, metrics: str) -> Set
     return json.loads(json.dumps({**own, "win": win, "hop": hop, "metrics": metrics}))
 
 
+def track_settings(method: Method, track: object) -> Settings:
+    """What makes one track's estimates besides `run_settings`: the method's
+    `track_settings(track)` (e.g. `EstimatesMethod.track_settings`; none without it)."""
+    describe = getattr(method, "track_settings", None)
+    return json.loads(json.dumps(describe(track))) if callable(describe) else {}
+
+
 def check_resumable(
-    evaldir: str | os.PathLike, paths: Sequence[Path], name: str | None, settings: Settings
+    evaldir: str | os.PathLike,
+    paths: Sequence[Path],
+    name: str | None,
+    settings: Settings,
+    per_track: Sequence[Settings] | None = None,
 ) -> None:
     """Refuse to reuse earlier scores that another method (by `name`) or other settings made,
     or that do not record their settings (written by an umx that did not), before any work.
@@ -38,21 +49,23 @@ def check_resumable(
         evaldir: the evaluation folder, for the message.
         paths: the JSON files of the tracks that would be skipped.
         name, settings: the method's name and `run_settings` of this run.
+        per_track: each path's `track_settings`, recorded with `settings` (None: none).
 
     Raises:
         UmxError: one line naming `evaldir` and what differs; or a file that cannot be read.
     """
     differing: list[str] = []
     unrecorded = 0
-    for path in paths:
+    for index, path in enumerate(paths):
+        wanted = settings if per_track is None else {**settings, **per_track[index]}
         data = _read(path)
         recorded = data.get(SETTINGS)
         if "method" in data and data["method"] != name:
             differing.append(_differences({"method": data["method"]}, {"method": name}))
         elif not isinstance(recorded, dict):
             unrecorded += 1
-        elif recorded != settings:
-            differing.append(_differences(recorded, settings))
+        elif recorded != wanted:
+            differing.append(_differences(recorded, wanted))
     advice = "choose another --evaldir, or --force to score them again (replacing those scores)"
     held = f"{display_path(evaldir)} already holds scores of"
     if differing:

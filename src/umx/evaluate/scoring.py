@@ -31,7 +31,7 @@ from umx.errors import UmxError, already_exists, display_path, os_error_line
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method, Settings
-from umx.evaluate.resume import SETTINGS, check_resumable, run_settings
+from umx.evaluate.resume import SETTINGS, check_resumable, run_settings, track_settings
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
 from umx.workers import init_pool_worker, run_pool_task
 
@@ -262,6 +262,7 @@ class _TrackJob:
         """Estimate, optionally write the stems, score and write the JSON; never raises."""
         try:
             check_references(track)
+            settings = {**self.settings, **track_settings(self.method, track)}
             with _audio_in_memory(track):
                 estimates = self.method(track)
                 if self.outdir is not None:
@@ -283,7 +284,7 @@ class _TrackJob:
             name = getattr(self.method, "name", None)
             if name is not None:  # museval ignores other fields; the reports read it
                 scores.scores["method"] = name
-            scores.scores[SETTINGS] = self.settings
+            scores.scores[SETTINGS] = settings
             scores.validate()
             _write_text(json_path(self.evaldir, track), scores.json)
         except UmxError as error:
@@ -385,8 +386,7 @@ def evaluate(
     outdir = None if outdir is None else Path(outdir)
     settings = run_settings(method, win=win, hop=hop, metrics=metrics)
     done = [track for track in tracks if not force and json_path(evaldir, track).is_file()]
-    name = getattr(method, "name", None)
-    check_resumable(evaldir, [json_path(evaldir, track) for track in done], name, settings)
+    _check_done(evaldir, done, method, settings)
     todo = [track for track in tracks if track not in done]
     if outdir is not None and not force:
         check_outdir(outdir, todo, estimates_record(method, settings))
@@ -415,6 +415,26 @@ def evaluate(
         skipped=[track.name for track in done],
         failed={outcome.track: outcome.error for outcome in outcomes if outcome.error is not None},
     )
+
+
+def _check_done(
+    evaldir: str | os.PathLike,
+    done: Sequence[musdb.MultiTrack],
+    method: Method,
+    settings: Settings,
+) -> None:
+    """`check_resumable` for the tracks that already have scores, with their `track_settings`
+    (e.g. the SHA-256 of the estimates on disk).
+
+    Raises:
+        UmxError: as `check_resumable`, or a file that cannot be read.
+    """
+    try:
+        per_track = [track_settings(method, track) for track in done]
+    except OSError as error:
+        raise UmxError(os_error_line(error)) from None
+    paths = [json_path(evaldir, track) for track in done]
+    check_resumable(evaldir, paths, getattr(method, "name", None), settings, per_track)
 
 
 def check_settings(
