@@ -265,6 +265,13 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(songs, tmp_path, monke
         (["--work", "{output}/work"], "and --output {output} overlap"),
         (["--work", "{output}/.."], "and --output {output} overlap"),
         (["--output", "{taken}"], "already holds files of another run"),
+        (
+            ["--teacher", "{taken}", "--output", "{taken}", "--force"],  # never its weights
+            "--output {taken} and --teacher {taken} overlap: put the output folder outside the "
+            "teacher's model directory",
+        ),
+        (["--student", "{taken}", "--work", "{taken}/w"], "--work {taken}/w and --student {taken}"),
+        (["--teacher", "{taken}/..", "--force"], "--output {output} and --teacher {taken}/.. "),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(

@@ -124,8 +124,8 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         the output and work folders, absolute.
 
     Raises:
-        UmxError: a bad number, or the output or work folder inside a music folder (or one
-            holding it).
+        UmxError: a bad number, or the output or work folder inside a music folder or the
+            teacher's or student's model directory (or one holding it).
     """
     check_number("--valid-fraction", args.valid_fraction, above=0, maximum=0.5)
     if args.niter is not None:
@@ -140,18 +140,30 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
             "model directory stays small, and the work folder can be deleted once trained"
         )
     for music in args.music:
-        if not os.path.isdir(music):
-            continue
-        real = os.path.realpath(music)
-        for option, folder in (("--output", output), ("--work", work)):
-            other = os.path.realpath(folder)
-            if within(other, real) or within(real, other):
-                raise UmxError(
-                    f"{option} {display_path(folder)} and the music folder "
-                    f"{display_path(music)} overlap: put the {option[2:]} folder outside the "
-                    "music, so that neither is read or written as the other"
-                )
+        if os.path.isdir(music):
+            _check_apart(output, work, music, f"the music folder {display_path(music)}", "music")
+    for option in ("--teacher", "--student"):
+        model = getattr(args, option[2:])
+        if model is not None and os.path.isdir(model):  # a model directory, not a name
+            shown = f"{option} {display_path(model)}"
+            _check_apart(output, work, model, shown, f"{option[2:]}'s model directory")
     return output, work
+
+
+def _check_apart(output: Path, work: Path, folder: str, shown: str, what: str) -> None:
+    """Refuse an output or work folder that is `folder`, lies inside it or holds it.
+
+    Raises:
+        UmxError: naming both, `shown` for `folder` and `what` it is.
+    """
+    real = os.path.realpath(folder)
+    for option, written in (("--output", output), ("--work", work)):
+        other = os.path.realpath(written)
+        if within(other, real) or within(real, other):
+            raise UmxError(
+                f"{option} {display_path(written)} and {shown} overlap: put the {option[2:]} "
+                f"folder outside the {what}, so that neither is read or written as the other"
+            )
 
 
 def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
