@@ -5,6 +5,7 @@ never given, the model loads and streams, a stopped run resumes, bad input is re
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,19 @@ import soundfile as sf
 import torch
 
 import umx.batch.inputs
+import umx.batch.run
 import umx.train
 from umx.audio import read_audio
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
-from umx.distill.teacher import MIXTURE_FILE, TeacherTrack, build_training_set, track_name
+from umx.distill.teacher import (
+    MIXTURE_FILE,
+    TeacherTrack,
+    build_training_set,
+    teacher_pass,
+    track_name,
+)
 from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import read_records
@@ -393,3 +401,48 @@ def test_silent_songs_are_left_out_of_the_training_set(tmp_path, caplog):
         ]
     with pytest.raises(UmxError, match=r"the teacher separated 3, 2 of them silent$"):
         build_training_set(tracks[1:], tmp_path / "work", valid_fraction=0.5, seed=0)
+
+
+def test_a_pattern_is_kept_apart_from_the_output_as_its_folder_is(songs, tmp_path, capsys):
+    """The folder a glob pattern searches counts as a music folder: an output inside it is
+    refused (its resume read the work folder's mixtures as music: 'given twice'), and so is a
+    music file inside the work folder."""
+    pattern = f"{songs[0]}/**/*.wav"
+    before = sorted(songs[0].rglob("*"))
+    assert main(["distill", pattern, "--output", f"{songs[0]}/out", *STUDENT]) == 1
+    (error,) = messages(capsys)
+    assert error.startswith(
+        f"umx: error: --output {songs[0]}/out and the music folder {songs[0]} (of the pattern "
+        f"{pattern}) overlap: put the output folder outside the music"
+    )
+    song = tmp_path / "student-work" / "song.wav"
+    song.parent.mkdir()
+    sf.write(song, np.zeros((RATE, 2)), RATE)
+    assert distill(song, tmp_path / "student") == 1
+    (error,) = messages(capsys)
+    assert error.startswith(
+        f"umx: error: --work {song.parent} and the music file {song} overlap: put the work "
+        "folder outside the music"
+    )
+    assert sorted(songs[0].rglob("*")) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["student-work"]
+
+
+def test_the_teacher_never_takes_the_work_folder_for_music(songs, tmp_path, monkeypatch):
+    """A pattern that would match the training set's mixtures leaves out the whole work
+    folder, not only the teacher's stems."""
+    music = tmp_path / "music"
+    shutil.copytree(songs[0], music)
+    mixture = music / "work" / "data" / "tracks" / "song-1" / MIXTURE_FILE
+    mixture.parent.mkdir(parents=True)
+    shutil.copy(music / "album0" / "song0.wav", mixture)
+    given = []
+
+    def no_batch(batch, inputs):
+        given.extend(item.path for item in inputs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(umx.batch.run, "run_batch_job", no_batch)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_pass([f"{music}/**/*.wav"], "umxsynth", music / "work", quiet=True)
+    assert given == sorted(str(path) for path in music.glob("album*/*.wav"))

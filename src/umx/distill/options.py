@@ -23,6 +23,8 @@ VALID_FRACTION = 0.1
 """The share of the songs held out for validation by default."""
 WORK_SUFFIX = "-work"
 """The default work folder is the output's path with this suffix."""
+GLOB_CHARACTERS = frozenset("*?[")
+"""Those of a MUSIC argument that make it a glob pattern (unless it is an existing path)."""
 
 TRAINING_OPTIONS: dict[str, tuple[type, str, str]] = {
     "epochs": (int, "N", "maximum number of epochs per target"),
@@ -124,8 +126,9 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         the output and work folders, absolute.
 
     Raises:
-        UmxError: a bad number, or the output or work folder inside a music folder or the
-            teacher's or student's model directory (or one holding it).
+        UmxError: a bad number, or the output or work folder inside a music folder (a glob
+            pattern's included) or the teacher's or student's model directory (or one holding
+            it), or holding a music file.
     """
     check_number("--valid-fraction", args.valid_fraction, above=0, maximum=0.5)
     if args.niter is not None:
@@ -140,14 +143,28 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
             "model directory stays small, and the work folder can be deleted once trained"
         )
     for music in args.music:
-        if os.path.isdir(music):
-            _check_apart(output, work, music, f"the music folder {display_path(music)}", "music")
+        path, shown = _music_path(music)
+        _check_apart(output, work, path, shown, "music")
     for option in ("--teacher", "--student"):
         model = getattr(args, option[2:])
         if model is not None and os.path.isdir(model):  # a model directory, not a name
             shown = f"{option} {display_path(model)}"
             _check_apart(output, work, model, shown, f"{option[2:]}'s model directory")
     return output, work
+
+
+def _music_path(music: str) -> tuple[str, str]:
+    """What a MUSIC argument reads, as a path, and how a message names it: a folder, a file,
+    or the folder a glob pattern searches (its parts before the first with `*`, `?` or `[`;
+    an argument is a pattern as `umx.batch.inputs.collect_inputs` reads it)."""
+    if os.path.isdir(music):
+        return music, f"the music folder {display_path(music)}"
+    if not GLOB_CHARACTERS & set(music) or os.path.lexists(music):
+        return music, f"the music file {display_path(music)}"
+    parts = Path(music).parts
+    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
+    base = str(Path(*parts[:fixed])) if fixed else os.curdir
+    return base, f"the music folder {display_path(base)} (of the pattern {display_path(music)})"
 
 
 def _check_apart(output: Path, work: Path, folder: str, shown: str, what: str) -> None:

@@ -132,8 +132,9 @@ def teacher_pass(
         UmxError: the music holds no audio, the teacher cannot be loaded, its job in `work`
             was started with other settings, or it separated no song at all.
     """
+    from umx.batch.inputs import collect_inputs
     from umx.batch.job import MANIFEST_FILE, read_settings
-    from umx.batch.run import BatchOptions, job_inputs, run_batch_job
+    from umx.batch.run import BatchOptions, run_batch_job
     from umx.jobs import DONE, FAILED, TaskOptions, latest_records, read_records
     from umx.options import OutputOptions, SeparationOptions
 
@@ -146,7 +147,9 @@ def teacher_pass(
     output = OutputOptions(outdir, STEM_TEMPLATE, **STEM_FORMAT)
     task = TaskOptions(separation, output)
     batch = BatchOptions(music, task, jobs=jobs, quiet=quiet)
-    inputs = job_inputs(batch)
+    # As `job_inputs` finds them, but leaving out the whole work folder rather than only the
+    # teacher's stems: the training set in it holds mixtures too.
+    inputs = collect_inputs(list(batch.inputs), extensions=list(batch.extensions), exclude=[work])
     run_batch_job(batch, inputs)  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
