@@ -16,10 +16,12 @@ import torch
 import umx.batch.inputs
 import umx.batch.run
 import umx.train
+import umx.train.loop
 from umx.audio import read_audio
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
+from umx.distill.messages import in_distill_words
 from umx.distill.teacher import (
     MIXTURE_FILE,
     TeacherTrack,
@@ -446,3 +448,48 @@ def test_the_teacher_never_takes_the_work_folder_for_music(songs, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         teacher_pass([f"{music}/**/*.wav"], "umxsynth", music / "work", quiet=True)
     assert given == sorted(str(path) for path in music.glob("album*/*.wav"))
+
+
+def test_batch_and_train_speak_in_distills_options(songs, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in training prints the distillation's resume command alone (not train's, which
+    resumes one target); a teacher's stem damaged since is separated again (the song was left
+    out, with advice naming --retry-failed); a job of other settings names --work, not --job."""
+    output = tmp_path / "student"
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(umx.train.loop.Trainer, "_epochs", interrupted)
+        assert distill(songs[0], output, "--targets", "vocals") == 130
+    hint, stopped = messages(capsys)
+    assert hint.startswith("umx: to resume the distillation: umx distill ")
+    assert stopped == "umx: interrupted"
+    (stem,) = (tmp_path / "student-work" / "teacher").glob("album1/song1.wav/vocals.wav")
+    separated, _ = sf.read(stem)
+    with open(stem, "r+b") as file:
+        file.truncate(1000)
+    assert main(shlex.split(hint.split(": ", 2)[2])[1:]) == 0
+    (warning,) = messages(capsys)
+    assert warning.endswith(f"{stem} changed since it was written; separating it again")
+    np.testing.assert_allclose(sf.read(stem)[0], separated, atol=1e-6)
+    assert json.loads((output / "distillation.json").read_text())["tracks"] == 3
+
+    assert distill(songs[0], output, "--targets", "vocals", "--niter", "2", "--force") == 1
+    (error,) = messages(capsys)
+    assert error.endswith(
+        "(--niter was 1, now 2): run it with the same --teacher and --niter (--force keeps the "
+        "teacher's stems), or give another --work"
+    )
+
+
+def test_batch_advice_is_reworded_into_distills_options():
+    assert in_distill_words(
+        "song.wav: 6 channels; umx separates mono or stereo audio (use --downmix to average "
+        "the channels)"
+    ) == ("song.wav: 6 channels; umx separates mono or stereo audio (convert it to stereo, or "
+          "leave it out)")  # fmt: skip
+    assert "--" not in in_distill_words(
+        "song.wav: done before, but its output vocals.wav changed since it was written; left as "
+        "it is: --retry-failed separates the input again and replaces it"
+    )

@@ -17,6 +17,7 @@ Modules, one job each:
 - `umx.distill.teacher`: the teacher's pass and the training set built from its stems.
 - `umx.distill.student`: the settings of a run, training the targets, the provenance file.
 - `umx.distill.options`: the `umx distill` command's options and run.
+- `umx.distill.messages`: the messages of `umx batch` and `umx train` in distill's options.
 """
 
 from typing import TYPE_CHECKING
@@ -38,4 +39,4 @@ __all__ = [
     "train_student",
 ]
 
-__getattr__, __dir__ = lazy_exports(globals(), ("options", "student", "teacher"))
+__getattr__, __dir__ = lazy_exports(globals(), ("messages", "options", "student", "teacher"))

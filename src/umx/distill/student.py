@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from umx import __version__
+from umx.distill.messages import distill_words
 from umx.distill.teacher import (
     DATA_DIR,
     MIXTURE_FILE,
@@ -170,7 +171,8 @@ def train_student(
             given.pop("model", None)  # a resumed target has its model
         else:
             given["force"] = force or info is not None  # this distillation's stale files
-        run_training(given)
+        with distill_words():  # Ctrl-C: the distillation's resume command, not train's
+            run_training(given)
         trained.append(target)
     return trained
 

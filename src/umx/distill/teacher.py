@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from umx.audio import audio_info, display_path, read_audio, write_audio
 from umx.defaults import JOB_DIRNAME
+from umx.distill.messages import distill_words
 from umx.errors import UmxError, os_error_line
 from umx.files import safe_stem, sha256_bytes, write_text_atomic
 from umx.messages import plural
@@ -146,11 +147,15 @@ def teacher_pass(
     )
     output = OutputOptions(outdir, STEM_TEMPLATE, **STEM_FORMAT)
     task = TaskOptions(separation, output)
-    batch = BatchOptions(music, task, jobs=jobs, quiet=quiet)
-    # As `job_inputs` finds them, but leaving out the whole work folder rather than only the
-    # teacher's stems: the training set in it holds mixtures too.
-    inputs = collect_inputs(list(batch.inputs), extensions=list(batch.extensions), exclude=[work])
-    run_batch_job(batch, inputs)  # failures counted below
+    # Failed songs are tried again: a teacher's stem damaged or removed since is separated
+    # again, rather than its song left out.
+    batch = BatchOptions(music, task, retry_failed=True, jobs=jobs, quiet=quiet)
+    with distill_words():
+        # As `job_inputs` finds them, but leaving out the whole work folder rather than only
+        # the teacher's stems: the training set in it holds mixtures too.
+        extensions = list(batch.extensions)
+        inputs = collect_inputs(list(batch.inputs), extensions=extensions, exclude=[work])
+        run_batch_job(batch, inputs)  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
         raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")
@@ -171,9 +176,9 @@ def teacher_pass(
         )
     if failed:
         logger.warning(
-            "the student learns from %d songs; the teacher could not separate %d (see umx "
-            "batch --status %s)",
-            len(tracks),
+            "the student learns from %s; the teacher could not separate %d (see umx batch "
+            "--status %s)",
+            plural(len(tracks), "song"),
             failed,
             display_path(job_dir),
         )
