@@ -32,6 +32,7 @@ from umx.distill.teacher import (
 from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import read_records
+from umx.onnx.options import EXPORT_JSON
 from umx.zoo import load_separator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -493,3 +494,19 @@ def test_batch_advice_is_reworded_into_distills_options():
         "song.wav: done before, but its output vocals.wav changed since it was written; left as "
         "it is: --retry-failed separates the input again and replaces it"
     )
+
+
+@pytest.mark.parametrize("option", ["--teacher", "--student"])
+def test_an_onnx_export_is_refused_naming_the_model_it_was_exported_from(
+    songs, tmp_path, capsys, option
+):
+    export = tmp_path / "onnx_t"
+    export.mkdir()
+    (export / EXPORT_JSON).write_text(json.dumps({"format": "umx-onnx", "model": "umxsynth"}))
+    assert distill(songs[0], tmp_path / "student", option, str(export)) == 1
+    (error,) = messages(capsys)
+    assert error == (
+        f"umx: error: {option} {export} is an ONNX export (umx export), which umx distill cannot "
+        "run or train: give the model it was exported from (umxsynth)"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["onnx_t"]

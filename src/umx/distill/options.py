@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -24,6 +25,9 @@ VALID_FRACTION = 0.1
 WORK_SUFFIX = "-work"
 """The default work folder is the output's path with this suffix."""
 GLOB_CHARACTERS = frozenset("*?[")
+ONNX_EXPORT_JSON = "umx-onnx.json"
+"""`umx.onnx.options.EXPORT_JSON`, named here: the file of an `umx export` folder, which this
+room does not import."""
 """Those of a MUSIC argument that make it a glob pattern (unless it is an existing path)."""
 
 TRAINING_OPTIONS: dict[str, tuple[type, str, str]] = {
@@ -131,6 +135,8 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
             it), or holding a music file.
     """
     check_number("--valid-fraction", args.valid_fraction, above=0, maximum=0.5)
+    for option in ("--teacher", "--student"):
+        _refuse_onnx_export(option, getattr(args, option[2:]))
     if args.niter is not None:
         check_number("--niter", args.niter, minimum=0, maximum=MAX_NITER, integer=True)
     if args.jobs is not None:
@@ -151,6 +157,35 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
             shown = f"{option} {display_path(model)}"
             _check_apart(output, work, model, shown, f"{option[2:]}'s model directory")
     return output, work
+
+
+def _refuse_onnx_export(option: str, model: str | None) -> None:
+    """Refuse a model that is an `umx export` folder (as `umx.onnx.options.is_export_folder`
+    tells one): a distillation runs and trains PyTorch models.
+
+    Raises:
+        UmxError: naming the option and, where its JSON says it, the model exported.
+    """
+    if model is None or not (Path(model) / ONNX_EXPORT_JSON).is_file():
+        return
+    from umx.modeldir import SEPARATOR_JSON
+    from umx.zoo import MODELS
+
+    if model in MODELS or (Path(model) / SEPARATOR_JSON).exists():
+        return
+    try:
+        source = json.loads((Path(model) / ONNX_EXPORT_JSON).read_bytes()).get("model")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        source = None
+    given = (
+        f"the model it was exported from ({source})"
+        if isinstance(source, str)
+        else ("the PyTorch model directory or name it was exported from")
+    )
+    raise UmxError(
+        f"{option} {display_path(model)} is an ONNX export (umx export), which umx distill "
+        f"cannot run or train: give {display_path(given)}"
+    )
 
 
 def _music_path(music: str) -> tuple[str, str]:
