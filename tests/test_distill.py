@@ -209,6 +209,20 @@ def test_a_student_model_is_the_starting_point_and_keeps_its_architecture(
         assert code == 1 and not refused.exists() and not Path(f"{refused}-work").exists()
         (line,) = messages(capsys)[-1:]
         assert line.startswith(f"umx: error: {message}"), line
+    # a student without one of the targets: refused before the teacher's pass too
+    for targets, advice in (
+        ([], "give --targets vocals bass, or a --student"),
+        (["--targets", "drums"], "give a --student"),
+    ):
+        arguments = [*STUDENT[:2], *STUDENT[5:], *targets, "--student", str(start)]
+        code = main(["distill", str(songs[0]), "--output", str(refused), *arguments])
+        assert code == 1 and not refused.exists() and not Path(f"{refused}-work").exists()
+        (line,) = messages(capsys)[-1:]
+        missing = "drums" if targets else "drums or other"
+        assert line == (
+            f"umx: error: --student {start} has no {missing} model (its targets are bass, "
+            f"vocals): {advice} with every target trained"
+        )
 
 
 def test_a_run_again_does_nothing_and_other_settings_are_refused(

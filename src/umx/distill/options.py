@@ -269,6 +269,38 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_models(args: argparse.Namespace, training: dict[str, Any]) -> None:
+    """Refuse now, not after the teacher's pass: targets the teacher lacks, and a --student
+    whose architecture contradicts `training` or that lacks one of the selected targets.
+
+    Raises:
+        UmxError: naming the option.
+    """
+    from umx.modeldir import select_targets
+    from umx.train.loop import fine_tuned_architecture
+    from umx.zoo import load_separator
+
+    if args.student is None and args.targets is None:
+        return
+    available = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
+    selected = select_targets(available, args.targets, f"the teacher {args.teacher}")
+    if args.student is None:
+        return
+    student = load_separator(args.student, niter=0, progress=not args.quiet)
+    architecture = {key: training.get(key) for key in ARCHITECTURE}
+    for target in student.targets:
+        fine_tuned_architecture(student, target, architecture, f"--student {args.student}")
+    missing = [target for target in selected if target not in student.targets]
+    if missing:
+        covered = [target for target in selected if target in student.targets]
+        advice = f"give --targets {' '.join(covered)}, or" if covered else "give"
+        raise UmxError(
+            f"--student {display_path(args.student)} has no {' or '.join(missing)} model (its "
+            f"targets are {', '.join(student.targets)}): {advice} a --student with every "
+            "target trained"
+        )
+
+
 def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
     from umx.distill.student import (
         check_settings,
@@ -278,7 +310,6 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
     )
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
-    from umx.train.loop import fine_tuned_architecture
 
     training = training_options(args, work)
     settings = {
@@ -291,16 +322,7 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
         "output": str(output),
     }
     check_settings(work, output, settings, force=args.force)
-    from umx.zoo import load_separator
-
-    if args.student is not None:  # refused now, not after the teacher's pass
-        student = load_separator(args.student, niter=0, progress=not args.quiet)
-        architecture = {key: training.get(key) for key in ARCHITECTURE}
-        for target in student.targets:
-            fine_tuned_architecture(student, target, architecture, f"--student {args.student}")
-    if args.targets is not None:  # refused now, not after the teacher's pass
-        available = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
-        select_targets(available, args.targets, f"the teacher {args.teacher}")
+    _check_models(args, training)
     teacher = teacher_pass(
         args.music,
         args.teacher,
