@@ -91,6 +91,9 @@ def workspace(tmp_path_factory):
     old.pop("settings", None)
     (root / "old" / "test" / "Good.json").write_text(json.dumps(old))
     (root / "a-file").write_text("not a folder")
+    for folder, scores in (("bad", {"targets": 5}), ("bad2", {"targets": [5]})):
+        (root / folder / "test").mkdir(parents=True)  # JSON that museval and pandas choke on
+        (root / folder / "test" / "x.json").write_text(json.dumps(scores))
     return root
 
 
@@ -178,6 +181,20 @@ CASES = [
         ["--compare", "earlier", "nowhere", "--evaldir", "ev"],
         1,
         "--compare nowhere: nowhere/test does not exist",
+        [],
+    ),
+    (
+        "compare-not-museval",
+        ["--compare", "earlier", "bad", "--evaldir", "ev"],
+        1,
+        "umx: error: bad/test/x.json is not a museval JSON file (",
+        [],
+    ),
+    (
+        "compare-not-museval-targets",
+        ["--compare", "earlier", "bad2", "--evaldir", "ev"],
+        1,
+        "umx: error: bad2/test/x.json is not a museval JSON file (",
         [],
     ),
     (

@@ -54,9 +54,17 @@ def load_scores(
     store = museval.EvalStore()
     for path in paths:
         try:
-            store.add_track(museval.json2df(json.loads(path.read_text()), path.stem))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as error:
             raise UmxError(f"{path} is not a museval JSON file ({error})") from None
+        try:
+            store.add_track(museval.json2df(data, path.stem))
+        except Exception as error:  # museval and pandas fail on untrusted JSON in many ways
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UmxError(
+                f"{display_path(path)} is not a museval JSON file ({display_path(reason)}): "
+                "give an evaluation folder of umx evaluate"
+            ) from None
     if store.df.empty:
         raise UmxError(f"{folder} holds no scores (museval .json files)")
     return store
