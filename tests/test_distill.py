@@ -3,9 +3,12 @@ and a tiny causal student: the training targets are the teacher's stems, the tru
 never given, the model loads and streams, a stopped run resumes, bad input is refused."""
 
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -524,3 +527,24 @@ def test_an_onnx_export_is_refused_naming_the_model_it_was_exported_from(
         "run or train: give the model it was exported from (umxsynth)"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["onnx_t"]
+
+
+def test_the_docs_miniature_runs_as_a_saved_script(tmp_path):
+    """docs/distillation.md's miniature, saved to a file and run with `python FILE` (not `-c`,
+    as tests/test_docs.py runs it): the teacher's workers import the script again, which
+    without its `__main__` guard ran the distillation again in each of them."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distillation.md").read_text()
+    code = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)[-1]
+    (tmp_path / "miniature.py").write_text(code)
+    env = {
+        **os.environ,
+        "UMX_OFFLINE": "1",
+        "UMX_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    result = subprocess.run(
+        [sys.executable, "miniature.py"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == "umxsynth"
