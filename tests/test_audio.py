@@ -1118,3 +1118,71 @@ def test_interrupted_ffmpeg_encoder_leaves_nothing(tmp_path, monkeypatch):
         writer.write(tone(seconds=3.0))
         raise KeyboardInterrupt
     assert only_files(tmp_path) == []
+
+
+def ogg_file(path, frames: np.ndarray, rate: int = RATE) -> None:
+    soundfile.write(path, frames.T, rate, format="OGG", subtype="VORBIS")
+
+
+def found_after(decoded: torch.Tensor, start: int, reference: np.ndarray) -> bool:
+    """Whether 0.2 s of ``reference`` (from 0.1 s) are in ``decoded`` within four MPEG frames
+    after ``start``: decoders add frames where a joined file starts."""
+    piece = reference[:, RATE // 10 : RATE // 10 + RATE // 5]
+    return any(
+        correlation(decoded[:, start + lag + RATE // 10 :].numpy(), piece) > 0.999
+        for lag in range(4 * MP3_FRAME)
+    )
+
+
+@needs_ffmpeg
+def test_chained_ogg_is_read_whole(tmp_path):
+    # libsndfile stops at the end of the first logical stream: the second half was dropped
+    first, second = tone(seconds=1.0), tone(seconds=1.0)[::-1].copy()
+    ogg_file(tmp_path / "a.ogg", first)
+    ogg_file(tmp_path / "b.ogg", second)
+    path = tmp_path / "chained.ogg"
+    path.write_bytes((tmp_path / "a.ogg").read_bytes() + (tmp_path / "b.ogg").read_bytes())
+    decoded, rate = read_audio(path)
+    assert rate == RATE
+    assert decoded.shape[1] == pytest.approx(2 * RATE, abs=MP3_FRAME)
+    assert correlation(decoded[:, :RATE].numpy(), first) > 0.999
+    assert found_after(decoded, RATE - MP3_FRAME, second)
+    assert audio_info(path).nb_frames is None  # not known without decoding it all
+    single, _ = read_audio(tmp_path / "a.ogg")  # a single stream stays with libsndfile
+    assert single.shape == (2, RATE)
+    assert audio_info(tmp_path / "a.ogg").nb_frames == RATE
+
+
+@needs_ffmpeg
+def test_joined_mp3_files_are_read_whole(tmp_path, capfd):
+    # the first file's Xing tag declares its own length, which libsndfile kept
+    first, second = tone(seconds=1.0), tone(seconds=1.0)[::-1].copy()
+    write_audio(tmp_path / "a.mp3", first, RATE)
+    write_audio(tmp_path / "b.mp3", second, RATE)
+    path = tmp_path / "joined.mp3"
+    path.write_bytes((tmp_path / "a.mp3").read_bytes() + (tmp_path / "b.mp3").read_bytes())
+    decoded, _ = read_audio(path)
+    assert decoded.shape[1] == pytest.approx(2 * RATE, abs=4 * MP3_FRAME)
+    assert found_after(decoded, RATE, second)
+    assert audio_info(path).nb_frames is None
+    assert capfd.readouterr().err == ""  # no "Xing stream size off" from libsndfile's decoder
+
+
+@pytest.mark.parametrize("suffix", ["ogg", "mp3"])
+def test_joined_files_without_ffmpeg_are_refused_not_cut(tmp_path, monkeypatch, suffix):
+    one = tmp_path / f"one.{suffix}"
+    if suffix == "ogg":
+        ogg_file(one, tone(seconds=0.5))
+    else:
+        write_audio(one, tone(seconds=0.5), RATE)
+    path = tmp_path / f"joined.{suffix}"
+    path.write_bytes(one.read_bytes() * 2)
+    monkeypatch.setattr(audio.reading, "_ffmpeg_tools", lambda: None)
+    kind = "a chained Ogg file" if suffix == "ogg" else "mp3 files joined together"
+    for read in (read_audio, audio_info):
+        with pytest.raises(UmxError) as error:
+            read(path)
+        assert str(error.value) == (
+            f"{path} is {kind}: only ffmpeg reads it whole, but ffmpeg is not installed "
+            "(apt-get install ffmpeg)"
+        )

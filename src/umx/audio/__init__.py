@@ -8,7 +8,9 @@ models: callers say how many channels they want and at which rate. Its modules, 
   memory bounded, excerpts cut by ``int(seconds * sample_rate)``; the channel policy. How
   hostile input files are treated.
 - :mod:`umx.audio.headers`: the lengths files declare, read from their headers (WAV, RF64, BW64
-  and AIFF chunks, MPEG frames and Xing tags): the truncation policy, format by format.
+  and AIFF chunks, MPEG frames and Xing tags): the truncation policy, format by format; chained
+  Ogg and joined mp3 files, which ffmpeg decodes whole.
+- :mod:`umx.audio.regular`: only regular files are opened (no pipes, devices or sockets).
 - :mod:`umx.audio.resampling`: soxr resampling, of a whole signal or block by block.
 - :mod:`umx.audio.writing`: waveforms to files: wav, flac and mp3 (libsndfile or ffmpeg), clip
   policies, written under hidden temporary names and renamed into place.

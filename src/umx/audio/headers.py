@@ -9,6 +9,12 @@ the last frame, so at once); and the Xing/Info tag's frame count in mp3 files th
 MPEG frame). Where nothing is declared, what decodes is the audio: ogg, mp3 without tag, WAV
 written to a pipe (size 0xFFFFFFFF), FLAC with 0 total samples, and formats read by ffmpeg.
 
+Audio beyond what libsndfile decodes is not dropped: a chained Ogg file (logical streams one
+after another, as ``cat a.ogg b.ogg`` makes) and mp3 files joined after one whose Xing tag
+declares its length (``cat a.mp3 b.mp3``) end, for libsndfile, with their first stream or
+file. :func:`_audio_beyond_declared` finds them from their pages and frame headers, so that
+ffmpeg decodes them whole.
+
 Here are the checks the headers alone allow (WAV and AIFF sizes against the file's size) and
 the parsing of the mp3 Xing tag; the checks that decode (FLAC, mp3) are in
 :mod:`umx.audio.reading`. Here too is the sniffing of a file's first bytes for its container,
@@ -113,6 +119,14 @@ def _is_mpeg_stream(fd: int, offset: int) -> bool:
     return True
 
 
+def _id3v2_size(head: bytes) -> int:
+    """The bytes of the ID3v2 tag ``head`` starts (its first 10 bytes or more); 0 for none."""
+    if head[:3] != b"ID3" or len(head) < 10:
+        return 0
+    size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7
+    return 10 + (size | head[9] & 0x7F) + (10 if head[5] & 0x10 else 0)
+
+
 def _sniff(fd: int) -> tuple[str | None, int]:
     """The container a file's first bytes announce, and where its audio header starts.
 
@@ -122,10 +136,8 @@ def _sniff(fd: int) -> tuple[str | None, int]:
         past an ID3v2 tag.
     """
     head = _pread(fd, 12, 0)
-    offset = 0
-    if head[:3] == b"ID3" and len(head) >= 10:
-        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7
-        offset = 10 + (size | head[9] & 0x7F) + (10 if head[5] & 0x10 else 0)
+    offset = _id3v2_size(head)
+    if offset:
         head = _pread(fd, 12, offset)
         return ("flac" if head[:4] == b"fLaC" else "mp3"), offset
     kind = magic_container(head)
@@ -290,3 +302,62 @@ def _xing_tag(fd: int, offset: int) -> _XingTag | None:
         trimmed = (lame[21] << 4 | lame[22] >> 4) + ((lame[22] & 0xF) << 8 | lame[23])
         length -= trimmed if trimmed < length else 0
     return _XingTag(nb_frames, nb_bytes, length / rate)
+
+
+_SCAN_BYTES = 1 << 20
+"""Bytes read at a time when Ogg pages are walked."""
+
+
+def _ogg_is_chained(fd: int, file_size: int) -> bool:
+    """Whether an Ogg file chains logical streams: a page starting a stream (BOS) comes after
+    pages of data, where grouped streams would all have started.
+
+    Walks the page headers (27 bytes and a segment table each) from the start, a megabyte of
+    the file read at a time; stops, answering no, at anything that is not an Ogg page.
+    """
+    window, window_start, offset, data_seen = b"", 0, 0, False
+    while offset + 27 <= file_size:
+        if offset + 27 + 255 > window_start + len(window):
+            window, window_start = _pread(fd, _SCAN_BYTES, offset), offset
+        page = window[offset - window_start :]
+        if page[:4] != b"OggS" or len(page) < 27 or len(page) < 27 + page[26]:
+            return False
+        if page[5] & 2 and data_seen:
+            return True
+        data_seen = data_seen or not page[5] & 2
+        offset += 27 + page[26] + sum(page[27 : 27 + page[26]])
+    return False
+
+
+_MPEG_SEARCH = 4096
+"""Bytes searched for MPEG frames after the length an mp3's Xing tag declares."""
+
+
+def _mpeg_follows(fd: int, position: int) -> bool:
+    """Whether MPEG frames start at ``position`` or within :data:`_MPEG_SEARCH` bytes after it,
+    past an ID3v2 tag (another mp3 file's) if one starts there."""
+    position += _id3v2_size(_pread(fd, 10, position))
+    window = _pread(fd, _MPEG_SEARCH, position)
+    start = window.find(b"\xff")
+    while start >= 0:
+        if _is_mpeg_stream(fd, position + start):
+            return True
+        start = window.find(b"\xff", start + 1)
+    return False
+
+
+def _audio_beyond_declared(fd: int, kind: str | None, offset: int, file_size: int) -> str | None:
+    """What a file is when it holds audio after the first stream libsndfile would decode.
+
+    Args:
+        kind, offset: as :func:`_sniff` gives them.
+
+    Returns:
+        ``"a chained Ogg file"`` or ``"mp3 files joined together"``; ``None`` for other files.
+    """
+    if kind == "ogg":
+        return "a chained Ogg file" if _ogg_is_chained(fd, file_size) else None
+    xing = _xing_tag(fd, offset) if kind == "mp3" else None
+    if xing is None or not xing.nb_bytes or offset + xing.nb_bytes >= file_size:
+        return None
+    return "mp3 files joined together" if _mpeg_follows(fd, offset + xing.nb_bytes) else None

@@ -31,10 +31,9 @@ import json
 import math
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import numpy as np
 import soundfile
 import torch
 
-from umx.audio.headers import _check_declared_size, _sniff, _xing_tag
+from umx.audio.headers import _audio_beyond_declared, _check_declared_size, _sniff, _xing_tag
 from umx.audio.messages import (
     _FFMPEG_MISSING,
     _ffmpeg_failure,
@@ -52,6 +51,7 @@ from umx.audio.messages import (
     display_path,
     io_errors,
 )
+from umx.audio.regular import _open_regular
 from umx.audio.resampling import resample
 from umx.audio.samples import check_rate, check_samples
 from umx.errors import UmxError
@@ -69,46 +69,6 @@ _LIBSNDFILE_EXTENSIONS = frozenset({"wav", "flac", "ogg", "aif", "aiff"}) | (
 
 class _Undecodable(Exception):
     """libsndfile cannot open a file; the reason is the exception's message."""
-
-
-# --- Regular files --------------------------------------------------------------------------------
-
-_SPECIAL_FILES = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _check_regular(path: Path, mode: int) -> None:
-    """Refuses anything but a regular file: pipes and devices block or never end."""
-    if not stat.S_ISREG(mode):
-        kind = next((kind for test, kind in _SPECIAL_FILES if test(mode)), "a special file")
-        raise UmxError(f"{display_path(path)} is {kind}, not a regular audio file")
-
-
-@contextlib.contextmanager
-def _open_regular(path: Path) -> Iterator[tuple[int, int]]:
-    """Opens a regular file for reading; yields its descriptor and size.
-
-    The file is checked with :func:`os.stat` before it is opened, and again on the descriptor
-    (opened non-blocking, so a file swapped for a pipe in between cannot block the open).
-    """
-    try:
-        _check_regular(path, os.stat(path).st_mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise UmxError(f"{display_path(path)} does not exist") from None
-    except OSError as error:
-        raise UmxError(f"{display_path(path)} cannot be read ({error.strerror})") from None
-    try:
-        status = os.fstat(fd)
-        _check_regular(path, status.st_mode)
-        yield fd, status.st_size
-    finally:
-        os.close(fd)
 
 
 # --- Memory ---------------------------------------------------------------------------------------
@@ -369,8 +329,10 @@ def _decoder(path: Path, fd: int, file_size: int) -> tuple[_Libsndfile | None, s
     """Opens a file in libsndfile, or says that ffmpeg is to decode it.
 
     libsndfile reads the files whose first bytes say wav, aiff, flac, ogg or mp3, whatever their
-    name. ffmpeg, when installed, reads the others, and those libsndfile cannot open unless
-    their name says a format libsndfile reads (an mp3 libsndfile cannot open goes to ffmpeg).
+    name. ffmpeg, when installed, reads the others, those libsndfile cannot open unless
+    their name says a format libsndfile reads (an mp3 libsndfile cannot open goes to ffmpeg),
+    and chained Ogg files and joined mp3 files, of which libsndfile decodes only the first
+    stream or file (see :mod:`umx.audio.headers`).
 
     Returns:
         The file open in libsndfile, or ``None`` and the reason to give if ffprobe fails
@@ -394,6 +356,13 @@ def _decoder(path: Path, fd: int, file_size: int) -> tuple[_Libsndfile | None, s
         if kind == "mp3" or not named:
             raise needs_ffmpeg
         raise _undecodable(path, "no WAV, AIFF, FLAC, Ogg or MP3 header")
+    if joined := _audio_beyond_declared(fd, kind, offset, file_size):
+        if tools is None:  # libsndfile would stop at the end of the first stream or file
+            raise UmxError(
+                f"{display_path(path)} is {joined}: only ffmpeg reads it whole, but "
+                f"{_FFMPEG_MISSING}"
+            )
+        return None, None
     try:
         return _Libsndfile(path, fd, file_size, kind, offset), None
     except _Undecodable as error:  # ffmpeg may read what libsndfile cannot (Opus in Ogg, ...)
