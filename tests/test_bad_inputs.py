@@ -355,6 +355,21 @@ API_CASES = [
     ("segment-nan", torch.zeros(2, 100), RATE, {"segment": math.nan}, umx.UmxError, "--segment"),
     ("overlap-inf", torch.zeros(2, 100), RATE, {"overlap": math.inf}, umx.UmxError, "--overlap"),
     ("aggregate", torch.zeros(2, 100), RATE, {"aggregate": {"x": ["y"]}}, umx.UmxError, "y"),
+    # as --aggregate: a target summed twice is 6 dB too loud; no group gives no stem
+    *[
+        (f"aggregate-{name}", torch.zeros(2, 100), RATE, {"aggregate": groups}, umx.UmxError, text)
+        for name, groups, text in [
+            (
+                "twice",
+                {"x": ["bass", "bass"]},
+                "^--aggregate lists bass twice in the group x: list it once$",
+            ),
+            ("empty-group", {"x": []}, "^--aggregate must map names to non-empty lists"),
+            ("text-group", {"x": "bass"}, "^--aggregate must map names to non-empty lists"),
+            ("no-group", {}, "^--aggregate needs at least one group$"),
+            ("list", [["bass"]], "^--aggregate must map names to non-empty lists"),
+        ]
+    ],
 ]
 
 

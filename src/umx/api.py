@@ -180,10 +180,40 @@ def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separ
     return onnx_separator(separator, quantize=options.quantize)
 
 
+AGGREGATE_SHAPE = '--aggregate must map names to non-empty lists of targets, e.g. {"acc": ["bass"]}'
+
+
+def check_groups(aggregate: object) -> None:
+    """Refuse groups that cannot be summed as asked, whatever the model: not a mapping of names
+    to non-empty lists of target names, no group at all, or a target listed twice in a group
+    (summed twice, a stem 6 dB too loud).
+
+    Raises:
+        UmxError: naming `--aggregate` (the Python API's `aggregate`) and what to fix.
+    """
+    if not isinstance(aggregate, Mapping) or not all(
+        isinstance(group, Sequence)
+        and not isinstance(group, str)
+        and group
+        and all(isinstance(target, str) for target in group)
+        for group in aggregate.values()
+    ):
+        raise UmxError(AGGREGATE_SHAPE)
+    if not aggregate:
+        raise UmxError("--aggregate needs at least one group")
+    for name, group in aggregate.items():
+        if len(set(group)) < len(group):
+            twice = next(target for target in group if list(group).count(target) > 1)
+            where = f"the group {shown(str(name))}"
+            raise UmxError(f"--aggregate lists {shown(twice)} twice in {where}: list it once")
+
+
 def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
-    """Refuse groups that name targets the separator does not have, before any work."""
+    """Refuse groups that `check_groups` refuses or that name targets the separator does not
+    have, before any work; None (no groups) passes."""
     if aggregate is None:
         return
+    check_groups(aggregate)
     for name in aggregate:
         check_target_name(name, "--aggregate")
     unknown = sorted({t for group in aggregate.values() for t in group} - set(targets))
@@ -446,23 +476,9 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
         raise UmxError(
             f"--aggregate is neither valid JSON nor a readable JSON file ({reason})"
         ) from None
-    if not (
-        isinstance(value, dict)
-        and all(
-            isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in value.values()
-        )
-    ):
-        raise UmxError(
-            '--aggregate must map names to non-empty lists of targets, e.g. {"acc": ["bass"]}'
-        )
-    if not value:
-        raise UmxError("--aggregate needs at least one group")
-    for name, group in value.items():
-        if len(set(group)) < len(group):  # summed twice, a stem 6 dB too loud
-            twice = next(target for target in group if group.count(target) > 1)
-            raise UmxError(
-                f"--aggregate lists {shown(twice)} twice in the group {shown(name)}: list it once"
-            )
+    if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+        raise UmxError(AGGREGATE_SHAPE)
+    check_groups(value)
     return value
 
 
