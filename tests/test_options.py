@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from umx.api import separator_for
+from umx.api import separate_file, separator_for
+from umx.audio import write_audio
 from umx.defaults import FALLBACK_MODEL
 from umx.errors import UmxError
 from umx.options import OutputOptions, SeparationOptions
@@ -31,6 +32,10 @@ from umx.zoo import load_separator
         ({"targets": "vocals"}, "targets must be a list of names, not the text 'vocals'"),
         ({"targets": ()}, "--targets is empty"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
+        # the text "false" is true in Python
+        ({"whole_track": "no"}, "^--whole-track must be True or False, not 'no'$"),
+        ({"softmask": "false"}, "^--softmask must be True or False, not 'false'$"),
+        ({"model": 3}, "^--model must be a model name or folder, not 3$"),
     ],
 )
 def test_options_that_make_no_sense_are_refused_when_built(fields, message):
@@ -46,6 +51,10 @@ def test_options_that_make_no_sense_are_refused_when_built(fields, message):
         ({"ext": "mp3", "subtype": "FLOAT"}, "is not one of mp3's"),
         ({"clip": "wrap"}, "--clip 'wrap': use rescale or clamp"),
         ({"clip": "none"}, "none only with the FLOAT subtype"),
+        ({"force": "false"}, "^--force must be True or False, not 'false'$"),
+        ({"force": 0}, "^--force must be True or False, not 0$"),
+        ({"outdir": None}, "^--outdir must be a path, not None$"),
+        ({"filename": None}, "^--filename must be a text template, not None$"),
     ],
 )
 def test_output_options_that_make_no_sense_are_refused_when_built(fields, message):
@@ -101,3 +110,20 @@ def test_separator_for_loads_the_model_with_the_options():
     weights = separator.target_models["vocals"].state_dict()
     for name, value in reference.target_models["vocals"].state_dict().items():
         assert torch.equal(weights[name], value)
+
+
+def test_force_given_as_text_does_not_overwrite_stems(tmp_path, small_music_separator):
+    """`force="false"` was taken as true and replaced existing stems."""
+    song, stem = tmp_path / "song.wav", tmp_path / "out" / "song" / "vocals.wav"
+    write_audio(song, 0.1 * torch.randn(2, 16000), 16000)
+    stem.parent.mkdir(parents=True)
+    stem.write_bytes(b"keep me")
+    with pytest.raises(UmxError, match="--force"):
+        separate_file(
+            song,
+            small_music_separator,
+            **OutputOptions(tmp_path / "out", force="false").as_kwargs(),
+        )
+    with pytest.raises(UmxError, match=r"^--force must be True or False, not 'no'$"):
+        separate_file(song, small_music_separator, outdir=tmp_path / "out", force="no")
+    assert stem.read_bytes() == b"keep me"

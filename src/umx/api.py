@@ -32,7 +32,7 @@ from umx.files import output_folders
 from umx.messages import shown
 from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder
-from umx.options import SeparationOptions
+from umx.options import SeparationOptions, check_flag
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 
@@ -123,6 +123,7 @@ def separate(
     """
     audio = check_audio(audio, rate)
     check_options(niter=niter, segment=segment, overlap=overlap)
+    check_flag("--softmask", softmask)
     if isinstance(model, Separator):
         if targets is not None or residual is not None or softmask or niter != 1:
             raise UmxError(
@@ -373,6 +374,9 @@ def separate_file(
         one report per written file (path, peak, clipping action).
     """
     check_options(segment=segment, overlap=overlap)
+    flags = {"--downmix": downmix, "--match-input": match_input, "--force": force}
+    for option, flag in flags.items():
+        check_flag(option, flag)
     check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
     (paths,) = plan_outputs([input_path], names, outdir, filename, ext)

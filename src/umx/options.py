@@ -8,6 +8,7 @@ not import torch (building options does, to check them).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,8 +21,30 @@ from umx.defaults import (
     SUBTYPES,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, short
 from umx.onnx.options import check_backend
+
+
+def check_flag(option: str, value: object) -> None:
+    """Refuse a yes-or-no option that is not a bool: the text "false" or "no" is true in Python,
+    and would overwrite files or change the output unasked.
+
+    Raises:
+        UmxError: naming the option as the command line spells it (`--force`).
+    """
+    if not isinstance(value, bool):
+        raise UmxError(f"{option} must be True or False, not {short.repr(value)}")
+
+
+def check_path(option: str, value: object, *, optional: bool = False, what: str = "a path") -> None:
+    """Refuse a path option that is not text or a path-like object (None too with `optional`);
+    the message says the option must be `what`.
+
+    Raises:
+        UmxError: naming the option as the command line spells it (`--outdir`).
+    """
+    if not (isinstance(value, str | os.PathLike) or (optional and value is None)):
+        raise UmxError(f"{option} must be {what}, not {short.repr(value)}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +70,8 @@ class SeparationOptions:
         quantize: int8 quantisation of the models (onnxruntime), or None.
 
     Raises:
-        UmxError: targets that are not a non-empty list, a residual name that is no safe file
+        UmxError: a model that is no name or path, softmask or whole_track that is no bool,
+            targets that are not a non-empty list, a residual name that is no safe file
             name, numbers out of range, an unknown device, or a backend,
             quantisation, device and model that do not go together.
     """
@@ -71,6 +95,9 @@ class SeparationOptions:
         from umx.modeldir import check_target_name
         from umx.separator import check_options
 
+        check_path("--model", self.model, optional=True, what="a model name or folder")
+        check_flag("--softmask", self.softmask)
+        check_flag("--whole-track", self.whole_track)
         if isinstance(self.targets, str):  # a tuple of its letters
             raise UmxError(f"targets must be a list of names, not the text {self.targets!r}")
         if self.targets is not None:
@@ -125,7 +152,8 @@ class OutputOptions:
         force: overwrite existing files.
 
     Raises:
-        UmxError: an unknown format, a subtype the format has not, or an unknown clip policy
+        UmxError: an outdir that is no path, a filename that is no text, a force that is no
+            bool, an unknown format, a subtype the format has not, or an unknown clip policy
             (none needs the FLOAT subtype).
     """
 
@@ -137,8 +165,12 @@ class OutputOptions:
     force: bool = False
 
     def __post_init__(self) -> None:
+        check_path("--outdir", self.outdir)
+        check_flag("--force", self.force)
+        if not isinstance(self.filename, str):
+            raise UmxError(f"--filename must be a text template, not {short.repr(self.filename)}")
         object.__setattr__(self, "outdir", Path(self.outdir))
-        if self.ext not in SUBTYPES:
+        if not isinstance(self.ext, str) or self.ext not in SUBTYPES:
             raise UmxError(f"--ext {self.ext!r} is no format umx writes: use {', '.join(SUBTYPES)}")
         subtype = self.subtype or SUBTYPES[self.ext][0]  # the default
         if subtype not in SUBTYPES[self.ext]:
