@@ -7,6 +7,7 @@ import torch
 
 import umx
 import umx.api
+from umx.audio import write_audio
 from umx.modeldir import save_separator
 
 TARGETS = ("vocals", "drums", "bass", "other")
@@ -103,3 +104,20 @@ def test_a_path_outside_outdir_names_the_stem(filename, names, shown):
     with pytest.raises(umx.UmxError) as caught:
         umx.api.output_paths("song.wav", names, "out", filename)
     assert shown in str(caught.value) and "{" not in str(caught.value).replace(filename, "")
+
+
+def test_input_shorter_than_one_sample_at_the_model_rate_is_refused(separator, tmp_path):
+    """One frame at 192 kHz is no sample at 16 kHz: it gave stems of 0 frames, exit 0."""
+    song = tmp_path / "one.wav"
+    write_audio(song, torch.full((2, 1), 0.1), 192000)
+    for match_input in (False, True):
+        with pytest.raises(umx.UmxError) as error:
+            umx.api.separate_file(song, separator, outdir=tmp_path / "out", match_input=match_input)
+        assert str(error.value) == (
+            f"{song} is too short: 1 frame at 192000 Hz is less than one sample at the model's "
+            "rate (16000 Hz)"
+        )
+    assert not (tmp_path / "out").exists()
+    # 12 frames at 192 kHz are one at 16 kHz: separated, as long as the input
+    stems = umx.separate(torch.full((2, 12), 0.1), 192000, model=separator, segment=None)
+    assert all(stem.shape == (2, 12) for stem in stems.values())

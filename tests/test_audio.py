@@ -656,6 +656,12 @@ def test_match_channels_on_batches():
     assert match_channels(stereo, 2) is stereo
 
 
+def test_resample_of_nothing_is_nothing():
+    for shape in ((2, 0), (3, 2, 0)):
+        empty = resample(torch.zeros(shape), 48000, 44100)
+        assert empty.shape == shape and empty.dtype == torch.float32
+
+
 def test_resample_keeps_leading_dimensions():
     audio = torch.randn(2, 3, 2, 4800)
     out = resample(audio, 48000, 44100)

@@ -355,6 +355,14 @@ API_CASES = [
     ("segment-nan", torch.zeros(2, 100), RATE, {"segment": math.nan}, umx.UmxError, "--segment"),
     ("overlap-inf", torch.zeros(2, 100), RATE, {"overlap": math.inf}, umx.UmxError, "--overlap"),
     ("aggregate", torch.zeros(2, 100), RATE, {"aggregate": {"x": ["y"]}}, umx.UmxError, "y"),
+    (
+        "too-short",
+        torch.full((2, 1), 0.1),
+        768000,
+        {},
+        umx.UmxError,
+        "^audio is too short: 1 frame",
+    ),
     # as --aggregate: a target summed twice is 6 dB too loud; no group gives no stem
     *[
         (f"aggregate-{name}", torch.zeros(2, 100), RATE, {"aggregate": groups}, umx.UmxError, text)

@@ -142,7 +142,7 @@ def separate(
     check_aggregate(aggregate, model.targets)
     batch = audio if audio.dim() == 3 else audio[None]
     nb_channels = batch.shape[1]
-    mix = resample(match_channels(batch, model.channels_for(nb_channels)), rate, model.sample_rate)
+    mix = model_input(batch, rate, model, "audio")
     separated = model.separate(mix, segment=segment, overlap=overlap)
     model.check_not_silent(peak(mix), peak(separated), "audio")
     stems = model.to_dict(separated, aggregate)
@@ -153,6 +153,32 @@ def separate(
         stem = F.pad(stem, (0, max(0, batch.shape[-1] - stem.shape[-1])))[..., : batch.shape[-1]]
         out[name] = stem if audio.dim() == 3 else stem[0]
     return out
+
+
+def model_input(audio: Tensor, rate: float, separator: Separator, source: str) -> Tensor:
+    """A mixture as the separator takes it: with its channels (`Separator.channels_for`), at
+    its rate.
+
+    Args:
+        audio: `(..., nb_channels, nb_timesteps)` at `rate`.
+        source: how the user knows the audio, for the message.
+
+    Returns:
+        `(..., nb_model_channels, nb_model_timesteps)` at `separator.sample_rate`.
+
+    Raises:
+        UmxError: the audio is shorter than one sample at the separator's rate.
+    """
+    mix = match_channels(audio, separator.channels_for(audio.shape[-2]))
+    mix = resample(mix, rate, separator.sample_rate)
+    if mix.shape[-1] == 0:
+        frames = audio.shape[-1]
+        raise UmxError(
+            f"{source} is too short: {frames} frame{'s' * (frames != 1)} at {rate:g} Hz "
+            f"{'are' if frames != 1 else 'is'} less than one sample at the model's rate "
+            f"({separator.sample_rate:g} Hz)"
+        )
+    return mix
 
 
 def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separator:
@@ -382,9 +408,7 @@ def separate_file(
     (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
     audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
     nb_channels = audio.shape[0]
-    mix = resample(
-        match_channels(audio, separator.channels_for(nb_channels)), rate, separator.sample_rate
-    )[None]
+    mix = model_input(audio, rate, separator, display_path(input_path))[None]
     del audio
     out_rate, out_channels = (rate, nb_channels) if match_input else (separator.sample_rate, None)
     channels = out_channels or mix.shape[1]

@@ -24,6 +24,8 @@ def resample(audio: torch.Tensor, orig_rate: float, new_rate: float) -> torch.Te
     """
     if orig_rate == new_rate:
         return audio
+    if audio.shape[-1] == 0:  # soxr takes no empty signal
+        return audio.new_zeros((*audio.shape[:-1], 0))
     frames = np.ascontiguousarray(audio.detach().cpu().reshape(-1, audio.shape[-1]).numpy().T)
     resampled = soxr.resample(frames, orig_rate, new_rate, quality=RESAMPLE_QUALITY)
     resampled = torch.from_numpy(np.ascontiguousarray(resampled.T)).to(audio.device)
