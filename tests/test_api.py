@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import soundfile
 import torch
 
 import umx
@@ -121,3 +122,19 @@ def test_input_shorter_than_one_sample_at_the_model_rate_is_refused(separator, t
     # 12 frames at 192 kHz are one at 16 kHz: separated, as long as the input
     stems = umx.separate(torch.full((2, 12), 0.1), 192000, model=separator, segment=None)
     assert all(stem.shape == (2, 12) for stem in stems.values())
+
+
+@pytest.mark.parametrize("segment", [None, 2.0])
+def test_match_input_stems_are_as_long_as_the_input(separator, tmp_path, segment):
+    """240001 frames at 48 kHz are 80000 at 16 kHz, which come back as 240000: the stems
+    written were a frame short, where `umx.separate`'s had the input's length."""
+    audio = 0.1 * torch.randn(1, 240001, generator=torch.Generator().manual_seed(0))
+    song = tmp_path / "song.wav"
+    write_audio(song, audio, 48000, subtype="FLOAT")
+    out, chunks = tmp_path / f"out{segment}", {"segment": segment, "overlap": 0.5}
+    umx.api.separate_file(song, separator, outdir=out, subtype="FLOAT", match_input=True, **chunks)
+    expected = umx.separate(audio, 48000, model=separator, **chunks)
+    for target, stem in expected.items():
+        written, rate = soundfile.read(out / "song" / f"{target}.wav", dtype="float32")
+        assert rate == 48000 and written.shape == (240001,)
+        torch.testing.assert_close(torch.from_numpy(written)[None], stem, atol=1e-5, rtol=0)

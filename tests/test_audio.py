@@ -688,6 +688,19 @@ def test_stream_resampler_equals_whole_resample(orig_rate, new_rate, dtype):
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-6)
 
 
+def test_stream_resampler_flushes_to_the_length_asked():
+    signal = torch.from_numpy(tone(1, seconds=0.5, rate=48000))
+    whole = resample(signal, 48000, 16000)
+    for length in (whole.shape[-1] - 3, whole.shape[-1] + 2):
+        resampler = StreamResampler(48000, 16000, 1)
+        blocks = [resampler.process(block) for block in signal.split(5000, dim=-1)]
+        out = torch.cat([*blocks, resampler.flush(length)], dim=-1)
+        assert out.shape[-1] == length
+        common = min(length, whole.shape[-1])
+        torch.testing.assert_close(out[:, :common], whole[:, :common], atol=1e-6, rtol=0)
+        assert not out[:, common:].any()  # padded with silence
+
+
 def test_stream_resampler_at_equal_rates_passes_blocks_through():
     block = torch.randn(1, 100)
     resampler = StreamResampler(RATE, RATE, 1)

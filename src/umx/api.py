@@ -32,7 +32,7 @@ from umx.files import output_folders
 from umx.messages import shown
 from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder
-from umx.options import SeparationOptions, check_flag
+from umx.options import SeparationOptions, check_flag, check_flags
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 
@@ -400,23 +400,21 @@ def separate_file(
         one report per written file (path, peak, clipping action).
     """
     check_options(segment=segment, overlap=overlap)
-    flags = {"--downmix": downmix, "--match-input": match_input, "--force": force}
-    for option, flag in flags.items():
-        check_flag(option, flag)
+    check_flags({"--downmix": downmix, "--match-input": match_input, "--force": force})
     check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
     (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
     audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
-    nb_channels = audio.shape[0]
     mix = model_input(audio, rate, separator, display_path(input_path))[None]
+    # match_input: the input's rate, channels and length (the trip there and back may change it)
+    output = (rate, *audio.shape) if match_input else (separator.sample_rate, None, None)
     del audio
-    out_rate, out_channels = (rate, nb_channels) if match_input else (separator.sample_rate, None)
-    channels = out_channels or mix.shape[1]
+    channels = output[1] or mix.shape[1]
     with ExitStack() as stack:
         stack.enter_context(output_folders(paths.values()))  # left last, once the files are gone
         writers = {
             name: stack.enter_context(
-                AudioWriter(path, out_rate, channels, subtype=subtype, clip=clip, force=force)
+                AudioWriter(path, output[0], channels, subtype=subtype, clip=clip, force=force)
             )
             for name, path in paths.items()
         }
@@ -424,7 +422,7 @@ def separate_file(
             separator,
             mix,
             writers,
-            (out_rate, out_channels),
+            output,
             segment=segment,
             overlap=overlap,
             aggregate=aggregate,
@@ -439,7 +437,7 @@ def _write_chunks(
     separator: Separator,
     mix: Tensor,
     writers: Mapping[str, AudioWriter],
-    output: tuple[float, int | None],
+    output: tuple[float, int | None, int | None],
     *,
     segment: float | None,
     overlap: float,
@@ -453,12 +451,13 @@ def _write_chunks(
         separator, segment, overlap, aggregate, on_progress: as `separate_file`.
         mix: the mixture at the separator's rate, `(1, nb_channels, nb_timesteps)`.
         writers: the open writer of each stem, by name.
-        output: the output's rate, and its channel count or None for the separator's.
+        output: the output's rate, channel count and length in frames; None for the
+            separator's channels and the length resampling gives.
 
     Returns:
         the largest absolute sample of the separated sources (before any aggregation).
     """
-    out_rate, out_channels = output
+    out_rate, out_channels, out_frames = output
     if segment is None:
         chunks = iter([separator.separate(mix, segment=None)])
     else:
@@ -481,7 +480,7 @@ def _write_chunks(
         if on_progress is not None:
             on_progress(done / separator.sample_rate, total)
     for name, resampler in resamplers.items():
-        write(name, resampler.flush())
+        write(name, resampler.flush(out_frames))
     return separated_peak
 
 

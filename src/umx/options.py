@@ -9,6 +9,7 @@ not import torch (building options does, to check them).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def check_flag(option: str, value: object) -> None:
     """
     if not isinstance(value, bool):
         raise UmxError(f"{option} must be True or False, not {short.repr(value)}")
+
+
+def check_flags(flags: Mapping[str, object]) -> None:
+    """`check_flag` of each option and its value."""
+    for option, value in flags.items():
+        check_flag(option, value)
 
 
 def check_path(option: str, value: object, *, optional: bool = False, what: str = "a path") -> None:

@@ -86,19 +86,27 @@ class StreamResampler:
         frames = block.detach().cpu().numpy().T
         return self._output(self._stream.resample_chunk(np.ascontiguousarray(frames)))
 
-    def flush(self) -> torch.Tensor:
+    def flush(self, length: int | None = None) -> torch.Tensor:
         """The rest of the output, once every block was processed.
 
+        Args:
+            length: the total output length wanted, the rest padded with zeros or cut to it
+                (a signal resampled there and back may come back a sample short or long, and
+                is given its original length); ``None`` for that of :func:`resample`.
+
         Returns:
-            Shape ``(nb_channels, nb_out)``: the total output length is then that of
-            :func:`resample` on the whole signal.
+            Shape ``(nb_channels, nb_out)``: the total output length is then ``length``, or
+            that of :func:`resample` on the whole signal (unless more was output already).
         """
-        expected = _resampled_length(self._nb_in, self.orig_rate, self.new_rate)
+        expected = length
+        if expected is None:
+            expected = _resampled_length(self._nb_in, self.orig_rate, self.new_rate)
         dtype = np.float64 if self._dtype == torch.float64 else np.float32
         rest = np.zeros((0, self.nb_channels), dtype)
         if self._stream is not None:
             rest = self._stream.resample_chunk(rest, last=True)
-        # soxr gives the whole signal's length; the pad or cut only guards against a drift
+        # soxr gives the whole signal's length; without `length`, the pad or cut only guards
+        # against a drift
         missing = expected - self._nb_out - len(rest)
         if missing > 0:
             rest = np.concatenate([rest, np.zeros((missing, self.nb_channels), rest.dtype)])
