@@ -744,6 +744,34 @@ def call_with_timeout(function, *args, timeout: float = 10.0):
     return thread.is_alive(), outcome
 
 
+@pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        (math.nan, "sample_rate must be a finite number, not nan"),
+        (math.inf, "sample_rate must be a finite number, not inf"),
+        (1e12, "sample_rate must be at most 768000, not 1000000000000"),
+        (0, "sample_rate must be at least 1000, not 0"),
+        ("16000", "sample_rate must be a number, not '16000'"),
+    ],
+)
+def test_a_rate_to_resample_to_that_is_no_rate_is_refused(tmp_path, rate, message):
+    # NaN spun a core forever in soxr; inf and 1e12 raised MemoryError
+    write_audio(tmp_path / "song.wav", tone(seconds=0.1), RATE)
+    blocked, outcome = call_with_timeout(
+        lambda: read_audio(tmp_path / "song.wav", sample_rate=rate)
+    )
+    assert not blocked
+    assert isinstance(outcome.get("error"), UmxError) and str(outcome["error"]) == message
+
+
+@pytest.mark.parametrize("rates", [(math.nan, RATE), (RATE, math.nan), (RATE, math.inf), (0, RATE)])
+def test_resampling_from_or_to_no_rate_is_a_value_error(rates):
+    blocked, outcome = call_with_timeout(resample, torch.zeros(2, 100), *rates)
+    assert not blocked and isinstance(outcome.get("error"), ValueError)
+    with pytest.raises(ValueError, match="finite and positive"):
+        StreamResampler(*rates, 2)
+
+
 def unblock_fifo(path) -> None:
     """Opens a FIFO for writing and closes it, so that a reader blocked on it returns."""
     with contextlib.suppress(OSError):

@@ -54,7 +54,7 @@ from umx.audio.messages import (
 from umx.audio.regular import _open_regular
 from umx.audio.resampling import resample
 from umx.audio.samples import check_rate, check_samples
-from umx.errors import UmxError
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 
 MAX_CHANNELS = 2
 """umx separates mono or stereo audio; files with more channels need ``downmix``."""
@@ -520,7 +520,8 @@ def read_audio(
         start: where the excerpt starts, in seconds: frame ``int(start * rate)``, as open-unmix.
         duration: length of the excerpt in seconds, ``int(duration * rate)`` frames; ``None``
             reads to the end.
-        sample_rate: resample to this rate (soxr); ``None`` keeps the file's rate.
+        sample_rate: resample to this rate (soxr), from 1 kHz to 768 kHz; ``None`` keeps the
+            file's rate.
         nb_channels: the channel count wanted, 1 or 2. Mono input is duplicated to stereo and
             stereo is averaged to mono; ``None`` keeps the file's channels.
         downmix: average files with more than two channels to mono instead of refusing them.
@@ -532,11 +533,13 @@ def read_audio(
         UmxError: the file is missing, not a regular file, not audio, truncated, empty (or the
             excerpt is), too long for memory, has a sample rate or samples that are not audio
             (see :mod:`umx.audio.samples`), has more than two channels without ``downmix``, or
-            the excerpt is invalid.
+            the excerpt or ``sample_rate`` is invalid.
     """
     path = Path(path)
     if nb_channels not in (None, 1, 2):
         raise ValueError(f"nb_channels must be 1, 2 or None, not {nb_channels}")
+    if sample_rate is not None:  # NaN made soxr spin forever, 1e12 run out of memory
+        check_number("sample_rate", sample_rate, minimum=MIN_RATE, maximum=MAX_RATE)
     if not (0 <= start < math.inf) or (duration is not None and not 0 < duration < math.inf):
         raise UmxError(
             f"{display_path(path)}: the excerpt needs a finite start >= 0 and duration > 0 "

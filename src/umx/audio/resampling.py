@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import soxr
 import torch
@@ -21,7 +23,11 @@ def resample(audio: torch.Tensor, orig_rate: float, new_rate: float) -> torch.Te
     Returns:
         Shape ``(..., floor(nb_timesteps * new_rate / orig_rate + ½))``, same dtype and device;
         ``audio`` itself when the rates are equal.
+
+    Raises:
+        ValueError: a rate is not finite and positive (soxr spins forever on NaN).
     """
+    _check_rates(orig_rate, new_rate)
     if orig_rate == new_rate:
         return audio
     if audio.shape[-1] == 0:  # soxr takes no empty signal
@@ -30,6 +36,14 @@ def resample(audio: torch.Tensor, orig_rate: float, new_rate: float) -> torch.Te
     resampled = soxr.resample(frames, orig_rate, new_rate, quality=RESAMPLE_QUALITY)
     resampled = torch.from_numpy(np.ascontiguousarray(resampled.T)).to(audio.device)
     return resampled.reshape(*audio.shape[:-1], -1)
+
+
+def _check_rates(orig_rate: float, new_rate: float) -> None:
+    """Refuse rates that are not finite and positive, with a ValueError (a caller's bug)."""
+    if not (0 < orig_rate < math.inf and 0 < new_rate < math.inf):
+        raise ValueError(
+            f"sample rates must be finite and positive, not {orig_rate} and {new_rate}"
+        )
 
 
 def _resampled_length(nb_timesteps: int, orig_rate: float, new_rate: float) -> int:
@@ -52,8 +66,7 @@ class StreamResampler:
     """
 
     def __init__(self, orig_rate: float, new_rate: float, nb_channels: int) -> None:
-        if orig_rate <= 0 or new_rate <= 0:
-            raise ValueError(f"sample rates must be positive, not {orig_rate} and {new_rate}")
+        _check_rates(orig_rate, new_rate)
         self.orig_rate, self.new_rate, self.nb_channels = orig_rate, new_rate, nb_channels
         self._stream: soxr.ResampleStream | None = None
         self._dtype, self._device = torch.float32, torch.device("cpu")
