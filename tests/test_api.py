@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import soundfile
 import torch
@@ -138,3 +139,41 @@ def test_match_input_stems_are_as_long_as_the_input(separator, tmp_path, segment
         written, rate = soundfile.read(out / "song" / f"{target}.wav", dtype="float32")
         assert rate == 48000 and written.shape == (240001,)
         torch.testing.assert_close(torch.from_numpy(written)[None], stem, atol=1e-5, rtol=0)
+
+
+def test_numpy_scalars_are_numbers(separator):
+    """`np.int64(44100)` was refused: "rate must be a number, not np.int64(44100)"."""
+    audio = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    expected = umx.separate(audio, 16000, model=separator, segment=None)
+    stems = umx.separate(audio, np.int64(16000), model=separator, segment=None)
+    torch.testing.assert_close(stems["vocals"], expected["vocals"])
+    chunked = umx.separate(audio, 16000, model=separator, segment=np.float64(0.5), overlap=0.0)
+    assert chunked["vocals"].shape == audio.shape
+    with pytest.raises(umx.UmxError, match=r"^rate must be a number, not np\.True_$"):
+        umx.separate(audio, np.bool_(True), model=separator)
+    with pytest.raises(umx.UmxError, match=r"^--niter must be a whole number, not np\.float64"):
+        umx.separate(audio, 16000, model="umxsynth", niter=np.float64(1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here")
+def test_a_missing_gpu_is_one_line(separator):
+    """`device="cuda"` without one was an AssertionError from torch."""
+    for device in ("cuda", torch.device("cuda", 0)):
+        with pytest.raises(umx.UmxError, match="no CUDA GPU is available"):
+            umx.separate(torch.zeros(2, 1600), 16000, model="umxsynth", device=device)
+    with pytest.raises(umx.UmxError, match=r"^unknown device 'tpu'"):
+        umx.separate(torch.zeros(2, 1600), 16000, model=separator, device="tpu")
+
+
+def test_a_separator_is_not_moved_to_another_device(separator, monkeypatch):
+    """A device given with a Separator was ignored: the one it is on is taken, another refused."""
+    audio = 0.1 * torch.randn(2, 1600, generator=torch.Generator().manual_seed(0))
+    assert umx.separate(audio, 16000, model=separator, device="cpu")["vocals"].shape == (2, 1600)
+    monkeypatch.setattr(umx.api, "resolve_device", lambda name: torch.device("cuda", 1))
+    with pytest.raises(umx.UmxError) as error:
+        umx.separate(audio, 16000, model=separator, device="cuda:1")
+    assert str(error.value) == (
+        "device 'cuda:1' given with a Separator on cpu: move it with separator.to(device), or "
+        "leave device out"
+    )
+    assert separator.device == torch.device("cpu")

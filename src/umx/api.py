@@ -27,6 +27,7 @@ from umx.audio import (
     resample,
 )
 from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
+from umx.devices import resolve_device
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.files import output_folders
 from umx.messages import shown
@@ -95,7 +96,7 @@ def separate(
     aggregate: Mapping[str, Sequence[str]] | None = None,
     segment: float | None = SEGMENT,
     overlap: float = OVERLAP,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
     """Separate a mixture into named stems.
 
@@ -112,23 +113,32 @@ def separate(
         aggregate: groups of targets to sum, e.g. `{"accompaniment": ["drums", "bass", "other"]}`.
         segment: chunk length in seconds (bounded memory); None separates the whole track at once.
         overlap: cross-fade between chunks in seconds.
-        device: where the models run.
+        device: where the models run: `cpu`, `cuda`, `cuda:N`, `mps` or `auto` (as `--device`),
+            or a `torch.device`; None for the CPU, or where a `Separator` given as `model` is.
+            A `Separator` is not moved: a device other than its own is refused.
 
     Returns:
         `{target: stem}`, each stem shaped like `audio` and at `rate`.
 
     Raises:
         TypeError: `audio` is not an array of real floating-point samples.
-        UmxError: a bad shape, sample, rate or option, or the model cannot be loaded.
+        UmxError: a bad shape, sample, rate, device or option, or the model cannot be loaded.
     """
     audio = check_audio(audio, rate)
     check_options(niter=niter, segment=segment, overlap=overlap)
     check_flag("--softmask", softmask)
+    if device is not None:  # the check of --device: a missing GPU is one line
+        device = resolve_device(str(device) if isinstance(device, torch.device) else device)
     if isinstance(model, Separator):
         if targets is not None or residual is not None or softmask or niter != 1:
             raise UmxError(
                 "targets, niter, softmask and residual belong to the Separator given as model: "
                 "set them with load_separator"
+            )
+        if device is not None and device != model.device:
+            raise UmxError(
+                f"device {str(device)!r} given with a Separator on {model.device}: move it with "
+                "separator.to(device), or leave device out"
             )
     else:
         model = load_separator(
@@ -137,7 +147,7 @@ def separate(
             niter=niter,
             softmask=softmask,
             residual=residual,
-            device=device,
+            device=device or "cpu",
         )
     check_aggregate(aggregate, model.targets)
     batch = audio if audio.dim() == 3 else audio[None]
@@ -187,8 +197,6 @@ def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separ
     backend the target models are exported and run by onnxruntime (`umx.onnx.runtime`), and an
     export folder's graphs are run as they are (`umx.onnx.folder`).
     """
-    from umx.devices import resolve_device
-
     onnx = options.backend == "onnxruntime"
     if onnx and is_export_folder(options.model):
         from umx.onnx.folder import load_export

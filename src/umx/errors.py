@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import math
+import numbers
 import os
 import re
 import reprlib
@@ -95,19 +96,20 @@ def check_number(
 
     Args:
         name: how the user knows the value, e.g. `--niter`; the message names it.
-        value: the value to check; booleans and strings are refused.
+        value: the value to check: a real number (`numbers.Real`, numpy's scalars included);
+            booleans (Python's and numpy's) and strings are refused.
         minimum: the smallest value allowed, inclusive.
         above: a bound the value must exceed, exclusive.
         maximum: the largest value allowed, inclusive.
-        integer: only whole numbers (ints) are allowed.
+        integer: only whole numbers (`numbers.Integral`: ints, numpy's integers) are allowed.
 
     Raises:
         UmxError: the value breaks one of these rules.
     """
-    kinds = (int,) if integer else (int, float)
+    kinds = numbers.Integral if integer else numbers.Real  # numpy's scalars too
     kind = "a whole number" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise UmxError(f"{name} must be {kind}, not {value!r}")
+        raise UmxError(f"{name} must be {kind}, not {short.repr(value)}")
     if not math.isfinite(value):
         raise UmxError(f"{name} must be a finite number, not {value}")
     if minimum is not None and value < minimum:
