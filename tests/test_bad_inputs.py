@@ -154,6 +154,7 @@ CLI_CASES = [
     ("segment-inf", [SONG, *MODEL, "--segment", "inf"], "--segment must be a finite number"),
     ("segment-zero", [SONG, *MODEL, "--segment", "0"], "--segment must be greater than 0"),
     ("segment-negative", [SONG, *MODEL, "--segment", "-3"], "--segment must be greater than 0"),
+    ("segment-short", [SONG, *MODEL, "--segment", "0.05", "--overlap", "0"], "--segment 0.05 s is"),
     ("overlap-negative", [SONG, *MODEL, "--overlap", "-1"], "--overlap must be at least 0"),
     ("overlap-nan", [SONG, *MODEL, "--overlap", "nan"], "--overlap must be a finite number"),
     ("overlap-too-long", [SONG, *MODEL, "--overlap", "40"], "must be shorter than --segment"),
@@ -353,6 +354,14 @@ API_CASES = [
     ("rate-string", torch.zeros(2, 100), "44100", {}, umx.UmxError, "rate must be a number"),
     ("rate-huge", torch.zeros(2, 100), 1e12, {}, umx.UmxError, "rate must be at most"),
     ("segment-nan", torch.zeros(2, 100), RATE, {"segment": math.nan}, umx.UmxError, "--segment"),
+    (
+        "segment-short",
+        torch.zeros(2, 100),
+        RATE,
+        {"segment": 0.05, "overlap": 0.0},
+        umx.UmxError,
+        "too short for this model",
+    ),
     ("overlap-inf", torch.zeros(2, 100), RATE, {"overlap": math.inf}, umx.UmxError, "--overlap"),
     ("aggregate", torch.zeros(2, 100), RATE, {"aggregate": {"x": ["y"]}}, umx.UmxError, "y"),
     (

@@ -113,9 +113,8 @@ def separate(
         aggregate: groups of targets to sum, e.g. `{"accompaniment": ["drums", "bass", "other"]}`.
         segment: chunk length in seconds (bounded memory); None separates the whole track at once.
         overlap: cross-fade between chunks in seconds.
-        device: where the models run: `cpu`, `cuda`, `cuda:N`, `mps` or `auto` (as `--device`),
-            or a `torch.device`; None for the CPU, or where a `Separator` given as `model` is.
-            A `Separator` is not moved: a device other than its own is refused.
+        device: where the models run: `cpu`, `cuda`, `cuda:N`, `mps`, `auto` or a `torch.device`;
+            None for the CPU, or a `Separator`'s own (it is not moved: another is refused).
 
     Returns:
         `{target: stem}`, each stem shaped like `audio` and at `rate`.
@@ -150,6 +149,7 @@ def separate(
             device=device or "cpu",
         )
     check_aggregate(aggregate, model.targets)
+    model.check_segment(segment)
     batch = audio if audio.dim() == 3 else audio[None]
     nb_channels = batch.shape[1]
     mix = model_input(batch, rate, model, "audio")
@@ -208,6 +208,7 @@ def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separ
         device="cpu" if onnx else resolve_device(options.device),
         progress=progress,
     )
+    separator.check_segment(options.chunk_seconds)  # before any input, once
     if not onnx:
         return separator
     from umx.onnx.runtime import onnx_separator
@@ -410,6 +411,7 @@ def separate_file(
     check_options(segment=segment, overlap=overlap)
     check_flags({"--downmix": downmix, "--match-input": match_input, "--force": force})
     check_aggregate(aggregate, separator.targets)
+    separator.check_segment(segment)
     names = list(aggregate) if aggregate is not None else separator.targets
     (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
     audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
