@@ -531,6 +531,28 @@ def test_bad_write_options_name_the_path(tmp_path, name, options, message):
     assert not path.exists()
 
 
+def test_rates_a_format_cannot_hold_are_refused_with_what_to_do(tmp_path):
+    """libsndfile said only "(Error : flac does not support this sample rate)"."""
+    for name, rate, refusal in [
+        (
+            "vocals.mp3",
+            192000,
+            "mp3 takes only 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100 or 48000 Hz",
+        ),
+        ("vocals.flac", 700000, "flac takes at most 655350 Hz"),
+    ]:
+        with pytest.raises(UmxError) as error:
+            AudioWriter(tmp_path / name, rate, 2)
+        assert str(error.value) == (
+            f"cannot write {tmp_path / name} at {rate} Hz: {refusal}; use --ext wav, or leave "
+            "out --match-input to write at the model's rate"
+        )
+    assert only_files(tmp_path) == []
+    write_audio(tmp_path / "high.flac", tone(seconds=0.1, rate=655350), 655350)
+    write_audio(tmp_path / "low.mp3", tone(seconds=0.1, rate=8000), 8000)
+    assert audio_info(tmp_path / "high.flac").sample_rate == 655350
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_directory_is_named(tmp_path):
     locked = tmp_path / "locked"

@@ -185,6 +185,22 @@ class _FfmpegMp3Sink:
             self._errors.close()
 
 
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+"""The sample rates MPEG-1, 2 and 2.5 layer III has, in Hz."""
+
+FLAC_MAX_RATE = 655350
+"""The highest sample rate a FLAC file holds, in Hz."""
+
+
+def _rate_refusal(extension: str, rate: int) -> str | None:
+    """What a format says of a sample rate it cannot hold (``None`` when it holds it)."""
+    if extension == "mp3" and rate not in MP3_RATES:
+        return f"mp3 takes only {', '.join(map(str, MP3_RATES[:-1]))} or {MP3_RATES[-1]} Hz"
+    if extension == "flac" and rate > FLAC_MAX_RATE:
+        return f"flac takes at most {FLAC_MAX_RATE} Hz"
+    return None
+
+
 class AudioWriter:
     """Writes a long signal block by block, into a temporary file renamed into place at the end.
 
@@ -214,7 +230,8 @@ class AudioWriter:
 
     Raises:
         UmxError: the file exists without ``force``, its directory is missing or unwritable, its
-            name is too long, or the format, subtype or clip policy is not supported; on exit,
+            name is too long, or the format, subtype, sample rate (mp3 has a few, flac none above
+            655350 Hz) or clip policy is not supported; on exit,
             the file appeared meanwhile and ``force`` is not set.
     """
 
@@ -253,6 +270,11 @@ class AudioWriter:
         if self.subtype not in SUBTYPES[self.extension]:
             allowed = ", ".join(SUBTYPES[self.extension])
             raise UmxError(f"cannot write {shown} as {self.subtype}: use one of {allowed}")
+        if refusal := _rate_refusal(self.extension, self.sample_rate):  # libsndfile's is cryptic
+            raise UmxError(
+                f"cannot write {shown} at {self.sample_rate} Hz: {refusal}; use --ext wav, or "
+                "leave out --match-input to write at the model's rate"
+            )
         if self.clip not in CLIP_POLICIES or (self.clip == "none" and self.subtype != "FLOAT"):
             raise UmxError(
                 f"cannot write {shown} with clip={self.clip!r}: use rescale or clamp "
