@@ -177,3 +177,17 @@ def test_a_separator_is_not_moved_to_another_device(separator, monkeypatch):
         "leave device out"
     )
     assert separator.device == torch.device("cpu")
+
+
+def test_an_extension_in_the_template_and_another_ext_contradict():
+    """`--ext flac --filename '{track}/{target}.wav'` wrote WAV files, ignoring --ext."""
+    with pytest.raises(umx.UmxError) as error:
+        umx.api.output_paths("song.wav", ["vocals"], "out", "{track}/{target}.wav", "flac")
+    assert str(error.value) == (
+        "--filename '{track}/{target}.wav' gives .wav files, but --ext is flac: end the template "
+        "with .{ext}, or leave out --ext"
+    )
+    paths = umx.api.output_paths("song.wav", ["vocals"], "out", "{track}/{target}.flac")
+    assert paths["vocals"].suffix == ".flac"  # the default ext: the template chooses
+    paths = umx.api.output_paths("song.wav", ["vocals"], "out", "{target}.{ext}", "mp3")
+    assert paths["vocals"].suffix == ".mp3"

@@ -271,8 +271,9 @@ def output_paths(
 
     Raises:
         UmxError: the template is invalid, gives two stems one path, gives a name without an
-            audio format's extension, or a path would leave `outdir` (an absolute template,
-            `..`, or a track or stem named `..`).
+            audio format's extension or with one other than an `ext` other than wav (wav is the
+            default, which a template's own extension overrides), or a path would leave
+            `outdir` (an absolute template, `..`, or a track or stem named `..`).
     """
     fields = {
         "track": Path(input_path).stem,
@@ -308,6 +309,12 @@ def output_paths(
             raise UmxError(
                 f"--filename {filename!r} gives {str(relative)!r} for {display_path(input_path)}, "
                 f"but stems are written as .{', .'.join(SUBTYPES)}: end the template with .{{ext}}"
+            )
+        suffix = relative.suffix.lower().lstrip(".")
+        if "ext" not in used and ext != "wav" and suffix != ext:  # wav, the default: not chosen
+            raise UmxError(
+                f"--filename {filename!r} gives .{suffix} files, but --ext is {ext}: end the "
+                "template with .{ext}, or leave out --ext"
             )
         paths[name] = Path(outdir) / relative
     if len(set(paths.values())) < len(paths):
