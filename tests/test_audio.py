@@ -1255,3 +1255,16 @@ def test_joined_files_without_ffmpeg_are_refused_not_cut(tmp_path, monkeypatch, 
             f"{path} is {kind}: only ffmpeg reads it whole, but ffmpeg is not installed "
             "(apt-get install ffmpeg)"
         )
+
+
+def test_g721_wav_is_read_though_it_cannot_seek(tmp_path):
+    """libsndfile reads G.721 ADPCM but cannot seek in it, not even to the start: the file was
+    refused as "not decodable audio (Seek attempted on unseekable file type)"."""
+    path = tmp_path / "g721.wav"
+    soundfile.write(path, tone(1, seconds=1.0)[0], RATE, subtype="G721_32")
+    decoded, rate = read_audio(path)
+    assert rate == RATE and decoded.shape[0] == 1
+    assert decoded.shape[1] == pytest.approx(RATE, abs=120)  # whole G.721 blocks
+    assert correlation(decoded.numpy(), tone(1, seconds=1.0)) > 0.95
+    excerpt, _ = read_audio(path, start=0.25, duration=0.5)
+    torch.testing.assert_close(excerpt, decoded[:, 11025 : 11025 + 22050], rtol=0, atol=0)

@@ -201,12 +201,14 @@ class _Libsndfile:
         """Frames ``[first, first + count)`` (to the end if ``count`` is ``None``), shape
         ``(nb_timesteps, nb_channels)``; fewer past the end."""
         with io_errors(f"{display_path(self.path)} is not decodable audio"):
-            if self.length is None:
+            # some encodings (G.721, G.723 ADPCM) cannot seek, even to the start: read from it
+            if self.length is None or (first and not self.file.seekable()):
                 return self._read_blocks(first, count)
             first = min(first, self.length)
             count = self.length - first if count is None else min(count, self.length - first)
             _check_memory(self.path, count, self.nb_channels, self.rate)
-            self.file.seek(first)
+            if first:
+                self.file.seek(first)
             audio = self.file.read(count, dtype="float32", always_2d=True)
         if len(audio) < count:
             raise _undecodable(
