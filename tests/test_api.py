@@ -191,3 +191,14 @@ def test_an_extension_in_the_template_and_another_ext_contradict():
     assert paths["vocals"].suffix == ".flac"  # the default ext: the template chooses
     paths = umx.api.output_paths("song.wav", ["vocals"], "out", "{target}.{ext}", "mp3")
     assert paths["vocals"].suffix == ".mp3"
+
+
+def test_a_broken_link_as_outdir_is_named(tmp_path):
+    """It said "cannot create output directory dangling/song: File exists"."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(umx.UmxError) as error:
+        umx.api.check_outdir(tmp_path / "dangling")
+    assert str(error.value) == (
+        f"--outdir {tmp_path / 'dangling'} is a broken symbolic link (to {tmp_path / 'nowhere'}): "
+        "remove it, or give another folder"
+    )

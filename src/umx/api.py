@@ -326,8 +326,13 @@ def check_outdir(outdir: str | os.PathLike) -> None:
     """Refuse an output folder that is a file, before any work.
 
     Raises:
-        UmxError: `outdir` exists and is not a folder.
+        UmxError: `outdir` exists and is not a folder, or is a broken symbolic link.
     """
+    if os.path.islink(outdir) and not os.path.exists(outdir):
+        raise UmxError(
+            f"--outdir {display_path(outdir)} is a broken symbolic link (to "
+            f"{display_path(os.readlink(outdir))}): remove it, or give another folder"
+        )
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise UmxError(f"--outdir {display_path(outdir)} is a file: give a folder for the stems")
 
