@@ -64,6 +64,7 @@ def workspace(tmp_path_factory):
     absurd = music(1.0)
     absurd[1, RATE // 2 :] = 1e30
     sf.write(root / "absurd.wav", absurd.T, RATE, subtype="FLOAT")
+    sf.write(root / "tiny.wav", np.full((1, 2), 0.1, "f4"), 4 * RATE)  # 1/4 sample at RATE
     (root / "out" / "song").mkdir(parents=True)
     (root / "out" / "song" / "vocals.wav").write_bytes(b"an earlier result")
     (root / "a-file").write_bytes(b"not a folder")
@@ -107,6 +108,7 @@ CASES = [
     ("s16-as-f32", s16(music(0.5)), STDIN, "if it is 16-bit PCM, give --format s16le"),
     ("absurd-file", None, ["absurd.wav"], "absurd.wav: the sample 1e+30 at 0.500 s"),
     ("missing-file", None, ["nope.wav"], "nope.wav"),
+    ("under-a-sample", None, ["tiny.wav"], "tiny.wav is too short: 1 frame at 64000 Hz is less"),
     ("outdir-is-a-file", f32(music(0.2)), [*STDIN, "--outdir", "a-file"], "a-file"),
     ("existing-output", None, ["song.wav", "--outdir", "out"], "already exists (use --force"),
     ("stdout-two-stems", f32(music(0.2)), [*STDIN, "--stdout"], "--stdout writes one stem"),

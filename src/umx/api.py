@@ -182,13 +182,18 @@ def model_input(audio: Tensor, rate: float, separator: Separator, source: str) -
     mix = match_channels(audio, separator.channels_for(audio.shape[-2]))
     mix = resample(mix, rate, separator.sample_rate)
     if mix.shape[-1] == 0:
-        frames = audio.shape[-1]
-        raise UmxError(
-            f"{source} is too short: {frames} frame{'s' * (frames != 1)} at {rate:g} Hz "
-            f"{'are' if frames != 1 else 'is'} less than one sample at the model's rate "
-            f"({separator.sample_rate:g} Hz)"
-        )
+        raise too_short(source, audio.shape[-1], rate, separator.sample_rate)
     return mix
+
+
+def too_short(source: str, frames: int, rate: float, model_rate: float) -> UmxError:
+    """The error for audio of `frames` frames at `rate` that resamples to nothing at the
+    model's rate `model_rate`."""
+    return UmxError(
+        f"{source} is too short: {frames} frame{'s' * (frames != 1)} at {rate:g} Hz "
+        f"{'are' if frames != 1 else 'is'} less than one sample at the model's rate "
+        f"({model_rate:g} Hz)"
+    )
 
 
 def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separator:

@@ -29,6 +29,7 @@ from umx.api import (
     DEFAULT_TEMPLATE,
     check_aggregate,
     plan_outputs,
+    too_short,
 )
 from umx.audio import (
     AudioWriter,
@@ -313,7 +314,7 @@ def stream_to(
         nb_samples += rest.shape[-1]
         carry = torch.cat([carry, rest], dim=-1)
     emit(stream.flush(carry))
-    separator.check_not_silent(peaks["mix"], peaks["separated"], source.name)
+    _check_stems(separator, source, nb_read, nb_samples, peaks)
     return StreamReport(
         nb_samples,
         nb_blocks,
@@ -322,6 +323,16 @@ def stream_to(
         separator.sample_rate,
         time.monotonic() - started,
     )
+
+
+def _check_stems(
+    separator: Separator, source: Source, nb_read: int, nb_samples: int, peaks: dict[str, float]
+) -> None:
+    """Refuse the stems of a stream too short for one sample at the model's rate, or silent
+    from audible input (`Separator.check_not_silent`)."""
+    if nb_read and not nb_samples:
+        raise too_short(source.name, nb_read, source.rate, separator.sample_rate)
+    separator.check_not_silent(peaks["mix"], peaks["separated"], source.name)
 
 
 class MissedDeadlines:
