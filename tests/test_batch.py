@@ -18,7 +18,8 @@ import soundfile as sf
 from processes import BOUND_S, children, running, wait_for
 from umx.api import separate_file
 from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
-from umx.batch.job import MANIFEST_FILE, SETTINGS_FILE, plan_tasks
+from umx.batch.job import MANIFEST_FILE, SETTINGS_FILE
+from umx.batch.plan import plan_tasks
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.devices import threads_per_worker
@@ -267,6 +268,48 @@ def test_existing_outputs_of_new_inputs_fail_unless_forced(tmp_path):
         (task,), _ = plan_tasks(job, [BatchInput(str(song))], plan, retry_failed=True, force=True)
         assert task.force and task.attempt == 2
     assert stem.read_bytes() == b"mine"
+
+
+def test_a_changed_input_is_separated_again(tmp_path, monkeypatch, capsys):
+    """A done input whose file changed since (other length, or same length and time put back
+    with --verify) gets new stems; a touched or copied input whose bytes are the same does not,
+    and a record of a version that kept only the size is compared by size."""
+    monkeypatch.chdir(tmp_path)
+    a, b = (
+        write_song(tmp_path / "songs" / "a.wav", 2.0),
+        write_song(tmp_path / "songs" / "b.wav", 1.0),
+    )
+    args = ["batch", "songs", "--outdir", "out", "--model", MODEL, "--niter", "0"]
+    assert main(args) == 0
+    b_stems = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "b").iterdir()}
+    write_song(a, 1.0, seed=5)  # another song under the same name
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))  # touched
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "a.wav: the input changed since it was separated (352,844 bytes, now 176,444)" in err
+    assert "1 to separate (1 changed input separated again)" in err
+    assert sf.info(tmp_path / "out" / "a" / "vocals.wav").duration == 1.0
+    assert_complete(tmp_path / "out", [a, b])
+    assert {p: p.stat().st_mtime_ns for p in b_stems} == b_stems  # b was not separated again
+    record = latest(tmp_path / "out" / ".umx-job")[str(b)]
+    assert record["input_mtime_ns"] == b.stat().st_mtime_ns  # so it is not hashed again
+    assert main(args) == 0 and "nothing to do (2 done, 0 failed)" in capsys.readouterr().err
+
+    stat = a.stat()  # the same length, the time put back: only --verify hashes it
+    write_song(a, 1.0, seed=6)
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    settings = json.loads((tmp_path / "out" / ".umx-job" / SETTINGS_FILE).read_text())
+    plan = [{t: tmp_path / "out" / "a" / f"{t}.wav" for t in TARGETS}]
+    with Job(tmp_path / "out" / ".umx-job", settings["identity"], [BatchInput(str(a))]) as job:
+        assert plan_tasks(job, [BatchInput(str(a))], plan)[1]["done"] == 1
+        (task,), counts = plan_tasks(job, [BatchInput(str(a))], plan, verify=True)
+        assert counts["changed"] == 1 and task.force
+        old = {k: v for k, v in job.latest[str(a)].items() if k not in ("input_sha256",)}
+        job.latest[str(a)] = old  # as an older version recorded it: the size alone
+        assert plan_tasks(job, [BatchInput(str(a))], plan, verify=True)[1]["done"] == 1
+        job.latest[str(a)] = {**old, "input_bytes": 5}
+        assert plan_tasks(job, [BatchInput(str(a))], plan)[1]["changed"] == 1
 
 
 # --- runs ---------------------------------------------------------------------------------------

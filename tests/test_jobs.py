@@ -49,6 +49,8 @@ def test_run_task_records_every_stem_with_its_hash(tmp_path):
         assert output["sha256"] == sha256_file(path)
         assert output["bytes"] == path.stat().st_size
     assert record["input_bytes"] == song.stat().st_size
+    assert record["input_sha256"] == sha256_file(song)
+    assert record["input_mtime_ns"] == song.stat().st_mtime_ns
     assert record["audio_seconds"] == pytest.approx(1.5, abs=1e-3) == seen[-1]
     assert verify_outputs(record, full=True) is None
     # the stems are those of separate_file itself, with a separator loaded here

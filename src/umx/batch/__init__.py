@@ -3,8 +3,9 @@
 Modules, one job each:
 
 - `umx.batch.inputs`: files, folders, glob patterns and list files into the job's inputs.
-- `umx.batch.job`: the job directory (settings, inputs, the manifest of `umx.jobs`), what a
-  resumed run has left to do, `--status`.
+- `umx.batch.job`: the job directory (settings, inputs, the manifest of `umx.jobs`),
+  `--status`.
+- `umx.batch.plan`: what a resumed run has left to do, from the job's manifest.
 - `umx.batch.work`: what a worker does: load the model once, separate inputs with
   `umx.jobs.run_task`, each result (outputs with their SHA-256) a record.
 - `umx.batch.local`: worker processes on this machine.

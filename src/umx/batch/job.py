@@ -1,5 +1,6 @@
-"""The job directory: what a batch job is (its settings and inputs), what happened to every
-input (an append-only JSON Lines manifest), and how a resumed run decides what is left.
+"""The job directory: what a batch job is (its settings and inputs) and what happened to every
+input (an append-only JSON Lines manifest); `umx.batch.plan` decides what a resumed run has
+left to do from it.
 
 Layout of a job directory:
 
@@ -25,7 +26,6 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ from umx.jobs import (
     keep_copy,
     latest_records,
     scan_manifest,
-    verify_outputs,
 )
 from umx.messages import SHOWN_CHARACTERS, plural, shown
 
@@ -237,26 +236,26 @@ def _changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> Iterator[st
                 was, now = old.get(name), new.get(name)
                 if was != now:
                     differs = True
-                    yield f"{_option(name)} was {_value(was)}, now {_value(now)}"
+                    yield f"{_option(name)} was {setting_value(was)}, now {setting_value(now)}"
         elif key == "model_sha256":
             if not differs:
                 yield (
-                    f"the model's weights changed (SHA-256 {_value(old)[:12]}..., "
-                    f"now {_value(new)[:12]}...)"
+                    f"the model's weights changed (SHA-256 {setting_value(old)[:12]}..., "
+                    f"now {setting_value(new)[:12]}...)"
                 )
         elif key == "outputs":
             if not differs:
-                yield f"the stems were {_value(old)}, now {_value(new)}"
+                yield f"the stems were {setting_value(old)}, now {setting_value(new)}"
         else:
             differs = True
-            yield f"{_option(key)} was {_value(old)}, now {_value(new)}"
+            yield f"{_option(key)} was {setting_value(old)}, now {setting_value(new)}"
 
 
 def _option(name: str) -> str:
     return "--" + shown(str(name)).replace("_", "-")
 
 
-def _value(value: object) -> str:
+def setting_value(value: object) -> str:
     """A setting's value as a user would type it."""
     if value is None:
         return "not set"
@@ -267,80 +266,6 @@ def _value(value: object) -> str:
     if isinstance(value, str):
         return shown(value, 60)
     return shown(json.dumps(value), 60)
-
-
-def plan_tasks(
-    job: Job,
-    inputs: Sequence[BatchInput],
-    plans: Sequence[Mapping[str, Path]],
-    *,
-    force: bool = False,
-    retry_failed: bool = False,
-    verify: bool = False,
-) -> tuple[list[Task], dict[str, int]]:
-    """What a run has to do, from the manifest: inputs never tried, inputs a stopped run was
-    separating, and with `retry_failed` the failed ones; done inputs whose outputs no longer
-    verify are recorded as failed (and retried with `retry_failed`).
-
-    Outputs of inputs that were never tried must not exist (unless `force`); they are recorded
-    as failed here, before any work. Each input found failed here is logged, naming the file
-    and why. Retries of inputs whose outputs this job wrote replace
-    them; a done input whose outputs verify is never touched again.
-
-    Returns:
-        the tasks, and counts of the inputs already `done` and left `failed`.
-    """
-    tasks: list[Task] = []
-    counts = {DONE: 0, FAILED: 0}
-    for item, plan in zip(inputs, plans, strict=True):
-        outputs = {name: str(path) for name, path in plan.items()}
-        task = Task(item.key, item.path, item.start, item.duration, outputs, force)
-        record = job.latest.get(item.key)
-        status = record.get("status") if record is not None else None
-        if status == DONE:
-            reason = verify_outputs(record, verify)
-            if reason is None:
-                counts[DONE] += 1
-                continue
-            error = f"done before, but {reason}"
-            record = {**record, "status": FAILED, "error": error, "owns_outputs": True}
-            job.append(_stamped(record))
-            status = FAILED
-            logger.warning(
-                "%s; %s",
-                failure_line(record),
-                "separating it again"
-                if retry_failed
-                else "left as it is: --retry-failed separates the input again and replaces it",
-            )
-        attempt = record.get("attempt", 0) + 1 if record is not None else 1
-        if status == RUNNING:  # stopped or killed with it: what it left is this job's
-            tasks.append(replace(task, force=True, attempt=attempt))
-        elif status == FAILED:
-            if not retry_failed:
-                counts[FAILED] += 1
-                continue
-            ours = bool(record.get("owns_outputs"))
-            tasks.append(replace(task, force=force or ours, attempt=attempt))
-        elif not force and (existing := [p for p in outputs.values() if os.path.lexists(p)]):
-            record = {
-                "input": item.key,
-                "path": item.path,
-                "status": FAILED,
-                "attempt": 1,
-                "error": f"{display_path(existing[0])} already exists and this job did not "
-                "write it (move it away, or use --force to overwrite)",
-            }
-            job.append(_stamped(record))
-            logger.warning("%s", failure_line(record))
-            counts[FAILED] += 1
-        else:
-            tasks.append(task)
-    return tasks, counts
-
-
-def _stamped(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {**record, "finished": round(time.time(), 3)}
 
 
 def running_record(task: Task) -> dict[str, Any]:

@@ -78,8 +78,8 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verify",
         action="store_true",
-        help="hash every output of done inputs again before skipping them (default: only files "
-        "whose size or modification time changed)",
+        help="hash every output and input of done inputs again before skipping them (default: "
+        "only files whose size or modification time changed)",
     )
 
 

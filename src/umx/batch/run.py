@@ -184,7 +184,8 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
             unreachable.
     """
     from umx.audio import display_path
-    from umx.batch.job import Job, plan_tasks
+    from umx.batch.job import Job
+    from umx.batch.plan import CHANGED, plan_tasks
     from umx.devices import available_cores
     from umx.jobs import DONE, FAILED
 
@@ -220,12 +221,14 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
             job.start_run(
                 mode=pool.mode, workers=jobs, threads=spec.threads, cores=available_cores()
             )
+            changed = counts[CHANGED]
             logger.info(
-                "%s: %s, %d done before, %d to separate with %s on %s, %s each",
+                "%s: %s, %d done before, %d to separate%s with %s on %s, %s each",
                 display_path(job_dir),
                 plural(len(inputs), "input"),
                 counts[DONE],
                 len(tasks),
+                f" ({plural(changed, 'changed input')} separated again)" * bool(changed),
                 display_path(spec.model),
                 plural(jobs, f"{pool.mode} worker"),
                 plural(spec.threads, "torch thread"),
