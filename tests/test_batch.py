@@ -25,7 +25,13 @@ from umx.cli import main
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
 from umx.files import sha256_file
-from umx.jobs import TaskOptions, read_records, verify_outputs
+from umx.jobs import (
+    TaskOptions,
+    describe_input,
+    describe_output,
+    read_records,
+    verify_outputs,
+)
 from umx.options import OutputOptions, SeparationOptions
 from umx.zoo import load_separator
 
@@ -310,6 +316,51 @@ def test_a_changed_input_is_separated_again(tmp_path, monkeypatch, capsys):
         assert plan_tasks(job, [BatchInput(str(a))], plan, verify=True)[1]["done"] == 1
         job.latest[str(a)] = {**old, "input_bytes": 5}
         assert plan_tasks(job, [BatchInput(str(a))], plan)[1]["changed"] == 1
+
+
+def test_done_records_of_other_weights_or_stems_are_separated_again(tmp_path, caplog):
+    """A done record that is not of the job's weights or stems (a manifest from elsewhere) does
+    not count as done: the input is separated again, replacing the stems it recorded only."""
+    song = write_song(tmp_path / "a.wav", 0.5)
+    out = tmp_path / "out" / "a"
+    out.mkdir(parents=True)
+    (out / "vocals.wav").write_bytes(b"v")
+    record = {
+        "input": str(song),
+        "path": str(song),
+        "status": "done",
+        "model_sha256": "a" * 64,
+        **describe_input(song),
+        "outputs": {"vocals": describe_output(out / "vocals.wav")},
+    }
+    four = [{t: out / f"{t}.wav" for t in TARGETS}]
+    with Job(tmp_path / "job", {"model_sha256": "b" * 64}, [BatchInput(str(song))]) as job:
+        job.append(record)
+        (task,), counts = plan_tasks(job, [BatchInput(str(song))], [{"vocals": out / "vocals.wav"}])
+        assert counts["changed"] == 1 and task.force
+        assert "separated with other weights (SHA-256 aaaaaaaaaaaa..., now bbbbbbbbbbbb...)" in (
+            caplog.text
+        )
+        job.append({**record, "model_sha256": "b" * 64})
+        (task,), counts = plan_tasks(job, [BatchInput(str(song))], four)
+        assert counts["changed"] == 1 and task.force
+        assert "a.wav: its stems were vocals, now vocals drums bass other" in caplog.text
+        (out / "drums.wav").write_bytes(b"mine")  # not the job's: not replaced
+        assert plan_tasks(job, [BatchInput(str(song))], four) == (
+            [],
+            {**counts, "changed": 0, "failed": 1},
+        )
+        assert (out / "drums.wav").read_bytes() == b"mine"
+
+
+def test_a_job_that_lost_its_settings_is_refused(tmp_path):
+    inputs = [BatchInput(str(tmp_path / "a.wav"))]
+    with Job(tmp_path / "job", {"outputs": ["vocals"]}, inputs) as job:
+        job.append({"input": inputs[0].key, "status": "failed", "error": "x"})
+    (tmp_path / "job" / SETTINGS_FILE).unlink()
+    with pytest.raises(UmxError, match=r"has records \(manifest.jsonl\) but no job\.json"):
+        Job(tmp_path / "job", {"outputs": TARGETS}, inputs)
+    assert not (tmp_path / "job" / SETTINGS_FILE).exists()
 
 
 # --- runs ---------------------------------------------------------------------------------------

@@ -311,6 +311,16 @@ CASES = [
         None,
     ),
     (
+        "job-json-missing",  # its stems' settings unknown: this run's are not taken for them
+        lambda: (JOB / "job.json").unlink(),
+        [*RUN, "--targets", "vocals"],
+        1,
+        "out/.umx-job has records (manifest.jsonl) but no job.json, so the settings of its "
+        "stems are unknown: restore the job's job.json, or give a new --job",
+        set(),
+        None,
+    ),
+    (
         "job-identity-a-number",
         lambda: edit_job_json(lambda s: s.update(identity=5)),
         RUN,

@@ -55,6 +55,11 @@ SHOWN_FAILURES = 20
 """How many failed inputs `umx batch --status` lists."""
 SHOWN_CHANGES = 3
 """How many changed settings the refusal of `check_identity` names."""
+RESTART = (
+    f"restore the job's {SETTINGS_FILE}, or give a new --job (or move this one away) and "
+    "add --force to separate every input again"
+)
+"""What to do with a job directory whose settings are lost or damaged."""
 
 
 class Job:
@@ -104,6 +109,7 @@ class Job:
                         display_path(copy),
                     )
             else:
+                _check_no_records(self.directory, where)
                 settings = {"identity": dict(identity), "runs": []}
             self.settings = settings
             write_json_atomic(self.directory / SETTINGS_FILE, settings)
@@ -156,6 +162,20 @@ class Job:
         self.close()
 
 
+def _check_no_records(directory: Path, shown_job: str) -> None:
+    """Refuse a job directory without `job.json` whose manifest holds records: the settings its
+    stems were made with are unknown, and adopting this run's would take them for this run's.
+
+    Raises:
+        UmxError: the manifest holds records.
+    """
+    if scan_manifest(directory / MANIFEST_FILE).records:
+        raise UmxError(
+            f"the job {shown_job} has records ({MANIFEST_FILE}) but no {SETTINGS_FILE}, so the "
+            f"settings of its stems are unknown: {RESTART}"
+        )
+
+
 def read_settings(directory: Path) -> dict[str, Any] | None:
     """The job's `job.json`, or None where there is none yet; its run history, which only
     `--status` reads, is repaired by `repair_runs`.
@@ -171,13 +191,11 @@ def read_settings(directory: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, RecursionError) as error:
         reason = getattr(error, "strerror", None) or shown(str(error).splitlines()[0])
         raise UmxError(
-            f"{display_path(path)} is not a umx batch job's settings ({reason}); give another "
-            "--job, or move it away to start the job again"
+            f"{display_path(path)} is not a umx batch job's settings ({reason}): {RESTART}"
         ) from None
     if not (isinstance(settings, dict) and isinstance(settings.get("identity"), dict)):
         raise UmxError(
-            f"{display_path(path)} is not a umx batch job's settings (no identity); give "
-            "another --job, or move it away to start the job again"
+            f"{display_path(path)} is not a umx batch job's settings (no identity): {RESTART}"
         )
     return settings
 

@@ -13,14 +13,16 @@ from typing import Any
 
 from umx.audio import display_path
 from umx.batch.inputs import BatchInput
-from umx.batch.job import Job, failure_line
+from umx.batch.job import Job, failure_line, setting_value
 from umx.batch.work import Task
 from umx.jobs import DONE, FAILED, RUNNING, input_changed, verify_outputs
+from umx.messages import shown
 
 logger = logging.getLogger("umx")
 
 CHANGED = "changed"
-"""The count of `plan_tasks` for done inputs separated again: their input changed since."""
+"""The count of `plan_tasks` for done inputs separated again: their input changed since, or
+their record is not of the job's weights and stems."""
 NOT_WRITTEN_HERE = "already exists and this job did not write it"
 """Why a new input is not separated: one of its outputs exists (`plan_tasks`)."""
 
@@ -35,9 +37,10 @@ def plan_tasks(
     verify: bool = False,
 ) -> tuple[list[Task], dict[str, int]]:
     """What a run has to do, from the manifest: inputs never tried, inputs a stopped run was
-    separating, done inputs whose input changed since (`umx.jobs.input_changed`: their stems
-    are replaced), and with `retry_failed` the failed ones; done inputs whose outputs no longer
-    verify are recorded as failed (and retried with `retry_failed`).
+    separating, done inputs whose input changed since (`umx.jobs.input_changed`) or whose record
+    is not of the job's weights and stems (their stems are replaced), and with `retry_failed`
+    the failed ones; done inputs whose outputs no longer verify are recorded as failed (and
+    retried with `retry_failed`).
 
     Outputs of inputs that were never tried must not exist (unless `force`); they are recorded
     as failed here, before any work. Each input found failed here is logged, naming the file
@@ -114,8 +117,23 @@ def _stale(
     record: Mapping[str, Any], task: Task, identity: Mapping[str, Any], verify: bool
 ) -> str | None:
     """Why the outputs of a done record are not those this run would write: its input changed
-    (hashed when its size or time changed, or with `verify`); None if they are."""
-    return input_changed(record, task.path, verify)
+    (hashed when its size or time changed, or with `verify`), or the record is of other
+    weights or stems than the job's (a manifest from elsewhere); None if they are."""
+    if (changed := input_changed(record, task.path, verify)) is not None:
+        return changed
+    weights, theirs = identity.get("model_sha256"), record.get("model_sha256")
+    if isinstance(weights, str) and isinstance(theirs, str) and weights != theirs:
+        return (
+            f"it was separated with other weights (SHA-256 {theirs[:12]}..., now {weights[:12]}...)"
+        )
+    recorded = {name: output["path"] for name, output in record["outputs"].items()}
+    planned = {name: os.path.abspath(path) for name, path in task.outputs.items()}
+    if set(recorded) != set(planned):
+        return f"its stems were {setting_value(list(recorded))}, now {setting_value(list(planned))}"
+    moved = [name for name in planned if os.path.abspath(recorded[name]) != planned[name]]
+    if moved:
+        return f"its {shown(moved[0])} stem was written as {display_path(recorded[moved[0]])}"
+    return None
 
 
 def _refresh(job: Job, record: Mapping[str, Any], path: str) -> None:
