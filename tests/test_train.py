@@ -42,6 +42,7 @@ from umx.train import (
     main,
     validate,
 )
+from umx.train.loop import Trainer
 from umx.train.progress import outlook
 from umx.transforms import Spectrogram
 from umx.weights import infer_architecture
@@ -601,6 +602,32 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(task
         f"umx: error: {output / 'vocals.chkpnt'}: File too large"
     ]
     assert not [path for path in output.iterdir() if path.name.startswith(".")]
+
+
+def test_a_validation_loss_that_is_not_finite_stops_the_run(task, tmp_path, capsys, monkeypatch):
+    """As a training loss that is not finite does: the epochs before keep their best model, and
+    a run whose first validation is not finite writes no model (not its starting weights)."""
+    losses = iter([0.5, math.nan])
+    monkeypatch.setattr(Trainer, "_validate", lambda self, dataset, segment: next(losses))
+    options = ["train", *TASK, "--root", str(task), "--epochs", "3", "--samples-per-track", "4"]
+    assert cli.main([*options, "--output", str(tmp_path / "two")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "umx: error: the validation loss is nan in epoch 2; try a lower --lr"
+    ]
+    assert read_json(tmp_path / "two" / "vocals.json")["best_epoch"] == 1
+    checkpoint = torch.load(tmp_path / "two" / "vocals.chkpnt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["history"]["valid_loss"] == [0.5]
+    losses = iter([math.nan])
+    assert cli.main([*options, "--output", str(tmp_path / "one")]) == 1
+    assert "the validation loss is nan in epoch 1" in capsys.readouterr().err
+    assert not list((tmp_path / "one").glob("*.pth")) and not list(
+        (tmp_path / "one").glob("*.chkpnt")
+    )
+    # a checkpoint of an older version, finished without a finite validation loss
+    checkpoint["early_stopping"]["best"], checkpoint["history"]["valid_loss"] = math.inf, [math.nan]
+    torch.save(checkpoint, tmp_path / "two" / "vocals.chkpnt")
+    assert main(["--checkpoint", str(tmp_path / "two"), "--epochs", "1", "--quiet"]) == 1
+    assert "had a finite validation loss, so there is no model to write" in capsys.readouterr().err
 
 
 # --- distributed ------------------------------------------------------------------------------

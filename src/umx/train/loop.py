@@ -345,6 +345,11 @@ class Trainer:
         config, distributed = self.config, self.distributed
         if self.stopper.should_stop or self.epoch >= config.epochs:
             logger.info("training already finished after %d epochs", self.epoch)
+            if not math.isfinite(self.stopper.best):  # a checkpoint of an older version
+                raise UmxError(
+                    f"no epoch of {self.output} had a finite validation loss, so there is no "
+                    "model to write; train again with a lower --lr"
+                )
             if distributed.is_main:  # a run killed while writing its last epoch: complete it
                 self._write_outputs()
             return
@@ -439,6 +444,10 @@ class Trainer:
                     f"the training loss is {train_loss} in epoch {epoch}; try a lower --lr"
                 )
             valid_loss = self._validate(valid_share, segment)
+            if not math.isfinite(valid_loss):  # the epochs before (if any) wrote the best model
+                raise UmxError(
+                    f"the validation loss is {valid_loss} in epoch {epoch}; try a lower --lr"
+                )
             self.scheduler.step(valid_loss)
             best = self.stopper.step(valid_loss)
             if best:
