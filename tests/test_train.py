@@ -227,6 +227,31 @@ def test_targets_trained_into_one_directory_form_one_separator(trained, task, tm
     ]
 
 
+def test_open_unmix_and_x_umx_are_not_trained_into_one_folder(trained, task, tmp_path, caplog):
+    output = tmp_path / "mixed"
+    shutil.copytree(trained, output)
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    options = ["--root", str(task), "--output", str(output), "--epochs", "1"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*TASK, *options, "--architecture", "xumx", "--force"]) == 1
+    assert caplog.messages == [
+        f"error: {output} holds the Open-Unmix vocals model (vocals.pth or .chkpnt), and a "
+        "folder holds one architecture: train an X-UMX model into another --output"
+    ]
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    for name in before:
+        (output / name).unlink()
+    (output / "xumx.pth").write_bytes(b"an X-UMX run's model")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main([*TASK, *options, "--force"]) == 1
+    assert caplog.messages == [
+        f"error: {output} holds an X-UMX model (xumx.pth or .chkpnt), and a folder holds one "
+        "architecture: train an Open-Unmix vocals model into another --output"
+    ]
+    assert [path.name for path in output.iterdir()] == ["xumx.pth"]
+
+
 def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, caplog):
     output = tmp_path / "tuned"
     options = ["--root", str(task), "--output", str(output), "--epochs", "1", "--model"]

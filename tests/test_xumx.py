@@ -331,3 +331,15 @@ def test_an_xumx_separator_is_not_saved_as_target_models(tmp_path):
     with pytest.raises(UmxError, match="an X-UMX separator is one network"):
         save_separator(separator, tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_a_folder_holding_xumx_and_open_unmix_models_is_refused(tmp_path):
+    """Two trainings into one folder: which model separates would be a guess."""
+    save_separator(load_separator("umxsynth", targets=["vocals"]), tmp_path)
+    save_xumx(_small_net(), tmp_path / "xumx.pth", sample_rate=16000, n_fft=512, n_hop=128)
+    with pytest.raises(
+        UmxError, match=r"holds an X-UMX model \(xumx.pth\) and Open-Unmix models \(vocals.pth\)"
+    ):
+        load_separator(tmp_path)
+    (tmp_path / "vocals.pth").unlink()
+    assert load_separator(tmp_path).targets == TARGETS

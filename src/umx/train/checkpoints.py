@@ -24,7 +24,7 @@ from torch import Tensor
 
 from umx.errors import UmxError
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
-from umx.train.config import TrainConfig
+from umx.train.config import XUMX_NAME, TrainConfig
 from umx.weights import damaged_values
 
 CHECKPOINT_SUFFIX = ".chkpnt"
@@ -205,6 +205,7 @@ def _check_output(
     suffixes = (WEIGHTS_SUFFIX, CHECKPOINT_SUFFIX)
     found = {path.name.removesuffix(end) for end in suffixes for path in output.glob(f"*{end}")}
     others = sorted(found - {target})  # models of other targets, which need the folder's STFT
+    _check_one_architecture(output, target, others)
     existing = _read_separator_json(output / SEPARATOR_JSON)
     if existing is not None and (others or not config.force):  # --force: this target's only
         wanted = _separator_config(output, target, config, sample_rate)
@@ -222,6 +223,26 @@ def _check_output(
                 f"{said}, but this run has {wanted[key]}: train into another --output"
                 + ("" if others else " (or use --force)")
             )
+
+
+def _check_one_architecture(output: Path, target: str, others: list[str]) -> None:
+    """Refuse to train X-UMX into a folder holding Open-Unmix models or the other way round:
+    a folder is one model, and separating with it would take one and leave the other unseen.
+
+    Raises:
+        UmxError: whatever `--force` says (it replaces this target's files, not another's).
+    """
+    if target == XUMX_NAME and others:
+        held = f"the Open-Unmix {others[0]} model ({others[0]}{WEIGHTS_SUFFIX} or .chkpnt)"
+    elif target != XUMX_NAME and XUMX_NAME in others:
+        held = f"an X-UMX model ({XUMX_NAME}{WEIGHTS_SUFFIX} or .chkpnt)"
+    else:
+        return
+    this = "an X-UMX model" if target == XUMX_NAME else f"an Open-Unmix {target} model"
+    raise UmxError(
+        f"{output} holds {held}, and a folder holds one architecture: train {this} into "
+        "another --output"
+    )
 
 
 def _read_separator_json(path: Path) -> dict[str, Any] | None:

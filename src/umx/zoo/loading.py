@@ -169,6 +169,27 @@ def resolve_model(
     )
 
 
+def _check_one_architecture(path: Path) -> None:
+    """Refuse a folder holding an X-UMX checkpoint (`xumx.pth`) and Open-Unmix target models
+    too (two trainings into one folder): which of them separates would be a guess.
+
+    Raises:
+        UmxError: naming the folder and one Open-Unmix model in it.
+    """
+    from umx.modeldir import WEIGHTS_SUFFIX
+    from umx.xumx_checkpoints import XUMX_FILE
+
+    if not path.is_dir():
+        return
+    others = sorted(p.name for p in path.glob(f"*{WEIGHTS_SUFFIX}") if p.name != XUMX_FILE)
+    if others:
+        raise UmxError(
+            f"{path} holds an X-UMX model ({XUMX_FILE}) and Open-Unmix models ({others[0]}"
+            f"{', ...' * (len(others) > 1)}): give a folder holding one of them (move the "
+            "other away)"
+        )
+
+
 def load_separator(
     model: str | os.PathLike | None = None,
     *,
@@ -234,6 +255,7 @@ def load_separator(
             files = directory_files(Path(model), targets)
             available = directory_targets(Path(model), files.config)
         else:
+            _check_one_architecture(Path(model))
             files = available = None  # an X-UMX checkpoint: one file for all targets
     options = {
         "niter": niter,
