@@ -286,6 +286,8 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--lr", "-1"], "--lr must be positive, not -1.0"),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number, not nan"),
         (["--weight-decay=-1e-5"], "--weight-decay must be zero or positive"),
+        (["--lr", "1e39"], "--lr must be at most 1 (the default is 0.001), not 1e+39"),
+        (["--weight-decay", "1e300"], "--weight-decay must be at most 1 (the default is 1e-05)"),
         (["--lr-decay-gamma", "1"], "--lr-decay-gamma multiplies the learning rate"),
         (["--lr-decay-gamma", "0"], "must lie between 0 and 1 (exclusive), not 0.0"),
         (["--lr-decay-gamma=-inf"], "--lr-decay-gamma must be a finite number, not -inf"),

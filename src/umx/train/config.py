@@ -10,7 +10,7 @@ the defaults, a resumed checkpoint's options and those given.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,9 @@ XUMX_NAME = "xumx"  # the file names of an X-UMX run: xumx.chkpnt, xumx.pth, xum
 XUMX_DATASETS = ("musdb", "trackfolder_fix")  # datasets whose tracks hold fixed sources
 MAX_SEED = 2**32 - 1
 MAX_SEQ_DUR = 86400.0  # seconds: a day, far beyond any excerpt that fits in memory
+MAX_ADAM = {"lr": 1.0, "weight_decay": 1.0}
+"""The largest --lr and --weight-decay: Adam's steps are about --lr in size (Open-Unmix uses
+0.001), and torch's Adam stops with a traceback past float32's range (--lr 1e39)."""
 
 ARCHITECTURE = (
     "nfft",
@@ -280,6 +283,40 @@ POSITIVE_NUMBERS = ("lr", "seq_dur", "bandwidth")
 """Real options that must be finite and greater than zero."""
 
 
+def _check_reals(config: TrainConfig, flag: Callable[[str], str]) -> None:
+    """Refuse the real-valued options (`POSITIVE_NUMBERS`, --weight-decay, --lr-decay-gamma)
+    that are not finite numbers or are out of their range; `flag` names an option.
+
+    Raises:
+        UmxError: one sentence naming the first bad option.
+    """
+    reals = {key: getattr(config, key) for key in (*POSITIVE_NUMBERS, "weight_decay")}
+    reals["lr_decay_gamma"] = config.lr_decay_gamma
+    for key, value in reals.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UmxError(f"{flag(key)} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise UmxError(f"{flag(key)} must be a finite number, not {value}")
+    for key in POSITIVE_NUMBERS:
+        if reals[key] <= 0:
+            raise UmxError(f"{flag(key)} must be positive, not {reals[key]}")
+    if reals["seq_dur"] > MAX_SEQ_DUR:
+        raise UmxError(f"--seq-dur must be at most {MAX_SEQ_DUR:g} seconds, not {reals['seq_dur']}")
+    if reals["weight_decay"] < 0:
+        raise UmxError(f"--weight-decay must be zero or positive, not {reals['weight_decay']}")
+    for key, maximum in MAX_ADAM.items():
+        if reals[key] > maximum:
+            raise UmxError(
+                f"{flag(key)} must be at most {maximum:g} (the default is {DEFAULTS[key]:g}), "
+                f"not {reals[key]:g}"
+            )
+    if not 0 < reals["lr_decay_gamma"] < 1:
+        raise UmxError(
+            f"--lr-decay-gamma multiplies the learning rate, so it must lie between 0 and 1 "
+            f"(exclusive), not {reals['lr_decay_gamma']}"
+        )
+
+
 def check_options(config: TrainConfig) -> None:
     """Refuse options that make no sense, before any data is read.
 
@@ -322,25 +359,7 @@ def check_options(config: TrainConfig) -> None:
             bounds = f"at least {low}" if high is None else f"from {low} to {high}"
             raise UmxError(f"{flag(key)} must be {bounds}, not {value}")
     check_cores("--nb-workers", config.nb_workers, WORKERS_PER_CORE)
-    reals = {key: getattr(config, key) for key in (*POSITIVE_NUMBERS, "weight_decay")}
-    reals["lr_decay_gamma"] = config.lr_decay_gamma
-    for key, value in reals.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UmxError(f"{flag(key)} must be a number, not {value!r}")
-        if not math.isfinite(value):
-            raise UmxError(f"{flag(key)} must be a finite number, not {value}")
-    for key in POSITIVE_NUMBERS:
-        if reals[key] <= 0:
-            raise UmxError(f"{flag(key)} must be positive, not {reals[key]}")
-    if reals["seq_dur"] > MAX_SEQ_DUR:
-        raise UmxError(f"--seq-dur must be at most {MAX_SEQ_DUR:g} seconds, not {reals['seq_dur']}")
-    if reals["weight_decay"] < 0:
-        raise UmxError(f"--weight-decay must be zero or positive, not {reals['weight_decay']}")
-    if not 0 < reals["lr_decay_gamma"] < 1:
-        raise UmxError(
-            f"--lr-decay-gamma multiplies the learning rate, so it must lie between 0 and 1 "
-            f"(exclusive), not {reals['lr_decay_gamma']}"
-        )
+    _check_reals(config, flag)
     if config.hidden_size % 2 and not config.unidirectional:  # half of it runs each way
         raise UmxError(
             f"--hidden-size must be even for a bidirectional LSTM, not {config.hidden_size}: "
