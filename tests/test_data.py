@@ -417,6 +417,19 @@ def test_musdb_reports_a_missing_source_file(tmp_path):
 
 
 @needs_ffprobe
+def test_musdb_names_an_empty_or_damaged_stem_file(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "A - B.stem.mp4").write_bytes(b"")
+    (tmp_path / "train" / "C - D.stem.mp4").write_bytes(b"\0" * 4096)
+    with pytest.raises(UmxError) as error:
+        MUSDBDataset(tmp_path, split="train", seq_duration=SEQ, nb_channels=2)
+    assert str(error.value) == (
+        f"{tmp_path / 'train' / 'A - B.stem.mp4'} is not a readable stem file (ffprobe: Invalid "
+        "data found when processing input); replace it, or move it out of the folder"
+    )
+
+
+@needs_ffprobe
 def test_musdb_stem_files_are_decoded_stream_by_stream(tmp_path):
     stempeg = pytest.importorskip("stempeg")
     rate, n = 44100, 44100

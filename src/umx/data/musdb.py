@@ -22,6 +22,7 @@ from umx.data.datasets import (
 )
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
+from umx.messages import shown
 
 
 def musdb_split(
@@ -51,6 +52,25 @@ def musdb_split(
             "validation and one training track are needed"
         )
     return names[:-count], names[-count:]
+
+
+def _unreadable_stem_file(directory: Path) -> UmxError:
+    """The error of a MUSDB18 folder holding a `.stem.mp4` file that ffprobe cannot read
+    (empty, cut short, not a stem file), naming the first such file and what ffprobe said."""
+    import ffmpeg
+    import stempeg
+
+    for path in sorted(directory.glob("*.stem.mp4")):
+        try:
+            stempeg.Info(str(path))
+        except ffmpeg.Error as error:
+            said = (error.stderr or b"").decode(errors="replace").strip().splitlines()
+            reason = said[-1].rpartition(": ")[2] if said else "no reason given"
+            return UmxError(
+                f"{display_path(path)} is not a readable stem file (ffprobe: {shown(reason)}); "
+                "replace it, or move it out of the folder"
+            )
+    return UmxError(f"a stem file of {display_path(directory)} cannot be read by ffprobe")
 
 
 class MUSDBDataset(TrackDataset):
@@ -87,6 +107,7 @@ class MUSDBDataset(TrackDataset):
         random_track_mix: bool = False,
     ) -> None:
         try:
+            import ffmpeg  # musdb probes stem files with ffmpeg-python, through stempeg
             import musdb
             import yaml  # musdb reads its set-up files with it
         except ImportError:
@@ -113,6 +134,8 @@ class MUSDBDataset(TrackDataset):
                 subsets="train",
                 setup_file=MUSDB_SETUP if setup.is_file() else None,
             )
+        except ffmpeg.Error:
+            raise _unreadable_stem_file(directory) from None
         except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
             raise UmxError(
                 f"{display_path(setup)} is not a valid musdb set-up file ({error})"
