@@ -260,20 +260,31 @@ def test_model_hash_follows_the_weights():
     assert model_sha256(one) != model_sha256(load_separator(MODEL))
 
 
-def test_existing_outputs_of_new_inputs_fail_unless_forced(tmp_path):
+def test_existing_outputs_of_new_inputs_fail_until_moved_away_or_forced(tmp_path):
+    """The advice of the failure works as given: the next run checks again, so moving the file
+    away or --force is enough (no --retry-failed); while it stays, no record is added."""
     song = write_song(tmp_path / "a.wav")
     stem = tmp_path / "out" / "a" / "vocals.wav"
     stem.parent.mkdir(parents=True)
     stem.write_bytes(b"mine")
     plan = [{t: tmp_path / "out" / "a" / f"{t}.wav" for t in TARGETS}]
-    with Job(tmp_path / "job", {}, [BatchInput(str(song))]) as job:
-        tasks, counts = plan_tasks(job, [BatchInput(str(song))], plan)
+    inputs = [BatchInput(str(song))]
+    with Job(tmp_path / "job", {}, inputs) as job:
+        tasks, counts = plan_tasks(job, inputs, plan)
         assert tasks == [] and counts["failed"] == 1
-        error = job.latest[str(song)]["error"]
-        assert "vocals.wav already exists and this job did not write it" in error
-        (task,), _ = plan_tasks(job, [BatchInput(str(song))], plan, retry_failed=True, force=True)
+        assert job.latest[str(song)]["error"] == (
+            f"{stem} already exists and this job has no record of writing it (move it away, "
+            "or use --force to overwrite; the next run checks again)"
+        )
+        records = read_records(tmp_path / "job" / MANIFEST_FILE)
+        assert plan_tasks(job, inputs, plan) == ([], counts)
+        assert read_records(tmp_path / "job" / MANIFEST_FILE) == records  # nothing added
+        (task,), _ = plan_tasks(job, inputs, plan, force=True)
         assert task.force and task.attempt == 2
-    assert stem.read_bytes() == b"mine"
+        stem.rename(tmp_path / "moved.wav")
+        (task,), _ = plan_tasks(job, inputs, plan)
+        assert not task.force and task.attempt == 2
+    assert (tmp_path / "moved.wav").read_bytes() == b"mine"
 
 
 def test_a_changed_input_is_separated_again(tmp_path, monkeypatch, capsys):

@@ -447,8 +447,8 @@ CASES = [
         ),
         RUN,
         1,
-        "out/new\\nline/drums.wav already exists and this job did not write it (move it away, "
-        "or use --force to overwrite)",
+        "out/new\\nline/drums.wav already exists and this job has no record of writing it (move "
+        "it away, or use --force to overwrite; the next run checks again)",
         {MANIFEST.as_posix(), f"{JOB}/inputs.json", "songs/new\nline.wav", "out/new\nline/*"},
         new_song_failed,
     ),

@@ -23,7 +23,7 @@ logger = logging.getLogger("umx")
 CHANGED = "changed"
 """The count of `plan_tasks` for done inputs separated again: their input changed since, or
 their record is not of the job's weights and stems."""
-NOT_WRITTEN_HERE = "already exists and this job did not write it"
+NOT_WRITTEN_HERE = "already exists and this job has no record of writing it"
 """Why a new input is not separated: one of its outputs exists (`plan_tasks`)."""
 
 
@@ -42,10 +42,11 @@ def plan_tasks(
     the failed ones; done inputs whose outputs no longer verify are recorded as failed (and
     retried with `retry_failed`).
 
-    Outputs of inputs that were never tried must not exist (unless `force`); they are recorded
-    as failed here, before any work. Each input found failed here is logged, naming the file
-    and why. Retries of inputs whose outputs this job wrote replace them; a done input whose
-    outputs verify and whose input is unchanged is never touched again.
+    Outputs of an input that this job has no record of writing must not exist (unless
+    `force`); the input is then recorded as failed here, before any work, and checked again by
+    every run (moving the file away, or `--force`, is enough). Each input found failed here is
+    logged, naming the file and why. Retries of inputs whose outputs this job wrote replace
+    them; a done input whose outputs verify and whose input is unchanged is never touched again.
 
     Returns:
         the tasks, and counts of the inputs already `done`, left `failed`, and `changed` (done
@@ -88,7 +89,7 @@ def _plan_one(
             return planned, count or CHANGED
     if status == RUNNING:  # stopped or killed with it: what it left is this job's
         return replace(task, force=True, attempt=attempt), None
-    if status == FAILED:
+    if status == FAILED and not record.get("blocked"):
         if not retry_failed:
             return None, FAILED
         ours = bool(record.get("owns_outputs"))
@@ -151,8 +152,10 @@ def _refresh(job: Job, record: Mapping[str, Any], path: str) -> None:
 def _unless_blocked(
     job: Job, task: Task, record: Mapping[str, Any] | None, attempt: int, owned: set[str]
 ) -> tuple[Task | None, str | None]:
-    """The task of an input, unless an output exists that this job did not write (not in
-    `owned`) and `--force` was not given: then the input is recorded as failed and counted so.
+    """The task of an input, unless an output exists that this job has no record of writing
+    (not in `owned`) and `--force` was not given: then the input is recorded as failed
+    (`blocked`, so that the next run checks again, without a new record while it stays so)
+    and counted so.
 
     Returns:
         the task or None, and None or `failed`.
@@ -162,11 +165,14 @@ def _unless_blocked(
     if not foreign or task.force:
         return replace(task, force=task.force or bool(owned), attempt=attempt), None
     error = (
-        f"{display_path(foreign[0])} {NOT_WRITTEN_HERE} (move it away, or use --force to overwrite)"
+        f"{display_path(foreign[0])} {NOT_WRITTEN_HERE} (move it away, or use --force to "
+        "overwrite; the next run checks again)"
     )
-    failed = {"input": task.key, "path": task.path, "status": FAILED, "attempt": attempt}
-    job.append(_stamped({**failed, "error": error}))
-    logger.warning("%s", failure_line(failed | {"error": error}))
+    if record is None or record.get("status") != FAILED or record.get("error") != error:
+        failed = {"input": task.key, "path": task.path, "status": FAILED, "attempt": attempt}
+        failed.update(blocked=True, error=error)
+        job.append(_stamped(failed))
+        logger.warning("%s", failure_line(failed))
     return None, FAILED
 
 
