@@ -20,8 +20,10 @@ import torch
 import umx.onnx.export
 import umx.onnx.runtime
 from processes import file_size_limit
+from umx.batch.work import export_sha256
 from umx.cli import main
 from umx.errors import UmxError
+from umx.jobs import read_records
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.onnx.export import export_onnx, model_graph, quantize_graph
@@ -577,3 +579,34 @@ def test_a_model_directory_that_also_holds_an_export_stays_a_model_directory(
         assert all(np.array_equal(stems[t], expected[t]) for t in expected)
         shutil.rmtree(tmp_path / "b")
     assert not (cache_dir() / GRAPH_CACHE).exists()  # no export to the cache: torch ran
+
+
+def test_batch_runs_an_export_folder_as_separate_does(
+    small, tmp_path, capsys, small_music_separator
+):
+    """`umx batch --model EXPORT_DIR` (as its --backend help says): the stems of `umx separate`,
+    the job's identity the export's graphs, so another export in its place is refused."""
+    export, song = tmp_path / "export", small / "song.wav"
+    shutil.copytree(small / "export", export)
+    argv = ["batch", str(song), "--outdir", str(tmp_path / "out"), "--model", str(export), "-q"]
+    argv += ["--subtype", "FLOAT", "--clip", "none"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0 and err == ""
+    _, _, stems = separate_cli(capsys, song, export, tmp_path / "separate")
+    for target, stem in stems.items():
+        written = sf.read(tmp_path / "out" / "song" / f"{target}.wav", dtype="float32")[0]
+        np.testing.assert_array_equal(written, stem)
+    (record,) = read_records(tmp_path / "out" / ".umx-job" / "manifest.jsonl")
+    assert record["status"] == "done" and record["model"] == str(export)
+    assert record["model_sha256"] == export_sha256(export, TARGETS)
+    assert export_sha256(export, TARGETS) != export_sha256(export, TARGETS[:1])
+
+    other = Separator(
+        {t: OpenUnmix(257, 2, 16, max_bin=200).freeze() for t in TARGETS},
+        sample_rate=16000,
+        n_fft=512,
+        n_hop=128,
+    )
+    export_onnx(other, export, force=True)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "the model's weights changed (SHA-256" in err

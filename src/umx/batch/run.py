@@ -260,18 +260,24 @@ def plan_job(
         UmxError: the model cannot be loaded, or the task's `aggregate` names stems it lacks.
     """
     from umx.api import check_aggregate, plan_outputs
-    from umx.batch.work import WorkerSpec, model_sha256
+    from umx.batch.work import WorkerSpec, job_sha256
     from umx.devices import resolve_device, threads_per_worker
+    from umx.onnx.options import is_export_folder
 
     task, separation, output = options.task, options.task.separation, options.task.output
     if options.ray is None:  # on a cluster, the device is the workers' (the head may have none)
         resolve_device(separation.device)
-    separator = load_separator(
-        separation.model, **separation.filter_options, progress=not options.quiet
-    )
+    if separation.backend == "onnxruntime" and is_export_folder(separation.model):
+        from umx.onnx.folder import load_export  # its graphs as they are, checked
+
+        separator = load_export(separation.model, **separation.filter_options)
+    else:
+        separator = load_separator(
+            separation.model, **separation.filter_options, progress=not options.quiet
+        )
     check_aggregate(task.aggregate, separator.targets)
     names = list(task.aggregate) if task.aggregate is not None else separator.targets
-    model, sha256 = str(separator.model_name), model_sha256(separator)
+    model, sha256 = str(separator.model_name), job_sha256(separator, separation)
     del separator
     plans = plan_outputs(
         [item.path for item in inputs], names, options.outdir, output.filename, output.ext

@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from umx.audio import display_path
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.jobs import FAILED, TaskOptions, loaded_separator, run_task
+from umx.options import SeparationOptions
 from umx.separator import Separator
 from umx.weights import hash_weights
 
@@ -36,7 +37,7 @@ class WorkerSpec:
     Attributes:
         options: how every input is separated and written, the model as the driver resolved
             it (a zoo name or a directory); each task sets its excerpt and `force`.
-        model_sha256: the hash of its weights (see `model_sha256`), checked by every worker.
+        model_sha256: the hash of its weights (see `job_sha256`), checked by every worker.
         threads: torch's CPU threads in the worker.
         offline: never touch the network (the driver's setting, passed on explicitly).
     """
@@ -94,6 +95,40 @@ def model_sha256(separator: Separator) -> str:
     return digest.hexdigest()
 
 
+def export_sha256(folder: str | os.PathLike, targets: Iterable[str]) -> str:
+    """A SHA-256 of what an export folder (`umx export`) runs for `targets`: each target's
+    name and the SHA-256 of its graphs that `umx-onnx.json` records (loading the folder checks
+    every graph's bytes against them), with the export's rate, channels, STFT and quantisation.
+
+    Returns:
+        64 hex digits.
+
+    Raises:
+        UmxError: the folder's `umx-onnx.json` is damaged (see `umx.onnx.folder.read_export`).
+    """
+    from umx.onnx.folder import read_export
+
+    export = read_export(folder)
+    digest = hashlib.sha256(b"umx-onnx\0")
+    for key in ("sample_rate", "nb_channels", "n_fft", "n_hop", "quantize"):
+        digest.update(f"{key}={export[key]}\0".encode())
+    for target in targets:
+        graphs = export["targets"][target]
+        stream = graphs["stream_graph"].sha256 if graphs["stream_graph"] is not None else ""
+        digest.update(f"{target}\0{graphs['graph'].sha256}\0{stream}\0".encode())
+    return digest.hexdigest()
+
+
+def job_sha256(separator: Separator, separation: SeparationOptions) -> str:
+    """The weights' hash a batch job records and every worker checks: `export_sha256` for an
+    export folder run by onnxruntime, else `model_sha256`."""
+    from umx.onnx.options import is_export_folder
+
+    if separation.backend == "onnxruntime" and is_export_folder(separation.model):
+        return export_sha256(separation.model, separator.target_models)
+    return model_sha256(separator)
+
+
 def worker_name() -> str:
     """How records name the worker that wrote them: host and process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -113,7 +148,11 @@ def load_worker(spec: WorkerSpec) -> None:
     os.environ["UMX_OFFLINE"] = "1" if spec.offline else "0"
     separation = spec.options.separation
     separator = loaded_separator(separation)
-    if separation.backend == "torch" and model_sha256(separator) != spec.model_sha256:
+    from umx.onnx.options import is_export_folder
+
+    # a model of torch weights run by onnxruntime is exported from the weights the driver hashed
+    checked = separation.backend == "torch" or is_export_folder(separation.model)
+    if checked and job_sha256(separator, separation) != spec.model_sha256:
         raise UmxError(
             f"the model {spec.model} on {socket.gethostname()} has other weights than the job's "
             f"(SHA-256 {spec.model_sha256[:12]}...); install the same model on every machine"
