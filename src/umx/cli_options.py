@@ -224,8 +224,9 @@ def add_separation_arguments(
         "--backend",
         choices=BACKENDS,
         help="what runs the target models: torch, or onnxruntime on the CPU (extra "
-        "umx[onnx]; the same stems within 1e-4) (default: torch; onnxruntime with --quantize "
-        "or a --model folder written by umx export)",
+        "umx[onnx]; stems within 1e-5 of their peak with --niter 0, further apart with the "
+        "Wiener EM: docs/deploy.md) (default: torch; onnxruntime with --quantize or a --model "
+        "folder written by umx export)",
     )
     group.add_argument(
         "--quantize",
