@@ -149,9 +149,18 @@ def test_songs_in_the_output_folder_and_linked_folders_are_said(tmp_path, caplog
             collect_inputs([str(music)], exclude=[outdir])
         with pytest.raises(UmxError, match=r"matches only files where the job writes its stems"):
             collect_inputs([str(music / "*.wav")], exclude=[outdir])
+    job = {tmp_path / "out": "--outdir", music / "job": "--job"}
+    (music / "job").mkdir()
+    (music / "job" / "c.wav").write_bytes(b"")
+    with pytest.raises(UmxError, match=r"music/job is the job directory \(--job\), or inside it"):
+        collect_inputs([str(music / "job")], exclude=job)
+    with pytest.raises(UmxError, match=r"matches only files in the job directory \(--job\)"):
+        collect_inputs([str(music / "job" / "*.wav")], exclude=job)
     assert collect_inputs([str(music / "a.wav")], exclude=[music]) == [  # named: taken
         BatchInput(str(music / "a.wav"))
     ]
+    (music / "job" / "c.wav").unlink()
+    (music / "job").rmdir()
     (music / "more").symlink_to(elsewhere)  # not followed, but said
     with caplog.at_level(logging.WARNING, logger="umx"):
         assert collect_inputs([str(music)]) == [BatchInput(str(music / "a.wav"))]

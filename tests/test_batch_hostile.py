@@ -498,6 +498,16 @@ CASES = [
         None,
     ),
     (
+        "job-directory-is-the-songs-folder",
+        lambda: None,
+        ["batch", "songs", "--outdir", "x", "--job", "songs", "--model", "model", "-q"],
+        1,
+        "the folder songs is the job directory (--job), or inside it: give a --job outside the "
+        "songs",
+        set(),
+        None,
+    ),
+    (
         "file-name-without-audio-extension",
         lambda: None,
         [*RUN[:3], "x", "--model", "model", "-q", "--filename", "{target}/{track}"],

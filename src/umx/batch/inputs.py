@@ -8,7 +8,7 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,7 @@ def collect_inputs(
     *,
     lists: Sequence[str] = (),
     extensions: Sequence[str] = AUDIO_EXTENSIONS,
-    exclude: Sequence[str | os.PathLike] = (),
+    exclude: Sequence[str | os.PathLike] | Mapping[str | os.PathLike, str] = (),
 ) -> list[BatchInput]:
     """The inputs named by files, folders and glob patterns, and by list files.
 
@@ -73,7 +73,8 @@ def collect_inputs(
         arguments: files, folders and patterns, in order.
         lists: list files (see `read_list`), read after the arguments.
         extensions: the extensions searched for in folders, without the dot.
-        exclude: folders never searched.
+        exclude: folders never searched, each with the option that names it (`--outdir`,
+            `--job`) for the messages; a sequence of folders is of `--outdir`.
 
     Returns:
         the inputs in order, each once (the first occurrence is kept).
@@ -84,13 +85,17 @@ def collect_inputs(
             list file is unreadable or malformed, or no input is given at all.
     """
     wanted = {"." + extension.lower().lstrip(".") for extension in extensions}
-    skipped = {os.path.abspath(folder) for folder in exclude}
+    if not isinstance(exclude, Mapping):
+        exclude = dict.fromkeys(exclude, "--outdir")
+    options = {os.path.abspath(folder): option for folder, option in exclude.items()}
+    skipped = set(options)
     found: list[BatchInput] = []
     for argument in arguments:
         if os.path.isdir(argument) and _inside(os.path.abspath(argument), skipped):
+            option = _option_of(os.path.abspath(argument), options)
             raise UmxError(
-                f"the folder {shown(argument)} is where the job writes its stems (--outdir), or "
-                "inside it: give an --outdir outside the songs"
+                f"the folder {shown(argument)} is {_WHAT[option]} ({option}), or inside it: "
+                f"give {_AN[option]} {option} outside the songs"
             )
         if os.path.isdir(argument):
             files = sorted(_search(argument, wanted, skipped))
@@ -106,9 +111,10 @@ def collect_inputs(
                 path for path in map(os.path.abspath, matches) if not _inside(path, skipped)
             )
             if matches and not files:
+                option = _option_of(os.path.abspath(matches[0]), options)
                 raise UmxError(
-                    f"the pattern {shown(argument)} matches only files where the job writes its "
-                    "stems (--outdir): give an --outdir outside the songs"
+                    f"the pattern {shown(argument)} matches only files {_WHERE[option]} "
+                    f"({option}): give {_AN[option]} {option} outside the songs"
                 )
             if not files:
                 raise UmxError(f"the pattern {shown(argument)} matches no file")
@@ -126,6 +132,17 @@ def collect_inputs(
         raise UmxError("no inputs given: name files, folders, patterns or --list FILE")
     unique = {item.key: item for item in reversed(found)}
     return [unique[key] for key in dict.fromkeys(item.key for item in found)]
+
+
+_WHAT = {"--outdir": "where the job writes its stems", "--job": "the job directory"}
+"""What the folders an input may not be in are, by the option that names them."""
+_WHERE = {"--outdir": "where the job writes its stems", "--job": "in the job directory"}
+_AN = {"--outdir": "an", "--job": "a"}
+
+
+def _option_of(path: str, options: Mapping[str, str]) -> str:
+    """The option naming the first excluded folder that holds `path`."""
+    return next(option for folder, option in options.items() if within(path, folder))
 
 
 def _inside(path: str, folders: Iterable[str]) -> bool:

@@ -163,7 +163,7 @@ def job_inputs(options: BatchOptions) -> list[BatchInput]:
         list(options.inputs),
         lists=list(options.lists),
         extensions=list(options.extensions),
-        exclude=[options.outdir, options.job_path],
+        exclude={options.outdir: "--outdir", options.job_path: "--job"},
     )
 
 
