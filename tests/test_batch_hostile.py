@@ -420,6 +420,15 @@ CASES = [
         None,
     ),
     (
+        "job-json-niter-a-string",  # as a hand edit leaves it: the two are told apart
+        lambda: edit_job_json(lambda s: s["identity"]["separation"].update(niter="1")),
+        RUN,
+        1,
+        'was started with other settings (--niter was "1", now 1): run it with the same options',
+        set(),
+        None,
+    ),
+    (
         "resume-other-ext-and-targets",
         lambda: None,
         [*RUN, "--ext", "flac", "--targets", "vocals", "drums"],

@@ -254,7 +254,7 @@ def _changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> Iterator[st
                 was, now = old.get(name), new.get(name)
                 if was != now:
                     differs = True
-                    yield f"{_option(name)} was {setting_value(was)}, now {setting_value(now)}"
+                    yield f"{_option(name)} was {_told_apart(was, now)}"
         elif key == "model_sha256":
             if not differs:
                 yield (
@@ -266,7 +266,16 @@ def _changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> Iterator[st
                 yield f"the stems were {setting_value(old)}, now {setting_value(new)}"
         else:
             differs = True
-            yield f"{_option(key)} was {setting_value(old)}, now {setting_value(new)}"
+            yield f"{_option(key)} was {_told_apart(old, new)}"
+
+
+def _told_apart(was: object, now: object) -> str:
+    """`WAS, now NOW` for two values that differ, as JSON where they would read the same (a
+    hand-edited `"1"` against 1: `"1", now 1`)."""
+    old, new = setting_value(was), setting_value(now)
+    if old == new:
+        old, new = shown(json.dumps(was), 60), shown(json.dumps(now), 60)
+    return f"{old}, now {new}"
 
 
 def _option(name: str) -> str:
