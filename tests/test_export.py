@@ -257,6 +257,9 @@ def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert len((out / "bass.onnx").read_bytes()) < len(before) / 2  # int8 weights
     assert json.loads((out / EXPORT_JSON).read_text())["quantize"] == "int8"
     assert sorted(p.name for p in out.iterdir()) == ["bass.onnx", EXPORT_JSON]  # no temp files
+    code, stdout, err = run_cli([*argv[:-1], "--force"], capsys)  # without -q: says what it did
+    assert code == 0 and stdout.splitlines() == [str(out / "bass.onnx"), str(out / EXPORT_JSON)]
+    assert f"umx: umxsynth: 1 target exported to {out} (int8)" in err
 
     (tmp_path / "file").write_text("x")
     code, _, err = run_cli(["export", "umxsynth", str(tmp_path / "file"), "-q"], capsys)

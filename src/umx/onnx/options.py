@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from umx.errors import UmxError
+from umx.messages import plural
 
 logger = logging.getLogger("umx")
 
@@ -158,9 +159,9 @@ def run_export(args: argparse.Namespace) -> int:
     )
     written = export_onnx(separator, args.outdir, quantize=args.quantize, force=args.force)
     logger.info(
-        "%s: %d targets exported to %s%s",
+        "%s: %s exported to %s%s",
         separator.model_name,
-        len(separator.target_models),
+        plural(len(separator.target_models), "target"),
         display_path(args.outdir),
         f" ({args.quantize})" if args.quantize else "",
     )
