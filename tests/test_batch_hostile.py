@@ -275,6 +275,16 @@ CASES = [
         None,
     ),
     (
+        "status-of-a-folder-that-does-not-exist",
+        lambda: None,
+        ["batch", "--status", "/nonexistent/stems"],
+        1,
+        "umx: error: /nonexistent/stems does not exist: give a job directory, or the output "
+        "folder holding it",
+        set(),
+        None,
+    ),
+    (
         "status-says-1-worker",
         lambda: None,
         ["batch", "--status", "out"],

@@ -311,12 +311,17 @@ def find_job(path: str | os.PathLike) -> Path:
     the default `.umx-job`.
 
     Raises:
-        UmxError: neither holds a job.
+        UmxError: `path` does not exist, or neither holds a job.
     """
     path = Path(path)
     for candidate in (path, path / JOB_DIRNAME):
         if (candidate / SETTINGS_FILE).is_file():
             return candidate
+    if not path.exists():
+        raise UmxError(
+            f"{display_path(path)} does not exist: give a job directory, or the output folder "
+            "holding it"
+        )
     raise UmxError(f"{display_path(path)} is not a umx batch job directory (no {SETTINGS_FILE})")
 
 
