@@ -321,6 +321,13 @@ def test_a_changed_input_is_separated_again(tmp_path, monkeypatch, capsys):
     record = latest(tmp_path / "out" / ".umx-job")[str(b)]
     assert record["input_mtime_ns"] == b.stat().st_mtime_ns  # so it is not hashed again
     assert main(args) == 0 and "nothing to do (2 done, 0 failed)" in capsys.readouterr().err
+    a.write_bytes(b"RIFF\x00\x00 cut short")  # changed, and its separation fails
+    assert main(args) == 1
+    record = latest(tmp_path / "out" / ".umx-job")[str(a)]
+    assert record["status"] == "failed" and record["owns_outputs"]  # its stems are the job's
+    write_song(a, 1.0, seed=5)  # repaired: --retry-failed replaces the old stems
+    assert main([*args, "--retry-failed"]) == 0
+    assert_complete(tmp_path / "out", [a, b])
 
     stat = a.stat()  # the same length, the time put back: only --verify hashes it
     write_song(a, 1.0, seed=6)

@@ -167,7 +167,8 @@ def separate_task(spec: WorkerSpec, task: Task) -> dict[str, Any]:
 
     Returns:
         the record of `run_task`, with `input`, `path`, `attempt`, `model`, `model_sha256` and
-        `worker`.
+        `worker`; a failed record of a task that replaces its outputs (`force`: the job's own,
+        or `--force`) says `owns_outputs`, so that `--retry-failed` replaces them too.
     """
     record: dict[str, Any] = {
         "input": task.key,
@@ -186,6 +187,8 @@ def separate_task(spec: WorkerSpec, task: Task) -> dict[str, Any]:
     )
     # stopped (KeyboardInterrupt), separate_file removes its files and the folders it made
     record.update(run_task(task.path, options))
+    if record["status"] == FAILED and task.force:  # the stems there are the job's (or may be)
+        record["owns_outputs"] = True
     record["worker"] = worker_name()
     return record
 
