@@ -2,6 +2,7 @@
 and a tiny causal student: the training targets are the teacher's stems, the true sources are
 never given, the model loads and streams, a stopped run resumes, bad input is refused."""
 
+import ast
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import umx.audio.reading
 import umx.batch.inputs
 import umx.batch.run
 import umx.train
@@ -24,7 +26,7 @@ from umx.audio import read_audio
 from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
-from umx.distill.messages import in_distill_words
+from umx.distill.messages import BATCH_WORDS, in_distill_words
 from umx.distill.teacher import (
     MIXTURE_FILE,
     TeacherTrack,
@@ -499,6 +501,20 @@ def test_batch_and_train_speak_in_distills_options(songs, tmp_path, monkeypatch,
         "(--niter was 1, now 2): run it with the same --teacher and --niter (--force keeps the "
         "teacher's stems), or give another --work"
     )
+
+
+def test_every_batch_phrase_reworded_is_one_batch_says():
+    """The phrases `in_distill_words` replaces follow batch's messages: a phrase batch no longer
+    says would leave its advice in batch's options."""
+    sources = [*Path(umx.batch.__file__).parent.glob("*.py"), Path(umx.audio.reading.__file__)]
+    texts = [
+        node.value
+        for source in sources
+        for node in ast.walk(ast.parse(source.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    for phrase, _ in BATCH_WORDS:
+        assert any(phrase in text for text in texts), phrase
 
 
 def test_batch_advice_is_reworded_into_distills_options():

@@ -20,19 +20,13 @@ BATCH_WORDS = (
     ("give a new --job", "give another --work"),
     ("(use --downmix to average the channels)", "(convert it to stereo, or leave it out)"),
     ("left as it is: --retry-failed separates the input again and replaces it", "left out"),
-    ("(move it away, or use --force to overwrite)", "(give another --work)"),
     (
-        "is where the job writes its stems (--outdir), or inside it: give an --outdir outside "
-        "the songs",
-        "is the --work folder or inside it: give a --work outside the music",
-    ),
-    (
-        "matches only files where the job writes its stems (--outdir): give an --outdir outside "
-        "the songs",
-        "matches only files in the --work folder: give a --work outside the music",
+        "(move it away, or use --force to overwrite; the next run checks again)",
+        "(give another --work)",
     ),
 )
-"""Phrases of `umx batch`'s messages, and what `umx distill` says instead."""
+"""Phrases of `umx batch`'s messages, and what `umx distill` says instead (each phrase is checked
+to be in batch's sources by `tests/test_distill.py`)."""
 TRAIN_HINTS = (
     "to resume from the last epoch completed: ",
     "no epoch was completed, so nothing can be resumed",

@@ -154,7 +154,7 @@ def teacher_pass(
         # As `job_inputs` finds them, but leaving out the whole work folder rather than only
         # the teacher's stems: the training set in it holds mixtures too.
         extensions = list(batch.extensions)
-        inputs = collect_inputs(list(batch.inputs), extensions=extensions, exclude=[work])
+        inputs = collect_inputs(list(batch.inputs), extensions=extensions, exclude={work: "--work"})
         run_batch_job(batch, inputs)  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
