@@ -131,7 +131,8 @@ def check_serve_args(args: argparse.Namespace) -> None:
     check_number("--jobs", args.jobs, minimum=1, integer=True)
     check_cores("--jobs", args.jobs, WORKERS_PER_CORE)
     check_number("--max-queue", args.max_queue, minimum=1, integer=True)
-    check_number("--max-upload-mb", args.max_upload_mb, above=0)
+    # Under a kilobyte no audio file fits (1e-7 MB was a limit of 0 bytes).
+    check_number("--max-upload-mb", args.max_upload_mb, minimum=0.001)
     check_number("--max-cache-gb", args.max_cache_gb, above=0)
 
 
