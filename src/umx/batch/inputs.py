@@ -21,6 +21,7 @@ from umx.messages import shown
 logger = logging.getLogger("umx")
 
 GLOB_CHARACTERS = frozenset("*?[")
+"""Those that make an argument a glob pattern (unless it is an existing path)."""
 LIST_FIELDS = ("path", "start", "duration")
 """The columns of a CSV list file, and the keys of a JSON Lines one: `path` is required."""
 LIST_FILE_LIMIT = 256 << 20

@@ -16,6 +16,7 @@ from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
 from umx.files import within
 from umx.messages import plural
+from umx.onnx.options import EXPORT_JSON, is_export_folder
 from umx.train.config import ARCHITECTURE, DEFAULTS
 
 logger = logging.getLogger("umx")
@@ -24,11 +25,6 @@ VALID_FRACTION = 0.1
 """The share of the songs held out for validation by default."""
 WORK_SUFFIX = "-work"
 """The default work folder is the output's path with this suffix."""
-GLOB_CHARACTERS = frozenset("*?[")
-ONNX_EXPORT_JSON = "umx-onnx.json"
-"""`umx.onnx.options.EXPORT_JSON`, named here: the file of an `umx export` folder, which this
-room does not import."""
-"""Those of a MUSIC argument that make it a glob pattern (unless it is an existing path)."""
 
 TRAINING_OPTIONS: dict[str, tuple[type, str, str]] = {
     "epochs": (int, "N", "maximum number of epochs per target"),
@@ -160,21 +156,16 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _refuse_onnx_export(option: str, model: str | None) -> None:
-    """Refuse a model that is an `umx export` folder (as `umx.onnx.options.is_export_folder`
-    tells one): a distillation runs and trains PyTorch models.
+    """Refuse a model that is an `umx export` folder (`umx.onnx.options.is_export_folder`): a
+    distillation runs and trains PyTorch models.
 
     Raises:
         UmxError: naming the option and, where its JSON says it, the model exported.
     """
-    if model is None or not (Path(model) / ONNX_EXPORT_JSON).is_file():
-        return
-    from umx.modeldir import SEPARATOR_JSON
-    from umx.zoo import MODELS
-
-    if model in MODELS or (Path(model) / SEPARATOR_JSON).exists():
+    if not is_export_folder(model):
         return
     try:
-        source = json.loads((Path(model) / ONNX_EXPORT_JSON).read_bytes()).get("model")
+        source = json.loads((Path(model) / EXPORT_JSON).read_bytes()).get("model")
     except (OSError, ValueError, RecursionError, AttributeError):
         source = None
     given = (
@@ -192,6 +183,8 @@ def _music_path(music: str) -> tuple[str, str]:
     """What a MUSIC argument reads, as a path, and how a message names it: a folder, a file,
     or the folder a glob pattern searches (its parts before the first with `*`, `?` or `[`;
     an argument is a pattern as `umx.batch.inputs.collect_inputs` reads it)."""
+    from umx.batch.inputs import GLOB_CHARACTERS  # imports torch (umx.audio): only here
+
     if os.path.isdir(music):
         return music, f"the music folder {display_path(music)}"
     if not GLOB_CHARACTERS & set(music) or os.path.lexists(music):
