@@ -262,6 +262,11 @@ def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def overlap(first: str, second: str) -> bool:
+    """Whether of two absolute paths one is the other or lies inside it (see `within`)."""
+    return within(first, second) or within(second, first)
+
+
 def make_output_dirs(paths: Iterable[Path]) -> None:
     """Create the directories of output files.
 

@@ -14,7 +14,7 @@ from typing import Any
 from umx.cli_options import path_argument, path_text
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError, check_number, display_path
-from umx.files import within
+from umx.files import overlap
 from umx.messages import plural
 from umx.onnx.options import EXPORT_JSON, is_export_folder
 from umx.train.config import ARCHITECTURE, DEFAULTS
@@ -139,7 +139,7 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         check_number("--jobs", args.jobs, above=0, integer=True)
     output = Path(os.path.abspath(args.output))
     work = Path(os.path.abspath(args.work or f"{output}{WORK_SUFFIX}"))
-    if within(str(work), str(output)) or within(str(output), str(work)):
+    if overlap(str(work), str(output)):
         raise UmxError(
             f"--work {display_path(work)} and --output {display_path(output)} overlap: the "
             "model directory stays small, and the work folder can be deleted once trained"
@@ -203,8 +203,7 @@ def _check_apart(output: Path, work: Path, folder: str, shown: str, what: str) -
     """
     real = os.path.realpath(folder)
     for option, written in (("--output", output), ("--work", work)):
-        other = os.path.realpath(written)
-        if within(other, real) or within(real, other):
+        if overlap(os.path.realpath(written), real):
             raise UmxError(
                 f"{option} {display_path(written)} and {shown} overlap: put the {option[2:]} "
                 f"folder outside the {what}, so that neither is read or written as the other"

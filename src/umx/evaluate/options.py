@@ -27,7 +27,7 @@ from umx.defaults import (
     WIN,
 )
 from umx.errors import UmxError, display_path
-from umx.files import within
+from umx.files import overlap
 
 if TYPE_CHECKING:
     import museval
@@ -195,7 +195,7 @@ def _check_output_folders(args: argparse.Namespace) -> None:
         if args.root is None:
             continue
         root, written = os.path.realpath(args.root), os.path.realpath(directory)
-        if within(written, root) or within(root, written):
+        if overlap(written, root):
             raise UmxError(
                 f"{option} {display_path(directory)} and --root {display_path(args.root)} "
                 f"overlap: put the {option[2:]} outside the test set, so that its references "
