@@ -751,5 +751,5 @@ def test_an_empty_path_is_refused_by_every_path_argument(tmp_path, monkeypatch, 
         "batch --list",
         "train --root",
     } <= set(checked)
-    assert len(checked) == 31
+    assert len(checked) == 32
     assert list(tmp_path.iterdir()) == []

@@ -554,9 +554,10 @@ COMMAND_PARSERS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], N
     ),
     "distill": (
         "train a small or causal student on your own music with a teacher's stems as targets",
-        "Separate a folder of unlabelled music with a teacher model (a umx batch job) and "
-        "train a student, one target per teacher stem, on the teacher's stems: the same "
-        "command resumes every step (see docs/distillation.md).",
+        "Separate a folder of unlabelled music with a teacher model (a umx batch job), or "
+        "take the stems another separator made of it (--teacher-stems), and train a student, "
+        "one target per teacher stem, on the teacher's stems: the same command resumes every "
+        "step (see docs/distillation.md).",
         add_distill_command,
     ),
     "evaluate": (

@@ -75,8 +75,8 @@ def collect_inputs(
         lists: list files (see `read_list`), read after the arguments.
         extensions: the extensions searched for in folders, without the dot.
         exclude: folders never searched, each with the option that names it (`--outdir`,
-            `--job`, distill's `--work`) for the messages; a sequence of folders is of
-            `--outdir`.
+            `--job`, distill's `--work` and `--teacher-stems`) for the messages; a sequence
+            of folders is of `--outdir`.
 
     Returns:
         the inputs in order, each once (the first occurrence is kept).
@@ -140,14 +140,16 @@ _WHAT = {
     "--outdir": "where the job writes its stems",
     "--job": "the job directory",
     "--work": "the work folder",  # of umx distill, which runs a job there
+    "--teacher-stems": "the teacher's stems folder",  # of umx distill
 }
 """What the folders an input may not be in are, by the option that names them."""
 _WHERE = {
     "--outdir": "where the job writes its stems",
     "--job": "in the job directory",
     "--work": "in the work folder",
+    "--teacher-stems": "in the teacher's stems folder",
 }
-_AN = {"--outdir": "an", "--job": "a", "--work": "a"}
+_AN = {"--outdir": "an", "--job": "a", "--work": "a", "--teacher-stems": "a"}
 
 
 def _option_of(path: str, options: Mapping[str, str]) -> str:

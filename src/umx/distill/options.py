@@ -9,7 +9,7 @@ import logging
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from umx.cli_options import path_argument, path_text
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
@@ -18,6 +18,9 @@ from umx.files import overlap
 from umx.messages import plural
 from umx.onnx.options import EXPORT_JSON, is_export_folder
 from umx.train.config import ARCHITECTURE, DEFAULTS
+
+if TYPE_CHECKING:
+    from umx.distill.stems import StemsMatch
 
 logger = logging.getLogger("umx")
 
@@ -57,7 +60,15 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
         help="folders of songs (searched recursively), audio files or glob patterns: "
         "unlabelled music, only read",
     )
-    p.add_argument("--teacher", required=True, help="the teacher: a model name or directory")
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher", help="the teacher: a model name or directory")
+    teacher.add_argument(
+        "--teacher-stems",
+        type=path_argument,
+        metavar="DIR",
+        help="instead of a teacher model, the stems another separator made of the songs "
+        "(Demucs, Spleeter...): a folder per song named after it, e.g. DIR/SONG/vocals.wav",
+    )
     p.add_argument(
         "--output",
         required=True,
@@ -137,6 +148,8 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         check_number("--niter", args.niter, minimum=0, maximum=MAX_NITER, integer=True)
     if args.jobs is not None:
         check_number("--jobs", args.jobs, above=0, integer=True)
+    if args.teacher_stems is not None:
+        _check_stems_folder(args)
     output = Path(os.path.abspath(args.output))
     work = Path(os.path.abspath(args.work or f"{output}{WORK_SUFFIX}"))
     if overlap(str(work), str(output)):
@@ -152,7 +165,30 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
         if model is not None and os.path.isdir(model):  # a model directory, not a name
             shown = f"{option} {display_path(model)}"
             _check_apart(output, work, model, shown, f"{option[2:]}'s model directory")
+    if args.teacher_stems is not None:
+        shown = f"--teacher-stems {display_path(args.teacher_stems)}"
+        _check_apart(output, work, args.teacher_stems, shown, "teacher's stems folder")
     return output, work
+
+
+def _check_stems_folder(args: argparse.Namespace) -> None:
+    """Refuse a --teacher-stems that is not a folder, and the options of a teacher model's pass
+    with it.
+
+    Raises:
+        UmxError: naming the option.
+    """
+    if not os.path.isdir(args.teacher_stems):
+        raise UmxError(
+            f"--teacher-stems {display_path(args.teacher_stems)} is not a folder: give the "
+            "folder holding a folder of stems per song"
+        )
+    for option in ("--niter", "--jobs"):
+        if getattr(args, option[2:]) is not None:
+            raise UmxError(
+                f"{option} sets the teacher model's pass, which --teacher-stems replaces: leave "
+                f"{option} out"
+            )
 
 
 def _refuse_onnx_export(option: str, model: str | None) -> None:
@@ -234,10 +270,9 @@ def training_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def resume_command(args: argparse.Namespace, work: Path) -> str:
     """The command that resumes this run: the same options, without --force."""
-    words = ["umx", "distill", *args.music, "--teacher", args.teacher]
-    words += ["--output", str(args.output), "--work", str(work)]
+    words = ["umx", "distill", *args.music, "--output", str(args.output), "--work", str(work)]
     for key, value in vars(args).items():
-        if key in ("music", "teacher", "output", "work", "force", "run", "command"):
+        if key in ("music", "output", "work", "force", "run", "command"):
             continue
         flag = f"--{key.replace('_', '-')}"
         if value is True:
@@ -261,9 +296,14 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_models(args: argparse.Namespace, training: dict[str, Any]) -> None:
+def _check_models(
+    args: argparse.Namespace, training: dict[str, Any], stems: list[str] | None
+) -> None:
     """Refuse now, not after the teacher's pass: targets the teacher lacks, and a --student
     whose architecture contradicts `training` or that lacks one of the selected targets.
+
+    Args:
+        stems: the stems of --teacher-stems; None: those of the --teacher model.
 
     Raises:
         UmxError: naming the option.
@@ -274,8 +314,9 @@ def _check_models(args: argparse.Namespace, training: dict[str, Any]) -> None:
 
     if args.student is None and args.targets is None:
         return
-    available = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
-    selected = select_targets(available, args.targets, f"the teacher {args.teacher}")
+    if stems is None:
+        stems = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
+    selected = select_targets(stems, args.targets, _teacher_name(args))
     if args.student is None:
         return
     student = load_separator(args.student, niter=0, progress=not args.quiet)
@@ -294,6 +335,7 @@ def _check_models(args: argparse.Namespace, training: dict[str, Any]) -> None:
 
 
 def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
+    from umx.distill.stems import import_teacher_stems
     from umx.distill.student import (
         check_settings,
         train_student,
@@ -307,6 +349,7 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
     settings = {
         "music": [os.path.abspath(music) for music in args.music],
         "teacher": args.teacher,
+        "teacher_stems": args.teacher_stems and os.path.abspath(args.teacher_stems),
         "niter": args.niter,
         "targets": args.targets,
         "valid_fraction": args.valid_fraction,
@@ -314,24 +357,29 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
         "output": str(output),
     }
     check_settings(work, output, settings, force=args.force)
-    _check_models(args, training)
-    teacher = teacher_pass(
-        args.music,
-        args.teacher,
-        work,
-        niter=args.niter,
-        device=args.device,
-        jobs=args.jobs,
-        quiet=args.quiet,
-    )
-    targets = select_targets(teacher.targets, args.targets, f"the teacher {args.teacher}")
+    if args.teacher_stems is None:
+        _check_models(args, training, None)
+        teacher = teacher_pass(
+            args.music,
+            args.teacher,
+            work,
+            niter=args.niter,
+            device=args.device,
+            jobs=args.jobs,
+            quiet=args.quiet,
+        )
+    else:
+        match = _match_stems(args, work)
+        _check_models(args, training, match.targets)
+        teacher = import_teacher_stems(match, work)
+    targets = select_targets(teacher.targets, args.targets, _teacher_name(args))
     data = build_training_set(
         teacher.tracks, work, valid_fraction=args.valid_fraction, seed=training["seed"]
     )
     write_settings(work, settings)
     logger.info(
         "distilling %s into %s: %s (%.2f h), %d for validation; targets %s",
-        args.teacher,
+        _teacher_name(args),
         display_path(output),
         plural(len(data.train) + len(data.valid), "song"),
         data.seconds / 3600,
@@ -351,3 +399,22 @@ def _distill(args: argparse.Namespace, output: Path, work: Path) -> None:
     logger.info(
         "student model in %s: umx --model %s SONG", display_path(output), shlex.quote(str(output))
     )
+
+
+def _teacher_name(args: argparse.Namespace) -> str:
+    """How messages name the teacher: its model, or the folder of its stems."""
+    if args.teacher_stems is None:
+        return f"the teacher {args.teacher}"
+    return f"--teacher-stems {display_path(args.teacher_stems)}"
+
+
+def _match_stems(args: argparse.Namespace, work: Path) -> StemsMatch:
+    """The songs of the music and their stems in --teacher-stems (`find_teacher_stems`); the
+    stems folder and the work folder are left out of the music's search."""
+    from umx.batch.inputs import collect_inputs
+    from umx.distill.stems import find_teacher_stems
+
+    folder = Path(os.path.abspath(args.teacher_stems))
+    inputs = collect_inputs(args.music, exclude={work: "--work", folder: "--teacher-stems"})
+    bases = [_music_path(music)[0] for music in args.music]
+    return find_teacher_stems([item.path for item in inputs], bases, folder)

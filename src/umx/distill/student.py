@@ -217,11 +217,7 @@ def write_provenance(
         what was written.
     """
     provenance = {
-        "distilled_from": {
-            "model": teacher.model,
-            "sha256": teacher.sha256,
-            "stems": teacher.targets,
-        },
+        "distilled_from": {**teacher.source, "stems": teacher.targets},
         "targets": list(targets),
         "tracks": len(data.train) + len(data.valid),
         "train_tracks": len(data.train),

@@ -77,15 +77,16 @@ class TeacherPass:
     """What the teacher's pass gave.
 
     Attributes:
-        model: the teacher's name (or directory), as `umx batch` records it.
-        sha256: the SHA-256 of its weights.
+        source: where the stems come from, as the model's provenance file says it: the
+            teacher's name (or directory) as `umx batch` records it and the SHA-256 of its
+            weights (`model`, `sha256`), or the folder of stems made by another separator
+            (`stems_folder`).
         targets: its stems, in its order.
         tracks: the songs it separated, in input order.
         failed: how many songs it could not separate.
     """
 
-    model: str
-    sha256: str
+    source: dict[str, str]
     targets: list[str]
     tracks: list[TeacherTrack]
     failed: int
@@ -182,9 +183,8 @@ def teacher_pass(
             failed,
             display_path(job_dir),
         )
-    return TeacherPass(
-        identity["model"], identity["model_sha256"], identity["outputs"], tracks, failed
-    )
+    source = {"model": identity["model"], "sha256": identity["model_sha256"]}
+    return TeacherPass(source, identity["outputs"], tracks, failed)
 
 
 def track_name(path: str) -> str:
