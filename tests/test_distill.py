@@ -23,7 +23,7 @@ import umx.batch.run
 import umx.train
 import umx.train.loop
 from umx.audio import read_audio
-from umx.batch.work import model_sha256
+from umx.batch.work import export_sha256, model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
 from umx.distill.messages import BATCH_WORDS, in_distill_words
@@ -529,20 +529,42 @@ def test_batch_advice_is_reworded_into_distills_options():
     )
 
 
-@pytest.mark.parametrize("option", ["--teacher", "--student"])
-def test_an_onnx_export_is_refused_naming_the_model_it_was_exported_from(
-    songs, tmp_path, capsys, option
+def test_an_onnx_export_student_is_refused_naming_the_model_it_was_exported_from(
+    songs, tmp_path, capsys
 ):
     export = tmp_path / "onnx_t"
     export.mkdir()
     (export / EXPORT_JSON).write_text(json.dumps({"format": "umx-onnx", "model": "umxsynth"}))
-    assert distill(songs[0], tmp_path / "student", option, str(export)) == 1
+    assert distill(songs[0], tmp_path / "student", "--student", str(export)) == 1
     (error,) = messages(capsys)
     assert error == (
-        f"umx: error: {option} {export} is an ONNX export (umx export), which umx distill cannot "
-        "run or train: give the model it was exported from (umxsynth)"
+        f"umx: error: --student {export} is an ONNX export (umx export), which umx distill "
+        "cannot train: give the model it was exported from (umxsynth)"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["onnx_t"]
+
+
+def test_an_onnx_export_teaches_with_the_stems_onnxruntime_gives(songs, tmp_path, capsys):
+    """An export folder as --teacher is run by onnxruntime on the CPU (whatever --device, the
+    student's): its stems are those `umx separate --model EXPORT` writes, and the provenance
+    names the export and the hash batch records for it."""
+    export = tmp_path / "onnx_t"
+    assert main(["export", "umxsynth", str(export), "-q"]) == 0
+    output = tmp_path / "student"
+    options = [*STUDENT[2:], "--teacher", str(export), "--targets", "vocals", "--device", "cpu"]
+    assert main(["distill", str(songs[0]), "--output", str(output), *options]) == 0
+    song = songs[0] / "album1" / "song1.wav"
+    stems = ["--subtype", "FLOAT", "--clip", "none", "--outdir", str(tmp_path / "sep"), "-q"]
+    assert main(["separate", str(song), "--model", str(export), *stems]) == 0
+    record = next(r for r in manifest(Path(f"{output}-work")) if r["input"] == str(song))
+    for target in ("vocals", "drums"):
+        taught, _ = sf.read(record["outputs"][target]["path"], dtype="float32")
+        separated, _ = sf.read(tmp_path / "sep" / "song1" / f"{target}.wav", dtype="float32")
+        np.testing.assert_array_equal(taught, separated)
+    teacher = json.loads((output / "distillation.json").read_text())["distilled_from"]
+    hashed = export_sha256(export, load_separator("umxsynth").targets)
+    assert teacher == {"model": str(export), "sha256": hashed, "stems": teacher["stems"]}
+    assert messages(capsys) == []
 
 
 def test_the_docs_miniature_runs_as_a_saved_script(tmp_path):

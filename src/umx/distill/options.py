@@ -60,15 +60,7 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
         help="folders of songs (searched recursively), audio files or glob patterns: "
         "unlabelled music, only read",
     )
-    teacher = p.add_mutually_exclusive_group(required=True)
-    teacher.add_argument("--teacher", help="the teacher: a model name or directory")
-    teacher.add_argument(
-        "--teacher-stems",
-        type=path_argument,
-        metavar="DIR",
-        help="instead of a teacher model, the stems another separator made of the songs "
-        "(Demucs, Spleeter...): a folder per song named after it, e.g. DIR/SONG/vocals.wav",
-    )
+    _add_teacher_arguments(p)
     p.add_argument(
         "--output",
         required=True,
@@ -130,6 +122,22 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
 
 
+def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
+    """--teacher or --teacher-stems: one is required."""
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument(
+        "--teacher",
+        help="the teacher: a model name or directory, or an ONNX export folder (umx export)",
+    )
+    teacher.add_argument(
+        "--teacher-stems",
+        type=path_argument,
+        metavar="DIR",
+        help="instead of a teacher model, the stems another separator made of the songs "
+        "(Demucs, Spleeter...): a folder per song named after it, e.g. DIR/SONG/vocals.wav",
+    )
+
+
 def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
     """Refuse options that make no sense and folders that would mix the model with the music.
 
@@ -142,8 +150,7 @@ def check_distill_args(args: argparse.Namespace) -> tuple[Path, Path]:
             it), or holding a music file.
     """
     check_number("--valid-fraction", args.valid_fraction, above=0, maximum=0.5)
-    for option in ("--teacher", "--student"):
-        _refuse_onnx_export(option, getattr(args, option[2:]))
+    _refuse_onnx_export(args.student)
     if args.niter is not None:
         check_number("--niter", args.niter, minimum=0, maximum=MAX_NITER, integer=True)
     if args.jobs is not None:
@@ -191,12 +198,12 @@ def _check_stems_folder(args: argparse.Namespace) -> None:
             )
 
 
-def _refuse_onnx_export(option: str, model: str | None) -> None:
-    """Refuse a model that is an `umx export` folder (`umx.onnx.options.is_export_folder`): a
-    distillation runs and trains PyTorch models.
+def _refuse_onnx_export(model: str | None) -> None:
+    """Refuse a --student that is an `umx export` folder (`umx.onnx.options.is_export_folder`):
+    a student is a PyTorch model, trained.
 
     Raises:
-        UmxError: naming the option and, where its JSON says it, the model exported.
+        UmxError: naming, where its JSON says it, the model exported.
     """
     if not is_export_folder(model):
         return
@@ -210,8 +217,8 @@ def _refuse_onnx_export(option: str, model: str | None) -> None:
         else ("the PyTorch model directory or name it was exported from")
     )
     raise UmxError(
-        f"{option} {display_path(model)} is an ONNX export (umx export), which umx distill "
-        f"cannot run or train: give {display_path(given)}"
+        f"--student {display_path(model)} is an ONNX export (umx export), which umx distill "
+        f"cannot train: give {display_path(given)}"
     )
 
 
@@ -309,12 +316,15 @@ def _check_models(
         UmxError: naming the option.
     """
     from umx.modeldir import select_targets
+    from umx.onnx.folder import read_export
     from umx.train.loop import fine_tuned_architecture
     from umx.zoo import load_separator
 
     if args.student is None and args.targets is None:
         return
-    if stems is None:
+    if stems is None and is_export_folder(args.teacher):
+        stems = list(read_export(args.teacher)["targets"])
+    elif stems is None:
         stems = load_separator(args.teacher, niter=0, progress=not args.quiet).targets
     selected = select_targets(stems, args.targets, _teacher_name(args))
     if args.student is None:

@@ -123,10 +123,11 @@ def teacher_pass(
 
     Args:
         music: audio files, folders (searched recursively) or glob patterns.
-        teacher: the teacher model's name or directory.
+        teacher: the teacher model's name or directory, or an ONNX export folder (`umx
+            export`; run by onnxruntime on the CPU whatever `device`).
         work: the work folder.
         niter: the teacher's Wiener filter iterations (None: `umx batch`'s default).
-        device: where the teacher runs (None: auto).
+        device: where a PyTorch teacher runs (None: auto).
         jobs: the batch's worker processes (None: its default).
         quiet: no progress bar or messages.
 
@@ -138,11 +139,13 @@ def teacher_pass(
     from umx.batch.job import MANIFEST_FILE, read_settings
     from umx.batch.run import BatchOptions, run_batch_job
     from umx.jobs import DONE, FAILED, TaskOptions, latest_records, read_records
+    from umx.onnx.options import is_export_folder
     from umx.options import OutputOptions, SeparationOptions
 
     outdir = work / TEACHER_DIR
     job_dir = outdir / JOB_DIRNAME
-    chosen = {"niter": niter, "device": device}
+    # an ONNX export runs on onnxruntime on the CPU: the device is the student's
+    chosen = {"niter": niter, "device": None if is_export_folder(teacher) else device}
     separation = SeparationOptions(
         model=teacher, **{name: value for name, value in chosen.items() if value is not None}
     )
