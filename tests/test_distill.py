@@ -586,3 +586,24 @@ def test_the_docs_miniature_runs_as_a_saved_script(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0] == "umxsynth"
+
+
+def test_a_song_changed_since_is_decoded_again_for_its_mixture(tmp_path):
+    """The teacher separates a changed song again (umx batch); its mixture.wav must follow,
+    not stay the old song's beside the new stems (a training pair of two songs)."""
+    rng = np.random.default_rng(0)
+    song, stem = tmp_path / "song.wav", tmp_path / "stem.wav"
+    tracks = [TeacherTrack(str(song), {"vocals": stem})]
+    for other in (tmp_path / "other.wav", tmp_path / "third.wav"):  # two songs at least
+        sf.write(other, 0.1 * rng.standard_normal((RATE // 4, 2)), RATE, subtype="FLOAT")
+        tracks.append(TeacherTrack(str(other), {"vocals": other}))
+    mixture = tmp_path / "work" / "data" / "tracks" / track_name(str(song)) / MIXTURE_FILE
+    for scale in (0.1, 0.3):
+        audio = (scale * rng.standard_normal((RATE // 4, 2))).astype(np.float32)
+        sf.write(song, audio, RATE, subtype="FLOAT")
+        sf.write(stem, audio / 2, RATE, subtype="FLOAT")
+        build_training_set(tracks, tmp_path / "work", valid_fraction=0.5, seed=0)
+        np.testing.assert_array_equal(sf.read(mixture, dtype="float32")[0], audio)
+    sf.write(stem, np.zeros((5513, 1), np.float32), RATE // 2)  # another rate and channels
+    build_training_set(tracks, tmp_path / "work", valid_fraction=0.5, seed=0)
+    assert sf.info(mixture).samplerate == RATE // 2 and sf.info(mixture).channels == 1

@@ -17,7 +17,6 @@ imports a song again only where its files changed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,6 +32,8 @@ from umx.distill.teacher import (
     TEACHER_DIR,
     TeacherPass,
     TeacherTrack,
+    file_signature,
+    read_json,
     track_name,
 )
 from umx.errors import UmxError
@@ -223,9 +224,9 @@ def _import_song(song: str, stems: Mapping[str, Path], folder: Path) -> dict[str
         UmxError: why the song's stems cannot be used.
     """
     imported = {name: folder / f"{name}.wav" for name in stems}
-    sources = {name: _signature(path) for name, path in {**stems, "": Path(song)}.items()}
+    sources = {name: file_signature(path) for name, path in {**stems, "": Path(song)}.items()}
     record = folder / IMPORTED_FILE
-    if _read_record(record) == sources and all(path.is_file() for path in imported.values()):
+    if read_json(record) == sources and all(path.is_file() for path in imported.values()):
         return imported
     audio = {name: read_audio(path) for name, path in stems.items()}
     rates = {rate for _, rate in audio.values()}
@@ -249,22 +250,6 @@ def _import_song(song: str, stems: Mapping[str, Path], folder: Path) -> dict[str
         write_audio(imported[name], signal, rate, subtype="FLOAT", clip="none", force=True)
     write_json_atomic(record, sources)
     return imported
-
-
-def _signature(path: Path) -> list[object]:
-    """What tells a file changed: its path, size and modification time."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return [str(path)]  # read_audio names the problem
-    return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
-def _read_record(path: Path) -> object:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
 
 
 def _fit(signal: torch.Tensor, length: int) -> torch.Tensor:

@@ -7,12 +7,12 @@ Layout of the work folder (`WORK`):
   rate, unclipped; `teacher/.umx-job/` is the batch job (settings, manifest, lock), so that a
   second run separates only the songs not done yet.
 - `data/tracks/<track>-<8 hex>/`: per song, `mixture.wav` (the song decoded, matched to the
-  stems' channels and resampled to their rate: what the teacher heard) and `<stem>.wav` (a link
-  to the teacher's stem). The suffix is a hash of the song's path, so that songs of the same
-  name stay apart. A silent song (its mixture, or every stem of the teacher's) is left out of
-  the splits, with a warning: it teaches nothing, and as a validation song its loss of 0 would
-  freeze the student at its first epoch. `.silent` in its folder says why, so that later runs
-  need not read it again.
+  stems' channels and resampled to their rate: what the teacher heard; decoded again when the
+  song's size or time changes) and `<stem>.wav` (a link to the teacher's stem). The suffix is
+  a hash of the song's path, so that songs of the same name stay apart. A silent song (its
+  mixture, or every stem of the teacher's) is left out of the splits, with a warning: it
+  teaches nothing, and as a validation song its loss of 0 would freeze the student at its
+  first epoch. `.silent` in its folder says why, so that later runs need not read it again.
 - `data/train/`, `data/valid/`: links to the track folders of each split, rebuilt every run:
   the `aligned` dataset of `umx.train` reads `data` with `mixture.wav` as input and a stem as
   output.
@@ -23,6 +23,7 @@ The user's files are only read; a work folder that holds files umx did not write
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -35,7 +36,7 @@ from umx.audio import audio_info, display_path, read_audio, write_audio
 from umx.defaults import JOB_DIRNAME
 from umx.distill.messages import distill_words
 from umx.errors import UmxError, os_error_line
-from umx.files import safe_stem, sha256_bytes, write_text_atomic
+from umx.files import safe_stem, sha256_bytes, write_json_atomic, write_text_atomic
 from umx.messages import plural
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ SPLITS = ("train", "valid")
 MIXTURE_FILE = "mixture.wav"
 SILENT_FILE = ".silent"
 """In a silent song's track folder: why it is left out of the splits."""
+SOURCE_FILE = ".source.json"
+"""In a track folder: what its mixture was decoded from (`file_signature` of the song, the
+rate and channels), so that a song changed since is decoded again."""
 SILENCE = 1e-5
 """The peak (−100 dBFS) at or below which a song's mixture or stems count as silent."""
 STEM_TEMPLATE = "{parent}/{track}.{trackext}/{target}.{ext}"
@@ -237,8 +241,9 @@ def build_training_set(
 ) -> TrainingSet:
     """Write `work/data` (see the module's docstring) for the songs the teacher separated.
 
-    A song's `mixture.wav` is written once and kept by later runs; the links to the stems and
-    the splits are made again. Silent songs are left out, with a warning. The validation songs
+    A song's `mixture.wav` is kept by later runs while the song and the stems' rate and
+    channels are those it was decoded for; the links to the stems and the splits are made
+    again. Silent songs are left out, with a warning. The validation songs
     are `valid_fraction` of them (at least one, and one song at least is left for training),
     drawn with `seed` from the songs sorted by folder name, so that the same songs give the
     same split.
@@ -295,7 +300,9 @@ def _write_track(track: TeacherTrack, folder: Path) -> tuple[float, str | None]:
     folder.mkdir(parents=True, exist_ok=True)
     first = audio_info(next(iter(track.stems.values())))
     mixture = folder / MIXTURE_FILE
-    if not mixture.exists():
+    source = [*file_signature(Path(track.path)), first.sample_rate, first.nb_channels]
+    if not mixture.exists() or read_json(folder / SOURCE_FILE) != source:
+        (folder / SOURCE_FILE).unlink(missing_ok=True)
         audio, rate = read_audio(
             track.path, sample_rate=first.sample_rate, nb_channels=first.nb_channels
         )
@@ -307,9 +314,10 @@ def _write_track(track: TeacherTrack, folder: Path) -> tuple[float, str | None]:
             )
         (folder / SILENT_FILE).unlink(missing_ok=True)
         silent = _silence(audio, track.stems.values())
-        if silent:  # before the mixture, which marks the folder as done
+        if silent:  # before the mixture and its source, which mark the folder as done
             write_text_atomic(folder / SILENT_FILE, silent)
-        write_audio(mixture, audio, rate, subtype="FLOAT", clip="none")
+        write_audio(mixture, audio, rate, subtype="FLOAT", clip="none", force=True)
+        write_json_atomic(folder / SOURCE_FILE, source)
     for name, stem in track.stems.items():
         link = folder / f"{name}.wav"
         if link.exists() and not link.is_symlink():
@@ -321,6 +329,23 @@ def _write_track(track: TeacherTrack, folder: Path) -> tuple[float, str | None]:
     except FileNotFoundError:
         silent = None
     return first.nb_frames / first.sample_rate, silent
+
+
+def file_signature(path: Path) -> list[object]:
+    """What tells that a file changed: its path, size and modification time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return [str(path)]  # reading it names the problem
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def read_json(path: Path) -> object:
+    """A JSON file umx wrote, or None where it is missing or does not read."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def _silence(mixture: torch.Tensor, stems: Iterable[Path]) -> str | None:
