@@ -213,20 +213,24 @@ def test_songs_without_stems_or_sharing_a_folder_are_left_out(tmp_path, caplog):
     music, stems = tmp_path / "music", tmp_path / "stems"
     write_song(music, "a/intro", stems / "intro", 0)
     write_song(music, "b/intro", None, 1)
+    write_song(music, "c/intro", None, 1)
     write_song(music, "b/outro", stems / "b" / "outro", 2)
     lost = [str(music / f"lost{index}.wav") for index in range(7)]
     for index in range(7):
         write_song(music, f"lost{index}", None, 3)
     shutil.copy(music / "b" / "outro.wav", stems / "b" / "outro" / "mixture.wav")  # MUSDB18's
-    songs = [str(music / name) for name in ("a/intro.wav", "b/intro.wav", "b/outro.wav")]
+    names = ("a/intro.wav", "b/intro.wav", "b/outro.wav", "c/intro.wav")
+    songs = [str(music / name) for name in names]
     with caplog.at_level(logging.WARNING, "umx"):
         match = find_teacher_stems([*songs, *lost], [str(music)], stems)
-    assert list(match.songs) == [songs[2]] and match.missing == 9
+    assert list(match.songs) == [songs[2]] and match.missing == 10
     assert match.targets == ["hiss", "tone"]
     assert [f"{song} has no stems in {stems}" for song in lost[:5]] == caplog.messages[:5]
     assert f"2 more songs have no stems in {stems}" == caplog.messages[5]
     assert any(
-        message.startswith(f"{songs[0]} and {songs[1]} are left out: their stems are in the one")
+        message.startswith(
+            f"{songs[0]}, {songs[1]} and 1 more song are left out: their stems are in the one"
+        )
         for message in caplog.messages
     )
     with pytest.raises(UmxError, match="holds no stems of the 1 song"):

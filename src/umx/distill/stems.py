@@ -104,10 +104,13 @@ def find_teacher_stems(songs: Sequence[str], bases: Sequence[str], folder: Path)
     matched: dict[str, dict[str, Path]] = {}
     for stems_folder, owners in claimed.items():
         if len(owners) > 1:
+            named = [display_path(owner) for owner in owners[:2]]
+            if len(owners) > 2:
+                named = [", ".join(named), plural(len(owners) - 2, "more song")]
             logger.warning(
                 "%s are left out: their stems are in the one folder %s (give each song's "
                 "stems in a folder at its path relative to the music folder)",
-                " and ".join(map(display_path, owners)),
+                " and ".join(named),
                 display_path(stems_folder),
             )
             continue
