@@ -26,6 +26,7 @@ from umx.audio import read_audio
 from umx.batch.work import export_sha256, model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
+from umx.distill import DistillOptions
 from umx.distill.messages import BATCH_WORDS, in_distill_words
 from umx.distill.teacher import (
     MIXTURE_FILE,
@@ -607,3 +608,25 @@ def test_a_song_changed_since_is_decoded_again_for_its_mixture(tmp_path):
     sf.write(stem, np.zeros((5513, 1), np.float32), RATE // 2)  # another rate and channels
     build_training_set(tracks, tmp_path / "work", valid_fraction=0.5, seed=0)
     assert sf.info(mixture).samplerate == RATE // 2 and sf.info(mixture).channels == 1
+
+
+def test_typed_options_are_checked_when_built(songs, tmp_path):
+    """`DistillOptions`, the library's options: one path or many, one target or many, and the
+    command line's refusals, before anything is written."""
+    options = DistillOptions(songs[0], tmp_path / "s", teacher="umxsynth", targets="vocals")
+    assert options.music == (str(songs[0]),) and options.targets == ("vocals",)
+    assert options.output == tmp_path / "s" and options.work == tmp_path / "s-work"
+    refused = [
+        ({"teacher": "umxsynth", "teacher_stems": str(tmp_path)}, "give one teacher"),
+        ({}, "give one teacher"),
+        ({"teacher": "umxsynth", "force": "false"}, "--force must be True or False"),
+        ({"teacher": "umxsynth", "lr": float("nan")}, "--lr"),
+        ({"teacher": "umxsynth", "valid_fraction": 0.9}, "--valid-fraction"),
+        ({"teacher": "umxsynth", "work": songs[0] / "w"}, "overlap"),
+    ]
+    for given, said in refused:
+        with pytest.raises(UmxError, match=re.escape(said)):
+            DistillOptions([songs[0]], tmp_path / "s", **given)
+    with pytest.raises(UmxError, match="give the music"):
+        DistillOptions([], tmp_path / "s", teacher="umxsynth")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
