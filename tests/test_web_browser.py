@@ -1,9 +1,10 @@
 """The page of `umx serve` in Debian's headless Chromium, driven by Playwright, at a desktop's
 size (1280x900) and a phone's (390x844): a keyboard-only session (choose a song, play, mute,
 solo, set a volume, download the mix heard and the zip, with no mouse event), the focus kept
-across live progress updates, no horizontal scrolling on a phone, the axe-core accessibility
-engine on the empty page, during a job and with the player open, the offline model list, a
-failed job's error, details and Retry, and the refusal of a file that is not audio.
+across live progress updates, no horizontal scrolling on a phone (nor at 320 px with the text
+at up to 200 %), the axe-core accessibility engine on the empty page, during a job and with the
+player open, the offline model list, a failed job's error, details and Retry, and the refusal
+of a file that is not audio.
 
 One server (in this process, on 127.0.0.1) serves the whole module, with 1-second chunks so that
 a short song sends many progress updates. The screenshots of the player at both sizes are
@@ -47,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 AXE = ROOT / ".testdeps" / "node_modules" / "axe-core" / "axe.min.js"
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
+SMALL_PHONE = (320, 700)  # the narrowest phones, where larger text is most often needed
 SCREENSHOTS = {"desktop": "web.png", "phone": "web-phone.png"}
 RATE = 44100
 TARGETS = ["vocals", "drums", "bass", "other"]
@@ -93,11 +95,12 @@ def browser():
 
 @pytest.fixture
 def page_at(browser):
-    """A page at one of `SIZES` that records mouse events, script errors and failed requests."""
+    """A page at one of `SIZES` (or at a width and height) that records mouse events, script
+    errors and failed requests."""
     contexts = []
 
-    def open_page(size: str):
-        width, height = SIZES[size]
+    def open_page(size: str | tuple[int, int]):
+        width, height = SIZES[size] if isinstance(size, str) else size
         context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
         page = context.new_page()
@@ -372,3 +375,34 @@ def test_a_refused_name_is_announced_as_the_server_names_it(served, page_at):
     assert error.text_content().startswith("b>x\u2026.wav is not decodable audio")
     assert page.text_content("#announcer") == error.text_content()  # one name, not two
     assert page.text_content("#jobs li.upload .name") == "b>x\u2026.wav"
+
+
+@pytest.fixture(scope="module")
+def finished(served, tmp_path_factory):
+    """The id of a finished job (every stem of umxsynth) of a 2-s song sent through the API."""
+    store, _ = served
+    song = tmp_path_factory.mktemp("finished") / "finished song.wav"
+    write_song(song, 2.0, seed=11)
+    upload = store.new_upload(song.name, 1 << 30)
+    upload.write(song.read_bytes())
+    job, _ = store.add(upload, store.options("umxsynth", "all"))
+    assert wait(store, job["id"])["state"] == "done"
+    return job["id"]
+
+
+def open_player(page, url: str, job_id: str) -> None:
+    """The page with the job's player open and ready (its id in the address opens it)."""
+    page.goto(f"{url}#job={job_id}")
+    page.wait_for_selector("#player[data-state=ready]")
+
+
+def test_larger_text_on_a_small_phone_does_not_scroll_sideways(served, finished, page_at):
+    page = page_at(SMALL_PHONE)
+    open_player(page, served[1], finished)
+    for percent in (100, 150, 200):  # the browser's text size, as a phone's setting makes it
+        page.evaluate(f"document.documentElement.style.fontSize = '{percent}%'")
+        width = page.evaluate(
+            "() => { const s = document.scrollingElement; return [s.scrollWidth, s.clientWidth]; }"
+        )
+        assert width[0] <= width[1], f"{percent} %: {width[0]} px wide in {width[1]}"
+    assert page.problems == []
