@@ -377,17 +377,27 @@ def test_a_refused_name_is_announced_as_the_server_names_it(served, page_at):
     assert page.text_content("#jobs li.upload .name") == "b>x\u2026.wav"
 
 
-@pytest.fixture(scope="module")
-def finished(served, tmp_path_factory):
-    """The id of a finished job (every stem of umxsynth) of a 2-s song sent through the API."""
-    store, _ = served
-    song = tmp_path_factory.mktemp("finished") / "finished song.wav"
-    write_song(song, 2.0, seed=11)
+def finish(store, song: Path, stems: str = "all") -> str:
+    """The id of a finished umxsynth job of the song, sent through the API (the same song with
+    other stems is another job)."""
     upload = store.new_upload(song.name, 1 << 30)
     upload.write(song.read_bytes())
-    job, _ = store.add(upload, store.options("umxsynth", "all"))
+    job, _ = store.add(upload, store.options("umxsynth", stems))
     assert wait(store, job["id"])["state"] == "done"
     return job["id"]
+
+
+@pytest.fixture(scope="module")
+def finished_song(tmp_path_factory) -> Path:
+    song = tmp_path_factory.mktemp("finished") / "finished song.wav"
+    write_song(song, 2.0, seed=11)
+    return song
+
+
+@pytest.fixture(scope="module")
+def finished(served, finished_song):
+    """The id of a finished job (every stem) of a 2-s song."""
+    return finish(served[0], finished_song)
 
 
 def open_player(page, url: str, job_id: str) -> None:
@@ -405,4 +415,19 @@ def test_larger_text_on_a_small_phone_does_not_scroll_sideways(served, finished,
             "() => { const s = document.scrollingElement; return [s.scrollWidth, s.clientWidth]; }"
         )
         assert width[0] <= width[1], f"{percent} %: {width[0]} px wide in {width[1]}"
+    assert page.problems == []
+
+
+def test_the_focus_stays_on_the_page_when_the_song_played_is_deleted_elsewhere(
+    served, finished_song, page_at
+):
+    store, url = served
+    job_id = finish(store, finished_song, "drums")  # its own job: this test deletes it
+    page = page_at("desktop")
+    open_player(page, url, job_id)
+    page.focus("[aria-label='Mute drums']")
+    store.delete(job_id)  # another tab, the API
+    page.wait_for_selector("#player", state="hidden")
+    assert page.text_content("#announcer") == f"{finished_song.name} removed"
+    assert focused(page) == "h2#songs-title.[]"  # as after its own Delete, not the page's start
     assert page.problems == []

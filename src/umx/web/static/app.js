@@ -672,14 +672,18 @@ async function openPlayer(id, { focus = false } = {}) {
   $("#player").dataset.state = "ready";
 }
 
+// Closes the player; the focus, if it was in the player (its song deleted elsewhere, say), goes
+// to the list of songs rather than to nowhere (the page's start, for a keyboard or a reader).
 function closePlayer() {
   if (!state.player) return;
+  const hadFocus = $("#player").contains(document.activeElement);
   state.player.close();
   state.player = null;
   $("#player").hidden = true;
   $("#player").dataset.state = "closed";
   history.replaceState(null, "", location.pathname);
   for (const job of state.jobs.values()) renderJob(job);
+  if (hadFocus) $("#songs-title").focus();
 }
 
 // The position slider moves by SEEK_STEP seconds per arrow key, SEEK_PAGE per page key.
