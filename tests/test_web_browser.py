@@ -431,3 +431,40 @@ def test_the_focus_stays_on_the_page_when_the_song_played_is_deleted_elsewhere(
     assert page.text_content("#announcer") == f"{finished_song.name} removed"
     assert focused(page) == "h2#songs-title.[]"  # as after its own Delete, not the page's start
     assert page.problems == []
+
+
+def test_a_song_sent_is_said_whether_its_event_or_the_answer_comes_first(served, finished, page_at):
+    url = served[1]
+    page = page_at("desktop")
+    page.goto(url)
+    # the first list of songs has come (it would remove the songs made up below)
+    page.wait_for_selector(f"#job-{finished}")
+    page.evaluate(
+        """() => { window.said = []; const region = document.querySelector('#announcer');
+            new MutationObserver(() => window.said.push(region.textContent)).observe(
+                region, {subtree: true, childList: true, characterData: true}); }"""
+    )
+    records = [
+        {"id": f"{n:016x}", "name": f"queued {n}.wav", "state": "queued", "position": n,
+         "revision": 1, "created": 1e10 + n, "model": "umxsynth", "stems": "all",
+         "progress": 0, "targets": TARGETS}
+        for n in (1, 2)
+    ]  # fmt: skip
+    answers = iter(records)
+    # the upload's answer, made here: the job stays queued, and the event can be made to come first
+    page.route("**/api/jobs?*", lambda route: route.fulfill(status=201, json=next(answers)))
+
+    # the server's event of the new job first (not yet known as sent from here), then the answer
+    page.evaluate("(job) => updateJob(job)", records[0])
+    assert page.evaluate("window.said") == []
+    page.evaluate("() => upload(new File(['a song'], 'queued 1.wav'))")
+    page.wait_for_selector("#jobs li.upload", state="detached")  # the answer was read
+    # the answer first, then the event: said once
+    page.evaluate("() => upload(new File(['a song'], 'queued 2.wav'))")
+    page.wait_for_selector("#jobs li.upload", state="detached")
+    page.evaluate("(job) => updateJob(job)", {**records[1], "revision": 2})
+    assert page.evaluate("window.said") == [
+        "queued 1.wav: next in the queue",
+        "queued 2.wav: waiting, 2nd in the queue",
+    ]
+    assert page.problems == []

@@ -13,9 +13,9 @@ const SEEK_STEP = 5;  // seconds per arrow key on the position slider
 const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
 // deleted: the revision at which each job deleted while the page is open (by it or elsewhere)
 // was last seen; the same song sent again with the same options gets the same id, and a larger
-// revision
+// revision; told: the state last said to screen readers of each job
 const state = { config: null, jobs: new Map(), uploads: new Map(), ours: new Set(),
-  deleted: new Map(), player: null };
+  deleted: new Map(), told: new Map(), player: null };
 let audioContext = null;
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -146,9 +146,12 @@ function upload(file) {
     if (request.status === 200 || request.status === 201) {
       state.uploads.delete(key);
       document.getElementById(key)?.remove();
+      const known = state.jobs.get(body.id);
       state.ours.add(body.id);
-      // the events may have told more already: this answer is older than they are
-      if (!state.jobs.has(body.id)) updateJob(body);
+      // the events may have told more already: this answer is older than they are; the job
+      // they showed before it was ours was not said (its place in the queue, say): say it now
+      if (!known) updateJob(body);
+      else if (state.told.get(body.id) !== known.state) announceJob(known);
       if (state.jobs.get(body.id).state === "done" && !state.player) openPlayer(body.id);
     } else {
       entry.error = body?.error || `the server answered ${request.status}`;
@@ -291,6 +294,7 @@ function jobStatus(job) {
 function announceJob(job) {
   const told = { running: "separating", failed: `failed: ${job.error_summary || job.error}` };
   announce(`${job.name}: ${told[job.state] || jobStatus(job)}`);
+  state.told.set(job.id, job.state);
 }
 
 function renderJob(job) {
