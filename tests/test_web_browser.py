@@ -468,3 +468,16 @@ def test_a_song_sent_is_said_whether_its_event_or_the_answer_comes_first(served,
         "queued 2.wav: waiting, 2nd in the queue",
     ]
     assert page.problems == []
+
+
+def test_pressed_buttons_differ_from_the_others_in_forced_colours(served, finished, page_at):
+    page = page_at("desktop")
+    page.emulate_media(forced_colors="active")  # Windows' contrast themes
+    open_player(page, served[1], finished)
+    look = """(button) => { const style = getComputedStyle(button);
+        return [style.backgroundColor, style.color, style.borderTopColor]; }"""
+    pressed = page.locator("[aria-label='Mute original mix']")  # the original starts muted
+    assert pressed.get_attribute("aria-pressed") == "true"
+    assert page.get_attribute("[aria-label='Mute vocals']", "aria-pressed") == "false"
+    assert pressed.evaluate(look) != page.locator("[aria-label='Mute vocals']").evaluate(look)
+    assert page.problems == []
