@@ -481,3 +481,18 @@ def test_pressed_buttons_differ_from_the_others_in_forced_colours(served, finish
     assert page.get_attribute("[aria-label='Mute vocals']", "aria-pressed") == "false"
     assert pressed.evaluate(look) != page.locator("[aria-label='Mute vocals']").evaluate(look)
     assert page.problems == []
+
+
+def test_the_song_in_the_player_is_told_apart_from_the_others(
+    served, finished, finished_song, page_at
+):
+    store, url = served
+    other = finish(store, finished_song, "vocals")  # the same file, other stems
+    page = page_at("desktop")
+    open_player(page, url, finished)
+    current = page.locator(f"#job-{finished}")
+    assert current.get_attribute("aria-current") == "true"
+    assert "in the player" in current.locator(".meta").inner_text()  # in words, not colour alone
+    assert page.get_attribute(f"#job-{other}", "aria-current") is None
+    assert "in the player" not in page.locator(f"#job-{other} .meta").inner_text()
+    assert page.problems == []

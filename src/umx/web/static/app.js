@@ -270,6 +270,7 @@ function jobItem(job) {
     element("span", { class: "name", text: job.name }),
     element("span", { class: "actions" }, listen, retry, remove),
     element("span", { class: "meta" }, element("span", { class: "state" }),
+      element("span", { class: "in-player", text: " · in the player" }),
       element("span", { class: "about" })),
     element("progress", { max: "1", value: "0", "aria-label": `Separating ${job.name}` }),
     element("div", { class: "problem" }, element("p", { class: "error" }), details));
@@ -300,7 +301,12 @@ function announceJob(job) {
 function renderJob(job) {
   const item = jobItem(job);
   item.className = `state-${job.state}`;
-  item.classList.toggle("current", state.player?.job.id === job.id);
+  // the song in the player: said in words and to screen readers, not by colour alone
+  const current = state.player?.job.id === job.id;
+  item.classList.toggle("current", current);
+  if (current) item.setAttribute("aria-current", "true");
+  else item.removeAttribute("aria-current");
+  item.querySelector(".in-player").hidden = !current;
   item.querySelector(".listen").disabled = job.state !== "done";
   item.querySelector(".retry").hidden = job.state !== "failed";
   const stems = modelInfo(job.model)?.stems[job.stems] || job.stems;
