@@ -495,4 +495,11 @@ def test_the_song_in_the_player_is_told_apart_from_the_others(
     assert "in the player" in current.locator(".meta").inner_text()  # in words, not colour alone
     assert page.get_attribute(f"#job-{other}", "aria-current") is None
     assert "in the player" not in page.locator(f"#job-{other} .meta").inner_text()
+    # the same file twice: their buttons' names differ (by their stems), each says its action
+    for action in ("listen", "delete"):
+        names = [
+            page.get_attribute(f"#job-{job} .{action}", "aria-label") for job in (finished, other)
+        ]
+        assert names[0] != names[1] and all(name.lower().startswith(action) for name in names)
+        assert all(finished_song.name in name and "umxsynth" in name for name in names)
     assert page.problems == []

@@ -250,19 +250,27 @@ function updateJob(job) {
   renderEmpty();
 }
 
+// A job as its buttons name it: its file, model and stems (the same file separated twice, with
+// other stems or another model, is two songs whose buttons a screen reader must tell apart).
+function jobLabel(job) {
+  const stems = job.stems === "all" ? "all stems" : `${job.stems} and the rest`;
+  return `${job.name} (${job.model}, ${stems})`;
+}
+
 // One song's item, made once and then changed in place (its buttons keep the focus).
 function jobItem(job) {
   const id = `job-${job.id}`;
   let item = document.getElementById(id);
   if (item) return item;
+  const label = jobLabel(job);
   const listen = element("button", { type: "button", class: "listen", text: "Listen",
-    "aria-label": `Listen to ${job.name}` });
+    "aria-label": `Listen to ${label}` });
   listen.onclick = () => openPlayer(job.id, { focus: true });
   const retry = element("button", { type: "button", class: "retry", text: "Retry",
-    "aria-label": `Retry ${job.name}` });
+    "aria-label": `Retry ${label}` });
   retry.onclick = () => retryJob(job.id);
   const remove = element("button", { type: "button", class: "delete", text: "Delete",
-    "aria-label": `Delete ${job.name}` });
+    "aria-label": `Delete ${label}` });
   remove.onclick = () => deleteJob(job.id);
   const details = element("details", {}, element("summary", { text: "Details" }),
     element("p", { class: "details" }));
@@ -272,7 +280,7 @@ function jobItem(job) {
     element("span", { class: "meta" }, element("span", { class: "state" }),
       element("span", { class: "in-player", text: " · in the player" }),
       element("span", { class: "about" })),
-    element("progress", { max: "1", value: "0", "aria-label": `Separating ${job.name}` }),
+    element("progress", { max: "1", value: "0", "aria-label": `Separating ${label}` }),
     element("div", { class: "problem" }, element("p", { class: "error" }), details));
   // the newest first: after the oldest of the songs newer than this one that are shown
   const newer = [...state.jobs.values()].filter((other) => other.created > job.created)
