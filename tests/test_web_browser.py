@@ -146,6 +146,17 @@ def focused(page) -> str:
     )
 
 
+def description(page, selector: str) -> str | None:
+    """The accessible description of the element matching `selector`, as Chromium computes it
+    (what a screen reader says after its name and role)."""
+    cdp = page.context.new_cdp_session(page)
+    root = cdp.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    tree = cdp.send("Accessibility.getPartialAXTree", {"nodeId": node, "fetchRelatives": False})
+    cdp.detach()
+    return tree["nodes"][0].get("description", {}).get("value")
+
+
 def tab_to(page, selector: str, limit: int = 80) -> None:
     """Press Tab until the element matching `selector` has the focus."""
     for _ in range(limit):
@@ -328,6 +339,8 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
     assert item.get_attribute("class") == "state-failed" and item.locator(".error").is_visible()
     assert axe_violations(page) == []
+    # Retry is described by the error, that a screen reader says with it
+    assert description(page, f"#job-{job['id']} .retry") == item.locator(".error").text_content()
     first = store.job(job["id"])["finished"]
     item.locator("button.retry").focus()
     with page.expect_response(f"**/api/jobs/{job['id']}/retry") as retried:
@@ -359,6 +372,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     error = page.wait_for_selector("#jobs li.upload .error:not([hidden])")
     assert error.text_content().startswith("notes.mp3 is not decodable audio")
     assert page.text_content("#announcer") == error.text_content()
+    assert description(page, "#jobs li.upload .dismiss") == error.text_content()
     assert page.problems == [  # that refusal, and nothing else (no favicon 404, no error)
         "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
     ]

@@ -169,7 +169,7 @@ function renderUpload(entry) {
   let item = document.getElementById(entry.key);
   if (!item) {
     const dismiss = element("button", { type: "button", class: "dismiss", text: "Dismiss",
-      "aria-label": `Dismiss ${entry.name}` });
+      "aria-label": `Dismiss ${entry.name}`, "aria-describedby": `${entry.key}-error` });
     dismiss.onclick = () => {
       state.uploads.delete(entry.key);
       item.remove();
@@ -181,7 +181,7 @@ function renderUpload(entry) {
       element("span", { class: "actions" }, dismiss),
       element("span", { class: "meta" }, element("span", { class: "state" })),
       element("progress", { max: "1", value: "0", "aria-label": `Uploading ${entry.name}` }),
-      element("p", { class: "error problem" }));
+      element("p", { class: "error problem", id: `${entry.key}-error` }));
     $("#jobs").prepend(item);
   }
   item.className = entry.error ? "upload state-failed" : "upload";
@@ -266,8 +266,9 @@ function jobItem(job) {
   const listen = element("button", { type: "button", class: "listen", text: "Listen",
     "aria-label": `Listen to ${label}` });
   listen.onclick = () => openPlayer(job.id, { focus: true });
+  // Retry is shown with an error only: the error describes it
   const retry = element("button", { type: "button", class: "retry", text: "Retry",
-    "aria-label": `Retry ${label}` });
+    "aria-label": `Retry ${label}`, "aria-describedby": `${id}-error` });
   retry.onclick = () => retryJob(job.id);
   const remove = element("button", { type: "button", class: "delete", text: "Delete",
     "aria-label": `Delete ${label}` });
@@ -281,7 +282,8 @@ function jobItem(job) {
       element("span", { class: "in-player", text: " · in the player" }),
       element("span", { class: "about" })),
     element("progress", { max: "1", value: "0", "aria-label": `Separating ${label}` }),
-    element("div", { class: "problem" }, element("p", { class: "error" }), details));
+    element("div", { class: "problem" }, element("p", { class: "error", id: `${id}-error` }),
+      details));
   // the newest first: after the oldest of the songs newer than this one that are shown
   const newer = [...state.jobs.values()].filter((other) => other.created > job.created)
     .sort((a, b) => a.created - b.created)
