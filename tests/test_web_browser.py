@@ -326,15 +326,15 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert wait(store, job["id"])["state"] == "failed"
     item = page.locator(f"#job-{job['id']}")
     item.locator(".error").wait_for()
-    assert item.locator(".error").text_content() == (
-        "offline mode is on and model umxl is not in the cache"
+    summary = (  # what is wrong, and what to do
+        "offline mode is on and model umxl is not in the cache: run UMX_OFFLINE=0 umx download "
+        "umxl, then Retry"
     )
+    assert item.locator(".error").text_content() == summary
     assert item.locator("details").is_visible()
     assert "umx" in item.locator("details p").text_content()
     # screen readers hear it: the page saw the job queued, so its end is a change it tells
-    assert page.text_content("#announcer") == (
-        "offline.wav: failed: offline mode is on and model umxl is not in the cache"
-    )
+    assert page.text_content("#announcer") == f"offline.wav: failed: {summary}"
     assert page.get_attribute("#announcer", "role") == "status"
     page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
     assert item.get_attribute("class") == "state-failed" and item.locator(".error").is_visible()

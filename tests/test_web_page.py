@@ -140,7 +140,10 @@ def test_retry_queues_a_failed_job_again(served):
     failed = post(client, song_bytes(0.3, seed=9), name="offline.wav", model="umxl").json()
     job = wait(store, failed["id"])
     assert job["state"] == FAILED
-    assert job["error_summary"] == "offline mode is on and model umxl is not in the cache"
+    assert job["error_summary"] == (
+        "offline mode is on and model umxl is not in the cache: run UMX_OFFLINE=0 umx download "
+        "umxl, then Retry"
+    )
     again = client.post(f"/api/jobs/{job['id']}/retry")
     assert again.status_code == 200 and again.json()["state"] == QUEUED
     assert again.json()["error"] is None
@@ -183,7 +186,8 @@ def test_favicon(served):
     [
         (
             "offline mode is on and model umxl is not in the cache: save https://x as /y",
-            "offline mode is on and model umxl is not in the cache",
+            "offline mode is on and model umxl is not in the cache: run UMX_OFFLINE=0 umx "
+            "download umxl, then Retry",
         ),
         (
             "notes.mp3 is not decodable audio (libsndfile: unknown format)",

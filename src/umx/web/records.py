@@ -43,6 +43,7 @@ ORIGINAL = "mixture"
 SUMMARY_MIN, SUMMARY_MAX = 24, 160
 """An error's summary ends at its first `: ` or ` (` past SUMMARY_MIN characters, and is cut
 at SUMMARY_MAX: the page shows it in one line, the whole message on request."""
+_OFFLINE_MISSING = re.compile(r"offline mode is on and model (\S+) is not in the cache")
 INPUT, STEMS, DOWNLOADS = "input", "stems", "downloads"
 MANIFEST = "jobs.jsonl"
 """The store's manifest, in the data directory: every job's records (`umx.jobs.Manifest`)."""
@@ -103,9 +104,13 @@ def model_targets(model: str) -> list[str]:
 
 
 def error_summary(message: str) -> str:
-    """The first clause of an error message, for a one-line display (see `SUMMARY_MIN`)."""
+    """The first clause of an error message, for a one-line display (see `SUMMARY_MIN`); that a
+    named model is missing offline says what to do (the page's Retry then separates the song)."""
     match = re.compile(r": | \(").search(message, SUMMARY_MIN)
     summary = message[: match.start()] if match else message
+    missing = _OFFLINE_MISSING.fullmatch(summary)
+    if missing:
+        summary += f": run UMX_OFFLINE=0 umx download {missing[1]}, then Retry"
     return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1] + "…"
 
 
