@@ -517,3 +517,26 @@ def test_the_song_in_the_player_is_told_apart_from_the_others(
         assert names[0] != names[1] and all(name.lower().startswith(action) for name in names)
         assert all(finished_song.name in name and "umxsynth" in name for name in names)
     assert page.problems == []
+
+
+def test_stems_that_fail_to_load_offer_to_try_again(served, finished, page_at):
+    page = page_at("desktop")
+
+    def fail(route):  # one stem's answer
+        route.fulfill(status=503, json={"error": "the disk is busy"})
+
+    page.route("**/stems/vocals.wav", fail)
+    page.goto(f"{served[1]}#job={finished}")
+    page.wait_for_selector("#player[data-state=failed]")
+    assert page.text_content("#loading") == "The stems could not be loaded: the disk is busy"
+    # nothing that acts on stems not loaded: no presets, no downloads, no wrong message
+    assert page.is_hidden(".presets") and page.is_hidden(".downloads")
+    page.unroute("**/stems/vocals.wav", fail)
+    page.focus("#reload")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#player[data-state=ready]")
+    assert page.is_visible(".presets") and page.is_visible("#mix") and page.is_hidden("#reload")
+    assert focused(page) == "h2#title.[]"
+    assert page.problems == [
+        "Failed to load resource: the server responded with a status of 503 (Service Unavailable)"
+    ]

@@ -668,18 +668,22 @@ async function openPlayer(id, { focus = false } = {}) {
   $("#mix-note").textContent = "";
   $("#tracks").replaceChildren();
   $("#play").disabled = $("#seek").disabled = true;
+  // the presets and downloads act on loaded stems: shown once they are
+  $(".presets").hidden = $(".downloads").hidden = $("#reload").hidden = true;
   if (focus) $("#title").focus();
   try {
     await player.load();
   } catch (error) {
     if (state.player === player) {
       $("#loading").textContent = `The stems could not be loaded: ${error.message}`;
+      $("#reload").hidden = false;
       $("#player").dataset.state = "failed";
     }
     return;
   }
   if (state.player !== player) return;  // another song was opened meanwhile
   $("#loading").textContent = "";
+  $(".presets").hidden = $(".downloads").hidden = false;
   $("#tracks").replaceChildren(...player.tracks.map((track) => trackRow(player, track)));
   const vocals = player.stems.some((stem) => stem.name === "vocals");
   const vocalPresets = document.querySelectorAll("[data-preset=karaoke], [data-preset=acappella]");
@@ -725,6 +729,8 @@ function setUpPlayer() {
   $("#seek").onkeydown = seekKey;
   $("#format").onchange = updateDownloads;
   $("#mix").onclick = downloadMix;
+  // the stems failed to load: load them again, the focus on the player's title (the button goes)
+  $("#reload").onclick = () => state.player && openPlayer(state.player.job.id, { focus: true });
   for (const button of document.querySelectorAll("[data-preset]")) {
     button.onclick = () => state.player?.preset(button.dataset.preset);
   }
