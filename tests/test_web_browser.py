@@ -540,3 +540,26 @@ def test_stems_that_fail_to_load_offer_to_try_again(served, finished, page_at):
     assert page.problems == [
         "Failed to load resource: the server responded with a status of 503 (Service Unavailable)"
     ]
+
+
+def test_an_upload_can_be_cancelled(served, page_at):
+    page = page_at("desktop")
+    page.goto(served[1])
+    page.wait_for_selector("html[data-state=ready]")
+    page.evaluate(
+        """() => { window.aborted = 0; const abort = XMLHttpRequest.prototype.abort;
+            XMLHttpRequest.prototype.abort = function () { window.aborted++;
+                return abort.call(this); }; }"""
+    )
+    page.route("**/api/jobs?*", lambda route: None)  # the server never answers: still sending
+    page.evaluate("() => upload(new File(['a long song'], 'slow.wav'))")
+    cancel = page.locator("#jobs li.upload button.cancel")
+    assert cancel.count() == 1 and cancel.is_visible()
+    assert cancel.get_attribute("aria-label") == "Cancel the upload of slow.wav"
+    cancel.focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("window.aborted") == 1
+    assert page.locator("#jobs li.upload").count() == 0
+    assert focused(page) == "button#choose.[]"  # where the next song is chosen
+    assert page.text_content("#announcer") == "slow.wav: upload cancelled"
+    assert page.problems == []

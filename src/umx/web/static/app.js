@@ -135,6 +135,7 @@ function upload(file) {
   const query = new URLSearchParams({ name: file.name, model: $("#model").value,
     stems: $("#stems").value });
   const request = new XMLHttpRequest();
+  entry.request = request;  // its Cancel aborts it
   request.open("POST", `/api/jobs?${query}`);
   request.upload.onprogress = (event) => {
     if (event.lengthComputable) entry.progress = event.loaded / event.total;
@@ -170,15 +171,23 @@ function renderUpload(entry) {
   if (!item) {
     const dismiss = element("button", { type: "button", class: "dismiss", text: "Dismiss",
       "aria-label": `Dismiss ${entry.name}`, "aria-describedby": `${entry.key}-error` });
-    dismiss.onclick = () => {
+    const drop = () => {
       state.uploads.delete(entry.key);
       item.remove();
       renderEmpty();
-      $("#choose").focus();
+      $("#choose").focus();  // the item and its buttons are gone: where the next song is chosen
+    };
+    dismiss.onclick = drop;
+    const cancel = element("button", { type: "button", class: "cancel", text: "Cancel",
+      "aria-label": `Cancel the upload of ${entry.name}` });
+    cancel.onclick = () => {
+      entry.request?.abort();
+      drop();
+      announce(`${entry.name}: upload cancelled`);
     };
     item = element("li", { id: entry.key, class: "upload" },
       element("span", { class: "name", text: entry.name }),
-      element("span", { class: "actions" }, dismiss),
+      element("span", { class: "actions" }, cancel, dismiss),
       element("span", { class: "meta" }, element("span", { class: "state" })),
       element("progress", { max: "1", value: "0", "aria-label": `Uploading ${entry.name}` }),
       element("p", { class: "error problem", id: `${entry.key}-error` }));
@@ -186,6 +195,7 @@ function renderUpload(entry) {
   }
   item.className = entry.error ? "upload state-failed" : "upload";
   item.querySelector(".dismiss").hidden = !entry.error;
+  item.querySelector(".cancel").hidden = Boolean(entry.error);
   item.querySelector(".state").textContent = entry.error ? "refused"
     : `uploading ${Math.round(entry.progress * 100)} %`;
   item.querySelector("progress").hidden = Boolean(entry.error);
