@@ -429,6 +429,15 @@ def test_larger_text_on_a_small_phone_does_not_scroll_sideways(served, finished,
             "() => { const s = document.scrollingElement; return [s.scrollWidth, s.clientWidth]; }"
         )
         assert width[0] <= width[1], f"{percent} %: {width[0]} px wide in {width[1]}"
+        # nor is a select cut off by its label or its panel
+        beyond = page.evaluate(
+            """() => [...document.querySelectorAll('select')].filter((select) => {
+                const right = select.getBoundingClientRect().right;
+                return right > select.closest('label').getBoundingClientRect().right + 0.5 ||
+                    right > select.closest('section').getBoundingClientRect().right; })
+                .map((select) => select.id)"""
+        )
+        assert beyond == [], f"{percent} %"
     assert page.problems == []
 
 
