@@ -146,15 +146,15 @@ def focused(page) -> str:
     )
 
 
-def description(page, selector: str) -> str | None:
-    """The accessible description of the element matching `selector`, as Chromium computes it
-    (what a screen reader says after its name and role)."""
+def description(page, selector: str, what: str = "description") -> str | None:
+    """The accessible description (or `what="name"`, its name) of the element matching
+    `selector`, as Chromium computes them (the description is said after the name and role)."""
     cdp = page.context.new_cdp_session(page)
     root = cdp.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
     node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
     tree = cdp.send("Accessibility.getPartialAXTree", {"nodeId": node, "fetchRelatives": False})
     cdp.detach()
-    return tree["nodes"][0].get("description", {}).get("value")
+    return tree["nodes"][0].get(what, {}).get("value")
 
 
 def tab_to(page, selector: str, limit: int = 80) -> None:
@@ -571,4 +571,25 @@ def test_an_upload_can_be_cancelled(served, page_at):
     assert page.locator("#jobs li.upload").count() == 0
     assert focused(page) == "button#choose.[]"  # where the next song is chosen
     assert page.text_content("#announcer") == "slow.wav: upload cancelled"
+    assert page.problems == []
+
+
+def test_stem_downloads_show_their_stem_and_the_waveforms_line_up(served, finished, page_at):
+    page = page_at("desktop")
+    open_player(page, served[1], finished)
+    for stem in TARGETS:
+        link = f".track[data-stem={stem}] a.download"
+        shown = page.eval_on_selector(
+            link,
+            """(a) => [...a.childNodes].filter((n) => !n.classList?.contains('visually-hidden'))
+                .map((n) => n.textContent).join('')""",
+        )
+        assert shown == f"↓ {stem}"  # the visible words are in the name
+        assert description(page, link, "name") == f"Download {stem}"
+    # the rows share their columns: the waveforms start and end alike, the original's too
+    edges = page.locator(".track canvas").evaluate_all(
+        "canvases => canvases.map((c) => { const box = c.getBoundingClientRect();"
+        "    return [box.left, box.right]; })"
+    )
+    assert len(edges) == 5 and all(edge == edges[0] for edge in edges)
     assert page.problems == []

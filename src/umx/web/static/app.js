@@ -609,8 +609,10 @@ function trackRow(player, track) {
   const controls = element("span", { class: "controls" }, volume, shown, track.muteButton,
     track.soloButton);
   if (!track.original) {
-    track.download = element("a", { class: "button download", text: "↓",
-      "aria-label": `Download ${track.label}`, download: "" });
+    // shown "↓ vocals", named "Download vocals": the name holds the visible words
+    track.download = element("a", { class: "button download", download: "" },
+      element("span", { "aria-hidden": "true", text: "↓ " }),
+      element("span", { class: "visually-hidden", text: "Download " }), track.label);
     controls.append(track.download);
   }
   track.row = element("div", {
