@@ -315,6 +315,9 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert page.text_content("#model option[value=umxl]") == "umxl (not available)"
     note = page.text_content("#unavailable")
     assert "umxl" in note and "offline mode is on" in note and "umx download umxl" in note
+    # said with the model's choice, after what the chosen model is
+    told = description(page, "#model")
+    assert told.startswith(page.text_content("#model-note")) and told.endswith(note.strip())
 
     # a job of umxl (by the API: the page offers it no more) fails; one line, details, Retry
     song = tmp_path / "offline.wav"
