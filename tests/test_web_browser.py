@@ -596,3 +596,52 @@ def test_stem_downloads_show_their_stem_and_the_waveforms_line_up(served, finish
     )
     assert len(edges) == 5 and all(edge == edges[0] for edge in edges)
     assert page.problems == []
+
+
+def contrast(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+    """WCAG's contrast ratio of two sRGB colours (0-255 channels)."""
+
+    def luminance(colour):
+        linear = [
+            c / 255 / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in colour
+        ]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(first[:3]), luminance(second[:3])), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_waveforms_keep_3_to_1_and_a_silent_track_is_said_in_words(served, finished, page_at):
+    """Every colour a waveform is drawn in (played per stem, not played yet, as drawn on the
+    canvas) stands at 3:1 or more against its row's background; a silent track (the original
+    mix starts muted) is greyed and labelled "silent", not faded below that."""
+    page = page_at("desktop")
+    open_player(page, served[1], finished)
+    colours = page.evaluate(
+        """() => [...document.querySelectorAll('#tracks canvas')].map((canvas) => {
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+            const seen = new Set();
+            for (let i = 0; i < data.data.length; i += 4)
+                if (data.data[i + 3] === 255) seen.add(data.data.slice(i, i + 3).join());
+            return [getComputedStyle(canvas).backgroundColor, [...seen]]; })"""
+    )
+    drawn = set(page.evaluate("[...Object.values(COLORS), UNPLAYED]"))
+    assert len(colours) == 5
+    for background, pixels in colours:
+        back = tuple(int(v) for v in background[4:-1].split(","))
+        assert pixels  # drawn: the stems are not silent
+        for pixel in pixels:  # the playhead (#1d1d1f) and the not played part at position 0
+            assert contrast(tuple(map(int, pixel.split(","))), back) >= 3, (pixel, background)
+        for colour in drawn:
+            rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+            assert contrast(rgb, back) >= 3, (colour, background)
+    silent = page.locator(".track.original")
+    assert "silent" in silent.get_attribute("class")
+    look = (
+        "(row) => [getComputedStyle(row.querySelector('canvas')).filter, "
+        "getComputedStyle(row.querySelector('canvas')).opacity, "
+        "getComputedStyle(row.querySelector('.label'), '::after').content]"
+    )
+    assert silent.evaluate(look) == ["grayscale(1)", "1", '" · silent"']
+    assert page.locator(".track.stem").first.evaluate(look)[2] == "none"
+    assert page.problems == []

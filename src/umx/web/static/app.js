@@ -4,6 +4,8 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
+// the part not played yet: 3:1 or more against the waveforms' backgrounds, as every colour here
+const UNPLAYED = "#767a80";
 const COLORS = {
   vocals: "#d9480f", drums: "#2d6cdf", bass: "#7048e8", other: "#2b8a3e",
   accompaniment: "#2b8a3e", mixture: "#495057",
@@ -571,7 +573,7 @@ function drawWaveform(track, fraction) {
   const scale = track.peaks.peak > 0 ? (middle * 0.95) / track.peaks.peak : 0;
   const played = Math.round(fraction * width);
   for (let x = 0; x < width; x++) {
-    context.fillStyle = x < played ? COLORS[track.name] || "#495057" : "#9a9ea3";
+    context.fillStyle = x < played ? COLORS[track.name] || "#495057" : UNPLAYED;
     const top = middle - track.peaks.high[x] * scale;
     const bottom = middle - track.peaks.low[x] * scale;
     context.fillRect(x, top, 1, Math.max(1, bottom - top));
