@@ -988,6 +988,78 @@ def test_unwritable_cache(tiny, tmp_path, monkeypatch):
         load_separator("tiny")
 
 
+# --- misbehaving servers and bad settings --------------------------------------------------------
+
+TRICKLE_S = 0.02  # the pause of the trickling server between two bytes
+TRICKLE_BYTES = 500  # and the most it sends: the test ends even if umx never gives up
+
+
+@pytest.fixture
+def hostile(server, monkeypatch):
+    """A server on 127.0.0.1 that sends the files of `server` badly, by the first part of the
+    path: `/badlen/NAME` and `/neglen/NAME` with a Content-Length of "abc" or "-5", `/truncate/`
+    half the file it declares, `/trickle/` a byte every `TRICKLE_S` seconds, `/loop/` a redirect
+    to itself. `hostile(mode)` points `$UMX_ZOO_URL` at one of them and returns its address."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            _, mode, name = self.path.split("/", 2)
+            path = server.root / "files" / name
+            data = path.read_bytes() if path.is_file() else b""
+            self.close_connection = True
+            if mode == "loop":
+                self.send_response(302)
+                self.send_header("Location", self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            length = {"badlen": "abc", "neglen": "-5"}.get(mode, str(len(data)))
+            self.send_header("Content-Length", length)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                if mode == "trickle":
+                    for i in range(min(len(data), TRICKLE_BYTES)):
+                        if stop.wait(TRICKLE_S):
+                            break
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(data[: len(data) // 2] if mode == "truncate" else data)
+            except (BrokenPipeError, ConnectionResetError):  # umx gave up: fine
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def use(mode):
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{mode}"
+        monkeypatch.setenv("UMX_ZOO_URL", url)
+        return url
+
+    yield use
+    stop.set()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("mode", ["badlen", "neglen"])
+def test_a_malformed_content_length_is_taken_as_unknown(tiny, hostile, mode):
+    hostile(mode)
+    loaded = load_separator("tiny", progress=False)
+    assert loaded.targets == ["speech", "noise"]
+    assert sorted(p.name for p in tiny.cache.iterdir()) == sorted(tiny.entry.weights.values())
+
+
 # --- the default model and its fallback ----------------------------------------------------------
 
 

@@ -68,6 +68,14 @@ def verify_file(path: str | os.PathLike, *, url: str | None = None) -> None:
         )
 
 
+def _declared_length(value: str | None) -> int | None:
+    """The length a `Content-Length` header declares, or None when it declares none: absent,
+    or not a whole number of bytes ("abc", "-5"), which http.client too takes as no length (the
+    data then runs until the server closes the connection)."""
+    value = (value or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def _network_reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
@@ -172,9 +180,9 @@ def download_file(
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         try:
             with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
+                total = _declared_length(response.headers.get("Content-Length"))
                 with tqdm(
-                    total=total,
+                    total=total or None,
                     desc=destination.name,
                     unit="B",
                     unit_scale=True,
