@@ -1060,6 +1060,35 @@ def test_a_malformed_content_length_is_taken_as_unknown(tiny, hostile, mode):
     assert sorted(p.name for p in tiny.cache.iterdir()) == sorted(tiny.entry.weights.values())
 
 
+@pytest.mark.parametrize("value", ["zenodo.org/x", "http://[::1/files", "ftp://127.0.0.1/x"])
+def test_a_mirror_address_that_is_not_one_is_refused_in_one_line(
+    defaults, monkeypatch, capsys, value
+):
+    """Named or default, the model is not had: the setting is to be corrected, not ignored."""
+    from umx.cli import main
+
+    monkeypatch.setenv("UMX_ZOO_URL", value)
+    for load in (lambda: download_models(["umxl"], progress=False), load_separator):
+        with pytest.raises(UmxError) as error:
+            load()
+        assert str(error.value).startswith(
+            "UMX_ZOO_URL must be the http://, https:// or file:// address of a folder holding "
+        )
+        assert repr(value) in str(error.value)
+    assert main(["download"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "UMX_ZOO_URL" in err and "Traceback" not in err
+    crashed = []  # the probe's thread reports a bad address, not a traceback
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    assert download.probe(value) is not None and crashed == []
+
+
+def test_a_file_address_is_a_mirror(tiny, server, monkeypatch):
+    monkeypatch.setenv("UMX_ZOO_URL", (server.root / "files").as_uri())
+    assert download_models(["tiny"], progress=False) == [tiny.cache]
+    assert server.requests == []
+
+
 # --- the default model and its fallback ----------------------------------------------------------
 
 

@@ -127,8 +127,8 @@ def probe(url: str) -> str | None:
     import urllib.request  # with http.client, only when the network is used
 
     def attempt() -> None:
-        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
         try:
+            request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
             with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
                 outcome.append(None)
         except urllib.error.HTTPError:
@@ -177,8 +177,8 @@ def download_file(
     from tqdm import tqdm
 
     def fetch(out: IO[bytes]) -> None:
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         try:
+            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
             with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 total = _declared_length(response.headers.get("Content-Length"))
                 with tqdm(
@@ -195,7 +195,13 @@ def download_file(
                         out.write(chunk)
                         digest.update(chunk)
                         bar.update(len(chunk))
-        except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError) as error:
+        except (
+            urllib.error.URLError,
+            HTTPException,
+            ConnectionError,
+            TimeoutError,
+            ValueError,  # an address urllib cannot use
+        ) as error:
             failure = f"could not download {url} ({_network_reason(error)})"
             raise Unavailable(f"{failure}; {hint}", failure) from error
         if not digest.hexdigest().startswith(expected):

@@ -9,6 +9,7 @@ first 8 hex digits of their SHA-256 in their name (see `umx.zoo.download`).
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ class ZooEntry:
         """Download address of a target's weights, from `$UMX_ZOO_URL` if set, else Zenodo."""
         if self.record is None:
             raise ValueError(f"model {self.name!r} is bundled, not downloaded")
-        base = os.environ.get(MIRROR_ENV) or ZENODO_URL.format(record=self.record)
+        base = mirror_url() or ZENODO_URL.format(record=self.record)
         return f"{base.rstrip('/')}/{self.weights[target]}"
 
     def missing(self, targets: Sequence[str] | None = None) -> list[str]:
@@ -257,6 +258,30 @@ def cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "umx"
     return Path.home() / ".cache" / "umx"
+
+
+def mirror_url() -> str | None:
+    """`$UMX_ZOO_URL`, the address of a folder that holds the weights instead of Zenodo, or None.
+
+    Raises:
+        UmxError: it is not an http://, https:// or file:// address (no scheme, no host, an
+            unclosed `[`).
+    """
+    value = os.environ.get(MIRROR_ENV)
+    if not value:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    scheme = parts.scheme.lower() if parts else ""
+    if scheme not in ("http", "https", "file") or (scheme != "file" and not parts.hostname):
+        raise UmxError(
+            f"{MIRROR_ENV} must be the http://, https:// or file:// address of a folder holding "
+            f"the weights, not {short.repr(value)}: correct it, or unset it to use Zenodo"
+        )
+    return value
 
 
 def model_cache_dir(name: str) -> Path:
