@@ -762,6 +762,23 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert registry.model_cache_dir("umxhq") == tmp_path / "umx" / "umxhq"
 
 
+@pytest.mark.parametrize("variable", ["UMX_CACHE", "XDG_CACHE_HOME"])
+def test_a_cache_of_an_unknown_user_is_refused_in_one_line(monkeypatch, capsys, variable):
+    from umx.cli import main
+
+    monkeypatch.delenv("UMX_CACHE", raising=False)
+    monkeypatch.setenv(variable, "~umx-no-such-user/cache")
+    with pytest.raises(UmxError) as error:
+        cache_dir()
+    assert str(error.value) == (
+        f"{variable} is '~umx-no-such-user/cache', but that user has no home directory here: "
+        "set it to a full path"
+    )
+    assert main(["--list-models"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and variable in err and "Traceback" not in err
+
+
 @dataclass
 class Server:
     url: str

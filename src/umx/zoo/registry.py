@@ -252,12 +252,29 @@ def list_models() -> list[ModelInfo]:
 
 
 def cache_dir() -> Path:
-    """The model cache: `$UMX_CACHE`, else `$XDG_CACHE_HOME/umx`, else `~/.cache/umx`."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "umx"
-    return Path.home() / ".cache" / "umx"
+    """The model cache: `$UMX_CACHE`, else `$XDG_CACHE_HOME/umx`, else `~/.cache/umx`.
+
+    Raises:
+        UmxError: the variable used starts with the `~user` of a user unknown here, or, with
+            neither set, the home directory cannot be found.
+    """
+    for variable, inside in ((CACHE_ENV, ()), ("XDG_CACHE_HOME", ("umx",))):
+        value = os.environ.get(variable)
+        if value:
+            try:
+                return Path(value).expanduser().joinpath(*inside)
+            except RuntimeError:  # "Could not determine home directory"
+                raise UmxError(
+                    f"{variable} is {short.repr(value)}, but that user has no home directory "
+                    "here: set it to a full path"
+                ) from None
+    try:
+        return Path.home() / ".cache" / "umx"
+    except RuntimeError:
+        raise UmxError(
+            f"the home directory, where the model cache goes, is unknown: set {CACHE_ENV} to a "
+            "folder for the cache"
+        ) from None
 
 
 def mirror_url() -> str | None:
