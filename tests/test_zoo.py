@@ -1077,6 +1077,19 @@ def test_a_malformed_content_length_is_taken_as_unknown(tiny, hostile, mode):
     assert sorted(p.name for p in tiny.cache.iterdir()) == sorted(tiny.entry.weights.values())
 
 
+def test_a_download_cut_off_says_so_not_that_the_file_is_corrupt(tiny, server, hostile):
+    url = hostile("truncate")
+    name = tiny.entry.weights["speech"]
+    size = (server.root / "files" / name).stat().st_size
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny", targets=["speech"], progress=False)
+    assert str(error.value) == (
+        f"could not download {url}/{name} (cut off after {size // 2} of {size} bytes); run "
+        f"again, or to install tiny by hand, save {url}/{name} as {tiny.cache / name}"
+    )
+    assert not any(tiny.cache.iterdir())
+
+
 @pytest.mark.parametrize("value", ["zenodo.org/x", "http://[::1/files", "ftp://127.0.0.1/x"])
 def test_a_mirror_address_that_is_not_one_is_refused_in_one_line(
     defaults, monkeypatch, capsys, value

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, short
@@ -147,6 +147,22 @@ def probe(url: str) -> str | None:
     return outcome[0]
 
 
+def _receive(response: IO[bytes], out: IO[bytes], digest: Any, bar: Any) -> int:
+    """Copy the body of `response` to `out`, into `digest` and onto the progress `bar`.
+
+    Returns:
+        the number of bytes received, which may be fewer than the response declared: a
+        connection closed early ends the body without an error.
+    """
+    received = 0
+    while chunk := response.read(DOWNLOAD_CHUNK):
+        out.write(chunk)
+        digest.update(chunk)
+        bar.update(len(chunk))
+        received += len(chunk)
+    return received
+
+
 def download_file(
     url: str, destination: str | os.PathLike, *, progress: bool = True, hint: str | None = None
 ) -> None:
@@ -191,10 +207,7 @@ def download_file(
                     disable=not progress or not sys.stderr.isatty(),
                     leave=False,
                 ) as bar:
-                    while chunk := response.read(DOWNLOAD_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
+                    received = _receive(response, out, digest, bar)
         except (
             urllib.error.URLError,
             HTTPException,
@@ -204,6 +217,9 @@ def download_file(
         ) as error:
             failure = f"could not download {url} ({_network_reason(error)})"
             raise Unavailable(f"{failure}; {hint}", failure) from error
+        if total is not None and received < total:  # http.client's read does not say so
+            failure = f"could not download {url} (cut off after {received} of {total} bytes)"
+            raise Unavailable(f"{failure}; run again, or {hint}", failure)
         if not digest.hexdigest().startswith(expected):
             raise Unavailable(
                 f"the file downloaded from {url} for {destination} is corrupt and was deleted: "
