@@ -1090,6 +1090,19 @@ def test_a_download_cut_off_says_so_not_that_the_file_is_corrupt(tiny, server, h
     assert not any(tiny.cache.iterdir())
 
 
+def test_a_redirect_loop_is_reported_in_one_line(tiny, hostile):
+    url = hostile("loop")
+    name = tiny.entry.weights["speech"]
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny", targets=["speech"], progress=False)
+    message = str(error.value)
+    assert message.startswith(
+        f"could not download {url}/{name} (HTTP 302 The HTTP server returned a redirect error "
+        "that would lead to an infinite loop. The last 30x error message was: Found); "
+    )
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize("value", ["zenodo.org/x", "http://[::1/files", "ftp://127.0.0.1/x"])
 def test_a_mirror_address_that_is_not_one_is_refused_in_one_line(
     defaults, monkeypatch, capsys, value

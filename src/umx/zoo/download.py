@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
-from umx.errors import UmxError, short
+from umx.errors import UmxError, printable, short
 from umx.files import sha256_file, write_atomic
 from umx.zoo.registry import MODELS, ZooEntry, find_model, model_targets
 
@@ -77,13 +77,18 @@ def _declared_length(value: str | None) -> int | None:
 
 
 def _network_reason(error: BaseException) -> str:
+    """Why a request failed, in a few words on one line (urllib's reason for a redirect loop
+    spans three)."""
     if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code} {error.reason}"
-    if isinstance(error, urllib.error.URLError):
-        error = error.reason if isinstance(error.reason, BaseException) else error
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__
+        reason = f"HTTP {error.code} {error.reason}"
+    else:
+        if isinstance(error, urllib.error.URLError):
+            error = error.reason if isinstance(error.reason, BaseException) else error
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror
+        else:
+            reason = str(error) or type(error).__name__
+    return printable(" ".join(reason.split()))
 
 
 class Unavailable(UmxError):
