@@ -7,6 +7,7 @@ network.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import json
@@ -935,6 +936,32 @@ def test_corrupt_cache_file_whose_download_fails_says_where_to_get_it(tiny, serv
     assert message.startswith(f"{cached.name} in the cache was corrupt and has been deleted")
     assert "HTTP 404" in message
     assert f"save {server.url}/{cached.name} as {cached}" in message
+
+
+def test_corrupt_cache_file_that_cannot_be_deleted_is_said_to_be_corrupt(tiny, server, monkeypatch):
+    load_separator("tiny")
+    cached = tiny.cache / tiny.entry.weights["speech"]
+    with cached.open("ab") as file:
+        file.write(b"tampered")
+    unlink = Path.unlink
+
+    def read_only(path, *args, **kwargs):
+        if path == cached:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    for offline in (False, True):
+        with pytest.raises(UmxError) as error:
+            load_separator("tiny", offline=offline)
+        message = str(error.value)
+        assert message.startswith(f"{cached} is corrupt (its SHA-256 is ")
+        assert (
+            f"and could not be deleted (Read-only file system): replace it with "
+            f"{server.url}/{cached.name}, or set UMX_CACHE to a writable folder"
+        ) in message
+        assert "\n" not in message
+    assert cached.exists() and len(server.requests) == 2
 
 
 def test_download_with_a_wrong_hash_is_deleted(tiny, server, monkeypatch):

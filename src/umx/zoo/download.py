@@ -22,7 +22,7 @@ from typing import IO, Any
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, printable, short
 from umx.files import sha256_file, write_atomic
-from umx.zoo.registry import MODELS, ZooEntry, find_model, model_targets
+from umx.zoo.registry import CACHE_ENV, MODELS, ZooEntry, find_model, model_targets
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +54,24 @@ def verify_file(path: str | os.PathLike, *, url: str | None = None) -> None:
         url: where a good copy is downloaded from, for the error message.
 
     Raises:
-        UmxError: the file does not match its name; it has been deleted.
+        UmxError: the file does not match its name; it has been deleted, unless the cache is
+            read-only (then `path` still exists, and the message says it is corrupt).
     """
     path = Path(path)
     expected = _expected_hash(path)
     actual = sha256_file(path)
     if not actual.startswith(expected):
-        path.unlink()
+        mismatch = f"its SHA-256 is {actual} but its name says it starts with {expected}"
+        try:
+            path.unlink()
+        except OSError as error:
+            remedy = f"replace it with {url}" if url else "delete it and run again"
+            raise UmxError(
+                f"{path} is corrupt ({mismatch}) and could not be deleted "
+                f"({error.strerror or error}): {remedy}, or set {CACHE_ENV} to a writable folder"
+            ) from None
         remedy = f"download {url} and save it as {path}" if url else "run again to download it"
-        raise UmxError(
-            f"{path} is corrupt and has been deleted: its SHA-256 is {actual} but its name says "
-            f"it starts with {expected}; {remedy}"
-        )
+        raise UmxError(f"{path} is corrupt and has been deleted: {mismatch}; {remedy}")
 
 
 def _declared_length(value: str | None) -> int | None:
@@ -282,6 +288,8 @@ def fetch_targets(entry: ZooEntry, selected: Sequence[str], progress: bool, offl
             try:
                 verify_file(path, url=entry.url(target))
             except UmxError as error:
+                if path.exists():  # a read-only cache: downloading it again would fail too
+                    raise Unavailable(str(error), f"{path.name} in the cache is corrupt") from None
                 if offline:
                     raise Unavailable(
                         f"{error} (offline mode is on)", f"{path.name} in the cache is corrupt"
