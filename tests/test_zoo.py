@@ -1028,8 +1028,29 @@ def test_unwritable_cache(tiny, tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     monkeypatch.setenv("UMX_CACHE", str(blocker))
-    with pytest.raises(UmxError, match=re.escape(f"could not save {blocker / 'tiny'}")):
+    with pytest.raises(UmxError, match=re.escape(f"could not save {blocker / 'tiny'}")) as error:
         load_separator("tiny")
+    assert str(error.value).endswith(
+        f": {blocker} is not a folder; move it away, or set UMX_CACHE to another folder"
+    )
+
+
+@pytest.mark.parametrize("blocker", ["file", "link loop"])
+def test_a_file_where_the_model_folder_goes_is_named(tiny, blocker):
+    tiny.cache.parent.mkdir(parents=True)
+    if blocker == "file":
+        tiny.cache.write_text("x")
+    else:
+        tiny.cache.symlink_to(tiny.cache)
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny")
+    assert re.fullmatch(
+        re.escape(f"could not save {tiny.cache}{os.sep}")
+        + r"\S+"
+        + re.escape(f": {tiny.cache} is not a folder; move it away, or set UMX_CACHE to ")
+        + "another folder",
+        str(error.value),
+    )
 
 
 # --- misbehaving servers and bad settings --------------------------------------------------------

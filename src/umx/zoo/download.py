@@ -174,6 +174,15 @@ def _receive(response: IO[bytes], out: IO[bytes], digest: Any, bar: Any) -> int:
     return received
 
 
+def _not_a_folder(folder: Path) -> Path | None:
+    """The nearest of `folder` and its parents that exists, if it is not a folder (a file, a
+    dangling link, a link loop): what keeps `folder` from being made."""
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            return None if path.is_dir() else path
+    return None
+
+
 def download_file(
     url: str, destination: str | os.PathLike, *, progress: bool = True, hint: str | None = None
 ) -> None:
@@ -243,7 +252,14 @@ def download_file(
         destination.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(destination, fetch)
     except OSError as error:  # network errors are UmxErrors by now: this is the local disk
-        reason = f"could not save {destination} ({error.strerror or error})"
+        blocker = _not_a_folder(destination.parent)
+        if blocker is None:
+            reason = f"could not save {destination} ({error.strerror or error})"
+        else:
+            reason = (
+                f"could not save {destination}: {blocker} is not a folder; move it away, or set "
+                f"{CACHE_ENV} to another folder"
+            )
         raise Unavailable(reason, reason) from error
 
 
