@@ -1138,6 +1138,29 @@ def test_a_download_cut_off_says_so_not_that_the_file_is_corrupt(tiny, server, h
     assert not any(tiny.cache.iterdir())
 
 
+def test_a_server_that_trickles_is_given_up_on(defaults, hostile, monkeypatch, zoo_log):
+    """A byte every `TRICKLE_S` keeps the socket timeout from firing: the rate is watched."""
+    monkeypatch.setattr(download, "STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(download, "STALL_MIN_BYTES", 100)  # 0.3 s of a trickle is about 15
+    url = hostile("trickle")
+    name = defaults.umxl.weights["speech"]
+    start = time.monotonic()
+    with pytest.raises(UmxError) as error:
+        load_separator("umxl", targets=["speech"], progress=False)
+    assert time.monotonic() - start < 2.0
+    assert re.fullmatch(
+        re.escape(f"could not download {url}/{name} (the server is too slow: ")
+        + r"\d+ bytes in 0\.\d s\); "
+        + re.escape("try again later, or set UMX_ZOO_URL to a faster mirror; to install umxl "),
+        str(error.value).split("by hand")[0],
+    )
+    assert not any(defaults.cache.iterdir())
+    start = time.monotonic()  # and the default model falls back
+    assert load_separator(progress=False).model_name == FALLBACK_MODEL
+    assert time.monotonic() - start < 2.0
+    assert "the server is too slow" in fallback_warning(zoo_log, "its download failed")
+
+
 def test_a_redirect_loop_is_reported_in_one_line(tiny, hostile):
     url = hostile("loop")
     name = tiny.entry.weights["speech"]

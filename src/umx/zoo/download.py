@@ -22,13 +22,22 @@ from typing import IO, Any
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, printable, short
 from umx.files import sha256_file, write_atomic
-from umx.zoo.registry import CACHE_ENV, MODELS, ZooEntry, find_model, model_targets
+from umx.zoo.registry import (
+    CACHE_ENV,
+    MIRROR_ENV,
+    MODELS,
+    ZooEntry,
+    find_model,
+    model_targets,
+)
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_ENV = "UMX_OFFLINE"  # 1: never touch the network
-DOWNLOAD_CHUNK = 1 << 20
-DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_CHUNK = 1 << 20  # the most one read takes; it returns what has come, not waiting for more
+DOWNLOAD_TIMEOUT_S = 60.0  # the longest wait for any data at all
+STALL_WINDOW_S = 30.0  # a download gives up when in this many seconds it receives
+STALL_MIN_BYTES = 64 << 10  # fewer bytes than this (2 KiB/s): the server is too slow
 PROBE_TIMEOUT_S = 3.0  # how long the default model waits for the download host before falling back
 USER_AGENT = "umx (Open-Unmix model zoo)"
 
@@ -158,20 +167,70 @@ def probe(url: str) -> str | None:
     return outcome[0]
 
 
+class _TooSlow(Exception):
+    """A server sent fewer than `STALL_MIN_BYTES` in `STALL_WINDOW_S` seconds."""
+
+
 def _receive(response: IO[bytes], out: IO[bytes], digest: Any, bar: Any) -> int:
     """Copy the body of `response` to `out`, into `digest` and onto the progress `bar`.
+
+    Each read returns what has arrived (`read1`), so the bar moves and a server that trickles
+    bytes, which the socket timeout never catches, is given up on after `STALL_WINDOW_S`.
 
     Returns:
         the number of bytes received, which may be fewer than the response declared: a
         connection closed early ends the body without an error.
+
+    Raises:
+        _TooSlow: fewer than `STALL_MIN_BYTES` came in a window of `STALL_WINDOW_S` seconds.
     """
-    received = 0
-    while chunk := response.read(DOWNLOAD_CHUNK):
+    read = getattr(response, "read1", response.read)
+    received = window_bytes = 0
+    window_start = time.monotonic()
+    while chunk := read(DOWNLOAD_CHUNK):
         out.write(chunk)
         digest.update(chunk)
         bar.update(len(chunk))
         received += len(chunk)
+        window_bytes += len(chunk)
+        elapsed = time.monotonic() - window_start
+        if elapsed >= STALL_WINDOW_S:
+            if window_bytes < STALL_MIN_BYTES:
+                raise _TooSlow(f"the server is too slow: {window_bytes} bytes in {elapsed:.1f} s")
+            window_start, window_bytes = time.monotonic(), 0
     return received
+
+
+def _get(
+    url: str, out: IO[bytes], digest: Any, label: str, progress: bool
+) -> tuple[int | None, int]:
+    """Download `url` into `out` and `digest`, with a progress bar named `label` on stderr
+    (when `progress` and stderr is a terminal).
+
+    Returns:
+        the length the server declared (None if none) and the number of bytes received.
+
+    Raises:
+        what urllib, http.client and `_receive` raise.
+    """
+    import urllib.request  # with http.client, only when the network is used
+
+    from tqdm import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        total = _declared_length(response.headers.get("Content-Length"))
+        with tqdm(
+            total=total or None,
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+            disable=not progress or not sys.stderr.isatty(),
+            leave=False,
+        ) as bar:
+            return total, _receive(response, out, digest, bar)
 
 
 def _not_a_folder(folder: Path) -> Path | None:
@@ -207,27 +266,15 @@ def download_file(
     hint = hint or f"download it by hand and save it as {destination}"
     digest = hashlib.sha256()
 
-    import urllib.request  # with http.client, only when the network is used
-    from http.client import HTTPException
-
-    from tqdm import tqdm
+    from http.client import HTTPException  # only when the network is used
 
     def fetch(out: IO[bytes]) -> None:
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                total = _declared_length(response.headers.get("Content-Length"))
-                with tqdm(
-                    total=total or None,
-                    desc=destination.name,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    file=sys.stderr,
-                    disable=not progress or not sys.stderr.isatty(),
-                    leave=False,
-                ) as bar:
-                    received = _receive(response, out, digest, bar)
+            total, received = _get(url, out, digest, destination.name, progress)
+        except _TooSlow as error:
+            failure = f"could not download {url} ({error})"
+            remedy = f"try again later, or set {MIRROR_ENV} to a faster mirror"
+            raise Unavailable(f"{failure}; {remedy}; {hint}", failure) from None
         except (
             urllib.error.URLError,
             HTTPException,
