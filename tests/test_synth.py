@@ -527,26 +527,31 @@ def test_a_soundfont_fluidsynth_cannot_load_is_refused_before_any_work(tmp_path)
 
 def stop_synth_mid_run(tmp_path: Path, argv: list, stop: str) -> tuple[int, list[int], str]:
     """Runs `umx synth` with 2 workers in its own process group, as from a terminal, and stops
-    it once a track is rendered: the driver with SIGKILL, or the group with Ctrl-C's SIGINT.
+    it once a track is rendered: the driver with SIGKILL, SIGTERM or SIGHUP, or the group with
+    Ctrl-C's SIGINT. Its temporary files go to `tmp_path`/tmp, which must be left empty.
 
     Returns:
         its exit status, its workers (stopped by then) and what it wrote to stderr.
     """
     command = [sys.executable, "-m", "umx.cli", "synth", *map(str, argv), "-q"]
     command += ["--procedural", "8", "--duration", "20", "--jobs", "2"]
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     with open(tmp_path / "stderr", "wb") as err:
-        driver = subprocess.Popen(command, stderr=err, start_new_session=True)
+        driver = subprocess.Popen(command, stderr=err, start_new_session=True, env=env)
         try:
             wait_for(lambda: list(tmp_path.glob(".data.*.partial/*/*")), "a track rendered")
             workers = children(driver.pid)
-            if stop == "SIGKILL":
-                driver.kill()
-            else:
+            if stop == "Ctrl-C":
                 os.killpg(driver.pid, signal.SIGINT)
+            else:
+                driver.send_signal(getattr(signal, stop))
             status = driver.wait(timeout=BOUND_S)
             wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
         finally:
             driver.kill()
+    assert not list((tmp_path / "tmp").iterdir())  # fluidsynth's files, removed by the workers
+    (tmp_path / "tmp").rmdir()
     return status, workers, (tmp_path / "stderr").read_text()
 
 
@@ -567,11 +572,18 @@ def test_a_killed_run_stops_its_workers_and_the_next_run_removes_what_it_left(tm
 
 
 @needs_fluidsynth
-def test_ctrl_c_stops_the_run_and_its_workers_in_one_line_leaving_nothing(tmp_path):
+@pytest.mark.parametrize(
+    ("stop", "status", "message"),
+    [("Ctrl-C", 130, "interrupted"), ("SIGTERM", 128 + signal.SIGTERM, "stopped by SIGTERM")],
+)
+def test_a_stopped_run_stops_its_workers_in_one_line_leaving_nothing(
+    tmp_path, stop, status, message
+):
+    """Stopping the pool SIGTERMs its workers: they once died of it mid-track, leaving
+    fluidsynth's temporary folder (a 5 MB song.wav) in /tmp; they now unwind as on Ctrl-C."""
     argv = ["--root", tmp_path / "data", "--soundfont", SOUNDFONT, "--test-fraction", 0]
-    status, workers, err = stop_synth_mid_run(tmp_path, argv, "Ctrl-C")
-    assert status == 130 and len(workers) == 2
-    assert err == "umx: interrupted\n"
+    stopped, workers, err = stop_synth_mid_run(tmp_path, argv, stop)
+    assert (stopped, len(workers), err) == (status, 2, f"umx: {message}\n")
     assert [path.name for path in tmp_path.iterdir()] == ["stderr"]
 
 

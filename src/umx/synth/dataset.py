@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from functools import partial
@@ -83,6 +84,16 @@ def _render_task(task: tuple[TrackPlan, float, int, Path]) -> dict[str, float] |
             write_pcm16(path, audio, sample_rate)
         levels[name] = round(level_db(audio / PCM_SCALE), 2)
     return levels
+
+
+def _init_render_worker(driver: int) -> None:
+    """Sets up a rendering worker (`init_pool_worker`), and has SIGTERM and SIGHUP stop its
+    track as SIGINT does: unwinding, so that fluidsynth is killed and its temporary folder (a
+    song.wav of megabytes) removed. The pool SIGTERMs its workers when it stops; dying of it,
+    they left those folders behind."""
+    init_pool_worker(driver)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.getsignal(signal.SIGINT))
 
 
 def check_root(root: Path, force: bool) -> None:
@@ -187,7 +198,9 @@ def synthesize(
         ]
         with contextlib.ExitStack() as stack:
             if jobs > 1:
-                pool = multiprocessing.Pool(min(jobs, len(tasks)), init_pool_worker, (os.getpid(),))
+                pool = multiprocessing.Pool(
+                    min(jobs, len(tasks)), _init_render_worker, (os.getpid(),)
+                )
                 stack.enter_context(pool)
                 results = pool.imap(partial(run_pool_task, _render_task), tasks)
             else:
