@@ -464,6 +464,12 @@ def test_a_folder_that_is_not_a_dataset_is_refused_even_with_force(tmp_path):
     with pytest.raises(UmxError, match="not empty and holds no dataset"):
         synth("--root", tmp_path, "--procedural", 1, "--soundfont", SOUNDFONT, "--force")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    notes = tmp_path / "notes.txt"  # a file in the way of a folder above: once "File exists"
+    args = ["--procedural", 1, "--soundfont", SOUNDFONT, "--test-fraction", 0]
+    for root, where in ((notes, ""), (notes / "a" / "b", f" (in --root {notes}/a/b)")):
+        with pytest.raises(UmxError) as error:
+            synth("--root", root, *args)
+        assert str(error.value) == f"{notes} is a file, not a folder{where}"
 
 
 def test_files_of_the_user_in_a_dataset_or_its_inputs_are_never_replaced(tmp_path, monkeypatch):

@@ -100,10 +100,13 @@ def check_root(root: Path, force: bool) -> None:
     """Refuses an output folder that holds a dataset (unless ``force``) or anything else.
 
     Raises:
-        UmxError: ``root`` is a file, a non-empty folder that is not a dataset, or a dataset and
-            ``force`` is false.
+        UmxError: ``root`` or a folder above it is a file, ``root`` is a non-empty folder that
+            is not a dataset, or a dataset and ``force`` is false.
     """
     if not root.exists():
+        above = next((path for path in root.parents if path.exists()), None)
+        if above is not None and not above.is_dir():  # mkdir would say "File exists"
+            raise UmxError(f"{above} is a file, not a folder (in --root {root})")
         return
     if not root.is_dir():
         raise UmxError(f"{root} is a file, not a folder")
