@@ -55,6 +55,15 @@ needs_fluidsynth = pytest.mark.skipif(
 )
 
 
+def other_soundfont(path: Path) -> Path:
+    """Writes to `path` a soundfont with the instruments of SOUNDFONT under another name: a
+    byte-identical copy is refused as a test soundfont."""
+    data = SOUNDFONT.read_bytes()
+    name = data.index(b"INAM") + 8  # the INFO chunk's name: "TimGM6mb1.sf2"
+    path.write_bytes(data[:name] + b"X" + data[name + 1 :])
+    return path
+
+
 def synth(*argv: object) -> int:
     """Runs `umx synth` with these arguments, as the CLI does."""
     parser = argparse.ArgumentParser()
@@ -277,6 +286,21 @@ def test_plan_tracks_refuses_a_test_soundfont_used_for_training(tmp_path):
         plan_tracks([SongRef("x", seed=1)], fonts, seed=0)
 
 
+@needs_fluidsynth
+def test_a_copy_of_a_training_soundfont_is_refused_for_testing(tmp_path):
+    """Paths alone were compared: the test split was rendered with the training instruments."""
+    copy = shutil.copy(SOUNDFONT, tmp_path / "held-out.sf2")
+    args = ["--root", tmp_path / "data", "--procedural", 2, "--test-fraction", 0.5]
+    with pytest.raises(UmxError) as error:
+        test = ["--test-soundfont", other_soundfont(tmp_path / "other.sf2"), copy]
+        synth(*args, "--soundfont", SOUNDFONT, *test)
+    assert str(error.value) == (
+        f"the test soundfont {copy} is a copy of the training soundfont {SOUNDFONT}: give the "
+        "test split another soundfont"
+    )
+    assert not (tmp_path / "data").exists()
+
+
 def test_plan_tracks_skips_bad_midi_with_a_warning(tmp_path, caplog):
     broken = tmp_path / "broken.mid"
     broken.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")
@@ -322,10 +346,10 @@ def test_a_song_of_more_than_an_hour_is_skipped_before_its_analysis_takes_memory
 @pytest.fixture(scope="module")
 def dataset_args(tmp_path_factory):
     """`umx synth` arguments for a small dataset: 4 procedural songs and a MIDI file, 3 s tracks,
-    with a held-out test soundfont (a copy of the train soundfont under another name)."""
+    with a held-out test soundfont (the train soundfont's instruments under another name)."""
     folder = tmp_path_factory.mktemp("synth")
     (folder / "gm.mid").write_bytes(encode_midi(gm_song()))
-    shutil.copy(SOUNDFONT, folder / "held-out.sf2")
+    other_soundfont(folder / "held-out.sf2")
     return [
         "--midi", folder / "gm.mid", "--procedural", 4, "--excerpts", 2, "--duration", 3,
         "--soundfont", SOUNDFONT, "--test-soundfont", folder / "held-out.sf2",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from umx.defaults import (
     VALID_FRACTION,
 )
 from umx.devices import WORKERS_PER_CORE, available_cores, check_cores
-from umx.errors import UmxError, check_number
+from umx.errors import UmxError, check_number, display_path
 from umx.files import within
 
 
@@ -325,6 +326,7 @@ def _split_sounds(
     test, test_kits, test_samples = [], [], []
     if tested:
         test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
+        _check_not_copies(train, test)
         test_kits = [_kit(path) for path in args.test_drum_kits]
         if args.test_other_samples:
             test_samples = lever("recorded").find_samples(args.test_other_samples)
@@ -333,6 +335,23 @@ def _split_sounds(
         {"train": kits, "valid": kits, "test": test_kits},
         {"train": samples, "valid": samples, "test": test_samples},
     )
+
+
+def _check_not_copies(train: list[Path], test: list[Path]) -> None:
+    """Refuse a test soundfont that is a copy of a training one (the same bytes under another
+    name): the test split would be rendered with the training instruments. The same path is
+    refused by `plan_tracks`.
+
+    Raises:
+        UmxError: naming both files.
+    """
+    for held_out in test:
+        for trained in train:
+            if held_out != trained and filecmp.cmp(held_out, trained, shallow=False):
+                raise UmxError(
+                    f"the test soundfont {display_path(held_out)} is a copy of the training "
+                    f"soundfont {display_path(trained)}: give the test split another soundfont"
+                )
 
 
 def _test_festival_voice(args: argparse.Namespace) -> str | None:
