@@ -176,7 +176,10 @@ def test_the_command_records_the_sounds_and_refuses_a_shared_one(tmp_path):
     pack = tmp_path / "pack"
     train, test = tone(pack / "train.wav", 440, 0.5), tone(tmp_path / "test.wav", 660, 0.5)
     args = ["--procedural", 4, "--duration", 2, "--test-fraction", 0.25, "--valid-fraction", 0]
-    copy = shutil.copy(SOUNDFONT, tmp_path / "test.sf2")  # another soundfont for the test split
+    copy = tmp_path / "test.sf2"  # another soundfont for the test split: not a byte-identical copy
+    data = SOUNDFONT.read_bytes()
+    name = data.index(b"INAM") + 8  # the INFO chunk's name
+    copy.write_bytes(data[:name] + b"X" + data[name + 1 :])
     args += ["--soundfont", SOUNDFONT, "--test-soundfont", copy]
     args += ["--sample-rate", 16000, "--jobs", 1, "-q"]
     shared = ["--other-samples", pack, "--test-other-samples", train]
