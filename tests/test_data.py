@@ -505,6 +505,62 @@ def test_sources_of_a_track_must_match(tmp_path, drums, rate, message):
     assert str(tmp_path / "train" / "t" / "drums.wav") in str(error.value)
 
 
+def _aligned(root: Path, **files) -> AlignedDataset:
+    return AlignedDataset(root, "train", seq_duration=SEQ, nb_channels=2, **files)
+
+
+def _fixed(root: Path, **files) -> FixedSourcesTrackFolderDataset:
+    return FixedSourcesTrackFolderDataset(root, "train", seq_duration=SEQ, nb_channels=2, **files)
+
+
+def _var(root: Path, **files) -> VariableSourcesTrackFolderDataset:
+    return VariableSourcesTrackFolderDataset(
+        root, "train", seq_duration=SEQ, nb_channels=2, **files
+    )
+
+
+def _sources(root: Path, **files) -> SourceFolderDataset:
+    return SourceFolderDataset(
+        root, "train", nb_samples=1, seq_duration=SEQ, nb_channels=2, **files
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "files", "message"),
+    [
+        (_aligned, {"input_file": "vocals.wav", "output_file": "{root}/train/t0/drums.wav"},
+         "--output-file takes the name of a file inside each track folder, not '{root}/train"),
+        (_aligned, {"input_file": "vocals.wav", "output_file": "../t1/drums.wav"},
+         "--output-file takes the name of a file inside each track folder, not '../t1/drums.wav'"),
+        (_aligned, {"input_file": "vocals.wav", "output_file": "vocals.wav"},
+         "--output-file vocals.wav is also the --input-file: they must name different files"),
+        (_fixed, {"target_file": "vocals.wav", "interferer_files": ["drums.wav", "vocals.wav"]},
+         "--interferer-files vocals.wav is also the --target-file: they must name different"),
+        (_fixed, {"target_file": "vocals.wav", "interferer_files": ["drums.wav", "drums.wav"]},
+         "--interferer-files drums.wav is given twice: name each file once"),
+        (_fixed, {"target_file": "vocals.wav", "interferer_files": ["../t1/drums.wav"]},
+         "--interferer-files takes the name of a file"),
+        (_var, {"target_file": "../t1/vocals.wav"}, "--target-file takes the name of a file"),
+        (_sources, {"target_dir": "t0", "interferer_dirs": ["t0"]},
+         "--interferer-dirs t0 is also the --target-dir: they must name different folders"),
+        (_sources, {"target_dir": "t0", "interferer_dirs": ["../train/t1"]},
+         "--interferer-dirs takes the name of a folder inside train/ and valid/"),
+    ],
+)  # fmt: skip
+def test_sources_are_plain_names_of_different_files(tmp_path, make, files, message):
+    """A path would pair a track's stem with another track's, in every track, and a name given
+    twice a source with itself: wrong data, silently, unless refused."""
+    trackfolders(tmp_path, tracks=2, sources=("vocals", "drums"))
+    files = {
+        key: [v.format(root=tmp_path) for v in value]
+        if isinstance(value, list)
+        else value.format(root=tmp_path)
+        for key, value in files.items()
+    }
+    with pytest.raises(UmxError, match=re.escape(message.format(root=tmp_path))):
+        make(tmp_path, **files)
+
+
 # --- augmentations --------------------------------------------------------------------------------
 
 

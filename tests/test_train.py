@@ -308,6 +308,8 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--nhop", "300"], "--nfft 256 and --nhop 300: an STFT hop of 300"),
         (["--target", "../escape"], "--target has an unsafe target name '../escape'"),
         (["--seq-dur", "1e12"], "--seq-dur must be at most 86400 seconds"),
+        (["--target-file", "{task}/train/track0/vocals.wav"], "--target-file takes the name of"),
+        (["--interferer-files", "vocals.wav"], "vocals.wav is also the --target-file"),
         (["--device", "meta"], "unknown device 'meta'"),
         (["--hidden-size", "1000000000"], "cpu ran out of memory: lower --batch-size"),
     ],

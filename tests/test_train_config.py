@@ -3,6 +3,7 @@ when built; `resolve_options` merges the defaults, a resumed checkpoint's and th
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,36 @@ def test_a_resumed_xumx_run_keeps_its_architecture():
     assert (config.architecture, config.target) == ("xumx", "xumx")
     with pytest.raises(UmxError, match="--architecture umx differs from the checkpoint's xumx"):
         resolve_options({"checkpoint": Path("run"), "architecture": "umx"}, {"args": saved})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"dataset": "aligned", "input_file": "mix.wav", "output_file": "/data/t0/clean.wav"},
+            "--output-file takes the name of a file inside each track folder, not '/data/t0/",
+        ),
+        (
+            {"dataset": "aligned", "input_file": "mix.wav", "output_file": "../t1/clean.wav"},
+            "--output-file takes the name of a file inside each track folder, not '../t1/",
+        ),
+        ({"dataset": "aligned", "input_file": "..", "output_file": "a.wav"}, "not '..'"),
+        ({"dataset": "aligned", "input_file": "", "output_file": "a.wav"}, "not ''"),
+        ({"dataset": "aligned", "input_file": "t\\a.wav", "output_file": "a.wav"}, "--input-file"),
+        (
+            {"dataset": "trackfolder_var", "target_file": "./vocals.wav"},
+            "--target-file takes the name of a file",
+        ),
+        (
+            {"dataset": "sourcefolder", "target_dir": "/speech", "interferer_dirs": ["noise"]},
+            "--target-dir takes the name of a folder inside train/ and valid/, not '/speech'",
+        ),
+        (
+            {"dataset": "sourcefolder", "target_dir": "speech", "interferer_dirs": ["../n"]},
+            "--interferer-dirs takes the name of a folder",
+        ),
+    ],
+)
+def test_file_and_folder_options_are_plain_names(fields, message):
+    with pytest.raises(UmxError, match=re.escape(message)):
+        TrainConfig(root=Path("d"), **fields)

@@ -17,7 +17,7 @@ import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -115,6 +115,43 @@ def check_rate(info: AudioInfo, sample_rate: float) -> None:
             f"{display_path(info.path)} has a sample rate of {info.sample_rate} Hz but the "
             f"dataset's is {sample_rate:g} Hz"
         )
+
+
+def check_source_names(
+    names: Sequence[tuple[str, str]], kind: str = "file", *, distinct: bool = True
+) -> None:
+    """Refuse the names of a dataset's sources that are not plain names of a `kind` (file or
+    folder) inside each track folder (or split), and, if `distinct`, a name given twice.
+
+    A path (absolute, with folders, `.` or `..`) would take a source of another track for every
+    track, and a name given twice would train a source against itself (an input that is its own
+    output, a target that is also an interferer): both wrong data, silently.
+
+    Args:
+        names: `(option, name)` pairs, the option as the command line names it
+            (`--input-file`).
+        kind: what a name names, for messages: `file` or `folder`.
+        distinct: also refuse a name given twice.
+
+    Raises:
+        UmxError: one sentence naming the option and the name.
+    """
+    seen: dict[str, str] = {}
+    for option, name in names:
+        plain = PurePosixPath(name).name == name == PureWindowsPath(name).name
+        if not plain or name in ("", ".", ".."):
+            where = "each track folder" if kind == "file" else "train/ and valid/"
+            raise UmxError(
+                f"{option} takes the name of a {kind} inside {where}, not {name!r}: give a "
+                "plain name without folders"
+            )
+        if distinct and name in seen:
+            raise UmxError(
+                f"{option} {name} is given twice: name each {kind} once"
+                if seen[name] == option
+                else f"{option} {name} is also the {seen[name]}: they must name different {kind}s"
+            )
+        seen[name] = option
 
 
 def random_int(high: int, generator: torch.Generator | None) -> int:
@@ -410,6 +447,7 @@ class AlignedDataset(TrackDataset):
         nb_channels: int,
         samples_per_track: int = 1,
     ) -> None:
+        check_source_names([("--input-file", input_file), ("--output-file", output_file)])
         names = f"{input_file},{output_file}"
         layout = f"the aligned dataset expects <root>/{split}/<track>/{{{names}}}"
         directory = split_dir(root, split, layout)
@@ -459,6 +497,10 @@ class FixedSourcesTrackFolderDataset(TrackDataset):
         augment: Augmentation | None = None,
         random_track_mix: bool = False,
     ) -> None:
+        check_source_names(
+            [("--target-file", target_file)]
+            + [("--interferer-files", name) for name in interferer_files]
+        )
         names = ",".join([target_file, *interferer_files])
         layout = f"the trackfolder_fix dataset expects <root>/{split}/<track>/{{{names}}}"
         directory = split_dir(root, split, layout)
@@ -512,6 +554,7 @@ class VariableSourcesTrackFolderDataset(TrackDataset):
         augment: Augmentation | None = None,
         random_interferer_mix: bool = False,
     ) -> None:
+        check_source_names([("--target-file", target_file)])
         layout = f"the trackfolder_var dataset expects <root>/{split}/<track>/*{ext}"
         directory = split_dir(root, split, layout)
         tracks = []

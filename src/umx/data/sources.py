@@ -15,6 +15,7 @@ from umx.data.datasets import (
     AudioInfo,
     UnmixDataset,
     check_rate,
+    check_source_names,
     random_int,
     random_start,
     split_dir,
@@ -56,6 +57,11 @@ class SourceFolderDataset(UnmixDataset):
         augment: Augmentation | None = None,
         deterministic: bool = False,
     ) -> None:
+        check_source_names(
+            [("--target-dir", target_dir)]
+            + [("--interferer-dirs", name) for name in interferer_dirs],
+            "folder",
+        )
         names = ",".join([target_dir, *interferer_dirs])
         layout = f"the sourcefolder dataset expects <root>/{split}/{{{names}}}/*{ext}"
         directory = split_dir(root, split, layout)

@@ -282,6 +282,32 @@ WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
 POSITIVE_NUMBERS = ("lr", "seq_dur", "bandwidth")
 """Real options that must be finite and greater than zero."""
 
+NAME_OPTIONS = {
+    "input_file": "file",
+    "output_file": "file",
+    "target_file": "file",
+    "interferer_files": "file",
+    "target_dir": "folder",
+    "interferer_dirs": "folder",
+}
+"""Options naming a file inside every track folder, or a folder inside each split: plain names
+(see `umx.data.datasets.check_source_names`; the datasets also refuse one named twice)."""
+
+
+def _check_names(config: TrainConfig, flag: Callable[[str], str]) -> None:
+    """Refuse `NAME_OPTIONS` that are not plain names: a path would pair the stems of another
+    track, in every track.
+
+    Raises:
+        UmxError: one sentence naming the first bad option.
+    """
+    from umx.data.datasets import check_source_names
+
+    for key, kind in NAME_OPTIONS.items():
+        value = getattr(config, key)
+        names = value if isinstance(value, list) else [] if value is None else [value]
+        check_source_names([(flag(key), str(name)) for name in names], kind, distinct=False)
+
 
 def _check_reals(config: TrainConfig, flag: Callable[[str], str]) -> None:
     """Refuse the real-valued options (`POSITIVE_NUMBERS`, --weight-decay, --lr-decay-gamma)
@@ -360,6 +386,7 @@ def check_options(config: TrainConfig) -> None:
             raise UmxError(f"{flag(key)} must be {bounds}, not {value}")
     check_cores("--nb-workers", config.nb_workers, WORKERS_PER_CORE)
     _check_reals(config, flag)
+    _check_names(config, flag)
     if config.hidden_size % 2 and not config.unidirectional:  # half of it runs each way
         raise UmxError(
             f"--hidden-size must be even for a bidirectional LSTM, not {config.hidden_size}: "
