@@ -279,6 +279,19 @@ def test_trackfolder_var_mixes_every_source_and_silences_missing_targets(tmp_pat
     torch.testing.assert_close(mixture, torch.from_numpy(ramp(3)))
 
 
+@pytest.mark.parametrize("name", ["mixture.wav", "Mixture.wav"])
+def test_trackfolder_var_refuses_a_mixture_file_among_the_sources(tmp_path, name):
+    """Every file is a source of the sum, so a mixture file would be mixed in once more."""
+    write(tmp_path / "valid" / "a" / "vocals.wav", ramp(0))
+    write(tmp_path / "valid" / "a" / "guitar.wav", ramp(1))
+    write(tmp_path / "valid" / "a" / name, ramp(0) + ramp(1))
+    options = {"target_file": "vocals.wav", "seq_duration": None, "nb_channels": 2}
+    with pytest.raises(UmxError, match=re.escape("is a mixture: trackfolder_var sums")) as error:
+        VariableSourcesTrackFolderDataset(tmp_path, "valid", **options)
+    assert str(error.value).startswith(str(tmp_path / "valid" / "a" / name))
+    assert "\n" not in str(error.value)
+
+
 def test_trackfolder_var_random_interferer_mix_takes_one_tracks_interferers(tmp_path):
     for i in range(3):
         write(tmp_path / "train" / f"t{i}" / "vocals.wav", ramp(i))

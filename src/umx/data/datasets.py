@@ -565,6 +565,13 @@ class VariableSourcesTrackFolderDataset(TrackDataset):
                     f"{display_path(target)} does not exist (use --silence-missing for silence)"
                 )
             others = sorted(p for p in path.glob(f"*{ext}") if p.name != target_file)
+            for other in others:
+                if other.stem.lower() == "mixture":  # MUSDB18-HQ's: mixed in, a double mix
+                    raise UmxError(
+                        f"{display_path(other)} is a mixture: trackfolder_var sums every {ext} "
+                        "file of a track, so move it out of the track folder (or use "
+                        "trackfolder_fix and name the sources)"
+                    )
             tracks.append(
                 Track(
                     str(path),
