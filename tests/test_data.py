@@ -23,6 +23,7 @@ from umx.data.datasets import (
 from umx.data.musdb import MUSDBDataset, musdb_split
 from umx.data.sources import SourceFolderDataset
 from umx.errors import UmxError
+from umx.train.inputs import cut_excerpts
 
 RATE = 8000
 FRAMES = 4000  # half a second per file
@@ -337,6 +338,25 @@ def test_sourcefolder_mixes_random_files_and_validates_deterministically(tmp_pat
         assert torch.equal(mixture, again[0]) and torch.equal(target, again[1])
         assert float(target[0, 0]) < 0.1 * 3  # the target is a speech file (offsets 0..2)
         assert float((mixture - target)[0, 0]) > 0.1 * 30  # noise + wind (offsets >= 10, 20)
+
+
+def test_excerpts_longer_than_the_longest_file_are_cut_to_it(tmp_path):
+    write(tmp_path / "train" / "speech" / "0.wav", ramp(0, frames=FRAMES // 2))
+    write(tmp_path / "train" / "noise" / "0.wav", ramp(1))
+    files = {"target_dir": "speech", "interferer_dirs": ["noise"], "nb_samples": 2}
+    dataset = SourceFolderDataset(tmp_path, "train", seq_duration=3600.0, nb_channels=2, **files)
+    assert cut_excerpts(dataset) and dataset.seq_len == FRAMES
+    assert dataset[0][0].shape == (2, FRAMES)
+    assert not cut_excerpts(dataset)  # already no longer than the longest file
+    dataset.seq_duration = 3600.0
+    assert cut_excerpts(dataset, minimum=2 * FRAMES) and dataset.seq_len == 2 * FRAMES
+    trackfolders(tmp_path / "tracks", tracks=1)
+    tracks = fix_dataset(tmp_path / "tracks")
+    tracks.seq_duration = 1 / 3  # 2666.67 frames: not cut, frames truncate as before
+    assert not cut_excerpts(tracks) and tracks.seq_len == 2666
+    tracks.seq_duration = 3 * FRAMES / RATE
+    assert cut_excerpts(tracks) and tracks.seq_len == FRAMES
+    assert tracks.eval_view().seq_len is None and not cut_excerpts(tracks.eval_view())
 
 
 def test_sourcefolder_training_draws_vary(tmp_path):

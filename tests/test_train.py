@@ -400,6 +400,23 @@ def test_a_checkpoint_of_another_architecture_or_target_is_refused(trained, capl
     assert f"{trained / 'drums.chkpnt'} does not exist" in caplog.text
 
 
+def test_a_seq_dur_longer_than_every_track_is_cut_to_the_longest(task, tmp_path, caplog):
+    """Past the longest track an excerpt is padding only: a day of it ran out of memory."""
+    given = {
+        "dataset": "trackfolder_fix", "root": task, "target_file": "vocals.wav",
+        "interferer_files": ["noise.wav"], "nfft": 256, "nhop": 64, "hidden_size": 16,
+        "seq_dur": 86400.0, "output": tmp_path / "out", "debug": True,
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="umx"):
+        trainer = Trainer(given, Distributed(), torch.device("cpu"))
+    assert trainer.train_set.seq_len == SECONDS * RATE
+    assert trainer.train_set[0][0].shape == (2, SECONDS * RATE)
+    assert trainer.config.seq_dur == 86400  # as asked, so a resumed run asks the same
+    assert "--seq-dur 86400 is longer than the longest training track: excerpts of 2 s" in (
+        caplog.text
+    )
+
+
 @pytest.mark.parametrize(
     ("damage", "said"),
     [

@@ -205,6 +205,11 @@ class UnmixDataset(Dataset):
         """A deterministic, unaugmented copy of this dataset (whole tracks where it has tracks)."""
         raise NotImplementedError
 
+    @property
+    def longest(self) -> int:
+        """Frames of the longest track (or file): longer excerpts are zero padding only."""
+        raise NotImplementedError
+
     def _source(
         self, info: AudioInfo, start: int, length: int | None, augment: bool = True
     ) -> Tensor:
@@ -318,6 +323,10 @@ class TrackDataset(UnmixDataset):
         if self.seq_duration is None:
             return len(self.tracks)
         return len(self.tracks) * self.samples_per_track
+
+    @property
+    def longest(self) -> int:
+        return max(track.nb_frames for track in self.tracks)
 
     def eval_view(self) -> TrackDataset:
         view = copy.copy(self)

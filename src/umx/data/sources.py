@@ -93,6 +93,10 @@ class SourceFolderDataset(UnmixDataset):
     def __len__(self) -> int:
         return self.nb_samples
 
+    @property
+    def longest(self) -> int:
+        return max(info.nb_frames for pool in self.pools for info in pool)
+
     def eval_view(self) -> SourceFolderDataset:
         view = copy.copy(self)
         view.augment, view.deterministic = None, True

@@ -6,6 +6,8 @@ scaling of a new model; processes of a distributed run each take their share of 
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import torch
@@ -13,10 +15,12 @@ from torch import Tensor
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from umx.audio import seconds_to_frames
 from umx.data.augment import Compose
 from umx.data.datasets import (
     AlignedDataset,
     FixedSourcesTrackFolderDataset,
+    SourcesDataset,
     UnmixDataset,
     VariableSourcesTrackFolderDataset,
 )
@@ -27,6 +31,7 @@ from umx.train.config import TrainConfig
 from umx.train.distributed import Distributed
 from umx.transforms import Spectrogram
 
+logger = logging.getLogger("umx.train")  # the command's name, not this module's
 STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
 
 
@@ -82,6 +87,40 @@ def make_datasets(config: TrainConfig) -> tuple[UnmixDataset, UnmixDataset]:
             **common,
         ),
     )
+
+
+def cap_excerpts(datasets: tuple[Any, Any], seq_dur: float, n_fft: int) -> None:
+    """Shorten the excerpts of a `--seq-dur` longer than the longest track of a dataset to
+    that track (`UnmixDataset.longest`, at least one STFT frame), saying so once: past it an
+    excerpt is zero padding only, which costs memory (a day of it ran out) and teaches nothing.
+
+    Args:
+        datasets: the training and validation datasets (those of whole tracks keep them).
+        seq_dur: the `--seq-dur` asked for.
+        n_fft: the STFT size, the shortest excerpt.
+    """
+    train, valid = (d.tracks if isinstance(d, SourcesDataset) else d for d in datasets)
+    if cut_excerpts(train, n_fft):
+        logger.info(
+            "--seq-dur %g is longer than the longest training track: excerpts of %g s, the "
+            "rest would be padding",
+            seq_dur,
+            train.seq_duration,
+        )
+    cut_excerpts(valid, n_fft)  # sourcefolder validates on excerpts too
+
+
+def cut_excerpts(dataset: UnmixDataset, minimum: int = 1) -> bool:
+    """Shorten `dataset`'s excerpts longer than its longest track (or file) to it, or to
+    `minimum` frames if more; returns whether they were."""
+    length, longest = dataset.seq_len, max(dataset.longest, minimum)
+    if length is None or length <= longest:
+        return False
+    seconds = longest / dataset.sample_rate
+    while seconds_to_frames(seconds, dataset.sample_rate) < longest:  # float rounding
+        seconds = math.nextafter(seconds, math.inf)
+    dataset.seq_duration = seconds
+    return True
 
 
 def _dataset_arguments(

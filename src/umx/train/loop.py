@@ -48,7 +48,7 @@ from umx.train.checkpoints import (
 from umx.train.config import ARCHITECTURE, DEFAULTS, is_xumx_run, resolve_options
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.epochs import train_epoch, validate
-from umx.train.inputs import compute_statistics, make_datasets
+from umx.train.inputs import cap_excerpts, compute_statistics, make_datasets
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
@@ -203,6 +203,7 @@ class Trainer:
                 f"shorter than one STFT frame of --nfft {config.nfft}: use at least "
                 f"{math.ceil(1000 * config.nfft / self.sample_rate) / 1000:g} s"
             )
+        cap_excerpts((self.train_set, self.valid_set), config.seq_dur, config.nfft)
         if distributed.is_main:
             _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
 
