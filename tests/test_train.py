@@ -696,6 +696,24 @@ def test_two_gloo_processes_under_torchrun_train_and_write_one_set_of_outputs(ta
     assert load_separator(output, niter=0).targets == ["vocals"]
 
 
+def test_every_torchrun_process_refuses_an_output_folder_of_another_run(task, tmp_path):
+    """Rank 0 checks the folder; rank 1 went on into the statistics' all_gather and died there
+    with a 35-line traceback of a connection closed by its peer."""
+    output = tmp_path / "taken"
+    output.mkdir()
+    (output / "vocals.pth").write_bytes(b"another run's")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "umx.train", *TASK, "--root", str(task)]
+    command += ["--output", str(output), "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    refusal = f"umx: error: {output} already holds a vocals model of another run (vocals.pth)"
+    assert result.stderr.count(refusal) == 2, result.stderr[-3000:]  # one line from each rank
+    assert "[rank1]" not in result.stderr and "all_gather" not in result.stderr
+    assert (output / "vocals.pth").read_bytes() == b"another run's"
+
+
 def _statistics_process(rank: int, store: str, root: str, result: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     statistics = compute_statistics(

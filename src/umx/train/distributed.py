@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from umx.errors import UmxError
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,30 @@ class Distributed:
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(parts, local)
         return [part.to(values.device) for part in parts]
+
+    def check_on_main(self, check: Callable[[], None]) -> None:
+        """Run `check` on rank 0 only (it reads what the other ranks may not see), and make
+        every process raise when it fails: the others would otherwise go on into a
+        collective that rank 0 never joins, and fail there with tracebacks of their own.
+
+        Raises:
+            UmxError: `check`'s error on every process (rank 0 raises its own exception).
+        """
+        failure, refusal = None, None
+        if self.is_main:
+            try:
+                check()
+            except Exception as error:  # the others learn of any error, not only a refusal
+                failure = error
+                refusal = str(error) if isinstance(error, UmxError) else repr(error)
+        if self.enabled:
+            shared = [refusal]
+            dist.broadcast_object_list(shared, src=0)
+            refusal = shared[0]
+        if failure is not None:
+            raise failure
+        if refusal is not None:
+            raise UmxError(refusal)
 
 
 def _collective_device() -> torch.device:

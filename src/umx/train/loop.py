@@ -204,8 +204,9 @@ class Trainer:
                 f"{math.ceil(1000 * config.nfft / self.sample_rate) / 1000:g} s"
             )
         cap_excerpts((self.train_set, self.valid_set), config.seq_dur, config.nfft)
-        if distributed.is_main:
-            _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
+        distributed.check_on_main(  # every rank refuses, or none
+            lambda: _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
+        )
 
         seed_everything(config.seed, 0)
         if checkpoint is not None:
