@@ -650,6 +650,23 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(task
     assert not [path for path in output.iterdir() if path.name.startswith(".")]
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_data_error_in_a_dataloader_worker_is_one_line(tmp_path, caplog, workers):
+    """--debug skips the statistics pass, which would meet the NaN first: the DataLoader does,
+    in a worker process with --nb-workers 1, whose traceback torch made the message."""
+    root = make_task(tmp_path / "data", nb_train=1, nb_valid=1)
+    noise_file = root / "train" / "track0" / "noise.wav"
+    audio, _ = soundfile.read(noise_file, dtype="float32")
+    audio[::100] = np.nan  # in every excerpt
+    soundfile.write(noise_file, audio, RATE, subtype="FLOAT")
+    options = ["--root", str(root), "--output", str(tmp_path / "out"), "--epochs", "1"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*TASK, *options, "--debug", "--nb-workers", workers]) == 1
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"error: {noise_file}: a NaN sample at ")
+    assert "\n" not in record.getMessage()
+
+
 def test_a_validation_loss_that_is_not_finite_stops_the_run(task, tmp_path, capsys, monkeypatch):
     """As a training loss that is not finite does: the epochs before keep their best model, and
     a run whose first validation is not finite writes no model (not its starting weights)."""

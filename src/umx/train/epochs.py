@@ -56,22 +56,36 @@ def train_epoch(
     model.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, sample count
     bar = tqdm(loader, desc="batches", unit="batch", disable=not progress, leave=False)
-    for mixture, target in bar:
-        mixture, target = mixture.to(device), target.to(device)
-        optimizer.zero_grad()
-        if criterion is None:
-            loss = F.mse_loss(model(spectrogram(mixture)), spectrogram(target))
-        else:
-            loss = criterion(model, mixture, target)
-        loss.backward()
-        optimizer.step()
-        total += torch.stack(
-            [loss.detach().double() * len(mixture), total.new_tensor(len(mixture))]
-        )
-        if progress:
-            bar.set_postfix(loss=f"{float(total[0] / total[1]):.4g}")
+    try:
+        for mixture, target in bar:
+            mixture, target = mixture.to(device), target.to(device)
+            optimizer.zero_grad()
+            if criterion is None:
+                loss = F.mse_loss(model(spectrogram(mixture)), spectrogram(target))
+            else:
+                loss = criterion(model, mixture, target)
+            loss.backward()
+            optimizer.step()
+            total += torch.stack(
+                [loss.detach().double() * len(mixture), total.new_tensor(len(mixture))]
+            )
+            if progress:
+                bar.set_postfix(loss=f"{float(total[0] / total[1]):.4g}")
+    except UmxError as error:  # a data error, maybe in a DataLoader worker (--nb-workers)
+        raise UmxError(worker_error_message(error)) from None
     total = distributed.all_sum(total)
     return float(total[0] / total[1])
+
+
+def worker_error_message(error: Exception) -> str:
+    """The message of an error raised in a DataLoader worker process: torch raises it again in
+    the main process with the worker's traceback as its message ("Caught UmxError in
+    DataLoader worker process 0. Original Traceback ... umx.errors.UmxError: MESSAGE"), and
+    only MESSAGE is meant for the user. Any other error's message is returned as it is."""
+    text = str(error)
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    head, found, message = text.rpartition(name)
+    return message.strip() if found and "Original Traceback" in head else text
 
 
 @torch.no_grad()
