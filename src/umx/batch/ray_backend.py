@@ -180,6 +180,9 @@ class _Actors:
         self.new_actor, self.nb_actors = new_actor, nb_actors
         self.in_flight: dict[Any, tuple[Any, Task | None]] = {}  # None: loading the model
         self.load: dict[Any, int] = {}  # the ready actors and their tasks in flight
+        # each ready actor's tasks not yet come back, in the order it runs them, and whether
+        # its death was reported for each (the first one so is the one it was separating)
+        self.queued: dict[Any, list[list[Any]]] = {}
         self.retries: collections.deque[Task] = collections.deque()
         self.dead: set[Any] = set()
         self.ever_ready = False
@@ -201,6 +204,7 @@ class _Actors:
                     break
                 started(task)
                 self.in_flight[actor.separate.remote(task)] = (actor, task)
+                self.queued.setdefault(actor, []).append([task, False])
                 self.load[actor] += 1
 
     def finished(self) -> bool:
@@ -224,7 +228,7 @@ class _Actors:
         except ray.exceptions.RayTaskError as error:
             if task is None:
                 raise UmxError(_one_line(error)) from None
-            self.load[actor] -= 1
+            self._came_back(actor, task)
             yield {
                 "input": task.key,
                 "path": task.path,
@@ -239,11 +243,19 @@ class _Actors:
             self.ever_ready = True
             self.load[actor] = 0
         else:
-            self.load[actor] -= 1
+            self._came_back(actor, task)
             yield value
 
+    def _came_back(self, actor: Any, task: Task) -> None:
+        """A task that the actor ran to its end (done or failed)."""
+        if actor in self.load:  # not dead since
+            self.load[actor] -= 1
+        self.queued[actor] = [entry for entry in self.queued[actor] if entry[0] is not task]
+
     def _died(self, actor: Any, task: Task | None) -> Iterator[dict[str, Any]]:
-        """Replace a dead actor, and retry its task or, after `MAX_ATTEMPTS`, record it failed."""
+        """Replace a dead actor; once each of its tasks is reported lost, retry the one it was
+        separating (the first: an actor runs its tasks in order) or, after `MAX_ATTEMPTS`,
+        record it failed, and hand the ones waiting behind it out again as they were."""
         if actor not in self.dead:
             self.dead.add(actor)
             if self.load.pop(actor, None) is None:
@@ -254,12 +266,19 @@ class _Actors:
                         "the cluster's logs (is there enough memory?)"
                     ) from None
             self.start()
-        if task is not None:
-            record = after_death(task, "its Ray actor died")
-            if record is None:
-                self.retries.append(task.retry())
-            else:
-                yield record
+        queued = self.queued.get(actor, [])
+        for entry in queued:
+            entry[1] = entry[1] or entry[0] is task
+        if task is None or not queued or not all(lost for _, lost in queued):
+            return
+        del self.queued[actor]
+        running, *waiting = (queued_task for queued_task, _ in queued)
+        record = after_death(running, "its Ray actor died")
+        if record is None:
+            self.retries.append(running.retry())
+        self.retries.extend(waiting)  # never begun: no death of theirs
+        if record is not None:
+            yield record
 
     def kill(self) -> None:
         """Kill every actor of the run."""
