@@ -241,3 +241,25 @@ def test_an_address_where_no_cluster_listens_is_refused_before_any_work(tmp_path
         "umx: error: cannot connect to the Ray cluster at nowhere\\n:1 ("
     )
     assert run.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_an_address_where_another_server_listens_is_refused_in_one_line(tmp_path):
+    """A server that accepts connections but is no Ray head (a web server): Ray would retry it
+    for ever, writing its warnings; the run is refused in one line instead."""
+    song = write_song(tmp_path / "a.wav", 0.5)
+    with socket.socket() as server:  # the kernel accepts connections; nothing answers them
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        command = [sys.executable, "-m", "umx.cli", "batch", str(song), "--outdir", "out"]
+        run = subprocess.run(
+            [*command, "--model", MODEL, "--ray", address], cwd=tmp_path,
+            env={**os.environ, **ENV, "RAY_gcs_rpc_server_connect_timeout_s": "1"},
+            capture_output=True, text=True, timeout=BOUND_S,
+        )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr == (
+        f"umx: error: cannot connect to the Ray cluster at {address}: no Ray head answers "
+        "there; start one with `ray start --head` or give its address\n"
+    )
+    assert not (tmp_path / "out").exists()

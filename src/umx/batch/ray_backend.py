@@ -11,7 +11,9 @@ inputs handed to the others and a new actor takes its place. Only this module im
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,7 +29,7 @@ from umx.batch.work import (
     load_worker,
     separate_task,
 )
-from umx.errors import UmxError
+from umx.errors import UmxError, printable
 from umx.jobs import FAILED
 from umx.messages import plural
 
@@ -41,6 +43,53 @@ START_TIMEOUT_S = 600.0
 cluster may lack the CPUs or GPUs asked for)."""
 WAIT_S = 1.0
 """How often the driver wakes up while it waits (to notice Ctrl-C)."""
+HEAD_TIMEOUT_MS = 3000
+"""How long `check_head` waits for a cluster's head to answer (after gRPC's own connection
+timeout, `RAY_gcs_rpc_server_connect_timeout_s`, 5 s by default, twice)."""
+
+
+def check_head(address: str) -> None:
+    """Refuse HOST:PORT where a server accepts connections but no Ray head answers (a web
+    server, another program): `ray.init` would retry it for ever, writing Ray's warnings.
+    A `ray://` address (Ray Client) is left to `ray.init`.
+
+    Raises:
+        UmxError: naming the address and what to do.
+    """
+    if address.startswith("ray://"):
+        return
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray._raylet import InnerGcsClient
+    except ImportError:  # another version of Ray: its own checks only
+        return
+    with _quiet_stderr():
+        try:
+            InnerGcsClient.standalone(
+                canonicalize_bootstrap_address(address), None, HEAD_TIMEOUT_MS
+            )
+        except ray.exceptions.RpcError as error:
+            if "timed out" not in str(error).lower():  # a head that answered (to refuse)
+                return
+            raise UmxError(
+                f"cannot connect to the Ray cluster at {printable(address)}: no Ray head answers "
+                "there; start one with `ray start --head` or give its address"
+            ) from None
+        except (ValueError, OSError):
+            return
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Ray's C++ warnings (written to the file descriptor 2) left out, for the block."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class BatchWorker:

@@ -194,11 +194,12 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
         inputs = job_inputs(options)
     if options.ray is not None:  # Ray is there, and the cluster answers, before the model loads
         try:
-            import umx.batch.ray_backend  # noqa: F401
+            from umx.batch.ray_backend import check_head
         except ImportError:
             raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
         if options.ray not in (LOCAL_RAY, "auto"):
             _check_reachable(options.ray)
+            check_head(options.ray)
     identity, spec, plans = plan_job(options, inputs)
     with Job(job_dir, identity, inputs) as job:
         tasks, counts = plan_tasks(
