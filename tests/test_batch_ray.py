@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,34 @@ def test_an_address_where_another_server_listens_is_refused_in_one_line(tmp_path
         "there; start one with `ray start --head` or give its address\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_signal_caught_inside_ray_stops_the_run(monkeypatch):
+    """umx's stop on SIGHUP or SIGTERM raised while Ray's C++ code waits comes out of it as a
+    SystemError "returned a result with an exception set": the stop itself is raised again,
+    the actors killed and Ray shut down."""
+    from umx.batch import ray_backend
+    from umx.cli import Stopped
+
+    def wait(*args, **kwargs):
+        try:
+            raise Stopped(signal.SIGHUP)
+        except Stopped as stop:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result") from stop
+
+    class Actor:
+        ready = separate = types.SimpleNamespace(remote=lambda *args: object())
+
+    actor_class = types.SimpleNamespace(remote=lambda spec: Actor())
+    killed = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(
+        ray, "remote", lambda cls: types.SimpleNamespace(options=lambda **kw: actor_class)
+    )
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "kill", killed.append)
+    monkeypatch.setattr(ray, "shutdown", lambda: killed.append("shutdown"))
+    pool = ray_backend.RayPool(ray_backend.WorkerSpec(None, "0" * 64), None, 1)
+    with pytest.raises(Stopped):
+        list(pool.run(iter([]), lambda task: None))
+    assert len(killed) == 2 and killed[-1] == "shutdown"

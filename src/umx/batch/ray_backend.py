@@ -211,6 +211,11 @@ class RayPool:
                 done, _ = ray.wait(list(actors.in_flight), num_returns=1, timeout=WAIT_S)
                 for ref in done:
                     yield from actors.collect(ref)
+        except SystemError as error:  # Ray's C++ code, interrupted by umx's stop on a signal
+            stop = error.__cause__ or error.__context__
+            if stop is None or isinstance(stop, Exception):
+                raise
+            raise stop from None
         finally:
             actors.kill()
             ray.shutdown()
