@@ -295,3 +295,17 @@ def test_a_signal_caught_inside_ray_stops_the_run(monkeypatch):
     with pytest.raises(Stopped):
         list(pool.run(iter([]), lambda task: None))
     assert len(killed) == 2 and killed[-1] == "shutdown"
+
+
+def test_a_ray_run_stopped_by_sigterm(cluster, tmp_path, songs):
+    """SIGTERM while the driver waits on the actors stops it as it stops a local run (not
+    Ray's handler, which ray.init installs): one line and the shell's status for it."""
+    driver = start_driver(tmp_path, cluster, "--jobs", "1")
+    try:
+        wait_for(lambda: latest(tmp_path / "out" / ".umx-job"), "a file handed out")
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + signal.SIGTERM, err.decode()
+    assert err.decode() == "umx: stopped by SIGTERM\n"

@@ -14,6 +14,8 @@ import collections
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -77,6 +79,25 @@ def check_head(address: str) -> None:
             ) from None
         except (ValueError, OSError):
             return
+
+
+@contextlib.contextmanager
+def _own_signal_handlers() -> Iterator[None]:
+    """The handlers of SIGINT, SIGTERM and SIGHUP as they were before the block, again after
+    it: `ray.init` puts its own in place (which print a stack dump and end the process with
+    another status), and umx's stop a run as locally (`umx.cli.stop_on_signals`)."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {signum: signal.getsignal(signum) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: not set from Python
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -151,12 +172,13 @@ class RayPool:
             UmxError: the cluster cannot be reached, or lacks the resources for one actor.
         """
         try:
-            ray.init(
-                address=self.address,
-                include_dashboard=False if self.address is None else None,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            with _own_signal_handlers():
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False if self.address is None else None,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = self.address or "a local Ray instance"
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
