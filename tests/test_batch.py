@@ -452,6 +452,7 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         (["--threads", "99999999"], "--threads must be at most "),
         (["--gpus-per-worker", "1"], "--gpus-per-worker is for --ray"),
         (["--ray", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
+        (["--ray", "--gpus-per-worker", "1e-300"], "--gpus-per-worker must be 0 or at least"),
         (["--list", str(tmp_path / "none.txt")], "cannot read the list"),
         (["--ray", str(tmp_path)], "--ray took the input"),
         (["--ray", ""], "--ray '' is not a cluster's address: give HOST:PORT of its head, auto"),

@@ -35,6 +35,8 @@ IDENTITY_OPTIONS = tuple(
     field.name for field in fields(SeparationOptions) if field.name not in ("model", "device")
 )
 """The separation options that decide the outputs (the device does not, to float precision)."""
+GPU_STEP = 0.0001
+"""The smallest share of a GPU Ray reserves (`BatchOptions.gpus_per_worker`)."""
 PER_INPUT_OPTIONS = ("start", "duration", "force")
 """The file options of `umx.jobs.TaskOptions` that each input sets, left out of the identity."""
 
@@ -95,6 +97,11 @@ class BatchOptions:
                 if self.ray is None:  # a cluster's workers have cores of their own
                     check_cores(name, count, per_core)
         check_number("--gpus-per-worker", self.gpus_per_worker, minimum=0)
+        if 0 < self.gpus_per_worker < GPU_STEP:
+            raise UmxError(
+                f"--gpus-per-worker must be 0 or at least {GPU_STEP:g}, not "
+                f"{self.gpus_per_worker:g}: Ray shares a GPU in steps of {GPU_STEP:g}"
+            )
         if self.gpus_per_worker and self.ray is None:
             raise UmxError("--gpus-per-worker is for --ray; locally, --device picks the GPU")
         if self.ray not in (None, LOCAL_RAY, "auto") and os.path.exists(self.ray):
