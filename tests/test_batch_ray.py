@@ -215,6 +215,31 @@ def test_workers_that_do_not_fit_the_cluster_are_refused(cluster, tmp_path, caps
         )
         assert main(["batch", str(song), *options, "--threads", "3"]) == 1
         assert "cluster has 2 CPUs for --threads 3: no worker fits" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no job made: another --model may start it
+
+
+def test_no_cluster_for_ray_auto_is_said_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """`--ray auto` where no cluster runs: umx's advice (Ray's names an --address flag that umx
+    lacks), before the model loads, and no job directory that a run with other settings would
+    then be refused by."""
+    import umx.batch.run
+
+    def init(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify ...")
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(umx.batch.run, "load_separator", load)
+    song = write_song(tmp_path / "a.wav", 0.5)
+    args = ["batch", str(song), "--outdir", str(tmp_path / "out"), "--model", MODEL]
+    assert main([*args, "--ray", "auto"]) == 1
+    assert capsys.readouterr().err == (
+        "umx: error: no Ray cluster is running here: start one with `ray start --head`, give "
+        "--ray HOST:PORT, or --ray local\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_address_where_no_cluster_listens_is_refused_before_any_work(tmp_path):

@@ -137,36 +137,36 @@ class RayPool:
     """Actors on a Ray cluster.
 
     Args:
-        spec: what every worker loads and how it writes; `spec.threads` CPUs each.
+        spec: what every worker loads and how it writes; `spec.threads` CPUs each. None until
+            the model is loaded (set `spec` then), `threads` CPUs each meanwhile.
         address: the cluster (`auto`, `HOST:PORT` or `ray://HOST:PORT`), or None to start a
             Ray instance on this machine for the run.
         jobs: the number of actors; None for as many as the cluster's CPUs (or GPUs, with
             `gpus_per_worker`) allow.
         gpus_per_worker: GPUs reserved for each actor (fractions share a GPU); 0 for CPUs only.
+        threads: the CPUs of each actor, without `spec`.
     """
 
     mode = "ray"
 
     def __init__(
         self,
-        spec: WorkerSpec,
+        spec: WorkerSpec | None,
         address: str | None,
         jobs: int | None,
         gpus_per_worker: float = 0.0,
+        threads: int = 1,
     ) -> None:
         self.spec = spec
         self.address = address
         self.jobs = jobs
         self.gpus_per_worker = gpus_per_worker
+        self.threads = spec.threads if spec is not None else threads
+        self.fit = 0
 
-    def connect(self, nb_tasks: int | None = None) -> int:
-        """Connect to the cluster (or start the local instance).
-
-        Args:
-            nb_tasks: the number of inputs to separate; no more actors than that are started.
-
-        Returns:
-            the number of actors the run uses.
+    def connect(self) -> None:
+        """Connect to the cluster (or start the local instance), and check that one actor at
+        least fits it.
 
         Raises:
             UmxError: the cluster cannot be reached, or lacks the resources for one actor.
@@ -180,6 +180,11 @@ class RayPool:
                     logging_level=logging.WARNING,
                 )
         except (ConnectionError, RuntimeError, ValueError) as error:
+            if self.address == "auto" and isinstance(error, ConnectionError):
+                raise UmxError(  # not Ray's advice, on a flag umx does not have
+                    "no Ray cluster is running here: start one with `ray start --head`, give "
+                    "--ray HOST:PORT, or --ray local"
+                ) from None
             where = self.address or "a local Ray instance"
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
             raise UmxError(f"cannot connect to {where} ({reason})") from None
@@ -189,18 +194,28 @@ class RayPool:
             fit = gpus / self.gpus_per_worker
             what = f"{gpus:g} GPUs for --gpus-per-worker {self.gpus_per_worker:g}"
         else:
-            fit = cpus / self.spec.threads
-            what = f"{cpus:g} CPUs for --threads {self.spec.threads}"
-        fit = int(fit + 1e-9)
-        if fit < 1:
+            fit = cpus / self.threads
+            what = f"{cpus:g} CPUs for --threads {self.threads}"
+        self.fit = int(fit + 1e-9)
+        if self.fit < 1:
             ray.shutdown()
             raise UmxError(f"the Ray cluster has {what}: no worker fits")
-        self.jobs = min(self.jobs or fit, nb_tasks or fit)
-        if self.jobs > fit:
+
+    def workers(self, nb_tasks: int) -> int:
+        """How many actors the run starts (`jobs`, no more than `nb_tasks`), saying when the
+        cluster has no room for them all at once."""
+        self.jobs = min(self.jobs or self.fit, nb_tasks)
+        if self.jobs > self.fit:
             logger.warning(
-                "the cluster has room for %s at once; %d asked", plural(fit, "worker"), self.jobs
+                "the cluster has room for %s at once; %d asked",
+                plural(self.fit, "worker"),
+                self.jobs,
             )
         return self.jobs
+
+    def close(self) -> None:
+        """Disconnect from the cluster (stop the local instance), when no run follows."""
+        ray.shutdown()
 
     def run(
         self, tasks: Iterator[Task], started: Callable[[Task], None]
@@ -209,8 +224,9 @@ class RayPool:
         (see `umx.batch.local.LocalPool.run`)."""
         if not ray.is_initialized():
             self.connect()
+            self.jobs = self.jobs or self.fit
         actor_class = ray.remote(BatchWorker).options(
-            num_cpus=self.spec.threads,
+            num_cpus=self.threads,
             num_gpus=self.gpus_per_worker,
             max_restarts=0,
             max_task_retries=0,
@@ -227,7 +243,7 @@ class RayPool:
                 if not actors.ever_ready and time.monotonic() - begun > START_TIMEOUT_S:
                     raise UmxError(
                         f"no Ray worker started in {START_TIMEOUT_S:.0f} s: does the cluster "
-                        f"have {self.spec.threads} free CPUs (and {self.gpus_per_worker:g} GPUs) "
+                        f"have {self.threads} free CPUs (and {self.gpus_per_worker:g} GPUs) "
                         "for one?"
                     )
                 done, _ = ray.wait(list(actors.in_flight), num_returns=1, timeout=WAIT_S)

@@ -190,6 +190,18 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
             (without Ray), a job directory started with other settings, or Ray missing or
             unreachable.
     """
+    if inputs is None:
+        inputs = job_inputs(options)
+    pool = _connect_ray(options)  # before the model loads and the job directory is made
+    try:
+        return _run_job(options, inputs, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_job(options: BatchOptions, inputs: list[BatchInput], ray_pool: Any) -> int:
+    """`run_batch_job` once Ray's pool (if any: `ray_pool`) is connected."""
     from umx.audio import display_path
     from umx.batch.job import Job
     from umx.batch.plan import CHANGED, plan_tasks
@@ -197,16 +209,6 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
     from umx.jobs import DONE, FAILED
 
     job_dir = options.job_path
-    if inputs is None:
-        inputs = job_inputs(options)
-    if options.ray is not None:  # Ray is there, and the cluster answers, before the model loads
-        try:
-            from umx.batch.ray_backend import check_head
-        except ImportError:
-            raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
-        if options.ray not in (LOCAL_RAY, "auto"):
-            _check_reachable(options.ray)
-            check_head(options.ray)
     identity, spec, plans = plan_job(options, inputs)
     with Job(job_dir, identity, inputs) as job:
         tasks, counts = plan_tasks(
@@ -225,7 +227,7 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
                 counts[FAILED],
             )
         else:
-            pool, jobs = _start_pool(options, spec, len(tasks))
+            pool, jobs = _start_pool(options, spec, len(tasks), ray_pool)
             job.start_run(
                 mode=pool.mode, workers=jobs, threads=spec.threads, cores=available_cores()
             )
@@ -314,22 +316,43 @@ def plan_job(
     return identity, WorkerSpec(task, sha256, threads, is_offline()), plans
 
 
-def _start_pool(options: BatchOptions, spec: WorkerSpec, nb_tasks: int) -> tuple[Any, int]:
-    """The workers of this run: local processes, or Ray actors (connected to the cluster here).
+def _connect_ray(options: BatchOptions) -> Any:
+    """With `ray`: the pool of Ray actors, connected to the cluster, which has room for one at
+    least; None without.
+
+    Raises:
+        UmxError: Ray is missing, the cluster cannot be reached, or no worker fits it.
+    """
+    if options.ray is None:
+        return None
+    try:
+        from umx.batch.ray_backend import RayPool, check_head
+    except ImportError:
+        raise UmxError("--ray needs Ray: pip install 'umx[ray]'") from None
+    if options.ray not in (LOCAL_RAY, "auto"):
+        _check_reachable(options.ray)
+        check_head(options.ray)
+    address = None if options.ray == LOCAL_RAY else options.ray
+    pool = RayPool(None, address, options.jobs, options.gpus_per_worker, options.threads or 1)
+    pool.connect()
+    return pool
+
+
+def _start_pool(
+    options: BatchOptions, spec: WorkerSpec, nb_tasks: int, ray_pool: Any
+) -> tuple[Any, int]:
+    """The workers of this run: local processes, or the Ray actors of `ray_pool` (connected).
 
     Returns:
         the pool, and how many workers it runs.
     """
     from umx.batch.local import LocalPool
 
-    if options.ray is None:
+    if ray_pool is None:
         jobs = min(options.jobs or 1, nb_tasks)
         return LocalPool(spec, jobs), jobs
-    from umx.batch.ray_backend import RayPool
-
-    address = None if options.ray == LOCAL_RAY else options.ray
-    pool = RayPool(spec, address, options.jobs, options.gpus_per_worker)
-    return pool, pool.connect(nb_tasks)
+    ray_pool.spec = spec
+    return ray_pool, ray_pool.workers(nb_tasks)
 
 
 def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
