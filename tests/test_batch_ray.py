@@ -334,3 +334,20 @@ def test_a_ray_run_stopped_by_sigterm(cluster, tmp_path, songs):
         driver.kill()
     assert driver.returncode == 128 + signal.SIGTERM, err.decode()
     assert err.decode() == "umx: stopped by SIGTERM\n"
+
+
+def test_more_workers_than_the_cluster_has_room_for(monkeypatch):
+    """The warning names the --jobs asked, not the workers started (one per input at most)."""
+    from umx.batch import ray_backend
+
+    said = []
+    monkeypatch.setattr(
+        ray_backend.logger, "warning", lambda *args: said.append(args[0] % args[1:])
+    )
+    pool = ray_backend.RayPool(None, None, 99999999999999999999)
+    pool.fit = 2
+    assert pool.workers(4) == 4
+    assert said == [
+        "--jobs 99999999999999999999: the cluster has room for 2 workers at once; "
+        "the other 2 wait for room"
+    ]

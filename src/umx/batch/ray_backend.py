@@ -203,13 +203,15 @@ class RayPool:
 
     def workers(self, nb_tasks: int) -> int:
         """How many actors the run starts (`jobs`, no more than `nb_tasks`), saying when the
-        cluster has no room for them all at once."""
-        self.jobs = min(self.jobs or self.fit, nb_tasks)
+        cluster has no room for them all at once (the others wait for room)."""
+        asked = self.jobs
+        self.jobs = min(asked or self.fit, nb_tasks)
         if self.jobs > self.fit:
             logger.warning(
-                "the cluster has room for %s at once; %d asked",
+                "--jobs %d: the cluster has room for %s at once; the other %d wait for room",
+                asked,
                 plural(self.fit, "worker"),
-                self.jobs,
+                self.jobs - self.fit,
             )
         return self.jobs
 
