@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import BOUND_S, wait_for
+from processes import BOUND_S, children, running, wait_for
 from test_batch import (
     MODEL,
     assert_complete,
@@ -351,3 +351,18 @@ def test_more_workers_than_the_cluster_has_room_for(monkeypatch):
         "--jobs 99999999999999999999: the cluster has room for 2 workers at once; "
         "the other 2 wait for room"
     ]
+
+
+def test_sigterm_while_a_local_ray_instance_starts(tmp_path, songs):
+    """SIGTERM while `--ray local` starts Ray (ray.init puts in a SIGTERM handler of its own
+    that exits 15 or 1 without a word): umx's stop, and the Ray processes it started end."""
+    driver = start_driver(tmp_path, "local")
+    try:
+        started = wait_for(lambda: children(driver.pid, b"gcs_server"), "Ray starting")
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=BOUND_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + signal.SIGTERM, err.decode()
+    assert err.decode().endswith("umx: stopped by SIGTERM\n")
+    wait_for(lambda: not any(map(running, started)), "Ray's processes to end", 30)

@@ -83,18 +83,25 @@ def check_head(address: str) -> None:
 
 @contextlib.contextmanager
 def _own_signal_handlers() -> Iterator[None]:
-    """The handlers of SIGINT, SIGTERM and SIGHUP as they were before the block, again after
-    it: `ray.init` puts its own in place (which print a stack dump and end the process with
-    another status), and umx's stop a run as locally (`umx.cli.stop_on_signals`)."""
+    """The handlers of SIGINT, SIGTERM and SIGHUP as they were before the block, during it (Ray
+    would put its own SIGTERM handlers in place, which exit 15 or 1 without a word) and after
+    it (its C++ core worker's, which prints a stack dump): umx's stop a run as locally
+    (`umx.cli.stop_on_signals`)."""
     names = ("SIGINT", "SIGTERM", "SIGHUP")
     signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     handlers = {signum: signal.getsignal(signum) for signum in signums}
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    set_sigterm_handler = getattr(utils, "set_sigterm_handler", None)
+    if set_sigterm_handler is not None:
+        utils.set_sigterm_handler = lambda handler: None
     try:
         yield
     finally:
+        if set_sigterm_handler is not None:
+            utils.set_sigterm_handler = set_sigterm_handler
         for signum, handler in handlers.items():
             if handler is not None:  # None: not set from Python
                 signal.signal(signum, handler)
