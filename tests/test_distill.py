@@ -629,4 +629,10 @@ def test_typed_options_are_checked_when_built(songs, tmp_path):
             DistillOptions([songs[0]], tmp_path / "s", **given)
     with pytest.raises(UmxError, match="give the music"):
         DistillOptions([], tmp_path / "s", teacher="umxsynth")
+    for music in (None, 5, b"music"):
+        with pytest.raises(UmxError, match="MUSIC must be a path or a list of paths"):
+            DistillOptions(music, tmp_path / "s", teacher="umxsynth")
+    for device, said in (("bogus", "unknown device 'bogus'"), (5, "--device must be")):
+        with pytest.raises(UmxError, match=said):  # before the teacher's pass or any import
+            DistillOptions([songs[0]], tmp_path / "s", teacher="umxsynth", device=device)
     assert sorted(path.name for path in tmp_path.iterdir()) == []

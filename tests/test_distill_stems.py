@@ -102,7 +102,12 @@ def test_the_student_learns_the_given_stems(distilled, library):
     assert all(model.unidirectional for model in student.target_models.values())
 
 
-def test_a_second_run_imports_only_changed_stems(distilled, library, capsys):
+def test_a_second_run_imports_only_changed_stems_and_retrains_only_with_force(
+    distilled, library, capsys
+):
+    """A stem changed since the student was trained is imported again, and the student trained
+    on the old one is neither kept as trained nor resumed: the run is refused until --force
+    trains it again (it had been skipped, and its provenance described the new stems)."""
     music, stems = library
     output, work = distilled
     imported = sorted((work / "teacher" / IMPORTED_DIR).rglob("*.wav"))
@@ -112,12 +117,23 @@ def test_a_second_run_imports_only_changed_stems(distilled, library, capsys):
     audio, _ = sf.read(changed)
     sf.write(changed, 0.5 * audio, RATE)  # still adds up within 6 dB: the hiss is quiet
     options = ["--output", str(output), "--teacher-stems", str(stems), *STUDENT]
-    assert main(["distill", str(music), *options[:-1]]) == 0
-    assert "umx: hiss: trained before, skipped" in capsys.readouterr().err.splitlines()
+    before = (output / "hiss.pth").read_bytes(), (output / "hiss.pth").stat().st_mtime_ns
+    assert main(["distill", str(music), *options]) == 1
+    (refusal,) = capsys.readouterr().err.splitlines()
+    assert refusal == (
+        f"umx: error: hiss in {output} was trained on another training set: songs or the "
+        "teacher's stems of them were added, removed or changed since; give --force to train "
+        "the student again on these, or another --output"
+    )
+    assert ((output / "hiss.pth").read_bytes(), (output / "hiss.pth").stat().st_mtime_ns) == before
     renewed = [path for path in imported if path.stat().st_mtime_ns != times[path]]
     folder = work / "teacher" / IMPORTED_DIR / track_name(str(music / "album0/song1.wav"))
     assert renewed == [folder / "hiss.wav", folder / "tone.wav"]
     np.testing.assert_array_equal(read_audio(renewed[0])[0], read_audio(changed)[0])
+    assert main(["distill", str(music), *options, "--force"]) == 0
+    assert (output / "hiss.pth").stat().st_mtime_ns != before[1]  # trained again
+    assert main(["distill", str(music), *options[:-1]]) == 0  # not quiet: say what it skips
+    assert "umx: hiss: trained before, skipped" in capsys.readouterr().err.splitlines()
     assert float(read_audio(changed)[0].abs().max()) == pytest.approx(
         0.5 * np.abs(audio).max(), abs=1e-4
     )
@@ -233,18 +249,37 @@ def test_songs_without_stems_or_sharing_a_folder_are_left_out(tmp_path, caplog):
         )
         for message in caplog.messages
     )
+    caplog.clear()
+    write_song(music, "b/outro", None, 2)  # b/outro.wav's twin in the same folder
+    (music / "b" / "outro.wav").rename(music / "b" / "outro.flac")
+    write_song(music, "b/outro", None, 2)
+    twins = [str(music / "b" / "outro.wav"), str(music / "b" / "outro.flac")]
+    with caplog.at_level(logging.WARNING, "umx"):
+        find_teacher_stems([*twins, songs[0]], [str(music)], stems)
+    assert caplog.messages[0].endswith(
+        "(name each song's folder of stems with its extension (song.wav/, song.flac/))"
+    )
     with pytest.raises(UmxError, match="holds no stems of the 1 song"):
         find_teacher_stems(lost[:1], [str(music)], stems)
 
 
-def test_songs_with_other_stems_are_refused(tmp_path):
+def test_a_song_with_other_stems_than_most_is_left_out(tmp_path, caplog):
+    """Most songs' stems are the student's targets, whichever song comes first; a song with
+    others (a stray file, a missing stem), or a capitalised MUSDB18 `Mixture.wav`, is named."""
     music, stems = tmp_path / "music", tmp_path / "stems"
-    write_song(music, "one", stems / "one", 0)
-    write_song(music, "two", stems / "two", 1)
-    (stems / "two" / "hiss.flac").rename(stems / "two" / "other.flac")
-    songs = [str(music / "one.wav"), str(music / "two.wav")]
-    with pytest.raises(UmxError, match=r"two.wav \(other, tone\) are not those of .*one.wav"):
-        find_teacher_stems(songs, [], stems)
+    for index, name in enumerate(("odd", "one", "two")):
+        write_song(music, name, stems / name, index)
+    shutil.copy(stems / "odd" / "hiss.flac", stems / "odd" / "bass.flac")
+    shutil.copy(music / "one.wav", stems / "one" / "Mixture.wav")  # the song, not a stem
+    songs = [str(music / f"{name}.wav") for name in ("odd", "one", "two")]
+    with caplog.at_level(logging.WARNING, "umx"):
+        match = find_teacher_stems(songs, [], stems)
+    assert match.targets == ["hiss", "tone"] and list(match.songs) == songs[1:]
+    assert match.missing == 1
+    assert caplog.messages == [
+        f"{songs[0]} is left out: its stems (bass, hiss, tone) are not those most songs have "
+        "(hiss, tone); give every song the same stems, all those the teacher made"
+    ]
 
 
 def run(args: list[str], capsys) -> tuple[int, list[str]]:

@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
-from umx.errors import UmxError, check_number, display_path
+from umx.devices import resolve_device
+from umx.errors import UmxError, check_number, display_path, short
 from umx.files import overlap
 from umx.messages import plural
 from umx.onnx.options import EXPORT_JSON, is_export_folder
@@ -114,6 +116,8 @@ class DistillOptions:
 
     def __post_init__(self) -> None:
         music = (self.music,) if isinstance(self.music, str | os.PathLike) else self.music
+        if not isinstance(music, Sequence) or isinstance(music, bytes):
+            raise UmxError(f"MUSIC must be a path or a list of paths, not {short.repr(music)}")
         for item in music:
             check_path("MUSIC", item)
         if not music:
@@ -127,6 +131,9 @@ class DistillOptions:
         check_path("--output", self.output)
         check_path("--work", self.work, optional=True)
         check_path("--teacher-stems", self.teacher_stems, optional=True)
+        if self.device is not None:  # the teacher's pass and the training run here
+            check_path("--device", self.device, what="a device name")
+            resolve_device(self.device)
         if (self.teacher is None) == (self.teacher_stems is None):
             raise UmxError(
                 "give one teacher: a model (--teacher) or the stems of one (--teacher-stems)"
@@ -207,6 +214,7 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
         output,
         targets,
         training,
+        work=work,
         force=options.force,
         device=options.device,
         quiet=options.quiet,

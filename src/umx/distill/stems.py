@@ -17,6 +17,7 @@ imports a song again only where its files changed.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from umx.audio import display_path, read_audio, write_audio
+from umx.audio import audio_info, display_path, read_audio, write_audio
 from umx.defaults import AUDIO_EXTENSIONS
 from umx.distill.teacher import (
     MIXTURE_FILE,
@@ -85,9 +86,10 @@ def find_teacher_stems(songs: Sequence[str], bases: Sequence[str], folder: Path)
     `{parent}`), then none. A song without one, or whose folder another song also matched, is
     left out with a warning.
 
+    A song whose stems are not those most songs have is left out too, with a warning.
+
     Raises:
-        UmxError: no song has stems there, a stem is named so that it cannot be a target, or
-            two songs have different stems.
+        UmxError: no song has stems there, or a stem is named so that it cannot be a target.
     """
     found = {song: _stems_folder(song, bases, folder) for song in songs}
     without = [song for song, stems_folder in found.items() if stems_folder is None]
@@ -107,11 +109,17 @@ def find_teacher_stems(songs: Sequence[str], bases: Sequence[str], folder: Path)
             named = [display_path(owner) for owner in owners[:2]]
             if len(owners) > 2:
                 named = [", ".join(named), plural(len(owners) - 2, "more song")]
+            one_folder = len({Path(owner).parent for owner in owners}) == 1
+            advice = (
+                "name each song's folder of stems with its extension (song.wav/, song.flac/)"
+                if one_folder
+                else "give each song's stems in a folder at its path relative to the music folder"
+            )
             logger.warning(
-                "%s are left out: their stems are in the one folder %s (give each song's "
-                "stems in a folder at its path relative to the music folder)",
+                "%s are left out: their stems are in the one folder %s (%s)",
                 " and ".join(named),
                 display_path(stems_folder),
+                advice,
             )
             continue
         stems = _stem_files(stems_folder)
@@ -125,7 +133,8 @@ def find_teacher_stems(songs: Sequence[str], bases: Sequence[str], folder: Path)
             f"{plural(len(songs), 'song')}: it needs a folder of stems per song, named after "
             "the song (e.g. DIR/<song>/vocals.wav)"
         )
-    return StemsMatch(folder, _same_stems(matched), matched, len(songs) - len(matched))
+    targets = _same_stems(matched)
+    return StemsMatch(folder, targets, matched, len(songs) - len(matched))
 
 
 def _stems_folder(song: str, bases: Sequence[str], folder: Path) -> Path | None:
@@ -156,7 +165,7 @@ def _stem_files(folder: Path) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in extensions:
             continue
-        if path.stem == Path(MIXTURE_FILE).stem:
+        if path.stem.lower() == Path(MIXTURE_FILE).stem:
             continue
         name = check_target_name(path.stem, f"the stem {display_path(path)}")
         if name in stems:
@@ -168,21 +177,22 @@ def _stem_files(folder: Path) -> dict[str, Path]:
     return stems
 
 
-def _same_stems(matched: Mapping[str, Mapping[str, Path]]) -> list[str]:
-    """The stems every song has, sorted.
-
-    Raises:
-        UmxError: two songs have different stems.
+def _same_stems(matched: dict[str, dict[str, Path]]) -> list[str]:
+    """The stems most songs have, sorted (the first song's, of sets as common); a song with
+    others is left out of `matched`, with a warning.
     """
-    first, *others = matched.items()
-    names = sorted(first[1])
-    for song, stems in others:
+    counts = collections.Counter(tuple(sorted(stems)) for stems in matched.values())
+    names = list(counts.most_common(1)[0][0])
+    for song, stems in list(matched.items()):
         if sorted(stems) != names:
-            raise UmxError(
-                f"the stems of {display_path(song)} ({', '.join(sorted(stems))}) are not "
-                f"those of {display_path(first[0])} ({', '.join(names)}): give every song "
-                "the same stems, all those the teacher made"
+            logger.warning(
+                "%s is left out: its stems (%s) are not those most songs have (%s); give every "
+                "song the same stems, all those the teacher made",
+                display_path(song),
+                ", ".join(sorted(stems)),
+                ", ".join(names),
             )
+            del matched[song]
     return names
 
 
@@ -231,6 +241,7 @@ def _import_song(song: str, stems: Mapping[str, Path], folder: Path) -> dict[str
     record = folder / IMPORTED_FILE
     if read_json(record) == sources and all(path.is_file() for path in imported.values()):
         return imported
+    _check_durations(song, stems)
     audio = {name: read_audio(path) for name, path in stems.items()}
     rates = {rate for _, rate in audio.values()}
     channels = {signal.shape[0] for signal, _ in audio.values()}
@@ -253,6 +264,25 @@ def _import_song(song: str, stems: Mapping[str, Path], folder: Path) -> dict[str
         write_audio(imported[name], signal, rate, subtype="FLOAT", clip="none", force=True)
     write_json_atomic(record, sources)
     return imported
+
+
+def _check_durations(song: str, stems: Mapping[str, Path]) -> None:
+    """Refuse, from their headers and before decoding any, stems that last a second or more
+    longer or shorter than the song (a stem of hours would fill the memory to be refused
+    after); the exact check follows the decoding.
+
+    Raises:
+        UmxError: naming the stem.
+    """
+    song_info = audio_info(song)
+    seconds = song_info.nb_frames / song_info.sample_rate
+    for path in stems.values():
+        info = audio_info(path)
+        if abs(info.nb_frames / info.sample_rate - seconds) >= 1:
+            raise UmxError(
+                f"its stem {display_path(path)} lasts {info.nb_frames / info.sample_rate:.2f} "
+                f"s, the song {seconds:.2f} s: are they of this song, and whole?"
+            )
 
 
 def _fit(signal: torch.Tensor, length: int) -> torch.Tensor:
@@ -288,7 +318,8 @@ def _check_sum(mixture: torch.Tensor, stems: Sequence[torch.Tensor], rate: float
             "against the song: give stems in time with it"
         )
     raise UmxError(
-        f"its stems add up to the song only within {snr:.1f} dB (at least {MIN_SUM_SNR:g} dB "
+        f"its stems add up to the song only within {round(snr, 1) + 0:.1f} dB (at least "
+        f"{MIN_SUM_SNR:g} dB "
         "is needed): give all the stems the teacher made of this song"
     )
 

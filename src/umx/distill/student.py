@@ -3,8 +3,10 @@ one target per teacher stem, and the provenance file of the model written.
 
 `WORK/distill.json` holds the settings of the run that made the work folder: a later run with
 other settings is refused, naming what changed, unless `--force` (the targets are then
-trained again from scratch). `OUTPUT/distillation.json` says where the model comes from: the
-teacher (name and weights' SHA-256) and how much music it was distilled on.
+trained again from scratch); and the training set each target was trained on, so that one
+trained on other songs is not kept or resumed as if trained on these.
+`OUTPUT/distillation.json` says where the model comes from: the teacher (name and weights'
+SHA-256) and how much music it was distilled on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from umx.files import write_json_atomic
 logger = logging.getLogger("umx")
 
 SETTINGS_FILE = "distill.json"
+TRAINED_ON = "trained_on"
+"""In the settings: the training set (`TrainingSet.sha256`) each target was trained on."""
 PROVENANCE_FILE = "distillation.json"
 CHECKPOINT_SUFFIX = ".chkpnt"  # umx.train's, named here so that this module imports no torch
 
@@ -108,8 +112,48 @@ def _shown(value: object) -> str:
 
 
 def write_settings(work: Path, settings: Mapping[str, Any]) -> None:
-    """Record the settings of this run in `work` (atomically)."""
-    write_json_atomic(work / SETTINGS_FILE, dict(settings))
+    """Record the settings of this run in `work` (atomically), keeping which training set each
+    target was trained on (`TRAINED_ON`)."""
+    trained_on = (read_settings(work) or {}).get(TRAINED_ON)
+    trained_on = trained_on if isinstance(trained_on, dict) else {}
+    write_json_atomic(work / SETTINGS_FILE, {**settings, TRAINED_ON: trained_on})
+
+
+def _record_training_set(work: Path, target: str, sha256: str) -> None:
+    """Record in `work`'s settings that `target` is trained on the training set `sha256`."""
+    settings = read_settings(work) or {}
+    trained_on = settings.get(TRAINED_ON)
+    trained_on = trained_on if isinstance(trained_on, dict) else {}
+    trained_on = {**trained_on, target: sha256}
+    write_json_atomic(work / SETTINGS_FILE, {**settings, TRAINED_ON: trained_on})
+
+
+def _check_training_sets(
+    work: Path, output: Path, targets: Sequence[str], data: TrainingSet, training: Mapping
+) -> None:
+    """Refuse to keep or resume a target trained (in part) on another training set than
+    `data`: songs added, removed, decoded or separated again since. Without the check, such a
+    target was skipped as trained, and the provenance file described songs it never heard.
+
+    Raises:
+        UmxError: naming the first such target and what to do.
+    """
+    trained_on = (read_settings(work) or {}).get(TRAINED_ON)
+    trained_on = trained_on if isinstance(trained_on, dict) else {}
+    for target in targets:
+        info = _target_info(output / f"{target}.json")
+        resumable = (output / f"{target}{CHECKPOINT_SUFFIX}").is_file()
+        if info is None:
+            kept = resumable
+        else:  # else trained again from scratch anyway
+            done = _finished(info, output, target, training["epochs"])
+            kept = _made_with(info, training) and (done or resumable)
+        if kept and trained_on.get(target, data.sha256) != data.sha256:
+            raise UmxError(
+                f"{target} in {display_path(output)} was trained on another training set: "
+                "songs or the teacher's stems of them were added, removed or changed since; give "
+                "--force to train the student again on these, or another --output"
+            )
 
 
 def train_student(
@@ -118,6 +162,7 @@ def train_student(
     targets: Sequence[str],
     training: Mapping[str, Any],
     *,
+    work: Path,
     force: bool = False,
     device: str | None = None,
     quiet: bool = False,
@@ -126,7 +171,9 @@ def train_student(
     dataset of `data` (`mixture.wav` in, the teacher's stem out).
 
     A target whose model finished (its last epoch, or an early stop) is skipped; one with a
-    checkpoint in `output` is resumed from it; `force` trains every target again. A target's
+    checkpoint in `output` is resumed from it; `force` trains every target again. Either is
+    refused where the work folder's settings say the target was trained on another training
+    set (`TrainingSet.sha256`), which each target's training records there as it starts. A target's
     files count only where its json records the same `training` options: those of a run with
     other settings (one stopped after `--force` changed them) are trained again from scratch,
     not kept or resumed.
@@ -136,6 +183,7 @@ def train_student(
         output: the student's model directory.
         targets: the targets to train, in order.
         training: options of `umx.train.TrainConfig` for every target (epochs, seed...).
+        work: the work folder, whose settings record the training set of each target.
         force: train from scratch, overwriting the targets' files.
         device: where to train (None: auto).
         quiet: warnings only.
@@ -145,6 +193,8 @@ def train_student(
     """
     from umx.train import run_training
 
+    if not force:
+        _check_training_sets(work, output, targets, data, training)
     trained = []
     for target in targets:
         info = _target_info(output / f"{target}.json")
@@ -171,6 +221,7 @@ def train_student(
             given.pop("model", None)  # a resumed target has its model
         else:
             given["force"] = force or info is not None  # this distillation's stale files
+        _record_training_set(work, target, data.sha256)
         with distill_words():  # Ctrl-C: the distillation's resume command, not train's
             run_training(given)
         trained.append(target)

@@ -23,6 +23,7 @@ The user's files are only read; a work folder that holds files umx did not write
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -104,12 +105,16 @@ class TrainingSet:
         root: the `aligned` dataset's folder (`WORK/data`).
         train, valid: the track folders' names of each split.
         seconds: the duration of all its songs.
+        sha256: what tells this training set from another: a hash of each split's songs and
+            the files of each (the mixture's and the stems', by `file_signature`), so that a
+            song added, removed, decoded or separated again changes it.
     """
 
     root: Path
     train: list[str]
     valid: list[str]
     seconds: float
+    sha256: str
 
 
 def teacher_pass(
@@ -258,7 +263,7 @@ def build_training_set(
         raise foreign_refusal(work, foreign)
     root = work / DATA_DIR
     seconds = 0.0
-    names = []
+    files: dict[str, list[Path]] = {}
     for track in tracks:
         name = track_name(track.path)
         duration, silent = _write_track(track, root / TRACKS_DIR / name)
@@ -268,7 +273,8 @@ def build_training_set(
             )
             continue
         seconds += duration
-        names.append(name)
+        files[name] = [root / TRACKS_DIR / name / MIXTURE_FILE, *track.stems.values()]
+    names = list(files)
     if len(names) < 2:
         left_out = (
             f", {len(tracks) - len(names)} of them silent" if len(names) < len(tracks) else ""
@@ -288,7 +294,12 @@ def build_training_set(
             link.unlink()
         for name in members:
             os.symlink(Path("..", TRACKS_DIR, name), folder / name, target_is_directory=True)
-    return TrainingSet(root, splits["train"], splits["valid"], seconds)
+    digest = hashlib.sha256()
+    for split, members in splits.items():
+        for name in members:
+            signatures = [file_signature(Path(os.path.realpath(path))) for path in files[name]]
+            digest.update(json.dumps([split, name, signatures]).encode())
+    return TrainingSet(root, splits["train"], splits["valid"], seconds, digest.hexdigest())
 
 
 def _write_track(track: TeacherTrack, folder: Path) -> tuple[float, str | None]:
@@ -318,6 +329,9 @@ def _write_track(track: TeacherTrack, folder: Path) -> tuple[float, str | None]:
             write_text_atomic(folder / SILENT_FILE, silent)
         write_audio(mixture, audio, rate, subtype="FLOAT", clip="none", force=True)
         write_json_atomic(folder / SOURCE_FILE, source)
+    for link in folder.glob("*.wav"):  # another teacher's stems (a --force run's)
+        if link.is_symlink() and link.stem not in track.stems:
+            link.unlink()
     for name, stem in track.stems.items():
         link = folder / f"{name}.wav"
         if link.exists() and not link.is_symlink():
