@@ -192,8 +192,8 @@ def main() -> None:
             "|---|---|---|---|",
             *rtf_rows,
             "",
-            "`umx stream - --stdout --aggregate karaoke` (raw f32le from a pipe, to /dev/null), "
-            "the whole command's peak RSS:",
+            f"`umx stream - --rate 44100 --stdout --aggregate '{KARAOKE}'` (raw f32le from a "
+            "pipe, to /dev/null), the whole command's peak RSS:",
             "",
             "| stream | peak RSS | wall time | wall / duration |",
             "|---|---|---|---|",
