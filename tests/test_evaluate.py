@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
-from processes import BOUND_S, file_size_limit, running, wait_for
+from processes import BOUND_S, children, file_size_limit, running, wait_for
 from umx import api
 from umx.errors import UmxError
 from umx.evaluate import (
@@ -817,6 +817,8 @@ STOPPED_DRIVER = """
 import argparse, os, sys, time
 from pathlib import Path
 
+from processes import children
+from umx.cli import Stopped, stop_on_signals
 from umx.evaluate import scoring
 
 
@@ -834,11 +836,32 @@ if __name__ == "__main__":
     folder = Path(sys.argv[1])
     tracks = [argparse.Namespace(name=f"track-{i}") for i in range(6)]
     try:
-        for outcome in scoring._run_jobs(Job(folder), tracks, jobs=2):
-            pass
+        with stop_on_signals():
+            for outcome in scoring._run_jobs(Job(folder), tracks, jobs=2):
+                pass
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    except Stopped as stopped:
+        code = 128 + stopped.signum
+    # The pool is gone, as when umx logs the stop. A driver may take a while to exit: give a
+    # fork server it left that time to do what it would.
+    deadline = time.monotonic() + 10
+    while children(os.getpid(), b"forkserver") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sys.exit(code)
 """
+
+
+def start_driver(tmp_path):
+    """`STOPPED_DRIVER` in its own process group, as a terminal's command is, with stderr to
+    `tmp_path / "stderr"`."""
+    (tmp_path / "driver.py").write_text(STOPPED_DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    with open(tmp_path / "stderr", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "driver.py", str(tmp_path)], cwd=tmp_path, env=env, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("stop", ["SIGKILL", "Ctrl-C"])
@@ -846,28 +869,42 @@ def test_workers_stop_quietly_with_the_driver(tmp_path, stop):
     """SIGKILL or the out-of-memory killer leaves the driver no time to stop its workers: they
     watch it, and stop instead of scoring on unseen. Ctrl-C reaches the workers and the
     driver, which then stops them too: they stop once, with no traceback."""
-    (tmp_path / "driver.py").write_text(STOPPED_DRIVER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    with open(tmp_path / "stderr", "wb") as err:
-        driver = subprocess.Popen(
-            [sys.executable, "driver.py", str(tmp_path)], cwd=tmp_path, env=env, stderr=err,
-            start_new_session=True,  # its own process group, as a terminal's command has
-        )  # fmt: skip
-        try:
-            wait_for(lambda: len(list(tmp_path.glob("*.started"))) == 2, "two tracks started")
-            workers = [int(path.suffixes[0][1:]) for path in tmp_path.glob("*.started")]
-            if stop == "SIGKILL":
-                driver.kill()
-            else:
-                os.killpg(driver.pid, signal.SIGINT)
-            assert driver.wait(timeout=BOUND_S) == (-9 if stop == "SIGKILL" else 130)
-            wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
-        finally:
+    driver = start_driver(tmp_path)
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("*.started"))) == 2, "two tracks started")
+        workers = [int(path.suffixes[0][1:]) for path in tmp_path.glob("*.started")]
+        if stop == "SIGKILL":
             driver.kill()
+        else:
+            os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=BOUND_S) == (-9 if stop == "SIGKILL" else 130)
+        wait_for(lambda: not any(map(running, workers)), "the workers to stop", 30)
+    finally:
+        driver.kill()
     assert len(list(tmp_path.glob("*.started"))) == 2 and not list(tmp_path.glob("*.done"))
     err = (tmp_path / "stderr").read_text()
     # SIGKILL leaves the driver's semaphores to Python's resource tracker, which says so
     assert "Traceback" not in err and (stop == "SIGKILL" or err == ""), err
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM"])
+def test_a_run_stopped_while_its_fork_server_starts_stops_quietly(tmp_path, stop):
+    """The fork server imports umx, musdb and museval first (seconds): a stopped driver would
+    leave it to fork a worker that cannot start once the driver has gone, which writes a
+    traceback. It ends with the driver instead."""
+    driver = start_driver(tmp_path)
+    try:
+        servers = wait_for(lambda: children(driver.pid, b"forkserver"), "the fork server")
+        if stop == "SIGTERM":
+            driver.terminate()
+        else:
+            os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=BOUND_S) == (143 if stop == "SIGTERM" else 130)
+        wait_for(lambda: not any(map(running, servers)), "the fork server to end", 30)
+    finally:
+        driver.kill()
+    assert not list(tmp_path.glob("*.started"))
+    assert (tmp_path / "stderr").read_text() == ""
 
 
 def test_estimates_are_written_over_only_when_this_evaluation_wrote_them(tracks, tmp_path):

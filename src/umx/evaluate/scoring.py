@@ -4,6 +4,7 @@ if asked) into one museval JSON per track."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -11,10 +12,12 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +50,10 @@ ESTIMATES_RECORD = ".umx-evaluate.json"
 them, so that an evaluation made the same way (a resumed one) may write them again."""
 REST_OF = "the mixture without"
 """How a single estimate's second source is named in messages: the rest of the mixture."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""What stops an evaluation: Ctrl-C, and the signals `umx` turns into a stop."""
 
 
 def score_track(
@@ -470,11 +477,13 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
     # fork from a server that has imported umx, musdb and museval once, but started nothing.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, "musdb", "museval"])
+    _start_forkserver(context)
     stop = context.Event()
     initargs = (job, threads, stop, os.getpid())
     with ProcessPoolExecutor(workers, context, _init_worker, initargs) as pool:
-        futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
         try:
+            with _stops_held():  # submitting starts the workers
+                futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
             for future in as_completed(futures):
                 try:
                     yield future.result()
@@ -491,4 +500,59 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
                 if process.is_alive():
                     os.kill(process.pid, signal.SIGINT)
             pool.shutdown(wait=True, cancel_futures=True)
+            _stop_forkserver()  # now that no worker is left: it would outlive the driver
             raise
+
+
+def _start_forkserver(context: multiprocessing.context.ForkServerContext) -> None:
+    """Start the fork server if it is not running, and wait until it serves (it imports umx,
+    musdb and museval first, seconds), by starting a process that does nothing.
+
+    Stopped meanwhile, the driver ends the server at once: it would go on after the driver has
+    gone, then fork the worker whose start was stopped, which would fail with a traceback (the
+    pool's semaphores removed), and outlive the driver for seconds. Once it serves, starting a
+    worker takes an instant, the time that `_run_jobs` holds stops back.
+    """
+    try:
+        forkserver.ensure_running()
+        probe = context.Process(target=int, name="umx-forkserver-probe")
+        probe.start()
+        probe.join()
+    except BaseException:
+        _stop_forkserver()
+        raise
+
+
+def _stop_forkserver() -> None:
+    """End the fork server now (even while it imports), if it runs; the next pool starts a
+    new one. multiprocessing has no public way to do it."""
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server._forkserver_pid, signal.SIGKILL)
+        server._stop()  # reaps it
+
+
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP back while the block runs, then act on the first that
+    came as their handlers would have (in the main thread; elsewhere they are not held).
+
+    Stopped while it starts a worker, the driver would not know that worker, and would remove
+    the pool's semaphores while it started, which it then fails to do with a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signums = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not None]
+    previous = {
+        signum: signal.signal(signum, lambda signum, _: held.append(signum)) for signum in signums
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
