@@ -907,6 +907,24 @@ def test_a_run_stopped_while_its_fork_server_starts_stops_quietly(tmp_path, stop
     assert (tmp_path / "stderr").read_text() == ""
 
 
+def test_the_fork_server_ignores_ctrl_c_from_its_start(tmp_path):
+    """Ctrl-C reaches the fork server too, at first while it imports umx, musdb and museval
+    (CPython's ignores SIGINT only after them): it goes on, and serves the workers."""
+    driver = start_driver(tmp_path)
+    try:
+        servers = wait_for(lambda: children(driver.pid, b"forkserver"), "the fork server")
+        os.kill(servers[0], signal.SIGINT)  # the driver's own Ctrl-C: see the tests above
+        started = lambda: len(list(tmp_path.glob("*.started"))) == 2  # noqa: E731
+        wait_for(lambda: started() or driver.poll() is not None, "two tracks started")
+        assert started(), (tmp_path / "stderr").read_text()
+        os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=BOUND_S) == 130
+        wait_for(lambda: not any(map(running, servers)), "the fork server to end", 30)
+    finally:
+        driver.kill()
+    assert (tmp_path / "stderr").read_text() == ""
+
+
 def test_estimates_are_written_over_only_when_this_evaluation_wrote_them(tracks, tmp_path):
     """`outdir` estimates a stopped evaluation wrote are written again when it resumes, but
     those of another method, or files of the user's, are refused before any track unless

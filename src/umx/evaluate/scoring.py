@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -316,10 +316,12 @@ _worker_stop: Event | None = None
 
 def _init_worker(job: _TrackJob, nb_threads: int, stop: Event, driver: int) -> None:
     global _worker_job, _worker_stop
-    # The fork server ignores SIGINT and its children inherit that: SIGINT interrupts a track
-    # again, so that a stopped evaluation stops its workers too, and a worker gets it when the
-    # driver dies, even by SIGKILL.
+    # The fork server holds SIGINT back from its start (`_start_forkserver`), and its children
+    # inherit that: let through once it is handled, SIGINT interrupts a track again, so that a
+    # stopped evaluation stops its workers too, and a worker gets it when the driver dies, even
+    # by SIGKILL. One that came while this worker started (a stop) ends it now.
     init_pool_worker(driver)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(nb_threads)
     _worker_job, _worker_stop = job, stop
 
@@ -512,9 +514,20 @@ def _start_forkserver(context: multiprocessing.context.ForkServerContext) -> Non
     gone, then fork the worker whose start was stopped, which would fail with a traceback (the
     pool's semaphores removed), and outlive the driver for seconds. Once it serves, starting a
     worker takes an instant, the time that `_run_jobs` holds stops back.
+
+    The server starts with SIGINT held back (blocked in this thread, which it inherits), for
+    ever: CPython's fork server ignores SIGINT only after its imports, which Ctrl-C would
+    interrupt with a traceback. Its workers let SIGINT through again (`_init_worker`). Only
+    held back, not ignored, a Ctrl-C that comes meanwhile is not lost here, even if another
+    thread of this process takes it.
     """
+    resource_tracker.ensure_running()  # starting it unblocks SIGINT
     try:
-        forkserver.ensure_running()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         probe = context.Process(target=int, name="umx-forkserver-probe")
         probe.start()
         probe.join()
