@@ -23,6 +23,11 @@ ARCHITECTURES = ("umx", "xumx")  # one Open-Unmix per target; X-UMX, all targets
 XUMX_NAME = "xumx"  # the file names of an X-UMX run: xumx.chkpnt, xumx.pth, xumx.json
 XUMX_DATASETS = ("musdb", "trackfolder_fix")  # datasets whose tracks hold fixed sources
 MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**31 - 1
+"""The largest count (--epochs, --batch-size, --hidden-size, excerpts, tracks...): far beyond
+any run that fits in memory (past that, training says memory ran out), and below the integers
+that Python's `range` and `itertools.islice` (`sys.maxsize`) and torch's sizes take, which
+larger ones crashed with a traceback (`--batch-size 10**24` in torch's sampler)."""
 MAX_SEQ_DUR = 86400.0  # seconds: a day, far beyond any excerpt that fits in memory
 MAX_ADAM = {"lr": 1.0, "weight_decay": 1.0}
 """The largest --lr and --weight-decay: Adam's steps are about --lr in size (Open-Unmix uses
@@ -263,21 +268,21 @@ def resolve_options(
 
 
 WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
-    "epochs": (1, None),
-    "batch_size": (1, None),
-    "patience": (1, None),
-    "lr_decay_patience": (0, None),
+    "epochs": (1, MAX_COUNT),
+    "batch_size": (1, MAX_COUNT),
+    "patience": (1, MAX_COUNT),
+    "lr_decay_patience": (0, MAX_COUNT),
     "seed": (0, MAX_SEED),
-    "nb_workers": (0, None),
-    "nfft": (1, None),
+    "nb_workers": (0, None),  # at most 4 per core (`check_cores`)
+    "nfft": (1, None),  # at most 65536, and --nhop at most --nfft (`check_stft`)
     "nhop": (1, None),
-    "hidden_size": (1, None),
-    "samples_per_track": (1, None),
-    "valid_tracks": (1, None),
-    "nb_train_samples": (1, None),
-    "nb_valid_samples": (1, None),
+    "hidden_size": (1, MAX_COUNT),
+    "samples_per_track": (1, MAX_COUNT),
+    "valid_tracks": (1, MAX_COUNT),
+    "nb_train_samples": (1, MAX_COUNT),
+    "nb_valid_samples": (1, MAX_COUNT),
 }
-"""Whole-number options and their bounds (inclusive; None: unbounded)."""
+"""Whole-number options and their bounds (inclusive; None: bounded by a later check)."""
 
 POSITIVE_NUMBERS = ("lr", "seq_dur", "bandwidth")
 """Real options that must be finite and greater than zero."""
@@ -382,7 +387,10 @@ def check_options(config: TrainConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UmxError(f"{flag(key)} must be a whole number, not {value!r}")
         if value < low or (high is not None and value > high):
-            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            if high in (None, MAX_COUNT):  # a cap against overflow: not worth naming below it
+                bounds = f"at least {low}" if value < low else f"at most {high}"
+            else:
+                bounds = f"from {low} to {high}"
             raise UmxError(f"{flag(key)} must be {bounds}, not {value}")
     check_cores("--nb-workers", config.nb_workers, WORKERS_PER_CORE)
     _check_reals(config, flag)
