@@ -539,10 +539,11 @@ def _start_forkserver(context: multiprocessing.context.ForkServerContext) -> Non
 def _stop_forkserver() -> None:
     """End the fork server now (even while it imports), if it runs; the next pool starts a
     new one. multiprocessing has no public way to do it."""
-    server = forkserver._forkserver
-    if server._forkserver_pid is not None:
+    server = getattr(forkserver, "_forkserver", None)  # CPython 3.8-3.13's; else left as is
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is not None and hasattr(server, "_stop"):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(server._forkserver_pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         server._stop()  # reaps it
 
 
