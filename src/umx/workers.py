@@ -13,11 +13,17 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""What stops a run: Ctrl-C, and the signals `umx` turns into a stop (`umx.cli.Stopped`)."""
 
 _driver_fd: int | None = None
 """A descriptor of this worker's driver that becomes readable when it ends (Linux's pidfd),
@@ -90,3 +96,29 @@ def run_pool_task(function: Callable[..., T], *args: Any) -> T:
         os._exit(1)
     finally:
         _busy = False
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP for the duration of the block and deliver the first that
+    came after it, to the handler it was meant for: so that a stop lands between steps that must
+    not be cut (inside `torch.save`, whose zip writer then fails with a RuntimeError instead of
+    stopping; while a pool starts a worker, which it would then not know). In the main thread
+    only, where Python runs signal handlers; a signal whose handler was not set from Python is
+    left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    signums = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not None]
+    previous = {
+        signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
+        for signum in signums
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            os.kill(os.getpid(), received[0])  # now, to the handler it was meant for

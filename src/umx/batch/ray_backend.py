@@ -34,6 +34,7 @@ from umx.batch.work import (
 from umx.errors import UmxError, printable
 from umx.jobs import FAILED
 from umx.messages import plural
+from umx.workers import STOP_SIGNALS
 
 logger = logging.getLogger("umx")
 
@@ -87,12 +88,10 @@ def _own_signal_handlers() -> Iterator[None]:
     would put its own SIGTERM handlers in place, which exit 15 or 1 without a word) and after
     it (its C++ core worker's, which prints a stack dump): umx's stop a run as locally
     (`umx.cli.stop_on_signals`)."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {signum: signal.getsignal(signum) for signum in signums}
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     utils = getattr(getattr(ray, "_private", None), "utils", None)
     set_sigterm_handler = getattr(utils, "set_sigterm_handler", None)
     if set_sigterm_handler is not None:

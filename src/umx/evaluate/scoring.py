@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -36,7 +35,7 @@ from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method, Settings
 from umx.evaluate.resume import SETTINGS, check_resumable, run_settings, track_settings
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
-from umx.workers import init_pool_worker, run_pool_task
+from umx.workers import init_pool_worker, run_pool_task, stops_deferred
 
 if TYPE_CHECKING:
     import musdb
@@ -50,10 +49,6 @@ ESTIMATES_RECORD = ".umx-evaluate.json"
 them, so that an evaluation made the same way (a resumed one) may write them again."""
 REST_OF = "the mixture without"
 """How a single estimate's second source is named in messages: the rest of the mixture."""
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-"""What stops an evaluation: Ctrl-C, and the signals `umx` turns into a stop."""
 
 
 def score_track(
@@ -484,7 +479,7 @@ def _run_jobs(job: _TrackJob, tracks: Sequence[musdb.MultiTrack], jobs: int) -> 
     initargs = (job, threads, stop, os.getpid())
     with ProcessPoolExecutor(workers, context, _init_worker, initargs) as pool:
         try:
-            with _stops_held():  # submitting starts the workers
+            with stops_deferred():  # submitting starts the workers
                 futures = {pool.submit(_run_in_worker, track): track.name for track in tracks}
             for future in as_completed(futures):
                 try:
@@ -545,28 +540,3 @@ def _stop_forkserver() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         server._stop()  # reaps it
-
-
-@contextlib.contextmanager
-def _stops_held() -> Iterator[None]:
-    """Hold Ctrl-C, SIGTERM and SIGHUP back while the block runs, then act on the first that
-    came as their handlers would have (in the main thread; elsewhere they are not held).
-
-    Stopped while it starts a worker, the driver would not know that worker, and would remove
-    the pool's semaphores while it started, which it then fails to do with a traceback.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    signums = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not None]
-    previous = {
-        signum: signal.signal(signum, lambda signum, _: held.append(signum)) for signum in signums
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if held:
-            signal.raise_signal(held[0])

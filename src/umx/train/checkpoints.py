@@ -2,19 +2,15 @@
 
 Early stopping and the history are saved in the checkpoint `<target>.chkpnt`; this module reads
 a checkpoint back (refusing one that is unreadable, of another target or does not fit the run),
-refuses an `--output` directory holding another run, and composes its `separator.json`.
-`stops_deferred` keeps a stop signal from landing in the middle of writing them.
+refuses an `--output` directory holding another run, and composes its `separator.json`
+(`umx.workers.stops_deferred` keeps a stop signal from landing in the middle of writing them).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,31 +268,3 @@ def _separator_config(
     if isinstance(targets, list):
         data["targets"] = targets if target in targets else [*targets, target]
     return data
-
-
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-@contextmanager
-def stops_deferred() -> Iterator[None]:
-    """Hold Ctrl-C, SIGTERM and SIGHUP for the duration of the block and deliver them after it,
-    so that a stop lands between the outputs of an epoch, not inside `torch.save` (whose zip
-    writer then fails with a RuntimeError instead of stopping). In the main thread only, where
-    Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {
-        signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
-        for signum in STOP_SIGNALS
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            os.kill(os.getpid(), received[0])  # now, to the handler it was meant for

@@ -43,7 +43,6 @@ from umx.train.checkpoints import (
     _json_options,
     _read_checkpoint,
     _separator_config,
-    stops_deferred,
 )
 from umx.train.config import ARCHITECTURE, DEFAULTS, is_xumx_run, resolve_options
 from umx.train.distributed import Distributed, seed_everything
@@ -53,6 +52,7 @@ from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
 from umx.weights import infer_architecture
+from umx.workers import stops_deferred
 from umx.zoo import load_separator
 
 logger = logging.getLogger("umx.train")  # the command's name, not this module's

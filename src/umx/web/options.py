@@ -31,6 +31,7 @@ from umx.cli_options import path_argument
 from umx.defaults import AUTO
 from umx.devices import WORKERS_PER_CORE, check_cores
 from umx.errors import UmxError, check_number
+from umx.workers import STOP_SIGNALS
 from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, is_offline, resolve_model
 from umx.zoo.download import probe
 
@@ -48,9 +49,6 @@ GRACEFUL_SHUTDOWN_S = 2
 once."""
 WORKERS_STOP_S = 0.5
 """Seconds the workers get to end when the server stops (see the module's docstring)."""
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
 WEB_MODULES = ("starlette", "uvicorn")
 NO_ANSWER = "the download server did not answer at start"
 """Why the models not in the cache cannot be had, when the download host did not answer."""
