@@ -267,6 +267,16 @@ def overlap(first: str, second: str) -> bool:
     return within(first, second) or within(second, first)
 
 
+def not_a_folder(folder: Path) -> Path | None:
+    """The nearest of `folder` and its parents that exists, if it is not a folder (a file, a
+    dangling link, a link loop): what keeps `folder` from being made (where `mkdir` would say
+    only "File exists"); None where nothing does."""
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            return None if path.is_dir() else path
+    return None
+
+
 def make_output_dirs(paths: Iterable[Path]) -> None:
     """Create the directories of output files.
 

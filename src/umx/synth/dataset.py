@@ -41,7 +41,7 @@ from umx.defaults import (
     TRAIN_SOUNDFONTS,
 )
 from umx.errors import UmxError, already_exists, display_path
-from umx.files import staged_folder, write_atomic
+from umx.files import not_a_folder, staged_folder, write_atomic
 from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song
 from umx.synth.render import (
@@ -104,8 +104,8 @@ def check_root(root: Path, force: bool) -> None:
             is not a dataset, or a dataset and ``force`` is false.
     """
     if not root.exists():
-        above = next((path for path in root.parents if path.exists()), None)
-        if above is not None and not above.is_dir():  # mkdir would say "File exists"
+        above = not_a_folder(root.parent)
+        if above is not None:
             raise UmxError(f"{above} is a file, not a folder (in --root {root})")
         return
     if not root.is_dir():

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, printable, short
-from umx.files import sha256_file, write_atomic
+from umx.files import not_a_folder, sha256_file, write_atomic
 from umx.zoo.registry import (
     CACHE_ENV,
     MIRROR_ENV,
@@ -233,15 +233,6 @@ def _get(
             return total, _receive(response, out, digest, bar)
 
 
-def _not_a_folder(folder: Path) -> Path | None:
-    """The nearest of `folder` and its parents that exists, if it is not a folder (a file, a
-    dangling link, a link loop): what keeps `folder` from being made."""
-    for path in (folder, *folder.parents):
-        if os.path.lexists(path):
-            return None if path.is_dir() else path
-    return None
-
-
 def download_file(
     url: str, destination: str | os.PathLike, *, progress: bool = True, hint: str | None = None
 ) -> None:
@@ -299,7 +290,7 @@ def download_file(
         destination.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(destination, fetch)
     except OSError as error:  # network errors are UmxErrors by now: this is the local disk
-        blocker = _not_a_folder(destination.parent)
+        blocker = not_a_folder(destination.parent)
         if blocker is None:
             reason = f"could not save {destination} ({error.strerror or error})"
         else:
