@@ -54,6 +54,9 @@ MIN_SUM_SNR = 6.0
 LENGTH_TOLERANCE = 0.05
 """The most, in seconds, by which a song's stems may be longer or shorter than the song (cut
 or padded with silence at the end): encoders' padding, not a shift in time."""
+HEADER_TOLERANCE = 1.0
+"""The most, in seconds, by which the durations in the headers of a song and of its stems may
+differ before the stems are decoded (headers of compressed files may be approximate)."""
 MAX_LAG = 1.0
 """The widest shift in time, in seconds, that a refusal measures and names."""
 MAX_NAMED = 5
@@ -251,11 +254,7 @@ def _import_song(song: str, stems: Mapping[str, Path], folder: Path) -> dict[str
     mixture, _ = read_audio(song, sample_rate=rate, nb_channels=channels.pop())
     length = mixture.shape[1]
     for name, (signal, _) in audio.items():
-        if abs(signal.shape[1] - length) > LENGTH_TOLERANCE * rate:
-            raise UmxError(
-                f"its stem {display_path(stems[name])} lasts {signal.shape[1] / rate:.2f} s, "
-                f"the song {length / rate:.2f} s: are they of this song, and whole?"
-            )
+        _check_length(stems[name], signal.shape[1] / rate, length / rate, LENGTH_TOLERANCE)
     signals = {name: _fit(signal, length) for name, (signal, _) in audio.items()}
     _check_sum(mixture, list(signals.values()), rate)
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,9 +266,9 @@ def _import_song(song: str, stems: Mapping[str, Path], folder: Path) -> dict[str
 
 
 def _check_durations(song: str, stems: Mapping[str, Path]) -> None:
-    """Refuse, from their headers and before decoding any, stems that last a second or more
-    longer or shorter than the song (a stem of hours would fill the memory to be refused
-    after); the exact check follows the decoding.
+    """Refuse, from their headers and before decoding any, stems that last more than
+    `HEADER_TOLERANCE` longer or shorter than the song (a stem of hours would fill the memory
+    to be refused after); the exact check follows the decoding.
 
     Raises:
         UmxError: naming the stem.
@@ -278,11 +277,20 @@ def _check_durations(song: str, stems: Mapping[str, Path]) -> None:
     seconds = song_info.nb_frames / song_info.sample_rate
     for path in stems.values():
         info = audio_info(path)
-        if abs(info.nb_frames / info.sample_rate - seconds) >= 1:
-            raise UmxError(
-                f"its stem {display_path(path)} lasts {info.nb_frames / info.sample_rate:.2f} "
-                f"s, the song {seconds:.2f} s: are they of this song, and whole?"
-            )
+        _check_length(path, info.nb_frames / info.sample_rate, seconds, HEADER_TOLERANCE)
+
+
+def _check_length(stem: Path, seconds: float, song: float, tolerance: float) -> None:
+    """Refuse a stem that lasts more than `tolerance` seconds longer or shorter than its song.
+
+    Raises:
+        UmxError: naming the stem and both durations.
+    """
+    if abs(seconds - song) > tolerance:
+        raise UmxError(
+            f"its stem {display_path(stem)} lasts {seconds:.2f} s, the song {song:.2f} s: are "
+            "they of this song, and whole?"
+        )
 
 
 def _fit(signal: torch.Tensor, length: int) -> torch.Tensor:

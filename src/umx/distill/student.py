@@ -27,6 +27,7 @@ from umx.distill.teacher import (
     TrainingSet,
     foreign_files,
     foreign_refusal,
+    read_json,
 )
 from umx.errors import UmxError, display_path
 from umx.files import write_json_atomic
@@ -114,17 +115,20 @@ def _shown(value: object) -> str:
 def write_settings(work: Path, settings: Mapping[str, Any]) -> None:
     """Record the settings of this run in `work` (atomically), keeping which training set each
     target was trained on (`TRAINED_ON`)."""
-    trained_on = (read_settings(work) or {}).get(TRAINED_ON)
-    trained_on = trained_on if isinstance(trained_on, dict) else {}
+    trained_on = _trained_on(read_settings(work))
     write_json_atomic(work / SETTINGS_FILE, {**settings, TRAINED_ON: trained_on})
+
+
+def _trained_on(settings: Mapping[str, Any] | None) -> dict[str, str]:
+    """The training set of each target that a run's `settings` record (`TRAINED_ON`)."""
+    trained_on = (settings or {}).get(TRAINED_ON)
+    return trained_on if isinstance(trained_on, dict) else {}
 
 
 def _record_training_set(work: Path, target: str, sha256: str) -> None:
     """Record in `work`'s settings that `target` is trained on the training set `sha256`."""
     settings = read_settings(work) or {}
-    trained_on = settings.get(TRAINED_ON)
-    trained_on = trained_on if isinstance(trained_on, dict) else {}
-    trained_on = {**trained_on, target: sha256}
+    trained_on = {**_trained_on(settings), target: sha256}
     write_json_atomic(work / SETTINGS_FILE, {**settings, TRAINED_ON: trained_on})
 
 
@@ -138,8 +142,7 @@ def _check_training_sets(
     Raises:
         UmxError: naming the first such target and what to do.
     """
-    trained_on = (read_settings(work) or {}).get(TRAINED_ON)
-    trained_on = trained_on if isinstance(trained_on, dict) else {}
+    trained_on = _trained_on(read_settings(work))
     for target in targets:
         info = _target_info(output / f"{target}.json")
         resumable = (output / f"{target}{CHECKPOINT_SUFFIX}").is_file()
@@ -230,10 +233,7 @@ def train_student(
 
 def _target_info(path: Path) -> dict[str, Any] | None:
     """The target json `umx.train` wrote, or None where there is none that reads."""
-    try:
-        info = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
+    info = read_json(path)
     return info if isinstance(info, dict) else None
 
 
