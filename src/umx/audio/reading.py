@@ -35,7 +35,9 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile
@@ -255,38 +257,69 @@ def _ffmpeg_tools() -> tuple[str, str] | None:
     return (ffmpeg, ffprobe) if ffmpeg and ffprobe else None
 
 
-def _ffmpeg_probe(path: Path, ffprobe: str, failure: str | None = None) -> tuple[int, int]:
-    """The channels and sample rate of a file's first audio stream.
+class _Probe(NamedTuple):
+    """What ffprobe says of a file's first audio stream."""
+
+    nb_channels: int
+    rate: int
+    nb_frames: int | None  # the exact length, where the container declares one (MP4's)
+
+
+def _exact_length(probe: dict, rate: int) -> int | None:
+    """The stream's length in frames as an MP4 container declares it, else ``None``.
+
+    AAC encoders pad the last frame with up to 2048 samples that ffmpeg decodes; MP4 (m4a,
+    stem files) declares the length without them (the edit list), other containers do not.
+    """
+    try:
+        if "mp4" not in probe["format"]["format_name"].split(","):
+            return None
+        stream = probe["streams"][0]
+        return round(int(stream["duration_ts"]) * Fraction(stream["time_base"]) * rate)
+    except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _ffmpeg_probe(path: Path, ffprobe: str, failure: str | None = None) -> _Probe:
+    """The channels, sample rate and declared length of a file's first audio stream.
 
     Args:
         failure: the reason given if ffprobe fails; ``None`` gives ffprobe's.
     """
     source = f"file:{path}"
     command = [ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries"]
-    command += ["stream=channels,sample_rate", "-of", "json", "-i", source]
+    command += ["stream=channels,sample_rate,time_base,duration_ts:format=format_name"]
+    command += ["-of", "json", "-i", source]
     result = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL, check=False)
     if result.returncode != 0:
         failure = failure or f"ffmpeg: {_ffmpeg_failure(result.stderr, result.returncode, source)}"
         raise _undecodable(path, failure)
     try:
-        stream = json.loads(result.stdout)["streams"][0]
+        probe = json.loads(result.stdout)
+        stream = probe["streams"][0]
         nb_channels, rate = int(stream["channels"]), int(stream["sample_rate"])
     except (ValueError, KeyError, IndexError, TypeError):
         nb_channels = rate = 0
     if nb_channels <= 0 or rate <= 0:
         raise UmxError(f"{display_path(path)} has no audio stream")
-    return nb_channels, rate
+    nb_frames = _exact_length(probe, rate)
+    return _Probe(nb_channels, rate, None if nb_frames is None or nb_frames < 0 else nb_frames)
 
 
 def _ffmpeg_decode(
-    path: Path, ffmpeg: str, nb_channels: int, rate: int, first: int, count: int | None
+    path: Path, ffmpeg: str, probe: _Probe, first: int, count: int | None
 ) -> np.ndarray:
     """Frames ``[first, first + count)`` of the first audio stream; as `_Libsndfile.read`.
 
     ffmpeg decodes from the start and the excerpt is cut from its samples, as libsndfile's are:
     seeking in ffmpeg (``-ss``) is sample-exact for neither AAC nor mp3. Only the excerpt is
-    kept, and ffmpeg is stopped once it is complete.
+    kept, and ffmpeg is stopped once it is complete. Nothing past the length the container
+    declares is kept (an AAC encoder's padding).
     """
+    nb_channels, rate, nb_frames = probe
+    if nb_frames is not None:
+        left = max(nb_frames - first, 0)
+        count = left if count is None else min(count, left)
     source = f"file:{path}"
     command = [ffmpeg, "-nostdin", "-v", "error", "-i", source, "-map", "0:a:0", "-f", "f32le"]
     command += ["-ac", str(nb_channels), "-ar", str(rate), "pipe:1"]
@@ -386,9 +419,9 @@ def _read(path: Path, excerpt: Callable[[float], tuple[int, int | None]]) -> tup
                 check_rate(decoder.rate, display_path(path))
                 return decoder.read(*excerpt(decoder.rate)), decoder.rate
         ffmpeg, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
-        nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
-        check_rate(rate, display_path(path))
-        return _ffmpeg_decode(path, ffmpeg, nb_channels, rate, *excerpt(rate)), rate
+        probe = _ffmpeg_probe(path, ffprobe, failure)
+        check_rate(probe.rate, display_path(path))
+        return _ffmpeg_decode(path, ffmpeg, probe, *excerpt(probe.rate)), probe.rate
 
 
 @dataclass(frozen=True)
@@ -399,7 +432,8 @@ class AudioFileInfo:
         sample_rate: in Hz.
         nb_channels: the channel count (of the first audio stream, for ffmpeg's formats).
         nb_frames: the length in frames; ``None`` where it is not known without decoding the
-            whole file (mp3 without Xing/Info tag, FLAC declaring no length, ffmpeg's formats).
+            whole file (mp3 without Xing/Info tag, FLAC declaring no length, ffmpeg's formats
+            other than MP4).
     """
 
     sample_rate: float
@@ -432,8 +466,8 @@ def audio_info(path: str | os.PathLike) -> AudioFileInfo:
                 info = AudioFileInfo(float(decoder.rate), decoder.nb_channels, decoder.nb_frames)
         else:
             _, ffprobe = _ffmpeg_tools() or ("ffmpeg", "ffprobe")
-            nb_channels, rate = _ffmpeg_probe(path, ffprobe, failure)
-            info = AudioFileInfo(float(rate), nb_channels, None)
+            probe = _ffmpeg_probe(path, ffprobe, failure)
+            info = AudioFileInfo(float(probe.rate), probe.nb_channels, probe.nb_frames)
     check_rate(info.sample_rate, display_path(path))
     return info
 
