@@ -23,7 +23,11 @@ from umx.zoo import load_separator
         ({"wiener_win_len": -3}, "--wiener-win-len"),
         ({"segment": math.nan}, "--segment"),
         ({"overlap": -0.5}, "--overlap"),
-        ({"segment": 2.0, "overlap": 2.0}, "must be shorter than --segment"),
+        (
+            {"segment": 2.0, "overlap": 1.01},
+            r"^--overlap \(1.01 s\) must be at most half of --segment \(2 s\): a longer "
+            "cross-fade separates every sample many times over$",
+        ),
         ({"residual": "../rest"}, "--residual"),
         ({"backend": "tensorflow"}, "unknown backend"),
         ({"quantize": "int4"}, "int4"),

@@ -154,7 +154,7 @@ def separate(
     nb_channels = batch.shape[1]
     mix = model_input(batch, rate, model, "audio")
     separated = model.separate(mix, segment=segment, overlap=overlap)
-    model.check_not_silent(peak(mix), peak(separated), "audio")
+    model.check_stems(peak(mix), peak(separated), "audio")
     stems = model.to_dict(separated, aggregate)
     out = {}
     for name, stem in stems.items():
@@ -456,7 +456,7 @@ def separate_file(
             on_progress=on_progress,
         )
         # before the writers put the stems in place
-        separator.check_not_silent(peak(mix), separated_peak, display_path(input_path))
+        separator.check_stems(peak(mix), separated_peak, display_path(input_path))
     return [writer.report for writer in writers.values()]
 
 

@@ -207,7 +207,7 @@ def add_separation_arguments(
             "--overlap",
             type=float,
             metavar="SECONDS",
-            help=f"cross-fade between chunks (default: {OVERLAP:g})",
+            help=f"cross-fade between chunks, at most half a chunk (default: {OVERLAP:g})",
         )
         group.add_argument(
             "--whole-track",

@@ -34,8 +34,11 @@ def check_options(
     if segment is not None:
         check_number("--segment", segment, above=0)
     check_number("--overlap", overlap, minimum=0)
-    if segment is not None and overlap >= segment:
-        raise UmxError(f"--overlap ({overlap:g} s) must be shorter than --segment ({segment:g} s)")
+    if segment is not None and overlap > segment / 2:
+        raise UmxError(
+            f"--overlap ({overlap:g} s) must be at most half of --segment ({segment:g} s): a "
+            "longer cross-fade separates every sample many times over"
+        )
 
 
 MIN_SEGMENT_WINDOWS = 4
@@ -135,21 +138,29 @@ class Separator(nn.Module):
         raw model estimates, may rightly be silent (no vocals in an instrumental)."""
         return self.residual is not None or (len(self.target_models) >= 2 and self.niter >= 1)
 
-    def check_not_silent(self, mix_peak: float, separated_peak: float, source: str) -> None:
-        """Refuse a separation that gave silence in every source from audible input, where the
-        sources should add up to it (`covers_mixture`): the models give nothing (broken or
-        zeroed weights), and silent stems would pass for a result.
+    def check_stems(self, mix_peak: float, separated_peak: float, source: str) -> None:
+        """Refuse stems that are not a result: NaN or infinite samples (from broken weights or
+        an unstable filter), or silence in every source from audible input where the sources
+        should add up to it (`covers_mixture`: the models give nothing). Such stems would pass
+        for a result.
 
         Args:
             mix_peak: the largest absolute sample of the mixture.
-            separated_peak: the largest absolute sample of all separated sources.
+            separated_peak: the largest absolute sample of all separated sources (NaN if one
+                is NaN, see `umx.audio.samples.peak`).
             source: how the user knows the input (the message starts with it).
 
         Raises:
-            UmxError: the mixture peaks above `AUDIBLE` and the sources stay `SILENT` below it.
+            UmxError: the sources hold NaN or infinite samples, or the mixture peaks above
+                `AUDIBLE` and the sources stay `SILENT` below it.
         """
+        model = f"the model {self.model_name}" if self.model_name else "the model"
+        if not math.isfinite(separated_peak):
+            raise UmxError(
+                f"{source}: the stems came out with NaN or infinite samples: {model} or its "
+                "options give no usable result (are its weights broken?)"
+            )
         if self.covers_mixture and mix_peak > AUDIBLE and separated_peak <= mix_peak * SILENT:
-            model = f"the model {self.model_name}" if self.model_name else "the model"
             raise UmxError(
                 f"{source}: every stem came out silent from audible input: {model} gives "
                 "nothing (are its weights broken?)"
@@ -247,7 +258,7 @@ class Separator(nn.Module):
             audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`.
             segment: longest chunk in seconds; chunk starts are aligned to the Wiener blocks
                 (`wiener_win_len` frames), so chunks may be a little shorter.
-            overlap: cross-fade length in seconds, less than `segment`.
+            overlap: cross-fade length in seconds, at most half of `segment`.
 
         Raises:
             UmxError: bad chunk options, or chunks too short for the model (`check_segment`).
@@ -260,11 +271,6 @@ class Separator(nn.Module):
         self.check_segment(segment)
         seg_len = round(segment * self.sample_rate)
         ovl_len = round(overlap * self.sample_rate)
-        if not 0 <= ovl_len < seg_len:
-            raise UmxError(
-                f"the overlap ({overlap} s) must be at least 0 and less than the segment "
-                f"({segment} s)"
-            )
         step = self._chunk_step(seg_len - ovl_len)
         nb_timesteps = audio.shape[-1]
         fade_in = (torch.arange(ovl_len, device=audio.device) + 0.5) / max(ovl_len, 1)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from umx.audio.samples import check_samples
+from umx.audio.samples import check_samples, peak
 from umx.errors import UmxError, check_number
 from umx.filtering import WIENER_MEMORY, CausalWiener
 from umx.model import LSTMState
@@ -253,7 +253,8 @@ def separate_causal(
         the stems, `(nb_targets, nb_channels, nb_timesteps)`, on the audio's device.
 
     Raises:
-        UmxError: a target model is bidirectional, or the audio cannot be separated.
+        UmxError: a target model is bidirectional, the audio cannot be separated, or the stems
+            are not a result (`Separator.check_stems`).
     """
     nb_channels = audio.shape[0] if audio.dim() == 2 else None
     stream = StreamingSeparator(separator, nb_channels=nb_channels, wiener_memory=wiener_memory)
@@ -266,4 +267,6 @@ def separate_causal(
     end = (_nb_frames(nb_timesteps, n_fft, n_hop) - 1) * n_hop + n_fft
     spec = stft(F.pad(mix, (pre, end - pre - nb_timesteps)), n_fft, n_hop, center=False)
     stems, _ = istft_frames(stream._separate(spec), n_fft, n_hop)
-    return stems[..., pre : pre + nb_timesteps].to(audio.device)
+    stems = stems[..., pre : pre + nb_timesteps]
+    separator.check_stems(peak(mix), peak(stems), "audio")
+    return stems.to(audio.device)

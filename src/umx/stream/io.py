@@ -329,10 +329,10 @@ def _check_stems(
     separator: Separator, source: Source, nb_read: int, nb_samples: int, peaks: dict[str, float]
 ) -> None:
     """Refuse the stems of a stream too short for one sample at the model's rate, or silent
-    from audible input (`Separator.check_not_silent`)."""
+    from audible input (`Separator.check_stems`)."""
     if nb_read and not nb_samples:
         raise too_short(source.name, nb_read, source.rate, separator.sample_rate)
-    separator.check_not_silent(peaks["mix"], peaks["separated"], source.name)
+    separator.check_stems(peaks["mix"], peaks["separated"], source.name)
 
 
 class MissedDeadlines:
