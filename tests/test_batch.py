@@ -467,6 +467,20 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_chunks_too_short_for_the_model_are_refused_before_the_job_folder(tmp_path, capsys):
+    song = write_song(tmp_path / "a.wav", 0.5)
+    command = ["batch", str(song), "--model", MODEL, "--outdir", str(tmp_path / "o"), "--quiet"]
+    command += ["--overlap", "0"]
+    assert main([*command, "--segment", "0.05"]) == 1
+    (error,) = capsys.readouterr().err.splitlines()
+    assert "--segment 0.05 s is too short for this model" in error
+    assert not (tmp_path / "o").exists()  # so that the advice given can be followed:
+    assert main([*command, "--segment", "0.5"]) == 0
+    assert [path.name for path in stems(tmp_path / "o" / "a")] == sorted(
+        f"{target}.wav" for target in TARGETS
+    )
+
+
 def test_typed_options_run_the_job_the_command_line_runs(tmp_path, monkeypatch):
     """`run_batch_job` on `BatchOptions` (what `umx distill` uses): bad values are refused as
     the options are built, and a job the command line started is the same job from Python."""

@@ -206,7 +206,9 @@ def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separ
     if onnx and is_export_folder(options.model):
         from umx.onnx.folder import load_export
 
-        return load_export(options.model, **options.filter_options, quantize=options.quantize)
+        export = load_export(options.model, **options.filter_options, quantize=options.quantize)
+        export.check_segment(options.chunk_seconds)
+        return export
     separator = load_separator(
         options.model,
         **options.filter_options,

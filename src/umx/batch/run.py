@@ -267,7 +267,8 @@ def plan_job(
         by stem name.
 
     Raises:
-        UmxError: the model cannot be loaded, or the task's `aggregate` names stems it lacks.
+        UmxError: the model cannot be loaded, its chunks would be too short for it, or the
+            task's `aggregate` names stems it lacks.
     """
     from umx.api import check_aggregate, plan_outputs
     from umx.batch.work import WorkerSpec, job_sha256
@@ -285,6 +286,7 @@ def plan_job(
         separator = load_separator(
             separation.model, **separation.filter_options, progress=not options.quiet
         )
+    separator.check_segment(separation.chunk_seconds)  # before the job folder is written
     check_aggregate(task.aggregate, separator.targets)
     names = list(task.aggregate) if task.aggregate is not None else separator.targets
     model, sha256 = str(separator.model_name), job_sha256(separator, separation)
