@@ -481,6 +481,28 @@ def test_chunks_too_short_for_the_model_are_refused_before_the_job_folder(tmp_pa
     )
 
 
+def test_a_worker_that_cannot_load_the_model_ignores_the_stop_it_causes(monkeypatch):
+    """The driver sends SIGINT to its workers when one reports an error; the one that did is
+    exiting, and must not print a KeyboardInterrupt traceback from its exit handlers."""
+    from multiprocessing import Pipe
+
+    from umx.batch import local
+
+    def refuse(spec):
+        raise UmxError("its weights differ from the job's")
+
+    monkeypatch.setattr(local, "stop_with_driver", lambda driver: None)
+    monkeypatch.setattr(local, "load_worker", refuse)
+    driver, worker = Pipe()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        local._worker(worker, None, os.getpid())
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert driver.recv() == ("error", "its weights differ from the job's")
+
+
 def test_typed_options_run_the_job_the_command_line_runs(tmp_path, monkeypatch):
     """`run_batch_job` on `BatchOptions` (what `umx distill` uses): bad values are refused as
     the options are built, and a job the command line started is the same job from Python."""

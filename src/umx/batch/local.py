@@ -45,6 +45,9 @@ def _worker(conn: Connection, spec: WorkerSpec, driver: int) -> None:
         try:
             load_worker(spec)
         except UmxError as error:
+            # The driver stops its workers with SIGINT once it has this; one arriving while
+            # this process exits would print a traceback from its atexit callbacks.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             conn.send(("error", str(error)))
             return
         conn.send(("ready", None))
