@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 
 from umx.cli import main
+from umx.errors import UmxError
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
@@ -119,6 +120,12 @@ CASES = [
         [*STDIN, "--stdout", "--filename", "x.wav", "--subtype", "FLOAT", "--clip", "clamp"],
         "--filename, --subtype, --clip describe stem files, but --stdout writes raw PCM",
     ),
+    (
+        "stdout-outdir-force",
+        f32(music(0.2)),
+        [*STDIN, "--stdout", "--targets", "vocals", "--outdir", "myfiles", "--force"],
+        "--outdir, --force describe stem files, but --stdout writes raw PCM",
+    ),
     ("unknown-target", f32(music(0.2)), [*STDIN, "--targets", "guitar"], "guitar"),
     ("escaping-name", None, ["song.wav", "--filename", "../{target}.wav"], "inside --outdir"),
     ("empty-stdin", b"", [*STDIN, "--outdir", "new"], "standard input contains no audio"),
@@ -161,6 +168,28 @@ def test_an_empty_model_name_is_refused_not_taken_for_the_default(monkeypatch, c
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert main(["stream", *map(str, STDIN), "--model", "", "-q"]) == 1
     assert capsys.readouterr().err == "umx: error: a model is a name or a directory, not ''\n"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"outdir": "out", "force": "false"}, "^--force must be True or False, not 'false'$"),
+        ({"outdir": "new", "realtime": "no"}, "^--realtime must be True or False, not 'no'$"),
+        ({"outdir": "new", "downmix": 1}, "^--downmix must be True or False, not 1$"),
+        ({}, r"^--outdir must be a path \(or give stdout for raw PCM\), not None$"),
+    ],
+)
+def test_the_library_checks_its_options_as_the_command_line_does(
+    workspace, monkeypatch, options, message
+):
+    from umx.stream.io import separate_stream
+    from umx.zoo import load_separator
+
+    monkeypatch.chdir(workspace)
+    before = snapshot(workspace)
+    with pytest.raises(UmxError, match=message):
+        separate_stream("song.wav", load_separator(workspace / "model"), **options)
+    assert snapshot(workspace) == before
 
 
 def test_the_table_covers_the_issue():

@@ -338,11 +338,14 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
 
 
 def refuse_file_options(args: argparse.Namespace) -> None:
-    """Refuse, with `--stdout`, the options of `add_output_arguments` that say how stem files
-    are named and encoded: raw PCM in `--format` would quietly replace what they ask for."""
+    """Refuse, with `--stdout`, the options of `add_output_arguments` that say where stem files
+    go, how they are named and encoded and whether they may be overwritten: raw PCM in
+    `--format` would quietly replace what they ask for."""
     given = [
         option
         for option, value, default in (
+            ("--outdir", args.outdir, OutputOptions.outdir),
+            ("--force", args.force, False),
             ("--filename", args.filename, DEFAULT_TEMPLATE),
             ("--ext", args.ext, OutputOptions.ext),
             ("--subtype", args.subtype, None),

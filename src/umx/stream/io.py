@@ -45,6 +45,7 @@ from umx.audio.headers import magic_container
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.files import output_folders
+from umx.options import check_flags, check_path
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator
 
@@ -399,6 +400,15 @@ def _file_writers(
     }
 
 
+def _stem_paths(
+    input_path: str | os.PathLike, names: list[str], outdir: object, filename: str, ext: str
+) -> dict[str, Path]:
+    """Each stem's file (`umx.api.plan_outputs`), under an `outdir` that must be given."""
+    check_path("--outdir", outdir, what="a path (or give stdout for raw PCM)")
+    (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
+    return paths
+
+
 def separate_stream(
     input_path: str | os.PathLike,
     separator: Separator,
@@ -446,6 +456,7 @@ def separate_stream(
         OutputClosed: the reader of `stdout` went away.
     """
     check_block(block)
+    check_flags({"--force": force, "--downmix": downmix, "--realtime": realtime})
     check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
     from_stdin = os.fspath(input_path) == "-"
@@ -455,8 +466,7 @@ def separate_stream(
         check_pcm_format(fmt)
         paths = {}
     else:
-        input_name = STDIN_NAME if from_stdin else input_path
-        (paths,) = plan_outputs([input_name], names, outdir, filename, ext)
+        paths = _stem_paths(STDIN_NAME if from_stdin else input_path, names, outdir, filename, ext)
     # Refuses a bidirectional model before any input is read or file opened.
     StreamingSeparator(separator, nb_channels=separator.channels_for(nb_channels or 2))
     if from_stdin:
