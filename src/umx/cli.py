@@ -30,6 +30,7 @@ from umx.cli_options import (
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
 from umx.devices import check_cores, keep_freed_memory
 from umx.errors import UmxError, check_number, display_path, os_error_line
+from umx.workers import STOP_SIGNALS
 from umx.zoo import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -48,9 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("umx")
 
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
+TERMINATING = tuple(signum for signum in STOP_SIGNALS if signum != signal.SIGINT)
+"""The stop signals that `stop_on_signals` turns into `Stopped` (Ctrl-C is Python's own)."""
 CLOSED_PIPE_STATUS = 128 + getattr(signal, "SIGPIPE", 13)
 """`umx stream --stdout`'s exit status when its reader goes away: a shell's for a process that
 SIGPIPE ended (141)."""
@@ -79,7 +79,7 @@ def stop_on_signals() -> Iterator[None]:
             return
         raise Stopped(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, stop) for signum in TERMINATING}
     try:
         yield
     finally:

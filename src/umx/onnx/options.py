@@ -19,8 +19,6 @@ logger = logging.getLogger("umx")
 
 BACKENDS = ("torch", "onnxruntime")
 QUANTIZATIONS = ("int8",)
-FORMATS = ("onnx",)
-"""What `umx export --format` writes."""
 EXPORT_JSON = "umx-onnx.json"
 """The file that makes a folder an export (`umx export`): the STFT, rate, targets, graphs."""
 
@@ -124,9 +122,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="model name (see umx --list-models) or directory")
     p.add_argument(
         "outdir", type=path_argument, metavar="OUTDIR", help="folder to write the export into"
-    )
-    p.add_argument(
-        "--format", choices=FORMATS, default="onnx", help="export format (default: onnx)"
     )
     p.add_argument(
         "--quantize",
