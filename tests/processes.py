@@ -4,12 +4,17 @@ waits, from Linux's /proc) and for a file system that refuses writes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -61,3 +66,19 @@ def file_size_limit(nb_bytes: int) -> Iterator[None]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """`path` and everything under it read-only, even for root (immutable), then writable."""
+    as_root = os.geteuid() == 0
+    if as_root and shutil.which("chattr") is None:
+        pytest.skip("needs chattr to make a folder read-only for root")
+    command = ["chattr", "-R", "+i", str(path)] if as_root else ["chmod", "-R", "a-w", str(path)]
+    undo = ["chattr", "-R", "-i", str(path)] if as_root else ["chmod", "-R", "u+w", str(path)]
+    if subprocess.run(command, capture_output=True).returncode != 0:
+        pytest.skip(f"{' '.join(command[:3])} is not supported here")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)

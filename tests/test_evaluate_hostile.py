@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from processes import read_only
 from umx.cli import main
 
 pytest.importorskip("museval")
@@ -228,6 +229,13 @@ CASES = [
     ),
     ("evaldir-is-a-file", [*ROOT, "--method", "mix", "--evaldir", "a-file"], 1, "is a file", []),
     (
+        "evaldir-in-a-file",  # found after every track was separated and scored
+        [*ROOT, "--method", "mix", "--evaldir", "a-file/ev"],
+        1,
+        "--evaldir a-file/ev cannot be made: a-file is a file",
+        [],
+    ),
+    (
         "outdir-is-the-root",  # the estimates would overwrite the references
         [*ROOT, *MIX, "--outdir", "db"],
         1,
@@ -242,6 +250,20 @@ CASES = [
         [],
     ),
     ("outdir-holds-the-root", [*ROOT, *MIX, "--outdir", "."], 1, "--outdir . and --root db", []),
+    (
+        "outdir-is-the-estimates",  # with --force, the estimates were rewritten in place
+        [*ROOT, "--estimates", "estimates", "--outdir", "estimates", "--force", "--evaldir", "ev"],
+        1,
+        "--outdir estimates is in --estimates estimates: put the outdir elsewhere",
+        [],
+    ),
+    (
+        "evaldir-in-the-estimates",  # it would read as a track of the estimates
+        [*ROOT, "--estimates", "estimates", "--evaldir", "estimates/test/ev"],
+        1,
+        "--evaldir estimates/test/ev is in --estimates estimates",
+        [],
+    ),
     ("root-missing", ["--root", "nowhere", "--is-wav", *MIX], 1, "nowhere/test does not exist", []),
     ("unknown-track", [*ROOT, "--tracks", "Nope", *MIX], 1, "no track named 'Nope'", []),
     (
@@ -275,6 +297,33 @@ def test_evaluate_refuses_hostile_input_and_changes_nothing_else(
         assert sorted(set(after) - set(before)) == sorted(added)
     finally:
         shutil.rmtree(workspace / "ev", ignore_errors=True)
+
+
+def test_an_evaldir_that_cannot_be_written_is_refused_before_any_work(
+    workspace, tmp_path, capsys, monkeypatch
+):
+    """Found before the tracks are separated and scored, not after (each track's scores were
+    thrown away, one error per track)."""
+    monkeypatch.chdir(workspace)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        assert main(["evaluate", *ROOT, "--method", "mix", "--evaldir", str(locked / "ev")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"umx: error: --evaldir {locked / 'ev'} cannot be written (Permission denied; check its "
+        "permissions, or write elsewhere)"
+    )
+    assert not any(locked.iterdir())
+
+
+def test_scores_may_go_beside_the_estimates(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(workspace)
+    shutil.copytree(workspace / "estimates", tmp_path / "results" / "estimates")
+    arguments = ["--estimates", str(tmp_path / "results" / "estimates")]
+    evaldir = ["--evaldir", str(tmp_path / "results")]
+    assert main(["evaluate", *ROOT, "--tracks", "Good", *arguments, *evaldir, "-q"]) == 0
+    assert (tmp_path / "results" / "test" / "Good.json").is_file()
 
 
 def test_the_table_covers_the_issue():

@@ -13,8 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from processes import read_only
 from umx.cli import main
 from umx.files import hold_lock
 from umx.jobs import DONE
@@ -357,22 +356,6 @@ def test_errors_of_the_app_keep_the_headers(tmp_path, monkeypatch):
 
 
 # --- options and data directories ----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def read_only(path: Path):
-    """`path` and everything under it read-only, even for root (immutable), then writable."""
-    as_root = os.geteuid() == 0
-    if as_root and shutil.which("chattr") is None:
-        pytest.skip("needs chattr to make a folder read-only for root")
-    command = ["chattr", "-R", "+i", str(path)] if as_root else ["chmod", "-R", "a-w", str(path)]
-    undo = ["chattr", "-R", "-i", str(path)] if as_root else ["chmod", "-R", "u+w", str(path)]
-    if subprocess.run(command, capture_output=True).returncode != 0:
-        pytest.skip(f"{' '.join(command[:3])} is not supported here")
-    try:
-        yield
-    finally:
-        subprocess.run(undo, check=True)
 
 
 @pytest.fixture

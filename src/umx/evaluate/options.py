@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import logging
 import os
 from collections.abc import Sequence
@@ -26,8 +27,8 @@ from umx.defaults import (
     SUBSETS,
     WIN,
 )
-from umx.errors import UmxError, display_path
-from umx.files import overlap
+from umx.errors import UmxError, display_path, os_reason
+from umx.files import not_a_folder, overlap, within
 
 if TYPE_CHECKING:
     import museval
@@ -180,9 +181,10 @@ def _unique_names(
 
 
 def _check_output_folders(args: argparse.Namespace) -> None:
-    """Refuse an --evaldir or --outdir that is a file, or that is the test set's folder, lies
-    inside it or holds it: its estimates or scores would overwrite the references, or read as
-    tracks of the test set.
+    """Refuse an --evaldir or --outdir that is a file, that cannot be written (before hours of
+    work are done for nothing), that is the test set's folder, lies inside it or holds it, or
+    that is the --estimates folder or lies inside it: what is written would overwrite the
+    references or the estimates, or read as their tracks.
 
     Raises:
         UmxError: naming the option.
@@ -190,17 +192,36 @@ def _check_output_folders(args: argparse.Namespace) -> None:
     for option, directory in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
         if directory is None:
             continue
-        if directory.exists() and not directory.is_dir():
+        blocking = not_a_folder(directory)
+        if blocking == directory:
             raise UmxError(f"{option} {directory} is a file, not a directory")
-        if args.root is None:
-            continue
-        root, written = os.path.realpath(args.root), os.path.realpath(directory)
-        if overlap(written, root):
+        if blocking is not None:
+            raise UmxError(f"{option} {directory} cannot be made: {blocking} is a file")
+        _check_writable(option, directory)
+        written = os.path.realpath(directory)
+        if args.root is not None and overlap(written, os.path.realpath(args.root)):
             raise UmxError(
                 f"{option} {display_path(directory)} and --root {display_path(args.root)} "
                 f"overlap: put the {option[2:]} outside the test set, so that its references "
                 "are never overwritten nor read as tracks"
             )
+        if args.estimates is not None and within(written, os.path.realpath(args.estimates)):
+            raise UmxError(
+                f"{option} {display_path(directory)} is in --estimates "
+                f"{display_path(args.estimates)}: put the {option[2:]} elsewhere, so that the "
+                "estimates are never overwritten nor read as tracks"
+            )
+
+
+def _check_writable(option: str, directory: Path) -> None:
+    """Refuse a folder that cannot be made or written: its nearest existing parent is on a
+    read-only file system or not writable."""
+    folder = directory.absolute()
+    nearest = next(path for path in (folder, *folder.parents) if path.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(nearest).f_flag & os.ST_RDONLY else errno.EACCES
+        reason = os_reason(OSError(code, os.strerror(code)))
+        raise UmxError(f"{option} {display_path(directory)} cannot be written ({reason})")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
