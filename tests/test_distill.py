@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import umx.api
 import umx.audio.reading
 import umx.batch.inputs
 import umx.batch.run
@@ -303,6 +304,9 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(songs, tmp_path, monke
         ),
         (["--student", "{taken}", "--work", "{taken}/w"], "--work {taken}/w and --student {taken}"),
         (["--teacher", "{taken}/..", "--force"], "--output {output} and --teacher {taken}/.. "),
+        # found before the teacher's pass, not after it
+        (["--output", "{taken}/notes.txt", "--force"], "--output {taken}/notes.txt is a file"),
+        (["--work", "{taken}/notes.txt/w"], "--work {taken}/notes.txt/w cannot be made: {taken}/"),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(
@@ -322,6 +326,16 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(
     assert sorted(songs[0].rglob("*")) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
     assert (taken / "notes.txt").read_text() == "mine"
+
+
+def test_one_song_is_refused_before_the_teachers_pass(songs, tmp_path, capsys):
+    song = next(songs[0].rglob("*.wav"))
+    assert distill(song, tmp_path / "student") == 1
+    assert messages(capsys)[-1] == (
+        "umx: error: distillation needs at least 2 songs (one to train on, one to validate on); "
+        "the music holds 1: give more songs"
+    )
+    assert not any(tmp_path.iterdir())  # no teacher's stems, no work folder
 
 
 def test_a_folder_without_music_is_refused(tmp_path, capsys):
@@ -508,6 +522,7 @@ def test_every_batch_phrase_reworded_is_one_batch_says():
     """The phrases `in_distill_words` replaces follow batch's messages: a phrase batch no longer
     says would leave its advice in batch's options."""
     sources = [*Path(umx.batch.__file__).parent.glob("*.py"), Path(umx.audio.reading.__file__)]
+    sources.append(Path(umx.api.__file__))
     texts = [
         node.value
         for source in sources
@@ -516,6 +531,21 @@ def test_every_batch_phrase_reworded_is_one_batch_says():
     ]
     for phrase, _ in BATCH_WORDS:
         assert any(phrase in text for text in texts), phrase
+
+
+def test_songs_whose_stems_would_collide_are_told_apart_in_distills_words(tmp_path, capsys):
+    rate, rng = 8000, np.random.default_rng(0)
+    for album in ("a", "b"):
+        (tmp_path / "music" / album / "x").mkdir(parents=True)
+        audio = 0.1 * rng.standard_normal((rate, 2)).astype(np.float32)
+        sf.write(tmp_path / "music" / album / "x" / "song.wav", audio, rate)
+    assert distill(tmp_path / "music", tmp_path / "student") == 1
+    error = messages(capsys)[-1]
+    assert error.endswith(
+        "; rename one of the songs or its folder (the teacher's stems are kept by folder and "
+        "song name)"
+    )
+    assert "--filename" not in error
 
 
 def test_batch_advice_is_reworded_into_distills_options():

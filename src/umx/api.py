@@ -38,6 +38,10 @@ from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 
 TIME_MAJOR_HINT = "; it looks time-major: pass audio.T"
+TELL_APART = (
+    "tell them apart in --filename with {parent} (the input's folder) or {trackext} (its extension)"
+)
+"""The advice for two inputs whose stems would be written to one file."""
 
 
 def check_audio(audio: object, rate: object) -> Tensor:
@@ -374,8 +378,7 @@ def plan_outputs(
             if real in owners:
                 raise UmxError(
                     f"{display_path(owners[real])} and {display_path(path)} would both write "
-                    f"{display_path(output)}; tell them apart in --filename with {{parent}} "
-                    "(the input's folder) or {trackext} (its extension)"
+                    f"{display_path(output)}; {TELL_APART}"
                     if os.path.realpath(owners[real]) != os.path.realpath(path)
                     else f"{display_path(path)} is given twice"
                 )

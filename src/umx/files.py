@@ -277,6 +277,21 @@ def not_a_folder(folder: Path) -> Path | None:
     return None
 
 
+def check_folder_option(option: str, folder: Path) -> None:
+    """Refuse a folder option that is a file or lies in one (`not_a_folder`), before any work.
+
+    Raises:
+        UmxError: naming the option and the file.
+    """
+    blocking = not_a_folder(folder)
+    if blocking == folder:
+        raise UmxError(f"{option} {display_path(folder)} is a file, not a directory")
+    if blocking is not None:
+        raise UmxError(
+            f"{option} {display_path(folder)} cannot be made: {display_path(blocking)} is a file"
+        )
+
+
 def make_output_dirs(paths: Iterable[Path]) -> None:
     """Create the directories of output files.
 

@@ -24,9 +24,15 @@ BATCH_WORDS = (
         "(move it away, or use --force to overwrite; the next run checks again)",
         "(give another --work)",
     ),
+    (
+        "tell them apart in --filename with {parent} (the input's folder) or {trackext} "
+        "(its extension)",
+        "rename one of the songs or its folder (the teacher's stems are kept by folder and "
+        "song name)",
+    ),
 )
-"""Phrases of `umx batch`'s messages, and what `umx distill` says instead (each phrase is checked
-to be in batch's sources by `tests/test_distill.py`)."""
+"""Phrases of `umx batch`'s messages (and `umx.api`'s, which it uses), and what `umx distill`
+says instead (each phrase is checked to be in their sources by `tests/test_distill.py`)."""
 TRAIN_HINTS = (
     "to resume from the last epoch completed: ",
     "no epoch was completed, so nothing can be resumed",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.devices import resolve_device
 from umx.errors import UmxError, check_number, display_path, short
-from umx.files import overlap
+from umx.files import check_folder_option, overlap
 from umx.messages import plural
 from umx.onnx.options import EXPORT_JSON, is_export_folder
 from umx.options import check_flags, check_path
@@ -288,6 +288,8 @@ def _check_folders(options: DistillOptions) -> tuple[Path, Path]:
         _check_stems_folder(options)
     output = Path(os.path.abspath(options.output))
     work = Path(os.path.abspath(options.work or f"{output}{WORK_SUFFIX}"))
+    check_folder_option("--output", output)  # now, not after the teacher's pass
+    check_folder_option("--work", work)
     if overlap(str(work), str(output)):
         raise UmxError(
             f"--work {display_path(work)} and --output {display_path(output)} overlap: the "

@@ -117,6 +117,13 @@ class TrainingSet:
     sha256: str
 
 
+def too_few_songs(detail: str) -> UmxError:
+    """The refusal of a training set of fewer than 2 songs; `detail` says how many there are."""
+    return UmxError(
+        f"distillation needs at least 2 songs (one to train on, one to validate on); {detail}"
+    )
+
+
 def teacher_pass(
     music: Sequence[str],
     teacher: str,
@@ -168,6 +175,8 @@ def teacher_pass(
         # the teacher's stems: the training set in it holds mixtures too.
         extensions = list(batch.extensions)
         inputs = collect_inputs(list(batch.inputs), extensions=extensions, exclude={work: "--work"})
+        if len(inputs) < 2:  # before the teacher's pass, not after it
+            raise too_few_songs(f"the music holds {len(inputs)}: give more songs")
         run_batch_job(batch, inputs)  # failures counted below
     settings = read_settings(job_dir)
     if settings is None:  # run_batch writes it before separating anything
@@ -279,10 +288,7 @@ def build_training_set(
         left_out = (
             f", {len(tracks) - len(names)} of them silent" if len(names) < len(tracks) else ""
         )
-        raise UmxError(
-            f"distillation needs at least 2 songs (one to train on, one to validate on); the "
-            f"teacher separated {len(tracks)}{left_out}"
-        )
+        raise too_few_songs(f"the teacher separated {len(tracks)}{left_out}")
     names.sort()
     random.Random(seed).shuffle(names)
     nb_valid = min(max(1, round(valid_fraction * len(names))), len(names) - 1)

@@ -28,7 +28,7 @@ from umx.defaults import (
     WIN,
 )
 from umx.errors import UmxError, display_path, os_reason
-from umx.files import not_a_folder, overlap, within
+from umx.files import check_folder_option, overlap, within
 
 if TYPE_CHECKING:
     import museval
@@ -192,11 +192,7 @@ def _check_output_folders(args: argparse.Namespace) -> None:
     for option, directory in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
         if directory is None:
             continue
-        blocking = not_a_folder(directory)
-        if blocking == directory:
-            raise UmxError(f"{option} {directory} is a file, not a directory")
-        if blocking is not None:
-            raise UmxError(f"{option} {directory} cannot be made: {blocking} is a file")
+        check_folder_option(option, directory)
         _check_writable(option, directory)
         written = os.path.realpath(directory)
         if args.root is not None and overlap(written, os.path.realpath(args.root)):
