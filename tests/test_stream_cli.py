@@ -169,7 +169,8 @@ def test_standard_input_without_audio_is_an_error_and_writes_nothing(
 ):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     outdir = tmp_path / "out"
-    assert run("-", "--model", causal_dir, "--rate", RATE, "--outdir", outdir, *output) == 1
+    where = output or ["--outdir", outdir]  # --stdout refuses --outdir
+    assert run("-", "--model", causal_dir, "--rate", RATE, *where) == 1
     captured = capsysbinary.readouterr()
     assert captured.out == b""
     assert captured.err.decode().splitlines() == [f"umx: error: {message}"]
@@ -221,6 +222,7 @@ BAD_OPTIONS = [
     (["--niter", "99999999"], "--niter must be at most 100, not 99999999"),
     (["--niter", "-1"], "niter"),
     (["--rate", "16000"], "--rate and --channels describe raw PCM"),
+    (["--format", "s16le"], "--format describes raw PCM, on standard input (-) or --stdout"),
     (["--stdout", "--targets", "vocals", "drums"], "--stdout writes one stem or group, but 2"),
     (["--stdout", "--residual", "acc", "--targets", "vocals"], "but 2 are chosen"),
     (["--aggregate", '{"k": ["piano"]}'], "unknown targets piano"),
@@ -237,10 +239,32 @@ def test_bad_options_give_one_line_and_no_files(
 ):
     outdir = tmp_path / "out"
     model = ["--model", bidirectional_dir if message.startswith("bidirectional") else causal_dir]
-    assert run(song, *model, "--outdir", outdir, *options) == 1
+    where = [] if "--stdout" in options else ["--outdir", outdir]  # --stdout refuses --outdir
+    assert run(song, *model, *where, *options) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not outdir.exists() or not [p for p in outdir.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("model", ["umxsynth", "umxl", "umxse"])
+def test_a_named_bidirectional_model_is_refused_before_it_is_loaded(
+    song, tmp_path, capsys, monkeypatch, model
+):
+    """Not downloaded only to be refused (umxl is hundreds of megabytes), nor reported as
+    missing offline: the message names the causal model to use."""
+    import umx.api
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(umx.api, "load_separator", never)
+    assert run(song, "--model", model, "--outdir", tmp_path / "out") == 1
+    assert capsys.readouterr().err == (
+        f"umx: error: {model} has bidirectional LSTMs, which need the whole future of the "
+        "signal and cannot separate a stream: use a causal model (umxsynth-rt, the default: "
+        "leave out --model) or train one with `umx train --unidirectional`\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 BAD_PCM = [

@@ -36,6 +36,7 @@ from umx.onnx.options import is_export_folder
 from umx.options import SeparationOptions, check_flag, check_flags
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
+from umx.zoo.registry import require_causal_model
 
 TIME_MAJOR_HINT = "; it looks time-major: pass audio.T"
 TELL_APART = (
@@ -200,12 +201,17 @@ def too_short(source: str, frames: int, rate: float, model_rate: float) -> UmxEr
     )
 
 
-def separator_for(options: SeparationOptions, *, progress: bool = True) -> Separator:
+def separator_for(
+    options: SeparationOptions, *, progress: bool = True, causal: bool = False
+) -> Separator:
     """Load `options.model` (a name, a directory, or None for the default) with the other
     separation options; a download shows a progress bar with `progress`. With the onnxruntime
     backend the target models are exported and run by onnxruntime (`umx.onnx.runtime`), and an
-    export folder's graphs are run as they are (`umx.onnx.folder`).
+    export folder's graphs are run as they are (`umx.onnx.folder`). With `causal` (for a
+    stream), a named model that is not causal is refused before it is downloaded or loaded.
     """
+    if causal:
+        require_causal_model(options.model)
     onnx = options.backend == "onnxruntime"
     if onnx and is_export_folder(options.model):
         from umx.onnx.folder import load_export

@@ -303,7 +303,6 @@ def add_stream_command(p: argparse.ArgumentParser) -> None:
         "--format",
         dest="pcm_format",
         choices=tuple(PCM_DTYPES),
-        default="f32le",
         help="raw PCM sample format of standard input and of --stdout (default: f32le)",
     )
     p.add_argument(
@@ -359,7 +358,7 @@ def run_stream(args: argparse.Namespace) -> int:
     check_cores("--threads", args.threads)
     args.model = STREAM_MODEL if args.model is None else args.model  # '' is refused
     options = check_separation_args(args)
-    check_input(args.input, args.rate, args.channels, args.pcm_format)
+    check_input(args.input, args.rate, args.channels, args.pcm_format, stdout=args.stdout)
     aggregate = parse_aggregate(args.aggregate)
     if args.stdout:
         refuse_file_options(args)
@@ -371,7 +370,7 @@ def run_stream(args: argparse.Namespace) -> int:
     if args.input == "-" and sys.stdin.isatty():
         raise UmxError("INPUT - reads raw PCM from standard input; pipe it in, e.g. from ffmpeg")
     torch.set_num_threads(args.threads)
-    separator = separator_for(options, progress=not args.quiet)
+    separator = separator_for(options, progress=not args.quiet, causal=True)
     try:
         report, files = separate_stream(
             args.input,

@@ -149,8 +149,8 @@ class OpenUnmix(_Freezable):
         if not self.unidirectional:
             raise UmxError(
                 f"{name} has a bidirectional LSTM, which needs the whole future of the signal "
-                "and cannot separate a stream; train a causal model with "
-                "`umx train --unidirectional` (or use a causal model)"
+                "and cannot separate a stream: use a causal model (such as umxsynth-rt) or "
+                "train one with `umx train --unidirectional`"
             )
 
     def _run(self, x: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:

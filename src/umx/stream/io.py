@@ -52,6 +52,8 @@ from umx.stream.engine import StreamingSeparator
 logger = logging.getLogger("umx")
 
 PCM_FORMATS = {name: np.dtype(dtype) for name, dtype in PCM_DTYPES.items()}
+DEFAULT_PCM = "f32le"
+"""The raw PCM format where none is given."""
 """Raw PCM sample formats: little-endian float32 in [-1, 1], little-endian signed 16-bit."""
 S16_SCALE = 32768.0
 STDIN_NAME = "stdin"
@@ -94,10 +96,16 @@ def check_pcm_format(fmt: str) -> None:
 
 
 def check_input(
-    input_path: str | os.PathLike, rate: float | None, nb_channels: int | None, fmt: str
+    input_path: str | os.PathLike,
+    rate: float | None,
+    nb_channels: int | None,
+    fmt: str | None,
+    *,
+    stdout: bool = False,
 ) -> int | None:
     """Refuse an input description that cannot be read: raw PCM on standard input (`-`) needs
-    a good `rate` (and channels, 2 if None); a file gives its own.
+    a good `rate` (and channels, 2 if None; `fmt` `DEFAULT_PCM` if None); a file gives its
+    own, and takes a `fmt` only for raw PCM on standard output (`stdout`).
 
     Returns:
         the channels of raw PCM, None for a file.
@@ -108,11 +116,16 @@ def check_input(
                 "--rate and --channels describe raw PCM on standard input (-); an input file "
                 "gives its own and is resampled to the model's rate"
             )
+        if fmt is not None and not stdout:
+            raise UmxError(
+                "--format describes raw PCM, on standard input (-) or --stdout; stem files "
+                "are written as --ext and --subtype say"
+            )
         return None
     if rate is None:
         raise UmxError("raw PCM on standard input needs its sample rate: give --rate")
     nb_channels = 2 if nb_channels is None else nb_channels
-    check_pcm_input(rate, nb_channels, fmt)
+    check_pcm_input(rate, nb_channels, fmt or DEFAULT_PCM)
     return nb_channels
 
 
@@ -423,7 +436,7 @@ def separate_stream(
     stdin: BinaryIO | None = None,
     rate: float | None = None,
     nb_channels: int | None = None,
-    fmt: str = "f32le",
+    fmt: str | None = None,
     downmix: bool = False,
     aggregate: Mapping[str, Sequence[str]] | None = None,
     realtime: bool = False,
@@ -443,8 +456,8 @@ def separate_stream(
         stdout: write the one stem or group as raw PCM here instead of files.
         stdin: where raw PCM comes from when `input_path` is "-".
         rate, nb_channels, fmt: the raw PCM input's sample rate, channels (2 if None) and
-            `PCM_FORMATS` name (`fmt` is also the raw output's); a file has its own rate and
-            channels.
+            `PCM_FORMATS` name (`DEFAULT_PCM` if None; `fmt` is also the raw output's); a file
+            has its own rate and channels, and takes `fmt` only with `stdout`.
         downmix: average files with more than two channels instead of refusing them.
         aggregate, realtime, block: see `stream_to`.
 
@@ -460,7 +473,8 @@ def separate_stream(
     check_aggregate(aggregate, separator.targets)
     names = list(aggregate) if aggregate is not None else separator.targets
     from_stdin = os.fspath(input_path) == "-"
-    nb_channels = check_input(input_path, rate, nb_channels, fmt)
+    nb_channels = check_input(input_path, rate, nb_channels, fmt, stdout=stdout is not None)
+    fmt = fmt or DEFAULT_PCM
     if stdout is not None:
         check_stdout_names(names)
         check_pcm_format(fmt)

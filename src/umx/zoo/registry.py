@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME
+from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME, STREAM_MODEL
 from umx.errors import UmxError, short
 
 CACHE_ENV = "UMX_CACHE"
@@ -52,6 +52,7 @@ class ZooEntry:
         record: Zenodo record the files are downloaded from; None for a bundled model, whose
             files ship in `umx/pretrained/<name>/` in the official layout.
         notice: a line logged whenever the model is loaded, e.g. what it is not good for.
+        causal: whether its LSTMs are unidirectional, so that it can separate a stream.
     """
 
     name: str
@@ -64,6 +65,7 @@ class ZooEntry:
     nb_channels: int
     record: str | None = None
     notice: str | None = None
+    causal: bool = False
 
     def __post_init__(self) -> None:
         if self.record is not None:
@@ -138,6 +140,7 @@ MODELS: dict[str, ZooEntry] = {
             nb_channels=2,
             notice="umxsynth-rt is a small causal demo model trained on synthetic music; real "
             "recordings separate better offline with umxl (`umx download umxl`) or umxhq",
+            causal=True,
         ),
         ZooEntry(
             name="umxl",
@@ -191,6 +194,22 @@ MODELS: dict[str, ZooEntry] = {
         ),
     )
 }
+
+
+def require_causal_model(model: object) -> None:
+    """Refuse a named model whose LSTMs are bidirectional where a stream is to be separated,
+    before it is downloaded or loaded (a folder is checked once loaded).
+
+    Raises:
+        UmxError: naming the model and the causal one to use instead.
+    """
+    entry = MODELS.get(model) if isinstance(model, str) else None
+    if entry is not None and not entry.causal:
+        raise UmxError(
+            f"{model} has bidirectional LSTMs, which need the whole future of the signal and "
+            f"cannot separate a stream: use a causal model ({STREAM_MODEL}, the default: leave "
+            "out --model) or train one with `umx train --unidirectional`"
+        )
 
 
 @dataclass(frozen=True)
