@@ -677,7 +677,8 @@ def test_bad_options_and_missing_extra_are_one_line(capsys, monkeypatch, tmp_pat
         port = taken.getsockname()[1]
         assert main(["serve", "--data-dir", str(tmp_path), "--port", str(port)]) == 1
     assert capsys.readouterr().err == (
-        f"umx: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        f"umx: error: cannot listen on 127.0.0.1:{port}: Address already in use (is umx serve "
+        "running there?): give another --port, or 0 for any free one\n"
     )
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve", "--data-dir", str(tmp_path)]) == 1

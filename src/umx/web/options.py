@@ -14,6 +14,7 @@ file is consistent by then (written under a temporary name and renamed).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -186,7 +187,10 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen()
     except OSError as error:
         sock.close()
-        raise UmxError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        hint = ""
+        if error.errno == errno.EADDRINUSE:
+            hint = " (is umx serve running there?): give another --port, or 0 for any free one"
+        raise UmxError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
     return sock
 
 
