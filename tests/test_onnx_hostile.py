@@ -203,6 +203,8 @@ CASES = [
     ("export-below-a-file", ["export", "model", "afile/below"], 1,
      "cannot create output directory afile/below: Not a directory"),
     ("export-cmd-unknown-target", ["export", "model", "x", "--targets", "guitar"], 1, "no target"),
+    ("export-cmd-of-an-export", ["export", "export", "x"], 1, "export is an ONNX export (umx "
+     "export), which only umx separate, stream, batch, evaluate and serve run: give the PyTorch"),
 ]  # fmt: skip
 
 

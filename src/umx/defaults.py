@@ -101,3 +101,6 @@ AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus", "aif", "aiff", "m4a", "
 """The extensions a folder is searched for by default (case-insensitive)."""
 JOB_DIRNAME = ".umx-job"
 """The job directory's name inside the output folder, when `--job` is not given."""
+
+EXPORT_JSON = "umx-onnx.json"
+"""The file that makes a folder an export (`umx export`): the STFT, rate, targets, graphs."""

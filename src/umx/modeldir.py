@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from umx.defaults import HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, short
+from umx.defaults import EXPORT_JSON, HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, display_path, short
 from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import CrossUnmixTarget, OpenUnmix
 from umx.separator import Separator
@@ -194,9 +194,26 @@ def _check_stft_fields(source: str, fields: Mapping[str, Any], required: bool) -
             raise UmxError(f"{source} is not usable: {error}") from None
 
 
+def exported_from(folder: str | os.PathLike) -> str:
+    """The model an `umx export` folder was exported from, as its JSON says, in words: what
+    to give where a PyTorch model is needed."""
+    try:
+        source = json.loads((Path(folder) / EXPORT_JSON).read_bytes()).get("model")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        source = None
+    if isinstance(source, str):
+        return f"the model it was exported from ({display_path(source)})"
+    return "the PyTorch model directory or name it was exported from"
+
+
 def read_separator_json(path: Path) -> dict[str, Any]:
     """The values of a `separator.json`, checked (see `_check_stft_fields`)."""
     if not path.is_file():
+        if (path.parent / EXPORT_JSON).is_file():
+            raise UmxError(
+                f"{path.parent} is an ONNX export (umx export), which only umx separate, stream, "
+                f"batch, evaluate and serve run: give {exported_from(path.parent)}"
+            )
         raise UmxError(f"{path} is missing: a model directory needs one")
     config = _read_json(path)
     if not isinstance(config, dict):

@@ -4,7 +4,6 @@ a teacher's stems, training set, training, provenance), resumable by running it 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -18,7 +17,7 @@ from umx.devices import resolve_device
 from umx.errors import UmxError, check_number, display_path, short
 from umx.files import check_folder_option, overlap
 from umx.messages import plural
-from umx.onnx.options import EXPORT_JSON, is_export_folder
+from umx.onnx.options import is_export_folder
 from umx.options import check_flags, check_path
 from umx.train.config import ARCHITECTURE, DEFAULTS
 
@@ -336,21 +335,13 @@ def _refuse_onnx_export(model: str | None) -> None:
     Raises:
         UmxError: naming, where its JSON says it, the model exported.
     """
-    if not is_export_folder(model):
-        return
-    try:
-        source = json.loads((Path(model) / EXPORT_JSON).read_bytes()).get("model")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        source = None
-    given = (
-        f"the model it was exported from ({source})"
-        if isinstance(source, str)
-        else ("the PyTorch model directory or name it was exported from")
-    )
-    raise UmxError(
-        f"--student {display_path(model)} is an ONNX export (umx export), which umx distill "
-        f"cannot train: give {display_path(given)}"
-    )
+    from umx.modeldir import exported_from  # imports torch
+
+    if is_export_folder(model):
+        raise UmxError(
+            f"--student {display_path(model)} is an ONNX export (umx export), which umx distill "
+            f"cannot train: give {exported_from(model)}"
+        )
 
 
 def _music_path(music: str) -> tuple[str, str]:

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from umx.defaults import EXPORT_JSON
 from umx.errors import UmxError, os_reason
 from umx.files import output_folders, sha256_bytes, write_bytes_atomic
 from umx.model import OpenUnmix
-from umx.onnx.options import EXPORT_JSON, check_quantize, require_onnx
+from umx.onnx.options import check_quantize, require_onnx
 from umx.separator import Separator
 
 logger = logging.getLogger("umx")

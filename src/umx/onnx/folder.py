@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from umx.audio import display_path
+from umx.defaults import EXPORT_JSON
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.modeldir import (
     MAX_MODEL_SIZE,
@@ -33,7 +34,7 @@ from umx.onnx.export import (
     quantize_graph,
 )
 from umx.onnx.graphs import SHA256, DamagedGraph, GraphFile, graph_bytes
-from umx.onnx.options import EXPORT_JSON, QUANTIZATIONS
+from umx.onnx.options import QUANTIZATIONS
 from umx.onnx.runtime import OnnxModel
 from umx.separator import WIENER_WIN_LEN, Separator
 from umx.transforms import check_stft

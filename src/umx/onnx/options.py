@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from umx.defaults import EXPORT_JSON
 from umx.errors import UmxError
 from umx.messages import plural
 
@@ -19,8 +20,6 @@ logger = logging.getLogger("umx")
 
 BACKENDS = ("torch", "onnxruntime")
 QUANTIZATIONS = ("int8",)
-EXPORT_JSON = "umx-onnx.json"
-"""The file that makes a folder an export (`umx export`): the STFT, rate, targets, graphs."""
 
 
 def require_onnx() -> tuple[ModuleType, ModuleType]:
