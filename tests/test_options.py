@@ -131,3 +131,23 @@ def test_force_given_as_text_does_not_overwrite_stems(tmp_path, small_music_sepa
     with pytest.raises(UmxError, match=r"^--force must be True or False, not 'no'$"):
         separate_file(song, small_music_separator, outdir=tmp_path / "out", force="no")
     assert stem.read_bytes() == b"keep me"
+
+
+def test_every_option_says_its_default_at_most_once():
+    from umx.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            assert (action.help or "").count("default:") <= 1, (name, action.help)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(15.0, "15 s"), (0.5, "0.5 s"), (90.0, "1.5 min"), (3599.0, "60 min"), (11 * 3600, "11 h")],
+)
+def test_durations_read_in_their_unit(seconds, words):
+    from umx.messages import duration
+
+    assert duration(seconds) == words

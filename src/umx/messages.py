@@ -25,3 +25,12 @@ def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
 def plural(count: int, word: str) -> str:
     """`count` and `word`, with an s unless the count is 1: "1 file", "2 files"."""
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    """A length of audio in the unit that reads best: "45 s", "12.5 min", "3.25 h"."""
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"

@@ -16,7 +16,7 @@ from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.devices import resolve_device
 from umx.errors import UmxError, check_number, display_path, short
 from umx.files import check_folder_option, overlap
-from umx.messages import plural
+from umx.messages import duration, plural
 from umx.onnx.options import is_export_folder
 from umx.options import check_flags, check_path
 from umx.train.config import ARCHITECTURE, DEFAULTS
@@ -200,11 +200,11 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
     )
     write_settings(work, settings)
     logger.info(
-        "distilling %s into %s: %s (%.2f h), %d for validation; targets %s",
+        "distilling %s into %s: %s (%s), %d for validation; targets %s",
         _teacher_name(options),
         display_path(output),
         plural(len(data.train) + len(data.valid), "song"),
-        data.seconds / 3600,
+        duration(data.seconds),
         len(data.valid),
         ", ".join(targets),
     )

@@ -42,6 +42,7 @@ from umx.defaults import (
 )
 from umx.errors import UmxError, already_exists, display_path
 from umx.files import not_a_folder, staged_folder, write_atomic
+from umx.messages import duration as duration_words
 from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song
 from umx.synth.render import (
@@ -223,9 +224,9 @@ def synthesize(
         (stage / "setup.yaml").write_text(_setup_yaml(valid, sample_rate))
     counts = {split: sum(track["split"] == split for track in tracks) for split in SPLITS}
     logger.info(
-        "wrote %d tracks (%.2f hours) to %s: %s",
+        "wrote %d tracks (%s) to %s: %s",
         len(tracks),
-        manifest["hours"],
+        duration_words(len(tracks) * duration),
         root,
         ", ".join(f"{count} {split}" for split, count in counts.items()),
     )

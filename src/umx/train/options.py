@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from umx.cli_options import path_argument
-from umx.defaults import DEFAULT_AUGMENTATIONS, MUSDB_SAMPLES_PER_TRACK
+from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
 from umx.train.config import ARCHITECTURES, DATASETS, DEFAULTS
 
@@ -68,9 +68,8 @@ def _add_data_arguments(data: argparse._ArgumentGroup) -> None:
         "--source-augmentations",
         nargs="*",
         metavar="NAME",
-        help="augmentations applied to every source before mixing, in order (default: "
-        f"{' '.join(DEFAULT_AUGMENTATIONS)}; the others are listed in docs/training.md); none "
-        "if given without names",
+        help="augmentations applied to every source before mixing, in order (the others are "
+        "listed in docs/training.md); none if given without names",
     )
     _add(
         data,
