@@ -103,6 +103,9 @@ def test_aggregate_sums_groups():
         stems, {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}
     )
     assert set(groups) == {"vocals", "accompaniment"}
+    aggregate = {"rest": ["drums", "bass", "other"], "vocals": ["vocals"]}
+    assert separator.output_names(aggregate) == list(separator.to_dict(stems, aggregate))
+    assert separator.output_names() == list(named) == separator.targets
     torch.testing.assert_close(
         groups["accompaniment"], named["drums"] + named["bass"] + named["other"]
     )

@@ -440,7 +440,7 @@ def separate_file(
     check_flags({"--downmix": downmix, "--match-input": match_input, "--force": force})
     check_aggregate(aggregate, separator.targets)
     separator.check_segment(segment)
-    names = list(aggregate) if aggregate is not None else separator.targets
+    names = separator.output_names(aggregate)
     (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
     audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
     mix = model_input(audio, rate, separator, display_path(input_path))[None]

@@ -504,7 +504,7 @@ def run_task(
         reports = separate_file(
             input_path, separator, **options.file_options(), on_progress=progress
         )
-        names = list(options.aggregate or separator.targets)  # the order of the reports
+        names = separator.output_names(options.aggregate)  # the order of the reports
         record["status"] = DONE
         record["outputs"] = {
             name: describe_output(report.path) for name, report in zip(names, reports, strict=True)

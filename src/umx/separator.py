@@ -311,6 +311,11 @@ class Separator(nn.Module):
             return self(audio.to(self.device)).to(audio.device)
         return torch.cat(list(self.iter_chunks(audio, segment, overlap)), dim=-1)
 
+    def output_names(self, aggregate: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+        """The names of the stems `to_dict` gives, in its order: the groups of `aggregate`, or
+        the targets without it."""
+        return list(aggregate) if aggregate is not None else list(self.targets)
+
     def to_dict(
         self, stems: Tensor, aggregate: Mapping[str, Sequence[str]] | None = None
     ) -> dict[str, Tensor]:

@@ -288,7 +288,7 @@ def plan_job(
         )
     separator.check_segment(separation.chunk_seconds)  # before the job folder is written
     check_aggregate(task.aggregate, separator.targets)
-    names = list(task.aggregate) if task.aggregate is not None else separator.targets
+    names = separator.output_names(task.aggregate)
     model, sha256 = str(separator.model_name), job_sha256(separator, separation)
     del separator
     plans = plan_outputs(

@@ -471,7 +471,7 @@ def separate_stream(
     check_block(block)
     check_flags({"--force": force, "--downmix": downmix, "--realtime": realtime})
     check_aggregate(aggregate, separator.targets)
-    names = list(aggregate) if aggregate is not None else separator.targets
+    names = separator.output_names(aggregate)
     from_stdin = os.fspath(input_path) == "-"
     nb_channels = check_input(input_path, rate, nb_channels, fmt, stdout=stdout is not None)
     fmt = fmt or DEFAULT_PCM
