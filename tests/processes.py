@@ -4,6 +4,7 @@ waits, from Linux's /proc) and for a file system that refuses writes."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import shutil
@@ -82,3 +83,38 @@ def read_only(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(undo, check=True)
+
+
+def read_only_folder(monkeypatch, folder: str | os.PathLike) -> None:
+    """`folder` and what lies below it refuse writes as a read-only file system does, for the
+    rest of a test (which runs as root, whom permissions do not stop): a missing folder cannot
+    be made (EROFS; an existing one gives EEXIST, as Linux says first), `os.access` says none
+    is writable, and `os.statvfs` that the file system is read-only."""
+    top = os.path.abspath(folder)
+    mkdir, access, statvfs = os.mkdir, os.access, os.statvfs
+
+    def below(path) -> bool:
+        path = os.path.abspath(os.fsdecode(path))
+        return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+    def refused_mkdir(path, *args, **kwargs):
+        if below(path) and not os.path.lexists(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+        return mkdir(path, *args, **kwargs)
+
+    def refused_access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and below(path):
+            return False
+        return access(path, mode, *args, **kwargs)
+
+    def read_only_statvfs(path):
+        result = statvfs(path)
+        if not below(path):
+            return result
+        fields = list(result)
+        fields[8] |= os.ST_RDONLY  # f_flag
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "mkdir", refused_mkdir)
+    monkeypatch.setattr(os, "access", refused_access)
+    monkeypatch.setattr(os, "statvfs", read_only_statvfs)

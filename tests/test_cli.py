@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from processes import read_only_folder
 from umx import __version__
 from umx.cli import COMMANDS, build_parser, main
 from umx.cli_options import EMPTY_PATH, path_argument, path_text
@@ -256,6 +257,19 @@ def test_unwritable_outdir(model_dir, song, tmp_path, capsys):
     blocker.write_text("x")
     assert run(song, "--model", model_dir, "--outdir", blocker / "out") == 1
     assert str(blocker) in capsys.readouterr().err
+
+
+def test_a_read_only_outdir_is_refused_with_what_to_do(
+    model_dir, song, tmp_path, monkeypatch, capsys
+):
+    """It said "cannot create output directory ro/x/song: Read-only file system"."""
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "ro" / "x", "-q") == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"umx: error: cannot create output directory {tmp_path / 'ro' / 'x' / 'song'}: "
+        "Read-only file system; write elsewhere"
+    )
 
 
 def test_version_and_list_models(capsys):

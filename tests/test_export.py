@@ -19,7 +19,7 @@ import torch
 
 import umx.onnx.export
 import umx.onnx.runtime
-from processes import file_size_limit
+from processes import file_size_limit, read_only_folder
 from umx.batch.work import export_sha256
 from umx.cli import main
 from umx.errors import UmxError
@@ -268,6 +268,19 @@ def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     code, _, err = run_cli(argv, capsys)
     assert code == 1 and "cannot create output directory" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_read_only_export_folder_is_refused_with_what_to_do(tmp_path, monkeypatch, capsys):
+    """It said "cannot create output directory ro/e: Read-only file system"."""
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    argv = ["export", "umxsynth", str(tmp_path / "ro" / "e"), "--targets", "bass", "-q"]
+    code, _, err = run_cli(argv, capsys)
+    assert (code, err) == (
+        1,
+        f"umx: error: cannot create output directory {tmp_path / 'ro' / 'e'}: Read-only file "
+        "system; write elsewhere\n",
+    )
 
 
 def test_an_export_written_meanwhile_is_kept_without_force(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from processes import read_only_folder
 from umx.audio import resample
 from umx.cli import CLOSED_PIPE_STATUS, main
 from umx.filtering import CausalWiener
@@ -301,6 +302,19 @@ def test_error_mid_stream_leaves_no_files(causal_dir, tmp_path, monkeypatch, cap
         "finite and within ±10000, full scale being ±1); if it is 16-bit PCM, give --format s16le"
     ]
     assert not outdir.exists()
+
+
+def test_a_read_only_outdir_is_refused_with_what_to_do(
+    causal_dir, song, tmp_path, monkeypatch, capsys
+):
+    """It said "cannot create output directory ro/x/mixture: Read-only file system"."""
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    assert run(song, "--model", causal_dir, "--outdir", tmp_path / "ro" / "x") == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"umx: error: cannot create output directory {tmp_path / 'ro' / 'x' / 'song'}: "
+        "Read-only file system; write elsewhere"
+    ]
 
 
 def test_existing_outputs_and_the_input_are_not_overwritten(causal_dir, song, capsys):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from umx.errors import UmxError, display_path
+from umx.errors import UmxError, display_path, os_reason
 
 try:
     import fcntl
@@ -303,7 +303,7 @@ def make_output_dirs(paths: Iterable[Path]) -> None:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UmxError(
-                f"cannot create output directory {display_path(directory)}: {error.strerror}"
+                f"cannot create output directory {display_path(directory)}: {os_reason(error)}"
             ) from None
 
 
