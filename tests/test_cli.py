@@ -272,6 +272,22 @@ def test_a_read_only_outdir_is_refused_with_what_to_do(
     )
 
 
+def test_a_file_where_the_track_folder_goes_is_named(model_dir, song, tmp_path, capsys):
+    """It said "cannot create output directory out/song: File exists"."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "song").write_text("x")
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "out", "-q") == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"umx: error: cannot create output directory {tmp_path / 'out' / 'song'}: it is a file; "
+        "move it away, or write elsewhere"
+    )
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "out" / "song" / "x", "-q") == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"umx: error: cannot create output directory {tmp_path / 'out' / 'song' / 'x' / 'song'}: "
+        f"{tmp_path / 'out' / 'song'} is a file; move it away, or write elsewhere"
+    )
+
+
 def test_version_and_list_models(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

@@ -201,7 +201,8 @@ CASES = [
     ("export-over-an-export", ["export", "model", "export"], 1, "already exists; use --force"),
     ("export-into-a-file", ["export", "model", "afile"], 1, "afile: it is a file"),
     ("export-below-a-file", ["export", "model", "afile/below"], 1,
-     "cannot create output directory afile/below: Not a directory"),
+     "cannot create output directory afile/below: afile is a file; move it away, or write "
+     "elsewhere"),
     ("export-cmd-unknown-target", ["export", "model", "x", "--targets", "guitar"], 1, "no target"),
     ("export-cmd-of-an-export", ["export", "export", "x"], 1, "export is an ONNX export (umx "
      "export), which only umx separate, stream, batch, evaluate and serve run: give the PyTorch"),

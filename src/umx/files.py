@@ -292,18 +292,30 @@ def check_folder_option(option: str, folder: Path) -> None:
         )
 
 
+def folder_refusal(folder: Path, error: OSError) -> str:
+    """Why `folder` could not be made (`error`), with what to do: the file in its way
+    (`not_a_folder`), where mkdir says only "File exists", or else `os_reason`."""
+    blocker = not_a_folder(folder)
+    if blocker is not None:
+        kind = "a file" if blocker.is_file() else "not a folder"
+        name = "it" if blocker == folder else display_path(blocker)
+        return f"{name} is {kind}; move it away, or write elsewhere"
+    return os_reason(error)
+
+
 def make_output_dirs(paths: Iterable[Path]) -> None:
     """Create the directories of output files.
 
     Raises:
-        UmxError: one cannot be created.
+        UmxError: one cannot be created; `folder_refusal` says why.
     """
     for directory in {path.parent for path in paths}:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
+            reason = folder_refusal(directory, error)
             raise UmxError(
-                f"cannot create output directory {display_path(directory)}: {os_reason(error)}"
+                f"cannot create output directory {display_path(directory)}: {reason}"
             ) from None
 
 
