@@ -288,6 +288,24 @@ def test_a_file_where_the_track_folder_goes_is_named(model_dir, song, tmp_path, 
     )
 
 
+def test_a_track_folder_name_too_long_says_to_shorten_the_template(model_dir, tmp_path, capsys):
+    """It said "cannot create output directory out/ccc…: File name too long", and left `out`
+    behind; with `out` there, the same line without "cannot create output directory"."""
+    song = tmp_path / ("c" * 150 + ".wav")
+    sf.write(song, np.zeros((RATE, 2)), RATE)
+    outdir = tmp_path / "out"
+    template = "{track}-{track}/{target}.{ext}"
+    for existing in (False, True):
+        if existing:
+            outdir.mkdir()
+        assert run(song, "--model", model_dir, "--outdir", outdir, "--filename", template) == 1
+        assert capsys.readouterr().err.splitlines()[0] == (
+            f"umx: error: cannot create output directory {outdir / ('c' * 150 + '-' + 'c' * 150)}"
+            ": File name too long; shorten --filename"
+        )
+        assert outdir.exists() == existing
+
+
 def test_version_and_list_models(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

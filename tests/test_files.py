@@ -211,3 +211,5 @@ def test_a_write_refused_by_the_file_system_names_the_file_and_leaves_nothing(tm
     assert os_error_line(full) == (
         "out/x.wav: No space left on device; free some space, or write elsewhere"
     )
+    long = OSError(errno.ENAMETOOLONG, "File name too long", "out/" + "x" * 300)
+    assert os_error_line(long) == f"out/{'x' * 300}: File name too long; use a shorter name"

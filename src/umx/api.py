@@ -26,7 +26,7 @@ from umx.audio import (
     read_audio,
     resample,
 )
-from umx.defaults import DEFAULT_TEMPLATE, TEMPLATE_FIELDS
+from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
 from umx.devices import resolve_device
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.files import output_folders
@@ -449,7 +449,8 @@ def separate_file(
     del audio
     channels = output[1] or mix.shape[1]
     with ExitStack() as stack:
-        stack.enter_context(output_folders(paths.values()))  # left last, once the files are gone
+        # left last, once the files are gone
+        stack.enter_context(output_folders(paths.values(), LONG_NAMES_HINT))
         writers = {
             name: stack.enter_context(
                 AudioWriter(path, output[0], channels, subtype=subtype, clip=clip, force=force)

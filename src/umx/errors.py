@@ -65,6 +65,7 @@ _WHAT_TO_DO = {
     errno.EROFS: "write elsewhere",
     errno.EACCES: "check its permissions, or write elsewhere",
     errno.EPERM: "check its permissions, or write elsewhere",
+    errno.ENAMETOOLONG: "use a shorter name",
 }
 
 

@@ -292,18 +292,21 @@ def check_folder_option(option: str, folder: Path) -> None:
         )
 
 
-def folder_refusal(folder: Path, error: OSError) -> str:
+def folder_refusal(folder: Path, error: OSError, long_names: str | None = None) -> str:
     """Why `folder` could not be made (`error`), with what to do: the file in its way
-    (`not_a_folder`), where mkdir says only "File exists", or else `os_reason`."""
+    (`not_a_folder`), where mkdir says only "File exists", or else `os_reason`; `long_names`,
+    where given, is what to do about a name too long (the option that made it)."""
     blocker = not_a_folder(folder)
     if blocker is not None:
         kind = "a file" if blocker.is_file() else "not a folder"
         name = "it" if blocker == folder else display_path(blocker)
         return f"{name} is {kind}; move it away, or write elsewhere"
+    if long_names is not None and error.errno == errno.ENAMETOOLONG:
+        return f"{error.strerror}; {long_names}"
     return os_reason(error)
 
 
-def make_output_dirs(paths: Iterable[Path]) -> None:
+def make_output_dirs(paths: Iterable[Path], long_names: str | None = None) -> None:
     """Create the directories of output files.
 
     Raises:
@@ -313,17 +316,18 @@ def make_output_dirs(paths: Iterable[Path]) -> None:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            reason = folder_refusal(directory, error)
+            reason = folder_refusal(directory, error, long_names)
             raise UmxError(
                 f"cannot create output directory {display_path(directory)}: {reason}"
             ) from None
 
 
 @contextlib.contextmanager
-def output_folders(paths: Iterable[Path]) -> Iterator[None]:
+def output_folders(paths: Iterable[Path], long_names: str | None = None) -> Iterator[None]:
     """Create the missing folders of `paths` for the duration of the block; if it ends in an
     exception (an error, Ctrl-C, a signal) those of them left empty are removed again, so that
     a separation or stream stopped before its files were written leaves no empty folder.
+    `long_names` says what to do about a name too long (see `folder_refusal`).
 
     Raises:
         UmxError: a folder cannot be created.
@@ -331,9 +335,10 @@ def output_folders(paths: Iterable[Path]) -> Iterator[None]:
     paths = list(paths)
     folders = {path.parent for path in paths}
     created = {folder for parent in folders for folder in (parent, *parent.parents)}
-    created = sorted((f for f in created if not f.exists()), key=lambda f: -len(f.parts))
-    make_output_dirs(paths)
+    # os.path.lexists, not Path.exists: that raises for a name too long, before mkdir tells it
+    created = sorted((f for f in created if not os.path.lexists(f)), key=lambda f: -len(f.parts))
     try:
+        make_output_dirs(paths, long_names)  # its parents made before it failed are removed
         yield
     except BaseException:
         for folder in created:  # the deepest first

@@ -42,7 +42,12 @@ from umx.audio import (
     read_audio,
 )
 from umx.audio.headers import magic_container
-from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL  # noqa: F401 (re-exported)
+from umx.defaults import (  # noqa: F401 (STREAM_MODEL: re-exported)
+    DEFAULT_BLOCK,
+    LONG_NAMES_HINT,
+    PCM_DTYPES,
+    STREAM_MODEL,
+)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
 from umx.files import output_folders
 from umx.options import check_flags, check_path
@@ -405,7 +410,7 @@ def _file_writers(
         nb_channels: the input's channels.
         options: `AudioWriter`'s keyword options (subtype, clip, force).
     """
-    stack.enter_context(output_folders(paths.values()))
+    stack.enter_context(output_folders(paths.values(), LONG_NAMES_HINT))
     rate, nb_channels = separator.sample_rate, separator.channels_for(nb_channels)
     return {
         name: stack.enter_context(AudioWriter(path, rate, nb_channels, **options))
