@@ -20,7 +20,7 @@ import pytest
 import soundfile
 import torch
 
-from processes import file_size_limit
+from processes import file_size_limit, read_only_folder
 from umx import audio
 from umx.audio import (
     DEFAULT_SUBTYPE,
@@ -519,7 +519,7 @@ def test_a_file_that_appears_while_writing_is_kept_without_force(tmp_path, monke
         ("out.ogg", {}, "extensions"),
         ("out.flac", {"subtype": "FLOAT"}, "FLOAT"),
         ("out.wav", {"clip": "fold"}, "fold"),
-        ("no/such/dir/out.wav", {}, "directory"),
+        ("no/such/dir/out.wav", {}, "does not exist"),
     ],
 )
 def test_bad_write_options_name_the_path(tmp_path, name, options, message):
@@ -556,9 +556,31 @@ def test_rates_a_format_cannot_hold_are_refused_with_what_to_do(tmp_path):
 def test_unwritable_directory_is_named(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    with pytest.raises(UmxError, match="unwritable") as error:
+    with pytest.raises(UmxError) as error:
         write_audio(locked / "out.wav", tone(), RATE)
-    assert str(locked) in str(error.value)
+    assert str(error.value) == (
+        f"cannot write {locked / 'out.wav'}: its folder {locked} is not writable (Permission "
+        "denied; check its permissions, or write elsewhere)"
+    )
+
+
+def test_a_read_only_or_missing_folder_is_said_with_what_to_do(tmp_path, monkeypatch):
+    """It said "cannot write ro/out.wav: directory ro is missing or unwritable"."""
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only_folder(monkeypatch, read_only)
+    with pytest.raises(UmxError) as error:
+        AudioWriter(read_only / "out.wav", RATE, 2)
+    assert str(error.value) == (
+        f"cannot write {read_only / 'out.wav'}: its folder {read_only} is not writable "
+        "(Read-only file system; write elsewhere)"
+    )
+    with pytest.raises(UmxError) as error:
+        AudioWriter(tmp_path / "missing" / "out.wav", RATE, 2)
+    assert str(error.value) == (
+        f"cannot write {tmp_path / 'missing' / 'out.wav'}: its folder {tmp_path / 'missing'} "
+        "does not exist; create it, or write elsewhere"
+    )
 
 
 @pytest.mark.parametrize("clip", ["rescale", "clamp"])

@@ -306,6 +306,20 @@ def test_a_track_folder_name_too_long_says_to_shorten_the_template(model_dir, tm
         assert outdir.exists() == existing
 
 
+def test_a_read_only_track_folder_is_refused_with_what_to_do(
+    model_dir, song, tmp_path, monkeypatch, capsys
+):
+    """It said "cannot write ro/song/vocals.wav: directory ro/song is missing or unwritable"."""
+    (tmp_path / "ro" / "song").mkdir(parents=True)
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "ro", "-q") == 1
+    track = tmp_path / "ro" / "song"
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"umx: error: cannot write {track / 'vocals.wav'}: its folder {track} is not writable "
+        "(Read-only file system; write elsewhere)"
+    )
+
+
 def test_version_and_list_models(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

@@ -306,6 +306,18 @@ def folder_refusal(folder: Path, error: OSError, long_names: str | None = None) 
     return os_reason(error)
 
 
+def unwritable(folder: str | os.PathLike) -> OSError | None:
+    """Why nothing can be written in the existing `folder`, as the error a write would raise
+    there (EROFS on a read-only file system, else EACCES), or None where it can be."""
+    if os.access(folder, os.W_OK):
+        return None
+    read_only = False
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    code = errno.EROFS if read_only else errno.EACCES
+    return OSError(code, os.strerror(code), os.fsdecode(folder))
+
+
 def make_output_dirs(paths: Iterable[Path], long_names: str | None = None) -> None:
     """Create the directories of output files.
 

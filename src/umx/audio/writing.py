@@ -25,8 +25,8 @@ import torch
 from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, io_errors
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
-from umx.errors import UmxError, already_exists
-from umx.files import HeldLock, hold_lock, rename_no_replace, unheld
+from umx.errors import UmxError, already_exists, os_reason
+from umx.files import HeldLock, hold_lock, rename_no_replace, unheld, unwritable
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
 """The subtype written when none is asked for, per extension."""
@@ -229,7 +229,7 @@ class AudioWriter:
         force: overwrite an existing file.
 
     Raises:
-        UmxError: the file exists without ``force``, its directory is missing or unwritable, its
+        UmxError: the file exists without ``force``, its folder is missing or unwritable, its
             name is too long, or the format, subtype, sample rate (mp3 has a few, flac none above
             655350 Hz) or clip policy is not supported; on exit,
             the file appeared meanwhile and ``force`` is not set.
@@ -296,10 +296,15 @@ class AudioWriter:
             raise UmxError(f"cannot write {shown}: it is a directory")
         if mode is not None and not self.force:
             raise already_exists(self.path)
-        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        if not os.path.isdir(directory):
             raise UmxError(
-                f"cannot write {shown}: directory {display_path(directory)} is missing or "
-                "unwritable"
+                f"cannot write {shown}: its folder {display_path(directory)} does not exist; "
+                "create it, or write elsewhere"
+            )
+        if (refusal := unwritable(directory)) is not None:
+            raise UmxError(
+                f"cannot write {shown}: its folder {display_path(directory)} is not writable "
+                f"({os_reason(refusal)})"
             )
         return name_max
 
