@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from processes import BOUND_S, children, running, wait_for
+from processes import BOUND_S, children, read_only_folder, running, wait_for
 from umx.api import separate_file
 from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
 from umx.batch.job import MANIFEST_FILE, SETTINGS_FILE
@@ -231,6 +231,27 @@ def test_a_job_is_locked_and_keeps_its_settings(tmp_path):
     with pytest.raises(UmxError, match="other settings \\(--ext was wav, now flac\\)"):
         Job(tmp_path / "job", {"model": "m", "ext": "flac"}, inputs)
     Job(tmp_path / "job", {"model": "m", "ext": "wav"}, inputs).close()
+
+
+def test_a_job_directory_that_cannot_be_made_says_why_and_what_to_do(tmp_path, monkeypatch):
+    """It said "cannot create the job directory jf (File exists)", and "... (Read-only file
+    system)" without what to do."""
+    inputs = [BatchInput(str(tmp_path / "a.wav"))]
+    (tmp_path / "jf").write_text("x")
+    with pytest.raises(UmxError) as error:
+        Job(tmp_path / "jf", {"model": "m"}, inputs)
+    assert str(error.value) == (
+        f"cannot create the job directory {tmp_path / 'jf'}: it is a file; move it away, or "
+        "write elsewhere"
+    )
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    with pytest.raises(UmxError) as error:
+        Job(tmp_path / "ro" / "job", {"model": "m"}, inputs)
+    assert str(error.value) == (
+        f"cannot create the job directory {tmp_path / 'ro' / 'job'}: Read-only file system; "
+        "write elsewhere"
+    )
 
 
 def test_verification_trusts_size_and_time_and_hashes_otherwise(tmp_path):

@@ -23,6 +23,7 @@ import umx.batch.inputs
 import umx.batch.run
 import umx.train
 import umx.train.loop
+from processes import read_only_folder
 from umx.audio import read_audio
 from umx.batch.work import export_sha256, model_sha256
 from umx.cli import main
@@ -336,6 +337,18 @@ def test_one_song_is_refused_before_the_teachers_pass(songs, tmp_path, capsys):
         "the music holds 1: give more songs"
     )
     assert not any(tmp_path.iterdir())  # no teacher's stems, no work folder
+
+
+def test_a_read_only_output_is_refused_with_what_to_do(songs, tmp_path, monkeypatch, capsys):
+    """It said "cannot create the job directory ro/st-work/teacher/.umx-job (Read-only file
+    system)"."""
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    assert distill(songs[0], tmp_path / "ro" / "st") == 1
+    job = tmp_path / "ro" / "st-work" / "teacher" / ".umx-job"
+    assert messages(capsys)[-1] == (
+        f"umx: error: cannot create the job directory {job}: Read-only file system; write elsewhere"
+    )
 
 
 def test_a_folder_without_music_is_refused(tmp_path, capsys):

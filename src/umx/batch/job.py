@@ -34,7 +34,7 @@ from umx.batch.inputs import BatchInput
 from umx.batch.work import Task
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
-from umx.files import hold_lock, write_json_atomic
+from umx.files import folder_refusal, hold_lock, write_json_atomic
 from umx.jobs import (
     DONE,
     FAILED,
@@ -88,7 +88,8 @@ class Job:
             self.directory.mkdir(parents=True, exist_ok=True)
             lock = hold_lock(self.directory / LOCK_FILE)
         except OSError as error:
-            raise UmxError(f"cannot create the job directory {where} ({error.strerror})") from None
+            reason = folder_refusal(self.directory, error)
+            raise UmxError(f"cannot create the job directory {where}: {reason}") from None
         if lock is None:
             raise UmxError(
                 f"the job {where} is being run by another umx batch; wait for it to end or "
