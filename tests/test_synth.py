@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 
 import umx.synth.dataset
-from processes import BOUND_S, children, running, wait_for
+from processes import BOUND_S, children, read_only_folder, running, wait_for
 from umx.defaults import SOUNDFONT_PACKAGES
 from umx.errors import UmxError
 from umx.files import abandoned_stages
@@ -494,6 +494,20 @@ def test_a_folder_that_is_not_a_dataset_is_refused_even_with_force(tmp_path):
         with pytest.raises(UmxError) as error:
             synth("--root", root, *args)
         assert str(error.value) == f"{notes} is a file, not a folder{where}"
+
+
+@needs_fluidsynth
+def test_a_read_only_root_is_named_as_given(tmp_path, monkeypatch):
+    """It said "ro/.s.e0eea2b0.partial: Read-only file system; write elsewhere", naming the
+    hidden folder the dataset is rendered into."""
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    args = ["--procedural", 1, "--duration", 2, "--soundfont", SOUNDFONT, "-q"]
+    with pytest.raises(UmxError) as error:
+        synth("--root", tmp_path / "ro" / "s", *args, "--test-fraction", 0, "--jobs", 1)
+    assert str(error.value) == (
+        f"cannot create {tmp_path / 'ro' / 's'}: Read-only file system; write elsewhere"
+    )
 
 
 def test_files_of_the_user_in_a_dataset_or_its_inputs_are_never_replaced(tmp_path, monkeypatch):

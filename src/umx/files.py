@@ -179,9 +179,11 @@ def staged_folder(root: Path) -> Iterator[Path]:
         existing `root` is moved aside first and deleted only after the swap).
 
     Raises:
-        UmxError: another process is filling a staging folder of `root`.
+        UmxError: another process is filling a staging folder of `root`, or the staging folder
+            cannot be made (named as `root`, the folder the user gave).
     """
-    root.parent.mkdir(parents=True, exist_ok=True)
+    with _making(root):
+        root.parent.mkdir(parents=True, exist_ok=True)
     for stage in abandoned_stages(root):
         logger.info("removing %s, left by a run that was killed", stage)
         shutil.rmtree(stage, ignore_errors=True)
@@ -193,7 +195,8 @@ def staged_folder(root: Path) -> Iterator[Path]:
         )
     token = secrets.token_hex(4)
     stage = root.with_name(f".{root.name}.{token}{STAGE_SUFFIX}")
-    stage.mkdir()
+    with _making(root):
+        stage.mkdir()
     lock = hold_lock(stage)
     try:
         try:
@@ -211,6 +214,17 @@ def staged_folder(root: Path) -> Iterator[Path]:
     finally:
         if lock is not None:
             lock.close()
+
+
+@contextlib.contextmanager
+def _making(root: Path) -> Iterator[None]:
+    """Says an `OSError` of the block (a read-only folder) as the failure to make `root`: not
+    the hidden staging folder, which the user never named."""
+    try:
+        yield
+    except OSError as error:
+        reason = folder_refusal(root, error)
+        raise UmxError(f"cannot create {display_path(root)}: {reason}") from None
 
 
 def abandoned_stages(root: Path) -> list[Path]:
