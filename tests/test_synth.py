@@ -510,6 +510,32 @@ def test_a_read_only_root_is_named_as_given(tmp_path, monkeypatch):
     )
 
 
+def test_a_dataset_with_other_entries_beside_it_names_them(tmp_path):
+    """It said "data is not empty and holds no dataset", of a dataset with a --midi folder in
+    it: the refusal protects the MIDI files, but the reason was wrong."""
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    (root / "synth.json").write_text("{}")
+    (root / "mid").mkdir()
+    (root / "mid" / "song.mid").write_bytes(b"MThd")
+    args = ["--root", root, "--midi", root / "mid", "--soundfont", SOUNDFONT, "--force"]
+    with pytest.raises(UmxError) as error:
+        synth(*args)
+    assert str(error.value) == (
+        f"{root} holds a dataset and also mid, which is not part of one: move it out, or "
+        "choose a new folder"
+    )
+    for name in ("notes.txt", "z"):
+        (root / name).write_text("mine")
+    with pytest.raises(UmxError) as error:
+        synth(*args)
+    assert str(error.value) == (
+        f"{root} holds a dataset and also mid, notes.txt and 1 more, which are not part of one: "
+        "move them out, or choose a new folder"
+    )
+    assert (root / "mid" / "song.mid").read_bytes() == b"MThd"
+
+
 def test_files_of_the_user_in_a_dataset_or_its_inputs_are_never_replaced(tmp_path, monkeypatch):
     root = tmp_path / "data"
     (root / "train" / "song").mkdir(parents=True)

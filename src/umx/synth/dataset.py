@@ -102,7 +102,7 @@ def check_root(root: Path, force: bool) -> None:
 
     Raises:
         UmxError: ``root`` or a folder above it is a file, ``root`` is a non-empty folder that
-            is not a dataset, or a dataset and ``force`` is false.
+            is not a dataset or holds one and more, or a dataset and ``force`` is false.
     """
     if not root.exists():
         above = not_a_folder(root.parent)
@@ -120,6 +120,13 @@ def check_root(root: Path, force: bool) -> None:
     names = {path.name for path in root.iterdir()}
     if not names:
         return
+    if not names <= DATASET_FILES and "synth.json" in names:  # a --midi folder put in it, say
+        extra = sorted(names - DATASET_FILES)
+        one = len(extra) == 1
+        raise UmxError(
+            f"{root} holds a dataset and also {_listed(extra)}, which {'is' if one else 'are'} "
+            f"not part of one: move {'it' if one else 'them'} out, or choose a new folder"
+        )
     if not names <= DATASET_FILES:
         raise UmxError(f"{root} is not empty and holds no dataset; choose a new folder")
     stranger = next(_foreign_files(root), None)
@@ -130,6 +137,14 @@ def check_root(root: Path, force: bool) -> None:
         )
     if not force:
         raise UmxError(f"{root} already holds a dataset (use --force to replace it)")
+
+
+def _listed(names: Sequence[str]) -> str:
+    """The first two of `names` and how many more: "mid", "mid and notes", "a, b and 3 more"."""
+    first = [display_path(name) for name in names[:2]]
+    if len(names) > 2:
+        return f"{first[0]}, {first[1]} and {len(names) - 2} more"
+    return " and ".join(first)
 
 
 def _foreign_files(root: Path) -> Iterator[Path]:
