@@ -19,8 +19,8 @@ from umx.cli_options import (
     add_input_arguments,
     add_output_arguments,
     add_separation_arguments,
+    check_inputs,
     check_separation_args,
-    missing_input,
     not_a_command,
     output_options,
     path_text,
@@ -437,48 +437,6 @@ def print_models() -> None:
             f"to get {DEFAULT_MODEL}: `umx download {DEFAULT_MODEL}`, or by hand, "
             f"{default.placement(missing)}"
         )
-
-
-def check_readable(paths: Sequence[str]) -> None:
-    """Refuse, in one line, inputs that are missing, not regular files or unreadable, before any
-    model is loaded; whether they decode is found out file by file while separating."""
-    from umx.audio.reading import _open_regular
-
-    problems = []
-    for path in paths:
-        try:
-            with _open_regular(Path(path)):
-                pass
-        except UmxError as error:
-            problems.append(missing_input(path, str(error)))
-    if len(problems) > 1:
-        others = len(problems) - 1
-        problems[0] += f" (and {others} more input{'s' if others > 1 else ''} cannot be read)"
-    if problems:
-        raise UmxError(problems[0])
-
-
-def check_inputs(args: argparse.Namespace) -> SeparationOptions:
-    """The options and inputs of `umx separate` that can be checked before loading a model.
-
-    Returns:
-        the separation options.
-    """
-    if not args.inputs:
-        taken = [t for t in args.targets or () if Path(t).suffix or Path(t).exists()]
-        if taken:
-            raise UmxError(
-                f"--targets took {taken[0]!r} as a target name and no input file is left: "
-                f"write the inputs first (umx {taken[0]} --targets ...) or end the target list "
-                "with -- (umx --targets vocals -- song.mp3)"
-            )
-        raise UmxError("no input files given (try `umx --help`)")
-    check_readable(args.inputs)
-    # 30 years: past any file, while `seconds * rate` stays a whole number of frames.
-    check_number("--start", args.start, minimum=0, maximum=1e9)
-    if args.duration is not None:
-        check_number("--duration", args.duration, above=0, maximum=1e9)
-    return check_separation_args(args)
 
 
 def known_names(options: SeparationOptions, aggregate: dict | None) -> list[str] | None:
