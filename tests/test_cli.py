@@ -543,8 +543,9 @@ def test_a_mistyped_option_is_told_the_one_meant(
     with pytest.raises(SystemExit) as exit:
         run(*arguments)
     assert exit.value.code == 2
+    command = arguments[0] if arguments[0] in COMMANDS else "separate"
     assert capsys.readouterr().err.splitlines() == [
-        f"umx: error: unrecognized arguments: {unknown}{meant} (see umx --help)"
+        f"umx {command}: error: unrecognized arguments: {unknown}{meant} (see umx {command} --help)"
     ]
     assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]  # nothing done
 
@@ -625,8 +626,8 @@ def test_a_file_whose_name_begins_with_a_dash_is_told_how_to_give(
     monkeypatch.chdir(song.parent)
     song.rename("-song.wav")
     for argv, error in [
-        (["-song.wav"], "umx: error: unrecognized arguments: -song.wav"),
-        (["batch", "-song.wav"], "umx: error: unrecognized arguments: -song.wav"),
+        (["-song.wav"], "umx separate: error: unrecognized arguments: -song.wav"),
+        (["batch", "-song.wav"], "umx batch: error: unrecognized arguments: -song.wav"),
         (["stream", "-song.wav"], "umx stream: error: the following arguments are required: INPUT"),
     ]:
         with pytest.raises(SystemExit) as exited:
@@ -640,13 +641,13 @@ def test_a_file_whose_name_begins_with_a_dash_is_told_how_to_give(
     with pytest.raises(SystemExit):
         run(odd)
     assert capsys.readouterr().err == (
-        "umx: error: unrecognized arguments: -a\\nb\\x1b.wav; -a\\nb\\x1b.wav is a file: write "
-        "./-a\\nb\\x1b.wav, or -- before it (see umx --help)\n"
+        "umx separate: error: unrecognized arguments: -a\\nb\\x1b.wav; -a\\nb\\x1b.wav is a file: "
+        "write ./-a\\nb\\x1b.wav, or -- before it (see umx separate --help)\n"
     )
     with pytest.raises(SystemExit):
         run("-other.wav")  # not a file: no hint
     assert capsys.readouterr().err == (
-        "umx: error: unrecognized arguments: -other.wav (see umx --help)\n"
+        "umx separate: error: unrecognized arguments: -other.wav (see umx separate --help)\n"
     )
     options = ["--model", model_dir, "--outdir", "out", "--niter", "0", "--force"]
     for argv in (["./-song.wav", *options], [*options, "--", "-song.wav"]):  # as the hint says
@@ -759,9 +760,35 @@ def test_quiet_separation_prints_only_the_stems(model_dir, song, tmp_path, capsy
             ["serve", "--port"],
             "umx serve: error: argument --port: expected one argument (see umx serve --help)",
         ),
-        (["--bogus"], "umx: error: unrecognized arguments: --bogus (see umx --help)"),
+        (
+            ["--bogus"],
+            "umx separate: error: unrecognized arguments: --bogus (see umx separate --help)",
+        ),
+        *(
+            (
+                [command, *before, "--zzz"],
+                f"umx {command}: error: unrecognized arguments: --zzz (see umx {command} --help)",
+            )
+            for command, before in (
+                ("separate", ["song.flac"]),
+                ("train", []),
+                ("stream", ["song.flac"]),
+                ("evaluate", ["--evaldir", "scores"]),
+                ("batch", ["music"]),
+                ("serve", []),
+            )
+        ),
     ],
-    ids=["bad-float", "bad-int", "missing-value", "unknown-option"],
+    ids=[
+        "bad-float",
+        "bad-int",
+        "missing-value",
+        "unknown-option",
+        *(
+            f"unknown-{command}-option"
+            for command in ("separate", "train", "stream", "evaluate", "batch", "serve")
+        ),
+    ],
 )
 def test_an_option_argparse_refuses_is_one_line(argv, line, tmp_path, monkeypatch, capsys):
     """Not argparse's whole usage (15 lines for `umx separate`) before the error."""
@@ -814,4 +841,16 @@ def test_an_empty_path_is_refused_by_every_path_argument(tmp_path, monkeypatch, 
         "train --root",
     } <= set(checked)
     assert len(checked) == 32
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_input_points_to_the_commands_help(tmp_path, monkeypatch, capsys):
+    """`umx --help` lists only the commands: `umx separate` alone names its own help."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["separate"], ["separate", "-q"]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            "umx: error: no input files given: name the songs, e.g. umx song.mp3 "
+            "(see umx separate --help)"
+        ]
     assert list(tmp_path.iterdir()) == []

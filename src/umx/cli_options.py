@@ -139,7 +139,9 @@ def check_inputs(args: argparse.Namespace) -> SeparationOptions:
                 f"write the inputs first (umx {taken[0]} --targets ...) or end the target list "
                 "with -- (umx --targets vocals -- song.mp3)"
             )
-        raise UmxError("no input files given (try `umx --help`)")
+        raise UmxError(
+            "no input files given: name the songs, e.g. umx song.mp3 (see umx separate --help)"
+        )
     check_readable(args.inputs)
     # 30 years: past any file, while `seconds * rate` stays a whole number of frames.
     check_number("--start", args.start, minimum=0, maximum=1e9)
@@ -170,23 +172,32 @@ class OneLineParser(argparse.ArgumentParser):
         return super().parse_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
+        # argparse reports a command's unknown arguments from the top-level parser: they are
+        # the command's, whose help lists its options (`umx --help` lists only the commands)
+        unknown = message.startswith("unrecognized arguments: ")
+        parser = self._command() if unknown else self
         files = [arg for arg in self._args if arg.startswith("-") and os.path.lexists(arg)]
         if files:
             message += f"; {files[0]} is a file: write ./{files[0]}, or -- before it"
-        elif message.startswith("unrecognized arguments: "):
+        elif unknown:
             message += self._meant(message.removeprefix("unrecognized arguments: ").split())
         # printable: the arguments quoted may hold line breaks and control characters
-        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"{parser.prog}: error: {printable(message)} (see {parser.prog} --help)\n")
+
+    def _command(self) -> argparse.ArgumentParser:
+        """The parser of the command given (`umx separate`), or this one if none is."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                given = [arg for arg in self._args if arg in action.choices]
+                if given:
+                    return action.choices[given[0]]
+        return self
 
     def _meant(self, unknown: list[str]) -> str:
         """`; did you mean --outdir?` for the first unknown option that is close to one of the
         command's (`--output`, `--taregts`) or does what it does in another tool (`-o`), else
         nothing."""
-        parser: argparse.ArgumentParser = self
-        for action in self._actions:  # the command given, whose options these would be
-            if isinstance(action, argparse._SubParsersAction):
-                given = [arg for arg in self._args if arg in action.choices]
-                parser = action.choices[given[0]] if given else parser
+        parser = self._command()  # the command given, whose options these would be
         options = [name for action in parser._actions for name in action.option_strings]
         for word in (word.split("=")[0] for word in unknown if word.startswith("-")):
             ours = OTHER_TOOLS_OPTIONS.get(word)
