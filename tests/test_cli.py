@@ -534,6 +534,18 @@ def test_a_mistyped_command_is_refused_before_any_work(word, suggestion, song, m
         (["stream", "song.wav", "-n", "x"], "-n x", "; did you mean --model?"),
         (["serve", "--mp3"], "--mp3", ""),  # umx serve has no --ext
         (["song.wav", "--zzz"], "--zzz", ""),  # nothing close: nothing said
+        (["--verison"], "--verison", "; did you mean umx --version?"),  # not --duration
+        (["batch", "music", "--verison"], "--verison", "; did you mean umx --version?"),
+        (["song.wav", "--cpu"], "--cpu", "; did you mean --device cpu?"),  # not --clip
+        (["stream", "song.wav", "--cpu"], "--cpu", "; did you mean --device cpu?"),
+        (["song.wav", "--gpu"], "--gpu", "; did you mean --device cuda?"),
+        (["song.wav", "--shifts", "2"], "--shifts 2", ""),  # demucs's; not --softmask
+        (["serve", "--bogus"], "--bogus", ""),  # not --jobs
+        (["batch", "music", "--bogus"], "--bogus", ""),
+        (["batch", "--list-models"], "--list-models", "; did you mean umx --list-models?"),
+        (["train", "--list-models"], "--list-models", "; did you mean umx --list-models?"),
+        (["serve", "--list-models"], "--list-models", "; did you mean umx --list-models?"),
+        (["song.wav", "--modle", "x"], "--modle x", "; did you mean --model?"),
     ],
 )
 def test_a_mistyped_option_is_told_the_one_meant(
@@ -842,6 +854,16 @@ def test_an_empty_path_is_refused_by_every_path_argument(tmp_path, monkeypatch, 
     } <= set(checked)
     assert len(checked) == 32
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["separate", "batch"])
+def test_the_model_help_names_the_command_that_lists_the_models(command, capsys):
+    """Only `umx [separate]` has --list-models: --model's help says `umx --list-models`."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "model name (see umx --list-models) or model directory" in text
+    assert "(see --list-models)" not in text
 
 
 def test_no_input_points_to_the_commands_help(tmp_path, monkeypatch, capsys):

@@ -29,7 +29,7 @@ from umx.onnx.options import BACKENDS, QUANTIZATIONS
 from umx.options import OutputOptions, SeparationOptions
 
 MODEL_HELP = (
-    f"model name (see --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
+    f"model name (see umx --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
     f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
 )
 
@@ -66,8 +66,19 @@ OTHER_TOOLS_OPTIONS = {
     "--float32": "--subtype FLOAT",
     "--int24": "--subtype PCM_24",
     "--clip-mode": "--clip",
+    "--output": "--outdir",
+    "--cpu": "--device cpu",
+    "--gpu": "--device cuda",
+    "--cuda": "--device cuda",
 }
 """Options of other separators (demucs, spleeter) and the umx options that do what they do."""
+UMX_OPTIONS = {"--version": "umx --version", "--list-models": "umx --list-models"}
+"""Options of `umx` itself (`--list-models`: of `umx [separate]`), meant when given to another
+command (`umx batch --list-models`)."""
+CLOSE = 0.75
+"""How alike (difflib's ratio, without the dashes) an unknown option and one of the command's
+must be for one to be taken for the other: `taregts` and `targets` are; `cpu` and `clip`,
+`shifts` and `softmask` (0.57) are not."""
 
 
 def spelled_out(argv: list[str], commands: Sequence[str]) -> list[str]:
@@ -199,13 +210,15 @@ class OneLineParser(argparse.ArgumentParser):
         nothing."""
         parser = self._command()  # the command given, whose options these would be
         options = [name for action in parser._actions for name in action.option_strings]
+        meant = {**UMX_OPTIONS, **{option: option for option in options}}
+        bare = {option.lstrip("-"): option for option in meant}
         for word in (word.split("=")[0] for word in unknown if word.startswith("-")):
             ours = OTHER_TOOLS_OPTIONS.get(word)
             if ours is not None and ours.split()[0] in options:
                 return f"; did you mean {ours}?"
-            close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-            if close:
-                return f"; did you mean {close[0]}?"
+            close = difflib.get_close_matches(word.lstrip("-"), bare, n=1, cutoff=CLOSE)
+            if word in meant or close:
+                return f"; did you mean {meant[word if word in meant else bare[close[0]]]}?"
         return ""
 
 
