@@ -447,6 +447,40 @@ def test_targets_before_inputs_is_explained(model_dir, song, capsys):
     assert (outdir / "song" / "vocals.wav").is_file()
 
 
+@pytest.mark.parametrize("command", ["separate", "stream", "batch"])
+@pytest.mark.parametrize("taken", ["b.wav", "later.flac"])  # an existing file, an audio name
+def test_an_input_taken_by_targets_is_explained_when_inputs_remain(
+    command, taken, model_dir, song, monkeypatch, capsys
+):
+    """`umx song.wav --targets vocals b.wav`: b.wav is no target of the model, but an input
+    --targets took (before, the model said it had no target 'b.wav')."""
+    monkeypatch.chdir(song.parent)
+    (song.parent / "b.wav").write_bytes(song.read_bytes())
+    argv = [command, "song.wav", "--model", model_dir, "--targets", "vocals", taken]
+    assert run(*argv, "--outdir", "out") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: --targets took {taken!r} as a target name (it takes every word up to the "
+        "next option): write the inputs before --targets, or end the target list with -- "
+        f"(--targets vocals -- {taken})"
+    ]
+    assert not (song.parent / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "word"), [("--two-stems", "karaoke"), ("--targets", "accompaniment")]
+)
+def test_the_rest_of_the_mixture_asked_as_a_target_is_told_how_to_ask(
+    option, word, model_dir, song, tmp_path, capsys
+):
+    assert run(song, "--model", model_dir, option, word, "--outdir", tmp_path / "out") == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(
+        f"has no target {word!r}; its targets are vocals, drums, bass, other ({word}, the rest "
+        f"of the mixture, is written by --two-stems vocals, or --targets vocals --residual {word})"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_forked_worker_dies_of_a_stop_signal_quietly():
     """Pools terminate their workers with SIGTERM: a worker forked under the handler must die
     of it, not raise `Stopped` with a traceback."""

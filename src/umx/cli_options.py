@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from umx.defaults import (
+    ACCOMPANIMENT_WORDS,
+    AUDIO_EXTENSIONS,
     CLIP_POLICIES,
     DEFAULT_MODEL,
     DEFAULT_TEMPLATE,
@@ -52,7 +54,7 @@ def path_argument(text: str) -> Path:
 
 STEM_WORDS = {
     **{target: f"--targets {target}" for target in ("vocals", "drums", "bass", "other")},
-    **dict.fromkeys(("karaoke", "instrumental", "accompaniment"), "--two-stems vocals"),
+    **dict.fromkeys(ACCOMPANIMENT_WORDS, "--two-stems vocals"),
 }
 """Words a newcomer may give after a song, meaning stems, and the option that asks for them."""
 OTHER_TOOLS_OPTIONS = {
@@ -320,6 +322,17 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
     Returns:
         the options, with `args.model` as the model.
     """
+    taken = [
+        target
+        for target in getattr(args, "targets", None) or ()
+        if os.path.lexists(target) or Path(target).suffix.lower()[1:] in AUDIO_EXTENSIONS
+    ]
+    if taken:
+        raise UmxError(
+            f"--targets took {taken[0]!r} as a target name (it takes every word up to the next "
+            f"option): write the inputs before --targets, or end the target list with -- "
+            f"(--targets vocals -- {taken[0]})"
+        )
     two_stems = getattr(args, "two_stems", None)
     if two_stems is not None:
         from umx.modeldir import check_target_name  # torch: not for --help

@@ -49,6 +49,8 @@ FALLBACK_MODEL = "umxsynth"  # bundled: what the default falls back to when umxl
 HASH_DIGITS = 8
 HASHED_NAME = re.compile(rf"^(?P<target>.+)[-_](?P<hash>[0-9a-f]{{{HASH_DIGITS}}})\.pth$")
 """`<target>-<hash>.pth` or `<target>_<hash>.pth`, the hash being the start of the SHA-256."""
+ACCOMPANIMENT_WORDS = ("karaoke", "instrumental", "accompaniment")
+"""Words for the mixture without the vocals, which a newcomer may take for a target."""
 
 # --- umx.stream.io --------------------------------------------------------------------------------
 STREAM_MODEL = "umxsynth-rt"

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from umx.defaults import EXPORT_JSON, HASH_DIGITS, HASHED_NAME  # noqa: F401 (re-exported)
+from umx.defaults import (  # noqa: F401 (re-exported)
+    ACCOMPANIMENT_WORDS,
+    EXPORT_JSON,
+    HASH_DIGITS,
+    HASHED_NAME,
+)
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, display_path, short
 from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import CrossUnmixTarget, OpenUnmix
@@ -105,9 +110,15 @@ def select_targets(available: Sequence[str], wanted: Sequence[str] | None, owner
     selected = list(dict.fromkeys(wanted))
     unknown = [target for target in selected if target not in available]
     if unknown:
+        rest = ""  # the mixture without the vocals, which is no target but what is left
+        if unknown[0] in ACCOMPANIMENT_WORDS and "vocals" in available:
+            rest = (
+                f" ({unknown[0]}, the rest of the mixture, is written by --two-stems vocals, "
+                f"or --targets vocals --residual {unknown[0]})"
+            )
         raise UmxError(
             f"{owner} has no target {short.repr(unknown[0])}; its targets are "
-            f"{', '.join(available)}"
+            f"{', '.join(available)}{rest}"
         )
     if not selected:
         raise UmxError(f"no targets selected from {owner}")
