@@ -481,6 +481,37 @@ def test_the_rest_of_the_mixture_asked_as_a_target_is_told_how_to_ask(
     assert not (tmp_path / "out").exists()
 
 
+def test_options_after_the_double_dash_are_said_to_go_before_it(song, monkeypatch, capsys):
+    """Every word after -- is an input: an option there is not a missing file among others."""
+    monkeypatch.chdir(song.parent)
+    argv = ["separate", "--targets", "vocals", "--", "song.wav", "--model", "umxsynth"]
+    assert run(*argv, "--outdir", "out") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "umx: error: --model is read as an input file, as every word after -- is, and there is "
+        "no such file: write the options before -- (umx separate [OPTIONS] -- INPUT...)"
+    ]
+    for argv, prog in [
+        (["song.wav", "--outdir", "out", "--", "b.wav", "--model", "x"], "umx separate"),
+        (["stream", "song.wav", "--targets", "vocals", "--", "--outdir", "out"], "umx stream"),
+    ]:  # inputs on both sides of --, or options after it with the input before
+        with pytest.raises(SystemExit) as exited:
+            run(*argv)
+        assert exited.value.code == 2
+        unknown = " ".join(argv[argv.index("--") :])
+        assert capsys.readouterr().err.splitlines() == [
+            f"{prog}: error: unrecognized arguments: {unknown}; write the options first, then -- "
+            f"and the inputs ({prog} [OPTIONS] -- INPUT...) (see {prog} --help)"
+        ]
+    assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]
+
+
+def test_a_double_dash_with_nothing_after_it_is_no_argument(model_dir, song, monkeypatch):
+    monkeypatch.chdir(song.parent)
+    argv = ["--model", model_dir, "--outdir", "out", "--niter", "0", "--targets", "vocals", "--"]
+    assert run("separate", song.name, *argv) == 0
+    assert sorted(p.name for p in (song.parent / "out" / "song").iterdir()) == ["vocals.wav"]
+
+
 def test_a_forked_worker_dies_of_a_stop_signal_quietly():
     """Pools terminate their workers with SIGTERM: a worker forked under the handler must die
     of it, not raise `Stopped` with a traceback."""

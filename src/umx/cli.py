@@ -90,6 +90,8 @@ def stop_on_signals() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `umx`; `umx INPUT...` is short for `umx separate INPUT...`. Returns the exit code."""
     argv = spelled_out(list(sys.argv[1:] if argv is None else argv), COMMANDS)
+    if argv[-1:] == ["--"] and argv.index("--") == len(argv) - 1:
+        argv.pop()  # nothing after it: argparse would call it an unrecognized argument
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         problem = argv and not argv[0].startswith("-") and not_a_command(argv[0], COMMANDS)
         if problem:

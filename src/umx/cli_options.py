@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -35,6 +36,8 @@ MODEL_HELP = (
     f"once; the bundled {FALLBACK_MODEL} when {DEFAULT_MODEL} cannot be had or UMX_OFFLINE=1)"
 )
 
+OPTION = re.compile(r"--?[A-Za-z][A-Za-z-]*")
+"""What an option looks like, which only `--` makes an input."""
 EMPTY_PATH = "an empty path: give a file or folder (is a shell variable unset?)"
 
 
@@ -124,6 +127,12 @@ def check_readable(paths: Sequence[str]) -> None:
     model is loaded; whether they decode is found out file by file while separating."""
     from umx.audio.reading import _open_regular
 
+    options = [path for path in paths if OPTION.fullmatch(path) and not os.path.lexists(path)]
+    if options:
+        raise UmxError(
+            f"{options[0]} is read as an input file, as every word after -- is, and there is no "
+            "such file: write the options before -- (umx separate [OPTIONS] -- INPUT...)"
+        )
     problems = []
     for path in paths:
         try:
@@ -192,6 +201,9 @@ class OneLineParser(argparse.ArgumentParser):
         files = [arg for arg in self._args if arg.startswith("-") and os.path.lexists(arg)]
         if files:
             message += f"; {files[0]} is a file: write ./{files[0]}, or -- before it"
+        elif unknown and "--" in message.split():  # argparse left it: inputs on both sides
+            usage = f"{parser.prog} [OPTIONS] -- INPUT..."
+            message += f"; write the options first, then -- and the inputs ({usage})"
         elif unknown:
             message += self._meant(message.removeprefix("unrecognized arguments: ").split())
         # printable: the arguments quoted may hold line breaks and control characters
