@@ -104,6 +104,17 @@ def test_aggregate(model_dir, song, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("name", ["a\x00b", "", "../x"])
+def test_an_unsafe_aggregate_name_is_refused_as_such(name, model_dir, song, tmp_path, capsys):
+    """Before the stems' paths are made of it: a NUL byte crashed with a traceback there, and
+    '' or '../x' were blamed on a --filename that was not given."""
+    groups = json.dumps({name: ["vocals"]})
+    assert run(song, "--model", model_dir, "--outdir", tmp_path / "o", "--aggregate", groups) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"umx: error: --aggregate has an unsafe target name {name!r}: ")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("clip", ["rescale", "clamp"])
 def test_a_stem_beyond_full_scale_is_said_with_what_was_done(model_dir, tmp_path, capsys, clip):
     loud = tmp_path / "loud.wav"

@@ -545,6 +545,8 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
     if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
         raise UmxError(AGGREGATE_SHAPE)
     check_groups(value)
+    for name in value:  # written as file names: checked before any path is made of them
+        check_target_name(name, "--aggregate")
     return value
 
 
