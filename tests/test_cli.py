@@ -523,6 +523,40 @@ def test_a_double_dash_with_nothing_after_it_is_no_argument(model_dir, song, mon
     assert sorted(p.name for p in (song.parent / "out" / "song").iterdir()) == ["vocals.wav"]
 
 
+@pytest.mark.parametrize("command", [[], ["stream"]])
+def test_a_folder_or_a_mistyped_name_is_told_what_to_give(command, song, monkeypatch, capsys):
+    """A folder is told `umx batch`; a missing name, the one file next to it that is close."""
+    monkeypatch.chdir(song.parent)
+    song.rename("my song.flac")
+    (song.parent / "album").mkdir()
+    for argv, line in [
+        (["album"], "album is a directory, not a regular audio file; to separate every song in "
+         "it: umx batch album"),
+        (["my song.fla"], "my song.fla does not exist; did you mean my song.flac?"),
+        (["../album/song.flac"], "../album/song.flac does not exist"),  # nothing close: no hint
+    ]:  # fmt: skip
+        assert run(*command, *argv, "--model", "no-such-model", "--outdir", "out") == 1
+        assert capsys.readouterr().err.splitlines() == [f"umx: error: {line}"]
+    (song.parent / "my song.flax").write_bytes(b"")  # two files as close: which one is not clear
+    assert run(*command, "my song.fla", "--model", "no-such-model", "--outdir", "out") == 1
+    assert capsys.readouterr().err.splitlines() == ["umx: error: my song.fla does not exist"]
+    assert sorted(p.name for p in song.parent.iterdir()) == [
+        "album",
+        "my song.flac",
+        "my song.flax",
+    ]
+
+
+def test_train_on_a_folder_of_songs_is_told_umx_distill(song, tmp_path, capsys):
+    pytest.importorskip("musdb")
+    assert run("train", "--root", song.parent, "--output", tmp_path / "model") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: {song.parent / 'train'} does not exist: MUSDB18 holds "
+        "<root>/train/<track>.stem.mp4 (use --is-wav for wav folders); to train on songs "
+        "without stems: umx distill (docs/distillation.md)"
+    ]
+
+
 def test_a_forked_worker_dies_of_a_stop_signal_quietly():
     """Pools terminate their workers with SIGTERM: a worker forked under the handler must die
     of it, not raise `Stopped` with a traceback."""
@@ -756,7 +790,8 @@ def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsy
     ]
     assert run(folder, "--model", not_a_model, "--outdir", tmp_path / "o") == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"umx: error: {folder} is a directory, not a regular audio file"
+        f"umx: error: {folder} is a directory, not a regular audio file; to separate every song "
+        f"in it: umx batch {folder}"
     ]
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
     taken = tmp_path / "notes.txt"  # an --outdir that is a file: said before the (bad) model

@@ -522,6 +522,24 @@ def test_bad_folders_are_errors_naming_the_path(tmp_path):
     fails(f"{tmp_path / 'train' / 't' / 'drums.wav'} does not exist")
 
 
+def test_a_folder_of_songs_is_told_umx_distill(tmp_path):
+    """Songs without stems are no training set of `umx train`: `umx distill` trains on them."""
+    hint = "; to train on songs without stems: umx distill (docs/distillation.md)"
+    write(tmp_path / "song.wav", ramp(0))
+    with pytest.raises(UmxError, match=re.escape(f"{tmp_path / 'train'} does not exist: ")) as e:
+        fix_dataset(tmp_path)
+    assert str(e.value).endswith(hint)
+    write(tmp_path / "train" / "song.wav", ramp(0))
+    with pytest.raises(UmxError, match="holds no track folders: ") as e:
+        fix_dataset(tmp_path)
+    assert str(e.value).endswith(hint)
+    (tmp_path / "song.wav").unlink()
+    (tmp_path / "train" / "song.wav").unlink()
+    with pytest.raises(UmxError, match="holds no track folders: ") as e:
+        fix_dataset(tmp_path)  # no songs: no hint
+    assert not str(e.value).endswith(hint)
+
+
 @pytest.mark.parametrize(
     ("drums", "rate", "message"),
     [

@@ -20,6 +20,7 @@ from umx.cli_options import (
     add_output_arguments,
     add_separation_arguments,
     check_inputs,
+    check_readable,
     check_separation_args,
     not_a_command,
     output_options,
@@ -361,6 +362,8 @@ def run_stream(args: argparse.Namespace) -> int:
     args.model = STREAM_MODEL if args.model is None else args.model  # '' is refused
     options = check_separation_args(args)
     check_input(args.input, args.rate, args.channels, args.pcm_format, stdout=args.stdout)
+    if args.input != "-":  # before the model loads, with what to do instead (a folder: batch)
+        check_readable([args.input])
     aggregate = parse_aggregate(args.aggregate)
     if args.stdout:
         refuse_file_options(args)

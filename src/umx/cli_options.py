@@ -27,7 +27,7 @@ from umx.defaults import (
     TEMPLATE_FIELDS,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError, check_number, printable
+from umx.errors import UmxError, check_number, display_path, printable
 from umx.onnx.options import BACKENDS, QUANTIZATIONS
 from umx.options import OutputOptions, SeparationOptions
 
@@ -80,6 +80,9 @@ OTHER_TOOLS_OPTIONS = {
 UMX_OPTIONS = {"--version": "umx --version", "--list-models": "umx --list-models"}
 """Options of `umx` itself (`--list-models`: of `umx [separate]`), meant when given to another
 command (`umx batch --list-models`)."""
+CLOSE_FILE = 0.85
+"""How alike (difflib's ratio) a missing input's name and a file next to it must be for one to
+be taken for the other: a letter or two in a name of ten or more."""
 CLOSE = 0.75
 """How alike (difflib's ratio, without the dashes) an unknown option and one of the command's
 must be for one to be taken for the other: `taregts` and `targets` are; `cpu` and `clip`,
@@ -117,9 +120,29 @@ def missing_input(path: str, problem: str) -> str:
     option = STEM_WORDS.get(path)
     if path == "-" and not os.path.lexists(path):
         return f"{problem}: umx separate reads files; umx stream - reads standard input"
+    if os.path.isdir(path):
+        return f"{problem}; to separate every song in it: umx batch {display_path(path)}"
     if option is None or os.path.lexists(path):
-        return problem
+        near = nearby_file(path) if option is None else None
+        return problem if near is None else f"{problem}; did you mean {display_path(near)}?"
     return f"{problem}; to ask for stems, write the option: umx SONG {option}"
+
+
+def nearby_file(path: str) -> str | None:
+    """The one file next to a missing `path` whose name differs only slightly (`song.fla`:
+    `song.flac`), as the user would write it; None when there is none or the folder cannot be
+    listed."""
+    if os.path.lexists(path):
+        return None
+    folder, name = os.path.split(path)
+    try:
+        names = [entry.name for entry in os.scandir(folder or ".") if entry.is_file()]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(name, names, n=2, cutoff=CLOSE_FILE)
+    if len(close) != 1:  # none, or two as close: which one was meant is not clear
+        return None
+    return os.path.join(folder, close[0])
 
 
 def check_readable(paths: Sequence[str]) -> None:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from umx.audio import audio_info, display_path, match_channels, read_frames, seconds_to_frames
 from umx.data.augment import Augmentation
+from umx.data.layout import split_dir, track_dirs
 from umx.errors import UmxError
 
 MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
@@ -413,25 +414,6 @@ class SourcesDataset(Dataset):
         return SourcesDataset(self.tracks.eval_view(), self.names)
 
 
-def split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
-    """The folder of `split` under a dataset's `root`, refused (naming the expected `layout`)
-    when missing."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UmxError(f"{display_path(root)} does not exist or is not a directory")
-    directory = root / split
-    if not directory.is_dir():
-        raise UmxError(f"{display_path(directory)} does not exist: {layout}")
-    return directory
-
-
-def _track_dirs(directory: Path, layout: str) -> list[Path]:
-    tracks = sorted(path for path in directory.iterdir() if path.is_dir())
-    if not tracks:
-        raise UmxError(f"{display_path(directory)} holds no track folders: {layout}")
-    return tracks
-
-
 class AlignedDataset(TrackDataset):
     """`aligned`: track folders holding an input and an output file, e.g. noisy/clean pairs.
 
@@ -467,7 +449,7 @@ class AlignedDataset(TrackDataset):
                 interferers=(),
                 mixture=AudioInfo.read(path / input_file),
             )
-            for path in _track_dirs(directory, layout)
+            for path in track_dirs(directory, layout)
         ]
         super().__init__(
             tracks,
@@ -519,7 +501,7 @@ class FixedSourcesTrackFolderDataset(TrackDataset):
                 target=AudioInfo.read(path / target_file),
                 interferers=tuple(AudioInfo.read(path / name) for name in interferer_files),
             )
-            for path in _track_dirs(directory, layout)
+            for path in track_dirs(directory, layout)
         ]
         super().__init__(
             tracks,
@@ -567,7 +549,7 @@ class VariableSourcesTrackFolderDataset(TrackDataset):
         layout = f"the trackfolder_var dataset expects <root>/{split}/<track>/*{ext}"
         directory = split_dir(root, split, layout)
         tracks = []
-        for path in _track_dirs(directory, layout):
+        for path in track_dirs(directory, layout):
             target = path / target_file
             if not target.is_file() and not silence_missing:
                 raise UmxError(

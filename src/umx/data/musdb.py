@@ -18,8 +18,8 @@ from umx.data.datasets import (
     StemInfo,
     Track,
     TrackDataset,
-    split_dir,
 )
+from umx.data.layout import NO_STEMS, holds_songs, split_dir
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK
 from umx.errors import UmxError
 from umx.messages import shown
@@ -141,7 +141,8 @@ class MUSDBDataset(TrackDataset):
                 f"{display_path(setup)} is not a valid musdb set-up file ({error})"
             ) from None
         if not db.tracks:
-            raise UmxError(f"{display_path(directory)} holds no MUSDB18 tracks: {layout}")
+            hint = NO_STEMS if holds_songs(directory) else ""
+            raise UmxError(f"{display_path(directory)} holds no MUSDB18 tracks: {layout}{hint}")
         by_name = {track.name: track for track in db.tracks}
         train_names, valid_names = musdb_split(
             list(by_name), db.setup["validation_tracks"], valid_tracks

@@ -18,8 +18,8 @@ from umx.data.datasets import (
     check_source_names,
     random_int,
     random_start,
-    split_dir,
 )
+from umx.data.layout import split_dir
 from umx.errors import UmxError
 
 

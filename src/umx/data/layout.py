@@ -1,0 +1,47 @@
+"""The folders of a training set: a split's folder under the root, its track folders, each
+refused with the layout expected, and with `umx distill` where the folder holds plain songs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from umx.audio import display_path
+from umx.defaults import AUDIO_EXTENSIONS
+from umx.errors import UmxError
+
+NO_STEMS = "; to train on songs without stems: umx distill (docs/distillation.md)"
+"""What a folder of plain songs is told: `umx train` needs each source's stem."""
+
+
+def split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
+    """The folder of `split` under a dataset's `root`, refused (naming the expected `layout`)
+    when missing."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UmxError(f"{display_path(root)} does not exist or is not a directory")
+    directory = root / split
+    if not directory.is_dir():
+        hint = NO_STEMS if holds_songs(root) else ""
+        raise UmxError(f"{display_path(directory)} does not exist: {layout}{hint}")
+    return directory
+
+
+def track_dirs(directory: Path, layout: str) -> list[Path]:
+    """The track folders of a split's folder, refused when there are none."""
+    tracks = sorted(path for path in directory.iterdir() if path.is_dir())
+    if not tracks:
+        hint = NO_STEMS if holds_songs(directory) else ""
+        raise UmxError(f"{display_path(directory)} holds no track folders: {layout}{hint}")
+    return tracks
+
+
+def holds_songs(directory: Path) -> bool:
+    """Whether `directory` holds audio files itself (songs, not a dataset's folders)."""
+    try:
+        return any(
+            path.suffix.lower()[1:] in AUDIO_EXTENSIONS and path.is_file()
+            for path in directory.iterdir()
+        )
+    except OSError:
+        return False
