@@ -43,6 +43,8 @@ from umx.messages import plural
 if TYPE_CHECKING:
     import torch
 
+    from umx.batch.inputs import BatchInput
+
 logger = logging.getLogger("umx")
 
 TEACHER_DIR = "teacher"
@@ -152,9 +154,9 @@ def teacher_pass(
             was started with other settings, or it separated no song at all.
     """
     from umx.batch.inputs import collect_inputs
-    from umx.batch.job import MANIFEST_FILE, read_settings
+    from umx.batch.job import read_settings
     from umx.batch.run import BatchOptions, run_batch_job
-    from umx.jobs import DONE, FAILED, TaskOptions, latest_records, read_records
+    from umx.jobs import TaskOptions
     from umx.onnx.options import is_export_folder
     from umx.options import OutputOptions, SeparationOptions
 
@@ -182,15 +184,7 @@ def teacher_pass(
     if settings is None:  # run_batch writes it before separating anything
         raise UmxError(f"{display_path(job_dir)} holds no job settings after the teacher's pass")
     identity = settings["identity"]
-    latest = latest_records(read_records(job_dir / MANIFEST_FILE))
-    tracks, failed = [], 0
-    for item in inputs:
-        record = latest.get(item.key, {})
-        if record.get("status") == DONE:
-            stems = {name: Path(output["path"]) for name, output in record["outputs"].items()}
-            tracks.append(TeacherTrack(item.path, stems))
-        elif record.get("status") == FAILED:
-            failed += 1
+    tracks, failed = _separated(inputs, job_dir)
     if not tracks:
         raise UmxError(
             f"the teacher separated none of the {plural(len(inputs), 'song')}; see umx batch "
@@ -206,6 +200,23 @@ def teacher_pass(
         )
     source = {"model": identity["model"], "sha256": identity["model_sha256"]}
     return TeacherPass(source, identity["outputs"], tracks, failed)
+
+
+def _separated(inputs: Sequence[BatchInput], job_dir: Path) -> tuple[list[TeacherTrack], int]:
+    """The songs the teacher's job separated, with their stems, and how many it failed."""
+    from umx.batch.job import MANIFEST_FILE
+    from umx.jobs import DONE, FAILED, latest_records, read_records
+
+    latest = latest_records(read_records(job_dir / MANIFEST_FILE))
+    tracks, failed = [], 0
+    for item in inputs:
+        record = latest.get(item.key, {})
+        if record.get("status") == DONE:
+            stems = {name: Path(output["path"]) for name, output in record["outputs"].items()}
+            tracks.append(TeacherTrack(item.path, stems))
+        elif record.get("status") == FAILED:
+            failed += 1
+    return tracks, failed
 
 
 def track_name(path: str) -> str:

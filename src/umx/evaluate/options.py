@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import errno
 import logging
 import os
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from umx.defaults import (
     WIN,
 )
 from umx.errors import UmxError, display_path, os_reason
-from umx.files import check_folder_option, overlap, within
+from umx.files import check_folder_option, overlap, unwritable, within
 
 if TYPE_CHECKING:
     import museval
@@ -213,11 +212,9 @@ def _check_writable(option: str, directory: Path) -> None:
     """Refuse a folder that cannot be made or written: its nearest existing parent is on a
     read-only file system or not writable."""
     folder = directory.absolute()
-    nearest = next(path for path in (folder, *folder.parents) if path.exists())
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        code = errno.EROFS if os.statvfs(nearest).f_flag & os.ST_RDONLY else errno.EACCES
-        reason = os_reason(OSError(code, os.strerror(code)))
-        raise UmxError(f"{option} {display_path(directory)} cannot be written ({reason})")
+    error = unwritable(next(path for path in (folder, *folder.parents) if path.exists()))
+    if error is not None:
+        raise UmxError(f"{option} {display_path(directory)} cannot be written ({os_reason(error)})")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

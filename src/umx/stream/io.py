@@ -419,9 +419,20 @@ def _file_writers(
 
 
 def _stem_paths(
-    input_path: str | os.PathLike, names: list[str], outdir: object, filename: str, ext: str
+    input_path: str | os.PathLike,
+    names: list[str],
+    stdout: BinaryIO | None,
+    outdir: object,
+    filename: str,
+    ext: str,
+    fmt: str,
 ) -> dict[str, Path]:
-    """Each stem's file (`umx.api.plan_outputs`), under an `outdir` that must be given."""
+    """Each stem's file (`umx.api.plan_outputs`) under an `outdir` that must be given, or
+    none where one stem goes to `stdout` as raw PCM in `fmt`."""
+    if stdout is not None:
+        check_stdout_names(names)
+        check_pcm_format(fmt)
+        return {}
     check_path("--outdir", outdir, what="a path (or give stdout for raw PCM)")
     (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
     return paths
@@ -480,12 +491,8 @@ def separate_stream(
     from_stdin = os.fspath(input_path) == "-"
     nb_channels = check_input(input_path, rate, nb_channels, fmt, stdout=stdout is not None)
     fmt = fmt or DEFAULT_PCM
-    if stdout is not None:
-        check_stdout_names(names)
-        check_pcm_format(fmt)
-        paths = {}
-    else:
-        paths = _stem_paths(STDIN_NAME if from_stdin else input_path, names, outdir, filename, ext)
+    input_name = STDIN_NAME if from_stdin else input_path
+    paths = _stem_paths(input_name, names, stdout, outdir, filename, ext, fmt)
     # Refuses a bidirectional model before any input is read or file opened.
     StreamingSeparator(separator, nb_channels=separator.channels_for(nb_channels or 2))
     if from_stdin:
