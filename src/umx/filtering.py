@@ -19,6 +19,9 @@ from umx.errors import check_number
 
 EPS = 1e-10
 SCALE_FACTOR = 10.0
+MIN_SCALE = 1e-12
+"""The smallest scale of a mixture (`_max_abs`): digital silence is not divided by zero, and
+the scaled powers stay within float32."""
 EM_BATCH_SIZE = 200
 WIENER_MEMORY = 300.0
 """Time constant, in frames, of the causal EM's exponentially weighted statistics (about 7 s
@@ -68,6 +71,8 @@ def wiener(
         return _stereo_em(mix_stft, niter, eps, batch_size, magnitudes=target_magnitudes, out=out)
     if softmask:
         total = target_magnitudes.sum(dim=-1, keepdim=True)
+        # the regulariser follows a quiet mixture down (see `_max_abs`), as EM's does
+        eps = eps * torch.clamp(_max_abs(mix_stft), max=1.0)
         y = _scale(mix_stft[..., None], target_magnitudes / (eps + total))
     else:
         y = _scale(_phase(mix_stft)[..., None], target_magnitudes)
@@ -106,8 +111,13 @@ def _phase(z: Tensor) -> Tensor:
 
 
 def _max_abs(x: Tensor) -> Tensor:
-    """norbert's scale of the mixture for EM: `max(1, max |x| / 10)`, as a tensor (no sync)."""
-    return torch.clamp(_power(x).max().sqrt() / SCALE_FACTOR, min=1.0)
+    """The scale of the mixture for EM, `max |x| / 10`, as a tensor (no sync). norbert's is
+    `max(1, max |x| / 10)`, the same for music at any usual level (a -40 dBFS sine peaks at
+    about 10 in the 4096-point STFT), but a quiet mixture it leaves as it is: its powers then
+    sink towards the regulariser, which takes an ever larger share of the estimates (at -60
+    dBFS the stems added up to the mixture only within -14 dB, at -100 dBFS they were nearly
+    silent). Scaled up as well as down, the filter does not depend on the level."""
+    return torch.clamp(_power(x).max().sqrt() / SCALE_FACTOR, min=MIN_SCALE)
 
 
 def expectation_maximization(
@@ -119,8 +129,8 @@ def expectation_maximization(
 ) -> Tensor:
     """Refine source estimates with the EM algorithm of the multichannel Wiener filter.
 
-    As norbert, the arithmetic runs on `y` and `x` divided by `max(1, max |x| / 10)`, which
-    matters only through `eps`; the result is scaled back.
+    As norbert, the arithmetic runs on `y` and `x` divided by `max |x| / 10` (`_max_abs`),
+    which matters only through `eps`; the result is scaled back.
 
     Args:
         y: initial complex source estimates, `(nb_frames, nb_bins, nb_channels, nb_sources)`.
@@ -362,11 +372,12 @@ class CausalWiener:
 
     with `a = exp(-1 / memory)`: a time constant of `memory` frames, or, with `memory=None`,
     plain sums from the first frame (`a = 1`, a cumulative average). The offline EM instead
-    sums over whole blocks of frames, future ones included. As norbert's, the filter's powers
-    are divided by `max(1, max |x| / 10)^2`, with the maximum over the frames so far instead of
-    the whole mixture (which would look ahead): without it, the 2x2 determinant of a loud bin
-    whose covariance is (nearly) of rank one, e.g. on the first frame, cancels to 0 in float32
-    and the estimates become NaN.
+    sums over whole blocks of frames, future ones included. As the offline filter's, the powers
+    are scaled by `(max |x| / 10)^-2` (see `_max_abs`), with the maximum over the frames so
+    far instead of the whole mixture (which would look ahead): without it, the 2x2 determinant
+    of a loud bin whose covariance is (nearly) of rank one, e.g. on the first frame, cancels to
+    0 in float32 and the estimates become NaN, and a quiet mixture's powers sink towards
+    `eps` (which the covariances' `eps` follows down, `_covariance_eps`).
 
     The filter keeps the sums of every iteration between calls: calling it on consecutive
     pieces of a spectrogram, split anywhere, gives (to rounding) the estimates of one call
@@ -447,11 +458,12 @@ class CausalWiener:
         nb_bins, 2)`, element by element as `_stereo_em`."""
         x_planes = _planes(x.permute(2, 0, 1))
         scale2 = self._scale2(x)[:, None]
+        eps = self._covariance_eps(scale2)
         y = y.permute(3, 2, 0, 1).contiguous()  # (nb_sources, 2, nb_frames, nb_bins)
         for sums in self._sums:
             power, v, cross = _stereo_terms(y, 1.0)
             running = self._update(sums, (power[:, 0], power[:, 1], cross, v), dim=1)
-            r = _stereo_covariances(*running, self.eps)
+            r = _stereo_covariances(*running, eps)
             y = torch.empty_like(y)
             _stereo_filter(v * scale2, r, x_planes, y, self.eps, self.batch_size)
         return y.permute(2, 3, 1, 0)
@@ -460,26 +472,33 @@ class CausalWiener:
         """The causal EM for any number of channels (one, in practice), as
         `expectation_maximization`."""
         scale2 = self._scale2(x)[:, None, None]
+        eps = self._covariance_eps(scale2)
         for sums in self._sums:
             v = _power(y).mean(dim=2)  # (nb_frames, nb_bins, nb_sources)
             outer = torch.einsum("tbcs,tbds->tbcds", y, y.conj())
             total, covariance = self._update(sums, (v, outer), dim=0)
-            R = covariance / (self.eps + total)[:, :, None, None, :]
+            R = covariance / (eps + total)[:, :, None, None, :]
             y = _filter(v * scale2, R, x, self.eps, self.batch_size)
         return y
 
     def _scale2(self, x: Tensor) -> Tensor:
-        """norbert's scale of the powers, `max(1, max |x| / 10)^-2`, for each frame of the
+        """The scale of the powers, `(max |x| / 10)^-2` (see `_max_abs`), for each frame of the
         mixture `x` `(nb_frames, nb_bins, nb_channels)`, from the maximum over all frames up to
         it (this call's and the earlier calls'), `(nb_frames,)`. The Wiener estimates
         `v_j R_j Cxx^-1 x` do not change with it but through the regulariser, which it keeps
-        large enough beside the powers for float32."""
+        in proportion to the powers: large enough beside them for float32, and small beside
+        those of a quiet mixture."""
         peaks = _power(x).flatten(1).amax(dim=1)
         if self._peak is not None:
             peaks = torch.maximum(peaks, self._peak)
         peaks = torch.cummax(peaks, dim=0).values
         self._peak = peaks[-1:].clone()
-        return torch.clamp(peaks / SCALE_FACTOR**2, min=1.0).reciprocal()
+        return torch.clamp(peaks / SCALE_FACTOR**2, min=MIN_SCALE**2).reciprocal()
+
+    def _covariance_eps(self, scale2: Tensor) -> Tensor:
+        """The regulariser of the covariances' unscaled sums, per frame (shaped as `scale2`):
+        `eps`, made as much smaller as a quiet mixture's powers are scaled up by `scale2`."""
+        return self.eps * torch.clamp(scale2.reciprocal(), max=1.0)
 
     def _update(self, sums: list[Tensor], terms: tuple[Tensor, ...], dim: int) -> list[Tensor]:
         """The running sums of per-frame `terms` (frames axis `dim`) continuing `sums`, which

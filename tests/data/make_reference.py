@@ -18,10 +18,13 @@ sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
 from openunmix.model import OpenUnmix, Separator  # noqa: E402
 
 TARGETS = ("vocals", "drums", "bass", "other")
-# (name, sample_rate, n_fft, n_hop, nb_channels, hidden_size, max_bin, nb_timesteps)
+# (name, sample_rate, n_fft, n_hop, nb_channels, hidden_size, max_bin, nb_timesteps, level):
+# the mixture is noise of standard deviation `level`, loud enough that its STFT peaks above 10,
+# where umx's Wiener filter scales the mixture as the reference does (a quieter one umx scales
+# up, where the reference leaves it: see `umx.filtering._max_abs`).
 MODELS = [
-    ("stereo", 44100.0, 512, 128, 2, 16, 160, 9000),
-    ("mono", 16000.0, 256, 64, 1, 12, 100, 5000),
+    ("stereo", 44100.0, 512, 128, 2, 16, 160, 9000, 0.3),
+    ("mono", 16000.0, 256, 64, 1, 12, 100, 5000, 0.5),
 ]
 # (niter, softmask, residual, wiener_win_len)
 SETTINGS = [
@@ -35,7 +38,7 @@ SETTINGS = [
 def main() -> None:
     torch.manual_seed(2024)
     cases = {}
-    for name, rate, n_fft, n_hop, nb_channels, hidden, max_bin, length in MODELS:
+    for name, rate, n_fft, n_hop, nb_channels, hidden, max_bin, length, level in MODELS:
         nb_bins = n_fft // 2 + 1
         models = {}
         for target in TARGETS:
@@ -55,7 +58,7 @@ def main() -> None:
                         if "running_var" in key or key in ("input_scale", "output_scale"):
                             value.abs_().add_(0.5)
             models[target] = model.eval()
-        audio = torch.randn(1, nb_channels, length) * 0.3
+        audio = torch.randn(1, nb_channels, length) * level
         outputs = {}
         for niter, softmask, residual, win in SETTINGS:
             separator = Separator(
