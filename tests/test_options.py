@@ -20,7 +20,7 @@ from umx.zoo import load_separator
     [
         ({"niter": -1}, "--niter"),
         ({"niter": 1.5}, "--niter"),
-        ({"wiener_win_len": -3}, "--wiener-win-len"),
+        ({"wiener_win_len": -3}, "^--wiener-win-len must be at least 0, not -3$"),
         ({"segment": math.nan}, "--segment"),
         ({"overlap": -0.5}, "--overlap"),
         (

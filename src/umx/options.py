@@ -22,7 +22,7 @@ from umx.defaults import (
     SUBTYPES,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError, short
+from umx.errors import UmxError, check_number, short
 from umx.onnx.options import check_backend
 
 
@@ -117,6 +117,8 @@ class SeparationOptions:
             parse_device(self.device)
         if self.residual is not None:
             check_target_name(self.residual, "--residual")
+        if self.wiener_win_len is not None:  # 0, the whole segment, is stored as None
+            check_number("--wiener-win-len", self.wiener_win_len, minimum=0, integer=True)
         object.__setattr__(self, "wiener_win_len", self.wiener_win_len or None)
         check_options(
             niter=self.niter,
