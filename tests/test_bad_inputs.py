@@ -262,6 +262,28 @@ def test_cli_refuses_bad_input_and_changes_nothing(
     assert snapshot(workspace) == before
 
 
+def test_a_separation_that_gives_nan_is_refused_before_a_stem_is_written(
+    workspace, tmp_path, monkeypatch, capsys
+):
+    """Said as the separation's failure, with what to try (it was the writer's "cannot write
+    .../vocals.wav: the audio holds NaN or infinite samples")."""
+    import umx.separator
+
+    def unstable(*args, out=None, **kwargs):
+        return out.fill_(complex(math.nan, 0.0))
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setattr(umx.separator, "wiener", unstable)
+    outdir = tmp_path / "stems"
+    assert main([SONG, "--model", "model", "--outdir", str(outdir), "--quiet"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"umx: error: {SONG}: the stems came out with NaN or infinite samples: the model model "
+        "or its options give no usable result (broken weights, or a Wiener filter unstable on "
+        "this input: try a smaller --niter)"
+    )
+    assert not outdir.exists()
+
+
 def test_a_failed_separation_leaves_no_folder(workspace, tmp_path, monkeypatch):
     """The folders made for an input's stems go again when its separation fails."""
     monkeypatch.chdir(workspace)
@@ -443,7 +465,8 @@ def test_api_refuses_stems_with_nan(niter, causal):
         separate_causal(separator, mix) if causal else umx.separate(mix, RATE, separator)
     assert str(error.value) == (
         "audio: the stems came out with NaN or infinite samples: the model or its options give "
-        "no usable result (are its weights broken?)"
+        "no usable result (broken weights, or a Wiener filter unstable on this input: try a "
+        "smaller --niter)"
     )
 
 

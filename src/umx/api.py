@@ -466,6 +466,7 @@ def separate_file(
             overlap=overlap,
             aggregate=aggregate,
             on_progress=on_progress,
+            source=display_path(input_path),
         )
         # before the writers put the stems in place
         separator.check_stems(peak(mix), separated_peak, display_path(input_path))
@@ -482,12 +483,14 @@ def _write_chunks(
     overlap: float,
     aggregate: Mapping[str, Sequence[str]] | None,
     on_progress: Callable[[float, float], None] | None,
+    source: str,
 ) -> float:
     """Separate `mix` chunk by chunk (see `separate_file`) and write each stem's chunks to its
     writer, resampled to the output's rate and matched to its channel count.
 
     Args:
         separator, segment, overlap, aggregate, on_progress: as `separate_file`.
+        source: how the user knows the input, for `Separator.check_stems`.
         mix: the mixture at the separator's rate, `(1, nb_channels, nb_timesteps)`.
         writers: the open writer of each stem, by name.
         output: the output's rate, channel count and length in frames; None for the
@@ -512,7 +515,9 @@ def _write_chunks(
 
     done, separated_peak = 0, 0.0
     for chunk in chunks:
-        separated_peak = max(separated_peak, peak(chunk))
+        chunk_peak = peak(chunk)
+        separator.check_stems(0.0, chunk_peak, source)  # NaN: refused before it is written
+        separated_peak = max(separated_peak, chunk_peak)
         for name, stem in separator.to_dict(chunk, aggregate).items():
             write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
         done += chunk.shape[-1]

@@ -158,7 +158,8 @@ class Separator(nn.Module):
         if not math.isfinite(separated_peak):
             raise UmxError(
                 f"{source}: the stems came out with NaN or infinite samples: {model} or its "
-                "options give no usable result (are its weights broken?)"
+                "options give no usable result (broken weights, or a Wiener filter unstable on "
+                "this input: try a smaller --niter)"
             )
         if self.covers_mixture and mix_peak > AUDIBLE and separated_peak <= mix_peak * SILENT:
             raise UmxError(
