@@ -483,7 +483,8 @@ def test_nan_from_the_separation_is_never_written(
     captured = capsysbinary.readouterr()
     assert re.fullmatch(
         r"umx: error: the separation gave NaN or infinite samples at 0\.[45]\d\d s of the "
-        r"stream; none were returned \(please report this with the input\)\n",
+        r"stream; none were returned \(with --niter above 2, try a smaller one; else please "
+        r"report this with the input\)\n",
         captured.err.decode(),
     )
     out = np.frombuffer(captured.out, "<f4")

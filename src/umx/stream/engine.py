@@ -190,7 +190,8 @@ class StreamingSeparator:
             at = max(0, start + int(bad.nonzero()[0])) / self.sample_rate
             raise UmxError(
                 f"the separation gave NaN or infinite samples at {at:.3f} s of the stream; "
-                "none were returned (please report this with the input)"
+                "none were returned (with --niter above 2, try a smaller one; else please report "
+                "this with the input)"
             )
         self._tail = tail.clone()
         skip = min(self._skip, finished.shape[-1])
