@@ -175,7 +175,11 @@ CLI_CASES = [
     ("filename-broken", [SONG, *MODEL, "--filename", "{track"], "not a valid template"),
     ("filename-no-ext", [SONG, *MODEL, "--filename", "{target}/{track}"], "end the template"),
     ("filename-ogg", [SONG, *MODEL, "--filename", "{target}.ogg"], "written as .wav, .flac"),
-    ("aggregate-escape", [SONG, *MODEL, "--aggregate", '{"../../e": ["vocals"]}'], "--outdir"),
+    (
+        "aggregate-escape",
+        [SONG, *MODEL, "--aggregate", '{"../../e": ["vocals"]}'],
+        "--aggregate has an unsafe target name '../../e'",
+    ),
     ("aggregate-unknown", [SONG, *MODEL, "--aggregate", '{"x": ["guitar"]}'], "unknown targets"),
     ("aggregate-not-json", [SONG, *MODEL, "--aggregate", "{not json"], "neither valid JSON"),
     ("aggregate-empty-group", [SONG, *MODEL, "--aggregate", '{"x": []}'], "non-empty lists"),
