@@ -248,33 +248,32 @@ def run_separate(args: argparse.Namespace) -> int:
         separate_file,
         separator_for,
     )
+    from umx.jobs import TaskOptions
 
-    aggregate = parse_aggregate(args.aggregate)
-    output = output_options(args)
+    task = TaskOptions(
+        options,
+        output_options(args),
+        aggregate=parse_aggregate(args.aggregate),
+        downmix=args.downmix,
+        match_input=args.match_input,
+        start=args.start,
+        duration=args.duration,
+    )
+    output = task.output
     check_outdir(output.outdir)
-    known = known_names(options, aggregate)
+    known = known_names(options, task.aggregate)
     if known is not None:
-        plan_outputs(args.inputs, known, args.outdir, args.filename, args.ext)
+        plan_outputs(args.inputs, known, output.outdir, output.filename, output.ext)
     separator = separator_for(options, progress=not args.quiet)
-    check_aggregate(aggregate, separator.targets)
-    names = list(aggregate) if aggregate is not None else separator.targets
-    plan_outputs(args.inputs, names, args.outdir, args.filename, args.ext)
+    check_aggregate(task.aggregate, separator.targets)
+    names = separator.output_names(task.aggregate)
+    plan_outputs(args.inputs, names, output.outdir, output.filename, output.ext)
     failed = 0
     for path in args.inputs:
         try:
             with closing(AudioProgress(display_path(Path(path).name), args.quiet)) as progress:
                 reports = separate_file(
-                    path,
-                    separator,
-                    **output.as_kwargs(),
-                    start=args.start,
-                    duration=args.duration,
-                    downmix=args.downmix,
-                    match_input=args.match_input,
-                    segment=options.chunk_seconds,
-                    overlap=options.overlap,
-                    aggregate=aggregate,
-                    on_progress=progress,
+                    path, separator, **task.file_options(), on_progress=progress
                 )
         except UmxError as error:
             logger.error("error: %s", error)
