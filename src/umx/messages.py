@@ -28,9 +28,11 @@ def plural(count: int, word: str) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A length of audio in the unit that reads best: "45 s", "12.5 min", "3.25 h"."""
-    if seconds < 60:
-        return f"{seconds:.3g} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds / 3600:.3g} h"
+    """A duration for people, in the unit that reads best: `0.4 s`, `45 s`, `12 min`, `3.5 h`."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

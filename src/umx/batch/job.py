@@ -44,7 +44,7 @@ from umx.jobs import (
     latest_records,
     scan_manifest,
 )
-from umx.messages import SHOWN_CHARACTERS, plural, shown
+from umx.messages import SHOWN_CHARACTERS, duration, plural, shown
 
 logger = logging.getLogger("umx")
 SETTINGS_FILE = "job.json"
@@ -403,7 +403,7 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
                 f" ({counts[FAILED]} failed: --retry-failed)" * bool(counts[FAILED])
             )
         elif rate > 0:
-            about = _duration(left / rate * 3600)
+            about = duration(left / rate * 3600)
             yield f"left: {plural(left, 'file')}, about {about} at that rate"
         else:
             yield f"left: {plural(left, 'file')}"
@@ -454,11 +454,3 @@ def _is_number(value: object) -> bool:
 def _is_time(value: object) -> bool:
     """Whether `value` is a Unix time that dates can be made of."""
     return _is_number(value) and 0 <= value < 1e11
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -13,6 +13,7 @@ from pathlib import Path
 from umx.data.datasets import SourcesDataset, TrackDataset, UnmixDataset
 from umx.defaults import AUTO
 from umx.errors import display_path
+from umx.messages import duration
 from umx.train.checkpoints import CHECKPOINT_SUFFIX, EarlyStopping
 from umx.train.config import XUMX_NAME
 
@@ -30,17 +31,6 @@ def data_extent(dataset: UnmixDataset | SourcesDataset) -> tuple[int, float]:
     else:
         infos = dataset.pools[0]
     return len(infos), sum(info.nb_frames for info in infos) / dataset.sample_rate
-
-
-def duration(seconds: float) -> str:
-    """A duration for people: `0.4 s`, `45 s`, `12 min`, `3.5 h`."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:
