@@ -39,6 +39,7 @@ from umx.audio import (
     seconds_to_frames,
     write_audio,
 )
+from umx.audio.writing import SILENCED_BELOW
 from umx.errors import UmxError
 
 RATE = 44100
@@ -465,6 +466,22 @@ def test_clamp_clips_to_unit_range(tmp_path):
     assert (report.action, report.gain) == ("clamped", 1.0)
     decoded, _ = read_audio(tmp_path / "loud.wav")
     np.testing.assert_array_equal(decoded.numpy(), np.clip(signal, -1, 1))
+
+
+@pytest.mark.parametrize(
+    ("subtype", "level", "action"),
+    [("PCM_16", 2e-5, "silenced"), ("PCM_16", 4e-5, "none"), ("PCM_24", 1e-7, "silenced"),
+     ("PCM_24", 2e-7, "none"), ("FLOAT", 1e-30, "none")],
+)  # fmt: skip
+def test_a_signal_too_quiet_for_the_subtype_is_said(tmp_path, subtype, level, action):
+    """Written as zeros and single steps, which the report says, rather than silently (a stem
+    of quiet music in 16-bit PCM)."""
+    signal = tone() / np.abs(tone()).max() * level
+    report = write_audio(tmp_path / "quiet.wav", signal, RATE, subtype=subtype)
+    assert report.action == action
+    decoded, _ = read_audio(tmp_path / "quiet.wav")
+    step = SILENCED_BELOW.get(subtype, 0.0)
+    assert (float(decoded.abs().max()) <= step) == (action == "silenced")
 
 
 def test_clip_none_only_for_float(tmp_path):

@@ -418,6 +418,8 @@ def print_reports(reports: Sequence[WriteReport]) -> None:
         note = {  # clamping has no gain: it says how far the peak went beyond full scale
             "rescaled": f" (rescaled by {report.gain:.3f})",
             "clamped": f" (clamped: it peaked at {report.peak:.2f})",
+            "silenced": f" (nearly silent: it peaked at {report.peak:.1e}, below the file's "
+            "smallest step; use --subtype FLOAT)",
         }.get(report.action, "")
         print(f"{display_path(report.path)}{note}")
 

@@ -32,6 +32,9 @@ DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.it
 """The subtype written when none is asked for, per extension."""
 
 _CLIP_ACTIONS = {"rescale": "rescaled", "clamp": "clamped", "none": "none"}
+SILENCED_BELOW = {"PCM_16": 2.0**-15, "PCM_24": 2.0**-23}
+"""The step of each integer subtype: a signal that never reaches it is written as zeros and
+single steps, all but silence."""
 
 RESCALE_PEAK = 32767 / 32768
 """Peak of a rescaled signal: the largest 16-bit sample, just below 1.0."""
@@ -59,7 +62,8 @@ class WriteReport:
     Attributes:
         path: the file written.
         peak: the largest absolute sample before the clip policy.
-        action: ``"none"``, ``"rescaled"`` or ``"clamped"``.
+        action: ``"none"``, ``"rescaled"``, ``"clamped"``, or ``"silenced"``: the signal was
+            quieter than one step of the file's integer subtype, which holds all but silence.
         gain: the factor the whole signal was multiplied by (1.0 unless rescaled).
     """
 
@@ -405,6 +409,8 @@ class AudioWriter:
             raise already_exists(self.path) from None
         self._release()
         action = _CLIP_ACTIONS[self.clip] if overflow else "none"
+        if 0 < self._peak < SILENCED_BELOW.get(self.subtype, 0.0):
+            action = "silenced"
         self.report = WriteReport(self.path, self._peak, action, gain)
 
     def _discard(self) -> None:
