@@ -203,7 +203,7 @@ class Downloads:
         report = write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
         self._evict(keep=job_id)
         notice = None
-        if report.action != "none":
+        if report.action == "rescaled":
             notice = (
                 f"the mix peaked at {report.peak:.2f}, above full scale, so it was rescaled by "
                 f"{report.gain:.3f} to fit"
