@@ -16,6 +16,7 @@ import torch
 from processes import read_only_folder
 from umx.audio import resample
 from umx.cli import CLOSED_PIPE_STATUS, main
+from umx.errors import UmxError
 from umx.filtering import CausalWiener
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
@@ -512,3 +513,45 @@ def test_stems_all_silent_from_audible_input_are_an_error_and_not_kept(
         f"{silent} gives nothing (are its weights broken?)\n"
     )
     assert not [path for path in outdir.rglob("*") if path.is_file()]
+
+
+def test_typed_options_stream_what_the_command_line_streams(causal_dir, song, tmp_path):
+    from umx.options import OutputOptions, SeparationOptions
+    from umx.stream.run import StreamOptions, run_stream
+
+    assert run(song, "--model", causal_dir, "--outdir", tmp_path / "cli", "--niter", 1, "-q") == 0
+    options = StreamOptions(
+        song,
+        SeparationOptions(model=str(causal_dir), niter=1),
+        OutputOptions(tmp_path / "api"),
+    )
+    report, files = run_stream(options, progress=False)
+    assert report.nb_samples == music(1.5).shape[1]
+    assert sorted(f.path.name for f in files) == sorted(f"{target}.wav" for target in TARGETS)
+    for report in files:
+        expected, _ = read(tmp_path / "cli" / "song" / report.path.name)
+        np.testing.assert_array_equal(read(report.path)[0], expected)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"stdout": True, "output": {"outdir": "elsewhere"}}, "^--outdir describes stem files"),
+        ({"stdout": True, "output": {"force": True, "ext": "flac"}}, "^--force, --ext describe"),
+        ({"realtime": "no"}, "^--realtime must be True or False, not 'no'$"),
+        ({"block": 0}, "^--block must be greater than 0"),
+        ({"pcm_format": "s16le"}, "^--format describes raw PCM"),
+        ({"input": "-"}, "^raw PCM on standard input needs its sample rate: give --rate$"),
+        ({"input": None}, "^INPUT must be a file, or - for standard input, not None$"),
+    ],
+)
+def test_typed_options_are_checked_when_built(song, fields, message):
+    from umx.options import OutputOptions
+    from umx.stream.run import StreamOptions
+
+    fields = {"input": song, **fields}
+    if "output" in fields:
+        fields["output"] = OutputOptions(**fields["output"])
+    with pytest.raises(UmxError, match=message):
+        StreamOptions(**fields)
+    assert StreamOptions(song).separation.model == "umxsynth-rt"  # the stream's default

@@ -25,7 +25,6 @@ from umx.cli_options import (
     not_a_command,
     output_options,
     path_text,
-    refuse_file_options,
     spelled_out,
 )
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
@@ -345,28 +344,31 @@ def add_stream_command(p: argparse.ArgumentParser) -> None:
 def run_stream(args: argparse.Namespace) -> int:
     import torch
 
-    from umx.api import parse_aggregate, separator_for
-    from umx.stream.io import (
-        OutputClosed,
-        check_block,
-        check_input,
-        check_stdout_names,
-        separate_stream,
-    )
+    from umx.api import parse_aggregate
+    from umx.stream.io import OutputClosed, check_stdout_names
+    from umx.stream.run import StreamOptions
+    from umx.stream.run import run_stream as stream
 
-    block = int(args.block) if float(args.block).is_integer() else args.block
-    check_block(block)
     check_number("--threads", args.threads, above=0, integer=True)
     check_cores("--threads", args.threads)
     args.model = STREAM_MODEL if args.model is None else args.model  # '' is refused
-    options = check_separation_args(args)
-    check_input(args.input, args.rate, args.channels, args.pcm_format, stdout=args.stdout)
+    options = StreamOptions(
+        args.input,
+        check_separation_args(args),
+        output_options(args),
+        stdout=args.stdout,
+        rate=args.rate,
+        channels=args.channels,
+        pcm_format=args.pcm_format,
+        downmix=args.downmix,
+        aggregate=parse_aggregate(args.aggregate),
+        realtime=args.realtime,
+        block=int(args.block) if float(args.block).is_integer() else args.block,
+    )
     if args.input != "-":  # before the model loads, with what to do instead (a folder: batch)
         check_readable([args.input])
-    aggregate = parse_aggregate(args.aggregate)
     if args.stdout:
-        refuse_file_options(args)
-        known = known_names(options, aggregate)
+        known = known_names(options.separation, options.aggregate)
         if known is not None:
             check_stdout_names(known)
         if sys.stdout.isatty():
@@ -374,40 +376,15 @@ def run_stream(args: argparse.Namespace) -> int:
     if args.input == "-" and sys.stdin.isatty():
         raise UmxError("INPUT - reads raw PCM from standard input; pipe it in, e.g. from ffmpeg")
     torch.set_num_threads(args.threads)
-    separator = separator_for(options, progress=not args.quiet, causal=True)
     try:
-        report, files = separate_stream(
-            args.input,
-            separator,
-            **output_options(args).as_kwargs(),
-            stdout=sys.stdout.buffer if args.stdout else None,
-            stdin=sys.stdin.buffer,
-            rate=args.rate,
-            nb_channels=args.channels,
-            fmt=args.pcm_format,
-            downmix=args.downmix,
-            aggregate=aggregate,
-            realtime=args.realtime,
-            block=block,
+        _, files = stream(
+            options, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer, progress=not args.quiet
         )
     except OutputClosed:
         # The reader went away (e.g. `| head`): stop quietly with the status of a process
         # killed by SIGPIPE, and keep Python from flushing into the closed pipe at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return CLOSED_PIPE_STATUS
-    seconds = report.nb_samples / report.sample_rate
-    logger.info(
-        "%s: %.1f s streamed with %s in %.1f s (%.2f x real time), latency %.1f ms",
-        display_path(args.input) if args.input != "-" else "standard input",
-        seconds,
-        separator.model_name,
-        report.seconds,
-        report.seconds / seconds if seconds else 0.0,
-        1000 * report.latency / report.sample_rate,
-    )
-    if args.realtime:
-        log = logger.warning if report.missed else logger.info
-        log("%d of %d blocks missed their deadline", report.missed, report.nb_blocks)
     print_reports(files)
     return 0
 

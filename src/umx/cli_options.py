@@ -451,29 +451,6 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
-def refuse_file_options(args: argparse.Namespace) -> None:
-    """Refuse, with `--stdout`, the options of `add_output_arguments` that say where stem files
-    go, how they are named and encoded and whether they may be overwritten: raw PCM in
-    `--format` would quietly replace what they ask for."""
-    given = [
-        option
-        for option, value, default in (
-            ("--outdir", args.outdir, OutputOptions.outdir),
-            ("--force", args.force, False),
-            ("--filename", args.filename, DEFAULT_TEMPLATE),
-            ("--ext", args.ext, OutputOptions.ext),
-            ("--subtype", args.subtype, None),
-            ("--clip", args.clip, OutputOptions.clip),
-        )
-        if value != default
-    ]
-    if given:
-        raise UmxError(
-            f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} stem files, but "
-            "--stdout writes raw PCM in --format (f32le or s16le): leave out one or the other"
-        )
-
-
 def output_format(ext: str) -> str:
     """`--ext`: mp3 is refused while parsing where neither libsndfile nor ffmpeg can write it
     (checked only when asked for, since it loads the audio modules)."""
