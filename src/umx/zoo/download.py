@@ -7,6 +7,7 @@ network when offline mode is on (`$UMX_OFFLINE`, see `is_offline`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -286,6 +287,22 @@ def download_file(
             )
 
     logger.info("downloading %s to %s", url, destination)
+    made = not os.path.lexists(destination.parent)
+    try:
+        _save(destination, fetch)
+    except BaseException:
+        if made:  # a model folder made for this file is not left behind empty
+            with contextlib.suppress(OSError):
+                destination.parent.rmdir()
+        raise
+
+
+def _save(destination: Path, fetch: Callable[[IO[bytes]], None]) -> None:
+    """Write `destination` atomically from `fetch`, making its folder first.
+
+    Raises:
+        Unavailable: the local disk refused (network errors come from `fetch`).
+    """
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(destination, fetch)
