@@ -516,7 +516,7 @@ def _write_chunks(
     done, separated_peak = 0, 0.0
     for chunk in chunks:
         chunk_peak = peak(chunk)
-        separator.check_stems(0.0, chunk_peak, source)  # NaN: refused before it is written
+        separator.check_finite(chunk_peak, source)  # refused before it is written
         separated_peak = max(separated_peak, chunk_peak)
         for name, stem in separator.to_dict(chunk, aggregate).items():
             write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])

@@ -139,10 +139,9 @@ class Separator(nn.Module):
         return self.residual is not None or (len(self.target_models) >= 2 and self.niter >= 1)
 
     def check_stems(self, mix_peak: float, separated_peak: float, source: str) -> None:
-        """Refuse stems that are not a result: NaN or infinite samples (from broken weights or
-        an unstable filter), or silence in every source from audible input where the sources
-        should add up to it (`covers_mixture`: the models give nothing). Such stems would pass
-        for a result.
+        """Refuse stems that are not a result: NaN or infinite samples (`check_finite`), or
+        silence in every source from audible input where the sources should add up to it
+        (`covers_mixture`: the models give nothing). Such stems would pass for a result.
 
         Args:
             mix_peak: the largest absolute sample of the mixture.
@@ -154,18 +153,31 @@ class Separator(nn.Module):
             UmxError: the sources hold NaN or infinite samples, or the mixture peaks above
                 `AUDIBLE` and the sources stay `SILENT` below it.
         """
-        model = f"the model {self.model_name}" if self.model_name else "the model"
-        if not math.isfinite(separated_peak):
-            raise UmxError(
-                f"{source}: the stems came out with NaN or infinite samples: {model} or its "
-                "options give no usable result (broken weights, or a Wiener filter unstable on "
-                "this input: try a smaller --niter)"
-            )
+        self.check_finite(separated_peak, source)
         if self.covers_mixture and mix_peak > AUDIBLE and separated_peak <= mix_peak * SILENT:
             raise UmxError(
-                f"{source}: every stem came out silent from audible input: {model} gives "
+                f"{source}: every stem came out silent from audible input: {self._model} gives "
                 "nothing (are its weights broken?)"
             )
+
+    def check_finite(self, separated_peak: float, source: str) -> None:
+        """Refuse stems (or a piece of them) whose largest absolute sample, `separated_peak`,
+        is NaN or infinite: from broken weights or an unstable filter.
+
+        Raises:
+            UmxError: naming `source`, the model and what to try.
+        """
+        if not math.isfinite(separated_peak):
+            raise UmxError(
+                f"{source}: the stems came out with NaN or infinite samples: {self._model} or "
+                "its options give no usable result (broken weights, or a Wiener filter unstable "
+                "on this input: try a smaller --niter)"
+            )
+
+    @property
+    def _model(self) -> str:
+        """How messages name the model."""
+        return f"the model {self.model_name}" if self.model_name else "the model"
 
     def check_segment(self, segment: float | None) -> None:
         """Refuse chunks shorter than `MIN_SEGMENT_WINDOWS` STFT windows (None, the whole track,
