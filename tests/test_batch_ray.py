@@ -222,7 +222,7 @@ def test_no_cluster_for_ray_auto_is_said_before_the_model_loads(tmp_path, monkey
     """`--ray auto` where no cluster runs: umx's advice (Ray's names an --address flag that umx
     lacks), before the model loads, and no job directory that a run with other settings would
     then be refused by."""
-    import umx.batch.run
+    import umx.api
 
     def init(**kwargs):
         raise ConnectionError("Could not find any running Ray instance. Please specify ...")
@@ -231,7 +231,7 @@ def test_no_cluster_for_ray_auto_is_said_before_the_model_loads(tmp_path, monkey
         raise AssertionError("the model loaded")
 
     monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(umx.batch.run, "load_separator", load)
+    monkeypatch.setattr(umx.api, "load_model", load)
     song = write_song(tmp_path / "a.wav", 0.5)
     args = ["batch", str(song), "--outdir", str(tmp_path / "out"), "--model", MODEL]
     assert main([*args, "--ray", "auto"]) == 1

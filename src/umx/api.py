@@ -201,32 +201,41 @@ def too_short(source: str, frames: int, rate: float, model_rate: float) -> UmxEr
     )
 
 
+def load_model(
+    options: SeparationOptions, *, device: str = "cpu", progress: bool = True
+) -> Separator:
+    """`options.model` as it is (a name, a directory, or None for the default), with the other
+    separation options and its chunks checked against it (`Separator.check_segment`): with
+    the onnxruntime backend, an export folder's graphs (`umx.onnx.folder`, quantised as
+    `options.quantize` asks); else the target models on `device`, a download showing a
+    progress bar with `progress`.
+    """
+    if options.backend == "onnxruntime" and is_export_folder(options.model):
+        from umx.onnx.folder import load_export
+
+        separator = load_export(options.model, **options.filter_options, quantize=options.quantize)
+    else:
+        separator = load_separator(
+            options.model, **options.filter_options, device=device, progress=progress
+        )
+    separator.check_segment(options.chunk_seconds)  # before any input, once
+    return separator
+
+
 def separator_for(
     options: SeparationOptions, *, progress: bool = True, causal: bool = False
 ) -> Separator:
-    """Load `options.model` (a name, a directory, or None for the default) with the other
-    separation options; a download shows a progress bar with `progress`. With the onnxruntime
-    backend the target models are exported and run by onnxruntime (`umx.onnx.runtime`), and an
-    export folder's graphs are run as they are (`umx.onnx.folder`). With `causal` (for a
-    stream), a named model that is not causal is refused before it is downloaded or loaded.
+    """The separator that runs `options` (`load_model`): with the onnxruntime backend the target
+    models are exported and run by onnxruntime (`umx.onnx.runtime`), and an export folder's
+    graphs are run as they are. With `causal` (for a stream), a named model that is not causal
+    is refused before it is downloaded or loaded.
     """
     if causal:
         require_causal_model(options.model)
     onnx = options.backend == "onnxruntime"
-    if onnx and is_export_folder(options.model):
-        from umx.onnx.folder import load_export
-
-        export = load_export(options.model, **options.filter_options, quantize=options.quantize)
-        export.check_segment(options.chunk_seconds)
-        return export
-    separator = load_separator(
-        options.model,
-        **options.filter_options,
-        device="cpu" if onnx else resolve_device(options.device),
-        progress=progress,
-    )
-    separator.check_segment(options.chunk_seconds)  # before any input, once
-    if not onnx:
+    device = "cpu" if onnx else resolve_device(options.device)
+    separator = load_model(options, device=device, progress=progress)
+    if not onnx or is_export_folder(options.model):
         return separator
     from umx.onnx.runtime import onnx_separator
 

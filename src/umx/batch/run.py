@@ -19,7 +19,7 @@ from umx.devices import WORKERS_PER_CORE, check_cores
 from umx.errors import UmxError, check_number, os_reason, printable
 from umx.messages import plural
 from umx.options import SeparationOptions
-from umx.zoo import is_offline, load_separator
+from umx.zoo import is_offline
 
 if TYPE_CHECKING:
     from umx.batch.inputs import BatchInput
@@ -270,23 +270,16 @@ def plan_job(
         UmxError: the model cannot be loaded, its chunks would be too short for it, or the
             task's `aggregate` names stems it lacks.
     """
-    from umx.api import check_aggregate, plan_outputs
+    from umx.api import check_aggregate, load_model, plan_outputs
     from umx.batch.work import WorkerSpec, job_sha256
     from umx.devices import resolve_device, threads_per_worker
-    from umx.onnx.options import is_export_folder
 
     task, separation, output = options.task, options.task.separation, options.task.output
     if options.ray is None:  # on a cluster, the device is the workers' (the head may have none)
         resolve_device(separation.device)
-    if separation.backend == "onnxruntime" and is_export_folder(separation.model):
-        from umx.onnx.folder import load_export  # its graphs as they are, checked
-
-        separator = load_export(separation.model, **separation.filter_options)
-    else:
-        separator = load_separator(
-            separation.model, **separation.filter_options, progress=not options.quiet
-        )
-    separator.check_segment(separation.chunk_seconds)  # before the job folder is written
+    # Before the job folder is written. The weights' hash is of an export's graphs as they
+    # are on disk: they are not quantised in memory here (the workers do).
+    separator = load_model(replace(separation, quantize=None), progress=not options.quiet)
     check_aggregate(task.aggregate, separator.targets)
     names = separator.output_names(task.aggregate)
     model, sha256 = str(separator.model_name), job_sha256(separator, separation)
