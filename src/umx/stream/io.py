@@ -57,9 +57,9 @@ from umx.stream.engine import StreamingSeparator
 logger = logging.getLogger("umx")
 
 PCM_FORMATS = {name: np.dtype(dtype) for name, dtype in PCM_DTYPES.items()}
+"""Raw PCM sample formats: little-endian float32 in [-1, 1], little-endian signed 16-bit."""
 DEFAULT_PCM = "f32le"
 """The raw PCM format where none is given."""
-"""Raw PCM sample formats: little-endian float32 in [-1, 1], little-endian signed 16-bit."""
 S16_SCALE = 32768.0
 STDIN_NAME = "stdin"
 """The track name of standard input in `--filename` templates."""
