@@ -247,8 +247,8 @@ AGGREGATE_SHAPE = '--aggregate must map names to non-empty lists of targets, e.g
 
 def check_groups(aggregate: object) -> None:
     """Refuse groups that cannot be summed as asked, whatever the model: not a mapping of names
-    to non-empty lists of target names, no group at all, or a target listed twice in a group
-    (summed twice, a stem 6 dB too loud).
+    to non-empty lists of target names, no group at all, a target listed twice in a group
+    (summed twice, a stem 6 dB too loud), or a group name that cannot be a file name.
 
     Raises:
         UmxError: naming `--aggregate` (the Python API's `aggregate`) and what to fix.
@@ -268,6 +268,8 @@ def check_groups(aggregate: object) -> None:
             twice = next(target for target in group if list(group).count(target) > 1)
             where = f"the group {shown(str(name))}"
             raise UmxError(f"--aggregate lists {shown(twice)} twice in {where}: list it once")
+    for name in aggregate:  # written as file names
+        check_target_name(name, "--aggregate")
 
 
 def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
@@ -276,8 +278,6 @@ def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequ
     if aggregate is None:
         return
     check_groups(aggregate)
-    for name in aggregate:
-        check_target_name(name, "--aggregate")
     unknown = sorted({t for group in aggregate.values() for t in group} - set(targets))
     if unknown:
         raise UmxError(
@@ -558,9 +558,7 @@ def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
         ) from None
     if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
         raise UmxError(AGGREGATE_SHAPE)
-    check_groups(value)
-    for name in value:  # written as file names: checked before any path is made of them
-        check_target_name(name, "--aggregate")
+    check_groups(value)  # the names too, before any path is made of them
     return value
 
 
