@@ -28,12 +28,12 @@ from umx.audio import (
 )
 from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
 from umx.devices import resolve_device
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flag, check_flags, check_number
 from umx.files import output_folders
 from umx.messages import shown
 from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder
-from umx.options import SeparationOptions, check_flag, check_flags
+from umx.options import SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 from umx.zoo.registry import require_causal_model

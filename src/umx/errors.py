@@ -1,5 +1,5 @@
 """The exception umx raises for problems a user can fix (bad files, bad options, missing models),
-and the checks of numbers that users give."""
+and the checks of the values that users give: numbers, yes-or-no flags, paths, target lists."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numbers
 import os
 import re
 import reprlib
+from collections.abc import Iterable, Mapping
 
 MIN_RATE, MAX_RATE = 1000.0, 768000.0
 """The sample rates umx accepts anywhere (audio given to the API, raw PCM, model files), in Hz."""
@@ -127,3 +128,50 @@ def _shown(number: float) -> str:
     if float(number).is_integer():
         return str(int(number)) if abs(number) < 1e15 else f"{number:g}"
     return repr(float(number))
+
+
+def check_flag(option: str, value: object) -> None:
+    """Refuse a yes-or-no option that is not a bool: the text "false" or "no" is true in Python,
+    and would overwrite files or change the output unasked.
+
+    Raises:
+        UmxError: naming the option as the command line spells it (`--force`).
+    """
+    if not isinstance(value, bool):
+        raise UmxError(f"{option} must be True or False, not {short.repr(value)}")
+
+
+def check_flags(flags: Mapping[str, object]) -> None:
+    """`check_flag` of each option and its value."""
+    for option, value in flags.items():
+        check_flag(option, value)
+
+
+def check_path(option: str, value: object, *, optional: bool = False, what: str = "a path") -> None:
+    """Refuse a path option that is not text or a path-like object (None too with `optional`);
+    the message says the option must be `what`.
+
+    Raises:
+        UmxError: naming the option as the command line spells it (`--outdir`).
+    """
+    if not (isinstance(value, str | os.PathLike) or (optional and value is None)):
+        raise UmxError(f"{option} must be {what}, not {short.repr(value)}")
+
+
+def check_targets(targets: object) -> tuple[str, ...] | None:
+    """A `--targets` value as a tuple, or None (all of the model's), refusing text (a tuple of
+    its letters) and an empty list; the names themselves are the model's to check.
+
+    Raises:
+        UmxError: naming `--targets`.
+    """
+    if isinstance(targets, str):
+        raise UmxError(f"targets must be a list of names, not the text {targets!r}")
+    if targets is None:
+        return None
+    names = tuple(targets) if isinstance(targets, Iterable) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise UmxError(f"targets must be a list of names, not {short.repr(targets)}")
+    if not names:
+        raise UmxError("--targets is empty: name at least one target, or leave it out for all")
+    return names

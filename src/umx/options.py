@@ -8,8 +8,6 @@ not import torch (building options does, to check them).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,36 +20,8 @@ from umx.defaults import (
     SUBTYPES,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError, check_number, short
+from umx.errors import UmxError, check_flag, check_number, check_path, check_targets, short
 from umx.onnx.options import check_backend
-
-
-def check_flag(option: str, value: object) -> None:
-    """Refuse a yes-or-no option that is not a bool: the text "false" or "no" is true in Python,
-    and would overwrite files or change the output unasked.
-
-    Raises:
-        UmxError: naming the option as the command line spells it (`--force`).
-    """
-    if not isinstance(value, bool):
-        raise UmxError(f"{option} must be True or False, not {short.repr(value)}")
-
-
-def check_flags(flags: Mapping[str, object]) -> None:
-    """`check_flag` of each option and its value."""
-    for option, value in flags.items():
-        check_flag(option, value)
-
-
-def check_path(option: str, value: object, *, optional: bool = False, what: str = "a path") -> None:
-    """Refuse a path option that is not text or a path-like object (None too with `optional`);
-    the message says the option must be `what`.
-
-    Raises:
-        UmxError: naming the option as the command line spells it (`--outdir`).
-    """
-    if not (isinstance(value, str | os.PathLike) or (optional and value is None)):
-        raise UmxError(f"{option} must be {what}, not {short.repr(value)}")
 
 
 @dataclass(frozen=True)
@@ -105,14 +75,7 @@ class SeparationOptions:
         check_path("--model", self.model, optional=True, what="a model name or folder")
         check_flag("--softmask", self.softmask)
         check_flag("--whole-track", self.whole_track)
-        if isinstance(self.targets, str):  # a tuple of its letters
-            raise UmxError(f"targets must be a list of names, not the text {self.targets!r}")
-        if self.targets is not None:
-            object.__setattr__(self, "targets", tuple(self.targets))
-            if not self.targets:
-                raise UmxError(
-                    "--targets is empty: name at least one target, or leave it out for all"
-                )
+        object.__setattr__(self, "targets", check_targets(self.targets))
         if self.device != AUTO:
             parse_device(self.device)
         if self.residual is not None:

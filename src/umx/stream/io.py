@@ -48,9 +48,8 @@ from umx.defaults import (  # noqa: F401 (STREAM_MODEL: re-exported)
     PCM_DTYPES,
     STREAM_MODEL,
 )
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flags, check_number, check_path
 from umx.files import output_folders
-from umx.options import check_flags, check_path
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator
 

@@ -12,8 +12,8 @@ from typing import BinaryIO
 
 from umx.audio import WriteReport, display_path
 from umx.defaults import DEFAULT_BLOCK, STREAM_MODEL
-from umx.errors import UmxError
-from umx.options import OutputOptions, SeparationOptions, check_flags, check_path
+from umx.errors import UmxError, check_flags, check_path
+from umx.options import OutputOptions, SeparationOptions
 from umx.stream.io import StreamReport, check_block, check_input, separate_stream
 
 logger = logging.getLogger("umx")
