@@ -30,8 +30,8 @@ from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import DONE, FAILED, QUEUED, RUNNING, latest_records, read_records
 from umx.web.jobs import JobStore
-from umx.web.options import listen
 from umx.web.records import Job
+from umx.web.run import listen
 from umx.web.storage import folder_size
 
 pytest.importorskip("starlette")

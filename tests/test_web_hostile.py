@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -27,9 +28,10 @@ import pytest
 
 from processes import read_only
 from umx.cli import main
+from umx.errors import UmxError
 from umx.files import hold_lock
 from umx.jobs import DONE
-from umx.web import options as serve_options
+from umx.web import run as serve_run
 from umx.web.records import Job
 
 pytest.importorskip("starlette")
@@ -307,7 +309,7 @@ def test_cases_cover_the_issue():
 @contextlib.contextmanager
 def served_app(app, host: str):
     """An app on a real uvicorn server listening on `host` and a free port; yields the port."""
-    sock = serve_options.listen(host, 0)
+    sock = serve_run.listen(host, 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -405,13 +407,13 @@ READ_ONLY = {"data-dir-read-only": "data", "data-dir-not-creatable": "locked"}
 def test_bad_option_is_one_line_before_listening(
     folder, capsys, monkeypatch, name, arguments, expected
 ):
-    real_listen = serve_options.listen
+    real_listen = serve_run.listen
 
     def listen_must_fail(host: str, port: int) -> socket.socket:
         real_listen(host, port).close()
         raise AssertionError("the server listened")
 
-    monkeypatch.setattr(serve_options, "listen", listen_must_fail)
+    monkeypatch.setattr(serve_run, "listen", listen_must_fail)
     arguments = [argument.format(root=folder) for argument in arguments]
     if "--data-dir" not in arguments:
         arguments += ["--data-dir", str(folder / "data")]
@@ -430,8 +432,25 @@ def test_bad_option_is_one_line_before_listening(
         lock.close()
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("host", None, "--host must be an address or a host name, not None"),
+        ("port", 8000.5, "--port must be a whole number"),
+        ("model", 3, "--model must be a model name or folder, not 3"),
+        ("data_dir", b"data", "--data-dir must be a folder, not b'data'"),
+        ("device", None, "--device must be a device name, not None"),
+        ("open_browser", "no", "--open must be True or False"),
+    ],
+)
+def test_serve_options_refuse_what_the_command_line_cannot_give(field, value, expected):
+    """A library caller gets the command line's one-line errors from `ServeOptions`."""
+    with pytest.raises(UmxError, match="^" + re.escape(expected)):
+        serve_run.ServeOptions(**{field: value})
+
+
 def test_a_data_directory_in_use_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(serve_options, "listen", lambda host, port: pytest.fail("listened"))
+    monkeypatch.setattr(serve_run, "listen", lambda host, port: pytest.fail("listened"))
     data = tmp_path / "data"
     first = new_store(data)  # the first server's store: it holds the data directory
     try:

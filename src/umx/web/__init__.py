@@ -14,10 +14,12 @@ Its modules, one job each:
 - :mod:`umx.web.server`: the Starlette application, its HTTP routes and the server-sent events.
 - :mod:`umx.web.guard`: the middleware in front of every route: this server's own host names
   only, no request from another site's page, the security headers on every response.
-- :mod:`umx.web.options`: the options of `umx serve` and the run (uvicorn on a bound socket).
+- :mod:`umx.web.run`: `ServeOptions`, checked when built, and `serve`, the run (uvicorn on a
+  bound socket).
+- :mod:`umx.web.options`: the command line of `umx serve`, parsed into `ServeOptions`.
 - ``static/``: the page (HTML, CSS and JavaScript, no build step, nothing fetched from elsewhere).
 
-Only :mod:`umx.web.server`, :mod:`umx.web.guard` and :mod:`umx.web.options` import the `web`
+Only :mod:`umx.web.server`, :mod:`umx.web.guard` and :mod:`umx.web.run` import the `web`
 extra (starlette, uvicorn), and only when `umx serve` runs, so the core install never needs
 them.
 """
