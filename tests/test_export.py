@@ -26,10 +26,10 @@ from umx.errors import UmxError
 from umx.jobs import read_records
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
-from umx.onnx.export import export_onnx, model_graph, quantize_graph
+from umx.onnx.export import export_model, export_onnx, model_graph, quantize_graph
 from umx.onnx.folder import load_export
 from umx.onnx.graphs import GraphFile
-from umx.onnx.options import EXPORT_JSON, require_onnx
+from umx.onnx.options import EXPORT_JSON, ExportOptions, require_onnx
 from umx.onnx.runtime import GRAPH_CACHE, OnnxModel, onnx_separator
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator, separate_causal
@@ -242,6 +242,35 @@ def test_the_backend_help_promises_the_bound_that_holds(command, capsys):
         backend
     )
     assert "1e-4" not in backend
+
+
+def test_export_model_from_typed_options_writes_what_the_command_writes(tmp_path, capsys):
+    """`export_model(ExportOptions(...))`, the library side of `umx export`, writes the same
+    graphs as the command, byte for byte."""
+    options = ExportOptions("umxsynth-rt", tmp_path / "lib", targets=["bass"])
+    written = export_model(options, progress=False)
+    assert [path.name for path in written] == ["bass.onnx", "bass.stream.onnx", EXPORT_JSON]
+    assert main(["export", "umxsynth-rt", str(tmp_path / "cli"), "--targets", "bass", "-q"]) == 0
+    for path in written:
+        assert path.read_bytes() == (tmp_path / "cli" / path.name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"model": None}, "MODEL must be a model name or folder, not None"),
+        ({"outdir": 3}, "OUTDIR must be a folder, not 3"),
+        ({"quantize": "int4"}, "unknown quantisation 'int4'"),
+        ({"targets": "vocals"}, "targets must be a list of names, not the text 'vocals'"),
+        ({"targets": []}, "--targets is empty"),
+        ({"force": "no"}, "--force must be True or False, not 'no'"),
+    ],
+)
+def test_export_options_refuse_bad_values_before_any_model_loads(tmp_path, changes, expected):
+    arguments = {"model": "umxsynth", "outdir": tmp_path / "out", **changes}
+    with pytest.raises(UmxError, match="^" + re.escape(expected)):
+        ExportOptions(**arguments)
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):

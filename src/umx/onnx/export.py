@@ -27,10 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from umx.defaults import EXPORT_JSON
-from umx.errors import UmxError, os_reason
+from umx.errors import UmxError, display_path, os_reason
 from umx.files import output_folders, sha256_bytes, write_bytes_atomic
+from umx.messages import plural
 from umx.model import OpenUnmix
-from umx.onnx.options import check_quantize, require_onnx
+from umx.onnx.options import ExportOptions, check_quantize, require_onnx
 from umx.separator import Separator
 
 logger = logging.getLogger("umx")
@@ -200,6 +201,37 @@ def export_description(separator: Separator, quantize: str | None) -> dict[str, 
         "quantize": quantize,
         "targets": targets,
     }
+
+
+def export_model(options: ExportOptions, *, progress: bool = True) -> list[Path]:
+    """Load the model of `options` on the CPU (with no Wiener filter: exports hold the target
+    models) and export it with `export_onnx`, logging what was exported where.
+
+    Args:
+        options: the model, the folder and how.
+        progress: show a download's progress bar.
+
+    Returns:
+        the written files (see `export_onnx`).
+
+    Raises:
+        UmxError: onnx is missing, or the model or the folder cannot be had.
+    """
+    from umx.zoo import load_separator
+
+    require_onnx()  # before a model is downloaded
+    separator = load_separator(
+        options.model, targets=options.targets, niter=0, device="cpu", progress=progress
+    )
+    written = export_onnx(separator, options.outdir, quantize=options.quantize, force=options.force)
+    logger.info(
+        "%s: %s exported to %s%s",
+        separator.model_name,
+        plural(len(separator.target_models), "target"),
+        display_path(options.outdir),
+        f" ({options.quantize})" if options.quantize else "",
+    )
+    return written
 
 
 def export_onnx(

@@ -1,7 +1,8 @@
 """The options of the onnxruntime backend and of `umx export`, without importing torch or onnx:
 which backends and quantisations exist, which backend a command line means, whether a `--model`
-is a folder written by `umx export`, and the `umx export` command's arguments and run (which
-imports the exporter only once the arguments are parsed: `umx export --help` imports no torch).
+is a folder written by `umx export`, `ExportOptions`, and the `umx export` command's arguments
+and run (which imports the exporter only once the arguments are parsed: `umx export --help`
+imports no torch).
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from umx.defaults import EXPORT_JSON
-from umx.errors import UmxError
-from umx.messages import plural
+from umx.errors import UmxError, check_flag, check_path, check_targets
 
 logger = logging.getLogger("umx")
 
@@ -48,6 +50,36 @@ def check_quantize(quantize: str | None) -> None:
         raise UmxError(
             f"unknown quantisation {quantize!r}; choose {', '.join(QUANTIZATIONS)} (or none)"
         )
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `umx export` exports and where, checked when built (one-line errors naming the
+    command line's arguments), before the model loads.
+
+    Attributes:
+        model: a zoo name or a model directory.
+        outdir: the folder to write the export into.
+        quantize: None (float32 graphs) or one of `QUANTIZATIONS`.
+        targets: the targets to export; None for all of the model's.
+        force: replace an earlier export in `outdir`.
+
+    Raises:
+        UmxError: an argument of the wrong type, an unknown quantisation or empty targets.
+    """
+
+    model: str | os.PathLike
+    outdir: str | os.PathLike
+    quantize: str | None = None
+    targets: Sequence[str] | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        check_path("MODEL", self.model, what="a model name or folder")
+        check_path("OUTDIR", self.outdir, what="a folder")
+        check_quantize(self.quantize)
+        object.__setattr__(self, "targets", check_targets(self.targets))
+        check_flag("--force", self.force)
 
 
 def is_export_folder(model: object) -> bool:
@@ -140,25 +172,15 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """`umx export`: load the model on the CPU, export it, print the written files (unless
+    """`umx export`: export the model on the CPU and print the written files (unless
     `--quiet`)."""
     from umx.audio import display_path  # torch: only once the arguments are parsed
-    from umx.onnx.export import export_onnx
-    from umx.zoo import load_separator
+    from umx.onnx.export import export_model
 
-    check_quantize(args.quantize)
-    require_onnx()
-    separator = load_separator(
-        args.model, targets=args.targets, niter=0, device="cpu", progress=not args.quiet
+    options = ExportOptions(
+        args.model, args.outdir, quantize=args.quantize, targets=args.targets, force=args.force
     )
-    written = export_onnx(separator, args.outdir, quantize=args.quantize, force=args.force)
-    logger.info(
-        "%s: %s exported to %s%s",
-        separator.model_name,
-        plural(len(separator.target_models), "target"),
-        display_path(args.outdir),
-        f" ({args.quantize})" if args.quantize else "",
-    )
+    written = export_model(options, progress=not args.quiet)
     if not args.quiet:
         for path in written:
             print(display_path(path))
