@@ -17,6 +17,8 @@ import soundfile as sf
 
 from processes import read_only
 from umx.cli import main
+from umx.errors import UmxError
+from umx.files import check_folder_option
 
 pytest.importorskip("museval")
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
@@ -329,3 +331,15 @@ def test_scores_may_go_beside_the_estimates(workspace, tmp_path, monkeypatch):
 def test_the_table_covers_the_issue():
     assert len(CASES) >= 10
     assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def test_a_dangling_link_where_a_folder_goes_is_called_one(tmp_path):
+    """A folder option that is, or lies in, a link to nothing is named as such (it is no file)."""
+    link = tmp_path / "ev"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(UmxError, match=f"^--evaldir {link} is a dangling link, not a directory$"):
+        check_folder_option("--evaldir", link)
+    expected = f"^--evaldir {link / 'x'} cannot be made: {link} is a dangling link$"
+    with pytest.raises(UmxError, match=expected):
+        check_folder_option("--evaldir", link / "x")
+    assert not (tmp_path / "gone").exists()

@@ -1031,7 +1031,7 @@ def test_unwritable_cache(tiny, tmp_path, monkeypatch):
     with pytest.raises(UmxError, match=re.escape(f"could not save {blocker / 'tiny'}")) as error:
         load_separator("tiny")
     assert str(error.value).endswith(
-        f": {blocker} is not a folder; move it away, or set UMX_CACHE to another folder"
+        f": {blocker} is a file; move it away, or set UMX_CACHE to another folder"
     )
 
 
@@ -1042,12 +1042,13 @@ def test_a_file_where_the_model_folder_goes_is_named(tiny, blocker):
         tiny.cache.write_text("x")
     else:
         tiny.cache.symlink_to(tiny.cache)
+    kind = "a file" if blocker == "file" else "a dangling link"
     with pytest.raises(UmxError) as error:
         load_separator("tiny")
     assert re.fullmatch(
         re.escape(f"could not save {tiny.cache}{os.sep}")
         + r"\S+"
-        + re.escape(f": {tiny.cache} is not a folder; move it away, or set UMX_CACHE to ")
+        + re.escape(f": {tiny.cache} is {kind}; move it away, or set UMX_CACHE to ")
         + "another folder",
         str(error.value),
     )

@@ -291,18 +291,28 @@ def not_a_folder(folder: Path) -> Path | None:
     return None
 
 
+def in_the_way(path: Path) -> str:
+    """What `path`, found by `not_a_folder`, is, as a message says it: "a file", "a dangling
+    link" (or a link loop) or "not a folder" (a pipe, a socket, a device)."""
+    if path.is_file():
+        return "a file"
+    return "a dangling link" if path.is_symlink() else "not a folder"
+
+
 def check_folder_option(option: str, folder: Path) -> None:
-    """Refuse a folder option that is a file or lies in one (`not_a_folder`), before any work.
+    """Refuse a folder option that is not a folder or lies in something that is not one
+    (`not_a_folder`), before any work.
 
     Raises:
-        UmxError: naming the option and the file.
+        UmxError: naming the option and what is in the way.
     """
     blocking = not_a_folder(folder)
     if blocking == folder:
-        raise UmxError(f"{option} {display_path(folder)} is a file, not a directory")
+        raise UmxError(f"{option} {display_path(folder)} is {in_the_way(folder)}, not a directory")
     if blocking is not None:
         raise UmxError(
-            f"{option} {display_path(folder)} cannot be made: {display_path(blocking)} is a file"
+            f"{option} {display_path(folder)} cannot be made: {display_path(blocking)} is "
+            f"{in_the_way(blocking)}"
         )
 
 
@@ -312,9 +322,8 @@ def folder_refusal(folder: Path, error: OSError, long_names: str | None = None) 
     where given, is what to do about a name too long (the option that made it)."""
     blocker = not_a_folder(folder)
     if blocker is not None:
-        kind = "a file" if blocker.is_file() else "not a folder"
         name = "it" if blocker == folder else display_path(blocker)
-        return f"{name} is {kind}; move it away, or write elsewhere"
+        return f"{name} is {in_the_way(blocker)}; move it away, or write elsewhere"
     if long_names is not None and error.errno == errno.ENAMETOOLONG:
         return f"{error.strerror}; {long_names}"
     return os_reason(error)

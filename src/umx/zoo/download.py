@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, printable, short
-from umx.files import not_a_folder, sha256_file, write_atomic
+from umx.files import in_the_way, not_a_folder, sha256_file, write_atomic
 from umx.zoo.registry import (
     CACHE_ENV,
     MIRROR_ENV,
@@ -312,8 +312,8 @@ def _save(destination: Path, fetch: Callable[[IO[bytes]], None]) -> None:
             reason = f"could not save {destination} ({error.strerror or error})"
         else:
             reason = (
-                f"could not save {destination}: {blocker} is not a folder; move it away, or set "
-                f"{CACHE_ENV} to another folder"
+                f"could not save {destination}: {blocker} is {in_the_way(blocker)}; move it away, "
+                f"or set {CACHE_ENV} to another folder"
             )
         raise Unavailable(reason, reason) from error
 
