@@ -28,6 +28,7 @@ from umx.evaluate import (
     SOURCES,
     BaselineMethod,
     EstimatesMethod,
+    EvaluateOptions,
     ModelMethod,
     add_evaluate_arguments,
     evaluate,
@@ -37,6 +38,7 @@ from umx.evaluate import (
     method_scores,
     oracle,
     run_evaluate,
+    run_evaluation,
     score_limits,
     score_table,
     score_track,
@@ -542,6 +544,56 @@ def test_bad_command_lines_are_refused_before_any_work(root, tmp_path, argv, mes
     with pytest.raises(UmxError, match=re.escape(message.format(tmp=tmp_path))):
         run_evaluate(options("--root", root, "--is-wav", "-q", *argv))
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"root": None}, "no test set: give --root (or set MUSDB_PATH), or --compare DIR..."),
+        ({"evaldir": None}, "--evaldir must be a folder, not None"),
+        ({"subset": "dev"}, "--subset must be one of train, test, not 'dev'"),
+        ({"method": "wiener"}, "--method must be one of "),
+        ({"method": "mix", "estimates": "est"}, "--estimates and --method are two methods"),
+        ({"estimates": "est", "aggregate": VOC_ACC}, "--aggregate does not apply to --estimates"),
+        ({"is_wav": "yes"}, "--is-wav must be True or False, not 'yes'"),
+        ({"force": 1}, "--force must be True or False, not 1"),
+        ({"win": 0}, "--win must be a positive number of seconds"),
+        ({"jobs": 0}, "--jobs must be at least 1"),
+        ({"separation": "umxl"}, "separation must be SeparationOptions, not 'umxl'"),
+    ],
+)
+def test_evaluate_options_refuse_what_the_command_refuses(tmp_path, changes, message):
+    arguments = {"evaldir": tmp_path / "ev", "root": tmp_path, "method": "mix", **changes}
+    if "estimates" in changes:
+        arguments["method"] = changes.get("method")
+    with pytest.raises(UmxError, match="^" + re.escape(message)):
+        EvaluateOptions(**arguments)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_run_evaluation_scores_and_returns_the_tables_the_command_prints(
+    root, evaldirs, tmp_path, capsys
+):
+    """The library run of `umx evaluate` writes the scores the command writes and returns
+    the tables it prints, comparison included."""
+    typed = EvaluateOptions(
+        tmp_path / "lib",
+        root=root,
+        is_wav=True,
+        method="irm",
+        aggregate=VOC_ACC,
+        compare=[evaldirs["mix"]],
+    )
+    evaluation = run_evaluation(typed, progress=False)
+    assert evaluation.summary.evaluated == list(NAMES) and not evaluation.summary.failed
+    assert len(evaluation.tables) == 2
+    argv = ["--root", root, "--is-wav", "-q", "--method", "irm", "--aggregate", json.dumps(VOC_ACC)]
+    argv += ["--compare", evaldirs["mix"], "--evaldir", tmp_path / "cli"]
+    capsys.readouterr()
+    assert run_evaluate(options(*argv)) == 0
+    assert capsys.readouterr().out == "".join(evaluation.tables)
+    assert table_of(tmp_path / "lib").equals(table_of(tmp_path / "cli"))
+    assert table_of(tmp_path / "lib").equals(table_of(evaldirs["irm"]))
 
 
 def test_every_option_has_help():

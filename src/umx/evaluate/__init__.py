@@ -17,7 +17,8 @@ that the `umx` command starts without them.
 The modules, each with one job: `tracks` (MUSDB18 test sets), `methods` (model, estimates on
 disk, baselines), `bsseval` (BSSEval v4 metrics of sources and estimates, as museval computes
 them), `scoring` (BSSEval per track and over a test set, the JSON files), `reports`
-(score tables and reports), `plots` (box plots), `options` (`umx evaluate`'s options and run),
+(score tables and reports), `plots` (box plots), `run` (`EvaluateOptions` and `run_evaluation`,
+the run of `umx evaluate`), `options` (the command line, parsed into `EvaluateOptions`),
 `common` (the extra's import, atomic writes). Their public names are re-exported here.
 """
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         to_markdown,
         write_table,
     )
+    from umx.evaluate.run import EvaluateOptions, Evaluation, run_evaluation
     from umx.evaluate.scoring import (
         BSSEVAL,
         HOP,
@@ -81,6 +83,8 @@ __all__ = [
     "BaselineMethod",
     "Estimates",
     "EstimatesMethod",
+    "EvaluateOptions",
+    "Evaluation",
     "Method",
     "ModelMethod",
     "Scores",
@@ -100,6 +104,7 @@ __all__ = [
     "plot_scores",
     "report",
     "run_evaluate",
+    "run_evaluation",
     "score_limits",
     "score_table",
     "score_track",
@@ -109,5 +114,5 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy_exports(
-    globals(), ("bsseval", "methods", "options", "plots", "reports", "scoring", "tracks")
+    globals(), ("bsseval", "methods", "options", "plots", "reports", "run", "scoring", "tracks")
 )

@@ -1,0 +1,280 @@
+"""`umx evaluate` as typed options: `EvaluateOptions`, checked when built, and `run_evaluation`,
+which evaluates a method on a test set and/or compares evaluated methods, and returns the tables
+the command prints."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from umx.defaults import BASELINES, HOP, SUBSETS, WIN
+from umx.errors import (
+    UmxError,
+    check_flags,
+    check_path,
+    display_path,
+    os_reason,
+    short,
+)
+from umx.files import check_folder_option, overlap, unwritable, within
+from umx.options import SeparationOptions
+
+if TYPE_CHECKING:
+    import museval
+
+    from umx.evaluate.methods import Method
+    from umx.evaluate.scoring import Summary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `umx evaluate` scores, how, and where the scores go, checked when built (one-line
+    errors naming the command line's options) before any track is read or model loaded.
+
+    The method is the first of: `estimates` (a folder of estimates on disk), `method` (a
+    baseline), `separation` (a model; its `model` None for the default).
+
+    Attributes:
+        evaldir: where the scores go, `<evaldir>/<subset>/<track>.json`, and the tables.
+        root: the test set (MUSDB18, or with `is_wav` MUSDB18-HQ's layout); None to only
+            compare the evaldirs of `compare`.
+        subset, is_wav, tracks: which tracks of `root` (`tracks` None: all).
+        separation, estimates, method: the method (see above).
+        aggregate: with a model or a baseline, groups of targets to score instead.
+        outdir: also write the estimates there, as float wav.
+        win, hop, metrics, jobs, force: see `umx.evaluate.scoring.evaluate`.
+        compare: evaldirs of other methods to put side by side with this one.
+
+    Raises:
+        UmxError: no test set and nothing to compare, two methods, or a bad setting.
+    """
+
+    evaldir: str | os.PathLike
+    root: str | os.PathLike | None = None
+    subset: str = "test"
+    is_wav: bool = False
+    tracks: Sequence[str] | None = None
+    separation: SeparationOptions = field(default_factory=SeparationOptions)
+    estimates: str | os.PathLike | None = None
+    method: str | None = None
+    aggregate: Mapping[str, Sequence[str]] | None = None
+    outdir: str | os.PathLike | None = None
+    win: float = WIN
+    hop: float = HOP
+    metrics: str = "fast"
+    jobs: int = 1
+    force: bool = False
+    compare: Sequence[str | os.PathLike] = ()
+
+    def __post_init__(self) -> None:
+        from umx.evaluate.scoring import check_settings
+
+        for option, value in (("--evaldir", self.evaldir), ("--root", self.root)):
+            check_path(option, value, optional=option == "--root", what="a folder")
+        for option, value in (("--estimates", self.estimates), ("--outdir", self.outdir)):
+            check_path(option, value, optional=True, what="a folder")
+        if self.root is None and not self.compare:
+            raise UmxError("no test set: give --root (or set MUSDB_PATH), or --compare DIR...")
+        if self.subset not in SUBSETS:
+            raise UmxError(f"--subset must be one of {', '.join(SUBSETS)}, not {self.subset!r}")
+        if self.method is not None and self.method not in BASELINES:
+            raise UmxError(f"--method must be one of {', '.join(BASELINES)}, not {self.method!r}")
+        if self.estimates is not None and self.method is not None:
+            raise UmxError("--estimates and --method are two methods: give one of them")
+        if self.estimates is not None and self.aggregate is not None:
+            raise UmxError("--aggregate does not apply to --estimates: name the files instead")
+        if not isinstance(self.separation, SeparationOptions):
+            raise UmxError(
+                f"separation must be SeparationOptions, not {short.repr(self.separation)}"
+            )
+        check_flags({"--is-wav": self.is_wav, "--force": self.force})
+        check_settings(win=self.win, hop=self.hop, jobs=self.jobs, metrics=self.metrics)
+        for name in ("evaldir", "root", "estimates", "outdir"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value is not None else None)
+        object.__setattr__(self, "compare", tuple(Path(folder) for folder in self.compare))
+        if self.tracks is not None:
+            object.__setattr__(self, "tracks", tuple(self.tracks))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `run_evaluation` did.
+
+    Attributes:
+        summary: the tracks of `root` evaluated, skipped and failed; None without `root`.
+        tables: the markdown tables, this method's scores first, then the comparison.
+    """
+
+    summary: Summary | None
+    tables: list[str]
+
+
+def run_evaluation(options: EvaluateOptions, *, progress: bool = True) -> Evaluation:
+    """Evaluate the method of `options` on its test set (resuming: tracks with scores are
+    skipped unless `force`), write the scores and their tables into `evaldir`, and compare
+    them with the evaldirs of `compare`.
+
+    Every output folder is checked before any track is read: one that is a file, cannot be
+    written, or overlaps the test set or the estimates (what is written would overwrite them,
+    or read as their tracks) is refused.
+
+    Args:
+        options: the evaluation.
+        progress: show progress bars.
+
+    Returns:
+        the summary and the tables.
+
+    Raises:
+        UmxError: an output folder, a compared evaldir or the method cannot be had.
+    """
+    from umx.devices import resolve_device
+    from umx.evaluate.reports import load_scores, method_name, report, to_markdown
+    from umx.evaluate.scoring import evaluate
+    from umx.evaluate.tracks import load_tracks
+
+    _check_output_folders(options)
+    for directory in options.compare:
+        if not (directory / options.subset).is_dir():
+            raise UmxError(
+                f"--compare {directory}: {directory / options.subset} does not exist (no scores "
+                f"of the {options.subset} subset)"
+            )
+    model = options.root is not None and options.estimates is None and options.method is None
+    if model:
+        resolve_device(options.separation.device)
+    methods: list[tuple[Path, str, museval.EvalStore]] = []  # evaldir, name, scores
+    summary, tables = None, []
+    if options.root is not None:
+        tracks = load_tracks(
+            options.root, subset=options.subset, is_wav=options.is_wav, names=options.tracks
+        )
+        summary = evaluate(
+            tracks,
+            _method(options, progress),
+            options.evaldir,
+            win=options.win,
+            hop=options.hop,
+            outdir=options.outdir,
+            jobs=options.jobs,
+            force=options.force,
+            progress=progress,
+            metrics=options.metrics,
+        )
+        _log_summary(summary, len(tracks), options.evaldir)
+        scored = [track.name for track in tracks if track.name not in summary.failed]
+        if scored:
+            store = load_scores(options.evaldir, options.subset, scored)
+            name = method_name(options.evaldir, options.subset, scored)
+            tables.append(to_markdown(report({name: store}, options.evaldir, "scores")))
+            methods.append((options.evaldir, name, store))
+    for directory in options.compare:
+        store = load_scores(directory, options.subset)
+        methods.append((directory, method_name(directory, options.subset), store))
+    if options.compare:
+        stores = _unique_names(methods)
+        if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
+            logger.warning("warning: the compared methods were evaluated on different tracks")
+        table = report(stores, options.evaldir, "compare", compare=True)
+        tables.append(to_markdown(table))
+    return Evaluation(summary, tables)
+
+
+def _log_summary(summary: Summary, nb_tracks: int, evaldir: Path) -> None:
+    """Say which tracks were skipped (they had scores) and which failed."""
+    if summary.skipped:
+        logger.info(
+            "%d tracks already had scores in %s and were skipped (--force evaluates them again)",
+            len(summary.skipped),
+            evaldir,
+        )
+    if summary.failed:
+        logger.error(
+            "%d of %d tracks failed: %s",
+            len(summary.failed),
+            nb_tracks,
+            ", ".join(map(display_path, summary.failed)),
+        )
+
+
+def _method(options: EvaluateOptions, progress: bool) -> Method:
+    """The method to evaluate: estimates on disk, a baseline, or a model."""
+    from umx.api import separator_for
+    from umx.evaluate.methods import BaselineMethod, EstimatesMethod, ModelMethod
+
+    if options.estimates is not None:
+        if not options.estimates.is_dir():
+            raise UmxError(f"{options.estimates} is not a directory of estimates")
+        return EstimatesMethod(options.estimates)
+    if options.method is not None:
+        return BaselineMethod(options.method, options.aggregate)
+    separation = options.separation
+    separator = separator_for(separation, progress=progress)  # model None: the default
+    return ModelMethod(separator, options.aggregate, separation.chunk_seconds, separation.overlap)
+
+
+def _unique_names(
+    methods: Sequence[tuple[Path, str, museval.EvalStore]],
+) -> dict[str, museval.EvalStore]:
+    """Compared methods by name; a name given twice is told apart by its evaldir's name.
+
+    Raises:
+        UmxError: two methods still have the same name.
+    """
+    counts = collections.Counter(name for _, name, _ in methods)
+    stores: dict[str, museval.EvalStore] = {}
+    for directory, name, store in methods:
+        folder = Path(directory).resolve().name
+        if counts[name] > 1 and folder != name:
+            name = f"{name} ({folder})"
+        if name in stores:
+            raise UmxError(f"{directory}: two compared methods are named {name!r}")
+        stores[name] = store
+    return stores
+
+
+def _check_output_folders(options: EvaluateOptions) -> None:
+    """Refuse an evaldir or outdir that is a file, that cannot be written (before hours of
+    work are done for nothing), that is the test set's folder, lies inside it or holds it, or
+    that is the estimates' folder or lies inside it: what is written would overwrite the
+    references or the estimates, or read as their tracks.
+
+    Raises:
+        UmxError: naming the option.
+    """
+    for option, directory in (("--evaldir", options.evaldir), ("--outdir", options.outdir)):
+        if directory is None:
+            continue
+        check_folder_option(option, directory)
+        _check_writable(option, directory)
+        written = os.path.realpath(directory)
+        if options.root is not None and overlap(written, os.path.realpath(options.root)):
+            raise UmxError(
+                f"{option} {display_path(directory)} and --root {display_path(options.root)} "
+                f"overlap: put the {option[2:]} outside the test set, so that its references "
+                "are never overwritten nor read as tracks"
+            )
+        estimates = options.estimates
+        if estimates is not None and within(written, os.path.realpath(estimates)):
+            raise UmxError(
+                f"{option} {display_path(directory)} is in --estimates "
+                f"{display_path(estimates)}: put the {option[2:]} elsewhere, so that the "
+                "estimates are never overwritten nor read as tracks"
+            )
+
+
+def _check_writable(option: str, directory: Path) -> None:
+    """Refuse a folder that cannot be made or written: its nearest existing parent is on a
+    read-only file system or not writable."""
+    folder = directory.absolute()
+    error = unwritable(next(path for path in (folder, *folder.parents) if path.exists()))
+    if error is not None:
+        raise UmxError(f"{option} {display_path(directory)} cannot be written ({os_reason(error)})")
