@@ -1,29 +1,21 @@
-"""The `umx synth` command: its options, checked, turned into a rendered dataset."""
+"""`umx synth`'s command line: its arguments, parsed into `umx.synth.run.SynthOptions`."""
 
 from __future__ import annotations
 
 import argparse
-import filecmp
-import os
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import fields
 
 from umx.cli_options import path_argument, path_text
 from umx.defaults import (
     DURATION,
-    MAX_DURATION,
-    MAX_EXCERPTS,
-    MAX_SONGS,
-    MIN_DURATION,
     SAMPLE_RATE,
     TEST_FRACTION,
     TEST_SOUNDFONTS,
     TRAIN_SOUNDFONTS,
     VALID_FRACTION,
 )
-from umx.devices import WORKERS_PER_CORE, available_cores, check_cores
-from umx.errors import UmxError, check_number, display_path
-from umx.files import within
+from umx.devices import available_cores
+from umx.synth.run import SynthOptions, make_dataset
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,183 +204,15 @@ def _add_lever_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def synth_options(args: argparse.Namespace) -> SynthOptions:
+    """The options of `umx synth`'s command line, checked before any work: every field of
+    `SynthOptions` is the option of the same name."""
+    return SynthOptions(
+        **{option.name: getattr(args, option.name) for option in fields(SynthOptions)}
+    )
+
+
 def run_synth(args: argparse.Namespace) -> int:
-    """Runs `umx synth` with the options of :func:`add_synth_arguments`; returns the exit code.
-
-    Raises:
-        UmxError: an option is invalid, or see :func:`plan_tracks` and :func:`synthesize`.
-    """
-    from umx.synth.dataset import SETTINGS, check_root, read_test_songs, synthesize
-    from umx.synth.plan import (
-        MIDI_SUFFIXES,
-        TEMPO_RANGE,
-        SongRef,
-        derive_seed,
-        find_files,
-        plan_tracks,
-    )
-    from umx.synth.render import check_fluidsynth
-
-    check_number("--procedural", args.procedural, minimum=0, maximum=MAX_SONGS, integer=True)
-    check_number("--excerpts", args.excerpts, minimum=1, maximum=MAX_EXCERPTS, integer=True)
-    check_number("--jobs", args.jobs, minimum=1, integer=True)
-    check_cores("--jobs", args.jobs, WORKERS_PER_CORE)
-    check_number("--duration", args.duration, minimum=MIN_DURATION, maximum=MAX_DURATION)
-    check_number("--sample-rate", args.sample_rate, minimum=8000, maximum=96000, integer=True)
-    for name in ("--test-fraction", "--valid-fraction"):
-        check_number(name, getattr(args, name[2:].replace("-", "_")), minimum=0, maximum=1)
-    if args.test_fraction + args.valid_fraction > 1:
-        raise UmxError("--test-fraction and --valid-fraction must be 1 at most together")
-    check_root(args.root, args.force)
-    midi = find_files(args.midi, MIDI_SUFFIXES, "MIDI file")
-    songs = [SongRef(name, path=str(path)) for name, path in _named(midi)]
-    songs += [
-        SongRef(
-            f"procedural-{index:05d}",
-            seed=derive_seed(args.seed, "procedural", index),
-            min_seconds=args.duration * TEMPO_RANGE[1] * 2,
-            dense=args.dense_other,
-        )
-        for index in range(args.procedural)
-    ]
-    if not songs:
-        raise UmxError("no songs: give General MIDI files with --midi, or --procedural N")
-    held_out = frozenset(song for root in args.test_songs_of for song in read_test_songs(root))
-    check_fluidsynth()
-    test_voice = _test_festival_voice(args)
-    soundfonts, kits, samples = _split_sounds(args, args.test_fraction > 0 or bool(held_out))
-    for kind, sounds in (("soundfont", soundfonts), ("drum kit", kits), ("sound", samples)):
-        _check_outside(args.root, [path for paths in sounds.values() for path in paths], kind)
-    plans = plan_tracks(
-        songs,
-        soundfonts,
-        drum_kits=kits,
-        other_samples=samples,
-        production=args.production,
-        sung=args.sung,
-        mix_bus=args.mix_bus,
-        amp_guitars=args.amp_guitars,
-        festival_singer=args.festival_singer,
-        test_festival_voice=test_voice,
-        held_out=held_out,
-        seed=args.seed,
-        duration=args.duration,
-        excerpts=args.excerpts,
-        test_fraction=args.test_fraction,
-        valid_fraction=args.valid_fraction,
-    )
-    settings = {key: getattr(args, key) for key in SETTINGS}
-    synthesize(
-        args.root,
-        plans,
-        duration=args.duration,
-        sample_rate=args.sample_rate,
-        jobs=args.jobs,
-        force=args.force,
-        progress=not args.quiet,
-        settings=settings,
-    )
+    """Runs `umx synth` with the options of :func:`add_synth_arguments`; returns the exit code."""
+    make_dataset(synth_options(args), progress=not args.quiet)
     return 0
-
-
-def _check_outside(root: Path, inputs: list[Path], kind: str) -> None:
-    """Refuse sounds inside `root`: an earlier dataset's stems, which a folder of sounds holding
-    `root` would give (inputs the user put in a dataset are refused by `check_root`).
-
-    Raises:
-        UmxError: naming the first such input.
-    """
-    folder = os.path.realpath(root)
-    for path in inputs:
-        if within(os.path.realpath(path), folder):
-            raise UmxError(
-                f"the {kind} {path} is inside --root {root}, which this run writes: keep the "
-                "dataset and its inputs apart"
-            )
-
-
-def _split_sounds(
-    args: argparse.Namespace, tested: bool
-) -> tuple[dict[str, list[Path]], dict[str, list[Path]], dict[str, list[Path]]]:
-    """The soundfonts, drum kits and recorded sounds of each split, checked; the test split's
-    only when ``tested`` (it will have songs).
-
-    Raises:
-        UmxError: a soundfont, drum kit or recorded sound umx cannot play.
-    """
-    from umx.synth.dataset import default_soundfonts
-    from umx.synth.plan import lever
-    from umx.synth.render import check_soundfont
-
-    train = [check_soundfont(p) for p in args.soundfont or default_soundfonts(test=False)]
-    kits = [_kit(path) for path in args.drum_kits]
-    samples = lever("recorded").find_samples(args.other_samples) if args.other_samples else []
-    test, test_kits, test_samples = [], [], []
-    if tested:
-        test = [check_soundfont(p) for p in args.test_soundfont or default_soundfonts(test=True)]
-        _check_not_copies(train, test)
-        test_kits = [_kit(path) for path in args.test_drum_kits]
-        if args.test_other_samples:
-            test_samples = lever("recorded").find_samples(args.test_other_samples)
-    return (
-        {"train": train, "valid": train, "test": test},
-        {"train": kits, "valid": kits, "test": test_kits},
-        {"train": samples, "valid": samples, "test": test_samples},
-    )
-
-
-def _check_not_copies(train: list[Path], test: list[Path]) -> None:
-    """Refuse a test soundfont that is a copy of a training one (the same bytes under another
-    name): the test split would be rendered with the training instruments. The same path is
-    refused by `plan_tracks`.
-
-    Raises:
-        UmxError: naming both files.
-    """
-    for held_out in test:
-        for trained in train:
-            if held_out != trained and filecmp.cmp(held_out, trained, shallow=False):
-                raise UmxError(
-                    f"the test soundfont {display_path(held_out)} is a copy of the training "
-                    f"soundfont {display_path(trained)}: give the test split another soundfont"
-                )
-
-
-def _test_festival_voice(args: argparse.Namespace) -> str | None:
-    """The test split's Festival voice (None: the training voice), once the voices of
-    `--festival-singer` are found installed.
-
-    Raises:
-        UmxError: `--test-festival-voice` without `--festival-singer`, or a voice is missing.
-    """
-    from umx.synth.plan import lever
-
-    if args.test_festival_voice is not None and not args.festival_singer:
-        raise UmxError("--test-festival-voice needs --festival-singer")
-    if not args.festival_singer:
-        return None
-    lever("festival").check_festival()
-    if args.test_festival_voice is not None:  # checked even without a test split
-        lever("festival").check_festival(args.test_festival_voice)
-    return args.test_festival_voice
-
-
-def _kit(path: Path) -> Path:
-    """A drum kit folder, checked and resolved.
-
-    Raises:
-        UmxError: it is not a Hydrogen kit umx can play.
-    """
-    from umx.synth.plan import lever
-
-    lever("sampler").load_kit(path.resolve())
-    return path.resolve()
-
-
-def _named(paths: list[Path]) -> Iterator[tuple[str, Path]]:
-    """Unique track-name prefixes for MIDI files: their names, numbered when repeated."""
-    seen: dict[str, int] = {}
-    for path in paths:
-        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)
-        seen[name] = seen.get(name, 0) + 1
-        yield (name if seen[name] == 1 else f"{name}-{seen[name]}"), path
