@@ -43,10 +43,11 @@ from umx.synth.midi import (
     tempo_event,
     transpose,
 )
-from umx.synth.options import add_synth_arguments, run_synth
+from umx.synth.options import add_synth_arguments, run_synth, synth_options
 from umx.synth.plan import SongRef, plan_tracks
 from umx.synth.procedural import generate_song
 from umx.synth.render import check_fluidsynth, check_soundfont
+from umx.synth.run import SynthOptions, make_dataset
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 needs_fluidsynth = pytest.mark.skipif(
@@ -427,6 +428,32 @@ def test_same_seed_gives_identical_files(dataset, dataset_args, tmp_path):
 
 
 @needs_fluidsynth
+def test_the_library_run_makes_the_files_the_command_makes(tmp_path):
+    """`make_dataset(SynthOptions(...))` writes what `umx synth` writes, synth.json included:
+    lists, paths given as text and whole numbers are recorded as the command line's are."""
+    (tmp_path / "gm.mid").write_bytes(encode_midi(gm_song(4)))
+    argv = ["--midi", tmp_path / "gm.mid", "--procedural", 1, "--duration", 2, "--seed", 4]
+    argv += ["--soundfont", SOUNDFONT, "--sample-rate", 16000, "--jobs", 1, "-q"]
+    argv += ["--test-fraction", 0, "--valid-fraction", 0]
+    assert synth("--root", tmp_path / "command", *argv) == 0
+    options = SynthOptions(
+        root=str(tmp_path / "library"),
+        midi=[tmp_path / "gm.mid"],
+        procedural=1,
+        duration=2,
+        seed=4,
+        soundfont=[str(SOUNDFONT)],
+        sample_rate=16000,
+        jobs=1,
+        test_fraction=0,
+        valid_fraction=0,
+    )
+    manifest = make_dataset(options, progress=False)
+    assert len(manifest["tracks"]) == 2
+    assert files(tmp_path / "library") == files(tmp_path / "command")
+
+
+@needs_fluidsynth
 def test_existing_dataset_is_refused_without_force(tmp_path):
     root = tmp_path / "data"
     (root / "train" / "old").mkdir(parents=True)
@@ -730,3 +757,38 @@ def test_bad_numbers_are_one_clear_error_before_any_work(tmp_path, option, value
     with pytest.raises(UmxError, match=message):
         synth("--root", tmp_path / "out", "--procedural", 1, option, value)
     assert not (tmp_path / "out").exists()
+
+
+def test_synth_options_have_the_command_lines_defaults_and_store_lists_as_tuples():
+    parser = argparse.ArgumentParser()
+    add_synth_arguments(parser)
+    assert synth_options(parser.parse_args(["--root", "data"])) == SynthOptions(root="data")
+    options = SynthOptions(root="data", midi=[Path("a.mid")], soundfont=["a.sf2"], seed=np.int64(2))
+    assert (options.root, options.midi, options.soundfont) == (
+        Path("data"),
+        ("a.mid",),
+        (Path("a.sf2"),),
+    )
+    assert type(options.seed) is int and type(options.duration) is float
+    assert options.test_soundfont is None and options.drum_kits == ()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"procedural": -1}, "--procedural must be at least 0, not -1"),
+        ({"duration": "30"}, "--duration must be a number, not '30'"),
+        ({"excerpts": 1.5}, "--excerpts must be a whole number, not 1.5"),
+        ({"test_fraction": 0.6, "valid_fraction": 0.5}, "--test-fraction and --valid-fraction "),
+        ({"production": "no"}, "--production must be True or False, not 'no'"),
+        ({"force": 1}, "--force must be True or False, not 1"),
+        ({"midi": "song.mid"}, "--midi must be a list of paths, not 'song.mid'"),
+        ({"test_songs_of": Path("data")}, "--test-songs-of must be a list of paths, not "),
+        ({"soundfont": ["a.sf2", 3]}, "--soundfont must be a path, not 3"),
+        ({"root": None}, "--root must be a folder, not None"),
+        ({"test_festival_voice": "ked_diphone"}, "--test-festival-voice needs --festival-singer"),
+    ],
+)
+def test_synth_options_refuse_bad_values_with_the_command_lines_messages(options, message):
+    with pytest.raises(UmxError, match=f"^{re.escape(message)}"):
+        SynthOptions(**{"root": "data", **options})
