@@ -450,6 +450,12 @@ def test_api_refuses_stems_all_silent_from_audible_input_where_they_should_add_u
     assert float(umx.separate(mix, RATE, one)["vocals"].abs().max()) == 0
     raw = silent_separator(small_music_separator, niter=0)  # estimates need not add up
     assert all(float(stem.abs().max()) == 0 for stem in umx.separate(mix, RATE, raw).values())
+    # targets beside a residual may rightly be silent too: the residual takes the mixture
+    rest = silent_separator(small_music_separator, residual="rest")
+    assert not rest.covers_mixture and silent.covers_mixture
+    stems = umx.separate(mix, RATE, rest)
+    assert all(float(stems[name].abs().max()) == 0 for name in small_music_separator.targets)
+    assert torch.allclose(stems["rest"], mix, atol=1e-4)
 
 
 @pytest.mark.parametrize("niter", [0, 1])

@@ -133,10 +133,12 @@ class Separator(nn.Module):
 
     @property
     def covers_mixture(self) -> bool:
-        """Whether the separated sources add up to the mixture: with a residual, or with two
-        targets or more shared out by the Wiener filter (`niter` >= 1). One target alone, or
-        raw model estimates, may rightly be silent (no vocals in an instrumental)."""
-        return self.residual is not None or (len(self.target_models) >= 2 and self.niter >= 1)
+        """Whether the model's targets share the mixture out among themselves: two targets or
+        more through the Wiener filter (`niter` >= 1), without a residual. Then silence in
+        every stem means the model gives nothing. One target alone, raw model estimates, or
+        targets beside a residual (which takes what they leave) may rightly be silent: an
+        instrumental has no vocals, and its rest is the whole mixture."""
+        return self.residual is None and len(self.target_models) >= 2 and self.niter >= 1
 
     def check_stems(self, mix_peak: float, separated_peak: float, source: str) -> None:
         """Refuse stems that are not a result: NaN or infinite samples (`check_finite`), or
