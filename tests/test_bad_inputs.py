@@ -78,6 +78,7 @@ def workspace(tmp_path_factory, small_music_separator):
         "model-zero-rate": {"sample_rate": 0},
         "model-hop-as-window": {"nhop": 512},
         "model-escaping-target": {"targets": ["../escape"]},
+        "model-dotted-target": {"targets": ["vo.cals"]},  # torch module names hold no dots
         "model-no-targets": {"targets": []},
         "model-tiny-hop": {"nhop": 1},
         "model-other-rate": {"sample_rate": 22050.0},
@@ -223,6 +224,7 @@ CLI_CASES = [
     ("model-zero-rate", [SONG, "--model", "model-zero-rate"], "sample_rate"),
     ("model-hop-as-window", [SONG, "--model", "model-hop-as-window"], "cannot be inverted"),
     ("model-escaping-target", [SONG, "--model", "model-escaping-target"], "../escape"),
+    ("model-dotted-target", [SONG, "--model", "model-dotted-target"], "with a dot, 'vo.cals'"),
     ("model-no-targets", [SONG, "--model", "model-no-targets"], "target"),
     ("model-tiny-hop", [SONG, "--model", "model-tiny-hop"], "hop of 1 with n_fft 512 is too"),
     ("model-other-rate", [SONG, "--model", "model-other-rate"], "says sample_rate 16000.0 but"),

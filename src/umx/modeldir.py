@@ -82,7 +82,7 @@ def save_target_model(
     Raises:
         UmxError: `target` is not a safe file-name stem (see `check_target_name`).
     """
-    check_target_name(target, "the model to save")
+    check_model_target(target, "the model to save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     own = target_args(model, sample_rate=sample_rate, n_fft=n_fft, n_hop=n_hop)
@@ -173,6 +173,26 @@ def check_target_name(name: object, source: str) -> str:
     return name
 
 
+def check_model_target(name: object, source: str) -> str:
+    """Refuse a name that cannot be a model's target: not a safe file-name stem
+    (`check_target_name`), or with a dot, which torch's module names cannot hold (a separator
+    keeps its target models by name).
+
+    Returns:
+        the name.
+
+    Raises:
+        UmxError: naming `source` and what to do.
+    """
+    check_target_name(name, source)
+    if "." in name:
+        raise UmxError(
+            f"{source} has a target name with a dot, {short.repr(name)}: a model's target "
+            "names cannot hold one; rename the target (e.g. its files) without dots"
+        )
+    return name
+
+
 def _check_number(
     source: str, key: str, value: object, low: float, high: float, *, integer: bool
 ) -> None:
@@ -235,7 +255,7 @@ def read_separator_json(path: Path) -> dict[str, Any]:
         if not isinstance(targets, list) or not targets:
             raise UmxError(f"{path} has a bad 'targets': it must be a non-empty list of names")
         for target in targets:
-            check_target_name(target, str(path))
+            check_model_target(target, str(path))
         if len(set(targets)) != len(targets):
             raise UmxError(f"{path} has a bad 'targets': it names a target twice")
     return config
@@ -298,7 +318,7 @@ def directory_targets(directory: Path, config: Mapping[str, Any]) -> list[str]:
             f"{directory} holds no target models: no <target>.pth files, and no 'targets' in "
             f"its {SEPARATOR_JSON}"
         )
-    return [check_target_name(name, f"model directory {directory}") for name in sorted(names)]
+    return [check_model_target(name, f"model directory {directory}") for name in sorted(names)]
 
 
 def _find_weights(directory: Path, target: str, candidates: Mapping[str, list[Path]]) -> Path:

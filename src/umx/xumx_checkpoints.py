@@ -30,7 +30,7 @@ from torch import Tensor
 from umx.errors import UmxError, short
 from umx.files import torch_save_atomic
 from umx.model import CrossUnmix
-from umx.modeldir import WEIGHTS_SUFFIX, _check_stft_fields, check_target_name, select_targets
+from umx.modeldir import WEIGHTS_SUFFIX, _check_stft_fields, check_model_target, select_targets
 from umx.separator import Separator
 from umx.weights import _shape_mismatch, check_state_dict, read_torch_file
 
@@ -117,12 +117,7 @@ def _check_args(path: Path, args: Mapping[str, Any]) -> tuple[list[str], float, 
     if not isinstance(targets, list | tuple) or len(targets) < 2:
         raise UmxError(f"{path} has bad 'sources' in its model_args: two or more target names")
     for target in targets:
-        check_target_name(target, str(path))
-        if "." in target:
-            raise UmxError(
-                f"{path} has a target name with a dot, {short.repr(target)}: X-UMX target "
-                "names must be non-empty and dot-free"
-            )
+        check_model_target(target, str(path))
     if len(set(targets)) != len(targets):
         raise UmxError(f"{path} names a target twice in its model_args' 'sources'")
     fields = {

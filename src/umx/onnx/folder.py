@@ -21,7 +21,7 @@ from umx.modeldir import (
     MAX_MODEL_SIZE,
     MAX_NFFT,
     _read_json,
-    check_target_name,
+    check_model_target,
     select_targets,
     short,
 )
@@ -115,7 +115,7 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
         raise UmxError(f"{source} has no targets: it needs an object of target graphs")
     targets = {}
     for target, entry in entries.items():
-        check_target_name(target, source)
+        check_model_target(target, source)
         if not isinstance(entry, dict):
             raise UmxError(f"{source} describes the target {target!r} with no object")
         nb_bins = entry.get("nb_bins")

@@ -359,7 +359,7 @@ def check_options(config: TrainConfig) -> None:
         UmxError: one sentence naming the first bad option.
     """
     from umx.devices import WORKERS_PER_CORE, check_cores
-    from umx.modeldir import check_target_name
+    from umx.modeldir import check_model_target
     from umx.transforms import check_stft
 
     def flag(key: str) -> str:
@@ -408,4 +408,4 @@ def check_options(config: TrainConfig) -> None:
         check_stft(config.nfft, config.nhop)
     except UmxError as error:
         raise UmxError(f"--nfft {config.nfft} and --nhop {config.nhop}: {error}") from None
-    check_target_name(config.target, "--target")
+    check_model_target(config.target, "--target")
