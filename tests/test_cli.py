@@ -501,19 +501,48 @@ def test_options_after_the_double_dash_are_said_to_go_before_it(song, monkeypatc
         "umx: error: --model is read as an input file, as every word after -- is, and there is "
         "no such file: write the options before -- (umx separate [OPTIONS] -- INPUT...)"
     ]
-    for argv, prog in [
-        (["song.wav", "--outdir", "out", "--", "b.wav", "--model", "x"], "umx separate"),
-        (["stream", "song.wav", "--targets", "vocals", "--", "--outdir", "out"], "umx stream"),
+    for argv, prog, unknown, usage in [
+        (
+            ["song.wav", "--outdir", "out", "--", "b.wav", "--model", "x"],
+            "umx separate",
+            "",
+            "INPUT...",
+        ),
+        (
+            ["stream", "song.wav", "--targets", "vocals", "--", "--outdir", "out"],
+            "umx stream",
+            "",
+            "INPUT",
+        ),
+        (["export", "umxsynth", "--", "out", "-q"], "umx export", "-q", "MODEL OUTDIR"),
     ]:  # inputs on both sides of --, or options after it with the input before
         with pytest.raises(SystemExit) as exited:
             run(*argv)
         assert exited.value.code == 2
-        unknown = " ".join(argv[argv.index("--") :])
+        unknown = unknown or " ".join(argv[argv.index("--") :])
         assert capsys.readouterr().err.splitlines() == [
             f"{prog}: error: unrecognized arguments: {unknown}; write the options first, then -- "
-            f"and the inputs ({prog} [OPTIONS] -- INPUT...) (see {prog} --help)"
+            f"and the arguments ({prog} [OPTIONS] -- {usage}) (see {prog} --help)"
         ]
     assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]
+
+
+def test_a_list_option_that_took_a_positional_argument_is_named(capsys):
+    """`--targets` takes every word up to the next option: the OUTDIR after it too."""
+    with pytest.raises(SystemExit) as exited:
+        run("export", "umxsynth", "--targets", "vocals", "out")
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "umx export: error: the following arguments are required: OUTDIR; --targets took every "
+        "word after it: give its list last, or end it with -- before what follows (see umx "
+        "export --help)"
+    ]
+    with pytest.raises(SystemExit):  # a missing option is not the list's doing
+        run("evaluate", "--tracks", "a", "b")
+    assert capsys.readouterr().err.splitlines() == [
+        "umx evaluate: error: the following arguments are required: --evaldir (see umx evaluate "
+        "--help)"
+    ]
 
 
 def test_a_double_dash_with_nothing_after_it_is_no_argument(model_dir, song, monkeypatch):

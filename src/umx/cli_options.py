@@ -203,6 +203,17 @@ TWO_STEMS_REST = "no_"
 """What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
 
 
+def _dashed_usage(parser: argparse.ArgumentParser) -> str:
+    """The command's usage with its options before `--`: `umx export [OPTIONS] -- MODEL
+    OUTDIR`."""
+    names = [
+        (action.metavar or action.dest.upper()) + ("..." if action.nargs in ("+", "*") else "")
+        for action in parser._actions
+        if not action.option_strings and not isinstance(action, argparse._SubParsersAction)
+    ]
+    return f"{parser.prog} [OPTIONS] -- {' '.join(names)}"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, which says where the usage is (argparse's
     own prints the whole usage first, 15 lines for `umx separate`); its sub-parsers are too.
@@ -224,11 +235,16 @@ class OneLineParser(argparse.ArgumentParser):
         files = [arg for arg in self._args if arg.startswith("-") and os.path.lexists(arg)]
         if files:
             message += f"; {files[0]} is a file: write ./{files[0]}, or -- before it"
-        elif unknown and "--" in message.split():  # argparse left it: inputs on both sides
-            usage = f"{parser.prog} [OPTIONS] -- INPUT..."
-            message += f"; write the options first, then -- and the inputs ({usage})"
+        elif unknown and ("--" in message.split() or self._options_after_dashes(parser)):
+            # argparse left -- (inputs on both sides), or took options after it for inputs
+            usage = _dashed_usage(parser)
+            message += f"; write the options first, then -- and the arguments ({usage})"
         elif unknown:
             message += self._meant(message.removeprefix("unrecognized arguments: ").split())
+        elif message.startswith("the following arguments are required: "):
+            missing = message.removeprefix("the following arguments are required: ").split(", ")
+            if any(not name.startswith("-") for name in missing):  # a positional argument
+                message += self._taken_by_a_list()
         # printable: the arguments quoted may hold line breaks and control characters
         self.exit(2, f"{parser.prog}: error: {printable(message)} (see {parser.prog} --help)\n")
 
@@ -240,6 +256,33 @@ class OneLineParser(argparse.ArgumentParser):
                 if given:
                     return action.choices[given[0]]
         return self
+
+    def _options_after_dashes(self, parser: argparse.ArgumentParser) -> bool:
+        """Whether one of the command's options was given after `--`, which makes it an
+        input."""
+        if "--" not in self._args:
+            return False
+        options = {name for action in parser._actions for name in action.option_strings}
+        after = self._args[self._args.index("--") + 1 :]
+        return any(arg.split("=")[0] in options for arg in after)
+
+    def _taken_by_a_list(self) -> str:
+        """`; --targets took every word after it: ...` where an option that takes a list was
+        given (it takes the words up to the next option, the positional arguments after it
+        too), else nothing."""
+        lists = {
+            name
+            for action in self._actions
+            if action.nargs in ("+", "*") and action.option_strings
+            for name in action.option_strings
+        }
+        given = [arg for arg in self._args if arg in lists]
+        if not given:
+            return ""
+        return (
+            f"; {given[0]} took every word after it: give its list last, or end it with -- "
+            "before what follows"
+        )
 
     def _meant(self, unknown: list[str]) -> str:
         """`; did you mean --outdir?` for the first unknown option that is close to one of the
