@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from umx.defaults import AUTO
 from umx.devices import WORKERS_PER_CORE, check_cores
-from umx.errors import UmxError, check_flags, check_number, check_path
+from umx.errors import UmxError, check_flags, check_number, check_path, short
 from umx.workers import STOP_SIGNALS
 from umx.zoo import DEFAULT_MODEL, MODELS, cache_dir, is_offline, resolve_model
 from umx.zoo.download import probe
@@ -89,7 +89,7 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
-            raise UmxError(f"--host must be an address or a host name, not {self.host!r}")
+            raise UmxError(f"--host must be an address or a host name, not {short.repr(self.host)}")
         check_number("--port", self.port, minimum=0, maximum=65535, integer=True)
         check_path("--model", self.model, optional=True, what="a model name or folder")
         check_number("--jobs", self.jobs, minimum=1, integer=True)
@@ -100,7 +100,7 @@ class ServeOptions:
         check_number("--max-upload-mb", self.max_upload_mb, minimum=0.001)
         check_number("--max-cache-gb", self.max_cache_gb, above=0)
         if not isinstance(self.device, str):
-            raise UmxError(f"--device must be a device name, not {self.device!r}")
+            raise UmxError(f"--device must be a device name, not {short.repr(self.device)}")
         check_flags({"--open": self.open_browser})
 
 
