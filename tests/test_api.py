@@ -1,6 +1,7 @@
 """The one-call Python API."""
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import umx
 import umx.api
+import umx.audio
 from umx.audio import write_audio
 from umx.modeldir import save_separator
 
@@ -202,3 +204,31 @@ def test_a_broken_link_as_outdir_is_named(tmp_path):
         f"--outdir {tmp_path / 'dangling'} is a broken symbolic link (to {tmp_path / 'nowhere'}): "
         "remove it, or give another folder"
     )
+
+
+def test_a_stop_while_the_stems_are_put_in_place_leaves_all_of_them_or_none(
+    separator, tmp_path, monkeypatch
+):
+    """Ctrl-C after the first stem was renamed into place left it alone, and the next run was
+    refused for it (it already exists); now the stop waits for the last rename."""
+    song = tmp_path / "song.wav"
+    write_audio(
+        song, 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(1)), 16000
+    )
+    commit = umx.audio.AudioWriter._commit
+
+    def stopped_after_drums(writer):
+        commit(writer)
+        if writer.path.name == "drums.wav":  # the second of four, in either order
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(umx.audio.AudioWriter, "_commit", stopped_after_drums)
+    with pytest.raises(KeyboardInterrupt):
+        umx.api.separate_file(song, separator, outdir=tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == sorted(
+        f"{target}.wav" for target in TARGETS
+    )
+    monkeypatch.setattr(umx.audio.AudioWriter, "_complete", lambda writer: signal.raise_signal(2))
+    with pytest.raises(KeyboardInterrupt):  # a stop before any rename: no stem at all
+        umx.api.separate_file(song, separator, outdir=tmp_path / "none")
+    assert not (tmp_path / "none").exists()

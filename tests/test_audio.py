@@ -39,7 +39,7 @@ from umx.audio import (
     seconds_to_frames,
     write_audio,
 )
-from umx.audio.writing import SILENCED_BELOW
+from umx.audio.writing import SILENCED_BELOW, finish_together
 from umx.errors import UmxError
 
 RATE = 44100
@@ -1226,6 +1226,63 @@ def test_signal_raised_exception_leaves_nothing(tmp_path):
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert only_files(tmp_path) == []
+
+
+def stems_written_together(folder, stop):
+    """Write four stems (two of them rescaled) through `finish_together`, calling `stop(kind,
+    index)` before each writer's `_complete` (kind "complete") and `_commit` ("commit")."""
+    complete, commit = AudioWriter._complete, AudioWriter._commit
+    calls = {"complete": 0, "commit": 0}
+
+    def step(kind, method):
+        def run(writer):
+            stop(kind, calls[kind])
+            calls[kind] += 1
+            method(writer)
+
+        return run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AudioWriter, "_complete", step("complete", complete))
+        patch.setattr(AudioWriter, "_commit", step("commit", commit))
+        with contextlib.ExitStack() as stack:
+            writers = [
+                stack.enter_context(AudioWriter(folder / f"{name}.wav", RATE, 2))
+                for name in ("vocals", "drums", "bass", "other")
+            ]
+            for index, writer in enumerate(writers):
+                writer.write(tone() * (3.0 if index % 2 else 0.5))
+            finish_together(writers)
+    return writers
+
+
+@pytest.mark.parametrize("kind", ["complete", "commit"])
+def test_stems_finished_together_are_all_in_place_or_none(tmp_path, kind):
+    """A stop while the stems are being rescaled leaves none of them; a failure between two
+    renames removes those renamed before it."""
+
+    def stop(step, index):
+        if step == kind and index == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stems_written_together(tmp_path, stop)
+    assert only_files(tmp_path) == []
+
+
+def test_a_stop_signal_while_stems_are_renamed_waits_for_the_last(tmp_path):
+    """Ctrl-C between two renames is held until every stem is in place."""
+
+    def stop(step, index):
+        if step == "commit" and index == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        stems_written_together(tmp_path, stop)
+    assert only_files(tmp_path) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    drums, _ = soundfile.read(tmp_path / "drums.wav", always_2d=True)
+    assert abs(float(np.abs(drums).max()) - RESCALE_PEAK) < 1e-4  # rescaled, and whole
+    assert drums.shape[0] == RATE
 
 
 def test_discard_twice_is_harmless(tmp_path):

@@ -21,6 +21,7 @@ from umx.audio import (
     WriteReport,
     check_samples,
     display_path,
+    finish_together,
     match_channels,
     peak,
     read_audio,
@@ -477,8 +478,9 @@ def separate_file(
             on_progress=on_progress,
             source=display_path(input_path),
         )
-        # before the writers put the stems in place
+        # before the writers put the stems in place, all together
         separator.check_stems(peak(mix), separated_peak, display_path(input_path))
+        finish_together(writers.values())
     return [writer.report for writer in writers.values()]
 
 

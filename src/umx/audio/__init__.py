@@ -44,6 +44,7 @@ from umx.audio.writing import (
     AudioWriter,
     WriteReport,
     audio_formats,
+    finish_together,
     leftover_temporaries,
     write_audio,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "check_rate",
     "check_samples",
     "display_path",
+    "finish_together",
     "io_errors",
     "leftover_temporaries",
     "match_channels",

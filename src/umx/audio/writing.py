@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError, already_exists, os_reason
 from umx.files import HeldLock, hold_lock, rename_no_replace, unheld, unwritable
+from umx.workers import stops_deferred
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}
 """The subtype written when none is asked for, per extension."""
@@ -391,27 +393,40 @@ class AudioWriter:
 
     def _finish(self) -> None:
         """Applies the rescaling if staged, closes the file and renames it into place."""
-        overflow = self._peak > 1.0
-        gain = RESCALE_PEAK / self._peak if overflow and self.clip == "rescale" else 1.0
+        self._complete()
+        self._commit()
+
+    def _complete(self) -> None:
+        """Applies the rescaling if staged and closes the temporary file: all that is left is
+        to rename it into place (`_commit`)."""
         if self._staging is not None:
             self._staging.close()
             self._staging = None
             block_size = max(1, round(BLOCK_SECONDS * self.sample_rate))
             with soundfile.SoundFile(os.fsencode(self._staged)) as staged:
                 for frames in staged.blocks(block_size, dtype="float32"):
-                    self._sink.write(frames * np.float32(gain))
+                    self._sink.write(frames * np.float32(self._gain))
             self._staged.unlink()
         self._sink.close()
         self._sink = None
+
+    def _commit(self) -> None:
+        """Renames the completed temporary file into place and sets :attr:`report`."""
         try:  # without force, a file another run wrote meanwhile is kept
             (os.replace if self.force else rename_no_replace)(self._target, self.path)
         except FileExistsError:
             raise already_exists(self.path) from None
         self._release()
-        action = _CLIP_ACTIONS[self.clip] if overflow else "none"
+        action = _CLIP_ACTIONS[self.clip] if self._peak > 1.0 else "none"
         if 0 < self._peak < SILENCED_BELOW.get(self.subtype, 0.0):
             action = "silenced"
-        self.report = WriteReport(self.path, self._peak, action, gain)
+        self.report = WriteReport(self.path, self._peak, action, self._gain)
+
+    @property
+    def _gain(self) -> float:
+        """What the samples are multiplied by: `RESCALE_PEAK` over the peak when it passed full
+        scale and the policy rescales, else 1."""
+        return RESCALE_PEAK / self._peak if self._peak > 1.0 and self.clip == "rescale" else 1.0
 
     def _discard(self) -> None:
         """Stops writing and removes every temporary file.
@@ -440,6 +455,35 @@ class AudioWriter:
         locks, self._locks = self._locks, []
         for lock in locks:
             lock.close()
+
+
+def finish_together(writers: Iterable[AudioWriter]) -> None:
+    """Put the files of open `writers` (the stems of one input) in place all together, or none.
+
+    Call it last in the writers' `with` block. The slow part (a rescaled file is written again
+    from its staged samples) is done for every file first; a failure or a stop there leaves
+    none, as each writer's exit removes its temporary files. The renames follow, with the stop
+    signals held (`umx.workers.stops_deferred`), so a Ctrl-C cannot land between two of them;
+    a rename that fails (a file another run wrote meanwhile) removes the files renamed before it.
+
+    Raises:
+        UmxError: a file cannot be written, or appeared meanwhile without `force`.
+    """
+    writers = list(writers)
+    for writer in writers:
+        with io_errors(f"cannot write {display_path(writer.path)}", writer.path.parent):
+            writer._complete()
+    renamed: list[AudioWriter] = []
+    with stops_deferred():
+        try:
+            for writer in writers:
+                with io_errors(f"cannot write {display_path(writer.path)}", writer.path.parent):
+                    writer._commit()
+                renamed.append(writer)
+        except BaseException:
+            for writer in renamed:
+                writer.path.unlink(missing_ok=True)
+            raise
 
 
 def write_audio(

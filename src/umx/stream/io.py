@@ -37,6 +37,7 @@ from umx.audio import (
     WriteReport,
     check_samples,
     display_path,
+    finish_together,
     match_channels,
     peak,
     read_audio,
@@ -512,5 +513,7 @@ def separate_stream(
             realtime=realtime,
             block=block,
         )
+        if stdout is None:
+            finish_together(writers.values())
     files = [w.report for w in writers.values() if isinstance(w, AudioWriter)]
     return report, files
