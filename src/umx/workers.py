@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -122,3 +123,21 @@ def stops_deferred() -> Iterator[None]:
             signal.signal(signum, handler)
         if received:
             os.kill(os.getpid(), received[0])  # now, to the handler it was meant for
+
+
+@contextmanager
+def sigint_held_for_children() -> Iterator[None]:
+    """Hold SIGINT back (block it) in this thread for the duration of the block. Processes
+    started in it inherit the block, so that a Ctrl-C while they start (importing, where
+    Python would print a traceback) waits until they let it through
+    (`signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})`, once they handle it). Held
+    back and not ignored, a Ctrl-C to this process meanwhile is not lost: it comes after.
+
+    multiprocessing's resource tracker is started first: starting it unblocks SIGINT (and the
+    `spawn` start method starts it with the first process)."""
+    resource_tracker.ensure_running()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -28,7 +28,7 @@ from umx.batch.work import (
     separate_task,
 )
 from umx.errors import UmxError
-from umx.workers import stop_with_driver
+from umx.workers import sigint_held_for_children, stop_with_driver
 
 logger = logging.getLogger("umx")
 
@@ -41,6 +41,8 @@ def _worker(conn: Connection, spec: WorkerSpec, driver: int) -> None:
     (or until the driver, process `driver`, dies)."""
     logging.getLogger("umx").setLevel(logging.WARNING)
     try:
+        # started with SIGINT held back (`_Worker`): one that came while it imported ends it now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         stop_with_driver(driver)  # SIGINT if the driver dies, even by SIGKILL
         try:
             load_worker(spec)
@@ -61,7 +63,8 @@ class _Worker:
     def __init__(self, context: Any, spec: WorkerSpec) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker, args=(child, spec, os.getpid()), daemon=True)
-        self.process.start()
+        with sigint_held_for_children():  # a stop while it imports would print a traceback
+            self.process.start()
         child.close()
         self.ready = False
         self.task: Task | None = None

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import forkserver, resource_tracker
+from multiprocessing import forkserver
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +35,12 @@ from umx.evaluate.common import _extra, _write_text
 from umx.evaluate.methods import Method, Settings
 from umx.evaluate.resume import SETTINGS, check_resumable, run_settings, track_settings
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
-from umx.workers import init_pool_worker, run_pool_task, stops_deferred
+from umx.workers import (
+    init_pool_worker,
+    run_pool_task,
+    sigint_held_for_children,
+    stops_deferred,
+)
 
 if TYPE_CHECKING:
     import musdb
@@ -516,13 +521,9 @@ def _start_forkserver(context: multiprocessing.context.ForkServerContext) -> Non
     held back, not ignored, a Ctrl-C that comes meanwhile is not lost here, even if another
     thread of this process takes it.
     """
-    resource_tracker.ensure_running()  # starting it unblocks SIGINT
     try:
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with sigint_held_for_children():
             forkserver.ensure_running()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         probe = context.Process(target=int, name="umx-forkserver-probe")
         probe.start()
         probe.join()
