@@ -469,6 +469,77 @@ def test_bad_estimates_are_refused(tmp_path, change, message):
     assert message in summary.failed["song"]
 
 
+def write_estimates(root, folder, targets=SOURCES):
+    """Estimates of each track of `root`: its references of `targets` plus a little noise."""
+    rng = np.random.default_rng(7)
+    for name in NAMES:
+        (folder / "test" / name).mkdir(parents=True)
+        for target in targets:
+            reference, rate = sf.read(root / "test" / name / f"{target}.wav")
+            noise = 0.01 * rng.standard_normal(reference.shape)
+            sf.write(folder / "test" / name / f"{target}.wav", reference + noise, rate)
+
+
+def to_flac(path):
+    sf.write(path.with_suffix(".flac"), *sf.read(path))
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda folder: (folder / "bass.wav").unlink(),
+            "{folder}/bass.wav is missing, but {other}/bass.wav exists: every track is scored "
+            "on the same targets (estimate bass for this track too, or move the other tracks' "
+            "bass estimates away)",
+        ),
+        (
+            lambda folder: to_flac(folder / "vocals.wav"),
+            "{folder}/vocals.flac is not read: estimates are read as wav files, so this track "
+            "has no vocals estimate (save it as vocals.wav)",
+        ),
+    ],
+    ids=["missing", "flac"],
+)
+def test_a_track_without_an_estimate_other_tracks_have_fails(
+    root, tracks, tmp_path, change, message
+):
+    """Not scored as a smaller problem (a higher SIR, its medians mixed with the others')."""
+    write_estimates(root, tmp_path / "est")
+    folder, other = (tmp_path / "est" / "test" / name for name in (NAMES[1], NAMES[0]))
+    change(folder)
+    summary = evaluate(tracks, EstimatesMethod(tmp_path / "est"), tmp_path / "ev", progress=False)
+    assert summary.evaluated == [NAMES[0]]
+    assert summary.failed == {NAMES[1]: message.format(folder=folder, other=other)}
+    assert not (tmp_path / "ev" / "test" / f"{NAMES[1]}.json").exists()
+
+
+def test_every_track_may_have_the_same_few_targets(root, tracks, tmp_path):
+    write_estimates(root, tmp_path / "est", targets=["vocals"])
+    for name in NAMES:  # beside the wav file, a file in another format is left alone
+        sf.write(tmp_path / "est" / "test" / name / "vocals.flac", np.zeros(16), RATE)
+    summary = evaluate(tracks, EstimatesMethod(tmp_path / "est"), tmp_path / "ev", progress=False)
+    assert summary.evaluated == list(NAMES)
+    assert set(load_scores(tmp_path / "ev").df["target"]) == {"vocals"}
+
+
+def test_resume_refuses_a_scored_track_without_an_estimate_other_tracks_have(
+    root, tracks, tmp_path
+):
+    """Its scores, made when no track had drums, would mix in the medians with the others'."""
+    write_estimates(root, tmp_path / "est", targets=["vocals", "bass"])
+    method = EstimatesMethod(tmp_path / "est")
+    assert evaluate(tracks[:1], method, tmp_path / "ev", progress=False).evaluated == [NAMES[0]]
+    drums = tmp_path / "est" / "test" / NAMES[1] / "drums.wav"
+    shutil.copy(root / "test" / NAMES[1] / "drums.wav", drums)
+    with pytest.raises(UmxError) as error:
+        evaluate(tracks, method, tmp_path / "ev", progress=False)
+    assert str(error.value).startswith(
+        f"{tmp_path / 'est' / 'test' / NAMES[0] / 'drums.wav'} is missing, but {drums} exists"
+    )
+
+
 def test_score_track_needs_musdb_targets(tracks):
     silence = np.zeros((int(SECONDS * RATE), 1))
     with pytest.raises(UmxError, match="no reference for speech"):

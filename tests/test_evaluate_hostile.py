@@ -87,6 +87,14 @@ def workspace(tmp_path_factory):
             if nan and name == "vocals":
                 samples[100] = np.nan
             sf.write(track / f"{name}.wav", samples, RATE, subtype="FLOAT")
+    # Estimates that lack a target another track has, or hold one in another format.
+    shutil.copytree(root / "estimates", root / "partial-estimates")
+    shutil.copytree(root / "estimates/test/Good", root / "partial-estimates/test/Short")
+    (root / "partial-estimates/test/Good/bass.wav").unlink()
+    shutil.copytree(root / "estimates", root / "flac-estimates")
+    vocals = root / "flac-estimates/test/Good/vocals.wav"
+    sf.write(vocals.with_suffix(".flac"), sf.read(vocals)[0], RATE)
+    vocals.unlink()
     assert main(["evaluate", "--root", str(root / "db"), "--is-wav", "--tracks", "Good",
                  "--method", "mix", "--evaldir", str(root / "earlier"), "-q"]) == 0  # fmt: skip
     (root / "old" / "test").mkdir(parents=True)  # scores of an umx that did not record settings
@@ -156,6 +164,21 @@ CASES = [
         [*ROOT, "--tracks", "Good", "--estimates", "nan-estimates", "--evaldir", "ev"],
         1,
         "nan-estimates/test/Good/vocals.wav: a NaN sample at ",
+        [],
+    ),
+    (
+        "estimate-missing-a-target",
+        [*ROOT, "--tracks", "Good", "--estimates", "partial-estimates", "--evaldir", "ev"],
+        1,
+        "partial-estimates/test/Good/bass.wav is missing, but "
+        "partial-estimates/test/Short/bass.wav exists: every track is scored on the same targets",
+        [],
+    ),
+    (
+        "estimate-not-wav",
+        [*ROOT, "--tracks", "Good", "--estimates", "flac-estimates", "--evaldir", "ev"],
+        1,
+        "flac-estimates/test/Good/vocals.flac is not read: estimates are read as wav files",
         [],
     ),
     (

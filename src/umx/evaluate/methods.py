@@ -14,7 +14,7 @@ import torch
 
 from umx.api import separate
 from umx.audio import read_audio
-from umx.defaults import BASELINES
+from umx.defaults import AUDIO_EXTENSIONS, BASELINES
 from umx.errors import UmxError
 from umx.evaluate.tracks import SOURCES, TARGETS
 from umx.files import sha256_bytes, sha256_file
@@ -212,7 +212,13 @@ class ModelMethod:
 @dataclass(frozen=True)
 class EstimatesMethod:
     """Estimates already on disk, in museval's layout `<directory>/<subset>/<track>/<target>.wav`
-    (the layout `--outdir` writes). Every file named after a MUSDB18 target is evaluated.
+    (the layout `--outdir` writes), read as wav files.
+
+    Every track is scored on the same targets: the MUSDB18 targets estimated for any track in
+    `<directory>/<subset>/` (a file named after the target). A track lacking one of them fails,
+    naming the missing file, rather than being scored as a smaller problem (fewer sources score
+    higher, and the medians would mix both); so does a track whose estimate of a target is in
+    another format (`vocals.flac`), which would otherwise go unread.
 
     Args:
         directory: the estimates folder.
@@ -231,19 +237,44 @@ class EstimatesMethod:
 
     def track_settings(self, track: musdb.MultiTrack) -> Settings:
         """What makes one track's estimates: the SHA-256 of each of its files (`<target>.wav
-        sha256`), so that scores of files changed, added or removed since are not reused."""
+        sha256`), so that scores of files changed, added or removed since are not reused.
+
+        Raises:
+            UmxError: the track's estimates are not complete (see `_paths`).
+        """
         return {f"{path.name} sha256": sha256_file(path) for path in self._paths(track)[1]}
 
     def _paths(self, track: musdb.MultiTrack) -> tuple[Path, list[Path]]:
-        """A track's folder of estimates, and its files named after a MUSDB18 target."""
+        """A track's folder of estimates, and its wav file of each target estimated for any
+        track of its subset, in `TARGETS` order.
+
+        Raises:
+            UmxError: the folder holds no estimates, or lacks one of those targets or holds it
+                in another format than wav: naming the file and what to do.
+        """
         folder = Path(self.directory) / track.subset / track.name
-        paths = [folder / f"{name}.wav" for name in TARGETS if (folder / f"{name}.wav").is_file()]
+        files = _estimate_files(folder)
+        if not files:
+            raise UmxError(f"{folder} holds no estimates ({', '.join(TARGETS)} .wav)")
+        paths = []
+        for target, elsewhere in _estimated_targets(Path(self.directory) / track.subset).items():
+            wav = folder / f"{target}.wav"
+            if target not in files:
+                raise UmxError(
+                    f"{wav} is missing, but {elsewhere} exists: every track is scored on the "
+                    f"same targets (estimate {target} for this track too, or move the other "
+                    f"tracks' {target} estimates away)"
+                )
+            if files[target] != wav:
+                raise UmxError(
+                    f"{files[target]} is not read: estimates are read as wav files, so this "
+                    f"track has no {target} estimate (save it as {wav.name})"
+                )
+            paths.append(wav)
         return folder, paths
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
-        folder, paths = self._paths(track)
-        if not paths:
-            raise UmxError(f"{folder} holds no estimates ({', '.join(TARGETS)} .wav)")
+        _, paths = self._paths(track)
         expected = track.audio.shape
         estimates = {}
         for path in paths:
@@ -257,3 +288,33 @@ class EstimatesMethod:
                 )
             estimates[path.stem] = audio.numpy().T
         return estimates
+
+
+def _estimate_files(folder: Path) -> dict[str, Path]:
+    """A track's estimates on disk: target → its file, `<target>.wav`, else a file named after
+    the target in another audio format (`vocals.flac`); none if the folder does not exist."""
+    try:
+        others = sorted(
+            path
+            for path in folder.iterdir()
+            if path.stem in TARGETS and path.suffix.lower()[1:] in AUDIO_EXTENSIONS
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    files = {}
+    for target in TARGETS:
+        wav = folder / f"{target}.wav"
+        found = [wav] if wav.is_file() else [p for p in others if p.stem == target and p.is_file()]
+        if found:
+            files[target] = found[0]
+    return files
+
+
+def _estimated_targets(subset: Path) -> dict[str, Path]:
+    """The targets estimated for any track in a subset's folder of estimates, in `TARGETS`
+    order: target → the first such track's file of it."""
+    first: dict[str, Path] = {}
+    for folder in sorted(path for path in subset.iterdir() if path.is_dir()):
+        for target, path in _estimate_files(folder).items():
+            first.setdefault(target, path)
+    return {target: first[target] for target in TARGETS if target in first}

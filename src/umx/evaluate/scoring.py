@@ -436,7 +436,8 @@ def _check_done(
     (e.g. the SHA-256 of the estimates on disk).
 
     Raises:
-        UmxError: as `check_resumable`, or a file that cannot be read.
+        UmxError: as `check_resumable`, a file that cannot be read, or a track the method
+            refuses (e.g. estimates on disk that lack a target other tracks have).
     """
     try:
         per_track = [track_settings(method, track) for track in done]
