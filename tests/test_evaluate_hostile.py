@@ -73,6 +73,7 @@ def workspace(tmp_path_factory):
         "Short": {"vocals": (good["vocals"][:-44], RATE)},
         "Slow": {"drums": (good["drums"][::2], RATE // 2)},
         "Stereo": {"bass": (np.stack([good["bass"]] * 2, axis=1), RATE)},
+        "Surround": {"vocals": (np.stack([good["vocals"]] * 3, axis=1), RATE)},
         "NoBass": {"bass": None},
         "SilentBass": {"bass": (np.zeros(LENGTH), RATE)},
         NEWLINE_TRACK: {"other": (good["other"][:-10], RATE)},
@@ -135,6 +136,14 @@ CASES = [
         [*ROOT, "--tracks", "Stereo", *MIX],
         1,
         "db/test/Stereo/bass.wav has 2 channels, its mixture 1",
+        [],
+    ),
+    (
+        "three-channel-stem",  # not read_audio's advice: umx evaluate has no --downmix
+        [*ROOT, "--tracks", "Surround", *MIX],
+        1,
+        "db/test/Surround/vocals.wav: 3 channels; umx evaluates mono or stereo tracks (convert "
+        "the track's files to stereo, as MUSDB18's are)\n",
         [],
     ),
     ("missing-stem", [*ROOT, "--tracks", "NoBass", *MIX], 1, "bass.wav is missing", []),

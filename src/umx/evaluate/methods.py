@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from umx.api import separate
-from umx.audio import read_audio
+from umx.audio import audio_info, read_audio
 from umx.defaults import AUDIO_EXTENSIONS, BASELINES
 from umx.errors import UmxError
 from umx.evaluate.tracks import SOURCES, TARGETS
@@ -275,17 +275,24 @@ class EstimatesMethod:
 
     def __call__(self, track: musdb.MultiTrack) -> Estimates:
         _, paths = self._paths(track)
-        expected = track.audio.shape
+        length, channels = track.audio.shape
         estimates = {}
         for path in paths:
-            audio, rate = read_audio(path)
-            if rate != track.rate:
-                raise UmxError(f"{path} is at {rate:g} Hz but the track at {track.rate:g} Hz")
-            if audio.shape[::-1] != expected:
+            # The header first: read_audio refuses more than two channels advising --downmix,
+            # an option of umx separate, where an estimate needs its track's channels.
+            info = audio_info(path)
+            if info.sample_rate != track.rate:
                 raise UmxError(
-                    f"{path} has {audio.shape[1]} samples and {audio.shape[0]} channels, the "
-                    f"track {expected[0]} samples and {expected[1]} channels"
+                    f"{path} is at {info.sample_rate:g} Hz but the track at {track.rate:g} Hz"
                 )
+            if info.nb_channels != channels:
+                raise UmxError(
+                    f"{path} has {info.nb_channels} channels, the track {channels}: an estimate "
+                    "has the channels of its track"
+                )
+            audio, _ = read_audio(path)
+            if audio.shape[1] != length:
+                raise UmxError(f"{path} has {audio.shape[1]} samples, the track {length}")
             estimates[path.stem] = audio.numpy().T
         return estimates
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from umx.audio import read_audio
+from umx.audio import MAX_CHANNELS, audio_info, read_audio
 from umx.defaults import SUBSETS
 from umx.errors import UmxError
 from umx.evaluate.common import _extra
@@ -103,6 +103,7 @@ def _audio_in_memory(track: musdb.MultiTrack) -> Iterator[None]:
     try:
         for item in items:
             if track.is_wav:
+                _check_channels(Path(item.path))
                 audio, rate = read_audio(item.path)
                 if rate != track.rate:
                     raise UmxError(f"{item.path} is at {rate:g} Hz, its mixture at {track.rate} Hz")
@@ -115,6 +116,21 @@ def _audio_in_memory(track: musdb.MultiTrack) -> Iterator[None]:
     finally:
         for item in items:
             item.audio = None
+
+
+def _check_channels(path: Path) -> None:
+    """Refuse a file of a track with more than two channels, in `umx evaluate`'s words:
+    `read_audio` would advise `--downmix`, an option of `umx separate`, not of evaluate.
+
+    Raises:
+        UmxError: naming the file.
+    """
+    nb_channels = audio_info(path).nb_channels
+    if nb_channels > MAX_CHANNELS:
+        raise UmxError(
+            f"{path}: {nb_channels} channels; umx evaluates mono or stereo tracks (convert the "
+            "track's files to stereo, as MUSDB18's are)"
+        )
 
 
 def _check_shape(item: musdb.Source | musdb.MultiTrack, track: musdb.MultiTrack) -> None:
