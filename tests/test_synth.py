@@ -147,6 +147,38 @@ def test_a_data_byte_above_127_is_refused_not_written_as_a_status():
         parse_midi(header + b"MTrk" + struct.pack(">I", len(corrupt)) + corrupt)
 
 
+def test_a_file_cut_between_events_is_refused_not_read_as_a_shorter_song(tmp_path):
+    """Cut between two events, the track chunk declares more bytes than the file holds: it was
+    read as a song of half the length, and rendered without a warning."""
+    song = generate_song(0, 10)
+    half = replace(song, events=song.events[: len(song.events) // 2])
+    cut = len(encode_midi(replace(half, end_tick=half.events[-1].tick))) - 4  # less end-of-track
+    path = tmp_path / "truncated.mid"
+    path.write_bytes(encode_midi(song)[:cut])
+    declared = len(encode_midi(song)) - 22  # less the header and the track's chunk header
+    with pytest.raises(UmxError) as error:
+        read_midi(path)
+    assert str(error.value) == (
+        f"{path} is not a readable MIDI file (truncated: its track 1 declares {declared:,} "
+        f"bytes, the file holds {cut - 22:,})"
+    )
+    conductor = bytes.fromhex("00FF510307A12060FF51030F424000FF2F00")
+    part = bytes.fromhex("00C00500903C64603C00004064814080400000FF2F00")
+    data = struct.pack(">4sIHHH", b"MThd", 6, 1, 2, 96)
+    for track in (conductor, part):
+        data += struct.pack(">4sI", b"MTrk", len(track)) + track
+    with pytest.raises(ValueError) as cut_in_track_2:
+        parse_midi(data[: len(data) - len(part) + 3])  # the program change alone
+    assert str(cut_in_track_2.value) == "truncated: its track 2 declares 22 bytes, the file holds 3"
+
+
+def test_a_track_that_ends_before_the_length_it_declares_is_read():
+    """Only its declared length is wrong: its end-of-track event is within the file."""
+    data = encode_midi(gm_song())
+    longer = data[:18] + struct.pack(">I", len(data) - 22 + 100) + data[22:]
+    assert parse_midi(longer) == parse_midi(data)
+
+
 def test_excerpt_keeps_set_up_and_drops_earlier_notes():
     events = [Event(0, PROGRAM_CHANGE, bytes((40,))), Event(100, 0xB0, bytes((7, 80)))]
     events += [*note(0, 0, 60, 90, 480), *note(960, 0, 62, 90, 480)]

@@ -120,8 +120,8 @@ def parse_midi(data: bytes) -> Song:
     """Parses the bytes of a standard MIDI file; see :func:`read_midi`.
 
     Raises:
-        ValueError: the bytes are not a MIDI file of format 0 or 1 with metrical time
-            (IndexError or struct.error: they end too soon).
+        ValueError: the bytes are not a MIDI file of format 0 or 1 with metrical time, or a
+            track chunk is truncated (IndexError or struct.error: they end too soon).
     """
     if data[:4] != b"MThd":
         raise ValueError("no MThd header")
@@ -138,7 +138,7 @@ def parse_midi(data: bytes) -> Song:
         chunk = data[position + 8 : position + 8 + chunk_length]
         position += 8 + chunk_length
         if chunk_type == b"MTrk":
-            events, track_end = _parse_track(chunk)
+            events, track_end = _read_track(chunk, chunk_length, len(tracks) + 1)
             tracks.append(events)
             end_tick = max(end_tick, track_end)
     if not tracks:
@@ -147,8 +147,34 @@ def parse_midi(data: bytes) -> Song:
     return Song(division, events, end_tick)
 
 
-def _parse_track(chunk: bytes) -> tuple[list[Event], int]:
-    """The events of one track chunk (end-of-track dropped) and the tick where it ends."""
+def _read_track(chunk: bytes, declared: int, number: int) -> tuple[list[Event], int]:
+    """The events of track ``number`` and the tick where it ends (see :func:`_parse_track`),
+    from its chunk as the file holds it, ``declared`` bytes long by its header.
+
+    A chunk the file holds only part of is refused: cut between two events, it would read as
+    a shorter song. A track that ends with its end-of-track event within what the file holds
+    is complete, only its declared length is wrong, and is read; a whole chunk need not end
+    with one (real files sometimes lack it).
+
+    Raises:
+        ValueError: the chunk is truncated, or its events cannot be read.
+    """
+    truncated = len(chunk) < declared
+    message = f"truncated: its track {number} declares {declared:,} bytes, the file holds "
+    try:
+        events, end_tick, ended = _parse_track(chunk)
+    except (ValueError, IndexError) as error:
+        if truncated:  # cut inside an event: the cut is the fault, not the event
+            raise ValueError(f"{message}{len(chunk):,}") from error
+        raise
+    if truncated and not ended:
+        raise ValueError(f"{message}{len(chunk):,}")
+    return events, end_tick
+
+
+def _parse_track(chunk: bytes) -> tuple[list[Event], int, bool]:
+    """The events of one track chunk (end-of-track dropped), the tick where it ends, and
+    whether it ended with an end-of-track event (else with the chunk)."""
     events: list[Event] = []
     position = tick = 0
     running_status = 0
@@ -166,7 +192,7 @@ def _parse_track(chunk: bytes) -> tuple[list[Event], int]:
             meta_type = chunk[position]
             length, start = _read_varlen(chunk, position + 1)
             if meta_type == META_END_OF_TRACK:
-                return events, tick
+                return events, tick, True
             payload = chunk[position:start] + chunk[start : start + length]
             position = start + length
         elif status in (0xF0, 0xF7):
@@ -185,7 +211,7 @@ def _parse_track(chunk: bytes) -> tuple[list[Event], int]:
         if position > len(chunk):
             raise ValueError("a track ends inside an event")
         events.append(Event(tick, status, bytes(payload)))
-    return events, tick
+    return events, tick, False
 
 
 def _read_varlen(data: bytes, position: int) -> tuple[int, int]:
