@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,13 +88,9 @@ def write_atomic(
         FileExistsError: `path` exists and `replace` is False.
     """
     path = Path(path)
-    for leftover in unheld(path.parent, _hidden_beside(path, ".tmp")):  # of writers killed outright
-        leftover.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temporary(path)
     try:
-        with open(tmp, "xb") as file:  # honours the umask, unlike tempfile's 0600
-            if LOCKS:  # held while this process writes it: see `unheld`
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _open_locked(tmp) as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -104,6 +100,65 @@ def write_atomic(
         if isinstance(error, OSError) and error.errno is not None:  # named after the file written
             raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
+
+
+def _temporary(path: Path) -> Path:
+    """A new temporary name beside `path`, `.NAME.<8 hex digits>.tmp`, once those that writers
+    of `path` killed outright left are removed (see `unheld`)."""
+    for leftover in unheld(path.parent, _hidden_beside(path, ".tmp")):
+        leftover.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _open_locked(tmp: Path) -> IO[bytes]:
+    """Create the temporary file `tmp` for writing, locked until it is closed (see `unheld`)."""
+    # The umask is honoured, unlike by tempfile's 0600; the caller closes the file.
+    file = open(tmp, "xb")  # noqa: SIM115
+    if LOCKS:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            file.close()
+            raise
+    return file
+
+
+@contextlib.contextmanager
+def written_aside(files: Mapping[Path, bytes]) -> Iterator[dict[Path, Path]]:
+    """Write each file's data to a temporary file beside it (named as `write_atomic`'s), for
+    the block to rename into place once all are written: a set of files replaced together
+    (`umx.onnx.export`), where a write that fails (a full disk) changes none of them.
+
+    The temporary files stay locked until the block ends, so that no other writer takes them
+    for leftovers; those the block has not renamed are then removed, as are all of them when a
+    write fails.
+
+    Yields:
+        each path's temporary file, complete and synced to disk, in the order of `files`.
+
+    Raises:
+        OSError: a file cannot be written, named after its path (not its temporary file).
+    """
+    temporaries: dict[Path, Path] = {}
+    try:
+        with contextlib.ExitStack() as held:
+            for path, data in files.items():
+                temporaries[path] = _temporary(path)
+                try:
+                    file = held.enter_context(_open_locked(temporaries[path]))
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                except OSError as error:
+                    if error.errno is None:
+                        raise
+                    raise OSError(error.errno, error.strerror, os.fspath(path)) from error
+                if not LOCKS:  # nothing to hold; and an open file cannot be renamed on Windows
+                    file.close()
+            yield temporaries
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:

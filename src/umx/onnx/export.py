@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from umx.defaults import EXPORT_JSON
 from umx.errors import UmxError, display_path, os_reason
-from umx.files import output_folders, sha256_bytes, write_bytes_atomic
+from umx.files import output_folders, rename_no_replace, sha256_bytes, written_aside
 from umx.messages import plural
 from umx.model import OpenUnmix
 from umx.onnx.options import ExportOptions, check_quantize, require_onnx
@@ -243,10 +243,12 @@ def export_onnx(
 ) -> list[Path]:
     """Write one ONNX graph per target (and a streaming graph per causal target) and the JSON.
 
-    Every graph is exported, checked and (with `quantize`) quantised in memory before any file
-    is written; each file is then written atomically into `outdir`, the JSON last (an earlier
-    export's JSON is removed first), and on a failure the files this export created are removed
-    again.
+    Every graph is exported, checked and (with `quantize`) quantised in memory, and every file
+    is then written to a temporary file beside its place in `outdir` (`written_aside`). Only
+    once all are written is an earlier export replaced: its JSON removed, the graphs renamed
+    into place, the JSON last. A write that fails (a full disk) removes the temporary files,
+    the files this export renamed into place and the folders it made, and leaves an earlier
+    export as it was.
 
     Args:
         separator: the models to export (e.g. from `umx.zoo.load_separator`).
@@ -259,8 +261,8 @@ def export_onnx(
         `umx-onnx.json` (`EXPORT_JSON`).
 
     Raises:
-        UmxError: `outdir` is a file, holds files of an export and `force` is not set, or
-            onnx is missing.
+        UmxError: `outdir` is a file, holds files of an export and `force` is not set, a file
+            cannot be written, or onnx is missing.
     """
     check_quantize(quantize)
     require_onnx()
@@ -273,6 +275,38 @@ def export_onnx(
     existing = [name for name in names if (outdir / name).exists()]
     if existing and not force:
         raise _exists(outdir / existing[0])
+    files = _export_files(separator, description, quantize)
+    written: list[Path] = []
+    with output_folders([outdir / EXPORT_JSON]):  # made, and removed again if nothing is written
+        try:
+            with written_aside({outdir / name: data for name, data in files.items()}) as staged:
+                # Until the new JSON is in place the folder holds none: never a mix claiming
+                # to be one.
+                if force:
+                    (outdir / EXPORT_JSON).unlink(missing_ok=True)
+                for path, temporary in staged.items():
+                    try:  # without force, the files of an export that ended meanwhile are kept
+                        (os.replace if force else rename_no_replace)(temporary, path)
+                    except FileExistsError:
+                        raise _exists(path) from None
+                    written.append(path)
+        except BaseException as error:
+            for path in written:
+                if path.name not in existing:
+                    path.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise UmxError(
+                    f"cannot write the export into {outdir}: {os_reason(error)}"
+                ) from None
+            raise
+    return written
+
+
+def _export_files(
+    separator: Separator, description: dict[str, Any], quantize: str | None
+) -> dict[str, bytes]:
+    """The files of an export by name, in memory: each target's graphs (quantised with
+    `quantize`), then the JSON, `description` with the graphs' SHA-256 filled in."""
     files: dict[str, bytes] = {}
     for name, model in separator.target_models.items():
         logger.info("exporting the %r model", name)
@@ -286,29 +320,7 @@ def export_onnx(
             key = "graph_sha256" if file == target["graph"] else "stream_graph_sha256"
             target[key] = sha256_bytes(files[file])
     files[EXPORT_JSON] = (json.dumps(description, indent=2) + "\n").encode()
-    written: list[Path] = []
-    with output_folders([outdir / EXPORT_JSON]):  # made, and removed again if nothing is written
-        try:
-            # Until the new JSON is written the folder holds none: never a mix claiming to be one.
-            if force:
-                (outdir / EXPORT_JSON).unlink(missing_ok=True)
-            for file, data in files.items():
-                path = outdir / file
-                # without force, the files of an export that ended meanwhile are kept
-                write_bytes_atomic(path, data, replace=force)
-                written.append(path)
-        except BaseException as error:
-            for path in written:
-                if path.name not in existing:
-                    path.unlink(missing_ok=True)
-            if isinstance(error, FileExistsError):
-                raise _exists(Path(error.filename)) from None
-            if isinstance(error, OSError):
-                raise UmxError(
-                    f"cannot write the export into {outdir}: {os_reason(error)}"
-                ) from None
-            raise
-    return written
+    return files
 
 
 def _exists(path: Path) -> UmxError:
