@@ -4,6 +4,7 @@ On the bundled causal `umxsynth-rt`, two of its targets (fast to export).
 """
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -70,3 +71,28 @@ def test_a_forced_export_that_fails_part_way_leaves_the_old_one_as_it_was(
     assert export(out, "--force") == 0  # and with room, the float32 export replaces it
     assert sorted(files(out)) == sorted(before)
     assert files(out)[EXPORT_JSON] != before[EXPORT_JSON]
+
+
+def test_a_forced_export_removes_the_graphs_of_the_old_one_it_does_not_have(tmp_path):
+    """Only the files the old JSON lists: graphs (`.onnx`) in the folder, never others, even
+    where a hand-edited JSON names them."""
+    out = tmp_path / "e"
+    assert export(out) == 0  # bass and vocals, each with its streaming graph
+    (out / "notes.txt").write_text("kept")
+    (out / "mine.onnx").write_bytes(b"not listed: kept")
+    (tmp_path / "outside.onnx").write_bytes(b"outside the folder: kept")
+    drums = ["export", "umxsynth", str(out), "--targets", "drums", "--force", "-q"]
+    assert main(drums) == 0  # bidirectional: no streaming graph
+    assert sorted(files(out)) == ["drums.onnx", "mine.onnx", "notes.txt", EXPORT_JSON]
+    assert load_export(out).targets == ["drums"]
+
+    info = json.loads((out / EXPORT_JSON).read_text())
+    info["targets"]["drums"].update(graph="../outside.onnx", stream_graph="notes.txt")
+    info["targets"]["bass"] = {"graph": str(out / "mine.onnx"), "stream_graph": EXPORT_JSON}
+    (out / EXPORT_JSON).write_text(json.dumps(info))
+    assert export(out, "--force") == 0
+    assert sorted(files(out)) == sorted(
+        ["mine.onnx", "notes.txt", EXPORT_JSON, "drums.onnx"]
+        + [f"{t}{s}" for t in TARGETS for s in (".onnx", ".stream.onnx")]
+    )
+    assert (tmp_path / "outside.onnx").exists()

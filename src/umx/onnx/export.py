@@ -31,6 +31,8 @@ from umx.errors import UmxError, display_path, os_reason
 from umx.files import output_folders, rename_no_replace, sha256_bytes, written_aside
 from umx.messages import plural
 from umx.model import OpenUnmix
+from umx.modeldir import _read_json
+from umx.onnx.graphs import plain_name
 from umx.onnx.options import ExportOptions, check_quantize, require_onnx
 from umx.separator import Separator
 
@@ -254,7 +256,8 @@ def export_onnx(
         separator: the models to export (e.g. from `umx.zoo.load_separator`).
         outdir: the output folder, created if needed.
         quantize: `"int8"` for int8 dynamic quantisation; None for float32.
-        force: overwrite the files of an earlier export in `outdir`.
+        force: overwrite the files of an earlier export in `outdir`; once the new export is in
+            place, the graphs its JSON lists that the new one does not have are removed.
 
     Returns:
         the written files: `<target>.onnx`, `<target>.stream.onnx` (causal models), then
@@ -275,6 +278,7 @@ def export_onnx(
     existing = [name for name in names if (outdir / name).exists()]
     if existing and not force:
         raise _exists(outdir / existing[0])
+    replaced = _listed_graphs(outdir) if force else set()
     files = _export_files(separator, description, quantize)
     written: list[Path] = []
     with output_folders([outdir / EXPORT_JSON]):  # made, and removed again if nothing is written
@@ -299,7 +303,43 @@ def export_onnx(
                     f"cannot write the export into {outdir}: {os_reason(error)}"
                 ) from None
             raise
+    _remove_graphs(outdir, replaced - set(files))
     return written
+
+
+def _listed_graphs(outdir: Path) -> set[str]:
+    """The graph files that the JSON of an earlier export in `outdir` lists: plain names of
+    `.onnx` files in the folder (`plain_name`); none without a JSON that umx can read."""
+    try:
+        data = _read_json(outdir / EXPORT_JSON)
+    except UmxError:
+        return set()
+    entries = data.get("targets") if isinstance(data, dict) else None
+    listed = [
+        entry.get(key)
+        for entry in (entries.values() if isinstance(entries, dict) else ())
+        if isinstance(entry, dict)
+        for key in ("graph", "stream_graph")
+    ]
+    return {name for name in listed if plain_name(name) and name.endswith(GRAPH_SUFFIX)}
+
+
+def _remove_graphs(outdir: Path, names: set[str]) -> None:
+    """Remove the graph files `names` of an export replaced in `outdir` that the new one does
+    not have (folders of those names are no graphs, and are left); one warning for a file
+    that cannot be removed."""
+    for name in sorted(names):
+        path = outdir / name
+        if path.is_dir() and not path.is_symlink():
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            logger.warning(
+                "cannot remove %s, a graph of the export replaced (%s)",
+                display_path(path),
+                os_reason(error),
+            )
 
 
 def _export_files(

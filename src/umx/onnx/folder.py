@@ -33,7 +33,7 @@ from umx.onnx.export import (
     STATE_OUTPUTS,
     quantize_graph,
 )
-from umx.onnx.graphs import SHA256, DamagedGraph, GraphFile, graph_bytes
+from umx.onnx.graphs import SHA256, DamagedGraph, GraphFile, graph_bytes, plain_name
 from umx.onnx.options import QUANTIZATIONS
 from umx.onnx.runtime import OnnxModel
 from umx.separator import WIENER_WIN_LEN, Separator
@@ -44,13 +44,7 @@ def _graph_file(folder: Path, source: str, target: str, entry: Mapping, key: str
     """The graph file `entry[key]` of `target`, a plain name in `folder`, with its SHA-256
     `entry[key + "_sha256"]`."""
     name, digest = entry.get(key), entry.get(f"{key}_sha256")
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or os.path.basename(name) != name
-        or "\\" in name
-        or "\0" in name
-    ):
+    if not plain_name(name):
         raise UmxError(
             f"{source} gives {target!r} the {key} {short.repr(name)}: it must be the name of a "
             "file in the export folder"

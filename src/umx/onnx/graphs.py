@@ -78,6 +78,18 @@ class GraphFile:
         return data
 
 
+def plain_name(name: object) -> bool:
+    """Whether `name` (from untrusted JSON) is the plain name of a file in a folder: a string
+    with no path in it, not `.` or `..`, with no backslash or NUL."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and os.path.basename(name) == name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
 def graph_bytes(graph: bytes | GraphFile) -> bytes:
     """A serialised graph: `graph` itself, or a `GraphFile`'s checked bytes."""
     return graph.read() if isinstance(graph, GraphFile) else graph
