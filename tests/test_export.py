@@ -85,6 +85,20 @@ def test_export_writes_checked_graphs_and_their_description(tmp_path, mixture, c
     expected = [f"{t}{s}" for t in TARGETS for s in (".onnx", ".stream.onnx")] + [EXPORT_JSON]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert [Path(line).name for line in stdout.split()] == expected
+    # each graph records the settings it was exported with, which the JSON must match
+    metadata = ort.InferenceSession(out / "bass.stream.onnx").get_modelmeta().custom_metadata_map
+    assert metadata == {
+        "umx.target": "bass",
+        "umx.graph": "stream",
+        "umx.sample_rate": "44100.0",
+        "umx.nb_channels": "2",
+        "umx.n_fft": "4096",
+        "umx.n_hop": "1024",
+        "umx.quantize": "null",
+        "umx.nb_bins": "2049",
+        "umx.hidden_size": "128",
+        "umx.nb_layers": "3",
+    }
 
     separator = load_separator("umxsynth-rt")
     x = torch.cat([magnitudes(mixture, 30), magnitudes(mixture.flip(-1), 30)])  # 2 samples

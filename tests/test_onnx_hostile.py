@@ -54,6 +54,10 @@ def vocals(change):
     return edit_json(lambda info: change(info["targets"]["vocals"]))
 
 
+def sha256_of(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def flip_byte(path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -105,7 +109,8 @@ DAMAGED_EXPORTS = {
     "json-huge": lambda f: (f / "umx-onnx.json").write_text(" " * (MAX_JSON_BYTES + 1) + "{}"),
     "json-list": lambda f: (f / "umx-onnx.json").write_text("[]"),
     "format": edit_json(lambda i: i.update(format="other")),
-    "version": edit_json(lambda i: i.update(version=2)),
+    "version": edit_json(lambda i: i.update(version=3)),
+    "version-1": edit_json(lambda i: i.update(version=1)),  # before the graphs recorded settings
     "rate-nan": edit_json(lambda i: i.update(sample_rate=math.nan)),
     "rate-huge": edit_json(lambda i: i.update(sample_rate=1e300)),
     "rate-negative": edit_json(lambda i: i.update(sample_rate=-16000)),
@@ -127,6 +132,19 @@ DAMAGED_EXPORTS = {
     "hidden-negative": vocals(lambda t: t.update(hidden_size=-16)),
     "layers-huge": vocals(lambda t: t.update(nb_layers=10**12)),
     "causal-without-stream-graph": vocals(lambda t: t.update(unidirectional=True)),
+    # settings that the graphs' shapes cannot contradict: their metadata does
+    "rate-lie": edit_json(lambda i: i.update(sample_rate=22050)),
+    "hop-lie": edit_json(lambda i: i["stft"].update(n_hop=256)),
+    "quantize-lie": edit_json(lambda i: i.update(quantize="int8")),
+    "targets-swapped": edit_json(
+        lambda i: i["targets"].update(vocals=i["targets"]["drums"], drums=i["targets"]["vocals"])
+    ),
+    "graph-of-another-target": lambda f: vocals(
+        lambda t: t.update(graph="drums.onnx", graph_sha256=sha256_of(f / "drums.onnx"))
+    )(f),
+    "graph-without-metadata": replace_graph(
+        lambda: model_graph(OpenUnmix(257, 2, 16, max_bin=200))  # the sizes of the JSON
+    ),
 }
 
 
@@ -166,7 +184,10 @@ CASES = [
     ("json-huge", damaged("json-huge"), 1, "is too large"),
     ("json-list", damaged("json-list"), 1, "does not describe an umx export"),
     ("json-format", damaged("format"), 1, "does not describe an umx export"),
-    ("json-version", damaged("version"), 1, "is version 2 of the export format"),
+    ("json-version", damaged("version"), 1, "is version 3 of the export format"),
+    ("json-version-1", damaged("version-1"), 1,
+     "umx-onnx.json is version 1 of the export format, this umx reads version 2: export the "
+     "model again"),
     ("json-rate-nan", damaged("rate-nan"), 1, "sample_rate must be a finite number"),
     ("json-rate-huge", damaged("rate-huge"), 1, "sample_rate must be at most"),
     ("json-rate-negative", damaged("rate-negative"), 1, "sample_rate must be at least"),
@@ -188,6 +209,19 @@ CASES = [
     ("json-hidden-negative", damaged("hidden-negative"), 1, "hidden_size must be at least 1"),
     ("json-layers-huge", damaged("layers-huge"), 1, "nb_layers must be at most 65536"),
     ("json-causal-no-stream", damaged("causal-without-stream-graph"), 1, "if and only if"),
+    ("json-rate-lie", damaged("rate-lie"), 1,
+     "export-rate-lie/umx-onnx.json does not match export-rate-lie/vocals.onnx: sample_rate "
+     "'22050.0' in the JSON, '16000.0' in the graph; export the model again (umx export MODEL "
+     "export-rate-lie --force)"),
+    ("json-hop-lie", damaged("hop-lie"), 1, "n_hop '256' in the JSON, '128' in the graph"),
+    ("json-quantize-lie", damaged("quantize-lie"), 1, "quantize 'int8' in the JSON, 'null' in"),
+    ("json-targets-swapped", damaged("targets-swapped"), 1,
+     "target 'vocals' in the JSON, 'drums' in the graph"),
+    ("json-graph-of-another-target", damaged("graph-of-another-target"), 1,
+     "target 'vocals' in the JSON, 'drums' in the graph"),
+    ("export-graph-without-metadata", damaged("graph-without-metadata"), 1,
+     "vocals.onnx records none of the settings it was exported with (its umx.* metadata); "
+     "export the model again"),
     ("export-unknown-target", [SONG, "--model", "export", "--targets", "guitar"], 1, "no target"),
     ("export-with-torch", [SONG, "--model", "export", "--backend", "torch"], 1, "leave out"),
     ("export-on-cuda", [SONG, "--model", "export", "--device", "cuda"], 1, "--model export runs"),

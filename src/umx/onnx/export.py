@@ -4,9 +4,10 @@ Each target's `OpenUnmix` becomes one ONNX graph of the spectrogram model: mixtu
 `(nb_samples, nb_channels, nb_bins, nb_frames)` in, the target's magnitudes of the same shape
 out, with the sample and frame axes dynamic. A unidirectional (causal) model also gets a
 streaming graph whose LSTM state `(h, c)` is an explicit input and output, so a host program
-can feed it block by block (`OpenUnmix.stream`). `export_onnx` writes the graphs and a JSON
-file that describes the STFT, the rate and the targets, with each graph's SHA-256
-(`umx.onnx.folder` runs such a folder; `umx.onnx.runtime` runs the graphs in onnxruntime).
+can feed it block by block (`OpenUnmix.stream`). `export_onnx` writes the graphs, each
+recording the settings it was exported with (`graph_metadata`), and a JSON file that describes
+the STFT, the rate and the targets, with each graph's SHA-256 (`umx.onnx.folder` runs such a
+folder; `umx.onnx.runtime` runs the graphs in onnxruntime).
 
 onnx and onnxruntime (the extra `umx[onnx]`) are imported only when used (`require_onnx`).
 """
@@ -20,6 +21,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,9 @@ from umx.separator import Separator
 logger = logging.getLogger("umx")
 
 OPSET = 17
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The version of the export format umx writes and reads: 2 since the graphs record their
+settings (`graph_metadata`); exports of version 1 must be exported again."""
 GRAPH_SUFFIX = ".onnx"
 STREAM_SUFFIX = ".stream.onnx"
 INPUT = "mix"
@@ -48,6 +52,9 @@ STATE_INPUTS = ("h", "c")
 STATE_OUTPUTS = ("h_out", "c_out")
 QUANTIZED_OPS = ("MatMul", "Gemm", "LSTM")
 """The operators int8 dynamic quantisation rewrites: the linear layers and the LSTM."""
+METADATA_PREFIX = "umx."
+"""The prefix of the keys of the settings a graph records (`graph_metadata`)."""
+TARGET_SETTINGS = ("nb_bins", "hidden_size", "nb_layers")
 
 
 class _StreamingGraph(nn.Module):
@@ -153,6 +160,47 @@ def quantize_graph(graph: bytes) -> bytes:
         quantized = output.read_bytes()
     onnx.checker.check_model(onnx.load_from_string(quantized), full_check=True)
     return quantized
+
+
+def graph_metadata(export: Mapping[str, Any], target: str, *, streaming: bool) -> dict[str, str]:
+    """The settings a graph of an export records in its ONNX metadata (`metadata_props`, keys
+    `umx.*`), so that a JSON edited by hand that the graph's shapes cannot contradict (another
+    rate or hop, another target's graph, int8 claimed float32) is refused by
+    `umx.onnx.folder`, not run into wrong audio.
+
+    Args:
+        export: `sample_rate`, `nb_channels`, `n_fft`, `n_hop`, `quantize` and `targets` (each
+            target's `nb_bins`, `hidden_size` and `nb_layers`), as
+            `umx.onnx.folder.read_export` gives them.
+        target: the graph's target.
+        streaming: whether it is the target's streaming graph.
+
+    Returns:
+        `umx.target`, `umx.graph` (`full` or `stream`), `umx.sample_rate`, `umx.nb_channels`,
+        `umx.n_fft`, `umx.n_hop`, `umx.quantize` and the target's sizes: strings as they are,
+        the other values as JSON (`44100.0`, `null`).
+    """
+    values = {
+        "target": target,
+        "graph": "stream" if streaming else "full",
+        "sample_rate": float(export["sample_rate"]),
+        **{key: export[key] for key in ("nb_channels", "n_fft", "n_hop", "quantize")},
+        **{key: export["targets"][target][key] for key in TARGET_SETTINGS},
+    }
+    return {
+        METADATA_PREFIX + key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in values.items()
+    }
+
+
+def with_metadata(graph: bytes, metadata: Mapping[str, str]) -> bytes:
+    """A serialised graph with `metadata` added to its `metadata_props` (the same bytes for
+    the same graph and metadata)."""
+    onnx, _ = require_onnx()
+    model = onnx.load_from_string(graph)
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, **metadata})
+    return model.SerializeToString()
 
 
 def export_description(separator: Separator, quantize: str | None) -> dict[str, Any]:
@@ -346,8 +394,13 @@ def _export_files(
     separator: Separator, description: dict[str, Any], quantize: str | None
 ) -> dict[str, bytes]:
     """The files of an export by name, in memory: each target's graphs (quantised with
-    `quantize`), then the JSON, `description` with the graphs' SHA-256 filled in."""
+    `quantize`, recording their settings: `graph_metadata`), then the JSON, `description`
+    with the graphs' SHA-256 filled in."""
     files: dict[str, bytes] = {}
+    settings = {
+        **description,
+        **{key: description["stft"][key] for key in ("n_fft", "n_hop")},
+    }
     for name, model in separator.target_models.items():
         logger.info("exporting the %r model", name)
         target = description["targets"][name]
@@ -355,7 +408,9 @@ def _export_files(
         if target["stream_graph"]:
             graphs[target["stream_graph"]] = model_graph(model, streaming=True)
         for file, graph in graphs.items():
-            files[file] = quantize_graph(graph) if quantize else graph
+            graph = quantize_graph(graph) if quantize else graph
+            streaming = file == target["stream_graph"]
+            files[file] = with_metadata(graph, graph_metadata(settings, name, streaming=streaming))
             # What `umx.onnx.folder` checks each graph against before running it.
             key = "graph_sha256" if file == target["graph"] else "stream_graph_sha256"
             target[key] = sha256_bytes(files[file])

@@ -3,7 +3,8 @@
 The folder's `umx-onnx.json` is read as untrusted input: every field umx uses is checked
 (numbers finite and in range, target names safe, graph files plain names inside the folder, a
 SHA-256 recorded for each graph), and each graph is run only if its bytes match the SHA-256
-that `umx export` recorded and its inputs have the sizes the JSON states. A damaged folder is
+that `umx export` recorded, its inputs have the sizes the JSON states, and the settings it
+records in its metadata (`umx.onnx.export.graph_metadata`) are the JSON's. A damaged folder is
 refused with one line that says which file and what to do; nothing is written.
 """
 
@@ -28,9 +29,11 @@ from umx.modeldir import (
 from umx.onnx.export import (
     FORMAT_VERSION,
     INPUT,
+    METADATA_PREFIX,
     OUTPUT,
     STATE_INPUTS,
     STATE_OUTPUTS,
+    graph_metadata,
     quantize_graph,
 )
 from umx.onnx.graphs import SHA256, DamagedGraph, GraphFile, graph_bytes, plain_name
@@ -157,40 +160,76 @@ def _sizes(session: Any) -> dict[str, list]:
     }
 
 
-def _export_model(folder: Path, info: Mapping, quantize: str | None) -> OnnxModel:
-    """A target's `OnnxModel` from its checked graphs (`info`: a target of `read_export` with
-    `nb_channels` and the export's `model`), refusing graphs whose inputs do not have the sizes
-    of the JSON (or outputs of other sizes than `umx.onnx.export.model_graph`'s)."""
+def _export_again(folder: Path, model: str) -> str:
+    """What to do about a damaged export folder, for the end of a message."""
+    return f"export the model again (umx export {model} {display_path(folder)} --force)"
+
+
+def _export_model(
+    folder: Path, export: Mapping[str, Any], target: str, quantize: str | None
+) -> OnnxModel:
+    """The `OnnxModel` of `target` from its checked graphs (`export`: `read_export`'s), each
+    checked by `_check_graph`."""
+    info = export["targets"][target]
     graphs: list[bytes | GraphFile | None] = [info["graph"], info["stream_graph"]]
     try:
         if quantize is not None:  # a float32 export, quantised in memory
             graphs = [graph and quantize_graph(graph_bytes(graph)) for graph in graphs]
         model = OnnxModel(
             *graphs,
-            nb_channels=info["nb_channels"],
+            nb_channels=export["nb_channels"],
             nb_bins=info["nb_bins"],
             hidden_size=info["hidden_size"],
             nb_layers=info["nb_layers"],
         )
     except DamagedGraph as error:
         raise UmxError(
-            f"{error}: the export {display_path(folder)} is damaged; export the model again "
-            f"(umx export {info['model']} {display_path(folder)} --force)"
+            f"{error}: the export {display_path(folder)} is damaged; "
+            f"{_export_again(folder, export['model'])}"
         ) from None
-    state = [info["nb_layers"], None, info["hidden_size"]]
-    magnitudes = [None, info["nb_channels"], info["nb_bins"], None]
-    expected = {INPUT: magnitudes, OUTPUT: magnitudes}
-    sessions = [(info["graph"], model.session, expected)]
+    _check_graph(folder, export, target, info["graph"], model.session)
     if model.stream_session is not None:
-        states = dict.fromkeys((*STATE_INPUTS, *STATE_OUTPUTS), state)
-        sessions.append((info["stream_graph"], model.stream_session, {**expected, **states}))
-    for graph, session, sizes in sessions:
-        if _sizes(session) != sizes:
-            raise UmxError(
-                f"{display_path(graph.path)} does not have the inputs and outputs its "
-                f"umx-onnx.json describes ({', '.join(f'{k} {v}' for k, v in sizes.items())})"
-            )
+        _check_graph(folder, export, target, info["stream_graph"], model.stream_session)
     return model
+
+
+def _check_graph(
+    folder: Path, export: Mapping[str, Any], target: str, graph: GraphFile, session: Any
+) -> None:
+    """Refuse the session of a graph of `target` whose inputs do not have the sizes of the
+    JSON (or outputs of other sizes than `umx.onnx.export.model_graph`'s), or that records
+    other settings than the JSON's (`umx.onnx.export.graph_metadata`).
+
+    Raises:
+        UmxError: naming the graph, and saying to export the model again.
+    """
+    info = export["targets"][target]
+    streaming = graph == info["stream_graph"]
+    magnitudes = [None, export["nb_channels"], info["nb_bins"], None]
+    sizes = {INPUT: magnitudes, OUTPUT: magnitudes}
+    if streaming:
+        state = [info["nb_layers"], None, info["hidden_size"]]
+        sizes.update(dict.fromkeys((*STATE_INPUTS, *STATE_OUTPUTS), state))
+    shown, again = display_path(graph.path), _export_again(folder, export["model"])
+    if _sizes(session) != sizes:
+        raise UmxError(
+            f"{shown} does not have the inputs and outputs its umx-onnx.json describes "
+            f"({', '.join(f'{k} {v}' for k, v in sizes.items())}); {again}"
+        )
+    recorded = session.get_modelmeta().custom_metadata_map
+    if not any(key.startswith(METADATA_PREFIX) for key in recorded):
+        raise UmxError(
+            f"{shown} records none of the settings it was exported with (its {METADATA_PREFIX}* "
+            f"metadata); {again}"
+        )
+    for key, value in graph_metadata(export, target, streaming=streaming).items():
+        if recorded.get(key) != value:
+            found = short.repr(recorded[key]) if key in recorded else "nothing"
+            raise UmxError(
+                f"{display_path(folder / EXPORT_JSON)} does not match {shown}: "
+                f"{key.removeprefix(METADATA_PREFIX)} {short.repr(value)} in the JSON, {found} "
+                f"in the graph; {again}"
+            )
 
 
 def load_export(
@@ -225,14 +264,7 @@ def load_export(
     selected = select_targets(list(available), targets, f"the export {display_path(folder)}")
     if export["quantize"] is not None:
         quantize = None  # already quantised
-    models = {
-        target: _export_model(
-            folder,
-            {**available[target], "nb_channels": export["nb_channels"], "model": export["model"]},
-            quantize,
-        )
-        for target in selected
-    }
+    models = {target: _export_model(folder, export, target, quantize) for target in selected}
     separator = Separator(
         models,
         sample_rate=export["sample_rate"],
