@@ -178,7 +178,9 @@ CASES = [
     ("export-graph-is-a-pipe", damaged("graph-is-a-pipe"), 1, "vocals.onnx is not a regular"),
     ("export-graph-garbage", damaged("graph-garbage-rehashed"), 1, "onnxruntime cannot load"),
     ("export-graph-of-a-mono-model", damaged("graph-of-a-mono-model"), 1, "does not have the"),
-    ("export-graph-links-outside", damaged("graph-links-outside"), 1, "points outside"),
+    ("export-graph-links-outside", damaged("graph-links-outside"), 1,
+     "export-graph-links-outside/vocals.onnx points outside the export folder "
+     "export-graph-links-outside (umx runs only the graphs in it); export the model again"),
     ("json-not-json", damaged("json-not-json"), 1, "is not valid JSON"),
     ("json-deep", damaged("json-deep"), 1, "nested too deeply"),
     ("json-huge", damaged("json-huge"), 1, "is too large"),
@@ -186,7 +188,7 @@ CASES = [
     ("json-format", damaged("format"), 1, "does not describe an umx export"),
     ("json-version", damaged("version"), 1, "is version 3 of the export format"),
     ("json-version-1", damaged("version-1"), 1,
-     "umx-onnx.json is version 1 of the export format, this umx reads version 2: export the "
+     "umx-onnx.json is version 1 of the export format, this umx reads version 2; export the "
      "model again"),
     ("json-rate-nan", damaged("rate-nan"), 1, "sample_rate must be a finite number"),
     ("json-rate-huge", damaged("rate-huge"), 1, "sample_rate must be at most"),
@@ -262,6 +264,9 @@ def test_onnx_refusals_say_one_line_and_change_nothing(
     assert message in lines[-1], err
     if status == 1:
         assert len(lines) == 1 and lines[0].startswith("umx: error: "), err
+    folder = arguments[arguments.index("--model") + 1] if "--model" in arguments else ""
+    if folder.startswith("export-"):  # a damaged export: every refusal says what to do
+        assert lines[0].endswith(f"; export the model again (umx export MODEL {folder} --force)")
     assert snapshot(workspace) == before
     assert not (cache_dir() / GRAPH_CACHE).exists()  # nothing exported into the cache
 

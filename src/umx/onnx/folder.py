@@ -36,7 +36,7 @@ from umx.onnx.export import (
     graph_metadata,
     quantize_graph,
 )
-from umx.onnx.graphs import SHA256, DamagedGraph, GraphFile, graph_bytes, plain_name
+from umx.onnx.graphs import SHA256, GraphFile, graph_bytes, plain_name
 from umx.onnx.options import QUANTIZATIONS
 from umx.onnx.runtime import OnnxModel
 from umx.separator import WIENER_WIN_LEN, Separator
@@ -55,13 +55,11 @@ def _graph_file(folder: Path, source: str, target: str, entry: Mapping, key: str
     path = folder / name
     if path.resolve().parent != folder.resolve():
         raise UmxError(
-            f"{display_path(path)} points outside the export folder {display_path(folder)}"
+            f"{display_path(path)} points outside the export folder {display_path(folder)} "
+            "(umx runs only the graphs in it)"
         )
     if not isinstance(digest, str) or not SHA256.match(digest):
-        raise UmxError(
-            f"{source} records no SHA-256 of {name} (an export by an older umx?): export it "
-            "again with umx export --force"
-        )
+        raise UmxError(f"{source} records no SHA-256 of {name}")
     return GraphFile(path, digest)
 
 
@@ -82,17 +80,28 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         UmxError: the JSON is missing, invalid, of another format or version, or a field is
-            missing or out of range.
+            missing or out of range; the message ends in what to do (export the model again).
     """
     folder = Path(folder)
+    model = "MODEL"
+    try:
+        data = _read_json(folder / EXPORT_JSON)
+        if isinstance(data, dict) and isinstance(data.get("model"), str) and data["model"]:
+            model = display_path(data["model"])
+        return {"model": model, **_check_export(folder, data)}
+    except UmxError as error:
+        raise UmxError(f"{error}; {_export_again(folder, model)}") from None
+
+
+def _check_export(folder: Path, data: Any) -> dict[str, Any]:
+    """`read_export`'s description of the JSON `data` of `folder`, but its `model`."""
     source = display_path(folder / EXPORT_JSON)
-    data = _read_json(folder / EXPORT_JSON)
     if not isinstance(data, dict) or data.get("format") != "umx-onnx":
         raise UmxError(f'{source} does not describe an umx export (no "format": "umx-onnx")')
     if data.get("version") != FORMAT_VERSION:
         raise UmxError(
             f"{source} is version {short.repr(data.get('version'))} of the export format, this "
-            f"umx reads version {FORMAT_VERSION}: export the model again with this umx"
+            f"umx reads version {FORMAT_VERSION}"
         )
     rate = data.get("sample_rate")
     check_number(f"{source}: sample_rate", rate, minimum=MIN_RATE, maximum=MAX_RATE)
@@ -110,45 +119,49 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
     entries = data.get("targets")
     if not isinstance(entries, dict) or not entries:
         raise UmxError(f"{source} has no targets: it needs an object of target graphs")
-    targets = {}
-    for target, entry in entries.items():
-        check_model_target(target, source)
-        if not isinstance(entry, dict):
-            raise UmxError(f"{source} describes the target {target!r} with no object")
-        nb_bins = entry.get("nb_bins")
-        if type(nb_bins) is not int or nb_bins != n_fft // 2 + 1:
-            raise UmxError(
-                f"{source} gives {target!r} nb_bins {short.repr(nb_bins)}: it must be the whole "
-                f"number n_fft // 2 + 1 = {n_fft // 2 + 1}"
-            )
-        stream_graph = None
-        if entry.get("stream_graph") is not None:
-            stream_graph = _graph_file(folder, source, target, entry, "stream_graph")
-        if entry.get("unidirectional") is not (stream_graph is not None):
-            raise UmxError(
-                f"{source}: a target has a stream_graph if and only if it is unidirectional, "
-                f"which {target!r} contradicts"
-            )
-        targets[target] = {
-            "graph": _graph_file(folder, source, target, entry, "graph"),
-            "stream_graph": stream_graph,
-            "nb_bins": nb_bins,
-            "hidden_size": _check_size(
-                source, f"{target} hidden_size", entry.get("hidden_size"), MAX_MODEL_SIZE
-            ),
-            "nb_layers": _check_size(
-                source, f"{target} nb_layers", entry.get("nb_layers"), MAX_MODEL_SIZE
-            ),
-        }
-    model = data.get("model")
     return {
-        "model": display_path(model) if isinstance(model, str) and model else "MODEL",
         "sample_rate": float(cast(float, rate)),
         "nb_channels": nb_channels,
         "n_fft": n_fft,
         "n_hop": n_hop,
         "quantize": quantize,
-        "targets": targets,
+        "targets": {
+            target: _check_target(folder, target, entry, n_fft) for target, entry in entries.items()
+        },
+    }
+
+
+def _check_target(folder: Path, target: str, entry: object, n_fft: int) -> dict[str, Any]:
+    """The checked description of `target` (`read_export`'s), from its `entry` in the JSON of
+    `folder`."""
+    source = display_path(folder / EXPORT_JSON)
+    check_model_target(target, source)
+    if not isinstance(entry, dict):
+        raise UmxError(f"{source} describes the target {target!r} with no object")
+    nb_bins = entry.get("nb_bins")
+    if type(nb_bins) is not int or nb_bins != n_fft // 2 + 1:
+        raise UmxError(
+            f"{source} gives {target!r} nb_bins {short.repr(nb_bins)}: it must be the whole "
+            f"number n_fft // 2 + 1 = {n_fft // 2 + 1}"
+        )
+    stream_graph = None
+    if entry.get("stream_graph") is not None:
+        stream_graph = _graph_file(folder, source, target, entry, "stream_graph")
+    if entry.get("unidirectional") is not (stream_graph is not None):
+        raise UmxError(
+            f"{source}: a target has a stream_graph if and only if it is unidirectional, "
+            f"which {target!r} contradicts"
+        )
+    return {
+        "graph": _graph_file(folder, source, target, entry, "graph"),
+        "stream_graph": stream_graph,
+        "nb_bins": nb_bins,
+        "hidden_size": _check_size(
+            source, f"{target} hidden_size", entry.get("hidden_size"), MAX_MODEL_SIZE
+        ),
+        "nb_layers": _check_size(
+            source, f"{target} nb_layers", entry.get("nb_layers"), MAX_MODEL_SIZE
+        ),
     }
 
 
@@ -182,7 +195,7 @@ def _export_model(
             hidden_size=info["hidden_size"],
             nb_layers=info["nb_layers"],
         )
-    except DamagedGraph as error:
+    except UmxError as error:  # a graph that does not match its SHA-256, or onnxruntime's
         raise UmxError(
             f"{error}: the export {display_path(folder)} is damaged; "
             f"{_export_again(folder, export['model'])}"
