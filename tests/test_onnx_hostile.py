@@ -177,6 +177,8 @@ CASES = [
     ("export-missing-graph", damaged("missing-graph"), 1, "cannot read export-missing-graph"),
     ("export-graph-is-a-pipe", damaged("graph-is-a-pipe"), 1, "vocals.onnx is not a regular"),
     ("export-graph-garbage", damaged("graph-garbage-rehashed"), 1, "onnxruntime cannot load"),
+    ("export-graph-garbage-int8", damaged("graph-garbage-rehashed", "--quantize", "int8"), 1,
+     "onnxruntime cannot load"),  # not given to the quantiser, which raised ValueError
     ("export-graph-of-a-mono-model", damaged("graph-of-a-mono-model"), 1, "does not have the"),
     ("export-graph-links-outside", damaged("graph-links-outside"), 1,
      "export-graph-links-outside/vocals.onnx points outside the export folder "

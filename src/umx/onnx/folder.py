@@ -182,28 +182,40 @@ def _export_model(
     folder: Path, export: Mapping[str, Any], target: str, quantize: str | None
 ) -> OnnxModel:
     """The `OnnxModel` of `target` from its checked graphs (`export`: `read_export`'s), each
-    checked by `_check_graph`."""
+    checked by `_check_graph` before it is quantised in memory (with `quantize`)."""
+    model = _load_model(folder, export, target, None)
+    _check_graph(folder, export, target, export["targets"][target]["graph"], model.session)
+    if model.stream_session is not None:
+        stream_graph = export["targets"][target]["stream_graph"]
+        _check_graph(folder, export, target, stream_graph, model.stream_session)
+    return model if quantize is None else _load_model(folder, export, target, quantize)
+
+
+def _load_model(
+    folder: Path, export: Mapping[str, Any], target: str, quantize: str | None
+) -> OnnxModel:
+    """The `OnnxModel` of the graphs of `target`, quantised in memory with `quantize`.
+
+    Raises:
+        UmxError: a graph that does not match its SHA-256, or that onnxruntime cannot load.
+    """
     info = export["targets"][target]
     graphs: list[bytes | GraphFile | None] = [info["graph"], info["stream_graph"]]
     try:
-        if quantize is not None:  # a float32 export, quantised in memory
+        if quantize is not None:  # a float32 export
             graphs = [graph and quantize_graph(graph_bytes(graph)) for graph in graphs]
-        model = OnnxModel(
+        return OnnxModel(
             *graphs,
             nb_channels=export["nb_channels"],
             nb_bins=info["nb_bins"],
             hidden_size=info["hidden_size"],
             nb_layers=info["nb_layers"],
         )
-    except UmxError as error:  # a graph that does not match its SHA-256, or onnxruntime's
+    except UmxError as error:
         raise UmxError(
             f"{error}: the export {display_path(folder)} is damaged; "
             f"{_export_again(folder, export['model'])}"
         ) from None
-    _check_graph(folder, export, target, info["graph"], model.session)
-    if model.stream_session is not None:
-        _check_graph(folder, export, target, info["stream_graph"], model.stream_session)
-    return model
 
 
 def _check_graph(
