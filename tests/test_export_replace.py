@@ -96,3 +96,16 @@ def test_a_forced_export_removes_the_graphs_of_the_old_one_it_does_not_have(tmp_
         + [f"{t}{s}" for t in TARGETS for s in (".onnx", ".stream.onnx")]
     )
     assert (tmp_path / "outside.onnx").exists()
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["", "force"])
+def test_a_folder_where_a_graph_goes_is_named_with_what_to_do(tmp_path, capsys, force):
+    """It said "cannot write the export into e3: Is a directory", after writing the graphs
+    before it."""
+    (tmp_path / "e3" / "vocals.onnx").mkdir(parents=True)
+    assert export(tmp_path / "e3", *force) == 1
+    assert capsys.readouterr().err == (
+        f"umx: error: cannot write the export into {tmp_path / 'e3'}: "
+        f"{tmp_path / 'e3' / 'vocals.onnx'} is a folder; move it away, or write elsewhere\n"
+    )
+    assert [p.name for p in (tmp_path / "e3").iterdir()] == ["vocals.onnx"]

@@ -312,8 +312,9 @@ def export_onnx(
         `umx-onnx.json` (`EXPORT_JSON`).
 
     Raises:
-        UmxError: `outdir` is a file, holds files of an export and `force` is not set, a file
-            cannot be written, or onnx is missing.
+        UmxError: `outdir` is a file, holds a folder where a file of the export goes, holds
+            files of an export and `force` is not set, a file cannot be written, or onnx is
+            missing.
     """
     check_quantize(quantize)
     require_onnx()
@@ -323,6 +324,12 @@ def export_onnx(
     description = export_description(separator, quantize)
     names = [f for t in description["targets"].values() for f in (t["graph"], t["stream_graph"])]
     names = [name for name in names if name] + [EXPORT_JSON]
+    for name in names:  # a file can be renamed over a file or a link, not over a folder
+        if (outdir / name).is_dir() and not (outdir / name).is_symlink():
+            raise UmxError(
+                f"cannot write the export into {display_path(outdir)}: "
+                f"{display_path(outdir / name)} is a folder; move it away, or write elsewhere"
+            )
     existing = [name for name in names if (outdir / name).exists()]
     if existing and not force:
         raise _exists(outdir / existing[0])
