@@ -577,6 +577,17 @@ def test_an_export_folder_runs_as_the_model(small, tmp_path, capsys, small_music
         assert np.abs(stems[target] - int8[k].numpy().T).max() < 1e-4
 
 
+def test_an_export_folder_is_named_as_given(small, tmp_path, monkeypatch, capsys):
+    """`--model ./umxsynth-rt`, an export folder named as a bundled model: the log names the
+    folder, not the bundled model (it said "separated with umxsynth-rt")."""
+    shutil.copytree(small / "export", tmp_path / "umxsynth-rt")
+    monkeypatch.chdir(tmp_path)
+    argv = ["separate", str(small / "song.wav"), "--model", "./umxsynth-rt", "--outdir", "out"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0 and err.splitlines()[-1].endswith(": separated with ./umxsynth-rt"), err
+    assert load_export("./umxsynth-rt").model_name == "./umxsynth-rt"
+
+
 def test_quantize_int8_implies_the_onnxruntime_backend(
     small, tmp_path, capsys, small_music_separator
 ):

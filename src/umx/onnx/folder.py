@@ -277,13 +277,14 @@ def load_export(
             runs as int8 either way.
 
     Returns:
-        the separator, with `model_name` the folder as a string.
+        the separator, with `model_name` the folder as given (`./umxsynth-rt` stays so, as
+        in `umx.zoo.load_separator`: not the bundled model's name).
 
     Raises:
         UmxError: the folder's JSON or a graph is damaged or does not fit (see
             `read_export`), a target is not in the export, or the residual is named like one.
     """
-    folder = Path(folder)
+    name, folder = str(folder), Path(folder)
     export = read_export(folder)
     available = export["targets"]
     selected = select_targets(list(available), targets, f"the export {display_path(folder)}")
@@ -302,5 +303,5 @@ def load_export(
         wiener_win_len=wiener_win_len,
         model_targets=list(available),
     ).eval()
-    separator.model_name = str(folder)
+    separator.model_name = name
     return separator
