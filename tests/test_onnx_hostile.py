@@ -18,11 +18,12 @@ import pytest
 import soundfile as sf
 
 from umx.cli import main
+from umx.errors import UmxError
 from umx.model import OpenUnmix
 from umx.modeldir import MAX_JSON_BYTES, save_separator
 from umx.onnx.export import export_onnx, model_graph
 from umx.onnx.graphs import recorded_graph
-from umx.onnx.runtime import GRAPH_CACHE
+from umx.onnx.runtime import GRAPH_CACHE, OnnxModel
 from umx.zoo import cache_dir
 
 RATE = 16000
@@ -229,7 +230,10 @@ CASES = [
     ("export-unknown-target", [SONG, "--model", "export", "--targets", "guitar"], 1, "no target"),
     ("export-with-torch", [SONG, "--model", "export", "--backend", "torch"], 1, "leave out"),
     ("export-on-cuda", [SONG, "--model", "export", "--device", "cuda"], 1, "--model export runs"),
-    ("export-stream-bidirectional", ["stream", SONG, "--model", "export"], 1, "bidirectional"),
+    ("export-stream-bidirectional", ["stream", SONG, "--model", "./export"], 1,
+     "the 'vocals' model of the export ./export has a bidirectional LSTM, which needs the whole "
+     "future of the signal and cannot separate a stream: give the export of a causal model (umx "
+     "export umxsynth-rt DIR, or of a model trained with `umx train --unidirectional`)"),
     ("quantize-with-torch", [SONG, "--model", "model", "--quantize", "int8", "--backend", "torch"],
      1, "--quantize int8 runs on onnxruntime: leave out --backend torch"),
     ("quantize-on-cuda", [SONG, "--model", "model", "--quantize", "int8", "--device", "cuda"], 1,
@@ -271,6 +275,20 @@ def test_onnx_refusals_say_one_line_and_change_nothing(
         assert lines[0].endswith(f"; export the model again (umx export MODEL {folder} --force)")
     assert snapshot(workspace) == before
     assert not (cache_dir() / GRAPH_CACHE).exists()  # nothing exported into the cache
+
+
+def test_other_bidirectional_graphs_are_refused_as_the_torch_model_is(small_music_separator):
+    """Those of the backend, not of an export folder (they said "use a causal (unidirectional)
+    model", naming none)."""
+    model = small_music_separator.target_models["vocals"]
+    with pytest.raises(UmxError) as torch_refusal:
+        model.require_causal("the 'vocals' model")
+    sizes = {"nb_channels": 2, "nb_bins": 257, "hidden_size": 16, "nb_layers": 3}
+    graphs = OnnxModel(model_graph(model), None, **sizes)
+    with pytest.raises(UmxError) as refusal:
+        graphs.require_causal("the 'vocals' model")
+    assert str(refusal.value) == str(torch_refusal.value)
+    assert "use a causal model (such as umxsynth-rt)" in str(refusal.value)
 
 
 def test_the_table_covers_the_issue():

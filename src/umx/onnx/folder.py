@@ -291,6 +291,8 @@ def load_export(
     if export["quantize"] is not None:
         quantize = None  # already quantised
     models = {target: _export_model(folder, export, target, quantize) for target in selected}
+    for model in models.values():  # named in its refusals (`OnnxModel.require_causal`)
+        model.export = display_path(name)
     separator = Separator(
         models,
         sample_rate=export["sample_rate"],

@@ -90,6 +90,8 @@ class OnnxModel(nn.Module):
     Attributes:
         anchor: an empty float32 parameter, so that the separators, which read their device
             and dtype from their models' parameters, see a CPU float32 model.
+        export: the export folder whose graphs these are, as messages name it
+            (`umx.onnx.folder.load_export` sets it); None for other graphs.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class OnnxModel(nn.Module):
         self.hidden_size = hidden_size
         self.nb_layers = nb_layers
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.export: str | None = None
         self.graphs, self.threads = (graph, stream_graph), threads
         self._start_sessions(checked)
 
@@ -207,12 +210,16 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(y).to(x.device), (torch.from_numpy(h), torch.from_numpy(c))
 
     def require_causal(self, name: str = "the model") -> None:
-        """Refuse a bidirectional model where only past frames may be used, as `OpenUnmix`."""
-        if not self.unidirectional:
+        """Refuse a bidirectional model where only past frames may be used, as `OpenUnmix`;
+        the model of an export folder (`export`) names it and asks for a causal export."""
+        if self.export is not None and not self.unidirectional:
             raise UmxError(
-                f"{name} has a bidirectional LSTM, which needs the whole future of the signal "
-                "and cannot separate a stream; use a causal (unidirectional) model"
+                f"{name} of the export {self.export} has a bidirectional LSTM, which needs the "
+                "whole future of the signal and cannot separate a stream: give the export of a "
+                "causal model (umx export umxsynth-rt DIR, or of a model trained with "
+                "`umx train --unidirectional`)"
             )
+        OpenUnmix.require_causal(self, name)  # as the torch model says it
 
 
 class GraphCache:
