@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import umx.model
 import umx.onnx.export
 import umx.onnx.runtime
 from processes import file_size_limit, read_only_folder
@@ -426,6 +427,31 @@ def test_the_backend_keeps_its_graphs_in_the_model_cache(separators, monkeypatch
     assert torch.equal(first.separate(audio), again.separate(audio))
     with pytest.raises(AssertionError, match="exported again"):
         onnx_separator(separator)  # float32 graphs are other files
+
+
+def test_the_cache_key_changes_with_the_code_that_builds_the_graphs(tmp_path, monkeypatch):
+    """An upgrade of umx that changes `OpenUnmix` (or the exporter) exports the graphs again,
+    where the weights and the torch and onnxruntime versions are the same: the cached graph
+    built by the old code is not served."""
+    model = OpenUnmix(257, 2, 16, max_bin=200).freeze()
+    cache = umx.onnx.runtime.GraphCache()
+    before = cache.path(model, streaming=False, quantize=None)
+    cache.graph(model)
+    assert before.exists()
+    upgraded = tmp_path / "model.py"  # the new code: here, one comment more
+    upgraded.write_bytes(Path(umx.model.__file__).read_bytes() + b"# changed\n")
+    monkeypatch.setattr(umx.model, "__file__", str(upgraded))
+    monkeypatch.setattr(umx.onnx.runtime, "code_digest", umx.onnx.runtime.code_digest.__wrapped__)
+    exported = []
+    monkeypatch.setattr(
+        umx.onnx.runtime, "model_graph", lambda *a, **k: exported.append(a) or model_graph(*a, **k)
+    )
+    after = cache.path(model, streaming=False, quantize=None)
+    assert after != before
+    graph, data = cache.graph(model)
+    assert len(exported) == 1 and graph.path == after and graph.read() == data
+    monkeypatch.undo()  # the code as it was: its graph is served again, from the cache
+    assert cache.path(model, streaming=False, quantize=None) == before
 
 
 def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monkeypatch, mixture):

@@ -9,7 +9,10 @@ onnxruntime (the extra `umx[onnx]`) is imported only when used (`require_onnx`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from umx import __version__
 from umx.audio import display_path
 from umx.errors import UmxError, short
 from umx.model import LSTMState, OpenUnmix
@@ -37,6 +41,31 @@ logger = logging.getLogger("umx")
 
 GRAPH_CACHE = "onnx-graphs"
 """The folder of the model cache (`umx.zoo.cache_dir`) that keeps the backend's graphs."""
+GRAPH_CODE = ("umx.model", "umx.onnx.export")
+"""The modules whose code builds the graphs (`OpenUnmix`, `model_graph`, `quantize_graph`):
+part of a cached graph's key (`code_digest`)."""
+
+
+@functools.cache
+def code_digest() -> str:
+    """A SHA-256 of the files of `GRAPH_CODE`, read once per process, for the key of a cached
+    graph (`GraphCache.path`): an upgrade of umx that changes how a graph is built (or what
+    `OpenUnmix.forward` computes) exports the graphs again, where umx's version may not have
+    changed (a development install) and the weights, torch and onnxruntime have not.
+
+    The files' bytes, whatever they are (the source, or the compiled file a module was
+    imported from), so that no change goes unseen: one to a comment costs an export (seconds,
+    once), while a stale graph would give other stems than the torch model's. Where a module
+    has no file to read (imported from a zip archive), umx's version stands for it.
+    """
+    digest = hashlib.sha256()
+    for name in GRAPH_CODE:
+        try:
+            code = Path(inspect.getfile(importlib.import_module(name))).read_bytes()
+        except (OSError, TypeError):  # TypeError: no file at all
+            code = f"umx {__version__}".encode()
+        digest.update(f"{name}\0{len(code)}\0".encode() + code)
+    return digest.hexdigest()
 
 
 def _session(graph: bytes | GraphFile, threads: int | None) -> Any:
@@ -227,11 +256,12 @@ class GraphCache:
     SHA-256 (`umx.onnx.graphs`).
 
     A graph file is named by a SHA-256 of everything the graph depends on: the model's sizes
-    and parameter values, the kind of graph, the quantisation, the opset and the torch and
-    onnxruntime versions. One that does not match its record (damaged, replaced, truncated,
-    its record missing) is exported again, with one warning that names it. When the cache
-    cannot be written (a file in its place, a read-only disk) graphs are kept in memory, with
-    one warning per `GraphCache`. Set `$UMX_CACHE` to move the cache.
+    and parameter values, the kind of graph, the quantisation, the opset, umx's code that
+    builds it (`code_digest`) and the torch and onnxruntime versions. One that does not match
+    its record (damaged, replaced, truncated, its record missing) is exported again, with one
+    warning that names it. When the cache cannot be written (a file in its place, a read-only
+    disk) graphs are kept in memory, with one warning per `GraphCache`. Set `$UMX_CACHE` to
+    move the cache.
     """
 
     def __init__(self) -> None:
@@ -246,6 +276,7 @@ class GraphCache:
             streaming,
             quantize,
             OPSET,
+            code_digest(),
             torch.__version__,
             onnxruntime.__version__,
             model.nb_output_bins,
