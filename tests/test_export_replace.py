@@ -6,6 +6,7 @@ On the bundled causal `umxsynth-rt`, two of its targets (fast to export).
 import errno
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -109,3 +110,25 @@ def test_a_folder_where_a_graph_goes_is_named_with_what_to_do(tmp_path, capsys, 
         f"{tmp_path / 'e3' / 'vocals.onnx'} is a folder; move it away, or write elsewhere\n"
     )
     assert [p.name for p in (tmp_path / "e3").iterdir()] == ["vocals.onnx"]
+
+
+def test_a_pipe_in_place_of_the_old_json_is_replaced_not_read(tmp_path):
+    """Reading it, for the graphs it lists, would block for ever."""
+    out = tmp_path / "e"
+    out.mkdir()
+    os.mkfifo(out / EXPORT_JSON)
+
+    class Blocked(BaseException):  # not an OSError, which a read failing would be
+        pass
+
+    def blocked(*_):
+        raise Blocked
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(60)
+    try:
+        assert export(out, "--force") == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert load_export(out).targets == TARGETS

@@ -296,9 +296,10 @@ def export_onnx(
     Every graph is exported, checked and (with `quantize`) quantised in memory, and every file
     is then written to a temporary file beside its place in `outdir` (`written_aside`). Only
     once all are written is an earlier export replaced: its JSON removed, the graphs renamed
-    into place, the JSON last. A write that fails (a full disk) removes the temporary files,
-    the files this export renamed into place and the folders it made, and leaves an earlier
-    export as it was.
+    into place, the JSON last. A write that fails (a full disk) removes the temporary files
+    and the folders this export made, and leaves an earlier export as it was. (A rename that
+    fails after that, which takes a failing disk, leaves the folder without a JSON: refused
+    as an export, never run.)
 
     Args:
         separator: the models to export (e.g. from `umx.zoo.load_separator`).
@@ -364,9 +365,10 @@ def export_onnx(
 
 def _listed_graphs(outdir: Path) -> set[str]:
     """The graph files that the JSON of an earlier export in `outdir` lists: plain names of
-    `.onnx` files in the folder (`plain_name`); none without a JSON that umx can read."""
+    `.onnx` files in the folder (`plain_name`); none without a JSON that umx can read (a
+    regular file: a pipe in its place would block)."""
     try:
-        data = _read_json(outdir / EXPORT_JSON)
+        data = _read_json(outdir / EXPORT_JSON) if (outdir / EXPORT_JSON).is_file() else None
     except UmxError:
         return set()
     entries = data.get("targets") if isinstance(data, dict) else None
