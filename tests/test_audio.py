@@ -1256,6 +1256,14 @@ def stems_written_together(folder, stop):
     return writers
 
 
+def test_stems_finished_together_are_written_once(tmp_path):
+    writers = stems_written_together(tmp_path, lambda step, index: None)
+    assert only_files(tmp_path) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert [writer.report.action for writer in writers] == ["none", "rescaled"] * 2
+    drums, _ = soundfile.read(tmp_path / "drums.wav", always_2d=True)
+    assert drums.shape[0] == RATE and abs(float(np.abs(drums).max()) - RESCALE_PEAK) < 1e-4
+
+
 @pytest.mark.parametrize("kind", ["complete", "commit"])
 def test_stems_finished_together_are_all_in_place_or_none(tmp_path, kind):
     """A stop while the stems are being rescaled leaves none of them; a failure between two

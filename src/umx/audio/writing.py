@@ -384,7 +384,7 @@ class AudioWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
-            if exc_type is None:
+            if exc_type is None and self.report is None:  # not finished with others already
                 with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
                     self._finish()
         finally:
