@@ -14,9 +14,10 @@ import soundfile
 import torch
 
 from umx.data.datasets import FixedSourcesTrackFolderDataset, SourcesDataset
+from umx.model import CrossUnmix
 from umx.train import main
 from umx.train.progress import resume_hint
-from umx.xumx_checkpoints import load_xumx
+from umx.xumx_checkpoints import load_xumx, save_xumx
 from umx.zoo import load_separator
 
 RATE = 8000
@@ -123,6 +124,22 @@ def test_options_xumx_cannot_use_are_one_line_errors(task, tmp_path, caplog, opt
     with caplog.at_level(logging.ERROR):
         code = main([*TASK, "--root", str(task), "--output", str(tmp_path / "m"), *options])
     assert code == 1 and message in caplog.text and "Traceback" not in caplog.text
+
+
+def test_an_xumx_model_to_fine_tune_is_refused_before_training(task, tmp_path, caplog):
+    """`--model` fine-tunes an Open-Unmix target: an X-UMX model trained a whole epoch, then
+    crashed writing it, and left a checkpoint that blocked the rerun."""
+    net = CrossUnmix(SOURCES, nb_bins=129, hidden_size=16).freeze()
+    (tmp_path / "x").mkdir()
+    save_xumx(net, tmp_path / "x" / "xumx.pth", sample_rate=RATE, n_fft=256, n_hop=64)
+    options = [*TASK[2:], "--root", str(task), "--output", str(tmp_path / "out")]
+    with caplog.at_level(logging.ERROR):
+        assert main([*options, "--model", str(tmp_path / "x"), "--epochs", "1"]) == 1
+    assert caplog.messages == [
+        f"error: --model {tmp_path / 'x'} is an X-UMX model: --model fine-tunes an Open-Unmix "
+        "target; give an Open-Unmix model, or train X-UMX anew with --architecture xumx"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_datasets_without_fixed_sources_are_refused(task, tmp_path, caplog):

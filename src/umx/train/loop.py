@@ -293,9 +293,19 @@ class Trainer:
 
     def _pretrained_model(self, given: dict[str, Any]) -> OpenUnmix:
         """The `--model` target to fine-tune. The options of the model are set from it; those
-        `given` on the command line must agree."""
+        `given` on the command line must agree.
+
+        Raises:
+            UmxError: the model is not an Open-Unmix one (X-UMX), or of another sample rate or
+                architecture.
+        """
         config = self.config
         separator = load_separator(config.model, targets=[self.target], niter=0, progress=self.bars)
+        if not isinstance(separator.target_models[self.target], OpenUnmix):
+            raise UmxError(
+                f"--model {config.model} is an X-UMX model: --model fine-tunes an Open-Unmix "
+                "target; give an Open-Unmix model, or train X-UMX anew with --architecture xumx"
+            )
         if separator.sample_rate != self.sample_rate:
             raise UmxError(
                 f"{config.model} works at {separator.sample_rate:g} Hz but the data of "
