@@ -282,6 +282,16 @@ def test_a_song_with_other_stems_than_most_is_left_out(tmp_path, caplog):
     ]
 
 
+@pytest.mark.parametrize("name", ["xumx", "Separator"])
+def test_a_stem_named_as_a_model_directorys_own_file_is_refused(tmp_path, name):
+    """The student's target files would be taken for an X-UMX model or the settings."""
+    music, stems = tmp_path / "music", tmp_path / "stems"
+    write_song(music, "song", stems / "song", 0)
+    (stems / "song" / "hiss.flac").rename(stems / "song" / f"{name}.flac")
+    with pytest.raises(UmxError, match=f"the stem .*{name}.flac has the target name '{name}'"):
+        find_teacher_stems([str(music / "song.wav")], [], stems)
+
+
 def run(args: list[str], capsys) -> tuple[int, list[str]]:
     code = main(["distill", *args])
     err = capsys.readouterr().err

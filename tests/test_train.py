@@ -307,6 +307,8 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--nhop", "256"], "--nfft 256 and --nhop 256: an STFT hop of 256 with n_fft 256 cannot"),
         (["--nhop", "300"], "--nfft 256 and --nhop 300: an STFT hop of 300"),
         (["--target", "../escape"], "--target has an unsafe target name '../escape'"),
+        (["--target", "xumx"], "--target has the target name 'xumx', which a model directory"),
+        (["--target", "separator"], "keeps for its settings (separator.json): give the target"),
         (["--seq-dur", "1e12"], "--seq-dur must be at most 86400 seconds"),
         (["--target-file", "{task}/train/track0/vocals.wav"], "--target-file takes the name of"),
         (["--interferer-files", "vocals.wav"], "vocals.wav is also the --target-file"),

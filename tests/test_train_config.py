@@ -47,6 +47,26 @@ def test_the_dataset_fills_in_its_own_defaults():
         ({"root": "d", "nb_workers": 10**24}, "--nb-workers must be at most [0-9]+, 4 per core"),
         ({"root": "d", "nfft": 10**24}, "n_fft must be from 2 to 65536"),
         ({"root": "d", "target": "../up"}, "--target"),
+        ({"root": "d", "target": "xumx"}, "--target has the target name 'xumx', which a model "),
+        ({"root": "d", "target": "Separator"}, "keeps for its settings \\(separator.json\\)"),
+        (
+            {"root": "d", "dataset": "aligned", "input_file": "n.wav", "output_file": "xumx.wav"},
+            "--output-file xumx.wav has the target name 'xumx'.*: give the target another name "
+            "with --target",
+        ),
+        (
+            {"root": "d", "dataset": "aligned", "input_file": "n.wav", "output_file": "a.b.wav"},
+            "--output-file a.b.wav has a target name with a dot",
+        ),
+        (
+            {
+                "root": "d",
+                "dataset": "sourcefolder",
+                "target_dir": "separator",
+                "interferer_dirs": ["noise"],
+            },
+            "--target-dir separator has the target name 'separator'",
+        ),
         ({"root": "d", "is_wav": "yes"}, "--is-wav cannot be 'yes'"),
     ],
 )

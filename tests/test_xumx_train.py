@@ -6,6 +6,7 @@ the tests check that a short run learns to separate all three, writes asteroid's
 """
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ import torch
 
 from umx.data.datasets import FixedSourcesTrackFolderDataset, SourcesDataset
 from umx.model import CrossUnmix
-from umx.train import main
+from umx.train import Distributed, main
 from umx.train.progress import resume_hint
+from umx.train.xumx import XumxTrainer
 from umx.xumx_checkpoints import load_xumx, save_xumx
 from umx.zoo import load_separator
 
@@ -140,6 +142,22 @@ def test_an_xumx_model_to_fine_tune_is_refused_before_training(task, tmp_path, c
         "target; give an Open-Unmix model, or train X-UMX anew with --architecture xumx"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_sources_may_have_the_names_an_open_unmix_target_cannot(task, tmp_path):
+    """X-UMX's sources are inside xumx.pth: `xumx` and `separator` name no file of its folder."""
+    for track in task.glob("*/*"):
+        folder = tmp_path / track.relative_to(task)
+        shutil.copytree(track, folder)
+        (folder / "vocals.wav").rename(folder / "separator.wav")
+        (folder / "clicks.wav").rename(folder / "xumx.wav")
+    given = {
+        "architecture": "xumx", "dataset": "trackfolder_fix", "root": tmp_path,
+        "target_file": "separator.wav", "interferer_files": ["noise.wav", "xumx.wav"],
+        "nfft": 256, "nhop": 64, "hidden_size": 16, "output": tmp_path / "out", "debug": True,
+    }  # fmt: skip
+    trainer = XumxTrainer(given, Distributed(), torch.device("cpu"))
+    assert trainer.names == ["separator", "noise", "xumx"]
 
 
 def test_datasets_without_fixed_sources_are_refused(task, tmp_path, caplog):

@@ -713,6 +713,16 @@ def test_save_refuses_an_unsafe_target_name(tmp_path):
     assert not (tmp_path / "evil.pth").exists() and not (tmp_path / "evil.json").exists()
 
 
+@pytest.mark.parametrize("target", ["xumx", "separator"])
+def test_save_refuses_a_target_named_as_a_model_directorys_own_file(tmp_path, target):
+    """`xumx.pth` makes a folder an X-UMX model; `separator.json` is the folder's settings."""
+    with pytest.raises(UmxError, match=f"the model to save has the target name '{target}'"):
+        save_target_model(
+            random_model(), tmp_path / "m", target, sample_rate=RATE, n_fft=N_FFT, n_hop=N_HOP
+        )
+    assert not (tmp_path / "m").exists()
+
+
 def test_model_name_says_what_was_loaded(saved):
     _, directory = saved
     assert load_separator(directory).model_name == str(directory)

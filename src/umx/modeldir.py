@@ -50,6 +50,10 @@ MAX_MODEL_SIZE = 1 << 16  # hidden_size, nb_layers, max_bin in a target json
 # Characters a target name must not hold: path separators and control characters.
 _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
+RESERVED_TARGETS = {"xumx": "X-UMX model (xumx.pth)", "separator": f"settings ({SEPARATOR_JSON})"}
+"""Names an Open-Unmix target cannot have, in any case: a model directory's other files (a
+folder holding `xumx.pth` is loaded as X-UMX; `separator.json` is no target's json)."""
+
 
 # --- one target model -----------------------------------------------------------------------------
 
@@ -80,9 +84,10 @@ def save_target_model(
         the path of the weights file.
 
     Raises:
-        UmxError: `target` is not a safe file-name stem (see `check_target_name`).
+        UmxError: `target` cannot be an Open-Unmix target's name (see
+            `check_open_unmix_target`).
     """
-    check_model_target(target, "the model to save")
+    check_open_unmix_target(target, "the model to save", "save it under another target name")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     own = target_args(model, sample_rate=sample_rate, n_fft=n_fft, n_hop=n_hop)
@@ -189,6 +194,31 @@ def check_model_target(name: object, source: str) -> str:
         raise UmxError(
             f"{source} has a target name with a dot, {short.repr(name)}: a model's target "
             "names cannot hold one; rename the target (e.g. its files) without dots"
+        )
+    return name
+
+
+def check_open_unmix_target(name: object, source: str, remedy: str) -> str:
+    """Refuse a name that cannot be an Open-Unmix target's in a model directory: one that
+    `check_model_target` refuses, or one of `RESERVED_TARGETS`, whose files would be taken for
+    the directory's own.
+
+    Args:
+        name: the name, from untrusted input.
+        source: where it comes from, for the message, e.g. an option.
+        remedy: what to do instead, for the message.
+
+    Returns:
+        the name.
+
+    Raises:
+        UmxError: naming `source`, why and `remedy`.
+    """
+    reserved = RESERVED_TARGETS.get(check_model_target(name, source).lower())
+    if reserved is not None:
+        raise UmxError(
+            f"{source} has the target name {short.repr(name)}, which a model directory keeps for "
+            f"its {reserved}: {remedy}"
         )
     return name
 
@@ -462,13 +492,16 @@ def save_separator(
 
     Raises:
         UmxError: the directory already holds a model and `force` is not set, or is a file, or
-            the separator is an X-UMX one (see `umx.xumx_checkpoints.save_xumx`).
+            the separator is an X-UMX one (see `umx.xumx_checkpoints.save_xumx`), or has a
+            target name that a model directory cannot hold (`check_open_unmix_target`).
     """
     if any(isinstance(model, CrossUnmixTarget) for model in separator.target_models.values()):
         raise UmxError(
             "an X-UMX separator is one network, not a model per target: save it with "
             "umx.xumx_checkpoints.save_xumx"
         )
+    for target in separator.target_models:  # before anything is written
+        check_open_unmix_target(target, "the separator to save", "rename the target")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UmxError(f"cannot save the model into {directory}: it is a file")

@@ -40,7 +40,7 @@ from umx.distill.teacher import (
 from umx.errors import UmxError
 from umx.files import write_json_atomic
 from umx.messages import plural
-from umx.modeldir import check_model_target
+from umx.modeldir import check_open_unmix_target
 
 if TYPE_CHECKING:
     import torch
@@ -170,7 +170,9 @@ def _stem_files(folder: Path) -> dict[str, Path]:
             continue
         if path.stem.lower() == Path(MIXTURE_FILE).stem:
             continue
-        name = check_model_target(path.stem, f"the stem {display_path(path)}")
+        name = check_open_unmix_target(
+            path.stem, f"the stem {display_path(path)}", "rename the stem's file"
+        )
         if name in stems:
             raise UmxError(
                 f"{display_path(folder)} holds two stems named {name} ({stems[name].name} and "

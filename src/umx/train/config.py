@@ -359,7 +359,7 @@ def check_options(config: TrainConfig) -> None:
         UmxError: one sentence naming the first bad option.
     """
     from umx.devices import WORKERS_PER_CORE, check_cores
-    from umx.modeldir import check_model_target
+    from umx.modeldir import check_model_target, check_open_unmix_target
     from umx.transforms import check_stft
 
     def flag(key: str) -> str:
@@ -408,4 +408,19 @@ def check_options(config: TrainConfig) -> None:
         check_stft(config.nfft, config.nhop)
     except UmxError as error:
         raise UmxError(f"--nfft {config.nfft} and --nhop {config.nhop}: {error}") from None
-    check_model_target(config.target, "--target")
+    if config.architecture == XUMX_NAME:  # its files are named xumx.* (see `_check_xumx`)
+        check_model_target(config.target, "--target")
+    else:
+        remedy = "give the target another name with --target"
+        check_open_unmix_target(config.target, _target_source(config), remedy)
+
+
+def _target_source(config: TrainConfig) -> str:
+    """The option that named the target, for messages: `--target`, or the dataset's file or
+    folder whose name it defaults to (`TrainConfig._default_target`)."""
+    if config.dataset == "musdb" or config.target != config._default_target():
+        return "--target"
+    key = {"aligned": "output_file", "sourcefolder": "target_dir"}.get(
+        config.dataset, "target_file"
+    )
+    return f"--{key.replace('_', '-')} {getattr(config, key)}"

@@ -35,17 +35,22 @@ logger = logging.getLogger("umx.train")  # the command's name, not this module's
 STD_FLOOR = 1e-4  # the input scale is at least this fraction of the largest one
 
 
-def make_datasets(config: TrainConfig) -> tuple[UnmixDataset, UnmixDataset]:
-    """The training and validation datasets of a run's options (a `TrainConfig`)."""
+def make_datasets(
+    config: TrainConfig, target: str | None = None
+) -> tuple[UnmixDataset, UnmixDataset]:
+    """The training and validation datasets of a run's options (a `TrainConfig`); `target` is
+    the musdb source they yield as the target (default: the run's target), for an X-UMX run,
+    which trains every source."""
     if config.dataset in ("trackfolder_fix", "trackfolder_var"):
         return _track_folder_datasets(config)
     augment, common, train_only, valid_only = _dataset_arguments(config)
     if config.dataset == "musdb":
         files = {"is_wav": config.is_wav, "valid_tracks": config.valid_tracks}
+        target = target or config.target
         return (
             MUSDBDataset(
                 config.root,
-                config.target,
+                target,
                 split="train",
                 augment=augment,
                 random_track_mix=config.random_track_mix,
@@ -53,9 +58,7 @@ def make_datasets(config: TrainConfig) -> tuple[UnmixDataset, UnmixDataset]:
                 **common,
                 **train_only,
             ),
-            MUSDBDataset(
-                config.root, config.target, split="valid", **files, **common, **valid_only
-            ),
+            MUSDBDataset(config.root, target, split="valid", **files, **common, **valid_only),
         )
     if config.dataset == "aligned":
         files = {"input_file": config.input_file, "output_file": config.output_file}

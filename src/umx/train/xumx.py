@@ -17,7 +17,6 @@ stems of `--target-file` and `--interferer-files`.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +95,8 @@ class XumxTrainer(Trainer):
     def _make_datasets(self) -> tuple[SourcesDataset, SourcesDataset]:
         config = self.config
         self.names = source_names(config)
-        # The track datasets draw every source; their target is the first one (the options of
-        # an Open-Unmix run of that target).
-        tracks = replace(config, architecture="umx", target=self.names[0])
-        train_set, valid_set = make_datasets(tracks)
+        # The track datasets draw every source; their target is the first one.
+        train_set, valid_set = make_datasets(config, self.names[0])
         return SourcesDataset(train_set, self.names), SourcesDataset(valid_set, self.names)
 
     def _build(self, state: dict[str, Any]) -> CrossUnmix:
