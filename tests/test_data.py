@@ -418,16 +418,19 @@ def test_musdb_wav_folders_train_on_source_sums_and_validate_on_mixtures(tmp_pat
     torch.testing.assert_close(mixture, torch.from_numpy(sum(ramp(2 + 10 * k) for k in range(4))))
 
 
+MUSDB_SETUP = {
+    "sources": {source: f"{source}.wav" for source in ("vocals", "drums", "bass", "other")},
+    "mixture": "mixture.wav",
+    "stem_ids": {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4},
+    "targets": {"vocals": {"vocals": 1}},
+}
+"""A musdb set-up file, less its `validation_tracks`."""
+
+
 @needs_ffprobe
 def test_musdb_takes_the_validation_tracks_of_the_datasets_own_setup(tmp_path):
     musdb_folder(tmp_path, ["a", "b", "c"])
-    setup = {
-        "sources": {source: f"{source}.wav" for source in ("vocals", "drums", "bass", "other")},
-        "mixture": "mixture.wav",
-        "stem_ids": {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4},
-        "targets": {"vocals": {"vocals": 1}},
-        "validation_tracks": ["a"],
-    }
+    setup = {**MUSDB_SETUP, "validation_tracks": ["a"]}
     (tmp_path / "setup.yaml").write_text(json.dumps(setup))  # JSON is YAML
     options = {"is_wav": True, "nb_channels": 2}
     valid = MUSDBDataset(tmp_path, split="valid", seq_duration=None, **options)
@@ -447,6 +450,26 @@ def test_musdb_reports_a_missing_source_file(tmp_path):
     with pytest.raises(UmxError, match="does not exist") as error:
         MUSDBDataset(tmp_path, split="train", is_wav=True, seq_duration=SEQ, nb_channels=2)
     assert str(tmp_path / "train" / "a" / "bass.wav") in str(error.value)
+
+
+@needs_ffprobe
+@pytest.mark.parametrize(
+    ("empty", "said"),
+    [
+        (lambda path: write(path, np.zeros((2, 0), np.float32)), "contains no audio"),
+        (lambda path: path.write_bytes(b""), "is not decodable audio (the file is empty)"),
+    ],
+)
+@pytest.mark.parametrize("setup", [False, True])
+def test_musdb_names_an_empty_mixture_file(tmp_path, empty, said, setup):
+    """ffprobe gives an empty mixture.wav no length, which was blamed on the set-up file."""
+    musdb_folder(tmp_path, ["a", "b"])
+    if setup:
+        (tmp_path / "setup.yaml").write_text(json.dumps({**MUSDB_SETUP, "validation_tracks": []}))
+    empty(tmp_path / "train" / "b" / "mixture.wav")
+    with pytest.raises(UmxError) as error:
+        MUSDBDataset(tmp_path, split="train", is_wav=True, seq_duration=SEQ, nb_channels=2)
+    assert str(error.value) == f"{tmp_path / 'train' / 'b' / 'mixture.wav'} {said}"
 
 
 @needs_ffprobe

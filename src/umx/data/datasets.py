@@ -31,6 +31,7 @@ from umx.errors import UmxError
 
 MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
 
+MUSDB_MIXTURE = "mixture.wav"  # a MUSDB18-HQ track's mixture file
 MUSDB_SETUP = "setup.yaml"  # a dataset's own musdb set-up file, e.g. written by `umx synth`
 VALID_FRACTION = 0.1  # of the train tracks held out when a folder has no official MUSDB18 split
 MAX_CHANNELS = 2

@@ -11,6 +11,7 @@ from typing import Any
 from umx.audio import display_path
 from umx.data.augment import Augmentation
 from umx.data.datasets import (
+    MUSDB_MIXTURE,
     MUSDB_SETUP,
     MUSDB_SOURCES,
     VALID_FRACTION,
@@ -73,6 +74,24 @@ def _unreadable_stem_file(directory: Path) -> UmxError:
     return UmxError(f"a stem file of {display_path(directory)} cannot be read by ffprobe")
 
 
+def _unreadable_folder(directory: Path, is_wav: bool, error: Exception) -> UmxError:
+    """The error of a train folder that musdb could not read: a MUSDB18-HQ mixture file that
+    is empty or not audio (which ffprobe gives no length of), a stem file that ffprobe cannot
+    read, or else a bad set-up file (`error` is what musdb raised)."""
+    import ffmpeg
+
+    if is_wav:
+        for path in sorted(directory.glob(f"*/{MUSDB_MIXTURE}")):
+            try:
+                AudioInfo.read(path)
+            except UmxError as refused:
+                return refused
+    if isinstance(error, ffmpeg.Error):
+        return _unreadable_stem_file(directory)
+    setup = directory.parent / MUSDB_SETUP
+    return UmxError(f"{display_path(setup)} is not a valid musdb set-up file ({error})")
+
+
 class MUSDBDataset(TrackDataset):
     """`musdb`: MUSDB18 (stem `.mp4` files) or MUSDB18-HQ (`is_wav`) through the `musdb` package.
 
@@ -126,20 +145,15 @@ class MUSDBDataset(TrackDataset):
             else "MUSDB18 holds <root>/train/<track>.stem.mp4 (use --is-wav for wav folders)"
         )
         directory = split_dir(root, "train", layout)
-        setup = directory.parent / MUSDB_SETUP
         try:
             db = musdb.DB(
                 root=str(directory.parent),
                 is_wav=is_wav,
                 subsets="train",
-                setup_file=MUSDB_SETUP if setup.is_file() else None,
+                setup_file=MUSDB_SETUP if (directory.parent / MUSDB_SETUP).is_file() else None,
             )
-        except ffmpeg.Error:
-            raise _unreadable_stem_file(directory) from None
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
-            raise UmxError(
-                f"{display_path(setup)} is not a valid musdb set-up file ({error})"
-            ) from None
+        except (ffmpeg.Error, OSError, KeyError, TypeError, yaml.YAMLError) as error:
+            raise _unreadable_folder(directory, is_wav, error) from None
         if not db.tracks:
             hint = NO_STEMS if holds_songs(directory) else ""
             raise UmxError(f"{display_path(directory)} holds no MUSDB18 tracks: {layout}{hint}")
