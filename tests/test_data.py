@@ -472,6 +472,23 @@ def test_musdb_names_an_empty_mixture_file(tmp_path, empty, said, setup):
     assert str(error.value) == f"{tmp_path / 'train' / 'b' / 'mixture.wav'} {said}"
 
 
+@pytest.mark.parametrize(
+    ("folder", "said"),
+    [
+        ("bass.wav", "is a directory, not a file: MUSDB18-HQ holds <root>/train/<track>/"),
+        ("extra", "is a folder inside a track folder, which musdb would take for a track"),
+    ],
+)
+def test_musdb_refuses_a_folder_inside_a_track_folder(tmp_path, folder, said):
+    """musdb walks every folder below train/: `a/bass.wav/` was a missing bass.wav/vocals.wav."""
+    musdb_folder(tmp_path, ["a", "b"])
+    (tmp_path / "train" / "a" / folder).unlink(missing_ok=True)
+    (tmp_path / "train" / "a" / folder).mkdir()
+    with pytest.raises(UmxError) as error:
+        MUSDBDataset(tmp_path, split="train", is_wav=True, seq_duration=SEQ, nb_channels=2)
+    assert str(error.value).startswith(f"{tmp_path / 'train' / 'a' / folder} {said}")
+
+
 @needs_ffprobe
 def test_musdb_names_an_empty_or_damaged_stem_file(tmp_path):
     (tmp_path / "train").mkdir()

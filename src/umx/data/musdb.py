@@ -74,6 +74,25 @@ def _unreadable_stem_file(directory: Path) -> UmxError:
     return UmxError(f"a stem file of {display_path(directory)} cannot be read by ffprobe")
 
 
+def _check_track_folders(directory: Path, layout: str) -> None:
+    """Refuse a folder inside a MUSDB18-HQ track folder of `directory`: musdb walks every
+    folder below it and takes each for a track of its own (`<track>/bass.wav/` was said to be a
+    missing `bass.wav/vocals.wav`).
+
+    Raises:
+        UmxError: naming the first such folder.
+    """
+    files = {MUSDB_MIXTURE, *(f"{source}.wav" for source in MUSDB_SOURCES)}
+    for track in sorted(path for path in directory.iterdir() if path.is_dir()):
+        for inner in sorted(path for path in track.iterdir() if path.is_dir()):
+            if inner.name in files:
+                raise UmxError(f"{display_path(inner)} is a directory, not a file: {layout}")
+            raise UmxError(
+                f"{display_path(inner)} is a folder inside a track folder, which musdb would take "
+                f"for a track: move it out ({layout})"
+            )
+
+
 def _unreadable_folder(directory: Path, is_wav: bool, error: Exception) -> UmxError:
     """The error of a train folder that musdb could not read: a MUSDB18-HQ mixture file that
     is empty or not audio (which ffprobe gives no length of), a stem file that ffprobe cannot
@@ -145,6 +164,8 @@ class MUSDBDataset(TrackDataset):
             else "MUSDB18 holds <root>/train/<track>.stem.mp4 (use --is-wav for wav folders)"
         )
         directory = split_dir(root, "train", layout)
+        if is_wav:
+            _check_track_folders(directory, layout)
         try:
             db = musdb.DB(
                 root=str(directory.parent),
