@@ -300,6 +300,11 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
         (["--seed", "-1"], "--seed must be from 0 to 4294967295, not -1"),
         (["--nb-workers", "-1"], "--nb-workers must be at least 0, not -1"),
         (["--samples-per-track", "0"], "--samples-per-track must be at least 1, not 0"),
+        (
+            ["--samples-per-track", "2147483647"],
+            "--samples-per-track 2147483647 with 8 training tracks makes 17179869176 excerpts "
+            "per epoch, more than 2147483647: give at most 268435455",
+        ),
         (["--bandwidth", "nan"], "--bandwidth must be a finite number, not nan"),
         (["--bandwidth", "0"], "--bandwidth must be positive, not 0.0"),
         (["--nfft", "0"], "--nfft must be at least 1, not 0"),

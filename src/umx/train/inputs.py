@@ -27,7 +27,7 @@ from umx.data.datasets import (
 from umx.data.musdb import MUSDBDataset
 from umx.data.sources import SourceFolderDataset
 from umx.errors import UmxError
-from umx.train.config import TrainConfig
+from umx.train.config import MAX_COUNT, TrainConfig
 from umx.train.distributed import Distributed
 from umx.transforms import Spectrogram
 
@@ -89,6 +89,25 @@ def make_datasets(
             **files,
             **common,
         ),
+    )
+
+
+def check_epoch(dataset: UnmixDataset | SourcesDataset, samples_per_track: int) -> None:
+    """Refuse a training epoch of more than `MAX_COUNT` excerpts: `--samples-per-track` times
+    the tracks, each within its own limit, overflowed what torch's sampler shuffles (which was
+    then reported as memory running out).
+
+    Raises:
+        UmxError: naming --samples-per-track and the most it can be for these tracks.
+    """
+    nb_items = len(dataset)
+    if nb_items <= MAX_COUNT:
+        return
+    nb_tracks = len(dataset.eval_view())
+    raise UmxError(
+        f"--samples-per-track {samples_per_track} with {nb_tracks} training tracks makes "
+        f"{nb_items} excerpts per epoch, more than {MAX_COUNT}: give at most "
+        f"{MAX_COUNT // nb_tracks}"
     )
 
 

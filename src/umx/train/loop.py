@@ -47,7 +47,7 @@ from umx.train.checkpoints import (
 from umx.train.config import ARCHITECTURE, DEFAULTS, is_xumx_run, resolve_options
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.epochs import train_epoch, validate
-from umx.train.inputs import cap_excerpts, compute_statistics, make_datasets
+from umx.train.inputs import cap_excerpts, check_epoch, compute_statistics, make_datasets
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
 from umx.transforms import Spectrogram, bandwidth_to_max_bin
@@ -180,6 +180,7 @@ class Trainer:
         self.output = Path(config.output)
         self.target = config.target
         self.train_set, self.valid_set = self._make_datasets()
+        check_epoch(self.train_set, config.samples_per_track)
         self.sample_rate = self.train_set.sample_rate
         if self.valid_set.sample_rate != self.sample_rate:
             raise UmxError(
