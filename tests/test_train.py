@@ -431,6 +431,17 @@ def test_a_seq_dur_longer_than_every_track_is_cut_to_the_longest(task, tmp_path,
         (lambda c: c["model"]["bn1.running_var"].fill_(-1.0), "model.bn1.running_var"),
         (lambda c: c["optimizer"]["state"][0]["exp_avg_sq"].fill_(-1.0), "exp_avg_sq"),
         (lambda c: c.update(sample_rate="x"), "its sample rate is 'x'"),
+        # numbers beside the tensors: no epoch improves on a NaN best loss, an infinite
+        # learning rate trains to NaN, a decay factor above 1 raises the learning rate
+        (lambda c: c["early_stopping"].update(best=math.nan), "early_stopping.best is nan, not"),
+        (
+            lambda c: c["optimizer"]["param_groups"][0].update(lr=math.inf),
+            "its optimizer.param_groups.0.lr is inf, not a learning rate from 0 to 1",
+        ),
+        (lambda c: c["optimizer"]["param_groups"][0].pop("eps"), "param_groups.0.eps is missing"),
+        (lambda c: c["scheduler"].update(factor=5.0), "scheduler.factor is 5.0, not a factor"),
+        (lambda c: c["scheduler"].update(mode="max"), "its scheduler.mode is 'max', not 'min'"),
+        (lambda c: c["history"]["epoch_time"].__setitem__(0, -1.0), "epoch_time.0 is -1.0, not"),
     ],
 )
 def test_a_damaged_checkpoint_is_refused_before_training(trained, tmp_path, caplog, damage, said):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from umx.errors import UmxError
+from umx.errors import UmxError, short
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
-from umx.train.config import XUMX_NAME, TrainConfig
+from umx.train.config import MAX_ADAM, XUMX_NAME, TrainConfig
 from umx.weights import damaged_values
 
 CHECKPOINT_SUFFIX = ".chkpnt"
+_SCHEDULER_COUNTS = ("patience", "cooldown", "cooldown_counter", "num_bad_epochs", "last_epoch")
+_MISSING = object()  # an entry a checkpoint lacks
 
 
 @dataclass
@@ -85,7 +87,8 @@ def _read_checkpoint(directory: Path, target: str | None, device: torch.device) 
 
     Raises:
         UmxError: no such checkpoint, an unreadable one, one of another target, or one whose
-            sample rate or tensors are damaged (NaN, infinite, negative variances).
+            sample rate or tensors are damaged (NaN, infinite, negative variances), or a number
+            of whose state makes no sense (`STATE_NUMBERS`).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -144,11 +147,93 @@ def _read_checkpoint(directory: Path, target: str | None, device: torch.device) 
     )
     if damaged is not None:
         name, problem = damaged
+        problem = f"its {name[:80]} {problem.split(',')[0]}"
+    else:
+        problem = _senseless_number(checkpoint)
+    if problem is not None:
         raise UmxError(
-            f"{path} is a damaged checkpoint (its {name[:80]} {problem.split(',')[0]}): "
-            "resume a copy of it from before, or train again"
+            f"{path} is a damaged checkpoint ({problem}): resume a copy of it from before, or "
+            "train again"
         )
     return checkpoint
+
+
+def _real(value: object) -> bool:
+    """Whether `value` is a real number (NaN and infinities included), not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _loss(value: object) -> bool:
+    """A lowest loss so far: finite, or infinite before the first epoch (never NaN, which no
+    epoch improves on)."""
+    return _real(value) and (math.isfinite(value) or value == math.inf)
+
+
+def _at_most(maximum: float) -> Callable[[object], bool]:
+    return lambda value: _real(value) and 0 <= value <= maximum
+
+
+def _below_one(value: object) -> bool:
+    return _real(value) and 0 <= value < 1
+
+
+STATE_NUMBERS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("early_stopping.best", _loss, "a loss"),
+    ("early_stopping.num_bad_epochs", _count, "a count of epochs"),
+    ("history.best_epoch", _count, "an epoch"),
+    ("history.lr.*", _at_most(MAX_ADAM["lr"]), "a learning rate from 0 to 1"),
+    ("history.epoch_time.*", _at_most(math.inf), "a duration"),
+    ("optimizer.param_groups.*.lr", _at_most(MAX_ADAM["lr"]), "a learning rate from 0 to 1"),
+    ("optimizer.param_groups.*.weight_decay", _at_most(MAX_ADAM["weight_decay"]), "a decay"),
+    ("optimizer.param_groups.*.eps", lambda v: _below_one(v) and v > 0, "a small epsilon"),
+    ("optimizer.param_groups.*.betas.*", _below_one, "a beta from 0 to 1 (exclusive)"),
+    ("scheduler.factor", lambda v: _below_one(v) and v > 0, "a factor between 0 and 1"),
+    ("scheduler.min_lrs.*", _at_most(MAX_ADAM["lr"]), "a learning rate from 0 to 1"),
+    ("scheduler.best", _loss, "a loss"),
+    ("scheduler.threshold", _below_one, "a threshold below 1"),
+    ("scheduler.eps", _below_one, "a small epsilon"),
+    *((f"scheduler.{key}", _count, "a count of epochs") for key in _SCHEDULER_COUNTS),
+    ("scheduler.mode", lambda v: v == "min", "'min'"),
+    ("scheduler.threshold_mode", lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
+)
+"""The numbers (and modes) of a checkpoint's state beside its tensors, by dotted name (`*`:
+every item of a list), what each must satisfy and what it is: an edited one (a NaN best loss,
+which no epoch improves on, an infinite learning rate, a decay factor above 1) is refused."""
+
+
+def _senseless_number(checkpoint: dict[str, Any]) -> str | None:
+    """What is wrong with the first of `STATE_NUMBERS` in `checkpoint` that is missing or makes
+    no sense, e.g. `its scheduler.factor is 5.0, not a factor between 0 and 1`; None if none
+    is. A part of another type than the path says is left to `Trainer._restore`."""
+    for where, sensible, wanted in STATE_NUMBERS:
+        for name, value in _entries(checkpoint, where.split(".")):
+            if value is _MISSING:
+                return f"its {name} is missing"
+            if not sensible(value):
+                return f"its {name} is {short.repr(value)}, not {wanted}"
+    return None
+
+
+def _entries(value: Any, keys: list[str], name: str = "") -> Iterator[tuple[str, Any]]:
+    """The entries at the path `keys` in nested dicts, lists and tuples (`*`: every item),
+    with their dotted names; `_MISSING` for a key a dict lacks, nothing for a part of another
+    type."""
+    if not keys:
+        yield name, value
+        return
+    key, rest = keys[0], keys[1:]
+    if key == "*":
+        items = list(enumerate(value)) if isinstance(value, list | tuple) else []
+    elif isinstance(value, dict) and key not in value:
+        items, rest = [(key, _MISSING)], []
+    else:
+        items = [(key, value[key])] if isinstance(value, dict) else []
+    for inner, item in items:
+        yield from _entries(item, rest, f"{name}.{inner}" if name else str(inner))
 
 
 def _damaged_tensor(value: Any, name: str = "") -> tuple[str, str] | None:
