@@ -211,7 +211,7 @@ def test_onnxruntime_separates_each_target_of_a_network_as_torch(unidirectional)
 def test_cross_unmix_needs_distinct_targets():
     with pytest.raises(UmxError, match="two or more distinct targets"):
         CrossUnmix(["vocals", "vocals"], 257)
-    with pytest.raises(UmxError, match="target names cannot hold one"):
+    with pytest.raises(UmxError, match="non-empty and dot-free"):
         CrossUnmix(["lead.vocals", "rest"], 257)
 
 
