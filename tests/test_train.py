@@ -553,6 +553,26 @@ def test_a_run_killed_between_any_two_file_writes_resumes_as_its_message_says(
     assert info["epochs_trained"] == 2
 
 
+def test_options_given_when_resuming_hold_over_the_checkpoints(trained, tmp_path):
+    """--lr, --weight-decay, --lr-decay-gamma and --lr-decay-patience given with --checkpoint
+    are the resumed run's, as the other options are (the restored optimizer and scheduler had
+    kept the checkpoint's); without --lr the rate goes on from where the scheduler left it."""
+    for name, given in (("again", []), ("changed", ["--lr", "0.002", "--weight-decay", "0.001"])):
+        output = tmp_path / name
+        shutil.copytree(trained, output)
+        before = torch.load(output / "vocals.chkpnt", weights_only=True)
+        decay = ["--lr-decay-gamma", "0.5", "--lr-decay-patience", "50"]
+        assert main(["--checkpoint", str(output), "--epochs", "9", *decay, *given, "--quiet"]) == 0
+        after = torch.load(output / "vocals.chkpnt", weights_only=True)
+        assert after["epoch"] == 9
+        assert (after["scheduler"]["factor"], after["scheduler"]["patience"]) == (0.5, 50)
+        group, old = after["optimizer"]["param_groups"][0], before["optimizer"]["param_groups"][0]
+        if given:
+            assert (group["lr"], group["weight_decay"]) == (0.002, 0.001)
+        else:
+            assert (group["lr"], group["weight_decay"]) == (old["lr"], old["weight_decay"])
+
+
 def test_a_model_without_checkpoint_is_not_offered_for_resuming(two_epochs, tmp_path, caplog):
     options, whole = two_epochs
     output = tmp_path / "model"

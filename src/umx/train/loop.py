@@ -229,7 +229,7 @@ class Trainer:
         self.epoch = 0
         self.best_state = _cpu_state(self.model)
         if checkpoint is not None:
-            _checkpoint_part(config, lambda: self._restore(checkpoint))
+            _checkpoint_part(config, lambda: self._restore(checkpoint, lr_given="lr" in given))
         self.spectrogram = Spectrogram(config.nfft, config.nhop)
 
     def _make_datasets(self) -> tuple[Any, Any]:
@@ -320,8 +320,11 @@ class Trainer:
             parameter.requires_grad_(True)
         return model.train()
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
-        """Take the state of `checkpoint`.
+    def _restore(self, checkpoint: dict[str, Any], lr_given: bool) -> None:
+        """Take the state of `checkpoint`, with this run's options (the checkpoint's, and those
+        given now over them: see `resolve_options`) over its optimizer's, scheduler's and early
+        stopping's; the learning rate only where `lr_given` (--lr given now), as the scheduler
+        may have lowered it since.
 
         Raises:
             ValueError, KeyError, TypeError, RuntimeError: it does not fit this run.
@@ -348,7 +351,14 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.stopper = EarlyStopping(**checkpoint["early_stopping"])
-        self.stopper.patience = self.config.patience
+        config = self.config
+        self.stopper.patience = config.patience
+        self.scheduler.factor = config.lr_decay_gamma
+        self.scheduler.patience = config.lr_decay_patience
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = config.weight_decay
+            if lr_given:
+                group["lr"] = config.lr
         self.history = History(**checkpoint["history"])
         self.best_state = checkpoint["best_model"]
         self.epoch = checkpoint["epoch"]
