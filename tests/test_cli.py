@@ -1016,3 +1016,22 @@ def test_no_input_points_to_the_commands_help(tmp_path, monkeypatch, capsys):
             "(see umx separate --help)"
         ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_while_the_command_imports_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the tenth of a second the command line takes to import ends the command as
+    Ctrl-C does later: one line, status 130 (it was a traceback from inside an import)."""
+    import builtins
+
+    from umx import command
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "umx.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert command.main() == 130
+    assert capsys.readouterr().err == "umx: interrupted\n"
