@@ -15,7 +15,6 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -135,6 +134,8 @@ def sigint_held_for_children() -> Iterator[None]:
 
     multiprocessing's resource tracker is started first: starting it unblocks SIGINT (and the
     `spawn` start method starts it with the first process)."""
+    from multiprocessing import resource_tracker  # not for every command's start-up
+
     resource_tracker.ensure_running()
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
