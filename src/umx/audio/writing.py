@@ -318,7 +318,7 @@ class AudioWriter:
         try:
             for leftover in leftover_temporaries(self.path):  # of writers killed outright
                 leftover.unlink(missing_ok=True)
-            with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
+            with self._io_errors():
                 self._open()
         except BaseException:
             self._discard()
@@ -374,7 +374,7 @@ class AudioWriter:
                 f"cannot write {display_path(self.path)}: the audio holds NaN or infinite samples"
             )
         self._peak = max(self._peak, float(np.abs(frames).max(initial=0.0)))
-        with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
+        with self._io_errors():
             if self._staging is not None:
                 self._staging.write(frames)
             elif self.clip == "clamp":
@@ -385,7 +385,7 @@ class AudioWriter:
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             if exc_type is None and self.report is None:  # not finished with others already
-                with io_errors(f"cannot write {display_path(self.path)}", self.path.parent):
+                with self._io_errors():
                     self._finish()
         finally:
             if self.report is None:  # failed, here or in the with block
@@ -421,6 +421,11 @@ class AudioWriter:
         if 0 < self._peak < SILENCED_BELOW.get(self.subtype, 0.0):
             action = "silenced"
         self.report = WriteReport(self.path, self._peak, action, self._gain)
+
+    def _io_errors(self) -> contextlib.AbstractContextManager[None]:
+        """`io_errors` of this file: an operating-system or libsndfile error while writing it
+        becomes one line, "cannot write PATH: why"."""
+        return io_errors(f"cannot write {display_path(self.path)}", self.path.parent)
 
     @property
     def _gain(self) -> float:
@@ -471,13 +476,13 @@ def finish_together(writers: Iterable[AudioWriter]) -> None:
     """
     writers = list(writers)
     for writer in writers:
-        with io_errors(f"cannot write {display_path(writer.path)}", writer.path.parent):
+        with writer._io_errors():
             writer._complete()
     renamed: list[AudioWriter] = []
     with stops_deferred():
         try:
             for writer in writers:
-                with io_errors(f"cannot write {display_path(writer.path)}", writer.path.parent):
+                with writer._io_errors():
                     writer._commit()
                 renamed.append(writer)
         except BaseException:
