@@ -527,6 +527,14 @@ def test_every_track_may_have_the_same_few_targets(root, tracks, tmp_path):
     assert set(load_scores(tmp_path / "ev").df["target"]) == {"vocals"}
 
 
+def test_only_the_tracks_evaluated_say_which_targets_are_scored(root, tracks, tmp_path):
+    write_estimates(root, tmp_path / "est", targets=["vocals", "bass"])
+    shutil.copy(root / "test" / NAMES[1] / "drums.wav", tmp_path / "est" / "test" / NAMES[1])
+    method = EstimatesMethod(tmp_path / "est", (NAMES[0],))
+    assert evaluate(tracks[:1], method, tmp_path / "ev", progress=False).evaluated == [NAMES[0]]
+    assert set(load_scores(tmp_path / "ev").df["target"]) == {"vocals", "bass"}
+
+
 def test_resume_refuses_a_scored_track_without_an_estimate_other_tracks_have(
     root, tracks, tmp_path
 ):

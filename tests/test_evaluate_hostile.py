@@ -177,11 +177,18 @@ CASES = [
     ),
     (
         "estimate-missing-a-target",
-        [*ROOT, "--tracks", "Good", "--estimates", "partial-estimates", "--evaldir", "ev"],
+        [*ROOT, "--tracks", "Good", "Short", "--estimates", "partial-estimates", *MIX[2:]],
         1,
         "partial-estimates/test/Good/bass.wav is missing, but "
         "partial-estimates/test/Short/bass.wav exists: every track is scored on the same targets",
         [],
+    ),
+    (
+        "estimates-of-the-tracks-named",  # Short's bass estimate is not asked for Good
+        [*ROOT, "--tracks", "Good", "--estimates", "partial-estimates", *MIX[2:]],
+        0,
+        "",
+        GOOD_SCORES,
     ),
     (
         "estimate-not-wav",

@@ -214,17 +214,20 @@ class EstimatesMethod:
     """Estimates already on disk, in museval's layout `<directory>/<subset>/<track>/<target>.wav`
     (the layout `--outdir` writes), read as wav files.
 
-    Every track is scored on the same targets: the MUSDB18 targets estimated for any track in
-    `<directory>/<subset>/` (a file named after the target). A track lacking one of them fails,
+    Every track is scored on the same targets: the MUSDB18 targets estimated for any of the
+    tracks in `<directory>/<subset>/` (a file named after the target). A track lacking one fails,
     naming the missing file, rather than being scored as a smaller problem (fewer sources score
     higher, and the medians would mix both); so does a track whose estimate of a target is in
     another format (`vocals.flac`), which would otherwise go unread.
 
     Args:
         directory: the estimates folder.
+        tracks: the names of the tracks evaluated, whose folders say which targets are scored;
+            None: every folder of the subset.
     """
 
     directory: Path
+    tracks: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -246,7 +249,7 @@ class EstimatesMethod:
 
     def _paths(self, track: musdb.MultiTrack) -> tuple[Path, list[Path]]:
         """A track's folder of estimates, and its wav file of each target estimated for any
-        track of its subset, in `TARGETS` order.
+        of the tracks of its subset, in `TARGETS` order.
 
         Raises:
             UmxError: the folder holds no estimates, or lacks one of those targets or holds it
@@ -257,7 +260,8 @@ class EstimatesMethod:
         if not files:
             raise UmxError(f"{folder} holds no estimates ({', '.join(TARGETS)} .wav)")
         paths = []
-        for target, elsewhere in _estimated_targets(Path(self.directory) / track.subset).items():
+        subset = Path(self.directory) / track.subset
+        for target, elsewhere in _estimated_targets(subset, self.tracks).items():
             wav = folder / f"{target}.wav"
             if target not in files:
                 raise UmxError(
@@ -317,11 +321,12 @@ def _estimate_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _estimated_targets(subset: Path) -> dict[str, Path]:
-    """The targets estimated for any track in a subset's folder of estimates, in `TARGETS`
-    order: target → the first such track's file of it."""
+def _estimated_targets(subset: Path, tracks: Sequence[str] | None) -> dict[str, Path]:
+    """The targets estimated for any of these tracks (None: any) in a subset's folder of
+    estimates, in `TARGETS` order: target → the first such track's file of it."""
+    folders = subset.iterdir() if tracks is None else (subset / name for name in tracks)
     first: dict[str, Path] = {}
-    for folder in sorted(path for path in subset.iterdir() if path.is_dir()):
+    for folder in sorted(path for path in folders if path.is_dir()):
         for target, path in _estimate_files(folder).items():
             first.setdefault(target, path)
     return {target: first[target] for target in TARGETS if target in first}

@@ -159,7 +159,7 @@ def run_evaluation(options: EvaluateOptions, *, progress: bool = True) -> Evalua
         )
         summary = evaluate(
             tracks,
-            _method(options, progress),
+            _method(options, [track.name for track in tracks], progress),
             options.evaldir,
             win=options.win,
             hop=options.hop,
@@ -205,15 +205,15 @@ def _log_summary(summary: Summary, nb_tracks: int, evaldir: Path) -> None:
         )
 
 
-def _method(options: EvaluateOptions, progress: bool) -> Method:
-    """The method to evaluate: estimates on disk, a baseline, or a model."""
+def _method(options: EvaluateOptions, names: Sequence[str], progress: bool) -> Method:
+    """The method to evaluate the tracks named: estimates on disk, a baseline, or a model."""
     from umx.api import separator_for
     from umx.evaluate.methods import BaselineMethod, EstimatesMethod, ModelMethod
 
     if options.estimates is not None:
         if not options.estimates.is_dir():
             raise UmxError(f"{options.estimates} is not a directory of estimates")
-        return EstimatesMethod(options.estimates)
+        return EstimatesMethod(options.estimates, tuple(names))
     if options.method is not None:
         return BaselineMethod(options.method, options.aggregate)
     separation = options.separation
