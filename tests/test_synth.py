@@ -354,6 +354,25 @@ def test_plan_tracks_skips_bad_midi_with_a_warning(tmp_path, caplog):
         plan_tracks(songs[:2], fonts, seed=0, test_fraction=0, valid_fraction=0)
 
 
+def test_a_song_lacking_tracks_its_header_declares_is_named_in_a_warning(tmp_path, caplog):
+    """Cut between two tracks, a file reads as a song without the parts that were cut."""
+    data = encode_midi(gm_song())
+    assert parse_midi(data).missing_tracks == 0
+    cut = tmp_path / "cut.mid"
+    cut.write_bytes(data[:8] + struct.pack(">HH", 1, 3) + data[12:])  # 3 tracks, 1 held
+    assert parse_midi(cut.read_bytes()).missing_tracks == 2
+    fonts = {split: [SOUNDFONT] for split in ("train", "valid")} | {"test": []}
+    with caplog.at_level(logging.WARNING, logger="umx.synth.plan"):
+        plans = plan_tracks(
+            [SongRef("cut", path=str(cut))], fonts, seed=0, duration=3, test_fraction=0,
+            valid_fraction=0,
+        )  # fmt: skip
+    assert [plan.name for plan in plans] == ["cut-00"]
+    assert caplog.messages == [
+        f"{cut} lacks 2 of the tracks its header declares (cut short?); using those it holds"
+    ]
+
+
 def test_a_song_of_more_than_an_hour_is_skipped_before_its_analysis_takes_memory(tmp_path, caplog):
     """A MIDI file of a few bytes can declare a song of years (62 bytes once took 23 GB)."""
     slow = gm_song()

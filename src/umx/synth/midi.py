@@ -74,11 +74,14 @@ class Song:
         ticks_per_beat: the time division: ticks per quarter note.
         events: events sorted by tick; ties keep the order of the file.
         end_tick: the end of the song (its last end-of-track), at least the last event's tick.
+        missing_tracks: tracks its header declares that its file does not hold (the file was
+            cut between two tracks, or its header miscounts them, as some real files do).
     """
 
     ticks_per_beat: int
     events: list[Event] = field(default_factory=list)
     end_tick: int = 0
+    missing_tracks: int = 0
 
 
 def note(tick: int, channel: int, key: int, velocity: int, length: int) -> tuple[Event, Event]:
@@ -144,7 +147,7 @@ def parse_midi(data: bytes) -> Song:
     if not tracks:
         raise ValueError("no tracks")
     events = sorted((event for track in tracks for event in track), key=lambda e: e.tick)
-    return Song(division, events, end_tick)
+    return Song(division, events, end_tick, nb_tracks - len(tracks))
 
 
 def _read_track(chunk: bytes, declared: int, number: int) -> tuple[list[Event], int]:

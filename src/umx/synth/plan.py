@@ -359,6 +359,12 @@ def plan_song(
     except UmxError as error:
         logger.warning("%s; skipping it", error)
         return []
+    if events.missing_tracks:
+        logger.warning(
+            "%s lacks %d of the tracks its header declares (cut short?); using those it holds",
+            label,
+            events.missing_tracks,
+        )
     try:
         analysis = analyse(events)
     except UmxError as error:
