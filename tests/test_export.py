@@ -5,9 +5,11 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +454,30 @@ def test_the_cache_key_changes_with_the_code_that_builds_the_graphs(tmp_path, mo
     assert len(exported) == 1 and graph.path == after and graph.read() == data
     monkeypatch.undo()  # the code as it was: its graph is served again, from the cache
     assert cache.path(model, streaming=False, quantize=None) == before
+
+
+def test_graphs_unused_for_a_month_are_removed_when_another_is_cached(tmp_path, monkeypatch):
+    """Keys change with umx's code and the torch and onnxruntime versions: without pruning,
+    each upgrade would leave its graphs in the cache for good."""
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))
+    cache = umx.onnx.runtime.GraphCache()
+    old, used, new = (OpenUnmix(257, 2, 16, max_bin=200 + i).freeze() for i in range(3))
+    stale, kept = (cache.graph(model)[0].path for model in (old, used))
+    orphan = cache.folder / f"{'0' * 64}.onnx.sha256"  # a record whose graph was never written
+    orphan.write_text("left by an interrupted write\n")
+    foreign = cache.folder / "notes.txt"
+    foreign.write_text("not the cache's")
+    month_ago = time.time() - (umx.onnx.runtime.UNUSED_DAYS + 1) * 86400
+    for path in cache.folder.iterdir():
+        os.utime(path, (month_ago, month_ago))
+    assert cache.graph(used)[0].path == kept  # used: marked so, not exported again
+    assert cache.graph(old)[0].path == stale  # a graph read prunes nothing
+    os.utime(stale, (month_ago, month_ago))
+    added = cache.graph(new)[0].path
+    names = {path.name for path in cache.folder.iterdir()}
+    assert names == {
+        name for path in (kept, added) for name in (path.name, f"{path.name}.sha256")
+    } | {"notes.txt"}
 
 
 def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monkeypatch, mixture):

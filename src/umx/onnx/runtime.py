@@ -9,11 +9,15 @@ onnxruntime (the extra `umx[onnx]`) is imported only when used (`require_onnx`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import inspect
 import logging
+import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,11 @@ from umx.errors import UmxError, short
 from umx.model import LSTMState, OpenUnmix
 from umx.onnx.export import GRAPH_SUFFIX, INPUT, OPSET, STATE_INPUTS, model_graph, quantize_graph
 from umx.onnx.graphs import (
+    RECORD_SUFFIX,
     DamagedGraph,
     GraphFile,
     graph_bytes,
+    record_path,
     recorded_graph,
     write_recorded,
 )
@@ -41,6 +47,12 @@ logger = logging.getLogger("umx")
 
 GRAPH_CACHE = "onnx-graphs"
 """The folder of the model cache (`umx.zoo.cache_dir`) that keeps the backend's graphs."""
+UNUSED_DAYS = 30
+"""A cached graph not used for this many days is removed when a new graph is cached
+(`GraphCache.prune`): keys change with umx's code and the torch and onnxruntime versions, so
+an upgrade leaves the earlier graphs unused (umxl's four take 0.4 GB)."""
+CACHED = re.compile(rf"^[0-9a-f]{{64}}{re.escape(GRAPH_SUFFIX)}({re.escape(RECORD_SUFFIX)})?$")
+"""The names of the cache's files: a graph, or its record."""
 GRAPH_CODE = ("umx.model", "umx.onnx.export")
 """The modules whose code builds the graphs (`OpenUnmix`, `model_graph`, `quantize_graph`):
 part of a cached graph's key (`code_digest`)."""
@@ -260,8 +272,9 @@ class GraphCache:
     builds it (`code_digest`) and the torch and onnxruntime versions. One that does not match
     its record (damaged, replaced, truncated, its record missing) is exported again, with one
     warning that names it. When the cache cannot be written (a file in its place, a read-only
-    disk) graphs are kept in memory, with one warning per `GraphCache`. Set `$UMX_CACHE` to
-    move the cache.
+    disk) graphs are kept in memory, with one warning per `GraphCache`. Each use of a graph
+    marks it used (its modification time); graphs unused for `UNUSED_DAYS` are removed when a
+    new one is cached. Set `$UMX_CACHE` to move the cache.
     """
 
     def __init__(self) -> None:
@@ -307,7 +320,10 @@ class GraphCache:
         try:
             cached = recorded_graph(path)
             if cached is not None:
-                return cached, cached.read()
+                graph = cached.read()
+                with contextlib.suppress(OSError):  # a read-only cache is still read
+                    os.utime(path)
+                return cached, graph
         except DamagedGraph as error:
             logger.warning("%s: rebuilt it", error)
         graph = model_graph(model, streaming=streaming)
@@ -315,7 +331,9 @@ class GraphCache:
             graph = quantize_graph(graph)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            return write_recorded(path, graph), graph
+            cached = write_recorded(path, graph)
+            self.prune()
+            return cached, graph
         except OSError as error:
             if not self.unwritable:
                 logger.warning(
@@ -326,6 +344,22 @@ class GraphCache:
                 )
             self.unwritable = True
             return graph, graph
+
+    def prune(self) -> None:
+        """Remove the graphs, and their records, not used for `UNUSED_DAYS` (a record without
+        its graph by its own time); files the cache did not name stay."""
+        cutoff = time.time() - UNUSED_DAYS * 86400
+        keys: set[str] = set()
+        with contextlib.suppress(OSError):
+            keys = {path.name[:64] for path in self.folder.iterdir() if CACHED.match(path.name)}
+        for key in keys:
+            graph = self.folder / f"{key}{GRAPH_SUFFIX}"
+            record = record_path(graph)
+            with contextlib.suppress(OSError):
+                used = os.lstat(graph if os.path.lexists(graph) else record).st_mtime
+                if used < cutoff:
+                    graph.unlink(missing_ok=True)
+                    record.unlink(missing_ok=True)
 
 
 def _numpy(x: Tensor) -> Any:
