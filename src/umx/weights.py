@@ -173,14 +173,12 @@ def read_torch_file(path: Path) -> Any:
     """
     if not path.is_file():
         raise UmxError(f"{path} does not exist")
+    # asteroid's checkpoints record `torch.__version__`, a `TorchVersion` (a `str`).
+    allowed = torch.serialization.safe_globals([torch.torch_version.TorchVersion])
     try:
-        # asteroid's checkpoints record `torch.__version__`, a `TorchVersion` (a `str`).
         # torch warns before refusing some files (a pickle of code: "Detected pickle protocol
         # 4..."): the refusal below says it in one line.
-        with (
-            torch.serialization.safe_globals([torch.torch_version.TorchVersion]),
-            warnings.catch_warnings(),
-        ):
+        with allowed, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     # torch.load fails on damaged files with any of UnpicklingError, RuntimeError, OSError,
