@@ -339,6 +339,19 @@ def test_one_song_is_refused_before_the_teachers_pass(songs, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # no teacher's stems, no work folder
 
 
+def test_without_the_train_extra_it_is_refused_before_the_teachers_pass(
+    songs, tmp_path, monkeypatch, capsys
+):
+    """It said so only after the teacher's pass, hours of separation with umxl."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert distill(songs[0], tmp_path / "student") == 1
+    assert messages(capsys) == [
+        "umx: error: umx train draws its loss curve with matplotlib, which is not installed: "
+        "pip install 'umx[train]'"
+    ]
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_read_only_output_is_refused_with_what_to_do(songs, tmp_path, monkeypatch, capsys):
     """It said "cannot create the job directory ro/st-work/teacher/.umx-job (Read-only file
     system)"."""

@@ -185,6 +185,17 @@ def test_umx_separate_uses_the_trained_directory(trained, tmp_path):
     assert sdr(target.T, vocals) > 6
 
 
+def test_without_the_train_extra_it_is_refused_naming_it(task, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with caplog.at_level(logging.ERROR):
+        assert main([*TASK, "--root", str(task), "--output", str(tmp_path / "out")]) == 1
+    assert caplog.messages == [
+        "error: umx train draws its loss curve with matplotlib, which is not installed: "
+        "pip install 'umx[train]'"
+    ]
+    assert not any(tmp_path.iterdir())
+
+
 def test_an_output_directory_of_another_run_is_refused_unless_forced(
     trained, task, tmp_path, caplog
 ):

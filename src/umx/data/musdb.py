@@ -150,7 +150,7 @@ class MUSDBDataset(TrackDataset):
             import yaml  # musdb reads its set-up files with it
         except ImportError:
             raise UmxError(
-                "the musdb dataset needs the musdb package: pip install umx[train]"
+                "the musdb dataset needs the musdb package: pip install 'umx[train]'"
             ) from None
         if target not in MUSDB_SOURCES:
             raise UmxError(

@@ -18,7 +18,7 @@ from umx.errors import UmxError, check_flags, check_number, check_path, display_
 from umx.files import check_folder_option, overlap
 from umx.messages import duration, plural
 from umx.onnx.options import is_export_folder
-from umx.train.config import ARCHITECTURE, DEFAULTS
+from umx.train.config import ARCHITECTURE, DEFAULTS, require_train_extra
 
 if TYPE_CHECKING:
     from umx.distill.stems import StemsMatch
@@ -165,6 +165,7 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
 
+    require_train_extra()  # before the teacher's pass, which may take hours
     output, work = Path(options.output), Path(options.work)
     training = training_options(options)
     settings = {

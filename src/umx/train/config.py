@@ -9,6 +9,7 @@ the defaults, a resumed checkpoint's options and those given.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -32,6 +33,20 @@ MAX_SEQ_DUR = 86400.0  # seconds: a day, far beyond any excerpt that fits in mem
 MAX_ADAM = {"lr": 1.0, "weight_decay": 1.0}
 """The largest --lr and --weight-decay: Adam's steps are about --lr in size (Open-Unmix uses
 0.001), and torch's Adam stops with a traceback past float32's range (--lr 1e39)."""
+
+
+def require_train_extra() -> None:
+    """Refuse a run without the `train` extra, before any work (a teacher's pass for distill).
+
+    Raises:
+        UmxError: matplotlib, which draws the loss curve, is not installed.
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UmxError(
+            "umx train draws its loss curve with matplotlib, which is not installed: "
+            "pip install 'umx[train]'"
+        )
+
 
 ARCHITECTURE = (
     "nfft",

@@ -8,7 +8,6 @@ which builds the model (new, fine-tuned or resumed), trains and validates epoch 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import platform
@@ -44,7 +43,13 @@ from umx.train.checkpoints import (
     _read_checkpoint,
     _separator_config,
 )
-from umx.train.config import ARCHITECTURE, DEFAULTS, is_xumx_run, resolve_options
+from umx.train.config import (
+    ARCHITECTURE,
+    DEFAULTS,
+    is_xumx_run,
+    require_train_extra,
+    resolve_options,
+)
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.epochs import train_epoch, validate
 from umx.train.inputs import cap_excerpts, check_epoch, compute_statistics, make_datasets
@@ -170,8 +175,7 @@ class Trainer:
         self.device = device
         self.progress = distributed.is_main and not given.get("quiet")
         self.bars = self.progress and sys.stderr.isatty()  # a log file gets lines, not bars
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UmxError("umx train draws its loss curve with matplotlib: pip install umx[train]")
+        require_train_extra()
         resumed = given.get("checkpoint")
         checkpoint = None
         if resumed is not None:
