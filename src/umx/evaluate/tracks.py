@@ -54,8 +54,9 @@ def load_tracks(
         raise UmxError(
             "musdb reads MUSDB18 with ffmpeg, which is not installed (apt-get install ffmpeg)"
         )
+    database = _extra("musdb").DB
     try:
-        tracks = _extra("musdb").DB(root=str(root), subsets=subset, is_wav=is_wav).tracks
+        tracks = database(root=str(root), subsets=subset, is_wav=is_wav).tracks
     except Exception as error:  # stempeg reports unreadable files with bare Exceptions
         raise UmxError(f"musdb could not read {root / subset} ({error})") from None
     if not tracks:
