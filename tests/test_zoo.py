@@ -28,6 +28,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from processes import read_only_folder
 from umx import modeldir, zoo
 from umx.errors import UmxError
 from umx.files import torch_save_atomic, write_json_atomic
@@ -1045,6 +1046,15 @@ def test_unwritable_cache(tiny, tmp_path, monkeypatch):
     )
 
 
+def test_a_read_only_cache_is_refused_saying_what_to_do(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "ro"))
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    with pytest.raises(UmxError) as error:
+        load_separator("tiny")
+    assert str(error.value).startswith(f"could not save {tmp_path / 'ro' / 'tiny'}")
+    assert str(error.value).endswith("(Read-only file system): set UMX_CACHE to a writable folder")
+
+
 @pytest.mark.parametrize("blocker", ["file", "link loop"])
 def test_a_file_where_the_model_folder_goes_is_named(tiny, blocker):
     tiny.cache.parent.mkdir(parents=True)
@@ -1252,9 +1262,10 @@ def fallback_warning(log, why):
     details go to the debug log, returned."""
     (warning,) = warnings_in(log)
     message = warning.getMessage()
+    command = "UMX_OFFLINE=0 umx download" if why == "offline mode is on" else "umx download"
     assert message == (
         f"umxl is not available ({why}), so the bundled demo model umxsynth separates instead: "
-        "run `umx download umxl` to get it"
+        f"run `{command} umxl` to get it"
     )
     assert len(f"umx: {message}") <= 160 and warning.exc_info is None
     return " ".join(r.getMessage() for r in log.records if r.levelno == logging.DEBUG)

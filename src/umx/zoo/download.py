@@ -8,6 +8,7 @@ network when offline mode is on (`$UMX_OFFLINE`, see `is_offline`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -309,7 +310,11 @@ def _save(destination: Path, fetch: Callable[[IO[bytes]], None]) -> None:
     except OSError as error:  # network errors are UmxErrors by now: this is the local disk
         blocker = not_a_folder(destination.parent)
         if blocker is None:
-            reason = f"could not save {destination} ({error.strerror or error})"
+            space = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = (
+                f"could not save {destination} ({error.strerror or error}): "
+                f"{'free some space, or ' if space else ''}set {CACHE_ENV} to a writable folder"
+            )
         else:
             reason = (
                 f"could not save {destination}: {blocker} is {in_the_way(blocker)}; move it away, "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, WIENER_WIN_LEN
 from umx.errors import UmxError, short
-from umx.zoo.download import Unavailable, fetch_targets, is_offline, probe
+from umx.zoo.download import OFFLINE_ENV, Unavailable, fetch_targets, is_offline, probe
 from umx.zoo.registry import MODELS, ZooEntry, model_targets
 
 if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
@@ -96,10 +96,12 @@ def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
 def _fallback_warning(why: str) -> str:
     """The one short line saying that the default model could not be had and which model
     separates instead; where the weights come from and where they go are `umx download`'s and
-    `umx --list-models`'s to say."""
+    `umx --list-models`'s to say. Where `$UMX_OFFLINE` turns offline mode on, the command it
+    gives turns it off (`umx download` refuses to download in offline mode)."""
+    command = f"{OFFLINE_ENV}=0 umx download" if is_offline() else "umx download"
     return (
         f"{DEFAULT_MODEL} is not available ({why}), so the bundled demo model {FALLBACK_MODEL} "
-        f"separates instead: run `umx download {DEFAULT_MODEL}` to get it"
+        f"separates instead: run `{command} {DEFAULT_MODEL}` to get it"
     )
 
 
