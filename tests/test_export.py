@@ -480,6 +480,18 @@ def test_graphs_unused_for_a_month_are_removed_when_another_is_cached(tmp_path, 
     } | {"notes.txt"}
 
 
+def test_a_graph_the_disk_refuses_leaves_no_record_behind(tmp_path, monkeypatch, caplog):
+    """A full disk left `<key>.onnx.sha256` records without their graphs."""
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))
+    cache = umx.onnx.runtime.GraphCache()
+    model = OpenUnmix(257, 2, 16, max_bin=200).freeze()
+    with file_size_limit(4096):  # the record fits, the graph does not
+        graph, data = cache.graph(model)
+    assert graph == data and cache.unwritable
+    assert "cannot write the ONNX graph cache" in caplog.text
+    assert list(cache.folder.iterdir()) == []
+
+
 def test_an_onnxruntime_separator_pickles_into_worker_processes(separators, monkeypatch, mixture):
     """`umx evaluate --jobs N` sends its separator to worker processes: the sessions are made
     anew there from the cached graph files, or from the graphs themselves without a cache."""

@@ -127,13 +127,19 @@ def recorded_graph(path: Path) -> GraphFile | None:
 def write_recorded(path: Path, graph: bytes) -> GraphFile:
     """Write the graph file `path` and its SHA-256 record, each atomically: the record first,
     so that an interrupted write leaves no graph without one (a record without its graph is
-    nothing cached: `recorded_graph`).
+    nothing cached: `recorded_graph`); a record whose graph could not be written (a full disk)
+    is removed.
 
     Raises:
         OSError: the files cannot be written.
     """
     digest = sha256_bytes(graph)
     line = f"{digest}  {path.name}\n".encode()
-    write_bytes_atomic(record_path(path), line)
-    write_bytes_atomic(path, graph)
+    record = record_path(path)
+    write_bytes_atomic(record, line)
+    try:
+        write_bytes_atomic(path, graph)
+    except OSError:
+        record.unlink(missing_ok=True)
+        raise
     return GraphFile(path, digest)
