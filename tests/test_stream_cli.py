@@ -191,6 +191,19 @@ def test_closed_output_pipe_exits_quietly(causal_dir, tmp_path):
     assert result.stderr.strip() == f"status {CLOSED_PIPE_STATUS}"
 
 
+def test_a_full_disk_behind_stdout_is_named(causal_dir, song):
+    with open("/dev/full", "wb") as full:  # every write: No space left on device
+        result = subprocess.run(
+            [*command(song, "--model", causal_dir, "--stdout", "--targets", "vocals", "-q")],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "umx: error: cannot write to standard output (No space left on device; free some "
+        "space, or write elsewhere)"
+    ]
+
+
 def test_realtime_paces_and_counts_missed_deadlines(causal_dir, song, tmp_path, capsys):
     outdir = tmp_path / "out"
     assert run(song, "--model", causal_dir, "--outdir", outdir, "--realtime", "--block", 4000) == 0

@@ -49,7 +49,15 @@ from umx.defaults import (  # noqa: F401 (STREAM_MODEL: re-exported)
     PCM_DTYPES,
     STREAM_MODEL,
 )
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flags, check_number, check_path
+from umx.errors import (
+    MAX_RATE,
+    MIN_RATE,
+    UmxError,
+    check_flags,
+    check_number,
+    check_path,
+    os_reason,
+)
 from umx.files import output_folders
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator
@@ -224,7 +232,7 @@ class PcmWriter:
 
     Raises:
         OutputClosed: the stream's reader went away.
-        UmxError: a block holds NaN or infinite samples.
+        UmxError: a block holds NaN or infinite samples, or the stream cannot be written.
     """
 
     def __init__(self, file: BinaryIO, fmt: str, rate: float) -> None:
@@ -248,6 +256,8 @@ class PcmWriter:
             self.file.flush()
         except BrokenPipeError:
             raise OutputClosed from None
+        except OSError as error:  # a full disk behind `> file`
+            raise UmxError(f"cannot write to standard output ({os_reason(error)})") from None
 
 
 @dataclass
