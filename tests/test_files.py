@@ -11,6 +11,7 @@ import torch
 
 from processes import file_size_limit
 from umx import files
+from umx.audio import write_audio
 from umx.errors import UmxError, os_error_line
 
 
@@ -104,6 +105,20 @@ def test_staged_folder_keeps_the_old_folder_on_failure(tmp_path):
         raise KeyboardInterrupt
     assert [p.name for p in root.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+def test_a_full_disk_while_staging_names_the_file_in_the_folder_not_in_the_stage(tmp_path):
+    """It named `.set.<token>.partial/train/a.wav`, in a hidden folder already removed."""
+    root = tmp_path / "set"
+    with (
+        pytest.raises(UmxError) as error,
+        file_size_limit(4096),
+        files.staged_folder(root) as stage,
+    ):
+        (stage / "train").mkdir()
+        write_audio(stage / "train" / "a.wav", torch.ones(2, 44100) / 2, 44100)
+    assert str(error.value).startswith(f"cannot write {root / 'train' / 'a.wav'} (")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):

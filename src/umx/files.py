@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from umx.errors import UmxError, display_path, os_reason
+from umx.errors import UmxError, display_path, os_error_line, os_reason
 
 try:
     import fcntl
@@ -235,7 +235,7 @@ def staged_folder(root: Path) -> Iterator[Path]:
 
     Raises:
         UmxError: another process is filling a staging folder of `root`, or the staging folder
-            cannot be made (named as `root`, the folder the user gave).
+            cannot be made or filled (a full disk; named as `root`, the folder the user gave).
     """
     with _making(root):
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -256,8 +256,14 @@ def staged_folder(root: Path) -> Iterator[Path]:
     try:
         try:
             yield stage
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(error, (UmxError, OSError)):  # a full disk, say
+                message = os_error_line(error) if isinstance(error, OSError) else str(error)
+                # a file is named where it was going in `root`, not in the stage just removed
+                shown = message.replace(display_path(stage), display_path(root))
+                if shown != message:
+                    raise UmxError(shown) from None
             raise
         if root.exists():
             old = root.with_name(f".{root.name}.{token}{OLD_SUFFIX}")
