@@ -156,12 +156,7 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
             `force`), a teacher or student that cannot be used, too few songs.
     """
     from umx.distill.stems import import_teacher_stems
-    from umx.distill.student import (
-        check_settings,
-        train_student,
-        write_provenance,
-        write_settings,
-    )
+    from umx.distill.student import check_settings, train_student, write_provenance, write_settings
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
 
