@@ -174,6 +174,43 @@ def test_models_say_whether_they_can_be_had_now(served, monkeypatch):
     assert models["umxl"]["available"] and models["umxl"]["reason"] is None
 
 
+@pytest.mark.parametrize(
+    ("route", "ranges", "status", "message"),
+    [
+        (
+            "stems/vocals.wav",
+            "bytes=abc",
+            400,
+            "the Range header 'bytes=abc' cannot be served "
+            "(range must be requested); ask for bytes=START-END or leave it out",
+        ),
+        (
+            "mixture.wav",
+            "bytes=5-2",
+            400,
+            "the Range header 'bytes=5-2' cannot be served "
+            "(start must be less than end); ask for bytes=START-END or leave it out",
+        ),
+        ("zip/wav", "items=0-1", 400, "(only support bytes range)"),
+        ("stems/drums.wav", "bytes=999999999-", 416, "starts past the end of the file ("),
+    ],
+)
+def test_a_range_that_cannot_be_served_is_a_json_error(served, route, ranges, status, message):
+    _, client, job, _ = served
+    url = f"/api/jobs/{job['id']}/{route}"
+    response = client.get(url, headers={"Range": ranges})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert message in response.json()["error"]
+    if status == 416:
+        size = len(client.get(url).content)
+        assert response.headers["content-range"] == f"bytes */{size}"
+        assert f"({size} bytes)" in response.json()["error"]
+    part = client.get(url, headers={"Range": "bytes=4-11"})  # a good range is still served
+    assert part.status_code == 206 and part.content == client.get(url).content[4:12]
+
+
 def test_favicon(served):
     _, client, _, _ = served
     icon = client.get("/favicon.ico")

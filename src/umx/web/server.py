@@ -19,6 +19,8 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 - ``GET /api/jobs/{id}/zip/{ext}``: every stem in one zip file.
 - A download of a job not yet done, or whose stems were damaged on disk (it is queued again):
   409; of a failed job: 404.
+- Downloads are served whole or in the byte ranges asked for; a ``Range`` that cannot be
+  served: 400 (malformed) or 416 (past the end).
 - ``GET /api/events``: server-sent events, ``jobs`` (every job) on connection, then ``job`` for
   each change, never one older (by its ``revision``) than one sent.
 
@@ -46,13 +48,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    MalformedRangeHeader,
+    RangeNotSatisfiable,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from umx import __version__
 from umx.audio import audio_formats, display_path
-from umx.errors import UmxError
+from umx.errors import UmxError, short
 from umx.web.guard import SECURITY_HEADERS, Guard
 from umx.web.jobs import JobStore
 from umx.web.records import Busy, NotFound, NotReady, display_name, stem_modes
@@ -197,11 +206,11 @@ def download_routes(store: JobStore) -> list[Route]:
         path, filename = await run_in_threadpool(
             store.stem_file, request.path_params["job_id"], stem_name, ext
         )
-        return FileResponse(path, filename=filename, media_type=MEDIA_TYPES.get(ext))
+        return Download(path, filename=filename, media_type=MEDIA_TYPES.get(ext))
 
     async def original(request: Request) -> Response:
         path, filename = await run_in_threadpool(store.original_file, request.path_params["job_id"])
-        return FileResponse(path, filename=filename, media_type=MEDIA_TYPES["wav"])
+        return Download(path, filename=filename, media_type=MEDIA_TYPES["wav"])
 
     async def mix(request: Request) -> Response:
         ext = request.path_params["ext"]
@@ -209,15 +218,13 @@ def download_routes(store: JobStore) -> list[Route]:
             store.mix_file, request.path_params["job_id"], dict(request.query_params), ext
         )
         headers = {"X-Umx-Notice": notice} if notice else None
-        return FileResponse(
-            path, filename=filename, media_type=MEDIA_TYPES.get(ext), headers=headers
-        )
+        return Download(path, filename=filename, media_type=MEDIA_TYPES.get(ext), headers=headers)
 
     async def archive(request: Request) -> Response:
         path, filename = await run_in_threadpool(
             store.zip_file, request.path_params["job_id"], request.path_params["ext"]
         )
-        return FileResponse(path, filename=filename, media_type="application/zip")
+        return Download(path, filename=filename, media_type="application/zip")
 
     return [
         Route("/api/jobs/{job_id}/stems/{file}", stem),
@@ -225,6 +232,31 @@ def download_routes(store: JobStore) -> list[Route]:
         Route("/api/jobs/{job_id}/mix/{ext}", mix),
         Route("/api/jobs/{job_id}/zip/{ext}", archive),
     ]
+
+
+class Download(FileResponse):
+    """A job's file, whole or in the byte ranges asked for (`Range`, as Starlette's
+    `FileResponse` serves them); a `Range` that cannot be served is the API's one-sentence JSON
+    error, not Starlette's plain text: 400 when malformed, 416 (with `Content-Range: bytes
+    */SIZE`) when it starts past the end."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        shown = f"the Range header {short.repr(http_range)}"
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as error:
+            reason = error.content.removeprefix("Range header: ").rstrip(".").lower()
+            raise HTTPException(
+                400, f"{shown} cannot be served ({reason}); ask for bytes=START-END or leave it out"
+            ) from None
+        except RangeNotSatisfiable as error:
+            raise HTTPException(
+                416,
+                f"{shown} starts past the end of the file ({error.max_size} bytes); ask for "
+                "bytes within it or leave it out",
+                headers={"Content-Range": f"bytes */{error.max_size}"},
+            ) from None
 
 
 def error_handlers(store: JobStore) -> dict[Any, Callable[[Request, Exception], Any]]:
@@ -238,7 +270,9 @@ def error_handlers(store: JobStore) -> dict[Any, Callable[[Request, Exception], 
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+        return JSONResponse(
+            {"error": error.detail}, status_code=error.status_code, headers=error.headers
+        )
 
     async def storage_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, OSError)
