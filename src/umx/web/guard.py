@@ -9,8 +9,9 @@ visitor's own machine. The server answers only what its own page asks:
   always with the server's port. Anything else (``Host: evil.example``, as a DNS-rebound page
   sends it) is refused with 421, on every bind address.
 - **Origin** and **Sec-Fetch-Site**: a request a browser sends for a page of another origin (a
-  fetch, a form, an ``<audio>`` or ``<img>`` element) is refused with 403, whether it reads or
-  changes; following a link to the page (a navigation) is allowed.
+  fetch, a form, an ``<audio>``, ``<img>`` or ``<iframe>`` element) is refused with 403,
+  whether it reads or changes; following a link to the page itself (``/``, a top-level
+  navigation) is allowed, a link to anything else is not.
 - **Headers** on every response (pages, files, the API, errors, event streams, downloads):
   ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``, ``X-Frame-Options:
   DENY`` and a ``Content-Security-Policy`` that lets the page load only its own files and be
@@ -41,8 +42,10 @@ SECURITY_HEADERS = {
 }
 """Sent with every response."""
 SAME_ORIGIN_FETCHES = ("same-origin", "none")
-ONLY_OWN_PAGE = "are refused: only this server's own page may ask"
 """`Sec-Fetch-Site` values of requests from the page itself, or typed in the address bar."""
+ONLY_OWN_PAGE = "are refused: only this server's own page may ask"
+PAGE = "/"
+"""The one path another site may link to."""
 HTTP_PORT = 80
 _HOST = re.compile(
     r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?$"
@@ -102,16 +105,28 @@ def host_refusal(host: str, server: tuple[str, int | None] | None, names: frozen
     return ""
 
 
-def site_refusal(headers: Headers, scheme: str, method: str) -> str:
+def site_refusal(headers: Headers, scheme: str, method: str, path: str) -> str:
     """Why a browser's request comes from another site ('' when it comes from the page, the
-    address bar, or a program that is no browser)."""
+    address bar, a link followed to the page itself, or a program that is no browser).
+
+    A link from another site is allowed only to the page (`PAGE`), as a top-level navigation
+    (`Sec-Fetch-Dest: document`): an ``<iframe>`` of another site, or a link of its own to a
+    download, would make the server do work and write files at its bidding."""
     origin = headers.get("origin")
     if origin is not None and origin.lower() != f"{scheme}://{headers.get('host', '').lower()}":
         return f"requests from {display_path(origin[:100])} {ONLY_OWN_PAGE}"
     site = headers.get("sec-fetch-site")
-    navigation = headers.get("sec-fetch-mode") == "navigate" and method in ("GET", "HEAD")
-    if site is not None and site not in SAME_ORIGIN_FETCHES and not navigation:
-        return f"requests from a {display_path(site[:20])} page {ONLY_OWN_PAGE}"
+    link = (
+        headers.get("sec-fetch-mode") == "navigate"
+        and headers.get("sec-fetch-dest") == "document"
+        and method in ("GET", "HEAD")
+        and path == PAGE
+    )
+    if site is not None and site not in SAME_ORIGIN_FETCHES and not link:
+        return (
+            f"requests from a {display_path(site[:20])} page {ONLY_OWN_PAGE}; open "
+            "the page and use it there"
+        )
     return ""
 
 
@@ -142,7 +157,9 @@ class Guard:
 
         headers = Headers(scope=scope)
         host = host_refusal(headers.get("host", ""), scope.get("server"), self.names)
-        site = "" if host else site_refusal(headers, scope["scheme"], scope["method"])
+        site = (
+            "" if host else site_refusal(headers, scope["scheme"], scope["method"], scope["path"])
+        )
         if host or site:
             response = JSONResponse({"error": host or site}, status_code=421 if host else 403)
             await response(scope, receive, send_with_headers)
