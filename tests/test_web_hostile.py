@@ -615,6 +615,52 @@ def test_stop_with_pages_open_ends_their_streams(tmp_path, signum):
     assert log.splitlines()[-1] == f"umx: {name}"
 
 
+def test_stop_during_an_upload_and_a_download_is_quiet_and_keeps_no_part(tmp_path):
+    """A stop while a client sends an upload slowly and another does not read its download: the
+    one line of the stop, no traceback nor uvicorn's cancelled tasks, both connections closed
+    within the grace, and the upload's part removed."""
+    served = ready(*start_serve(tmp_path))
+    job = httpx.post(
+        f"{served.url}api/jobs", params={"name": "long.wav"}, content=song_bytes(20, 7)
+    ).json()
+    deadline = time.monotonic() + 120
+    while job["state"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = httpx.get(f"{served.url}api/jobs/{job['id']}").json()
+    assert job["state"] == "done", job
+    host = f"127.0.0.1:{served.port}"
+    with contextlib.ExitStack() as stack:
+        downloading = stack.enter_context(socket.socket())
+        downloading.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        downloading.connect(("127.0.0.1", served.port))
+        downloading.sendall(
+            f"GET /api/jobs/{job['id']}/zip/wav HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        )
+        assert downloading.recv(12) == b"HTTP/1.1 200"  # then it reads no more
+        uploading = stack.enter_context(socket.create_connection(("127.0.0.1", served.port)))
+        head = (
+            f"POST /api/jobs?name=slow.wav HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Length: 100000\r\n\r\n"
+        )
+        uploading.sendall(head.encode() + bytes(5000))
+        uploads = served.data / "uploads"
+        deadline = time.monotonic() + 10
+        while not list(uploads.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(uploads.iterdir())) == 1
+        stopped = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        uploading.settimeout(STOP_TIMEOUT_S)
+        assert uploading.recv(1000) == b""  # closed, with no answer (there is no one to give it)
+        status = served.process.wait(STOP_TIMEOUT_S)
+    assert time.monotonic() - stopped < serve_run.GRACEFUL_SHUTDOWN_S + 5
+    log = served.log.read_text()
+    assert status == 128 + signal.SIGTERM, log
+    assert_clean_log(log)
+    assert log.splitlines()[-1] == "umx: stopped by SIGTERM"
+    assert list(uploads.iterdir()) == []
+
+
 # --- the page under its content security policy ---------------------------------------------
 
 

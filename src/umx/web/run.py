@@ -46,8 +46,8 @@ DEFAULT_MAX_UPLOAD_MB = 500.0
 DEFAULT_MAX_CACHE_GB = 10.0
 DEFAULT_MAX_QUEUE = 16
 GRACEFUL_SHUTDOWN_S = 2
-"""Seconds open requests (downloads) get to finish when the server stops; event streams end at
-once."""
+"""Seconds open requests (downloads, uploads) get to finish when the server stops, before their
+connections are closed; event streams end at once."""
 WORKERS_STOP_S = 0.5
 """Seconds the workers get to end when the server stops (see the module's docstring)."""
 WEB_MODULES = ("starlette", "uvicorn")

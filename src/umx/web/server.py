@@ -27,7 +27,8 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
 The body of an upload is written to disk as it arrives and refused as soon as it passes the
 limit, never held in memory. Every request goes through `umx.web.guard.Guard` first: only
 requests for this server's own host and from its own page are answered. `Server` runs the
-app and ends its event streams as soon as it is asked to stop.
+app and, as soon as it is asked to stop, ends its event streams, and its other requests
+after a short grace (`umx.web.run.GRACEFUL_SHUTDOWN_S`), closing their connections.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ logger = logging.getLogger("umx")
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
+STOP_TASKS_S = 0.5
+"""Seconds the requests whose connections the stop closed get to end by themselves, before
+they are cancelled."""
 """Seconds between comments on an idle event stream, so that proxies and browsers keep it."""
 STATUS = {TooLarge: 413, Busy: 503, NotFound: 404, NotReady: 409}
 DIRECTORY = "directory"
@@ -160,7 +164,8 @@ def job_routes(
                 received.write(piece)
         except ClientDisconnect:  # the tab closed, the connection lost: no one to answer
             received.discard()
-            logger.info("%s: the client left during its upload; nothing was kept", name)
+            if not streams.closed:  # else the server stops, which says so
+                logger.info("%s: the client left during its upload; nothing was kept", name)
             return Response(status_code=400)
         except BaseException:
             received.discard()
@@ -349,23 +354,58 @@ class EventStreams:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server for an app of `create_app`: when asked to stop (a signal, `should_exit`)
-    it ends the app's event streams at once, so that open pages do not hold it."""
+    """uvicorn's server for an app of `create_app`, which stops at once and quietly when asked
+    to (a signal, `should_exit`): it stops taking connections, ends the app's event streams,
+    gives the other open requests `graceful_shutdown_s` to end, then closes their connections
+    and ends them. An upload cut short is removed by its route, a download is left unfinished
+    (the client sees its connection closed), and the stop is said once, by the caller, rather
+    than in uvicorn's "Cancel N running task(s)" and a traceback for each request.
+    """
 
     def __init__(self, app: Starlette, graceful_shutdown_s: float) -> None:
+        self.streams: EventStreams = app.state.streams
+        self.graceful_shutdown_s = graceful_shutdown_s
         config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=graceful_shutdown_s,
+            self._quiet_when_stopped(app), log_level="warning", access_log=False, lifespan="off"
         )
         super().__init__(config)
-        self.streams: EventStreams = app.state.streams
+
+    def _quiet_when_stopped(self, app: Starlette) -> Callable[..., Any]:
+        """`app`, whose requests cancelled by the stop end without an error: their connections
+        are closed already (uvicorn would log each with its traceback)."""
+
+        async def run(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await app(scope, receive, send)
+            except asyncio.CancelledError:
+                if not self.streams.closed:
+                    raise
+
+        return run
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.streams.close()
-        await super().shutdown(sockets)
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        connections, tasks = self.server_state.connections, self.server_state.tasks
+        for connection in list(connections):
+            connection.shutdown()  # idle ones close now, busy ones after their response
+        await self._until(lambda: not tasks, self.graceful_shutdown_s)
+        for connection in list(connections):
+            connection.transport.abort()
+        await self._until(lambda: not tasks, STOP_TASKS_S)  # they see their client gone
+        for task in list(tasks):
+            task.cancel()
+
+    async def _until(self, done: Callable[[], bool], seconds: float) -> None:
+        """Wait until `done()`, at most `seconds` (less after a second Ctrl-C)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not done() and not self.force_exit:
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.05)
 
 
 def sse(event: str, data: Any) -> str:
