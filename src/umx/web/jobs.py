@@ -1,6 +1,6 @@
 """The job store of `umx serve`: jobs and their stems on disk, a bounded queue, worker threads
-that separate with `umx.jobs.run_task`, listeners and the cache limit (uploads are
-`umx.web.uploads`, downloads `umx.web.downloads`, the records `umx.web.records`).
+that separate with `umx.jobs.run_task`, and listeners (uploads are `umx.web.uploads`, downloads
+`umx.web.downloads`, the cache limit `umx.web.cache`, the records `umx.web.records`).
 
 Layout of the data directory::
 
@@ -60,6 +60,7 @@ from umx.jobs import (
 from umx.messages import plural
 from umx.options import OutputOptions, SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, check_options
+from umx.web.cache import CacheLimit
 from umx.web.downloads import Downloads
 from umx.web.listeners import Listener, Listeners
 from umx.web.records import (
@@ -81,7 +82,7 @@ from umx.web.records import (
     rest_name,
     stem_modes,
 )
-from umx.web.storage import as_named, check_data_dir, folder_size, lock_data_dir, remove
+from umx.web.storage import as_named, check_data_dir, lock_data_dir, remove
 from umx.web.uploads import Upload
 
 logger = logging.getLogger("umx")
@@ -95,7 +96,7 @@ class _Cancelled(BaseException):
     `Exception`: `umx.jobs.run_task` lets it through)."""
 
 
-class JobStore(Recorder, Downloads):
+class JobStore(Recorder, Downloads, CacheLimit):
     """The jobs in a data directory, the queue and the workers that separate them.
 
     Jobs are separated by `umx.api.separate_file` one at a time per worker; at most `max_queue`
@@ -562,31 +563,3 @@ class JobStore(Recorder, Downloads):
             logger.warning("%s: failed: %s", display_path(job.name), job.error)
         self._listeners.tell(record)
         self._evict()
-
-    # --- the cache limit ---------------------------------------------------------------------
-
-    def _evict(self, keep: str | None = None) -> None:
-        """Remove the finished jobs least recently ended or downloaded while the jobs take more
-        than `max_cache_bytes`; never the newest, nor `keep`: the job whose download was just
-        made, to be sent."""
-        with self._lock:
-            if keep is not None:
-                self._used[keep] = time.time()
-            sizes = {job_id: folder_size(self.jobs_dir / job_id) for job_id in self._jobs}
-            total = sum(sizes.values())
-            ended = [job for job in self._jobs.values() if job.state in (DONE, FAILED)]
-            newest = max(ended, key=lambda job: job.finished or job.created, default=None)
-            ended.sort(key=lambda job: max(job.finished or job.created, self._used.get(job.id, 0)))
-            gone = []
-            for job in [job for job in ended if job is not newest and job.id != keep]:
-                if total <= self.max_cache_bytes:
-                    break
-                total -= sizes[job.id]
-                del self._jobs[job.id]
-                self._used.pop(job.id, None)
-                remove(self.jobs_dir / job.id)
-                self._record(job.id, {"input": job.id, "status": DELETED})
-                gone.append((job, self._gone(job.id)))
-        for job, record in gone:
-            logger.info("%s: removed to keep the cache under its limit", display_path(job.name))
-            self._listeners.tell(record)
