@@ -38,8 +38,9 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
 from test_web import new_store, song_bytes, upload, wait  # noqa: E402
+from umx.web import server as web_server  # noqa: E402
 from umx.web.guard import SECURITY_HEADERS  # noqa: E402
-from umx.web.server import create_app  # noqa: E402
+from umx.web.server import Server, create_app  # noqa: E402
 
 LIMIT_MB = 0.25
 STOP_TIMEOUT_S = 30
@@ -378,6 +379,97 @@ def test_errors_of_the_app_keep_the_headers(tmp_path, monkeypatch):
     assert response.status_code == 500
     assert response.json() == {"error": "the server failed unexpectedly; its terminal shows why"}
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@contextlib.contextmanager
+def umx_server(app):
+    """An app on umx serve's own `Server` on 127.0.0.1 and a free port; yields the port."""
+    sock = serve_run.listen("127.0.0.1", 0)
+    server = Server(app, graceful_shutdown_s=1)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def partial_upload(port: int, name: str, sent: int = 1000) -> socket.socket:
+    """A connection that sent the headers of a 100 kB upload and `sent` bytes of its body."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(
+        f"POST /api/jobs?name={name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Length: 100000\r\n\r\n".encode()
+        + bytes(sent)
+    )
+    return connection
+
+
+def parts(store) -> int:
+    return len(list(store.uploads_dir.iterdir()))
+
+
+def until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert condition()
+
+
+def test_uploads_being_received_take_places_in_the_queue(tmp_path):
+    store = new_store(tmp_path / "data", max_queue=2)  # not started: its jobs wait
+    app = create_app(store, default_model="umxsynth", max_upload_bytes=1 << 20)
+    with umx_server(app) as port, contextlib.ExitStack() as stack:
+        for name in ("a.wav", "b.wav"):
+            stack.enter_context(partial_upload(port, name))
+        until(lambda: parts(store) == 2)
+        url = f"http://127.0.0.1:{port}/api/jobs"
+        busy = httpx.post(url, params={"name": "c.wav"}, content=SONG)
+        assert busy.status_code == 503
+        assert busy.json() == {
+            "error": "the server is busy: 2 songs are waiting or arriving; try again when "
+            "one is done"
+        }
+        stack.close()  # the two clients leave: their places are free again
+        until(lambda: parts(store) == 0)
+        assert httpx.post(url, params={"name": "c.wav"}, content=SONG).status_code == 201
+        third = httpx.post(url, params={"name": "d.wav"}, content=song_bytes(0.25, 3))
+        assert third.status_code == 201
+        assert httpx.post(url, content=song_bytes(0.25, 4)).status_code == 503
+    store.stop(timeout=30)
+
+
+def test_a_stalled_upload_and_slow_headers_are_given_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(web_server, "UPLOAD_IDLE_S", 0.5)
+    monkeypatch.setattr(web_server, "HEADERS_S", 1.0)
+    store = new_store(tmp_path / "data", max_queue=1)
+    app = create_app(store, default_model="umxsynth", max_upload_bytes=1 << 20)
+    with umx_server(app) as port:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /api/jo")  # and nothing more
+        with partial_upload(port, "stalled.wav") as stalled:
+            until(lambda: parts(store) == 1)
+            stalled.settimeout(10)
+            answer = b""
+            while chunk := stalled.recv(4096):  # the server closes the connection after it
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and b"x-frame-options: DENY" in head
+        assert json.loads(body) == {
+            "error": "stalled.wav: no data came for 0.5 s, so the upload was given up; send it "
+            "again"
+        }
+        assert parts(store) == 0  # removed, and its place in the queue free again
+        url = f"http://127.0.0.1:{port}/api/jobs"
+        assert httpx.post(url, content=SONG).status_code == 201
+        slow.settimeout(10)
+        assert slow.recv(100) == b""  # closed, HEADERS_S after it opened
+        slow.close()
+    store.stop(timeout=30)
 
 
 # --- options and data directories ----------------------------------------------------------

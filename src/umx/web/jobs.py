@@ -108,7 +108,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
     Args:
         root: the data directory (created if needed).
         models: the model names (or directories) uploads may ask for.
-        max_queue: the most jobs waiting; more are refused as `Busy`.
+        max_queue: the most jobs waiting, uploads being received included; more are refused
+            as `Busy`.
         max_cache_bytes: the most bytes the jobs may take; above it, the oldest finished jobs are
             removed (never the newest one).
         device: where the models run.
@@ -145,6 +146,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
         self._jobs: dict[str, Job] = {}
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
+        self._arriving: set[Upload] = set()  # uploads being received, see `check_room`
         self._used: dict[str, float] = {}  # when a download of each job was last made
         self._outputs: dict[str, Mapping[str, Any]] = {}  # each done job's stems, as recorded
         self._hashed: dict[Path, tuple[int, int]] = {}  # see `stem_damage`
@@ -281,22 +283,38 @@ class JobStore(Recorder, Downloads, CacheLimit):
                 self._targets[model] = model_targets(model)
             return self._targets[model]
 
-    def check_room(self) -> None:
-        """Refuse new work while the queue is full.
+    def check_room(self, upload: Upload | None = None) -> None:
+        """Refuse new work while the queue is full: the songs waiting and those still arriving
+        (uploads being received, but `upload`) take `max_queue` places.
 
         Raises:
             Busy: it is.
         """
         with self._lock:
-            if len(self._pending) >= self.max_queue:
+            arriving = len(self._arriving - {upload})
+            if len(self._pending) + arriving >= self.max_queue:
+                waiting = f"{len(self._pending) + arriving} songs are waiting"
                 raise Busy(
-                    f"the server is busy: {len(self._pending)} songs are waiting; "
+                    f"the server is busy: {waiting}{' or arriving' if arriving else ''}; "
                     "try again when one is done"
                 )
 
     def new_upload(self, name: str, limit: int) -> Upload:
-        """A hidden file to receive an upload into."""
-        return Upload(self.uploads_dir, name, limit)
+        """A hidden file to receive an upload into, which takes a place in the queue until it
+        is discarded (see `check_room`).
+
+        Raises:
+            Busy: the queue is full.
+        """
+        with self._lock:
+            self.check_room()
+            upload = Upload(self.uploads_dir, name, limit, lambda: self._arrived(upload))
+            self._arriving.add(upload)
+            return upload
+
+    def _arrived(self, upload: Upload) -> None:
+        with self._lock:
+            self._arriving.discard(upload)
 
     def add(self, upload: Upload, options: dict[str, str]) -> tuple[dict[str, Any], bool]:
         """Turn a received upload into a job, or find the job it already is.
@@ -333,7 +351,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
                 known = self._jobs.get(job_id)  # again: the same song may have come meanwhile
                 if known is not None and known.state != FAILED and not self._damage(known):
                     return self._public(known), False
-                self.check_room()
+                self.check_room(upload)
                 job = Job(id=job_id, name=upload.name, size=upload.size, **options)
                 staging = self.jobs_dir / f".{job_id}.{secrets.token_hex(4)}"
                 staging.mkdir()
@@ -348,6 +366,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
                     raise
                 self._jobs[job_id] = job
                 self._pending.append(job_id)
+                upload.discard()  # its place in the queue is its job's now, at once
                 self._ready.notify()
                 record = self._public(job)
         finally:

@@ -8,8 +8,9 @@ Routes (errors are `{"error": "<one sentence>"}` with the status of their kind):
   limit (in bytes, and in MiB as ``--max-upload-mb`` gave it).
 - ``GET /api/jobs``: every job, the newest first.
 - ``POST /api/jobs?name=&model=&stems=``: the song as the raw request body (any name; its content
-  decides whether it is audio): 201 a new job, 200 a job that exists, 413 too large, 422 not
-  audio or bad options, 503 busy, 507 the data directory is full.
+  decides whether it is audio): 201 a new job, 200 a job that exists, 408 its body stalled,
+  413 too large, 422 not audio or bad options, 503 busy (uploads still arriving count with the
+  queue), 507 the data directory is full.
 - ``GET /api/jobs/{id}``: one job; ``DELETE``: remove it.
 - ``POST /api/jobs/{id}/retry``: queue a failed job again.
 - ``GET /api/jobs/{id}/stems/{stem}.{ext}``: one stem in wav, flac or mp3.
@@ -59,6 +60,7 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umx import __version__
 from umx.audio import audio_formats, display_path
@@ -66,13 +68,18 @@ from umx.errors import UmxError, short
 from umx.web.guard import SECURITY_HEADERS, Guard
 from umx.web.jobs import JobStore
 from umx.web.records import Busy, NotFound, NotReady, display_name, stem_modes
-from umx.web.uploads import TooLarge, megabytes, too_large
+from umx.web.uploads import TooLarge, Upload, megabytes, too_large
 from umx.zoo import BUNDLED, CACHED, MODELS, is_offline, list_models
 
 logger = logging.getLogger("umx")
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
+UPLOAD_IDLE_S = 30.0
+"""Seconds an upload's body may send nothing before it is given up (408)."""
+HEADERS_S = 30.0
+"""Seconds a connection may take to send a request's line and headers, from its opening or
+its last answer, before it is closed."""
 STOP_TASKS_S = 0.5
 """Seconds the requests whose connections the stop closed get to end by themselves, before
 they are cancelled."""
@@ -160,8 +167,7 @@ def job_routes(
             raise too_large(name, max_upload_bytes)
         received = store.new_upload(name, max_upload_bytes)
         try:
-            async for piece in request.stream():
-                received.write(piece)
+            await receive_body(request, received)
         except ClientDisconnect:  # the tab closed, the connection lost: no one to answer
             received.discard()
             if not streams.closed:  # else the server stops, which says so
@@ -201,6 +207,30 @@ def job_routes(
         Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
         Route("/api/events", events),
     ]
+
+
+async def receive_body(request: Request, received: Upload) -> None:
+    """Write the body of an upload into `received` as it arrives.
+
+    Raises:
+        HTTPException: 408, no data came for `UPLOAD_IDLE_S` (its connection is then closed).
+        TooLarge: it passed the limit.
+        ClientDisconnect: the client left.
+    """
+    pieces = request.stream()
+    while True:
+        try:
+            piece = await asyncio.wait_for(pieces.__anext__(), UPLOAD_IDLE_S)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                408,
+                f"{received.name}: no data came for {UPLOAD_IDLE_S:g} s, so the upload was "
+                "given up; send it again",
+                headers={"Connection": "close"},
+            ) from None
+        received.write(piece)
 
 
 def download_routes(store: JobStore) -> list[Route]:
@@ -353,6 +383,37 @@ class EventStreams:
         return lambda: self._wakeups.discard(wakeup)
 
 
+class Connection(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, closed when a request's line and headers have not all
+    come `HEADERS_S` after the connection opened or its last answer was sent (uvicorn would
+    wait for them for ever). A body that stalls is `receive_body`'s."""
+
+    _headers_due: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._expect_headers()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._expect_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+        super().connection_lost(exc)
+
+    def _expect_headers(self) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+        self._headers_due = self.loop.call_later(HEADERS_S, self._headers_late)
+
+    def _headers_late(self) -> None:
+        waiting = self.cycle is None or self.cycle.response_complete  # for a request's headers
+        if waiting and not self.transport.is_closing():
+            self.transport.close()
+
+
 class Server(uvicorn.Server):
     """uvicorn's server for an app of `create_app`, which stops at once and quietly when asked
     to (a signal, `should_exit`): it stops taking connections, ends the app's event streams,
@@ -366,7 +427,11 @@ class Server(uvicorn.Server):
         self.streams: EventStreams = app.state.streams
         self.graceful_shutdown_s = graceful_shutdown_s
         config = uvicorn.Config(
-            self._quiet_when_stopped(app), log_level="warning", access_log=False, lifespan="off"
+            self._quiet_when_stopped(app),
+            http=Connection,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
         )
         super().__init__(config)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -24,10 +25,14 @@ class Upload:
         directory: where the file goes.
         name: the client's name for it (display only).
         limit: the most bytes accepted.
+        on_discard: called once, when it is discarded (see `discard`).
     """
 
-    def __init__(self, directory: Path, name: str, limit: int) -> None:
+    def __init__(
+        self, directory: Path, name: str, limit: int, on_discard: Callable[[], None]
+    ) -> None:
         self.name, self.limit = name, limit
+        self._on_discard: Callable[[], None] | None = on_discard
         self.path = directory / f".{secrets.token_hex(8)}.part"
         self.size = 0
         self._hash = hashlib.sha256()
@@ -57,11 +62,15 @@ class Upload:
         return self._hash.hexdigest()
 
     def discard(self) -> None:
-        """Close and remove the file."""
+        """Close and remove the file (gone already once it is a job's), and call `on_discard`
+        the first time."""
         if self._file is not None:
             self._file.close()
             self._file = None
         self.path.unlink(missing_ok=True)
+        if self._on_discard is not None:
+            self._on_discard()
+            self._on_discard = None
 
 
 def megabytes(limit: int) -> str:
