@@ -488,6 +488,63 @@ def test_a_download_that_fills_the_cache_removes_the_least_recently_used_song(tm
         assert store.stop(timeout=30)
 
 
+def test_downloads_made_count_against_the_cache_limit_least_recently_used_first(tmp_path):
+    store = new_store(tmp_path / "data")
+    store.start(1)
+    try:
+        with local_client(new_app(store)) as client:
+            older, job_id = (
+                post(client, song_bytes(1, seed), name=f"{seed}.wav").json()["id"]
+                for seed in (1, 2)
+            )
+            wait(store, older), wait(store, job_id)
+            songs = sum(folder_size(path) for path in store.jobs_dir.iterdir())
+            mix_bytes = int(RATE * 2 * 4)  # one second of stereo float
+            store.max_cache_bytes = songs + 2 * mix_bytes + mix_bytes // 2  # two mixes fit
+            downloads = store.jobs_dir / job_id / "downloads"
+            for index in range(1, 9):  # each gain setting is a new file
+                got = client.get(f"/api/jobs/{job_id}/mix/wav", params={"vocals": index / 10})
+                assert got.status_code == 200 and len(got.content) > mix_bytes
+                # released once sent, then removed
+                wait_for(lambda: len(list(downloads.iterdir())) <= 2, "the older mixes removed")
+                assert folder_size(store.jobs_dir) <= store.max_cache_bytes
+            assert len(list(downloads.iterdir())) == 2  # the last two made: 0.7 and 0.8
+            # 0.7 asked for again is used more recently than 0.8, which goes first
+            assert client.get(f"/api/jobs/{job_id}/mix/wav", params={"vocals": 0.7}).is_success
+            seven = max(downloads.iterdir(), key=lambda path: path.stat().st_mtime_ns)
+            assert client.get(f"/api/jobs/{job_id}/mix/wav", params={"vocals": 0.9}).is_success
+            wait_for(lambda: len(list(downloads.iterdir())) == 2, "the least recent mix removed")
+            assert seven.exists()
+            # the zip takes 4 s of stems: the mixes go, then the older song
+            assert client.get(f"/api/jobs/{job_id}/zip/wav").is_success
+            wait_for(lambda: len(store.jobs()) == 1, "the older song removed")
+            assert [job["id"] for job in store.jobs()] == [job_id]
+            assert {path.name for path in downloads.iterdir()} == {"stems-wav.zip"}
+            assert folder_size(store.jobs_dir) <= store.max_cache_bytes
+    finally:
+        assert store.stop(timeout=30)
+
+
+def test_a_download_being_sent_is_never_removed(tmp_path):
+    store = new_store(tmp_path / "data", max_cache_bytes=1)
+    store.start(1)
+    try:
+        job_id = store.add(upload(store, song_bytes(0.5, 3)), store.options(MODEL, "all"))[0]["id"]
+        wait(store, job_id)
+        sent, _, _ = store.mix_file(job_id, {"vocals": "0.5"}, "wav")  # held, as a route does
+        content = sent.read_bytes()
+        for gain in ("0.25", "0.75"):
+            other, _, _ = store.mix_file(job_id, {"drums": gain}, "flac")
+            store.release(other)
+            assert not other.exists()  # over the limit: removed once released
+        assert sent.read_bytes() == content
+        store.release(sent)
+        assert not sent.exists()
+        assert [job["id"] for job in store.jobs()] == [job_id]  # the newest song stays
+    finally:
+        assert store.stop(timeout=30)
+
+
 def upload(store: JobStore, data: bytes, name: str = "song.wav"):
     received = store.new_upload(name, 10 << 20)
     received.write(data)

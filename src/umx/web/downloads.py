@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import numpy as np
+import torch
 
 from umx.audio import AudioWriter, audio_formats, read_audio, write_audio
 from umx.errors import UmxError, check_number
@@ -41,8 +43,9 @@ class Downloads:
     `jobs_dir`, `_lock`, `_ready` (wakes the workers), `_listeners`, `_jobs`, the stems of
     the done jobs as recorded (`_outputs`) and as last hashed (`_hashed`, see `stem_damage`),
     `job` and `_public` (a public record), `_get` (a `Job`, or `NotFound`), `_save` (records a
-    job), `_redo` (queues a damaged job again) and `_evict` (the cache limit, kept after each
-    file made, sparing the job it was made for).
+    job), `_redo` (queues a damaged job again), `_used` (when a download of each job was last
+    asked for), and the cache limit's `_hold`, `release` and `_made` (see
+    `umx.web.cache.CacheLimit`): every file returned is held until the caller releases it.
 
     A download is made only from stems that are those separated: each is hashed the first
     time it is used (and again whenever its size or time changes); a damaged job is queued
@@ -61,7 +64,10 @@ class Downloads:
     _get: Callable[[str], Job]
     _save: Callable[[Job], None]
     _redo: Callable[[Job, str], None]
-    _evict: Callable[..., None]
+    _used: dict[str, float]
+    _hold: Callable[[Path], Path]
+    release: Callable[[Path], None]
+    _made: Callable[..., Path]
 
     def stem_file(self, job_id: str, stem: str, ext: str) -> tuple[Path, str]:
         """A finished job's stem in a format of `audio_formats`, converted when first asked for.
@@ -70,7 +76,8 @@ class Downloads:
         `umx.audio.AudioWriter` with its defaults (as `umx song.mp3 --ext flac` writes them).
 
         Returns:
-            the file, and the name to download it as (`<song>-<stem>.<ext>`).
+            the file (held: `release` it once sent), and the name to download it as
+            (`<song>-<stem>.<ext>`).
 
         Raises:
             NotFound: no such finished job, stem or format.
@@ -83,23 +90,24 @@ class Downloads:
         self._check_stems(job)
         source = self._stem_path(job, stem)
         name = f"{safe_stem(job.name)}-{stem}.{ext}"
+        self._used[job_id] = time.time()
         if ext == STEM_EXT:
-            return source, name
-        target = directory / DOWNLOADS / f"{stem}.{ext}"
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
+            return self._hold(source), name
+
+        def make() -> None:
             audio, rate = read_audio(source)
             with AudioWriter(target, rate, audio.shape[0], force=True) as writer:
                 writer.write(audio)
-            self._evict(keep=job_id)
-        return target, name
+
+        target = directory / DOWNLOADS / f"{stem}.{ext}"
+        return self._made(target, make), name
 
     def zip_file(self, job_id: str, ext: str) -> tuple[Path, str]:
         """All the stems of a finished job in one zip file (stored, not compressed: audio
         hardly compresses), in a folder named after the song.
 
         Returns:
-            the file, and the name to download it as.
+            the file (held: `release` it once sent), and the name to download it as.
 
         Raises:
             NotFound: no such finished job or format.
@@ -107,27 +115,31 @@ class Downloads:
                 again (see `_damaged`).
         """
         job = self._finished(job_id)
-        files = {stem: self.stem_file(job_id, stem, ext) for stem in job.targets}
         folder = safe_stem(job.name)
         target = self.jobs_dir / job_id / DOWNLOADS / f"stems-{ext}.zip"
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
 
-            def write(file: IO[bytes]) -> None:
+        def write(file: IO[bytes]) -> None:
+            files = {}
+            try:  # each stem held while it is read
+                for stem in job.targets:
+                    files[stem] = self.stem_file(job_id, stem, ext)[0]
                 with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-                    for stem, (path, _) in files.items():
+                    for stem, path in files.items():
                         archive.write(path, f"{folder}/{stem}.{ext}")
+            finally:
+                for path in files.values():
+                    self.release(path)
 
-            write_atomic(target, write)
-            self._evict(keep=job_id)
-        return target, f"{folder}-stems-{ext}.zip"
+        self._check_stems(job)
+        self._used[job_id] = time.time()
+        return self._made(target, lambda: write_atomic(target, write)), f"{folder}-stems-{ext}.zip"
 
     def original_file(self, job_id: str) -> tuple[Path, str]:
         """A finished job's input decoded as its stems are stored (32-bit float wav, the same
         rate, channels and length), made when first asked for: the player's original mix.
 
         Returns:
-            the file, and the name to download it as.
+            the file (held: `release` it once sent), and the name to download it as.
 
         Raises:
             NotFound: no such finished job.
@@ -135,12 +147,13 @@ class Downloads:
         """
         job, directory = self._finished(job_id), self.jobs_dir / job_id
         target = directory / DOWNLOADS / f"{ORIGINAL}.{STEM_EXT}"
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
+
+        def make() -> None:
             audio, rate = read_audio(directory / INPUT, downmix=True)
             write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
-            self._evict(keep=job_id)
-        return target, f"{safe_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
+
+        self._used[job_id] = time.time()
+        return self._made(target, make), f"{safe_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
 
     def mix_file(
         self, job_id: str, gains: Mapping[str, str], ext: str
@@ -156,7 +169,8 @@ class Downloads:
             ext: the format.
 
         Returns:
-            the file, the name to download it as, and the notice (None when not rescaled).
+            the file (held: `release` it once sent), the name to download it as, and the
+            notice (None when not rescaled).
 
         Raises:
             NotFound: no such finished job or format.
@@ -184,31 +198,53 @@ class Downloads:
                 chosen[name] = gain
         if not chosen:
             raise UmxError("the mix is silent: give a stem a gain above 0")
-        mix, rate = None, None
-        for name, gain in chosen.items():
-            path = self.original_file(job_id)[0] if name == ORIGINAL else self._stem_path(job, name)
-            audio, rate = read_audio(path)
-            if mix is not None and mix.shape != audio.shape:
-                raise UmxError(f"the stems of {job.name} differ in length; separate it again")
-            mix = gain * audio if mix is None else mix + gain * audio
-        assert mix is not None and rate is not None
+        mix, rate = self._sum(job, chosen)
         if not float(mix.abs().max()) >= SILENCE:  # tiny gains: zeros, or denormal numbers
             raise UmxError(
                 "the mix is silent at these gains: raise the gain of a stem that is heard"
             )
         key = hashlib.sha256(json.dumps(sorted(chosen.items())).encode()).hexdigest()[:16]
         target = self.jobs_dir / job_id / DOWNLOADS / f"mix-{key}.{ext}"
-        target.parent.mkdir(exist_ok=True)
-        subtype = "FLOAT" if ext == STEM_EXT else None
-        report = write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
-        self._evict(keep=job_id)
+        reports = []
+
+        def make() -> None:
+            subtype = "FLOAT" if ext == STEM_EXT else None
+            reports.append(
+                write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
+            )
+
+        self._used[job_id] = time.time()
+        self._made(target, make, again=True)
         notice = None
-        if report.action == "rescaled":
+        if reports[0].action == "rescaled":
             notice = (
-                f"the mix peaked at {report.peak:.2f}, above full scale, so it was rescaled by "
-                f"{report.gain:.3f} to fit"
+                f"the mix peaked at {reports[0].peak:.2f}, above full scale, so it was rescaled "
+                f"by {reports[0].gain:.3f} to fit"
             )
         return target, f"{safe_stem(job.name)}-mix.{ext}", notice
+
+    def _sum(self, job: Job, gains: Mapping[str, float]) -> tuple[torch.Tensor, int]:
+        """The sum of a job's stems (or `ORIGINAL`) at their `gains`, and its rate; each file
+        held while it is read (see `_hold`).
+
+        Raises:
+            UmxError: the stems differ in length.
+        """
+        mix, rate = None, None
+        for name, gain in gains.items():
+            if name == ORIGINAL:
+                path = self.original_file(job.id)[0]
+            else:
+                path = self._hold(self._stem_path(job, name))
+            try:
+                audio, rate = read_audio(path)
+            finally:
+                self.release(path)
+            if mix is not None and mix.shape != audio.shape:
+                raise UmxError(f"the stems of {job.name} differ in length; separate it again")
+            mix = gain * audio if mix is None else mix + gain * audio
+        assert mix is not None and rate is not None
+        return mix, rate
 
     def _finished(self, job_id: str) -> Job:
         """A job whose stems can be downloaded.

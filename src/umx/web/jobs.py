@@ -110,8 +110,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
         models: the model names (or directories) uploads may ask for.
         max_queue: the most jobs waiting, uploads being received included; more are refused
             as `Busy`.
-        max_cache_bytes: the most bytes the jobs may take; above it, the oldest finished jobs are
-            removed (never the newest one).
+        max_cache_bytes: the most bytes the jobs may take, downloads made included; above it,
+            those downloads, then the finished jobs, are removed (see `umx.web.cache`).
         device: where the models run.
         segment, overlap: the chunks of the separation (see `Separator.separate`); progress is
             reported after each chunk.
@@ -148,6 +148,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
         self._cancelled: set[str] = set()
         self._arriving: set[Upload] = set()  # uploads being received, see `check_room`
         self._used: dict[str, float] = {}  # when a download of each job was last made
+        self._held: collections.Counter[Path] = collections.Counter()  # see `_hold`
+        self._over_limit = False  # see `_evict`
         self._outputs: dict[str, Mapping[str, Any]] = {}  # each done job's stems, as recorded
         self._hashed: dict[Path, tuple[int, int]] = {}  # see `stem_damage`
         self._listeners = Listeners()

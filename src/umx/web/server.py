@@ -241,11 +241,11 @@ def download_routes(store: JobStore) -> list[Route]:
         path, filename = await run_in_threadpool(
             store.stem_file, request.path_params["job_id"], stem_name, ext
         )
-        return Download(path, filename=filename, media_type=MEDIA_TYPES.get(ext))
+        return Download(store, path, filename=filename, media_type=MEDIA_TYPES.get(ext))
 
     async def original(request: Request) -> Response:
         path, filename = await run_in_threadpool(store.original_file, request.path_params["job_id"])
-        return Download(path, filename=filename, media_type=MEDIA_TYPES["wav"])
+        return Download(store, path, filename=filename, media_type=MEDIA_TYPES["wav"])
 
     async def mix(request: Request) -> Response:
         ext = request.path_params["ext"]
@@ -253,13 +253,14 @@ def download_routes(store: JobStore) -> list[Route]:
             store.mix_file, request.path_params["job_id"], dict(request.query_params), ext
         )
         headers = {"X-Umx-Notice": notice} if notice else None
-        return Download(path, filename=filename, media_type=MEDIA_TYPES.get(ext), headers=headers)
+        media_type = MEDIA_TYPES.get(ext)
+        return Download(store, path, filename=filename, media_type=media_type, headers=headers)
 
     async def archive(request: Request) -> Response:
         path, filename = await run_in_threadpool(
             store.zip_file, request.path_params["job_id"], request.path_params["ext"]
         )
-        return Download(path, filename=filename, media_type="application/zip")
+        return Download(store, path, filename=filename, media_type="application/zip")
 
     return [
         Route("/api/jobs/{job_id}/stems/{file}", stem),
@@ -270,10 +271,21 @@ def download_routes(store: JobStore) -> list[Route]:
 
 
 class Download(FileResponse):
-    """A job's file, whole or in the byte ranges asked for (`Range`, as Starlette's
-    `FileResponse` serves them); a `Range` that cannot be served is the API's one-sentence JSON
-    error, not Starlette's plain text: 400 when malformed, 416 (with `Content-Range: bytes
-    */SIZE`) when it starts past the end."""
+    """A job's file, held from the cache limit by the store's download method that gave it,
+    released once sent (or its client gone); whole or in the byte ranges asked for (`Range`,
+    as Starlette's `FileResponse` serves them). A `Range` that cannot be served is the API's
+    one-sentence JSON error, not Starlette's plain text: 400 when malformed, 416 (with
+    `Content-Range: bytes */SIZE`) when it starts past the end."""
+
+    def __init__(self, store: JobStore, path: Path, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.store, self.held = store, path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self.store.release, self.held)
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
