@@ -75,6 +75,7 @@ logger = logging.getLogger("umx")
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
+"""Seconds between comments on an idle event stream, so that proxies and browsers keep it."""
 UPLOAD_IDLE_S = 30.0
 """Seconds an upload's body may send nothing before it is given up (408)."""
 HEADERS_S = 30.0
@@ -83,7 +84,6 @@ its last answer, before it is closed."""
 STOP_TASKS_S = 0.5
 """Seconds the requests whose connections the stop closed get to end by themselves, before
 they are cancelled."""
-"""Seconds between comments on an idle event stream, so that proxies and browsers keep it."""
 STATUS = {TooLarge: 413, Busy: 503, NotFound: 404, NotReady: 409}
 DIRECTORY = "directory"
 """The status of a model given as a directory (the others are those of `umx.zoo.ModelInfo`)."""
