@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from processes import read_only
+from processes import file_size_limit, read_only
 from umx.cli import main
 from umx.errors import UmxError
 from umx.files import check_folder_option
@@ -356,6 +356,18 @@ def test_an_evaldir_that_cannot_be_written_is_refused_before_any_work(
         "permissions, or write elsewhere)"
     )
     assert not any(locked.iterdir())
+
+
+def test_estimates_the_disk_refuses_leave_no_track_folder(workspace, tmp_path, monkeypatch, capsys):
+    """A full disk left `OUTDIR/test/<track>/` holding only its hidden record."""
+    monkeypatch.chdir(workspace)
+    outdir = tmp_path / "est"
+    with file_size_limit(4096):  # the record fits, a stem does not
+        code = main(["evaluate", *ROOT, "--tracks", "Good", *MIX, "--outdir", str(outdir), "-q"])
+    assert code == 1
+    assert f"{outdir / 'test' / 'Good' / 'vocals.wav'}" in capsys.readouterr().err
+    assert [path.name for path in outdir.rglob("*")] == ["test"]
+    shutil.rmtree(workspace / "ev", ignore_errors=True)
 
 
 def test_scores_may_go_beside_the_estimates(workspace, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from umx.devices import WORKERS_PER_CORE, check_cores, threads_per_worker
 from umx.errors import UmxError, already_exists, display_path, os_error_line
 from umx.evaluate.bsseval import bss_eval
 from umx.evaluate.common import _extra, _write_text
-from umx.evaluate.methods import Method, Settings
+from umx.evaluate.methods import Estimates, Method, Settings
 from umx.evaluate.resume import SETTINGS, check_resumable, run_settings, track_settings
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
 from umx.workers import (
@@ -253,6 +254,27 @@ def check_outdir(
             raise already_exists(existing[0])
 
 
+def _write_estimates(
+    folder: Path, record: Mapping[str, object], estimates: Estimates, track: musdb.MultiTrack
+) -> None:
+    """Write a track's estimates and their `ESTIMATES_RECORD` into `folder` (the record first,
+    so that a stopped run's stems are known as its own: `check_outdir`). A folder this call
+    made is removed again when they cannot all be written (a full disk), not left holding the
+    record alone."""
+    made = not folder.exists()
+    try:
+        _write_text(folder / ESTIMATES_RECORD, json.dumps(record))
+        for name, estimate in estimates.items():
+            write_audio(  # checked by `check_outdir` before any track
+                folder / f"{name}.wav", estimate.T, track.rate, subtype="FLOAT", clip="none",
+                force=True,
+            )  # fmt: skip
+    except BaseException:
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 @dataclass(frozen=True)
 class _TrackJob:
     """Everything evaluating one track needs; picklable, sent once to each worker process."""
@@ -273,18 +295,8 @@ class _TrackJob:
             with _audio_in_memory(track):
                 estimates = self.method(track)
                 if self.outdir is not None:
-                    folder = estimates_folder(self.outdir, track)
                     record = estimates_record(self.method, self.settings)
-                    _write_text(folder / ESTIMATES_RECORD, json.dumps(record))
-                    for name, estimate in estimates.items():
-                        write_audio(  # checked by `check_outdir` before any track
-                            folder / f"{name}.wav",
-                            estimate.T,
-                            track.rate,
-                            subtype="FLOAT",
-                            clip="none",
-                            force=True,
-                        )
+                    _write_estimates(estimates_folder(self.outdir, track), record, estimates, track)
                 scores = score_track(
                     track, estimates, win=self.win, hop=self.hop, metrics=self.metrics
                 )
