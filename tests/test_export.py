@@ -26,6 +26,7 @@ from processes import file_size_limit, read_only_folder
 from umx.batch.work import export_sha256
 from umx.cli import main
 from umx.errors import UmxError
+from umx.files import written_aside
 from umx.jobs import read_records
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
@@ -360,6 +361,22 @@ def test_an_export_the_file_system_refuses_leaves_nothing(tmp_path, capsys):
     assert code == 1
     assert err.splitlines()[-1] == f"umx: error: cannot write the export into {out}: File too large"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_read_while_exported_again_says_so(tmp_path):
+    """Between the old JSON's removal and the new one's rename (milliseconds), a reader was told
+    that the export was damaged and to export it again."""
+    export = tmp_path / "export"
+    export.mkdir()
+    json_file = export / EXPORT_JSON
+    with written_aside({json_file: b"{}"}), pytest.raises(UmxError) as error:
+        load_export(export)
+    assert str(error.value) == (
+        f"{export} is being exported again (umx export --force) right now: run this once it "
+        "has ended"
+    )
+    with pytest.raises(UmxError, match="export the model again"):  # no export is being written
+        load_export(export)
 
 
 def test_missing_onnxruntime_is_one_clear_error(monkeypatch):

@@ -331,6 +331,17 @@ def unheld(folder: Path, names: re.Pattern[str]) -> list[Path]:
     return found
 
 
+def being_written(path: Path) -> bool:
+    """Whether a live process is writing `path` now: one of its temporary files
+    (`write_atomic`'s, `written_aside`'s) is locked. Without locks (Windows) never known."""
+    pattern = _hidden_beside(path, ".tmp")
+    try:
+        temporaries = list(filter(pattern.fullmatch, os.listdir(path.parent)))
+    except OSError:
+        return False
+    return LOCKS and len(temporaries) > len(unheld(path.parent, pattern))
+
+
 def within(path: str, folder: str) -> bool:
     """Whether the absolute `path` is the absolute `folder` or lies inside it, by their names
     (resolve links first where they matter)."""

@@ -18,6 +18,7 @@ from typing import Any, cast
 from umx.audio import display_path
 from umx.defaults import EXPORT_JSON
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_number
+from umx.files import being_written
 from umx.modeldir import (
     MAX_MODEL_SIZE,
     MAX_NFFT,
@@ -90,6 +91,11 @@ def read_export(folder: str | os.PathLike) -> dict[str, Any]:
             model = display_path(data["model"])
         return {"model": model, **_check_export(folder, data)}
     except UmxError as error:
+        if not os.path.lexists(folder / EXPORT_JSON) and being_written(folder / EXPORT_JSON):
+            raise UmxError(
+                f"{display_path(folder)} is being exported again (umx export --force) right "
+                "now: run this once it has ended"
+            ) from None
         raise UmxError(f"{error}; {_export_again(folder, model)}") from None
 
 
