@@ -331,10 +331,10 @@ def test_cases_cover_the_issue():
 
 
 @contextlib.contextmanager
-def served_app(app, host: str):
-    """An app on a real uvicorn server listening on `host` and a free port; yields the port."""
+def running(server: uvicorn.Server, host: str):
+    """A server (uvicorn's, or umx serve's own `Server`) listening on `host` and a free port, in
+    a thread; yields the port."""
     sock = serve_run.listen(host, 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -345,6 +345,11 @@ def served_app(app, host: str):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def served_app(app, host: str):
+    """An app on a real uvicorn server listening on `host` and a free port; yields the port."""
+    return running(uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")), host)
 
 
 def test_a_wildcard_address_answers_only_its_own_names(tmp_path):
@@ -381,21 +386,9 @@ def test_errors_of_the_app_keep_the_headers(tmp_path, monkeypatch):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-@contextlib.contextmanager
 def umx_server(app):
     """An app on umx serve's own `Server` on 127.0.0.1 and a free port; yields the port."""
-    sock = serve_run.listen("127.0.0.1", 0)
-    server = Server(app, graceful_shutdown_s=1)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    return running(Server(app, graceful_shutdown_s=1), "127.0.0.1")
 
 
 def partial_upload(port: int, name: str, sent: int = 1000) -> socket.socket:
