@@ -41,6 +41,7 @@ from umx.audio import (
 )
 from umx.audio.writing import SILENCED_BELOW, finish_together
 from umx.errors import UmxError
+from umx.files import hold_lock
 
 RATE = 44100
 MP3_FRAME = 1152  # samples per MPEG-1 layer III frame: the decoders' length slack
@@ -1291,6 +1292,72 @@ def test_a_stop_signal_while_stems_are_renamed_waits_for_the_last(tmp_path):
     drums, _ = soundfile.read(tmp_path / "drums.wav", always_2d=True)
     assert abs(float(np.abs(drums).max()) - RESCALE_PEAK) < 1e-4  # rescaled, and whole
     assert drums.shape[0] == RATE
+
+
+STEMS = ("vocals", "drums", "bass", "other")
+
+
+def finish_stems(folder, gain: float) -> None:
+    """One run's four stems (`tone() * gain`) put in place with `force`, all together."""
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(AudioWriter(folder / f"{name}.wav", RATE, 2, force=True))
+            for name in STEMS
+        ]
+        for writer in writers:
+            writer.write(tone() * gain)
+        finish_together(writers)
+
+
+def stem_peaks(folder) -> list[float]:
+    return [
+        round(float(np.abs(soundfile.read(folder / f"{name}.wav")[0]).max()), 2) for name in STEMS
+    ]
+
+
+def test_a_set_of_stems_waits_while_another_run_puts_files_in_its_folder(tmp_path):
+    """Two runs with --force finishing one input's stems at once left a mix of their sets: the
+    renames are now made holding the folder's lock (held here as by the other run), so one
+    whole set is put in place after the other."""
+    finish_stems(tmp_path, 0.5)  # the other run's set
+    failures = []
+
+    def finish() -> None:
+        try:
+            finish_stems(tmp_path, 1.0)
+        except BaseException as error:
+            failures.append(error)
+
+    lock = hold_lock(tmp_path)
+    try:
+        thread = threading.Thread(target=finish)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive()  # waiting for the lock
+        assert stem_peaks(tmp_path) == [0.2] * 4  # the other run's set, untouched
+    finally:
+        lock.close()
+    thread.join(30)
+    assert not thread.is_alive() and not failures
+    assert stem_peaks(tmp_path) == [0.4] * 4
+    assert only_files(tmp_path) == sorted(f"{name}.wav" for name in STEMS)
+
+
+def test_a_folder_locked_too_long_is_one_line_and_changes_nothing(tmp_path, monkeypatch):
+    finish_stems(tmp_path, 0.5)
+    monkeypatch.setattr(audio.writing, "FOLDER_WAIT", 0.2)
+    lock = hold_lock(tmp_path)
+    try:
+        with pytest.raises(UmxError) as caught:
+            finish_stems(tmp_path, 1.0)
+    finally:
+        lock.close()
+    assert str(caught.value) == (
+        f"cannot write {tmp_path / 'vocals.wav'}: another run has been putting files in "
+        f"{tmp_path} for over 0.2 s; wait for it to end, then run this again"
+    )
+    assert stem_peaks(tmp_path) == [0.2] * 4
+    assert only_files(tmp_path) == sorted(f"{name}.wav" for name in STEMS)
 
 
 def test_discard_twice_is_harmless(tmp_path):

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -470,14 +471,17 @@ class HeldLock:
 LOCKS = fcntl is not None
 """Whether `hold_lock` locks anything here (not on Windows)."""
 
+LOCK_POLL = 0.01
+"""Seconds between two tries of a lock that `hold_lock` waits for."""
 
-def hold_lock(path: str | os.PathLike, create: bool = True) -> HeldLock | None:
+
+def hold_lock(path: str | os.PathLike, create: bool = True, wait: float = 0.0) -> HeldLock | None:
     """Take the exclusive lock (`flock`) of a folder, or of a file (created if missing, with
-    `create`), without waiting. A folder's lock leaves nothing in it.
+    `create`), waiting for it at most `wait` seconds. A folder's lock leaves nothing in it.
 
     Returns:
-        the lock, or None where another process (or another `hold_lock`) holds it. Without
-        `fcntl` (Windows) nothing is locked.
+        the lock, or None where another process (or another `hold_lock`) holds it (still,
+        after `wait`). Without `fcntl` (Windows) nothing is locked.
 
     Raises:
         OSError: it cannot be opened (it or its folder is missing, for example).
@@ -486,12 +490,20 @@ def hold_lock(path: str | os.PathLike, create: bool = True) -> HeldLock | None:
         return HeldLock(None)
     flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | (os.O_CREAT if create else 0)
     descriptor = os.open(path, flags, 0o666)
+    deadline = time.monotonic() + wait
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return HeldLock(descriptor)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(descriptor)
+                    return None
+            time.sleep(LOCK_POLL)
+    except BaseException:  # a stop while it waits
         os.close(descriptor)
-        return None
-    return HeldLock(descriptor)
+        raise
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -15,7 +15,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -462,6 +462,10 @@ class AudioWriter:
             lock.close()
 
 
+FOLDER_WAIT = 60.0
+"""Seconds `finish_together` waits for the lock of a folder that another run puts files in."""
+
+
 def finish_together(writers: Iterable[AudioWriter]) -> None:
     """Put the files of open `writers` (the stems of one input) in place all together, or none.
 
@@ -470,16 +474,20 @@ def finish_together(writers: Iterable[AudioWriter]) -> None:
     none, as each writer's exit removes its temporary files. The renames follow, with the stop
     signals held (`umx.workers.stops_deferred`), so a Ctrl-C cannot land between two of them;
     a rename that fails (a file another run wrote meanwhile) removes the files renamed before it.
+    They are made holding the lock of every folder they go to (`_folders_held`), so that two
+    runs that put the same files in place at once (with `force`) do it one after the other:
+    the last one's set is left whole, never a mix of the two.
 
     Raises:
-        UmxError: a file cannot be written, or appeared meanwhile without `force`.
+        UmxError: a file cannot be written, appeared meanwhile without `force`, or another run
+            held the lock of its folder for longer than `FOLDER_WAIT`.
     """
     writers = list(writers)
     for writer in writers:
         with writer._io_errors():
             writer._complete()
     renamed: list[AudioWriter] = []
-    with stops_deferred():
+    with _folders_held(writers), stops_deferred():
         try:
             for writer in writers:
                 with writer._io_errors():
@@ -489,6 +497,35 @@ def finish_together(writers: Iterable[AudioWriter]) -> None:
             for writer in renamed:
                 writer.path.unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def _folders_held(writers: list[AudioWriter]) -> Iterator[None]:
+    """Hold the lock (`umx.files.hold_lock`) of each folder the `writers`' files go to, for the
+    block, waiting for another run that holds one: taken in the same order by every run (by
+    device and inode, however the folder is named), so none waits for another for ever.
+
+    Raises:
+        UmxError: another run holds one for longer than `FOLDER_WAIT`.
+    """
+    folders: dict[tuple[int, int], AudioWriter] = {}
+    for writer in writers:
+        with writer._io_errors():
+            found = os.stat(writer.path.parent)
+        folders.setdefault((found.st_dev, found.st_ino), writer)
+    with contextlib.ExitStack() as held:
+        for key in sorted(folders):
+            writer = folders[key]
+            with writer._io_errors():
+                lock = hold_lock(writer.path.parent, wait=FOLDER_WAIT)
+            if lock is None:
+                raise UmxError(
+                    f"cannot write {display_path(writer.path)}: another run has been putting "
+                    f"files in {display_path(writer.path.parent)} for over {FOLDER_WAIT:g} s; "
+                    "wait for it to end, then run this again"
+                )
+            held.callback(lock.close)
+        yield
 
 
 def write_audio(
