@@ -7,6 +7,7 @@ that a run killed with SIGKILL and resumed ends exactly like an uninterrupted on
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -425,8 +426,8 @@ def test_a_seq_dur_longer_than_every_track_is_cut_to_the_longest(task, tmp_path,
         "interferer_files": ["noise.wav"], "nfft": 256, "nhop": 64, "hidden_size": 16,
         "seq_dur": 86400.0, "output": tmp_path / "out", "debug": True,
     }  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="umx"):
-        trainer = Trainer(given, Distributed(), torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="umx"), contextlib.ExitStack() as held:
+        trainer = Trainer(given, Distributed(), torch.device("cpu"), held)
     assert trainer.train_set.seq_len == SECONDS * RATE
     assert trainer.train_set[0][0].shape == (2, SECONDS * RATE)
     assert trainer.config.seq_dur == 86400  # as asked, so a resumed run asks the same
@@ -686,6 +687,35 @@ def test_an_interrupted_run_says_the_command_that_resumes_it(task, tmp_path, sig
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 4
 
 
+def test_a_second_run_into_an_output_being_trained_is_refused(task, tmp_path, capsys):
+    """Nothing stopped a run writing the target another run was training in the same --output
+    (one's result was lost, both said "model in ..."): the folder is held per target for the
+    whole run. Another target trains there meanwhile, and a run that ends leaves no lock."""
+    output = tmp_path / "model"
+    options = [*TASK, "--root", str(task), "--samples-per-track", "8", "--output", str(output)]
+    command = [sys.executable, "-m", "umx.cli", "train", *options, "--epochs", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "vocals.chkpnt").exists() and time.monotonic() < deadline:
+            assert process.poll() is None
+            time.sleep(0.02)
+        assert cli.main(["train", *options, "--epochs", "1", "--force"]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"umx: error: another umx train is writing the vocals model in {output}; wait for "
+            "it to end, or train into another --output"
+        ]
+        noise = ["--target-file", "noise.wav", "--interferer-files", "vocals.wav"]
+        assert cli.main(["train", *options, *noise, "--epochs", "1"]) == 0
+        assert process.poll() is None  # still training: it was held all along
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert not [path.name for path in output.iterdir() if path.name.startswith(".")]
+    assert (output / "noise.pth").exists() and (output / "vocals.chkpnt").exists()
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(task, tmp_path, capsys):
     """torch.save hides why a write failed (`unexpected pos 704 vs 598`, a traceback): the file
     and the reason are one line, and nothing half-written is left."""
@@ -696,7 +726,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(task
     assert capsys.readouterr().err.splitlines() == [
         f"umx: error: {output / 'vocals.chkpnt'}: File too large"
     ]
-    assert not [path for path in output.iterdir() if path.name.startswith(".")]
+    assert not output.exists()  # made by the run, and left empty
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

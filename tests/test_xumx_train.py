@@ -5,6 +5,7 @@ the tests check that a short run learns to separate all three, writes asteroid's
 `umx` separates with, and that a resumed run ends exactly like an uninterrupted one.
 """
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -156,7 +157,8 @@ def test_sources_may_have_the_names_an_open_unmix_target_cannot(task, tmp_path):
         "target_file": "separator.wav", "interferer_files": ["noise.wav", "xumx.wav"],
         "nfft": 256, "nhop": 64, "hidden_size": 16, "output": tmp_path / "out", "debug": True,
     }  # fmt: skip
-    trainer = XumxTrainer(given, Distributed(), torch.device("cpu"))
+    with contextlib.ExitStack() as held:
+        trainer = XumxTrainer(given, Distributed(), torch.device("cpu"), held)
     assert trainer.names == ["separator", "noise", "xumx"]
 
 

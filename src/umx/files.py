@@ -467,6 +467,17 @@ class HeldLock:
             os.close(self._descriptor)
             self._descriptor = None
 
+    def names(self, path: str | os.PathLike) -> bool:
+        """Whether `path` still names the file or folder locked: not where it was removed (and
+        perhaps made again) since it was opened, by the holder that let it go (`claimed_folder`).
+        Without a lock (Windows) it is taken to."""
+        if self._descriptor is None:
+            return True
+        try:
+            return os.path.samestat(os.fstat(self._descriptor), os.stat(path))
+        except FileNotFoundError:
+            return False
+
 
 LOCKS = fcntl is not None
 """Whether `hold_lock` locks anything here (not on Windows)."""
@@ -504,6 +515,51 @@ def hold_lock(path: str | os.PathLike, create: bool = True, wait: float = 0.0) -
     except BaseException:  # a stop while it waits
         os.close(descriptor)
         raise
+
+
+LOCK_ENDING = ".lock"
+"""The ending of the hidden lock files of `claimed_folder`."""
+
+
+@contextlib.contextmanager
+def claimed_folder(folder: Path, busy: str, name: str | None = None) -> Iterator[None]:
+    """Hold `folder` (made if missing) for one run, for the block: its lock (`hold_lock`), or,
+    with `name`, that of the hidden file `.NAME.lock` in it, removed again at the end, so that
+    runs of other names share the folder (`umx train`'s targets). The folders made are removed
+    again when the block fails and leaves them empty.
+
+    Raises:
+        UmxError: `busy` where another process holds it (nothing is made or removed then), or
+            the folder cannot be made or its lock file written.
+    """
+    lock_path = folder if name is None else folder / f".{name}{LOCK_ENDING}"
+    # os.path.lexists, not Path.exists: that raises for a name too long, before mkdir tells it
+    made = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]
+    while True:
+        with _making(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = hold_lock(lock_path)
+        except OSError as error:
+            raise UmxError(f"cannot write in {display_path(folder)}: {os_reason(error)}") from None
+        if lock is None:
+            raise UmxError(busy)
+        if lock.names(lock_path):  # not one its holder removed as it let it go
+            break
+        lock.close()
+    try:
+        try:
+            yield
+        finally:
+            if name is not None:
+                lock_path.unlink(missing_ok=True)
+    except BaseException:
+        for path in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    finally:
+        lock.close()
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -2,7 +2,8 @@
 
 Early stopping and the history are saved in the checkpoint `<target>.chkpnt`; this module reads
 a checkpoint back (refusing one that is unreadable, of another target or does not fit the run),
-refuses an `--output` directory holding another run, and composes its `separator.json`
+holds the `--output` directory for the run (`claim_output`) and refuses one holding another
+run, and composes its `separator.json`
 (`umx.workers.stops_deferred` keeps a stop signal from landing in the middle of writing them).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from umx.errors import UmxError, short
+from umx.errors import UmxError, display_path, short
+from umx.files import check_folder_option, claimed_folder
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
 from umx.train.config import MAX_ADAM, XUMX_NAME, TrainConfig
 from umx.weights import damaged_values
@@ -254,6 +257,30 @@ def _damaged_tensor(value: Any, name: str = "") -> tuple[str, str] | None:
     return None
 
 
+def claim_output(
+    held: ExitStack,
+    output: Path,
+    target: str,
+    config: TrainConfig,
+    sample_rate: float,
+    checkpoint: dict[str, Any] | None,
+) -> None:
+    """Hold `target`'s lock in the `output` folder (made if missing) in `held`, so that no
+    other run writes this target's files there meanwhile, then refuse a folder holding another
+    run's (`_check_output`).
+
+    Raises:
+        UmxError: the folder is not one, another umx train holds it, or see `_check_output`.
+    """
+    check_folder_option("--output", output)
+    busy = (
+        f"another umx train is writing the {target} model in {display_path(output)}; wait for "
+        "it to end, or train into another --output"
+    )
+    held.enter_context(claimed_folder(output, busy, target))
+    _check_output(output, target, config, sample_rate, checkpoint)
+
+
 def _check_output(
     output: Path,
     target: str,
@@ -266,8 +293,6 @@ def _check_output(
     Raises:
         UmxError: unless `--force` is given or the run resumes from this very directory.
     """
-    if output.exists() and not output.is_dir():
-        raise UmxError(f"{output} is a file, not a directory")
     resuming_here = checkpoint is not None and output.resolve() == Path(config.checkpoint).resolve()
     ours = [
         path.name

@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,12 @@ from umx.train.checkpoints import (
     CHECKPOINT_SUFFIX,
     EarlyStopping,
     History,
-    _check_output,
     _checkpoint_part,
     _cpu_state,
     _json_options,
     _read_checkpoint,
     _separator_config,
+    claim_output,
 )
 from umx.train.config import (
     ARCHITECTURE,
@@ -91,7 +92,8 @@ def run_training(given: Mapping[str, Any]) -> int:
             from umx.train.xumx import XumxTrainer  # a Trainer subclass: imported on use
 
             trainer_type = XumxTrainer
-        trainer_type(given, distributed, device).run()
+        with ExitStack() as held:
+            trainer_type(given, distributed, device, held).run()
         if distributed.enabled:
             dist.barrier()  # no rank tears gloo down while another still talks to it
     except (MemoryError, RuntimeError) as error:
@@ -169,8 +171,14 @@ class Trainer:
     """The training loss of a batch (see `train_epoch`); None for the magnitude MSE."""
 
     def __init__(
-        self, given: Mapping[str, Any], distributed: Distributed, device: torch.device
+        self,
+        given: Mapping[str, Any],
+        distributed: Distributed,
+        device: torch.device,
+        held: ExitStack,
     ) -> None:
+        """Set the run up (datasets, model, optimiser); `held` keeps this target's lock in the
+        output folder (`claim_output`, rank 0 only) for the run."""
         self.distributed = distributed
         self.device = device
         self.progress = distributed.is_main and not given.get("quiet")
@@ -209,8 +217,11 @@ class Trainer:
                 f"{math.ceil(1000 * config.nfft / self.sample_rate) / 1000:g} s"
             )
         cap_excerpts((self.train_set, self.valid_set), config.seq_dur, config.nfft)
-        distributed.check_on_main(  # every rank refuses, or none
-            lambda: _check_output(self.output, self.target, config, self.sample_rate, checkpoint)
+        # every rank refuses, or none
+        distributed.check_on_main(
+            lambda: claim_output(
+                held, self.output, self.target, config, self.sample_rate, checkpoint
+            )
         )
 
         seed_everything(config.seed, 0)
@@ -511,7 +522,6 @@ class Trainer:
 
     def _write_checkpoint(self) -> None:
         """Write `<target>.chkpnt` (atomically): everything a resumed run needs."""
-        self.output.mkdir(parents=True, exist_ok=True)
         torch_save_atomic(
             {
                 "epoch": self.epoch,
