@@ -352,16 +352,23 @@ def test_without_the_train_extra_it_is_refused_before_the_teachers_pass(
     assert not any(tmp_path.iterdir())
 
 
-def test_a_read_only_output_is_refused_with_what_to_do(songs, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("option", ["--output", "--work"])
+def test_a_read_only_folder_is_refused_before_any_work(
+    songs, tmp_path, monkeypatch, capsys, option
+):
     """It said "cannot create the job directory ro/st-work/teacher/.umx-job (Read-only file
-    system)"."""
+    system)", and a read-only --output only after the teacher's pass and an epoch."""
     (tmp_path / "ro").mkdir()
     read_only_folder(monkeypatch, tmp_path / "ro")
-    assert distill(songs[0], tmp_path / "ro" / "st") == 1
-    job = tmp_path / "ro" / "st-work" / "teacher" / ".umx-job"
-    assert messages(capsys)[-1] == (
-        f"umx: error: cannot create the job directory {job}: Read-only file system; write elsewhere"
-    )
+    monkeypatch.setattr(umx.batch.run, "run_batch_job", lambda *args, **kwargs: pytest.fail())
+    folders = {"--output": tmp_path / "st", "--work": tmp_path / "work", option: tmp_path / "ro"}
+    refused = folders[option] / "st"
+    folders[option] = refused
+    assert distill(songs[0], folders["--output"], "--work", str(folders["--work"])) == 1
+    assert messages(capsys) == [
+        f"umx: error: {option} {refused} cannot be written (Read-only file system; write elsewhere)"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ro"]
 
 
 def test_a_folder_without_music_is_refused(tmp_path, capsys):

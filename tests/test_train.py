@@ -26,7 +26,8 @@ import pytest
 import soundfile
 import torch
 
-from processes import file_size_limit
+import umx.train.loop
+from processes import file_size_limit, read_only_folder
 from umx import cli
 from umx.data.datasets import FixedSourcesTrackFolderDataset
 from umx.devices import resolve_device
@@ -714,6 +715,20 @@ def test_a_second_run_into_an_output_being_trained_is_refused(task, tmp_path, ca
         process.wait(timeout=60)
     assert not [path.name for path in output.iterdir() if path.name.startswith(".")]
     assert (output / "noise.pth").exists() and (output / "vocals.chkpnt").exists()
+
+
+def test_a_read_only_output_is_refused_before_any_epoch(task, tmp_path, monkeypatch, capsys):
+    """It was found out after the first epoch, writing the checkpoint."""
+    (tmp_path / "ro").mkdir()
+    read_only_folder(monkeypatch, tmp_path / "ro")
+    monkeypatch.setattr(umx.train.loop, "train_epoch", lambda *args, **kwargs: pytest.fail())
+    output = tmp_path / "ro" / "model"
+    options = [*TASK, "--root", str(task), "--epochs", "1", "--output", str(output)]
+    assert cli.main(["train", *options]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"umx: error: --output {output} cannot be written (Read-only file system; write elsewhere)"
+    ]
+    assert not any((tmp_path / "ro").iterdir())
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(task, tmp_path, capsys):

@@ -414,6 +414,19 @@ def unwritable(folder: str | os.PathLike) -> OSError | None:
     return OSError(code, os.strerror(code), os.fsdecode(folder))
 
 
+def check_writable(option: str, directory: Path) -> None:
+    """Refuse a folder option whose folder cannot be made or written, before any work: its
+    nearest existing parent is on a read-only file system or not writable (`unwritable`).
+
+    Raises:
+        UmxError: naming the option, the folder and why.
+    """
+    folder = directory.absolute()
+    error = unwritable(next(path for path in (folder, *folder.parents) if path.exists()))
+    if error is not None:
+        raise UmxError(f"{option} {display_path(directory)} cannot be written ({os_reason(error)})")
+
+
 def make_output_dirs(paths: Iterable[Path], long_names: str | None = None) -> None:
     """Create the directories of output files.
 

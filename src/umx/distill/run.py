@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.devices import resolve_device
 from umx.errors import UmxError, check_flags, check_number, check_path, display_path, short
-from umx.files import check_folder_option, overlap
+from umx.files import check_folder_option, check_writable, overlap
 from umx.messages import duration, plural
 from umx.onnx.options import is_export_folder
 from umx.train.config import ARCHITECTURE, DEFAULTS, require_train_extra
@@ -153,15 +153,23 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
     Raises:
         UmxError: see `docs/distillation.md`: the work folder of a run with other settings or
             holding files umx did not write, an output folder of another run (without
-            `force`), a teacher or student that cannot be used, too few songs.
+            `force`), a teacher or student that cannot be used, too few songs, an output or
+            work folder that cannot be written (said before the teacher's pass).
     """
+    require_train_extra()  # before the teacher's pass, which may take hours
+    output, work = Path(options.output), Path(options.work)
+    for option, folder in (("--output", output), ("--work", work)):
+        check_writable(option, folder)
+    return _distil(options, output, work)
+
+
+def _distil(options: DistillOptions, output: Path, work: Path) -> dict[str, Any]:
+    """The run of `run_distillation`, into the checked `output` and `work` folders."""
     from umx.distill.stems import import_teacher_stems
     from umx.distill.student import check_settings, train_student, write_provenance, write_settings
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
 
-    require_train_extra()  # before the teacher's pass, which may take hours
-    output, work = Path(options.output), Path(options.work)
     training = training_options(options)
     settings = {
         "music": [os.path.abspath(music) for music in options.music],

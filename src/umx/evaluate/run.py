@@ -18,10 +18,9 @@ from umx.errors import (
     check_flags,
     check_path,
     display_path,
-    os_reason,
     short,
 )
-from umx.files import check_folder_option, overlap, unwritable, within
+from umx.files import check_folder_option, check_writable, overlap, within
 from umx.options import SeparationOptions
 
 if TYPE_CHECKING:
@@ -254,7 +253,7 @@ def _check_output_folders(options: EvaluateOptions) -> None:
         if directory is None:
             continue
         check_folder_option(option, directory)
-        _check_writable(option, directory)
+        check_writable(option, directory)
         written = os.path.realpath(directory)
         if options.root is not None and overlap(written, os.path.realpath(options.root)):
             raise UmxError(
@@ -269,12 +268,3 @@ def _check_output_folders(options: EvaluateOptions) -> None:
                 f"{display_path(estimates)}: put the {option[2:]} elsewhere, so that the "
                 "estimates are never overwritten nor read as tracks"
             )
-
-
-def _check_writable(option: str, directory: Path) -> None:
-    """Refuse a folder that cannot be made or written: its nearest existing parent is on a
-    read-only file system or not writable."""
-    folder = directory.absolute()
-    error = unwritable(next(path for path in (folder, *folder.parents) if path.exists()))
-    if error is not None:
-        raise UmxError(f"{option} {display_path(directory)} cannot be written ({os_reason(error)})")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from umx.errors import UmxError, display_path, short
-from umx.files import check_folder_option, claimed_folder
+from umx.files import check_folder_option, check_writable, claimed_folder
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
 from umx.train.config import MAX_ADAM, XUMX_NAME, TrainConfig
 from umx.weights import damaged_values
@@ -270,9 +270,11 @@ def claim_output(
     run's (`_check_output`).
 
     Raises:
-        UmxError: the folder is not one, another umx train holds it, or see `_check_output`.
+        UmxError: the folder is not one or cannot be written, another umx train holds it, or
+            see `_check_output`.
     """
     check_folder_option("--output", output)
+    check_writable("--output", output)  # before any epoch
     busy = (
         f"another umx train is writing the {target} model in {display_path(output)}; wait for "
         "it to end, or train into another --output"
