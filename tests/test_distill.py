@@ -38,7 +38,7 @@ from umx.distill.teacher import (
     track_name,
 )
 from umx.errors import UmxError
-from umx.files import sha256_file
+from umx.files import hold_lock, sha256_file
 from umx.jobs import read_records
 from umx.onnx.options import EXPORT_JSON
 from umx.zoo import load_separator
@@ -369,6 +369,26 @@ def test_a_read_only_folder_is_refused_before_any_work(
         f"umx: error: {option} {refused} cannot be written (Read-only file system; write elsewhere)"
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ro"]
+
+
+def test_a_work_folder_another_distill_is_using_is_refused(songs, tmp_path, monkeypatch, capsys):
+    """Two runs with --force at once: the one that lost said "WORK/data/train/.../mixture.wav
+    does not exist", as the other was rebuilding the training set. The work folder is held
+    for the whole run (here by this test, as the other run would)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(umx.batch.run, "run_batch_job", lambda *args, **kwargs: pytest.fail())
+    lock = hold_lock(work)
+    try:
+        assert distill(songs[0], tmp_path / "st", "--work", str(work), "--force") == 1
+    finally:
+        lock.close()
+    assert messages(capsys) == [
+        f"umx: error: another umx distill is using {work}; wait for it to end, or give another "
+        "--work"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["work"]
+    assert not any(work.iterdir())
 
 
 def test_a_folder_without_music_is_refused(tmp_path, capsys):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.devices import resolve_device
 from umx.errors import UmxError, check_flags, check_number, check_path, display_path, short
-from umx.files import check_folder_option, check_writable, overlap
+from umx.files import check_folder_option, check_writable, claimed_folder, overlap
 from umx.messages import duration, plural
 from umx.onnx.options import is_export_folder
 from umx.train.config import ARCHITECTURE, DEFAULTS, require_train_extra
@@ -154,13 +154,19 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
         UmxError: see `docs/distillation.md`: the work folder of a run with other settings or
             holding files umx did not write, an output folder of another run (without
             `force`), a teacher or student that cannot be used, too few songs, an output or
-            work folder that cannot be written (said before the teacher's pass).
+            work folder that cannot be written (said before the teacher's pass), a work folder
+            another umx distill is using.
     """
     require_train_extra()  # before the teacher's pass, which may take hours
     output, work = Path(options.output), Path(options.work)
     for option, folder in (("--output", output), ("--work", work)):
         check_writable(option, folder)
-    return _distil(options, output, work)
+    busy = (
+        f"another umx distill is using {display_path(work)}; wait for it to end, or give "
+        "another --work"
+    )
+    with claimed_folder(work, busy):  # for the whole run: it rebuilds the training set
+        return _distil(options, output, work)
 
 
 def _distil(options: DistillOptions, output: Path, work: Path) -> dict[str, Any]:
