@@ -29,6 +29,7 @@ from umx.cli import main
 from umx.errors import UmxError
 from umx.files import sha256_file
 from umx.jobs import DONE, FAILED, QUEUED, RUNNING, latest_records, read_records
+from umx.web import cache as web_cache
 from umx.web.jobs import JobStore
 from umx.web.records import Job
 from umx.web.run import listen
@@ -461,7 +462,8 @@ def test_delete_and_the_cache_limit(client, store, tmp_path):
     assert restarted.stop(timeout=30)
 
 
-def test_a_download_that_fills_the_cache_removes_the_least_recently_used_song(tmp_path):
+def test_a_download_made_past_the_limit_is_sent_then_removed_and_no_song_goes(tmp_path):
+    """A flac (or zip) made past the limit made the limit remove another song, and was kept."""
     store = new_store(tmp_path / "data")
     store.start(1)
     try:
@@ -473,19 +475,50 @@ def test_a_download_that_fills_the_cache_removes_the_least_recently_used_song(tm
             for job_id in ids:
                 wait(store, job_id)
             store.max_cache_bytes = sum(folder_size(path) for path in store.jobs_dir.iterdir())
-            oldest, middle, newest = ids
+            oldest, middle, _ = ids
             got = client.get(f"/api/jobs/{oldest}/stems/vocals.flac")  # made, then over the limit
             assert got.status_code == 200
             audio, _ = soundfile.read(io.BytesIO(got.content))
             assert audio.shape == (int(0.5 * RATE), 2) and np.abs(audio).max() > 0
-            # the song downloaded and the newest stay; the middle one, least recently used, goes
-            assert {job["id"] for job in store.jobs()} == {oldest, newest}
-            assert client.get(f"/api/jobs/{middle}/stems/vocals.flac").status_code == 404
-            assert (
-                client.get(f"/api/jobs/{oldest}/mix/flac", params={"vocals": 1}).status_code == 200
-            )
+            wait_for(lambda: not (store.jobs_dir / oldest / "downloads").exists()
+                     or not any((store.jobs_dir / oldest / "downloads").iterdir()),
+                     "the flac removed once sent")  # fmt: skip
+            assert {job["id"] for job in store.jobs()} == set(ids)
+            assert client.get(f"/api/jobs/{middle}/stems/vocals.wav").status_code == 200
+            assert folder_size(store.jobs_dir) <= store.max_cache_bytes
     finally:
         assert store.stop(timeout=30)
+
+
+def test_the_limit_counts_each_byte_once_and_holds_at_start(tmp_path, monkeypatch):
+    """A song's downloads removed in the same pass as the song were subtracted twice, so the
+    pass stopped over the limit; and a limit lowered between two runs waited for a change."""
+    monkeypatch.setattr(web_cache, "ASKED_S", 0.0)  # as if the downloads were long ago
+    store = new_store(tmp_path / "data")
+    store.start(1)
+    try:
+        oldest, small, newest = (
+            store.add(upload(store, song_bytes(seconds, seed)), store.options(MODEL, "all"))[0][
+                "id"
+            ]
+            for seconds, seed in ((1, 1), (0.1, 2), (0.5, 3))
+        )
+        for job_id in (oldest, small, newest):
+            wait(store, job_id)
+        mix, _, _ = store.mix_file(oldest, {"vocals": "0.5"}, "wav")  # larger than `small`
+        store.release(mix)
+        assert mix.stat().st_size > folder_size(store.jobs_dir / small)
+        store.max_cache_bytes = folder_size(store.jobs_dir / newest) + 1000
+        store._evict()
+        assert [job["id"] for job in store.jobs()] == [newest]
+    finally:
+        assert store.stop(timeout=30)
+    lowered = new_store(store.root, max_cache_bytes=1)
+    lowered.start(1)
+    try:
+        assert [job["id"] for job in lowered.jobs()] == [newest]  # the newest always stays
+    finally:
+        assert lowered.stop(timeout=30)
 
 
 def test_downloads_made_count_against_the_cache_limit_least_recently_used_first(tmp_path):
@@ -515,11 +548,11 @@ def test_downloads_made_count_against_the_cache_limit_least_recently_used_first(
             assert client.get(f"/api/jobs/{job_id}/mix/wav", params={"vocals": 0.9}).is_success
             wait_for(lambda: len(list(downloads.iterdir())) == 2, "the least recent mix removed")
             assert seven.exists()
-            # the zip takes 4 s of stems: the mixes go, then the older song
-            assert client.get(f"/api/jobs/{job_id}/zip/wav").is_success
-            wait_for(lambda: len(store.jobs()) == 1, "the older song removed")
-            assert [job["id"] for job in store.jobs()] == [job_id]
-            assert {path.name for path in downloads.iterdir()} == {"stems-wav.zip"}
+            # the zip takes 4 s of stems: sent whole, then removed with the mixes; both songs stay
+            got = client.get(f"/api/jobs/{job_id}/zip/wav")
+            assert got.is_success and len(got.content) > 4 * mix_bytes
+            wait_for(lambda: not any(downloads.iterdir()), "the downloads removed")
+            assert {job["id"] for job in store.jobs()} == {older, job_id}
             assert folder_size(store.jobs_dir) <= store.max_cache_bytes
     finally:
         assert store.stop(timeout=30)

@@ -2,7 +2,9 @@
 the downloads made from their stems (flac and mp3 copies, zip files, mixes, the original mix
 decoded) are removed first, least recently used first, as they are made again when asked for;
 then the finished jobs least recently ended or downloaded. A file being sent is never removed,
-nor the job it belongs to."""
+nor the job it belongs to, nor a job a download was asked of in the last `ASKED_S` seconds
+(it may still be checking its stems). Downloads being sent may keep the jobs over the limit
+until they are sent; they do not make the limit remove other jobs."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from umx.web.records import DOWNLOADS, Job
 from umx.web.storage import folder_size, remove
 
 logger = logging.getLogger("umx")
+
+ASKED_S = 60.0
+"""Seconds after a download of a job is asked for during which the cache limit keeps the job."""
 
 
 class CacheLimit:
@@ -79,31 +84,35 @@ class CacheLimit:
         self._evict()
         return target
 
-    def _evict(self, keep: str | None = None) -> None:
-        """Keep the jobs within `max_cache_bytes`: remove the downloads made from their stems,
-        least recently used first, then the finished jobs least recently ended or downloaded;
-        never a file being sent nor its job, nor the newest job, nor `keep`, the job a download
-        was just asked of."""
+    def _evict(self) -> None:
+        """Keep the jobs within `max_cache_bytes` (but for the downloads being sent): remove the
+        downloads made from their stems, least recently used first, then the finished jobs
+        least recently ended or downloaded; never a file being sent nor its job, nor the newest
+        job, nor one a download was asked of in the last `ASKED_S` seconds."""
         with self._lock:
-            if keep is not None:
-                self._used[keep] = time.time()
             sizes = {job_id: folder_size(self.jobs_dir / job_id) for job_id in self._jobs}
             total = sum(sizes.values())
-            for path, size in self._made_files() if total > self.max_cache_bytes else []:
-                if total <= self.max_cache_bytes:
+            made = self._made_files() if total > self.max_cache_bytes else []
+            sending = sum(size for path, size in made if path in self._held)
+            for path, size in made:
+                if total - sending <= self.max_cache_bytes:
                     break
                 if path not in self._held:
                     path.unlink(missing_ok=True)
                     total -= size
-            busy = {path.parent.parent.name for path in self._held}  # jobs/<id>/<folder>/<file>
+                    sizes[path.parent.parent.name] -= size  # jobs/<id>/<folder>/<file>
+            now = time.time()
+            busy = {path.parent.parent.name for path in self._held} | {
+                job_id for job_id, used in self._used.items() if now - used < ASKED_S
+            }
             ended = [job for job in self._jobs.values() if job.state in (DONE, FAILED)]
             newest = max(ended, key=lambda job: job.finished or job.created, default=None)
             ended.sort(key=lambda job: max(job.finished or job.created, self._used.get(job.id, 0)))
             gone = []
             for job in ended:
-                if total <= self.max_cache_bytes:
+                if total - sending <= self.max_cache_bytes:
                     break
-                if job is newest or job.id == keep or job.id in busy:
+                if job is newest or job.id in busy:
                     continue
                 total -= sizes[job.id]
                 del self._jobs[job.id]

@@ -90,8 +90,8 @@ class Downloads:
         self._check_stems(job)
         source = self._stem_path(job, stem)
         name = f"{safe_stem(job.name)}-{stem}.{ext}"
-        self._used[job_id] = time.time()
         if ext == STEM_EXT:
+            self._evict()  # a download may be the first change since the limit was lowered
             return self._hold(source), name
 
         def make() -> None:
@@ -131,7 +131,6 @@ class Downloads:
                     self.release(path)
 
         self._check_stems(job)
-        self._used[job_id] = time.time()
         return self._made(target, lambda: write_atomic(target, write)), f"{folder}-stems-{ext}.zip"
 
     def original_file(self, job_id: str) -> tuple[Path, str]:
@@ -152,7 +151,6 @@ class Downloads:
             audio, rate = read_audio(directory / INPUT, downmix=True)
             write_audio(target, audio, rate, subtype="FLOAT", clip="none", force=True)
 
-        self._used[job_id] = time.time()
         return self._made(target, make), f"{safe_stem(job.name)}-{ORIGINAL}.{STEM_EXT}"
 
     def mix_file(
@@ -213,7 +211,6 @@ class Downloads:
                 write_audio(target, mix, rate, subtype=subtype, clip="rescale", force=True)
             )
 
-        self._used[job_id] = time.time()
         self._made(target, make, again=True)
         notice = None
         if reports[0].action == "rescaled":
@@ -256,6 +253,7 @@ class Downloads:
         with self._lock:
             job = self._get(job_id)
             state = job.state
+            self._used[job_id] = time.time()  # asked now: kept from the cache limit a while
         if state in (QUEUED, RUNNING):
             doing = "being separated" if state == RUNNING else "waiting to be separated"
             raise NotReady(f"{job.name} is still {doing}; download it when it is done")

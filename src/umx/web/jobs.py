@@ -295,7 +295,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
         with self._lock:
             arriving = len(self._arriving - {upload})
             if len(self._pending) + arriving >= self.max_queue:
-                waiting = f"{len(self._pending) + arriving} songs are waiting"
+                count = len(self._pending) + arriving
+                waiting = f"{plural(count, 'song')} {'is' if count == 1 else 'are'} waiting"
                 raise Busy(
                     f"the server is busy: {waiting}{' or arriving' if arriving else ''}; "
                     "try again when one is done"
@@ -442,6 +443,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
             except (OSError, UmxError) as error:  # each change will say it cannot be recorded
                 reason = getattr(error, "strerror", None) or error
                 logger.error("%s: cannot be written: %s", display_path(self.manifest_path), reason)
+        self._evict()  # a limit lowered since the last run
         for index in range(nb_workers):
             worker = threading.Thread(
                 target=self._work,
