@@ -32,7 +32,7 @@ ASKED_S = 60.0
 
 class CacheLimit:
     """The cache limit of `umx.web.jobs.JobStore`, which provides what it uses: its `jobs_dir`,
-    `max_cache_bytes`, `_lock`, `_jobs`, `_used` (when a download of each job was last made),
+    `max_cache_bytes`, `_lock`, `_jobs`, `_used` (when a download of each job was last asked for),
     `_held` (the files being sent, see `_hold`), `_over_limit` (whether the jobs were left
     over the limit), `_listeners`, `_record` (records a change) and `_gone` (a deleted job's
     record)."""

@@ -91,7 +91,6 @@ class Downloads:
         source = self._stem_path(job, stem)
         name = f"{safe_stem(job.name)}-{stem}.{ext}"
         if ext == STEM_EXT:
-            self._evict()  # a download may be the first change since the limit was lowered
             return self._hold(source), name
 
         def make() -> None:

@@ -147,7 +147,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
         self._pending: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
         self._arriving: set[Upload] = set()  # uploads being received, see `check_room`
-        self._used: dict[str, float] = {}  # when a download of each job was last made
+        self._used: dict[str, float] = {}  # when a download of each job was last asked for
         self._held: collections.Counter[Path] = collections.Counter()  # see `_hold`
         self._over_limit = False  # see `_evict`
         self._outputs: dict[str, Mapping[str, Any]] = {}  # each done job's stems, as recorded
