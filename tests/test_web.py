@@ -129,6 +129,16 @@ def post(client, data: bytes, name: str = "song.wav", **query):
     return client.post("/api/jobs", params={"name": name, **query}, content=data)
 
 
+def separated(client, store: JobStore, seconds: float, seeds) -> list[str]:
+    """The ids of songs of `seconds` (one per seed) posted through `client`, once all are done."""
+    ids = [
+        post(client, song_bytes(seconds, seed), name=f"{seed}.wav").json()["id"] for seed in seeds
+    ]
+    for job_id in ids:
+        wait(store, job_id)
+    return ids
+
+
 def test_separates_an_upload_into_the_stems_of_the_api(client, store, tmp_path):
     data = song_bytes(1.5, seed=1)
     response = post(client, data, stems="all")
@@ -468,12 +478,7 @@ def test_a_download_made_past_the_limit_is_sent_then_removed_and_no_song_goes(tm
     store.start(1)
     try:
         with local_client(new_app(store)) as client:
-            ids = [
-                post(client, song_bytes(0.5, seed), name=f"{seed}.wav").json()["id"]
-                for seed in (1, 2, 3)
-            ]
-            for job_id in ids:
-                wait(store, job_id)
+            ids = separated(client, store, 0.5, (1, 2, 3))
             store.max_cache_bytes = sum(folder_size(path) for path in store.jobs_dir.iterdir())
             oldest, middle, _ = ids
             got = client.get(f"/api/jobs/{oldest}/stems/vocals.flac")  # made, then over the limit
@@ -497,14 +502,11 @@ def test_the_limit_counts_each_byte_once_and_holds_at_start(tmp_path, monkeypatc
     store = new_store(tmp_path / "data")
     store.start(1)
     try:
-        oldest, small, newest = (
-            store.add(upload(store, song_bytes(seconds, seed)), store.options(MODEL, "all"))[0][
-                "id"
-            ]
-            for seconds, seed in ((1, 1), (0.1, 2), (0.5, 3))
-        )
-        for job_id in (oldest, small, newest):
-            wait(store, job_id)
+        ids = []
+        for seconds, seed in ((1, 1), (0.1, 2), (0.5, 3)):
+            song = upload(store, song_bytes(seconds, seed))
+            ids.append(wait(store, store.add(song, store.options(MODEL, "all"))[0]["id"])["id"])
+        oldest, small, newest = ids
         mix, _, _ = store.mix_file(oldest, {"vocals": "0.5"}, "wav")  # larger than `small`
         store.release(mix)
         assert mix.stat().st_size > folder_size(store.jobs_dir / small)
@@ -526,11 +528,7 @@ def test_downloads_made_count_against_the_cache_limit_least_recently_used_first(
     store.start(1)
     try:
         with local_client(new_app(store)) as client:
-            older, job_id = (
-                post(client, song_bytes(1, seed), name=f"{seed}.wav").json()["id"]
-                for seed in (1, 2)
-            )
-            wait(store, older), wait(store, job_id)
+            older, job_id = separated(client, store, 1, (1, 2))
             songs = sum(folder_size(path) for path in store.jobs_dir.iterdir())
             mix_bytes = int(RATE * 2 * 4)  # one second of stereo float
             store.max_cache_bytes = songs + 2 * mix_bytes + mix_bytes // 2  # two mixes fit
