@@ -294,8 +294,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
         """
         with self._lock:
             arriving = len(self._arriving - {upload})
-            if len(self._pending) + arriving >= self.max_queue:
-                count = len(self._pending) + arriving
+            count = len(self._pending) + arriving
+            if count >= self.max_queue:
                 waiting = f"{plural(count, 'song')} {'is' if count == 1 else 'are'} waiting"
                 raise Busy(
                     f"the server is busy: {waiting}{' or arriving' if arriving else ''}; "
