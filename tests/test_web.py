@@ -3,6 +3,7 @@ failures, deletion, the cache limit, server-sent events and restarts (the bundle
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -23,6 +24,7 @@ import pytest
 import soundfile
 import torch
 
+import umx.jobs
 from processes import wait_for
 from umx import api
 from umx.cli import main
@@ -861,6 +863,7 @@ def test_a_restart_says_its_queued_jobs_and_the_demo_notice_once(tmp_path, caplo
     from umx.zoo.registry import MODELS as ZOO
 
     monkeypatch.setattr(loading, "_NOTICED", set())  # as in a new process
+    monkeypatch.setattr(umx.jobs, "_separators", collections.OrderedDict())  # nothing loaded
     root = tmp_path / "data"
     first = new_store(root)  # not started: its jobs stay queued
     for seed, stems in ((81, "all"), (82, "vocals")):
