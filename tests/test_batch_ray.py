@@ -296,7 +296,7 @@ def test_a_signal_caught_inside_ray_stops_the_run(monkeypatch):
     SystemError "returned a result with an exception set": the stop itself is raised again,
     the actors killed and Ray shut down."""
     from umx.batch import ray_backend
-    from umx.cli import Stopped
+    from umx.cli_run import Stopped
 
     def wait(*args, **kwargs):
         try:

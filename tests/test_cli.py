@@ -592,7 +592,7 @@ def test_a_forked_worker_dies_of_a_stop_signal_quietly():
     import os
     import signal
 
-    from umx.cli import stop_on_signals
+    from umx.cli_run import stop_on_signals
 
     with stop_on_signals():
         read, write = os.pipe()

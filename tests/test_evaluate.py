@@ -953,7 +953,7 @@ import argparse, os, sys, time
 from pathlib import Path
 
 from processes import children
-from umx.cli import Stopped, stop_on_signals
+from umx.cli_run import Stopped, stop_on_signals
 from umx.evaluate import scoring
 
 

@@ -652,13 +652,22 @@ def test_the_outlook_foresees_the_next_epoch_and_the_end_of_the_patience_window(
     )
 
 
-@pytest.mark.parametrize(("signame", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_an_interrupted_run_says_the_command_that_resumes_it(task, tmp_path, signame, status):
+@pytest.mark.parametrize(
+    ("program", "signame", "status"),
+    [
+        (["umx.cli", "train"], "SIGINT", 130),
+        (["umx.cli", "train"], "SIGTERM", 143),
+        (["umx.train"], "SIGTERM", 143),  # as torchrun stops it; it used to die without a word
+    ],
+)
+def test_an_interrupted_run_says_the_command_that_resumes_it(
+    task, tmp_path, program, signame, status
+):
     """Ctrl-C or SIGTERM after an epoch: the last line but one is the command that resumes,
-    which then completes the run."""
+    which then completes the run; the run's lock is gone."""
     output = tmp_path / "model dir"  # a path the shell must quote
     options = [*TASK, "--root", str(task), "--epochs", "4", "--samples-per-track", "32"]
-    command = [sys.executable, "-m", "umx.cli", "train", *options, "--output", str(output)]
+    command = [sys.executable, "-m", *program, *options, "--output", str(output)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         command,
@@ -682,6 +691,7 @@ def test_an_interrupted_run_says_the_command_that_resumes_it(task, tmp_path, sig
         f"'{output}' --target vocals"
     )
     assert stopped in ("umx: interrupted", "umx: stopped by SIGTERM")
+    assert not [path.name for path in output.iterdir() if path.name.startswith(".")]
     assert torch.load(checkpoint, weights_only=True)["epoch"] < 4
     resume = shlex.split(hint.split(": ", 2)[2])
     assert cli.main([*resume[1:], "--quiet"]) == 0
@@ -959,3 +969,14 @@ def test_early_stopping_counts_epochs_without_improvement():
 def test_unknown_device_is_an_error():
     with pytest.raises(UmxError, match="unknown device"):
         resolve_device("tpu9")
+
+
+def test_python_m_umx_train_refuses_an_unknown_option_in_one_line(capsys):
+    """Its parser printed the whole usage first, 27 lines, as `umx train`'s does not."""
+    with pytest.raises(SystemExit) as exit:
+        main(["--bogus"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "python -m umx.train: error: unrecognized arguments: --bogus (see python -m umx.train "
+        "--help)"
+    ]

@@ -7,8 +7,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Collection, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +27,10 @@ from umx.cli_options import (
     path_text,
     spelled_out,
 )
+from umx.cli_run import run_command
 from umx.defaults import DEFAULT_BLOCK, PCM_DTYPES, STREAM_MODEL
-from umx.devices import check_cores, keep_freed_memory
-from umx.errors import UmxError, check_number, display_path, os_error_line
-from umx.workers import STOP_SIGNALS
+from umx.devices import check_cores
+from umx.errors import UmxError, check_number, display_path
 from umx.zoo import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -49,42 +49,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("umx")
 
-TERMINATING = tuple(signum for signum in STOP_SIGNALS if signum != signal.SIGINT)
-"""The stop signals that `stop_on_signals` turns into `Stopped` (Ctrl-C is Python's own)."""
 CLOSED_PIPE_STATUS = 128 + getattr(signal, "SIGPIPE", 13)
 """`umx stream --stdout`'s exit status when its reader goes away: a shell's for a process that
 SIGPIPE ended (141)."""
-
-
-class Stopped(BaseException):
-    """Raised in the main thread when the process is asked to stop (SIGTERM, SIGHUP), so that
-    every open output is cleaned up as on Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into `Stopped` for the duration of the block, in this process
-    only: a worker forked from it (`--jobs`) dies of the signal as usual, as a pool that
-    terminates its workers expects."""
-    owner = os.getpid()
-
-    def stop(signum: int, _frame: object) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Stopped(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in TERMINATING}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,22 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "separate")
     args = build_parser({argv[0]}).parse_args(argv)
     setup_logging(args.quiet)
-    keep_freed_memory()
-    try:
-        with stop_on_signals():
-            return args.run(args)
-    except UmxError as error:
-        logger.error("error: %s", error)
-        return 1
-    except OSError as error:  # the file system refused: a full disk, a read-only folder
-        logger.error("error: %s", os_error_line(error))
-        return 1
-    except KeyboardInterrupt:
-        logger.error("interrupted")
-        return 130
-    except Stopped as stopped:
-        logger.error("stopped by %s", signal.Signals(stopped.signum).name)
-        return 128 + stopped.signum
+    return run_command(lambda: args.run(args))
 
 
 def setup_logging(quiet: bool) -> None:

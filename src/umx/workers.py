@@ -23,7 +23,7 @@ T = TypeVar("T")
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
-"""What stops a run: Ctrl-C, and the signals `umx` turns into a stop (`umx.cli.Stopped`)."""
+"""What stops a run: Ctrl-C, and the signals `umx` turns into a stop (`umx.cli_run.Stopped`)."""
 
 _driver_fd: int | None = None
 """A descriptor of this worker's driver that becomes readable when it ends (Linux's pidfd),

@@ -87,7 +87,7 @@ def _own_signal_handlers() -> Iterator[None]:
     """The handlers of SIGINT, SIGTERM and SIGHUP as they were before the block, during it (Ray
     would put its own SIGTERM handlers in place, which exit 15 or 1 without a word) and after
     it (its C++ core worker's, which prints a stack dump): umx's stop a run as locally
-    (`umx.cli.stop_on_signals`)."""
+    (`umx.cli_run.stop_on_signals`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -14,12 +14,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from umx.cli_options import path_argument
+from umx.cli_options import OneLineParser, path_argument
+from umx.cli_run import run_command
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK
-from umx.errors import UmxError
 from umx.train.config import ARCHITECTURES, DATASETS, DEFAULTS
-
-logger = logging.getLogger("umx")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,8 +269,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m umx.train`: the same as `umx train`. Returns the exit code."""
-    parser = argparse.ArgumentParser(
+    """`python -m umx.train`: the same as `umx train`, its errors and stops (SIGTERM under
+    torchrun) included. Returns the exit code."""
+    parser = OneLineParser(
         prog="python -m umx.train", description="Train an Open-Unmix target model."
     )
     add_train_arguments(parser)
@@ -280,8 +279,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="umx: %(message)s"
     )
-    try:
-        return run_train(args)
-    except UmxError as error:
-        logger.error("error: %s", error)
-        return 1
+    return run_command(lambda: run_train(args))
