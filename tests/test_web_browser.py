@@ -350,11 +350,14 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
         page.keyboard.press("Enter")
     assert retried.value.status == 200
     page.wait_for_function("() => document.activeElement.classList.contains('delete')")
-    for _ in range(600):  # queued again, and failed again: still offline
-        again = wait(store, job["id"])
-        if again["finished"] != first:
-            break
-    assert again["state"] == "failed" and again["finished"] > first
+    again = failed_again(store, job["id"], first)
+    # retried elsewhere (another tab, the API) while the focus is on Retry: it goes to Delete
+    item.locator("button.retry").wait_for()  # the page saw it fail
+    item.locator("button.retry").focus()
+    assert focused(page).startswith("button#.retry[")
+    store.retry(job["id"])
+    page.wait_for_function("() => document.activeElement.classList.contains('delete')")
+    again = failed_again(store, job["id"], again["finished"])
 
     # deleted elsewhere (another tab, the API), then an answer about it comes late: not shown;
     # the same song sent again is the same job (its id), and is shown again
@@ -379,6 +382,16 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert page.problems == [  # that refusal, and nothing else (no favicon 404, no error)
         "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
     ]
+
+
+def failed_again(store, job_id: str, finished: float) -> dict:
+    """The job's record once it failed again after `finished` (retried: still offline)."""
+    for _ in range(600):
+        again = wait(store, job_id)
+        if again["finished"] != finished:
+            break
+    assert again["state"] == "failed" and again["finished"] > finished
+    return again
 
 
 def test_a_refused_name_is_announced_as_the_server_names_it(served, page_at):
@@ -528,6 +541,16 @@ def test_the_song_in_the_player_is_told_apart_from_the_others(
         ]
         assert names[0] != names[1] and all(name.lower().startswith(action) for name in names)
         assert all(finished_song.name in name and "umxsynth" in name for name in names)
+    # a song separated again (its stems found damaged) while the focus is on its Listen: Listen
+    # is disabled, and the focus goes to its Delete
+    page.focus(f"#job-{other} .listen")
+    page.evaluate(
+        """(id) => { const job = state.jobs.get(id);
+            updateJob({...job, state: "running", progress: 0, revision: job.revision + 1}); }""",
+        other,
+    )
+    assert page.is_disabled(f"#job-{other} .listen")
+    assert page.evaluate("(id) => document.activeElement.matches(`#job-${id} .delete`)", other)
     assert page.problems == []
 
 
@@ -554,7 +577,7 @@ def test_stems_that_fail_to_load_offer_to_try_again(served, finished, page_at):
     ]
 
 
-def test_an_upload_can_be_cancelled(served, page_at):
+def test_an_upload_can_be_cancelled_and_its_end_keeps_the_focus(served, page_at):
     page = page_at("desktop")
     page.goto(served[1])
     page.wait_for_selector("html[data-state=ready]")
@@ -563,7 +586,8 @@ def test_an_upload_can_be_cancelled(served, page_at):
             XMLHttpRequest.prototype.abort = function () { window.aborted++;
                 return abort.call(this); }; }"""
     )
-    page.route("**/api/jobs?*", lambda route: None)  # the server never answers: still sending
+    sending = []  # the uploads' requests, answered below (or never: still sending)
+    page.route("**/api/jobs?*", lambda route: sending.append(route))
     page.evaluate("() => upload(new File(['a long song'], 'slow.wav'))")
     cancel = page.locator("#jobs li.upload button.cancel")
     assert cancel.count() == 1 and cancel.is_visible()
@@ -574,7 +598,26 @@ def test_an_upload_can_be_cancelled(served, page_at):
     assert page.locator("#jobs li.upload").count() == 0
     assert focused(page) == "button#choose.[]"  # where the next song is chosen
     assert page.text_content("#announcer") == "slow.wav: upload cancelled"
-    assert page.problems == []
+
+    # the answer comes while the focus is on Cancel: the upload's item goes, the song's comes,
+    # and the focus goes to its first control (queued: Delete), not to the page's start
+    page.evaluate("() => upload(new File(['a song'], 'sent.wav'))")
+    page.focus("#jobs li.upload button.cancel")
+    record = {"id": "e" * 32, "name": "sent.wav", "state": "queued", "position": 1,
+              "revision": 1, "created": 1e10, "model": "umxsynth", "stems": "all",
+              "progress": 0, "targets": TARGETS}  # fmt: skip
+    sending[-1].fulfill(status=201, json=record)
+    page.wait_for_selector("#jobs li.upload", state="detached")
+    assert focused(page) == "button#.delete[Delete sent.wav (umxsynth, all stems)]"
+    # refused while the focus is on Cancel: the focus goes to its Dismiss
+    page.evaluate("() => upload(new File(['a song'], 'refused.wav'))")
+    page.focus("#jobs li.upload button.cancel")
+    sending[-1].fulfill(status=422, json={"error": "refused.wav is not decodable audio"})
+    page.wait_for_selector("#jobs li.upload .error:not([hidden])")
+    assert focused(page) == "button#.dismiss[Dismiss refused.wav]"
+    assert page.problems == [
+        "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
+    ]
 
 
 def test_stem_downloads_show_their_stem_and_the_waveforms_line_up(served, finished, page_at):

@@ -57,6 +57,20 @@ function announce(text) {
   $("#announcer").textContent = text;
 }
 
+// Moves the focus into an item of the list: to its first control that can take it (a song's
+// Listen, Retry or Delete, an upload's Cancel or Dismiss), or, with no item, to Choose files….
+function focusItem(item) {
+  (item?.querySelector(".actions button:enabled:not([hidden])") || $("#choose")).focus();
+}
+
+// After an item changed: the focus on a control of it that the change hid or disabled goes to
+// the item's first control left, not to the page's start (where a browser would leave it).
+function keepFocus(item, control) {
+  if (item.contains(control) && (control.disabled || control.closest("[hidden]"))) {
+    focusItem(item);
+  }
+}
+
 function modelInfo(name) {
   return state.config.models.find((model) => model.name === name);
 }
@@ -148,7 +162,9 @@ function upload(file) {
     try { body = JSON.parse(request.responseText); } catch { body = null; }
     if (request.status === 200 || request.status === 201) {
       state.uploads.delete(key);
-      document.getElementById(key)?.remove();
+      const item = document.getElementById(key);
+      const hadFocus = item?.contains(document.activeElement);  // its Cancel, say
+      item?.remove();
       const known = state.jobs.get(body.id);
       state.ours.add(body.id);
       // the events may have told more already: this answer is older than they are; the job
@@ -156,6 +172,7 @@ function upload(file) {
       if (!known) updateJob(body);
       else if (state.told.get(body.id) !== known.state) announceJob(known);
       if (state.jobs.get(body.id).state === "done" && !state.player) openPlayer(body.id);
+      if (hadFocus) focusItem(document.getElementById(`job-${body.id}`));
     } else {
       entry.error = body?.error || `the server answered ${request.status}`;
       renderUpload(entry);
@@ -169,6 +186,7 @@ function upload(file) {
 }
 
 function renderUpload(entry) {
+  const focused = document.activeElement;
   let item = document.getElementById(entry.key);
   if (!item) {
     const dismiss = element("button", { type: "button", class: "dismiss", text: "Dismiss",
@@ -209,6 +227,7 @@ function renderUpload(entry) {
   }
   entry.announced = Boolean(entry.error);
   renderEmpty();
+  keepFocus(item, focused);  // a refused upload's Cancel goes: its Dismiss has the focus
 }
 
 function setUpDrop() {
@@ -321,6 +340,7 @@ function announceJob(job) {
 }
 
 function renderJob(job) {
+  const focused = document.activeElement;
   const item = jobItem(job);
   item.className = `state-${job.state}`;
   // the song in the player: said in words and to screen readers, not by colour alone
@@ -344,6 +364,7 @@ function renderJob(job) {
   const details = problem.querySelector("details");
   details.hidden = !job.error || job.error === job.error_summary;
   details.querySelector("p").textContent = job.error || "";
+  keepFocus(item, focused);  // a Retry gone, a Listen disabled: its Delete has the focus
 }
 
 function renderEmpty() {
@@ -359,15 +380,13 @@ async function deleteJob(id) {
 }
 
 async function retryJob(id) {
-  const item = document.getElementById(`job-${id}`);
   const response = await fetch(`/api/jobs/${id}/retry`, { method: "POST" });
   if (!response.ok) {
     alert(await errorOf(response));
     return;
   }
   state.ours.add(id);
-  updateJob(await response.json());
-  item?.querySelector(".delete").focus();  // the Retry button is gone
+  updateJob(await response.json());  // its Retry goes, the focus to its Delete (keepFocus)
 }
 
 function listen() {
