@@ -157,6 +157,13 @@ def description(page, selector: str, what: str = "description") -> str | None:
     return tree["nodes"][0].get(what, {}).get("value")
 
 
+def said(page) -> str:
+    """The live region's text once what waits to be said is said (what comes together is said
+    as one, a moment later)."""
+    page.wait_for_function("() => unsaid.size === 0")
+    return page.text_content("#announcer")
+
+
 def tab_to(page, selector: str, limit: int = 80) -> None:
     """Press Tab until the element matching `selector` has the focus."""
     for _ in range(limit):
@@ -196,7 +203,7 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     tab_to(page, "#choose")
     page.keyboard.press("Enter")
     page.wait_for_selector(f"#jobs li.state-done:has-text('{song.name}')")
-    assert page.text_content("#announcer").startswith(f"{song.name}: done in ")
+    assert said(page).startswith(f"{song.name}: done in ")
     page.wait_for_selector("#player[data-state=ready]")
     assert page.locator(".stem").evaluate_all("rows => rows.map(r => r.dataset.stem)") == TARGETS
     assert page.text_content("#demo").startswith("A demonstration model separated this song")
@@ -337,7 +344,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert item.locator("details").is_visible()
     assert "umx" in item.locator("details p").text_content()
     # screen readers hear it: the page saw the job queued, so its end is a change it tells
-    assert page.text_content("#announcer") == f"offline.wav: failed: {summary}"
+    assert said(page) == f"offline.wav: failed: {summary}"
     assert page.get_attribute("#announcer", "role") == "status"
     page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
     assert item.get_attribute("class") == "state-failed" and item.locator(".error").is_visible()
@@ -363,13 +370,14 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     # the same song sent again is the same job (its id), and is shown again
     store.delete(job["id"])
     item.wait_for(state="detached")
-    assert page.text_content("#announcer") == "offline.wav removed"
+    assert said(page) == "offline.wav removed"
     page.evaluate("(job) => updateJob(job)", again)
     assert item.count() == 0
     upload = store.new_upload("offline.wav", 1 << 30)
     upload.write(song.read_bytes())
     assert store.add(upload, options)[0]["id"] == job["id"]
     item.locator(".error").wait_for()
+    assert said(page) == f"offline.wav: failed: {summary}"
 
     # a file that is not audio, whatever its name, is refused in plain words
     notes = tmp_path / "notes.mp3"
@@ -377,7 +385,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     page.set_input_files("#files", str(notes))
     error = page.wait_for_selector("#jobs li.upload .error:not([hidden])")
     assert error.text_content().startswith("notes.mp3 is not decodable audio")
-    assert page.text_content("#announcer") == error.text_content()
+    assert said(page) == error.text_content()
     assert description(page, "#jobs li.upload .dismiss") == error.text_content()
     assert page.problems == [  # that refusal, and nothing else (no favicon 404, no error)
         "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
@@ -403,7 +411,7 @@ def test_a_refused_name_is_announced_as_the_server_names_it(served, page_at):
     page.evaluate("(name) => upload(new File(['not audio, just text'], name))", name)
     error = page.wait_for_selector("#jobs li.upload .error:not([hidden])")
     assert error.text_content().startswith("b>x\u2026.wav is not decodable audio")
-    assert page.text_content("#announcer") == error.text_content()  # one name, not two
+    assert said(page) == error.text_content()  # one name, not two
     assert page.text_content("#jobs li.upload .name") == "b>x\u2026.wav"
 
 
@@ -467,7 +475,7 @@ def test_the_focus_stays_on_the_page_when_the_song_played_is_deleted_elsewhere(
     page.focus("[aria-label='Mute drums']")
     store.delete(job_id)  # another tab, the API
     page.wait_for_selector("#player", state="hidden")
-    assert page.text_content("#announcer") == f"{finished_song.name} removed"
+    assert said(page) == f"{finished_song.name} removed"
     assert focused(page) == "h2#songs-title.[]"  # as after its own Delete, not the page's start
     assert page.problems == []
 
@@ -495,16 +503,28 @@ def test_a_song_sent_is_said_whether_its_event_or_the_answer_comes_first(served,
 
     # the server's event of the new job first (not yet known as sent from here), then the answer
     page.evaluate("(job) => updateJob(job)", records[0])
-    assert page.evaluate("window.said") == []
+    assert page.evaluate("unsaid.size") == 0 and page.evaluate("window.said") == []
     page.evaluate("() => upload(new File(['a song'], 'queued 1.wav'))")
     page.wait_for_selector("#jobs li.upload", state="detached")  # the answer was read
     # the answer first, then the event: said once
     page.evaluate("() => upload(new File(['a song'], 'queued 2.wav'))")
     page.wait_for_selector("#jobs li.upload", state="detached")
     page.evaluate("(job) => updateJob(job)", {**records[1], "revision": 2})
+    said(page)
+    assert ". ".join(page.evaluate("window.said")) == (
+        "queued 1.wav: next in the queue. queued 2.wav: waiting, 2nd in the queue"
+    )
+
+    # one song ends and the next starts: two events, a millisecond apart; both are said, as one
+    page.evaluate("window.said = []")
+    ended = {**records[0], "state": "failed", "error": "the disk is full", "revision": 3}
+    started = {**records[1], "state": "running", "position": None, "revision": 3}
+    page.evaluate(
+        "(jobs) => { for (const job of jobs) setTimeout(() => updateJob(job)); }", [ended, started]
+    )
+    said(page)
     assert page.evaluate("window.said") == [
-        "queued 1.wav: next in the queue",
-        "queued 2.wav: waiting, 2nd in the queue",
+        "queued 1.wav: failed: the disk is full. queued 2.wav: separating"
     ]
     assert page.problems == []
 
@@ -597,7 +617,7 @@ def test_an_upload_can_be_cancelled_and_its_end_keeps_the_focus(served, page_at)
     assert page.evaluate("window.aborted") == 1
     assert page.locator("#jobs li.upload").count() == 0
     assert focused(page) == "button#choose.[]"  # where the next song is chosen
-    assert page.text_content("#announcer") == "slow.wav: upload cancelled"
+    assert said(page) == "slow.wav: upload cancelled"
 
     # the answer comes while the focus is on Cancel: the upload's item goes, the song's comes,
     # and the focus goes to its first control (queued: Delete), not to the page's start

@@ -13,6 +13,7 @@ const COLORS = {
 const ORIGINAL = "mixture";  // the original mix's track (umx.web.records.ORIGINAL)
 const SEEK_STEP = 5;  // seconds per arrow key on the position slider
 const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
+const SAY_MS = 300;  // what comes to be said within this time of the first is said with it
 // deleted: the revision at which each job deleted while the page is open (by it or elsewhere)
 // was last seen; the same song sent again with the same options gets the same id, and a larger
 // revision; told: the state last said to screen readers of each job
@@ -53,8 +54,19 @@ async function errorOf(response) {
 
 // Tells screen readers a change the eye sees in the list: an upload refused, a song queued,
 // separating, done, failed or removed (a polite live region: read once the reader is idle).
-function announce(text) {
-  $("#announcer").textContent = text;
+// What comes within SAY_MS is said at once ("q1.wav: done in 1.3 s. q2.wav: separating"): a
+// text replaced before a reader read it is lost; a song's (or upload's) newer state replaces
+// its older one still waiting.
+const unsaid = new Map();  // the texts waiting, by song or upload
+function announce(text, about) {
+  if (!unsaid.size) setTimeout(sayUnsaid, SAY_MS);
+  unsaid.delete(about);
+  unsaid.set(about, text);
+}
+
+function sayUnsaid() {
+  $("#announcer").textContent = [...unsaid.values()].join(". ");
+  unsaid.clear();
 }
 
 // Moves the focus into an item of the list: to its first control that can take it (a song's
@@ -203,7 +215,7 @@ function renderUpload(entry) {
     cancel.onclick = () => {
       entry.request?.abort();
       drop();
-      announce(`${entry.name}: upload cancelled`);
+      announce(`${entry.name}: upload cancelled`, entry.key);
     };
     item = element("li", { id: entry.key, class: "upload" },
       element("span", { class: "name", text: entry.name }),
@@ -223,7 +235,8 @@ function renderUpload(entry) {
   item.querySelector(".error").hidden = !entry.error;
   item.querySelector(".error").textContent = entry.error || "";
   if (entry.error && !entry.announced) {
-    announce(entry.error.includes(entry.name) ? entry.error : `${entry.name} refused: ${entry.error}`);
+    announce(entry.error.includes(entry.name) ? entry.error
+      : `${entry.name} refused: ${entry.error}`, entry.key);
   }
   entry.announced = Boolean(entry.error);
   renderEmpty();
@@ -265,7 +278,7 @@ function updateJob(job) {
     state.jobs.delete(job.id);
     const item = document.getElementById(`job-${job.id}`);
     const hadFocus = item?.contains(document.activeElement);
-    if (item) announce(`${item.querySelector(".name").textContent} removed`);
+    if (item) announce(`${item.querySelector(".name").textContent} removed`, job.id);
     item?.remove();
     if (state.player?.job.id === job.id) closePlayer();
     if (hadFocus) $("#songs-title").focus();
@@ -335,7 +348,7 @@ function jobStatus(job) {
 
 function announceJob(job) {
   const told = { running: "separating", failed: `failed: ${job.error_summary || job.error}` };
-  announce(`${job.name}: ${told[job.state] || jobStatus(job)}`);
+  announce(`${job.name}: ${told[job.state] || jobStatus(job)}`, job.id);
   state.told.set(job.id, job.state);
 }
 
