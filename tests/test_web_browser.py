@@ -529,6 +529,36 @@ def test_a_song_sent_is_said_whether_its_event_or_the_answer_comes_first(served,
     assert page.problems == []
 
 
+def test_a_lost_connection_is_said_once_and_so_is_its_return(served, page_at):
+    page = page_at("desktop")
+    page.clock.install()  # the page's timers run when the test says
+    page.add_init_script(
+        """window.statuses = []; document.addEventListener('DOMContentLoaded', () => {
+            const status = document.querySelector('#connection');
+            new MutationObserver(() => statuses.push(status.textContent)).observe(
+                status, {subtree: true, childList: true, characterData: true}); });"""
+    )
+    tries = []  # the server away: each try of its events ends at once, the next 50 ms later
+
+    def away(route):
+        tries.append(route)
+        route.fulfill(status=200, content_type="text/event-stream", body="retry: 50\n\n")
+
+    page.route("**/api/events", away)
+    page.goto(served[1])
+    page.wait_for_function("() => document.documentElement.dataset.state === 'ready'")
+    while len(tries) < 6:
+        page.wait_for_timeout(50)
+    lost = "The connection to the server was lost; retrying\u2026"
+    assert page.evaluate("window.statuses") == [lost]  # said once, not at each try
+    page.unroute("**/api/events", away)  # the server back
+    page.wait_for_function("() => statuses.length === 2")
+    assert page.evaluate("window.statuses") == [lost, "Connected again."]
+    page.clock.run_for(5000)
+    assert page.evaluate("window.statuses") == [lost, "Connected again.", ""]
+    assert page.problems == []
+
+
 def test_pressed_buttons_differ_from_the_others_in_forced_colours(served, finished, page_at):
     page = page_at("desktop")
     page.emulate_media(forced_colors="active")  # Windows' contrast themes

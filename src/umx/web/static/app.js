@@ -14,6 +14,8 @@ const ORIGINAL = "mixture";  // the original mix's track (umx.web.records.ORIGIN
 const SEEK_STEP = 5;  // seconds per arrow key on the position slider
 const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
 const SAY_MS = 300;  // what comes to be said within this time of the first is said with it
+const LOST = "The connection to the server was lost; retrying…";
+const BACK_MS = 5000;  // how long "Connected again." is shown
 // deleted: the revision at which each job deleted while the page is open (by it or elsewhere)
 // was last seen; the same song sent again with the same options gets the same id, and a larger
 // revision; told: the state last said to screen readers of each job
@@ -409,14 +411,25 @@ function listen() {
     const ids = new Set(jobs.map((job) => job.id));
     for (const id of state.jobs.keys()) if (!ids.has(id)) updateJob({ id, state: "deleted" });
     for (const job of jobs.reverse()) updateJob(job);
-    $("#connection").textContent = "";
+    showConnection(false);
     const wanted = new URLSearchParams(location.hash.slice(1)).get("job");
     if (wanted && state.jobs.get(wanted)?.state === "done" && !state.player) openPlayer(wanted);
   });
   events.addEventListener("job", (event) => updateJob(JSON.parse(event.data)));
-  events.onerror = () => {
-    $("#connection").textContent = "The connection to the server was lost; retrying…";
-  };
+  events.onerror = () => showConnection(true);  // at each try while the server is away
+}
+
+// Says in #connection whether the server is reached: a status, which readers say at each
+// change, so it is set only when that changes; the server back, "Connected again." for a while.
+let connectionTimer = null;
+function showConnection(lost) {
+  const status = $("#connection");
+  const back = status.textContent === LOST ? "Connected again." : status.textContent;
+  const text = lost ? LOST : back;
+  if (text === status.textContent) return;
+  status.textContent = text;
+  clearTimeout(connectionTimer);
+  if (!lost) connectionTimer = setTimeout(() => { status.textContent = ""; }, BACK_MS);
 }
 
 // --- the player ------------------------------------------------------------------------------
