@@ -559,19 +559,6 @@ def test_a_lost_connection_is_said_once_and_so_is_its_return(served, page_at):
     assert page.problems == []
 
 
-def test_pressed_buttons_differ_from_the_others_in_forced_colours(served, finished, page_at):
-    page = page_at("desktop")
-    page.emulate_media(forced_colors="active")  # Windows' contrast themes
-    open_player(page, served[1], finished)
-    look = """(button) => { const style = getComputedStyle(button);
-        return [style.backgroundColor, style.color, style.borderTopColor]; }"""
-    pressed = page.locator("[aria-label='Mute original mix']")  # the original starts muted
-    assert pressed.get_attribute("aria-pressed") == "true"
-    assert page.get_attribute("[aria-label='Mute vocals']", "aria-pressed") == "false"
-    assert pressed.evaluate(look) != page.locator("[aria-label='Mute vocals']").evaluate(look)
-    assert page.problems == []
-
-
 def test_the_song_in_the_player_is_told_apart_from_the_others(
     served, finished, finished_song, page_at
 ):
@@ -691,7 +678,7 @@ def test_stem_downloads_show_their_stem_and_the_waveforms_line_up(served, finish
     assert page.problems == []
 
 
-def contrast(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+def contrast(first: tuple[float, ...], second: tuple[float, ...]) -> float:
     """WCAG's contrast ratio of two sRGB colours (0-255 channels)."""
 
     def luminance(colour):
@@ -704,30 +691,48 @@ def contrast(first: tuple[int, ...], second: tuple[int, ...]) -> float:
     return (high + 0.05) / (low + 0.05)
 
 
+def waveform_colours(page, opaque: int = 255) -> list[tuple[tuple[float, ...], set[tuple]]]:
+    """Each waveform's background as shown and the colours drawn on it: its pixels at least
+    `opaque` (of 255) opaque, not an edge's antialiasing, composited over that background."""
+    rows = page.evaluate(
+        """(opaque) => [...document.querySelectorAll('#tracks canvas')].map((canvas) => {
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+            const seen = new Set();
+            for (let i = 0; i < data.data.length; i += 4)
+                if (data.data[i + 3] >= opaque) seen.add(data.data.slice(i, i + 4).join());
+            return [getComputedStyle(canvas).backgroundColor, [...seen]]; })""",
+        opaque,
+    )
+    shown = []
+    for background, pixels in rows:
+        back = tuple(int(v) for v in background[4:-1].split(","))
+        colours = set()
+        for pixel in pixels:
+            *rgb, alpha = (int(v) for v in pixel.split(","))
+            opacity = alpha / 255
+            colours.add(
+                tuple(c * opacity + b * (1 - opacity) for c, b in zip(rgb, back, strict=True))
+            )
+        shown.append((back, colours))
+    return shown
+
+
 def test_waveforms_keep_3_to_1_and_a_silent_track_is_said_in_words(served, finished, page_at):
     """Every colour a waveform is drawn in (played per stem, not played yet, as drawn on the
     canvas) stands at 3:1 or more against its row's background; a silent track (the original
     mix starts muted) is greyed and labelled "silent", not faded below that."""
     page = page_at("desktop")
     open_player(page, served[1], finished)
-    colours = page.evaluate(
-        """() => [...document.querySelectorAll('#tracks canvas')].map((canvas) => {
-            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
-            const seen = new Set();
-            for (let i = 0; i < data.data.length; i += 4)
-                if (data.data[i + 3] === 255) seen.add(data.data.slice(i, i + 3).join());
-            return [getComputedStyle(canvas).backgroundColor, [...seen]]; })"""
-    )
-    drawn = set(page.evaluate("[...Object.values(COLORS), UNPLAYED]"))
+    colours = waveform_colours(page)
+    drawn = set(page.evaluate("[...Object.values(COLORS), UNPLAYED, PLAYHEAD]"))
     assert len(colours) == 5
-    for background, pixels in colours:
-        back = tuple(int(v) for v in background[4:-1].split(","))
+    for back, pixels in colours:
         assert pixels  # drawn: the stems are not silent
-        for pixel in pixels:  # the playhead (#1d1d1f) and the not played part at position 0
-            assert contrast(tuple(map(int, pixel.split(","))), back) >= 3, (pixel, background)
+        for pixel in pixels:  # the playhead and the not played part at position 0
+            assert contrast(pixel, back) >= 3, (pixel, back)
         for colour in drawn:
             rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-            assert contrast(rgb, back) >= 3, (colour, background)
+            assert contrast(rgb, back) >= 3, (colour, back)
     silent = page.locator(".track.original")
     assert "silent" in silent.get_attribute("class")
     look = (
@@ -737,4 +742,35 @@ def test_waveforms_keep_3_to_1_and_a_silent_track_is_said_in_words(served, finis
     )
     assert silent.evaluate(look) == ["grayscale(1)", "1", '" · silent"']
     assert page.locator(".track.stem").first.evaluate(look)[2] == "none"
+    assert page.problems == []
+
+
+def test_forced_colours_keep_pressed_buttons_and_waveforms_apart(served, finished, page_at):
+    """In forced colours (Windows' contrast themes, dark and light), pressed and unpressed
+    buttons differ, and the waveforms are drawn again in the system's colours, each at 3:1 or
+    more against the canvas's background as shown (the system's too); the playhead too."""
+    page = page_at("desktop")
+    open_player(page, served[1], finished)
+    page.evaluate("state.player.seek(state.player.duration / 2)")  # played, and not yet
+    look = """(button) => { const style = getComputedStyle(button);
+        return [style.backgroundColor, style.color, style.borderTopColor]; }"""
+    pressed = page.locator("[aria-label='Mute original mix']")  # the original starts muted
+    assert pressed.get_attribute("aria-pressed") == "true"
+    assert page.get_attribute("[aria-label='Mute vocals']", "aria-pressed") == "false"
+    for scheme in ("dark", "light"):
+        page.emulate_media(forced_colors="active", color_scheme=scheme)
+        assert pressed.evaluate(look) != page.locator("[aria-label='Mute vocals']").evaluate(look)
+        # redrawn: the playhead's top (above every waveform) in the text's colour
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('#tracks canvas')].every((canvas) => {
+                const x = Math.round(state.player.position() / state.player.duration *
+                    canvas.width);
+                const [r, g, b] = canvas.getContext('2d').getImageData(x, 0, 1, 1).data;
+                return `rgb(${r}, ${g}, ${b})` === getComputedStyle(canvas).color; })""",
+            timeout=5000,
+        )
+        for background, pixels in waveform_colours(page, opaque=200):  # Highlight: 80 %
+            assert len(pixels) >= 3  # played, not played, the playhead
+            for pixel in pixels:
+                assert contrast(pixel, background) >= 3, (scheme, pixel, background)
     assert page.problems == []

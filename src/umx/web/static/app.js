@@ -10,6 +10,9 @@ const COLORS = {
   vocals: "#d9480f", drums: "#2d6cdf", bass: "#7048e8", other: "#2b8a3e",
   accompaniment: "#2b8a3e", mixture: "#495057",
 };
+const PLAYHEAD = "#1d1d1f";
+// forced colours (contrast themes): a canvas takes the system's background, not its drawing
+const FORCED = matchMedia("(forced-colors: active)");
 const ORIGINAL = "mixture";  // the original mix's track (umx.web.records.ORIGINAL)
 const SEEK_STEP = 5;  // seconds per arrow key on the position slider
 const SEEK_PAGE = 30;  // seconds per Page Up / Page Down
@@ -602,6 +605,18 @@ function peaks(buffer, columns) {
   return { low, high, peak };
 }
 
+// A waveform's colours: its stem's for the part played, grey for the rest, ink for the
+// playhead; in forced colours the system's, as app.css gives them to the canvas.
+function palette(track) {
+  if (!FORCED.matches) {
+    return { played: COLORS[track.name] || COLORS.mixture, unplayed: UNPLAYED, playhead: PLAYHEAD };
+  }
+  const style = getComputedStyle(track.canvas);
+  const [played, unplayed, playhead] = ["--played", "--unplayed", "--playhead"]
+    .map((name) => style.getPropertyValue(name));
+  return { played, unplayed, playhead };
+}
+
 // A track's waveform, scaled to its own peak (a quiet stem fills its row too).
 function drawWaveform(track, fraction) {
   const canvas = track.canvas;
@@ -617,13 +632,14 @@ function drawWaveform(track, fraction) {
   const middle = height / 2;
   const scale = track.peaks.peak > 0 ? (middle * 0.95) / track.peaks.peak : 0;
   const played = Math.round(fraction * width);
+  const colors = palette(track);
   for (let x = 0; x < width; x++) {
-    context.fillStyle = x < played ? COLORS[track.name] || "#495057" : UNPLAYED;
+    context.fillStyle = x < played ? colors.played : colors.unplayed;
     const top = middle - track.peaks.high[x] * scale;
     const bottom = middle - track.peaks.low[x] * scale;
     context.fillRect(x, top, 1, Math.max(1, bottom - top));
   }
-  context.fillStyle = "#1d1d1f";
+  context.fillStyle = colors.playhead;
   context.fillRect(played, 0, Math.max(1, devicePixelRatio), height);
 }
 
@@ -794,6 +810,10 @@ function setUpPlayer() {
     button.onclick = () => state.player?.preset(button.dataset.preset);
   }
   addEventListener("resize", () => state.player?.draw());
+  // drawn again in the colours of forced colours turned on or off, or of a dark or light theme
+  for (const query of [FORCED, matchMedia("(prefers-color-scheme: dark)")]) {
+    query.addEventListener("change", () => state.player?.draw());
+  }
   // Space plays and pauses where it has no other use: the page, the player, its sliders
   addEventListener("keydown", (event) => {
     const target = event.target;
