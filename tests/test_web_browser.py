@@ -146,6 +146,14 @@ def focused(page) -> str:
     )
 
 
+def outline(page) -> list[str]:
+    """The focused element's outline: its style and width (the page's is 3 px, solid)."""
+    return page.evaluate(
+        "() => { const style = getComputedStyle(document.activeElement);"
+        "    return [style.outlineStyle, style.outlineWidth]; }"
+    )
+
+
 def description(page, selector: str, what: str = "description") -> str | None:
     """The accessible description (or `what="name"`, its name) of the element matching
     `selector`, as Chromium computes them (the description is said after the name and role)."""
@@ -472,11 +480,12 @@ def test_the_focus_stays_on_the_page_when_the_song_played_is_deleted_elsewhere(
     job_id = finish(store, finished_song, "drums")  # its own job: this test deletes it
     page = page_at("desktop")
     open_player(page, url, job_id)
-    page.focus("[aria-label='Mute drums']")
+    tab_to(page, "[aria-label='Mute drums']")
     store.delete(job_id)  # another tab, the API
     page.wait_for_selector("#player", state="hidden")
     assert said(page) == f"{finished_song.name} removed"
     assert focused(page) == "h2#songs-title.[]"  # as after its own Delete, not the page's start
+    assert outline(page) == ["solid", "3px"]  # and shown, as on a control
     assert page.problems == []
 
 
@@ -609,6 +618,7 @@ def test_stems_that_fail_to_load_offer_to_try_again(served, finished, page_at):
     page.wait_for_selector("#player[data-state=ready]")
     assert page.is_visible(".presets") and page.is_visible("#mix") and page.is_hidden("#reload")
     assert focused(page) == "h2#title.[]"
+    assert outline(page) == ["solid", "3px"]
     assert page.problems == [
         "Failed to load resource: the server responded with a status of 503 (Service Unavailable)"
     ]
