@@ -357,7 +357,11 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
     assert item.get_attribute("class") == "state-failed" and item.locator(".error").is_visible()
     assert axe_violations(page) == []
-    # Retry is described by the error, that a screen reader says with it
+    # Retry is described by the error, that a screen reader says with it; Details named after
+    # its song
+    assert description(page, f"#job-{job['id']} summary", "name") == (
+        "Details of offline.wav (umxl, all stems)"
+    )
     assert description(page, f"#job-{job['id']} .retry") == item.locator(".error").text_content()
     first = store.job(job["id"])["finished"]
     item.locator("button.retry").focus()
@@ -569,10 +573,16 @@ def test_a_lost_connection_is_said_once_and_so_is_its_return(served, page_at):
 
 
 def test_the_song_in_the_player_is_told_apart_from_the_others(
-    served, finished, finished_song, page_at
+    served, finished, finished_song, page_at, tmp_path
 ):
     store, url = served
     other = finish(store, finished_song, "vocals")  # the same file, other stems
+    alike = []  # other files of the same name, separated alike
+    for seed in (21, 22):
+        song = tmp_path / str(seed) / finished_song.name
+        song.parent.mkdir()
+        write_song(song, 1.0, seed=seed)
+        alike.append(finish(store, song))
     page = page_at("desktop")
     open_player(page, url, finished)
     current = page.locator(f"#job-{finished}")
@@ -587,6 +597,32 @@ def test_the_song_in_the_player_is_told_apart_from_the_others(
         ]
         assert names[0] != names[1] and all(name.lower().startswith(action) for name in names)
         assert all(finished_song.name in name and "umxsynth" in name for name in names)
+    # songs alike in file name, model and stems: numbered in the order they were added, in the
+    # list and in their controls' names; numbered again when one goes
+    name = finished_song.name
+
+    def names():
+        return [
+            [
+                page.text_content(f"#job-{job} .name"),
+                description(page, f"#job-{job} .listen", "name"),
+            ]
+            for job in (finished, *alike)
+        ]
+
+    assert names() == [
+        [name, f"Listen to {name} (umxsynth, all stems)"],
+        [f"{name} (2)", f"Listen to {name} (2) (umxsynth, all stems)"],
+        [f"{name} (3)", f"Listen to {name} (3) (umxsynth, all stems)"],
+    ]
+    store.delete(alike[0])
+    page.wait_for_selector(f"#job-{alike.pop(0)}", state="detached")
+    assert said(page) == f"{name} (2) removed"
+    assert names() == [
+        [name, f"Listen to {name} (umxsynth, all stems)"],
+        [f"{name} (2)", f"Listen to {name} (2) (umxsynth, all stems)"],
+    ]
+    store.delete(alike.pop())
     # a song separated again (its stems found damaged) while the focus is on its Listen: Listen
     # is disabled, and the focus goes to its Delete
     page.focus(f"#job-{other} .listen")

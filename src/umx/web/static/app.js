@@ -279,14 +279,7 @@ function updateJob(job) {
   const shown = state.jobs.get(job.id)?.revision ?? state.deleted.get(job.id);
   if (job.revision <= shown) return;
   if (job.state === "deleted") {
-    state.deleted.set(job.id, job.revision ?? shown);
-    state.jobs.delete(job.id);
-    const item = document.getElementById(`job-${job.id}`);
-    const hadFocus = item?.contains(document.activeElement);
-    if (item) announce(`${item.querySelector(".name").textContent} removed`, job.id);
-    item?.remove();
-    if (state.player?.job.id === job.id) closePlayer();
-    if (hadFocus) $("#songs-title").focus();
+    removeJob(job.id, job.revision ?? shown);
   } else {
     const before = state.jobs.get(job.id);
     state.jobs.set(job.id, job);
@@ -299,11 +292,45 @@ function updateJob(job) {
   renderEmpty();
 }
 
-// A job as its buttons name it: its file, model and stems (the same file separated twice, with
+// A job deleted (here, elsewhere, by the cache limit): its item goes, said to screen readers;
+// the focus on it goes to the heading Songs, not to the page's start.
+function removeJob(id, revision) {
+  state.deleted.set(id, revision);
+  state.jobs.delete(id);
+  const item = document.getElementById(`job-${id}`);
+  const hadFocus = item?.contains(document.activeElement);
+  if (item) announce(`${item.querySelector(".name").textContent} removed`, id);
+  item?.remove();
+  for (const other of state.jobs.values()) renderJob(other);  // songs alike numbered again
+  if (state.player?.job.id === id) closePlayer();
+  if (hadFocus) $("#songs-title").focus();
+}
+
+// A job's name as the page shows it: its file's, numbered when songs alike (the same name,
+// model and stems: two files of one name) were added before it ("song.wav (2)").
+function jobName(job) {
+  const alike = [...state.jobs.values()].filter((other) => other.created < job.created &&
+    other.name === job.name && other.model === job.model && other.stems === job.stems);
+  return alike.length ? `${job.name} (${alike.length + 1})` : job.name;
+}
+
+// A job as its controls name it: its name, model and stems (the same file separated twice, with
 // other stems or another model, is two songs whose buttons a screen reader must tell apart).
 function jobLabel(job) {
   const stems = job.stems === "all" ? "all stems" : `${job.stems} and the rest`;
-  return `${job.name} (${job.model}, ${stems})`;
+  return `${jobName(job)} (${job.model}, ${stems})`;
+}
+
+// Names an item and its controls after its job: again at each change, as a song alike deleted
+// numbers those after it again.
+function labelItem(item, job) {
+  const label = jobLabel(job);
+  const actions = { ".listen": "Listen to", ".retry": "Retry", ".delete": "Delete",
+    summary: "Details of", progress: "Separating" };
+  for (const [selector, action] of Object.entries(actions)) {
+    item.querySelector(selector).setAttribute("aria-label", `${action} ${label}`);
+  }
+  item.querySelector(".name").textContent = jobName(job);
 }
 
 // One song's item, made once and then changed in place (its buttons keep the focus).
@@ -311,26 +338,23 @@ function jobItem(job) {
   const id = `job-${job.id}`;
   let item = document.getElementById(id);
   if (item) return item;
-  const label = jobLabel(job);
-  const listen = element("button", { type: "button", class: "listen", text: "Listen",
-    "aria-label": `Listen to ${label}` });
+  const listen = element("button", { type: "button", class: "listen", text: "Listen" });
   listen.onclick = () => openPlayer(job.id, { focus: true });
   // Retry is shown with an error only: the error describes it
   const retry = element("button", { type: "button", class: "retry", text: "Retry",
-    "aria-label": `Retry ${label}`, "aria-describedby": `${id}-error` });
+    "aria-describedby": `${id}-error` });
   retry.onclick = () => retryJob(job.id);
-  const remove = element("button", { type: "button", class: "delete", text: "Delete",
-    "aria-label": `Delete ${label}` });
+  const remove = element("button", { type: "button", class: "delete", text: "Delete" });
   remove.onclick = () => deleteJob(job.id);
   const details = element("details", {}, element("summary", { text: "Details" }),
     element("p", { class: "details" }));
   item = element("li", { id },
-    element("span", { class: "name", text: job.name }),
+    element("span", { class: "name" }),
     element("span", { class: "actions" }, listen, retry, remove),
     element("span", { class: "meta" }, element("span", { class: "state" }),
       element("span", { class: "in-player", text: " · in the player" }),
       element("span", { class: "about" })),
-    element("progress", { max: "1", value: "0", "aria-label": `Separating ${label}` }),
+    element("progress", { max: "1", value: "0" }),
     element("div", { class: "problem" }, element("p", { class: "error", id: `${id}-error` }),
       details));
   // the newest first: after the oldest of the songs newer than this one that are shown
@@ -353,13 +377,14 @@ function jobStatus(job) {
 
 function announceJob(job) {
   const told = { running: "separating", failed: `failed: ${job.error_summary || job.error}` };
-  announce(`${job.name}: ${told[job.state] || jobStatus(job)}`, job.id);
+  announce(`${jobName(job)}: ${told[job.state] || jobStatus(job)}`, job.id);
   state.told.set(job.id, job.state);
 }
 
 function renderJob(job) {
   const focused = document.activeElement;
   const item = jobItem(job);
+  labelItem(item, job);
   item.className = `state-${job.state}`;
   // the song in the player: said in words and to screen readers, not by colour alone
   const current = state.player?.job.id === job.id;
@@ -391,7 +416,7 @@ function renderEmpty() {
 
 async function deleteJob(id) {
   const job = state.jobs.get(id);
-  if (!job || !confirm(`Delete ${job.name} and its stems?`)) return;
+  if (!job || !confirm(`Delete ${jobName(job)} and its stems?`)) return;
   const response = await fetch(`/api/jobs/${id}`, { method: "DELETE" });
   if (response.ok || response.status === 404) updateJob({ id, state: "deleted" });
   else alert(await errorOf(response));
@@ -735,7 +760,7 @@ async function openPlayer(id, { focus = false } = {}) {
   for (const other of state.jobs.values()) renderJob(other);
   $("#player").hidden = false;
   $("#player").dataset.state = "loading";
-  $("#title").textContent = job.name;
+  $("#title").textContent = jobName(job);
   const notice = modelInfo(job.model)?.notice;
   $("#demo").hidden = !notice;
   $("#demo").textContent = notice ? `A demonstration model separated this song: ${notice}.` : "";
