@@ -205,6 +205,9 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     page.goto(url)
     page.wait_for_selector("html[data-state=ready]")
     assert page.input_value("#model") == "umxsynth"
+    # a demonstration model says so, its command as code, not in backticks
+    assert page.locator("#model-note code").all_text_contents() == ["umx download umxl"]
+    assert "`" not in page.text_content("#model-note")
     assert axe_violations(page) == []
 
     # choose the song with the keyboard: the button opens the file chooser
@@ -215,6 +218,8 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     page.wait_for_selector("#player[data-state=ready]")
     assert page.locator(".stem").evaluate_all("rows => rows.map(r => r.dataset.stem)") == TARGETS
     assert page.text_content("#demo").startswith("A demonstration model separated this song")
+    assert page.locator("#demo code").all_text_contents() == ["umx download umxl"]
+    assert "`" not in page.text_content("#demo")
     assert page.is_visible("#demo")
     assert page.is_hidden(f"#jobs li:has-text('{song.name}') button.retry")  # only when failed
     drawn = page.evaluate(

@@ -88,6 +88,11 @@ function keepFocus(item, control) {
   }
 }
 
+// A text of the server's with commands in backticks (a model's notice): the commands as <code>.
+function withCode(text) {
+  return text.split("`").map((part, index) => (index % 2 ? element("code", { text: part }) : part));
+}
+
 function modelInfo(name) {
   return state.config.models.find((model) => model.name === name);
 }
@@ -123,7 +128,7 @@ function renderModelChoice() {
   stems.replaceChildren(...Object.entries(info.stems).map(
     ([value, text]) => element("option", { value, text })));
   if (before in info.stems) stems.value = before;
-  $("#model-note").textContent = info.notice || info.description;
+  $("#model-note").replaceChildren(...withCode(info.notice || info.description));
 }
 
 // The models that cannot be had now, grouped by reason, with the command that gets them.
@@ -763,7 +768,8 @@ async function openPlayer(id, { focus = false } = {}) {
   $("#title").textContent = jobName(job);
   const notice = modelInfo(job.model)?.notice;
   $("#demo").hidden = !notice;
-  $("#demo").textContent = notice ? `A demonstration model separated this song: ${notice}.` : "";
+  $("#demo").replaceChildren(
+    ...withCode(notice ? `A demonstration model separated this song: ${notice}.` : ""));
   $("#loading").textContent = "Loading the stems…";
   $("#mix-note").textContent = "";
   $("#tracks").replaceChildren();
