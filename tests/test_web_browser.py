@@ -479,7 +479,29 @@ def test_larger_text_on_a_small_phone_does_not_scroll_sideways(served, finished,
                 .map((select) => select.id)"""
         )
         assert beyond == [], f"{percent} %"
+        if percent == 100:  # and every choice is read whole in its closed select
+            assert cut_options(page) == []
     assert page.problems == []
+
+
+def cut_options(page) -> list[str]:
+    """The ids of the page's selects with an option wider than the select shows it: its
+    content box less its arrow's room, which the Format select shows (sized to its widest
+    option, it is that option's width, its padding and the arrow's room)."""
+    return page.evaluate(
+        """() => {
+            const text = document.createElement('canvas').getContext('2d');
+            const widest = (select) => Math.max(...[...select.options].map((option) => {
+                text.font = getComputedStyle(select).font;
+                return text.measureText(option.text).width; }));
+            const inside = (select) => { const style = getComputedStyle(select);
+                return select.clientWidth - parseFloat(style.paddingLeft) -
+                    parseFloat(style.paddingRight); };
+            const arrow = inside(document.querySelector('#format')) -
+                widest(document.querySelector('#format'));
+            return [...document.querySelectorAll('select')].filter((select) =>
+                widest(select) > inside(select) - arrow + 0.5).map((select) => select.id); }"""
+    )
 
 
 def test_the_focus_stays_on_the_page_when_the_song_played_is_deleted_elsewhere(

@@ -165,7 +165,8 @@ def test_models_say_whether_they_can_be_had_now(served, monkeypatch):
     assert models["umxsynth"]["available"] and models["umxsynth"]["status"] == "bundled"
     assert models["umxsynth"]["notice"].startswith("umxsynth is a small demo model")
     assert list(models["umxsynth"]["stems"]) == ["all", "vocals", "drums", "bass", "other"]
-    assert models["umxsynth"]["stems"]["vocals"] == "vocals and the rest (accompaniment)"
+    assert models["umxsynth"]["stems"]["vocals"] == "vocals and accompaniment"
+    assert models["umxsynth"]["stems"]["all"] == "vocals, drums, bass, other"
     umxl = models["umxl"]
     assert not umxl["available"] and umxl["get"] == "umx download umxl"
     assert umxl["reason"] == "not in the cache, and offline mode is on (UMX_OFFLINE)"

@@ -83,12 +83,13 @@ def rest_name(target: str) -> str:
 
 
 def stem_modes(targets: Sequence[str]) -> dict[str, str]:
-    """The stem modes of a model with `targets`, each with the words the page shows: every
-    target (`ALL_STEMS`), or, for each target, that target and the rest of the mix (the
-    separator's residual: only that target's model runs)."""
-    modes = {ALL_STEMS: f"all stems: {', '.join(targets)}" if targets else "all stems"}
+    """The stem modes of a model with `targets`, each with the words the page shows, the stems
+    it gives (short, to fit a phone's select): every target (`ALL_STEMS`: "vocals, drums, bass,
+    other"), or, for each target, that target and the rest of the mix ("vocals and
+    accompaniment": the separator's residual; only that target's model runs)."""
+    modes = {ALL_STEMS: ", ".join(targets) or "all stems"}
     for target in targets:
-        modes[target] = f"{target} and the rest ({rest_name(target)})"
+        modes[target] = f"{target} and {rest_name(target)}"
     return modes
 
 
