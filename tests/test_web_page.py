@@ -166,6 +166,7 @@ def test_models_say_whether_they_can_be_had_now(served, monkeypatch):
     assert models["umxsynth"]["notice"].startswith("umxsynth is a small demo model")
     assert list(models["umxsynth"]["stems"]) == ["all", "vocals", "drums", "bass", "other"]
     assert models["umxsynth"]["stems"]["vocals"] == "vocals and accompaniment"
+    assert models["umxsynth"]["stems"]["drums"] == "drums and the rest"  # not "no_drums"
     assert models["umxsynth"]["stems"]["all"] == "vocals, drums, bass, other"
     umxl = models["umxl"]
     assert not umxl["available"] and umxl["get"] == "umx download umxl"

@@ -86,10 +86,12 @@ def stem_modes(targets: Sequence[str]) -> dict[str, str]:
     """The stem modes of a model with `targets`, each with the words the page shows, the stems
     it gives (short, to fit a phone's select): every target (`ALL_STEMS`: "vocals, drums, bass,
     other"), or, for each target, that target and the rest of the mix ("vocals and
-    accompaniment": the separator's residual; only that target's model runs)."""
+    accompaniment", "drums and the rest": the separator's residual; only that target's model
+    runs), in words rather than as the file `no_drums` (read out as "no underscore drums")."""
     modes = {ALL_STEMS: ", ".join(targets) or "all stems"}
     for target in targets:
-        modes[target] = f"{target} and {rest_name(target)}"
+        rest = ACCOMPANIMENT if target == "vocals" else "the rest"
+        modes[target] = f"{target} and {rest}"
     return modes
 
 
