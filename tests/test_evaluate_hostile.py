@@ -18,7 +18,7 @@ import soundfile as sf
 from processes import file_size_limit, read_only
 from umx.cli import main
 from umx.errors import UmxError
-from umx.files import check_folder_option
+from umx.folders import check_folder_option
 
 pytest.importorskip("museval")
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from processes import file_size_limit
-from umx import files
+from umx import files, folders
 from umx.audio import write_audio
 from umx.errors import UmxError, os_error_line
 
@@ -89,7 +89,7 @@ def test_staged_folder_replaces_the_old_folder_on_success(tmp_path):
     root = tmp_path / "set"
     root.mkdir()
     (root / "old.txt").write_text("old")
-    with files.staged_folder(root) as stage:
+    with folders.staged_folder(root) as stage:
         (stage / "new.txt").write_text("new")
         assert (root / "old.txt").exists()  # untouched until the block ends
     assert [p.name for p in root.iterdir()] == ["new.txt"]
@@ -100,7 +100,7 @@ def test_staged_folder_keeps_the_old_folder_on_failure(tmp_path):
     root = tmp_path / "set"
     root.mkdir()
     (root / "old.txt").write_text("old")
-    with pytest.raises(KeyboardInterrupt), files.staged_folder(root) as stage:
+    with pytest.raises(KeyboardInterrupt), folders.staged_folder(root) as stage:
         (stage / "new.txt").write_text("new")
         raise KeyboardInterrupt
     assert [p.name for p in root.iterdir()] == ["old.txt"]
@@ -113,7 +113,7 @@ def test_a_full_disk_while_staging_names_the_file_in_the_folder_not_in_the_stage
     with (
         pytest.raises(UmxError) as error,
         file_size_limit(4096),
-        files.staged_folder(root) as stage,
+        folders.staged_folder(root) as stage,
     ):
         (stage / "train").mkdir()
         write_audio(stage / "train" / "a.wav", torch.ones(2, 44100) / 2, 44100)
@@ -134,8 +134,8 @@ def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
         (folder / "track.wav").write_bytes(b"RIFF")
     lock = files.hold_lock(live)  # held as by the process filling it
     try:
-        assert files.abandoned_stages(root) == [abandoned]
-        with pytest.raises(UmxError) as error, files.staged_folder(root):
+        assert folders.abandoned_stages(root) == [abandoned]
+        with pytest.raises(UmxError) as error, folders.staged_folder(root):
             pass  # the last of two runs to end would replace the other's root
         assert str(error.value) == (
             f"another run is writing {root} (into {live.name}): wait for it to end, or choose "
@@ -144,8 +144,8 @@ def test_stages_left_by_a_killed_run_are_removed_by_the_next_one(tmp_path):
         assert sorted(tmp_path.iterdir()) == sorted([live, *others])  # the abandoned one gone
     finally:
         lock.close()
-    with files.staged_folder(root) as stage:  # once the live run has been killed too
-        assert files.abandoned_stages(root) == []  # its own stage is held
+    with folders.staged_folder(root) as stage:  # once the live run has been killed too
+        assert folders.abandoned_stages(root) == []  # its own stage is held
         (stage / "new.txt").write_text("new")
     assert (root / "new.txt").read_text() == "new"
     assert sorted(tmp_path.iterdir()) == sorted([root, *others])
@@ -158,10 +158,10 @@ def test_an_old_root_a_killed_run_was_deleting_is_removed_once_the_new_one_is_in
     root, old = tmp_path / "set", tmp_path / ".set.0123abcd.old"
     old.mkdir()
     (old / "track.wav").write_bytes(b"RIFF")
-    assert files.abandoned_stages(root) == []
+    assert folders.abandoned_stages(root) == []
     root.mkdir()
-    assert files.abandoned_stages(root) == [old]
-    with files.staged_folder(root) as stage:
+    assert folders.abandoned_stages(root) == [old]
+    with folders.staged_folder(root) as stage:
         (stage / "new.txt").write_text("new")
     assert sorted(tmp_path.iterdir()) == [root]
 

@@ -25,7 +25,7 @@ import umx.synth.dataset
 from processes import BOUND_S, children, read_only_folder, running, wait_for
 from umx.defaults import SOUNDFONT_PACKAGES
 from umx.errors import UmxError
-from umx.files import abandoned_stages
+from umx.folders import abandoned_stages
 from umx.synth.dataset import render_example
 from umx.synth.gm import STEMS, analyse, split_stems, valid_starts
 from umx.synth.midi import (

@@ -30,7 +30,7 @@ from umx.audio import (
 from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
 from umx.devices import resolve_device
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flag, check_flags, check_number
-from umx.files import output_folders
+from umx.folders import output_folders
 from umx.messages import shown
 from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder

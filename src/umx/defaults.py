@@ -26,7 +26,7 @@ TEMPLATE_FIELDS = ("track", "trackext", "parent", "target", "ext")
 """The fields of `--filename`: the input's name without extension, its extension, the name of
 its folder, the stem's name and the output extension."""
 LONG_NAMES_HINT = "shorten --filename"
-"""What to do about a stem's folder whose name is too long (`umx.files.make_output_dirs`)."""
+"""What to do about a stem's folder whose name is too long (`umx.folders.make_output_dirs`)."""
 
 # --- umx.audio.writing ----------------------------------------------------------------------------
 SUBTYPES = {

@@ -27,7 +27,8 @@ from umx.audio.messages import _FFMPEG_MISSING, _ffmpeg_failure, display_path, i
 from umx.audio.reading import _LIBSNDFILE_HAS_MP3
 from umx.defaults import CLIP_POLICIES, SUBTYPES
 from umx.errors import UmxError, already_exists, os_reason
-from umx.files import HeldLock, hold_lock, rename_no_replace, unheld, unwritable
+from umx.files import HeldLock, hold_lock, rename_no_replace, unheld
+from umx.folders import unwritable
 from umx.workers import stops_deferred
 
 DEFAULT_SUBTYPE = {extension: subtypes[0] for extension, subtypes in SUBTYPES.items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 from umx.audio import display_path
 from umx.defaults import AUDIO_EXTENSIONS
 from umx.errors import UmxError, check_number
-from umx.files import within
+from umx.folders import within
 from umx.messages import shown
 
 logger = logging.getLogger("umx")

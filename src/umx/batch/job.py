@@ -34,7 +34,8 @@ from umx.batch.inputs import BatchInput
 from umx.batch.work import Task
 from umx.defaults import JOB_DIRNAME
 from umx.errors import UmxError
-from umx.files import folder_refusal, hold_lock, write_json_atomic
+from umx.files import hold_lock, write_json_atomic
+from umx.folders import folder_refusal
 from umx.jobs import (
     DONE,
     FAILED,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from umx.defaults import MAX_NITER, MUSDB_SAMPLES_PER_TRACK
 from umx.devices import resolve_device
 from umx.errors import UmxError, check_flags, check_number, check_path, display_path, short
-from umx.files import check_folder_option, check_writable, claimed_folder, overlap
+from umx.folders import check_folder_option, check_writable, claimed_folder, overlap
 from umx.messages import duration, plural
 from umx.onnx.options import is_export_folder
 from umx.train.config import ARCHITECTURE, DEFAULTS, require_train_extra

@@ -20,7 +20,7 @@ from umx.errors import (
     display_path,
     short,
 )
-from umx.files import check_folder_option, check_writable, overlap, within
+from umx.folders import check_folder_option, check_writable, overlap, within
 from umx.options import SeparationOptions
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from umx.defaults import EXPORT_JSON
 from umx.errors import UmxError, display_path, os_reason
-from umx.files import output_folders, rename_no_replace, sha256_bytes, written_aside
+from umx.files import rename_no_replace, sha256_bytes, written_aside
+from umx.folders import output_folders
 from umx.messages import plural
 from umx.model import OpenUnmix
 from umx.modeldir import _read_json

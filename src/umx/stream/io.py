@@ -58,7 +58,7 @@ from umx.errors import (
     check_path,
     os_reason,
 )
-from umx.files import output_folders
+from umx.folders import output_folders
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator
 

@@ -41,7 +41,8 @@ from umx.defaults import (
     TRAIN_SOUNDFONTS,
 )
 from umx.errors import UmxError, already_exists, display_path
-from umx.files import not_a_folder, staged_folder, write_atomic
+from umx.files import write_atomic
+from umx.folders import not_a_folder, staged_folder
 from umx.messages import duration as duration_words
 from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song

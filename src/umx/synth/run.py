@@ -28,7 +28,7 @@ from umx.defaults import (
 )
 from umx.devices import WORKERS_PER_CORE, available_cores, check_cores
 from umx.errors import UmxError, check_flags, check_number, check_path, display_path, short
-from umx.files import within
+from umx.folders import within
 
 PathType = TypeVar("PathType", str, Path)
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from umx.errors import UmxError, display_path, short
-from umx.files import check_folder_option, check_writable, claimed_folder
+from umx.folders import check_folder_option, check_writable, claimed_folder
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
 from umx.train.config import MAX_ADAM, XUMX_NAME, TrainConfig
 from umx.weights import damaged_values

@@ -23,7 +23,8 @@ from typing import IO, Any
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
 from umx.errors import UmxError, printable, short
-from umx.files import in_the_way, not_a_folder, sha256_file, write_atomic
+from umx.files import sha256_file, write_atomic
+from umx.folders import in_the_way, not_a_folder
 from umx.zoo.registry import (
     CACHE_ENV,
     MIRROR_ENV,
