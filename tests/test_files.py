@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
+import os
+import signal
 
 import pytest
 import torch
@@ -163,6 +166,42 @@ def test_an_old_root_a_killed_run_was_deleting_is_removed_once_the_new_one_is_in
     assert folders.abandoned_stages(root) == [old]
     with folders.staged_folder(root) as stage:
         (stage / "new.txt").write_text("new")
+    assert sorted(tmp_path.iterdir()) == [root]
+
+
+def test_a_run_killed_between_the_two_renames_has_its_old_root_put_back(tmp_path, caplog):
+    """It left no root: the one it replaced hidden as `.set.TOKEN.old`, its own complete set
+    as `.set.TOKEN.partial`, which the next run then removed, keeping the old one hidden."""
+    root = tmp_path / "set"
+    old, stage = tmp_path / ".set.0123abcd.old", tmp_path / ".set.0123abcd.partial"
+    for folder, text in ((old, "old"), (stage, "new")):
+        folder.mkdir()
+        (folder / "a.txt").write_text(text)
+    with caplog.at_level(logging.WARNING, logger="umx"), folders.staged_folder(root) as new:
+        assert (root / "a.txt").read_text() == "old"  # back before the run begins
+        assert sorted(tmp_path.iterdir()) == [new, root]
+    assert caplog.messages == [
+        f"putting back {root}, moved aside by a run killed while replacing it"
+    ]
+    assert sorted(tmp_path.iterdir()) == [root]
+
+
+def test_a_stop_during_the_swap_lands_once_the_new_root_is_in_place(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM between the two renames left no root (and the next run removed the
+    new set): the stop now comes after the swap and the old root's removal."""
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "a.txt").write_text("old")
+    replace = os.replace
+
+    def replace_then_stop(source, target):
+        replace(source, target)
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler: KeyboardInterrupt
+
+    monkeypatch.setattr(folders.os, "replace", replace_then_stop)
+    with pytest.raises(KeyboardInterrupt), folders.staged_folder(root) as stage:
+        (stage / "a.txt").write_text("new")
+    assert (root / "a.txt").read_text() == "new"
     assert sorted(tmp_path.iterdir()) == [root]
 
 

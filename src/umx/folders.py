@@ -17,6 +17,7 @@ from pathlib import Path
 
 from umx.errors import UmxError, display_path, os_error_line, os_reason
 from umx.files import hidden_beside, hold_lock, unheld
+from umx.workers import stops_deferred
 
 logger = logging.getLogger("umx")
 
@@ -31,7 +32,10 @@ def staged_folder(root: Path) -> Iterator[Path]:
 
     The process filling it holds its lock (`hold_lock`): the next `staged_folder` of the same
     `root` removes those whose lock is free, left by a process killed outright (SIGKILL, the
-    out-of-memory killer, a lost machine), which could not remove them itself.
+    out-of-memory killer, a lost machine), which could not remove them itself. The swap (two
+    renames, then the old `root` deleted) is one step for a stop signal (`stops_deferred`); a
+    process killed outright between the renames leaves `root` moved aside, which the next
+    `staged_folder` puts back.
 
     Yields:
         the staging folder to fill; once the block ends without error it becomes `root` (an
@@ -52,6 +56,7 @@ def staged_folder(root: Path) -> Iterator[Path]:
             f"another run is writing {display_path(root)} (into {live[0]}): wait for it to end, "
             "or choose another folder"
         )
+    _put_back(root)
     token = secrets.token_hex(4)
     stage = root.with_name(f".{root.name}.{token}{STAGE_SUFFIX}")
     with _making(root):
@@ -69,13 +74,12 @@ def staged_folder(root: Path) -> Iterator[Path]:
                 if shown != message:
                     raise UmxError(shown) from None
             raise
-        if root.exists():
-            old = root.with_name(f".{root.name}.{token}{OLD_SUFFIX}")
-            os.replace(root, old)
+        old = root.with_name(f".{root.name}.{token}{OLD_SUFFIX}")
+        with stops_deferred():
+            if root.exists():
+                os.replace(root, old)
             os.replace(stage, root)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, root)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if lock is not None:
             lock.close()
@@ -90,6 +94,16 @@ def _making(root: Path) -> Iterator[None]:
     except OSError as error:
         reason = folder_refusal(root, error)
         raise UmxError(f"cannot create {display_path(root)}: {reason}") from None
+
+
+def _put_back(root: Path) -> None:
+    """Put back the `root` that a process killed between the two renames of `staged_folder`'s
+    swap moved aside and did not replace: the complete folder the user had."""
+    if root.exists():
+        return
+    for old in unheld(root.parent, hidden_beside(root, OLD_SUFFIX))[-1:]:
+        logger.warning("putting back %s, moved aside by a run killed while replacing it", root)
+        os.replace(old, root)
 
 
 def abandoned_stages(root: Path) -> list[Path]:
