@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -350,6 +351,41 @@ def test_an_export_written_meanwhile_is_kept_without_force(tmp_path, monkeypatch
         == f"{out / 'bass.onnx'} already exists; use --force to overwrite the export"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == other
+
+
+def test_a_stop_while_an_export_replaces_another_lands_once_it_is_whole(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM between two of the renames left the folder with no JSON, one new
+    graph and the others old (`separator.json is missing`, it then said)."""
+    out = tmp_path / "export"
+    export_onnx(load_separator("umxsynth", targets=["bass", "drums"]), out)
+    before = {name: (out / name).read_bytes() for name in ("bass.onnx", "drums.onnx")}
+    replace = os.replace
+
+    def replace_then_stop(source, target):
+        replace(source, target)
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler: KeyboardInterrupt
+
+    monkeypatch.setattr(umx.onnx.export.os, "replace", replace_then_stop)
+    separator = load_separator("umxsynth", targets=["bass", "drums"])
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(separator, out, quantize="int8", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["bass.onnx", "drums.onnx", EXPORT_JSON]
+    assert json.loads((out / EXPORT_JSON).read_text())["quantize"] == "int8"
+    assert all((out / name).read_bytes() != data for name, data in before.items())
+
+
+def test_a_folder_of_graphs_without_its_json_says_to_export_again(tmp_path, capsys):
+    """What a process killed outright during the renames leaves: it was called a model
+    directory without its separator.json."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "vocals.onnx").write_bytes(b"graph")
+    sf.write(tmp_path / "song.wav", np.zeros((44100, 2)), 44100)
+    argv = ["separate", str(tmp_path / "song.wav"), "--model", str(tmp_path / "export")]
+    assert run_cli(argv, capsys)[1:] == (
+        "",
+        f"umx: error: {tmp_path / 'export'} holds ONNX graphs but no {EXPORT_JSON}, as an "
+        "export cut short leaves it: export it again with umx export --force\n",
+    )
 
 
 def test_an_export_the_file_system_refuses_leaves_nothing(tmp_path, capsys):

@@ -275,6 +275,11 @@ def read_separator_json(path: Path) -> dict[str, Any]:
                 f"{path.parent} is an ONNX export (umx export), which only umx separate, stream, "
                 f"batch, evaluate and serve run: give {exported_from(path.parent)}"
             )
+        if next(path.parent.glob("*.onnx"), None) is not None:
+            raise UmxError(
+                f"{path.parent} holds ONNX graphs but no {EXPORT_JSON}, as an export cut short "
+                "leaves it: export it again with umx export --force"
+            )
         raise UmxError(f"{path} is missing: a model directory needs one")
     config = _read_json(path)
     if not isinstance(config, dict):

@@ -38,6 +38,7 @@ from umx.modeldir import _read_json
 from umx.onnx.graphs import plain_name
 from umx.onnx.options import ExportOptions, check_quantize, require_onnx
 from umx.separator import Separator
+from umx.workers import stops_deferred
 
 logger = logging.getLogger("umx")
 
@@ -298,9 +299,10 @@ def export_onnx(
     is then written to a temporary file beside its place in `outdir` (`written_aside`). Only
     once all are written is an earlier export replaced: its JSON removed, the graphs renamed
     into place, the JSON last. A write that fails (a full disk) removes the temporary files
-    and the folders this export made, and leaves an earlier export as it was. (A rename that
-    fails after that, which takes a failing disk, leaves the folder without a JSON: refused
-    as an export, never run.)
+    and the folders this export made, and leaves an earlier export as it was. A stop signal
+    (Ctrl-C, SIGTERM) waits for the writes and renames, which take a moment. (A rename that
+    fails, which takes a failing disk, or a process killed outright then leaves the folder
+    without a JSON: refused as an export, never run.)
 
     Args:
         separator: the models to export (e.g. from `umx.zoo.load_separator`).
@@ -338,7 +340,8 @@ def export_onnx(
     replaced = _listed_graphs(outdir) if force else set()
     files = _export_files(separator, description, quantize)
     written: list[Path] = []
-    with output_folders([outdir / EXPORT_JSON]):  # made, and removed again if nothing is written
+    # a stop halfway through the renames would leave neither export whole: it comes after them
+    with stops_deferred(), output_folders([outdir / EXPORT_JSON]):
         try:
             with written_aside({outdir / name: data for name, data in files.items()}) as staged:
                 # Until the new JSON is in place the folder holds none: never a mix claiming
