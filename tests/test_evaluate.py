@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
+import umx.audio.writing
 from processes import BOUND_S, children, file_size_limit, running, wait_for
 from umx import api
 from umx.errors import UmxError
@@ -1086,6 +1087,29 @@ def test_estimates_are_written_over_only_when_this_evaluation_wrote_them(tracks,
     mix = BaselineMethod("mix", VOC_ACC)
     assert evaluate(tracks, mix, tmp_path / "mix", outdir=stems, force=True, progress=False)
     assert all(path.read_bytes() != written[path] for path in vocals)
+
+
+def test_a_stop_while_estimates_replace_others_never_leaves_a_mixed_set(
+    tracks, tmp_path, monkeypatch
+):
+    """`--outdir --force` stopped between two stems' renames left one method's vocals beside
+    another's accompaniment, which `--estimates` then scored with exit 0."""
+    stems = tmp_path / "stems"
+    evaluate(tracks[:1], BaselineMethod("irm", VOC_ACC), tmp_path / "irm", outdir=stems)
+    folder = stems / "test" / NAMES[0]
+    irm = {name: (folder / f"{name}.wav").read_bytes() for name in VOC_ACC}
+    replace = os.replace
+
+    def replace_then_stop(source, target):
+        replace(source, target)
+        if str(target).endswith(".wav"):  # a stem put in place, not the record
+            os.kill(os.getpid(), signal.SIGINT)  # Python's handler: KeyboardInterrupt
+
+    monkeypatch.setattr(umx.audio.writing.os, "replace", replace_then_stop)
+    mix = BaselineMethod("mix", VOC_ACC)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tracks[:1], mix, tmp_path / "mix", outdir=stems, force=True, progress=False)
+    assert all((folder / f"{name}.wav").read_bytes() != irm[name] for name in VOC_ACC)
 
 
 def test_resume_refuses_scores_of_estimates_that_changed_since(tracks, tmp_path):

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from umx.audio import write_audio
+from umx.audio import AudioWriter, finish_together
 from umx.defaults import BSSEVAL, HOP, WIN
 from umx.devices import WORKERS_PER_CORE, check_cores, threads_per_worker
 from umx.errors import UmxError, already_exists, display_path, os_error_line
@@ -258,17 +258,23 @@ def _write_estimates(
     folder: Path, record: Mapping[str, object], estimates: Estimates, track: musdb.MultiTrack
 ) -> None:
     """Write a track's estimates and their `ESTIMATES_RECORD` into `folder` (the record first,
-    so that a stopped run's stems are known as its own: `check_outdir`). A folder this call
-    made is removed again when they cannot all be written (a full disk), not left holding the
-    record alone."""
+    so that a stopped run's stems are known as its own: `check_outdir`). The stems take the
+    place of earlier ones all together or not at all (`finish_together`): a stop never leaves
+    a set of two methods' stems. A folder this call made is removed again when they cannot all
+    be written (a full disk), not left holding the record alone."""
     made = not folder.exists()
     try:
         _write_text(folder / ESTIMATES_RECORD, json.dumps(record))
-        for name, estimate in estimates.items():
-            write_audio(  # checked by `check_outdir` before any track
-                folder / f"{name}.wav", estimate.T, track.rate, subtype="FLOAT", clip="none",
-                force=True,
-            )  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            writers = []
+            for name, estimate in estimates.items():
+                writer = AudioWriter(  # checked by `check_outdir` before any track
+                    folder / f"{name}.wav", track.rate, estimate.shape[1], subtype="FLOAT",
+                    clip="none", force=True,
+                )  # fmt: skip
+                writers.append(stack.enter_context(writer))
+                writer.write(estimate.T)
+            finish_together(writers)
     except BaseException:
         if made:
             shutil.rmtree(folder, ignore_errors=True)
