@@ -665,7 +665,10 @@ def test_sigterm_leaves_no_empty_folder(tmp_path, songs):
     finally:
         driver.kill()
     assert driver.returncode == 143, err.decode()
-    assert err.decode().splitlines()[-1] == "umx: stopped by SIGTERM"
+    assert err.decode().splitlines()[-2:] == [  # the hint was said on Ctrl-C only
+        "umx: stopped; the same command resumes the job",
+        "umx: stopped by SIGTERM",
+    ]
     assert hidden_files(tmp_path / "out") == []
     folders = [p for p in (tmp_path / "out").rglob("*") if p.is_dir() and ".umx-job" not in p.parts]
     assert [f for f in folders if not any(f.iterdir())] == []  # the stopped song's is gone

@@ -333,7 +333,9 @@ def test_a_ray_run_stopped_by_sigterm(cluster, tmp_path, songs):
     finally:
         driver.kill()
     assert driver.returncode == 128 + signal.SIGTERM, err.decode()
-    assert err.decode() == "umx: stopped by SIGTERM\n"
+    assert (
+        err.decode() == "umx: stopped; the same command resumes the job\numx: stopped by SIGTERM\n"
+    )
 
 
 def test_more_workers_than_the_cluster_has_room_for(monkeypatch):

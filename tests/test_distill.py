@@ -20,6 +20,7 @@ import torch
 import umx.api
 import umx.audio.reading
 import umx.batch.inputs
+import umx.batch.job
 import umx.batch.run
 import umx.train
 import umx.train.loop
@@ -539,14 +540,21 @@ def test_the_teacher_never_takes_the_work_folder_for_music(songs, tmp_path, monk
 
 
 def test_batch_and_train_speak_in_distills_options(songs, tmp_path, monkeypatch, capsys):
-    """Ctrl-C in training prints the distillation's resume command alone (not train's, which
-    resumes one target); a teacher's stem damaged since is separated again (the song was left
-    out, with advice naming --retry-failed); a job of other settings names --work, not --job."""
+    """Ctrl-C in the teacher's pass or in training prints the distillation's resume command
+    alone (not batch's or train's, which resume the pass or one target); a teacher's stem
+    damaged since is separated again (the song was left out, with advice naming
+    --retry-failed); a job of other settings names --work, not --job."""
     output = tmp_path / "student"
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
+    with monkeypatch.context() as patch:  # in the teacher's pass: batch's hint left out too
+        patch.setattr(umx.batch.job.Job, "append", interrupted)
+        assert distill(songs[0], output, "--targets", "vocals") == 130
+    hint, stopped = messages(capsys)
+    assert hint.startswith("umx: to resume the distillation: umx distill ")
+    assert stopped == "umx: interrupted"
     with monkeypatch.context() as patch:
         patch.setattr(umx.train.loop.Trainer, "_epochs", interrupted)
         assert distill(songs[0], output, "--targets", "vocals") == 130

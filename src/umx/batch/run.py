@@ -375,8 +375,9 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
                     logger.warning("failed: %s", failure_line(record))
                 bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
-    except KeyboardInterrupt:
-        logger.warning("stopped; the same command resumes the job")
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM, SIGHUP
+            logger.warning("stopped; the same command resumes the job")
         raise
     finally:
         bar.close()

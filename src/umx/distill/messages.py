@@ -33,12 +33,13 @@ BATCH_WORDS = (
 )
 """Phrases of `umx batch`'s messages (and `umx.api`'s, which it uses), and what `umx distill`
 says instead (each phrase is checked to be in their sources by `tests/test_distill.py`)."""
-TRAIN_HINTS = (
+RESUME_HINTS = (
     "to resume from the last epoch completed: ",
     "no epoch was completed, so nothing can be resumed",
+    "stopped; the same command resumes the job",
 )
-"""The starts of `umx train`'s resume hints (`umx.train.progress.resume_hint`), left out: the
-distillation prints the command that resumes it."""
+"""The starts of `umx train`'s resume hints (`umx.train.progress.resume_hint`) and `umx batch`'s
+(the teacher's pass), left out: the distillation prints the command that resumes it."""
 
 
 def in_distill_words(text: str) -> str:
@@ -49,12 +50,12 @@ def in_distill_words(text: str) -> str:
 
 
 class _DistillWords(logging.Filter):
-    """Rewords the records of `umx batch` (`BATCH_WORDS`) and drops `umx train`'s resume
-    hints (`TRAIN_HINTS`)."""
+    """Rewords the records of `umx batch` (`BATCH_WORDS`) and drops the resume hints of
+    `umx train` and `umx batch` (`RESUME_HINTS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith(TRAIN_HINTS):
+        if message.startswith(RESUME_HINTS):
             return False
         reworded = in_distill_words(message)
         if reworded != message:
