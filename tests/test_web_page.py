@@ -194,7 +194,8 @@ def test_models_say_whether_they_can_be_had_now(served, monkeypatch):
             "(start must be less than end); ask for bytes=START-END or leave it out",
         ),
         ("zip/wav", "items=0-1", 400, "(only support bytes range)"),
-        ("stems/drums.wav", "bytes=999999999-", 416, "starts past the end of the file ("),
+        ("stems/drums.wav", "bytes=999999999-", 416, "asks for no byte of the file ("),
+        ("stems/drums.wav", "bytes=-0", 416, "'bytes=-0' asks for no byte of the file ("),
     ],
 )
 def test_a_range_that_cannot_be_served_is_a_json_error(served, route, ranges, status, message):

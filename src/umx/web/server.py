@@ -275,7 +275,8 @@ class Download(FileResponse):
     released once sent (or its client gone); whole or in the byte ranges asked for (`Range`,
     as Starlette's `FileResponse` serves them). A `Range` that cannot be served is the API's
     one-sentence JSON error, not Starlette's plain text: 400 when malformed, 416 (with
-    `Content-Range: bytes */SIZE`) when it starts past the end."""
+    `Content-Range: bytes */SIZE`) when it asks for no byte of the file (it starts past the
+    end, or is the empty suffix `bytes=-0`)."""
 
     def __init__(self, store: JobStore, path: Path, **options: Any) -> None:
         super().__init__(path, **options)
@@ -300,7 +301,7 @@ class Download(FileResponse):
         except RangeNotSatisfiable as error:
             raise HTTPException(
                 416,
-                f"{shown} starts past the end of the file ({error.max_size} bytes); ask for "
+                f"{shown} asks for no byte of the file ({error.max_size} bytes); ask for "
                 "bytes within it or leave it out",
                 headers={"Content-Range": f"bytes */{error.max_size}"},
             ) from None
