@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -1035,3 +1036,18 @@ def test_a_stop_while_the_command_imports_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert command.main() == 130
     assert capsys.readouterr().err == "umx: interrupted\n"
+
+
+MATPLOTLIB_HOMES = ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+
+
+def test_matplotlibs_advice_about_an_unwritable_home_is_not_shown(tmp_path):
+    """`umx train` and `umx evaluate` draw with matplotlib, which printed two long lines about
+    `~/.config/matplotlib` when HOME could not hold it."""
+    (tmp_path / "home").write_text("a file, as HOME: nothing can be made in it")
+    draw = "from matplotlib.figure import Figure; Figure(); return 0"
+    code = f"from umx.cli_run import run_command\ndef run():\n    {draw}\nrun_command(run)"
+    env = {key: value for key, value in os.environ.items() if key not in MATPLOTLIB_HOMES}
+    env["HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")

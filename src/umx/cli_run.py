@@ -53,8 +53,10 @@ def stop_on_signals() -> Iterator[None]:
 def run_command(run: Callable[[], int]) -> int:
     """Run a parsed command and return its exit status: its own, or 1 for an error it raised
     (`UmxError`, or the file system's refusal: a full disk, a read-only folder), 130 for Ctrl-C
-    and 128 + N for signal N, each said in one line on the umx logger."""
+    and 128 + N for signal N, each said in one line on the umx logger. matplotlib's own
+    warnings (two long lines of advice when HOME is read-only) are not shown."""
     keep_freed_memory()
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     try:
         with stop_on_signals():
             return run()
