@@ -84,6 +84,15 @@ def encoded(fmt, subtype):
     return buffer.getvalue()
 
 
+def compressed(*options):
+    """The music as ffmpeg writes it to a pipe with ``options`` (its format and codec)."""
+    wav = encoded("WAV", "PCM_16")
+    command = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "-", "-ac", "2", *options, "-"]
+    return subprocess.run(command, input=wav, capture_output=True, check=True).stdout
+
+
+M4A = ["-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov"]
+BARE_MP3 = ["-ar", "22050", "-f", "mp3", "-id3v2_version", "0", "-write_xing", "0"]
 STDIN = ["-", "--rate", RATE]
 # (id, raw PCM on standard input or None, arguments after `umx stream`, message)
 CASES = [
@@ -132,6 +141,12 @@ CASES = [
     # Read as raw 16-bit PCM, a WAV header shifts every frame: the stereo channels swapped.
     ("wav-as-pcm", encoded("WAV", "PCM_16"), [*STDIN, "--format", "s16le"], "is a WAV file"),
     ("flac-as-pcm", encoded("FLAC", "PCM_16"), STDIN, "standard input is a FLAC file, not raw"),
+    # Compressed files were separated as noise (exit 0) once --format s16le was given, as the
+    # hint for samples that are not audio said.
+    ("m4a-as-pcm", compressed(*M4A), [*STDIN, "--format", "s16le"], "is an MP4 or M4A file"),
+    ("webm-as-pcm", compressed("-f", "webm"), STDIN, "is a WebM or Matroska file, not raw"),
+    ("bare-mp3-as-pcm", compressed(*BARE_MP3), [*STDIN, "--format", "s16le"], "is an MP3 file"),
+    ("aac-as-pcm", compressed("-c:a", "aac", "-f", "adts"), STDIN, "standard input is an AAC"),
     ("stdin-under-a-frame", b"abc", [*STDIN, "--outdir", "new"], "its 3 bytes are less than"),
     ("empty-stdin-to-stdout", b"", [*STDIN, "--stdout", "--targets", "vocals"], "no audio"),
     (

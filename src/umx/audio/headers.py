@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,14 +108,38 @@ def _is_mpeg_stream(fd: int, offset: int) -> bool:
 
     One header alone is no proof: random bytes start with one about once in 3000 files.
     """
+    return _frames_follow(lambda at, size: _pread(fd, size, offset + at), _mpeg_length)
+
+
+def _mpeg_length(head: bytes) -> int | None:
+    """The length in bytes of the MPEG audio frame ``head`` starts; None if it starts none."""
+    frame = _mpeg_frame(head)
+    return None if frame is None else frame[2]
+
+
+def _adts_length(head: bytes) -> int | None:
+    """The length in bytes of the ADTS frame (raw AAC, `.aac`) that ``head`` starts (its
+    first 7 bytes or more); None if it starts none."""
+    if len(head) < 7 or head[0] != 0xFF or head[1] & 0xF6 != 0xF0 or (head[2] >> 2) & 15 > 12:
+        return None
+    length = (head[3] & 3) << 11 | head[4] << 3 | head[5] >> 5
+    return length if length >= 7 else None
+
+
+def _frames_follow(
+    read: Callable[[int, int], bytes], length_of: Callable[[bytes], int | None]
+) -> bool:
+    """Whether three frames follow each other from the start of what ``read(offset, size)``
+    reads, each's length given by ``length_of`` its first bytes (None: no frame)."""
+    offset = 0
     for index in range(3):
-        head = _pread(fd, 4, offset)
-        if index and not head:  # the file ends after whole frames
+        head = read(offset, 7)
+        if index and not head:  # the data ends after whole frames
             return True
-        frame = _mpeg_frame(head)
-        if frame is None:
+        length = length_of(head)
+        if length is None:
             return False
-        offset += frame[2]
+        offset += length
     return True
 
 
@@ -158,6 +182,22 @@ def magic_container(head: bytes) -> str | None:
         return "aiff"
     kinds = {b"fLaC": "flac", b"OggS": "ogg"}
     return kinds.get(head[:4], "other" if head[:4] in _OTHER_LIBSNDFILE_MAGIC else None)
+
+
+def piped_container(data: bytes) -> str | None:
+    """The kind of audio file that the first bytes of a stream, ``data`` (a few kilobytes),
+    begin: those of `magic_container`, and the compressed ones that only ffmpeg reads: `"mp4"`
+    (an `ftyp` box: m4a, mp4, mov), `"matroska"` (webm, mkv), `"mp3"` (three MPEG audio frames
+    in a row) and `"aac"` (three ADTS frames); None for raw samples."""
+    kind = magic_container(data[:12])
+    if kind is None and data[4:8] == b"ftyp":
+        kind = "mp4"
+    elif kind is None and data[:4] == b"\x1aE\xdf\xa3":
+        kind = "matroska"
+    for name, length_of in (("mp3", _mpeg_length), ("aac", _adts_length)):
+        if kind is None and _frames_follow(lambda at, size: data[at : at + size], length_of):
+            kind = name
+    return kind
 
 
 def _chunks(fd: int, start: int, order: str) -> Iterator[tuple[bytes, int, int]]:

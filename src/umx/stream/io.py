@@ -42,7 +42,7 @@ from umx.audio import (
     peak,
     read_audio,
 )
-from umx.audio.headers import magic_container
+from umx.audio.headers import piped_container
 from umx.defaults import (  # noqa: F401 (STREAM_MODEL: re-exported)
     DEFAULT_BLOCK,
     LONG_NAMES_HINT,
@@ -184,7 +184,7 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
         while data := file.read(block * frame_bytes):
             whole = len(data) - len(data) % frame_bytes
             if not nb_frames:
-                _refuse_a_file(data[:12], fmt)
+                _refuse_a_file(data, fmt)
             if not nb_frames and not whole:
                 raise UmxError(
                     f"standard input contains no audio: its {len(data)} bytes are less than "
@@ -212,12 +212,26 @@ def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: i
     return Source(float(rate), nb_channels, blocks(), "standard input", hint)
 
 
-def _refuse_a_file(head: bytes, fmt: str) -> None:
-    """Refuse raw PCM input that starts like an audio file: read as samples, its header would
-    shift every frame (swapping the channels of 16-bit stereo) and be heard as a click."""
-    kind = magic_container(head)
+PIPED_FILES = {
+    "wav": "a WAV",
+    "aiff": "an AIFF",
+    "flac": "a FLAC",
+    "ogg": "an Ogg",
+    "mp3": "an MP3",
+    "mp4": "an MP4 or M4A",
+    "matroska": "a WebM or Matroska",
+    "aac": "an AAC",
+}
+"""What `_refuse_a_file` calls each kind of audio file (`piped_container`); another: "an audio"."""
+
+
+def _refuse_a_file(data: bytes, fmt: str) -> None:
+    """Refuse raw PCM input whose first bytes, ``data``, begin an audio file: read as samples,
+    a WAV's header would shift every frame (swapping the channels of 16-bit stereo) and be
+    heard as a click, and a compressed file would be separated as noise."""
+    kind = piped_container(data)
     if kind is not None:
-        named = "an audio" if kind == "other" else f"a {kind.upper()}"
+        named = PIPED_FILES.get(kind, "an audio")
         raise UmxError(
             f"standard input is {named} file, not raw PCM: give the file as the input instead "
             f"of '-', or decode it to raw PCM first (ffmpeg ... -f {fmt} -)"
