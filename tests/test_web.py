@@ -187,6 +187,27 @@ def test_separates_an_upload_into_the_stems_of_the_api(client, store, tmp_path):
     assert [j["id"] for j in listed] == [two["id"], job["id"]]
 
 
+def test_a_song_sent_in_a_form_is_refused_saying_how_to_send_it(store):
+    """`curl -F file=@song.mp3` was decoded with the form's bytes around the song: an mp3
+    separated 1105 samples late and marked done, a wav "not decodable audio"."""
+    with local_client(new_app(store)) as client:
+        files = {"file": ("song.wav", song_bytes(0.5, 0), "audio/wav")}
+        refused = client.post("/api/jobs", params={"name": "song.wav"}, files=files)
+        assert refused.status_code == 415
+        assert refused.json()["error"] == (
+            "song.wav came inside a form (multipart/form-data); send the file itself as the "
+            "body (curl --data-binary @FILE)"
+        )
+        assert client.get("/api/jobs").json() == []
+        typed = client.post(  # the raw body, whatever its type says, is the song
+            "/api/jobs",
+            params={"name": "song.wav"},
+            content=song_bytes(0.5, 0),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert typed.status_code == 201
+
+
 def test_upload_limit_is_enforced_while_the_body_arrives(store, tmp_path):
     limit = 256 << 10
     app = new_app(store, max_upload_bytes=limit)

@@ -270,7 +270,7 @@ CASES = [
         "upload-form",
         "POST",
         "/api/jobs",
-        422,
+        415,  # refused before its body is read: send the file itself
         {"Content-Type": "multipart/form-data; boundary=b"},
         b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.wav"\r\n\r\nx\r\n--b--',
     ),

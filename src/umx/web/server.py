@@ -162,6 +162,7 @@ def job_routes(
         name = display_name(query.get("name", ""))
         options = store.options(query.get("model", default_model), query.get("stems", "all"))
         store.check_room()
+        check_raw_body(request, name)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_upload_bytes:
             raise too_large(name, max_upload_bytes)
@@ -207,6 +208,22 @@ def job_routes(
         Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
         Route("/api/events", events),
     ]
+
+
+def check_raw_body(request: Request, name: str) -> None:
+    """Refuse a song sent inside a form (`curl -F file=@song.mp3`): its bytes would be decoded
+    with the form's own around them (an mp3 separated 1105 samples late, or "not audio").
+
+    Raises:
+        HTTPException: 415, saying how to send the song itself as the body.
+    """
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind.startswith("multipart/"):
+        raise HTTPException(
+            415,
+            f"{name} came inside a form ({kind}); send the file itself as the body "
+            f"(curl --data-binary @FILE)",
+        )
 
 
 async def receive_body(request: Request, received: Upload) -> None:
