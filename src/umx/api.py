@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -14,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from umx.aggregate import check_aggregate, parse_aggregate  # noqa: F401 (re-exported)
 from umx.audio import (
     SUBTYPES,
     AudioWriter,
@@ -31,8 +31,6 @@ from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
 from umx.devices import resolve_device
 from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flag, check_flags, check_number
 from umx.folders import output_folders
-from umx.messages import shown
-from umx.modeldir import check_target_name
 from umx.onnx.options import is_export_folder
 from umx.options import SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
@@ -132,28 +130,7 @@ def separate(
     audio = check_audio(audio, rate)
     check_options(niter=niter, segment=segment, overlap=overlap)
     check_flag("--softmask", softmask)
-    if device is not None:  # the check of --device: a missing GPU is one line
-        device = resolve_device(str(device) if isinstance(device, torch.device) else device)
-    if isinstance(model, Separator):
-        if targets is not None or residual is not None or softmask or niter != 1:
-            raise UmxError(
-                "targets, niter, softmask and residual belong to the Separator given as model: "
-                "set them with load_separator"
-            )
-        if device is not None and device != model.device:
-            raise UmxError(
-                f"device {str(device)!r} given with a Separator on {model.device}: move it with "
-                "separator.to(device), or leave device out"
-            )
-    else:
-        model = load_separator(
-            model,
-            targets=targets,
-            niter=niter,
-            softmask=softmask,
-            residual=residual,
-            device=device or "cpu",
-        )
+    model = _api_separator(model, targets, niter, softmask, residual, device)
     check_aggregate(aggregate, model.targets)
     model.check_segment(segment)
     batch = audio if audio.dim() == 3 else audio[None]
@@ -169,6 +146,39 @@ def separate(
         stem = F.pad(stem, (0, max(0, batch.shape[-1] - stem.shape[-1])))[..., : batch.shape[-1]]
         out[name] = stem if audio.dim() == 3 else stem[0]
     return out
+
+
+def _api_separator(
+    model: str | os.PathLike | Separator | None,
+    targets: Sequence[str] | None,
+    niter: int,
+    softmask: bool,
+    residual: str | None,
+    device: str | torch.device | None,
+) -> Separator:
+    """The separator of `separate` (see its arguments): `model` loaded, or as given."""
+    if device is not None:  # the check of --device: a missing GPU is one line
+        device = resolve_device(str(device) if isinstance(device, torch.device) else device)
+    if not isinstance(model, Separator):
+        return load_separator(
+            model,
+            targets=targets,
+            niter=niter,
+            softmask=softmask,
+            residual=residual,
+            device=device or "cpu",
+        )
+    if targets is not None or residual is not None or softmask or niter != 1:
+        raise UmxError(
+            "targets, niter, softmask and residual belong to the Separator given as model: "
+            "set them with load_separator"
+        )
+    if device is not None and device != model.device:
+        raise UmxError(
+            f"device {str(device)!r} given with a Separator on {model.device}: move it with "
+            "separator.to(device), or leave device out"
+        )
+    return model
 
 
 def model_input(audio: Tensor, rate: float, separator: Separator, source: str) -> Tensor:
@@ -241,50 +251,6 @@ def separator_for(
     from umx.onnx.runtime import onnx_separator
 
     return onnx_separator(separator, quantize=options.quantize)
-
-
-AGGREGATE_SHAPE = '--aggregate must map names to non-empty lists of targets, e.g. {"acc": ["bass"]}'
-
-
-def check_groups(aggregate: object) -> None:
-    """Refuse groups that cannot be summed as asked, whatever the model: not a mapping of names
-    to non-empty lists of target names, no group at all, a target listed twice in a group
-    (summed twice, a stem 6 dB too loud), or a group name that cannot be a file name.
-
-    Raises:
-        UmxError: naming `--aggregate` (the Python API's `aggregate`) and what to fix.
-    """
-    if not isinstance(aggregate, Mapping) or not all(
-        isinstance(group, Sequence)
-        and not isinstance(group, str)
-        and group
-        and all(isinstance(target, str) for target in group)
-        for group in aggregate.values()
-    ):
-        raise UmxError(AGGREGATE_SHAPE)
-    if not aggregate:
-        raise UmxError("--aggregate needs at least one group")
-    for name, group in aggregate.items():
-        if len(set(group)) < len(group):
-            twice = next(target for target in group if list(group).count(target) > 1)
-            where = f"the group {shown(str(name))}"
-            raise UmxError(f"--aggregate lists {shown(twice)} twice in {where}: list it once")
-    for name in aggregate:  # written as file names
-        check_target_name(name, "--aggregate")
-
-
-def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
-    """Refuse groups that `check_groups` refuses or that name targets the separator does not
-    have, before any work; None (no groups) passes."""
-    if aggregate is None:
-        return
-    check_groups(aggregate)
-    unknown = sorted({t for group in aggregate.values() for t in group} - set(targets))
-    if unknown:
-        raise UmxError(
-            f"--aggregate names unknown targets {', '.join(unknown)}; "
-            f"the targets are {', '.join(targets)}"
-        )
 
 
 def output_paths(
@@ -446,17 +412,10 @@ def separate_file(
     Returns:
         one report per written file (path, peak, clipping action).
     """
-    check_options(segment=segment, overlap=overlap)
     check_flags({"--downmix": downmix, "--match-input": match_input, "--force": force})
-    check_aggregate(aggregate, separator.targets)
-    separator.check_segment(segment)
-    names = separator.output_names(aggregate)
-    (paths,) = plan_outputs([input_path], names, outdir, filename, ext)
-    audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
-    mix = model_input(audio, rate, separator, display_path(input_path))[None]
-    # match_input: the input's rate, channels and length (the trip there and back may change it)
-    output = (rate, *audio.shape) if match_input else (separator.sample_rate, None, None)
-    del audio
+    _check_file_separator(separator, aggregate, segment, overlap)
+    (paths,) = plan_outputs([input_path], separator.output_names(aggregate), outdir, filename, ext)
+    mix, output = _read_mix(input_path, separator, start, duration, downmix, match_input)
     channels = output[1] or mix.shape[1]
     with ExitStack() as stack:
         # left last, once the files are gone
@@ -482,6 +441,36 @@ def separate_file(
         separator.check_stems(peak(mix), separated_peak, display_path(input_path))
         finish_together(writers.values())
     return [writer.report for writer in writers.values()]
+
+
+def _check_file_separator(
+    separator: Separator,
+    aggregate: Mapping[str, Sequence[str]] | None,
+    segment: float | None,
+    overlap: float,
+) -> None:
+    """Refuse the chunk options of `separate_file` and its `aggregate` and `segment` with its
+    separator."""
+    check_options(segment=segment, overlap=overlap)
+    check_aggregate(aggregate, separator.targets)
+    separator.check_segment(segment)
+
+
+def _read_mix(
+    input_path: str | os.PathLike,
+    separator: Separator,
+    start: float,
+    duration: float | None,
+    downmix: bool,
+    match_input: bool,
+) -> tuple[Tensor, tuple[float, int | None, int | None]]:
+    """The mixture of `separate_file`, `(1, nb_channels, nb_timesteps)` as the separator takes
+    it (`model_input`), and the output's rate, channels and length (see `_write_chunks`): with
+    `match_input` the input's (the trip there and back may change the length), else the
+    separator's rate."""
+    audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
+    mix = model_input(audio, rate, separator, display_path(input_path))[None]
+    return mix, (rate, *audio.shape) if match_input else (separator.sample_rate, None, None)
 
 
 def _write_chunks(
@@ -537,40 +526,3 @@ def _write_chunks(
     for name, resampler in resamplers.items():
         write(name, resampler.flush(out_frames))
     return separated_peak
-
-
-def parse_aggregate(text: str | None) -> dict[str, list[str]] | None:
-    """`--aggregate` as JSON text or a JSON file: `{name: [target, ...]}`."""
-    if text is None:
-        return None
-    if not text.strip():
-        raise UmxError("--aggregate is empty: give JSON text or a JSON file")
-    # an object is JSON text, and so is what names no regular file (isfile is false for a long
-    # JSON text too: names are limited to 255 bytes); a file is read
-    braced = text.lstrip().startswith("{")
-    is_text = braced or not os.path.isfile(text)
-    try:
-        value = json.loads(text if is_text else _read_json_file(text))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        if is_text and not braced:
-            reason = f"{shown(text)} is not JSON text and not a regular file"
-        raise UmxError(
-            f"--aggregate is neither valid JSON nor a readable JSON file ({reason})"
-        ) from None
-    if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
-        raise UmxError(AGGREGATE_SHAPE)
-    check_groups(value)  # the names too, before any path is made of them
-    return value
-
-
-AGGREGATE_FILE_LIMIT = 1 << 20
-"""The largest `--aggregate` JSON file read, in bytes."""
-
-
-def _read_json_file(name: str) -> str:
-    """The text of a small regular file."""
-    path = Path(name)
-    if path.stat().st_size > AGGREGATE_FILE_LIMIT:
-        raise ValueError(f"{display_path(path)} is larger than {AGGREGATE_FILE_LIMIT} bytes")
-    return path.read_text()
