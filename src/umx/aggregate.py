@@ -8,9 +8,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from umx.errors import UmxError, display_path
+from umx.errors import UmxError, check_target_name, display_path
 from umx.messages import shown
-from umx.modeldir import check_target_name
 
 AGGREGATE_SHAPE = '--aggregate must map names to non-empty lists of targets, e.g. {"acc": ["bass"]}'
 

@@ -27,7 +27,13 @@ from umx.defaults import (
     TEMPLATE_FIELDS,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError, check_number, display_path, printable
+from umx.errors import (
+    UmxError,
+    check_excerpt,
+    check_target_name,
+    display_path,
+    printable,
+)
 from umx.onnx.options import BACKENDS, QUANTIZATIONS
 from umx.options import OutputOptions, SeparationOptions
 
@@ -188,10 +194,7 @@ def check_inputs(args: argparse.Namespace) -> SeparationOptions:
             "no input files given: name the songs, e.g. umx song.mp3 (see umx separate --help)"
         )
     check_readable(args.inputs)
-    # 30 years: past any file, while `seconds * rate` stays a whole number of frames.
-    check_number("--start", args.start, minimum=0, maximum=1e9)
-    if args.duration is not None:
-        check_number("--duration", args.duration, above=0, maximum=1e9)
+    check_excerpt(args.start, args.duration)
     return check_separation_args(args)
 
 
@@ -413,8 +416,6 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
         )
     two_stems = getattr(args, "two_stems", None)
     if two_stems is not None:
-        from umx.modeldir import check_target_name  # torch: not for --help
-
         for option in ("targets", "residual", "aggregate"):
             if getattr(args, option, None) is not None:
                 raise UmxError(

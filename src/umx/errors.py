@@ -14,12 +14,28 @@ from collections.abc import Iterable, Mapping
 MIN_RATE, MAX_RATE = 1000.0, 768000.0
 """The sample rates umx accepts anywhere (audio given to the API, raw PCM, model files), in Hz."""
 
-short = reprlib.Repr()
-short.maxstring = short.maxother = 40
-"""Untrusted values in messages, cut short: `short.repr(value)`."""
+MAX_TARGET_NAME = 64
+"""The longest target name, in characters: target names become file names."""
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+"""Characters a target name must not hold: path separators and control characters."""
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 """What :func:`printable` escapes: controls, line separators, bidi overrides, surrogates."""
+
+
+class _ShortRepr(reprlib.Repr):
+    """`reprlib.Repr` keeping each value on one line: an object whose repr spans lines (a torch
+    module's, a tensor's) is shown by its type's name, and other objects' reprs are made
+    `printable`."""
+
+    def repr_instance(self, x: object, level: int) -> str:
+        text = super().repr_instance(x, level)
+        return type(x).__name__ if "\n" in text else printable(text)
+
+
+short = _ShortRepr()
+short.maxstring = short.maxother = 40
+"""Untrusted values in messages, cut short, on one line: `short.repr(value)`."""
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -175,3 +191,51 @@ def check_targets(targets: object) -> tuple[str, ...] | None:
     if not names:
         raise UmxError("--targets is empty: name at least one target, or leave it out for all")
     return names
+
+
+def check_target_name(name: object, source: str) -> str:
+    """Refuse a target name that is not a safe file-name stem (stems are written under it).
+
+    Args:
+        name: the name, from untrusted input.
+        source: where it comes from, for the message, e.g. a file.
+
+    Returns:
+        the name.
+
+    Raises:
+        UmxError: not a string, empty, too long, with a path separator or a control character,
+            starting with a dot or a space, or ending with a space.
+    """
+    if not isinstance(name, str):
+        raise UmxError(f"{source} has a target name that is not a string: {short.repr(name)}")
+    if (
+        not name
+        or len(name) > MAX_TARGET_NAME
+        or _UNSAFE_NAME.search(name)
+        or name.startswith(".")
+        or name != name.strip()
+    ):
+        raise UmxError(
+            f"{source} has an unsafe target name {short.repr(name)}: a target name is written "
+            f"as a file name, so it must have 1 to {MAX_TARGET_NAME} characters, no / or \\ or "
+            "control characters, and not start with a dot or a space"
+        )
+    return name
+
+
+MAX_SECONDS = 1e9
+"""The latest start and the longest duration of an excerpt, in seconds: 30 years, past any file,
+while `seconds * rate` stays a whole number of frames."""
+
+
+def check_excerpt(start: object, duration: object) -> None:
+    """Refuse an excerpt (`--start`, `--duration`, in seconds) that is no number, negative, empty
+    (a duration of 0) or beyond `MAX_SECONDS`; a duration of None (to the end) passes.
+
+    Raises:
+        UmxError: naming the option as the command line spells it.
+    """
+    check_number("--start", start, minimum=0, maximum=MAX_SECONDS)
+    if duration is not None:
+        check_number("--duration", duration, above=0, maximum=MAX_SECONDS)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from umx.defaults import (  # noqa: F401 (re-exported)
     HASH_DIGITS,
     HASHED_NAME,
 )
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, display_path, short
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_target_name, display_path, short
 from umx.files import torch_save_atomic, write_json_atomic
 from umx.model import CrossUnmixTarget, OpenUnmix
 from umx.separator import Separator
@@ -44,11 +43,7 @@ WEIGHTS_SUFFIX = ".pth"
 # Bounds of what a model directory may say.
 MAX_JSON_BYTES = 1 << 20
 MAX_NFFT = 65536
-MAX_TARGET_NAME = 64  # characters; target names become file names
 MAX_MODEL_SIZE = 1 << 16  # hidden_size, nb_layers, max_bin in a target json
-
-# Characters a target name must not hold: path separators and control characters.
-_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 RESERVED_TARGETS = {"xumx": "X-UMX model (xumx.pth)", "separator": f"settings ({SEPARATOR_JSON})"}
 """Names an Open-Unmix target cannot have, in any case: a model directory's other files (a
@@ -145,37 +140,6 @@ def _read_json(path: Path) -> Any:
         raise UmxError(f"{path} is not a model json: it is nested too deeply") from None
     except ValueError as error:  # UnicodeDecodeError included
         raise UmxError(f"{path} is not valid JSON ({short.repr(str(error))})") from None
-
-
-def check_target_name(name: object, source: str) -> str:
-    """Refuse a target name that is not a safe file-name stem (stems are written under it).
-
-    Args:
-        name: the name, from untrusted input.
-        source: where it comes from, for the message, e.g. a file.
-
-    Returns:
-        the name.
-
-    Raises:
-        UmxError: not a string, empty, too long, with a path separator or a control character,
-            starting with a dot or a space, or ending with a space.
-    """
-    if not isinstance(name, str):
-        raise UmxError(f"{source} has a target name that is not a string: {short.repr(name)}")
-    if (
-        not name
-        or len(name) > MAX_TARGET_NAME
-        or _UNSAFE_NAME.search(name)
-        or name.startswith(".")
-        or name != name.strip()
-    ):
-        raise UmxError(
-            f"{source} has an unsafe target name {short.repr(name)}: a target name is written "
-            f"as a file name, so it must have 1 to {MAX_TARGET_NAME} characters, no / or \\ or "
-            "control characters, and not start with a dot or a space"
-        )
-    return name
 
 
 def check_model_target(name: object, source: str) -> str:

@@ -20,7 +20,15 @@ from umx.defaults import (
     SUBTYPES,
     WIENER_WIN_LEN,
 )
-from umx.errors import UmxError, check_flag, check_number, check_path, check_targets, short
+from umx.errors import (
+    UmxError,
+    check_flag,
+    check_number,
+    check_path,
+    check_target_name,
+    check_targets,
+    short,
+)
 from umx.onnx.options import check_backend
 
 
@@ -69,7 +77,6 @@ class SeparationOptions:
     def __post_init__(self) -> None:
         # Imported here: torch is not needed to build a parser.
         from umx.devices import parse_device
-        from umx.modeldir import check_target_name
         from umx.separator import check_options
 
         check_path("--model", self.model, optional=True, what="a model name or folder")
