@@ -4,6 +4,10 @@
 stems that are not a result, a separator in training mode, yes-or-no options given as text,
 unsafe residual names, options of the wrong type)."""
 
+import copy
+import math
+
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -76,12 +80,117 @@ def entry_points(names):
     return pytest.mark.parametrize("entry", names, ids=names)
 
 
+@entry_points([*OFFLINE, *CAUSAL])
+def test_integer_pcm_is_refused_as_umx_separate_refuses_it(separator, causal, entry):
+    """int16 samples taken as floats gave stems 32768 times too loud, without an error."""
+    pcm = (mixture() * 32767).short()
+    run = OFFLINE.get(entry) or CAUSAL[entry]
+    with pytest.raises(TypeError, match=INT16):
+        run(causal if entry in CAUSAL else separator, pcm)
+
+
+@entry_points([*OFFLINE, *CAUSAL])
+def test_numpy_and_float64_are_taken_as_umx_separate_takes_them(separator, causal, entry):
+    run = OFFLINE.get(entry) or CAUSAL[entry]
+    model = causal if entry in CAUSAL else separator
+    x = mixture()
+    expected = flat(run(model, x))
+    for other in (x.numpy(), x.double(), x.double().numpy()):
+        got = flat(run(model, other))
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert float(expected.abs().max()) > 0.01
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (math.nan, "a NaN sample at 0.250 s"),
+        (math.inf, "an infinite"),
+        (1e30, r"the sample 1e\+30"),
+    ],
+)
+@entry_points(list(OFFLINE))
+def test_samples_that_are_not_audio_are_refused_by_the_separator(separator, entry, value, message):
+    """Separator.separate and __call__ returned NaN stems for NaN, infinite or 1e30 samples."""
+    x = mixture()
+    x[1, RATE // 4] = value
+    with pytest.raises(umx.UmxError, match=f"^audio: {message}.* is not audio"):
+        OFFLINE[entry](separator, x)
+
+
+@entry_points(list(OFFLINE))
+def test_stems_with_nan_are_refused_by_the_separator(entry):
+    broken = small_separator()
+    with torch.no_grad():
+        broken.target_models["vocals"].fc3.weight[0, 0] = math.nan
+    with pytest.raises(umx.UmxError, match=r"^audio: the stems came out with NaN or infinite"):
+        OFFLINE[entry](broken, mixture())
+
+
 def batchnorm_state(separator):
     return {
         name: buffer.clone()
         for name, buffer in separator.named_buffers()
         if "running" in name or "num_batches" in name
     }
+
+
+@entry_points([*OFFLINE, *CAUSAL])
+def test_a_separator_in_training_mode_is_refused_and_left_unchanged(entry):
+    """In training mode BatchNorm normalised with the mixture's statistics (other stems) and
+    overwrote its running statistics, inference mode or not: the model stayed changed."""
+    model = small_separator(causal=entry in CAUSAL)
+    run = OFFLINE.get(entry) or CAUSAL[entry]
+    x = mixture()
+    before = flat(run(model, x))
+    state = batchnorm_state(model)
+    model.train()
+    with pytest.raises(umx.UmxError, match=r"is in training mode.*call separator.eval\(\) first"):
+        run(model, x)
+    model.target_models["vocals"].eval()  # one target model left training is refused too
+    with pytest.raises(umx.UmxError, match="is in training mode"):
+        run(model, x)
+    after = batchnorm_state(model)
+    assert all(torch.equal(state[name], after[name]) for name in state)
+    model.eval()
+    assert torch.equal(before, flat(run(model, x)))
+
+
+def test_a_separator_of_frozen_models_is_ready_whatever_its_own_mode(separator):
+    """A separator built by hand is in training mode (nn.Module's default), but has no layer
+    of its own that training changes: its frozen models separate as loaded ones do."""
+    built = Separator(dict(separator.target_models), sample_rate=RATE, n_fft=512, n_hop=128)
+    assert built.training
+    x = mixture()[None]
+    assert torch.equal(built.separate(x), copy.deepcopy(built).eval().separate(x))
+
+
+def test_a_meta_tensor_is_refused_in_one_line(separator):
+    with pytest.raises(TypeError, match=r"^audio is a meta tensor, which holds no samples$"):
+        umx.separate(torch.empty(2, 100, device="meta"), RATE)
+    with pytest.raises(TypeError, match=r"^audio is a meta tensor"):
+        separator.separate(torch.empty(1, 2, 100, device="meta"))
+
+
+def test_half_weights_are_refused_in_one_line_and_double_weights_separate(separator):
+    half = copy.deepcopy(separator).half()
+    with pytest.raises(umx.UmxError, match=r"^the separator's weights are torch.float16.*float"):
+        umx.separate(mixture(), RATE, model=half)
+    double = copy.deepcopy(separator).double()  # float64 weights separate float64 mixtures
+    stems = umx.separate(mixture(), RATE, model=double)
+    expected = umx.separate(mixture(), RATE, model=separator)
+    for name, stem in stems.items():
+        torch.testing.assert_close(stem.float(), expected[name], atol=1e-5, rtol=0)
+
+
+def test_to_dict_refuses_stems_of_another_shape(separator):
+    stems = separator.separate(mixture()[None])
+    assert list(separator.to_dict(stems)) == ["vocals", "drums"]
+    with pytest.raises(umx.UmxError, match=r"^stems must be \(nb_samples, nb_targets=2, "):
+        separator.to_dict(stems[0])
+    with pytest.raises(umx.UmxError, match=r"got shape \(1, 1, 2, 16000\)"):
+        separator.to_dict(stems[:, :1])
 
 
 def test_an_object_in_a_message_stays_on_one_line(separator):
@@ -93,6 +202,14 @@ def test_an_object_in_a_message_stays_on_one_line(separator):
     assert short.repr([model, "a\nb"]) == "[OpenUnmix, 'a\\nb']"
     assert short.repr(torch.zeros(2, 2)) == "Tensor"
     assert short.repr(torch.tensor(0.5)) == "tensor(0.5000)"
+
+
+def test_streaming_options_of_the_wrong_type_are_refused(causal):
+    with pytest.raises(umx.UmxError, match=r"^nb_channels must be a whole number, not 2.0$"):
+        StreamingSeparator(causal, nb_channels=2.0)
+    with pytest.raises(TypeError, match=r"^a block must be a torch tensor or a numpy array, not"):
+        StreamingSeparator(causal).process([[0.0] * 10] * 2)
+    assert StreamingSeparator(causal, nb_channels=np.int64(2)).nb_channels == 2
 
 
 @pytest.fixture(scope="module")

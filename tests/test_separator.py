@@ -189,7 +189,9 @@ def test_channel_mismatch_is_refused():
 )
 def test_separation_never_reads_tensor_values_on_the_host(options):
     """On a GPU, reading a tensor's value on the host (a loop bound, a branch) stalls the device.
-    Meta tensors have shapes but no values, so separating them fails at any such read."""
+    Meta tensors have shapes but no values, so separating them fails at any such read. (The
+    checks of the mixture and the stems around it read values, once per call or chunk: meta
+    tensors are refused there, so the separation is run without them.)"""
     with torch.device("meta"):  # (the LSTM is slow on meta tensors: keep the model tiny)
         models = {t: OpenUnmix(129, 2, 8, nb_layers=1, max_bin=100).eval() for t in TARGETS[:2]}
         separator = Separator(
@@ -197,8 +199,8 @@ def test_separation_never_reads_tensor_values_on_the_host(options):
         )
         audio = torch.randn(1, 2, 2400)
     with torch.inference_mode():
-        whole = separator(audio)
-        chunks = torch.cat(list(separator.iter_chunks(audio, segment=0.15, overlap=0.05)), -1)
+        (whole,) = separator.iter_unchecked(audio, segment=None)
+        chunks = torch.cat(list(separator.iter_unchecked(audio, segment=0.15, overlap=0.05)), -1)
     assert whole.shape == chunks.shape == (1, len(separator.targets), 2, 2400)
     assert whole.is_meta and chunks.is_meta
 

@@ -22,6 +22,7 @@ from umx.audio import (
     check_samples,
     display_path,
     finish_together,
+    float_samples,
     match_channels,
     peak,
     read_audio,
@@ -60,17 +61,7 @@ def check_audio(audio: object, rate: object) -> Tensor:
         UmxError: wrong shape, no samples, samples that are not audio (NaN, infinite or
             beyond ±10,000: see `umx.audio.samples`), or a bad rate.
     """
-    if not isinstance(audio, Tensor | np.ndarray):
-        raise TypeError(
-            f"audio must be a torch tensor or a numpy array, not {type(audio).__name__}"
-        )
-    dtype = audio.dtype
-    floating = dtype.is_floating_point if isinstance(audio, Tensor) else dtype.kind == "f"
-    if not floating:
-        raise TypeError(
-            f"audio must hold real floating-point samples in [-1, 1], not {dtype} "
-            "(convert integer PCM with / 32768, take .real of complex data)"
-        )
+    audio = float_samples(audio, "audio")
     check_number("rate", rate, minimum=MIN_RATE, maximum=MAX_RATE)
     shape = tuple(audio.shape)
     if len(shape) not in (2, 3):
@@ -83,7 +74,7 @@ def check_audio(audio: object, rate: object) -> Tensor:
         raise UmxError(f"audio must have 1 or 2 channels (axis -2), got shape {shape}{hint}")
     if shape[-1] == 0 or shape[0] == 0:
         raise UmxError(f"audio holds no samples (shape {shape})")
-    audio = torch.as_tensor(audio).detach().to("cpu", torch.float32)
+    audio = audio.detach().to("cpu", torch.float32)
     check_samples(audio, 0.0, rate, "audio")
     return audio
 
@@ -133,10 +124,12 @@ def separate(
     model = _api_separator(model, targets, niter, softmask, residual, device)
     check_aggregate(aggregate, model.targets)
     model.check_segment(segment)
+    model.check_ready()
     batch = audio if audio.dim() == 3 else audio[None]
     nb_channels = batch.shape[1]
     mix = model_input(batch, rate, model, "audio")
-    separated = model.separate(mix, segment=segment, overlap=overlap)
+    # checked as audio: not again by the separator
+    separated = torch.cat(list(model.iter_unchecked(mix, segment, overlap)), dim=-1)
     model.check_stems(peak(mix), peak(separated), "audio")
     stems = model.to_dict(separated, aggregate)
     out = {}
@@ -183,7 +176,7 @@ def _api_separator(
 
 def model_input(audio: Tensor, rate: float, separator: Separator, source: str) -> Tensor:
     """A mixture as the separator takes it: with its channels (`Separator.channels_for`), at
-    its rate.
+    its rate, in its floating-point type (`Separator.dtype`).
 
     Args:
         audio: `(..., nb_channels, nb_timesteps)` at `rate`.
@@ -199,7 +192,7 @@ def model_input(audio: Tensor, rate: float, separator: Separator, source: str) -
     mix = resample(mix, rate, separator.sample_rate)
     if mix.shape[-1] == 0:
         raise too_short(source, audio.shape[-1], rate, separator.sample_rate)
-    return mix
+    return mix.to(separator.dtype)
 
 
 def too_short(source: str, frames: int, rate: float, model_rate: float) -> UmxError:
@@ -450,10 +443,11 @@ def _check_file_separator(
     overlap: float,
 ) -> None:
     """Refuse the chunk options of `separate_file` and its `aggregate` and `segment` with its
-    separator."""
+    separator, and a separator not ready to separate (`check_ready`)."""
     check_options(segment=segment, overlap=overlap)
     check_aggregate(aggregate, separator.targets)
     separator.check_segment(segment)
+    separator.check_ready()
 
 
 def _read_mix(
@@ -500,10 +494,7 @@ def _write_chunks(
         the largest absolute sample of the separated sources (before any aggregation).
     """
     out_rate, out_channels, out_frames = output
-    if segment is None:
-        chunks = iter([separator.separate(mix, segment=None)])
-    else:
-        chunks = separator.iter_chunks(mix, segment, overlap)
+    chunks = separator.iter_unchecked(mix, segment, overlap)  # the file's samples are checked
     total = mix.shape[-1] / separator.sample_rate
     resamplers = {
         name: StreamResampler(separator.sample_rate, out_rate, mix.shape[1])

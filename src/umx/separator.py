@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from umx.audio.samples import check_samples, float_samples, peak
 from umx.defaults import MAX_NITER, OVERLAP, SAMPLE_RATE, SEGMENT, WIENER_WIN_LEN
 from umx.errors import UmxError, check_number
 from umx.filtering import wiener
@@ -132,6 +133,75 @@ class Separator(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type the separator computes in: its weights', float32 (or float64
+        after `.double()`).
+
+        Raises:
+            UmxError: another type (`.half()`): the STFT does not compute in it.
+        """
+        dtype = next(self.parameters()).dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise UmxError(
+                f"the separator's weights are {dtype}, in which the STFT does not compute: "
+                "call separator.float() first"
+            )
+        return dtype
+
+    def check_ready(self) -> torch.dtype:
+        """Refuse a separator that would give other stems than its evaluation mode's: one in
+        training mode, whose BatchNorm layers would normalise with the mixture's statistics
+        (and overwrite their running statistics) and whose dropout would drop features. Only
+        layers that behave differently count, so a separator built from frozen models (see
+        `OpenUnmix.freeze`) is ready whatever its own mode. It is refused rather than switched
+        to evaluation mode, which would change it for the other threads using it.
+
+        Returns:
+            the separator's `dtype`, in which the mixture is to be given.
+
+        Raises:
+            UmxError: saying to call `.eval()`; or the weights' type is refused (`dtype`).
+        """
+        if any(map(_trains, self.modules())):
+            raise UmxError(
+                "the separator is in training mode, in which its BatchNorm and dropout layers "
+                "change the stems (and the BatchNorm statistics): call separator.eval() first"
+            )
+        return self.dtype
+
+    def check_input(self, audio: object) -> Tensor:
+        """A mixture given to `forward`, `separate` or `iter_chunks`, checked as `umx.separate`
+        checks its audio, with the separator (`check_ready`).
+
+        Args:
+            audio: `(nb_samples, nb_channels, nb_timesteps)`, a tensor or numpy array of real
+                floating-point samples, with the separator's channels, or stereo for a
+                one-channel separator (see `channels_for`), at its sample rate.
+
+        Returns:
+            the mixture as a tensor of the separator's `dtype`, on its own device (a numpy
+            array's on the CPU).
+
+        Raises:
+            TypeError: `audio` holds no real floating-point samples (`float_samples`).
+            UmxError: a wrong shape, samples that are not audio (`check_samples`: NaN,
+                infinite or beyond ±10,000), or a separator that is not ready.
+        """
+        audio = float_samples(audio, "audio")
+        if audio.dim() != 3 or audio.shape[1] not in (1, 2):
+            raise UmxError(
+                "the mixture must be (nb_samples, nb_channels, nb_timesteps) with 1 or 2 "
+                f"channels, got shape {tuple(audio.shape)}"
+            )
+        if audio.shape[1] != self.channels_for(audio.shape[1]):
+            raise UmxError(
+                f"the model separates {self.nb_channels}-channel audio, got {audio.shape[1]}"
+            )
+        dtype = self.check_ready()
+        check_samples(audio, 0.0, self.sample_rate, "audio")
+        return audio.to(dtype)
+
+    @property
     def covers_mixture(self) -> bool:
         """Whether the model's targets share the mixture out among themselves: two targets or
         more through the Wiener filter (`niter` >= 1), without a residual. Then silence in
@@ -206,22 +276,26 @@ class Separator(nn.Module):
         """Separate a whole mixture at once, as the reference implementation does.
 
         Args:
-            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, with the separator's
-                channels, or stereo for a one-channel separator (see `channels_for`).
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, checked by
+                `check_input`, on the separator's device.
 
         Returns:
-            stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`.
+            stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`, in the separator's
+            `dtype`.
+
+        Raises:
+            TypeError, UmxError: the mixture is refused (`check_input`), or the stems are not
+                a result (`check_stems`: NaN or infinite samples, or silence from audio).
         """
+        audio = self.check_input(audio)
+        stems = self._whole(audio)
+        self.check_stems(peak(audio), peak(stems), "audio")
+        return stems
+
+    def _whole(self, audio: Tensor) -> Tensor:
+        """`forward` without its checks: `(nb_samples, nb_channels, nb_timesteps)` →
+        `(nb_samples, nb_targets, nb_channels, nb_timesteps)`."""
         nb_timesteps = audio.shape[-1]
-        if audio.dim() != 3 or audio.shape[1] not in (1, 2):
-            raise UmxError(
-                "the mixture must be (nb_samples, nb_channels, nb_timesteps) with 1 or 2 "
-                f"channels, got shape {tuple(audio.shape)}"
-            )
-        if audio.shape[1] != self.channels_for(audio.shape[1]):
-            raise UmxError(
-                f"the model separates {self.nb_channels}-channel audio, got {audio.shape[1]}"
-            )
         # Reflect padding needs more than n_fft // 2 samples: zero-pad short inputs.
         if nb_timesteps <= self.n_fft // 2:
             audio = F.pad(audio, (0, self.n_fft // 2 + 1 - nb_timesteps))
@@ -270,20 +344,51 @@ class Separator(nn.Module):
         models run on their device, and each finished piece is yielded as soon as it is final.
 
         Args:
-            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`.
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, checked by
+                `check_input`.
             segment: longest chunk in seconds; chunk starts are aligned to the Wiener blocks
                 (`wiener_win_len` frames), so chunks may be a little shorter.
             overlap: cross-fade length in seconds, at most half of `segment`.
 
         Raises:
-            UmxError: bad chunk options, or chunks too short for the model (`check_segment`).
+            TypeError, UmxError: the mixture is refused (`check_input`), bad chunk options,
+                chunks too short for the model (`check_segment`), or a piece with NaN or
+                infinite samples (`check_finite`; whether all the stems are silent is the
+                caller's to check, with `check_stems`, once they are all there).
 
         Yields:
             consecutive pieces of the stems, `(nb_samples, nb_targets, nb_channels, nb_piece)`,
             on the mixture's device; concatenated along time they cover the whole mixture.
         """
+        audio = self.check_input(audio)
+        for chunk in self.iter_unchecked(audio, segment, overlap):
+            self.check_finite(peak(chunk), "audio")
+            yield chunk
+
+    @torch.inference_mode()
+    def iter_unchecked(
+        self, audio: Tensor, segment: float | None = SEGMENT, overlap: float = OVERLAP
+    ) -> Iterator[Tensor]:
+        """The pieces of `iter_chunks` (one piece, the whole track, with `segment=None`) without
+        its checks of the mixture and the stems: for callers that have checked the mixture
+        (`check_input`, or as `umx.api` does, then `check_ready`) and check the stems
+        (`check_stems`), so that a long mixture is not checked twice. The chunk options are
+        checked (`check_options`, `check_segment`).
+
+        Args:
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, in the separator's
+                `dtype`.
+            segment, overlap: as `separate`.
+
+        Yields:
+            pieces of the stems, `(nb_samples, nb_targets, nb_channels, nb_piece)`, on the
+            mixture's device.
+        """
         check_options(segment=segment, overlap=overlap)
         self.check_segment(segment)
+        if segment is None:
+            yield self._whole(audio.to(self.device)).to(audio.device)
+            return
         seg_len = round(segment * self.sample_rate)
         ovl_len = round(overlap * self.sample_rate)
         step = self._chunk_step(seg_len - ovl_len)
@@ -292,7 +397,7 @@ class Separator(nn.Module):
         carry = None
         for start in range(0, max(nb_timesteps - ovl_len, 1), step):
             end = min(start + step + ovl_len, nb_timesteps)
-            chunk = self(audio[..., start:end].to(self.device)).to(audio.device)
+            chunk = self._whole(audio[..., start:end].to(self.device)).to(audio.device)
             if carry is not None:
                 chunk[..., :ovl_len] = chunk[..., :ovl_len] * fade_in + carry
             if end == nb_timesteps:
@@ -315,16 +420,23 @@ class Separator(nn.Module):
         """Separate a mixture, chunked (bounded memory) or, with `segment=None`, whole.
 
         Args:
-            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, on any device.
+            audio: mixture, `(nb_samples, nb_channels, nb_timesteps)`, on any device, checked
+                by `check_input` (a numpy array is taken too).
             segment: chunk length in seconds; None processes the whole track at once.
             overlap: cross-fade length in seconds between chunks.
 
         Returns:
-            stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`, on the mixture's device.
+            stems, `(nb_samples, nb_targets, nb_channels, nb_timesteps)`, on the mixture's
+            device (a numpy array's: the CPU), in the separator's `dtype`.
+
+        Raises:
+            TypeError, UmxError: the mixture is refused (`check_input`), bad chunk options, or
+                stems that are not a result (`check_stems`).
         """
-        if segment is None:
-            return self(audio.to(self.device)).to(audio.device)
-        return torch.cat(list(self.iter_chunks(audio, segment, overlap)), dim=-1)
+        audio = self.check_input(audio)
+        stems = torch.cat(list(self.iter_unchecked(audio, segment, overlap)), dim=-1)
+        self.check_stems(peak(audio), peak(stems), "audio")
+        return stems
 
     def output_names(self, aggregate: Mapping[str, Sequence[str]] | None = None) -> list[str]:
         """The names of the stems `to_dict` gives, in its order: the groups of `aggregate`, or
@@ -341,7 +453,15 @@ class Separator(nn.Module):
             aggregate: optional groups, e.g. `{"vocals": ["vocals"], "accompaniment":
                 ["drums", "bass", "other"]}`; each group is the sum of its targets and only
                 the groups are returned.
+
+        Raises:
+            UmxError: stems of another shape, or a group naming an unknown target.
         """
+        if stems.dim() != 4 or stems.shape[1] != len(self.targets):
+            raise UmxError(
+                f"stems must be (nb_samples, nb_targets={len(self.targets)}, nb_channels, "
+                f"nb_timesteps) as separate gives them, got shape {tuple(stems.shape)}"
+            )
         named = dict(zip(self.targets, stems.unbind(dim=1), strict=True))
         if aggregate is None:
             return named
@@ -358,3 +478,13 @@ def waveform_model(model: OpenUnmix, n_fft: int = N_FFT, n_hop: int = N_HOP) -> 
     """A target model that takes waveforms `(nb_samples, nb_channels, nb_timesteps)` and returns
     magnitudes `(nb_samples, nb_channels, nb_bins, nb_frames)`, computing the STFT on the fly."""
     return nn.Sequential(Spectrogram(n_fft, n_hop), model)
+
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _trains(module: nn.Module) -> bool:
+    """Whether `module` is a layer in training mode that separates otherwise than in evaluation
+    mode: a BatchNorm or dropout layer, or a recurrent one with dropout between its layers."""
+    dropout = isinstance(module, nn.RNNBase) and module.dropout > 0
+    return module.training and (dropout or isinstance(module, _MODE_DEPENDENT))

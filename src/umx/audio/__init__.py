@@ -32,7 +32,7 @@ from umx.audio.reading import (
     seconds_to_frames,
 )
 from umx.audio.resampling import RESAMPLE_QUALITY, StreamResampler, resample
-from umx.audio.samples import MAX_SAMPLE, check_rate, check_samples, peak
+from umx.audio.samples import MAX_SAMPLE, check_rate, check_samples, float_samples, peak
 from umx.audio.writing import (
     BLOCK_SECONDS,
     CLIP_POLICIES,
@@ -70,6 +70,7 @@ __all__ = [
     "check_samples",
     "display_path",
     "finish_together",
+    "float_samples",
     "io_errors",
     "leftover_temporaries",
     "match_channels",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,3 +68,33 @@ def check_samples(samples: Tensor, start: float, rate: float, source: str, hint:
         f"{source}: {what} at {start + index / rate:.3f} s is not audio (samples must be "
         f"finite and within ±{MAX_SAMPLE:g}, full scale being ±1){hint}"
     )
+
+
+def float_samples(audio: object, source: str = "audio") -> Tensor:
+    """`audio` as a tensor of real floating-point samples, refusing what holds none: a numpy
+    array becomes a CPU tensor sharing its memory, a tensor is returned as it is.
+
+    Args:
+        audio: a torch tensor or a numpy array of any shape and floating-point type.
+        source: how the user knows it (the message starts with it).
+
+    Raises:
+        TypeError: not a tensor or numpy array; integer PCM (whose sample values would be taken
+            as 32768 times full scale), complex or boolean samples; a meta tensor (no samples).
+    """
+    if not isinstance(audio, Tensor | np.ndarray):
+        raise TypeError(
+            f"{source} must be a torch tensor or a numpy array, not {type(audio).__name__}"
+        )
+    dtype = audio.dtype
+    floating = dtype.is_floating_point if isinstance(audio, Tensor) else dtype.kind == "f"
+    if not floating:
+        raise TypeError(
+            f"{source} must hold real floating-point samples in [-1, 1], not {dtype} "
+            "(convert integer PCM with / 32768, take .real of complex data)"
+        )
+    if isinstance(audio, Tensor) and audio.is_meta:
+        raise TypeError(f"{source} is a meta tensor, which holds no samples")
+    if isinstance(audio, np.ndarray) and any(stride < 0 for stride in audio.strides):
+        audio = audio.copy()  # a reversed view: torch takes no negative strides
+    return torch.as_tensor(audio)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from umx.audio.samples import check_samples, peak
+from umx.audio.samples import check_samples, float_samples, peak
 from umx.errors import UmxError, check_number
 from umx.filtering import WIENER_MEMORY, CausalWiener
 from umx.model import LSTMState
@@ -55,7 +55,8 @@ class StreamingSeparator:
         latency: samples by which the returned stems lag the input (see the module's notes).
 
     Raises:
-        UmxError: a target model is bidirectional, or the options are out of range.
+        UmxError: a target model is bidirectional, the options are out of range, or the
+            separator is not ready (`Separator.check_ready`: in training mode, say).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class StreamingSeparator:
         for name, model in separator.target_models.items():
             model.require_causal(f"the {name!r} model")
         nb_channels = separator.nb_channels if nb_channels is None else nb_channels
+        check_number("nb_channels", nb_channels, integer=True)
         if nb_channels not in (1, 2) or separator.channels_for(nb_channels) != nb_channels:
             raise UmxError(
                 f"the model separates {separator.nb_channels}-channel audio, not "
@@ -76,7 +78,7 @@ class StreamingSeparator:
             )
         check_number("the block multiple", block_multiple, above=0, integer=True)
         self.separator = separator
-        self.nb_channels = nb_channels
+        self.nb_channels = int(nb_channels)
         self.block_multiple = block_multiple
         self.n_fft = separator.n_fft
         self.n_hop = separator.n_hop
@@ -87,7 +89,7 @@ class StreamingSeparator:
             residual=separator.residual is not None,
             memory=wiener_memory,
         )
-        self._dtype = next(separator.parameters()).dtype
+        self._dtype = separator.check_ready()
         self.reset()
 
     @property
@@ -122,16 +124,20 @@ class StreamingSeparator:
 
         Args:
             block: the next samples, `(nb_channels, nb_block)`, at the separator's rate, with
-                `nb_block` a multiple of `block_multiple` (any length for `flush`).
+                `nb_block` a multiple of `block_multiple` (any length for `flush`): a tensor or
+                numpy array of real floating-point samples, as `umx.separate` takes.
 
         Returns:
             the next samples of the stems, `(nb_targets, nb_channels, nb_out)`, on the block's
-            device: after `N` samples fed in all, the stems of the first `max(0, N - latency)`
-            samples have been returned.
+            device (a numpy array's: the CPU): after `N` samples fed in all, the stems of the
+            first `max(0, N - latency)` samples have been returned.
 
         Raises:
-            UmxError: the block's shape, length or values cannot be separated.
+            TypeError: the block holds no real floating-point samples (integer PCM, say).
+            UmxError: the block's shape, length or values cannot be separated, or the separator
+                is not ready (`Separator.check_ready`).
         """
+        block = float_samples(block, "a block")
         samples = self._check(block)
         if samples.shape[-1] % self.block_multiple:
             raise UmxError(
@@ -157,6 +163,8 @@ class StreamingSeparator:
             the rest of the stems, `(nb_targets, nb_channels, nb_out)`, on the block's device
             (the separator's if no block is given).
         """
+        if block is not None:
+            block = float_samples(block, "a block")
         like = self._input if block is None else block
         if block is not None:
             samples = self._check(block)
@@ -205,13 +213,14 @@ class StreamingSeparator:
         return out.to(like.device)
 
     def _check(self, block: Tensor) -> Tensor:
-        """`block` checked and moved to the separator's device and dtype."""
-        if not isinstance(block, Tensor) or block.dim() != 2 or block.shape[0] != self.nb_channels:
-            shape = tuple(block.shape) if isinstance(block, Tensor) else type(block).__name__
+        """`block` (from `float_samples`) checked, with the separator (`check_ready`), and moved
+        to the separator's device and dtype."""
+        if block.dim() != 2 or block.shape[0] != self.nb_channels:
             raise UmxError(
                 f"a block must be a tensor (nb_channels, nb_block) with {self.nb_channels} "
-                f"channels, got {shape}"
+                f"channels, got {tuple(block.shape)}"
             )
+        self.separator.check_ready()
         check_samples(block, self._nb_fed / self.sample_rate, self.sample_rate, "the stream")
         return block.to(self.separator.device, self._dtype)
 
@@ -246,17 +255,21 @@ def separate_causal(
 
     Args:
         separator: the separator whose models (unidirectional) and settings to use.
-        audio: the mixture, `(nb_channels, nb_timesteps)`, at the separator's rate.
+        audio: the mixture, `(nb_channels, nb_timesteps)`, at the separator's rate: a tensor or
+            numpy array of real floating-point samples, as `umx.separate` takes.
         wiener_memory: time constant of the causal EM's statistics in frames; None for a
             cumulative average.
 
     Returns:
-        the stems, `(nb_targets, nb_channels, nb_timesteps)`, on the audio's device.
+        the stems, `(nb_targets, nb_channels, nb_timesteps)`, on the audio's device (a numpy
+        array's: the CPU).
 
     Raises:
+        TypeError: the audio holds no real floating-point samples (integer PCM, say).
         UmxError: a target model is bidirectional, the audio cannot be separated, or the stems
             are not a result (`Separator.check_stems`).
     """
+    audio = float_samples(audio, "audio")
     nb_channels = audio.shape[0] if audio.dim() == 2 else None
     stream = StreamingSeparator(separator, nb_channels=nb_channels, wiener_memory=wiener_memory)
     mix = stream._check(audio)
