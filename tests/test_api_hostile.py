@@ -18,6 +18,7 @@ from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
 from umx.stream.engine import StreamingSeparator, separate_causal
+from umx.zoo.download import is_offline
 
 RATE = 16000
 INT16 = r"must hold real floating-point samples in \[-1, 1\], not torch.int16 \(convert integer"
@@ -191,6 +192,64 @@ def test_to_dict_refuses_stems_of_another_shape(separator):
         separator.to_dict(stems[0])
     with pytest.raises(umx.UmxError, match=r"got shape \(1, 1, 2, 16000\)"):
         separator.to_dict(stems[:, :1])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"softmask": "false"}, "^--softmask must be True or False, not 'false'$"),
+        ({"softmask": "no"}, "^--softmask must be True or False, not 'no'$"),
+        ({"softmask": 1}, "^--softmask must be True or False, not 1$"),
+        ({"residual": ""}, "^--residual has an unsafe target name ''"),
+        ({"residual": "a/b"}, "^--residual has an unsafe target name 'a/b'"),
+        ({"residual": "acc\nx"}, "^--residual has an unsafe target name 'acc\\\\nx'"),
+        ({"residual": 5}, "^--residual has a target name that is not a string: 5$"),
+        ({"nb_channels": 2.0}, "^nb_channels must be a whole number, not 2.0$"),
+        ({"nb_channels": True}, "^nb_channels must be a whole number, not True$"),
+    ],
+)
+def test_separator_options_are_checked_as_the_command_line_checks_them(separator, options, message):
+    with pytest.raises(umx.UmxError, match=message):
+        Separator(dict(separator.target_models), sample_rate=RATE, n_fft=512, n_hop=128, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"softmask": "false"}, "^--softmask must be True or False, not 'false'$"),
+        ({"offline": "false"}, "^offline must be True or False, not 'false'$"),
+        ({"progress": "no"}, "^progress must be True or False, not 'no'$"),
+        ({"residual": ""}, "^--residual has an unsafe target name ''"),
+        ({"residual": "acc\nx"}, "^--residual has an unsafe target name 'acc\\\\nx'"),
+        ({"targets": "vocals"}, "^targets must be a list of names, not the text 'vocals'$"),
+        ({"niter": -1}, "^--niter must be at least 0, not -1$"),
+    ],
+)
+def test_load_separator_checks_its_options_before_any_model(options, message):
+    """The text "false" was taken as true (softmask on, offline on); the options are refused
+    before the model is looked for (the folder named here does not exist)."""
+    with pytest.raises(umx.UmxError, match=message):
+        umx.load_separator("no/such/model", **options)
+
+
+def test_offline_given_as_text_is_refused():
+    assert is_offline(True) and not is_offline(False)
+    with pytest.raises(umx.UmxError, match=r"^offline must be True or False, not 'false'$"):
+        is_offline("false")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"residual": ""}, "^--residual has an unsafe target name ''"),
+        ({"residual": "a/b"}, "^--residual has an unsafe target name 'a/b'"),
+        ({"targets": "vocals"}, "^targets must be a list of names, not the text 'vocals'$"),
+    ],
+)
+def test_umx_separate_checks_names_before_any_model(options, message):
+    """residual='' crashed with a size mismatch; targets='vocals' said "no target 'v'"."""
+    with pytest.raises(umx.UmxError, match=message):
+        umx.separate(mixture(), RATE, model="no/such/model", **options)
 
 
 def test_an_object_in_a_message_stays_on_one_line(separator):

@@ -30,7 +30,7 @@ from umx.audio import (
 )
 from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
 from umx.devices import resolve_device
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flag, check_flags, check_number
+from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flags, check_number, check_targets
 from umx.folders import output_folders
 from umx.onnx.options import is_export_folder
 from umx.options import SeparationOptions
@@ -119,8 +119,10 @@ def separate(
         UmxError: a bad shape, sample, rate, device or option, or the model cannot be loaded.
     """
     audio = check_audio(audio, rate)
-    check_options(niter=niter, segment=segment, overlap=overlap)
-    check_flag("--softmask", softmask)
+    check_options(
+        niter=niter, segment=segment, overlap=overlap, softmask=softmask, residual=residual
+    )
+    targets = check_targets(targets)
     model = _api_separator(model, targets, niter, softmask, residual, device)
     check_aggregate(aggregate, model.targets)
     model.check_segment(segment)

@@ -20,15 +20,7 @@ from umx.defaults import (
     SUBTYPES,
     WIENER_WIN_LEN,
 )
-from umx.errors import (
-    UmxError,
-    check_flag,
-    check_number,
-    check_path,
-    check_target_name,
-    check_targets,
-    short,
-)
+from umx.errors import UmxError, check_flag, check_number, check_path, check_targets, short
 from umx.onnx.options import check_backend
 
 
@@ -80,13 +72,10 @@ class SeparationOptions:
         from umx.separator import check_options
 
         check_path("--model", self.model, optional=True, what="a model name or folder")
-        check_flag("--softmask", self.softmask)
         check_flag("--whole-track", self.whole_track)
         object.__setattr__(self, "targets", check_targets(self.targets))
         if self.device != AUTO:
             parse_device(self.device)
-        if self.residual is not None:
-            check_target_name(self.residual, "--residual")
         if self.wiener_win_len is not None:  # 0, the whole segment, is stored as None
             check_number("--wiener-win-len", self.wiener_win_len, minimum=0, integer=True)
         object.__setattr__(self, "wiener_win_len", self.wiener_win_len or None)
@@ -95,6 +84,8 @@ class SeparationOptions:
             wiener_win_len=self.wiener_win_len,
             segment=self.chunk_seconds,
             overlap=self.overlap,
+            softmask=self.softmask,
+            residual=self.residual,
         )
         backend = check_backend(self.backend, self.quantize, self.device, self.model)
         object.__setattr__(self, "backend", backend)

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from umx.audio.samples import check_samples, float_samples, peak
 from umx.defaults import MAX_NITER, OVERLAP, SAMPLE_RATE, SEGMENT, WIENER_WIN_LEN
-from umx.errors import UmxError, check_number
+from umx.errors import UmxError, check_flag, check_number, check_target_name
 from umx.filtering import wiener
 from umx.model import OpenUnmix
 from umx.transforms import N_FFT, N_HOP, Spectrogram, check_stft, istft, magnitude, stft
@@ -23,13 +23,20 @@ def check_options(
     wiener_win_len: int | None = WIENER_WIN_LEN,
     segment: float | None = SEGMENT,
     overlap: float = OVERLAP,
+    softmask: bool = False,
+    residual: str | None = None,
 ) -> None:
-    """Refuse separation options that make no sense (NaN, infinite, negative, zero, fractions).
+    """Refuse separation options that make no sense (NaN, infinite, negative, zero, fractions),
+    a `softmask` that is not a bool (the text "false" is true in Python), and a `residual` name
+    that is no safe file name (`check_target_name`; None, no residual, passes).
 
     Raises:
         UmxError: naming the option (as the command line spells it) and the value.
     """
     check_number("--niter", niter, minimum=0, maximum=MAX_NITER, integer=True)
+    check_flag("--softmask", softmask)
+    if residual is not None:
+        check_target_name(residual, "--residual")
     if wiener_win_len is not None:
         check_number("--wiener-win-len", wiener_win_len, above=0, integer=True)
     if segment is not None:
@@ -103,7 +110,10 @@ class Separator(nn.Module):
         super().__init__()
         check_stft(n_fft, n_hop)
         check_number("the sample rate", sample_rate, above=0)
-        check_options(niter=niter, wiener_win_len=wiener_win_len)
+        check_options(
+            niter=niter, wiener_win_len=wiener_win_len, softmask=softmask, residual=residual
+        )
+        check_number("nb_channels", nb_channels, integer=True)
         if nb_channels not in (1, 2):
             raise UmxError(f"a separator works on 1 or 2 channels, not {nb_channels!r}")
         if not target_models:
@@ -115,7 +125,7 @@ class Separator(nn.Module):
         self.sample_rate = float(sample_rate)
         self.n_fft = n_fft
         self.n_hop = n_hop
-        self.nb_channels = nb_channels
+        self.nb_channels = int(nb_channels)
         self.niter = niter
         self.softmask = softmask
         self.residual = residual
@@ -126,7 +136,7 @@ class Separator(nn.Module):
     @property
     def targets(self) -> list[str]:
         """Names of the separated sources, in output order (the residual last)."""
-        return list(self.target_models) + ([self.residual] if self.residual else [])
+        return list(self.target_models) + ([self.residual] if self.residual is not None else [])
 
     @property
     def device(self) -> torch.device:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from umx.defaults import DEFAULT_MODEL, HASHED_NAME
-from umx.errors import UmxError, printable, short
+from umx.errors import UmxError, check_flag, printable, short
 from umx.files import sha256_file, write_atomic
 from umx.folders import in_the_way, not_a_folder
 from umx.zoo.registry import (
@@ -121,10 +121,12 @@ def is_offline(offline: bool | None = None) -> bool:
     """Whether umx must not touch the network: `offline` if given, else `$UMX_OFFLINE`.
 
     Raises:
-        UmxError: `$UMX_OFFLINE` is neither empty, 0/1, true/false, yes/no nor on/off.
+        UmxError: `offline` is not a bool or None (the text "false" would be true), or
+            `$UMX_OFFLINE` is neither empty, 0/1, true/false, yes/no nor on/off.
     """
     if offline is not None:
-        return bool(offline)
+        check_flag("offline", offline)
+        return offline
     value = os.environ.get(OFFLINE_ENV, "").strip().lower()
     if value in _OFFLINE_ON:
         return True

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, WIENER_WIN_LEN
-from umx.errors import UmxError, short
+from umx.errors import UmxError, check_flag, check_targets, short
 from umx.zoo.download import OFFLINE_ENV, Unavailable, fetch_targets, is_offline, probe
 from umx.zoo.registry import MODELS, ZooEntry, model_targets
 
@@ -192,6 +192,35 @@ def _check_one_architecture(path: Path) -> None:
         )
 
 
+def _model_files(
+    model: str | os.PathLike | None,
+    targets: Sequence[str] | None,
+    progress: bool,
+    offline: bool,
+) -> tuple[str, ModelFiles | None, Sequence[str] | None]:
+    """What `load_separator(model)` loads: the name of the model (or its directory as a string),
+    the files of its `targets` and all the targets it has; no files (and targets) for an X-UMX
+    checkpoint, one file for all targets."""
+    from umx.modeldir import directory_files, directory_targets
+    from umx.xumx_checkpoints import xumx_file
+
+    if model is None:
+        files, name = _default_files(targets, progress, offline)
+        return name, files, MODELS[name].targets
+    name = resolve_model(model)
+    if name in MODELS and isinstance(model, str):
+        entry = MODELS[name]
+        if entry.notice and name not in _NOTICED:  # once: a server loads it per stem mode
+            _NOTICED.add(name)
+            logger.info(entry.notice)
+        return name, _named_files(entry, targets, progress, offline), entry.targets
+    if xumx_file(model) is None:
+        files = directory_files(Path(model), targets)
+        return name, files, directory_targets(Path(model), files.config)
+    _check_one_architecture(Path(model))
+    return name, None, None
+
+
 def load_separator(
     model: str | os.PathLike | None = None,
     *,
@@ -230,35 +259,25 @@ def load_separator(
 
     Raises:
         UmxError: unknown name or target, missing, corrupt or invalid files, failed download of
-            a named model, offline with a named model not in the cache.
+            a named model, offline with a named model not in the cache; before any of that,
+            options `Separator` refuses, targets that are not a list of names (text, say), or
+            a `softmask`, `progress` or `offline` that is not a bool.
     """
     import torch
 
-    from umx.modeldir import build_separator, directory_files, directory_targets
-    from umx.xumx_checkpoints import xumx_file, xumx_separator
+    from umx.modeldir import build_separator
+    from umx.separator import check_options
+    from umx.xumx_checkpoints import xumx_separator
 
+    # before any download
+    check_options(niter=niter, wiener_win_len=wiener_win_len, softmask=softmask, residual=residual)
+    targets = check_targets(targets)
+    check_flag("progress", progress)
     try:
         device = torch.device(device)
     except RuntimeError as error:
         raise UmxError(f"unknown device {short.repr(str(device))} ({error})") from None
-    offline = is_offline(offline)
-    if model is None:
-        files, name = _default_files(targets, progress, offline)
-        available = MODELS[name].targets
-    else:
-        name = resolve_model(model)
-        if name in MODELS and isinstance(model, str):
-            entry = MODELS[name]
-            if entry.notice and name not in _NOTICED:  # once: a server loads it per stem mode
-                _NOTICED.add(name)
-                logger.info(entry.notice)
-            files, available = _named_files(entry, targets, progress, offline), entry.targets
-        elif xumx_file(model) is None:
-            files = directory_files(Path(model), targets)
-            available = directory_targets(Path(model), files.config)
-        else:
-            _check_one_architecture(Path(model))
-            files = available = None  # an X-UMX checkpoint: one file for all targets
+    name, files, available = _model_files(model, targets, progress, is_offline(offline))
     options = {
         "niter": niter,
         "softmask": softmask,
