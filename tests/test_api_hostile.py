@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 import umx
+from umx.api import separate_file
 from umx.errors import short
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
@@ -277,3 +278,36 @@ def song(tmp_path_factory, separator):
     sf.write(root / "song.wav", mixture().T.numpy(), RATE, subtype="FLOAT")
     save_separator(separator, root / "model")
     return root
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ext": ".wav"}, "^--ext '.wav' is no format umx writes: use wav, "),
+        ({"ext": "WAV"}, "^--ext 'WAV' is no format umx writes"),
+        ({"start": "1"}, "^--start must be a number, not '1'$"),
+        ({"start": -1.0}, "^--start must be at least 0, not -1$"),
+        ({"duration": 0}, "^--duration must be greater than 0, not 0$"),
+        ({"duration": math.inf}, "^--duration must be a finite number, not inf$"),
+        ({"clip": "nope"}, "^--clip 'nope': use rescale or clamp"),
+        ({"force": "no"}, "^--force must be True or False, not 'no'$"),
+    ],
+)
+def test_separate_file_checks_its_options_as_the_command_line_does(song, options, message):
+    """ext='.wav' wrote vocals..wav; start='1' was a TypeError naming no option."""
+    with pytest.raises(umx.UmxError, match=message):
+        separate_file(song / "song.wav", song / "model", outdir=song / "out", **options)
+    assert not (song / "out").exists()
+
+
+def test_separate_file_takes_a_model_as_umx_separate_does(song, separator):
+    """A model directory (or name) given as the separator is loaded, as `umx.separate` loads
+    `model`; it gave AttributeError 'str' object has no attribute 'targets'."""
+    by_path = separate_file(song / "song.wav", str(song / "model"), outdir=song / "by-path")
+    loaded = separate_file(song / "song.wav", separator, outdir=song / "loaded")
+    assert [report.path.name for report in by_path] == ["vocals.wav", "drums.wav"]
+    for one, other in zip(by_path, loaded, strict=True):
+        assert np.array_equal(sf.read(one.path)[0], sf.read(other.path)[0])
+    assert max(report.peak for report in by_path) > 0.01
+    with pytest.raises(umx.UmxError, match=r"^a model is a name or a directory, not OpenUnmix$"):
+        separate_file(song / "song.wav", separator.target_models["vocals"], outdir=song / "x")

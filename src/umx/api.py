@@ -30,10 +30,18 @@ from umx.audio import (
 )
 from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
 from umx.devices import resolve_device
-from umx.errors import MAX_RATE, MIN_RATE, UmxError, check_flags, check_number, check_targets
+from umx.errors import (
+    MAX_RATE,
+    MIN_RATE,
+    UmxError,
+    check_excerpt,
+    check_flags,
+    check_number,
+    check_targets,
+)
 from umx.folders import output_folders
 from umx.onnx.options import is_export_folder
-from umx.options import SeparationOptions
+from umx.options import OutputOptions, SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 from umx.zoo.registry import require_causal_model
@@ -365,7 +373,7 @@ def plan_outputs(
 
 def separate_file(
     input_path: str | os.PathLike,
-    separator: Separator,
+    separator: Separator | str | os.PathLike | None,
     *,
     outdir: str | os.PathLike,
     filename: str = DEFAULT_TEMPLATE,
@@ -393,7 +401,8 @@ def separate_file(
 
     Args:
         input_path: the mixture, any format `umx.audio.read_audio` reads.
-        separator: the loaded models.
+        separator: the loaded models; or as `separate`'s `model`, a model name, a model
+            directory or None for the default, loaded with `umx.zoo.load_separator`'s defaults.
         outdir, filename, ext: output location, see `output_paths`.
         subtype, clip: sample format and clipping policy, see `umx.audio.AudioWriter`.
         start, duration: excerpt of the input to separate, in seconds.
@@ -406,9 +415,15 @@ def separate_file(
 
     Returns:
         one report per written file (path, peak, clipping action).
+
+    Raises:
+        UmxError: a bad option (checked as `OutputOptions` and `umx` check theirs, before any
+            model loads), an input that cannot be read or separated, or a stem not written.
     """
-    check_flags({"--downmix": downmix, "--match-input": match_input, "--force": force})
-    _check_file_separator(separator, aggregate, segment, overlap)
+    check_flags({"--downmix": downmix, "--match-input": match_input})
+    OutputOptions(outdir, filename, ext, subtype, clip, force)  # checked as the CLI's
+    check_excerpt(start, duration)
+    separator = _file_separator(separator, aggregate, segment, overlap)
     (paths,) = plan_outputs([input_path], separator.output_names(aggregate), outdir, filename, ext)
     mix, output = _read_mix(input_path, separator, start, duration, downmix, match_input)
     channels = output[1] or mix.shape[1]
@@ -438,18 +453,22 @@ def separate_file(
     return [writer.report for writer in writers.values()]
 
 
-def _check_file_separator(
-    separator: Separator,
+def _file_separator(
+    separator: Separator | str | os.PathLike | None,
     aggregate: Mapping[str, Sequence[str]] | None,
     segment: float | None,
     overlap: float,
-) -> None:
-    """Refuse the chunk options of `separate_file` and its `aggregate` and `segment` with its
-    separator, and a separator not ready to separate (`check_ready`)."""
+) -> Separator:
+    """The separator of `separate_file` (loaded if a name, a directory or None is given, once
+    the chunk options are checked), checked with its `aggregate` and `segment` and ready to
+    separate (`check_ready`)."""
     check_options(segment=segment, overlap=overlap)
+    if not isinstance(separator, Separator):
+        separator = load_separator(separator)
     check_aggregate(aggregate, separator.targets)
     separator.check_segment(segment)
     separator.check_ready()
+    return separator
 
 
 def _read_mix(
