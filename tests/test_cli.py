@@ -167,6 +167,24 @@ def test_excerpt_and_whole_track(model_dir, song, tmp_path):
     assert np.linalg.norm(whole - chunked) / np.linalg.norm(whole) < 0.1
 
 
+def test_a_short_segment_alone_takes_half_of_it_as_the_overlap(model_dir, song, tmp_path, capsys):
+    """`--segment 3` alone was refused: the default --overlap 2 is over half of it. Given alone,
+    a chunk shorter than 4 s cross-fades over half its length; given both, they are checked."""
+    args = ["--model", model_dir, "--subtype", "FLOAT", "--targets", "drums"]
+    assert run(song, *args, "--outdir", tmp_path / "a", "--segment", "0.5") == 0
+    assert (
+        run(song, *args, "--outdir", tmp_path / "b", "--segment", "0.5", "--overlap", "0.25") == 0
+    )
+    alone, _ = read(tmp_path / "a" / "song" / "drums.wav")
+    np.testing.assert_array_equal(alone, read(tmp_path / "b" / "song" / "drums.wav")[0])
+    capsys.readouterr()
+    assert run(song, *args, "--outdir", tmp_path / "c", "--segment", "0.5", "--overlap", "2") == 1
+    assert capsys.readouterr().err == (
+        "umx: error: --overlap (2 s) must be at most half of --segment (0.5 s), or every sample "
+        "is separated many times over: give --overlap 0.25 or less\n"
+    )
+
+
 def test_existing_output_needs_force(model_dir, song, tmp_path, capsys):
     outdir = tmp_path / "out"
     assert (

@@ -25,8 +25,8 @@ from umx.zoo import load_separator
         ({"overlap": -0.5}, "--overlap"),
         (
             {"segment": 2.0, "overlap": 1.01},
-            r"^--overlap \(1.01 s\) must be at most half of --segment \(2 s\): a longer "
-            "cross-fade separates every sample many times over$",
+            r"^--overlap \(1.01 s\) must be at most half of --segment \(2 s\), or every "
+            "sample is separated many times over: give --overlap 1 or less$",
         ),
         ({"residual": "../rest"}, "--residual"),
         ({"backend": "tensorflow"}, "unknown backend"),

@@ -199,9 +199,18 @@ def check_inputs(args: argparse.Namespace) -> SeparationOptions:
 
 
 SEPARATION_DEFAULTS = {
-    field.name: field.default for field in fields(SeparationOptions) if field.name != "model"
+    **{field.name: field.default for field in fields(SeparationOptions) if field.name != "model"},
+    "overlap": None,  # not given: OVERLAP, or half of a shorter --segment (`default_overlap`)
 }
 """The separation options but --model and their defaults (those of `SeparationOptions`)."""
+
+
+def default_overlap(segment: float) -> float:
+    """The cross-fade when --overlap is not given: `OVERLAP`, or half of a --segment shorter
+    than twice that (`--segment 3` alone was refused, the default 2 s being over half of it)."""
+    return segment / 2 if 0 < segment < 2 * OVERLAP else OVERLAP
+
+
 TWO_STEMS_REST = "no_"
 """What `--two-stems TARGET` puts before TARGET to name the rest of the mixture."""
 
@@ -356,7 +365,8 @@ def add_separation_arguments(
             "--overlap",
             type=float,
             metavar="SECONDS",
-            help=f"cross-fade between chunks, at most half a chunk (default: {OVERLAP:g})",
+            help=f"cross-fade between chunks, at most half a chunk (default: {OVERLAP:g}, or "
+            "half of a shorter --segment)",
         )
         group.add_argument(
             "--whole-track",
@@ -424,6 +434,8 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
                 )
         rest = check_target_name(TWO_STEMS_REST + two_stems, "--two-stems")
         args.targets, args.residual, args.two_stems = [two_stems], rest, None
+    if args.overlap is None:
+        args.overlap = default_overlap(args.segment)
     options = SeparationOptions(
         model=getattr(args, "model", None),
         **{name: getattr(args, name) for name in SEPARATION_DEFAULTS},

@@ -44,8 +44,8 @@ def check_options(
     check_number("--overlap", overlap, minimum=0)
     if segment is not None and overlap > segment / 2:
         raise UmxError(
-            f"--overlap ({overlap:g} s) must be at most half of --segment ({segment:g} s): a "
-            "longer cross-fade separates every sample many times over"
+            f"--overlap ({overlap:g} s) must be at most half of --segment ({segment:g} s), "
+            f"or every sample is separated many times over: give --overlap {segment / 2:g} or less"
         )
 
 
