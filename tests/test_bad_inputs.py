@@ -238,7 +238,13 @@ CLI_CASES = [
     (
         "residual-is-unselected-target",
         [SONG, *MODEL, "--targets", "vocals", "--residual", "drums"],
-        "the residual name 'drums' is already a target of the model",
+        "--residual drums is already a target of the model: name the rest of the mix otherwise",
+    ),
+    (
+        "residual-named-as-the-instrumental",  # it held what the four targets leave
+        [SONG, *MODEL, "--residual", "instrumental"],
+        "--residual instrumental beside vocals, drums, bass, other would hold only what they "
+        "leave of the mix, not an instrumental: give --two-stems vocals, or another --residual",
     ),
     ("unknown-target", [SONG, *MODEL, "--targets", "guitar"], "no target 'guitar'"),
     ("two-stems-unknown", [SONG, *MODEL, "--two-stems", "guitar"], "no target 'guitar'"),

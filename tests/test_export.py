@@ -587,7 +587,9 @@ def small(tmp_path_factory, small_music_separator):
 
 def test_the_residual_takes_no_name_of_the_models_targets(small):
     """Not even one that is not selected: its stem would be the mixture less the others."""
-    message = "the residual name 'drums' is already a target of the model"
+    message = (
+        "--residual drums is already a target of the model: name the rest of the mix otherwise"
+    )
     with pytest.raises(UmxError, match=message):
         load_export(small / "export", targets=["vocals"], residual="drums")
     with pytest.raises(UmxError, match=message):

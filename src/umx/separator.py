@@ -10,7 +10,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from umx.audio.samples import check_samples, float_samples, peak
-from umx.defaults import MAX_NITER, OVERLAP, SAMPLE_RATE, SEGMENT, WIENER_WIN_LEN
+from umx.defaults import (
+    ACCOMPANIMENT_WORDS,
+    MAX_NITER,
+    OVERLAP,
+    SAMPLE_RATE,
+    SEGMENT,
+    WIENER_WIN_LEN,
+)
 from umx.errors import UmxError, check_flag, check_number, check_target_name
 from umx.filtering import wiener
 from umx.model import OpenUnmix
@@ -60,6 +67,21 @@ AUDIBLE = 1e-5
 """A mixture peaking above this (-100 dBFS) is audible."""
 SILENT = 1e-6
 """Sources peaking at most this fraction of an audible mixture's peak (-120 dB) are silent."""
+
+
+def _check_rest_of(targets: list[str], residual: str | None) -> None:
+    """Refuse a residual named as the instrumental (`--residual instrumental`) beside other
+    targets than the vocals: it holds only what they leave of the mix.
+
+    Raises:
+        UmxError: saying to give `--two-stems vocals` instead.
+    """
+    name = (residual or "").lower()
+    if (name in ACCOMPANIMENT_WORDS or name == "no_vocals") and set(targets) - {"vocals"}:
+        raise UmxError(
+            f"--residual {residual} beside {', '.join(targets)} would hold only what they leave "
+            "of the mix, not an instrumental: give --two-stems vocals, or another --residual"
+        )
 
 
 class Separator(nn.Module):
@@ -120,7 +142,11 @@ class Separator(nn.Module):
             raise UmxError("a separator needs at least one target model")
         model_targets = list(target_models) if model_targets is None else list(model_targets)
         if residual is not None and residual in {*target_models, *model_targets}:
-            raise UmxError(f"the residual name {residual!r} is already a target of the model")
+            raise UmxError(
+                f"--residual {residual} is already a target of the model: name the rest of the "
+                "mix otherwise (--residual rest, say)"
+            )
+        _check_rest_of(list(target_models), residual)
         self.target_models = nn.ModuleDict(target_models)
         self.sample_rate = float(sample_rate)
         self.n_fft = n_fft
