@@ -182,6 +182,18 @@ CLI_CASES = [
         "--aggregate has an unsafe target name '../../e'",
     ),
     ("aggregate-unknown", [SONG, *MODEL, "--aggregate", '{"x": ["guitar"]}'], "unknown targets"),
+    (  # it was called unknown
+        "aggregate-left-out-by-targets",
+        [SONG, *MODEL, "--aggregate", '{"x": ["vocals"]}', "--targets", "drums"],
+        "--aggregate sums vocals, which --targets leaves out: add it to --targets, or leave "
+        "--targets out",
+    ),
+    (  # separated, then not written, exit 0
+        "aggregate-without-the-residual",
+        [SONG, *MODEL, "--aggregate", '{"x": ["vocals"]}', "--residual", "rest"],
+        "--residual rest is in no --aggregate group, so it would not be written: add it to a "
+        "group, or leave --residual out",
+    ),
     ("aggregate-not-json", [SONG, *MODEL, "--aggregate", "{not json"], "neither valid JSON"),
     ("aggregate-empty-group", [SONG, *MODEL, "--aggregate", '{"x": []}'], "non-empty lists"),
     ("aggregate-twice", [SONG, *MODEL, "--aggregate", '{"x": ["bass", "bass"]}'], "bass twice"),

@@ -241,7 +241,7 @@ BAD_OPTIONS = [
     (["--stdout", "--targets", "vocals", "drums"], "--stdout writes one stem or group, but 2"),
     (["--stdout", "--residual", "acc", "--targets", "vocals"], "but 2 are chosen"),
     (["--aggregate", '{"k": ["piano"]}'], "unknown targets piano"),
-    (["--targets", "vocals", "--residual", "drums"], "the residual name 'drums' is already"),
+    (["--targets", "vocals", "--residual", "drums"], "--residual drums is already a target"),
     (["--filename", "../{target}.wav"], "must stay inside --outdir"),
     (["--filename", "{target}"], "end the template with .{ext}"),
     ([], "bidirectional LSTM"),

@@ -7,9 +7,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from umx.errors import UmxError, check_target_name, display_path
 from umx.messages import shown
+
+if TYPE_CHECKING:
+    from umx.separator import Separator
 
 AGGREGATE_SHAPE = '--aggregate must map names to non-empty lists of targets, e.g. {"acc": ["bass"]}'
 
@@ -41,17 +45,31 @@ def check_groups(aggregate: object) -> None:
         check_target_name(name, "--aggregate")
 
 
-def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, targets: Sequence[str]) -> None:
-    """Refuse groups that `check_groups` refuses or that name targets the separator does not
-    have, before any work; None (no groups) passes."""
+def check_aggregate(aggregate: Mapping[str, Sequence[str]] | None, separator: Separator) -> None:
+    """Refuse groups that `check_groups` refuses, that name targets the separator does not
+    separate (a target of its model left out by --targets is told apart from one it lacks), or
+    that leave out its residual, which was asked for and would go unwritten; before any work.
+    None (no groups) passes."""
     if aggregate is None:
         return
     check_groups(aggregate)
-    unknown = sorted({t for group in aggregate.values() for t in group} - set(targets))
+    named = {target for group in aggregate.values() for target in group}
+    left_out = sorted(named & set(separator.model_targets) - set(separator.targets))
+    if left_out:
+        raise UmxError(
+            f"--aggregate sums {', '.join(left_out)}, which --targets leaves out: add it to "
+            "--targets, or leave --targets out"
+        )
+    unknown = sorted(named - set(separator.targets))
     if unknown:
         raise UmxError(
             f"--aggregate names unknown targets {', '.join(unknown)}; "
-            f"the targets are {', '.join(targets)}"
+            f"the targets are {', '.join(separator.targets)}"
+        )
+    if separator.residual is not None and separator.residual not in named:
+        raise UmxError(
+            f"--residual {separator.residual} is in no --aggregate group, so it would not be "
+            "written: add it to a group, or leave --residual out"
         )
 
 

@@ -132,7 +132,7 @@ def separate(
     )
     targets = check_targets(targets)
     model = _api_separator(model, targets, niter, softmask, residual, device)
-    check_aggregate(aggregate, model.targets)
+    check_aggregate(aggregate, model)
     model.check_segment(segment)
     model.check_ready()
     batch = audio if audio.dim() == 3 else audio[None]
@@ -465,7 +465,7 @@ def _file_separator(
     check_options(segment=segment, overlap=overlap)
     if not isinstance(separator, Separator):
         separator = load_separator(separator)
-    check_aggregate(aggregate, separator.targets)
+    check_aggregate(aggregate, separator)
     separator.check_segment(segment)
     separator.check_ready()
     return separator

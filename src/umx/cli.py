@@ -216,7 +216,7 @@ def run_separate(args: argparse.Namespace) -> int:
     if known is not None:
         plan_outputs(args.inputs, known, output.outdir, output.filename, output.ext)
     separator = separator_for(options, progress=not args.quiet)
-    check_aggregate(task.aggregate, separator.targets)
+    check_aggregate(task.aggregate, separator)
     names = separator.output_names(task.aggregate)
     plan_outputs(args.inputs, names, output.outdir, output.filename, output.ext)
     failed = 0

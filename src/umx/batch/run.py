@@ -280,7 +280,7 @@ def plan_job(
     # Before the job folder is written. The weights' hash is of an export's graphs as they
     # are on disk: they are not quantised in memory here (the workers do).
     separator = load_model(replace(separation, quantize=None), progress=not options.quiet)
-    check_aggregate(task.aggregate, separator.targets)
+    check_aggregate(task.aggregate, separator)
     names = separator.output_names(task.aggregate)
     model, sha256 = str(separator.model_name), job_sha256(separator, separation)
     del separator

@@ -313,7 +313,7 @@ def stream_to(
     Raises:
         UmxError: a bidirectional model, channels it cannot take, bad samples, or silence.
     """
-    check_aggregate(aggregate, separator.targets)
+    check_aggregate(aggregate, separator)
     nb_channels = separator.channels_for(source.nb_channels)
     resampler = None
     if source.rate != separator.sample_rate:
@@ -510,7 +510,7 @@ def separate_stream(
     """
     check_block(block)
     check_flags({"--force": force, "--downmix": downmix, "--realtime": realtime})
-    check_aggregate(aggregate, separator.targets)
+    check_aggregate(aggregate, separator)
     names = separator.output_names(aggregate)
     from_stdin = os.fspath(input_path) == "-"
     nb_channels = check_input(input_path, rate, nb_channels, fmt, stdout=stdout is not None)
