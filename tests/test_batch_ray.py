@@ -368,3 +368,20 @@ def test_sigterm_while_a_local_ray_instance_starts(tmp_path, songs):
     assert driver.returncode == 128 + signal.SIGTERM, err.decode()
     assert err.decode().endswith("umx: stopped by SIGTERM\n")
     wait_for(lambda: not any(map(running, started)), "Ray's processes to end", 30)
+
+
+def test_a_local_ray_run_writes_no_line_of_ray_s_own(tmp_path):
+    """`--ray local` without RAY_AUTH_MODE: Ray enables token authentication for the instance
+    it starts and logs a timestamped warning about it (how to opt out); umx keeps Ray's own
+    lines off its users' stderr, and leaves the authentication on."""
+    write_song(tmp_path / "songs" / "a.wav", 0.5)
+    env = {**os.environ, **ENV, "HOME": str(tmp_path)}  # Ray saves its token in ~/.ray
+    del env["RAY_AUTH_MODE"]
+    command = [sys.executable, "-m", "umx.cli", "batch", "songs", "--outdir", "out"]
+    run = subprocess.run(
+        [*command, "--model", MODEL, "--ray", "local"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=BOUND_S,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / ".ray" / "auth_token").exists()  # authentication was on
+    assert [line for line in run.stderr.splitlines() if not line.startswith("umx: ")] == []

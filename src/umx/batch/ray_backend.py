@@ -183,7 +183,10 @@ class RayPool:
                     address=self.address,
                     include_dashboard=False if self.address is None else None,
                     log_to_driver=False,
-                    logging_level=logging.WARNING,
+                    # Ray's own lines (the token authentication it enables on a local
+                    # instance, its retries) are not for umx's users: what goes wrong
+                    # reaches them as umx's messages
+                    logging_level=logging.CRITICAL,
                 )
         except (ConnectionError, RuntimeError, ValueError) as error:
             if self.address == "auto" and isinstance(error, ConnectionError):
