@@ -369,6 +369,28 @@ def test_default_model_is_the_bundled_causal_one(tmp_path, capsys):
     assert STREAM_MODEL in MODELS
 
 
+def test_the_default_model_s_notice_gives_advice_that_works_for_a_stream(
+    tmp_path, capsys, monkeypatch
+):
+    """The notice of the demo model points to what separates real music better: umxl for
+    files (umx stream refuses it: bidirectional) and a causal model of one's own for streams,
+    not umxl or umxhq for `umx stream`."""
+    from umx.zoo import loading
+
+    monkeypatch.setattr(loading, "_NOTICED", set())  # as in a new process
+    t = np.arange(4410) / 44100
+    song = tmp_path / "tone.wav"
+    sf.write(song, 0.3 * np.stack([np.sin(2 * np.pi * 220 * t)] * 2, axis=1), 44100)
+    assert run(song, "--outdir", tmp_path / "out") == 0
+    notice = (
+        "umx: umxsynth-rt is a causal demo model trained on synthetic music; for real music, "
+        "separate files with umxl or stream a model of your own (`umx distill --unidirectional`)"
+    )
+    assert notice in capsys.readouterr().err.splitlines()
+    assert run(song, "--outdir", tmp_path / "out2", "--model", "umxl") == 1  # refused, so
+    assert "cannot separate a stream" in capsys.readouterr().err  # the advice names another
+
+
 def signal(kind, seconds=1.0, rate=44100):
     """Loud, clipped and silent stereo test signals at full scale, `(2, nb_timesteps)`."""
     rng = np.random.default_rng(3)

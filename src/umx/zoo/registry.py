@@ -138,8 +138,9 @@ MODELS: dict[str, ZooEntry] = {
             n_fft=4096,
             n_hop=1024,
             nb_channels=2,
-            notice="umxsynth-rt is a small causal demo model trained on synthetic music; real "
-            "recordings separate better offline with umxl (`umx download umxl`) or umxhq",
+            notice="umxsynth-rt is a causal demo model trained on synthetic music; for real "
+            "music, separate files with umxl or stream a model of your own "
+            "(`umx distill --unidirectional`)",  # umx stream refuses umxl (bidirectional)
             causal=True,
         ),
         ZooEntry(
