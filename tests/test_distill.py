@@ -609,6 +609,31 @@ def test_songs_whose_stems_would_collide_are_told_apart_in_distills_words(tmp_pa
     assert "--filename" not in error
 
 
+def test_a_song_the_teacher_cannot_separate_is_tried_again_by_the_same_command(
+    songs, tmp_path, capsys
+):
+    """The advice for a song the teacher failed works from umx distill: its own line (not
+    batch's, whose --status pointer comes after), and batch's --status, which then says the same
+    command tries again (not --retry-failed, which umx distill refuses)."""
+    music = tmp_path / "music"
+    shutil.copytree(songs[0], music)
+    (music / "album0" / "bad.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    output = tmp_path / "student"
+    assert distill(music, output, "--targets", "vocals") == 0
+    job = tmp_path / "student-work" / "teacher" / ".umx-job"
+    failure, summary = messages(capsys)
+    assert failure.startswith(f"umx: failed: {music / 'album0' / 'bad.wav'} is not decodable")
+    assert summary == (
+        f"umx: the student learns from 3 songs; the teacher could not separate 1 (umx batch "
+        f"--status {job} says why): the same command tries again"
+    )
+    assert main(["batch", "--status", str(job)]) == 0
+    assert "left: nothing (1 failed: the same command tries again)" in capsys.readouterr().out
+    assert distill(music, output, "--targets", "vocals") == 0
+    (bad,) = [r for r in manifest(tmp_path / "student-work") if r["status"] == "failed"]
+    assert bad["attempt"] == 2  # tried again
+
+
 def test_batch_advice_is_reworded_into_distills_options():
     assert in_distill_words(
         "song.wav: 6 channels; umx separates mono or stereo audio (use --downmix to average "

@@ -400,9 +400,9 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
         )
         left = counts["pending"] + counts[RUNNING]
         if left == 0:
-            yield "left: nothing" + (
-                f" ({counts[FAILED]} failed: --retry-failed)" * bool(counts[FAILED])
-            )
+            # a run that retried them (`umx distill`'s always do): the same command again
+            again = "the same command tries again" if run.get("retry_failed") else "--retry-failed"
+            yield "left: nothing" + f" ({counts[FAILED]} failed: {again})" * bool(counts[FAILED])
         elif rate > 0:
             about = duration(left / rate * 3600)
             yield f"left: {plural(left, 'file')}, about {about} at that rate"

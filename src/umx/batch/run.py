@@ -39,6 +39,8 @@ GPU_STEP = 0.0001
 """The smallest share of a GPU Ray reserves (`BatchOptions.gpus_per_worker`)."""
 PER_INPUT_OPTIONS = ("start", "duration", "force")
 """The file options of `umx.jobs.TaskOptions` that each input sets, left out of the identity."""
+FAILURES_SUMMARY = "%d of %s failed%s; see umx batch --status %s"
+"""The line that ends a run with failures (`umx distill` says its own instead)."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,11 @@ def _run_job(options: BatchOptions, inputs: list[BatchInput], ray_pool: Any) -> 
         else:
             pool, jobs = _start_pool(options, spec, len(tasks), ray_pool)
             job.start_run(
-                mode=pool.mode, workers=jobs, threads=spec.threads, cores=available_cores()
+                mode=pool.mode,
+                workers=jobs,
+                threads=spec.threads,
+                cores=available_cores(),
+                retry_failed=options.retry_failed,  # what --status advises for failures
             )
             changed = counts[CHANGED]
             logger.info(
@@ -246,7 +252,7 @@ def _run_job(options: BatchOptions, inputs: list[BatchInput], ray_pool: Any) -> 
             counts[FAILED] += _run(job, pool, tasks, options.quiet)
         if counts[FAILED]:
             logger.error(
-                "%d of %s failed%s; see umx batch --status %s",
+                FAILURES_SUMMARY,
                 counts[FAILED],
                 plural(len(inputs), "input"),
                 _earlier_failures(job, inputs),

@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+from umx.batch.run import FAILURES_SUMMARY
 from umx.errors import UmxError
 
 BATCH_WORDS = (
@@ -40,6 +41,9 @@ RESUME_HINTS = (
 )
 """The starts of `umx train`'s resume hints (`umx.train.progress.resume_hint`) and `umx batch`'s
 (the teacher's pass), left out: the distillation prints the command that resumes it."""
+LEFT_OUT = (FAILURES_SUMMARY,)
+"""`umx batch`'s messages (as logged, before their arguments) left out: the distillation says
+how many songs the teacher could not separate, and how to try them again, in its own words."""
 
 
 def in_distill_words(text: str) -> str:
@@ -51,11 +55,11 @@ def in_distill_words(text: str) -> str:
 
 class _DistillWords(logging.Filter):
     """Rewords the records of `umx batch` (`BATCH_WORDS`) and drops the resume hints of
-    `umx train` and `umx batch` (`RESUME_HINTS`)."""
+    `umx train` and `umx batch` (`RESUME_HINTS`) and batch's `LEFT_OUT`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith(RESUME_HINTS):
+        if message.startswith(RESUME_HINTS) or record.msg in LEFT_OUT:
             return False
         reworded = in_distill_words(message)
         if reworded != message:

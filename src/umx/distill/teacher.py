@@ -190,10 +190,10 @@ def teacher_pass(
             f"the teacher separated none of the {plural(len(inputs), 'song')}; see umx batch "
             f"--status {display_path(job_dir)}"
         )
-    if failed:
+    if failed:  # its run retried every failure: so will the next
         logger.warning(
-            "the student learns from %s; the teacher could not separate %d (see umx batch "
-            "--status %s)",
+            "the student learns from %s; the teacher could not separate %d (umx batch "
+            "--status %s says why): the same command tries again",
             plural(len(tracks), "song"),
             failed,
             display_path(job_dir),
