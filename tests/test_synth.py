@@ -673,6 +673,20 @@ def test_a_soundfont_fluidsynth_cannot_load_is_refused_before_any_work(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+@needs_fluidsynth
+def test_a_log_file_gets_the_summary_line_and_no_progress_bar(tmp_path):
+    """stderr that is not a terminal (`2>log`) gets umx's lines only, as from `umx separate` or
+    `umx batch`: no progress bar, whose redraws would pile up in the file on one line."""
+    command = [sys.executable, "-m", "umx.cli", "synth", "--root", "data", "--procedural", "1"]
+    command += ["--soundfont", str(SOUNDFONT), "--duration", "2", "--test-fraction", "0"]
+    run = subprocess.run(
+        [*command, "--excerpts", "1"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=BOUND_S,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "umx: wrote 1 track (2.0 s) to data: 1 train, 0 valid, 0 test\n"
+
+
 def stop_synth_mid_run(tmp_path: Path, argv: list, stop: str) -> tuple[int, list[int], str]:
     """Runs `umx synth` with 2 workers in its own process group, as from a terminal, and stops
     it once a track is rendered: the driver with SIGKILL, SIGTERM or SIGHUP, or the group with

@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from umx import __version__
 from umx.audio import io_errors
@@ -44,6 +45,7 @@ from umx.errors import UmxError, already_exists, display_path
 from umx.files import write_atomic
 from umx.folders import not_a_folder, staged_folder
 from umx.messages import duration as duration_words
+from umx.messages import plural
 from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song
 from umx.synth.render import (
@@ -198,7 +200,7 @@ def synthesize(
         sample_rate: samples per second.
         jobs: tracks rendered at once.
         force: replace a dataset already in ``root``.
-        progress: show a progress bar.
+        progress: show a progress bar on a terminal.
         settings: recorded in ``synth.json`` as they are (the command's options).
 
     Returns:
@@ -225,7 +227,10 @@ def synthesize(
                 results = pool.imap(partial(run_pool_task, _render_task), tasks)
             else:
                 results = map(_render_task, tasks)
-            bar = stack.enter_context(tqdm(total=len(tasks), unit="track", disable=not progress))
+            bar = stack.enter_context(
+                tqdm(total=len(tasks), unit="track", disable=None if progress else True)
+            )  # None: only on a terminal, as umx's other commands
+            stack.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger("umx")]))
             for plan, levels in zip(plans, results, strict=True):
                 bar.update()
                 if levels is None:
@@ -240,10 +245,10 @@ def synthesize(
         (stage / "setup.yaml").write_text(_setup_yaml(valid, sample_rate))
     counts = {split: sum(track["split"] == split for track in tracks) for split in SPLITS}
     logger.info(
-        "wrote %d tracks (%s) to %s: %s",
-        len(tracks),
+        "wrote %s (%s) to %s: %s",
+        plural(len(tracks), "track"),
         duration_words(len(tracks) * duration),
-        root,
+        display_path(root),
         ", ".join(f"{count} {split}" for split, count in counts.items()),
     )
     return manifest

@@ -177,7 +177,7 @@ def make_dataset(options: SynthOptions, *, progress: bool = True) -> dict:
 
     Args:
         options: the dataset.
-        progress: show a progress bar.
+        progress: show a progress bar on a terminal.
 
     Returns:
         The contents of ``synth.json``: the options, songs per split, tracks with their levels.
