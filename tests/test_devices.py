@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from umx import devices
+from umx.cli import main
 from umx.devices import resolve_device
 from umx.errors import UmxError
 
@@ -27,6 +28,17 @@ def test_auto_and_cpu():
 def test_missing_gpu_is_a_clear_error():
     with pytest.raises(UmxError, match="no CUDA GPU"):
         resolve_device("cuda:1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_missing_gpu_names_the_option_and_what_to_give_instead(tmp_path, capsys):
+    song = tmp_path / "song.wav"
+    song.write_bytes(b"")  # refused for the device, before it is read
+    assert main([str(song), "--device", "cuda", "--outdir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        "umx: error: --device cuda: no CUDA GPU is available here; leave out --device (auto: "
+        "what this machine has) or give --device cpu\n"
+    )
 
 
 def test_unknown_device():

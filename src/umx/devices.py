@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from umx.defaults import AUTO
-from umx.errors import UmxError
+from umx.errors import UmxError, printable
 
 if TYPE_CHECKING:  # imported where a device is resolved: the memory settings need no torch
     import torch
@@ -44,11 +44,17 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
     device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UmxError(f"device {name!r} requested but no CUDA GPU is available")
+            raise UmxError(
+                f"--device {printable(name)}: no CUDA GPU is available here; leave out --device "
+                "(auto: what this machine has) or give --device cpu"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UmxError(f"device {name!r} requested but MPS is not available")
+        raise UmxError(
+            f"--device {printable(name)}: MPS is not available here; leave out --device (auto: "
+            "what this machine has) or give --device cpu"
+        )
     return device
 
 
