@@ -285,7 +285,16 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--root", "{task}/missing"], "{task}/missing does not exist"),
+        (
+            ["--root", "{task}/missing"],
+            "--root {task}/missing does not exist or is not a folder: give the folder of the "
+            "training set",
+        ),
+        (
+            ["--checkpoint", "{task}/missing"],
+            "--checkpoint {task}/missing does not exist or is not a folder: give the --output "
+            "folder of the run to resume",
+        ),
         (["--root", "{task}", "--target-dir", "x"], "--target-dir applies to the sourcefolder"),
         (["--root", "{task}", "--source-augmentations", "reverb"], "unknown augmentation"),
         ([], "needs --root"),

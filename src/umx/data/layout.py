@@ -17,9 +17,12 @@ NO_STEMS = "; to train on songs without stems: umx distill (docs/distillation.md
 def split_dir(root: str | os.PathLike, split: str, layout: str) -> Path:
     """The folder of `split` under a dataset's `root`, refused (naming the expected `layout`)
     when missing."""
-    root = Path(root).expanduser()
+    given, root = root, Path(root).expanduser()
     if not root.is_dir():
-        raise UmxError(f"{display_path(root)} does not exist or is not a directory")
+        raise UmxError(
+            f"--root {display_path(given)} does not exist or is not a folder: give the folder "
+            "of the training set"
+        )
     directory = root / split
     if not directory.is_dir():
         hint = NO_STEMS if holds_songs(root) else ""

@@ -95,7 +95,10 @@ def _read_checkpoint(directory: Path, target: str | None, device: torch.device) 
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise UmxError(f"{directory} does not exist or is not a directory")
+        raise UmxError(
+            f"--checkpoint {display_path(directory)} does not exist or is not a folder: give "
+            "the --output folder of the run to resume"
+        )
     found = sorted(
         path.name[: -len(CHECKPOINT_SUFFIX)] for path in directory.glob(f"*{CHECKPOINT_SUFFIX}")
     )
