@@ -1528,7 +1528,11 @@ def test_umx_download_and_list_models_commands(defaults, server, capsys):
     assert any(line.startswith("umxl (default)") and " cached " in line for line in listed)
     assert not any(line.startswith("to get umxl") for line in listed)
     assert main(["download", "no-such-model"]) == 1
-    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"umx: error: unknown model 'no-such-model'; the known models are {', '.join(MODELS)}\n"
+    )
+    assert main(["download", "umxq"]) == 1  # a typo: the name meant, as for a command
+    assert capsys.readouterr().err == "umx: error: unknown model 'umxq'; did you mean umxhq?\n"
 
 
 def test_umx_without_network_falls_back_in_one_line(defaults, monkeypatch, tmp_path, capsys):

@@ -8,6 +8,7 @@ first 8 hex digits of their SHA-256 in their name (see `umx.zoo.download`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -333,9 +334,9 @@ def find_model(name: str) -> ZooEntry:
         UmxError: `name` is not a key of `MODELS`.
     """
     if not isinstance(name, str) or name not in MODELS:
-        raise UmxError(
-            f"unknown model {short.repr(name)}; the known models are {', '.join(MODELS)}"
-        )
+        close = difflib.get_close_matches(name, MODELS, n=1) if isinstance(name, str) else []
+        hint = f"did you mean {close[0]}?" if close else f"the known models are {', '.join(MODELS)}"
+        raise UmxError(f"unknown model {short.repr(name)}; {hint}")
     return MODELS[name]
 
 
