@@ -827,6 +827,55 @@ def test_compared_methods_of_one_name_are_told_apart_by_folder(evaldirs, tmp_pat
     assert header == "| target | metric | mix | mix (mix-again) |"
 
 
+def test_a_compared_folder_of_the_other_subset_names_the_subset_to_give(evaldirs, tmp_path, capsys):
+    from umx.cli import main
+
+    shutil.copytree(evaldirs["mix"] / "test", tmp_path / "ev7" / "train")
+    args = ["evaluate", "--compare", str(tmp_path / "ev7"), "--evaldir", str(tmp_path / "out")]
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        f"umx: error: --compare {tmp_path / 'ev7'}: {tmp_path / 'ev7' / 'test'} does not exist "
+        "(no scores of the test subset); it holds the train subset's: give --subset train\n"
+    )
+    assert main([*args, "--subset", "train"]) == 0  # the advice followed
+
+
+def test_methods_compared_on_different_tracks_are_said_to_lack_one_even_with_q(
+    evaldirs, tmp_path, capsys
+):
+    """-q keeps warnings, as every command's does (its help says so); the warning names a track
+    that a method lacks, without a `warning:` of its own after `umx:`."""
+    from umx.cli import main
+
+    shutil.copytree(evaldirs["mix"], tmp_path / "mix")
+    (tmp_path / "mix" / "test" / f"{NAMES[1]}.json").unlink()
+    compared = [str(tmp_path / "mix"), str(evaldirs["irm"])]
+    assert main(["evaluate", "--compare", *compared, "--evaldir", str(tmp_path), "-q"]) == 0
+    assert capsys.readouterr().err == (
+        f"umx: the compared methods were evaluated on different tracks (mix lacks '{NAMES[1]}'): "
+        "evaluate each on the same ones to compare like with like\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "-q, --quiet no progress bar or messages, only warnings and errors" in help_text
+    assert "separate only these targets (default: all of the model's) --niter" in help_text
+
+
+def test_a_track_with_scores_already_is_said_in_the_singular(root, tmp_path, capsys):
+    from umx.cli import main
+
+    args = ["evaluate", "--root", str(root), "--is-wav", "--method", "mix", "--tracks", NAMES[0]]
+    args += ["--evaldir", str(tmp_path / "ev")]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (
+        f"umx: 1 track already had scores in {tmp_path / 'ev'} and was skipped (--force "
+        "evaluates them again)"
+    ) in capsys.readouterr().err.splitlines()
+
+
 def test_a_log_file_gets_one_line_per_track_and_no_bar(tracks, tmp_path, monkeypatch, caplog):
     stderr = io.StringIO()  # not a terminal
     monkeypatch.setattr(sys, "stderr", stderr)

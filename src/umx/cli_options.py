@@ -315,26 +315,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_separation_arguments(
-    group: argparse._ActionsContainer, *, chunks: bool = True, two_stems: bool = True
+    group: argparse._ActionsContainer,
+    *,
+    chunks: bool = True,
+    two_stems: bool = True,
+    inputs: bool = True,
 ) -> None:
     """Add the options of `SEPARATION_DEFAULTS` to a parser or an argument group; without
     `chunks`, those of a stream only (no --wiener-win-len, --segment, --overlap, --whole-track,
     which keep their defaults); with `two_stems`, the shorthand --two-stems (see
-    `check_separation_args`)."""
-    group.add_argument(
-        "--targets",
-        nargs="+",
-        metavar="TARGET",
-        help="separate only these targets (default: all of the model's); it takes every "
-        "word up to the next option, so end the list with -- before any input that follows",
-    )
-    if two_stems:
-        group.add_argument(
-            "--two-stems",
-            metavar="TARGET",
-            help=f"write TARGET and {TWO_STEMS_REST}TARGET, the rest of the mixture (short for "
-            f"--targets TARGET --residual {TWO_STEMS_REST}TARGET)",
-        )
+    `check_separation_args`); with `inputs`, for a command whose inputs may follow --targets."""
+    _add_target_arguments(group, two_stems, inputs)
     group.add_argument("--niter", type=int, help="Wiener filter EM iterations (default: 1)")
     if chunks:
         group.add_argument(
@@ -394,6 +385,22 @@ def add_separation_arguments(
         "slightly less accurate; implies --backend onnxruntime (default: none, float32)",
     )
     group.set_defaults(**SEPARATION_DEFAULTS)
+
+
+def _add_target_arguments(group: argparse._ActionsContainer, two_stems: bool, inputs: bool) -> None:
+    """--targets (saying how to end its list where inputs may follow) and --two-stems."""
+    targets = "separate only these targets (default: all of the model's)"
+    if inputs:
+        targets += "; it takes every word up to the next option, so end the list with -- before "
+        targets += "any input that follows"
+    group.add_argument("--targets", nargs="+", metavar="TARGET", help=targets)
+    if two_stems:
+        group.add_argument(
+            "--two-stems",
+            metavar="TARGET",
+            help=f"write TARGET and {TWO_STEMS_REST}TARGET, the rest of the mixture (short for "
+            f"--targets TARGET --residual {TWO_STEMS_REST}TARGET)",
+        )
 
 
 def given_separation_options(args: argparse.Namespace) -> list[str]:

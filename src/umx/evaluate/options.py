@@ -67,7 +67,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     model = parser.add_argument_group("model options (with --model)")
-    add_separation_arguments(model, two_stems=False)  # no_TARGET has no MUSDB18 reference
+    # no_TARGET has no MUSDB18 reference, and no input follows the options
+    add_separation_arguments(model, two_stems=False, inputs=False)
     parser.add_argument(
         "--aggregate",
         metavar="JSON",
@@ -76,7 +77,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_evaluation_arguments(parser.add_argument_group("evaluation and output"))
     parser.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar, no messages but errors"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar or messages, only warnings and errors",
     )
 
 

@@ -21,6 +21,7 @@ from umx.errors import (
     short,
 )
 from umx.folders import check_folder_option, check_writable, overlap, within
+from umx.messages import plural
 from umx.options import SeparationOptions
 
 if TYPE_CHECKING:
@@ -141,12 +142,7 @@ def run_evaluation(options: EvaluateOptions, *, progress: bool = True) -> Evalua
     from umx.evaluate.tracks import load_tracks
 
     _check_output_folders(options)
-    for directory in options.compare:
-        if not (directory / options.subset).is_dir():
-            raise UmxError(
-                f"--compare {directory}: {directory / options.subset} does not exist (no scores "
-                f"of the {options.subset} subset)"
-            )
+    _check_compared(options)
     model = options.root is not None and options.estimates is None and options.method is None
     if model:
         resolve_device(options.separation.device)
@@ -180,20 +176,57 @@ def run_evaluation(options: EvaluateOptions, *, progress: bool = True) -> Evalua
         methods.append((directory, method_name(directory, options.subset), store))
     if options.compare:
         stores = _unique_names(methods)
-        if len({frozenset(store.df["track"]) for store in stores.values()}) > 1:
-            logger.warning("warning: the compared methods were evaluated on different tracks")
+        if (difference := _track_difference(stores)) is not None:
+            logger.warning(
+                "the compared methods were evaluated on different tracks (%s): evaluate each on "
+                "the same ones to compare like with like",
+                difference,
+            )
         table = report(stores, options.evaldir, "compare", compare=True)
         tables.append(to_markdown(table))
     return Evaluation(summary, tables)
+
+
+def _check_compared(options: EvaluateOptions) -> None:
+    """Refuse a --compare folder without scores of the subset, giving the --subset it holds.
+
+    Raises:
+        UmxError: naming the folder.
+    """
+    for directory in options.compare:
+        if (directory / options.subset).is_dir():
+            continue
+        held = [subset for subset in SUBSETS if (directory / subset).is_dir()]
+        hint = f"; it holds the {held[0]} subset's: give --subset {held[0]}" if held else ""
+        raise UmxError(
+            f"--compare {display_path(directory)}: {display_path(directory / options.subset)} "
+            f"does not exist (no scores of the {options.subset} subset){hint}"
+        )
+
+
+def _track_difference(stores: Mapping[str, museval.EvalStore]) -> str | None:
+    """Which tracks a compared method lacks that another has, in a few words: `irm lacks
+    'A - One' and 2 more`; None when every method has the same tracks."""
+    tracks = {name: set(store.df["track"]) for name, store in stores.items()}
+    every = set().union(*tracks.values())
+    lacking = {name: sorted(every - held) for name, held in tracks.items() if every - held}
+    if not lacking:
+        return None
+    name, missing = next(iter(lacking.items()))
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    said = f"{name} lacks {short.repr(missing[0])}{more}"
+    others = len(lacking) - 1
+    return f"{said}, and {plural(others, 'other method')} some too" if others else said
 
 
 def _log_summary(summary: Summary, nb_tracks: int, evaldir: Path) -> None:
     """Say which tracks were skipped (they had scores) and which failed."""
     if summary.skipped:
         logger.info(
-            "%d tracks already had scores in %s and were skipped (--force evaluates them again)",
-            len(summary.skipped),
-            evaldir,
+            "%s already had scores in %s and %s skipped (--force evaluates them again)",
+            plural(len(summary.skipped), "track"),
+            display_path(evaldir),
+            "was" if len(summary.skipped) == 1 else "were",
         )
     if summary.failed:
         logger.error(
