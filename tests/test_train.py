@@ -637,12 +637,23 @@ def test_a_log_file_gets_one_line_per_epoch_and_no_progress_bars(task, tmp_path)
     model = load_separator(tmp_path / "out", niter=0).target_models["vocals"]
     nb_parameters = sum(parameter.numel() for parameter in model.parameters())
     assert (
-        f"umx: training vocals on cpu: 8 tracks (16 s of audio), 2 (4.0 s) for validation; "
-        f"{nb_parameters / 1000:.3g} k parameters; 8 samples per epoch in 1 batch; at most 3 "
-        f"epochs, stopping after 140 without improvement; into {tmp_path / 'out'}\n"
-        in result.stderr
+        f"umx: training vocals on cpu into {tmp_path / 'out'}: 8 tracks (16 s), 2 (4.0 s) to "
+        f"validate; {nb_parameters / 1000:.3g} k parameters; 1 batch (8 samples) an epoch; at "
+        "most 3 epochs, patience 140\n" in result.stderr
     )
     assert len(result.stderr.splitlines()) <= 6, result.stderr  # statistics, summary, epochs, end
+
+
+def test_one_training_track_is_said_in_the_singular(tmp_path, capsys):
+    from umx import cli
+
+    root = make_task(tmp_path / "task", nb_train=1, nb_valid=1)
+    argv = [a for a in TASK if a != "--quiet"] + ["--root", str(root), "--epochs", "1"]
+    assert cli.main(["train", *argv, "--output", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "umx: computing the input statistics over 1 training item" in lines
+    assert any(line.startswith("umx: training vocals on cpu into ") for line in lines)
+    assert any(": 1 track (" in line and "; 1 batch (1 sample) an epoch;" in line for line in lines)
 
 
 def test_the_outlook_foresees_the_next_epoch_and_the_end_of_the_patience_window():

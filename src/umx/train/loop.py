@@ -30,6 +30,7 @@ from umx import __version__
 from umx.devices import resolve_device
 from umx.errors import UmxError
 from umx.files import torch_save_atomic, write_json_atomic
+from umx.messages import plural
 from umx.model import OpenUnmix
 from umx.modeldir import SEPARATOR_JSON, save_target_model
 from umx.separator import Separator
@@ -278,7 +279,7 @@ class Trainer:
             return None, None
         if self.progress and not self.bars:
             nb_items = len(self.train_set.eval_view())
-            logger.info("computing the input statistics over %d training items", nb_items)
+            logger.info("computing the input statistics over %s", plural(nb_items, "training item"))
         return compute_statistics(
             self.train_set,
             config.nfft,

@@ -63,11 +63,10 @@ def summary(
     )
     batches = count(math.ceil(samples / batch_size), "batch", "batches")
     return (
-        f"training {target} on {device}: {count(tracks, 'track')} ({duration(seconds)} of "
-        f"audio), {valid_tracks} ({duration(valid_seconds)}) for validation; {parameters} "
-        f"parameters; {count(samples, 'sample')} per epoch in {batches}; at most "
-        f"{count(epochs, 'epoch')}, stopping after {patience} without improvement; into "
-        f"{display_path(output)}"
+        f"training {target} on {device} into {display_path(output)}: {count(tracks, 'track')} "
+        f"({duration(seconds)}), {valid_tracks} ({duration(valid_seconds)}) to validate; "
+        f"{parameters} parameters; {batches} ({count(samples, 'sample')}) an epoch; at most "
+        f"{count(epochs, 'epoch')}, patience {patience}"
     )
 
 
