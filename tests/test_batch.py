@@ -464,6 +464,35 @@ def test_a_folder_with_a_corrupt_file_then_resume_and_retry(tmp_path, monkeypatc
     assert "was started with other settings" in capsys.readouterr().err
 
 
+def test_inputs_and_the_job_are_named_as_given(tmp_path, monkeypatch, capsys):
+    """Relative arguments stay relative in what a run says (the job records absolute paths):
+    the failed input, the job directory, an earlier run's failure (named only: --status says
+    why, and the line stays short) and the refusal of other settings."""
+    monkeypatch.chdir(tmp_path)
+    write_song(tmp_path / "songs" / "a.wav", 0.5)
+    (tmp_path / "songs" / "b.wav").write_bytes(b"garbage")
+    args = ["batch", "songs/*.wav", "--outdir", "out", "--model", MODEL]
+    assert main(args) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("umx: out/.umx-job: 2 inputs, 0 done before") for line in lines)
+    assert lines[-2:] == [
+        "umx: failed: songs/b.wav is not decodable audio (neither libsndfile nor ffmpeg knows its "
+        "format)",
+        "umx: 1 of 2 inputs failed; see umx batch --status out/.umx-job",
+    ]
+    assert main(["batch", "songs", "--outdir", "out", "--model", MODEL, "-q"]) == 1
+    assert capsys.readouterr().err == (
+        "umx: 1 of 2 inputs failed (in an earlier run: songs/b.wav); see umx batch --status "
+        "out/.umx-job\n"
+    )
+    assert main([*args, "--niter", "2"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "umx: error: the job out/.umx-job was started with other settings (--niter was 1, now "
+        "2): run it with the same options, or give a new --job"
+    )
+    assert latest(tmp_path / "out" / ".umx-job")[str(tmp_path / "songs" / "b.wav")]
+
+
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     song = write_song(tmp_path / "a.wav", 0.5)
     for options, message in [

@@ -610,28 +610,38 @@ def test_songs_whose_stems_would_collide_are_told_apart_in_distills_words(tmp_pa
 
 
 def test_a_song_the_teacher_cannot_separate_is_tried_again_by_the_same_command(
-    songs, tmp_path, capsys
+    songs, tmp_path, monkeypatch, capsys
 ):
     """The advice for a song the teacher failed works from umx distill: its own line (not
     batch's, whose --status pointer comes after), and batch's --status, which then says the same
-    command tries again (not --retry-failed, which umx distill refuses)."""
-    music = tmp_path / "music"
+    command tries again (not --retry-failed, which umx distill refuses). Relative paths stay
+    relative."""
+    monkeypatch.chdir(tmp_path)
+    music, output = Path("music"), Path("student")
     shutil.copytree(songs[0], music)
-    (music / "album0" / "bad.wav").write_bytes(b"RIFF....WAVEfmt garbage")
-    output = tmp_path / "student"
+    (music / "album0" / "bad.wav").write_bytes(b"garbage")
     assert distill(music, output, "--targets", "vocals") == 0
-    job = tmp_path / "student-work" / "teacher" / ".umx-job"
-    failure, summary = messages(capsys)
-    assert failure.startswith(f"umx: failed: {music / 'album0' / 'bad.wav'} is not decodable")
-    assert summary == (
+    job = "student-work/teacher/.umx-job"
+    assert messages(capsys) == [
+        "umx: failed: music/album0/bad.wav is not decodable audio (neither libsndfile nor ffmpeg "
+        "knows its format)",
         f"umx: the student learns from 3 songs; the teacher could not separate 1 (umx batch "
-        f"--status {job} says why): the same command tries again"
-    )
-    assert main(["batch", "--status", str(job)]) == 0
+        f"--status {job} says why): the same command tries again",
+    ]
+    assert main(["batch", "--status", job]) == 0
     assert "left: nothing (1 failed: the same command tries again)" in capsys.readouterr().out
     assert distill(music, output, "--targets", "vocals") == 0
     (bad,) = [r for r in manifest(tmp_path / "student-work") if r["status"] == "failed"]
     assert bad["attempt"] == 2  # tried again
+
+
+def test_the_output_is_named_as_given(songs, monkeypatch, capsys):
+    monkeypatch.chdir(songs[0].parent)
+    assert main(["distill", "music", "--output", "music/x", *STUDENT]) == 1
+    assert messages(capsys) == [
+        "umx: error: --output music/x and the music folder music overlap: put the output folder "
+        "outside the music, so that neither is read or written as the other"
+    ]
 
 
 def test_batch_advice_is_reworded_into_distills_options():

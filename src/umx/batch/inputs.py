@@ -136,6 +136,31 @@ def collect_inputs(
     return [unique[key] for key in dict.fromkeys(item.key for item in found)]
 
 
+def pattern_base(argument: str) -> str:
+    """The folder a glob pattern searches (its parts before the first with `*`, `?` or `[`, or
+    `.`); any other argument (an existing path, or one without those) as it is."""
+    if not GLOB_CHARACTERS & set(argument) or os.path.lexists(argument):
+        return argument
+    parts = Path(argument).parts
+    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
+    return str(Path(*parts[:fixed])) if fixed else os.curdir
+
+
+def as_given(path: str, arguments: Sequence[str]) -> str:
+    """An input's absolute `path` as its user would write it: from the first of `arguments`
+    (files, folders, patterns, a list file's folder; as typed) that holds it, so that a
+    relative argument's inputs stay relative; as it is when none holds it."""
+    for argument in arguments:
+        base = pattern_base(argument)
+        folder = os.path.abspath(base)
+        if path == folder:
+            return argument
+        if within(path, folder):
+            rest = os.path.relpath(path, folder)
+            return rest if base == os.curdir else os.path.join(base, rest)
+    return path
+
+
 _WHAT = {
     "--outdir": "where the job writes its stems",
     "--job": "the job directory",

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -417,10 +417,15 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
             yield f"  ... and {len(failed) - SHOWN_FAILURES} more (see {MANIFEST_FILE})"
 
 
-def failure_line(record: Mapping[str, Any]) -> str:
-    """A failed record's error, printable, prefixed with its input unless the error names it."""
+def failure_line(record: Mapping[str, Any], as_given: Callable[[str], str] | None = None) -> str:
+    """A failed record's error, printable, prefixed with its input unless the error names it;
+    with `as_given`, the input named as its user gave it (see `BatchOptions.as_given`)."""
     error = shown(str(record.get("error")), 2 * SHOWN_CHARACTERS)
-    name = display_path(record.get("path") or record["input"])
+    path = record.get("path") or record["input"]
+    name = display_path(path)
+    if as_given is not None:
+        given = display_path(as_given(path))
+        error, name = error.replace(name, given), given
     return error if name in error else f"{shown(name)}: {error}"
 
 

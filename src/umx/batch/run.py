@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from umx.defaults import AUDIO_EXTENSIONS, JOB_DIRNAME
 from umx.devices import WORKERS_PER_CORE, check_cores
-from umx.errors import UmxError, check_number, os_reason, printable
-from umx.messages import plural
+from umx.errors import UmxError, check_number, display_path, os_reason, printable
+from umx.messages import plural, shown
 from umx.options import SeparationOptions
 from umx.zoo import is_offline
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from umx.batch.inputs import BatchInput
     from umx.batch.job import Job
     from umx.batch.work import WorkerSpec
@@ -125,7 +127,19 @@ class BatchOptions:
     @property
     def job_path(self) -> Path:
         """The job directory, absolute."""
-        return Path(os.path.abspath(self.job_dir or self.outdir / JOB_DIRNAME))
+        return Path(os.path.abspath(self.job_given))
+
+    @property
+    def job_given(self) -> Path:
+        """The job directory as given (a relative one stays relative, as messages show it)."""
+        return Path(self.job_dir or Path(self.task.output.outdir) / JOB_DIRNAME)
+
+    def as_given(self, path: str) -> str:
+        """An input's absolute path as the user gave it (see `umx.batch.inputs.as_given`)."""
+        from umx.batch.inputs import as_given
+
+        lists = [os.path.dirname(name) or os.curdir for name in self.lists]
+        return as_given(path, [*self.inputs, *lists])
 
 
 def _host_and_port(address: str) -> tuple[str, int] | None:
@@ -204,13 +218,12 @@ def run_batch_job(options: BatchOptions, inputs: list[BatchInput] | None = None)
 
 def _run_job(options: BatchOptions, inputs: list[BatchInput], ray_pool: Any) -> int:
     """`run_batch_job` once Ray's pool (if any: `ray_pool`) is connected."""
-    from umx.audio import display_path
     from umx.batch.job import Job
     from umx.batch.plan import CHANGED, plan_tasks
     from umx.devices import available_cores
     from umx.jobs import DONE, FAILED
 
-    job_dir = options.job_path
+    job_dir = options.job_given
     identity, spec, plans = plan_job(options, inputs)
     with Job(job_dir, identity, inputs) as job:
         tasks, counts = plan_tasks(
@@ -249,13 +262,13 @@ def _run_job(options: BatchOptions, inputs: list[BatchInput], ray_pool: Any) -> 
                 plural(jobs, f"{pool.mode} worker"),
                 plural(spec.threads, "torch thread"),
             )
-            counts[FAILED] += _run(job, pool, tasks, options.quiet)
+            counts[FAILED] += _run(job, pool, tasks, options)
         if counts[FAILED]:
             logger.error(
                 FAILURES_SUMMARY,
                 counts[FAILED],
                 plural(len(inputs), "input"),
-                _earlier_failures(job, inputs),
+                _earlier_failures(job, inputs, options.as_given),
                 display_path(job_dir),
             )
             return 1
@@ -356,8 +369,9 @@ def _start_pool(
     return ray_pool, ray_pool.workers(nb_tasks)
 
 
-def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
-    """Run the tasks on the pool with one progress bar; returns how many failed."""
+def _run(job: Job, pool: Any, tasks: list, options: BatchOptions) -> int:
+    """Run the tasks on the pool with one progress bar (unless `options.quiet`), each failure
+    said with its input as given; returns how many failed."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -369,7 +383,7 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
         total=len(tasks),
         unit="file",
         desc="umx batch",
-        disable=True if quiet else None,  # None: only on a terminal
+        disable=True if options.quiet else None,  # None: only on a terminal
         dynamic_ncols=True,
     )
     try:
@@ -378,7 +392,7 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
                 job.append(record)
                 if record["status"] == FAILED:
                     failed += 1
-                    logger.warning("failed: %s", failure_line(record))
+                    logger.warning("failed: %s", failure_line(record, options.as_given))
                 bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
     except BaseException as stop:
@@ -390,10 +404,9 @@ def _run(job: Job, pool: Any, tasks: list, quiet: bool) -> int:
     return failed
 
 
-def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
-    """The first failure of an earlier run, which this run did not report as it happened, as
-    a parenthesis; empty if there is none."""
-    from umx.batch.job import failure_line
+def _earlier_failures(job: Job, inputs: list[BatchInput], as_given: Callable[[str], str]) -> str:
+    """The first input that failed in an earlier run, which this run did not report as it
+    happened, as given and as a parenthesis (`--status` says why); empty if there is none."""
     from umx.jobs import FAILED
 
     earlier = [
@@ -404,5 +417,6 @@ def _earlier_failures(job: Job, inputs: list[BatchInput]) -> str:
     ]
     if not earlier:
         return ""
-    more = f"; and {len(earlier) - 1} more" if len(earlier) > 1 else ""
-    return f" (in an earlier run: {failure_line(earlier[0])}{more})"
+    more = f" and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+    first = as_given(earlier[0].get("path") or earlier[0]["input"])
+    return f" (in an earlier run: {shown(display_path(first))}{more})"

@@ -60,11 +60,11 @@ class DistillOptions:
     Attributes:
         music: folders of songs (searched recursively), audio files or glob patterns: one, or
             a sequence of them; only read.
-        output: the student's model directory; made absolute.
+        output: the student's model directory.
         teacher: the teacher: a model name or directory, or an ONNX export folder.
         teacher_stems: instead of `teacher`, the folder of the stems another separator made
             (see `umx.distill.stems`).
-        work: the work folder; None for `output` with `WORK_SUFFIX`; made absolute.
+        work: the work folder; None for `output` with `WORK_SUFFIX`.
         targets: the teacher's stems to train (None: all).
         niter: the teacher's Wiener filter iterations (None: `umx batch`'s).
         valid_fraction: the share of the songs held out for validation, at most 0.5.
@@ -158,19 +158,19 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
             another umx distill is using.
     """
     require_train_extra()  # before the teacher's pass, which may take hours
-    output, work = Path(options.output), Path(options.work)
-    for option, folder in (("--output", output), ("--work", work)):
+    for option, folder in (("--output", options.output), ("--work", options.work)):
         check_writable(option, folder)
     busy = (
-        f"another umx distill is using {display_path(work)}; wait for it to end, or give "
-        "another --work"
+        f"another umx distill is using {display_path(options.work)}; wait for it to end, or "
+        "give another --work"
     )
-    with claimed_folder(work, busy):  # for the whole run: it rebuilds the training set
-        return _distil(options, output, work)
+    with claimed_folder(options.work, busy):  # for the whole run: it rebuilds the training set
+        return _distil(options)
 
 
-def _distil(options: DistillOptions, output: Path, work: Path) -> dict[str, Any]:
-    """The run of `run_distillation`, into the checked `output` and `work` folders."""
+def _distil(options: DistillOptions) -> dict[str, Any]:
+    """The run of `run_distillation`, into its checked output and work folders (named as given
+    in messages, absolute where they are recorded)."""
     from umx.distill.stems import import_teacher_stems
     from umx.distill.student import check_settings, train_student, write_provenance, write_settings
     from umx.distill.teacher import build_training_set, teacher_pass
@@ -185,15 +185,16 @@ def _distil(options: DistillOptions, output: Path, work: Path) -> dict[str, Any]
         "targets": options.targets,
         "valid_fraction": options.valid_fraction,
         **training,
-        "output": str(output),
+        "output": os.path.abspath(options.output),
     }
-    check_settings(work, output, settings, force=options.force)
+    check_settings(options.work, options.output, settings, force=options.force)
+    output, work = Path(os.path.abspath(options.output)), Path(os.path.abspath(options.work))
     if options.teacher_stems is None:
         _check_models(options, training, None)
         teacher = teacher_pass(
             options.music,
             options.teacher,
-            work,
+            options.work,
             niter=options.niter,
             device=options.device,
             jobs=options.jobs,
@@ -211,7 +212,7 @@ def _distil(options: DistillOptions, output: Path, work: Path) -> dict[str, Any]
     logger.info(
         "distilling %s into %s: %s (%s), %d for validation; targets %s",
         _teacher_name(options),
-        display_path(output),
+        display_path(options.output),
         plural(len(data.train) + len(data.valid), "song"),
         duration(data.seconds),
         len(data.valid),
@@ -228,9 +229,8 @@ def _distil(options: DistillOptions, output: Path, work: Path) -> dict[str, Any]
         quiet=options.quiet,
     )
     provenance = write_provenance(output, teacher, data, targets)
-    logger.info(
-        "student model in %s: umx --model %s SONG", display_path(output), shlex.quote(str(output))
-    )
+    shown = display_path(options.output)
+    logger.info("student model in %s: umx --model %s SONG", shown, shlex.quote(shown))
     return provenance
 
 
@@ -279,7 +279,8 @@ def _check_folders(options: DistillOptions) -> tuple[Path, Path]:
     """Refuse options that make no sense and folders that would mix the model with the music.
 
     Returns:
-        the output and work folders, absolute.
+        the output and work folders, as given (the work folder `output` with `WORK_SUFFIX`
+        if not given).
 
     Raises:
         UmxError: a bad number, or the output or work folder inside a music folder (a glob
@@ -294,11 +295,11 @@ def _check_folders(options: DistillOptions) -> tuple[Path, Path]:
         check_number("--jobs", options.jobs, above=0, integer=True)
     if options.teacher_stems is not None:
         _check_stems_folder(options)
-    output = Path(os.path.abspath(options.output))
-    work = Path(os.path.abspath(options.work or f"{output}{WORK_SUFFIX}"))
+    output = Path(options.output)
+    work = Path(options.work or f"{output}{WORK_SUFFIX}")
     check_folder_option("--output", output)  # now, not after the teacher's pass
     check_folder_option("--work", work)
-    if overlap(str(work), str(output)):
+    if overlap(os.path.abspath(work), os.path.abspath(output)):
         raise UmxError(
             f"--work {display_path(work)} and --output {display_path(output)} overlap: the "
             "model directory stays small, and the work folder can be deleted once trained"
@@ -357,15 +358,12 @@ def _music_path(music: str) -> tuple[str, str]:
     """What a MUSIC argument reads, as a path, and how a message names it: a folder, a file,
     or the folder a glob pattern searches (its parts before the first with `*`, `?` or `[`;
     an argument is a pattern as `umx.batch.inputs.collect_inputs` reads it)."""
-    from umx.batch.inputs import GLOB_CHARACTERS  # imports torch (umx.audio): only here
+    from umx.batch.inputs import pattern_base  # imports torch (umx.audio): only here
 
     if os.path.isdir(music):
         return music, f"the music folder {display_path(music)}"
-    if not GLOB_CHARACTERS & set(music) or os.path.lexists(music):
+    if (base := pattern_base(music)) == music:
         return music, f"the music file {display_path(music)}"
-    parts = Path(music).parts
-    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
-    base = str(Path(*parts[:fixed])) if fixed else os.curdir
     return base, f"the music folder {display_path(base)} (of the pattern {display_path(music)})"
 
 

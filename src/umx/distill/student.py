@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def check_settings(work: Path, output: Path, settings: Mapping[str, Any], *, for
                 f"({'; '.join(changes[:3])}): run it with the same options, give --force to "
                 "train the student again from scratch, or another --work"
             )
-    ours = stored is not None and stored.get("output") == str(output)
+    ours = stored is not None and stored.get("output") == os.path.abspath(output)
     if output.exists() and not ours and any(output.iterdir()):
         raise UmxError(
             f"the output folder {display_path(output)} already holds files of another run: "
