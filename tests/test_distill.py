@@ -644,6 +644,13 @@ def test_the_output_is_named_as_given(songs, monkeypatch, capsys):
     ]
 
 
+def test_the_help_of_jobs_says_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "--jobs N the teacher's worker processes (default: 1) --force" in text
+
+
 def test_batch_advice_is_reworded_into_distills_options():
     assert in_distill_words(
         "song.wav: 6 channels; umx separates mono or stereo audio (use --downmix to average "

@@ -83,7 +83,9 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
             help=f"{text} (default: {TRAINING_DEFAULTS[key]:g})",
         )
     p.add_argument("--device", help="where the teacher and the student run (default: auto)")
-    p.add_argument("--jobs", type=int, metavar="N", help="the teacher's worker processes")
+    p.add_argument(
+        "--jobs", type=int, metavar="N", help="the teacher's worker processes (default: 1)"
+    )
     p.add_argument(
         "--force",
         action="store_true",
