@@ -111,6 +111,28 @@ def test_choose_layer_draws_among_overlapping_layers_and_falls_back_to_the_neare
     assert choose_layer(gap.instruments["kick"][0], 10, rng).path.name == "Kick-0.wav"
 
 
+@needs_fluidsynth
+def test_a_kit_that_is_not_one_is_named_as_given_with_a_clean_reason(tmp_path, monkeypatch, capsys):
+    from umx.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "drumkit.xml").write_text("<drumkit_info")
+    args = ["synth", "--root", "data", "--procedural", "1", "--soundfont", str(SOUNDFONT)]
+    refusals = {
+        "nothere": "umx: error: --drum-kits nothere does not exist: give the folder of a Hydrogen "
+        "drum kit, which holds its drumkit.xml",
+        "empty": "umx: error: empty is not a Hydrogen drum kit: it holds no drumkit.xml",
+        "broken": "umx: error: broken is not a Hydrogen drum kit (drumkit.xml: unclosed token: "
+        "line 1, column 0)",
+    }
+    for kit, refusal in refusals.items():
+        assert main([*args, "--drum-kits", kit]) == 1
+        assert capsys.readouterr().err == refusal + "\n"
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_pedal_hat_falls_back_to_the_closed_hat_and_unknown_notes_are_left_out(tmp_path):
     kit = load_kit(write_kit(tmp_path / "kit", KIT))
     out = play_drums(drum_song([(0, 44, 127), (480, 81, 127)]), kit, RATE, RATE, seed=1)

@@ -279,13 +279,13 @@ def _split_sounds(
     from umx.synth.render import check_soundfont
 
     train = [check_soundfont(p) for p in options.soundfont or default_soundfonts(test=False)]
-    kits = [_kit(path) for path in options.drum_kits]
+    kits = [_kit(path, "--drum-kits") for path in options.drum_kits]
     samples = lever("recorded").find_samples(options.other_samples) if options.other_samples else []
     test, test_kits, test_samples = [], [], []
     if tested:
         test = [check_soundfont(p) for p in options.test_soundfont or default_soundfonts(test=True)]
         _check_not_copies(train, test)
-        test_kits = [_kit(path) for path in options.test_drum_kits]
+        test_kits = [_kit(path, "--test-drum-kits") for path in options.test_drum_kits]
         if options.test_other_samples:
             test_samples = lever("recorded").find_samples(options.test_other_samples)
     return (
@@ -328,15 +328,21 @@ def _check_festival_voices(options: SynthOptions) -> None:
         lever("festival").check_festival(options.test_festival_voice)
 
 
-def _kit(path: Path) -> Path:
-    """A drum kit folder, checked and resolved.
+def _kit(path: Path, option: str) -> Path:
+    """A drum kit folder of `option`, checked (named as given) and resolved.
 
     Raises:
-        UmxError: it is not a Hydrogen kit umx can play.
+        UmxError: it is not a folder, or not a Hydrogen kit umx can play.
     """
     from umx.synth.plan import lever
 
-    lever("sampler").load_kit(path.resolve())
+    if not path.is_dir():
+        what = "is not a folder" if os.path.lexists(path) else "does not exist"
+        raise UmxError(
+            f"{option} {display_path(path)} {what}: give the folder of a Hydrogen drum kit, "
+            "which holds its drumkit.xml"
+        )
+    lever("sampler").load_kit(path)
     return path.resolve()
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from umx.audio import audio_info, read_frames
-from umx.errors import UmxError, display_path
+from umx.errors import UmxError, display_path, os_reason
 from umx.messages import shown
 from umx.synth.midi import NOTE_OFF, NOTE_ON, Song, TempoMap
 
@@ -132,8 +132,13 @@ def load_kit(folder: str | Path) -> Kit:
     xml = folder / "drumkit.xml"
     try:
         root = ElementTree.parse(xml).getroot()
+    except (FileNotFoundError, NotADirectoryError):
+        raise UmxError(
+            f"{display_path(folder)} is not a Hydrogen drum kit: it holds no drumkit.xml"
+        ) from None
     except (OSError, ElementTree.ParseError) as error:
-        raise UmxError(f"{folder} is not a Hydrogen drum kit ({error})") from error
+        reason = os_reason(error) if isinstance(error, OSError) else f"drumkit.xml: {error}"
+        raise UmxError(f"{display_path(folder)} is not a Hydrogen drum kit ({reason})") from None
     instruments: dict[str, list[list[Layer]]] = {}
     for element in root.iter():
         if _tag(element) != "instrument":
