@@ -75,10 +75,12 @@ def room_of(module: str) -> tuple[int, str] | None:
 
 
 def command_line(module: str) -> bool:
-    """Whether a module is of the command-line layer: `cli`, `cli_options`, `cli_run` or a room's
-    `*options*` module (`umx.options` holds typed options, and is a room of its own)."""
+    """Whether a module is of the command-line layer: `cli`, `cli_options`, `cli_habits`,
+    `cli_run` or a room's `*options*` module (`umx.options` holds typed options, and is a room of
+    its own)."""
     package, _, name = module.rpartition(".")
-    return name in {"cli", "cli_options", "cli_run"} or (package != "umx" and "options" in name)
+    layer = {"cli", "cli_options", "cli_habits", "cli_run"}
+    return name in layer or (package != "umx" and "options" in name)
 
 
 def test_the_table_has_the_rooms_in_order():

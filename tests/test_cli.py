@@ -679,17 +679,17 @@ def test_a_mistyped_command_is_refused_before_any_work(word, suggestion, song, m
 @pytest.mark.parametrize(
     ("arguments", "unknown", "meant"),
     [
-        (["song.wav", "--output", "out"], "--output out", "; did you mean --outdir?"),
+        (["song.wav", "--output", "out"], "--output out", "; did you mean --outdir out?"),
         (
             ["separate", "song.wav", "--taregts", "vocals"],
             "--taregts vocals",
             "; did you mean --targets?",
         ),
-        (["batch", "music", "--output=out"], "--output=out", "; did you mean --outdir?"),
+        (["batch", "music", "--output=out"], "--output=out", "; did you mean --outdir out?"),
         (["serve", "--prot", "8000"], "--prot 8000", "; did you mean --port?"),
-        (["song.wav", "-o", "out"], "-o out", "; did you mean --outdir?"),  # demucs's options
+        (["song.wav", "-o", "out"], "-o out", "; did you mean --outdir out?"),  # demucs's options
         (["song.wav", "--mp3"], "--mp3", "; did you mean --ext mp3?"),
-        (["stream", "song.wav", "-n", "x"], "-n x", "; did you mean --model?"),
+        (["stream", "song.wav", "-n", "x"], "-n x", "; did you mean --model x?"),
         (["serve", "--mp3"], "--mp3", ""),  # umx serve has no --ext
         (["song.wav", "--zzz"], "--zzz", ""),  # nothing close: nothing said
         (["--verison"], "--verison", "; did you mean umx --version?"),  # not --duration
@@ -776,7 +776,8 @@ def test_a_stem_word_after_the_song_says_which_option_asks_for_it(
     monkeypatch.chdir(song.parent)
     assert run(song.name, word, "--model", "no-such-model") == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"umx: error: {word} does not exist; to ask for stems, write the option: umx SONG {option}"
+        f"umx: error: {word} does not exist; to ask for stems, write the option: "
+        f"umx song.wav {option}"
     ]
     assert sorted(p.name for p in song.parent.iterdir()) == ["song.wav"]
 

@@ -282,6 +282,9 @@ def output_paths(
     except ValueError as error:
         raise UmxError(f"--filename {filename!r} is not a valid template ({error})") from None
     unknown = sorted(used - set(TEMPLATE_FIELDS))
+    if unknown == ["stem"]:  # demucs's name for the field
+        fixed = filename.replace("{stem}", "{target}")
+        raise UmxError(f"--filename: demucs's {{stem}} is umx's {{target}}: --filename '{fixed}'")
     if unknown:
         raise UmxError(
             f"--filename {filename!r} uses unknown fields {', '.join(unknown)}; "

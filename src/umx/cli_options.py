@@ -14,8 +14,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from umx.cli_habits import (
+    check_stem_words,
+    given_models,
+    meant_option,
+    stem_option,
+    two_models,
+)
 from umx.defaults import (
-    ACCOMPANIMENT_WORDS,
     AUDIO_EXTENSIONS,
     CLIP_POLICIES,
     DEFAULT_MODEL,
@@ -61,38 +67,9 @@ def path_argument(text: str) -> Path:
     return Path(path_text(text))
 
 
-STEM_WORDS = {
-    **{target: f"--targets {target}" for target in ("vocals", "drums", "bass", "other")},
-    **dict.fromkeys(ACCOMPANIMENT_WORDS, "--two-stems vocals"),
-}
-"""Words a newcomer may give after a song, meaning stems, and the option that asks for them."""
-OTHER_TOOLS_OPTIONS = {
-    "-o": "--outdir",
-    "--out": "--outdir",
-    "-n": "--model",
-    "--name": "--model",
-    "-d": "--device",
-    "--mp3": "--ext mp3",
-    "--flac": "--ext flac",
-    "--float32": "--subtype FLOAT",
-    "--int24": "--subtype PCM_24",
-    "--clip-mode": "--clip",
-    "--output": "--outdir",
-    "--cpu": "--device cpu",
-    "--gpu": "--device cuda",
-    "--cuda": "--device cuda",
-}
-"""Options of other separators (demucs, spleeter) and the umx options that do what they do."""
-UMX_OPTIONS = {"--version": "umx --version", "--list-models": "umx --list-models"}
-"""Options of `umx` itself (`--list-models`: of `umx [separate]`), meant when given to another
-command (`umx batch --list-models`)."""
 CLOSE_FILE = 0.85
 """How alike (difflib's ratio) a missing input's name and a file next to it must be for one to
 be taken for the other: a letter or two in a name of ten or more."""
-CLOSE = 0.75
-"""How alike (difflib's ratio, without the dashes) an unknown option and one of the command's
-must be for one to be taken for the other: `taregts` and `targets` are; `cpu` and `clip`,
-`shifts` and `softmask` (0.57) are not."""
 
 
 def spelled_out(argv: list[str], commands: Sequence[str]) -> list[str]:
@@ -120,10 +97,11 @@ def not_a_command(word: str, commands: Sequence[str]) -> str | None:
     return f"{problem}; the commands are {', '.join(commands)}"
 
 
-def missing_input(path: str, problem: str) -> str:
+def missing_input(path: str, problem: str, song: str = "SONG") -> str:
     """`problem`, the reason input `path` cannot be read, with the option a newcomer meant when
-    the input is a stem word that is not a file (`umx song.mp3 vocals`)."""
-    option = STEM_WORDS.get(path)
+    the input is a stem word that is not a file (`umx song.mp3 vocals`: `umx song.mp3 --targets
+    vocals`, with `song` the input that can be read)."""
+    option = stem_option(path)
     if path == "-" and not os.path.lexists(path):
         return f"{problem}: umx separate reads files; umx stream - reads standard input"
     if os.path.isdir(path):
@@ -131,7 +109,7 @@ def missing_input(path: str, problem: str) -> str:
     if option is None or os.path.lexists(path):
         near = nearby_file(path) if option is None else None
         return problem if near is None else f"{problem}; did you mean {display_path(near)}?"
-    return f"{problem}; to ask for stems, write the option: umx SONG {option}"
+    return f"{problem}; to ask for stems, write the option: umx {song} {option}"
 
 
 def nearby_file(path: str) -> str | None:
@@ -162,13 +140,17 @@ def check_readable(paths: Sequence[str]) -> None:
             f"{options[0]} is read as an input file, as every word after -- is, and there is no "
             "such file: write the options before -- (umx separate [OPTIONS] -- INPUT...)"
         )
-    problems = []
+    problems, missing = [], []
     for path in paths:
         try:
             with _open_regular(Path(path)):
                 pass
         except UmxError as error:
-            problems.append(missing_input(path, str(error)))
+            missing.append((path, str(error)))
+    song = next((display_path(p) for p in paths if p not in dict(missing)), "SONG")
+    # a stem word first: `umx song.mp3 a cappella` is answered for cappella, not for a
+    missing.sort(key=lambda given: stem_option(given[0]) is None or os.path.lexists(given[0]))
+    problems = [missing_input(path, problem, song) for path, problem in missing]
     if len(problems) > 1:
         others = len(problems) - 1
         problems[0] += f" (and {others} more input{'s' if others > 1 else ''} cannot be read)"
@@ -237,7 +219,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
         OneLineParser._args = tuple(sys.argv[1:] if args is None else args)
-        return super().parse_args(args, namespace)
+        parsed = super().parse_args(args, namespace)
+        models = given_models(self._args)
+        if len(models) > 1:  # argparse keeps the last: two models were meant, one is used
+            parser = self._command()
+            parser.error(two_models(models, parser.prog.split()[-1]))
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         # argparse reports a command's unknown arguments from the top-level parser: they are
@@ -297,21 +284,11 @@ class OneLineParser(argparse.ArgumentParser):
         )
 
     def _meant(self, unknown: list[str]) -> str:
-        """`; did you mean --outdir?` for the first unknown option that is close to one of the
-        command's (`--output`, `--taregts`) or does what it does in another tool (`-o`), else
-        nothing."""
+        """What the unknown arguments meant (see `meant_option`), or nothing."""
         parser = self._command()  # the command given, whose options these would be
         options = [name for action in parser._actions for name in action.option_strings]
-        meant = {**UMX_OPTIONS, **{option: option for option in options}}
-        bare = {option.lstrip("-"): option for option in meant}
-        for word in (word.split("=")[0] for word in unknown if word.startswith("-")):
-            ours = OTHER_TOOLS_OPTIONS.get(word)
-            if ours is not None and ours.split()[0] in options:
-                return f"; did you mean {ours}?"
-            close = difflib.get_close_matches(word.lstrip("-"), bare, n=1, cutoff=CLOSE)
-            if word in meant or close:
-                return f"; did you mean {meant[word if word in meant else bare[close[0]]]}?"
-        return ""
+        command = parser.prog.split()[-1]
+        return meant_option(unknown, options, command, self._args)
 
 
 def add_separation_arguments(
@@ -432,6 +409,9 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
             f"(--targets vocals -- {taken[0]})"
         )
     two_stems = getattr(args, "two_stems", None)
+    known = known_targets(getattr(args, "model", None))
+    if known is not None:
+        check_stem_words(args.targets, two_stems, known)
     if two_stems is not None:
         for option in ("targets", "residual", "aggregate"):
             if getattr(args, option, None) is not None:
@@ -449,6 +429,14 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
     )
     args.backend = options.backend
     return options
+
+
+def known_targets(model: str | None) -> tuple[str, ...] | None:
+    """The targets of `model` (the default model if None) when it is a zoo name, else None."""
+    from umx.zoo import MODELS
+
+    entry = MODELS.get(DEFAULT_MODEL if model is None else model)
+    return None if entry is None else entry.targets
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
