@@ -23,11 +23,11 @@ import soundfile as sf
 
 import umx.synth.dataset
 from processes import BOUND_S, children, read_only_folder, running, wait_for
-from umx.defaults import SOUNDFONT_PACKAGES
+from umx.defaults import SOUNDFONT_PACKAGES, SOURCES
 from umx.errors import UmxError
 from umx.folders import abandoned_stages
 from umx.synth.dataset import render_example
-from umx.synth.gm import STEMS, analyse, split_stems, valid_starts
+from umx.synth.gm import analyse, split_stems, valid_starts
 from umx.synth.midi import (
     NOTE_ON,
     PROGRAM_CHANGE,
@@ -426,10 +426,10 @@ def test_stems_sum_exactly_to_the_mixture_and_none_is_silent(dataset):
     assert len(manifest["tracks"]) == 10
     for track in manifest["tracks"]:
         folder = dataset / ("test" if track["split"] == "test" else "train") / track["name"]
-        audio = {stem: sf.read(folder / f"{stem}.wav")[0] for stem in ("mixture", *STEMS)}
+        audio = {stem: sf.read(folder / f"{stem}.wav")[0] for stem in ("mixture", *SOURCES)}
         assert audio["mixture"].shape == (3 * 44100, 2)
-        assert np.array_equal(sum(audio[stem] for stem in STEMS), audio["mixture"])
-        for stem in STEMS:
+        assert np.array_equal(sum(audio[stem] for stem in SOURCES), audio["mixture"])
+        for stem in SOURCES:
             level = 10 * np.log10(np.mean(audio[stem] ** 2))
             assert level > -45, (track["name"], stem, level)
             assert level == pytest.approx(track["levels_db"][stem], abs=0.01)
@@ -462,7 +462,7 @@ def test_musdb_reads_the_dataset(dataset):
     assert sorted(track.name for track in train) == sorted(names["train"] + names["valid"])
     track = train[0]
     assert track.rate == 44100
-    sources = sum(track.sources[stem].audio for stem in STEMS)
+    sources = sum(track.sources[stem].audio for stem in SOURCES)
     assert np.array_equal(sources, track.audio)
     valid = musdb.DB(
         root=str(dataset), is_wav=True, subsets="train", split="valid", setup_file="setup.yaml"
@@ -768,7 +768,7 @@ def test_no_songs_is_an_error(tmp_path):
 def test_render_example(tmp_path):
     path = tmp_path / "examples" / "example.flac"
     written = render_example(path, seed=7, duration=3, soundfont=SOUNDFONT, stems=True)
-    assert [p.name for p in written] == ["example.flac"] + [f"example.{s}.flac" for s in STEMS]
+    assert [p.name for p in written] == ["example.flac"] + [f"example.{s}.flac" for s in SOURCES]
     audio = [sf.read(p, dtype="int16")[0].astype(np.int32) for p in written]
     assert audio[0].shape == (3 * 44100, 2)
     assert np.array_equal(sum(audio[1:]), audio[0])

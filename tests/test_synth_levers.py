@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from umx.defaults import SOURCES
 from umx.errors import UmxError
 from umx.synth.amp import amplify, cabinet, draw_amp, drive
 from umx.synth.bus import apply_bus, draw_bus, limiter_gain, widen
 from umx.synth.festival import VOICE, VOICES_FOLDER, draw_festival, score, sing
-from umx.synth.gm import STEMS, split_guitars
+from umx.synth.gm import split_guitars
 from umx.synth.midi import PROGRAM_CHANGE, Event, Song, encode_midi, note, tempo_event
 from umx.synth.options import add_synth_arguments, run_synth
 from umx.synth.plan import SongRef, plan_tracks
@@ -163,9 +164,9 @@ def test_a_bussed_track_sums_exactly_to_its_mixture():
     plan = plan_tracks(songs, fonts, **args, mix_bus=True)[0]
     plan = type(plan)(**{**plan.__dict__, "mix_bus": bus(ratio=3.0, width=0.0)})
     tracks = render_track(plan, 3.0, 22050)
-    total = sum(tracks[stem].astype(np.int32) for stem in STEMS)
+    total = sum(tracks[stem].astype(np.int32) for stem in SOURCES)
     assert np.array_equal(total, tracks["mixture"])
-    for stem in ("mixture", *STEMS):  # width 0: every stem mono
+    for stem in ("mixture", *SOURCES):  # width 0: every stem mono
         assert np.array_equal(tracks[stem][:, 0], tracks[stem][:, 1])
     plain = render_track(plan_tracks(songs, fonts, **args)[0], 3.0, 22050)
     mixtures = (tracks["mixture"].astype(float), plain["mixture"].astype(float))
@@ -209,7 +210,7 @@ def test_a_dense_track_renders_the_same_vocals_drums_and_bass():
         for dense in (False, True)
         for song in [SongRef("p", seed=5, min_seconds=12, dense=dense)]
     ]
-    plain, dense = ({s: t[s].astype(float) for s in STEMS} for t in tracks)
+    plain, dense = ({s: t[s].astype(float) for s in SOURCES} for t in tracks)
     scale = np.sum(dense["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
     assert scale != pytest.approx(1.0, abs=0.01)  # the denser mixture peaks higher
     for stem in ("vocals", "drums", "bass"):  # the same audio, at the track's new peak level
@@ -299,11 +300,11 @@ def test_the_amp_changes_only_the_guitars_of_other(tmp_path, guitar_program):
         for amp in (False, True)
     ]
     plain, amped = (render_track(plan, 3.0, 16000) for plan in plans)
-    assert np.array_equal(sum(amped[s].astype(np.int32) for s in STEMS), amped["mixture"])
+    assert np.array_equal(sum(amped[s].astype(np.int32) for s in SOURCES), amped["mixture"])
     if guitar_program == 48:  # strings: no guitar, the same files
         assert all(np.array_equal(plain[name], amped[name]) for name in plain)
         return
-    plain, amped = ({s: t[s].astype(float) for s in STEMS} for t in (plain, amped))
+    plain, amped = ({s: t[s].astype(float) for s in SOURCES} for t in (plain, amped))
     scale = np.sum(amped["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
     for stem in ("vocals", "drums", "bass"):  # the same audio, at the track's new peak level
         assert np.abs(amped[stem] - plain[stem] * scale).max() <= 1.5, stem
@@ -448,8 +449,8 @@ def test_a_track_sung_by_festival_sums_exactly_to_its_mixture():
         render_track(plan_tracks(songs, fonts, **args, festival_singer=on)[0], 3.0, 16000)
         for on in (False, True)
     )
-    assert np.array_equal(sum(sung[s].astype(np.int32) for s in STEMS), sung["mixture"])
-    plain, sung = ({s: t[s].astype(float) for s in STEMS} for t in (plain, sung))
+    assert np.array_equal(sum(sung[s].astype(np.int32) for s in SOURCES), sung["mixture"])
+    plain, sung = ({s: t[s].astype(float) for s in SOURCES} for t in (plain, sung))
     scale = np.sum(sung["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
     for stem in ("drums", "bass", "other"):
         assert np.abs(sung[stem] - plain[stem] * scale).max() <= 1.5, stem
@@ -469,6 +470,6 @@ def test_the_levers_are_recorded_in_synth_json_and_the_files_still_sum(tmp_path)
     assert track["song"]["dense"] is True
     assert set(track["amp"]) == {"pre_eq", "drive", "tone", "cabinet"}
     assert set(track["mix_bus"]) == {"width", "compressor", "limiter"}
-    audio = {name: sf.read(root / "train" / track["name"] / f"{name}.wav")[0] for name in STEMS}
+    audio = {name: sf.read(root / "train" / track["name"] / f"{name}.wav")[0] for name in SOURCES}
     mixture = sf.read(root / "train" / track["name"] / "mixture.wav")[0]
     assert np.array_equal(sum(audio.values()), mixture)

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 from scipy.signal import freqz
 
+from umx.defaults import SOURCES
 from umx.errors import UmxError
-from umx.synth.gm import STEMS
 from umx.synth.midi import Song, note, tempo_event
 from umx.synth.plan import SongRef, plan_tracks
 from umx.synth.production import (
@@ -305,10 +305,10 @@ def test_reverb_decays_by_its_rt60(family):
 
 def test_a_chain_keeps_the_length_and_changes_the_signal():
     rate = 8000
-    settings = draw_production(random.Random(4), STEMS, "noise")
+    settings = draw_production(random.Random(4), SOURCES, "noise")
     assert json.loads(json.dumps(settings)) == settings
     audio = np.random.default_rng(0).standard_normal((2, rate)) * 0.1
-    for stem in STEMS:
+    for stem in SOURCES:
         out = apply_chain(audio, settings["stems"][stem], settings["room"], rate)
         assert out.shape == audio.shape and np.isfinite(out).all()
         assert not np.allclose(out, audio)
@@ -348,9 +348,9 @@ def test_a_produced_track_sums_exactly_to_its_mixture(tmp_path):
     plan = type(plan)(**{**plan.__dict__, "drum_kit": str(kit), "sung": 0.8})
     tracks = render_track(plan, 3.0, 22050)
     assert tracks is not None and tracks["mixture"].shape == (3 * 22050, 2)
-    total = sum(tracks[stem].astype(np.int32) for stem in STEMS)
+    total = sum(tracks[stem].astype(np.int32) for stem in SOURCES)
     assert np.array_equal(total, tracks["mixture"])
-    for stem in STEMS:
+    for stem in SOURCES:
         assert np.abs(tracks[stem]).max() > 100, stem
     plain = render_track(type(plan)(**{**plan.__dict__, "production": None}), 3.0, 22050)
     assert not np.array_equal(plain["other"], tracks["other"])  # the effects changed it

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from umx.defaults import SOURCES
 from umx.errors import UmxError
-from umx.synth.gm import STEMS
 from umx.synth.options import add_synth_arguments, run_synth
 from umx.synth.plan import SongRef, plan_tracks
 from umx.synth.recorded import MAX_SECONDS, draw_layer, find_samples, play_layer
@@ -163,8 +163,8 @@ def test_a_layered_track_changes_only_other_and_still_sums(tmp_path):
             break
     plain = render_track(plan_tracks(songs, fonts, **args)[0], 3.0, 16000)
     layered = render_track(layered_plan, 3.0, 16000)
-    assert np.array_equal(sum(layered[s].astype(np.int32) for s in STEMS), layered["mixture"])
-    plain, layered = ({s: t[s].astype(float) for s in STEMS} for t in (plain, layered))
+    assert np.array_equal(sum(layered[s].astype(np.int32) for s in SOURCES), layered["mixture"])
+    plain, layered = ({s: t[s].astype(float) for s in SOURCES} for t in (plain, layered))
     scale = np.sum(layered["drums"] * plain["drums"]) / np.sum(plain["drums"] ** 2)
     for stem in ("vocals", "drums", "bass"):  # the same audio, at the track's new peak level
         assert np.abs(layered[stem] - plain[stem] * scale).max() <= 1.5, stem

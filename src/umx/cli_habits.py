@@ -10,10 +10,9 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from umx.defaults import ACCOMPANIMENT_WORDS
+from umx.defaults import ACCOMPANIMENT_WORDS, SOURCES
 from umx.errors import UmxError
 
-TARGETS = ("vocals", "drums", "bass", "other")
 """The targets of the music models, which the stem words below ask for."""
 SINGULAR = {"vocals": "vocal", "drums": "drum"}
 A_CAPPELLA = ("acapella", "acappella", "a cappella", "a-cappella", "a_cappella", "cappella")
@@ -27,10 +26,10 @@ def _rest_words(target: str) -> list[str]:
 
 
 STEM_WORDS = {
-    **{target: f"--targets {target}" for target in TARGETS},
+    **{target: f"--targets {target}" for target in SOURCES},
     **dict.fromkeys(ACCOMPANIMENT_WORDS, "--two-stems vocals"),
     **dict.fromkeys(A_CAPPELLA, "--targets vocals"),
-    **{word: f"--two-stems {t}" for t in TARGETS for word in _rest_words(t)},
+    **{word: f"--two-stems {t}" for t in SOURCES for word in _rest_words(t)},
 }
 """Words a newcomer may give after a song or as a target, meaning stems, and the option that
 asks for them."""
@@ -177,7 +176,7 @@ def _other_tool(word: str, value: str) -> str | None:
         return None
     if stems.group(1) == "2":
         return f"{word} {value} is spleeter's: for the vocals and the rest write --two-stems vocals"
-    return f"{word} {value} is spleeter's: leave it out, umx writes {', '.join(TARGETS)} by default"
+    return f"{word} {value} is spleeter's: leave it out, umx writes {', '.join(SOURCES)} by default"
 
 
 def given_models(args: Sequence[str]) -> list[str]:

@@ -11,6 +11,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+# --- the music ----------------------------------------------------------------------------------
+SOURCES = ("vocals", "drums", "bass", "other")
+"""The four sources of MUSDB18, which the published models, the bundled ones and `umx synth`
+separate or make, in this order."""
+
 # --- umx.separator --------------------------------------------------------------------------------
 SAMPLE_RATE = 44100.0
 WIENER_WIN_LEN = 300

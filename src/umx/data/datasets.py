@@ -29,8 +29,6 @@ from umx.data.augment import Augmentation
 from umx.data.layout import split_dir, track_dirs
 from umx.errors import UmxError
 
-MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
-
 MUSDB_MIXTURE = "mixture.wav"  # a MUSDB18-HQ track's mixture file
 MUSDB_SETUP = "setup.yaml"  # a dataset's own musdb set-up file, e.g. written by `umx synth`
 VALID_FRACTION = 0.1  # of the train tracks held out when a folder has no official MUSDB18 split

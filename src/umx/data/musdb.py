@@ -13,7 +13,6 @@ from umx.data.augment import Augmentation
 from umx.data.datasets import (
     MUSDB_MIXTURE,
     MUSDB_SETUP,
-    MUSDB_SOURCES,
     VALID_FRACTION,
     AudioInfo,
     StemInfo,
@@ -21,7 +20,7 @@ from umx.data.datasets import (
     TrackDataset,
 )
 from umx.data.layout import NO_STEMS, holds_songs, split_dir
-from umx.defaults import MUSDB_SAMPLES_PER_TRACK
+from umx.defaults import MUSDB_SAMPLES_PER_TRACK, SOURCES
 from umx.errors import UmxError
 from umx.messages import shown
 
@@ -82,7 +81,7 @@ def _check_track_folders(directory: Path, layout: str) -> None:
     Raises:
         UmxError: naming the first such folder.
     """
-    files = {MUSDB_MIXTURE, *(f"{source}.wav" for source in MUSDB_SOURCES)}
+    files = {MUSDB_MIXTURE, *(f"{source}.wav" for source in SOURCES)}
     for track in sorted(path for path in directory.iterdir() if path.is_dir()):
         for inner in sorted(path for path in track.iterdir() if path.is_dir()):
             if inner.name in files:
@@ -122,7 +121,7 @@ class MUSDBDataset(TrackDataset):
 
     Args:
         root: the MUSDB18 folder.
-        target: one of `MUSDB_SOURCES`.
+        target: one of `SOURCES`.
         split: `train` or `valid`.
         is_wav: read MUSDB18-HQ wav folders instead of stems.
         valid_tracks: see `musdb_split`.
@@ -152,9 +151,9 @@ class MUSDBDataset(TrackDataset):
             raise UmxError(
                 "the musdb dataset needs the musdb package: pip install 'umx[train]'"
             ) from None
-        if target not in MUSDB_SOURCES:
+        if target not in SOURCES:
             raise UmxError(
-                f"MUSDB18 has no source {target!r}; the sources are {', '.join(MUSDB_SOURCES)}"
+                f"MUSDB18 has no source {target!r}; the sources are {', '.join(SOURCES)}"
             )
         if split not in ("train", "valid"):
             raise ValueError(f"split must be train or valid, not {split!r}")
@@ -200,7 +199,7 @@ class MUSDBDataset(TrackDataset):
     def _track(track: Any, target: str, *, mixture: bool, is_wav: bool) -> Track:
         """A `Track` of a musdb MultiTrack; wav files are read with `umx.audio` directly."""
         folder = Path(track.path).parent if is_wav else Path(track.path)
-        missing = [name for name in MUSDB_SOURCES if name not in track.sources]
+        missing = [name for name in SOURCES if name not in track.sources]
         if missing:
             raise UmxError(f"{display_path(folder / (missing[0] + '.wav'))} does not exist")
 
@@ -217,6 +216,6 @@ class MUSDBDataset(TrackDataset):
         return Track(
             str(folder),
             target=sources[target],
-            interferers=tuple(sources[n] for n in MUSDB_SOURCES if n != target),
+            interferers=tuple(sources[n] for n in SOURCES if n != target),
             mixture=info(track, track.path, track.stem_id) if mixture else None,
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from umx.audio import MAX_CHANNELS, audio_info, read_audio
-from umx.defaults import SUBSETS
+from umx.defaults import SOURCES, SUBSETS
 from umx.errors import UmxError
 from umx.evaluate.common import _extra
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import musdb
 
 
-SOURCES = ("vocals", "drums", "bass", "other")
 """The MUSDB18 sources, whose sum is the mixture."""
 TARGETS = (*SOURCES, "accompaniment")
 """The MUSDB18 targets a method may estimate (accompaniment = drums + bass + other)."""

@@ -38,6 +38,7 @@ from umx.defaults import (
     DURATION,
     SAMPLE_RATE,
     SOUNDFONT_PACKAGES,
+    SOURCES,
     TEST_SOUNDFONTS,
     TRAIN_SOUNDFONTS,
 )
@@ -46,7 +47,6 @@ from umx.files import write_atomic
 from umx.folders import not_a_folder, staged_folder
 from umx.messages import duration as duration_words
 from umx.messages import plural
-from umx.synth.gm import STEMS
 from umx.synth.plan import SPLITS, SongRef, TrackPlan, plan_song
 from umx.synth.render import (
     PCM_SCALE,
@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 FADE_SECONDS = 1.0
 """Fade in and out of the example song."""
 DATASET_FILES = frozenset(("train", "test", "synth.json", "setup.yaml"))
-TRACK_FILES = frozenset(f"{name}.wav" for name in (*STEMS, "mixture"))
+TRACK_FILES = frozenset(f"{name}.wav" for name in (*SOURCES, "mixture"))
 """The files of a track's folder."""
 SETTINGS = (
     "midi", "procedural", "soundfont", "test_soundfont", "test_fraction", "valid_fraction",
@@ -164,13 +164,13 @@ def _setup_yaml(validation_tracks: list[str], sample_rate: int) -> str:
     """musdb's set-up file for the dataset, as JSON (which YAML reads)."""
     setup = {
         "sample_rate": float(sample_rate),
-        "sources": {stem: f"{stem}.wav" for stem in STEMS},
+        "sources": {stem: f"{stem}.wav" for stem in SOURCES},
         "mixture": "mixture.wav",
         "stem_ids": {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4},
         "targets": {
-            **{stem: {stem: 1} for stem in STEMS},
+            **{stem: {stem: 1} for stem in SOURCES},
             "accompaniment": {"bass": 1, "drums": 1, "other": 1},
-            "linear_mixture": {stem: 1 for stem in STEMS},
+            "linear_mixture": {stem: 1 for stem in SOURCES},
         },
         "validation_tracks": validation_tracks,
     }
@@ -352,7 +352,7 @@ def render_example(
         raise UmxError(f"{path}: the example is written as .wav or .flac")
     outputs = {"mixture": path}
     if stems:
-        outputs |= {stem: path.with_name(f"{path.stem}.{stem}{path.suffix}") for stem in STEMS}
+        outputs |= {stem: path.with_name(f"{path.stem}.{stem}{path.suffix}") for stem in SOURCES}
     existing = [output for output in outputs.values() if output.exists()]
     if existing and not force:
         raise already_exists(existing[0])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from umx.defaults import SOURCES
 from umx.errors import UmxError
 from umx.synth.midi import (
     CONTROL_CHANGE,
@@ -31,7 +32,6 @@ from umx.synth.midi import (
     TempoMap,
 )
 
-STEMS = ("vocals", "drums", "bass", "other")
 """The MUSDB18 sources, whose sum is the mixture."""
 DRUM_CHANNEL = 9
 BASS_PROGRAMS = frozenset(range(32, 40))
@@ -208,13 +208,13 @@ def analyse(song: Song) -> Analysis:
                 revoiced[channel] = stem
                 del parts[channel]
     nb_seconds = len(next(iter(activity.values())))
-    rows = {stem: np.zeros(nb_seconds, dtype=bool) for stem in STEMS}
+    rows = {stem: np.zeros(nb_seconds, dtype=bool) for stem in SOURCES}
     for (channel, stem), row in activity.items():
         rows[revoiced.get(channel, stem)] |= row
     for stem, row in rows.items():
         if not row.any():
             raise UmxError(f"it has no {stem} part ({PARTS[stem]}); is it General MIDI?")
-    return Analysis(np.stack([rows[stem] for stem in STEMS]), revoiced)
+    return Analysis(np.stack([rows[stem] for stem in SOURCES]), revoiced)
 
 
 def valid_starts(activity: np.ndarray, seconds: float) -> np.ndarray:
@@ -255,7 +255,7 @@ def split_stems(song: Song, revoice: dict[int, int]) -> dict[str, Song]:
     ]
     return {
         name: Song(song.ticks_per_beat, [e for e, s in events if s in (None, name)], song.end_tick)
-        for name in STEMS
+        for name in SOURCES
     }
 
 

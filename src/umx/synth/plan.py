@@ -21,11 +21,12 @@ from types import ModuleType
 
 from umx.defaults import (
     DURATION,
+    SOURCES,
     TEST_FRACTION,
     VALID_FRACTION,
 )
 from umx.errors import UmxError
-from umx.synth.gm import REVOICE_PROGRAMS, STEMS, analyse, valid_starts
+from umx.synth.gm import REVOICE_PROGRAMS, analyse, valid_starts
 from umx.synth.midi import (
     Song,
     read_midi,
@@ -325,7 +326,7 @@ def _produce(
         plan = replace(
             plan,
             drum_kit=rng.choice(kits),
-            production=effects.draw_production(rng, STEMS, family) if production else None,
+            production=effects.draw_production(rng, SOURCES, family) if production else None,
             sung=round(rng.uniform(*SUNG_SHARE), 3) if sung and rng.random() < SUNG_CHANCE else 0.0,
             seed=rng.getrandbits(31),
         )
@@ -393,8 +394,8 @@ def plan_song(
                     channel: rng.choice(REVOICE_PROGRAMS[stem])
                     for channel, stem in sorted(analysis.revoiced.items())
                 },
-                gains_db={stem: round(rng.uniform(*GAIN_RANGE_DB), 2) for stem in STEMS},
-                pans={stem: round(rng.uniform(-PAN_RANGE, PAN_RANGE), 3) for stem in STEMS},
+                gains_db={stem: round(rng.uniform(*GAIN_RANGE_DB), 2) for stem in SOURCES},
+                pans={stem: round(rng.uniform(-PAN_RANGE, PAN_RANGE), 3) for stem in SOURCES},
                 peak_db=round(rng.uniform(*PEAK_RANGE_DB), 2),
             )
         )

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
-from umx.data.datasets import MUSDB_SOURCES, SourcesDataset
+from umx.data.datasets import SourcesDataset
+from umx.defaults import SOURCES
 from umx.errors import UmxError
 from umx.files import write_json_atomic
 from umx.model import CrossUnmix
@@ -42,7 +43,7 @@ from umx.xumx_checkpoints import save_xumx, xumx_architecture
 def source_names(config: TrainConfig) -> list[str]:
     """The sources an X-UMX run trains, in output order (see the module docstring)."""
     if config.dataset == "musdb":
-        return list(MUSDB_SOURCES)
+        return list(SOURCES)
     return [Path(name).stem for name in (config.target_file, *config.interferer_files)]
 
 

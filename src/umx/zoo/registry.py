@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME, STREAM_MODEL
+from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME, SOURCES, STREAM_MODEL
 from umx.errors import UmxError, short
 
 CACHE_ENV = "UMX_CACHE"
@@ -121,7 +121,7 @@ MODELS: dict[str, ZooEntry] = {
             name="umxsynth",
             description="music: vocals/drums/bass/other, small, trained on umx's synthetic music",
             license=MIT,
-            weights={target: f"{target}.pth" for target in ("vocals", "drums", "bass", "other")},
+            weights={target: f"{target}.pth" for target in SOURCES},
             sample_rate=44100.0,
             n_fft=4096,
             n_hop=1024,
@@ -134,7 +134,7 @@ MODELS: dict[str, ZooEntry] = {
             description="music: vocals/drums/bass/other, small and causal (unidirectional LSTM) "
             "for `umx stream`, trained on umx's synthetic music",
             license=MIT,
-            weights={target: f"{target}.pth" for target in ("vocals", "drums", "bass", "other")},
+            weights={target: f"{target}.pth" for target in SOURCES},
             sample_rate=44100.0,
             n_fft=4096,
             n_hop=1024,
