@@ -169,8 +169,29 @@ def test_songs_in_the_output_folder_and_linked_folders_are_said(tmp_path, caplog
     ]
 
 
+def test_folders_give_the_containers_separate_reads_through_ffmpeg(tmp_path):
+    names = ["a.webm", "b.MP4", "c.mkv", "d.mka", "e.mov", "f.wav", "notes.txt"]
+    for name in names:
+        (tmp_path / name).touch()
+    found = [Path(item.path).name for item in collect_inputs([str(tmp_path)])]
+    assert found == names[:-1]
+
+
+def test_a_folder_without_songs_says_what_was_looked_for_and_what_it_holds(tmp_path):
+    for name in ("a.txt", "b.txt", "cover.jpg", "README"):
+        (tmp_path / name).touch()
+    with pytest.raises(UmxError) as error:
+        collect_inputs([str(tmp_path)], extensions=["wav", ".MP3"])
+    assert str(error.value) == (
+        f"the folder {tmp_path} holds no .wav .mp3 file (--extensions); it holds .txt .jpg "
+        "files and others"
+    )
+    with pytest.raises(UmxError, match=r"\.flac .* \.webm .* \(--extensions\); it holds \.txt"):
+        collect_inputs([str(tmp_path)])
+
+
 def test_empty_folders_and_patterns_are_refused(tmp_path):
-    with pytest.raises(UmxError, match="holds no file ending in"):
+    with pytest.raises(UmxError, match=r"holds no \.wav .*; it holds no files$"):
         collect_inputs([str(tmp_path)])
     with pytest.raises(UmxError, match="matches no file"):
         collect_inputs([str(tmp_path / "*.wav")])

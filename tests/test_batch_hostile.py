@@ -540,7 +540,7 @@ CASES = [
         lambda: None,
         ["batch", "lists", "--outdir", "x", "--model", "model", "-q"],
         1,
-        "the folder lists holds no file ending in",
+        "the folder lists holds no .wav .flac .mp3 .ogg .opus",
         set(),
         None,
     ),

@@ -573,13 +573,18 @@ def test_a_double_dash_with_nothing_after_it_is_no_argument(model_dir, song, mon
 
 @pytest.mark.parametrize("command", [[], ["stream"]])
 def test_a_folder_or_a_mistyped_name_is_told_what_to_give(command, song, monkeypatch, capsys):
-    """A folder is told `umx batch`; a missing name, the one file next to it that is close."""
+    """A folder of songs is told `umx batch` (one without songs, nothing it would refuse); a
+    missing name, the one file next to it that is close."""
     monkeypatch.chdir(song.parent)
     song.rename("my song.flac")
     (song.parent / "album").mkdir()
+    (song.parent / "album" / "clip.webm").touch()  # umx batch album takes it
+    (song.parent / "notes").mkdir()
+    (song.parent / "notes" / "lyrics.txt").touch()
     for argv, line in [
         (["album"], "album is a directory, not a regular audio file; to separate every song in "
          "it: umx batch album"),
+        (["notes"], "notes is a directory, not a regular audio file, and holds no audio file"),
         (["my song.fla"], "my song.fla does not exist; did you mean my song.flac?"),
         (["../album/song.flac"], "../album/song.flac does not exist"),  # nothing close: no hint
     ]:  # fmt: skip
@@ -592,6 +597,7 @@ def test_a_folder_or_a_mistyped_name_is_told_what_to_give(command, song, monkeyp
         "album",
         "my song.flac",
         "my song.flax",
+        "notes",
     ]
 
 
@@ -839,8 +845,7 @@ def test_missing_inputs_are_refused_before_the_model_loads(song, tmp_path, capsy
     ]
     assert run(folder, "--model", not_a_model, "--outdir", tmp_path / "o") == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"umx: error: {folder} is a directory, not a regular audio file; to separate every song "
-        f"in it: umx batch {folder}"
+        f"umx: error: {folder} is a directory, not a regular audio file, and holds no audio file"
     ]
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
     taken = tmp_path / "notes.txt"  # an --outdir that is a file: said before the (bad) model

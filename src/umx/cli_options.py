@@ -105,6 +105,10 @@ def missing_input(path: str, problem: str, song: str = "SONG") -> str:
     if path == "-" and not os.path.lexists(path):
         return f"{problem}: umx separate reads files; umx stream - reads standard input"
     if os.path.isdir(path):
+        from umx.batch.inputs import holds_songs
+
+        if not holds_songs(path):  # umx batch would refuse it too
+            return f"{problem}, and holds no audio file"
         return f"{problem}; to separate every song in it: umx batch {display_path(path)}"
     if option is None or os.path.lexists(path):
         near = nearby_file(path) if option is None else None

@@ -106,8 +106,12 @@ SUBSETS = ("train", "test")
 BASELINES = ("irm", "ibm", "mix")
 
 # --- umx.batch ------------------------------------------------------------------------------------
-AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus", "aif", "aiff", "m4a", "aac", "wma")
-"""The extensions a folder is searched for by default (case-insensitive)."""
+AUDIO_EXTENSIONS = (
+    *("wav", "flac", "mp3", "ogg", "opus", "aif", "aiff", "m4a", "aac", "wma"),
+    *("webm", "mka", "mkv", "mp4", "mov"),
+)
+"""The extensions a folder is searched for by default (case-insensitive): the formats
+libsndfile reads, and the containers `umx separate` reads through ffmpeg (a video's audio)."""
 JOB_DIRNAME = ".umx-job"
 """The job directory's name inside the output folder, when `--job` is not given."""
 

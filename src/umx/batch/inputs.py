@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,7 @@ def collect_inputs(
         if os.path.isdir(argument):
             files = sorted(_search(argument, wanted, skipped))
             if not files:
-                raise UmxError(
-                    f"the folder {shown(argument)} holds no file ending in "
-                    f"{shown(', '.join(sorted(wanted)))}"
-                )
+                raise UmxError(_no_songs(argument, wanted, skipped))
             found.extend(BatchInput(path) for path in files)
         elif GLOB_CHARACTERS & set(argument) and not os.path.lexists(argument):
             matches = [p for p in glob.glob(argument, recursive=True) if os.path.isfile(p)]
@@ -186,14 +184,43 @@ def _inside(path: str, folders: Iterable[str]) -> bool:
     return any(within(path, folder) for folder in folders)
 
 
-def _search(folder: str, wanted: set[str], skipped: set[str]) -> Iterable[str]:
+def holds_songs(folder: str, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> bool:
+    """Whether a folder search (see `collect_inputs`) finds a file in `folder`."""
+    wanted = {"." + extension.lower().lstrip(".") for extension in extensions}
+    return any(True for _ in _search(folder, wanted, set(), warn=False))
+
+
+def _no_songs(folder: str, wanted: set[str], skipped: set[str]) -> str:
+    """Why a folder gives no input: the extensions looked for, and those its files have."""
+    listed = " ".join(sorted(wanted, key=lambda name: (_DEFAULT_ORDER.get(name, 99), name)))
+    found = Counter(
+        Path(path).suffix.lower() for path in _search(folder, None, skipped, warn=False)
+    )
+    named = [suffix for suffix, _ in found.most_common() if suffix][:4]
+    if named:
+        more = " and others" if len(found) > len(named) else ""
+        held = f"; it holds {shown(' '.join(named), 40)} files{more}"
+    else:
+        held = "; its files have no extension" if found else "; it holds no files"
+    return f"the folder {shown(folder)} holds no {listed} file (--extensions){held}"
+
+
+_DEFAULT_ORDER = {f".{extension}": i for i, extension in enumerate(AUDIO_EXTENSIONS)}
+"""The default extensions listed in their order (others after them, sorted)."""
+
+
+def _search(
+    folder: str, wanted: set[str] | None, skipped: set[str], *, warn: bool = True
+) -> Iterable[str]:
     """The files under `folder` with a wanted extension, hidden entries skipped; links to
-    folders are not followed (one could lead back up), but said."""
+    folders are not followed (one could lead back up), but said (when `warn`). `wanted`
+    None: every file."""
     for root, dirs, files in os.walk(os.path.abspath(folder)):
         dirs[:] = [
             d for d in dirs if not d.startswith(".") and os.path.join(root, d) not in skipped
         ]
-        for link in filter(os.path.islink, (os.path.join(root, d) for d in dirs)):
+        links = filter(os.path.islink, (os.path.join(root, d) for d in dirs)) if warn else ()
+        for link in links:
             logger.warning(
                 "skipping %s, a link to a folder: name it as an input to separate its songs",
                 shown(display_path(link)),
@@ -201,7 +228,7 @@ def _search(folder: str, wanted: set[str], skipped: set[str]) -> Iterable[str]:
         if _inside(root, skipped):
             continue
         for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in wanted:
+            if not name.startswith(".") and (wanted is None or Path(name).suffix.lower() in wanted):
                 yield os.path.join(root, name)
 
 

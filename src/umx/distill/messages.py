@@ -19,6 +19,7 @@ BATCH_WORDS = (
         "give another --work",
     ),
     ("give a new --job", "give another --work"),
+    (" (--extensions)", ""),  # distill searches for the default extensions
     ("(use --downmix to average the channels)", "(convert it to stereo, or leave it out)"),
     ("left as it is: --retry-failed separates the input again and replaces it", "left out"),
     (
