@@ -530,7 +530,7 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         (["--ray", "nan"], "--ray 'nan' is not a cluster's address"),
         (["--ray", "head:99999"], "--ray 'head:99999' is not a cluster's address"),
         (["--ray", "ray://:6379"], "--ray 'ray://:6379' is not a cluster's address"),
-        (["--device", "nan"], "unknown device 'nan' (use auto, cpu, cuda, cuda:N or mps)"),
+        (["--device", "nan"], "unknown device 'nan' (use auto, cpu, cuda or gpu, cuda:N or mps)"),
     ]:
         assert main(["batch", str(song), "--outdir", str(tmp_path / "o"), *options]) == 1
         (error,) = capsys.readouterr().err.splitlines()  # before the model: no other line

@@ -8,8 +8,9 @@ import torch
 
 from umx import devices
 from umx.cli import main
-from umx.devices import resolve_device
+from umx.devices import parse_device, resolve_device
 from umx.errors import UmxError
+from umx.options import SeparationOptions
 
 
 def test_auto_and_cpu():
@@ -24,14 +25,19 @@ def test_auto_and_cpu():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_missing_gpu_is_a_clear_error():
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A CUDA build of torch on a machine without a GPU."""
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_missing_gpu_is_a_clear_error(no_gpu):
     with pytest.raises(UmxError, match="no CUDA GPU"):
         resolve_device("cuda:1")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_a_missing_gpu_names_the_option_and_what_to_give_instead(tmp_path, capsys):
+def test_a_missing_gpu_names_the_option_and_what_to_give_instead(no_gpu, tmp_path, capsys):
     song = tmp_path / "song.wav"
     song.write_bytes(b"")  # refused for the device, before it is read
     assert main([str(song), "--device", "cuda", "--outdir", str(tmp_path / "out")]) == 1
@@ -39,6 +45,44 @@ def test_a_missing_gpu_names_the_option_and_what_to_give_instead(tmp_path, capsy
         "umx: error: --device cuda: no CUDA GPU is available here; leave out --device (auto: "
         "what this machine has) or give --device cpu\n"
     )
+
+
+def test_a_cpu_only_torch_says_so_and_what_to_install(monkeypatch, tmp_path, capsys):
+    """The set-up's torch is the CPU build: no driver or GPU would help, a CUDA build would."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    song = tmp_path / "song.wav"
+    song.write_bytes(b"")  # refused for the device, before it is read
+    assert main([str(song), "--device", "cuda:0", "--outdir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        "umx: error: --device cuda:0: this torch (2.13.0+cpu) is built without CUDA; install a "
+        "CUDA build (pytorch.org/get-started) or give --device cpu\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "device"),
+    [("gpu", "cuda"), ("GPU", "cuda"), ("CUDA", "cuda"), ("Gpu:1", "cuda:1"), ("CPU", "cpu")],
+)
+def test_device_names_are_read_in_any_case_and_gpu_is_cuda(name, device, monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_device(name) == torch.device(device)
+    assert resolve_device(name) == torch.device(
+        device if ":" in device or device == "cpu" else "cuda:0"
+    )
+    assert SeparationOptions(device=name).device == device
+    assert resolve_device(" AUTO ") == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("command", [["song.wav"], ["batch", "music"], ["stream", "song.wav"]])
+def test_gpu_as_an_option_is_told_device_cuda(command, capsys):
+    """`--gpu` is no abbreviation of batch's --gpus-per-worker."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--gpu"])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "unrecognized arguments: --gpu; did you mean --device cuda?" in line
 
 
 def test_unknown_device():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from umx.cli_habits import (
+    OTHER_TOOLS_OPTIONS,
     check_stem_words,
     given_models,
     meant_option,
@@ -229,6 +230,15 @@ class OneLineParser(argparse.ArgumentParser):
             parser = self._command()
             parser.error(two_models(models, parser.prog.split()[-1]))
         return parsed
+
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        # Another tool's option is no abbreviation of one of ours that means something else
+        # (`--gpu`: not --gpus-per-worker, but `--device cuda`, which the error then says).
+        tuples = super()._get_option_tuples(option_string)
+        ours = OTHER_TOOLS_OPTIONS.get(option_string.split("=")[0], "").split()[:1]
+        if ours and all(found[1] != ours[0] for found in tuples):
+            return []
+        return tuples
 
     def error(self, message: str) -> NoReturn:
         # argparse reports a command's unknown arguments from the top-level parser: they are

@@ -22,12 +22,21 @@ MMAP_THRESHOLD = 256 * 2**20
 TRIM_THRESHOLD = (1 << 31) - 1
 
 
+def device_name(name: str) -> str:
+    """A device name as torch writes it: case and spaces left out, `gpu` (`gpu:N`) read as
+    `cuda` (`cuda:N`); torch-free, for checks made before torch is imported."""
+    if not isinstance(name, str):
+        return name
+    lower = name.strip().lower()
+    return "cuda" + lower[3:] if lower == "gpu" or lower.startswith("gpu:") else lower
+
+
 def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
     """The device named by a user, checked to be present.
 
     Args:
         name: `auto` (CUDA if present, else MPS if present, else the CPU), `cpu`, `cuda`,
-            `cuda:N` or `mps`.
+            `cuda:N` or `mps`, in any case; `gpu` is `cuda` (see `device_name`).
         local_rank: the GPU that `auto` and a bare `cuda` mean, one per process under torchrun.
 
     Raises:
@@ -35,7 +44,7 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
     """
     import torch
 
-    if name == AUTO:
+    if device_name(name) == AUTO:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         if torch.backends.mps.is_available():
@@ -43,6 +52,11 @@ def resolve_device(name: str = AUTO, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     device = parse_device(name)
     if device.type == "cuda":
+        if torch.version.cuda is None:  # the CPU-only build, which the set-up installs
+            raise UmxError(
+                f"--device {printable(name)}: this torch ({torch.__version__}) is built without "
+                "CUDA; install a CUDA build (pytorch.org/get-started) or give --device cpu"
+            )
         if not torch.cuda.is_available():
             raise UmxError(
                 f"--device {printable(name)}: no CUDA GPU is available here; leave out --device "
@@ -62,16 +76,16 @@ def parse_device(name: str) -> torch.device:
     """The device a name (not `auto`) means, whether or not this machine has it.
 
     Raises:
-        UmxError: the name is not one of cpu, cuda, cuda:N or mps.
+        UmxError: the name is not one of cpu, cuda, cuda:N or mps (any case; gpu for cuda).
     """
     import torch
 
     try:
-        device = torch.device(name)
+        device = torch.device(device_name(name))
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in DEVICE_TYPES:
-        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+        raise UmxError(f"unknown device {name!r} (use auto, cpu, cuda or gpu, cuda:N or mps)")
     return device
 
 

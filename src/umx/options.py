@@ -68,12 +68,13 @@ class SeparationOptions:
 
     def __post_init__(self) -> None:
         # Imported here: torch is not needed to build a parser.
-        from umx.devices import parse_device
+        from umx.devices import device_name, parse_device
         from umx.separator import check_options
 
         check_path("--model", self.model, optional=True, what="a model name or folder")
         check_flag("--whole-track", self.whole_track)
         object.__setattr__(self, "targets", check_targets(self.targets))
+        object.__setattr__(self, "device", device_name(self.device))  # `GPU`: `cuda`
         if self.device != AUTO:
             parse_device(self.device)
         if self.wiener_win_len is not None:  # 0, the whole segment, is stored as None
