@@ -1369,11 +1369,68 @@ def test_a_named_model_never_falls_back(defaults, monkeypatch):
     opened = no_network(monkeypatch)
     with pytest.raises(UmxError) as error:
         load_separator("umxl", offline=True)
-    message = str(error.value)
-    assert message.startswith("offline mode is on and model umxl is not in the cache")
-    names = ", ".join(defaults.umxl.weights.values())
-    assert f"save {names} from {base}/ into {defaults.cache}/" in message
+    assert str(error.value) == (  # offline by argument: umx download downloads it (and this
+        # umxl's targets are not umxsynth's)
+        "offline mode is on and model umxl is not in the cache: run `umx download umxl`"
+    )
     assert opened == []
+
+
+def test_offline_a_model_not_in_the_cache_is_one_short_line_with_what_works(capsys):
+    """It was 290 characters of URLs and paths (`umx download --list` says where files go)."""
+    from umx.cli import main
+
+    lines = {
+        "umxl": "offline mode is on and model umxl is not in the cache: run `UMX_OFFLINE=0 umx "
+        "download umxl`, or use the bundled umxsynth, which works offline",
+        "umxse": "offline mode is on and model umxse is not in the cache: run `UMX_OFFLINE=0 umx "
+        "download umxse`",  # speech: umxsynth separates music
+    }
+    for name, line in lines.items():
+        assert main(["download", name]) == 1
+        (error,) = capsys.readouterr().err.splitlines()
+        assert error == f"umx: error: {line}" and len(error) <= 160
+
+
+@pytest.mark.parametrize(
+    ("model", "targets", "line"),
+    [
+        (  # its targets are umxsynth's
+            "umxl",
+            "piano",
+            "model 'umxl' has no target 'piano'; its targets are vocals, drums, bass, other (and "
+            "offline, umxl is not cached: --model umxsynth works offline)",
+        ),
+        (  # umxsynth has the target asked for
+            "umxse",
+            "vocals",
+            "model 'umxse' has no target 'vocals'; its targets are speech, noise (and offline, "
+            "umxse is not cached: --model umxsynth works offline)",
+        ),
+        (  # nothing here has it
+            "umxse",
+            "piano",
+            "model 'umxse' has no target 'piano'; its targets are speech, noise (and offline, "
+            "umxse is not cached)",
+        ),
+        (  # the default, offline and not cached: umxsynth would separate, and is named
+            None,
+            "piano",
+            "model 'umxsynth' has no target 'piano'; its targets are vocals, drums, bass, other",
+        ),
+    ],
+)
+def test_offline_unknown_targets_of_a_model_not_in_the_cache_say_what_works(
+    model, targets, line, tmp_path, capsys
+):
+    from umx.cli import main
+
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros((4410, 2)), 44100)
+    given = ["--model", model] if model else []
+    assert main([str(song), *given, "--targets", targets, "--outdir", str(tmp_path / "o")]) == 1
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error == f"umx: error: {line}" and len(error) <= 160
 
 
 def test_unknown_targets_of_the_default_are_an_error_not_a_fallback(defaults, server):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from umx.defaults import DEFAULT_MODEL, HASHED_NAME
+from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, HASHED_NAME
 from umx.errors import UmxError, check_flag, printable, short
 from umx.files import sha256_file, write_atomic
 from umx.folders import in_the_way, not_a_folder
@@ -43,6 +43,7 @@ STALL_WINDOW_S = 30.0  # a download gives up when in this many seconds it receiv
 STALL_MIN_BYTES = 64 << 10  # fewer bytes than this (2 KiB/s): the server is too slow
 PROBE_TIMEOUT_S = 3.0  # how long the default model waits for the download host before falling back
 USER_AGENT = "umx (Open-Unmix model zoo)"
+_LINE = 148  # the longest refusal a note is added to (the `umx: error: ` before it: 160)
 
 _OFFLINE_ON = frozenset({"1", "true", "yes", "on"})
 _OFFLINE_OFF = frozenset({"", "0", "false", "no", "off"})
@@ -353,8 +354,40 @@ def download_model(
     entry = find_model(name)
     if entry.bundled:
         return entry.directory
-    selected = model_targets(entry, targets)
-    return fetch_targets(entry, selected, progress, is_offline(offline))
+    offline = is_offline(offline)
+    return fetch_targets(entry, checked_targets(entry, targets, offline), progress, offline)
+
+
+def download_command(name: str) -> str:
+    """The command that downloads model `name`, turning off the offline mode `$UMX_OFFLINE`
+    turns on (`umx download` downloads nothing in offline mode)."""
+    return f"{OFFLINE_ENV}=0 umx download {name}" if is_offline() else f"umx download {name}"
+
+
+def _offline_model(entry: ZooEntry) -> str:
+    """`, or use the bundled umxsynth ...` where that has the targets of `entry`, else nothing."""
+    if MODELS[FALLBACK_MODEL].targets != entry.targets:
+        return ""
+    return f", or use the bundled {FALLBACK_MODEL}, which works offline"
+
+
+def checked_targets(entry: ZooEntry, targets: Sequence[str] | None, offline: bool) -> list[str]:
+    """`model_targets`, whose refusal says too when the model is not in the cache offline, so
+    that fixing the targets does not lead to a model that cannot run here."""
+    try:
+        return model_targets(entry, targets)
+    except UmxError as error:
+        if not offline or entry.bundled or not entry.missing():
+            raise
+        # the bundled model, where it has the targets listed or those asked for
+        fits = set(targets or ()) <= set(MODELS[FALLBACK_MODEL].targets)
+        fallback = (
+            f": --model {FALLBACK_MODEL} works offline" if fits or _offline_model(entry) else ""
+        )
+        note = f" (and offline, {entry.name} is not cached{fallback})"
+        if len(str(error) + note) > _LINE:  # a refusal that already says more keeps its line
+            raise
+        raise UmxError(f"{error}{note}") from None
 
 
 def fetch_targets(entry: ZooEntry, selected: Sequence[str], progress: bool, offline: bool) -> Path:
@@ -377,9 +410,10 @@ def fetch_targets(entry: ZooEntry, selected: Sequence[str], progress: bool, offl
                 logger.info("%s was corrupt and has been deleted: downloading it again", path)
     missing = entry.missing(selected)
     if missing and offline:
+        # The files to place by hand are said where a download fails (and by umx --list-models)
         raise Unavailable(
-            f"offline mode is on and model {name} is not in the cache: to install it by hand, "
-            f"{entry.placement(missing)} (or turn offline mode off: {OFFLINE_ENV}=0)",
+            f"offline mode is on and model {name} is not in the cache: run "
+            f"`{download_command(name)}`{_offline_model(entry)}",
             f"offline mode is on and {name} is not in the cache",
         )
     for index, target in enumerate(missing):

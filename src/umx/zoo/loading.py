@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from umx.defaults import DEFAULT_MODEL, FALLBACK_MODEL, WIENER_WIN_LEN
 from umx.errors import UmxError, check_flag, check_targets, short
-from umx.zoo.download import OFFLINE_ENV, Unavailable, fetch_targets, is_offline, probe
+from umx.zoo.download import (
+    Unavailable,
+    checked_targets,
+    download_command,
+    fetch_targets,
+    is_offline,
+    probe,
+)
 from umx.zoo.registry import MODELS, ZooEntry, model_targets
 
 if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
@@ -68,7 +75,7 @@ def _named_files(
     if entry.bundled:  # never touches the network
         config = _read_config(entry.directory, entry)
         return directory_files(entry.directory, targets, config=config, available=entry.targets)
-    return _downloaded_files(entry, model_targets(entry, targets), progress, offline)
+    return _downloaded_files(entry, checked_targets(entry, targets, offline), progress, offline)
 
 
 def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
@@ -98,11 +105,21 @@ def _fallback_warning(why: str) -> str:
     separates instead; where the weights come from and where they go are `umx download`'s and
     `umx --list-models`'s to say. Where `$UMX_OFFLINE` turns offline mode on, the command it
     gives turns it off (`umx download` refuses to download in offline mode)."""
-    command = f"{OFFLINE_ENV}=0 umx download" if is_offline() else "umx download"
     return (
         f"{DEFAULT_MODEL} is not available ({why}), so the bundled demo model {FALLBACK_MODEL} "
-        f"separates instead: run `{command} {DEFAULT_MODEL}` to get it"
+        f"separates instead: run `{download_command(DEFAULT_MODEL)}` to get it"
     )
+
+
+def _default_targets(targets: Sequence[str] | None, offline: bool) -> list[str]:
+    """The default model's `targets` (see `model_targets`); a refusal names the fallback, the
+    model that runs, when offline the default is not in the cache."""
+    try:
+        return model_targets(MODELS[DEFAULT_MODEL], targets)
+    except UmxError:
+        if offline and MODELS[DEFAULT_MODEL].missing():
+            model_targets(MODELS[FALLBACK_MODEL], targets)
+        raise
 
 
 def _default_files(
@@ -113,7 +130,7 @@ def _default_files(
     default = MODELS[DEFAULT_MODEL]
     if default.bundled:  # nothing to download: no fallback
         return _named_files(default, targets, progress, offline), DEFAULT_MODEL
-    selected = model_targets(default, targets)
+    selected = _default_targets(targets, offline)
     reason = _default_or_why_not(selected, offline)
     if reason is None:
         try:
@@ -152,7 +169,7 @@ def resolve_model(
         UmxError: `model` is neither a known name nor a directory.
     """
     if model is None:
-        selected = model_targets(MODELS[DEFAULT_MODEL], targets)
+        selected = _default_targets(targets, is_offline(offline))
         reason = _default_or_why_not(selected, is_offline(offline))
         return DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     if not isinstance(model, str | os.PathLike) or model == "":
