@@ -564,6 +564,21 @@ def test_a_list_option_that_took_a_positional_argument_is_named(capsys):
     ]
 
 
+def test_compare_without_evaldir_says_what_to_add(capsys):
+    """The tables of `umx evaluate --compare A B` go into --evaldir, which has no default."""
+    for compared, folder in (
+        (["evals/umxl", "evals/irm"], "evals/compared"),
+        (["a", "/b"], "compared"),
+    ):
+        with pytest.raises(SystemExit):
+            run("evaluate", "--compare", *compared, "-q")
+        assert capsys.readouterr().err.splitlines() == [
+            "umx evaluate: error: the following arguments are required: --evaldir; --compare "
+            f"writes its tables and plots into it: add --evaldir {folder}, or another (see umx "
+            "evaluate --help)"
+        ]
+
+
 def test_a_double_dash_with_nothing_after_it_is_no_argument(model_dir, song, monkeypatch):
     monkeypatch.chdir(song.parent)
     argv = ["--model", model_dir, "--outdir", "out", "--niter", "0", "--targets", "vocals", "--"]

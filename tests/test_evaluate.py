@@ -389,8 +389,25 @@ def test_selected_tracks(root):
     assert [track.name for track in load_tracks(root, is_wav=True, names=NAMES[1:])] == list(
         NAMES[1:]
     )
-    with pytest.raises(UmxError, match="no track named 'nope'"):
+    with pytest.raises(UmxError) as error:
         load_tracks(root, is_wav=True, names=["nope"])
+    assert str(error.value) == (
+        f"{root / 'test'} has no track named 'nope'; its tracks: 'Artist A - Song One', "
+        "'Artist B - Song Two'"
+    )
+
+
+def test_an_unknown_track_of_many_lists_some(tmp_path):
+    """Of 50 tracks the first five are named, or those closest to the name given first."""
+    from umx.evaluate import tracks as tracks_module
+
+    names = [f"Band {i:02d} - Tune" for i in range(50)]
+    assert tracks_module._some_names("Zzz", names) == (
+        "first 5 of its 50: " + ", ".join(repr(name) for name in names[:5])
+    )
+    assert tracks_module._some_names("Band 42 - Tun", names).startswith(
+        "5 of its 50, closest first: 'Band 42 - Tune', "
+    )
 
 
 def test_missing_extra_is_named(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import os
 import re
 import sys
@@ -258,6 +259,8 @@ class OneLineParser(argparse.ArgumentParser):
             missing = message.removeprefix("the following arguments are required: ").split(", ")
             if any(not name.startswith("-") for name in missing):  # a positional argument
                 message += self._taken_by_a_list()
+            elif "--evaldir" in missing and "--compare" in self._args:
+                message += compare_evaldir(self._args)
         # printable: the arguments quoted may hold line breaks and control characters
         self.exit(2, f"{parser.prog}: error: {printable(message)} (see {parser.prog} --help)\n")
 
@@ -303,6 +306,19 @@ class OneLineParser(argparse.ArgumentParser):
         options = [name for action in parser._actions for name in action.option_strings]
         command = parser.prog.split()[-1]
         return meant_option(unknown, options, command, self._args)
+
+
+def compare_evaldir(args: Sequence[str]) -> str:
+    """`; --compare writes ... --evaldir evals/compared`: where `umx evaluate --compare A B`
+    may write its tables, beside the folders compared."""
+    start = list(args).index("--compare") + 1
+    compared = list(itertools.takewhile(lambda arg: not arg.startswith("-"), args[start:]))
+    try:
+        parent = os.path.commonpath([os.path.dirname(os.path.normpath(f)) for f in compared])
+    except ValueError:  # none, or absolute and relative folders mixed
+        parent = ""
+    folder = display_path(os.path.join(parent, "compared"))
+    return f"; --compare writes its tables and plots into it: add --evaldir {folder}, or another"
 
 
 def add_separation_arguments(

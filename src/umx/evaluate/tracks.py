@@ -4,6 +4,7 @@ memory while a track is evaluated."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
@@ -65,8 +66,30 @@ def load_tracks(
         return tracks
     unknown = sorted(set(names) - {track.name for track in tracks})
     if unknown:
-        raise UmxError(f"{root / subset} has no track named {', '.join(map(repr, unknown))}")
+        raise UmxError(
+            f"{root / subset} has no track named {', '.join(map(repr, unknown))}; "
+            f"{_some_names(unknown[0], [track.name for track in tracks])}"
+        )
     return [track for track in tracks if track.name in set(names)]
+
+
+SHOWN_TRACKS = 5
+"""The most track names a refused `--tracks` lists."""
+
+
+def _some_names(wanted: str, names: Sequence[str]) -> str:
+    """The track names a refused `wanted` is answered with: all, or the first `SHOWN_TRACKS`
+    (those closest to `wanted` first)."""
+    if len(names) <= SHOWN_TRACKS:
+        return f"its tracks: {', '.join(map(repr, names))}"
+    close = difflib.get_close_matches(wanted, names, n=SHOWN_TRACKS, cutoff=0.5)
+    shown = [*close, *(name for name in names if name not in close)][:SHOWN_TRACKS]
+    which = (
+        f"{SHOWN_TRACKS} of its {len(names)}, closest first"
+        if close
+        else (f"first {SHOWN_TRACKS} of its {len(names)}")
+    )
+    return f"{which}: {', '.join(map(repr, shown))}"
 
 
 def check_references(track: musdb.MultiTrack) -> None:
