@@ -1608,3 +1608,49 @@ def test_umx_without_network_falls_back_in_one_line(defaults, monkeypatch, tmp_p
     # -q keeps this one line: the stems come from another model than the one asked for
     assert main([str(song), "--outdir", str(tmp_path / "out"), "--force", "-q"]) == 0
     assert capsys.readouterr().err.splitlines() == fallback
+
+
+def test_umx_download_list_gives_a_line_per_model_with_its_size_here(capsys):
+    """`umx download --list` (what `umx download --help` offers) lists the models as `umx
+    --list-models` does: name, whether here, size here (bundled or cached), targets, what it is."""
+    from umx.cli import main
+
+    assert main(["download", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in MODELS:
+        (line,) = [line for line in lines if line.split()[0] == name]
+        if MODELS[name].bundled:
+            size = sum(
+                (MODELS[name].directory / file).stat().st_size
+                for file in MODELS[name].weights.values()
+            )
+            assert " bundled " in line and f" {size / 1e6:.1f} MB " in line
+        else:  # the conftest's empty cache
+            assert " not downloaded " in line and " - " in line
+        assert line.endswith(MODELS[name].description)
+    assert main(["download", "--list", "umxl"]) == 1
+    assert capsys.readouterr().err == "umx: error: --list lists every model: leave out umxl\n"
+
+
+def test_model_names_are_taken_in_any_case(tmp_path, monkeypatch, capsys):
+    from umx.cli import main
+    from umx.zoo.download import download_models
+
+    assert registry.find_model("UMXHQ").name == "umxhq"
+    assert zoo.resolve_model("UmxSynth") == "umxsynth"
+    assert zoo.load_separator("UMXSYNTH-RT").model_name == "umxsynth-rt"
+    assert main(["download", "UMXSYNTH", "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(MODELS["umxsynth"].directory)
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros((4410, 2)), 44100)
+    assert main(["stream", str(song), "--model", "UMXL", "--outdir", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.startswith("umx: error: UMXL has bidirectional LSTMs")
+    (tmp_path / "UMXHQ").mkdir()  # a folder of that name is the folder
+    monkeypatch.chdir(tmp_path)
+    assert zoo.resolve_model("UMXHQ") == "UMXHQ"
+    asked = []
+    monkeypatch.setattr(
+        "umx.zoo.download.download_model", lambda name, **kwargs: asked.append(name)
+    )
+    download_models(["all"], progress=False)  # every published model, once each
+    assert asked == [entry.name for entry in MODELS.values() if not entry.bundled]

@@ -40,6 +40,8 @@ from umx.zoo import (
     download_models,
     list_models,
 )
+from umx.zoo.download import download_command
+from umx.zoo.registry import known_name
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -137,9 +139,15 @@ def add_download_command(p: argparse.ArgumentParser) -> None:
         "models",
         nargs="*",
         metavar="MODEL",
-        help=f"models to download (default: {DEFAULT_MODEL}; see `umx --list-models`)",
+        help=f"models to download, or all of them: all (default: {DEFAULT_MODEL}; see --list)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the models (as umx --list-models: what each is, its size here, whether it "
+        "is cached) and exit",
+    )
     p.set_defaults(run=run_download)
 
 
@@ -158,6 +166,11 @@ def add_serve_command(p: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    if args.list:
+        if args.models:
+            raise UmxError(f"--list lists every model: leave out {' '.join(args.models)}")
+        print_models()
+        return 0
     for directory in download_models(args.models or None, progress=not args.quiet):
         print(display_path(directory))
     return 0
@@ -360,8 +373,9 @@ def print_models() -> None:
     for info in list_models():
         role = " (default)" if info.default else " (offline)" if info.fallback else ""
         missing = f" (missing: {', '.join(info.missing)})" if info.status == PARTIAL else ""
+        size = "-" if info.size is None else f"{info.size / 1e6:.1f} MB"
         print(
-            f"{info.name + role:20s} {info.status:15s} {' '.join(info.targets):24s} "
+            f"{info.name + role:20s} {info.status:15s} {size:>9s}  {' '.join(info.targets):24s} "
             f"{info.description}{missing}"
         )
     print(f"cache: {display_path(cache_dir())} (set {CACHE_ENV} to move it)")
@@ -369,7 +383,7 @@ def print_models() -> None:
     missing = default.missing()
     if missing:
         print(
-            f"to get {DEFAULT_MODEL}: `umx download {DEFAULT_MODEL}`, or by hand, "
+            f"to get {DEFAULT_MODEL}: `{download_command(DEFAULT_MODEL)}`, or by hand, "
             f"{default.placement(missing)}"
         )
 
@@ -380,8 +394,8 @@ def known_names(options: SeparationOptions, aggregate: dict | None) -> list[str]
         return list(aggregate)
     targets = options.targets
     model = options.model or DEFAULT_MODEL
-    if targets is None and model in MODELS:
-        targets = MODELS[model].targets
+    if targets is None and known_name(model) is not None:
+        targets = MODELS[known_name(model)].targets
     if targets is None:
         return None
     return [*targets, *([options.residual] if options.residual else [])]

@@ -463,9 +463,9 @@ def check_separation_args(args: argparse.Namespace) -> SeparationOptions:
 
 def known_targets(model: str | None) -> tuple[str, ...] | None:
     """The targets of `model` (the default model if None) when it is a zoo name, else None."""
-    from umx.zoo import MODELS
+    from umx.zoo.registry import MODELS, known_name
 
-    entry = MODELS.get(DEFAULT_MODEL if model is None else model)
+    entry = MODELS.get(DEFAULT_MODEL if model is None else known_name(model) or "")
     return None if entry is None else entry.targets
 
 

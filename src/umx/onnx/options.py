@@ -89,9 +89,9 @@ def is_export_folder(model: object) -> bool:
     if not isinstance(model, str | os.PathLike) or not (Path(model) / EXPORT_JSON).is_file():
         return False
     from umx.modeldir import SEPARATOR_JSON  # imports torch: only once a folder is there
-    from umx.zoo import MODELS
+    from umx.zoo.registry import known_name
 
-    named = isinstance(model, str) and model in MODELS
+    named = known_name(model) is not None
     return not named and not (Path(model) / SEPARATOR_JSON).exists()
 
 

@@ -43,6 +43,8 @@ STALL_WINDOW_S = 30.0  # a download gives up when in this many seconds it receiv
 STALL_MIN_BYTES = 64 << 10  # fewer bytes than this (2 KiB/s): the server is too slow
 PROBE_TIMEOUT_S = 3.0  # how long the default model waits for the download host before falling back
 USER_AGENT = "umx (Open-Unmix model zoo)"
+ALL_MODELS = "all"
+"""The name `umx download` takes for every published model."""
 _LINE = 148  # the longest refusal a note is added to (the `umx: error: ` before it: 160)
 
 _OFFLINE_ON = frozenset({"1", "true", "yes", "on"})
@@ -444,7 +446,8 @@ def download_models(
     A model asked for by name never falls back: a failure raises. Bundled models need nothing.
 
     Args:
-        names: keys of `MODELS`; None or empty for the default model.
+        names: keys of `MODELS` in any case, or `ALL_MODELS` for every published one; None or
+            empty for the default model.
         progress: show download progress bars.
         offline: never touch the network (then this only re-checks the cache); None reads
             `$UMX_OFFLINE`.
@@ -456,9 +459,9 @@ def download_models(
         UmxError: an unknown name (before anything is downloaded), a failed download, a corrupt
             file, or offline with files missing.
     """
-    wanted = list(dict.fromkeys(names or [DEFAULT_MODEL]))
-    for name in wanted:
-        find_model(name)
+    if ALL_MODELS in (names or ()):  # never a model's name
+        names = [entry.name for entry in MODELS.values() if not entry.bundled]
+    wanted = list(dict.fromkeys(find_model(name).name for name in names or [DEFAULT_MODEL]))
     directories = []
     for name in wanted:
         entry = MODELS[name]

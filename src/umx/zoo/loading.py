@@ -26,7 +26,7 @@ from umx.zoo.download import (
     is_offline,
     probe,
 )
-from umx.zoo.registry import MODELS, ZooEntry, model_targets
+from umx.zoo.registry import MODELS, ZooEntry, known_name, model_targets
 
 if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
     import torch
@@ -174,8 +174,8 @@ def resolve_model(
         return DEFAULT_MODEL if reason is None else FALLBACK_MODEL
     if not isinstance(model, str | os.PathLike) or model == "":
         raise UmxError(f"a model is a name or a directory, not {short.repr(model)}")
-    if isinstance(model, str) and model in MODELS:
-        return model
+    if known_name(model) is not None:  # in any case: `UMXL`
+        return known_name(model)
     if Path(model).is_dir():
         return str(model)
     from umx.xumx_checkpoints import xumx_file  # torch: only for a model that is not a folder

@@ -8,6 +8,7 @@ first 8 hex digits of their SHA-256 in their name (see `umx.zoo.download`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import urllib.parse
@@ -205,7 +206,7 @@ def require_causal_model(model: object) -> None:
     Raises:
         UmxError: naming the model and the causal one to use instead.
     """
-    entry = MODELS.get(model) if isinstance(model, str) else None
+    entry = MODELS.get(known_name(model) or "")
     if entry is not None and not entry.causal:
         raise UmxError(
             f"{model} has bidirectional LSTMs, which need the whole future of the signal and "
@@ -224,6 +225,7 @@ class ModelInfo:
         missing: the weights files not in the cache, by name.
         default: the model used when none is named.
         fallback: the bundled model the default falls back to when it cannot be had.
+        size: the bytes of its weights files here (bundled or cached); None when none is.
     """
 
     name: str
@@ -236,6 +238,7 @@ class ModelInfo:
     status: str
     missing: tuple[str, ...]
     fallback: bool
+    size: int | None = None
 
 
 def _info(entry: ZooEntry) -> ModelInfo:
@@ -257,7 +260,17 @@ def _info(entry: ZooEntry) -> ModelInfo:
         status=status,
         missing=missing,
         fallback=entry.name == FALLBACK_MODEL,
+        size=_size_here(entry) if len(missing) < len(entry.weights) else None,
     )
+
+
+def _size_here(entry: ZooEntry) -> int:
+    """The bytes of the weights files of `entry` that are here."""
+    sizes = []
+    for name in entry.weights.values():
+        with contextlib.suppress(OSError):
+            sizes.append((entry.directory / name).stat().st_size)
+    return sum(sizes)
 
 
 def list_models() -> list[ModelInfo]:
@@ -327,17 +340,29 @@ def model_cache_dir(name: str) -> Path:
     return cache_dir() / name
 
 
+def known_name(model: object) -> str | None:
+    """The key of `MODELS` that `model` names, in any case (`UMXL`, unless a file or folder has
+    that name); None when it names none."""
+    if not isinstance(model, str):
+        return None
+    if model in MODELS:
+        return model
+    lower = model.lower()
+    return lower if lower in MODELS and not os.path.lexists(model) else None
+
+
 def find_model(name: str) -> ZooEntry:
-    """The registry entry of a model name.
+    """The registry entry of a model name, in any case (see `known_name`).
 
     Raises:
         UmxError: `name` is not a key of `MODELS`.
     """
-    if not isinstance(name, str) or name not in MODELS:
+    known = known_name(name)
+    if known is None:
         close = difflib.get_close_matches(name, MODELS, n=1) if isinstance(name, str) else []
         hint = f"did you mean {close[0]}?" if close else f"the known models are {', '.join(MODELS)}"
         raise UmxError(f"unknown model {short.repr(name)}; {hint}")
-    return MODELS[name]
+    return MODELS[known]
 
 
 def model_targets(entry: ZooEntry, targets: Sequence[str] | None) -> list[str]:
