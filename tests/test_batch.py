@@ -531,6 +531,9 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         (["--ray", "head:99999"], "--ray 'head:99999' is not a cluster's address"),
         (["--ray", "ray://:6379"], "--ray 'ray://:6379' is not a cluster's address"),
         (["--device", "nan"], "unknown device 'nan' (use auto, cpu, cuda or gpu, cuda:N or mps)"),
+        # a template's own format decides the subtype: refused before any job, not per file
+        (["--filename", "{track}/{target}.mp3", "--subtype", "PCM_24"], "not one of mp3's"),
+        (["--filename", "{track}/{target}.mp3", "--ext", "wav"], "but --ext is wav"),
     ]:
         assert main(["batch", str(song), "--outdir", str(tmp_path / "o"), *options]) == 1
         (error,) = capsys.readouterr().err.splitlines()  # before the model: no other line

@@ -93,6 +93,24 @@ def test_residual_targets_and_template(model_dir, song, tmp_path):
     np.testing.assert_allclose(vocals + accompaniment, mix, atol=1e-5)
 
 
+def test_the_format_a_template_sets_rules_its_subtype_and_a_given_ext(
+    model_dir, song, tmp_path, capsys
+):
+    """`--filename '{track}/{target}.mp3' --ext wav` wrote mp3 files, exit 0, and the subtype
+    was checked against --ext (wav) rather than mp3, after the separation."""
+    outdir = tmp_path / "out"
+    given = [song, "--model", model_dir, "--outdir", outdir, "--filename", "{target}.flac"]
+    for extra, message in [
+        (["--ext", "wav"], "--filename '{target}.flac' gives .flac files, but --ext is wav: "),
+        (["--subtype", "FLOAT"], "--subtype 'FLOAT' is not one of flac's, the format --filename"),
+    ]:
+        assert run(*given, *extra) == 1
+        assert message in capsys.readouterr().err
+    assert not outdir.exists()  # refused before any work
+    assert run(*given, "--subtype", "PCM_24", "--ext", "flac", "-q") == 0
+    assert sf.info(outdir / "vocals.flac").subtype == "PCM_24"
+
+
 def test_aggregate(model_dir, song, tmp_path):
     outdir = tmp_path / "out"
     groups = {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}

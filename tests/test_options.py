@@ -53,6 +53,14 @@ def test_options_that_make_no_sense_are_refused_when_built(fields, message):
         ({"ext": "ogg"}, "--ext 'ogg' is no format umx writes: use wav, flac, mp3"),
         ({"subtype": "PCM_8"}, "--subtype 'PCM_8' is not one of wav's: use PCM_16, PCM_24, FLOAT"),
         ({"ext": "mp3", "subtype": "FLOAT"}, "is not one of mp3's"),
+        # the template's own extension sets the format, so the subtype is checked against it
+        (
+            {"filename": "{track}/{target}.mp3", "subtype": "PCM_24"},
+            "^--subtype 'PCM_24' is not one of mp3's, the format --filename sets: use "
+            "MPEG_LAYER_III$",
+        ),
+        ({"filename": "{target}.flac", "subtype": "FLOAT", "clip": "none"}, "not one of flac's"),
+        ({"filename": "{target}.mp3", "ext": "flac"}, "gives .mp3 files, but --ext is flac"),
         ({"clip": "wrap"}, "--clip 'wrap': use rescale or clamp"),
         ({"clip": "none"}, "none only with the FLOAT subtype"),
         ({"force": "false"}, "^--force must be True or False, not 'false'$"),
@@ -65,6 +73,7 @@ def test_output_options_that_make_no_sense_are_refused_when_built(fields, messag
     with pytest.raises(UmxError, match=message):
         OutputOptions(**fields)
     assert OutputOptions(clip="none", subtype="FLOAT").clip == "none"
+    assert OutputOptions(filename="{target}.mp3", subtype="MPEG_LAYER_III").subtype  # mp3's own
     assert OutputOptions(outdir="out").outdir == Path("out")  # a path, whatever was given
     assert SeparationOptions(device="cuda:1").device == "cuda:1"  # a name: GPUs may be elsewhere
 

@@ -41,7 +41,7 @@ from umx.errors import (
 )
 from umx.folders import output_folders
 from umx.onnx.options import is_export_folder
-from umx.options import OutputOptions, SeparationOptions
+from umx.options import OutputOptions, SeparationOptions, ext_conflict
 from umx.separator import OVERLAP, SEGMENT, Separator, check_options
 from umx.zoo import load_separator
 from umx.zoo.registry import require_causal_model
@@ -311,10 +311,7 @@ def output_paths(
             )
         suffix = relative.suffix.lower().lstrip(".")
         if "ext" not in used and ext != "wav" and suffix != ext:  # wav, the default: not chosen
-            raise UmxError(
-                f"--filename {filename!r} gives .{suffix} files, but --ext is {ext}: end the "
-                "template with .{ext}, or leave out --ext"
-            )
+            raise ext_conflict(filename, suffix, ext)
         paths[name] = Path(outdir) / relative
     if len(set(paths.values())) < len(paths):
         raise UmxError(f"--filename {filename!r} gives every target the same path; use {{target}}")

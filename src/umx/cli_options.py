@@ -43,7 +43,7 @@ from umx.errors import (
     printable,
 )
 from umx.onnx.options import BACKENDS, QUANTIZATIONS
-from umx.options import OutputOptions, SeparationOptions
+from umx.options import OutputOptions, SeparationOptions, ext_conflict, template_format
 
 MODEL_HELP = (
     f"model name (see umx --list-models) or model directory (default: {DEFAULT_MODEL}, downloaded "
@@ -507,8 +507,7 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         dest="ext",
         type=output_format,
         choices=tuple(SUBTYPES),
-        default=OutputOptions.ext,
-        help="output file format (default: wav)",
+        help="output file format (default: wav, or the extension --filename ends with)",
     )
     p.add_argument(
         "--subtype",
@@ -544,11 +543,19 @@ def output_format(ext: str) -> str:
 
 
 def output_options(args: argparse.Namespace) -> OutputOptions:
-    """The options of `add_output_arguments` that say where and how stem files are written."""
+    """The options of `add_output_arguments` that say where and how stem files are written.
+
+    Raises:
+        UmxError: also for a `--ext wav` given beside a template of another format, which
+            `OutputOptions` takes for the default (wav, not chosen).
+    """
+    written = template_format(args.filename)
+    if args.ext is not None and written not in (None, args.ext):
+        raise ext_conflict(args.filename, written, args.ext)
     return OutputOptions(
         outdir=args.outdir,
         filename=args.filename,
-        ext=args.ext,
+        ext=args.ext or OutputOptions.ext,
         subtype=args.subtype,
         clip=args.clip,
         force=args.force,

@@ -9,7 +9,7 @@ not import torch (building options does, to check them).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from umx.defaults import (
     AUTO,
@@ -143,10 +143,18 @@ class OutputOptions:
         object.__setattr__(self, "outdir", Path(self.outdir))
         if not isinstance(self.ext, str) or self.ext not in SUBTYPES:
             raise UmxError(f"--ext {self.ext!r} is no format umx writes: use {', '.join(SUBTYPES)}")
-        subtype = self.subtype or SUBTYPES[self.ext][0]  # the default
-        if subtype not in SUBTYPES[self.ext]:
-            allowed = ", ".join(SUBTYPES[self.ext])
-            raise UmxError(f"--subtype {subtype!r} is not one of {self.ext}'s: use {allowed}")
+        written = template_format(self.filename) or self.ext
+        if self.ext not in ("wav", written):  # wav, the default: not chosen
+            raise ext_conflict(self.filename, written, self.ext)
+        subtype = self.subtype or SUBTYPES[written][0]  # the default
+        if subtype not in SUBTYPES[written]:
+            allowed = ", ".join(SUBTYPES[written])
+            whose = (
+                f"{written}'s"
+                if written == self.ext
+                else f"{written}'s, the format --filename sets"
+            )
+            raise UmxError(f"--subtype {subtype!r} is not one of {whose}: use {allowed}")
         if self.clip not in CLIP_POLICIES or (self.clip == "none" and subtype != "FLOAT"):
             raise UmxError(
                 f"--clip {self.clip!r}: use rescale or clamp (none only with the FLOAT subtype)"
@@ -155,3 +163,19 @@ class OutputOptions:
     def as_kwargs(self) -> dict[str, object]:
         """The options as keyword arguments of `umx.api.separate_file` (and `separate_stream`)."""
         return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+def template_format(filename: str) -> str | None:
+    """The format a `--filename` template sets by its own extension (`{track}/{target}.mp3`:
+    mp3), whatever its fields hold; None when `{ext}` or another field makes the extension, or
+    it names no format umx writes (refused per stem by `umx.api.output_paths`)."""
+    suffix = PurePath(filename).suffix.lower().lstrip(".")
+    return suffix if suffix in SUBTYPES else None
+
+
+def ext_conflict(filename: str, written: str, ext: str) -> UmxError:
+    """The error for a `--filename` whose extension is another format than a `--ext` given."""
+    return UmxError(
+        f"--filename {filename!r} gives .{written} files, but --ext is {ext}: end the "
+        "template with .{ext}, or leave out --ext"
+    )
