@@ -1654,3 +1654,13 @@ def test_model_names_are_taken_in_any_case(tmp_path, monkeypatch, capsys):
     )
     download_models(["all"], progress=False)  # every published model, once each
     assert asked == [entry.name for entry in MODELS.values() if not entry.bundled]
+
+
+@pytest.mark.parametrize("name", ["umxsynth", "umxsynth-rt"])
+def test_a_bundled_models_unknown_target_names_the_model_not_its_folder(name):
+    """It said "model directory /…/src/umx/pretrained/umxsynth has no target 'foo'"."""
+    with pytest.raises(UmxError) as error:
+        load_separator(name, targets=["foo"], progress=False)
+    assert str(error.value) == (
+        f"model {name!r} has no target 'foo'; its targets are vocals, drums, bass, other"
+    )

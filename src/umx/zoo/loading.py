@@ -72,10 +72,11 @@ def _named_files(
 ) -> ModelFiles:
     from umx.modeldir import directory_files
 
+    selected = checked_targets(entry, targets, offline)  # named as the user named the model
     if entry.bundled:  # never touches the network
         config = _read_config(entry.directory, entry)
-        return directory_files(entry.directory, targets, config=config, available=entry.targets)
-    return _downloaded_files(entry, checked_targets(entry, targets, offline), progress, offline)
+        return directory_files(entry.directory, selected, config=config, available=entry.targets)
+    return _downloaded_files(entry, selected, progress, offline)
 
 
 def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
