@@ -205,7 +205,7 @@ def test_a_student_model_is_the_starting_point_and_keeps_its_architecture(
     (line,) = messages(capsys)[-1:]
     assert line == (  # the first option of STUDENT that umxsynth's architecture contradicts
         "umx: error: --hidden-size 8 differs from --student umxsynth's 128: fine-tuning keeps "
-        "the model"
+        "the model's, so leave --hidden-size out"
     )
     for other, message in (
         ([], "--student umxsynth is bidirectional; --unidirectional needs a causal model"),

@@ -279,6 +279,43 @@ def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, capl
     assert tuned["train_loss_history"][0] < 0.5 * scratch["train_loss_history"][0]
 
 
+def test_fine_tuning_reads_the_data_with_the_models_channels_stft_and_rate(task, tmp_path, caplog):
+    """A one-channel model is fine-tuned on the data made mono, with its STFT, though neither
+    is given (the data was read as stereo and the model's first layer failed on it); a
+    contradicting --nb-channels, and data at another rate, are one line saying what to do."""
+    mono = tmp_path / "mono"
+    options = ["--root", str(task), "--epochs", "1"]
+    assert main([*TASK, *options, "--output", str(mono), "--nb-channels", "1"]) == 0
+    model_args = ("--nfft", "256", "--nhop", "64", "--hidden-size", "16")
+    tuned_args = [a for a in TASK if a not in model_args]  # taken from the model
+    tuned = tmp_path / "tuned"
+    assert main([*tuned_args, *options, "--output", str(tuned), "--model", str(mono)]) == 0
+    assert read_json(tuned / "separator.json")["nb_channels"] == 1
+    args = read_json(tuned / "vocals.json")["args"]
+    assert (args["nb_channels"], args["nfft"], args["nhop"]) == (1, 256, 64)
+    assert load_separator(tuned).nb_channels == 1
+
+    refused = tmp_path / "refused"
+    shifted = tmp_path / "at16k"  # the same samples, said to be at 16 kHz
+    for path in task.rglob("*.wav"):
+        audio, _ = soundfile.read(path, dtype="float32")
+        (shifted / path.relative_to(task)).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(shifted / path.relative_to(task), audio, 2 * RATE, subtype="FLOAT")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        stereo = [*tuned_args, *options, "--nb-channels", "2"]
+        assert main([*stereo, "--output", str(refused), "--model", str(mono)]) == 1
+        at16k = [*tuned_args, "--root", str(shifted), "--epochs", "1"]
+        assert main([*at16k, "--output", str(refused), "--model", str(mono)]) == 1
+    assert caplog.messages == [
+        f"error: --nb-channels 2 differs from {mono}'s 1: fine-tuning keeps the model's, so "
+        "leave --nb-channels out",
+        f"error: {mono} works at 8000 Hz, but the data of {shifted} is at 16000 Hz: fine-tune "
+        "it on data at 8000 Hz, or leave out --model to train a new model at 16000 Hz",
+    ]
+    assert not refused.exists()
+
+
 # --- bad options ------------------------------------------------------------------------------
 
 

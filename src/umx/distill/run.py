@@ -248,7 +248,7 @@ def _check_models(
     """
     from umx.modeldir import select_targets
     from umx.onnx.folder import read_export
-    from umx.train.loop import fine_tuned_architecture
+    from umx.train.finetune import fine_tuned_architecture
     from umx.zoo import load_separator
 
     if options.student is None and options.targets is None:

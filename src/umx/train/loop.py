@@ -33,7 +33,6 @@ from umx.files import torch_save_atomic, write_json_atomic
 from umx.messages import plural
 from umx.model import OpenUnmix
 from umx.modeldir import SEPARATOR_JSON, save_target_model
-from umx.separator import Separator
 from umx.train.checkpoints import (
     CHECKPOINT_SUFFIX,
     EarlyStopping,
@@ -54,6 +53,7 @@ from umx.train.config import (
 )
 from umx.train.distributed import Distributed, seed_everything
 from umx.train.epochs import train_epoch, validate
+from umx.train.finetune import fine_tuned_architecture
 from umx.train.inputs import cap_excerpts, check_epoch, compute_statistics, make_datasets
 from umx.train.plots import CURVE_SUFFIX, plot_history
 from umx.train.progress import outlook, resume_hint, summary
@@ -119,52 +119,6 @@ def _out_of_memory(error: BaseException) -> bool:
     )
 
 
-def fine_tuned_architecture(
-    separator: Separator, target: str, given: Mapping[str, Any], name: str
-) -> dict[str, Any]:
-    """The architecture options of `separator`'s `target` model, which fine-tuning it keeps.
-
-    Args:
-        given: the options asked for (keys of `umx.train.config.ARCHITECTURE`, None or absent
-            where not given); each must agree with the model.
-        name: the model as the user named it, for messages.
-
-    Raises:
-        UmxError: an option given differs from the model's, naming both.
-    """
-    model = separator.target_models[target]
-    rate = separator.sample_rate
-    found = {
-        "nfft": separator.n_fft,
-        "nhop": separator.n_hop,
-        "nb_channels": separator.nb_channels,
-        "hidden_size": model.hidden_size,
-        "unidirectional": model.unidirectional,
-        "bandwidth": (model.nb_bins - 1) * rate / separator.n_fft,
-    }
-    for key, value in found.items():
-        wanted = given.get(key)
-        if wanted is None:
-            continue
-        if key == "bandwidth":
-            same = bandwidth_to_max_bin(rate, found["nfft"], wanted) == model.nb_bins
-        else:
-            same = wanted == value
-        if same:
-            continue
-        if key == "unidirectional":
-            raise UmxError(
-                f"{name} is bidirectional; --unidirectional needs a causal model to start from"
-                if wanted
-                else f"{name} is causal (unidirectional): fine-tuning keeps it causal"
-            )
-        raise UmxError(
-            f"--{key.replace('_', '-')} {wanted} differs from {name}'s {value}: fine-tuning "
-            "keeps the model"
-        )
-    return found
-
-
 class Trainer:
     """One training run: set-up from options, the epoch loop and the outputs."""
 
@@ -192,24 +146,14 @@ class Trainer:
         self.config = config = resolve_options(given, checkpoint)
         self.output = Path(config.output)
         self.target = config.target
+        pretrained, model_rate = None, None
+        if config.model is not None and checkpoint is None:  # first: the data takes its channels
+            pretrained, model_rate = self._pretrained_model(given)
+            config = self.config  # with the model's architecture
         self.train_set, self.valid_set = self._make_datasets()
         check_epoch(self.train_set, config.samples_per_track)
         self.sample_rate = self.train_set.sample_rate
-        if self.valid_set.sample_rate != self.sample_rate:
-            raise UmxError(
-                f"the validation data of {config.root} is at {self.valid_set.sample_rate:g} Hz, "
-                f"the training data at {self.sample_rate:g} Hz"
-            )
-        if checkpoint is not None and checkpoint["sample_rate"] != self.sample_rate:
-            raise UmxError(
-                f"the checkpoint was trained at {checkpoint['sample_rate']:g} Hz but the data of "
-                f"{config.root} is at {self.sample_rate:g} Hz"
-            )
-        pretrained = None
-        if config.model is not None and checkpoint is None:
-            architecture = {key: given[key] for key in ARCHITECTURE if given.get(key) is not None}
-            pretrained = self._pretrained_model(architecture)
-            config = self.config  # with the model's architecture
+        self._check_rates(checkpoint and checkpoint["sample_rate"], model_rate)
         excerpt = round(config.seq_dur * self.sample_rate)
         if excerpt < config.nfft:
             raise UmxError(
@@ -247,6 +191,31 @@ class Trainer:
         if checkpoint is not None:
             _checkpoint_part(config, lambda: self._restore(checkpoint, lr_given="lr" in given))
         self.spectrogram = Spectrogram(config.nfft, config.nhop)
+
+    def _check_rates(self, checkpoint_rate: float | None, model_rate: float | None) -> None:
+        """Refuse data whose splits differ in rate, or at another rate than the resumed
+        checkpoint's or the fine-tuned model's (each None where there is none).
+
+        Raises:
+            UmxError: naming both rates and, for a model, what to do.
+        """
+        config, rate = self.config, self.sample_rate
+        if self.valid_set.sample_rate != rate:
+            raise UmxError(
+                f"the validation data of {config.root} is at {self.valid_set.sample_rate:g} Hz, "
+                f"the training data at {rate:g} Hz"
+            )
+        if checkpoint_rate is not None and checkpoint_rate != rate:
+            raise UmxError(
+                f"the checkpoint was trained at {checkpoint_rate:g} Hz but the data of "
+                f"{config.root} is at {rate:g} Hz"
+            )
+        if model_rate is not None and model_rate != rate:
+            raise UmxError(
+                f"{config.model} works at {model_rate:g} Hz, but the data of {config.root} is at "
+                f"{rate:g} Hz: fine-tune it on data at {model_rate:g} Hz, or leave out --model "
+                f"to train a new model at {rate:g} Hz"
+            )
 
     def _make_datasets(self) -> tuple[Any, Any]:
         """The training and validation datasets (see `make_datasets`)."""
@@ -308,25 +277,21 @@ class Trainer:
             "max_bin": bandwidth_to_max_bin(self.sample_rate, config.nfft, config.bandwidth),
         }
 
-    def _pretrained_model(self, given: dict[str, Any]) -> OpenUnmix:
-        """The `--model` target to fine-tune. The options of the model are set from it; those
+    def _pretrained_model(self, given: Mapping[str, Any]) -> tuple[OpenUnmix, float]:
+        """The `--model` target to fine-tune, and the sample rate it works at. The options of
+        the model (architecture, STFT, channels) are set from it, before any data is read; those
         `given` on the command line must agree.
 
         Raises:
-            UmxError: the model is not an Open-Unmix one (X-UMX), or of another sample rate or
-                architecture.
+            UmxError: the model is not an Open-Unmix one (X-UMX), or of another architecture.
         """
         config = self.config
+        given = {key: given[key] for key in ARCHITECTURE if given.get(key) is not None}
         separator = load_separator(config.model, targets=[self.target], niter=0, progress=self.bars)
         if not isinstance(separator.target_models[self.target], OpenUnmix):
             raise UmxError(
                 f"--model {config.model} is an X-UMX model: --model fine-tunes an Open-Unmix "
                 "target; give an Open-Unmix model, or train X-UMX anew with --architecture xumx"
-            )
-        if separator.sample_rate != self.sample_rate:
-            raise UmxError(
-                f"{config.model} works at {separator.sample_rate:g} Hz but the data of "
-                f"{config.root} is at {self.sample_rate:g} Hz"
             )
         model = separator.target_models[self.target]
         found = fine_tuned_architecture(separator, self.target, given, config.model)
@@ -334,7 +299,7 @@ class Trainer:
         logger.info("fine-tuning %s of %s", self.target, config.model)
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-        return model.train()
+        return model.train(), separator.sample_rate
 
     def _restore(self, checkpoint: dict[str, Any], lr_given: bool) -> None:
         """Take the state of `checkpoint`, with this run's options (the checkpoint's, and those
