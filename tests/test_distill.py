@@ -234,6 +234,61 @@ def test_a_student_model_is_the_starting_point_and_keeps_its_architecture(
         )
 
 
+def causal_student(folder: Path, *, rate: float = RATE, nb_channels: int = 2) -> Path:
+    """A tiny untrained causal vocals model (hidden size 8, the default STFT) in `folder`."""
+    from umx.model import OpenUnmix
+    from umx.modeldir import save_separator
+    from umx.separator import Separator
+
+    model = OpenUnmix(nb_bins=2049, nb_channels=nb_channels, hidden_size=8, unidirectional=True)
+    separator = Separator({"vocals": model}, sample_rate=rate, nb_channels=nb_channels)
+    return save_separator(separator.eval(), folder)
+
+
+def test_a_one_channel_student_learns_from_the_stereo_teacher_made_mono(
+    songs, tmp_path, capsys, monkeypatch
+):
+    """The student's channels rule the training data: a mono --student is fine-tuned on the
+    teacher's stereo stems made mono (they were read as stereo and the student's first layer
+    failed on them), unless --nb-channels contradicts it. Its training lines name --output as
+    given (they named it absolute)."""
+    monkeypatch.chdir(tmp_path)
+    student = causal_student(Path("mono"), nb_channels=1)
+    options = [*STUDENT[:2], *STUDENT[5:-1], "--student", str(student), "--targets", "vocals"]
+    output = Path("out")
+    assert main(["distill", str(songs[0]), "--output", str(output), *options]) == 0
+    lines = messages(capsys)
+    assert any(line.startswith("umx: training vocals on cpu into out: ") for line in lines)
+    assert "umx: best validation loss" in lines[-2] and lines[-2].endswith(" model in out")
+    assert json.loads((output / "separator.json").read_text())["nb_channels"] == 1
+    assert load_separator(output).target_models["vocals"].nb_channels == 1
+    refused = tmp_path / "refused"
+    arguments = [*options, "--nb-channels", "2"]
+    assert main(["distill", str(songs[0]), "--output", str(refused), *arguments]) == 1
+    assert messages(capsys)[-1] == (
+        f"umx: error: --nb-channels 2 differs from --student {student}'s 1: fine-tuning keeps "
+        "the model's, so leave --nb-channels out"
+    )
+    assert not refused.exists() and not Path(f"{refused}-work").exists()
+
+
+def test_a_student_at_another_rate_than_the_teacher_is_refused_before_its_pass(
+    songs, tmp_path, capsys
+):
+    """It was refused after the whole teacher's pass (hours on a real library), naming the
+    work folder; now before it, naming both models and what to do."""
+    student = causal_student(tmp_path / "at22k", rate=22050)
+    output = tmp_path / "out"
+    options = [*STUDENT[:2], *STUDENT[5:], "--student", str(student), "--targets", "vocals"]
+    assert main(["distill", str(songs[0]), "--output", str(output), *options]) == 1
+    assert messages(capsys) == [
+        f"umx: error: --student {student} works at 22050 Hz, but the teacher umxsynth "
+        "separates at 44100 Hz: give a --student at 44100 Hz, or leave out --student to train "
+        "new weights"
+    ]
+    assert not output.exists() and not Path(f"{output}-work").exists()
+
+
 def test_a_run_again_does_nothing_and_other_settings_are_refused(
     distilled, songs, capsys, monkeypatch
 ):

@@ -326,6 +326,32 @@ def test_bad_options_are_refused_before_any_work(library, tmp_path, capsys):
     assert not os.path.exists(f"{output}-work") and not os.path.exists(f"{inside}-work")
 
 
+def test_a_student_at_another_rate_than_the_stems_is_refused_before_their_import(
+    library, tmp_path, capsys
+):
+    from umx.model import OpenUnmix
+    from umx.modeldir import save_separator
+    from umx.separator import Separator
+
+    music, stems = library
+    model = OpenUnmix(nb_bins=2049, hidden_size=8, unidirectional=True)
+    student = save_separator(Separator({"tone": model}, sample_rate=22050).eval(), tmp_path / "s")
+    output = tmp_path / "student"
+    given = [str(music), "--output", str(output), "--teacher-stems", str(stems)]
+    code, lines = run(
+        [*given, "--student", str(student), "--targets", "tone", *STUDENT[3:]], capsys
+    )
+    assert (code, lines) == (
+        1,
+        [
+            f"umx: error: --student {student} works at 22050 Hz, but the stems of "
+            "--teacher-stems are at 44100 Hz: give a --student at 44100 Hz, or leave out "
+            "--student to train new weights"
+        ],
+    )
+    assert not output.exists() and not Path(f"{output}-work").exists()
+
+
 def test_a_teachers_stems_given_as_files_distill_the_same_student(tmp_path):
     """The stems a `--teacher umxsynth` run separated, given as `--teacher-stems` (in umx
     batch's layout, `<parent>/<song>.<ext>/<stem>.wav`), train the same student, weight for

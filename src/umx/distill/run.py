@@ -202,7 +202,7 @@ def _distil(options: DistillOptions) -> dict[str, Any]:
         )
     else:
         match = _match_stems(options)
-        _check_models(options, training, match.targets)
+        _check_models(options, training, match.targets, _stems_rate(match))
         teacher = import_teacher_stems(match, work)
     targets = select_targets(teacher.targets, options.targets, _teacher_name(options))
     data = build_training_set(
@@ -220,7 +220,7 @@ def _distil(options: DistillOptions) -> dict[str, Any]:
     )
     train_student(
         data,
-        output,
+        Path(options.output),  # as given: its training lines name it so
         targets,
         training,
         work=work,
@@ -235,13 +235,18 @@ def _distil(options: DistillOptions) -> dict[str, Any]:
 
 
 def _check_models(
-    options: DistillOptions, training: dict[str, Any], stems: list[str] | None
+    options: DistillOptions,
+    training: dict[str, Any],
+    stems: list[str] | None,
+    stems_rate: float | None = None,
 ) -> None:
     """Refuse now, not after the teacher's pass: targets the teacher lacks, and a --student
-    whose architecture contradicts `training` or that lacks one of the selected targets.
+    at another sample rate than the teacher's stems, whose architecture contradicts `training`
+    or that lacks one of the selected targets.
 
     Args:
         stems: the stems of --teacher-stems; None: those of the --teacher model.
+        stems_rate: the sample rate of --teacher-stems (None with a --teacher model).
 
     Raises:
         UmxError: naming the option.
@@ -254,13 +259,26 @@ def _check_models(
     if options.student is None and options.targets is None:
         return
     if stems is None and is_export_folder(options.teacher):
-        stems = list(read_export(options.teacher)["targets"])
+        export = read_export(options.teacher)
+        stems, stems_rate = list(export["targets"]), export["sample_rate"]
     elif stems is None:
-        stems = load_separator(options.teacher, niter=0, progress=not options.quiet).targets
+        teacher = load_separator(options.teacher, niter=0, progress=not options.quiet)
+        stems, stems_rate = teacher.targets, teacher.sample_rate
     selected = select_targets(stems, options.targets, _teacher_name(options))
     if options.student is None:
         return
     student = load_separator(options.student, niter=0, progress=not options.quiet)
+    if stems_rate is not None and student.sample_rate != stems_rate:
+        teacher_at = (
+            f"the teacher {options.teacher} separates at {stems_rate:g} Hz"
+            if options.teacher_stems is None
+            else f"the stems of --teacher-stems are at {stems_rate:g} Hz"
+        )
+        raise UmxError(
+            f"--student {display_path(options.student)} works at {student.sample_rate:g} Hz, "
+            f"but {teacher_at}: give a --student at {stems_rate:g} Hz, or leave out --student "
+            "to train new weights"
+        )
     architecture = {key: training.get(key) for key in ARCHITECTURE}
     for target in student.targets:
         fine_tuned_architecture(student, target, architecture, f"--student {options.student}")
@@ -273,6 +291,20 @@ def _check_models(
             f"targets are {', '.join(student.targets)}): {advice} a --student with every "
             "target trained"
         )
+
+
+def _stems_rate(match: StemsMatch) -> float | None:
+    """The sample rate of the first stem of --teacher-stems (from its header), which the
+    training set is written at; None if it cannot be read (the import then says why)."""
+    from umx.audio import audio_info
+
+    for stems in match.songs.values():
+        for path in stems.values():
+            try:
+                return audio_info(path).sample_rate
+            except UmxError:
+                return None
+    return None
 
 
 def _check_folders(options: DistillOptions) -> tuple[Path, Path]:
