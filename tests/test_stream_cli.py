@@ -282,6 +282,27 @@ def test_a_named_bidirectional_model_is_refused_before_it_is_loaded(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_with_some_bidirectional_targets_names_the_causal_ones(
+    causal_dir, song, tmp_path, capsys
+):
+    """It named the bidirectional target only, as if the folder could not stream at all."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(causal_dir, folder)
+    with torch.no_grad():
+        drums = OpenUnmix(257, 2, 16, unidirectional=False, max_bin=200).freeze()
+    torch.save(drums.state_dict(), folder / "drums.pth")
+    (folder / "drums.json").unlink()
+    assert run(song, "--model", folder, "--outdir", tmp_path / "out") == 1
+    assert capsys.readouterr().err == (
+        f"umx: error: the drums model of {folder} is bidirectional and cannot stream; its "
+        "causal vocals, bass, other can: give --targets vocals bass other, or train drums "
+        "with --unidirectional\n"
+    )
+    assert not (tmp_path / "out").exists()
+    assert run(song, "--model", folder, "--outdir", tmp_path / "out", "--targets", "vocals") == 0
+    assert [path.name for path in (tmp_path / "out" / "song").iterdir()] == ["vocals.wav"]
+
+
 BAD_PCM = [
     (["--rate", "nan"], "--rate must be a finite number"),
     (["--rate", "0"], "--rate must be at least"),

@@ -265,6 +265,37 @@ def test_open_unmix_and_x_umx_are_not_trained_into_one_folder(trained, task, tmp
     assert [path.name for path in output.iterdir()] == ["xumx.pth"]
 
 
+def test_causal_and_bidirectional_targets_are_not_trained_into_one_folder(
+    trained, task, tmp_path, caplog
+):
+    """A bidirectional target went silently into a folder of causal ones (and the reverse),
+    which `umx stream` then refused whole; it is refused, whatever --force says."""
+    swapped = {"vocals.wav": "noise.wav", "noise.wav": "vocals.wav"}
+    noise_task = [swapped.get(option, option) for option in TASK]
+    options = ["--root", str(task), "--epochs", "1"]
+    causal = tmp_path / "causal"
+    assert main([*TASK, *options, "--output", str(causal), "--unidirectional"]) == 0
+    bidirectional = tmp_path / "bidirectional"
+    shutil.copytree(trained, bidirectional)
+    (bidirectional / "vocals.json").unlink()  # its weights say it too
+    before = {path.name: path.read_bytes() for path in causal.iterdir()}
+    with caplog.at_level(logging.ERROR):
+        assert main([*noise_task, *options, "--output", str(causal), "--force"]) == 1
+        assert (
+            main([*noise_task, *options, "--output", str(bidirectional), "--unidirectional"]) == 1
+        )
+    assert caplog.messages == [
+        f"error: {causal} holds the causal vocals model, and a folder's models are all causal "
+        "or none: add --unidirectional, or train into another --output",
+        f"error: {bidirectional} holds the bidirectional vocals model, and a folder's models "
+        "are all causal or none: leave out --unidirectional, or train into another --output",
+    ]
+    assert {path.name: path.read_bytes() for path in causal.iterdir()} == before
+    assert not (bidirectional / "noise.pth").exists()
+    assert main([*noise_task, *options, "--output", str(causal), "--unidirectional"]) == 0
+    assert load_separator(causal).targets == ["noise", "vocals"]
+
+
 def test_fine_tuning_starts_from_the_trained_model(trained, task, tmp_path, caplog):
     output = tmp_path / "tuned"
     options = ["--root", str(task), "--output", str(output), "--epochs", "1", "--model"]

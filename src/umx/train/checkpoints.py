@@ -24,7 +24,7 @@ from umx.errors import UmxError, display_path, short
 from umx.folders import check_folder_option, check_writable, claimed_folder
 from umx.modeldir import SEPARATOR_JSON, WEIGHTS_SUFFIX
 from umx.train.config import MAX_ADAM, XUMX_NAME, TrainConfig
-from umx.weights import damaged_values
+from umx.weights import damaged_values, infer_architecture
 
 CHECKPOINT_SUFFIX = ".chkpnt"
 _SCHEDULER_COUNTS = ("patience", "cooldown", "cooldown_counter", "num_bad_epochs", "last_epoch")
@@ -317,6 +317,7 @@ def _check_output(
     found = {path.name.removesuffix(end) for end in suffixes for path in output.glob(f"*{end}")}
     others = sorted(found - {target})  # models of other targets, which need the folder's STFT
     _check_one_architecture(output, target, others)
+    _check_one_causality(output, others, config.unidirectional)
     existing = _read_separator_json(output / SEPARATOR_JSON)
     if existing is not None and (others or not config.force):  # --force: this target's only
         wanted = _separator_config(output, target, config, sample_rate)
@@ -354,6 +355,46 @@ def _check_one_architecture(output: Path, target: str, others: list[str]) -> Non
         f"{output} holds {held}, and a folder holds one architecture: train {this} into "
         "another --output"
     )
+
+
+def _check_one_causality(output: Path, others: list[str], unidirectional: bool) -> None:
+    """Refuse to train a bidirectional target into a folder of causal ones or the other way
+    round: `umx stream` refuses a folder with any bidirectional target, and `umx separate`
+    would take the causal ones' latency for nothing.
+
+    Raises:
+        UmxError: naming the other targets and what to do, whatever `--force` says.
+    """
+    differ = [other for other in others if _is_causal(output, other) is not unidirectional]
+    if not differ:
+        return
+    kind = "bidirectional" if unidirectional else "causal"
+    advice = "leave out --unidirectional" if unidirectional else "add --unidirectional"
+    models = f"{', '.join(differ)} model{'s' * (len(differ) > 1)}"
+    raise UmxError(
+        f"{output} holds the {kind} {models}, and a folder's models are all causal or none: "
+        f"{advice}, or train into another --output"
+    )
+
+
+def _is_causal(output: Path, target: str) -> bool | None:
+    """Whether `target`'s model in `output` is causal (unidirectional): its json's `args`
+    say, else its weights (or its checkpoint's) do; None where none can be read."""
+    json_path = output / f"{target}.json"
+    try:
+        args = json.loads(json_path.read_text()).get("args") if json_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        args = None
+    if isinstance(args, dict) and isinstance(args.get("unidirectional"), bool):
+        return args["unidirectional"]
+    for suffix, key in ((WEIGHTS_SUFFIX, None), (CHECKPOINT_SUFFIX, "best_model")):
+        path = output / f"{target}{suffix}"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return infer_architecture(state[key] if key else state).unidirectional
+        except Exception:  # missing or damaged: the folder's own checks say so when loaded
+            continue
+    return None
 
 
 def _read_separator_json(path: Path) -> dict[str, Any] | None:
