@@ -69,3 +69,33 @@ def test_python_block_runs_as_written(code, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_the_streaming_example_runs_with_a_one_channel_16_khz_model(tmp_path):
+    """docs/streaming.md's example says "or a model trained with --unidirectional": with a
+    one-channel model it fed stereo blocks (refused), and with a 16 kHz one it fed the 44.1 kHz
+    song as if it were at 16 kHz (wrong stems, no error). It reads the song at the stream's
+    rate and channels."""
+    import torch
+
+    from umx.model import OpenUnmix
+    from umx.modeldir import save_separator
+    from umx.separator import Separator
+
+    (code,) = [code for where, code in RUN if "StreamingSeparator(separator)" in code]
+    torch.manual_seed(0)
+    model = OpenUnmix(257, 1, 16, unidirectional=True)
+    with torch.no_grad():
+        model.output_mean.uniform_(0.2, 0.8)  # stems that are not silent
+    separator = Separator(
+        {"vocals": model.freeze()}, sample_rate=16000, n_fft=512, n_hop=128, nb_channels=1
+    )
+    folder = save_separator(separator, tmp_path / "mono16k")
+    assert '"umxsynth-rt"' in code
+    code = code.replace('"umxsynth-rt"', repr(str(folder)))
+    code += (
+        "info = umx.audio.audio_info('examples/procedural-42.flac')\n"
+        "assert audio.shape[0] == stems.shape[1] == 1, audio.shape\n"
+        "assert abs(audio.shape[-1] - info.nb_frames * 16000 / info.sample_rate) <= 1\n"
+    )
+    test_python_block_runs_as_written(code, tmp_path)
