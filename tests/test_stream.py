@@ -342,6 +342,8 @@ def test_bad_blocks_are_refused():
     with pytest.raises(UmxError, match="2 channels, got \\(1, 100\\)"):
         stream.process(torch.zeros(1, 100))
     stream.process(torch.zeros(2, 16000))
+    with pytest.raises(UmxError, match="with 1 channel, got \\(2, 100\\)"):  # not "1 channels"
+        StreamingSeparator(causal_separator(1)).process(torch.zeros(2, 100))
     for value, what in ((float("nan"), "a NaN sample"), (-float("inf"), "an infinite sample")):
         block = torch.zeros(2, 100)
         block[1, 50] = value

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from umx.audio.samples import check_samples, float_samples, peak
 from umx.errors import UmxError, check_number
 from umx.filtering import WIENER_MEMORY, CausalWiener
+from umx.messages import plural
 from umx.model import LSTMState
 from umx.separator import Separator
 from umx.transforms import istft_frames, magnitude, stft
@@ -217,8 +218,8 @@ class StreamingSeparator:
         to the separator's device and dtype."""
         if block.dim() != 2 or block.shape[0] != self.nb_channels:
             raise UmxError(
-                f"a block must be a tensor (nb_channels, nb_block) with {self.nb_channels} "
-                f"channels, got {tuple(block.shape)}"
+                "a block must be a tensor (nb_channels, nb_block) with "
+                f"{plural(self.nb_channels, 'channel')}, got {tuple(block.shape)}"
             )
         self.separator.check_ready()
         check_samples(block, self._nb_fed / self.sample_rate, self.sample_rate, "the stream")
