@@ -20,7 +20,6 @@ from umx.api import separate_file
 from umx.batch import BatchInput, BatchOptions, Job, collect_inputs, read_list, run_batch_job
 from umx.batch.job import MANIFEST_FILE, SETTINGS_FILE
 from umx.batch.plan import plan_tasks
-from umx.batch.work import model_sha256
 from umx.cli import main
 from umx.devices import threads_per_worker
 from umx.errors import UmxError
@@ -32,6 +31,7 @@ from umx.jobs import (
     read_records,
     verify_outputs,
 )
+from umx.model_hash import model_sha256
 from umx.options import OutputOptions, SeparationOptions
 from umx.zoo import load_separator
 

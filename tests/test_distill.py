@@ -26,7 +26,6 @@ import umx.train
 import umx.train.loop
 from processes import read_only_folder
 from umx.audio import read_audio
-from umx.batch.work import export_sha256, model_sha256
 from umx.cli import main
 from umx.data.datasets import AlignedDataset
 from umx.distill import DistillOptions
@@ -41,6 +40,7 @@ from umx.distill.teacher import (
 from umx.errors import UmxError
 from umx.files import hold_lock, sha256_file
 from umx.jobs import read_records
+from umx.model_hash import export_sha256, model_sha256
 from umx.onnx.options import EXPORT_JSON
 from umx.zoo import load_separator
 

@@ -24,12 +24,12 @@ import umx.model
 import umx.onnx.export
 import umx.onnx.runtime
 from processes import file_size_limit, read_only_folder
-from umx.batch.work import export_sha256
 from umx.cli import main
 from umx.errors import UmxError
 from umx.files import written_aside
 from umx.jobs import read_records
 from umx.model import OpenUnmix
+from umx.model_hash import export_sha256
 from umx.modeldir import save_separator
 from umx.onnx.export import export_model, export_onnx, model_graph, quantize_graph
 from umx.onnx.folder import load_export

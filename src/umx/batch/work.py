@@ -5,12 +5,11 @@ the process's cache, `umx.jobs.loaded_separator`), then separate one input after
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,9 +19,7 @@ from umx.audio import display_path
 from umx.devices import keep_freed_memory
 from umx.errors import UmxError
 from umx.jobs import FAILED, TaskOptions, loaded_separator, run_task
-from umx.options import SeparationOptions
-from umx.separator import Separator
-from umx.weights import hash_weights
+from umx.model_hash import job_sha256
 
 logger = logging.getLogger("umx")
 
@@ -78,55 +75,6 @@ class Task:
     def retry(self) -> Task:
         """The task again after its worker died: its outputs are this job's, so replace them."""
         return replace(self, force=True, attempt=self.attempt + 1, deaths=self.deaths + 1)
-
-
-def model_sha256(separator: Separator) -> str:
-    """A SHA-256 of a separator's weights: target names, parameter names, dtypes, shapes and
-    values, in order. Two separators with the same weights have the same hash, whatever files
-    they were loaded from.
-
-    Returns:
-        64 hex digits.
-    """
-    digest = hashlib.sha256()
-    for target, model in separator.target_models.items():
-        digest.update(f"{target}\0".encode())
-        hash_weights(digest, model)
-    return digest.hexdigest()
-
-
-def export_sha256(folder: str | os.PathLike, targets: Iterable[str]) -> str:
-    """A SHA-256 of what an export folder (`umx export`) runs for `targets`: each target's
-    name and the SHA-256 of its graphs that `umx-onnx.json` records (loading the folder checks
-    every graph's bytes against them), with the export's rate, channels, STFT and quantisation.
-
-    Returns:
-        64 hex digits.
-
-    Raises:
-        UmxError: the folder's `umx-onnx.json` is damaged (see `umx.onnx.folder.read_export`).
-    """
-    from umx.onnx.folder import read_export
-
-    export = read_export(folder)
-    digest = hashlib.sha256(b"umx-onnx\0")
-    for key in ("sample_rate", "nb_channels", "n_fft", "n_hop", "quantize"):
-        digest.update(f"{key}={export[key]}\0".encode())
-    for target in targets:
-        graphs = export["targets"][target]
-        stream = graphs["stream_graph"].sha256 if graphs["stream_graph"] is not None else ""
-        digest.update(f"{target}\0{graphs['graph'].sha256}\0{stream}\0".encode())
-    return digest.hexdigest()
-
-
-def job_sha256(separator: Separator, separation: SeparationOptions) -> str:
-    """The weights' hash a batch job records and every worker checks: `export_sha256` for an
-    export folder run by onnxruntime, else `model_sha256`."""
-    from umx.onnx.options import is_export_folder
-
-    if separation.backend == "onnxruntime" and is_export_folder(separation.model):
-        return export_sha256(separation.model, separator.target_models)
-    return model_sha256(separator)
 
 
 def worker_name() -> str:
