@@ -30,6 +30,7 @@ from umx.audio import display_path
 from umx.errors import UmxError
 from umx.files import sha256_file, write_bytes_atomic
 from umx.messages import plural, shown
+from umx.model_hash import FolderState, folder_state
 from umx.options import OutputOptions, SeparationOptions
 from umx.separator import Separator
 
@@ -434,14 +435,22 @@ class TaskOptions:
         }
 
 
-_separators: collections.OrderedDict[tuple, Separator] = collections.OrderedDict()
+_separators: collections.OrderedDict[tuple, tuple[Separator, FolderState | None]] = (
+    collections.OrderedDict()
+)  # each separator with its model folder's state when it was loaded
 _separators_lock = threading.Lock()
 
 
-def loaded_separator(options: SeparationOptions) -> Separator:
+def loaded_separator(options: SeparationOptions, *, reload_changed: bool = False) -> Separator:
     """The separator of `options`, loaded once per process (`umx.api.separator_for`, without
     a progress bar) and kept for the next input; options that differ only in their chunks
     share it. At most `MAX_LOADED_SEPARATORS` stay loaded, the least recently used dropped.
+
+    Args:
+        options: the model and how it separates.
+        reload_changed: load a model folder again when its files changed since it was loaded
+            (`umx.model_hash.folder_state`: retrained, replaced), as `umx serve` does; a batch
+            worker keeps the weights its job's hash was checked against.
 
     Raises:
         UmxError: the model cannot be loaded.
@@ -450,13 +459,16 @@ def loaded_separator(options: SeparationOptions) -> Separator:
         (f.name, getattr(options, f.name)) for f in fields(options) if f.name not in _CHUNKING
     )
     with _separators_lock:  # a model loads once even when threads ask for it together
-        separator = _separators.pop(key, None)
-        if separator is None:
+        entry = _separators.pop(key, None)
+        state = folder_state(options.model) if reload_changed or entry is None else None
+        if entry is None or (reload_changed and entry[1] != state):
+            entry = None  # dropped before the new one loads: one copy in memory at a time
             while len(_separators) >= MAX_LOADED_SEPARATORS:
                 _separators.popitem(last=False)
-            separator = separator_for(options, progress=False)
-        _separators[key] = separator
-        return separator
+            # the state taken before loading: a change during the load is loaded next time
+            entry = separator_for(options, progress=False), state
+        _separators[key] = entry
+        return entry[0]
 
 
 def run_task(
@@ -465,6 +477,7 @@ def run_task(
     on_progress: Callable[[float, float], None] | None = None,
     *,
     log_traceback: bool = False,
+    separator: Separator | None = None,
 ) -> dict[str, Any]:
     """Separate one input with `umx.api.separate_file` and describe what happened as a record.
 
@@ -483,6 +496,8 @@ def run_task(
         log_traceback: log an unexpected error with its traceback (on a server's terminal)
             as well as recording it; batch workers only record it (their output holds no
             traceback).
+        separator: the separator to use, loaded with `options.separation` (the caller checked
+            its weights); None: `loaded_separator`'s.
 
     Returns:
         the record: `status` (`done` or `failed`), what it keeps of the input (see
@@ -500,7 +515,8 @@ def run_task(
 
     record: dict[str, Any] = describe_input(input_path)  # before it is read: a later change shows
     try:
-        separator = loaded_separator(options.separation)
+        if separator is None:
+            separator = loaded_separator(options.separation)
         reports = separate_file(
             input_path, separator, **options.file_options(), on_progress=progress
         )

@@ -58,11 +58,13 @@ from umx.jobs import (
     run_task,
 )
 from umx.messages import plural
+from umx.model_hash import folder_state
 from umx.options import OutputOptions, SeparationOptions
 from umx.separator import OVERLAP, SEGMENT, check_options
 from umx.web.cache import CacheLimit
 from umx.web.downloads import Downloads
 from umx.web.listeners import Listener, Listeners
+from umx.web.models import job_separator, model_identity, model_targets
 from umx.web.records import (
     ALL_STEMS,
     DOWNLOADS,
@@ -77,7 +79,6 @@ from umx.web.records import (
     Recorder,
     error_summary,
     job_key,
-    model_targets,
     replay,
     rest_name,
     stem_modes,
@@ -154,7 +155,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
         self._hashed: dict[Path, tuple[int, int]] = {}  # see `stem_damage`
         self._listeners = Listeners()
         self._revisions = itertools.count(1)  # see `_public`
-        self._targets: dict[str, list[str]] = {}
+        self._targets: dict[str, tuple[Any, list[str]]] = {}  # with the folder's state
         self._manifest: Manifest | None = None  # opened to write (see `_append`)
         self._unrecorded: list[dict[str, Any]] = []  # see `Replay`
         self._legacy: list[Path] = []
@@ -279,11 +280,14 @@ class JobStore(Recorder, Downloads, CacheLimit):
         return {"model": model, "stems": stems}
 
     def targets(self, model: str) -> list[str]:
-        """The targets of one of `models` (see `model_targets`), read once."""
+        """The targets of one of `models` (see `model_targets`), read once, and again when the
+        model's folder changed (`umx.model_hash.folder_state`)."""
+        state = folder_state(model)
         with self._lock:
-            if model not in self._targets:
-                self._targets[model] = model_targets(model)
-            return self._targets[model]
+            cached = self._targets.get(model)
+            if cached is None or cached[0] != state:
+                cached = self._targets[model] = state, model_targets(model)
+            return cached[1]
 
     def check_room(self, upload: Upload | None = None) -> None:
         """Refuse new work while the queue is full: the songs waiting and those still arriving
@@ -323,7 +327,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
         """Turn a received upload into a job, or find the job it already is.
 
         The file must decode as audio (checked by its content, whatever its name). A failed job
-        asked for again is queued again.
+        asked for again is queued again. A model folder is loaded here, where it changed since
+        it was loaded, for its weights' SHA-256 (see `umx.web.models.model_identity`).
 
         Args:
             upload: a finished upload; it is moved into the job or removed.
@@ -334,11 +339,13 @@ class JobStore(Recorder, Downloads, CacheLimit):
 
         Raises:
             UmxError: the file is not audio umx reads, or its header says it holds none (named
-                by its upload name).
+                by its upload name), or the model folder cannot be loaded.
             Busy: the queue is full.
         """
         try:
-            job_id = job_key(upload.finish(), options)
+            digest = upload.finish()
+            identity = model_identity(self._separation(options["model"], options["stems"]))
+            job_id = job_key(digest, {**options, **identity})
             with self._lock:
                 known = self._jobs.get(job_id)
                 if known is not None and known.state != FAILED and not self._damage(known):
@@ -355,7 +362,8 @@ class JobStore(Recorder, Downloads, CacheLimit):
                 if known is not None and known.state != FAILED and not self._damage(known):
                     return self._public(known), False
                 self.check_room(upload)
-                job = Job(id=job_id, name=upload.name, size=upload.size, **options)
+                weights = identity.get("model_sha256")
+                job = Job(job_id, upload.name, size=upload.size, model_sha256=weights, **options)
                 staging = self.jobs_dir / f".{job_id}.{secrets.token_hex(4)}"
                 staging.mkdir()
                 try:
@@ -542,10 +550,12 @@ class JobStore(Recorder, Downloads, CacheLimit):
         # the lock, so that a reader never sees a finished state without its time.
         state, message, targets, outputs = RUNNING, None, job.targets, None
         try:
-            options = TaskOptions(
-                self._separation(job.model, job.stems), output, downmix=True, match_input=True
+            separation = self._separation(job.model, job.stems)
+            options = TaskOptions(separation, output, downmix=True, match_input=True)
+            separator = job_separator(separation, job.name, job.model_sha256)
+            record = run_task(
+                directory / INPUT, options, progress, log_traceback=True, separator=separator
             )
-            record = run_task(directory / INPUT, options, progress, log_traceback=True)
             if record["status"] == DONE:
                 os.replace(staging, directory / STEMS)
                 state, targets = DONE, list(record["outputs"])
@@ -558,7 +568,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
         except _Cancelled:
             if job.id in self._cancelled:
                 logger.info("%s: deleted while separating", display_path(job.name))
-        except UmxError as error:  # the stem mode does not go with the model
+        except UmxError as error:  # the stem mode or the weights do not go with the model
             state, message = FAILED, as_named(str(error), directory / INPUT, job.name)
         except Exception as error:  # the server keeps serving whatever one job does
             logger.exception("%s: separation failed", display_path(job.name))

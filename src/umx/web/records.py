@@ -27,8 +27,6 @@ from umx.jobs import (
     latest_records,
     scan_manifest,
 )
-from umx.modeldir import directory_files
-from umx.zoo import MODELS
 
 logger = logging.getLogger("umx")
 
@@ -95,17 +93,6 @@ def stem_modes(targets: Sequence[str]) -> dict[str, str]:
     return modes
 
 
-def model_targets(model: str) -> list[str]:
-    """The targets of a named model or a model directory, without loading it (none where the
-    directory cannot be read: its jobs then fail with the loader's sentence)."""
-    if model in MODELS:
-        return list(MODELS[model].targets)
-    try:
-        return list(directory_files(Path(model), None).weights)
-    except UmxError:
-        return []
-
-
 def error_summary(message: str) -> str:
     """The first clause of an error message, for a one-line display (see `SUMMARY_MIN`); that a
     named model is missing offline says what to do (the page's Retry then separates the song)."""
@@ -118,7 +105,9 @@ def error_summary(message: str) -> str:
 
 
 def job_key(input_sha256: str, options: dict[str, str]) -> str:
-    """A job's id: the input's content hash and the separation options, hashed together."""
+    """A job's id: the input's content hash and the separation options (the model as
+    `umx.web.models.model_identity` names it: a model folder by its path and weights' SHA-256),
+    hashed together."""
     text = json.dumps({"input": input_sha256, **options}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
 
@@ -135,6 +124,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "seconds": (int, float),
     "targets": (list,),
     "error": (str,),
+    "model_sha256": (str,),
 }
 """The JSON types of a job's fields in its record (a field may be left out where unset)."""
 _REQUIRED = ("name", "model", "stems", "size")
@@ -157,6 +147,8 @@ class Job:
         seconds: the time the separation took.
         targets: the stems' names, once done.
         error: why it failed, in one sentence.
+        model_sha256: the SHA-256 of the weights of a model folder that its id names (see
+            `umx.web.models.model_identity`), which separate it; None for a model of the zoo.
     """
 
     id: str
@@ -172,6 +164,7 @@ class Job:
     seconds: float | None = None
     targets: list[str] = field(default_factory=list)
     error: str | None = None
+    model_sha256: str | None = None
 
     def record(self, outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The job as a manifest record: its id is the record's `input`, its state its
@@ -212,7 +205,7 @@ class Job:
         """
         data = json.loads(path.read_text())
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
+        if not isinstance(data, dict) or set(data) - {"model_sha256"} != names - {"model_sha256"}:
             raise ValueError("not a job record")
         job = cls(**data)
         if not JOB_ID.match(str(job.id)) or job.state not in (QUEUED, RUNNING, DONE, FAILED):
