@@ -2,7 +2,8 @@
 uploaded. A folder retrained (or replaced) makes new jobs, separated with its new weights, also
 after a restart and in a server that loaded the old ones; a job queued before the change fails
 in one line rather than run with other weights; another folder of the same name (another working
-directory) is another job. Small 16 kHz models on a real server on 127.0.0.1."""
+directory) is another job; and an export folder (`umx export`) offers its targets one by one.
+Small 16 kHz models on a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ import umx.jobs
 import umx.model_hash
 from test_web import local_client, new_app, new_store, post, song_bytes, wait
 from umx import api
+from umx.cli import main
 from umx.jobs import DONE, FAILED
 from umx.model import OpenUnmix
 from umx.modeldir import save_separator
 from umx.separator import Separator
+from umx.web.records import stem_modes
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -198,3 +201,26 @@ def test_another_folder_of_the_same_name_is_another_job(tmp_path, monkeypatch):
         finally:
             store.stop()
     assert ids[0] != ids[1]
+
+
+def test_an_export_folder_offers_one_target_and_the_rest(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = train(tmp_path / "custom", seed=1)
+    export = tmp_path / "export"
+    assert main(["export", str(model), str(export), "-q"]) == 0
+    store = new_store(tmp_path / "data", models=[str(model), str(export)])
+    store.start(1)
+    try:
+        with local_client(new_app(store)) as client:
+            config = {m["name"]: m for m in client.get("/api/config").json()["models"]}
+            assert config[str(export)]["stems"] == stem_modes(TARGETS)
+            assert config[str(export)]["stems"] == config[str(model)]["stems"]
+            response = post(client, song(1), model=str(export), stems="drums")
+            assert response.status_code == 201
+            job = wait(store, response.json()["id"])
+            assert job["state"] == DONE and job["targets"] == ["drums", "no_drums"]
+            expected = separated(song(1), model, targets=["drums"], residual="no_drums")
+            for name, stem in stems(client, job).items():  # onnxruntime: float32 rounding
+                np.testing.assert_allclose(stem, expected[name], atol=1e-4)
+    finally:
+        store.stop()

@@ -17,17 +17,23 @@ from umx.errors import UmxError
 from umx.jobs import loaded_separator
 from umx.model_hash import loaded_sha256
 from umx.modeldir import directory_files
+from umx.onnx.options import is_export_folder
 from umx.options import SeparationOptions
 from umx.separator import Separator
 from umx.zoo import MODELS
 
 
 def model_targets(model: str) -> list[str]:
-    """The targets of a named model or a model directory, without loading it (none where the
-    directory cannot be read: its jobs then fail with the loader's sentence)."""
+    """The targets of a named model, a model directory or an export folder (as its
+    `umx-onnx.json` lists them), without loading it (none where the folder cannot be read: its
+    jobs then fail with the loader's sentence)."""
     if model in MODELS:
         return list(MODELS[model].targets)
     try:
+        if is_export_folder(model):
+            from umx.onnx.folder import read_export
+
+            return list(read_export(model)["targets"])
         return list(directory_files(Path(model), None).weights)
     except UmxError:
         return []
