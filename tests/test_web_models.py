@@ -224,3 +224,21 @@ def test_an_export_folder_offers_one_target_and_the_rest(tmp_path):
                 np.testing.assert_allclose(stem, expected[name], atol=1e-4)
     finally:
         store.stop()
+
+
+def test_a_folder_that_cannot_be_loaded_refuses_the_upload_in_one_line(tmp_path):
+    model = train(tmp_path / "custom", seed=1)
+    store = new_store(tmp_path / "data", models=[str(model)])
+    store.start(1)
+    try:
+        with local_client(new_app(store)) as client:
+            (model / "vocals.pth").write_bytes(b"not weights")  # a retrain cut short
+            response = post(client, song(1), model=str(model), stems="all")
+            assert response.status_code == 422
+            error = response.json()["error"]
+            assert f"{model}/vocals.pth" in error and "\n" not in error and len(error) < 300
+            assert store.jobs() == [] and list(store.jobs_dir.iterdir()) == []
+            train(model, seed=2)  # mended: the same song is taken
+            assert post(client, song(1), model=str(model), stems="all").status_code == 201
+    finally:
+        store.stop()
