@@ -890,6 +890,9 @@ def test_a_restart_says_its_queued_jobs_and_the_demo_notice_once(tmp_path, caplo
     for seed, stems in ((81, "all"), (82, "vocals")):
         first.add(upload(first, song_bytes(0.3, seed)), first.options(MODEL, stems))
     first.stop()
+    # a new process: the uploads loaded the bundled model (its weights' hash names their jobs)
+    monkeypatch.setattr(loading, "_NOTICED", set())
+    monkeypatch.setattr(umx.jobs, "_separators", collections.OrderedDict())
     caplog.set_level(logging.INFO, logger="umx")
     again = new_store(root)
     assert "2 unfinished jobs queued again" in caplog.text

@@ -242,3 +242,40 @@ def test_a_folder_that_cannot_be_loaded_refuses_the_upload_in_one_line(tmp_path)
             assert post(client, song(1), model=str(model), stems="all").status_code == 201
     finally:
         store.stop()
+
+
+def test_a_bundled_models_new_weights_make_new_jobs(tmp_path, monkeypatch):
+    """The data folder outlives an upgrade of umx, whose bundled weights may change: a song
+    uploaded again is separated by the new weights, not answered with the old stems."""
+    import umx.zoo.registry as registry
+    from umx.zoo import MODELS, ZooEntry
+
+    pretrained = tmp_path / "pretrained"
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", pretrained)
+    entry = ZooEntry(
+        name="umxsynth",
+        description="a small stand-in",
+        license="MIT",
+        weights={target: f"{target}.pth" for target in TARGETS},
+        sample_rate=RATE,
+        n_fft=512,
+        n_hop=128,
+        nb_channels=2,
+    )
+    monkeypatch.setitem(MODELS, "umxsynth", entry)
+    ids = []
+    for seed in (1, 2):  # umx as installed, then upgraded
+        train(pretrained / "umxsynth", seed=seed)
+        monkeypatch.setattr(umx.jobs, "_separators", type(umx.jobs._separators)())  # restarted
+        store = new_store(tmp_path / "data", models=["umxsynth"])
+        store.start(1)
+        try:
+            with local_client(new_app(store)) as client:
+                response = post(client, song(1), model="umxsynth", stems="all")
+                assert response.status_code == 201  # a new job, not the stored one
+                job = wait(store, response.json()["id"])
+                assert_stems(client, job, separated(song(1), pretrained / "umxsynth"))
+                ids.append(job["id"])
+        finally:
+            store.stop()
+    assert ids[0] != ids[1]

@@ -1,12 +1,15 @@
 """The models of `umx serve`: their targets, what a job's id holds of its model, and the
 separator a job runs, checked against the weights its id names.
 
-A model of the zoo is named by its name alone: its files are verified by their SHA-256 when
-downloaded. A model folder (a model directory, or an export folder of `umx export`) is named by
-its resolved path and the SHA-256 of the weights it holds (`umx.model_hash.job_sha256`, that of
-`umx batch`'s records), so a folder retrained or replaced, or another folder of the same name
-(another working directory), makes other jobs; a folder is loaded and hashed again only when
-its files changed (`umx.model_hash.folder_state`, a stat of each)."""
+A downloaded model of the zoo is named by its name alone: its files are verified by their
+SHA-256 when downloaded, and an upload must not wait for a download. A bundled model is named
+by its name and the SHA-256 of its weights, which change with umx's version (a server's data
+folder outlives an upgrade). A model folder (a model directory, or an export folder of `umx
+export`) is named by its resolved path and the SHA-256 of the weights it holds
+(`umx.model_hash.job_sha256`, that of `umx batch`'s records), so a folder retrained or
+replaced, or another folder of the same name (another working directory), makes other jobs; a
+folder is loaded and hashed again only when its files changed (`umx.model_hash.folder_state`,
+a stat of each)."""
 
 from __future__ import annotations
 
@@ -43,16 +46,20 @@ def model_identity(separation: SeparationOptions) -> dict[str, str]:
     """What a job's id holds of the model that separates it with `separation`, beside its
     name as given: for a model folder, its resolved path (`model`) and the SHA-256 of the
     weights it holds now (`model_sha256`, of the separator loaded, again where the folder
-    changed, for the job's stems); nothing for a model of the zoo.
+    changed, for the job's stems); for a bundled model, that SHA-256; nothing for a downloaded
+    model of the zoo.
 
     Raises:
         UmxError: the folder's model cannot be loaded.
     """
     model = str(separation.model)
-    if model in MODELS:
+    entry = MODELS.get(model)
+    if entry is not None and not entry.bundled:
         return {}
     separator = loaded_separator(separation, reload_changed=True)
     digest = loaded_sha256(separator, separation)
+    if entry is not None:
+        return {"model_sha256": digest}
     return {"model": str(Path(model).resolve()), "model_sha256": digest}
 
 
@@ -63,7 +70,7 @@ def job_separator(separation: SeparationOptions, name: str, weights: str | None)
     Args:
         separation: the job's options.
         name: the song's name, for the message.
-        weights: the `model_sha256` of the job's id; None for a model of the zoo (and a job
+        weights: the `model_sha256` of the job's id; None for a downloaded model (and a job
             an older umx serve queued, whose id names no weights).
 
     Raises:
