@@ -88,7 +88,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     parser = OneLineParser(
         prog="umx",
         description="Open-Unmix music source separation. `umx INPUT...` separates files "
-        "with the default model; see `umx COMMAND --help`.",
+        "with the default model, `umx --list-models` lists the models; see `umx COMMAND --help`.",
     )
     parser.add_argument("--version", action="version", version=f"umx {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
