@@ -514,6 +514,19 @@ def test_inputs_and_the_job_are_named_as_given(tmp_path, monkeypatch, capsys):
     assert latest(tmp_path / "out" / ".umx-job")[str(tmp_path / "songs" / "b.wav")]
 
 
+def test_two_excerpts_of_one_file_are_said_to_need_a_run_each(tmp_path, capsys):
+    """It said only "a.wav is given twice", with nothing to do about it."""
+    write_song(tmp_path / "a.wav", 0.5)
+    (tmp_path / "two.csv").write_text("path,start,duration\na.wav,0,0.2\na.wav,0.2,0.2\n")
+    command = ["batch", "--list", str(tmp_path / "two.csv"), "--model", MODEL, "-q"]
+    assert main([*command, "--outdir", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.endswith(
+        "a.wav is given twice: its stems have one name, so give it once (two excerpts of it: "
+        "one run each, with its own --outdir)\n"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     song = write_song(tmp_path / "a.wav", 0.5)
     for options, message in [

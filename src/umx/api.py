@@ -365,7 +365,8 @@ def plan_outputs(
                     f"{display_path(owners[real])} and {display_path(path)} would both write "
                     f"{display_path(output)}; {TELL_APART}"
                     if os.path.realpath(owners[real]) != os.path.realpath(path)
-                    else f"{display_path(path)} is given twice"
+                    else f"{display_path(path)} is given twice: its stems have one name, so give "
+                    "it once (two excerpts of it: one run each, with its own --outdir)"
                 )
             owners[real] = path
     return plans
