@@ -379,7 +379,11 @@ def test_a_held_out_festival_voice_sings_the_test_split_only():
         assert before.festival["voice"] == VOICE and after.festival["voice"] == voice
         assert after.__dict__ | {"festival": before.festival} == before.__dict__
         assert after.festival | {"voice": VOICE} == before.festival  # share and seed alike
-    with pytest.raises(UmxError, match=f"voice {VOICE} is used for both training and testing"):
+    with pytest.raises(
+        UmxError,
+        match=f"voice {VOICE} is used for both training and testing: give "
+        "--test-festival-voice another voice, such as ked_diphone$",
+    ):
         plan_tracks(songs, FONTS, **PLAN_ARGS, festival_singer=True, test_festival_voice=VOICE)
 
 

@@ -332,7 +332,11 @@ def test_plans_hold_out_the_test_kit_and_reverb_and_stay_unchanged_without_lever
         assert after.production["room"]["family"] == ("schroeder" if held_out else "noise")
     assert {plan.drum_kit for plan in produced if plan.split == "train"} == {None, "k1", "k2"}
     assert 0 < sum(plan.sung > 0 for plan in produced) < len(produced)
-    with pytest.raises(UmxError, match="drum kit k1 is used for both training and testing"):
+    with pytest.raises(
+        UmxError,
+        match=r"drum kit k1 is used for both training and testing: the "
+        r"test split must sound new to a model, so give it another drum kit$",
+    ):
         plan_tracks(songs, fonts, **args, drum_kits={**kits, "test": [Path("k1")]})
 
 

@@ -266,7 +266,10 @@ def _check_held_out(**sounds: dict[str, Sequence[Path]]) -> None:
         shared = set(sources.get("test", ())) & trained
         if shared:
             name = kind.replace("_", " ")
-            raise UmxError(f"{name} {min(shared)} is used for both training and testing")
+            raise UmxError(
+                f"{name} {min(shared)} is used for both training and testing: the test split "
+                f"must sound new to a model, so give it another {name}"
+            )
 
 
 def _festival_voices(test_voice: str | None) -> dict[str, str]:
@@ -279,7 +282,10 @@ def _festival_voices(test_voice: str | None) -> dict[str, str]:
     voices = dict.fromkeys(SPLITS, lever("festival").VOICE)
     if test_voice is not None:
         if test_voice == voices["train"]:
-            raise UmxError(f"Festival voice {test_voice} is used for both training and testing")
+            raise UmxError(
+                f"Festival voice {test_voice} is used for both training and testing: give "
+                "--test-festival-voice another voice, such as ked_diphone"
+            )
         voices["test"] = test_voice
     return voices
 
