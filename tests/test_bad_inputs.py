@@ -127,14 +127,14 @@ BAD_WEIGHTS = {
 }
 
 
-def silent_separator(separator: Separator, **options) -> Separator:
+def silent_separator(separator: Separator, bias: float = -100.0, **options) -> Separator:
     """`separator` with every target's masks zero (the output bias far below zero): a model
-    whose weights give nothing."""
+    whose weights give nothing; or, with a large `bias`, masks that large."""
     models = {}
     for name, model in separator.target_models.items():
         silent = copy.deepcopy(model)
         with torch.no_grad():
-            silent.output_mean.fill_(-100.0)
+            silent.output_mean.fill_(bias)
         models[name] = silent
     sizes = {
         "sample_rate": separator.sample_rate,
@@ -447,6 +447,18 @@ def test_api_refuses_bad_input_with_its_own_checks(
 ):
     with pytest.raises(exception, match=message):
         umx.separate(audio, rate, model=small_music_separator, **options)
+
+
+def test_api_refuses_stems_far_louder_than_their_mixture(small_music_separator):
+    """Masks of 50 (a broken model, or a diverged Wiener filter) made stems 34 dB above the
+    mixture, which the writers then rescaled or clamped into a result."""
+    mix = 0.1 * torch.randn(2, RATE, generator=torch.Generator().manual_seed(0))
+    loud = silent_separator(small_music_separator, bias=50.0, niter=0)
+    with pytest.raises(umx.UmxError, match=r"^audio: the stems came out 3\d dB above the input: "):
+        umx.separate(mix, RATE, loud)
+    sane = silent_separator(small_music_separator, bias=1.0, niter=0)  # 2 to 3 times: kept
+    peaks = [float(stem.abs().max()) for stem in umx.separate(mix, RATE, sane).values()]
+    assert 1 < max(peaks) / float(mix.abs().max()) < 10
 
 
 def test_api_refuses_stems_all_silent_from_audible_input_where_they_should_add_up_to_it(

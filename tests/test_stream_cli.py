@@ -549,6 +549,26 @@ def test_nan_from_the_separation_is_never_written(
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
+def test_a_filter_that_diverges_in_the_first_frame_is_an_error_not_a_click(tmp_path, capsys):
+    """Clipped full-scale noise through the bundled causal model at --niter 6: the first
+    frame's stems came out 28 dB above the input, and --clip rescale then wrote stems of a
+    click and audio 30 dB down, exit 0. At --niter 4 the stems stay near the input."""
+    rng = np.random.default_rng(0)
+    noise = np.clip(rng.standard_normal((44100, 2)) * 3, -1, 1)
+    sf.write(tmp_path / "noise.wav", noise, 44100, subtype="FLOAT")
+    given = [tmp_path / "noise.wav", "--outdir", tmp_path / "out", "-q", "--subtype", "FLOAT"]
+    assert run(*given, "--niter", 6) == 1
+    assert re.fullmatch(
+        r"umx: error: the separation gave stems 2\d dB above the input after 0\.000 s of the "
+        r"stream; none of them were returned \(with --niter above 2, try a smaller one\)",
+        capsys.readouterr().err.splitlines()[0],
+    )
+    assert not (tmp_path / "out").exists()
+    assert run(*given, "--niter", 4, "--clip", "none") == 0
+    peaks = [np.abs(read(path)[0]).max() for path in (tmp_path / "out" / "noise").iterdir()]
+    assert 1 < max(peaks) < 10
+
+
 def test_stems_all_silent_from_audible_input_are_an_error_and_not_kept(
     causal_dir, tmp_path, capsys
 ):

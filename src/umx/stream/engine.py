@@ -29,7 +29,7 @@ from umx.errors import UmxError, check_number
 from umx.filtering import WIENER_MEMORY, CausalWiener
 from umx.messages import plural
 from umx.model import LSTMState
-from umx.separator import Separator
+from umx.separator import Separator, decibels_above
 from umx.transforms import istft_frames, magnitude, stft
 
 
@@ -117,6 +117,7 @@ class StreamingSeparator:
             len(self.targets), self.nb_channels, 0, dtype=self._dtype, device=device
         )
         self._nb_fed = 0
+        self._input_peak = 0.0  # of the stream so far: the stems' scale
         self._nb_returned = 0
 
     @torch.inference_mode()
@@ -184,6 +185,7 @@ class StreamingSeparator:
     def _feed(self, block: Tensor) -> None:
         """Append `block` (checked) to the input, separate the frames it completes and add their
         finished samples to those ready to be returned."""
+        self._input_peak = max(self._input_peak, peak(block))
         buffer = torch.cat([self._input, block], dim=-1)
         if buffer.shape[-1] < self.n_fft:
             self._input = buffer
@@ -201,6 +203,13 @@ class StreamingSeparator:
                 f"the separation gave NaN or infinite samples at {at:.3f} s of the stream; "
                 "none were returned (with --niter above 2, try a smaller one; else please report "
                 "this with the input)"
+            )
+        above = decibels_above(peak(finished), self._input_peak)
+        if above is not None:
+            at = max(0, self._nb_returned + self._ready.shape[-1] - self._skip) / self.sample_rate
+            raise UmxError(
+                f"the separation gave stems {above:.0f} dB above the input after {at:.3f} s of "
+                "the stream; none of them were returned (with --niter above 2, try a smaller one)"
             )
         self._tail = tail.clone()
         skip = min(self._skip, finished.shape[-1])
