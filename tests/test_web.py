@@ -34,7 +34,7 @@ from umx.jobs import DONE, FAILED, QUEUED, RUNNING, latest_records, read_records
 from umx.web import cache as web_cache
 from umx.web.jobs import JobStore
 from umx.web.records import Job
-from umx.web.run import listen
+from umx.web.run import bind, listen
 from umx.web.storage import folder_size
 
 pytest.importorskip("starlette")
@@ -91,7 +91,7 @@ def files_under(root: Path) -> set[str]:
 @contextlib.contextmanager
 def serving(app):
     """The app behind a real uvicorn server on 127.0.0.1 and a free port; yields its URL."""
-    sock = listen("127.0.0.1", 0)
+    sock = listen(bind("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -334,7 +334,7 @@ def test_cases_cover_the_issue():
 def running(server: uvicorn.Server, host: str):
     """A server (uvicorn's, or umx serve's own `Server`) listening on `host` and a free port, in
     a thread; yields the port."""
-    sock = serve_run.listen(host, 0)
+    sock = serve_run.listen(serve_run.bind(host, 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -515,10 +515,8 @@ READ_ONLY = {"data-dir-read-only": "data", "data-dir-not-creatable": "locked"}
 def test_bad_option_is_one_line_before_listening(
     folder, capsys, monkeypatch, name, arguments, expected
 ):
-    real_listen = serve_run.listen
-
-    def listen_must_fail(host: str, port: int) -> socket.socket:
-        real_listen(host, port).close()
+    def listen_must_fail(sock: socket.socket) -> socket.socket:
+        sock.close()
         raise AssertionError("the server listened")
 
     monkeypatch.setattr(serve_run, "listen", listen_must_fail)
@@ -540,6 +538,27 @@ def test_bad_option_is_one_line_before_listening(
         lock.close()
 
 
+@pytest.mark.parametrize("address", ["nohost.invalid", "192.0.2.1", "busy"])
+def test_a_refused_address_makes_no_folder_in_the_data_directory(tmp_path, capsys, address):
+    """A bad --host or a port in use is refused before the store makes its folders: a new data
+    directory is not made, and one that exists (with a file of the user's) keeps exactly what
+    it held."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] if address == "busy" else 0
+        host = "127.0.0.1" if address == "busy" else address
+        kept = tmp_path / "kept"
+        kept.mkdir()
+        (kept / "notes.txt").write_text("mine")
+        for data in (tmp_path / "new", kept):
+            status = main(["serve", "--host", host, "--port", str(port), "--data-dir", str(data)])
+            error = capsys.readouterr().err
+            assert status == 1 and error.startswith("umx: error: cannot listen on "), error
+    assert not (tmp_path / "new").exists()
+    assert [path.name for path in kept.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
@@ -558,7 +577,7 @@ def test_serve_options_refuse_what_the_command_line_cannot_give(field, value, ex
 
 
 def test_a_data_directory_in_use_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(serve_run, "listen", lambda host, port: pytest.fail("listened"))
+    monkeypatch.setattr(serve_run, "listen", lambda sock: pytest.fail("listened"))
     data = tmp_path / "data"
     first = new_store(data)  # the first server's store: it holds the data directory
     try:

@@ -143,8 +143,10 @@ def downloads_unavailable(models: Sequence[str], fell_back: bool) -> str | None:
     return NO_ANSWER
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host`:`port`.
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port`, not yet listening (see `listen`): what the address
+    refuses (a host unknown or not this machine's, a port in use) is known before anything is
+    made.
 
     Raises:
         UmxError: the address cannot be had (in use, unknown, not this machine's).
@@ -158,14 +160,37 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen()
     except OSError as error:
         sock.close()
-        hint = ""
-        if error.errno == errno.EADDRINUSE:
-            hint = " (is umx serve running there?): give another --port, or 0 for any free one"
-        raise UmxError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
+        raise UmxError(address_refused(host, port, error)) from None
     return sock
+
+
+def listen(sock: socket.socket) -> socket.socket:
+    """Take connections on a socket from `bind`.
+
+    Returns:
+        `sock`.
+
+    Raises:
+        UmxError: the address cannot be had after all (taken since it was bound); `sock` is
+            closed.
+    """
+    try:
+        sock.listen()
+    except OSError as error:
+        host, port = sock.getsockname()[:2]
+        sock.close()
+        raise UmxError(address_refused(host, port, error)) from None
+    return sock
+
+
+def address_refused(host: str, port: int, error: OSError) -> str:
+    """The one-line error of an address that cannot be bound or listened on."""
+    hint = ""
+    if error.errno == errno.EADDRINUSE:
+        hint = " (is umx serve running there?): give another --port, or 0 for any free one"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}{hint}"
 
 
 def page_url(sock: socket.socket) -> str:
@@ -261,14 +286,19 @@ def _serve(options: ServeOptions, stop: StopRequest) -> bool:
     model = resolve_model(options.model)
     models = [*MODELS, *([model] if model not in MODELS else [])]
     data_dir = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
-    store = JobStore(
-        data_dir,
-        models=models,
-        max_queue=options.max_queue,
-        max_cache_bytes=int(options.max_cache_gb * 2**30),
-        device=device,
-    )
-    sock = None
+    # bound before the store makes its folders: a bad --host or a busy --port changes nothing
+    sock = bind(options.host, options.port)
+    try:
+        store = JobStore(
+            data_dir,
+            models=models,
+            max_queue=options.max_queue,
+            max_cache_bytes=int(options.max_cache_gb * 2**30),
+            device=device,
+        )
+    except BaseException:
+        sock.close()
+        raise
     try:  # the store is stopped (its data directory released) whatever happens from here
         app = create_app(
             store,
@@ -279,7 +309,7 @@ def _serve(options: ServeOptions, stop: StopRequest) -> bool:
                 models, fell_back=options.model is None and model != DEFAULT_MODEL
             ),
         )
-        sock = listen(options.host, options.port)
+        listen(sock)
         url = page_url(sock)
         if options.host not in ("127.0.0.1", "localhost", "::1"):
             logger.warning(
@@ -296,7 +326,6 @@ def _serve(options: ServeOptions, stop: StopRequest) -> bool:
         if stop.signum is None:  # a signal from now on sets the server's should_exit
             stop.server.run(sockets=[sock])
     finally:
-        if sock is not None:
-            sock.close()
+        sock.close()
         ended = store.stop(timeout=WORKERS_STOP_S)
     return ended
