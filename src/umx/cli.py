@@ -301,7 +301,7 @@ def add_stream_command(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="average input files with more than two channels instead of refusing them",
     )
-    add_output_arguments(p)
+    add_output_arguments(p, unset=True)  # --stdout refuses each one given
     add_separation_arguments(p, chunks=False)
     p.add_argument("-q", "--quiet", action="store_true", help="no messages")
 
@@ -311,12 +311,15 @@ def run_stream(args: argparse.Namespace) -> int:
 
     from umx.api import parse_aggregate
     from umx.stream.io import OutputClosed, check_stdout_names
-    from umx.stream.run import StreamOptions
+    from umx.stream.run import FILE_OPTIONS, StreamOptions, refuse_file_options
     from umx.stream.run import run_stream as stream
 
     check_number("--threads", args.threads, above=0, integer=True)
     check_cores("--threads", args.threads)
     args.model = STREAM_MODEL if args.model is None else args.model  # '' is refused
+    if args.stdout:  # any given, at its default value too
+        given = [option for name, option in FILE_OPTIONS.items() if getattr(args, name) is not None]
+        refuse_file_options(given)
     options = StreamOptions(
         args.input,
         check_separation_args(args),

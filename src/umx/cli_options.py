@@ -484,18 +484,28 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] = ()) -> None:
+def add_output_arguments(
+    p: argparse.ArgumentParser, ext_aliases: Sequence[str] = (), unset: bool = False
+) -> None:
     """The options of stem files: where, named how, in which format, clipped how, grouped how,
-    and whether to overwrite (`umx separate`, `umx stream` and `umx batch`)."""
+    and whether to overwrite (`umx separate`, `umx stream` and `umx batch`).
+
+    Args:
+        p: the command's parser.
+        ext_aliases: other names of `--ext`.
+        unset: every option of stem files defaults to None, so that the command knows which
+            were given (`umx stream --stdout` refuses them all, default values included);
+            `output_options` fills in the defaults.
+    """
     p.add_argument(
         "--outdir",
         type=path_argument,
-        default=OutputOptions.outdir,
+        default=None if unset else OutputOptions.outdir,
         help="output directory (default: separated)",
     )
     p.add_argument(
         "--filename",
-        default=DEFAULT_TEMPLATE,
+        default=None if unset else DEFAULT_TEMPLATE,
         metavar="TEMPLATE",
         help="output path under OUTDIR, with "
         + ", ".join("{" + field + "}" for field in TEMPLATE_FIELDS)
@@ -518,7 +528,7 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
     p.add_argument(
         "--clip",
         choices=CLIP_POLICIES,
-        default=OutputOptions.clip,
+        default=None if unset else OutputOptions.clip,
         help="what to do with stems that exceed full scale: rescale the stem so its peak fits, "
         "clamp the samples, or none (FLOAT only) (default: rescale)",
     )
@@ -528,7 +538,12 @@ def add_output_arguments(p: argparse.ArgumentParser, ext_aliases: Sequence[str] 
         help="groups of targets to write instead, as JSON or a JSON file, e.g. "
         '\'{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}\'',
     )
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        default=None if unset else False,
+        help="overwrite existing output files",
+    )
 
 
 def output_format(ext: str) -> str:
@@ -549,14 +564,15 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
         UmxError: also for a `--ext wav` given beside a template of another format, which
             `OutputOptions` takes for the default (wav, not chosen).
     """
-    written = template_format(args.filename)
+    filename = DEFAULT_TEMPLATE if args.filename is None else args.filename
+    written = template_format(filename)
     if args.ext is not None and written not in (None, args.ext):
-        raise ext_conflict(args.filename, written, args.ext)
+        raise ext_conflict(filename, written, args.ext)
     return OutputOptions(
-        outdir=args.outdir,
-        filename=args.filename,
+        outdir=OutputOptions.outdir if args.outdir is None else args.outdir,
+        filename=filename,
         ext=args.ext or OutputOptions.ext,
         subtype=args.subtype,
-        clip=args.clip,
-        force=args.force,
+        clip=OutputOptions.clip if args.clip is None else args.clip,
+        force=bool(args.force),
     )

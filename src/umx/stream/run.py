@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("umx")
 
-_FILE_OPTIONS = {
+FILE_OPTIONS = {
     "outdir": "--outdir",
     "force": "--force",
     "filename": "--filename",
@@ -29,7 +29,8 @@ _FILE_OPTIONS = {
     "subtype": "--subtype",
     "clip": "--clip",
 }
-"""The fields of `OutputOptions` and the options that set them, which describe stem files."""
+"""The fields of `OutputOptions` and the options that set them, which describe stem files
+(also the `dest` of each option on the command line)."""
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,27 @@ class StreamOptions:
         """Refuse, with `stdout`, output options that describe stem files: raw PCM in
         `pcm_format` would quietly replace what they ask for."""
         default = OutputOptions()
-        given = [
-            option
-            for name, option in _FILE_OPTIONS.items()
-            if getattr(self.output, name) != getattr(default, name)
-        ]
-        if given:
-            raise UmxError(
-                f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} stem files, but "
-                "--stdout writes raw PCM in --format (f32le or s16le): leave out one or the other"
-            )
+        refuse_file_options(
+            [
+                option
+                for name, option in FILE_OPTIONS.items()
+                if getattr(self.output, name) != getattr(default, name)
+            ]
+        )
+
+
+def refuse_file_options(given: Sequence[str]) -> None:
+    """Refuse the options of stem files in `given` beside `--stdout` (the command line refuses
+    every one given, at its default value too; `StreamOptions`, those that differ from it).
+
+    Raises:
+        UmxError: `given` is not empty.
+    """
+    if given:
+        raise UmxError(
+            f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} stem files, but "
+            "--stdout writes raw PCM in --format (f32le or s16le): leave out one or the other"
+        )
 
 
 def run_stream(
