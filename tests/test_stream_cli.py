@@ -618,6 +618,10 @@ def test_typed_options_stream_what_the_command_line_streams(causal_dir, song, tm
         ({"block": 0}, "^--block must be greater than 0"),
         ({"pcm_format": "s16le"}, "^--format describes raw PCM"),
         ({"input": "-"}, "^raw PCM on standard input needs its sample rate: give --rate$"),
+        (
+            {"input": "-", "rate": 44100.5},
+            "^--rate must be a whole number of samples per second, not 44100.5: e.g. --rate 44100$",
+        ),
         ({"input": None}, "^INPUT must be a file, or - for standard input, not None$"),
     ],
 )

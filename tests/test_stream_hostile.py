@@ -101,6 +101,8 @@ CASES = [
     ("rate-zero", b"", ["-", "--rate", "0"], "--rate must be at least 1000"),
     ("rate-negative", b"", ["-", "--rate", "-44100"], "--rate must be at least 1000"),
     ("rate-huge", b"", ["-", "--rate", "1e9"], "--rate must be at most"),
+    # taken (exit 0) before, though a fractional --rate was documented as refused
+    ("rate-fraction", f32(music(0.2)), ["-", "--rate", "44100.5"], "not 44100.5: e.g. --rate"),
     ("rate-missing", b"", ["-"], "give --rate"),
     ("rate-for-a-file", None, ["song.wav", "--rate", RATE], "--rate and --channels describe"),
     ("channels-zero", b"", [*STDIN, "--channels", "0"], "--channels must be greater than 0"),

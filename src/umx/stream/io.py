@@ -93,6 +93,11 @@ def check_block(block: object) -> None:
 def check_pcm_input(rate: object, nb_channels: object, fmt: str) -> None:
     """Refuse a raw PCM input description that cannot be read."""
     check_number("--rate", rate, minimum=MIN_RATE, maximum=MAX_RATE)
+    if not float(rate).is_integer():  # raw PCM has whole frames a second
+        raise UmxError(
+            f"--rate must be a whole number of samples per second, not {rate}: e.g. "
+            f"--rate {round(rate)}"
+        )
     check_number("--channels", nb_channels, above=0, integer=True)
     if nb_channels > 2:
         raise UmxError(
