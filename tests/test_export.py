@@ -384,7 +384,15 @@ def test_a_folder_of_graphs_without_its_json_says_to_export_again(tmp_path, caps
     assert run_cli(argv, capsys)[1:] == (
         "",
         f"umx: error: {tmp_path / 'export'} holds ONNX graphs but no {EXPORT_JSON}, as an "
-        "export cut short leaves it: export it again with umx export --force\n",
+        f"export cut short leaves it: export it again with `umx export MODEL {tmp_path}/export "
+        "--force`\n",
+    )
+    # the command it gives runs as written: `umx export --force` lacked the model and folder
+    (tmp_path / "my export").mkdir()
+    (tmp_path / "my export" / "vocals.onnx").write_bytes(b"graph")
+    argv[-1] = str(tmp_path / "my export")
+    assert run_cli(argv, capsys)[2].endswith(
+        f"export it again with `umx export MODEL '{tmp_path}/my export' --force`\n"
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,9 +241,10 @@ def read_separator_json(path: Path) -> dict[str, Any]:
                 f"batch, evaluate and serve run: give {exported_from(path.parent)}"
             )
         if next(path.parent.glob("*.onnx"), None) is not None:
+            shown = display_path(path.parent)
             raise UmxError(
-                f"{path.parent} holds ONNX graphs but no {EXPORT_JSON}, as an export cut short "
-                "leaves it: export it again with umx export --force"
+                f"{shown} holds ONNX graphs but no {EXPORT_JSON}, as an export cut short leaves "
+                f"it: export it again with `umx export MODEL {shlex.quote(shown)} --force`"
             )
         raise UmxError(f"{path} is missing: a model directory needs one")
     config = _read_json(path)
