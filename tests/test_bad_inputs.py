@@ -168,7 +168,9 @@ CLI_CASES = [
     ("duration-zero", [SONG, *MODEL, "--duration", "0"], "--duration must be greater than 0"),
     ("duration-negative", [SONG, *MODEL, "--duration", "-2"], "--duration must be greater"),
     ("duration-nan", [SONG, *MODEL, "--duration", "nan"], "--duration must be a finite number"),
-    ("start-past-end", [SONG, *MODEL, "--start", "5"], "no audio from 5"),
+    # it said "song.wav has no audio from 5.0 s", neither how long the file is nor what to do
+    ("start-past-end", [SONG, *MODEL, "--start", "5"], "song.wav is 1.0 s long: give a --start"),
+    ("start-past-end-excerpt", [SONG, *MODEL, "--start", "1", "--duration", "2"], "is 1.0 s long"),
     ("filename-parent", [SONG, *MODEL, "--filename", "../x/{target}.{ext}"], "inside --outdir"),
     ("filename-absolute", [SONG, *MODEL, "--filename", "/tmp/{target}.wav"], "inside --outdir"),
     ("filename-field", [SONG, *MODEL, "--filename", "{track}/{foo}.wav"], "unknown fields foo"),

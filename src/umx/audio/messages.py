@@ -12,10 +12,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import soundfile
 
 from umx.errors import FULL_DISK_HINT, UmxError, display_path, os_reason, printable
+
+if TYPE_CHECKING:
+    from umx.audio.reading import AudioFileInfo
 
 _FFMPEG_MISSING = "ffmpeg is not installed (apt-get install ffmpeg)"
 
@@ -59,6 +63,20 @@ def _truncated(path: Path, declared: float, held: float, about: bool = False) ->
     return UmxError(
         f"{display_path(path)} is truncated: its header declares {declared:.2f} s but the file "
         f"holds {'about ' if about else ''}{min(held, declared):.2f} s"
+    )
+
+
+def _past_the_end(shown: str, start: float, info: AudioFileInfo) -> str:
+    """Why an excerpt from `start` seconds of a file holds no audio, with the --start to give.
+
+    Args:
+        shown: the file, as messages show it.
+        info: what the file says of its audio; its length may be unknown.
+    """
+    if info.nb_frames is None:
+        return f"{shown} ends before {start} s: give a --start below its length"
+    return (
+        f"{shown} is {round(info.nb_frames / info.sample_rate, 3)} s long: give a --start below it"
     )
 
 

@@ -48,6 +48,7 @@ from umx.audio.messages import (
     _FFMPEG_MISSING,
     _ffmpeg_failure,
     _libsndfile_reason,
+    _past_the_end,
     _truncated,
     _undecodable,
     display_path,
@@ -590,8 +591,7 @@ def read_audio(
     if len(audio) == 0:
         if start == 0 and duration is None:
             raise UmxError(f"{display_path(path)} contains no audio")
-        length = "" if duration is None else f" for {duration} s"
-        raise UmxError(f"{display_path(path)} has no audio from {start} s{length}")
+        raise UmxError(_past_the_end(display_path(path), start, audio_info(path)))
     waveform = torch.from_numpy(audio.T)
     check_samples(waveform, seconds_to_frames(start, rate) / rate, rate, display_path(path))
     waveform = _channel_policy(waveform, nb_channels, downmix, path)
