@@ -1303,6 +1303,23 @@ def test_default_falls_back_at_once_when_the_host_refuses(defaults, monkeypatch,
     assert f"{base}/" in details and "Connection refused" in details
 
 
+@pytest.mark.parametrize("where", ["empty-folder", "no-folder", "a-file"])
+def test_default_falls_back_saying_a_file_address_lacks_the_weights(
+    defaults, tmp_path, monkeypatch, zoo_log, where
+):
+    """A file:// $UMX_ZOO_URL is a folder, not a host: the warning said "its download host
+    cannot be reached" of a folder that was there but did not hold the weights."""
+    folder = tmp_path / where
+    if where == "empty-folder":
+        folder.mkdir()
+    elif where == "a-file":
+        folder.write_bytes(b"not a folder")
+    monkeypatch.setenv("UMX_ZOO_URL", folder.as_uri())
+    assert load_separator().model_name == FALLBACK_MODEL
+    details = fallback_warning(zoo_log, "its weights are missing from UMX_ZOO_URL")
+    assert f"{folder.as_uri()}/" in details
+
+
 def test_default_falls_back_within_the_probe_timeout_when_dns_hangs(defaults, monkeypatch, zoo_log):
     monkeypatch.setattr(download, "PROBE_TIMEOUT_S", 0.3)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(3))

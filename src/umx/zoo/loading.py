@@ -10,8 +10,10 @@ writing model directories is `umx.modeldir`'s job.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,7 @@ from umx.zoo.download import (
     is_offline,
     probe,
 )
-from umx.zoo.registry import MODELS, ZooEntry, known_name, model_targets
+from umx.zoo.registry import MIRROR_ENV, MODELS, ZooEntry, known_name, model_targets
 
 if TYPE_CHECKING:  # torch, and modeldir which imports it, load only when a model does
     import torch
@@ -98,6 +100,10 @@ def _default_or_why_not(selected: Sequence[str], offline: bool) -> str | None:
     if reason is None:
         return None
     logger.debug("%s cannot be reached: %s", url, reason)
+    if urllib.parse.urlsplit(url).scheme.lower() == "file":  # a folder, not a host: say what
+        if reason in (os.strerror(errno.ENOENT), os.strerror(errno.ENOTDIR)):
+            return f"its weights are missing from {MIRROR_ENV}"
+        return f"{MIRROR_ENV}: {reason}"  # Permission denied, ...
     return "its download host cannot be reached"
 
 
