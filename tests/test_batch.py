@@ -741,6 +741,28 @@ def test_sigterm_leaves_no_empty_folder(tmp_path, songs):
     assert (tmp_path / "out" / ".umx-job" / MANIFEST_FILE).is_file()  # the records stay
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_to_the_driver_and_its_workers_leaves_no_temporary_file(
+    tmp_path, songs, signum
+):
+    """`timeout`, `kill -- -PGID` and a closed terminal signal the whole process group: the
+    workers stop as on Ctrl-C, removing their temporary files, rather than dying of it."""
+    driver = start_driver(tmp_path, "--jobs", "1")
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        (worker,) = wait_for(lambda: children(driver.pid, b"spawn_main"), "the worker")
+        for pid in (worker, driver.pid):
+            os.kill(pid, signum)
+        _, err = driver.communicate(timeout=BOUND_S)
+        wait_for(lambda: not running(worker), "the worker to stop")
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + signum, err.decode()
+    assert err.decode().splitlines()[-1] == f"umx: stopped by {signal.Signals(signum).name}"
+    assert "Traceback" not in err.decode()
+    assert hidden_files(tmp_path / "out") == []
+
+
 def test_the_documented_commands_parse():
     """Every `umx batch` line of docs/batch.md and of the README names options that exist."""
     from umx.cli import build_parser

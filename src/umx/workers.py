@@ -98,6 +98,26 @@ def run_pool_task(function: Callable[..., T], *args: Any) -> T:
         _busy = False
 
 
+def stop_as_on_ctrl_c() -> None:
+    """Have every stop signal (Ctrl-C, SIGTERM, SIGHUP) stop this worker process once, as
+    Ctrl-C does (KeyboardInterrupt, so that its writers remove their temporary files), and
+    the ones that follow be ignored while it unwinds. `timeout`, `kill -- -PGID` and a closed
+    terminal signal the worker and its driver alike, and the stopping driver then sends
+    SIGINT too: dying of the first, or interrupted again while cleaning up, the worker would
+    leave its temporary files behind."""
+
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:  # the others stay handled: Python warns of one pending when ignored
+            stopping = True
+            raise KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+
+
 @contextmanager
 def stops_deferred() -> Iterator[None]:
     """Hold Ctrl-C, SIGTERM and SIGHUP for the duration of the block and deliver the first that

@@ -28,7 +28,7 @@ from umx.batch.work import (
     separate_task,
 )
 from umx.errors import UmxError
-from umx.workers import sigint_held_for_children, stop_with_driver
+from umx.workers import sigint_held_for_children, stop_as_on_ctrl_c, stop_with_driver
 
 logger = logging.getLogger("umx")
 
@@ -40,6 +40,7 @@ def _worker(conn: Connection, spec: WorkerSpec, driver: int) -> None:
     """A worker process: load the model, then separate each task received until told to stop
     (or until the driver, process `driver`, dies)."""
     logging.getLogger("umx").setLevel(logging.WARNING)
+    stop_as_on_ctrl_c()  # a stop signalled to the process group as well as Ctrl-C
     try:
         # started with SIGINT held back (`_Worker`): one that came while it imported ends it now
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
