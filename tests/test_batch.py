@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -483,6 +484,34 @@ def test_a_folder_with_a_corrupt_file_then_resume_and_retry(tmp_path, monkeypatc
     # other settings on the same job are refused before any work
     assert main([*args, "--ext", "flac"]) == 1
     assert "was started with other settings" in capsys.readouterr().err
+
+
+def test_status_counts_every_file_the_last_run_finished(tmp_path, monkeypatch, capsys):
+    """The last run's throughput counts the files it finished, done or failed, and keeps them
+    once a later record supersedes one (a done input whose stem was deleted, found by a run
+    with nothing to do, is recorded as failed)."""
+    monkeypatch.chdir(tmp_path)
+    for n in range(2):
+        write_song(tmp_path / "songs" / f"{n}.wav", 0.5, seed=n)
+    (tmp_path / "songs" / "broken.wav").write_bytes(b"RIFF\x00\x00not audio at all")
+    args = ["batch", "songs", "--outdir", "out", "--model", MODEL, "-q"]
+    assert main(args) == 1
+
+    def status():
+        capsys.readouterr()
+        assert main(["batch", "--status", "out"]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    before = status()
+    assert "inputs: 3: 2 done, 1 failed, 0 interrupted, 0 pending" in before
+    (last_run,) = [line for line in before if line.startswith("last run: ")]
+    assert "; 3 files (" in last_run, last_run
+    (tmp_path / "out" / "1" / "bass.wav").unlink()
+    time.sleep(1.1)  # the failed record comes a second after the run's last
+    assert main(args) == 1  # nothing to do: no run starts
+    after = status()
+    assert "inputs: 3: 1 done, 2 failed, 0 interrupted, 0 pending" in after
+    assert last_run in after  # the same files, over the same time
 
 
 def test_inputs_and_the_job_are_named_as_given(tmp_path, monkeypatch, capsys):

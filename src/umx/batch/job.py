@@ -131,9 +131,16 @@ class Job:
     def start_run(self, **run: Any) -> None:
         """Add this run (when it started, and `run`: mode, workers...) to `job.json`; the
         throughput of `--status` counts from here."""
-        self.settings["runs"].append({"started": round(time.time(), 3), **run})
+        self.run_started = round(time.time(), 3)
+        self.settings["runs"].append({"started": self.run_started, **run})
         write_json_atomic(self.directory / SETTINGS_FILE, self.settings)
         self.ran = True
+
+    def finish(self, record: Mapping[str, Any]) -> None:
+        """Add the record of an input this run finished (done or failed), marked with the run
+        (`run`: when it started) and stamped (`finished`) if its worker did not, so that
+        `--status` counts it in the run's throughput even once a later record supersedes it."""
+        self.append({"finished": round(time.time(), 3), **record, "run": self.run_started})
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Add a record to the manifest, on disk (flushed and fsynced) when this returns."""
@@ -381,21 +388,18 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
     runs = settings.get("runs") or [{}]
     run = runs[-1]
     started = run.get("started")
-    done = [
-        r
-        for r in latest.values()
-        if r.get("status") == DONE and started is not None and r.get("finished", 0) >= started
-    ]
     if started is not None:
+        finished = _finished_by_run(started, scan.records, latest)
         when = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
-        end = time.time() if running else max((r["finished"] for r in done), default=started)
+        ends = (r.get("finished", started) for r in finished)
+        end = time.time() if running else max(ends, default=started)
         elapsed = max(end - started, 1e-9)
-        rate = len(done) / elapsed * 3600
-        audio = sum(r.get("audio_seconds") or 0.0 for r in done)
+        rate = len(finished) / elapsed * 3600
+        audio = sum(r.get("audio_seconds") or 0.0 for r in finished)
         yield (
             f"last run: {'running since' if running else 'started'} "
             f"{when:%Y-%m-%d %H:%M:%S} UTC, {_workers(run)}; "
-            f"{plural(len(done), 'file')} ({audio / 60:.1f} min of audio) in {elapsed:.0f} s: "
+            f"{plural(len(finished), 'file')} ({audio / 60:.1f} min of audio) in {elapsed:.0f} s: "
             f"{rate:.0f} files/hour"
         )
         left = counts["pending"] + counts[RUNNING]
@@ -415,6 +419,24 @@ def summarize(path: str | os.PathLike) -> Iterator[str]:
             yield f"  {failure_line(record)}"
         if len(failed) > SHOWN_FAILURES:
             yield f"  ... and {len(failed) - SHOWN_FAILURES} more (see {MANIFEST_FILE})"
+
+
+def _finished_by_run(
+    started: float, records: Sequence[Mapping[str, Any]], latest: Mapping[str, Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The records of the inputs that the run started at `started` finished, done or failed
+    (`Job.finish`), one per input as the run wrote it: a later record (a done input that no
+    longer verifies, recorded as failed) takes none away. Records of an earlier version, which
+    did not mark them with their run: the done inputs that finished since it started."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        if record.get("run") == started and record.get("status") in (DONE, FAILED):
+            first.setdefault(record["input"], record)
+    if first:
+        return list(first.values())
+    return [
+        r for r in latest.values() if r.get("status") == DONE and r.get("finished", 0) >= started
+    ]
 
 
 def failure_line(record: Mapping[str, Any], as_given: Callable[[str], str] | None = None) -> str:

@@ -389,7 +389,7 @@ def _run(job: Job, pool: Any, tasks: list, options: BatchOptions) -> int:
     try:
         with logging_redirect_tqdm(loggers=[logger]):
             for record in pool.run(iter(tasks), lambda task: job.append(running_record(task))):
-                job.append(record)
+                job.finish(record)
                 if record["status"] == FAILED:
                     failed += 1
                     logger.warning("failed: %s", failure_line(record, options.as_given))
