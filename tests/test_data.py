@@ -502,6 +502,38 @@ def test_musdb_names_an_empty_or_damaged_stem_file(tmp_path):
     )
 
 
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write an mp4")
+def test_musdb_refuses_a_stem_file_without_its_sources(tmp_path, monkeypatch, capsys):
+    """An mp4 of one audio stream (a song, not a stem file) was a traceback of stempeg's
+    (IndexError); `umx train` now refuses it in the line `umx evaluate` says."""
+    import subprocess
+
+    from umx.cli import main
+
+    (tmp_path / "train").mkdir()
+    write(tmp_path / "song.wav", np.zeros((2, 4410), np.float32))
+    for name in ("x", "y"):
+        command = ["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "song.wav"), "-c:a", "aac"]
+        subprocess.run([*command, str(tmp_path / "train" / f"{name}.stem.mp4")], check=True)
+    said = (
+        "train/x.stem.mp4 has 1 audio stream, not the mixture and 4 sources of a MUSDB18 stem "
+        "file: replace it, or move it out of the folder"
+    )
+    with pytest.raises(UmxError) as error:
+        MUSDBDataset(tmp_path, split="train", seq_duration=SEQ, nb_channels=2, valid_tracks=1)
+    assert str(error.value) == f"{tmp_path}/{said}"
+    from umx.evaluate.tracks import check_references, load_tracks
+
+    (track, _) = load_tracks(tmp_path, subset="train")  # umx evaluate's check, the same line
+    with pytest.raises(UmxError, match=f"^{re.escape(str(error.value))}$"):
+        check_references(track)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--root", ".", "--output", "model", "--epochs", "1", "--hidden-size", "16"]
+    capsys.readouterr()
+    assert main(args) == 1
+    assert capsys.readouterr().err == f"umx: error: {said}\n"
+
+
 @needs_ffprobe
 def test_musdb_stem_files_are_decoded_stream_by_stream(tmp_path):
     stempeg = pytest.importorskip("stempeg")

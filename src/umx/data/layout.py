@@ -1,5 +1,6 @@
 """The folders of a training set: a split's folder under the root, its track folders, each
-refused with the layout expected, and with `umx distill` where the folder holds plain songs."""
+refused with the layout expected, and with `umx distill` where the folder holds plain songs;
+a MUSDB18 stem file without its sources (`umx train` and `umx evaluate` refuse it alike)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import os
 from pathlib import Path
 
 from umx.audio import display_path
-from umx.defaults import AUDIO_EXTENSIONS
+from umx.defaults import AUDIO_EXTENSIONS, SOURCES
 from umx.errors import UmxError
+from umx.messages import plural
 
 NO_STEMS = "; to train on songs without stems: umx distill (docs/distillation.md)"
 """What a folder of plain songs is told: `umx train` needs each source's stem."""
@@ -48,3 +50,18 @@ def holds_songs(directory: Path) -> bool:
         )
     except OSError:
         return False
+
+
+def check_stem_streams(path: str | os.PathLike, nb_audio_streams: int) -> None:
+    """Refuse a MUSDB18 stem file (`.stem.mp4`) whose `nb_audio_streams` are fewer than the
+    mixture and the sources (musdb then fails with an IndexError).
+
+    Raises:
+        UmxError: naming the file, its streams and what to do.
+    """
+    if nb_audio_streams < 1 + len(SOURCES):
+        raise UmxError(
+            f"{display_path(path)} has {plural(nb_audio_streams, 'audio stream')}, not the "
+            f"mixture and {len(SOURCES)} sources of a MUSDB18 stem file: replace it, or move it "
+            "out of the folder"
+        )

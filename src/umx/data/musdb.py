@@ -19,7 +19,7 @@ from umx.data.datasets import (
     Track,
     TrackDataset,
 )
-from umx.data.layout import NO_STEMS, holds_songs, split_dir
+from umx.data.layout import NO_STEMS, check_stem_streams, holds_songs, split_dir
 from umx.defaults import MUSDB_SAMPLES_PER_TRACK, SOURCES
 from umx.errors import UmxError
 from umx.messages import shown
@@ -202,6 +202,9 @@ class MUSDBDataset(TrackDataset):
         missing = [name for name in SOURCES if name not in track.sources]
         if missing:
             raise UmxError(f"{display_path(folder / (missing[0] + '.wav'))} does not exist")
+
+        if not is_wav:
+            check_stem_streams(folder, track.info.nb_audio_streams)
 
         def info(stem: Any, path: str, stem_id: int) -> AudioInfo:
             if is_wav:

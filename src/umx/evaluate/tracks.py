@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from umx.audio import MAX_CHANNELS, audio_info, read_audio
+from umx.data.layout import check_stem_streams
 from umx.defaults import SOURCES, SUBSETS
 from umx.errors import UmxError
 from umx.evaluate.common import _extra
@@ -107,11 +108,8 @@ def check_references(track: musdb.MultiTrack) -> None:
                 raise UmxError(
                     f"{path.with_name(source + '.wav')} is missing: no {source} reference"
                 )
-    elif track.info.nb_audio_streams < 1 + len(SOURCES):
-        raise UmxError(
-            f"{path} has {track.info.nb_audio_streams} audio streams, not the mixture and "
-            f"{len(SOURCES)} sources of a MUSDB18 stem file"
-        )
+    else:
+        check_stem_streams(path, track.info.nb_audio_streams)
 
 
 @contextlib.contextmanager
