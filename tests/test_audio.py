@@ -1159,7 +1159,7 @@ def test_names_beyond_name_max_are_one_line_errors(tmp_path):
         write_audio(tmp_path / name, tone(), RATE)
     assert str(error.value) == (
         f"cannot write {tmp_path / name}: its name is 256 bytes long, more than the 255 the "
-        "file system allows"
+        "file system allows; give a shorter --filename"
     )
     with pytest.raises(UmxError, match=r"cannot be read \(File name too long\)"):
         read_audio(tmp_path / name)

@@ -395,10 +395,10 @@ def separate_file(
 
     Stems are written at the model's sample rate with the channels the separator works on (see
     `Separator.channels_for`), or with `match_input` at the input's rate and channel count.
-    They are streamed to temporary files chunk by chunk and renamed when complete, so memory
-    does not grow with the track's length (except with `segment=None`) and a failure leaves
-    no partial file. Existing files are refused unless `force`; a stem is never written over
-    the input.
+    They are streamed to temporary files chunk by chunk and renamed when complete, so the
+    separation's memory does not grow with the track's length (except with `segment=None`;
+    the decoded input is held whole) and a failure leaves no partial file. Existing files are
+    refused unless `force`; a stem is never written over the input.
 
     Args:
         input_path: the mixture, any format `umx.audio.read_audio` reads.

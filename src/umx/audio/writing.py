@@ -291,7 +291,7 @@ class AudioWriter:
         if length > name_max:
             raise UmxError(
                 f"cannot write {shown}: its name is {length} bytes long, more than the "
-                f"{name_max} the file system allows"
+                f"{name_max} the file system allows; give a shorter --filename"
             )
         try:
             mode = os.stat(path).st_mode
