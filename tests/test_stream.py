@@ -363,3 +363,20 @@ def test_the_documented_example_runs(monkeypatch):
     text = (Path(__file__).resolve().parents[1] / "docs" / "streaming.md").read_text()
     code = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]  # the engine's example
     exec(compile(code, "streaming.md", "exec"), {})
+
+
+def test_a_separator_with_some_bidirectional_targets_names_the_causal_ones():
+    """The engine, not only `umx stream`, says which targets can stream (it named only the
+    first bidirectional one)."""
+    causal = causal_separator(residual=None)
+    models = dict(causal.target_models)
+    models["bass"] = OpenUnmix(N_FFT // 2 + 1, 2, 16, max_bin=200).freeze()
+    mixed = Separator(models, sample_rate=RATE, n_fft=N_FFT, n_hop=N_HOP, nb_channels=2)
+    with pytest.raises(UmxError) as error:
+        StreamingSeparator(mixed)
+    assert str(error.value) == (
+        "the bass model of the separator is bidirectional and cannot stream; its causal vocals, "
+        "drums can: give --targets vocals drums, or train bass with --unidirectional"
+    )
+    with pytest.raises(UmxError, match=r"^the bass model of the separator is bidirectional"):
+        separate_causal(mixed, torch.zeros(2, RATE))

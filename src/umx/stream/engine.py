@@ -68,6 +68,7 @@ class StreamingSeparator:
         block_multiple: int = 1,
         wiener_memory: float | None = WIENER_MEMORY,
     ) -> None:
+        _refuse_some_bidirectional(separator)
         for name, model in separator.target_models.items():
             model.require_causal(f"the {name!r} model")
         nb_channels = separator.nb_channels if nb_channels is None else nb_channels
@@ -294,3 +295,26 @@ def separate_causal(
     stems = stems[..., pre : pre + nb_timesteps]
     separator.check_stems(peak(mix), peak(stems), "audio")
     return stems.to(audio.device)
+
+
+def _refuse_some_bidirectional(separator: Separator) -> None:
+    """Refuse a model folder some of whose targets are bidirectional, naming them and the
+    causal ones, which `--targets` streams alone (a folder of bidirectional targets only is
+    refused by the stream, with the advice to use a causal model).
+
+    Raises:
+        UmxError: naming the targets of each kind and what to type.
+    """
+    models = separator.target_models.items()
+    causal = [name for name, model in models if model.unidirectional]
+    bidirectional = [name for name, model in models if not model.unidirectional]
+    if not causal or not bidirectional:
+        return
+    many = len(bidirectional) > 1
+    owner = separator.model_name or "the separator"
+    raise UmxError(
+        f"the {', '.join(bidirectional)} model{'s' * many} of {owner} "
+        f"{'are' if many else 'is'} bidirectional and cannot stream; its causal "
+        f"{', '.join(causal)} can: give --targets {' '.join(causal)}, or train "
+        f"{' and '.join(bidirectional)} with --unidirectional"
+    )

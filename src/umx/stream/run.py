@@ -8,16 +8,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from umx.audio import WriteReport, display_path
 from umx.defaults import DEFAULT_BLOCK, STREAM_MODEL
 from umx.errors import UmxError, check_flags, check_path
 from umx.options import OutputOptions, SeparationOptions
 from umx.stream.io import StreamReport, check_block, check_input, separate_stream
-
-if TYPE_CHECKING:
-    from umx.separator import Separator
 
 logger = logging.getLogger("umx")
 
@@ -134,7 +131,6 @@ def run_stream(
     if options.stdout and stdout is None:
         raise UmxError("--stdout needs a stream to write raw PCM to: give stdout")
     separator = separator_for(options.separation, progress=progress, causal=True)
-    _refuse_some_bidirectional(separator)
     report, files = separate_stream(
         options.input,
         separator,
@@ -163,25 +159,3 @@ def run_stream(
         log = logger.warning if report.missed else logger.info
         log("%d of %d blocks missed their deadline", report.missed, report.nb_blocks)
     return report, files
-
-
-def _refuse_some_bidirectional(separator: Separator) -> None:
-    """Refuse a model folder some of whose targets are bidirectional, naming them and the
-    causal ones, which `--targets` streams alone (a folder of bidirectional targets only is
-    refused by the stream, with the advice to use a causal model).
-
-    Raises:
-        UmxError: naming the targets of each kind and what to type.
-    """
-    models = separator.target_models.items()
-    causal = [name for name, model in models if model.unidirectional]
-    bidirectional = [name for name, model in models if not model.unidirectional]
-    if not causal or not bidirectional:
-        return
-    many = len(bidirectional) > 1
-    raise UmxError(
-        f"the {', '.join(bidirectional)} model{'s' * many} of {separator.model_name} "
-        f"{'are' if many else 'is'} bidirectional and cannot stream; its causal "
-        f"{', '.join(causal)} can: give --targets {' '.join(causal)}, or train "
-        f"{' and '.join(bidirectional)} with --unidirectional"
-    )
