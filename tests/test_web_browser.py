@@ -331,6 +331,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     page = page_at("desktop")
     page.goto(url)
     page.wait_for_selector("html[data-state=ready]")
+    page.wait_for_selector("html[data-list=shown]")  # the job below is a change, not the list
     assert page.get_attribute("#model option[value=umxl]", "disabled") is not None
     assert page.text_content("#model option[value=umxl]") == "umxl (not available)"
     note = page.text_content("#unavailable")

@@ -444,6 +444,7 @@ function listen() {
     const ids = new Set(jobs.map((job) => job.id));
     for (const id of state.jobs.keys()) if (!ids.has(id)) updateJob({ id, state: "deleted" });
     for (const job of jobs.reverse()) updateJob(job);
+    document.documentElement.dataset.list = "shown";  // the server's list: for scripts and tests
     showConnection(false);
     const wanted = new URLSearchParams(location.hash.slice(1)).get("job");
     if (wanted && state.jobs.get(wanted)?.state === "done" && !state.player) openPlayer(wanted);
