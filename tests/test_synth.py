@@ -703,7 +703,7 @@ def stop_synth_mid_run(tmp_path: Path, argv: list, stop: str) -> tuple[int, list
         driver = subprocess.Popen(command, stderr=err, start_new_session=True, env=env)
         try:
             wait_for(lambda: list(tmp_path.glob(".data.*.partial/*/*")), "a track rendered")
-            workers = children(driver.pid)
+            workers = children(driver.pid, b"spawn_main")  # not the resource tracker
             if stop == "Ctrl-C":
                 os.killpg(driver.pid, signal.SIGINT)
             else:

@@ -56,7 +56,7 @@ from umx.synth.render import (
     render_track,
     write_pcm16,
 )
-from umx.workers import init_pool_worker, run_pool_task
+from umx.workers import init_pool_worker, run_pool_task, sigint_held_for_children
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def _init_render_worker(driver: int) -> None:
     init_pool_worker(driver)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.getsignal(signal.SIGINT))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held while it imported
 
 
 def check_root(root: Path, force: bool) -> None:
@@ -220,9 +221,12 @@ def synthesize(
         ]
         with contextlib.ExitStack() as stack:
             if jobs > 1:
-                pool = multiprocessing.Pool(
-                    min(jobs, len(tasks)), _init_render_worker, (os.getpid(),)
-                )
+                # Not fork: a child forked from a process with threads (torch's, a server's,
+                # a caller's) can deadlock on a lock one of them held. Spawned workers import
+                # afresh, with SIGINT held back until they handle it (`_init_render_worker`).
+                context = multiprocessing.get_context("spawn")
+                with sigint_held_for_children():
+                    pool = context.Pool(min(jobs, len(tasks)), _init_render_worker, (os.getpid(),))
                 stack.enter_context(pool)
                 results = pool.imap(partial(run_pool_task, _render_task), tasks)
             else:
