@@ -38,6 +38,21 @@ def children(pid: int, marker: bytes = b"") -> list[int]:
     return sorted(found)
 
 
+def in_session(sid: int) -> list[int]:
+    """The processes of session `sid` that are not zombies (a command started with
+    `start_new_session=True` and everything it started, unless they left its session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def running(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie."""
     try:

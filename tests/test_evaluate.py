@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 import umx.audio.writing
-from processes import BOUND_S, children, file_size_limit, running, wait_for
+from processes import BOUND_S, children, file_size_limit, in_session, running, wait_for
 from umx import api
 from umx.errors import UmxError
 from umx.evaluate import (
@@ -1029,9 +1029,14 @@ class Job:  # a track job whose tracks last far longer than the test
         self.folder = folder
 
     def run(self, track):
-        (self.folder / f"{track.name}.{os.getpid()}.started").touch()
-        time.sleep(600)
-        (self.folder / f"{track.name}.done").touch()
+        temporary = self.folder / f".{track.name}.tmp"  # as a writer's, removed when stopped
+        temporary.touch()
+        try:
+            (self.folder / f"{track.name}.{os.getpid()}.started").touch()
+            time.sleep(600)
+            (self.folder / f"{track.name}.done").touch()
+        finally:
+            temporary.unlink()
 
 
 if __name__ == "__main__":
@@ -1087,6 +1092,55 @@ def test_workers_stop_quietly_with_the_driver(tmp_path, stop):
     err = (tmp_path / "stderr").read_text()
     # SIGKILL leaves the driver's semaphores to Python's resource tracker, which says so
     assert "Traceback" not in err and (stop == "SIGKILL" or err == ""), err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signalled_to_the_process_group_stops_the_workers_as_ctrl_c_does(tmp_path, signum):
+    """`timeout`, `kill -- -PGID` and a closed terminal signal the driver, its workers, their
+    fork server and multiprocessing's resource tracker alike: the workers stop their track as
+    on Ctrl-C (they died of SIGTERM with their temporary files left), and the fork server and
+    the tracker outlive the signal until the pool has gone (the tracker died of SIGHUP, and the
+    driver wrote a warning and a traceback per semaphore)."""
+    driver = start_driver(tmp_path)
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("*.started"))) == 2, "two tracks started")
+        workers = [int(path.suffixes[0][1:]) for path in tmp_path.glob("*.started")]
+        servers = children(driver.pid, b"forkserver")
+        os.killpg(driver.pid, signum)
+        assert driver.wait(timeout=BOUND_S) == 128 + signum
+        wait_for(lambda: not any(map(running, workers + servers)), "the workers to stop", 30)
+    finally:
+        driver.kill()
+    assert list(tmp_path.glob(".*.tmp")) == [] and not list(tmp_path.glob("*.done"))
+    assert (tmp_path / "stderr").read_text() == ""
+
+
+def test_umx_evaluate_jobs_stopped_through_its_process_group_says_so_and_leaves_nothing(
+    tmp_path,
+):
+    """The real command, in a session of its own as a terminal runs it, stopped by a closed
+    terminal (SIGHUP to the process group) once a track is scored: one line and the shell's
+    status, no temporary file of scores or estimates, and no process of it left (the resource
+    tracker died of it, and the driver wrote a warning and tracebacks as it stopped)."""
+    signum = signal.SIGHUP
+    rng = np.random.default_rng(3)
+    for index in range(4):  # 20 s tracks: a second of work each, the run lasts a few
+        sources = {name: np.tile(audio, 7) for name, audio in make_sources(rng).items()}
+        write_track(tmp_path / "set" / "test" / f"track-{index}", sources)
+    command = [sys.executable, "-m", "umx.cli", "evaluate", "--root", "set", "--is-wav", "-q"]
+    command += ["--method", "irm", "--evaldir", "ev", "--outdir", "stems", "--jobs", "2"]
+    with open(tmp_path / "stderr", "wb") as err:
+        driver = subprocess.Popen(command, cwd=tmp_path, stderr=err, start_new_session=True)
+    try:
+        wait_for(lambda: list(tmp_path.glob("ev/test/*.json")), "a track scored")
+        os.killpg(driver.pid, signum)
+        assert driver.wait(timeout=BOUND_S) == 128 + signum
+        wait_for(lambda: not in_session(driver.pid), "the run's processes to end", 30)
+    finally:
+        driver.kill()
+    stderr = (tmp_path / "stderr").read_text()
+    assert stderr == f"umx: stopped by {signal.Signals(signum).name}\n"
+    assert [path for path in tmp_path.rglob(".*") if path.name != ".umx-evaluate.json"] == []
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM"])

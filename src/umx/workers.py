@@ -13,7 +13,7 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TypeVar
@@ -63,12 +63,14 @@ def init_pool_worker(driver: int) -> None:
     """Tie a pool's worker process to its driver (`stop_with_driver`); call it first in the
     pool's initializer.
 
-    SIGINT then stops the worker: it interrupts a task (see `run_pool_task`) as Ctrl-C does,
-    and ends a worker between tasks at once. Ctrl-C reaches the workers and the driver, which
-    then stops them too: a second SIGINT while a task unwinds is ignored, so that no worker
-    writes a traceback.
+    Every stop signal (Ctrl-C, SIGTERM, SIGHUP) then stops the worker: it interrupts a task
+    (see `run_pool_task`) as Ctrl-C does, and ends a worker between tasks at once. Ctrl-C,
+    `timeout`, `kill -- -PGID` and a closed terminal reach the workers and the driver, which
+    then stops them too: a second stop while a task unwinds is ignored, so that no worker
+    writes a traceback or dies with its temporary files left.
     """
-    signal.signal(signal.SIGINT, _interrupted)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupted)
     try:
         stop_with_driver(driver)
     except KeyboardInterrupt:
@@ -152,13 +154,36 @@ def sigint_held_for_children() -> Iterator[None]:
     (`signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})`, once they handle it). Held
     back and not ignored, a Ctrl-C to this process meanwhile is not lost: it comes after.
 
-    multiprocessing's resource tracker is started first: starting it unblocks SIGINT (and the
-    `spawn` start method starts it with the first process)."""
-    from multiprocessing import resource_tracker  # not for every command's start-up
+    multiprocessing's resource tracker is started first (`start_resource_tracker`): starting
+    it unblocks SIGINT (and the `spawn` start method starts it with the first process)."""
+    with held_for_children((signal.SIGINT,)):
+        yield
 
-    resource_tracker.ensure_running()
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+@contextmanager
+def held_for_children(signums: Iterable[int]) -> Iterator[None]:
+    """`sigint_held_for_children` for the signals `signums` (e.g. `STOP_SIGNALS`: a process
+    started in the block then outlives a stop signalled to its process group, until told to
+    end or until it lets them through)."""
+    start_resource_tracker()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
     try:
         yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker if it is not running, with SIGHUP held back for
+    its life. It ignores SIGINT and SIGTERM but died of the SIGHUP of a closed terminal or
+    `kill -HUP -- -PGID`: the stopping driver then wrote a warning and a traceback for each
+    of its pool's semaphores (a new tracker, told to forget what it never knew). It ends when
+    the last process of the run has gone, as before."""
+    from multiprocessing import resource_tracker  # not for every command's start-up
+
+    hangup = {signum for signum in STOP_SIGNALS if signum not in (signal.SIGINT, signal.SIGTERM)}
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, hangup)
+    try:
+        resource_tracker.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -37,9 +37,10 @@ from umx.evaluate.methods import Estimates, Method, Settings
 from umx.evaluate.resume import SETTINGS, check_resumable, run_settings, track_settings
 from umx.evaluate.tracks import TARGETS, _audio_in_memory, check_references
 from umx.workers import (
+    STOP_SIGNALS,
+    held_for_children,
     init_pool_worker,
     run_pool_task,
-    sigint_held_for_children,
     stops_deferred,
 )
 
@@ -334,12 +335,13 @@ _worker_stop: Event | None = None
 
 def _init_worker(job: _TrackJob, nb_threads: int, stop: Event, driver: int) -> None:
     global _worker_job, _worker_stop
-    # The fork server holds SIGINT back from its start (`_start_forkserver`), and its children
-    # inherit that: let through once it is handled, SIGINT interrupts a track again, so that a
-    # stopped evaluation stops its workers too, and a worker gets it when the driver dies, even
-    # by SIGKILL. One that came while this worker started (a stop) ends it now.
+    # The fork server holds the stop signals back from its start (`_start_forkserver`), and
+    # its children inherit that: let through once handled, each interrupts a track as Ctrl-C
+    # does (a stop signalled to the process group included), so that a stopped evaluation
+    # stops its workers too, and a worker gets SIGINT when the driver dies, even by SIGKILL.
+    # One that came while this worker started (a stop) ends it now.
     init_pool_worker(driver)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
     torch.set_num_threads(nb_threads)
     _worker_job, _worker_stop = job, stop
 
@@ -534,14 +536,18 @@ def _start_forkserver(context: multiprocessing.context.ForkServerContext) -> Non
     pool's semaphores removed), and outlive the driver for seconds. Once it serves, starting a
     worker takes an instant, the time that `_run_jobs` holds stops back.
 
-    The server starts with SIGINT held back (blocked in this thread, which it inherits), for
-    ever: CPython's fork server ignores SIGINT only after its imports, which Ctrl-C would
-    interrupt with a traceback. Its workers let SIGINT through again (`_init_worker`). Only
-    held back, not ignored, a Ctrl-C that comes meanwhile is not lost here, even if another
-    thread of this process takes it.
+    The server starts with the stop signals held back (blocked in this thread, which it
+    inherits), for ever: CPython's fork server ignores SIGINT only after its imports, which
+    Ctrl-C would interrupt with a traceback, and SIGTERM or SIGHUP sent to the process group
+    (`timeout`, `kill -- -PGID`, a closed terminal) killed it under its running workers, which
+    the pool then took for dead (the driver left before they had removed their temporary
+    files). The driver ends it (`_stop_forkserver`), or it ends when the driver has gone. Its
+    workers let the signals through again (`_init_worker`). Only held back, not ignored, a
+    stop that comes meanwhile is not lost here, even if another thread of this process takes
+    it.
     """
     try:
-        with sigint_held_for_children():
+        with held_for_children(STOP_SIGNALS):
             forkserver.ensure_running()
         probe = context.Process(target=int, name="umx-forkserver-probe")
         probe.start()
