@@ -479,6 +479,8 @@ def folder(tmp_path):
     (job / "job.json").write_text(json.dumps(asdict(record)))
     (tmp_path / "data" / "uploads").mkdir()
     (tmp_path / "locked").mkdir()
+    (tmp_path / "mine").mkdir()  # a folder of the user's, with a file named as a store's folder
+    (tmp_path / "mine" / "uploads").write_bytes(b"my own file")
     return tmp_path
 
 
@@ -500,7 +502,13 @@ OPTION_CASES = [
     ("model-unknown", ["--model", "nope"], "unknown model 'nope'"),
     ("device-unknown", ["--device", "tpu"], "tpu"),
     ("data-dir-file", ["--data-dir", "{root}/a-file"], "{root}/a-file is not a folder"),
-    ("data-dir-under-file", ["--data-dir", "{root}/a-file/data"], "Not a directory"),
+    ("data-dir-under-file", ["--data-dir", "{root}/a-file/data"], "{root}/a-file is a file"),
+    ("data-dir-holds-a-file", ["--data-dir", "{root}/mine"], "{root}/mine/uploads is a file;"),
+    (
+        "data-dir-name-too-long",
+        ["--data-dir", "{root}/new/deeper/" + "a" * 300],
+        "File name too long; give a shorter --data-dir",
+    ),
     ("data-dir-read-only", ["--data-dir", "{root}/data"], "cannot write in the data directory"),
     ("data-dir-not-creatable", ["--data-dir", "{root}/locked/data"], "{root}/locked/data"),
 ]
@@ -523,7 +531,7 @@ def test_bad_option_is_one_line_before_listening(
     arguments = [argument.format(root=folder) for argument in arguments]
     if "--data-dir" not in arguments:
         arguments += ["--data-dir", str(folder / "data")]
-    before = snapshot(folder)
+    before, folders = snapshot(folder), sorted(folder.rglob("*"))
     locked = READ_ONLY.get(name)
     with read_only(folder / locked) if locked else contextlib.nullcontext():
         status = main(["serve", "--port", "0", *arguments])
@@ -532,6 +540,9 @@ def test_bad_option_is_one_line_before_listening(
     assert error.startswith("umx: error: ") and error.count("\n") == 1, error
     assert expected.format(root=folder) in error
     assert snapshot(folder) == before
+    assert sorted(folder.rglob("*")) == folders  # no folder made, empty or not
+    if name == "data-dir-name-too-long":  # the path is shown cut short
+        assert len(error) < 160, error
     if "--data-dir" not in OPTION_CASES_BY_NAME[name]:  # refused after its store was made
         lock = hold_lock(folder / "data")
         assert lock is not None, "the refused server kept its data directory locked"

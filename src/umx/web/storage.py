@@ -4,6 +4,7 @@ those separated, the size of a job's folder, and removals that a crash cannot le
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -14,21 +15,28 @@ from typing import Any
 from umx.audio import display_path
 from umx.errors import UmxError
 from umx.files import HeldLock, hold_lock, sha256_file
+from umx.folders import in_the_way, not_a_folder
+from umx.messages import shown
 
 PROBE_BYTES = 1 << 16
 """Bytes written (and removed) at start to check that the data directory takes files."""
 
 
 def check_data_dir(root: Path, folders: Sequence[Path]) -> None:
-    """Create the data directory's `folders` and make sure files can be written in them.
+    """Create the data directory's `folders` and make sure files can be written in them. When
+    they cannot be, the folders made here (the data directory and its parents included) are
+    removed again, so that a refused `--data-dir` leaves nothing behind.
 
     Raises:
-        UmxError: it cannot be used (a file, not creatable, read-only, full), in one sentence
-            that names it.
+        UmxError: it cannot be used (a file, in a file, not creatable, read-only, full, a name
+            too long), in one sentence that names it (shortened) and says what to do.
     """
-    where = f"the data directory {display_path(root)}"
+    where = f"the data directory {shown(os.fsdecode(root))}"
+    # os.path.lexists, not Path.exists: that raises for a name too long
+    made = {path for folder in folders for path in (folder, *folder.parents)}
+    made = sorted((path for path in made if not os.path.lexists(path)), key=lambda f: -len(f.parts))
     try:
-        if root.exists() and not root.is_dir():
+        if os.path.lexists(root) and not root.is_dir():
             raise UmxError(f"{where} is not a folder; choose another with --data-dir")
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
@@ -40,10 +48,28 @@ def check_data_dir(root: Path, folders: Sequence[Path]) -> None:
                     os.fsync(file.fileno())
             finally:
                 probe.unlink(missing_ok=True)
-    except OSError as error:
-        raise UmxError(
-            f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
-        ) from None
+    except BaseException as error:
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if not isinstance(error, OSError):
+            raise
+        raise UmxError(_refusal(root, error)) from None
+
+
+def _refusal(root: Path, error: OSError) -> str:
+    """Why the data directory `root` cannot be used (`error`), and what to do."""
+    if error.errno == errno.ENAMETOOLONG:  # the path shown cut short: the message stays short
+        return (
+            f"cannot write in the data directory {shown(os.fsdecode(root), 40)}: "
+            f"{error.strerror}; give a shorter --data-dir"
+        )
+    where = f"the data directory {shown(os.fsdecode(root))}"
+    blocker = not_a_folder(Path(os.fsdecode(error.filename))) if error.filename else None
+    if blocker is not None:  # where mkdir says "File exists" or "Not a directory"
+        blocking = f"{shown(os.fsdecode(blocker))} is {in_the_way(blocker)}"
+        return f"cannot write in {where}: {blocking}; choose another with --data-dir"
+    return f"cannot write in {where}: {error.strerror or error}; choose another with --data-dir"
 
 
 def lock_data_dir(root: Path) -> HeldLock:
@@ -56,7 +82,7 @@ def lock_data_dir(root: Path) -> HeldLock:
     Raises:
         UmxError: another `umx serve` holds it, or it cannot be created.
     """
-    where = f"the data directory {display_path(root)}"
+    where = f"the data directory {shown(os.fsdecode(root))}"
     try:
         lock = hold_lock(root)
     except OSError as error:
