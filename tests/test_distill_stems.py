@@ -352,6 +352,28 @@ def test_a_student_at_another_rate_than_the_stems_is_refused_before_their_import
     assert not output.exists() and not Path(f"{output}-work").exists()
 
 
+def test_a_song_whose_stems_are_at_another_rate_is_refused_before_any_import(tmp_path, capsys):
+    """Every song's stems are checked before the import: one song's at another rate than the
+    others' was imported with them, and the training then failed, naming the work folder's
+    copy (or the validation split's rate)."""
+    music, stems = tmp_path / "music", tmp_path / "stems"
+    for index in range(4):
+        parts = write_song(music, f"song{index}", stems / f"song{index}", index)
+    for path in (stems / "song3").iterdir():
+        path.unlink()
+    write_parts(stems / "song3", {name: audio[:, ::2] for name, audio in parts.items()}, RATE // 2)
+    output = tmp_path / "student"
+    given = [str(music), "--output", str(output), "--teacher-stems", str(stems), *STUDENT]
+    assert run(given, capsys) == (
+        1,
+        [
+            f"umx: error: --teacher-stems: {stems}/song3/hiss.wav is at 22050 Hz, but the "
+            "stems of 3 songs are at 44100 Hz: give every song's stems at 44100 Hz"
+        ],
+    )
+    assert not output.exists() and not Path(f"{output}-work").exists()
+
+
 def test_a_teachers_stems_given_as_files_distill_the_same_student(tmp_path):
     """The stems a `--teacher umxsynth` run separated, given as `--teacher-stems` (in umx
     batch's layout, `<parent>/<song>.<ext>/<stem>.wav`), train the same student, weight for

@@ -171,7 +171,7 @@ def run_distillation(options: DistillOptions) -> dict[str, Any]:
 def _distil(options: DistillOptions) -> dict[str, Any]:
     """The run of `run_distillation`, into its checked output and work folders (named as given
     in messages, absolute where they are recorded)."""
-    from umx.distill.stems import import_teacher_stems
+    from umx.distill.stems import import_teacher_stems, stems_rate
     from umx.distill.student import check_settings, train_student, write_provenance, write_settings
     from umx.distill.teacher import build_training_set, teacher_pass
     from umx.modeldir import select_targets
@@ -202,7 +202,7 @@ def _distil(options: DistillOptions) -> dict[str, Any]:
         )
     else:
         match = _match_stems(options)
-        _check_models(options, training, match.targets, _stems_rate(match))
+        _check_models(options, training, match.targets, stems_rate(match))
         teacher = import_teacher_stems(match, work)
     targets = select_targets(teacher.targets, options.targets, _teacher_name(options))
     data = build_training_set(
@@ -291,20 +291,6 @@ def _check_models(
             f"targets are {', '.join(student.targets)}): {advice} a --student with every "
             "target trained"
         )
-
-
-def _stems_rate(match: StemsMatch) -> float | None:
-    """The sample rate of the first stem of --teacher-stems (from its header), which the
-    training set is written at; None if it cannot be read (the import then says why)."""
-    from umx.audio import audio_info
-
-    for stems in match.songs.values():
-        for path in stems.values():
-            try:
-                return audio_info(path).sample_rate
-            except UmxError:
-                return None
-    return None
 
 
 def _check_folders(options: DistillOptions) -> tuple[Path, Path]:

@@ -39,7 +39,7 @@ from umx.distill.teacher import (
 )
 from umx.errors import UmxError
 from umx.files import write_json_atomic
-from umx.messages import plural
+from umx.messages import plural, shown
 from umx.modeldir import check_open_unmix_target
 
 if TYPE_CHECKING:
@@ -199,6 +199,43 @@ def _same_stems(matched: dict[str, dict[str, Path]]) -> list[str]:
             )
             del matched[song]
     return names
+
+
+def stems_rate(match: StemsMatch) -> float | None:
+    """The sample rate of the stems, which the training set is written at, read from every
+    stem's header before any is imported: the rate of most songs' stems (of rates as common,
+    the first song's). A song whose stems differ from each other in rate, or whose header
+    cannot be read, is left to the import, which leaves it out saying why.
+
+    Returns:
+        the rate, or None where no song's stems can be read.
+
+    Raises:
+        UmxError: a song's stems at another rate (training would fail on it after every song
+            was imported), naming its first stem, its rate and the others'.
+    """
+    rates: dict[str, tuple[float, Path]] = {}
+    for song, stems in match.songs.items():
+        found: dict[float, Path] = {}
+        try:
+            for path in stems.values():
+                found.setdefault(audio_info(path).sample_rate, path)
+        except UmxError:
+            continue
+        if len(found) == 1:
+            rates[song] = next(iter(found.items()))
+    if not rates:
+        return None
+    counts = collections.Counter(rate for rate, _ in rates.values())
+    expected, count = counts.most_common(1)[0]
+    for rate, path in rates.values():
+        if rate != expected:
+            raise UmxError(
+                f"--teacher-stems: {shown(os.fsdecode(path))} is at {rate:g} Hz, but the stems "
+                f"of {plural(count, 'song')} are at {expected:g} Hz: give every song's stems at "
+                f"{expected:g} Hz"
+            )
+    return expected
 
 
 def import_teacher_stems(match: StemsMatch, work: Path) -> TeacherPass:
