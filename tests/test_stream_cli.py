@@ -4,6 +4,7 @@ causal separation, and its refusals of bad input."""
 import io
 import logging
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -301,6 +302,71 @@ def test_a_folder_with_some_bidirectional_targets_names_the_causal_ones(
     assert not (tmp_path / "out").exists()
     assert run(song, "--model", folder, "--outdir", tmp_path / "out", "--targets", "vocals") == 0
     assert [path.name for path in (tmp_path / "out" / "song").iterdir()] == ["vocals.wav"]
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(causal_dir, tmp_path_factory):
+    """`causal_dir` with a bidirectional drums model."""
+    folder = tmp_path_factory.mktemp("models") / "mixed"
+    shutil.copytree(causal_dir, folder)
+    with torch.no_grad():
+        drums = OpenUnmix(257, 2, 16, unidirectional=False, max_bin=200).freeze()
+    torch.save(drums.state_dict(), folder / "drums.pth")
+    (folder / "drums.json").unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("output", "groups", "advice"),
+    [
+        (  # the documented karaoke: the rest of the mix without the causal vocals
+            "--outdir",
+            KARAOKE,
+            "for karaoke, the mix without vocals, give --targets vocals --residual karaoke "
+            '--aggregate \'{"karaoke": ["karaoke"]}\'',
+        ),
+        (
+            "--stdout",
+            KARAOKE,
+            "for karaoke, the mix without vocals, give --targets vocals --residual karaoke "
+            '--aggregate \'{"karaoke": ["karaoke"]}\'',
+        ),
+        (
+            "--outdir",
+            '{"vocals": ["vocals"], "rhythm": ["bass", "other"]}',
+            "--aggregate sums only its causal vocals, bass, other: give --targets vocals bass "
+            "other",
+        ),
+        (
+            "--outdir",
+            '{"vocals": ["vocals"], "low": ["drums", "bass"], "high": ["drums", "other"]}',
+            "--aggregate's low, high sum drums; for the other groups, give --targets vocals bass "
+            'other --aggregate \'{"vocals": ["vocals"]}\'',
+        ),
+        (
+            "--outdir",
+            '{"low": ["drums", "bass"], "high": ["drums", "other"]}',
+            "its causal vocals, bass, other can: give --targets vocals bass other without "
+            "--aggregate",
+        ),
+    ],
+    ids=["karaoke-files", "karaoke-stdout", "causal-groups", "some-groups", "no-group"],
+)
+def test_the_advice_for_some_bidirectional_targets_keeps_the_groups_asked_for(
+    mixed_dir, song, tmp_path, capsysbinary, output, groups, advice
+):
+    """It said to give --targets of the causal ones, which --aggregate then refused (it sums
+    the bidirectional drums): the advice is a command that streams, the groups it can."""
+    where = [output] if output == "--stdout" else [output, tmp_path / "out"]
+    assert run(song, "--model", mixed_dir, *where, "--aggregate", groups) == 1
+    assert capsysbinary.readouterr().err.decode() == (
+        f"umx: error: the drums model of {mixed_dir} is bidirectional and cannot stream; "
+        f"{advice}, or train drums with --unidirectional\n"
+    )
+    given = shlex.split(advice.split("give ")[1].removesuffix(" without --aggregate"))
+    if "--aggregate" not in advice:  # the groups as they were
+        given += ["--aggregate", groups]
+    assert run(song, "--model", mixed_dir, *where, *given) == 0, capsysbinary.readouterr().err
 
 
 BAD_PCM = [

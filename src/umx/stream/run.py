@@ -8,13 +8,16 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from umx.audio import WriteReport, display_path
 from umx.defaults import DEFAULT_BLOCK, STREAM_MODEL
 from umx.errors import UmxError, check_flags, check_path
 from umx.options import OutputOptions, SeparationOptions
 from umx.stream.io import StreamReport, check_block, check_input, separate_stream
+
+if TYPE_CHECKING:
+    from umx.separator import Separator
 
 logger = logging.getLogger("umx")
 
@@ -131,6 +134,7 @@ def run_stream(
     if options.stdout and stdout is None:
         raise UmxError("--stdout needs a stream to write raw PCM to: give stdout")
     separator = separator_for(options.separation, progress=progress, causal=True)
+    refuse_groups_of_bidirectional(separator, options.aggregate)
     report, files = separate_stream(
         options.input,
         separator,
@@ -159,3 +163,91 @@ def run_stream(
         log = logger.warning if report.missed else logger.info
         log("%d of %d blocks missed their deadline", report.missed, report.nb_blocks)
     return report, files
+
+
+def refuse_groups_of_bidirectional(
+    separator: Separator, aggregate: Mapping[str, Sequence[str]] | None
+) -> None:
+    """With `aggregate`, refuse a separator some of whose targets are bidirectional with a
+    command that streams the groups asked for (`aggregate_advice`): the engine's advice, the
+    `--targets` of the causal ones, was refused beside groups that sum a bidirectional one.
+
+    Raises:
+        UmxError: naming the bidirectional targets and what to type.
+    """
+    models = separator.target_models.items()
+    causal = [name for name, model in models if model.unidirectional]
+    bidirectional = [name for name, model in models if not model.unidirectional]
+    if aggregate is None or not causal or not bidirectional:
+        return  # the engine says the rest
+    many = len(bidirectional) > 1
+    raise UmxError(
+        f"the {', '.join(bidirectional)} model{'s' * many} of "
+        f"{separator.model_name or 'the separator'} {'are' if many else 'is'} bidirectional "
+        f"and cannot stream; {aggregate_advice(separator, aggregate, causal)}, or train "
+        f"{' and '.join(bidirectional)} with --unidirectional"
+    )
+
+
+def aggregate_advice(
+    separator: Separator, aggregate: Mapping[str, Sequence[str]], causal: Sequence[str]
+) -> str:
+    """What to give to stream `aggregate` with the `causal` targets of `separator` alone, each
+    command checked as `umx stream` checks it: `--targets` of them where the groups sum only
+    them; else, where one group sums bidirectional targets, that group as the residual of the
+    others (`--targets vocals --residual karaoke`, kept a group of its own); else the groups
+    that can stream; else the causal targets without `--aggregate`."""
+    import json
+    import shlex
+
+    given = {name: list(group) for name, group in aggregate.items()}
+    allowed = {*causal, *([separator.residual] if separator.residual is not None else [])}
+    blocked = [name for name, group in given.items() if not set(group) <= allowed]
+    targets = " ".join(causal)
+    if not blocked and _streams(separator, causal, separator.residual, given):
+        return f"--aggregate sums only its causal {', '.join(causal)}: give --targets {targets}"
+    if len(blocked) == 1:
+        rest = [name for name in separator.target_models if name not in given[blocked[0]]]
+        groups = {name: [blocked[0]] if name in blocked else group for name, group in given.items()}
+        if rest and set(rest) <= set(causal) and _streams(separator, rest, blocked[0], groups):
+            return (
+                f"for {blocked[0]}, the mix without {', '.join(rest)}, give --targets "
+                f"{' '.join(rest)} --residual {blocked[0]} --aggregate "
+                f"{shlex.quote(json.dumps(groups))}"
+            )
+    usable = {name: group for name, group in given.items() if name not in blocked}
+    if usable and _streams(separator, causal, separator.residual, usable):
+        summed = {target for name in blocked for target in given[name]} - allowed
+        return (
+            f"--aggregate's {', '.join(blocked)} sum{'s' * (len(blocked) == 1)} "
+            f"{', '.join(name for name in separator.target_models if name in summed)}; for the "
+            f"other groups, give --targets {targets} --aggregate {shlex.quote(json.dumps(usable))}"
+        )
+    return f"its causal {', '.join(causal)} can: give --targets {targets} without --aggregate"
+
+
+def _streams(
+    separator: Separator,
+    targets: Sequence[str],
+    residual: str | None,
+    aggregate: Mapping[str, Sequence[str]],
+) -> bool:
+    """Whether `umx stream` takes `--targets targets --residual residual --aggregate aggregate`
+    of `separator`'s model: the separator it would load, and its groups, checked."""
+    from umx.api import check_aggregate
+    from umx.separator import Separator
+
+    try:
+        chosen = Separator(
+            {name: separator.target_models[name] for name in targets},
+            sample_rate=separator.sample_rate,
+            n_fft=separator.n_fft,
+            n_hop=separator.n_hop,
+            nb_channels=separator.nb_channels,
+            residual=residual,
+            model_targets=separator.model_targets,
+        )
+        check_aggregate(aggregate, chosen)
+    except UmxError:
+        return False
+    return True
