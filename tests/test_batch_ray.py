@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import BOUND_S, children, running, wait_for
+from processes import BOUND_S, children, in_session, running, wait_for
 from test_batch import (
     MODEL,
     assert_complete,
@@ -336,6 +336,30 @@ def test_a_ray_run_stopped_by_sigterm(cluster, tmp_path, songs):
     assert (
         err.decode() == "umx: stopped; the same command resumes the job\numx: stopped by SIGTERM\n"
     )
+
+
+def test_a_local_ray_run_stopped_through_its_process_group_leaves_nothing(tmp_path, songs):
+    """A closed terminal (SIGHUP to the process group, as `timeout` and `kill -- -PGID` send
+    theirs) reaches umx and the Ray instance it started, whose actors stop with it: as on
+    Ctrl-C, the stop is said in umx's lines, the actor's temporary stems are removed and no
+    process of the run is left (checked, not changed: it already did)."""
+    command = [sys.executable, "-m", "umx.cli", "batch", "songs", "--outdir", "out", "-q"]
+    driver = subprocess.Popen(
+        [*command, "--model", MODEL, "--ray", "local", "--jobs", "1"], cwd=tmp_path,
+        env={**os.environ, **ENV}, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: hidden_files(tmp_path / "out"), "a stem being written")
+        os.killpg(driver.pid, signal.SIGHUP)
+        _, err = driver.communicate(timeout=BOUND_S)
+        wait_for(lambda: not in_session(driver.pid), "the run's processes to end", 60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + signal.SIGHUP, err.decode()
+    assert (
+        err.decode() == "umx: stopped; the same command resumes the job\numx: stopped by SIGHUP\n"
+    )
+    assert hidden_files(tmp_path / "out") == []
 
 
 def test_more_workers_than_the_cluster_has_room_for(monkeypatch):
