@@ -91,14 +91,12 @@ def _render_task(task: tuple[TrackPlan, float, int, Path]) -> dict[str, float] |
 
 
 def _init_render_worker(driver: int) -> None:
-    """Sets up a rendering worker (`init_pool_worker`), and has SIGTERM and SIGHUP stop its
-    track as SIGINT does: unwinding, so that fluidsynth is killed and its temporary folder (a
-    song.wav of megabytes) removed. The pool SIGTERMs its workers when it stops; dying of it,
-    they left those folders behind."""
+    """Sets up a rendering worker (`init_pool_worker`: SIGTERM and SIGHUP stop its track as
+    SIGINT does, unwinding, so that fluidsynth is killed and its temporary folder, a song.wav
+    of megabytes, removed; the pool SIGTERMs its workers when it stops), then lets through
+    the SIGINT held back while it imported."""
     init_pool_worker(driver)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.getsignal(signal.SIGINT))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held while it imported
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def check_root(root: Path, force: bool) -> None:
