@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import logging
+import queue
 import shutil
 import socket
 import sys
@@ -25,7 +26,7 @@ import soundfile
 import torch
 
 import umx.jobs
-from processes import wait_for
+from processes import BOUND_S, wait_for
 from umx import api
 from umx.cli import main
 from umx.errors import UmxError
@@ -77,6 +78,56 @@ def wait(store: JobStore, job_id: str, timeout: float = 60.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not end in {timeout} s: {store.job(job_id)}")
+
+
+class Held:
+    """The records of a store's running jobs (a job's start, then each progress report) held in
+    the worker that tells them until the test lets each go (`next`), so that a client of the
+    events sees each before the next is made, whatever the load: a server too busy to send a
+    job's changes as they come merges them (only the newest is sent), and a job may end before
+    a client has seen it start. Enter it once the client has read the first event of its stream
+    (the stream's listener is then told of each record before it is held). Leaving it lets every
+    job go on."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._held: queue.Queue[tuple[dict, threading.Event]] = queue.Queue()
+        self._holding = False
+        self._gate: threading.Event | None = None
+
+    def __enter__(self) -> Held:
+        self._holding = True
+        self._unsubscribe = self._store.subscribe(self._told)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._holding = False
+        self._unsubscribe()
+        self.release()
+        while not self._held.empty():
+            self._held.get()[1].set()
+
+    def _told(self, record: dict) -> None:
+        with self._lock:
+            if not self._holding or record["state"] != RUNNING:
+                return
+            gate = threading.Event()
+            self._held.put((record, gate))
+        gate.wait(BOUND_S)
+
+    def next(self) -> dict:
+        """Let the record held go, and wait for the next one (the worker waits on it)."""
+        self.release()
+        record, self._gate = self._held.get(timeout=BOUND_S)
+        return record
+
+    def release(self) -> None:
+        """Let the record held go."""
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
 
 
 def unrevised(record: dict) -> dict:
@@ -400,18 +451,23 @@ def test_events_report_progress_until_done(tmp_path):
                 lines = events.iter_lines()
                 assert next(lines) == "event: jobs"
                 assert json.loads(next(lines).removeprefix("data: ")) == []
-                # 4 s in chunks of 1 s: progress after each chunk, then done
-                response = httpx.post(
-                    f"{url}/api/jobs", params={"name": "long.wav"}, content=song_bytes(4, 5)
-                )
-                job_id = response.json()["id"]
-                for line in lines:
-                    if line.startswith("data: "):
-                        record = json.loads(line.removeprefix("data: "))
-                        assert record["id"] == job_id
-                        seen.append((record["state"], record["progress"]))
-                        if record["state"] == DONE:
-                            break
+                # 4 s in chunks of 1 s: progress after each chunk, then done; each read before
+                # the next is made (the stream's listener is told first: it came before `Held`)
+                with Held(store) as held:
+                    response = httpx.post(
+                        f"{url}/api/jobs", params={"name": "long.wav"}, content=song_bytes(4, 5)
+                    )
+                    job_id = response.json()["id"]
+                    for line in lines:
+                        if line.startswith("data: "):
+                            record = json.loads(line.removeprefix("data: "))
+                            assert record["id"] == job_id
+                            seen.append((record["state"], record["progress"]))
+                            if record["state"] == RUNNING:  # read: the next may be made
+                                assert held.next()["revision"] == record["revision"]
+                                held.release()
+                            if record["state"] == DONE:
+                                break
             progress = [p for s, p in seen if s == "running"]
             # a job's changes that come faster than they are read are merged: queued may be
             # replaced by running
