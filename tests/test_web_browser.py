@@ -29,7 +29,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from test_web import new_app, new_store, serving, wait  # noqa: E402
+from test_web import Held, new_app, new_store, serving, wait  # noqa: E402
 from umx.web.records import ORIGINAL  # noqa: E402
 from umx.zoo import MODELS  # noqa: E402
 
@@ -297,13 +297,22 @@ def test_keyboard_only_session(served, page_at, tmp_path, size):
     assert page.problems == []
 
 
+def shown(page, record: dict) -> None:
+    """Waits until the page shows the job's record, or a newer one."""
+    page.wait_for_function(
+        "([id, revision]) => state.jobs.get(id)?.revision >= revision",
+        arg=[record["id"], record["revision"]],
+    )
+
+
 def test_focus_stays_through_progress_and_layout_holds(served, page_at, tmp_path):
-    url = served[1]
+    store, url = served
     page = page_at("phone")
     song = tmp_path / "a rather long name for a song, to see how it wraps on a phone.wav"
     write_song(song, 16.0, seed=7)
     page.goto(url)
     page.wait_for_selector("html[data-state=ready]")
+    page.wait_for_selector("html[data-list=shown]")  # the page follows the jobs' changes now
     page.evaluate(
         """() => { window.blurs = 0; window.updates = 0;
             document.addEventListener('focusout', () => window.blurs++, true);
@@ -311,12 +320,16 @@ def test_focus_stays_through_progress_and_layout_holds(served, page_at, tmp_path
                 document.querySelector('#jobs'), {subtree: true, characterData: true,
                                                    childList: true}); }"""
     )
-    page.set_input_files("#files", str(song))
-    delete = page.locator(f"#jobs li:has-text('{song.name}') button.delete")
-    delete.focus()
-    before = focused(page)
-    page.wait_for_selector("#jobs li.state-running")
-    assert axe_violations(page) == []  # during a job
+    with Held(store) as held:  # the job's start and progress, each shown before the next
+        page.set_input_files("#files", str(song))
+        delete = page.locator(f"#jobs li:has-text('{song.name}') button.delete")
+        delete.focus()
+        before = focused(page)
+        shown(page, held.next())
+        assert page.is_visible("#jobs li.state-running")
+        assert axe_violations(page) == []  # during a job
+        for _ in range(10):
+            shown(page, held.next())
     page.wait_for_function("() => window.updates >= 10")
     page.wait_for_selector("#jobs li.state-done")
     assert page.evaluate("window.blurs") == 0
@@ -346,7 +359,9 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     options = store.options("umxl", "all")
     upload = store.new_upload("offline.wav", 1 << 30)
     upload.write(song.read_bytes())
-    job, _ = store.add(upload, options)
+    with Held(store) as held:  # its start shown before it fails, which is then a change
+        job, _ = store.add(upload, options)
+        shown(page, held.next())
     assert wait(store, job["id"])["state"] == "failed"
     item = page.locator(f"#job-{job['id']}")
     item.locator(".error").wait_for()
@@ -357,7 +372,7 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert item.locator(".error").text_content() == summary
     assert item.locator("details").is_visible()
     assert "umx" in item.locator("details p").text_content()
-    # screen readers hear it: the page saw the job queued, so its end is a change it tells
+    # screen readers hear it: the page saw the job start, so its end is a change it tells
     assert said(page) == f"offline.wav: failed: {summary}"
     assert page.get_attribute("#announcer", "role") == "status"
     page.evaluate("(job) => updateJob(job)", job)  # the queued record, come late: dropped
@@ -380,8 +395,10 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     item.locator("button.retry").wait_for()  # the page saw it fail
     item.locator("button.retry").focus()
     assert focused(page).startswith("button#.retry[")
-    store.retry(job["id"])
-    page.wait_for_function("() => document.activeElement.classList.contains('delete')")
+    with Held(store) as held:  # seen to start again before it fails again
+        store.retry(job["id"])
+        shown(page, held.next())
+        page.wait_for_function("() => document.activeElement.classList.contains('delete')")
     again = failed_again(store, job["id"], again["finished"])
 
     # deleted elsewhere (another tab, the API), then an answer about it comes late: not shown;
@@ -393,7 +410,9 @@ def test_offline_models_failed_job_and_not_audio(served, page_at, tmp_path):
     assert item.count() == 0
     upload = store.new_upload("offline.wav", 1 << 30)
     upload.write(song.read_bytes())
-    assert store.add(upload, options)[0]["id"] == job["id"]
+    with Held(store) as held:
+        assert store.add(upload, options)[0]["id"] == job["id"]
+        shown(page, held.next())
     item.locator(".error").wait_for()
     assert said(page) == f"offline.wav: failed: {summary}"
 
