@@ -17,6 +17,7 @@ from npm, as a test-only dependency: `npm install --no-save --prefix .testdeps a
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -586,6 +587,37 @@ def test_a_song_sent_is_said_whether_its_event_or_the_answer_comes_first(served,
     assert page.evaluate("window.said") == [
         "queued 1.wav: failed: the disk is full. queued 2.wav: separating"
     ]
+    assert page.problems == []
+
+
+def test_a_song_sent_elsewhere_whose_first_news_is_its_end_is_said(served, page_at):
+    """A busy server sends only the newest of a song's changes that come together: a song sent
+    by another tab or the API that failed (or was separated) at once comes first as failed (or
+    done), and is said as one seen queued is, not taken for a song of the list the page opens
+    with, which is not said; nor is a song sent elsewhere that comes queued."""
+    page = page_at("desktop")
+    known = {"position": None, "created": 1e10, "model": "umxsynth", "stems": "all",
+             "progress": 0, "targets": TARGETS, "duration": 1.0}  # fmt: skip
+    failed = {"state": "failed", "error": "the disk is full", "error_summary": "the disk is full"}
+    listed = {**known, **failed, "id": "a" * 32, "name": "listed.wav", "revision": 1}
+    news = [
+        {**known, **failed, "id": "b" * 32, "name": "failed.wav", "revision": 2},
+        {**known, "id": "c" * 32, "name": "done.wav", "state": "done", "seconds": 1.2,
+         "progress": 1.0, "revision": 3},
+        {**known, "id": "d" * 32, "name": "queued.wav", "state": "queued", "position": 1,
+         "revision": 4},
+    ]  # fmt: skip
+    told = [("jobs", [listed]), *(("job", record) for record in news)]
+    body = "retry: 600000\n\n" + "".join(  # no try again while the test runs
+        f"event: {event}\ndata: {json.dumps(data)}\n\n" for event, data in told
+    )
+    page.route(
+        "**/api/events",
+        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body),
+    )
+    page.goto(served[1])
+    page.wait_for_selector(f"#job-{'d' * 32}")  # the last news read
+    assert said(page) == "failed.wav: failed: the disk is full. done.wav: done in 1.2 s"
     assert page.problems == []
 
 

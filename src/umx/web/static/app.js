@@ -279,8 +279,9 @@ function setUpDrop() {
 // --- the list of songs -----------------------------------------------------------------------
 
 // A job's record, from the events or from an answer: one older than the record shown, or than
-// the job's deletion (an answer that events overtook), is dropped.
-function updateJob(job) {
+// the job's deletion (an answer that events overtook), is dropped. `change`: a change the events
+// tell, not the list the page opens with.
+function updateJob(job, change = false) {
   const shown = state.jobs.get(job.id)?.revision ?? state.deleted.get(job.id);
   if (job.revision <= shown) return;
   if (job.state === "deleted") {
@@ -289,8 +290,11 @@ function updateJob(job) {
     const before = state.jobs.get(job.id);
     state.jobs.set(job.id, job);
     renderJob(job);
-    // a change of state, or a song just sent from here; not the songs listed as the page opens
-    if (before ? before.state !== job.state : state.ours.has(job.id)) announceJob(job);
+    // a change of state, or a song just sent from here; not the songs listed as the page opens.
+    // A song sent elsewhere that the events first show past queued was queued all the same:
+    // a busy server sends only the newest of a song's changes that come together
+    const news = state.ours.has(job.id) || (change && job.state !== "queued");
+    if (before ? before.state !== job.state : news) announceJob(job);
     const finished = job.state === "done" && before?.state !== "done";
     if (finished && state.ours.has(job.id) && !state.player) openPlayer(job.id);
   }
@@ -449,7 +453,7 @@ function listen() {
     const wanted = new URLSearchParams(location.hash.slice(1)).get("job");
     if (wanted && state.jobs.get(wanted)?.state === "done" && !state.player) openPlayer(wanted);
   });
-  events.addEventListener("job", (event) => updateJob(JSON.parse(event.data)));
+  events.addEventListener("job", (event) => updateJob(JSON.parse(event.data), true));
   events.onerror = () => showConnection(true);  // at each try while the server is away
 }
 
