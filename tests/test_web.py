@@ -705,14 +705,13 @@ def test_restart_keeps_finished_jobs_and_queues_unfinished_ones(tmp_path):
 def test_stop_ends_a_running_separation_and_keeps_its_job_queued(tmp_path):
     root = tmp_path / "data"
     store = new_store(root, segment=1.0, overlap=0.25)
-    seen = []
-    store.subscribe(lambda record: seen.append(record.get("progress", 0.0)))
     job, _ = store.add(upload(store, song_bytes(12, 13)), store.options(MODEL, "all"))
-    store.start(1)
-    deadline = time.monotonic() + 60
-    while not [progress for progress in seen if progress > 0] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert store.stop(timeout=30)
+    with Held(store) as held:  # held at its first progress report, it cannot end before the stop
+        store.start(1)
+        while held.next()["progress"] == 0:  # its start
+            pass
+        assert not store.stop(timeout=0)  # asked, while the worker is held mid-job
+    assert store.stop(timeout=30)  # it stops at its next chunk
     assert latest_records(read_records(root / "jobs.jsonl"))[job["id"]]["status"] == "running"
     assert {path.name for path in (root / "jobs" / job["id"]).iterdir()} == {"input"}
     again = new_store(root)
