@@ -743,6 +743,7 @@ def test_an_upload_can_be_cancelled_and_its_end_keeps_the_focus(served, page_at)
     page = page_at("desktop")
     page.goto(served[1])
     page.wait_for_selector("html[data-state=ready]")
+    page.wait_for_selector("html[data-list=shown]")  # it would remove the song made up below
     page.evaluate(
         """() => { window.aborted = 0; const abort = XMLHttpRequest.prototype.abort;
             XMLHttpRequest.prototype.abort = function () { window.aborted++;
