@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -78,12 +79,18 @@ class Served:
         return int(self.url.rstrip("/").rsplit(":", 1)[1])
 
 
-def start_serve(root: Path, *options: str) -> tuple[subprocess.Popen, Path, Path]:
+def start_serve(
+    root: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, Path, Path]:
     data, log = root / "data", root / "serve.log"
     command = [sys.executable, "-m", "umx.cli", "serve", "--port", "0", "--data-dir", str(data)]
     with open(log, "w") as stderr:
         process = subprocess.Popen(
-            [*command, *options], stdout=subprocess.PIPE, stderr=stderr, text=True
+            [*command, *options],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
     return process, data, log
 
@@ -733,6 +740,35 @@ def test_stop_with_pages_open_ends_their_streams(tmp_path, signum):
     assert_clean_log(log)
     name = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
     assert log.splitlines()[-1] == f"umx: {name}"
+
+
+SLOW_LOAD = """
+import pathlib, time
+import umx.web.jobs
+
+def loading(*args, **kwargs):
+    pathlib.Path({marker!r}).touch()
+    time.sleep(60)
+
+umx.web.jobs.loaded_separator = loading
+"""
+
+
+def test_a_stop_while_the_model_loads_names_no_song(tmp_path):
+    """Stopped while its worker still loads the model at the start (slowed by a hook put on
+    the server's PYTHONPATH), umx serve says that it stopped and no more: it once added that
+    the song being separated was queued again, when there was none."""
+    hook, marker = tmp_path / "hook", tmp_path / "loading"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_LOAD.format(marker=str(marker)))
+    served = ready(*start_serve(tmp_path, env={"PYTHONPATH": str(hook)}))
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), served.log.read_text()
+    status, log = stop(served)
+    assert status == 128 + signal.SIGTERM, log
+    assert log.splitlines()[-1] == "umx: stopped by SIGTERM"
 
 
 def test_stop_during_an_upload_and_a_download_is_quiet_and_keeps_no_part(tmp_path):

@@ -236,7 +236,7 @@ def exit_now(signum: int, busy: bool) -> None:
 
     Args:
         signum: the signal that stopped the server.
-        busy: a worker is still loading a model or separating.
+        busy: a worker is still separating a song (its job is queued again at the next start).
     """
     name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     detail = "; the song being separated is queued again for the next start" if busy else ""
@@ -259,10 +259,10 @@ def serve(options: ServeOptions) -> int:
         UmxError: the model, device, data directory or address cannot be had.
     """
     with stop_on_signals() as stop:
-        ended = _serve(options, stop)
+        separating = _serve(options, stop)
     if stop.signum is None:  # stopped otherwise (uvicorn could not start)
         return 0
-    exit_now(stop.signum, busy=not ended)
+    exit_now(stop.signum, busy=separating)
     return 128 + stop.signum  # not reached
 
 
@@ -270,13 +270,16 @@ def _serve(options: ServeOptions, stop: StopRequest) -> bool:
     """Build the job store, the page and the server, and serve until `stop` is requested.
 
     Returns:
-        whether every worker had ended when the server stopped (see `JobStore.stop`).
+        whether a song was still being separated when the server stopped: a worker that had
+        not ended (see `JobStore.stop`) with a job running, not one still loading the model
+        at the start.
     """
     import_web()
     import torch
 
     from umx.devices import one_malloc_arena, resolve_device
     from umx.errors import display_path
+    from umx.jobs import RUNNING
     from umx.web.jobs import JobStore
     from umx.web.server import Server, create_app
 
@@ -328,4 +331,4 @@ def _serve(options: ServeOptions, stop: StopRequest) -> bool:
     finally:
         sock.close()
         ended = store.stop(timeout=WORKERS_STOP_S)
-    return ended
+    return not ended and any(job["state"] == RUNNING for job in store.jobs())
