@@ -7,6 +7,9 @@ models: callers say how many channels they want and at which rate. Its modules, 
 - :mod:`umx.audio.reading`: files to waveforms. libsndfile or ffmpeg decodes; regular files only,
   memory bounded, excerpts cut by ``int(seconds * sample_rate)``; the channel policy. How
   hostile input files are treated.
+- :mod:`umx.audio.blocks`: files to waveforms block by block, as reading gives them whole, so
+  that a long input is never held whole (``umx separate``'s chunks); the window of blocks a
+  chunk takes.
 - :mod:`umx.audio.headers`: the lengths files declare, read from their headers (WAV, RF64, BW64
   and AIFF chunks, MPEG frames and Xing tags): the truncation policy, format by format; chained
   Ogg and joined mp3 files, which ffmpeg decodes whole.
@@ -21,6 +24,7 @@ models: callers say how many channels they want and at which rate. Its modules, 
 The public names are re-exported here: ``from umx.audio import read_audio``.
 """
 
+from umx.audio.blocks import BLOCK_FRAMES, AudioBlocks, BlockWindow
 from umx.audio.messages import display_path, io_errors
 from umx.audio.reading import (
     MAX_CHANNELS,
@@ -50,6 +54,7 @@ from umx.audio.writing import (
 )
 
 __all__ = [
+    "BLOCK_FRAMES",
     "BLOCK_SECONDS",
     "CLIP_POLICIES",
     "DEFAULT_SUBTYPE",
@@ -60,8 +65,10 @@ __all__ = [
     "RESAMPLE_QUALITY",
     "RESCALE_PEAK",
     "SUBTYPES",
+    "AudioBlocks",
     "AudioFileInfo",
     "AudioWriter",
+    "BlockWindow",
     "StreamResampler",
     "WriteReport",
     "audio_formats",

@@ -37,7 +37,9 @@ def check_rate(rate: float, source: str) -> None:
         )
 
 
-def check_samples(samples: Tensor, start: float, rate: float, source: str, hint: str = "") -> None:
+def check_samples(
+    samples: Tensor, start: float, rate: float, source: str, hint: str = "", *, offset: int = 0
+) -> None:
     """Refuse samples that are NaN, infinite or beyond `MAX_SAMPLE`, with one line naming the
     input and the time of the first such sample.
 
@@ -48,6 +50,8 @@ def check_samples(samples: Tensor, start: float, rate: float, source: str, hint:
         rate: the samples' rate, in Hz.
         source: how the user knows the input (the message starts with it).
         hint: appended to the message, e.g. what to do about a likely cause.
+        offset: frames between `start` and the first of `samples` (a block of an input read
+            block by block, whose time is told from the excerpt's start as a whole read tells it).
 
     Raises:
         UmxError: a sample is not audio.
@@ -64,8 +68,9 @@ def check_samples(samples: Tensor, start: float, rate: float, source: str, hint:
         what = "an infinite sample"
     else:
         what = f"the sample {value:.3g}"
+    at = start + (offset + index) / rate
     raise UmxError(
-        f"{source}: {what} at {start + index / rate:.3f} s is not audio (samples must be "
+        f"{source}: {what} at {at:.3f} s is not audio (samples must be "
         f"finite and within ±{MAX_SAMPLE:g}, full scale being ±1){hint}"
     )
 
