@@ -171,6 +171,78 @@ def test_chunked_crossfade_is_exact_for_a_linear_system():
         torch.testing.assert_close(stems.sum(dim=1), audio, atol=1e-5, rtol=0)
 
 
+def whole_tensor_chunks(separator, audio, segment, overlap):
+    """The pieces of the chunk loop over a whole mixture tensor that umx ran before mixtures
+    could be given block by block (`Separator.iter_blocks`)."""
+    seg_len, ovl_len = (
+        round(segment * separator.sample_rate),
+        round(overlap * separator.sample_rate),
+    )
+    step = separator._chunk_step(seg_len - ovl_len)
+    nb_timesteps, carry, pieces = audio.shape[-1], None, []
+    fade_in = (torch.arange(ovl_len) + 0.5) / max(ovl_len, 1)
+    with torch.inference_mode():
+        for start in range(0, max(nb_timesteps - ovl_len, 1), step):
+            end = min(start + step + ovl_len, nb_timesteps)
+            chunk = separator._whole(audio[..., start:end])
+            if carry is not None:
+                chunk[..., :ovl_len] = chunk[..., :ovl_len] * fade_in + carry
+            if end == nb_timesteps:
+                return [*pieces, chunk]
+            carry = chunk[..., chunk.shape[-1] - ovl_len :] * (1.0 - fade_in)
+            pieces.append(chunk[..., : chunk.shape[-1] - ovl_len])
+    raise AssertionError("the loop always ends on the last chunk")
+
+
+# segment 1 s and overlap 0.25 s at 8 kHz: chunks of 7888 frames, starting every 5888
+@pytest.mark.parametrize("length", [3000, 7888, 7889, 2 * 5888 + 2000, 8000 * 3 + 17])
+def test_a_mixture_given_block_by_block_gives_the_chunks_of_the_whole_tensor(length):
+    """Shorter than a chunk, one chunk exactly, a frame more, two chunks exactly, and longer:
+    the pieces are those of the whole tensor, sample for sample, whatever the blocks."""
+    separator = small_separator()
+    audio = 0.3 * torch.randn(1, 2, length, generator=torch.Generator().manual_seed(length))
+    expected = whole_tensor_chunks(separator, audio, 1.0, 0.25)
+    sizes = torch.randint(
+        1, 3000, (length // 1000 + 1,), generator=torch.Generator().manual_seed(1)
+    )
+    cuts = sorted({0, length, *(int(c) for c in sizes.cumsum(0) if c < length)})
+    splits = {
+        "whole": [audio],
+        "blocks of 1000": list(audio.split(1000, dim=-1)),
+        "uneven blocks, the last empty": [
+            audio[..., a:b] for a, b in zip(cuts, [*cuts[1:], length], strict=True)
+        ],
+        "frame by frame at the end": [audio[..., :-3], *audio[..., -3:].split(1, dim=-1)],
+    }
+    for name, blocks in splits.items():
+        pieces = list(separator.iter_blocks(iter(blocks), 1.0, 0.25))
+        assert [p.shape for p in pieces] == [p.shape for p in expected], name
+        assert all(map(torch.equal, pieces, expected)), name
+    assert all(map(torch.equal, separator.iter_unchecked(audio, 1.0, 0.25), expected))
+    (whole,) = separator.iter_blocks(audio.split(1000, dim=-1), segment=None)
+    assert torch.equal(whole, separator.separate(audio, segment=None))
+
+
+def test_blocks_are_taken_as_the_chunks_need_them():
+    """A chunk is separated once the blocks up to a frame past it were given, not before, and
+    the last once there are no more: an error the blocks raise at their end comes first."""
+    separator = small_separator()
+    audio = 0.3 * torch.randn(1, 2, 8000 * 3, generator=torch.Generator().manual_seed(0))
+    given = []
+
+    def blocks():
+        for block in audio.split(1000, dim=-1):
+            given.append(block.shape[-1])
+            yield block
+        raise UmxError("a NaN at the end")
+
+    chunks = separator.iter_blocks(blocks(), 1.0, 0.25)
+    assert next(chunks).shape[-1] == 5888 and sum(given) == 8000  # 7888 frames and one more
+    assert next(chunks).shape[-1] == 5888 and sum(given) == 14000
+    with pytest.raises(UmxError, match="a NaN at the end"):
+        list(chunks)
+
+
 def test_bad_overlap_is_refused():
     separator = small_separator()
     with pytest.raises(UmxError, match="overlap"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from umx.audio.blocks import BlockWindow
 from umx.audio.samples import check_samples, float_samples, peak
 from umx.defaults import (
     ACCOMPANIMENT_WORDS,
@@ -443,26 +444,58 @@ class Separator(nn.Module):
             pieces of the stems, `(nb_samples, nb_targets, nb_channels, nb_piece)`, on the
             mixture's device.
         """
+        yield from self.iter_blocks((audio,), segment, overlap)
+
+    @torch.inference_mode()
+    def iter_blocks(
+        self, blocks: Iterable[Tensor], segment: float | None = SEGMENT, overlap: float = OVERLAP
+    ) -> Iterator[Tensor]:
+        """The pieces of `iter_unchecked` for a mixture given block by block (as a file is
+        decoded), without its checks: the same pieces as for the blocks' concatenation, whatever
+        their lengths. Chunked, only the frames of the chunk being separated are held (at most
+        `segment` seconds and a block); with `segment=None` the blocks are joined first.
+
+        Args:
+            blocks: one block at least, the consecutive pieces of the mixture, each
+                `(nb_samples, nb_channels, nb_block)` in the separator's `dtype`, on one device;
+                a block may be empty. Blocks are asked for as the chunks need them, and a piece
+                is yielded once the blocks up to a frame past its chunk were given: the last
+                piece, once the iterable is exhausted, so that an error it raises at its end (a
+                refusal of the input found while it is decoded) comes before the last piece.
+            segment, overlap: as `separate`.
+
+        Yields:
+            pieces of the stems, `(nb_samples, nb_targets, nb_channels, nb_piece)`, on the
+            blocks' device.
+        """
         check_options(segment=segment, overlap=overlap)
         self.check_segment(segment)
+        window = BlockWindow(blocks)
         if segment is None:
+            window.fill(math.inf)
+            audio = window.frames(0, window.end)
             yield self._whole(audio.to(self.device)).to(audio.device)
             return
         seg_len = round(segment * self.sample_rate)
         ovl_len = round(overlap * self.sample_rate)
         step = self._chunk_step(seg_len - ovl_len)
-        nb_timesteps = audio.shape[-1]
-        fade_in = (torch.arange(ovl_len, device=audio.device) + 0.5) / max(ovl_len, 1)
-        carry = None
-        for start in range(0, max(nb_timesteps - ovl_len, 1), step):
-            end = min(start + step + ovl_len, nb_timesteps)
-            chunk = self._whole(audio[..., start:end].to(self.device)).to(audio.device)
+        start, carry, fade_in = 0, None, None
+        while True:
+            # up to one frame past the chunk, or to the end: whether it is the last chunk
+            window.fill(start + step + ovl_len + 1)
+            end = min(start + step + ovl_len, window.end)
+            audio = window.frames(start, end)
+            if fade_in is None:
+                fade_in = (torch.arange(ovl_len, device=audio.device) + 0.5) / max(ovl_len, 1)
+            chunk = self._whole(audio.to(self.device)).to(audio.device)
             if carry is not None:
                 chunk[..., :ovl_len] = chunk[..., :ovl_len] * fade_in + carry
-            if end == nb_timesteps:
+            if window.ended and end == window.end:
                 yield chunk
                 return
             carry = chunk[..., chunk.shape[-1] - ovl_len :] * (1.0 - fade_in)
+            start += step
+            window.drop(start)  # the frames before the next chunk
             yield chunk[..., : chunk.shape[-1] - ovl_len]
 
     def _chunk_step(self, step: int) -> int:
