@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path, PurePath
 from string import Formatter
@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from umx.aggregate import check_aggregate, parse_aggregate  # noqa: F401 (re-exported)
 from umx.audio import (
     SUBTYPES,
+    AudioBlocks,
     AudioWriter,
     StreamResampler,
     WriteReport,
@@ -25,7 +26,6 @@ from umx.audio import (
     float_samples,
     match_channels,
     peak,
-    read_audio,
     resample,
 )
 from umx.defaults import DEFAULT_TEMPLATE, LONG_NAMES_HINT, TEMPLATE_FIELDS
@@ -395,10 +395,11 @@ def separate_file(
 
     Stems are written at the model's sample rate with the channels the separator works on (see
     `Separator.channels_for`), or with `match_input` at the input's rate and channel count.
-    They are streamed to temporary files chunk by chunk and renamed when complete, so the
-    separation's memory does not grow with the track's length (except with `segment=None`;
-    the decoded input is held whole) and a failure leaves no partial file. Existing files are
-    refused unless `force`; a stem is never written over the input.
+    The input is decoded block by block as the chunks need it (`umx.audio.AudioBlocks`: the
+    samples of `read_audio`), the stems streamed to temporary files and renamed when complete:
+    memory does not grow with the track's length (but with `segment=None`, the whole track at
+    once) and a failure, even one found late in the input (a NaN, a truncation), leaves no
+    partial file. Existing files are refused unless `force`; no stem replaces the input.
 
     Args:
         input_path: the mixture, any format `umx.audio.read_audio` reads.
@@ -426,32 +427,50 @@ def separate_file(
     check_excerpt(start, duration)
     separator = _file_separator(separator, aggregate, segment, overlap)
     (paths,) = plan_outputs([input_path], separator.output_names(aggregate), outdir, filename, ext)
-    mix, output = _read_mix(input_path, separator, start, duration, downmix, match_input)
-    channels = output[1] or mix.shape[1]
     with ExitStack() as stack:
-        # left last, once the files are gone
-        stack.enter_context(output_folders(paths.values(), LONG_NAMES_HINT))
-        writers = {
-            name: stack.enter_context(
-                AudioWriter(path, output[0], channels, subtype=subtype, clip=clip, force=force)
-            )
-            for name, path in paths.items()
-        }
+        # the header's refusals and an empty input come here, before any folder or file is made
+        audio = stack.enter_context(
+            AudioBlocks(input_path, start=start, duration=duration, downmix=downmix)
+        )
+        mix = _DecodedMix(audio, separator, display_path(input_path))
+        output = (audio.rate, audio.nb_channels) if match_input else (separator.sample_rate, None)
+        writers = _stem_writers(
+            stack, paths, output[0], output[1] or mix.nb_channels, subtype, clip, force
+        )
         separated_peak = _write_chunks(
             separator,
             mix,
             writers,
-            output,
+            match_input,
             segment=segment,
             overlap=overlap,
             aggregate=aggregate,
             on_progress=on_progress,
-            source=display_path(input_path),
         )
-        # before the writers put the stems in place, all together
-        separator.check_stems(peak(mix), separated_peak, display_path(input_path))
+        # once the whole input was read, before the writers put the stems in place, together
+        separator.check_stems(mix.peak, separated_peak, mix.source)
         finish_together(writers.values())
     return [writer.report for writer in writers.values()]
+
+
+def _stem_writers(
+    stack: ExitStack,
+    paths: Mapping[str, Path],
+    rate: float,
+    nb_channels: int,
+    subtype: str | None,
+    clip: str,
+    force: bool,
+) -> dict[str, AudioWriter]:
+    """The open writers of `separate_file`'s stems, by name, entered in `stack` after the
+    folders they need (`output_folders`, so left last, once the files are gone)."""
+    stack.enter_context(output_folders(paths.values(), LONG_NAMES_HINT))
+    return {
+        name: stack.enter_context(
+            AudioWriter(path, rate, nb_channels, subtype=subtype, clip=clip, force=force)
+        )
+        for name, path in paths.items()
+    }
 
 
 def _file_separator(
@@ -472,70 +491,96 @@ def _file_separator(
     return separator
 
 
-def _read_mix(
-    input_path: str | os.PathLike,
-    separator: Separator,
-    start: float,
-    duration: float | None,
-    downmix: bool,
-    match_input: bool,
-) -> tuple[Tensor, tuple[float, int | None, int | None]]:
-    """The mixture of `separate_file`, `(1, nb_channels, nb_timesteps)` as the separator takes
-    it (`model_input`), and the output's rate, channels and length (see `_write_chunks`): with
-    `match_input` the input's (the trip there and back may change the length), else the
-    separator's rate."""
-    audio, rate = read_audio(input_path, start=start, duration=duration, downmix=downmix)
-    mix = model_input(audio, rate, separator, display_path(input_path))[None]
-    return mix, (rate, *audio.shape) if match_input else (separator.sample_rate, None, None)
+class _DecodedMix:
+    """The mixture of `separate_file`, decoded block by block: each block `(1, nb_channels,
+    nb_block)` as `model_input` gives the whole, with the separator's channels, at its rate (a
+    `StreamResampler` gives what `resample` gives the whole) and in its `dtype`.
+
+    Attributes:
+        audio: the input's blocks.
+        nb_channels: the mixture's channels (`Separator.channels_for`).
+        peak: the largest absolute sample of the blocks so far: the mixture's, once read.
+        nb_frames: the frames of the blocks so far.
+        ended: whether the last block was given.
+    """
+
+    def __init__(self, audio: AudioBlocks, separator: Separator, source: str) -> None:
+        self.audio, self.separator, self.source = audio, separator, source
+        self.nb_channels = separator.channels_for(audio.nb_channels)
+        self.peak, self.nb_frames, self.ended = 0.0, 0, False
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """The blocks; after the last, an input too short for the separator's rate is refused."""
+        rate = self.separator.sample_rate
+        resampler = StreamResampler(self.audio.rate, rate, self.nb_channels)
+        for block in self.audio:
+            yield self._kept(resampler.process(match_channels(block, self.nb_channels)))
+        last = self._kept(resampler.flush())
+        if not self.nb_frames:
+            raise too_short(self.source, self.audio.nb_read, self.audio.rate, rate)
+        self.ended = True
+        yield last
+
+    def _kept(self, block: Tensor) -> Tensor:
+        block = block.to(self.separator.dtype)[None]
+        self.peak = max(self.peak, peak(block))
+        self.nb_frames += block.shape[-1]
+        return block
+
+    def seconds(self) -> float:
+        """The mixture's length in seconds: once read, as long as it is; before, as the input
+        declares it (see `AudioBlocks.nb_frames`; at least what was read)."""
+        rate, declared = self.separator.sample_rate, self.audio.nb_frames
+        if self.ended or declared is None:
+            return self.nb_frames / rate
+        return max(round(declared * rate / self.audio.rate), self.nb_frames) / rate
 
 
 def _write_chunks(
     separator: Separator,
-    mix: Tensor,
+    mix: _DecodedMix,
     writers: Mapping[str, AudioWriter],
-    output: tuple[float, int | None, int | None],
+    match_input: bool,
     *,
     segment: float | None,
     overlap: float,
     aggregate: Mapping[str, Sequence[str]] | None,
     on_progress: Callable[[float, float], None] | None,
-    source: str,
 ) -> float:
-    """Separate `mix` chunk by chunk (see `separate_file`) and write each stem's chunks to its
-    writer, resampled to the output's rate and matched to its channel count.
+    """Separate `mix` chunk by chunk as it is decoded (see `separate_file`) and write each
+    stem's chunks to its writer, resampled to the input's rate and matched to its channel count
+    with `match_input` (then as long as the input).
 
     Args:
         separator, segment, overlap, aggregate, on_progress: as `separate_file`.
-        source: how the user knows the input, for `Separator.check_stems`.
-        mix: the mixture at the separator's rate, `(1, nb_channels, nb_timesteps)`.
+        mix: the mixture, block by block.
         writers: the open writer of each stem, by name.
-        output: the output's rate, channel count and length in frames; None for the
-            separator's channels and the length resampling gives.
+        match_input: as `separate_file`.
 
     Returns:
         the largest absolute sample of the separated sources (before any aggregation).
     """
-    out_rate, out_channels, out_frames = output
-    chunks = separator.iter_unchecked(mix, segment, overlap)  # the file's samples are checked
-    total = mix.shape[-1] / separator.sample_rate
+    audio = mix.audio
+    chunks = separator.iter_blocks(mix, segment, overlap)  # the file's samples are checked
+    resample_to = audio.rate if match_input and audio.rate != separator.sample_rate else None
     resamplers = {
-        name: StreamResampler(separator.sample_rate, out_rate, mix.shape[1])
-        for name in (writers if out_rate != separator.sample_rate else ())
+        name: StreamResampler(separator.sample_rate, resample_to, mix.nb_channels)
+        for name in (writers if resample_to is not None else ())
     }
 
     def write(name: str, stem: Tensor) -> None:
-        writers[name].write(stem if out_channels is None else match_channels(stem, out_channels))
+        writers[name].write(match_channels(stem, audio.nb_channels) if match_input else stem)
 
     done, separated_peak = 0, 0.0
     for chunk in chunks:
         chunk_peak = peak(chunk)
-        separator.check_finite(chunk_peak, source)  # refused before it is written
+        separator.check_finite(chunk_peak, mix.source)  # refused before it is written
         separated_peak = max(separated_peak, chunk_peak)
         for name, stem in separator.to_dict(chunk, aggregate).items():
             write(name, resamplers[name].process(stem[0]) if resamplers else stem[0])
         done += chunk.shape[-1]
         if on_progress is not None:
-            on_progress(done / separator.sample_rate, total)
+            on_progress(done / separator.sample_rate, mix.seconds())
     for name, resampler in resamplers.items():
-        write(name, resampler.flush(out_frames))
+        write(name, resampler.flush(audio.nb_read))  # the trip there and back may change it
     return separated_peak
