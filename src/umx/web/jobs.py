@@ -352,7 +352,7 @@ class JobStore(Recorder, Downloads, CacheLimit):
                     return self._public(known), False
                 if job_id in self._cancelled:
                     raise Busy(f"{upload.name} is being deleted; upload it again in a moment")
-            try:  # the header only: the whole file is decoded when it is separated
+            try:  # the header only: the file is decoded as it is separated
                 if audio_info(upload.path).nb_frames == 0:
                     raise UmxError(f"{display_path(upload.path)} contains no audio")
             except UmxError as error:
