@@ -1,6 +1,7 @@
 """`umx stream` end to end: files and raw PCM in, files and raw PCM out, against the one-call
 causal separation, and its refusals of bad input."""
 
+import contextlib
 import io
 import logging
 import re
@@ -403,6 +404,34 @@ def test_error_mid_stream_leaves_no_files(causal_dir, tmp_path, monkeypatch, cap
         "finite and within ±10000, full scale being ±1); if it is 16-bit PCM, give --format s16le"
     ]
     assert not outdir.exists()
+
+
+def test_a_file_is_decoded_as_it_streams_and_a_late_nan_leaves_no_files(
+    causal_dir, tmp_path, capsys
+):
+    """A file is read block by block as the stream goes (what is held of it is a few blocks,
+    however long it is): its blocks are the file's samples, and a NaN nine seconds in (past
+    the first blocks decoded) is found when the stream reaches it, refused in one line with no
+    stem left."""
+    audio = music(10.0)
+    path = tmp_path / "song.wav"
+    sf.write(path, audio.T, RATE, subtype="FLOAT")
+    with contextlib.ExitStack() as stack:
+        source = io_module.file_source(stack, path, 1000)
+        blocks = list(source.blocks)
+    assert [block.shape[-1] for block in blocks] == [1000] * 160
+    assert torch.equal(torch.cat(blocks, dim=-1), torch.from_numpy(audio))
+
+    audio[0, 9 * RATE] = np.nan
+    sf.write(path, audio.T, RATE, subtype="FLOAT")
+    with contextlib.ExitStack() as stack:
+        source = io_module.file_source(stack, path, 1000)
+        assert torch.equal(next(source.blocks), torch.from_numpy(audio[:, :1000]))
+    outdir = tmp_path / "out"
+    assert run(path, "--model", causal_dir, "--outdir", outdir) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "song.wav: a NaN sample at 9.000 s is not audio" in err[0], err
+    assert not outdir.exists() or not [p for p in outdir.rglob("*") if p.is_file()]
 
 
 def test_a_read_only_outdir_is_refused_with_what_to_do(

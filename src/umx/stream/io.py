@@ -2,11 +2,12 @@
 raw PCM, optionally paced by the clock.
 
 The separation itself is `umx.stream.engine.StreamingSeparator`; this module reads the input in
-blocks (a file through `umx.audio.read_audio`, or raw interleaved PCM from a binary stream such as
-standard input), resamples it to the model's rate when needed (`StreamResampler`), and writes
-the chosen stems or groups to files (`AudioWriter`: atomic, no overwrite without `force`) or as
-raw PCM to a binary stream, so that `umx stream` can sit in a pipeline between a decoder and a
-player. Stems are written at the model's sample rate, with the channels the separator works on.
+blocks (a file through `umx.audio.AudioBlocks`, decoded as it goes, or raw interleaved PCM from
+a binary stream such as standard input), resamples it to the model's rate when needed
+(`StreamResampler`), and writes the chosen stems or groups to files (`AudioWriter`: atomic, no
+overwrite without `force`) or as raw PCM to a binary stream, so that `umx stream` can sit in a
+pipeline between a decoder and a player. Stems are written at the model's sample rate, with the
+channels the separator works on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from umx.api import (
     too_short,
 )
 from umx.audio import (
+    AudioBlocks,
     AudioWriter,
     StreamResampler,
     WriteReport,
@@ -40,7 +42,6 @@ from umx.audio import (
     finish_together,
     match_channels,
     peak,
-    read_audio,
 )
 from umx.audio.headers import piped_container
 from umx.defaults import (  # noqa: F401 (STREAM_MODEL: re-exported)
@@ -159,16 +160,31 @@ class Source:
     hint: str = ""
 
 
-def file_source(path: str | os.PathLike, block: int, *, downmix: bool = False) -> Source:
-    """A file decoded at once with `read_audio` (as `umx separate` reads it) and given out in
-    blocks of `block` samples."""
-    audio, rate = read_audio(path, downmix=downmix)
+def file_source(
+    stack: ExitStack, path: str | os.PathLike, block: int, *, downmix: bool = False
+) -> Source:
+    """A file decoded block by block as `umx separate` reads it (`AudioBlocks`, open in
+    `stack`: its header's refusals come here, the others as they are decoded) and given out in
+    blocks of `block` samples, so that what is held of it is a few blocks, however long."""
+    audio = stack.enter_context(AudioBlocks(path, downmix=downmix))
+    return Source(audio.rate, audio.nb_channels, _reblocked(audio, block), display_path(path))
 
-    def blocks() -> Iterator[Tensor]:
-        for start in range(0, audio.shape[-1], block):
-            yield audio[:, start : start + block]
 
-    return Source(rate, audio.shape[0], blocks(), display_path(path))
+def _reblocked(pieces: Iterable[Tensor], block: int) -> Iterator[Tensor]:
+    """The frames of `pieces`, each `(nb_channels, nb_piece)`, in blocks of `block` (the
+    last may be shorter)."""
+    held: list[Tensor] = []
+    nb_held = 0
+    for piece in pieces:
+        held.append(piece)
+        nb_held += piece.shape[-1]
+        if nb_held >= block:
+            joined = torch.cat(held, dim=-1)
+            whole = nb_held - nb_held % block
+            yield from joined[:, :whole].split(block, dim=-1)
+            held, nb_held = [joined[:, whole:]], nb_held - whole
+    if nb_held:
+        yield torch.cat(held, dim=-1)
 
 
 def pcm_source(file: BinaryIO, rate: float, nb_channels: int, fmt: str, block: int) -> Source:
@@ -524,11 +540,11 @@ def separate_stream(
     paths = _stem_paths(input_name, names, stdout, outdir, filename, ext, fmt)
     # Refuses a bidirectional model before any input is read or file opened.
     StreamingSeparator(separator, nb_channels=separator.channels_for(nb_channels or 2))
-    if from_stdin:
-        source = pcm_source(stdin, rate, nb_channels, fmt, block)
-    else:
-        source = file_source(input_path, block, downmix=downmix)
     with ExitStack() as stack:
+        if from_stdin:
+            source = pcm_source(stdin, rate, nb_channels, fmt, block)
+        else:
+            source = file_source(stack, input_path, block, downmix=downmix)
         if stdout is not None:
             writers = {names[0]: PcmWriter(stdout, fmt, separator.sample_rate)}
         else:
