@@ -63,17 +63,9 @@ BLOCK_FRAMES = 1 << 16
 
 
 def _read_block(file: soundfile.SoundFile) -> np.ndarray:
-    """The next frames of `file`, at most :data:`BLOCK_FRAMES`, ``(nb_block, nb_channels)``.
-
-    As :func:`umx.audio.reading._read_block`, this calls libsndfile's ``sf_readf_float`` itself:
-    soundfile's ``read`` seeks after every read, which fails in some files.
-    """
-    out = np.empty((BLOCK_FRAMES, file.channels), np.float32)
-    pointer = soundfile._ffi.cast("float *", out.__array_interface__["data"][0])
-    count = soundfile._snd.sf_readf_float(file._file, pointer, BLOCK_FRAMES)
-    if error := soundfile._snd.sf_error(file._file):
-        raise soundfile.LibsndfileError(error)
-    return out[:count]
+    """The next frames of `file`, at most :data:`BLOCK_FRAMES`, ``(nb_block, nb_channels)``
+    (see :func:`umx.audio.reading._read_block`)."""
+    return reading._read_block(file, nb_frames=BLOCK_FRAMES)
 
 
 def _sndfile_blocks(decoder: _Libsndfile, first: int, count: int | None) -> Iterator[np.ndarray]:

@@ -108,17 +108,19 @@ _MP3_FRAME = 1152
 """Samples in an MPEG-1 layer III frame: the slack allowed on an mp3's declared length."""
 
 
-def _read_block(file: soundfile.SoundFile, strict: bool = True) -> np.ndarray:
-    """The next frames, at most :data:`_BLOCK_FRAMES`, shape ``(nb_block, nb_channels)``.
+def _read_block(
+    file: soundfile.SoundFile, strict: bool = True, nb_frames: int = _BLOCK_FRAMES
+) -> np.ndarray:
+    """The next frames, at most `nb_frames`, shape ``(nb_block, nb_channels)``.
 
     This calls libsndfile's ``sf_readf_float`` itself: soundfile seeks to where it thinks the
     file is after every read, and that seek fails in FLAC files declaring no length and makes
     libsndfile's MPEG decoder return silence in some files (those its own encoder writes).
     A decoding error raises, unless ``strict`` is false and some frames decoded before it.
     """
-    out = np.empty((_BLOCK_FRAMES, file.channels), np.float32)
+    out = np.empty((nb_frames, file.channels), np.float32)
     pointer = soundfile._ffi.cast("float *", out.__array_interface__["data"][0])
-    count = soundfile._snd.sf_readf_float(file._file, pointer, _BLOCK_FRAMES)
+    count = soundfile._snd.sf_readf_float(file._file, pointer, nb_frames)
     if (error := soundfile._snd.sf_error(file._file)) and (strict or not count):
         raise soundfile.LibsndfileError(error)
     return out[:count]
