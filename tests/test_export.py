@@ -44,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
 TARGETS = ["vocals", "drums", "bass", "other"]
 
+# Torch (and onnxruntime, which takes torch's thread count) on one thread: these models are
+# small, and on a busy machine a second thread makes every LSTM step wait for it.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def mixture():
