@@ -56,7 +56,12 @@ from umx.separator import Separator
 from umx.transforms import Spectrogram
 from umx.zoo import DEFAULT_MODEL, FALLBACK_MODEL
 
-pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("ffprobe") is None, reason="musdb needs ffprobe"),
+    # torch on one thread in this process: the models are tiny, and on a busy machine a second
+    # thread makes every LSTM step wait for it
+    pytest.mark.usefixtures("one_thread"),
+]
 
 RATE = 16000
 SECONDS = 3.0
