@@ -22,6 +22,7 @@ import umx.audio.reading
 import umx.batch.inputs
 import umx.batch.job
 import umx.batch.run
+import umx.devices
 import umx.train
 import umx.train.loop
 from processes import read_only_folder
@@ -45,6 +46,17 @@ from umx.onnx.options import EXPORT_JSON
 from umx.zoo import load_separator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def teachers_on_one_thread():
+    """The teacher's batch workers on one torch thread, as this process (`one_thread`): they
+    would take the cores shared out (two on CI), and on a busy machine a second thread makes
+    each step of the small models wait for it (a teacher's pass took 2 to 5 s more so)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(umx.devices, "threads_per_worker", lambda jobs, cores=None: 1)
+        yield
+
 
 RATE = 44100
 STUDENT = [
