@@ -111,13 +111,11 @@ _MP3_FRAME = 1152
 def _read_block(
     file: soundfile.SoundFile, strict: bool = True, nb_frames: int = _BLOCK_FRAMES
 ) -> np.ndarray:
-    """The next frames, at most `nb_frames`, shape ``(nb_block, nb_channels)``.
-
-    This calls libsndfile's ``sf_readf_float`` itself: soundfile seeks to where it thinks the
-    file is after every read, and that seek fails in FLAC files declaring no length and makes
+    """The next frames, at most `nb_frames`, shape ``(nb_block, nb_channels)``. This calls
+    libsndfile's ``sf_readf_float`` itself: soundfile seeks to where it thinks the file is
+    after every read, and that seek fails in FLAC files declaring no length and makes
     libsndfile's MPEG decoder return silence in some files (those its own encoder writes).
-    A decoding error raises, unless ``strict`` is false and some frames decoded before it.
-    """
+    A decoding error raises, unless ``strict`` is false and some frames decoded before it."""
     out = np.empty((nb_frames, file.channels), np.float32)
     pointer = soundfile._ffi.cast("float *", out.__array_interface__["data"][0])
     count = soundfile._snd.sf_readf_float(file._file, pointer, nb_frames)
