@@ -584,12 +584,12 @@ def test_the_table_covers_the_issue():
     assert len({case[0] for case in CASES}) == len(CASES)
 
 
-STRESS_ROUNDS = 20
+STRESS_ROUNDS = 10
 BOUND_S = 120  # no wait in the stress test lasts longer
 
 
 def test_two_runs_started_together_never_share_a_job(tmp_path, small_music_separator):
-    """Two `umx batch` on one folder, started together 20 times, each time with a new song to
+    """Two `umx batch` on one folder, started together 10 times, each time with a new song to
     separate: the lock refuses one of them every time, in one line, and nothing is lost."""
     save_separator(small_music_separator, tmp_path / "model")
     command = [sys.executable, "-m", "umx.cli", *RUN, "--jobs", "1"]
