@@ -38,8 +38,8 @@ def children(pid: int, marker: bytes = b"") -> list[int]:
     return sorted(found)
 
 
-def in_session(sid: int) -> list[int]:
-    """The processes of session `sid` that are not zombies (a command started with
+def in_session(*sids: int) -> list[int]:
+    """The processes of the sessions `sids` that are not zombies (each, a command started with
     `start_new_session=True` and everything it started, unless they left its session)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -48,7 +48,7 @@ def in_session(sid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[3]) == sid and fields[0] != "Z":
+            if int(fields[3]) in sids and fields[0] != "Z":
                 found.append(int(entry.name))
     return sorted(found)
 

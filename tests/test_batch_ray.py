@@ -44,20 +44,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def session_processes(sessions):
-    """The processes of the given sessions (a node's daemons and its workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) in sessions:
-                found.append(int(entry.name))
-    return found
-
-
 def start_node(*options, temp_dir):
     """`ray start` in a session of its own, whose id names the node's processes."""
     ports = [
@@ -112,11 +98,11 @@ def cluster():
         assert code == 0, out
         yield f"127.0.0.1:{port}"
     finally:
-        for pid in session_processes(sessions):
+        for pid in in_session(*sessions):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while session_processes(sessions) and time.monotonic() < deadline:
+        while in_session(*sessions) and time.monotonic() < deadline:
             time.sleep(0.1)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
